@@ -1,0 +1,1 @@
+"""The HTTP face: the ASGI app, routes, channel auth, idempotency keys, adapters, health."""

@@ -1,0 +1,1 @@
+"""The engine (single writer, batching, backpressure), journals, stores, recovery and the CLI."""

@@ -1,0 +1,864 @@
+"""The plain-Python reference ledger: the oracle the Cython kernels are held to.
+
+It has exactly the kernels' semantics and reads line by line like
+`cext/ledger_kernel.pyx`: the same function names, the same check order, the
+same state, only kept in Python objects and dicts instead of packed arrays.
+It is slow on purpose-free grounds (clarity first) and is selected explicitly
+with `TALLY_KERNEL=reference`, never as a silent fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import struct
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ledger.types import (
+    ACCOUNT_INPUT_STRUCT,
+    ACCOUNT_KINDS_VALID,
+    ACCOUNT_SIZE,
+    ACCOUNT_STRUCT,
+    CHANNEL_COUNT,
+    CHANNEL_SIZE,
+    COUNTED_CREDIT_INFLOW,
+    COUNTED_DEBIT_OUTFLOW,
+    COUNTERS_STRUCT,
+    ID_MAX,
+    INT64_MAX,
+    NS_PER_S,
+    PRODUCT_SIZE,
+    SLOT_NONE,
+    TRANSFER_CODE_MAX,
+    TRANSFER_FLAGS_KNOWN,
+    TRANSFER_SIZE,
+    TRANSFER_STRUCT,
+    UINT64_MAX,
+    AccountFlags,
+    AccountKind,
+    AccountStatus,
+    AccountUpdateResult,
+    CreateAccountResult,
+    CreateTransferResult,
+    PendingState,
+    TransferCode,
+    TransferFlags,
+    join_id,
+    split_id,
+)
+from limits import reference as limits_reference
+from limits.reference import (
+    INFLOW_DAILY,
+    INFLOW_YEARLY,
+    OUTFLOW_DAILY,
+    OUTFLOW_YEARLY,
+    PRODUCT_BALANCE_CAP,
+    PRODUCT_BALANCE_FLOOR,
+    PRODUCT_INFLOW_DAILY,
+    PRODUCT_INFLOW_YEARLY,
+    PRODUCT_OUTFLOW_DAILY,
+    PRODUCT_OUTFLOW_YEARLY,
+    PRODUCT_TRANSFER_CAP,
+)
+
+R = CreateTransferResult
+A = CreateAccountResult
+U = AccountUpdateResult
+F = TransferFlags
+FLAGS_PENDING_FAMILY = F.PENDING | F.POST_PENDING | F.VOID_PENDING
+KIND_CUSTOMER_MAX = int(AccountKind.LOAN)
+_PRODUCT_ROW = struct.Struct("<8q")
+_CHANNEL_ROW = struct.Struct("<qq")
+
+
+@dataclass(slots=True)
+class Account:
+    id: int
+    ledger: int
+    kind: int
+    flags: int
+    product: int
+    bound_slot: int = SLOT_NONE
+    status: int = AccountStatus.ACTIVE
+    debits_posted: int = 0
+    credits_posted: int = 0
+    debits_pending: int = 0
+    credits_pending: int = 0
+    counters_day: int = 0
+    counters: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+
+    def pack(self) -> bytes:
+        lo, hi = split_id(self.id)
+        return ACCOUNT_STRUCT.pack(
+            lo, hi, self.debits_posted, self.credits_posted, self.debits_pending,
+            self.credits_pending, self.bound_slot, self.ledger, self.kind, self.status,
+            self.flags, self.product, self.counters_day, 0,
+        )
+
+    def copy(self) -> Account:
+        clone = Account(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
+        clone.counters = list(self.counters)
+        return clone
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One transfer as given by the caller plus what the log adds to it."""
+
+    id: int
+    debit_account_id: int
+    credit_account_id: int
+    pending_id: int
+    amount: int
+    timestamp: int
+    timeout_s: int
+    ledger: int
+    code: int
+    flags: int
+    channel: int
+    result: int
+    debit_slot: int
+    credit_slot: int
+    business_day: int
+    counted: int
+    state: int
+    user_data: int
+    amount_posted: int
+    amount_reversed: int
+
+    @classmethod
+    def unpack(cls, buffer: bytes | memoryview, offset: int = 0) -> Transfer:
+        f = TRANSFER_STRUCT.unpack_from(buffer, offset)
+        return cls(
+            id=join_id(f[0], f[1]), debit_account_id=join_id(f[2], f[3]),
+            credit_account_id=join_id(f[4], f[5]), pending_id=join_id(f[6], f[7]),
+            amount=f[8], timestamp=f[9], timeout_s=f[10], ledger=f[11], code=f[12],
+            flags=f[13], channel=f[14], result=f[15], debit_slot=f[16], credit_slot=f[17],
+            business_day=f[18], counted=f[19], state=f[20], user_data=f[21],
+            amount_posted=f[22], amount_reversed=f[23],
+        )
+
+    def pack(self) -> bytes:
+        return TRANSFER_STRUCT.pack(
+            *split_id(self.id), *split_id(self.debit_account_id),
+            *split_id(self.credit_account_id), *split_id(self.pending_id),
+            self.amount, self.timestamp, self.timeout_s, self.ledger, self.code, self.flags,
+            self.channel, self.result, self.debit_slot, self.credit_slot, self.business_day,
+            self.counted, self.state, self.user_data, self.amount_posted, self.amount_reversed,
+        )
+
+    def copy(self) -> Transfer:
+        return Transfer(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
+
+
+def transfer_expires_at(t: Transfer) -> int:
+    return t.timestamp + t.timeout_s * NS_PER_S
+
+
+@dataclass(slots=True)
+class _Undo:
+    """What one applied event of a linked chain changed, to roll it back."""
+
+    accounts: list[tuple[int, Account]]
+    target: tuple[int, Transfer] | None
+    channel_entry: tuple[tuple[int, int], tuple[int, int] | None] | None
+    transfer_id: int
+
+
+class ReferenceLedger:
+    """State and batch operations; the same interface as `ledger.kernel.KernelLedger`."""
+
+    backend = "reference"
+
+    def __init__(self, *, account_capacity: int, transfer_capacity: int) -> None:
+        self.account_capacity = account_capacity
+        self.transfer_capacity = transfer_capacity
+        self.accounts: list[Account] = []
+        self.account_index: dict[int, int] = {}
+        self.log: dict[int, Transfer] = {}
+        self.log_tail = 0
+        self.log_count = 0
+        self.transfer_index: dict[int, int] = {}
+        self.expiry_heap: list[tuple[int, int]] = []
+        self.channel_counters: dict[tuple[int, int], tuple[int, int]] = {}
+        self.last_day = 0
+        self.products: list[tuple[int, ...]] = [(0,) * 8]
+        self.channels: list[tuple[int, int]] = [(0, 0)] * CHANNEL_COUNT
+
+    # --- rules ----------------------------------------------------------------
+
+    def set_rules(self, product_table: bytes, channel_table: bytes) -> None:
+        assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
+        assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
+        self.products = [
+            _PRODUCT_ROW.unpack_from(product_table, offset)
+            for offset in range(0, len(product_table), PRODUCT_SIZE)
+        ]
+        self.channels = [
+            _CHANNEL_ROW.unpack_from(channel_table, offset)
+            for offset in range(0, len(channel_table), CHANNEL_SIZE)
+        ]
+
+    # --- accounts -------------------------------------------------------------
+
+    def create_accounts(self, batch: bytes | memoryview) -> bytearray:
+        assert len(batch) % ACCOUNT_SIZE == 0
+        count = len(batch) // ACCOUNT_SIZE
+        assert len(self.accounts) + count <= self.account_capacity, "account table full"
+        results = bytearray(count)
+        for index in range(count):
+            results[index] = self.create_account(batch, index * ACCOUNT_SIZE)
+        return results
+
+    def create_account(self, batch: bytes | memoryview, offset: int) -> int:
+        (id_lo, id_hi, bound_lo, bound_hi, ledger, kind, status, flags, product) = (
+            ACCOUNT_INPUT_STRUCT.unpack_from(batch, offset)
+        )
+        if any(bytes(batch[offset + 40 : offset + 64])):
+            return A.RESERVED_FIELD
+        if flags & ~0x1F:
+            return A.RESERVED_FLAG
+        account_id = join_id(id_lo, id_hi)
+        bound_id = join_id(bound_lo, bound_hi)
+        if account_id == 0:
+            return A.ID_MUST_NOT_BE_ZERO
+        if account_id == ID_MAX:
+            return A.ID_MUST_NOT_BE_INT_MAX
+        if (flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS) and (
+            flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+        ):
+            return A.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if (flags & AccountFlags.BOUND_EXTERNAL) and bound_id != 0:
+            return A.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if ledger == 0:
+            return A.LEDGER_MUST_NOT_BE_ZERO
+        if kind not in ACCOUNT_KINDS_VALID:
+            return A.KIND_UNKNOWN
+        if status != AccountStatus.ACTIVE:
+            return A.STATUS_MUST_BE_ACTIVE
+        if product >= len(self.products):
+            return A.PRODUCT_UNKNOWN
+        bound_slot = SLOT_NONE
+        if bound_id != 0:
+            bound_slot = self.account_index.get(bound_id, SLOT_NONE)
+            if bound_slot == SLOT_NONE:
+                return A.BOUND_ACCOUNT_NOT_FOUND
+            if self.accounts[bound_slot].kind != AccountKind.CLASS_I:
+                return A.BOUND_ACCOUNT_MUST_BE_CLASS_I
+            if self.accounts[bound_slot].ledger != ledger:
+                return A.BOUND_ACCOUNT_MUST_HAVE_THE_SAME_LEDGER
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        if slot != SLOT_NONE:
+            existing = self.accounts[slot]
+            if existing.ledger != ledger:
+                return A.EXISTS_WITH_DIFFERENT_LEDGER
+            if existing.kind != kind:
+                return A.EXISTS_WITH_DIFFERENT_KIND
+            if existing.flags != flags:
+                return A.EXISTS_WITH_DIFFERENT_FLAGS
+            if existing.product != product:
+                return A.EXISTS_WITH_DIFFERENT_PRODUCT
+            if existing.bound_slot != bound_slot:
+                return A.EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID
+            return A.EXISTS
+        self.account_index[account_id] = len(self.accounts)
+        self.accounts.append(
+            Account(id=account_id, ledger=ledger, kind=kind, flags=flags, product=product,
+                    bound_slot=bound_slot)
+        )
+        return A.OK
+
+    def update_account(self, account_id: int, status: int, flags: int) -> int:
+        """Change status (freeze, unfreeze, close) and flags of one account."""
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        if slot == SLOT_NONE:
+            return U.ACCOUNT_NOT_FOUND
+        if status < 0 or status > AccountStatus.CLOSED:
+            return U.STATUS_UNKNOWN
+        if flags & ~0x1F:
+            return U.RESERVED_FLAG
+        if (flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS) and (
+            flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+        ):
+            return U.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        account = self.accounts[slot]
+        if (flags & AccountFlags.BOUND_EXTERNAL) and account.bound_slot != SLOT_NONE:
+            return U.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if account.status == AccountStatus.CLOSED:
+            return U.ACCOUNT_CLOSED
+        if status == AccountStatus.CLOSED:
+            if account.debits_posted != account.credits_posted:
+                return U.BALANCE_NOT_ZERO
+            if account.debits_pending != 0 or account.credits_pending != 0:
+                return U.PENDING_NOT_ZERO
+        account.status = status
+        account.flags = flags
+        return U.OK
+
+    # --- transfers ------------------------------------------------------------
+
+    def create_transfers(
+        self, batch: bytes | memoryview, timestamp_first: int, business_day: int
+    ) -> tuple[bytearray, array[int], array[int]]:
+        """Apply one batch. Returns (results u8, timestamps u64, balances i64 x2)."""
+        assert len(batch) % TRANSFER_SIZE == 0
+        count = len(batch) // TRANSFER_SIZE
+        assert business_day >= self.last_day, "business day went backwards"
+        assert self.log_count - self.log_tail + count <= self.transfer_capacity, "log full"
+        self.last_day = business_day
+        self.expire_pending(timestamp_first, business_day)
+        results = bytearray(count)
+        timestamps = array("Q", bytes(8 * count))
+        balances = array("q", bytes(16 * count))
+        index = 0
+        while index < count:
+            chain_end = index
+            while chain_end < count and Transfer.unpack(batch, chain_end * TRANSFER_SIZE).flags & F.LINKED:
+                chain_end += 1
+            if chain_end == index:
+                self.create_transfer_one(batch, index, timestamp_first + index, business_day,
+                                         results, timestamps, balances, None)
+                index += 1
+                continue
+            if chain_end == count:  # the chain never closes
+                for member in range(index, count):
+                    results[member] = R.LINKED_EVENT_FAILED
+                results[count - 1] = R.LINKED_EVENT_CHAIN_OPEN
+                index = count
+                continue
+            undo: list[_Undo] = []
+            deferred: list[tuple[int, int]] = []
+            failed_at = -1
+            for member in range(index, chain_end + 1):
+                result = self.create_transfer_one(
+                    batch, member, timestamp_first + member, business_day,
+                    results, timestamps, balances, (undo, deferred),
+                )
+                if result != R.OK:
+                    failed_at = member
+                    break
+            if failed_at >= 0:
+                self.chain_rollback(undo)
+                for member in range(index, chain_end + 1):
+                    if member != failed_at:
+                        results[member] = R.LINKED_EVENT_FAILED
+                    timestamps[member] = 0
+                    balances[2 * member] = 0
+                    balances[2 * member + 1] = 0
+            else:
+                for entry in deferred:
+                    heapq.heappush(self.expiry_heap, entry)
+            index = chain_end + 1
+        return results, timestamps, balances
+
+    def chain_rollback(self, undo: list[_Undo]) -> None:
+        for step in reversed(undo):
+            for slot, saved in reversed(step.accounts):
+                self.accounts[slot] = saved
+            if step.target is not None:
+                self.log[step.target[0]] = step.target[1]
+            if step.channel_entry is not None:
+                key, previous = step.channel_entry
+                if previous is None:
+                    del self.channel_counters[key]
+                else:
+                    self.channel_counters[key] = previous
+            seq = self.transfer_index.pop(step.transfer_id)
+            assert seq == self.log_count - 1
+            del self.log[seq]
+            self.log_count -= 1
+
+    def create_transfer_one(
+        self, batch: bytes | memoryview, index: int, timestamp: int, day: int,
+        results: bytearray, timestamps: array[int], balances: array[int],
+        chain: tuple[list[_Undo], list[tuple[int, int]]] | None,
+    ) -> int:
+        t = Transfer.unpack(batch, index * TRANSFER_SIZE)
+        result = self.validate(t)
+        if result != R.OK:
+            results[index] = result
+            return result
+        debit_slot = credit_slot = SLOT_NONE
+        resolving = bool(t.flags & (F.POST_PENDING | F.VOID_PENDING))
+        if not resolving:
+            debit_slot = self.account_index.get(t.debit_account_id, SLOT_NONE)
+            if debit_slot == SLOT_NONE:
+                results[index] = R.DEBIT_ACCOUNT_NOT_FOUND
+                return R.DEBIT_ACCOUNT_NOT_FOUND
+            credit_slot = self.account_index.get(t.credit_account_id, SLOT_NONE)
+            if credit_slot == SLOT_NONE:
+                results[index] = R.CREDIT_ACCOUNT_NOT_FOUND
+                return R.CREDIT_ACCOUNT_NOT_FOUND
+            if self.accounts[debit_slot].ledger != self.accounts[credit_slot].ledger:
+                results[index] = R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+                return R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+            if t.ledger != self.accounts[debit_slot].ledger:
+                results[index] = R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+                return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+        seq_existing = self.transfer_index.get(t.id)
+        if seq_existing is not None:
+            result = self.exists(t, self.log[seq_existing])
+            results[index] = result
+            if result == R.EXISTS:
+                timestamps[index] = self.log[seq_existing].timestamp
+            return result
+        result = self.apply(t, timestamp, day, debit_slot, credit_slot, chain)
+        if result != R.OK:
+            results[index] = result
+            if chain is None:
+                t.result = result
+                t.timestamp = timestamp
+                t.debit_slot = SLOT_NONE
+                t.credit_slot = SLOT_NONE
+                t.business_day = day
+                self.log_append(t)
+            return result
+        record = self.log[self.log_count - 1]
+        debit = self.accounts[record.debit_slot]
+        credit = self.accounts[record.credit_slot]
+        results[index] = R.OK
+        timestamps[index] = timestamp
+        balances[2 * index] = debit.credits_posted - debit.debits_posted
+        balances[2 * index + 1] = credit.credits_posted - credit.debits_posted
+        return R.OK
+
+    def validate(self, t: Transfer) -> int:
+        """Checks on the transfer alone; a failure here does not consume the id."""
+        if t.timestamp != 0:
+            return R.TIMESTAMP_MUST_BE_ZERO
+        if (t.result or t.debit_slot or t.credit_slot or t.business_day or t.counted
+                or t.state or t.amount_posted or t.amount_reversed):
+            return R.RESERVED_FIELD
+        if t.flags & ~TRANSFER_FLAGS_KNOWN:
+            return R.RESERVED_FLAG
+        if t.id == 0:
+            return R.ID_MUST_NOT_BE_ZERO
+        if t.id == ID_MAX:
+            return R.ID_MUST_NOT_BE_INT_MAX
+        family = t.flags & FLAGS_PENDING_FAMILY
+        if family & (family - 1):
+            return R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if t.code == TransferCode.REVERSAL and family:
+            return R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        resolving = bool(t.flags & (F.POST_PENDING | F.VOID_PENDING))
+        if not resolving and t.debit_account_id == 0:
+            return R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.debit_account_id == ID_MAX:
+            return R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if not resolving and t.credit_account_id == 0:
+            return R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.credit_account_id == ID_MAX:
+            return R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+        if t.debit_account_id != 0 and t.debit_account_id == t.credit_account_id:
+            return R.ACCOUNTS_MUST_BE_DIFFERENT
+        if resolving or t.code == TransferCode.REVERSAL:
+            if t.pending_id == 0:
+                return R.PENDING_ID_MUST_NOT_BE_ZERO
+            if t.pending_id == ID_MAX:
+                return R.PENDING_ID_MUST_NOT_BE_INT_MAX
+            if t.pending_id == t.id:
+                return R.PENDING_ID_MUST_BE_DIFFERENT
+        elif t.pending_id != 0:
+            return R.PENDING_ID_MUST_BE_ZERO
+        if not (t.flags & F.PENDING) and t.timeout_s != 0:
+            return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if not resolving:
+            if t.ledger == 0:
+                return R.LEDGER_MUST_NOT_BE_ZERO
+            if t.code == 0:
+                return R.CODE_MUST_NOT_BE_ZERO
+        if t.code > TRANSFER_CODE_MAX:
+            return R.CODE_UNKNOWN
+        if t.amount < 0 or (t.amount == 0 and not resolving):
+            return R.AMOUNT_MUST_BE_POSITIVE
+        return R.OK
+
+    def exists(self, t: Transfer, e: Transfer) -> int:
+        """Idempotency: compare a retry with the first attempt, field by field."""
+        if e.result != R.OK:
+            return R.ID_ALREADY_FAILED
+        if t.flags != e.flags:
+            return R.EXISTS_WITH_DIFFERENT_FLAGS
+        if t.debit_account_id != e.debit_account_id:
+            return R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id != e.credit_account_id:
+            return R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+        if t.amount != e.amount:
+            return R.EXISTS_WITH_DIFFERENT_AMOUNT
+        if t.pending_id != e.pending_id:
+            return R.EXISTS_WITH_DIFFERENT_PENDING_ID
+        if t.timeout_s != e.timeout_s:
+            return R.EXISTS_WITH_DIFFERENT_TIMEOUT
+        if t.ledger != e.ledger:
+            return R.EXISTS_WITH_DIFFERENT_LEDGER
+        if t.code != e.code:
+            return R.EXISTS_WITH_DIFFERENT_CODE
+        if t.channel != e.channel:
+            return R.EXISTS_WITH_DIFFERENT_CHANNEL
+        if t.user_data != e.user_data:
+            return R.EXISTS_WITH_DIFFERENT_USER_DATA
+        return R.EXISTS
+
+    def apply(
+        self, t: Transfer, timestamp: int, day: int, debit_slot: int, credit_slot: int,
+        chain: tuple[list[_Undo], list[tuple[int, int]]] | None,
+    ) -> int:
+        """State-dependent checks, then the posting. From here a failure consumes the id."""
+        target_seq = -1
+        target: Transfer | None = None
+        amount = t.amount
+        code = t.code
+        if t.flags & (F.POST_PENDING | F.VOID_PENDING):
+            target_seq = self.transfer_index.get(t.pending_id, -1)
+            if target_seq < 0:
+                return R.PENDING_TRANSFER_NOT_FOUND
+            target = self.log[target_seq]
+            if target.result != R.OK or not (target.flags & F.PENDING):
+                return R.PENDING_TRANSFER_NOT_PENDING
+            if t.debit_account_id != 0 and t.debit_account_id != target.debit_account_id:
+                return R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+            if t.credit_account_id != 0 and t.credit_account_id != target.credit_account_id:
+                return R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+            if t.ledger != 0 and t.ledger != target.ledger:
+                return R.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+            if t.flags & F.VOID_PENDING:
+                if amount != 0 and amount != target.amount:
+                    return R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+                amount = target.amount
+            else:
+                if amount > target.amount:
+                    return R.EXCEEDS_PENDING_TRANSFER_AMOUNT
+                if amount == 0:
+                    amount = target.amount
+            if target.state == PendingState.POSTED:
+                return R.PENDING_TRANSFER_ALREADY_POSTED
+            if target.state == PendingState.VOIDED:
+                return R.PENDING_TRANSFER_ALREADY_VOIDED
+            if target.state == PendingState.EXPIRED:
+                return R.PENDING_TRANSFER_EXPIRED
+            if target.timeout_s != 0 and timestamp >= transfer_expires_at(target):
+                return R.PENDING_TRANSFER_EXPIRED
+            debit_slot = target.debit_slot
+            credit_slot = target.credit_slot
+            code = target.code
+        elif t.code == TransferCode.REVERSAL:
+            target_seq = self.transfer_index.get(t.pending_id, -1)
+            if target_seq < 0:
+                return R.REVERSAL_TARGET_NOT_FOUND
+            target = self.log[target_seq]
+            if (target.result != R.OK or target.code == TransferCode.REVERSAL
+                    or target.flags & (F.PENDING | F.VOID_PENDING)):
+                return R.REVERSAL_TARGET_NOT_POSTED
+            if debit_slot != target.credit_slot or credit_slot != target.debit_slot:
+                return R.REVERSAL_ACCOUNTS_MISMATCH
+            if amount > target.amount_posted - target.amount_reversed:
+                return R.EXCEEDS_REVERSIBLE_AMOUNT
+        debit = self.accounts[debit_slot]
+        credit = self.accounts[credit_slot]
+        if not (t.flags & F.VOID_PENDING):
+            if debit.status == AccountStatus.FROZEN:
+                return R.DEBIT_ACCOUNT_FROZEN
+            if credit.status == AccountStatus.FROZEN:
+                return R.CREDIT_ACCOUNT_FROZEN
+            if debit.status == AccountStatus.CLOSED:
+                return R.DEBIT_ACCOUNT_CLOSED
+            if credit.status == AccountStatus.CLOSED:
+                return R.CREDIT_ACCOUNT_CLOSED
+        fresh = not (t.flags & (F.POST_PENDING | F.VOID_PENDING)) and code != TransferCode.REVERSAL
+        counted = 0
+        if fresh:
+            if code == TransferCode.TOPUP_BOUND and not (
+                credit.flags & AccountFlags.BOUND_EXTERNAL or credit.bound_slot == debit_slot
+            ):
+                return R.NO_BOUND_ACCOUNT
+            if code == TransferCode.WITHDRAW_BOUND and not (
+                debit.flags & AccountFlags.BOUND_EXTERNAL or debit.bound_slot == credit_slot
+            ):
+                return R.NO_BOUND_ACCOUNT
+            if code == TransferCode.CASH_DEPOSIT and not cash_allowed(credit):
+                return R.CASH_NOT_ALLOWED
+            if code == TransferCode.CASH_WITHDRAWAL and not cash_allowed(debit):
+                return R.CASH_NOT_ALLOWED
+            counted = transfer_counted(code, debit, credit, debit_slot, credit_slot)
+            if (counted & COUNTED_CREDIT_INFLOW and code != TransferCode.CASH_DEPOSIT
+                    and not credit.flags & AccountFlags.NON_BOUND_INFLOW_ENABLED):
+                return R.NON_BOUND_INFLOW_DISABLED
+        elif target is not None and t.flags & F.POST_PENDING:
+            counted = target.counted
+        if t.flags & F.PENDING:
+            if amount > INT64_MAX - debit.debits_pending:
+                return R.OVERFLOWS_DEBITS_PENDING
+            if amount > INT64_MAX - credit.credits_pending:
+                return R.OVERFLOWS_CREDITS_PENDING
+        if not (t.flags & (F.PENDING | F.VOID_PENDING)):
+            if amount > INT64_MAX - debit.debits_posted:
+                return R.OVERFLOWS_DEBITS_POSTED
+            if amount > INT64_MAX - credit.credits_posted:
+                return R.OVERFLOWS_CREDITS_POSTED
+        if fresh or code == TransferCode.REVERSAL:
+            if amount > INT64_MAX - debit.debits_pending - debit.debits_posted:
+                return R.OVERFLOWS_DEBITS
+            if amount > INT64_MAX - credit.credits_pending - credit.credits_posted:
+                return R.OVERFLOWS_CREDITS
+        if t.flags & F.PENDING and timestamp + t.timeout_s * NS_PER_S > UINT64_MAX:
+            return R.OVERFLOWS_TIMEOUT
+        if fresh or code == TransferCode.REVERSAL:
+            if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
+                floor = self.products[debit.product][PRODUCT_BALANCE_FLOOR]
+                debits_total = debit.debits_pending + debit.debits_posted + amount
+                if debits_total - debit.credits_posted > -floor:
+                    return R.EXCEEDS_CREDITS
+            if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
+                floor = self.products[credit.product][PRODUCT_BALANCE_FLOOR]
+                credits_total = credit.credits_pending + credit.credits_posted + amount
+                if credits_total - credit.debits_posted > -floor:
+                    return R.EXCEEDS_DEBITS
+        debit_effective = limits_reference.counters_effective(debit.counters, debit.counters_day, day)
+        credit_effective = limits_reference.counters_effective(credit.counters, credit.counters_day, day)
+        channel_key = (debit_slot, t.channel)
+        channel_daily_cap = self.channels[t.channel][1]
+        channel_used = 0
+        channel_counted = fresh and channel_daily_cap != 0 and debit.kind <= KIND_CUSTOMER_MAX
+        if fresh:
+            debit_product = self.products[debit.product]
+            credit_product = self.products[credit.product]
+            if limits_reference.exceeds_cap(0, debit_product[PRODUCT_TRANSFER_CAP], amount):
+                return R.EXCEEDS_TRANSFER_CAP
+            if limits_reference.exceeds_cap(0, self.channels[t.channel][0], amount):
+                return R.EXCEEDS_CHANNEL_TRANSFER_CAP
+            if channel_counted:
+                entry = self.channel_counters.get(channel_key)
+                if entry is not None and entry[0] == day:
+                    channel_used = entry[1]
+                if limits_reference.exceeds_cap(channel_used, channel_daily_cap, amount):
+                    return R.EXCEEDS_CHANNEL_DAILY_CAP
+            if counted & COUNTED_DEBIT_OUTFLOW:
+                if limits_reference.exceeds_cap(debit_effective[OUTFLOW_DAILY],
+                                                debit_product[PRODUCT_OUTFLOW_DAILY], amount):
+                    return R.EXCEEDS_DAILY_OUTFLOW
+                if limits_reference.exceeds_cap(debit_effective[OUTFLOW_YEARLY],
+                                                debit_product[PRODUCT_OUTFLOW_YEARLY], amount):
+                    return R.EXCEEDS_YEARLY_OUTFLOW
+            if counted & COUNTED_CREDIT_INFLOW:
+                if limits_reference.exceeds_cap(credit_effective[INFLOW_DAILY],
+                                                credit_product[PRODUCT_INFLOW_DAILY], amount):
+                    return R.EXCEEDS_DAILY_INFLOW
+                if limits_reference.exceeds_cap(credit_effective[INFLOW_YEARLY],
+                                                credit_product[PRODUCT_INFLOW_YEARLY], amount):
+                    return R.EXCEEDS_YEARLY_INFLOW
+        if fresh or code == TransferCode.REVERSAL:
+            balance_cap = self.products[credit.product][PRODUCT_BALANCE_CAP]
+            balance_projected = (credit.credits_posted + credit.credits_pending - credit.debits_posted)
+            if limits_reference.exceeds_cap(balance_projected, balance_cap, amount):
+                return R.EXCEEDS_BALANCE_CAP
+
+        # --- all checks passed: post ------------------------------------------
+        if chain is not None:
+            saved = [(debit_slot, debit.copy()), (credit_slot, credit.copy())]
+            target_saved = (target_seq, target.copy()) if target is not None else None
+            channel_saved = None
+            if channel_counted or (target is not None and self.channel_restorable(target, day)):
+                key = channel_key if channel_counted else (target.debit_slot, target.channel)  # type: ignore[union-attr]
+                channel_saved = (key, self.channel_counters.get(key))
+            chain[0].append(_Undo(saved, target_saved, channel_saved, t.id))
+
+        record = t.copy()
+        record.result = R.OK
+        record.timestamp = timestamp
+        record.debit_slot = debit_slot
+        record.credit_slot = credit_slot
+        record.business_day = day
+        record.counted = counted
+        record.amount_posted = amount
+        if t.flags & F.PENDING:
+            debit.debits_pending += amount
+            credit.credits_pending += amount
+            record.state = PendingState.PENDING
+        elif t.flags & F.POST_PENDING:
+            assert target is not None
+            debit.debits_pending -= target.amount
+            credit.credits_pending -= target.amount
+            debit.debits_posted += amount
+            credit.credits_posted += amount
+            target.state = PendingState.POSTED
+            self.release_quota(target, target.amount - amount, day)
+        elif t.flags & F.VOID_PENDING:
+            assert target is not None
+            debit.debits_pending -= target.amount
+            credit.credits_pending -= target.amount
+            target.state = PendingState.VOIDED
+            self.release_quota(target, target.amount, day)
+        else:
+            debit.debits_posted += amount
+            credit.credits_posted += amount
+            if target is not None:  # reversal
+                target.amount_reversed += amount
+                self.release_quota(target, amount, day)
+        if fresh:
+            if counted & COUNTED_DEBIT_OUTFLOW:
+                debit_effective[OUTFLOW_DAILY] += amount
+                debit_effective[OUTFLOW_YEARLY] += amount
+                debit.counters = debit_effective
+                debit.counters_day = day
+            if counted & COUNTED_CREDIT_INFLOW:
+                credit_effective[INFLOW_DAILY] += amount
+                credit_effective[INFLOW_YEARLY] += amount
+                credit.counters = credit_effective
+                credit.counters_day = day
+            if channel_counted:
+                self.channel_counters[channel_key] = (day, channel_used + amount)
+        seq = self.log_append(record)
+        if t.flags & F.PENDING and t.timeout_s != 0:
+            entry_heap = (transfer_expires_at(record), seq)
+            if chain is not None:
+                chain[1].append(entry_heap)
+            else:
+                heapq.heappush(self.expiry_heap, entry_heap)
+        return R.OK
+
+    def channel_restorable(self, target: Transfer, day: int) -> bool:
+        return (
+            target.flags & F.PENDING != 0 and target.business_day == day
+            and self.channels[target.channel][1] != 0
+            and self.accounts[target.debit_slot].kind <= KIND_CUSTOMER_MAX
+        )
+
+    def release_quota(self, target: Transfer, amount: int, day: int) -> None:
+        """Give back the quota `target` consumed, for `amount` of it, seen on `day`."""
+        if amount == 0:
+            return
+        if target.counted & COUNTED_DEBIT_OUTFLOW:
+            debit = self.accounts[target.debit_slot]
+            effective = limits_reference.counters_effective(debit.counters, debit.counters_day, day)
+            limits_reference.quota_restore(effective, OUTFLOW_DAILY, amount, target.business_day, day)
+            debit.counters = effective
+            debit.counters_day = day
+        if target.counted & COUNTED_CREDIT_INFLOW:
+            credit = self.accounts[target.credit_slot]
+            effective = limits_reference.counters_effective(credit.counters, credit.counters_day, day)
+            limits_reference.quota_restore(effective, INFLOW_DAILY, amount, target.business_day, day)
+            credit.counters = effective
+            credit.counters_day = day
+        if self.channel_restorable(target, day):
+            key = (target.debit_slot, target.channel)
+            entry = self.channel_counters.get(key)
+            if entry is not None and entry[0] == day:
+                self.channel_counters[key] = (day, entry[1] - min(amount, entry[1]))
+
+    def log_append(self, record: Transfer) -> int:
+        seq = self.log_count
+        self.log[seq] = record
+        self.transfer_index[record.id] = seq
+        self.log_count += 1
+        return seq
+
+    def expire_pending(self, now_ns: int, business_day: int) -> int:
+        """Release every pending transfer whose timeout has passed at `now_ns`."""
+        assert business_day >= self.last_day
+        self.last_day = business_day
+        expired = 0
+        while self.expiry_heap and self.expiry_heap[0][0] <= now_ns:
+            _, seq = heapq.heappop(self.expiry_heap)
+            target = self.log.get(seq)
+            if target is None or target.state != PendingState.PENDING:
+                continue
+            debit = self.accounts[target.debit_slot]
+            credit = self.accounts[target.credit_slot]
+            debit.debits_pending -= target.amount
+            credit.credits_pending -= target.amount
+            target.state = PendingState.EXPIRED
+            self.release_quota(target, target.amount, business_day)
+            expired += 1
+        return expired
+
+    def evict(self, before_ns: int, count_max: int) -> int:
+        """Forget the oldest transfers older than `before_ns` (retention window).
+
+        Stops at the first transfer that is still pending: its id must stay
+        resolvable until it is posted, voided or expired.
+        """
+        evicted = 0
+        while evicted < count_max and self.log_tail < self.log_count:
+            record = self.log[self.log_tail]
+            if record.timestamp >= before_ns or record.state == PendingState.PENDING:
+                break
+            del self.transfer_index[record.id]
+            del self.log[self.log_tail]
+            self.log_tail += 1
+            evicted += 1
+        return evicted
+
+    # --- reads ----------------------------------------------------------------
+
+    def lookup_account(self, account_id: int) -> bytes | None:
+        """The account's 64-byte record, or None."""
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        return None if slot == SLOT_NONE else self.accounts[slot].pack()
+
+    def account_counters(self, account_id: int) -> tuple[int, int, int, int] | None:
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        if slot == SLOT_NONE:
+            return None
+        counters = self.accounts[slot].counters
+        return (counters[0], counters[1], counters[2], counters[3])
+
+    def lookup_transfer(self, transfer_id: int) -> bytes | None:
+        """The transfer's 128-byte log record, or None."""
+        seq = self.transfer_index.get(transfer_id)
+        return None if seq is None else self.log[seq].pack()
+
+    def channel_used(self, account_id: int, channel: int, day: int) -> int:
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        entry = self.channel_counters.get((slot, channel))
+        return entry[1] if entry is not None and entry[0] == day else 0
+
+    @property
+    def account_count(self) -> int:
+        return len(self.accounts)
+
+    def canonical_chunks(self) -> Iterator[bytes]:
+        """The state as bytes, identical for every backend: the digest's input."""
+        yield struct.pack("<qqqq", len(self.accounts), self.log_tail, self.log_count, self.last_day)
+        for account in self.accounts:
+            yield account.pack()
+        for account in self.accounts:
+            yield COUNTERS_STRUCT.pack(*account.counters)
+        for seq in range(self.log_tail, self.log_count):
+            yield self.log[seq].pack()
+        live = sorted(
+            (key, entry[1]) for key, entry in self.channel_counters.items()
+            if entry[0] == self.last_day and entry[1] != 0
+        )
+        for (slot, channel), used in live:
+            yield struct.pack("<IBq", slot, channel, used)
+
+    def digest(self) -> str:
+        hasher = hashlib.sha256()
+        for chunk in self.canonical_chunks():
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
+
+def cash_allowed(account: Account) -> bool:
+    """PBoC: Class III never handles cash; Class II only when verified face to face."""
+    if account.kind == AccountKind.CLASS_III:
+        return False
+    if account.kind == AccountKind.CLASS_II:
+        return bool(account.flags & AccountFlags.FACE_TO_FACE_VERIFIED)
+    return True
+
+
+def transfer_counted(code: int, debit: Account, credit: Account, debit_slot: int, credit_slot: int) -> int:
+    """Which PBoC buckets a fresh transfer consumes (COUNTED_* bits)."""
+    if code not in (TransferCode.TRANSFER, TransferCode.PAYMENT, TransferCode.CASH_DEPOSIT,
+                    TransferCode.CASH_WITHDRAWAL, TransferCode.EXTERNAL_TRANSFER_OUT,
+                    TransferCode.EXTERNAL_TRANSFER_IN):
+        return 0
+    counted = 0
+    if debit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III) and debit.bound_slot != credit_slot:
+        counted |= COUNTED_DEBIT_OUTFLOW
+    if credit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III) and credit.bound_slot != debit_slot:
+        counted |= COUNTED_CREDIT_INFLOW
+    return counted

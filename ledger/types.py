@@ -1,0 +1,314 @@
+"""The ledger's vocabulary: record layouts, flags, kinds, codes and result codes.
+
+Everything here is a contract shared by three parties that must agree byte
+for byte: the Cython kernels in `cext/`, the plain-Python reference in
+`ledger/reference.py`, and the journal that stores batches on disk. The
+enums mirror the `cdef enum`s in `cext/ledger_kernel.pxd`; a test checks
+that the two agree. Numbers are never renumbered: new values go at the end
+of their precedence group's reserved range or at the end of the enum.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+INT64_MAX = (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
+ID_MAX = (1 << 128) - 1
+SLOT_NONE = 0xFFFFFFFF
+
+ACCOUNT_SIZE = 64
+TRANSFER_SIZE = 128
+COUNTERS_SIZE = 16
+PRODUCT_SIZE = 64
+CHANNEL_SIZE = 16
+CHANNEL_COUNT = 256
+
+NS_PER_S = 1_000_000_000
+
+
+class AccountKind(enum.IntEnum):
+    """What an account is for; drives which PBoC rules apply."""
+
+    CLASS_I = 1
+    CLASS_II = 2
+    CLASS_III = 3
+    SAVINGS = 4
+    FIXED_DEPOSIT = 5
+    LOAN = 6
+    INTERNAL_CASH = 16
+    INTERNAL_CLEARING = 17
+    INTERNAL_SETTLEMENT = 18
+    INTERNAL_INTEREST_EXPENSE = 19
+    INTERNAL_FEES = 20
+    INTERNAL_WEALTH = 21
+    INTERNAL_LOAN_FUNDING = 22
+
+
+ACCOUNT_KIND_MAX = 22
+ACCOUNT_KINDS_VALID = frozenset(int(kind) for kind in AccountKind)
+
+
+class AccountStatus(enum.IntEnum):
+    ACTIVE = 0
+    FROZEN = 1
+    CLOSED = 2
+
+
+class AccountFlags(enum.IntFlag):
+    NONE = 0
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 1 << 0
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 1 << 1
+    FACE_TO_FACE_VERIFIED = 1 << 2
+    NON_BOUND_INFLOW_ENABLED = 1 << 3
+    BOUND_EXTERNAL = 1 << 4  # bound to a card at another bank (reached via clearing)
+
+
+ACCOUNT_FLAGS_KNOWN = 0x1F
+
+
+class TransferFlags(enum.IntFlag):
+    NONE = 0
+    LINKED = 1 << 0
+    PENDING = 1 << 1
+    POST_PENDING = 1 << 2
+    VOID_PENDING = 1 << 3
+
+
+TRANSFER_FLAGS_KNOWN = 0x0F
+
+
+class TransferCode(enum.IntEnum):
+    """What a transfer is, as far as the PBoC buckets care.
+
+    `counted` codes consume the inflow bucket of a Class II/III credit account
+    and the outflow bucket of a Class II/III debit account, unless the
+    counterparty is the account's bound account. Exempt codes never count.
+    """
+
+    TRANSFER = 1  # counted: between customers of this bank
+    PAYMENT = 2  # counted: to a merchant
+    CASH_DEPOSIT = 3  # counted, cash rules
+    CASH_WITHDRAWAL = 4  # counted, cash rules
+    TOPUP_BOUND = 5  # exempt: from the account's bound card
+    WITHDRAW_BOUND = 6  # exempt: to the account's bound card
+    FEE = 7  # exempt
+    INTEREST = 8  # exempt
+    REVERSAL = 9  # compensates a posted transfer named by pending_id
+    WEALTH = 10  # exempt: the bank's own wealth products
+    LOAN_DISBURSEMENT = 11  # exempt
+    LOAN_REPAYMENT = 12  # exempt
+    EXTERNAL_TRANSFER_OUT = 13  # counted: to a non-bound account at another bank
+    EXTERNAL_TRANSFER_IN = 14  # counted: from a non-bound account at another bank
+    FIXED_DEPOSIT = 15  # exempt: to or from the customer's own fixed deposit
+    SETTLEMENT = 16  # exempt: between internal accounts
+
+
+TRANSFER_CODE_MAX = 16
+CODES_COUNTED = frozenset(
+    {
+        TransferCode.TRANSFER,
+        TransferCode.PAYMENT,
+        TransferCode.CASH_DEPOSIT,
+        TransferCode.CASH_WITHDRAWAL,
+        TransferCode.EXTERNAL_TRANSFER_OUT,
+        TransferCode.EXTERNAL_TRANSFER_IN,
+    }
+)
+CODES_CASH = frozenset({TransferCode.CASH_DEPOSIT, TransferCode.CASH_WITHDRAWAL})
+CODES_BOUND = frozenset({TransferCode.TOPUP_BOUND, TransferCode.WITHDRAW_BOUND})
+
+
+class PendingState(enum.IntEnum):
+    """Lifecycle of a transfer in the log (`state` byte)."""
+
+    NONE = 0  # single-phase, post, void, reversal, or failed
+    PENDING = 1
+    POSTED = 2
+    VOIDED = 3
+    EXPIRED = 4
+
+
+class CreateTransferResult(enum.IntEnum):
+    """Result of one transfer, in precedence order: the first failing check wins.
+
+    Dense and stable: never renumber. Codes below `ID_CONSUMED_FIRST` are
+    validation failures: the id is not consumed and a corrected retry may
+    succeed. Codes from `PENDING_TRANSFER_NOT_FOUND` on depend on ledger
+    state: the failure is recorded and the id answers `ID_ALREADY_FAILED`
+    forever after (within the retention window). See docs/result-codes.md.
+    """
+
+    OK = 0
+    LINKED_EVENT_FAILED = 1
+    LINKED_EVENT_CHAIN_OPEN = 2
+    TIMESTAMP_MUST_BE_ZERO = 3
+    RESERVED_FIELD = 4
+    RESERVED_FLAG = 5
+    ID_MUST_NOT_BE_ZERO = 6
+    ID_MUST_NOT_BE_INT_MAX = 7
+    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 8
+    DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 9
+    DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 10
+    CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO = 11
+    CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX = 12
+    ACCOUNTS_MUST_BE_DIFFERENT = 13
+    PENDING_ID_MUST_BE_ZERO = 14
+    PENDING_ID_MUST_NOT_BE_ZERO = 15
+    PENDING_ID_MUST_NOT_BE_INT_MAX = 16
+    PENDING_ID_MUST_BE_DIFFERENT = 17
+    TIMEOUT_RESERVED_FOR_PENDING_TRANSFER = 18
+    LEDGER_MUST_NOT_BE_ZERO = 19
+    CODE_MUST_NOT_BE_ZERO = 20
+    CODE_UNKNOWN = 21
+    AMOUNT_MUST_BE_POSITIVE = 22
+    DEBIT_ACCOUNT_NOT_FOUND = 23
+    CREDIT_ACCOUNT_NOT_FOUND = 24
+    ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER = 25
+    TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = 26
+    EXISTS_WITH_DIFFERENT_FLAGS = 27
+    EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID = 28
+    EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID = 29
+    EXISTS_WITH_DIFFERENT_AMOUNT = 30
+    EXISTS_WITH_DIFFERENT_PENDING_ID = 31
+    EXISTS_WITH_DIFFERENT_TIMEOUT = 32
+    EXISTS_WITH_DIFFERENT_LEDGER = 33
+    EXISTS_WITH_DIFFERENT_CODE = 34
+    EXISTS_WITH_DIFFERENT_CHANNEL = 35
+    EXISTS_WITH_DIFFERENT_USER_DATA = 36
+    EXISTS = 37
+    ID_ALREADY_FAILED = 38
+    PENDING_TRANSFER_NOT_FOUND = 39
+    PENDING_TRANSFER_NOT_PENDING = 40
+    PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID = 41
+    PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID = 42
+    PENDING_TRANSFER_HAS_DIFFERENT_LEDGER = 43
+    PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT = 44
+    EXCEEDS_PENDING_TRANSFER_AMOUNT = 45
+    PENDING_TRANSFER_ALREADY_POSTED = 46
+    PENDING_TRANSFER_ALREADY_VOIDED = 47
+    PENDING_TRANSFER_EXPIRED = 48
+    REVERSAL_TARGET_NOT_FOUND = 49
+    REVERSAL_TARGET_NOT_POSTED = 50
+    REVERSAL_ACCOUNTS_MISMATCH = 51
+    EXCEEDS_REVERSIBLE_AMOUNT = 52
+    DEBIT_ACCOUNT_FROZEN = 53
+    CREDIT_ACCOUNT_FROZEN = 54
+    DEBIT_ACCOUNT_CLOSED = 55
+    CREDIT_ACCOUNT_CLOSED = 56
+    NO_BOUND_ACCOUNT = 57
+    CASH_NOT_ALLOWED = 58
+    NON_BOUND_INFLOW_DISABLED = 59
+    OVERFLOWS_DEBITS_PENDING = 60
+    OVERFLOWS_CREDITS_PENDING = 61
+    OVERFLOWS_DEBITS_POSTED = 62
+    OVERFLOWS_CREDITS_POSTED = 63
+    OVERFLOWS_DEBITS = 64
+    OVERFLOWS_CREDITS = 65
+    OVERFLOWS_TIMEOUT = 66
+    EXCEEDS_CREDITS = 67
+    EXCEEDS_DEBITS = 68
+    EXCEEDS_TRANSFER_CAP = 69
+    EXCEEDS_CHANNEL_TRANSFER_CAP = 70
+    EXCEEDS_CHANNEL_DAILY_CAP = 71
+    EXCEEDS_DAILY_OUTFLOW = 72
+    EXCEEDS_YEARLY_OUTFLOW = 73
+    EXCEEDS_DAILY_INFLOW = 74
+    EXCEEDS_YEARLY_INFLOW = 75
+    EXCEEDS_BALANCE_CAP = 76
+
+
+ID_CONSUMED_FIRST = CreateTransferResult.PENDING_TRANSFER_NOT_FOUND
+
+
+class CreateAccountResult(enum.IntEnum):
+    """Result of one account creation, in precedence order. Never renumber."""
+
+    OK = 0
+    RESERVED_FIELD = 1
+    RESERVED_FLAG = 2
+    ID_MUST_NOT_BE_ZERO = 3
+    ID_MUST_NOT_BE_INT_MAX = 4
+    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 5
+    LEDGER_MUST_NOT_BE_ZERO = 6
+    KIND_UNKNOWN = 7
+    STATUS_MUST_BE_ACTIVE = 8
+    PRODUCT_UNKNOWN = 9
+    BOUND_ACCOUNT_NOT_FOUND = 10
+    BOUND_ACCOUNT_MUST_BE_CLASS_I = 11
+    BOUND_ACCOUNT_MUST_HAVE_THE_SAME_LEDGER = 12
+    EXISTS_WITH_DIFFERENT_LEDGER = 13
+    EXISTS_WITH_DIFFERENT_KIND = 14
+    EXISTS_WITH_DIFFERENT_FLAGS = 15
+    EXISTS_WITH_DIFFERENT_PRODUCT = 16
+    EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID = 17
+    EXISTS = 18
+
+
+class AccountUpdateResult(enum.IntEnum):
+    """Result of a status/flag change on an existing account. Never renumber."""
+
+    OK = 0
+    ACCOUNT_NOT_FOUND = 1
+    STATUS_UNKNOWN = 2
+    RESERVED_FLAG = 3
+    FLAGS_ARE_MUTUALLY_EXCLUSIVE = 4
+    ACCOUNT_CLOSED = 5
+    BALANCE_NOT_ZERO = 6
+    PENDING_NOT_ZERO = 7
+
+
+# --- record layouts ---------------------------------------------------------
+#
+# Account (64 bytes, one cache line):
+#   0  u64 id_lo          8  u64 id_hi
+#  16  i64 debits_posted  24  i64 credits_posted
+#  32  i64 debits_pending 40  i64 credits_pending
+#  48  u32 bound_slot     52  u16 ledger   54 u8 kind   55 u8 status
+#  56  u16 flags          58  u16 product  60 u16 counters_day  62 u16 reserved
+ACCOUNT_STRUCT = struct.Struct("<QQqqqqIHBBHHHH")
+assert ACCOUNT_STRUCT.size == ACCOUNT_SIZE
+
+# Account creation input (64 bytes): the bound account is named by its id.
+#   0  u64 id_lo        8  u64 id_hi
+#  16  u64 bound_id_lo 24  u64 bound_id_hi
+#  32  u16 ledger      34  u8 kind   35 u8 status (must be ACTIVE)
+#  36  u16 flags       38  u16 product  40..63 reserved (zero)
+ACCOUNT_INPUT_STRUCT = struct.Struct("<QQQQHBBHH24x")
+assert ACCOUNT_INPUT_STRUCT.size == ACCOUNT_SIZE
+
+# Limit counters (16 bytes per account slot, side table):
+#   i32 inflow_daily, i32 inflow_yearly, i32 outflow_daily, i32 outflow_yearly
+COUNTERS_STRUCT = struct.Struct("<iiii")
+assert COUNTERS_STRUCT.size == COUNTERS_SIZE
+
+# Transfer (128 bytes). Offsets 0..90 and 104..111 are the caller's input;
+# the rest (result, slots, business_day, counted, state, amount_posted,
+# amount_reversed) are written by the kernel when the transfer is recorded in
+# the log and must be zero on input (`reserved_field` otherwise).
+#   0  u64 id_lo                 8  u64 id_hi
+#  16  u64 debit_account_id_lo  24  u64 debit_account_id_hi
+#  32  u64 credit_account_id_lo 40  u64 credit_account_id_hi
+#  48  u64 pending_id_lo        56  u64 pending_id_hi
+#  64  i64 amount               72  u64 timestamp (input: 0)
+#  80  u32 timeout_s            84  u16 ledger   86 u16 code
+#  88  u16 flags                90  u8 channel   91 u8 result (log)
+#  92  u32 debit_slot (log)     96  u32 credit_slot (log)
+# 100  u16 business_day (log)  102  u8 counted (log) 103 u8 state (log)
+# 104  u64 user_data           112  i64 amount_posted (log) 120 i64 amount_reversed (log)
+TRANSFER_STRUCT = struct.Struct("<QQQQQQQQqQIHHHBBIIHBBQqq")
+assert TRANSFER_STRUCT.size == TRANSFER_SIZE
+
+COUNTED_DEBIT_OUTFLOW = 1
+COUNTED_CREDIT_INFLOW = 2
+
+
+def split_id(value: int) -> tuple[int, int]:
+    """A 128-bit id as (lo, hi) 64-bit halves."""
+    assert 0 <= value <= ID_MAX, value
+    return value & UINT64_MAX, value >> 64
+
+
+def join_id(lo: int, hi: int) -> int:
+    return (hi << 64) | lo

@@ -1,0 +1,828 @@
+"""Limit rule files: products, channels, their caps, and the tables the kernel reads.
+
+A rule file is TOML (see `examples/limits.toml`). It is validated strictly and
+completely before anything uses it, because a typo in a limit file is a
+compliance failure, not a cosmetic one: an unknown key is refused rather than
+ignored (a misspelt `outfow_daily_minor` would otherwise leave the default in
+force without anyone noticing), floats are refused for money, and a Class II
+or III cap looser than the PBoC ceiling is refused. Every problem is reported
+at once, each on one line naming the file, the dotted key and the reason.
+
+The kernel reads two packed little-endian tables built from the rules; their
+layouts are contracts with `cext/` and are described on the methods below.
+A cap of 0 in a table means "no cap".
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import hashlib
+import json
+import os
+import re
+import stat
+import struct
+import tomllib
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from . import pboc
+from .calendar import DEFAULT_TIMEZONE_NAME, business_day, load_timezone, open_timezone
+from .errors import RuleFileError
+
+PRODUCT_ID_MAX: Final = 65535
+CHANNEL_ID_MAX: Final = 255
+
+# Balance floors stay this far from the int64 edge so balance - amount can
+# never overflow in the kernel for any amount it accepts.
+BALANCE_FLOOR_MAGNITUDE_MAX_MINOR: Final = 2**62
+# Caps the kernel compares with an amount or a balance (int64), not with an
+# int32 counter: the single-transfer cap and the balance cap.
+AMOUNT_CAP_MAX_MINOR: Final = 2**62
+
+# Table layouts: contracts with the kernel. Do not change without cext/.
+PRODUCT_ROW: Final = struct.Struct("<8q")
+PRODUCT_ROW_SIZE: Final = 64
+CHANNEL_ROW: Final = struct.Struct("<2q")
+CHANNEL_ROW_SIZE: Final = 16
+CHANNEL_ROW_COUNT: Final = CHANNEL_ID_MAX + 1
+assert PRODUCT_ROW.size == PRODUCT_ROW_SIZE
+assert CHANNEL_ROW.size == CHANNEL_ROW_SIZE
+
+
+class ProductKind(enum.StrEnum):
+    CLASS_I = "class_i"
+    CLASS_II = "class_ii"
+    CLASS_III = "class_iii"
+    SAVINGS = "savings"
+    FIXED_DEPOSIT = "fixed_deposit"
+    LOAN = "loan"
+    INTERNAL = "internal"
+
+
+class ChannelKind(enum.StrEnum):
+    WECHAT = "wechat"
+    APP = "app"
+    COUNTER = "counter"
+    ATM = "atm"
+    OPEN_API = "open_api"
+    INTERNAL = "internal"
+
+
+BUCKET_FIELDS: Final = (
+    "inflow_daily_minor",
+    "inflow_yearly_minor",
+    "outflow_daily_minor",
+    "outflow_yearly_minor",
+)
+
+# PBoC ceilings per bucket field, for the kinds that have buckets. An omitted
+# bucket cap defaults to its ceiling: the regulation applies whether or not
+# the rule file repeats it.
+_BUCKET_CEILINGS_MINOR: Final[Mapping[ProductKind, tuple[str, Mapping[str, int]]]] = {
+    ProductKind.CLASS_II: (
+        "Class II",
+        {
+            "inflow_daily_minor": pboc.CLASS_II_INFLOW_DAILY_MINOR,
+            "inflow_yearly_minor": pboc.CLASS_II_INFLOW_YEARLY_MINOR,
+            "outflow_daily_minor": pboc.CLASS_II_OUTFLOW_DAILY_MINOR,
+            "outflow_yearly_minor": pboc.CLASS_II_OUTFLOW_YEARLY_MINOR,
+        },
+    ),
+    ProductKind.CLASS_III: (
+        "Class III",
+        {
+            "inflow_daily_minor": pboc.CLASS_III_INFLOW_DAILY_MINOR,
+            "inflow_yearly_minor": pboc.CLASS_III_INFLOW_YEARLY_MINOR,
+            "outflow_daily_minor": pboc.CLASS_III_OUTFLOW_DAILY_MINOR,
+            "outflow_yearly_minor": pboc.CLASS_III_OUTFLOW_YEARLY_MINOR,
+        },
+    ),
+}
+
+_TOP_LEVEL_KEYS: Final = ("timezone", "products", "channels")
+_PRODUCT_KEYS: Final = (
+    "id",
+    "kind",
+    "balance_floor_minor",
+    "transfer_cap_minor",
+    "balance_cap_minor",
+    *BUCKET_FIELDS,
+)
+_CHANNEL_KEYS: Final = ("id", "kind", "transfer_cap_minor", "daily_cap_minor")
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """An account product; its caps become one row of the product table.
+
+    Caps are in fen and 0 means "no cap". A negative `balance_floor_minor`
+    allows an overdraft down to that balance.
+    """
+
+    id: int
+    name: str
+    kind: ProductKind
+    balance_floor_minor: int = 0
+    transfer_cap_minor: int = 0
+    balance_cap_minor: int = 0
+    inflow_daily_minor: int = 0
+    inflow_yearly_minor: int = 0
+    outflow_daily_minor: int = 0
+    outflow_yearly_minor: int = 0
+
+    def __post_init__(self) -> None:
+        # The parser has already reported operator mistakes; these catch
+        # programs that build a Product by hand with impossible values.
+        assert 1 <= self.id <= PRODUCT_ID_MAX, self.id
+        assert isinstance(self.kind, ProductKind), self.kind
+        limit = BALANCE_FLOOR_MAGNITUDE_MAX_MINOR
+        assert -limit <= self.balance_floor_minor <= limit, self.balance_floor_minor
+        assert 0 <= self.transfer_cap_minor <= AMOUNT_CAP_MAX_MINOR
+        assert 0 <= self.balance_cap_minor <= AMOUNT_CAP_MAX_MINOR
+        for field in BUCKET_FIELDS:
+            cap_minor = getattr(self, field)
+            assert 0 <= cap_minor <= pboc.COUNTER_LIMIT_MINOR, (field, cap_minor)
+            if self.kind in _BUCKET_CEILINGS_MINOR:
+                _, ceilings = _BUCKET_CEILINGS_MINOR[self.kind]
+                assert 0 < cap_minor <= ceilings[field], (field, cap_minor)
+            else:
+                assert cap_minor == 0, (field, cap_minor)
+        if self.kind is ProductKind.CLASS_III:
+            assert 0 < self.balance_cap_minor <= pboc.CLASS_III_BALANCE_CAP_MINOR
+
+    def row(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """The product table row, in the order of the kernel's layout."""
+        return (
+            self.balance_floor_minor,
+            self.transfer_cap_minor,
+            self.balance_cap_minor,
+            self.inflow_daily_minor,
+            self.inflow_yearly_minor,
+            self.outflow_daily_minor,
+            self.outflow_yearly_minor,
+            0,  # reserved
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel (app, ATM, counter...); its caps become one channel table row.
+
+    `transfer_cap_minor` bounds one transaction, `daily_cap_minor` the total
+    per account per business day on this channel; 0 means "no cap".
+    """
+
+    id: int
+    name: str
+    kind: ChannelKind
+    transfer_cap_minor: int = 0
+    daily_cap_minor: int = 0
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.id <= CHANNEL_ID_MAX, self.id
+        assert isinstance(self.kind, ChannelKind), self.kind
+        assert 0 <= self.transfer_cap_minor <= AMOUNT_CAP_MAX_MINOR
+        assert 0 <= self.daily_cap_minor <= pboc.COUNTER_LIMIT_MINOR
+
+    def row(self) -> tuple[int, int]:
+        """The channel table row, in the order of the kernel's layout."""
+        return (self.transfer_cap_minor, self.daily_cap_minor)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """One validated rule file.
+
+    `digest` is the SHA-256 (hex) of the file's bytes: the journal records
+    it with the batches the rules applied to, so a replay can prove it used
+    the same rules.
+    """
+
+    products: Mapping[int, Product]
+    channels: Mapping[int, Channel]
+    timezone_name: str
+    source_path: str
+    digest: str
+
+    @property
+    def timezone(self) -> zoneinfo.ZoneInfo:
+        return load_timezone(self.timezone_name)
+
+    def business_day(self, timestamp_ns: int) -> int:
+        """The business day of `timestamp_ns` in this rule set's time zone."""
+        return business_day(timestamp_ns, self.timezone)
+
+    def product_table(self) -> bytearray:
+        """Pack the products for the kernel.
+
+        `(max_product_id + 1) * 64` bytes; the row of product id i starts at
+        byte i * 64 and holds 8 little-endian int64: balance_floor_minor,
+        transfer_cap_minor, balance_cap_minor, inflow_daily_minor,
+        inflow_yearly_minor, outflow_daily_minor, outflow_yearly_minor,
+        reserved (0). Rows of unused ids (and id 0) are zeros: no caps,
+        floor 0.
+        """
+        row_count = max(self.products, default=0) + 1
+        table = bytearray(row_count * PRODUCT_ROW_SIZE)
+        for product_id, product in self.products.items():
+            assert product_id == product.id
+            PRODUCT_ROW.pack_into(table, product_id * PRODUCT_ROW_SIZE, *product.row())
+        for product_id, product in self.products.items():
+            unpacked = PRODUCT_ROW.unpack_from(table, product_id * PRODUCT_ROW_SIZE)
+            assert unpacked == product.row(), (product_id, unpacked)
+        return table
+
+    def channel_table(self) -> bytearray:
+        """Pack the channels for the kernel.
+
+        Exactly 256 rows of 16 bytes; row i is channel id i: little-endian
+        int64 transfer_cap_minor, int64 daily_cap_minor (0 = none). Channel 0
+        means "unspecified/internal" and has no caps.
+        """
+        table = bytearray(CHANNEL_ROW_COUNT * CHANNEL_ROW_SIZE)
+        for channel_id, channel in self.channels.items():
+            assert channel_id == channel.id
+            CHANNEL_ROW.pack_into(table, channel_id * CHANNEL_ROW_SIZE, *channel.row())
+        for channel_id, channel in self.channels.items():
+            unpacked = CHANNEL_ROW.unpack_from(table, channel_id * CHANNEL_ROW_SIZE)
+            assert unpacked == channel.row(), (channel_id, unpacked)
+        assert CHANNEL_ROW.unpack_from(table, 0) == (0, 0)
+        return table
+
+
+def load_rules(path: str | os.PathLike[str]) -> RuleSet:
+    """Read and validate the rule file at `path`; raise `RuleFileError` on any problem."""
+    source_path = os.fspath(path)
+    _, data = _read_stable(source_path)
+    return _parse_bytes(data, source_path)
+
+
+def parse_rules(text: str, source_name: str) -> RuleSet:
+    """Validate rule file text; `source_name` is the file name used in messages."""
+    return _parse_bytes(text.encode("utf-8"), source_name)
+
+
+# Identity of one version of the file: (st_dev, st_ino, st_mtime_ns, st_size).
+# The inode is there because an atomic rename-into-place may keep both the
+# size and, on coarse clocks, the mtime.
+_Stamp = tuple[int, int, int, int]
+
+
+class RuleFile:
+    """A rule file that can be re-read while the bank runs.
+
+    `reload_if_changed()` only *prepares* a new `RuleSet`; it never puts one
+    into force by itself. The engine must install the new rules between two
+    batches and journal the new digest with that batch boundary. Replay and
+    replicas apply the same batches to the same state, and they must also
+    apply them under the same rules, or a transfer accepted under the old
+    caps would be rejected on replay under the new ones (or the reverse) and
+    the ledgers would diverge. A rule change applied in the middle of a
+    batch, or outside the engine's single writer, breaks that determinism.
+
+    A file that fails validation never replaces the rules in force: the old
+    rules stay, the `RuleFileError` is raised to the caller to log (once per
+    version of the file; `last_error` keeps it), and the next version of the
+    file is tried on a later call. A reload may also not remove a product or
+    a channel, nor change a product's kind: accounts opened on that product
+    would otherwise fall back to the all-zero row (no caps at all, including
+    the PBoC ones) until restart. Retire a product with a restart, after
+    moving its accounts.
+
+    Operators should replace the file atomically (write a temporary file in
+    the same directory, then rename it over the old one); a file seen to
+    change while it is being read is left for the next call.
+
+    Not thread-safe: call it from the engine's owner only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        stamp, data = _read_stable(self._path)
+        self._rules = _parse_bytes(data, self._path)
+        self._stamp: _Stamp | None = stamp
+        self.last_error: RuleFileError | None = None
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if it changed; return True if new rules are ready.
+
+        Raises `RuleFileError` (keeping the current rules) the first time a
+        new version of the file is bad or unreadable.
+        """
+        try:
+            status = os.stat(self._path)
+        except OSError as error:
+            return self._reject(None, _read_error(self._path, error))
+        if _stamp_of(status) == self._stamp:
+            return False
+        try:
+            read = _read_once(self._path)
+        except OSError as error:
+            return self._reject(None, _read_error(self._path, error))
+        except RuleFileError as error:
+            return self._reject(None, error)
+        if read is None:
+            return False  # being written: look again on the next call
+        stamp, data = read
+        try:
+            rules = _parse_bytes(data, self._path)
+            _check_reload(self._rules, rules)
+        except RuleFileError as error:
+            return self._reject(stamp, error)
+        self._stamp = stamp
+        self.last_error = None
+        if rules.digest == self._rules.digest:
+            return False  # touched, or edited back to what is in force
+        self._rules = rules
+        return True
+
+    def _reject(self, stamp: _Stamp | None, error: RuleFileError) -> bool:
+        if stamp == self._stamp and self.last_error is not None:
+            return False  # this version was already reported
+        self._stamp = stamp
+        self.last_error = error
+        raise error
+
+
+def _check_reload(current: RuleSet, new: RuleSet) -> None:
+    """Refuse reloads that would silently strip accounts of their caps."""
+    problems = _Problems(new.source_path)
+    for product_id, product in current.products.items():
+        replacement = new.products.get(product_id)
+        key = f"products.{_key_part(product.name)}"
+        if replacement is None:
+            problems.add(
+                key,
+                f"product id {product_id} was removed; a reload cannot remove a product "
+                "that accounts may use (restart to retire it)",
+            )
+        elif replacement.kind is not product.kind:
+            problems.add(
+                f"products.{_key_part(replacement.name)}.kind",
+                f"product id {product_id} changed kind from {product.kind} to "
+                f"{replacement.kind}; a reload cannot change a product's kind",
+            )
+    for channel_id, channel in current.channels.items():
+        if channel_id not in new.channels:
+            problems.add(
+                f"channels.{_key_part(channel.name)}",
+                f"channel id {channel_id} was removed; a reload cannot remove a channel "
+                "(restart to retire it)",
+            )
+    problems.raise_if_any()
+
+
+def _stamp_of(status: os.stat_result) -> _Stamp:
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+
+
+def _read_once(path: str) -> tuple[_Stamp, bytes] | None:
+    """Read the file; None if it changed while being read."""
+    with open(path, "rb") as file:
+        before = os.fstat(file.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            raise RuleFileError([f"{path}: not a regular file"])
+        data = file.read()
+        after = os.fstat(file.fileno())
+    stamp = _stamp_of(before)
+    if _stamp_of(after) != stamp or len(data) != before.st_size:
+        return None
+    return stamp, data
+
+
+def _read_stable(path: str) -> tuple[_Stamp, bytes]:
+    for _ in range(3):
+        try:
+            read = _read_once(path)
+        except OSError as error:
+            raise _read_error(path, error) from error
+        if read is not None:
+            return read
+    raise RuleFileError(
+        [f"{path}: the file kept changing while being read; replace it atomically (rename)"]
+    )
+
+
+def _read_error(path: str, error: OSError) -> RuleFileError:
+    reason = error.strerror or str(error)
+    return RuleFileError([f"{path}: cannot read the rule file: {reason}"])
+
+
+class _Problems:
+    """Collects every problem of one file so they are reported together."""
+
+    def __init__(self, source_name: str) -> None:
+        self.source_name = source_name
+        self.lines: list[str] = []
+
+    def add(self, key: str, reason: str) -> None:
+        self.lines.append(f"{self.source_name}: `{key}`: {reason}")
+
+    def add_line(self, line: str) -> None:
+        self.lines.append(f"{self.source_name}{line}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise RuleFileError(self.lines)
+
+
+class _Absent:
+    """Marks a key the file leaves out (distinct from an invalid value)."""
+
+
+_ABSENT: Final = _Absent()
+
+_KindT = TypeVar("_KindT", ProductKind, ChannelKind)
+
+_TOML_POSITION = re.compile(r"^(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+_TOML_AT_END = re.compile(r"^(?P<reason>.*) \(at end of document\)$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _parse_bytes(data: bytes, source_name: str) -> RuleSet:
+    problems = _Problems(source_name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        problems.add_line(f": not valid UTF-8 (byte offset {error.start})")
+        raise RuleFileError(problems.lines) from error
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        problems.add_line(_describe_toml_error(str(error)))
+        raise RuleFileError(problems.lines) from error
+
+    _check_unknown_keys(document, _TOP_LEVEL_KEYS, "", problems)
+    timezone_name = _parse_timezone(document, problems)
+    products = _parse_products(document, problems)
+    channels = _parse_channels(document, problems)
+    problems.raise_if_any()
+
+    return RuleSet(
+        products=MappingProxyType(products),
+        channels=MappingProxyType(channels),
+        timezone_name=timezone_name,
+        source_path=source_name,
+        digest=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def _describe_toml_error(message: str) -> str:
+    match = _TOML_POSITION.match(message)
+    if match is not None:
+        return f":{match['line']}:{match['column']}: invalid TOML: {match['reason']}"
+    match = _TOML_AT_END.match(message)
+    if match is not None:
+        return f": at end of file: invalid TOML: {match['reason']}"
+    return f": invalid TOML: {message}"
+
+
+def _parse_timezone(document: Mapping[str, Any], problems: _Problems) -> str:
+    value = document.get("timezone", DEFAULT_TIMEZONE_NAME)
+    if not isinstance(value, str):
+        problems.add("timezone", f"expected a time zone name string, got {_describe(value)}")
+        return DEFAULT_TIMEZONE_NAME
+    zone = open_timezone(value)
+    if isinstance(zone, str):
+        problems.add("timezone", f"{value!r}: {zone}")
+    return value
+
+
+def _named_tables(
+    document: Mapping[str, Any], group: str, noun: str, problems: _Problems
+) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """Return (name, dotted prefix, table) for every `[group.NAME]` table."""
+    tables = document.get(group, {})
+    if not isinstance(tables, dict):
+        expected = f"expected a table of named {noun}s ([{group}.NAME])"
+        problems.add(group, f"{expected}, got {_describe(tables)}")
+        return []
+    named: list[tuple[str, str, Mapping[str, Any]]] = []
+    for name, table in tables.items():
+        prefix = f"{group}.{_key_part(name)}"
+        if not isinstance(table, dict):
+            problems.add(prefix, f"expected a table ([{prefix}]), got {_describe(table)}")
+            continue
+        named.append((name, prefix, table))
+    return named
+
+
+def _claim_id(
+    names_by_id: dict[int, str],
+    group: str,
+    noun: str,
+    item_id: int,
+    prefix: str,
+    name: str,
+    problems: _Problems,
+) -> bool:
+    other = names_by_id.get(item_id)
+    if other is not None:
+        problems.add(
+            f"{prefix}.id",
+            f"duplicate {noun} id {item_id} (already used by `{group}.{_key_part(other)}`)",
+        )
+        return False
+    names_by_id[item_id] = name
+    return True
+
+
+def _parse_products(document: Mapping[str, Any], problems: _Problems) -> dict[int, Product]:
+    products: dict[int, Product] = {}
+    names_by_id: dict[int, str] = {}
+    for name, prefix, table in _named_tables(document, "products", "product", problems):
+        product_id = _parse_id(table, prefix, PRODUCT_ID_MAX, problems)
+        product = _parse_product(name, table, prefix, product_id, problems)
+        if product_id is None:
+            continue
+        claimed = _claim_id(names_by_id, "products", "product", product_id, prefix, name, problems)
+        if claimed and product is not None:
+            products[product_id] = product
+    return products
+
+
+def _parse_channels(document: Mapping[str, Any], problems: _Problems) -> dict[int, Channel]:
+    channels: dict[int, Channel] = {}
+    names_by_id: dict[int, str] = {}
+    for name, prefix, table in _named_tables(document, "channels", "channel", problems):
+        channel_id = _parse_id(table, prefix, CHANNEL_ID_MAX, problems)
+        channel = _parse_channel(name, table, prefix, channel_id, problems)
+        if channel_id is None:
+            continue
+        claimed = _claim_id(names_by_id, "channels", "channel", channel_id, prefix, name, problems)
+        if claimed and channel is not None:
+            channels[channel_id] = channel
+    return channels
+
+
+def _parse_product(
+    name: str, table: Mapping[str, Any], prefix: str, product_id: int | None, problems: _Problems
+) -> Product | None:
+    """Validate one product; None if it has a problem (already reported)."""
+    problem_count = len(problems.lines)
+    _check_unknown_keys(table, _PRODUCT_KEYS, prefix, problems)
+    kind = _parse_kind(table, ProductKind, prefix, problems)
+
+    floor_key = f"{prefix}.balance_floor_minor"
+    balance_floor = _read_money(table, "balance_floor_minor", floor_key, problems)
+    if isinstance(balance_floor, _Absent):
+        balance_floor = 0
+    elif balance_floor is not None:
+        limit = BALANCE_FLOOR_MAGNITUDE_MAX_MINOR
+        if not -limit <= balance_floor <= limit:
+            problems.add(
+                floor_key,
+                f"{balance_floor} is outside -{limit}..{limit} "
+                "(2**62 keeps balance arithmetic inside int64)",
+            )
+            balance_floor = None
+
+    transfer_cap = _read_cap(table, "transfer_cap_minor", prefix, AMOUNT_CAP_MAX_MINOR, problems)
+    if isinstance(transfer_cap, _Absent):
+        transfer_cap = 0
+
+    balance_cap = _parse_balance_cap(table, prefix, kind, problems)
+    if (
+        balance_floor is not None
+        and balance_cap is not None
+        and balance_cap > 0
+        and balance_floor > balance_cap
+    ):
+        problems.add(
+            floor_key,
+            f"{balance_floor} is above balance_cap_minor {balance_cap}: "
+            "no balance would be allowed",
+        )
+
+    buckets = _parse_buckets(table, prefix, kind, problems)
+
+    if len(problems.lines) > problem_count or product_id is None or kind is None:
+        return None
+    assert balance_floor is not None and transfer_cap is not None and balance_cap is not None
+    assert buckets is not None
+    return Product(
+        id=product_id,
+        name=name,
+        kind=kind,
+        balance_floor_minor=balance_floor,
+        transfer_cap_minor=transfer_cap,
+        balance_cap_minor=balance_cap,
+        **buckets,
+    )
+
+
+def _parse_balance_cap(
+    table: Mapping[str, Any], prefix: str, kind: ProductKind | None, problems: _Problems
+) -> int | None:
+    key = f"{prefix}.balance_cap_minor"
+    value = _read_cap(table, "balance_cap_minor", prefix, AMOUNT_CAP_MAX_MINOR, problems)
+    if kind is not ProductKind.CLASS_III:
+        return 0 if isinstance(value, _Absent) else value
+    ceiling = pboc.CLASS_III_BALANCE_CAP_MINOR
+    if isinstance(value, _Absent):
+        return ceiling
+    if value is None:
+        return None
+    if value == 0:
+        problems.add(
+            key,
+            f"0 (no cap) is looser than the PBoC Class III balance ceiling {ceiling}; "
+            "omit the key to apply the ceiling",
+        )
+        return None
+    if value > ceiling:
+        problems.add(key, f"{value} exceeds the PBoC Class III balance ceiling {ceiling}")
+        return None
+    return value
+
+
+def _parse_buckets(
+    table: Mapping[str, Any], prefix: str, kind: ProductKind | None, problems: _Problems
+) -> dict[str, int] | None:
+    """Return the four bucket caps, defaulting Class II/III ones to the PBoC ceilings."""
+    buckets: dict[str, int] = {}
+    valid = True
+    for field in BUCKET_FIELDS:
+        key = f"{prefix}.{field}"
+        value = _read_cap(table, field, prefix, pboc.COUNTER_LIMIT_MINOR, problems)
+        if value is None:
+            valid = False
+            continue
+        if kind is None:
+            continue  # the kind is already reported; nothing to compare with
+        entry = _BUCKET_CEILINGS_MINOR.get(kind)
+        if entry is None:
+            if not isinstance(value, _Absent):
+                problems.add(
+                    key,
+                    f"kind {kind} has no inflow/outflow buckets (only class_ii and class_iii do); "
+                    "remove this key",
+                )
+                valid = False
+            buckets[field] = 0
+            continue
+        label, ceilings = entry
+        ceiling = ceilings[field]
+        if isinstance(value, _Absent):
+            buckets[field] = ceiling
+        elif value == 0:
+            problems.add(
+                key,
+                f"0 (no cap) is looser than the PBoC {label} ceiling {ceiling}; "
+                "omit the key to apply the ceiling",
+            )
+            valid = False
+        elif value > ceiling:
+            problems.add(key, f"{value} exceeds the PBoC {label} ceiling {ceiling}")
+            valid = False
+        else:
+            buckets[field] = value
+    return buckets if valid and kind is not None else None
+
+
+def _parse_channel(
+    name: str, table: Mapping[str, Any], prefix: str, channel_id: int | None, problems: _Problems
+) -> Channel | None:
+    """Validate one channel; None if it has a problem (already reported)."""
+    problem_count = len(problems.lines)
+    _check_unknown_keys(table, _CHANNEL_KEYS, prefix, problems)
+    kind = _parse_kind(table, ChannelKind, prefix, problems)
+    transfer_cap = _read_cap(table, "transfer_cap_minor", prefix, AMOUNT_CAP_MAX_MINOR, problems)
+    daily_cap = _read_cap(table, "daily_cap_minor", prefix, pboc.COUNTER_LIMIT_MINOR, problems)
+    if len(problems.lines) > problem_count or channel_id is None or kind is None:
+        return None
+    assert transfer_cap is not None and daily_cap is not None
+    return Channel(
+        id=channel_id,
+        name=name,
+        kind=kind,
+        transfer_cap_minor=0 if isinstance(transfer_cap, _Absent) else transfer_cap,
+        daily_cap_minor=0 if isinstance(daily_cap, _Absent) else daily_cap,
+    )
+
+
+def _parse_id(
+    table: Mapping[str, Any], prefix: str, id_max: int, problems: _Problems
+) -> int | None:
+    key = f"{prefix}.id"
+    if "id" not in table:
+        problems.add(key, f"missing required key (an integer 1..{id_max})")
+        return None
+    value = table["id"]
+    if not _is_integer(value):
+        problems.add(key, f"expected an integer 1..{id_max}, got {_describe(value)}")
+        return None
+    assert isinstance(value, int)
+    if not 1 <= value <= id_max:
+        problems.add(key, f"{value} is out of range 1..{id_max}")
+        return None
+    return value
+
+
+def _parse_kind(
+    table: Mapping[str, Any], kinds: type[_KindT], prefix: str, problems: _Problems
+) -> _KindT | None:
+    key = f"{prefix}.kind"
+    names = [kind.value for kind in kinds]
+    expected = ", ".join(names)
+    if "kind" not in table:
+        problems.add(key, f"missing required key (one of: {expected})")
+        return None
+    value = table["kind"]
+    if not isinstance(value, str):
+        problems.add(key, f"expected a string (one of: {expected}), got {_describe(value)}")
+        return None
+    if value not in names:
+        problems.add(key, f"unknown kind {value!r} (expected one of: {expected})")
+        return None
+    return kinds(value)
+
+
+def _read_cap(
+    table: Mapping[str, Any], field: str, prefix: str, cap_max: int, problems: _Problems
+) -> int | _Absent | None:
+    """Read a cap: an integer number of fen in 0..cap_max, 0 meaning none."""
+    key = f"{prefix}.{field}"
+    value = _read_money(table, field, key, problems)
+    if value is None or isinstance(value, _Absent):
+        return value
+    if value < 0:
+        problems.add(key, f"{value} is negative; caps are >= 0 (0 = no cap)")
+        return None
+    if value > cap_max:
+        if cap_max == pboc.COUNTER_LIMIT_MINOR:
+            problems.add(key, f"{value} exceeds the int32 limit-counter range {cap_max}")
+        else:
+            problems.add(key, f"{value} exceeds the largest allowed cap {cap_max}")
+        return None
+    return value
+
+
+def _read_money(
+    table: Mapping[str, Any], field: str, key: str, problems: _Problems
+) -> int | _Absent | None:
+    if field not in table:
+        return _ABSENT
+    value = table[field]
+    if isinstance(value, float):
+        reason = "money is an integer number of fen (1 CNY = 100 fen)"
+        problems.add(key, f"{reason}, got {_describe(value)}")
+        return None
+    if not _is_integer(value):
+        problems.add(key, f"expected an integer number of fen, got {_describe(value)}")
+        return None
+    assert isinstance(value, int)
+    return value
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # bool is an int subclass
+
+
+def _check_unknown_keys(
+    table: Mapping[str, Any], allowed: Sequence[str], prefix: str, problems: _Problems
+) -> None:
+    for name in table:
+        if name in allowed:
+            continue
+        key = f"{prefix}.{_key_part(name)}" if prefix else _key_part(name)
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            problems.add(key, f"unknown key (did you mean `{close[0]}`?)")
+        else:
+            problems.add(key, f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _key_part(name: str) -> str:
+    """Spell a key as TOML would, so dotted keys in messages stay unambiguous."""
+    return name if _BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value!r})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return f"a string ({shown!r})"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__} ({value})"  # TOML dates and times

@@ -1,0 +1,1 @@
+"""Locust files and the scripts that run them against a live server."""

@@ -1,0 +1,1 @@
+"""The failover simulator: traffic, dual-region topology, failures, checkers and reports."""

@@ -1,0 +1,82 @@
+"""The `tally` command line itself: its registry, its refusals and its usage errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import cli
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter from the repository root, without an inherited PYTHONOPTIMIZE."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tally --help` names `bench` and every other registered command, with its summary."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    help_words = capsys.readouterr().out.split()  # argparse wraps lines
+    help_text = " ".join(help_words)
+    assert "bench" in help_words
+    for name, entry in cli.COMMANDS.items():
+        assert name in help_words
+        assert entry.summary in help_text
+
+
+def test_help_imports_no_command_module() -> None:
+    """Listing the commands imports none of their modules, so it is cheap and works early."""
+    result = run_python(
+        "-c",
+        "import sys\n"
+        "from core import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('core.') and m != 'core.cli'))\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_refuses_to_run_under_python_dash_o() -> None:
+    """Under `python -O` the asserts are gone, so tally exits 2 with the refusal, doing nothing."""
+    result = run_python("-O", "-m", "core", "--help")
+    assert result.returncode == 2
+    assert result.stderr.strip() == cli.REFUSAL_UNDER_OPTIMIZE
+    assert result.stdout == ""
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped command is an argparse usage error: exit 2, naming the bad word."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
+
+
+def test_command_without_module_fails_with_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registered command whose module is not written yet exits 1 and says so, no traceback."""
+    monkeypatch.setattr(
+        cli, "COMMANDS", {"later": cli.module_command("core.not_written_yet", "comes later")}
+    )
+    assert cli.main(["later"]) == 1
+    assert "module core.not_written_yet does not exist" in capsys.readouterr().err
