@@ -7,13 +7,13 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 cdef enum:
     ACCOUNT_SIZE = 64
     TRANSFER_SIZE = 128
-    COUNTERS_SIZE = 16
+    PENDING_SIZE = 16
     PRODUCT_SIZE = 64
     CHANNEL_SIZE = 16
     CHANNEL_COUNT = 256
     INDEX_ENTRY_SIZE = 16
     HEAP_ENTRY_SIZE = 16
-    CHANNEL_ENTRY_SIZE = 24
+    CHANNEL_ENTRY_SIZE = 16
 
 cdef enum:  # meta fields (int64 array shared with ledger/kernel.py)
     META_ACCOUNT_COUNT = 0
@@ -208,13 +208,24 @@ cdef enum AccountUpdateResult:
     UR_BALANCE_NOT_ZERO = 6
     UR_PENDING_NOT_ZERO = 7
 
+cdef enum AccountInternal:
+    INTERNAL_HAS_PENDING = 1  # the account's row in the pending table is not all zero
+
+cdef packed struct Counters:
+    int32_t inflow_daily
+    int32_t inflow_yearly
+    int32_t outflow_daily
+    int32_t outflow_yearly
+
+# One cache line: what every posting reads. Pending balances, touched only by
+# accounts with holds, live in the side table `Pending` (same slot), and are
+# read only when `internal` has INTERNAL_HAS_PENDING.
 cdef packed struct Account:
     uint64_t id_lo
     uint64_t id_hi
     int64_t debits_posted
     int64_t credits_posted
-    int64_t debits_pending
-    int64_t credits_pending
+    Counters counters
     uint32_t bound_slot
     uint16_t ledger
     uint8_t kind
@@ -222,7 +233,11 @@ cdef packed struct Account:
     uint16_t flags
     uint16_t product
     uint16_t counters_day
-    uint16_t reserved
+    uint16_t internal
+
+cdef packed struct Pending:
+    int64_t debits_pending
+    int64_t credits_pending
 
 cdef packed struct AccountInput:
     uint64_t id_lo
@@ -235,12 +250,6 @@ cdef packed struct AccountInput:
     uint16_t flags
     uint16_t product
     uint64_t reserved[3]
-
-cdef packed struct Counters:
-    int32_t inflow_daily
-    int32_t inflow_yearly
-    int32_t outflow_daily
-    int32_t outflow_yearly
 
 cdef packed struct Transfer:
     uint64_t id_lo
@@ -291,6 +300,5 @@ cdef packed struct HeapEntry:
     uint64_t seq
 
 cdef packed struct ChannelEntry:
-    uint64_t key
-    uint64_t day
+    uint64_t key_day  # ((slot + 1) << 8 | channel) << 16 | business day; 0 marks an empty entry
     int64_t used

@@ -35,7 +35,7 @@ cdef int KIND_CUSTOMER_MAX = KIND_LOAN
 
 cdef struct State:
     Account *accounts
-    Counters *counters
+    Pending *pending
     uint32_t *account_index
     uint64_t account_index_mask
     uint32_t account_slot_bits
@@ -59,12 +59,13 @@ cdef struct State:
     int64_t product_count
     const ChannelRule *channels
     int64_t last_day
+    int64_t year_first_day  # first day of last_day's year: same_year() without division
 
 
 cdef struct Undo:
     uint32_t slots[2]
     Account accounts[2]
-    Counters counters[2]
+    Pending pending[2]
     int64_t target_seq
     Transfer target
     int64_t channel_position
@@ -83,7 +84,7 @@ cdef struct Chain:
 # --- state loading ------------------------------------------------------------
 
 cdef int state_load(
-    State *s, unsigned char[::1] accounts, unsigned char[::1] counters,
+    State *s, unsigned char[::1] accounts, unsigned char[::1] pending,
     unsigned char[::1] account_index, unsigned char[::1] log, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters,
     const unsigned char[::1] products, const unsigned char[::1] channels, int64_t[::1] meta,
@@ -112,8 +113,8 @@ cdef int state_load(
         raise ValueError("account table smaller than its capacity")
     if <uint64_t>s.account_capacity > <uint64_t>s.account_slot_mask:
         raise ValueError("account capacity does not fit the slot bits")
-    if counters.shape[0] < s.account_capacity * COUNTERS_SIZE:
-        raise ValueError("counters table smaller than the account capacity")
+    if pending.shape[0] < s.account_capacity * PENDING_SIZE:
+        raise ValueError("pending table smaller than the account capacity")
     if account_index.shape[0] != <int64_t>(s.account_index_mask + 1) * 4 or s.account_index_mask < 15:
         raise ValueError("account index size must be (mask + 1) * 4, at least 16 entries")
     if log.shape[0] != <int64_t>(s.log_mask + 1) * TRANSFER_SIZE:
@@ -122,14 +123,14 @@ cdef int state_load(
         raise ValueError("transfer index size must be (mask + 1) * INDEX_ENTRY_SIZE, at least 4 entries")
     if heap.shape[0] < s.heap_capacity * HEAP_ENTRY_SIZE or s.heap_capacity < 1:
         raise ValueError("heap smaller than its capacity")
-    if channel_counters.shape[0] != <int64_t>(s.channel_mask + 1) * CHANNEL_ENTRY_SIZE:
-        raise ValueError("channel counters size must be (mask + 1) * CHANNEL_ENTRY_SIZE")
+    if channel_counters.shape[0] != <int64_t>(s.channel_mask + 1) * CHANNEL_ENTRY_SIZE or s.channel_mask < 3:
+        raise ValueError("channel counters size must be (mask + 1) * CHANNEL_ENTRY_SIZE, at least 4 entries")
     if products.shape[0] != s.product_count * PRODUCT_SIZE or s.product_count < 1:
         raise ValueError("product table size must be product_count * PRODUCT_SIZE")
     if channels.shape[0] != CHANNEL_COUNT * CHANNEL_SIZE:
         raise ValueError("channel table must hold 256 rows")
     s.accounts = <Account *>&accounts[0]
-    s.counters = <Counters *>&counters[0]
+    s.pending = <Pending *>&pending[0]
     s.account_index = <uint32_t *>&account_index[0]
     s.log = <Transfer *>&log[0]
     s.transfer_index = <IndexEntry *>&transfer_index[0]
@@ -304,13 +305,31 @@ cdef inline int64_t year_of_day(int64_t day) noexcept nogil:
     return yoe + era * 400 + (1 if month <= 2 else 0)
 
 
-cdef inline Counters counters_effective(Counters *counters, int64_t counters_day, int64_t day) noexcept nogil:
+cdef int64_t first_day_of_year(int64_t day) noexcept nogil:
+    cdef int64_t year = year_of_day(day)
+    while day > 0 and year_of_day(day - 1) == year:
+        day -= 1
+    return day
+
+
+cdef inline void state_set_day(State *s, int64_t day) noexcept nogil:
+    s.last_day = day
+    s.year_first_day = first_day_of_year(day)
+
+
+cdef inline bint same_year(State *s, int64_t day_earlier) noexcept nogil:
+    """year_of_day(day_earlier) == year_of_day(s.last_day), for day_earlier <= s.last_day."""
+    return day_earlier >= s.year_first_day
+
+
+cdef inline Counters counters_effective(State *s, Counters *counters, int64_t counters_day,
+                                        int64_t day) noexcept nogil:
     cdef Counters effective
     if counters_day == day:
         return counters[0]
     effective.inflow_daily = 0
     effective.outflow_daily = 0
-    if year_of_day(counters_day) == year_of_day(day):
+    if same_year(s, counters_day):
         effective.inflow_yearly = counters.inflow_yearly
         effective.outflow_yearly = counters.outflow_yearly
     else:
@@ -327,13 +346,25 @@ cdef inline bint exceeds_cap(int64_t used, int64_t cap, int64_t amount) noexcept
     return amount + used > cap
 
 
-cdef inline void quota_restore(int32_t *daily, int32_t *yearly, int64_t amount,
+cdef inline int32_t quota_take_back(int32_t used, int64_t amount) noexcept nogil:
+    return <int32_t>(used - (amount if amount < used else used))
+
+
+cdef inline void quota_restore(State *s, Counters *effective, bint outflow, int64_t amount,
                                int64_t day_original, int64_t day) noexcept nogil:
+    """Give back `amount` of a bucket consumed on `day_original`, seen on `day`."""
     if day_original == day:
-        daily[0] -= <int32_t>(amount if amount < daily[0] else daily[0])
-        yearly[0] -= <int32_t>(amount if amount < yearly[0] else yearly[0])
-    elif year_of_day(day_original) == year_of_day(day):
-        yearly[0] -= <int32_t>(amount if amount < yearly[0] else yearly[0])
+        if outflow:
+            effective.outflow_daily = quota_take_back(effective.outflow_daily, amount)
+            effective.outflow_yearly = quota_take_back(effective.outflow_yearly, amount)
+        else:
+            effective.inflow_daily = quota_take_back(effective.inflow_daily, amount)
+            effective.inflow_yearly = quota_take_back(effective.inflow_yearly, amount)
+    elif same_year(s, day_original):
+        if outflow:
+            effective.outflow_yearly = quota_take_back(effective.outflow_yearly, amount)
+        else:
+            effective.inflow_yearly = quota_take_back(effective.inflow_yearly, amount)
 
 
 cdef inline bint cash_allowed(Account *account) noexcept nogil:
@@ -362,6 +393,10 @@ cdef inline uint64_t channel_key(uint32_t slot, uint8_t channel) noexcept nogil:
     return ((<uint64_t>slot + 1) << 8) | channel
 
 
+cdef inline uint64_t channel_home(State *s, uint64_t key) noexcept nogil:
+    return hash_id(key, 0x5A17) & s.channel_mask & ~(<uint64_t>3)
+
+
 cdef int64_t channel_position(State *s, uint64_t key, int64_t day) noexcept nogil:
     """Position of today's entry for `key`, or where it would go; -1 if the table is full.
 
@@ -369,12 +404,12 @@ cdef int64_t channel_position(State *s, uint64_t key, int64_t day) noexcept nogi
     within the day, so today's entry for a key always lies before the first
     stale or empty position of its probe sequence.
     """
-    cdef uint64_t position = hash_id(key, 0x5A17) & s.channel_mask
+    cdef uint64_t position = channel_home(s, key)
     cdef uint64_t probes = 0
-    cdef ChannelEntry *entry
+    cdef uint64_t key_day
     while probes <= s.channel_mask:
-        entry = &s.channel_counters[position]
-        if entry.key == 0 or <int64_t>entry.day != day or entry.key == key:
+        key_day = s.channel_counters[position].key_day
+        if key_day == 0 or <int64_t>(key_day & 0xFFFF) != day or (key_day >> 16) == key:
             return <int64_t>position
         position = (position + 1) & s.channel_mask
         probes += 1
@@ -383,7 +418,7 @@ cdef int64_t channel_position(State *s, uint64_t key, int64_t day) noexcept nogi
 
 cdef inline int64_t channel_used_at(State *s, int64_t position, uint64_t key, int64_t day) noexcept nogil:
     cdef ChannelEntry *entry = &s.channel_counters[position]
-    if entry.key == key and <int64_t>entry.day == day:
+    if entry.key_day == ((key << 16) | <uint64_t>day):
         return entry.used
     return 0
 
@@ -403,15 +438,15 @@ cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day)
         return
     if target.counted & COUNTED_DEBIT_OUTFLOW:
         account = &s.accounts[target.debit_slot]
-        effective = counters_effective(&s.counters[target.debit_slot], account.counters_day, day)
-        quota_restore(&effective.outflow_daily, &effective.outflow_yearly, amount, target.business_day, day)
-        s.counters[target.debit_slot] = effective
+        effective = counters_effective(s, &account.counters, account.counters_day, day)
+        quota_restore(s, &effective, True, amount, target.business_day, day)
+        account.counters = effective
         account.counters_day = <uint16_t>day
     if target.counted & COUNTED_CREDIT_INFLOW:
         account = &s.accounts[target.credit_slot]
-        effective = counters_effective(&s.counters[target.credit_slot], account.counters_day, day)
-        quota_restore(&effective.inflow_daily, &effective.inflow_yearly, amount, target.business_day, day)
-        s.counters[target.credit_slot] = effective
+        effective = counters_effective(s, &account.counters, account.counters_day, day)
+        quota_restore(s, &effective, False, amount, target.business_day, day)
+        account.counters = effective
         account.counters_day = <uint16_t>day
     if channel_restorable(s, target, day):
         key = channel_key(target.debit_slot, target.channel)
@@ -420,6 +455,28 @@ cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day)
             s.channel_counters[position].used -= (
                 amount if amount < s.channel_counters[position].used
                 else s.channel_counters[position].used)
+
+
+# --- pending side table --------------------------------------------------------
+
+cdef inline Pending pending_of(State *s, uint32_t slot) noexcept nogil:
+    """The account's pending balances; the side table is read only if it has any."""
+    cdef Pending none
+    if s.accounts[slot].internal & INTERNAL_HAS_PENDING:
+        return s.pending[slot]
+    none.debits_pending = 0
+    none.credits_pending = 0
+    return none
+
+
+cdef inline void pending_release(State *s, uint32_t debit_slot, uint32_t credit_slot,
+                                 int64_t amount) noexcept nogil:
+    s.pending[debit_slot].debits_pending -= amount
+    s.pending[credit_slot].credits_pending -= amount
+    if s.pending[debit_slot].debits_pending == 0 and s.pending[debit_slot].credits_pending == 0:
+        s.accounts[debit_slot].internal &= ~(<uint16_t>INTERNAL_HAS_PENDING)
+    if s.pending[credit_slot].debits_pending == 0 and s.pending[credit_slot].credits_pending == 0:
+        s.accounts[credit_slot].internal &= ~(<uint16_t>INTERNAL_HAS_PENDING)
 
 
 # --- expiry heap ----------------------------------------------------------------
@@ -493,8 +550,7 @@ cdef int64_t expire_pending_run(State *s, uint64_t now_ns, int64_t day) noexcept
         if not heap_entry_live(s, &top):
             continue
         target = log_at(s, <int64_t>top.seq)
-        s.accounts[target.debit_slot].debits_pending -= target.amount
-        s.accounts[target.credit_slot].credits_pending -= target.amount
+        pending_release(s, target.debit_slot, target.credit_slot, target.amount)
         target.state = STATE_EXPIRED
         release_quota(s, target, target.amount, day)
         expired += 1
@@ -611,6 +667,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     cdef int counted = 0
     cdef int64_t floor, debits_total, credits_total, balance_projected
     cdef Counters debit_effective, credit_effective
+    cdef Pending debit_pending, credit_pending
     cdef const Product *debit_product
     cdef const Product *credit_product
     cdef uint64_t key = 0
@@ -673,6 +730,8 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             return TR_EXCEEDS_REVERSIBLE_AMOUNT
     debit = &s.accounts[debit_slot]
     credit = &s.accounts[credit_slot]
+    debit_pending = pending_of(s, debit_slot)
+    credit_pending = pending_of(s, credit_slot)
     if not (t.flags & TRANSFER_VOID_PENDING):
         if debit.status == STATUS_FROZEN:
             return TR_DEBIT_ACCOUNT_FROZEN
@@ -701,9 +760,9 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     elif target != NULL and (t.flags & TRANSFER_POST_PENDING):
         counted = target.counted
     if t.flags & TRANSFER_PENDING:
-        if amount > INT64_MAX_ - debit.debits_pending:
+        if amount > INT64_MAX_ - debit_pending.debits_pending:
             return TR_OVERFLOWS_DEBITS_PENDING
-        if amount > INT64_MAX_ - credit.credits_pending:
+        if amount > INT64_MAX_ - credit_pending.credits_pending:
             return TR_OVERFLOWS_CREDITS_PENDING
     if not (t.flags & (TRANSFER_PENDING | TRANSFER_VOID_PENDING)):
         if amount > INT64_MAX_ - debit.debits_posted:
@@ -711,25 +770,25 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         if amount > INT64_MAX_ - credit.credits_posted:
             return TR_OVERFLOWS_CREDITS_POSTED
     if fresh or code == CODE_REVERSAL:
-        if amount > INT64_MAX_ - debit.debits_pending - debit.debits_posted:
+        if amount > INT64_MAX_ - debit_pending.debits_pending - debit.debits_posted:
             return TR_OVERFLOWS_DEBITS
-        if amount > INT64_MAX_ - credit.credits_pending - credit.credits_posted:
+        if amount > INT64_MAX_ - credit_pending.credits_pending - credit.credits_posted:
             return TR_OVERFLOWS_CREDITS
     if (t.flags & TRANSFER_PENDING) and <uint64_t>t.timeout_s * NS_PER_S > UINT64_MAX_ - timestamp:
         return TR_OVERFLOWS_TIMEOUT
     if fresh or code == CODE_REVERSAL:
         if debit.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS:
             floor = s.products[debit.product].balance_floor_minor
-            debits_total = debit.debits_pending + debit.debits_posted + amount
+            debits_total = debit_pending.debits_pending + debit.debits_posted + amount
             if debits_total - debit.credits_posted > -floor:
                 return TR_EXCEEDS_CREDITS
         if credit.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS:
             floor = s.products[credit.product].balance_floor_minor
-            credits_total = credit.credits_pending + credit.credits_posted + amount
+            credits_total = credit_pending.credits_pending + credit.credits_posted + amount
             if credits_total - credit.debits_posted > -floor:
                 return TR_EXCEEDS_DEBITS
-    debit_effective = counters_effective(&s.counters[debit_slot], debit.counters_day, day)
-    credit_effective = counters_effective(&s.counters[credit_slot], credit.counters_day, day)
+    debit_effective = counters_effective(s, &debit.counters, debit.counters_day, day)
+    credit_effective = counters_effective(s, &credit.counters, credit.counters_day, day)
     channel_counted = fresh and channel_daily_cap != 0 and debit.kind <= KIND_CUSTOMER_MAX
     if fresh:
         debit_product = &s.products[debit.product]
@@ -758,7 +817,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             if exceeds_cap(credit_effective.inflow_yearly, credit_product.inflow_yearly_minor, amount):
                 return TR_EXCEEDS_YEARLY_INFLOW
     if fresh or code == CODE_REVERSAL:
-        balance_projected = credit.credits_posted + credit.credits_pending - credit.debits_posted
+        balance_projected = credit.credits_posted + credit_pending.credits_pending - credit.debits_posted
         if exceeds_cap(balance_projected, s.products[credit.product].balance_cap_minor, amount):
             return TR_EXCEEDS_BALANCE_CAP
 
@@ -770,8 +829,8 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         undo.slots[1] = credit_slot
         undo.accounts[0] = debit[0]
         undo.accounts[1] = credit[0]
-        undo.counters[0] = s.counters[debit_slot]
-        undo.counters[1] = s.counters[credit_slot]
+        undo.pending[0] = s.pending[debit_slot]
+        undo.pending[1] = s.pending[credit_slot]
         undo.target_seq = target_seq
         if target != NULL:
             undo.target = target[0]
@@ -796,19 +855,19 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     record.counted = <uint8_t>counted
     record.amount_posted = amount
     if t.flags & TRANSFER_PENDING:
-        debit.debits_pending += amount
-        credit.credits_pending += amount
+        s.pending[debit_slot].debits_pending += amount
+        s.pending[credit_slot].credits_pending += amount
+        debit.internal |= INTERNAL_HAS_PENDING
+        credit.internal |= INTERNAL_HAS_PENDING
         record.state = STATE_PENDING
     elif t.flags & TRANSFER_POST_PENDING:
-        debit.debits_pending -= target.amount
-        credit.credits_pending -= target.amount
+        pending_release(s, debit_slot, credit_slot, target.amount)
         debit.debits_posted += amount
         credit.credits_posted += amount
         target.state = STATE_POSTED
         release_quota(s, target, target.amount - amount, day)
     elif t.flags & TRANSFER_VOID_PENDING:
-        debit.debits_pending -= target.amount
-        credit.credits_pending -= target.amount
+        pending_release(s, debit_slot, credit_slot, target.amount)
         target.state = STATE_VOIDED
         release_quota(s, target, target.amount, day)
     else:
@@ -821,16 +880,15 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         if counted & COUNTED_DEBIT_OUTFLOW:
             debit_effective.outflow_daily += <int32_t>amount
             debit_effective.outflow_yearly += <int32_t>amount
-            s.counters[debit_slot] = debit_effective
+            debit.counters = debit_effective
             debit.counters_day = <uint16_t>day
         if counted & COUNTED_CREDIT_INFLOW:
             credit_effective.inflow_daily += <int32_t>amount
             credit_effective.inflow_yearly += <int32_t>amount
-            s.counters[credit_slot] = credit_effective
+            credit.counters = credit_effective
             credit.counters_day = <uint16_t>day
         if channel_counted:
-            s.channel_counters[position].key = key
-            s.channel_counters[position].day = <uint64_t>day
+            s.channel_counters[position].key_day = (key << 16) | <uint64_t>day
             s.channel_counters[position].used = channel_used + amount
     transfer_index_insert(s, t.id_lo, t.id_hi, <uint64_t>seq)
     s.log_count += 1
@@ -851,8 +909,8 @@ cdef void chain_rollback(State *s, Chain *chain) noexcept nogil:
         undo = &chain.undo[chain.undo_count]
         s.accounts[undo.slots[1]] = undo.accounts[1]
         s.accounts[undo.slots[0]] = undo.accounts[0]
-        s.counters[undo.slots[1]] = undo.counters[1]
-        s.counters[undo.slots[0]] = undo.counters[0]
+        s.pending[undo.slots[1]] = undo.pending[1]
+        s.pending[undo.slots[0]] = undo.pending[0]
         if undo.target_seq >= 0:
             log_at(s, undo.target_seq)[0] = undo.target
         if undo.channel_position >= 0:
@@ -959,15 +1017,13 @@ cdef inline void pipeline_resolve(State *s, Pipeline *p, Transfer *batch, int64_
         p.debit_candidate[i] = slot
         if slot != SLOT_NONE:
             TALLY_PREFETCH(&s.accounts[slot])
-            TALLY_PREFETCH(&s.counters[slot])
             if s.channels[batch[i].channel].daily_cap_minor != 0:
                 TALLY_PREFETCH(&s.channel_counters[
-                    hash_id(channel_key(slot, batch[i].channel), 0x5A17) & s.channel_mask])
+                    channel_home(s, channel_key(slot, batch[i].channel))])
         slot = account_candidate(s, p.credit_hash[i])
         p.credit_candidate[i] = slot
         if slot != SLOT_NONE:
             TALLY_PREFETCH(&s.accounts[slot])
-            TALLY_PREFETCH(&s.counters[slot])
     if until > p.resolved:
         p.resolved = until
 
@@ -1039,7 +1095,7 @@ cdef int64_t create_transfers_run(
 
 def create_transfers(
     const unsigned char[::1] batch, uint64_t timestamp_first, int64_t business_day,
-    unsigned char[::1] accounts, unsigned char[::1] counters, unsigned char[::1] account_index,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
@@ -1051,7 +1107,7 @@ def create_transfers(
     cdef Pipeline p
     cdef Chain chain
     cdef int64_t ok = 0
-    state_load(&s, accounts, counters, account_index, log, transfer_index, heap,
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
                channel_counters, products, channels, meta)
     if batch.shape[0] % TRANSFER_SIZE != 0:
         raise ValueError("batch size must be a multiple of TRANSFER_SIZE")
@@ -1068,7 +1124,7 @@ def create_transfers(
     if count == 0:
         # An empty batch still expires due holds, as every batch does (reference twin).
         with nogil:
-            s.last_day = business_day
+            state_set_day(&s, business_day)
             expire_pending_run(&s, timestamp_first, business_day)
         state_store(&s, meta)
         return 0
@@ -1092,7 +1148,7 @@ def create_transfers(
     chain.undo_count = 0
     chain.deferred_count = 0
     with nogil:
-        s.last_day = business_day
+        state_set_day(&s, business_day)
         expire_pending_run(&s, timestamp_first, business_day)
         ok = create_transfers_run(
             &s, <Transfer *>&batch[0], count, timestamp_first, business_day, &results[0],
@@ -1106,7 +1162,7 @@ def create_transfers(
 
 def expire_pending(
     uint64_t now_ns, int64_t business_day,
-    unsigned char[::1] accounts, unsigned char[::1] counters, unsigned char[::1] account_index,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
@@ -1114,12 +1170,12 @@ def expire_pending(
     """Release every pending transfer whose timeout has passed at `now_ns`."""
     cdef State s
     cdef int64_t expired
-    state_load(&s, accounts, counters, account_index, log, transfer_index, heap,
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
                channel_counters, products, channels, meta)
     if business_day < s.last_day or business_day > 0xFFFF:
         raise ValueError(f"business_day {business_day} before {s.last_day} or out of range")
     with nogil:
-        s.last_day = business_day
+        state_set_day(&s, business_day)
         expired = expire_pending_run(&s, now_ns, business_day)
     state_store(&s, meta)
     return expired
@@ -1127,7 +1183,7 @@ def expire_pending(
 
 def evict(
     uint64_t before_ns, int64_t count_max,
-    unsigned char[::1] accounts, unsigned char[::1] counters, unsigned char[::1] account_index,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
@@ -1136,7 +1192,7 @@ def evict(
     cdef State s
     cdef int64_t evicted = 0
     cdef Transfer *record
-    state_load(&s, accounts, counters, account_index, log, transfer_index, heap,
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
                channel_counters, products, channels, meta)
     with nogil:
         while evicted < count_max and s.log_tail < s.log_count:
@@ -1205,7 +1261,6 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
     slot = <uint32_t>s.account_count
     account = &s.accounts[slot]
     memset(account, 0, ACCOUNT_SIZE)
-    memset(&s.counters[slot], 0, COUNTERS_SIZE)
     account.id_lo = a.id_lo
     account.id_hi = a.id_hi
     account.bound_slot = bound_slot
@@ -1221,7 +1276,7 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
 
 def create_accounts(
     const unsigned char[::1] batch,
-    unsigned char[::1] accounts, unsigned char[::1] counters, unsigned char[::1] account_index,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta, unsigned char[::1] results,
@@ -1231,7 +1286,7 @@ def create_accounts(
     cdef int64_t count = batch.shape[0] // ACCOUNT_SIZE
     cdef int64_t i, ok = 0
     cdef AccountInput *inputs
-    state_load(&s, accounts, counters, account_index, log, transfer_index, heap,
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
                channel_counters, products, channels, meta)
     if batch.shape[0] % ACCOUNT_SIZE != 0:
         raise ValueError("batch size must be a multiple of ACCOUNT_SIZE")
@@ -1255,7 +1310,7 @@ def create_accounts(
 
 def update_account(
     uint64_t id_lo, uint64_t id_hi, int status, int flags,
-    unsigned char[::1] accounts, unsigned char[::1] counters, unsigned char[::1] account_index,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
@@ -1264,7 +1319,7 @@ def update_account(
     cdef State s
     cdef uint32_t slot
     cdef Account *account
-    state_load(&s, accounts, counters, account_index, log, transfer_index, heap,
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
                channel_counters, products, channels, meta)
     slot = account_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
     if slot == SLOT_NONE:
@@ -1283,7 +1338,7 @@ def update_account(
     if status == STATUS_CLOSED:
         if account.debits_posted != account.credits_posted:
             return UR_BALANCE_NOT_ZERO
-        if account.debits_pending != 0 or account.credits_pending != 0:
+        if account.internal & INTERNAL_HAS_PENDING:
             return UR_PENDING_NOT_ZERO
     account.status = <uint8_t>status
     account.flags = <uint16_t>flags
@@ -1333,8 +1388,10 @@ def channel_entries_live(const unsigned char[::1] channel_counters, int64_t day)
     cdef int64_t i
     live = []
     for i in range(count):
-        if entries[i].key != 0 and <int64_t>entries[i].day == day and entries[i].used != 0:
-            live.append((<int64_t>(entries[i].key >> 8) - 1, <int>(entries[i].key & 0xFF), entries[i].used))
+        if (entries[i].key_day != 0 and <int64_t>(entries[i].key_day & 0xFFFF) == day
+                and entries[i].used != 0):
+            live.append((<int64_t>(entries[i].key_day >> 24) - 1, <int>((entries[i].key_day >> 16) & 0xFF),
+                         entries[i].used))
     live.sort()
     return live
 
@@ -1446,7 +1503,7 @@ ACCOUNT_RESULTS = {
 }
 
 STRUCT_SIZES = {
-    "Account": sizeof(Account), "AccountInput": sizeof(AccountInput), "Counters": sizeof(Counters),
+    "Account": sizeof(Account), "AccountInput": sizeof(AccountInput), "Counters": sizeof(Counters), "Pending": sizeof(Pending),
     "Transfer": sizeof(Transfer), "Product": sizeof(Product), "ChannelRule": sizeof(ChannelRule),
     "IndexEntry": sizeof(IndexEntry), "HeapEntry": sizeof(HeapEntry), "ChannelEntry": sizeof(ChannelEntry),
 }

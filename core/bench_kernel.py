@@ -86,10 +86,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", type=int, default=1_000_000, help="Class II accounts")
     parser.add_argument("--transfers", type=int, default=2_000_000, help="transfers per timed run")
     parser.add_argument("--batch", type=int, default=8189, help="transfers per kernel call")
-    parser.add_argument("--retry-fraction", type=float, default=0.01,
-                        help="share of transfers that are exact retries of an earlier one")
+    parser.add_argument(
+        "--retry-fraction",
+        type=float,
+        default=0.01,
+        help="share of transfers that are exact retries of an earlier one",
+    )
     parser.add_argument("--reference-accounts", type=int, default=100_000)
     parser.add_argument("--reference-transfers", type=int, default=100_000)
+    parser.add_argument(
+        "--channel",
+        type=int,
+        default=CHANNEL_APP,
+        help="channel of the transfers: 2 (app) has per-transaction and daily caps, "
+        "0 (internal) has none",
+    )
     parser.add_argument("--seed", type=int, default=TRANSFER_SEED)
     parser.add_argument("--json", action="store_true", help="print only the JSON result line")
 
@@ -99,16 +110,25 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_ledger(ledger: KernelLedger | ReferenceLedger, accounts: int, batch: int,
-                 progress_label: str, quiet: bool) -> None:
+def build_ledger(
+    ledger: KernelLedger | ReferenceLedger,
+    accounts: int,
+    batch: int,
+    progress_label: str,
+    quiet: bool,
+) -> None:
     """Create the clearing account and `accounts` Class II accounts, all checked ok."""
     rules = parse_rules(BENCH_RULES, "bench-rules.toml")
     ledger.set_rules(rules.product_table(), rules.channel_table())
-    clearing = ACCOUNT_INPUT_STRUCT.pack(*split_id(CLEARING_ID), 0, 0, LEDGER_CNY,
-                                         AccountKind.INTERNAL_CLEARING, 0, 0, 2)
+    clearing = ACCOUNT_INPUT_STRUCT.pack(
+        *split_id(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 2
+    )
     assert ledger.create_accounts(clearing) == bytearray([CreateAccountResult.OK])
-    flags = (AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.NON_BOUND_INFLOW_ENABLED
-             | AccountFlags.BOUND_EXTERNAL)
+    flags = (
+        AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+        | AccountFlags.NON_BOUND_INFLOW_ENABLED
+        | AccountFlags.BOUND_EXTERNAL
+    )
     buffer = bytearray(batch * ACCOUNT_SIZE)
     with Progress(accounts, progress_label) as progress:
         for first in range(0, accounts, batch):
@@ -134,8 +154,9 @@ class Clock:
         return first
 
 
-def fund(ledger: KernelLedger | ReferenceLedger, accounts: int, batch: int, clock: Clock,
-         quiet: bool) -> float:
+def fund(
+    ledger: KernelLedger | ReferenceLedger, accounts: int, batch: int, clock: Clock, quiet: bool
+) -> float:
     """Top up every account from the bound card (exempt from the PBoC buckets)."""
     buffer = bytearray(batch * TRANSFER_SIZE)
     clearing_lo, clearing_hi = split_id(CLEARING_ID)
@@ -144,8 +165,17 @@ def fund(ledger: KernelLedger | ReferenceLedger, accounts: int, batch: int, cloc
         for first in range(0, accounts, batch):
             count = min(batch, accounts - first)
             view = memoryview(buffer)[: count * TRANSFER_SIZE]
-            gen.fill_fundings(view, FUNDING_SEED, first, ACCOUNT_SEED, clearing_lo, clearing_hi,
-                              FUNDING_MINOR, TransferCode.TOPUP_BOUND, LEDGER_CNY)
+            gen.fill_fundings(
+                view,
+                FUNDING_SEED,
+                first,
+                ACCOUNT_SEED,
+                clearing_lo,
+                clearing_hi,
+                FUNDING_MINOR,
+                TransferCode.TOPUP_BOUND,
+                LEDGER_CNY,
+            )
             started = time.perf_counter()
             results, _, _ = ledger.create_transfers(view, clock.take(count), clock.day)
             elapsed_s += time.perf_counter() - started
@@ -155,9 +185,21 @@ def fund(ledger: KernelLedger | ReferenceLedger, accounts: int, batch: int, cloc
     return accounts / elapsed_s
 
 
-def post_run(ledger: KernelLedger | ReferenceLedger, *, accounts: int, transfers: int, batch: int,
-             distribution: int, retry_fraction: float, seed: int, first_seq: int, clock: Clock,
-             label: str, quiet: bool) -> dict[str, Any]:
+def post_run(
+    ledger: KernelLedger | ReferenceLedger,
+    *,
+    accounts: int,
+    transfers: int,
+    batch: int,
+    distribution: int,
+    retry_fraction: float,
+    seed: int,
+    first_seq: int,
+    clock: Clock,
+    channel: int,
+    label: str,
+    quiet: bool,
+) -> dict[str, Any]:
     """Post `transfers` generated transfers; time only the kernel calls."""
     buffer = bytearray(batch * TRANSFER_SIZE)
     results = bytearray(batch)
@@ -170,18 +212,32 @@ def post_run(ledger: KernelLedger | ReferenceLedger, *, accounts: int, transfers
         for first in range(0, transfers, batch):
             count = min(batch, transfers - first)
             view = memoryview(buffer)[: count * TRANSFER_SIZE]
-            gen.fill_transfers(view, seed, first_seq + first, ACCOUNT_SEED, accounts, distribution,
-                               retry_fraction, TransferCode.TRANSFER, CHANNEL_APP, LEDGER_CNY,
-                               AMOUNT_MEDIAN_MINOR, AMOUNT_SIGMA)
+            gen.fill_transfers(
+                view,
+                seed,
+                first_seq + first,
+                ACCOUNT_SEED,
+                accounts,
+                distribution,
+                retry_fraction,
+                TransferCode.TRANSFER,
+                channel,
+                LEDGER_CNY,
+                AMOUNT_MEDIAN_MINOR,
+                AMOUNT_SIGMA,
+            )
             if isinstance(ledger, KernelLedger):
                 started = time.perf_counter()
-                ledger.create_transfers_into(view, clock.take(count), clock.day, results,
-                                             timestamps, balances)
+                ledger.create_transfers_into(
+                    view, clock.take(count), clock.day, results, timestamps, balances
+                )
                 batch_s = time.perf_counter() - started
                 outcomes.update(results[:count])
             else:
                 started = time.perf_counter()
-                reference_results, _, _ = ledger.create_transfers(view, clock.take(count), clock.day)
+                reference_results, _, _ = ledger.create_transfers(
+                    view, clock.take(count), clock.day
+                )
                 batch_s = time.perf_counter() - started
                 outcomes.update(reference_results)
             elapsed_s += batch_s
@@ -193,7 +249,9 @@ def post_run(ledger: KernelLedger | ReferenceLedger, *, accounts: int, transfers
         "kernel_seconds": elapsed_s,
         "transfers_per_s_overall": transfers / elapsed_s,
         "transfers_per_s_median_batch": statistics.median(rates),
-        "results": {CreateTransferResult(code).name.lower(): n for code, n in sorted(outcomes.items())},
+        "results": {
+            CreateTransferResult(code).name.lower(): n for code, n in sorted(outcomes.items())
+        },
     }
 
 
@@ -214,37 +272,71 @@ def run(args: argparse.Namespace) -> int:
     funding_per_s = fund(ledger, args.accounts, args.batch, clock, quiet)
     ledger.evict(clock.now_ns, 1 << 62)
 
-    uniform = post_run(ledger, accounts=args.accounts, transfers=args.transfers, batch=args.batch,
-                       distribution=0, retry_fraction=args.retry_fraction, seed=args.seed,
-                       first_seq=0, clock=clock, label="uniform", quiet=quiet)
+    uniform = post_run(
+        ledger,
+        accounts=args.accounts,
+        transfers=args.transfers,
+        batch=args.batch,
+        distribution=0,
+        retry_fraction=args.retry_fraction,
+        seed=args.seed,
+        first_seq=0,
+        clock=clock,
+        channel=args.channel,
+        label="uniform",
+        quiet=quiet,
+    )
     ledger.evict(clock.now_ns, 1 << 62)
-    zipf = post_run(ledger, accounts=args.accounts, transfers=args.transfers, batch=args.batch,
-                    distribution=1, retry_fraction=args.retry_fraction, seed=args.seed + 1,
-                    first_seq=0, clock=clock, label="zipf", quiet=quiet)
+    zipf = post_run(
+        ledger,
+        accounts=args.accounts,
+        transfers=args.transfers,
+        batch=args.batch,
+        distribution=1,
+        retry_fraction=args.retry_fraction,
+        seed=args.seed + 1,
+        first_seq=0,
+        clock=clock,
+        channel=args.channel,
+        label="zipf",
+        quiet=quiet,
+    )
     rss_peak = rss_bytes()
     del ledger
     gc.collect()
 
-    reference = ReferenceLedger(account_capacity=args.reference_accounts + 1,
-                                transfer_capacity=args.reference_transfers)
+    reference = ReferenceLedger(
+        account_capacity=args.reference_accounts + 1, transfer_capacity=args.reference_transfers
+    )
     build_ledger(reference, args.reference_accounts, args.batch, "reference accounts", quiet)
     reference_clock = Clock()
     fund(reference, args.reference_accounts, args.batch, reference_clock, quiet)
     reference.evict(reference_clock.now_ns, 1 << 62)
     reference_run = post_run(
-        reference, accounts=args.reference_accounts, transfers=args.reference_transfers,
-        batch=args.batch, distribution=0, retry_fraction=args.retry_fraction, seed=args.seed,
-        first_seq=0, clock=reference_clock, label="reference", quiet=quiet)
+        reference,
+        accounts=args.reference_accounts,
+        transfers=args.reference_transfers,
+        batch=args.batch,
+        distribution=0,
+        retry_fraction=args.retry_fraction,
+        seed=args.seed,
+        first_seq=0,
+        clock=reference_clock,
+        channel=args.channel,
+        label="reference",
+        quiet=quiet,
+    )
 
     report = {
         "benchmark": "kernel",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu {platform.python_implementation()} "
-                   f"{platform.python_version()}",
+        f"{platform.python_version()}",
         "accounts": args.accounts,
         "transfers": args.transfers,
         "batch": args.batch,
         "retry_fraction": args.retry_fraction,
+        "channel": args.channel,
         "transfers_per_s": round(uniform["transfers_per_s_median_batch"]),
         "transfers_per_s_overall": round(uniform["transfers_per_s_overall"]),
         "transfers_per_s_zipf": round(zipf["transfers_per_s_median_batch"]),
@@ -255,8 +347,10 @@ def run(args: argparse.Namespace) -> int:
         "reference_accounts": args.reference_accounts,
         "reference_transfers": args.reference_transfers,
         "reference_transfers_per_s": round(reference_run["transfers_per_s_median_batch"]),
-        "kernel_vs_reference": round(uniform["transfers_per_s_median_batch"]
-                                     / reference_run["transfers_per_s_median_batch"], 1),
+        "kernel_vs_reference": round(
+            uniform["transfers_per_s_median_batch"] / reference_run["transfers_per_s_median_batch"],
+            1,
+        ),
         "rss_peak_gib": round(rss_peak / 2**30, 2),
         "results_uniform": uniform["results"],
         "results_zipf": zipf["results"],

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 BACKENDS = ("kernel", "reference")
 
 
-def open_ledger(*, account_capacity: int, transfer_capacity: int,
-                backend: str | None = None) -> KernelLedger | ReferenceLedger:
+def open_ledger(
+    *, account_capacity: int, transfer_capacity: int, backend: str | None = None
+) -> KernelLedger | ReferenceLedger:
     """A new empty ledger on the backend named by `backend` or `TALLY_KERNEL`."""
     name = backend or os.environ.get("TALLY_KERNEL", "kernel")
     if name == "kernel":
@@ -31,5 +32,7 @@ def open_ledger(*, account_capacity: int, transfer_capacity: int,
     if name == "reference":
         from ledger.reference import ReferenceLedger
 
-        return ReferenceLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
+        return ReferenceLedger(
+            account_capacity=account_capacity, transfer_capacity=transfer_capacity
+        )
     raise ValueError(f"TALLY_KERNEL must be one of {', '.join(BACKENDS)}, not {name!r}")

@@ -20,7 +20,7 @@ from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
     CHANNEL_SIZE,
-    COUNTERS_SIZE,
+    PENDING_SIZE,
     PRODUCT_SIZE,
     TRANSFER_SIZE,
     split_id,
@@ -28,7 +28,7 @@ from ledger.types import (
 
 INDEX_ENTRY_SIZE = 16
 HEAP_ENTRY_SIZE = 16
-CHANNEL_ENTRY_SIZE = 24
+CHANNEL_ENTRY_SIZE = 16
 
 META_ACCOUNT_COUNT = 0
 META_ACCOUNT_CAPACITY = 1
@@ -73,17 +73,24 @@ class KernelLedger:
 
     backend = "kernel"
 
-    def __init__(self, *, account_capacity: int, transfer_capacity: int,
-                 channel_counter_capacity: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        account_capacity: int,
+        transfer_capacity: int,
+        channel_counter_capacity: int | None = None,
+    ) -> None:
         assert account_capacity >= 1 and transfer_capacity >= 1
         self.account_capacity = account_capacity
         log_size = power_of_two_at_least(transfer_capacity)
         self.transfer_capacity = log_size
         account_index_size = power_of_two_at_least(max(16, 2 * account_capacity))
         transfer_index_size = power_of_two_at_least(max(16, 2 * log_size))
-        channel_size = power_of_two_at_least(channel_counter_capacity or max(1024, account_capacity))
+        channel_size = power_of_two_at_least(
+            channel_counter_capacity or max(1024, account_capacity)
+        )
         self.accounts = zeroed(account_capacity * ACCOUNT_SIZE)
-        self.counters = zeroed(account_capacity * COUNTERS_SIZE)
+        self.pending = zeroed(account_capacity * PENDING_SIZE)
         self.account_index = zeroed(account_index_size * 4)
         self.log = zeroed(log_size * TRANSFER_SIZE)
         self.transfer_index = zeroed(transfer_index_size * INDEX_ENTRY_SIZE)
@@ -115,13 +122,28 @@ class KernelLedger:
                 view[offset] = view[offset]
             view.release()
 
-    def _tables(self) -> tuple[object, ...]:
-        return (self.accounts, self.counters, self.account_index, self.log, self.transfer_index,
-                self.heap, self.channel_counters, self.products, self.channels, self.meta)
+    def _tables(
+        self,
+    ) -> tuple[
+        mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap,
+        bytearray, bytearray, array[int],
+    ]:
+        return (
+            self.accounts,
+            self.pending,
+            self.account_index,
+            self.log,
+            self.transfer_index,
+            self.heap,
+            self.channel_counters,
+            self.products,
+            self.channels,
+            self.meta,
+        )
 
     # --- rules ----------------------------------------------------------------
 
-    def set_rules(self, product_table: bytes, channel_table: bytes) -> None:
+    def set_rules(self, product_table: bytes | bytearray, channel_table: bytes | bytearray) -> None:
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
         assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
         self.products = bytearray(product_table)
@@ -148,18 +170,31 @@ class KernelLedger:
         results = bytearray(count)
         timestamps = array("Q", bytes(8 * count))
         balances = array("q", bytes(16 * count))
-        self.create_transfers_into(batch, timestamp_first, business_day, results,
-                                   memoryview(timestamps).cast("B"), memoryview(balances).cast("B"))
+        self.create_transfers_into(
+            batch,
+            timestamp_first,
+            business_day,
+            results,
+            memoryview(timestamps).cast("B"),
+            memoryview(balances).cast("B"),
+        )
         return results, timestamps, balances
 
     def create_transfers_into(
-        self, batch: bytes | bytearray | memoryview, timestamp_first: int, business_day: int,
-        results: bytearray | memoryview, timestamps: bytearray | memoryview,
+        self,
+        batch: bytes | bytearray | memoryview,
+        timestamp_first: int,
+        business_day: int,
+        results: bytearray | memoryview,
+        timestamps: bytearray | memoryview,
         balances: bytearray | memoryview,
     ) -> int:
         """Zero-allocation variant for hot loops: the caller owns the result buffers."""
-        return int(kernel.create_transfers(batch, timestamp_first, business_day, *self._tables(),
-                                           results, timestamps, balances))
+        return int(
+            kernel.create_transfers(
+                batch, timestamp_first, business_day, *self._tables(), results, timestamps, balances
+            )
+        )
 
     def expire_pending(self, now_ns: int, business_day: int) -> int:
         return int(kernel.expire_pending(now_ns, business_day, *self._tables()))
@@ -190,8 +225,9 @@ class KernelLedger:
         return int(self.meta[META_CHANNEL_TABLE_FULL])
 
     def account_slot(self, account_id: int) -> int:
-        return int(kernel.account_slot(*split_id(account_id), self.accounts, self.account_index,
-                                       self.meta))
+        return int(
+            kernel.account_slot(*split_id(account_id), self.accounts, self.account_index, self.meta)
+        )
 
     def lookup_account(self, account_id: int) -> bytes | None:
         slot = self.account_slot(account_id)
@@ -203,7 +239,7 @@ class KernelLedger:
         slot = self.account_slot(account_id)
         if slot < 0:
             return None
-        values = struct.unpack_from("<iiii", self.counters, slot * COUNTERS_SIZE)
+        values = struct.unpack_from("<iiii", self.accounts, slot * ACCOUNT_SIZE + 32)
         return (values[0], values[1], values[2], values[3])
 
     def _record(self, seq: int) -> bytes:
@@ -211,8 +247,9 @@ class KernelLedger:
         return bytes(self.log[offset : offset + TRANSFER_SIZE])
 
     def lookup_transfer(self, transfer_id: int) -> bytes | None:
-        seq = int(kernel.transfer_seq(*split_id(transfer_id), self.transfer_index, self.log,
-                                      self.meta))
+        seq = int(
+            kernel.transfer_seq(*split_id(transfer_id), self.transfer_index, self.log, self.meta)
+        )
         return None if seq < 0 else self._record(seq)
 
     def channel_used(self, account_id: int, channel: int, day: int) -> int:
@@ -226,10 +263,12 @@ class KernelLedger:
         count = self.account_count
         yield struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day)
         yield memoryview(self.accounts)[: count * ACCOUNT_SIZE]
-        yield memoryview(self.counters)[: count * COUNTERS_SIZE]
+        yield memoryview(self.pending)[: count * PENDING_SIZE]
         for seq in range(self.log_tail, self.log_count):
             yield self._record(seq)
-        for slot, channel, used in kernel.channel_entries_live(self.channel_counters, self.last_day):
+        for slot, channel, used in kernel.channel_entries_live(
+            self.channel_counters, self.last_day
+        ):
             yield struct.pack("<IBq", slot, channel, used)
 
     def digest(self) -> str:

@@ -9,6 +9,7 @@ with `TALLY_KERNEL=reference`, never as a silent fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import struct
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
+    ACCOUNT_INTERNAL_HAS_PENDING,
     ACCOUNT_KINDS_VALID,
     ACCOUNT_SIZE,
     ACCOUNT_STRUCT,
@@ -25,10 +27,10 @@ from ledger.types import (
     CHANNEL_SIZE,
     COUNTED_CREDIT_INFLOW,
     COUNTED_DEBIT_OUTFLOW,
-    COUNTERS_STRUCT,
     ID_MAX,
     INT64_MAX,
     NS_PER_S,
+    PENDING_STRUCT,
     PRODUCT_SIZE,
     SLOT_NONE,
     TRANSFER_CODE_MAX,
@@ -91,16 +93,30 @@ class Account:
 
     def pack(self) -> bytes:
         lo, hi = split_id(self.id)
+        internal = (
+            ACCOUNT_INTERNAL_HAS_PENDING if self.debits_pending or self.credits_pending else 0
+        )
         return ACCOUNT_STRUCT.pack(
-            lo, hi, self.debits_posted, self.credits_posted, self.debits_pending,
-            self.credits_pending, self.bound_slot, self.ledger, self.kind, self.status,
-            self.flags, self.product, self.counters_day, 0,
+            lo,
+            hi,
+            self.debits_posted,
+            self.credits_posted,
+            *self.counters,
+            self.bound_slot,
+            self.ledger,
+            self.kind,
+            self.status,
+            self.flags,
+            self.product,
+            self.counters_day,
+            internal,
         )
 
+    def pack_pending(self) -> bytes:
+        return PENDING_STRUCT.pack(self.debits_pending, self.credits_pending)
+
     def copy(self) -> Account:
-        clone = Account(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
-        clone.counters = list(self.counters)
-        return clone
+        return dataclasses.replace(self, counters=list(self.counters))
 
 
 @dataclass(slots=True)
@@ -132,25 +148,54 @@ class Transfer:
     def unpack(cls, buffer: bytes | memoryview, offset: int = 0) -> Transfer:
         f = TRANSFER_STRUCT.unpack_from(buffer, offset)
         return cls(
-            id=join_id(f[0], f[1]), debit_account_id=join_id(f[2], f[3]),
-            credit_account_id=join_id(f[4], f[5]), pending_id=join_id(f[6], f[7]),
-            amount=f[8], timestamp=f[9], timeout_s=f[10], ledger=f[11], code=f[12],
-            flags=f[13], channel=f[14], result=f[15], debit_slot=f[16], credit_slot=f[17],
-            business_day=f[18], counted=f[19], state=f[20], user_data=f[21],
-            amount_posted=f[22], amount_reversed=f[23],
+            id=join_id(f[0], f[1]),
+            debit_account_id=join_id(f[2], f[3]),
+            credit_account_id=join_id(f[4], f[5]),
+            pending_id=join_id(f[6], f[7]),
+            amount=f[8],
+            timestamp=f[9],
+            timeout_s=f[10],
+            ledger=f[11],
+            code=f[12],
+            flags=f[13],
+            channel=f[14],
+            result=f[15],
+            debit_slot=f[16],
+            credit_slot=f[17],
+            business_day=f[18],
+            counted=f[19],
+            state=f[20],
+            user_data=f[21],
+            amount_posted=f[22],
+            amount_reversed=f[23],
         )
 
     def pack(self) -> bytes:
         return TRANSFER_STRUCT.pack(
-            *split_id(self.id), *split_id(self.debit_account_id),
-            *split_id(self.credit_account_id), *split_id(self.pending_id),
-            self.amount, self.timestamp, self.timeout_s, self.ledger, self.code, self.flags,
-            self.channel, self.result, self.debit_slot, self.credit_slot, self.business_day,
-            self.counted, self.state, self.user_data, self.amount_posted, self.amount_reversed,
+            *split_id(self.id),
+            *split_id(self.debit_account_id),
+            *split_id(self.credit_account_id),
+            *split_id(self.pending_id),
+            self.amount,
+            self.timestamp,
+            self.timeout_s,
+            self.ledger,
+            self.code,
+            self.flags,
+            self.channel,
+            self.result,
+            self.debit_slot,
+            self.credit_slot,
+            self.business_day,
+            self.counted,
+            self.state,
+            self.user_data,
+            self.amount_posted,
+            self.amount_reversed,
         )
 
     def copy(self) -> Transfer:
-        return Transfer(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
+        return dataclasses.replace(self)
 
 
 def transfer_expires_at(t: Transfer) -> int:
@@ -189,7 +234,7 @@ class ReferenceLedger:
 
     # --- rules ----------------------------------------------------------------
 
-    def set_rules(self, product_table: bytes, channel_table: bytes) -> None:
+    def set_rules(self, product_table: bytes | bytearray, channel_table: bytes | bytearray) -> None:
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
         assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
         self.products = [
@@ -265,8 +310,14 @@ class ReferenceLedger:
             return A.EXISTS
         self.account_index[account_id] = len(self.accounts)
         self.accounts.append(
-            Account(id=account_id, ledger=ledger, kind=kind, flags=flags, product=product,
-                    bound_slot=bound_slot)
+            Account(
+                id=account_id,
+                ledger=ledger,
+                kind=kind,
+                flags=flags,
+                product=product,
+                bound_slot=bound_slot,
+            )
         )
         return A.OK
 
@@ -315,11 +366,22 @@ class ReferenceLedger:
         index = 0
         while index < count:
             chain_end = index
-            while chain_end < count and Transfer.unpack(batch, chain_end * TRANSFER_SIZE).flags & F.LINKED:
+            while (
+                chain_end < count
+                and Transfer.unpack(batch, chain_end * TRANSFER_SIZE).flags & F.LINKED
+            ):
                 chain_end += 1
             if chain_end == index:
-                self.create_transfer_one(batch, index, timestamp_first + index, business_day,
-                                         results, timestamps, balances, None)
+                self.create_transfer_one(
+                    batch,
+                    index,
+                    timestamp_first + index,
+                    business_day,
+                    results,
+                    timestamps,
+                    balances,
+                    None,
+                )
                 index += 1
                 continue
             if chain_end == count:  # the chain never closes
@@ -333,8 +395,14 @@ class ReferenceLedger:
             failed_at = -1
             for member in range(index, chain_end + 1):
                 result = self.create_transfer_one(
-                    batch, member, timestamp_first + member, business_day,
-                    results, timestamps, balances, (undo, deferred),
+                    batch,
+                    member,
+                    timestamp_first + member,
+                    business_day,
+                    results,
+                    timestamps,
+                    balances,
+                    (undo, deferred),
                 )
                 if result != R.OK:
                     failed_at = member
@@ -371,8 +439,14 @@ class ReferenceLedger:
             self.log_count -= 1
 
     def create_transfer_one(
-        self, batch: bytes | memoryview, index: int, timestamp: int, day: int,
-        results: bytearray, timestamps: array[int], balances: array[int],
+        self,
+        batch: bytes | memoryview,
+        index: int,
+        timestamp: int,
+        day: int,
+        results: bytearray,
+        timestamps: array[int],
+        balances: array[int],
         chain: tuple[list[_Undo], list[tuple[int, int]]] | None,
     ) -> int:
         t = Transfer.unpack(batch, index * TRANSFER_SIZE)
@@ -428,8 +502,16 @@ class ReferenceLedger:
         """Checks on the transfer alone; a failure here does not consume the id."""
         if t.timestamp != 0:
             return R.TIMESTAMP_MUST_BE_ZERO
-        if (t.result or t.debit_slot or t.credit_slot or t.business_day or t.counted
-                or t.state or t.amount_posted or t.amount_reversed):
+        if (
+            t.result
+            or t.debit_slot
+            or t.credit_slot
+            or t.business_day
+            or t.counted
+            or t.state
+            or t.amount_posted
+            or t.amount_reversed
+        ):
             return R.RESERVED_FIELD
         if t.flags & ~TRANSFER_FLAGS_KNOWN:
             return R.RESERVED_FLAG
@@ -502,7 +584,12 @@ class ReferenceLedger:
         return R.EXISTS
 
     def apply(
-        self, t: Transfer, timestamp: int, day: int, debit_slot: int, credit_slot: int,
+        self,
+        t: Transfer,
+        timestamp: int,
+        day: int,
+        debit_slot: int,
+        credit_slot: int,
         chain: tuple[list[_Undo], list[tuple[int, int]]] | None,
     ) -> int:
         """State-dependent checks, then the posting. From here a failure consumes the id."""
@@ -548,8 +635,11 @@ class ReferenceLedger:
             if target_seq < 0:
                 return R.REVERSAL_TARGET_NOT_FOUND
             target = self.log[target_seq]
-            if (target.result != R.OK or target.code == TransferCode.REVERSAL
-                    or target.flags & (F.PENDING | F.VOID_PENDING)):
+            if (
+                target.result != R.OK
+                or target.code == TransferCode.REVERSAL
+                or target.flags & (F.PENDING | F.VOID_PENDING)
+            ):
                 return R.REVERSAL_TARGET_NOT_POSTED
             if debit_slot != target.credit_slot or credit_slot != target.debit_slot:
                 return R.REVERSAL_ACCOUNTS_MISMATCH
@@ -582,8 +672,11 @@ class ReferenceLedger:
             if code == TransferCode.CASH_WITHDRAWAL and not cash_allowed(debit):
                 return R.CASH_NOT_ALLOWED
             counted = transfer_counted(code, debit, credit, debit_slot, credit_slot)
-            if (counted & COUNTED_CREDIT_INFLOW and code != TransferCode.CASH_DEPOSIT
-                    and not credit.flags & AccountFlags.NON_BOUND_INFLOW_ENABLED):
+            if (
+                counted & COUNTED_CREDIT_INFLOW
+                and code != TransferCode.CASH_DEPOSIT
+                and not credit.flags & AccountFlags.NON_BOUND_INFLOW_ENABLED
+            ):
                 return R.NON_BOUND_INFLOW_DISABLED
         elif target is not None and t.flags & F.POST_PENDING:
             counted = target.counted
@@ -615,8 +708,12 @@ class ReferenceLedger:
                 credits_total = credit.credits_pending + credit.credits_posted + amount
                 if credits_total - credit.debits_posted > -floor:
                     return R.EXCEEDS_DEBITS
-        debit_effective = limits_reference.counters_effective(debit.counters, debit.counters_day, day)
-        credit_effective = limits_reference.counters_effective(credit.counters, credit.counters_day, day)
+        debit_effective = limits_reference.counters_effective(
+            debit.counters, debit.counters_day, day
+        )
+        credit_effective = limits_reference.counters_effective(
+            credit.counters, credit.counters_day, day
+        )
         channel_key = (debit_slot, t.channel)
         channel_daily_cap = self.channels[t.channel][1]
         channel_used = 0
@@ -635,22 +732,28 @@ class ReferenceLedger:
                 if limits_reference.exceeds_cap(channel_used, channel_daily_cap, amount):
                     return R.EXCEEDS_CHANNEL_DAILY_CAP
             if counted & COUNTED_DEBIT_OUTFLOW:
-                if limits_reference.exceeds_cap(debit_effective[OUTFLOW_DAILY],
-                                                debit_product[PRODUCT_OUTFLOW_DAILY], amount):
+                if limits_reference.exceeds_cap(
+                    debit_effective[OUTFLOW_DAILY], debit_product[PRODUCT_OUTFLOW_DAILY], amount
+                ):
                     return R.EXCEEDS_DAILY_OUTFLOW
-                if limits_reference.exceeds_cap(debit_effective[OUTFLOW_YEARLY],
-                                                debit_product[PRODUCT_OUTFLOW_YEARLY], amount):
+                if limits_reference.exceeds_cap(
+                    debit_effective[OUTFLOW_YEARLY], debit_product[PRODUCT_OUTFLOW_YEARLY], amount
+                ):
                     return R.EXCEEDS_YEARLY_OUTFLOW
             if counted & COUNTED_CREDIT_INFLOW:
-                if limits_reference.exceeds_cap(credit_effective[INFLOW_DAILY],
-                                                credit_product[PRODUCT_INFLOW_DAILY], amount):
+                if limits_reference.exceeds_cap(
+                    credit_effective[INFLOW_DAILY], credit_product[PRODUCT_INFLOW_DAILY], amount
+                ):
                     return R.EXCEEDS_DAILY_INFLOW
-                if limits_reference.exceeds_cap(credit_effective[INFLOW_YEARLY],
-                                                credit_product[PRODUCT_INFLOW_YEARLY], amount):
+                if limits_reference.exceeds_cap(
+                    credit_effective[INFLOW_YEARLY], credit_product[PRODUCT_INFLOW_YEARLY], amount
+                ):
                     return R.EXCEEDS_YEARLY_INFLOW
         if fresh or code == TransferCode.REVERSAL:
             balance_cap = self.products[credit.product][PRODUCT_BALANCE_CAP]
-            balance_projected = (credit.credits_posted + credit.credits_pending - credit.debits_posted)
+            balance_projected = (
+                credit.credits_posted + credit.credits_pending - credit.debits_posted
+            )
             if limits_reference.exceeds_cap(balance_projected, balance_cap, amount):
                 return R.EXCEEDS_BALANCE_CAP
 
@@ -720,7 +823,8 @@ class ReferenceLedger:
 
     def channel_restorable(self, target: Transfer, day: int) -> bool:
         return (
-            target.flags & F.PENDING != 0 and target.business_day == day
+            target.flags & F.PENDING != 0
+            and target.business_day == day
             and self.channels[target.channel][1] != 0
             and self.accounts[target.debit_slot].kind <= KIND_CUSTOMER_MAX
         )
@@ -732,13 +836,19 @@ class ReferenceLedger:
         if target.counted & COUNTED_DEBIT_OUTFLOW:
             debit = self.accounts[target.debit_slot]
             effective = limits_reference.counters_effective(debit.counters, debit.counters_day, day)
-            limits_reference.quota_restore(effective, OUTFLOW_DAILY, amount, target.business_day, day)
+            limits_reference.quota_restore(
+                effective, OUTFLOW_DAILY, amount, target.business_day, day
+            )
             debit.counters = effective
             debit.counters_day = day
         if target.counted & COUNTED_CREDIT_INFLOW:
             credit = self.accounts[target.credit_slot]
-            effective = limits_reference.counters_effective(credit.counters, credit.counters_day, day)
-            limits_reference.quota_restore(effective, INFLOW_DAILY, amount, target.business_day, day)
+            effective = limits_reference.counters_effective(
+                credit.counters, credit.counters_day, day
+            )
+            limits_reference.quota_restore(
+                effective, INFLOW_DAILY, amount, target.business_day, day
+            )
             credit.counters = effective
             credit.counters_day = day
         if self.channel_restorable(target, day):
@@ -824,11 +934,12 @@ class ReferenceLedger:
         for account in self.accounts:
             yield account.pack()
         for account in self.accounts:
-            yield COUNTERS_STRUCT.pack(*account.counters)
+            yield account.pack_pending()
         for seq in range(self.log_tail, self.log_count):
             yield self.log[seq].pack()
         live = sorted(
-            (key, entry[1]) for key, entry in self.channel_counters.items()
+            (key, entry[1])
+            for key, entry in self.channel_counters.items()
             if entry[0] == self.last_day and entry[1] != 0
         )
         for (slot, channel), used in live:
@@ -850,15 +961,28 @@ def cash_allowed(account: Account) -> bool:
     return True
 
 
-def transfer_counted(code: int, debit: Account, credit: Account, debit_slot: int, credit_slot: int) -> int:
+def transfer_counted(
+    code: int, debit: Account, credit: Account, debit_slot: int, credit_slot: int
+) -> int:
     """Which PBoC buckets a fresh transfer consumes (COUNTED_* bits)."""
-    if code not in (TransferCode.TRANSFER, TransferCode.PAYMENT, TransferCode.CASH_DEPOSIT,
-                    TransferCode.CASH_WITHDRAWAL, TransferCode.EXTERNAL_TRANSFER_OUT,
-                    TransferCode.EXTERNAL_TRANSFER_IN):
+    if code not in (
+        TransferCode.TRANSFER,
+        TransferCode.PAYMENT,
+        TransferCode.CASH_DEPOSIT,
+        TransferCode.CASH_WITHDRAWAL,
+        TransferCode.EXTERNAL_TRANSFER_OUT,
+        TransferCode.EXTERNAL_TRANSFER_IN,
+    ):
         return 0
     counted = 0
-    if debit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III) and debit.bound_slot != credit_slot:
+    if (
+        debit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III)
+        and debit.bound_slot != credit_slot
+    ):
         counted |= COUNTED_DEBIT_OUTFLOW
-    if credit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III) and credit.bound_slot != debit_slot:
+    if (
+        credit.kind in (AccountKind.CLASS_II, AccountKind.CLASS_III)
+        and credit.bound_slot != debit_slot
+    ):
         counted |= COUNTED_CREDIT_INFLOW
     return counted

@@ -20,7 +20,7 @@ SLOT_NONE = 0xFFFFFFFF
 
 ACCOUNT_SIZE = 64
 TRANSFER_SIZE = 128
-COUNTERS_SIZE = 16
+PENDING_SIZE = 16
 PRODUCT_SIZE = 64
 CHANNEL_SIZE = 16
 CHANNEL_COUNT = 256
@@ -261,14 +261,23 @@ class AccountUpdateResult(enum.IntEnum):
 
 # --- record layouts ---------------------------------------------------------
 #
-# Account (64 bytes, one cache line):
+# Account (64 bytes, one cache line: everything a posting reads):
 #   0  u64 id_lo          8  u64 id_hi
 #  16  i64 debits_posted  24  i64 credits_posted
-#  32  i64 debits_pending 40  i64 credits_pending
+#  32  i32 inflow_daily   36  i32 inflow_yearly  40 i32 outflow_daily  44 i32 outflow_yearly
 #  48  u32 bound_slot     52  u16 ledger   54 u8 kind   55 u8 status
-#  56  u16 flags          58  u16 product  60 u16 counters_day  62 u16 reserved
-ACCOUNT_STRUCT = struct.Struct("<QQqqqqIHBBHHHH")
+#  56  u16 flags          58  u16 product  60 u16 counters_day  62 u16 internal
+# The limit counters hold the totals of `counters_day` (days since 2000-01-01).
+# `internal` bit 0 (ACCOUNT_INTERNAL_HAS_PENDING) is set exactly while the
+# account's row in the pending side table is not all zero.
+ACCOUNT_STRUCT = struct.Struct("<QQqqiiiiIHBBHHHH")
 assert ACCOUNT_STRUCT.size == ACCOUNT_SIZE
+ACCOUNT_INTERNAL_HAS_PENDING = 1
+
+# Pending side table (16 bytes per account slot), read only for accounts with
+# holds: i64 debits_pending, i64 credits_pending.
+PENDING_STRUCT = struct.Struct("<qq")
+assert PENDING_STRUCT.size == PENDING_SIZE
 
 # Account creation input (64 bytes): the bound account is named by its id.
 #   0  u64 id_lo        8  u64 id_hi
@@ -277,11 +286,6 @@ assert ACCOUNT_STRUCT.size == ACCOUNT_SIZE
 #  36  u16 flags       38  u16 product  40..63 reserved (zero)
 ACCOUNT_INPUT_STRUCT = struct.Struct("<QQQQHBBHH24x")
 assert ACCOUNT_INPUT_STRUCT.size == ACCOUNT_SIZE
-
-# Limit counters (16 bytes per account slot, side table):
-#   i32 inflow_daily, i32 inflow_yearly, i32 outflow_daily, i32 outflow_yearly
-COUNTERS_STRUCT = struct.Struct("<iiii")
-assert COUNTERS_STRUCT.size == COUNTERS_SIZE
 
 # Transfer (128 bytes). Offsets 0..90 and 104..111 are the caller's input;
 # the rest (result, slots, business_day, counted, state, amount_posted,

@@ -43,7 +43,9 @@ def exceeds_cap(used: int, cap: int, amount: int) -> bool:
     return cap != 0 and amount > cap - used
 
 
-def quota_restore(effective: list[int], bucket_daily: int, amount: int, day_original: int, day: int) -> None:
+def quota_restore(
+    effective: list[int], bucket_daily: int, amount: int, day_original: int, day: int
+) -> None:
     """Give back `amount` of a bucket consumed on `day_original`, seen on `day`.
 
     Same business day: the daily and yearly totals are restored. A later day

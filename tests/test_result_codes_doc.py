@@ -1,0 +1,38 @@
+"""docs/result-codes.md is the one reference table: it must match the enums exactly."""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from pathlib import Path
+
+import pytest
+
+from ledger.types import AccountUpdateResult, CreateAccountResult, CreateTransferResult
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "result-codes.md"
+
+
+def table_rows(section: str) -> list[tuple[int, str]]:
+    text = DOC.read_text()
+    start = text.index(f"## {section}")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end >= 0 else len(text)]
+    return [
+        (int(code), name) for code, name in re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", body, re.M)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "enum"),
+    [
+        ("Transfers (`CreateTransferResult`)", CreateTransferResult),
+        ("Accounts (`CreateAccountResult`)", CreateAccountResult),
+        ("Account updates (`AccountUpdateResult`)", AccountUpdateResult),
+    ],
+)
+def test_doc_table_matches_enum(section: str, enum: type[IntEnum]) -> None:
+    """Every code is documented once, with its number and name, in enum order."""
+    documented = table_rows(section)
+    expected = [(int(member), member.name.lower()) for member in enum]
+    assert documented == expected
