@@ -56,6 +56,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench_kernel",
                 "post random transfers through the ledger kernels in memory",
             ),
+            "page": module_command(
+                "core.bench_page",
+                "render BENCHMARKS.md from the reports saved with --save",
+            ),
         },
     ),
     "run-default": Command(

@@ -217,6 +217,10 @@ class KernelLedger:
         return int(self.meta[META_LOG_COUNT])
 
     @property
+    def heap_size(self) -> int:
+        return int(self.meta[META_HEAP_SIZE])
+
+    @property
     def last_day(self) -> int:
         return int(self.meta[META_LAST_DAY])
 

@@ -1,0 +1,109 @@
+"""`tally bench page`: render BENCHMARKS.md from the saved benchmark reports.
+
+Figures are never typed by hand: every `tally bench ... --save benchmarks`
+writes a JSON report, and this command renders the newest report of each
+benchmark (plus a history table of all of them) into the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from typing import Any
+
+import orjson
+
+TARGETS: dict[str, dict[str, tuple[str, float]]] = {
+    "kernel": {
+        "transfers_per_s": (">=", 5_000_000),
+        "bytes_per_account": ("<=", 100),
+    },
+}
+
+INTRO = """# Benchmarks
+
+Every figure on this page comes from a command in this repository, run on the
+machine named beside it, and saved with `--save benchmarks`; the page itself is
+rendered by `tally bench page` from `benchmarks/*.json`. The machine is shared
+and noisy: each figure is the median of several timed passes (the individual
+passes are listed), and a peer measured in the same run stands beside it.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reports", default="benchmarks", help="directory of saved reports")
+    parser.add_argument("--out", default="BENCHMARKS.md")
+
+
+def load_reports(directory: str) -> list[dict[str, Any]]:
+    reports = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path, "rb") as source:
+            report = orjson.loads(source.read())
+        report["_file"] = os.path.basename(path)
+        reports.append(report)
+    return reports
+
+
+def verdict(benchmark: str, key: str, value: Any) -> str:
+    target = TARGETS.get(benchmark, {}).get(key)
+    if target is None or not isinstance(value, int | float):
+        return ""
+    comparison, bound = target
+    met = value >= bound if comparison == ">=" else value <= bound
+    return f"{comparison} {bound:,.0f}: {'met' if met else 'NOT met'}"
+
+
+def render(reports: list[dict[str, Any]]) -> str:
+    lines = [INTRO]
+    newest: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        newest[report["benchmark"]] = report
+    for benchmark, report in sorted(newest.items()):
+        lines.append(f"## `tally bench {benchmark}`\n")
+        lines.append(f"- date: {report['date']}")
+        lines.append(f"- machine: {report['machine']}")
+        lines.append(f"- command: `{report['command']}`")
+        lines.append(f"- report: `benchmarks/{report['_file']}`\n")
+        lines.append("| figure | value | target |")
+        lines.append("|---|---:|---|")
+        for key, value in report.items():
+            if key.startswith("_") or key in ("benchmark", "date", "machine", "command"):
+                continue
+            if isinstance(value, dict | list):
+                continue
+            shown = f"{value:,}" if isinstance(value, int) else str(value)
+            lines.append(f"| `{key}` | {shown} | {verdict(benchmark, key, value)} |")
+        passes = report.get("passes_transfers_per_s")
+        if passes:
+            lines.append("\nIndividual passes (transfers/s):\n")
+            for name, rates in passes.items():
+                lines.append(f"- {name}: {', '.join(f'{rate:,}' for rate in rates)}")
+        results = report.get("results")
+        if results:
+            lines.append("\nResult codes of the last pass of each kind:\n")
+            for name, counts in results.items():
+                shown = ", ".join(f"{code} {count:,}" for code, count in counts.items())
+                lines.append(f"- {name}: {shown}")
+        lines.append("")
+    lines.append("## History\n")
+    lines.append("| report | benchmark | date | headline |")
+    lines.append("|---|---|---|---:|")
+    for report in reports:
+        headline = report.get("transfers_per_s", "")
+        shown = f"{headline:,}" if isinstance(headline, int) else str(headline)
+        name, benchmark, date = report["_file"], report["benchmark"], report["date"]
+        lines.append(f"| `{name}` | {benchmark} | {date} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = load_reports(args.reports)
+    if not reports:
+        print(f"tally bench page: no reports in {args.reports}/")
+        return 1
+    with open(args.out, "w") as out:
+        out.write(render(reports))
+    print(f"wrote {args.out} from {len(reports)} report(s)")
+    return 0

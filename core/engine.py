@@ -1,0 +1,487 @@
+"""The engine: the single writer that owns the ledger.
+
+Many concurrent callers `submit` commands; one writer task forms them into
+batches, applies each batch with the kernels in a worker thread (the GIL is
+released inside), hands the batch to the store to be made durable, and only
+then answers. Two stages run as a pipeline:
+
+    callers --bounded stream--> [apply] --stream(1)--> [durable] --> answers
+                                  |                       |
+                          kernel in a thread      store.append in a thread
+                                                  (one fdatasync / COMMIT)
+
+While batch N is being made durable, batch N+1 is being applied. Answers are
+released strictly in order and only after their batch is durable. Reads go
+through the same queue: a read is computed against the state after every
+batch applied before it and released only once those batches are durable,
+so a read never shows a posting that could still be lost.
+
+The ledger state is a pure function of the sequence of entries given to the
+store: replaying them (core/replay.py) rebuilds it byte for byte. Timestamps
+come from the injected clock, forced strictly increasing; the business day of
+an entry is that of its first timestamp in the rules' time zone.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from core.entries import (
+    EVICT_PAYLOAD,
+    RULES_HEADER,
+    UPDATE_ACCOUNT_PAYLOAD,
+    Entry,
+    EntryKind,
+    apply_entry,
+)
+from core.errors import TallyError
+from ledger.kernel import KernelLedger
+from ledger.reference import ReferenceLedger
+from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, split_id
+from limits.rules import RuleSet
+
+BATCH_SIZE_MAX = 8189
+NS_PER_S = 1_000_000_000
+
+
+class Store(Protocol):
+    """Where entries become durable: the embedded journal or PostgreSQL."""
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Make `entries` durable, in order, with one sync; blocking (runs in a thread)."""
+
+
+class Clock(Protocol):
+    def now_ns(self) -> int: ...
+
+
+class SystemClock:
+    def now_ns(self) -> int:
+        return time.time_ns()
+
+
+class EngineOverloaded(TallyError):
+    """The engine's queue is full: shed load (HTTP 503 with Retry-After)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"engine queue full; retry after {retry_after_s:.3f} s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineFull(TallyError):
+    """A table is full and nothing can be evicted yet (HTTP 503)."""
+
+
+class EngineStopped(TallyError):
+    """The engine is not running (starting, stopping, or failed)."""
+
+
+Ledger = KernelLedger | ReferenceLedger
+
+
+class RequestKind(enum.IntEnum):
+    TRANSFERS = 1
+    ACCOUNTS = 2
+    UPDATE_ACCOUNT = 3
+    READ = 4
+
+
+@dataclass(slots=True)
+class Request:
+    kind: RequestKind
+    payload: bytes = b""
+    count: int = 0
+    read: Callable[[Ledger], Any] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class TransferResult:
+    """One transfer's outcome: result code, timestamp, balances after it (0 unless ok)."""
+
+    result: int
+    timestamp: int
+    debit_balance: int
+    credit_balance: int
+
+
+@dataclass(slots=True)
+class Group:
+    """What the apply stage hands to the durable stage: entries and who waits on them."""
+
+    entries: list[Entry]
+    requests: list[Request]
+    applied_ns: int
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    batches: int = 0
+    entries: int = 0
+    transfers: int = 0
+    requests: int = 0
+    overloaded: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    durable_latency_s: list[float] = field(default_factory=list)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_sizes.append(size)
+        if len(self.batch_sizes) > 4096:
+            del self.batch_sizes[:2048]
+
+    def observe_durable(self, seconds: float) -> None:
+        self.durable_latency_s.append(seconds)
+        if len(self.durable_latency_s) > 4096:
+            del self.durable_latency_s[:2048]
+
+
+class Engine:
+    """The single writer. Start it with `await task_group.start(engine.serve)`."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: Store,
+        rules: RuleSet,
+        *,
+        clock: Clock | None = None,
+        queue_size: int = 65536,
+        batch_size_max: int = BATCH_SIZE_MAX,
+        linger_s: float = 0.001,
+        retention_s: float = 86_400.0,
+        expire_interval_s: float = 1.0,
+        write_rules: bool = True,
+    ) -> None:
+        if sys.flags.optimize:
+            raise RuntimeError("refusing to run under python -O: assertions guard the ledger")
+        assert 1 <= batch_size_max <= BATCH_SIZE_MAX
+        assert queue_size >= 1
+        self.ledger = ledger
+        self.store = store
+        self.rules = rules
+        self.clock = clock or SystemClock()
+        self.queue_size = queue_size
+        self.batch_size_max = batch_size_max
+        self.linger_s = linger_s
+        self.retention_ns = int(retention_s * NS_PER_S)
+        self.expire_interval_s = expire_interval_s
+        self.metrics = EngineMetrics()
+        self.timestamp_last = 0
+        self.running = False
+        self.business_day_last = ledger.last_day
+        self._write_rules = write_rules
+        self._rules_pending = False
+        self._send: MemoryObjectSendStream[Request] | None = None
+        self._carry: Request | None = None
+
+    # --- callers ----------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        if self._send is None:
+            return 0
+        return self._send.statistics().current_buffer_used
+
+    def _enqueue(self, request: Request) -> None:
+        if self._send is None or not self.running:
+            raise EngineStopped("engine is not running")
+        try:
+            self._send.send_nowait(request)
+        except anyio.WouldBlock:
+            self.metrics.overloaded += 1
+            # A full queue drains in about (queue / throughput); suggest a short wait.
+            raise EngineOverloaded(retry_after_s=max(0.05, self.linger_s * 10)) from None
+
+    async def _wait(self, request: Request) -> Any:
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def submit_transfers(self, batch: bytes) -> list[TransferResult]:
+        """Post packed transfers (128 bytes each, up to 8189); answers once durable."""
+        count, remainder = divmod(len(batch), TRANSFER_SIZE)
+        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(batch)
+        request = Request(RequestKind.TRANSFERS, payload=bytes(batch), count=count)
+        self._enqueue(request)
+        results: list[TransferResult] = await self._wait(request)
+        return results
+
+    async def submit_transfer(self, transfer: bytes) -> TransferResult:
+        return (await self.submit_transfers(transfer))[0]
+
+    async def submit_accounts(self, batch: bytes) -> bytes:
+        """Create packed accounts (64-byte inputs); returns one result code per account."""
+        count, remainder = divmod(len(batch), ACCOUNT_SIZE)
+        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(batch)
+        request = Request(RequestKind.ACCOUNTS, payload=bytes(batch), count=count)
+        self._enqueue(request)
+        results: bytes = await self._wait(request)
+        return results
+
+    async def update_account(self, account_id: int, status: int, flags: int) -> int:
+        payload = UPDATE_ACCOUNT_PAYLOAD.pack(*split_id(account_id), status, flags)
+        request = Request(RequestKind.UPDATE_ACCOUNT, payload=payload, count=1)
+        self._enqueue(request)
+        result: int = await self._wait(request)
+        return result
+
+    async def read(self, function: Callable[[Ledger], Any]) -> Any:
+        """Run `function(ledger)` on a state whose every posting is durable."""
+        request = Request(RequestKind.READ, read=function)
+        self._enqueue(request)
+        return await self._wait(request)
+
+    # --- the writer -------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the two stages until cancelled; ready once the rules entry is durable."""
+        send, receive = anyio.create_memory_object_stream[Request](self.queue_size)
+        durable_send, durable_receive = anyio.create_memory_object_stream[Group](1)
+        self._send = send
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._serve_durable, durable_receive)
+                with durable_send:
+                    if self._write_rules:
+                        await self._apply_group(durable_send, [self._rules_entry()], [])
+                    self.running = True
+                    task_status.started()
+                    await self._serve_apply(receive, durable_send)
+        finally:
+            self.running = False
+            self._send = None
+            self._fail_queued(receive)
+            send.close()
+            receive.close()
+
+    def _fail_queued(self, receive: MemoryObjectReceiveStream[Request]) -> None:
+        stopped = EngineStopped("engine stopped before this request was applied")
+        queued = [] if self._carry is None else [self._carry]
+        self._carry = None
+        while True:
+            try:
+                queued.append(receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        for request in queued:
+            request.error = stopped
+            request.done.set()
+
+    def _rules_entry(self) -> Entry:
+        products = bytes(self.rules.product_table())
+        channels = bytes(self.rules.channel_table())
+        payload = RULES_HEADER.pack(len(products)) + products + channels
+        return self._entry(EntryKind.SET_RULES, 1, payload, timestamps=1)
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Install new rules at the next batch boundary (journaled, so replay sees them)."""
+        self.rules = rules
+        self._rules_pending = True
+
+    def _entry(self, kind: EntryKind, count: int, payload: bytes, *, timestamps: int) -> Entry:
+        """A new entry with the next strictly increasing timestamps and its business day."""
+        first = max(self.clock.now_ns(), self.timestamp_last + 1)
+        self.timestamp_last = first + timestamps - 1
+        self.business_day_last = max(self.rules.business_day(first), self.business_day_last)
+        return Entry(kind, first, self.business_day_last, count, payload)
+
+    async def _serve_apply(
+        self,
+        receive: MemoryObjectReceiveStream[Request],
+        durable_send: MemoryObjectSendStream[Group],
+    ) -> None:
+        while True:
+            first: Request | None = self._carry
+            self._carry = None
+            if first is None:
+                with anyio.move_on_after(self.expire_interval_s):
+                    first = await receive.receive()
+            if first is None:
+                if self._has_pending_holds():
+                    entry = self._entry(EntryKind.EXPIRE_PENDING, 0, b"", timestamps=1)
+                    await self._apply_group(durable_send, [entry], [])
+                continue
+            requests = [first]
+            transfer_count = first.count if first.kind == RequestKind.TRANSFERS else 0
+            deadline = anyio.current_time() + self.linger_s
+            # Take what is queued; linger briefly for more while the batch is small.
+            while transfer_count < self.batch_size_max:
+                request: Request | None = None
+                try:
+                    request = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        break
+                    with anyio.move_on_after(remaining):
+                        request = await receive.receive()
+                if request is None:
+                    break
+                if request.kind == RequestKind.TRANSFERS:
+                    if transfer_count + request.count > self.batch_size_max:
+                        self._carry = request
+                        break
+                    transfer_count += request.count
+                requests.append(request)
+            if self._rules_pending:
+                self._rules_pending = False
+                await self._apply_group(durable_send, [self._rules_entry()], [])
+            await self._apply_group(durable_send, self._entries_for(requests), requests)
+
+    def _has_pending_holds(self) -> bool:
+        if isinstance(self.ledger, KernelLedger):
+            return self.ledger.heap_size > 0
+        return bool(self.ledger.expiry_heap)
+
+    def _entries_for(self, requests: list[Request]) -> list[Entry]:
+        """One entry per run of consecutive requests of the same kind (one kernel call each)."""
+        entries: list[Entry] = []
+        index = 0
+        while index < len(requests):
+            kind = requests[index].kind
+            end = index + 1
+            if kind in (RequestKind.TRANSFERS, RequestKind.ACCOUNTS):
+                while end < len(requests) and requests[end].kind == kind:
+                    end += 1
+            run = requests[index:end]
+            count = sum(request.count for request in run)
+            payload = b"".join(request.payload for request in run)
+            if kind == RequestKind.TRANSFERS:
+                entries.append(
+                    self._entry(EntryKind.CREATE_TRANSFERS, count, payload, timestamps=count)
+                )
+            elif kind == RequestKind.ACCOUNTS:
+                entries.append(self._entry(EntryKind.CREATE_ACCOUNTS, count, payload, timestamps=1))
+            elif kind == RequestKind.UPDATE_ACCOUNT:
+                entries.append(self._entry(EntryKind.UPDATE_ACCOUNT, 1, payload, timestamps=1))
+            index = end
+        return entries
+
+    async def _apply_group(
+        self,
+        durable_send: MemoryObjectSendStream[Group],
+        entries: list[Entry],
+        requests: list[Request],
+    ) -> None:
+        applied, outcomes = await anyio.to_thread.run_sync(self._apply_entries_sync, entries)
+        self._distribute(requests, outcomes)
+        self.metrics.batches += 1
+        self.metrics.entries += len(applied)
+        for entry in applied:
+            if entry.kind == EntryKind.CREATE_TRANSFERS:
+                self.metrics.transfers += entry.count
+                self.metrics.observe_batch(entry.count)
+        await durable_send.send(Group(applied, requests, time.perf_counter_ns()))
+
+    def _apply_entries_sync(self, entries: list[Entry]) -> tuple[list[Entry], list[Any]]:
+        """Apply entries in order (worker thread); returns what was applied and each outcome.
+
+        A transfer or account batch the kernel refuses for capacity is refused
+        before any state changes: it is not applied, not journaled, and its
+        callers get EngineFull. Anything else raising here is a defect: crash.
+        """
+        applied: list[Entry] = []
+        outcomes: list[Any] = []
+        for entry in entries:
+            if entry.kind == EntryKind.CREATE_TRANSFERS:
+                evict = self._evict_entry(entry)
+                if evict is not None:
+                    apply_entry(self.ledger, evict)
+                    applied.append(evict)
+            try:
+                outcomes.append(apply_entry(self.ledger, entry))
+            except ValueError as error:
+                if entry.kind not in (EntryKind.CREATE_TRANSFERS, EntryKind.CREATE_ACCOUNTS):
+                    raise
+                outcomes.append(EngineFull(f"batch refused before posting: {error}"))
+                continue
+            applied.append(entry)
+        return applied, outcomes
+
+    def _evict_entry(self, transfers: Entry) -> Entry | None:
+        """An EVICT entry when the log window would pass 90% of its capacity."""
+        ledger = self.ledger
+        window = ledger.log_count - ledger.log_tail
+        capacity = ledger.transfer_capacity
+        if window + transfers.count <= capacity * 9 // 10:
+            return None
+        needed = window + transfers.count - capacity * 8 // 10
+        before_ns = max(0, transfers.timestamp_first - self.retention_ns)
+        payload = EVICT_PAYLOAD.pack(before_ns, needed)
+        return Entry(EntryKind.EVICT, transfers.timestamp_first, transfers.business_day, 0, payload)
+
+    def _distribute(self, requests: list[Request], outcomes: list[Any]) -> None:
+        """Give every request its slice of its entry's outcome (released once durable)."""
+        outcome_iter = iter(outcomes)
+        index = 0
+        while index < len(requests):
+            kind = requests[index].kind
+            end = index + 1
+            if kind in (RequestKind.TRANSFERS, RequestKind.ACCOUNTS):
+                while end < len(requests) and requests[end].kind == kind:
+                    end += 1
+            run = requests[index:end]
+            if kind == RequestKind.READ:
+                read = run[0].read
+                assert read is not None
+                try:
+                    run[0].result = read(self.ledger)
+                except LookupError as error:  # the read's own outcome, for its caller
+                    run[0].error = error
+                index = end
+                continue
+            outcome = next(outcome_iter)
+            if isinstance(outcome, Exception):
+                for request in run:
+                    request.error = outcome
+            elif kind == RequestKind.TRANSFERS:
+                results, timestamps, balances = outcome
+                offset = 0
+                for request in run:
+                    request.result = [
+                        TransferResult(
+                            results[i], timestamps[i], balances[2 * i], balances[2 * i + 1]
+                        )
+                        for i in range(offset, offset + request.count)
+                    ]
+                    offset += request.count
+            elif kind == RequestKind.ACCOUNTS:
+                offset = 0
+                for request in run:
+                    request.result = bytes(outcome[offset : offset + request.count])
+                    offset += request.count
+            else:
+                run[0].result = outcome
+            index = end
+
+    async def _serve_durable(self, receive: MemoryObjectReceiveStream[Group]) -> None:
+        async with receive:
+            async for group in receive:
+                # An append under way is finished and its answers released even if we
+                # are being cancelled: its outcome must be known, never left half-said.
+                with anyio.CancelScope(shield=True):
+                    if group.entries:
+                        await anyio.to_thread.run_sync(self.store.append, group.entries)
+                    self.metrics.observe_durable((time.perf_counter_ns() - group.applied_ns) / 1e9)
+                    self.metrics.requests += len(group.requests)
+                    for request in group.requests:
+                        request.done.set()
+
+
+def latency_quantile(samples: Sequence[float], quantile: float) -> float:
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]

@@ -1,0 +1,88 @@
+"""Engine entries: one batch each, the unit the store makes durable and replay applies.
+
+The ledger's state is a pure function of its sequence of entries: the engine
+forms them, the journal (or PostgreSQL) stores them, and `apply_entry` applies
+one to a ledger, identically for the engine, recovery and the simulator.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.kernel import KernelLedger
+from ledger.reference import ReferenceLedger
+from ledger.types import ACCOUNT_SIZE, CHANNEL_COUNT, CHANNEL_SIZE, TRANSFER_SIZE, join_id
+
+
+class EntryKind(enum.IntEnum):
+    """What one entry holds; also the journal's record kinds. Never renumber."""
+
+    CREATE_ACCOUNTS = 1
+    CREATE_TRANSFERS = 2
+    UPDATE_ACCOUNT = 3
+    EXPIRE_PENDING = 4
+    SET_RULES = 5
+    EVICT = 6
+
+
+UPDATE_ACCOUNT_PAYLOAD = struct.Struct("<QQBH13x")  # id_lo, id_hi, status, flags (32 bytes)
+EVICT_PAYLOAD = struct.Struct("<Qq")  # before_ns, count_max
+RULES_HEADER = struct.Struct("<I")  # product table size, then products, then channels
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One engine batch: enough to replay it exactly."""
+
+    kind: EntryKind
+    timestamp_first: int
+    business_day: int
+    count: int
+    payload: bytes
+
+    def check(self) -> None:
+        """Assert the entry is well-formed (before it is written and after it is read)."""
+        assert self.timestamp_first > 0, self
+        assert 0 <= self.business_day < 65536, self
+        if self.kind == EntryKind.CREATE_TRANSFERS:
+            assert self.count >= 1 and len(self.payload) == self.count * TRANSFER_SIZE, self.count
+        elif self.kind == EntryKind.CREATE_ACCOUNTS:
+            assert self.count >= 1 and len(self.payload) == self.count * ACCOUNT_SIZE, self.count
+        elif self.kind == EntryKind.UPDATE_ACCOUNT:
+            assert self.count == 1 and len(self.payload) == UPDATE_ACCOUNT_PAYLOAD.size
+        elif self.kind == EntryKind.EXPIRE_PENDING:
+            assert self.count == 0 and not self.payload
+        elif self.kind == EntryKind.SET_RULES:
+            (products_size,) = RULES_HEADER.unpack_from(self.payload)
+            assert len(self.payload) == 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
+        elif self.kind == EntryKind.EVICT:
+            assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
+        else:
+            raise AssertionError(f"unknown entry kind {self.kind}")
+
+
+def apply_entry(ledger: KernelLedger | ReferenceLedger, entry: Entry) -> Any:
+    """Apply one entry; returns the kernel's outcome for it (results etc.)."""
+    entry.check()
+    if entry.kind == EntryKind.CREATE_TRANSFERS:
+        return ledger.create_transfers(entry.payload, entry.timestamp_first, entry.business_day)
+    if entry.kind == EntryKind.CREATE_ACCOUNTS:
+        return ledger.create_accounts(entry.payload)
+    if entry.kind == EntryKind.UPDATE_ACCOUNT:
+        id_lo, id_hi, status, flags = UPDATE_ACCOUNT_PAYLOAD.unpack(entry.payload)
+        return ledger.update_account(join_id(id_lo, id_hi), status, flags)
+    if entry.kind == EntryKind.EXPIRE_PENDING:
+        return ledger.expire_pending(entry.timestamp_first, entry.business_day)
+    if entry.kind == EntryKind.SET_RULES:
+        (products_size,) = RULES_HEADER.unpack_from(entry.payload)
+        products = entry.payload[4 : 4 + products_size]
+        channels = entry.payload[4 + products_size :]
+        ledger.set_rules(products, channels)
+        return None
+    if entry.kind == EntryKind.EVICT:
+        before_ns, count_max = EVICT_PAYLOAD.unpack(entry.payload)
+        return ledger.evict(before_ns, count_max)
+    raise AssertionError(f"unknown entry kind {entry.kind}")
