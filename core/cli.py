@@ -56,9 +56,28 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench_kernel",
                 "post random transfers through the ledger kernels in memory",
             ),
+            "engine": module_command(
+                "core.bench_engine",
+                "the engine with the embedded journal on disk: durable rates, latency, recovery",
+            ),
             "page": module_command(
                 "core.bench_page",
                 "render BENCHMARKS.md from the reports saved with --save",
+            ),
+        },
+    ),
+    "journal": Group(
+        "check and read the embedded journal of a data directory",
+        {
+            "verify": Command(
+                "check every record and snapshot, replay, print counts, timing and the digest",
+                add_arguments="core.journal_cli:add_verify_arguments",
+                run="core.journal_cli:run_verify",
+            ),
+            "dump": Command(
+                "print journal records (and their transfers) human-readably",
+                add_arguments="core.journal_cli:add_dump_arguments",
+                run="core.journal_cli:run_dump",
             ),
         },
     ),

@@ -216,6 +216,12 @@ class KernelLedger:
     def log_count(self) -> int:
         return int(self.meta[META_LOG_COUNT])
 
+    def timestamp_last(self) -> int:
+        """The newest transfer's timestamp (0 when the log window is empty)."""
+        if self.log_count == self.log_tail:
+            return 0
+        return int(struct.unpack_from("<Q", self._record(self.log_count - 1), 72)[0])
+
     @property
     def heap_size(self) -> int:
         return int(self.meta[META_HEAP_SIZE])

@@ -1,0 +1,44 @@
+"""The benchmark commands run end to end and the page is rendered from what they saved."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def tally(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *words], capture_output=True, text=True, cwd=cwd,
+        timeout=300, check=False,
+    )
+
+
+def test_bench_kernel_small_run_reports_every_promised_figure(tmp_path: Path) -> None:
+    """`tally bench kernel --json` ends with one JSON object holding the issue's keys,
+    with plausible values (all transfers accounted for in the result counts)."""
+    reports = tmp_path / "reports"
+    done = tally("bench", "kernel", "--accounts", "5000", "--transfers", "20000", "--runs", "1",
+                 "--reference-accounts", "500", "--reference-transfers", "2000", "--json",
+                 "--save", str(reports))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("accounts", "transfers", "transfers_per_s", "transfers_per_s_zipf",
+                "bytes_per_account", "reference_transfers_per_s"):
+        assert key in report, key
+    assert report["accounts"] == 5000 and report["transfers"] == 20000
+    assert report["transfers_per_s"] > report["reference_transfers_per_s"] > 0
+    for name, counts in report["results"].items():
+        expected = 2000 if name == "reference" else 20000
+        assert sum(counts.values()) == expected, (name, counts)
+        assert counts.get("ok", 0) > expected // 2, (name, counts)
+    assert len(list(reports.glob("kernel-*.json"))) == 1
+
+    page = tmp_path / "BENCHMARKS.md"
+    rendered = tally("bench", "page", "--reports", str(reports), "--out", str(page))
+    assert rendered.returncode == 0, rendered.stderr
+    text = page.read_text()
+    assert "`tally bench kernel`" in text
+    assert f"| `transfers_per_s` | {report['transfers_per_s']:,} |" in text
+    assert report["machine"] in text
