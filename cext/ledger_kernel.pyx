@@ -1381,6 +1381,33 @@ def transfer_seq(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] transf
     return transfer_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
 
 
+def account_history(uint32_t slot, int64_t before_seq, int64_t limit,
+                    const unsigned char[::1] log, int64_t[::1] meta):
+    """Log seqs of the account's transfers, newest first, older than `before_seq`.
+
+    At most `limit`; `before_seq` < 0 means from the newest. Scans the log
+    window backwards (failed transfers have no slots and never match).
+    """
+    cdef int64_t tail = meta[META_LOG_TAIL]
+    cdef int64_t count = meta[META_LOG_COUNT]
+    cdef uint64_t mask = <uint64_t>meta[META_LOG_MASK]
+    cdef const Transfer *records = <const Transfer *>&log[0]
+    cdef const Transfer *record
+    cdef int64_t seq
+    if log.shape[0] != <int64_t>(mask + 1) * TRANSFER_SIZE:
+        raise ValueError("log size must be (mask + 1) * TRANSFER_SIZE")
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    seq = count - 1 if before_seq < 0 or before_seq > count else before_seq - 1
+    found = []
+    while seq >= tail and len(found) < limit:
+        record = &records[<uint64_t>seq & mask]
+        if record.debit_slot == slot or record.credit_slot == slot:
+            found.append(seq)
+        seq -= 1
+    return found
+
+
 def channel_entries_live(const unsigned char[::1] channel_counters, int64_t day):
     """Today's non-zero channel counters as a sorted list of (slot, channel, used)."""
     cdef int64_t count = channel_counters.shape[0] // CHANNEL_ENTRY_SIZE

@@ -125,8 +125,16 @@ class KernelLedger:
     def _tables(
         self,
     ) -> tuple[
-        mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap, mmap.mmap,
-        bytearray, bytearray, array[int],
+        mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        bytearray,
+        bytearray,
+        array[int],
     ]:
         return (
             self.accounts,
@@ -261,6 +269,17 @@ class KernelLedger:
             kernel.transfer_seq(*split_id(transfer_id), self.transfer_index, self.log, self.meta)
         )
         return None if seq < 0 else self._record(seq)
+
+    def account_history(
+        self, account_id: int, before_seq: int = -1, limit: int = 50
+    ) -> list[tuple[int, bytes]]:
+        """(seq, 128-byte record) of the account's transfers, newest first, older than
+        `before_seq` (the cursor: pass the last seq of the previous page)."""
+        slot = self.account_slot(account_id)
+        if slot < 0:
+            return []
+        seqs = kernel.account_history(slot, before_seq, limit, self.log, self.meta)
+        return [(seq, self._record(seq)) for seq in seqs]
 
     def channel_used(self, account_id: int, channel: int, day: int) -> int:
         slot = self.account_slot(account_id)

@@ -919,6 +919,25 @@ class ReferenceLedger:
         seq = self.transfer_index.get(transfer_id)
         return None if seq is None else self.log[seq].pack()
 
+    def account_history(
+        self, account_id: int, before_seq: int = -1, limit: int = 50
+    ) -> list[tuple[int, bytes]]:
+        """(seq, 128-byte record) of the account's transfers, newest first, older than
+        `before_seq` (the cursor: pass the last seq of the previous page)."""
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        if slot == SLOT_NONE:
+            return []
+        seq = (
+            self.log_count - 1 if before_seq < 0 or before_seq > self.log_count else before_seq - 1
+        )
+        found: list[tuple[int, bytes]] = []
+        while seq >= self.log_tail and len(found) < limit:
+            record = self.log[seq]
+            if record.debit_slot == slot or record.credit_slot == slot:
+                found.append((seq, record.pack()))
+            seq -= 1
+        return found
+
     def channel_used(self, account_id: int, channel: int, day: int) -> int:
         slot = self.account_index.get(account_id, SLOT_NONE)
         entry = self.channel_counters.get((slot, channel))
