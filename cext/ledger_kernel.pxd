@@ -197,6 +197,7 @@ cdef enum CreateAccountResult:
     AR_EXISTS_WITH_DIFFERENT_PRODUCT = 16
     AR_EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID = 17
     AR_EXISTS = 18
+    AR_PRODUCT_KIND_MISMATCH = 19
 
 cdef enum AccountUpdateResult:
     UR_OK = 0
@@ -285,7 +286,7 @@ cdef packed struct Product:
     int64_t inflow_yearly_minor
     int64_t outflow_daily_minor
     int64_t outflow_yearly_minor
-    int64_t reserved
+    int64_t account_kind  # the AccountKind it is for; 16 = any internal kind; 0 = none
 
 cdef packed struct ChannelRule:
     int64_t transfer_cap_minor

@@ -852,6 +852,8 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     record.debit_slot = debit_slot
     record.credit_slot = credit_slot
     record.business_day = <uint16_t>day
+    if t.flags & TRANSFER_POST_PENDING:
+        record.business_day = target.business_day  # the quota was consumed by the hold
     record.counted = <uint8_t>counted
     record.amount_posted = amount
     if t.flags & TRANSFER_PENDING:
@@ -1208,6 +1210,15 @@ def evict(
 
 # --- accounts ---------------------------------------------------------------------
 
+cdef inline bint product_fits(int64_t product_kind, uint8_t kind) noexcept nogil:
+    """Class II/III need their own kind of product (it carries the PBoC buckets)."""
+    if product_kind == 0:
+        return kind != KIND_CLASS_II and kind != KIND_CLASS_III
+    if product_kind == KIND_INTERNAL_CASH:
+        return kind >= KIND_INTERNAL_CASH
+    return product_kind == kind
+
+
 cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
     cdef uint32_t bound_slot = SLOT_NONE
     cdef uint32_t slot
@@ -1233,8 +1244,10 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
         return AR_KIND_UNKNOWN
     if a.status != STATUS_ACTIVE:
         return AR_STATUS_MUST_BE_ACTIVE
-    if a.product >= s.product_count:
+    if a.product >= s.product_count or (a.product != 0 and s.products[a.product].account_kind == 0):
         return AR_PRODUCT_UNKNOWN
+    if not product_fits(s.products[a.product].account_kind, a.kind):
+        return AR_PRODUCT_KIND_MISMATCH
     if not id_zero(a.bound_id_lo, a.bound_id_hi):
         bound_slot = account_find(s, a.bound_id_lo, a.bound_id_hi, hash_id(a.bound_id_lo, a.bound_id_hi))
         if bound_slot == SLOT_NONE:
@@ -1527,6 +1540,7 @@ ACCOUNT_RESULTS = {
     "EXISTS_WITH_DIFFERENT_PRODUCT": AR_EXISTS_WITH_DIFFERENT_PRODUCT,
     "EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID": AR_EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID,
     "EXISTS": AR_EXISTS,
+    "PRODUCT_KIND_MISMATCH": AR_PRODUCT_KIND_MISMATCH,
 }
 
 STRUCT_SIZES = {

@@ -31,6 +31,7 @@ from ledger.types import (
     INT64_MAX,
     NS_PER_S,
     PENDING_STRUCT,
+    PRODUCT_KIND_ANY_INTERNAL,
     PRODUCT_SIZE,
     SLOT_NONE,
     TRANSFER_CODE_MAX,
@@ -283,8 +284,10 @@ class ReferenceLedger:
             return A.KIND_UNKNOWN
         if status != AccountStatus.ACTIVE:
             return A.STATUS_MUST_BE_ACTIVE
-        if product >= len(self.products):
+        if product >= len(self.products) or (product != 0 and self.products[product][7] == 0):
             return A.PRODUCT_UNKNOWN
+        if not product_fits(self.products[product][7], kind):
+            return A.PRODUCT_KIND_MISMATCH
         bound_slot = SLOT_NONE
         if bound_id != 0:
             bound_slot = self.account_index.get(bound_id, SLOT_NONE)
@@ -773,6 +776,9 @@ class ReferenceLedger:
         record.debit_slot = debit_slot
         record.credit_slot = credit_slot
         record.business_day = day
+        if t.flags & F.POST_PENDING:
+            assert target is not None
+            record.business_day = target.business_day  # the quota was consumed by the hold
         record.counted = counted
         record.amount_posted = amount
         if t.flags & F.PENDING:
@@ -969,6 +975,15 @@ class ReferenceLedger:
         for chunk in self.canonical_chunks():
             hasher.update(chunk)
         return hasher.hexdigest()
+
+
+def product_fits(product_kind: int, kind: int) -> bool:
+    """Class II/III need their own kind of product (it carries the PBoC buckets)."""
+    if product_kind == 0:
+        return kind not in (AccountKind.CLASS_II, AccountKind.CLASS_III)
+    if product_kind == PRODUCT_KIND_ANY_INTERNAL:
+        return kind >= AccountKind.INTERNAL_CASH
+    return product_kind == kind
 
 
 def cash_allowed(account: Account) -> bool:

@@ -66,6 +66,7 @@ class AccountFlags(enum.IntFlag):
 
 
 ACCOUNT_FLAGS_KNOWN = 0x1F
+PRODUCT_KIND_ANY_INTERNAL = 16  # a product row's account kind that fits every internal kind
 
 
 class TransferFlags(enum.IntFlag):
@@ -244,6 +245,7 @@ class CreateAccountResult(enum.IntEnum):
     EXISTS_WITH_DIFFERENT_PRODUCT = 16
     EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID = 17
     EXISTS = 18
+    PRODUCT_KIND_MISMATCH = 19  # appended later: checked right after PRODUCT_UNKNOWN
 
 
 class AccountUpdateResult(enum.IntEnum):
@@ -299,6 +301,8 @@ assert ACCOUNT_INPUT_STRUCT.size == ACCOUNT_SIZE
 #  80  u32 timeout_s            84  u16 ledger   86 u16 code
 #  88  u16 flags                90  u8 channel   91 u8 result (log)
 #  92  u32 debit_slot (log)     96  u32 credit_slot (log)
+# 100  u16 business_day (log): the day whose quota the transfer consumed: the day
+#      it was applied, or for a capture (post_pending) the day of its hold
 # 100  u16 business_day (log)  102  u8 counted (log) 103 u8 state (log)
 # 104  u64 user_data           112  i64 amount_posted (log) 120 i64 amount_reversed (log)
 TRANSFER_STRUCT = struct.Struct("<QQQQQQQQqQIHHHBBIIHBBQqq")

@@ -64,6 +64,21 @@ class ProductKind(enum.StrEnum):
     INTERNAL = "internal"
 
 
+# The account kind code a product is for, as the kernel stores it in the last
+# int64 of a product row (ledger.types.AccountKind numbers; 16 = any internal
+# kind). The kernel refuses to open an account on a product of another kind,
+# so a Class II account can never escape its PBoC buckets.
+PRODUCT_ACCOUNT_KIND_CODES = {
+    ProductKind.CLASS_I: 1,
+    ProductKind.CLASS_II: 2,
+    ProductKind.CLASS_III: 3,
+    ProductKind.SAVINGS: 4,
+    ProductKind.FIXED_DEPOSIT: 5,
+    ProductKind.LOAN: 6,
+    ProductKind.INTERNAL: 16,
+}
+
+
 class ChannelKind(enum.StrEnum):
     WECHAT = "wechat"
     APP = "app"
@@ -165,7 +180,7 @@ class Product:
             self.inflow_yearly_minor,
             self.outflow_daily_minor,
             self.outflow_yearly_minor,
-            0,  # reserved
+            PRODUCT_ACCOUNT_KIND_CODES[self.kind],
         )
 
 
@@ -224,8 +239,9 @@ class RuleSet:
         byte i * 64 and holds 8 little-endian int64: balance_floor_minor,
         transfer_cap_minor, balance_cap_minor, inflow_daily_minor,
         inflow_yearly_minor, outflow_daily_minor, outflow_yearly_minor,
-        reserved (0). Rows of unused ids (and id 0) are zeros: no caps,
-        floor 0.
+        account_kind (PRODUCT_ACCOUNT_KIND_CODES). Rows of unused ids (and
+        id 0) are zeros: no caps, floor 0, no kind (unknown to the kernel;
+        id 0 means "no product" and cannot carry Class II/III accounts).
         """
         row_count = max(self.products, default=0) + 1
         table = bytearray(row_count * PRODUCT_ROW_SIZE)

@@ -365,6 +365,42 @@ def test_partial_capture_of_a_hold_restores_the_unused_quota(bank: Bank) -> None
     bank.ok(bank.pay(CLASS_II, MERCHANT, 5_000 * CNY))
 
 
+def test_reversing_a_capture_the_next_day_gives_back_only_yearly_quota(bank: Bank) -> None:
+    """A hold placed and captured on day D, reversed on D+1: the quota belongs to the
+    hold's day, so D+1's daily bucket gets nothing back (only the yearly one does), and
+    the customer still cannot move more than 10,000 CNY to others on D+1."""
+    bank.top_up(CLASS_II, 40_000 * CNY)
+    hold = bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY, flags=F.PENDING))
+    capture = bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                               flags=F.POST_PENDING))
+    bank.next_day()
+    bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY))
+    assert bank.outflow(CLASS_II) == (10_000 * CNY, 20_000 * CNY)
+    bank.ok(bank.pay(MERCHANT, CLASS_II, 10_000 * CNY, code=C.REVERSAL, pending_id=capture))
+    assert bank.outflow(CLASS_II) == (10_000 * CNY, 10_000 * CNY)
+    assert bank.result(bank.pay(CLASS_II, MERCHANT, 1)) == R.EXCEEDS_DAILY_OUTFLOW
+
+
+def test_class_ii_and_iii_accounts_need_their_own_kind_of_product(bank: Bank) -> None:
+    """An account opened on a product of another kind is refused: a Class II account on a
+    Class I product (no buckets) would escape the PBoC limits; so would one on no product."""
+    R_A = CreateAccountResult
+    cases = [
+        (account_input(90, K.CLASS_II, flags=D, product=PRODUCT_CLASS_I, bound_id=CARD),
+         R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(91, K.CLASS_III, flags=D, product=0, bound_id=CARD),
+         R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(92, K.CLASS_I, flags=D, product=PRODUCT_INTERNAL),
+         R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(93, K.INTERNAL_FEES, product=PRODUCT_CLASS_II), R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(94, K.CLASS_I, flags=D, product=6), R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(95, K.CLASS_I, flags=D, product=0), R_A.OK),
+        (account_input(96, K.INTERNAL_FEES, product=PRODUCT_INTERNAL), R_A.OK),
+    ]
+    for record, expected in cases:
+        assert bank.ledger.create_accounts(record) == bytearray([expected])
+
+
 def test_void_releases_the_hold_and_its_quota(bank: Bank) -> None:
     """Voiding a hold returns the held funds and the whole quota; the hold cannot be posted
     afterwards."""

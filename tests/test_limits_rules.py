@@ -112,16 +112,16 @@ def test_product_table_has_the_kernel_layout() -> None:
     assert isinstance(table, bytearray)
     assert len(table) == (7 + 1) * 64
     rows = [struct.unpack_from("<qqqqqqqq", table, index * 64) for index in range(8)]
-    # floor, transfer cap, balance cap, in/day, in/year, out/day, out/year, reserved
+    # floor, transfer cap, balance cap, in/day, in/year, out/day, out/year, account kind
     assert rows == [
         (0, 0, 0, 0, 0, 0, 0, 0),
-        (0, 0, 0, 0, 0, 0, 0, 0),
-        (0, 0, 0, 1_000_000, 20_000_000, 1_000_000, 20_000_000, 0),
-        (0, 0, 200_000, 500_000, 10_000_000, 200_000, 5_000_000, 0),
-        (0, 0, 0, 0, 0, 0, 0, 0),
-        (0, 0, 0, 0, 0, 0, 0, 0),
-        (-100_000_000, 0, 0, 0, 0, 0, 0, 0),
-        (-(2**62), 0, 0, 0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0, 0, 1),
+        (0, 0, 0, 1_000_000, 20_000_000, 1_000_000, 20_000_000, 2),
+        (0, 0, 200_000, 500_000, 10_000_000, 200_000, 5_000_000, 3),
+        (0, 0, 0, 0, 0, 0, 0, 4),
+        (0, 0, 0, 0, 0, 0, 0, 5),
+        (-100_000_000, 0, 0, 0, 0, 0, 0, 6),
+        (-(2**62), 0, 0, 0, 0, 0, 0, 16),
     ]
     # Little-endian, byte for byte: Class III's balance cap at offset 3 * 64 + 16.
     assert table[3 * 64 + 16 : 3 * 64 + 24] == (200_000).to_bytes(8, "little", signed=True)
@@ -154,7 +154,7 @@ def test_product_table_size_follows_the_largest_id_and_unused_rows_are_zero() ->
     )
     table = rules.product_table()
     assert len(table) == 301 * PRODUCT_ROW_SIZE
-    assert struct.unpack_from("<8q", table, 300 * 64) == (0, 7, 0, 0, 0, 0, 0, 0)
+    assert struct.unpack_from("<8q", table, 300 * 64) == (0, 7, 0, 0, 0, 0, 0, 1)
     assert table[: 300 * 64] == bytes(300 * 64)
     empty = parse_rules("", "limits.toml")
     assert empty.product_table() == bytearray(64)
@@ -198,7 +198,7 @@ def test_stricter_caps_than_pboc_are_accepted() -> None:
         "limits.toml",
     )
     row = struct.unpack_from("<8q", rules.product_table(), 64)
-    assert row == (0, 0, 50_000, 1, 10_000_000, 200_000, 4_999_999, 0)
+    assert row == (0, 0, 50_000, 1, 10_000_000, 200_000, 4_999_999, 3)
 
 
 # --- validation: one precise line per problem -----------------------------------------
