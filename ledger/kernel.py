@@ -253,6 +253,14 @@ class KernelLedger:
             return None
         return bytes(self.accounts[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE])
 
+    def account_pending(self, account_id: int) -> tuple[int, int] | None:
+        """(debits_pending, credits_pending) of an account, or None."""
+        slot = self.account_slot(account_id)
+        if slot < 0:
+            return None
+        debits, credits = struct.unpack_from("<qq", self.pending, slot * PENDING_SIZE)
+        return int(debits), int(credits)
+
     def account_counters(self, account_id: int) -> tuple[int, int, int, int] | None:
         slot = self.account_slot(account_id)
         if slot < 0:

@@ -913,6 +913,14 @@ class ReferenceLedger:
         slot = self.account_index.get(account_id, SLOT_NONE)
         return None if slot == SLOT_NONE else self.accounts[slot].pack()
 
+    def account_pending(self, account_id: int) -> tuple[int, int] | None:
+        """(debits_pending, credits_pending) of an account, or None."""
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        if slot == SLOT_NONE:
+            return None
+        account = self.accounts[slot]
+        return account.debits_pending, account.credits_pending
+
     def account_counters(self, account_id: int) -> tuple[int, int, int, int] | None:
         slot = self.account_index.get(account_id, SLOT_NONE)
         if slot == SLOT_NONE:
