@@ -45,7 +45,10 @@ was acknowledged: it reads exactly like a torn write and is truncated. Bit
 flips anywhere else are caught.
 
 `Journal.append` is synchronous and blocking (a write and an fdatasync): the
-engine calls it from a worker thread, one call at a time.
+engine calls it from a worker thread, one call at a time. One process
+appends: `Journal.open` takes an flock on `journal.lock`. Epochs never
+decrease along the log; a writer with an older epoch than the last record
+is refused (fencing).
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ LOCK_FDS_HELD: set[int] = set()
 # The journal's record kinds are the engine's entry kinds: one enum, never renumbered.
 RecordKind = EntryKind
 Record = Entry
+KIND_VALUES = frozenset(int(kind) for kind in EntryKind)
 
 
 class JournalError(TallyError):
@@ -197,6 +201,7 @@ class JournalScan:
         self.byte_count = 0
         self.kind_counts: Counter[EntryKind] = Counter()
         self.torn_tail: TornTail | None = None
+        self.epoch_last = 0  # epoch of the last record
         self.temp_files: list[str] = []
         self.complete = False
 
@@ -248,7 +253,7 @@ class JournalScan:
                     raise JournalCorrupt(
                         path, offset, f"seq {seq} has epoch {epoch} after epoch {epoch_last}"
                     )
-                epoch_last = epoch
+                epoch_last = self.epoch_last = epoch
                 entry.check()  # pair assertion: checked before it was written, and now
                 size = HEADER_SIZE + len(entry.payload)
                 segment.record_count += 1
@@ -305,7 +310,7 @@ def _decode_record(data: bytes, offset: int, path: str) -> tuple[int, int, int, 
     # never write means a newer format or a bug, not a torn write.
     if reserved_a != 0 or reserved_b != 0:
         raise JournalCorrupt(path, offset, f"seq {seq} has non-zero reserved header fields")
-    if kind not in EntryKind._value2member_map_:
+    if kind not in KIND_VALUES:
         raise JournalCorrupt(path, offset, f"seq {seq} has unknown kind {kind}")
     payload = data[offset + HEADER_SIZE : offset + HEADER_SIZE + payload_size]
     entry = Entry(EntryKind(kind), timestamp_first, business_day, count, payload)
@@ -490,6 +495,11 @@ class Journal:
             if removed:
                 fsync_directory(path)
             scan = JournalScan(path).run()
+            if epoch < scan.epoch_last:
+                raise JournalError(
+                    f"journal {path} was last written in epoch {scan.epoch_last}; a writer"
+                    f" of epoch {epoch} has been fenced off and must not append"
+                )
             zeroed = 0
             if scan.torn_tail is not None:
                 zeroed = _zero_range(

@@ -28,7 +28,8 @@ File `snapshot-<last_seq:020d>.tls`, little-endian:
 The indexes (account ids, transfer ids), the expiry heap and the channel
 counter table are not stored: they are functions of the sections and are
 rebuilt on load. The account index is rebuilt by replaying account creation
-through the kernel (same ids in the same slot order give the same index);
+through the kernel (same ids in the same slot order give the same index,
+against a stand-in product table so that retired products do not matter);
 the transfer index, heap and channel counters by Python-level inserts that
 are each checked against the kernel's own lookups afterwards, and the whole
 state against the stored digest.
@@ -44,13 +45,13 @@ pauses for the fork itself.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import struct
 import time
 from array import array
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from cext import journal_codec as codec
 from cext import ledger_kernel as kernel
@@ -71,6 +72,7 @@ from ledger.kernel import (
 )
 from ledger.reference import Account, ReferenceLedger, Transfer
 from ledger.types import (
+    ACCOUNT_KIND_MAX,
     ACCOUNT_SIZE,
     ACCOUNT_STRUCT,
     CHANNEL_COUNT,
@@ -105,6 +107,8 @@ SECTION_NAMES = (
     b"digest",
 )
 ACCOUNT_REPLAY_BATCH = 65536
+REPLAY_PRODUCT_ROWS = ACCOUNT_KIND_MAX + 1
+PRODUCT_ACCOUNT_KIND_OFFSET = 56  # the product row's last int64 (limits/rules.py)
 
 # Offsets in the 128-byte transfer record (ledger/types.py).
 TRANSFER_TIMESTAMP_OFFSET = 72
@@ -169,13 +173,8 @@ def _sections(ledger: KernelLedger) -> list[tuple[bytes, list[bytes | bytearray 
     accounts = memoryview(ledger.accounts)[: account_count * ACCOUNT_SIZE]
     pending = memoryview(ledger.pending)[: account_count * PENDING_SIZE]
     window = _log_window(ledger)
-    digest = hashlib.sha256(
-        struct.pack("<qqqq", account_count, ledger.log_tail, ledger.log_count, ledger.last_day)
-    )
-    for chunk in (accounts, pending, *window):
-        digest.update(chunk)
-    for slot, channel, used in live:
-        digest.update(struct.pack("<IBq", slot, channel, used))
+    # The ledger's own digest, whatever it covers: load checks the rebuilt ledger against it.
+    digest = bytes.fromhex(ledger.digest())
     return [
         (b"meta", [ledger.meta.tobytes()]),
         (b"products", [ledger.products]),
@@ -184,7 +183,7 @@ def _sections(ledger: KernelLedger) -> list[tuple[bytes, list[bytes | bytearray 
         (b"pending", [pending]),
         (b"log", list(window)),
         (b"chanlive", [channels_live]),
-        (b"digest", [digest.digest()]),
+        (b"digest", [digest]),
     ]
 
 
@@ -503,6 +502,30 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
     return contents
 
 
+@overload
+def load_snapshot(
+    path: str | os.PathLike[str],
+    account_capacity: int,
+    transfer_capacity: int,
+    *,
+    backend: Literal["kernel"] = "kernel",
+) -> tuple[KernelLedger, int]: ...
+@overload
+def load_snapshot(
+    path: str | os.PathLike[str],
+    account_capacity: int,
+    transfer_capacity: int,
+    *,
+    backend: Literal["reference"],
+) -> tuple[ReferenceLedger, int]: ...
+@overload
+def load_snapshot(
+    path: str | os.PathLike[str],
+    account_capacity: int,
+    transfer_capacity: int,
+    *,
+    backend: str,
+) -> tuple[KernelLedger | ReferenceLedger, int]: ...
 def load_snapshot(
     path: str | os.PathLike[str],
     account_capacity: int,
@@ -552,9 +575,9 @@ def rebuild_kernel_ledger(
 ) -> KernelLedger:
     ledger = KernelLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
     _check_capacity(contents, account_capacity, ledger.transfer_capacity)
-    ledger.set_rules(contents.products, contents.channels)
     account_count = contents.account_count
     _replay_account_index(ledger, contents.accounts, account_count)
+    ledger.set_rules(contents.products, contents.channels)
     ledger.accounts[: account_count * ACCOUNT_SIZE] = contents.accounts
     ledger.pending[: account_count * PENDING_SIZE] = contents.pending
     tail, count = contents.log_tail, contents.log_count
@@ -572,10 +595,18 @@ def rebuild_kernel_ledger(
 def _replay_account_index(ledger: KernelLedger, accounts: bytes, account_count: int) -> None:
     """Recreate the accounts in slot order through the kernel: that builds the same index.
 
-    Only what creation validates is taken from the stored rows (id, ledger,
-    kind; product 0, no flags, no bound account): the rows themselves are
-    copied over afterwards.
+    Only what creation needs is taken from the stored rows (id, ledger, kind;
+    no flags, no bound account): the rows themselves are copied over
+    afterwards. Creation runs against a stand-in product table in which row
+    k is a product for account kind k, and each account is created on the
+    product of its own kind, because an account's real product may since have
+    been retired from the rules (a restart may do that). The caller installs
+    the snapshot's real rules afterwards.
     """
+    products = bytearray(REPLAY_PRODUCT_ROWS * PRODUCT_SIZE)
+    for kind in range(1, REPLAY_PRODUCT_ROWS):
+        struct.pack_into("<q", products, kind * PRODUCT_SIZE + PRODUCT_ACCOUNT_KIND_OFFSET, kind)
+    ledger.set_rules(products, bytes(CHANNEL_COUNT * CHANNEL_SIZE))
     for first in range(0, account_count, ACCOUNT_REPLAY_BATCH):
         batch_count = min(ACCOUNT_REPLAY_BATCH, account_count - first)
         rows = accounts[first * ACCOUNT_SIZE : (first + batch_count) * ACCOUNT_SIZE]
@@ -585,6 +616,7 @@ def _replay_account_index(ledger: KernelLedger, accounts: bytes, account_count: 
         inputs[32::ACCOUNT_SIZE] = rows[52::ACCOUNT_SIZE]  # ledger, u16
         inputs[33::ACCOUNT_SIZE] = rows[53::ACCOUNT_SIZE]
         inputs[34::ACCOUNT_SIZE] = rows[54::ACCOUNT_SIZE]  # kind
+        inputs[38::ACCOUNT_SIZE] = rows[54::ACCOUNT_SIZE]  # product (u16): the kind's own
         results = ledger.create_accounts(inputs)
         assert results.count(0) == batch_count, (
             f"account replay refused slots from {first}: {set(results)}"
