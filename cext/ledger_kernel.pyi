@@ -88,6 +88,11 @@ def account_slot(
 def transfer_seq(
     id_lo: int, id_hi: int, transfer_index: Buffer, log: Buffer, meta: Buffer
 ) -> int: ...
+def rebuild_indexes(
+    accounts: Buffer, pending: Buffer, account_index: Buffer, log: Buffer,
+    transfer_index: Buffer, heap: Buffer, channel_counters: Buffer, products: Buffer,
+    channels: Buffer, meta: Buffer,
+) -> int: ...
 def account_history(
     slot: int, before_seq: int, limit: int, log: Buffer, meta: Buffer
 ) -> list[int]: ...

@@ -1394,6 +1394,40 @@ def transfer_seq(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] transf
     return transfer_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
 
 
+def rebuild_indexes(
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
+    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
+    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    const unsigned char[::1] channels, int64_t[::1] meta,
+):
+    """Rebuild the account index, transfer index and expiry heap from restored tables.
+
+    For a ledger restored from a snapshot: the accounts (slots 0..account_count),
+    the pending table and the log window (log_tail..log_count) are in place,
+    the indexes and the heap empty. Inserts slots in order, ids in seq order and
+    every live hold with a timeout, exactly as posting them did.
+    """
+    cdef State s
+    cdef int64_t slot, seq
+    cdef Transfer *record
+    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
+               channel_counters, products, channels, meta)
+    if s.transfer_index_count != 0 or s.heap_size != 0:
+        raise ValueError("rebuild_indexes needs empty indexes")
+    if (s.account_count) * 2 > <int64_t>(s.account_index_mask + 1):
+        raise ValueError("account index would pass 50% load")
+    with nogil:
+        for slot in range(s.account_count):
+            account_index_insert(&s, <uint32_t>slot, hash_id(s.accounts[slot].id_lo, s.accounts[slot].id_hi))
+        for seq in range(s.log_tail, s.log_count):
+            record = log_at(&s, seq)
+            transfer_index_insert(&s, record.id_lo, record.id_hi, <uint64_t>seq)
+            if record.state == STATE_PENDING and record.timeout_s != 0:
+                heap_push(&s, record.timestamp + <uint64_t>record.timeout_s * NS_PER_S, <uint64_t>seq)
+    state_store(&s, meta)
+    return s.transfer_index_count
+
+
 def account_history(uint32_t slot, int64_t before_seq, int64_t limit,
                     const unsigned char[::1] log, int64_t[::1] meta):
     """Log seqs of the account's transfers, newest first, older than `before_seq`.

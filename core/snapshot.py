@@ -58,21 +58,16 @@ from cext import ledger_kernel as kernel
 from core import journal
 from core.errors import TallyError
 from ledger.kernel import (
-    HEAP_ENTRY_SIZE,
-    INDEX_ENTRY_SIZE,
     META_ACCOUNT_COUNT,
     META_CHANNEL_TABLE_FULL,
-    META_HEAP_SIZE,
     META_LAST_DAY,
     META_LOG_COUNT,
     META_LOG_TAIL,
     META_SIZE,
-    META_TRANSFER_INDEX_COUNT,
     KernelLedger,
 )
 from ledger.reference import Account, ReferenceLedger, Transfer
 from ledger.types import (
-    ACCOUNT_KIND_MAX,
     ACCOUNT_SIZE,
     ACCOUNT_STRUCT,
     CHANNEL_COUNT,
@@ -106,9 +101,6 @@ SECTION_NAMES = (
     b"chanlive",
     b"digest",
 )
-ACCOUNT_REPLAY_BATCH = 65536
-REPLAY_PRODUCT_ROWS = ACCOUNT_KIND_MAX + 1
-PRODUCT_ACCOUNT_KIND_OFFSET = 56  # the product row's last int64 (limits/rules.py)
 
 # Offsets in the 128-byte transfer record (ledger/types.py).
 TRANSFER_TIMESTAMP_OFFSET = 72
@@ -576,52 +568,19 @@ def rebuild_kernel_ledger(
     ledger = KernelLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
     _check_capacity(contents, account_capacity, ledger.transfer_capacity)
     account_count = contents.account_count
-    _replay_account_index(ledger, contents.accounts, account_count)
     ledger.set_rules(contents.products, contents.channels)
     ledger.accounts[: account_count * ACCOUNT_SIZE] = contents.accounts
     ledger.pending[: account_count * PENDING_SIZE] = contents.pending
     tail, count = contents.log_tail, contents.log_count
     _place_log_window(ledger, contents.log, tail, count)
+    ledger.meta[META_ACCOUNT_COUNT] = account_count
     ledger.meta[META_LOG_TAIL] = tail
     ledger.meta[META_LOG_COUNT] = count
     ledger.meta[META_LAST_DAY] = contents.last_day
     ledger.meta[META_CHANNEL_TABLE_FULL] = contents.meta[META_CHANNEL_TABLE_FULL]
-    ledger.meta[META_TRANSFER_INDEX_COUNT] = _rebuild_transfer_index(ledger, contents.log, tail)
-    ledger.meta[META_HEAP_SIZE] = _rebuild_heap(ledger, _pending_expiries(contents.log, tail))
+    ledger.rebuild_indexes()  # the kernel inserts slots, ids and live holds, without the GIL
     _rebuild_channel_counters(ledger, contents.channels_live, contents.last_day, contents.path)
     return ledger
-
-
-def _replay_account_index(ledger: KernelLedger, accounts: bytes, account_count: int) -> None:
-    """Recreate the accounts in slot order through the kernel: that builds the same index.
-
-    Only what creation needs is taken from the stored rows (id, ledger, kind;
-    no flags, no bound account): the rows themselves are copied over
-    afterwards. Creation runs against a stand-in product table in which row
-    k is a product for account kind k, and each account is created on the
-    product of its own kind, because an account's real product may since have
-    been retired from the rules (a restart may do that). The caller installs
-    the snapshot's real rules afterwards.
-    """
-    products = bytearray(REPLAY_PRODUCT_ROWS * PRODUCT_SIZE)
-    for kind in range(1, REPLAY_PRODUCT_ROWS):
-        struct.pack_into("<q", products, kind * PRODUCT_SIZE + PRODUCT_ACCOUNT_KIND_OFFSET, kind)
-    ledger.set_rules(products, bytes(CHANNEL_COUNT * CHANNEL_SIZE))
-    for first in range(0, account_count, ACCOUNT_REPLAY_BATCH):
-        batch_count = min(ACCOUNT_REPLAY_BATCH, account_count - first)
-        rows = accounts[first * ACCOUNT_SIZE : (first + batch_count) * ACCOUNT_SIZE]
-        inputs = bytearray(batch_count * ACCOUNT_SIZE)
-        for byte in range(16):  # id_lo, id_hi
-            inputs[byte::ACCOUNT_SIZE] = rows[byte::ACCOUNT_SIZE]
-        inputs[32::ACCOUNT_SIZE] = rows[52::ACCOUNT_SIZE]  # ledger, u16
-        inputs[33::ACCOUNT_SIZE] = rows[53::ACCOUNT_SIZE]
-        inputs[34::ACCOUNT_SIZE] = rows[54::ACCOUNT_SIZE]  # kind
-        inputs[38::ACCOUNT_SIZE] = rows[54::ACCOUNT_SIZE]  # product (u16): the kind's own
-        results = ledger.create_accounts(inputs)
-        assert results.count(0) == batch_count, (
-            f"account replay refused slots from {first}: {set(results)}"
-        )
-    assert ledger.account_count == account_count
 
 
 def _place_log_window(ledger: KernelLedger, log: bytes, tail: int, count: int) -> None:
@@ -646,26 +605,6 @@ def hash_id(lo: int, hi: int) -> int:
     return h ^ (h >> 32)
 
 
-def _rebuild_transfer_index(ledger: KernelLedger, log: bytes, tail: int) -> int:
-    """Insert every id of the window (kernel `transfer_index_insert`), then look each up."""
-    entries = memoryview(ledger.transfer_index).cast("Q")
-    mask = len(ledger.transfer_index) // INDEX_ENTRY_SIZE - 1
-    inserted = 0
-    for index, (lo, hi) in enumerate(struct.iter_unpack("<QQ112x", log)):
-        fingerprint = hash_id(lo, hi) or 1
-        position = fingerprint & mask & ~3
-        while entries[2 * position] != 0:
-            position = (position + 1) & mask
-        entries[2 * position] = fingerprint
-        entries[2 * position + 1] = tail + index
-        inserted += 1
-    entries.release()
-    for index, (lo, hi) in enumerate(struct.iter_unpack("<QQ112x", log)):
-        found = kernel.transfer_seq(lo, hi, ledger.transfer_index, ledger.log, ledger.meta)
-        assert found == tail + index, (hex(join_id(lo, hi)), found, tail + index)
-    return inserted
-
-
 def _pending_expiries(log: bytes, tail: int) -> list[tuple[int, int]]:
     """(expires_at, seq) of every pending transfer with a timeout, in heap order."""
     states = log[TRANSFER_STATE_OFFSET::TRANSFER_SIZE]
@@ -680,17 +619,6 @@ def _pending_expiries(log: bytes, tail: int) -> list[tuple[int, int]]:
         index = states.find(PendingState.PENDING, index + 1)
     expiries.sort()
     return expiries
-
-
-def _rebuild_heap(ledger: KernelLedger, expiries: list[tuple[int, int]]) -> int:
-    """A sorted array is a valid min-heap: write the live entries in order."""
-    assert len(expiries) * HEAP_ENTRY_SIZE <= len(ledger.heap)
-    heap = memoryview(ledger.heap).cast("Q")
-    for index, (expires_at, seq) in enumerate(expiries):
-        heap[2 * index] = expires_at
-        heap[2 * index + 1] = seq
-    heap.release()
-    return len(expiries)
 
 
 def _rebuild_channel_counters(

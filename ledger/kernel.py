@@ -122,6 +122,10 @@ class KernelLedger:
                 view[offset] = view[offset]
             view.release()
 
+    def rebuild_indexes(self) -> None:
+        """After the tables were restored (snapshot): rebuild indexes and heap in the kernel."""
+        kernel.rebuild_indexes(*self._tables())
+
     def _tables(
         self,
     ) -> tuple[
@@ -301,12 +305,22 @@ class KernelLedger:
         yield struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day)
         yield memoryview(self.accounts)[: count * ACCOUNT_SIZE]
         yield memoryview(self.pending)[: count * PENDING_SIZE]
-        for seq in range(self.log_tail, self.log_count):
-            yield self._record(seq)
+        yield from self._log_window()
         for slot, channel, used in kernel.channel_entries_live(
             self.channel_counters, self.last_day
         ):
             yield struct.pack("<IBq", slot, channel, used)
+
+    def _log_window(self) -> Iterator[memoryview]:
+        """The log window in seq order: at most two slices of the ring."""
+        size = self.transfer_capacity
+        tail, count = self.log_tail, self.log_count
+        view = memoryview(self.log)
+        while tail < count:
+            start = tail % size
+            run = min(count - tail, size - start)
+            yield view[start * TRANSFER_SIZE : (start + run) * TRANSFER_SIZE]
+            tail += run
 
     def digest(self) -> str:
         hasher = hashlib.sha256()
