@@ -26,11 +26,11 @@ import anyio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.engine import Engine  # noqa: E402
-from core.journal import Journal  # noqa: E402
-from core.replay import recover_ledger  # noqa: E402
-from ledger.types import TransferCode  # noqa: E402
-from tests.engine_helpers import (  # noqa: E402
+from core.engine import Engine
+from core.journal import Journal
+from core.replay import recover_ledger
+from ledger.types import TransferCode
+from tests.engine_helpers import (
     CLEARING_ID,
     class_ii_accounts,
     clearing_account,
