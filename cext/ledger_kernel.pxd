@@ -31,7 +31,11 @@ cdef enum:  # meta fields (int64 array shared with ledger/kernel.py)
     META_PRODUCT_COUNT = 12
     META_CHANNEL_TABLE_FULL = 13
     META_ACCOUNT_SLOT_BITS = 14
-    META_SIZE = 16
+    META_DIRTY_ENABLED = 15
+    META_DIRTY_ACCOUNT_COUNT = 16
+    META_DIRTY_TRANSFER_COUNT = 17
+    META_DIRTY_OVERFLOW = 18
+    META_SIZE = 24
 
 cdef enum AccountKind:
     KIND_CLASS_I = 1

@@ -17,6 +17,7 @@ def create_transfers(
     transfer_index: Buffer,
     heap: Buffer,
     channel_counters: Buffer,
+    dirty: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -34,6 +35,7 @@ def expire_pending(
     transfer_index: Buffer,
     heap: Buffer,
     channel_counters: Buffer,
+    dirty: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -48,6 +50,7 @@ def evict(
     transfer_index: Buffer,
     heap: Buffer,
     channel_counters: Buffer,
+    dirty: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -61,6 +64,7 @@ def create_accounts(
     transfer_index: Buffer,
     heap: Buffer,
     channel_counters: Buffer,
+    dirty: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -78,6 +82,7 @@ def update_account(
     transfer_index: Buffer,
     heap: Buffer,
     channel_counters: Buffer,
+    dirty: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -89,10 +94,19 @@ def transfer_seq(
     id_lo: int, id_hi: int, transfer_index: Buffer, log: Buffer, meta: Buffer
 ) -> int: ...
 def rebuild_indexes(
-    accounts: Buffer, pending: Buffer, account_index: Buffer, log: Buffer,
-    transfer_index: Buffer, heap: Buffer, channel_counters: Buffer, products: Buffer,
-    channels: Buffer, meta: Buffer,
+    accounts: Buffer,
+    pending: Buffer,
+    account_index: Buffer,
+    log: Buffer,
+    transfer_index: Buffer,
+    heap: Buffer,
+    channel_counters: Buffer,
+    dirty: Buffer,
+    products: Buffer,
+    channels: Buffer,
+    meta: Buffer,
 ) -> int: ...
+def dirty_take(dirty: Buffer, meta: Buffer, account_capacity: int) -> tuple[bytes, bytes, bool]: ...
 def account_history(
     slot: int, before_seq: int, limit: int, log: Buffer, meta: Buffer
 ) -> list[int]: ...

@@ -59,6 +59,14 @@ cdef struct State:
     int64_t product_count
     const ChannelRule *channels
     int64_t last_day
+    bint dirty_enabled  # a store wants the slots and seqs each entry changed
+    uint8_t *dirty_marks  # one per account slot
+    uint32_t *dirty_accounts
+    int64_t dirty_account_count
+    int64_t *dirty_transfers  # seqs of existing records changed (not new ones)
+    int64_t dirty_transfer_count
+    int64_t dirty_transfer_capacity
+    int64_t dirty_overflow
     int64_t year_first_day  # first day of last_day's year: same_year() without division
 
 
@@ -86,7 +94,7 @@ cdef struct Chain:
 cdef int state_load(
     State *s, unsigned char[::1] accounts, unsigned char[::1] pending,
     unsigned char[::1] account_index, unsigned char[::1] log, unsigned char[::1] transfer_index,
-    unsigned char[::1] heap, unsigned char[::1] channel_counters,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] dirty,
     const unsigned char[::1] products, const unsigned char[::1] channels, int64_t[::1] meta,
 ) except -1:
     if meta.shape[0] < META_SIZE:
@@ -129,6 +137,17 @@ cdef int state_load(
         raise ValueError("product table size must be product_count * PRODUCT_SIZE")
     if channels.shape[0] != CHANNEL_COUNT * CHANNEL_SIZE:
         raise ValueError("channel table must hold 256 rows")
+    s.dirty_enabled = meta[META_DIRTY_ENABLED] != 0
+    s.dirty_account_count = meta[META_DIRTY_ACCOUNT_COUNT]
+    s.dirty_transfer_count = meta[META_DIRTY_TRANSFER_COUNT]
+    s.dirty_overflow = meta[META_DIRTY_OVERFLOW]
+    s.dirty_transfer_capacity = <int64_t>(s.log_mask + 1)
+    if s.dirty_enabled:
+        if dirty.shape[0] < s.account_capacity * 5 + s.dirty_transfer_capacity * 8:
+            raise ValueError("dirty table smaller than accounts * 5 + log size * 8")
+        s.dirty_transfers = <int64_t *>&dirty[0]
+        s.dirty_accounts = <uint32_t *>&dirty[s.dirty_transfer_capacity * 8]
+        s.dirty_marks = <uint8_t *>&dirty[s.dirty_transfer_capacity * 8 + s.account_capacity * 4]
     s.accounts = <Account *>&accounts[0]
     s.pending = <Pending *>&pending[0]
     s.account_index = <uint32_t *>&account_index[0]
@@ -149,6 +168,9 @@ cdef void state_store(State *s, int64_t[::1] meta) noexcept:
     meta[META_HEAP_SIZE] = s.heap_size
     meta[META_LAST_DAY] = s.last_day
     meta[META_CHANNEL_TABLE_FULL] = s.channel_table_full
+    meta[META_DIRTY_ACCOUNT_COUNT] = s.dirty_account_count
+    meta[META_DIRTY_TRANSFER_COUNT] = s.dirty_transfer_count
+    meta[META_DIRTY_OVERFLOW] = s.dirty_overflow
 
 
 # --- hashing and indexes ------------------------------------------------------
@@ -457,6 +479,24 @@ cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day)
                 else s.channel_counters[position].used)
 
 
+# --- dirty tracking (for stores that write changed rows, e.g. PostgreSQL) ----------
+
+cdef inline void dirty_account(State *s, uint32_t slot) noexcept nogil:
+    if s.dirty_enabled and not s.dirty_marks[slot]:
+        s.dirty_marks[slot] = 1
+        s.dirty_accounts[s.dirty_account_count] = slot
+        s.dirty_account_count += 1
+
+
+cdef inline void dirty_transfer(State *s, int64_t seq) noexcept nogil:
+    if s.dirty_enabled:
+        if s.dirty_transfer_count < s.dirty_transfer_capacity:
+            s.dirty_transfers[s.dirty_transfer_count] = seq
+            s.dirty_transfer_count += 1
+        else:
+            s.dirty_overflow = 1
+
+
 # --- pending side table --------------------------------------------------------
 
 cdef inline Pending pending_of(State *s, uint32_t slot) noexcept nogil:
@@ -552,6 +592,9 @@ cdef int64_t expire_pending_run(State *s, uint64_t now_ns, int64_t day) noexcept
         target = log_at(s, <int64_t>top.seq)
         pending_release(s, target.debit_slot, target.credit_slot, target.amount)
         target.state = STATE_EXPIRED
+        dirty_account(s, target.debit_slot)
+        dirty_account(s, target.credit_slot)
+        dirty_transfer(s, <int64_t>top.seq)
         release_quota(s, target, target.amount, day)
         expired += 1
     return expired
@@ -892,6 +935,10 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         if channel_counted:
             s.channel_counters[position].key_day = (key << 16) | <uint64_t>day
             s.channel_counters[position].used = channel_used + amount
+    dirty_account(s, debit_slot)
+    dirty_account(s, credit_slot)
+    if target != NULL:
+        dirty_transfer(s, target_seq)
     transfer_index_insert(s, t.id_lo, t.id_hi, <uint64_t>seq)
     s.log_count += 1
     if (t.flags & TRANSFER_PENDING) and t.timeout_s != 0:
@@ -1099,7 +1146,8 @@ def create_transfers(
     const unsigned char[::1] batch, uint64_t timestamp_first, int64_t business_day,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
     unsigned char[::1] results, unsigned char[::1] timestamps, unsigned char[::1] balances,
 ):
@@ -1110,7 +1158,7 @@ def create_transfers(
     cdef Chain chain
     cdef int64_t ok = 0
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     if batch.shape[0] % TRANSFER_SIZE != 0:
         raise ValueError("batch size must be a multiple of TRANSFER_SIZE")
     if results.shape[0] < count or timestamps.shape[0] < count * 8 or balances.shape[0] < count * 16:
@@ -1166,14 +1214,15 @@ def expire_pending(
     uint64_t now_ns, int64_t business_day,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
 ):
     """Release every pending transfer whose timeout has passed at `now_ns`."""
     cdef State s
     cdef int64_t expired
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     if business_day < s.last_day or business_day > 0xFFFF:
         raise ValueError(f"business_day {business_day} before {s.last_day} or out of range")
     with nogil:
@@ -1187,7 +1236,8 @@ def evict(
     uint64_t before_ns, int64_t count_max,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
 ):
     """Forget the oldest transfers older than `before_ns`; stops at one still pending."""
@@ -1195,7 +1245,7 @@ def evict(
     cdef int64_t evicted = 0
     cdef Transfer *record
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     with nogil:
         while evicted < count_max and s.log_tail < s.log_count:
             record = log_at(&s, s.log_tail)
@@ -1284,6 +1334,7 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
     account.product = a.product
     account_index_insert(s, slot, h)
     s.account_count += 1
+    dirty_account(s, slot)
     return AR_OK
 
 
@@ -1291,7 +1342,8 @@ def create_accounts(
     const unsigned char[::1] batch,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta, unsigned char[::1] results,
 ):
     """Create a batch of accounts. Returns the count of `ok`."""
@@ -1300,7 +1352,7 @@ def create_accounts(
     cdef int64_t i, ok = 0
     cdef AccountInput *inputs
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     if batch.shape[0] % ACCOUNT_SIZE != 0:
         raise ValueError("batch size must be a multiple of ACCOUNT_SIZE")
     if results.shape[0] < count:
@@ -1325,7 +1377,8 @@ def update_account(
     uint64_t id_lo, uint64_t id_hi, int status, int flags,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
 ):
     """Change status (freeze, unfreeze, close) and flags of one account."""
@@ -1333,7 +1386,7 @@ def update_account(
     cdef uint32_t slot
     cdef Account *account
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     slot = account_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
     if slot == SLOT_NONE:
         return UR_ACCOUNT_NOT_FOUND
@@ -1355,6 +1408,8 @@ def update_account(
             return UR_PENDING_NOT_ZERO
     account.status = <uint8_t>status
     account.flags = <uint16_t>flags
+    dirty_account(&s, slot)
+    state_store(&s, meta)
     return UR_OK
 
 
@@ -1397,7 +1452,8 @@ def transfer_seq(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] transf
 def rebuild_indexes(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, const unsigned char[::1] products,
+    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
+    const unsigned char[::1] products,
     const unsigned char[::1] channels, int64_t[::1] meta,
 ):
     """Rebuild the account index, transfer index and expiry heap from restored tables.
@@ -1411,7 +1467,7 @@ def rebuild_indexes(
     cdef int64_t slot, seq
     cdef Transfer *record
     state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, products, channels, meta)
+               channel_counters, dirty, products, channels, meta)
     if s.transfer_index_count != 0 or s.heap_size != 0:
         raise ValueError("rebuild_indexes needs empty indexes")
     if (s.account_count) * 2 > <int64_t>(s.account_index_mask + 1):
@@ -1426,6 +1482,35 @@ def rebuild_indexes(
                 heap_push(&s, record.timestamp + <uint64_t>record.timeout_s * NS_PER_S, <uint64_t>seq)
     state_store(&s, meta)
     return s.transfer_index_count
+
+
+def dirty_take(unsigned char[::1] dirty, int64_t[::1] meta, int64_t account_capacity):
+    """The account slots and changed transfer seqs marked since the last take; clears them.
+
+    Returns (slots, seqs, overflowed): `overflowed` means more transfers changed
+    than the list holds, and the caller must rewrite every open hold.
+    """
+    cdef int64_t log_size = meta[META_LOG_MASK] + 1
+    cdef int64_t account_count = meta[META_DIRTY_ACCOUNT_COUNT]
+    cdef int64_t transfer_count = meta[META_DIRTY_TRANSFER_COUNT]
+    cdef uint32_t *slots
+    cdef uint8_t *marks
+    cdef int64_t i
+    if meta[META_DIRTY_ENABLED] == 0:
+        raise ValueError("dirty tracking is off")
+    if dirty.shape[0] < account_capacity * 5 + log_size * 8:
+        raise ValueError("dirty table smaller than accounts * 5 + log size * 8")
+    slots = <uint32_t *>&dirty[log_size * 8]
+    marks = <uint8_t *>&dirty[log_size * 8 + account_capacity * 4]
+    out_slots = bytes((<unsigned char *>slots)[:account_count * 4])
+    out_seqs = bytes(dirty[:transfer_count * 8])
+    for i in range(account_count):
+        marks[slots[i]] = 0
+    overflowed = meta[META_DIRTY_OVERFLOW] != 0
+    meta[META_DIRTY_ACCOUNT_COUNT] = 0
+    meta[META_DIRTY_TRANSFER_COUNT] = 0
+    meta[META_DIRTY_OVERFLOW] = 0
+    return out_slots, out_seqs, overflowed
 
 
 def account_history(uint32_t slot, int64_t before_seq, int64_t limit,

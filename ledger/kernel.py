@@ -45,7 +45,11 @@ META_LAST_DAY = 11
 META_PRODUCT_COUNT = 12
 META_CHANNEL_TABLE_FULL = 13
 META_ACCOUNT_SLOT_BITS = 14
-META_SIZE = 16
+META_DIRTY_ENABLED = 15
+META_DIRTY_ACCOUNT_COUNT = 16
+META_DIRTY_TRANSFER_COUNT = 17
+META_DIRTY_OVERFLOW = 18
+META_SIZE = 24
 
 
 HUGE_PAGE_SIZE = 2 << 20
@@ -96,6 +100,9 @@ class KernelLedger:
         self.transfer_index = zeroed(transfer_index_size * INDEX_ENTRY_SIZE)
         self.heap = zeroed(log_size * HEAP_ENTRY_SIZE)
         self.channel_counters = zeroed(channel_size * CHANNEL_ENTRY_SIZE)
+        # Changed rows since the last take, for stores that write rows (PostgreSQL):
+        # transfer seqs (int64 x log size), account slots (uint32 x accounts), marks.
+        self.dirty = zeroed(log_size * 8 + account_capacity * 5)
         self.products = bytearray(PRODUCT_SIZE)
         self.channels = bytearray(CHANNEL_COUNT * CHANNEL_SIZE)
         self.meta = array("q", [0] * META_SIZE)
@@ -122,6 +129,24 @@ class KernelLedger:
                 view[offset] = view[offset]
             view.release()
 
+    def track_changes(self) -> None:
+        """Start recording which accounts and existing transfers each call changes."""
+        self.meta[META_DIRTY_ENABLED] = 1
+
+    def take_changes(self) -> tuple[array[int], array[int], bool]:
+        """(account slots, transfer seqs, overflowed) changed since the last take.
+
+        New transfers are not listed: they are the log records from the
+        previous `log_count` on. `overflowed` means more existing transfers
+        changed than could be listed (rewrite all open holds).
+        """
+        slots, seqs, overflowed = kernel.dirty_take(self.dirty, self.meta, self.account_capacity)
+        slot_array: array[int] = array("I")
+        slot_array.frombytes(slots)
+        seq_array: array[int] = array("q")
+        seq_array.frombytes(seqs)
+        return slot_array, seq_array, bool(overflowed)
+
     def rebuild_indexes(self) -> None:
         """After the tables were restored (snapshot): rebuild indexes and heap in the kernel."""
         kernel.rebuild_indexes(*self._tables())
@@ -129,6 +154,7 @@ class KernelLedger:
     def _tables(
         self,
     ) -> tuple[
+        mmap.mmap,
         mmap.mmap,
         mmap.mmap,
         mmap.mmap,
@@ -148,6 +174,7 @@ class KernelLedger:
             self.transfer_index,
             self.heap,
             self.channel_counters,
+            self.dirty,
             self.products,
             self.channels,
             self.meta,
