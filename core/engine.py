@@ -302,13 +302,18 @@ class Engine:
             raise request.error
         return request.result
 
+    async def _submit_records(self, kind: RequestKind, batch: bytes, record_size: int) -> Any:
+        count, remainder = divmod(len(batch), record_size)
+        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(batch)
+        request = Request(kind, self._waiter(), payload=bytes(batch), count=count)
+        self._enqueue(request)
+        return await self._wait(request)
+
     async def submit_transfers(self, batch: bytes) -> TransferResults:
         """Post packed transfers (128 bytes each, up to 8189); answers once durable."""
-        count, remainder = divmod(len(batch), TRANSFER_SIZE)
-        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(batch)
-        request = Request(RequestKind.TRANSFERS, self._waiter(), payload=bytes(batch), count=count)
-        self._enqueue(request)
-        results: TransferResults = await self._wait(request)
+        results: TransferResults = await self._submit_records(
+            RequestKind.TRANSFERS, batch, TRANSFER_SIZE
+        )
         return results
 
     async def submit_transfer(self, transfer: bytes) -> TransferResult:
@@ -316,11 +321,7 @@ class Engine:
 
     async def submit_accounts(self, batch: bytes) -> bytes:
         """Create packed accounts (64-byte inputs); returns one result code per account."""
-        count, remainder = divmod(len(batch), ACCOUNT_SIZE)
-        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(batch)
-        request = Request(RequestKind.ACCOUNTS, self._waiter(), payload=bytes(batch), count=count)
-        self._enqueue(request)
-        results: bytes = await self._wait(request)
+        results: bytes = await self._submit_records(RequestKind.ACCOUNTS, batch, ACCOUNT_SIZE)
         return results
 
     async def update_account(self, account_id: int, status: int, flags: int) -> int:
