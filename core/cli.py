@@ -60,6 +60,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench_engine",
                 "the engine with the embedded journal on disk: durable rates, latency, recovery",
             ),
+            "pg": module_command(
+                "core.bench_pg",
+                "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",
+            ),
             "page": module_command(
                 "core.bench_page",
                 "render BENCHMARKS.md from the reports saved with --save",
@@ -78,6 +82,30 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "print journal records (and their transfers) human-readably",
                 add_arguments="core.journal_cli:add_dump_arguments",
                 run="core.journal_cli:run_dump",
+            ),
+        },
+    ),
+    "db": Group(
+        "the PostgreSQL store: schema migrations and a full check of the books",
+        {
+            "migrate": Command(
+                "apply the missing schema migrations (under an advisory lock)",
+                add_arguments="core.db_cli:add_migrate_arguments",
+                run="core.db_cli:run_migrate",
+            ),
+            "verify": Command(
+                "recompute every balance from the transfers; compare with the accounts and kernels",
+                add_arguments="core.db_cli:add_verify_arguments",
+                run="core.db_cli:run_verify",
+            ),
+        },
+    ),
+    "drill": Group(
+        "disaster-recovery drills on real PostgreSQL clusters",
+        {
+            "failover": module_command(
+                "core.drill",
+                "dc1 primary, dc2 sync standby, dc3 async: kill dc1, promote, count lost transfers",
             ),
         },
     ),

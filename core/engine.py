@@ -16,6 +16,17 @@ through the same queue: a read is computed against the state after every
 batch applied before it and released only once those batches are durable,
 so a read never shows a posting that could still be lost.
 
+A store may also capture rows (`CapturingStore`, the PostgreSQL store): then
+the apply stage calls `store.capture(ledger, entry)` right after each applied
+entry, the captures travel with their group, and the durable stage awaits
+`store.append_async(entries, captures)` on the event loop (asyncpg is an
+asyncio driver) instead of `store.append(entries)` in a worker thread.
+
+If the store fails (I/O error, fenced off, an ambiguous commit), the durable
+stage answers that group's callers and every group behind it with
+`EngineStopped` (outcome unknown for the failing group: a retry with the same
+id after restart tells), then re-raises: the engine stops.
+
 The ledger state is a pure function of the sequence of entries given to the
 store: replaying them (core/replay.py) rebuilds it byte for byte. Timestamps
 come from the injected clock, forced strictly increasing; the business day of
@@ -64,6 +75,21 @@ class Store(Protocol):
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Make `entries` durable, in order, with one sync; blocking (runs in a thread)."""
+
+
+class CapturingStore(Store, Protocol):
+    """A store that writes rows, not only entries (PostgreSQL).
+
+    The engine calls `capture(ledger, entry)` in the apply thread right after
+    each entry is applied, while the changed rows are still as that entry left
+    them (the pipeline may apply the next group before this one is durable),
+    and hands the captures to `append_async(entries, captures)`, which it
+    awaits on the event loop instead of calling `append` in a thread.
+    """
+
+    def capture(self, ledger: Any, entry: Entry) -> Any: ...
+
+    async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None: ...
 
 
 class Clock(Protocol):
@@ -203,6 +229,7 @@ class Group:
     entries: list[Entry]
     requests: list[Request]
     applied_ns: int
+    captures: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -276,6 +303,9 @@ class Engine:
         self._groups_durable = 0
         self._durable_advanced: anyio.Event | None = None
         self._waiter: Callable[[], Waiter] = anyio.Event
+        self._capture: Callable[[Ledger, Entry], Any] | None = getattr(store, "capture", None)
+        self._append_async: Callable[..., Any] | None = getattr(store, "append_async", None)
+        assert (self._capture is None) == (self._append_async is None), "capture needs append_async"
         if isinstance(ledger, KernelLedger):
             self.timestamp_last = ledger.timestamp_last()
 
@@ -471,7 +501,9 @@ class Engine:
         entries: list[Entry],
         requests: list[Request],
     ) -> None:
-        applied, outcomes = await anyio.to_thread.run_sync(self._apply_entries_sync, entries)
+        applied, outcomes, captures = await anyio.to_thread.run_sync(
+            self._apply_entries_sync, entries
+        )
         self._distribute(requests, outcomes)
         self.metrics.batches += 1
         self.metrics.entries += len(applied)
@@ -481,7 +513,7 @@ class Engine:
                 self.metrics.observe_batch(entry.count)
         self._groups_sent += 1
         self._entries_since_snapshot += len(applied)
-        await durable_send.send(Group(applied, requests, time.perf_counter_ns()))
+        await durable_send.send(Group(applied, requests, time.perf_counter_ns(), captures))
         await self._maybe_snapshot()
 
     async def wait_durable(self) -> None:
@@ -519,8 +551,9 @@ class Engine:
         self.snapshot_pause_s.append(time.perf_counter() - started)
         self._entries_since_snapshot = 0
 
-    def _apply_entries_sync(self, entries: list[Entry]) -> tuple[list[Entry], list[Any]]:
-        """Apply entries in order (worker thread); returns what was applied and each outcome.
+    def _apply_entries_sync(self, entries: list[Entry]) -> tuple[list[Entry], list[Any], list[Any]]:
+        """Apply entries in order (worker thread); returns what was applied, each outcome,
+        and the store's capture of each applied entry (empty without a capturing store).
 
         A transfer or account batch the kernel refuses for capacity is refused
         before any state changes: it is not applied, not journaled, and its
@@ -528,12 +561,16 @@ class Engine:
         """
         applied: list[Entry] = []
         outcomes: list[Any] = []
+        captures: list[Any] = []
+        capture = self._capture
         for entry in entries:
             if entry.kind == EntryKind.CREATE_TRANSFERS:
                 evict = self._evict_entry(entry)
                 if evict is not None:
                     apply_entry(self.ledger, evict)
                     applied.append(evict)
+                    if capture is not None:
+                        captures.append(capture(self.ledger, evict))
             try:
                 outcomes.append(apply_entry(self.ledger, entry))
             except ValueError as error:
@@ -542,7 +579,9 @@ class Engine:
                 outcomes.append(EngineFull(f"batch refused before posting: {error}"))
                 continue
             applied.append(entry)
-        return applied, outcomes
+            if capture is not None:
+                captures.append(capture(self.ledger, entry))
+        return applied, outcomes, captures
 
     def _evict_entry(self, transfers: Entry) -> Entry | None:
         """An EVICT entry when the log window would pass 90% of its capacity."""
@@ -604,7 +643,14 @@ class Engine:
                 # are being cancelled: its outcome must be known, never left half-said.
                 with anyio.CancelScope(shield=True):
                     if group.entries:
-                        await anyio.to_thread.run_sync(self.store.append, group.entries)
+                        try:
+                            if self._append_async is not None:
+                                await self._append_async(group.entries, group.captures)
+                            else:
+                                await anyio.to_thread.run_sync(self.store.append, group.entries)
+                        except BaseException as error:
+                            self._fail_groups(group, receive, error)
+                            raise
                     self.metrics.observe_durable((time.perf_counter_ns() - group.applied_ns) / 1e9)
                     self.metrics.requests += len(group.requests)
                     for request in group.requests:
@@ -613,6 +659,23 @@ class Engine:
                     advanced, self._durable_advanced = self._durable_advanced, anyio.Event()
                     assert advanced is not None
                     advanced.set()
+
+    def _fail_groups(
+        self, group: Group, receive: MemoryObjectReceiveStream[Group], error: BaseException
+    ) -> None:
+        """The store failed: answer the failing group and every group behind it, then stop."""
+        self.running = False
+        stopped = EngineStopped(f"engine stopped: the store failed ({error!r}); outcome unknown")
+        groups = [group]
+        while True:
+            try:
+                groups.append(receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        for failed in groups:
+            for request in failed.requests:
+                request.error = stopped
+                request.done.set()
 
 
 def latency_quantile(samples: Sequence[float], quantile: float) -> float:

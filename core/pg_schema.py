@@ -1,0 +1,207 @@
+"""Versioned migrations of Tally's PostgreSQL schema.
+
+Each migration is applied once, in order, inside one transaction that first
+takes a transaction-level advisory lock: two engines starting at once, or an
+engine and `tally db migrate`, serialize on the lock, and the second sees the
+first one's versions already recorded and applies nothing. A migration is
+never edited once released; a change is a new migration at the end.
+
+The tables (all money in minor units, ids as two signed 64-bit halves: the
+same bits as the kernels' unsigned halves, so a row packs back to the exact
+128-byte or 64-byte record):
+
+- `tally_entries`: every engine entry by seq: the authoritative log. The
+  ledger is a pure function of it (recovery and drills replay it).
+- `tally_transfers`: one row per transfer record of the kernels' log (posted,
+  holds, and failures that consume their id), primary key the transfer id:
+  idempotency is recorded by the key itself.
+- `tally_accounts`: one row per account slot: balances, pending amounts and
+  the PBoC limit counters, exactly the kernel's account and pending rows.
+- `tally_epoch`: the single fencing row: the epoch of the engine allowed to
+  write and the last seq it wrote; every group's transaction updates it
+  `WHERE epoch = mine AND last_seq = expected`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ADVISORY_LOCK_KEY = 0x7A11_7A11  # "tally tally": the migration lock
+
+TRANSFER_COLUMNS = (
+    "id_lo",
+    "id_hi",
+    "debit_account_id_lo",
+    "debit_account_id_hi",
+    "credit_account_id_lo",
+    "credit_account_id_hi",
+    "pending_id_lo",
+    "pending_id_hi",
+    "amount",
+    "timestamp",
+    "timeout_s",
+    "ledger",
+    "code",
+    "flags",
+    "channel",
+    "result",
+    "debit_slot",
+    "credit_slot",
+    "business_day",
+    "counted",
+    "state",
+    "user_data",
+    "amount_posted",
+    "amount_reversed",
+)
+
+ACCOUNT_COLUMNS = (
+    "id_lo",
+    "id_hi",
+    "debits_posted",
+    "credits_posted",
+    "inflow_daily",
+    "inflow_yearly",
+    "outflow_daily",
+    "outflow_yearly",
+    "bound_slot",
+    "ledger",
+    "kind",
+    "status",
+    "flags",
+    "product",
+    "counters_day",
+    "internal",
+)
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "entries, transfers, accounts, fencing epoch",
+        """
+        CREATE TABLE tally_epoch (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            epoch bigint NOT NULL,
+            last_seq bigint NOT NULL,
+            owner text NOT NULL DEFAULT '',
+            taken_at timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO tally_epoch (epoch, last_seq) VALUES (0, 0);
+
+        CREATE TABLE tally_entries (
+            seq bigint PRIMARY KEY,
+            kind smallint NOT NULL,
+            timestamp_first bigint NOT NULL,
+            business_day integer NOT NULL,
+            count integer NOT NULL,
+            epoch bigint NOT NULL,
+            payload bytea NOT NULL
+        );
+        -- Payloads are mostly packed transfers: incompressible enough that pglz is
+        -- CPU spent for nothing. Store them out of line, uncompressed.
+        ALTER TABLE tally_entries ALTER COLUMN payload SET STORAGE EXTERNAL;
+
+        CREATE TABLE tally_transfers (
+            id_lo bigint NOT NULL,
+            id_hi bigint NOT NULL,
+            debit_account_id_lo bigint NOT NULL,
+            debit_account_id_hi bigint NOT NULL,
+            credit_account_id_lo bigint NOT NULL,
+            credit_account_id_hi bigint NOT NULL,
+            pending_id_lo bigint NOT NULL,
+            pending_id_hi bigint NOT NULL,
+            amount bigint NOT NULL,
+            timestamp bigint NOT NULL,
+            timeout_s integer NOT NULL,
+            ledger smallint NOT NULL,
+            code smallint NOT NULL,
+            flags smallint NOT NULL,
+            channel smallint NOT NULL,
+            result smallint NOT NULL,
+            debit_slot integer NOT NULL,
+            credit_slot integer NOT NULL,
+            business_day smallint NOT NULL,
+            counted smallint NOT NULL,
+            state smallint NOT NULL,
+            user_data bigint NOT NULL,
+            amount_posted bigint NOT NULL,
+            amount_reversed bigint NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (id_lo, id_hi)
+        );
+
+        CREATE TABLE tally_accounts (
+            slot integer PRIMARY KEY,
+            id_lo bigint NOT NULL,
+            id_hi bigint NOT NULL,
+            debits_posted bigint NOT NULL,
+            credits_posted bigint NOT NULL,
+            inflow_daily integer NOT NULL,
+            inflow_yearly integer NOT NULL,
+            outflow_daily integer NOT NULL,
+            outflow_yearly integer NOT NULL,
+            bound_slot integer NOT NULL,
+            ledger smallint NOT NULL,
+            kind smallint NOT NULL,
+            status smallint NOT NULL,
+            flags smallint NOT NULL,
+            product smallint NOT NULL,
+            counters_day smallint NOT NULL,
+            internal smallint NOT NULL,
+            debits_pending bigint NOT NULL,
+            credits_pending bigint NOT NULL,
+            UNIQUE (id_lo, id_hi)
+        ) WITH (fillfactor = 50);
+        -- Every group rewrites its accounts' rows: room on the page keeps those updates HOT.
+        """,
+    ),
+    (
+        2,
+        "look-ups of an account's transfers (history, verify)",
+        """
+        CREATE INDEX tally_transfers_seq ON tally_transfers (seq);
+        """,
+    ),
+]
+
+VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS tally_schema_version (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1][0]
+
+
+async def migrate(connection: Any) -> list[int]:
+    """Apply every missing migration under the advisory lock; returns the versions applied."""
+    assert [version for version, _, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    applied: list[int] = []
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+        await connection.execute(VERSION_TABLE)
+        done = {
+            row[0] for row in await connection.fetch("SELECT version FROM tally_schema_version")
+        }
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO tally_schema_version (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(version)
+    return applied
+
+
+async def current_version(connection: Any) -> int:
+    exists = await connection.fetchval("SELECT to_regclass('tally_schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(
+        await connection.fetchval("SELECT coalesce(max(version), 0) FROM tally_schema_version")
+    )

@@ -1,0 +1,804 @@
+"""The PostgreSQL store: the engine's groups committed through asyncpg, one transaction each.
+
+What one engine group becomes (`PgStore.append_async`), in ONE transaction:
+
+1. `UPDATE tally_epoch SET last_seq = <new> WHERE epoch = <mine> AND last_seq = <expected>`:
+   the fencing token. Zero rows means a newer engine took over (or someone
+   else appended): the store refuses, raises `StoreFenced`, and the engine stops.
+2. the group's entries, binary COPY into `tally_entries` (the authoritative log);
+3. the group's new transfer records, binary COPY into `tally_transfers`, whose
+   primary key is the transfer id: idempotency is recorded by the key;
+4. existing transfers the group changed (holds posted, voided or expired,
+   amounts reversed): one set-based `UPDATE ... FROM unnest(...)`;
+5. every changed account row (balances, pending, PBoC limit counters): one
+   `INSERT ... SELECT FROM unnest(...) ON CONFLICT (slot) DO UPDATE`;
+6. COMMIT. Only when COMMIT returned, without the "committed locally but might
+   not have been replicated" warning, does the engine answer the group.
+
+Rows are captured in the apply thread (`capture`, called by the engine right
+after each entry is applied, from the kernel's change tracking), because the
+engine pipelines: by the time the durable stage commits group N, group N+1 may
+already have changed the same rows in memory.
+
+Ids and unsigned fields are stored as signed integers of the same bits (the
+kernels' unsigned 64-bit id halves as bigint), so a row unpacks from and packs
+back to the kernels' exact record bytes (`TRANSFER_ROW`, `ACCOUNT_ROW`).
+
+Outcome unknown. A connection lost during COMMIT (or a statement before it)
+leaves the group's outcome unknown. The store never re-posts blindly: it
+reconnects, ends the old backend (`pg_terminate_backend`), locks the epoch
+row (`FOR UPDATE` waits for any transaction still holding it) and reads
+`last_seq` back: if the group's seqs are there (and its entries' timestamps
+match), it committed; if `last_seq` is still the expected one, nothing of it
+did, and the same group (same seqs, same epoch check) is written in that very
+transaction. Either way the resolving transaction writes the epoch row, so its
+COMMIT also waits for the synchronous standby: an earlier commit that was only
+local is acknowledged only once it is replicated too.
+
+A COMMIT that returns with PostgreSQL's warning that the transaction "has
+already committed locally, but might not have been replicated" (a cancelled
+synchronous-replication wait) is an ambiguous commit: the store raises
+`CommitUnsafe` and refuses every later group; the engine stops without
+answering, and restarts from what PostgreSQL has.
+
+Startup (`open_pg_store`): migrations (advisory lock), a new fencing epoch
+(taken with `FOR UPDATE`, so an old engine's in-flight transaction finishes
+first and every later one of it is refused), then the ledger is rebuilt by
+replaying `tally_entries` through `apply_entry`: the kernels' tables (accounts,
+counters, holds, channel counters, the idempotency window of the transfer log)
+are then byte for byte what the engine had, which the row tables cannot give
+(the channel counters and the heap of holds are not rows), and it is the same
+recovery path as the embedded journal's. `verify` checks the row tables
+against both the transfers and the replayed kernel state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from core.entries import Entry, EntryKind, apply_entry
+from core.errors import TallyError
+from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
+from ledger.kernel import KernelLedger
+from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
+
+logger = logging.getLogger(__name__)
+
+# Signed views of ledger.types.TRANSFER_STRUCT / ACCOUNT_STRUCT: same bytes, PostgreSQL types.
+TRANSFER_ROW = struct.Struct("<qqqqqqqqqqihhhBBiihBBqqq")
+ACCOUNT_ROW = struct.Struct("<qqqqiiiiihBBhhhh")
+PENDING_ROW = struct.Struct("<qq")
+assert TRANSFER_ROW.size == TRANSFER_SIZE and ACCOUNT_ROW.size == ACCOUNT_SIZE
+assert len(TRANSFER_COLUMNS) == len(TRANSFER_ROW.unpack(bytes(TRANSFER_SIZE)))
+assert len(ACCOUNT_COLUMNS) == len(ACCOUNT_ROW.unpack(bytes(ACCOUNT_SIZE)))
+
+UNREPLICATED_MARKER = "might not have been replicated"
+REPLAY_CHUNK_ENTRIES = 64
+RECONNECT_TIMEOUT_S_DEFAULT = 30.0
+COMMIT_TIMEOUT_S_DEFAULT = 60.0
+RESOLVE_ATTEMPTS_MAX = 8
+HOLD_FLAGS = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
+
+
+class PgStoreError(TallyError):
+    """The PostgreSQL store cannot go on (connection, server, schema)."""
+
+
+class StoreFenced(PgStoreError):
+    """A newer engine holds the fencing epoch: this one must stop writing."""
+
+
+class CommitUnsafe(PgStoreError):
+    """COMMIT returned with the 'might not have been replicated' warning: not acknowledged."""
+
+
+class CommitUnresolved(PgStoreError):
+    """A group's commit outcome could not be established (the server stayed away)."""
+
+
+def _connection_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    import asyncpg
+
+    return (
+        *more,
+        OSError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.InternalClientError,
+    )
+
+
+@dataclass(slots=True)
+class Changes:
+    """The rows one applied entry changed, copied in the apply thread."""
+
+    new_first_seq: int
+    new_records: bytes
+    changed: list[tuple[int, bytes]]
+    accounts: list[tuple[int, bytes]]
+
+
+@dataclass(slots=True)
+class StoreStats:
+    commits: int = 0
+    entries: int = 0
+    transfers: int = 0
+    resolved_committed: int = 0
+    resolved_rewritten: int = 0
+    reconnects: int = 0
+    commit_latency_s: list[float] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)
+
+    def phase(self, name: str, started: float) -> float:
+        now = time.perf_counter()
+        self.phase_s[name] = self.phase_s.get(name, 0.0) + now - started
+        return now
+
+
+def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
+    """The rows changed since the last take: new log records, changed records, accounts."""
+    slots, seqs, overflowed = ledger.take_changes()
+    log_count = ledger.log_count
+    new_records = b"".join(ledger._record(seq) for seq in range(log_count_before, log_count))
+    if overflowed:
+        # More existing transfers changed than the kernel could list: take the window.
+        changed_seqs: Sequence[int] = range(ledger.log_tail, log_count_before)
+    else:
+        changed_seqs = sorted(set(seqs))
+    changed = [(seq, ledger._record(seq)) for seq in changed_seqs if seq < log_count_before]
+    accounts = []
+    for slot in sorted(set(slots)):
+        row = bytes(ledger.accounts[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE])
+        pending = bytes(ledger.pending[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE])
+        accounts.append((slot, row + pending))
+    return Changes(log_count_before, new_records, changed, accounts)
+
+
+@dataclass(slots=True)
+class GroupRows:
+    """One group's rows, merged in order: later changes to the same row win."""
+
+    transfers: list[tuple[Any, ...]]
+    changed: list[bytes]
+    accounts: list[tuple[int, bytes]]
+
+
+def merge_changes(captures: Sequence[Changes]) -> GroupRows:
+    new_first = captures[0].new_first_seq if captures else 0
+    new_records = bytearray()
+    changed: dict[int, bytes] = {}
+    accounts: dict[int, bytes] = {}
+    for changes in captures:
+        assert changes.new_first_seq == new_first + len(new_records) // TRANSFER_SIZE
+        new_records += changes.new_records
+        for seq, record in changes.changed:
+            if seq >= new_first:  # new in this group: its row is written once, as it is now
+                offset = (seq - new_first) * TRANSFER_SIZE
+                new_records[offset : offset + TRANSFER_SIZE] = record
+            else:
+                changed[seq] = record
+        for slot, row in changes.accounts:
+            accounts[slot] = row
+    transfers = [
+        (*row, seq)
+        for seq, row in zip(itertools.count(new_first), TRANSFER_ROW.iter_unpack(new_records))
+    ]
+    return GroupRows(transfers, list(changed.values()), sorted(accounts.items()))
+
+
+UPDATE_TRANSFERS = """
+UPDATE tally_transfers AS t
+SET result = u.result, business_day = u.business_day, counted = u.counted, state = u.state,
+    amount_posted = u.amount_posted, amount_reversed = u.amount_reversed
+FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::smallint[], $5::smallint[],
+            $6::smallint[], $7::bigint[], $8::bigint[])
+     AS u(id_lo, id_hi, result, business_day, counted, state, amount_posted, amount_reversed)
+WHERE t.id_lo = u.id_lo AND t.id_hi = u.id_hi
+"""
+
+_ACCOUNT_ALL = ("slot", *ACCOUNT_COLUMNS, "debits_pending", "credits_pending")
+_ACCOUNT_TYPES = (
+    "integer",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "integer",
+    "integer",
+    "integer",
+    "integer",
+    "integer",
+    "smallint",
+    "smallint",
+    "smallint",
+    "smallint",
+    "smallint",
+    "smallint",
+    "smallint",
+    "bigint",
+    "bigint",
+)
+assert len(_ACCOUNT_ALL) == len(_ACCOUNT_TYPES)
+UPSERT_ACCOUNTS = (
+    f"INSERT INTO tally_accounts ({', '.join(_ACCOUNT_ALL)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(_ACCOUNT_TYPES))
+    + ") ON CONFLICT (slot) DO UPDATE SET "
+    + ", ".join(f"{name} = EXCLUDED.{name}" for name in _ACCOUNT_ALL[1:])
+)
+
+ENTRY_COLUMNS = ("seq", "kind", "timestamp_first", "business_day", "count", "epoch", "payload")
+
+
+def account_row_values(slot: int, row: bytes) -> tuple[Any, ...]:
+    return (slot, *ACCOUNT_ROW.unpack_from(row, 0), *PENDING_ROW.unpack_from(row, ACCOUNT_SIZE))
+
+
+def account_record(values: Sequence[Any]) -> bytes:
+    """The kernel's 64-byte account row and 16-byte pending row from a table row."""
+    fields = list(values)
+    return ACCOUNT_ROW.pack(*fields[: len(ACCOUNT_COLUMNS)]) + PENDING_ROW.pack(
+        *fields[len(ACCOUNT_COLUMNS) :]
+    )
+
+
+def transfer_record(values: Sequence[Any]) -> bytes:
+    return TRANSFER_ROW.pack(*values)
+
+
+class PgStore:
+    """The engine's store on PostgreSQL (asyncio only: asyncpg). Open with `open_pg_store`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        connection: Any,
+        *,
+        epoch: int,
+        last_seq: int,
+        log_count: int,
+        reconnect_timeout_s: float = RECONNECT_TIMEOUT_S_DEFAULT,
+        commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        self.dsn = dsn
+        self.epoch = epoch
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.commit_timeout_s = commit_timeout_s
+        self.stats = StoreStats()
+        self._connection: Any = connection
+        self._last_seq = last_seq
+        self._log_count = log_count  # the apply side's view: captured up to here
+        self._failure: str | None = None
+        self._warnings: list[Any] = []
+        self._server_pid: int | None = None
+        self._listen(connection)
+
+    # --- Store protocol ---------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def capture(self, ledger: KernelLedger | Any, entry: Entry) -> Changes:
+        """Called by the engine in its apply thread right after `entry` was applied."""
+        assert isinstance(ledger, KernelLedger), "the PostgreSQL store needs the kernel ledger"
+        changes = capture_changes(ledger, self._log_count)
+        self._log_count = ledger.log_count
+        return changes
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        raise AssertionError("PgStore needs the engine's capture hook: use append_async")
+
+    async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None:
+        """Commit one group (see the module docstring); returns once it is safely durable."""
+        if self._failure is not None:
+            raise PgStoreError(f"store unusable after an earlier failure: {self._failure}")
+        assert len(entries) >= 1 and len(captures) == len(entries)
+        for entry in entries:
+            entry.check()
+        rows = merge_changes(captures)
+        first_seq = self._last_seq + 1
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.commit_timeout_s):
+                await self._commit_group(entries, rows, first_seq)
+        except TimeoutError as error:
+            self._failure = f"group {first_seq}..: no COMMIT within {self.commit_timeout_s} s"
+            raise CommitUnresolved(self._failure) from error
+        except PgStoreError as error:
+            self._failure = str(error)
+            raise
+        self._last_seq = first_seq + len(entries) - 1
+        self.stats.commits += 1
+        self.stats.entries += len(entries)
+        self.stats.transfers += len(rows.transfers)
+        self.stats.commit_latency_s.append(time.perf_counter() - started)
+        if len(self.stats.commit_latency_s) > 4096:
+            del self.stats.commit_latency_s[:2048]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                with anyio.fail_after(5):
+                    await connection.close()
+            except _connection_errors(TimeoutError):
+                connection.terminate()
+
+    # --- one group ----------------------------------------------------------------
+
+    def _listen(self, connection: Any) -> None:
+        self._server_pid = connection.get_server_pid()
+        connection.add_log_listener(lambda _connection, message: self._warnings.append(message))
+
+    async def _commit_group(
+        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int
+    ) -> None:
+        errors = _connection_errors()
+        try:
+            await self._write_group(entries, rows, first_seq, resolving=False)
+            return
+        except errors as error:
+            logger.warning("group %d..: connection lost (%s): resolving", first_seq, error)
+            lost: BaseException = error
+        for attempt in range(RESOLVE_ATTEMPTS_MAX):
+            await self._reconnect(lost)
+            try:
+                await self._write_group(entries, rows, first_seq, resolving=True)
+                return
+            except errors as error:
+                logger.warning(
+                    "group %d..: resolution attempt %d lost (%s)", first_seq, attempt, error
+                )
+                lost = error
+        raise CommitUnresolved(
+            f"group {first_seq}..{first_seq + len(entries) - 1}: outcome unknown after"
+            f" {RESOLVE_ATTEMPTS_MAX} attempts: {lost}"
+        )
+
+    async def _write_group(
+        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int, *, resolving: bool
+    ) -> None:
+        connection = self._connection
+        last_seq = first_seq + len(entries) - 1
+        expected = first_seq - 1
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            if resolving:
+                row = await connection.fetchrow(
+                    "SELECT epoch, last_seq FROM tally_epoch FOR UPDATE"
+                )
+                if row["epoch"] != self.epoch:
+                    raise StoreFenced(
+                        f"epoch {self.epoch} fenced off by epoch {row['epoch']}"
+                        f" (group {first_seq}..)"
+                    )
+                if row["last_seq"] == last_seq:
+                    await self._check_committed(connection, entries, first_seq)
+                    # A write, so that this COMMIT waits for the synchronous standby as well.
+                    await connection.execute(
+                        "UPDATE tally_epoch SET last_seq = last_seq WHERE epoch = $1", self.epoch
+                    )
+                    await self._commit(transaction, first_seq)
+                    self.stats.resolved_committed += 1
+                    return
+                if row["last_seq"] != expected:
+                    raise PgStoreError(
+                        f"tally_epoch.last_seq is {row['last_seq']}; this engine expected"
+                        f" {expected} or {last_seq}: another writer in epoch {self.epoch}?"
+                    )
+                self.stats.resolved_rewritten += 1
+            mark = time.perf_counter()
+            status = await connection.execute(
+                "UPDATE tally_epoch SET last_seq = $3 WHERE epoch = $1 AND last_seq = $2",
+                self.epoch,
+                expected,
+                last_seq,
+            )
+            if status != "UPDATE 1":
+                current = await connection.fetchrow("SELECT epoch, last_seq FROM tally_epoch")
+                raise StoreFenced(
+                    f"epoch {self.epoch} may not write seq {first_seq}..{last_seq}: tally_epoch"
+                    f" holds epoch {current['epoch']}, last_seq {current['last_seq']}"
+                )
+            mark = self.stats.phase("epoch", mark)
+            await connection.copy_records_to_table(
+                "tally_entries",
+                records=[
+                    (
+                        first_seq + index,
+                        int(entry.kind),
+                        entry.timestamp_first,
+                        entry.business_day,
+                        entry.count,
+                        self.epoch,
+                        entry.payload,
+                    )
+                    for index, entry in enumerate(entries)
+                ],
+                columns=ENTRY_COLUMNS,
+            )
+            mark = self.stats.phase("entries", mark)
+            if rows.transfers:
+                await connection.copy_records_to_table(
+                    "tally_transfers", records=rows.transfers, columns=(*TRANSFER_COLUMNS, "seq")
+                )
+            mark = self.stats.phase("transfers", mark)
+            if rows.changed:
+                columns: list[list[int]] = [[] for _ in range(8)]
+                for record in rows.changed:
+                    values = TRANSFER_ROW.unpack(record)
+                    for index, value in enumerate(
+                        (
+                            values[0],
+                            values[1],
+                            values[15],
+                            values[18],
+                            values[19],
+                            values[20],
+                            values[22],
+                            values[23],
+                        )
+                    ):
+                        columns[index].append(value)
+                status = await connection.execute(UPDATE_TRANSFERS, *columns)
+                assert status == f"UPDATE {len(rows.changed)}", (status, len(rows.changed))
+            if rows.accounts:
+                account_values = [account_row_values(slot, row) for slot, row in rows.accounts]
+                mark = self.stats.phase("changed", mark)
+                columns_by_name = map(list, zip(*account_values, strict=True))
+                await connection.execute(UPSERT_ACCOUNTS, *columns_by_name)
+                mark = self.stats.phase("accounts", mark)
+        except BaseException:
+            if not connection.is_closed():
+                try:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await transaction.rollback()
+                except _connection_errors():
+                    pass
+            raise
+        mark = time.perf_counter()
+        await self._commit(transaction, first_seq)
+        self.stats.phase("commit", mark)
+
+    async def _commit(self, transaction: Any, first_seq: int) -> None:
+        self._warnings.clear()
+        await transaction.commit()
+        await anyio.lowlevel.checkpoint()  # log listeners are called soon after the message arrives
+        for message in self._warnings:
+            text = f"{getattr(message, 'message', '')} {getattr(message, 'detail', '') or ''}"
+            if UNREPLICATED_MARKER in text:
+                raise CommitUnsafe(
+                    f"group {first_seq}..: COMMIT returned a warning: {text.strip()}; the"
+                    " group is committed on the primary only and is not acknowledged"
+                )
+
+    async def _check_committed(
+        self, connection: Any, entries: Sequence[Entry], first_seq: int
+    ) -> None:
+        """Pair check of a group found committed: its seqs hold exactly its entries."""
+        stored = await connection.fetch(
+            "SELECT seq, kind, timestamp_first, count, epoch FROM tally_entries"
+            " WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
+            first_seq,
+            first_seq + len(entries) - 1,
+        )
+        expected = [
+            (first_seq + i, int(e.kind), e.timestamp_first, e.count, self.epoch)
+            for i, e in enumerate(entries)
+        ]
+        found = [tuple(row) for row in stored]
+        assert found == expected, (found, expected)
+
+    async def _reconnect(self, cause: BaseException) -> None:
+        """A new connection; the old backend is ended so it cannot commit behind our back."""
+        import asyncpg
+
+        old = self._connection
+        old_pid = self._server_pid
+        if old is not None:
+            old.terminate()
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        while True:
+            try:
+                with anyio.fail_after(max(0.1, deadline - time.monotonic())):
+                    connection = await asyncpg.connect(self.dsn)
+                break
+            except _connection_errors(TimeoutError) as error:
+                if time.monotonic() >= deadline:
+                    raise CommitUnresolved(
+                        f"cannot reach PostgreSQL within {self.reconnect_timeout_s} s to resolve"
+                        f" a commit (lost: {cause}; last: {error})"
+                    ) from error
+                await anyio.sleep(0.1)
+        self.stats.reconnects += 1
+        self._connection = connection
+        self._listen(connection)
+        if old_pid is not None:
+            await connection.execute("SELECT pg_terminate_backend($1)", old_pid)
+
+
+async def take_epoch(connection: Any, owner: str, epoch_min: int = 0) -> tuple[int, int]:
+    """Fence every older engine off: a new epoch (> all before); returns (epoch, last_seq)."""
+    async with connection.transaction():
+        row = await connection.fetchrow("SELECT epoch FROM tally_epoch FOR UPDATE")
+        epoch = max(int(row["epoch"]) + 1, epoch_min)
+        row = await connection.fetchrow(
+            "UPDATE tally_epoch SET epoch = $1, owner = $2, taken_at = now()"
+            " RETURNING epoch, last_seq",
+            epoch,
+            owner,
+        )
+    return int(row["epoch"]), int(row["last_seq"])
+
+
+async def read_entries(connection: Any, from_seq: int = 1, through_seq: int | None = None) -> Any:
+    """The stored entries in seq order, checked (an async iterator of (seq, Entry))."""
+    seq = from_seq
+    while True:
+        rows = await connection.fetch(
+            "SELECT seq, kind, timestamp_first, business_day, count, payload FROM tally_entries"
+            " WHERE seq >= $1 AND ($2::bigint IS NULL OR seq <= $2) ORDER BY seq LIMIT $3",
+            seq,
+            through_seq,
+            REPLAY_CHUNK_ENTRIES,
+        )
+        if not rows:
+            return
+        for row in rows:
+            if row["seq"] != seq:
+                raise PgStoreError(f"tally_entries has no seq {seq} (next is {row['seq']})")
+            entry = Entry(
+                EntryKind(row["kind"]),
+                row["timestamp_first"],
+                row["business_day"],
+                row["count"],
+                bytes(row["payload"]),
+            )
+            entry.check()
+            yield seq, entry
+            seq += 1
+
+
+async def replay_ledger(
+    connection: Any, account_capacity: int, transfer_capacity: int, last_seq: int
+) -> KernelLedger:
+    """The kernel ledger as of `last_seq`, by replaying `tally_entries` 1..last_seq."""
+    ledger = KernelLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
+    replayed = 0
+    async for _seq, entry in read_entries(connection, 1, last_seq):
+        try:
+            await anyio.to_thread.run_sync(apply_entry, ledger, entry)
+        except ValueError as error:
+            raise PgStoreError(
+                f"cannot replay seq {_seq} ({entry.kind.name}) with these capacities: {error}"
+            ) from error
+        replayed += 1
+    if replayed != last_seq:
+        raise PgStoreError(f"tally_entries holds {replayed} entries; tally_epoch says {last_seq}")
+    return ledger
+
+
+@dataclass(slots=True)
+class Opened:
+    store: PgStore
+    ledger: KernelLedger
+    migrated: list[int]
+    load_s: float
+
+
+async def open_pg_store(
+    dsn: str,
+    *,
+    account_capacity: int,
+    transfer_capacity: int,
+    owner: str = "tally",
+    epoch_min: int = 0,
+    reconnect_timeout_s: float = RECONNECT_TIMEOUT_S_DEFAULT,
+    commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
+) -> Opened:
+    """Migrate, take a new fencing epoch, rebuild the ledger: ready for `Engine(ledger, store)`."""
+    import asyncpg
+
+    started = time.perf_counter()
+    try:
+        connection = await asyncpg.connect(dsn)
+    except _connection_errors(asyncpg.PostgresError) as error:
+        raise PgStoreError(f"cannot connect to {dsn}: {error}") from error
+    try:
+        migrated = await migrate(connection)
+        epoch, last_seq = await take_epoch(connection, owner, epoch_min)
+        ledger = await replay_ledger(connection, account_capacity, transfer_capacity, last_seq)
+    except BaseException:
+        connection.terminate()
+        raise
+    ledger.track_changes()
+    ledger.take_changes()
+    store = PgStore(
+        dsn,
+        connection,
+        epoch=epoch,
+        last_seq=last_seq,
+        log_count=ledger.log_count,
+        reconnect_timeout_s=reconnect_timeout_s,
+        commit_timeout_s=commit_timeout_s,
+    )
+    return Opened(store, ledger, migrated, time.perf_counter() - started)
+
+
+def open_pg_store_blocking(dsn: str, **options: Any) -> Opened:
+    """`open_pg_store` from a worker thread of the running event loop."""
+    return anyio.from_thread.run(lambda: open_pg_store(dsn, **options))
+
+
+# --- verify ---------------------------------------------------------------------
+
+RECOMPUTE_BALANCES = f"""
+WITH moves AS (
+    SELECT debit_slot AS slot,
+           sum(amount_posted) FILTER (WHERE flags & {HOLD_FLAGS} = 0) AS debits_posted,
+           0::numeric AS credits_posted,
+           sum(amount) FILTER (WHERE state = 1) AS debits_pending,
+           0::numeric AS credits_pending
+    FROM tally_transfers WHERE result = 0 GROUP BY debit_slot
+    UNION ALL
+    SELECT credit_slot, 0, sum(amount_posted) FILTER (WHERE flags & {HOLD_FLAGS} = 0),
+           0, sum(amount) FILTER (WHERE state = 1)
+    FROM tally_transfers WHERE result = 0 GROUP BY credit_slot
+), totals AS (
+    SELECT slot, coalesce(sum(debits_posted), 0) AS debits_posted,
+           coalesce(sum(credits_posted), 0) AS credits_posted,
+           coalesce(sum(debits_pending), 0) AS debits_pending,
+           coalesce(sum(credits_pending), 0) AS credits_pending
+    FROM moves GROUP BY slot
+)
+SELECT coalesce(a.slot, t.slot) AS slot,
+       a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending,
+       coalesce(t.debits_posted, 0) AS want_debits_posted,
+       coalesce(t.credits_posted, 0) AS want_credits_posted,
+       coalesce(t.debits_pending, 0) AS want_debits_pending,
+       coalesce(t.credits_pending, 0) AS want_credits_pending
+FROM tally_accounts a FULL JOIN totals t ON a.slot = t.slot
+WHERE a.slot IS NULL
+   OR a.debits_posted <> coalesce(t.debits_posted, 0)
+   OR a.credits_posted <> coalesce(t.credits_posted, 0)
+   OR a.debits_pending <> coalesce(t.debits_pending, 0)
+   OR a.credits_pending <> coalesce(t.credits_pending, 0)
+ORDER BY 1
+"""
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What `tally db verify` found; `ok` only if every list is empty."""
+
+    last_seq: int = 0
+    epoch: int = 0
+    accounts: int = 0
+    transfers: int = 0
+    debits_posted_total: int = 0
+    credits_posted_total: int = 0
+    digest: str = ""
+    balance_mismatches: list[str] = field(default_factory=list)
+    kernel_mismatches: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.balance_mismatches
+            and not self.kernel_mismatches
+            and self.debits_posted_total == self.credits_posted_total
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "last_seq": self.last_seq,
+            "epoch": self.epoch,
+            "accounts": self.accounts,
+            "transfers": self.transfers,
+            "debits_posted_total": self.debits_posted_total,
+            "credits_posted_total": self.credits_posted_total,
+            "digest": self.digest,
+            "balance_mismatches": self.balance_mismatches[:50],
+            "kernel_mismatches": self.kernel_mismatches[:50],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+async def verify(
+    connection: Any,
+    account_capacity: int,
+    transfer_capacity: int,
+    ledger: KernelLedger | None = None,
+) -> VerifyReport:
+    """Recompute every balance from the transfers; compare with the accounts and the kernels.
+
+    Runs in one REPEATABLE READ transaction, so a running engine's commits do
+    not tear what is compared. The kernel state is the replay of
+    `tally_entries` (or `ledger`, e.g. a running engine's, if given: then it
+    must be as of the same last_seq).
+    """
+    started = time.perf_counter()
+    report = VerifyReport()
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        row = await connection.fetchrow("SELECT epoch, last_seq FROM tally_epoch")
+        report.epoch, report.last_seq = int(row["epoch"]), int(row["last_seq"])
+        for mismatch in await connection.fetch(RECOMPUTE_BALANCES):
+            report.balance_mismatches.append(
+                f"slot {mismatch['slot']}: accounts table"
+                f" ({mismatch['debits_posted']}, {mismatch['credits_posted']},"
+                f" {mismatch['debits_pending']}, {mismatch['credits_pending']}) != from transfers"
+                f" ({mismatch['want_debits_posted']}, {mismatch['want_credits_posted']},"
+                f" {mismatch['want_debits_pending']}, {mismatch['want_credits_pending']})"
+            )
+        totals = await connection.fetchrow(
+            "SELECT coalesce(sum(debits_posted), 0) AS d, coalesce(sum(credits_posted), 0) AS c,"
+            " count(*) AS n FROM tally_accounts"
+        )
+        report.debits_posted_total = int(totals["d"])
+        report.credits_posted_total = int(totals["c"])
+        report.accounts = int(totals["n"])
+        report.transfers = int(await connection.fetchval("SELECT count(*) FROM tally_transfers"))
+        if ledger is None:
+            ledger = await replay_ledger(
+                connection, account_capacity, transfer_capacity, report.last_seq
+            )
+        report.digest = ledger.digest()
+        problems = report.kernel_mismatches
+        if ledger.account_count != report.accounts:
+            problems.append(
+                f"kernel has {ledger.account_count} accounts, the table {report.accounts}"
+            )
+        rows = await connection.fetch(
+            f"SELECT {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending, slot"
+            " FROM tally_accounts ORDER BY slot"
+        )
+        for values in rows:
+            slot = values["slot"]
+            stored = account_record(list(values)[:-1])
+            if slot >= ledger.account_count:
+                problems.append(f"slot {slot} is in the table, not in the kernel")
+                continue
+            kernel_row = bytes(
+                ledger.accounts[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE]
+            ) + bytes(ledger.pending[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE])
+            if kernel_row != stored:
+                problems.append(f"account slot {slot}: table row differs from the kernel's")
+        if report.transfers != ledger.log_count:
+            problems.append(
+                f"the table holds {report.transfers} transfers, the kernel recorded"
+                f" {ledger.log_count}"
+            )
+        seq = ledger.log_tail
+        while seq < ledger.log_count:
+            chunk = await connection.fetch(
+                f"SELECT {', '.join(TRANSFER_COLUMNS)}, seq FROM tally_transfers"
+                " WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                seq,
+                min(ledger.log_count, seq + 50_000),
+            )
+            for values in chunk:
+                if values["seq"] != seq:
+                    problems.append(f"transfer seq {seq} missing from the table")
+                    seq = values["seq"]
+                if transfer_record(list(values)[:-1]) != ledger._record(seq):
+                    problems.append(f"transfer seq {seq}: table row differs from the kernel's")
+                seq += 1
+            if not chunk:
+                problems.append(f"transfer seqs {seq}..{ledger.log_count - 1} missing")
+                break
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,78 @@
+"""A real PostgreSQL for the tests: one throwaway cluster per test process, a database per test.
+
+`TALLY_PG_DSN`, when set, names a server to use instead: each test then gets
+the tally tables dropped first. Without it the first test that asks starts a
+cluster with `core.pg_cluster` (under `nobody` when run as root) and it is
+removed when the process exits. If no PostgreSQL binaries exist, the tests
+are skipped with that reason printed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.pg_cluster import TEST_SETTINGS, Cluster, create_cluster, find_bin_directory
+
+_cluster: Cluster | None = None
+_database_numbers = itertools.count(1)
+TABLES = (
+    "tally_transfers",
+    "tally_accounts",
+    "tally_entries",
+    "tally_epoch",
+    "tally_schema_version",
+)
+
+
+def shared_cluster() -> Cluster:
+    """The process's throwaway cluster, started on first use and removed at exit."""
+    global _cluster
+    if _cluster is None:
+        if find_bin_directory() is None:
+            reason = "PostgreSQL binaries (initdb, pg_ctl) not found and TALLY_PG_DSN not set"
+            print(f"skipping PostgreSQL tests: {reason}", file=sys.stderr)
+            pytest.skip(reason)
+        cluster = create_cluster("tests", {**TEST_SETTINGS, "fsync": "off"})
+        atexit.register(cluster.remove)
+        cluster.start()
+        _cluster = cluster
+    return _cluster
+
+
+def psql(cluster: Cluster, sql: str, database: str = "postgres") -> str:
+    command = [
+        os.path.join(cluster.bin_directory, "psql"),
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        cluster.dsn(database),
+        "-c",
+        sql,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def fresh_database_dsn() -> str:
+    """A DSN to an empty database (a new one in the shared cluster, or TALLY_PG_DSN cleaned)."""
+    external = os.environ.get("TALLY_PG_DSN")
+    if external:
+        drop = "; ".join(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES)
+        completed = subprocess.run(
+            ["psql", "-X", "-q", external, "-c", drop], capture_output=True, text=True, check=False
+        )
+        assert completed.returncode == 0, completed.stderr
+        return external
+    cluster = shared_cluster()
+    name = f"tally_test_{os.getpid()}_{next(_database_numbers)}"
+    psql(cluster, f"CREATE DATABASE {name}")
+    return cluster.dsn(name)

@@ -1,0 +1,348 @@
+"""The engine on the PostgreSQL store, against a real server the fixture starts.
+
+The essentials of the engine suite (posting, retries answered `exists`, reads
+after durability, recovery to the same digest) plus what only this store has:
+migrations under a lock, the row tables checked by `verify`, fencing epochs,
+commit outcomes resolved by reading back, and the unreplicated-commit warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from core.engine import Engine, EngineStopped
+from core.pg_schema import current_version, latest_version, migrate
+from core.pg_store import (
+    CommitUnsafe,
+    PgStore,
+    StoreFenced,
+    open_pg_store,
+    verify,
+)
+from ledger.types import CreateTransferResult, TransferCode, TransferFlags
+from tests.engine_helpers import (
+    CLEARING_ID,
+    class_ii_accounts,
+    clearing_account,
+    example_rules,
+    transfer,
+)
+from tests.pg_helpers import fresh_database_dsn
+
+pytestmark = pytest.mark.pg
+
+R = CreateTransferResult
+ACCOUNTS = 4096
+TRANSFERS = 1 << 16
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    return fresh_database_dsn()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # asyncpg is an asyncio driver
+
+
+async def open_engine(dsn: str, **options: Any) -> tuple[Engine, PgStore]:
+    opened = await open_pg_store(
+        dsn, account_capacity=ACCOUNTS, transfer_capacity=TRANSFERS, **options
+    )
+    engine = Engine(opened.ledger, opened.store, example_rules(), linger_s=0.0005)
+    return engine, opened.store
+
+
+async def fund(engine: Engine, first_id: int, count: int, amount: int) -> None:
+    assert set(await engine.submit_accounts(clearing_account())) <= {0, 18}
+    assert set(await engine.submit_accounts(class_ii_accounts(first_id, count))) <= {0, 18}
+    for i in range(count):
+        outcome = await engine.submit_transfer(
+            transfer(10_000_000 + i, CLEARING_ID, first_id + i, amount, TransferCode.TOPUP_BOUND)
+        )
+        assert outcome.result in (R.OK, R.EXISTS)
+
+
+async def verify_ok(dsn: str) -> Any:
+    connection = await asyncpg.connect(dsn)
+    try:
+        report = await verify(connection, ACCOUNTS, TRANSFERS)
+    finally:
+        await connection.close()
+    assert report.ok, report.as_dict()
+    return report
+
+
+@pytest.mark.anyio
+async def test_migrations_apply_once_even_when_two_engines_start_together(pg_dsn: str) -> None:
+    """Two connections migrating at the same moment: the advisory lock serializes them,
+    every migration is applied exactly once, and a third run applies nothing."""
+    first = await asyncpg.connect(pg_dsn)
+    second = await asyncpg.connect(pg_dsn)
+    applied: list[list[int]] = []
+
+    async def run(connection: Any) -> None:
+        applied.append(await migrate(connection))
+
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(run, first)
+            task_group.start_soon(run, second)
+        assert sorted(applied, key=len) == [[], list(range(1, latest_version() + 1))]
+        assert await migrate(first) == []
+        assert await current_version(first) == latest_version()
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.anyio
+async def test_posting_retries_reads_and_recovery(pg_dsn: str) -> None:
+    """Concurrent single transfers are batched into group transactions; a retry answers
+    `exists` with the first timestamp; a read sees the durable balance; after a restart
+    the ledger rebuilt from PostgreSQL has the same digest, and verify finds the
+    accounts table equal to the sums of the transfers and to the kernel's rows."""
+    engine, store = await open_engine(pg_dsn)
+    outcomes: dict[int, int] = {}
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 40, 1_000_000)
+
+        async def client(worker: int) -> None:
+            for i in range(30):
+                transfer_id = 1_000_000 + worker * 1000 + i
+                outcome = await engine.submit_transfer(
+                    transfer(transfer_id, 1 + worker, 1 + (worker + i + 1) % 40, 100 + i)
+                )
+                outcomes[transfer_id] = outcome.result
+
+        async with anyio.create_task_group() as clients:
+            for worker in range(40):
+                clients.start_soon(client, worker)
+        first = await engine.submit_transfer(transfer(77, 1, 2, 1_000))
+        again = await engine.submit_transfer(transfer(77, 1, 2, 1_000))
+        changed = await engine.submit_transfer(transfer(77, 1, 2, 2_000))
+        account = await engine.read(lambda ledger: ledger.lookup_account(2))
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert set(outcomes.values()) == {R.OK} and len(outcomes) == 1200
+    assert store.stats.commits < 1200, "single submits were not grouped into transactions"
+    assert first.result == R.OK
+    assert again.result == R.EXISTS and again.timestamp == first.timestamp
+    assert changed.result == R.EXISTS_WITH_DIFFERENT_AMOUNT
+    assert account is not None
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest and report.transfers >= 1241
+
+    engine, store = await open_engine(pg_dsn)
+    assert engine.ledger.digest() == digest
+    assert store.epoch == 2
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        retried = await engine.submit_transfer(transfer(77, 1, 2, 1_000))
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert (retried.result, retried.timestamp) == (R.EXISTS, first.timestamp)
+
+
+@pytest.mark.anyio
+async def test_holds_posts_voids_expiry_and_reversals_update_existing_rows(pg_dsn: str) -> None:
+    """Holds that are captured, voided or expire and transfers that are reversed change
+    rows written by earlier groups: the set-based UPDATE keeps the table equal to the
+    kernel (verify), and a restart rebuilds the same digest."""
+    engine, store = await open_engine(pg_dsn)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 10, 1_000_000)
+        for i in range(10):
+            hold = await engine.submit_transfer(
+                transfer(
+                    500 + i,
+                    1 + i,
+                    1 + (i + 1) % 10,
+                    10_000,
+                    flags=TransferFlags.PENDING,
+                    timeout_s=3600 if i < 8 else 1,
+                )
+            )
+            assert hold.result == R.OK
+        for i in range(3):
+            post = await engine.submit_transfer(
+                transfer(
+                    600 + i, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=500 + i
+                )
+            )
+            assert post.result == R.OK, post
+        for i in range(3, 6):
+            void = await engine.submit_transfer(
+                transfer(
+                    600 + i, 0, 0, 0, code=0, flags=TransferFlags.VOID_PENDING, pending_id=500 + i
+                )
+            )
+            assert void.result == R.OK, void
+        paid = await engine.submit_transfer(transfer(700, 3, 4, 5_000))
+        assert paid.result == R.OK
+        reversal = await engine.submit_transfer(
+            transfer(701, 4, 3, 2_000, code=TransferCode.REVERSAL, pending_id=700)
+        )
+        assert reversal.result == R.OK, reversal
+        # A hold and its capture in the same group: the new row is written once, captured.
+        async with anyio.create_task_group() as same_group:
+            same_group.start_soon(
+                engine.submit_transfers,
+                transfer(800, 5, 6, 1_000, flags=TransferFlags.PENDING, timeout_s=60)
+                + transfer(801, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=800),
+            )
+        await anyio.sleep(1.5)  # the two 1-second holds expire (expire_interval_s = 1)
+        await engine.submit_transfer(transfer(900, 7, 8, 1))
+        await engine.wait_durable()
+        digest = await engine.read(lambda ledger: ledger.digest())
+        pending = await engine.read(lambda ledger: ledger.account_pending(10))
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert pending == (0, 0), "the 1-second holds of account 10 did not expire"
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest
+    engine, store = await open_engine(pg_dsn)
+    assert engine.ledger.digest() == digest
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_newer_epoch_fences_the_old_engine_off(pg_dsn: str) -> None:
+    """Once a second engine has started (new epoch), the first one's next group is
+    refused inside its own transaction: its callers get EngineStopped, nothing of it
+    is written, and the new engine goes on."""
+    old, old_store = await open_engine(pg_dsn)
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(old.serve)
+            await fund(old, 1, 2, 50_000)
+            new, new_store = await open_engine(pg_dsn)
+            assert new_store.epoch == old_store.epoch + 1
+            with pytest.raises(EngineStopped):
+                await old.submit_transfer(transfer(42, 1, 2, 100))
+    assert raised.group_contains(StoreFenced)
+    await old_store.close()
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(new.serve)
+        outcome = await new.submit_transfer(transfer(42, 1, 2, 100))
+        task_group.cancel_scope.cancel()
+    await new_store.close()
+    assert outcome.result == R.OK, "the fenced group must not have been written"
+    await verify_ok(pg_dsn)
+
+
+class LosingStore(PgStore):
+    """Drops the connection around one COMMIT: before it is sent, or after it succeeded."""
+
+    lose: str = ""
+
+    async def _commit(self, transaction: Any, first_seq: int) -> None:
+        mode, self.lose = self.lose, ""
+        if mode == "before":
+            self._connection.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("lost before COMMIT (test)")
+        await super()._commit(transaction, first_seq)
+        if mode == "after":
+            self._connection.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("lost after COMMIT (test)")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["before", "after"])
+async def test_lost_commit_is_resolved_by_reading_back(pg_dsn: str, mode: str) -> None:
+    """The connection drops around COMMIT: the store reconnects, reads the epoch row back
+    and either finds the group committed (answers it, writes nothing again) or not (writes
+    it once, same seqs). Every transfer is then in PostgreSQL exactly once."""
+    opened = await open_pg_store(pg_dsn, account_capacity=ACCOUNTS, transfer_capacity=TRANSFERS)
+    store = opened.store
+    store.__class__ = LosingStore
+    engine = Engine(opened.ledger, store, example_rules())
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 4, 50_000)
+        assert isinstance(store, LosingStore)
+        store.lose = mode
+        outcome = await engine.submit_transfer(transfer(4242, 1, 2, 300))
+        after = await engine.submit_transfer(transfer(4243, 2, 3, 100))
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert outcome.result == R.OK and after.result == R.OK
+    if mode == "after":
+        assert store.stats.resolved_committed == 1 and store.stats.resolved_rewritten == 0
+    else:
+        assert store.stats.resolved_committed == 0 and store.stats.resolved_rewritten == 1
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest
+
+
+@pytest.mark.anyio
+async def test_unreplicated_commit_warning_is_not_acknowledged(pg_dsn: str) -> None:
+    """With a synchronous standby named but absent, COMMIT waits; cancelling the wait
+    makes PostgreSQL commit locally and warn that it might not be replicated. The engine
+    must not acknowledge that transfer: its caller gets EngineStopped and the store
+    raises CommitUnsafe."""
+    engine, store = await open_engine(pg_dsn)
+    admin = await asyncpg.connect(pg_dsn)
+    caught: list[BaseException] = []
+    try:
+        with pytest.raises(BaseExceptionGroup) as raised:
+            async with anyio.create_task_group() as task_group:
+                await task_group.start(engine.serve)
+                await fund(engine, 1, 2, 50_000)
+                await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+                await admin.execute("SELECT pg_reload_conf()")
+                await anyio.sleep(0.3)
+                pid = store._connection.get_server_pid()
+
+                async def cancel_when_waiting() -> None:
+                    for _ in range(200):
+                        waiting = await admin.fetchval(
+                            "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid
+                        )
+                        if waiting == "SyncRep":
+                            await admin.execute("SELECT pg_cancel_backend($1)", pid)
+                            return
+                        await anyio.sleep(0.02)
+                    raise AssertionError("the commit never waited for the standby")
+
+                task_group.start_soon(cancel_when_waiting)
+                try:
+                    await engine.submit_transfer(transfer(31, 1, 2, 100))
+                except EngineStopped as error:
+                    caught.append(error)
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+        await store.close()
+    assert caught, "the transfer was acknowledged"
+    assert raised.group_contains(CommitUnsafe)
+
+
+def test_capture_merge_keeps_the_latest_row() -> None:
+    """A row changed twice in one group is written once, as the last entry left it."""
+    from core.pg_store import TRANSFER_ROW, Changes, merge_changes
+
+    record = bytearray(128)
+    later = bytearray(128)
+    later[103] = 2
+    rows = merge_changes(
+        [
+            Changes(10, bytes(record), [(3, bytes(record))], [(1, b"a" * 80)]),
+            Changes(11, b"", [(10, bytes(later)), (3, bytes(later))], [(1, b"b" * 80)]),
+        ]
+    )
+    assert len(rows.transfers) == 1 and rows.transfers[0][-1] == 10
+    assert rows.transfers[0][20] == 2  # state, from the later capture
+    assert rows.changed == [bytes(later)]
+    assert rows.accounts == [(1, b"b" * 80)]
+    assert TRANSFER_ROW.pack(*rows.transfers[0][:-1]) == bytes(later)
