@@ -60,6 +60,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench_engine",
                 "the engine with the embedded journal on disk: durable rates, latency, recovery",
             ),
+            "http": module_command(
+                "core.bench_http",
+                "the HTTP API under wrk: signed single transfers, batches, the bare-server ceiling",
+            ),
             "pg": module_command(
                 "core.bench_pg",
                 "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",
@@ -108,6 +112,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "dc1 primary, dc2 sync standby, dc3 async: kill dc1, promote, count lost transfers",
             ),
         },
+    ),
+    "serve": module_command(
+        "core.serve",
+        "serve the HTTP API (hypercorn, embedded journal): channels post money movements here",
     ),
     "run-default": Command(
         "what `make run` starts: `tally serve` once it exists, else a short `tally bench kernel`",

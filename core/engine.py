@@ -611,7 +611,7 @@ class Engine:
                 assert read is not None
                 try:
                     run[0].result = read(self.ledger)
-                except LookupError as error:  # the read's own outcome, for its caller
+                except Exception as error:  # the read function's failure is its caller's
                     run[0].error = error
                 index = end
                 continue

@@ -1,0 +1,489 @@
+"""The ASGI application: one pipeline every /v1 request goes through, in this order.
+
+    route (404/405) -> ready (503) -> body read under the size cap (413)
+    -> signature: channel, key, timestamp window, HMAC, nonce (401/403)
+    -> operation allowed for the channel (403) -> rate limit (429)
+    -> Idempotency-Key present on money routes (400) -> content type (415)
+    -> JSON parse (400) and schema (422) -> key not in flight (409)
+    -> the Bank operation (its own 4xx, 503 on overload) -> response + access log
+
+Plain ASGI with no framework, so any ASGI server can run it; the bank (engine,
+journal, channel state) lives in the app's lifespan task, so whatever server
+runs the app runs the bank on the same event loop. Nothing a client sends
+turns into a 500: every refusal is a `Problem`; an unexpected exception is a
+defect, logged with its traceback and answered 500 so the defect is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+from urllib.parse import parse_qsl
+
+import anyio
+import orjson
+
+from channels import signing
+from channels.bank import IDEMPOTENCY_KEY_LENGTH_MAX, Bank, Context, Reply
+from channels.openapi import openapi_document
+from channels.problems import PROBLEM_CONTENT_TYPE, Problem
+from channels.registry import ChannelEntry
+from channels.routes import ROUTES, Route, Router
+from channels.schema import check_object, check_value, fail
+
+logger = logging.getLogger("tally.channels")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+WWW_AUTHENTICATE = (b"www-authenticate", signing.SCHEME_BYTES)
+JSON = b"application/json"
+
+
+class AccessLog:
+    """One JSON line per request on a buffered stream, flushed by the housekeeping tick."""
+
+    def __init__(self, stream: IO[bytes] | None) -> None:
+        self.stream = stream
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.stream is not None:
+            self.stream.write(orjson.dumps(record) + b"\n")
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+
+
+class App:
+    def __init__(
+        self, bank: Bank, *, access_log: IO[bytes] | None = None, body_size_max: int = 0
+    ) -> None:
+        self.bank = bank
+        self.router = Router(ROUTES)
+        self.metrics = bank.metrics
+        self.access_log = AccessLog(access_log)
+        self.body_size_max = body_size_max or max(
+            (entry.body_size_max for entry in bank.registry.channels.values()), default=1 << 20
+        )
+        self.openapi = orjson.dumps(openapi_document())
+        self.window_s = bank.settings.nonce_window_s
+
+    # --- ASGI -------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(self.bank.serve)
+            task_group.start_soon(self._flush_logs)
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            task_group.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await anyio.sleep(0.1)
+            self.access_log.flush()
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        route_name = "unmatched"
+        channel_name = "-"
+        reply: Reply
+        problem: Problem | None = None
+        idempotency_key = ""
+        self.metrics.in_flight += 1
+        try:
+            try:
+                if not path.startswith("/v1/"):
+                    route_name = path if path in _UNSIGNED else "unmatched"
+                    reply = await self.unsigned(method, path)
+                else:
+                    matched = self.router.match(path)
+                    if matched is None:
+                        raise Problem(404, "not-found", "No such route", path)
+                    methods, params = matched
+                    route = methods.get(method)
+                    if route is None:
+                        raise Problem(
+                            405,
+                            "method-not-allowed",
+                            "Method not allowed on this route",
+                            f"allowed: {', '.join(sorted(methods))}",
+                            headers=[(b"allow", ", ".join(sorted(methods)).encode())],
+                        )
+                    route_name = route.operation
+                    if not self.bank.ready:
+                        raise Problem(
+                            503,
+                            "not-ready",
+                            "The server is recovering; try again shortly",
+                            headers=[(b"retry-after", b"1")],
+                        )
+                    headers = dict(scope["headers"])
+                    body = await self.read_body(headers, receive)
+                    channel = self.authenticate(scope, headers, body)
+                    channel_name = channel.name
+                    idempotency_key = self.authorize(route, channel, headers, len(body))
+                    ctx = self.context(
+                        route, channel, params, scope, headers, body, idempotency_key
+                    )
+                    reply = await self.dispatch(route, ctx)
+            except Problem as refused:
+                problem = refused
+                reply = Reply(
+                    refused.status, refused.encode(path), refused.headers, PROBLEM_CONTENT_TYPE
+                )
+                if refused.status == 401:
+                    reply.headers.append(WWW_AUTHENTICATE)
+            except _Disconnected:
+                return
+            except Exception as error:  # a defect: make it loud, keep serving others
+                logger.error(
+                    orjson.dumps(
+                        {
+                            "event": "unhandled_exception",
+                            "route": route_name,
+                            "error": repr(error),
+                            "traceback": traceback.format_exc(),
+                        }
+                    ).decode()
+                )
+                problem = Problem(500, "internal-error", "Internal error", "the failure was logged")
+                reply = Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [
+                        (b"content-type", reply.content_type),
+                        (b"content-length", str(len(reply.body)).encode()),
+                        *reply.headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": reply.body})
+        finally:
+            self.metrics.in_flight -= 1
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(route_name, reply.status, channel_name, elapsed)
+        if self.access_log.stream is not None:
+            record: dict[str, Any] = {
+                "ts": time.time(),
+                "event": "http",
+                "method": method,
+                "path": path,
+                "route": route_name,
+                "status": reply.status,
+                "channel": channel_name,
+                "ms": round(elapsed * 1000, 3),
+                "bytes_out": len(reply.body),
+            }
+            if idempotency_key:
+                record["idempotency_key"] = idempotency_key
+            if problem is not None:
+                record["problem"] = problem.slug
+            for name, _ in reply.headers:
+                if name == b"idempotent-replayed":
+                    record["replayed"] = True
+            self.access_log.write(record)
+
+    # --- the pipeline -------------------------------------------------------------
+
+    async def unsigned(self, method: str, path: str) -> Reply:
+        if path not in _UNSIGNED:
+            raise Problem(404, "not-found", "No such route", path)
+        if method != "GET":
+            raise Problem(405, "method-not-allowed", "Only GET here", headers=[(b"allow", b"GET")])
+        if path == "/healthz":
+            return Reply(200, b'{"status":"ok"}')
+        if path == "/readyz":
+            bank = self.bank
+            if bank.ready:
+                return Reply(200, orjson.dumps({"status": "ready", "recovery": bank.recovery_info}))
+            body = {"status": "failed" if bank.failed else "recovering"}
+            if bank.failed:
+                body["error"] = bank.failed
+            return Reply(503, orjson.dumps(body), [(b"retry-after", b"1")])
+        if path == "/metrics":
+            return Reply(
+                200, self.metrics.render(), [], b"text/plain; version=0.0.4; charset=utf-8"
+            )
+        return Reply(200, self.openapi)
+
+    async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        cap = self.body_size_max
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            raise Problem(
+                413,
+                "body-too-large",
+                "The request body is too large",
+                f"at most {cap} bytes",
+                size_max=cap,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > cap:
+                    raise Problem(
+                        413,
+                        "body-too-large",
+                        "The request body is too large",
+                        f"at most {cap} bytes",
+                        size_max=cap,
+                    )
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def authenticate(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> ChannelEntry:
+        value = headers.get(b"authorization")
+        if value is None:
+            raise Problem(
+                401,
+                "signature-missing",
+                "The request is not signed",
+                f"send an Authorization: {signing.SCHEME} header (see channels/signing.py)",
+            )
+        credentials = signing.parse_authorization(value.decode("latin-1"))
+        if isinstance(credentials, str):
+            raise Problem(
+                401, "authorization-malformed", "The Authorization header is malformed", credentials
+            )
+        channel = self.bank.registry.channels.get(credentials.channel)
+        if channel is None:
+            raise Problem(401, "channel-unknown", "Unknown channel")
+        secret = channel.secrets.get(credentials.key_id)
+        if secret is None:
+            raise Problem(401, "key-unknown", "Unknown or retired key id for this channel")
+        timestamp = credentials.timestamp
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise Problem(401, "authorization-malformed", "timestamp must be Unix seconds")
+        skew = abs(time.time() - int(timestamp))
+        if skew > self.window_s:
+            raise Problem(
+                401,
+                "timestamp-out-of-window",
+                "The request timestamp is too far from now",
+                f"allowed: +/-{self.window_s} s",
+            )
+        nonce = credentials.nonce
+        if not signing.NONCE_PATTERN.fullmatch(nonce):
+            raise Problem(
+                401, "authorization-malformed", "nonce must be 8-64 characters of A-Z a-z 0-9 _ -"
+            )
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        idempotency = headers.get(b"idempotency-key", b"").decode("latin-1")
+        message = signing.string_to_sign(
+            credentials.channel,
+            credentials.key_id,
+            scope["method"],
+            path,
+            scope["query_string"].decode("latin-1"),
+            timestamp,
+            nonce,
+            idempotency,
+            hashlib.sha256(body).hexdigest(),
+        )
+        if not signing.verify(secret, message, credentials.signature):
+            raise Problem(401, "signature-invalid", "The signature does not match the request")
+        state = self.bank.state
+        assert state is not None
+        if state.nonce_seen(channel.name, nonce):
+            raise Problem(
+                401,
+                "nonce-reused",
+                "This nonce was already used",
+                "sign every request with a fresh nonce",
+            )
+        state.add_nonce(channel.name, nonce, int(timestamp))
+        if channel.disabled:
+            raise Problem(403, "channel-disabled", "This channel is disabled")
+        return channel
+
+    def authorize(
+        self, route: Route, channel: ChannelEntry, headers: dict[bytes, bytes], size: int
+    ) -> str:
+        if route.operation not in channel.operations:
+            raise Problem(
+                403,
+                "operation-not-allowed",
+                "This channel may not use this operation",
+                f"channel {channel.name} may not {route.operation}",
+            )
+        if size > channel.body_size_max:
+            raise Problem(
+                413,
+                "body-too-large",
+                "The request body is too large for this channel",
+                f"at most {channel.body_size_max} bytes",
+                size_max=channel.body_size_max,
+            )
+        limiter = self.bank.limiters[channel.name]
+        wait_s = limiter.take(time.monotonic())
+        if wait_s > 0:
+            self.metrics.rate_limited[channel.name] = (
+                self.metrics.rate_limited.get(channel.name, 0) + 1
+            )
+            retry = max(1, int(wait_s + 0.999))
+            raise Problem(
+                429,
+                "rate-limited",
+                "This channel is over its request rate",
+                f"{channel.rate_per_s:g} requests/s, burst {channel.burst}",
+                headers=[(b"retry-after", str(retry).encode())],
+            )
+        key = headers.get(b"idempotency-key")
+        if key is None:
+            if route.money:
+                raise Problem(
+                    400,
+                    "idempotency-key-missing",
+                    "This operation needs an Idempotency-Key header",
+                    "send a unique key per operation; reuse it only to retry the same request",
+                )
+            return ""
+        text = key.decode("latin-1")
+        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+            text = text[1:-1]  # the draft's sf-string form
+        if (
+            not 1 <= len(text) <= IDEMPOTENCY_KEY_LENGTH_MAX
+            or not text.isascii()
+            or not text.isprintable()
+            or " " in text
+        ):
+            raise Problem(
+                400,
+                "idempotency-key-malformed",
+                "The Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        return text
+
+    def context(
+        self,
+        route: Route,
+        channel: ChannelEntry,
+        params: dict[str, str],
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        key: str,
+    ) -> Context:
+        content_type = (
+            headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        )
+        query: dict[str, str] = {}
+        if scope["query_string"]:
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            for name, value in query.items():
+                spec = route.query.get(name)
+                if spec is None:
+                    raise fail(f"/{name}", f"unknown query parameter {name[:64]!r}")
+                number = (
+                    int(value) if spec.kind == "integer" and _INTEGER_RE.fullmatch(value) else value
+                )
+                check_value(number, spec, f"/{name}")
+        parsed: Any = None
+        if route.body is None:
+            if body:
+                raise Problem(415, "unsupported-media-type", "This route takes no request body")
+        elif route.binary and content_type == "application/octet-stream":
+            parsed = body
+        elif not body and route.body_optional:
+            parsed = {}
+        else:
+            if content_type != "application/json":
+                raise Problem(
+                    415,
+                    "unsupported-media-type",
+                    "Send the body as application/json",
+                    f"got {content_type or 'no content type'}",
+                )
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as error:
+                raise Problem(
+                    400, "malformed-json", "The body is not valid JSON", str(error)
+                ) from None
+            if route.operation == "batch":
+                if (
+                    not isinstance(parsed, dict)
+                    or set(parsed) != {"transfers"}
+                    or not isinstance(parsed["transfers"], list)
+                ):
+                    check_object(parsed, route.body)
+                if not parsed["transfers"]:
+                    raise fail("/transfers", "needs at least 1 item(s)")
+            else:
+                check_object(parsed, route.body)
+        token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
+        return Context(
+            channel, params, query, parsed, key, token, content_type or "application/json"
+        )
+
+    async def dispatch(self, route: Route, ctx: Context) -> Reply:
+        handler = getattr(self.bank, route.operation)
+        if not ctx.idempotency_key:
+            result: Reply = await handler(ctx)
+            return result
+        flight = (ctx.channel.ledger_id, ctx.idempotency_key)
+        in_flight = self.bank.in_flight
+        if flight in in_flight:
+            raise Problem(
+                409,
+                "idempotency-key-in-flight",
+                "A request with this Idempotency-Key is still being processed",
+                "wait for its answer, then retry to get the same response",
+                headers=[(b"retry-after", b"1")],
+            )
+        in_flight.add(flight)
+        try:
+            result = await handler(ctx)
+        finally:
+            in_flight.discard(flight)
+        return result
+
+
+_INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
+_UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived: nothing to answer."""
+
+
+def access_log_stream(target: str) -> IO[bytes] | None:
+    """'-' is stderr, 'off' is none, anything else a file appended to."""
+    if target == "off":
+        return None
+    if target == "-":
+        return os.fdopen(os.dup(sys.stderr.fileno()), "wb", buffering=1 << 16)
+    return open(target, "ab", buffering=1 << 16)

@@ -1,0 +1,364 @@
+"""The OpenAPI 3.1 document, built from the route table and the request schemas.
+
+Every route, its request schema (from the same declarations the validator
+uses), its success body and every problem status it can answer, with the
+problem types listed. Served at `/openapi.json`; schemathesis fuzzes the
+server against it in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.problems import PROBLEM_BASE, all_problem_slugs
+from channels.routes import ROUTES, Route
+from channels.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
+from channels.signing import SCHEME
+
+NULLABLE_INT = {"type": ["integer", "null"]}
+NULLABLE_STRING = {"type": ["string", "null"]}
+INT = {"type": "integer"}
+STRING = {"type": "string"}
+BOOL = {"type": "boolean"}
+
+
+def _object(properties: dict[str, Any], *, closed: bool = True) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": not closed,
+    }
+
+
+BUCKET = _object({"limit_minor": NULLABLE_INT, "used_minor": INT, "remaining_minor": NULLABLE_INT})
+TRANSFER = _object(
+    {
+        "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+        "kind": {"enum": ["single", "hold", "capture", "void", "reversal"]},
+        "state": {"enum": ["posted", "pending", "captured", "voided", "expired", "failed"]},
+        "result": _object({"code": INT, "name": STRING}),
+        "debit_account_id": STRING,
+        "credit_account_id": STRING,
+        "amount_minor": INT,
+        "amount_posted_minor": INT,
+        "amount_reversed_minor": INT,
+        "pending_id": NULLABLE_STRING,
+        "code": STRING,
+        "channel_id": INT,
+        "timeout_s": INT,
+        "timestamp_ns": INT,
+        "business_day": STRING,
+        "user_data": INT,
+    }
+)
+COMPONENT_SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details; `type` is stable per failure",
+        "properties": {
+            "type": {"type": "string", "format": "uri"},
+            "title": STRING,
+            "status": INT,
+            "detail": STRING,
+            "instance": STRING,
+            "errors": {"type": "array", "items": _object({"pointer": STRING, "detail": STRING})},
+            "ledger_result": _object({"code": INT, "name": STRING}),
+            "attempts_remaining": INT,
+            "customer_id": STRING,
+            "size_max": INT,
+            "fields": {"type": "array", "items": STRING},
+        },
+        "required": ["type", "title", "status"],
+        "additionalProperties": False,
+    },
+    "Customer": _object(
+        {
+            "customer_id": STRING,
+            "name": STRING,
+            "id_number_masked": STRING,
+            "mobile_masked": STRING,
+            "kyc": _object(
+                {
+                    "status": {"enum": ["pending", "verified", "rejected"]},
+                    "checks": {"type": "array", "items": STRING},
+                    "reasons": {"type": "array", "items": STRING},
+                    "not_checked": {"type": "array", "items": STRING},
+                    "verifier": STRING,
+                }
+            ),
+            "accounts": {
+                "type": "array",
+                "items": _object({"account_id": STRING, "class": STRING, "closed": BOOL}),
+            },
+            "created_at": STRING,
+        }
+    ),
+    "Account": _object(
+        {
+            "account_id": STRING,
+            "kind": STRING,
+            "status": {"enum": ["active", "frozen", "closed"]},
+            "currency": STRING,
+            "balance_minor": INT,
+            "pending_debits_minor": INT,
+            "pending_credits_minor": INT,
+            "available_minor": NULLABLE_INT,
+            "face_to_face_verified": BOOL,
+            "non_bound_inflow_enabled": BOOL,
+            "business_day": STRING,
+            "quota": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "inflow": _object({"daily": BUCKET, "yearly": BUCKET}),
+                            "outflow": _object({"daily": BUCKET, "yearly": BUCKET}),
+                            "year": INT,
+                            "balance_cap_minor": NULLABLE_INT,
+                        }
+                    ),
+                ],
+                "description": "PBoC buckets of a Class II/III account: limit, used, remaining",
+            },
+            "channel_quota": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {"channel": STRING, "daily": BUCKET, "transfer_cap_minor": NULLABLE_INT}
+                    ),
+                ]
+            },
+            "customer_id": NULLABLE_STRING,
+            "bound_card": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object({"card_number_masked": STRING, "kind": STRING, "card_type": STRING}),
+                ]
+            },
+        }
+    ),
+    "Posting": _object(
+        {
+            "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+            "operation": STRING,
+            "status": {"enum": ["posted", "pending", "captured", "voided"]},
+            "debit_account_id": STRING,
+            "credit_account_id": STRING,
+            "amount_minor": INT,
+            "code": STRING,
+            "pending_id": NULLABLE_STRING,
+            "timeout_s": INT,
+            "channel": STRING,
+            "timestamp_ns": INT,
+        }
+    ),
+    "Transfer": TRANSFER,
+    "History": _object(
+        {
+            "account_id": STRING,
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Transfer"}},
+            "next_cursor": NULLABLE_STRING,
+        }
+    ),
+    "Token": _object(
+        {"token": STRING, "account_id": STRING, "expires_in_s": INT, "expires_at": STRING}
+    ),
+    "BatchResult": _object(
+        {
+            "count": INT,
+            "summary": {"type": "object", "additionalProperties": INT},
+            "results": {
+                "type": "array",
+                "items": _object(
+                    {"transfer_id": STRING, "code": INT, "result": STRING, "timestamp_ns": INT}
+                ),
+            },
+        }
+    ),
+}
+
+COMMON_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+DESCRIPTIONS = {
+    400: "Malformed request: invalid JSON, missing or malformed Idempotency-Key",
+    401: "Unsigned, badly signed, stale or replayed request (or transaction auth missing)",
+    403: "Operation not allowed for this channel, or wrong transaction password",
+    404: "No such route, account, customer or transfer",
+    405: "Method not allowed",
+    409: "Conflict: Idempotency-Key in flight, account or hold in the wrong state",
+    413: "Body or batch too large",
+    415: "Unsupported content type",
+    422: "Valid JSON that breaks the schema or a business rule (ledger result code included)",
+    423: "Transaction password locked for the day",
+    429: "Channel over its rate limit (Retry-After)",
+    503: "Not ready (recovering) or overloaded (Retry-After)",
+}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": DESCRIPTIONS.get(status, "Problem"),
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
+    return response
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    for name in route.params:
+        schema: dict[str, Any] = {"type": "string"}
+        if name == "account_id":
+            schema["pattern"] = ACCOUNT_ID_PATTERN
+        elif name in ("transfer_id", "payment_id"):
+            schema["pattern"] = TRANSFER_ID_PATTERN
+        elif name == "customer_id":
+            schema["pattern"] = "^c[0-9a-f]{20}$"
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    for name, spec in route.query.items():
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "schema": spec.json_schema()}
+        )
+    if route.money:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": True,
+                "description": "1-255 visible ASCII characters; "
+                "the same key retries the same operation",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": "^[!-~]+$",
+                },
+            }
+        )
+    if route.debit_auth:
+        parameters.append(
+            {
+                "name": "Tally-Transaction-Token",
+                "in": "header",
+                "required": False,
+                "description": "a token from POST /v1/accounts/{account_id}/tokens, "
+                "instead of `password`",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            }
+        )
+    responses: dict[str, Any] = {}
+    success: dict[str, Any] = {"description": route.summary}
+    if route.response:
+        content: dict[str, Any] = {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}
+        }
+        if route.binary:
+            content["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "u32 count, 4 zero bytes, count result codes (u8) padded to 8, "
+                "count timestamps (u64), little-endian",
+            }
+        success["content"] = content
+    if route.money:
+        success["headers"] = {
+            "Idempotent-Replayed": {
+                "description": "`true` when this answer replays an earlier request "
+                "with the same key",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        }
+    responses[str(route.status)] = success
+    for status in sorted(set(COMMON_STATUSES) | set(route.problems)):
+        responses[str(status)] = _problem_response(status)
+    operation: dict[str, Any] = {
+        "operationId": route.operation,
+        "summary": route.summary,
+        "parameters": parameters,
+        "responses": responses,
+        "security": [{"TallyHmac": []}],
+        "x-tally-operation": route.operation,
+    }
+    if route.body is not None:
+        body_content: dict[str, Any] = {"application/json": {"schema": object_schema(route.body)}}
+        if route.binary:
+            body_content["application/octet-stream"] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "N x 128-byte transfer records (ledger/types.py TRANSFER_STRUCT) "
+                "with id and channel zero: the server derives them",
+            }
+        operation["requestBody"] = {"required": not route.body_optional, "content": body_content}
+    return operation
+
+
+def _unsigned(
+    summary: str, content_type: str, schema: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {"description": summary, "content": {content_type: {"schema": schema}}}
+    }
+    responses.update(extra or {})
+    return {
+        "get": {
+            "operationId": summary.split()[0].lower(),
+            "summary": summary,
+            "security": [],
+            "responses": responses,
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    status_object = {"type": "object", "properties": {"status": STRING}, "required": ["status"]}
+    paths["/healthz"] = _unsigned("Healthz: the process answers", "application/json", status_object)
+    paths["/readyz"] = _unsigned(
+        "Readyz: recovery is done and the engine runs",
+        "application/json",
+        status_object,
+        {
+            "503": {
+                "description": "still recovering, or recovery failed",
+                "content": {"application/json": {"schema": status_object}},
+            }
+        },
+    )
+    paths["/metrics"] = _unsigned(
+        "Metrics in Prometheus text format", "text/plain", {"type": "string"}
+    )
+    paths["/openapi.json"] = _unsigned(
+        "Openapi: this document", "application/json", {"type": "object"}
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tally",
+            "version": "1.0.0",
+            "description": (
+                "The HTTP face of Tally, a bank transaction core. Money is integer fen. Every /v1 "
+                f"request is signed ({SCHEME}: HMAC-SHA256 over channel, key id, method, path, "
+                "query, timestamp, nonce, Idempotency-Key and the body's SHA-256; see "
+                "channels/signing.py). Errors are RFC 9457 problems with stable types under "
+                f"{PROBLEM_BASE}. Problem types from ledger result codes: "
+                + ", ".join(all_problem_slugs())
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": COMPONENT_SCHEMAS,
+            "securitySchemes": {
+                "TallyHmac": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": f'{SCHEME} channel="..",key_id="..",timestamp="..",'
+                    'nonce="..",signature=".."',
+                }
+            },
+        },
+    }

@@ -1,0 +1,240 @@
+"""The channel registry: who may call Tally, with which secrets, for what, how fast.
+
+A TOML file (see `examples/channels.toml`), validated completely before the
+server starts: an unknown key, an unknown operation, a secret shorter than
+32 bytes or a channel whose ledger id is not in the limit rules (or is there
+with another kind) is refused with every problem listed at once.
+
+Money caps per channel (single transfer, per account per day) live in the
+limit rules under the same channel id, because the ledger enforces them
+inside the posting; the registry holds what the gateway enforces before a
+request reaches the ledger: allowed operations, request rate, body size and
+batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from core.errors import TallyError
+from limits.rules import RuleSet
+
+OPERATIONS = (
+    "register_customer",
+    "read_customer",
+    "open_account",
+    "open_class_i",
+    "read_account",
+    "read_history",
+    "set_password",
+    "reset_password",
+    "issue_token",
+    "close_account",
+    "face_to_face",
+    "set_non_bound_inflow",
+    "topup",
+    "withdraw",
+    "cash_deposit",
+    "cash_withdrawal",
+    "transfer",
+    "external_transfer",
+    "incoming_transfer",
+    "payment",
+    "capture",
+    "void",
+    "reversal",
+    "batch",
+    "read_transfer",
+)
+OPERATION_SET = frozenset(OPERATIONS)
+CHANNEL_KINDS = ("wechat", "app", "counter", "atm", "open_api", "internal")
+SECRET_BYTES_MIN = 32
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CHANNEL_NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
+_CHANNEL_KEYS = frozenset(
+    {
+        "id",
+        "kind",
+        "operations",
+        "secrets",
+        "rate_per_s",
+        "burst",
+        "body_size_max",
+        "batch_size_max",
+        "disabled",
+    }
+)
+BODY_SIZE_MAX_DEFAULT = 2 << 20
+BATCH_SIZE_MAX = 8189
+
+
+class RegistryError(TallyError):
+    """The channel registry file cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEntry:
+    name: str
+    ledger_id: int  # the channel number in the limit rules and on every transfer
+    kind: str
+    secrets: Mapping[str, bytes]
+    operations: frozenset[str]
+    rate_per_s: float  # 0 = unlimited
+    burst: int
+    body_size_max: int
+    batch_size_max: int
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    channels: Mapping[str, ChannelEntry]
+    source_path: str = ""
+    by_ledger_id: Mapping[int, ChannelEntry] = field(default_factory=dict)
+
+    def get(self, name: str) -> ChannelEntry | None:
+        return self.channels.get(name)
+
+
+def load_registry(path: str | os.PathLike[str], rules: RuleSet | None = None) -> Registry:
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise RegistryError([f"{source}: cannot read: {error.strerror}"]) from error
+    except tomllib.TOMLDecodeError as error:
+        raise RegistryError([f"{source}: invalid TOML: {error}"]) from error
+    return parse_registry(document, source, rules)
+
+
+def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | None) -> Registry:
+    problems: list[str] = []
+
+    def problem(key: str, reason: str) -> None:
+        problems.append(f"{source}: `{key}`: {reason}")
+
+    for key in document:
+        if key != "channels":
+            problem(key, "unknown key (expected only [channels.NAME] tables)")
+    tables = document.get("channels", {})
+    if not isinstance(tables, dict) or not tables:
+        raise RegistryError([f"{source}: `channels`: expected at least one [channels.NAME] table"])
+    channels: dict[str, ChannelEntry] = {}
+    ledger_ids: dict[int, str] = {}
+    for name, table in tables.items():
+        prefix = f"channels.{name}"
+        if not CHANNEL_NAME_PATTERN.fullmatch(name):
+            problem(prefix, "channel names are 1-32 characters of a-z, 0-9, _ and -")
+            continue
+        if not isinstance(table, dict):
+            problem(prefix, "expected a table")
+            continue
+        for key in table:
+            if key not in _CHANNEL_KEYS:
+                problem(
+                    f"{prefix}.{key}", f"unknown key (expected {', '.join(sorted(_CHANNEL_KEYS))})"
+                )
+        ledger_id = table.get("id")
+        if (
+            not isinstance(ledger_id, int)
+            or isinstance(ledger_id, bool)
+            or not 1 <= ledger_id <= 255
+        ):
+            problem(f"{prefix}.id", "expected the channel's ledger id, an integer 1..255")
+            continue
+        if ledger_id in ledger_ids:
+            problem(f"{prefix}.id", f"id {ledger_id} is already used by {ledger_ids[ledger_id]}")
+        ledger_ids[ledger_id] = name
+        kind = table.get("kind")
+        if kind not in CHANNEL_KINDS:
+            problem(f"{prefix}.kind", f"expected one of {', '.join(CHANNEL_KINDS)}")
+            continue
+        if rules is not None:
+            ruled = rules.channels.get(ledger_id)
+            if ruled is None:
+                problem(f"{prefix}.id", f"channel id {ledger_id} is not in the limit rules")
+            elif ruled.kind.value != kind:
+                problem(
+                    f"{prefix}.kind",
+                    f"{kind!r} but the limit rules give channel {ledger_id} "
+                    f"kind {ruled.kind.value!r}",
+                )
+        operations = table.get("operations", [])
+        if not isinstance(operations, list) or not all(isinstance(op, str) for op in operations):
+            problem(f"{prefix}.operations", "expected a list of operation names")
+            operations = []
+        if operations == ["*"]:
+            operations = list(OPERATIONS)
+        for op in operations:
+            if op not in OPERATION_SET:
+                problem(f"{prefix}.operations", f"unknown operation {op!r}")
+        secrets_table = table.get("secrets", [])
+        secret_map: dict[str, bytes] = {}
+        if not isinstance(secrets_table, list) or not 1 <= len(secrets_table) <= 2:
+            problem(f"{prefix}.secrets", "expected one or two [[secrets]] (two during rotation)")
+            secrets_table = []
+        for index, entry in enumerate(secrets_table):
+            where = f"{prefix}.secrets[{index}]"
+            if not isinstance(entry, dict) or set(entry) != {"key_id", "secret"}:
+                problem(where, "expected exactly key_id and secret")
+                continue
+            key_id, secret = entry["key_id"], entry["secret"]
+            if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
+                problem(f"{where}.key_id", "1-64 characters of A-Z, a-z, 0-9, _ . -")
+                continue
+            if not isinstance(secret, str) or len(secret.encode()) < SECRET_BYTES_MIN:
+                problem(f"{where}.secret", f"at least {SECRET_BYTES_MIN} bytes")
+                continue
+            if key_id in secret_map:
+                problem(f"{where}.key_id", f"duplicate key id {key_id!r}")
+            secret_map[key_id] = secret.encode()
+        rate = table.get("rate_per_s", 0)
+        burst = table.get("burst", 0)
+        body_size_max = table.get("body_size_max", BODY_SIZE_MAX_DEFAULT)
+        batch_size_max = table.get("batch_size_max", BATCH_SIZE_MAX)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or rate < 0:
+            problem(f"{prefix}.rate_per_s", "expected a number >= 0 (0 = unlimited)")
+            rate = 0
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
+            problem(f"{prefix}.burst", "expected an integer >= 0 (default: one second of rate)")
+            burst = 0
+        if not isinstance(body_size_max, int) or not 64 <= body_size_max <= 64 << 20:
+            problem(f"{prefix}.body_size_max", "expected an integer 64..67108864 (bytes)")
+            body_size_max = BODY_SIZE_MAX_DEFAULT
+        if not isinstance(batch_size_max, int) or not 1 <= batch_size_max <= BATCH_SIZE_MAX:
+            problem(f"{prefix}.batch_size_max", f"expected an integer 1..{BATCH_SIZE_MAX}")
+            batch_size_max = BATCH_SIZE_MAX
+        disabled = table.get("disabled", False)
+        if not isinstance(disabled, bool):
+            problem(f"{prefix}.disabled", "expected true or false")
+            disabled = False
+        channels[name] = ChannelEntry(
+            name=name,
+            ledger_id=ledger_id,
+            kind=kind,
+            secrets=MappingProxyType(secret_map),
+            operations=frozenset(operations),
+            rate_per_s=float(rate),
+            burst=burst or max(1, int(rate)),
+            body_size_max=body_size_max,
+            batch_size_max=batch_size_max,
+            disabled=disabled,
+        )
+    if problems:
+        raise RegistryError(problems)
+    return Registry(
+        MappingProxyType(channels),
+        source,
+        MappingProxyType({entry.ledger_id: entry for entry in channels.values()}),
+    )

@@ -1,0 +1,466 @@
+"""The route table: every /v1 operation, its schema, and what it demands of a request.
+
+One declaration drives the router, the request validation and the OpenAPI
+document, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.passwords import PASSWORD_PATTERN
+from channels.registry import BATCH_SIZE_MAX
+from channels.schema import F
+from ledger.types import TransferCode
+
+NAME_PATTERN = "^[^0-9\\u0000-\\u001f\\u007f]+$"
+ID_NUMBER_PATTERN = "^[0-9]{17}[0-9X]$"
+MOBILE_PATTERN = "^1[3-9][0-9]{9}$"
+CARD_PATTERN = "^[0-9]{16,19}$"
+CUSTOMER_ID_PATTERN = "^c[0-9a-f]{20}$"
+
+PASSWORD = F(
+    "string", pattern=PASSWORD_PATTERN, description="6-digit transaction password", example="135790"
+)
+PASSWORD_OPTIONAL = F(
+    "string",
+    required=False,
+    pattern=PASSWORD_PATTERN,
+    description="6-digit transaction password (or send a Tally-Transaction-Token)",
+)
+AMOUNT = F("amount", example=1000)
+COUNTERPARTY = F(
+    "object",
+    fields={
+        "bank_code": F("string", pattern="^[0-9A-Z]{3,12}$", description="the other bank's code"),
+        "account_number": F("string", pattern="^[0-9]{8,32}$"),
+        "name": F("string", min_length=1, max_length=64, pattern=NAME_PATTERN),
+    },
+)
+
+CUSTOMER_NEW = {
+    "name": F("string", min_length=1, max_length=64, pattern=NAME_PATTERN, example="张三"),
+    "id_number": F(
+        "string",
+        pattern=ID_NUMBER_PATTERN,
+        example="11010519491231002X",
+        description="18-digit resident ID number (check digit ISO 7064 MOD 11-2)",
+    ),
+    "mobile": F("string", pattern=MOBILE_PATTERN, example="13800138000"),
+}
+BOUND_CARD = F(
+    "object",
+    required=False,
+    description="the same-name Class I debit card or credit card to bind (Class II/III only)",
+    fields={
+        "card_number": F("string", pattern=CARD_PATTERN, description="Luhn-valid, 16-19 digits"),
+        "card_type": F("enum", values=("class_i_debit", "credit")),
+        "holder_name": F("string", min_length=1, max_length=64, pattern=NAME_PATTERN),
+        "holder_id_number": F("string", pattern=ID_NUMBER_PATTERN),
+        "reserved_mobile": F("string", pattern=MOBILE_PATTERN),
+    },
+)
+ACCOUNT_NEW = {
+    "class": F("enum", values=("class_i", "class_ii", "class_iii")),
+    "bound_card": BOUND_CARD,
+    "password": PASSWORD,
+}
+MONEY_BODY = {"amount_minor": AMOUNT, "password": PASSWORD_OPTIONAL}
+TRANSFER_NEW = {
+    "debit_account_id": F("account_id"),
+    "credit_account_id": F("account_id"),
+    "amount_minor": AMOUNT,
+    "password": PASSWORD_OPTIONAL,
+}
+EXTERNAL_NEW = {
+    "debit_account_id": F("account_id"),
+    "amount_minor": AMOUNT,
+    "beneficiary": COUNTERPARTY,
+    "password": PASSWORD_OPTIONAL,
+}
+INCOMING_NEW = {
+    "credit_account_id": F("account_id"),
+    "amount_minor": AMOUNT,
+    "payer": COUNTERPARTY,
+}
+PAYMENT_NEW = {
+    "debit_account_id": F("account_id"),
+    "merchant_account_id": F("account_id"),
+    "amount_minor": AMOUNT,
+    "timeout_s": F(
+        "integer",
+        required=False,
+        minimum=1,
+        maximum=7 * 86400,
+        description="the hold expires after this many seconds (default 900)",
+    ),
+    "password": PASSWORD_OPTIONAL,
+}
+CAPTURE = {"amount_minor": F("amount", required=False, description="default: the whole hold")}
+REVERSE = {"amount_minor": F("amount", required=False, description="default: all that was posted")}
+BATCH_ITEM = F(
+    "object",
+    fields={
+        "debit_account_id": F("account_id"),
+        "credit_account_id": F("account_id"),
+        "amount_minor": F("amount", minimum=0, description="0 only for post/void of a hold"),
+        "code": F("enum", values=tuple(code.name.lower() for code in TransferCode)),
+        "flags": F(
+            "array",
+            required=False,
+            items=F("enum", values=("linked", "pending", "post_pending", "void_pending")),
+            max_items=4,
+        ),
+        "pending_id": F("transfer_id", required=False),
+        "timeout_s": F("integer", required=False, minimum=0, maximum=0xFFFFFFFF),
+        "user_data": F("integer", required=False, minimum=0, maximum=0xFFFFFFFFFFFFFFFF),
+    },
+)
+BATCH = {"transfers": F("array", items=BATCH_ITEM, min_items=1, max_items=BATCH_SIZE_MAX)}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    operation: str  # registry operation name and handler method of Bank
+    summary: str
+    status: int
+    response: str  # OpenAPI component schema name of the success body ("" = none)
+    body: Mapping[str, F] | None = None
+    body_optional: bool = False
+    money: bool = False  # moves money: Idempotency-Key required
+    debit_auth: bool = False  # debits a customer: transaction password or token
+    query: Mapping[str, F] = field(default_factory=dict)
+    binary: bool = False  # also takes application/octet-stream
+    problems: tuple[int, ...] = ()
+    pattern: re.Pattern[str] | None = None
+    params: tuple[str, ...] = ()
+
+
+def _route(
+    method: str,
+    path: str,
+    operation: str,
+    summary: str,
+    status: int,
+    response: str,
+    **kwargs: Any,
+) -> Route:
+    params = tuple(re.findall(r"\{([a-z_]+)\}", path))
+    pattern = None
+    if params:
+        pattern = re.compile("^" + re.sub(r"\{([a-z_]+)\}", r"(?P<\1>[^/]+)", path) + "$")
+    return Route(
+        method,
+        path,
+        operation,
+        summary,
+        status,
+        response,
+        pattern=pattern,
+        params=params,
+        **kwargs,
+    )
+
+
+ROUTES: tuple[Route, ...] = (
+    _route(
+        "POST",
+        "/v1/customers",
+        "register_customer",
+        "Register a customer with real-name data; the KYC verifier runs at once",
+        201,
+        "Customer",
+        body=CUSTOMER_NEW,
+        problems=(409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/customers/{customer_id}",
+        "read_customer",
+        "A customer and their accounts",
+        200,
+        "Customer",
+        problems=(404,),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/accounts",
+        "open_account",
+        "Open an account: Class I face to face at a counter; Class II/III remotely by binding "
+        "a same-name Class I debit card or credit card (at most 5 per class)",
+        201,
+        "Account",
+        body=ACCOUNT_NEW,
+        problems=(404, 409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/accounts/{account_id}",
+        "read_account",
+        "Balances, and the remaining daily/yearly quota of each PBoC bucket and of this channel",
+        200,
+        "Account",
+        problems=(404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/accounts/{account_id}/history",
+        "read_history",
+        "The account's transfers, newest first; pass next_cursor as cursor for the next page",
+        200,
+        "History",
+        problems=(404, 422),
+        query={
+            "limit": F("integer", required=False, minimum=1, maximum=500),
+            "cursor": F("string", required=False, pattern="^[0-9]{1,18}$"),
+        },
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/password",
+        "set_password",
+        "Change the transaction password (the old one is required)",
+        204,
+        "",
+        body={"old_password": PASSWORD, "new_password": PASSWORD},
+        problems=(403, 404, 409, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/password-reset",
+        "reset_password",
+        "Reset a forgotten or locked password at a counter, after an ID check",
+        204,
+        "",
+        body={"id_number": F("string", pattern=ID_NUMBER_PATTERN), "new_password": PASSWORD},
+        problems=(403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/tokens",
+        "issue_token",
+        "Exchange the transaction password for a short-lived token for debits",
+        201,
+        "Token",
+        body={"password": PASSWORD},
+        problems=(403, 404, 409, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/close",
+        "close_account",
+        "Close the account (only at zero balance, with no open holds)",
+        200,
+        "Account",
+        body={"password": PASSWORD_OPTIONAL},
+        body_optional=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/face-to-face",
+        "face_to_face",
+        "Record a face-to-face identity check at a counter (Class II: cash and non-bound inflow)",
+        200,
+        "Account",
+        body={"id_number": F("string", pattern=ID_NUMBER_PATTERN)},
+        problems=(403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/non-bound-inflow",
+        "set_non_bound_inflow",
+        "Allow or refuse money from non-bound accounts (Class III; Class II once face to face)",
+        200,
+        "Account",
+        body={"enabled": F("boolean"), "password": PASSWORD_OPTIONAL},
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/topups",
+        "topup",
+        "Top up from the bound card (not counted in the PBoC buckets)",
+        201,
+        "Posting",
+        body=MONEY_BODY,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/withdrawals",
+        "withdraw",
+        "Withdraw to the bound card (not counted in the PBoC buckets)",
+        201,
+        "Posting",
+        body=MONEY_BODY,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/cash-deposits",
+        "cash_deposit",
+        "Cash deposit at a counter or ATM (PBoC: never Class III; Class II face to face only)",
+        201,
+        "Posting",
+        body={"amount_minor": AMOUNT},
+        money=True,
+        problems=(403, 404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/cash-withdrawals",
+        "cash_withdrawal",
+        "Cash withdrawal at a counter or ATM (same PBoC cash rules)",
+        201,
+        "Posting",
+        body=MONEY_BODY,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/transfers",
+        "transfer",
+        "Transfer between two accounts of this bank",
+        201,
+        "Posting",
+        body=TRANSFER_NEW,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/transfers/batch",
+        "batch",
+        "Post up to 8189 transfers in one request, one result each (JSON, or 128-byte binary "
+        "records as application/octet-stream)",
+        200,
+        "BatchResult",
+        body=BATCH,
+        money=True,
+        binary=True,
+        problems=(403, 413, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/transfers/{transfer_id}",
+        "read_transfer",
+        "One transfer by id",
+        200,
+        "Transfer",
+        problems=(404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/transfers/{transfer_id}/reversals",
+        "reversal",
+        "Reverse a posted transfer with a new compensating transfer (the original stays)",
+        201,
+        "Posting",
+        body=REVERSE,
+        body_optional=True,
+        money=True,
+        problems=(404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/external-transfers",
+        "external_transfer",
+        "Transfer to a non-bound account at another bank, via the clearing account",
+        201,
+        "Posting",
+        body=EXTERNAL_NEW,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/incoming-transfers",
+        "incoming_transfer",
+        "Credit money arriving from another bank through clearing",
+        201,
+        "Posting",
+        body=INCOMING_NEW,
+        money=True,
+        problems=(404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/payments",
+        "payment",
+        "Authorize a payment: place a hold that expires unless captured or voided",
+        201,
+        "Posting",
+        body=PAYMENT_NEW,
+        money=True,
+        debit_auth=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/payments/{payment_id}/capture",
+        "capture",
+        "Capture a held payment, fully or partly (the rest goes back)",
+        201,
+        "Posting",
+        body=CAPTURE,
+        body_optional=True,
+        money=True,
+        problems=(404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/payments/{payment_id}/void",
+        "void",
+        "Void a held payment",
+        201,
+        "Posting",
+        body={},
+        body_optional=True,
+        money=True,
+        problems=(404, 409, 422),
+    ),
+)
+
+
+class Router:
+    """Static paths by dict lookup, parametrized ones by a short list of regexes."""
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self.static: dict[str, dict[str, Route]] = {}
+        self.dynamic: list[tuple[re.Pattern[str], dict[str, Route]]] = []
+        dynamic: dict[str, dict[str, Route]] = {}
+        patterns: dict[str, re.Pattern[str]] = {}
+        for route in routes:
+            if route.pattern is None:
+                self.static.setdefault(route.path, {})[route.method] = route
+            else:
+                dynamic.setdefault(route.path, {})[route.method] = route
+                patterns[route.path] = route.pattern
+        for path, methods in dynamic.items():
+            self.dynamic.append((patterns[path], methods))
+
+    def match(self, path: str) -> tuple[dict[str, Route], dict[str, str]] | None:
+        methods = self.static.get(path)
+        if methods is not None:
+            return methods, {}
+        for pattern, methods in self.dynamic:
+            found = pattern.match(path)
+            if found is not None:
+                return methods, found.groupdict()
+        return None

@@ -1,0 +1,232 @@
+"""Request schemas: one declaration gives both the validator and the OpenAPI schema.
+
+Validation is strict and precise, because nothing half-valid may reach the
+ledger: unknown fields, wrong types, floats or booleans where an integer is
+due, amounts that are zero, negative or past int64 each fail with a 422
+naming the field by JSON Pointer (RFC 6901) and, in the detail, in the
+``$.transfers[3].amount_minor`` form the rest of Tally uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.problems import invalid
+from ledger.types import ID_MAX, INT64_MAX
+
+ACCOUNT_ID_PATTERN = "^[1-9][0-9]{0,37}$"  # 38 digits stay below 2**128 - 1
+TRANSFER_ID_PATTERN = "^[0-9a-f]{32}$"
+_ACCOUNT_ID_RE = re.compile(ACCOUNT_ID_PATTERN)
+_TRANSFER_ID_RE = re.compile(TRANSFER_ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class F:
+    """One field: its JSON type and constraints.
+
+    kind: amount | account_id | transfer_id | string | integer | boolean | enum | object | array
+    """
+
+    kind: str
+    required: bool = True
+    description: str = ""
+    pattern: str | None = None
+    min_length: int = 0
+    max_length: int = 0
+    minimum: int | None = None
+    maximum: int | None = None
+    values: tuple[str, ...] = ()
+    fields: Mapping[str, F] = field(default_factory=dict)
+    items: F | None = None
+    min_items: int = 0
+    max_items: int = 0
+    example: Any = None
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any]
+        if self.kind == "amount":
+            schema = {
+                "type": "integer",
+                "minimum": 1 if self.minimum is None else self.minimum,
+                "maximum": INT64_MAX,
+                "description": "integer minor units (fen)",
+            }
+        elif self.kind == "account_id":
+            schema = {"type": "string", "pattern": ACCOUNT_ID_PATTERN}
+        elif self.kind == "transfer_id":
+            schema = {"type": "string", "pattern": TRANSFER_ID_PATTERN}
+        elif self.kind == "string":
+            schema = {"type": "string"}
+            if self.pattern:
+                schema["pattern"] = self.pattern
+            if self.min_length:
+                schema["minLength"] = self.min_length
+            if self.max_length:
+                schema["maxLength"] = self.max_length
+        elif self.kind == "integer":
+            schema = {"type": "integer"}
+            if self.minimum is not None:
+                schema["minimum"] = self.minimum
+            if self.maximum is not None:
+                schema["maximum"] = self.maximum
+        elif self.kind == "boolean":
+            schema = {"type": "boolean"}
+        elif self.kind == "enum":
+            schema = {"type": "string", "enum": list(self.values)}
+        elif self.kind == "object":
+            schema = object_schema(self.fields)
+        elif self.kind == "array":
+            assert self.items is not None
+            schema = {"type": "array", "items": self.items.json_schema()}
+            if self.min_items:
+                schema["minItems"] = self.min_items
+            if self.max_items:
+                schema["maxItems"] = self.max_items
+        else:
+            raise AssertionError(self.kind)
+        if self.description:
+            schema["description"] = (
+                self.description + " (" + schema["description"] + ")"
+                if "description" in schema
+                else self.description
+            )
+        if self.example is not None:
+            schema["examples"] = [self.example]
+        return schema
+
+
+def object_schema(fields: Mapping[str, F]) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: spec.json_schema() for name, spec in fields.items()},
+        "additionalProperties": False,
+    }
+    required = [name for name, spec in fields.items() if spec.required]
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _where(path: str) -> tuple[str, str]:
+    """(JSON Pointer, dollar path) of a path given as '/a/3/b'."""
+    dollar = "$"
+    for part in path.split("/")[1:]:
+        dollar += f"[{part}]" if part.isdigit() else f".{part}"
+    return path or "/", dollar
+
+
+def fail(path: str, message: str) -> Exception:
+    pointer, dollar = _where(path)
+    return invalid(f"{message} at `{dollar}`", pointer)
+
+
+def check_object(value: Any, fields: Mapping[str, F], path: str = "") -> dict[str, Any]:
+    """Validate `value` against `fields`; returns it (a dict) or raises a 422 Problem."""
+    if not isinstance(value, dict):
+        raise fail(path, f"expected an object, got {_type_name(value)}")
+    for name in value:
+        if name not in fields:
+            raise fail(f"{path}/{name}", f"unknown field {name[:64]!r}")
+    for name, spec in fields.items():
+        if name not in value:
+            if spec.required:
+                raise fail(f"{path}/{name}", "missing required field")
+            continue
+        check_value(value[name], spec, f"{path}/{name}")
+    return value
+
+
+def check_value(value: Any, spec: F, path: str) -> None:
+    kind = spec.kind
+    if kind in ("amount", "integer"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float):
+                if abs(value) >= 2**63:
+                    raise fail(path, f"must be an integer <= {INT64_MAX} (int64)")
+                raise fail(path, "must be an integer (minor units, no fractions)")
+            raise fail(path, f"expected an integer, got {_type_name(value)}")
+        low = spec.minimum if spec.minimum is not None else (1 if kind == "amount" else None)
+        high = INT64_MAX if kind == "amount" else spec.maximum
+        if kind == "amount" and value > INT64_MAX:
+            raise fail(path, f"must be <= {INT64_MAX} (int64)")
+        if low is not None and value < low:
+            raise fail(path, f"must be >= {low}" if low != 1 else "must be > 0")
+        if high is not None and value > high:
+            raise fail(path, f"must be <= {high}")
+    elif kind == "account_id":
+        if not isinstance(value, str) or not _ACCOUNT_ID_RE.match(value):
+            raise fail(path, "expected an account id: a string of 1-38 digits, not starting with 0")
+    elif kind == "transfer_id":
+        if not isinstance(value, str) or not _TRANSFER_ID_RE.match(value):
+            raise fail(path, "expected a transfer id: 32 lowercase hex digits")
+    elif kind == "string":
+        if not isinstance(value, str):
+            raise fail(path, f"expected a string, got {_type_name(value)}")
+        if spec.min_length and len(value) < spec.min_length:
+            raise fail(path, f"must be at least {spec.min_length} characters")
+        if spec.max_length and len(value) > spec.max_length:
+            raise fail(path, f"must be at most {spec.max_length} characters")
+        if spec.pattern and not re.search(spec.pattern, value):
+            raise fail(path, f"must match {spec.pattern}")
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            raise fail(path, f"expected true or false, got {_type_name(value)}")
+    elif kind == "enum":
+        if not isinstance(value, str) or value not in spec.values:
+            raise fail(path, "expected one of " + ", ".join(spec.values))
+    elif kind == "object":
+        check_object(value, spec.fields, path)
+    elif kind == "array":
+        if not isinstance(value, list):
+            raise fail(path, f"expected an array, got {_type_name(value)}")
+        if spec.min_items and len(value) < spec.min_items:
+            raise fail(path, f"needs at least {spec.min_items} item(s)")
+        if spec.max_items and len(value) > spec.max_items:
+            raise fail(path, f"holds at most {spec.max_items} items")
+        assert spec.items is not None
+        for index, item in enumerate(value):
+            check_value(item, spec.items, f"{path}/{index}")
+    else:
+        raise AssertionError(kind)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def account_id(value: str) -> int:
+    number = int(value)
+    assert 0 < number < ID_MAX
+    return number
+
+
+def account_id_param(value: str, name: str = "account_id") -> int:
+    if not _ACCOUNT_ID_RE.match(value):
+        raise fail(f"/{name}", "expected an account id: 1-38 digits, not starting with 0")
+    return int(value)
+
+
+def transfer_id_param(value: str, name: str = "transfer_id") -> int:
+    if not _TRANSFER_ID_RE.match(value):
+        raise fail(f"/{name}", "expected a transfer id: 32 lowercase hex digits")
+    number = int(value, 16)
+    if number == 0 or number == ID_MAX:
+        raise fail(f"/{name}", "transfer ids 0 and 2**128-1 are reserved")
+    return number
+
+
+def transfer_id_text(number: int) -> str:
+    return f"{number:032x}"

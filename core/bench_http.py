@@ -1,0 +1,604 @@
+"""`tally bench http`: the HTTP API under wrk, against the ceiling of the bare server.
+
+One run, a fresh data directory per phase, the journal fdatasync'd as always:
+
+1. `bare_hypercorn_requests_per_s`: a minimal ASGI app on hypercorn (asyncio)
+   that only reads the body, parses it with orjson and answers a small JSON,
+   driven by the same wrk script with the same pre-signed requests: the
+   ceiling of the server itself.
+2. `single_transfer_requests_per_s`, `latency_ms_p50`, `latency_ms_p99`:
+   `tally serve` (hypercorn, asyncio, embedded journal) taking signed,
+   idempotent POST /v1/transfers between funded accounts, each with its own
+   nonce and Idempotency-Key and a transaction token (the password was
+   exchanged for it once per account, as a real client does).
+3. `batch_transfers_per_s` (JSON) and `batch_binary_transfers_per_s`
+   (128-byte records): POST /v1/transfers/batch, 8189 transfers a request.
+4. The same keys with a `_uvicorn` suffix for the optional faster server.
+
+wrk (Debian's `wrk` package: `apt-get install -y wrk`) runs in its own
+process with one thread; its CPU time is reported (`client_cpu_percent`),
+and so is the server's CPU per request. Requests are signed ahead of time
+(nonces and keys are single-use, so each request is distinct); the timed
+phase only sends them. The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from channels.client import Signer, TallyClient
+from core.bench_kernel import machine_description, save_report
+
+BATCH_SIZE = 8189
+ACCOUNTS = 64
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
+
+WRK_SCRIPT = r"""
+local requests = {}
+local shared = nil
+local index = 0
+local wrapped = 0
+
+init = function(args)
+  if args[2] ~= nil then
+    local handle = io.open(args[2], "rb")
+    shared = handle:read("*a")
+    handle:close()
+  end
+  for line in io.lines(args[1]) do
+    local method, path, ctype, auth, key, token, body =
+      line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local headers = {["Content-Type"] = ctype, ["Authorization"] = auth}
+    if key ~= "" then headers["Idempotency-Key"] = key end
+    if token ~= "" then headers["Tally-Transaction-Token"] = token end
+    if shared ~= nil then
+      requests[#requests + 1] = {method, path, headers}
+    else
+      requests[#requests + 1] = wrk.format(method, path, headers, body)
+    end
+  end
+end
+
+request = function()
+  index = index + 1
+  if index > #requests then
+    index = 1
+    wrapped = wrapped + 1
+  end
+  local r = requests[index]
+  if shared ~= nil then
+    return wrk.format(r[1], r[2], r[3], shared)
+  end
+  return r
+end
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,' ..
+    '"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, errors.status, errors.connect, errors.read,
+    errors.write, errors.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed load per phase")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (single)")
+    parser.add_argument("--batch-connections", type=int, default=4, help="wrk connections (batch)")
+    parser.add_argument(
+        "--servers",
+        default="hypercorn,uvicorn",
+        help="comma-separated ASGI servers to measure (hypercorn first)",
+    )
+    parser.add_argument("--data", default=None, help="working directory (default: a temp dir)")
+    parser.add_argument("--save", metavar="DIR", default=None)
+    parser.add_argument("--json", action="store_true")
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(self, command: list[str], port: int, log: Path, ready_path: str) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        with open(log, "ab") as output:
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server not ready in 120 s")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_tally(work: Path, server: str, name: str) -> Server:
+    port = free_port()
+    data = work / f"data-{name}"
+    command = [
+        sys.executable,
+        "-m",
+        "core",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data",
+        str(data),
+        "--server",
+        server,
+        "--access-log",
+        str(work / f"access-{name}.jsonl"),
+        "--accounts-max",
+        "4096",
+        "--scrypt-n",
+        "1024",  # setup speed only: password hashing is not on the measured path
+        "--transfers-max",
+        str(1 << 24),
+    ]
+    return Server(command, port, work / f"server-{name}.log", "/readyz")
+
+
+def start_bare(work: Path, server: str) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "core.bench_http", "bare", server, str(port)]
+    return Server(command, port, work / f"bare-{server}.log", "/")
+
+
+# --- the bare ASGI app -----------------------------------------------------------------
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the body, parses it, answers a small JSON: what any JSON API must do at least."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    parsed = orjson.loads(body) if body else None
+    answer = orjson.dumps({"ok": True, "fields": len(parsed) if isinstance(parsed, dict) else 0})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer})
+
+
+def serve_bare(server: str, port: int) -> None:
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            bare_app,
+            host="127.0.0.1",
+            port=port,
+            access_log=False,
+            log_level="warning",
+            http="httptools",
+            loop="asyncio",
+            backlog=1024,
+        )
+        return
+    import anyio
+    from hypercorn.asyncio import serve
+
+    from core.serve import hypercorn_config, wait_for_signal
+
+    config = hypercorn_config("127.0.0.1", port)
+    anyio.run(lambda: serve(bare_app, config, shutdown_trigger=wait_for_signal))  # type: ignore[arg-type]
+
+
+# --- setup and pre-signed requests ---------------------------------------------------------
+
+
+def secret_of(channel: str) -> tuple[str, str]:
+    import tomllib
+
+    with open(CHANNELS_FILE, "rb") as file:
+        entry = tomllib.load(file)["channels"][channel]["secrets"][0]
+    return entry["key_id"], entry["secret"]
+
+
+def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
+    """Funded Class I accounts and an app-channel transaction token for each."""
+    from channels.identity import resident_id_check_character
+
+    accounts: list[str] = []
+    tokens: dict[str, str] = {}
+    with (
+        TallyClient(url, "counter", *secret_of("counter")) as counter,
+        TallyClient(url, "app", *secret_of("app")) as app,
+    ):
+        for index in range(ACCOUNTS):
+            first = "110105" + "19800101" + f"{index % 1000:03d}"
+            id_number = first + resident_id_check_character(first)
+            customer = counter.post(
+                "/v1/customers",
+                {
+                    "name": "测试" + chr(0x4E00 + index),
+                    "id_number": id_number,
+                    "mobile": f"139{index:08d}",
+                },
+            )
+            assert customer.status_code == 201, customer.text
+            opened = counter.post(
+                f"/v1/customers/{customer.json()['customer_id']}/accounts",
+                {"class": "class_i", "password": "135790"},
+            )
+            assert opened.status_code == 201, opened.text
+            account = opened.json()["account_id"]
+            funded = counter.post(
+                f"/v1/accounts/{account}/cash-deposits",
+                {"amount_minor": 10**12},
+                idempotency_key=secrets.token_hex(16),
+            )
+            assert funded.status_code == 201, funded.text
+            token = app.post(f"/v1/accounts/{account}/tokens", {"password": "135790"})
+            assert token.status_code == 201, token.text
+            accounts.append(account)
+            tokens[account] = token.json()["token"]
+    return accounts, tokens
+
+
+def write_single_requests(
+    path: Path, count: int, accounts: list[str], tokens: dict[str, str]
+) -> None:
+    key_id, secret = secret_of("app")
+    signer = Signer("app", key_id, secret.encode())
+    now = int(time.time())
+    with open(path, "w") as file:
+        for index in range(count):
+            debit = accounts[index % len(accounts)]
+            credit = accounts[(index * 7 + 1) % len(accounts)]
+            if credit == debit:
+                credit = accounts[(index + 1) % len(accounts)]
+            body = orjson.dumps(
+                {
+                    "debit_account_id": debit,
+                    "credit_account_id": credit,
+                    "amount_minor": 1 + index % 97,
+                }
+            )
+            key = secrets.token_hex(12)
+            headers = signer.headers(
+                "POST",
+                "/v1/transfers",
+                body,
+                idempotency_key=key,
+                timestamp=now,
+                nonce=secrets.token_hex(12),
+            )
+            file.write(
+                f"POST\t/v1/transfers\tapplication/json\t{headers['Authorization']}\t{key}\t"
+                f"{tokens[debit]}\t{body.decode()}\n"
+            )
+
+
+def batch_body(accounts: list[str], binary: bool) -> bytes:
+    if binary:
+        from ledger.reference import Transfer
+        from ledger.types import TransferCode
+
+        records = []
+        for index in range(BATCH_SIZE):
+            debit = int(accounts[index % len(accounts)])
+            credit = int(accounts[(index + 1) % len(accounts)])
+            records.append(
+                Transfer(
+                    0,
+                    debit,
+                    credit,
+                    0,
+                    1,
+                    0,
+                    0,
+                    156,
+                    TransferCode.TRANSFER,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ).pack()
+            )
+        return b"".join(records)
+    items = [
+        {
+            "debit_account_id": accounts[index % len(accounts)],
+            "credit_account_id": accounts[(index + 1) % len(accounts)],
+            "amount_minor": 1,
+            "code": "transfer",
+        }
+        for index in range(BATCH_SIZE)
+    ]
+    return orjson.dumps({"transfers": items})
+
+
+def write_batch_requests(path: Path, count: int, body: bytes, content_type: str) -> None:
+    key_id, secret = secret_of("bank")
+    signer = Signer("bank", key_id, secret.encode())
+    now = int(time.time())
+    with open(path, "w") as file:
+        for _ in range(count):
+            key = secrets.token_hex(12)
+            headers = signer.headers(
+                "POST",
+                "/v1/transfers/batch",
+                body,
+                idempotency_key=key,
+                timestamp=now,
+                nonce=secrets.token_hex(12),
+                content_type=content_type,
+            )
+            file.write(
+                f"POST\t/v1/transfers/batch\t{content_type}\t{headers['Authorization']}\t"
+                f"{key}\t\t\n"
+            )
+
+
+# --- wrk ----------------------------------------------------------------------------------
+
+
+def run_wrk(
+    work: Path,
+    url: str,
+    requests_file: Path,
+    seconds: float,
+    connections: int,
+    shared_body: Path | None = None,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    script = work / "tally.lua"
+    script.write_text(WRK_SCRIPT)
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(requests_file),
+    ]
+    if shared_body is not None:
+        command.append(str(shared_body))
+    server_cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert process.stdout is not None and process.stderr is not None
+    output = process.stdout.read().decode()
+    error = process.stderr.read().decode()
+    server_cpu = (cpu_seconds(server_pid) - server_cpu_before) if server_pid else 0.0
+    if status != 0 or "WRKJSON" not in output:
+        raise RuntimeError(f"wrk failed ({status}): {output}\n{error}")
+    line = next(line for line in output.splitlines() if line.startswith("WRKJSON "))
+    result: dict[str, Any] = orjson.loads(line.removeprefix("WRKJSON "))
+    duration_s = result["duration_us"] / 1e6
+    result["requests_per_s"] = result["requests"] / duration_s
+    result["client_cpu_percent"] = 100 * (usage.ru_utime + usage.ru_stime) / duration_s
+    if server_pid:
+        result["server_cpu_percent"] = 100 * server_cpu / duration_s
+        result["server_cpu_us_per_request"] = 1e6 * server_cpu / max(1, result["requests"])
+    return result
+
+
+def check_metrics(url: str) -> dict[str, int]:
+    """Ledger results of the run, from /metrics: every transfer must have been ok."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    results: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("tally_ledger_results_total{"):
+            name = line.split('result="', 1)[1].split('"', 1)[0]
+            results[name] = int(float(line.rsplit(" ", 1)[1]))
+    return results
+
+
+def measure_server(
+    work: Path, server: str, args: argparse.Namespace, report: dict[str, Any]
+) -> None:
+    suffix = "" if server == "hypercorn" else f"_{server}"
+    seconds = args.seconds
+    expected_rate = 6_000 if server == "hypercorn" else 20_000
+    single_count = int(expected_rate * (seconds + 2) * 1.2)
+
+    bare = start_bare(work, server)
+    try:
+        # The bare app answers the very same signed requests (it ignores the headers).
+        bare_file = work / f"bare-{server}.tsv"
+        accounts_stub = ["1", "2"]
+        write_single_requests(
+            bare_file, min(single_count, 200_000), accounts_stub, {"1": "t", "2": "t"}
+        )
+        run_wrk(work, bare.url, bare_file, 2, args.connections)
+        result = run_wrk(
+            work, bare.url, bare_file, seconds, args.connections, server_pid=bare.process.pid
+        )
+        report[f"bare_{server}_requests_per_s"] = round(result["requests_per_s"])
+        report[f"bare_{server}_latency_ms_p99"] = round(result["p99_us"] / 1000, 2)
+        report[f"bare_{server}_server_cpu_us_per_request"] = round(
+            result["server_cpu_us_per_request"], 1
+        )
+    finally:
+        bare.stop()
+
+    # Each phase gets a fresh server and data directory: a batch phase posts millions of
+    # transfers, more than one ledger's log window holds before its retention day ends.
+    tally = start_tally(work, server, f"{server}-single")
+    try:
+        accounts, tokens = setup_accounts(tally.url)
+        warm = work / f"warm-{server}.tsv"
+        write_single_requests(warm, 20_000, accounts, tokens)
+        run_wrk(work, tally.url, warm, 2, args.connections)
+        single_file = work / f"single-{server}.tsv"
+        write_single_requests(single_file, single_count, accounts, tokens)
+        result = run_wrk(
+            work, tally.url, single_file, seconds, args.connections, server_pid=tally.process.pid
+        )
+        report[f"single_transfer_requests_per_s{suffix}"] = round(result["requests_per_s"])
+        report[f"latency_ms_p50{suffix}"] = round(result["p50_us"] / 1000, 2)
+        report[f"latency_ms_p99{suffix}"] = round(result["p99_us"] / 1000, 2)
+        report[f"single_non_2xx{suffix}"] = result["status_errors"]
+        report[f"single_wrapped{suffix}"] = result["requests"] > single_count
+        report[f"server_cpu_us_per_request{suffix}"] = round(result["server_cpu_us_per_request"], 1)
+        report[f"client_cpu_percent{suffix}"] = round(result["client_cpu_percent"], 1)
+        report[f"single_ledger_results{suffix}"] = check_metrics(tally.url)
+    finally:
+        tally.stop()
+    for binary in (False, True):
+        kind = "bin" if binary else "json"
+        tally = start_tally(work, server, f"{server}-batch-{kind}")
+        try:
+            accounts, _ = setup_accounts(tally.url)
+            content_type = "application/octet-stream" if binary else "application/json"
+            body_path = work / f"batch-{server}-{kind}.body"
+            body_path.write_bytes(batch_body(accounts, binary))
+            batch_file = work / f"batch-{server}-{kind}.tsv"
+            write_batch_requests(
+                batch_file, int((seconds + 2) * 150), body_path.read_bytes(), content_type
+            )
+            result = run_wrk(
+                work,
+                tally.url,
+                batch_file,
+                seconds,
+                args.batch_connections,
+                shared_body=body_path,
+                server_pid=tally.process.pid,
+            )
+            key = "batch_binary_transfers_per_s" if binary else "batch_transfers_per_s"
+            report[key + suffix] = round(result["requests_per_s"] * BATCH_SIZE)
+            report[key.replace("transfers_per_s", "latency_ms_p99") + suffix] = round(
+                result["p99_us"] / 1000, 1
+            )
+            report[key.replace("transfers_per_s", "non_2xx") + suffix] = result["status_errors"]
+            report[key.replace("transfers_per_s", "ledger_results") + suffix] = check_metrics(
+                tally.url
+            )
+        finally:
+            tally.stop()
+    bare_rate = report[f"bare_{server}_requests_per_s"]
+    report[f"single_vs_bare_percent{suffix}"] = round(
+        100 * report[f"single_transfer_requests_per_s{suffix}"] / bare_rate, 1
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        print(
+            "tally bench http: wrk is not installed; install it with `apt-get install -y wrk` "
+            "(Debian's package) and run again",
+            file=sys.stderr,
+        )
+        return 2
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    for name in servers:
+        if name not in ("hypercorn", "uvicorn"):
+            print(f"tally bench http: unknown server {name!r}", file=sys.stderr)
+            return 2
+    work = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="tally-bench-http-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "benchmark": "http",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_description(),
+        "command": "tally bench http "
+        + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "http"] else []),
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "batch_connections": args.batch_connections,
+        "batch_size": BATCH_SIZE,
+        "client": "wrk -t1, pre-signed requests",
+        "fsync": True,
+    }
+    try:
+        for name in servers:
+            if not args.json:
+                print(f"measuring {name} ...", file=sys.stderr)
+            measure_server(work, name, args, report)
+    finally:
+        if not args.data:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.save:
+        save_report(report, args.save)
+    if not args.json:
+        for name, value in report.items():
+            print(f"{name:42} {value}")
+    print(orjson.dumps(report).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "bare":
+        serve_bare(sys.argv[2], int(sys.argv[3]))

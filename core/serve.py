@@ -1,0 +1,161 @@
+"""`tally serve`: the HTTP API on hypercorn over the embedded journal.
+
+The process binds its socket at once and answers /healthz; /readyz and every
+/v1 route say 503 until the journal is recovered, the ledger rebuilt and the
+engine started (see channels/bank.py). SIGINT or SIGTERM stops it: the
+server stops accepting, the engine finishes and answers the batch it was
+making durable, the journal is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from channels.app import App, access_log_stream
+from channels.bank import Bank, Settings
+from channels.registry import RegistryError, load_registry
+from limits.errors import RuleFileError
+from limits.rules import load_rules
+
+SERVERS = ("hypercorn", "uvicorn")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    parser.add_argument("--data", default=".tally-data", help="data directory (journal, state)")
+    parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="hypercorn",
+        help="ASGI server (uvicorn only with --backend asyncio)",
+    )
+    parser.add_argument("--rules", default="examples/limits.toml", help="limit rule file")
+    parser.add_argument("--channels", default="examples/channels.toml", help="channel registry")
+    parser.add_argument("--access-log", default="-", help="'-' for stderr, 'off', or a file path")
+    parser.add_argument("--accounts-max", type=int, default=1 << 20, help="account capacity")
+    parser.add_argument("--transfers-max", type=int, default=1 << 22, help="transfer log capacity")
+    parser.add_argument("--queue-size", type=int, default=65536, help="engine queue (then 503)")
+    parser.add_argument("--linger-ms", type=float, default=1.0, help="engine batch linger")
+    parser.add_argument("--token-ttl-s", type=int, default=300, help="transaction token lifetime")
+    parser.add_argument(
+        "--password-failures-max",
+        type=int,
+        default=5,
+        help="wrong transaction passwords per business day before the lock",
+    )
+    parser.add_argument("--scrypt-n", type=int, default=1 << 14, help="scrypt cost (power of 2)")
+    parser.add_argument(
+        "--body-size-max",
+        type=int,
+        default=0,
+        help="request body cap in bytes (default: the largest channel cap)",
+    )
+    parser.add_argument(
+        "--snapshot-every-entries",
+        type=int,
+        default=0,
+        help="fork a ledger snapshot every N journal entries (0: never)",
+    )
+    parser.add_argument("--journal-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def build_app(args: argparse.Namespace) -> App:
+    rules = load_rules(args.rules)
+    registry = load_registry(args.channels, rules)
+    settings = Settings(
+        data_dir=args.data,
+        account_capacity=args.accounts_max,
+        transfer_capacity=args.transfers_max,
+        queue_size=args.queue_size,
+        linger_s=args.linger_ms / 1000,
+        token_ttl_s=args.token_ttl_s,
+        password_failures_max=args.password_failures_max,
+        scrypt_n=args.scrypt_n,
+        journal_delay_s=args.journal_delay_ms / 1000,
+        snapshot_every_entries=args.snapshot_every_entries,
+    )
+    bank = Bank(settings, rules, registry)
+    return App(
+        bank, access_log=access_log_stream(args.access_log), body_size_max=args.body_size_max
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        app = build_app(args)
+    except (RuleFileError, RegistryError) as error:
+        print(f"tally serve: {error}", file=sys.stderr)
+        return 2
+    os.makedirs(args.data, exist_ok=True)
+    if args.server == "uvicorn":
+        if args.backend != "asyncio":
+            print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
+            return 2
+        return _run_uvicorn(app, args)
+    return _run_hypercorn(app, args)
+
+
+def hypercorn_config(host: str, port: int) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None  # Tally writes its own structured access log
+    config.errorlog = logging.getLogger("hypercorn.error")  # one handler: the root's
+    config.keep_alive_max_requests = 1 << 30
+    config.keep_alive_timeout = 75
+    config.backlog = 1024
+    config.graceful_timeout = 10
+    return config
+
+
+def _run_hypercorn(app: App, args: argparse.Namespace) -> int:
+    config = hypercorn_config(args.host, args.port)
+
+    async def main() -> None:
+        if args.backend == "trio":
+            from hypercorn.trio import serve as serve_trio
+
+            await serve_trio(app, config, shutdown_trigger=wait_for_signal)  # type: ignore[arg-type]
+        else:
+            from hypercorn.asyncio import serve as serve_asyncio
+
+            await serve_asyncio(app, config, shutdown_trigger=wait_for_signal)  # type: ignore[arg-type]
+
+    anyio.run(main, backend=args.backend)
+    return 0
+
+
+def _run_uvicorn(app: App, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        lifespan="on",
+        log_level="warning",
+        http="httptools",
+        loop="asyncio",
+        backlog=1024,
+        timeout_keep_alive=75,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def wait_for_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return

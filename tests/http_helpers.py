@@ -1,0 +1,245 @@
+"""Shared pieces of the HTTP tests: a real `tally serve` process and signed clients.
+
+`TallyServer` starts `python -m core serve` on a free 127.0.0.1 port with its
+own data directory, waits for /readyz, and stops it with SIGTERM (or SIGKILL,
+for crash tests). Clients sign with the development secrets of
+examples/channels.toml. Builders make customers with valid resident IDs and
+open funded accounts through the API itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from channels.client import TallyClient
+from channels.identity import luhn_check_digit, resident_id_check_character
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
+SCRYPT_N_TESTS = 1 << 10  # fast hashes in tests; the default cost is tested on its own
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TallyServer:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        backend: str = "asyncio",
+        server: str = "hypercorn",
+        channels_file: Path = CHANNELS_FILE,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.data_dir = data_dir
+        self.backend = backend
+        self.server = server
+        self.channels_file = channels_file
+        self.extra = list(extra)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        self.access_log = data_dir.parent / f"{data_dir.name}-access.jsonl"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait_ready: bool = True) -> TallyServer:
+        assert self.process is None
+        self.port = free_port()
+        env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        command = [
+            sys.executable,
+            "-m",
+            "core",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data_dir),
+            "--backend",
+            self.backend,
+            "--server",
+            self.server,
+            "--channels",
+            str(self.channels_file),
+            "--access-log",
+            str(self.access_log),
+            "--scrypt-n",
+            str(SCRYPT_N_TESTS),
+            "--accounts-max",
+            "65536",
+            "--transfers-max",
+            "262144",
+            *self.extra,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+        log.close()
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready after {timeout_s} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def client(self, channel: str, **kwargs: Any) -> TallyClient:
+        key_id, secret = channel_secret(channel, self.channels_file)
+        return TallyClient(self.url, channel, key_id, secret, **kwargs)
+
+
+def channel_secret(channel: str, channels_file: Path = CHANNELS_FILE) -> tuple[str, str]:
+    with open(channels_file, "rb") as file:
+        document = tomllib.load(file)
+    entry = document["channels"][channel]["secrets"][0]
+    return entry["key_id"], entry["secret"]
+
+
+# --- builders -----------------------------------------------------------------------
+
+_random = random.Random(20261121)
+
+
+def resident_id(birth: str = "19900307", region: str = "110105") -> str:
+    """A valid 18-digit resident ID number (right check digit) for `birth` (YYYYMMDD)."""
+    first = region + birth + f"{_random.randrange(1000):03d}"
+    return first + resident_id_check_character(first)
+
+
+def card_number(prefix: str = "622848") -> str:
+    """A Luhn-valid 19-digit card number of another bank."""
+    partial = prefix + f"{_random.randrange(10**12):012d}"
+    return partial + luhn_check_digit(partial)
+
+
+def mobile() -> str:
+    return "139" + f"{_random.randrange(10**8):08d}"
+
+
+def key() -> str:
+    return str(uuid.uuid4())
+
+
+def register(client: TallyClient, name: str = "李四", birth: str = "19900307") -> dict[str, Any]:
+    body = {"name": name, "id_number": resident_id(birth), "mobile": mobile()}
+    response = client.post("/v1/customers", body)
+    assert response.status_code == 201, response.text
+    customer: dict[str, Any] = response.json()
+    customer["_id_number"] = body["id_number"]
+    customer["_mobile"] = body["mobile"]
+    return customer
+
+
+def open_class_i(counter: TallyClient, customer: dict[str, Any], password: str = "135790") -> str:
+    response = counter.post(
+        f"/v1/customers/{customer['customer_id']}/accounts",
+        {"class": "class_i", "password": password},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["account_id"])
+
+
+def bound_card_of(customer: dict[str, Any], number: str | None = None) -> dict[str, str]:
+    return {
+        "card_number": number or card_number(),
+        "card_type": "class_i_debit",
+        "holder_name": customer["name"],
+        "holder_id_number": customer["_id_number"],
+        "reserved_mobile": customer["_mobile"],
+    }
+
+
+def open_remote(
+    client: TallyClient,
+    customer: dict[str, Any],
+    account_class: str = "class_ii",
+    *,
+    card: str | None = None,
+    password: str = "135790",
+) -> str:
+    response = client.post(
+        f"/v1/customers/{customer['customer_id']}/accounts",
+        {"class": account_class, "bound_card": bound_card_of(customer, card), "password": password},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["account_id"])
+
+
+def cash_deposit(counter: TallyClient, account_id: str, amount_minor: int) -> None:
+    response = counter.post(
+        f"/v1/accounts/{account_id}/cash-deposits",
+        {"amount_minor": amount_minor},
+        idempotency_key=key(),
+    )
+    assert response.status_code == 201, response.text
+
+
+def topup(client: TallyClient, account_id: str, amount_minor: int, password: str = "135790") -> Any:
+    return client.post(
+        f"/v1/accounts/{account_id}/topups",
+        {"amount_minor": amount_minor, "password": password},
+        idempotency_key=key(),
+    )
+
+
+def balance(client: TallyClient, account_id: str) -> int:
+    response = client.get(f"/v1/accounts/{account_id}")
+    assert response.status_code == 200, response.text
+    return int(response.json()["balance_minor"])
+
+
+def problem_type(response: Any) -> str:
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    return str(response.json()["type"]).rsplit("/", 1)[-1]

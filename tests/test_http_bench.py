@@ -1,0 +1,51 @@
+"""`tally bench http`: a clear refusal without wrk, and (slow) a short run's promised keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tally(*words: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *words], capture_output=True, text=True, cwd=REPO_ROOT,
+        timeout=600, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_without_wrk_says_how_to_install_it(tmp_path: Path) -> None:
+    """With no wrk on PATH the bench exits 2 and names the Debian package to install."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+    env["PATH"] = str(tmp_path)  # an empty directory: no wrk
+    done = tally("bench", "http", "--seconds", "1", env=env)
+    assert done.returncode == 2
+    assert "apt-get install -y wrk" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install -y wrk)")
+def test_short_run_reports_every_promised_figure() -> None:
+    """A 2-second run on hypercorn prints the issue's keys; every posted transfer was ok."""
+    done = tally("bench", "http", "--seconds", "2", "--servers", "hypercorn", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in (
+        "single_transfer_requests_per_s",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "batch_transfers_per_s",
+        "batch_binary_transfers_per_s",
+        "bare_hypercorn_requests_per_s",
+        "client_cpu_percent",
+    ):
+        assert report[key] > 0, key
+    assert report["single_non_2xx"] == 0 and report["batch_non_2xx"] == 0
+    assert set(report["single_ledger_results"]) == {"ok"}

@@ -1,0 +1,104 @@
+"""Shedding load: 429 past a channel's rate, 503 when the engine queue is full; never a 500.
+
+The overload server has a 4-request engine queue and a journal that takes
+200 ms per group, so a burst of concurrent deposits overflows the queue.
+Every refused request carries Retry-After; every accepted one is posted
+exactly once and every refused one not at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from channels.bank import derive_transfer_id
+from tests.http_helpers import (
+    CHANNELS_FILE,
+    TallyServer,
+    balance,
+    key,
+    open_class_i,
+    problem_type,
+    register,
+)
+
+COUNTER_CHANNEL_ID = 3
+
+
+def tight_channels(directory: Path) -> Path:
+    """The example registry with the open_api channel limited to 2 requests/s, burst 2."""
+    text = CHANNELS_FILE.read_text()
+    marker = "[channels.open_api]"
+    head, tail = text.split(marker)
+    tail = tail.replace("rate_per_s = 500\nburst = 1000", "rate_per_s = 2\nburst = 2", 1)
+    path = directory / "channels.toml"
+    path.write_text(head + marker + tail)
+    return path
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TallyServer]:
+    directory = tmp_path_factory.mktemp(f"overload-{request.param}")
+    running = TallyServer(
+        directory / "data",
+        backend=request.param,
+        channels_file=tight_channels(directory),
+        extra=["--queue-size", "4", "--journal-delay-ms", "200"],
+    ).start()
+    yield running
+    running.stop()
+
+
+def test_rate_limit_is_429_with_retry_after(server: TallyServer) -> None:
+    """A channel over its token bucket gets 429 + Retry-After; other channels are unaffected."""
+    with server.client("open_api") as partner:
+        statuses = [partner.get("/v1/transfers/" + "ab" * 16).status_code for _ in range(4)]
+        assert statuses[:2] == [404, 404]
+        limited = partner.get("/v1/transfers/" + "ab" * 16)
+        assert limited.status_code == 429 and problem_type(limited) == "rate-limited"
+        assert int(limited.headers["retry-after"]) >= 1
+    with server.client("app") as app:
+        assert app.get("/v1/transfers/" + "ab" * 16).status_code == 404
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'tally_channel_rate_limited_total{channel="open_api"}' in metrics
+
+
+def test_full_engine_queue_is_503_and_nothing_half_done(server: TallyServer) -> None:
+    """A burst past the engine queue: some 201, some 503 + Retry-After, no other status, and
+    exactly the answered deposits are in the ledger."""
+    with server.client("counter") as counter:
+        account = open_class_i(counter, register(counter))
+    keys = [key() for _ in range(40)]
+    answers: dict[str, Any] = {}
+
+    def deposit(used: str) -> None:
+        with server.client("counter") as client:
+            answers[used] = client.post(
+                f"/v1/accounts/{account}/cash-deposits", {"amount_minor": 1}, idempotency_key=used
+            )
+
+    threads = [threading.Thread(target=deposit, args=(used,)) for used in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = [answers[used].status_code for used in keys]
+    assert set(statuses) <= {201, 503}, statuses
+    assert 503 in statuses and 201 in statuses
+    for used in keys:
+        if answers[used].status_code == 503:
+            assert problem_type(answers[used]) == "overloaded"
+            assert int(answers[used].headers["retry-after"]) >= 1
+    with server.client("counter") as counter:
+        assert balance(counter, account) == statuses.count(201)
+        for used in keys:
+            transfer_id = derive_transfer_id(COUNTER_CHANNEL_ID, used, 0)
+            found = counter.get(f"/v1/transfers/{transfer_id:032x}").status_code
+            assert found == (200 if answers[used].status_code == 201 else 404)

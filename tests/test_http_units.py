@@ -1,0 +1,210 @@
+"""The HTTP face's pieces in isolation: identity checks, signing, registry, problems, state."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from channels import identity, passwords, signing
+from channels.bank import derive_transfer_id, derive_transfer_ids_packed
+from channels.kyc import BuiltinVerifier
+from channels.openapi import openapi_document
+from channels.problems import transfer_problem, transfer_status
+from channels.registry import OPERATIONS, RegistryError, load_registry, parse_registry
+from channels.routes import ROUTES
+from channels.state import STATE_FILE, StateError, StateStore
+from ledger.types import CreateTransferResult
+from limits.rules import load_rules
+
+RULES = load_rules("examples/limits.toml")
+
+
+def test_resident_id_check_digit() -> None:
+    """The GB 11643 sample ID validates; any other last character fails with the MOD 11-2 reason."""
+    assert identity.resident_id_check_character("11010519491231002") == "X"
+    parsed = identity.parse_resident_id("11010519491231002X")
+    assert not isinstance(parsed, str)
+    assert parsed.birth_date == datetime.date(1949, 12, 31) and parsed.sex == "female"
+    for last in "0123456789":
+        assert "MOD 11-2" in str(identity.parse_resident_id("11010519491231002" + last))
+    assert "calendar date" in str(identity.parse_resident_id("110105194902300021"))
+    assert "region" in str(identity.parse_resident_id("990105194912310021"))
+    assert "18 characters" in str(identity.parse_resident_id("11010519491231002x"))
+
+
+def test_luhn_and_masks() -> None:
+    """Luhn accepts the classic test numbers and rejects a changed digit; masks keep 6+4 digits."""
+    assert identity.luhn_valid("4111111111111111") and not identity.luhn_valid("4111111111111112")
+    partial = "622848000000000001"
+    assert identity.luhn_valid(partial + identity.luhn_check_digit(partial))
+    assert identity.mask_card("6228480000000000019") == "622848*********0019"
+    assert identity.mask_resident_id("11010519491231002X") == "110**************X"
+    assert identity.mask_mobile("13800138000") == "138****8000"
+
+
+def test_builtin_verifier_says_what_it_did_not_check() -> None:
+    """An adult passes the local checks; a minor is rejected; both list the unchecked parts."""
+    verifier = BuiltinVerifier(minimum_age=16)
+    adult = identity.parse_resident_id("11010519491231002X")
+    assert not isinstance(adult, str)
+    verdict = verifier.verify_customer("张三", adult, "13800138000", datetime.date(2026, 1, 1))
+    assert verdict.status == "verified" and "sms_code" in verdict.not_checked
+    first = "110105" + "20200101" + "001"
+    minor = identity.parse_resident_id(first + identity.resident_id_check_character(first))
+    assert not isinstance(minor, str)
+    assert (
+        verifier.verify_customer("小明", minor, "13800138000", datetime.date(2026, 1, 1)).status
+        == "rejected"
+    )
+
+
+def test_signing_round_trip_and_parse_errors() -> None:
+    """A header made by the client parses back; tampering with any field breaks verification."""
+    header = signing.authorization_header(
+        "app",
+        "k1",
+        b"s" * 32,
+        "POST",
+        "/v1/x",
+        "a=1",
+        b"{}",
+        idempotency_key="key",
+        timestamp=100,
+        nonce="abcdefgh",
+    )
+    credentials = signing.parse_authorization(header)
+    assert not isinstance(credentials, str)
+    digest = __import__("hashlib").sha256(b"{}").hexdigest()
+    message = signing.string_to_sign(
+        "app", "k1", "POST", "/v1/x", "a=1", "100", "abcdefgh", "key", digest
+    )
+    assert signing.verify(b"s" * 32, message, credentials.signature)
+    tampered = signing.string_to_sign(
+        "app", "k1", "POST", "/v1/x", "a=2", "100", "abcdefgh", "key", digest
+    )
+    assert not signing.verify(b"s" * 32, tampered, credentials.signature)
+    assert isinstance(signing.parse_authorization("Basic abc"), str)
+    assert isinstance(signing.parse_authorization(header + ',extra="1"'), str)
+
+
+def test_registry_validation_lists_every_problem(tmp_path: Path) -> None:
+    """The example registry loads; a bad one names each problem at once."""
+    registry = load_registry("examples/channels.toml", RULES)
+    assert registry.channels["bank"].operations == frozenset(OPERATIONS)
+    assert len(registry.channels["app"].secrets) == 2
+    document = {
+        "channels": {
+            "wechat": {
+                "id": 1,
+                "kind": "app",
+                "operations": ["fly"],
+                "secrets": [{"key_id": "k", "secret": "short"}],
+            },
+            "ghost": {
+                "id": 99,
+                "kind": "atm",
+                "secrets": [{"key_id": "k", "secret": "x" * 40}],
+                "colour": 1,
+            },
+        }
+    }
+    with pytest.raises(RegistryError) as error:
+        parse_registry(document, "test.toml", RULES)
+    text = str(error.value)
+    for fragment in (
+        "unknown operation 'fly'",
+        "at least 32 bytes",
+        "kind 'wechat'",
+        "not in the limit rules",
+        "colour",
+    ):
+        assert fragment in text
+
+
+def test_every_result_code_has_a_stable_problem() -> None:
+    """Each ledger code maps to a 4xx and to a type URI made from its name."""
+    for code in CreateTransferResult:
+        if code in (CreateTransferResult.OK, CreateTransferResult.EXISTS):
+            continue
+        problem = transfer_problem(code)
+        assert 400 <= problem.status < 500 and problem.status == transfer_status(code)
+        body = problem.body()
+        assert body["type"].endswith("/" + code.name.lower().replace("_", "-"))
+        assert body["ledger_result"] == {"code": int(code), "name": code.name.lower()}
+    assert transfer_problem(CreateTransferResult.DEBIT_ACCOUNT_NOT_FOUND).status == 404
+    assert transfer_problem(CreateTransferResult.PENDING_TRANSFER_ALREADY_POSTED).status == 409
+    assert transfer_problem(CreateTransferResult.EXCEEDS_DAILY_OUTFLOW).status == 422
+
+
+def test_openapi_documents_every_route() -> None:
+    """Every route of the table is in the document, with its success status and problems."""
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.method.lower()]
+        assert str(route.status) in operation["responses"]
+        assert "401" in operation["responses"] and "503" in operation["responses"]
+        if route.money:
+            assert any(
+                p["name"] == "Idempotency-Key" and p["required"] for p in operation["parameters"]
+            )
+
+
+def test_transfer_ids_derive_from_channel_key_and_index() -> None:
+    """Same inputs, same id; another channel, key or index, another id; the fast path agrees."""
+    first = derive_transfer_id(2, "order-1", 0)
+    assert first == derive_transfer_id(2, "order-1", 0)
+    assert (
+        len(
+            {
+                first,
+                derive_transfer_id(3, "order-1", 0),
+                derive_transfer_id(2, "order-2", 0),
+                derive_transfer_id(2, "order-1", 1),
+            }
+        )
+        == 4
+    )
+    packed = derive_transfer_ids_packed(2, "order-1", 3)
+    assert [int.from_bytes(p, "little") for p in packed] == [
+        derive_transfer_id(2, "order-1", i) for i in range(3)
+    ]
+
+
+def test_password_hash_is_salted_and_checked() -> None:
+    """Two hashes of one password differ (salt); only the right password checks."""
+    one = passwords.hash_password("135790", n=1 << 10)
+    two = passwords.hash_password("135790", n=1 << 10)
+    assert one.digest != two.digest
+    assert passwords.check_password("135790", one) and not passwords.check_password("135791", one)
+
+
+def test_state_store_survives_a_torn_tail_and_refuses_damage(tmp_path: Path) -> None:
+    """Records replay; a torn last line is dropped; a damaged middle line stops the open."""
+
+    async def write() -> None:
+        store = StateStore.open(str(tmp_path), now_s=1000, nonce_window_s=300)
+        await store.commit([{"k": "failures", "account": "7", "day": 9, "count": 2}])
+        store.add_nonce("app", "abcdefgh", 1000)
+        await store.flush()
+        store.close()
+
+    anyio.run(write)
+    path = tmp_path / STATE_FILE
+    with open(path, "ab") as file:
+        file.write(b'{"k":"failures","account":"8"')  # a crash mid-write
+    store = StateStore.open(str(tmp_path), now_s=1000, nonce_window_s=300)
+    assert store.failures == {7: (9, 2)} and store.nonce_seen("app", "abcdefgh")
+    store.close()
+    later = StateStore.open(str(tmp_path), now_s=2000, nonce_window_s=300)
+    assert not later.nonce_seen("app", "abcdefgh")  # expired nonces are compacted away
+    later.close()
+    data = path.read_bytes()
+    path.write_bytes(b"{not json}\n" + data)
+    with pytest.raises(StateError):
+        StateStore.open(str(tmp_path), now_s=2000, nonce_window_s=300)
+    assert os.path.exists(path)
