@@ -117,6 +117,26 @@ COMMANDS: Mapping[str, Command | Group] = {
         "core.serve",
         "serve the HTTP API (hypercorn, embedded journal): channels post money movements here",
     ),
+    "sim": Group(
+        "the failover simulator: 30M-user traffic across a dual-region, three-DC topology",
+        {
+            "run": Command(
+                "generate a day of traffic and play it through the topology under a scenario",
+                add_arguments="sim.cli:add_run_arguments",
+                run="sim.cli:run",
+            ),
+            "scenarios": Command(
+                "list the built-in failure scenarios",
+                add_arguments="sim.cli:add_scenarios_arguments",
+                run="sim.cli:scenarios",
+            ),
+            "replay": Command(
+                "play a saved trace or a real server's journal through the topology",
+                add_arguments="sim.cli:add_replay_arguments",
+                run="sim.cli:replay",
+            ),
+        },
+    ),
     "run-default": Command(
         "what `make run` starts: `tally serve` once it exists, else a short `tally bench kernel`",
         add_arguments="core.cli:add_run_default_arguments",

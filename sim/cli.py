@@ -1,0 +1,203 @@
+"""`tally sim run | scenarios | replay`: the failover simulator's command line.
+
+`run` generates a day of traffic for N users and plays it through the
+topology under a scenario's faults; `replay` plays a saved trace or a journal
+captured from a real `tally serve` instead. Both write report.json,
+report.html (with PNG charts) and lost_transfers.csv to --out and print a
+summary; the exit status is 0 when the scenario's expectations and the
+invariants hold, 3 when the checker found a violation, 1 on a bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from core.errors import TallyError
+
+from .model import SimConfig, builtin_scenarios, load_scenario
+
+EXIT_VERDICT_FAILED = 3
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--users", type=int, default=30_000_000, help="customers (default 30,000,000)"
+    )
+    parser.add_argument(
+        "--hours", type=float, default=None, help="simulated hours (default: the scenario's)"
+    )
+    _common(parser)
+    parser.add_argument(
+        "--postings-per-user",
+        type=float,
+        default=None,
+        help="postings per customer per day (default: 1.0 normal, 2.4 campaign)",
+    )
+    parser.add_argument(
+        "--save-trace",
+        metavar="FILE",
+        default=None,
+        help="also save the generated traffic as a trace",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="DIR",
+        default=None,
+        help="also write the headline figures as a benchmark report into DIR (for BENCHMARKS.md)",
+    )
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", help="a trace file (tally sim run --save-trace) or a journal directory"
+    )
+    _common(parser)
+
+
+def add_scenarios_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true", help="also list each scenario's faults and expectations"
+    )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario", default="dc1-outage", help="a built-in scenario name or a scenario file"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--out", default="sim-out", help="directory for report.json, report.html and charts"
+    )
+    parser.add_argument(
+        "--topology", default=None, help="topology file (default: sim/topology.toml)"
+    )
+    parser.add_argument("--step-ms", type=float, default=50.0, help="simulated time per step")
+    parser.add_argument(
+        "--drain-max-s",
+        type=float,
+        default=1800.0,
+        help="longest convergence wait after the traffic",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print only the report's JSON summary line"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = SimConfig(
+        users=args.users,
+        hours=args.hours,
+        seed=args.seed,
+        scenario=args.scenario,
+        topology=args.topology,
+        step_ms=args.step_ms,
+        postings_per_user=args.postings_per_user,
+        out=args.out,
+        save_trace=args.save_trace,
+        drain_max_s=args.drain_max_s,
+        quiet=bool(args.json),
+    )
+    try:
+        return execute(config, replay_source=None, print_json=bool(args.json), save=args.save)
+    except TallyError as error:
+        print(f"tally sim run: {error}", file=sys.stderr)
+        return 1
+
+
+def replay(args: argparse.Namespace) -> int:
+    config = SimConfig(
+        users=2,
+        seed=args.seed,
+        scenario=args.scenario,
+        topology=args.topology,
+        step_ms=args.step_ms,
+        out=args.out,
+        drain_max_s=args.drain_max_s,
+        quiet=bool(args.json),
+    )
+    try:
+        return execute(config, replay_source=args.source, print_json=bool(args.json))
+    except TallyError as error:
+        print(f"tally sim replay: {error}", file=sys.stderr)
+        return 1
+
+
+def scenarios(args: argparse.Namespace) -> int:
+    for name in builtin_scenarios():
+        scenario = load_scenario(name)
+        first_sentence = scenario.description.split(". ")[0].rstrip(".") + "."
+        print(f"{name:40} {scenario.traffic:9} {scenario.hours:>5g} h  {first_sentence}")
+        if args.verbose:
+            for fault in scenario.faults:
+                extra = " ".join(f"{key}={value}" for key, value in fault.params.items())
+                duration = fault.duration.describe() if fault.duration else "to the end"
+                when = f"at {fault.at.describe()} for {duration}"
+                print(f"{'':42}- {fault.kind} {fault.target} {when} {extra}")
+            print(f"{'':42}  expect: {json.dumps(scenario.expect)}")
+    return 0
+
+
+def execute(
+    config: SimConfig, *, replay_source: str | None, print_json: bool, save: str | None = None
+) -> int:
+    """Run one simulation and write its report; the exit status."""
+    from . import api
+    from . import report as report_module
+
+    report, simulation = api.simulate(config, replay_source=replay_source)
+    out = config.out or "sim-out"
+    files = api.write(report, simulation, out)
+    if save:
+        save_benchmark(report, save)
+    if print_json:
+        print(json.dumps(_headline(report) | {"out": out}, sort_keys=True))
+    else:
+        print(report_module.summary(report))
+        print(f"  report: {files['report_html']}")
+    return 0 if report["verdict"]["pass"] else EXIT_VERDICT_FAILED
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "seed",
+        "scenario",
+        "users",
+        "hours",
+        "requests",
+        "postings",
+        "acknowledged_lost",
+        "duplicates",
+        "rpo_transfers",
+        "rto_s",
+        "failovers",
+        "converged",
+        "money_conserved",
+        "limits_respected",
+        "digest",
+        "wall_s",
+        "simulated_to_wall_ratio",
+        "peak_rss_gib",
+    )
+    return {key: report.get(key) for key in keys} | {"pass": report["verdict"]["pass"]}
+
+
+def save_benchmark(report: dict[str, Any], directory: str) -> None:
+    """The headline figures as a `benchmarks/*.json` report, the source of BENCHMARKS.md."""
+    from core.bench_kernel import machine_description, save_report
+
+    figures = _headline(report) | {
+        "benchmark": "sim",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "command": "tally " + " ".join(sys.argv[1:]),
+        "acknowledged": report["acknowledged"],
+        "unexpected_lost": report["unexpected_lost"],
+        "latency_ms_p99": report["latency"]["overall"].get("p99_ms"),
+        "availability": report["availability"].get("overall"),
+        "timings": report["timings"],
+    }
+    save_report(figures, directory)

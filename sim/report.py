@@ -1,0 +1,857 @@
+"""What a run found: report.json, report.html with PNG charts, and the terminal summary.
+
+`digest` is the SHA-256 of the report's canonical JSON without the fields
+that depend on the machine or the moment (wall time, speed, memory, code
+version, output paths): same seed + same code = same digest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import math
+import os
+import resource
+import subprocess
+from typing import Any
+
+from cext import simgen
+from ledger.types import CreateTransferResult
+
+from . import plot
+from .checker import limits_respected
+from .model import NS_PER_S, REPO_ROOT, SimConfig
+from .simulation import Simulation
+
+MACHINE_FIELDS = (
+    "wall_s",
+    "simulated_to_wall_ratio",
+    "peak_rss_gib",
+    "timings",
+    "code_version",
+    "out",
+    "files",
+)
+RPO_IDS_IN_JSON = 1000
+AVAILABILITY_WINDOW_S = 5
+
+
+def code_version() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+def _percentiles(histogram: list[int]) -> dict[str, float | int]:
+    total = sum(histogram)
+    result: dict[str, float | int] = {"count": total}
+    if total == 0:
+        return result | {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "p999_ms": 0.0, "max_ms": 0.0}
+    for name, share in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99), ("p999_ms", 0.999)):
+        result[name] = _quantile_ms(histogram, total, share)
+    top = max(index for index, value in enumerate(histogram) if value)
+    result["max_ms"] = round(_bucket_ms(top + 1), 3)
+    return result
+
+
+def _bucket_ms(edge: float) -> float:
+    return 10 ** (edge / simgen.LATENCY_BUCKETS_PER_DECADE) / 1000.0
+
+
+def _quantile_ms(histogram: list[int], total: int, share: float) -> float:
+    target = share * total
+    running = 0
+    for index, value in enumerate(histogram):
+        running += value
+        if running >= target:
+            return round(_bucket_ms(index + 0.5), 3)
+    return round(_bucket_ms(len(histogram)), 3)
+
+
+def _expect(report: dict[str, Any], key: str, expected: Any) -> tuple[bool, Any]:
+    actual = report.get(key)
+    if isinstance(expected, bool | int):
+        return actual == expected, actual
+    text = str(expected).strip()
+    for operator in (">=", "<=", "==", ">", "<"):
+        if text.startswith(operator):
+            operand_text = text[len(operator) :].strip()
+            operand = report.get(operand_text) if operand_text in report else float(operand_text)
+            if actual is None or operand is None:
+                return False, actual
+            ok = {
+                ">=": actual >= operand,
+                "<=": actual <= operand,
+                "==": actual == operand,
+                ">": actual > operand,
+                "<": actual < operand,
+            }[operator]
+            return bool(ok), actual
+    return str(actual) == text, actual
+
+
+def build(
+    simulation: Simulation, results: dict[str, Any], config: SimConfig, wall_s: float
+) -> dict[str, Any]:
+    sim = simulation
+    clients = sim.clients
+    final = results["final_verification"]
+    per_dc = results["per_dc"]
+    primary = results["primary"]
+    window_s = sim.window_ns / NS_PER_S
+    traffic = sim.traffic
+    request_count = sim.request_count
+
+    # Acknowledged transfers lost, attributed to the failover that lost them.
+    lost_final = set(final.missing)
+    rpo_seqs: list[int] = []
+    failovers: list[dict[str, Any]] = []
+    for failover in sim.failovers:
+        lost = [seq for seq in failover.lost if seq in lost_final]
+        if failover.kind == "cross_region" or not failover.sync_candidate:
+            rpo_seqs.extend(lost)
+        failovers.append(
+            {
+                "number": failover.number,
+                "kind": failover.kind,
+                "decided_by": failover.decided_by,
+                "from": failover.old_primary,
+                "to": failover.new_primary,
+                "epoch": failover.epoch,
+                "primary_lost_s": round(failover.lost_primary_ns / NS_PER_S, 3),
+                "decided_s": round(failover.decided_ns / NS_PER_S, 3),
+                "promoted_s": round(failover.promoted_ns / NS_PER_S, 3),
+                "first_ack_s": None
+                if failover.first_ack_ns is None
+                else round(failover.first_ack_ns / NS_PER_S, 3),
+                "rto_s": None if failover.rto_ns is None else round(failover.rto_ns / NS_PER_S, 3),
+                "new_primary_was_sync_standby": failover.sync_candidate,
+                "acknowledged_lost": len(lost),
+                "checked_at_promotion": failover.verification.checked
+                if failover.verification
+                else 0,
+            }
+        )
+    rpo = _lost_details(sim, sorted(rpo_seqs))
+    lost_details = _lost_details(sim, sorted(lost_final))
+    acknowledged_lost = final.missing_count
+    rto_values: list[float] = [item["rto_s"] for item in failovers if item["rto_s"] is not None]
+    digests = {name: dc["state_digest"] for name, dc in per_dc.items()}
+    converged = len(set(digests.values())) == 1 and sim.converged_in_drain
+    kernel_digests = results["kernel_digests"]
+    if kernel_digests:
+        converged = converged and len(set(kernel_digests.values())) == 1
+    results_named = {
+        _result_name(code): count for code, count in enumerate(sim.result_counts) if count
+    }
+    report: dict[str, Any] = {
+        "report": "tally-sim",
+        "version": 1,
+        "seed": config.seed,
+        "scenario": sim.scenario.name,
+        "scenario_description": sim.scenario.description,
+        "traffic": traffic.kind,
+        "traffic_profile": traffic.info,
+        "users": sim.population.users if sim.population else None,
+        "population": (sim.population.describe() | {"accounts": sim.population_counts})
+        if sim.population
+        else None,
+        "hours": round(window_s / 3600, 6),
+        "step_ms": config.step_ms,
+        "topology": _topology_summary(sim),
+        "code_version": code_version(),
+        "requests": request_count,
+        "attempts": _sum(sim.attempts_per_s),
+        "attempts_applied_by_primaries": sim.attempts_applied,
+        "batches": sim.batches,
+        "postings": per_dc[primary]["requests_posted_ok"],
+        "acknowledged": clients.acked,
+        "acknowledged_first_attempt": clients.acked_first_attempt,
+        "answered_exists": clients.answered_exists,
+        "retries": clients.retries,
+        "timeouts": clients.timeouts,
+        "refusals": clients.refusals,
+        "gave_up": clients.gave_up,
+        "results": results_named,
+        "acknowledged_lost": acknowledged_lost,
+        "rpo_transfers": len(rpo_seqs),
+        "unexpected_lost": acknowledged_lost - len(rpo_seqs),
+        "rpo": rpo,
+        "lost": lost_details,
+        "result_mismatches": final.mismatched_count,
+        "duplicates": sum(dc["duplicates"] for dc in per_dc.values()),
+        "timestamp_violations": sum(dc["timestamp_violations"] for dc in per_dc.values()),
+        "money_conserved": all(dc["money_conserved"] for dc in per_dc.values()),
+        "limits_respected": limits_respected(per_dc)
+        and limits_respected({str(index): check for index, check in enumerate(sim.day_checks)}),
+        "day_end_checks": [_jsonable(check) for check in sim.day_checks],
+        "converged": converged,
+        "state_digests": digests,
+        "kernel_digests": kernel_digests,
+        "final_primary": primary,
+        "lookups_confirmed": {
+            "looked_up": results["lookup_sample"][0],
+            "found_ok": results["lookup_sample"][1],
+        },
+        "failovers": len(failovers),
+        "failover_list": failovers,
+        "rto_s": max(rto_values) if rto_values else None,  # the worst failover
+        "rto_s_per_failover": [item["rto_s"] for item in failovers],
+        "fenced": bool(sim.fences),
+        "fences": sim.fences,
+        "stale_primary_acks": sim.stale_primary_acks,
+        "stale_primary_batches": sim.stale_primary_batches,
+        "resyncs": sim.resyncs,
+        "degraded_commits": sim.degraded_commits,
+        "degraded_acks": sim.degraded_acks,
+        "refused_backlog": sim.refused_backlog,
+        "accounts_opened": sim.openings_created,
+        "faults": sim.fault_log,
+        "availability": _availability(sim, window_s),
+        "latency": _latency(sim),
+        "replication_lag_ms": _lag(sim),
+        "throughput": _throughput(sim, window_s),
+        "simulated_s": round(window_s, 3),
+        "drained_s": round((sim.end_ns - sim.window_ns) / NS_PER_S, 3),
+        "checks": {name: _jsonable(dc) for name, dc in per_dc.items()},
+        "events": sim.event_log[:2000],
+        "series": time_series(sim, lost_details["rows"]),
+    }
+    expectations = []
+    for key, expected in sim.scenario.expect.items():
+        ok, actual = _expect(report, key, expected)
+        expectations.append({"key": key, "expected": expected, "actual": actual, "ok": ok})
+    base_checks = [
+        ("duplicates", report["duplicates"] == 0),
+        ("money_conserved", report["money_conserved"]),
+        ("limits_respected", report["limits_respected"]),
+        ("timestamps_monotonic", report["timestamp_violations"] == 0),
+        ("result_mismatches", report["result_mismatches"] == 0),
+    ]
+    report["verdict"] = {
+        "pass": all(item["ok"] for item in expectations) and all(ok for _, ok in base_checks),
+        "expectations": expectations,
+        "invariants": {name: ok for name, ok in base_checks},
+    }
+    report["digest"] = report_digest(report)
+    report["wall_s"] = round(wall_s, 3)
+    report["simulated_to_wall_ratio"] = round(window_s / wall_s, 2) if wall_s > 0 else None
+    report["peak_rss_gib"] = round(peak_rss_gib(), 3)
+    report["timings"] = {key: round(value, 3) for key, value in sim.timings.items()}
+    return report
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Integers JSON readers would round (above 2**53) as strings."""
+    return {
+        key: (str(value) if isinstance(value, int) and abs(value) >= 1 << 53 else value)
+        for key, value in values.items()
+    }
+
+
+def report_digest(report: dict[str, Any]) -> str:
+    canonical = {
+        key: value for key, value in report.items() if key not in MACHINE_FIELDS and key != "digest"
+    }
+    for key in ("rpo", "lost"):  # the rows go to lost_transfers.csv; their ids stay in the JSON
+        if isinstance(canonical.get(key), dict):
+            canonical[key] = {
+                name: value for name, value in canonical[key].items() if name != "rows"
+            }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def _sum(values: Any) -> int:
+    return int(sum(values))
+
+
+def _result_name(code: int) -> str:
+    if code == simgen.GAVE_UP:
+        return "gave_up"
+    try:
+        return CreateTransferResult(code).name.lower()
+    except ValueError:
+        return f"code_{code}"
+
+
+def _lost_details(sim: Simulation, seqs: list[int]) -> dict[str, Any]:
+    amount = 0
+    rows = []
+    for seq in seqs:
+        fields = sim.traffic.record(seq)
+        acked = sim.ack_result[seq]
+        moved = acked in (0, 37)
+        if moved:
+            amount += fields[8]
+        rows.append(
+            (seq, simgen.request_id(seq), acked, sim.ack_ms[seq], fields[8] if moved else 0)
+        )
+    times = [row[3] for row in rows]
+    return {
+        "count": len(rows),
+        "amount_minor": amount,
+        "window_start_s": round(min(times) / 1000, 3) if times else None,
+        "window_end_s": round(max(times) / 1000, 3) if times else None,
+        "ids": [f"{row[1]:032x}" for row in rows[:RPO_IDS_IN_JSON]],
+        "ids_listed": min(len(rows), RPO_IDS_IN_JSON),
+        "rows": rows,
+    }
+
+
+def _topology_summary(sim: Simulation) -> dict[str, Any]:
+    topology = sim.topology
+    return {
+        "source": os.path.relpath(topology.source, REPO_ROOT)
+        if topology.source.startswith(str(REPO_ROOT))
+        else topology.source,
+        "regions": {
+            name: {"client_share": region.client_share} for name, region in topology.regions.items()
+        },
+        "data_centers": {
+            name: {
+                "region": dc.region,
+                "replication": dc.replication,
+                "priority": dc.priority,
+                "initial_role": dc.initial_role,
+            }
+            for name, dc in topology.data_centers.items()
+        },
+        "links_ms": {name: link.latency_ns / 1e6 for name, link in topology.links.items()},
+        "no_sync_standby": topology.no_sync_standby,
+        "failover": {
+            "same_region": topology.same_region,
+            "cross_region": topology.cross_region,
+            "operator_delay_s": topology.operator_delay_ns / NS_PER_S,
+            "suspect_after_ms": topology.suspect_ns / 1e6,
+            "witness": topology.witness,
+        },
+        "client_timeout_ms": topology.client_timeout_ns / 1e6,
+        "log_retention_s": topology.log_retention_ns / NS_PER_S,
+        "overrides": sim.scenario.topology_overrides,
+    }
+
+
+def _availability(sim: Simulation, window_s: float) -> dict[str, Any]:
+    """Share of time the service acknowledged writes: a 5 s window is down when its
+    customers' new requests got less than half as many acknowledgements (of any attempt)."""
+    seconds = sim.seconds
+    windows = math.ceil(window_s / AVAILABILITY_WINDOW_S)
+    result: dict[str, Any] = {"window_s": AVAILABILITY_WINDOW_S}
+    down_any = 0
+    counted_any = 0
+    per_region_down = []
+    for region in range(2):
+        down = counted = 0
+        for window in range(windows):
+            start = window * AVAILABILITY_WINDOW_S
+            end = min(seconds, start + AVAILABILITY_WINDOW_S)
+            offered = sum(sim.offered_per_s[region * seconds + s] for s in range(start, end))
+            acked = sum(sim.acked_per_s[region * seconds + s] for s in range(start, end))
+            if offered == 0:
+                continue
+            counted += 1
+            if acked * 2 < offered:
+                down += 1
+        per_region_down.append((down, counted))
+        name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
+        result[f"region_{name}"] = round(1 - down / counted, 6) if counted else None
+        result[f"region_{name}_down_s"] = down * AVAILABILITY_WINDOW_S
+        down_any += down
+        counted_any += counted
+    result["overall"] = round(1 - down_any / counted_any, 6) if counted_any else None
+    total = sim.clients.acked + sim.clients.gave_up
+    result["requests_acknowledged_share"] = (
+        round(sim.clients.acked / sim.request_count, 6) if sim.request_count else None
+    )
+    result["requests_given_up_share"] = round(sim.clients.gave_up / total, 6) if total else None
+    return result
+
+
+def _latency(sim: Simulation) -> dict[str, Any]:
+    buckets = simgen.LATENCY_BUCKETS
+    starts = [0, *sim.phase_starts]
+    ends = [*sim.phase_starts, None]
+    phases = []
+    faults = sim.resolved_faults()
+    for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        active = [
+            f"{fault.spec.kind}:{fault.spec.target}"
+            for fault in faults
+            if fault.start_ns <= start and (fault.end_ns > start)
+        ]
+        regions = {}
+        for region in range(2):
+            offset = (index * 2 + region) * buckets
+            histogram = list(sim.hist_phase[offset : offset + buckets])
+            name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
+            regions[name] = _percentiles(histogram)
+        merged = [
+            sim.hist_phase[(index * 2) * buckets + b]
+            + sim.hist_phase[(index * 2 + 1) * buckets + b]
+            for b in range(buckets)
+        ]
+        phases.append(
+            {
+                "phase": index,
+                "name": "steady" if not active else "during " + ", ".join(active),
+                "start_s": round(start / NS_PER_S, 3),
+                "end_s": None if end is None else round(end / NS_PER_S, 3),
+                "all": _percentiles(merged),
+                "regions": regions,
+            }
+        )
+    overall = [
+        sum(sim.hist_phase[(p * 2 + r) * buckets + b] for p in range(len(starts)) for r in range(2))
+        for b in range(buckets)
+    ]
+    return {
+        "overall": _percentiles(overall),
+        "phases": phases,
+        "measured": "client-observed at the region's gateway, from the first attempt to the"
+        " acknowledgement",
+    }
+
+
+def _lag(sim: Simulation) -> dict[str, Any]:
+    window = int(sim.window_ns // NS_PER_S)
+    result: dict[str, dict[str, float]] = {}
+    for name, values in sim.lag_ms.items():
+        finite = sorted(v for v in values[:window] if math.isfinite(v))
+        if not finite:
+            result[name] = {"samples": 0}
+            continue
+        result[name] = {
+            "samples": len(finite),
+            "mean_ms": round(sum(finite) / len(finite), 3),
+            "p99_ms": round(finite[min(len(finite) - 1, int(0.99 * len(finite)))], 3),
+            "max_ms": round(finite[-1], 3),
+        }
+    return result
+
+
+def _throughput(sim: Simulation, window_s: float) -> dict[str, Any]:
+    seconds = sim.seconds
+    acked = [sim.acked_per_s[s] + sim.acked_per_s[seconds + s] for s in range(int(window_s))]
+    offered = sim.request_count / window_s if window_s else 0.0
+    return {
+        "offered_per_s_mean": round(offered, 3),
+        "acknowledged_per_s_mean": round(sum(acked) / max(1, len(acked)), 3),
+        "acknowledged_per_s_peak": max(acked, default=0),
+        "traffic_peak_per_s": round(sim.traffic.info.get("peak_per_s", 0.0), 3),
+        "traffic_peak_to_average": round(sim.traffic.info.get("peak_to_average", 0.0), 3),
+    }
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def write(report: dict[str, Any], sim: Simulation, out_dir: str) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    files: dict[str, str] = {}
+    rows = report["lost"]["rows"]
+    rpo_ids = {row[0] for row in report["rpo"]["rows"]}
+    lost_path = os.path.join(out_dir, "lost_transfers.csv")
+    with open(lost_path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(
+            [
+                "request",
+                "transfer_id",
+                "acknowledged_result",
+                "acknowledged_at_s",
+                "amount_minor",
+                "rpo",
+            ]
+        )
+        for seq, transfer_id, acked, ack_ms, amount in rows:
+            writer.writerow(
+                [
+                    seq,
+                    f"{transfer_id:032x}",
+                    _result_name(acked),
+                    f"{ack_ms / 1000:.3f}",
+                    amount,
+                    "yes" if seq in rpo_ids else "no",
+                ]
+            )
+    files["lost_transfers"] = lost_path
+    chart_files = charts(sim, report)
+    report["rpo"].pop("rows")
+    report["lost"].pop("rows")
+    for name, data in chart_files.items():
+        path = os.path.join(out_dir, name)
+        with open(path, "wb") as out:
+            out.write(data)
+        files[name] = path
+    report["files"] = {key: os.path.basename(path) for key, path in files.items()} | {
+        "report_json": "report.json",
+        "report_html": "report.html",
+    }
+    json_path = os.path.join(out_dir, "report.json")
+    with open(json_path + ".tmp", "w") as out:
+        json.dump(report, out, indent=2, sort_keys=False, default=str)
+        out.write("\n")
+    os.replace(json_path + ".tmp", json_path)
+    html_path = os.path.join(out_dir, "report.html")
+    with open(html_path, "w") as out:
+        out.write(render_html(report))
+    return files | {"report_json": json_path, "report_html": html_path}
+
+
+def time_series(sim: Simulation, lost_rows: list[tuple[int, int, int, int, int]]) -> dict[str, Any]:
+    """The run over time, one value per bucket (about 720 buckets per run; None = no data)."""
+    bucket_s = sim.series_bucket_ns / NS_PER_S
+    window_s = sim.window_ns / NS_PER_S
+    count = max(1, math.ceil(window_s / bucket_s))
+    seconds = sim.seconds
+    buckets = simgen.LATENCY_BUCKETS
+
+    def per_bucket(values: Any, offset: int = 0, mode: str = "mean") -> list[float | None]:
+        out: list[float | None] = []
+        for index in range(count):
+            start = int(index * bucket_s)
+            end = min(int((index + 1) * bucket_s), seconds)
+            chunk = [values[offset + s] for s in range(start, end)]
+            if mode == "sum":
+                out.append(float(sum(chunk)))
+            elif mode == "max":
+                finite = [v for v in chunk if math.isfinite(v)]
+                out.append(round(max(finite), 3) if finite else None)
+            else:
+                out.append(round(sum(chunk) / max(1, len(chunk)), 3))
+        return out
+
+    acked_a = per_bucket(sim.acked_per_s, 0)
+    acked_b = per_bucket(sim.acked_per_s, seconds)
+    p99: list[float | None] = []
+    for index in range(count):
+        histogram = list(sim.hist_series[index * buckets : (index + 1) * buckets])
+        total = sum(histogram)
+        p99.append(_quantile_ms(histogram, total, 0.99) if total else None)
+    lost = [0.0] * count
+    for row in lost_rows:
+        lost[min(count - 1, int(row[3] / 1000 / bucket_s))] += 1
+    return {
+        "bucket_s": bucket_s,
+        "acknowledged_per_s": [
+            (a or 0.0) + (b or 0.0) for a, b in zip(acked_a, acked_b, strict=True)
+        ],
+        "p99_ms": p99,
+        "replication_lag_ms": {
+            name: per_bucket(values, 0, "max") for name, values in sim.lag_ms.items()
+        },
+        "retries": per_bucket(sim.retries_per_s, 0, "sum"),
+        "gave_up": per_bucket(sim.gave_up_per_s, 0, "sum"),
+        "acknowledged_lost": lost,
+    }
+
+
+def charts(sim: Simulation, report: dict[str, Any]) -> dict[str, bytes]:
+    series = report["series"]
+    bucket_s = series["bucket_s"]
+
+    def values(items: list[float | None]) -> list[float]:
+        return [math.nan if item is None else item for item in items]
+
+    throughput = values(series["acknowledged_per_s"])
+    p99 = values(series["p99_ms"])
+    spans = [
+        plot.Span(fault.start_ns / NS_PER_S, fault.end_ns / NS_PER_S, fault.spec.kind)
+        for fault in sim.resolved_faults()
+    ]
+    marks = [
+        plot.Mark(item["promoted_s"], f"failover to {item['to']}")
+        for item in report["failover_list"]
+    ]
+    out = {}
+    out["throughput.png"] = plot.chart(
+        "acknowledged transfers per second",
+        f"per s, {bucket_s:g}s buckets",
+        bucket_s,
+        [plot.Series("acknowledged/s", throughput, plot.PALETTE[0])],
+        spans,
+        marks,
+    )
+    out["latency_p99.png"] = plot.chart(
+        "p99 latency (client-observed)",
+        "ms, log scale",
+        bucket_s,
+        [plot.Series("p99 ms", p99, plot.PALETTE[1])],
+        spans,
+        marks,
+        log_y=True,
+    )
+    lag_series = [
+        plot.Series(f"{name} lag ms", values(lags), plot.PALETTE[index % len(plot.PALETTE)])
+        for index, (name, lags) in enumerate(series["replication_lag_ms"].items())
+    ]
+    out["replication_lag.png"] = plot.chart(
+        "replication lag behind the primary",
+        "ms (max per bucket), log",
+        bucket_s,
+        lag_series,
+        spans,
+        marks,
+        log_y=True,
+    )
+    out["lost_and_retried.png"] = plot.chart(
+        "retried, given-up and lost transfers",
+        f"per {bucket_s:g}s bucket, log scale",
+        bucket_s,
+        [
+            plot.Series("retries", values(series["retries"]), plot.PALETTE[5]),
+            plot.Series("gave up", values(series["gave_up"]), plot.PALETTE[3]),
+            plot.Series(
+                "acked, lost", values(series["acknowledged_lost"]), plot.PALETTE[4], bars=True
+            ),
+        ],
+        spans,
+        marks,
+        log_y=True,
+    )
+    return out
+
+
+def render_html(report: dict[str, Any]) -> str:
+    def row(*cells: Any, header: bool = False) -> str:
+        tag = "th" if header else "td"
+        return (
+            "<tr>" + "".join(f"<{tag}>{html.escape(str(cell))}</{tag}>" for cell in cells) + "</tr>"
+        )
+
+    verdict = report["verdict"]
+    verdict_class = "pass" if verdict["pass"] else "fail"
+    summary_keys = (
+        "seed",
+        "scenario",
+        "users",
+        "hours",
+        "requests",
+        "postings",
+        "acknowledged",
+        "retries",
+        "gave_up",
+        "acknowledged_lost",
+        "unexpected_lost",
+        "rpo_transfers",
+        "duplicates",
+        "result_mismatches",
+        "money_conserved",
+        "limits_respected",
+        "converged",
+        "failovers",
+        "rto_s",
+        "fenced",
+        "stale_primary_acks",
+        "digest",
+        "wall_s",
+        "simulated_to_wall_ratio",
+        "peak_rss_gib",
+        "code_version",
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>tally sim: "
+        + html.escape(report["scenario"])
+        + "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}"
+        ".pass{color:#080}.fail{color:#b00}"
+        "img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{font-size:12px}"
+        "</style></head><body>",
+        f"<h1>tally sim: {html.escape(report['scenario'])}</h1>",
+        f"<p>{html.escape(report['scenario_description'])}</p>",
+        f"<h2 class='{verdict_class}'>verdict: {verdict_class.upper()}</h2>",
+        "<table>"
+        + row("expectation", "expected", "actual", "ok", header=True)
+        + "".join(
+            row(item["key"], item["expected"], item["actual"], item["ok"])
+            for item in verdict["expectations"]
+        )
+        + "".join(row(name, "invariant", "", ok) for name, ok in verdict["invariants"].items())
+        + "</table>",
+        "<h2>summary</h2><table>"
+        + "".join(row(key, report.get(key)) for key in summary_keys)
+        + "</table>",
+        "<h2>charts</h2><p>Faults are shaded red; failovers are blue lines.</p>",
+    ]
+    for name in (
+        "throughput.png",
+        "latency_p99.png",
+        "replication_lag.png",
+        "lost_and_retried.png",
+    ):
+        parts.append(f"<img src='{name}' alt='{name}'>")
+    parts.append("<h2>faults</h2><table>" + row("kind", "target", "start s", "end s", header=True))
+    parts += [row(f["kind"], f["target"], f["start_s"], f["end_s"]) for f in report["faults"]]
+    parts.append(
+        "</table><h2>failovers</h2><table>"
+        + row(
+            "#",
+            "kind",
+            "by",
+            "from",
+            "to",
+            "epoch",
+            "primary lost s",
+            "promoted s",
+            "first ack s",
+            "RTO s",
+            "acked lost",
+            header=True,
+        )
+    )
+    parts += [
+        row(
+            f["number"],
+            f["kind"],
+            f["decided_by"],
+            f["from"],
+            f["to"],
+            f["epoch"],
+            f["primary_lost_s"],
+            f["promoted_s"],
+            f["first_ack_s"],
+            f["rto_s"],
+            f["acknowledged_lost"],
+        )
+        for f in report["failover_list"]
+    ]
+    rpo = report["rpo"]
+    parts.append(
+        "</table><h2>RPO: acknowledged transfers lost on asynchronous failover</h2>"
+        f"<p>{rpo['count']} transfers, {rpo['amount_minor'] / 100:.2f} CNY, acknowledged between "
+        f"{rpo['window_start_s']} s and {rpo['window_end_s']} s (all in lost_transfers.csv).</p>"
+        "<p>" + " ".join(f"<code>{html.escape(i)}</code>" for i in rpo["ids"][:200]) + "</p>"
+    )
+    parts.append(
+        "<h2>latency (ms)</h2><table>"
+        + row(
+            "phase",
+            "from s",
+            "to s",
+            "region",
+            "count",
+            "p50",
+            "p90",
+            "p99",
+            "p999",
+            "max",
+            header=True,
+        )
+    )
+    for phase in report["latency"]["phases"]:
+        for region, values in phase["regions"].items():
+            parts.append(
+                row(
+                    phase["name"],
+                    phase["start_s"],
+                    phase["end_s"],
+                    region,
+                    values["count"],
+                    values.get("p50_ms"),
+                    values.get("p90_ms"),
+                    values.get("p99_ms"),
+                    values.get("p999_ms"),
+                    values.get("max_ms"),
+                )
+            )
+    parts.append(
+        "</table><h2>availability</h2><table>"
+        + "".join(row(k, v) for k, v in report["availability"].items())
+        + "</table>"
+    )
+    parts.append(
+        "<h2>replication lag</h2><table>"
+        + "".join(row(k, json.dumps(v)) for k, v in report["replication_lag_ms"].items())
+        + "</table>"
+    )
+    parts.append("<h2>checks per data center</h2><table>")
+    names = list(report["checks"])
+    keys = list(report["checks"][names[0]]) if names else []
+    parts.append(row("check", *names, header=True))
+    parts += [row(key, *(report["checks"][name][key] for name in names)) for key in keys]
+    parts.append("</table><h2>resyncs and fences</h2><table>")
+    parts += [row(json.dumps(item)) for item in report["resyncs"] + report["fences"]]
+    parts.append(
+        "</table><h2>results</h2><table>"
+        + "".join(row(k, v) for k, v in report["results"].items())
+        + "</table>"
+    )
+    parts.append(
+        "<h2>events</h2><table>"
+        + "".join(
+            row(
+                e["at_s"],
+                e["event"],
+                json.dumps({k: v for k, v in e.items() if k not in ("at_s", "event")}),
+            )
+            for e in report["events"][:500]
+        )
+        + "</table>"
+    )
+    parts.append(
+        "<h2>topology</h2><pre>"
+        + html.escape(json.dumps(report["topology"], indent=2))
+        + "</pre></body></html>\n"
+    )
+    return "".join(parts)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The terminal summary table."""
+    lines = []
+    verdict = "PASS" if report["verdict"]["pass"] else "FAIL"
+    latency = report["latency"]["overall"]
+    rows = [
+        ("scenario", report["scenario"]),
+        ("seed", report["seed"]),
+        ("users", report["users"]),
+        ("simulated", f"{report['hours']:g} h (+{report['drained_s']:g} s drain)"),
+        ("requests / postings", f"{report['requests']} / {report['postings']}"),
+        ("acknowledged", f"{report['acknowledged']} ({report['answered_exists']} answered exists)"),
+        ("retries / gave up", f"{report['retries']} / {report['gave_up']}"),
+        ("failovers", report["failovers"]),
+        ("RTO s (max)", report["rto_s"]),
+        ("acknowledged lost", report["acknowledged_lost"]),
+        (
+            "  of which RPO (async failover)",
+            f"{report['rpo_transfers']} ({report['rpo']['amount_minor'] / 100:.2f} CNY)",
+        ),
+        ("duplicates", report["duplicates"]),
+        ("money conserved", report["money_conserved"]),
+        ("limits respected", report["limits_respected"]),
+        ("replicas converged", report["converged"]),
+        ("old primary fenced", f"{report['fenced']} (stale acks: {report['stale_primary_acks']})"),
+        ("availability", report["availability"].get("overall")),
+        ("latency p50/p99 ms", f"{latency.get('p50_ms')} / {latency.get('p99_ms')}"),
+        ("wall s / sim:wall", f"{report['wall_s']} / {report['simulated_to_wall_ratio']}"),
+        ("peak RSS GiB", report["peak_rss_gib"]),
+        ("digest", report["digest"][:16]),
+        ("verdict", verdict),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        lines.append(f"  {name:<{width}}  {value}")
+    for item in report["verdict"]["expectations"]:
+        if not item["ok"]:
+            lines.append(f"  expected {item['key']} {item['expected']}, got {item['actual']}")
+    for name, ok in report["verdict"]["invariants"].items():
+        if not ok:
+            lines.append(f"  invariant broken: {name}")
+    return "\n".join(lines)

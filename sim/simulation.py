@@ -1,0 +1,1527 @@
+"""The failover simulator: one process, simulated time, every DC on the real kernels.
+
+Time advances in fixed steps (`step_ms`, 50 ms by default) of simulated
+nanoseconds. Within a step, in this order:
+
+1. Scheduled events whose time falls in the step run: faults start and heal,
+   heartbeats (failure detection, leases, elections, the operator), evictions,
+   account openings, promotions, resyncs completing, metrics samples.
+2. Replication: entries a primary shipped arrive at the replicas whose links
+   are up, which apply them and acknowledge; acknowledgements arriving at the
+   primary commit its waiting batches (with the synchronous standby's
+   acknowledgement, or on local durability when degraded), and the clients of
+   a committed batch get their answers (`Clients.settle`).
+3. Clients: the step's new requests and the retries due now reach their
+   gateway, which forwards them to the primary it knows; the primary forms one
+   batch of them, applies it with the kernels and keeps it as a log entry.
+   An unreachable or dead target times out; a DC that is not the primary (or
+   a primary over its backlog) refuses at once; either way the client
+   retries later with the same transfer id.
+4. Shipping: each primary streams its new entries to the others; a message's
+   arrival time is its link's latency plus jitter plus retransmissions.
+5. Batches whose clients have all timed out are given up (their clients retry).
+
+Causality is kept in continuous time: an entry committed 1.7 ms after its
+step ends commits at that instant (the clients' latency says so) even though
+the simulator processes it in the next step. Within a step the engine's own
+batching is modelled by its linger window: each attempt's batch closes
+`linger_ms` after it arrives.
+
+Every random choice comes from the seed (`random.Random` for control
+decisions, the Cython generators for bulk traffic), so the same seed and code
+give the same report digest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cext import simgen
+from core.entries import EVICT_PAYLOAD, Entry, EntryKind
+from core.progress import Progress
+from ledger.kernel import KernelLedger
+from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, CreateAccountResult
+from limits.rules import RuleSet, parse_rules
+
+from . import population as population_module
+from . import traffic as traffic_module
+from .checker import Checker, Verification
+from .cluster import NEVER, Batch, DataCenter, Record, Stream, entry_size
+from .model import NS_PER_MS, NS_PER_S, FaultSpec, Scenario, SimConfig, SimError, Topology
+from .network import Network
+from .population import Population
+
+# 2026-11-11 00:00 in Asia/Shanghai: a campaign day starts at local midnight.
+START_NS = int(datetime(2026, 11, 10, 16, 0, tzinfo=UTC).timestamp()) * NS_PER_S
+OPENING_INTERVAL_NS = 600 * NS_PER_S
+SAMPLE_INTERVAL_NS = NS_PER_S
+WITNESS = "witness"
+EMPTY = array("Q", [0])
+RULES_FALLBACK = 'timezone = "Asia/Shanghai"\n'
+
+
+@dataclass
+class Failover:
+    number: int
+    kind: str  # "same_region" | "cross_region"
+    decided_by: str  # "majority" | "operator"
+    old_primary: str | None
+    new_primary: str
+    epoch: int
+    lost_primary_ns: int
+    decided_ns: int
+    promoted_ns: int = 0
+    first_ack_ns: int | None = None
+    sync_candidate: bool = False  # the new primary was a synchronous standby of the old
+    lost: list[int] = field(default_factory=list)
+    verification: Verification | None = None
+
+    @property
+    def rto_ns(self) -> int | None:
+        if self.first_ack_ns is None:
+            return None
+        return self.first_ack_ns - self.lost_primary_ns
+
+
+@dataclass
+class ActiveFault:
+    spec: FaultSpec
+    start_ns: int
+    end_ns: int
+    targets: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Simulation:
+    """One run. `run()` returns the raw results the report is made of."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        scenario: Scenario,
+        topology: Topology,
+        *,
+        traffic: traffic_module.Traffic | None = None,
+    ) -> None:
+        config.check()
+        if len(topology.regions) > 2:
+            raise SimError(f"{topology.source}: the clients model at most two regions")
+        self.config = config
+        self.scenario = scenario
+        self.topology = topology
+        self.seed = config.seed
+        self.rng = random.Random(config.seed)
+        self.network = Network(topology, random.Random(config.seed * 1_000_003 + 17))
+        self.step_ns = round(config.step_ms * NS_PER_MS)
+        hours = config.hours if config.hours is not None else scenario.hours
+        self.timings: dict[str, float] = {}
+        self.faults_cache: list[ActiveFault] | None = None
+        started = time.perf_counter()
+        if traffic is None:
+            self.population: Population | None = Population(config.users, seed=config.seed)
+            self.traffic = traffic_module.generated(
+                self.population,
+                scenario.traffic,
+                config.postings_per_user,
+                hours * 3600,
+                self.step_ns,
+                config.seed,
+            )
+        else:
+            self.traffic = traffic
+            self.population = traffic.population
+        self.window_ns = self.traffic.steps * self.step_ns
+        self.timings["traffic_s"] = time.perf_counter() - started
+        self.regions = list(topology.regions)
+        self.region_a_share = (
+            topology.regions[self.regions[0]].client_share if len(self.regions) > 1 else 1.0
+        )
+        self.names = topology.dc_names
+        self.voters = self.names + ([WITNESS] if topology.witness else [])
+        self.majority = len(self.voters) // 2 + 1
+        self._build_ledgers()
+        self._build_clients()
+        self.checker = Checker(self.request_count, self.names, self.account_capacity)
+        for name in self.names:
+            self.checker.skip_to(name, self.dcs[name].ledger)
+        # Runtime state.
+        self.events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.event_order = itertools.count()
+        self.wheel: dict[int, array[int]] = {}
+        self.route = topology.primary
+        self.stale_route: tuple[str, float, int] | None = None  # (dc, fraction, until ns)
+        self.last_primary: str | None = topology.primary
+        self.last_primary_region = topology.data_centers[topology.primary].region
+        self.lost_primary_ns: int | None = None  # the serving primary crashed (fault time)
+        self.orphaned_since_ns: int | None = None  # some voter stopped seeing a primary
+        self.witness_heard: dict[str, int] = {name: 0 for name in self.names}
+        self.path_cache: dict[tuple[int, int, str], tuple[bool, int]] = {}
+        self.day_checks: list[dict[str, Any]] = []
+        self.pending_promotion: tuple[str, int] | None = None
+        self.operator_since_ns: int | None = None
+        self.failovers: list[Failover] = []
+        self.fault_log: list[dict[str, Any]] = []
+        self.active_faults: list[ActiveFault] = []
+        self.event_log: list[dict[str, Any]] = []
+        self.resyncs: list[dict[str, Any]] = []
+        self.fences: list[dict[str, Any]] = []
+        self.stale_primary_acks = 0
+        self.stale_primary_batches = 0
+        self.batches = 0
+        self.attempts_applied = 0
+        self.degraded_commits = 0
+        self.degraded_acks = 0
+        self.degraded_ns = 0
+        self.refused_backlog = 0
+        self.openings_next = 0
+        self.openings_created = 0
+        self.max_epoch = 1
+        self.day_cache: tuple[int, int] = (-1, 0)
+        self.buffer = bytearray(TRANSFER_SIZE * 1024)
+        self.timestamps_buffer = bytearray(8 * 1024)
+        self.balances_buffer = bytearray(16 * 1024)
+        self.retry_packed = array("Q", bytes(8 * 1024))
+        self.retry_steps = array("q", bytes(8 * 1024))
+        self.group_buffers = [array("Q", bytes(8 * 1024)) for _ in range(4)]
+        seconds = self.seconds
+        self.lag_ms = {name: array("d", [math.nan]) * seconds for name in self.names}
+        self.primary_by_second = array("b", [-1]) * seconds
+        self.dc_index = {name: index for index, name in enumerate(self.names)}
+        self.sync_candidates = {
+            name: [
+                other.name
+                for other in sorted(topology.data_centers.values(), key=lambda dc: dc.priority)
+                if other.name != name
+                and other.replication == "sync"
+                and other.region == topology.data_centers[name].region
+            ]
+            for name in self.names
+        }
+        self.dcs[topology.primary].primary_since_ns = 0
+        for name in self.names:
+            dc = self.dcs[name]
+            for other in self.voters:
+                dc.last_heard[other] = 0
+            if dc.role == "primary":
+                dc.streams = {other: Stream(other) for other in self.names if other != name}
+        self._schedule_faults()
+        self._schedule(0, self._heartbeat)
+        self._schedule(self.topology.evict_interval_ns, self._evict_tick)
+        if self.population is not None:
+            self._schedule(OPENING_INTERVAL_NS, self._opening_tick)
+        for at_ns, entry in self.traffic.admin_entries:
+            self._schedule(at_ns, self._admin_entry, entry)
+        self._schedule(self.window_ns, self._window_end)
+        self._schedule(0, self._sample_tick)
+        day_ns = 86_400 * NS_PER_S
+        for day_end in range(day_ns, self.window_ns + 1, day_ns):
+            # Just before local midnight: the day's limit counters are complete.
+            self._schedule(day_end - self.step_ns, self._day_end_check)
+
+    # --- setup ---------------------------------------------------------------------
+
+    @property
+    def request_count(self) -> int:
+        return self.traffic.request_count
+
+    def _build_ledgers(self) -> None:
+        started = time.perf_counter()
+        traffic = self.traffic
+        days = self.window_ns / (86_400 * NS_PER_S)
+        if self.population is not None:
+            self.account_capacity = self.population.account_capacity(days) + traffic.account_count
+            channel_capacity = 1 << max(10, (self.population.users - 1).bit_length())
+        else:
+            self.account_capacity = max(16, traffic.account_count * 2 + 64)
+            channel_capacity = 1 << max(10, (self.account_capacity - 1).bit_length())
+        steps = traffic.steps
+        peak_per_step = max(
+            (traffic.step_first_seq[i + 1] - traffic.step_first_seq[i] for i in range(steps)),
+            default=1,
+        )
+        peak_per_s = peak_per_step * NS_PER_S / self.step_ns
+        retention_s = self.topology.log_retention_ns / NS_PER_S
+        wanted = max(1 << 16, int(peak_per_s * retention_s * 1.6))
+        self.log_capacity = 1 << (wanted - 1).bit_length()
+        self.channel_capacity = channel_capacity
+        primary = self.topology.primary
+        ledgers = {
+            primary: population_module.new_ledger(
+                self.account_capacity, self.log_capacity, channel_capacity
+            )
+        }
+        ledger = ledgers[primary]
+        self.rules: RuleSet | None = None
+        next_ns = START_NS - 3600 * NS_PER_S
+        if self.population is not None:
+            self.rules = population_module.bank_rules()
+            day = self.rules.business_day(START_NS)
+            next_ns, self.population_counts = population_module.build(
+                ledger, self.population, self.rules, next_ns, day, quiet=self.config.quiet
+            )
+        else:
+            self.population_counts = {}
+        for entry in traffic.setup_entries:
+            self._apply_setup(ledger, entry)
+        if self.rules is None:
+            self.rules = parse_rules(RULES_FALLBACK, "fallback")
+        built = time.perf_counter()
+        self.timings["build_s"] = built - started
+        for name in self.names:
+            if name == primary:
+                continue
+            ledgers[name] = population_module.new_ledger(
+                self.account_capacity, self.log_capacity, channel_capacity
+            )
+            population_module.copy_ledger(ledgers[name], ledger)
+        self.timings["base_backup_s"] = time.perf_counter() - built
+        self.dcs = {
+            name: DataCenter(
+                self.topology.data_centers[name], ledgers[name], self.topology.wal_keep_bytes
+            )
+            for name in self.names
+        }
+        for dc in self.dcs.values():
+            dc.last_timestamp = max(next_ns, dc.ledger.timestamp_last())
+
+    def _apply_setup(self, ledger: KernelLedger, entry: Entry) -> None:
+        from core.entries import apply_entry
+
+        apply_entry(ledger, entry)
+        if entry.kind == EntryKind.SET_RULES and self.rules is None:
+            self.rules = parse_rules(RULES_FALLBACK, "journal")
+
+    def _build_clients(self) -> None:
+        topology = self.topology
+        count = self.request_count
+        self.seconds = (
+            math.ceil((self.window_ns + self.config.drain_max_s * NS_PER_S) / NS_PER_S) + 2
+        )
+        total_s = self.window_ns / NS_PER_S
+        self.series_bucket_ns = max(NS_PER_S, math.ceil(total_s / 720) * NS_PER_S)
+        self.series_count = self.seconds * NS_PER_S // self.series_bucket_ns + 1
+        self.phase_starts = self._phase_starts()
+        buckets = simgen.LATENCY_BUCKETS
+        self.ack_result = bytearray([simgen.NOT_ACKED]) * count
+        self.ack_ms = array("I", bytes(4 * count))
+        self.hist_phase = array("q", bytes(8 * (len(self.phase_starts) + 1) * 2 * buckets))
+        self.hist_series = array("q", bytes(8 * self.series_count * buckets))
+        self.acked_per_s = array("q", bytes(8 * 2 * self.seconds))
+        self.attempts_per_s = array("q", bytes(8 * 2 * self.seconds))
+        self.offered_per_s = array("q", bytes(8 * 2 * self.seconds))
+        self.retries_per_s = array("q", bytes(8 * self.seconds))
+        self.gave_up_per_s = array("q", bytes(8 * self.seconds))
+        self.result_counts = array("q", bytes(8 * 256))
+        self.clients = simgen.Clients(
+            seed=self.seed,
+            request_count=count,
+            step_first_seq=self.traffic.step_first_seq,
+            arrivals=self.traffic.arrivals,
+            phase_starts=array("q", self.phase_starts),
+            step_ns=self.step_ns,
+            linger_ns=topology.linger_ns,
+            timeout_ns=topology.client_timeout_ns,
+            backoff_base_ns=topology.backoff_base_ns,
+            backoff_cap_ns=topology.backoff_cap_ns,
+            attempts_max=topology.attempts_max,
+            reply_loss=topology.reply_loss,
+            region_a_share=self.region_a_share,
+            seconds=self.seconds,
+            series_bucket_ns=self.series_bucket_ns,
+            series_count=self.series_count,
+            ack_result_buffer=self.ack_result,
+            ack_ms_buffer=self.ack_ms,
+            hist_phase_buffer=self.hist_phase,
+            hist_series_buffer=self.hist_series,
+            acked_per_s_buffer=self.acked_per_s,
+            attempts_per_s_buffer=self.attempts_per_s,
+            offered_per_s_buffer=self.offered_per_s,
+            retries_per_s_buffer=self.retries_per_s,
+            gave_up_per_s_buffer=self.gave_up_per_s,
+            result_counts_buffer=self.result_counts,
+        )
+
+    def _phase_starts(self) -> list[int]:
+        """Phase boundaries: every fault's start and end cuts the timeline."""
+        cuts: set[int] = set()
+        for fault in self.resolved_faults():
+            cuts.add(fault.start_ns)
+            cuts.add(fault.end_ns)
+        return sorted(cut for cut in cuts if cut > 0)
+
+    # --- events ----------------------------------------------------------------------
+
+    def _schedule(self, at_ns: int, function: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self.events, (at_ns, next(self.event_order), function, args))
+
+    def _note(self, at_ns: int, event: str, **details: Any) -> None:
+        self.event_log.append({"at_s": round(at_ns / NS_PER_S, 3), "event": event} | details)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        window_steps = self.traffic.steps
+        drain_steps = int(self.config.drain_max_s * NS_PER_S // self.step_ns)
+        step = 0
+        label = f"simulating {self.window_ns / 3600 / NS_PER_S:.2f} h"
+        with Progress(window_steps, label) as progress:
+            while step < window_steps:
+                self._step(step)
+                step += 1
+                if not self.config.quiet and step & 255 == 0:
+                    progress.advance(256)
+        self.drain_started_ns = step * self.step_ns
+        while step < window_steps + drain_steps:
+            self._step(step)
+            step += 1
+            if step % 20 == 0 and self._quiescent(step * self.step_ns):
+                break
+        self.end_ns = step * self.step_ns
+        self.converged_in_drain = self._quiescent(self.end_ns)
+        self.timings["simulate_s"] = time.perf_counter() - started
+        return self._finish()
+
+    def _step(self, step: int) -> None:
+        step_ns = self.step_ns
+        end_ns = (step + 1) * step_ns
+        events = self.events
+        while events and events[0][0] < end_ns:
+            at_ns, _, function, args = heapq.heappop(events)
+            function(at_ns, *args)
+        for dc in self.dcs.values():
+            if dc.role == "primary" and dc.alive:
+                self._replicate(dc, end_ns)
+        self._arrivals(step, end_ns)
+        for dc in self.dcs.values():
+            if dc.role == "primary" and dc.alive:
+                self._ship(dc, end_ns)
+        for dc in self.dcs.values():
+            queue = dc.inflight
+            while queue and queue[0].deadline_ns <= end_ns:
+                self._settle(queue.popleft(), simgen.SETTLE_TIMEOUT, 0)
+
+    def _quiescent(self, now_ns: int) -> bool:
+        if self.wheel or any(dc.inflight for dc in self.dcs.values()):
+            return False
+        primary = self._serving_primary()
+        if primary is None:
+            return False
+        for dc in self.dcs.values():
+            if dc is primary:
+                continue
+            if not dc.alive or dc.resyncing(now_ns) or dc.applied_lsn != primary.applied_lsn:
+                return False
+            if dc.following != primary.name or dc.role != "replica":
+                return False
+        return True
+
+    def _serving_primary(self) -> DataCenter | None:
+        best = None
+        for dc in self.dcs.values():
+            if dc.is_primary and (best is None or dc.epoch > best.epoch):
+                best = dc
+        return best
+
+    # --- replication -------------------------------------------------------------------
+
+    def _replicate(self, primary: DataCenter, now_ns: int) -> None:
+        network = self.network
+        for stream in primary.streams.values():
+            replica = self.dcs[stream.target]
+            queue = stream.in_flight
+            while queue and queue[0][0] <= now_ns:
+                delivered_ns, record = queue.popleft()
+                if (
+                    not replica.alive
+                    or replica.resyncing(delivered_ns)
+                    or not network.up(primary.name, replica.name)
+                    or replica.following != primary.name
+                ):
+                    stream.broken = True
+                    queue.clear()
+                    break
+                if primary.epoch < replica.epoch:
+                    # Fencing: a replica never takes entries from a primary older than the
+                    # newest epoch it knows; the primary learns it has been replaced.
+                    self._step_down(
+                        primary,
+                        replica.epoch,
+                        delivered_ns,
+                        f"{replica.name} rejected epoch {primary.epoch}",
+                    )
+                    return
+                if record.lsn <= replica.applied_lsn:
+                    continue
+                if record.lsn != replica.applied_lsn + 1:
+                    stream.broken = True
+                    queue.clear()
+                    break
+                if record.entry.kind == EntryKind.EVICT:
+                    self.checker.scan(replica.name, replica.ledger)
+                replica.apply(record)
+                done_ns = delivered_ns + replica.fsync_ns
+                replica.apply_delay_ns = done_ns - record.created_ns
+                if network.up(replica.name, primary.name):
+                    arrival = max(
+                        stream.last_ack_ns, done_ns + network.sample_ns(replica.name, primary.name)
+                    )
+                    stream.last_ack_ns = arrival
+                    stream.acks.append((arrival, record.lsn))
+            acks = stream.acks
+            while acks and acks[0][0] <= now_ns:
+                arrival, lsn = acks.popleft()
+                if lsn > stream.acked_lsn:
+                    stream.acked_lsn = lsn
+                    stream.ack_log.append((arrival, lsn))
+                    sent = stream.sent
+                    while sent and sent[0][0] <= lsn:
+                        sent.popleft()
+        if primary.role == "primary":
+            self._commit(primary, now_ns)
+
+    def _sync_standby(self, primary: DataCenter, now_ns: int) -> str | None:
+        chosen = None
+        timeout = self.topology.sync_ack_timeout_ns
+        for name in self.sync_candidates[primary.name]:
+            stream = primary.streams.get(name)
+            replica = self.dcs[name]
+            if (
+                stream is None
+                or not stream.connected
+                or not replica.alive
+                or replica.resyncing(now_ns)
+                or self._suspects(primary, name, now_ns)
+                or (stream.sent and now_ns - stream.sent[0][1] > timeout)
+            ):
+                continue
+            chosen = name
+            break
+        if chosen != primary.sync_standby:
+            self._note(now_ns, "sync_standby", primary=primary.name, standby=chosen)
+            primary.sync_standby = chosen
+            if chosen is not None:
+                primary.sync_since_ns = now_ns
+                primary.no_sync_since_ns = None
+            elif primary.no_sync_since_ns is None:
+                primary.no_sync_since_ns = now_ns
+        return chosen
+
+    def _commit(self, primary: DataCenter, now_ns: int) -> None:
+        standby = self._sync_standby(primary, now_ns)
+        inflight = primary.inflight
+        if not inflight:
+            self._trim_ack_logs(primary)
+            return
+        planted_bug = self.config.ack_before_sync_replica
+        degrade_from = None
+        if (
+            standby is None
+            and self.topology.no_sync_standby == "degrade"
+            and primary.no_sync_since_ns is not None
+            and (primary.operator_mandate or self._holds_majority(primary, now_ns))
+        ):
+            degrade_from = primary.no_sync_since_ns + self.topology.degrade_after_ns
+        stream = primary.streams[standby] if standby is not None else None
+        step_ns = self.step_ns
+        while inflight:
+            batch = inflight[0]
+            if planted_bug:
+                commit_ns = batch.durable_ns
+            elif stream is not None:
+                if stream.acked_lsn < batch.lsn:
+                    break
+                log = stream.ack_log
+                while log and log[0][1] < batch.lsn:
+                    log.popleft()
+                acked_ns = log[0][0] if log else primary.sync_since_ns
+                commit_ns = max(batch.durable_ns, acked_ns, primary.sync_since_ns)
+            elif degrade_from is not None:
+                commit_ns = max(batch.durable_ns, degrade_from)
+            else:
+                break
+            if commit_ns > now_ns:
+                break
+            inflight.popleft()
+            acked = self._settle(
+                batch, simgen.SETTLE_COMMIT, commit_ns - (batch.step + 1) * step_ns
+            )
+            if stream is None and not planted_bug:
+                self.degraded_commits += 1
+                self.degraded_acks += acked
+            if acked and primary.epoch < self.max_epoch:
+                self.stale_primary_acks += acked
+            if acked and self.failovers and self.failovers[-1].new_primary == primary.name:
+                failover = self.failovers[-1]
+                if failover.first_ack_ns is None:
+                    failover.first_ack_ns = commit_ns
+        self._trim_ack_logs(primary)
+
+    def _trim_ack_logs(self, primary: DataCenter) -> None:
+        floor = primary.inflight[0].lsn if primary.inflight else primary.applied_lsn + 1
+        for stream in primary.streams.values():
+            log = stream.ack_log
+            while len(log) > 1 and log[1][1] < floor:
+                log.popleft()
+
+    def _holds_majority(self, dc: DataCenter, now_ns: int) -> bool:
+        heard = 1 + sum(
+            1
+            for other in self.voters
+            if other != dc.name
+            and now_ns - dc.last_heard.get(other, NEVER) <= self.topology.suspect_ns
+        )
+        return heard >= self.majority
+
+    def _ship(self, primary: DataCenter, now_ns: int) -> None:
+        network = self.network
+        for name, stream in primary.streams.items():
+            replica = self.dcs[name]
+            if not stream.connected or stream.broken:
+                if (
+                    replica.alive
+                    and not replica.resyncing(now_ns)
+                    and network.both_up(primary.name, name)
+                    and not self._suspects(primary, name, now_ns)
+                ):
+                    self._handshake(primary, replica, stream, now_ns)
+                    if primary.role != "primary":
+                        return
+                if not stream.connected or stream.broken:
+                    continue
+            while stream.next_lsn <= primary.applied_lsn:
+                record = primary.wal_record(stream.next_lsn)
+                if record is None:
+                    stream.connected = False  # trimmed from the log: the next handshake resyncs
+                    break
+                delivery = max(
+                    stream.last_delivery_ns, now_ns + network.sample_ns(primary.name, name)
+                )
+                stream.last_delivery_ns = delivery
+                stream.in_flight.append((delivery, record))
+                stream.sent.append((record.lsn, now_ns))
+                stream.next_lsn += 1
+
+    def _handshake(
+        self, primary: DataCenter, replica: DataCenter, stream: Stream, now_ns: int
+    ) -> None:
+        if replica.epoch > primary.epoch:
+            self._step_down(
+                primary, replica.epoch, now_ns, f"{replica.name} is in epoch {replica.epoch}"
+            )
+            return
+        if replica.role == "primary":
+            self._step_down(
+                replica,
+                primary.epoch,
+                now_ns,
+                f"met primary {primary.name} of epoch {primary.epoch}",
+            )
+        replica.epoch = primary.epoch
+        replica.following = primary.name
+        position = replica.applied_lsn
+        same_history = (
+            position <= primary.applied_lsn and primary.epoch_at(position) == replica.last_epoch
+        )
+        if same_history and (
+            position == primary.applied_lsn or primary.wal_record(position + 1) is not None
+        ):
+            stream.reset(position + 1, now_ns)
+            return
+        self._resync(
+            primary,
+            replica,
+            stream,
+            now_ns,
+            "divergent log" if not same_history else "too far behind",
+        )
+
+    def _resync(
+        self, primary: DataCenter, replica: DataCenter, stream: Stream, now_ns: int, reason: str
+    ) -> None:
+        started = time.perf_counter()
+        self.checker.scan(primary.name, primary.ledger)
+        discarded = max(0, replica.applied_lsn - self._common_prefix(primary, replica))
+        copied = population_module.copy_ledger(replica.ledger, primary.ledger)
+        self.checker.take_over(replica.name, primary.name)
+        replica.adopt(primary)
+        duration = self.network.transfer_ns(primary.name, replica.name, copied)
+        replica.resync_until_ns = now_ns + duration
+        stream.connected = False
+        stream.broken = False
+        self._schedule(now_ns + duration, self._resync_done, replica.name)
+        self.resyncs.append(
+            {
+                "at_s": round(now_ns / NS_PER_S, 3),
+                "dc": replica.name,
+                "from": primary.name,
+                "reason": reason,
+                "discarded_entries": discarded,
+                "bytes": copied,
+                "transfer_s": round(duration / NS_PER_S, 3),
+            }
+        )
+        self.timings["resync_s"] = self.timings.get("resync_s", 0.0) + time.perf_counter() - started
+        self._note(now_ns, "resync", dc=replica.name, source=primary.name, reason=reason)
+
+    def _common_prefix(self, primary: DataCenter, replica: DataCenter) -> int:
+        position = min(primary.applied_lsn, replica.applied_lsn)
+        while position > 0 and primary.epoch_at(position) != replica.epoch_at(position):
+            position -= 1
+        return position
+
+    def _resync_done(self, now_ns: int, name: str) -> None:
+        self.dcs[name].resync_until_ns = 0
+
+    def _step_down(self, dc: DataCenter, epoch: int, now_ns: int, reason: str) -> None:
+        was_primary = dc.role == "primary"
+        stale = dc.stale
+        fenced = epoch > dc.epoch
+        dc.epoch = max(dc.epoch, epoch)
+        if not was_primary:
+            return
+        dc.become_replica()
+        self._note(now_ns, "step_down", dc=dc.name, reason=reason)
+        if fenced:
+            self.fences.append(
+                {
+                    "at_s": round(now_ns / NS_PER_S, 3),
+                    "dc": dc.name,
+                    "epoch": dc.epoch,
+                    "reason": reason,
+                    "stale_restart": stale,
+                }
+            )
+
+    # --- clients -----------------------------------------------------------------------
+
+    def _arrivals(self, step: int, end_ns: int) -> None:
+        traffic = self.traffic
+        if step < traffic.steps:
+            new_first = traffic.step_first_seq[step]
+            new_count = traffic.step_first_seq[step + 1] - new_first
+        else:
+            new_first, new_count = 0, 0
+        packed = self.wheel.pop(step, None)
+        packed_count = len(packed) if packed is not None else 0
+        if new_count + packed_count:
+            packed_view = packed if packed is not None else EMPTY
+            self.clients.count_attempts(step, new_first, new_count, packed_view, packed_count)
+            self._route(step, end_ns, new_first, new_count, packed_view, packed_count)
+        for dc in self.dcs.values():
+            if dc.crash_pending:
+                # It lives until its own fsync of this batch is done, answers whatever it
+                # may answer by then, and dies before shipping the batch to anyone.
+                dc.crash_pending = False
+                self._commit(dc, end_ns + dc.fsync_ns)
+                self._die(dc, end_ns)
+
+    def _path(self, region_index: int, target: str) -> tuple[bool, int]:
+        """(reachable, one-way latency ns) from a region's gateways to `target`.
+
+        A region's gateways sit in its data centers and use whichever of them
+        is up and can reach the target; a region with none left sends its
+        customers to the other region's gateways.
+        """
+        key = (self.network.version, region_index, target)
+        cached = self.path_cache.get(key)
+        if cached is not None:
+            return cached
+        if len(self.path_cache) > 64:
+            self.path_cache.clear()
+        found = self._find_path(region_index, target)
+        self.path_cache[key] = found
+        return found
+
+    def _find_path(self, region_index: int, target: str) -> tuple[bool, int]:
+        if not self.dcs[target].alive:
+            return False, 0
+        region = self.regions[min(region_index, len(self.regions) - 1)]
+        network = self.network
+        local = [
+            name for name in self.names if self.dcs[name].alive and self.dcs[name].region == region
+        ]
+        for gateway in local or [name for name in self.names if self.dcs[name].alive]:
+            if network.both_up(gateway, target):
+                return True, network.latency_ns(gateway, target)
+        return False, 0
+
+    def _route(
+        self,
+        step: int,
+        end_ns: int,
+        new_first: int,
+        new_count: int,
+        packed: array[int],
+        packed_count: int,
+    ) -> None:
+        target = self.route
+        reach_a, client_a = self._path(0, target)
+        reach_b, client_b = self._path(1, target)
+        stale = self.stale_route
+        if stale is not None and stale[2] <= end_ns:
+            self.stale_route = stale = None
+        if stale is None and reach_a == reach_b:
+            self._deliver(
+                target,
+                reach_a,
+                step,
+                end_ns,
+                new_first,
+                new_count,
+                packed,
+                packed_count,
+                client_a,
+                client_b,
+            )
+            return
+        total = new_count + packed_count
+        if len(self.group_buffers[0]) < total:
+            self.group_buffers = [array("Q", bytes(8 * total * 2)) for _ in range(4)]
+        groups = self.group_buffers
+        counts = simgen.partition_requests(
+            self.seed,
+            self.region_a_share,
+            stale[1] if stale else 0.0,
+            new_first,
+            new_count,
+            packed,
+            packed_count,
+            groups[0],
+            groups[1],
+            groups[2],
+            groups[3],
+        )
+        for group, count in enumerate(counts):
+            if not count:
+                continue
+            region = group // 2
+            name = stale[0] if (stale is not None and group % 2 == 1) else target
+            reachable, client_ns = self._path(region, name)
+            client_a = client_b = client_ns
+            self._deliver(
+                name,
+                reachable,
+                step,
+                end_ns,
+                0,
+                0,
+                array("Q", groups[group][:count]),
+                count,
+                client_a,
+                client_b,
+            )
+
+    def _deliver(
+        self,
+        target: str,
+        reachable: bool,
+        step: int,
+        end_ns: int,
+        new_first: int,
+        new_count: int,
+        packed: array[int],
+        packed_count: int,
+        client_a: int,
+        client_b: int,
+    ) -> None:
+        dc = self.dcs[target]
+        mode = None
+        if not reachable or not dc.alive:
+            mode = simgen.SETTLE_TIMEOUT
+        elif dc.role != "primary":
+            mode = simgen.SETTLE_REFUSED
+        elif (
+            dc.inflight
+            and end_ns - (dc.inflight[0].step + 1) * self.step_ns > self.topology.backlog_max_ns
+        ):
+            mode = simgen.SETTLE_REFUSED
+            self.refused_backlog += new_count + packed_count
+        if mode is not None:
+            batch = Batch(
+                0,
+                step,
+                new_first,
+                new_count,
+                packed,
+                packed_count,
+                bytearray(),
+                0,
+                0,
+                client_a,
+                client_b,
+                0,
+            )
+            self._settle(batch, mode, 0)
+            return
+        total = new_count + packed_count
+        if len(self.buffer) < total * TRANSFER_SIZE:
+            self.buffer = bytearray(total * TRANSFER_SIZE * 2)
+            self.timestamps_buffer = bytearray(total * 16)
+            self.balances_buffer = bytearray(total * 32)
+        view = memoryview(self.buffer)[: total * TRANSFER_SIZE]
+        if packed_count:
+            self.traffic.fill_packed(self.buffer, 0, packed, packed_count)
+        if new_count:
+            self.traffic.fill_range(self.buffer, packed_count, new_first, new_count)
+        timestamp = self._timestamp(dc, end_ns)
+        day = self._business_day(dc, timestamp)
+        results = bytearray(total)
+        dc.ledger.create_transfers_into(
+            view, timestamp, day, results, self.timestamps_buffer, self.balances_buffer
+        )
+        entry = Entry(EntryKind.CREATE_TRANSFERS, timestamp, day, total, bytes(view))
+        record = self._append_own(dc, entry, end_ns, timestamp + total - 1)
+        self.batches += 1
+        self.attempts_applied += total
+        if dc.epoch < self.max_epoch:
+            self.stale_primary_batches += 1
+        dc.inflight.append(
+            Batch(
+                record.lsn,
+                step,
+                new_first,
+                new_count,
+                packed if packed_count else None,
+                packed_count,
+                results,
+                end_ns + dc.fsync_ns,
+                end_ns + self.topology.client_timeout_ns,
+                client_a,
+                client_b,
+                dc.epoch,
+            )
+        )
+
+    def _settle(self, batch: Batch, mode: int, commit_delay_ns: int) -> int:
+        total = batch.new_count + batch.packed_count
+        if len(self.retry_packed) < total:
+            self.retry_packed = array("Q", bytes(8 * total * 2))
+            self.retry_steps = array("q", bytes(8 * total * 2))
+        acked_before = self.clients.acked
+        written = self.clients.settle(
+            mode,
+            batch.step,
+            batch.new_first,
+            batch.new_count,
+            batch.packed if batch.packed is not None else EMPTY,
+            batch.packed_count,
+            batch.results if batch.results else EMPTY.tobytes(),
+            commit_delay_ns,
+            batch.client_a_ns,
+            batch.client_b_ns,
+            self.retry_packed,
+            self.retry_steps,
+        )
+        if written:
+            wheel = self.wheel
+            packed, steps = self.retry_packed, self.retry_steps
+            for index in range(written):
+                slot = wheel.get(steps[index])
+                if slot is None:
+                    wheel[steps[index]] = slot = array("Q")
+                slot.append(packed[index])
+        return int(self.clients.acked - acked_before)
+
+    # --- the primary's own entries ----------------------------------------------------
+
+    def _timestamp(self, dc: DataCenter, now_ns: int) -> int:
+        """A hybrid clock: the DC's (possibly skewed) wall clock, never below its last timestamp."""
+        return max(START_NS + now_ns + dc.clock_skew_ns, dc.last_timestamp + 1)
+
+    def _business_day(self, dc: DataCenter, timestamp: int) -> int:
+        minute = timestamp // (60 * NS_PER_S)
+        if self.day_cache[0] != minute:
+            assert self.rules is not None
+            self.day_cache = (minute, self.rules.business_day(timestamp))
+        return max(self.day_cache[1], dc.ledger.last_day)
+
+    def _append_own(self, dc: DataCenter, entry: Entry, now_ns: int, last_timestamp: int) -> Record:
+        record = Record(
+            dc.applied_lsn + 1, dc.epoch, entry, now_ns, last_timestamp, entry_size(entry)
+        )
+        dc.record_applied(record)
+        return record
+
+    def _own_entry(
+        self, dc: DataCenter, kind: EntryKind, count: int, payload: bytes, now_ns: int
+    ) -> None:
+        from core.entries import apply_entry
+
+        timestamp = self._timestamp(dc, now_ns)
+        entry = Entry(kind, timestamp, self._business_day(dc, timestamp), count, payload)
+        if kind == EntryKind.EVICT:
+            self.checker.scan(dc.name, dc.ledger)
+        result = apply_entry(dc.ledger, entry)
+        if kind == EntryKind.CREATE_ACCOUNTS:
+            assert result.count(CreateAccountResult.OK) == count, result
+        self._append_own(dc, entry, now_ns, timestamp)
+
+    def _evict_tick(self, now_ns: int) -> None:
+        self._schedule(now_ns + self.topology.evict_interval_ns, self._evict_tick)
+        for dc in list(self.dcs.values()):
+            if not dc.is_primary:
+                continue
+            ledger = dc.ledger
+            before = dc.last_timestamp - self.topology.log_retention_ns
+            window = ledger.log_count - ledger.log_tail
+            if window > self.log_capacity // 2:
+                keep_from = ledger.log_count - self.log_capacity // 2
+                offset = (keep_from % self.log_capacity) * TRANSFER_SIZE
+                before = max(before, TRANSFER_STRUCT.unpack_from(ledger.log, offset)[9])
+            if window == 0 or ledger.timestamp_last() == 0:
+                continue
+            oldest = TRANSFER_STRUCT.unpack_from(
+                ledger.log, (ledger.log_tail % self.log_capacity) * TRANSFER_SIZE
+            )[9]
+            if oldest >= before:
+                continue
+            self._own_entry(dc, EntryKind.EVICT, 0, EVICT_PAYLOAD.pack(before, 1 << 62), now_ns)
+
+    def _opening_tick(self, now_ns: int) -> None:
+        self._schedule(now_ns + OPENING_INTERVAL_NS, self._opening_tick)
+        primary = self._serving_primary()
+        if primary is None or self.population is None:
+            return
+        per_day = self.population.users * self.population.openings_per_user_day
+        count = int(per_day * OPENING_INTERVAL_NS / (86_400 * NS_PER_S))
+        count += (
+            1
+            if self.rng.random() < per_day * OPENING_INTERVAL_NS / (86_400 * NS_PER_S) - count
+            else 0
+        )
+        if count <= 0 or self.openings_created + count > self.population.openings_capacity(
+            self.window_ns / (86_400 * NS_PER_S)
+        ):
+            return
+        payload = population_module.opening_accounts(self.population, self.openings_next, count)
+        self.openings_next += count
+        self.openings_created += count
+        self._own_entry(primary, EntryKind.CREATE_ACCOUNTS, count, payload, now_ns)
+
+    def _admin_entry(self, now_ns: int, entry: Entry) -> None:
+        primary = self._serving_primary()
+        if primary is None:
+            self._schedule(now_ns + NS_PER_S, self._admin_entry, entry)
+            return
+        self._own_entry(primary, entry.kind, entry.count, entry.payload, now_ns)
+
+    # --- failure detection and failover ---------------------------------------------
+
+    def _suspects(self, observer: DataCenter, other: str, now_ns: int) -> bool:
+        return now_ns - observer.last_heard.get(other, NEVER) > self.topology.suspect_ns
+
+    def _heartbeat(self, now_ns: int) -> None:
+        self._schedule(now_ns + self.topology.heartbeat_ns, self._heartbeat)
+        network = self.network
+        alive = [dc for dc in self.dcs.values() if dc.alive]
+        for sender in alive:
+            for receiver in alive:
+                if sender is receiver or not network.up(sender.name, receiver.name):
+                    continue
+                receiver.last_heard[sender.name] = now_ns
+                if sender.epoch > receiver.epoch:
+                    if receiver.role == "primary":
+                        self._step_down(
+                            receiver,
+                            sender.epoch,
+                            now_ns,
+                            f"heard epoch {sender.epoch} from {sender.name}",
+                        )
+                    receiver.epoch = sender.epoch
+            if self.topology.witness:
+                sender.last_heard[WITNESS] = now_ns
+                self.witness_heard[sender.name] = now_ns
+        for dc in alive:
+            self.max_epoch = max(self.max_epoch, dc.epoch)
+        # Leases: a primary that hears no other voter stops serving before anyone replaces it.
+        for dc in alive:
+            if (
+                dc.role == "primary"
+                and not dc.ignores_lease
+                and not dc.operator_mandate
+                and not any(
+                    now_ns - dc.last_heard.get(other, NEVER) <= self.topology.lease_ns
+                    for other in self.voters
+                    if other != dc.name
+                )
+            ):
+                self._step_down(dc, dc.epoch, now_ns, "lease expired: no other voter heard")
+        self._elect(now_ns, alive)
+
+    def _sees_primary(self, voter: str, primaries: list[DataCenter], now_ns: int) -> bool:
+        """Whether `voter` still hears a primary at least as new as its own epoch.
+
+        `primaries` are the DCs that act as primary, dead or not: a dead one is
+        noticed the way a live peer would, by its heartbeats stopping.
+        """
+        if voter == WITNESS:
+            return any(
+                now_ns - self.witness_heard.get(primary.name, NEVER) <= self.topology.suspect_ns
+                for primary in primaries
+            )
+        dc = self.dcs[voter]
+        return any(
+            primary.epoch >= dc.epoch
+            and (primary is dc or not self._suspects(dc, primary.name, now_ns))
+            for primary in primaries
+        )
+
+    def _connected(self, first: str, second: str, now_ns: int) -> bool:
+        """Two voters can hold an election together: each heard the other within a lease."""
+        if WITNESS in (first, second):
+            return True
+        lease = self.topology.lease_ns
+        return (
+            now_ns - self.dcs[first].last_heard.get(second, NEVER) <= lease
+            and now_ns - self.dcs[second].last_heard.get(first, NEVER) <= lease
+        )
+
+    def _elect(self, now_ns: int, alive: list[DataCenter]) -> None:
+        serving = [dc for dc in alive if dc.role == "primary"]
+        if serving and self.operator_since_ns is not None:
+            self.operator_since_ns = None
+        if self.pending_promotion is not None:
+            return
+        primaries = [dc for dc in self.dcs.values() if dc.role == "primary"]
+        voters = [dc.name for dc in alive] + ([WITNESS] if self.topology.witness else [])
+        orphans = [voter for voter in voters if not self._sees_primary(voter, primaries, now_ns)]
+        if not orphans:
+            self.orphaned_since_ns = None
+            return
+        if self.orphaned_since_ns is None:
+            self.orphaned_since_ns = now_ns - self.topology.suspect_ns
+        clique = self._largest_clique(orphans, now_ns)
+        if len(clique) >= self.majority:
+            candidates = [
+                self.dcs[name]
+                for name in clique
+                if name != WITNESS and not self.dcs[name].resyncing(now_ns)
+            ]
+            chosen = self._choose(candidates, automatic_only=True)
+            if chosen is not None:
+                # The epoch counter lives in the voters' shared state: any majority overlaps
+                # the one that made the last epoch, so the new one is above every epoch yet.
+                epoch = max(dc.epoch for dc in self.dcs.values()) + 1
+                for name in clique:
+                    if name != WITNESS:
+                        self.dcs[name].epoch = epoch
+                self._decide(now_ns, chosen, epoch, "majority")
+                return
+        if serving:
+            return
+        # No majority can act (or policy forbids it): a person decides, after the operator delay.
+        if self.operator_since_ns is None:
+            self.operator_since_ns = now_ns
+            self._note(now_ns, "operator_paged")
+        if now_ns - self.operator_since_ns >= self.topology.operator_delay_ns:
+            candidates = [dc for dc in alive if not dc.resyncing(now_ns)]
+            chosen = self._choose(candidates, automatic_only=False)
+            if chosen is not None:
+                epoch = max(dc.epoch for dc in self.dcs.values()) + 1
+                chosen.epoch = epoch
+                self._decide(now_ns, chosen, epoch, "operator")
+                self.operator_since_ns = None
+
+    def _largest_clique(self, names: list[str], now_ns: int) -> list[str]:
+        for size in range(len(names), 0, -1):
+            for group in itertools.combinations(names, size):
+                if all(self._connected(a, b, now_ns) for a, b in itertools.combinations(group, 2)):
+                    return list(group)
+        return []
+
+    def _choose(self, candidates: list[DataCenter], automatic_only: bool) -> DataCenter | None:
+        region = self.last_primary_region
+        eligible = []
+        for dc in candidates:
+            same_region = dc.region == region
+            policy = self.topology.same_region if same_region else self.topology.cross_region
+            if automatic_only and policy != "automatic":
+                continue
+            eligible.append(dc)
+        if not eligible:
+            return None
+
+        def rank(dc: DataCenter) -> tuple[int, int, int]:
+            if dc.region == region and dc.spec.replication == "sync":
+                tier = 0
+            elif dc.region == region:
+                tier = 1
+            else:
+                tier = 2
+            return (tier, -dc.applied_lsn, dc.spec.priority)
+
+        return min(eligible, key=rank)
+
+    def _decide(self, now_ns: int, chosen: DataCenter, epoch: int, decided_by: str) -> None:
+        self.max_epoch = max(self.max_epoch, epoch)
+        chosen.following = None
+        old = self.last_primary
+        old_region = (
+            self.topology.data_centers[old].region if old is not None else self.last_primary_region
+        )
+        kind = "same_region" if chosen.region == old_region else "cross_region"
+        sync_candidate = (
+            old is not None
+            and chosen.name in self.sync_candidates.get(old, [])
+            and kind == "same_region"
+        )
+        failover = Failover(
+            number=len(self.failovers) + 1,
+            kind=kind,
+            decided_by=decided_by,
+            old_primary=old,
+            new_primary=chosen.name,
+            epoch=epoch,
+            lost_primary_ns=next(
+                value
+                for value in (self.lost_primary_ns, self.orphaned_since_ns, now_ns)
+                if value is not None
+            ),
+            decided_ns=now_ns,
+            sync_candidate=sync_candidate,
+        )
+        self.failovers.append(failover)
+        self.pending_promotion = (chosen.name, epoch)
+        self._note(now_ns, "failover_decided", to=chosen.name, epoch=epoch, by=decided_by)
+        self._schedule(now_ns + self.topology.promotion_ns, self._promote, failover)
+
+    def _promote(self, now_ns: int, failover: Failover) -> None:
+        self.pending_promotion = None
+        dc = self.dcs[failover.new_primary]
+        if not dc.alive:
+            self._note(now_ns, "promotion_abandoned", dc=dc.name)
+            self.failovers.remove(failover)
+            return
+        # Catch up from any reachable DC that has more of the same history.
+        for peer in self.dcs.values():
+            if peer is dc or not peer.alive or not self.network.both_up(peer.name, dc.name):
+                continue
+            if peer.applied_lsn > dc.applied_lsn and peer.epoch_at(dc.applied_lsn) == dc.last_epoch:
+                while dc.applied_lsn < peer.applied_lsn:
+                    record = peer.wal_record(dc.applied_lsn + 1)
+                    if record is None:
+                        break
+                    if record.entry.kind == EntryKind.EVICT:
+                        self.checker.scan(dc.name, dc.ledger)
+                    dc.apply(record)
+        dc.epoch = max(dc.epoch, failover.epoch)
+        dc.role = "primary"
+        dc.following = None
+        dc.stale = False
+        dc.ignores_lease = False
+        # A person who promotes a DC without a majority has fenced the others by hand:
+        # it needs no lease, and may commit without a synchronous standby.
+        dc.operator_mandate = failover.decided_by == "operator"
+        dc.streams = {other: Stream(other) for other in self.names if other != dc.name}
+        dc.sync_standby = None
+        dc.no_sync_since_ns = now_ns
+        dc.primary_since_ns = now_ns
+        failover.promoted_ns = now_ns
+        self.last_primary = dc.name
+        self.last_primary_region = dc.region
+        self.lost_primary_ns = None
+        self.orphaned_since_ns = None
+        verification = self.checker.verify(dc.name, dc.ledger, self.ack_result, now_ns)
+        failover.verification = verification
+        already = {
+            seq for earlier in self.failovers if earlier is not failover for seq in earlier.lost
+        }
+        failover.lost = [seq for seq in verification.missing if seq not in already]
+        self._note(now_ns, "promoted", dc=dc.name, epoch=dc.epoch, lost=len(failover.lost))
+        self._schedule(now_ns + self.topology.discovery_ns, self._set_route, dc.name)
+
+    def _set_route(self, now_ns: int, name: str) -> None:
+        self.route = name
+        self._note(now_ns, "route", to=name)
+
+    # --- faults --------------------------------------------------------------------------
+
+    def resolved_faults(self) -> list[ActiveFault]:
+        if self.faults_cache is not None:
+            return self.faults_cache
+        faults: list[ActiveFault] = []
+        window = self.window_ns
+        rng = random.Random(self.seed * 7919 + 3)
+        for spec in self.scenario.faults:
+            start = spec.at.resolve_ns(window)
+            end = spec.duration.resolve_ns(window) + start if spec.duration is not None else window
+            end = min(max(end, start + self.step_ns), window)
+            if spec.kind == "random":
+                faults.extend(self._random_faults(spec, start, end, rng))
+            else:
+                faults.append(ActiveFault(spec, start, end))
+        self.faults_cache = faults
+        return faults
+
+    def _random_faults(
+        self, spec: FaultSpec, start: int, end: int, rng: random.Random
+    ) -> list[ActiveFault]:
+        """FoundationDB's swizzle: cut links one by one, restore them in random order; plus
+        degradations, a flapping link, a slow disk, a skewed clock, maybe one DC of the
+        primary's region going dark (a synchronous replica always survives)."""
+        count = int(spec.params.get("count", 8))
+        names = self.names
+        pairs = [(a, b) for a in names for b in names if a != b]
+        faults: list[ActiveFault] = []
+        span = end - start
+        middle = start + span // 2
+        cuts = rng.sample(pairs, min(len(pairs), max(1, count // 2)))
+        restore_times = sorted(rng.randrange(middle, end) for _ in cuts)
+        rng.shuffle(restore_times)
+        for (first, second), restore in zip(cuts, restore_times, strict=True):
+            cut_at = rng.randrange(start, middle)
+            faults.append(
+                ActiveFault(
+                    FaultSpec(
+                        "link_partition",
+                        f"{first}-{second}",
+                        spec.at,
+                        None,
+                        {"direction": "forward"},
+                    ),
+                    cut_at,
+                    restore,
+                )
+            )
+        extras = ["link_degradation", "link_flapping", "slow_disk", "clock_skew", "dc_outage"]
+        for _ in range(max(0, count - len(cuts))):
+            kind = rng.choice(extras)
+            at = rng.randrange(start, end - span // 10)
+            until = min(end, at + rng.randrange(span // 20, span // 5))
+            if kind == "dc_outage":
+                region = self.topology.data_centers[self.topology.primary].region
+                target = rng.choice(
+                    [name for name in names if self.topology.data_centers[name].region == region]
+                )
+                params: dict[str, Any] = {}
+                extras.remove("dc_outage")
+            elif kind in ("slow_disk", "clock_skew"):
+                target = rng.choice(names)
+                params = (
+                    {"fsync_ms": rng.choice([20, 80, 200])}
+                    if kind == "slow_disk"
+                    else {"skew_ms": rng.choice([-3000, -500, 800])}
+                )
+            else:
+                first, second = rng.sample(names, 2)
+                target = f"{first}-{second}"
+                params = (
+                    {"latency_ms": rng.choice([20, 100, 400]), "loss": rng.choice([0.0, 0.02, 0.1])}
+                    if kind == "link_degradation"
+                    else {"period_s": rng.choice([5, 15]), "down_s": rng.choice([1, 4])}
+                )
+            faults.append(ActiveFault(FaultSpec(kind, target, spec.at, None, params), at, until))
+        return faults
+
+    def _schedule_faults(self) -> None:
+        for fault in self.resolved_faults():
+            self._schedule(fault.start_ns, self._fault_start, fault)
+            self._schedule(fault.end_ns, self._fault_end, fault)
+
+    def _fault_start(self, now_ns: int, fault: ActiveFault) -> None:
+        spec = fault.spec
+        kind = spec.kind
+        self.active_faults.append(fault)
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "target": spec.target,
+            "start_s": round(fault.start_ns / NS_PER_S, 3),
+            "end_s": round(fault.end_ns / NS_PER_S, 3),
+        } | spec.params
+        self.fault_log.append(entry)
+        self._note(now_ns, "fault", kind=kind, target=spec.target)
+        if kind in ("dc_outage", "region_outage", "primary_crash", "old_primary_returns"):
+            if kind == "primary_crash":
+                primary = self._serving_primary()
+                fault.targets = [primary.name] if primary is not None else []
+                entry["target"] = ",".join(fault.targets)
+            else:
+                fault.targets = self.network.side(spec.target)
+            for name in fault.targets:
+                dc = self.dcs[name]
+                if not dc.alive:
+                    continue
+                if dc.is_primary and dc.epoch >= self.max_epoch:
+                    self.lost_primary_ns = now_ns
+                    dc.crash_pending = (
+                        True  # dies after applying this step's batch, before shipping it
+                    )
+                else:
+                    self._die(dc, now_ns)
+        elif kind == "link_partition":
+            fault.pairs = self.network.pairs(spec.target, str(spec.params.get("direction", "both")))
+            self.network.cut(fault.pairs, 1)  # whether the primary is lost is for failover to find
+        elif kind == "link_degradation":
+            fault.pairs = self.network.pairs(spec.target, "both")
+            self.network.degrade(
+                fault.pairs,
+                round(float(spec.params.get("latency_ms", 0)) * NS_PER_MS),
+                float(spec.params.get("loss", 0.0)),
+                1,
+            )
+        elif kind == "link_flapping":
+            fault.pairs = self.network.pairs(spec.target, "both")
+            period = round(float(spec.params.get("period_s", 10)) * NS_PER_S)
+            down = round(float(spec.params.get("down_s", 3)) * NS_PER_S)
+            at = now_ns
+            while at < fault.end_ns:
+                self._schedule(at, self._flap, fault.pairs, 1)
+                self._schedule(min(at + down, fault.end_ns), self._flap, fault.pairs, -1)
+                at += period
+        elif kind == "slow_disk":
+            fault.targets = [spec.target]
+            self.dcs[spec.target].fsync_ns = round(
+                float(spec.params.get("fsync_ms", 100)) * NS_PER_MS
+            )
+        elif kind == "clock_skew":
+            fault.targets = [spec.target]
+            self.dcs[spec.target].clock_skew_ns = round(
+                float(spec.params.get("skew_ms", 1000)) * NS_PER_MS
+            )
+
+    def _flap(self, now_ns: int, pairs: list[tuple[str, str]], delta: int) -> None:
+        self.network.cut(pairs, delta)
+
+    def _fault_end(self, now_ns: int, fault: ActiveFault) -> None:
+        if fault not in self.active_faults:
+            return
+        self.active_faults.remove(fault)
+        spec = fault.spec
+        kind = spec.kind
+        self._note(now_ns, "heal", kind=kind, target=spec.target)
+        if kind in ("dc_outage", "region_outage", "primary_crash"):
+            for name in fault.targets:
+                self._restart(self.dcs[name], now_ns, stale=False)
+        elif kind == "old_primary_returns":
+            for name in fault.targets:
+                dc = self.dcs[name]
+                self._restart(dc, now_ns, stale=True)
+                isolated_ns = round(float(spec.params.get("isolated_s", 30)) * NS_PER_S)
+                pairs = [(name, other) for other in self.names if other != name]
+                pairs += [(other, name) for other in self.names if other != name]
+                self.network.cut(pairs, 1)
+                self._schedule(now_ns + isolated_ns, self._flap, pairs, -1)
+                fraction = float(spec.params.get("stale_route_fraction", 0.0))
+                if fraction > 0:
+                    until = now_ns + round(float(spec.params.get("stale_route_s", 60)) * NS_PER_S)
+                    self.stale_route = (name, fraction, until)
+        elif kind == "link_partition":
+            self.network.cut(fault.pairs, -1)
+        elif kind == "link_degradation":
+            self.network.degrade(
+                fault.pairs,
+                round(float(spec.params.get("latency_ms", 0)) * NS_PER_MS),
+                float(spec.params.get("loss", 0.0)),
+                -1,
+            )
+        elif kind == "slow_disk":
+            dc = self.dcs[spec.target]
+            dc.fsync_ns = dc.spec.fsync_ns
+        elif kind == "clock_skew":
+            self.dcs[spec.target].clock_skew_ns = 0
+
+    def _window_end(self, now_ns: int) -> None:
+        """Traffic stops: heal whatever is still broken and let the cluster converge."""
+        for fault in list(self.active_faults):
+            self._fault_end(now_ns, fault)
+        self.stale_route = None
+        self._note(now_ns, "window_end")
+
+    def _die(self, dc: DataCenter, now_ns: int) -> None:
+        dc.alive = False
+        self.network.version += 1
+        for stream in dc.streams.values():
+            stream.in_flight.clear()
+            stream.acks.clear()
+        self._note(now_ns, "down", dc=dc.name, role=dc.role, lsn=dc.applied_lsn)
+
+    def _restart(self, dc: DataCenter, now_ns: int, *, stale: bool) -> None:
+        if dc.alive:
+            return
+        dc.alive = True
+        self.network.version += 1
+        dc.crash_pending = False
+        for other in self.voters:
+            dc.last_heard[other] = now_ns
+        dc.inflight.clear()
+        if stale and dc.role == "primary":
+            # Restarted from a stale configuration: believes it still leads, ignores leases.
+            dc.stale = True
+            dc.ignores_lease = True
+            dc.streams = {other: Stream(other) for other in self.names if other != dc.name}
+            dc.sync_standby = None
+            dc.no_sync_since_ns = now_ns
+            self._note(now_ns, "up", dc=dc.name, believes="primary", epoch=dc.epoch)
+        else:
+            dc.become_replica()
+            self._note(now_ns, "up", dc=dc.name, believes="replica", epoch=dc.epoch)
+
+    def _day_end_check(self, now_ns: int) -> None:
+        for name, dc in self.dcs.items():
+            if dc.alive:
+                self.day_checks.append(
+                    {"at_s": round(now_ns / NS_PER_S, 3), "dc": name}
+                    | self.checker.limits(name, dc.ledger)
+                )
+
+    # --- metrics ------------------------------------------------------------------------
+
+    def _sample_tick(self, now_ns: int) -> None:
+        self._schedule(now_ns + SAMPLE_INTERVAL_NS, self._sample_tick)
+        second = now_ns // NS_PER_S
+        if second >= self.seconds:
+            return
+        primary = self._serving_primary()
+        if primary is None:
+            return
+        self.primary_by_second[second] = self.dc_index[primary.name]
+        for dc in self.dcs.values():
+            if dc is primary:
+                self.lag_ms[dc.name][second] = 0.0
+            elif dc.alive and not dc.resyncing(now_ns):
+                # Like PostgreSQL's replay lag: how long its last entry took from the primary
+                # to being applied here, or, when it is further behind, how long ago the
+                # oldest entry it has not applied was formed.
+                lag_ns = dc.apply_delay_ns
+                if dc.applied_lsn < primary.applied_lsn:
+                    oldest = primary.wal_record(dc.applied_lsn + 1)
+                    formed_ns = oldest.created_ns if oldest is not None else dc.applied_created_ns
+                    lag_ns = max(lag_ns, now_ns - formed_ns)
+                self.lag_ms[dc.name][second] = lag_ns / NS_PER_MS
+
+    # --- the end ---------------------------------------------------------------------------
+
+    def _finish(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        primary = self._serving_primary()
+        if primary is None:  # the drain ran out: judge the most advanced data center left
+            primary = max(
+                (dc for dc in self.dcs.values() if dc.alive),
+                key=lambda dc: (dc.epoch, dc.applied_lsn),
+                default=self.dcs[self.names[0]],
+            )
+        final = self.checker.verify(primary.name, primary.ledger, self.ack_result, self.end_ns)
+        looked, found = self.checker.lookup_sample(primary.ledger, self.ack_result, 2000)
+        ledgers = {name: dc.ledger for name, dc in self.dcs.items()}
+        per_dc = self.checker.final(self.names, ledgers)
+        kernel_digests: dict[str, str] = {}
+        if primary.ledger.account_count <= 2_000_000:
+            kernel_digests = {name: ledgers[name].digest() for name in self.names}
+        self.timings["check_s"] = time.perf_counter() - started
+        return {
+            "primary": primary.name,
+            "final_verification": final,
+            "lookup_sample": (looked, found),
+            "per_dc": per_dc,
+            "kernel_digests": kernel_digests,
+        }
