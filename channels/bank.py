@@ -1584,6 +1584,8 @@ def _batch_item(item: Any, index: int) -> tuple[int, int, int, int, int, int, in
     if flag_names is not None:
         if type(flag_names) is not list:
             raise fail(f"{path}/flags", "expected an array of flag names")
+        if len(flag_names) > len(_FLAG_OF_NAME):
+            raise fail(f"{path}/flags", f"at most {len(_FLAG_OF_NAME)} flags")
         for position, name in enumerate(flag_names):
             bit = _FLAG_OF_NAME.get(name) if type(name) is str else None
             if bit is None:
