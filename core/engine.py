@@ -39,7 +39,7 @@ import enum
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -474,14 +474,8 @@ class Engine:
     def _entries_for(self, requests: list[Request]) -> list[Entry]:
         """One entry per run of consecutive requests of the same kind (one kernel call each)."""
         entries: list[Entry] = []
-        index = 0
-        while index < len(requests):
-            kind = requests[index].kind
-            end = index + 1
-            if kind in (RequestKind.TRANSFERS, RequestKind.ACCOUNTS):
-                while end < len(requests) and requests[end].kind == kind:
-                    end += 1
-            run = requests[index:end]
+        for run in request_runs(requests):
+            kind = run[0].kind
             count = sum(request.count for request in run)
             payload = b"".join(request.payload for request in run)
             if kind == RequestKind.TRANSFERS:
@@ -492,7 +486,6 @@ class Engine:
                 entries.append(self._entry(EntryKind.CREATE_ACCOUNTS, count, payload, timestamps=1))
             elif kind == RequestKind.UPDATE_ACCOUNT:
                 entries.append(self._entry(EntryKind.UPDATE_ACCOUNT, 1, payload, timestamps=1))
-            index = end
         return entries
 
     async def _apply_group(
@@ -598,14 +591,8 @@ class Engine:
     def _distribute(self, requests: list[Request], outcomes: list[Any]) -> None:
         """Give every request its slice of its entry's outcome (released once durable)."""
         outcome_iter = iter(outcomes)
-        index = 0
-        while index < len(requests):
-            kind = requests[index].kind
-            end = index + 1
-            if kind in (RequestKind.TRANSFERS, RequestKind.ACCOUNTS):
-                while end < len(requests) and requests[end].kind == kind:
-                    end += 1
-            run = requests[index:end]
+        for run in request_runs(requests):
+            kind = run[0].kind
             if kind == RequestKind.READ:
                 read = run[0].read
                 assert read is not None
@@ -613,7 +600,6 @@ class Engine:
                     run[0].result = read(self.ledger)
                 except Exception as error:  # the read function's failure is its caller's
                     run[0].error = error
-                index = end
                 continue
             outcome = next(outcome_iter)
             if isinstance(outcome, Exception):
@@ -634,7 +620,6 @@ class Engine:
                     offset += request.count
             else:
                 run[0].result = outcome
-            index = end
 
     async def _serve_durable(self, receive: MemoryObjectReceiveStream[Group]) -> None:
         async with receive:
@@ -676,6 +661,21 @@ class Engine:
             for request in failed.requests:
                 request.error = stopped
                 request.done.set()
+
+
+def request_runs(requests: list[Request]) -> Iterator[list[Request]]:
+    """Consecutive requests that share one kernel call: runs of transfers, runs of
+    account creations; every other request alone. Forming entries and handing out
+    their outcomes must split the same way, so both use this."""
+    index = 0
+    while index < len(requests):
+        kind = requests[index].kind
+        end = index + 1
+        if kind in (RequestKind.TRANSFERS, RequestKind.ACCOUNTS):
+            while end < len(requests) and requests[end].kind == kind:
+                end += 1
+        yield requests[index:end]
+        index = end
 
 
 def latency_quantile(samples: Sequence[float], quantile: float) -> float:
