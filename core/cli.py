@@ -113,6 +113,14 @@ COMMANDS: Mapping[str, Command | Group] = {
             ),
         },
     ),
+    "loadtest": module_command(
+        "core.loadtest",
+        "Locust against a fresh server (or --host), then the audit: reports and exit status",
+    ),
+    "audit": module_command(
+        "core.audit",
+        "check the clients' acknowledged outcomes against the ledger (URL or data directory)",
+    ),
     "serve": module_command(
         "core.serve",
         "serve the HTTP API (hypercorn, embedded journal): channels post money movements here",

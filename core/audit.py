@@ -1,0 +1,610 @@
+"""`tally audit`: what the clients were told, checked against the books.
+
+    tally audit DATA_DIR --outcomes OUT        # offline: replay the journal
+    tally audit http://127.0.0.1:8080 --outcomes OUT --dataset OUT/dataset.json
+
+The outcomes are the `outcomes-*.jsonl` files the load test's clients wrote
+(one line per money request with a known answer). The audit collects every
+transfer of the ledger by walking the history of every account (offline:
+every account the journal created; online: the dataset's accounts, the bank's
+internal accounts and every account a collected transfer names, until no new
+one appears) and checks:
+
+1. every acknowledged (2xx) answer is in the ledger exactly once, under the
+   transfer id derived from its channel and Idempotency-Key, posted, with
+   the amount and accounts the client was told;
+2. no refused request was applied, and (`--exclusive`: the run was the
+   server's only client) every applied transfer was acknowledged to a
+   client or is one whose answer was lost (an "unknown" outcome): nothing
+   applied twice or out of nowhere;
+3. money is conserved: the balances sum to zero over all accounts (posted
+   debits == posted credits), pending debits == pending credits, and every
+   account's balance and pending amounts equal the ones recomputed from its
+   transfers;
+4. no limit passed: no customer account below its floor, no Class II/III
+   bucket over its PBoC/product cap, no fresh transfer over its channel's
+   single-transfer cap, no account over a channel's daily cap.
+
+It prints a summary, writes it as JSON with `--json FILE`, and exits 1 on
+any error, 2 when it cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INTERNAL_ACCOUNT_IDS = (1, 2, 3)
+HISTORY_PAGE = 500
+ERRORS_SHOWN_MAX = 20
+CUSTOMER_KINDS = ("class_i", "class_ii", "class_iii", "savings", "fixed_deposit", "loan")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", help="the server's URL (http://HOST:PORT) or its data directory (offline)"
+    )
+    parser.add_argument(
+        "--outcomes",
+        required=True,
+        action="append",
+        help="a directory of outcomes-*.jsonl files, or one file (repeatable)",
+    )
+    parser.add_argument("--dataset", help="dataset.json of the run (where to start, online)")
+    parser.add_argument("--channels", default=str(REPO_ROOT / "examples" / "channels.toml"))
+    parser.add_argument("--rules", default=str(REPO_ROOT / "examples" / "limits.toml"))
+    parser.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="the run was the server's only client: every applied transfer must be explained",
+    )
+    parser.add_argument("--account-capacity", type=int, default=1 << 20)
+    parser.add_argument("--transfer-capacity", type=int, default=1 << 22)
+    parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON here")
+
+
+# --- the books, from either source -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AccountState:
+    account_id: int
+    kind: str
+    balance_minor: int
+    pending_debits_minor: int
+    pending_credits_minor: int
+    available_minor: int | None
+    buckets: list[tuple[str, int, int]] = field(default_factory=list)  # (name, used, limit)
+    channel_used: list[tuple[int, int]] = field(default_factory=list)  # (channel id, used)
+
+
+class Books:
+    """Accounts and transfers of a ledger, as the audit needs them."""
+
+    def account(self, account_id: int) -> AccountState | None:
+        raise NotImplementedError
+
+    def history(self, account_id: int) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def lookup(self, transfer_id: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def first_accounts(self) -> list[int]:
+        raise NotImplementedError
+
+    complete_history = True  # False when the log window has dropped old transfers
+
+
+class OfflineBooks(Books):
+    """The ledger replayed from a data directory's journal and snapshots."""
+
+    def __init__(self, directory: str, args: argparse.Namespace, rules: Any) -> None:
+        from core.journal import JournalScan
+        from core.replay import recover_ledger
+        from ledger.types import ACCOUNT_INPUT_STRUCT, ACCOUNT_SIZE, join_id
+
+        self.recovered = recover_ledger(directory, args.account_capacity, args.transfer_capacity)
+        self.ledger = self.recovered.ledger
+        self.rules = rules
+        self.complete_history = self.ledger.log_tail == 0
+        self.ids: list[int] = []
+        from core.entries import EntryKind
+
+        for stored in JournalScan(directory):
+            if stored.entry.kind != EntryKind.CREATE_ACCOUNTS:
+                continue
+            payload = stored.entry.payload
+            for offset in range(0, len(payload), ACCOUNT_SIZE):
+                fields = ACCOUNT_INPUT_STRUCT.unpack_from(payload, offset)
+                self.ids.append(join_id(fields[0], fields[1]))
+
+    def first_accounts(self) -> list[int]:
+        return list(dict.fromkeys(self.ids))
+
+    def account(self, account_id: int) -> AccountState | None:
+        from ledger.types import ACCOUNT_STRUCT, AccountFlags
+        from limits.reference import counters_effective
+
+        raw = self.ledger.lookup_account(account_id)
+        if raw is None:
+            return None
+        fields = ACCOUNT_STRUCT.unpack(raw)
+        debits, credits = fields[2], fields[3]
+        counters = list(fields[4:8])
+        kind, flags, product_id, counters_day = fields[10], fields[12], fields[13], fields[14]
+        pending = self.ledger.account_pending(account_id)
+        assert pending is not None
+        product = self.rules.products.get(product_id)
+        floor = product.balance_floor_minor if product is not None else 0
+        balance = credits - debits
+        state = AccountState(
+            account_id,
+            _kind_name(kind),
+            balance,
+            pending[0],
+            pending[1],
+            balance - pending[0] - floor
+            if flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+            else None,
+        )
+        if product is not None and product.kind.value in ("class_ii", "class_iii"):
+            today = self.ledger.last_day
+            if counters_day <= today:
+                counters = counters_effective(counters, counters_day, max(today, counters_day))
+            for name, used in zip(
+                ("inflow_daily", "inflow_yearly", "outflow_daily", "outflow_yearly"),
+                counters,
+                strict=True,
+            ):
+                state.buckets.append((name, int(used), getattr(product, name + "_minor")))
+        for channel_id, channel in self.rules.channels.items():
+            if channel.daily_cap_minor:
+                used = self.ledger.channel_used(account_id, channel_id, self.ledger.last_day)
+                state.channel_used.append((channel_id, used))
+        return state
+
+    def history(self, account_id: int) -> Iterator[dict[str, Any]]:
+        from channels.bank import transfer_view
+
+        before = -1
+        while True:
+            page = self.ledger.account_history(account_id, before, HISTORY_PAGE)
+            for _, record in page:
+                yield transfer_view(record)
+            if len(page) < HISTORY_PAGE or page[-1][0] <= 0:
+                return
+            before = page[-1][0]
+
+    def lookup(self, transfer_id: int) -> dict[str, Any] | None:
+        from channels.bank import transfer_view
+
+        record = self.ledger.lookup_transfer(transfer_id)
+        return None if record is None else transfer_view(record)
+
+
+class OnlineBooks(Books):
+    """A running server, read over its HTTP API with the bank's internal channel."""
+
+    def __init__(self, url: str, args: argparse.Namespace, dataset: dict[str, Any] | None) -> None:
+        from channels.client import TallyClient
+
+        with open(args.channels, "rb") as file:
+            channels = tomllib.load(file)["channels"]
+        name = "bank" if "bank" in channels else next(iter(channels))
+        secret = channels[name]["secrets"][0]
+        self.client = TallyClient(url, name, secret["key_id"], secret["secret"], timeout_s=60)
+        self.ids = list(INTERNAL_ACCOUNT_IDS)
+        for person in (dataset or {}).get("customers", []) + (dataset or {}).get("merchants", []):
+            self.ids.append(int(person["class_i"]))
+            self.ids.extend(int(account) for account in person["class_ii"])
+
+    def first_accounts(self) -> list[int]:
+        return self.ids
+
+    def _get(self, path: str, query: str = "") -> dict[str, Any] | None:
+        response = self.client.get(path, query=query)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
+        value: dict[str, Any] = response.json()
+        return value
+
+    def account(self, account_id: int) -> AccountState | None:
+        view = self._get(f"/v1/accounts/{account_id}")
+        if view is None:
+            return None
+        state = AccountState(
+            account_id,
+            view["kind"],
+            view["balance_minor"],
+            view["pending_debits_minor"],
+            view["pending_credits_minor"],
+            view["available_minor"],
+        )
+        quota = view.get("quota")
+        if quota:
+            for direction in ("inflow", "outflow"):
+                for period in ("daily", "yearly"):
+                    bucket = quota[direction][period]
+                    state.buckets.append(
+                        (f"{direction}_{period}", bucket["used_minor"], bucket["limit_minor"] or 0)
+                    )
+        return state
+
+    def history(self, account_id: int) -> Iterator[dict[str, Any]]:
+        cursor = ""
+        while True:
+            query = f"limit={HISTORY_PAGE}" + (f"&cursor={cursor}" if cursor else "")
+            page = self._get(f"/v1/accounts/{account_id}/history", query)
+            if page is None:
+                return
+            yield from page["items"]
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                return
+
+    def lookup(self, transfer_id: int) -> dict[str, Any] | None:
+        return self._get(f"/v1/transfers/{transfer_id:032x}")
+
+
+# --- the audit -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Audit:
+    errors: list[str] = field(default_factory=list)
+    error_counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+    sums: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def error(self, kind: str, message: str) -> None:
+        self.error_counts[kind] += 1
+        if len(self.errors) < ERRORS_SHOWN_MAX:
+            self.errors.append(f"{kind}: {message}")
+
+    @property
+    def clean(self) -> bool:
+        return not self.error_counts
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "errors_total": sum(self.error_counts.values()),
+            "errors_by_kind": dict(sorted(self.error_counts.items())),
+            "errors_shown": self.errors,
+            "counts": dict(sorted(self.counts.items())),
+            "sums": self.sums,
+            "notes": self.notes,
+        }
+
+
+def read_outcomes(sources: Iterable[str]) -> list[dict[str, Any]]:
+    paths: list[str] = []
+    for source in sources:
+        if os.path.isdir(source):
+            paths.extend(sorted(glob.glob(os.path.join(source, "outcomes-*.jsonl"))))
+        else:
+            paths.append(source)
+    lines: list[dict[str, Any]] = []
+    for path in paths:
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    lines.append(orjson.loads(raw))
+                except orjson.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not JSON ({error})") from error
+    return lines
+
+
+def collect(
+    books: Books, audit: Audit
+) -> tuple[dict[int, AccountState], dict[int, dict[str, Any]]]:
+    """Every account reachable from the first ones through transfers, and every transfer."""
+    accounts: dict[int, AccountState] = {}
+    transfers: dict[int, dict[str, Any]] = {}
+    queue = list(books.first_accounts())
+    seen = set(queue)
+    while queue:
+        account_id = queue.pop()
+        state = books.account(account_id)
+        if state is None:
+            continue
+        accounts[account_id] = state
+        for view in books.history(account_id):
+            transfers[int(view["transfer_id"], 16)] = view
+            for name in ("debit_account_id", "credit_account_id"):
+                other = int(view[name])
+                if other and other not in seen:
+                    seen.add(other)
+                    queue.append(other)
+    audit.counts["accounts"] = len(accounts)
+    audit.counts["ledger_transfers"] = len(transfers)
+    audit.counts["ledger_transfers_ok"] = sum(
+        1 for view in transfers.values() if view["state"] != "failed"
+    )
+    return accounts, transfers
+
+
+def check_conservation(
+    accounts: dict[int, AccountState],
+    transfers: dict[int, dict[str, Any]],
+    audit: Audit,
+    complete_history: bool,
+) -> None:
+    balance_total = sum(state.balance_minor for state in accounts.values())
+    pending_debits = sum(state.pending_debits_minor for state in accounts.values())
+    pending_credits = sum(state.pending_credits_minor for state in accounts.values())
+    audit.sums = {
+        "balances_minor": balance_total,
+        "pending_debits_minor": pending_debits,
+        "pending_credits_minor": pending_credits,
+    }
+    if balance_total != 0:
+        audit.error("conservation", f"balances sum to {balance_total}, not 0")
+    if pending_debits != pending_credits:
+        audit.error(
+            "conservation", f"pending debits {pending_debits} != pending credits {pending_credits}"
+        )
+    if not complete_history:
+        audit.notes.append("the log window dropped old transfers: balances not recomputed")
+        return
+    posted: Counter[int] = Counter()
+    held_debits: Counter[int] = Counter()
+    held_credits: Counter[int] = Counter()
+    for view in transfers.values():
+        if view["state"] == "failed":
+            continue
+        debit, credit = int(view["debit_account_id"]), int(view["credit_account_id"])
+        amount = view["amount_minor"]
+        if view["kind"] == "hold":
+            if view["state"] == "pending":
+                held_debits[debit] += amount
+                held_credits[credit] += amount
+        elif view["kind"] in ("single", "reversal", "capture"):
+            posted[debit] -= amount
+            posted[credit] += amount
+    for account_id, state in accounts.items():
+        expected = (posted[account_id], held_debits[account_id], held_credits[account_id])
+        found = (state.balance_minor, state.pending_debits_minor, state.pending_credits_minor)
+        if expected != found:
+            audit.error(
+                "recomputed",
+                f"account {account_id}: (balance, pending debits, pending credits) is {found},"
+                f" its transfers give {expected}",
+            )
+
+
+def check_limits(
+    accounts: dict[int, AccountState],
+    transfers: dict[int, dict[str, Any]],
+    rules: Any,
+    audit: Audit,
+) -> None:
+    for state in accounts.values():
+        available = state.available_minor
+        if state.kind in CUSTOMER_KINDS and available is not None and available < 0:
+            audit.error(
+                "limit",
+                f"account {state.account_id} ({state.kind}) is {-available} below its floor",
+            )
+        for name, used, limit in state.buckets:
+            audit.counts["buckets_checked"] += 1
+            if limit and used > limit:
+                audit.error("limit", f"account {state.account_id} {name} used {used} > cap {limit}")
+        for channel_id, used in state.channel_used:
+            cap = rules.channels[channel_id].daily_cap_minor
+            if cap and used > cap:
+                audit.error(
+                    "limit",
+                    f"account {state.account_id} channel {channel_id} daily {used} > cap {cap}",
+                )
+    for view in transfers.values():
+        if view["state"] == "failed" or view["kind"] in ("capture", "void"):
+            continue
+        channel = rules.channels.get(view["channel_id"])
+        if channel is not None and channel.transfer_cap_minor:
+            audit.counts["transfer_caps_checked"] += 1
+            if view["amount_minor"] > channel.transfer_cap_minor:
+                audit.error(
+                    "limit",
+                    f"transfer {view['transfer_id']} of {view['amount_minor']} passes channel"
+                    f" {channel.name}'s cap {channel.transfer_cap_minor}",
+                )
+
+
+def check_outcomes(
+    outcomes: list[dict[str, Any]],
+    books: Books,
+    transfers: dict[int, dict[str, Any]],
+    channel_ids: dict[str, int],
+    audit: Audit,
+    exclusive: bool,
+) -> None:
+    from channels.bank import derive_transfer_id
+
+    explained: set[int] = set()
+    acknowledged_keys: Counter[tuple[str, str]] = Counter()
+
+    def find(transfer_id: int) -> dict[str, Any] | None:
+        view = transfers.get(transfer_id)
+        if view is None:
+            view = books.lookup(transfer_id)
+        return view
+
+    for line in outcomes:
+        outcome = line.get("outcome", "")
+        audit.counts[f"outcomes_{outcome}"] += 1
+        if outcome in ("opened", "failed") or "key" not in line:
+            continue
+        channel = line["channel"]
+        if channel not in channel_ids:
+            audit.error("outcome", f"unknown channel {channel!r} in an outcome line")
+            continue
+        derived = derive_transfer_id(channel_ids[channel], line["key"], 0)
+        if outcome == "acknowledged":
+            acknowledged_keys[(channel, line["key"])] += 1
+            if acknowledged_keys[(channel, line["key"])] == 2:
+                audit.error("duplicate", f"{channel} key {line['key']} acknowledged twice")
+            if line["transfer_id"] != f"{derived:032x}":
+                audit.error(
+                    "identity",
+                    f"{channel} key {line['key']}: answered id {line['transfer_id']} is not the"
+                    f" id derived from the key ({derived:032x})",
+                )
+            view = find(derived)
+            explained.add(derived)
+            if view is None:
+                audit.error(
+                    "missing",
+                    f"acknowledged {line['operation']} {derived:032x} is not in the ledger",
+                )
+                continue
+            if view["state"] == "failed":
+                audit.error(
+                    "missing",
+                    f"acknowledged {line['operation']} {derived:032x} is in the ledger as failed"
+                    f" ({view['result']['name']})",
+                )
+                continue
+            told = (line["amount_minor"], line["debit_account_id"], line["credit_account_id"])
+            booked = (view["amount_minor"], view["debit_account_id"], view["credit_account_id"])
+            if told != booked:
+                audit.error(
+                    "mismatch",
+                    f"{line['operation']} {derived:032x}: the client was told (amount, debit,"
+                    f" credit) {told}, the ledger has {booked}",
+                )
+            if (line.get("pending_id") or None) != (view.get("pending_id") or None):
+                audit.error(
+                    "mismatch",
+                    f"{line['operation']} {derived:032x}: pending id {line.get('pending_id')}"
+                    f" told, {view.get('pending_id')} booked",
+                )
+            audit.counts["acknowledged_found"] += 1
+        elif outcome == "refused":
+            view = find(derived)
+            if view is not None and view["state"] != "failed":
+                audit.error(
+                    "refused_applied", f"refused {line['operation']} {derived:032x} was applied"
+                )
+        elif outcome == "unknown":
+            view = find(derived)
+            applied = view is not None and view["state"] != "failed"
+            audit.counts["unknown_applied" if applied else "unknown_not_applied"] += 1
+            explained.add(derived)
+    if exclusive:
+        for transfer_id, view in transfers.items():
+            if view["state"] != "failed" and transfer_id not in explained:
+                audit.error(
+                    "unexplained",
+                    f"{view['kind']} {transfer_id:032x} of {view['amount_minor']} on channel"
+                    f" {view['channel_id']} was applied but no client was told",
+                )
+
+
+def audit_books(
+    books: Books,
+    outcomes: list[dict[str, Any]],
+    rules: Any,
+    channel_ids: dict[str, int],
+    *,
+    exclusive: bool,
+) -> Audit:
+    audit = Audit()
+    accounts, transfers = collect(books, audit)
+    check_conservation(accounts, transfers, audit, books.complete_history)
+    check_limits(accounts, transfers, rules, audit)
+    check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive)
+    return audit
+
+
+def print_summary(summary: dict[str, Any], source: str) -> None:
+    print(f"audit of {source}")
+    for name, value in summary["counts"].items():
+        print(f"  {name:28} {value:,}")
+    for name, value in summary["sums"].items():
+        print(f"  {name:28} {value:,}")
+    for note in summary["notes"]:
+        print(f"  note: {note}")
+    if summary["clean"]:
+        print(
+            "audit: clean (every acknowledged transfer booked once, money conserved,"
+            " no limit passed)"
+        )
+        return
+    for line in summary["errors_shown"]:
+        print(f"  ERROR {line}")
+    by_kind = ", ".join(f"{kind} {count}" for kind, count in summary["errors_by_kind"].items())
+    print(f"audit: {summary['errors_total']} error(s): {by_kind}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from limits.rules import load_rules
+
+    try:
+        rules = load_rules(args.rules)
+        with open(args.channels, "rb") as file:
+            channel_ids = {
+                name: int(entry["id"]) for name, entry in tomllib.load(file)["channels"].items()
+            }
+        outcomes = read_outcomes(args.outcomes)
+        dataset = orjson.loads(Path(args.dataset).read_bytes()) if args.dataset else None
+        books: Books
+        if args.source.startswith(("http://", "https://")):
+            books = OnlineBooks(args.source, args, dataset)
+        else:
+            if not os.path.isdir(args.source):
+                raise ValueError(f"{args.source} is neither a URL nor a data directory")
+            books = OfflineBooks(args.source, args, rules)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"tally audit: {error}", file=sys.stderr)
+        return 2
+    audit = audit_books(books, outcomes, rules, channel_ids, exclusive=args.exclusive)
+    summary = audit.summary()
+    summary["source"] = args.source
+    print_summary(summary, args.source)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0 if audit.clean else 1
+
+
+def main_for_loadtest(
+    source: str, out: Path, *, channels: str, rules: str, exclusive: bool
+) -> dict[str, Any]:
+    """`tally audit` as `tally loadtest` runs it: prints, writes OUT/audit.json, returns it."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = [source, "--outcomes", str(out), "--channels", channels, "--rules", rules]
+    words += ["--dataset", str(out / "dataset.json"), "--json", str(out / "audit.json")]
+    if exclusive:
+        words.append("--exclusive")
+    status = run(parser.parse_args(words))
+    if status == 2:
+        return {"clean": False, "errors_total": 1, "counts": {}}
+    summary: dict[str, Any] = orjson.loads((out / "audit.json").read_bytes())
+    return summary
+
+
+def _kind_name(kind: int) -> str:
+    from ledger.types import AccountKind
+
+    try:
+        return AccountKind(kind).name.lower()
+    except ValueError:
+        return str(kind)

@@ -1,0 +1,283 @@
+"""`tally loadtest`: Locust against a fresh server, then the audit. What `make loadtest` runs.
+
+    tally loadtest --seconds 30 --users 200 --out loadtest-out
+
+1. starts `tally serve` on a free loopback port with a fresh data directory
+   (`OUT/data`), unless `--host URL` names a server that already runs;
+2. creates the dataset through the API (`loadtests/dataset.py`: customers,
+   Class I and Class II accounts, opening balances) into `OUT/dataset.json`;
+3. runs Locust headless in its own process (`loadtests/locustfile.py`,
+   `--csv OUT/locust`, `--html OUT/locust.html`, its log in `OUT/locust.log`);
+4. stops the server (SIGTERM: the journal is closed cleanly);
+5. runs `tally audit` on the data directory (offline replay of the journal;
+   online over the API with `--host`), summary in `OUT/audit.json`;
+6. writes `OUT/report.json` (users, requests/s, p50/p95/p99, failures,
+   refusals, the audit's result), `--save DIR` keeps it for `tally bench page`.
+
+Exit status 0 only when Locust saw no failure (a 5xx, a timeout, a 429 after
+the retries, an unexpected status: see the locustfile) and the audit is
+clean; expected business refusals (insufficient funds, limits) are counted
+in the report, not failures. 2 when the run could not be made at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from core.bench_http import REPO_ROOT, Server, free_port
+from core.bench_kernel import machine_description, save_report
+
+LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=30.0, help="Locust run time")
+    parser.add_argument("--users", type=int, default=200, help="peak concurrent users")
+    parser.add_argument(
+        "--spawn-rate", type=float, default=0.0, help="users started per second (default users/5)"
+    )
+    parser.add_argument("--out", default="loadtest-out", help="reports, outcomes, data directory")
+    parser.add_argument(
+        "--host", default="", help="an already running server (default: start a fresh one)"
+    )
+    parser.add_argument("--customers", type=int, default=200, help="customers in the dataset")
+    parser.add_argument("--merchants", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: the time)")
+    parser.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
+    parser.add_argument(
+        "--shape", action="store_true", help="the diurnal campaign-day shape instead of flat -u"
+    )
+    parser.add_argument("--tags", default="", help="run only these Locust tags (comma-separated)")
+    parser.add_argument("--processes", type=int, default=1, help="Locust worker processes")
+    parser.add_argument("--setup-only", action="store_true", help="create the dataset and stop")
+    parser.add_argument("--save", metavar="DIR", default=None, help="keep report.json here")
+    parser.add_argument("--channels", default=str(REPO_ROOT / "examples" / "channels.toml"))
+    parser.add_argument("--rules", default=str(REPO_ROOT / "examples" / "limits.toml"))
+
+
+def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
+    data = out / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    port = free_port()
+    command = [
+        sys.executable, "-m", "core", "serve",
+        "--host", "127.0.0.1", "--port", str(port), "--data", str(data),
+        "--server", server, "--rules", args.rules, "--channels", args.channels,
+        "--access-log", "off",
+        "--accounts-max", str(1 << 16),
+        "--transfers-max", str(1 << 22),
+        "--token-ttl-s", "86400",  # tokens outlive the run; the users renew them anyway
+        "--scrypt-n", "1024",  # the PIN checks are on the path; keep them cheap here
+    ]  # fmt: skip
+    return Server(command, port, out / "server.log", "/readyz")
+
+
+def locust_command(url: str, out: Path, args: argparse.Namespace) -> list[str]:
+    spawn_rate = args.spawn_rate or max(1.0, args.users / 5)
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+        "--headless", "--host", url,
+        "-u", str(args.users), "-r", str(spawn_rate), "-t", f"{max(1, round(args.seconds))}s",
+        "--stop-timeout", "15",
+        "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+        "--only-summary", "--loglevel", "WARNING",
+        "--logfile", str(out / "locust.log"),
+    ]  # fmt: skip
+    if args.tags:
+        command += ["--tags", *[tag.strip() for tag in args.tags.split(",") if tag.strip()]]
+    if args.processes > 1:
+        command += ["--processes", str(args.processes)]
+    return command
+
+
+def read_stats(out: Path) -> dict[str, Any]:
+    """The Aggregated row of Locust's stats CSV, and each failing request's count."""
+    aggregated: dict[str, str] = {}
+    with open(out / "locust_stats.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            if row["Name"] == "Aggregated":
+                aggregated = row
+    failures: dict[str, int] = {}
+    failures_path = out / "locust_failures.csv"
+    if failures_path.exists():
+        with open(failures_path, newline="") as file:
+            for row in csv.DictReader(file):
+                failures[f"{row['Method']} {row['Name']}: {row['Error']}"] = int(row["Occurrences"])
+    if not aggregated:
+        return {"requests": 0, "failures": 0, "failures_by_error": failures}
+
+    def number(name: str) -> float:
+        value = aggregated.get(name, "") or "0"
+        return float(value) if value != "N/A" else 0.0
+
+    return {
+        "requests": int(number("Request Count")),
+        "failures": int(number("Failure Count")),
+        "requests_per_s": round(number("Requests/s"), 1),
+        "latency_ms_p50": number("50%"),
+        "latency_ms_p95": number("95%"),
+        "latency_ms_p99": number("99%"),
+        "latency_ms_max": round(number("Max Response Time"), 1),
+        "failures_by_error": failures,
+    }
+
+
+def outcome_counts(out: Path) -> dict[str, Any]:
+    from core.audit import read_outcomes
+
+    counts: Counter[str] = Counter()
+    refusals: Counter[str] = Counter()
+    retried = 0
+    for line in read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
+                               if path.name != "outcomes-setup.jsonl"]):  # fmt: skip
+        counts[line["outcome"]] += 1
+        if line["outcome"] == "refused":
+            refusals[line["slug"]] += 1
+        if line.get("attempts", 1) > 1:
+            retried += 1
+    return {
+        "money_acknowledged": counts["acknowledged"],
+        "money_refused": counts["refused"],
+        "money_unknown": counts["unknown"],
+        "money_failed": counts["failed"],
+        "accounts_opened": counts["opened"],
+        "money_retried": retried,
+        "refusals": dict(refusals.most_common()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("outcomes-*.jsonl"), *out.glob("locust*")]:
+        old.unlink()
+    from loadtests.dataset import create_dataset, write_dataset, write_setup_outcomes
+
+    server: Server | None = None
+    report: dict[str, Any] = {
+        "benchmark": "locust",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_description(),
+        "command": "tally loadtest "
+        + " ".join(sys.argv[2:] if sys.argv[1:2] == ["loadtest"] else []),
+        "users": args.users,
+        "seconds": args.seconds,
+        "shape": "diurnal campaign day" if args.shape else "flat",
+        "server": "external " + args.host if args.host else f"tally serve ({args.server})",
+    }
+    try:
+        if args.host:
+            url = args.host.rstrip("/")
+        else:
+            print(f"starting tally serve ({args.server}) with a fresh {out / 'data'} ...")
+            server = start_server(out, args.server, args)
+            url = server.url
+        seed = args.seed or int(time.time()) % 100_000
+        print(f"creating the dataset on {url}: {args.customers} customers (seed {seed}) ...")
+        started = time.monotonic()
+        dataset = create_dataset(
+            url,
+            customers=args.customers,
+            merchants=args.merchants,
+            seed=seed,
+            channels_file=args.channels,
+        )
+        write_dataset(dataset, out / "dataset.json")
+        write_setup_outcomes(dataset, out)
+        report["setup_s"] = round(time.monotonic() - started, 1)
+        report["customers"] = len(dataset["customers"])
+        if args.setup_only:
+            print(f"dataset in {out / 'dataset.json'}")
+            return 0
+        env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        env.update(
+            TALLY_LOADTEST_DATASET=str(out / "dataset.json"),
+            TALLY_LOADTEST_OUT=str(out),
+            TALLY_CHANNELS=args.channels,
+            TALLY_LOADTEST_SECONDS=str(args.seconds),
+            TALLY_LOADTEST_USERS=str(args.users),
+            PYTHONWARNINGS="ignore",  # gevent's monkey-patching warnings belong in no report
+        )
+        if args.shape:
+            env["TALLY_LOADTEST_SHAPE"] = "diurnal"
+        command = locust_command(url, out, args)
+        print(f"running locust: {args.users} users, {args.seconds:g} s ...")
+        with open(out / "locust.stdout", "wb") as log:
+            locust = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=args.seconds + 300,
+                check=False,
+            )
+        report["locust_exit_status"] = locust.returncode
+    finally:
+        if server is not None:
+            server.stop()
+    if not (out / "locust_stats.csv").exists():
+        print(
+            f"tally loadtest: Locust wrote no stats; see {out / 'locust.stdout'}", file=sys.stderr
+        )
+        print((out / "locust.stdout").read_text()[-3000:], file=sys.stderr)
+        return 2
+    report.update(read_stats(out))
+    report.update(outcome_counts(out))
+
+    from core.audit import main_for_loadtest
+
+    audit_source = url if args.host else str(out / "data")
+    summary = main_for_loadtest(
+        audit_source,
+        out,
+        channels=args.channels,
+        rules=args.rules,
+        exclusive=not args.host,
+    )
+    report["audit_clean"] = summary["clean"]
+    report["audit_errors"] = summary["errors_total"]
+    report["audit_acknowledged_found"] = summary["counts"].get("acknowledged_found", 0)
+    report["audit_ledger_transfers_ok"] = summary["counts"].get("ledger_transfers_ok", 0)
+    report["audit_source"] = "journal replay" if not args.host else "HTTP API"
+    (out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    if args.save:
+        save_report(report, args.save)
+    print_report(report, out)
+    ok = report["failures"] == 0 and report["money_unknown"] == 0 and summary["clean"]
+    if report["requests"] == 0:
+        ok = False
+        print("tally loadtest: Locust made no request", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def print_report(report: dict[str, Any], out: Path) -> None:
+    print(
+        f"locust     {report['requests']:,} requests, {report.get('requests_per_s', 0):,} req/s,"
+        f" p50/p95/p99 {report.get('latency_ms_p50', 0):g}/{report.get('latency_ms_p95', 0):g}/"
+        f"{report.get('latency_ms_p99', 0):g} ms, failures {report['failures']:,}"
+    )
+    for name, count in report["failures_by_error"].items():
+        print(f"  failure  {count:,} x {name}")
+    print(
+        f"money      acknowledged {report['money_acknowledged']:,}, refused"
+        f" {report['money_refused']:,}, unknown {report['money_unknown']:,}, retried"
+        f" {report['money_retried']:,}, accounts opened {report['accounts_opened']:,}"
+    )
+    for slug, count in report["refusals"].items():
+        print(f"  refused  {count:,} x {slug}")
+    verdict = "clean" if report["audit_clean"] else "FAILED"
+    print(f"audit      {verdict} ({report['audit_errors']} errors)")
+    print(f"reports    {out}/locust.html, locust_stats.csv, audit.json, report.json")

@@ -1,0 +1,619 @@
+"""Locust users that behave like Tally's customers, one user class per channel.
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 -u 200 -r 20 -t 60s
+
+Environment:
+
+- `TALLY_LOADTEST_DATASET`: the dataset JSON written by `tally loadtest --setup-only`
+  (default `loadtest-out/dataset.json`): customers, their accounts and passwords.
+- `TALLY_LOADTEST_OUT`: where each process writes `outcomes-<host>-<pid>.jsonl`, one line
+  per money request with a known answer (default `loadtest-out`). Distributed runs work:
+  every worker writes its own file; copy them together before `tally audit`.
+- `TALLY_CHANNELS`: the channel registry with the secrets (default `examples/channels.toml`).
+- `TALLY_LOADTEST_SHAPE=diurnal`: use `DiurnalCampaignShape` (a day scaled to the run
+  length, with a campaign spike after midnight) instead of plain `-u/-r`.
+- `TALLY_LOADTEST_SEED`: seeds each process's random choices (default: the pid).
+
+The mix follows /work/shared/DOMAIN.md: payments out of Class II (a hold, then a capture
+or a void) ~55%, top-ups from the bound card ~15%, transfers to non-bound accounts ~8%,
+withdrawals to the bound card ~7%, receipts from other banks ~5%, account openings
+rare; plus balance and history reads. Every money request is signed with the channel's
+key and carries its own Idempotency-Key; a timeout, a 5xx or a 429 is retried with the
+same key (at most `RETRIES_MAX` times, with backoff). Outcomes:
+
+- 2xx: acknowledged; written to the outcomes file (the audit proves it is in the ledger).
+- an expected business refusal (insufficient funds, a PBoC/product/channel limit, the
+  5-account cap): a success for Locust, written to the outcomes file as refused.
+- anything else (5xx, timeouts, 429 after the retries, an unexpected 4xx): a Locust
+  failure; a money request whose answer was never seen is written as unknown.
+
+Tags run one flow alone: `--tags pay`, `topup`, `withdraw`, `transfer`, `open`, `cash`,
+`incoming`, `read`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from locust import FastHttpUser, LoadTestShape, between, events, tag, task
+
+from channels.client import Signer, new_key
+from loadtests.dataset import channel_secrets, read_dataset
+from loadtests.profile import diurnal_fraction
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RETRIES_MAX = 3
+RETRY_AFTER_MAX_S = 2.0
+PROBLEM_BASE = "https://tally.example/problems/"
+# Refusals a bank's customers meet every day: recorded, not failures.
+EXPECTED_REFUSALS = frozenset(
+    {
+        "exceeds-credits",
+        "exceeds-daily-outflow",
+        "exceeds-yearly-outflow",
+        "exceeds-daily-inflow",
+        "exceeds-yearly-inflow",
+        "exceeds-balance-cap",
+        "exceeds-transfer-cap",
+        "exceeds-channel-transfer-cap",
+        "exceeds-channel-daily-cap",
+        "account-class-limit",
+        "pending-transfer-expired",
+    }
+)
+TOKEN_EXPIRED = "transaction-token-invalid"  # renewed with the PIN and retried, not a failure
+RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
+
+
+# --- shared per process ------------------------------------------------------------------
+
+
+def _env_path(name: str, default: str) -> Path:
+    return Path(os.environ.get(name) or default)
+
+
+class Shared:
+    """What every user of this process reads: the dataset, the secrets, the outcomes file."""
+
+    dataset: ClassVar[dict[str, Any] | None] = None
+    secrets: ClassVar[dict[str, dict[str, Any]]] = {}
+    outcomes: ClassVar[Any] = None
+    rng: ClassVar[random.Random] = random.Random()
+
+    @classmethod
+    def load(cls) -> None:
+        if cls.dataset is not None:
+            return
+        cls.dataset = read_dataset(_env_path("TALLY_LOADTEST_DATASET", "loadtest-out/dataset.json"))
+        cls.secrets = channel_secrets(
+            os.environ.get("TALLY_CHANNELS") or REPO_ROOT / "examples" / "channels.toml"
+        )
+        out = _env_path("TALLY_LOADTEST_OUT", "loadtest-out")
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"outcomes-{socket.gethostname()}-{os.getpid()}.jsonl"
+        cls.outcomes = open(out / name, "ab", buffering=0)  # noqa: SIM115 (closed at quit)
+        cls.rng = random.Random(int(os.environ.get("TALLY_LOADTEST_SEED") or os.getpid()))
+
+    @classmethod
+    def record(cls, line: dict[str, Any]) -> None:
+        assert cls.outcomes is not None
+        cls.outcomes.write(orjson.dumps(line) + b"\n")
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_kwargs: Any) -> None:
+    if not isinstance(getattr(environment, "runner", None), _master_runner_type()):
+        Shared.load()
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Any, **_kwargs: Any) -> None:
+    if Shared.outcomes is not None:
+        Shared.outcomes.close()
+        Shared.outcomes = None
+
+
+def _master_runner_type() -> type:
+    from locust.runners import MasterRunner
+
+    return MasterRunner
+
+
+def lognormal_minor(median_minor: int, sigma: float, cap_minor: int) -> int:
+    """A log-normal amount in fen around `median_minor`, in 1..cap_minor."""
+    value = Shared.rng.lognormvariate(math.log(median_minor), sigma)
+    return max(1, min(cap_minor, int(value)))
+
+
+# --- the customer -----------------------------------------------------------------------
+
+
+class TallyUser(FastHttpUser):
+    """One customer on one channel: signs every request, retries money with the same key."""
+
+    abstract = True
+    channel: ClassVar[str] = ""
+    wait_time = between(0.2, 1.5)
+    network_timeout = 10.0
+    connection_timeout = 5.0
+
+    def on_start(self) -> None:
+        Shared.load()
+        assert Shared.dataset is not None
+        entry = Shared.secrets[self.channel]
+        self.signer = Signer(self.channel, entry["key_id"], entry["secret"].encode())
+        self.customers: list[dict[str, Any]] = Shared.dataset["customers"]
+        self.merchants: list[dict[str, Any]] = Shared.dataset["merchants"]
+        self.me: dict[str, Any] = Shared.rng.choice(self.customers)
+        self.tokens: dict[str, str] = {}
+        self.acknowledged: list[str] = []
+
+    # --- requests ---------------------------------------------------------------------
+
+    def signed(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        name: str,
+        query: str = "",
+        idempotency_key: str | None = None,
+        token: str | None = None,
+    ) -> tuple[int, Any, dict[str, Any] | None]:
+        """One signed request; returns (status, response headers, parsed body or None)."""
+        data = orjson.dumps(body) if body is not None else b""
+        headers = self.signer.headers(
+            method, path, data, query=query, idempotency_key=idempotency_key
+        )
+        if token is not None:
+            headers["Tally-Transaction-Token"] = token
+        url = path + ("?" + query if query else "")
+        with self.client.request(
+            method,
+            url,
+            data=data or None,  # type: ignore[arg-type]  # bytes, sent byte for byte as signed
+            headers=headers,
+            name=name,
+            catch_response=True,
+        ) as response:
+            status = response.status_code or 0
+            parsed: dict[str, Any] | None = None
+            if response.content:
+                try:
+                    parsed = orjson.loads(response.content)
+                except orjson.JSONDecodeError:
+                    parsed = None
+            slug = _slug(parsed)
+            if 200 <= status < 300 or slug in EXPECTED_REFUSALS or slug == TOKEN_EXPIRED:
+                response.success()
+            elif status in RETRYABLE:
+                response.failure(f"{status} {slug or response.error or ''}".strip())
+            else:
+                response.failure(f"unexpected {status} {slug}")
+            return status, response.headers, parsed
+
+    def money(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        name: str,
+        operation: str,
+        debit_auth: tuple[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """A money request with its own Idempotency-Key, retried with the same key.
+
+        `debit_auth` = (account, password): the debit is authorized with a transaction
+        token of this channel, issued once and issued again when it has expired.
+        """
+        key = new_key()
+        status, headers, parsed = 0, None, None
+        for attempt in range(RETRIES_MAX + 1):
+            token = self.token_for(*debit_auth) if debit_auth is not None else None
+            status, headers, parsed = self.signed(
+                "POST", path, body, name=name, idempotency_key=key, token=token
+            )
+            if _slug(parsed) == TOKEN_EXPIRED and debit_auth is not None:
+                self.tokens.pop(debit_auth[0], None)  # expired: the PIN buys a new one
+                continue
+            if status not in RETRYABLE:
+                break
+            if attempt < RETRIES_MAX:
+                time.sleep(_backoff_s(attempt, headers))
+        line: dict[str, Any] = {
+            "channel": self.channel,
+            "key": key,
+            "operation": operation,
+            "status": status,
+            "attempts": attempt + 1,
+        }
+        if 200 <= status < 300 and parsed is not None:
+            line.update(
+                outcome="acknowledged",
+                transfer_id=parsed["transfer_id"],
+                amount_minor=parsed["amount_minor"],
+                debit_account_id=parsed["debit_account_id"],
+                credit_account_id=parsed["credit_account_id"],
+                pending_id=parsed.get("pending_id"),
+                state=parsed.get("status"),
+                replayed=bool(headers and headers.get("idempotent-replayed")),
+            )
+            Shared.record(line)
+            self.acknowledged.append(parsed["transfer_id"])
+            del self.acknowledged[:-50]
+            return parsed
+        slug = _slug(parsed)
+        if slug in EXPECTED_REFUSALS:
+            line.update(outcome="refused", slug=slug, amount_minor=body.get("amount_minor"))
+        elif status in RETRYABLE:
+            line.update(outcome="unknown", slug=slug)  # the audit looks the key up
+        else:
+            line.update(outcome="failed", slug=slug)
+        Shared.record(line)
+        return None
+
+    def token_for(self, account_id: str, password: str) -> str | None:
+        """A transaction token for this channel, issued once per account (the PIN once)."""
+        token = self.tokens.get(account_id)
+        if token is None:
+            status, _, parsed = self.signed(
+                "POST",
+                f"/v1/accounts/{account_id}/tokens",
+                {"password": password},
+                name="POST /v1/accounts/{id}/tokens",
+            )
+            if status != 201 or parsed is None:
+                return None
+            token = self.tokens[account_id] = parsed["token"]
+        return token
+
+    def read_account(self, account_id: str) -> dict[str, Any] | None:
+        status, _, parsed = self.signed(
+            "GET", f"/v1/accounts/{account_id}", name="GET /v1/accounts/{id}"
+        )
+        return parsed if status == 200 else None
+
+    def read_history(self, account_id: str) -> None:
+        self.signed(
+            "GET",
+            f"/v1/accounts/{account_id}/history",
+            query="limit=20",
+            name="GET /v1/accounts/{id}/history",
+        )
+
+    def other_customer(self) -> dict[str, Any]:
+        while True:
+            other = Shared.rng.choice(self.customers)
+            if other is not self.me or len(self.customers) == 1:
+                return other
+
+
+class MobileUser(TallyUser):
+    """A customer on a phone: pays, tops up, transfers, withdraws from a Class II account."""
+
+    abstract = True
+
+    def class_ii(self) -> str:
+        return str(Shared.rng.choice(self.me["class_ii"]))
+
+    def debit_auth(self, account_id: str) -> tuple[str, str]:
+        return account_id, self.me["password"]
+
+    @tag("pay")
+    @task(55)
+    def pay(self) -> None:
+        """A card payment: a hold, then the merchant captures (mostly) or voids it."""
+        account = self.class_ii()
+        merchant = Shared.rng.choice(self.merchants)["class_i"]
+        amount = lognormal_minor(4_000, 1.0, 2_000_000)
+        hold = self.money(
+            "/v1/payments",
+            {"debit_account_id": account, "merchant_account_id": merchant, "amount_minor": amount},
+            name="POST /v1/payments",
+            operation="payment",
+            debit_auth=self.debit_auth(account),
+        )
+        if hold is None:
+            return
+        time.sleep(Shared.rng.uniform(0.0, 0.3))
+        payment_id = hold["transfer_id"]
+        roll = Shared.rng.random()
+        if roll < 0.75:
+            self.money(
+                f"/v1/payments/{payment_id}/capture",
+                {},
+                name="POST /v1/payments/{id}/capture",
+                operation="capture",
+            )
+        elif roll < 0.85:
+            partial = max(1, amount * Shared.rng.randint(50, 99) // 100)
+            self.money(
+                f"/v1/payments/{payment_id}/capture",
+                {"amount_minor": partial},
+                name="POST /v1/payments/{id}/capture",
+                operation="capture",
+            )
+        else:
+            self.money(
+                f"/v1/payments/{payment_id}/void",
+                {},
+                name="POST /v1/payments/{id}/void",
+                operation="void",
+            )
+
+    @tag("topup")
+    @task(15)
+    def topup(self) -> None:
+        account = self.class_ii()
+        self.money(
+            f"/v1/accounts/{account}/topups",
+            {"amount_minor": lognormal_minor(50_000, 0.8, 5_000_000)},
+            name="POST /v1/accounts/{id}/topups",
+            operation="topup",
+            debit_auth=self.debit_auth(account),
+        )
+
+    @tag("transfer")
+    @task(8)
+    def transfer(self) -> None:
+        """To another customer's account: non-bound outflow (and inflow, for a Class II)."""
+        account = self.class_ii()
+        other = self.other_customer()
+        target = other["class_i"] if Shared.rng.random() < 0.5 else other["class_ii"][0]
+        self.money(
+            "/v1/transfers",
+            {
+                "debit_account_id": account,
+                "credit_account_id": str(target),
+                "amount_minor": lognormal_minor(20_000, 1.0, 2_000_000),
+            },
+            name="POST /v1/transfers",
+            operation="transfer",
+            debit_auth=self.debit_auth(account),
+        )
+
+    @tag("withdraw")
+    @task(7)
+    def withdraw(self) -> None:
+        account = self.class_ii()
+        self.money(
+            f"/v1/accounts/{account}/withdrawals",
+            {"amount_minor": lognormal_minor(10_000, 1.0, 2_000_000)},
+            name="POST /v1/accounts/{id}/withdrawals",
+            operation="withdraw",
+            debit_auth=self.debit_auth(account),
+        )
+
+    @tag("open")
+    @task(1)
+    def open_class_ii(self) -> None:
+        """Open one more Class II account by binding the Class I card (at most 5 per class)."""
+        me = self.me
+        status, _, parsed = self.signed(
+            "POST",
+            f"/v1/customers/{me['customer_id']}/accounts",
+            {
+                "class": "class_ii",
+                "password": me["password"],
+                "bound_card": {
+                    "card_number": me["class_i"],
+                    "card_type": "class_i_debit",
+                    "holder_name": me["name"],
+                    "holder_id_number": me["id_number"],
+                    "reserved_mobile": me["mobile"],
+                },
+            },
+            name="POST /v1/customers/{id}/accounts",
+        )
+        if status == 201 and parsed is not None:
+            Shared.record(
+                {"channel": self.channel, "operation": "open_account", "outcome": "opened",
+                 "account_id": parsed["account_id"], "customer_id": me["customer_id"]}
+            )  # fmt: skip
+        elif _slug(parsed) == "account-class-limit":
+            Shared.record(
+                {"channel": self.channel, "operation": "open_account", "outcome": "refused",
+                 "slug": "account-class-limit", "customer_id": me["customer_id"]}
+            )  # fmt: skip
+
+    @tag("read")
+    @task(10)
+    def balance(self) -> None:
+        self.read_account(self.class_ii())
+
+    @tag("read")
+    @task(4)
+    def history(self) -> None:
+        self.read_history(self.class_ii())
+
+
+class WechatUser(MobileUser):
+    channel = "wechat"
+    weight = 40
+
+
+class AppUser(MobileUser):
+    channel = "app"
+    weight = 35
+
+
+class CounterUser(TallyUser):
+    """A teller serving walk-in customers: cash in and out, transfers, with the PIN typed."""
+
+    channel = "counter"
+    weight = 7
+
+    @tag("cash")
+    @task(5)
+    def cash_deposit(self) -> None:
+        customer = Shared.rng.choice(self.customers)
+        self.money(
+            f"/v1/accounts/{customer['class_i']}/cash-deposits",
+            {"amount_minor": lognormal_minor(200_000, 1.0, 50_000_000)},
+            name="POST /v1/accounts/{id}/cash-deposits",
+            operation="cash_deposit",
+        )
+
+    @tag("cash")
+    @task(3)
+    def cash_withdrawal(self) -> None:
+        customer = Shared.rng.choice(self.customers)
+        self.money(
+            f"/v1/accounts/{customer['class_i']}/cash-withdrawals",
+            {
+                "amount_minor": lognormal_minor(100_000, 1.0, 50_000_000),
+                "password": customer["password"],
+            },
+            name="POST /v1/accounts/{id}/cash-withdrawals",
+            operation="cash_withdrawal",
+        )
+
+    @tag("transfer")
+    @task(2)
+    def transfer(self) -> None:
+        customer = Shared.rng.choice(self.customers)
+        other = self.other_customer()
+        self.money(
+            "/v1/transfers",
+            {
+                "debit_account_id": customer["class_i"],
+                "credit_account_id": other["class_i"],
+                "amount_minor": lognormal_minor(500_000, 1.0, 50_000_000),
+                "password": customer["password"],
+            },
+            name="POST /v1/transfers",
+            operation="transfer",
+        )
+
+    @tag("read")
+    @task(2)
+    def balance(self) -> None:
+        self.read_account(Shared.rng.choice(self.customers)["class_i"])
+
+
+class AtmUser(TallyUser):
+    """A card in an ATM: the PIN buys a token, then cash out (multiples of 100 CNY) or in."""
+
+    channel = "atm"
+    weight = 8
+
+    @tag("cash")
+    @task(5)
+    def cash_withdrawal(self) -> None:
+        card = self.me["class_i"]
+        self.money(
+            f"/v1/accounts/{card}/cash-withdrawals",
+            {"amount_minor": 10_000 * Shared.rng.randint(1, 20)},
+            name="POST /v1/accounts/{id}/cash-withdrawals",
+            operation="cash_withdrawal",
+            debit_auth=(card, self.me["password"]),
+        )
+
+    @tag("cash")
+    @task(2)
+    def cash_deposit(self) -> None:
+        self.money(
+            f"/v1/accounts/{self.me['class_i']}/cash-deposits",
+            {"amount_minor": 10_000 * Shared.rng.randint(1, 50)},
+            name="POST /v1/accounts/{id}/cash-deposits",
+            operation="cash_deposit",
+        )
+
+    @tag("read")
+    @task(3)
+    def balance(self) -> None:
+        self.read_account(self.me["class_i"])
+
+
+class OpenApiUser(TallyUser):
+    """Another bank's clearing link: money arriving from non-bound accounts elsewhere."""
+
+    channel = "open_api"
+    weight = 10
+
+    @tag("incoming")
+    @task(5)
+    def incoming(self) -> None:
+        customer = Shared.rng.choice(self.customers)
+        target = customer["class_i"] if Shared.rng.random() < 0.5 else customer["class_ii"][0]
+        self.money(
+            "/v1/incoming-transfers",
+            {
+                "credit_account_id": str(target),
+                "amount_minor": lognormal_minor(30_000, 1.0, 500_000),
+                "payer": {
+                    "bank_code": "ICBC",
+                    "account_number": "6222020200112233",
+                    "name": "付款人",
+                },
+            },
+            name="POST /v1/incoming-transfers",
+            operation="incoming_transfer",
+        )
+
+    @tag("incoming", "read")
+    @task(2)
+    def status(self) -> None:
+        """Look up one of its own acknowledged transfers by id."""
+        if not self.acknowledged:
+            return
+        transfer_id = Shared.rng.choice(self.acknowledged)
+        self.signed("GET", f"/v1/transfers/{transfer_id}", name="GET /v1/transfers/{id}")
+
+
+# --- the day, scaled to the run ------------------------------------------------------------
+
+
+class DiurnalCampaignShape(LoadTestShape):
+    """A campaign day squeezed into the run: night trough, daytime waves, a midnight spike.
+
+    Opt-in (`TALLY_LOADTEST_SHAPE=diurnal`): without it plain `-u/-r/-t` runs as usual.
+    The run length is `-t` (or TALLY_LOADTEST_SECONDS, default 300); the peak user count
+    is `-u` (or TALLY_LOADTEST_USERS, default 200). The first 80% of the run is a day from
+    06:00 to 24:00 (a morning rise, a lunch and an evening wave at ~60% of the peak), the
+    last 20% is the campaign opening at midnight: a burst to the full peak (the 4-7x over
+    the daily average that DOMAIN.md reports) that decays over a few "minutes".
+    """
+
+    abstract = os.environ.get("TALLY_LOADTEST_SHAPE", "") != "diurnal"
+    use_common_options = True
+
+    def _settings(self) -> tuple[float, int]:
+        options = getattr(getattr(self, "runner", None), "environment", None)
+        parsed = getattr(options, "parsed_options", None)
+        run_time = getattr(parsed, "run_time", None) or float(
+            os.environ.get("TALLY_LOADTEST_SECONDS", "300")
+        )
+        users = getattr(parsed, "num_users", None) or int(
+            os.environ.get("TALLY_LOADTEST_USERS", "200")
+        )
+        return float(run_time), int(users)
+
+    def tick(self) -> tuple[int, float] | None:
+        run_time_s, peak_users = self._settings()
+        elapsed_s = self.get_run_time()
+        if elapsed_s >= run_time_s:
+            return None
+        users = max(1, round(peak_users * diurnal_fraction(elapsed_s / run_time_s)))
+        return users, max(1.0, peak_users / 5)
+
+
+def _slug(parsed: dict[str, Any] | None) -> str:
+    if not parsed or not isinstance(parsed.get("type"), str):
+        return ""
+    return str(parsed["type"]).removeprefix(PROBLEM_BASE)
+
+
+def _backoff_s(attempt: int, headers: Any) -> float:
+    retry_after: Any = headers.get("retry-after") if headers is not None else None
+    if retry_after and str(retry_after).isdigit():
+        return min(RETRY_AFTER_MAX_S, float(retry_after))
+    return float(min(RETRY_AFTER_MAX_S, 0.05 * 2**attempt * (1 + Shared.rng.random())))
