@@ -428,6 +428,81 @@ def check_limits(
                 )
 
 
+COUNTED_CODES = frozenset(
+    {"transfer", "payment", "cash_deposit", "cash_withdrawal", "external_transfer_out",
+     "external_transfer_in"}
+)  # fmt: skip
+
+
+def check_limits_recomputed(
+    accounts: dict[int, AccountState],
+    transfers: dict[int, dict[str, Any]],
+    bound_of: dict[int, int],
+    rules: Any,
+    audit: Audit,
+) -> None:
+    """Limits recomputed from the transfers alone, as lower bounds of what each bucket used.
+
+    Only what certainly counts is added (posted counted transfers and captures whose
+    counterparty is not the bound account; single transfers for the channel caps), and
+    every reversal is taken off: a lower bound over a cap is a limit passed for certain,
+    whatever the finer rules on holds and voids.
+    """
+    used: Counter[tuple[int, str, str]] = Counter()  # (account, bucket, day or year)
+    channel_used: Counter[tuple[int, int, str]] = Counter()  # (account, channel, day)
+    for view in transfers.values():
+        if view["state"] == "failed" or view["kind"] not in ("single", "capture", "reversal"):
+            continue
+        debit, credit = int(view["debit_account_id"]), int(view["credit_account_id"])
+        amount, day = view["amount_minor"], view["business_day"]
+        if view["kind"] == "reversal":
+            for account in (debit, credit):
+                for bucket in ("inflow", "outflow"):
+                    used[(account, bucket + "_daily", day)] -= amount
+                    used[(account, bucket + "_yearly", day[:4])] -= amount
+                for channel_id in rules.channels:
+                    channel_used[(account, channel_id, day)] -= amount
+            continue
+        if view["kind"] == "single":
+            channel_used[(debit, view["channel_id"], day)] += amount
+        if view["code"] not in COUNTED_CODES:
+            continue
+        for account, other, bucket in ((debit, credit, "outflow"), (credit, debit, "inflow")):
+            if account in bound_of and bound_of[account] != other:
+                used[(account, bucket + "_daily", day)] += amount
+                used[(account, bucket + "_yearly", day[:4])] += amount
+    for (account, bucket, period), amount in used.items():
+        state = accounts.get(account)
+        limit = dict((name, cap) for name, _, cap in state.buckets).get(bucket) if state else 0
+        if limit and amount > limit:
+            audit.error(
+                "limit_recomputed",
+                f"account {account} {bucket} {period}: its transfers use at least {amount}"
+                f" > cap {limit}",
+            )
+    for (account, channel_id, day), amount in channel_used.items():
+        state = accounts.get(account)
+        channel = rules.channels.get(channel_id)
+        if state is None or state.kind not in CUSTOMER_KINDS or channel is None:
+            continue
+        if channel.daily_cap_minor and amount > channel.daily_cap_minor:
+            audit.error(
+                "limit_recomputed",
+                f"account {account} channel {channel.name} {day}: its transfers use at least"
+                f" {amount} > daily cap {channel.daily_cap_minor}",
+            )
+    audit.counts["limit_lower_bounds_checked"] = len(used) + len(channel_used)
+
+
+def bound_accounts(dataset: dict[str, Any] | None) -> dict[int, int]:
+    """{Class II account: its bound Class I account} from the dataset (all bind internally)."""
+    bound: dict[int, int] = {}
+    for person in (dataset or {}).get("customers", []):
+        for account in person["class_ii"]:
+            bound[int(account)] = int(person["class_i"])
+    return bound
+
+
 def check_outcomes(
     outcomes: list[dict[str, Any]],
     books: Books,
@@ -525,11 +600,24 @@ def audit_books(
     channel_ids: dict[str, int],
     *,
     exclusive: bool,
+    dataset: dict[str, Any] | None = None,
 ) -> Audit:
     audit = Audit()
     accounts, transfers = collect(books, audit)
     check_conservation(accounts, transfers, audit, books.complete_history)
     check_limits(accounts, transfers, rules, audit)
+    bound = bound_accounts(dataset)
+    for line in outcomes:  # Class II accounts opened during the run bind the same card
+        if line.get("outcome") == "opened" and dataset is not None:
+            owner = next(
+                (p for p in dataset["customers"] if p["customer_id"] == line["customer_id"]), None
+            )
+            if owner is not None:
+                bound[int(line["account_id"])] = int(owner["class_i"])
+    if bound:
+        check_limits_recomputed(accounts, transfers, bound, rules, audit)
+    else:
+        audit.notes.append("no dataset: bucket limits not recomputed from the transfers")
     check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive)
     return audit
 
@@ -575,7 +663,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"tally audit: {error}", file=sys.stderr)
         return 2
-    audit = audit_books(books, outcomes, rules, channel_ids, exclusive=args.exclusive)
+    audit = audit_books(
+        books, outcomes, rules, channel_ids, exclusive=args.exclusive, dataset=dataset
+    )
     summary = audit.summary()
     summary["source"] = args.source
     print_summary(summary, args.source)

@@ -1,0 +1,85 @@
+"""`tally loadtest` (what `make loadtest` runs): the CI smoke run, the shape, the tags.
+
+Locust runs in its own process (it monkey-patches with gevent): it is never imported
+here, so the locustfile's day shape lives in `loadtests/profile.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from loadtests.profile import diurnal_fraction
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def loadtest(*words: str) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+    return subprocess.run(
+        [sys.executable, "-m", "core", "loadtest", *words], capture_output=True, text=True,
+        cwd=REPO_ROOT, timeout=900, check=False, env=env,
+    )  # fmt: skip
+
+
+def stats_names(out: Path) -> set[str]:
+    with open(out / "locust_stats.csv", newline="") as file:
+        return {row["Name"] for row in csv.DictReader(file)} - {"Aggregated"}
+
+
+def test_smoke_run_30_s_is_clean(tmp_path: Path) -> None:
+    """The CI smoke run: 30 s, 100 users, every channel; no failure, the audit clean."""
+    out = tmp_path / "out"
+    done = loadtest("--seconds", "30", "--users", "100", "--customers", "100", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for name in ("locust.html", "locust_stats.csv", "audit.json", "report.json", "dataset.json"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"] == 0 and report["money_unknown"] == 0
+    assert report["requests"] > 0 and report["money_acknowledged"] > 0
+    assert report["audit_clean"] is True and report["audit_errors"] == 0
+    audit = json.loads((out / "audit.json").read_text())
+    # Everything acknowledged (the run's and the setup's) was found in the replayed journal.
+    acknowledged = report["money_acknowledged"] + 2 * report["customers"] + 10
+    assert audit["counts"]["acknowledged_found"] == acknowledged
+    assert audit["sums"]["balances_minor"] == 0
+    names = stats_names(out)
+    for route in ("POST /v1/payments", "POST /v1/accounts/{id}/cash-deposits",
+                  "POST /v1/incoming-transfers", "GET /v1/accounts/{id}"):  # fmt: skip
+        assert route in names, names
+    outcome_files = list(out.glob("outcomes-*.jsonl"))
+    assert len(outcome_files) == 2  # the setup's and the one Locust process's
+
+
+def test_shape_and_tags_run_one_flow(tmp_path: Path) -> None:
+    """--shape drives the users by the day profile; --tags pay runs payments alone."""
+    out = tmp_path / "out"
+    done = loadtest("--seconds", "8", "--users", "20", "--customers", "20", "--shape",
+                    "--tags", "pay", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    names = stats_names(out)
+    assert "POST /v1/payments" in names
+    assert names <= {
+        "POST /v1/payments",
+        "POST /v1/payments/{id}/capture",
+        "POST /v1/payments/{id}/void",
+        "POST /v1/accounts/{id}/tokens",
+    }, names
+    assert json.loads((out / "report.json").read_text())["shape"] == "diurnal campaign day"
+
+
+def test_day_profile_peaks_at_the_campaign_midnight() -> None:
+    """Night trough, two daytime waves below the peak, the full peak right after midnight."""
+    points = [diurnal_fraction(step / 1000) for step in range(1000)]
+    assert all(0 < value <= 1 for value in points)
+    day, campaign = points[:800], points[800:]
+    assert max(day) < 0.75 and points[0] < 0.1
+    assert max(campaign) == 1.0 and campaign[0] == 1.0
+    assert campaign[-1] < 0.5  # the burst decays
+    lunch = max(points[250:400])
+    afternoon = min(points[400:550])
+    assert lunch > afternoon < max(points[550:800])  # two waves
