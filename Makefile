@@ -13,11 +13,16 @@ DATA ?= .tally-data
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
+# make loadtest: Locust against a fresh `tally serve`, then the audit (see README, Load tests).
+LOADTEST_SECONDS ?= 30
+LOADTEST_USERS ?= 200
+LOADTEST_OUT ?= loadtest-out
+LOADTEST_ARGS ?=
 # The interpreter that creates the venv: python3.11 if on PATH, else python3 (must be >= 3.11).
 VENV_PYTHON ?= $(shell command -v python3.11 || command -v python3)
 
 CEXT_SOURCES := $(wildcard cext/*.pyx cext/*.pxd)
-LINT_PACKAGES := core ledger limits channels sim
+LINT_PACKAGES := core ledger limits channels sim loadtests
 
 # $? holds the prerequisites newer than the marker (all of them when it is missing):
 # pip runs only when the venv is new or pyproject.toml/setup.py changed; a changed
@@ -44,6 +49,13 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Starts a server on a free port with a fresh data dir in $(LOADTEST_OUT)/data, creates the
+# dataset, runs Locust headless (CSV + HTML reports into $(LOADTEST_OUT)), stops the server,
+# audits the journal; non-zero on any request failure or audit error.
+loadtest: $(VENV)/.installed
+	$(VENV)/bin/tally loadtest --seconds $(LOADTEST_SECONDS) --users $(LOADTEST_USERS) \
+	  --out $(LOADTEST_OUT) $(LOADTEST_ARGS)
+
 # cython-lint runs pycodestyle by name, so the venv's bin must be on PATH.
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -60,4 +72,4 @@ clean:
 	rm -f cext/*.c cext/*.so cext/*.html $(VENV)/.installed
 	find . -path './.*' -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run test lint build clean
+.PHONY: run test lint build clean loadtest

@@ -35,6 +35,11 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "single_transfer_requests_per_s_uvicorn": (">=", 10_000),
         "latency_ms_p99_uvicorn": ("<=", 20),
     },
+    "locust": {
+        "failures": ("<=", 0),
+        "money_unknown": ("<=", 0),
+        "audit_errors": ("<=", 0),
+    },
     "engine": {
         "durable_transfers_per_s": (">=", 1_000_000),
         "single_submit_transfers_per_s": (">=", 100_000),
@@ -44,6 +49,16 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 NOTES = {
+    "locust": (
+        "Locust (`loadtests/locustfile.py`) against `tally serve` (hypercorn, embedded journal,"
+        " fsync on) on the same 2-core machine as the load generator: customers on the wechat,"
+        " app, counter, atm and open_api channels in the DOMAIN.md mix, with think times of"
+        " 0.2-1.5 s, so requests/s follows the user count; every request signed, every money"
+        " request idempotent. Then `tally audit` replays the server's journal: every"
+        " acknowledged transfer booked exactly once, money conserved, no limit passed (see"
+        " README, Load tests). A failure is a 5xx, a timeout, a 429 after the retries or an"
+        " unexpected status; business refusals are listed apart."
+    ),
     "sim": (
         "The failover simulator (`tally sim run`): a whole 30M-user campaign day through the"
         " dual-region, three-DC topology, every DC running the real kernels, a DC1 outage then a"
@@ -79,6 +94,9 @@ NOTES = {
         " the engine's) and a snapshot of a 30M-account ledger."
     ),
 }
+
+TITLES = {"sim": "tally sim run", "locust": "tally loadtest"}
+HEADLINES = {"locust": "requests_per_s"}
 
 INTRO = """# Benchmarks
 
@@ -120,7 +138,7 @@ def render(reports: list[dict[str, Any]]) -> str:
     for report in reports:
         newest[report["benchmark"]] = report
     for benchmark, report in sorted(newest.items()):
-        title = "tally sim run" if benchmark == "sim" else f"tally bench {benchmark}"
+        title = TITLES.get(benchmark, f"tally bench {benchmark}")
         lines.append(f"## `{title}`\n")
         if benchmark in NOTES:
             lines.append(NOTES[benchmark] + "\n")
@@ -128,6 +146,8 @@ def render(reports: list[dict[str, Any]]) -> str:
         lines.append(f"- machine: {report['machine']}")
         lines.append(f"- command: `{report.get('command', 'tally bench ' + benchmark)}`")
         lines.append(f"- report: `benchmarks/{report['_file']}`\n")
+        if benchmark == "locust":
+            lines.append(locust_summary(report) + "\n")
         lines.append("| figure | value | target |")
         lines.append("|---|---:|---|")
         for key, value in report.items():
@@ -145,6 +165,16 @@ def render(reports: list[dict[str, Any]]) -> str:
             lines.append("\nIndividual passes (transfers/s):\n")
             for name, rates in passes.items():
                 lines.append(f"- {name}: {', '.join(f'{rate:,}' for rate in rates)}")
+        refusals = report.get("refusals")
+        if refusals:
+            lines.append("\nExpected business refusals (not failures):\n")
+            for slug, count in refusals.items():
+                lines.append(f"- {slug}: {count:,}")
+        failures = report.get("failures_by_error")
+        if failures:
+            lines.append("\nFailures:\n")
+            for error, count in failures.items():
+                lines.append(f"- {count:,} x {error}")
         results = report.get("results")
         if results:
             lines.append("\nResult codes of the last pass of each kind:\n")
@@ -156,11 +186,26 @@ def render(reports: list[dict[str, Any]]) -> str:
     lines.append("| report | benchmark | date | headline |")
     lines.append("|---|---|---|---:|")
     for report in reports:
-        headline = report.get("transfers_per_s", "")
-        shown = f"{headline:,}" if isinstance(headline, int) else str(headline)
+        headline = report.get(HEADLINES.get(report["benchmark"], "transfers_per_s"), "")
+        shown = f"{headline:,}" if isinstance(headline, int | float) else str(headline)
         name, benchmark, date = report["_file"], report["benchmark"], report["date"]
         lines.append(f"| `{name}` | {benchmark} | {date} | {shown} |")
     return "\n".join(lines) + "\n"
+
+
+def locust_summary(report: dict[str, Any]) -> str:
+    """One sentence with the figures a reader looks for first."""
+    audit = "clean" if report.get("audit_clean") else f"{report.get('audit_errors')} error(s)"
+    return (
+        f"**{report['users']} users for {report['seconds']:g} s ({report.get('shape', 'flat')}):"
+        f" {report['requests']:,} requests, {report['requests_per_s']:,} requests/s, latency"
+        f" p50 {report['latency_ms_p50']:g} ms, p95 {report['latency_ms_p95']:g} ms,"
+        f" p99 {report['latency_ms_p99']:g} ms, {report['failures']:,} failures;"
+        f" {report['money_acknowledged']:,} money movements acknowledged,"
+        f" {report['money_refused']:,} refused by the bank's rules; audit {audit}"
+        f" ({report['audit_acknowledged_found']:,} acknowledged transfers found in the"
+        f" {report['audit_source']}).**"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
