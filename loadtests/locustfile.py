@@ -603,7 +603,7 @@ class DiurnalCampaignShape(LoadTestShape):
         if elapsed_s >= run_time_s:
             return None
         users = max(1, round(peak_users * diurnal_fraction(elapsed_s / run_time_s)))
-        return users, max(1.0, peak_users / 5)
+        return users, float(max(1, peak_users))  # the midnight burst is abrupt: 1 s to peak
 
 
 def _slug(parsed: dict[str, Any] | None) -> str:

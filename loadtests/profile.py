@@ -14,4 +14,6 @@ def diurnal_fraction(progress: float) -> float:
         evening = 0.4 * math.exp(-(((hour - 20.5) / 1.8) ** 2))
         return min(1.0, base + lunch + evening)
     minutes = (progress - 0.8) / 0.2  # 0 .. 1 of the campaign's first "minutes"
-    return max(0.25, math.exp(-2.5 * minutes)) if minutes > 0.05 else 1.0
+    if minutes <= 0.25:
+        return 1.0  # the burst just after midnight: everyone at once
+    return max(0.25, math.exp(-3.0 * (minutes - 0.25)))

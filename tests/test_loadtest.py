@@ -66,7 +66,7 @@ def test_smoke_run_30_s_is_clean(tmp_path: Path) -> None:
 def test_shape_and_tags_run_one_flow(tmp_path: Path) -> None:
     """--shape drives the users by the day profile; --tags pay runs payments alone."""
     out = tmp_path / "out"
-    done = loadtest("--seconds", "8", "--users", "20", "--customers", "20", "--shape",
+    done = loadtest("--seconds", "20", "--users", "20", "--customers", "20", "--shape",
                     "--tags", "pay", "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     names = stats_names(out)
@@ -78,6 +78,10 @@ def test_shape_and_tags_run_one_flow(tmp_path: Path) -> None:
         "POST /v1/accounts/{id}/tokens",
     }, names
     assert json.loads((out / "report.json").read_text())["shape"] == "diurnal campaign day"
+    with open(out / "locust_stats_history.csv", newline="") as file:
+        users = [int(row["User Count"]) for row in csv.DictReader(file)]
+    half, tail = users[: len(users) // 2], users[len(users) * 65 // 100 :]
+    assert max(tail) > max(half) > 0, users  # the midnight burst tops the daytime waves
 
 
 def test_day_profile_peaks_at_the_campaign_midnight() -> None:
@@ -91,3 +95,30 @@ def test_day_profile_peaks_at_the_campaign_midnight() -> None:
     lunch = max(points[250:400])
     afternoon = min(points[400:550])
     assert lunch > afternoon < max(points[550:800])  # two waves
+
+
+def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
+    """A server that no longer knows wechat's secret: every wechat request is a 401, an
+    unexpected status, so the run fails although the audit of what was booked is clean."""
+    from core.bench_http import Server, free_port
+
+    registry = (REPO_ROOT / "examples" / "channels.toml").read_text()
+    assert registry.count("DEVELOPMENT-ONLY-wechat-secret-0001") == 1
+    rotated = tmp_path / "channels.toml"
+    rotated.write_text(registry.replace("DEVELOPMENT-ONLY-wechat-secret-0001", "rotated-away-0001"))
+    port = free_port()
+    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
+               "--data", str(tmp_path / "data"), "--channels", str(rotated),
+               "--access-log", "off", "--scrypt-n", "1024"]  # fmt: skip
+    server = Server(command, port, tmp_path / "server.log", "/readyz")
+    try:
+        out = tmp_path / "out"
+        done = loadtest("--host", server.url, "--seconds", "6", "--users", "20",
+                        "--customers", "10", "--out", str(out))  # fmt: skip
+    finally:
+        server.stop()
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"] > 0 and report["audit_clean"] is True
+    assert all("unexpected 401" in error for error in report["failures_by_error"]), report
+    assert report["audit_source"] == "HTTP API"
