@@ -17,11 +17,13 @@ customer-exists) is skipped, not fatal.
 from __future__ import annotations
 
 import datetime
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from channels.client import TallyClient, new_key
@@ -33,6 +35,7 @@ PASSWORD = "135790"
 CLASS_I_OPENING_MINOR = 10_000_000  # 100,000 CNY cash at the counter
 CLASS_II_OPENING_MINOR = 500_000  # 5,000 CNY topped up from the bound card
 SETUP_THREADS = 8
+SETUP_RETRIES_MAX = 8
 BIRTH_DATE_FIRST = datetime.date(1960, 1, 1)
 BIRTH_DAYS_SPAN = 40 * 365  # everyone is an adult
 
@@ -88,6 +91,34 @@ def acknowledged_line(
     }
 
 
+def post(
+    client: TallyClient,
+    path: str,
+    body: Any,
+    idempotency_key: str | None = None,
+    *,
+    retry: bool = True,
+) -> Any:
+    """POST, retried with the same Idempotency-Key while the server sheds load (429/503)
+    or the answer is lost (a timeout): bounded, then the last answer or error stands.
+
+    `retry=False` for what has no Idempotency-Key and is not safe to repeat (an account
+    opening: a 503 may come after the account was recorded, and a retry then meets the
+    PBoC per-class cap)."""
+    for attempt in range(SETUP_RETRIES_MAX + 1 if retry else 1):
+        try:
+            response = client.post(path, body, idempotency_key=idempotency_key)
+        except httpx.TimeoutException:
+            if attempt == SETUP_RETRIES_MAX:
+                raise
+            continue
+        if response.status_code not in (429, 503) or attempt == SETUP_RETRIES_MAX or not retry:
+            return response
+        retry_after = response.headers.get("retry-after", "")
+        time.sleep(min(1.0, float(retry_after)) if retry_after.isdigit() else 0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _expect(response: Any, status: int, what: str) -> Any:
     if response.status_code != status:
         raise RuntimeError(f"setup: {what} answered {response.status_code}: {response.text[:500]}")
@@ -99,22 +130,26 @@ def _customer(
 ) -> dict[str, Any] | None:
     name, id_number, mobile = identity_of(seed, index)
     with client(url, "counter", secrets_of) as counter, client(url, "app", secrets_of) as app:
-        registered = counter.post(
-            "/v1/customers", {"name": name, "id_number": id_number, "mobile": mobile}
+        registered = post(
+            counter, "/v1/customers", {"name": name, "id_number": id_number, "mobile": mobile}
         )
         if registered.status_code == 409:
             return None  # a customer of an earlier run against the same server
         customer_id = _expect(registered, 201, "register customer")["customer_id"]
         class_i = _expect(
-            counter.post(
-                f"/v1/customers/{customer_id}/accounts", {"class": "class_i", "password": PASSWORD}
+            post(
+                counter,
+                f"/v1/customers/{customer_id}/accounts",
+                {"class": "class_i", "password": PASSWORD},
+                retry=False,
             ),
             201,
             "open Class I",
         )["account_id"]
         key = new_key()
         deposit = _expect(
-            counter.post(
+            post(
+                counter,
                 f"/v1/accounts/{class_i}/cash-deposits",
                 {"amount_minor": CLASS_I_OPENING_MINOR},
                 idempotency_key=key,
@@ -136,7 +171,8 @@ def _customer(
         if merchant:
             return entry
         class_ii = _expect(
-            app.post(
+            post(
+                app,
                 f"/v1/customers/{customer_id}/accounts",
                 {
                     "class": "class_ii",
@@ -149,18 +185,20 @@ def _customer(
                         "reserved_mobile": mobile,
                     },
                 },
+                retry=False,
             ),
             201,
             "open Class II by binding the Class I card",
         )["account_id"]
         _expect(
-            counter.post(f"/v1/accounts/{class_ii}/face-to-face", {"id_number": id_number}),
+            post(counter, f"/v1/accounts/{class_ii}/face-to-face", {"id_number": id_number}),
             200,
             "face-to-face check of the Class II account",
         )
         key = new_key()
         topup = _expect(
-            app.post(
+            post(
+                app,
                 f"/v1/accounts/{class_ii}/topups",
                 {"amount_minor": CLASS_II_OPENING_MINOR, "password": PASSWORD},
                 idempotency_key=key,

@@ -122,3 +122,29 @@ def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
     assert report["failures"] > 0 and report["audit_clean"] is True
     assert all("unexpected 401" in error for error in report["failures_by_error"]), report
     assert report["audit_source"] == "HTTP API"
+
+
+def test_shed_requests_are_retried_with_the_same_key_and_booked_once(tmp_path: Path) -> None:
+    """A server with an 8-request engine queue and a 100 ms journal sheds with 503 (not during
+    the setup, whose 8 threads wait for each answer, but under 100 users): the users
+    retry with the same Idempotency-Key. The 503s are failures (the run fails), but the
+    audit proves every acknowledged retry was booked exactly once."""
+    from core.bench_http import Server, free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
+               "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
+               "--queue-size", "8", "--journal-delay-ms", "100"]  # fmt: skip
+    server = Server(command, port, tmp_path / "server.log", "/readyz")
+    try:
+        out = tmp_path / "out"
+        done = loadtest("--host", server.url, "--seconds", "8", "--users", "100",
+                        "--customers", "20", "--out", str(out))  # fmt: skip
+    finally:
+        server.stop()
+    report = json.loads((out / "report.json").read_text())
+    assert report["money_retried"] > 0, report
+    assert report["failures"] > 0 and done.returncode == 1
+    assert all(" 503 " in f" {error} " or "503" in error for error in report["failures_by_error"])
+    assert report["audit_clean"] is True, done.stdout[-3000:]
+    assert report["audit_acknowledged_found"] == report["money_acknowledged"] + 2 * 20 + 10
