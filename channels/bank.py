@@ -631,6 +631,12 @@ class Bank:
                 "The customer's KYC is not verified",
                 f"KYC status is {customer.kyc['status']}",
             )
+        # The password is hashed before the class count is checked: from the count to the
+        # staged record below there is no await, so concurrent openings for one customer
+        # cannot all pass the PBoC per-class limit.
+        hashed = await anyio.to_thread.run_sync(
+            passwords.hash_password, body["password"], self.settings.scrypt_n
+        )
         state = self._state()
         open_count = sum(
             1
@@ -648,16 +654,19 @@ class Bank:
         bound: dict[str, Any] | None = None
         if account_class != 1:
             bound = self._check_binding(customer, body["bound_card"])
-        password = body["password"]
         account_id = self._new_account_number(account_class)
-        hashed = await anyio.to_thread.run_sync(
-            passwords.hash_password, password, self.settings.scrypt_n
-        )
         meta = AccountMeta(account_id, customer.customer_id, account_class, bound, time.time_ns())
         from channels.state import password_record
 
         await state.commit([account_record(meta), password_record(account_id, hashed)])
-        code = await self._create_ledger_account(meta)
+        try:
+            code = await self._create_ledger_account(meta)
+        except Problem:
+            # The engine refused (503): the ledger has no such account, so the opening is
+            # recorded as closed and does not hold one of the customer's class slots.
+            meta.closed = True
+            await state.commit([account_record(meta)])
+            raise
         if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
             meta.closed = True
             await state.commit([account_record(meta)])

@@ -21,6 +21,7 @@ from tests.http_helpers import (
     CHANNELS_FILE,
     TallyServer,
     balance,
+    bound_card_of,
     key,
     open_class_i,
     problem_type,
@@ -102,3 +103,67 @@ def test_full_engine_queue_is_503_and_nothing_half_done(server: TallyServer) -> 
             transfer_id = derive_transfer_id(COUNTER_CHANNEL_ID, used, 0)
             found = counter.get(f"/v1/transfers/{transfer_id:032x}").status_code
             assert found == (200 if answers[used].status_code == 201 else 404)
+
+
+def test_concurrent_openings_keep_the_class_limit_and_refused_ones_hold_no_slot(
+    server: TallyServer,
+) -> None:
+    """Twelve Class II openings at once for one customer against a 4-deep engine queue.
+
+    At most 5 may be opened (PBoC), every 503 leaves the opening closed (no slot held, no
+    ledger account), and afterwards exactly the missing slots can still be opened.
+    """
+    with server.client("counter") as counter:
+        customer = register(counter)
+        filler = open_class_i(counter, register(counter))
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def deposit() -> None:  # keeps the engine queue full while the openings arrive
+        with server.client("counter") as client:
+            client.post(
+                f"/v1/accounts/{filler}/cash-deposits", {"amount_minor": 1}, idempotency_key=key()
+            )
+
+    def open_one() -> None:
+        with server.client("app") as app:
+            response = app.post(
+                f"/v1/customers/{customer['customer_id']}/accounts",
+                {"class": "class_ii", "bound_card": bound_card_of(customer), "password": "135790"},
+            )
+        with lock:
+            answers.append(response)
+
+    threads = [threading.Thread(target=deposit) for _ in range(24)]
+    threads += [threading.Thread(target=open_one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(answer.status_code for answer in answers)
+    assert set(statuses) <= {201, 409, 503}, statuses
+    opened = [answer.json()["account_id"] for answer in answers if answer.status_code == 201]
+    assert len(opened) <= 5, statuses
+    for answer in answers:
+        if answer.status_code == 409:
+            assert problem_type(answer) == "account-class-limit"
+    with server.client("app") as app:
+        view = app.get(f"/v1/customers/{customer['customer_id']}").json()
+        still_open = [a["account_id"] for a in view["accounts"] if not a["closed"]]
+        assert sorted(still_open) == sorted(opened)
+        for account_id in opened:
+            assert app.get(f"/v1/accounts/{account_id}").status_code == 200
+        later = 0
+        while True:
+            response = app.post(
+                f"/v1/customers/{customer['customer_id']}/accounts",
+                {"class": "class_ii", "bound_card": bound_card_of(customer), "password": "135790"},
+            )
+            if response.status_code == 503:
+                continue
+            if response.status_code == 409:
+                assert problem_type(response) == "account-class-limit"
+                break
+            assert response.status_code == 201, response.text
+            later += 1
+        assert len(opened) + later == 5
