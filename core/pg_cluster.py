@@ -314,6 +314,10 @@ DURABLE_SETTINGS = {
     "full_page_writes": "on",
     "shared_buffers": "'256MB'",
     "max_wal_size": "'2GB'",
+    # A group's transaction writes ~5 MB of WAL: room for it so the backend does not
+    # write WAL pages out itself mid-COPY (the default is 1/32 of shared_buffers).
+    "wal_buffers": "'64MB'",
+    "checkpoint_timeout": "'15min'",
     "wal_level": "replica",
     "max_connections": "100",
 }

@@ -10,9 +10,22 @@ What one engine group becomes (`PgStore.append_async`), in ONE transaction:
    primary key is the transfer id: idempotency is recorded by the key;
 4. existing transfers the group changed (holds posted, voided or expired,
    amounts reversed): one set-based `UPDATE ... FROM unnest(...)`;
-5. every changed account row (balances, pending, PBoC limit counters): one
-   `INSERT ... SELECT FROM unnest(...) ON CONFLICT (slot) DO UPDATE`;
-6. COMMIT. Only when COMMIT returned, without the "committed locally but might
+5. every changed account row (balances, pending, PBoC limit counters), as it
+   is after the group: binary COPY into the append-only
+   `tally_account_versions`, tagged with the group's last seq, each row the
+   kernel's 80 bytes as they are (a view decodes them);
+6. every so many version rows (`compact_versions_max`, or `compact_accounts_max`
+   accounts changed), instead of 5: a compaction. Each account changed since
+   the last compaction is upserted once, as it is now, into
+   `tally_accounts_compacted` (binary COPY to a temporary table, then one
+   `INSERT ... SELECT ... ON CONFLICT (slot) DO UPDATE`), and the versions are emptied (TRUNCATE; a
+   DELETE if a reader holds the table). The view `tally_accounts` is the
+   latest version of each account over the compacted rows, in any snapshot.
+   Why: an UPDATE of an account row costs PostgreSQL about ten times what a
+   COPY of one does (measured: ~12-15 us against ~1.5 us a row), and with
+   100,000 accounts a compaction every ~130 groups updates each one once
+   instead of once per group that touched it;
+7. COMMIT. Only when COMMIT returned, without the "committed locally but might
    not have been replicated" warning, does the engine answer the group.
 
 Rows are captured in the apply thread (`capture`, called by the engine right
@@ -43,7 +56,8 @@ answering, and restarts from what PostgreSQL has.
 
 Startup (`open_pg_store`): migrations (advisory lock), a new fencing epoch
 (taken with `FOR UPDATE`, so an old engine's in-flight transaction finishes
-first and every later one of it is refused), then the ledger is rebuilt by
+first and every later one of it is refused), the versions an earlier engine
+left are compacted in SQL (`compact_versions`), then the ledger is rebuilt by
 replaying `tally_entries` through `apply_entry`: the kernels' tables (accounts,
 counters, holds, channel counters, the idempotency window of the transfer log)
 are then byte for byte what the engine had, which the row tables cannot give
@@ -69,7 +83,7 @@ import anyio.lowlevel
 from core.entries import Entry, EntryKind, apply_entry
 from core.errors import TallyError
 from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
-from ledger.kernel import KernelLedger
+from ledger.kernel import META_LOG_MASK, KernelLedger
 from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
 
 logger = logging.getLogger(__name__)
@@ -88,6 +102,11 @@ RECONNECT_TIMEOUT_S_DEFAULT = 30.0
 COMMIT_TIMEOUT_S_DEFAULT = 60.0
 RESOLVE_ATTEMPTS_MAX = 8
 HOLD_FLAGS = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
+# A compaction when this many version rows were appended since the last one (~100 MB
+# of table), or this many distinct accounts changed (bounds the store's memory of them
+# and one compaction's statement).
+COMPACT_VERSIONS_MAX_DEFAULT = 1 << 19
+COMPACT_ACCOUNTS_MAX_DEFAULT = 1 << 18
 
 
 class PgStoreError(TallyError):
@@ -137,6 +156,7 @@ class StoreStats:
     resolved_committed: int = 0
     resolved_rewritten: int = 0
     reconnects: int = 0
+    compactions: int = 0
     commit_latency_s: list[float] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)
 
@@ -146,11 +166,23 @@ class StoreStats:
         return now
 
 
+def log_records(ledger: KernelLedger, start: int, stop: int) -> bytes:
+    """The log records of seqs start..stop-1: at most two slices of the ring."""
+    mask = int(ledger.meta[META_LOG_MASK])
+    chunks = []
+    while start < stop:
+        index = start & mask
+        run = min(stop - start, mask + 1 - index)
+        chunks.append(ledger.log[index * TRANSFER_SIZE : (index + run) * TRANSFER_SIZE])
+        start += run
+    return b"".join(chunks)
+
+
 def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
     """The rows changed since the last take: new log records, changed records, accounts."""
     slots, seqs, overflowed = ledger.take_changes()
     log_count = ledger.log_count
-    new_records = b"".join(ledger._record(seq) for seq in range(log_count_before, log_count))
+    new_records = log_records(ledger, log_count_before, log_count)
     if overflowed:
         # More existing transfers changed than the kernel could list: take the window.
         changed_seqs: Sequence[int] = range(ledger.log_tail, log_count_before)
@@ -158,9 +190,10 @@ def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
         changed_seqs = sorted(set(seqs))
     changed = [(seq, ledger._record(seq)) for seq in changed_seqs if seq < log_count_before]
     accounts = []
-    for slot in sorted(set(slots)):
-        row = bytes(ledger.accounts[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE])
-        pending = bytes(ledger.pending[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE])
+    account_table, pending_table = ledger.accounts, ledger.pending
+    for slot in set(slots):
+        row = account_table[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE]
+        pending = pending_table[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE]
         accounts.append((slot, row + pending))
     return Changes(log_count_before, new_records, changed, accounts)
 
@@ -208,36 +241,22 @@ WHERE t.id_lo = u.id_lo AND t.id_hi = u.id_hi
 """
 
 _ACCOUNT_ALL = ("slot", *ACCOUNT_COLUMNS, "debits_pending", "credits_pending")
-_ACCOUNT_TYPES = (
-    "integer",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "integer",
-    "integer",
-    "integer",
-    "integer",
-    "integer",
-    "smallint",
-    "smallint",
-    "smallint",
-    "smallint",
-    "smallint",
-    "smallint",
-    "smallint",
-    "bigint",
-    "bigint",
-)
-assert len(_ACCOUNT_ALL) == len(_ACCOUNT_TYPES)
-UPSERT_ACCOUNTS = (
-    f"INSERT INTO tally_accounts ({', '.join(_ACCOUNT_ALL)}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(_ACCOUNT_TYPES))
-    + ") ON CONFLICT (slot) DO UPDATE SET "
-    + ", ".join(f"{name} = EXCLUDED.{name}" for name in _ACCOUNT_ALL[1:])
-)
-
 ENTRY_COLUMNS = ("seq", "kind", "timestamp_first", "business_day", "count", "epoch", "payload")
+VERSION_COLUMNS = ("seq", "slot", "row")
+COMPACT_STAGE = (
+    "CREATE TEMPORARY TABLE tally_compact_stage (LIKE tally_accounts_compacted) ON COMMIT DROP"
+)
+_UPSERT_SET = ", ".join(f"{name} = EXCLUDED.{name}" for name in _ACCOUNT_ALL[1:])
+COMPACT_FROM_STAGE = (
+    f"INSERT INTO tally_accounts_compacted ({', '.join(_ACCOUNT_ALL)})"
+    f" SELECT {', '.join(_ACCOUNT_ALL)} FROM tally_compact_stage"
+    f" ON CONFLICT (slot) DO UPDATE SET {_UPSERT_SET}"
+)
+COMPACT_VERSIONS = (
+    f"INSERT INTO tally_accounts_compacted ({', '.join(_ACCOUNT_ALL)})"
+    f" SELECT {', '.join(_ACCOUNT_ALL)} FROM tally_account_versions_latest"
+    f" ON CONFLICT (slot) DO UPDATE SET {_UPSERT_SET}"
+)
 
 
 def account_row_values(slot: int, row: bytes) -> tuple[Any, ...]:
@@ -269,8 +288,13 @@ class PgStore:
         log_count: int,
         reconnect_timeout_s: float = RECONNECT_TIMEOUT_S_DEFAULT,
         commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
+        compact_versions_max: int = COMPACT_VERSIONS_MAX_DEFAULT,
+        compact_accounts_max: int = COMPACT_ACCOUNTS_MAX_DEFAULT,
     ) -> None:
+        assert compact_versions_max >= 1 and compact_accounts_max >= 1
         self.dsn = dsn
+        self.compact_versions_max = compact_versions_max
+        self.compact_accounts_max = compact_accounts_max
         self.epoch = epoch
         self.reconnect_timeout_s = reconnect_timeout_s
         self.commit_timeout_s = commit_timeout_s
@@ -281,6 +305,10 @@ class PgStore:
         self._failure: str | None = None
         self._warnings: list[Any] = []
         self._server_pid: int | None = None
+        # Accounts changed since the last compaction, as they are now (slot -> row), and
+        # how many version rows were appended since (the table is empty at open).
+        self._latest: dict[int, bytes] = {}
+        self._versions_rows = 0
         self._listen(connection)
 
     # --- Store protocol ---------------------------------------------------------
@@ -301,6 +329,8 @@ class PgStore:
 
     async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None:
         """Commit one group (see the module docstring); returns once it is safely durable."""
+        import asyncpg
+
         if self._failure is not None:
             raise PgStoreError(f"store unusable after an earlier failure: {self._failure}")
         assert len(entries) >= 1 and len(captures) == len(entries)
@@ -309,16 +339,31 @@ class PgStore:
         rows = merge_changes(captures)
         first_seq = self._last_seq + 1
         started = time.perf_counter()
+        # The store is unusable after a failure, so `_latest` may run ahead of PostgreSQL.
+        self._latest.update(rows.accounts)
+        compact = (
+            self._versions_rows + len(rows.accounts) >= self.compact_versions_max
+            or len(self._latest) >= self.compact_accounts_max
+        )
         try:
             with anyio.fail_after(self.commit_timeout_s):
-                await self._commit_group(entries, rows, first_seq)
+                await self._commit_group(entries, rows, first_seq, compact)
         except TimeoutError as error:
             self._failure = f"group {first_seq}..: no COMMIT within {self.commit_timeout_s} s"
             raise CommitUnresolved(self._failure) from error
         except PgStoreError as error:
             self._failure = str(error)
             raise
+        except asyncpg.PostgresError as error:  # the server refused (disk full, ...)
+            self._failure = f"group {first_seq}..: {type(error).__name__}: {error}"
+            raise PgStoreError(self._failure) from error
         self._last_seq = first_seq + len(entries) - 1
+        if compact:
+            self._latest.clear()
+            self._versions_rows = 0
+            self.stats.compactions += 1
+        else:
+            self._versions_rows += len(rows.accounts)
         self.stats.commits += 1
         self.stats.entries += len(entries)
         self.stats.transfers += len(rows.transfers)
@@ -342,11 +387,11 @@ class PgStore:
         connection.add_log_listener(lambda _connection, message: self._warnings.append(message))
 
     async def _commit_group(
-        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int
+        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int, compact: bool
     ) -> None:
         errors = _connection_errors()
         try:
-            await self._write_group(entries, rows, first_seq, resolving=False)
+            await self._write_group(entries, rows, first_seq, compact, resolving=False)
             return
         except errors as error:
             logger.warning("group %d..: connection lost (%s): resolving", first_seq, error)
@@ -354,7 +399,7 @@ class PgStore:
         for attempt in range(RESOLVE_ATTEMPTS_MAX):
             await self._reconnect(lost)
             try:
-                await self._write_group(entries, rows, first_seq, resolving=True)
+                await self._write_group(entries, rows, first_seq, compact, resolving=True)
                 return
             except errors as error:
                 logger.warning(
@@ -367,7 +412,13 @@ class PgStore:
         )
 
     async def _write_group(
-        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int, *, resolving: bool
+        self,
+        entries: Sequence[Entry],
+        rows: GroupRows,
+        first_seq: int,
+        compact: bool,
+        *,
+        resolving: bool,
     ) -> None:
         connection = self._connection
         last_seq = first_seq + len(entries) - 1
@@ -454,11 +505,16 @@ class PgStore:
                         columns[index].append(value)
                 status = await connection.execute(UPDATE_TRANSFERS, *columns)
                 assert status == f"UPDATE {len(rows.changed)}", (status, len(rows.changed))
-            if rows.accounts:
-                account_values = [account_row_values(slot, row) for slot, row in rows.accounts]
-                mark = self.stats.phase("changed", mark)
-                columns_by_name = map(list, zip(*account_values, strict=True))
-                await connection.execute(UPSERT_ACCOUNTS, *columns_by_name)
+            mark = self.stats.phase("changed", mark)
+            if compact:
+                await self._compact(connection)
+                mark = self.stats.phase("compact", mark)
+            elif rows.accounts:
+                await connection.copy_records_to_table(
+                    "tally_account_versions",
+                    records=[(last_seq, slot, row) for slot, row in rows.accounts],
+                    columns=VERSION_COLUMNS,
+                )
                 mark = self.stats.phase("accounts", mark)
         except BaseException:
             if not connection.is_closed():
@@ -471,6 +527,25 @@ class PgStore:
         mark = time.perf_counter()
         await self._commit(transaction, first_seq)
         self.stats.phase("commit", mark)
+
+    async def _compact(self, connection: Any) -> None:
+        """Every account changed since the last compaction, upserted once; versions emptied.
+
+        The rows go in by binary COPY to a temporary table, then one upsert from it:
+        passing them as 19 arrays to `unnest` costs ~7 us a row by itself (measured),
+        the COPY and the join ~4 us all told.
+        """
+        if self._latest:
+            await connection.execute(COMPACT_STAGE)
+            await connection.copy_records_to_table(
+                "tally_compact_stage",
+                records=[
+                    account_row_values(slot, row) for slot, row in sorted(self._latest.items())
+                ],
+                columns=_ACCOUNT_ALL,
+            )
+            await connection.execute(COMPACT_FROM_STAGE)
+        await empty_versions(connection)
 
     async def _commit(self, transaction: Any, first_seq: int) -> None:
         self._warnings.clear()
@@ -527,6 +602,37 @@ class PgStore:
         self._listen(connection)
         if old_pid is not None:
             await connection.execute("SELECT pg_terminate_backend($1)", old_pid)
+
+
+async def empty_versions(connection: Any) -> None:
+    """Empty tally_account_versions inside the caller's transaction, once compacted.
+
+    TRUNCATE when no reader holds the table (O(1), no dead rows); if one does
+    (a long `tally db verify`), a DELETE, which does not wait for it.
+    """
+    import asyncpg
+
+    try:
+        async with connection.transaction():  # a savepoint: a refused lock undoes only itself
+            await connection.execute(
+                "LOCK TABLE tally_account_versions IN ACCESS EXCLUSIVE MODE NOWAIT"
+            )
+            await connection.execute("TRUNCATE tally_account_versions")
+    except asyncpg.LockNotAvailableError:
+        await connection.execute("DELETE FROM tally_account_versions")
+
+
+async def compact_versions(connection: Any, epoch: int) -> int:
+    """Compact the versions an earlier engine left, in SQL, as epoch `epoch`; returns rows."""
+    async with connection.transaction():
+        row = await connection.fetchrow("SELECT epoch FROM tally_epoch FOR UPDATE")
+        if row["epoch"] != epoch:
+            raise StoreFenced(f"epoch {epoch} fenced off by epoch {row['epoch']} (compaction)")
+        count = int(await connection.fetchval("SELECT count(*) FROM tally_account_versions"))
+        if count:
+            await connection.execute(COMPACT_VERSIONS)
+            await empty_versions(connection)
+    return count
 
 
 async def take_epoch(connection: Any, owner: str, epoch_min: int = 0) -> tuple[int, int]:
@@ -607,6 +713,8 @@ async def open_pg_store(
     epoch_min: int = 0,
     reconnect_timeout_s: float = RECONNECT_TIMEOUT_S_DEFAULT,
     commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
+    compact_versions_max: int = COMPACT_VERSIONS_MAX_DEFAULT,
+    compact_accounts_max: int = COMPACT_ACCOUNTS_MAX_DEFAULT,
 ) -> Opened:
     """Migrate, take a new fencing epoch, rebuild the ledger: ready for `Engine(ledger, store)`."""
     import asyncpg
@@ -619,6 +727,7 @@ async def open_pg_store(
     try:
         migrated = await migrate(connection)
         epoch, last_seq = await take_epoch(connection, owner, epoch_min)
+        await compact_versions(connection, epoch)
         ledger = await replay_ledger(connection, account_capacity, transfer_capacity, last_seq)
     except BaseException:
         connection.terminate()
@@ -633,6 +742,8 @@ async def open_pg_store(
         log_count=ledger.log_count,
         reconnect_timeout_s=reconnect_timeout_s,
         commit_timeout_s=commit_timeout_s,
+        compact_versions_max=compact_versions_max,
+        compact_accounts_max=compact_accounts_max,
     )
     return Opened(store, ledger, migrated, time.perf_counter() - started)
 

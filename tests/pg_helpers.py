@@ -23,11 +23,13 @@ _cluster: Cluster | None = None
 _database_numbers = itertools.count(1)
 TABLES = (
     "tally_transfers",
-    "tally_accounts",
+    "tally_accounts_compacted",
+    "tally_account_versions",
     "tally_entries",
     "tally_epoch",
     "tally_schema_version",
 )
+VIEWS = ("tally_accounts",)  # a table before migration 3: dropped as whichever it is
 
 
 def shared_cluster() -> Cluster:
@@ -66,7 +68,18 @@ def fresh_database_dsn() -> str:
     """A DSN to an empty database (a new one in the shared cluster, or TALLY_PG_DSN cleaned)."""
     external = os.environ.get("TALLY_PG_DSN")
     if external:
-        drop = "; ".join(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES)
+        drop = "; ".join(
+            [
+                *(
+                    f"DO $$ BEGIN IF to_regclass('{name}') IS NOT NULL THEN EXECUTE"
+                    f" (SELECT CASE relkind WHEN 'v' THEN 'DROP VIEW ' ELSE 'DROP TABLE ' END"
+                    f" FROM pg_class WHERE oid = '{name}'::regclass) || '{name} CASCADE';"
+                    " END IF; END $$"
+                    for name in VIEWS
+                ),
+                *(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES),
+            ]
+        )
         completed = subprocess.run(
             ["psql", "-X", "-q", external, "-c", drop], capture_output=True, text=True, check=False
         )
