@@ -366,10 +366,10 @@ class Bank:
                     task_group.start_soon(self._serve_housekeeping)
                     await anyio.sleep_forever()
             except* PgStoreError as group:
-                error = group.exceptions[0]
+                failure = str(group.exceptions[0])
                 self.ready = False
-                self.failed = f"PostgreSQL store failed, restart needed: {error}"
-                logger.error(orjson.dumps({"event": "store_failed", "error": str(error)}).decode())
+                self.failed = f"PostgreSQL store failed, restart needed: {failure}"
+                logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
                 await anyio.sleep_forever()
         finally:
             self.ready = False
