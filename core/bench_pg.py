@@ -19,9 +19,11 @@ The last line of output is one JSON object (with --json, the only output).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -51,7 +53,27 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-async def bench_tally(dsn: str, accounts: int, seconds: float, inflight: int) -> dict[str, Any]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (threads included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+async def bench_tally(
+    dsn: str,
+    accounts: int,
+    seconds: float,
+    inflight: int,
+    server_pids: Callable[[], list[int]] | None = None,
+) -> dict[str, Any]:
     from core.pg_store import open_pg_store
 
     opened = await open_pg_store(
@@ -59,6 +81,7 @@ async def bench_tally(dsn: str, accounts: int, seconds: float, inflight: int) ->
     )
     rules = parse_rules(bench_kernel.BENCH_RULES, "bench-rules.toml")
     engine = Engine(opened.ledger, opened.store, rules, linger_s=0.001, queue_size=1 << 17)
+    store = opened.store
     source = bench_engine.Generator(accounts)
     result: dict[str, Any] = {}
     async with anyio.create_task_group() as task_group:
@@ -66,9 +89,20 @@ async def bench_tally(dsn: str, accounts: int, seconds: float, inflight: int) ->
         setup_started = time.perf_counter()
         await bench_engine.setup(engine, accounts)
         result["setup_s"] = round(time.perf_counter() - setup_started, 2)
+        pids = [os.getpid(), *(server_pids() if server_pids else [])]
+        cpu_before = (cpu_seconds(pids[:1]), cpu_seconds(pids[1:]))
+        committed_before = store.stats.transfers
         measured = await _durable_batches(engine, source, seconds, inflight)
+        committed = store.stats.transfers - committed_before
+        cpu_tally = cpu_seconds(pids[:1]) - cpu_before[0]
+        cpu_server = cpu_seconds(pids[1:]) - cpu_before[1]
         task_group.cancel_scope.cancel()
-    store = opened.store
+    if committed:
+        # CPU per transfer is steadier than wall-clock throughput on a shared machine, and
+        # says what two dedicated cores could do: about 2 / (tally + server) per second.
+        result["tally_pg_cpu_us_per_transfer_tally"] = round(cpu_tally / committed * 1e6, 2)
+        if server_pids:
+            result["tally_pg_cpu_us_per_transfer_postgres"] = round(cpu_server / committed * 1e6, 2)
     await store.close()
     latencies = measured["latencies"]
     result.update(
@@ -77,6 +111,7 @@ async def bench_tally(dsn: str, accounts: int, seconds: float, inflight: int) ->
             "tally_pg_batch_latency_ms_p50": round(latency_quantile(latencies, 0.5) * 1000, 1),
             "tally_pg_batch_latency_ms_p99": round(latency_quantile(latencies, 0.99) * 1000, 1),
             "tally_pg_commits": store.stats.commits,
+            "tally_pg_compactions": store.stats.compactions,
             "tally_pg_commit_ms_p50": round(
                 latency_quantile(store.stats.commit_latency_s, 0.5) * 1000, 1
             ),
@@ -129,7 +164,13 @@ CREATE TABLE naive_transfers (
 """
 
 
-async def bench_naive(dsn: str, accounts: int, seconds: float, connections: int) -> dict[str, Any]:
+async def bench_naive(
+    dsn: str,
+    accounts: int,
+    seconds: float,
+    connections: int,
+    server_pids: Callable[[], list[int]] | None = None,
+) -> dict[str, Any]:
     """One transaction per transfer, the way most first ledgers are written."""
     import asyncpg
 
@@ -145,6 +186,8 @@ async def bench_naive(dsn: str, accounts: int, seconds: float, connections: int)
     done = rejected = 0
     latencies: list[float] = []
     next_id = 0
+    pids = [os.getpid(), *(server_pids() if server_pids else [])]
+    cpu_before = cpu_seconds(pids)
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
 
@@ -205,6 +248,7 @@ async def bench_naive(dsn: str, accounts: int, seconds: float, connections: int)
         for index, connection in enumerate(pool):
             task_group.start_soon(guarded, connection, index)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pids) - cpu_before
     for connection in pool:
         await connection.close()
     return {
@@ -213,6 +257,7 @@ async def bench_naive(dsn: str, accounts: int, seconds: float, connections: int)
         "naive_pg_latency_ms_p99": round(latency_quantile(latencies, 0.99) * 1000, 2),
         "naive_pg_rejected": rejected,
         "naive_pg_connections": connections,
+        "naive_pg_cpu_us_per_transfer": round(cpu / max(1, done) * 1e6, 2),
     }
 
 
@@ -255,14 +300,24 @@ def run(args: argparse.Namespace) -> int:
         _say(args, f"tally: {args.accounts} accounts, {args.seconds / 2:.0f} s of batches")
         report.update(
             anyio.run(
-                bench_tally, cluster.dsn("tally"), args.accounts, args.seconds / 2, args.inflight
+                bench_tally,
+                cluster.dsn("tally"),
+                args.accounts,
+                args.seconds / 2,
+                args.inflight,
+                cluster.server_pids,
             )
         )
         _say(args, f"  {report['tally_pg_transfers_per_s']:,} transfers/s")
         _say(args, f"naive: {args.connections} connections, {args.seconds / 2:.0f} s")
         report.update(
             anyio.run(
-                bench_naive, cluster.dsn("naive"), args.accounts, args.seconds / 2, args.connections
+                bench_naive,
+                cluster.dsn("naive"),
+                args.accounts,
+                args.seconds / 2,
+                args.connections,
+                cluster.server_pids,
             )
         )
         _say(args, f"  {report['naive_pg_transfers_per_s']:,} transfers/s")

@@ -6,10 +6,12 @@ What one engine group becomes (`PgStore.append_async`), in ONE transaction:
    the fencing token. Zero rows means a newer engine took over (or someone
    else appended): the store refuses, raises `StoreFenced`, and the engine stops.
 2. the group's entries, binary COPY into `tally_entries` (the authoritative log);
-3. the group's new transfer records, binary COPY into `tally_transfers`, whose
-   primary key is the transfer id: idempotency is recorded by the key;
+3. the group's new transfer records, binary COPY into `tally_transfer_records`
+   (id, seq, and the kernel's 128-byte record as it is; the view
+   `tally_transfers` decodes it), whose primary key is the transfer id:
+   idempotency is recorded by the key;
 4. existing transfers the group changed (holds posted, voided or expired,
-   amounts reversed): one set-based `UPDATE ... FROM unnest(...)`;
+   amounts reversed): one set-based `UPDATE ... FROM unnest(...)` of their records;
 5. every changed account row (balances, pending, PBoC limit counters), as it
    is after the group: binary COPY into the append-only
    `tally_account_versions`, tagged with the group's last seq, each row the
@@ -92,6 +94,7 @@ logger = logging.getLogger(__name__)
 TRANSFER_ROW = struct.Struct("<qqqqqqqqqqihhhBBiihBBqqq")
 ACCOUNT_ROW = struct.Struct("<qqqqiiiiihBBhhhh")
 PENDING_ROW = struct.Struct("<qq")
+ID_ROW = struct.Struct("<qq")  # a transfer record's id, its first 16 bytes
 assert TRANSFER_ROW.size == TRANSFER_SIZE and ACCOUNT_ROW.size == ACCOUNT_SIZE
 assert len(TRANSFER_COLUMNS) == len(TRANSFER_ROW.unpack(bytes(TRANSFER_SIZE)))
 assert len(ACCOUNT_COLUMNS) == len(ACCOUNT_ROW.unpack(bytes(ACCOUNT_SIZE)))
@@ -143,7 +146,7 @@ class Changes:
     """The rows one applied entry changed, copied in the apply thread."""
 
     new_first_seq: int
-    new_records: bytes
+    new_rows: list[tuple[int, int, int, bytes]]  # (id_lo, id_hi, seq, record), as COPYed
     changed: list[tuple[int, bytes]]
     accounts: list[tuple[int, bytes]]
 
@@ -178,11 +181,26 @@ def log_records(ledger: KernelLedger, start: int, stop: int) -> bytes:
     return b"".join(chunks)
 
 
+def transfer_rows(records: bytes, first_seq: int) -> list[tuple[int, int, int, bytes]]:
+    """(id_lo, id_hi, seq, record) of each record: the COPY rows of tally_transfer_records."""
+    unpack_id = ID_ROW.unpack_from
+    return [
+        (*unpack_id(records, offset), seq, records[offset : offset + TRANSFER_SIZE])
+        for seq, offset in zip(
+            itertools.count(first_seq), range(0, len(records), TRANSFER_SIZE), strict=False
+        )
+    ]
+
+
 def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
-    """The rows changed since the last take: new log records, changed records, accounts."""
+    """The rows changed since the last take: new log records, changed records, accounts.
+
+    Already in the shape the COPYs take: this runs in the engine's apply thread,
+    while the durable stage waits on PostgreSQL with the previous group.
+    """
     slots, seqs, overflowed = ledger.take_changes()
     log_count = ledger.log_count
-    new_records = log_records(ledger, log_count_before, log_count)
+    new_rows = transfer_rows(log_records(ledger, log_count_before, log_count), log_count_before)
     if overflowed:
         # More existing transfers changed than the kernel could list: take the window.
         changed_seqs: Sequence[int] = range(ledger.log_tail, log_count_before)
@@ -195,50 +213,51 @@ def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
         row = account_table[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE]
         pending = pending_table[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE]
         accounts.append((slot, row + pending))
-    return Changes(log_count_before, new_records, changed, accounts)
+    return Changes(log_count_before, new_rows, changed, accounts)
 
 
 @dataclass(slots=True)
 class GroupRows:
-    """One group's rows, merged in order: later changes to the same row win."""
+    """One group's rows, merged in order: later changes to the same row win.
 
-    transfers: list[tuple[Any, ...]]
+    transfers: (id_lo, id_hi, seq, record) of each new record; changed: the
+    records of existing transfers; accounts: (slot, account row + pending row).
+    """
+
+    transfers: list[tuple[int, int, int, bytes]]
     changed: list[bytes]
     accounts: list[tuple[int, bytes]]
 
 
 def merge_changes(captures: Sequence[Changes]) -> GroupRows:
+    if len(captures) == 1:  # the common case: one entry, nothing to merge
+        only = captures[0]
+        return GroupRows(only.new_rows, [record for _, record in only.changed], only.accounts)
     new_first = captures[0].new_first_seq if captures else 0
-    new_records = bytearray()
+    transfers: list[tuple[int, int, int, bytes]] = []
     changed: dict[int, bytes] = {}
     accounts: dict[int, bytes] = {}
     for changes in captures:
-        assert changes.new_first_seq == new_first + len(new_records) // TRANSFER_SIZE
-        new_records += changes.new_records
+        assert changes.new_first_seq == new_first + len(transfers)
+        transfers += changes.new_rows
         for seq, record in changes.changed:
             if seq >= new_first:  # new in this group: its row is written once, as it is now
-                offset = (seq - new_first) * TRANSFER_SIZE
-                new_records[offset : offset + TRANSFER_SIZE] = record
+                id_lo, id_hi, stored_seq, _ = transfers[seq - new_first]
+                assert stored_seq == seq
+                transfers[seq - new_first] = (id_lo, id_hi, seq, record)
             else:
                 changed[seq] = record
         for slot, row in changes.accounts:
             accounts[slot] = row
-    transfers = [
-        (*row, seq)
-        for seq, row in zip(itertools.count(new_first), TRANSFER_ROW.iter_unpack(new_records))
-    ]
-    return GroupRows(transfers, list(changed.values()), sorted(accounts.items()))
+    return GroupRows(transfers, list(changed.values()), list(accounts.items()))
 
 
 UPDATE_TRANSFERS = """
-UPDATE tally_transfers AS t
-SET result = u.result, business_day = u.business_day, counted = u.counted, state = u.state,
-    amount_posted = u.amount_posted, amount_reversed = u.amount_reversed
-FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::smallint[], $5::smallint[],
-            $6::smallint[], $7::bigint[], $8::bigint[])
-     AS u(id_lo, id_hi, result, business_day, counted, state, amount_posted, amount_reversed)
+UPDATE tally_transfer_records AS t SET record = u.record
+FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS u(id_lo, id_hi, record)
 WHERE t.id_lo = u.id_lo AND t.id_hi = u.id_hi
 """
+TRANSFER_RECORD_COLUMNS = ("id_lo", "id_hi", "seq", "record")
 
 _ACCOUNT_ALL = ("slot", *ACCOUNT_COLUMNS, "debits_pending", "credits_pending")
 ENTRY_COLUMNS = ("seq", "kind", "timestamp_first", "business_day", "count", "epoch", "payload")
@@ -483,27 +502,19 @@ class PgStore:
             mark = self.stats.phase("entries", mark)
             if rows.transfers:
                 await connection.copy_records_to_table(
-                    "tally_transfers", records=rows.transfers, columns=(*TRANSFER_COLUMNS, "seq")
+                    "tally_transfer_records",
+                    records=rows.transfers,
+                    columns=TRANSFER_RECORD_COLUMNS,
                 )
             mark = self.stats.phase("transfers", mark)
             if rows.changed:
-                columns: list[list[int]] = [[] for _ in range(8)]
-                for record in rows.changed:
-                    values = TRANSFER_ROW.unpack(record)
-                    for index, value in enumerate(
-                        (
-                            values[0],
-                            values[1],
-                            values[15],
-                            values[18],
-                            values[19],
-                            values[20],
-                            values[22],
-                            values[23],
-                        )
-                    ):
-                        columns[index].append(value)
-                status = await connection.execute(UPDATE_TRANSFERS, *columns)
+                ids = [ID_ROW.unpack_from(record) for record in rows.changed]
+                status = await connection.execute(
+                    UPDATE_TRANSFERS,
+                    [id_lo for id_lo, _ in ids],
+                    [id_hi for _, id_hi in ids],
+                    rows.changed,
+                )
                 assert status == f"UPDATE {len(rows.changed)}", (status, len(rows.changed))
             mark = self.stats.phase("changed", mark)
             if compact:
@@ -862,7 +873,9 @@ async def verify(
         report.debits_posted_total = int(totals["d"])
         report.credits_posted_total = int(totals["c"])
         report.accounts = int(totals["n"])
-        report.transfers = int(await connection.fetchval("SELECT count(*) FROM tally_transfers"))
+        report.transfers = int(
+            await connection.fetchval("SELECT count(*) FROM tally_transfer_records")
+        )
         if ledger is None:
             ledger = await replay_ledger(
                 connection, account_capacity, transfer_capacity, report.last_seq
@@ -896,7 +909,7 @@ async def verify(
         seq = ledger.log_tail
         while seq < ledger.log_count:
             chunk = await connection.fetch(
-                f"SELECT {', '.join(TRANSFER_COLUMNS)}, seq FROM tally_transfers"
+                "SELECT id_lo, id_hi, record, seq FROM tally_transfer_records"
                 " WHERE seq >= $1 AND seq < $2 ORDER BY seq",
                 seq,
                 min(ledger.log_count, seq + 50_000),
@@ -905,8 +918,11 @@ async def verify(
                 if values["seq"] != seq:
                     problems.append(f"transfer seq {seq} missing from the table")
                     seq = values["seq"]
-                if transfer_record(list(values)[:-1]) != ledger._record(seq):
+                record = bytes(values["record"])
+                if record != ledger._record(seq):
                     problems.append(f"transfer seq {seq}: table row differs from the kernel's")
+                if ID_ROW.unpack_from(record) != (values["id_lo"], values["id_hi"]):
+                    problems.append(f"transfer seq {seq}: key differs from its record's id")
                 seq += 1
             if not chunk:
                 problems.append(f"transfer seqs {seq}..{ledger.log_count - 1} missing")

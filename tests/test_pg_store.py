@@ -385,22 +385,23 @@ async def test_unreplicated_commit_warning_is_not_acknowledged(pg_dsn: str) -> N
 
 def test_capture_merge_keeps_the_latest_row() -> None:
     """A row changed twice in one group is written once, as the last entry left it."""
-    from core.pg_store import TRANSFER_ROW, Changes, merge_changes
+    from core.pg_store import TRANSFER_ROW, Changes, merge_changes, transfer_rows
 
     record = bytearray(128)
     later = bytearray(128)
     later[103] = 2
     rows = merge_changes(
         [
-            Changes(10, bytes(record), [(3, bytes(record))], [(1, b"a" * 80)]),
-            Changes(11, b"", [(10, bytes(later)), (3, bytes(later))], [(1, b"b" * 80)]),
+            Changes(10, transfer_rows(bytes(record), 10), [(3, bytes(record))], [(1, b"a" * 80)]),
+            Changes(11, [], [(10, bytes(later)), (3, bytes(later))], [(1, b"b" * 80)]),
         ]
     )
-    assert len(rows.transfers) == 1 and rows.transfers[0][-1] == 10
-    assert rows.transfers[0][20] == 2  # state, from the later capture
+    assert len(rows.transfers) == 1 and rows.transfers[0][2] == 10
+    assert rows.transfers[0][3][103] == 2  # state, from the later capture
     assert rows.changed == [bytes(later)]
     assert rows.accounts == [(1, b"b" * 80)]
-    assert TRANSFER_ROW.pack(*rows.transfers[0][:-1]) == bytes(later)
+    assert rows.transfers[0][3] == bytes(later)
+    assert rows.transfers[0][:2] == TRANSFER_ROW.unpack(bytes(later))[:2]
 
 
 @pytest.mark.anyio
@@ -433,3 +434,36 @@ async def test_version_rows_decode_to_the_kernel_fields_at_every_bit(pg_dsn: str
         account_row_values(slot, row) for slot, row in enumerate(rows)
     ]
     assert [account_record(list(values)[1:]) for values in stored] == rows
+
+
+@pytest.mark.anyio
+async def test_transfer_records_convert_and_decode_at_every_bit(pg_dsn: str) -> None:
+    """Rows written in the typed layout (migrations 1-3) are converted by migration 4 to
+    the exact 128-byte records the store now writes, and the view tally_transfers decodes
+    records back to the same signed columns (high bits, sign bits, byte fields)."""
+    import random
+
+    from core.pg_schema import TRANSFER_COLUMNS
+    from core.pg_store import TRANSFER_ROW
+
+    records = [bytes(128), b"\xff" * 128, bytes(range(128)), bytes(range(128, 256))]
+    records += [random.Random(seed).randbytes(128) for seed in range(20)]
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await migrate(connection, through=3)
+        await connection.copy_records_to_table(
+            "tally_transfers",
+            records=[(*TRANSFER_ROW.unpack(record), seq) for seq, record in enumerate(records)],
+            columns=(*TRANSFER_COLUMNS, "seq"),
+        )
+        assert await migrate(connection) == [4]
+        converted = await connection.fetch(
+            "SELECT seq, record FROM tally_transfer_records ORDER BY seq"
+        )
+        decoded = await connection.fetch(
+            f"SELECT {', '.join(TRANSFER_COLUMNS)}, seq FROM tally_transfers ORDER BY seq"
+        )
+    finally:
+        await connection.close()
+    assert [bytes(row["record"]) for row in converted] == records
+    assert [tuple(row)[:-1] for row in decoded] == [TRANSFER_ROW.unpack(r) for r in records]
