@@ -644,7 +644,9 @@ async def empty_versions(connection: Any) -> None:
     """Empty tally_account_versions inside the caller's transaction, once compacted.
 
     TRUNCATE when no reader holds the table (O(1), no dead rows); if one does
-    (a long `tally db verify`), a DELETE, which does not wait for it.
+    (a long `tally db verify`), a DELETE, which does not wait for it. TRUNCATE is
+    not MVCC-safe: a REPEATABLE READ reader must lock the table before its first
+    query (as `verify` does) to see versions and compacted rows of one moment.
     """
     import asyncpg
 
@@ -881,6 +883,10 @@ async def verify(
     started = time.perf_counter()
     report = VerifyReport()
     async with connection.transaction(isolation="repeatable_read", readonly=True):
+        # Before the snapshot (taken by the first query, not by LOCK): a compaction's
+        # TRUNCATE is not MVCC-safe, so it must not empty the versions under this
+        # snapshot; holding the lock makes it DELETE instead (or wait for it first).
+        await connection.execute("LOCK TABLE tally_account_versions IN ACCESS SHARE MODE")
         row = await connection.fetchrow("SELECT epoch, last_seq FROM tally_epoch")
         report.epoch, report.last_seq = int(row["epoch"]), int(row["last_seq"])
         for mismatch in await connection.fetch(RECOMPUTE_BALANCES):
