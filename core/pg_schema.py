@@ -190,21 +190,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- it for its inserts is work for nothing.
         ALTER TABLE tally_account_versions ALTER COLUMN row SET STORAGE PLAIN;
 
-        CREATE FUNCTION tally_le_int8(b bytea, o integer) RETURNS bigint
+        CREATE OR REPLACE FUNCTION tally_le_int8(b bytea, o integer) RETURNS bigint
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
         RETURN get_byte(b, o)::bigint | (get_byte(b, o + 1)::bigint << 8)
             | (get_byte(b, o + 2)::bigint << 16) | (get_byte(b, o + 3)::bigint << 24)
             | (get_byte(b, o + 4)::bigint << 32) | (get_byte(b, o + 5)::bigint << 40)
             | (get_byte(b, o + 6)::bigint << 48) | (get_byte(b, o + 7)::bigint << 56);
-        CREATE FUNCTION tally_le_int4(b bytea, o integer) RETURNS integer
+        CREATE OR REPLACE FUNCTION tally_le_int4(b bytea, o integer) RETURNS integer
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
         RETURN ((get_byte(b, o)::bigint | (get_byte(b, o + 1)::bigint << 8)
             | (get_byte(b, o + 2)::bigint << 16) | (get_byte(b, o + 3)::bigint << 24))
             # 2147483648) - 2147483648;
-        CREATE FUNCTION tally_le_int2(b bytea, o integer) RETURNS smallint
+        CREATE OR REPLACE FUNCTION tally_le_int2(b bytea, o integer) RETURNS smallint
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
         RETURN ((get_byte(b, o) | (get_byte(b, o + 1) << 8)) # 32768) - 32768;
-        CREATE FUNCTION tally_le_uint1(b bytea, o integer) RETURNS smallint
+        CREATE OR REPLACE FUNCTION tally_le_uint1(b bytea, o integer) RETURNS smallint
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
         RETURN get_byte(b, o);
 
@@ -246,7 +246,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         4,
         "transfers stored as the kernel's 128-byte records; tally_transfers becomes their view",
         """
-        CREATE FUNCTION tally_le_bytes(x bigint, n integer) RETURNS bytea
+        CREATE OR REPLACE FUNCTION tally_le_bytes(x bigint, n integer) RETURNS bytea
         LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
         RETURN (
             SELECT string_agg(

@@ -31,6 +31,13 @@ TABLES = (
 )
 # Tables before migrations 3 and 4: dropped as whichever they are.
 VIEWS = ("tally_accounts", "tally_transfers")
+FUNCTIONS = (
+    "tally_le_int8(bytea, integer)",
+    "tally_le_int4(bytea, integer)",
+    "tally_le_int2(bytea, integer)",
+    "tally_le_uint1(bytea, integer)",
+    "tally_le_bytes(bigint, integer)",
+)
 
 
 def shared_cluster() -> Cluster:
@@ -79,6 +86,7 @@ def fresh_database_dsn() -> str:
                     for name in VIEWS
                 ),
                 *(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES),
+                *(f"DROP FUNCTION IF EXISTS {function} CASCADE" for function in FUNCTIONS),
             ]
         )
         completed = subprocess.run(
