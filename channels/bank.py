@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import logging
 import math
+import os
 import re
 import secrets
 import struct
@@ -114,6 +115,7 @@ class Settings:
     journal_delay_s: float = 0.0  # tests only: a slow disk, to provoke overload
     snapshot_every_entries: int = 0
     prefault: bool = False
+    store_dsn: str | None = None  # postgresql://...: the PostgreSQL store, not the journal
 
 
 @dataclass(slots=True)
@@ -257,6 +259,9 @@ class Bank:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover, start the engine, then run until cancelled. Ready once recovered."""
         task_status.started()
+        if self.settings.store_dsn:
+            await self._serve_pg(self.settings.store_dsn)
+            return
         settings = self.settings
         started = time.perf_counter()
         try:
@@ -303,6 +308,77 @@ class Bank:
                     await self.state.flush()
                 self.state.close()
             journal.close()
+
+    async def _serve_pg(self, dsn: str) -> None:
+        """`serve` on the PostgreSQL store (core/pg_store.py); the channel state stays in
+        the data directory. A store that cannot be reached at start is retried (503 until
+        then); a store that fails later stops the engine: every route answers 503 with
+        Retry-After and /readyz says why, until the process is restarted."""
+        from core.pg_store import PgStoreError, open_pg_store
+
+        settings = self.settings
+        started = time.perf_counter()
+        self.state = await anyio.to_thread.run_sync(
+            lambda: StateStore.open(
+                settings.data_dir,
+                now_s=time.time_ns() // NS_PER_S,
+                nonce_window_s=settings.nonce_window_s,
+            )
+        )
+        opened = None
+        try:
+            while opened is None:
+                try:
+                    opened = await open_pg_store(
+                        dsn,
+                        account_capacity=settings.account_capacity,
+                        transfer_capacity=settings.transfer_capacity,
+                        owner=f"tally serve pid {os.getpid()}",
+                    )
+                except PgStoreError as error:
+                    self.failed = f"PostgreSQL store: {error}"
+                    logger.error(
+                        orjson.dumps({"event": "store_unavailable", "error": str(error)}).decode()
+                    )
+                    await anyio.sleep(1)
+            self.failed = None
+            engine = Engine(
+                opened.ledger,
+                opened.store,
+                self.rules,
+                queue_size=settings.queue_size,
+                linger_s=settings.linger_s,
+            )
+            try:
+                async with anyio.create_task_group() as task_group:
+                    await task_group.start(engine.serve)
+                    self.engine = engine
+                    await self._ensure_internal_accounts()
+                    await self._complete_openings()
+                    self.recovery_info = {
+                        "store": "postgresql",
+                        "epoch": opened.store.epoch,
+                        "entries_replayed": opened.store.last_seq,
+                        "seconds": round(time.perf_counter() - started, 3),
+                    }
+                    self.ready = True
+                    logger.info(orjson.dumps({"event": "ready", **self.recovery_info}).decode())
+                    task_group.start_soon(self._serve_housekeeping)
+                    await anyio.sleep_forever()
+            except* PgStoreError as group:
+                failure = str(group.exceptions[0])
+                self.ready = False
+                self.failed = f"PostgreSQL store failed, restart needed: {failure}"
+                logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
+                await anyio.sleep_forever()
+        finally:
+            self.ready = False
+            with anyio.CancelScope(shield=True):
+                if self.state is not None:
+                    await self.state.flush()
+                    self.state.close()
+                if opened is not None:
+                    await opened.store.close()
 
     def _recover_sync(self) -> tuple[Journal, Any]:
         settings = self.settings

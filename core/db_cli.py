@@ -2,7 +2,9 @@
 
 `migrate` applies the missing migrations under the advisory lock (engines
 also do this at start). `verify` recomputes every account's posted and
-pending amounts from `tally_transfers`, compares them with `tally_accounts`,
+pending amounts from `tally_transfers`, compares them with `tally_accounts`
+(both views: over the stored transfer records, and over the compacted
+accounts and their newer versions),
 replays `tally_entries` into the kernels and compares every account row and
 every transfer of the idempotency window with the tables byte for byte.
 Exit status 0 only if everything agrees.

@@ -169,7 +169,7 @@ async def fetch_state(dsn: str) -> dict[str, Any]:
     try:
         row = await connection.fetchrow(
             "SELECT (SELECT last_seq FROM tally_epoch) AS last_seq,"
-            " (SELECT count(*) FROM tally_transfers) AS transfers,"
+            " (SELECT count(*) FROM tally_transfer_records) AS transfers,"
             " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
             " ELSE pg_current_wal_lsn() END AS lsn"
         )

@@ -1,4 +1,9 @@
-"""`tally serve`: the HTTP API on hypercorn over the embedded journal.
+"""`tally serve`: the HTTP API on hypercorn over the embedded journal or PostgreSQL.
+
+With `--store postgresql://...` (or `TALLY_PG_DSN`) the ledger lives in
+PostgreSQL (core/pg_store.py: asyncpg, so asyncio only) instead of the
+journal; the channel layer's own state (customers, nonces) stays in the
+`--data` directory either way.
 
 The process binds its socket at once and answers /healthz; /readyz and every
 /v1 route say 503 until the journal is recovered, the ledger rebuilt and the
@@ -25,12 +30,25 @@ from limits.errors import RuleFileError
 from limits.rules import load_rules
 
 SERVERS = ("hypercorn", "uvicorn")
+DSN_ENV = "TALLY_PG_DSN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
-    parser.add_argument("--data", default=".tally-data", help="data directory (journal, state)")
+    parser.add_argument(
+        "--data",
+        default=".tally-data",
+        help="data directory: the journal, and the channel state (customers, nonces),"
+        " which stays here with --store too",
+    )
+    parser.add_argument(
+        "--store",
+        default=os.environ.get(DSN_ENV) or None,
+        metavar="postgresql://...",
+        help=f"keep the ledger in PostgreSQL instead of the journal (default: ${DSN_ENV});"
+        " asyncio only",
+    )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument(
         "--server",
@@ -82,6 +100,7 @@ def build_app(args: argparse.Namespace) -> App:
         scrypt_n=args.scrypt_n,
         journal_delay_s=args.journal_delay_ms / 1000,
         snapshot_every_entries=args.snapshot_every_entries,
+        store_dsn=args.store,
     )
     bank = Bank(settings, rules, registry)
     return App(
@@ -91,6 +110,17 @@ def build_app(args: argparse.Namespace) -> App:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.store and args.backend != "asyncio":
+        print(
+            "tally serve: --store (PostgreSQL through asyncpg) runs on --backend asyncio only",
+            file=sys.stderr,
+        )
+        return 2
+    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+        print(
+            f"tally serve: --store must be a postgresql:// URL, not {args.store!r}", file=sys.stderr
+        )
+        return 2
     try:
         app = build_app(args)
     except (RuleFileError, RegistryError) as error:

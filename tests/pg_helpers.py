@@ -22,11 +22,21 @@ from core.pg_cluster import TEST_SETTINGS, Cluster, create_cluster, find_bin_dir
 _cluster: Cluster | None = None
 _database_numbers = itertools.count(1)
 TABLES = (
-    "tally_transfers",
-    "tally_accounts",
+    "tally_transfer_records",
+    "tally_accounts_compacted",
+    "tally_account_versions",
     "tally_entries",
     "tally_epoch",
     "tally_schema_version",
+)
+# Tables before migrations 3 and 4: dropped as whichever they are.
+VIEWS = ("tally_accounts", "tally_transfers")
+FUNCTIONS = (
+    "tally_le_int8(bytea, integer)",
+    "tally_le_int4(bytea, integer)",
+    "tally_le_int2(bytea, integer)",
+    "tally_le_uint1(bytea, integer)",
+    "tally_le_bytes(bigint, integer)",
 )
 
 
@@ -66,7 +76,19 @@ def fresh_database_dsn() -> str:
     """A DSN to an empty database (a new one in the shared cluster, or TALLY_PG_DSN cleaned)."""
     external = os.environ.get("TALLY_PG_DSN")
     if external:
-        drop = "; ".join(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES)
+        drop = "; ".join(
+            [
+                *(
+                    f"DO $$ BEGIN IF to_regclass('{name}') IS NOT NULL THEN EXECUTE"
+                    f" (SELECT CASE relkind WHEN 'v' THEN 'DROP VIEW ' ELSE 'DROP TABLE ' END"
+                    f" FROM pg_class WHERE oid = '{name}'::regclass) || '{name} CASCADE';"
+                    " END IF; END $$"
+                    for name in VIEWS
+                ),
+                *(f"DROP TABLE IF EXISTS {table} CASCADE" for table in TABLES),
+                *(f"DROP FUNCTION IF EXISTS {function} CASCADE" for function in FUNCTIONS),
+            ]
+        )
         completed = subprocess.run(
             ["psql", "-X", "-q", external, "-c", drop], capture_output=True, text=True, check=False
         )

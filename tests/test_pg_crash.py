@@ -74,7 +74,7 @@ def check_database(dsn: str, answers: dict[int, tuple[int, int]]) -> None:
             last_seq = await connection.fetchval("SELECT last_seq FROM tally_epoch")
             ledger = await replay_ledger(connection, 1024, 1 << 20, last_seq)
             report = await verify(connection, 1024, 1 << 20, ledger)
-            stored_ids = await connection.fetchval("SELECT count(*) FROM tally_transfers")
+            stored_ids = await connection.fetchval("SELECT count(*) FROM tally_transfer_records")
         finally:
             await connection.close()
         assert report.ok, report.as_dict()

@@ -214,6 +214,61 @@ async def test_holds_posts_voids_expiry_and_reversals_update_existing_rows(pg_ds
     await store.close()
 
 
+async def versions_count(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM tally_account_versions"))
+    finally:
+        await connection.close()
+
+
+@pytest.mark.anyio
+async def test_account_versions_compact_even_while_a_reader_holds_them(pg_dsn: str) -> None:
+    """Groups append account versions and every few dozen rows one compacts them into
+    tally_accounts_compacted: the view tally_accounts equals the kernel (verify) before
+    and after. A compaction while a reader holds the versions table does not wait for
+    it (DELETE instead of TRUNCATE: the engine would otherwise hang on its own reader);
+    versions left at shutdown are compacted by the next start, same digest."""
+    engine, store = await open_engine(pg_dsn, compact_versions_max=30)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 20, 1_000_000)
+        compactions = store.stats.compactions
+        assert compactions >= 1
+        reader = await asyncpg.connect(pg_dsn)
+        try:
+            async with reader.transaction(isolation="repeatable_read"):
+                before = await reader.fetchval("SELECT sum(credits_posted) FROM tally_accounts")
+                with anyio.fail_after(30):
+                    for i in range(60):
+                        outcome = await engine.submit_transfer(
+                            transfer(2_000 + i, 1 + i % 20, 1 + (i + 7) % 20, 10 + i)
+                        )
+                        assert outcome.result == R.OK
+                assert store.stats.compactions > compactions, "no compaction under the reader"
+                assert (
+                    await reader.fetchval("SELECT sum(credits_posted) FROM tally_accounts")
+                    == before
+                )
+        finally:
+            await reader.close()
+        await verify_ok(pg_dsn)
+        for i in range(3):
+            await engine.submit_transfer(transfer(3_000 + i, 1 + i, 2 + i, 5))
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert await versions_count(pg_dsn) > 0, "nothing left to compact at the next start"
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest
+    engine, store = await open_engine(pg_dsn)
+    await store.close()
+    assert await versions_count(pg_dsn) == 0
+    assert engine.ledger.digest() == digest
+    report = await verify_ok(pg_dsn)
+    assert report.accounts == 21
+
+
 @pytest.mark.anyio
 async def test_a_newer_epoch_fences_the_old_engine_off(pg_dsn: str) -> None:
     """Once a second engine has started (new epoch), the first one's next group is
@@ -330,19 +385,85 @@ async def test_unreplicated_commit_warning_is_not_acknowledged(pg_dsn: str) -> N
 
 def test_capture_merge_keeps_the_latest_row() -> None:
     """A row changed twice in one group is written once, as the last entry left it."""
-    from core.pg_store import TRANSFER_ROW, Changes, merge_changes
+    from core.pg_store import TRANSFER_ROW, Changes, merge_changes, transfer_rows
 
     record = bytearray(128)
     later = bytearray(128)
     later[103] = 2
     rows = merge_changes(
         [
-            Changes(10, bytes(record), [(3, bytes(record))], [(1, b"a" * 80)]),
-            Changes(11, b"", [(10, bytes(later)), (3, bytes(later))], [(1, b"b" * 80)]),
+            Changes(10, transfer_rows(bytes(record), 10), [(3, bytes(record))], [(1, b"a" * 80)]),
+            Changes(11, [], [(10, bytes(later)), (3, bytes(later))], [(1, b"b" * 80)]),
         ]
     )
-    assert len(rows.transfers) == 1 and rows.transfers[0][-1] == 10
-    assert rows.transfers[0][20] == 2  # state, from the later capture
+    assert len(rows.transfers) == 1 and rows.transfers[0][2] == 10
+    assert rows.transfers[0][3][103] == 2  # state, from the later capture
     assert rows.changed == [bytes(later)]
     assert rows.accounts == [(1, b"b" * 80)]
-    assert TRANSFER_ROW.pack(*rows.transfers[0][:-1]) == bytes(later)
+    assert rows.transfers[0][3] == bytes(later)
+    assert rows.transfers[0][:2] == TRANSFER_ROW.unpack(bytes(later))[:2]
+
+
+@pytest.mark.anyio
+async def test_version_rows_decode_to_the_kernel_fields_at_every_bit(pg_dsn: str) -> None:
+    """The SQL decoding of the raw 80-byte account versions gives the same signed values
+    as the store's struct (high bits, sign bits, the unsigned byte fields), so the view
+    tally_accounts packs back to the exact kernel row."""
+    import random
+
+    from core.pg_schema import ACCOUNT_COLUMNS
+    from core.pg_store import account_record, account_row_values
+
+    rows = [bytes(80), b"\xff" * 80, bytes(range(80)), bytes(range(80, 160))]
+    rows += [random.Random(seed).randbytes(80) for seed in range(20)]
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await migrate(connection)
+        await connection.copy_records_to_table(
+            "tally_account_versions",
+            records=[(1, slot, row) for slot, row in enumerate(rows)],
+            columns=("seq", "slot", "row"),
+        )
+        stored = await connection.fetch(
+            f"SELECT slot, {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending"
+            " FROM tally_accounts ORDER BY slot"
+        )
+    finally:
+        await connection.close()
+    assert [tuple(values) for values in stored] == [
+        account_row_values(slot, row) for slot, row in enumerate(rows)
+    ]
+    assert [account_record(list(values)[1:]) for values in stored] == rows
+
+
+@pytest.mark.anyio
+async def test_transfer_records_convert_and_decode_at_every_bit(pg_dsn: str) -> None:
+    """Rows written in the typed layout (migrations 1-3) are converted by migration 4 to
+    the exact 128-byte records the store now writes, and the view tally_transfers decodes
+    records back to the same signed columns (high bits, sign bits, byte fields)."""
+    import random
+
+    from core.pg_schema import TRANSFER_COLUMNS
+    from core.pg_store import TRANSFER_ROW
+
+    records = [bytes(128), b"\xff" * 128, bytes(range(128)), bytes(range(128, 256))]
+    records += [random.Random(seed).randbytes(128) for seed in range(20)]
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await migrate(connection, through=3)
+        await connection.copy_records_to_table(
+            "tally_transfers",
+            records=[(*TRANSFER_ROW.unpack(record), seq) for seq, record in enumerate(records)],
+            columns=(*TRANSFER_COLUMNS, "seq"),
+        )
+        assert await migrate(connection) == [4]
+        converted = await connection.fetch(
+            "SELECT seq, record FROM tally_transfer_records ORDER BY seq"
+        )
+        decoded = await connection.fetch(
+            f"SELECT {', '.join(TRANSFER_COLUMNS)}, seq FROM tally_transfers ORDER BY seq"
+        )
+    finally:
+        await connection.close()
+    assert [bytes(row["record"]) for row in converted] == records
+    assert [tuple(row)[:-1] for row in decoded] == [TRANSFER_ROW.unpack(r) for r in records]
