@@ -12,6 +12,10 @@ What it measures, in one run on one data directory:
 - `recovery_records_per_s`: the engine is stopped, then the ledger is
   rebuilt from the data directory (snapshot + journal replay); transfers
   replayed per second of replay (entries per second beside it).
+- `naive_durable_transfers_per_s`, the peer in the same run on the same disk:
+  what a store without group commit does, one 128-byte transfer record
+  written and `fdatasync`ed per transfer (no ledger work at all, so it is an
+  upper bound for such a store); `engine_vs_naive` is the ratio.
 - `snapshot_seconds_30m_accounts`: writing a snapshot of a ledger of
   `--snapshot-accounts` funded accounts (fsync'd, atomically renamed), and
   `snapshot_fork_pause_ms`, how long fork() stops the engine when the
@@ -260,6 +264,29 @@ def recovery_phase(directory: str, accounts: int, capacity: int) -> dict[str, An
     }
 
 
+def naive_phase(directory: str, seconds: float) -> dict[str, Any]:
+    """One write + fdatasync per 128-byte transfer record, for `seconds`."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "naive.log")
+    record = bytes(TRANSFER_SIZE)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        count = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while True:
+            os.write(descriptor, record)
+            os.fdatasync(descriptor)
+            count += 1
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+    finally:
+        os.close(descriptor)
+        os.unlink(path)
+    return {"naive_durable_transfers_per_s": count / (now - started)}
+
+
 def snapshot_phase(accounts: int, directory: str) -> dict[str, Any]:
     """Time a snapshot of a funded ledger of `accounts` accounts: written, and forked."""
     os.makedirs(directory, exist_ok=True)
@@ -302,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(directory, "journal"), args.accounts, load["capacity"]
         )
         assert recovery["digest_after"] == load["digest_before"], "recovery changed the state"
+        naive = naive_phase(os.path.join(directory, "naive"), max(1.0, args.seconds / 5))
         snapshot = snapshot_phase(args.snapshot_accounts, os.path.join(directory, "snapshots"))
     finally:
         if owned:
@@ -314,6 +342,10 @@ def run(args: argparse.Namespace) -> int:
         "accounts": args.accounts,
         "seconds": args.seconds,
         "durable_transfers_per_s": round(load["durable_transfers_per_s"]),
+        "naive_durable_transfers_per_s": round(naive["naive_durable_transfers_per_s"]),
+        "engine_vs_naive": round(
+            load["durable_transfers_per_s"] / naive["naive_durable_transfers_per_s"], 1
+        ),
         "commit_latency_ms_p50": round(load["commit_latency_ms_p50"], 2),
         "commit_latency_ms_p99": round(load["commit_latency_ms_p99"], 2),
         "single_submit_transfers_per_s": round(load["single_submit_transfers_per_s"]),

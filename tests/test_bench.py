@@ -42,3 +42,20 @@ def test_bench_kernel_small_run_reports_every_promised_figure(tmp_path: Path) ->
     assert "`tally bench kernel`" in text
     assert f"| `transfers_per_s` | {report['transfers_per_s']:,} |" in text
     assert report["machine"] in text
+
+
+def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: Path) -> None:
+    """`tally bench engine --json` reports the durable figures, the recovery (whose digest it
+    checks itself) and the naive fdatasync-per-transfer peer with the ratio between them."""
+    done = tally("bench", "engine", "--accounts", "5000", "--seconds", "1", "--single-tasks",
+                 "50", "--snapshot-accounts", "5000", "--data", str(tmp_path / "data"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("durable_transfers_per_s", "commit_latency_ms_p99",
+                "single_submit_transfers_per_s", "recovery_records_per_s"):
+        assert report[key] > 0, key
+    assert report["snapshot_accounts"] == 5000 and report["snapshot_bytes"] > 0
+    assert report["recovered_digest_matches"] is True
+    naive = report["naive_durable_transfers_per_s"]
+    assert naive > 0
+    assert report["engine_vs_naive"] == round(report["durable_transfers_per_s"] / naive, 1)
