@@ -53,7 +53,6 @@ from core.replay import recover_ledger
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
     ACCOUNT_STRUCT,
-    ID_MAX,
     SLOT_NONE,
     TRANSFER_SIZE,
     TRANSFER_STRUCT,
@@ -180,12 +179,16 @@ def derive_transfer_id(channel_ledger_id: int, key: str, index: int) -> int:
     same request always names the same transfer, on any server, after any
     crash; two channels never collide on the same key.
     """
-    digest = hashlib.sha256(
+    return int.from_bytes(derive_transfer_id_packed(channel_ledger_id, key, index), "little")
+
+
+def derive_transfer_id_packed(channel_ledger_id: int, key: str, index: int) -> bytes:
+    """`derive_transfer_id` as the 16 little-endian bytes a transfer record starts with."""
+    packed = hashlib.sha256(
         b"tally-transfer\0%d\0%s\0%d" % (channel_ledger_id, key.encode(), index)
-    ).digest()
-    number = int.from_bytes(digest[:16], "little")
-    assert number not in (0, ID_MAX)
-    return number
+    ).digest()[:16]
+    assert packed != _ID_ZERO and packed != _ID_MAX_PACKED
+    return packed
 
 
 def transfer_id_prefix(channel_ledger_id: int, key: str) -> bytes:
@@ -1164,10 +1167,9 @@ class Bank:
         timeout_s: int = 0,
     ) -> Reply:
         """Post one transfer whose id is derived from the Idempotency-Key; answer once durable."""
-        transfer_id = derive_transfer_id(ctx.channel.ledger_id, ctx.idempotency_key, 0)
-        record = TRANSFER_STRUCT.pack(
-            transfer_id & UINT64_MASK,
-            transfer_id >> 64,
+        packed_id = derive_transfer_id_packed(ctx.channel.ledger_id, ctx.idempotency_key, 0)
+        transfer_id = int.from_bytes(packed_id, "little")
+        record = packed_id + _TRANSFER_AFTER_ID.pack(
             debit & UINT64_MASK,
             debit >> 64,
             credit & UINT64_MASK,
@@ -1213,7 +1215,7 @@ class Bank:
             self.metrics.count_result("ok")
         state = _POSTING_STATE[flags & 0x0E]
         body = {
-            "transfer_id": transfer_id_text(transfer_id),
+            "transfer_id": packed_id[::-1].hex(),
             "operation": operation,
             "status": state,
             "debit_account_id": str(debit),
@@ -1485,6 +1487,11 @@ class Bank:
 
 
 UINT64_MASK = 0xFFFFFFFFFFFFFFFF
+_ID_ZERO = bytes(16)
+_ID_MAX_PACKED = b"\xff" * 16
+# A transfer record after its 16-byte id (the single-transfer route packs the id as bytes).
+_TRANSFER_AFTER_ID = struct.Struct("<" + TRANSFER_STRUCT.format.removeprefix("<QQ"))
+assert _TRANSFER_AFTER_ID.size == TRANSFER_SIZE - 16
 _BINARY_ID_DETAIL = (
     "id (bytes 0-15) and channel (byte 90) must be zero: "
     "the server derives them from the Idempotency-Key and the channel"

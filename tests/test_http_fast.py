@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cext import http_fast
 from channels import bank
 from channels.problems import Problem
-from cext import http_fast
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
 CHANNEL = 5
@@ -105,9 +105,7 @@ def test_well_formed_items_are_packed(items: list[Any]) -> None:
 def test_binary_records_stamp_like_the_reference(records: list[bytes], data: Any) -> None:
     """Binary records: same ids and channel written, or the same record refused."""
     cleaned = [
-        bytes(16) + record[16:90] + b"\0" + record[91:]
-        if data.draw(st.booleans())
-        else record
+        bytes(16) + record[16:90] + b"\0" + record[91:] if data.draw(st.booleans()) else record
         for record in records
     ]
     raw = b"".join(cleaned)
@@ -129,9 +127,7 @@ def test_binary_records_stamp_like_the_reference(records: list[bytes], data: Any
 def test_results_render_like_orjson(rows: list[tuple[int, int]]) -> None:
     """The C renderer writes exactly the bytes orjson writes for the same list of dicts."""
     payload = bank.pack_json_batch(
-        [
-            {"debit_account_id": "1", "credit_account_id": "2", "amount_minor": 1, "code": "transfer"}
-        ]
+        [{"debit_account_id": "1", "credit_account_id": "2", "amount_minor": 1, "code": "transfer"}]
         * len(rows),
         CHANNEL,
         KEY,
