@@ -10,6 +10,7 @@ making durable, the journal is closed.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from limits.errors import RuleFileError
 from limits.rules import load_rules
 
 SERVERS = ("hypercorn", "uvicorn")
+GC_THRESHOLDS = (5000, 20, 20)  # young, middle, old generation (defaults: 700, 10, 10)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
     os.makedirs(args.data, exist_ok=True)
+    # Every request allocates a few dozen short-lived containers; collecting the young
+    # generation every 700 allocations (Python's default) cost about 4% of a single
+    # transfer's server CPU under `tally bench http`. What exists now (modules, rules,
+    # registry) is never garbage: freeze it out of every later collection.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     if args.server == "uvicorn":
         if args.backend != "asyncio":
             print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
