@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from array import array
 from typing import Any
 
@@ -12,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cext import http_fast
-from channels import bank
+from channels import bank, signing
 from channels.problems import Problem
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
@@ -144,3 +146,41 @@ def test_unnamed_result_code_is_refused() -> None:
     names: list[str | None] = [None] * 256
     with pytest.raises(ValueError, match="no name"):
         http_fast.render_results(bytes(TRANSFER_SIZE), b"\x07", array("Q", [1]), names)
+
+
+@given(
+    st.text(
+        alphabet='TALLY-HMAC-SHA256 channel="key_id,timestamp=nonce,signature"ab1 ',
+        max_size=120,
+    )
+)
+def test_authorization_split_parse_agrees_with_the_regex(value: str) -> None:
+    """The regex-free parse of the canonical header accepts exactly what the regex does."""
+    canonical = signing._CANONICAL.fullmatch(value)
+    expected = (
+        signing.Credentials(*canonical.groups())
+        if canonical is not None
+        else signing.parse_parameters(value)
+    )
+    assert signing.parse_authorization(value) == expected
+
+
+def test_canonical_header_parses_and_a_comma_in_a_value_does_not() -> None:
+    """The hot path takes the helper's header; a comma inside a value is refused as before."""
+    header = (
+        'TALLY-HMAC-SHA256 channel="app",key_id="k1",timestamp="123",'
+        'nonce="abcdefgh",signature="xyz="'
+    )
+    assert signing.parse_authorization(header) == signing.Credentials(
+        "app", "k1", "123", "abcdefgh", "xyz="
+    )
+    assert isinstance(signing.parse_authorization(header.replace('"app"', '"a,pp"')), str)
+
+
+@given(st.binary(max_size=64), st.binary(max_size=300))
+def test_signature_verification_matches_hmac(secret: bytes, message: bytes) -> None:
+    """verify() (a keyed HMAC copied per request) accepts the one-shot HMAC and nothing else."""
+    good = base64.b64encode(hmac.digest(secret, message, "sha256")).decode()
+    assert signing.verify(secret, message, good)
+    assert not signing.verify(secret, message + b"x", good)
+    assert not signing.verify(secret + b"x", message, good)
