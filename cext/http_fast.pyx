@@ -27,11 +27,13 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
-    typedef struct { uint32_t h[8]; uint64_t length; uint8_t block[64]; uint32_t used; } tally_sha256;
+    typedef struct {
+        uint32_t h[8]; uint64_t length; uint8_t block[64]; uint32_t used;
+    } tally_sha256;
 
     static const uint32_t TALLY_K[64] = {
         0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,
