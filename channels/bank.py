@@ -28,6 +28,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import anyio
@@ -52,7 +53,6 @@ from core.replay import recover_ledger
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
     ACCOUNT_STRUCT,
-    ID_MAX,
     SLOT_NONE,
     TRANSFER_SIZE,
     TRANSFER_STRUCT,
@@ -70,6 +70,12 @@ from ledger.types import (
 from limits.calendar import year_of_day
 from limits.reference import counters_effective
 from limits.rules import RuleSet
+
+# The JSON batch route's item loop in C, unless TALLY_KERNEL=reference asks for the
+# plain-Python twin (chosen explicitly, never as a fallback on a missing build).
+http_fast: ModuleType | None = None
+if os.environ.get("TALLY_KERNEL", "kernel") != "reference":
+    from cext import http_fast
 
 logger = logging.getLogger("tally.channels")
 
@@ -116,6 +122,9 @@ class Settings:
     snapshot_every_entries: int = 0
     prefault: bool = False
     store_dsn: str | None = None  # postgresql://...: the PostgreSQL store, not the journal
+    # How long a posted transfer stays in the log (and a retry meets it by id) before it
+    # may be evicted to make room: a log of `transfer_capacity` must hold this much.
+    retention_s: float = 86_400.0
 
 
 @dataclass(slots=True)
@@ -171,17 +180,26 @@ def derive_transfer_id(channel_ledger_id: int, key: str, index: int) -> int:
     same request always names the same transfer, on any server, after any
     crash; two channels never collide on the same key.
     """
-    digest = hashlib.sha256(
+    return int.from_bytes(derive_transfer_id_packed(channel_ledger_id, key, index), "little")
+
+
+def derive_transfer_id_packed(channel_ledger_id: int, key: str, index: int) -> bytes:
+    """`derive_transfer_id` as the 16 little-endian bytes a transfer record starts with."""
+    packed = hashlib.sha256(
         b"tally-transfer\0%d\0%s\0%d" % (channel_ledger_id, key.encode(), index)
-    ).digest()
-    number = int.from_bytes(digest[:16], "little")
-    assert number not in (0, ID_MAX)
-    return number
+    ).digest()[:16]
+    assert packed != _ID_ZERO and packed != _ID_MAX_PACKED
+    return packed
+
+
+def transfer_id_prefix(channel_ledger_id: int, key: str) -> bytes:
+    """What SHA-256 hashes before the item's decimal index (see `derive_transfer_id`)."""
+    return b"tally-transfer\0%d\0%s\0" % (channel_ledger_id, key.encode())
 
 
 def derive_transfer_ids_packed(channel_ledger_id: int, key: str, count: int) -> list[bytes]:
     """The 16-byte little-endian ids of items 0..count-1 (the batch route's fast path)."""
-    prefix = hashlib.sha256(b"tally-transfer\0%d\0%s\0" % (channel_ledger_id, key.encode()))
+    prefix = hashlib.sha256(transfer_id_prefix(channel_ledger_id, key))
     ids = []
     for index in range(count):
         hasher = prefix.copy()
@@ -282,25 +300,20 @@ class Bank:
             self.rules,
             queue_size=settings.queue_size,
             linger_s=settings.linger_s,
+            retention_s=settings.retention_s,
             snapshot_directory=settings.data_dir if settings.snapshot_every_entries else None,
             snapshot_every_entries=settings.snapshot_every_entries,
         )
         try:
-            async with anyio.create_task_group() as task_group:
-                await task_group.start(engine.serve)
-                self.engine = engine
-                await self._ensure_internal_accounts()
-                await self._complete_openings()
-                self.recovery_info = {
+            await self._run_engine(
+                engine,
+                started,
+                {
                     "records_replayed": recovered.records_replayed,
                     "transfers_replayed": recovered.transfers_replayed,
                     "snapshot": recovered.snapshot_path,
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-                self.ready = True
-                logger.info(orjson.dumps({"event": "ready", **self.recovery_info}).decode())
-                task_group.start_soon(self._serve_housekeeping)
-                await anyio.sleep_forever()
+                },
+            )
         finally:
             self.ready = False
             if self.state is not None:
@@ -308,6 +321,20 @@ class Bank:
                     await self.state.flush()
                 self.state.close()
             journal.close()
+
+    async def _run_engine(self, engine: Engine, started: float, info: dict[str, Any]) -> None:
+        """Run `engine` until cancelled: the bank's own accounts, unfinished openings, then
+        ready (with `info` on how the state was recovered) and the housekeeping loop."""
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(engine.serve)
+            self.engine = engine
+            await self._ensure_internal_accounts()
+            await self._complete_openings()
+            self.recovery_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
+            self.ready = True
+            logger.info(orjson.dumps({"event": "ready", **self.recovery_info}).decode())
+            task_group.start_soon(self._serve_housekeeping)
+            await anyio.sleep_forever()
 
     async def _serve_pg(self, dsn: str) -> None:
         """`serve` on the PostgreSQL store (core/pg_store.py); the channel state stays in
@@ -342,29 +369,26 @@ class Bank:
                     )
                     await anyio.sleep(1)
             self.failed = None
+            if settings.prefault and hasattr(opened.ledger, "prefault"):
+                await anyio.to_thread.run_sync(opened.ledger.prefault)
             engine = Engine(
                 opened.ledger,
                 opened.store,
                 self.rules,
                 queue_size=settings.queue_size,
                 linger_s=settings.linger_s,
+                retention_s=settings.retention_s,
             )
             try:
-                async with anyio.create_task_group() as task_group:
-                    await task_group.start(engine.serve)
-                    self.engine = engine
-                    await self._ensure_internal_accounts()
-                    await self._complete_openings()
-                    self.recovery_info = {
+                await self._run_engine(
+                    engine,
+                    started,
+                    {
                         "store": "postgresql",
                         "epoch": opened.store.epoch,
                         "entries_replayed": opened.store.last_seq,
-                        "seconds": round(time.perf_counter() - started, 3),
-                    }
-                    self.ready = True
-                    logger.info(orjson.dumps({"event": "ready", **self.recovery_info}).decode())
-                    task_group.start_soon(self._serve_housekeeping)
-                    await anyio.sleep_forever()
+                    },
+                )
             except* PgStoreError as group:
                 failure = str(group.exceptions[0])
                 self.ready = False
@@ -1232,10 +1256,9 @@ class Bank:
         timeout_s: int = 0,
     ) -> Reply:
         """Post one transfer whose id is derived from the Idempotency-Key; answer once durable."""
-        transfer_id = derive_transfer_id(ctx.channel.ledger_id, ctx.idempotency_key, 0)
-        record = TRANSFER_STRUCT.pack(
-            transfer_id & UINT64_MASK,
-            transfer_id >> 64,
+        packed_id = derive_transfer_id_packed(ctx.channel.ledger_id, ctx.idempotency_key, 0)
+        transfer_id = int.from_bytes(packed_id, "little")
+        record = packed_id + _TRANSFER_AFTER_ID.pack(
             debit & UINT64_MASK,
             debit >> 64,
             credit & UINT64_MASK,
@@ -1281,7 +1304,7 @@ class Bank:
             self.metrics.count_result("ok")
         state = _POSTING_STATE[flags & 0x0E]
         body = {
-            "transfer_id": transfer_id_text(transfer_id),
+            "transfer_id": packed_id[::-1].hex(),
             "operation": operation,
             "status": state,
             "debit_account_id": str(debit),
@@ -1492,7 +1515,7 @@ class Bank:
 
     async def batch(self, ctx: Context) -> Reply:
         binary = ctx.content_type == "application/octet-stream"
-        payload, packed_ids = self._batch_binary(ctx) if binary else self._batch_json(ctx)
+        payload = self._batch_binary(ctx) if binary else self._batch_json(ctx)
         count = len(payload) // TRANSFER_SIZE
         self.metrics.batch_sizes.observe(count)
         results = await self.call_engine(self._engine().submit_transfers, payload)
@@ -1515,21 +1538,15 @@ class Bank:
             )
             return Reply(200, body, headers, b"application/octet-stream")
         names = {code: R(code).name.lower() for code in histogram}
-        items = [
-            {
-                "transfer_id": packed_ids[index][::-1].hex(),
-                "code": codes[index],
-                "result": names[codes[index]],
-                "timestamp_ns": timestamps[index],
-            }
-            for index in range(count)
-        ]
         summary = {name: histogram[code] for code, name in names.items()}
         return Reply(
-            200, orjson.dumps({"count": count, "summary": summary, "results": items}), headers
+            200,
+            b'{"count":%d,"summary":%s,"results":%s}'
+            % (count, orjson.dumps(summary), render_batch_results(payload, codes, timestamps)),
+            headers,
         )
 
-    def _batch_binary(self, ctx: Context) -> tuple[bytes, list[bytes]]:
+    def _batch_binary(self, ctx: Context) -> bytes:
         raw: bytes = ctx.body
         count, remainder = divmod(len(raw), TRANSFER_SIZE)
         if remainder or count == 0:
@@ -1540,69 +1557,12 @@ class Bank:
                 f"{len(raw)} bytes is not a positive multiple of {TRANSFER_SIZE}",
             )
         self._check_batch_size(ctx, count)
-        buffer = bytearray(raw)
-        view = memoryview(buffer)
-        ids = derive_transfer_ids_packed(ctx.channel.ledger_id, ctx.idempotency_key, count)
-        channel = ctx.channel.ledger_id
-        for index in range(count):
-            offset = index * TRANSFER_SIZE
-            if any(view[offset : offset + 16]) or buffer[offset + 90]:
-                raise fail(
-                    f"/{index}",
-                    "id (bytes 0-15) and channel (byte 90) must be zero: "
-                    "the server derives them from the Idempotency-Key and the channel",
-                )
-            view[offset : offset + 16] = ids[index]
-            buffer[offset + 90] = channel
-        return bytes(buffer), ids
+        return stamp_binary_batch(raw, ctx.channel.ledger_id, ctx.idempotency_key)
 
-    def _batch_json(self, ctx: Context) -> tuple[bytes, list[bytes]]:
+    def _batch_json(self, ctx: Context) -> bytes:
         transfers = ctx.body["transfers"]
-        count = len(transfers)
-        self._check_batch_size(ctx, count)
-        ids = derive_transfer_ids_packed(ctx.channel.ledger_id, ctx.idempotency_key, count)
-        channel = ctx.channel.ledger_id
-        buffer = bytearray(count * TRANSFER_SIZE)
-        pack_into = TRANSFER_STRUCT.pack_into
-        account_re = _ACCOUNT_RE.fullmatch
-        codes = _CODE_OF_NAME
-        for index, item in enumerate(transfers):
-            # Fast path: the four required fields only, all well-formed (the usual item).
-            if type(item) is dict and len(item) == 4:
-                debit_text = item.get("debit_account_id")
-                credit_text = item.get("credit_account_id")
-                amount = item.get("amount_minor")
-                code_name = item.get("code")
-                code = codes.get(code_name) if type(code_name) is str else None
-                if (
-                    type(debit_text) is str
-                    and type(credit_text) is str
-                    and type(amount) is int
-                    and 0 <= amount <= INT64_MAX
-                    and code is not None
-                    and account_re(debit_text)
-                    and account_re(credit_text)
-                ):
-                    debit, credit = int(debit_text), int(credit_text)
-                    flags = pending = timeout_s = user_data = 0
-                else:
-                    debit, credit, amount, code, flags, pending, timeout_s, user_data = _batch_item(
-                        item, index
-                    )
-            else:
-                debit, credit, amount, code, flags, pending, timeout_s, user_data = _batch_item(
-                    item, index
-                )
-            offset = index * TRANSFER_SIZE
-            pack_into(
-                buffer, offset, 0, 0,
-                debit & UINT64_MASK, debit >> 64, credit & UINT64_MASK, credit >> 64,
-                pending & UINT64_MASK, pending >> 64,
-                amount, 0, timeout_s, LEDGER_CNY, code, flags, channel,
-                0, 0, 0, 0, 0, 0, user_data, 0, 0,
-            )  # fmt: skip
-            buffer[offset : offset + 16] = ids[index]
-        return bytes(buffer), ids
+        self._check_batch_size(ctx, len(transfers))
+        return pack_json_batch(transfers, ctx.channel.ledger_id, ctx.idempotency_key)
 
     def _check_batch_size(self, ctx: Context, count: int) -> None:
         if count > ctx.channel.batch_size_max:
@@ -1616,7 +1576,19 @@ class Bank:
 
 
 UINT64_MASK = 0xFFFFFFFFFFFFFFFF
+_ID_ZERO = bytes(16)
+_ID_MAX_PACKED = b"\xff" * 16
+# A transfer record after its 16-byte id (the single-transfer route packs the id as bytes).
+_TRANSFER_AFTER_ID = struct.Struct("<" + TRANSFER_STRUCT.format.removeprefix("<QQ"))
+assert _TRANSFER_AFTER_ID.size == TRANSFER_SIZE - 16
+_BINARY_ID_DETAIL = (
+    "id (bytes 0-15) and channel (byte 90) must be zero: "
+    "the server derives them from the Idempotency-Key and the channel"
+)
 _CODE_OF_NAME = {code.name.lower(): int(code) for code in TransferCode}
+_RESULT_NAMES: list[str | None] = [
+    R(code).name.lower() if code in R._value2member_map_ else None for code in range(256)
+]
 _CODE_NAMES = {int(code): code.name.lower() for code in TransferCode}
 _POSTING_STATE = {0: "posted", 2: "pending", 4: "captured", 8: "voided"}
 _FLAG_OF_NAME = {"linked": 1, "pending": 2, "post_pending": 4, "void_pending": 8}
@@ -1638,6 +1610,121 @@ _LIMIT_RE = re.compile(r"[0-9]{1,3}")
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 HEX = frozenset("0123456789abcdef")
 INT64_MAX = (1 << 63) - 1
+
+
+# --- the batch route's item loops: C (cext/http_fast.pyx) and their Python twins -----------
+
+
+def pack_json_batch(transfers: list[Any], channel_ledger_id: int, key: str) -> bytes:
+    """The packed records of a JSON batch, ids derived; a bad item raises its 422."""
+    if http_fast is None:
+        return pack_json_batch_reference(transfers, channel_ledger_id, key)
+    buffer = bytearray(len(transfers) * TRANSFER_SIZE)
+    http_fast.pack_json_items(
+        transfers, buffer, _CODE_OF_NAME, channel_ledger_id, LEDGER_CNY, _batch_item
+    )
+    http_fast.derive_ids_into(transfer_id_prefix(channel_ledger_id, key), len(transfers), buffer)
+    return bytes(buffer)
+
+
+def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key: str) -> bytes:
+    count = len(transfers)
+    ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
+    channel = channel_ledger_id
+    buffer = bytearray(count * TRANSFER_SIZE)
+    pack_into = TRANSFER_STRUCT.pack_into
+    account_re = _ACCOUNT_RE.fullmatch
+    codes = _CODE_OF_NAME
+    for index, item in enumerate(transfers):
+        # Fast path: the four required fields only, all well-formed (the usual item).
+        if type(item) is dict and len(item) == 4:
+            debit_text = item.get("debit_account_id")
+            credit_text = item.get("credit_account_id")
+            amount = item.get("amount_minor")
+            code_name = item.get("code")
+            code = codes.get(code_name) if type(code_name) is str else None
+            if (
+                type(debit_text) is str
+                and type(credit_text) is str
+                and type(amount) is int
+                and 0 <= amount <= INT64_MAX
+                and code is not None
+                and account_re(debit_text)
+                and account_re(credit_text)
+            ):
+                debit, credit = int(debit_text), int(credit_text)
+                flags = pending = timeout_s = user_data = 0
+            else:
+                debit, credit, amount, code, flags, pending, timeout_s, user_data = _batch_item(
+                    item, index
+                )
+        else:
+            debit, credit, amount, code, flags, pending, timeout_s, user_data = _batch_item(
+                item, index
+            )
+        offset = index * TRANSFER_SIZE
+        pack_into(
+            buffer, offset, 0, 0,
+            debit & UINT64_MASK, debit >> 64, credit & UINT64_MASK, credit >> 64,
+            pending & UINT64_MASK, pending >> 64,
+            amount, 0, timeout_s, LEDGER_CNY, code, flags, channel,
+            0, 0, 0, 0, 0, 0, user_data, 0, 0,
+        )  # fmt: skip
+        buffer[offset : offset + 16] = ids[index]
+    return bytes(buffer)
+
+
+def stamp_binary_batch(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
+    """Client records with the server's ids and channel written in; 422 if a client set them."""
+    if http_fast is None:
+        return stamp_binary_batch_reference(raw, channel_ledger_id, key)
+    buffer = bytearray(raw)
+    bad = http_fast.stamp_binary_records(buffer, channel_ledger_id)
+    if bad >= 0:
+        raise fail(f"/{bad}", _BINARY_ID_DETAIL)
+    http_fast.derive_ids_into(
+        transfer_id_prefix(channel_ledger_id, key), len(raw) // TRANSFER_SIZE, buffer
+    )
+    return bytes(buffer)
+
+
+def stamp_binary_batch_reference(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
+    count = len(raw) // TRANSFER_SIZE
+    buffer = bytearray(raw)
+    view = memoryview(buffer)
+    ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
+    channel = channel_ledger_id
+    for index in range(count):
+        offset = index * TRANSFER_SIZE
+        if any(view[offset : offset + 16]) or buffer[offset + 90]:
+            raise fail(f"/{index}", _BINARY_ID_DETAIL)
+        view[offset : offset + 16] = ids[index]
+        buffer[offset + 90] = channel
+    return bytes(buffer)
+
+
+def render_batch_results(payload: bytes, codes: bytes, timestamps: Any) -> bytes:
+    """The `results` array of the JSON batch answer: one object per posted record."""
+    if http_fast is None:
+        return render_batch_results_reference(payload, codes, timestamps)
+    rendered: bytes = http_fast.render_results(payload, codes, timestamps, _RESULT_NAMES)
+    return rendered
+
+
+def render_batch_results_reference(payload: bytes, codes: bytes, timestamps: Any) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "transfer_id": payload[index * TRANSFER_SIZE : index * TRANSFER_SIZE + 16][
+                    ::-1
+                ].hex(),
+                "code": code,
+                "result": R(code).name.lower(),
+                "timestamp_ns": timestamps[index],
+            }
+            for index, code in enumerate(codes)
+        ]
+    )
 
 
 def _batch_item(item: Any, index: int) -> tuple[int, int, int, int, int, int, int, int]:

@@ -1,0 +1,186 @@
+"""cext/http_fast.pyx against its Python twins in channels/bank.py: same bytes, same 422s."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from array import array
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cext import http_fast
+from channels import bank, signing
+from channels.problems import Problem
+from ledger.types import TRANSFER_SIZE, CreateTransferResult
+
+CHANNEL = 5
+KEY = "batch-key-1"
+
+accounts = st.one_of(
+    st.integers(1, 10**38 - 1).map(str),
+    st.sampled_from(["0", "01", "", "1" * 39, "١٢", "12a", " 1"]),
+    st.integers(-5, 5),
+    st.none(),
+)
+amounts = st.one_of(
+    st.integers(0, 2**63 - 1),
+    st.sampled_from([-1, 2**63, 2**64, 1.5, True, "10", None]),
+)
+codes = st.one_of(
+    st.sampled_from(["transfer", "topup_bound", "cash_deposit"]),
+    st.sampled_from(["nope", "", 1, None]),
+)
+well_formed = st.fixed_dictionaries(
+    {
+        "debit_account_id": st.integers(1, 10**38 - 1).map(str),
+        "credit_account_id": st.integers(1, 10**38 - 1).map(str),
+        "amount_minor": st.integers(0, 2**63 - 1),
+        "code": st.sampled_from(["transfer", "topup_bound"]),
+    }
+)
+any_item = st.one_of(
+    well_formed,
+    st.fixed_dictionaries(
+        {
+            "debit_account_id": accounts,
+            "credit_account_id": accounts,
+            "amount_minor": amounts,
+            "code": codes,
+        },
+        optional={
+            "flags": st.lists(st.sampled_from(["linked", "pending", "bogus"]), max_size=5),
+            "pending_id": st.sampled_from(["0" * 31 + "1", "xyz", 7]),
+            "timeout_s": st.integers(-1, 2**32),
+            "user_data": st.integers(-1, 2**64),
+            "extra": st.just(1),
+        },
+    ),
+    st.sampled_from([[], "item", 3, None]),
+)
+
+
+def outcome(function: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", function(*args)
+    except Problem as problem:
+        return "problem", (problem.status, problem.slug, problem.encode("/x"))
+
+
+@given(st.binary(max_size=300))
+def test_sha256_matches_hashlib(data: bytes) -> None:
+    """The C SHA-256 gives hashlib's digest for every length, across block boundaries."""
+    assert http_fast.sha256(data) == hashlib.sha256(data).digest()
+
+
+def test_derived_ids_match_the_reference() -> None:
+    """Item i's id written in C is the first 16 bytes of the reference derivation."""
+    count = 1000
+    buffer = bytearray(count * TRANSFER_SIZE)
+    http_fast.derive_ids_into(bank.transfer_id_prefix(CHANNEL, KEY), count, buffer)
+    ids = bank.derive_transfer_ids_packed(CHANNEL, KEY, count)
+    assert [bytes(buffer[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16]) for i in range(count)] == ids
+    assert int.from_bytes(ids[7], "little") == bank.derive_transfer_id(CHANNEL, KEY, 7)
+
+
+@given(st.lists(any_item, min_size=1, max_size=12))
+def test_json_items_pack_like_the_reference(items: list[Any]) -> None:
+    """Any list of items: the C loop packs the same bytes, or raises the same first 422."""
+    fast = outcome(bank.pack_json_batch, items, CHANNEL, KEY)
+    reference = outcome(bank.pack_json_batch_reference, items, CHANNEL, KEY)
+    assert fast == reference
+
+
+@given(st.lists(well_formed, min_size=1, max_size=12))
+def test_well_formed_items_are_packed(items: list[Any]) -> None:
+    """Well-formed items never take the Python path and pack to the reference bytes."""
+    assert bank.pack_json_batch(items, CHANNEL, KEY) == bank.pack_json_batch_reference(
+        items, CHANNEL, KEY
+    )
+
+
+@given(st.lists(st.binary(min_size=128, max_size=128), min_size=1, max_size=6), st.data())
+def test_binary_records_stamp_like_the_reference(records: list[bytes], data: Any) -> None:
+    """Binary records: same ids and channel written, or the same record refused."""
+    cleaned = [
+        bytes(16) + record[16:90] + b"\0" + record[91:] if data.draw(st.booleans()) else record
+        for record in records
+    ]
+    raw = b"".join(cleaned)
+    assert outcome(bank.stamp_binary_batch, raw, CHANNEL, KEY) == outcome(
+        bank.stamp_binary_batch_reference, raw, CHANNEL, KEY
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([int(code) for code in CreateTransferResult]),
+            st.integers(0, 2**64 - 1),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_results_render_like_orjson(rows: list[tuple[int, int]]) -> None:
+    """The C renderer writes exactly the bytes orjson writes for the same list of dicts."""
+    payload = bank.pack_json_batch(
+        [{"debit_account_id": "1", "credit_account_id": "2", "amount_minor": 1, "code": "transfer"}]
+        * len(rows),
+        CHANNEL,
+        KEY,
+    )
+    codes = bytes(code for code, _ in rows)
+    timestamps = array("Q", [stamp for _, stamp in rows])
+    fast = bank.render_batch_results(payload, codes, timestamps)
+    assert fast == bank.render_batch_results_reference(payload, codes, timestamps)
+    assert len(orjson.loads(fast)) == len(rows)
+
+
+def test_unnamed_result_code_is_refused() -> None:
+    """A result code with no name is a defect the renderer reports, not garbage output."""
+    names: list[str | None] = [None] * 256
+    with pytest.raises(ValueError, match="no name"):
+        http_fast.render_results(bytes(TRANSFER_SIZE), b"\x07", array("Q", [1]), names)
+
+
+@given(
+    st.text(
+        alphabet='TALLY-HMAC-SHA256 channel="key_id,timestamp=nonce,signature"ab1 ',
+        max_size=120,
+    )
+)
+def test_authorization_split_parse_agrees_with_the_regex(value: str) -> None:
+    """The regex-free parse of the canonical header accepts exactly what the regex does."""
+    canonical = signing._CANONICAL.fullmatch(value)
+    expected = (
+        signing.Credentials(*canonical.groups())
+        if canonical is not None
+        else signing.parse_parameters(value)
+    )
+    assert signing.parse_authorization(value) == expected
+
+
+def test_canonical_header_parses_and_a_comma_in_a_value_does_not() -> None:
+    """The hot path takes the helper's header; a comma inside a value is refused as before."""
+    header = (
+        'TALLY-HMAC-SHA256 channel="app",key_id="k1",timestamp="123",'
+        'nonce="abcdefgh",signature="xyz="'
+    )
+    assert signing.parse_authorization(header) == signing.Credentials(
+        "app", "k1", "123", "abcdefgh", "xyz="
+    )
+    assert isinstance(signing.parse_authorization(header.replace('"app"', '"a,pp"')), str)
+
+
+@given(st.binary(max_size=64), st.binary(max_size=300))
+def test_signature_verification_matches_hmac(secret: bytes, message: bytes) -> None:
+    """verify() (a keyed HMAC copied per request) accepts the one-shot HMAC and nothing else."""
+    good = base64.b64encode(hmac.digest(secret, message, "sha256")).decode()
+    assert signing.verify(secret, message, good)
+    assert not signing.verify(secret, message + b"x", good)
+    assert not signing.verify(secret + b"x", message, good)
