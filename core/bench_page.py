@@ -182,16 +182,14 @@ def render(reports: list[dict[str, Any]]) -> str:
             lines.append("\nIndividual passes (transfers/s):\n")
             for name, rates in passes.items():
                 lines.append(f"- {name}: {', '.join(f'{rate:,}' for rate in rates)}")
-        refusals = report.get("refusals")
-        if refusals:
-            lines.append("\nExpected business refusals (not failures):\n")
-            for slug, count in refusals.items():
-                lines.append(f"- {slug}: {count:,}")
-        failures = report.get("failures_by_error")
-        if failures:
-            lines.append("\nFailures:\n")
-            for error, count in failures.items():
-                lines.append(f"- {count:,} x {error}")
+        for field, title, template in (
+            ("refusals", "Expected business refusals (not failures)", "- {name}: {count:,}"),
+            ("failures_by_error", "Failures", "- {count:,} x {name}"),
+        ):
+            counted = report.get(field)
+            if counted:
+                lines.append(f"\n{title}:\n")
+                lines.extend(template.format(name=n, count=c) for n, c in counted.items())
         results = report.get("results")
         if results:
             lines.append("\nResult codes of the last pass of each kind:\n")

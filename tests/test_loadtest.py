@@ -26,6 +26,24 @@ def loadtest(*words: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def loadtest_against_server(
+    tmp_path: Path, serve_args: list[str], loadtest_args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """`tally loadtest --host` against a `tally serve` started here with `serve_args`, so
+    the test can give the server a fault; reports go to tmp_path/out."""
+    from core.bench_http import Server, free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
+               "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
+               *serve_args]  # fmt: skip
+    server = Server(command, port, tmp_path / "server.log", "/readyz")
+    try:
+        return loadtest("--host", server.url, *loadtest_args, "--out", str(tmp_path / "out"))
+    finally:
+        server.stop()
+
+
 def stats_names(out: Path) -> set[str]:
     with open(out / "locust_stats.csv", newline="") as file:
         return {row["Name"] for row in csv.DictReader(file)} - {"Aggregated"}
@@ -100,23 +118,16 @@ def test_day_profile_peaks_at_the_campaign_midnight() -> None:
 def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
     """A server that no longer knows wechat's secret: every wechat request is a 401, an
     unexpected status, so the run fails although the audit of what was booked is clean."""
-    from core.bench_http import Server, free_port
-
     registry = (REPO_ROOT / "examples" / "channels.toml").read_text()
     assert registry.count("DEVELOPMENT-ONLY-wechat-secret-0001") == 1
     rotated = tmp_path / "channels.toml"
     rotated.write_text(registry.replace("DEVELOPMENT-ONLY-wechat-secret-0001", "rotated-away-0001"))
-    port = free_port()
-    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
-               "--data", str(tmp_path / "data"), "--channels", str(rotated),
-               "--access-log", "off", "--scrypt-n", "1024"]  # fmt: skip
-    server = Server(command, port, tmp_path / "server.log", "/readyz")
-    try:
-        out = tmp_path / "out"
-        done = loadtest("--host", server.url, "--seconds", "6", "--users", "20",
-                        "--customers", "10", "--out", str(out))  # fmt: skip
-    finally:
-        server.stop()
+    out = tmp_path / "out"
+    done = loadtest_against_server(
+        tmp_path,
+        ["--channels", str(rotated)],
+        ["--seconds", "6", "--users", "20", "--customers", "10"],
+    )
     assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert report["failures"] > 0 and report["audit_clean"] is True
@@ -129,19 +140,12 @@ def test_shed_requests_are_retried_with_the_same_key_and_booked_once(tmp_path: P
     the setup, whose 8 threads wait for each answer, but under 100 users): the users
     retry with the same Idempotency-Key. The 503s are failures (the run fails), but the
     audit proves every acknowledged retry was booked exactly once."""
-    from core.bench_http import Server, free_port
-
-    port = free_port()
-    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
-               "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
-               "--queue-size", "8", "--journal-delay-ms", "100"]  # fmt: skip
-    server = Server(command, port, tmp_path / "server.log", "/readyz")
-    try:
-        out = tmp_path / "out"
-        done = loadtest("--host", server.url, "--seconds", "8", "--users", "100",
-                        "--customers", "20", "--out", str(out))  # fmt: skip
-    finally:
-        server.stop()
+    out = tmp_path / "out"
+    done = loadtest_against_server(
+        tmp_path,
+        ["--queue-size", "8", "--journal-delay-ms", "100"],
+        ["--seconds", "8", "--users", "100", "--customers", "20"],
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["money_retried"] > 0, report
     assert report["failures"] > 0 and done.returncode == 1
