@@ -10,7 +10,12 @@ would); the passes are listed beside:
 - `tally_pg_transfers_per_s`: the engine with the PostgreSQL store. A few
   tasks keep batches of generated transfers in flight; a transfer counts once
   its group's transaction has committed (entries, transfer records and
-  account versions by binary COPY, compactions included, one COMMIT).
+  account versions by binary COPY, compactions included, one COMMIT). The
+  store has `--inflight-groups` (2) groups in flight on as many connections:
+  the next group's rows are COPYed while the one before commits.
+  `--serial-peer` adds to each pass a window of the same engine with each
+  group started only once the one before committed (the serial store), in
+  alternating order: `tally_pg_serial_transfers_per_s`.
 - `naive_pg_transfers_per_s`: one transaction per transfer over 32 concurrent
   connections: INSERT the transfer, SELECT both accounts FOR UPDATE (in id
   order, so no deadlocks), check the balance and the daily limit, UPDATE both
