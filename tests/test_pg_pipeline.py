@@ -7,7 +7,8 @@ delay of N (before any of its statements) lets N+1 run ahead as far as the
 store allows: if it could take the epoch row or update N's hold before N
 committed, N+1 is refused (StoreFenced, or an UPDATE that finds no row) and
 these tests fail. A planted failure of N must leave N+1 unanswered by any
-claim of durability (EngineStopped) and absent from PostgreSQL.
+claim of durability (EngineStopped) and absent from PostgreSQL. A connection
+of N lost around its COMMIT is resolved while N+1 waits behind it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PlantedStore(PgStore):
 
     planted_seq: int = -1
     fail: bool = False
+    lose: str = ""  # "before" or "after": the planted group's connection drops around COMMIT
     delay_s: float = 0.6
     delaying: anyio.Event
     committed: list[int]
@@ -75,8 +77,16 @@ class PlantedStore(PgStore):
         await super()._write_group(link, pending, resolving=resolving)
 
     async def _commit(self, link: Link, transaction: Any, first_seq: int) -> None:
+        mode = self.lose if first_seq == self.planted_seq else ""
+        self.lose = "" if mode else self.lose
+        if mode == "before":
+            link.connection.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("lost before COMMIT (test)")
         await super()._commit(link, transaction, first_seq)
         self.committed.append(first_seq)
+        if mode == "after":
+            link.connection.terminate()
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("lost after COMMIT (test)")
 
 
 async def planted_engine(dsn: str, fail: bool) -> tuple[Any, PlantedStore]:
@@ -180,3 +190,47 @@ async def test_a_failed_group_leaves_the_next_one_unwritten_and_unanswered(
     await store.close()
     assert engine.ledger.lookup_transfer(9_101) is None
     assert engine.ledger.lookup_transfer(9_102) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["before", "after"])
+async def test_a_lost_commit_is_resolved_while_the_next_group_waits(pg_dsn: str, mode: str) -> None:
+    """N's connection drops around its COMMIT while N+1 is in flight on the other one:
+    N is resolved by reading the epoch row back (rewritten, or found committed), N+1
+    commits after it, both are answered OK, and the tables verify."""
+    engine, store = await planted_engine(pg_dsn, fail=False)
+    store.lose = mode
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 4, 1_000_000)
+        store.planted_seq = store.last_seq + 1
+        outcomes: dict[str, Any] = {}
+
+        async def submit(name: str, body: bytes) -> None:
+            outcomes[name] = await engine.submit_transfer(body)
+
+        async with anyio.create_task_group() as clients:
+            clients.start_soon(
+                submit, "hold", transfer(HOLD_ID, 1, 2, 5_000, flags=TransferFlags.PENDING)
+            )
+            await store.delaying.wait()
+            clients.start_soon(
+                submit,
+                "post",
+                transfer(
+                    POST_ID, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=HOLD_ID
+                ),
+            )
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert outcomes["hold"].result == R.OK and outcomes["post"].result == R.OK
+    planted = store.planted_seq
+    assert (planted + 1, True) in store.overlapped, "the next group was not begun in flight"
+    if mode == "after":
+        assert store.stats.resolved_committed == 1 and store.stats.resolved_rewritten == 0
+    else:
+        assert store.stats.resolved_committed == 0 and store.stats.resolved_rewritten == 1
+    assert store.committed.index(planted + 1) == len(store.committed) - 1
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest
