@@ -10,7 +10,12 @@ would); the passes are listed beside:
 - `tally_pg_transfers_per_s`: the engine with the PostgreSQL store. A few
   tasks keep batches of generated transfers in flight; a transfer counts once
   its group's transaction has committed (entries, transfer records and
-  account versions by binary COPY, compactions included, one COMMIT).
+  account versions by binary COPY, compactions included, one COMMIT). The
+  store has `--inflight-groups` (2) groups in flight on as many connections:
+  the next group's rows are COPYed while the one before commits.
+  `--serial-peer` adds to each pass a window of the same engine with each
+  group started only once the one before committed (the serial store), in
+  alternating order: `tally_pg_serial_transfers_per_s`.
 - `naive_pg_transfers_per_s`: one transaction per transfer over 32 concurrent
   connections: INSERT the transfer, SELECT both accounts FOR UPDATE (in id
   order, so no deadlocks), check the balance and the daily limit, UPDATE both
@@ -53,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--inflight", type=int, default=4, help="Tally batches in flight")
     parser.add_argument("--connections", type=int, default=NAIVE_CONNECTIONS)
+    parser.add_argument(
+        "--inflight-groups", type=int, default=2, help="store groups in flight (connections)"
+    )
+    parser.add_argument(
+        "--serial-peer",
+        action="store_true",
+        help="each pass also a window with the store's groups one at a time (no overlap)",
+    )
     parser.add_argument("--save", metavar="DIR", default=None)
     parser.add_argument("--json", action="store_true")
 
@@ -222,15 +235,32 @@ async def bench_both(
     from core.pg_store import open_pg_store
 
     opened = await open_pg_store(
-        tally_dsn, account_capacity=args.accounts + 16, transfer_capacity=1 << 23, owner="bench"
+        tally_dsn,
+        account_capacity=args.accounts + 16,
+        transfer_capacity=1 << 23,
+        owner="bench",
+        inflight_groups=args.inflight_groups,
     )
     rules = parse_rules(bench_kernel.BENCH_RULES, "bench-rules.toml")
     engine = Engine(opened.ledger, opened.store, rules, linger_s=0.001, queue_size=1 << 17)
     store = opened.store
     tally = TallyLoad(engine, store, args.accounts, args.inflight)
     naive = await NaiveLoad.open(naive_dsn, args.accounts, args.connections)
-    window_s = args.seconds / 2 / args.passes
+    window_s = args.seconds / (3 if args.serial_peer else 2) / args.passes
     rates: dict[str, list[int]] = {"tally": [], "naive": []}
+    serial: dict[str, Any] = {"done": 0, "elapsed": 0.0, "rates": []}
+
+    async def serial_window() -> None:
+        store.overlap = False
+        started = time.perf_counter()
+        try:
+            count = await tally.window(window_s)
+        finally:
+            store.overlap = True
+        serial["elapsed"] += time.perf_counter() - started
+        serial["rates"].append(round(count / (time.perf_counter() - started)))
+        serial["done"] += count
+
     cpu: dict[str, float] = {"tally": 0.0, "postgres": 0.0, "naive": 0.0}
     done: dict[str, int] = {"tally": 0, "naive": 0}
     elapsed: dict[str, float] = {"tally": 0.0, "naive": 0.0}
@@ -243,7 +273,10 @@ async def bench_both(
         result["setup_s"] = round(time.perf_counter() - setup_started, 2)
         phases_before = dict(store.stats.phase_s)
         commits_before, compactions_before = store.stats.commits, store.stats.compactions
+        transfers_before = store.stats.transfers
         for index in range(args.passes):
+            if args.serial_peer and index % 2 == 1:
+                await serial_window()
             own, server = cpu_seconds([os.getpid()]), cpu_seconds(server_pids())
             started = time.perf_counter()
             count = await tally.window(window_s)
@@ -252,6 +285,8 @@ async def bench_both(
             cpu["tally"] += cpu_seconds([os.getpid()]) - own
             cpu["postgres"] += cpu_seconds(server_pids()) - server
             done["tally"] += count
+            if args.serial_peer and index % 2 == 0:
+                await serial_window()
             before = cpu_seconds([os.getpid(), *server_pids()])
             started = time.perf_counter()
             count = await naive.window(window_s)
@@ -295,14 +330,26 @@ async def bench_both(
                 latency_quantile(store.stats.commit_latency_s, 0.5) * 1000, 1
             ),
             "tally_pg_phase_s": phases,
-            "tally_pg_transfers_per_commit": round(done["tally"] / max(1, commits)),
+            "tally_pg_transfers_per_commit": round(
+                (store.stats.transfers - transfers_before) / max(1, commits)
+            ),
             "naive_pg_latency_ms_p50": round(latency_quantile(naive.latencies, 0.5) * 1000, 2),
             "naive_pg_latency_ms_p99": round(latency_quantile(naive.latencies, 0.99) * 1000, 2),
             "naive_pg_rejected": naive.rejected,
             "naive_pg_connections": args.connections,
+            "tally_pg_inflight_groups": store.inflight_groups,
             "passes_transfers_per_s": rates,
         }
     )
+    if args.serial_peer:
+        # The same engine and store, each group started only once the one before
+        # committed: the peer of the overlap in the same run (commits and phases above
+        # include its windows).
+        result["tally_pg_serial_transfers_per_s"] = round(serial["done"] / serial["elapsed"])
+        result["tally_pg_overlap_over_serial"] = round(
+            done["tally"] / elapsed["tally"] / max(1, serial["done"] / serial["elapsed"]), 2
+        )
+        rates["tally_serial"] = serial["rates"]
     return result
 
 

@@ -95,6 +95,23 @@ class CapturingStore(Store, Protocol):
     async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None: ...
 
 
+class PipelinedStore(CapturingStore, Protocol):
+    """A capturing store that takes several groups at once (PostgreSQL, two connections).
+
+    The durable stage calls `begin_group(entries, captures)` for each group in
+    order (synchronous: it only takes the group) and awaits
+    `finish_group(pending)` in a task per group, at most `inflight_groups` at
+    once; `finish_group` returns once its group and every group before it are
+    durable, and raises if it or any group before it failed.
+    """
+
+    inflight_groups: int
+
+    def begin_group(self, entries: Sequence[Entry], captures: Sequence[Any]) -> Any: ...
+
+    async def finish_group(self, pending: Any) -> None: ...
+
+
 class Clock(Protocol):
     def now_ns(self) -> int: ...
 
@@ -672,6 +689,11 @@ class Engine:
                 run[0].result = outcome
 
     async def _serve_durable(self, receive: MemoryObjectReceiveStream[Group]) -> None:
+        begin = getattr(self.store, "begin_group", None)
+        inflight = int(getattr(self.store, "inflight_groups", 1))
+        if begin is not None and inflight > 1:
+            await self._serve_durable_pipelined(receive, begin, inflight)
+            return
         async with receive:
             async for group in receive:
                 # An append under way is finished and its answers released even if we
@@ -684,25 +706,95 @@ class Engine:
                             else:
                                 await anyio.to_thread.run_sync(self.store.append, group.entries)
                         except BaseException as error:
-                            self._fail_groups(group, receive, error)
+                            self._fail_groups([group], receive, error)
                             raise
-                    self.metrics.observe_durable((time.perf_counter_ns() - group.applied_ns) / 1e9)
-                    self.metrics.requests += len(group.requests)
-                    for request in group.requests:
-                        request.done.set()
-                    self._groups_durable += 1
-                    advanced, self._durable_advanced = self._durable_advanced, anyio.Event()
-                    assert advanced is not None
-                    advanced.set()
+                    self._release_group(group)
+
+    async def _serve_durable_pipelined(
+        self,
+        receive: MemoryObjectReceiveStream[Group],
+        begin: Callable[[Sequence[Entry], Sequence[Any]], Any],
+        inflight: int,
+    ) -> None:
+        """Up to `inflight` groups in the store at once (`PipelinedStore`): each is
+        begun here, in order, and finished in a task of its own; answers are released
+        strictly in group order, each only once its group (hence every group before
+        it) is durable. After a failure every group behind it is answered EngineStopped."""
+        finish = self.store.finish_group  # type: ignore[attr-defined]
+        slots = anyio.Semaphore(inflight)
+        failures: list[BaseException] = []
+        released = anyio.Event()  # the answers of the group before the next one are out
+        released.set()
+
+        async def finish_one(
+            group: Group, pending: Any, before: anyio.Event, mine: anyio.Event
+        ) -> None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    error: BaseException | None = None
+                    if pending is not None:
+                        try:
+                            await finish(pending)
+                        except BaseException as caught:  # shielded: not a cancellation
+                            error = caught
+                    await before.wait()
+                    if error is None and failures:  # behind a failure: nothing is answered
+                        error = failures[0]
+                    if error is None:
+                        self._release_group(group)
+                        return
+                    failures.append(error)
+                    self._fail_groups([group], None, failures[0])
+                    tasks.cancel_scope.cancel()
+                finally:
+                    mine.set()
+                    slots.release()
+
+        unhanded: list[Group] = []
+        async with receive:
+            async with anyio.create_task_group() as tasks:
+                async for group in receive:
+                    with anyio.CancelScope(shield=True):
+                        await slots.acquire()
+                    try:
+                        if failures:
+                            raise failures[0]
+                        pending = begin(group.entries, group.captures) if group.entries else None
+                    except BaseException as error:
+                        slots.release()
+                        unhanded.append(group)
+                        if not failures:
+                            failures.append(error)
+                        break
+                    mine = anyio.Event()
+                    tasks.start_soon(finish_one, group, pending, released, mine)
+                    released = mine
+            if failures:
+                self._fail_groups(unhanded, receive, failures[0])
+                raise failures[0]
+
+    def _release_group(self, group: Group) -> None:
+        """The group is durable: its answers go out."""
+        self.metrics.observe_durable((time.perf_counter_ns() - group.applied_ns) / 1e9)
+        self.metrics.requests += len(group.requests)
+        for request in group.requests:
+            request.done.set()
+        self._groups_durable += 1
+        advanced, self._durable_advanced = self._durable_advanced, anyio.Event()
+        assert advanced is not None
+        advanced.set()
 
     def _fail_groups(
-        self, group: Group, receive: MemoryObjectReceiveStream[Group], error: BaseException
+        self,
+        groups: list[Group],
+        receive: MemoryObjectReceiveStream[Group] | None,
+        error: BaseException,
     ) -> None:
-        """The store failed: answer the failing group and every group behind it, then stop."""
+        """The store failed: answer the groups and every group behind them, then stop."""
         self.running = False
         stopped = EngineStopped(f"engine stopped: the store failed ({error!r}); outcome unknown")
-        groups = [group]
-        while True:
+        groups = list(groups)
+        while receive is not None:
             try:
                 groups.append(receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):

@@ -1,6 +1,8 @@
 """The PostgreSQL store: the engine's groups committed through asyncpg, one transaction each.
 
-What one engine group becomes (`PgStore.append_async`), in ONE transaction:
+What one engine group becomes (`PgStore.append_async`, or `begin_group` and
+`finish_group`), in ONE transaction (written in the order below, except with
+two groups in flight: see further):
 
 1. `UPDATE tally_epoch SET last_seq = <new> WHERE epoch = <mine> AND last_seq = <expected>`:
    the fencing token. Zero rows means a newer engine took over (or someone
@@ -30,6 +32,23 @@ What one engine group becomes (`PgStore.append_async`), in ONE transaction:
    of once per group that touched it;
 7. COMMIT. Only when COMMIT returned, without the "committed locally but might
    not have been replicated" warning, does the engine answer the group.
+
+Two groups in flight (`begin_group`, `finish_group`; `inflight_groups`
+connections, 2 by default, used in turn). While group N commits (its WAL
+flush, its synchronous standby), group N+1's transaction on the other
+connection already COPYs what depends on no other group: 2, 3 and 5, new
+keys only. Then it waits until N's COMMIT returned, and only then does 1
+(the epoch row must say N is there: before, it would be refused), 4 (under
+READ COMMITTED it sees the rows N inserted only once N committed), 6 and
+COMMIT. So groups commit in seq order, and any snapshot (`verify`'s) sees a
+prefix of them. If N fails, N+1 rolls back, is never committed and the store
+refuses every later group (the engine answers them EngineStopped). A lost
+connection is resolved (below) only once the group before is settled, so the
+epoch row then says which of the two it is. A compacting group's successor
+starts only once it committed: the compaction empties the versions and takes
+the accounts as they are after that group, so no later group's rows may be
+in flight. `_latest` and `_versions_rows` advance when a group is begun, in
+order; after a failure the store is unusable, so they never lag PostgreSQL.
 
 Rows are captured in the apply thread (`capture`, called by the engine right
 after each entry is applied, from the kernel's change tracking), because the
@@ -111,6 +130,9 @@ HOLD_FLAGS = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING)
 # and one compaction's statement).
 COMPACT_VERSIONS_MAX_DEFAULT = 1 << 20
 COMPACT_ACCOUNTS_MAX_DEFAULT = 1 << 18
+# Groups in flight, one connection each: the next group's rows are written while the
+# one before commits (and waits for its WAL flush, its synchronous standby).
+INFLIGHT_GROUPS_DEFAULT = 2
 
 
 class PgStoreError(TallyError):
@@ -168,6 +190,41 @@ class StoreStats:
         now = time.perf_counter()
         self.phase_s[name] = self.phase_s.get(name, 0.0) + now - started
         return now
+
+
+class Link:
+    """One connection of the store, the warnings its server sent, and who uses it."""
+
+    def __init__(self, connection: Any) -> None:
+        self.lock = anyio.Lock()
+        self.warnings: list[Any] = []
+        self.connection: Any = None
+        self.server_pid: int | None = None
+        self.listen(connection)
+
+    def listen(self, connection: Any) -> None:
+        self.connection = connection
+        self.server_pid = connection.get_server_pid()
+        connection.add_log_listener(lambda _connection, message: self.warnings.append(message))
+
+
+@dataclass(slots=True, eq=False)
+class PendingGroup:
+    """A group begun (`PgStore.begin_group`) and not yet finished."""
+
+    entries: list[Entry]
+    rows: GroupRows
+    first_seq: int
+    compact: bool
+    latest: list[tuple[int, bytes]]  # a compaction's accounts: (slot, row) as of this group
+    previous: PendingGroup | None
+    link: Link
+    ok: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.entries) - 1
 
 
 def log_records(ledger: KernelLedger, start: int, stop: int) -> bytes:
@@ -331,26 +388,38 @@ class PgStore:
         commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
         compact_versions_max: int = COMPACT_VERSIONS_MAX_DEFAULT,
         compact_accounts_max: int = COMPACT_ACCOUNTS_MAX_DEFAULT,
+        more_connections: Sequence[Any] = (),
     ) -> None:
         assert compact_versions_max >= 1 and compact_accounts_max >= 1
         self.dsn = dsn
+        # Groups the engine may have in flight (`begin_group` .. `finish_group`): one
+        # connection each, used in turn.
+        self.inflight_groups = 1 + len(more_connections)
+        # False: each group starts only once the one before committed (as with one
+        # connection), for a peer measurement in the same run (`tally bench pg`).
+        self.overlap = True
         self.compact_versions_max = compact_versions_max
         self.compact_accounts_max = compact_accounts_max
         self.epoch = epoch
         self.reconnect_timeout_s = reconnect_timeout_s
         self.commit_timeout_s = commit_timeout_s
         self.stats = StoreStats()
-        self._connection: Any = connection
-        self._last_seq = last_seq
+        self._links = [Link(one) for one in (connection, *more_connections)]
+        self._last_seq = last_seq  # committed
+        self._begun_seq = last_seq  # handed to `begin_group`
+        self._begun = 0
+        self._tail: PendingGroup | None = None  # the last group begun
         self._log_count = log_count  # the apply side's view: captured up to here
         self._failure: str | None = None
-        self._warnings: list[Any] = []
-        self._server_pid: int | None = None
         # Accounts changed since the last compaction, as they are now (slot -> row), and
         # how many version rows were appended since (the table is empty at open).
         self._latest: dict[int, bytes] = {}
         self._versions_rows = 0
-        self._listen(connection)
+
+    @property
+    def _connection(self) -> Any:
+        """The first connection (the only one with `inflight_groups` 1)."""
+        return self._links[0].connection
 
     # --- Store protocol ---------------------------------------------------------
 
@@ -370,99 +439,157 @@ class PgStore:
 
     async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None:
         """Commit one group (see the module docstring); returns once it is safely durable."""
-        import asyncpg
+        await self.finish_group(self.begin_group(entries, captures))
 
+    def begin_group(self, entries: Sequence[Entry], captures: Sequence[Any]) -> PendingGroup:
+        """Take the next group, in order; `finish_group` writes and commits it.
+
+        Up to `inflight_groups` groups may be begun and not yet finished: each
+        one's independent rows are written on its own connection while the one
+        before it commits; it commits only once that one has committed.
+        """
         if self._failure is not None:
             raise PgStoreError(f"store unusable after an earlier failure: {self._failure}")
         assert len(entries) >= 1 and len(captures) == len(entries)
         for entry in entries:
             entry.check()
         rows = merge_changes(captures)
-        first_seq = self._last_seq + 1
-        started = time.perf_counter()
-        # The store is unusable after a failure, so `_latest` may run ahead of PostgreSQL.
+        first_seq = self._begun_seq + 1
+        # The store is unusable after a failure, so this bookkeeping may run ahead of
+        # PostgreSQL (by the groups in flight) but never behind it.
         self._latest.update(rows.accounts)
         compact = (
             self._versions_rows + len(rows.accounts) >= self.compact_versions_max
             or len(self._latest) >= self.compact_accounts_max
         )
-        try:
-            with anyio.fail_after(self.commit_timeout_s):
-                await self._commit_group(entries, rows, first_seq, compact)
-        except TimeoutError as error:
-            self._failure = f"group {first_seq}..: no COMMIT within {self.commit_timeout_s} s"
-            raise CommitUnresolved(self._failure) from error
-        except PgStoreError as error:
-            self._failure = str(error)
-            raise
-        except asyncpg.PostgresError as error:  # the server refused (disk full, ...)
-            self._failure = f"group {first_seq}..: {type(error).__name__}: {error}"
-            raise PgStoreError(self._failure) from error
-        self._last_seq = first_seq + len(entries) - 1
+        latest: list[tuple[int, bytes]] = []
         if compact:
+            latest = sorted(self._latest.items())
             self._latest.clear()
             self._versions_rows = 0
-            self.stats.compactions += 1
         else:
             self._versions_rows += len(rows.accounts)
+        pending = PendingGroup(
+            list(entries),
+            rows,
+            first_seq,
+            compact,
+            latest,
+            self._tail,
+            self._links[self._begun % len(self._links)],
+        )
+        self._begun += 1
+        self._begun_seq = pending.last_seq
+        self._tail = pending
+        return pending
+
+    async def finish_group(self, pending: PendingGroup) -> None:
+        """Write and commit a begun group after the one before it; once durable, returns."""
+        import asyncpg
+
+        started = time.perf_counter()
+        try:
+            if self._failure is not None:
+                raise PgStoreError(f"store unusable after an earlier failure: {self._failure}")
+            try:
+                with anyio.fail_after(self.commit_timeout_s):
+                    await self._commit_group(pending)
+            except TimeoutError as error:
+                raise CommitUnresolved(
+                    f"group {pending.first_seq}..: no COMMIT within {self.commit_timeout_s} s"
+                ) from error
+            except asyncpg.PostgresError as error:  # the server refused (disk full, ...)
+                raise PgStoreError(
+                    f"group {pending.first_seq}..: {type(error).__name__}: {error}"
+                ) from error
+        except BaseException as error:
+            if self._failure is None:
+                self._failure = str(error) or repr(error)
+            raise
+        else:
+            pending.ok = True
+            assert self._last_seq == pending.first_seq - 1
+            self._last_seq = pending.last_seq
+        finally:
+            pending.previous = None  # no chain of every group ever begun
+            pending.done.set()
+        if pending.compact:
+            self.stats.compactions += 1
         self.stats.commits += 1
-        self.stats.entries += len(entries)
-        self.stats.transfers += len(rows.transfers)
+        self.stats.entries += len(pending.entries)
+        self.stats.transfers += len(pending.rows.transfers)
         self.stats.commit_latency_s.append(time.perf_counter() - started)
         if len(self.stats.commit_latency_s) > 4096:
             del self.stats.commit_latency_s[:2048]
 
     async def close(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            try:
-                with anyio.fail_after(5):
-                    await connection.close()
-            except _connection_errors(TimeoutError):
-                connection.terminate()
+        for link in self._links:
+            if link.connection is not None:
+                connection, link.connection = link.connection, None
+                try:
+                    with anyio.fail_after(5):
+                        await connection.close()
+                except _connection_errors(TimeoutError):
+                    connection.terminate()
 
     # --- one group ----------------------------------------------------------------
 
-    def _listen(self, connection: Any) -> None:
-        self._server_pid = connection.get_server_pid()
-        connection.add_log_listener(lambda _connection, message: self._warnings.append(message))
+    async def _previous_committed(self, pending: PendingGroup) -> None:
+        """Wait until the group before `pending` committed; raise if it did not."""
+        previous = pending.previous
+        if previous is not None:
+            mark = time.perf_counter()
+            await previous.done.wait()
+            self.stats.phase("previous", mark)
+            if not previous.ok:
+                raise PgStoreError(
+                    f"group {pending.first_seq}..: not written, the group before it failed"
+                    f" ({self._failure})"
+                )
 
-    async def _commit_group(
-        self, entries: Sequence[Entry], rows: GroupRows, first_seq: int, compact: bool
-    ) -> None:
+    async def _commit_group(self, pending: PendingGroup) -> None:
         errors = _connection_errors()
-        try:
-            await self._write_group(entries, rows, first_seq, compact, resolving=False)
-            return
-        except errors as error:
-            logger.warning("group %d..: connection lost (%s): resolving", first_seq, error)
-            lost: BaseException = error
-        for attempt in range(RESOLVE_ATTEMPTS_MAX):
-            await self._reconnect(lost)
+        link = pending.link
+        previous = pending.previous
+        if previous is not None and (previous.compact or not self.overlap):
+            # A compaction empties the versions: no other group's rows may be in flight.
+            await self._previous_committed(pending)
+        async with link.lock:
             try:
-                await self._write_group(entries, rows, first_seq, compact, resolving=True)
+                await self._write_group(link, pending, resolving=False)
                 return
             except errors as error:
                 logger.warning(
-                    "group %d..: resolution attempt %d lost (%s)", first_seq, attempt, error
+                    "group %d..: connection lost (%s): resolving", pending.first_seq, error
                 )
-                lost = error
+                lost: BaseException = error
+            # Resolved only once the group before it is settled: this one's COMMIT was
+            # not sent before that one's returned, and the epoch row then says which.
+            await self._previous_committed(pending)
+            for attempt in range(RESOLVE_ATTEMPTS_MAX):
+                await self._reconnect(link, lost)
+                try:
+                    await self._write_group(link, pending, resolving=True)
+                    return
+                except errors as error:
+                    logger.warning(
+                        "group %d..: resolution attempt %d lost (%s)",
+                        pending.first_seq,
+                        attempt,
+                        error,
+                    )
+                    lost = error
         raise CommitUnresolved(
-            f"group {first_seq}..{first_seq + len(entries) - 1}: outcome unknown after"
+            f"group {pending.first_seq}..{pending.last_seq}: outcome unknown after"
             f" {RESOLVE_ATTEMPTS_MAX} attempts: {lost}"
         )
 
-    async def _write_group(
-        self,
-        entries: Sequence[Entry],
-        rows: GroupRows,
-        first_seq: int,
-        compact: bool,
-        *,
-        resolving: bool,
-    ) -> None:
-        connection = self._connection
-        last_seq = first_seq + len(entries) - 1
+    async def _write_group(self, link: Link, pending: PendingGroup, *, resolving: bool) -> None:
+        """One transaction: the group's independent rows, then (after the group before
+        it committed) the fencing epoch check, the changed transfers, a compaction."""
+        connection = link.connection
+        entries, rows, first_seq = pending.entries, pending.rows, pending.first_seq
+        last_seq = pending.last_seq
         expected = first_seq - 1
         transaction = connection.transaction()
         await transaction.start()
@@ -482,7 +609,7 @@ class PgStore:
                     await connection.execute(
                         "UPDATE tally_epoch SET last_seq = last_seq WHERE epoch = $1", self.epoch
                     )
-                    await self._commit(transaction, first_seq)
+                    await self._commit(link, transaction, first_seq)
                     self.stats.resolved_committed += 1
                     return
                 if row["last_seq"] != expected:
@@ -491,20 +618,8 @@ class PgStore:
                         f" {expected} or {last_seq}: another writer in epoch {self.epoch}?"
                     )
                 self.stats.resolved_rewritten += 1
+            # Independent of the group before: new keys only (seqs, transfer ids, versions).
             mark = time.perf_counter()
-            status = await connection.execute(
-                "UPDATE tally_epoch SET last_seq = $3 WHERE epoch = $1 AND last_seq = $2",
-                self.epoch,
-                expected,
-                last_seq,
-            )
-            if status != "UPDATE 1":
-                current = await connection.fetchrow("SELECT epoch, last_seq FROM tally_epoch")
-                raise StoreFenced(
-                    f"epoch {self.epoch} may not write seq {first_seq}..{last_seq}: tally_epoch"
-                    f" holds epoch {current['epoch']}, last_seq {current['last_seq']}"
-                )
-            mark = self.stats.phase("epoch", mark)
             await connection.copy_records_to_table(
                 "tally_entries",
                 records=[
@@ -529,6 +644,31 @@ class PgStore:
                     columns=TRANSFER_RECORD_COLUMNS,
                 )
             mark = self.stats.phase("transfers", mark)
+            if not pending.compact and rows.accounts:
+                await connection.copy_records_to_table(
+                    "tally_account_versions",
+                    records=[(last_seq, slot, row) for slot, row in rows.accounts],
+                    columns=VERSION_COLUMNS,
+                )
+                self.stats.phase("accounts", mark)
+            # Dependent on it: the epoch row (it must say the group before is committed),
+            # records it inserted (READ COMMITTED sees them only once it committed), and
+            # a compaction of every account as it is after this group.
+            await self._previous_committed(pending)
+            mark = time.perf_counter()
+            status = await connection.execute(
+                "UPDATE tally_epoch SET last_seq = $3 WHERE epoch = $1 AND last_seq = $2",
+                self.epoch,
+                expected,
+                last_seq,
+            )
+            if status != "UPDATE 1":
+                current = await connection.fetchrow("SELECT epoch, last_seq FROM tally_epoch")
+                raise StoreFenced(
+                    f"epoch {self.epoch} may not write seq {first_seq}..{last_seq}: tally_epoch"
+                    f" holds epoch {current['epoch']}, last_seq {current['last_seq']}"
+                )
+            mark = self.stats.phase("epoch", mark)
             if rows.changed:
                 ids = [ID_ROW.unpack_from(record) for record in rows.changed]
                 status = await connection.execute(
@@ -539,16 +679,9 @@ class PgStore:
                 )
                 assert status == f"UPDATE {len(rows.changed)}", (status, len(rows.changed))
             mark = self.stats.phase("changed", mark)
-            if compact:
-                await self._compact(connection)
+            if pending.compact:
+                await self._compact(connection, pending.latest)
                 mark = self.stats.phase("compact", mark)
-            elif rows.accounts:
-                await connection.copy_records_to_table(
-                    "tally_account_versions",
-                    records=[(last_seq, slot, row) for slot, row in rows.accounts],
-                    columns=VERSION_COLUMNS,
-                )
-                mark = self.stats.phase("accounts", mark)
         except BaseException:
             if not connection.is_closed():
                 try:
@@ -558,10 +691,10 @@ class PgStore:
                     pass
             raise
         mark = time.perf_counter()
-        await self._commit(transaction, first_seq)
+        await self._commit(link, transaction, first_seq)
         self.stats.phase("commit", mark)
 
-    async def _compact(self, connection: Any) -> None:
+    async def _compact(self, connection: Any, latest: list[tuple[int, bytes]]) -> None:
         """Every account changed since the last compaction, upserted once; versions emptied.
 
         The raw rows go in by binary COPY to a temporary table, then one UPDATE joined
@@ -570,24 +703,22 @@ class PgStore:
         typed rows COPYed and upserted ~11-15 us; raw rows COPYed, decoded and
         UPDATEd ~5-6 us (`INSERT ... ON CONFLICT` is ~8 us a row of the total alone).
         """
-        if self._latest:
+        if latest:
             await connection.execute(COMPACT_STAGE)
             await connection.copy_records_to_table(
-                "tally_compact_stage",
-                records=sorted(self._latest.items()),
-                columns=("slot", "row"),
+                "tally_compact_stage", records=latest, columns=("slot", "row")
             )
             await connection.execute("ANALYZE tally_compact_stage")
             status = await connection.execute(COMPACT_UPDATE)
-            if int(status.split()[-1]) < len(self._latest):
+            if int(status.split()[-1]) < len(latest):
                 await connection.execute(COMPACT_INSERT)
         await empty_versions(connection)
 
-    async def _commit(self, transaction: Any, first_seq: int) -> None:
-        self._warnings.clear()
+    async def _commit(self, link: Link, transaction: Any, first_seq: int) -> None:
+        link.warnings.clear()
         await transaction.commit()
         await anyio.lowlevel.checkpoint()  # log listeners are called soon after the message arrives
-        for message in self._warnings:
+        for message in link.warnings:
             text = f"{getattr(message, 'message', '')} {getattr(message, 'detail', '') or ''}"
             if UNREPLICATED_MARKER in text:
                 raise CommitUnsafe(
@@ -612,12 +743,12 @@ class PgStore:
         found = [tuple(row) for row in stored]
         assert found == expected, (found, expected)
 
-    async def _reconnect(self, cause: BaseException) -> None:
+    async def _reconnect(self, link: Link, cause: BaseException) -> None:
         """A new connection; the old backend is ended so it cannot commit behind our back."""
         import asyncpg
 
-        old = self._connection
-        old_pid = self._server_pid
+        old = link.connection
+        old_pid = link.server_pid
         if old is not None:
             old.terminate()
         deadline = time.monotonic() + self.reconnect_timeout_s
@@ -634,8 +765,7 @@ class PgStore:
                     ) from error
                 await anyio.sleep(0.1)
         self.stats.reconnects += 1
-        self._connection = connection
-        self._listen(connection)
+        link.listen(connection)
         if old_pid is not None:
             await connection.execute("SELECT pg_terminate_backend($1)", old_pid)
 
@@ -753,6 +883,7 @@ async def open_pg_store(
     commit_timeout_s: float = COMMIT_TIMEOUT_S_DEFAULT,
     compact_versions_max: int = COMPACT_VERSIONS_MAX_DEFAULT,
     compact_accounts_max: int = COMPACT_ACCOUNTS_MAX_DEFAULT,
+    inflight_groups: int = INFLIGHT_GROUPS_DEFAULT,
 ) -> Opened:
     """Migrate, take a new fencing epoch, rebuild the ledger: ready for `Engine(ledger, store)`."""
     import asyncpg
@@ -770,6 +901,14 @@ async def open_pg_store(
     except BaseException:
         connection.terminate()
         raise
+    more: list[Any] = []
+    try:
+        for _ in range(inflight_groups - 1):
+            more.append(await asyncpg.connect(dsn))
+    except _connection_errors(asyncpg.PostgresError) as error:
+        for one in (connection, *more):
+            one.terminate()
+        raise PgStoreError(f"cannot connect to {dsn}: {error}") from error
     ledger.track_changes()
     ledger.take_changes()
     store = PgStore(
@@ -782,6 +921,7 @@ async def open_pg_store(
         commit_timeout_s=commit_timeout_s,
         compact_versions_max=compact_versions_max,
         compact_accounts_max=compact_accounts_max,
+        more_connections=more,
     )
     return Opened(store, ledger, migrated, time.perf_counter() - started)
 

@@ -18,6 +18,7 @@ from core.engine import Engine, EngineStopped
 from core.pg_schema import current_version, latest_version, migrate
 from core.pg_store import (
     CommitUnsafe,
+    Link,
     PgStore,
     StoreFenced,
     open_pg_store,
@@ -299,14 +300,14 @@ class LosingStore(PgStore):
 
     lose: str = ""
 
-    async def _commit(self, transaction: Any, first_seq: int) -> None:
+    async def _commit(self, link: Link, transaction: Any, first_seq: int) -> None:
         mode, self.lose = self.lose, ""
         if mode == "before":
-            self._connection.terminate()
+            link.connection.terminate()
             raise asyncpg.exceptions.ConnectionDoesNotExistError("lost before COMMIT (test)")
-        await super()._commit(transaction, first_seq)
+        await super()._commit(link, transaction, first_seq)
         if mode == "after":
-            self._connection.terminate()
+            link.connection.terminate()
             raise asyncpg.exceptions.ConnectionDoesNotExistError("lost after COMMIT (test)")
 
 
@@ -356,14 +357,16 @@ async def test_unreplicated_commit_warning_is_not_acknowledged(pg_dsn: str) -> N
                 await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
                 await admin.execute("SELECT pg_reload_conf()")
                 await anyio.sleep(0.3)
-                pid = store._connection.get_server_pid()
+                pids = [link.server_pid for link in store._links]
 
                 async def cancel_when_waiting() -> None:
                     for _ in range(200):
-                        waiting = await admin.fetchval(
-                            "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid
+                        pid = await admin.fetchval(
+                            "SELECT pid FROM pg_stat_activity"
+                            " WHERE pid = ANY($1::int[]) AND wait_event = 'SyncRep'",
+                            pids,
                         )
-                        if waiting == "SyncRep":
+                        if pid is not None:
                             await admin.execute("SELECT pg_cancel_backend($1)", pid)
                             return
                         await anyio.sleep(0.02)
