@@ -36,7 +36,7 @@ from channels.openapi import openapi_document
 from channels.problems import PROBLEM_CONTENT_TYPE, Problem
 from channels.registry import ChannelEntry
 from channels.routes import ROUTES, Route, Router
-from channels.schema import check_object, check_value, fail
+from channels.schema import check_object, check_value, fail, quick_check
 
 # The signature check in C (cext/http_auth.pyx), unless TALLY_KERNEL=reference asks for its
 # plain-Python twin (chosen explicitly, never as a fallback on a missing build).
@@ -82,6 +82,11 @@ class App:
         )
         self.openapi = orjson.dumps(openapi_document())
         self.window_s = bank.settings.nonce_window_s
+        self.quick_checks: dict[str, Callable[[Any], bool]] = {}
+        for route in ROUTES:
+            quick = quick_check(route.body) if route.body is not None else None
+            if quick is not None:
+                self.quick_checks[route.operation] = quick
 
     # --- ASGI -------------------------------------------------------------------
 
@@ -486,7 +491,9 @@ class App:
                 if not parsed["transfers"]:
                     raise fail("/transfers", "needs at least 1 item(s)")
             else:
-                check_object(parsed, route.body)
+                quick = self.quick_checks.get(route.operation)
+                if quick is None or not quick(parsed):
+                    check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
         return Context(
             channel, params, query, parsed, key, token, content_type or "application/json"

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from cext import http_auth, http_fast
 from channels import bank, signing
 from channels.problems import Problem
+from channels.routes import ROUTES
+from channels.schema import check_object, quick_check
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
 CHANNEL = 5
@@ -260,3 +262,55 @@ def test_signature_check_takes_long_strings_and_rotated_secrets() -> None:
 @given(st.binary(max_size=300))
 def test_auth_sha256_matches_hashlib(data: bytes) -> None:
     assert http_auth.sha256(data) == hashlib.sha256(data).digest()
+
+
+# --- channels/schema.py quick_check: its yes is check_object's yes ----------------------------
+
+QUICK_ROUTES = [route for route in ROUTES if route.body and quick_check(route.body)]
+field_values = st.one_of(
+    accounts,
+    amounts,
+    st.integers(-(2**65), 2**65),
+    st.sampled_from(["135790", "12\n", "1\n", False, 0.0, [], {}]),
+    st.text(max_size=8),
+)
+
+
+def test_quick_checks_cover_the_money_routes() -> None:
+    assert {"transfer", "topup", "cash_deposit"} <= {route.operation for route in QUICK_ROUTES}
+
+
+@given(st.sampled_from(QUICK_ROUTES), st.data())
+def test_quick_check_says_yes_only_where_check_object_does(route: Any, data: Any) -> None:
+    names = [*route.body, "password", "extra", "timeout_s"]
+    value = data.draw(
+        st.one_of(
+            st.dictionaries(st.sampled_from(names), field_values, max_size=5),
+            st.fixed_dictionaries({name: field_values for name in route.body}),
+            st.fixed_dictionaries(
+                {
+                    name: (amounts if spec.kind == "amount" else accounts)
+                    for name, spec in route.body.items()
+                    if spec.required
+                }
+            ),
+            field_values,
+        )
+    )
+    quick = quick_check(route.body)
+    assert quick is not None
+    try:
+        check_object(value, route.body)
+        accepted = True
+    except Problem:
+        accepted = False
+    if quick(value):
+        assert accepted, value
+    elif (
+        accepted
+        and isinstance(value, dict)
+        and "password" not in value
+        and "timeout_s" not in value
+        and all(type(item) is not bool for item in value.values())
+    ):  # a body of only ids and amounts that check_object takes is taken quickly too
+        raise AssertionError(f"quick check refused a plain valid body: {value}")
