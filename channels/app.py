@@ -62,7 +62,7 @@ class AccessLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.stream is not None:
-            self.stream.write(orjson.dumps(record) + b"\n")
+            self.stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def flush(self) -> None:
         if self.stream is not None:
