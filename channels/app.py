@@ -90,12 +90,6 @@ class App:
 
     # --- ASGI -------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.http(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self.lifespan(receive, send)
-
     async def lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
@@ -112,10 +106,14 @@ class App:
             await anyio.sleep(0.1)
             self.access_log.flush()
 
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One coroutine frame from the server to the Bank operation: the body read, the
         # dispatch and the Idempotency-Key in-flight guard are written out here, because
         # every frame and call on this path is paid by every single-transfer request.
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.lifespan(receive, send)
+            return
         started = perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
@@ -445,8 +443,11 @@ class App:
         body: bytes,
         key: str,
     ) -> Context:
+        raw_type = headers.get(b"content-type", b"")
         content_type = (
-            headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+            "application/json"  # what nearly every request sends: no parsing
+            if raw_type == JSON
+            else raw_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         )
         query: dict[str, str] = {}
         if scope["query_string"]:
