@@ -29,8 +29,17 @@ COMPILER_DIRECTIVES = {
     "initializedcheck": False,
 }
 
+# Modules that call a system library: libcrypto by its soname (the one hashlib loads; its
+# prototypes are declared in the .pyx, so OpenSSL's development headers are not needed).
+LINK_ARGS = {"http_auth": ["-l:libcrypto.so.3"]}
+
 extensions = [
-    Extension(f"cext.{path.stem}", [str(path)], extra_compile_args=COMPILE_ARGS)
+    Extension(
+        f"cext.{path.stem}",
+        [str(path)],
+        extra_compile_args=COMPILE_ARGS,
+        extra_link_args=LINK_ARGS.get(path.stem, []),
+    )
     for path in KERNEL_SOURCES
 ]
 

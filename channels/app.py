@@ -16,7 +16,6 @@ defect, logged with its traceback and answered 500 so the defect is visible.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
@@ -36,7 +36,13 @@ from channels.openapi import openapi_document
 from channels.problems import PROBLEM_CONTENT_TYPE, Problem
 from channels.registry import ChannelEntry
 from channels.routes import ROUTES, Route, Router
-from channels.schema import check_object, check_value, fail
+from channels.schema import check_object, check_value, fail, quick_check
+
+# The signature check in C (cext/http_auth.pyx), unless TALLY_KERNEL=reference asks for its
+# plain-Python twin (chosen explicitly, never as a fallback on a missing build).
+verify_request: Callable[..., bool] = signing.verify_request
+if os.environ.get("TALLY_KERNEL", "kernel") != "reference":
+    from cext.http_auth import verify_request
 
 logger = logging.getLogger("tally.channels")
 
@@ -56,7 +62,7 @@ class AccessLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.stream is not None:
-            self.stream.write(orjson.dumps(record) + b"\n")
+            self.stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def flush(self) -> None:
         if self.stream is not None:
@@ -76,15 +82,13 @@ class App:
         )
         self.openapi = orjson.dumps(openapi_document())
         self.window_s = bank.settings.nonce_window_s
+        self.quick_checks: dict[str, Callable[[Any], bool]] = {}
+        for route in ROUTES:
+            quick = quick_check(route.body) if route.body is not None else None
+            if quick is not None:
+                self.quick_checks[route.operation] = quick
 
     # --- ASGI -------------------------------------------------------------------
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "lifespan":
-            await self.lifespan(receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -102,8 +106,15 @@ class App:
             await anyio.sleep(0.1)
             self.access_log.flush()
 
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One coroutine frame from the server to the Bank operation: the body read, the
+        # dispatch and the Idempotency-Key in-flight guard are written out here, because
+        # every frame and call on this path is paid by every single-transfer request.
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.lifespan(receive, send)
+            return
+        started = perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
         route_name = "unmatched"
@@ -111,43 +122,51 @@ class App:
         reply: Reply
         problem: Problem | None = None
         idempotency_key = ""
-        self.metrics.in_flight += 1
+        metrics = self.metrics
+        metrics.in_flight += 1
         try:
             try:
                 if not path.startswith("/v1/"):
                     route_name = path if path in _UNSIGNED else "unmatched"
-                    reply = await self.unsigned(method, path)
+                    reply = self.unsigned(method, path)
                 else:
-                    matched = self.router.match(path)
-                    if matched is None:
-                        raise Problem(404, "not-found", "No such route", path)
-                    methods, params = matched
-                    route = methods.get(method)
-                    if route is None:
-                        raise Problem(
-                            405,
-                            "method-not-allowed",
-                            "Method not allowed on this route",
-                            f"allowed: {', '.join(sorted(methods))}",
-                            headers=[(b"allow", ", ".join(sorted(methods)).encode())],
-                        )
+                    route, params = self.route(method, path)
                     route_name = route.operation
-                    if not self.bank.ready:
-                        raise Problem(
-                            503,
-                            "not-ready",
-                            "The server is recovering; try again shortly",
-                            headers=[(b"retry-after", b"1")],
-                        )
                     headers = dict(scope["headers"])
-                    body = await self.read_body(headers, receive)
+                    declared = headers.get(b"content-length")
+                    if declared is not None and declared.isdigit():
+                        if int(declared) > self.body_size_max:
+                            raise self.too_large()
+                        message = await receive()
+                        if message["type"] == "http.request" and not message.get(
+                            "more_body", False
+                        ):  # the whole body in one message: no loop, no join
+                            body = message.get("body", b"")
+                            if len(body) > self.body_size_max:
+                                raise self.too_large()
+                        else:
+                            body = await self.read_body(headers, receive, message)
+                    else:
+                        body = await self.read_body(headers, receive, None)
                     channel = self.authenticate(scope, headers, body)
                     channel_name = channel.name
                     idempotency_key = self.authorize(route, channel, headers, len(body))
                     ctx = self.context(
                         route, channel, params, scope, headers, body, idempotency_key
                     )
-                    reply = await self.dispatch(route, ctx)
+                    handler = getattr(self.bank, route.operation)
+                    if not idempotency_key:
+                        reply = await handler(ctx)
+                    else:
+                        flight = (channel.ledger_id, idempotency_key)
+                        in_flight = self.bank.in_flight
+                        if flight in in_flight:
+                            raise in_flight_problem()
+                        in_flight.add(flight)
+                        try:
+                            reply = await handler(ctx)
+                        finally:
+                            in_flight.discard(flight)
             except Problem as refused:
                 problem = refused
                 reply = Reply(
@@ -170,22 +189,21 @@ class App:
                 )
                 problem = Problem(500, "internal-error", "Internal error", "the failure was logged")
                 reply = Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
+            response_body = reply.body
+            response_headers = [
+                (b"content-type", reply.content_type),
+                (b"content-length", b"%d" % len(response_body)),
+            ]
+            if reply.headers:
+                response_headers += reply.headers
             await send(
-                {
-                    "type": "http.response.start",
-                    "status": reply.status,
-                    "headers": [
-                        (b"content-type", reply.content_type),
-                        (b"content-length", str(len(reply.body)).encode()),
-                        *reply.headers,
-                    ],
-                }
+                {"type": "http.response.start", "status": reply.status, "headers": response_headers}
             )
-            await send({"type": "http.response.body", "body": reply.body})
+            await send({"type": "http.response.body", "body": response_body})
         finally:
-            self.metrics.in_flight -= 1
-        elapsed = time.perf_counter() - started
-        self.metrics.observe_request(route_name, reply.status, channel_name, elapsed)
+            metrics.in_flight -= 1
+        elapsed = perf_counter() - started
+        metrics.observe_request(route_name, reply.status, channel_name, elapsed)
         if self.access_log.stream is not None:
             record: dict[str, Any] = {
                 "ts": time.time(),
@@ -196,7 +214,7 @@ class App:
                 "status": reply.status,
                 "channel": channel_name,
                 "ms": round(elapsed * 1000, 3),
-                "bytes_out": len(reply.body),
+                "bytes_out": len(response_body),
             }
             if idempotency_key:
                 record["idempotency_key"] = idempotency_key
@@ -207,9 +225,33 @@ class App:
                     record["replayed"] = True
             self.access_log.write(record)
 
+    def route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The /v1 route of a request (404, 405), once the bank is ready (503)."""
+        matched = self.router.match(path)
+        if matched is None:
+            raise Problem(404, "not-found", "No such route", path)
+        methods, params = matched
+        route = methods.get(method)
+        if route is None:
+            raise Problem(
+                405,
+                "method-not-allowed",
+                "Method not allowed on this route",
+                f"allowed: {', '.join(sorted(methods))}",
+                headers=[(b"allow", ", ".join(sorted(methods)).encode())],
+            )
+        if not self.bank.ready:
+            raise Problem(
+                503,
+                "not-ready",
+                "The server is recovering; try again shortly",
+                headers=[(b"retry-after", b"1")],
+            )
+        return route, params
+
     # --- the pipeline -------------------------------------------------------------
 
-    async def unsigned(self, method: str, path: str) -> Reply:
+    def unsigned(self, method: str, path: str) -> Reply:
         if path not in _UNSIGNED:
             raise Problem(404, "not-found", "No such route", path)
         if method != "GET":
@@ -230,38 +272,41 @@ class App:
             )
         return Reply(200, self.openapi)
 
-    async def read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    async def read_body(
+        self, headers: dict[bytes, bytes], receive: Receive, message: dict[str, Any] | None
+    ) -> bytes:
+        """The whole body under the cap (`message`: the first one, if already received)."""
         cap = self.body_size_max
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            raise Problem(
-                413,
-                "body-too-large",
-                "The request body is too large",
-                f"at most {cap} bytes",
-                size_max=cap,
-            )
+            raise self.too_large()
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            if message is None:
+                message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
             if chunk:
                 size += len(chunk)
                 if size > cap:
-                    raise Problem(
-                        413,
-                        "body-too-large",
-                        "The request body is too large",
-                        f"at most {cap} bytes",
-                        size_max=cap,
-                    )
+                    raise self.too_large()
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            message = None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def too_large(self) -> Problem:
+        cap = self.body_size_max
+        return Problem(
+            413,
+            "body-too-large",
+            "The request body is too large",
+            f"at most {cap} bytes",
+            size_max=cap,
+        )
 
     def authenticate(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> ChannelEntry:
         value = headers.get(b"authorization")
@@ -302,7 +347,8 @@ class App:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         idempotency = headers.get(b"idempotency-key", b"").decode("latin-1")
-        message = signing.string_to_sign(
+        if not verify_request(
+            secret,
             credentials.channel,
             credentials.key_id,
             scope["method"],
@@ -311,9 +357,9 @@ class App:
             timestamp,
             nonce,
             idempotency,
-            hashlib.sha256(body).hexdigest(),
-        )
-        if not signing.verify(secret, message, credentials.signature):
+            body,
+            credentials.signature,
+        ):
             raise Problem(401, "signature-invalid", "The signature does not match the request")
         state = self.bank.state
         assert state is not None
@@ -397,8 +443,11 @@ class App:
         body: bytes,
         key: str,
     ) -> Context:
+        raw_type = headers.get(b"content-type", b"")
         content_type = (
-            headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+            "application/json"  # what nearly every request sends: no parsing
+            if raw_type == JSON
+            else raw_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         )
         query: dict[str, str] = {}
         if scope["query_string"]:
@@ -443,37 +492,27 @@ class App:
                 if not parsed["transfers"]:
                     raise fail("/transfers", "needs at least 1 item(s)")
             else:
-                check_object(parsed, route.body)
+                quick = self.quick_checks.get(route.operation)
+                if quick is None or not quick(parsed):
+                    check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
         return Context(
             channel, params, query, parsed, key, token, content_type or "application/json"
         )
 
-    async def dispatch(self, route: Route, ctx: Context) -> Reply:
-        handler = getattr(self.bank, route.operation)
-        if not ctx.idempotency_key:
-            result: Reply = await handler(ctx)
-            return result
-        flight = (ctx.channel.ledger_id, ctx.idempotency_key)
-        in_flight = self.bank.in_flight
-        if flight in in_flight:
-            raise Problem(
-                409,
-                "idempotency-key-in-flight",
-                "A request with this Idempotency-Key is still being processed",
-                "wait for its answer, then retry to get the same response",
-                headers=[(b"retry-after", b"1")],
-            )
-        in_flight.add(flight)
-        try:
-            result = await handler(ctx)
-        finally:
-            in_flight.discard(flight)
-        return result
-
 
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def in_flight_problem() -> Problem:
+    return Problem(
+        409,
+        "idempotency-key-in-flight",
+        "A request with this Idempotency-Key is still being processed",
+        "wait for its answer, then retry to get the same response",
+        headers=[(b"retry-after", b"1")],
+    )
 
 
 class _Disconnected(Exception):

@@ -47,7 +47,15 @@ from channels.problems import (
 from channels.registry import ChannelEntry, Registry
 from channels.schema import account_id_param, fail, transfer_id_param, transfer_id_text
 from channels.state import AccountMeta, Customer, StateStore, account_record, customer_record
-from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, latency_quantile
+from core.engine import (
+    Engine,
+    EngineFull,
+    EngineOverloaded,
+    EngineStopped,
+    latency_quantile,
+    transfer_result,
+)
+from core.engine import Request as EngineRequest
 from core.journal import Journal
 from core.replay import recover_ledger
 from ledger.types import (
@@ -144,6 +152,26 @@ class Reply:
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = b"application/json"
+
+
+def engine_problem(error: EngineOverloaded | EngineFull | EngineStopped) -> Problem:
+    """An engine refusal as the 503 a client sees."""
+    if isinstance(error, EngineOverloaded):
+        retry = max(1, math.ceil(error.retry_after_s))
+        return Problem(
+            503,
+            "overloaded",
+            "The engine's queue is full",
+            "retry after the time in Retry-After",
+            headers=[(b"retry-after", str(retry).encode())],
+        )
+    return Problem(
+        503,
+        "unavailable",
+        "The ledger cannot take this now",
+        str(error),
+        headers=[(b"retry-after", b"1")],
+    )
 
 
 def json_reply(status: int, value: Any, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
@@ -577,23 +605,8 @@ class Bank:
         """
         try:
             return await function(*args)
-        except EngineOverloaded as error:
-            retry = max(1, math.ceil(error.retry_after_s))
-            raise Problem(
-                503,
-                "overloaded",
-                "The engine's queue is full",
-                "retry after the time in Retry-After",
-                headers=[(b"retry-after", str(retry).encode())],
-            ) from None
-        except (EngineFull, EngineStopped) as error:
-            raise Problem(
-                503,
-                "unavailable",
-                "The ledger cannot take this now",
-                str(error),
-                headers=[(b"retry-after", b"1")],
-            ) from None
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_problem(error) from None
 
     async def read(self, function: Callable[[Any], Any]) -> Any:
         """Run `function(ledger)` in the engine on a durable state.
@@ -1063,6 +1076,12 @@ class Bank:
 
     async def authorize_debit(self, ctx: Context, account_id: int) -> None:
         """The customer behind a debit proves it: a live token for this account, or the password."""
+        if not self.debit_token_checked(ctx, account_id):
+            await self.verify_password(account_id, ctx.body["password"])
+
+    def debit_token_checked(self, ctx: Context, account_id: int) -> bool:
+        """`authorize_debit` up to the password: True if a valid token authorized the
+        debit, False if the body's password must still be verified; raises the refusals."""
         meta = self._state().accounts.get(account_id)
         if meta is None:
             raise Problem(
@@ -1086,7 +1105,7 @@ class Bank:
                     "transaction-token-not-for-account",
                     "The transaction token was issued for another account or channel",
                 )
-            return
+            return True
         if password is None:
             raise Problem(
                 401,
@@ -1094,7 +1113,7 @@ class Bank:
                 "This debit needs the transaction password or a transaction token",
                 "send `password` in the body or a Tally-Transaction-Token header",
             )
-        await self.verify_password(account_id, password)
+        return False
 
     async def issue_token(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
@@ -1256,8 +1275,41 @@ class Bank:
         timeout_s: int = 0,
     ) -> Reply:
         """Post one transfer whose id is derived from the Idempotency-Key; answer once durable."""
-        packed_id = derive_transfer_id_packed(ctx.channel.ledger_id, ctx.idempotency_key, 0)
-        transfer_id = int.from_bytes(packed_id, "little")
+        packed_id, request = self.enqueue_posting(
+            ctx, debit, credit, amount, code, flags, pending_id, timeout_s
+        )
+        await request.done.wait()
+        reply = self.posted(
+            ctx,
+            request,
+            operation,
+            packed_id,
+            debit,
+            credit,
+            amount,
+            code,
+            flags,
+            pending_id,
+            timeout_s,
+        )
+        if reply is None:
+            raise await self.replayed_failure(packed_id)
+        return reply
+
+    def enqueue_posting(
+        self,
+        ctx: Context,
+        debit: int,
+        credit: int,
+        amount: int,
+        code: int,
+        flags: int,
+        pending_id: int,
+        timeout_s: int,
+    ) -> tuple[bytes, EngineRequest]:
+        """`post`'s first half: the transfer record, queued in the engine (or a 503)."""
+        ledger_id = ctx.channel.ledger_id
+        packed_id = derive_transfer_id_packed(ledger_id, ctx.idempotency_key, 0)
         record = packed_id + _TRANSFER_AFTER_ID.pack(
             debit & UINT64_MASK,
             debit >> 64,
@@ -1271,7 +1323,7 @@ class Bank:
             LEDGER_CNY,
             code,
             flags,
-            ctx.channel.ledger_id,
+            ledger_id,
             0,
             0,
             0,
@@ -1282,31 +1334,48 @@ class Bank:
             0,
             0,
         )
-        result = await self.call_engine(self._engine().submit_transfer, record)
+        try:
+            return packed_id, self._engine().enqueue_transfer(record)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_problem(error) from None
+
+    def posted(
+        self,
+        ctx: Context,
+        request: EngineRequest,
+        operation: str,
+        packed_id: bytes,
+        debit: int,
+        credit: int,
+        amount: int,
+        code: int,
+        flags: int,
+        pending_id: int,
+        timeout_s: int,
+    ) -> Reply | None:
+        """`post`'s second half, once durable: the reply, the refusal raised, or None for a
+        retry of a key whose first request failed (`replayed_failure` reads why)."""
+        try:
+            result = transfer_result(request)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_problem(error) from None
         status = result.result
         headers: list[tuple[bytes, bytes]] = []
         if status == R.EXISTS:
             headers.append(REPLAY_HEADER)
             self.metrics.count_result("exists")
         elif status == R.ID_ALREADY_FAILED:
-            original = await self.read(lambda ledger: ledger.lookup_transfer(transfer_id))
             self.metrics.count_result("id_already_failed")
-            first = TRANSFER_STRUCT.unpack(original)[15] if original is not None else int(status)
-            problem = transfer_problem(
-                first, "replayed: the first request with this Idempotency-Key failed"
-            )
-            problem.headers.append(REPLAY_HEADER)
-            raise problem
+            return None
         elif status != R.OK:
             self.metrics.count_result(R(status).name.lower())
             raise transfer_problem(status)
         else:
             self.metrics.count_result("ok")
-        state = _POSTING_STATE[flags & 0x0E]
         body = {
             "transfer_id": packed_id[::-1].hex(),
             "operation": operation,
-            "status": state,
+            "status": _POSTING_STATE[flags & 0x0E],
             "debit_account_id": str(debit),
             "credit_account_id": str(credit),
             "amount_minor": amount,
@@ -1317,6 +1386,21 @@ class Bank:
             "timestamp_ns": result.timestamp,
         }
         return Reply(201, orjson.dumps(body), headers)
+
+    async def replayed_failure(self, packed_id: bytes) -> Problem:
+        """The refusal replayed to a retry of a key whose first request failed."""
+        transfer_id = int.from_bytes(packed_id, "little")
+        original = await self.read(lambda ledger: ledger.lookup_transfer(transfer_id))
+        first = (
+            TRANSFER_STRUCT.unpack(original)[15]
+            if original is not None
+            else int(R.ID_ALREADY_FAILED)
+        )
+        problem = transfer_problem(
+            first, "replayed: the first request with this Idempotency-Key failed"
+        )
+        problem.headers.append(REPLAY_HEADER)
+        return problem
 
     def _bound(self, account_id: int) -> tuple[AccountMeta, int]:
         meta = self.meta_of(account_id)
@@ -1373,15 +1457,24 @@ class Bank:
         )
 
     async def transfer(self, ctx: Context) -> Reply:
+        # `authorize_debit` and `post` written out: the hottest route, one coroutine frame.
         body = ctx.body
         debit = account_id_param(body["debit_account_id"], "debit_account_id")
         credit = account_id_param(body["credit_account_id"], "credit_account_id")
         if debit == credit:
             raise transfer_problem(R.ACCOUNTS_MUST_BE_DIFFERENT)
-        await self.authorize_debit(ctx, debit)
-        return await self.post(
-            ctx, "transfer", debit, credit, body["amount_minor"], TransferCode.TRANSFER
+        if not self.debit_token_checked(ctx, debit):
+            await self.verify_password(debit, body["password"])
+        amount = body["amount_minor"]
+        code = TransferCode.TRANSFER
+        packed_id, request = self.enqueue_posting(ctx, debit, credit, amount, code, 0, 0, 0)
+        await request.done.wait()
+        reply = self.posted(
+            ctx, request, "transfer", packed_id, debit, credit, amount, code, 0, 0, 0
         )
+        if reply is None:
+            raise await self.replayed_failure(packed_id)
+        return reply
 
     async def external_transfer(self, ctx: Context) -> Reply:
         body = ctx.body

@@ -153,6 +153,34 @@ def parse_parameters(value: str) -> Credentials | str:
     )
 
 
+def verify_request(
+    secret: bytes,
+    channel: str,
+    key_id: str,
+    method: str,
+    path: str,
+    query: str,
+    timestamp: str,
+    nonce: str,
+    idempotency_key: str,
+    body: bytes,
+    claimed: str,
+) -> bool:
+    """Whether `claimed` signs this request: the reference of cext/http_auth.pyx's twin."""
+    message = string_to_sign(
+        channel,
+        key_id,
+        method,
+        path,
+        query,
+        timestamp,
+        nonce,
+        idempotency_key,
+        hashlib.sha256(body).hexdigest(),
+    )
+    return verify(secret, message, claimed)
+
+
 _KEYED: dict[bytes, Any] = {}  # secret -> HMAC keyed with it (copied per request)
 _KEYED_MAX = 64
 

@@ -108,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="hypercorn,uvicorn",
         help="comma-separated ASGI servers to measure (hypercorn first)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="uvicorn's event loop, for Tally and its bare peer alike (tally serve --loop)",
+    )
     parser.add_argument("--data", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--save", metavar="DIR", default=None)
     parser.add_argument("--json", action="store_true")
@@ -159,7 +165,7 @@ class Server:
             self.process.wait()
 
 
-def start_tally(work: Path, server: str, name: str) -> Server:
+def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
     port = free_port()
     data = work / f"data-{name}"
     command = [
@@ -175,6 +181,7 @@ def start_tally(work: Path, server: str, name: str) -> Server:
         str(data),
         "--server",
         server,
+        *(["--loop", loop] if server == "uvicorn" else []),
         "--access-log",
         str(work / f"access-{name}.jsonl"),
         "--accounts-max",
@@ -196,9 +203,9 @@ def start_tally(work: Path, server: str, name: str) -> Server:
     return Server(command, port, work / f"server-{name}.log", "/readyz")
 
 
-def start_bare(work: Path, server: str) -> Server:
+def start_bare(work: Path, server: str, loop: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "core.bench_http", "bare", server, str(port)]
+    command = [sys.executable, "-m", "core.bench_http", "bare", server, str(port), loop]
     return Server(command, port, work / f"bare-{server}.log", "/")
 
 
@@ -236,20 +243,13 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
-def serve_bare(server: str, port: int) -> None:
+def serve_bare(server: str, port: int, loop: str) -> None:
     if server == "uvicorn":
         import uvicorn
 
-        uvicorn.run(
-            bare_app,
-            host="127.0.0.1",
-            port=port,
-            access_log=False,
-            log_level="warning",
-            http="httptools",
-            loop="asyncio",
-            backlog=1024,
-        )
+        from core.serve import uvicorn_config
+
+        uvicorn.Server(uvicorn_config(bare_app, "127.0.0.1", port, loop)).run()
         return
     import anyio
     from hypercorn.asyncio import serve
@@ -482,7 +482,7 @@ def measure_server(
     expected_rate = 6_000 if server == "hypercorn" else 20_000
     single_count = int(expected_rate * (seconds + 2) * 1.2)
 
-    bare = start_bare(work, server)
+    bare = start_bare(work, server, args.loop)
     try:
         # The bare app answers the very same signed requests (it ignores the headers).
         bare_file = work / f"bare-{server}.tsv"
@@ -504,7 +504,7 @@ def measure_server(
 
     # Each phase gets a fresh server and data directory: a batch phase posts millions of
     # transfers, more than one ledger's log window holds before its retention day ends.
-    tally = start_tally(work, server, f"{server}-single")
+    tally = start_tally(work, server, f"{server}-single", args.loop)
     try:
         accounts, tokens = setup_accounts(tally.url)
         warm = work / f"warm-{server}.tsv"
@@ -527,7 +527,7 @@ def measure_server(
         tally.stop()
     for binary in (False, True):
         kind = "bin" if binary else "json"
-        tally = start_tally(work, server, f"{server}-batch-{kind}")
+        tally = start_tally(work, server, f"{server}-batch-{kind}", args.loop)
         try:
             accounts, _ = setup_accounts(tally.url)
             content_type = "application/octet-stream" if binary else "application/json"
@@ -594,6 +594,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": BATCH_SIZE,
         "client": "wrk -t1, pre-signed requests",
         "fsync": True,
+        "uvicorn_loop": args.loop,
     }
     try:
         for name in servers:
@@ -613,5 +614,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "bare":
-        serve_bare(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "bare":
+        serve_bare(sys.argv[2], int(sys.argv[3]), sys.argv[4])

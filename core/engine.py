@@ -39,7 +39,7 @@ import enum
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -152,7 +152,7 @@ class Waiter(Protocol):
 
     def set(self) -> None: ...
 
-    async def wait(self) -> Any: ...
+    def wait(self) -> Awaitable[Any]: ...
 
 
 class _FutureWaiter:
@@ -167,8 +167,8 @@ class _FutureWaiter:
         if not self.future.done():
             self.future.set_result(None)
 
-    async def wait(self) -> None:
-        await self.future
+    def wait(self) -> Any:
+        return self.future  # awaited by the caller: no coroutine frame of its own
 
 
 def waiter_factory() -> Callable[[], Waiter]:
@@ -369,20 +369,19 @@ class Engine:
     async def submit_transfer(self, transfer: bytes) -> TransferResult:
         """Post one packed transfer; answers once durable (the single-transfer route's path,
         so it skips the batch checks and result views `submit_transfers` makes)."""
+        request = self.enqueue_transfer(transfer)
+        await request.done.wait()
+        return transfer_result(request)
+
+    def enqueue_transfer(self, transfer: bytes) -> Request:
+        """Queue one packed transfer and return its request at once (or raise
+        EngineOverloaded / EngineStopped); the caller awaits `request.done.wait()`
+        and then reads it with `transfer_result`. `submit_transfer` in two halves,
+        so a caller on the hottest path needs no coroutine of the engine's."""
         assert len(transfer) == TRANSFER_SIZE, len(transfer)
         request = Request(RequestKind.TRANSFERS, self._waiter(), payload=bytes(transfer), count=1)
         self._enqueue(request)
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        results: TransferResults = request.result
-        i = results.offset
-        return TransferResult(
-            results.codes[i],
-            results.timestamps[i],
-            results.balances[2 * i],
-            results.balances[2 * i + 1],
-        )
+        return request
 
     async def submit_accounts(self, batch: bytes) -> bytes:
         """Create packed accounts (64-byte inputs); returns one result code per account."""
@@ -808,6 +807,20 @@ class Engine:
 _INLINE_KINDS = frozenset(
     {EntryKind.CREATE_TRANSFERS, EntryKind.CREATE_ACCOUNTS, EntryKind.UPDATE_ACCOUNT}
 )
+
+
+def transfer_result(request: Request) -> TransferResult:
+    """The outcome of a one-transfer request once its `done` is set (or its error)."""
+    if request.error is not None:
+        raise request.error
+    results: TransferResults = request.result
+    i = results.offset
+    return TransferResult(
+        results.codes[i],
+        results.timestamps[i],
+        results.balances[2 * i],
+        results.balances[2 * i + 1],
+    )
 
 
 def request_runs(requests: list[Request]) -> Iterator[list[Request]]:

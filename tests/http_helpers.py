@@ -152,10 +152,19 @@ def channel_secret(channel: str, channels_file: Path = CHANNELS_FILE) -> tuple[s
 _random = random.Random(20261121)
 
 
+_issued_ids: set[str] = set()
+
+
 def resident_id(birth: str = "19900307", region: str = "110105") -> str:
-    """A valid 18-digit resident ID number (right check digit) for `birth` (YYYYMMDD)."""
-    first = region + birth + f"{_random.randrange(1000):03d}"
-    return first + resident_id_check_character(first)
+    """A valid 18-digit resident ID number (right check digit) for `birth` (YYYYMMDD), never
+    one this process gave before (1000 sequence numbers per day: a test server shared by a
+    module would otherwise meet a repeat, depending on which tests ran before)."""
+    for _ in range(100_000):
+        first = region + birth + f"{_random.randrange(1000):03d}"
+        if first not in _issued_ids:
+            _issued_ids.add(first)
+            return first + resident_id_check_character(first)
+    raise RuntimeError(f"no resident id left for {region} {birth}: pass another birth date")
 
 
 def card_number(prefix: str = "622848") -> str:

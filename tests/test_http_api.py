@@ -41,7 +41,7 @@ BANK_CHANNEL_ID = 6
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TallyServer]:
-    """hypercorn on asyncio, hypercorn on trio, and the optional uvicorn (asyncio)."""
+    """hypercorn on asyncio, hypercorn on trio, and the optional uvicorn (on uvloop)."""
     data = tmp_path_factory.mktemp(f"api-{request.param}") / "data"
     if request.param == "uvicorn":
         running = TallyServer(data, server="uvicorn").start()

@@ -1,4 +1,5 @@
-"""cext/http_fast.pyx against its Python twins in channels/bank.py: same bytes, same 422s."""
+"""cext/http_fast.pyx and cext/http_auth.pyx against their Python twins (channels/bank.py,
+channels/signing.py): same bytes, same 422s, same signature verdicts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import hashlib
 import hmac
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,9 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cext import http_fast
+from cext import http_auth, http_fast
 from channels import bank, signing
 from channels.problems import Problem
+from channels.routes import ROUTES
+from channels.schema import check_object, quick_check
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
 CHANNEL = 5
@@ -184,3 +188,129 @@ def test_signature_verification_matches_hmac(secret: bytes, message: bytes) -> N
     assert signing.verify(secret, message, good)
     assert not signing.verify(secret, message + b"x", good)
     assert not signing.verify(secret + b"x", message, good)
+
+
+# --- cext/http_auth.pyx: the signature check against channels/signing.py -------------------
+
+REFERENCE: Callable[..., bool] = signing.verify_request
+KERNEL: Callable[..., bool] = http_auth.verify_request
+ascii_parts = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+any_parts = st.one_of(ascii_parts, st.text(max_size=20))  # non-ASCII, even lone surrogates
+
+
+def _signed(secret: bytes, parts: list[str], body: bytes) -> str:
+    digest = hashlib.sha256(body).hexdigest()
+    message = signing.string_to_sign(*parts, digest)  # type: ignore[call-arg]
+    return base64.b64encode(hmac.digest(secret, message, "sha256")).decode()
+
+
+def _both(secret: bytes, parts: list[str], body: bytes, claimed: str) -> bool:
+    """The C answer, after checking it is the reference's (or both raise alike)."""
+    try:
+        expected: bool | type[Exception] = REFERENCE(secret, *parts, body, claimed)
+    except UnicodeEncodeError:
+        expected = UnicodeEncodeError
+    try:
+        got: bool | type[Exception] = KERNEL(secret, *parts, body, claimed)
+    except UnicodeEncodeError:
+        got = UnicodeEncodeError
+    assert got == expected
+    return got is True
+
+
+@given(
+    st.binary(min_size=1, max_size=130),
+    st.lists(any_parts, min_size=8, max_size=8),
+    st.binary(max_size=5000),
+    st.data(),
+)
+def test_signature_check_matches_the_reference(
+    secret: bytes, parts: list[str], body: bytes, data: Any
+) -> None:
+    try:
+        good = _signed(secret, parts, body)
+    except UnicodeEncodeError:  # a part no UTF-8 holds: both refuse the same way
+        _both(secret, parts, body, "AAAA")
+        return
+    assert _both(secret, parts, body, good)
+    tampered = data.draw(
+        st.one_of(
+            st.just(good[:-2] + ("B" if good[-2] != "B" else "C") + "="),  # another digest
+            st.just(good.rstrip("=")),  # padding dropped: strict base64 refuses
+            st.just(good + "AA=="),  # a longer value
+            st.just("é" + good[1:]),  # not ASCII
+            st.text(max_size=50),
+        )
+    )
+    _both(secret, parts, body, tampered)
+    if body:  # the body is covered: one byte changed fails
+        assert not _both(secret, parts, body[:-1] + bytes([body[-1] ^ 1]), good)
+    index = data.draw(st.integers(0, 7))
+    changed = list(parts)
+    changed[index] = parts[index] + "x"
+    assert not _both(secret, changed, body, good)
+
+
+def test_signature_check_takes_long_strings_and_rotated_secrets() -> None:
+    parts = ["app", "dev-app-1", "POST", "/v1/" + "p" * 6000, "q=1", "1767225600", "n" * 64, "k"]
+    body = b"{}" * 3000
+    for secret in (b"s" * 10, b"t" * 64, b"u" * 65, b"v" * 200):  # pads, and a hashed key
+        assert _both(secret, parts, body, _signed(secret, parts, body))
+    assert not _both(b"w" * 10, parts, body, _signed(b"s" * 10, parts, body))
+
+
+@given(st.binary(max_size=300))
+def test_auth_sha256_matches_hashlib(data: bytes) -> None:
+    assert http_auth.sha256(data) == hashlib.sha256(data).digest()
+
+
+# --- channels/schema.py quick_check: its yes is check_object's yes ----------------------------
+
+QUICK_ROUTES = [route for route in ROUTES if route.body and quick_check(route.body)]
+field_values = st.one_of(
+    accounts,
+    amounts,
+    st.integers(-(2**65), 2**65),
+    st.sampled_from(["135790", "12\n", "1\n", False, 0.0, [], {}]),
+    st.text(max_size=8),
+)
+
+
+def test_quick_checks_cover_the_money_routes() -> None:
+    assert {"transfer", "topup", "cash_deposit"} <= {route.operation for route in QUICK_ROUTES}
+
+
+@given(st.sampled_from(QUICK_ROUTES), st.data())
+def test_quick_check_says_yes_only_where_check_object_does(route: Any, data: Any) -> None:
+    names = [*route.body, "password", "extra", "timeout_s"]
+    value = data.draw(
+        st.one_of(
+            st.dictionaries(st.sampled_from(names), field_values, max_size=5),
+            st.fixed_dictionaries({name: field_values for name in route.body}),
+            st.fixed_dictionaries(
+                {
+                    name: (amounts if spec.kind == "amount" else accounts)
+                    for name, spec in route.body.items()
+                    if spec.required
+                }
+            ),
+            field_values,
+        )
+    )
+    quick = quick_check(route.body)
+    assert quick is not None
+    try:
+        check_object(value, route.body)
+        accepted = True
+    except Problem:
+        accepted = False
+    if quick(value):
+        assert accepted, value
+    elif (
+        accepted
+        and isinstance(value, dict)
+        and "password" not in value
+        and "timeout_s" not in value
+        and all(type(item) is not bool for item in value.values())
+    ):  # a body of only ids and amounts that check_object takes is taken quickly too
+        raise AssertionError(f"quick check refused a plain valid body: {value}")

@@ -71,12 +71,17 @@ MONEY_ROUTES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["asyncio", "trio"])
+@pytest.fixture(scope="module", params=["asyncio", "trio", "uvicorn-asyncio"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TallyServer]:
+    """hypercorn on asyncio and on trio, and uvicorn on the standard library's loop (its
+    default, uvloop, runs tests/test_http_api.py)."""
     data = tmp_path_factory.mktemp(f"idem-{request.param}") / "data"
-    running = TallyServer(data, backend=request.param).start()
+    if request.param == "uvicorn-asyncio":
+        running = TallyServer(data, server="uvicorn", extra=["--loop", "asyncio"]).start()
+    else:
+        running = TallyServer(data, backend=request.param).start()
     yield running
     running.stop()
 
