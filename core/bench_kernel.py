@@ -31,6 +31,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -402,8 +403,27 @@ def machine_description() -> str:
     )
 
 
+def code_version() -> str:
+    """The commit this tree is at (40 hex digits), `-dirty` if tracked files differ from it;
+    "unknown" outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--abbrev=40", "--dirty"],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
 def save_report(report: dict[str, Any], directory: str) -> None:
-    """Keep the figures as the benchmark page's source: `tally bench page` renders them."""
+    """Keep the figures as the benchmark page's source: `tally bench page` renders them.
+    The report records the code it measured, so runs of the same code can be compared."""
+    report.setdefault("code_version", code_version())
     os.makedirs(directory, exist_ok=True)
     name = f"{report['benchmark']}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     with open(os.path.join(directory, name), "wb") as out:

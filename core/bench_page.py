@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import statistics
 from typing import Any
 
 import orjson
@@ -156,6 +157,45 @@ def verdict(benchmark: str, key: str, value: Any) -> str:
     return f"{comparison} {bound:,.0f}: {'met' if met else 'NOT met'}"
 
 
+def same_day_runs(reports: list[dict[str, Any]], newest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of the newest report's command on the same code, machine and day, oldest
+    first (a report without its code version stands alone)."""
+    version = newest.get("code_version", "unknown")
+    if version == "unknown" or version.endswith("-dirty"):
+        return [newest]
+    return [
+        report
+        for report in reports
+        if report["benchmark"] == newest["benchmark"]
+        and report.get("code_version") == version
+        and report.get("command") == newest.get("command")
+        and report["machine"] == newest["machine"]
+        and str(report["date"])[:10] == str(newest["date"])[:10]
+    ]
+
+
+def runs_table(benchmark: str, runs: list[dict[str, Any]]) -> list[str]:
+    """The figures with a target across several runs of one command, with their median:
+    the machine is shared and noisy, so a target is judged on the median, not on one run."""
+    keys = [key for key in TARGETS.get(benchmark, {}) if all(key in run for run in runs)]
+    if len(runs) < 2 or not keys:
+        return []
+    lines = [
+        f"\nThe {len(runs)} runs of this command on this code and machine that day (targets"
+        " judged on the median):\n",
+        "| figure | " + " | ".join(f"`{run['_file']}`" for run in runs) + " | median | target |",
+        "|---|" + "---:|" * (len(runs) + 1) + "---|",
+    ]
+    for key in keys:
+        values = [run[key] for run in runs]
+        median = statistics.median(values)
+        shown = [f"{value:,}" for value in values]
+        lines.append(
+            f"| `{key}` | {' | '.join(shown)} | {median:,} | {verdict(benchmark, key, median)} |"
+        )
+    return lines
+
+
 def render(reports: list[dict[str, Any]]) -> str:
     lines = [INTRO]
     newest: dict[str, dict[str, Any]] = {}
@@ -184,6 +224,7 @@ def render(reports: list[dict[str, Any]]) -> str:
             else:
                 shown = f"{value:,}" if isinstance(value, int) else str(value)
             lines.append(f"| `{key}` | {shown} | {verdict(benchmark, key, value)} |")
+        lines.extend(runs_table(benchmark, same_day_runs(reports, report)))
         passes = report.get("passes_transfers_per_s")
         if passes:
             lines.append("\nIndividual passes (transfers/s):\n")

@@ -14,10 +14,10 @@ import json
 import math
 import os
 import resource
-import subprocess
 from typing import Any
 
 from cext import simgen
+from core.bench_kernel import code_version
 from ledger.types import CreateTransferResult
 
 from . import plot
@@ -36,21 +36,6 @@ MACHINE_FIELDS = (
 )
 RPO_IDS_IN_JSON = 1000
 AVAILABILITY_WINDOW_S = 5
-
-
-def code_version() -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
 
 
 def peak_rss_gib() -> float:

@@ -59,3 +59,24 @@ def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: 
     naive = report["naive_durable_transfers_per_s"]
     assert naive > 0
     assert report["engine_vs_naive"] == round(report["durable_transfers_per_s"] / naive, 1)
+
+
+def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
+    """Three runs of one command on one commit: the page lists them and judges the target on
+    their median (here met although one run missed); a run of other code stands alone."""
+    from core.bench_page import render
+
+    def run(name: str, rate: int, version: str) -> dict[str, object]:
+        return {"_file": name, "benchmark": "engine", "date": "2026-11-22",
+                "machine": "m", "command": "tally bench engine", "code_version": version,
+                "durable_transfers_per_s": rate}  # fmt: skip
+
+    reports = [run("a.json", 1_200_000, "c1"), run("b.json", 900_000, "c1"),
+               run("c.json", 1_100_000, "c1")]  # fmt: skip
+    page = render(reports)
+    assert "The 3 runs of this command" in page
+    assert "| `durable_transfers_per_s` | 1,200,000 | 900,000 | 1,100,000 | 1,100,000 |" in page
+    assert ">= 1,000,000: met |" in page.split("The 3 runs")[1]
+    alone = render([*reports, run("d.json", 900_000, "c2")])
+    assert "runs of this command" not in alone
+    assert "| `durable_transfers_per_s` | 900,000 | >= 1,000,000: NOT met |" in alone
