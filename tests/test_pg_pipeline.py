@@ -100,6 +100,33 @@ async def planted_engine(dsn: str, fail: bool) -> tuple[Any, PlantedStore]:
     return engine, store
 
 
+async def hold_then_capture(
+    engine: Any, store: PlantedStore, answered: list[str]
+) -> dict[str, Any]:
+    """Group N (planted: a hold) is delayed in the store; once it is, group N+1 (the hold's
+    capture) is submitted. Returns both outcomes; `answered` gets their names in answer order."""
+    store.planted_seq = store.last_seq + 1
+    outcomes: dict[str, Any] = {}
+
+    async def submit(name: str, body: bytes) -> None:
+        outcomes[name] = await engine.submit_transfer(body)
+        answered.append(name)
+
+    async with anyio.create_task_group() as clients:
+        clients.start_soon(
+            submit, "hold", transfer(HOLD_ID, 1, 2, 5_000, flags=TransferFlags.PENDING)
+        )
+        await store.delaying.wait()
+        clients.start_soon(
+            submit,
+            "post",
+            transfer(
+                POST_ID, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=HOLD_ID
+            ),
+        )
+    return outcomes
+
+
 @pytest.mark.anyio
 async def test_the_next_group_commits_and_is_answered_only_after_the_one_before(
     pg_dsn: str,
@@ -112,25 +139,7 @@ async def test_the_next_group_commits_and_is_answered_only_after_the_one_before(
     async with anyio.create_task_group() as task_group:
         await task_group.start(engine.serve)
         await fund(engine, 1, 4, 1_000_000)
-        store.planted_seq = store.last_seq + 1
-        outcomes: dict[str, Any] = {}
-
-        async def submit(name: str, body: bytes) -> None:
-            outcomes[name] = await engine.submit_transfer(body)
-            answered.append(name)
-
-        async with anyio.create_task_group() as clients:
-            clients.start_soon(
-                submit, "hold", transfer(HOLD_ID, 1, 2, 5_000, flags=TransferFlags.PENDING)
-            )
-            await store.delaying.wait()
-            clients.start_soon(
-                submit,
-                "post",
-                transfer(
-                    POST_ID, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=HOLD_ID
-                ),
-            )
+        outcomes = await hold_then_capture(engine, store, answered)
         digest = await engine.read(lambda ledger: ledger.digest())
         task_group.cancel_scope.cancel()
     await store.close()
@@ -203,24 +212,7 @@ async def test_a_lost_commit_is_resolved_while_the_next_group_waits(pg_dsn: str,
     async with anyio.create_task_group() as task_group:
         await task_group.start(engine.serve)
         await fund(engine, 1, 4, 1_000_000)
-        store.planted_seq = store.last_seq + 1
-        outcomes: dict[str, Any] = {}
-
-        async def submit(name: str, body: bytes) -> None:
-            outcomes[name] = await engine.submit_transfer(body)
-
-        async with anyio.create_task_group() as clients:
-            clients.start_soon(
-                submit, "hold", transfer(HOLD_ID, 1, 2, 5_000, flags=TransferFlags.PENDING)
-            )
-            await store.delaying.wait()
-            clients.start_soon(
-                submit,
-                "post",
-                transfer(
-                    POST_ID, 0, 0, 0, code=0, flags=TransferFlags.POST_PENDING, pending_id=HOLD_ID
-                ),
-            )
+        outcomes = await hold_then_capture(engine, store, [])
         digest = await engine.read(lambda ledger: ledger.digest())
         task_group.cancel_scope.cancel()
     await store.close()
