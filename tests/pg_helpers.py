@@ -2,7 +2,7 @@
 
 `TALLY_PG_DSN`, when set, names a server to use instead: each test then gets
 the tally tables dropped first. Without it the first test that asks starts a
-cluster with `core.pg_cluster` (under `nobody` when run as root) and it is
+cluster with `core.drills.pg_cluster` (under `nobody` when run as root) and it is
 removed when the process exits. If no PostgreSQL binaries exist, the tests
 are skipped with that reason printed.
 """
@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from core.pg_cluster import TEST_SETTINGS, Cluster, create_cluster, find_bin_directory
+from core.drills.pg_cluster import TEST_SETTINGS, Cluster, create_cluster, find_bin_directory
 
 _cluster: Cluster | None = None
 _database_numbers = itertools.count(1)

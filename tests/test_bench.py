@@ -64,7 +64,7 @@ def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: 
 def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
     """Three runs of one command on one commit: the page lists them and judges the target on
     their median (here met although one run missed); a run of other code stands alone."""
-    from core.bench_page import render
+    from core.bench.page import render
 
     def run(name: str, rate: int, version: str) -> dict[str, object]:
         return {"_file": name, "benchmark": "engine", "date": "2026-11-22",

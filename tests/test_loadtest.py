@@ -72,7 +72,7 @@ def test_smoke_run_30_s_is_clean(tmp_path: Path) -> None:
     outcome_files = list(out.glob("outcomes-*.jsonl"))
     assert len(outcome_files) == 2  # the setup's and the one Locust process's
     # The benchmark page renders the report: the Locust section with its verdicts.
-    from core.bench_page import render
+    from core.bench.page import render
 
     page = render([{**report, "_file": "locust-test.json"}])
     assert "## `tally loadtest`" in page and "**100 users for 30 s (flat):" in page

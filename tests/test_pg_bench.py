@@ -12,7 +12,7 @@ import sys
 import orjson
 import pytest
 
-from core.pg_cluster import find_bin_directory
+from core.drills.pg_cluster import find_bin_directory
 from tests.http_helpers import REPO_ROOT
 
 pytestmark = pytest.mark.pg

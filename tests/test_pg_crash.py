@@ -23,7 +23,7 @@ import anyio
 import asyncpg
 import pytest
 
-from core.pg_cluster import TEST_SETTINGS, create_cluster, find_bin_directory
+from core.drills.pg_cluster import TEST_SETTINGS, create_cluster, find_bin_directory
 from core.pg_store import replay_ledger, verify
 from ledger.reference import Transfer
 from ledger.types import CreateTransferResult
@@ -106,7 +106,7 @@ def crash_cluster(name: str) -> object:
 
 
 def engine_rounds(rounds: int, seed: int) -> None:
-    from core.pg_cluster import Cluster
+    from core.drills.pg_cluster import Cluster
 
     cluster = crash_cluster("crash-engine")
     assert isinstance(cluster, Cluster)
@@ -144,7 +144,7 @@ def postmaster_rounds(kills: int, seed: int) -> None:
     """One engine process; the postmaster (and its children) SIGKILLed `kills` times and
     restarted; the engine resolves the group it was committing and goes on, or stops
     and is restarted (its outcome then known to PostgreSQL alone)."""
-    from core.pg_cluster import Cluster
+    from core.drills.pg_cluster import Cluster
 
     cluster = crash_cluster("crash-postmaster")
     assert isinstance(cluster, Cluster)

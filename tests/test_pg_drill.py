@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from core import drill
-from core.pg_cluster import find_bin_directory
+from core.drills import failover
+from core.drills.pg_cluster import find_bin_directory
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -30,7 +30,7 @@ def test_drill_loses_nothing_acknowledged_on_dc2_and_cleans_up(tmp_path: Path) -
         rules="examples/limits.toml",
         json=True,
     )
-    assert drill.run(args) == 0
+    assert failover.run(args) == 0
     report = orjson.loads(output.read_bytes())
     assert report["scenario_dc2"]["lost"] == 0 and report["scenario_dc2"]["duplicates"] == 0
     assert report["scenario_dc3"]["lost"] == len(report["scenario_dc3"]["lost_ids"])

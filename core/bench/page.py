@@ -90,14 +90,14 @@ NOTES = {
         " account versions by binary COPY, compactions included), against the ledger most"
         " teams write first (one transaction per transfer, SELECT ... FOR UPDATE, 32"
         " connections) on the same cluster, in alternating passes of the two (each"
-        " headline over all its passes; see `core/bench_pg.py`). PostgreSQL and Tally"
+        " headline over all its passes; see `core/bench/pg.py`). PostgreSQL and Tally"
         " share the machine's two cores with other work: the CPU microseconds per"
         " transfer of each (from /proc) are the steadier figure; two dedicated cores"
         " bound throughput near 2 / (their sum). Target 100,000/s and 20x naive."
     ),
     "kernel": (
         "Posting generated Class II transfers in memory through `cext/ledger_kernel`"
-        " (see `core/bench_kernel.py` for exactly what is timed). `transfers_per_s` checks"
+        " (see `core/bench/kernel.py` for exactly what is timed). `transfers_per_s` checks"
         " the PBoC Class II buckets, the product cap and a per-transaction channel cap on"
         " every transfer, with the idempotency index on and 1% exact retries;"
         " `transfers_per_s_daily_channel_cap` adds a per-account daily channel cap, one"
@@ -106,7 +106,7 @@ NOTES = {
     ),
     "engine": (
         "The engine with the embedded journal on this machine's ext4 disk, fdatasync on"
-        " (see `core/bench_engine.py`): batches of 8189 submitted in process, then batches"
+        " (see `core/bench/engine.py`): batches of 8189 submitted in process, then batches"
         " offered at half that rate for the commit latency, then 2000 tasks each posting"
         " one transfer at a time; then recovery by journal replay (its digest must equal"
         " the engine's) and a snapshot of a 30M-account ledger. The peer in the same run"

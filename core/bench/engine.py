@@ -39,8 +39,8 @@ import anyio
 import orjson
 
 from cext import gen
-from core import bench_kernel
-from core.bench_kernel import (
+from core.bench import kernel as bench_kernel
+from core.bench.kernel import (
     ACCOUNT_SEED,
     CLEARING_ID,
     FUNDING_MINOR,

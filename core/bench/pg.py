@@ -42,10 +42,11 @@ from typing import Any
 import anyio
 import orjson
 
-from core import bench_engine, bench_kernel
-from core.bench_kernel import machine_description, save_report
+from core.bench import engine as bench_engine
+from core.bench import kernel as bench_kernel
+from core.bench.kernel import machine_description, save_report
+from core.drills.pg_cluster import DURABLE_SETTINGS, open_cluster
 from core.engine import Engine, latency_quantile
-from core.pg_cluster import DURABLE_SETTINGS, open_cluster
 from limits.rules import parse_rules
 
 NAIVE_CONNECTIONS = 32

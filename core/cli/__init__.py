@@ -53,11 +53,11 @@ COMMANDS: Mapping[str, Command | Group] = {
         "measure one part of Tally in isolation",
         {
             "kernel": module_command(
-                "core.bench_kernel",
+                "core.bench.kernel",
                 "post random transfers through the ledger kernels in memory",
             ),
             "engine": module_command(
-                "core.bench_engine",
+                "core.bench.engine",
                 "the engine with the embedded journal on disk: durable rates, latency, recovery",
             ),
             "http": module_command(
@@ -65,11 +65,11 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "the HTTP API under wrk: signed single transfers, batches, the bare-server ceiling",
             ),
             "pg": module_command(
-                "core.bench_pg",
+                "core.bench.pg",
                 "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",
             ),
             "page": module_command(
-                "core.bench_page",
+                "core.bench.page",
                 "render BENCHMARKS.md from the reports saved with --save",
             ),
         },
@@ -79,13 +79,13 @@ COMMANDS: Mapping[str, Command | Group] = {
         {
             "verify": Command(
                 "check every record and snapshot, replay, print counts, timing and the digest",
-                add_arguments="core.journal_cli:add_verify_arguments",
-                run="core.journal_cli:run_verify",
+                add_arguments="core.cli.journal:add_verify_arguments",
+                run="core.cli.journal:run_verify",
             ),
             "dump": Command(
                 "print journal records (and their transfers) human-readably",
-                add_arguments="core.journal_cli:add_dump_arguments",
-                run="core.journal_cli:run_dump",
+                add_arguments="core.cli.journal:add_dump_arguments",
+                run="core.cli.journal:run_dump",
             ),
         },
     ),
@@ -94,13 +94,13 @@ COMMANDS: Mapping[str, Command | Group] = {
         {
             "migrate": Command(
                 "apply the missing schema migrations (under an advisory lock)",
-                add_arguments="core.db_cli:add_migrate_arguments",
-                run="core.db_cli:run_migrate",
+                add_arguments="core.cli.db:add_migrate_arguments",
+                run="core.cli.db:run_migrate",
             ),
             "verify": Command(
                 "recompute every balance from the transfers; compare with the accounts and kernels",
-                add_arguments="core.db_cli:add_verify_arguments",
-                run="core.db_cli:run_verify",
+                add_arguments="core.cli.db:add_verify_arguments",
+                run="core.cli.db:run_verify",
             ),
         },
     ),
@@ -108,13 +108,13 @@ COMMANDS: Mapping[str, Command | Group] = {
         "disaster-recovery drills on real PostgreSQL clusters",
         {
             "failover": module_command(
-                "core.drill",
+                "core.drills.failover",
                 "dc1 primary, dc2 sync standby, dc3 async: kill dc1, promote, count lost transfers",
             ),
         },
     ),
     "loadtest": module_command(
-        "core.loadtest",
+        "loadtests.runner",
         "Locust against a fresh server (or --host), then the audit: reports and exit status",
     ),
     "audit": module_command(

@@ -40,9 +40,9 @@ from typing import Any
 import anyio
 import orjson
 
+from core.drills.pg_cluster import Cluster, create_cluster, create_standby
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
-from core.pg_cluster import Cluster, create_cluster, create_standby
 from ledger.reference import Transfer
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,

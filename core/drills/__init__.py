@@ -1,0 +1,1 @@
+"""`tally drill`: disaster-recovery drills on real, throwaway PostgreSQL clusters."""
