@@ -40,7 +40,7 @@ import httpx
 import orjson
 
 from channels.client import Signer, TallyClient
-from core.bench.kernel import machine_description, save_report
+from core.reports import machine_description, save_report
 
 BATCH_SIZE = 8189
 ACCOUNTS = 64

@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
-from core.bench.kernel import machine_description, save_report
 from core.bench_http import REPO_ROOT, Server, free_port
+from core.reports import machine_description, save_report
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
 

@@ -187,7 +187,7 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
 
 def save_benchmark(report: dict[str, Any], directory: str) -> None:
     """The headline figures as a `benchmarks/*.json` report, the source of BENCHMARKS.md."""
-    from core.bench.kernel import machine_description, save_report
+    from core.reports import machine_description, save_report
 
     figures = _headline(report) | {
         "benchmark": "sim",

@@ -17,7 +17,7 @@ import resource
 from typing import Any
 
 from cext import simgen
-from core.bench.kernel import code_version
+from core.reports import code_version
 from ledger.types import CreateTransferResult
 
 from . import plot

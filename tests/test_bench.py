@@ -80,3 +80,33 @@ def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
     alone = render([*reports, run("d.json", 900_000, "c2")])
     assert "runs of this command" not in alone
     assert "| `durable_transfers_per_s` | 900,000 | >= 1,000,000: NOT met |" in alone
+
+
+def test_simulator_reports_without_importing_a_benchmark() -> None:
+    """The simulator's report and command line get the machine, code version and report
+    saving from core.reports: importing them loads no module of core.bench."""
+    probe = (
+        "import sys\n"
+        "import sim.cli, sim.report\n"
+        "print(sorted(m for m in sys.modules if m.startswith('core.bench')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_saved_report_records_machine_code_version_and_a_timestamped_name(
+    tmp_path: Path,
+) -> None:
+    """save_report writes `<benchmark>-<timestamp>.json` holding the figures and the code
+    version of this checkout (a commit, possibly -dirty, never "unknown" inside git)."""
+    from core.reports import code_version, machine_description, save_report
+
+    assert "cores" in machine_description()
+    save_report({"benchmark": "probe", "figure": 1}, str(tmp_path))
+    (saved,) = tmp_path.glob("probe-*.json")
+    report = json.loads(saved.read_text())
+    assert report["figure"] == 1
+    assert report["code_version"] == code_version() != "unknown"
+    assert len(report["code_version"].removesuffix("-dirty")) == 40

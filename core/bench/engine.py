@@ -47,12 +47,11 @@ from core.bench.kernel import (
     FUNDING_SEED,
     LEDGER_CNY,
     TRANSFER_SEED,
-    machine_description,
-    save_report,
 )
 from core.engine import Engine, latency_quantile
 from core.journal import Journal
 from core.replay import recover_ledger
+from core.reports import machine_description, save_report
 from core.snapshot import fork_snapshot, wait_snapshot, write_snapshot
 from ledger.kernel import KernelLedger
 from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, AccountFlags, AccountKind, TransferCode

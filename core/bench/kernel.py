@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -41,6 +39,7 @@ import orjson
 
 from cext import gen
 from core.progress import Progress
+from core.reports import machine_description, save_report
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
 from ledger.types import (
@@ -387,44 +386,3 @@ def run(args: argparse.Namespace) -> int:
         save_report(report, args.save)
     print(orjson.dumps(report).decode())
     return 0
-
-
-def machine_description() -> str:
-    model = "unknown cpu"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
-
-
-def code_version() -> str:
-    """The commit this tree is at (40 hex digits), `-dirty` if tracked files differ from it;
-    "unknown" outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "describe", "--always", "--abbrev=40", "--dirty"],
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
-
-
-def save_report(report: dict[str, Any], directory: str) -> None:
-    """Keep the figures as the benchmark page's source: `tally bench page` renders them.
-    The report records the code it measured, so runs of the same code can be compared."""
-    report.setdefault("code_version", code_version())
-    os.makedirs(directory, exist_ok=True)
-    name = f"{report['benchmark']}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    with open(os.path.join(directory, name), "wb") as out:
-        out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -44,9 +44,9 @@ import orjson
 
 from core.bench import engine as bench_engine
 from core.bench import kernel as bench_kernel
-from core.bench.kernel import machine_description, save_report
 from core.drills.pg_cluster import DURABLE_SETTINGS, open_cluster
 from core.engine import Engine, latency_quantile
+from core.reports import machine_description, save_report
 from limits.rules import parse_rules
 
 NAIVE_CONNECTIONS = 32
