@@ -44,7 +44,8 @@ from typing import Any
 
 import orjson
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+
 INTERNAL_ACCOUNT_IDS = (1, 2, 3)
 HISTORY_PAGE = 500
 ERRORS_SHOWN_MAX = 20
@@ -62,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a directory of outcomes-*.jsonl files, or one file (repeatable)",
     )
     parser.add_argument("--dataset", help="dataset.json of the run (where to start, online)")
-    parser.add_argument("--channels", default=str(REPO_ROOT / "examples" / "channels.toml"))
-    parser.add_argument("--rules", default=str(REPO_ROOT / "examples" / "limits.toml"))
+    parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
+    parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
     parser.add_argument(
         "--exclusive",
         action="store_true",

@@ -27,6 +27,7 @@ import anyio
 from channels.app import App, access_log_stream
 from channels.bank import Bank, Settings
 from channels.registry import RegistryError, load_registry
+from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from limits.errors import RuleFileError
 from limits.rules import load_rules
 
@@ -66,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="asyncio event loop under uvicorn: uvloop (libuv, the default) or the standard"
         " library's (hypercorn always runs on the standard one)",
     )
-    parser.add_argument("--rules", default="examples/limits.toml", help="limit rule file")
-    parser.add_argument("--channels", default="examples/channels.toml", help="channel registry")
+    parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH), help="limit rule file")
+    parser.add_argument(
+        "--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry"
+    )
     parser.add_argument("--access-log", default="-", help="'-' for stderr, 'off', or a file path")
     parser.add_argument("--accounts-max", type=int, default=1 << 20, help="account capacity")
     parser.add_argument(

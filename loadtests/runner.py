@@ -35,10 +35,13 @@ from typing import Any
 
 import orjson
 
-from core.bench_http import REPO_ROOT, Server, free_port
+from core.bench_http import Server, free_port
+from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from core.reports import machine_description, save_report
 
-LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+# Locust runs from the directory holding the loadtests package: the checkout, or site-packages.
+PACKAGES_ROOT = LOCUSTFILE.parent.parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, help="Locust worker processes")
     parser.add_argument("--setup-only", action="store_true", help="create the dataset and stop")
     parser.add_argument("--save", metavar="DIR", default=None, help="keep report.json here")
-    parser.add_argument("--channels", default=str(REPO_ROOT / "examples" / "channels.toml"))
-    parser.add_argument("--rules", default=str(REPO_ROOT / "examples" / "limits.toml"))
+    parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
+    parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
 
 
 def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
@@ -217,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         with open(out / "locust.stdout", "wb") as log:
             locust = subprocess.run(
                 command,
-                cwd=REPO_ROOT,
+                cwd=PACKAGES_ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

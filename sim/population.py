@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from cext import simgen
+from core.data import DEFAULT_RULES_PATH
 from core.progress import Progress
 from ledger.kernel import KernelLedger
 from ledger.types import (
@@ -30,7 +31,7 @@ from ledger.types import (
 )
 from limits.rules import RuleSet, load_rules
 
-from .model import REPO_ROOT, SimError
+from .model import SimError
 
 LEDGER_CNY = 156
 PRODUCT_CLASS_II = 2
@@ -38,7 +39,7 @@ PRODUCT_CLASS_III = 3
 PRODUCT_SAVINGS = 4
 PRODUCT_FIXED_DEPOSIT = 5
 PRODUCT_INTERNAL = 7
-RULES_PATH = REPO_ROOT / "examples" / "limits.toml"
+RULES_PATH = DEFAULT_RULES_PATH
 BUILD_BATCH = 8189
 PENDING_CHUNK = 1 << 21
 ACCOUNT_CAPACITY_MAX = 1 << 25  # keeps the account index at 2 x 2**25 entries of 4 bytes

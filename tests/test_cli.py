@@ -80,3 +80,59 @@ def test_command_without_module_fails_with_message(
     )
     assert cli.main(["later"]) == 1
     assert "module core.not_written_yet does not exist" in capsys.readouterr().err
+
+
+DEFAULTED_COMMANDS = (
+    "core.serve",
+    "core.audit",
+    "core.drills.failover",
+    "loadtests.runner",
+)
+
+
+def test_packaged_defaults_equal_the_examples() -> None:
+    """The rule file and channel registry shipped in core/data are byte for byte the ones
+    in examples/, so what the README shows is what an installed `tally` runs with."""
+    from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+
+    for packaged in (DEFAULT_RULES_PATH, DEFAULT_CHANNELS_PATH):
+        example = REPO_ROOT / "examples" / packaged.name
+        assert packaged.read_bytes() == example.read_bytes(), f"{packaged} differs from {example}"
+
+
+def test_tally_works_outside_a_checkout(tmp_path: Path) -> None:
+    """From a directory with no examples/ in it, `tally --help` runs, and every command
+    with a --rules or --channels default points at an absolute file that loads (the
+    packaged one), never at a path relative to the working directory or the source tree."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+    helped = subprocess.run(
+        [str(Path(sys.executable).parent / "tally"), "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "serve" in helped.stdout
+    probe = (
+        "import argparse, importlib, sys\n"
+        "from pathlib import Path\n"
+        "from channels.registry import load_registry\n"
+        "from limits.rules import load_rules\n"
+        "for name in sys.argv[1:]:\n"
+        "    parser = argparse.ArgumentParser()\n"
+        "    importlib.import_module(name).add_arguments(parser)\n"
+        "    for option, load in (('rules', load_rules), ('channels', load_registry)):\n"
+        "        default = parser.get_default(option)\n"
+        "        if default is None:\n"
+        "            continue\n"
+        "        assert Path(default).is_absolute(), (name, option, default)\n"
+        "        assert not Path(default).is_relative_to(Path.cwd()), (name, option, default)\n"
+        "        load(default)\n"
+        "        print(name, option, default)\n"
+    )
+    resolved = subprocess.run(
+        [sys.executable, "-c", probe, *DEFAULTED_COMMANDS],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    lines = resolved.stdout.splitlines()
+    assert sum(" rules " in line for line in lines) == len(DEFAULTED_COMMANDS), lines
+    assert all("core/data/" in line for line in lines), lines

@@ -40,6 +40,7 @@ from typing import Any
 import anyio
 import orjson
 
+from core.data import DEFAULT_RULES_PATH
 from core.drills.pg_cluster import Cluster, create_cluster, create_standby
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
     parser.add_argument("--dc3-delay-ms", type=float, default=30.0, help="dc3's apply delay")
     parser.add_argument("--output", default="drill.json", help="where to write the report")
-    parser.add_argument("--rules", default="examples/limits.toml")
+    parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
 
 

@@ -1,0 +1,14 @@
+"""The default limit rules and channel registry, shipped inside the package.
+
+`tally serve`, `tally audit`, `tally drill`, `tally loadtest` and the simulator read them
+when no `--rules`/`--channels` is given, so an installed `tally` works from any directory,
+not only from the root of a checkout. They are copies of `examples/limits.toml` and
+`examples/channels.toml`, the files a reader studies and edits; a test keeps each copy
+byte for byte equal to its example.
+"""
+
+from pathlib import Path
+
+DATA_DIRECTORY = Path(__file__).resolve().parent
+DEFAULT_RULES_PATH = DATA_DIRECTORY / "limits.toml"
+DEFAULT_CHANNELS_PATH = DATA_DIRECTORY / "channels.toml"
