@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from cext import simgen
 from core.data import DEFAULT_RULES_PATH
-from core.progress import Progress
+from core.progress import progress_bar
 from ledger.kernel import KernelLedger
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
@@ -178,7 +178,7 @@ def build(
         ),
     }
     users = population.users
-    with Progress(users * len(kinds), "opening accounts") as progress:
+    with progress_bar(users * len(kinds), "opening accounts") as progress:
         for tag, fraction, kind, product in kinds:
             for first in range(0, users, BUILD_BATCH):
                 count = min(BUILD_BATCH, users - first)
@@ -199,8 +199,8 @@ def build(
                     _create(ledger, view[: written * ACCOUNT_SIZE], written)
                 counts[kind.name.lower()] += written
                 if not quiet:
-                    progress.advance(count)
-    with Progress(users * len(kinds), "funding") as progress:
+                    progress.update(count)
+    with progress_bar(users * len(kinds), "funding") as progress:
         for tag, fraction, _kind, _product in kinds:
             code, median, sigma, amount_max = fundings[tag]
             for first in range(0, users, BUILD_BATCH):
@@ -229,7 +229,7 @@ def build(
                     # The setup transfers are not the day's traffic: keep the log window empty.
                     ledger.evict(timestamp_ns, 1 << 62)
                 if not quiet:
-                    progress.advance(count)
+                    progress.update(count)
     counts["merchants"] = merchants
     counts["internal"] = 2
     return timestamp_ns, dict(counts)

@@ -47,7 +47,7 @@ from typing import Any
 
 from cext import simgen
 from core.entries import EVICT_PAYLOAD, Entry, EntryKind
-from core.progress import Progress
+from core.progress import progress_bar
 from ledger.kernel import KernelLedger
 from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, CreateAccountResult
 from limits.rules import RuleSet, parse_rules
@@ -374,12 +374,12 @@ class Simulation:
         drain_steps = int(self.config.drain_max_s * NS_PER_S // self.step_ns)
         step = 0
         label = f"simulating {self.window_ns / 3600 / NS_PER_S:.2f} h"
-        with Progress(window_steps, label) as progress:
+        with progress_bar(window_steps, label) as progress:
             while step < window_steps:
                 self._step(step)
                 step += 1
                 if not self.config.quiet and step & 255 == 0:
-                    progress.advance(256)
+                    progress.update(256)
         self.drain_started_ns = step * self.step_ns
         while step < window_steps + drain_steps:
             self._step(step)

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from cext import gen
-from core.progress import Progress
+from core.progress import progress_bar
 from core.reports import machine_description, save_report
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
@@ -150,7 +150,7 @@ def build_ledger(
         | AccountFlags.BOUND_EXTERNAL
     )
     buffer = bytearray(batch * ACCOUNT_SIZE)
-    with Progress(accounts, progress_label) as progress:
+    with progress_bar(accounts, progress_label) as progress:
         for first in range(0, accounts, batch):
             count = min(batch, accounts - first)
             view = memoryview(buffer)[: count * ACCOUNT_SIZE]
@@ -158,7 +158,7 @@ def build_ledger(
             results = ledger.create_accounts(view)
             assert results.count(0) == count, Counter(results)
             if not quiet:
-                progress.advance(count)
+                progress.update(count)
 
 
 class Clock:
@@ -185,7 +185,7 @@ def fund(
     buffer = bytearray(batch * TRANSFER_SIZE)
     clearing_lo, clearing_hi = split_id(CLEARING_ID)
     elapsed_s = 0.0
-    with Progress(accounts, "funding") as progress:
+    with progress_bar(accounts, "funding") as progress:
         for first in range(0, accounts, batch):
             count = min(batch, accounts - first)
             view = memoryview(buffer)[: count * TRANSFER_SIZE]
@@ -205,7 +205,7 @@ def fund(
             elapsed_s += time.perf_counter() - started
             assert results.count(0) == count, Counter(results)
             if not quiet:
-                progress.advance(count)
+                progress.update(count)
     return accounts / elapsed_s
 
 
@@ -231,7 +231,7 @@ def post_run(
     balances = bytearray(batch * 16)
     outcomes: Counter[int] = Counter()
     elapsed_s = 0.0
-    with Progress(transfers, label) as progress:
+    with progress_bar(transfers, label) as progress:
         for first in range(0, transfers, batch):
             count = min(batch, transfers - first)
             view = memoryview(buffer)[: count * TRANSFER_SIZE]
@@ -265,7 +265,7 @@ def post_run(
                 outcomes.update(reference_results)
             elapsed_s += batch_s
             if not quiet:
-                progress.advance(count)
+                progress.update(count)
     return {
         "transfers": transfers,
         "kernel_seconds": elapsed_s,
