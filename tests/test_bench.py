@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def tally(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -58,7 +60,11 @@ def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: 
     assert report["recovered_digest_matches"] is True
     naive = report["naive_durable_transfers_per_s"]
     assert naive > 0
-    assert report["engine_vs_naive"] == round(report["durable_transfers_per_s"] / naive, 1)
+    # The ratio is of the unrounded rates; the reported naive rate is rounded to a whole
+    # transfer, which on a slow, shared disk (a few hundred per second) moves the ratio.
+    assert report["engine_vs_naive"] == pytest.approx(
+        report["durable_transfers_per_s"] / naive, rel=1 / naive, abs=0.05
+    )
 
 
 def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
