@@ -4,7 +4,9 @@
 the tally tables dropped first. Without it the first test that asks starts a
 cluster with `core.drills.pg_cluster` (under `nobody` when run as root) and it is
 removed when the process exits. If no PostgreSQL binaries exist, the tests
-are skipped with that reason printed.
+fail with that reason (CI must never pass by skipping them), unless a developer on a
+machine without PostgreSQL opted out with TALLY_PG_OPTIONAL=1, which CI never sets:
+then they are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from core.drills.pg_cluster import TEST_SETTINGS, Cluster, create_cluster, find_bin_directory
 
+PG_OPTIONAL_ENV = "TALLY_PG_OPTIONAL"
 _cluster: Cluster | None = None
 _database_numbers = itertools.count(1)
 TABLES = (
@@ -40,14 +43,28 @@ FUNCTIONS = (
 )
 
 
+def require_postgresql_binaries() -> None:
+    """Fail the test if initdb and pg_ctl cannot be found; skip it only where the developer
+    opted out with TALLY_PG_OPTIONAL=1. A server that is found but does not start fails
+    the test in any case (its error propagates)."""
+    if find_bin_directory() is not None:
+        return
+    reason = "PostgreSQL binaries (initdb, pg_ctl) not found"
+    if os.environ.get(PG_OPTIONAL_ENV) == "1":
+        print(f"skipping PostgreSQL test: {reason} ({PG_OPTIONAL_ENV}=1)", file=sys.stderr)
+        pytest.skip(f"{reason} ({PG_OPTIONAL_ENV}=1)")
+    pytest.fail(
+        f"{reason}: install PostgreSQL, set TALLY_PG_DSN where a test can use a server,"
+        f" or set {PG_OPTIONAL_ENV}=1 on a developer machine without it",
+        pytrace=False,
+    )
+
+
 def shared_cluster() -> Cluster:
     """The process's throwaway cluster, started on first use and removed at exit."""
     global _cluster
     if _cluster is None:
-        if find_bin_directory() is None:
-            reason = "PostgreSQL binaries (initdb, pg_ctl) not found and TALLY_PG_DSN not set"
-            print(f"skipping PostgreSQL tests: {reason}", file=sys.stderr)
-            pytest.skip(reason)
+        require_postgresql_binaries()
         cluster = create_cluster("tests", {**TEST_SETTINGS, "fsync": "off"})
         atexit.register(cluster.remove)
         cluster.start()

@@ -10,7 +10,6 @@ acknowledged, and transfers that were acknowledged.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -110,20 +109,16 @@ def check_recovered(data: Path, answers: dict[int, tuple[int, int]]) -> None:
 
 
 @pytest.mark.parametrize("rounds", [20])
-def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, rounds: int) -> None:
+def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, rounds: int, crash_seed: int) -> None:
     """20 SIGKILLs at random moments under concurrent load: every acknowledged
     transfer is present with its original result and timestamp, retries get
     `exists` with the first timestamp, and debits equal credits."""
-    seed = int(os.environ.get("TALLY_CRASH_SEED", random.randrange(1 << 30)))
-    print(f"crash test seed {seed} (TALLY_CRASH_SEED={seed} to replay)")
-    answers = run_rounds(tmp_path / "data", rounds, seed)
+    answers = run_rounds(tmp_path / "data", rounds, crash_seed)
     assert sum(1 for result, _ in answers.values() if result == R.OK) > rounds * 10
     check_recovered(tmp_path / "data", answers)
 
 
 @pytest.mark.slow
-def test_kill_9_many_rounds(tmp_path: Path) -> None:
+def test_kill_9_many_rounds(tmp_path: Path, crash_seed: int) -> None:
     """The same with 100 rounds."""
-    seed = int(os.environ.get("TALLY_CRASH_SEED", random.randrange(1 << 30)))
-    print(f"crash test seed {seed}")
-    check_recovered(tmp_path / "data", run_rounds(tmp_path / "data", 100, seed))
+    check_recovered(tmp_path / "data", run_rounds(tmp_path / "data", 100, crash_seed))

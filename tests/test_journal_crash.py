@@ -7,8 +7,9 @@ writer acknowledged (printed after `append` returned), each record byte for
 byte the entry the writer was asked to write; at the end replay must succeed,
 equal an independent replay of the expected entries, and balance.
 
-The kill moments come from a seed: set TALLY_CRASH_SEED to replay a failing
-run; a failure names its seed.
+The kill moments come from the `crash_seed` fixture (tests/conftest.py): a fixed seed
+per test by default, TALLY_CRASH_SEED=random for a fresh one, TALLY_CRASH_SEED=<seed>
+to replay a failing run; a failure names its seed.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ WRITER = REPO / "tests" / "journal_writer_process.py"
 RUN_S_MAX = 0.35
 SEGMENT_SIZE_SMALL = 256 * 1024  # many rotations; kills land in segment creation too
 SECTOR_SIZE = 512  # what a disk writes atomically
-
-
-def crash_seed() -> int:
-    text = os.environ.get("TALLY_CRASH_SEED")
-    return int(text) if text else random.SystemRandom().randrange(1 << 32)
 
 
 def balanced(ledger: KernelLedger) -> tuple[int, int]:
@@ -165,76 +161,72 @@ def check_records(directory: Path, seed: int, from_seq: int) -> tuple[int, int]:
     return scan.first_seq, scan.last_seq
 
 
-def crash_run(directory: Path, kills: int, snapshot_every: int, segment_size: int) -> None:
-    seed = crash_seed()
-    try:
-        rng = random.Random(seed)
-        acknowledged = 0
-        checked_through = 0
-        cycles_with_new_records = 0
-        stats: Counter[str] = Counter()
-        for _ in range(kills):
-            cycle = run_cycle(directory, seed, rng, snapshot_every, segment_size)
-            assert cycle.recovered_seq >= acknowledged, (
-                f"writer recovered to seq {cycle.recovered_seq}, seq {acknowledged} was"
-                " acknowledged"
-            )
-            cycles_with_new_records += cycle.acknowledged > acknowledged
-            acknowledged = max(acknowledged, cycle.acknowledged)
-            if cycle.in_flight_seq and rng.random() < 0.7:
-                # Waits for a snapshot child the kill orphaned: it holds the lock until done.
-                Journal.open(directory, lock_timeout_s=30, segment_size=segment_size).close()
-                stats["sectors_zeroed"] += tear_in_flight(directory, cycle.in_flight_seq, rng)
-            with Journal.open(directory, segment_size=segment_size) as journal:
-                assert journal.last_seq >= acknowledged, (
-                    f"journal ends at seq {journal.last_seq}, seq {acknowledged} was acknowledged"
-                )
-                torn = journal.recovery.torn_tail
-                stats["torn_tails"] += torn is not None
-                stats["torn_group_records_dropped"] += len(torn.dropped_records) if torn else 0
-            first_seq, last_seq = check_records(directory, seed, max(1, checked_through - 4))
-            assert last_seq >= acknowledged
-            checked_through = last_seq
-        assert cycles_with_new_records >= kills // 2, "too few kills landed while writing"
-        first_seq, last_seq = check_records(directory, seed, 1)
-        if snapshot_every:
-            assert list_snapshots(directory), "no snapshot was ever written"
-        else:
-            assert first_seq == 1
-        recovered = recover_ledger(directory, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
-        assert recovered.last_seq == last_seq >= acknowledged
-        ledger = recovered.ledger
-        assert isinstance(ledger, KernelLedger)
-        debits, credits = balanced(ledger)
-        assert debits == credits > 0
-        independent = KernelLedger(
-            account_capacity=ACCOUNT_CAPACITY, transfer_capacity=TRANSFER_CAPACITY
+def crash_run(
+    directory: Path, seed: int, kills: int, snapshot_every: int, segment_size: int
+) -> None:
+    rng = random.Random(seed)
+    acknowledged = 0
+    checked_through = 0
+    cycles_with_new_records = 0
+    stats: Counter[str] = Counter()
+    for _ in range(kills):
+        cycle = run_cycle(directory, seed, rng, snapshot_every, segment_size)
+        assert cycle.recovered_seq >= acknowledged, (
+            f"writer recovered to seq {cycle.recovered_seq}, seq {acknowledged} was"
+            " acknowledged"
         )
-        for seq in range(1, last_seq + 1):
-            apply_entry(independent, expected_entry(seed, seq))
-        assert ledger.digest() == independent.digest()
-        print(f"crash run seed={seed} kills={kills} last_seq={last_seq} {dict(stats)}")
-    except BaseException as error:
-        error.add_note(f"crash test seed: TALLY_CRASH_SEED={seed}")
-        print(f"crash test seed: TALLY_CRASH_SEED={seed}", file=sys.stderr)
-        raise
+        cycles_with_new_records += cycle.acknowledged > acknowledged
+        acknowledged = max(acknowledged, cycle.acknowledged)
+        if cycle.in_flight_seq and rng.random() < 0.7:
+            # Waits for a snapshot child the kill orphaned: it holds the lock until done.
+            Journal.open(directory, lock_timeout_s=30, segment_size=segment_size).close()
+            stats["sectors_zeroed"] += tear_in_flight(directory, cycle.in_flight_seq, rng)
+        with Journal.open(directory, segment_size=segment_size) as journal:
+            assert journal.last_seq >= acknowledged, (
+                f"journal ends at seq {journal.last_seq}, seq {acknowledged} was acknowledged"
+            )
+            torn = journal.recovery.torn_tail
+            stats["torn_tails"] += torn is not None
+            stats["torn_group_records_dropped"] += len(torn.dropped_records) if torn else 0
+        first_seq, last_seq = check_records(directory, seed, max(1, checked_through - 4))
+        assert last_seq >= acknowledged
+        checked_through = last_seq
+    assert cycles_with_new_records >= kills // 2, "too few kills landed while writing"
+    first_seq, last_seq = check_records(directory, seed, 1)
+    if snapshot_every:
+        assert list_snapshots(directory), "no snapshot was ever written"
+    else:
+        assert first_seq == 1
+    recovered = recover_ledger(directory, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
+    assert recovered.last_seq == last_seq >= acknowledged
+    ledger = recovered.ledger
+    assert isinstance(ledger, KernelLedger)
+    debits, credits = balanced(ledger)
+    assert debits == credits > 0
+    independent = KernelLedger(
+        account_capacity=ACCOUNT_CAPACITY, transfer_capacity=TRANSFER_CAPACITY
+    )
+    for seq in range(1, last_seq + 1):
+        apply_entry(independent, expected_entry(seed, seq))
+    assert ledger.digest() == independent.digest()
+    print(f"crash run seed={seed} kills={kills} last_seq={last_seq} {dict(stats)}")
 
 
-def test_sigkill_never_loses_an_acknowledged_record(tmp_path: Path) -> None:
+def test_sigkill_never_loses_an_acknowledged_record(tmp_path: Path, crash_seed: int) -> None:
     """20 SIGKILLs of a journal-only writer at random moments (small segments, so kills also
     land in rotations): every acknowledged seq survives intact, every recovery appends on
     cleanly, and the replayed ledger balances and equals an independent replay."""
-    crash_run(tmp_path, kills=20, snapshot_every=0, segment_size=SEGMENT_SIZE_SMALL)
+    crash_run(tmp_path, crash_seed, kills=20, snapshot_every=0, segment_size=SEGMENT_SIZE_SMALL)
 
 
-def test_sigkill_with_forked_snapshots(tmp_path: Path) -> None:
+def test_sigkill_with_forked_snapshots(tmp_path: Path, crash_seed: int) -> None:
     """20 SIGKILLs of a writer that also forks snapshots and prunes the journal: recovery
     from snapshot plus journal tail always reaches every acknowledged seq, and the final
     state equals an independent replay of every expected entry."""
-    crash_run(tmp_path, kills=20, snapshot_every=40, segment_size=SEGMENT_SIZE_SMALL)
+    crash_run(tmp_path, crash_seed, kills=20, snapshot_every=40, segment_size=SEGMENT_SIZE_SMALL)
 
 
 @pytest.mark.slow
-def test_sigkill_200_times(tmp_path: Path) -> None:
+def test_sigkill_200_times(tmp_path: Path, crash_seed: int) -> None:
     """The long variant: 200 kills, snapshots on, the default segment size."""
-    crash_run(tmp_path, kills=200, snapshot_every=60, segment_size=SEGMENT_SIZE)
+    crash_run(tmp_path, crash_seed, kills=200, snapshot_every=60, segment_size=SEGMENT_SIZE)

@@ -12,8 +12,8 @@ import sys
 import orjson
 import pytest
 
-from core.drills.pg_cluster import find_bin_directory
 from tests.http_helpers import REPO_ROOT
+from tests.pg_helpers import require_postgresql_binaries
 
 pytestmark = pytest.mark.pg
 
@@ -21,8 +21,7 @@ pytestmark = pytest.mark.pg
 def test_bench_pg_reports_both_ledgers_per_pass() -> None:
     """Two alternating passes on 2,000 accounts: both ledgers post transfers, the report
     has the headline figures, the passes and the CPU per transfer of Tally and server."""
-    if find_bin_directory() is None:
-        pytest.skip("PostgreSQL binaries not found")
+    require_postgresql_binaries()
     completed = subprocess.run(
         [
             sys.executable,

@@ -9,7 +9,6 @@ transfers and to the replayed kernels.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -23,10 +22,11 @@ import anyio
 import asyncpg
 import pytest
 
-from core.drills.pg_cluster import TEST_SETTINGS, create_cluster, find_bin_directory
+from core.drills.pg_cluster import TEST_SETTINGS, create_cluster
 from core.pg_store import replay_ledger, verify
 from ledger.reference import Transfer
 from ledger.types import CreateTransferResult
+from tests.pg_helpers import require_postgresql_binaries
 from tests.test_engine_crash import check_answer
 
 pytestmark = pytest.mark.pg
@@ -96,10 +96,7 @@ def check_database(dsn: str, answers: dict[int, tuple[int, int]]) -> None:
 
 
 def crash_cluster(name: str) -> object:
-    if find_bin_directory() is None:
-        reason = "PostgreSQL binaries (initdb, pg_ctl) not found"
-        print(f"skipping: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+    require_postgresql_binaries()
     cluster = create_cluster(name, {**TEST_SETTINGS, "fsync": "on", "synchronous_commit": "on"})
     cluster.start()
     return cluster
@@ -132,12 +129,10 @@ def engine_rounds(rounds: int, seed: int) -> None:
         cluster.remove()
 
 
-def test_kill_9_engine_process_loses_nothing_acknowledged() -> None:
+def test_kill_9_engine_process_loses_nothing_acknowledged(crash_seed: int) -> None:
     """20 SIGKILLs of the engine process (on PostgreSQL) at random moments under
     concurrent load: nothing acknowledged is lost, nothing is posted twice."""
-    seed = int(os.environ.get("TALLY_CRASH_SEED", random.randrange(1 << 30)))
-    print(f"crash test seed {seed} (TALLY_CRASH_SEED={seed} to replay)")
-    engine_rounds(20, seed)
+    engine_rounds(20, crash_seed)
 
 
 def postmaster_rounds(kills: int, seed: int) -> None:
@@ -218,19 +213,15 @@ class _Reader:
         return "".join(self.chunks)
 
 
-def test_kill_9_postmaster_loses_nothing_acknowledged() -> None:
+def test_kill_9_postmaster_loses_nothing_acknowledged(crash_seed: int) -> None:
     """The database server is SIGKILLed (postmaster and backends) and restarted 6 times
     under load: the engine's commits in flight are resolved by reading back; every
     acknowledged transfer survives, none is posted twice."""
-    seed = int(os.environ.get("TALLY_CRASH_SEED", random.randrange(1 << 30)))
-    print(f"crash test seed {seed} (TALLY_CRASH_SEED={seed} to replay)")
-    postmaster_rounds(6, seed)
+    postmaster_rounds(6, crash_seed)
 
 
 @pytest.mark.slow
-def test_kill_9_many_rounds_on_postgresql() -> None:
+def test_kill_9_many_rounds_on_postgresql(crash_seed: int) -> None:
     """The same, 100 engine kills and 30 postmaster kills."""
-    seed = int(os.environ.get("TALLY_CRASH_SEED", random.randrange(1 << 30)))
-    print(f"crash test seed {seed}")
-    engine_rounds(100, seed)
-    postmaster_rounds(30, seed)
+    engine_rounds(100, crash_seed)
+    postmaster_rounds(30, crash_seed)

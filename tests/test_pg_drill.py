@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from core.drills import failover
-from core.drills.pg_cluster import find_bin_directory
+from tests.pg_helpers import require_postgresql_binaries
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -18,8 +18,7 @@ pytestmark = [pytest.mark.pg, pytest.mark.slow]
 def test_drill_loses_nothing_acknowledged_on_dc2_and_cleans_up(tmp_path: Path) -> None:
     """dc1 killed mid-load: on dc2 no acknowledged transfer is lost or doubled and verify
     passes; dc3's losses are listed by id; every cluster directory is removed."""
-    if find_bin_directory() is None:
-        pytest.skip("PostgreSQL binaries not found")
+    require_postgresql_binaries()
     before = set(glob.glob("/tmp/tally-pg-dc*"))
     output = tmp_path / "drill.json"
     args = argparse.Namespace(
