@@ -13,7 +13,7 @@ import hashlib
 import mmap
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from cext import ledger_kernel as kernel
 from cext import simgen
@@ -330,6 +330,26 @@ class KernelLedger:
     def log_records(self, start: int, stop: int) -> bytes:
         """The log records of seqs start..stop-1: at most two slices of the ring."""
         return b"".join(self._log_slices(start, stop))
+
+    def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]:
+        """(slot, `account_row(slot)`) of each slot, the tables looked up once."""
+        tables = [(self.table(table), table.row_size) for table in PER_ACCOUNT_TABLES]
+        if len(tables) == 2:
+            # The PostgreSQL store's per-group hot path: the generic join below costs
+            # 0.59 us a row against 0.28 us for these two slices (measured on 15-row calls).
+            (first, first_size), (second, second_size) = tables
+            return [
+                (
+                    slot,
+                    first[slot * first_size : (slot + 1) * first_size]
+                    + second[slot * second_size : (slot + 1) * second_size],
+                )
+                for slot in slots
+            ]
+        return [
+            (slot, b"".join([table[slot * size : (slot + 1) * size] for table, size in tables]))
+            for slot in slots
+        ]
 
     def account_row(self, slot: int) -> bytes:
         """Slot `slot`'s rows of every per-account table, concatenated (ACCOUNT_ROW_SIZE)."""

@@ -11,8 +11,8 @@ bytes to read with `ledger.records`, the state as `ledger.state` sections.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ledger.state import LedgerState
 
@@ -30,9 +30,20 @@ class Ledger(Protocol):
     @property
     def account_count(self) -> int: ...
 
-    log_tail: int  # the oldest seq still in the log window (read-only for callers)
-    log_count: int  # the next seq: transfers ever recorded
-    last_day: int  # the business day of the newest call
+    @property
+    def log_tail(self) -> int:
+        """The oldest seq still in the log window."""
+        ...
+
+    @property
+    def log_count(self) -> int:
+        """The next seq: transfers ever recorded."""
+        ...
+
+    @property
+    def last_day(self) -> int:
+        """The business day of the newest call."""
+        ...
 
     @property
     def pending_expiry_count(self) -> int:
@@ -83,6 +94,8 @@ class Ledger(Protocol):
 
     def account_row(self, slot: int) -> bytes: ...
 
+    def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]: ...
+
     # --- the whole state --------------------------------------------------------------
 
     def canonical_chunks(self) -> Iterator[bytes | memoryview]: ...
@@ -98,3 +111,13 @@ class LedgerLoader(Protocol):
     def load_state(
         self, state: LedgerState, *, account_capacity: int, transfer_capacity: int
     ) -> Ledger: ...
+
+
+if TYPE_CHECKING:  # mypy proves both twins satisfy both protocols (`make lint`)
+    from ledger.kernel import KernelLedger
+    from ledger.reference import ReferenceLedger
+
+    _KERNEL_IS_A_LEDGER: type[Ledger] = KernelLedger
+    _REFERENCE_IS_A_LEDGER: type[Ledger] = ReferenceLedger
+    _KERNEL_LOADS: LedgerLoader = KernelLedger
+    _REFERENCE_LOADS: LedgerLoader = ReferenceLedger

@@ -14,7 +14,7 @@ import hashlib
 import heapq
 import struct
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ledger.records import account_view, pending_view
@@ -990,6 +990,10 @@ class ReferenceLedger:
     def log_records(self, start: int, stop: int) -> bytes:
         """The log records of seqs start..stop-1."""
         return b"".join(self.log[seq].pack() for seq in range(start, stop))
+
+    def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]:
+        """(slot, `account_row(slot)`) of each slot."""
+        return [(slot, self.account_row(slot)) for slot in slots]
 
     def account_row(self, slot: int) -> bytes:
         """Slot `slot`'s rows of every per-account table, concatenated (ACCOUNT_ROW_SIZE)."""

@@ -52,9 +52,9 @@ from core.snapshot import (
     write_snapshot,
 )
 from ledger.kernel import KernelLedger
-from ledger.reference import ReferenceLedger, Transfer
+from ledger.records import pack_account_input, pack_transfer, transfer_view
+from ledger.reference import ReferenceLedger
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     AccountFlags,
     AccountKind,
     AccountStatus,
@@ -68,7 +68,6 @@ from limits.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "examples" / "limits.toml")
-LEDGER_CNY = 156
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 DAY0 = day_of_date(2026, 1, 1)
 NS_PER_S = 1_000_000_000
@@ -92,8 +91,8 @@ Ledger = KernelLedger | ReferenceLedger
 def account_input(
     account_id: int, kind: int, product: int, flags: int = 0, bound: int = 0
 ) -> bytes:
-    return ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(account_id), *split_id(bound), LEDGER_CNY, kind, 0, flags, product
+    return pack_account_input(
+        id=account_id, kind=kind, product=product, flags=flags, bound_id=bound
     )
 
 
@@ -109,28 +108,18 @@ def transfer(
     timeout_s: int = 0,
     channel: int = 0,
 ) -> bytes:
-    return Transfer(
+    return pack_transfer(
         id=transfer_id,
         debit_account_id=debit,
         credit_account_id=credit,
-        pending_id=pending_id,
         amount=amount,
-        timestamp=0,
-        timeout_s=timeout_s,
-        ledger=LEDGER_CNY,
         code=code,
+        pending_id=pending_id,
+        timeout_s=timeout_s,
         flags=flags,
         channel=channel,
-        result=0,
-        debit_slot=0,
-        credit_slot=0,
-        business_day=0,
-        counted=0,
-        state=0,
         user_data=transfer_id * 7,
-        amount_posted=0,
-        amount_reversed=0,
-    ).pack()
+    )
 
 
 class Script:
@@ -769,7 +758,7 @@ def test_scenario_leaves_state_that_needs_rebuilt_indexes() -> None:
     results = [ledger.lookup_transfer(0x4000 + n) for n in range(4)]
     assert results[:3] == [None, None, None] and results[3] is not None
     failed = ledger.lookup_transfer(FIRST_PAYMENT + 3)
-    assert failed is not None and failed[91] == R.EXCEEDS_CHANNEL_DAILY_CAP
+    assert failed is not None and transfer_view(failed).result == R.EXCEEDS_CHANNEL_DAILY_CAP
     assert transfer_results(ledger, after) == AFTER_TRANSFER_RESULTS
 
 
