@@ -17,17 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from cext import ledger_kernel as kernel
 from cext import simgen
-from ledger.state import (  # noqa: F401  (the META_* names are imported from here too)
+from ledger.state import (
     META_ACCOUNT_CAPACITY,
     META_ACCOUNT_COUNT,
     META_ACCOUNT_INDEX_MASK,
     META_ACCOUNT_SLOT_BITS,
     META_CHANNEL_MASK,
     META_CHANNEL_TABLE_FULL,
-    META_DIRTY_ACCOUNT_COUNT,
     META_DIRTY_ENABLED,
-    META_DIRTY_OVERFLOW,
-    META_DIRTY_TRANSFER_COUNT,
     META_HEAP_CAPACITY,
     META_HEAP_SIZE,
     META_LAST_DAY,
@@ -36,13 +33,13 @@ from ledger.state import (  # noqa: F401  (the META_* names are imported from he
     META_LOG_TAIL,
     META_PRODUCT_COUNT,
     META_SIZE,
-    META_TRANSFER_INDEX_COUNT,
     META_TRANSFER_INDEX_MASK,
     PER_ACCOUNT_TABLES,
     TABLES,
     Buffer,
     Extent,
     LedgerState,
+    MetaScalars,
     StateCorrupt,
     StateTooLarge,
     Table,
@@ -88,7 +85,7 @@ def power_of_two_at_least(value: int) -> int:
     return 1 << max(0, (value - 1).bit_length())
 
 
-class KernelLedger:
+class KernelLedger(MetaScalars):
     """State and batch operations over packed tables; see ReferenceLedger for the semantics."""
 
     backend = "kernel"
@@ -259,18 +256,6 @@ class KernelLedger:
 
     # --- reads ----------------------------------------------------------------
 
-    @property
-    def account_count(self) -> int:
-        return int(self.meta[META_ACCOUNT_COUNT])
-
-    @property
-    def log_tail(self) -> int:
-        return int(self.meta[META_LOG_TAIL])
-
-    @property
-    def log_count(self) -> int:
-        return int(self.meta[META_LOG_COUNT])
-
     def timestamp_last(self) -> int:
         """The newest transfer's timestamp (0 when the log window is empty)."""
         if self.log_count == self.log_tail:
@@ -285,14 +270,6 @@ class KernelLedger:
     def pending_expiry_count(self) -> int:
         """Holds with a timeout not yet posted, voided or expired (the expiry heap)."""
         return self.heap_size
-
-    @property
-    def last_day(self) -> int:
-        return int(self.meta[META_LAST_DAY])
-
-    @property
-    def channel_table_full_count(self) -> int:
-        return int(self.meta[META_CHANNEL_TABLE_FULL])
 
     def account_slot(self, account_id: int) -> int:
         return int(
@@ -453,7 +430,7 @@ class KernelLedger:
                 sections[table.name] = self.live_chunks(table)
         sections["chanlive"] = [pack_channels_live(self.channels_live())]
         sections["digest"] = [bytes.fromhex(self.digest())]
-        return LedgerState(sections)
+        return LedgerState.of(sections)
 
     @classmethod
     def load_state(
@@ -480,7 +457,7 @@ class KernelLedger:
         ledger.meta[META_LOG_TAIL] = tail
         ledger.meta[META_LOG_COUNT] = end
         ledger.meta[META_LAST_DAY] = state.last_day
-        ledger.meta[META_CHANNEL_TABLE_FULL] = state.channel_table_full
+        ledger.meta[META_CHANNEL_TABLE_FULL] = state.channel_table_full_count
         ledger.rebuild_indexes()  # the kernel inserts slots, ids and live holds, without the GIL
         ledger._insert_channel_counters(state.channels_live())
         if ledger.digest() != state.digest:

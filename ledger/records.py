@@ -3,9 +3,9 @@
 The layouts are in `ledger/types.py`. A view is a `NamedTuple` built from
 one `struct.unpack` (about 0.5 us for an account, 0.7 us for a transfer):
 cheap enough for every read path, and its fields read like the layout's
-names. Packers take keywords and split 128-bit ids themselves; the hot
-batch paths use the `*_into` and `*_after_id` variants, which do the same
-with no intermediate objects.
+names. One packer builds a transfer (`pack_transfer`, keywords, ids split
+for the caller); the HTTP hot path, which derives ids already packed, uses
+its positional tail `pack_transfer_after_id`.
 """
 
 from __future__ import annotations
@@ -204,50 +204,6 @@ def pack_transfer_after_id(
     caller that derived its id already packed (one struct call, one concat).
     """
     return TRANSFER_AFTER_ID_STRUCT.pack(
-        debit_account_id & UINT64_MAX,
-        debit_account_id >> 64,
-        credit_account_id & UINT64_MAX,
-        credit_account_id >> 64,
-        pending_id & UINT64_MAX,
-        pending_id >> 64,
-        amount,
-        0,
-        timeout_s,
-        ledger,
-        code,
-        flags,
-        channel,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        user_data,
-        0,
-        0,
-    )
-
-
-def pack_transfer_into(
-    buffer: bytearray | memoryview,
-    offset: int,
-    id: int,
-    debit_account_id: int,
-    credit_account_id: int,
-    amount: int,
-    code: int,
-    pending_id: int = 0,
-    timeout_s: int = 0,
-    ledger: int = LEDGER_CNY,
-    flags: int = 0,
-    channel: int = 0,
-    user_data: int = 0,
-) -> None:
-    """`pack_transfer` written at `offset` of a batch buffer (no intermediate bytes)."""
-    TRANSFER_STRUCT.pack_into(
-        buffer, offset,
-        id & UINT64_MAX, id >> 64,
         debit_account_id & UINT64_MAX, debit_account_id >> 64,
         credit_account_id & UINT64_MAX, credit_account_id >> 64,
         pending_id & UINT64_MAX, pending_id >> 64,

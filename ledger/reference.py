@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ledger.records import account_view, pending_view
+from ledger.records import TransferView, account_view, pending_view, transfer_view
 from ledger.state import (
     PER_ACCOUNT_TABLES,
     SECTION_NAMES,
@@ -158,29 +158,7 @@ class Transfer:
 
     @classmethod
     def unpack(cls, buffer: bytes | memoryview, offset: int = 0) -> Transfer:
-        f = TRANSFER_STRUCT.unpack_from(buffer, offset)
-        return cls(
-            id=join_id(f[0], f[1]),
-            debit_account_id=join_id(f[2], f[3]),
-            credit_account_id=join_id(f[4], f[5]),
-            pending_id=join_id(f[6], f[7]),
-            amount=f[8],
-            timestamp=f[9],
-            timeout_s=f[10],
-            ledger=f[11],
-            code=f[12],
-            flags=f[13],
-            channel=f[14],
-            result=f[15],
-            debit_slot=f[16],
-            credit_slot=f[17],
-            business_day=f[18],
-            counted=f[19],
-            state=f[20],
-            user_data=f[21],
-            amount_posted=f[22],
-            amount_reversed=f[23],
-        )
+        return cls(*transfer_view(buffer, offset))
 
     def pack(self) -> bytes:
         return TRANSFER_STRUCT.pack(
@@ -208,6 +186,9 @@ class Transfer:
 
     def copy(self) -> Transfer:
         return dataclasses.replace(self)
+
+
+assert tuple(field.name for field in dataclasses.fields(Transfer)) == TransferView._fields
 
 
 def transfer_expires_at(t: Transfer) -> int:
@@ -1036,7 +1017,7 @@ class ReferenceLedger:
         sections["chanlive"] = [pack_channels_live(self.channels_live())]
         sections["digest"] = [bytes.fromhex(self.digest())]
         assert tuple(sections) == SECTION_NAMES
-        return LedgerState(sections)
+        return LedgerState.of(sections)
 
     @classmethod
     def load_state(

@@ -68,6 +68,33 @@ CHANNEL_LIVE = struct.Struct("<IB3xq")
 assert CHANNEL_LIVE.size == 16
 
 
+class MetaScalars:
+    """The state's scalars read by name from a kernel meta array `self.meta`."""
+
+    __slots__ = ()
+    meta: array[int]
+
+    @property
+    def account_count(self) -> int:
+        return int(self.meta[META_ACCOUNT_COUNT])
+
+    @property
+    def log_tail(self) -> int:
+        return int(self.meta[META_LOG_TAIL])
+
+    @property
+    def log_count(self) -> int:
+        return int(self.meta[META_LOG_COUNT])
+
+    @property
+    def last_day(self) -> int:
+        return int(self.meta[META_LAST_DAY])
+
+    @property
+    def channel_table_full_count(self) -> int:
+        return int(self.meta[META_CHANNEL_TABLE_FULL])
+
+
 class Extent(enum.Enum):
     """Which part of a table is live (the rest is zero or unreachable)."""
 
@@ -126,22 +153,30 @@ class StateTooLarge(StateError):
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerState:
+class LedgerState(MetaScalars):
     """A ledger's state as named sections (module docstring), read in place where possible.
 
     `sections` maps each of SECTION_NAMES, in order, to its chunks (the log
     window is two slices of the ring when it wraps): a writer streams them,
-    `section()` joins one.
+    `section()` joins one. `meta` is the meta section's values, decoded.
     """
 
     sections: dict[str, Sequence[Buffer]]
+    meta: array[int]
+
+    @classmethod
+    def of(cls, sections: dict[str, Sequence[Buffer]]) -> LedgerState:
+        """The state of these sections (the meta section decoded once)."""
+        meta = array("q")
+        meta.frombytes(b"".join(bytes(chunk) for chunk in sections["meta"]))
+        return cls(sections, meta)
 
     @classmethod
     def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
         """From one buffer a section (read from a file); checks names and sizes."""
         if tuple(sections) != SECTION_NAMES:
             raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
-        state = cls({name: [data] for name, data in sections.items()})
+        state = cls.of({name: [data] for name, data in sections.items()})
         state.check()
         return state
 
@@ -150,32 +185,6 @@ class LedgerState:
 
     def size(self, name: str) -> int:
         return sum(len(chunk) for chunk in self.sections[name])
-
-    @property
-    def meta(self) -> array[int]:
-        values = array("q")
-        values.frombytes(self.section("meta"))
-        return values
-
-    @property
-    def account_count(self) -> int:
-        return int(self.meta[META_ACCOUNT_COUNT])
-
-    @property
-    def log_tail(self) -> int:
-        return int(self.meta[META_LOG_TAIL])
-
-    @property
-    def log_count(self) -> int:
-        return int(self.meta[META_LOG_COUNT])
-
-    @property
-    def last_day(self) -> int:
-        return int(self.meta[META_LAST_DAY])
-
-    @property
-    def channel_table_full(self) -> int:
-        return int(self.meta[META_CHANNEL_TABLE_FULL])
 
     @property
     def digest(self) -> str:
@@ -191,8 +200,8 @@ class LedgerState:
     def check(self) -> None:
         """Pair assertions on a state read back: the sizes agree with the counts."""
         problems = []
-        if self.size("meta") != META_SIZE * 8:
-            raise StateCorrupt(f"meta holds {self.size('meta')} bytes, expected {META_SIZE * 8}")
+        if len(self.meta) != META_SIZE:
+            raise StateCorrupt(f"meta holds {len(self.meta)} values, expected {META_SIZE}")
         count = self.account_count
         for table in PER_ACCOUNT_TABLES:
             if table.stored and self.size(table.name) != count * table.row_size:

@@ -309,39 +309,28 @@ def both(
 
 @dataclass(frozen=True, slots=True)
 class AccountView:
-    """An account record decoded from the 64-byte layout plus its pending side-table row."""
+    """An account record (`ledger.records.AccountView`'s fields) plus its pending side-table row."""
 
-    id: int
-    debits_posted: int
-    credits_posted: int
-    inflow_daily: int
-    inflow_yearly: int
-    outflow_daily: int
-    outflow_yearly: int
-    bound_slot: int
-    ledger: int
-    kind: int
-    status: int
-    flags: int
-    product: int
-    counters_day: int
-    internal: int
+    record: records.AccountView
     debits_pending: int = 0
     credits_pending: int = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.record, name)
 
     @property
     def balance(self) -> int:
         """Posted balance, as the kernel reports it: credits_posted - debits_posted."""
-        return self.credits_posted - self.debits_posted
+        return self.record.credits_posted - self.record.debits_posted
 
     @property
     def available(self) -> int:
         """What a debit may still take before the floor check (pending debits held)."""
-        return self.credits_posted - self.debits_posted - self.debits_pending
+        return self.balance - self.debits_pending
 
     @classmethod
     def unpack(cls, record: bytes, pending: tuple[int, int] = (0, 0)) -> AccountView:
-        return cls(*records.account_view(record), *pending)
+        return cls(records.account_view(record), *pending)
 
 
 def account_pending(ledger: Ledger, account_id: int) -> tuple[int, int]:
