@@ -4,8 +4,12 @@ Both twins dump themselves to a `LedgerState` (`dump_state()`) and rebuild
 from one (`load_state(...)`); the snapshot file, the PostgreSQL store and
 the simulator iterate the sections declared here and never name a table.
 Adding a per-account table (a product's own columns, say) means adding one
-`Table` to `TABLES` and its section to `SECTION_NAMES` here, and teaching
-the two twins to fill it: the writers pick it up by iteration.
+`Table` to `TABLES` here (its section follows), and teaching the two twins
+to fill it: the writers pick it up by iteration. A new section is a new
+layout: a snapshot written before it names other sections and is refused
+by name (recovery skips it as it skips a damaged one, and then needs the
+journal it covered, which pruning may have removed), so a release that
+adds a section must also load the previous layout (the new table zero).
 
 Sections, in file order (their bytes are what snapshot format version 1
 has always stored):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from core.journal import (
 )
 from core.replay import recover_ledger
 from core.snapshot import (
+    SnapshotCorrupt,
     SnapshotError,
     fork_pause_s,
     fork_snapshot,
@@ -818,6 +820,30 @@ def test_snapshot_refuses_capacities_too_small(tmp_path: Path) -> None:
     path = write_snapshot(tmp_path, original, len(before))
     with pytest.raises(SnapshotError, match="account capacity is 4"):
         load_snapshot(path, 4, TRANSFER_CAPACITY)
+
+
+def test_snapshot_refuses_a_flipped_byte_and_sections_it_does_not_know(tmp_path: Path) -> None:
+    """A flipped byte in a section fails that section's checksum, and a file whose section
+    table names other sections than the ledger declares (another layout version) is
+    refused with both lists named, not loaded half-way."""
+    before, _ = scenario()
+    ledger = replayed(before)
+    path = write_snapshot(tmp_path, ledger, len(before))
+    data = bytearray(Path(path).read_bytes())
+    flipped = bytearray(data)
+    flipped[-1] ^= 1  # the last byte of the last section (digest)
+    Path(path).write_bytes(flipped)
+    with pytest.raises(SnapshotCorrupt, match="checksum mismatch"):
+        load_snapshot(path, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
+    renamed = bytearray(data)
+    position = renamed.index(b"chanlive", 64)
+    renamed[position : position + 8] = b"chanold\0"
+    section_count = struct.unpack_from("<I", renamed, 20)[0]
+    table_end = 64 + 32 * section_count
+    struct.pack_into("<I", renamed, 4, codec.crc32c(memoryview(renamed)[8:table_end]))
+    Path(path).write_bytes(renamed)
+    with pytest.raises(SnapshotCorrupt, match=r"expected .*chanlive"):
+        load_snapshot(path, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
 
 
 def journal_with_snapshot(directory: Path, **options: Any) -> tuple[list[Entry], str]:
