@@ -114,7 +114,8 @@ class OfflineBooks(Books):
     def __init__(self, directory: str, args: argparse.Namespace, rules: Any) -> None:
         from core.journal import JournalScan
         from core.replay import recover_ledger
-        from ledger.types import ACCOUNT_INPUT_STRUCT, ACCOUNT_SIZE, join_id
+        from ledger.records import account_input_view
+        from ledger.types import ACCOUNT_SIZE
 
         self.recovered = recover_ledger(directory, args.account_capacity, args.transfer_capacity)
         self.ledger = self.recovered.ledger
@@ -128,23 +129,28 @@ class OfflineBooks(Books):
                 continue
             payload = stored.entry.payload
             for offset in range(0, len(payload), ACCOUNT_SIZE):
-                fields = ACCOUNT_INPUT_STRUCT.unpack_from(payload, offset)
-                self.ids.append(join_id(fields[0], fields[1]))
+                self.ids.append(account_input_view(payload, offset).id)
 
     def first_accounts(self) -> list[int]:
         return list(dict.fromkeys(self.ids))
 
     def account(self, account_id: int) -> AccountState | None:
-        from ledger.types import ACCOUNT_STRUCT, AccountFlags
+        from ledger.records import account_view
+        from ledger.types import AccountFlags
         from limits.reference import counters_effective
 
         raw = self.ledger.lookup_account(account_id)
         if raw is None:
             return None
-        fields = ACCOUNT_STRUCT.unpack(raw)
-        debits, credits = fields[2], fields[3]
-        counters = list(fields[4:8])
-        kind, flags, product_id, counters_day = fields[10], fields[12], fields[13], fields[14]
+        view = account_view(raw)
+        debits, credits = view.debits_posted, view.credits_posted
+        counters = list(view.counters)
+        kind, flags, product_id, counters_day = (
+            view.kind,
+            view.flags,
+            view.product,
+            view.counters_day,
+        )
         pending = self.ledger.account_pending(account_id)
         assert pending is not None
         product = self.rules.products.get(product_id)

@@ -105,7 +105,8 @@ import anyio.lowlevel
 from core.entries import Entry, EntryKind, apply_entry
 from core.errors import TallyError
 from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
-from ledger.kernel import META_LOG_MASK, KernelLedger
+from ledger.kernel import KernelLedger
+from ledger.state import ACCOUNT_ROW_SIZE
 from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ ACCOUNT_ROW = struct.Struct("<qqqqiiiiihBBhhhh")
 PENDING_ROW = struct.Struct("<qq")
 ID_ROW = struct.Struct("<qq")  # a transfer record's id, its first 16 bytes
 assert TRANSFER_ROW.size == TRANSFER_SIZE and ACCOUNT_ROW.size == ACCOUNT_SIZE
+# A stored account row is the ledger's per-account rows (ledger.state.PER_ACCOUNT_TABLES).
+assert ACCOUNT_ROW.size + PENDING_ROW.size == ACCOUNT_ROW_SIZE
 assert len(TRANSFER_COLUMNS) == len(TRANSFER_ROW.unpack(bytes(TRANSFER_SIZE)))
 assert len(ACCOUNT_COLUMNS) == len(ACCOUNT_ROW.unpack(bytes(ACCOUNT_SIZE)))
 
@@ -227,18 +230,6 @@ class PendingGroup:
         return self.first_seq + len(self.entries) - 1
 
 
-def log_records(ledger: KernelLedger, start: int, stop: int) -> bytes:
-    """The log records of seqs start..stop-1: at most two slices of the ring."""
-    mask = int(ledger.meta[META_LOG_MASK])
-    chunks = []
-    while start < stop:
-        index = start & mask
-        run = min(stop - start, mask + 1 - index)
-        chunks.append(ledger.log[index * TRANSFER_SIZE : (index + run) * TRANSFER_SIZE])
-        start += run
-    return b"".join(chunks)
-
-
 def transfer_rows(records: bytes, first_seq: int) -> list[tuple[int, int, int, bytes]]:
     """(id_lo, id_hi, seq, record) of each record: the COPY rows of tally_transfer_records."""
     unpack_id = ID_ROW.unpack_from
@@ -258,19 +249,14 @@ def capture_changes(ledger: KernelLedger, log_count_before: int) -> Changes:
     """
     slots, seqs, overflowed = ledger.take_changes()
     log_count = ledger.log_count
-    new_rows = transfer_rows(log_records(ledger, log_count_before, log_count), log_count_before)
+    new_rows = transfer_rows(ledger.log_records(log_count_before, log_count), log_count_before)
     if overflowed:
         # More existing transfers changed than the kernel could list: take the window.
         changed_seqs: Sequence[int] = range(ledger.log_tail, log_count_before)
     else:
         changed_seqs = sorted(set(seqs))
-    changed = [(seq, ledger._record(seq)) for seq in changed_seqs if seq < log_count_before]
-    accounts = []
-    account_table, pending_table = ledger.accounts, ledger.pending
-    for slot in set(slots):
-        row = account_table[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE]
-        pending = pending_table[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE]
-        accounts.append((slot, row + pending))
+    changed = [(seq, ledger.record_at(seq)) for seq in changed_seqs if seq < log_count_before]
+    accounts = ledger.account_rows(set(slots))
     return Changes(log_count_before, new_rows, changed, accounts)
 
 
@@ -1067,10 +1053,7 @@ async def verify(
             if slot >= ledger.account_count:
                 problems.append(f"slot {slot} is in the table, not in the kernel")
                 continue
-            kernel_row = bytes(
-                ledger.accounts[slot * ACCOUNT_SIZE : (slot + 1) * ACCOUNT_SIZE]
-            ) + bytes(ledger.pending[slot * PENDING_SIZE : (slot + 1) * PENDING_SIZE])
-            if kernel_row != stored:
+            if ledger.account_row(slot) != stored:
                 problems.append(f"account slot {slot}: table row differs from the kernel's")
         if report.transfers != ledger.log_count:
             problems.append(
@@ -1090,7 +1073,7 @@ async def verify(
                     problems.append(f"transfer seq {seq} missing from the table")
                     seq = values["seq"]
                 record = bytes(values["record"])
-                if record != ledger._record(seq):
+                if record != ledger.record_at(seq):
                     problems.append(f"transfer seq {seq}: table row differs from the kernel's")
                 if ID_ROW.unpack_from(record) != (values["id_lo"], values["id_hi"]):
                     problems.append(f"transfer seq {seq}: key differs from its record's id")

@@ -15,24 +15,14 @@ File `snapshot-<last_seq:020d>.tls`, little-endian:
     40  u64 log_tail            48  u64 log_count     56 u64 reserved (0)
     64  section table, 32 bytes a section: 8s name, u64 offset, u64 size,
         u32 crc32c, u32 reserved (0)
-    then the sections, each at a 64-byte aligned offset:
+    then the sections, each at a 64-byte aligned offset.
 
-    meta      the kernel's meta array (int64 x META_SIZE)
-    products  the product table     channels  the channel table (4096 bytes)
-    accounts  account_count x 64    pending   account_count x 16
-    log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
-    chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
-              3 zero bytes, i64 used (in `channel_entries_live` order)
-    digest    SHA-256 of the state, equal to `ledger.digest()` when it was taken
-
-The indexes (account ids, transfer ids), the expiry heap and the channel
-counter table are not stored: they are functions of the sections and are
-rebuilt on load. The account index is rebuilt by replaying account creation
-through the kernel (same ids in the same slot order give the same index,
-against a stand-in product table so that retired products do not matter);
-the transfer index, heap and channel counters by Python-level inserts that
-are each checked against the kernel's own lookups afterwards, and the whole
-state against the stored digest.
+The sections are the ledger's own (`ledger/state.py` names them and says what
+each holds): this module writes whatever `ledger.dump_state()` declares, in
+its order, and hands what it read back to the twin's `load_state`, which
+rebuilds the indexes and checks the result against the recorded digest. A
+file whose sections are not the ones this build's ledger declares is
+refused, naming both lists.
 
 Writing happens in a temp file, fsync, rename, directory fsync. Then older
 snapshots are deleted (the newest `SNAPSHOTS_KEPT` stay) and the journal
@@ -49,65 +39,26 @@ import os
 import re
 import struct
 import time
-from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
 from cext import journal_codec as codec
-from cext import ledger_kernel as kernel
 from core import journal
 from core.errors import TallyError
-from ledger.kernel import (
-    META_ACCOUNT_COUNT,
-    META_CHANNEL_TABLE_FULL,
-    META_LAST_DAY,
-    META_LOG_COUNT,
-    META_LOG_TAIL,
-    META_SIZE,
-    KernelLedger,
-)
-from ledger.reference import Account, ReferenceLedger, Transfer
-from ledger.types import (
-    ACCOUNT_SIZE,
-    ACCOUNT_STRUCT,
-    CHANNEL_COUNT,
-    CHANNEL_SIZE,
-    NS_PER_S,
-    PENDING_SIZE,
-    PENDING_STRUCT,
-    PRODUCT_SIZE,
-    TRANSFER_SIZE,
-    PendingState,
-    join_id,
-)
+from ledger.kernel import KernelLedger
+from ledger.protocol import Ledger
+from ledger.reference import ReferenceLedger
+from ledger.state import SECTION_NAMES, LedgerState, StateCorrupt, StateTooLarge
 
 MAGIC = b"TLS1"
 VERSION = 1
 HEADER = struct.Struct("<4sIQIIQQQQQ")
 SECTION = struct.Struct("<8sQQII")
 assert HEADER.size == 64 and SECTION.size == 32
-CHANNEL_LIVE = struct.Struct("<IB3xq")
-assert CHANNEL_LIVE.size == 16
 SNAPSHOT_PATTERN = re.compile(r"snapshot-(\d{20})\.tls")
 TEMP_SUFFIX = ".tmp"
 SNAPSHOTS_KEPT = 2
-SECTION_NAMES = (
-    b"meta",
-    b"products",
-    b"channels",
-    b"accounts",
-    b"pending",
-    b"log",
-    b"chanlive",
-    b"digest",
-)
-
-# Offsets in the 128-byte transfer record (ledger/types.py).
-TRANSFER_TIMESTAMP_OFFSET = 72
-TRANSFER_TIMEOUT_OFFSET = 80
-TRANSFER_STATE_OFFSET = 103
-
-UINT64_MASK = (1 << 64) - 1
 
 
 class SnapshotError(TallyError):
@@ -141,53 +92,15 @@ def list_snapshots(directory: str | os.PathLike[str]) -> list[tuple[int, str]]:
 # --- writing ------------------------------------------------------------------
 
 
-def _log_window(ledger: KernelLedger) -> list[memoryview]:
-    """The log records log_tail..log_count-1 in seq order: at most two slices of the ring."""
-    log_size = ledger.transfer_capacity
-    tail, count = ledger.log_tail, ledger.log_count
-    view = memoryview(ledger.log)
-    if count == tail:
-        return []
-    start = tail % log_size
-    end = start + (count - tail)
-    if end <= log_size:
-        return [view[start * TRANSFER_SIZE : end * TRANSFER_SIZE]]
-    return [view[start * TRANSFER_SIZE :], view[: (end - log_size) * TRANSFER_SIZE]]
-
-
-def _sections(ledger: KernelLedger) -> list[tuple[bytes, list[bytes | bytearray | memoryview]]]:
-    """(name, chunks) of every section, reading the tables in place (no copies of big ones)."""
-    account_count = ledger.account_count
-    live = kernel.channel_entries_live(ledger.channel_counters, ledger.last_day)
-    channels_live = bytearray(len(live) * CHANNEL_LIVE.size)
-    for index, (slot, channel, used) in enumerate(live):
-        CHANNEL_LIVE.pack_into(channels_live, index * CHANNEL_LIVE.size, slot, channel, used)
-    accounts = memoryview(ledger.accounts)[: account_count * ACCOUNT_SIZE]
-    pending = memoryview(ledger.pending)[: account_count * PENDING_SIZE]
-    window = _log_window(ledger)
-    # The ledger's own digest, whatever it covers: load checks the rebuilt ledger against it.
-    digest = bytes.fromhex(ledger.digest())
-    return [
-        (b"meta", [ledger.meta.tobytes()]),
-        (b"products", [ledger.products]),
-        (b"channels", [ledger.channels]),
-        (b"accounts", [accounts]),
-        (b"pending", [pending]),
-        (b"log", list(window)),
-        (b"chanlive", [channels_live]),
-        (b"digest", [digest]),
-    ]
-
-
-def _write_snapshot_file(directory: str, ledger: KernelLedger, last_seq: int) -> str:
+def _write_snapshot_file(directory: str, ledger: Ledger, last_seq: int) -> str:
     """Write, fsync and atomically publish the snapshot; returns its path."""
-    assert isinstance(ledger, KernelLedger), type(ledger)
     assert last_seq >= 0
-    sections = _sections(ledger)
-    assert [name for name, _ in sections] == list(SECTION_NAMES)
+    state = ledger.dump_state()
+    sections = [(name.encode(), chunks) for name, chunks in state.sections.items()]
+    assert tuple(state.sections) == SECTION_NAMES
     table = bytearray()
     offset = _align(HEADER.size + SECTION.size * len(sections))
-    layout: list[tuple[int, list[bytes | bytearray | memoryview]]] = []
+    layout: list[tuple[int, Sequence[bytes | bytearray | memoryview]]] = []
     for name, chunks in sections:
         size = sum(len(chunk) for chunk in chunks)
         crc = 0
@@ -204,9 +117,9 @@ def _write_snapshot_file(directory: str, ledger: KernelLedger, last_seq: int) ->
             VERSION,
             len(sections),
             time.time_ns(),
-            ledger.account_count,
-            ledger.log_tail,
-            ledger.log_count,
+            state.account_count,
+            state.log_tail,
+            state.log_count,
             0,
         )
     )
@@ -256,7 +169,7 @@ def prune(directory: str | os.PathLike[str]) -> list[str]:
     return removed
 
 
-def write_snapshot(directory: str | os.PathLike[str], ledger: KernelLedger, last_seq: int) -> str:
+def write_snapshot(directory: str | os.PathLike[str], ledger: Ledger, last_seq: int) -> str:
     """Write `snapshot-<last_seq>.tls` durably, then prune; returns its path.
 
     Blocks for the whole write: the engine uses `fork_snapshot` instead.
@@ -280,7 +193,7 @@ class SnapshotChild:
 _children: dict[int, SnapshotChild] = {}
 
 
-def fork_snapshot(directory: str | os.PathLike[str], ledger: KernelLedger, last_seq: int) -> int:
+def fork_snapshot(directory: str | os.PathLike[str], ledger: Ledger, last_seq: int) -> int:
     """Write the snapshot from a forked child; returns its pid at once (see `wait_snapshot`).
 
     The child sees the tables as they were at the fork, copy-on-write, and
@@ -372,35 +285,32 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 
 @dataclass(frozen=True, slots=True)
 class SnapshotContents:
-    """A snapshot's sections, checked against their checksums."""
+    """A snapshot's ledger state, every section checked against its checksum and sizes."""
 
     path: str
     last_seq: int
     created_ns: int
-    meta: array[int]
-    products: bytes
-    channels: bytes
-    accounts: bytes
-    pending: bytes
-    log: bytes
-    channels_live: list[tuple[int, int, int]]
-    digest: str
+    state: LedgerState
 
     @property
     def account_count(self) -> int:
-        return int(self.meta[META_ACCOUNT_COUNT])
+        return self.state.account_count
 
     @property
     def log_tail(self) -> int:
-        return int(self.meta[META_LOG_TAIL])
+        return self.state.log_tail
 
     @property
     def log_count(self) -> int:
-        return int(self.meta[META_LOG_COUNT])
+        return self.state.log_count
 
     @property
     def last_day(self) -> int:
-        return int(self.meta[META_LAST_DAY])
+        return self.state.last_day
+
+    @property
+    def digest(self) -> str:
+        return self.state.digest
 
 
 def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
@@ -447,51 +357,20 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
         if codec.crc32c(chunk) != section_crc:
             raise SnapshotCorrupt(name, f"section {section_name!r} checksum mismatch")
         sections[section_name] = chunk
-    if tuple(sections) != SECTION_NAMES:
-        raise SnapshotCorrupt(name, f"sections {list(sections)}, expected {SECTION_NAMES}")
-    meta = array("q")
-    meta.frombytes(sections[b"meta"])
-    channels_live = [
-        (slot, channel, used)
-        for slot, channel, used in CHANNEL_LIVE.iter_unpack(sections[b"chanlive"])
-    ]
-    contents = SnapshotContents(
-        path=name,
-        last_seq=last_seq,
-        created_ns=created_ns,
-        meta=meta,
-        products=sections[b"products"],
-        channels=sections[b"channels"],
-        accounts=sections[b"accounts"],
-        pending=sections[b"pending"],
-        log=sections[b"log"],
-        channels_live=channels_live,
-        digest=sections[b"digest"].hex(),
-    )
-    # Pair assertions on what was written: the sizes agree with the counts.
-    problems = []
-    if len(meta) != META_SIZE:
-        problems.append(f"meta holds {len(meta)} values, expected {META_SIZE}")
-    elif (contents.account_count, contents.log_tail, contents.log_count) != (
+    try:
+        state = LedgerState.from_bytes(
+            {section_name.decode(): chunk for section_name, chunk in sections.items()}
+        )
+    except StateCorrupt as error:
+        raise SnapshotCorrupt(name, str(error)) from error
+    # Pair assertion on what was written: the header and the state agree on the counts.
+    if (state.account_count, state.log_tail, state.log_count) != (
         account_count,
         log_tail,
         log_count,
     ):
-        problems.append("header and meta disagree on the counts")
-    if len(contents.accounts) != account_count * ACCOUNT_SIZE:
-        problems.append(f"accounts section is {len(contents.accounts)} bytes")
-    if len(contents.pending) != account_count * PENDING_SIZE:
-        problems.append(f"pending section is {len(contents.pending)} bytes")
-    window = log_count - log_tail
-    if not 0 <= log_tail <= log_count or len(contents.log) != window * TRANSFER_SIZE:
-        problems.append(f"log section is {len(contents.log)} bytes for {window} transfers")
-    if len(contents.products) < PRODUCT_SIZE or len(contents.products) % PRODUCT_SIZE:
-        problems.append(f"products section is {len(contents.products)} bytes")
-    if len(contents.channels) != CHANNEL_COUNT * CHANNEL_SIZE:
-        problems.append(f"channels section is {len(contents.channels)} bytes")
-    if problems:
-        raise SnapshotCorrupt(name, "; ".join(problems))
-    return contents
+        raise SnapshotCorrupt(name, "header and meta disagree on the counts")
+    return SnapshotContents(path=name, last_seq=last_seq, created_ns=created_ns, state=state)
 
 
 @overload
@@ -532,174 +411,16 @@ def load_snapshot(
     capacities are too small for the state.
     """
     contents = read_snapshot(path)
-    ledger: KernelLedger | ReferenceLedger
-    if backend == "kernel":
-        ledger = rebuild_kernel_ledger(contents, account_capacity, transfer_capacity)
-    elif backend == "reference":
-        ledger = rebuild_reference_ledger(contents, account_capacity, transfer_capacity)
-    else:
+    twins: dict[str, type[KernelLedger] | type[ReferenceLedger]]
+    twins = {"kernel": KernelLedger, "reference": ReferenceLedger}
+    if backend not in twins:
         raise ValueError(f"backend must be kernel or reference, not {backend!r}")
-    digest = ledger.digest()
-    if digest != contents.digest:
-        raise SnapshotCorrupt(
-            contents.path,
-            f"rebuilt state has digest {digest}, the snapshot recorded {contents.digest}",
+    try:
+        ledger = twins[backend].load_state(
+            contents.state, account_capacity=account_capacity, transfer_capacity=transfer_capacity
         )
+    except StateTooLarge as error:
+        raise SnapshotError(f"{contents.path} {error}") from error
+    except StateCorrupt as error:
+        raise SnapshotCorrupt(contents.path, str(error)) from error
     return ledger, contents.last_seq
-
-
-def _check_capacity(contents: SnapshotContents, account_capacity: int, log_size: int) -> None:
-    window = contents.log_count - contents.log_tail
-    if contents.account_count > account_capacity:
-        raise SnapshotError(
-            f"{contents.path} holds {contents.account_count} accounts;"
-            f" the account capacity is {account_capacity}"
-        )
-    if window > log_size:
-        raise SnapshotError(
-            f"{contents.path} holds a log window of {window} transfers;"
-            f" the transfer capacity is {log_size}"
-        )
-
-
-def rebuild_kernel_ledger(
-    contents: SnapshotContents, account_capacity: int, transfer_capacity: int
-) -> KernelLedger:
-    ledger = KernelLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
-    _check_capacity(contents, account_capacity, ledger.transfer_capacity)
-    account_count = contents.account_count
-    ledger.set_rules(contents.products, contents.channels)
-    ledger.accounts[: account_count * ACCOUNT_SIZE] = contents.accounts
-    ledger.pending[: account_count * PENDING_SIZE] = contents.pending
-    tail, count = contents.log_tail, contents.log_count
-    _place_log_window(ledger, contents.log, tail, count)
-    ledger.meta[META_ACCOUNT_COUNT] = account_count
-    ledger.meta[META_LOG_TAIL] = tail
-    ledger.meta[META_LOG_COUNT] = count
-    ledger.meta[META_LAST_DAY] = contents.last_day
-    ledger.meta[META_CHANNEL_TABLE_FULL] = contents.meta[META_CHANNEL_TABLE_FULL]
-    ledger.rebuild_indexes()  # the kernel inserts slots, ids and live holds, without the GIL
-    _rebuild_channel_counters(ledger, contents.channels_live, contents.last_day, contents.path)
-    return ledger
-
-
-def _place_log_window(ledger: KernelLedger, log: bytes, tail: int, count: int) -> None:
-    log_size = ledger.transfer_capacity
-    if count == tail:
-        return
-    start = tail % log_size
-    first_part = min(count - tail, log_size - start)
-    ledger.log[start * TRANSFER_SIZE : (start + first_part) * TRANSFER_SIZE] = log[
-        : first_part * TRANSFER_SIZE
-    ]
-    rest = count - tail - first_part
-    if rest:
-        ledger.log[: rest * TRANSFER_SIZE] = log[first_part * TRANSFER_SIZE :]
-
-
-def hash_id(lo: int, hi: int) -> int:
-    """The kernel's id hash (cext/ledger_kernel.pyx `hash_id`), in Python."""
-    h = (lo * 0x9E3779B97F4A7C15 + hi * 0xC2B2AE3D27D4EB4F) & UINT64_MASK
-    h ^= h >> 31
-    h = (h * 0xD6E8FEB86659FD93) & UINT64_MASK
-    return h ^ (h >> 32)
-
-
-def _pending_expiries(log: bytes, tail: int) -> list[tuple[int, int]]:
-    """(expires_at, seq) of every pending transfer with a timeout, in heap order."""
-    states = log[TRANSFER_STATE_OFFSET::TRANSFER_SIZE]
-    expiries = []
-    index = states.find(PendingState.PENDING)
-    while index >= 0:
-        offset = index * TRANSFER_SIZE
-        (timestamp,) = struct.unpack_from("<Q", log, offset + TRANSFER_TIMESTAMP_OFFSET)
-        (timeout_s,) = struct.unpack_from("<I", log, offset + TRANSFER_TIMEOUT_OFFSET)
-        if timeout_s:
-            expiries.append((timestamp + timeout_s * NS_PER_S, tail + index))
-        index = states.find(PendingState.PENDING, index + 1)
-    expiries.sort()
-    return expiries
-
-
-def _rebuild_channel_counters(
-    ledger: KernelLedger, live: list[tuple[int, int, int]], day: int, path: str
-) -> None:
-    """Insert today's counters (kernel `channel_position`), then read each back."""
-    table = memoryview(ledger.channel_counters).cast("Q")
-    mask = len(ledger.channel_counters) // 16 - 1
-    if len(live) > mask + 1:
-        raise SnapshotError(
-            f"{path} holds {len(live)} channel counters; the table holds {mask + 1}"
-        )
-    for slot, channel, used in live:
-        key = ((slot + 1) << 8) | channel
-        position = hash_id(key, 0x5A17) & mask & ~3
-        while table[2 * position] != 0:
-            position = (position + 1) & mask
-        table[2 * position] = (key << 16) | day
-        table[2 * position + 1] = used & UINT64_MASK
-    table.release()
-    for slot, channel, used in live:
-        found = kernel.channel_used(slot, channel, day, ledger.channel_counters)
-        assert found == used, (slot, channel, found, used)
-
-
-def rebuild_reference_ledger(
-    contents: SnapshotContents, account_capacity: int, transfer_capacity: int
-) -> ReferenceLedger:
-    ledger = ReferenceLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
-    _check_capacity(contents, account_capacity, transfer_capacity)
-    ledger.set_rules(contents.products, contents.channels)
-    pending_rows = PENDING_STRUCT.iter_unpack(contents.pending)
-    for slot, row in enumerate(ACCOUNT_STRUCT.iter_unpack(contents.accounts)):
-        (
-            id_lo,
-            id_hi,
-            debits_posted,
-            credits_posted,
-            inflow_daily,
-            inflow_yearly,
-            outflow_daily,
-            outflow_yearly,
-            bound_slot,
-            ledger_code,
-            kind,
-            status,
-            flags,
-            product,
-            counters_day,
-            _internal,
-        ) = row
-        debits_pending, credits_pending = next(pending_rows)
-        account_id = join_id(id_lo, id_hi)
-        ledger.account_index[account_id] = slot
-        ledger.accounts.append(
-            Account(
-                id=account_id,
-                ledger=ledger_code,
-                kind=kind,
-                flags=flags,
-                product=product,
-                bound_slot=bound_slot,
-                status=status,
-                debits_posted=debits_posted,
-                credits_posted=credits_posted,
-                debits_pending=debits_pending,
-                credits_pending=credits_pending,
-                counters_day=counters_day,
-                counters=[inflow_daily, inflow_yearly, outflow_daily, outflow_yearly],
-            )
-        )
-    tail = contents.log_tail
-    for index in range(contents.log_count - tail):
-        record = Transfer.unpack(contents.log, index * TRANSFER_SIZE)
-        ledger.log[tail + index] = record
-        ledger.transfer_index[record.id] = tail + index
-    ledger.log_tail = tail
-    ledger.log_count = contents.log_count
-    ledger.expiry_heap = _pending_expiries(contents.log, tail)
-    ledger.channel_counters = {
-        (slot, channel): (contents.last_day, used) for slot, channel, used in contents.channels_live
-    }
-    ledger.last_day = contents.last_day
-    return ledger

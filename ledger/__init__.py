@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ledger.protocol import Ledger
+
 if TYPE_CHECKING:
     from ledger.kernel import KernelLedger
     from ledger.reference import ReferenceLedger
 
-    Ledger = KernelLedger | ReferenceLedger
+__all__ = ["BACKENDS", "Ledger", "open_ledger"]
 
 BACKENDS = ("kernel", "reference")
 

@@ -13,9 +13,38 @@ import hashlib
 import mmap
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from cext import ledger_kernel as kernel
+from cext import simgen
+from ledger.state import (
+    META_ACCOUNT_CAPACITY,
+    META_ACCOUNT_COUNT,
+    META_ACCOUNT_INDEX_MASK,
+    META_ACCOUNT_SLOT_BITS,
+    META_CHANNEL_MASK,
+    META_CHANNEL_TABLE_FULL,
+    META_DIRTY_ENABLED,
+    META_HEAP_CAPACITY,
+    META_HEAP_SIZE,
+    META_LAST_DAY,
+    META_LOG_COUNT,
+    META_LOG_MASK,
+    META_LOG_TAIL,
+    META_PRODUCT_COUNT,
+    META_SIZE,
+    META_TRANSFER_INDEX_MASK,
+    PER_ACCOUNT_TABLES,
+    TABLES,
+    Buffer,
+    Extent,
+    LedgerState,
+    MetaScalars,
+    StateCorrupt,
+    StateTooLarge,
+    Table,
+    pack_channels_live,
+)
 from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
@@ -23,33 +52,17 @@ from ledger.types import (
     PENDING_SIZE,
     PRODUCT_SIZE,
     TRANSFER_SIZE,
+    UINT64_MAX,
     split_id,
 )
 
 INDEX_ENTRY_SIZE = 16
 HEAP_ENTRY_SIZE = 16
 CHANNEL_ENTRY_SIZE = 16
-
-META_ACCOUNT_COUNT = 0
-META_ACCOUNT_CAPACITY = 1
-META_ACCOUNT_INDEX_MASK = 2
-META_LOG_TAIL = 3
-META_LOG_COUNT = 4
-META_LOG_MASK = 5
-META_TRANSFER_INDEX_MASK = 6
-META_TRANSFER_INDEX_COUNT = 7
-META_HEAP_SIZE = 8
-META_HEAP_CAPACITY = 9
-META_CHANNEL_MASK = 10
-META_LAST_DAY = 11
-META_PRODUCT_COUNT = 12
-META_CHANNEL_TABLE_FULL = 13
-META_ACCOUNT_SLOT_BITS = 14
-META_DIRTY_ENABLED = 15
-META_DIRTY_ACCOUNT_COUNT = 16
-META_DIRTY_TRANSFER_COUNT = 17
-META_DIRTY_OVERFLOW = 18
-META_SIZE = 24
+# Copies of a sparse table go by chunks, skipping those that are zero on both sides.
+SPARSE_CHUNK = 1 << 21
+# Channel counters are packed for the replica digest this many entries at a time.
+CHANNEL_CHUNK = 1 << 20
 
 
 HUGE_PAGE_SIZE = 2 << 20
@@ -72,7 +85,7 @@ def power_of_two_at_least(value: int) -> int:
     return 1 << max(0, (value - 1).bit_length())
 
 
-class KernelLedger:
+class KernelLedger(MetaScalars):
     """State and batch operations over packed tables; see ReferenceLedger for the semantics."""
 
     backend = "kernel"
@@ -243,35 +256,20 @@ class KernelLedger:
 
     # --- reads ----------------------------------------------------------------
 
-    @property
-    def account_count(self) -> int:
-        return int(self.meta[META_ACCOUNT_COUNT])
-
-    @property
-    def log_tail(self) -> int:
-        return int(self.meta[META_LOG_TAIL])
-
-    @property
-    def log_count(self) -> int:
-        return int(self.meta[META_LOG_COUNT])
-
     def timestamp_last(self) -> int:
         """The newest transfer's timestamp (0 when the log window is empty)."""
         if self.log_count == self.log_tail:
             return 0
-        return int(struct.unpack_from("<Q", self._record(self.log_count - 1), 72)[0])
+        return int(struct.unpack_from("<Q", self.record_at(self.log_count - 1), 72)[0])
 
     @property
     def heap_size(self) -> int:
         return int(self.meta[META_HEAP_SIZE])
 
     @property
-    def last_day(self) -> int:
-        return int(self.meta[META_LAST_DAY])
-
-    @property
-    def channel_table_full_count(self) -> int:
-        return int(self.meta[META_CHANNEL_TABLE_FULL])
+    def pending_expiry_count(self) -> int:
+        """Holds with a timeout not yet posted, voided or expired (the expiry heap)."""
+        return self.heap_size
 
     def account_slot(self, account_id: int) -> int:
         return int(
@@ -299,15 +297,49 @@ class KernelLedger:
         values = struct.unpack_from("<iiii", self.accounts, slot * ACCOUNT_SIZE + 32)
         return (values[0], values[1], values[2], values[3])
 
-    def _record(self, seq: int) -> bytes:
+    def record_at(self, seq: int) -> bytes:
+        """The 128-byte log record of `seq` (which must be in the log window)."""
         offset = (seq & int(self.meta[META_LOG_MASK])) * TRANSFER_SIZE
         return bytes(self.log[offset : offset + TRANSFER_SIZE])
+
+    _record = record_at
+
+    def log_records(self, start: int, stop: int) -> bytes:
+        """The log records of seqs start..stop-1: at most two slices of the ring."""
+        return b"".join(self._log_slices(start, stop))
+
+    def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]:
+        """(slot, `account_row(slot)`) of each slot, the tables looked up once."""
+        tables = [(self.table(table), table.row_size) for table in PER_ACCOUNT_TABLES]
+        if len(tables) == 2:
+            # The PostgreSQL store's per-group hot path: the generic join below costs
+            # 0.59 us a row against 0.28 us for these two slices (measured on 15-row calls).
+            (first, first_size), (second, second_size) = tables
+            return [
+                (
+                    slot,
+                    first[slot * first_size : (slot + 1) * first_size]
+                    + second[slot * second_size : (slot + 1) * second_size],
+                )
+                for slot in slots
+            ]
+        return [
+            (slot, b"".join([table[slot * size : (slot + 1) * size] for table, size in tables]))
+            for slot in slots
+        ]
+
+    def account_row(self, slot: int) -> bytes:
+        """Slot `slot`'s rows of every per-account table, concatenated (ACCOUNT_ROW_SIZE)."""
+        return b"".join(
+            self.table(table)[slot * table.row_size : (slot + 1) * table.row_size]
+            for table in PER_ACCOUNT_TABLES
+        )
 
     def lookup_transfer(self, transfer_id: int) -> bytes | None:
         seq = int(
             kernel.transfer_seq(*split_id(transfer_id), self.transfer_index, self.log, self.meta)
         )
-        return None if seq < 0 else self._record(seq)
+        return None if seq < 0 else self.record_at(seq)
 
     def account_history(
         self, account_id: int, before_seq: int = -1, limit: int = 50
@@ -318,7 +350,7 @@ class KernelLedger:
         if slot < 0:
             return []
         seqs = kernel.account_history(slot, before_seq, limit, self.log, self.meta)
-        return [(seq, self._record(seq)) for seq in seqs]
+        return [(seq, self.record_at(seq)) for seq in seqs]
 
     def channel_used(self, account_id: int, channel: int, day: int) -> int:
         slot = self.account_slot(account_id)
@@ -332,25 +364,184 @@ class KernelLedger:
         yield struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day)
         yield memoryview(self.accounts)[: count * ACCOUNT_SIZE]
         yield memoryview(self.pending)[: count * PENDING_SIZE]
-        yield from self._log_window()
-        for slot, channel, used in kernel.channel_entries_live(
-            self.channel_counters, self.last_day
-        ):
+        yield from self._log_slices(self.log_tail, self.log_count)
+        for slot, channel, used in self.channels_live():
             yield struct.pack("<IBq", slot, channel, used)
 
-    def _log_window(self) -> Iterator[memoryview]:
-        """The log window in seq order: at most two slices of the ring."""
+    def channels_live(self) -> list[tuple[int, int, int]]:
+        """(slot, channel, used) of today's non-zero channel counters, sorted."""
+        return list(kernel.channel_entries_live(self.channel_counters, self.last_day))
+
+    def _log_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Byte ranges of the log records of seqs start..stop-1, in seq order (at most two)."""
         size = self.transfer_capacity
-        tail, count = self.log_tail, self.log_count
+        ranges = []
+        while start < stop:
+            index = start % size
+            run = min(stop - start, size - index)
+            ranges.append((index * TRANSFER_SIZE, (index + run) * TRANSFER_SIZE))
+            start += run
+        return ranges
+
+    def _log_slices(self, start: int, stop: int) -> list[memoryview]:
         view = memoryview(self.log)
-        while tail < count:
-            start = tail % size
-            run = min(count - tail, size - start)
-            yield view[start * TRANSFER_SIZE : (start + run) * TRANSFER_SIZE]
-            tail += run
+        return [view[begin:end] for begin, end in self._log_ranges(start, stop)]
 
     def digest(self) -> str:
         hasher = hashlib.sha256()
         for chunk in self.canonical_chunks():
             hasher.update(chunk)
         return hasher.hexdigest()
+
+    # --- state sections (ledger/state.py) ---------------------------------------
+
+    def table(self, table: Table) -> mmap.mmap:
+        """The packed table `table` names."""
+        buffer: mmap.mmap = getattr(self, table.name)
+        return buffer
+
+    def live_ranges(self, table: Table) -> list[tuple[int, int]]:
+        """Byte ranges of the live part of `table` (see `Extent`)."""
+        if table.extent is Extent.LOG_WINDOW:
+            return self._log_ranges(self.log_tail, self.log_count)
+        if table.extent is Extent.ACCOUNTS:
+            return [(0, self.account_count * table.row_size)]
+        if table.extent is Extent.HEAP:
+            return [(0, self.heap_size * table.row_size)]
+        return [(0, len(self.table(table)))]
+
+    def live_chunks(self, table: Table) -> list[memoryview]:
+        """The live part of `table`, in place."""
+        view = memoryview(self.table(table))
+        return [view[begin:end] for begin, end in self.live_ranges(table)]
+
+    def dump_state(self) -> LedgerState:
+        """The state's sections, reading the big tables in place (no copies of them).
+
+        Valid until the next kernel call; a forked child may write it at leisure.
+        """
+        sections: dict[str, Sequence[Buffer]] = {
+            "meta": [self.meta.tobytes()],
+            "products": [self.products],
+            "channels": [self.channels],
+        }
+        for table in TABLES:
+            if table.stored:
+                sections[table.name] = self.live_chunks(table)
+        sections["chanlive"] = [pack_channels_live(self.channels_live())]
+        sections["digest"] = [bytes.fromhex(self.digest())]
+        return LedgerState.of(sections)
+
+    @classmethod
+    def load_state(
+        cls, state: LedgerState, *, account_capacity: int, transfer_capacity: int
+    ) -> KernelLedger:
+        """A ledger holding `state`, its indexes rebuilt by the kernel, checked against its digest.
+
+        Raises StateTooLarge when the capacities cannot hold it, StateCorrupt when
+        the rebuilt ledger's digest is not the one recorded.
+        """
+        ledger = cls(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
+        state.check_capacity(account_capacity, ledger.transfer_capacity)
+        ledger.set_rules(state.section("products"), state.section("channels"))
+        count = state.account_count
+        for table in PER_ACCOUNT_TABLES:
+            ledger.table(table)[: count * table.row_size] = state.section(table.name)
+        tail, end = state.log_tail, state.log_count
+        log = state.section("log")
+        position = 0
+        for chunk in ledger._log_slices(tail, end):
+            chunk[:] = log[position : position + len(chunk)]
+            position += len(chunk)
+        ledger.meta[META_ACCOUNT_COUNT] = count
+        ledger.meta[META_LOG_TAIL] = tail
+        ledger.meta[META_LOG_COUNT] = end
+        ledger.meta[META_LAST_DAY] = state.last_day
+        ledger.meta[META_CHANNEL_TABLE_FULL] = state.channel_table_full_count
+        ledger.rebuild_indexes()  # the kernel inserts slots, ids and live holds, without the GIL
+        ledger._insert_channel_counters(state.channels_live())
+        if ledger.digest() != state.digest:
+            raise StateCorrupt(
+                f"rebuilt state has digest {ledger.digest()}, the state recorded {state.digest}"
+            )
+        return ledger
+
+    def _insert_channel_counters(self, live: list[tuple[int, int, int]]) -> None:
+        """Insert today's counters (kernel `channel_position`), then read each back."""
+        table = memoryview(self.channel_counters).cast("Q")
+        mask = len(self.channel_counters) // CHANNEL_ENTRY_SIZE - 1
+        if len(live) > mask + 1:
+            raise StateTooLarge(f"holds {len(live)} channel counters; the table holds {mask + 1}")
+        day = self.last_day
+        for slot, channel, used in live:
+            key = ((slot + 1) << 8) | channel
+            position = hash_id(key, 0x5A17) & mask & ~3
+            while table[2 * position] != 0:
+                position = (position + 1) & mask
+            table[2 * position] = (key << 16) | day
+            table[2 * position + 1] = used & UINT64_MAX
+        table.release()
+        for slot, channel, used in live:
+            found = kernel.channel_used(slot, channel, day, self.channel_counters)
+            assert found == used, (slot, channel, found, used)
+
+    def copy_state_from(self, source: KernelLedger) -> int:
+        """Make this ledger a byte copy of `source` (a base backup, a resync); bytes copied.
+
+        Copies only the live part of every table (indexes included, so nothing
+        is rebuilt); sparse tables skip chunks that are zero on both sides, so
+        their untouched pages stay unbacked. Same capacities on both sides.
+        """
+        copied = 0
+        for table in TABLES:
+            target, origin = self.table(table), source.table(table)
+            assert len(target) == len(origin), table.name
+            for start, stop in source.live_ranges(table):
+                step = SPARSE_CHUNK if table.sparse else max(1, stop - start)
+                for begin in range(start, stop, step):
+                    end = min(begin + step, stop)
+                    if (
+                        table.sparse
+                        and simgen.all_zero(origin, begin, end)
+                        and simgen.all_zero(target, begin, end)
+                    ):
+                        continue
+                    memoryview(target)[begin:end] = memoryview(origin)[begin:end]
+                    copied += end - begin
+        self.products = bytearray(source.products)
+        self.channels = bytearray(source.channels)
+        self.meta[:] = source.meta
+        return copied
+
+    def replica_digest(self) -> str:
+        """SHA-256 of the state, rules included, read in bulk: cheap at 30 million accounts.
+
+        Equal for two ledgers exactly when they applied the same entries; unlike
+        `digest()` it reads the channel counters in table order (one kernel pass,
+        no Python objects per counter), so it is not comparable across backends.
+        """
+        hasher = hashlib.sha256()
+        count = self.account_count
+        hasher.update(struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day))
+        for table in TABLES:
+            if table.stored:
+                for chunk in self.live_chunks(table):
+                    hasher.update(chunk)
+        entries = len(self.channel_counters) // CHANNEL_ENTRY_SIZE
+        out = bytearray(CHANNEL_CHUNK * CHANNEL_ENTRY_SIZE)
+        for start in range(0, entries, CHANNEL_CHUNK):
+            written = simgen.pack_channel_entries(
+                self.channel_counters, self.last_day, start, start + CHANNEL_CHUNK, out
+            )
+            hasher.update(memoryview(out)[:written])
+        hasher.update(bytes(self.products))
+        hasher.update(bytes(self.channels))
+        return hasher.hexdigest()
+
+
+def hash_id(lo: int, hi: int) -> int:
+    """The kernel's id hash (cext/ledger_kernel.pyx `hash_id`), in Python."""
+    h = (lo * 0x9E3779B97F4A7C15 + hi * 0xC2B2AE3D27D4EB4F) & UINT64_MAX
+    h ^= h >> 31
+    h = (h * 0xD6E8FEB86659FD93) & UINT64_MAX
+    return h ^ (h >> 32)

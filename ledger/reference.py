@@ -14,9 +14,19 @@ import hashlib
 import heapq
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from ledger.records import TransferView, account_view, pending_view, transfer_view
+from ledger.state import (
+    PER_ACCOUNT_TABLES,
+    SECTION_NAMES,
+    Buffer,
+    LedgerState,
+    StateCorrupt,
+    pack_channels_live,
+    pack_meta,
+)
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
     ACCOUNT_INTERNAL_HAS_PENDING,
@@ -30,6 +40,7 @@ from ledger.types import (
     ID_MAX,
     INT64_MAX,
     NS_PER_S,
+    PENDING_SIZE,
     PENDING_STRUCT,
     PRODUCT_KIND_ANY_INTERNAL,
     PRODUCT_SIZE,
@@ -147,29 +158,7 @@ class Transfer:
 
     @classmethod
     def unpack(cls, buffer: bytes | memoryview, offset: int = 0) -> Transfer:
-        f = TRANSFER_STRUCT.unpack_from(buffer, offset)
-        return cls(
-            id=join_id(f[0], f[1]),
-            debit_account_id=join_id(f[2], f[3]),
-            credit_account_id=join_id(f[4], f[5]),
-            pending_id=join_id(f[6], f[7]),
-            amount=f[8],
-            timestamp=f[9],
-            timeout_s=f[10],
-            ledger=f[11],
-            code=f[12],
-            flags=f[13],
-            channel=f[14],
-            result=f[15],
-            debit_slot=f[16],
-            credit_slot=f[17],
-            business_day=f[18],
-            counted=f[19],
-            state=f[20],
-            user_data=f[21],
-            amount_posted=f[22],
-            amount_reversed=f[23],
-        )
+        return cls(*transfer_view(buffer, offset))
 
     def pack(self) -> bytes:
         return TRANSFER_STRUCT.pack(
@@ -197,6 +186,9 @@ class Transfer:
 
     def copy(self) -> Transfer:
         return dataclasses.replace(self)
+
+
+assert tuple(field.name for field in dataclasses.fields(Transfer)) == TransferView._fields
 
 
 def transfer_expires_at(t: Transfer) -> int:
@@ -961,6 +953,42 @@ class ReferenceLedger:
     def account_count(self) -> int:
         return len(self.accounts)
 
+    @property
+    def pending_expiry_count(self) -> int:
+        """Holds with a timeout not yet posted, voided or expired (the expiry heap)."""
+        return len(self.expiry_heap)
+
+    def timestamp_last(self) -> int:
+        """The newest transfer's timestamp (0 when the log window is empty)."""
+        if self.log_count == self.log_tail:
+            return 0
+        return self.log[self.log_count - 1].timestamp
+
+    def record_at(self, seq: int) -> bytes:
+        """The 128-byte log record of `seq` (which must be in the log window)."""
+        return self.log[seq].pack()
+
+    def log_records(self, start: int, stop: int) -> bytes:
+        """The log records of seqs start..stop-1."""
+        return b"".join(self.log[seq].pack() for seq in range(start, stop))
+
+    def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]:
+        """(slot, `account_row(slot)`) of each slot."""
+        return [(slot, self.account_row(slot)) for slot in slots]
+
+    def account_row(self, slot: int) -> bytes:
+        """Slot `slot`'s rows of every per-account table, concatenated (ACCOUNT_ROW_SIZE)."""
+        account = self.accounts[slot]
+        return b"".join(_ROW_PACKERS[table.name](account) for table in PER_ACCOUNT_TABLES)
+
+    def channels_live(self) -> list[tuple[int, int, int]]:
+        """(slot, channel, used) of today's non-zero channel counters, sorted."""
+        return sorted(
+            (slot, channel, entry[1])
+            for (slot, channel), entry in self.channel_counters.items()
+            if entry[0] == self.last_day and entry[1] != 0
+        )
+
     def canonical_chunks(self) -> Iterator[bytes]:
         """The state as bytes, identical for every backend: the digest's input."""
         yield struct.pack("<qqqq", len(self.accounts), self.log_tail, self.log_count, self.last_day)
@@ -970,19 +998,88 @@ class ReferenceLedger:
             yield account.pack_pending()
         for seq in range(self.log_tail, self.log_count):
             yield self.log[seq].pack()
-        live = sorted(
-            (key, entry[1])
-            for key, entry in self.channel_counters.items()
-            if entry[0] == self.last_day and entry[1] != 0
-        )
-        for (slot, channel), used in live:
+        for slot, channel, used in self.channels_live():
             yield struct.pack("<IBq", slot, channel, used)
+
+    def dump_state(self) -> LedgerState:
+        """The state's sections, byte for byte what `KernelLedger.dump_state` gives."""
+        sections: dict[str, Sequence[Buffer]] = {
+            "meta": [
+                pack_meta(len(self.accounts), self.log_tail, self.log_count, self.last_day, 0)
+            ],
+            "products": [b"".join(_PRODUCT_ROW.pack(*row) for row in self.products)],
+            "channels": [b"".join(_CHANNEL_ROW.pack(*row) for row in self.channels)],
+        }
+        for table in PER_ACCOUNT_TABLES:
+            pack = _ROW_PACKERS[table.name]
+            sections[table.name] = [b"".join(pack(account) for account in self.accounts)]
+        sections["log"] = [self.log_records(self.log_tail, self.log_count)]
+        sections["chanlive"] = [pack_channels_live(self.channels_live())]
+        sections["digest"] = [bytes.fromhex(self.digest())]
+        assert tuple(sections) == SECTION_NAMES
+        return LedgerState.of(sections)
+
+    @classmethod
+    def load_state(
+        cls, state: LedgerState, *, account_capacity: int, transfer_capacity: int
+    ) -> ReferenceLedger:
+        """A ledger holding `state`, checked against its digest (see KernelLedger.load_state)."""
+        ledger = cls(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
+        state.check_capacity(account_capacity, transfer_capacity)
+        ledger.set_rules(state.section("products"), state.section("channels"))
+        accounts, pending = state.section("accounts"), state.section("pending")
+        for slot in range(state.account_count):
+            ledger.account_index[account_view(accounts, slot * ACCOUNT_SIZE).id] = slot
+            ledger.accounts.append(_account_of(accounts, pending, slot))
+        tail, log = state.log_tail, state.section("log")
+        for index in range(state.log_count - tail):
+            record = Transfer.unpack(log, index * TRANSFER_SIZE)
+            ledger.log[tail + index] = record
+            ledger.transfer_index[record.id] = tail + index
+            if record.state == PendingState.PENDING and record.timeout_s:
+                ledger.expiry_heap.append((transfer_expires_at(record), tail + index))
+        heapq.heapify(ledger.expiry_heap)
+        ledger.log_tail, ledger.log_count = tail, state.log_count
+        ledger.last_day = state.last_day
+        ledger.channel_counters = {
+            (slot, channel): (state.last_day, used) for slot, channel, used in state.channels_live()
+        }
+        if ledger.digest() != state.digest:
+            raise StateCorrupt(
+                f"rebuilt state has digest {ledger.digest()}, the state recorded {state.digest}"
+            )
+        return ledger
 
     def digest(self) -> str:
         hasher = hashlib.sha256()
         for chunk in self.canonical_chunks():
             hasher.update(chunk)
         return hasher.hexdigest()
+
+
+_ROW_PACKERS = {"accounts": Account.pack, "pending": Account.pack_pending}
+assert set(_ROW_PACKERS) == {table.name for table in PER_ACCOUNT_TABLES}
+
+
+def _account_of(accounts: bytes, pending: bytes, slot: int) -> Account:
+    """The reference account of slot `slot` from the accounts and pending sections."""
+    view = account_view(accounts, slot * ACCOUNT_SIZE)
+    debits_pending, credits_pending = pending_view(pending, slot * PENDING_SIZE)
+    return Account(
+        id=view.id,
+        ledger=view.ledger,
+        kind=view.kind,
+        flags=view.flags,
+        product=view.product,
+        bound_slot=view.bound_slot,
+        status=view.status,
+        debits_posted=view.debits_posted,
+        credits_posted=view.credits_posted,
+        debits_pending=debits_pending,
+        credits_pending=credits_pending,
+        counters_day=view.counters_day,
+        counters=list(view.counters),
+    )
 
 
 def product_fits(product_kind: int, kind: int) -> bool:

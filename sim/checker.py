@@ -21,15 +21,13 @@ each data center's ledger, read from its own tables:
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from cext import simgen
 from ledger.kernel import KernelLedger
-from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE
+from ledger.records import transfer_view
 
 SAMPLE_STRIDE = 61  # one account in 61 has its limits rechecked from the log
 LIST_MAX = 1_000_000
@@ -132,7 +130,7 @@ class Checker:
             if ack_result[seq] in (0, 37):  # ok, exists
                 record = ledger.lookup_transfer(simgen.request_id(seq))
                 looked += 1
-                if record is not None and record[91] == 0:
+                if record is not None and transfer_view(record).result == 0:
                     found += 1
             seq -= 1
         return looked, found
@@ -197,35 +195,11 @@ def limits_respected(per_dc: dict[str, Any]) -> bool:
 
 
 def state_digest(ledger: KernelLedger) -> str:
-    """SHA-256 of a ledger's state: accounts, pending balances, the log window and today's
-    channel counters. Two DCs that applied the same entries have the same digest.
+    """SHA-256 of a ledger's state: every state section and the rules. Two DCs that
+    applied the same entries have the same digest.
 
-    The same content as `KernelLedger.digest()`, read in bulk (the log window as
-    at most two slices, channel counters in table order) so it stays cheap for
-    30 million accounts; the tests check both agree on which ledgers are equal.
+    The ledger's `replica_digest()`: the same content as `KernelLedger.digest()`
+    plus the rules, read in bulk so it stays cheap for 30 million accounts; the
+    tests check both agree on which ledgers are equal.
     """
-    hasher = hashlib.sha256()
-    count = ledger.account_count
-    hasher.update(struct.pack("<qqqq", count, ledger.log_tail, ledger.log_count, ledger.last_day))
-    hasher.update(memoryview(ledger.accounts)[: count * ACCOUNT_SIZE])
-    hasher.update(memoryview(ledger.pending)[: count * PENDING_SIZE])
-    size = ledger.transfer_capacity
-    tail, end = ledger.log_tail, ledger.log_count
-    log = memoryview(ledger.log)
-    if end > tail:
-        first, last = tail % size, end % size
-        if first < last:
-            hasher.update(log[first * TRANSFER_SIZE : last * TRANSFER_SIZE])
-        else:
-            hasher.update(log[first * TRANSFER_SIZE :])
-            hasher.update(log[: last * TRANSFER_SIZE])
-    entries = len(ledger.channel_counters) // 16
-    out = bytearray(CHANNEL_CHUNK * 16)
-    for start in range(0, entries, CHANNEL_CHUNK):
-        written = simgen.pack_channel_entries(
-            ledger.channel_counters, ledger.last_day, start, start + CHANNEL_CHUNK, out
-        )
-        hasher.update(memoryview(out)[:written])
-    hasher.update(bytes(ledger.products))
-    hasher.update(bytes(ledger.channels))
-    return hasher.hexdigest()
+    return ledger.replica_digest()

@@ -10,30 +10,28 @@ backup), as a real standby does.
 
 from __future__ import annotations
 
-import mmap
-import struct
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 from cext import simgen
 from core.data import DEFAULT_RULES_PATH
 from core.progress import progress_bar
+from ledger.constants import LEDGER_CNY
 from ledger.kernel import KernelLedger
+from ledger.records import pack_account_input
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
-    PENDING_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
     AccountKind,
     CreateAccountResult,
     TransferCode,
+    split_id,
 )
 from limits.rules import RuleSet, load_rules
 
 from .model import SimError
 
-LEDGER_CNY = 156
 PRODUCT_CLASS_II = 2
 PRODUCT_CLASS_III = 3
 PRODUCT_SAVINGS = 4
@@ -41,7 +39,6 @@ PRODUCT_FIXED_DEPOSIT = 5
 PRODUCT_INTERNAL = 7
 RULES_PATH = DEFAULT_RULES_PATH
 BUILD_BATCH = 8189
-PENDING_CHUNK = 1 << 21
 ACCOUNT_CAPACITY_MAX = 1 << 25  # keeps the account index at 2 x 2**25 entries of 4 bytes
 
 
@@ -122,9 +119,7 @@ def build(
     """
     ledger.set_rules(rules.product_table(), rules.channel_table())
     internal = b"".join(
-        ACCOUNT_INPUT_STRUCT.pack(
-            *_split(account_id), 0, 0, LEDGER_CNY, kind, 0, 0, PRODUCT_INTERNAL
-        )
+        pack_account_input(id=account_id, kind=kind, product=PRODUCT_INTERNAL)
         for account_id, kind in (
             (clearing_id(), AccountKind.INTERNAL_CLEARING),
             (wealth_id(), AccountKind.INTERNAL_WEALTH),
@@ -156,7 +151,7 @@ def build(
         ),
     )
     counts: Counter[str] = Counter()
-    clearing_lo, clearing_hi = _split(clearing_id())
+    clearing_lo, clearing_hi = split_id(clearing_id())
     fundings = {
         simgen.TAG_CLASS_II: (
             TransferCode.TOPUP_BOUND,
@@ -239,15 +234,11 @@ def opening_accounts(population: Population, first_index: int, count: int) -> by
     """Inputs of accounts opened during the day: Class II, bound to an external card."""
     flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.BOUND_EXTERNAL
     return b"".join(
-        ACCOUNT_INPUT_STRUCT.pack(
-            *_split(simgen.account_id(population.seed, simgen.TAG_OPENING, first_index + index)),
-            0,
-            0,
-            LEDGER_CNY,
-            AccountKind.CLASS_II,
-            0,
-            int(flags),
-            PRODUCT_CLASS_II,
+        pack_account_input(
+            id=simgen.account_id(population.seed, simgen.TAG_OPENING, first_index + index),
+            kind=AccountKind.CLASS_II,
+            flags=int(flags),
+            product=PRODUCT_CLASS_II,
         )
         for index in range(count)
     )
@@ -256,58 +247,12 @@ def opening_accounts(population: Population, first_index: int, count: int) -> by
 def copy_ledger(target: KernelLedger, source: KernelLedger) -> int:
     """Make `target` a byte copy of `source` (a base backup or a resync); returns bytes copied.
 
-    Copies only what the kernel reads: the live accounts, the log window, the
-    indexes and counters. Both ledgers must have been made with the same capacities.
+    The ledger copies the live part of each of its tables (`copy_state_from`).
+    Both ledgers must have been made with the same capacities.
     """
-    assert len(target.log) == len(source.log) and len(target.accounts) == len(source.accounts)
-    assert len(target.channel_counters) == len(source.channel_counters)
-    count = source.account_count
-    copied = 0
-
-    def copy(destination: mmap.mmap, origin: mmap.mmap, start: int, end: int) -> None:
-        nonlocal copied
-        if end > start:
-            memoryview(destination)[start:end] = memoryview(origin)[start:end]
-            copied += end - start
-
-    copy(target.accounts, source.accounts, 0, count * ACCOUNT_SIZE)
-    # Pending balances are rare: copy only the chunks where either side has any, so the
-    # untouched (zero) pages of both stay unbacked.
-    pending_end = count * PENDING_SIZE
-    for start in range(0, pending_end, PENDING_CHUNK):
-        end = min(start + PENDING_CHUNK, pending_end)
-        if not simgen.all_zero(source.pending, start, end) or not simgen.all_zero(
-            target.pending, start, end
-        ):
-            copy(target.pending, source.pending, start, end)
-    copy(target.account_index, source.account_index, 0, len(source.account_index))
-    size = source.transfer_capacity
-    tail, end = source.log_tail, source.log_count
-    if end - tail >= size:
-        copy(target.log, source.log, 0, len(source.log))
-    elif end > tail:
-        first, last = tail % size, end % size
-        if first < last:
-            copy(target.log, source.log, first * TRANSFER_SIZE, last * TRANSFER_SIZE)
-        else:
-            copy(target.log, source.log, first * TRANSFER_SIZE, size * TRANSFER_SIZE)
-            copy(target.log, source.log, 0, last * TRANSFER_SIZE)
-    copy(target.transfer_index, source.transfer_index, 0, len(source.transfer_index))
-    copy(target.heap, source.heap, 0, source.heap_size * 16)
-    copy(target.channel_counters, source.channel_counters, 0, len(source.channel_counters))
-    target.products = bytearray(source.products)
-    target.channels = bytearray(source.channels)
-    target.meta[:] = source.meta
-    return copied
+    return target.copy_state_from(source)
 
 
 def _create(ledger: KernelLedger, batch: bytes | memoryview, count: int) -> None:
     results = ledger.create_accounts(batch)
     assert results.count(CreateAccountResult.OK) == count, Counter(results)
-
-
-def _split(value: int) -> tuple[int, int]:
-    return value & ((1 << 64) - 1), value >> 64
-
-
-ACCOUNT_ID_STRUCT = struct.Struct("<QQ")

@@ -279,13 +279,13 @@ def _lost_details(sim: Simulation, seqs: list[int]) -> dict[str, Any]:
     amount = 0
     rows = []
     for seq in seqs:
-        fields = sim.traffic.record(seq)
+        transfer = sim.traffic.record(seq)
         acked = sim.ack_result[seq]
         moved = acked in (0, 37)
         if moved:
-            amount += fields[8]
+            amount += transfer.amount
         rows.append(
-            (seq, simgen.request_id(seq), acked, sim.ack_ms[seq], fields[8] if moved else 0)
+            (seq, simgen.request_id(seq), acked, sim.ack_ms[seq], transfer.amount if moved else 0)
         )
     times = [row[3] for row in rows]
     return {

@@ -49,7 +49,8 @@ from cext import simgen
 from core.entries import EVICT_PAYLOAD, Entry, EntryKind
 from core.progress import progress_bar
 from ledger.kernel import KernelLedger
-from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, CreateAccountResult
+from ledger.records import transfer_view
+from ledger.types import TRANSFER_SIZE, CreateAccountResult
 from limits.rules import RuleSet, parse_rules
 
 from . import population as population_module
@@ -976,13 +977,10 @@ class Simulation:
             window = ledger.log_count - ledger.log_tail
             if window > self.log_capacity // 2:
                 keep_from = ledger.log_count - self.log_capacity // 2
-                offset = (keep_from % self.log_capacity) * TRANSFER_SIZE
-                before = max(before, TRANSFER_STRUCT.unpack_from(ledger.log, offset)[9])
+                before = max(before, transfer_view(ledger.record_at(keep_from)).timestamp)
             if window == 0 or ledger.timestamp_last() == 0:
                 continue
-            oldest = TRANSFER_STRUCT.unpack_from(
-                ledger.log, (ledger.log_tail % self.log_capacity) * TRANSFER_SIZE
-            )[9]
+            oldest = transfer_view(ledger.record_at(ledger.log_tail)).timestamp
             if oldest >= before:
                 continue
             self._own_entry(dc, EntryKind.EVICT, 0, EVICT_PAYLOAD.pack(before, 1 << 62), now_ns)

@@ -34,10 +34,12 @@ from typing import Any
 
 from cext import simgen
 from core.entries import Entry, EntryKind
-from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, join_id
+from ledger.constants import LEDGER_CNY
+from ledger.records import TransferView, transfer_view, with_ids
+from ledger.types import TRANSFER_SIZE, join_id
 
 from .model import NS_PER_S, SimError
-from .population import LEDGER_CNY, Population
+from .population import Population
 
 DAY_S = 86_400
 TRACE_MAGIC = b"TALLYSIM-TRACE1\n"
@@ -143,11 +145,11 @@ class Traffic:
             assert self.records is not None
             simgen.gather_records(out, offset, self.records, packed, count)
 
-    def record(self, seq: int) -> tuple[Any, ...]:
-        """One request's transfer fields (TRANSFER_STRUCT order)."""
+    def record(self, seq: int) -> TransferView:
+        """One request's transfer, by name."""
         out = bytearray(TRANSFER_SIZE)
         self.fill_packed(out, 0, array("Q", [seq << 8]), 1)
-        return TRANSFER_STRUCT.unpack(out)
+        return transfer_view(out)
 
 
 def generated(
@@ -429,17 +431,18 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
         if arrivals and at_ns < arrivals[-1]:
             at_ns = arrivals[-1]
         for index in range(entry.count):
-            fields = list(TRANSFER_STRUCT.unpack_from(entry.payload, index * TRANSFER_SIZE))
-            original = join_id(fields[0], fields[1])
-            if original in seqs:
+            offset = index * TRANSFER_SIZE
+            transfer = transfer_view(entry.payload, offset)
+            if transfer.id in seqs:
                 continue
             seq = len(arrivals)
-            seqs[original] = seq
-            fields[0], fields[1] = seq + 1, request_hi
-            pending = join_id(fields[6], fields[7])
-            if pending in seqs:
-                fields[6], fields[7] = seqs[pending] + 1, request_hi
-            records += TRANSFER_STRUCT.pack(*fields)
+            seqs[transfer.id] = seq
+            pending = transfer.pending_id
+            records += with_ids(
+                entry.payload[offset : offset + TRANSFER_SIZE],
+                id=join_id(seq + 1, request_hi),
+                pending_id=join_id(seqs[pending] + 1, request_hi) if pending in seqs else None,
+            )
             arrivals.append(at_ns + index)
     window_ns = arrivals[-1] + NS_PER_S
     traffic = stored(

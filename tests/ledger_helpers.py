@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ledger import records
+from ledger.constants import LEDGER_CNY
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger, Transfer
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
-    ACCOUNT_STRUCT,
     PENDING_SIZE,
-    PENDING_STRUCT,
     TRANSFER_SIZE,
     AccountFlags,
     AccountKind,
@@ -36,8 +35,6 @@ from ledger.types import (
     PendingState,
     TransferCode,
     TransferFlags,
-    join_id,
-    split_id,
 )
 from limits.reference import (
     INFLOW_DAILY,
@@ -54,7 +51,6 @@ Outputs = tuple[bytearray, "array[int]", "array[int]"]
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_RULES: RuleSet = load_rules(REPO / "examples" / "limits.toml")
 
-LEDGER_CNY = 156  # ISO 4217 numeric code; any non-zero u16 is a ledger
 LEDGER_USD = 840
 NS_PER_S = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_S
@@ -214,8 +210,9 @@ def account_input(
     that must be refused with RESERVED_FIELD.
     """
     record = bytearray(
-        ACCOUNT_INPUT_STRUCT.pack(
-            *split_id(account_id), *split_id(bound_id), ledger, kind, status, flags, product
+        records.pack_account_input(
+            id=account_id, kind=kind, product=product, flags=flags, bound_id=bound_id,
+            ledger=ledger, status=status,
         )
     )
     assert len(reserved) <= 24
@@ -310,53 +307,30 @@ def both(
 
 # --- reading state ----------------------------------------------------------------
 
-# Field names of ledger.types.ACCOUNT_STRUCT, in order (checked at import).
-_ACCOUNT_FIELDS = (
-    "id_lo", "id_hi", "debits_posted", "credits_posted", "inflow_daily", "inflow_yearly",
-    "outflow_daily", "outflow_yearly", "bound_slot", "ledger", "kind", "status", "flags",
-    "product", "counters_day", "internal",
-)
-assert len(ACCOUNT_STRUCT.unpack(bytes(ACCOUNT_SIZE))) == len(_ACCOUNT_FIELDS), (
-    "ledger.types.ACCOUNT_STRUCT changed: update _ACCOUNT_FIELDS"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class AccountView:
-    """An account record decoded from the 64-byte layout plus its pending side-table row."""
+    """An account record (`ledger.records.AccountView`'s fields) plus its pending side-table row."""
 
-    id: int
-    debits_posted: int
-    credits_posted: int
-    inflow_daily: int
-    inflow_yearly: int
-    outflow_daily: int
-    outflow_yearly: int
-    bound_slot: int
-    ledger: int
-    kind: int
-    status: int
-    flags: int
-    product: int
-    counters_day: int
-    internal: int
+    record: records.AccountView
     debits_pending: int = 0
     credits_pending: int = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.record, name)
 
     @property
     def balance(self) -> int:
         """Posted balance, as the kernel reports it: credits_posted - debits_posted."""
-        return self.credits_posted - self.debits_posted
+        return self.record.credits_posted - self.record.debits_posted
 
     @property
     def available(self) -> int:
         """What a debit may still take before the floor check (pending debits held)."""
-        return self.credits_posted - self.debits_posted - self.debits_pending
+        return self.balance - self.debits_pending
 
     @classmethod
     def unpack(cls, record: bytes, pending: tuple[int, int] = (0, 0)) -> AccountView:
-        f = ACCOUNT_STRUCT.unpack(record)
-        return cls(join_id(f[0], f[1]), *f[2:], *pending)
+        return cls(records.account_view(record), *pending)
 
 
 def account_pending(ledger: Ledger, account_id: int) -> tuple[int, int]:
@@ -370,9 +344,8 @@ def account_pending(ledger: Ledger, account_id: int) -> tuple[int, int]:
         return account.debits_pending, account.credits_pending
     slot = ledger.account_slot(account_id)
     assert slot >= 0, account_id
-    debits_pending, credits_pending = PENDING_STRUCT.unpack_from(ledger.pending,
-                                                                 slot * PENDING_SIZE)
-    return debits_pending, credits_pending
+    row = records.pending_view(ledger.pending, slot * PENDING_SIZE)
+    return row.debits_pending, row.credits_pending
 
 
 def account_view(ledger: Ledger, account_id: int) -> AccountView:
@@ -449,9 +422,7 @@ def _name(enum_type: Any, value: int) -> str:
 
 
 def decode_account(record: bytes) -> dict[str, Any]:
-    fields = dict(zip(_ACCOUNT_FIELDS, ACCOUNT_STRUCT.unpack(record), strict=True))
-    decoded: dict[str, Any] = {"id": join_id(fields.pop("id_lo"), fields.pop("id_hi"))}
-    decoded.update(fields)
+    decoded: dict[str, Any] = records.account_view(record)._asdict()
     decoded["kind"] = _name(AccountKind, decoded["kind"])
     decoded["status"] = _name(AccountStatus, decoded["status"])
     decoded["flags"] = f"{AccountFlags(decoded['flags'] & 0x1F)!r} raw={decoded['flags']:#x}"
@@ -459,8 +430,7 @@ def decode_account(record: bytes) -> dict[str, Any]:
 
 
 def decode_pending(record: bytes) -> dict[str, Any]:
-    names = ("debits_pending", "credits_pending")
-    return dict(zip(names, PENDING_STRUCT.unpack(record), strict=True))
+    return records.pending_view(record)._asdict()
 
 
 def decode_transfer(record: bytes | Transfer) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from core.journal import (
 )
 from core.replay import recover_ledger
 from core.snapshot import (
+    SnapshotCorrupt,
     SnapshotError,
     fork_pause_s,
     fork_snapshot,
@@ -52,9 +54,9 @@ from core.snapshot import (
     write_snapshot,
 )
 from ledger.kernel import KernelLedger
-from ledger.reference import ReferenceLedger, Transfer
+from ledger.records import pack_account_input, pack_transfer, transfer_view
+from ledger.reference import ReferenceLedger
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     AccountFlags,
     AccountKind,
     AccountStatus,
@@ -68,7 +70,6 @@ from limits.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "examples" / "limits.toml")
-LEDGER_CNY = 156
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 DAY0 = day_of_date(2026, 1, 1)
 NS_PER_S = 1_000_000_000
@@ -92,8 +93,8 @@ Ledger = KernelLedger | ReferenceLedger
 def account_input(
     account_id: int, kind: int, product: int, flags: int = 0, bound: int = 0
 ) -> bytes:
-    return ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(account_id), *split_id(bound), LEDGER_CNY, kind, 0, flags, product
+    return pack_account_input(
+        id=account_id, kind=kind, product=product, flags=flags, bound_id=bound
     )
 
 
@@ -109,28 +110,18 @@ def transfer(
     timeout_s: int = 0,
     channel: int = 0,
 ) -> bytes:
-    return Transfer(
+    return pack_transfer(
         id=transfer_id,
         debit_account_id=debit,
         credit_account_id=credit,
-        pending_id=pending_id,
         amount=amount,
-        timestamp=0,
-        timeout_s=timeout_s,
-        ledger=LEDGER_CNY,
         code=code,
+        pending_id=pending_id,
+        timeout_s=timeout_s,
         flags=flags,
         channel=channel,
-        result=0,
-        debit_slot=0,
-        credit_slot=0,
-        business_day=0,
-        counted=0,
-        state=0,
         user_data=transfer_id * 7,
-        amount_posted=0,
-        amount_reversed=0,
-    ).pack()
+    )
 
 
 class Script:
@@ -769,7 +760,7 @@ def test_scenario_leaves_state_that_needs_rebuilt_indexes() -> None:
     results = [ledger.lookup_transfer(0x4000 + n) for n in range(4)]
     assert results[:3] == [None, None, None] and results[3] is not None
     failed = ledger.lookup_transfer(FIRST_PAYMENT + 3)
-    assert failed is not None and failed[91] == R.EXCEEDS_CHANNEL_DAILY_CAP
+    assert failed is not None and transfer_view(failed).result == R.EXCEEDS_CHANNEL_DAILY_CAP
     assert transfer_results(ledger, after) == AFTER_TRANSFER_RESULTS
 
 
@@ -829,6 +820,30 @@ def test_snapshot_refuses_capacities_too_small(tmp_path: Path) -> None:
     path = write_snapshot(tmp_path, original, len(before))
     with pytest.raises(SnapshotError, match="account capacity is 4"):
         load_snapshot(path, 4, TRANSFER_CAPACITY)
+
+
+def test_snapshot_refuses_a_flipped_byte_and_sections_it_does_not_know(tmp_path: Path) -> None:
+    """A flipped byte in a section fails that section's checksum, and a file whose section
+    table names other sections than the ledger declares (another layout version) is
+    refused with both lists named, not loaded half-way."""
+    before, _ = scenario()
+    ledger = replayed(before)
+    path = write_snapshot(tmp_path, ledger, len(before))
+    data = bytearray(Path(path).read_bytes())
+    flipped = bytearray(data)
+    flipped[-1] ^= 1  # the last byte of the last section (digest)
+    Path(path).write_bytes(flipped)
+    with pytest.raises(SnapshotCorrupt, match="checksum mismatch"):
+        load_snapshot(path, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
+    renamed = bytearray(data)
+    position = renamed.index(b"chanlive", 64)
+    renamed[position : position + 8] = b"chanold\0"
+    section_count = struct.unpack_from("<I", renamed, 20)[0]
+    table_end = 64 + 32 * section_count
+    struct.pack_into("<I", renamed, 4, codec.crc32c(memoryview(renamed)[8:table_end]))
+    Path(path).write_bytes(renamed)
+    with pytest.raises(SnapshotCorrupt, match=r"expected .*chanlive"):
+        load_snapshot(path, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
 
 
 def journal_with_snapshot(directory: Path, **options: Any) -> tuple[list[Entry], str]:

@@ -30,7 +30,7 @@ def rows(ledger: KernelLedger) -> tuple[list[bytes], list[bytes]]:
         + bytes(ledger.pending[s * PENDING_SIZE : (s + 1) * PENDING_SIZE])
         for s in range(ledger.account_count)
     ]
-    records = [ledger._record(seq) for seq in range(ledger.log_tail, ledger.log_count)]
+    records = [ledger.record_at(seq) for seq in range(ledger.log_tail, ledger.log_count)]
     return accounts, records
 
 

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from core.entries import RULES_HEADER, Entry, EntryKind
 from core.journal import Journal
+from ledger.records import pack_account_input, pack_transfer
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
-    TRANSFER_STRUCT,
     AccountFlags,
     AccountKind,
     TransferCode,
 )
 from sim.model import builtin_scenarios
-from sim.population import LEDGER_CNY, PRODUCT_CLASS_II, PRODUCT_INTERNAL, bank_rules
+from sim.population import PRODUCT_CLASS_II, PRODUCT_INTERNAL, bank_rules
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,13 +158,13 @@ def write_journal(directory: Path) -> None:
         | AccountFlags.NON_BOUND_INFLOW_ENABLED
     )
     accounts = [
-        ACCOUNT_INPUT_STRUCT.pack(
-            1, 9, 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, PRODUCT_INTERNAL
+        pack_account_input(
+            id=9 << 64 | 1, kind=AccountKind.INTERNAL_CLEARING, product=PRODUCT_INTERNAL
         )
     ]
     accounts += [
-        ACCOUNT_INPUT_STRUCT.pack(
-            100 + i, 9, 0, 0, LEDGER_CNY, AccountKind.CLASS_II, 0, flags, PRODUCT_CLASS_II
+        pack_account_input(
+            id=9 << 64 | (100 + i), kind=AccountKind.CLASS_II, flags=flags, product=PRODUCT_CLASS_II
         )
         for i in range(100)
     ]
@@ -185,31 +184,13 @@ def write_journal(directory: Path) -> None:
                 if debit == credit:
                     credit = 100 + (credit - 99) % 100
             records.append(
-                TRANSFER_STRUCT.pack(
-                    transfer_id,
-                    77,
-                    debit,
-                    9,
-                    credit,
-                    9,
-                    0,
-                    0,
-                    amount,
-                    0,
-                    0,
-                    LEDGER_CNY,
-                    code,
-                    0,
-                    2,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
+                pack_transfer(
+                    id=77 << 64 | transfer_id,
+                    debit_account_id=9 << 64 | debit,
+                    credit_account_id=9 << 64 | credit,
+                    amount=amount,
+                    code=code,
+                    channel=2,
                 )
             )
             transfer_id += 1

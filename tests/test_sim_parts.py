@@ -9,7 +9,8 @@ import pytest
 
 from cext import simgen
 from ledger.kernel import KernelLedger
-from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, AccountKind
+from ledger.records import transfer_view
+from ledger.types import TRANSFER_SIZE, AccountKind
 from sim import plot, population, traffic
 from sim.checker import state_digest
 from sim.model import SimError, load_scenario, load_topology, parse_scenario, parse_topology
@@ -77,8 +78,7 @@ def test_requests_regenerate_identically() -> None:
     packed = array("Q", [(seq << 8) | 3 for seq in range(1_000, 1_100)])
     model.fill_packed(again, 0, packed, 100)
     assert first == again
-    fields = TRANSFER_STRUCT.unpack_from(first, 0)
-    assert (fields[1] << 64 | fields[0]) == simgen.request_id(1_000)
+    assert transfer_view(first).id == simgen.request_id(1_000)
 
 
 def test_mix_follows_domain() -> None:

@@ -40,10 +40,11 @@ import orjson
 from cext import gen
 from core.progress import progress_bar
 from core.reports import machine_description, save_report
+from ledger.constants import LEDGER_CNY
 from ledger.kernel import KernelLedger
+from ledger.records import pack_account_input
 from ledger.reference import ReferenceLedger
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
@@ -56,7 +57,6 @@ from ledger.types import (
 from limits.calendar import day_of_date
 from limits.rules import parse_rules
 
-LEDGER_CNY = 156
 ACCOUNT_SEED = 11
 TRANSFER_SEED = 23
 FUNDING_SEED = 37
@@ -140,9 +140,7 @@ def build_ledger(
     """Create the clearing account and `accounts` Class II accounts, all checked ok."""
     rules = parse_rules(BENCH_RULES, "bench-rules.toml")
     ledger.set_rules(rules.product_table(), rules.channel_table())
-    clearing = ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 2
-    )
+    clearing = pack_account_input(id=CLEARING_ID, kind=AccountKind.INTERNAL_CLEARING, product=2)
     assert ledger.create_accounts(clearing) == bytearray([CreateAccountResult.OK])
     flags = (
         AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -1,0 +1,24 @@
+"""Constants of the bank's books, defined once: the ledger code and the bank's own accounts.
+
+Every layer that opens the bank's internal accounts or posts in yuan takes
+these from here, so the server, the simulator, the benchmarks and the tests
+agree on them by construction.
+"""
+
+from __future__ import annotations
+
+from ledger.types import AccountKind
+
+LEDGER_CNY = 156  # ISO 4217 numeric code of the yuan; every account and transfer is on it
+
+# The bank's internal accounts, opened at first start (ids 1..3, below every customer id).
+CASH_VAULT_ID = 1  # the counters' and ATMs' cash
+CLEARING_ID = 2  # money on its way to or from other banks (bound cards, external transfers)
+SETTLEMENT_ID = 3  # settlement with merchants and partner banks
+INTERNAL_PRODUCT = 7  # the product row every internal account is opened on
+
+INTERNAL_ACCOUNTS: tuple[tuple[int, AccountKind], ...] = (
+    (CASH_VAULT_ID, AccountKind.INTERNAL_CASH),
+    (CLEARING_ID, AccountKind.INTERNAL_CLEARING),
+    (SETTLEMENT_ID, AccountKind.INTERNAL_SETTLEMENT),
+)

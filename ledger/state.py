@@ -1,0 +1,256 @@
+"""The ledger's state as named sections: what a snapshot, a store or a copy must carry.
+
+Both twins dump themselves to a `LedgerState` (`dump_state()`) and rebuild
+from one (`load_state(...)`); the snapshot file, the PostgreSQL store and
+the simulator iterate the sections declared here and never name a table.
+Adding a per-account table (a product's own columns, say) means adding one
+`Table` to `TABLES` here (its section follows), and teaching the two twins
+to fill it: the writers pick it up by iteration. A new section is a new
+layout: a snapshot written before it names other sections and is refused
+by name (recovery skips it as it skips a damaged one, and then needs the
+journal it covered, which pruning may have removed), so a release that
+adds a section must also load the previous layout (the new table zero).
+
+Sections, in file order (their bytes are what snapshot format version 1
+has always stored):
+
+    meta      the scalars below, as the kernel's int64 meta array (META_SIZE values)
+    products  the product table          channels  the channel table (4096 bytes)
+    accounts  account_count x 64         pending   account_count x 16
+    log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
+    chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
+              3 zero bytes, i64 used (sorted by slot, channel)
+    digest    SHA-256 of the state, equal to `ledger.digest()` when it was dumped
+
+The indexes (account ids, transfer ids), the expiry heap and the channel
+counter hash table are not sections: they are functions of the sections and
+each twin rebuilds them on load.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ledger.types import (
+    ACCOUNT_SIZE,
+    CHANNEL_COUNT,
+    CHANNEL_SIZE,
+    PENDING_SIZE,
+    PRODUCT_SIZE,
+    TRANSFER_SIZE,
+)
+
+Buffer = bytes | bytearray | memoryview
+
+# The kernel's meta array (cext/ledger_kernel.pxd `state_load`): one int64 a value.
+META_ACCOUNT_COUNT = 0
+META_ACCOUNT_CAPACITY = 1
+META_ACCOUNT_INDEX_MASK = 2
+META_LOG_TAIL = 3
+META_LOG_COUNT = 4
+META_LOG_MASK = 5
+META_TRANSFER_INDEX_MASK = 6
+META_TRANSFER_INDEX_COUNT = 7
+META_HEAP_SIZE = 8
+META_HEAP_CAPACITY = 9
+META_CHANNEL_MASK = 10
+META_LAST_DAY = 11
+META_PRODUCT_COUNT = 12
+META_CHANNEL_TABLE_FULL = 13
+META_ACCOUNT_SLOT_BITS = 14
+META_DIRTY_ENABLED = 15
+META_DIRTY_ACCOUNT_COUNT = 16
+META_DIRTY_TRANSFER_COUNT = 17
+META_DIRTY_OVERFLOW = 18
+META_SIZE = 24
+
+CHANNEL_LIVE = struct.Struct("<IB3xq")
+assert CHANNEL_LIVE.size == 16
+
+
+class MetaScalars:
+    """The state's scalars read by name from a kernel meta array `self.meta`."""
+
+    __slots__ = ()
+    meta: array[int]
+
+    @property
+    def account_count(self) -> int:
+        return int(self.meta[META_ACCOUNT_COUNT])
+
+    @property
+    def log_tail(self) -> int:
+        return int(self.meta[META_LOG_TAIL])
+
+    @property
+    def log_count(self) -> int:
+        return int(self.meta[META_LOG_COUNT])
+
+    @property
+    def last_day(self) -> int:
+        return int(self.meta[META_LAST_DAY])
+
+    @property
+    def channel_table_full_count(self) -> int:
+        return int(self.meta[META_CHANNEL_TABLE_FULL])
+
+
+class Extent(enum.Enum):
+    """Which part of a table is live (the rest is zero or unreachable)."""
+
+    ACCOUNTS = "one row per account: rows 0..account_count-1"
+    LOG_WINDOW = "the log ring's records log_tail..log_count-1"
+    HEAP = "the expiry heap's first heap_size entries"
+    WHOLE = "the whole table (hash tables)"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One of the kernel ledger's packed tables (an attribute of `KernelLedger`)."""
+
+    name: str
+    row_size: int
+    extent: Extent
+    stored: bool  # a state section; False: rebuilt from the stored sections on load
+    sparse: bool = False  # mostly zero: copies skip all-zero chunks, so pages stay unbacked
+
+
+TABLES = (
+    Table("accounts", ACCOUNT_SIZE, Extent.ACCOUNTS, stored=True),
+    Table("pending", PENDING_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
+    Table("account_index", 4, Extent.WHOLE, stored=False),
+    Table("log", TRANSFER_SIZE, Extent.LOG_WINDOW, stored=True),
+    Table("transfer_index", 16, Extent.WHOLE, stored=False),
+    Table("heap", 16, Extent.HEAP, stored=False),
+    Table("channel_counters", 16, Extent.WHOLE, stored=False),
+)
+PER_ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
+# An account's row as a store keeps it: the per-account tables' rows, concatenated.
+ACCOUNT_ROW_SIZE = sum(table.row_size for table in PER_ACCOUNT_TABLES)
+
+SECTION_NAMES = (
+    "meta",
+    "products",
+    "channels",
+    *(table.name for table in TABLES if table.stored and table.extent is Extent.ACCOUNTS),
+    "log",
+    "chanlive",
+    "digest",
+)
+assert all(len(name) <= 8 for name in SECTION_NAMES)  # the snapshot's section name field
+
+
+class StateError(ValueError):
+    """Sections that do not describe a state this ledger can hold."""
+
+
+class StateCorrupt(StateError):
+    """The sections contradict each other or their digest."""
+
+
+class StateTooLarge(StateError):
+    """The state does not fit the capacities asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState(MetaScalars):
+    """A ledger's state as named sections (module docstring), read in place where possible.
+
+    `sections` maps each of SECTION_NAMES, in order, to its chunks (the log
+    window is two slices of the ring when it wraps): a writer streams them,
+    `section()` joins one. `meta` is the meta section's values, decoded.
+    """
+
+    sections: dict[str, Sequence[Buffer]]
+    meta: array[int]
+
+    @classmethod
+    def of(cls, sections: dict[str, Sequence[Buffer]]) -> LedgerState:
+        """The state of these sections (the meta section decoded once)."""
+        meta = array("q")
+        meta.frombytes(b"".join(bytes(chunk) for chunk in sections["meta"]))
+        return cls(sections, meta)
+
+    @classmethod
+    def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
+        """From one buffer a section (read from a file); checks names and sizes."""
+        if tuple(sections) != SECTION_NAMES:
+            raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
+        state = cls.of({name: [data] for name, data in sections.items()})
+        state.check()
+        return state
+
+    def section(self, name: str) -> bytes:
+        return b"".join(bytes(chunk) for chunk in self.sections[name])
+
+    def size(self, name: str) -> int:
+        return sum(len(chunk) for chunk in self.sections[name])
+
+    @property
+    def digest(self) -> str:
+        return self.section("digest").hex()
+
+    def channels_live(self) -> list[tuple[int, int, int]]:
+        """(slot, channel, used) of today's non-zero channel counters."""
+        return [
+            (int(slot), int(channel), int(used))
+            for slot, channel, used in CHANNEL_LIVE.iter_unpack(self.section("chanlive"))
+        ]
+
+    def check(self) -> None:
+        """Pair assertions on a state read back: the sizes agree with the counts."""
+        problems = []
+        if len(self.meta) != META_SIZE:
+            raise StateCorrupt(f"meta holds {len(self.meta)} values, expected {META_SIZE}")
+        count = self.account_count
+        for table in PER_ACCOUNT_TABLES:
+            if table.stored and self.size(table.name) != count * table.row_size:
+                problems.append(f"{table.name} section is {self.size(table.name)} bytes")
+        window = self.log_count - self.log_tail
+        if not 0 <= self.log_tail <= self.log_count or self.size("log") != window * TRANSFER_SIZE:
+            problems.append(f"log section is {self.size('log')} bytes for {window} transfers")
+        products = self.size("products")
+        if products < PRODUCT_SIZE or products % PRODUCT_SIZE:
+            problems.append(f"products section is {products} bytes")
+        if self.size("channels") != CHANNEL_COUNT * CHANNEL_SIZE:
+            problems.append(f"channels section is {self.size('channels')} bytes")
+        if self.size("chanlive") % CHANNEL_LIVE.size or self.size("digest") != 32:
+            problems.append("chanlive or digest section has the wrong size")
+        if problems:
+            raise StateCorrupt("; ".join(problems))
+
+    def check_capacity(self, account_capacity: int, log_size: int) -> None:
+        window = self.log_count - self.log_tail
+        if self.account_count > account_capacity:
+            raise StateTooLarge(
+                f"holds {self.account_count} accounts; the account capacity is {account_capacity}"
+            )
+        if window > log_size:
+            raise StateTooLarge(
+                f"holds a log window of {window} transfers; the transfer capacity is {log_size}"
+            )
+
+
+def pack_meta(
+    account_count: int, log_tail: int, log_count: int, last_day: int, channel_table_full: int
+) -> bytes:
+    """A meta section holding the scalars a load reads (for a ledger without a meta array)."""
+    meta = array("q", [0] * META_SIZE)
+    meta[META_ACCOUNT_COUNT] = account_count
+    meta[META_LOG_TAIL] = log_tail
+    meta[META_LOG_COUNT] = log_count
+    meta[META_LAST_DAY] = last_day
+    meta[META_CHANNEL_TABLE_FULL] = channel_table_full
+    return meta.tobytes()
+
+
+def pack_channels_live(live: Sequence[tuple[int, int, int]]) -> bytearray:
+    """The chanlive section from (slot, channel, used) rows."""
+    out = bytearray(len(live) * CHANNEL_LIVE.size)
+    for index, (slot, channel, used) in enumerate(live):
+        CHANNEL_LIVE.pack_into(out, index * CHANNEL_LIVE.size, slot, channel, used)
+    return out
