@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from core.bench_http import REPO_ROOT, Server, free_port
+from channels.http.bench import REPO_ROOT, Server, free_port
 from core.bench_kernel import machine_description, save_report
 
 LOCUSTFILE = REPO_ROOT / "loadtests" / "locustfile.py"

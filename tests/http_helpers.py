@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from channels.client import TallyClient
-from channels.identity import luhn_check_digit, resident_id_check_character
+from core.services.identity import luhn_check_digit, resident_id_check_character
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"

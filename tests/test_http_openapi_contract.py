@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from channels.openapi import openapi_document
+from channels.http.openapi import openapi_document
 
 BASELINE = Path(__file__).resolve().parent / "openapi-baseline.json"
 

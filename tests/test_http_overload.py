@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.bank import derive_transfer_id
+from core.services.records import derive_transfer_id
 from tests.http_helpers import (
     CHANNELS_FILE,
     TallyServer,

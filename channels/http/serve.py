@@ -24,9 +24,10 @@ from typing import Any
 
 import anyio
 
-from channels.app import App, access_log_stream
-from channels.bank import Bank, Settings
+from channels.http.app import App, access_log_stream
 from channels.registry import RegistryError, load_registry
+from core.services.bank import Bank
+from core.services.lifecycle import Settings
 from limits.errors import RuleFileError
 from limits.rules import load_rules
 
@@ -112,7 +113,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="fork a ledger snapshot every N journal entries (0: never)",
     )
-    parser.add_argument("--journal-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
 def build_app(args: argparse.Namespace) -> App:
@@ -127,15 +127,17 @@ def build_app(args: argparse.Namespace) -> App:
         token_ttl_s=args.token_ttl_s,
         password_failures_max=args.password_failures_max,
         scrypt_n=args.scrypt_n,
-        journal_delay_s=args.journal_delay_ms / 1000,
         snapshot_every_entries=args.snapshot_every_entries,
         store_dsn=args.store,
         retention_s=args.retention_s,
         prefault=args.prefault,
     )
-    bank = Bank(settings, rules, registry)
+    bank = Bank(settings, rules)
     return App(
-        bank, access_log=access_log_stream(args.access_log), body_size_max=args.body_size_max
+        bank,
+        registry,
+        access_log=access_log_stream(args.access_log),
+        body_size_max=args.body_size_max,
     )
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.problems import PROBLEM_BASE, all_problem_slugs
-from channels.routes import ROUTES, Route
-from channels.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
-from channels.signing import SCHEME
+from channels.http.problems import PROBLEM_BASE, all_problem_slugs
+from channels.http.routes import ROUTES, Route
+from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
+from channels.http.signing import SCHEME
 
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
