@@ -51,7 +51,7 @@ def server(
         directory / "data",
         backend=request.param,
         channels_file=tight_channels(directory),
-        extra=["--queue-size", "4", "--journal-delay-ms", "200"],
+        extra=["--queue-size", "1"],
     ).start()
     yield running
     running.stop()

@@ -122,7 +122,7 @@ class Handlers:
             body["password"],
         )
         account_id = await self.bank.accounts.open(command)
-        return json_reply(201, await self.bank.reads.account(ctx.caller, account_id))
+        return json_reply(201, await self.bank.reads.account_after_change(ctx.caller, account_id))
 
     async def read_account(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
@@ -180,7 +180,7 @@ class Handlers:
     async def _changed(self, ctx: Context, change: Any, **fields: Any) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
         await change(ChangeAccount(ctx.caller, account_id, **fields))
-        return json_reply(200, await self.bank.reads.account(ctx.caller, account_id))
+        return json_reply(200, await self.bank.reads.account_after_change(ctx.caller, account_id))
 
     async def face_to_face(self, ctx: Context) -> Reply:
         accounts = self.bank.accounts

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from core.services import identity
 from core.services.commands import Caller
 from core.services.lifecycle import Lifecycle
 from core.services.records import account_record, date_of_day, transfer_view
-from core.services.refusals import Code, refused
+from core.services.refusals import Code, Refused, refused
 from core.services.results import HistoryPage
 from ledger.types import AccountFlags, AccountKind, AccountStatus
 from limits.calendar import year_of_day
 from limits.reference import counters_effective
 
 HISTORY_PAGE_MAX = 500
+AFTER_CHANGE_READ_TRIES = 20
 
 
 def _bucket(limit: int, used: int) -> dict[str, Any]:
@@ -100,6 +103,21 @@ class Reads:
                     "card_type": meta.bound["card_type"],
                 }
         return view
+
+    async def account_after_change(self, caller: Caller, account_id: int) -> dict[str, Any]:
+        """`account` right after a change that is already durable (an opening, a flag).
+
+        The change must not be answered with an overload it did not suffer: a full
+        engine queue at the read is waited out, a bounded number of times.
+        """
+        for _ in range(AFTER_CHANGE_READ_TRIES - 1):
+            try:
+                return await self.account(caller, account_id)
+            except Refused as error:
+                if error.refusal.code != Code.OVERLOADED:
+                    raise
+                await anyio.sleep(error.refusal.extras["retry_after_s"])
+        return await self.account(caller, account_id)
 
     @staticmethod
     def _quota(product: Any, record: Any, today: int) -> dict[str, Any]:
