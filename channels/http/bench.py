@@ -44,7 +44,7 @@ from core.bench_kernel import machine_description, save_report
 
 BATCH_SIZE = 8189
 ACCOUNTS = 64
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
 
 WRK_SCRIPT = r"""
