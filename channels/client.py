@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from channels.signing import authorization_header
+from channels.http.signing import authorization_header
 
 
 @dataclass(frozen=True, slots=True)

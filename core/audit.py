@@ -183,7 +183,7 @@ class OfflineBooks(Books):
         return state
 
     def history(self, account_id: int) -> Iterator[dict[str, Any]]:
-        from channels.bank import transfer_view
+        from core.services.records import transfer_view
 
         before = -1
         while True:
@@ -195,7 +195,7 @@ class OfflineBooks(Books):
             before = page[-1][0]
 
     def lookup(self, transfer_id: int) -> dict[str, Any] | None:
-        from channels.bank import transfer_view
+        from core.services.records import transfer_view
 
         record = self.ledger.lookup_transfer(transfer_id)
         return None if record is None else transfer_view(record)
@@ -518,7 +518,7 @@ def check_outcomes(
     audit: Audit,
     exclusive: bool,
 ) -> None:
-    from channels.bank import derive_transfer_id
+    from core.services.records import derive_transfer_id
 
     explained: set[int] = set()
     acknowledged_keys: Counter[tuple[str, str]] = Counter()

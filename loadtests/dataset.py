@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from channels.client import TallyClient, new_key
-from channels.identity import resident_id_check_character
+from core.services.identity import resident_id_check_character
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from channels.client import TallyClient
-from channels.identity import luhn_check_digit, resident_id_check_character
+from core.services.identity import luhn_check_digit, resident_id_check_character
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
@@ -47,8 +47,10 @@ class TallyServer:
         server: str = "hypercorn",
         channels_file: Path = CHANNELS_FILE,
         extra: Sequence[str] = (),
+        disk_delay_ms: int = 0,
     ) -> None:
         self.data_dir = data_dir
+        self.disk_delay_ms = disk_delay_ms  # > 0: tests/slow_disk_serve.py, a slow journal
         self.backend = backend
         self.server = server
         self.channels_file = channels_file
@@ -66,11 +68,14 @@ class TallyServer:
         assert self.process is None
         self.port = free_port()
         env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        launcher = (
+            [str(REPO_ROOT / "tests" / "slow_disk_serve.py"), str(self.disk_delay_ms)]
+            if self.disk_delay_ms
+            else ["-m", "core", "serve"]
+        )
         command = [
             sys.executable,
-            "-m",
-            "core",
-            "serve",
+            *launcher,
             "--host",
             "127.0.0.1",
             "--port",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from core.bench_http import Server, free_port
+from channels.http.bench import Server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_acknowledged_transfer_missing_from_the_ledger_fails(books: Path, tmp_pa
     directory, lines = outcomes_copy(books, tmp_path)
     ghost = dict(lines[0])
     ghost["key"] = "a-key-the-server-never-saw"
-    from channels.bank import derive_transfer_id
+    from core.services.records import derive_transfer_id
 
     ghost["transfer_id"] = f"{derive_transfer_id(3, str(ghost['key']), 0):032x}"
     write(directory, [*lines, ghost])

@@ -83,7 +83,7 @@ def test_command_without_module_fails_with_message(
 
 
 DEFAULTED_COMMANDS = (
-    "core.serve",
+    "channels.http.serve",
     "core.audit",
     "core.drills.failover",
     "loadtests.runner",

@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from channels.bank import derive_transfer_id
 from channels.client import TallyClient
+from core.services.records import derive_transfer_id
 from ledger.reference import Transfer
 from ledger.types import TRANSFER_SIZE, TransferCode
 from tests.http_helpers import (
@@ -188,7 +188,7 @@ def test_open_class_i_only_face_to_face(counter: TallyClient, app: TallyClient) 
     )
     assert refused.status_code == 403 and problem_type(refused) == "channel-kind-not-allowed"
     account = open_class_i(counter, customer)
-    from channels.identity import luhn_valid
+    from core.services.identity import luhn_valid
 
     assert luhn_valid(account) and len(account) == 19
     second = counter.post(

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from channels.client import Signer, TallyClient
-from channels.signing import authorization_header
+from channels.http.signing import authorization_header
 from tests.http_helpers import TallyServer, channel_secret, key, problem_type
 
 BODY = {"name": "周八", "id_number": "11010519491231002X", "mobile": "13800138000"}

@@ -16,10 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cext import http_auth, http_fast
-from channels import bank, signing
-from channels.problems import Problem
-from channels.routes import ROUTES
-from channels.schema import check_object, quick_check
+from channels.http import batch as bank
+from channels.http import signing
+from channels.http.problems import Problem
+from channels.http.routes import ROUTES
+from channels.http.schema import check_object, quick_check
+from core.services import records
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
 CHANNEL = 5
@@ -86,9 +88,9 @@ def test_derived_ids_match_the_reference() -> None:
     count = 1000
     buffer = bytearray(count * TRANSFER_SIZE)
     http_fast.derive_ids_into(bank.transfer_id_prefix(CHANNEL, KEY), count, buffer)
-    ids = bank.derive_transfer_ids_packed(CHANNEL, KEY, count)
+    ids = records.derive_transfer_ids_packed(CHANNEL, KEY, count)
     assert [bytes(buffer[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16]) for i in range(count)] == ids
-    assert int.from_bytes(ids[7], "little") == bank.derive_transfer_id(CHANNEL, KEY, 7)
+    assert int.from_bytes(ids[7], "little") == records.derive_transfer_id(CHANNEL, KEY, 7)
 
 
 @given(st.lists(any_item, min_size=1, max_size=12))

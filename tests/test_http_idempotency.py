@@ -212,7 +212,7 @@ def test_keys_are_scoped_per_channel(counter: TallyClient, server: TallyServer) 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TallyServer]:
     data = tmp_path_factory.mktemp("slow") / "data"
-    running = TallyServer(data, extra=["--journal-delay-ms", "400"]).start()
+    running = TallyServer(data, disk_delay_ms=400).start()
     yield running
     running.stop()
 
@@ -278,7 +278,7 @@ def test_retry_after_crash_finds_the_original(tmp_path_factory: pytest.TempPathF
 def test_crash_while_in_flight_posts_at_most_once(tmp_path_factory: pytest.TempPathFactory) -> None:
     """kill -9 while a deposit waits on the disk; the client's retry posts it exactly once."""
     data = tmp_path_factory.mktemp("crash-flight") / "data"
-    server = TallyServer(data, extra=["--journal-delay-ms", "600"]).start()
+    server = TallyServer(data, disk_delay_ms=600).start()
     with server.client("counter") as counter:
         target = funded(counter, 0)
     used = key()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.bank import derive_transfer_id
+from core.services.records import derive_transfer_id
 from tests.http_helpers import (
     CHANNELS_FILE,
     TallyServer,
@@ -51,7 +51,7 @@ def server(
         directory / "data",
         backend=request.param,
         channels_file=tight_channels(directory),
-        extra=["--queue-size", "4", "--journal-delay-ms", "200"],
+        extra=["--queue-size", "1"],
     ).start()
     yield running
     running.stop()

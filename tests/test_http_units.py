@@ -9,14 +9,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from channels import identity, passwords, signing
-from channels.bank import derive_transfer_id, derive_transfer_ids_packed
-from channels.kyc import BuiltinVerifier
-from channels.openapi import openapi_document
-from channels.problems import transfer_problem, transfer_status
+from channels.http import signing
+from channels.http.openapi import openapi_document
+from channels.http.problems import transfer_problem, transfer_status
+from channels.http.routes import ROUTES
 from channels.registry import OPERATIONS, RegistryError, load_registry, parse_registry
-from channels.routes import ROUTES
-from channels.state import STATE_FILE, StateError, StateStore
+from core.services import identity, passwords
+from core.services.kyc import BuiltinVerifier
+from core.services.records import derive_transfer_id, derive_transfer_ids_packed
+from core.services.state import STATE_FILE, StateError, StateStore
 from ledger.types import CreateTransferResult
 from limits.rules import load_rules
 

@@ -31,7 +31,7 @@ def loadtest_against_server(
 ) -> subprocess.CompletedProcess[str]:
     """`tally loadtest --host` against a `tally serve` started here with `serve_args`, so
     the test can give the server a fault; reports go to tmp_path/out."""
-    from core.bench_http import Server, free_port
+    from channels.http.bench import Server, free_port
 
     port = free_port()
     command = [sys.executable, "-m", "core", "serve", "--port", str(port),
@@ -136,14 +136,14 @@ def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
 
 
 def test_shed_requests_are_retried_with_the_same_key_and_booked_once(tmp_path: Path) -> None:
-    """A server with an 8-request engine queue and a 100 ms journal sheds with 503 (not during
+    """A server with a 1-request engine queue sheds with 503 (not during
     the setup, whose 8 threads wait for each answer, but under 100 users): the users
     retry with the same Idempotency-Key. The 503s are failures (the run fails), but the
     audit proves every acknowledged retry was booked exactly once."""
     out = tmp_path / "out"
     done = loadtest_against_server(
         tmp_path,
-        ["--queue-size", "8", "--journal-delay-ms", "100"],
+        ["--queue-size", "1"],
         ["--seconds", "8", "--users", "100", "--customers", "20"],
     )
     report = json.loads((out / "report.json").read_text())

@@ -72,7 +72,7 @@ NOTES = {
     ),
     "http": (
         "`tally serve` with the embedded journal (fsync on) driven by wrk on loopback with"
-        " pre-signed, idempotent requests (see `core/bench_http.py`); the bare-server ceiling"
+        " pre-signed, idempotent requests (see `channels/http/bench.py`); the bare-server ceiling"
         " (a minimal ASGI app parsing the same JSON) is measured in the same run with the same"
         " client. Each Tally server starts with `--prefault` (its 16M-transfer log and index"
         " backed by memory at start, as a production server would: a short run would"

@@ -61,7 +61,7 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "the engine with the embedded journal on disk: durable rates, latency, recovery",
             ),
             "http": module_command(
-                "core.bench_http",
+                "channels.http.bench",
                 "the HTTP API under wrk: signed single transfers, batches, the bare-server ceiling",
             ),
             "pg": module_command(
@@ -122,7 +122,7 @@ COMMANDS: Mapping[str, Command | Group] = {
         "check the clients' acknowledged outcomes against the ledger (URL or data directory)",
     ),
     "serve": module_command(
-        "core.serve",
+        "channels.http.serve",
         "serve the HTTP API (hypercorn, embedded journal): channels post money movements here",
     ),
     "sim": Group(
@@ -152,7 +152,7 @@ COMMANDS: Mapping[str, Command | Group] = {
     ),
 }
 
-SERVE_MODULE = "core.serve"
+SERVE_MODULE = "channels.http.serve"
 RUN_DEFAULT_BENCH_ARGUMENTS = ("--accounts", "100000", "--transfers", "1000000")
 
 

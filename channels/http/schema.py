@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.problems import invalid
+from channels.http.problems import invalid_at
 from ledger.types import ID_MAX, INT64_MAX
 
 ACCOUNT_ID_PATTERN = "^[1-9][0-9]{0,37}$"  # 38 digits stay below 2**128 - 1
@@ -110,17 +110,8 @@ def object_schema(fields: Mapping[str, F]) -> dict[str, Any]:
     return schema
 
 
-def _where(path: str) -> tuple[str, str]:
-    """(JSON Pointer, dollar path) of a path given as '/a/3/b'."""
-    dollar = "$"
-    for part in path.split("/")[1:]:
-        dollar += f"[{part}]" if part.isdigit() else f".{part}"
-    return path or "/", dollar
-
-
 def fail(path: str, message: str) -> Exception:
-    pointer, dollar = _where(path)
-    return invalid(f"{message} at `{dollar}`", pointer)
+    return invalid_at(path, message)
 
 
 def check_object(value: Any, fields: Mapping[str, F], path: str = "") -> dict[str, Any]:

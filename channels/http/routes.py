@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.passwords import PASSWORD_PATTERN
+from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
-from channels.schema import F
+from core.services.passwords import PASSWORD_PATTERN
 from ledger.types import TransferCode
 
 NAME_PATTERN = "^[^0-9\\u0000-\\u001f\\u007f]+$"
@@ -126,7 +126,7 @@ BATCH = {"transfers": F("array", items=BATCH_ITEM, min_items=1, max_items=BATCH_
 class Route:
     method: str
     path: str
-    operation: str  # registry operation name and handler method of Bank
+    operation: str  # registry operation name and method of channels.http.handlers.Handlers
     summary: str
     status: int
     response: str  # OpenAPI component schema name of the success body ("" = none)
@@ -134,6 +134,8 @@ class Route:
     body_optional: bool = False
     money: bool = False  # moves money: Idempotency-Key required
     debit_auth: bool = False  # debits a customer: transaction password or token
+    kinds: tuple[str, ...] = ()  # channel kinds that may call it (empty: any kind)
+    kinds_what: str = ""  # what a refused channel is told it cannot do
     query: Mapping[str, F] = field(default_factory=dict)
     binary: bool = False  # also takes application/octet-stream
     problems: tuple[int, ...] = ()
@@ -239,6 +241,8 @@ ROUTES: tuple[Route, ...] = (
         "",
         body={"id_number": F("string", pattern=ID_NUMBER_PATTERN), "new_password": PASSWORD},
         problems=(403, 404, 422),
+        kinds=("counter",),
+        kinds_what="Resetting a transaction password (face to face)",
     ),
     _route(
         "POST",
@@ -271,6 +275,8 @@ ROUTES: tuple[Route, ...] = (
         "Account",
         body={"id_number": F("string", pattern=ID_NUMBER_PATTERN)},
         problems=(403, 404, 422),
+        kinds=("counter",),
+        kinds_what="Face-to-face verification",
     ),
     _route(
         "POST",
@@ -317,6 +323,8 @@ ROUTES: tuple[Route, ...] = (
         body={"amount_minor": AMOUNT},
         money=True,
         problems=(403, 404, 409, 422),
+        kinds=("counter", "atm"),
+        kinds_what="Cash",
     ),
     _route(
         "POST",
@@ -329,6 +337,8 @@ ROUTES: tuple[Route, ...] = (
         money=True,
         debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
+        kinds=("counter", "atm"),
+        kinds_what="Cash",
     ),
     _route(
         "POST",

@@ -15,7 +15,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from channels.identity import ResidentId, age_on
+from core.services.identity import ResidentId, age_on
 
 NOT_CHECKED_HERE = (
     "identity_database_match",  # MPS citizen database: name + ID number + photo

@@ -9,10 +9,12 @@ so a client can switch on the type and never parse the `detail` text.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
 
+from core.services.refusals import Code, Refusal
 from ledger.types import AccountUpdateResult, CreateAccountResult, CreateTransferResult
 
 PROBLEM_BASE = "https://tally.example/problems/"
@@ -187,3 +189,149 @@ def all_problem_slugs() -> list[str]:
         if a not in (CreateAccountResult.OK, CreateAccountResult.EXISTS)
     ]
     return slugs
+
+
+# --- service refusals -> HTTP: the one table ------------------------------------------
+
+C = Code
+# code -> (status, problem type slug, title); a title with {fields} is filled from extras.
+REFUSALS: dict[Code, tuple[int, str, str]] = {
+    C.NOT_READY: (503, "not-ready", "The server is still recovering"),
+    C.OVERLOADED: (503, "overloaded", "The engine's queue is full"),
+    C.UNAVAILABLE: (503, "unavailable", "The ledger cannot take this now"),
+    C.INVALID_FIELD: (422, "validation-failed", "The request does not match the schema"),
+    C.CHANNEL_KIND_NOT_ALLOWED: (
+        403,
+        "channel-kind-not-allowed",
+        "{what} is only available at {kinds_text} channels",
+    ),
+    C.CUSTOMER_NOT_FOUND: (404, "customer-not-found", "No customer with this id"),
+    C.CUSTOMER_EXISTS: (409, "customer-exists", "A customer with this ID number is registered"),
+    C.INVALID_RESIDENT_ID: (422, "invalid-resident-id", "The resident ID number is not valid"),
+    C.KYC_NOT_VERIFIED: (409, "kyc-not-verified", "The customer's KYC is not verified"),
+    C.ACCOUNT_CLASS_LIMIT: (
+        409,
+        "account-class-limit",
+        "The customer already holds {open_count} open {class_name} account(s) at this bank",
+    ),
+    C.ACCOUNT_NOT_FOUND: (404, "account-not-found", "No account with this id"),
+    C.CUSTOMER_ACCOUNT_NOT_FOUND: (404, "account-not-found", "No customer account with this id"),
+    C.DEBIT_ACCOUNT_NOT_CUSTOMER: (
+        404,
+        "account-not-found",
+        "No customer account with this id (only customer accounts "
+        "can be debited by this operation)",
+    ),
+    C.BOUND_CARD_INVALID: (422, "invalid-card-number", "The bound card number is not valid"),
+    C.BOUND_CARD_NOT_SAME_NAME: (
+        422,
+        "bound-card-not-same-name",
+        "The bound card must be the customer's own (same name, ID number, mobile)",
+    ),
+    C.BOUND_CARD_OTHER_CUSTOMER: (
+        422,
+        "bound-card-not-same-name",
+        "The bound card belongs to another customer",
+    ),
+    C.BOUND_CARD_NOT_FOUND: (
+        422,
+        "bound-card-not-found",
+        "No open Class I card of this bank has this number",
+    ),
+    C.BENEFICIARY_CARD_INVALID: (
+        422,
+        "invalid-card-number",
+        "The beneficiary card number is not valid",
+    ),
+    C.PASSWORD_NOT_SET: (
+        409,
+        "transaction-password-not-set",
+        "The account has no transaction password",
+    ),
+    C.PASSWORD_WRONG: (403, "wrong-transaction-password", "The transaction password is wrong"),
+    C.PASSWORD_LOCKED: (
+        423,
+        "transaction-password-locked",
+        "Too many wrong transaction passwords today",
+    ),
+    C.TOKEN_INVALID: (
+        401,
+        "transaction-token-invalid",
+        "The transaction token is unknown or expired",
+    ),
+    C.TOKEN_NOT_FOR_ACCOUNT: (
+        403,
+        "transaction-token-not-for-account",
+        "The transaction token was issued for another account or channel",
+    ),
+    C.AUTHENTICATION_REQUIRED: (
+        401,
+        "transaction-authentication-required",
+        "This debit needs the transaction password or a transaction token",
+    ),
+    C.IDENTITY_MISMATCH: (
+        422,
+        "identity-mismatch",
+        "The ID number presented is not the account holder's",
+    ),
+    C.FACE_TO_FACE_REQUIRED: (
+        409,
+        "face-to-face-required",
+        "A Class II account takes money from non-bound accounts only after a "
+        "face-to-face identity check (PBoC)",
+    ),
+    C.NOT_APPLICABLE: (409, "not-applicable", "Class I accounts have no inflow restriction"),
+    C.CARD_STILL_BOUND: (
+        409,
+        "card-still-bound",
+        "Class II/III accounts are still bound to this Class I card",
+    ),
+    C.TRANSFER_NOT_FOUND: (404, "transfer-not-found", "No transfer with this id"),
+}
+# Extras that fill a title or a header rather than appear in the problem body.
+_TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
+REPLAY_HEADER = (b"idempotent-replayed", b"true")
+
+
+def refusal_problem(refusal: Refusal) -> Problem:
+    """The HTTP answer to a service refusal (the only place refusals meet HTTP)."""
+    code = refusal.code
+    if code == C.TRANSFER_REFUSED:
+        problem = transfer_problem(refusal.ledger_code, refusal.detail)
+        if refusal.replayed:
+            problem.headers.append(REPLAY_HEADER)
+        return problem
+    if code == C.ACCOUNT_CREATE_REFUSED:
+        return account_create_problem(refusal.ledger_code)
+    if code == C.ACCOUNT_UPDATE_REFUSED:
+        return account_update_problem(refusal.ledger_code)
+    extras = refusal.extras
+    if code == C.INVALID_FIELD:
+        return invalid_at(extras["pointer"], refusal.detail)
+    status, slug, title = REFUSALS[code]
+    if "{" in title:
+        title = title.format(kinds_text=" or ".join(extras.get("kinds", ())), **extras)
+    detail = refusal.detail
+    headers: list[tuple[bytes, bytes]] = []
+    if code == C.OVERLOADED:
+        detail = "retry after the time in Retry-After"
+        retry = max(1, math.ceil(extras["retry_after_s"]))
+        headers.append((b"retry-after", str(retry).encode()))
+    elif code == C.PASSWORD_LOCKED:
+        headers.append((b"retry-after", str(extras["retry_after_s"]).encode()))
+    elif status == 503:
+        headers.append((b"retry-after", b"1"))
+    if code == C.NOT_READY:
+        detail = ""
+    extensions = {name: value for name, value in extras.items() if name not in _TITLE_EXTRAS}
+    if "pointer" in extras:
+        extensions["errors"] = [{"pointer": extras["pointer"], "detail": refusal.detail}]
+    return Problem(status, slug, title, detail, headers=headers, **extensions)
+
+
+def invalid_at(path: str, message: str) -> Problem:
+    """`invalid` at a JSON pointer `path` ("/a/3/b"), naming it as `$.a[3].b` too."""
+    dollar = "$"
+    for part in path.split("/")[1:]:
+        dollar += f"[{part}]" if part.isdigit() else f".{part}"
+    return invalid(f"{message} at `{dollar}`", path or "/")

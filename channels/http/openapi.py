@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.problems import PROBLEM_BASE, all_problem_slugs
-from channels.routes import ROUTES, Route
-from channels.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
-from channels.signing import SCHEME
+from channels.http.problems import PROBLEM_BASE, all_problem_slugs
+from channels.http.routes import ROUTES, Route
+from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
+from channels.http.signing import SCHEME
 
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -342,7 +342,7 @@ def openapi_document() -> dict[str, Any]:
                 "The HTTP face of Tally, a bank transaction core. Money is integer fen. Every /v1 "
                 f"request is signed ({SCHEME}: HMAC-SHA256 over channel, key id, method, path, "
                 "query, timestamp, nonce, Idempotency-Key and the body's SHA-256; see "
-                "channels/signing.py). Errors are RFC 9457 problems with stable types under "
+                "channels/http/signing.py). Errors are RFC 9457 problems with stable types under "
                 f"{PROBLEM_BASE}. Problem types from ledger result codes: "
                 + ", ".join(all_problem_slugs())
             ),

@@ -40,12 +40,13 @@ import httpx
 import orjson
 
 from channels.client import Signer, TallyClient
+from core.data import DEFAULT_CHANNELS_PATH
 from core.reports import machine_description, save_report
 
 BATCH_SIZE = 8189
 ACCOUNTS = 64
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHANNELS_FILE = DEFAULT_CHANNELS_PATH
 
 WRK_SCRIPT = r"""
 local requests = {}
@@ -205,7 +206,7 @@ def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
 
 def start_bare(work: Path, server: str, loop: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "core.bench_http", "bare", server, str(port), loop]
+    command = [sys.executable, "-m", "channels.http.bench", "bare", server, str(port), loop]
     return Server(command, port, work / f"bare-{server}.log", "/")
 
 
@@ -247,14 +248,14 @@ def serve_bare(server: str, port: int, loop: str) -> None:
     if server == "uvicorn":
         import uvicorn
 
-        from core.serve import uvicorn_config
+        from channels.http.serve import uvicorn_config
 
         uvicorn.Server(uvicorn_config(bare_app, "127.0.0.1", port, loop)).run()
         return
     import anyio
     from hypercorn.asyncio import serve
 
-    from core.serve import hypercorn_config, wait_for_signal
+    from channels.http.serve import hypercorn_config, wait_for_signal
 
     config = hypercorn_config("127.0.0.1", port)
     anyio.run(lambda: serve(bare_app, config, shutdown_trigger=wait_for_signal))  # type: ignore[arg-type]
@@ -273,7 +274,7 @@ def secret_of(channel: str) -> tuple[str, str]:
 
 def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
     """Funded Class I accounts and an app-channel transaction token for each."""
-    from channels.identity import resident_id_check_character
+    from core.services.identity import resident_id_check_character
 
     accounts: list[str] = []
     tokens: dict[str, str] = {}

@@ -4,8 +4,9 @@
     -> signature: channel, key, timestamp window, HMAC, nonce (401/403)
     -> operation allowed for the channel (403) -> rate limit (429)
     -> Idempotency-Key present on money routes (400) -> content type (415)
-    -> JSON parse (400) and schema (422) -> key not in flight (409)
-    -> the Bank operation (its own 4xx, 503 on overload) -> response + access log
+    -> JSON parse (400) and schema (422) -> channel kind the route declares (403)
+    -> key not in flight (409) -> the handler and its service (a refusal is
+    rendered from the one table in problems.py) -> response + access log
 
 Plain ASGI with no framework, so any ASGI server can run it; the bank (engine,
 journal, channel state) lives in the app's lifespan task, so whatever server
@@ -30,13 +31,18 @@ from urllib.parse import parse_qsl
 import anyio
 import orjson
 
-from channels import signing
-from channels.bank import IDEMPOTENCY_KEY_LENGTH_MAX, Bank, Context, Reply
-from channels.openapi import openapi_document
-from channels.problems import PROBLEM_CONTENT_TYPE, Problem
-from channels.registry import ChannelEntry
-from channels.routes import ROUTES, Route, Router
-from channels.schema import check_object, check_value, fail, quick_check
+from channels.http import signing
+from channels.http.handlers import Context, Handlers, Reply
+from channels.http.metrics import Metrics, register_collectors
+from channels.http.openapi import openapi_document
+from channels.http.problems import PROBLEM_CONTENT_TYPE, Problem, refusal_problem
+from channels.http.routes import ROUTES, Route, Router
+from channels.http.schema import check_object, check_value, fail, quick_check
+from channels.registry import ChannelEntry, Registry
+from channels.tier import InFlight, RateLimits, ReplayGuard
+from core.services.bank import Bank
+from core.services.commands import Caller
+from core.services.refusals import Refused, kind_refused
 
 # The signature check in C (cext/http_auth.pyx), unless TALLY_KERNEL=reference asks for its
 # plain-Python twin (chosen explicitly, never as a fallback on a missing build).
@@ -71,14 +77,31 @@ class AccessLog:
 
 class App:
     def __init__(
-        self, bank: Bank, *, access_log: IO[bytes] | None = None, body_size_max: int = 0
+        self,
+        bank: Bank,
+        registry: Registry,
+        *,
+        metrics: Metrics | None = None,
+        access_log: IO[bytes] | None = None,
+        body_size_max: int = 0,
     ) -> None:
         self.bank = bank
+        self.core = bank.core
+        self.registry = registry
         self.router = Router(ROUTES)
-        self.metrics = bank.metrics
+        self.metrics = metrics or Metrics()
+        register_collectors(self.metrics, bank)
+        self.handlers = Handlers(bank, self.metrics)
+        self.rate_limits = RateLimits(registry)
+        self.replay = ReplayGuard(bank.core)
+        self.in_flight = InFlight()
+        self.callers = {
+            name: Caller(name, entry.kind, entry.ledger_id)
+            for name, entry in registry.channels.items()
+        }
         self.access_log = AccessLog(access_log)
         self.body_size_max = body_size_max or max(
-            (entry.body_size_max for entry in bank.registry.channels.values()), default=1 << 20
+            (entry.body_size_max for entry in registry.channels.values()), default=1 << 20
         )
         self.openapi = orjson.dumps(openapi_document())
         self.window_s = bank.settings.nonce_window_s
@@ -154,12 +177,14 @@ class App:
                     ctx = self.context(
                         route, channel, params, scope, headers, body, idempotency_key
                     )
-                    handler = getattr(self.bank, route.operation)
+                    if route.kinds and channel.kind not in route.kinds:
+                        raise kind_refused(ctx.caller, route.kinds, route.kinds_what)
+                    handler = getattr(self.handlers, route.operation)
                     if not idempotency_key:
                         reply = await handler(ctx)
                     else:
                         flight = (channel.ledger_id, idempotency_key)
-                        in_flight = self.bank.in_flight
+                        in_flight = self.in_flight.keys
                         if flight in in_flight:
                             raise in_flight_problem()
                         in_flight.add(flight)
@@ -167,7 +192,8 @@ class App:
                             reply = await handler(ctx)
                         finally:
                             in_flight.discard(flight)
-            except Problem as refused:
+            except (Problem, Refused) as error:
+                refused = error if isinstance(error, Problem) else refusal_problem(error.refusal)
                 problem = refused
                 reply = Reply(
                     refused.status, refused.encode(path), refused.headers, PROBLEM_CONTENT_TYPE
@@ -240,7 +266,7 @@ class App:
                 f"allowed: {', '.join(sorted(methods))}",
                 headers=[(b"allow", ", ".join(sorted(methods)).encode())],
             )
-        if not self.bank.ready:
+        if not self.core.ready:
             raise Problem(
                 503,
                 "not-ready",
@@ -259,12 +285,12 @@ class App:
         if path == "/healthz":
             return Reply(200, b'{"status":"ok"}')
         if path == "/readyz":
-            bank = self.bank
-            if bank.ready:
-                return Reply(200, orjson.dumps({"status": "ready", "recovery": bank.recovery_info}))
-            body = {"status": "failed" if bank.failed else "recovering"}
-            if bank.failed:
-                body["error"] = bank.failed
+            core = self.core
+            if core.ready:
+                return Reply(200, orjson.dumps({"status": "ready", "recovery": core.recovery_info}))
+            body = {"status": "failed" if core.failed else "recovering"}
+            if core.failed:
+                body["error"] = core.failed
             return Reply(503, orjson.dumps(body), [(b"retry-after", b"1")])
         if path == "/metrics":
             return Reply(
@@ -315,14 +341,14 @@ class App:
                 401,
                 "signature-missing",
                 "The request is not signed",
-                f"send an Authorization: {signing.SCHEME} header (see channels/signing.py)",
+                f"send an Authorization: {signing.SCHEME} header (see channels/http/signing.py)",
             )
         credentials = signing.parse_authorization(value.decode("latin-1"))
         if isinstance(credentials, str):
             raise Problem(
                 401, "authorization-malformed", "The Authorization header is malformed", credentials
             )
-        channel = self.bank.registry.channels.get(credentials.channel)
+        channel = self.registry.channels.get(credentials.channel)
         if channel is None:
             raise Problem(401, "channel-unknown", "Unknown channel")
         secret = channel.secrets.get(credentials.key_id)
@@ -361,16 +387,13 @@ class App:
             credentials.signature,
         ):
             raise Problem(401, "signature-invalid", "The signature does not match the request")
-        state = self.bank.state
-        assert state is not None
-        if state.nonce_seen(channel.name, nonce):
+        if not self.replay.first_use(channel.name, nonce, int(timestamp)):
             raise Problem(
                 401,
                 "nonce-reused",
                 "This nonce was already used",
                 "sign every request with a fresh nonce",
             )
-        state.add_nonce(channel.name, nonce, int(timestamp))
         if channel.disabled:
             raise Problem(403, "channel-disabled", "This channel is disabled")
         return channel
@@ -393,8 +416,7 @@ class App:
                 f"at most {channel.body_size_max} bytes",
                 size_max=channel.body_size_max,
             )
-        limiter = self.bank.limiters[channel.name]
-        wait_s = limiter.take(time.monotonic())
+        wait_s = self.rate_limits.take(channel.name, time.monotonic())
         if wait_s > 0:
             self.metrics.rate_limited[channel.name] = (
                 self.metrics.rate_limited.get(channel.name, 0) + 1
@@ -496,12 +518,14 @@ class App:
                 if quick is None or not quick(parsed):
                     check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
+        caller = self.callers[channel.name]
         return Context(
-            channel, params, query, parsed, key, token, content_type or "application/json"
+            channel, caller, params, query, parsed, key, token, content_type or "application/json"
         )
 
 
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
+IDEMPOTENCY_KEY_LENGTH_MAX = 255
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 

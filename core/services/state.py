@@ -156,7 +156,7 @@ class StateStore:
         for account_id, password in self.passwords.items():
             yield password_record(account_id, password)
         for account_id, (day, count) in self.failures.items():
-            yield {"k": "failures", "account": str(account_id), "day": day, "count": count}
+            yield failures_record(account_id, day, count)
         for channel, nonces in self.nonces.items():
             for nonce, timestamp in nonces.items():
                 yield {"k": "nonce", "c": channel, "n": nonce, "t": timestamp}
@@ -322,6 +322,10 @@ def account_record(meta: AccountMeta) -> dict[str, Any]:
         "opened_ns": meta.opened_ns,
         "closed": meta.closed,
     }
+
+
+def failures_record(account_id: int, day: int, count: int) -> dict[str, Any]:
+    return {"k": "failures", "account": str(account_id), "day": day, "count": count}
 
 
 def password_record(account_id: int, password: Password) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import hmac
 import os
 import re
 
-from channels.state import Password
+from core.services.state import Password
 
 PASSWORD_PATTERN = "^[0-9]{6}$"
 _PASSWORD_RE = re.compile(PASSWORD_PATTERN)

@@ -8,7 +8,7 @@
 
 Nothing here can tell that a valid number belongs to the person presenting
 it: that is the issuing bank's and the police database's job, which Tally
-cannot reach. The KYC verifier (`channels.kyc`) says which checks ran.
+cannot reach. The KYC verifier (`core.services.kyc`) says which checks ran.
 """
 
 from __future__ import annotations

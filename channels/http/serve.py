@@ -7,7 +7,7 @@ journal; the channel layer's own state (customers, nonces) stays in the
 
 The process binds its socket at once and answers /healthz; /readyz and every
 /v1 route say 503 until the journal is recovered, the ledger rebuilt and the
-engine started (see channels/bank.py). SIGINT or SIGTERM stops it: the
+engine started (see core/services/lifecycle.py). SIGINT or SIGTERM stops it: the
 server stops accepting, the engine finishes and answers the batch it was
 making durable, the journal is closed.
 """
@@ -24,10 +24,11 @@ from typing import Any
 
 import anyio
 
-from channels.app import App, access_log_stream
-from channels.bank import Bank, Settings
+from channels.http.app import App, access_log_stream
 from channels.registry import RegistryError, load_registry
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.services.bank import Bank
+from core.services.lifecycle import Settings
 from limits.errors import RuleFileError
 from limits.rules import load_rules
 
@@ -115,7 +116,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="fork a ledger snapshot every N journal entries (0: never)",
     )
-    parser.add_argument("--journal-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
 def build_app(args: argparse.Namespace) -> App:
@@ -130,15 +130,17 @@ def build_app(args: argparse.Namespace) -> App:
         token_ttl_s=args.token_ttl_s,
         password_failures_max=args.password_failures_max,
         scrypt_n=args.scrypt_n,
-        journal_delay_s=args.journal_delay_ms / 1000,
         snapshot_every_entries=args.snapshot_every_entries,
         store_dsn=args.store,
         retention_s=args.retention_s,
         prefault=args.prefault,
     )
-    bank = Bank(settings, rules, registry)
+    bank = Bank(settings, rules)
     return App(
-        bank, access_log=access_log_stream(args.access_log), body_size_max=args.body_size_max
+        bank,
+        registry,
+        access_log=access_log_stream(args.access_log),
+        body_size_max=args.body_size_max,
     )
 
 

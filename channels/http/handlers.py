@@ -1,0 +1,330 @@
+"""The HTTP adapter's handlers: a validated request in, a service call, a response out.
+
+Each handler turns a `Context` (the authenticated channel, the schema-checked
+body, the Idempotency-Key) into a typed command, calls one service and
+renders the typed result. Refusals are raised by the services as `Refused`
+and rendered by the app from the one table in `channels/http/problems.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from channels.http.batch import pack_json_batch, render_batch_results, stamp_binary_batch
+from channels.http.metrics import Metrics
+from channels.http.problems import REPLAY_HEADER, Problem
+from channels.http.schema import account_id_param, fail, transfer_id_param, transfer_id_text
+from channels.registry import ChannelEntry
+from core.services.bank import Bank
+from core.services.commands import (
+    Caller,
+    ChangeAccount,
+    Consent,
+    IssueToken,
+    Movement,
+    OpenAccount,
+    PostingBatch,
+    RegisterCustomer,
+    SetPassword,
+)
+from core.services.customers import CLASS_OF_NAME
+from core.services.records import money_name, rfc3339
+from core.services.results import BatchPosted, Posted
+from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
+
+R = CreateTransferResult
+_CODE_NAMES = {int(code): code.name.lower() for code in TransferCode}
+_POSTING_STATE = {0: "posted", 2: "pending", 4: "captured", 8: "voided"}
+_LIMIT_RE = re.compile(r"[0-9]{1,3}")
+_CURSOR_RE = re.compile(r"[0-9]{1,18}")
+
+
+@dataclass(slots=True)
+class Context:
+    channel: ChannelEntry
+    caller: Caller
+    params: dict[str, str]
+    query: dict[str, str]
+    body: Any
+    idempotency_key: str
+    token: str
+    content_type: str = "application/json"
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = b"application/json"
+
+
+def json_reply(status: int, value: Any) -> Reply:
+    return Reply(status, orjson.dumps(value))
+
+
+def posted_reply(posted: Posted) -> Reply:
+    """201 with the posted transfer (and Idempotent-Replayed when met again by id)."""
+    pending_id = posted.pending_id
+    body = {
+        "transfer_id": posted.transfer_id_packed[::-1].hex(),
+        "operation": posted.operation,
+        "status": _POSTING_STATE[posted.flags & 0x0E],
+        "debit_account_id": str(posted.debit),
+        "credit_account_id": str(posted.credit),
+        "amount_minor": posted.amount_minor,
+        "code": _CODE_NAMES.get(posted.code) or money_name(posted.code),
+        "pending_id": transfer_id_text(pending_id) if pending_id else None,
+        "timeout_s": posted.timeout_s,
+        "channel": posted.channel,
+        "timestamp_ns": posted.timestamp_ns,
+    }
+    return Reply(201, orjson.dumps(body), [REPLAY_HEADER] if posted.replayed else [])
+
+
+def consent(ctx: Context) -> Consent:
+    body = ctx.body
+    password = body.get("password") if isinstance(body, dict) else None
+    return Consent(ctx.token, password)
+
+
+class Handlers:
+    """One method per route operation (`Route.operation`), over the services of `bank`."""
+
+    def __init__(self, bank: Bank, metrics: Metrics) -> None:
+        self.bank = bank
+        self.payments = bank.payments
+        self.metrics = metrics
+
+    # --- customers and accounts -------------------------------------------------------
+
+    async def register_customer(self, ctx: Context) -> Reply:
+        body = ctx.body
+        command = RegisterCustomer(ctx.caller, body["name"], body["id_number"], body["mobile"])
+        return json_reply(201, await self.bank.customers.register(command))
+
+    async def read_customer(self, ctx: Context) -> Reply:
+        return json_reply(200, self.bank.customers.read(ctx.params["customer_id"]))
+
+    async def open_account(self, ctx: Context) -> Reply:
+        body = ctx.body
+        command = OpenAccount(
+            ctx.caller,
+            ctx.params["customer_id"],
+            CLASS_OF_NAME[body["class"]],
+            body.get("bound_card"),
+            body["password"],
+        )
+        account_id = await self.bank.accounts.open(command)
+        return json_reply(201, await self.bank.reads.account_after_change(ctx.caller, account_id))
+
+    async def read_account(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        return json_reply(200, await self.bank.reads.account(ctx.caller, account_id))
+
+    async def read_history(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        limit_text = ctx.query.get("limit", "50")
+        cursor_text = ctx.query.get("cursor", "")
+        if not _LIMIT_RE.fullmatch(limit_text) or not 1 <= int(limit_text) <= 500:
+            raise fail("/limit", "limit must be an integer 1..500")
+        if cursor_text and not _CURSOR_RE.fullmatch(cursor_text):
+            raise fail("/cursor", "cursor must be the next_cursor of the previous page")
+        before = int(cursor_text) if cursor_text else -1
+        page = await self.bank.reads.history(account_id, int(limit_text), before)
+        cursor = str(page.next_cursor) if page.next_cursor is not None else None
+        return json_reply(
+            200, {"account_id": str(account_id), "items": page.items, "next_cursor": cursor}
+        )
+
+    async def read_transfer(self, ctx: Context) -> Reply:
+        transfer_id = transfer_id_param(ctx.params["transfer_id"])
+        return json_reply(200, await self.bank.reads.transfer(transfer_id))
+
+    async def issue_token(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        command = IssueToken(ctx.caller, account_id, ctx.body["password"])
+        issued = await self.bank.auth.issue_token(command)
+        return json_reply(
+            201,
+            {
+                "token": issued.token,
+                "account_id": str(issued.account_id),
+                "expires_in_s": issued.ttl_s,
+                "expires_at": rfc3339(issued.expires_ns),
+            },
+        )
+
+    async def set_password(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        body = ctx.body
+        command = SetPassword(ctx.caller, account_id, body["new_password"], body["old_password"])
+        await self.bank.auth.set_password(command)
+        return Reply(204, b"")
+
+    async def reset_password(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        body = ctx.body
+        command = SetPassword(
+            ctx.caller, account_id, body["new_password"], id_number=body["id_number"]
+        )
+        await self.bank.auth.set_password(command)
+        return Reply(204, b"")
+
+    async def _changed(self, ctx: Context, change: Any, **fields: Any) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        await change(ChangeAccount(ctx.caller, account_id, **fields))
+        return json_reply(200, await self.bank.reads.account_after_change(ctx.caller, account_id))
+
+    async def face_to_face(self, ctx: Context) -> Reply:
+        accounts = self.bank.accounts
+        return await self._changed(ctx, accounts.face_to_face, id_number=ctx.body["id_number"])
+
+    async def set_non_bound_inflow(self, ctx: Context) -> Reply:
+        return await self._changed(
+            ctx,
+            self.bank.accounts.set_non_bound_inflow,
+            consent=consent(ctx),
+            enabled=ctx.body["enabled"],
+        )
+
+    async def close_account(self, ctx: Context) -> Reply:
+        return await self._changed(ctx, self.bank.accounts.close, consent=consent(ctx))
+
+    # --- money ---------------------------------------------------------------------
+
+    async def transfer(self, ctx: Context) -> Reply:
+        # The hottest route: one service frame, one await on the engine.
+        body = ctx.body
+        posting = self.payments.transfer(
+            ctx.caller,
+            ctx.idempotency_key,
+            account_id_param(body["debit_account_id"], "debit_account_id"),
+            account_id_param(body["credit_account_id"], "credit_account_id"),
+            body["amount_minor"],
+            Consent(ctx.token, body.get("password")),
+        )
+        return posted_reply(await self.payments.post(posting))
+
+    def _movement(self, ctx: Context, account_id: int, *, debit: bool, **fields: Any) -> Movement:
+        body = ctx.body if isinstance(ctx.body, dict) else {}
+        return Movement(
+            ctx.caller,
+            ctx.idempotency_key,
+            account_id,
+            body.get("amount_minor"),
+            consent(ctx) if debit else None,
+            **fields,
+        )
+
+    def _own(self, ctx: Context, *, debit: bool) -> Movement:
+        return self._movement(ctx, account_id_param(ctx.params["account_id"]), debit=debit)
+
+    async def topup(self, ctx: Context) -> Reply:
+        return posted_reply(await self.payments.topup(self._own(ctx, debit=True)))
+
+    async def withdraw(self, ctx: Context) -> Reply:
+        return posted_reply(await self.payments.withdraw(self._own(ctx, debit=True)))
+
+    async def cash_deposit(self, ctx: Context) -> Reply:
+        return posted_reply(await self.payments.cash_deposit(self._own(ctx, debit=False)))
+
+    async def cash_withdrawal(self, ctx: Context) -> Reply:
+        return posted_reply(await self.payments.cash_withdrawal(self._own(ctx, debit=True)))
+
+    async def external_transfer(self, ctx: Context) -> Reply:
+        body = ctx.body
+        debit = account_id_param(body["debit_account_id"], "debit_account_id")
+        move = self._movement(ctx, debit, debit=True, beneficiary=body["beneficiary"])
+        return posted_reply(await self.payments.external_transfer(move))
+
+    async def incoming_transfer(self, ctx: Context) -> Reply:
+        credit = account_id_param(ctx.body["credit_account_id"], "credit_account_id")
+        move = self._movement(ctx, credit, debit=False)
+        return posted_reply(await self.payments.incoming_transfer(move))
+
+    async def payment(self, ctx: Context) -> Reply:
+        body = ctx.body
+        debit = account_id_param(body["debit_account_id"], "debit_account_id")
+        merchant = account_id_param(body["merchant_account_id"], "merchant_account_id")
+        move = self._movement(
+            ctx, debit, debit=True, counterpart=merchant, timeout_s=body.get("timeout_s", 0)
+        )
+        return posted_reply(await self.payments.payment(move))
+
+    async def capture(self, ctx: Context) -> Reply:
+        payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
+        move = self._movement(ctx, payment_id, debit=False)
+        return posted_reply(await self.payments.capture(move))
+
+    async def void(self, ctx: Context) -> Reply:
+        payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
+        move = self._movement(ctx, payment_id, debit=False)
+        return posted_reply(await self.payments.void(move))
+
+    async def reversal(self, ctx: Context) -> Reply:
+        original_id = transfer_id_param(ctx.params["transfer_id"])
+        move = self._movement(ctx, original_id, debit=False)
+        return posted_reply(await self.payments.reversal(move))
+
+    # --- batch ---------------------------------------------------------------------
+
+    async def batch(self, ctx: Context) -> Reply:
+        binary = ctx.content_type == "application/octet-stream"
+        channel, key = ctx.channel, ctx.idempotency_key
+        if binary:
+            raw: bytes = ctx.body
+            count, remainder = divmod(len(raw), TRANSFER_SIZE)
+            if remainder or count == 0:
+                raise Problem(
+                    422,
+                    "batch-malformed",
+                    "A binary batch is whole 128-byte transfer records",
+                    f"{len(raw)} bytes is not a positive multiple of {TRANSFER_SIZE}",
+                )
+            check_batch_size(channel, count)
+            records = stamp_binary_batch(raw, channel.ledger_id, key)
+        else:
+            transfers = ctx.body["transfers"]
+            count = len(transfers)
+            check_batch_size(channel, count)
+            records = pack_json_batch(transfers, channel.ledger_id, key)
+        self.metrics.batch_sizes.observe(count)
+        posted = await self.payments.post_batch(PostingBatch(ctx.caller, key, records, count))
+        return batch_reply(posted, binary)
+
+
+def check_batch_size(channel: ChannelEntry, count: int) -> None:
+    if count > channel.batch_size_max:
+        raise Problem(
+            413,
+            "batch-too-large",
+            "Too many transfers in one batch",
+            f"{count} transfers; channel {channel.name} allows {channel.batch_size_max}",
+        )
+
+
+def batch_reply(posted: BatchPosted, binary: bool) -> Reply:
+    count, codes, histogram = posted.count, posted.codes, posted.histogram
+    headers = [REPLAY_HEADER] if histogram.get(R.EXISTS, 0) == count else []
+    if binary:
+        body = (
+            struct.pack("<I4x", count)
+            + codes
+            + bytes(-count % 8)
+            + array("Q", posted.timestamps).tobytes()
+        )
+        return Reply(200, body, headers, b"application/octet-stream")
+    summary = {R(code).name.lower(): number for code, number in histogram.items()}
+    results = render_batch_results(posted.records, codes, posted.timestamps)
+    return Reply(
+        200,
+        b'{"count":%d,"summary":%s,"results":%s}' % (count, orjson.dumps(summary), results),
+        headers,
+    )

@@ -1,0 +1,203 @@
+"""`/metrics`: the Prometheus exposition, rendered by `prometheus_client`.
+
+The request path only touches plain ints in dicts (a dict increment and a
+bisect: well under a microsecond); nothing of the client library runs per
+request. At scrape time custom collectors turn those dicts, and the engine's
+and the store's own counters, into metric families with the names Tally has
+always exported.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from core.engine import latency_quantile
+
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8189)
+QUANTILES = (0.5, 0.9, 0.99)
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class Histogram:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs, +Inf last."""
+        cumulative = 0
+        pairs: list[tuple[str, float]] = []
+        for bound, count in zip(self.bounds, self.counts[:-1], strict=True):
+            cumulative += count
+            pairs.append((f"{bound:g}", cumulative))
+        pairs.append(("+Inf", self.count))
+        return pairs
+
+
+class Metrics:
+    """The HTTP layer's counters: plain containers updated on the request path."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int, str], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.results: dict[str, int] = {}  # replaced by the posting service's own dict
+        self.batch_sizes = Histogram(SIZE_BUCKETS)
+        self.rate_limited: dict[str, int] = {}
+        self.in_flight = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_HttpCollector(self))
+
+    def observe_request(self, route: str, status: int, channel: str, seconds: float) -> None:
+        key = (route, status, channel)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency[route] = Histogram(LATENCY_BUCKETS_S)
+        histogram.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _HttpCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        requests = CounterMetricFamily(
+            "tally_http_requests",
+            "HTTP requests answered, by route, status, channel.",
+            labels=("route", "status", "channel"),
+        )
+        for (route, status, channel), count in sorted(m.requests.items()):
+            requests.add_metric((route, str(status), channel), count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "tally_http_request_duration_seconds",
+            "Time from request to response, by route.",
+            labels=("route",),
+        )
+        for route, histogram in sorted(m.latency.items()):
+            latency.add_metric((route,), histogram.buckets(), histogram.sum)
+        yield latency
+        yield GaugeMetricFamily(
+            "tally_http_requests_in_flight", "Requests being handled now.", value=m.in_flight
+        )
+        results = CounterMetricFamily(
+            "tally_ledger_results",
+            "Ledger result codes of transfers posted over HTTP.",
+            labels=("result",),
+        )
+        for name, count in sorted(m.results.items()):
+            results.add_metric((name,), count)
+        yield results
+        sizes = HistogramMetricFamily("tally_http_batch_size", "Transfers per batch request.")
+        sizes.add_metric((), m.batch_sizes.buckets(), m.batch_sizes.sum)
+        yield sizes
+        limited = CounterMetricFamily(
+            "tally_channel_rate_limited",
+            "Requests refused with 429, by channel.",
+            labels=("channel",),
+        )
+        for channel, count in sorted(m.rate_limited.items()):
+            limited.add_metric((channel,), count)
+        yield limited
+
+
+def _summary(name: str, doc: str, samples: Sequence[float]) -> Metric:
+    family = Metric(name, doc, "summary")
+    for quantile in QUANTILES:
+        value = latency_quantile(list(samples), quantile) if samples else math.nan
+        family.add_sample(name, {"quantile": str(quantile)}, value)
+    return family
+
+
+def store_commit_latency(store: Any) -> Metric:
+    """The commit-latency summary of whichever store runs (today: the journal's fsync).
+
+    The one place that reads a store's latency figures: when both stores expose
+    store-neutral `stats`, this reads them instead.
+    """
+    name = "tally_journal_fsync_seconds"
+    doc = "Journal write+fdatasync time per group."
+    if store is None or not hasattr(store, "fsync_latency_s"):
+        return Metric(name, doc, "summary")
+    family = _summary(name, doc, list(store.fsync_latency_s))
+    stats = store.stats
+    family.add_sample(name + "_sum", {}, stats.fsync_seconds_total)
+    family.add_sample(name + "_count", {}, float(stats.append_count))
+    return family
+
+
+class _EngineCollector(Collector):
+    """Engine and store figures, read from their own counters at scrape time."""
+
+    def __init__(self, bank: Any) -> None:
+        self.core = bank.core
+
+    def collect(self) -> Iterable[Metric]:
+        core = self.core
+        engine = core.engine
+        yield GaugeMetricFamily(
+            "tally_ready",
+            "1 once recovery is done and the engine runs.",
+            value=1.0 if core.ready else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "tally_engine_queue_depth",
+            "Requests waiting in the engine queue.",
+            value=float(engine.queue_depth() if engine else 0),
+        )
+        counters = CounterMetricFamily(
+            "tally_engine", "Engine batches, transfers, requests, overloads.", labels=("kind",)
+        )
+        if engine is not None:
+            em = engine.metrics
+            for kind in ("batches", "transfers", "requests", "overloaded"):
+                counters.add_metric((kind,), getattr(em, kind))
+        yield counters
+        sizes = _summary(
+            "tally_engine_batch_size",
+            "Transfers per engine batch (recent batches).",
+            [float(size) for size in engine.metrics.batch_sizes] if engine else [],
+        )
+        if engine is not None:
+            sizes.add_sample("tally_engine_batch_size_count", {}, float(engine.metrics.batches))
+        yield sizes
+        yield store_commit_latency(core.journal)
+        yield _summary(
+            "tally_engine_durable_seconds",
+            "Applied-to-durable time per group (recent).",
+            engine.metrics.durable_latency_s if engine else [],
+        )
+
+
+def register_collectors(metrics: Metrics, bank: Any) -> None:
+    """Expose `bank`'s engine and store figures, and share its posting-result counts."""
+    metrics.results = bank.payments.results
+    metrics.registry.register(_EngineCollector(bank))

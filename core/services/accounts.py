@@ -1,0 +1,278 @@
+"""Accounts: opening (PBoC classes, card binding), face to face, inflow, closing.
+
+An opening is recorded in the customer state first and then created in the
+ledger; an opening whose ledger half was lost in a crash is completed at the
+next start (`complete_openings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import anyio
+import orjson
+
+from core.services import identity, passwords
+from core.services.auth import Auth
+from core.services.commands import Caller, ChangeAccount, OpenAccount
+from core.services.customers import CLASS_NAMES, Customers
+from core.services.lifecycle import Lifecycle
+from core.services.records import account_input, account_record
+from core.services.refusals import Code, Refusal, Refused, kind_refused, refused
+from core.services.state import AccountMeta, Customer, password_record
+from core.services.state import account_record as meta_record
+from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, CreateAccountResult
+
+logger = logging.getLogger("tally.services")
+
+PRODUCT_OF_CLASS = {1: 1, 2: 2, 3: 3}
+# Bank identification numbers of the cards and account numbers this bank issues
+# (development values: a real bank uses the BINs assigned to it).
+BIN_OF_CLASS = {1: "623501", 2: "623502", 3: "623503"}
+ACCOUNTS_PER_CLASS_MAX = {1: 1, 2: 5, 3: 5}
+FACE_TO_FACE_KINDS = ("counter",)
+
+
+def face_to_face_only(caller: Caller, what: str) -> None:
+    """Refuse unless the caller is a channel where a teller sees the customer."""
+    if caller.kind not in FACE_TO_FACE_KINDS:
+        raise kind_refused(caller, FACE_TO_FACE_KINDS, what)
+
+
+class Accounts:
+    def __init__(self, core: Lifecycle, customers: Customers, auth: Auth) -> None:
+        self.core = core
+        self.customers = customers
+        self.auth = auth
+
+    def _new_account_number(self, account_class: int) -> int:
+        state = self.core.customer_state()
+        while True:
+            partial = BIN_OF_CLASS[account_class] + f"{secrets.randbelow(10**12):012d}"
+            number = int(partial + identity.luhn_check_digit(partial))
+            if number not in state.accounts:
+                return number
+
+    async def open(self, command: OpenAccount) -> int:
+        """Open an account; its id once the ledger holds it."""
+        customer = self.customers.customer_of(command.customer_id)
+        account_class = command.account_class
+        if account_class == 1:
+            face_to_face_only(command.caller, "Opening a Class I account (face to face)")
+            if command.bound_card is not None:
+                raise refused(
+                    Code.INVALID_FIELD, "a Class I account binds no card", pointer="/bound_card"
+                )
+        elif command.bound_card is None:
+            raise refused(
+                Code.INVALID_FIELD,
+                "missing required field (Class II and III bind a card)",
+                pointer="/bound_card",
+            )
+        if customer.kyc["status"] != "verified":
+            raise refused(Code.KYC_NOT_VERIFIED, f"KYC status is {customer.kyc['status']}")
+        # The password is hashed before the class count is checked: from the count to the
+        # staged record below there is no await, so concurrent openings for one customer
+        # cannot all pass the PBoC per-class limit.
+        hashed = await anyio.to_thread.run_sync(
+            passwords.hash_password, command.password, self.core.settings.scrypt_n
+        )
+        state = self.core.customer_state()
+        open_count = sum(
+            1
+            for a in customer.accounts
+            if state.accounts[a].account_class == account_class and not state.accounts[a].closed
+        )
+        if open_count >= ACCOUNTS_PER_CLASS_MAX[account_class]:
+            raise refused(
+                Code.ACCOUNT_CLASS_LIMIT,
+                f"PBoC allows at most {ACCOUNTS_PER_CLASS_MAX[account_class]}",
+                open_count=open_count,
+                class_name=CLASS_NAMES[account_class],
+            )
+        bound = None
+        if command.bound_card is not None:
+            bound = self._check_binding(customer, command.bound_card)
+        account_id = self._new_account_number(account_class)
+        meta = AccountMeta(
+            account_id, customer.customer_id, account_class, bound, self.core.now_ns()
+        )
+        await state.commit([meta_record(meta), password_record(account_id, hashed)])
+        try:
+            code = await self.create_in_ledger(meta)
+        except Refused:
+            # The engine refused: the ledger has no such account, so the opening is
+            # recorded as closed and does not hold one of the customer's class slots.
+            meta.closed = True
+            await state.commit([meta_record(meta)])
+            raise
+        if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
+            meta.closed = True
+            await state.commit([meta_record(meta)])
+            raise Refused(Refusal(Code.ACCOUNT_CREATE_REFUSED, ledger_code=code))
+        logger.info(
+            orjson.dumps(
+                {
+                    "event": "account_opened",
+                    "account_id": str(account_id),
+                    "class": CLASS_NAMES[account_class],
+                    "customer_id": customer.customer_id,
+                    "bound_card": identity.mask_card(bound["card_number"]) if bound else None,
+                }
+            ).decode()
+        )
+        return account_id
+
+    def _check_binding(self, customer: Customer, card: dict[str, Any]) -> dict[str, Any]:
+        number = card["card_number"]
+        problem = identity.card_number_problem(number)
+        if problem is not None:
+            raise refused(Code.BOUND_CARD_INVALID, problem, pointer="/bound_card/card_number")
+        mismatches = []
+        if card["holder_name"] != customer.name:
+            mismatches.append("holder_name")
+        if card["holder_id_number"] != customer.id_number:
+            mismatches.append("holder_id_number")
+        if card["reserved_mobile"] != customer.mobile:
+            mismatches.append("reserved_mobile")
+        if mismatches:
+            raise refused(
+                Code.BOUND_CARD_NOT_SAME_NAME,
+                "differs: " + ", ".join(mismatches),
+                fields=mismatches,
+            )
+        own = int(number) if number.startswith(BIN_OF_CLASS[1]) else 0
+        if not own:
+            return {
+                "kind": "external",
+                "card_number": number,
+                "card_type": card["card_type"],
+                "checks": ["luhn", "holder_name", "holder_id_number", "reserved_mobile"],
+                "not_checked": ["issuer_card_verification"],
+            }
+        meta = self.core.customer_state().accounts.get(own)
+        if meta is None or meta.account_class != 1 or meta.closed:
+            raise refused(Code.BOUND_CARD_NOT_FOUND, identity.mask_card(number))
+        if meta.customer_id != customer.customer_id:
+            raise refused(Code.BOUND_CARD_OTHER_CUSTOMER)
+        return {
+            "kind": "internal",
+            "card_number": number,
+            "account_id": str(own),
+            "card_type": "class_i_debit",
+            "checks": ["luhn", "same_customer"],
+        }
+
+    async def create_in_ledger(self, meta: AccountMeta) -> int:
+        flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+        bound_id = 0
+        if meta.account_class == 1:
+            flags |= AccountFlags.FACE_TO_FACE_VERIFIED
+        elif meta.bound is not None and meta.bound["kind"] == "internal":
+            bound_id = int(meta.bound["account_id"])
+        else:
+            flags |= AccountFlags.BOUND_EXTERNAL
+        record = account_input(
+            meta.account_id,
+            bound_id,
+            meta.account_class,
+            AccountStatus.ACTIVE,
+            flags,
+            PRODUCT_OF_CLASS[meta.account_class],
+        )
+        engine = self.core.running_engine()
+        results = await self.core.call_engine(engine.submit_accounts, record)
+        return int(results[0])
+
+    async def complete_openings(self) -> None:
+        """Create in the ledger any account whose opening was recorded but not posted."""
+        metas = [m for m in self.core.customer_state().accounts.values() if not m.closed]
+        if not metas:
+            return
+        ids = [meta.account_id for meta in metas]
+        missing = await self.core.read(
+            lambda ledger: {i for i in ids if ledger.lookup_account(i) is None}
+        )
+        for meta in metas:
+            if meta.account_id in missing:
+                code = await self.create_in_ledger(meta)
+                logger.info(
+                    orjson.dumps(
+                        {
+                            "event": "opening_completed",
+                            "account_id": str(meta.account_id),
+                            "result": code,
+                        }
+                    ).decode()
+                )
+
+    async def _update_flags(
+        self, account_id: int, set_flags: int, clear_flags: int = 0, status: int | None = None
+    ) -> None:
+        raw = await self.core.read(lambda ledger: ledger.lookup_account(account_id))
+        if raw is None:
+            raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
+        record = account_record(raw)
+        flags = (record.flags | set_flags) & ~clear_flags
+        engine = self.core.running_engine()
+        code = await self.core.call_engine(
+            engine.update_account, account_id, record.status if status is None else status, flags
+        )
+        if code != AccountUpdateResult.OK:
+            raise Refused(Refusal(Code.ACCOUNT_UPDATE_REFUSED, ledger_code=code))
+
+    def _holder_present(self, command: ChangeAccount) -> AccountMeta:
+        meta = self.auth.meta_of(command.account_id)
+        customer = self.customers.customer_of(meta.customer_id)
+        if command.id_number != customer.id_number:
+            raise refused(Code.IDENTITY_MISMATCH)
+        return meta
+
+    async def face_to_face(self, command: ChangeAccount) -> None:
+        """Record that a teller checked the holder's ID (callers: counters only; the
+        adapter enforces its channel policy before calling)."""
+        meta = self._holder_present(command)
+        flags = AccountFlags.FACE_TO_FACE_VERIFIED
+        if meta.account_class == 2:
+            flags |= AccountFlags.NON_BOUND_INFLOW_ENABLED  # PBoC: Class II after face to face
+        await self._update_flags(command.account_id, flags)
+
+    async def set_non_bound_inflow(self, command: ChangeAccount) -> None:
+        account_id = command.account_id
+        meta = self.auth.meta_of(account_id)
+        assert command.consent is not None
+        await self.auth.authorize_debit(command.caller, account_id, command.consent)
+        if command.enabled and meta.account_class == 2:
+            raw = await self.core.read(lambda ledger: ledger.lookup_account(account_id))
+            if raw is None or not account_record(raw).flags & AccountFlags.FACE_TO_FACE_VERIFIED:
+                raise refused(Code.FACE_TO_FACE_REQUIRED)
+        if meta.account_class == 1:
+            raise refused(Code.NOT_APPLICABLE)
+        flag = AccountFlags.NON_BOUND_INFLOW_ENABLED
+        if command.enabled:
+            await self._update_flags(account_id, flag)
+        else:
+            await self._update_flags(account_id, 0, flag)
+
+    async def close(self, command: ChangeAccount) -> None:
+        account_id = command.account_id
+        meta = self.auth.meta_of(account_id)
+        assert command.consent is not None
+        await self.auth.authorize_debit(command.caller, account_id, command.consent)
+        state = self.core.customer_state()
+        if meta.account_class == 1:
+            for other in state.accounts.values():
+                if (
+                    not other.closed
+                    and other.bound is not None
+                    and other.bound.get("account_id") == str(account_id)
+                ):
+                    raise refused(
+                        Code.CARD_STILL_BOUND, f"close or rebind account {other.account_id} first"
+                    )
+        await self._update_flags(account_id, 0, 0, status=AccountStatus.CLOSED)
+        meta.closed = True
+        await state.commit([meta_record(meta)])
+        self.auth.revoke(account_id)

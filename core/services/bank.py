@@ -1,0 +1,48 @@
+"""The middle office assembled: one object holding every service over one runtime.
+
+Adapters (HTTP today) hold a `Bank` and call its services; none of them
+touches the engine, the store or the customer state directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from core.journal import Journal
+from core.services.accounts import Accounts
+from core.services.auth import Auth
+from core.services.customers import Customers
+from core.services.kyc import Verifier
+from core.services.lifecycle import Lifecycle, Settings
+from core.services.payments import Payments
+from core.services.reads import Reads
+from limits.rules import RuleSet
+
+
+class Bank:
+    def __init__(
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        *,
+        verifier: Verifier | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+        open_journal: Callable[[str], Any] = Journal.open,
+    ) -> None:
+        self.core = Lifecycle(settings, rules, now_ns=now_ns, open_journal=open_journal)
+        self.settings = settings
+        self.rules = rules
+        self.auth = Auth(self.core)
+        self.customers = Customers(self.core, verifier)
+        self.accounts = Accounts(self.core, self.customers, self.auth)
+        self.payments = Payments(self.core, self.auth)
+        self.reads = Reads(self.core)
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Recover, run the engine and keep house until cancelled (`Lifecycle.serve`)."""
+        await self.core.serve(self.accounts.complete_openings, task_status=task_status)

@@ -1,0 +1,120 @@
+"""Typed commands: who is calling, the operation key, the fields; nothing of the wire.
+
+Every adapter (HTTP/JSON today; ISO 8583 and ISO 20022 next) parses its
+request into one of these and hands it to a service. Account ids are ints,
+money is integer minor units, the Idempotency-Key (`key`) names the
+operation so a retry meets the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated channel a command comes from."""
+
+    name: str
+    kind: str  # "app", "counter", "atm", "open_api", ...
+    ledger_id: int  # the channel's id in the ledger (a transfer's `channel`)
+
+
+@dataclass(slots=True)
+class Consent:
+    """How the account holder consents to a debit: a live token, else the password."""
+
+    token: str = ""
+    password: str | None = None
+
+
+@dataclass(slots=True)
+class RegisterCustomer:
+    caller: Caller
+    name: str
+    id_number: str
+    mobile: str
+
+
+@dataclass(slots=True)
+class OpenAccount:
+    caller: Caller
+    customer_id: str
+    account_class: int  # 1, 2, 3
+    bound_card: dict[str, Any] | None  # card_number, card_type, holder_*, reserved_mobile
+    password: str
+
+
+@dataclass(slots=True)
+class ChangeAccount:
+    """Face to face, non-bound inflow, close: an account change by its holder or a teller."""
+
+    caller: Caller
+    account_id: int
+    consent: Consent | None = None
+    id_number: str = ""  # face to face: the ID document presented
+    enabled: bool = False  # non-bound inflow on or off
+
+
+@dataclass(slots=True)
+class SetPassword:
+    caller: Caller
+    account_id: int
+    new_password: str
+    old_password: str = ""  # the holder's change
+    id_number: str = ""  # a counter's reset: the ID document presented
+
+
+@dataclass(slots=True)
+class IssueToken:
+    caller: Caller
+    account_id: int
+    password: str
+
+
+@dataclass(slots=True)
+class Posting:
+    """One money movement; the one shape every single posting takes (`Payments.post`).
+
+    `authorize` is the account whose holder must consent (0: none, e.g. a cash
+    deposit or an incoming clearing transfer); `consent` says how.
+    """
+
+    caller: Caller
+    key: str
+    operation: str
+    debit: int
+    credit: int
+    amount_minor: int
+    code: int
+    flags: int = 0
+    pending_id: int = 0
+    timeout_s: int = 0
+    authorize: int = 0
+    consent: Consent | None = None
+
+
+@dataclass(slots=True)
+class PostingBatch:
+    """Up to a channel's batch size of packed 128-byte transfers, ids already derived."""
+
+    caller: Caller
+    key: str
+    records: bytes
+    count: int
+
+
+@dataclass(slots=True)
+class Movement:
+    """A movement named by the account and the amount; the service picks the counterpart
+    (topup, withdraw, cash, external/incoming, capture, void, reversal)."""
+
+    caller: Caller
+    key: str
+    account_id: int  # the customer account (or the hold/original transfer id)
+    amount_minor: int | None
+    consent: Consent | None = None
+    counterpart: int = 0  # payment: the merchant
+    timeout_s: int = 0  # payment: the hold's lifetime (0: the default)
+    beneficiary: dict[str, Any] | None = None  # external: bank_code, account_number, name

@@ -1,0 +1,270 @@
+"""Every money movement, through one posting path: `Payments.post`.
+
+Single transfers, payments (holds), captures, voids, reversals, cash,
+top-ups, withdrawals, clearing in and out, and the batch all end in
+`post(command)`, so a check added there (risk, authorization) applies to
+all. A single posting builds exactly one 128-byte transfer whose id is
+derived from the channel and the Idempotency-Key, so a retry, even after a
+crash, meets the original in the ledger's own idempotency index.
+
+`post` is the hot path of the HTTP single transfer: one await on the engine
+(the request's done event), no cancel scope, nothing allocated but the
+result; refusals are raised (`core.services.refusals` says why).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from core.engine import EngineFull, EngineOverloaded, EngineStopped, transfer_result
+from core.services import identity
+from core.services.auth import Auth
+from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
+from core.services.lifecycle import CASH_VAULT_ID, CLEARING_ID, Lifecycle, engine_refusal
+from core.services.records import derive_transfer_id_packed, pack_transfer, transfer_record
+from core.services.refusals import Code, refused, transfer_refused
+from core.services.results import BatchPosted, Posted
+from ledger.types import CreateTransferResult, TransferCode, TransferFlags
+
+logger = logging.getLogger("tally.services")
+R = CreateTransferResult
+PAYMENT_TIMEOUT_S_DEFAULT = 900
+_RESULT_NAMES = {int(code): code.name.lower() for code in R}
+
+
+class Payments:
+    def __init__(self, core: Lifecycle, auth: Auth) -> None:
+        self.core = core
+        self.auth = auth
+        # Ledger results of postings by name: a plain dict on the hot path, read by the
+        # metrics collector at scrape time.
+        self.results: dict[str, int] = {}
+
+    def count_result(self, name: str, count: int = 1) -> None:
+        self.results[name] = self.results.get(name, 0) + count
+
+    async def post(self, command: Posting) -> Posted:
+        """Post one transfer (after its holder's consent); answer once durable."""
+        if command.authorize:
+            consent = command.consent or Consent()
+            if not self.auth.token_checked(command.caller, command.authorize, consent):
+                assert consent.password is not None
+                await self.auth.verify_password(command.authorize, consent.password)
+        caller = command.caller
+        packed_id = derive_transfer_id_packed(caller.ledger_id, command.key, 0)
+        record = pack_transfer(
+            packed_id,
+            command.debit,
+            command.credit,
+            command.amount_minor,
+            command.code,
+            command.flags,
+            command.pending_id,
+            command.timeout_s,
+            caller.ledger_id,
+        )
+        try:
+            request = self.core.running_engine().enqueue_transfer(record)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
+        await request.done.wait()
+        try:
+            result = transfer_result(request)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
+        status = result.result
+        if status == R.OK:
+            self.count_result("ok")
+        elif status == R.EXISTS:
+            self.count_result("exists")
+        elif status == R.ID_ALREADY_FAILED:
+            self.count_result("id_already_failed")
+            raise await self._replayed_failure(packed_id)
+        else:
+            self.count_result(_RESULT_NAMES[status])
+            raise transfer_refused(status)
+        return Posted(
+            packed_id,
+            command.operation,
+            command.debit,
+            command.credit,
+            command.amount_minor,
+            command.code,
+            command.flags,
+            command.pending_id,
+            command.timeout_s,
+            caller.name,
+            result.timestamp,
+            status == R.EXISTS,
+        )
+
+    async def _replayed_failure(self, packed_id: bytes) -> Exception:
+        """The refusal replayed to a retry of a key whose first request failed."""
+        transfer_id = int.from_bytes(packed_id, "little")
+        original = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
+        first = transfer_record(original).result if original is not None else R.ID_ALREADY_FAILED
+        return transfer_refused(
+            first, "replayed: the first request with this Idempotency-Key failed", replayed=True
+        )
+
+    async def post_batch(self, command: PostingBatch) -> BatchPosted:
+        """Post packed records (ids derived) in one engine call; per-item results."""
+        engine = self.core.running_engine()
+        results = await self.core.call_engine(engine.submit_transfers, command.records)
+        count = command.count
+        codes = results.result_codes()
+        timestamps = results.timestamps[results.offset : results.offset + count]
+        histogram = {code: codes.count(code) for code in set(codes)}
+        for code, number in histogram.items():
+            self.count_result(_RESULT_NAMES[code], number)
+        return BatchPosted(command.records, count, codes, timestamps, histogram)
+
+    # --- the named movements: each picks its counterpart, then `post` ----------------
+
+    def _bound(self, account_id: int) -> int:
+        meta = self.auth.meta_of(account_id)
+        if meta.bound is None:
+            raise transfer_refused(R.NO_BOUND_ACCOUNT, "this account has no bound card")
+        if meta.bound["kind"] == "internal":
+            return int(meta.bound["account_id"])
+        return CLEARING_ID
+
+    def transfer(
+        self, caller: Caller, key: str, debit: int, credit: int, amount_minor: int, consent: Consent
+    ) -> Posting:
+        """The posting of a customer's transfer between two accounts of this bank."""
+        if debit == credit:
+            raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
+        return Posting(
+            caller, key, "transfer", debit, credit, amount_minor, TransferCode.TRANSFER,
+            authorize=debit, consent=consent,
+        )  # fmt: skip
+
+    async def topup(self, move: Movement) -> Posted:
+        source = self._bound(move.account_id)
+        return await self._move(move, "topup", source, move.account_id, TransferCode.TOPUP_BOUND)
+
+    async def withdraw(self, move: Movement) -> Posted:
+        target = self._bound(move.account_id)
+        code = TransferCode.WITHDRAW_BOUND
+        return await self._move(move, "withdraw", move.account_id, target, code)
+
+    async def cash_deposit(self, move: Movement) -> Posted:
+        code = TransferCode.CASH_DEPOSIT
+        return await self._move(move, "cash_deposit", CASH_VAULT_ID, move.account_id, code)
+
+    async def cash_withdrawal(self, move: Movement) -> Posted:
+        code = TransferCode.CASH_WITHDRAWAL
+        return await self._move(move, "cash_withdrawal", move.account_id, CASH_VAULT_ID, code)
+
+    async def external_transfer(self, move: Movement) -> Posted:
+        """Money out to another bank through the clearing account (`move.beneficiary`)."""
+        beneficiary = move.beneficiary
+        assert beneficiary is not None
+        number = beneficiary["account_number"]
+        problem = (
+            identity.card_number_problem(number) if number.isdigit() and len(number) >= 16 else None
+        )
+        if problem is not None:
+            raise refused(
+                Code.BENEFICIARY_CARD_INVALID, problem, pointer="/beneficiary/account_number"
+            )
+        code = TransferCode.EXTERNAL_TRANSFER_OUT
+        posted = await self._move(move, "external_transfer", move.account_id, CLEARING_ID, code)
+        logger.info(
+            orjson.dumps(
+                {
+                    "event": "clearing_out",
+                    "transfer_id": posted.transfer_id_packed[::-1].hex(),
+                    "beneficiary_bank": beneficiary["bank_code"],
+                    "beneficiary_account": identity.mask_card(number),
+                }
+            ).decode()
+        )
+        return posted
+
+    async def incoming_transfer(self, move: Movement) -> Posted:
+        code = TransferCode.EXTERNAL_TRANSFER_IN
+        return await self._move(move, "incoming_transfer", CLEARING_ID, move.account_id, code)
+
+    async def payment(self, move: Movement) -> Posted:
+        """A hold on the payer's account for the merchant, captured or voided later."""
+        if move.account_id == move.counterpart:
+            raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
+        return await self._move(
+            move, "payment", move.account_id, move.counterpart, TransferCode.PAYMENT,
+            flags=TransferFlags.PENDING, timeout_s=move.timeout_s or PAYMENT_TIMEOUT_S_DEFAULT,
+        )  # fmt: skip
+
+    async def _move(
+        self,
+        move: Movement,
+        operation: str,
+        debit: int,
+        credit: int,
+        code: int,
+        *,
+        flags: int = 0,
+        timeout_s: int = 0,
+    ) -> Posted:
+        assert move.amount_minor is not None
+        authorize = move.account_id if move.consent is not None else 0
+        return await self.post(
+            Posting(
+                move.caller, move.key, operation, debit, credit, move.amount_minor, code,
+                flags=flags, timeout_s=timeout_s, authorize=authorize, consent=move.consent,
+            )
+        )  # fmt: skip
+
+    async def _hold(self, payment_id: int) -> Any:
+        raw = await self.core.read(lambda ledger: ledger.lookup_transfer(payment_id))
+        if raw is None:
+            raise transfer_refused(R.PENDING_TRANSFER_NOT_FOUND)
+        return transfer_record(raw)
+
+    async def capture(self, move: Movement) -> Posted:
+        """Capture hold `move.account_id` (all of it unless `amount_minor` says less)."""
+        hold = await self._hold(move.account_id)
+        amount = hold.amount if move.amount_minor is None else move.amount_minor
+        return await self._settle_hold(move, "capture", hold, amount, TransferFlags.POST_PENDING)
+
+    async def void(self, move: Movement) -> Posted:
+        hold = await self._hold(move.account_id)
+        return await self._settle_hold(move, "void", hold, hold.amount, TransferFlags.VOID_PENDING)
+
+    async def _settle_hold(
+        self, move: Movement, operation: str, hold: Any, amount: int, flags: int
+    ) -> Posted:
+        return await self.post(
+            Posting(
+                move.caller, move.key, operation, hold.debit_account_id, hold.credit_account_id,
+                amount, hold.code, flags=flags, pending_id=move.account_id,
+            )
+        )  # fmt: skip
+
+    async def reversal(self, move: Movement) -> Posted:
+        """Reverse posted transfer `move.account_id` (all that was posted unless less)."""
+        original_id = move.account_id
+        raw = await self.core.read(lambda ledger: ledger.lookup_transfer(original_id))
+        if raw is None:
+            raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND)
+        original = transfer_record(raw)
+        debit, credit = original.debit_account_id, original.credit_account_id
+        if original.result != R.OK:
+            raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")
+        amount = original.amount_posted if move.amount_minor is None else move.amount_minor
+        if amount <= 0:
+            raise transfer_refused(R.EXCEEDS_REVERSIBLE_AMOUNT, "nothing left to reverse")
+        # A capture names its accounts through its hold; take them from there.
+        if debit == 0 or credit == 0:
+            hold = await self._hold(original.pending_id)
+            debit, credit = hold.debit_account_id, hold.credit_account_id
+        return await self.post(
+            Posting(
+                move.caller, move.key, "reversal", credit, debit, amount, TransferCode.REVERSAL,
+                pending_id=original_id,
+            )
+        )  # fmt: skip

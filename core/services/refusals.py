@@ -1,0 +1,95 @@
+"""Business refusals: a stable code and its details, never a wire answer.
+
+A service that cannot do what a command asks raises `Refused(Refusal(...))`.
+Raising (instead of returning `Result | Refusal`) is chosen for the posting
+path: the HTTP single transfer awaits one service coroutine, and a refusal is
+the rare case, so the common case pays no `isinstance` on every return and no
+wrapper object; the adapter catches the one exception type in one place and
+looks its code up in its one table (HTTP: `channels/http/problems.py`). The
+code is the contract; `detail` is for humans; `extras` carries typed figures
+a client may act on (attempts remaining, the conflicting customer id).
+
+Ledger result codes stay the ledger's (`ledger.types`): a refused transfer is
+`Code.TRANSFER_REFUSED` with `ledger_code` set, so every adapter maps the
+kernel's dense codes itself and the two tables cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Code(enum.IntEnum):
+    """Why a command was refused. Never renumbered; new codes go at the end."""
+
+    NOT_READY = 1
+    OVERLOADED = 2  # the engine queue is full: `retry_after_s`
+    UNAVAILABLE = 3  # the engine or its store stopped
+    INVALID_FIELD = 4  # a field breaks a business rule: `pointer` names it
+    CHANNEL_KIND_NOT_ALLOWED = 5
+    CUSTOMER_NOT_FOUND = 6
+    CUSTOMER_EXISTS = 7  # `customer_id`
+    INVALID_RESIDENT_ID = 8
+    KYC_NOT_VERIFIED = 9
+    ACCOUNT_CLASS_LIMIT = 10
+    ACCOUNT_NOT_FOUND = 11  # no account in the ledger
+    CUSTOMER_ACCOUNT_NOT_FOUND = 12  # no customer account (bank-internal ids included)
+    DEBIT_ACCOUNT_NOT_CUSTOMER = 13  # a debit that needs a customer's consent
+    BOUND_CARD_INVALID = 14
+    BOUND_CARD_NOT_SAME_NAME = 15  # `fields`
+    BOUND_CARD_OTHER_CUSTOMER = 16
+    BOUND_CARD_NOT_FOUND = 17
+    BENEFICIARY_CARD_INVALID = 18
+    PASSWORD_NOT_SET = 19
+    PASSWORD_WRONG = 20  # `attempts_remaining`
+    PASSWORD_LOCKED = 21  # `retry_after_s`
+    TOKEN_INVALID = 22
+    TOKEN_NOT_FOR_ACCOUNT = 23
+    AUTHENTICATION_REQUIRED = 24
+    IDENTITY_MISMATCH = 25
+    FACE_TO_FACE_REQUIRED = 26
+    NOT_APPLICABLE = 27
+    CARD_STILL_BOUND = 28
+    TRANSFER_NOT_FOUND = 29
+    TRANSFER_REFUSED = 30  # `ledger_code`: a CreateTransferResult; `replayed`
+    ACCOUNT_CREATE_REFUSED = 31  # `ledger_code`: a CreateAccountResult
+    ACCOUNT_UPDATE_REFUSED = 32  # `ledger_code`: an AccountUpdateResult
+
+
+@dataclass(slots=True)
+class Refusal:
+    code: Code
+    detail: str = ""
+    ledger_code: int = 0
+    replayed: bool = False  # the answer repeats the first request's refusal
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Refused(Exception):
+    """A command was refused; `refusal` says why (a value, not an error)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"{refusal.code.name.lower()}: {refusal.detail}")
+        self.refusal = refusal
+
+
+def refused(code: Code, detail: str = "", **extras: Any) -> Refused:
+    """`Refused(Refusal(code, detail, extras=extras))`, for `raise refused(...)`."""
+    return Refused(Refusal(code, detail, extras=extras))
+
+
+def transfer_refused(ledger_code: int, detail: str = "", *, replayed: bool = False) -> Refused:
+    """A transfer the ledger (or a service check mirroring it) refused with `ledger_code`."""
+    return Refused(Refusal(Code.TRANSFER_REFUSED, detail, int(ledger_code), replayed))
+
+
+def kind_refused(caller: Any, kinds: tuple[str, ...], what: str) -> Refused:
+    """`what` is only offered at channels of `kinds`; `caller` (a `Caller`) is not one."""
+    return refused(
+        Code.CHANNEL_KIND_NOT_ALLOWED,
+        f"channel {caller.name} is of kind {caller.kind}",
+        what=what,
+        kinds=kinds,
+    )
