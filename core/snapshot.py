@@ -10,7 +10,7 @@ caught up), and no kernel call runs on the ledger while it is copied.
 File `snapshot-<last_seq:020d>.tls`, little-endian:
 
      0  4s  magic b"TLS1"        4  u32 crc32c of bytes 8..end of the section table
-     8  u64 last_seq            16  u32 version (1)   20 u32 section_count
+     8  u64 last_seq            16  u32 version (2; 1 is read)   20 u32 section_count
     24  u64 created_ns          32  u64 account_count
     40  u64 log_tail            48  u64 log_count     56 u64 reserved (0)
     64  section table, 32 bytes a section: 8s name, u64 offset, u64 size,
@@ -24,6 +24,10 @@ File `snapshot-<last_seq:020d>.tls`, little-endian:
     chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
               3 zero bytes, i64 used (in `channel_entries_live` order)
     digest    SHA-256 of the state, equal to `ledger.digest()` when it was taken
+    state     version 2: the customer state (the key/value changes of PUT_STATE
+              entries through last_seq), every key in byte order, encoded as one
+              PUT_STATE payload (core/entries.py); a version 1 snapshot has no
+              state section and loads with an empty state
 
 The indexes (account ids, transfer ids), the expiry heap and the channel
 counter table are not stored: they are functions of the sections and are
@@ -50,12 +54,14 @@ import re
 import struct
 import time
 from array import array
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal, overload
 
 from cext import journal_codec as codec
 from cext import ledger_kernel as kernel
 from core import journal
+from core.entries import decode_state_changes, encode_state_changes
 from core.errors import TallyError
 from ledger.kernel import (
     META_ACCOUNT_COUNT,
@@ -82,7 +88,8 @@ from ledger.types import (
 )
 
 MAGIC = b"TLS1"
-VERSION = 1
+VERSION = 2
+VERSIONS_READ = (1, 2)
 HEADER = struct.Struct("<4sIQIIQQQQQ")
 SECTION = struct.Struct("<8sQQII")
 assert HEADER.size == 64 and SECTION.size == 32
@@ -100,7 +107,9 @@ SECTION_NAMES = (
     b"log",
     b"chanlive",
     b"digest",
+    b"state",
 )
+SECTION_NAMES_V1 = SECTION_NAMES[:-1]
 
 # Offsets in the 128-byte transfer record (ledger/types.py).
 TRANSFER_TIMESTAMP_OFFSET = 72
@@ -155,7 +164,9 @@ def _log_window(ledger: KernelLedger) -> list[memoryview]:
     return [view[start * TRANSFER_SIZE :], view[: (end - log_size) * TRANSFER_SIZE]]
 
 
-def _sections(ledger: KernelLedger) -> list[tuple[bytes, list[bytes | bytearray | memoryview]]]:
+def _sections(
+    ledger: KernelLedger, state: Mapping[bytes, bytes]
+) -> list[tuple[bytes, list[bytes | bytearray | memoryview]]]:
     """(name, chunks) of every section, reading the tables in place (no copies of big ones)."""
     account_count = ledger.account_count
     live = kernel.channel_entries_live(ledger.channel_counters, ledger.last_day)
@@ -176,14 +187,17 @@ def _sections(ledger: KernelLedger) -> list[tuple[bytes, list[bytes | bytearray 
         (b"log", list(window)),
         (b"chanlive", [channels_live]),
         (b"digest", [digest]),
+        (b"state", [encode_state_changes(sorted(state.items()))]),
     ]
 
 
-def _write_snapshot_file(directory: str, ledger: KernelLedger, last_seq: int) -> str:
+def _write_snapshot_file(
+    directory: str, ledger: KernelLedger, last_seq: int, state: Mapping[bytes, bytes]
+) -> str:
     """Write, fsync and atomically publish the snapshot; returns its path."""
     assert isinstance(ledger, KernelLedger), type(ledger)
     assert last_seq >= 0
-    sections = _sections(ledger)
+    sections = _sections(ledger, state)
     assert [name for name, _ in sections] == list(SECTION_NAMES)
     table = bytearray()
     offset = _align(HEADER.size + SECTION.size * len(sections))
@@ -256,14 +270,19 @@ def prune(directory: str | os.PathLike[str]) -> list[str]:
     return removed
 
 
-def write_snapshot(directory: str | os.PathLike[str], ledger: KernelLedger, last_seq: int) -> str:
-    """Write `snapshot-<last_seq>.tls` durably, then prune; returns its path.
+def write_snapshot(
+    directory: str | os.PathLike[str],
+    ledger: KernelLedger,
+    last_seq: int,
+    state: Mapping[bytes, bytes] | None = None,
+) -> str:
+    """Write `snapshot-<last_seq>.tls` (with the customer `state`) durably, then prune.
 
     Blocks for the whole write: the engine uses `fork_snapshot` instead.
     """
     path = os.fspath(directory)
     try:
-        written = _write_snapshot_file(path, ledger, last_seq)
+        written = _write_snapshot_file(path, ledger, last_seq, state or {})
         prune(path)
     except OSError as error:
         raise SnapshotError(f"cannot write snapshot {last_seq} in {path}: {error}") from error
@@ -280,7 +299,12 @@ class SnapshotChild:
 _children: dict[int, SnapshotChild] = {}
 
 
-def fork_snapshot(directory: str | os.PathLike[str], ledger: KernelLedger, last_seq: int) -> int:
+def fork_snapshot(
+    directory: str | os.PathLike[str],
+    ledger: KernelLedger,
+    last_seq: int,
+    state: Mapping[bytes, bytes] | None = None,
+) -> int:
     """Write the snapshot from a forked child; returns its pid at once (see `wait_snapshot`).
 
     The child sees the tables as they were at the fork, copy-on-write, and
@@ -300,7 +324,7 @@ def fork_snapshot(directory: str | os.PathLike[str], ledger: KernelLedger, last_
         status = 1
         try:
             _child_descriptors(journal.LOCK_FDS_HELD)
-            write_snapshot(path, ledger, last_seq)
+            write_snapshot(path, ledger, last_seq, state)
             status = 0
         except BaseException as error:  # report it, then exit without running parent cleanup
             with contextlib.suppress(OSError):
@@ -385,6 +409,7 @@ class SnapshotContents:
     log: bytes
     channels_live: list[tuple[int, int, int]]
     digest: str
+    state: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def account_count(self) -> int:
@@ -430,8 +455,8 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
     table_end = HEADER.size + SECTION.size * section_count
     if table_end > len(data) or codec.crc32c(memoryview(data)[8:table_end]) != crc:
         raise SnapshotCorrupt(name, "header checksum mismatch")
-    if version != VERSION or reserved != 0:
-        raise SnapshotCorrupt(name, f"version {version} is not {VERSION}")
+    if version not in VERSIONS_READ or reserved != 0:
+        raise SnapshotCorrupt(name, f"version {version} is not one of {VERSIONS_READ}")
     match = SNAPSHOT_PATTERN.fullmatch(os.path.basename(name))
     if match is not None and int(match.group(1)) != last_seq:
         raise SnapshotCorrupt(name, f"file is named for seq {match.group(1)}, holds {last_seq}")
@@ -441,14 +466,20 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
             data, HEADER.size + index * SECTION.size
         )
         section_name = raw_name.rstrip(b"\0")
-        if offset + size > len(data):
+        if size and offset + size > len(data):  # an empty last section may lie past it
             raise SnapshotCorrupt(name, f"section {section_name!r} runs past the end of the file")
         chunk = data[offset : offset + size]
         if codec.crc32c(chunk) != section_crc:
             raise SnapshotCorrupt(name, f"section {section_name!r} checksum mismatch")
         sections[section_name] = chunk
-    if tuple(sections) != SECTION_NAMES:
-        raise SnapshotCorrupt(name, f"sections {list(sections)}, expected {SECTION_NAMES}")
+    expected = SECTION_NAMES if version == VERSION else SECTION_NAMES_V1
+    if tuple(sections) != expected:
+        raise SnapshotCorrupt(name, f"sections {list(sections)}, expected {expected}")
+    try:
+        changes = decode_state_changes(sections.get(b"state", b""))
+        assert all(value is not None for _, value in changes), "a delete in a snapshot"
+    except AssertionError as error:  # checksummed, yet not what a writer writes
+        raise SnapshotCorrupt(name, f"state section does not decode: {error}") from error
     meta = array("q")
     meta.frombytes(sections[b"meta"])
     channels_live = [
@@ -467,6 +498,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
         log=sections[b"log"],
         channels_live=channels_live,
         digest=sections[b"digest"].hex(),
+        state={key: value for key, value in changes if value is not None},
     )
     # Pair assertions on what was written: the sizes agree with the counts.
     problems = []
@@ -531,6 +563,20 @@ def load_snapshot(
     (checked). Raises SnapshotCorrupt on bad checksums, SnapshotError when the
     capacities are too small for the state.
     """
+    ledger, last_seq, _state = load_snapshot_state(
+        path, account_capacity, transfer_capacity, backend=backend
+    )
+    return ledger, last_seq
+
+
+def load_snapshot_state(
+    path: str | os.PathLike[str],
+    account_capacity: int,
+    transfer_capacity: int,
+    *,
+    backend: str = "kernel",
+) -> tuple[KernelLedger | ReferenceLedger, int, dict[bytes, bytes]]:
+    """`load_snapshot`, and the customer state it holds (empty for a version 1 snapshot)."""
     contents = read_snapshot(path)
     ledger: KernelLedger | ReferenceLedger
     if backend == "kernel":
@@ -545,7 +591,7 @@ def load_snapshot(
             contents.path,
             f"rebuilt state has digest {digest}, the snapshot recorded {contents.digest}",
         )
-    return ledger, contents.last_seq
+    return ledger, contents.last_seq, contents.state
 
 
 def _check_capacity(contents: SnapshotContents, account_capacity: int, log_size: int) -> None:
