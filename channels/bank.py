@@ -57,6 +57,7 @@ from core.engine import (
 )
 from core.engine import Request as EngineRequest
 from core.journal import Journal
+from core.journal_store import JournalStore
 from core.replay import recover_ledger
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
@@ -185,20 +186,16 @@ class Token:
     expires_ns: int
 
 
-class SlowStore:
-    """Tests only: a journal whose every append first waits (a slow disk)."""
+class SlowStore(JournalStore):
+    """Tests only: a journal whose every group first waits (a slow disk)."""
 
     def __init__(self, journal: Journal, delay_s: float) -> None:
-        self.journal = journal
+        super().__init__(journal)
         self.delay_s = delay_s
 
-    @property
-    def last_seq(self) -> int:
-        return self.journal.last_seq
-
-    def append(self, entries: Sequence[Any]) -> None:
-        time.sleep(self.delay_s)
-        self.journal.append(entries)
+    async def finish_group(self, pending: list[Any]) -> None:
+        await anyio.to_thread.run_sync(time.sleep, self.delay_s)
+        await super().finish_group(pending)
 
 
 def derive_transfer_id(channel_ledger_id: int, key: str, index: int) -> int:

@@ -284,3 +284,28 @@ def test_replay_without_a_state_leaves_the_ledger_alone() -> None:
     payload = encode_state_changes([(b"k", b"v")])
     assert apply_entry(ledger, Entry(EntryKind.PUT_STATE, 1, 0, 1, payload)) is None
     assert ledger.digest() == before
+
+
+def test_snapshots_carry_the_state_and_version_1_loads_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot (format 2) holds the customer state and gives it back; a format 1
+    snapshot (written as before this change: no state section) still loads, with an
+    empty state and the same ledger."""
+    from core import snapshot
+
+    ledger = KernelLedger(account_capacity=16, transfer_capacity=16)
+    state = {b"customer:1": b"alice", b"customer:2": b""}
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v1").mkdir()
+    path = snapshot.write_snapshot(tmp_path / "v2", ledger, 0, state)
+    assert snapshot.load_snapshot_state(path, 16, 16)[2] == state
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot, "VERSION", 1)
+        patch.setattr(snapshot, "SECTION_NAMES", snapshot.SECTION_NAMES_V1)
+        sections = snapshot._sections
+        patch.setattr(snapshot, "_sections", lambda *args: sections(*args)[:-1])
+        old = snapshot.write_snapshot(tmp_path / "v1", ledger, 0, state)
+    assert snapshot.read_snapshot(old).state == {}
+    loaded, seq, loaded_state = snapshot.load_snapshot_state(old, 16, 16)
+    assert (seq, loaded_state, loaded.digest()) == (0, {}, ledger.digest())
