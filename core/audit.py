@@ -45,6 +45,8 @@ from typing import Any
 import orjson
 
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.errors import TallyError
+from core.store import is_store_url
 
 INTERNAL_ACCOUNT_IDS = (1, 2, 3)
 HISTORY_PAGE = 500
@@ -54,7 +56,9 @@ CUSTOMER_KINDS = ("class_i", "class_ii", "class_iii", "savings", "fixed_deposit"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", help="the server's URL (http://HOST:PORT) or its data directory (offline)"
+        "source",
+        help="the server's URL (http://HOST:PORT), or its store, offline: a data directory,"
+        " journal:DIR or postgresql://...",
     )
     parser.add_argument(
         "--outcomes",
@@ -109,25 +113,25 @@ class Books:
 
 
 class OfflineBooks(Books):
-    """The ledger replayed from a data directory's journal and snapshots."""
+    """The ledger replayed from a store: a data directory's journal and snapshots, or
+    PostgreSQL's entries (`core.store.replay_store`)."""
 
-    def __init__(self, directory: str, args: argparse.Namespace, rules: Any) -> None:
-        from core.journal import JournalScan
-        from core.replay import recover_ledger
+    def __init__(self, source: str, args: argparse.Namespace, rules: Any) -> None:
+        from core.store import read_entries, replay_store
         from ledger.records import account_input_view
         from ledger.types import ACCOUNT_SIZE
 
-        self.recovered = recover_ledger(directory, args.account_capacity, args.transfer_capacity)
+        self.recovered = replay_store(source, args.account_capacity, args.transfer_capacity)
         self.ledger = self.recovered.ledger
         self.rules = rules
         self.complete_history = self.ledger.log_tail == 0
         self.ids: list[int] = []
         from core.entries import EntryKind
 
-        for stored in JournalScan(directory):
-            if stored.entry.kind != EntryKind.CREATE_ACCOUNTS:
+        for _seq, entry in read_entries(source):
+            if entry.kind != EntryKind.CREATE_ACCOUNTS:
                 continue
-            payload = stored.entry.payload
+            payload = entry.payload
             for offset in range(0, len(payload), ACCOUNT_SIZE):
                 self.ids.append(account_input_view(payload, offset).id)
 
@@ -664,10 +668,13 @@ def run(args: argparse.Namespace) -> int:
         if args.source.startswith(("http://", "https://")):
             books = OnlineBooks(args.source, args, dataset)
         else:
-            if not os.path.isdir(args.source):
-                raise ValueError(f"{args.source} is neither a URL nor a data directory")
+            if not is_store_url(args.source):
+                raise ValueError(
+                    f"{args.source} is neither a URL nor a data directory (nor journal:DIR,"
+                    " postgresql://...)"
+                )
             books = OfflineBooks(args.source, args, rules)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TallyError) as error:
         print(f"tally audit: {error}", file=sys.stderr)
         return 2
     audit = audit_books(

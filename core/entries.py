@@ -1,4 +1,5 @@
-"""Engine entries: one batch each, the unit the store makes durable and replay applies.
+"""Engine entries: one batch each (or a group's customer-state changes), the unit the
+store makes durable and replay applies.
 
 The ledger's state is a pure function of its sequence of entries: the engine
 forms them, the journal (or PostgreSQL) stores them, and `apply_entry` applies
@@ -26,11 +27,19 @@ class EntryKind(enum.IntEnum):
     EXPIRE_PENDING = 4
     SET_RULES = 5
     EVICT = 6
+    PUT_STATE = 7
 
 
 UPDATE_ACCOUNT_PAYLOAD = struct.Struct("<QQBH13x")  # id_lo, id_hi, status, flags (32 bytes)
 EVICT_PAYLOAD = struct.Struct("<Qq")  # before_ns, count_max
 RULES_HEADER = struct.Struct("<I")  # product table size, then products, then channels
+# A PUT_STATE change: key size, value size (STATE_DELETE: the key is deleted, no value),
+# then the key and the value; `count` changes back to back.
+STATE_CHANGE_HEADER = struct.Struct("<II")
+STATE_DELETE = 0xFFFFFFFF
+STATE_KEY_SIZE_MAX = 1024
+
+StateChanges = list[tuple[bytes, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +69,75 @@ class Entry:
             assert len(self.payload) == 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
         elif self.kind == EntryKind.EVICT:
             assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
+        elif self.kind == EntryKind.PUT_STATE:
+            assert self.count >= 1 and len(decode_state_changes(self.payload)) == self.count
         else:
             raise AssertionError(f"unknown entry kind {self.kind}")
 
 
-def apply_entry(ledger: KernelLedger | ReferenceLedger, entry: Entry) -> Any:
-    """Apply one entry; returns the kernel's outcome for it (results etc.)."""
+def encode_state_changes(changes: StateChanges) -> bytes:
+    """The PUT_STATE payload of `changes`, in order (a later change of a key wins)."""
+    parts: list[bytes] = []
+    for key, value in changes:
+        assert 1 <= len(key) <= STATE_KEY_SIZE_MAX, key
+        if value is None:
+            parts.append(STATE_CHANGE_HEADER.pack(len(key), STATE_DELETE))
+            parts.append(key)
+        else:
+            assert len(value) < STATE_DELETE, len(value)
+            parts.append(STATE_CHANGE_HEADER.pack(len(key), len(value)))
+            parts.append(key)
+            parts.append(value)
+    return b"".join(parts)
+
+
+def decode_state_changes(payload: bytes) -> StateChanges:
+    """The changes of a PUT_STATE payload; asserts the encoding is exact (no bytes left)."""
+    changes: StateChanges = []
+    offset, end = 0, len(payload)
+    view = memoryview(payload)
+    while offset < end:
+        assert offset + STATE_CHANGE_HEADER.size <= end, "state change header cut short"
+        key_size, value_size = STATE_CHANGE_HEADER.unpack_from(payload, offset)
+        offset += STATE_CHANGE_HEADER.size
+        assert 1 <= key_size <= STATE_KEY_SIZE_MAX, f"state key of {key_size} bytes"
+        key = bytes(view[offset : offset + key_size])
+        offset += key_size
+        if value_size == STATE_DELETE:
+            value = None
+        else:
+            value = bytes(view[offset : offset + value_size])
+            offset += value_size
+        assert offset <= end, "state change runs past the payload"
+        changes.append((key, value))
+    return changes
+
+
+def apply_state_changes(state: dict[bytes, bytes], changes: StateChanges) -> None:
+    """Apply changes in order: a value sets its key, None deletes it (if present)."""
+    for key, value in changes:
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+
+
+def apply_entry(
+    ledger: KernelLedger | ReferenceLedger,
+    entry: Entry,
+    state: dict[bytes, bytes] | None = None,
+) -> Any:
+    """Apply one entry; returns the kernel's outcome for it (results etc.).
+
+    PUT_STATE changes `state` (the customer state), not the ledger; a caller
+    that only rebuilds the ledger (audit, the simulator) passes no state and
+    the entry changes nothing.
+    """
     entry.check()
+    if entry.kind == EntryKind.PUT_STATE:
+        if state is not None:
+            apply_state_changes(state, decode_state_changes(entry.payload))
+        return None
     if entry.kind == EntryKind.CREATE_TRANSFERS:
         return ledger.create_transfers(entry.payload, entry.timestamp_first, entry.business_day)
     if entry.kind == EntryKind.CREATE_ACCOUNTS:

@@ -28,6 +28,10 @@ same bits as the kernels' unsigned halves, so a row packs back to the exact
   account's latest row into `tally_accounts_compacted` and empties the
   versions: an UPDATE of an account row costs ~10x a COPY of one, and between
   compactions an account changed by many groups is updated once.
+- `tally_state`: the customer state (customers, account metadata, password
+  hashes, tokens, nonces: opaque keys and values), as of the last committed
+  group: each group's PUT_STATE entries' changes, upserted and deleted in
+  that group's transaction; the entries themselves are in `tally_entries`.
 - `tally_epoch`: the single fencing row: the epoch of the engine allowed to
   write and the last seq it wrote; every group's transaction updates it
   `WHERE epoch = mine AND last_seq = expected`.
@@ -316,6 +320,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                tally_le_int8(record, 120) AS amount_reversed,
                seq
         FROM tally_transfer_records;
+        """,
+    ),
+    (
+        5,
+        "customer state: one row per key, written in the group that carries its change",
+        """
+        CREATE TABLE tally_state (
+            key bytea PRIMARY KEY,
+            value bytea NOT NULL
+        );
         """,
     ),
 ]

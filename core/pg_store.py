@@ -14,6 +14,11 @@ two groups in flight: see further):
    idempotency is recorded by the key;
 4. existing transfers the group changed (holds posted, voided or expired,
    amounts reversed): one set-based `UPDATE ... FROM unnest(...)` of their records;
+   and the group's customer-state changes (its PUT_STATE entries, merged: the
+   last change of each key wins): one upsert and one DELETE on `tally_state`.
+   After the epoch check, like 4: two groups in flight may change one key, and
+   the later one must neither overtake the earlier nor wait on its row lock
+   while that one waits for it;
 5. every changed account row (balances, pending, PBoC limit counters), as it
    is after the group: binary COPY into the append-only
    `tally_account_versions`, tagged with the group's last seq, each row the
@@ -80,7 +85,8 @@ Startup (`open_pg_store`): migrations (advisory lock), a new fencing epoch
 (taken with `FOR UPDATE`, so an old engine's in-flight transaction finishes
 first and every later one of it is refused), the versions an earlier engine
 left are compacted in SQL (`compact_versions`), then the ledger is rebuilt by
-replaying `tally_entries` through `apply_entry`: the kernels' tables (accounts,
+replaying `tally_entries` through `apply_entry` (the customer state too, checked
+against `tally_state`, which is what is loaded): the kernels' tables (accounts,
 counters, holds, channel counters, the idempotency window of the transfer log)
 are then byte for byte what the engine had, which the row tables cannot give
 (the channel counters and the heap of holds are not rows), and it is the same
@@ -102,9 +108,10 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from core.entries import Entry, EntryKind, apply_entry
+from core.entries import Entry, EntryKind, apply_entry, decode_state_changes
 from core.errors import TallyError
 from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
+from core.store import CommitStats, CustomerState
 from ledger.kernel import KernelLedger
 from ledger.state import ACCOUNT_ROW_SIZE
 from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
@@ -178,15 +185,13 @@ class Changes:
 
 
 @dataclass(slots=True)
-class StoreStats:
-    commits: int = 0
+class StoreStats(CommitStats):
     entries: int = 0
     transfers: int = 0
     resolved_committed: int = 0
     resolved_rewritten: int = 0
     reconnects: int = 0
     compactions: int = 0
-    commit_latency_s: list[float] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)
 
     def phase(self, name: str, started: float) -> float:
@@ -222,6 +227,8 @@ class PendingGroup:
     latest: list[tuple[int, bytes]]  # a compaction's accounts: (slot, row) as of this group
     previous: PendingGroup | None
     link: Link
+    state_puts: list[tuple[bytes, bytes]]  # the group's state changes, one per key
+    state_deletes: list[bytes]
     ok: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
 
@@ -420,8 +427,8 @@ class PgStore:
         self._log_count = ledger.log_count
         return changes
 
-    def append(self, entries: Sequence[Entry]) -> None:
-        raise AssertionError("PgStore needs the engine's capture hook: use append_async")
+    async def after_group(self, ledger: Any, state: CustomerState, wait_durable: Any) -> None:
+        """Nothing between groups: compaction happens inside a group's transaction."""
 
     async def append_async(self, entries: Sequence[Entry], captures: Sequence[Any]) -> None:
         """Commit one group (see the module docstring); returns once it is safely durable."""
@@ -455,6 +462,7 @@ class PgStore:
             self._versions_rows = 0
         else:
             self._versions_rows += len(rows.accounts)
+        state_puts, state_deletes = merge_state_changes(entries)
         pending = PendingGroup(
             list(entries),
             rows,
@@ -463,6 +471,8 @@ class PgStore:
             latest,
             self._tail,
             self._links[self._begun % len(self._links)],
+            state_puts,
+            state_deletes,
         )
         self._begun += 1
         self._begun_seq = pending.last_seq
@@ -501,12 +511,9 @@ class PgStore:
             pending.done.set()
         if pending.compact:
             self.stats.compactions += 1
-        self.stats.commits += 1
         self.stats.entries += len(pending.entries)
         self.stats.transfers += len(pending.rows.transfers)
-        self.stats.commit_latency_s.append(time.perf_counter() - started)
-        if len(self.stats.commit_latency_s) > 4096:
-            del self.stats.commit_latency_s[:2048]
+        self.stats.observe_commit(time.perf_counter() - started)
 
     async def close(self) -> None:
         for link in self._links:
@@ -665,6 +672,9 @@ class PgStore:
                 )
                 assert status == f"UPDATE {len(rows.changed)}", (status, len(rows.changed))
             mark = self.stats.phase("changed", mark)
+            if pending.state_puts or pending.state_deletes:
+                await write_state(connection, pending.state_puts, pending.state_deletes)
+                mark = self.stats.phase("state", mark)
             if pending.compact:
                 await self._compact(connection, pending.latest)
                 mark = self.stats.phase("compact", mark)
@@ -756,6 +766,42 @@ class PgStore:
             await connection.execute("SELECT pg_terminate_backend($1)", old_pid)
 
 
+def merge_state_changes(entries: Sequence[Entry]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """A group's customer-state changes as (upserts, deletes), one per key: the last wins
+    (one statement may not change a row twice)."""
+    merged: dict[bytes, bytes | None] = {}
+    for entry in entries:
+        if entry.kind == EntryKind.PUT_STATE:
+            for key, value in decode_state_changes(entry.payload):
+                merged.pop(key, None)  # re-inserted last: the order of the last changes
+                merged[key] = value
+    puts = [(key, value) for key, value in merged.items() if value is not None]
+    deletes = [key for key, value in merged.items() if value is None]
+    return puts, deletes
+
+
+async def write_state(
+    connection: Any, puts: list[tuple[bytes, bytes]], deletes: list[bytes]
+) -> None:
+    """Upsert and delete `tally_state` rows inside the caller's transaction."""
+    if puts:
+        await connection.execute(
+            "INSERT INTO tally_state (key, value)"
+            " SELECT * FROM unnest($1::bytea[], $2::bytea[])"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            [key for key, _ in puts],
+            [value for _, value in puts],
+        )
+    if deletes:
+        await connection.execute("DELETE FROM tally_state WHERE key = ANY($1::bytea[])", deletes)
+
+
+async def load_state(connection: Any) -> CustomerState:
+    """Every `tally_state` row: the customer state as of the last committed group."""
+    rows = await connection.fetch("SELECT key, value FROM tally_state")
+    return {bytes(row["key"]): bytes(row["value"]) for row in rows}
+
+
 async def empty_versions(connection: Any) -> None:
     """Empty tally_account_versions inside the caller's transaction, once compacted.
 
@@ -832,14 +878,19 @@ async def read_entries(connection: Any, from_seq: int = 1, through_seq: int | No
 
 
 async def replay_ledger(
-    connection: Any, account_capacity: int, transfer_capacity: int, last_seq: int
+    connection: Any,
+    account_capacity: int,
+    transfer_capacity: int,
+    last_seq: int,
+    state: CustomerState | None = None,
 ) -> KernelLedger:
-    """The kernel ledger as of `last_seq`, by replaying `tally_entries` 1..last_seq."""
+    """The kernel ledger as of `last_seq`, by replaying `tally_entries` 1..last_seq
+    (and the customer `state` when one is given)."""
     ledger = KernelLedger(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
     replayed = 0
     async for _seq, entry in read_entries(connection, 1, last_seq):
         try:
-            await anyio.to_thread.run_sync(apply_entry, ledger, entry)
+            await anyio.to_thread.run_sync(apply_entry, ledger, entry, state)
         except ValueError as error:
             raise PgStoreError(
                 f"cannot replay seq {_seq} ({entry.kind.name}) with these capacities: {error}"
@@ -856,6 +907,7 @@ class Opened:
     ledger: KernelLedger
     migrated: list[int]
     load_s: float
+    state: CustomerState = field(default_factory=dict)
 
 
 async def open_pg_store(
@@ -871,7 +923,8 @@ async def open_pg_store(
     compact_accounts_max: int = COMPACT_ACCOUNTS_MAX_DEFAULT,
     inflight_groups: int = INFLIGHT_GROUPS_DEFAULT,
 ) -> Opened:
-    """Migrate, take a new fencing epoch, rebuild the ledger: ready for `Engine(ledger, store)`."""
+    """Migrate, take a new fencing epoch, rebuild the ledger and load the customer state:
+    ready for `Engine(ledger, store, rules, state=opened.state)`."""
     import asyncpg
 
     started = time.perf_counter()
@@ -883,7 +936,16 @@ async def open_pg_store(
         migrated = await migrate(connection)
         epoch, last_seq = await take_epoch(connection, owner, epoch_min)
         await compact_versions(connection, epoch)
-        ledger = await replay_ledger(connection, account_capacity, transfer_capacity, last_seq)
+        replayed_state: CustomerState = {}
+        ledger = await replay_ledger(
+            connection, account_capacity, transfer_capacity, last_seq, replayed_state
+        )
+        state = await load_state(connection)
+        if state != replayed_state:  # pair check: the table against its entries
+            raise PgStoreError(
+                f"tally_state holds {len(state)} keys, the entries through seq {last_seq}"
+                f" give {len(replayed_state)} (or other values): the table and log disagree"
+            )
     except BaseException:
         connection.terminate()
         raise
@@ -909,7 +971,7 @@ async def open_pg_store(
         compact_accounts_max=compact_accounts_max,
         more_connections=more,
     )
-    return Opened(store, ledger, migrated, time.perf_counter() - started)
+    return Opened(store, ledger, migrated, time.perf_counter() - started, state)
 
 
 def open_pg_store_blocking(dsn: str, **options: Any) -> Opened:

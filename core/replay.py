@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from core.entries import Entry, EntryKind, apply_entry
 from core.errors import TallyError
 from core.journal import JournalCorrupt, JournalScan
-from core.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot
+from core.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot_state
 from ledger import open_ledger
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
@@ -31,9 +31,10 @@ class ReplayError(TallyError):
     """A record could not be applied (a capacity smaller than the one that wrote it)."""
 
 
-def apply_record(ledger: Ledger, record: Entry) -> None:
-    """Apply one journal record to a kernel or reference ledger (outcomes are not needed)."""
-    apply_entry(ledger, record)
+def apply_record(ledger: Ledger, record: Entry, state: dict[bytes, bytes] | None = None) -> None:
+    """Apply one journal record to a kernel or reference ledger (outcomes are not needed),
+    and a PUT_STATE record to the customer `state` when one is given."""
+    apply_entry(ledger, record, state)
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class Recovered:
     journal: JournalScan
     kind_counts: Counter[EntryKind] = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    state: dict[bytes, bytes] = field(default_factory=dict)  # the customer state
 
     @property
     def records_per_s(self) -> float:
@@ -68,7 +70,8 @@ def recover_ledger(
     *,
     backend: str = "kernel",
 ) -> Recovered:
-    """The ledger as of the last durable record: newest good snapshot + journal replay.
+    """The ledger and customer state as of the last durable record: newest good snapshot
+    + journal replay.
 
     Reads only; run `Journal.open` first when the journal is to be appended
     to (it also zeroes a torn tail, which this skips over in the same way).
@@ -80,12 +83,13 @@ def recover_ledger(
     path = os.fspath(directory)
     warnings: list[str] = []
     ledger: Ledger | None = None
+    state: dict[bytes, bytes] = {}
     snapshot_path: str | None = None
     snapshot_seq = 0
     started = time.perf_counter()
     for seq, candidate in reversed(list_snapshots(path)):
         try:
-            ledger, snapshot_seq = load_snapshot(
+            ledger, snapshot_seq, state = load_snapshot_state(
                 candidate, account_capacity, transfer_capacity, backend=backend
             )
         except SnapshotCorrupt as error:
@@ -115,7 +119,7 @@ def recover_ledger(
                 f" {_describe(snapshot_path, snapshot_seq)} needs seq {snapshot_seq + 1}",
             )
         try:
-            apply_record(ledger, stored.entry)
+            apply_record(ledger, stored.entry, state)
         except ValueError as error:
             raise ReplayError(
                 f"cannot apply seq {stored.seq} ({stored.entry.kind.name}, {stored.segment} at"
@@ -154,6 +158,7 @@ def recover_ledger(
         journal=scan,
         kind_counts=kind_counts,
         warnings=warnings,
+        state=state,
     )
 
 

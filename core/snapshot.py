@@ -10,7 +10,7 @@ caught up), and no kernel call runs on the ledger while it is copied.
 File `snapshot-<last_seq:020d>.tls`, little-endian:
 
      0  4s  magic b"TLS1"        4  u32 crc32c of bytes 8..end of the section table
-     8  u64 last_seq            16  u32 version (1)   20 u32 section_count
+     8  u64 last_seq            16  u32 version (2; 1 is read)   20 u32 section_count
     24  u64 created_ns          32  u64 account_count
     40  u64 log_tail            48  u64 log_count     56 u64 reserved (0)
     64  section table, 32 bytes a section: 8s name, u64 offset, u64 size,
@@ -22,7 +22,11 @@ each holds): this module writes whatever `ledger.dump_state()` declares, in
 its order, and hands what it read back to the twin's `load_state`, which
 rebuilds the indexes and checks the result against the recorded digest. A
 file whose sections are not the ones this build's ledger declares is
-refused, naming both lists.
+refused, naming both lists. After the ledger's sections comes the
+snapshot's own `state` section (version 2): the customer state (the
+key/value changes of PUT_STATE entries through last_seq), every key in byte
+order, encoded as one PUT_STATE payload (core/entries.py); a version 1
+snapshot has no state section and loads with an empty state.
 
 Writing happens in a temp file, fsync, rename, directory fsync. Then older
 snapshots are deleted (the newest `SNAPSHOTS_KEPT` stay) and the journal
@@ -39,12 +43,13 @@ import os
 import re
 import struct
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, overload
 
 from cext import journal_codec as codec
 from core import journal
+from core.entries import decode_state_changes, encode_state_changes
 from core.errors import TallyError
 from ledger.kernel import KernelLedger
 from ledger.protocol import Ledger
@@ -52,7 +57,9 @@ from ledger.reference import ReferenceLedger
 from ledger.state import SECTION_NAMES, LedgerState, StateCorrupt, StateTooLarge
 
 MAGIC = b"TLS1"
-VERSION = 1
+VERSION = 2
+VERSIONS_READ = (1, 2)
+STATE_SECTION = b"state"  # the customer state, after the ledger's sections (version 2)
 HEADER = struct.Struct("<4sIQIIQQQQQ")
 SECTION = struct.Struct("<8sQQII")
 assert HEADER.size == 64 and SECTION.size == 32
@@ -92,12 +99,16 @@ def list_snapshots(directory: str | os.PathLike[str]) -> list[tuple[int, str]]:
 # --- writing ------------------------------------------------------------------
 
 
-def _write_snapshot_file(directory: str, ledger: Ledger, last_seq: int) -> str:
+def _write_snapshot_file(
+    directory: str, ledger: Ledger, last_seq: int, customer_state: Mapping[bytes, bytes]
+) -> str:
     """Write, fsync and atomically publish the snapshot; returns its path."""
     assert last_seq >= 0
     state = ledger.dump_state()
     sections = [(name.encode(), chunks) for name, chunks in state.sections.items()]
     assert tuple(state.sections) == SECTION_NAMES
+    encoded_state = encode_state_changes(sorted(customer_state.items()))
+    sections.append((STATE_SECTION, [encoded_state]))
     table = bytearray()
     offset = _align(HEADER.size + SECTION.size * len(sections))
     layout: list[tuple[int, Sequence[bytes | bytearray | memoryview]]] = []
@@ -169,14 +180,19 @@ def prune(directory: str | os.PathLike[str]) -> list[str]:
     return removed
 
 
-def write_snapshot(directory: str | os.PathLike[str], ledger: Ledger, last_seq: int) -> str:
-    """Write `snapshot-<last_seq>.tls` durably, then prune; returns its path.
+def write_snapshot(
+    directory: str | os.PathLike[str],
+    ledger: Ledger,
+    last_seq: int,
+    state: Mapping[bytes, bytes] | None = None,
+) -> str:
+    """Write `snapshot-<last_seq>.tls` (with the customer `state`) durably, then prune.
 
     Blocks for the whole write: the engine uses `fork_snapshot` instead.
     """
     path = os.fspath(directory)
     try:
-        written = _write_snapshot_file(path, ledger, last_seq)
+        written = _write_snapshot_file(path, ledger, last_seq, state or {})
         prune(path)
     except OSError as error:
         raise SnapshotError(f"cannot write snapshot {last_seq} in {path}: {error}") from error
@@ -193,7 +209,12 @@ class SnapshotChild:
 _children: dict[int, SnapshotChild] = {}
 
 
-def fork_snapshot(directory: str | os.PathLike[str], ledger: Ledger, last_seq: int) -> int:
+def fork_snapshot(
+    directory: str | os.PathLike[str],
+    ledger: Ledger,
+    last_seq: int,
+    state: Mapping[bytes, bytes] | None = None,
+) -> int:
     """Write the snapshot from a forked child; returns its pid at once (see `wait_snapshot`).
 
     The child sees the tables as they were at the fork, copy-on-write, and
@@ -213,7 +234,7 @@ def fork_snapshot(directory: str | os.PathLike[str], ledger: Ledger, last_seq: i
         status = 1
         try:
             _child_descriptors(journal.LOCK_FDS_HELD)
-            write_snapshot(path, ledger, last_seq)
+            write_snapshot(path, ledger, last_seq, state)
             status = 0
         except BaseException as error:  # report it, then exit without running parent cleanup
             with contextlib.suppress(OSError):
@@ -291,6 +312,7 @@ class SnapshotContents:
     last_seq: int
     created_ns: int
     state: LedgerState
+    customer_state: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def account_count(self) -> int:
@@ -340,8 +362,8 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
     table_end = HEADER.size + SECTION.size * section_count
     if table_end > len(data) or codec.crc32c(memoryview(data)[8:table_end]) != crc:
         raise SnapshotCorrupt(name, "header checksum mismatch")
-    if version != VERSION or reserved != 0:
-        raise SnapshotCorrupt(name, f"version {version} is not {VERSION}")
+    if version not in VERSIONS_READ or reserved != 0:
+        raise SnapshotCorrupt(name, f"version {version} is not one of {VERSIONS_READ}")
     match = SNAPSHOT_PATTERN.fullmatch(os.path.basename(name))
     if match is not None and int(match.group(1)) != last_seq:
         raise SnapshotCorrupt(name, f"file is named for seq {match.group(1)}, holds {last_seq}")
@@ -351,12 +373,13 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
             data, HEADER.size + index * SECTION.size
         )
         section_name = raw_name.rstrip(b"\0")
-        if offset + size > len(data):
+        if size and offset + size > len(data):  # an empty last section may lie past it
             raise SnapshotCorrupt(name, f"section {section_name!r} runs past the end of the file")
         chunk = data[offset : offset + size]
         if codec.crc32c(chunk) != section_crc:
             raise SnapshotCorrupt(name, f"section {section_name!r} checksum mismatch")
         sections[section_name] = chunk
+    customer_state = _customer_state(name, version, sections)
     try:
         state = LedgerState.from_bytes(
             {section_name.decode(): chunk for section_name, chunk in sections.items()}
@@ -370,7 +393,30 @@ def read_snapshot(path: str | os.PathLike[str]) -> SnapshotContents:
         log_count,
     ):
         raise SnapshotCorrupt(name, "header and meta disagree on the counts")
-    return SnapshotContents(path=name, last_seq=last_seq, created_ns=created_ns, state=state)
+    return SnapshotContents(
+        path=name,
+        last_seq=last_seq,
+        created_ns=created_ns,
+        state=state,
+        customer_state=customer_state,
+    )
+
+
+def _customer_state(name: str, version: int, sections: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Take the state section out of `sections` (version 2; version 1 has none) and decode it."""
+    if version == 1:
+        if STATE_SECTION in sections:
+            raise SnapshotCorrupt(name, "a version 1 snapshot with a state section")
+        return {}
+    if list(sections)[-1:] != [STATE_SECTION]:
+        raise SnapshotCorrupt(name, f"sections {list(sections)} do not end with the state")
+    encoded = sections.pop(STATE_SECTION)
+    try:
+        changes = decode_state_changes(encoded)
+        assert all(value is not None for _, value in changes), "a delete in a snapshot"
+    except AssertionError as error:  # checksummed, yet not what a writer writes
+        raise SnapshotCorrupt(name, f"state section does not decode: {error}") from error
+    return {key: value for key, value in changes if value is not None}
 
 
 @overload
@@ -410,6 +456,20 @@ def load_snapshot(
     (checked). Raises SnapshotCorrupt on bad checksums, SnapshotError when the
     capacities are too small for the state.
     """
+    ledger, last_seq, _state = load_snapshot_state(
+        path, account_capacity, transfer_capacity, backend=backend
+    )
+    return ledger, last_seq
+
+
+def load_snapshot_state(
+    path: str | os.PathLike[str],
+    account_capacity: int,
+    transfer_capacity: int,
+    *,
+    backend: str = "kernel",
+) -> tuple[KernelLedger | ReferenceLedger, int, dict[bytes, bytes]]:
+    """`load_snapshot`, and the customer state it holds (empty for a version 1 snapshot)."""
     contents = read_snapshot(path)
     twins: dict[str, type[KernelLedger] | type[ReferenceLedger]]
     twins = {"kernel": KernelLedger, "reference": ReferenceLedger}
@@ -423,4 +483,4 @@ def load_snapshot(
         raise SnapshotError(f"{contents.path} {error}") from error
     except StateCorrupt as error:
         raise SnapshotCorrupt(contents.path, str(error)) from error
-    return ledger, contents.last_seq
+    return ledger, contents.last_seq, contents.customer_state

@@ -5,9 +5,10 @@ The command line (`sim/cli.py`) and the tests both go through here.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
+
+from core.store import is_store_url
 
 from . import report as report_module
 from . import traffic as traffic_module
@@ -25,7 +26,7 @@ def simulate(
     traffic = None
     if replay_source is not None:
         step_ns = round(config.step_ms * NS_PER_MS)
-        if os.path.isdir(replay_source):
+        if is_store_url(replay_source):  # a data directory, journal:DIR, postgresql://...
             traffic = traffic_module.load_journal(replay_source, step_ns)
         else:
             traffic, _ = traffic_module.load_trace(replay_source, step_ns)

@@ -53,7 +53,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", help="a trace file (tally sim run --save-trace) or a journal directory"
+        "source",
+        help="a trace file (tally sim run --save-trace) or a store: a journal directory,"
+        " journal:DIR or postgresql://...",
     )
     _common(parser)
 

@@ -387,21 +387,23 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
     id renumbered to the request's (a repeated id is the same request again and
     is not offered twice); the post/void/reversal references follow.
     """
-    from core.journal import JournalError, JournalScan
+    from core.journal import JournalError
+    from core.pg_store import PgStoreError
+    from core.store import read_entries
 
     try:
-        scan = JournalScan(directory)
-        stored_records = list(scan)
-    except JournalError as error:
+        stored_records = list(read_entries(directory))
+    except (JournalError, PgStoreError) as error:
         raise SimError(f"{directory}: cannot read the journal: {error}") from error
     if not stored_records:
         raise SimError(f"{directory}: the journal holds no records")
-    if scan.first_seq != 1:
+    first_seq = stored_records[0][0]
+    if first_seq != 1:
         raise SimError(
-            f"{directory}: the journal starts at seq {scan.first_seq}; replay needs it from seq 1"
+            f"{directory}: the journal starts at seq {first_seq}; replay needs it from seq 1"
         )
     transfer_entries = [
-        r.entry for r in stored_records if r.entry.kind == EntryKind.CREATE_TRANSFERS
+        entry for _, entry in stored_records if entry.kind == EntryKind.CREATE_TRANSFERS
     ]
     if not transfer_entries:
         raise SimError(f"{directory}: the journal holds no transfers")
@@ -414,8 +416,7 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
     account_count = 0
     seen_transfers = False
     request_hi = simgen.REQUEST_ID_HI
-    for stored_record in stored_records:
-        entry = stored_record.entry
+    for _seq, entry in stored_records:
         if entry.kind == EntryKind.CREATE_ACCOUNTS:
             account_count += entry.count
         if entry.kind == EntryKind.EVICT:

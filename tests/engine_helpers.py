@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import anyio
+
 from core.entries import Entry, apply_entry
+from core.store import CommitStats
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger, Transfer
 from ledger.types import ACCOUNT_INPUT_STRUCT, AccountFlags, AccountKind, TransferCode, split_id
@@ -33,14 +36,31 @@ class FrozenClock:
 class ListStore:
     """A store that keeps entries in memory (a fake for engine-only tests).
 
-    `gate`, when given, blocks every append until it is set, to hold batches
+    `gate`, when given, blocks every group until it is set, to hold batches
     in the not-yet-durable state.
     """
+
+    inflight_groups = 1
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.entries: list[Entry] = []
         self.appends = 0
         self.gate = gate
+        self.stats = CommitStats()
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.entries)
+
+    def capture(self, ledger: object, entry: Entry) -> None:
+        return None
+
+    def begin_group(self, entries: Sequence[Entry], captures: Sequence[object]) -> list[Entry]:
+        return list(entries)
+
+    async def finish_group(self, pending: list[Entry]) -> None:
+        await anyio.to_thread.run_sync(self.append, pending)
+        self.stats.observe_commit(0.0)
 
     def append(self, entries: Sequence[Entry]) -> None:
         if self.gate is not None:
@@ -50,15 +70,23 @@ class ListStore:
         self.entries.extend(entries)
         self.appends += 1
 
+    async def after_group(self, ledger: object, state: object, wait_durable: object) -> None:
+        return None
 
-def replay(entries: Sequence[Entry], backend: str = "kernel") -> KernelLedger | ReferenceLedger:
+    async def close(self) -> None:
+        return None
+
+
+def replay(
+    entries: Sequence[Entry], backend: str = "kernel", state: dict[bytes, bytes] | None = None
+) -> KernelLedger | ReferenceLedger:
     ledger: KernelLedger | ReferenceLedger
     if backend == "kernel":
         ledger = KernelLedger(account_capacity=4096, transfer_capacity=1 << 16)
     else:
         ledger = ReferenceLedger(account_capacity=4096, transfer_capacity=1 << 16)
     for entry in entries:
-        apply_entry(ledger, entry)
+        apply_entry(ledger, entry, state)
     return ledger
 
 

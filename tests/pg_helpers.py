@@ -30,6 +30,7 @@ TABLES = (
     "tally_account_versions",
     "tally_entries",
     "tally_epoch",
+    "tally_state",
     "tally_schema_version",
 )
 # Tables before migrations 3 and 4: dropped as whichever they are.

@@ -50,6 +50,7 @@ from core.bench.kernel import (
 )
 from core.engine import Engine, latency_quantile
 from core.journal import Journal
+from core.journal_store import JournalStore
 from core.replay import recover_ledger
 from core.reports import machine_description, save_report
 from core.snapshot import fork_snapshot, wait_snapshot, write_snapshot
@@ -225,7 +226,7 @@ async def load_phase(
     ledger = KernelLedger(account_capacity=accounts + 1, transfer_capacity=capacity)
     ledger.prefault()
     journal = Journal.open(directory)
-    engine = Engine(ledger, journal, rules, linger_s=0.001, queue_size=1 << 17)
+    engine = Engine(ledger, JournalStore(journal), rules, linger_s=0.001, queue_size=1 << 17)
     source = Generator(accounts)
     results: dict[str, Any] = {}
     async with anyio.create_task_group() as task_group:

@@ -273,7 +273,7 @@ async def bench_both(
         await engine.wait_durable()
         result["setup_s"] = round(time.perf_counter() - setup_started, 2)
         phases_before = dict(store.stats.phase_s)
-        commits_before, compactions_before = store.stats.commits, store.stats.compactions
+        commits_before, compactions_before = store.stats.commit_count, store.stats.compactions
         transfers_before = store.stats.transfers
         for index in range(args.passes):
             if args.serial_peer and index % 2 == 1:
@@ -307,7 +307,7 @@ async def bench_both(
         name: round(seconds - phases_before.get(name, 0.0), 2)
         for name, seconds in store.stats.phase_s.items()
     }
-    commits = store.stats.commits - commits_before
+    commits = store.stats.commit_count - commits_before
     result.update(
         {
             "tally_pg_transfers_per_s": round(done["tally"] / elapsed["tally"]),
