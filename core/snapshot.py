@@ -100,15 +100,22 @@ def list_snapshots(directory: str | os.PathLike[str]) -> list[tuple[int, str]]:
 
 
 def _write_snapshot_file(
-    directory: str, ledger: Ledger, last_seq: int, customer_state: Mapping[bytes, bytes]
+    directory: str,
+    ledger: Ledger,
+    last_seq: int,
+    customer_state: Mapping[bytes, bytes],
+    version: int = VERSION,
 ) -> str:
-    """Write, fsync and atomically publish the snapshot; returns its path."""
+    """Write, fsync and atomically publish the snapshot in format `version` (1: without the
+    customer state, kept so tests can write what older builds wrote); returns its path."""
+    assert version in VERSIONS_READ and (version == 2 or not customer_state)
     assert last_seq >= 0
     state = ledger.dump_state()
     sections = [(name.encode(), chunks) for name, chunks in state.sections.items()]
     assert tuple(state.sections) == SECTION_NAMES
-    encoded_state = encode_state_changes(sorted(customer_state.items()))
-    sections.append((STATE_SECTION, [encoded_state]))
+    if version == 2:
+        encoded_state = encode_state_changes(sorted(customer_state.items()))
+        sections.append((STATE_SECTION, [encoded_state]))
     table = bytearray()
     offset = _align(HEADER.size + SECTION.size * len(sections))
     layout: list[tuple[int, Sequence[bytes | bytearray | memoryview]]] = []
@@ -125,7 +132,7 @@ def _write_snapshot_file(
             MAGIC,
             0,
             last_seq,
-            VERSION,
+            version,
             len(sections),
             time.time_ns(),
             state.account_count,

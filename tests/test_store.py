@@ -286,9 +286,7 @@ def test_replay_without_a_state_leaves_the_ledger_alone() -> None:
     assert ledger.digest() == before
 
 
-def test_snapshots_carry_the_state_and_version_1_loads_empty(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_snapshots_carry_the_state_and_version_1_loads_empty(tmp_path: Path) -> None:
     """A snapshot (format 2) holds the customer state and gives it back; a format 1
     snapshot (written as before this change: no state section) still loads, with an
     empty state and the same ledger."""
@@ -300,12 +298,7 @@ def test_snapshots_carry_the_state_and_version_1_loads_empty(
     (tmp_path / "v1").mkdir()
     path = snapshot.write_snapshot(tmp_path / "v2", ledger, 0, state)
     assert snapshot.load_snapshot_state(path, 16, 16)[2] == state
-    with monkeypatch.context() as patch:
-        patch.setattr(snapshot, "VERSION", 1)
-        patch.setattr(snapshot, "SECTION_NAMES", snapshot.SECTION_NAMES_V1)
-        sections = snapshot._sections
-        patch.setattr(snapshot, "_sections", lambda *args: sections(*args)[:-1])
-        old = snapshot.write_snapshot(tmp_path / "v1", ledger, 0, state)
-    assert snapshot.read_snapshot(old).state == {}
+    old = snapshot._write_snapshot_file(str(tmp_path / "v1"), ledger, 0, {}, version=1)
+    assert snapshot.read_snapshot(old).customer_state == {}
     loaded, seq, loaded_state = snapshot.load_snapshot_state(old, 16, 16)
     assert (seq, loaded_state, loaded.digest()) == (0, {}, ledger.digest())
