@@ -60,6 +60,7 @@ loadtest: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy $(LINT_PACKAGES)
+	$(VENV)/bin/lint-imports
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/cython-lint cext
 
 build: $(VENV)/.installed

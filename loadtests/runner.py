@@ -138,7 +138,7 @@ def read_stats(out: Path) -> dict[str, Any]:
 
 
 def outcome_counts(out: Path) -> dict[str, Any]:
-    from core.audit import read_outcomes
+    from loadtests.audit import read_outcomes
 
     counts: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     report.update(read_stats(out))
     report.update(outcome_counts(out))
 
-    from core.audit import main_for_loadtest
+    from loadtests.audit import main_for_loadtest
 
     audit_source = url if args.host else str(out / "data")
     summary = main_for_loadtest(

@@ -194,7 +194,7 @@ def view(
 
 
 def class_ii(account_id: int, balance: int, outflow_daily_cap: int) -> object:
-    from core.audit import AccountState
+    from loadtests.audit import AccountState
 
     return AccountState(
         account_id, "class_ii", balance, 0, 0, balance,
@@ -205,8 +205,8 @@ def class_ii(account_id: int, balance: int, outflow_daily_cap: int) -> object:
 
 def test_outflow_over_the_daily_cap_is_found_from_the_transfers_alone() -> None:
     """The ledger's own counters say 0 used; the transfers prove 10,000.01 CNY went out."""
-    from core.audit import AccountState, Audit, check_limits_recomputed
     from limits.rules import load_rules
+    from loadtests.audit import AccountState, Audit, check_limits_recomputed
 
     rules = load_rules(str(REPO_ROOT / "examples" / "limits.toml"))
     accounts = {20: class_ii(20, 0, 1_000_000), 10: AccountState(10, "class_i", 0, 0, 0, 0)}
@@ -229,8 +229,8 @@ def test_outflow_over_the_daily_cap_is_found_from_the_transfers_alone() -> None:
 
 def test_channel_daily_cap_passed_is_found() -> None:
     """wechat allows 50,000 CNY a day per account: 50,000.01 CNY in single transfers is over."""
-    from core.audit import AccountState, Audit, check_limits_recomputed
     from limits.rules import load_rules
+    from loadtests.audit import AccountState, Audit, check_limits_recomputed
 
     rules = load_rules(str(REPO_ROOT / "examples" / "limits.toml"))
     accounts = {10: AccountState(10, "class_i", 0, 0, 0, 0)}
@@ -244,7 +244,7 @@ def test_channel_daily_cap_passed_is_found() -> None:
 
 
 def test_balance_that_its_transfers_do_not_explain_is_found() -> None:
-    from core.audit import AccountState, Audit, check_conservation
+    from loadtests.audit import AccountState, Audit, check_conservation
 
     books = {1: view(1, 10, 20, 500), 2: view(2, 20, 10, 200, kind="hold", state="pending")}
     right = {  # the hold: 20 owes 10 another 200, pending

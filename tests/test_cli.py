@@ -84,7 +84,7 @@ def test_command_without_module_fails_with_message(
 
 DEFAULTED_COMMANDS = (
     "channels.http.serve",
-    "core.audit",
+    "loadtests.audit",
     "core.drills.failover",
     "loadtests.runner",
 )

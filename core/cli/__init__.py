@@ -118,7 +118,7 @@ COMMANDS: Mapping[str, Command | Group] = {
         "Locust against a fresh server (or --host), then the audit: reports and exit status",
     ),
     "audit": module_command(
-        "core.audit",
+        "loadtests.audit",
         "check the clients' acknowledged outcomes against the ledger (URL or data directory)",
     ),
     "serve": module_command(
