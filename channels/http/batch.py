@@ -3,7 +3,7 @@
 The item loops run in C (cext/http_fast.pyx) unless TALLY_KERNEL=reference asks
 for their plain-Python twins (chosen explicitly, never as a fallback on a missing
 build). A bad item is a 422 naming its JSON pointer; the packed records go to
-`Payments.post_batch` like every other posting.
+`Payments.post_batch`, through `Payments.admit` like every other posting.
 """
 
 from __future__ import annotations

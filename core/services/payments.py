@@ -1,25 +1,30 @@
-"""Every money movement, through one posting path: `Payments.post`.
+"""Every money movement, through one posting path: `Payments.admit`.
 
 Single transfers, payments (holds), captures, voids, reversals, cash,
-top-ups, withdrawals, clearing in and out, and the batch all end in
-`post(command)`, so a check added there (risk, authorization) applies to
-all. A single posting builds exactly one 128-byte transfer whose id is
-derived from the channel and the Idempotency-Key, so a retry, even after a
-crash, meets the original in the ledger's own idempotency index.
+top-ups, withdrawals, clearing in and out (all through `post(command)`) and
+the batch (`post_batch`) build packed 128-byte transfer records and hand
+them to `admit(caller, records, count)` before the engine sees them. That
+is THE one place where per-posting checks run (`PostingCheck`s: risk,
+authorization, sanctions...), so a check installed there applies to every
+posting whatever its route. A single posting's id is derived from the
+channel and the Idempotency-Key, so a retry, even after a crash, meets the
+original in the ledger's own idempotency index.
 
-`post` is the hot path of the HTTP single transfer: one await on the engine
-(the request's done event), no cancel scope, nothing allocated but the
-result; refusals are raised (`core.services.refusals` says why).
+`post` is the hot path of the HTTP single transfer: `admit` is a plain call
+(no coroutine; with no check installed it is one truth test), then one await
+on the engine (the request's done event), no cancel scope, nothing allocated
+but the result; refusals are raised (`core.services.refusals` says why).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from core.engine import EngineFull, EngineOverloaded, EngineStopped, transfer_result
+from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, transfer_result
 from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
@@ -34,17 +39,42 @@ R = CreateTransferResult
 PAYMENT_TIMEOUT_S_DEFAULT = 900
 _RESULT_NAMES = {int(code): code.name.lower() for code in R}
 
+PostingCheck = Callable[[Caller, bytes, int], None]
+"""A per-posting check: `check(caller, records, count)` over `count` packed transfer
+records (`ledger.records.transfer_view(records, 128 * index)` reads one), raising
+`Refused` to refuse the request; it runs before the engine sees anything."""
+
 
 class Payments:
-    def __init__(self, core: Lifecycle, auth: Auth) -> None:
+    def __init__(self, core: Lifecycle, auth: Auth, checks: tuple[PostingCheck, ...] = ()) -> None:
         self.core = core
         self.auth = auth
+        self.checks = checks
         # Ledger results of postings by name: a plain dict on the hot path, read by the
         # metrics collector at scrape time.
         self.results: dict[str, int] = {}
 
     def count_result(self, name: str, count: int = 1) -> None:
         self.results[name] = self.results.get(name, 0) + count
+
+    def admit(self, caller: Caller, records: bytes, count: int) -> Engine:
+        """THE one point every posting passes on its way to the engine.
+
+        Args:
+            caller: the channel posting.
+            records: `count` packed 128-byte transfers, ids derived.
+        Returns:
+            the running engine, to post `records` on.
+        Error handling:
+            a check's `Refused` propagates (nothing is posted); no running
+            engine yet is `Refused` (NOT_READY).
+
+        A synchronous call on purpose: the single transfer pays no coroutine for it.
+        """
+        if self.checks:
+            for check in self.checks:
+                check(caller, records, count)
+        return self.core.running_engine()
 
     async def post(self, command: Posting) -> Posted:
         """Post one transfer (after its holder's consent); answer once durable."""
@@ -66,8 +96,9 @@ class Payments:
             command.timeout_s,
             caller.ledger_id,
         )
+        engine = self.admit(caller, record, 1)
         try:
-            request = self.core.running_engine().enqueue_transfer(record)
+            request = engine.enqueue_transfer(record)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
             raise engine_refusal(error) from None
         await request.done.wait()
@@ -112,7 +143,7 @@ class Payments:
 
     async def post_batch(self, command: PostingBatch) -> BatchPosted:
         """Post packed records (ids derived) in one engine call; per-item results."""
-        engine = self.core.running_engine()
+        engine = self.admit(command.caller, command.records, command.count)
         results = await self.core.call_engine(engine.submit_transfers, command.records)
         count = command.count
         codes = results.result_codes()
