@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
@@ -28,10 +27,12 @@ from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, tra
 from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
-from core.services.lifecycle import CASH_VAULT_ID, CLEARING_ID, Lifecycle, engine_refusal
-from core.services.records import derive_transfer_id_packed, pack_transfer, transfer_record
+from core.services.lifecycle import Lifecycle, engine_refusal
+from core.services.records import derive_transfer_id_packed
 from core.services.refusals import Code, refused, transfer_refused
 from core.services.results import BatchPosted, Posted
+from ledger.constants import CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
+from ledger.records import TransferView, pack_transfer_after_id, transfer_view
 from ledger.types import CreateTransferResult, TransferCode, TransferFlags
 
 logger = logging.getLogger("tally.services")
@@ -85,16 +86,17 @@ class Payments:
                 await self.auth.verify_password(command.authorize, consent.password)
         caller = command.caller
         packed_id = derive_transfer_id_packed(caller.ledger_id, command.key, 0)
-        record = pack_transfer(
-            packed_id,
+        record = packed_id + pack_transfer_after_id(
             command.debit,
             command.credit,
             command.amount_minor,
             command.code,
-            command.flags,
             command.pending_id,
             command.timeout_s,
+            LEDGER_CNY,
+            command.flags,
             caller.ledger_id,
+            0,
         )
         engine = self.admit(caller, record, 1)
         try:
@@ -136,7 +138,7 @@ class Payments:
         """The refusal replayed to a retry of a key whose first request failed."""
         transfer_id = int.from_bytes(packed_id, "little")
         original = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
-        first = transfer_record(original).result if original is not None else R.ID_ALREADY_FAILED
+        first = transfer_view(original).result if original is not None else R.ID_ALREADY_FAILED
         return transfer_refused(
             first, "replayed: the first request with this Idempotency-Key failed", replayed=True
         )
@@ -250,11 +252,11 @@ class Payments:
             )
         )  # fmt: skip
 
-    async def _hold(self, payment_id: int) -> Any:
+    async def _hold(self, payment_id: int) -> TransferView:
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(payment_id))
         if raw is None:
             raise transfer_refused(R.PENDING_TRANSFER_NOT_FOUND)
-        return transfer_record(raw)
+        return transfer_view(raw)
 
     async def capture(self, move: Movement) -> Posted:
         """Capture hold `move.account_id` (all of it unless `amount_minor` says less)."""
@@ -267,7 +269,7 @@ class Payments:
         return await self._settle_hold(move, "void", hold, hold.amount, TransferFlags.VOID_PENDING)
 
     async def _settle_hold(
-        self, move: Movement, operation: str, hold: Any, amount: int, flags: int
+        self, move: Movement, operation: str, hold: TransferView, amount: int, flags: int
     ) -> Posted:
         return await self.post(
             Posting(
@@ -282,7 +284,7 @@ class Payments:
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(original_id))
         if raw is None:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND)
-        original = transfer_record(raw)
+        original = transfer_view(raw)
         debit, credit = original.debit_account_id, original.credit_account_id
         if original.result != R.OK:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")

@@ -12,9 +12,10 @@ import anyio
 from core.services import identity
 from core.services.commands import Caller
 from core.services.lifecycle import Lifecycle
-from core.services.records import account_record, date_of_day, transfer_view
+from core.services.records import date_of_day, transfer_read
 from core.services.refusals import Code, Refused, refused
 from core.services.results import HistoryPage
+from ledger.records import AccountView, account_view
 from ledger.types import AccountFlags, AccountKind, AccountStatus
 from limits.calendar import year_of_day
 from limits.reference import counters_effective
@@ -60,8 +61,8 @@ class Reads:
         if found is None:
             raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
         raw, (debits_pending, credits_pending), channel_used = found
-        record = account_record(raw)
-        product = self.core.rules.products.get(record.product_id)
+        record = account_view(raw)
+        product = self.core.rules.products.get(record.product)
         floor = product.balance_floor_minor if product else 0
         balance = record.credits_posted - record.debits_posted
         flags = record.flags
@@ -120,13 +121,8 @@ class Reads:
         return await self.account(caller, account_id)
 
     @staticmethod
-    def _quota(product: Any, record: Any, today: int) -> dict[str, Any]:
-        counters = [
-            record.inflow_daily,
-            record.inflow_yearly,
-            record.outflow_daily,
-            record.outflow_yearly,
-        ]
+    def _quota(product: Any, record: AccountView, today: int) -> dict[str, Any]:
+        counters = list(record.counters)
         day = record.counters_day
         effective = counters_effective(counters, day, max(today, day)) if day <= today else counters
         return {
@@ -154,7 +150,7 @@ class Reads:
         page = await self.core.read(read)
         if page is None:
             raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
-        items = [transfer_view(record) for _, record in page]
+        items = [transfer_read(record) for _, record in page]
         next_cursor = page[-1][0] if len(page) == limit and page[-1][0] > 0 else None
         return HistoryPage(account_id, items, next_cursor)
 
@@ -162,4 +158,4 @@ class Reads:
         record = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
         if record is None:
             raise refused(Code.TRANSFER_NOT_FOUND, f"{transfer_id:032x}")
-        return transfer_view(record)
+        return transfer_read(record)
