@@ -31,7 +31,7 @@ def loadtest_against_server(
 ) -> subprocess.CompletedProcess[str]:
     """`tally loadtest --host` against a `tally serve` started here with `serve_args`, so
     the test can give the server a fault; reports go to tmp_path/out."""
-    from channels.http.bench import Server, free_port
+    from core.bench.server import Server, free_port
 
     port = free_port()
     command = [sys.executable, "-m", "core", "serve", "--port", str(port),
