@@ -230,8 +230,8 @@ class Accounts:
         return meta
 
     async def face_to_face(self, command: ChangeAccount) -> None:
-        """Record that a teller checked the holder's ID (callers: counters only; the
-        adapter enforces its channel policy before calling)."""
+        """Record that a teller checked the holder's ID (callers: counters only, as
+        `core.services.policy` declares and every adapter checks before calling)."""
         meta = self._holder_present(command)
         flags = AccountFlags.FACE_TO_FACE_VERIFIED
         if meta.account_class == 2:
