@@ -38,7 +38,7 @@ import sys
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ class OfflineBooks(Books):
         while True:
             page = self.ledger.account_history(account_id, before, HISTORY_PAGE)
             for _, record in page:
-                yield transfer_read(record)
+                yield asdict(transfer_read(record))
             if len(page) < HISTORY_PAGE or page[-1][0] <= 0:
                 return
             before = page[-1][0]
@@ -198,7 +198,7 @@ class OfflineBooks(Books):
         from core.services.records import transfer_read
 
         record = self.ledger.lookup_transfer(transfer_id)
-        return None if record is None else transfer_read(record)
+        return None if record is None else asdict(transfer_read(record))
 
 
 class OnlineBooks(Books):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from typing import Any
 
+from core.services.results import TransferRead
 from ledger.records import pack_account_input, transfer_view
 from ledger.types import CreateTransferResult, PendingState, TransferCode, TransferFlags
 
@@ -94,8 +94,8 @@ _HOLD_STATES = {
 }
 
 
-def transfer_read(raw: bytes) -> dict[str, Any]:
-    """The read model of one logged transfer (plain data: every adapter renders it)."""
+def transfer_read(raw: bytes) -> TransferRead:
+    """The read model of one logged transfer (every adapter renders it)."""
     f = transfer_view(raw)
     if f.flags & TransferFlags.PENDING:
         kind = "hold"
@@ -114,21 +114,21 @@ def transfer_read(raw: bytes) -> dict[str, Any]:
     else:
         state = "posted"
     pending_id = f.pending_id
-    return {
-        "transfer_id": f"{f.id:032x}",
-        "kind": kind,
-        "state": state,
-        "result": {"code": f.result, "name": R(f.result).name.lower()},
-        "debit_account_id": str(f.debit_account_id),
-        "credit_account_id": str(f.credit_account_id),
-        "amount_minor": f.amount,
-        "amount_posted_minor": f.amount_posted,
-        "amount_reversed_minor": f.amount_reversed,
-        "pending_id": f"{pending_id:032x}" if pending_id else None,
-        "code": money_name(f.code),
-        "channel_id": f.channel,
-        "timeout_s": f.timeout_s,
-        "timestamp_ns": f.timestamp,
-        "business_day": date_of_day(f.business_day),
-        "user_data": f.user_data,
-    }
+    return TransferRead(
+        f"{f.id:032x}",
+        kind,
+        state,
+        {"code": f.result, "name": R(f.result).name.lower()},
+        str(f.debit_account_id),
+        str(f.credit_account_id),
+        f.amount,
+        f.amount_posted,
+        f.amount_reversed,
+        f"{pending_id:032x}" if pending_id else None,
+        money_name(f.code),
+        f.channel,
+        f.timeout_s,
+        f.timestamp,
+        date_of_day(f.business_day),
+        f.user_data,
+    )

@@ -1,5 +1,6 @@
 """The channel policy is declared once (`core.services.policy`) and every consumer reads
-that one declaration: the HTTP routes, the generic guard, the OpenAPI document."""
+that one declaration: the HTTP routes, the generic guard, the OpenAPI document; and the
+services' typed read results match the documented answers."""
 
 from __future__ import annotations
 
@@ -53,3 +54,20 @@ def test_openapi_is_generated_from_the_declaration() -> None:
             assert "403" in operation["responses"] and "only at" in operation["description"]
         if declared.consent:
             assert "401" in operation["responses"]
+
+
+def test_typed_read_models_render_the_documented_json_fields() -> None:
+    """The typed read results render (orjson, natively) to exactly the properties the
+    OpenAPI schemas of the HTTP answers declare: no field renamed, lost or added."""
+    import dataclasses
+
+    from core.services.results import AccountRead, CustomerRead, TransferRead
+
+    schemas = openapi_document()["components"]["schemas"]
+    for name, result in (
+        ("Customer", CustomerRead),
+        ("Account", AccountRead),
+        ("Transfer", TransferRead),
+    ):
+        fields = [field.name for field in dataclasses.fields(result)]
+        assert set(fields) == set(schemas[name]["properties"]), name

@@ -69,7 +69,7 @@ async def funded_account(bank: Bank, amount_minor: int) -> int:
         RegisterCustomer(COUNTER, "张三", ID_NUMBER, "13800138000")
     )
     account_id = await bank.accounts.open(
-        OpenAccount(COUNTER, customer["customer_id"], 1, None, PASSWORD)
+        OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
     )
     await bank.payments.cash_deposit(Movement(COUNTER, "fund", account_id, amount_minor))
     return account_id
@@ -107,9 +107,9 @@ async def test_register_open_deposit_transfer_and_read(tmp_path: Path) -> None:
         assert not first.replayed and again.replayed
         assert first.transfer_id_packed == again.transfer_id_packed
         view = await bank.reads.account(COUNTER, source)
-        assert view["balance_minor"] == 7_500
+        assert view.balance_minor == 7_500
         page = await bank.reads.history(source, 10)
-        assert [item["amount_minor"] for item in page.items] == [2_500, 10_000]
+        assert [item.amount_minor for item in page.items] == [2_500, 10_000]
         assert bank.payments.results["ok"] == 2 and bank.payments.results["exists"] == 1
 
 
@@ -199,7 +199,7 @@ async def test_payment_hold_capture_void_and_reversal(tmp_path: Path) -> None:
         reversed_ = await bank.payments.reversal(Movement(COUNTER, "r1", captured_id, None))
         assert reversed_.amount_minor == 200 and reversed_.credit == payer
         view = await bank.reads.account(COUNTER, payer)
-        assert view["balance_minor"] == 1_000 and view["pending_debits_minor"] == 0
+        assert view.balance_minor == 1_000 and view.pending_debits_minor == 0
 
 
 class Blocklist:
@@ -260,4 +260,4 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
         assert caught.value.refusal.extras["pointer"] == "/transfers/1"
         assert blocklist.seen == seen + 1 + 1 + 2
         view = await bank.reads.account(COUNTER, source)
-        assert view["balance_minor"] == 10_000 - 100 - 100
+        assert view.balance_minor == 10_000 - 100 - 100
