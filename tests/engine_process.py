@@ -72,13 +72,8 @@ async def main(directory: str, clients: int, starts: list[int]) -> None:
         for i in range(ACCOUNTS):
             funding_id = 1 << 60 | i
             outcome = await engine.submit_transfer(
-                transfer(
-                    funding_id,
-                    CLEARING_ID,
-                    FIRST_ACCOUNT + i,
-                    FUNDING_MINOR,
-                    TransferCode.TOPUP_BOUND,
-                )
+                transfer(funding_id, CLEARING_ID, FIRST_ACCOUNT + i, FUNDING_MINOR,
+                         TransferCode.TOPUP_BOUND)
             )
             ack(funding_id, outcome.result, outcome.timestamp)
         out.write("READY\n")

@@ -211,13 +211,8 @@ def account_input(
     """
     record = bytearray(
         records.pack_account_input(
-            id=account_id,
-            kind=kind,
-            product=product,
-            flags=flags,
-            bound_id=bound_id,
-            ledger=ledger,
-            status=status,
+            id=account_id, kind=kind, product=product, flags=flags, bound_id=bound_id,
+            ledger=ledger, status=status,
         )
     )
     assert len(reserved) <= 24
@@ -242,32 +237,16 @@ def transfer_record(
 ) -> Transfer:
     """A caller's transfer as a `Transfer`; `log_fields` set fields that must be zero on input."""
     fields: dict[str, Any] = {
-        "timestamp": 0,
-        "result": 0,
-        "debit_slot": 0,
-        "credit_slot": 0,
-        "business_day": 0,
-        "counted": 0,
-        "state": 0,
-        "amount_posted": 0,
-        "amount_reversed": 0,
+        "timestamp": 0, "result": 0, "debit_slot": 0, "credit_slot": 0, "business_day": 0,
+        "counted": 0, "state": 0, "amount_posted": 0, "amount_reversed": 0,
     }
     unknown = set(log_fields) - set(fields)
     assert not unknown, unknown
     fields.update(log_fields)
     return Transfer(
-        id=transfer_id,
-        debit_account_id=debit_account_id,
-        credit_account_id=credit_account_id,
-        pending_id=pending_id,
-        amount=amount,
-        timeout_s=timeout_s,
-        ledger=ledger,
-        code=code,
-        flags=flags,
-        channel=channel,
-        user_data=user_data,
-        **fields,
+        id=transfer_id, debit_account_id=debit_account_id, credit_account_id=credit_account_id,
+        pending_id=pending_id, amount=amount, timeout_s=timeout_s, ledger=ledger, code=code,
+        flags=flags, channel=channel, user_data=user_data, **fields,
     )
 
 
@@ -293,9 +272,8 @@ def make_ledger(
     """An empty ledger on `backend` ("kernel" or "reference") with `rules` installed."""
     ledger: Ledger
     if backend == "kernel":
-        ledger = KernelLedger(
-            account_capacity=account_capacity, transfer_capacity=transfer_capacity
-        )
+        ledger = KernelLedger(account_capacity=account_capacity,
+                              transfer_capacity=transfer_capacity)
     elif backend == "reference":
         ledger = ReferenceLedger(
             account_capacity=account_capacity, transfer_capacity=transfer_capacity
@@ -319,18 +297,15 @@ def both(
     refuse a full log at the same point.
     """
     assert transfer_capacity & (transfer_capacity - 1) == 0, transfer_capacity
-    kernel = make_ledger(
-        "kernel", rules, account_capacity=account_capacity, transfer_capacity=transfer_capacity
-    )
-    reference = make_ledger(
-        "reference", rules, account_capacity=account_capacity, transfer_capacity=transfer_capacity
-    )
+    kernel = make_ledger("kernel", rules, account_capacity=account_capacity,
+                         transfer_capacity=transfer_capacity)
+    reference = make_ledger("reference", rules, account_capacity=account_capacity,
+                            transfer_capacity=transfer_capacity)
     assert isinstance(kernel, KernelLedger) and isinstance(reference, ReferenceLedger)
     return kernel, reference
 
 
 # --- reading state ----------------------------------------------------------------
-
 
 @dataclass(frozen=True, slots=True)
 class AccountView:
@@ -407,9 +382,8 @@ def remaining_limits(
             limits.append(view.available - caps.balance_floor)
         if caps.transfer_cap:
             limits.append(caps.transfer_cap)
-        counters = counters_effective(
-            list(ledger.account_counters(debit) or (0, 0, 0, 0)), view.counters_day, day
-        )
+        counters = counters_effective(list(ledger.account_counters(debit) or (0, 0, 0, 0)),
+                                      view.counters_day, day)
         if caps.outflow_daily:
             limits.append(caps.outflow_daily - counters[OUTFLOW_DAILY])
             limits.append(caps.outflow_yearly - counters[OUTFLOW_YEARLY])
@@ -421,16 +395,14 @@ def remaining_limits(
     if credit_view is not None:
         view = credit_view
         caps = product_caps(rules, view.product)
-        counters = counters_effective(
-            list(ledger.account_counters(credit) or (0, 0, 0, 0)), view.counters_day, day
-        )
+        counters = counters_effective(list(ledger.account_counters(credit) or (0, 0, 0, 0)),
+                                      view.counters_day, day)
         if caps.inflow_daily:
             limits.append(caps.inflow_daily - counters[INFLOW_DAILY])
             limits.append(caps.inflow_yearly - counters[INFLOW_YEARLY])
         if caps.balance_cap:
-            limits.append(
-                caps.balance_cap - view.credits_posted - view.credits_pending + view.debits_posted
-            )
+            limits.append(caps.balance_cap - view.credits_posted - view.credits_pending
+                          + view.debits_posted)
     return [limit for limit in limits if limit > 0]
 
 
@@ -516,8 +488,7 @@ def _field_diff(left: dict[str, Any], right: dict[str, Any]) -> str:
     keys = list(dict.fromkeys([*left, *right]))
     return ", ".join(
         f"{key}: kernel={left.get(key)!r} reference={right.get(key)!r}"
-        for key in keys
-        if left.get(key) != right.get(key)
+        for key in keys if left.get(key) != right.get(key)
     )
 
 
@@ -631,22 +602,17 @@ class Twin:
         assert_same(self.kernel, self.reference)
         return r
 
-    def assert_reads_agree(
-        self, account_ids: Iterable[int], transfer_ids: Iterable[int], day: int
-    ) -> None:
+    def assert_reads_agree(self, account_ids: Iterable[int], transfer_ids: Iterable[int],
+                           day: int) -> None:
         """The read API (not only the digest) answers the same on both backends."""
         for account_id in account_ids:
             assert self.kernel.lookup_account(account_id) == self.reference.lookup_account(
-                account_id
-            ), account_id
+                account_id), account_id
             assert self.kernel.account_counters(account_id) == self.reference.account_counters(
-                account_id
-            ), account_id
+                account_id), account_id
             for channel in (0, 1, 4, 7, 8):
                 assert self.kernel.channel_used(account_id, channel, day) == (
-                    self.reference.channel_used(account_id, channel, day)
-                ), (account_id, channel)
+                    self.reference.channel_used(account_id, channel, day)), (account_id, channel)
         for transfer_id in transfer_ids:
             assert self.kernel.lookup_transfer(transfer_id) == self.reference.lookup_transfer(
-                transfer_id
-            ), transfer_id
+                transfer_id), transfer_id

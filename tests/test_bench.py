@@ -12,12 +12,8 @@ import pytest
 
 def tally(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core", *words],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        check=False,
+        [sys.executable, "-m", "core", *words], capture_output=True, text=True, cwd=cwd,
+        timeout=300, check=False,
     )
 
 
@@ -25,33 +21,13 @@ def test_bench_kernel_small_run_reports_every_promised_figure(tmp_path: Path) ->
     """`tally bench kernel --json` ends with one JSON object holding the issue's keys,
     with plausible values (all transfers accounted for in the result counts)."""
     reports = tmp_path / "reports"
-    done = tally(
-        "bench",
-        "kernel",
-        "--accounts",
-        "5000",
-        "--transfers",
-        "20000",
-        "--runs",
-        "1",
-        "--reference-accounts",
-        "500",
-        "--reference-transfers",
-        "2000",
-        "--json",
-        "--save",
-        str(reports),
-    )
+    done = tally("bench", "kernel", "--accounts", "5000", "--transfers", "20000", "--runs", "1",
+                 "--reference-accounts", "500", "--reference-transfers", "2000", "--json",
+                 "--save", str(reports))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in (
-        "accounts",
-        "transfers",
-        "transfers_per_s",
-        "transfers_per_s_zipf",
-        "bytes_per_account",
-        "reference_transfers_per_s",
-    ):
+    for key in ("accounts", "transfers", "transfers_per_s", "transfers_per_s_zipf",
+                "bytes_per_account", "reference_transfers_per_s"):
         assert key in report, key
     assert report["accounts"] == 5000 and report["transfers"] == 20000
     assert report["transfers_per_s"] > report["reference_transfers_per_s"] > 0
@@ -73,29 +49,12 @@ def test_bench_kernel_small_run_reports_every_promised_figure(tmp_path: Path) ->
 def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: Path) -> None:
     """`tally bench engine --json` reports the durable figures, the recovery (whose digest it
     checks itself) and the naive fdatasync-per-transfer peer with the ratio between them."""
-    done = tally(
-        "bench",
-        "engine",
-        "--accounts",
-        "5000",
-        "--seconds",
-        "1",
-        "--single-tasks",
-        "50",
-        "--snapshot-accounts",
-        "5000",
-        "--data",
-        str(tmp_path / "data"),
-        "--json",
-    )
+    done = tally("bench", "engine", "--accounts", "5000", "--seconds", "1", "--single-tasks",
+                 "50", "--snapshot-accounts", "5000", "--data", str(tmp_path / "data"), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in (
-        "durable_transfers_per_s",
-        "commit_latency_ms_p99",
-        "single_submit_transfers_per_s",
-        "recovery_records_per_s",
-    ):
+    for key in ("durable_transfers_per_s", "commit_latency_ms_p99",
+                "single_submit_transfers_per_s", "recovery_records_per_s"):
         assert report[key] > 0, key
     assert report["snapshot_accounts"] == 5000 and report["snapshot_bytes"] > 0
     assert report["recovered_digest_matches"] is True
@@ -137,9 +96,8 @@ def test_simulator_reports_without_importing_a_benchmark() -> None:
         "import sim.cli, sim.report\n"
         "print(sorted(m for m in sys.modules if m.startswith('core.bench')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

@@ -107,12 +107,7 @@ def test_tally_works_outside_a_checkout(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
     helped = subprocess.run(
         [str(Path(sys.executable).parent / "tally"), "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert helped.returncode == 0, helped.stderr
     assert "serve" in helped.stdout
@@ -135,12 +130,7 @@ def test_tally_works_outside_a_checkout(tmp_path: Path) -> None:
     )
     resolved = subprocess.run(
         [sys.executable, "-c", probe, *DEFAULTED_COMMANDS],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert resolved.returncode == 0, resolved.stderr
     lines = resolved.stdout.splitlines()

@@ -38,17 +38,9 @@ def run_rounds(data: Path, rounds: int, seed: int) -> dict[int, tuple[int, int]]
     for round_index in range(rounds):
         starts = [max(0, n - OVERLAP) for n in next_n]
         process = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "engine_process.py"),
-                str(data),
-                str(CLIENTS),
-                ",".join(map(str, starts)),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=HERE.parent,
+            [sys.executable, str(HERE / "engine_process.py"), str(data), str(CLIENTS),
+             ",".join(map(str, starts))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent,
         )
         time.sleep(rng.uniform(0.8, 2.0))
         process.send_signal(signal.SIGKILL)
@@ -68,9 +60,8 @@ def run_rounds(data: Path, rounds: int, seed: int) -> dict[int, tuple[int, int]]
     return first_answer
 
 
-def check_answer(
-    first: dict[int, tuple[int, int]], transfer_id: int, result: int, timestamp: int
-) -> None:
+def check_answer(first: dict[int, tuple[int, int]], transfer_id: int, result: int,
+                 timestamp: int) -> None:
     """A retry's answer must agree with the first answer for that id."""
     if transfer_id not in first:
         if result == R.EXISTS:

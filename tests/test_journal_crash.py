@@ -172,7 +172,8 @@ def crash_run(
     for _ in range(kills):
         cycle = run_cycle(directory, seed, rng, snapshot_every, segment_size)
         assert cycle.recovered_seq >= acknowledged, (
-            f"writer recovered to seq {cycle.recovered_seq}, seq {acknowledged} was acknowledged"
+            f"writer recovered to seq {cycle.recovered_seq}, seq {acknowledged} was"
+            " acknowledged"
         )
         cycles_with_new_records += cycle.acknowledged > acknowledged
         acknowledged = max(acknowledged, cycle.acknowledged)

@@ -92,14 +92,8 @@ def test_year_of_day_agrees_on_every_representable_day() -> None:
 
 @pytest.mark.parametrize(
     ("date", "year"),
-    [
-        ((2000, 1, 1), 2000),
-        ((2025, 12, 31), 2025),
-        ((2026, 1, 1), 2026),
-        ((2024, 2, 29), 2024),
-        ((2100, 3, 1), 2100),
-        ((2179, 6, 6), 2179),
-    ],
+    [((2000, 1, 1), 2000), ((2025, 12, 31), 2025), ((2026, 1, 1), 2026),
+     ((2024, 2, 29), 2024), ((2100, 3, 1), 2100), ((2179, 6, 6), 2179)],
 )
 def test_year_of_day_at_year_edges(date: tuple[int, int, int], year: int) -> None:
     """Year boundaries, leap days and the last representable day map to the right civil year."""

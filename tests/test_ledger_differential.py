@@ -87,84 +87,27 @@ PRODUCTS_BY_KIND = {
     K.INTERNAL_FEES: (7,),
     K.INTERNAL_WEALTH: (7, 0),
 }
-CUSTOMER_KINDS = (
-    K.CLASS_II,
-    K.CLASS_III,
-    K.CLASS_I,
-    K.CLASS_II,
-    K.CLASS_III,
-    K.SAVINGS,
-    K.LOAN,
-    K.FIXED_DEPOSIT,
-)
+CUSTOMER_KINDS = (K.CLASS_II, K.CLASS_III, K.CLASS_I, K.CLASS_II, K.CLASS_III, K.SAVINGS,
+                  K.LOAN, K.FIXED_DEPOSIT)
 INTERNAL_KINDS = (K.INTERNAL_CLEARING, K.INTERNAL_FEES, K.INTERNAL_WEALTH)
 
 # Codes by weight; 0 and 17 are invalid codes.
 CODES = (
-    (C.TRANSFER, 24),
-    (C.PAYMENT, 10),
-    (C.EXTERNAL_TRANSFER_OUT, 6),
-    (C.EXTERNAL_TRANSFER_IN, 6),
-    (C.CASH_DEPOSIT, 6),
-    (C.CASH_WITHDRAWAL, 6),
-    (C.TOPUP_BOUND, 7),
-    (C.WITHDRAW_BOUND, 6),
-    (C.FEE, 2),
-    (C.INTEREST, 3),
-    (C.WEALTH, 2),
-    (C.LOAN_DISBURSEMENT, 2),
-    (C.LOAN_REPAYMENT, 2),
-    (C.FIXED_DEPOSIT, 2),
-    (C.SETTLEMENT, 3),
-    (C.REVERSAL, 1),
-    (0, 1),
+    (C.TRANSFER, 24), (C.PAYMENT, 10), (C.EXTERNAL_TRANSFER_OUT, 6), (C.EXTERNAL_TRANSFER_IN, 6),
+    (C.CASH_DEPOSIT, 6), (C.CASH_WITHDRAWAL, 6), (C.TOPUP_BOUND, 7), (C.WITHDRAW_BOUND, 6),
+    (C.FEE, 2), (C.INTEREST, 3), (C.WEALTH, 2), (C.LOAN_DISBURSEMENT, 2),
+    (C.LOAN_REPAYMENT, 2), (C.FIXED_DEPOSIT, 2), (C.SETTLEMENT, 3), (C.REVERSAL, 1), (0, 1),
     (17, 1),
 )
 CODES_COUNTED_IN_OUT = (C.PAYMENT, C.EXTERNAL_TRANSFER_OUT, C.EXTERNAL_TRANSFER_IN, C.TRANSFER)
 CHANNELS = ((0, 30), (1, 8), (3, 6), (4, 12), (6, 4), (7, 14), (8, 10), (9, 2))
-STATIC_CAPS = (
-    8_000,
-    10_000,
-    12_000,
-    15_000,
-    20_000,
-    25_000,
-    30_000,
-    35_000,
-    40_000,
-    45_000,
-    50_000,
-    70_000,
-    200_000,
-    1_000_000,
-    2_000_000,
-    5_000_000,
-)
-HUGE_AMOUNTS = (
-    INT64_MAX,
-    INT64_MAX - 1,
-    2**62,
-    2**62 + 1,
-    2**31 - 1,
-    2**31,
-    2**32,
-    INT64_MAX // 2 + 1,
-)
+STATIC_CAPS = (8_000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000,
+               50_000, 70_000, 200_000, 1_000_000, 2_000_000, 5_000_000)
+HUGE_AMOUNTS = (INT64_MAX, INT64_MAX - 1, 2**62, 2**62 + 1, 2**31 - 1, 2**31, 2**32,
+                INT64_MAX // 2 + 1)
 ROUND_AMOUNTS = (100, 1_000, 5_000, 9_999, 10_000, 20_000, 100_000, 1_000_000)
-ADVANCES_NS = (
-    1,
-    1_000,
-    1_000_000,
-    NS_PER_S - 1,
-    NS_PER_S,
-    2 * NS_PER_S,
-    6 * NS_PER_S,
-    3_600 * NS_PER_S,
-    NS_PER_DAY - 1,
-    NS_PER_DAY,
-    3 * NS_PER_DAY,
-    40 * NS_PER_DAY,
-)
+ADVANCES_NS = (1, 1_000, 1_000_000, NS_PER_S - 1, NS_PER_S, 2 * NS_PER_S, 6 * NS_PER_S,
+               3_600 * NS_PER_S, NS_PER_DAY - 1, NS_PER_DAY, 3 * NS_PER_DAY, 40 * NS_PER_DAY)
 START_DATES = ((2025, 12, 31), (2025, 12, 30), (2024, 12, 31), (2024, 2, 28), (2026, 6, 15))
 BIG_ID_BASE = 1 << 100
 
@@ -210,9 +153,8 @@ class Session:
     transfers_total: int = 0
 
     def __post_init__(self) -> None:
-        kernel, reference = both(
-            TIGHT_RULES, account_capacity=128, transfer_capacity=self.transfer_capacity
-        )
+        kernel, reference = both(TIGHT_RULES, account_capacity=128,
+                                 transfer_capacity=self.transfer_capacity)
         self.twin = Twin(kernel, reference)
         self.day0 = day_of_date(*self.rng.choice(START_DATES))
         # Any monotone map from time to day will do: the ledger takes both as given.
@@ -244,11 +186,8 @@ class Session:
         for account_id in self.customers:
             view = account_view(self.twin.reference, account_id)
             cap = product_caps(TIGHT_RULES, view.product).balance_cap
-            amount = (
-                self.rng.randint(cap // 2, cap)
-                if cap
-                else self.rng.choice((50_000, 200_000, 5_000_000))
-            )
+            amount = self.rng.randint(cap // 2, cap) if cap else self.rng.choice(
+                (50_000, 200_000, 5_000_000))
             funding.append(self.new_transfer(CLEARING, account_id, amount, code=C.INTEREST))
         self.run_batch(funding)
 
@@ -311,25 +250,16 @@ class Session:
                 account_id = rng.choice(self.accounts)  # a retry, maybe with other fields
             case _:
                 pass
-        return account_input(
-            account_id,
-            kind,
-            flags=flags,
-            product=product,
-            bound_id=bound_id,
-            ledger=ledger,
-            status=status,
-            reserved=reserved,
-        )
+        return account_input(account_id, kind, flags=flags, product=product, bound_id=bound_id,
+                             ledger=ledger, status=status, reserved=reserved)
 
     def create_accounts(self, inputs: list[bytes]) -> None:
         results = self.twin.create_accounts(b"".join(inputs))
         for record, result in zip(inputs, results, strict=True):
             account_id = int.from_bytes(record[:16], "little")
             kind = record[34]
-            self.log(
-                f"create account {account_id} kind={kind} -> {CreateAccountResult(result).name}"
-            )
+            self.log(f"create account {account_id} kind={kind} -> "
+                     f"{CreateAccountResult(result).name}")
             self.results[f"account {CreateAccountResult(result).name}"] += 1
             if result != CreateAccountResult.OK:
                 continue
@@ -406,9 +336,8 @@ class Session:
 
     def remaining_limits(self, debit: int, credit: int, channel: int) -> list[int]:
         reference = self.twin.reference
-        return remaining_limits(
-            reference, TIGHT_RULES, debit, credit, channel, max(self.day, reference.last_day)
-        )
+        return remaining_limits(reference, TIGHT_RULES, debit, credit, channel,
+                                max(self.day, reference.last_day))
 
     def amount_for(self, debit: int, credit: int, channel: int) -> int:
         rng = self.rng
@@ -443,16 +372,8 @@ class Session:
         if pending:
             flags = F.PENDING
             timeout_s = rng.choice((0, 1, 5, 1, 0))
-        return self.new_transfer(
-            debit,
-            credit,
-            amount,
-            code=code,
-            channel=channel,
-            flags=flags,
-            timeout_s=timeout_s,
-            user_data=rng.choice((0, 0, 7, UINT64_MAX)),
-        )
+        return self.new_transfer(debit, credit, amount, code=code, channel=channel, flags=flags,
+                                 timeout_s=timeout_s, user_data=rng.choice((0, 0, 7, UINT64_MAX)))
 
     def resolve(self, batch_pending: list[int]) -> bytes:
         """Post or void an open hold (or, now and then, something that is not one)."""
@@ -494,15 +415,9 @@ class Session:
                     code = rng.choice((target_input.code, C.PAYMENT, 17))
                 case _:
                     pass
-        return self.new_transfer(
-            debit,
-            credit,
-            amount,
-            flags=F.POST_PENDING if post else F.VOID_PENDING,
-            pending_id=pending_id,
-            ledger=ledger,
-            code=code,
-        )
+        return self.new_transfer(debit, credit, amount, flags=F.POST_PENDING if post
+                                 else F.VOID_PENDING, pending_id=pending_id, ledger=ledger,
+                                 code=code)
 
     def reversal(self) -> bytes:
         """Reverse (fully, partly or more than) an earlier posted transfer."""
@@ -517,13 +432,8 @@ class Session:
             target_id = 777_777
         record = reference.lookup_transfer(target_id)
         if record is None or Transfer.unpack(record).result != R.OK:
-            return self.new_transfer(
-                self.any_account(),
-                self.any_account(),
-                rng.randint(1, 1_000),
-                code=C.REVERSAL,
-                pending_id=target_id,
-            )
+            return self.new_transfer(self.any_account(), self.any_account(),
+                                     rng.randint(1, 1_000), code=C.REVERSAL, pending_id=target_id)
         logged = Transfer.unpack(record)
         debit = self.accounts[logged.credit_slot]
         credit = self.accounts[logged.debit_slot]
@@ -534,15 +444,8 @@ class Session:
         if remaining > 1:
             options.append(rng.randint(1, remaining - 1))
         amount = max(1, min(rng.choice(options), INT64_MAX))
-        return self.new_transfer(
-            debit,
-            credit,
-            amount,
-            code=C.REVERSAL,
-            pending_id=target_id,
-            ledger=logged.ledger,
-            channel=rng.choice((0, 4)),
-        )
+        return self.new_transfer(debit, credit, amount, code=C.REVERSAL, pending_id=target_id,
+                                 ledger=logged.ledger, channel=rng.choice((0, 4)))
 
     def retry(self) -> bytes:
         """An earlier id again: identical, or with exactly one field changed."""
@@ -586,20 +489,8 @@ class Session:
             case 2:
                 t.amount_posted = 5
             case 3:
-                setattr(
-                    t,
-                    rng.choice(
-                        (
-                            "debit_slot",
-                            "credit_slot",
-                            "business_day",
-                            "counted",
-                            "state",
-                            "amount_reversed",
-                        )
-                    ),
-                    1,
-                )
+                setattr(t, rng.choice(("debit_slot", "credit_slot", "business_day", "counted",
+                                       "state", "amount_reversed")), 1)
             case 4:
                 t.flags |= 0x10 << rng.randrange(12)
             case 5:
@@ -636,11 +527,8 @@ class Session:
         reference = self.twin.reference
         view = account_view(reference, account_id)
         caps = product_caps(TIGHT_RULES, view.product)
-        counters = counters_effective(
-            list(reference.account_counters(account_id) or (0,) * 4),
-            view.counters_day,
-            max(self.day, reference.last_day),
-        )
+        counters = counters_effective(list(reference.account_counters(account_id) or (0,) * 4),
+                                      view.counters_day, max(self.day, reference.last_day))
         if outflow:
             return min(caps.outflow_daily - counters[2], caps.outflow_yearly - counters[3])
         return min(caps.inflow_daily - counters[0], caps.inflow_yearly - counters[1])
@@ -677,29 +565,17 @@ class Session:
         rng = self.rng
         debit, credit = (HUGE_DEBIT, HUGE_CREDIT) if rng.randrange(3) else (HUGE_CREDIT, HUGE_DEBIT)
         flags = F.PENDING if rng.randrange(4) == 0 else 0
-        return self.new_transfer(
-            debit, credit, rng.choice(HUGE_AMOUNTS), code=C.SETTLEMENT, flags=flags
-        )
+        return self.new_transfer(debit, credit, rng.choice(HUGE_AMOUNTS), code=C.SETTLEMENT,
+                                 flags=flags)
 
     def random_batch(self) -> list[bytes]:
         rng = self.rng
         batch: list[bytes] = []
         batch_pending: list[int] = []
         for _ in range(rng.randint(1, 9)):
-            kind = weighted(
-                rng,
-                (
-                    ("plain", 34),
-                    ("pending", 12),
-                    ("resolve", 14),
-                    ("reversal", 9),
-                    ("retry", 12),
-                    ("invalid", 5),
-                    ("fund", 10),
-                    ("spree", 5),
-                    ("huge", 2),
-                ),
-            )
+            kind = weighted(rng, (("plain", 34), ("pending", 12), ("resolve", 14),
+                                  ("reversal", 9), ("retry", 12), ("invalid", 5),
+                                  ("fund", 10), ("spree", 5), ("huge", 2)))
             if kind == "retry" and not self.submitted:
                 kind = "plain"
             match kind:
@@ -724,11 +600,9 @@ class Session:
                 case _:
                     credit = rng.choice(self.customers or [CARD])
                     record = self.new_transfer(
-                        rng.choice((CLEARING, CLEARING, self.bound_of(credit))),
-                        credit,
+                        rng.choice((CLEARING, CLEARING, self.bound_of(credit))), credit,
                         rng.choice((5_000, 20_000, 100_000, 1_000_000)),
-                        code=rng.choice((C.INTEREST, C.TOPUP_BOUND, C.SETTLEMENT)),
-                    )
+                        code=rng.choice((C.INTEREST, C.TOPUP_BOUND, C.SETTLEMENT)))
             self.operations[f"transfer {kind}"] += 1
             t = Transfer.unpack(record)
             if t.flags & F.PENDING:
@@ -757,11 +631,9 @@ class Session:
         first_line = len(self.journal)
         for record in batch:
             t = Transfer.unpack(record)
-            self.log(
-                f"  id={t.id} {t.debit_account_id}->{t.credit_account_id} amount={t.amount} "
-                f"code={t.code} flags={t.flags:#x} pending_id={t.pending_id} "
-                f"timeout={t.timeout_s} channel={t.channel}"
-            )
+            self.log(f"  id={t.id} {t.debit_account_id}->{t.credit_account_id} amount={t.amount} "
+                     f"code={t.code} flags={t.flags:#x} pending_id={t.pending_id} "
+                     f"timeout={t.timeout_s} channel={t.channel}")
         results, _, _ = self.twin.create_transfers(b"".join(batch), self.ts, self.day)
         for index, (record, result) in enumerate(zip(batch, results, strict=True)):
             t = Transfer.unpack(record)
@@ -793,19 +665,9 @@ class Session:
 
     def step(self) -> None:
         rng = self.rng
-        operation = weighted(
-            rng,
-            (
-                ("batch", 62),
-                ("advance", 12),
-                ("midnight", 4),
-                ("expire", 5),
-                ("evict", 5),
-                ("update", 7),
-                ("accounts", 3),
-                ("empty batch", 2),
-            ),
-        )
+        operation = weighted(rng, (("batch", 62), ("advance", 12), ("midnight", 4),
+                                   ("expire", 5), ("evict", 5), ("update", 7),
+                                   ("accounts", 3), ("empty batch", 2)))
         self.operations[str(operation)] += 1
         match operation:
             case "batch":
@@ -838,21 +700,12 @@ class Session:
                     case 1:
                         flags |= 0x20
                     case 2:
-                        flags |= (
-                            AF.DEBITS_MUST_NOT_EXCEED_CREDITS | AF.CREDITS_MUST_NOT_EXCEED_DEBITS
-                        )
+                        flags |= (AF.DEBITS_MUST_NOT_EXCEED_CREDITS
+                                  | AF.CREDITS_MUST_NOT_EXCEED_DEBITS)
                     case _:
                         pass
-                status = weighted(
-                    rng,
-                    (
-                        (AccountStatus.ACTIVE, 14),
-                        (AccountStatus.FROZEN, 4),
-                        (AccountStatus.CLOSED, 2),
-                        (3, 1),
-                        (255, 1),
-                    ),
-                )
+                status = weighted(rng, ((AccountStatus.ACTIVE, 14), (AccountStatus.FROZEN, 4),
+                                        (AccountStatus.CLOSED, 2), (3, 1), (255, 1)))
                 result = self.twin.update_account(account_id, status, flags)
                 self.log(f"update_account({account_id}, {status}, {flags:#x}) -> {result}")
                 self.results[f"update {result}"] += 1
@@ -907,43 +760,20 @@ def test_kernel_matches_reference_on_long_random_sessions(rng: random.Random, st
 
 
 LIMIT_CODES = {
-    R.EXCEEDS_CREDITS,
-    R.EXCEEDS_TRANSFER_CAP,
-    R.EXCEEDS_CHANNEL_TRANSFER_CAP,
-    R.EXCEEDS_CHANNEL_DAILY_CAP,
-    R.EXCEEDS_DAILY_OUTFLOW,
-    R.EXCEEDS_YEARLY_OUTFLOW,
-    R.EXCEEDS_DAILY_INFLOW,
-    R.EXCEEDS_YEARLY_INFLOW,
-    R.EXCEEDS_BALANCE_CAP,
-    R.OVERFLOWS_DEBITS_POSTED,
-    R.OVERFLOWS_CREDITS_POSTED,
-    R.OVERFLOWS_DEBITS,
+    R.EXCEEDS_CREDITS, R.EXCEEDS_TRANSFER_CAP, R.EXCEEDS_CHANNEL_TRANSFER_CAP,
+    R.EXCEEDS_CHANNEL_DAILY_CAP, R.EXCEEDS_DAILY_OUTFLOW, R.EXCEEDS_YEARLY_OUTFLOW,
+    R.EXCEEDS_DAILY_INFLOW, R.EXCEEDS_YEARLY_INFLOW, R.EXCEEDS_BALANCE_CAP,
+    R.OVERFLOWS_DEBITS_POSTED, R.OVERFLOWS_CREDITS_POSTED, R.OVERFLOWS_DEBITS,
 }
 STATE_CODES = {
-    R.OK,
-    R.EXISTS,
-    R.ID_ALREADY_FAILED,
-    R.EXISTS_WITH_DIFFERENT_AMOUNT,
-    R.EXISTS_WITH_DIFFERENT_FLAGS,
-    R.LINKED_EVENT_FAILED,
-    R.LINKED_EVENT_CHAIN_OPEN,
-    R.PENDING_TRANSFER_NOT_FOUND,
-    R.PENDING_TRANSFER_ALREADY_POSTED,
-    R.PENDING_TRANSFER_ALREADY_VOIDED,
-    R.PENDING_TRANSFER_EXPIRED,
-    R.EXCEEDS_PENDING_TRANSFER_AMOUNT,
-    R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT,
-    R.REVERSAL_TARGET_NOT_POSTED,
-    R.REVERSAL_ACCOUNTS_MISMATCH,
-    R.EXCEEDS_REVERSIBLE_AMOUNT,
-    R.NO_BOUND_ACCOUNT,
-    R.CASH_NOT_ALLOWED,
-    R.NON_BOUND_INFLOW_DISABLED,
-    R.DEBIT_ACCOUNT_FROZEN,
-    R.CREDIT_ACCOUNT_FROZEN,
-    R.AMOUNT_MUST_BE_POSITIVE,
-    R.RESERVED_FIELD,
+    R.OK, R.EXISTS, R.ID_ALREADY_FAILED, R.EXISTS_WITH_DIFFERENT_AMOUNT,
+    R.EXISTS_WITH_DIFFERENT_FLAGS, R.LINKED_EVENT_FAILED, R.LINKED_EVENT_CHAIN_OPEN,
+    R.PENDING_TRANSFER_NOT_FOUND, R.PENDING_TRANSFER_ALREADY_POSTED,
+    R.PENDING_TRANSFER_ALREADY_VOIDED, R.PENDING_TRANSFER_EXPIRED,
+    R.EXCEEDS_PENDING_TRANSFER_AMOUNT, R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT,
+    R.REVERSAL_TARGET_NOT_POSTED, R.REVERSAL_ACCOUNTS_MISMATCH, R.EXCEEDS_REVERSIBLE_AMOUNT,
+    R.NO_BOUND_ACCOUNT, R.CASH_NOT_ALLOWED, R.NON_BOUND_INFLOW_DISABLED,
+    R.DEBIT_ACCOUNT_FROZEN, R.CREDIT_ACCOUNT_FROZEN, R.AMOUNT_MUST_BE_POSITIVE, R.RESERVED_FIELD,
     R.TIMESTAMP_MUST_BE_ZERO,
 }
 COVERAGE_SEEDS = range(30)
@@ -961,9 +791,8 @@ def test_generator_reaches_ok_results_and_every_limit_code() -> None:
         try:
             session.run(80)
         except AssertionError as error:
-            raise AssertionError(
-                f"seed {seed}: {error}\n" + "\n".join(session.journal[-60:])
-            ) from error
+            raise AssertionError(f"seed {seed}: {error}\n" + "\n".join(session.journal[-60:])) \
+                from error
         results.update(session.results)
         operations.update(session.operations)
         transfers_ok += session.transfers_ok
@@ -972,13 +801,8 @@ def test_generator_reaches_ok_results_and_every_limit_code() -> None:
     assert share_ok >= 0.25, (share_ok, results.most_common())
     missing = {code.name for code in LIMIT_CODES | STATE_CODES} - set(results)
     assert not missing, (missing, results.most_common())
-    for operation in (
-        "holds expired",
-        "transfers evicted",
-        "open chain",
-        "midnight",
-        "empty batch",
-    ):
+    for operation in ("holds expired", "transfers evicted", "open chain", "midnight",
+                      "empty batch"):
         assert operations[operation] > 0, (operation, operations)
 
 
@@ -1008,12 +832,8 @@ def test_small_log_wraps_around_and_heap_compacts() -> None:
         session.twin.evict(session.ts - rng.choice((0, NS_PER_S)), rng.choice((5, 1_000)))
         if step % 25 == 24 and session.pending:
             # Void the open holds so that eviction, which stops at a hold, moves on.
-            voids = [
-                session.new_transfer(
-                    0, 0, 0, flags=F.VOID_PENDING, pending_id=pending_id, ledger=0, code=0
-                )
-                for pending_id in session.pending
-            ]
+            voids = [session.new_transfer(0, 0, 0, flags=F.VOID_PENDING, pending_id=pending_id,
+                                          ledger=0, code=0) for pending_id in session.pending]
             session.run_batch(voids[:32])
     kernel = session.twin.kernel
     assert kernel.log_tail > 3 * 64, (kernel.log_tail, kernel.log_count)
@@ -1023,38 +843,26 @@ def test_extreme_timestamps_and_amounts_agree() -> None:
     """Near the end of the uint64 clock and of the int64 balances, timeouts and balances
     overflow into the same result codes on both sides."""
     twin = Twin(*both(TIGHT_RULES, transfer_capacity=64))
-    twin.create_accounts(
-        account_input(CLEARING, K.INTERNAL_CLEARING, product=7)
-        + account_input(CARD, K.CLASS_I, product=1)
-        + account_input(HUGE_DEBIT, K.INTERNAL_SETTLEMENT, product=7)
-        + account_input(HUGE_CREDIT, K.INTERNAL_LOAN_FUNDING, product=7)
-    )
+    twin.create_accounts(account_input(CLEARING, K.INTERNAL_CLEARING, product=7)
+                         + account_input(CARD, K.CLASS_I, product=1)
+                         + account_input(HUGE_DEBIT, K.INTERNAL_SETTLEMENT, product=7)
+                         + account_input(HUGE_CREDIT, K.INTERNAL_LOAN_FUNDING, product=7))
     ts = UINT64_MAX - 10 * NS_PER_S
-    batch = b"".join(
-        [
-            transfer(1, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=9),
-            transfer(2, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=10),
-            transfer(3, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=0xFFFFFFFF),
-            transfer(4, HUGE_DEBIT, HUGE_CREDIT, INT64_MAX, code=C.SETTLEMENT),
-            transfer(5, HUGE_DEBIT, HUGE_CREDIT, 1, code=C.SETTLEMENT),
-            transfer(6, CARD, HUGE_CREDIT, 1, code=C.SETTLEMENT),
-            transfer(7, CARD, HUGE_CREDIT, 1, code=C.SETTLEMENT, flags=F.PENDING),
-            transfer(8, HUGE_DEBIT, CARD, 1, code=C.SETTLEMENT, flags=F.PENDING),
-            transfer(9, HUGE_CREDIT, HUGE_DEBIT, INT64_MAX, code=C.SETTLEMENT),
-        ]
-    )
+    batch = b"".join([
+        transfer(1, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=9),
+        transfer(2, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=10),
+        transfer(3, CLEARING, CARD, 5, flags=F.PENDING, timeout_s=0xFFFFFFFF),
+        transfer(4, HUGE_DEBIT, HUGE_CREDIT, INT64_MAX, code=C.SETTLEMENT),
+        transfer(5, HUGE_DEBIT, HUGE_CREDIT, 1, code=C.SETTLEMENT),
+        transfer(6, CARD, HUGE_CREDIT, 1, code=C.SETTLEMENT),
+        transfer(7, CARD, HUGE_CREDIT, 1, code=C.SETTLEMENT, flags=F.PENDING),
+        transfer(8, HUGE_DEBIT, CARD, 1, code=C.SETTLEMENT, flags=F.PENDING),
+        transfer(9, HUGE_CREDIT, HUGE_DEBIT, INT64_MAX, code=C.SETTLEMENT),
+    ])
     results, _, balances = twin.create_transfers(batch, ts, 60_000)
     assert [R(r).name for r in results] == [
-        "OK",
-        "OVERFLOWS_TIMEOUT",
-        "OVERFLOWS_TIMEOUT",
-        "OK",
-        "OVERFLOWS_DEBITS_POSTED",
-        "OVERFLOWS_CREDITS_POSTED",
-        "OVERFLOWS_CREDITS",
-        "OVERFLOWS_DEBITS",
-        "OK",
-    ]
+        "OK", "OVERFLOWS_TIMEOUT", "OVERFLOWS_TIMEOUT", "OK", "OVERFLOWS_DEBITS_POSTED",
+        "OVERFLOWS_CREDITS_POSTED", "OVERFLOWS_CREDITS", "OVERFLOWS_DEBITS", "OK"]
     assert balances[2 * 3 : 2 * 3 + 2].tolist() == [-INT64_MAX, INT64_MAX]
     assert balances[2 * 8 : 2 * 8 + 2].tolist() == [0, 0]
     assert twin.expire_pending(UINT64_MAX, 60_000) == 1
@@ -1063,10 +871,8 @@ def test_extreme_timestamps_and_amounts_agree() -> None:
 def test_empty_batch_expires_due_holds() -> None:
     """An empty batch still runs the expiry that starts every batch, on both backends."""
     twin = Twin(*both(TIGHT_RULES, transfer_capacity=64))
-    twin.create_accounts(
-        account_input(CLEARING, K.INTERNAL_CLEARING, product=7)
-        + account_input(CARD, K.CLASS_I, product=1)
-    )
+    twin.create_accounts(account_input(CLEARING, K.INTERNAL_CLEARING, product=7)
+                         + account_input(CARD, K.CLASS_I, product=1))
     ts = 1_767_000_000 * NS_PER_S
     twin.create_transfers(transfer(1, CLEARING, CARD, 500, flags=F.PENDING, timeout_s=1), ts, 9_500)
     twin.create_transfers(b"", ts + 2 * NS_PER_S, 9_500)
@@ -1088,9 +894,8 @@ def test_assert_same_names_the_first_differing_record_and_field() -> None:
     """A divergence is reported as the first differing record, decoded field by field, so a
     failing differential test says what differs, not just that two hashes do."""
     kernel, reference = both(TIGHT_RULES, transfer_capacity=64)
-    accounts = account_input(CLEARING, K.INTERNAL_CLEARING, product=7) + account_input(
-        CARD, K.CLASS_I, product=1
-    )
+    accounts = (account_input(CLEARING, K.INTERNAL_CLEARING, product=7)
+                + account_input(CARD, K.CLASS_I, product=1))
     kernel.create_accounts(accounts)
     reference.create_accounts(accounts)
     ts = 1_767_000_000 * NS_PER_S

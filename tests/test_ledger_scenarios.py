@@ -78,35 +78,15 @@ class Bank:
             account_input(CLEARING, K.INTERNAL_CLEARING, product=PRODUCT_INTERNAL),
             account_input(CASH, K.INTERNAL_CASH, product=PRODUCT_INTERNAL),
             account_input(CARD, K.CLASS_I, flags=D, product=PRODUCT_CLASS_I),
-            account_input(
-                CLASS_II,
-                K.CLASS_II,
-                flags=D | NON_BOUND_INFLOW,
-                product=PRODUCT_CLASS_II,
-                bound_id=CARD,
-            ),
-            account_input(
-                CLASS_III,
-                K.CLASS_III,
-                flags=D | NON_BOUND_INFLOW,
-                product=PRODUCT_CLASS_III,
-                bound_id=CARD,
-            ),
+            account_input(CLASS_II, K.CLASS_II, flags=D | NON_BOUND_INFLOW,
+                          product=PRODUCT_CLASS_II, bound_id=CARD),
+            account_input(CLASS_III, K.CLASS_III, flags=D | NON_BOUND_INFLOW,
+                          product=PRODUCT_CLASS_III, bound_id=CARD),
             account_input(MERCHANT, K.CLASS_I, flags=D, product=PRODUCT_CLASS_I),
-            account_input(
-                CLASS_II_COUNTER,
-                K.CLASS_II,
-                flags=D | NON_BOUND_INFLOW | FACE_TO_FACE,
-                product=PRODUCT_CLASS_II,
-                bound_id=CARD,
-            ),
-            account_input(
-                CLASS_II_CLOSED_TO_OTHERS,
-                K.CLASS_II,
-                flags=D,
-                product=PRODUCT_CLASS_II,
-                bound_id=CARD,
-            ),
+            account_input(CLASS_II_COUNTER, K.CLASS_II, flags=D | NON_BOUND_INFLOW | FACE_TO_FACE,
+                          product=PRODUCT_CLASS_II, bound_id=CARD),
+            account_input(CLASS_II_CLOSED_TO_OTHERS, K.CLASS_II, flags=D,
+                          product=PRODUCT_CLASS_II, bound_id=CARD),
         ]
         results = self.ledger.create_accounts(b"".join(accounts))
         assert set(results) == {CreateAccountResult.OK}
@@ -265,8 +245,7 @@ def test_class_ii_inflow_from_non_bound_accounts_is_capped(bank: Bank) -> None:
     assert bank.result(bank.pay(MERCHANT, CLASS_II, 1)) == R.EXCEEDS_DAILY_INFLOW
     assert bank.inflow(CLASS_II) == (10_000 * CNY, 10_000 * CNY)
     assert bank.result(bank.pay(MERCHANT, CLASS_II_CLOSED_TO_OTHERS, 1)) == (
-        R.NON_BOUND_INFLOW_DISABLED
-    )
+        R.NON_BOUND_INFLOW_DISABLED)
     bank.ok(bank.pay(CARD, CLASS_II_CLOSED_TO_OTHERS, 1, code=C.TOPUP_BOUND))
 
 
@@ -289,8 +268,7 @@ def test_bound_codes_need_the_bound_account(bank: Bank) -> None:
     bank.top_up(CLASS_II, 1_000 * CNY)
     assert bank.result(bank.pay(MERCHANT, CLASS_II, 1, code=C.TOPUP_BOUND)) == R.NO_BOUND_ACCOUNT
     assert bank.result(bank.pay(CLASS_II, MERCHANT, 1, code=C.WITHDRAW_BOUND)) == (
-        R.NO_BOUND_ACCOUNT
-    )
+        R.NO_BOUND_ACCOUNT)
 
 
 # --- Class III -----------------------------------------------------------------------
@@ -312,19 +290,16 @@ def test_class_iii_never_handles_cash(bank: Bank) -> None:
     """Class III accounts take no cash deposit and pay out no cash: CASH_NOT_ALLOWED."""
     bank.top_up(CLASS_III, 500 * CNY)
     assert bank.result(bank.pay(CASH, CLASS_III, 100 * CNY, code=C.CASH_DEPOSIT)) == (
-        R.CASH_NOT_ALLOWED
-    )
+        R.CASH_NOT_ALLOWED)
     assert bank.result(bank.pay(CLASS_III, CASH, 100 * CNY, code=C.CASH_WITHDRAWAL)) == (
-        R.CASH_NOT_ALLOWED
-    )
+        R.CASH_NOT_ALLOWED)
 
 
 def test_class_ii_cash_needs_face_to_face_verification(bank: Bank) -> None:
     """A Class II account handles cash only if its holder was verified face to face; the
     cash then counts in the inflow/outflow buckets."""
     assert bank.result(bank.pay(CASH, CLASS_II, 100 * CNY, code=C.CASH_DEPOSIT)) == (
-        R.CASH_NOT_ALLOWED
-    )
+        R.CASH_NOT_ALLOWED)
     bank.ok(bank.pay(CASH, CLASS_II_COUNTER, 100 * CNY, code=C.CASH_DEPOSIT))
     bank.ok(bank.pay(CLASS_II_COUNTER, CASH, 40 * CNY, code=C.CASH_WITHDRAWAL))
     assert bank.inflow(CLASS_II_COUNTER) == (100 * CNY, 100 * CNY)
@@ -365,15 +340,10 @@ def test_reversals_are_bounded_by_what_was_posted(bank: Bank) -> None:
     bank.top_up(CLASS_II, 2_000 * CNY)
     payment = bank.ok(bank.pay(CLASS_II, MERCHANT, 1_000 * CNY))
     bank.ok(bank.pay(MERCHANT, CLASS_II, 300 * CNY, code=C.REVERSAL, pending_id=payment))
-    assert (
-        bank.result(
-            bank.pay(MERCHANT, CLASS_II, 700 * CNY + 1, code=C.REVERSAL, pending_id=payment)
-        )
-        == R.EXCEEDS_REVERSIBLE_AMOUNT
-    )
+    assert bank.result(bank.pay(MERCHANT, CLASS_II, 700 * CNY + 1, code=C.REVERSAL,
+                                pending_id=payment)) == R.EXCEEDS_REVERSIBLE_AMOUNT
     assert bank.result(bank.pay(CARD, CLASS_II, 100, code=C.REVERSAL, pending_id=payment)) == (
-        R.REVERSAL_ACCOUNTS_MISMATCH
-    )
+        R.REVERSAL_ACCOUNTS_MISMATCH)
     bank.ok(bank.pay(MERCHANT, CLASS_II, 700 * CNY, code=C.REVERSAL, pending_id=payment))
     assert bank.account(CLASS_II).balance == 2_000 * CNY
     assert bank.outflow(CLASS_II) == (0, 0)
@@ -386,18 +356,8 @@ def test_partial_capture_of_a_hold_restores_the_unused_quota(bank: Bank) -> None
     hold = bank.ok(bank.pay(CLASS_II, MERCHANT, 8_000 * CNY, flags=F.PENDING))
     assert bank.outflow(CLASS_II) == (8_000 * CNY, 8_000 * CNY)
     assert bank.account(CLASS_II).debits_pending == 8_000 * CNY
-    bank.ok(
-        transfer(
-            bank.new_id(),
-            0,
-            0,
-            5_000 * CNY,
-            ledger=0,
-            code=0,
-            pending_id=hold,
-            flags=F.POST_PENDING,
-        )
-    )
+    bank.ok(transfer(bank.new_id(), 0, 0, 5_000 * CNY, ledger=0, code=0, pending_id=hold,
+                     flags=F.POST_PENDING))
     assert bank.outflow(CLASS_II) == (5_000 * CNY, 5_000 * CNY)
     view = bank.account(CLASS_II)
     assert (view.debits_pending, view.balance) == (0, 15_000 * CNY)
@@ -411,9 +371,8 @@ def test_reversing_a_capture_the_next_day_gives_back_only_yearly_quota(bank: Ban
     the customer still cannot move more than 10,000 CNY to others on D+1."""
     bank.top_up(CLASS_II, 40_000 * CNY)
     hold = bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY, flags=F.PENDING))
-    capture = bank.ok(
-        transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING)
-    )
+    capture = bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                               flags=F.POST_PENDING))
     bank.next_day()
     bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY))
     assert bank.outflow(CLASS_II) == (10_000 * CNY, 20_000 * CNY)
@@ -427,18 +386,12 @@ def test_class_ii_and_iii_accounts_need_their_own_kind_of_product(bank: Bank) ->
     Class I product (no buckets) would escape the PBoC limits; so would one on no product."""
     R_A = CreateAccountResult
     cases = [
-        (
-            account_input(90, K.CLASS_II, flags=D, product=PRODUCT_CLASS_I, bound_id=CARD),
-            R_A.PRODUCT_KIND_MISMATCH,
-        ),
-        (
-            account_input(91, K.CLASS_III, flags=D, product=0, bound_id=CARD),
-            R_A.PRODUCT_KIND_MISMATCH,
-        ),
-        (
-            account_input(92, K.CLASS_I, flags=D, product=PRODUCT_INTERNAL),
-            R_A.PRODUCT_KIND_MISMATCH,
-        ),
+        (account_input(90, K.CLASS_II, flags=D, product=PRODUCT_CLASS_I, bound_id=CARD),
+         R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(91, K.CLASS_III, flags=D, product=0, bound_id=CARD),
+         R_A.PRODUCT_KIND_MISMATCH),
+        (account_input(92, K.CLASS_I, flags=D, product=PRODUCT_INTERNAL),
+         R_A.PRODUCT_KIND_MISMATCH),
         (account_input(93, K.INTERNAL_FEES, product=PRODUCT_CLASS_II), R_A.PRODUCT_KIND_MISMATCH),
         (account_input(94, K.CLASS_I, flags=D, product=6), R_A.PRODUCT_KIND_MISMATCH),
         (account_input(95, K.CLASS_I, flags=D, product=0), R_A.OK),
@@ -454,20 +407,13 @@ def test_void_releases_the_hold_and_its_quota(bank: Bank) -> None:
     bank.top_up(CLASS_II, 10_000 * CNY)
     hold = bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY, flags=F.PENDING))
     assert bank.result(bank.pay(CLASS_II, MERCHANT, 1)) == R.EXCEEDS_CREDITS
-    bank.ok(
-        transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.VOID_PENDING)
-    )
+    bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                     flags=F.VOID_PENDING))
     view = bank.account(CLASS_II)
     assert (view.debits_pending, view.balance) == (0, 10_000 * CNY)
     assert bank.outflow(CLASS_II) == (0, 0)
-    assert (
-        bank.result(
-            transfer(
-                bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING
-            )
-        )
-        == R.PENDING_TRANSFER_ALREADY_VOIDED
-    )
+    assert bank.result(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                                flags=F.POST_PENDING)) == R.PENDING_TRANSFER_ALREADY_VOIDED
     bank.ok(bank.pay(CLASS_II, MERCHANT, 10_000 * CNY))
 
 
@@ -484,14 +430,8 @@ def test_expiry_releases_the_hold_and_its_quota(bank: Bank) -> None:
     view = bank.account(CLASS_II)
     assert (view.debits_pending, view.credits_pending, view.balance) == (0, 0, 10_000 * CNY)
     assert bank.outflow(CLASS_II) == (0, 0)
-    assert (
-        bank.result(
-            transfer(
-                bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING
-            )
-        )
-        == R.PENDING_TRANSFER_EXPIRED
-    )
+    assert bank.result(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                                flags=F.POST_PENDING)) == R.PENDING_TRANSFER_EXPIRED
 
 
 def test_a_batch_expires_due_holds_before_its_transfers(bank: Bank) -> None:
@@ -502,14 +442,8 @@ def test_a_batch_expires_due_holds_before_its_transfers(bank: Bank) -> None:
     bank.ts += 2 * NS_PER_S
     bank.send()
     assert bank.account(CLASS_II).debits_pending == 0
-    assert (
-        bank.result(
-            transfer(
-                bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING
-            )
-        )
-        == R.PENDING_TRANSFER_EXPIRED
-    )
+    assert bank.result(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                                flags=F.POST_PENDING)) == R.PENDING_TRANSFER_EXPIRED
 
 
 # --- linked chains -------------------------------------------------------------------
@@ -566,8 +500,7 @@ def test_channel_daily_cap_is_per_account_and_per_day(bank: Bank) -> None:
     bank.ok(bank.pay(CARD, CASH, 5_000 * CNY, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM))
     assert bank.ledger.channel_used(CARD, CHANNEL_ATM, bank.day) == 20_000 * CNY
     assert bank.result(bank.pay(CARD, CASH, 1, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM)) == (
-        R.EXCEEDS_CHANNEL_DAILY_CAP
-    )
+        R.EXCEEDS_CHANNEL_DAILY_CAP)
     bank.ok(bank.pay(MERCHANT, CASH, 20_000 * CNY, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM))
     bank.ok(bank.pay(CARD, CASH, 30_000 * CNY, code=C.CASH_WITHDRAWAL, channel=CHANNEL_COUNTER))
     bank.next_day()
@@ -577,12 +510,8 @@ def test_channel_daily_cap_is_per_account_and_per_day(bank: Bank) -> None:
 
 def test_channel_transfer_cap_applies_per_transaction(bank: Bank) -> None:
     """One ATM transaction may not exceed 20,000 CNY, whatever the daily headroom."""
-    assert (
-        bank.result(
-            bank.pay(CARD, CASH, 20_000 * CNY + 1, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM)
-        )
-        == R.EXCEEDS_CHANNEL_TRANSFER_CAP
-    )
+    assert bank.result(bank.pay(CARD, CASH, 20_000 * CNY + 1, code=C.CASH_WITHDRAWAL,
+                                channel=CHANNEL_ATM)) == R.EXCEEDS_CHANNEL_TRANSFER_CAP
     assert bank.ledger.channel_used(CARD, CHANNEL_ATM, bank.day) == 0
 
 
@@ -596,24 +525,15 @@ def test_frozen_account_neither_pays_nor_receives_until_unfrozen(bank: Bank) -> 
     hold = bank.ok(bank.pay(CLASS_II, MERCHANT, 100 * CNY, flags=F.PENDING))
     flags = bank.account(CLASS_II).flags
     assert bank.ledger.update_account(CLASS_II, AccountStatus.FROZEN, flags) == (
-        AccountUpdateResult.OK
-    )
+        AccountUpdateResult.OK)
     assert bank.result(bank.pay(CLASS_II, MERCHANT, 1)) == R.DEBIT_ACCOUNT_FROZEN
     assert bank.result(bank.pay(CARD, CLASS_II, 1, code=C.TOPUP_BOUND)) == R.CREDIT_ACCOUNT_FROZEN
-    assert (
-        bank.result(
-            transfer(
-                bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING
-            )
-        )
-        == R.DEBIT_ACCOUNT_FROZEN
-    )
-    bank.ok(
-        transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.VOID_PENDING)
-    )
+    assert bank.result(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                                flags=F.POST_PENDING)) == R.DEBIT_ACCOUNT_FROZEN
+    bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                     flags=F.VOID_PENDING))
     assert bank.ledger.update_account(CLASS_II, AccountStatus.ACTIVE, flags) == (
-        AccountUpdateResult.OK
-    )
+        AccountUpdateResult.OK)
     bank.ok(bank.pay(CLASS_II, MERCHANT, 1))
 
 
@@ -623,26 +543,20 @@ def test_closing_needs_a_zero_balance_and_is_final(bank: Bank) -> None:
     flags = bank.account(CLASS_II).flags
     bank.top_up(CLASS_II, 100 * CNY)
     assert bank.ledger.update_account(CLASS_II, AccountStatus.CLOSED, flags) == (
-        AccountUpdateResult.BALANCE_NOT_ZERO
-    )
+        AccountUpdateResult.BALANCE_NOT_ZERO)
     bank.ok(bank.pay(CLASS_II, CARD, 40 * CNY, code=C.WITHDRAW_BOUND))
     hold = bank.ok(bank.pay(CLASS_II, CARD, 60 * CNY, code=C.WITHDRAW_BOUND, flags=F.PENDING))
     assert bank.ledger.update_account(CLASS_II, AccountStatus.CLOSED, flags) == (
-        AccountUpdateResult.BALANCE_NOT_ZERO
-    )
-    bank.ok(
-        transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING)
-    )
+        AccountUpdateResult.BALANCE_NOT_ZERO)
+    bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                     flags=F.POST_PENDING))
     assert bank.ledger.update_account(CLASS_II, AccountStatus.CLOSED, flags) == (
-        AccountUpdateResult.OK
-    )
+        AccountUpdateResult.OK)
     assert bank.result(bank.pay(CLASS_II, CARD, 1, code=C.WITHDRAW_BOUND)) == (
-        R.DEBIT_ACCOUNT_CLOSED
-    )
+        R.DEBIT_ACCOUNT_CLOSED)
     assert bank.result(bank.pay(CARD, CLASS_II, 1, code=C.TOPUP_BOUND)) == R.CREDIT_ACCOUNT_CLOSED
     assert bank.ledger.update_account(CLASS_II, AccountStatus.ACTIVE, flags) == (
-        AccountUpdateResult.ACCOUNT_CLOSED
-    )
+        AccountUpdateResult.ACCOUNT_CLOSED)
 
 
 def test_closing_refuses_an_account_with_holds(bank: Bank) -> None:
@@ -650,8 +564,7 @@ def test_closing_refuses_an_account_with_holds(bank: Bank) -> None:
     flags = bank.account(MERCHANT).flags
     bank.ok(bank.pay(CARD, MERCHANT, 100 * CNY, flags=F.PENDING))
     assert bank.ledger.update_account(MERCHANT, AccountStatus.CLOSED, flags) == (
-        AccountUpdateResult.PENDING_NOT_ZERO
-    )
+        AccountUpdateResult.PENDING_NOT_ZERO)
 
 
 # --- retention window ------------------------------------------------------------------
@@ -669,9 +582,8 @@ def test_eviction_stops_at_a_pending_transfer(bank: Bank) -> None:
     assert transfer_view(bank.ledger, before) is None
     assert transfer_view(bank.ledger, hold) is not None
     assert transfer_view(bank.ledger, after) is not None
-    bank.ok(
-        transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold, flags=F.POST_PENDING)
-    )
+    bank.ok(transfer(bank.new_id(), 0, 0, 0, ledger=0, code=0, pending_id=hold,
+                     flags=F.POST_PENDING))
     assert bank.ledger.evict(far_future, 1) == 1  # count_max bounds the work
     assert transfer_view(bank.ledger, hold) is None
     after_record = transfer_view(bank.ledger, after)

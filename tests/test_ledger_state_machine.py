@@ -74,28 +74,14 @@ CARD = 3
 START_DAY = day_of_date(2025, 12, 30)  # day rollovers cross into 2026 early on
 START_TS = 1_767_000_000 * NS_PER_S
 
-CODES = (
-    C.TRANSFER,
-    C.PAYMENT,
-    C.EXTERNAL_TRANSFER_OUT,
-    C.EXTERNAL_TRANSFER_IN,
-    C.TOPUP_BOUND,
-    C.WITHDRAW_BOUND,
-    C.CASH_DEPOSIT,
-    C.CASH_WITHDRAWAL,
-    C.FEE,
-    C.INTEREST,
-)
+CODES = (C.TRANSFER, C.PAYMENT, C.EXTERNAL_TRANSFER_OUT, C.EXTERNAL_TRANSFER_IN,
+         C.TOPUP_BOUND, C.WITHDRAW_BOUND, C.CASH_DEPOSIT, C.CASH_WITHDRAWAL, C.FEE, C.INTEREST)
 CHANNELS = (0, 3, 4, 7, 8)
 PRODUCTS = {  # (kind, tight) -> product id in TIGHT_RULES
-    (K.CLASS_I, False): 1,
-    (K.CLASS_I, True): 10,
-    (K.CLASS_II, False): 2,
-    (K.CLASS_II, True): 8,
-    (K.CLASS_III, False): 3,
-    (K.CLASS_III, True): 9,
-    (K.SAVINGS, False): 4,
-    (K.SAVINGS, True): 4,
+    (K.CLASS_I, False): 1, (K.CLASS_I, True): 10,
+    (K.CLASS_II, False): 2, (K.CLASS_II, True): 8,
+    (K.CLASS_III, False): 3, (K.CLASS_III, True): 9,
+    (K.SAVINGS, False): 4, (K.SAVINGS, True): 4,
 }
 STATIC_CAPS = (8_000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000, 45_000, 50_000)
 
@@ -167,9 +153,8 @@ class KernelLedgerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ledger = make_ledger(
-            self.backend, TIGHT_RULES, account_capacity=64, transfer_capacity=4096
-        )
+        self.ledger = make_ledger(self.backend, TIGHT_RULES, account_capacity=64,
+                                  transfer_capacity=4096)
         self.ts = START_TS
         self.products: dict[int, int] = {}
         self.kinds: dict[int, int] = {}
@@ -190,12 +175,10 @@ class KernelLedgerMachine(RuleBasedStateMachine):
 
     # --- plumbing ------------------------------------------------------------------
 
-    def open(
-        self, account_id: int, kind: int, product: int, flags: int = 0, bound_id: int = 0
-    ) -> None:
-        results = self.ledger.create_accounts(
-            account_input(account_id, kind, flags=flags, product=product, bound_id=bound_id)
-        )
+    def open(self, account_id: int, kind: int, product: int, flags: int = 0,
+             bound_id: int = 0) -> None:
+        results = self.ledger.create_accounts(account_input(
+            account_id, kind, flags=flags, product=product, bound_id=bound_id))
         assert results[0] == CreateAccountResult.OK, CreateAccountResult(results[0])
         self.products[account_id] = product
         self.kinds[account_id] = kind
@@ -213,20 +196,13 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         """Send one batch, fold the answers into the model, and return the results."""
         if chained:
             intents = [
-                Intent(
-                    i.kind,
-                    _with_flags(i.record, F.LINKED) if n < len(intents) - 1 else i.record,
-                    i.debit,
-                    i.credit,
-                    i.amount,
-                    i.target,
-                )
+                Intent(i.kind, _with_flags(i.record, F.LINKED) if n < len(intents) - 1
+                       else i.record, i.debit, i.credit, i.amount, i.target)
                 for n, i in enumerate(intents)
             ]
         log_count_before = self.ledger.log_count
         results, timestamps, _ = self.ledger.create_transfers(
-            b"".join(i.record for i in intents), self.ts, self.day
-        )
+            b"".join(i.record for i in intents), self.ts, self.day)
         self.ts += len(intents) + 1
         for intent, result in zip(intents, results, strict=True):
             event(f"{intent.kind}{' in chain' if chained else ''}: {R(result).name}")
@@ -326,11 +302,9 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     def open_customer(self, spec: AccountSpec) -> int:
         account_id = self.next_account_id
         self.next_account_id += 1
-        flags = (
-            (D if spec.limited else 0)
-            | (AccountFlags.FACE_TO_FACE_VERIFIED if spec.face_to_face else 0)
-            | (AccountFlags.NON_BOUND_INFLOW_ENABLED if spec.non_bound_inflow else 0)
-        )
+        flags = ((D if spec.limited else 0)
+                 | (AccountFlags.FACE_TO_FACE_VERIFIED if spec.face_to_face else 0)
+                 | (AccountFlags.NON_BOUND_INFLOW_ENABLED if spec.non_bound_inflow else 0))
         bound_id = 0
         if spec.kind in (K.CLASS_II, K.CLASS_III):
             if spec.binding == "card":
@@ -370,16 +344,10 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     def open_account(self, spec: AccountSpec) -> int:
         return self.open_customer(spec)
 
-    @rule(
-        debit=accounts,
-        credit=accounts,
-        code=st.sampled_from(CODES),
-        channel=st.sampled_from(CHANNELS),
-        data=st.data(),
-    )
-    def transfer(
-        self, debit: int, credit: int, code: int, channel: int, data: st.DataObject
-    ) -> None:
+    @rule(debit=accounts, credit=accounts, code=st.sampled_from(CODES),
+          channel=st.sampled_from(CHANNELS), data=st.data())
+    def transfer(self, debit: int, credit: int, code: int, channel: int,
+                 data: st.DataObject) -> None:
         debit, credit = self.sides(code, debit, credit)
         amount = self.draw_amount(data, debit, credit, channel)
         self.submit([self.plain(debit, credit, amount, code=code, channel=channel)])
@@ -394,11 +362,8 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         account = data.draw(st.sampled_from(self.limited_accounts()), label="account")
         view = account_view(self.ledger, account)
         caps = product_caps(TIGHT_RULES, view.product)
-        counters = counters_effective(
-            list(self.ledger.account_counters(account) or (0,) * 4),
-            view.counters_day,
-            max(self.day, self.ledger.last_day),
-        )
+        counters = counters_effective(list(self.ledger.account_counters(account) or (0,) * 4),
+                                      view.counters_day, max(self.day, self.ledger.last_day))
         if outflow:
             remaining = min(caps.outflow_daily - counters[2], caps.outflow_yearly - counters[3])
         else:
@@ -408,20 +373,15 @@ class KernelLedgerMachine(RuleBasedStateMachine):
             return
         # In pieces no larger than the product's single-transfer cap.
         piece_max = caps.transfer_cap or amount
-        pieces = [piece_max] * (amount // piece_max) + (
-            [amount % piece_max] if amount % piece_max else []
-        )
+        pieces = [piece_max] * (amount // piece_max) + ([amount % piece_max] if amount % piece_max
+                                                        else [])
         if outflow:
             self.submit([self.plain(CLEARING, account, amount, code=C.INTEREST)])
-            intents = [
-                self.plain(account, CLEARING, piece, code=C.EXTERNAL_TRANSFER_OUT)
-                for piece in pieces
-            ]
+            intents = [self.plain(account, CLEARING, piece, code=C.EXTERNAL_TRANSFER_OUT)
+                       for piece in pieces]
         else:
-            intents = [
-                self.plain(CLEARING, account, piece, code=C.EXTERNAL_TRANSFER_IN)
-                for piece in pieces
-            ]
+            intents = [self.plain(CLEARING, account, piece, code=C.EXTERNAL_TRANSFER_IN)
+                       for piece in pieces]
         results = self.submit(intents)
         if amount > remaining:
             assert any(result != R.OK for result in results), (account, amount, remaining)
@@ -431,29 +391,15 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         if account != CLEARING:
             self.submit([self.plain(CLEARING, account, amount, code=C.INTEREST)])
 
-    @rule(
-        debit=accounts,
-        credit=accounts,
-        code=st.sampled_from(CODES),
-        timeout_s=st.sampled_from((0, 1, 5)),
-        channel=st.sampled_from(CHANNELS),
-        data=st.data(),
-    )
-    def hold(
-        self, debit: int, credit: int, code: int, timeout_s: int, channel: int, data: st.DataObject
-    ) -> None:
+    @rule(debit=accounts, credit=accounts, code=st.sampled_from(CODES),
+          timeout_s=st.sampled_from((0, 1, 5)), channel=st.sampled_from(CHANNELS),
+          data=st.data())
+    def hold(self, debit: int, credit: int, code: int, timeout_s: int, channel: int,
+             data: st.DataObject) -> None:
         debit, credit = self.sides(code, debit, credit)
         amount = self.draw_amount(data, debit, credit, channel)
-        record = transfer(
-            self.new_id(),
-            debit,
-            credit,
-            amount,
-            code=code,
-            channel=channel,
-            flags=F.PENDING,
-            timeout_s=timeout_s,
-        )
+        record = transfer(self.new_id(), debit, credit, amount, code=code, channel=channel,
+                          flags=F.PENDING, timeout_s=timeout_s)
         self.submit([Intent("hold", record, debit, credit, amount)])
 
     @precondition(lambda self: self.holds)
@@ -464,38 +410,25 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         if void:
             amount = data.draw(st.sampled_from((0, full)), label="void amount")
         else:
-            amount = data.draw(
-                st.one_of(st.just(0), st.just(full), st.integers(1, full + 1)), label="post amount"
-            )
-        record = transfer(
-            self.new_id(),
-            0,
-            0,
-            amount,
-            code=0,
-            ledger=0,
-            pending_id=hold_id,
-            flags=F.VOID_PENDING if void else F.POST_PENDING,
-        )
-        results = self.submit(
-            [Intent("void" if void else "post", record, amount=amount, target=hold_id)]
-        )
+            amount = data.draw(st.one_of(st.just(0), st.just(full), st.integers(1, full + 1)),
+                               label="post amount")
+        record = transfer(self.new_id(), 0, 0, amount, code=0, ledger=0, pending_id=hold_id,
+                          flags=F.VOID_PENDING if void else F.POST_PENDING)
+        results = self.submit([Intent("void" if void else "post", record, amount=amount,
+                                      target=hold_id)])
         if amount > full:
             assert results[0] == R.EXCEEDS_PENDING_TRANSFER_AMOUNT
 
     @precondition(lambda self: any(p.remaining for p in self.postings.values()))
     @rule(data=st.data())
     def reverse(self, data: st.DataObject) -> None:
-        target = data.draw(
-            st.sampled_from(sorted(i for i, p in self.postings.items() if p.remaining)),
-            label="reversal target",
-        )
+        target = data.draw(st.sampled_from(
+            sorted(i for i, p in self.postings.items() if p.remaining)), label="reversal target")
         posting = self.postings[target]
         remaining = posting.remaining
         amount = data.draw(st.integers(1, remaining + 1), label="reversal amount")
-        record = transfer(
-            self.new_id(), posting.credit, posting.debit, amount, code=C.REVERSAL, pending_id=target
-        )
+        record = transfer(self.new_id(), posting.credit, posting.debit, amount,
+                          code=C.REVERSAL, pending_id=target)
         results = self.submit([Intent("reversal", record, amount=amount, target=target)])
         if amount > remaining:
             assert results[0] == R.EXCEEDS_REVERSIBLE_AMOUNT
@@ -505,10 +438,8 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     def retry_identical(self, data: st.DataObject) -> None:
         """An identical retry answers EXISTS with the original timestamp (or stays failed)
         and logs and posts nothing."""
-        transfer_id = data.draw(
-            st.sampled_from(sorted(i for i, a in self.answers.items() if a.retryable)),
-            label="retried id",
-        )
+        transfer_id = data.draw(st.sampled_from(
+            sorted(i for i, a in self.answers.items() if a.retryable)), label="retried id")
         answer = self.answers[transfer_id]
         log_count = self.ledger.log_count
         results, timestamps, _ = self.ledger.create_transfers(answer.record, self.ts, self.day)
@@ -522,16 +453,14 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         assert self.ledger.log_count == log_count
         self.reconcile_holds()
 
-    @precondition(lambda self: any(a.retryable and a.result == R.OK for a in self.answers.values()))
+    @precondition(lambda self: any(a.retryable and a.result == R.OK
+                                   for a in self.answers.values()))
     @rule(data=st.data())
     def retry_with_different_amount(self, data: st.DataObject) -> None:
         """A retry of an OK id with another amount is a conflict, never a second posting."""
-        transfer_id = data.draw(
-            st.sampled_from(
-                sorted(i for i, a in self.answers.items() if a.retryable and a.result == R.OK)
-            ),
-            label="retried id",
-        )
+        transfer_id = data.draw(st.sampled_from(sorted(
+            i for i, a in self.answers.items() if a.retryable and a.result == R.OK)),
+            label="retried id")
         t = Transfer.unpack(self.answers[transfer_id].record)
         t.amount += 1
         log_count = self.ledger.log_count
@@ -541,22 +470,13 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         assert self.ledger.log_count == log_count
         self.reconcile_holds()
 
-    @rule(
-        first=accounts,
-        second=accounts,
-        third=accounts,
-        data=st.data(),
-        length=st.sampled_from((2, 3)),
-    )
-    def linked_chain(
-        self, first: int, second: int, third: int, data: st.DataObject, length: int
-    ) -> None:
+    @rule(first=accounts, second=accounts, third=accounts, data=st.data(),
+          length=st.sampled_from((2, 3)))
+    def linked_chain(self, first: int, second: int, third: int, data: st.DataObject,
+                     length: int) -> None:
         """A chain of plain transfers moves money all or nothing."""
-        pairs = [
-            self.other_side(first, second),
-            self.other_side(second, third),
-            self.other_side(third, first),
-        ][:length]
+        pairs = [self.other_side(first, second), self.other_side(second, third),
+                 self.other_side(third, first)][:length]
         intents = []
         for debit, credit in pairs:
             channel = data.draw(st.sampled_from(CHANNELS), label="channel")
@@ -593,29 +513,19 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     def money_is_conserved_and_matches_the_model(self) -> None:
         views = {account_id: account_view(self.ledger, account_id) for account_id in self.kinds}
         assert sum(v.debits_posted for v in views.values()) == sum(
-            v.credits_posted for v in views.values()
-        )
+            v.credits_posted for v in views.values())
         assert sum(v.debits_pending for v in views.values()) == sum(
-            v.credits_pending for v in views.values()
-        )
+            v.credits_pending for v in views.values())
         debits_pending: Counter[int] = Counter()
         credits_pending: Counter[int] = Counter()
         for hold in self.holds.values():
             debits_pending[hold.debit] += hold.amount
             credits_pending[hold.credit] += hold.amount
         for account_id, view in views.items():
-            actual = (
-                view.debits_posted,
-                view.credits_posted,
-                view.debits_pending,
-                view.credits_pending,
-            )
-            expected = (
-                self.debits_posted[account_id],
-                self.credits_posted[account_id],
-                debits_pending[account_id],
-                credits_pending[account_id],
-            )
+            actual = (view.debits_posted, view.credits_posted,
+                      view.debits_pending, view.credits_pending)
+            expected = (self.debits_posted[account_id], self.credits_posted[account_id],
+                        debits_pending[account_id], credits_pending[account_id])
             assert actual == expected, (account_id, actual, expected)
 
     @invariant()

@@ -69,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " library's (hypercorn always runs on the standard one)",
     )
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH), help="limit rule file")
-    parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry")
+    parser.add_argument(
+        "--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry"
+    )
     parser.add_argument("--access-log", default="-", help="'-' for stderr, 'off', or a file path")
     parser.add_argument("--accounts-max", type=int, default=1 << 20, help="account capacity")
     parser.add_argument(
