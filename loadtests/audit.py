@@ -38,7 +38,7 @@ import sys
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,22 +187,22 @@ class OfflineBooks(Books):
         return state
 
     def history(self, account_id: int) -> Iterator[dict[str, Any]]:
-        from core.services.records import transfer_view
+        from core.services.records import transfer_read
 
         before = -1
         while True:
             page = self.ledger.account_history(account_id, before, HISTORY_PAGE)
             for _, record in page:
-                yield transfer_view(record)
+                yield asdict(transfer_read(record))
             if len(page) < HISTORY_PAGE or page[-1][0] <= 0:
                 return
             before = page[-1][0]
 
     def lookup(self, transfer_id: int) -> dict[str, Any] | None:
-        from core.services.records import transfer_view
+        from core.services.records import transfer_read
 
         record = self.ledger.lookup_transfer(transfer_id)
-        return None if record is None else transfer_view(record)
+        return None if record is None else asdict(transfer_read(record))
 
 
 class OnlineBooks(Books):

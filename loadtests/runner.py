@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from channels.http.bench import Server, free_port
+from core.bench.server import Server, free_port
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from core.reports import machine_description, save_report
 

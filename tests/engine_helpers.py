@@ -9,12 +9,13 @@ import anyio
 
 from core.entries import Entry, apply_entry
 from core.store import CommitStats
+from ledger.constants import LEDGER_CNY
 from ledger.kernel import KernelLedger
+from ledger.records import pack_account_input
 from ledger.reference import ReferenceLedger, Transfer
-from ledger.types import ACCOUNT_INPUT_STRUCT, AccountFlags, AccountKind, TransferCode, split_id
+from ledger.types import AccountFlags, AccountKind, TransferCode
 from limits.rules import RuleSet, load_rules
 
-LEDGER_CNY = 156
 CLEARING_ID = 1_000
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
@@ -97,17 +98,13 @@ def class_ii_accounts(first_id: int, count: int) -> bytes:
         | AccountFlags.BOUND_EXTERNAL
     )
     return b"".join(
-        ACCOUNT_INPUT_STRUCT.pack(
-            *split_id(first_id + i), 0, 0, LEDGER_CNY, AccountKind.CLASS_II, 0, flags, 2
-        )
+        pack_account_input(id=first_id + i, kind=AccountKind.CLASS_II, flags=flags, product=2)
         for i in range(count)
     )
 
 
 def clearing_account() -> bytes:
-    return ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 7
-    )
+    return pack_account_input(id=CLEARING_ID, kind=AccountKind.INTERNAL_CLEARING, product=7)
 
 
 def transfer(

@@ -29,9 +29,10 @@ from core.entries import EVICT_PAYLOAD, RULES_HEADER, Entry, EntryKind
 from core.journal import Journal
 from core.replay import apply_record, recover_ledger
 from core.snapshot import fork_snapshot, poll_snapshot, wait_snapshot
+from ledger.constants import LEDGER_CNY
 from ledger.kernel import KernelLedger
+from ledger.records import pack_account_input
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
@@ -51,7 +52,6 @@ FUNDING_MINOR = 800_000
 TRANSFERS_PER_RECORD_MAX = 128
 EVICT_EVERY = 64
 EXPIRE_EVERY = 97
-LEDGER_CNY = 156
 CLEARING_ID = (0xC1EA << 64) | 1
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 NS_PER_RECORD = 1_000_000
@@ -104,9 +104,7 @@ def expected_entry(seed: int, seq: int) -> Entry:
         payload = RULES_HEADER.pack(len(products)) + products + channels
         return Entry(EntryKind.SET_RULES, timestamp, day, 1, payload)
     if seq == 2:
-        clearing = ACCOUNT_INPUT_STRUCT.pack(
-            *split_id(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 2
-        )
+        clearing = pack_account_input(id=CLEARING_ID, kind=AccountKind.INTERNAL_CLEARING, product=2)
         accounts = bytearray(ACCOUNT_COUNT * ACCOUNT_SIZE)
         flags = (
             AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from channels.http.bench import Server, free_port
+from core.bench.server import Server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from core.replay import recover_ledger
+from ledger.records import account_view
 from ledger.reference import Transfer
-from ledger.types import ACCOUNT_STRUCT, CreateTransferResult, PendingState
+from ledger.types import CreateTransferResult, PendingState
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = 8
@@ -95,14 +96,14 @@ def check_recovered(data: Path, answers: dict[int, tuple[int, int]]) -> None:
     assert not lost, f"{len(lost)} acknowledged transfers lost, e.g. {lost[:5]}"
     debits = credits = 0
     for slot in range(ledger.account_count):
-        fields = ACCOUNT_STRUCT.unpack_from(ledger.accounts, slot * 64)  # type: ignore[union-attr]
-        debits += fields[2]
-        credits += fields[3]
+        account = account_view(ledger.account_row(slot))  # type: ignore[union-attr]
+        debits += account.debits_posted
+        credits += account.credits_posted
     assert debits == credits, (debits, credits)
     # Every posting is one log record: what the records moved is what the accounts show.
     moved = 0
     for seq in range(ledger.log_tail, ledger.log_count):
-        stored = Transfer.unpack(ledger._record(seq))  # type: ignore[union-attr]
+        stored = Transfer.unpack(ledger.record_at(seq))  # type: ignore[union-attr]
         if stored.result == R.OK and stored.state == PendingState.NONE:
             moved += stored.amount_posted
     assert moved == debits, (moved, debits)

@@ -149,7 +149,7 @@ def test_openapi_documents_every_route() -> None:
         operation = document["paths"][route.path][route.method.lower()]
         assert str(route.status) in operation["responses"]
         assert "401" in operation["responses"] and "503" in operation["responses"]
-        if route.money:
+        if route.policy.money:
             assert any(
                 p["name"] == "Idempotency-Key" and p["required"] for p in operation["parameters"]
             )

@@ -27,14 +27,20 @@ def loadtest(*words: str) -> subprocess.CompletedProcess[str]:
 
 
 def loadtest_against_server(
-    tmp_path: Path, serve_args: list[str], loadtest_args: list[str]
+    tmp_path: Path, serve_args: list[str], loadtest_args: list[str], *, disk_delay_ms: int = 0
 ) -> subprocess.CompletedProcess[str]:
     """`tally loadtest --host` against a `tally serve` started here with `serve_args`, so
-    the test can give the server a fault; reports go to tmp_path/out."""
-    from channels.http.bench import Server, free_port
+    the test can give the server a fault (`disk_delay_ms` > 0: the real server on a journal
+    slowed by tests/slow_disk_serve.py); reports go to tmp_path/out."""
+    from core.bench.server import Server, free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "core", "serve", "--port", str(port),
+    serve = (
+        [str(REPO_ROOT / "tests" / "slow_disk_serve.py"), str(disk_delay_ms)]
+        if disk_delay_ms
+        else ["-m", "core", "serve"]
+    )
+    command = [sys.executable, *serve, "--port", str(port),
                "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
                *serve_args]  # fmt: skip
     server = Server(command, port, tmp_path / "server.log", "/readyz")
@@ -136,16 +142,20 @@ def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
 
 
 def test_shed_requests_are_retried_with_the_same_key_and_booked_once(tmp_path: Path) -> None:
-    """A server with a 1-request engine queue sheds with 503 (not during
-    the setup, whose 8 threads wait for each answer, but under 100 users): the users
-    retry with the same Idempotency-Key. The 503s are failures (the run fails), but the
-    audit proves every acknowledged retry was booked exactly once."""
+    """A server on a slow disk (every journal append waits 100 ms) with a 10-request engine
+    queue sheds with 503 under 100 users, and only then: the setup's 8 threads, each
+    waiting for its answer, hold at most 8 requests in the queue (9 with a housekeeping
+    one), so the dataset is built without a shed opening (openings are not retried). The
+    users retry with the same Idempotency-Key. The 503s are failures (the run fails), but
+    the audit proves every acknowledged retry was booked exactly once."""
     out = tmp_path / "out"
     done = loadtest_against_server(
         tmp_path,
-        ["--queue-size", "1"],
+        ["--queue-size", "10"],
         ["--seconds", "8", "--users", "100", "--customers", "20"],
+        disk_delay_ms=100,
     )
+    assert (out / "report.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["money_retried"] > 0, report
     assert report["failures"] > 0 and done.returncode == 1

@@ -4,7 +4,7 @@
     -> signature: channel, key, timestamp window, HMAC, nonce (401/403)
     -> operation allowed for the channel (403) -> rate limit (429)
     -> Idempotency-Key present on money routes (400) -> content type (415)
-    -> JSON parse (400) and schema (422) -> channel kind the route declares (403)
+    -> JSON parse (400) and schema (422) -> channel kind (403, core.services.policy)
     -> key not in flight (409) -> the handler and its service (a refusal is
     rendered from the one table in problems.py) -> response + access log
 
@@ -40,9 +40,10 @@ from channels.http.routes import ROUTES, Route, Router
 from channels.http.schema import check_object, check_value, fail, quick_check
 from channels.registry import ChannelEntry, Registry
 from channels.tier import InFlight, RateLimits, ReplayGuard
+from core.services import policy
 from core.services.bank import Bank
 from core.services.commands import Caller
-from core.services.refusals import Refused, kind_refused
+from core.services.refusals import Refused
 
 # The signature check in C (cext/http_auth.pyx), unless TALLY_KERNEL=reference asks for its
 # plain-Python twin (chosen explicitly, never as a fallback on a missing build).
@@ -177,8 +178,8 @@ class App:
                     ctx = self.context(
                         route, channel, params, scope, headers, body, idempotency_key
                     )
-                    if route.kinds and channel.kind not in route.kinds:
-                        raise kind_refused(ctx.caller, route.kinds, route.kinds_what)
+                    if route.policy.kinds:  # the one channel-policy guard (core.services.policy)
+                        policy.admit(ctx.caller, route.policy)
                     handler = getattr(self.handlers, route.operation)
                     if not idempotency_key:
                         reply = await handler(ctx)
@@ -431,7 +432,7 @@ class App:
             )
         key = headers.get(b"idempotency-key")
         if key is None:
-            if route.money:
+            if route.policy.money:
                 raise Problem(
                     400,
                     "idempotency-key-missing",

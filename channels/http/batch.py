@@ -3,7 +3,7 @@
 The item loops run in C (cext/http_fast.pyx) unless TALLY_KERNEL=reference asks
 for their plain-Python twins (chosen explicitly, never as a fallback on a missing
 build). A bad item is a 422 naming its JSON pointer; the packed records go to
-`Payments.post_batch` like every other posting.
+`Payments.post_batch`, through `Payments.admit` like every other posting.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from typing import Any
 import orjson
 
 from channels.http.schema import F, check_value, fail
-from core.services.records import (
-    LEDGER_CNY,
-    UINT64_MASK,
-    derive_transfer_ids_packed,
-    transfer_id_prefix,
+from core.services.records import derive_transfer_ids_packed, transfer_id_prefix
+from ledger.constants import LEDGER_CNY
+from ledger.types import (
+    TRANSFER_SIZE,
+    TRANSFER_STRUCT,
+    UINT64_MAX,
+    CreateTransferResult,
+    TransferCode,
 )
-from ledger.types import TRANSFER_SIZE, TRANSFER_STRUCT, CreateTransferResult, TransferCode
 
 http_fast: ModuleType | None = None
 if os.environ.get("TALLY_KERNEL", "kernel") != "reference":
@@ -110,8 +112,8 @@ def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key:
         offset = index * TRANSFER_SIZE
         pack_into(
             buffer, offset, 0, 0,
-            debit & UINT64_MASK, debit >> 64, credit & UINT64_MASK, credit >> 64,
-            pending & UINT64_MASK, pending >> 64,
+            debit & UINT64_MAX, debit >> 64, credit & UINT64_MAX, credit >> 64,
+            pending & UINT64_MAX, pending >> 64,
             amount, 0, timeout_s, LEDGER_CNY, code, flags, channel,
             0, 0, 0, 0, 0, 0, user_data, 0, 0,
         )  # fmt: skip

@@ -28,7 +28,6 @@ import argparse
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,12 +39,12 @@ import httpx
 import orjson
 
 from channels.client import Signer, TallyClient
+from core.bench.server import Server, cpu_seconds, free_port
 from core.data import DEFAULT_CHANNELS_PATH
 from core.reports import machine_description, save_report
 
 BATCH_SIZE = 8189
 ACCOUNTS = 64
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHANNELS_FILE = DEFAULT_CHANNELS_PATH
 
 WRK_SCRIPT = r"""
@@ -121,49 +120,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --- processes ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    def __init__(self, command: list[str], port: int, log: Path, ready_path: str) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
-        with open(log, "ab") as output:
-            self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server not ready in 120 s")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
@@ -444,13 +400,13 @@ def run_wrk(
     ]
     if shared_body is not None:
         command.append(str(shared_body))
-    server_cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    server_cpu_before = cpu_seconds([server_pid]) if server_pid else 0.0
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     assert process.stdout is not None and process.stderr is not None
     output = process.stdout.read().decode()
     error = process.stderr.read().decode()
-    server_cpu = (cpu_seconds(server_pid) - server_cpu_before) if server_pid else 0.0
+    server_cpu = (cpu_seconds([server_pid]) - server_cpu_before) if server_pid else 0.0
     if status != 0 or "WRKJSON" not in output:
         raise RuntimeError(f"wrk failed ({status}): {output}\n{error}")
     line = next(line for line in output.splitlines() if line.startswith("WRKJSON "))

@@ -34,6 +34,7 @@ from core.services.commands import (
     SetPassword,
 )
 from core.services.customers import CLASS_OF_NAME
+from core.services.policy import OPERATIONS
 from core.services.records import money_name, rfc3339
 from core.services.results import BatchPosted, Posted
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
@@ -212,41 +213,44 @@ class Handlers:
         )
         return posted_reply(await self.payments.post(posting))
 
-    def _movement(self, ctx: Context, account_id: int, *, debit: bool, **fields: Any) -> Movement:
+    def _movement(self, ctx: Context, operation: str, account_id: int, **fields: Any) -> Movement:
+        """The movement's command; it carries the holder's consent exactly when the
+        operation's policy asks for it (`core.services.policy`), and the service then
+        demands it."""
         body = ctx.body if isinstance(ctx.body, dict) else {}
         return Movement(
             ctx.caller,
             ctx.idempotency_key,
             account_id,
             body.get("amount_minor"),
-            consent(ctx) if debit else None,
+            consent(ctx) if OPERATIONS[operation].consent else None,
             **fields,
         )
 
-    def _own(self, ctx: Context, *, debit: bool) -> Movement:
-        return self._movement(ctx, account_id_param(ctx.params["account_id"]), debit=debit)
+    def _own(self, ctx: Context, operation: str) -> Movement:
+        return self._movement(ctx, operation, account_id_param(ctx.params["account_id"]))
 
     async def topup(self, ctx: Context) -> Reply:
-        return posted_reply(await self.payments.topup(self._own(ctx, debit=True)))
+        return posted_reply(await self.payments.topup(self._own(ctx, "topup")))
 
     async def withdraw(self, ctx: Context) -> Reply:
-        return posted_reply(await self.payments.withdraw(self._own(ctx, debit=True)))
+        return posted_reply(await self.payments.withdraw(self._own(ctx, "withdraw")))
 
     async def cash_deposit(self, ctx: Context) -> Reply:
-        return posted_reply(await self.payments.cash_deposit(self._own(ctx, debit=False)))
+        return posted_reply(await self.payments.cash_deposit(self._own(ctx, "cash_deposit")))
 
     async def cash_withdrawal(self, ctx: Context) -> Reply:
-        return posted_reply(await self.payments.cash_withdrawal(self._own(ctx, debit=True)))
+        return posted_reply(await self.payments.cash_withdrawal(self._own(ctx, "cash_withdrawal")))
 
     async def external_transfer(self, ctx: Context) -> Reply:
         body = ctx.body
         debit = account_id_param(body["debit_account_id"], "debit_account_id")
-        move = self._movement(ctx, debit, debit=True, beneficiary=body["beneficiary"])
+        move = self._movement(ctx, "external_transfer", debit, beneficiary=body["beneficiary"])
         return posted_reply(await self.payments.external_transfer(move))
 
     async def incoming_transfer(self, ctx: Context) -> Reply:
         credit = account_id_param(ctx.body["credit_account_id"], "credit_account_id")
-        move = self._movement(ctx, credit, debit=False)
+        move = self._movement(ctx, "incoming_transfer", credit)
         return posted_reply(await self.payments.incoming_transfer(move))
 
     async def payment(self, ctx: Context) -> Reply:
@@ -254,23 +258,23 @@ class Handlers:
         debit = account_id_param(body["debit_account_id"], "debit_account_id")
         merchant = account_id_param(body["merchant_account_id"], "merchant_account_id")
         move = self._movement(
-            ctx, debit, debit=True, counterpart=merchant, timeout_s=body.get("timeout_s", 0)
+            ctx, "payment", debit, counterpart=merchant, timeout_s=body.get("timeout_s", 0)
         )
         return posted_reply(await self.payments.payment(move))
 
     async def capture(self, ctx: Context) -> Reply:
         payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
-        move = self._movement(ctx, payment_id, debit=False)
+        move = self._movement(ctx, "capture", payment_id)
         return posted_reply(await self.payments.capture(move))
 
     async def void(self, ctx: Context) -> Reply:
         payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
-        move = self._movement(ctx, payment_id, debit=False)
+        move = self._movement(ctx, "void", payment_id)
         return posted_reply(await self.payments.void(move))
 
     async def reversal(self, ctx: Context) -> Reply:
         original_id = transfer_id_param(ctx.params["transfer_id"])
-        move = self._movement(ctx, original_id, debit=False)
+        move = self._movement(ctx, "reversal", original_id)
         return posted_reply(await self.payments.reversal(move))
 
     # --- batch ---------------------------------------------------------------------

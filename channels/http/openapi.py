@@ -222,7 +222,8 @@ def _operation(route: Route) -> dict[str, Any]:
         parameters.append(
             {"name": name, "in": "query", "required": False, "schema": spec.json_schema()}
         )
-    if route.money:
+    policy = route.policy
+    if policy.money:
         parameters.append(
             {
                 "name": "Idempotency-Key",
@@ -238,7 +239,7 @@ def _operation(route: Route) -> dict[str, Any]:
                 },
             }
         )
-    if route.debit_auth:
+    if policy.consent:
         parameters.append(
             {
                 "name": "Tally-Transaction-Token",
@@ -262,7 +263,7 @@ def _operation(route: Route) -> dict[str, Any]:
                 "count timestamps (u64), little-endian",
             }
         success["content"] = content
-    if route.money:
+    if policy.money:
         success["headers"] = {
             "Idempotent-Replayed": {
                 "description": "`true` when this answer replays an earlier request "
@@ -271,7 +272,12 @@ def _operation(route: Route) -> dict[str, Any]:
             }
         }
     responses[str(route.status)] = success
-    for status in sorted(set(COMMON_STATUSES) | set(route.problems)):
+    declared = set(route.problems)
+    if policy.kinds:
+        declared.add(403)  # channel-kind-not-allowed
+    if policy.consent:
+        declared.add(401)  # authentication-required: no password or token
+    for status in sorted(set(COMMON_STATUSES) | declared):
         responses[str(status)] = _problem_response(status)
     operation: dict[str, Any] = {
         "operationId": route.operation,
@@ -280,7 +286,15 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": responses,
         "security": [{"TallyHmac": []}],
         "x-tally-operation": route.operation,
+        # The channel policy (core.services.policy), as every adapter enforces it.
+        "x-tally-consent": policy.consent,
     }
+    if policy.kinds:
+        operation["x-tally-channel-kinds"] = list(policy.kinds)
+        operation["description"] = (
+            f"{policy.kinds_what}: only at {' or '.join(policy.kinds)} channels "
+            "(others get 403 channel-kind-not-allowed)."
+        )
     if route.body is not None:
         body_content: dict[str, Any] = {"application/json": {"schema": object_schema(route.body)}}
         if route.binary:

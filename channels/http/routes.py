@@ -1,7 +1,10 @@
 """The route table: every /v1 operation, its schema, and what it demands of a request.
 
 One declaration drives the router, the request validation and the OpenAPI
-document, so the three cannot drift apart.
+document, so the three cannot drift apart. What a route demands of its caller
+(channel kinds, the holder's consent, an Idempotency-Key) is not declared
+here: each route names its operation and takes its policy from the one
+protocol-neutral declaration in `core/services/policy.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
 from core.services.passwords import PASSWORD_PATTERN
+from core.services.policy import OPERATIONS, Operation
 from ledger.types import TransferCode
 
 NAME_PATTERN = "^[^0-9\\u0000-\\u001f\\u007f]+$"
@@ -126,16 +130,13 @@ BATCH = {"transfers": F("array", items=BATCH_ITEM, min_items=1, max_items=BATCH_
 class Route:
     method: str
     path: str
-    operation: str  # registry operation name and method of channels.http.handlers.Handlers
+    operation: str  # policy operation name and method of channels.http.handlers.Handlers
     summary: str
     status: int
     response: str  # OpenAPI component schema name of the success body ("" = none)
+    policy: Operation  # OPERATIONS[operation]: kinds, consent, money
     body: Mapping[str, F] | None = None
     body_optional: bool = False
-    money: bool = False  # moves money: Idempotency-Key required
-    debit_auth: bool = False  # debits a customer: transaction password or token
-    kinds: tuple[str, ...] = ()  # channel kinds that may call it (empty: any kind)
-    kinds_what: str = ""  # what a refused channel is told it cannot do
     query: Mapping[str, F] = field(default_factory=dict)
     binary: bool = False  # also takes application/octet-stream
     problems: tuple[int, ...] = ()
@@ -163,6 +164,7 @@ def _route(
         summary,
         status,
         response,
+        OPERATIONS[operation],
         pattern=pattern,
         params=params,
         **kwargs,
@@ -241,8 +243,6 @@ ROUTES: tuple[Route, ...] = (
         "",
         body={"id_number": F("string", pattern=ID_NUMBER_PATTERN), "new_password": PASSWORD},
         problems=(403, 404, 422),
-        kinds=("counter",),
-        kinds_what="Resetting a transaction password (face to face)",
     ),
     _route(
         "POST",
@@ -263,7 +263,6 @@ ROUTES: tuple[Route, ...] = (
         "Account",
         body={"password": PASSWORD_OPTIONAL},
         body_optional=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 423),
     ),
     _route(
@@ -275,8 +274,6 @@ ROUTES: tuple[Route, ...] = (
         "Account",
         body={"id_number": F("string", pattern=ID_NUMBER_PATTERN)},
         problems=(403, 404, 422),
-        kinds=("counter",),
-        kinds_what="Face-to-face verification",
     ),
     _route(
         "POST",
@@ -286,7 +283,6 @@ ROUTES: tuple[Route, ...] = (
         200,
         "Account",
         body={"enabled": F("boolean"), "password": PASSWORD_OPTIONAL},
-        debit_auth=True,
         problems=(401, 403, 404, 409, 423),
     ),
     _route(
@@ -297,8 +293,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=MONEY_BODY,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
     ),
     _route(
@@ -309,8 +303,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=MONEY_BODY,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
     ),
     _route(
@@ -321,10 +313,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body={"amount_minor": AMOUNT},
-        money=True,
         problems=(403, 404, 409, 422),
-        kinds=("counter", "atm"),
-        kinds_what="Cash",
     ),
     _route(
         "POST",
@@ -334,11 +323,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=MONEY_BODY,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
-        kinds=("counter", "atm"),
-        kinds_what="Cash",
     ),
     _route(
         "POST",
@@ -348,8 +333,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=TRANSFER_NEW,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
     ),
     _route(
@@ -361,7 +344,6 @@ ROUTES: tuple[Route, ...] = (
         200,
         "BatchResult",
         body=BATCH,
-        money=True,
         binary=True,
         problems=(403, 413, 422),
     ),
@@ -383,7 +365,6 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body=REVERSE,
         body_optional=True,
-        money=True,
         problems=(404, 409, 422),
     ),
     _route(
@@ -394,8 +375,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=EXTERNAL_NEW,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
     ),
     _route(
@@ -406,7 +385,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=INCOMING_NEW,
-        money=True,
         problems=(404, 409, 422),
     ),
     _route(
@@ -417,8 +395,6 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=PAYMENT_NEW,
-        money=True,
-        debit_auth=True,
         problems=(401, 403, 404, 409, 422, 423),
     ),
     _route(
@@ -430,7 +406,6 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body=CAPTURE,
         body_optional=True,
-        money=True,
         problems=(404, 409, 422),
     ),
     _route(
@@ -442,7 +417,6 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body={},
         body_optional=True,
-        money=True,
         problems=(404, 409, 422),
     ),
 )

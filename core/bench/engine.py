@@ -55,6 +55,7 @@ from core.replay import recover_ledger
 from core.reports import machine_description, save_report
 from core.snapshot import fork_snapshot, wait_snapshot, write_snapshot
 from ledger.kernel import KernelLedger
+from ledger.records import pack_account_input
 from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, AccountFlags, AccountKind, TransferCode
 from ledger.types import split_id as split
 from limits.rules import parse_rules
@@ -107,11 +108,7 @@ async def setup(engine: Engine, accounts: int) -> None:
         | AccountFlags.NON_BOUND_INFLOW_ENABLED
         | AccountFlags.BOUND_EXTERNAL
     )
-    from ledger.types import ACCOUNT_INPUT_STRUCT
-
-    clearing = ACCOUNT_INPUT_STRUCT.pack(
-        *split(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 2
-    )
+    clearing = pack_account_input(id=CLEARING_ID, kind=AccountKind.INTERNAL_CLEARING, product=2)
     assert await engine.submit_accounts(clearing) == b"\0"
     clearing_lo, clearing_hi = split(CLEARING_ID)
     for first in range(0, accounts, BATCH):

@@ -44,6 +44,7 @@ import orjson
 
 from core.bench import engine as bench_engine
 from core.bench import kernel as bench_kernel
+from core.bench.server import cpu_seconds
 from core.drills.pg_cluster import DURABLE_SETTINGS, open_cluster
 from core.engine import Engine, latency_quantile
 from core.reports import machine_description, save_report
@@ -74,20 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.json:
         print(message, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (threads included)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 class TallyLoad:

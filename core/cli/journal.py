@@ -17,11 +17,11 @@ from core.entries import EVICT_PAYLOAD, RULES_HEADER, UPDATE_ACCOUNT_PAYLOAD, En
 from core.errors import TallyError
 from core.journal import JournalScan, StoredRecord
 from core.replay import recover_ledger
+from ledger.constants import LEDGER_CNY
+from ledger.records import account_input_view, transfer_view
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
-    TRANSFER_STRUCT,
     AccountFlags,
     AccountKind,
     AccountStatus,
@@ -32,7 +32,6 @@ from ledger.types import (
 
 ACCOUNT_CAPACITY_DEFAULT = 1 << 20
 TRANSFER_CAPACITY_DEFAULT = 1 << 22
-LEDGER_CNY = 156
 EPOCH_DATE = datetime.date(2000, 1, 1)
 
 
@@ -172,14 +171,12 @@ def _describe_payload(entry: Entry) -> Iterator[str]:
             yield "  " + describe_transfer(payload, offset)
     elif entry.kind == EntryKind.CREATE_ACCOUNTS:
         for offset in range(0, len(payload), ACCOUNT_SIZE):
-            (id_lo, id_hi, bound_lo, bound_hi, ledger, kind, status, flags, product) = (
-                ACCOUNT_INPUT_STRUCT.unpack_from(payload, offset)
-            )
-            bound_id = join_id(bound_lo, bound_hi)
+            account = account_input_view(payload, offset)
+            bound_id = account.bound_id
             yield (
-                f"  account id={join_id(id_lo, id_hi):#x} kind={_name(AccountKind, kind)}"
-                f" ledger={ledger} flags={_flags(AccountFlags, flags)} product={product}"
-                + (f" bound={bound_id:#x}" if bound_id else "")
+                f"  account id={account.id:#x} kind={_name(AccountKind, account.kind)}"
+                f" ledger={account.ledger} flags={_flags(AccountFlags, account.flags)}"
+                f" product={account.product}" + (f" bound={bound_id:#x}" if bound_id else "")
             )
     elif entry.kind == EntryKind.UPDATE_ACCOUNT:
         id_lo, id_hi, status, flags = UPDATE_ACCOUNT_PAYLOAD.unpack(payload)
@@ -201,31 +198,21 @@ def _describe_payload(entry: Entry) -> Iterator[str]:
 
 
 def describe_transfer(payload: bytes, offset: int) -> str:
-    fields = TRANSFER_STRUCT.unpack_from(payload, offset)
-    transfer_id = join_id(fields[0], fields[1])
-    debit = join_id(fields[2], fields[3])
-    credit = join_id(fields[4], fields[5])
-    pending_id = join_id(fields[6], fields[7])
-    amount, timeout_s, ledger, code, flags, channel = (
-        fields[8],
-        fields[10],
-        fields[11],
-        fields[12],
-        fields[13],
-        fields[14],
-    )
-    currency = "CNY" if ledger == LEDGER_CNY else f"ledger {ledger}"
+    t = transfer_view(payload, offset)
+    amount = t.amount
+    currency = "CNY" if t.ledger == LEDGER_CNY else f"ledger {t.ledger}"
     text = (
-        f"id={transfer_id:#x} debit={debit:#x} credit={credit:#x}"
+        f"id={t.id:#x} debit={t.debit_account_id:#x} credit={t.credit_account_id:#x}"
         f" amount={amount} fen ({format_minor(amount)} {currency})"
-        f" code={_name(TransferCode, code)} flags={_flags(TransferFlags, flags)} channel={channel}"
+        f" code={_name(TransferCode, t.code)} flags={_flags(TransferFlags, t.flags)}"
+        f" channel={t.channel}"
     )
-    if pending_id:
-        text += f" pending_id={pending_id:#x}"
-    if timeout_s:
-        text += f" timeout={timeout_s}s"
-    if fields[21]:
-        text += f" user_data={fields[21]:#x}"
+    if t.pending_id:
+        text += f" pending_id={t.pending_id:#x}"
+    if t.timeout_s:
+        text += f" timeout={t.timeout_s}s"
+    if t.user_data:
+        text += f" user_data={t.user_data:#x}"
     return text
 
 

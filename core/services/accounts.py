@@ -19,10 +19,10 @@ from core.services.auth import Auth
 from core.services.commands import Caller, ChangeAccount, OpenAccount
 from core.services.customers import CLASS_NAMES, Customers
 from core.services.lifecycle import Lifecycle
-from core.services.records import account_input, account_record
 from core.services.refusals import Code, Refusal, Refused, kind_refused, refused
 from core.services.state import AccountMeta, Customer, password_record
 from core.services.state import account_record as meta_record
+from ledger.records import account_view, pack_account_input
 from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, CreateAccountResult
 
 logger = logging.getLogger("tally.services")
@@ -174,13 +174,12 @@ class Accounts:
             bound_id = int(meta.bound["account_id"])
         else:
             flags |= AccountFlags.BOUND_EXTERNAL
-        record = account_input(
-            meta.account_id,
-            bound_id,
-            meta.account_class,
-            AccountStatus.ACTIVE,
-            flags,
-            PRODUCT_OF_CLASS[meta.account_class],
+        record = pack_account_input(
+            id=meta.account_id,
+            bound_id=bound_id,
+            kind=meta.account_class,
+            flags=flags,
+            product=PRODUCT_OF_CLASS[meta.account_class],
         )
         engine = self.core.running_engine()
         results = await self.core.call_engine(engine.submit_accounts, record)
@@ -214,7 +213,7 @@ class Accounts:
         raw = await self.core.read(lambda ledger: ledger.lookup_account(account_id))
         if raw is None:
             raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
-        record = account_record(raw)
+        record = account_view(raw)
         flags = (record.flags | set_flags) & ~clear_flags
         engine = self.core.running_engine()
         code = await self.core.call_engine(
@@ -231,8 +230,8 @@ class Accounts:
         return meta
 
     async def face_to_face(self, command: ChangeAccount) -> None:
-        """Record that a teller checked the holder's ID (callers: counters only; the
-        adapter enforces its channel policy before calling)."""
+        """Record that a teller checked the holder's ID (callers: counters only, as
+        `core.services.policy` declares and every adapter checks before calling)."""
         meta = self._holder_present(command)
         flags = AccountFlags.FACE_TO_FACE_VERIFIED
         if meta.account_class == 2:
@@ -246,7 +245,7 @@ class Accounts:
         await self.auth.authorize_debit(command.caller, account_id, command.consent)
         if command.enabled and meta.account_class == 2:
             raw = await self.core.read(lambda ledger: ledger.lookup_account(account_id))
-            if raw is None or not account_record(raw).flags & AccountFlags.FACE_TO_FACE_VERIFIED:
+            if raw is None or not account_view(raw).flags & AccountFlags.FACE_TO_FACE_VERIFIED:
                 raise refused(Code.FACE_TO_FACE_REQUIRED)
         if meta.account_class == 1:
             raise refused(Code.NOT_APPLICABLE)

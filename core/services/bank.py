@@ -19,7 +19,7 @@ from core.services.auth import Auth
 from core.services.customers import Customers
 from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
-from core.services.payments import Payments
+from core.services.payments import Payments, PostingCheck
 from core.services.reads import Reads
 from limits.rules import RuleSet
 
@@ -33,6 +33,7 @@ class Bank:
         verifier: Verifier | None = None,
         now_ns: Callable[[], int] = time.time_ns,
         open_journal: Callable[[str], Any] = Journal.open,
+        posting_checks: tuple[PostingCheck, ...] = (),
     ) -> None:
         self.core = Lifecycle(settings, rules, now_ns=now_ns, open_journal=open_journal)
         self.settings = settings
@@ -40,7 +41,7 @@ class Bank:
         self.auth = Auth(self.core)
         self.customers = Customers(self.core, verifier)
         self.accounts = Accounts(self.core, self.customers, self.auth)
-        self.payments = Payments(self.core, self.auth)
+        self.payments = Payments(self.core, self.auth, posting_checks)
         self.reads = Reads(self.core)
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

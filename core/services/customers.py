@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
-from typing import Any
 
 import orjson
 
@@ -15,6 +14,7 @@ from core.services.kyc import BuiltinVerifier, Verifier
 from core.services.lifecycle import Lifecycle
 from core.services.records import NS_PER_S, rfc3339
 from core.services.refusals import Code, refused
+from core.services.results import CustomerRead
 from core.services.state import Customer, customer_record
 
 logger = logging.getLogger("tally.services")
@@ -34,7 +34,7 @@ class Customers:
             raise refused(Code.CUSTOMER_NOT_FOUND, customer_id)
         return customer
 
-    async def register(self, command: RegisterCustomer) -> dict[str, Any]:
+    async def register(self, command: RegisterCustomer) -> CustomerRead:
         parsed = identity.parse_resident_id(command.id_number)
         if isinstance(parsed, str):
             raise refused(Code.INVALID_RESIDENT_ID, parsed, pointer="/id_number")
@@ -66,19 +66,19 @@ class Customers:
         )
         return self.view(state.customers[customer.customer_id])
 
-    def read(self, customer_id: str) -> dict[str, Any]:
+    def read(self, customer_id: str) -> CustomerRead:
         return self.view(self.customer_of(customer_id))
 
-    def view(self, customer: Customer) -> dict[str, Any]:
-        """The customer read model (plain data, identity numbers masked)."""
+    def view(self, customer: Customer) -> CustomerRead:
+        """The customer read model (identity numbers masked)."""
         accounts = self.core.customer_state().accounts
-        return {
-            "customer_id": customer.customer_id,
-            "name": customer.name,
-            "id_number_masked": identity.mask_resident_id(customer.id_number),
-            "mobile_masked": identity.mask_mobile(customer.mobile),
-            "kyc": customer.kyc,
-            "accounts": [
+        return CustomerRead(
+            customer.customer_id,
+            customer.name,
+            identity.mask_resident_id(customer.id_number),
+            identity.mask_mobile(customer.mobile),
+            customer.kyc,
+            [
                 {
                     "account_id": str(account_id),
                     "class": CLASS_NAMES[accounts[account_id].account_class],
@@ -86,5 +86,5 @@ class Customers:
                 }
                 for account_id in customer.accounts
             ],
-            "created_at": rfc3339(customer.created_ns),
-        }
+            rfc3339(customer.created_ns),
+        )

@@ -1,32 +1,38 @@
-"""Every money movement, through one posting path: `Payments.post`.
+"""Every money movement, through one posting path: `Payments.admit`.
 
 Single transfers, payments (holds), captures, voids, reversals, cash,
-top-ups, withdrawals, clearing in and out, and the batch all end in
-`post(command)`, so a check added there (risk, authorization) applies to
-all. A single posting builds exactly one 128-byte transfer whose id is
-derived from the channel and the Idempotency-Key, so a retry, even after a
-crash, meets the original in the ledger's own idempotency index.
+top-ups, withdrawals, clearing in and out (all through `post(command)`) and
+the batch (`post_batch`) build packed 128-byte transfer records and hand
+them to `admit(caller, records, count)` before the engine sees them. That
+is THE one place where per-posting checks run (`PostingCheck`s: risk,
+authorization, sanctions...), so a check installed there applies to every
+posting whatever its route. A single posting's id is derived from the
+channel and the Idempotency-Key, so a retry, even after a crash, meets the
+original in the ledger's own idempotency index.
 
-`post` is the hot path of the HTTP single transfer: one await on the engine
-(the request's done event), no cancel scope, nothing allocated but the
-result; refusals are raised (`core.services.refusals` says why).
+`post` is the hot path of the HTTP single transfer: `admit` is a plain call
+(no coroutine; with no check installed it is one truth test), then one await
+on the engine (the request's done event), no cancel scope, nothing allocated
+but the result; refusals are raised (`core.services.refusals` says why).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 
-from core.engine import EngineFull, EngineOverloaded, EngineStopped, transfer_result
+from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, transfer_result
 from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
-from core.services.lifecycle import CASH_VAULT_ID, CLEARING_ID, Lifecycle, engine_refusal
-from core.services.records import derive_transfer_id_packed, pack_transfer, transfer_record
+from core.services.lifecycle import Lifecycle, engine_refusal
+from core.services.records import derive_transfer_id_packed
 from core.services.refusals import Code, refused, transfer_refused
 from core.services.results import BatchPosted, Posted
+from ledger.constants import CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
+from ledger.records import TransferView, pack_transfer_after_id, transfer_view
 from ledger.types import CreateTransferResult, TransferCode, TransferFlags
 
 logger = logging.getLogger("tally.services")
@@ -34,17 +40,42 @@ R = CreateTransferResult
 PAYMENT_TIMEOUT_S_DEFAULT = 900
 _RESULT_NAMES = {int(code): code.name.lower() for code in R}
 
+PostingCheck = Callable[[Caller, bytes, int], None]
+"""A per-posting check: `check(caller, records, count)` over `count` packed transfer
+records (`ledger.records.transfer_view(records, 128 * index)` reads one), raising
+`Refused` to refuse the request; it runs before the engine sees anything."""
+
 
 class Payments:
-    def __init__(self, core: Lifecycle, auth: Auth) -> None:
+    def __init__(self, core: Lifecycle, auth: Auth, checks: tuple[PostingCheck, ...] = ()) -> None:
         self.core = core
         self.auth = auth
+        self.checks = checks
         # Ledger results of postings by name: a plain dict on the hot path, read by the
         # metrics collector at scrape time.
         self.results: dict[str, int] = {}
 
     def count_result(self, name: str, count: int = 1) -> None:
         self.results[name] = self.results.get(name, 0) + count
+
+    def admit(self, caller: Caller, records: bytes, count: int) -> Engine:
+        """THE one point every posting passes on its way to the engine.
+
+        Args:
+            caller: the channel posting.
+            records: `count` packed 128-byte transfers, ids derived.
+        Returns:
+            the running engine, to post `records` on.
+        Error handling:
+            a check's `Refused` propagates (nothing is posted); no running
+            engine yet is `Refused` (NOT_READY).
+
+        A synchronous call on purpose: the single transfer pays no coroutine for it.
+        """
+        if self.checks:
+            for check in self.checks:
+                check(caller, records, count)
+        return self.core.running_engine()
 
     async def post(self, command: Posting) -> Posted:
         """Post one transfer (after its holder's consent); answer once durable."""
@@ -55,19 +86,21 @@ class Payments:
                 await self.auth.verify_password(command.authorize, consent.password)
         caller = command.caller
         packed_id = derive_transfer_id_packed(caller.ledger_id, command.key, 0)
-        record = pack_transfer(
-            packed_id,
+        record = packed_id + pack_transfer_after_id(
             command.debit,
             command.credit,
             command.amount_minor,
             command.code,
-            command.flags,
             command.pending_id,
             command.timeout_s,
+            LEDGER_CNY,
+            command.flags,
             caller.ledger_id,
+            0,
         )
+        engine = self.admit(caller, record, 1)
         try:
-            request = self.core.running_engine().enqueue_transfer(record)
+            request = engine.enqueue_transfer(record)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
             raise engine_refusal(error) from None
         await request.done.wait()
@@ -105,14 +138,14 @@ class Payments:
         """The refusal replayed to a retry of a key whose first request failed."""
         transfer_id = int.from_bytes(packed_id, "little")
         original = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
-        first = transfer_record(original).result if original is not None else R.ID_ALREADY_FAILED
+        first = transfer_view(original).result if original is not None else R.ID_ALREADY_FAILED
         return transfer_refused(
             first, "replayed: the first request with this Idempotency-Key failed", replayed=True
         )
 
     async def post_batch(self, command: PostingBatch) -> BatchPosted:
         """Post packed records (ids derived) in one engine call; per-item results."""
-        engine = self.core.running_engine()
+        engine = self.admit(command.caller, command.records, command.count)
         results = await self.core.call_engine(engine.submit_transfers, command.records)
         count = command.count
         codes = results.result_codes()
@@ -219,11 +252,11 @@ class Payments:
             )
         )  # fmt: skip
 
-    async def _hold(self, payment_id: int) -> Any:
+    async def _hold(self, payment_id: int) -> TransferView:
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(payment_id))
         if raw is None:
             raise transfer_refused(R.PENDING_TRANSFER_NOT_FOUND)
-        return transfer_record(raw)
+        return transfer_view(raw)
 
     async def capture(self, move: Movement) -> Posted:
         """Capture hold `move.account_id` (all of it unless `amount_minor` says less)."""
@@ -236,7 +269,7 @@ class Payments:
         return await self._settle_hold(move, "void", hold, hold.amount, TransferFlags.VOID_PENDING)
 
     async def _settle_hold(
-        self, move: Movement, operation: str, hold: Any, amount: int, flags: int
+        self, move: Movement, operation: str, hold: TransferView, amount: int, flags: int
     ) -> Posted:
         return await self.post(
             Posting(
@@ -251,7 +284,7 @@ class Payments:
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(original_id))
         if raw is None:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND)
-        original = transfer_record(raw)
+        original = transfer_view(raw)
         debit, credit = original.debit_account_id, original.credit_account_id
         if original.result != R.OK:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")

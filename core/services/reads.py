@@ -1,6 +1,7 @@
 """Read models: an account with its quotas, its history, one transfer.
 
-Plain data (str ids, integer minor units) that every adapter renders as is.
+Typed results (`core.services.results`: str ids, integer minor units) that
+every adapter renders as is.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import anyio
 from core.services import identity
 from core.services.commands import Caller
 from core.services.lifecycle import Lifecycle
-from core.services.records import account_record, date_of_day, transfer_view
+from core.services.records import date_of_day, transfer_read
 from core.services.refusals import Code, Refused, refused
-from core.services.results import HistoryPage
+from core.services.results import AccountRead, HistoryPage, TransferRead
+from ledger.records import AccountView, account_view
 from ledger.types import AccountFlags, AccountKind, AccountStatus
 from limits.calendar import year_of_day
 from limits.reference import counters_effective
@@ -42,7 +44,7 @@ class Reads:
     def __init__(self, core: Lifecycle) -> None:
         self.core = core
 
-    async def account(self, caller: Caller, account_id: int) -> dict[str, Any]:
+    async def account(self, caller: Caller, account_id: int) -> AccountRead:
         """The account as `caller` sees it (its own channel quota included)."""
         today = self.core.today()
 
@@ -60,51 +62,47 @@ class Reads:
         if found is None:
             raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
         raw, (debits_pending, credits_pending), channel_used = found
-        record = account_record(raw)
-        product = self.core.rules.products.get(record.product_id)
+        record = account_view(raw)
+        product = self.core.rules.products.get(record.product)
         floor = product.balance_floor_minor if product else 0
         balance = record.credits_posted - record.debits_posted
         flags = record.flags
-        view: dict[str, Any] = {
-            "account_id": str(account_id),
-            "kind": _kind_name(record.kind),
-            "status": AccountStatus(record.status).name.lower(),
-            "currency": "CNY",
-            "balance_minor": balance,
-            "pending_debits_minor": debits_pending,
-            "pending_credits_minor": credits_pending,
-            "available_minor": balance - debits_pending - floor
+        view = AccountRead(
+            str(account_id),
+            _kind_name(record.kind),
+            AccountStatus(record.status).name.lower(),
+            "CNY",
+            balance,
+            debits_pending,
+            credits_pending,
+            balance - debits_pending - floor
             if flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
             else None,
-            "face_to_face_verified": bool(flags & AccountFlags.FACE_TO_FACE_VERIFIED),
-            "non_bound_inflow_enabled": bool(flags & AccountFlags.NON_BOUND_INFLOW_ENABLED),
-            "business_day": date_of_day(today),
-            "quota": None,
-            "channel_quota": None,
-            "customer_id": None,
-            "bound_card": None,
-        }
+            bool(flags & AccountFlags.FACE_TO_FACE_VERIFIED),
+            bool(flags & AccountFlags.NON_BOUND_INFLOW_ENABLED),
+            date_of_day(today),
+        )
         if product is not None and product.kind.value in ("class_ii", "class_iii"):
-            view["quota"] = self._quota(product, record, today)
+            view.quota = self._quota(product, record, today)
         ruled = self.core.rules.channels.get(caller.ledger_id)
         if ruled is not None and ruled.daily_cap_minor and record.kind <= AccountKind.LOAN:
-            view["channel_quota"] = {
+            view.channel_quota = {
                 "channel": caller.name,
                 "daily": _bucket(ruled.daily_cap_minor, channel_used),
                 "transfer_cap_minor": ruled.transfer_cap_minor or None,
             }
         meta = self.core.customer_state().accounts.get(account_id)
         if meta is not None:
-            view["customer_id"] = meta.customer_id
+            view.customer_id = meta.customer_id
             if meta.bound is not None:
-                view["bound_card"] = {
+                view.bound_card = {
                     "card_number_masked": identity.mask_card(meta.bound["card_number"]),
                     "kind": meta.bound["kind"],
                     "card_type": meta.bound["card_type"],
                 }
         return view
 
-    async def account_after_change(self, caller: Caller, account_id: int) -> dict[str, Any]:
+    async def account_after_change(self, caller: Caller, account_id: int) -> AccountRead:
         """`account` right after a change that is already durable (an opening, a flag).
 
         The change must not be answered with an overload it did not suffer: a full
@@ -120,13 +118,8 @@ class Reads:
         return await self.account(caller, account_id)
 
     @staticmethod
-    def _quota(product: Any, record: Any, today: int) -> dict[str, Any]:
-        counters = [
-            record.inflow_daily,
-            record.inflow_yearly,
-            record.outflow_daily,
-            record.outflow_yearly,
-        ]
+    def _quota(product: Any, record: AccountView, today: int) -> dict[str, Any]:
+        counters = list(record.counters)
         day = record.counters_day
         effective = counters_effective(counters, day, max(today, day)) if day <= today else counters
         return {
@@ -154,12 +147,12 @@ class Reads:
         page = await self.core.read(read)
         if page is None:
             raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
-        items = [transfer_view(record) for _, record in page]
+        items = [transfer_read(record) for _, record in page]
         next_cursor = page[-1][0] if len(page) == limit and page[-1][0] > 0 else None
         return HistoryPage(account_id, items, next_cursor)
 
-    async def transfer(self, transfer_id: int) -> dict[str, Any]:
+    async def transfer(self, transfer_id: int) -> TransferRead:
         record = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
         if record is None:
             raise refused(Code.TRANSFER_NOT_FOUND, f"{transfer_id:032x}")
-        return transfer_view(record)
+        return transfer_read(record)

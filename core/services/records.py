@@ -1,9 +1,9 @@
-"""Every ledger record decoded or packed by the services, in this one module.
+"""What the services make of ledger records: transfer ids, read models, dates.
 
-The kernels' record layouts (`ledger.types.*_STRUCT`) are read here by field
-name (named tuples over the struct's fields) and nowhere else above the
-engine, so moving to the ledger's own named record views is one edit here.
-Transfer ids are derived here too: the same request always names the same
+The record layouts are the ledger's: records are decoded through its named
+views (`ledger.records.account_view`, `transfer_view`) and packed through its
+packers (`pack_transfer_after_id`, `pack_account_input`), never by position
+here. Transfer ids are derived here: the same request always names the same
 transfer, on any server, after any crash.
 """
 
@@ -11,130 +11,25 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import struct
-from typing import Any, NamedTuple
 
-from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
-    ACCOUNT_STRUCT,
-    TRANSFER_SIZE,
-    TRANSFER_STRUCT,
-    CreateTransferResult,
-    PendingState,
-    TransferCode,
-    TransferFlags,
-    split_id,
-)
+from core.services.results import TransferRead
+from ledger.records import pack_account_input, transfer_view
+from ledger.types import CreateTransferResult, PendingState, TransferCode, TransferFlags
 
 R = CreateTransferResult
-LEDGER_CNY = 156
 NS_PER_S = 1_000_000_000
 EPOCH_DATE = datetime.date(2000, 1, 1)
-UINT64_MASK = 0xFFFFFFFFFFFFFFFF
 _ID_ZERO = bytes(16)
 _ID_MAX_PACKED = b"\xff" * 16
-# A transfer record after its 16-byte id (the single-transfer path packs the id as bytes).
-_TRANSFER_AFTER_ID = struct.Struct("<" + TRANSFER_STRUCT.format.removeprefix("<QQ"))
-assert _TRANSFER_AFTER_ID.size == TRANSFER_SIZE - 16
-
-
-class AccountRecord(NamedTuple):
-    id_lo: int
-    id_hi: int
-    debits_posted: int
-    credits_posted: int
-    inflow_daily: int
-    inflow_yearly: int
-    outflow_daily: int
-    outflow_yearly: int
-    bound_slot: int
-    ledger: int
-    kind: int
-    status: int
-    flags: int
-    product_id: int
-    counters_day: int
-    internal: int
-
-
-class TransferRecord(NamedTuple):
-    id_lo: int
-    id_hi: int
-    debit_lo: int
-    debit_hi: int
-    credit_lo: int
-    credit_hi: int
-    pending_lo: int
-    pending_hi: int
-    amount: int
-    timestamp: int
-    timeout_s: int
-    ledger: int
-    code: int
-    flags: int
-    channel: int
-    result: int
-    debit_slot: int
-    credit_slot: int
-    business_day: int
-    counted: int
-    state: int
-    user_data: int
-    amount_posted: int
-    amount_reversed: int
-
-    @property
-    def transfer_id(self) -> int:
-        return (self.id_hi << 64) | self.id_lo
-
-    @property
-    def debit_account_id(self) -> int:
-        return (self.debit_hi << 64) | self.debit_lo
-
-    @property
-    def credit_account_id(self) -> int:
-        return (self.credit_hi << 64) | self.credit_lo
-
-    @property
-    def pending_id(self) -> int:
-        return (self.pending_hi << 64) | self.pending_lo
-
-
-def account_record(raw: bytes) -> AccountRecord:
-    return AccountRecord._make(ACCOUNT_STRUCT.unpack(raw))
-
-
-def transfer_record(raw: bytes) -> TransferRecord:
-    return TransferRecord._make(TRANSFER_STRUCT.unpack(raw))
 
 
 def account_input(
     account_id: int, bound_id: int, kind: int, status: int, flags: int, product: int
 ) -> bytes:
-    """One account-creation input record (64 bytes) in CNY."""
-    return ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(account_id), *split_id(bound_id), LEDGER_CNY, kind, status, flags, product
+    """One account-creation input (64 bytes) in CNY: `pack_account_input`, positional."""
+    return pack_account_input(
+        id=account_id, bound_id=bound_id, kind=kind, status=status, flags=flags, product=product
     )
-
-
-def pack_transfer(
-    packed_id: bytes,
-    debit: int,
-    credit: int,
-    amount: int,
-    code: int,
-    flags: int,
-    pending_id: int,
-    timeout_s: int,
-    channel_ledger_id: int,
-) -> bytes:
-    """One 128-byte transfer input record whose id is `packed_id` (16 LE bytes)."""
-    return packed_id + _TRANSFER_AFTER_ID.pack(
-        debit & UINT64_MASK, debit >> 64, credit & UINT64_MASK, credit >> 64,
-        pending_id & UINT64_MASK, pending_id >> 64,
-        amount, 0, timeout_s, LEDGER_CNY, code, flags, channel_ledger_id,
-        0, 0, 0, 0, 0, 0, 0, 0, 0,
-    )  # fmt: skip
 
 
 def derive_transfer_id(channel_ledger_id: int, key: str, index: int) -> int:
@@ -199,9 +94,9 @@ _HOLD_STATES = {
 }
 
 
-def transfer_view(raw: bytes) -> dict[str, Any]:
-    """The read model of one logged transfer (plain data: every adapter renders it)."""
-    f = transfer_record(raw)
+def transfer_read(raw: bytes) -> TransferRead:
+    """The read model of one logged transfer (every adapter renders it)."""
+    f = transfer_view(raw)
     if f.flags & TransferFlags.PENDING:
         kind = "hold"
     elif f.flags & TransferFlags.POST_PENDING:
@@ -219,21 +114,21 @@ def transfer_view(raw: bytes) -> dict[str, Any]:
     else:
         state = "posted"
     pending_id = f.pending_id
-    return {
-        "transfer_id": f"{f.transfer_id:032x}",
-        "kind": kind,
-        "state": state,
-        "result": {"code": f.result, "name": R(f.result).name.lower()},
-        "debit_account_id": str(f.debit_account_id),
-        "credit_account_id": str(f.credit_account_id),
-        "amount_minor": f.amount,
-        "amount_posted_minor": f.amount_posted,
-        "amount_reversed_minor": f.amount_reversed,
-        "pending_id": f"{pending_id:032x}" if pending_id else None,
-        "code": money_name(f.code),
-        "channel_id": f.channel,
-        "timeout_s": f.timeout_s,
-        "timestamp_ns": f.timestamp,
-        "business_day": date_of_day(f.business_day),
-        "user_data": f.user_data,
-    }
+    return TransferRead(
+        f"{f.id:032x}",
+        kind,
+        state,
+        {"code": f.result, "name": R(f.result).name.lower()},
+        str(f.debit_account_id),
+        str(f.credit_account_id),
+        f.amount,
+        f.amount_posted,
+        f.amount_reversed,
+        f"{pending_id:032x}" if pending_id else None,
+        money_name(f.code),
+        f.channel,
+        f.timeout_s,
+        f.timestamp,
+        date_of_day(f.business_day),
+        f.user_data,
+    )

@@ -1,4 +1,11 @@
-"""Typed results: what a service answers, for an adapter to render on its wire."""
+"""Typed results: what a service answers, for an adapter to render on its wire.
+
+The read models (`CustomerRead`, `AccountRead`, `TransferRead`) are slotted
+dataclasses whose field names and order are the HTTP JSON answer's: orjson
+renders a dataclass natively (in C, field order kept), so they cost no more
+than the dicts they replace. Their nested parts (quota buckets, the bound
+card, a customer's account list with its `class` key) stay plain data.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +49,63 @@ class TokenIssued:
 
 
 @dataclass(slots=True)
+class CustomerRead:
+    """A customer, identity numbers masked, with their accounts."""
+
+    customer_id: str
+    name: str
+    id_number_masked: str
+    mobile_masked: str
+    kyc: dict[str, Any]
+    accounts: list[dict[str, Any]]  # account_id, class, closed
+    created_at: str  # RFC 3339
+
+
+@dataclass(slots=True)
+class AccountRead:
+    """An account as one channel sees it: balances, its quotas, its owner and card."""
+
+    account_id: str
+    kind: str
+    status: str
+    currency: str
+    balance_minor: int
+    pending_debits_minor: int
+    pending_credits_minor: int
+    available_minor: int | None  # None: the account may go below zero
+    face_to_face_verified: bool
+    non_bound_inflow_enabled: bool
+    business_day: str
+    quota: dict[str, Any] | None = None  # the PBoC buckets (Class II/III)
+    channel_quota: dict[str, Any] | None = None  # this channel's daily cap
+    customer_id: str | None = None
+    bound_card: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class TransferRead:
+    """One logged transfer."""
+
+    transfer_id: str  # 32 hex digits
+    kind: str  # single, hold, capture, void, reversal
+    state: str  # posted, failed, pending, captured, voided, expired
+    result: dict[str, Any]  # code, name
+    debit_account_id: str
+    credit_account_id: str
+    amount_minor: int
+    amount_posted_minor: int
+    amount_reversed_minor: int
+    pending_id: str | None
+    code: str
+    channel_id: int
+    timeout_s: int
+    timestamp_ns: int
+    business_day: str
+    user_data: int
+
+
+@dataclass(slots=True)
 class HistoryPage:
     account_id: int
-    items: list[dict[str, Any]]  # transfer read models (core.services.records.transfer_view)
+    items: list[TransferRead]
     next_cursor: int | None

@@ -17,11 +17,16 @@ from core.services.commands import (
     IssueToken,
     Movement,
     OpenAccount,
+    PostingBatch,
     RegisterCustomer,
 )
 from core.services.lifecycle import Settings
-from core.services.refusals import Code, Refused
-from ledger.types import CreateTransferResult
+from core.services.payments import PostingCheck
+from core.services.records import derive_transfer_id
+from core.services.refusals import Code, Refused, refused
+from ledger.constants import CASH_VAULT_ID, SETTLEMENT_ID
+from ledger.records import pack_transfer, transfer_view
+from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
 from limits.rules import load_rules
 
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -40,9 +45,16 @@ class Clock:
 
 
 @asynccontextmanager
-async def running_bank(directory: Path, clock: Clock) -> AsyncIterator[Bank]:
+async def running_bank(
+    directory: Path, clock: Clock, posting_checks: tuple[PostingCheck, ...] = ()
+) -> AsyncIterator[Bank]:
     settings = Settings(str(directory), scrypt_n=1 << 10, token_ttl_s=60)
-    bank = Bank(settings, load_rules("examples/limits.toml"), now_ns=clock.now_ns)
+    bank = Bank(
+        settings,
+        load_rules("examples/limits.toml"),
+        now_ns=clock.now_ns,
+        posting_checks=posting_checks,
+    )
     async with anyio.create_task_group() as task_group:
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
@@ -57,7 +69,7 @@ async def funded_account(bank: Bank, amount_minor: int) -> int:
         RegisterCustomer(COUNTER, "张三", ID_NUMBER, "13800138000")
     )
     account_id = await bank.accounts.open(
-        OpenAccount(COUNTER, customer["customer_id"], 1, None, PASSWORD)
+        OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
     )
     await bank.payments.cash_deposit(Movement(COUNTER, "fund", account_id, amount_minor))
     return account_id
@@ -95,9 +107,9 @@ async def test_register_open_deposit_transfer_and_read(tmp_path: Path) -> None:
         assert not first.replayed and again.replayed
         assert first.transfer_id_packed == again.transfer_id_packed
         view = await bank.reads.account(COUNTER, source)
-        assert view["balance_minor"] == 7_500
+        assert view.balance_minor == 7_500
         page = await bank.reads.history(source, 10)
-        assert [item["amount_minor"] for item in page.items] == [2_500, 10_000]
+        assert [item.amount_minor for item in page.items] == [2_500, 10_000]
         assert bank.payments.results["ok"] == 2 and bank.payments.results["exists"] == 1
 
 
@@ -187,4 +199,65 @@ async def test_payment_hold_capture_void_and_reversal(tmp_path: Path) -> None:
         reversed_ = await bank.payments.reversal(Movement(COUNTER, "r1", captured_id, None))
         assert reversed_.amount_minor == 200 and reversed_.credit == payer
         view = await bank.reads.account(COUNTER, payer)
-        assert view["balance_minor"] == 1_000 and view["pending_debits_minor"] == 0
+        assert view.balance_minor == 1_000 and view.pending_debits_minor == 0
+
+
+class Blocklist:
+    """A posting check that refuses any posting debiting a blocked account (a fake risk rule)."""
+
+    def __init__(self) -> None:
+        self.blocked: set[int] = set()
+        self.seen = 0  # postings the check looked at
+
+    def __call__(self, caller: Caller, records: bytes, count: int) -> None:
+        for index in range(count):
+            self.seen += 1
+            if transfer_view(records, index * TRANSFER_SIZE).debit_account_id in self.blocked:
+                raise refused(Code.NOT_APPLICABLE, "blocked", pointer=f"/transfers/{index}")
+
+
+@run
+async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
+    tmp_path: Path,
+) -> None:
+    """A check installed at the one posting point (`Payments.admit`) sees every posting:
+    once the account is blocked, a single transfer, a payment hold and a batch naming it
+    in its second item are all refused, and none of them moved money; before the block,
+    the same kinds of posting went through."""
+    clock = Clock()
+    blocklist = Blocklist()
+    async with running_bank(tmp_path, clock, (blocklist,)) as bank:
+        source = await funded_account(bank, 10_000)
+        consent = Consent(password=PASSWORD)
+
+        def batch(key: str) -> PostingBatch:
+            records = b"".join(
+                pack_transfer(
+                    id=derive_transfer_id(COUNTER.ledger_id, key, index),
+                    debit_account_id=debit,
+                    credit_account_id=SETTLEMENT_ID,
+                    amount=100,
+                    code=TransferCode.TRANSFER,
+                    channel=COUNTER.ledger_id,
+                )
+                for index, debit in enumerate((CASH_VAULT_ID, source))
+            )
+            return PostingBatch(COUNTER, key, records, 2)
+
+        posted = await bank.payments.post(
+            bank.payments.transfer(COUNTER, "ok", source, 1, 100, consent)
+        )
+        assert posted.amount_minor == 100
+        assert (await bank.payments.post_batch(batch("batch-ok"))).histogram == {0: 2}
+        blocklist.blocked.add(source)
+        seen = blocklist.seen
+        single = bank.payments.transfer(COUNTER, "single", source, 1, 100, consent)
+        assert await refusal_of(lambda: bank.payments.post(single)) == Code.NOT_APPLICABLE
+        hold = Movement(COUNTER, "hold", source, 100, consent, counterpart=1)
+        assert await refusal_of(lambda: bank.payments.payment(hold)) == Code.NOT_APPLICABLE
+        with pytest.raises(Refused) as caught:
+            await bank.payments.post_batch(batch("batch"))
+        assert caught.value.refusal.extras["pointer"] == "/transfers/1"
+        assert blocklist.seen == seen + 1 + 1 + 2
+        view = await bank.reads.account(COUNTER, source)
+        assert view.balance_minor == 10_000 - 100 - 100
