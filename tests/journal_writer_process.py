@@ -1,4 +1,4 @@
-"""A journal writer to be killed: tests/test_journal_crash.py runs it and SIGKILLs it.
+"""A journal writer to be killed: tests/crash/test_journal_crash.py runs it and SIGKILLs it.
 
     python tests/journal_writer_process.py DIR --seed N [--snapshot-every N]
 

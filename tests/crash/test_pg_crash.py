@@ -1,6 +1,6 @@
 """Kill -9 on the PostgreSQL store: the engine process, and (separately) the postmaster.
 
-Same contract as tests/test_engine_crash.py: every transfer a client saw
+Same contract as tests/crash/test_engine_crash.py: every transfer a client saw
 acknowledged is in PostgreSQL afterwards with its original result and
 timestamp, a retried id is answered `exists` with the first timestamp (never
 posted twice), and `verify` finds the accounts equal to the sums of the
@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,12 +25,13 @@ from core.drills.pg_cluster import TEST_SETTINGS, create_cluster
 from core.pg_store import replay_ledger, verify
 from ledger.reference import Transfer
 from ledger.types import CreateTransferResult
+from tests.crash.test_engine_crash import check_answer
 from tests.pg_helpers import require_postgresql_binaries
-from tests.test_engine_crash import check_answer
+from tests.repo_paths import TESTS_DIR
 
 pytestmark = pytest.mark.pg
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS_DIR
 CLIENTS = 8
 OVERLAP = 5
 R = CreateTransferResult

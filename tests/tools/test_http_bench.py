@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.repo_paths import REPO_ROOT
 
 
 def tally(*words: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

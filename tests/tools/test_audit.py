@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from core.bench.server import Server, free_port
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.repo_paths import REPO_ROOT
 
 
 def tally(*words: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from ledger.state import (
     StateTooLarge,
 )
 from ledger.types import AccountKind, TransferCode, TransferFlags
-from tests.test_journal import ACCOUNT_CAPACITY, TRANSFER_CAPACITY, replayed, scenario
+from tests.unit.test_journal import ACCOUNT_CAPACITY, TRANSFER_CAPACITY, replayed, scenario
 
 # Both twins satisfy the protocols: mypy checks these (and ledger/protocol.py's own).
 _KERNEL_IS_A_LEDGER: type[Ledger] = KernelLedger

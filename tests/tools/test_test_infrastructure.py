@@ -3,16 +3,15 @@ per-test timeouts."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests import pg_helpers
 from tests.conftest import CRASH_SEED_ENV, SLOW_TEST_TIMEOUT_S, crash_seed_for
+from tests.repo_paths import TESTS_DIR
 
 pytest_plugins = ["pytester"]
 
-CONFTEST = Path(__file__).resolve().parent / "conftest.py"
+CONFTEST = TESTS_DIR / "conftest.py"
 
 
 def test_crash_seed_is_fixed_by_default_random_on_demand_and_replayable() -> None:

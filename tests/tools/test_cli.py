@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from core import cli
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.repo_paths import REPO_ROOT
 
 
 def run_python(*arguments: str) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,9 @@ from core.replay import recover_ledger
 from ledger.records import account_view
 from ledger.reference import Transfer
 from ledger.types import CreateTransferResult, PendingState
+from tests.repo_paths import TESTS_DIR
 
-HERE = Path(__file__).resolve().parent
+HERE = TESTS_DIR
 CLIENTS = 8
 OVERLAP = 5  # transfers re-sent before the last acknowledged one, per client
 R = CreateTransferResult

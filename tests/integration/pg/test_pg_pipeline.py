@@ -23,8 +23,8 @@ from core.engine import EngineStopped
 from core.pg_store import Link, PendingGroup, PgStore, PgStoreError
 from ledger.types import CreateTransferResult, TransferFlags
 from tests.engine_helpers import transfer
+from tests.integration.pg.test_pg_store import fund, open_engine, verify_ok
 from tests.pg_helpers import fresh_database_dsn
-from tests.test_pg_store import fund, open_engine, verify_ok
 
 pytestmark = pytest.mark.pg
 

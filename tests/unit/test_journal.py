@@ -67,8 +67,9 @@ from ledger.types import (
 )
 from limits.calendar import day_of_date
 from limits.rules import load_rules
+from tests.repo_paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 RULES = load_rules(REPO / "examples" / "limits.toml")
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 DAY0 = day_of_date(2026, 1, 1)

@@ -23,8 +23,7 @@ from ledger.types import (
 )
 from sim.model import builtin_scenarios
 from sim.population import PRODUCT_CLASS_II, PRODUCT_INTERNAL, bank_rules
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.repo_paths import REPO_ROOT
 
 
 def tally(*arguments: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:

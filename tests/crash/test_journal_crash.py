@@ -39,8 +39,9 @@ from tests.journal_writer_process import (
     TRANSFER_CAPACITY,
     expected_entry,
 )
+from tests.repo_paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 WRITER = REPO / "tests" / "journal_writer_process.py"
 RUN_S_MAX = 0.35
 SEGMENT_SIZE_SMALL = 256 * 1024  # many rotations; kills land in segment creation too

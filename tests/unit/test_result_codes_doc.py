@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from enum import IntEnum
-from pathlib import Path
 
 import pytest
 
 from ledger.types import AccountUpdateResult, CreateAccountResult, CreateTransferResult
+from tests.repo_paths import REPO_ROOT
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "result-codes.md"
+DOC = REPO_ROOT / "docs" / "result-codes.md"
 
 
 def table_rows(section: str) -> list[tuple[int, str]]:

@@ -32,8 +32,9 @@ from limits import (
     year_of_day,
 )
 from limits.rules import BUCKET_FIELDS
+from tests.repo_paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 EXAMPLE = REPO / "examples" / "limits.toml"
 EPOCH = date(2000, 1, 1)
 NS_PER_S = 1_000_000_000

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from loadtests.profile import diurnal_fraction
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.repo_paths import REPO_ROOT
 
 
 def loadtest(*words: str) -> subprocess.CompletedProcess[str]:

@@ -76,7 +76,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TallyServer]:
     """hypercorn on asyncio and on trio, and uvicorn on the standard library's loop (its
-    default, uvloop, runs tests/test_http_api.py)."""
+    default, uvloop, runs tests/integration/http/test_http_api.py)."""
     data = tmp_path_factory.mktemp(f"idem-{request.param}") / "data"
     if request.param == "uvicorn-asyncio":
         running = TallyServer(data, server="uvicorn", extra=["--loop", "asyncio"]).start()

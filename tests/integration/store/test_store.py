@@ -38,9 +38,10 @@ from tests.engine_helpers import (
     replay,
 )
 from tests.pg_helpers import fresh_database_dsn
+from tests.repo_paths import TESTS_DIR
 from tests.state_process import ACCOUNT_CAPACITY, TRANSFER_CAPACITY, state_changes
 
-HERE = Path(__file__).parent
+HERE = TESTS_DIR
 CLIENTS = 4  # as state_process.py's delete rule assumes: change n deletes key n - 8
 ACKS_PER_ROUND = 300
 
