@@ -49,6 +49,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The long tests `make test` leaves out: the many-kill crash loops, the failover drill and
+# the short HTTP benchmark run (CI runs them after `make test`).
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
 # Starts a server on a free port with a fresh data dir in $(LOADTEST_OUT)/data, creates the
 # dataset, runs Locust headless (CSV + HTML reports into $(LOADTEST_OUT)), stops the server,
 # audits the journal; non-zero on any request failure or audit error.
@@ -73,4 +78,4 @@ clean:
 	rm -f cext/*.c cext/*.so cext/*.html $(VENV)/.installed
 	find . -path './.*' -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: run test lint build clean loadtest
+.PHONY: run test test-slow lint build clean loadtest
