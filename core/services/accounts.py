@@ -105,8 +105,10 @@ class Accounts:
         except Refused:
             # The engine refused: the ledger has no such account, so the opening is
             # recorded as closed and does not hold one of the customer's class slots.
+            # Staged, not committed: the engine's queue may still be full; a crash
+            # before the flush leaves the opening to `complete_openings`.
             meta.closed = True
-            await state.commit([meta_record(meta)])
+            state.stage([meta_record(meta)])
             raise
         if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
             meta.closed = True
@@ -274,5 +276,4 @@ class Accounts:
                     )
         await self._update_flags(account_id, 0, 0, status=AccountStatus.CLOSED)
         meta.closed = True
-        await state.commit([meta_record(meta)])
-        self.auth.revoke(account_id)
+        await state.commit([meta_record(meta)], deleted=state.token_keys(account_id))
