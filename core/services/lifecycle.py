@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -79,6 +79,8 @@ class Settings:
     snapshot_every_entries: int = 0
     prefault: bool = False
     store_dsn: str | None = None  # postgresql://...: the PostgreSQL store, not the journal
+    # More keywords for `open_pg_store` (reconnect_timeout_s, commit_timeout_s, ...).
+    pg_options: dict[str, Any] = field(default_factory=dict)
     # How long a posted transfer stays in the log (and a retry meets it by id) before it
     # may be evicted to make room: a log of `transfer_capacity` must hold this much.
     retention_s: float = 86_400.0
@@ -203,7 +205,10 @@ class Lifecycle:
                         account_capacity=settings.account_capacity,
                         transfer_capacity=settings.transfer_capacity,
                         snapshot_every_entries=settings.snapshot_every_entries,
-                        pg_options={"owner": f"tally serve pid {os.getpid()}"},
+                        pg_options={
+                            "owner": f"tally serve pid {os.getpid()}",
+                            **settings.pg_options,
+                        },
                     )
                 )
             except PgStoreError as error:
@@ -256,7 +261,10 @@ class Lifecycle:
         try:
             await self._run_engine(engine, started, info, complete_openings)
         except* (PgStoreError, JournalError) as group:
-            failure = str(group.exceptions[0])
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            failure = f"{type(error).__name__}: {error}"
             self.ready = False
             self.failed = f"{recovery.kind} store failed, restart needed: {failure}"
             logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
