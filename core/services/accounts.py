@@ -185,7 +185,7 @@ class Accounts:
             PRODUCT_OF_CLASS[meta.account_class],
         )
         engine = self.core.running_engine()
-        results = await self.core.call_engine(engine.submit_accounts, record)
+        results = await self.core.call_engine_patiently(engine.submit_accounts, record)
         return int(results[0])
 
     async def complete_openings(self) -> None:
@@ -219,7 +219,7 @@ class Accounts:
         record = account_record(raw)
         flags = (record.flags | set_flags) & ~clear_flags
         engine = self.core.running_engine()
-        code = await self.core.call_engine(
+        code = await self.core.call_engine_patiently(
             engine.update_account, account_id, record.status if status is None else status, flags
         )
         if code != AccountUpdateResult.OK:

@@ -60,6 +60,7 @@ INTERNAL_ACCOUNTS = (
 HOUSEKEEPING_TICK_S = 0.05
 PRUNE_EVERY_TICKS = 200
 STORE_RETRY_S = 1.0
+PATIENT_ATTEMPTS_MAX = 100  # full-queue retries of one customer operation (about 5 s)
 LEGACY_IMPORT_CHUNK = 1000  # records per PUT_STATE change list when importing a legacy file
 LEGACY_IMPORT_ORDER = ("customer", "account", "password", "failures", "token", "nonce")
 
@@ -145,6 +146,23 @@ class Lifecycle:
             return await function(*args)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
             raise engine_refusal(error) from None
+
+    async def call_engine_patiently(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`call_engine` for the customer operations (openings, account changes): few,
+        so a full queue is waited out at the engine's hint, at most `PATIENT_ATTEMPTS_MAX`
+        times, instead of shedding them like postings. Only for calls refused at once
+        when the queue is full (nothing was done): a retry repeats nothing."""
+        for attempt in range(1, PATIENT_ATTEMPTS_MAX + 1):
+            try:
+                return await function(*args)
+            except EngineOverloaded as error:
+                if attempt == PATIENT_ATTEMPTS_MAX:
+                    raise engine_refusal(error) from None
+                retry_after_s = error.retry_after_s
+            except (EngineFull, EngineStopped) as error:
+                raise engine_refusal(error) from None
+            await anyio.sleep(retry_after_s)
+        raise AssertionError("unreachable")
 
     async def read(self, function: Callable[[Any], Any]) -> Any:
         """Run `function(ledger)` in the engine on a durable state.

@@ -19,8 +19,8 @@ maps the services read and applies every change to them through one
 function, `apply(key, value)` (None deletes), at load as at run time.
 
 Writers `commit` records: applied in memory at once (so uniqueness checks
-see them) and returned once durable; a change the engine refused at once
-(a full queue) is undone in memory before the refusal propagates. Nonces,
+see them) and returned once durable; a full engine queue is waited out
+(bounded), any other refusal undoes them in memory before it propagates. Nonces,
 and the deletion of expired nonces and tokens, are staged and not waited
 for: the housekeeping task `flush`es them within ~50 ms (the money a nonce
 could replay is protected by the Idempotency-Key, whose transfer id the
@@ -39,10 +39,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import orjson
 
 from core.errors import TallyError
-from core.services.refusals import Refused
+from core.services.refusals import Code, Refused
 
 LEGACY_STATE_FILE = "channels-state.jsonl"
 LEGACY_IMPORTED_SUFFIX = ".imported"
@@ -50,6 +51,7 @@ NS_PER_S = 1_000_000_000
 Change = tuple[bytes, bytes | None]
 Submit = Callable[[list[Change]], Awaitable[None]]
 # The order records are applied in at load: an account after its customer.
+COMMIT_ATTEMPTS_MAX = 100  # full-queue retries of one commit (about 5 s at the engine's hint)
 LOAD_ORDER = (b"customer/", b"account/", b"password/", b"failures/", b"token/", b"nonce/")
 
 
@@ -247,7 +249,16 @@ class StateStore:
         self, records: Iterable[dict[str, Any]], deleted: Iterable[bytes] = ()
     ) -> None:
         """Apply `records` (and delete the keys `deleted`) in memory now; return once
-        they are durable. A refusal of the engine undoes them in memory first."""
+        they are durable.
+
+        Customer-state writes are few and must not be shed like postings: a full
+        engine queue (refused at once, before anything was queued) is retried after
+        the engine's hint, at most `COMMIT_ATTEMPTS_MAX` times, the records staying
+        applied meanwhile so uniqueness checks see them. Any other refusal, the
+        last overload, or a cancellation while waiting to retry undoes them in
+        memory (each key that still holds this commit's value) before propagating;
+        a cancellation once queued does not (the engine makes them durable).
+        """
         changes: list[Change] = [(record_key(r), orjson.dumps(r)) for r in records]
         changes.extend((key, None) for key in deleted)
         if not changes:
@@ -256,15 +267,29 @@ class StateStore:
         previous = [(key, self.values.get(key)) for key, _ in changes]
         for key, value in changes:
             self.apply(key, value)
-        try:
-            await self._submit(changes)
-        except Refused:
-            # Refused at once (a full queue: nothing else ran since) or the engine
-            # stopped (nothing will be written any more): memory follows the store.
-            for key, value in reversed(previous):
-                self.apply(key, value)
-            raise
+        for attempt in range(1, COMMIT_ATTEMPTS_MAX + 1):
+            try:
+                # Nothing awaits before the engine queues the request: a cancellation
+                # delivered in here comes after it was queued (it will be durable).
+                await self._submit(changes)
+                break
+            except Refused as refusal:
+                if refusal.refusal.code != Code.OVERLOADED or attempt == COMMIT_ATTEMPTS_MAX:
+                    self._undo(changes, previous)
+                    raise
+                retry_after_s = refusal.refusal.extras.get("retry_after_s", 0.05)
+            try:
+                await anyio.sleep(retry_after_s)
+            except BaseException:
+                self._undo(changes, previous)
+                raise
         self.changes_committed += len(changes)
+
+    def _undo(self, changes: list[Change], previous: list[Change]) -> None:
+        mine = {key: value for key, value in changes}
+        for key, value in reversed(previous):
+            if self.values.get(key) == mine[key]:
+                self.apply(key, value)
 
     def stage(self, records: Iterable[dict[str, Any]]) -> None:
         """Apply `records` in memory now; they are written with the next `flush`, not
