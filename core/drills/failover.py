@@ -35,7 +35,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,15 +218,9 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float 
     raise TallyError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-async def scenario_dc1(
-    dc1: Cluster,
-    dc3: Cluster,
-    args: argparse.Namespace,
-    load: Load,
-    customer_load: CustomerLoad,
-) -> dict[str, Any]:
-    """Load on dc1 (transfers on the engine, customer work through the services of a
-    `Bank` on the same engine), sample dc3's lag, SIGKILL dc1; returns the kill's facts."""
+@contextlib.asynccontextmanager
+async def open_bank_on(dc1: Cluster, args: argparse.Namespace) -> AsyncIterator[Bank]:
+    """A `Bank` (the services, its lifecycle and engine) running on dc1, once ready."""
     with tempfile.TemporaryDirectory(prefix="tally-drill-") as data_dir:
         settings = Settings(
             data_dir=data_dir,  # holds nothing: the customer state is in PostgreSQL
@@ -240,19 +234,31 @@ async def scenario_dc1(
         async with anyio.create_task_group() as task_group:
             await task_group.start(bank.serve)
             await wait_until(lambda: bank.core.ready, "the bank on dc1 to be ready")
-            facts = await _load_and_kill(bank, dc1, dc3, args, load, customer_load)
+            yield bank
             task_group.cancel_scope.cancel()
-    return facts
 
 
-async def _load_and_kill(
-    bank: Bank,
+async def scenario_dc1(
     dc1: Cluster,
     dc3: Cluster,
     args: argparse.Namespace,
     load: Load,
     customer_load: CustomerLoad,
 ) -> dict[str, Any]:
+    """Load on dc1 (transfers on the engine, customer work through the services of a
+    `Bank` on the same engine), sample dc3's lag, SIGKILL dc1; returns the kill's facts."""
+    async with open_bank_on(dc1, args) as bank:
+        return await _load_and_kill(bank, (dc1, dc3), args, load, customer_load)
+
+
+async def _load_and_kill(
+    bank: Bank,
+    clusters: tuple[Cluster, Cluster],
+    args: argparse.Namespace,
+    load: Load,
+    customer_load: CustomerLoad,
+) -> dict[str, Any]:
+    dc1, dc3 = clusters
     engine = bank.core.running_engine()
     facts: dict[str, Any] = {"epoch_dc1": bank.core.recovery_info.get("epoch")}
     await setup_accounts(engine)
