@@ -67,8 +67,6 @@ from core.entries import (
     encode_state_changes,
 )
 from core.errors import TallyError
-from core.journal import Journal
-from core.journal_store import JournalStore
 from core.store import Store
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
@@ -249,7 +247,7 @@ class Engine:
     def __init__(
         self,
         ledger: Ledger,
-        store: Store | Journal,
+        store: Store,
         rules: RuleSet,
         *,
         clock: Clock | None = None,
@@ -260,27 +258,12 @@ class Engine:
         expire_interval_s: float = 1.0,
         write_rules: bool = True,
         state: dict[bytes, bytes] | None = None,
-        snapshot_directory: str | None = None,
-        snapshot_every_entries: int = 0,
     ) -> None:
-        """`state` is the recovered customer state (`open_store`); the engine then owns it.
-
-        A bare `Journal` as store is wrapped in a `JournalStore` taking the
-        `snapshot_*` arguments (the form callers used before `open_store`; with
-        any other store they must be left unset: snapshots are the store's).
-        """
+        """`state` is the recovered customer state (`open_store`); the engine then owns it."""
         if sys.flags.optimize:
             raise RuntimeError("refusing to run under python -O: assertions guard the ledger")
         assert 1 <= batch_size_max <= BATCH_SIZE_MAX
         assert queue_size >= 1
-        if isinstance(store, Journal):
-            store = JournalStore(
-                store,
-                snapshot_every_entries=snapshot_every_entries if snapshot_directory else 0,
-                snapshot_directory=snapshot_directory,
-            )
-        else:
-            assert snapshot_directory is None and not snapshot_every_entries, "the store's own"
         self.ledger = ledger
         self.store: Store = store
         self.state: dict[bytes, bytes] = {} if state is None else state

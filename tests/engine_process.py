@@ -27,8 +27,7 @@ import anyio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.engine import Engine
-from core.journal import Journal
-from core.replay import recover_ledger
+from core.store import open_store
 from ledger.types import TransferCode
 from tests.engine_helpers import (
     CLEARING_ID,
@@ -56,9 +55,14 @@ def transfer_for(client: int, n: int) -> tuple[int, bytes]:
 
 
 async def main(directory: str, clients: int, starts: list[int]) -> None:
-    journal = Journal.open(directory)
-    recovered = recover_ledger(directory, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
-    engine = Engine(recovered.ledger, journal, example_rules(), linger_s=0.0005)
+    async with open_store(
+        directory, account_capacity=ACCOUNT_CAPACITY, transfer_capacity=TRANSFER_CAPACITY
+    ) as opened:
+        engine = Engine(opened.ledger, opened.store, example_rules(), linger_s=0.0005)
+        await serve_engine(engine, clients, starts)
+
+
+async def serve_engine(engine: Engine, clients: int, starts: list[int]) -> None:
     out = sys.stdout
 
     def ack(transfer_id: int, result: int, timestamp: int) -> None:

@@ -137,21 +137,25 @@ def _summary(name: str, doc: str, samples: Sequence[float]) -> Metric:
     return family
 
 
-def store_commit_latency(store: Any) -> Metric:
-    """The commit-latency summary of whichever store runs (today: the journal's fsync).
+def store_commit_latency(store: Any) -> Iterable[Metric]:
+    """The commit-latency summaries of whichever store runs, from its `stats`.
 
-    The one place that reads a store's latency figures: when both stores expose
-    store-neutral `stats`, this reads them instead.
+    The one place that reads a store's latency figures: `tally_store_commit_seconds`
+    (store-neutral), and the same figures under the name dashboards already know,
+    `tally_journal_fsync_seconds` (the journal's write+fdatasync, PostgreSQL's COMMIT).
     """
-    name = "tally_journal_fsync_seconds"
-    doc = "Journal write+fdatasync time per group."
-    if store is None or not hasattr(store, "fsync_latency_s"):
-        return Metric(name, doc, "summary")
-    family = _summary(name, doc, list(store.fsync_latency_s))
-    stats = store.stats
-    family.add_sample(name + "_sum", {}, stats.fsync_seconds_total)
-    family.add_sample(name + "_count", {}, float(stats.append_count))
-    return family
+    for name, doc in (
+        ("tally_store_commit_seconds", "Store commit time per group (write+fdatasync, COMMIT)."),
+        ("tally_journal_fsync_seconds", "Journal write+fdatasync time per group (alias)."),
+    ):
+        if store is None:
+            yield Metric(name, doc, "summary")
+            continue
+        stats = store.stats
+        family = _summary(name, doc, list(stats.commit_latency_s))
+        family.add_sample(name + "_sum", {}, stats.commit_seconds_total)
+        family.add_sample(name + "_count", {}, float(stats.commit_count))
+        yield family
 
 
 class _EngineCollector(Collector):
@@ -189,7 +193,7 @@ class _EngineCollector(Collector):
         if engine is not None:
             sizes.add_sample("tally_engine_batch_size_count", {}, float(engine.metrics.batches))
         yield sizes
-        yield store_commit_latency(core.journal)
+        yield from store_commit_latency(core.store)
         yield _summary(
             "tally_engine_durable_seconds",
             "Applied-to-durable time per group (recent).",

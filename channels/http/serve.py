@@ -1,15 +1,16 @@
 """`tally serve`: the HTTP API on hypercorn over the embedded journal or PostgreSQL.
 
-With `--store postgresql://...` (or `TALLY_PG_DSN`) the ledger lives in
-PostgreSQL (core/pg_store.py: asyncpg, so asyncio only) instead of the
-journal; the channel layer's own state (customers, nonces) stays in the
-`--data` directory either way.
+`--data DIR` is the store `journal:DIR`. With `--store postgresql://...` (or
+`TALLY_PG_DSN`) the ledger and the customer state (customers, accounts,
+passwords, tokens, nonces) live in PostgreSQL instead (core/pg_store.py:
+asyncpg, so asyncio only), and fail over with it; the data directory is
+then only read for a legacy `channels-state.jsonl` to import.
 
 The process binds its socket at once and answers /healthz; /readyz and every
-/v1 route say 503 until the journal is recovered, the ledger rebuilt and the
-engine started (see core/services/lifecycle.py). SIGINT or SIGTERM stops it: the
-server stops accepting, the engine finishes and answers the batch it was
-making durable, the journal is closed.
+/v1 route say 503 until the store is opened, the ledger and the customer
+state recovered and the engine started (see core/services/lifecycle.py).
+SIGINT or SIGTERM stops it: the server stops accepting, the engine finishes
+and answers the batch it was making durable, the store is closed.
 """
 
 from __future__ import annotations
@@ -44,14 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default=".tally-data",
-        help="data directory: the journal, and the channel state (customers, nonces),"
-        " which stays here with --store too",
+        help="data directory: the journal (ledger and customer state); with --store,"
+        " only read for a legacy channels-state.jsonl to import",
     )
     parser.add_argument(
         "--store",
         default=os.environ.get(DSN_ENV) or None,
         metavar="postgresql://...",
-        help=f"keep the ledger in PostgreSQL instead of the journal (default: ${DSN_ENV});"
+        help=f"keep the ledger and the customer state in PostgreSQL instead of the journal"
+        f" (default: ${DSN_ENV});"
         " asyncio only",
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")

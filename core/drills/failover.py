@@ -33,7 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +43,12 @@ import anyio
 import orjson
 
 from core.data import DEFAULT_RULES_PATH
+from core.drills.customers import CustomerLoad, check_customer_state, run_customer_clients
 from core.drills.pg_cluster import Cluster, create_cluster, create_standby
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
+from core.services.bank import Bank
+from core.services.lifecycle import Settings
 from ledger.reference import Transfer
 from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
@@ -58,15 +63,24 @@ from limits.rules import load_rules
 R = CreateTransferResult
 LEDGER_CNY = 156
 CLEARING_ID = 1_000
+FIRST_ACCOUNT = 1 << 16  # the transfer load's accounts: above the bank's own (below 2**16)
 ACCOUNTS = 256
 ACCOUNT_CAPACITY = 4096
 TRANSFER_CAPACITY = 1 << 21
 FUNDING_MINOR = 1_000_000_000
+WAIT_POLL_S = 0.01
+DRILL_SCRYPT_N = 1 << 12  # cheap password hashes: the drill measures the store, not scrypt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="load before the kill")
-    parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent transfer clients")
+    parser.add_argument(
+        "--customer-clients",
+        type=int,
+        default=4,
+        help="concurrent clients registering customers, opening accounts, changing passwords",
+    )
     parser.add_argument("--dc3-delay-ms", type=float, default=30.0, help="dc3's apply delay")
     parser.add_argument("--output", default="drill.json", help="where to write the report")
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
@@ -101,10 +115,10 @@ def _transfer(transfer_id: int, debit: int, credit: int, amount: int, code: int)
 def client_transfer(client: int, n: int) -> tuple[int, bytes]:
     """Transfer n of client c: a pure function of (c, n), so a re-send is a retry."""
     transfer_id = (client + 1) << 40 | n
-    debit = 1 + (client * 7 + n) % ACCOUNTS
-    credit = 1 + (client * 7 + n * 3 + 1) % ACCOUNTS
+    debit = FIRST_ACCOUNT + (client * 7 + n) % ACCOUNTS
+    credit = FIRST_ACCOUNT + (client * 7 + n * 3 + 1) % ACCOUNTS
     if credit == debit:
-        credit = 1 + credit % ACCOUNTS
+        credit = FIRST_ACCOUNT + (credit - FIRST_ACCOUNT + 1) % ACCOUNTS
     return transfer_id, _transfer(
         transfer_id, debit, credit, 1 + (n * 37 + client) % 500, TransferCode.TRANSFER
     )
@@ -121,14 +135,16 @@ async def setup_accounts(engine: Engine) -> None:
     )
     customers = b"".join(
         ACCOUNT_INPUT_STRUCT.pack(
-            *split_id(1 + i), 0, 0, LEDGER_CNY, AccountKind.CLASS_II, 0, flags, 2
+            *split_id(FIRST_ACCOUNT + i), 0, 0, LEDGER_CNY, AccountKind.CLASS_II, 0, flags, 2
         )
         for i in range(ACCOUNTS)
     )
     await engine.submit_accounts(clearing)
     await engine.submit_accounts(customers)
     fundings = b"".join(
-        _transfer(1 << 60 | i, CLEARING_ID, 1 + i, FUNDING_MINOR, TransferCode.TOPUP_BOUND)
+        _transfer(
+            1 << 60 | i, CLEARING_ID, FIRST_ACCOUNT + i, FUNDING_MINOR, TransferCode.TOPUP_BOUND
+        )
         for i in range(ACCOUNTS)
     )
     results = await engine.submit_transfers(fundings)
@@ -193,62 +209,101 @@ def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-async def scenario_dc1(
-    dc1: Cluster, dc3: Cluster, args: argparse.Namespace, load: Load
-) -> dict[str, Any]:
-    """Load on dc1, sample dc3's lag, SIGKILL dc1; returns the kill's facts."""
-    from core.pg_store import PgStoreError, open_pg_store
+async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll `condition` every 10 ms, at most `timeout_s`."""
+    for _ in range(int(timeout_s / WAIT_POLL_S)):
+        if condition():
+            return
+        await anyio.sleep(WAIT_POLL_S)
+    raise TallyError(f"timed out after {timeout_s} s waiting for {what}")
 
-    opened = await open_pg_store(
-        dc1.dsn(),
-        account_capacity=ACCOUNT_CAPACITY,
-        transfer_capacity=TRANSFER_CAPACITY,
-        owner="drill dc1",
-        reconnect_timeout_s=1.0,
-        commit_timeout_s=10.0,
-    )
-    engine = Engine(opened.ledger, opened.store, load_rules(args.rules), linger_s=0.001)
-    facts: dict[str, Any] = {"epoch_dc1": opened.store.epoch}
-    try:
+
+@contextlib.asynccontextmanager
+async def open_bank_on(dc1: Cluster, args: argparse.Namespace) -> AsyncIterator[Bank]:
+    """A `Bank` (the services, its lifecycle and engine) running on dc1, once ready."""
+    with tempfile.TemporaryDirectory(prefix="tally-drill-") as data_dir:
+        settings = Settings(
+            data_dir=data_dir,  # holds nothing: the customer state is in PostgreSQL
+            store_dsn=dc1.dsn(),
+            account_capacity=ACCOUNT_CAPACITY,
+            transfer_capacity=TRANSFER_CAPACITY,
+            scrypt_n=DRILL_SCRYPT_N,
+            pg_options={"reconnect_timeout_s": 1.0, "commit_timeout_s": 10.0},
+        )
+        bank = Bank(settings, load_rules(args.rules))
         async with anyio.create_task_group() as task_group:
-            await task_group.start(engine.serve)
-            await setup_accounts(engine)
-            task_group.start_soon(run_clients, engine, load, args.clients)
-            await anyio.sleep(args.seconds)
-            # Freeze what dc3 has applied (what a DC 30 ms away has received), then sample.
-            await pause_replay(dc3.dsn())
-            remote = await fetch_state(dc3.dsn())
-            primary = await fetch_state(dc1.dsn())
-            facts["acknowledged_before_kill"] = len(load.acknowledged)
-            facts["dc3_lag_at_kill"] = {
-                "seqs": primary["last_seq"] - remote["last_seq"],
-                "transfers": primary["transfers"] - remote["transfers"],
-                "wal_bytes": primary["lsn"] - remote["lsn"],
-                "dc1_lsn": lsn_text(primary["lsn"]),
-                "dc3_applied_lsn": lsn_text(remote["lsn"]),
-            }
-            facts["dc3_target_lsn"] = lsn_text(remote["lsn"])
-            facts["kill_ns"] = time.time_ns()
-            facts["kill_monotonic"] = time.monotonic()
-            with anyio.CancelScope(shield=True):  # the engine fails (and cancels) meanwhile
-                facts["dc1_postmaster_pid"] = await anyio.to_thread.run_sync(dc1.kill)
-            with anyio.fail_after(30):
-                await anyio.sleep_forever()  # the engine stops once its store gives up
-    except BaseExceptionGroup as group:
-        if not group.subgroup(PgStoreError):
-            raise
-        facts["dc1_engine_stopped_by"] = repr(group.subgroup(PgStoreError).exceptions[0])  # type: ignore[union-attr]
-    with contextlib.suppress(Exception):
-        await opened.store.close()
+            await task_group.start(bank.serve)
+            await wait_until(lambda: bank.core.ready, "the bank on dc1 to be ready")
+            yield bank
+            task_group.cancel_scope.cancel()
+
+
+async def scenario_dc1(
+    dc1: Cluster,
+    dc3: Cluster,
+    args: argparse.Namespace,
+    load: Load,
+    customer_load: CustomerLoad,
+) -> dict[str, Any]:
+    """Load on dc1 (transfers on the engine, customer work through the services of a
+    `Bank` on the same engine), sample dc3's lag, SIGKILL dc1; returns the kill's facts."""
+    async with open_bank_on(dc1, args) as bank:
+        return await _load_and_kill(bank, (dc1, dc3), args, load, customer_load)
+
+
+async def _load_and_kill(
+    bank: Bank,
+    clusters: tuple[Cluster, Cluster],
+    args: argparse.Namespace,
+    load: Load,
+    customer_load: CustomerLoad,
+) -> dict[str, Any]:
+    dc1, dc3 = clusters
+    engine = bank.core.running_engine()
+    facts: dict[str, Any] = {"epoch_dc1": bank.core.recovery_info.get("epoch")}
+    await setup_accounts(engine)
+    async with anyio.create_task_group() as clients:
+        clients.start_soon(run_clients, engine, load, args.clients)
+        clients.start_soon(run_customer_clients, bank, customer_load, args.customer_clients)
+        await anyio.sleep(args.seconds)
+        # Freeze what dc3 has applied (what a DC 30 ms away has received), then sample.
+        await pause_replay(dc3.dsn())
+        remote = await fetch_state(dc3.dsn())
+        primary = await fetch_state(dc1.dsn())
+        facts["acknowledged_before_kill"] = len(load.acknowledged)
+        facts["customer_work_before_kill"] = customer_load.counts()
+        facts["dc3_lag_at_kill"] = {
+            "seqs": primary["last_seq"] - remote["last_seq"],
+            "transfers": primary["transfers"] - remote["transfers"],
+            "wal_bytes": primary["lsn"] - remote["lsn"],
+            "dc1_lsn": lsn_text(primary["lsn"]),
+            "dc3_applied_lsn": lsn_text(remote["lsn"]),
+        }
+        facts["dc3_target_lsn"] = lsn_text(remote["lsn"])
+        facts["kill_ns"] = time.time_ns()
+        facts["kill_monotonic"] = time.monotonic()
+        facts["dc1_postmaster_pid"] = await anyio.to_thread.run_sync(dc1.kill)
+        # The engine stops once its store gives up; every client then sees its outcome.
+        await wait_until(lambda: bank.core.failed is not None, "the engine on dc1 to stop")
+    facts["dc1_engine_stopped_by"] = bank.core.failed
     facts["acknowledged_total_dc1"] = len(load.acknowledged)
     facts["unknown_outcome_at_kill"] = len(load.unknown)
+    facts["customer_work_acknowledged"] = customer_load.counts()
+    facts["customer_refusals"] = dict(customer_load.refused)
     return facts
 
 
 async def check_on(
-    dsn: str, args: argparse.Namespace, load: Load, owner: str, kill_monotonic: float, resend: bool
+    dsn: str,
+    args: argparse.Namespace,
+    load: Load,
+    customer_load: CustomerLoad,
+    owner: str,
+    kill_monotonic: float,
+    resend: bool,
 ) -> dict[str, Any]:
-    """Start Tally on a promoted standby; RTO, lost and duplicate acknowledged transfers."""
+    """Start Tally on a promoted standby; RTO, lost and duplicate acknowledged transfers,
+    and the acknowledged customers, accounts and password changes it lacks."""
     import asyncpg
 
     from core.pg_store import open_pg_store, verify
@@ -263,10 +318,20 @@ async def check_on(
     async with anyio.create_task_group() as task_group:
         await task_group.start(engine.serve)
         probe = await engine.submit_transfer(
-            _transfer(1 << 62 | os.getpid(), CLEARING_ID, 1, 1, TransferCode.TOPUP_BOUND)
+            _transfer(
+                1 << 62 | os.getpid(), CLEARING_ID, FIRST_ACCOUNT, 1, TransferCode.TOPUP_BOUND
+            )
         )
         result["rto_s"] = round(time.monotonic() - kill_monotonic, 3)
         result["first_transfer_result"] = int(probe.result)
+
+        async def missing_in_ledger(ids: list[int]) -> set[int]:
+            found: set[int] = await engine.read(
+                lambda ledger: {i for i in ids if ledger.lookup_account(i) is None}
+            )
+            return found
+
+        result.update(await check_customer_state(opened.state, customer_load, missing_in_ledger))
         ok_ids = [i for i, (code, _) in load.acknowledged.items() if code == R.OK]
         present = await engine.read(lambda ledger: {i: ledger.lookup_transfer(i) for i in ok_ids})
         for transfer_id in ok_ids:
@@ -307,6 +372,7 @@ async def check_on(
         {
             "acknowledged_checked": len(load.acknowledged),
             "lost": len(set(lost)),
+            "acknowledged_lost": len(set(lost)),
             "lost_ids": sorted(set(lost)),
             "duplicates": len(set(duplicates)),
             "duplicate_ids": sorted(set(duplicates)),
@@ -427,7 +493,8 @@ def run(args: argparse.Namespace) -> int:
             "dc3": f"asynchronous standby, recovery_min_apply_delay = {args.dc3_delay_ms} ms",
         }
         load = Load()
-        kill = anyio.run(scenario_dc1, dc1, dc3, args, load, backend="asyncio")
+        customer_load = CustomerLoad()
+        kill = anyio.run(scenario_dc1, dc1, dc3, args, load, customer_load, backend="asyncio")
         report["kill"] = {k: v for k, v in kill.items() if k != "kill_monotonic"}
         dc2.promote()
         _wait_promoted(dc2)
@@ -436,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
             dc2.dsn(),
             args,
             load,
+            customer_load,
             "drill dc2",
             kill["kill_monotonic"],
             True,
@@ -447,15 +515,28 @@ def run(args: argparse.Namespace) -> int:
             dc3.dsn(),
             args,
             load,
+            customer_load,
             "drill dc3",
             kill["kill_monotonic"],
             False,
             backend="asyncio",
         )
         report["scenario_dc3"].pop("duplicate_ids", None)
+        dc3_result = report["scenario_dc3"]
+        dc3_result["rpo_by_kind"] = {
+            "transfers": dc3_result["lost"],
+            "customers": dc3_result["customers_lost"],
+            "accounts": dc3_result["accounts_lost"],
+            "password_changes": dc3_result["password_changes_lost"],
+        }
+        work = kill["customer_work_acknowledged"]
         passed = (
             report["scenario_dc2"]["lost"] == 0
             and report["scenario_dc2"]["duplicates"] == 0
+            and report["scenario_dc2"]["customers_lost"] == 0
+            and report["scenario_dc2"]["accounts_lost"] == 0
+            and report["scenario_dc2"]["password_changes_lost"] == 0
+            and min(work["customers"], work["accounts"], work["password_changes"]) > 0
             and report["scenario_dc2"]["verify_ok"]
             and report["scenario_dc3"]["duplicates"] == 0
             and report["scenario_dc3"]["verify_ok"]
@@ -494,8 +575,12 @@ def summary(report: dict[str, Any]) -> str:
         f" acknowledged lost {dc2.get('lost')}, duplicates {dc2.get('duplicates')},"
         f" verify {'ok' if dc2.get('verify_ok') else 'FAILED'}, epoch {dc2.get('epoch')}",
         f"    unknown outcomes re-sent on dc2: {dc2.get('unknown_outcomes_resolved')}",
+        f"    customer work acknowledged on dc1: {kill.get('customer_work_acknowledged')};"
+        f" lost on dc2: customers {dc2.get('customers_lost')}, accounts"
+        f" {dc2.get('accounts_lost')}, password changes {dc2.get('password_changes_lost')}",
         f"  region A lost -> dc3 promoted: acknowledged lost {dc3.get('lost')}"
         f" (the RPO of losing the city), verify {'ok' if dc3.get('verify_ok') else 'FAILED'}",
+        f"    RPO by kind: {dc3.get('rpo_by_kind')}",
     ]
     if dc3.get("lost_ids"):
         shown = ", ".join(str(i) for i in dc3["lost_ids"][:20])

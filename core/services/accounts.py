@@ -105,8 +105,10 @@ class Accounts:
         except Refused:
             # The engine refused: the ledger has no such account, so the opening is
             # recorded as closed and does not hold one of the customer's class slots.
+            # Staged, not committed: the engine's queue may still be full; a crash
+            # before the flush leaves the opening to `complete_openings`.
             meta.closed = True
-            await state.commit([meta_record(meta)])
+            state.stage([meta_record(meta)])
             raise
         if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
             meta.closed = True
@@ -182,7 +184,7 @@ class Accounts:
             product=PRODUCT_OF_CLASS[meta.account_class],
         )
         engine = self.core.running_engine()
-        results = await self.core.call_engine(engine.submit_accounts, record)
+        results = await self.core.call_engine_patiently(engine.submit_accounts, record)
         return int(results[0])
 
     async def complete_openings(self) -> None:
@@ -216,7 +218,7 @@ class Accounts:
         record = account_view(raw)
         flags = (record.flags | set_flags) & ~clear_flags
         engine = self.core.running_engine()
-        code = await self.core.call_engine(
+        code = await self.core.call_engine_patiently(
             engine.update_account, account_id, record.status if status is None else status, flags
         )
         if code != AccountUpdateResult.OK:
@@ -273,5 +275,4 @@ class Accounts:
                     )
         await self._update_flags(account_id, 0, 0, status=AccountStatus.CLOSED)
         meta.closed = True
-        await state.commit([meta_record(meta)])
-        self.auth.revoke(account_id)
+        await state.commit([meta_record(meta)], deleted=state.token_keys(account_id))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
-from dataclasses import dataclass
 
 import anyio
 import orjson
@@ -24,22 +23,20 @@ from core.services.lifecycle import Lifecycle
 from core.services.records import NS_PER_S
 from core.services.refusals import Code, refused
 from core.services.results import TokenIssued
-from core.services.state import AccountMeta, failures_record, password_record
+from core.services.state import (
+    AccountMeta,
+    Token,
+    failures_record,
+    password_record,
+    token_record,
+)
 
 logger = logging.getLogger("tally.services")
-
-
-@dataclass(slots=True)
-class Token:
-    account_id: int
-    channel: str
-    expires_ns: int
 
 
 class Auth:
     def __init__(self, core: Lifecycle) -> None:
         self.core = core
-        self.tokens: dict[str, Token] = {}
         core.on_housekeeping.append(self.forget_expired)
 
     def meta_of(self, account_id: int) -> AccountMeta:
@@ -102,7 +99,7 @@ class Auth:
         if account_id not in self.core.customer_state().accounts:
             raise refused(Code.DEBIT_ACCOUNT_NOT_CUSTOMER, str(account_id))
         if consent.token:
-            token = self.tokens.get(consent.token)
+            token = self.core.customer_state().tokens.get(consent.token)
             if token is None or token.expires_ns <= self.core.now_ns():
                 raise refused(Code.TOKEN_INVALID)
             if token.account_id != account_id or token.channel != caller.name:
@@ -122,7 +119,9 @@ class Auth:
         ttl = self.core.settings.token_ttl_s
         token = secrets.token_urlsafe(24)
         expires_ns = self.core.now_ns() + ttl * NS_PER_S
-        self.tokens[token] = Token(account_id, command.caller.name, expires_ns)
+        # Durable before it is handed out, so it is honoured after a failover too.
+        entry = Token(account_id, command.caller.name, expires_ns)
+        await self.core.customer_state().commit([token_record(token, entry)])
         return TokenIssued(token, account_id, ttl, expires_ns)
 
     async def set_password(self, command: SetPassword) -> None:
@@ -145,21 +144,15 @@ class Auth:
         records = [password_record(account_id, hashed)]
         if reset:
             records.append(failures_record(account_id, self.core.today(), 0))
-        await self.core.customer_state().commit(records)
-        self.revoke(account_id)
+        state = self.core.customer_state()
+        # The account's tokens are revoked in the same durable change as the password.
+        await state.commit(records, deleted=state.token_keys(account_id))
         logger.info(
             orjson.dumps(
                 {"event": "password_set", "account_id": str(account_id), "reset": reset}
             ).decode()
         )
 
-    def revoke(self, account_id: int) -> None:
-        """Forget every token of `account_id` (its password changed, it closed)."""
-        for token, entry in list(self.tokens.items()):
-            if entry.account_id == account_id:
-                del self.tokens[token]
-
     def forget_expired(self, now_ns: int) -> None:
-        for token, entry in list(self.tokens.items()):
-            if entry.expires_ns <= now_ns:
-                del self.tokens[token]
+        """Forget expired tokens (their deletion is written with the next flush)."""
+        self.core.customer_state().prune_tokens(now_ns)

@@ -6,14 +6,13 @@ touches the engine, the store or the customer state directly.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from core.journal import Journal
 from core.services.accounts import Accounts
 from core.services.auth import Auth
 from core.services.customers import Customers
@@ -21,6 +20,7 @@ from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
 from core.services.payments import Payments, PostingCheck
 from core.services.reads import Reads
+from core.store import OpenedStore, open_store
 from limits.rules import RuleSet
 
 
@@ -32,10 +32,10 @@ class Bank:
         *,
         verifier: Verifier | None = None,
         now_ns: Callable[[], int] = time.time_ns,
-        open_journal: Callable[[str], Any] = Journal.open,
+        open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
         posting_checks: tuple[PostingCheck, ...] = (),
     ) -> None:
-        self.core = Lifecycle(settings, rules, now_ns=now_ns, open_journal=open_journal)
+        self.core = Lifecycle(settings, rules, now_ns=now_ns, open_store=open_store)
         self.settings = settings
         self.rules = rules
         self.auth = Auth(self.core)

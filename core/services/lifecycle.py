@@ -1,22 +1,27 @@
 """The services' runtime: recover or open the store, run the engine, keep house.
 
-`Lifecycle.serve` brings the core up in the order recovery needs (journal
-open and torn-tail repair, ledger rebuilt from snapshot + journal, customer
-state replayed, engine started, the bank's internal accounts ensured,
-account openings whose ledger half was lost in a crash completed) and only
-then sets `ready`. Until then every service refuses with `NOT_READY`.
+`Lifecycle.serve` brings the core up in the order recovery needs: the store
+opened through `open_store(url)` (`journal:DATA_DIR`, or the PostgreSQL URL
+of `Settings.store_dsn`: the ledger rebuilt and the customer state
+recovered from the same store), the customer state's maps loaded, the
+engine started, a legacy `channels-state.jsonl` imported once, the bank's
+internal accounts ensured, account openings whose ledger half was lost in a
+crash completed; only then is it `ready`. Until then every service refuses
+with `NOT_READY`.
 
-The journal is opened through `open_journal` (a constructor argument), the
-seam where the store-neutral `open_store(url)` will plug in.
+`open_store` is a constructor argument (default `core.store.open_store`):
+the seam through which tests wrap the store (a slow disk).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -24,12 +29,19 @@ import orjson
 from anyio.abc import TaskStatus
 
 from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped
-from core.journal import Journal
-from core.replay import recover_ledger
+from core.journal import JournalError
+from core.pg_store import PgStoreError
 from core.services import passwords
 from core.services.records import NS_PER_S, account_input
 from core.services.refusals import Code, Refused, refused
-from core.services.state import StateStore
+from core.services.state import (
+    LEGACY_STATE_FILE,
+    StateStore,
+    legacy_records_to_import,
+    read_legacy_file,
+    rename_imported,
+)
+from core.store import JOURNAL_SCHEME, OpenedStore, Store, open_store
 from ledger.types import AccountKind, CreateAccountResult
 from limits.rules import RuleSet
 
@@ -47,6 +59,10 @@ INTERNAL_ACCOUNTS = (
 )
 HOUSEKEEPING_TICK_S = 0.05
 PRUNE_EVERY_TICKS = 200
+STORE_RETRY_S = 1.0
+PATIENT_ATTEMPTS_MAX = 100  # full-queue retries of one customer operation (about 5 s)
+LEGACY_IMPORT_CHUNK = 1000  # records per PUT_STATE change list when importing a legacy file
+LEGACY_IMPORT_ORDER = ("customer", "account", "password", "failures", "token", "nonce")
 
 
 @dataclass(slots=True)
@@ -64,6 +80,8 @@ class Settings:
     snapshot_every_entries: int = 0
     prefault: bool = False
     store_dsn: str | None = None  # postgresql://...: the PostgreSQL store, not the journal
+    # More keywords for `open_pg_store` (reconnect_timeout_s, commit_timeout_s, ...).
+    pg_options: dict[str, Any] = field(default_factory=dict)
     # How long a posted transfer stays in the log (and a retry meets it by id) before it
     # may be evicted to make room: a log of `transfer_capacity` must hold this much.
     retention_s: float = 86_400.0
@@ -85,15 +103,17 @@ class Lifecycle:
         rules: RuleSet,
         *,
         now_ns: Callable[[], int] = time.time_ns,
-        open_journal: Callable[[str], Any] = Journal.open,
+        open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.now_ns = now_ns
-        self.open_journal = open_journal
+        self.open_store = open_store
         self.engine: Engine | None = None
-        self.journal: Any = None  # the store whose commit latency /metrics reports
-        self.state: StateStore | None = None
+        self.store: Store | None = None  # the store whose commit latency /metrics reports
+        # Loaded from the store when it opens and written through the engine once it runs;
+        # a nonce seen before then is staged and written with the first flush.
+        self.state = StateStore()
         self.ready = False
         self.failed: str | None = None
         self.recovery_info: dict[str, Any] = {}
@@ -107,7 +127,6 @@ class Lifecycle:
         return self.engine
 
     def customer_state(self) -> StateStore:
-        assert self.state is not None
         return self.state
 
     def today(self) -> int:
@@ -127,6 +146,23 @@ class Lifecycle:
             return await function(*args)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
             raise engine_refusal(error) from None
+
+    async def call_engine_patiently(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`call_engine` for the customer operations (openings, account changes): few,
+        so a full queue is waited out at the engine's hint, at most `PATIENT_ATTEMPTS_MAX`
+        times, instead of shedding them like postings. Only for calls refused at once
+        when the queue is full (nothing was done): a retry repeats nothing."""
+        for attempt in range(1, PATIENT_ATTEMPTS_MAX + 1):
+            try:
+                return await function(*args)
+            except EngineOverloaded as error:
+                if attempt == PATIENT_ATTEMPTS_MAX:
+                    raise engine_refusal(error) from None
+                retry_after_s = error.retry_after_s
+            except (EngineFull, EngineStopped) as error:
+                raise engine_refusal(error) from None
+            await anyio.sleep(retry_after_s)
+        raise AssertionError("unreachable")
 
     async def read(self, function: Callable[[Any], Any]) -> Any:
         """Run `function(ledger)` in the engine on a durable state.
@@ -149,51 +185,108 @@ class Lifecycle:
 
     # --- serving ----------------------------------------------------------------
 
+    def store_url(self) -> str:
+        """`journal:DATA_DIR`, or the PostgreSQL store's URL when one is set."""
+        return self.settings.store_dsn or JOURNAL_SCHEME + self.settings.data_dir
+
     async def serve(
         self,
         complete_openings: Callable[[], Any],
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Recover, start the engine, then run until cancelled. Ready once recovered;
-        `complete_openings` (a coroutine function) runs once the engine does."""
+        """Open the store, start the engine, then run until cancelled. Ready once
+        recovered; `complete_openings` (a coroutine function) runs once the engine does.
+
+        A PostgreSQL store that cannot be reached at start is retried (not ready
+        until then); a journal that cannot be recovered fails the start. A store
+        that fails later stops the engine: every service refuses and `failed` says
+        why, until the process is restarted.
+        """
         task_status.started()
-        if self.settings.store_dsn:
-            await self._serve_pg(self.settings.store_dsn, complete_openings)
-            return
-        settings = self.settings
         started = time.perf_counter()
         try:
-            journal, recovered = await anyio.to_thread.run_sync(self._recover_sync)
-        except Exception as error:
-            self.failed = f"recovery failed: {error}"
-            logger.error(orjson.dumps({"event": "recovery_failed", "error": str(error)}).decode())
-            raise
-        self.journal = journal
+            async with contextlib.AsyncExitStack() as stack:
+                opened = await self._open_store(stack)
+                await self._serve_opened(opened, started, complete_openings)
+        finally:
+            self.ready = False
+
+    async def _open_store(self, stack: contextlib.AsyncExitStack) -> OpenedStore:
+        settings = self.settings
+        url = self.store_url()
+        while True:
+            try:
+                opened: OpenedStore = await stack.enter_async_context(
+                    self.open_store(
+                        url,
+                        account_capacity=settings.account_capacity,
+                        transfer_capacity=settings.transfer_capacity,
+                        snapshot_every_entries=settings.snapshot_every_entries,
+                        pg_options={
+                            "owner": f"tally serve pid {os.getpid()}",
+                            **settings.pg_options,
+                        },
+                    )
+                )
+            except PgStoreError as error:
+                self.failed = f"PostgreSQL store: {error}"
+                logger.error(
+                    orjson.dumps({"event": "store_unavailable", "error": str(error)}).decode()
+                )
+                await anyio.sleep(STORE_RETRY_S)
+                continue
+            except Exception as error:
+                self.failed = f"recovery failed: {error}"
+                logger.error(
+                    orjson.dumps({"event": "recovery_failed", "error": str(error)}).decode()
+                )
+                raise
+            self.failed = None
+            return opened
+
+    async def _serve_opened(
+        self, opened: OpenedStore, started: float, complete_openings: Callable[[], Any]
+    ) -> None:
+        settings = self.settings
+        if settings.prefault and hasattr(opened.ledger, "prefault"):
+            await anyio.to_thread.run_sync(opened.ledger.prefault)
+        self.store = opened.store
+        self.state.load(
+            opened.state,
+            now_s=self.now_ns() // NS_PER_S,
+            nonce_window_s=settings.nonce_window_s,
+        )
         engine = Engine(
-            recovered.ledger,
-            journal,
+            opened.ledger,
+            opened.store,
             self.rules,
             queue_size=settings.queue_size,
             linger_s=settings.linger_s,
             retention_s=settings.retention_s,
-            snapshot_directory=settings.data_dir if settings.snapshot_every_entries else None,
-            snapshot_every_entries=settings.snapshot_every_entries,
+            state=opened.state,
         )
-        info = {
-            "records_replayed": recovered.records_replayed,
-            "transfers_replayed": recovered.transfers_replayed,
-            "snapshot": recovered.snapshot_path,
-        }
+        recovery = opened.recovery
+        info: dict[str, Any] = {"store": recovery.kind}
+        if recovery.kind == "journal":
+            info.update(
+                records_replayed=recovery.records_replayed,
+                transfers_replayed=recovery.transfers_replayed,
+                snapshot=recovery.snapshot_path,
+            )
+        else:
+            info.update(epoch=recovery.epoch, entries_replayed=recovery.records_replayed)
         try:
             await self._run_engine(engine, started, info, complete_openings)
-        finally:
+        except* (PgStoreError, JournalError) as group:
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            failure = f"{type(error).__name__}: {error}"
             self.ready = False
-            if self.state is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.state.flush()
-                self.state.close()
-            journal.close()
+            self.failed = f"{recovery.kind} store failed, restart needed: {failure}"
+            logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
+            await anyio.sleep_forever()
 
     async def _run_engine(
         self,
@@ -205,6 +298,10 @@ class Lifecycle:
         async with anyio.create_task_group() as task_group:
             await task_group.start(engine.serve)
             self.engine = engine
+            self.state.attach(functools.partial(self.call_engine, engine.submit_state))
+            imported = await self._import_legacy_state()
+            if imported is not None:
+                info["legacy_state_imported"] = imported
             await self._ensure_internal_accounts()
             await complete_openings()
             self.recovery_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
@@ -213,91 +310,34 @@ class Lifecycle:
             task_group.start_soon(self._serve_housekeeping)
             await anyio.sleep_forever()
 
-    async def _serve_pg(self, dsn: str, complete_openings: Callable[[], Any]) -> None:
-        """`serve` on the PostgreSQL store (core/pg_store.py); the customer state stays in
-        the data directory. A store that cannot be reached at start is retried (not ready
-        until then); a store that fails later stops the engine: every service refuses and
-        `failed` says why, until the process is restarted."""
-        from core.pg_store import PgStoreError, open_pg_store
-
-        settings = self.settings
-        started = time.perf_counter()
-        self.state = await anyio.to_thread.run_sync(self._open_state)
-        opened = None
-        try:
-            while opened is None:
-                try:
-                    opened = await open_pg_store(
-                        dsn,
-                        account_capacity=settings.account_capacity,
-                        transfer_capacity=settings.transfer_capacity,
-                        owner=f"tally serve pid {os.getpid()}",
-                    )
-                except PgStoreError as error:
-                    self.failed = f"PostgreSQL store: {error}"
-                    logger.error(
-                        orjson.dumps({"event": "store_unavailable", "error": str(error)}).decode()
-                    )
-                    await anyio.sleep(1)
-            self.failed = None
-            if settings.prefault and hasattr(opened.ledger, "prefault"):
-                await anyio.to_thread.run_sync(opened.ledger.prefault)
-            engine = Engine(
-                opened.ledger,
-                opened.store,
-                self.rules,
-                queue_size=settings.queue_size,
-                linger_s=settings.linger_s,
-                retention_s=settings.retention_s,
-            )
-            info = {
-                "store": "postgresql",
-                "epoch": opened.store.epoch,
-                "entries_replayed": opened.store.last_seq,
-            }
-            try:
-                await self._run_engine(engine, started, info, complete_openings)
-            except* PgStoreError as group:
-                failure = str(group.exceptions[0])
-                self.ready = False
-                self.failed = f"PostgreSQL store failed, restart needed: {failure}"
-                logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
-                await anyio.sleep_forever()
-        finally:
-            self.ready = False
-            with anyio.CancelScope(shield=True):
-                if self.state is not None:
-                    await self.state.flush()
-                    self.state.close()
-                if opened is not None:
-                    await opened.store.close()
-
-    def _open_state(self) -> StateStore:
-        return StateStore.open(
-            self.settings.data_dir,
+    async def _import_legacy_state(self) -> int | None:
+        """Import a legacy `channels-state.jsonl` of the data directory into the store
+        once (durably), then rename it `.imported`; the number of records imported."""
+        path = os.path.join(self.settings.data_dir, LEGACY_STATE_FILE)
+        legacy = await anyio.to_thread.run_sync(read_legacy_file, path)
+        if legacy is None:
+            return None
+        records = legacy_records_to_import(
+            legacy,
             now_s=self.now_ns() // NS_PER_S,
             nonce_window_s=self.settings.nonce_window_s,
         )
-
-    def _recover_sync(self) -> tuple[Any, Any]:
-        settings = self.settings
-        journal = self.open_journal(settings.data_dir)
-        try:
-            recovered = recover_ledger(
-                settings.data_dir, settings.account_capacity, settings.transfer_capacity
-            )
-            if settings.prefault and hasattr(recovered.ledger, "prefault"):
-                recovered.ledger.prefault()
-            self.state = self._open_state()
-        except BaseException:
-            journal.close()
-            raise
-        return journal, recovered
+        # An account after its customer, as at load; bounded changes per entry.
+        records.sort(key=lambda record: LEGACY_IMPORT_ORDER.index(record["k"]))
+        for index in range(0, len(records), LEGACY_IMPORT_CHUNK):
+            await self.state.commit(records[index : index + LEGACY_IMPORT_CHUNK])
+        # A crash before the rename imports the same records again: the same keys, the
+        # same values, nothing else written in between.
+        await anyio.to_thread.run_sync(rename_imported, path)
+        logger.info(
+            orjson.dumps({"event": "legacy_state_imported", "records": len(records)}).decode()
+        )
+        return len(records)
 
     async def _serve_housekeeping(self) -> None:
         """Write staged nonces; now and then forget expired nonces (and, through
         `on_housekeeping`, expired tokens)."""
-        state = self.customer_state()
+        state = self.state
         ticks = 0
         while True:
             await anyio.sleep(HOUSEKEEPING_TICK_S)

@@ -1,30 +1,41 @@
-"""The channels' own durable state: customers, account openings, passwords, nonces.
+"""The customer state: customers, account openings, passwords, tokens, nonces.
 
-None of this belongs in the ledger journal (it is not money and not replayed
-into the kernels), but all of it must survive a crash: a customer's KYC
+None of this is money and none of it is replayed into the kernels, but all
+of it must survive a crash and fail over with the ledger: a customer's KYC
 record, which card an account is bound to, a password hash and its failure
-counter, the nonces that stop a captured request from being replayed.
+counter, the transaction tokens issued, the nonces that stop a captured
+request from being replayed.
 
-It is an append-only JSON-lines file, `channels-state.jsonl`, in the data
-directory. Writers stage records (applied to the in-memory maps at once, so
-uniqueness checks see them) and `commit` waits until they are on disk: one
-leader writes every staged line with one `write` and one `fsync`, and every
-caller whose records were in that write is released together (group
-commit). Nonces are staged but not waited for: a flusher task writes them
-within `flush_interval_s` (the money they could replay is protected by the
-Idempotency-Key, whose transfer id the ledger remembers).
+It lives in the same store as the ledger, as key/value changes the engine
+writes in the PUT_STATE entry of its next group (`Engine.submit_state`):
+journal entries with their checksum in embedded mode, rows of `tally_state`
+committed in the same transaction groups in PostgreSQL. One record per key:
 
-At open, the file is replayed; a last line without its newline is a torn
-write from a crash and is dropped; any other unparseable line is damage and
-the store refuses to open. The file is then compacted (expired nonces and
-superseded password records dropped) into a new file renamed over the old.
+    customer/<id>        account/<id>       password/<account>
+    failures/<account>   token/<token>      nonce/<channel>/<nonce>
+
+each value the record as JSON (orjson). `StateStore` keeps the in-memory
+maps the services read and applies every change to them through one
+function, `apply(key, value)` (None deletes), at load as at run time.
+
+Writers `commit` records: applied in memory at once (so uniqueness checks
+see them) and returned once durable; a full engine queue is waited out
+(bounded), any other refusal undoes them in memory before it propagates. Nonces,
+and the deletion of expired nonces and tokens, are staged and not waited
+for: the housekeeping task `flush`es them within ~50 ms (the money a nonce
+could replay is protected by the Idempotency-Key, whose transfer id the
+ledger remembers; an expired token is refused whether or not it is deleted).
+
+Before this, the state was a JSON-lines file without checksums in the data
+directory, `channels-state.jsonl`; `read_legacy_file` reads one so the
+lifecycle can import it once into the store.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +43,20 @@ import anyio
 import orjson
 
 from core.errors import TallyError
+from core.services.refusals import Code, Refused
 
-STATE_FILE = "channels-state.jsonl"
+LEGACY_STATE_FILE = "channels-state.jsonl"
+LEGACY_IMPORTED_SUFFIX = ".imported"
 NS_PER_S = 1_000_000_000
+Change = tuple[bytes, bytes | None]
+Submit = Callable[[list[Change]], Awaitable[None]]
+# The order records are applied in at load: an account after its customer.
+COMMIT_ATTEMPTS_MAX = 100  # full-queue retries of one commit (about 5 s at the engine's hint)
+LOAD_ORDER = (b"customer/", b"account/", b"password/", b"failures/", b"token/", b"nonce/")
 
 
 class StateError(TallyError):
-    """The state file is damaged or cannot be written."""
+    """A state record that cannot be read, or a legacy state file that is damaged."""
 
 
 @dataclass(slots=True)
@@ -71,95 +89,85 @@ class Password:
     p: int
 
 
+@dataclass(slots=True)
+class Token:
+    account_id: int
+    channel: str
+    expires_ns: int
+
+
+def record_key(record: Mapping[str, Any]) -> bytes:
+    """The state key of a record (one record per key: a later one replaces it)."""
+    kind = record["k"]
+    if kind in ("customer", "account"):
+        return f"{kind}/{record['id']}".encode()
+    if kind in ("password", "failures"):
+        return f"{kind}/{record['account']}".encode()
+    if kind == "token":
+        return f"token/{record['t']}".encode()
+    if kind == "nonce":
+        return nonce_key(record["c"], record["n"])
+    raise StateError(f"unknown state record kind {kind!r}")
+
+
+def nonce_key(channel: str, nonce: str) -> bytes:
+    assert "/" not in channel, channel
+    return f"nonce/{channel}/{nonce}".encode()
+
+
 class StateStore:
-    def __init__(self, directory: str, fd: int) -> None:
-        self.directory = directory
-        self.path = os.path.join(directory, STATE_FILE)
-        self.fd = fd
+    """The in-memory maps of the customer state, and the way their changes become durable."""
+
+    def __init__(self) -> None:
         self.customers: dict[str, Customer] = {}
         self.customer_by_id_number: dict[str, str] = {}
         self.accounts: dict[int, AccountMeta] = {}
         self.passwords: dict[int, Password] = {}
         self.failures: dict[int, tuple[int, int]] = {}  # account -> (business day, count)
+        self.tokens: dict[str, Token] = {}
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
         # (timestamp_s, channel, nonce) in arrival order: pruning pops from the left
         # instead of scanning every live nonce (hundreds of thousands at peak).
         self.nonce_order: collections.deque[tuple[int, str, str]] = collections.deque()
-        self._pending: list[bytes] = []
-        self._group_next = 1  # the group staged records join
-        self._group_durable = 0
-        self._lock: anyio.Lock | None = None
-        self._failure: str | None = None
-        self.fsync_seconds: list[float] = []
-        self.groups_written = 0
+        self.values: dict[bytes, bytes] = {}  # the raw records, as applied
+        self._pending: list[Change] = []  # staged, written by the next `flush`
+        self._submit: Submit | None = None
+        self.changes_committed = 0
 
-    # --- opening ----------------------------------------------------------------
+    # --- loading ----------------------------------------------------------------
 
-    @classmethod
-    def open(cls, directory: str, *, now_s: int, nonce_window_s: int) -> StateStore:
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, STATE_FILE)
-        records: list[dict[str, Any]] = []
-        if os.path.exists(path):
-            with open(path, "rb") as file:
-                data = file.read()
-            lines = data.split(b"\n")
-            tail = lines.pop()  # b"" after a final newline, else a torn line
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError as error:
-                    raise StateError(f"{path}: line {number} is damaged: {error}") from error
-                if not isinstance(record, dict) or "k" not in record:
-                    raise StateError(f"{path}: line {number} is not a state record")
-                records.append(record)
-            del tail  # a torn last write (never acknowledged): dropped by the rewrite below
-        store = cls(directory, -1)
-        for record in records:
-            store._apply(record)
-        for channel, nonces in store.nonces.items():
-            store.nonces[channel] = {
-                nonce: stamp for nonce, stamp in nonces.items() if stamp + nonce_window_s >= now_s
-            }
-        store.nonce_order = collections.deque(
-            sorted(
-                (stamp, channel, nonce)
-                for channel, nonces in store.nonces.items()
-                for nonce, stamp in nonces.items()
-            )
-        )
-        # Compact: rewrite what is current into a new file, then rename it over the old.
-        temporary = path + ".tmp"
-        with open(temporary, "wb") as file:
-            file.write(b"".join(orjson.dumps(r) + b"\n" for r in store._snapshot_records()))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    def load(self, state: Mapping[bytes, bytes], *, now_s: int, nonce_window_s: int) -> None:
+        """Apply the recovered state (`OpenedStore.state`); stage the deletion of nonces
+        too old to pass the window check again."""
+        for prefix in LOAD_ORDER:
+            keys = [key for key in state if key.startswith(prefix)]
+            if prefix == b"account/":
+                keys.sort(key=lambda key: orjson.loads(state[key])["opened_ns"])
+            for key in keys:
+                self.apply(key, state[key])
+        unknown = [key for key in state if not key.startswith(LOAD_ORDER)]
+        if unknown:
+            raise StateError(f"unknown state key {unknown[0]!r}")
+        self.nonce_order = collections.deque(sorted(self.nonce_order))
+        self.prune_nonces(now_s, nonce_window_s)
+
+    def attach(self, submit: Submit) -> None:
+        """Write through `submit` (the engine's `submit_state`) from now on."""
+        self._submit = submit
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """Apply one change to the in-memory maps: the one way a record gets in."""
+        if value is None:
+            self._delete(key)
+            return
         try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
-        store.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        return store
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def _snapshot_records(self) -> Iterable[dict[str, Any]]:
-        for customer in self.customers.values():
-            yield customer_record(customer)
-        for meta in self.accounts.values():
-            yield account_record(meta)
-        for account_id, password in self.passwords.items():
-            yield password_record(account_id, password)
-        for account_id, (day, count) in self.failures.items():
-            yield failures_record(account_id, day, count)
-        for channel, nonces in self.nonces.items():
-            for nonce, timestamp in nonces.items():
-                yield {"k": "nonce", "c": channel, "n": nonce, "t": timestamp}
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError as error:
+            raise StateError(f"state record {key!r} is damaged: {error}") from error
+        if not isinstance(record, dict) or record_key(record) != key:
+            raise StateError(f"state record {key!r} holds another record: {value[:80]!r}")
+        self._apply(record)
+        self.values[key] = value
 
     def _apply(self, record: dict[str, Any]) -> None:
         kind = record["k"]
@@ -201,28 +209,131 @@ class StateStore:
             )
         elif kind == "failures":
             self.failures[int(record["account"])] = (record["day"], record["count"])
-        elif kind == "nonce":
+        elif kind == "token":
+            self.tokens[record["t"]] = Token(
+                int(record["account"]), record["channel"], record["expires_ns"]
+            )
+        else:
+            assert kind == "nonce", kind
             self.nonces.setdefault(record["c"], {})[record["n"]] = record["t"]
             self.nonce_order.append((record["t"], record["c"], record["n"]))
-        else:
-            raise StateError(f"{self.path}: unknown record kind {kind!r}")
 
-    # --- nonces -----------------------------------------------------------------
+    def _delete(self, key: bytes) -> None:
+        value = self.values.pop(key, None)
+        if value is None:
+            return
+        record = orjson.loads(value)
+        kind = record["k"]
+        if kind == "customer":
+            customer = self.customers.pop(record["id"])
+            self.customer_by_id_number.pop(customer.id_number, None)
+        elif kind == "account":
+            meta = self.accounts.pop(int(record["id"]))
+            owner = self.customers.get(meta.customer_id)
+            if owner is not None and meta.account_id in owner.accounts:
+                owner.accounts.remove(meta.account_id)
+        elif kind == "password":
+            self.passwords.pop(int(record["account"]), None)
+        elif kind == "failures":
+            self.failures.pop(int(record["account"]), None)
+        elif kind == "token":
+            self.tokens.pop(record["t"], None)
+        else:
+            seen = self.nonces.get(record["c"])
+            if seen is not None:
+                seen.pop(record["n"], None)
+
+    # --- writing ----------------------------------------------------------------
+
+    async def commit(
+        self, records: Iterable[dict[str, Any]], deleted: Iterable[bytes] = ()
+    ) -> None:
+        """Apply `records` (and delete the keys `deleted`) in memory now; return once
+        they are durable.
+
+        Customer-state writes are few and must not be shed like postings: a full
+        engine queue (refused at once, before anything was queued) is retried after
+        the engine's hint, at most `COMMIT_ATTEMPTS_MAX` times, the records staying
+        applied meanwhile so uniqueness checks see them. Any other refusal, the
+        last overload, or a cancellation while waiting to retry undoes them in
+        memory (each key that still holds this commit's value) before propagating;
+        a cancellation once queued does not (the engine makes them durable).
+        """
+        changes: list[Change] = [(record_key(r), orjson.dumps(r)) for r in records]
+        changes.extend((key, None) for key in deleted)
+        if not changes:
+            return
+        assert self._submit is not None, "the customer state is written once the engine runs"
+        previous = [(key, self.values.get(key)) for key, _ in changes]
+        for key, value in changes:
+            self.apply(key, value)
+        for attempt in range(1, COMMIT_ATTEMPTS_MAX + 1):
+            try:
+                # Nothing awaits before the engine queues the request: a cancellation
+                # delivered in here comes after it was queued (it will be durable).
+                await self._submit(changes)
+                break
+            except Refused as refusal:
+                if refusal.refusal.code != Code.OVERLOADED or attempt == COMMIT_ATTEMPTS_MAX:
+                    self._undo(changes, previous)
+                    raise
+                retry_after_s = refusal.refusal.extras.get("retry_after_s", 0.05)
+            try:
+                await anyio.sleep(retry_after_s)
+            except BaseException:
+                self._undo(changes, previous)
+                raise
+        self.changes_committed += len(changes)
+
+    def _undo(self, changes: list[Change], previous: list[Change]) -> None:
+        mine = {key: value for key, value in changes}
+        for key, value in reversed(previous):
+            if self.values.get(key) == mine[key]:
+                self.apply(key, value)
+
+    def stage(self, records: Iterable[dict[str, Any]]) -> None:
+        """Apply `records` in memory now; they are written with the next `flush`, not
+        waited for: for a change that must not be lost to a refusal of the engine (an
+        opening the engine refused is marked closed while its queue is still full)."""
+        for record in records:
+            key, value = record_key(record), orjson.dumps(record)
+            self.apply(key, value)
+            self._pending.append((key, value))
+
+    async def flush(self) -> None:
+        """Write what is staged (nonces, expired keys' deletions), not waited for by
+        anyone; kept for the next flush if the engine refuses it (a full queue)."""
+        if not self._pending or self._submit is None:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            await self._submit(pending)
+        except Refused:
+            self._pending = pending + self._pending
+            return
+        self.changes_committed += len(pending)
+
+    # --- nonces and tokens ------------------------------------------------------
 
     def nonce_seen(self, channel: str, nonce: str) -> bool:
         seen = self.nonces.get(channel)
         return seen is not None and nonce in seen
 
     def add_nonce(self, channel: str, nonce: str, timestamp_s: int) -> None:
+        key = nonce_key(channel, nonce)
+        value = b'{"k":"nonce","c":"%s","n":"%s","t":%d}' % (
+            channel.encode(),
+            nonce.encode(),
+            timestamp_s,
+        )
         self.nonces.setdefault(channel, {})[nonce] = timestamp_s
         self.nonce_order.append((timestamp_s, channel, nonce))
-        self._pending.append(
-            b'{"k":"nonce","c":"%s","n":"%s","t":%d}\n'
-            % (channel.encode(), nonce.encode(), timestamp_s)
-        )
+        self.values[key] = value
+        self._pending.append((key, value))
 
-    def _prune_nonces(self, now_s: int, window_s: int) -> int:
-        """Forget nonces whose timestamp is too old to pass the window check again."""
+    def prune_nonces(self, now_s: int, window_s: int) -> int:
+        """Forget nonces whose timestamp is too old to pass the window check again
+        (their deletion is staged)."""
         removed = 0
         order = self.nonce_order
         # Arrival order is only roughly timestamp order: a nonce behind a newer one is
@@ -231,73 +342,76 @@ class StateStore:
             _, channel, nonce = order.popleft()
             seen = self.nonces.get(channel)
             if seen is not None and seen.pop(nonce, None) is not None:
+                key = nonce_key(channel, nonce)
+                self.values.pop(key, None)
+                self._pending.append((key, None))
                 removed += 1
         return removed
 
-    def prune_nonces(self, now_s: int, window_s: int) -> int:
-        return self._prune_nonces(now_s, window_s)
+    def token_keys(self, account_id: int) -> list[bytes]:
+        """The keys of `account_id`'s tokens (to delete when its password changes or it closes)."""
+        return [
+            f"token/{token}".encode()
+            for token, entry in self.tokens.items()
+            if entry.account_id == account_id
+        ]
 
-    # --- writing ----------------------------------------------------------------
+    def prune_tokens(self, now_ns: int) -> int:
+        """Forget expired tokens (their deletion is staged)."""
+        expired = [token for token, entry in self.tokens.items() if entry.expires_ns <= now_ns]
+        for token in expired:
+            key = f"token/{token}".encode()
+            self._delete(key)
+            self._pending.append((key, None))
+        return len(expired)
 
-    def stage(self, record: dict[str, Any]) -> None:
-        """Apply `record` in memory now; it is written with the next group."""
-        if self._failure is not None:
-            raise StateError(self._failure)
-        self._apply(record)
-        self._pending.append(orjson.dumps(record) + b"\n")
 
-    async def commit(self, records: Iterable[dict[str, Any]] = ()) -> None:
-        """Stage `records` and return once they (and all staged before) are durable."""
-        for record in records:
-            self.stage(record)
-        group = self._group_next
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            if self._group_durable >= group:
-                return  # a leader wrote our records while we waited for the lock
-            await self._write_pending()
+def read_legacy_file(path: str) -> list[dict[str, Any]] | None:
+    """The records of a legacy `channels-state.jsonl`, in order (None: no such file).
 
-    async def flush(self) -> None:
-        """Write what is staged (nonces included) if anything is."""
-        if not self._pending:
-            return
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            if self._pending:
-                await self._write_pending()
-
-    async def _write_pending(self) -> None:
-        if self._failure is not None:
-            raise StateError(self._failure)
-        lines, self._pending = self._pending, []
-        group = self._group_next
-        self._group_next += 1
-        if lines:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._write_sync, b"".join(lines))
-        self._group_durable = group
-
-    def _write_sync(self, data: bytes) -> None:
-        import time
-
-        started = time.perf_counter()
+    A last line without its newline is a torn write from a crash and is
+    dropped; any other unparseable line is damage and refused.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    lines = data.split(b"\n")
+    lines.pop()  # b"" after a final newline, else a torn last write (never acknowledged)
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-            os.fsync(self.fd)
-        except OSError as error:
-            # After a failed fsync the page cache may already have dropped the dirty
-            # pages: nothing written since can be trusted, so stop accepting writes.
-            self._failure = f"{self.path}: write failed, state store stopped: {error}"
-            raise StateError(self._failure) from error
-        self.fsync_seconds.append(time.perf_counter() - started)
-        if len(self.fsync_seconds) > 4096:
-            del self.fsync_seconds[:2048]
-        self.groups_written += 1
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise StateError(f"{path}: line {number} is damaged: {error}") from error
+        if not isinstance(record, dict) or "k" not in record:
+            raise StateError(f"{path}: line {number} is not a state record")
+        record_key(record)  # refuses an unknown kind
+        records.append(record)
+    return records
+
+
+def legacy_records_to_import(
+    records: Iterable[dict[str, Any]], *, now_s: int, nonce_window_s: int
+) -> list[dict[str, Any]]:
+    """What of a legacy file is still current: the last record per key, nonces in window."""
+    current: dict[bytes, dict[str, Any]] = {}
+    for record in records:
+        if record["k"] == "nonce" and record["t"] + nonce_window_s < now_s:
+            continue
+        current[record_key(record)] = record
+    return list(current.values())
+
+
+def rename_imported(path: str) -> None:
+    """Rename an imported legacy file out of the way, durably."""
+    os.replace(path, path + LEGACY_IMPORTED_SUFFIX)
+    directory_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
 
 
 def customer_record(customer: Customer) -> dict[str, Any]:
@@ -337,4 +451,14 @@ def password_record(account_id: int, password: Password) -> dict[str, Any]:
         "n": password.n,
         "r": password.r,
         "p": password.p,
+    }
+
+
+def token_record(token: str, entry: Token) -> dict[str, Any]:
+    return {
+        "k": "token",
+        "t": token,
+        "account": str(entry.account_id),
+        "channel": entry.channel,
+        "expires_ns": entry.expires_ns,
     }

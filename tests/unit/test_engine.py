@@ -10,6 +10,7 @@ import pytest
 
 from core.engine import Engine, EngineOverloaded
 from core.journal import Journal
+from core.journal_store import JournalStore
 from core.replay import recover_ledger
 from ledger.kernel import KernelLedger
 from ledger.types import CreateTransferResult, TransferCode
@@ -217,7 +218,7 @@ async def test_engine_on_the_journal_recovers_the_same_state(tmp_path: Path) -> 
     ledger whose digest equals the engine's after its last answer."""
     journal = Journal.open(tmp_path)
     ledger = KernelLedger(account_capacity=4096, transfer_capacity=1 << 16)
-    engine = Engine(ledger, journal, example_rules(), clock=FrozenClock())
+    engine = Engine(ledger, JournalStore(journal), example_rules(), clock=FrozenClock())
     async with anyio.create_task_group() as task_group:
         await task_group.start(engine.serve)
         await fund(engine, 1, 20, 50_000)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 import anyio
@@ -17,7 +16,13 @@ from channels.registry import OPERATIONS, RegistryError, load_registry, parse_re
 from core.services import identity, passwords
 from core.services.kyc import BuiltinVerifier
 from core.services.records import derive_transfer_id, derive_transfer_ids_packed
-from core.services.state import STATE_FILE, StateError, StateStore
+from core.services.state import (
+    LEGACY_STATE_FILE,
+    StateError,
+    StateStore,
+    legacy_records_to_import,
+    read_legacy_file,
+)
 from ledger.types import CreateTransferResult
 from limits.rules import load_rules
 
@@ -184,28 +189,62 @@ def test_password_hash_is_salted_and_checked() -> None:
     assert passwords.check_password("135790", one) and not passwords.check_password("135791", one)
 
 
-def test_state_store_survives_a_torn_tail_and_refuses_damage(tmp_path: Path) -> None:
-    """Records replay; a torn last line is dropped; a damaged middle line stops the open."""
+def test_state_store_loads_what_it_committed_and_refuses_damage() -> None:
+    """Records committed through the store's change list load back into the same maps;
+    a nonce past the window is dropped at load and its deletion staged; a value that is
+    not its key's record is refused, naming the key."""
+    written: dict[bytes, bytes] = {}
+
+    async def submit(changes: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in changes:
+            if value is None:
+                written.pop(key, None)
+            else:
+                written[key] = value
 
     async def write() -> None:
-        store = StateStore.open(str(tmp_path), now_s=1000, nonce_window_s=300)
+        store = StateStore()
+        store.attach(submit)
         await store.commit([{"k": "failures", "account": "7", "day": 9, "count": 2}])
         store.add_nonce("app", "abcdefgh", 1000)
         await store.flush()
-        store.close()
 
     anyio.run(write)
-    path = tmp_path / STATE_FILE
-    with open(path, "ab") as file:
-        file.write(b'{"k":"failures","account":"8"')  # a crash mid-write
-    store = StateStore.open(str(tmp_path), now_s=1000, nonce_window_s=300)
+    assert set(written) == {b"failures/7", b"nonce/app/abcdefgh"}
+    store = StateStore()
+    store.load(written, now_s=1000, nonce_window_s=300)
     assert store.failures == {7: (9, 2)} and store.nonce_seen("app", "abcdefgh")
-    store.close()
-    later = StateStore.open(str(tmp_path), now_s=2000, nonce_window_s=300)
-    assert not later.nonce_seen("app", "abcdefgh")  # expired nonces are compacted away
-    later.close()
-    data = path.read_bytes()
-    path.write_bytes(b"{not json}\n" + data)
-    with pytest.raises(StateError):
-        StateStore.open(str(tmp_path), now_s=2000, nonce_window_s=300)
-    assert os.path.exists(path)
+    later = StateStore()
+    later.load(written, now_s=2000, nonce_window_s=300)
+    assert not later.nonce_seen("app", "abcdefgh")  # expired: forgotten, deletion staged
+    assert later._pending == [(b"nonce/app/abcdefgh", None)]
+    damaged = dict(written)
+    damaged[b"failures/7"] = damaged[b"failures/7"].replace(b'"7"', b'"8"')
+    with pytest.raises(StateError, match="failures/7"):
+        StateStore().load(damaged, now_s=1000, nonce_window_s=300)
+
+
+def test_legacy_state_file_drops_a_torn_tail_and_refuses_damage(tmp_path: Path) -> None:
+    """The legacy JSON-lines reader (used once, to import the file into the store): a
+    torn last line is dropped, a damaged middle line refused; only current records
+    (the last per key, nonces inside the window) are imported."""
+    path = tmp_path / LEGACY_STATE_FILE
+    path.write_bytes(
+        b'{"k":"failures","account":"7","day":9,"count":1}\n'
+        b'{"k":"failures","account":"7","day":9,"count":2}\n'
+        b'{"k":"nonce","c":"app","n":"old","t":10}\n'
+        b'{"k":"nonce","c":"app","n":"new","t":1000}\n'
+        b'{"k":"failures","account":"8"'  # a crash mid-write
+    )
+    records = read_legacy_file(str(path))
+    assert records is not None and len(records) == 4
+    current = legacy_records_to_import(records, now_s=1000, nonce_window_s=300)
+    assert current == [
+        {"k": "failures", "account": "7", "day": 9, "count": 2},
+        {"k": "nonce", "c": "app", "n": "new", "t": 1000},
+    ]
+    path.write_bytes(b"{not json}\n" + path.read_bytes())
+    with pytest.raises(StateError, match="line 1"):
+        read_legacy_file(str(path))
+    assert read_legacy_file(str(tmp_path / "absent")) is None
+
