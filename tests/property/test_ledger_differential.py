@@ -349,7 +349,8 @@ class Session:
             limits = self.remaining_limits(debit, credit, channel)
             if limits:
                 limit = min(limits) if rng.randrange(3) else rng.choice(limits)
-                return max(1, limit + rng.choice((0, -1, 1, 0)))
+                # A limit of INT64_MAX (a huge balance) plus one is no int64 amount.
+                return min(INT64_MAX, max(1, limit + rng.choice((0, -1, 1, 0))))
             return rng.randint(1, 3_000)
         if roll < 82:
             return rng.choice(ROUND_AMOUNTS)
