@@ -196,6 +196,57 @@ def runs_table(benchmark: str, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def other_code_runs(
+    reports: list[dict[str, Any]], newest: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Runs of the newest report's command on the same machine and day but on other
+    (clean) code versions, by version: the "before" of a before/after comparison."""
+    version = newest.get("code_version", "unknown")
+    others: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        other = report.get("code_version", "unknown")
+        if (
+            other in (version, "unknown")
+            or other.endswith("-dirty")
+            or report["benchmark"] != newest["benchmark"]
+            or report.get("command") != newest.get("command")
+            or report["machine"] != newest["machine"]
+            or str(report["date"])[:10] != str(newest["date"])[:10]
+        ):
+            continue
+        others.setdefault(other, []).append(report)
+    return others
+
+
+def comparison_table(
+    benchmark: str, runs: list[dict[str, Any]], others: dict[str, list[dict[str, Any]]]
+) -> list[str]:
+    """Medians of this code against each other code version measured the same day on the
+    same machine with the same command (runs interleaved by whoever ran them), and the
+    ratio: how a change moved the figures, with the machine's drift shared by both."""
+    headline = HEADLINES.get(benchmark, "transfers_per_s")
+    keys = [headline, *TARGETS.get(benchmark, {})]
+    keys = [key for key in dict.fromkeys(keys) if all(key in run for run in runs)]
+    lines: list[str] = []
+    for version, before in sorted(others.items()):
+        shared = [key for key in keys if all(key in run for run in before)]
+        if not shared:
+            continue
+        this = runs[0].get("code_version")
+        lines += [
+            f"\nThis code (`{this}`, {len(runs)} runs) against `{version}` ({len(before)}"
+            " runs), same command, machine and day (medians):\n",
+            f"| figure | `{version}` | `{this}` | ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for key in shared:
+            old = statistics.median(run[key] for run in before)
+            new = statistics.median(run[key] for run in runs)
+            ratio = f"{new / old:.3f}" if old else ""
+            lines.append(f"| `{key}` | {old:,} | {new:,} | {ratio} |")
+    return lines
+
+
 def render(reports: list[dict[str, Any]]) -> str:
     lines = [INTRO]
     newest: dict[str, dict[str, Any]] = {}
@@ -224,7 +275,9 @@ def render(reports: list[dict[str, Any]]) -> str:
             else:
                 shown = f"{value:,}" if isinstance(value, int) else str(value)
             lines.append(f"| `{key}` | {shown} | {verdict(benchmark, key, value)} |")
-        lines.extend(runs_table(benchmark, same_day_runs(reports, report)))
+        runs = same_day_runs(reports, report)
+        lines.extend(runs_table(benchmark, runs))
+        lines.extend(comparison_table(benchmark, runs, other_code_runs(reports, report)))
         passes = report.get("passes_transfers_per_s")
         if passes:
             lines.append("\nIndividual passes (transfers/s):\n")
