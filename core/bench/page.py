@@ -157,6 +157,18 @@ def verdict(benchmark: str, key: str, value: Any) -> str:
     return f"{comparison} {bound:,.0f}: {'met' if met else 'NOT met'}"
 
 
+def measured_command(report: dict[str, Any]) -> str:
+    """The report's command without `--save DIR`: where a report is kept changes nothing
+    that was measured, so two runs saved to different directories are the same command."""
+    words = str(report.get("command", "")).split()
+    kept = [
+        word
+        for index, word in enumerate(words)
+        if word != "--save" and (index == 0 or words[index - 1] != "--save")
+    ]
+    return " ".join(kept)
+
+
 def same_day_runs(reports: list[dict[str, Any]], newest: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of the newest report's command on the same code, machine and day, oldest
     first (a report without its code version stands alone)."""
@@ -168,7 +180,7 @@ def same_day_runs(reports: list[dict[str, Any]], newest: dict[str, Any]) -> list
         for report in reports
         if report["benchmark"] == newest["benchmark"]
         and report.get("code_version") == version
-        and report.get("command") == newest.get("command")
+        and measured_command(report) == measured_command(newest)
         and report["machine"] == newest["machine"]
         and str(report["date"])[:10] == str(newest["date"])[:10]
     ]
@@ -209,7 +221,7 @@ def other_code_runs(
             other in (version, "unknown")
             or other.endswith("-dirty")
             or report["benchmark"] != newest["benchmark"]
-            or report.get("command") != newest.get("command")
+            or measured_command(report) != measured_command(newest)
             or report["machine"] != newest["machine"]
             or str(report["date"])[:10] != str(newest["date"])[:10]
         ):
@@ -243,8 +255,15 @@ def comparison_table(
             old = statistics.median(run[key] for run in before)
             new = statistics.median(run[key] for run in runs)
             ratio = f"{new / old:.3f}" if old else ""
-            lines.append(f"| `{key}` | {old:,} | {new:,} | {ratio} |")
+            lines.append(f"| `{key}` | {_figure(old)} | {_figure(new)} | {ratio} |")
     return lines
+
+
+def _figure(value: float) -> str:
+    """A median as the runs show it: the median of two integers is a float."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        value = int(value)
+    return f"{value:,}"
 
 
 def render(reports: list[dict[str, Any]]) -> str:

@@ -88,6 +88,35 @@ def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
     assert "| `durable_transfers_per_s` | 900,000 | >= 1,000,000: NOT met |" in alone
 
 
+def test_page_sets_this_code_against_other_code_run_the_same_day() -> None:
+    """Runs of the same command on two commits the same day, saved to different
+    directories: the newest code's section has a before/after table of medians and their
+    ratio; a run on another day, or of another command, is left out of it."""
+    from core.bench.page import render
+
+    def run(name: str, rate: int, version: str, **changes: str) -> dict[str, object]:
+        report: dict[str, object] = {
+            "_file": name, "benchmark": "engine", "date": "2026-12-06", "machine": "m",
+            "command": f"tally bench engine --seconds 10 --save /tmp/{version}",
+            "code_version": version, "durable_transfers_per_s": rate,
+        }  # fmt: skip
+        report.update(changes)
+        return report
+
+    reports = [
+        run("a.json", 1_000_000, "before"), run("b.json", 1_100_000, "after"),
+        run("c.json", 1_200_000, "before"), run("d.json", 1_300_000, "after"),
+        run("e.json", 5_000_000, "older", date="2026-12-05"),
+        run("f.json", 9_000_000, "other", command="tally bench engine --seconds 99"),
+        run("g.json", 1_200_000, "after"),
+    ]  # fmt: skip
+    page = render(reports)
+    assert "This code (`after`, 3 runs) against `before` (2 runs)" in page
+    assert "| `durable_transfers_per_s` | 1,100,000 | 1,200,000 | 1.091 |" in page
+    assert "`older`" not in page.split("## History")[0]
+    assert "`other`" not in page.split("## History")[0]
+
+
 def test_simulator_reports_without_importing_a_benchmark() -> None:
     """The simulator's report and command line get the machine, code version and report
     saving from core.reports: importing them loads no module of core.bench."""
