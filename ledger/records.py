@@ -133,6 +133,21 @@ def record_id(raw: bytes | bytearray | memoryview, offset: int = 0) -> int:
     return int((hi << 64) | lo)
 
 
+# Where the server writes what a client of the binary batch route must leave zero.
+TRANSFER_CHANNEL_OFFSET = 90
+
+
+def stamp_transfer(buffer: bytearray, offset: int, packed_id: bytes, channel: int) -> bool:
+    """Write the server's id (16 packed bytes) and channel into the client's transfer at
+    `offset`; False, and nothing written, if the client set either."""
+    view = memoryview(buffer)[offset : offset + TRANSFER_SIZE]
+    if any(view[:16]) or view[TRANSFER_CHANNEL_OFFSET]:
+        return False
+    view[:16] = packed_id
+    view[TRANSFER_CHANNEL_OFFSET] = channel
+    return True
+
+
 def pack_account_input(
     *,
     id: int,

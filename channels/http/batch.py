@@ -18,13 +18,8 @@ import orjson
 from channels.http.schema import F, check_value, fail
 from core.services.records import derive_transfer_ids_packed, transfer_id_prefix
 from ledger.constants import LEDGER_CNY
-from ledger.types import (
-    TRANSFER_SIZE,
-    TRANSFER_STRUCT,
-    UINT64_MAX,
-    CreateTransferResult,
-    TransferCode,
-)
+from ledger.records import TRANSFER_SIZE, pack_transfer_after_id, record_id, stamp_transfer
+from ledger.types import CreateTransferResult, TransferCode
 
 http_fast: ModuleType | None = None
 if os.environ.get("TALLY_KERNEL", "kernel") != "reference":
@@ -79,7 +74,6 @@ def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key:
     ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
     channel = channel_ledger_id
     buffer = bytearray(count * TRANSFER_SIZE)
-    pack_into = TRANSFER_STRUCT.pack_into
     account_re = _ACCOUNT_RE.fullmatch
     codes = _CODE_OF_NAME
     for index, item in enumerate(transfers):
@@ -110,14 +104,9 @@ def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key:
                 item, index
             )
         offset = index * TRANSFER_SIZE
-        pack_into(
-            buffer, offset, 0, 0,
-            debit & UINT64_MAX, debit >> 64, credit & UINT64_MAX, credit >> 64,
-            pending & UINT64_MAX, pending >> 64,
-            amount, 0, timeout_s, LEDGER_CNY, code, flags, channel,
-            0, 0, 0, 0, 0, 0, user_data, 0, 0,
-        )  # fmt: skip
-        buffer[offset : offset + 16] = ids[index]
+        buffer[offset : offset + TRANSFER_SIZE] = ids[index] + pack_transfer_after_id(
+            debit, credit, amount, code, pending, timeout_s, LEDGER_CNY, flags, channel, user_data
+        )
     return bytes(buffer)
 
 
@@ -138,15 +127,10 @@ def stamp_binary_batch(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
 def stamp_binary_batch_reference(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
     count = len(raw) // TRANSFER_SIZE
     buffer = bytearray(raw)
-    view = memoryview(buffer)
     ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
-    channel = channel_ledger_id
     for index in range(count):
-        offset = index * TRANSFER_SIZE
-        if any(view[offset : offset + 16]) or buffer[offset + 90]:
+        if not stamp_transfer(buffer, index * TRANSFER_SIZE, ids[index], channel_ledger_id):
             raise fail(f"/{index}", _BINARY_ID_DETAIL)
-        view[offset : offset + 16] = ids[index]
-        buffer[offset + 90] = channel
     return bytes(buffer)
 
 
@@ -162,9 +146,7 @@ def render_batch_results_reference(payload: bytes, codes: bytes, timestamps: Any
     return orjson.dumps(
         [
             {
-                "transfer_id": payload[index * TRANSFER_SIZE : index * TRANSFER_SIZE + 16][
-                    ::-1
-                ].hex(),
+                "transfer_id": f"{record_id(payload, index * TRANSFER_SIZE):032x}",
                 "code": code,
                 "result": R(code).name.lower(),
                 "timestamp_ns": timestamps[index],
