@@ -28,6 +28,7 @@ from core.services.state import (
     Token,
     failures_record,
     password_record,
+    token_digest,
     token_record,
 )
 
@@ -99,7 +100,7 @@ class Auth:
         if account_id not in self.core.customer_state().accounts:
             raise refused(Code.DEBIT_ACCOUNT_NOT_CUSTOMER, str(account_id))
         if consent.token:
-            token = self.core.customer_state().tokens.get(consent.token)
+            token = self.core.customer_state().tokens.get(token_digest(consent.token))
             if token is None or token.expires_ns <= self.core.now_ns():
                 raise refused(Code.TOKEN_INVALID)
             if token.account_id != account_id or token.channel != caller.name:
@@ -121,7 +122,7 @@ class Auth:
         expires_ns = self.core.now_ns() + ttl * NS_PER_S
         # Durable before it is handed out, so it is honoured after a failover too.
         entry = Token(account_id, command.caller.name, expires_ns)
-        await self.core.customer_state().commit([token_record(token, entry)])
+        await self.core.customer_state().commit([token_record(token_digest(token), entry)])
         return TokenIssued(token, account_id, ttl, expires_ns)
 
     async def set_password(self, command: SetPassword) -> None:

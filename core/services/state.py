@@ -12,7 +12,7 @@ journal entries with their checksum in embedded mode, rows of `tally_state`
 committed in the same transaction groups in PostgreSQL. One record per key:
 
     customer/<id>        account/<id>       password/<account>
-    failures/<account>   token/<token>      nonce/<channel>/<nonce>
+    failures/<account>   token/<digest>     nonce/<channel>/<nonce>
 
 each value the record as JSON (orjson). `StateStore` keeps the in-memory
 maps the services read and applies every change to them through one
@@ -34,6 +34,7 @@ lifecycle can import it once into the store.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -454,10 +455,18 @@ def password_record(account_id: int, password: Password) -> dict[str, Any]:
     }
 
 
-def token_record(token: str, entry: Token) -> dict[str, Any]:
+def token_digest(token: str) -> str:
+    """What the state keeps of a transaction token: its SHA-256, never the bearer secret
+    itself, so the journal, a snapshot or a `tally_state` row does not hand out live
+    tokens to whoever reads them."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_record(digest: str, entry: Token) -> dict[str, Any]:
+    """The record of a token issued: keyed by its `token_digest`."""
     return {
         "k": "token",
-        "t": token,
+        "t": digest,
         "account": str(entry.account_id),
         "channel": entry.channel,
         "expires_ns": entry.expires_ns,

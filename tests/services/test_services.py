@@ -154,6 +154,20 @@ async def test_token_expires_on_the_injected_clock(tmp_path: Path) -> None:
 
 
 @run
+async def test_the_store_keeps_a_token_digest_never_the_token(tmp_path: Path) -> None:
+    """An issued token is durable in the store (so it fails over), but what the store
+    holds is its SHA-256: no key or value written carries the bearer token itself."""
+    async with running_bank(tmp_path, Clock()) as bank:
+        source = await funded_account(bank, 1_000)
+        issued = await bank.auth.issue_token(IssueToken(COUNTER, source, PASSWORD))
+        stored = bank.core.running_engine().state
+        token_keys = [key for key in stored if key.startswith(b"token/")]
+        assert len(token_keys) == 1, token_keys
+        secret = issued.token.encode()
+        assert all(secret not in key and secret not in value for key, value in stored.items())
+
+
+@run
 async def test_wrong_passwords_lock_until_the_next_business_day(tmp_path: Path) -> None:
     """Five wrong passwords lock the account (with the seconds to the next business day);
     the right one is refused while locked; a day later on the clock it works again."""

@@ -25,6 +25,7 @@ import pytest
 
 from core.entries import EntryKind, decode_state_changes
 from core.journal import HEADER_SIZE, JournalScan
+from core.services.state import token_digest
 from tests.http_helpers import (
     TallyServer,
     balance,
@@ -121,7 +122,9 @@ def test_customer_state_survives_kill_and_a_flipped_byte_is_refused(tmp_path: Pa
         records = _state_records(data)
         holding = [r for r in records if customer_key in r[2]]
         assert len(holding) == 1 and records[-1] is not holding[0]  # not the last record
-        assert any(f"token/{built['token']}".encode() in r[2] for r in records)
+        token_key = f"token/{token_digest(built['token'])}".encode()
+        assert any(token_key in r[2] for r in records)
+        assert not any(built["token"].encode() in r[2] for r in records)  # only its digest
         server.start()
         _check_state(server, built)
         server.stop()
