@@ -329,17 +329,22 @@ class Engine:
     async def submit_transfer(self, transfer: bytes) -> TransferResult:
         """Post one packed transfer; answers once durable (the single-transfer route's path,
         so it skips the batch checks and result views `submit_transfers` makes)."""
-        request = self.enqueue_transfer(transfer)
+        assert len(transfer) == TRANSFER_SIZE, len(transfer)
+        request = self.enqueue_transfers(transfer)
         await request.done.wait()
         return transfer_result(request)
 
-    def enqueue_transfer(self, transfer: bytes) -> Request:
-        """Queue one packed transfer and return its request at once (or raise
-        EngineOverloaded / EngineStopped); the caller awaits `request.done.wait()`
-        and then reads it with `transfer_result`. `submit_transfer` in two halves,
-        so a caller on the hottest path needs no coroutine of the engine's."""
-        assert len(transfer) == TRANSFER_SIZE, len(transfer)
-        request = Request(RequestKind.TRANSFERS, self._waiter(), payload=bytes(transfer), count=1)
+    def enqueue_transfers(self, transfers: bytes) -> Request:
+        """Queue packed transfers (128 bytes each, up to 8189) and return their request at
+        once (or raise EngineOverloaded / EngineStopped); the caller awaits
+        `request.done.wait()` and reads it with `transfer_result` (one transfer) or
+        `transfer_results`. `submit_transfer(s)` in two halves, so a caller on the hottest
+        path needs no coroutine of the engine's."""
+        count, remainder = divmod(len(transfers), TRANSFER_SIZE)
+        assert remainder == 0 and 1 <= count <= BATCH_SIZE_MAX, len(transfers)
+        request = Request(
+            RequestKind.TRANSFERS, self._waiter(), payload=bytes(transfers), count=count
+        )
         self._enqueue(request)
         return request
 
@@ -766,6 +771,14 @@ _INLINE_KINDS = frozenset(
         EntryKind.PUT_STATE,
     }
 )
+
+
+def transfer_results(request: Request) -> TransferResults:
+    """The outcomes of a transfers request once its `done` is set (or its error)."""
+    if request.error is not None:
+        raise request.error
+    results: TransferResults = request.result
+    return results
 
 
 def transfer_result(request: Request) -> TransferResult:

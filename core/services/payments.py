@@ -23,7 +23,14 @@ from collections.abc import Callable
 
 import orjson
 
-from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, transfer_result
+from core.engine import (
+    EngineFull,
+    EngineOverloaded,
+    EngineStopped,
+    Request,
+    transfer_result,
+    transfer_results,
+)
 from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
@@ -58,24 +65,28 @@ class Payments:
     def count_result(self, name: str, count: int = 1) -> None:
         self.results[name] = self.results.get(name, 0) + count
 
-    def admit(self, caller: Caller, records: bytes, count: int) -> Engine:
-        """THE one point every posting passes on its way to the engine.
+    def admit(self, caller: Caller, records: bytes, count: int) -> Request:
+        """THE one point every posting passes on its way to the engine: the checks, then
+        one engine call (`enqueue_transfers`) for a single transfer and a batch alike.
 
         Args:
             caller: the channel posting.
             records: `count` packed 128-byte transfers, ids derived.
         Returns:
-            the running engine, to post `records` on.
+            the engine's request for `records`, queued: await `request.done.wait()`.
         Error handling:
-            a check's `Refused` propagates (nothing is posted); no running
-            engine yet is `Refused` (NOT_READY).
+            a check's `Refused` propagates (nothing is posted); no running engine
+            yet, a full queue or a stopped engine is `Refused` (nothing is posted).
 
         A synchronous call on purpose: the single transfer pays no coroutine for it.
         """
         if self.checks:
             for check in self.checks:
                 check(caller, records, count)
-        return self.core.running_engine()
+        try:
+            return self.core.running_engine().enqueue_transfers(records)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
 
     async def post(self, command: Posting) -> Posted:
         """Post one transfer (after its holder's consent); answer once durable."""
@@ -98,11 +109,7 @@ class Payments:
             caller.ledger_id,
             0,
         )
-        engine = self.admit(caller, record, 1)
-        try:
-            request = engine.enqueue_transfer(record)
-        except (EngineOverloaded, EngineFull, EngineStopped) as error:
-            raise engine_refusal(error) from None
+        request = self.admit(caller, record, 1)
         await request.done.wait()
         try:
             result = transfer_result(request)
@@ -145,8 +152,12 @@ class Payments:
 
     async def post_batch(self, command: PostingBatch) -> BatchPosted:
         """Post packed records (ids derived) in one engine call; per-item results."""
-        engine = self.admit(command.caller, command.records, command.count)
-        results = await self.core.call_engine(engine.submit_transfers, command.records)
+        request = self.admit(command.caller, command.records, command.count)
+        await request.done.wait()
+        try:
+            results = transfer_results(request)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
         count = command.count
         codes = results.result_codes()
         timestamps = results.timestamps[results.offset : results.offset + count]
