@@ -117,6 +117,8 @@ class TallyServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        # A server that never became ready must not outlive the test that started it.
+        self.kill()
         raise RuntimeError(f"server not ready after {timeout_s} s: {self.log()}")
 
     def log(self) -> str:
