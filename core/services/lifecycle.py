@@ -32,7 +32,7 @@ from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped
 from core.journal import JournalError
 from core.pg_store import PgStoreError
 from core.services import passwords
-from core.services.records import NS_PER_S, account_input
+from core.services.records import NS_PER_S
 from core.services.refusals import Code, Refused, refused
 from core.services.state import (
     LEGACY_STATE_FILE,
@@ -42,6 +42,7 @@ from core.services.state import (
     rename_imported,
 )
 from core.store import JOURNAL_SCHEME, OpenedStore, Store, open_store
+from ledger.records import pack_account_input
 from ledger.types import AccountKind, CreateAccountResult
 from limits.rules import RuleSet
 
@@ -351,7 +352,7 @@ class Lifecycle:
 
     async def _ensure_internal_accounts(self) -> None:
         batch = b"".join(
-            account_input(account_id, 0, kind, 0, 0, INTERNAL_PRODUCT)
+            pack_account_input(id=account_id, kind=kind, product=INTERNAL_PRODUCT, status=0)
             for account_id, kind in INTERNAL_ACCOUNTS
         )
         results = await self.running_engine().submit_accounts(batch)

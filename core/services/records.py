@@ -13,7 +13,7 @@ import datetime
 import hashlib
 
 from core.services.results import TransferRead
-from ledger.records import pack_account_input, transfer_view
+from ledger.records import transfer_view
 from ledger.types import CreateTransferResult, PendingState, TransferCode, TransferFlags
 
 R = CreateTransferResult
@@ -21,15 +21,6 @@ NS_PER_S = 1_000_000_000
 EPOCH_DATE = datetime.date(2000, 1, 1)
 _ID_ZERO = bytes(16)
 _ID_MAX_PACKED = b"\xff" * 16
-
-
-def account_input(
-    account_id: int, bound_id: int, kind: int, status: int, flags: int, product: int
-) -> bytes:
-    """One account-creation input (64 bytes) in CNY: `pack_account_input`, positional."""
-    return pack_account_input(
-        id=account_id, bound_id=bound_id, kind=kind, status=status, flags=flags, product=product
-    )
 
 
 def derive_transfer_id(channel_ledger_id: int, key: str, index: int) -> int:
