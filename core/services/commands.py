@@ -19,6 +19,10 @@ class Caller:
     name: str
     kind: str  # "app", "counter", "atm", "open_api", ...
     ledger_id: int  # the channel's id in the ledger (a transfer's `channel`)
+    # Who acts at the channel, from the signed request: at the counter the teller's id and
+    # role ("teller" or "supervisor"); empty where the channel does not name one.
+    actor_id: str = ""
+    actor_role: str = ""
 
 
 @dataclass(slots=True)

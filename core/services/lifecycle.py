@@ -34,6 +34,7 @@ from core.pg_store import PgStoreError
 from core.services import passwords
 from core.services.records import NS_PER_S
 from core.services.refusals import Code, Refused, refused
+from core.services.server_secrets import DEVELOPMENT, ServerSecrets
 from core.services.state import (
     LEGACY_STATE_FILE,
     StateStore,
@@ -86,6 +87,9 @@ class Settings:
     # How long a posted transfer stays in the log (and a retry meets it by id) before it
     # may be evicted to make room: a log of `transfer_capacity` must hold this much.
     retention_s: float = 86_400.0
+    # The server's own keys (transfer-id hash, password pepper): a file outside the data
+    # directory in production; the public development values only with `--dev`.
+    secrets: ServerSecrets = DEVELOPMENT
 
 
 def engine_refusal(error: EngineOverloaded | EngineFull | EngineStopped) -> Refused:
