@@ -5,6 +5,9 @@
     with TallyClient("http://127.0.0.1:8080", "app", "dev-app-1",
                      "DEVELOPMENT-ONLY-app-secret-0001-not-for-production") as client:
         response = client.post("/v1/transfers", {...}, idempotency_key="order-42")
+        # wechat/app read a customer's data with that customer's session:
+        session = client.post("/v1/sessions", {"account_id": "...", "password": "..."})
+        client.get("/v1/accounts/...", session=session.json()["session"])
 
 `Signer.headers(...)` gives the headers alone, for any HTTP library (Locust's
 requests session, wrk scripts generated ahead of time): the body must be
@@ -106,6 +109,7 @@ class TallyClient:
         query: str = "",
         idempotency_key: str | None = None,
         token: str | None = None,
+        session: str | None = None,
         raw: bytes | None = None,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
@@ -126,6 +130,8 @@ class TallyClient:
         )
         if token is not None:
             signed["Tally-Transaction-Token"] = token
+        if session is not None:
+            signed["Tally-Session"] = session
         if headers:
             signed.update(headers)
         url = path + ("?" + query if query else "")

@@ -1,9 +1,12 @@
 """The channel registry: who may call Tally, with which secrets, for what, how fast.
 
 A TOML file (see `examples/channels.toml`), validated completely before the
-server starts: an unknown key, an unknown operation, a secret shorter than
-32 bytes or a channel whose ledger id is not in the limit rules (or is there
-with another kind) is refused with every problem listed at once.
+server starts: an unknown key, an unknown operation, an operation the
+channel's kind is not offered (`core.services.policy`: a partner bank granted
+`read_account`), a secret shorter than 32 bytes or a channel whose ledger id
+is not in the limit rules (or is there with another kind) is refused with
+every problem listed at once. `operations = ["*"]` is every operation offered
+at the channel's kind.
 
 Money caps per channel (single transfer, per account per day) live in the
 limit rules under the same channel id, because the ledger enforces them
@@ -23,37 +26,13 @@ from types import MappingProxyType
 from typing import Any
 
 from core.errors import TallyError
+from core.services import policy
 from limits.rules import RuleSet
 
-OPERATIONS = (
-    "register_customer",
-    "read_customer",
-    "open_account",
-    "open_class_i",
-    "read_account",
-    "read_history",
-    "set_password",
-    "reset_password",
-    "issue_token",
-    "close_account",
-    "face_to_face",
-    "set_non_bound_inflow",
-    "topup",
-    "withdraw",
-    "cash_deposit",
-    "cash_withdrawal",
-    "transfer",
-    "external_transfer",
-    "incoming_transfer",
-    "payment",
-    "capture",
-    "void",
-    "reversal",
-    "batch",
-    "read_transfer",
-)
+# The operation names and channel kinds are the policy's (core.services.policy): declared once.
+OPERATIONS = tuple(policy.OPERATIONS)
 OPERATION_SET = frozenset(OPERATIONS)
-CHANNEL_KINDS = ("wechat", "app", "counter", "atm", "open_api", "internal")
+CHANNEL_KINDS = policy.CHANNEL_KINDS
 SECRET_BYTES_MIN = 32
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CHANNEL_NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
@@ -175,10 +154,16 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
             problem(f"{prefix}.operations", "expected a list of operation names")
             operations = []
         if operations == ["*"]:
-            operations = list(OPERATIONS)
+            operations = [op for op in OPERATIONS if policy.offered(op, kind)]
         for op in operations:
             if op not in OPERATION_SET:
                 problem(f"{prefix}.operations", f"unknown operation {op!r}")
+            elif not policy.offered(op, kind):
+                kinds = policy.OPERATIONS[op].kinds
+                problem(
+                    f"{prefix}.operations",
+                    f"{op!r} is not offered at {kind} channels (only {', '.join(kinds)})",
+                )
         secrets_table = table.get("secrets", [])
         secret_map: dict[str, bytes] = {}
         if not isinstance(secrets_table, list) or not 1 <= len(secrets_table) <= 2:

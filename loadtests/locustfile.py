@@ -17,7 +17,9 @@ Environment:
 The mix follows /work/shared/DOMAIN.md: payments out of Class II (a hold, then a capture
 or a void) ~55%, top-ups from the bound card ~15%, transfers to non-bound accounts ~8%,
 withdrawals to the bound card ~7%, receipts from other banks ~5%, account openings
-rare; plus balance and history reads. Every money request is signed with the channel's
+rare; plus balance and history reads (in the app and WeChat with the customer's session,
+at an ATM with the token the PIN bought), and partner banks verifying account holder
+names. Every money request is signed with the channel's
 key and carries its own Idempotency-Key; a timeout, a 5xx or a 429 is retried with the
 same key (at most `RETRIES_MAX` times, with backoff). Outcomes:
 
@@ -69,6 +71,7 @@ EXPECTED_REFUSALS = frozenset(
     }
 )
 TOKEN_EXPIRED = "transaction-token-invalid"  # renewed with the PIN and retried, not a failure
+SESSION_EXPIRED = "session-invalid"  # a customer session renewed with the password, not a failure
 RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
 
 
@@ -153,6 +156,7 @@ class TallyUser(FastHttpUser):
         self.merchants: list[dict[str, Any]] = Shared.dataset["merchants"]
         self.me: dict[str, Any] = Shared.rng.choice(self.customers)
         self.tokens: dict[str, str] = {}
+        self.session: str | None = None
         self.acknowledged: list[str] = []
 
     # --- requests ---------------------------------------------------------------------
@@ -167,6 +171,7 @@ class TallyUser(FastHttpUser):
         query: str = "",
         idempotency_key: str | None = None,
         token: str | None = None,
+        session: str | None = None,
     ) -> tuple[int, Any, dict[str, Any] | None]:
         """One signed request; returns (status, response headers, parsed body or None)."""
         data = orjson.dumps(body) if body is not None else b""
@@ -175,6 +180,8 @@ class TallyUser(FastHttpUser):
         )
         if token is not None:
             headers["Tally-Transaction-Token"] = token
+        if session is not None:
+            headers["Tally-Session"] = session
         url = path + ("?" + query if query else "")
         with self.client.request(
             method,
@@ -192,7 +199,11 @@ class TallyUser(FastHttpUser):
                 except orjson.JSONDecodeError:
                     parsed = None
             slug = _slug(parsed)
-            if 200 <= status < 300 or slug in EXPECTED_REFUSALS or slug == TOKEN_EXPIRED:
+            if (
+                200 <= status < 300
+                or slug in EXPECTED_REFUSALS
+                or slug in (TOKEN_EXPIRED, SESSION_EXPIRED)
+            ):
                 response.success()
             elif status in RETRYABLE:
                 response.failure(f"{status} {slug or response.error or ''}".strip())
@@ -215,6 +226,10 @@ class TallyUser(FastHttpUser):
         token of this channel, issued once and issued again when it has expired.
         """
         key = new_key()
+        if operation == "incoming_transfer":
+            # A partner bank's credit is keyed by its clearing reference (the transfer id is
+            # derived from it): the reference is the key the outcome line records.
+            body = dict(body, clearing_reference=key)
         status, headers, parsed = 0, None, None
         for attempt in range(RETRIES_MAX + 1):
             token = self.token_for(*debit_auth) if debit_auth is not None else None
@@ -275,19 +290,47 @@ class TallyUser(FastHttpUser):
             token = self.tokens[account_id] = parsed["token"]
         return token
 
-    def read_account(self, account_id: str) -> dict[str, Any] | None:
+    def session_for(self) -> str | None:
+        """This customer's session at this channel, opened once with the password of one
+        of their accounts (and again when it has expired)."""
+        if self.session is None:
+            status, _, parsed = self.signed(
+                "POST",
+                "/v1/sessions",
+                {"account_id": str(self.me["class_i"]), "password": self.me["password"]},
+                name="POST /v1/sessions",
+            )
+            if status != 201 or parsed is None:
+                return None
+            self.session = parsed["session"]
+        return self.session
+
+    def read_account(
+        self, account_id: str, *, session: str | None = None, token: str | None = None
+    ) -> dict[str, Any] | None:
         status, _, parsed = self.signed(
-            "GET", f"/v1/accounts/{account_id}", name="GET /v1/accounts/{id}"
+            "GET",
+            f"/v1/accounts/{account_id}",
+            name="GET /v1/accounts/{id}",
+            session=session,
+            token=token,
         )
+        if _slug(parsed) == SESSION_EXPIRED:
+            self.session = None  # renewed at the next read
+        elif _slug(parsed) == TOKEN_EXPIRED:
+            self.tokens.pop(account_id, None)
         return parsed if status == 200 else None
 
-    def read_history(self, account_id: str) -> None:
-        self.signed(
+    def read_history(self, account_id: str, *, session: str | None = None) -> None:
+        _, _, parsed = self.signed(
             "GET",
             f"/v1/accounts/{account_id}/history",
             query="limit=20",
             name="GET /v1/accounts/{id}/history",
+            session=session,
         )
+        if _slug(parsed) == SESSION_EXPIRED:
+            self.session = None
 
     def other_customer(self) -> dict[str, Any]:
         while True:
@@ -428,12 +471,13 @@ class MobileUser(TallyUser):
     @tag("read")
     @task(10)
     def balance(self) -> None:
-        self.read_account(self.class_ii())
+        """The customer's own balance, with their session (only theirs is readable)."""
+        self.read_account(self.class_ii(), session=self.session_for())
 
     @tag("read")
     @task(4)
     def history(self) -> None:
-        self.read_history(self.class_ii())
+        self.read_history(self.class_ii(), session=self.session_for())
 
 
 class WechatUser(MobileUser):
@@ -530,11 +574,15 @@ class AtmUser(TallyUser):
     @tag("read")
     @task(3)
     def balance(self) -> None:
-        self.read_account(self.me["class_i"])
+        """A balance enquiry: the card's PIN buys a token, the token reads the balance."""
+        card = self.me["class_i"]
+        self.read_account(card, token=self.token_for(card, self.me["password"]))
 
 
 class OpenApiUser(TallyUser):
-    """Another bank's clearing link: money arriving from non-bound accounts elsewhere."""
+    """Another bank's clearing link: money arriving from non-bound accounts elsewhere (each
+    credit keyed by its clearing reference), and account-name checks before crediting. A
+    partner bank reads nothing else."""
 
     channel = "open_api"
     weight = 10
@@ -561,12 +609,17 @@ class OpenApiUser(TallyUser):
 
     @tag("incoming", "read")
     @task(2)
-    def status(self) -> None:
-        """Look up one of its own acknowledged transfers by id."""
-        if not self.acknowledged:
-            return
-        transfer_id = Shared.rng.choice(self.acknowledged)
-        self.signed("GET", f"/v1/transfers/{transfer_id}", name="GET /v1/transfers/{id}")
+    def verify(self) -> None:
+        """Check a beneficiary's account and name before crediting it (half the time with a
+        name that does not match)."""
+        customer = Shared.rng.choice(self.customers)
+        name = customer["name"] if Shared.rng.random() < 0.5 else "某人"
+        self.signed(
+            "POST",
+            "/v1/account-verifications",
+            {"account_id": str(customer["class_i"]), "name": name},
+            name="POST /v1/account-verifications",
+        )
 
 
 # --- the day, scaled to the run ------------------------------------------------------------

@@ -250,8 +250,28 @@ def topup(client: TallyClient, account_id: str, amount_minor: int, password: str
     )
 
 
-def balance(client: TallyClient, account_id: str) -> int:
-    response = client.get(f"/v1/accounts/{account_id}")
+def open_session(client: TallyClient, account_id: str, password: str = "135790") -> str:
+    """A customer session at `client`'s channel for the holder of `account_id` (wechat and
+    app read a customer's data only with one)."""
+    response = client.post("/v1/sessions", {"account_id": account_id, "password": password})
+    assert response.status_code == 201, response.text
+    return str(response.json()["session"])
+
+
+def read_as_holder(client: TallyClient, account_id: str, password: str = "135790") -> Any:
+    """GET the account at `client`'s channel as its holder would: with a fresh session."""
+    session = open_session(client, account_id, password)
+    response = client.get(f"/v1/accounts/{account_id}", session=session)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def balance(
+    client: TallyClient, account_id: str, *, session: str | None = None, token: str | None = None
+) -> int:
+    """The balance as `client`'s channel reads it (wechat/app: pass the holder's session or
+    a token; the counter and the bank's channel need neither)."""
+    response = client.get(f"/v1/accounts/{account_id}", session=session, token=token)
     assert response.status_code == 200, response.text
     return int(response.json()["balance_minor"])
 

@@ -519,9 +519,18 @@ class App:
                 if quick is None or not quick(parsed):
                     check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
+        session = headers.get(b"tally-session", b"").decode("latin-1")
         caller = self.callers[channel.name]
         return Context(
-            channel, caller, params, query, parsed, key, token, content_type or "application/json"
+            channel,
+            caller,
+            params,
+            query,
+            parsed,
+            key,
+            token,
+            content_type or "application/json",
+            session,
         )
 
 

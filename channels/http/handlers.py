@@ -29,9 +29,12 @@ from core.services.commands import (
     IssueToken,
     Movement,
     OpenAccount,
+    OpenSession,
     PostingBatch,
+    Proof,
     RegisterCustomer,
     SetPassword,
+    VerifyAccount,
 )
 from core.services.customers import CLASS_OF_NAME
 from core.services.policy import OPERATIONS
@@ -56,6 +59,7 @@ class Context:
     idempotency_key: str
     token: str
     content_type: str = "application/json"
+    session: str = ""  # the Tally-Session header (a customer session), as sent
 
 
 @dataclass(slots=True)
@@ -89,6 +93,11 @@ def posted_reply(posted: Posted) -> Reply:
     return Reply(201, orjson.dumps(body), [REPLAY_HEADER] if posted.replayed else [])
 
 
+def proof(ctx: Context) -> Proof:
+    """What the request shows for the customer behind a read (checked by the service)."""
+    return Proof(ctx.session, ctx.token)
+
+
 def consent(ctx: Context) -> Consent:
     body = ctx.body
     password = body.get("password") if isinstance(body, dict) else None
@@ -111,7 +120,31 @@ class Handlers:
         return json_reply(201, await self.bank.customers.register(command))
 
     async def read_customer(self, ctx: Context) -> Reply:
-        return json_reply(200, self.bank.customers.read(ctx.params["customer_id"]))
+        customer = self.bank.customers.read(ctx.caller, ctx.params["customer_id"], proof(ctx))
+        return json_reply(200, customer)
+
+    async def open_session(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.body["account_id"])
+        command = OpenSession(ctx.caller, account_id, ctx.body["password"])
+        opened = await self.bank.auth.open_session(command)
+        return json_reply(
+            201,
+            {
+                "session": opened.session,
+                "customer_id": opened.customer_id,
+                "expires_in_s": opened.ttl_s,
+                "expires_at": rfc3339(opened.expires_ns),
+            },
+        )
+
+    async def end_session(self, ctx: Context) -> Reply:
+        await self.bank.auth.end_session(ctx.caller, ctx.session)
+        return Reply(204, b"")
+
+    async def verify_account(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.body["account_id"])
+        command = VerifyAccount(ctx.caller, account_id, ctx.body["name"])
+        return json_reply(200, self.bank.accounts.verify(command))
 
     async def open_account(self, ctx: Context) -> Reply:
         body = ctx.body
@@ -127,7 +160,7 @@ class Handlers:
 
     async def read_account(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
-        return json_reply(200, await self.bank.reads.account(ctx.caller, account_id))
+        return json_reply(200, await self.bank.reads.account(ctx.caller, account_id, proof(ctx)))
 
     async def read_history(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
@@ -138,7 +171,9 @@ class Handlers:
         if cursor_text and not _CURSOR_RE.fullmatch(cursor_text):
             raise fail("/cursor", "cursor must be the next_cursor of the previous page")
         before = int(cursor_text) if cursor_text else -1
-        page = await self.bank.reads.history(account_id, int(limit_text), before)
+        page = await self.bank.reads.history(
+            ctx.caller, account_id, int(limit_text), before, proof(ctx)
+        )
         cursor = str(page.next_cursor) if page.next_cursor is not None else None
         return json_reply(
             200, {"account_id": str(account_id), "items": page.items, "next_cursor": cursor}
@@ -146,7 +181,7 @@ class Handlers:
 
     async def read_transfer(self, ctx: Context) -> Reply:
         transfer_id = transfer_id_param(ctx.params["transfer_id"])
-        return json_reply(200, await self.bank.reads.transfer(transfer_id))
+        return json_reply(200, await self.bank.reads.transfer(ctx.caller, transfer_id, proof(ctx)))
 
     async def issue_token(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
@@ -250,7 +285,9 @@ class Handlers:
 
     async def incoming_transfer(self, ctx: Context) -> Reply:
         credit = account_id_param(ctx.body["credit_account_id"], "credit_account_id")
-        move = self._movement(ctx, "incoming_transfer", credit)
+        move = self._movement(
+            ctx, "incoming_transfer", credit, reference=ctx.body["clearing_reference"]
+        )
         return posted_reply(await self.payments.incoming_transfer(move))
 
     async def payment(self, ctx: Context) -> Reply:

@@ -65,9 +65,7 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "errors": {"type": "array", "items": _object({"pointer": STRING, "detail": STRING})},
             "ledger_result": _object({"code": INT, "name": STRING}),
             "attempts_remaining": INT,
-            "customer_id": STRING,
             "size_max": INT,
-            "fields": {"type": "array", "items": STRING},
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -164,6 +162,10 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
     "Token": _object(
         {"token": STRING, "account_id": STRING, "expires_in_s": INT, "expires_at": STRING}
     ),
+    "Session": _object(
+        {"session": STRING, "customer_id": STRING, "expires_in_s": INT, "expires_at": STRING}
+    ),
+    "AccountVerification": _object({"exists": BOOL, "name_matches": BOOL}),
     "BatchResult": _object(
         {
             "count": INT,
@@ -181,8 +183,10 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
 COMMON_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 DESCRIPTIONS = {
     400: "Malformed request: invalid JSON, missing or malformed Idempotency-Key",
-    401: "Unsigned, badly signed, stale or replayed request (or transaction auth missing)",
-    403: "Operation not allowed for this channel, or wrong transaction password",
+    401: "Unsigned, badly signed, stale or replayed request (or the transaction password, "
+    "token or customer session missing or invalid)",
+    403: "Operation not allowed for this channel, wrong transaction password, or data "
+    "outside the channel's read scope",
     404: "No such route, account, customer or transfer",
     405: "Method not allowed",
     409: "Conflict: Idempotency-Key in flight, account or hold in the wrong state",
@@ -205,6 +209,13 @@ def _problem_response(status: int) -> dict[str, Any]:
     if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
     return response
+
+
+# Reads scoped by a customer session or a token (core.services.policy.READ_SCOPES).
+SESSION_OPERATIONS = frozenset(
+    {"read_customer", "read_account", "read_history", "read_transfer", "end_session"}
+)
+TOKEN_READ_OPERATIONS = frozenset({"read_account", "read_history", "read_transfer"})
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -239,14 +250,30 @@ def _operation(route: Route) -> dict[str, Any]:
                 },
             }
         )
-    if policy.consent:
+    if route.operation in SESSION_OPERATIONS:
+        parameters.append(
+            {
+                "name": "Tally-Session",
+                "in": "header",
+                "required": route.operation == "end_session",
+                "description": "a customer session from POST /v1/sessions (wechat and app "
+                "channels read only that customer's data)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            }
+        )
+    if policy.consent or route.operation in TOKEN_READ_OPERATIONS:
         parameters.append(
             {
                 "name": "Tally-Transaction-Token",
                 "in": "header",
                 "required": False,
                 "description": "a token from POST /v1/accounts/{account_id}/tokens, "
-                "instead of `password`",
+                + (
+                    "instead of `password`"
+                    if policy.consent
+                    else "for the account read (at wechat and app, or a Tally-Session; "
+                    "at an ATM, required)"
+                ),
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             }
         )

@@ -223,20 +223,21 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "can be debited by this operation)",
     ),
     C.BOUND_CARD_INVALID: (422, "invalid-card-number", "The bound card number is not valid"),
+    # One answer to every failed binding: which check failed is in the server log only.
     C.BOUND_CARD_NOT_SAME_NAME: (
         422,
         "bound-card-not-same-name",
-        "The bound card must be the customer's own (same name, ID number, mobile)",
+        "The card does not match the applicant",
     ),
     C.BOUND_CARD_OTHER_CUSTOMER: (
         422,
         "bound-card-not-same-name",
-        "The bound card belongs to another customer",
+        "The card does not match the applicant",
     ),
     C.BOUND_CARD_NOT_FOUND: (
         422,
-        "bound-card-not-found",
-        "No open Class I card of this bank has this number",
+        "bound-card-not-same-name",
+        "The card does not match the applicant",
     ),
     C.BENEFICIARY_CARD_INVALID: (
         422,
@@ -287,6 +288,22 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "Class II/III accounts are still bound to this Class I card",
     ),
     C.TRANSFER_NOT_FOUND: (404, "transfer-not-found", "No transfer with this id"),
+    C.SESSION_INVALID: (
+        401,
+        "session-invalid",
+        "The customer session is unknown, expired or was opened at another channel",
+    ),
+    C.READ_AUTHENTICATION_REQUIRED: (
+        401,
+        "read-authentication-required",
+        "Reading a customer's data at this channel needs the customer's session or a "
+        "transaction token",
+    ),
+    C.READ_NOT_IN_SCOPE: (
+        403,
+        "read-not-in-scope",
+        "The customer of this session does not hold what was asked for",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})

@@ -85,10 +85,23 @@ EXTERNAL_NEW = {
     "beneficiary": COUNTERPARTY,
     "password": PASSWORD_OPTIONAL,
 }
+CLEARING_REFERENCE_PATTERN = "^[0-9A-Za-z][0-9A-Za-z_.:-]{0,63}$"
 INCOMING_NEW = {
     "credit_account_id": F("account_id"),
     "amount_minor": AMOUNT,
     "payer": COUNTERPARTY,
+    "clearing_reference": F(
+        "string",
+        pattern=CLEARING_REFERENCE_PATTERN,
+        description="the clearing system's reference of the credit: the operation key "
+        "(the same reference twice posts once, whatever the Idempotency-Key)",
+        example="IBPS20261121000123",
+    ),
+}
+SESSION_NEW = {"account_id": F("account_id"), "password": PASSWORD}
+VERIFICATION = {
+    "account_id": F("account_id"),
+    "name": F("string", min_length=1, max_length=64, pattern=NAME_PATTERN, example="张三"),
 }
 PAYMENT_NEW = {
     "debit_account_id": F("account_id"),
@@ -186,10 +199,41 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/customers/{customer_id}",
         "read_customer",
-        "A customer and their accounts",
+        "A customer and their accounts (wechat/app: with that customer's Tally-Session)",
         200,
         "Customer",
-        problems=(404,),
+        problems=(401, 403, 404),
+    ),
+    _route(
+        "POST",
+        "/v1/sessions",
+        "open_session",
+        "Open a customer session at this channel with the transaction password of one of the "
+        "customer's accounts; send it as Tally-Session to read that customer's data",
+        201,
+        "Session",
+        body=SESSION_NEW,
+        problems=(403, 404, 409, 423),
+    ),
+    _route(
+        "DELETE",
+        "/v1/sessions/current",
+        "end_session",
+        "End the customer session sent in Tally-Session",
+        204,
+        "",
+        problems=(401, 403),
+    ),
+    _route(
+        "POST",
+        "/v1/account-verifications",
+        "verify_account",
+        "Whether an account exists (open, a customer's) and is held by this name: "
+        "for a partner bank before it credits; nothing else is disclosed",
+        200,
+        "AccountVerification",
+        body=VERIFICATION,
+        problems=(403, 422),
     ),
     _route(
         "POST",
@@ -206,10 +250,11 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/accounts/{account_id}",
         "read_account",
-        "Balances, and the remaining daily/yearly quota of each PBoC bucket and of this channel",
+        "Balances, and the remaining daily/yearly quota of each PBoC bucket and of this channel "
+        "(wechat/app: with the holder's Tally-Session or a token; ATM: with a token)",
         200,
         "Account",
-        problems=(404, 422),
+        problems=(401, 403, 404, 422),
     ),
     _route(
         "GET",
@@ -218,7 +263,7 @@ ROUTES: tuple[Route, ...] = (
         "The account's transfers, newest first; pass next_cursor as cursor for the next page",
         200,
         "History",
-        problems=(404, 422),
+        problems=(401, 403, 404, 422),
         query={
             "limit": F("integer", required=False, minimum=1, maximum=500),
             "cursor": F("string", required=False, pattern="^[0-9]{1,18}$"),
@@ -351,10 +396,10 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/transfers/{transfer_id}",
         "read_transfer",
-        "One transfer by id",
+        "One transfer by id (one the channel may not read answers 404)",
         200,
         "Transfer",
-        problems=(404, 422),
+        problems=(401, 403, 404, 422),
     ),
     _route(
         "POST",
@@ -381,7 +426,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/incoming-transfers",
         "incoming_transfer",
-        "Credit money arriving from another bank through clearing",
+        "Credit money arriving from another bank through clearing, once per clearing reference",
         201,
         "Posting",
         body=INCOMING_NEW,

@@ -100,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linger-ms", type=float, default=1.0, help="engine batch linger")
     parser.add_argument("--token-ttl-s", type=int, default=300, help="transaction token lifetime")
     parser.add_argument(
+        "--session-ttl-s",
+        type=int,
+        default=900,
+        help="customer session lifetime (reads at wechat and app channels)",
+    )
+    parser.add_argument(
         "--password-failures-max",
         type=int,
         default=5,
@@ -130,6 +136,7 @@ def build_app(args: argparse.Namespace) -> App:
         queue_size=args.queue_size,
         linger_s=args.linger_ms / 1000,
         token_ttl_s=args.token_ttl_s,
+        session_ttl_s=args.session_ttl_s,
         password_failures_max=args.password_failures_max,
         scrypt_n=args.scrypt_n,
         snapshot_every_entries=args.snapshot_every_entries,

@@ -16,10 +16,11 @@ import orjson
 
 from core.services import identity, passwords
 from core.services.auth import Auth
-from core.services.commands import Caller, ChangeAccount, OpenAccount
+from core.services.commands import Caller, ChangeAccount, OpenAccount, VerifyAccount
 from core.services.customers import CLASS_NAMES, Customers
 from core.services.lifecycle import Lifecycle
 from core.services.refusals import Code, Refusal, Refused, kind_refused, refused
+from core.services.results import AccountVerified
 from core.services.state import AccountMeta, Customer, password_record
 from core.services.state import account_record as meta_record
 from ledger.records import account_view, pack_account_input
@@ -94,7 +95,7 @@ class Accounts:
             )
         bound = None
         if command.bound_card is not None:
-            bound = self._check_binding(customer, command.bound_card)
+            bound = self._check_binding(command.caller, customer, command.bound_card)
         account_id = self._new_account_number(account_class)
         meta = AccountMeta(
             account_id, customer.customer_id, account_class, bound, self.core.now_ns()
@@ -127,7 +128,13 @@ class Accounts:
         )
         return account_id
 
-    def _check_binding(self, customer: Customer, card: dict[str, Any]) -> dict[str, Any]:
+    def _check_binding(
+        self, caller: Caller, customer: Customer, card: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The bound card's record, or one generic refusal whatever failed (which of the
+        name, ID number or mobile differed, or that an own card is another customer's
+        or not an open Class I card, goes to the server log only: an applicant who
+        guesses must not learn which part was right)."""
         number = card["card_number"]
         problem = identity.card_number_problem(number)
         if problem is not None:
@@ -140,11 +147,7 @@ class Accounts:
         if card["reserved_mobile"] != customer.mobile:
             mismatches.append("reserved_mobile")
         if mismatches:
-            raise refused(
-                Code.BOUND_CARD_NOT_SAME_NAME,
-                "differs: " + ", ".join(mismatches),
-                fields=mismatches,
-            )
+            raise self._binding_refused(caller, customer, number, mismatches)
         own = int(number) if number.startswith(BIN_OF_CLASS[1]) else 0
         if not own:
             return {
@@ -156,9 +159,9 @@ class Accounts:
             }
         meta = self.core.customer_state().accounts.get(own)
         if meta is None or meta.account_class != 1 or meta.closed:
-            raise refused(Code.BOUND_CARD_NOT_FOUND, identity.mask_card(number))
+            raise self._binding_refused(caller, customer, number, ["no_open_class_i_card"])
         if meta.customer_id != customer.customer_id:
-            raise refused(Code.BOUND_CARD_OTHER_CUSTOMER)
+            raise self._binding_refused(caller, customer, number, ["other_customer"])
         return {
             "kind": "internal",
             "card_number": number,
@@ -166,6 +169,34 @@ class Accounts:
             "card_type": "class_i_debit",
             "checks": ["luhn", "same_customer"],
         }
+
+    @staticmethod
+    def _binding_refused(
+        caller: Caller, customer: Customer, number: str, failed: list[str]
+    ) -> Refused:
+        logger.info(
+            orjson.dumps(
+                {
+                    "event": "card_binding_refused",
+                    "customer_id": customer.customer_id,
+                    "channel": caller.name,
+                    "card": identity.mask_card(number),
+                    "failed": failed,
+                }
+            ).decode()
+        )
+        return refused(Code.BOUND_CARD_NOT_SAME_NAME, "the card does not match the applicant")
+
+    def verify(self, command: VerifyAccount) -> AccountVerified:
+        """Whether `command.account_id` is an open customer account held by `command.name`:
+        the two booleans a partner bank may learn, nothing else (a closed or bank-internal
+        account does not exist for it)."""
+        state = self.core.customer_state()
+        meta = state.accounts.get(command.account_id)
+        if meta is None or meta.closed:
+            return AccountVerified(False, False)
+        customer = state.customers.get(meta.customer_id)
+        return AccountVerified(True, customer is not None and customer.name == command.name)
 
     async def create_in_ledger(self, meta: AccountMeta) -> int:
         flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -1,7 +1,14 @@
-"""Transaction authorization: passwords (hash, failure counter, daily lock) and tokens.
+"""Transaction authorization: passwords (hash, failure counter, daily lock), tokens,
+customer sessions, and whose data a read may see.
 
 A debit of a customer account needs its holder's consent: a live transaction
 token issued to this channel for this account, or the transaction password.
+A read is scoped by the caller's channel kind (`core.services.policy.READ_SCOPES`):
+a customer-facing channel shows a customer session (`open_session`: the
+password of one of the customer's accounts buys it, for this channel only) or
+a token for the account; an ATM shows the token its PIN bought. Sessions are
+kept like tokens (the SHA-256 of the bearer secret, durable, with a lifetime)
+and are revoked with every password change of the customer's accounts.
 Wrong passwords are counted per business day; at the maximum the account is
 locked until the next business day (or a counter resets the password).
 The clock is injected (`Lifecycle.now_ns`), so tests move time instead of
@@ -13,21 +20,32 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
+from collections.abc import Container
 
 import anyio
 import orjson
 
-from core.services import passwords
-from core.services.commands import Caller, Consent, IssueToken, SetPassword
+from core.services import passwords, policy
+from core.services.commands import (
+    Caller,
+    Consent,
+    IssueToken,
+    OpenSession,
+    Proof,
+    SetPassword,
+)
 from core.services.lifecycle import Lifecycle
+from core.services.policy import ReadScope
 from core.services.records import NS_PER_S
-from core.services.refusals import Code, refused
-from core.services.results import TokenIssued
+from core.services.refusals import Code, kind_refused, refused
+from core.services.results import SessionOpened, TokenIssued
 from core.services.state import (
     AccountMeta,
+    Session,
     Token,
     failures_record,
     password_record,
+    session_record,
     token_digest,
     token_record,
 )
@@ -146,8 +164,13 @@ class Auth:
         if reset:
             records.append(failures_record(account_id, self.core.today(), 0))
         state = self.core.customer_state()
-        # The account's tokens are revoked in the same durable change as the password.
-        await state.commit(records, deleted=state.token_keys(account_id))
+        # The account's tokens, and the sessions of its holder (on every channel), are
+        # revoked in the same durable change as the password.
+        revoked = state.token_keys(account_id)
+        meta = state.accounts.get(account_id)
+        if meta is not None:
+            revoked += state.session_keys(meta.customer_id)
+        await state.commit(records, deleted=revoked)
         logger.info(
             orjson.dumps(
                 {"event": "password_set", "account_id": str(account_id), "reset": reset}
@@ -155,5 +178,123 @@ class Auth:
         )
 
     def forget_expired(self, now_ns: int) -> None:
-        """Forget expired tokens (their deletion is written with the next flush)."""
+        """Forget expired tokens and sessions (their deletion is written with the next flush)."""
         self.core.customer_state().prune_tokens(now_ns)
+
+    # --- customer sessions ----------------------------------------------------------
+
+    async def open_session(self, command: OpenSession) -> SessionOpened:
+        """A session for the customer holding `command.account_id`, at this channel only,
+        bought with that account's transaction password (failures counted and locked
+        exactly as for a debit)."""
+        meta = self.meta_of(command.account_id)
+        if meta.closed:
+            raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, str(command.account_id))
+        await self.verify_password(command.account_id, command.password)
+        ttl = self.core.settings.session_ttl_s
+        secret = secrets.token_urlsafe(24)
+        expires_ns = self.core.now_ns() + ttl * NS_PER_S
+        entry = Session(meta.customer_id, command.caller.name, expires_ns)
+        # Durable before it is handed out, so it is honoured after a failover too.
+        await self.core.customer_state().commit([session_record(token_digest(secret), entry)])
+        logger.info(
+            orjson.dumps(
+                {
+                    "event": "session_opened",
+                    "customer_id": meta.customer_id,
+                    "channel": command.caller.name,
+                }
+            ).decode()
+        )
+        return SessionOpened(secret, meta.customer_id, ttl, expires_ns)
+
+    async def end_session(self, caller: Caller, session: str) -> None:
+        """End the session presented (the customer logs out)."""
+        self.session_customer(caller, session)
+        state = self.core.customer_state()
+        await state.commit([], deleted=[f"session/{token_digest(session)}".encode()])
+
+    def session_customer(self, caller: Caller, session: str) -> str:
+        """The customer a live session of this channel acts for (`Refused` SESSION_INVALID)."""
+        entry = self.core.customer_state().sessions.get(token_digest(session))
+        if entry is None or entry.expires_ns <= self.core.now_ns() or entry.channel != caller.name:
+            raise refused(Code.SESSION_INVALID)
+        return entry.customer_id
+
+    # --- whose data a read may see (core.services.policy.READ_SCOPES) ----------------
+
+    def _token_account(self, caller: Caller, token: str) -> int:
+        entry = self.core.customer_state().tokens.get(token_digest(token))
+        if entry is None or entry.expires_ns <= self.core.now_ns():
+            raise refused(Code.TOKEN_INVALID)
+        if entry.channel != caller.name:
+            raise refused(Code.TOKEN_NOT_FOR_ACCOUNT)
+        return entry.account_id
+
+    def _proven(self, caller: Caller, scope: ReadScope, proof: Proof) -> tuple[str, int]:
+        """(customer id, account id) the proof of a one-customer or one-account channel
+        speaks for (one of them set); refuses a read without a valid proof."""
+        if proof.token:
+            return "", self._token_account(caller, proof.token)
+        if scope == ReadScope.CUSTOMER and proof.session:
+            return self.session_customer(caller, proof.session), 0
+        raise refused(
+            Code.READ_AUTHENTICATION_REQUIRED,
+            "send the customer's Tally-Session or a Tally-Transaction-Token for the account"
+            if scope == ReadScope.CUSTOMER
+            else "send a Tally-Transaction-Token for the account (the card's PIN buys one)",
+        )
+
+    def readable_account(self, caller: Caller, account_id: int, proof: Proof) -> None:
+        """Refuse unless `caller` may read `account_id` (its balance, its history).
+
+        Checked before the account is looked up, so an account the caller may not read
+        answers the same whether it exists or not.
+        """
+        scope = policy.read_scope(caller)
+        if scope == ReadScope.BANK:
+            return
+        if scope == ReadScope.NONE:
+            raise kind_refused(caller, policy.READ_KINDS, "Reading an account")
+        meta = self.core.customer_state().accounts.get(account_id)
+        if scope == ReadScope.CUSTOMERS:
+            if meta is None:  # a bank-internal account: the internal channel's alone
+                raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, str(account_id))
+            return
+        customer_id, proven_account = self._proven(caller, scope, proof)
+        if proven_account:
+            if proven_account != account_id:
+                raise refused(Code.TOKEN_NOT_FOR_ACCOUNT)
+            return
+        if meta is None or meta.customer_id != customer_id:
+            raise refused(Code.READ_NOT_IN_SCOPE, str(account_id))
+
+    def readable_customer(self, caller: Caller, customer_id: str, proof: Proof) -> None:
+        """Refuse unless `caller` may read customer `customer_id` (name, accounts)."""
+        scope = policy.read_scope(caller)
+        if scope in (ReadScope.BANK, ReadScope.CUSTOMERS):
+            return
+        if scope != ReadScope.CUSTOMER:
+            raise kind_refused(caller, policy.SERVING_KINDS, "Reading a customer")
+        if not proof.session:
+            raise refused(Code.READ_AUTHENTICATION_REQUIRED, "send the customer's Tally-Session")
+        if self.session_customer(caller, proof.session) != customer_id:
+            raise refused(Code.READ_NOT_IN_SCOPE, customer_id)
+
+    def transfer_reader(self, caller: Caller, proof: Proof) -> Container[int] | None:
+        """The accounts whose transfers `caller` may read: None for every transfer (the
+        bank), else a set a transfer must touch (a counter: every customer account).
+        Refuses at once a caller that may read none, or shows no valid proof."""
+        scope = policy.read_scope(caller)
+        if scope == ReadScope.BANK:
+            return None
+        if scope == ReadScope.NONE:
+            raise kind_refused(caller, policy.READ_KINDS, "Reading a transfer")
+        state = self.core.customer_state()
+        if scope == ReadScope.CUSTOMERS:
+            return state.accounts.keys()  # a view: nothing copied
+        customer_id, proven_account = self._proven(caller, scope, proof)
+        if proven_account:
+            return frozenset((proven_account,))
+        customer = state.customers.get(customer_id)
+        return frozenset(customer.accounts) if customer is not None else frozenset()

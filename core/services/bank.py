@@ -39,10 +39,10 @@ class Bank:
         self.settings = settings
         self.rules = rules
         self.auth = Auth(self.core)
-        self.customers = Customers(self.core, verifier)
+        self.customers = Customers(self.core, self.auth, verifier)
         self.accounts = Accounts(self.core, self.customers, self.auth)
         self.payments = Payments(self.core, self.auth, posting_checks)
-        self.reads = Reads(self.core)
+        self.reads = Reads(self.core, self.auth)
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover, run the engine and keep house until cancelled (`Lifecycle.serve`)."""

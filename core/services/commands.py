@@ -33,6 +33,19 @@ class Consent:
     password: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What a read shows for the customer behind it, as the request carried it: a customer
+    session (`Auth.open_session`) or a transaction token (`Auth.issue_token`). Checked by
+    `Auth.readable_*` against the channel kind's read scope (`core.services.policy`)."""
+
+    session: str = ""
+    token: str = ""
+
+
+NO_PROOF = Proof()
+
+
 @dataclass(slots=True)
 class RegisterCustomer:
     caller: Caller
@@ -75,6 +88,25 @@ class IssueToken:
     caller: Caller
     account_id: int
     password: str
+
+
+@dataclass(slots=True)
+class OpenSession:
+    """A customer proves who they are at a customer-facing channel: the transaction
+    password of one of their open accounts."""
+
+    caller: Caller
+    account_id: int
+    password: str
+
+
+@dataclass(slots=True)
+class VerifyAccount:
+    """A partner bank asks whether `account_id` is an open account held by `name`."""
+
+    caller: Caller
+    account_id: int
+    name: str
 
 
 @dataclass(slots=True)
@@ -122,3 +154,4 @@ class Movement:
     counterpart: int = 0  # payment: the merchant
     timeout_s: int = 0  # payment: the hold's lifetime (0: the default)
     beneficiary: dict[str, Any] | None = None  # external: bank_code, account_number, name
+    reference: str = ""  # incoming: the clearing reference (the operation key)

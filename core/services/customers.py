@@ -1,4 +1,10 @@
-"""Customers: real-name registration with KYC, and the customer read model."""
+"""Customers: real-name registration with KYC, and the customer read model.
+
+Registering an ID number that is already registered is refused without naming
+the existing customer (`CUSTOMER_EXISTS` carries no id: a channel that did not
+register the customer must not learn their id from the refusal); the customer
+proves who they are with a session (`Auth.open_session`), which names them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import secrets
 import orjson
 
 from core.services import identity
-from core.services.commands import RegisterCustomer
+from core.services.auth import Auth
+from core.services.commands import NO_PROOF, Caller, Proof, RegisterCustomer
 from core.services.kyc import BuiltinVerifier, Verifier
 from core.services.lifecycle import Lifecycle
 from core.services.records import NS_PER_S, rfc3339
@@ -24,8 +31,9 @@ CLASS_OF_NAME = {name: number for number, name in CLASS_NAMES.items()}
 
 
 class Customers:
-    def __init__(self, core: Lifecycle, verifier: Verifier | None = None) -> None:
+    def __init__(self, core: Lifecycle, auth: Auth, verifier: Verifier | None = None) -> None:
         self.core = core
+        self.auth = auth
         self.verifier = verifier or BuiltinVerifier(core.settings.minimum_age)
 
     def customer_of(self, customer_id: str) -> Customer:
@@ -41,7 +49,17 @@ class Customers:
         state = self.core.customer_state()
         existing = state.customer_by_id_number.get(parsed.number)
         if existing is not None:
-            raise refused(Code.CUSTOMER_EXISTS, customer_id=existing)
+            logger.info(
+                orjson.dumps(
+                    {
+                        "event": "customer_exists",
+                        "customer_id": existing,
+                        "id_number": identity.mask_resident_id(parsed.number),
+                        "channel": command.caller.name,
+                    }
+                ).decode()
+            )
+            raise refused(Code.CUSTOMER_EXISTS)
         now_ns = self.core.now_ns()
         today = datetime.datetime.fromtimestamp(now_ns / NS_PER_S, self.core.rules.timezone).date()
         verdict = self.verifier.verify_customer(command.name, parsed, command.mobile, today)
@@ -66,7 +84,9 @@ class Customers:
         )
         return self.view(state.customers[customer.customer_id])
 
-    def read(self, customer_id: str) -> CustomerRead:
+    def read(self, caller: Caller, customer_id: str, proof: Proof = NO_PROOF) -> CustomerRead:
+        """The customer, if the caller's read scope and `proof` (a session) cover them."""
+        self.auth.readable_customer(caller, customer_id, proof)
         return self.view(self.customer_of(customer_id))
 
     def view(self, customer: Customer) -> CustomerRead:

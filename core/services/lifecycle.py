@@ -75,6 +75,7 @@ class Settings:
     queue_size: int = 65536
     linger_s: float = 0.001
     token_ttl_s: int = 300
+    session_ttl_s: int = 900  # a customer session (reads at wechat/app channels)
     password_failures_max: int = 5
     scrypt_n: int = passwords.SCRYPT_N_DEFAULT
     minimum_age: int = 16

@@ -18,6 +18,7 @@ but the result; refusals are raised (`core.services.refusals` says why).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -231,6 +232,16 @@ class Payments:
         return posted
 
     async def incoming_transfer(self, move: Movement) -> Posted:
+        """Money in from another bank. The clearing reference is the operation key: the
+        transfer id is derived from it (not from the request's Idempotency-Key), so the
+        same clearing message sent twice, under any key, posts once."""
+        if not move.reference:
+            raise refused(
+                Code.INVALID_FIELD,
+                "the clearing reference is required",
+                pointer="/clearing_reference",
+            )
+        move = dataclasses.replace(move, key=move.reference)
         code = TransferCode.EXTERNAL_TRANSFER_IN
         return await self._move(move, "incoming_transfer", CLEARING_ID, move.account_id, code)
 

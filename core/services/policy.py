@@ -14,17 +14,60 @@ Which channels may use an operation at all is the channel registry's
 channel the bank offers the operation at (cash only at counters and ATMs).
 Rules that depend on the command's fields (a Class I opening only face to
 face) stay with the service that knows the fields.
+
+Whose data a channel may read is declared here too, per kind (`READ_SCOPES`),
+and enforced by the services (`Auth.readable_account`, `readable_customer`,
+`transfer_reader`) for every protocol: the bank's internal channel reads
+everything, its own positions included; a counter (a teller acts) reads any
+customer's data but no bank-internal account; a customer-facing channel
+(wechat, app) reads one customer's data, proven by that customer's session
+(`open_session`) or a transaction token for the account; an ATM reads the
+account of the card inserted, proven by the token its PIN bought; a partner
+bank (open_api) reads nothing: it may credit (`incoming_transfer`, idempotent
+by its clearing reference) and check an account (`verify_account`), nothing
+else.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from core.services.commands import Caller
 from core.services.refusals import kind_refused
 
+CHANNEL_KINDS = ("wechat", "app", "counter", "atm", "open_api", "internal")
 COUNTER_ONLY = ("counter",)
 CASH_KINDS = ("counter", "atm")
+CUSTOMER_KINDS = ("wechat", "app")  # act for one customer: a session or a token proves it
+# Every kind but the partner banks': they may credit and verify, nothing else.
+BANK_KINDS = ("wechat", "app", "counter", "atm", "internal")
+# Who acts for a customer or reads customers: the customer-facing channels, a teller, the bank.
+SERVING_KINDS = ("wechat", "app", "counter", "internal")
+PARTNER_KINDS = ("open_api", "internal")  # clearing in, account verification
+
+
+class ReadScope(enum.Enum):
+    """Whose data a channel kind may read (enforced by `core.services.auth.Auth`)."""
+
+    BANK = "bank"  # everything, the bank's own (internal) accounts included
+    CUSTOMERS = "customers"  # any customer's data; no bank-internal account (a teller acts)
+    CUSTOMER = "customer"  # one customer: a customer session, or a token for one account
+    ACCOUNT = "account"  # one account: a transaction token (an ATM: card + PIN)
+    NONE = "none"  # no reads at all
+
+
+READ_SCOPES: dict[str, ReadScope] = {
+    "wechat": ReadScope.CUSTOMER,
+    "app": ReadScope.CUSTOMER,
+    "counter": ReadScope.CUSTOMERS,
+    "atm": ReadScope.ACCOUNT,
+    "open_api": ReadScope.NONE,
+    "internal": ReadScope.BANK,
+}
+assert tuple(READ_SCOPES) == CHANNEL_KINDS
+# The kinds that may read accounts, histories and transfers at all (each within its scope).
+READ_KINDS = tuple(kind for kind, scope in READ_SCOPES.items() if scope != ReadScope.NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,34 +91,57 @@ def _declare(*operations: Operation) -> dict[str, Operation]:
 
 
 OPERATIONS: dict[str, Operation] = _declare(
-    Operation("register_customer"),
-    Operation("read_customer"),
-    Operation("open_account"),
-    Operation("read_account"),
-    Operation("read_history"),
-    Operation("read_transfer"),
-    Operation("set_password"),
+    Operation("register_customer", kinds=SERVING_KINDS, kinds_what="Registering a customer"),
+    Operation("read_customer", kinds=SERVING_KINDS, kinds_what="Reading a customer"),
+    Operation(
+        "open_session", kinds=CUSTOMER_KINDS, kinds_what="A customer session (acting for one)"
+    ),
+    Operation("end_session", kinds=CUSTOMER_KINDS, kinds_what="A customer session"),
+    Operation("open_account", kinds=SERVING_KINDS, kinds_what="Opening an account"),
+    Operation("read_account", kinds=READ_KINDS, kinds_what="Reading an account"),
+    Operation("read_history", kinds=READ_KINDS, kinds_what="Reading an account's history"),
+    Operation("read_transfer", kinds=READ_KINDS, kinds_what="Reading a transfer"),
+    Operation(
+        "verify_account", kinds=PARTNER_KINDS, kinds_what="Verifying an account holder's name"
+    ),
+    Operation("set_password", kinds=BANK_KINDS, kinds_what="Changing a transaction password"),
     Operation(
         "reset_password",
         kinds=COUNTER_ONLY,
         kinds_what="Resetting a transaction password (face to face)",
     ),
-    Operation("issue_token"),
-    Operation("close_account", consent=True),
+    Operation("issue_token", kinds=BANK_KINDS, kinds_what="A transaction token"),
+    Operation("close_account", kinds=BANK_KINDS, kinds_what="Closing an account", consent=True),
     Operation("face_to_face", kinds=COUNTER_ONLY, kinds_what="Face-to-face verification"),
-    Operation("set_non_bound_inflow", consent=True),
-    Operation("topup", consent=True, money=True),
-    Operation("withdraw", consent=True, money=True),
+    Operation(
+        "set_non_bound_inflow",
+        kinds=BANK_KINDS,
+        kinds_what="Changing an account's inflow setting",
+        consent=True,
+    ),
+    Operation("topup", kinds=BANK_KINDS, kinds_what="A top-up", consent=True, money=True),
+    Operation("withdraw", kinds=BANK_KINDS, kinds_what="A withdrawal", consent=True, money=True),
     Operation("cash_deposit", kinds=CASH_KINDS, kinds_what="Cash", money=True),
     Operation("cash_withdrawal", kinds=CASH_KINDS, kinds_what="Cash", consent=True, money=True),
-    Operation("transfer", consent=True, money=True),
+    Operation("transfer", kinds=BANK_KINDS, kinds_what="A transfer", consent=True, money=True),
     Operation("batch", money=True),
     Operation("reversal", money=True),
-    Operation("external_transfer", consent=True, money=True),
-    Operation("incoming_transfer", money=True),
-    Operation("payment", consent=True, money=True),
-    Operation("capture", money=True),
-    Operation("void", money=True),
+    Operation(
+        "external_transfer",
+        kinds=BANK_KINDS,
+        kinds_what="A transfer to another bank",
+        consent=True,
+        money=True,
+    ),
+    Operation(
+        "incoming_transfer",
+        kinds=PARTNER_KINDS,
+        kinds_what="Crediting money from another bank (clearing)",
+        money=True,
+    ),
+    Operation("payment", kinds=BANK_KINDS, kinds_what="A payment", consent=True, money=True),
+    Operation("capture", kinds=BANK_KINDS, kinds_what="Capturing a payment", money=True),
+    Operation("void", kinds=BANK_KINDS, kinds_what="Voiding a payment", money=True),
 )
 
 
@@ -84,3 +150,15 @@ def admit(caller: Caller, operation: Operation) -> None:
     kind must be one the operation is offered at (`Refused` CHANNEL_KIND_NOT_ALLOWED)."""
     if operation.kinds and caller.kind not in operation.kinds:
         raise kind_refused(caller, operation.kinds, operation.kinds_what)
+
+
+def offered(operation: str, kind: str) -> bool:
+    """Whether `operation` is offered at channels of `kind` (the registry refuses a channel
+    granted an operation its kind is not offered, and expands "*" to the offered ones)."""
+    kinds = OPERATIONS[operation].kinds
+    return not kinds or kind in kinds
+
+
+def read_scope(caller: Caller) -> ReadScope:
+    """Whose data `caller` may read (an unknown kind reads nothing)."""
+    return READ_SCOPES.get(caller.kind, ReadScope.NONE)

@@ -1,7 +1,10 @@
 """Read models: an account with its quotas, its history, one transfer.
 
 Typed results (`core.services.results`: str ids, integer minor units) that
-every adapter renders as is.
+every adapter renders as is. Every read is scoped here, for every adapter, by
+the caller's channel kind and the proof the request carried (`Proof`: a
+customer session or a transaction token; `Auth.readable_account`,
+`Auth.transfer_reader`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from typing import Any
 import anyio
 
 from core.services import identity
-from core.services.commands import Caller
+from core.services.auth import Auth
+from core.services.commands import NO_PROOF, Caller, Proof
 from core.services.lifecycle import Lifecycle
 from core.services.records import date_of_day, transfer_read
 from core.services.refusals import Code, Refused, refused
 from core.services.results import AccountRead, HistoryPage, TransferRead
-from ledger.records import AccountView, account_view
+from ledger.records import AccountView, account_view, transfer_view
 from ledger.types import AccountFlags, AccountKind, AccountStatus
 from limits.calendar import year_of_day
 from limits.reference import counters_effective
@@ -41,11 +45,19 @@ def _kind_name(kind: int) -> str:
 
 
 class Reads:
-    def __init__(self, core: Lifecycle) -> None:
+    def __init__(self, core: Lifecycle, auth: Auth) -> None:
         self.core = core
+        self.auth = auth
 
-    async def account(self, caller: Caller, account_id: int) -> AccountRead:
-        """The account as `caller` sees it (its own channel quota included)."""
+    async def account(
+        self, caller: Caller, account_id: int, proof: Proof = NO_PROOF
+    ) -> AccountRead:
+        """The account as `caller` sees it (its own channel quota included), if the
+        caller's read scope and `proof` cover it."""
+        self.auth.readable_account(caller, account_id, proof)
+        return await self._account(caller, account_id)
+
+    async def _account(self, caller: Caller, account_id: int) -> AccountRead:
         today = self.core.today()
 
         def read(ledger: Any) -> Any:
@@ -103,19 +115,21 @@ class Reads:
         return view
 
     async def account_after_change(self, caller: Caller, account_id: int) -> AccountRead:
-        """`account` right after a change that is already durable (an opening, a flag).
+        """`account` right after a change that is already durable (an opening, a flag):
+        the change itself was authorized (an opening by its card binding, a flag by the
+        holder's consent or a teller), so its answer is not scoped again.
 
         The change must not be answered with an overload it did not suffer: a full
         engine queue at the read is waited out, a bounded number of times.
         """
         for _ in range(AFTER_CHANGE_READ_TRIES - 1):
             try:
-                return await self.account(caller, account_id)
+                return await self._account(caller, account_id)
             except Refused as error:
                 if error.refusal.code != Code.OVERLOADED:
                     raise
                 await anyio.sleep(error.refusal.extras["retry_after_s"])
-        return await self.account(caller, account_id)
+        return await self._account(caller, account_id)
 
     @staticmethod
     def _quota(product: Any, record: AccountView, today: int) -> dict[str, Any]:
@@ -135,9 +149,18 @@ class Reads:
             "balance_cap_minor": product.balance_cap_minor or None,
         }
 
-    async def history(self, account_id: int, limit: int, before: int = -1) -> HistoryPage:
-        """Up to `limit` transfers of the account, newest first, before cursor `before`."""
+    async def history(
+        self,
+        caller: Caller,
+        account_id: int,
+        limit: int,
+        before: int = -1,
+        proof: Proof = NO_PROOF,
+    ) -> HistoryPage:
+        """Up to `limit` transfers of the account, newest first, before cursor `before`
+        (scoped as `account`)."""
         assert 1 <= limit <= HISTORY_PAGE_MAX
+        self.auth.readable_account(caller, account_id, proof)
 
         def read(ledger: Any) -> Any:
             if ledger.lookup_account(account_id) is None:
@@ -151,8 +174,29 @@ class Reads:
         next_cursor = page[-1][0] if len(page) == limit and page[-1][0] > 0 else None
         return HistoryPage(account_id, items, next_cursor)
 
-    async def transfer(self, transfer_id: int) -> TransferRead:
-        record = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
-        if record is None:
+    async def transfer(
+        self, caller: Caller, transfer_id: int, proof: Proof = NO_PROOF
+    ) -> TransferRead:
+        """One transfer, if it touches an account the caller may read; one the caller may
+        not read answers as a transfer that does not exist."""
+        readable = self.auth.transfer_reader(caller, proof)
+
+        def read(ledger: Any) -> Any:
+            raw = ledger.lookup_transfer(transfer_id)
+            if raw is None or readable is None:
+                return raw, ()
+            record = transfer_view(raw)
+            accounts = (record.debit_account_id, record.credit_account_id)
+            if 0 in accounts and record.pending_id:  # a capture or void names its hold's
+                hold = ledger.lookup_transfer(record.pending_id)
+                if hold is not None:
+                    held = transfer_view(hold)
+                    accounts = (held.debit_account_id, held.credit_account_id)
+            return raw, accounts
+
+        raw, accounts = await self.core.read(read)
+        if raw is None or (
+            readable is not None and not any(account in readable for account in accounts)
+        ):
             raise refused(Code.TRANSFER_NOT_FOUND, f"{transfer_id:032x}")
-        return transfer_read(record)
+        return transfer_read(raw)

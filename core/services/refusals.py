@@ -7,7 +7,7 @@ the rare case, so the common case pays no `isinstance` on every return and no
 wrapper object; the adapter catches the one exception type in one place and
 looks its code up in its one table (HTTP: `channels/http/problems.py`). The
 code is the contract; `detail` is for humans; `extras` carries typed figures
-a client may act on (attempts remaining, the conflicting customer id).
+a client may act on (attempts remaining, a retry delay).
 
 Ledger result codes stay the ledger's (`ledger.types`): a refused transfer is
 `Code.TRANSFER_REFUSED` with `ledger_code` set, so every adapter maps the
@@ -30,7 +30,7 @@ class Code(enum.IntEnum):
     INVALID_FIELD = 4  # a field breaks a business rule: `pointer` names it
     CHANNEL_KIND_NOT_ALLOWED = 5
     CUSTOMER_NOT_FOUND = 6
-    CUSTOMER_EXISTS = 7  # `customer_id`
+    CUSTOMER_EXISTS = 7  # (the existing customer's id is not disclosed)
     INVALID_RESIDENT_ID = 8
     KYC_NOT_VERIFIED = 9
     ACCOUNT_CLASS_LIMIT = 10
@@ -38,9 +38,9 @@ class Code(enum.IntEnum):
     CUSTOMER_ACCOUNT_NOT_FOUND = 12  # no customer account (bank-internal ids included)
     DEBIT_ACCOUNT_NOT_CUSTOMER = 13  # a debit that needs a customer's consent
     BOUND_CARD_INVALID = 14
-    BOUND_CARD_NOT_SAME_NAME = 15  # `fields`
-    BOUND_CARD_OTHER_CUSTOMER = 16
-    BOUND_CARD_NOT_FOUND = 17
+    BOUND_CARD_NOT_SAME_NAME = 15  # any failed binding: which check failed is only logged
+    BOUND_CARD_OTHER_CUSTOMER = 16  # no longer raised (answered as BOUND_CARD_NOT_SAME_NAME)
+    BOUND_CARD_NOT_FOUND = 17  # no longer raised (answered as BOUND_CARD_NOT_SAME_NAME)
     BENEFICIARY_CARD_INVALID = 18
     PASSWORD_NOT_SET = 19
     PASSWORD_WRONG = 20  # `attempts_remaining`
@@ -56,6 +56,9 @@ class Code(enum.IntEnum):
     TRANSFER_REFUSED = 30  # `ledger_code`: a CreateTransferResult; `replayed`
     ACCOUNT_CREATE_REFUSED = 31  # `ledger_code`: a CreateAccountResult
     ACCOUNT_UPDATE_REFUSED = 32  # `ledger_code`: an AccountUpdateResult
+    SESSION_INVALID = 33  # the customer session is unknown, expired or another channel's
+    READ_AUTHENTICATION_REQUIRED = 34  # a scoped read without a session or token
+    READ_NOT_IN_SCOPE = 35  # the session's customer does not hold what is read
 
 
 @dataclass(slots=True)

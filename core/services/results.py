@@ -49,6 +49,25 @@ class TokenIssued:
 
 
 @dataclass(slots=True)
+class SessionOpened:
+    """A customer session: the bearer secret, handed out once (the state keeps its digest)."""
+
+    session: str
+    customer_id: str
+    ttl_s: int
+    expires_ns: int
+
+
+@dataclass(slots=True)
+class AccountVerified:
+    """What a partner bank learns of an account: whether it exists (an open customer
+    account) and whether the name it gave is the holder's; nothing else."""
+
+    exists: bool
+    name_matches: bool
+
+
+@dataclass(slots=True)
 class CustomerRead:
     """A customer, identity numbers masked, with their accounts."""
 

@@ -3,7 +3,7 @@
 None of this is money and none of it is replayed into the kernels, but all
 of it must survive a crash and fail over with the ledger: a customer's KYC
 record, which card an account is bound to, a password hash and its failure
-counter, the transaction tokens issued, the nonces that stop a captured
+counter, the transaction tokens and customer sessions issued, the nonces that stop a captured
 request from being replayed.
 
 It lives in the same store as the ledger, as key/value changes the engine
@@ -12,7 +12,8 @@ journal entries with their checksum in embedded mode, rows of `tally_state`
 committed in the same transaction groups in PostgreSQL. One record per key:
 
     customer/<id>        account/<id>       password/<account>
-    failures/<account>   token/<digest>     nonce/<channel>/<nonce>
+    failures/<account>   token/<digest>     session/<digest>
+    nonce/<channel>/<nonce>
 
 each value the record as JSON (orjson). `StateStore` keeps the in-memory
 maps the services read and applies every change to them through one
@@ -53,7 +54,15 @@ Change = tuple[bytes, bytes | None]
 Submit = Callable[[list[Change]], Awaitable[None]]
 # The order records are applied in at load: an account after its customer.
 COMMIT_ATTEMPTS_MAX = 100  # full-queue retries of one commit (about 5 s at the engine's hint)
-LOAD_ORDER = (b"customer/", b"account/", b"password/", b"failures/", b"token/", b"nonce/")
+LOAD_ORDER = (
+    b"customer/",
+    b"account/",
+    b"password/",
+    b"failures/",
+    b"token/",
+    b"session/",
+    b"nonce/",
+)
 
 
 class StateError(TallyError):
@@ -97,6 +106,15 @@ class Token:
     expires_ns: int
 
 
+@dataclass(slots=True)
+class Session:
+    """A customer session: the channel acts for `customer_id` until `expires_ns`."""
+
+    customer_id: str
+    channel: str
+    expires_ns: int
+
+
 def record_key(record: Mapping[str, Any]) -> bytes:
     """The state key of a record (one record per key: a later one replaces it)."""
     kind = record["k"]
@@ -106,6 +124,8 @@ def record_key(record: Mapping[str, Any]) -> bytes:
         return f"{kind}/{record['account']}".encode()
     if kind == "token":
         return f"token/{record['t']}".encode()
+    if kind == "session":
+        return f"session/{record['t']}".encode()
     if kind == "nonce":
         return nonce_key(record["c"], record["n"])
     raise StateError(f"unknown state record kind {kind!r}")
@@ -126,6 +146,7 @@ class StateStore:
         self.passwords: dict[int, Password] = {}
         self.failures: dict[int, tuple[int, int]] = {}  # account -> (business day, count)
         self.tokens: dict[str, Token] = {}
+        self.sessions: dict[str, Session] = {}  # digest -> session
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
         # (timestamp_s, channel, nonce) in arrival order: pruning pops from the left
         # instead of scanning every live nonce (hundreds of thousands at peak).
@@ -214,6 +235,10 @@ class StateStore:
             self.tokens[record["t"]] = Token(
                 int(record["account"]), record["channel"], record["expires_ns"]
             )
+        elif kind == "session":
+            self.sessions[record["t"]] = Session(
+                record["customer"], record["channel"], record["expires_ns"]
+            )
         else:
             assert kind == "nonce", kind
             self.nonces.setdefault(record["c"], {})[record["n"]] = record["t"]
@@ -239,6 +264,8 @@ class StateStore:
             self.failures.pop(int(record["account"]), None)
         elif kind == "token":
             self.tokens.pop(record["t"], None)
+        elif kind == "session":
+            self.sessions.pop(record["t"], None)
         else:
             seen = self.nonces.get(record["c"])
             if seen is not None:
@@ -358,13 +385,24 @@ class StateStore:
         ]
 
     def prune_tokens(self, now_ns: int) -> int:
-        """Forget expired tokens (their deletion is staged)."""
+        """Forget expired tokens and sessions (their deletion is staged)."""
         expired = [token for token, entry in self.tokens.items() if entry.expires_ns <= now_ns]
-        for token in expired:
-            key = f"token/{token}".encode()
+        keys = [f"token/{token}".encode() for token in expired]
+        ended = [digest for digest, entry in self.sessions.items() if entry.expires_ns <= now_ns]
+        keys += [f"session/{digest}".encode() for digest in ended]
+        for key in keys:
             self._delete(key)
             self._pending.append((key, None))
-        return len(expired)
+        return len(keys)
+
+    def session_keys(self, customer_id: str) -> list[bytes]:
+        """The keys of `customer_id`'s sessions on every channel (to delete when one of the
+        customer's passwords changes)."""
+        return [
+            f"session/{digest}".encode()
+            for digest, entry in self.sessions.items()
+            if entry.customer_id == customer_id
+        ]
 
 
 def read_legacy_file(path: str) -> list[dict[str, Any]] | None:
@@ -460,6 +498,18 @@ def token_digest(token: str) -> str:
     itself, so the journal, a snapshot or a `tally_state` row does not hand out live
     tokens to whoever reads them."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def session_record(digest: str, entry: Session) -> dict[str, Any]:
+    """The record of a customer session: keyed by the SHA-256 of the bearer secret
+    (`token_digest`), like a transaction token."""
+    return {
+        "k": "session",
+        "t": digest,
+        "customer": entry.customer_id,
+        "channel": entry.channel,
+        "expires_ns": entry.expires_ns,
+    }
 
 
 def token_record(digest: str, entry: Token) -> dict[str, Any]:

@@ -17,8 +17,11 @@ from core.services.commands import (
     IssueToken,
     Movement,
     OpenAccount,
+    OpenSession,
     PostingBatch,
+    Proof,
     RegisterCustomer,
+    SetPassword,
 )
 from core.services.lifecycle import Settings
 from core.services.payments import PostingCheck
@@ -108,7 +111,7 @@ async def test_register_open_deposit_transfer_and_read(tmp_path: Path) -> None:
         assert first.transfer_id_packed == again.transfer_id_packed
         view = await bank.reads.account(COUNTER, source)
         assert view.balance_minor == 7_500
-        page = await bank.reads.history(source, 10)
+        page = await bank.reads.history(COUNTER, source, 10)
         assert [item.amount_minor for item in page.items] == [2_500, 10_000]
         assert bank.payments.results["ok"] == 2 and bank.payments.results["exists"] == 1
 
@@ -130,7 +133,9 @@ async def test_refusals_are_typed_values(tmp_path: Path) -> None:
         assert await refusal_of(lambda: bank.accounts.open(opening)) == (
             Code.CHANNEL_KIND_NOT_ALLOWED
         )
-        assert await refusal_of(lambda: bank.reads.transfer(12345)) == Code.TRANSFER_NOT_FOUND
+        assert await refusal_of(lambda: bank.reads.transfer(COUNTER, 12345)) == (
+            Code.TRANSFER_NOT_FOUND
+        )
         silent = bank.payments.transfer(COUNTER, "no-consent", source, 1, 1, Consent())
         assert await refusal_of(lambda: bank.payments.post(silent)) == (
             Code.AUTHENTICATION_REQUIRED
@@ -151,6 +156,46 @@ async def test_token_expires_on_the_injected_clock(tmp_path: Path) -> None:
         clock.now += 61 * 1_000_000_000
         late = bank.payments.transfer(COUNTER, "tok-2", source, 1, 10, with_token)
         assert await refusal_of(lambda: bank.payments.post(late)) == Code.TOKEN_INVALID
+
+
+@run
+async def test_customer_sessions_are_scoped_expire_and_end_with_a_password_change(
+    tmp_path: Path,
+) -> None:
+    """A session bought with an account's password reads that customer's account at its own
+    channel only (not another channel's, not a bank account); the store keeps its digest;
+    a password change revokes it; a new one stops at its TTL on the injected clock."""
+    clock = Clock()
+    wechat = Caller("wechat", "wechat", 1)
+    async with running_bank(tmp_path, clock) as bank:
+        source = await funded_account(bank, 1_000)
+        opened = await bank.auth.open_session(OpenSession(APP, source, PASSWORD))
+        proof = Proof(session=opened.session)
+        assert (await bank.reads.account(APP, source, proof)).balance_minor == 1_000
+        customer_id = bank.core.customer_state().accounts[source].customer_id
+        assert bank.customers.read(APP, customer_id, proof).customer_id == customer_id
+        for caller, account, expected in (
+            (wechat, source, Code.SESSION_INVALID),
+            (APP, SETTLEMENT_ID, Code.READ_NOT_IN_SCOPE),
+        ):
+            refusal = await refusal_of(lambda: bank.reads.account(caller, account, proof))  # noqa: B023
+            assert refusal == expected, (caller, account)
+        bare = await refusal_of(lambda: bank.reads.account(APP, source))
+        assert bare == Code.READ_AUTHENTICATION_REQUIRED
+        stored = bank.core.running_engine().state
+        secret = opened.session.encode()
+        assert any(key.startswith(b"session/") for key in stored)
+        assert all(secret not in key and secret not in value for key, value in stored.items())
+        await bank.auth.set_password(SetPassword(APP, source, "246813", old_password=PASSWORD))
+        revoked = await refusal_of(lambda: bank.reads.account(APP, source, proof))
+        assert revoked == Code.SESSION_INVALID
+        renewed = Proof(
+            session=(await bank.auth.open_session(OpenSession(APP, source, "246813"))).session
+        )
+        assert (await bank.reads.account(APP, source, renewed)).balance_minor == 1_000
+        clock.now += 901 * 1_000_000_000
+        expired = await refusal_of(lambda: bank.reads.account(APP, source, renewed))
+        assert expired == Code.SESSION_INVALID
 
 
 @run

@@ -13,7 +13,7 @@ from channels.http.openapi import openapi_document
 from channels.http.problems import transfer_problem, transfer_status
 from channels.http.routes import ROUTES
 from channels.registry import OPERATIONS, RegistryError, load_registry, parse_registry
-from core.services import identity, passwords
+from core.services import identity, passwords, policy
 from core.services.kyc import BuiltinVerifier
 from core.services.records import derive_transfer_id, derive_transfer_ids_packed
 from core.services.state import (
@@ -98,9 +98,15 @@ def test_signing_round_trip_and_parse_errors() -> None:
 
 
 def test_registry_validation_lists_every_problem(tmp_path: Path) -> None:
-    """The example registry loads; a bad one names each problem at once."""
+    """The example registry loads ("*" is every operation the kind is offered); a bad one
+    names each problem at once, an operation the channel's kind is not offered included."""
     registry = load_registry("examples/channels.toml", RULES)
-    assert registry.channels["bank"].operations == frozenset(OPERATIONS)
+    assert registry.channels["bank"].operations == frozenset(
+        op for op in OPERATIONS if policy.offered(op, "internal")
+    )
+    assert "read_account" in registry.channels["bank"].operations
+    assert "batch" not in registry.channels["open_api"].operations
+    assert registry.channels["open_api"].operations == {"incoming_transfer", "verify_account"}
     assert len(registry.channels["app"].secrets) == 2
     document = {
         "channels": {
@@ -116,6 +122,12 @@ def test_registry_validation_lists_every_problem(tmp_path: Path) -> None:
                 "secrets": [{"key_id": "k", "secret": "x" * 40}],
                 "colour": 1,
             },
+            "open_api": {
+                "id": 5,
+                "kind": "open_api",
+                "operations": ["incoming_transfer", "read_account"],
+                "secrets": [{"key_id": "k", "secret": "x" * 40}],
+            },
         }
     }
     with pytest.raises(RegistryError) as error:
@@ -127,6 +139,7 @@ def test_registry_validation_lists_every_problem(tmp_path: Path) -> None:
         "kind 'wechat'",
         "not in the limit rules",
         "colour",
+        "'read_account' is not offered at open_api channels",
     ):
         assert fragment in text
 

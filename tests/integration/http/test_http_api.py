@@ -28,6 +28,7 @@ from tests.http_helpers import (
     key,
     open_class_i,
     open_remote,
+    open_session,
     problem_type,
     register,
     resident_id,
@@ -114,24 +115,26 @@ def test_unknown_route_and_method(app: TallyClient) -> None:
 # --- customers and KYC ------------------------------------------------------------------
 
 
-def test_register_customer_runs_the_builtin_verifier(app: TallyClient) -> None:
+def test_register_customer_runs_the_builtin_verifier(
+    counter: TallyClient, app: TallyClient
+) -> None:
     """Registration validates the ID check digit and age; the verdict lists what it checked."""
     customer = register(app)
     assert customer["kyc"]["status"] == "verified"
     assert "resident_id_check_digit" in customer["kyc"]["checks"]
     assert "issuer_card_verification" in customer["kyc"]["not_checked"]
     assert customer["id_number_masked"].count("*") == 14
-    read = app.get(f"/v1/customers/{customer['customer_id']}")
+    read = counter.get(f"/v1/customers/{customer['customer_id']}")
     assert read.status_code == 200 and read.json()["customer_id"] == customer["customer_id"]
     again = app.post(
         "/v1/customers",
         {"name": "李四", "id_number": customer["_id_number"], "mobile": "13900000000"},
     )
     assert again.status_code == 409 and problem_type(again) == "customer-exists"
-    assert again.json()["customer_id"] == customer["customer_id"]
+    assert customer["customer_id"] not in again.text  # the existing customer is not named
 
 
-def test_register_rejects_bad_ids_and_minors(app: TallyClient) -> None:
+def test_register_rejects_bad_ids_and_minors(counter: TallyClient, app: TallyClient) -> None:
     """A wrong check digit is a 422; a 10-year-old is registered with KYC rejected."""
     good = "11010519491231002X"
     bad = good[:17] + ("1" if good[17] != "1" else "2")
@@ -148,7 +151,7 @@ def test_register_rejects_bad_ids_and_minors(app: TallyClient) -> None:
         {"class": "class_ii", "bound_card": bound_card_of(minor), "password": "135790"},
     )
     assert opened.status_code == 409 and problem_type(opened) == "kyc-not-verified"
-    assert app.get("/v1/customers/c00000000000000000000").status_code == 404
+    assert counter.get("/v1/customers/c00000000000000000000").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -229,7 +232,7 @@ def test_open_class_ii_binding_rules(counter: TallyClient, app: TallyClient) -> 
     )
     assert sixth.status_code == 409 and problem_type(sixth) == "account-class-limit"
     class_iii = open_remote(app, customer, "class_iii")
-    view = app.get(f"/v1/accounts/{class_iii}").json()
+    view = counter.get(f"/v1/accounts/{class_iii}").json()
     assert view["kind"] == "class_iii" and view["quota"]["balance_cap_minor"] == 200_000
     assert view["bound_card"]["card_number_masked"].count("*") == 9
 
@@ -238,9 +241,9 @@ def test_bind_own_class_i_card(counter: TallyClient, app: TallyClient) -> None:
     """A Class II bound to the customer's own Class I card tops up from it inside the ledger."""
     customer, class_i = class_i_funded(counter, app, 50_000)
     class_ii = open_remote(app, customer, card=class_i)
-    assert app.get(f"/v1/accounts/{class_ii}").json()["bound_card"]["kind"] == "internal"
+    assert counter.get(f"/v1/accounts/{class_ii}").json()["bound_card"]["kind"] == "internal"
     assert topup(app, class_ii, 20_000).status_code == 201
-    assert balance(app, class_i) == 30_000 and balance(app, class_ii) == 20_000
+    assert balance(counter, class_i) == 30_000 and balance(counter, class_ii) == 20_000
     other = register(app)
     stolen = app.post(
         f"/v1/customers/{other['customer_id']}/accounts",
@@ -252,7 +255,7 @@ def test_bind_own_class_i_card(counter: TallyClient, app: TallyClient) -> None:
 # --- money --------------------------------------------------------------------------------
 
 
-def test_topup_and_withdrawal_via_clearing(app: TallyClient) -> None:
+def test_topup_and_withdrawal_via_clearing(counter: TallyClient, app: TallyClient) -> None:
     """Top-up from and withdrawal to an external bound card go through clearing."""
     customer = register(app)
     account = open_remote(app, customer)
@@ -268,7 +271,7 @@ def test_topup_and_withdrawal_via_clearing(app: TallyClient) -> None:
         idempotency_key=key(),
     )
     assert withdrawal.status_code == 201, withdrawal.text
-    assert balance(app, account) == 12_000
+    assert balance(counter, account) == 12_000
     too_much = app.post(
         f"/v1/accounts/{account}/withdrawals",
         {"amount_minor": 12_001, "password": "135790"},
@@ -278,7 +281,9 @@ def test_topup_and_withdrawal_via_clearing(app: TallyClient) -> None:
     assert too_much.json()["ledger_result"] == {"code": 67, "name": "exceeds_credits"}
 
 
-def test_debits_need_password_or_token(app: TallyClient, server: TallyServer) -> None:
+def test_debits_need_password_or_token(
+    counter: TallyClient, app: TallyClient, server: TallyServer
+) -> None:
     """No password: 401; wrong: 403 with attempts left; a token works, only for its account."""
     customer = register(app)
     account = open_remote(app, customer)
@@ -307,7 +312,7 @@ def test_debits_need_password_or_token(app: TallyClient, server: TallyServer) ->
     assert elsewhere.status_code == 403
     bogus = app.post(path, {"amount_minor": 1}, idempotency_key=key(), token="nope")
     assert bogus.status_code == 401 and problem_type(bogus) == "transaction-token-invalid"
-    assert balance(app, account) == 900
+    assert balance(counter, account) == 900
 
 
 def test_password_change_lockout_and_counter_reset(app: TallyClient, counter: TallyClient) -> None:
@@ -369,8 +374,8 @@ def test_cash_rules(counter: TallyClient, app: TallyClient, server: TallyServer)
             idempotency_key=key(),
         )
         assert out.status_code == 201, out.text
-    assert balance(app, class_ii) == 3_000
-    quota = app.get(f"/v1/accounts/{class_ii}").json()["quota"]
+    assert balance(counter, class_ii) == 3_000
+    quota = counter.get(f"/v1/accounts/{class_ii}").json()["quota"]
     assert quota["inflow"]["daily"]["used_minor"] == 5_000
     assert quota["outflow"]["daily"]["used_minor"] == 2_000
 
@@ -392,7 +397,7 @@ def test_internal_and_external_transfers(
         idempotency_key=key(),
     )
     assert moved.status_code == 201, moved.text
-    assert balance(app, source) == 60_000 and balance(app, target) == 40_000
+    assert balance(counter, source) == 60_000 and balance(counter, target) == 40_000
     out = app.post(
         "/v1/external-transfers",
         {
@@ -438,11 +443,12 @@ def test_internal_and_external_transfers(
                 "credit_account_id": target,
                 "amount_minor": 5_000,
                 "payer": {"bank_code": "CMB", "account_number": "6225880137001234", "name": "钱七"},
+                "clearing_reference": "CMB" + key().replace("-", ""),
             },
             idempotency_key=key(),
         )
     assert incoming.status_code == 201, incoming.text
-    assert balance(app, target) == 45_000
+    assert balance(counter, target) == 45_000
 
 
 @pytest.mark.parametrize(
@@ -491,13 +497,13 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
     )
     assert hold.status_code == 201 and hold.json()["status"] == "pending"
     payment_id = hold.json()["transfer_id"]
-    view = app.get(f"/v1/accounts/{payer}").json()
+    view = counter.get(f"/v1/accounts/{payer}").json()
     assert view["pending_debits_minor"] == 3_000 and view["available_minor"] == 7_000
     captured = app.post(
         f"/v1/payments/{payment_id}/capture", {"amount_minor": 1_000}, idempotency_key=key()
     )
     assert captured.status_code == 201 and captured.json()["status"] == "captured"
-    assert balance(app, payer) == 9_000 and balance(app, merchant) == 1_000
+    assert balance(counter, payer) == 9_000 and balance(counter, merchant) == 1_000
     again = app.post(f"/v1/payments/{payment_id}/void", idempotency_key=key())
     assert again.status_code == 409 and problem_type(again) == "pending-transfer-already-posted"
     second = app.post(
@@ -527,7 +533,7 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
     time.sleep(2.2)
     late = app.post(f"/v1/payments/{short.json()['transfer_id']}/capture", idempotency_key=key())
     assert late.status_code == 409 and problem_type(late) == "pending-transfer-expired"
-    assert app.get(f"/v1/accounts/{payer}").json()["pending_debits_minor"] == 0
+    assert counter.get(f"/v1/accounts/{payer}").json()["pending_debits_minor"] == 0
     missing = app.post(f"/v1/payments/{'ab' * 16}/capture", idempotency_key=key())
     assert missing.status_code == 404 and problem_type(missing) == "pending-transfer-not-found"
 
@@ -562,8 +568,8 @@ def test_reversal_compensates_and_keeps_the_original(
         f"/v1/transfers/{original}/reversals", {"amount_minor": 1}, idempotency_key=key()
     )
     assert over.status_code == 422 and problem_type(over) == "exceeds-reversible-amount"
-    assert balance(app, source) == 10_000 and balance(app, target) == 0
-    stored = app.get(f"/v1/transfers/{original}").json()
+    assert balance(counter, source) == 10_000 and balance(counter, target) == 0
+    stored = counter.get(f"/v1/transfers/{original}").json()
     assert stored["state"] == "posted" and stored["amount_reversed_minor"] == 4_000
     not_allowed = app.post(f"/v1/transfers/{original}/reversals", idempotency_key=key())
     assert not_allowed.status_code == 403
@@ -573,6 +579,7 @@ def test_reads_transfer_and_history_pages(counter: TallyClient, app: TallyClient
     """History pages newest first with a cursor until it runs out; transfers read back by id."""
     _, source = class_i_funded(counter, app, 10_000)
     _, target = class_i_funded(counter, app, 0)
+    holder = open_session(app, target)  # the target's holder reads at the app
     ids = []
     for amount in (1, 2, 3, 4, 5):
         response = app.post(
@@ -590,22 +597,22 @@ def test_reads_transfer_and_history_pages(counter: TallyClient, app: TallyClient
     cursor = ""
     while True:
         query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
-        page = app.get(f"/v1/accounts/{target}/history", query=query)
+        page = counter.get(f"/v1/accounts/{target}/history", query=query, session=holder)
         assert page.status_code == 200, page.text
         seen += [item["transfer_id"] for item in page.json()["items"]]
         cursor = page.json()["next_cursor"]
         if not cursor:
             break
     assert seen == ids[::-1]
-    one = app.get(f"/v1/transfers/{ids[2]}").json()
+    one = app.get(f"/v1/transfers/{ids[2]}", session=holder).json()
     assert one["amount_minor"] == 3 and one["kind"] == "single" and one["code"] == "transfer"
-    assert app.get(f"/v1/transfers/{'0' * 31}1").status_code == 404
-    assert app.get("/v1/transfers/not-an-id").status_code == 422
-    bad_limit = app.get(f"/v1/accounts/{target}/history", query="limit=0")
+    assert app.get(f"/v1/transfers/{'0' * 31}1", session=holder).status_code == 404
+    assert app.get("/v1/transfers/not-an-id", session=holder).status_code == 422
+    bad_limit = counter.get(f"/v1/accounts/{target}/history", query="limit=0", session=holder)
     assert bad_limit.status_code == 422
-    unknown_param = app.get(f"/v1/accounts/{target}/history", query="sort=asc")
+    unknown_param = counter.get(f"/v1/accounts/{target}/history", query="sort=asc", session=holder)
     assert unknown_param.status_code == 422
-    assert app.get("/v1/accounts/999999999").status_code == 404
+    assert counter.get("/v1/accounts/999999999").status_code == 404
 
 
 def test_close_account_only_at_zero(counter: TallyClient, app: TallyClient) -> None:
@@ -646,6 +653,7 @@ def test_non_bound_inflow_switch(
                         "account_number": "6225880137001234",
                         "name": "钱七",
                     },
+                    "clearing_reference": key(),
                 },
                 idempotency_key=key(),
             )
@@ -701,14 +709,14 @@ def test_batch_json_one_result_each(
         body["results"][0]["transfer_id"]
         == f"{derive_transfer_id(BANK_CHANNEL_ID, batch_key, 0):032x}"
     )
-    assert balance(app, target) == 500
+    assert balance(counter, target) == 500
     replay = bank.post("/v1/transfers/batch", {"transfers": items}, idempotency_key=batch_key)
     assert [r["result"] for r in replay.json()["results"]] == [
         "exists",
         "id_already_failed",
         "exists",
     ]
-    assert balance(app, target) == 500
+    assert balance(counter, target) == 500
     bad = bank.post(
         "/v1/transfers/batch",
         {"transfers": [dict(items[0], amount_minor=-1)]},
@@ -761,7 +769,7 @@ def test_batch_binary_and_full_size(
     (answered,) = struct.unpack_from("<I", response.content)
     codes = response.content[8 : 8 + answered]
     assert answered == count and codes == bytes(count)
-    assert balance(app, target) == count
+    assert balance(counter, target) == count
     too_many = bank.post(
         "/v1/transfers/batch",
         raw=record * (count + 1),
@@ -787,7 +795,7 @@ def test_batch_binary_and_full_size(
     ] * count
     as_json = bank.post("/v1/transfers/batch", {"transfers": items}, idempotency_key=key())
     assert as_json.status_code == 200 and as_json.json()["summary"] == {"ok": count}
-    assert balance(app, target) == 2 * count
+    assert balance(counter, target) == 2 * count
 
 
 def test_oversized_body_is_413(app: TallyClient) -> None:

@@ -24,6 +24,7 @@ from tests.http_helpers import (
     open_class_i,
     open_remote,
     problem_type,
+    read_as_holder,
     register,
     topup,
 )
@@ -85,7 +86,7 @@ def send(client: TallyClient, debit: str, credit: str, amount_minor: int) -> Any
 
 
 def quota(client: TallyClient, account: str) -> dict[str, Any]:
-    result: dict[str, Any] = client.get(f"/v1/accounts/{account}").json()["quota"]
+    result: dict[str, Any] = read_as_holder(client, account)["quota"]
     return result
 
 
@@ -176,7 +177,7 @@ def test_class_iii_balance_cap_and_outflow(app: TallyClient, counter: TallyClien
     assert topup(app, account, 1 * CNY).status_code == 201
     over = send(app, account, target, 1)
     assert over.status_code == 422 and problem_type(over) == "exceeds-daily-outflow"
-    view = app.get(f"/v1/accounts/{account}").json()
+    view = read_as_holder(app, account)
     assert view["quota"]["outflow"]["daily"]["limit_minor"] == 2_000 * CNY
     assert view["quota"]["balance_cap_minor"] == 2_000 * CNY
 
@@ -236,6 +237,6 @@ def test_channel_caps(counter: TallyClient, server: TallyServer) -> None:
         assert send(wechat, source, target, 20_000 * CNY).status_code == 201
         day = send(wechat, source, target, 10_000 * CNY + 1)
         assert day.status_code == 422 and problem_type(day) == "exceeds-channel-daily-cap"
-        view = wechat.get(f"/v1/accounts/{source}").json()
+        view = read_as_holder(wechat, source)
         assert view["channel_quota"]["daily"]["remaining_minor"] == 10_000 * CNY
     assert send(counter, source, target, 30_000 * CNY).status_code == 201  # the counter has no cap

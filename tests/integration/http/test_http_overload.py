@@ -59,14 +59,17 @@ def server(
 
 def test_rate_limit_is_429_with_retry_after(server: TallyServer) -> None:
     """A channel over its token bucket gets 429 + Retry-After; other channels are unaffected."""
+    verification = {"account_id": "1", "name": "A"}
     with server.client("open_api") as partner:
-        statuses = [partner.get("/v1/transfers/" + "ab" * 16).status_code for _ in range(4)]
-        assert statuses[:2] == [404, 404]
-        limited = partner.get("/v1/transfers/" + "ab" * 16)
+        statuses = [
+            partner.post("/v1/account-verifications", verification).status_code for _ in range(4)
+        ]
+        assert statuses[:2] == [200, 200]
+        limited = partner.post("/v1/account-verifications", verification)
         assert limited.status_code == 429 and problem_type(limited) == "rate-limited"
         assert int(limited.headers["retry-after"]) >= 1
-    with server.client("app") as app:
-        assert app.get("/v1/transfers/" + "ab" * 16).status_code == 404
+    with server.client("counter") as counter:
+        assert counter.get("/v1/transfers/" + "ab" * 16).status_code == 404
     metrics = httpx.get(server.url + "/metrics").text
     assert 'tally_channel_rate_limited_total{channel="open_api"}' in metrics
 
@@ -147,12 +150,12 @@ def test_concurrent_openings_keep_the_class_limit_and_refused_ones_hold_no_slot(
     for answer in answers:
         if answer.status_code == 409:
             assert problem_type(answer) == "account-class-limit"
-    with server.client("app") as app:
-        view = app.get(f"/v1/customers/{customer['customer_id']}").json()
+    with server.client("app") as app, server.client("counter") as counter:
+        view = counter.get(f"/v1/customers/{customer['customer_id']}").json()
         still_open = [a["account_id"] for a in view["accounts"] if not a["closed"]]
         assert sorted(still_open) == sorted(opened)
         for account_id in opened:
-            assert app.get(f"/v1/accounts/{account_id}").status_code == 200
+            assert counter.get(f"/v1/accounts/{account_id}").status_code == 200
         later = 0
         while True:
             response = app.post(

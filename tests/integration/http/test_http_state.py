@@ -92,7 +92,7 @@ def _check_state(server: TallyServer, built: dict[str, Any]) -> None:
             token=built["token"],
         )
         assert paid.status_code == 201, paid.text
-        assert balance(app, built["class_ii"]) == 900
+        assert balance(app, built["class_ii"], token=built["token"]) == 900  # its token reads it
         assert balance(counter, built["class_i"]) == 5_000
 
 
