@@ -56,6 +56,12 @@ class Code(enum.IntEnum):
     TRANSFER_REFUSED = 30  # `ledger_code`: a CreateTransferResult; `replayed`
     ACCOUNT_CREATE_REFUSED = 31  # `ledger_code`: a CreateAccountResult
     ACCOUNT_UPDATE_REFUSED = 32  # `ledger_code`: an AccountUpdateResult
+    ACTOR_REQUIRED = 33  # the channel acts for a teller and named none: `roles`
+    ACTOR_ROLE_NOT_ALLOWED = 34  # a role the channel does not declare: `roles`
+    ACTOR_LIMIT_EXCEEDED = 35  # over the acting role's cap: `role`, `cap_minor`
+    SUPERVISOR_REQUIRED = 36  # only a supervisor at the counter may do this
+    PASSWORD_WEAK = 37  # an easily guessed password: `reason`, `pointer`
+    PASSWORD_CHECKS_BUSY = 38  # the password-hashing queue is full: `retry_after_s`
 
 
 @dataclass(slots=True)
