@@ -68,6 +68,10 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "customer_id": STRING,
             "size_max": INT,
             "fields": {"type": "array", "items": STRING},
+            "reason": STRING,  # weak-transaction-password: why
+            "role": STRING,  # actor-limit-exceeded: the acting role
+            "cap_minor": INT,  # actor-limit-exceeded: the role's cap
+            "roles": {"type": "array", "items": STRING},  # actor-*: the channel's roles
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,

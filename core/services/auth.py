@@ -196,27 +196,24 @@ class Auth:
             if caller.kind != "counter" or caller.actor_role != SUPERVISOR:
                 raise refused(
                     Code.SUPERVISOR_REQUIRED,
-                    "a password reset needs a supervisor named in the signed counter request",
-                    acting_role=caller.actor_role or None,
+                    "a password reset needs a supervisor named in the signed counter request"
+                    f" (acting: {caller.actor_role or 'nobody'})",
                 )
             if command.id_number != customer.id_number:
                 raise refused(Code.IDENTITY_MISMATCH)
             hashed = await self.new_password(command.new_password, customer.id_number)
             await self._store_password(account_id, hashed, caller, reset=True)
             return
-        hashed = await self.new_password(command.new_password, customer.id_number)
+        self.check_new_password(command.new_password, customer.id_number)  # before the old
         await self.verify_password(account_id, command.old_password, "/old_password")
+        hashed = await self.new_password(command.new_password, customer.id_number)
         await self._store_password(account_id, hashed, command.caller)
 
     async def new_password(
         self, password: str, id_number: str, pointer: str = "/new_password"
     ) -> Password:
         """The keyed hash of a new password, once it is well formed and not weak."""
-        if not passwords.well_formed(password):
-            raise refused(Code.INVALID_FIELD, "must be exactly 6 digits", pointer=pointer)
-        reason = passwords.weakness(password, id_number)
-        if reason is not None:
-            raise refused(Code.PASSWORD_WEAK, reason, pointer=pointer, reason=reason)
+        self.check_new_password(password, id_number, pointer)
         settings = self.core.settings
         self.pool.admit()
         try:
@@ -230,6 +227,16 @@ class Auth:
             )
         finally:
             self.pool.leave()
+
+    def check_new_password(
+        self, password: str, id_number: str, pointer: str = "/new_password"
+    ) -> None:
+        """Refuse a new password that is not exactly 6 digits (422) or is weak (422)."""
+        if not passwords.well_formed(password):
+            raise refused(Code.INVALID_FIELD, "must be exactly 6 digits", pointer=pointer)
+        reason = passwords.weakness(password, id_number)
+        if reason is not None:
+            raise refused(Code.PASSWORD_WEAK, reason, pointer=pointer, reason=reason)
 
     async def _store_password(
         self, account_id: int, hashed: Password, caller: Caller, *, reset: bool = False
