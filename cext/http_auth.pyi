@@ -10,6 +10,7 @@ def verify_request(
     timestamp: str,
     nonce: str,
     idempotency_key: str,
+    actor: str,
     body: bytes,
     claimed: str,
 ) -> bool: ...

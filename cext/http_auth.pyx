@@ -3,10 +3,10 @@
 """The signature check of every signed request in C: string to sign, body hash, HMAC.
 
 `verify_request` is, by construction and by differential test
-(tests/test_http_fast.py), exactly
+(tests/property/test_http_fast.py), exactly
 
     signing.verify(secret, signing.string_to_sign(channel, key_id, method, path,
-        query, timestamp, nonce, idempotency_key, sha256(body).hexdigest()), claimed)
+        query, timestamp, nonce, idempotency_key, actor, sha256(body).hexdigest()), claimed)
 
 but builds the string to sign in one stack buffer, hashes the body with OpenSSL's SHA-256
 (the libcrypto hashlib uses, so SHA-NI where the CPU has it) and signs with
@@ -132,11 +132,14 @@ def verify_request(
     str timestamp,
     str nonce,
     str idempotency_key,
+    str actor,
     bytes body,
     str claimed,
 ):
     """True if `claimed` is the request's signature (see the module's docstring)."""
-    cdef tuple parts = (channel, key_id, method, path, query, timestamp, nonce, idempotency_key)
+    cdef tuple parts = (
+        channel, key_id, method, path, query, timestamp, nonce, idempotency_key, actor
+    )
     cdef Py_ssize_t size = PyBytes_GET_SIZE(SCHEME) + 64 + 1
     cdef object part
     for part in parts:

@@ -9,6 +9,11 @@
         session = client.post("/v1/sessions", {"account_id": "...", "password": "..."})
         client.get("/v1/accounts/...", session=session.json()["session"])
 
+At a counter the requests name the acting teller, signed with them
+(`actor=(teller id, role)`, sent as the Tally-Actor header):
+
+    TallyClient(url, "counter", key_id, secret, actor=("T0001", "teller"))
+
 `Signer.headers(...)` gives the headers alone, for any HTTP library (Locust's
 requests session, wrk scripts generated ahead of time): the body must be
 sent byte for byte as signed, so sign the encoded bytes you send.
@@ -24,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from channels.http.signing import authorization_header
+from channels.http.signing import actor_header, authorization_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,10 @@ class Signer:
         timestamp: int | None = None,
         nonce: str | None = None,
         content_type: str = "application/json",
+        actor: tuple[str, str] | None = None,
     ) -> dict[str, str]:
+        """The signed headers; `actor` (id, role) is sent as Tally-Actor and signed."""
+        actor_value = actor_header(*actor) if actor is not None else ""
         headers = {
             "Authorization": authorization_header(
                 self.channel,
@@ -55,15 +63,21 @@ class Signer:
                 query,
                 body,
                 idempotency_key=idempotency_key or "",
+                actor=actor_value,
                 timestamp=int(time.time()) if timestamp is None else timestamp,
                 nonce=nonce if nonce is not None else secrets.token_hex(16),
             )
         }
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        if actor_value:
+            headers["Tally-Actor"] = actor_value
         if body:
             headers["Content-Type"] = content_type
         return headers
+
+
+OWN_ACTOR = ("", "")  # `TallyClient.request`'s default: the client's own actor
 
 
 def new_key() -> str:
@@ -83,9 +97,11 @@ class TallyClient:
         *,
         timeout_s: float = 30.0,
         http2: bool = False,
+        actor: tuple[str, str] | None = None,
     ) -> None:
         import httpx
 
+        self.actor = actor  # (teller id, role) named in every request; None: no actor
         self.signer = Signer(
             channel, key_id, secret.encode() if isinstance(secret, str) else secret
         )
@@ -115,8 +131,10 @@ class TallyClient:
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
         nonce: str | None = None,
+        actor: tuple[str, str] | None = OWN_ACTOR,
     ) -> Any:
-        """Send one signed request; returns the httpx.Response."""
+        """Send one signed request; returns the httpx.Response. `actor`: (id, role) for
+        this request, None for no Tally-Actor; by default the client's own."""
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else b"")
         signed = self.signer.headers(
             method,
@@ -127,6 +145,7 @@ class TallyClient:
             timestamp=timestamp,
             nonce=nonce,
             content_type=content_type,
+            actor=self.actor if actor is OWN_ACTOR else actor,
         )
         if token is not None:
             signed["Tally-Transaction-Token"] = token

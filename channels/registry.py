@@ -12,7 +12,10 @@ Money caps per channel (single transfer, per account per day) live in the
 limit rules under the same channel id, because the ledger enforces them
 inside the posting; the registry holds what the gateway enforces before a
 request reaches the ledger: allowed operations, request rate, body size and
-batch size.
+batch size; and who acts at the channel: `actor_required` (every request names
+its teller in the signed Tally-Actor header) and the roles it may name with
+each role's caps (`[channels.NAME.roles.ROLE]`), which the services enforce
+(`core.services.actors`, built by `Registry.actors()`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from core.errors import TallyError
 from core.services import policy
+from core.services.actors import ROLES, Actors, ChannelActors, RoleLimits
 from limits.rules import RuleSet
 
 # The operation names and channel kinds are the policy's (core.services.policy): declared once.
@@ -47,8 +51,12 @@ _CHANNEL_KEYS = frozenset(
         "body_size_max",
         "batch_size_max",
         "disabled",
+        "actor_required",
+        "roles",
     }
 )
+_ROLE_KEYS = frozenset({"transfer_cap_minor", "cash_cap_minor"})
+CAP_MINOR_MAX = (1 << 63) - 1
 BODY_SIZE_MAX_DEFAULT = 2 << 20
 BATCH_SIZE_MAX = 8189
 
@@ -73,6 +81,8 @@ class ChannelEntry:
     body_size_max: int
     batch_size_max: int
     disabled: bool = False
+    actor_required: bool = False  # every request names its teller (Tally-Actor)
+    roles: Mapping[str, RoleLimits] = field(default_factory=dict)  # empty: names no actor
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,41 @@ class Registry:
 
     def get(self, name: str) -> ChannelEntry | None:
         return self.channels.get(name)
+
+    def actors(self) -> Actors:
+        """The actor rules of the channels that name actors, for the services."""
+        return Actors(
+            {
+                entry.ledger_id: ChannelActors(entry.actor_required, entry.roles)
+                for entry in self.channels.values()
+                if entry.roles
+            }
+        )
+
+
+def parse_roles(table: Any, prefix: str, problem: Any) -> dict[str, RoleLimits]:
+    """`[channels.NAME.roles.ROLE]` tables: each a known role with its caps (0 = none)."""
+    roles: dict[str, RoleLimits] = {}
+    if not isinstance(table, dict):
+        problem(f"{prefix}.roles", "expected [roles.ROLE] tables")
+        return roles
+    for role, limits in table.items():
+        where = f"{prefix}.roles.{role}"
+        if role not in ROLES:
+            problem(where, f"unknown role (expected {', '.join(ROLES)})")
+            continue
+        if not isinstance(limits, dict) or not set(limits) <= _ROLE_KEYS:
+            problem(where, f"expected a table of {', '.join(sorted(_ROLE_KEYS))}")
+            continue
+        caps: dict[str, int] = {}
+        for name in sorted(_ROLE_KEYS):
+            value = limits.get(name, 0)
+            if type(value) is not int or not 0 <= value <= CAP_MINOR_MAX:
+                problem(f"{where}.{name}", "expected an integer >= 0 (minor units; 0 = no cap)")
+                value = 0
+            caps[name] = value
+        roles[role] = RoleLimits(**caps)
+    return roles
 
 
 def load_registry(path: str | os.PathLike[str], rules: RuleSet | None = None) -> Registry:
@@ -204,6 +249,13 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
         if not isinstance(disabled, bool):
             problem(f"{prefix}.disabled", "expected true or false")
             disabled = False
+        actor_required = table.get("actor_required", False)
+        if not isinstance(actor_required, bool):
+            problem(f"{prefix}.actor_required", "expected true or false")
+            actor_required = False
+        roles = parse_roles(table.get("roles", {}), prefix, problem)
+        if actor_required and not roles:
+            problem(f"{prefix}.actor_required", "a channel that requires an actor declares roles")
         channels[name] = ChannelEntry(
             name=name,
             ledger_id=ledger_id,
@@ -215,6 +267,8 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
             body_size_max=body_size_max,
             batch_size_max=batch_size_max,
             disabled=disabled,
+            actor_required=actor_required,
+            roles=MappingProxyType(roles),
         )
     if problems:
         raise RegistryError(problems)

@@ -54,9 +54,20 @@ def channel_secrets(path: str | Path = CHANNELS_FILE) -> dict[str, dict[str, Any
     }
 
 
+# The counter's setup (opening cash of 100,000 CNY) is over a teller's cap: a supervisor.
+SETUP_ACTORS = {"counter": ("S0001", "supervisor")}
+
+
 def client(url: str, channel: str, secrets_of: dict[str, dict[str, Any]]) -> TallyClient:
     entry = secrets_of[channel]
-    return TallyClient(url, channel, entry["key_id"], entry["secret"], timeout_s=60.0)
+    return TallyClient(
+        url,
+        channel,
+        entry["key_id"],
+        entry["secret"],
+        timeout_s=60.0,
+        actor=SETUP_ACTORS.get(channel),
+    )
 
 
 def identity_of(seed: int, index: int) -> tuple[str, str, str]:

@@ -161,6 +161,10 @@ class TallyUser(FastHttpUser):
 
     # --- requests ---------------------------------------------------------------------
 
+    def actor_for(self, body: Any) -> tuple[str, str] | None:
+        """Who acts at this channel for a request with `body` (None: nobody is named)."""
+        return None
+
     def signed(
         self,
         method: str,
@@ -176,8 +180,9 @@ class TallyUser(FastHttpUser):
         """One signed request; returns (status, response headers, parsed body or None)."""
         data = orjson.dumps(body) if body is not None else b""
         headers = self.signer.headers(
-            method, path, data, query=query, idempotency_key=idempotency_key
-        )
+            method, path, data, query=query, idempotency_key=idempotency_key,
+            actor=self.actor_for(body),
+        )  # fmt: skip
         if token is not None:
             headers["Tally-Transaction-Token"] = token
         if session is not None:
@@ -495,6 +500,15 @@ class CounterUser(TallyUser):
 
     channel = "counter"
     weight = 7
+    # The teller serves; an amount over the teller's cap (examples/channels.toml) is
+    # posted by the supervisor, as at a real counter.
+    TELLER_CAP_MINOR = 5_000_000
+
+    def actor_for(self, body: Any) -> tuple[str, str] | None:
+        amount = body.get("amount_minor", 0) if isinstance(body, dict) else 0
+        if amount > self.TELLER_CAP_MINOR:
+            return ("S0001", "supervisor")
+        return ("T0001", "teller")
 
     @tag("cash")
     @task(5)

@@ -30,6 +30,11 @@ from core.services.identity import luhn_check_digit, resident_id_check_character
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
 SCRYPT_N_TESTS = 1 << 10  # fast hashes in tests; the default cost is tested on its own
+# Who the counter's requests name by default: a supervisor (no teller cap gets in the way
+# of the tests' setups); tests of the roles name a teller themselves.
+TELLER = ("T0001", "teller")
+SUPERVISOR = ("S0001", "supervisor")
+DEFAULT_ACTORS = {"counter": SUPERVISOR}
 
 
 def free_port() -> int:
@@ -48,8 +53,11 @@ class TallyServer:
         channels_file: Path = CHANNELS_FILE,
         extra: Sequence[str] = (),
         disk_delay_ms: int = 0,
+        clock_file: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # Set: tests/clock_serve.py, the services' clock moved by the seconds in this file.
+        self.clock_file = clock_file
         self.disk_delay_ms = disk_delay_ms  # > 0: tests/slow_disk_serve.py, a slow journal
         self.backend = backend
         self.server = server
@@ -71,6 +79,8 @@ class TallyServer:
         launcher = (
             [str(REPO_ROOT / "tests" / "slow_disk_serve.py"), str(self.disk_delay_ms)]
             if self.disk_delay_ms
+            else [str(REPO_ROOT / "tests" / "clock_serve.py"), str(self.clock_file)]
+            if self.clock_file is not None
             else ["-m", "core", "serve"]
         )
         command = [
@@ -136,6 +146,11 @@ class TallyServer:
         self.process = None
         return code
 
+    def move_clock(self, offset_s: float) -> None:
+        """Set the services' clock `offset_s` ahead of the wall clock (a clock_file server)."""
+        assert self.clock_file is not None
+        self.clock_file.write_text(f"{offset_s}\n")
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
@@ -143,7 +158,10 @@ class TallyServer:
         self.process = None
 
     def client(self, channel: str, **kwargs: Any) -> TallyClient:
+        """A client signing for `channel`; at the counter it names a supervisor unless
+        `actor=` says otherwise (None: no actor)."""
         key_id, secret = channel_secret(channel, self.channels_file)
+        kwargs.setdefault("actor", DEFAULT_ACTORS.get(channel))
         return TallyClient(self.url, channel, key_id, secret, **kwargs)
 
 

@@ -1,9 +1,10 @@
 """The ASGI application: one pipeline every /v1 request goes through, in this order.
 
     route (404/405) -> ready (503) -> body read under the size cap (413)
-    -> signature: channel, key, timestamp window, HMAC, nonce (401/403)
-    -> operation allowed for the channel (403) -> rate limit (429)
-    -> Idempotency-Key present on money routes (400) -> content type (415)
+    -> signature: channel, key, timestamp window, HMAC (over the Tally-Actor header
+    too), nonce (401/403) -> operation allowed for the channel (403) -> rate limit (429)
+    -> Idempotency-Key present on money routes (400) -> the acting teller: well formed
+    (400), required by the channel (401), a declared role (403) -> content type (415)
     -> JSON parse (400) and schema (422) -> channel kind (403, core.services.policy)
     -> key not in flight (409) -> the handler and its service (a refusal is
     rendered from the one table in problems.py) -> response + access log
@@ -146,6 +147,7 @@ class App:
         reply: Reply
         problem: Problem | None = None
         idempotency_key = ""
+        actor_id = ""
         metrics = self.metrics
         metrics.in_flight += 1
         try:
@@ -178,6 +180,7 @@ class App:
                     ctx = self.context(
                         route, channel, params, scope, headers, body, idempotency_key
                     )
+                    actor_id = ctx.caller.actor_id
                     if route.policy.kinds:  # the one channel-policy guard (core.services.policy)
                         policy.admit(ctx.caller, route.policy)
                     handler = getattr(self.handlers, route.operation)
@@ -245,6 +248,8 @@ class App:
             }
             if idempotency_key:
                 record["idempotency_key"] = idempotency_key
+            if actor_id:
+                record["actor"] = actor_id
             if problem is not None:
                 record["problem"] = problem.slug
             for name, _ in reply.headers:
@@ -374,6 +379,7 @@ class App:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         idempotency = headers.get(b"idempotency-key", b"").decode("latin-1")
+        actor = headers.get(b"tally-actor", b"").decode("latin-1")
         if not verify_request(
             secret,
             credentials.channel,
@@ -384,6 +390,7 @@ class App:
             timestamp,
             nonce,
             idempotency,
+            actor,
             body,
             credentials.signature,
         ):
@@ -456,6 +463,24 @@ class App:
             )
         return text
 
+    def actor_caller(self, caller: Caller, scope: Scope, value: bytes) -> Caller:
+        """The Caller naming the teller of a (signed) Tally-Actor header, once well formed
+        (400), given once (400) and of a role the channel declares (403)."""
+        parsed = signing.parse_actor(value.decode("latin-1"))
+        if parsed is None:
+            raise Problem(
+                400,
+                "actor-malformed",
+                "The Tally-Actor header is malformed",
+                'expected exactly id="<1-32 of A-Z a-z 0-9 _ ->",role="<role>"',
+            )
+        if sum(1 for name, _ in scope["headers"] if name == b"tally-actor") != 1:
+            raise Problem(400, "actor-malformed", "Send one Tally-Actor header, not several")
+        actor_id, role = parsed
+        acting = Caller(caller.name, caller.kind, caller.ledger_id, actor_id, role)
+        self.bank.actors.admit(acting)
+        return acting
+
     def context(
         self,
         route: Route,
@@ -466,6 +491,12 @@ class App:
         body: bytes,
         key: str,
     ) -> Context:
+        caller = self.callers[channel.name]  # the cached Caller: no actor named
+        actor = headers.get(b"tally-actor")
+        if actor is not None:
+            caller = self.actor_caller(caller, scope, actor)
+        elif channel.actor_required:
+            self.bank.actors.admit(caller)  # refused: the channel acts for a teller
         raw_type = headers.get(b"content-type", b"")
         content_type = (
             "application/json"  # what nearly every request sends: no parsing
@@ -520,7 +551,6 @@ class App:
                     check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
         session = headers.get(b"tally-session", b"").decode("latin-1")
-        caller = self.callers[channel.name]
         return Context(
             channel,
             caller,

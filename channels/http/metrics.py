@@ -201,7 +201,40 @@ class _EngineCollector(Collector):
         )
 
 
+class _PasswordCollector(Collector):
+    """The password-hashing pool (`core.services.passwords.HashPool`): its bound holds."""
+
+    def __init__(self, bank: Any) -> None:
+        self.pool = bank.auth.pool
+
+    def collect(self) -> Iterable[Metric]:
+        pool = self.pool
+        yield GaugeMetricFamily(
+            "tally_password_hash_threads", "Threads that hash passwords.", value=pool.threads
+        )
+        yield GaugeMetricFamily(
+            "tally_password_hash_running_max",
+            "The most password hashes seen running at once (measured in the threads).",
+            value=pool.running_max,
+        )
+        yield GaugeMetricFamily(
+            "tally_password_hash_admitted_max",
+            "The most password checks seen waiting or running at once.",
+            value=pool.admitted_max,
+        )
+        yield CounterMetricFamily(
+            "tally_password_hashes", "Password hashes computed.", value=pool.hashes
+        )
+        yield CounterMetricFamily(
+            "tally_password_checks_busy",
+            "Password checks refused because the pool's queue was full.",
+            value=pool.refused_busy,
+        )
+
+
 def register_collectors(metrics: Metrics, bank: Any) -> None:
-    """Expose `bank`'s engine and store figures, and share its posting-result counts."""
+    """Expose `bank`'s engine, store and password-pool figures, and share its
+    posting-result counts."""
     metrics.results = bank.payments.results
     metrics.registry.register(_EngineCollector(bank))
+    metrics.registry.register(_PasswordCollector(bank))

@@ -66,6 +66,11 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "ledger_result": _object({"code": INT, "name": STRING}),
             "attempts_remaining": INT,
             "size_max": INT,
+            "fields": {"type": "array", "items": STRING},
+            "reason": STRING,  # weak-transaction-password: why
+            "role": STRING,  # actor-limit-exceeded: the acting role
+            "cap_minor": INT,  # actor-limit-exceeded: the role's cap
+            "roles": {"type": "array", "items": STRING},  # actor-*: the channel's roles
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -180,6 +185,7 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
     ),
 }
 
+ACTOR_JSON_PATTERN = '^id="[A-Za-z0-9_-]{1,32}",role="[a-z]{1,16}"$'  # signing.ACTOR_PATTERN
 COMMON_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 DESCRIPTIONS = {
     400: "Malformed request: invalid JSON, missing or malformed Idempotency-Key",
@@ -193,7 +199,7 @@ DESCRIPTIONS = {
     413: "Body or batch too large",
     415: "Unsupported content type",
     422: "Valid JSON that breaks the schema or a business rule (ledger result code included)",
-    423: "Transaction password locked for the day",
+    423: "Transaction password locked until a supervisor resets it at a counter",
     429: "Channel over its rate limit (Retry-After)",
     503: "Not ready (recovering) or overloaded (Retry-After)",
 }
@@ -261,6 +267,16 @@ def _operation(route: Route) -> dict[str, Any]:
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             }
         )
+    parameters.append(
+        {
+            "name": "Tally-Actor",
+            "in": "header",
+            "required": False,
+            "description": "who acts at the channel, signed with the request: required at "
+            "channels that act for a teller (the counter), refused at others",
+            "schema": {"type": "string", "pattern": ACTOR_JSON_PATTERN},
+        }
+    )
     if policy.consent or route.operation in TOKEN_READ_OPERATIONS:
         parameters.append(
             {
@@ -382,7 +398,8 @@ def openapi_document() -> dict[str, Any]:
             "description": (
                 "The HTTP face of Tally, a bank transaction core. Money is integer fen. Every /v1 "
                 f"request is signed ({SCHEME}: HMAC-SHA256 over channel, key id, method, path, "
-                "query, timestamp, nonce, Idempotency-Key and the body's SHA-256; see "
+                "query, timestamp, nonce, Idempotency-Key, Tally-Actor and the body's SHA-256; "
+                "see "
                 "channels/http/signing.py). Errors are RFC 9457 problems with stable types under "
                 f"{PROBLEM_BASE}. Problem types from ledger result codes: "
                 + ", ".join(all_problem_slugs())

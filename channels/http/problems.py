@@ -253,7 +253,7 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
     C.PASSWORD_LOCKED: (
         423,
         "transaction-password-locked",
-        "Too many wrong transaction passwords today",
+        "Too many wrong transaction passwords: locked until reset at a counter",
     ),
     C.TOKEN_INVALID: (
         401,
@@ -304,6 +304,36 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "read-not-in-scope",
         "The customer of this session does not hold what was asked for",
     ),
+    C.ACTOR_REQUIRED: (
+        401,
+        "actor-required",
+        "This channel acts for a teller: send a signed Tally-Actor header",
+    ),
+    C.ACTOR_ROLE_NOT_ALLOWED: (
+        403,
+        "actor-role-not-allowed",
+        "The Tally-Actor role is not one this channel declares",
+    ),
+    C.ACTOR_LIMIT_EXCEEDED: (
+        403,
+        "actor-limit-exceeded",
+        "The amount is over what a {role} may post; a supervisor must act",
+    ),
+    C.SUPERVISOR_REQUIRED: (
+        403,
+        "supervisor-required",
+        "Only a supervisor at the counter may do this",
+    ),
+    C.PASSWORD_WEAK: (
+        422,
+        "weak-transaction-password",
+        "The transaction password is too easy to guess",
+    ),
+    C.PASSWORD_CHECKS_BUSY: (
+        503,
+        "password-checks-busy",
+        "Too many transaction passwords are being checked; retry shortly",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
@@ -334,8 +364,9 @@ def refusal_problem(refusal: Refusal) -> Problem:
         detail = "retry after the time in Retry-After"
         retry = max(1, math.ceil(extras["retry_after_s"]))
         headers.append((b"retry-after", str(retry).encode()))
-    elif code == C.PASSWORD_LOCKED:
-        headers.append((b"retry-after", str(extras["retry_after_s"]).encode()))
+    elif code == C.PASSWORD_CHECKS_BUSY:
+        retry = max(1, math.ceil(extras["retry_after_s"]))
+        headers.append((b"retry-after", str(retry).encode()))
     elif status == 503:
         headers.append((b"retry-after", b"1"))
     if code == C.NOT_READY:

@@ -192,7 +192,8 @@ def check_value(value: Any, spec: F, path: str) -> None:
             raise fail(path, f"must be at least {spec.min_length} characters")
         if spec.max_length and len(value) > spec.max_length:
             raise fail(path, f"must be at most {spec.max_length} characters")
-        if spec.pattern and not re.search(spec.pattern, value):
+        # Matched whole: `$` alone would let a trailing newline through ("123456\n").
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
             raise fail(path, f"must match {spec.pattern}")
     elif kind == "boolean":
         if not isinstance(value, bool):

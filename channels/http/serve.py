@@ -109,9 +109,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--password-failures-max",
         type=int,
         default=5,
-        help="wrong transaction passwords per business day before the lock",
+        help="wrong transaction passwords in a row before the lock (lifted only by a"
+        " supervisor's reset at a counter)",
     )
     parser.add_argument("--scrypt-n", type=int, default=1 << 14, help="scrypt cost (power of 2)")
+    parser.add_argument("--scrypt-r", type=int, default=8, help="scrypt block size")
+    parser.add_argument("--scrypt-p", type=int, default=1, help="scrypt parallelism")
+    parser.add_argument(
+        "--password-hash-threads",
+        type=int,
+        default=0,
+        help="threads that hash transaction passwords, apart from the engine's"
+        " (0: half the CPUs, at least one)",
+    )
+    parser.add_argument(
+        "--password-hash-queue",
+        type=int,
+        default=64,
+        help="password checks that may wait for those threads; beyond, 503 + Retry-After",
+    )
     parser.add_argument(
         "--body-size-max",
         type=int,
@@ -139,12 +155,16 @@ def build_app(args: argparse.Namespace) -> App:
         session_ttl_s=args.session_ttl_s,
         password_failures_max=args.password_failures_max,
         scrypt_n=args.scrypt_n,
+        scrypt_r=args.scrypt_r,
+        scrypt_p=args.scrypt_p,
+        password_hash_threads=args.password_hash_threads,
+        password_hash_queue_max=args.password_hash_queue,
         snapshot_every_entries=args.snapshot_every_entries,
         store_dsn=args.store,
         retention_s=args.retention_s,
         prefault=args.prefault,
     )
-    bank = Bank(settings, rules)
+    bank = Bank(settings, rules, actors=registry.actors())
     return App(
         bank,
         registry,
@@ -165,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"tally serve: --store must be a postgresql:// URL, not {args.store!r}", file=sys.stderr
         )
+        return 2
+    problem = password_arguments_problem(args)
+    if problem:
+        print(f"tally serve: {problem}", file=sys.stderr)
         return 2
     try:
         app = build_app(args)
@@ -187,6 +211,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return _run_uvicorn(app, args)
     return _run_hypercorn(app, args)
+
+
+def password_arguments_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the password-hashing arguments ("" if nothing)."""
+    n, r, p = args.scrypt_n, args.scrypt_r, args.scrypt_p
+    if n < 2 or n & (n - 1):
+        return f"--scrypt-n must be a power of 2 above 1, not {n}"
+    if r < 1 or p < 1 or r * p >= 1 << 30 or 128 * r * n > 1 << 28:
+        return f"--scrypt-r {r} --scrypt-p {p} --scrypt-n {n} are out of range"
+    if args.password_hash_threads < 0 or args.password_hash_queue < 0:
+        return "--password-hash-threads and --password-hash-queue must be >= 0"
+    return ""
 
 
 def hypercorn_config(host: str, port: int) -> Any:

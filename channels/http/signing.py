@@ -3,14 +3,24 @@
 The channel signs, with one of its active secrets, the string
 
     TALLY-HMAC-SHA256 \\n channel \\n key_id \\n METHOD \\n path \\n query \\n
-    timestamp \\n nonce \\n idempotency_key \\n hex(SHA-256(body)) \\n
+    timestamp \\n nonce \\n idempotency_key \\n actor \\n hex(SHA-256(body)) \\n
 
 (each part followed by one newline, no spaces; `query` is the raw query
-string without `?`, empty if none; `idempotency_key` is the header's value or
-empty) and sends
+string without `?`, empty if none; `idempotency_key` and `actor` are the
+values of the Idempotency-Key and Tally-Actor headers, or empty) and sends
 
     Authorization: TALLY-HMAC-SHA256 channel="wechat",key_id="k1",
         timestamp="1767225600",nonce="4f1c...",signature="<base64>"
+
+`Tally-Actor` names who acts at the channel (a counter's teller), in exactly
+this form, and only this form (ACTOR_PATTERN):
+
+    Tally-Actor: id="T0001",role="teller"
+
+`id` is 1-32 characters of A-Z a-z 0-9 _ - (the bank's staff number), `role`
+one of the roles the channel registry declares for the channel ("teller",
+"supervisor"). Being in the string to sign, the actor cannot be added,
+removed or changed after the channel signed the request.
 
 `timestamp` is Unix seconds; the server refuses one more than 300 s from its
 clock and a nonce it has seen inside that window. The key id names which of
@@ -35,6 +45,7 @@ SCHEME_BYTES = SCHEME.encode()
 TIMESTAMP_WINDOW_S = 300
 NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ACTOR_PATTERN = re.compile(r'id="([A-Za-z0-9_-]{1,32})",role="([a-z]{1,16})"')
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -47,12 +58,26 @@ def string_to_sign(
     timestamp: str,
     nonce: str,
     idempotency_key: str,
+    actor: str,
     body_sha256_hex: str,
 ) -> bytes:
     return (
         f"{SCHEME}\n{channel}\n{key_id}\n{method}\n{path}\n{query}\n"
-        f"{timestamp}\n{nonce}\n{idempotency_key}\n{body_sha256_hex}\n"
+        f"{timestamp}\n{nonce}\n{idempotency_key}\n{actor}\n{body_sha256_hex}\n"
     ).encode()
+
+
+def actor_header(actor_id: str, role: str) -> str:
+    """The Tally-Actor header value naming `actor_id` acting in `role`."""
+    value = f'id="{actor_id}",role="{role}"'
+    assert ACTOR_PATTERN.fullmatch(value), value
+    return value
+
+
+def parse_actor(value: str) -> tuple[str, str] | None:
+    """(actor id, role) of a Tally-Actor header value, or None if it is not well formed."""
+    matched = ACTOR_PATTERN.fullmatch(value)
+    return None if matched is None else (matched[1], matched[2])
 
 
 def signature(secret: bytes, message: bytes) -> str:
@@ -69,6 +94,7 @@ def authorization_header(
     body: bytes = b"",
     *,
     idempotency_key: str = "",
+    actor: str = "",
     timestamp: int,
     nonce: str | None = None,
 ) -> str:
@@ -76,7 +102,7 @@ def authorization_header(
     nonce = nonce if nonce is not None else secrets.token_hex(16)
     digest = hashlib.sha256(body).hexdigest() if body else EMPTY_BODY_SHA256
     message = string_to_sign(
-        channel, key_id, method, path, query, str(timestamp), nonce, idempotency_key, digest
+        channel, key_id, method, path, query, str(timestamp), nonce, idempotency_key, actor, digest
     )
     return (
         f'{SCHEME} channel="{channel}",key_id="{key_id}",timestamp="{timestamp}",'
@@ -163,6 +189,7 @@ def verify_request(
     timestamp: str,
     nonce: str,
     idempotency_key: str,
+    actor: str,
     body: bytes,
     claimed: str,
 ) -> bool:
@@ -176,6 +203,7 @@ def verify_request(
         timestamp,
         nonce,
         idempotency_key,
+        actor,
         hashlib.sha256(body).hexdigest(),
     )
     return verify(secret, message, claimed)

@@ -27,8 +27,9 @@ from core.engine import EngineStopped
 from core.services.bank import Bank
 from core.services.commands import Caller, OpenAccount, RegisterCustomer, SetPassword
 from core.services.identity import resident_id_check_character
-from core.services.passwords import check_password
+from core.services.passwords import check_password, weakness
 from core.services.refusals import Code, Refused
+from core.services.server_secrets import DEVELOPMENT
 from core.services.state import Password
 
 COUNTER = Caller("counter", "counter", 3)
@@ -112,6 +113,8 @@ async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random)
     load.accounts.append(class_ii)
     load.passwords[class_ii] = FIRST_PASSWORD
     new_password = f"{rng.randrange(10**6):06d}"
+    while weakness(new_password, id_number) is not None:  # the bank refuses weak ones
+        new_password = f"{rng.randrange(10**6):06d}"
     load.in_flight[class_ii] = new_password
     await bank.auth.set_password(
         SetPassword(APP, class_ii, new_password, old_password=FIRST_PASSWORD)
@@ -125,6 +128,7 @@ async def check_customer_state(
     state: Mapping[bytes, bytes],
     load: CustomerLoad,
     missing_in_ledger: Callable[[list[int]], Any],
+    pepper: bytes = DEVELOPMENT.password_pepper,
 ) -> dict[str, Any]:
     """What of `load`'s acknowledged work a promoted cluster lacks (`state`: its recovered
     customer state; `missing_in_ledger(ids)`: awaitable set of account ids not in its ledger)."""
@@ -138,7 +142,7 @@ async def check_customer_state(
     for account_id in changed:
         value = state.get(f"password/{account_id}".encode())
         if value is None or not await anyio.to_thread.run_sync(
-            _matches, value, load.passwords[account_id], load.in_flight.get(account_id)
+            _matches, value, load.passwords[account_id], load.in_flight.get(account_id), pepper
         ):
             password_lost.append(account_id)
     return {
@@ -154,7 +158,7 @@ async def check_customer_state(
     }
 
 
-def _matches(value: bytes, acknowledged: str, in_flight: str | None) -> bool:
+def _matches(value: bytes, acknowledged: str, in_flight: str | None, pepper: bytes) -> bool:
     record = orjson.loads(value)
     stored = Password(
         bytes.fromhex(record["salt"]),
@@ -162,7 +166,8 @@ def _matches(value: bytes, acknowledged: str, in_flight: str | None) -> bool:
         record["n"],
         record["r"],
         record["p"],
+        record.get("pepper", ""),
     )
-    if check_password(acknowledged, stored):
+    if check_password(acknowledged, stored, pepper):
         return True
-    return in_flight is not None and check_password(in_flight, stored)
+    return in_flight is not None and check_password(in_flight, stored, pepper)

@@ -11,10 +11,9 @@ import logging
 import secrets
 from typing import Any
 
-import anyio
 import orjson
 
-from core.services import identity, passwords
+from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, ChangeAccount, OpenAccount, VerifyAccount
 from core.services.customers import CLASS_NAMES, Customers
@@ -77,9 +76,7 @@ class Accounts:
         # The password is hashed before the class count is checked: from the count to the
         # staged record below there is no await, so concurrent openings for one customer
         # cannot all pass the PBoC per-class limit.
-        hashed = await anyio.to_thread.run_sync(
-            passwords.hash_password, command.password, self.core.settings.scrypt_n
-        )
+        hashed = await self.auth.new_password(command.password, customer.id_number, "/password")
         state = self.core.customer_state()
         open_count = sum(
             1

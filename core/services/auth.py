@@ -1,4 +1,4 @@
-"""Transaction authorization: passwords (hash, failure counter, daily lock), tokens,
+"""Transaction authorization: passwords (keyed hash, attempts, lock), tokens,
 customer sessions, and whose data a read may see.
 
 A debit of a customer account needs its holder's consent: a live transaction
@@ -9,23 +9,34 @@ password of one of the customer's accounts buys it, for this channel only) or
 a token for the account; an ATM shows the token its PIN bought. Sessions are
 kept like tokens (the SHA-256 of the bearer secret, durable, with a lifetime)
 and are revoked with every password change of the customer's accounts.
-Wrong passwords are counted per business day; at the maximum the account is
-locked until the next business day (or a counter resets the password).
-The clock is injected (`Lifecycle.now_ns`), so tests move time instead of
-sleeping.
+
+Wrong passwords are counted in a row, and each attempt is counted *before*
+its hash is checked: the count is raised in memory in the same step of the
+event loop that read it (no await in between, so concurrent guesses cannot
+all pass the check), made durable, and only then is the hash checked; a
+correct password gives the attempt back. So at most `password_failures_max`
+guesses are ever evaluated, even when they arrive at once or the server
+crashes mid-check. At the maximum the account is locked, and stays locked
+(no lifting by itself the next day) until a supervisor resets the password
+at a counter (`set_password` with the holder's ID number, from a counter
+request naming a supervisor). The clock is injected (`Lifecycle.now_ns`), so
+tests move time instead of sleeping.
+
+Hashing runs on its own bounded pool (`passwords.HashPool`): a burst of
+password checks waits there, or is refused 503, and never takes the threads
+the engine's postings need.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import secrets
 from collections.abc import Container
 
-import anyio
 import orjson
 
 from core.services import passwords, policy
+from core.services.actors import SUPERVISOR
 from core.services.commands import (
     Caller,
     Consent,
@@ -41,6 +52,7 @@ from core.services.refusals import Code, kind_refused, refused
 from core.services.results import SessionOpened, TokenIssued
 from core.services.state import (
     AccountMeta,
+    Password,
     Session,
     Token,
     failures_record,
@@ -56,6 +68,12 @@ logger = logging.getLogger("tally.services")
 class Auth:
     def __init__(self, core: Lifecycle) -> None:
         self.core = core
+        settings = core.settings
+        self.pool = passwords.HashPool(
+            settings.password_hash_threads or passwords.default_hash_threads(),
+            settings.password_hash_queue_max,
+        )
+        self.checking: dict[int, int] = {}  # account -> its passwords being checked now
         core.on_housekeeping.append(self.forget_expired)
 
     def meta_of(self, account_id: int) -> AccountMeta:
@@ -64,46 +82,87 @@ class Auth:
             raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, str(account_id))
         return meta
 
-    async def verify_password(self, account_id: int, password: str) -> None:
-        """Check a transaction password; count failures per business day; lock at the max."""
+    async def verify_password(
+        self, account_id: int, password: str, pointer: str = "/password"
+    ) -> None:
+        """Check a transaction password: the attempt reserved first, the lock at the max."""
         state = self.core.customer_state()
         stored = state.passwords.get(account_id)
         if stored is None:
             raise refused(Code.PASSWORD_NOT_SET)
-        today = self.core.today()
-        day, failures = state.failures.get(account_id, (today, 0))
-        if day != today:
-            failures = 0
-        maximum = self.core.settings.password_failures_max
+        if not passwords.well_formed(password):  # never counted: it cannot be anyone's
+            raise refused(Code.INVALID_FIELD, "must be exactly 6 digits", pointer=pointer)
+        settings = self.core.settings
+        pepper = settings.secrets.password_pepper
+        if stored.pepper_id and stored.pepper_id != passwords.pepper_id(pepper):
+            logger.error(
+                orjson.dumps(
+                    {"event": "password_pepper_mismatch", "account_id": str(account_id)}
+                ).decode()
+            )
+            raise refused(
+                Code.UNAVAILABLE,
+                "this password was hashed with another pepper: check the server's secrets file",
+            )
+        maximum = settings.password_failures_max
+        # From this read to the reservation below nothing awaits: concurrent attempts see
+        # each other's reservations and at most `maximum` of them reach the hash.
+        _, failures = state.failures.get(account_id, (0, 0))
+        checking = self.checking
         if failures >= maximum:
-            raise self._locked()
-        ok = await anyio.to_thread.run_sync(passwords.check_password, password, stored)
+            if failures - checking.get(account_id, 0) >= maximum:
+                raise self._locked()
+            # The attempts left are all reserved by checks still running: not locked yet.
+            raise refused(
+                Code.PASSWORD_CHECKS_BUSY,
+                "other checks of this account's password are in progress",
+                retry_after_s=passwords.BUSY_RETRY_AFTER_S,
+            )
+        self.pool.admit()  # a full pool refuses before anything is counted
+        checking[account_id] = checking.get(account_id, 0) + 1
+        try:
+            # `commit` applies the reservation in memory before its first await.
+            await state.commit([failures_record(account_id, self.core.today(), failures + 1)])
+            ok = await self.pool.run(passwords.check_password, password, stored, pepper)
+            rehashed: Password | None = None
+            if ok and passwords.needs_rehash(
+                stored, pepper, settings.scrypt_n, settings.scrypt_r, settings.scrypt_p
+            ):
+                rehashed = await self.pool.run(
+                    passwords.hash_password,
+                    password,
+                    pepper,
+                    settings.scrypt_n,
+                    settings.scrypt_r,
+                    settings.scrypt_p,
+                )
+        finally:
+            self.pool.leave()
+            left = checking.pop(account_id) - 1
+            if left:
+                checking[account_id] = left
+        _, count = state.failures.get(account_id, (0, 0))
         if ok:
-            if failures:
-                await state.commit([failures_record(account_id, today, 0)])
+            # The holder knows it: the failures in a row are cleared; the attempts still
+            # being checked stay reserved (each counts as a failure unless it succeeds).
+            records = [failures_record(account_id, self.core.today(), min(count, left))]
+            if rehashed is not None and state.passwords.get(account_id) is stored:
+                records.append(password_record(account_id, rehashed))  # not reset meanwhile
+            await state.commit(records)
             return
-        failures += 1
-        await state.commit([failures_record(account_id, today, failures)])
         logger.info(
             orjson.dumps(
-                {"event": "password_failed", "account_id": str(account_id), "failures": failures}
+                {"event": "password_failed", "account_id": str(account_id), "failures": count}
             ).decode()
         )
-        if failures >= maximum:
+        if count >= maximum:
             raise self._locked()
-        raise refused(Code.PASSWORD_WRONG, attempts_remaining=maximum - failures)
+        raise refused(Code.PASSWORD_WRONG, attempts_remaining=maximum - count)
 
     def _locked(self) -> Exception:
-        timezone = self.core.rules.timezone
-        now = datetime.datetime.fromtimestamp(self.core.now_ns() / NS_PER_S, timezone)
-        midnight = datetime.datetime.combine(
-            now.date() + datetime.timedelta(days=1), datetime.time(), timezone
-        )
-        seconds = max(1, int((midnight - now).total_seconds()))
         return refused(
             Code.PASSWORD_LOCKED,
-            "the lock lifts at the start of the next business day, or at a counter",
-            retry_after_s=seconds,
+            "too many wrong passwords: the holder resets it at a counter, with a supervisor",
         )
 
     async def authorize_debit(self, caller: Caller, account_id: int, consent: Consent) -> None:
@@ -144,22 +203,62 @@ class Auth:
         return TokenIssued(token, account_id, ttl, expires_ns)
 
     async def set_password(self, command: SetPassword) -> None:
-        """The holder's change (old password) or, with `id_number`, a counter's reset."""
+        """The holder's change (old password), or a counter's reset: the holder's ID number
+        checked by a supervisor named in the signed request (a teller alone, or the ID
+        number alone, is refused); the reset lifts the lock."""
         account_id = command.account_id
         meta = self.meta_of(account_id)
+        customer = self.core.customer_state().customers[meta.customer_id]
         if command.id_number:
-            customer = self.core.customer_state().customers[meta.customer_id]
+            caller = command.caller
+            if caller.kind != "counter" or caller.actor_role != SUPERVISOR:
+                raise refused(
+                    Code.SUPERVISOR_REQUIRED,
+                    "a password reset needs a supervisor named in the signed counter request"
+                    f" (acting: {caller.actor_role or 'nobody'})",
+                )
             if command.id_number != customer.id_number:
                 raise refused(Code.IDENTITY_MISMATCH)
-            await self._store_password(account_id, command.new_password, reset=True)
+            hashed = await self.new_password(command.new_password, customer.id_number)
+            await self._store_password(account_id, hashed, caller, reset=True)
             return
-        await self.verify_password(account_id, command.old_password)
-        await self._store_password(account_id, command.new_password)
+        self.check_new_password(command.new_password, customer.id_number)  # before the old
+        await self.verify_password(account_id, command.old_password, "/old_password")
+        hashed = await self.new_password(command.new_password, customer.id_number)
+        await self._store_password(account_id, hashed, command.caller)
 
-    async def _store_password(self, account_id: int, password: str, *, reset: bool = False) -> None:
-        hashed = await anyio.to_thread.run_sync(
-            passwords.hash_password, password, self.core.settings.scrypt_n
-        )
+    async def new_password(
+        self, password: str, id_number: str, pointer: str = "/new_password"
+    ) -> Password:
+        """The keyed hash of a new password, once it is well formed and not weak."""
+        self.check_new_password(password, id_number, pointer)
+        settings = self.core.settings
+        self.pool.admit()
+        try:
+            return await self.pool.run(
+                passwords.hash_password,
+                password,
+                settings.secrets.password_pepper,
+                settings.scrypt_n,
+                settings.scrypt_r,
+                settings.scrypt_p,
+            )
+        finally:
+            self.pool.leave()
+
+    def check_new_password(
+        self, password: str, id_number: str, pointer: str = "/new_password"
+    ) -> None:
+        """Refuse a new password that is not exactly 6 digits (422) or is weak (422)."""
+        if not passwords.well_formed(password):
+            raise refused(Code.INVALID_FIELD, "must be exactly 6 digits", pointer=pointer)
+        reason = passwords.weakness(password, id_number)
+        if reason is not None:
+            raise refused(Code.PASSWORD_WEAK, reason, pointer=pointer, reason=reason)
+
+    async def _store_password(
+        self, account_id: int, hashed: Password, caller: Caller, *, reset: bool = False
+    ) -> None:
         records = [password_record(account_id, hashed)]
         if reset:
             records.append(failures_record(account_id, self.core.today(), 0))
@@ -173,7 +272,14 @@ class Auth:
         await state.commit(records, deleted=revoked)
         logger.info(
             orjson.dumps(
-                {"event": "password_set", "account_id": str(account_id), "reset": reset}
+                {
+                    "event": "password_set",
+                    "account_id": str(account_id),
+                    "reset": reset,
+                    "channel": caller.name,
+                    "actor": caller.actor_id or None,
+                    "actor_role": caller.actor_role or None,
+                }
             ).decode()
         )
 

@@ -14,6 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from core.services.accounts import Accounts
+from core.services.actors import Actors
 from core.services.auth import Auth
 from core.services.customers import Customers
 from core.services.kyc import Verifier
@@ -34,6 +35,7 @@ class Bank:
         now_ns: Callable[[], int] = time.time_ns,
         open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
         posting_checks: tuple[PostingCheck, ...] = (),
+        actors: Actors | None = None,
     ) -> None:
         self.core = Lifecycle(settings, rules, now_ns=now_ns, open_store=open_store)
         self.settings = settings
@@ -41,6 +43,11 @@ class Bank:
         self.auth = Auth(self.core)
         self.customers = Customers(self.core, self.auth, verifier)
         self.accounts = Accounts(self.core, self.customers, self.auth)
+        # Who acts at each channel (the counter's tellers) and each role's caps: the
+        # adapters `admit` every request, and every posting is checked at the one point.
+        self.actors = actors or Actors()
+        if self.actors:
+            posting_checks = (self.actors.check_postings, *posting_checks)
         self.payments = Payments(self.core, self.auth, posting_checks)
         self.reads = Reads(self.core, self.auth)
 

@@ -76,8 +76,17 @@ class Settings:
     linger_s: float = 0.001
     token_ttl_s: int = 300
     session_ttl_s: int = 900  # a customer session (reads at wechat/app channels)
+    # Wrong transaction passwords in a row before the lock (reset at a counter only).
     password_failures_max: int = 5
+    # The keyed password hash's scrypt parameters, stored with each hash: raising them
+    # rehashes each password at its next correct use.
     scrypt_n: int = passwords.SCRYPT_N_DEFAULT
+    scrypt_r: int = passwords.SCRYPT_R
+    scrypt_p: int = passwords.SCRYPT_P
+    # Password hashing's own threads (0: half the CPUs, at least one) and how many checks
+    # may wait for them; beyond that a check is refused 503 with Retry-After.
+    password_hash_threads: int = 0
+    password_hash_queue_max: int = 64
     minimum_age: int = 16
     nonce_window_s: int = 300
     snapshot_every_entries: int = 0

@@ -59,6 +59,12 @@ class Code(enum.IntEnum):
     SESSION_INVALID = 33  # the customer session is unknown, expired or another channel's
     READ_AUTHENTICATION_REQUIRED = 34  # a scoped read without a session or token
     READ_NOT_IN_SCOPE = 35  # the session's customer does not hold what is read
+    ACTOR_REQUIRED = 36  # the channel acts for a teller and named none: `roles`
+    ACTOR_ROLE_NOT_ALLOWED = 37  # a role the channel does not declare: `roles`
+    ACTOR_LIMIT_EXCEEDED = 38  # over the acting role's cap: `role`, `cap_minor`
+    SUPERVISOR_REQUIRED = 39  # only a supervisor at the counter may do this
+    PASSWORD_WEAK = 40  # an easily guessed password: `reason`, `pointer`
+    PASSWORD_CHECKS_BUSY = 41  # the password-hashing queue is full: `retry_after_s`
 
 
 @dataclass(slots=True)

@@ -97,6 +97,7 @@ class Password:
     n: int
     r: int
     p: int
+    pepper_id: str = ""  # the pepper keyed into the hash (`passwords.pepper_id`); "": none
 
 
 @dataclass(slots=True)
@@ -144,7 +145,8 @@ class StateStore:
         self.customer_by_id_number: dict[str, str] = {}
         self.accounts: dict[int, AccountMeta] = {}
         self.passwords: dict[int, Password] = {}
-        self.failures: dict[int, tuple[int, int]] = {}  # account -> (business day, count)
+        # account -> (business day of the last, wrong passwords in a row incl. reserved)
+        self.failures: dict[int, tuple[int, int]] = {}
         self.tokens: dict[str, Token] = {}
         self.sessions: dict[str, Session] = {}  # digest -> session
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
@@ -228,6 +230,7 @@ class StateStore:
                 record["n"],
                 record["r"],
                 record["p"],
+                record.get("pepper", ""),
             )
         elif kind == "failures":
             self.failures[int(record["account"])] = (record["day"], record["count"])
@@ -478,6 +481,9 @@ def account_record(meta: AccountMeta) -> dict[str, Any]:
 
 
 def failures_record(account_id: int, day: int, count: int) -> dict[str, Any]:
+    """Wrong passwords in a row (`count`, reserved before each check) and the business
+    day of the last; the count no longer restarts with the day: only a correct password
+    or a supervisor's reset at a counter clears it."""
     return {"k": "failures", "account": str(account_id), "day": day, "count": count}
 
 
@@ -490,6 +496,7 @@ def password_record(account_id: int, password: Password) -> dict[str, Any]:
         "n": password.n,
         "r": password.r,
         "p": password.p,
+        **({"pepper": password.pepper_id} if password.pepper_id else {}),
     }
 
 

@@ -222,7 +222,7 @@ def _both(secret: bytes, parts: list[str], body: bytes, claimed: str) -> bool:
 
 @given(
     st.binary(min_size=1, max_size=130),
-    st.lists(any_parts, min_size=8, max_size=8),
+    st.lists(any_parts, min_size=9, max_size=9),
     st.binary(max_size=5000),
     st.data(),
 )
@@ -247,14 +247,17 @@ def test_signature_check_matches_the_reference(
     _both(secret, parts, body, tampered)
     if body:  # the body is covered: one byte changed fails
         assert not _both(secret, parts, body[:-1] + bytes([body[-1] ^ 1]), good)
-    index = data.draw(st.integers(0, 7))
+    index = data.draw(st.integers(0, 8))  # the actor (8) is covered like every part
     changed = list(parts)
     changed[index] = parts[index] + "x"
     assert not _both(secret, changed, body, good)
 
 
 def test_signature_check_takes_long_strings_and_rotated_secrets() -> None:
-    parts = ["app", "dev-app-1", "POST", "/v1/" + "p" * 6000, "q=1", "1767225600", "n" * 64, "k"]
+    parts = [
+        "counter", "dev-counter-1", "POST", "/v1/" + "p" * 6000, "q=1", "1767225600", "n" * 64,
+        "k", 'id="T0001",role="teller"',
+    ]  # fmt: skip
     body = b"{}" * 3000
     for secret in (b"s" * 10, b"t" * 64, b"u" * 65, b"v" * 200):  # pads, and a hashed key
         assert _both(secret, parts, body, _signed(secret, parts, body))

@@ -10,6 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from core.services import passwords
+from core.services.actors import Actors, ChannelActors, RoleLimits
 from core.services.bank import Bank
 from core.services.commands import (
     Caller,
@@ -27,6 +29,7 @@ from core.services.lifecycle import Settings
 from core.services.payments import PostingCheck
 from core.services.records import derive_transfer_id
 from core.services.refusals import Code, Refused, refused
+from core.services.state import Password, password_record
 from ledger.constants import CASH_VAULT_ID, SETTLEMENT_ID
 from ledger.records import pack_transfer, transfer_view
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
@@ -34,6 +37,8 @@ from limits.rules import load_rules
 
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 COUNTER = Caller("counter", "counter", 3)
+TELLER = Caller("counter", "counter", 3, "T0001", "teller")
+SUPERVISOR = Caller("counter", "counter", 3, "S0001", "supervisor")
 APP = Caller("app", "app", 1)
 ID_NUMBER = "11010519491231002X"  # a valid resident ID (check digit X)
 PASSWORD = "135790"
@@ -49,7 +54,10 @@ class Clock:
 
 @asynccontextmanager
 async def running_bank(
-    directory: Path, clock: Clock, posting_checks: tuple[PostingCheck, ...] = ()
+    directory: Path,
+    clock: Clock,
+    posting_checks: tuple[PostingCheck, ...] = (),
+    actors: Actors | None = None,
 ) -> AsyncIterator[Bank]:
     settings = Settings(str(directory), scrypt_n=1 << 10, token_ttl_s=60)
     bank = Bank(
@@ -57,6 +65,7 @@ async def running_bank(
         load_rules("examples/limits.toml"),
         now_ns=clock.now_ns,
         posting_checks=posting_checks,
+        actors=actors,
     )
     async with anyio.create_task_group() as task_group:
         await task_group.start(bank.serve)
@@ -213,9 +222,10 @@ async def test_the_store_keeps_a_token_digest_never_the_token(tmp_path: Path) ->
 
 
 @run
-async def test_wrong_passwords_lock_until_the_next_business_day(tmp_path: Path) -> None:
-    """Five wrong passwords lock the account (with the seconds to the next business day);
-    the right one is refused while locked; a day later on the clock it works again."""
+async def test_wrong_passwords_lock_until_a_supervisor_resets(tmp_path: Path) -> None:
+    """Five wrong passwords lock the account; the right one is refused while locked, still
+    a day later on the clock and a week later; a teller's reset is refused, a supervisor's
+    (with the holder's ID number) lifts the lock and the new password works."""
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 1_000)
@@ -227,12 +237,16 @@ async def test_wrong_passwords_lock_until_the_next_business_day(tmp_path: Path) 
             codes.append(await refusal_of(lambda wrong=wrong: bank.payments.post(wrong)))
         assert codes == [Code.PASSWORD_WRONG] * 4 + [Code.PASSWORD_LOCKED]
         right = bank.payments.transfer(COUNTER, "r1", source, 1, 1, Consent(password=PASSWORD))
-        with pytest.raises(Refused) as caught:
-            await bank.payments.post(right)
-        assert caught.value.refusal.code == Code.PASSWORD_LOCKED
-        assert 0 < caught.value.refusal.extras["retry_after_s"] <= 86_400
-        clock.now += 86_400 * 1_000_000_000
-        assert (await bank.payments.post(right)).amount_minor == 1
+        assert await refusal_of(lambda: bank.payments.post(right)) == Code.PASSWORD_LOCKED
+        for days in (1, 7):
+            clock.now = START_NS + days * 86_400 * 1_000_000_000
+            assert await refusal_of(lambda: bank.payments.post(right)) == Code.PASSWORD_LOCKED
+        reset = SetPassword(TELLER, source, "246813", id_number=ID_NUMBER)
+        assert await refusal_of(lambda: bank.auth.set_password(reset)) == Code.SUPERVISOR_REQUIRED
+        reset.caller = SUPERVISOR
+        await bank.auth.set_password(reset)
+        again = bank.payments.transfer(COUNTER, "r2", source, 1, 1, Consent(password="246813"))
+        assert (await bank.payments.post(again)).amount_minor == 1
 
 
 @run
@@ -320,3 +334,103 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
         assert blocklist.seen == seen + 1 + 1 + 2
         view = await bank.reads.account(COUNTER, source)
         assert view.balance_minor == 10_000 - 100 - 100
+
+
+@run
+async def test_concurrent_wrong_passwords_are_reserved_before_the_hash(tmp_path: Path) -> None:
+    """40 wrong passwords checked at once through the service: at most 5 hashes are
+    computed, the account ends locked with a count of 5, and the right password is then
+    refused as locked."""
+    clock = Clock()
+    async with running_bank(tmp_path, clock) as bank:
+        source = await funded_account(bank, 1_000)
+        hashes_before = bank.auth.pool.hashes
+        codes: list[Code] = []
+
+        async def guess() -> None:
+            codes.append(await refusal_of(lambda: bank.auth.verify_password(source, "864209")))
+
+        async with anyio.create_task_group() as task_group:
+            for _ in range(40):
+                task_group.start_soon(guess)
+        assert bank.auth.pool.hashes - hashes_before <= 5
+        assert codes.count(Code.PASSWORD_WRONG) <= 4
+        assert set(codes) <= {Code.PASSWORD_WRONG, Code.PASSWORD_LOCKED, Code.PASSWORD_CHECKS_BUSY}
+        assert bank.core.customer_state().failures[source][1] == 5
+        locked = bank.auth.verify_password(source, PASSWORD)
+        assert await refusal_of(lambda: locked) == Code.PASSWORD_LOCKED
+
+
+@run
+async def test_an_unpeppered_hash_checks_once_and_is_rehashed(tmp_path: Path) -> None:
+    """A password stored before the pepper (no pepper id, older parameters) still checks,
+    and the correct check stores it again keyed with the pepper and the settings' cost."""
+    clock = Clock()
+    async with running_bank(tmp_path, clock) as bank:
+        source = await funded_account(bank, 1_000)
+        salt = b"s" * 16
+        legacy = Password(
+            salt, passwords._scrypt(PASSWORD.encode(), salt, 1 << 9, 8, 1), 1 << 9, 8, 1
+        )
+        state = bank.core.customer_state()
+        await state.commit([password_record(source, legacy)])
+        await bank.auth.verify_password(source, PASSWORD)
+        stored = state.passwords[source]
+        pepper = bank.settings.secrets.password_pepper
+        assert stored.pepper_id == passwords.pepper_id(pepper) and stored.n == 1 << 10
+        assert passwords.check_password(PASSWORD, stored, pepper)
+        assert await refusal_of(lambda: bank.auth.verify_password(source, "864209")) == (
+            Code.PASSWORD_WRONG
+        )
+
+
+@run
+async def test_role_caps_hold_on_every_posting_route(tmp_path: Path) -> None:
+    """With actor rules for the counter: a posting naming no actor is refused at the one
+    posting point; a teller's cash deposit, transfer and batch item over the teller's caps
+    are refused and move nothing; a supervisor's are posted; a void is never capped."""
+    clock = Clock()
+    rules = ChannelActors(
+        True,
+        {"teller": RoleLimits(1_000, 500), "supervisor": RoleLimits(100_000, 50_000)},
+    )
+    async with running_bank(tmp_path, clock, actors=Actors({3: rules})) as bank:
+        customer = await bank.customers.register(
+            RegisterCustomer(SUPERVISOR, "张三", ID_NUMBER, "13800138000")
+        )
+        source = await bank.accounts.open(
+            OpenAccount(SUPERVISOR, customer.customer_id, 1, None, PASSWORD)
+        )
+        deposit = Movement(COUNTER, "d0", source, 100)
+        assert await refusal_of(lambda: bank.payments.cash_deposit(deposit)) == Code.ACTOR_REQUIRED
+        over = Movement(TELLER, "d1", source, 501)
+        assert await refusal_of(lambda: bank.payments.cash_deposit(over)) == (
+            Code.ACTOR_LIMIT_EXCEEDED
+        )
+        await bank.payments.cash_deposit(Movement(TELLER, "d2", source, 500))
+        await bank.payments.cash_deposit(Movement(SUPERVISOR, "d3", source, 20_000))
+        consent = Consent(password=PASSWORD)
+        big = bank.payments.transfer(TELLER, "t1", source, CASH_VAULT_ID, 1_001, consent)
+        assert await refusal_of(lambda: bank.payments.post(big)) == Code.ACTOR_LIMIT_EXCEEDED
+        records = b"".join(
+            pack_transfer(
+                id=derive_transfer_id(3, "b1", index),
+                debit_account_id=source,
+                credit_account_id=SETTLEMENT_ID,
+                amount=amount,
+                code=TransferCode.TRANSFER,
+                channel=3,
+            )
+            for index, amount in enumerate((10, 1_001))
+        )
+        with pytest.raises(Refused) as caught:
+            await bank.payments.post_batch(PostingBatch(TELLER, "b1", records, 2))
+        assert caught.value.refusal.code == Code.ACTOR_LIMIT_EXCEEDED
+        assert caught.value.refusal.extras["pointer"] == "/transfers/1"
+        assert (await bank.reads.account(SUPERVISOR, source)).balance_minor == 20_500
+        hold = Movement(SUPERVISOR, "h1", source, 5_000, consent, counterpart=CASH_VAULT_ID)
+        held = await bank.payments.payment(hold)
+        payment_id = int.from_bytes(held.transfer_id_packed, "little")
+        await bank.payments.void(Movement(TELLER, "v1", payment_id, None))
+        moved = bank.payments.transfer(SUPERVISOR, "t2", source, CASH_VAULT_ID, 1_001, consent)
+        assert (await bank.payments.post(moved)).amount_minor == 1_001

@@ -18,6 +18,7 @@ from core.services.kyc import BuiltinVerifier
 from core.services.records import derive_transfer_id, derive_transfer_ids_packed
 from core.services.state import (
     LEGACY_STATE_FILE,
+    Password,
     StateError,
     StateStore,
     legacy_records_to_import,
@@ -86,11 +87,11 @@ def test_signing_round_trip_and_parse_errors() -> None:
     assert not isinstance(credentials, str)
     digest = __import__("hashlib").sha256(b"{}").hexdigest()
     message = signing.string_to_sign(
-        "app", "k1", "POST", "/v1/x", "a=1", "100", "abcdefgh", "key", digest
+        "app", "k1", "POST", "/v1/x", "a=1", "100", "abcdefgh", "key", "", digest
     )
     assert signing.verify(b"s" * 32, message, credentials.signature)
     tampered = signing.string_to_sign(
-        "app", "k1", "POST", "/v1/x", "a=2", "100", "abcdefgh", "key", digest
+        "app", "k1", "POST", "/v1/x", "a=2", "100", "abcdefgh", "key", "", digest
     )
     assert not signing.verify(b"s" * 32, tampered, credentials.signature)
     assert isinstance(signing.parse_authorization("Basic abc"), str)
@@ -194,12 +195,43 @@ def test_transfer_ids_derive_from_channel_key_and_index() -> None:
     ]
 
 
-def test_password_hash_is_salted_and_checked() -> None:
-    """Two hashes of one password differ (salt); only the right password checks."""
-    one = passwords.hash_password("135790", n=1 << 10)
-    two = passwords.hash_password("135790", n=1 << 10)
+PEPPER = b"p" * 32
+
+
+def test_password_hash_is_salted_keyed_and_checked() -> None:
+    """Two hashes of one password differ (salt); only the right password checks, and only
+    with the pepper it was hashed with; the hash records its parameters and pepper id; an
+    unpeppered hash from before the pepper still checks, and asks to be rehashed."""
+    one = passwords.hash_password("135790", PEPPER, n=1 << 10)
+    two = passwords.hash_password("135790", PEPPER, n=1 << 10)
     assert one.digest != two.digest
-    assert passwords.check_password("135790", one) and not passwords.check_password("135791", one)
+    assert (one.n, one.r, one.p) == (1 << 10, 8, 1)
+    assert one.pepper_id == passwords.pepper_id(PEPPER) != passwords.pepper_id(b"q" * 32)
+    assert passwords.check_password("135790", one, PEPPER)
+    assert not passwords.check_password("135791", one, PEPPER)
+    assert not passwords.check_password("135790", one, b"q" * 32)
+    assert not passwords.needs_rehash(one, PEPPER, 1 << 10, 8, 1)
+    assert passwords.needs_rehash(one, PEPPER, 1 << 11, 8, 1)
+    salt = b"s" * 16
+    legacy = Password(salt, passwords._scrypt(b"135790", salt, 1 << 10, 8, 1), 1 << 10, 8, 1)
+    assert passwords.check_password("135790", legacy, PEPPER)
+    assert passwords.needs_rehash(legacy, PEPPER, 1 << 10, 8, 1)
+
+
+def test_password_format_is_exact_and_weak_passwords_are_named() -> None:
+    """Six ASCII digits and nothing else (no trailing newline, no full-width digits); the
+    usual guesses, and the holder's birth date, are weak; an ordinary one is not."""
+    assert passwords.well_formed("135790")
+    full_width = "\uff11\uff13\uff15\uff17\uff19\uff10"  # "135790" in full-width digits
+    for bad in ("123456\n", "13579", "1357900", " 135790", full_width, "13579a", 135790):
+        assert not passwords.well_formed(bad), bad
+    id_number = "11010519900307123X"
+    weak_ones = "000000 123456 654321 777777 345678 987654 121212 123123 112112"
+    birthdays = "900307 030790 070390 030755 550307"  # YYMMDD, MMDDYY, DDMMYY, MMDD...
+    for weak in (weak_ones + " " + birthdays).split():
+        assert passwords.weakness(weak, id_number) is not None, weak
+    assert passwords.weakness("135790", id_number) is None
+    assert passwords.weakness("030755") is None  # no id number: no birthday to guess
 
 
 def test_state_store_loads_what_it_committed_and_refuses_damage() -> None:

@@ -328,20 +328,20 @@ def test_password_change_lockout_and_counter_reset(app: TallyClient, counter: Ta
         assert wrong.status_code == 403 and wrong.json()["attempts_remaining"] == 4 - attempt
     locked = app.post(f"/v1/accounts/{account}/tokens", {"password": "135790"})
     assert locked.status_code == 423 and problem_type(locked) == "transaction-password-locked"
-    assert int(locked.headers["retry-after"]) > 0
+    assert "retry-after" not in locked.headers  # it does not lift by itself
     still = app.post(f"/v1/accounts/{account}/tokens", {"password": "246801"})
     assert still.status_code == 423
     not_here = app.post(
         f"/v1/accounts/{account}/password-reset",
-        {"id_number": customer["_id_number"], "new_password": "112233"},
+        {"id_number": customer["_id_number"], "new_password": "258147"},
     )
     assert not_here.status_code == 403
     reset = counter.post(
         f"/v1/accounts/{account}/password-reset",
-        {"id_number": customer["_id_number"], "new_password": "112233"},
+        {"id_number": customer["_id_number"], "new_password": "258147"},
     )
     assert reset.status_code == 204, reset.text
-    assert app.post(f"/v1/accounts/{account}/tokens", {"password": "112233"}).status_code == 201
+    assert app.post(f"/v1/accounts/{account}/tokens", {"password": "258147"}).status_code == 201
 
 
 def test_cash_rules(counter: TallyClient, app: TallyClient, server: TallyServer) -> None:

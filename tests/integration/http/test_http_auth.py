@@ -33,9 +33,10 @@ def server(
     running.stop()
 
 
-def signer(channel: str = "counter", index: int = 0) -> Signer:
-    """The counter by default: it reads any customer, so a signed read of an unknown
-    customer is answered 404 once the signature passes."""
+def signer(channel: str = "bank", index: int = 0) -> Signer:
+    """The bank's internal channel by default: it reads any customer and acts for no
+    teller, so a signed read of an unknown customer is answered 404 once the signature
+    passes."""
     import tomllib
 
     from tests.http_helpers import CHANNELS_FILE
