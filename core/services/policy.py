@@ -25,6 +25,8 @@ from core.services.refusals import kind_refused
 
 COUNTER_ONLY = ("counter",)
 CASH_KINDS = ("counter", "atm")
+INTERNAL_KIND = "internal"  # the bank's own back office: the one kind trusted with the ledger
+INTERNAL_ONLY = (INTERNAL_KIND,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,8 @@ OPERATIONS: dict[str, Operation] = _declare(
     Operation("cash_deposit", kinds=CASH_KINDS, kinds_what="Cash", money=True),
     Operation("cash_withdrawal", kinds=CASH_KINDS, kinds_what="Cash", consent=True, money=True),
     Operation("transfer", consent=True, money=True),
-    Operation("batch", money=True),
+    # Any accounts, codes and flags, no holder's consent: a ledger API, the bank's own.
+    Operation("batch", kinds=INTERNAL_ONLY, kinds_what="The batch route", money=True),
     Operation("reversal", money=True),
     Operation("external_transfer", consent=True, money=True),
     Operation("incoming_transfer", money=True),

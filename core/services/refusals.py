@@ -56,6 +56,12 @@ class Code(enum.IntEnum):
     TRANSFER_REFUSED = 30  # `ledger_code`: a CreateTransferResult; `replayed`
     ACCOUNT_CREATE_REFUSED = 31  # `ledger_code`: a CreateAccountResult
     ACCOUNT_UPDATE_REFUSED = 32  # `ledger_code`: an AccountUpdateResult
+    # A capture, void or reversal of a transfer another channel created: `ledger_code` is the
+    # not-found code (PENDING_TRANSFER_NOT_FOUND, REVERSAL_TARGET_NOT_FOUND) and every adapter
+    # answers exactly as for a transfer that does not exist, so existence does not leak.
+    TRANSFER_OF_ANOTHER_CHANNEL = 33
+    INTERNAL_ACCOUNT_NOT_ALLOWED = 34  # a bank-internal account named by a non-internal channel
+    IDEMPOTENCY_KEY_REUSED = 35  # the operation key was used for an opening with other fields
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ committed in the same transaction groups in PostgreSQL. One record per key:
 
     customer/<id>        account/<id>       password/<account>
     failures/<account>   token/<digest>     nonce/<channel>/<nonce>
+    opening/<channel>/<digest of the Idempotency-Key>
 
 each value the record as JSON (orjson). `StateStore` keeps the in-memory
 maps the services read and applies every change to them through one
@@ -53,7 +54,15 @@ Change = tuple[bytes, bytes | None]
 Submit = Callable[[list[Change]], Awaitable[None]]
 # The order records are applied in at load: an account after its customer.
 COMMIT_ATTEMPTS_MAX = 100  # full-queue retries of one commit (about 5 s at the engine's hint)
-LOAD_ORDER = (b"customer/", b"account/", b"password/", b"failures/", b"token/", b"nonce/")
+LOAD_ORDER = (
+    b"customer/",
+    b"account/",
+    b"password/",
+    b"failures/",
+    b"token/",
+    b"nonce/",
+    b"opening/",
+)
 
 
 class StateError(TallyError):
@@ -91,6 +100,15 @@ class Password:
 
 
 @dataclass(slots=True)
+class Opening:
+    """An account opening sent with an Idempotency-Key: a retry meets it (`fingerprint` of its
+    fields, `TransferIds.fingerprint`) and is answered with the same account."""
+
+    account_id: int
+    fingerprint: int
+
+
+@dataclass(slots=True)
 class Token:
     account_id: int
     channel: str
@@ -108,12 +126,25 @@ def record_key(record: Mapping[str, Any]) -> bytes:
         return f"token/{record['t']}".encode()
     if kind == "nonce":
         return nonce_key(record["c"], record["n"])
+    if kind == "opening":
+        return opening_key(record["c"], record["h"])
     raise StateError(f"unknown state record kind {kind!r}")
 
 
 def nonce_key(channel: str, nonce: str) -> bytes:
     assert "/" not in channel, channel
     return f"nonce/{channel}/{nonce}".encode()
+
+
+def opening_key(channel: str, key_digest: str) -> bytes:
+    assert "/" not in channel, channel
+    return f"opening/{channel}/{key_digest}".encode()
+
+
+def operation_key_digest(key: str) -> str:
+    """What the state keeps of an operation key (any printable ASCII, `/` included): a fixed-size
+    name for its record."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 class StateStore:
@@ -126,6 +157,7 @@ class StateStore:
         self.passwords: dict[int, Password] = {}
         self.failures: dict[int, tuple[int, int]] = {}  # account -> (business day, count)
         self.tokens: dict[str, Token] = {}
+        self.openings: dict[bytes, Opening] = {}  # opening_key(channel, key digest) -> opening
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
         # (timestamp_s, channel, nonce) in arrival order: pruning pops from the left
         # instead of scanning every live nonce (hundreds of thousands at peak).
@@ -214,6 +246,10 @@ class StateStore:
             self.tokens[record["t"]] = Token(
                 int(record["account"]), record["channel"], record["expires_ns"]
             )
+        elif kind == "opening":
+            self.openings[opening_key(record["c"], record["h"])] = Opening(
+                int(record["account"]), int(record["f"], 16)
+            )
         else:
             assert kind == "nonce", kind
             self.nonces.setdefault(record["c"], {})[record["n"]] = record["t"]
@@ -239,6 +275,8 @@ class StateStore:
             self.failures.pop(int(record["account"]), None)
         elif kind == "token":
             self.tokens.pop(record["t"], None)
+        elif kind == "opening":
+            self.openings.pop(key, None)
         else:
             seen = self.nonces.get(record["c"])
             if seen is not None:
@@ -300,6 +338,12 @@ class StateStore:
             key, value = record_key(record), orjson.dumps(record)
             self.apply(key, value)
             self._pending.append((key, value))
+
+    def stage_deletions(self, keys: Iterable[bytes]) -> None:
+        """Delete `keys` in memory now; written with the next `flush` (see `stage`)."""
+        for key in keys:
+            self._delete(key)
+            self._pending.append((key, None))
 
     async def flush(self) -> None:
         """Write what is staged (nonces, expired keys' deletions), not waited for by
@@ -452,6 +496,16 @@ def password_record(account_id: int, password: Password) -> dict[str, Any]:
         "n": password.n,
         "r": password.r,
         "p": password.p,
+    }
+
+
+def opening_record(channel: str, key_digest: str, opening: Opening) -> dict[str, Any]:
+    return {
+        "k": "opening",
+        "c": channel,
+        "h": key_digest,
+        "account": str(opening.account_id),
+        "f": f"{opening.fingerprint:016x}",
     }
 
 
