@@ -4,13 +4,13 @@
 
 `POST /v1/transfers/batch` with a JSON body carries up to 8189 items; in
 Python each costs a few microseconds to check and pack, another to derive
-its transfer id (SHA-256) and another to render its result. This module
+its transfer id (keyed BLAKE2b) and another to render its result. This module
 does the same work per item in C:
 
-- `derive_ids_into` writes the 16-byte ids of items 0..count-1 (the first
-  16 bytes of SHA-256 over `prefix + decimal(index)`; channels/bank.py,
-  `derive_transfer_ids_packed`, is the reference) at offset 0 of each
-  128-byte record.
+- `derive_ids_into` writes the 16-byte ids of items 0..count-1 (BLAKE2b with
+  a 16-byte digest, keyed by the server's transfer-id key, over
+  `prefix + decimal(index)`; `core.services.records.TransferIds.packed_many`
+  is the reference) at offset 0 of each 128-byte record.
 - `pack_json_items` packs the usual item (exactly the four required fields,
   all well-formed) straight into the record; any other item goes to the
   caller's `slow(item, index)`, the Python checker, which raises the exact
@@ -19,7 +19,7 @@ does the same work per item in C:
 - `render_results` writes the `results` array of the JSON answer, byte for
   byte what orjson gives for the same list of dicts.
 
-SHA-256 is FIPS 180-4, written out below (no library to link); tests check
+BLAKE2b is RFC 7693, written out below (no library to link); tests check
 it against hashlib.
 """
 
@@ -32,83 +32,106 @@ from libc.string cimport memcpy
 cdef extern from *:
     """
     typedef struct {
-        uint32_t h[8]; uint64_t length; uint8_t block[64]; uint32_t used;
-    } tally_sha256;
+        uint64_t h[8]; uint64_t t[2]; uint8_t b[128]; size_t c; size_t outlen;
+    } tally_blake2b;
 
-    static const uint32_t TALLY_K[64] = {
-        0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,
-        0xd807aa98,0x12835b01,0x243185be,0x550c7dc3,0x72be5d74,0x80deb1fe,0x9bdc06a7,0xc19bf174,
-        0xe49b69c1,0xefbe4786,0x0fc19dc6,0x240ca1cc,0x2de92c6f,0x4a7484aa,0x5cb0a9dc,0x76f988da,
-        0x983e5152,0xa831c66d,0xb00327c8,0xbf597fc7,0xc6e00bf3,0xd5a79147,0x06ca6351,0x14292967,
-        0x27b70a85,0x2e1b2138,0x4d2c6dfc,0x53380d13,0x650a7354,0x766a0abb,0x81c2c92e,0x92722c85,
-        0xa2bfe8a1,0xa81a664b,0xc24b8b70,0xc76c51a3,0xd192e819,0xd6990624,0xf40e3585,0x106aa070,
-        0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,
-        0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2};
+    static const uint64_t TALLY_B2B_IV[8] = {
+        0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+        0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+        0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
 
-    #define TALLY_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+    static const uint8_t TALLY_B2B_SIGMA[12][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
 
-    static void tally_sha256_block(tally_sha256 *s, const uint8_t *p) {
-        uint32_t w[64], a, b, c, d, e, f, g, h, t1, t2;
-        int i;
-        for (i = 0; i < 16; i++)
-            w[i] = ((uint32_t)p[4*i] << 24) | ((uint32_t)p[4*i+1] << 16)
-                 | ((uint32_t)p[4*i+2] << 8) | (uint32_t)p[4*i+3];
-        for (i = 16; i < 64; i++) {
-            uint32_t s0 = TALLY_ROR(w[i-15], 7) ^ TALLY_ROR(w[i-15], 18) ^ (w[i-15] >> 3);
-            uint32_t s1 = TALLY_ROR(w[i-2], 17) ^ TALLY_ROR(w[i-2], 19) ^ (w[i-2] >> 10);
-            w[i] = w[i-16] + s0 + w[i-7] + s1;
+    #define TALLY_ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define TALLY_B2B_G(a, b, c, d, x, y) do { \
+        v[a] = v[a] + v[b] + (x); v[d] = TALLY_ROTR64(v[d] ^ v[a], 32); \
+        v[c] = v[c] + v[d];       v[b] = TALLY_ROTR64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y); v[d] = TALLY_ROTR64(v[d] ^ v[a], 16); \
+        v[c] = v[c] + v[d];       v[b] = TALLY_ROTR64(v[b] ^ v[c], 63); } while (0)
+
+    static void tally_blake2b_compress(tally_blake2b *s, int last) {
+        uint64_t v[16], m[16];
+        int i, j;
+        for (i = 0; i < 8; i++) { v[i] = s->h[i]; v[i + 8] = TALLY_B2B_IV[i]; }
+        v[12] ^= s->t[0];
+        v[13] ^= s->t[1];
+        if (last) v[14] = ~v[14];
+        for (i = 0; i < 16; i++) {
+            m[i] = 0;
+            for (j = 7; j >= 0; j--) m[i] = (m[i] << 8) | s->b[8 * i + j];
         }
-        a = s->h[0]; b = s->h[1]; c = s->h[2]; d = s->h[3];
-        e = s->h[4]; f = s->h[5]; g = s->h[6]; h = s->h[7];
-        for (i = 0; i < 64; i++) {
-            t1 = h + (TALLY_ROR(e, 6) ^ TALLY_ROR(e, 11) ^ TALLY_ROR(e, 25))
-                 + ((e & f) ^ (~e & g)) + TALLY_K[i] + w[i];
-            t2 = (TALLY_ROR(a, 2) ^ TALLY_ROR(a, 13) ^ TALLY_ROR(a, 22))
-                 + ((a & b) ^ (a & c) ^ (b & c));
-            h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+        for (i = 0; i < 12; i++) {
+            const uint8_t *z = TALLY_B2B_SIGMA[i];
+            TALLY_B2B_G(0, 4, 8, 12, m[z[0]], m[z[1]]);
+            TALLY_B2B_G(1, 5, 9, 13, m[z[2]], m[z[3]]);
+            TALLY_B2B_G(2, 6, 10, 14, m[z[4]], m[z[5]]);
+            TALLY_B2B_G(3, 7, 11, 15, m[z[6]], m[z[7]]);
+            TALLY_B2B_G(0, 5, 10, 15, m[z[8]], m[z[9]]);
+            TALLY_B2B_G(1, 6, 11, 12, m[z[10]], m[z[11]]);
+            TALLY_B2B_G(2, 7, 8, 13, m[z[12]], m[z[13]]);
+            TALLY_B2B_G(3, 4, 9, 14, m[z[14]], m[z[15]]);
         }
-        s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d;
-        s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
+        for (i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
     }
 
-    static void tally_sha256_init(tally_sha256 *s) {
-        static const uint32_t H0[8] = {0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,
-                                       0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19};
-        memcpy(s->h, H0, sizeof H0);
-        s->length = 0;
-        s->used = 0;
-    }
-
-    static void tally_sha256_update(tally_sha256 *s, const uint8_t *p, size_t n) {
-        s->length += n;
+    static void tally_blake2b_update(tally_blake2b *s, const uint8_t *p, size_t n) {
         while (n > 0) {
-            size_t take = 64 - s->used;
+            size_t take;
+            if (s->c == 128) {
+                s->t[0] += 128;
+                if (s->t[0] < 128) s->t[1]++;
+                tally_blake2b_compress(s, 0);
+                s->c = 0;
+            }
+            take = 128 - s->c;
             if (take > n) take = n;
-            memcpy(s->block + s->used, p, take);
-            s->used += (uint32_t)take; p += take; n -= take;
-            if (s->used == 64) { tally_sha256_block(s, s->block); s->used = 0; }
+            memcpy(s->b + s->c, p, take);
+            s->c += take; p += take; n -= take;
         }
     }
 
-    static void tally_sha256_final(tally_sha256 *s, uint8_t out[32]) {
-        uint64_t bits = s->length * 8;
-        uint8_t pad = 0x80, zero = 0, length[8];
+    /* RFC 7693 init: digest of `outlen` bytes (1..64), key of `keylen` bytes (0..64) taking
+       the whole first block; no salt or personalization (hashlib's defaults). */
+    static void tally_blake2b_init(tally_blake2b *s, size_t outlen,
+                                   const uint8_t *key, size_t keylen) {
         int i;
-        tally_sha256_update(s, &pad, 1);
-        while (s->used != 56) tally_sha256_update(s, &zero, 1);
-        for (i = 0; i < 8; i++) length[i] = (uint8_t)(bits >> (56 - 8 * i));
-        tally_sha256_update(s, length, 8);
-        for (i = 0; i < 8; i++) {
-            out[4*i] = (uint8_t)(s->h[i] >> 24); out[4*i+1] = (uint8_t)(s->h[i] >> 16);
-            out[4*i+2] = (uint8_t)(s->h[i] >> 8); out[4*i+3] = (uint8_t)s->h[i];
+        for (i = 0; i < 8; i++) s->h[i] = TALLY_B2B_IV[i];
+        s->h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ (uint64_t)outlen;
+        s->t[0] = 0; s->t[1] = 0; s->c = 0; s->outlen = outlen;
+        memset(s->b, 0, 128);
+        if (keylen > 0) {
+            tally_blake2b_update(s, key, keylen);
+            s->c = 128;
         }
+    }
+
+    static void tally_blake2b_final(tally_blake2b *s, uint8_t *out) {
+        size_t i;
+        s->t[0] += s->c;
+        if (s->t[0] < s->c) s->t[1]++;
+        if (s->c < 128) memset(s->b + s->c, 0, 128 - s->c);
+        tally_blake2b_compress(s, 1);
+        for (i = 0; i < s->outlen; i++) out[i] = (uint8_t)(s->h[i >> 3] >> (8 * (i & 7)));
     }
     """
-    ctypedef struct tally_sha256:
+    ctypedef struct tally_blake2b:
         pass
-    void tally_sha256_init(tally_sha256 *s) nogil
-    void tally_sha256_update(tally_sha256 *s, const uint8_t *p, size_t n) nogil
-    void tally_sha256_final(tally_sha256 *s, uint8_t *out) nogil
+    void tally_blake2b_init(tally_blake2b *s, size_t outlen, const uint8_t *key,
+                            size_t keylen) nogil
+    void tally_blake2b_update(tally_blake2b *s, const uint8_t *p, size_t n) nogil
+    void tally_blake2b_final(tally_blake2b *s, uint8_t *out) nogil
 
 cdef extern from *:
     """
@@ -125,14 +148,16 @@ cdef int64_t INT64_MAX_ = 0x7FFFFFFFFFFFFFFF
 TRANSFER_SIZE = TRANSFER_SIZE_
 
 
-def sha256(data: bytes) -> bytes:
-    """SHA-256 of `data` (tests compare it with hashlib)."""
-    cdef tally_sha256 state
-    cdef uint8_t out[32]
-    tally_sha256_init(&state)
-    tally_sha256_update(&state, <const uint8_t *>PyBytes_AS_STRING(data), len(data))
-    tally_sha256_final(&state, out)
-    return PyBytes_FromStringAndSize(<char *>out, 32)
+def blake2b(bytes data, bytes key, Py_ssize_t digest_size) -> bytes:
+    """Keyed BLAKE2b of `data` (tests compare it with hashlib's `blake2b(key=...)`)."""
+    if not 1 <= digest_size <= 64 or len(key) > 64:
+        raise ValueError("digest_size must be 1..64 and the key at most 64 bytes")
+    cdef tally_blake2b state
+    cdef uint8_t out[64]
+    tally_blake2b_init(&state, digest_size, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+    tally_blake2b_update(&state, <const uint8_t *>PyBytes_AS_STRING(data), len(data))
+    tally_blake2b_final(&state, out)
+    return PyBytes_FromStringAndSize(<char *>out, digest_size)
 
 
 cdef inline Py_ssize_t write_decimal(uint8_t *out, uint64_t value) noexcept nogil:
@@ -149,25 +174,30 @@ cdef inline Py_ssize_t write_decimal(uint8_t *out, uint64_t value) noexcept nogi
     return count
 
 
-def derive_ids_into(bytes prefix, Py_ssize_t count, uint8_t[::1] records) -> None:
-    """Item i's id: SHA-256(prefix + decimal(i))[:16], written at byte 0 of record i."""
+def derive_ids_into(
+    bytes mac_key, bytes prefix, Py_ssize_t count, uint8_t[::1] records
+) -> None:
+    """Item i's id: BLAKE2b-128 keyed by `mac_key` over prefix + decimal(i), written at
+    byte 0 of record i (`core.services.records.TransferIds` is the reference)."""
     if count < 0 or records.shape[0] < count * TRANSFER_SIZE_:
         raise ValueError(f"{count} records do not fit in {records.shape[0]} bytes")
-    cdef tally_sha256 base, state
-    cdef uint8_t digest[32]
+    if not 1 <= len(mac_key) <= 64:
+        raise ValueError("the key must be 1..64 bytes")
+    cdef tally_blake2b base, state
     cdef uint8_t decimal[24]
     cdef Py_ssize_t index, size
+    cdef const uint8_t *key = <const uint8_t *>PyBytes_AS_STRING(mac_key)
+    cdef Py_ssize_t key_size = len(mac_key)
     cdef const uint8_t *raw = <const uint8_t *>PyBytes_AS_STRING(prefix)
     cdef Py_ssize_t raw_size = len(prefix)
     with nogil:
-        tally_sha256_init(&base)
-        tally_sha256_update(&base, raw, raw_size)
+        tally_blake2b_init(&base, 16, key, key_size)
+        tally_blake2b_update(&base, raw, raw_size)
         for index in range(count):
             state = base
             size = write_decimal(decimal, <uint64_t>index)
-            tally_sha256_update(&state, decimal, size)
-            tally_sha256_final(&state, digest)
-            memcpy(&records[index * TRANSFER_SIZE_], digest, 16)
+            tally_blake2b_update(&state, decimal, size)
+            tally_blake2b_final(&state, &records[index * TRANSFER_SIZE_])
 
 
 cdef inline bint parse_account(object text, tally_u128 *out):

@@ -16,6 +16,9 @@ CASH_VAULT_ID = 1  # the counters' and ATMs' cash
 CLEARING_ID = 2  # money on its way to or from other banks (bound cards, external transfers)
 SETTLEMENT_ID = 3  # settlement with merchants and partner banks
 INTERNAL_PRODUCT = 7  # the product row every internal account is opened on
+# Every id below this is the bank's own (internal kinds, AccountKind.INTERNAL_*); customer
+# accounts are 19-digit card numbers and every tool's generated accounts start here.
+BANK_ACCOUNT_ID_LIMIT = 1 << 16
 
 INTERNAL_ACCOUNTS: tuple[tuple[int, AccountKind], ...] = (
     (CASH_VAULT_ID, AccountKind.INTERNAL_CASH),

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
     parser.add_argument(
+        "--secrets",
+        metavar="FILE",
+        help="the server's secrets file (its transfer-id key re-derives each acknowledged"
+        " transfer's id); default: the public development key of `tally serve --dev`",
+    )
+    parser.add_argument(
         "--exclusive",
         action="store_true",
         help="the run was the server's only client: every applied transfer must be explained",
@@ -521,8 +527,11 @@ def check_outcomes(
     channel_ids: dict[str, int],
     audit: Audit,
     exclusive: bool,
+    transfer_id_key: bytes,
 ) -> None:
-    from core.services.records import derive_transfer_id
+    from core.services.records import TransferIds
+
+    derive_transfer_id = TransferIds(transfer_id_key).id
 
     explained: set[int] = set()
     acknowledged_keys: Counter[tuple[str, str]] = Counter()
@@ -612,7 +621,12 @@ def audit_books(
     *,
     exclusive: bool,
     dataset: dict[str, Any] | None = None,
+    transfer_id_key: bytes | None = None,
 ) -> Audit:
+    """Audit `books` against the clients' `outcomes`; acknowledged transfer ids are re-derived
+    with `transfer_id_key` (the server's; default: the development key)."""
+    from core.services.server_secrets import DEVELOPMENT
+
     audit = Audit()
     accounts, transfers = collect(books, audit)
     check_conservation(accounts, transfers, audit, books.complete_history)
@@ -629,7 +643,8 @@ def audit_books(
         check_limits_recomputed(accounts, transfers, bound, rules, audit)
     else:
         audit.notes.append("no dataset: bucket limits not recomputed from the transfers")
-    check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive)
+    key = DEVELOPMENT.transfer_id_key if transfer_id_key is None else transfer_id_key
+    check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive, key)
     return audit
 
 
@@ -654,10 +669,12 @@ def print_summary(summary: dict[str, Any], source: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.services.server_secrets import DEVELOPMENT, load_server_secrets
     from limits.rules import load_rules
 
     try:
         rules = load_rules(args.rules)
+        secrets = load_server_secrets(args.secrets) if args.secrets else DEVELOPMENT
         with open(args.channels, "rb") as file:
             channel_ids = {
                 name: int(entry["id"]) for name, entry in tomllib.load(file)["channels"].items()
@@ -678,7 +695,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tally audit: {error}", file=sys.stderr)
         return 2
     audit = audit_books(
-        books, outcomes, rules, channel_ids, exclusive=args.exclusive, dataset=dataset
+        books,
+        outcomes,
+        rules,
+        channel_ids,
+        exclusive=args.exclusive,
+        dataset=dataset,
+        transfer_id_key=secrets.transfer_id_key,
     )
     summary = audit.summary()
     summary["source"] = args.source

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from channels.http.schema import F, check_value, fail
-from core.services.records import derive_transfer_ids_packed, transfer_id_prefix
+from core.services.records import TransferIds
 from ledger.constants import LEDGER_CNY
 from ledger.records import TRANSFER_SIZE, pack_transfer_after_id, record_id, stamp_transfer
 from ledger.types import CreateTransferResult, TransferCode
@@ -57,21 +57,27 @@ INT64_MAX = (1 << 63) - 1
 # --- the batch route's item loops: C (cext/http_fast.pyx) and their Python twins -----------
 
 
-def pack_json_batch(transfers: list[Any], channel_ledger_id: int, key: str) -> bytes:
+def pack_json_batch(
+    ids: TransferIds, transfers: list[Any], channel_ledger_id: int, key: str
+) -> bytes:
     """The packed records of a JSON batch, ids derived; a bad item raises its 422."""
     if http_fast is None:
-        return pack_json_batch_reference(transfers, channel_ledger_id, key)
+        return pack_json_batch_reference(ids, transfers, channel_ledger_id, key)
     buffer = bytearray(len(transfers) * TRANSFER_SIZE)
     http_fast.pack_json_items(
         transfers, buffer, _CODE_OF_NAME, channel_ledger_id, LEDGER_CNY, _batch_item
     )
-    http_fast.derive_ids_into(transfer_id_prefix(channel_ledger_id, key), len(transfers), buffer)
+    http_fast.derive_ids_into(
+        ids.mac_key, ids.prefix(channel_ledger_id, key), len(transfers), buffer
+    )
     return bytes(buffer)
 
 
-def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key: str) -> bytes:
+def pack_json_batch_reference(
+    ids: TransferIds, transfers: list[Any], channel_ledger_id: int, key: str
+) -> bytes:
     count = len(transfers)
-    ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
+    packed_ids = ids.packed_many(channel_ledger_id, key, count)
     channel = channel_ledger_id
     buffer = bytearray(count * TRANSFER_SIZE)
     account_re = _ACCOUNT_RE.fullmatch
@@ -104,32 +110,34 @@ def pack_json_batch_reference(transfers: list[Any], channel_ledger_id: int, key:
                 item, index
             )
         offset = index * TRANSFER_SIZE
-        buffer[offset : offset + TRANSFER_SIZE] = ids[index] + pack_transfer_after_id(
+        buffer[offset : offset + TRANSFER_SIZE] = packed_ids[index] + pack_transfer_after_id(
             debit, credit, amount, code, pending, timeout_s, LEDGER_CNY, flags, channel, user_data
         )
     return bytes(buffer)
 
 
-def stamp_binary_batch(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
+def stamp_binary_batch(ids: TransferIds, raw: bytes, channel_ledger_id: int, key: str) -> bytes:
     """Client records with the server's ids and channel written in; 422 if a client set them."""
     if http_fast is None:
-        return stamp_binary_batch_reference(raw, channel_ledger_id, key)
+        return stamp_binary_batch_reference(ids, raw, channel_ledger_id, key)
     buffer = bytearray(raw)
     bad = http_fast.stamp_binary_records(buffer, channel_ledger_id)
     if bad >= 0:
         raise fail(f"/{bad}", _BINARY_ID_DETAIL)
     http_fast.derive_ids_into(
-        transfer_id_prefix(channel_ledger_id, key), len(raw) // TRANSFER_SIZE, buffer
+        ids.mac_key, ids.prefix(channel_ledger_id, key), len(raw) // TRANSFER_SIZE, buffer
     )
     return bytes(buffer)
 
 
-def stamp_binary_batch_reference(raw: bytes, channel_ledger_id: int, key: str) -> bytes:
+def stamp_binary_batch_reference(
+    ids: TransferIds, raw: bytes, channel_ledger_id: int, key: str
+) -> bytes:
     count = len(raw) // TRANSFER_SIZE
     buffer = bytearray(raw)
-    ids = derive_transfer_ids_packed(channel_ledger_id, key, count)
+    packed_ids = ids.packed_many(channel_ledger_id, key, count)
     for index in range(count):
-        if not stamp_transfer(buffer, index * TRANSFER_SIZE, ids[index], channel_ledger_id):
+        if not stamp_transfer(buffer, index * TRANSFER_SIZE, packed_ids[index], channel_ledger_id):
             raise fail(f"/{index}", _BINARY_ID_DETAIL)
     return bytes(buffer)
 

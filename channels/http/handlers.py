@@ -154,9 +154,14 @@ class Handlers:
             CLASS_OF_NAME[body["class"]],
             body.get("bound_card"),
             body["password"],
+            ctx.idempotency_key,
         )
-        account_id = await self.bank.accounts.open(command)
-        return json_reply(201, await self.bank.reads.account_after_change(ctx.caller, account_id))
+        opened = await self.bank.accounts.open(command)
+        account = await self.bank.reads.account_after_change(ctx.caller, opened.account_id)
+        reply = json_reply(201, account)
+        if opened.replayed:
+            reply.headers.append(REPLAY_HEADER)
+        return reply
 
     async def read_account(self, ctx: Context) -> Reply:
         account_id = account_id_param(ctx.params["account_id"])
@@ -286,7 +291,11 @@ class Handlers:
     async def incoming_transfer(self, ctx: Context) -> Reply:
         credit = account_id_param(ctx.body["credit_account_id"], "credit_account_id")
         move = self._movement(
-            ctx, "incoming_transfer", credit, reference=ctx.body["clearing_reference"]
+            ctx,
+            "incoming_transfer",
+            credit,
+            reference=ctx.body["clearing_reference"],
+            payer=ctx.body["payer"],
         )
         return posted_reply(await self.payments.incoming_transfer(move))
 
@@ -330,12 +339,12 @@ class Handlers:
                     f"{len(raw)} bytes is not a positive multiple of {TRANSFER_SIZE}",
                 )
             check_batch_size(channel, count)
-            records = stamp_binary_batch(raw, channel.ledger_id, key)
+            records = stamp_binary_batch(self.payments.ids, raw, channel.ledger_id, key)
         else:
             transfers = ctx.body["transfers"]
             count = len(transfers)
             check_batch_size(channel, count)
-            records = pack_json_batch(transfers, channel.ledger_id, key)
+            records = pack_json_batch(self.payments.ids, transfers, channel.ledger_id, key)
         self.metrics.batch_sizes.observe(count)
         posted = await self.payments.post_batch(PostingBatch(ctx.caller, key, records, count))
         return batch_reply(posted, binary)

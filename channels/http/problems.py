@@ -116,6 +116,9 @@ _TRANSFER_TITLES = {
     R.DEBIT_ACCOUNT_NOT_FOUND: "The debit account does not exist",
     R.CREDIT_ACCOUNT_NOT_FOUND: "The credit account does not exist",
     R.EXISTS_WITH_DIFFERENT_AMOUNT: "The Idempotency-Key was used for another amount",
+    R.EXISTS_WITH_DIFFERENT_USER_DATA: (
+        "The Idempotency-Key was used for another instruction (beneficiary, payer or user data)"
+    ),
 }
 
 
@@ -334,6 +337,16 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "password-checks-busy",
         "Too many transaction passwords are being checked; retry shortly",
     ),
+    C.INTERNAL_ACCOUNT_NOT_ALLOWED: (
+        403,
+        "internal-account-not-allowed",
+        "Only the bank's internal channel may post to or from the bank's own accounts",
+    ),
+    C.IDEMPOTENCY_KEY_REUSED: (
+        422,
+        "idempotency-key-reused",
+        "The Idempotency-Key was already used for a request with other fields",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
@@ -343,7 +356,8 @@ REPLAY_HEADER = (b"idempotent-replayed", b"true")
 def refusal_problem(refusal: Refusal) -> Problem:
     """The HTTP answer to a service refusal (the only place refusals meet HTTP)."""
     code = refusal.code
-    if code == C.TRANSFER_REFUSED:
+    if code == C.TRANSFER_REFUSED or code == C.TRANSFER_OF_ANOTHER_CHANNEL:
+        # Another channel's hold or transfer is answered as one that does not exist.
         problem = transfer_problem(refusal.ledger_code, refusal.detail)
         if refusal.replayed:
             problem.headers.append(REPLAY_HEADER)

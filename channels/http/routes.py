@@ -430,7 +430,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         "Posting",
         body=INCOMING_NEW,
-        problems=(404, 409, 422),
+        problems=(403, 404, 409, 422),
     ),
     _route(
         "POST",

@@ -3,6 +3,12 @@
 An opening is recorded in the customer state first and then created in the
 ledger; an opening whose ledger half was lost in a crash is completed at the
 next start (`complete_openings`).
+
+An opening sent with an Idempotency-Key is recorded with it (`opening/...`,
+in the same durable commit as the account): a retry, also after a restart,
+is answered with the same account, and the same key with other fields is
+refused (IDEMPOTENCY_KEY_REUSED). Concurrent requests with one key wait for
+the first.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import secrets
 from typing import Any
 
+import anyio
 import orjson
 
 from core.services import identity
@@ -19,8 +26,16 @@ from core.services.commands import Caller, ChangeAccount, OpenAccount, VerifyAcc
 from core.services.customers import CLASS_NAMES, Customers
 from core.services.lifecycle import Lifecycle
 from core.services.refusals import Code, Refusal, Refused, kind_refused, refused
-from core.services.results import AccountVerified
-from core.services.state import AccountMeta, Customer, password_record
+from core.services.results import AccountOpened, AccountVerified
+from core.services.state import (
+    AccountMeta,
+    Customer,
+    Opening,
+    opening_key,
+    opening_record,
+    operation_key_digest,
+    password_record,
+)
 from core.services.state import account_record as meta_record
 from ledger.records import account_view, pack_account_input
 from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, CreateAccountResult
@@ -32,6 +47,13 @@ PRODUCT_OF_CLASS = {1: 1, 2: 2, 3: 3}
 # (development values: a real bank uses the BINs assigned to it).
 BIN_OF_CLASS = {1: "623501", 2: "623502", 3: "623503"}
 ACCOUNTS_PER_CLASS_MAX = {1: 1, 2: 5, 3: 5}
+BOUND_CARD_FIELDS = (
+    "card_number",
+    "card_type",
+    "holder_name",
+    "holder_id_number",
+    "reserved_mobile",
+)
 FACE_TO_FACE_KINDS = ("counter",)
 
 
@@ -46,6 +68,8 @@ class Accounts:
         self.core = core
         self.customers = customers
         self.auth = auth
+        # Openings under way by their state key: a retry with the key waits for the first.
+        self._openings_in_flight: dict[bytes, anyio.Event] = {}
 
     def _new_account_number(self, account_class: int) -> int:
         state = self.core.customer_state()
@@ -55,8 +79,38 @@ class Accounts:
             if number not in state.accounts:
                 return number
 
-    async def open(self, command: OpenAccount) -> int:
-        """Open an account; its id once the ledger holds it."""
+    async def open(self, command: OpenAccount) -> AccountOpened:
+        """Open an account; its id once the ledger holds it (the first one's for a retry of
+        the Idempotency-Key)."""
+        if not command.key:
+            return AccountOpened(await self._open(command, None), False)
+        caller = command.caller
+        digest = operation_key_digest(command.key)
+        state_key = opening_key(caller.name, digest)
+        card = command.bound_card or {}
+        fingerprint = self.core.ids.fingerprint(
+            "opening",
+            command.customer_id,
+            str(command.account_class),
+            *(str(card.get(name, "")) for name in BOUND_CARD_FIELDS),
+            command.password,
+        )
+        while (running := self._openings_in_flight.get(state_key)) is not None:
+            await running.wait()
+        first = self.core.customer_state().openings.get(state_key)
+        if first is not None:
+            if first.fingerprint != fingerprint:
+                raise refused(Code.IDEMPOTENCY_KEY_REUSED, "an account opening with other fields")
+            return AccountOpened(first.account_id, True)
+        done = self._openings_in_flight[state_key] = anyio.Event()
+        try:
+            opening = (caller.name, digest, fingerprint)
+            return AccountOpened(await self._open(command, opening), False)
+        finally:
+            del self._openings_in_flight[state_key]
+            done.set()
+
+    async def _open(self, command: OpenAccount, opening: tuple[str, str, int] | None) -> int:
         customer = self.customers.customer_of(command.customer_id)
         account_class = command.account_class
         if account_class == 1:
@@ -97,20 +151,28 @@ class Accounts:
         meta = AccountMeta(
             account_id, customer.customer_id, account_class, bound, self.core.now_ns()
         )
-        await state.commit([meta_record(meta), password_record(account_id, hashed)])
+        records = [meta_record(meta), password_record(account_id, hashed)]
+        keyed: list[bytes] = []
+        if opening is not None:
+            channel, digest, fingerprint = opening
+            records.append(opening_record(channel, digest, Opening(account_id, fingerprint)))
+            keyed.append(opening_key(channel, digest))
+        await state.commit(records)
         try:
             code = await self.create_in_ledger(meta)
         except Refused:
             # The engine refused: the ledger has no such account, so the opening is
-            # recorded as closed and does not hold one of the customer's class slots.
-            # Staged, not committed: the engine's queue may still be full; a crash
-            # before the flush leaves the opening to `complete_openings`.
+            # recorded as closed and does not hold one of the customer's class slots
+            # (and its key is forgotten: a retry opens anew). Staged, not committed:
+            # the engine's queue may still be full; a crash before the flush leaves
+            # the opening to `complete_openings`.
             meta.closed = True
             state.stage([meta_record(meta)])
+            state.stage_deletions(keyed)
             raise
         if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
             meta.closed = True
-            await state.commit([meta_record(meta)])
+            await state.commit([meta_record(meta)], deleted=keyed)
             raise Refused(Refusal(Code.ACCOUNT_CREATE_REFUSED, ledger_code=code))
         logger.info(
             orjson.dumps(

@@ -61,6 +61,7 @@ class OpenAccount:
     account_class: int  # 1, 2, 3
     bound_card: dict[str, Any] | None  # card_number, card_type, holder_*, reserved_mobile
     password: str
+    key: str = ""  # the Idempotency-Key, if sent: a retry opens no second account
 
 
 @dataclass(slots=True)
@@ -129,6 +130,9 @@ class Posting:
     timeout_s: int = 0
     authorize: int = 0
     consent: Consent | None = None
+    # A keyed fingerprint of the instruction's fields the record has no column for (an
+    # external transfer's beneficiary, an incoming transfer's payer): `TransferIds.fingerprint`.
+    user_data: int = 0
 
 
 @dataclass(slots=True)
@@ -155,3 +159,4 @@ class Movement:
     timeout_s: int = 0  # payment: the hold's lifetime (0: the default)
     beneficiary: dict[str, Any] | None = None  # external: bank_code, account_number, name
     reference: str = ""  # incoming: the clearing reference (the operation key)
+    payer: dict[str, Any] | None = None  # incoming: bank_code, account_number, name

@@ -32,7 +32,7 @@ from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped
 from core.journal import JournalError
 from core.pg_store import PgStoreError
 from core.services import passwords
-from core.services.records import NS_PER_S
+from core.services.records import NS_PER_S, TransferIds
 from core.services.refusals import Code, Refused, refused
 from core.services.server_secrets import DEVELOPMENT, ServerSecrets
 from core.services.state import (
@@ -64,7 +64,9 @@ PRUNE_EVERY_TICKS = 200
 STORE_RETRY_S = 1.0
 PATIENT_ATTEMPTS_MAX = 100  # full-queue retries of one customer operation (about 5 s)
 LEGACY_IMPORT_CHUNK = 1000  # records per PUT_STATE change list when importing a legacy file
-LEGACY_IMPORT_ORDER = ("customer", "account", "password", "failures", "token", "nonce")
+LEGACY_IMPORT_ORDER = (
+    "customer", "account", "password", "failures", "token", "nonce", "opening",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -124,6 +126,8 @@ class Lifecycle:
         self.rules = rules
         self.now_ns = now_ns
         self.open_store = open_store
+        # Transfer ids and instruction fingerprints, keyed by the server's transfer-id key.
+        self.ids = TransferIds(settings.secrets.transfer_id_key)
         self.engine: Engine | None = None
         self.store: Store | None = None  # the store whose commit latency /metrics reports
         # Loaded from the store when it opens and written through the engine once it runs;

@@ -7,8 +7,20 @@ them to `admit(caller, records, count)` before the engine sees them. That
 is THE one place where per-posting checks run (`PostingCheck`s: risk,
 authorization, sanctions...), so a check installed there applies to every
 posting whatever its route. A single posting's id is derived from the
-channel and the Idempotency-Key, so a retry, even after a crash, meets the
-original in the ledger's own idempotency index.
+channel and the Idempotency-Key with a keyed hash (`TransferIds`, the
+server's `transfer_id_key`), so a retry, even after a crash, meets the
+original in the ledger's own idempotency index, and nobody can compute
+another channel's ids. The fields a record has no column for (a beneficiary,
+a payer) are in its `user_data` as a keyed fingerprint, so the ledger's
+idempotency check compares every field of the instruction.
+
+Who may move what: the batch route, and any posting that
+names one of the bank's own accounts (ids below `BANK_ACCOUNT_ID_LIMIT`), only
+from a channel of kind `internal`, except the internal legs the services build
+themselves (the cash vault of cash, clearing of external and incoming transfers
+and top-ups); a capture, void or reversal only by the channel that created its
+target, which is read anyway to build the posting (no extra await for it, none
+at all on a plain transfer).
 
 `post` is the hot path of the HTTP single transfer: `admit` is a plain call
 (no coroutine; with no check installed it is one truth test), then one await
@@ -36,10 +48,11 @@ from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
 from core.services.lifecycle import Lifecycle, engine_refusal
-from core.services.records import derive_transfer_id_packed
-from core.services.refusals import Code, refused, transfer_refused
+from core.services.policy import INTERNAL_KIND, INTERNAL_ONLY
+from core.services.records import TransferIds
+from core.services.refusals import Code, Refusal, Refused, kind_refused, refused, transfer_refused
 from core.services.results import BatchPosted, Posted
-from ledger.constants import CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
+from ledger.constants import BANK_ACCOUNT_ID_LIMIT, CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
 from ledger.records import TransferView, pack_transfer_after_id, transfer_view
 from ledger.types import CreateTransferResult, TransferCode, TransferFlags
 
@@ -59,6 +72,7 @@ class Payments:
         self.core = core
         self.auth = auth
         self.checks = checks
+        self.ids: TransferIds = core.ids
         # Ledger results of postings by name: a plain dict on the hot path, read by the
         # metrics collector at scrape time.
         self.results: dict[str, int] = {}
@@ -97,7 +111,7 @@ class Payments:
                 assert consent.password is not None
                 await self.auth.verify_password(command.authorize, consent.password)
         caller = command.caller
-        packed_id = derive_transfer_id_packed(caller.ledger_id, command.key, 0)
+        packed_id = self.ids.packed(caller.ledger_id, command.key, 0)
         record = packed_id + pack_transfer_after_id(
             command.debit,
             command.credit,
@@ -108,7 +122,7 @@ class Payments:
             LEDGER_CNY,
             command.flags,
             caller.ledger_id,
-            0,
+            command.user_data,
         )
         request = self.admit(caller, record, 1)
         await request.done.wait()
@@ -123,7 +137,7 @@ class Payments:
             self.count_result("exists")
         elif status == R.ID_ALREADY_FAILED:
             self.count_result("id_already_failed")
-            raise await self._replayed_failure(packed_id)
+            raise await self._replayed_failure(packed_id, record)
         else:
             self.count_result(_RESULT_NAMES[status])
             raise transfer_refused(status)
@@ -142,17 +156,33 @@ class Payments:
             status == R.EXISTS,
         )
 
-    async def _replayed_failure(self, packed_id: bytes) -> Exception:
-        """The refusal replayed to a retry of a key whose first request failed."""
+    async def _replayed_failure(self, packed_id: bytes, record: bytes) -> Exception:
+        """The refusal replayed to a retry of a key whose first request failed; a conflict
+        if the retry's instruction differs from the first's (the ledger compares the fields
+        of a posted original only)."""
         transfer_id = int.from_bytes(packed_id, "little")
         original = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
-        first = transfer_view(original).result if original is not None else R.ID_ALREADY_FAILED
+        if original is None:
+            return transfer_refused(
+                R.ID_ALREADY_FAILED, "the first request with this Idempotency-Key failed"
+            )
+        first = transfer_view(original)
+        differs = _first_difference(transfer_view(record), first)
+        if differs is not None:
+            return transfer_refused(differs, "the first request with this Idempotency-Key failed")
         return transfer_refused(
-            first, "replayed: the first request with this Idempotency-Key failed", replayed=True
-        )
+            first.result, "replayed: the first request with this Idempotency-Key failed",
+            replayed=True,
+        )  # fmt: skip
 
     async def post_batch(self, command: PostingBatch) -> BatchPosted:
-        """Post packed records (ids derived) in one engine call; per-item results."""
+        """Post packed records (ids derived) in one engine call; per-item results.
+
+        The batch is a ledger API (any accounts, codes, flags, no holder's consent): the
+        bank's internal channel alone may use it, whatever the adapter.
+        """
+        if command.caller.kind != INTERNAL_KIND:
+            raise kind_refused(command.caller, INTERNAL_ONLY, "The batch route")
         request = self.admit(command.caller, command.records, command.count)
         await request.done.wait()
         try:
@@ -183,6 +213,10 @@ class Payments:
         """The posting of a customer's transfer between two accounts of this bank."""
         if debit == credit:
             raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
+        if (debit < BANK_ACCOUNT_ID_LIMIT or credit < BANK_ACCOUNT_ID_LIMIT) and (
+            caller.kind != INTERNAL_KIND
+        ):
+            raise _internal_refused(caller, debit if debit < BANK_ACCOUNT_ID_LIMIT else credit)
         return Posting(
             caller, key, "transfer", debit, credit, amount_minor, TransferCode.TRANSFER,
             authorize=debit, consent=consent,
@@ -218,7 +252,12 @@ class Payments:
                 Code.BENEFICIARY_CARD_INVALID, problem, pointer="/beneficiary/account_number"
             )
         code = TransferCode.EXTERNAL_TRANSFER_OUT
-        posted = await self._move(move, "external_transfer", move.account_id, CLEARING_ID, code)
+        fingerprint = self.ids.fingerprint(
+            "beneficiary", beneficiary["bank_code"], number, beneficiary["name"]
+        )
+        posted = await self._move(
+            move, "external_transfer", move.account_id, CLEARING_ID, code, user_data=fingerprint
+        )
         logger.info(
             orjson.dumps(
                 {
@@ -243,12 +282,21 @@ class Payments:
             )
         move = dataclasses.replace(move, key=move.reference)
         code = TransferCode.EXTERNAL_TRANSFER_IN
-        return await self._move(move, "incoming_transfer", CLEARING_ID, move.account_id, code)
+        payer = move.payer
+        fingerprint = 0
+        if payer is not None:
+            number = payer["account_number"]
+            fingerprint = self.ids.fingerprint("payer", payer["bank_code"], number, payer["name"])
+        return await self._move(
+            move, "incoming_transfer", CLEARING_ID, move.account_id, code, user_data=fingerprint
+        )
 
     async def payment(self, move: Movement) -> Posted:
         """A hold on the payer's account for the merchant, captured or voided later."""
         if move.account_id == move.counterpart:
             raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
+        if move.counterpart < BANK_ACCOUNT_ID_LIMIT and move.caller.kind != INTERNAL_KIND:
+            raise _internal_refused(move.caller, move.counterpart)
         return await self._move(
             move, "payment", move.account_id, move.counterpart, TransferCode.PAYMENT,
             flags=TransferFlags.PENDING, timeout_s=move.timeout_s or PAYMENT_TIMEOUT_S_DEFAULT,
@@ -264,30 +312,41 @@ class Payments:
         *,
         flags: int = 0,
         timeout_s: int = 0,
+        user_data: int = 0,
     ) -> Posted:
+        """A movement of `move.account_id`, the customer's side: one of the bank's own
+        accounts there only from the internal channel (the other side is the service's)."""
         assert move.amount_minor is not None
+        if move.account_id < BANK_ACCOUNT_ID_LIMIT and move.caller.kind != INTERNAL_KIND:
+            raise _internal_refused(move.caller, move.account_id)
         authorize = move.account_id if move.consent is not None else 0
         return await self.post(
             Posting(
                 move.caller, move.key, operation, debit, credit, move.amount_minor, code,
                 flags=flags, timeout_s=timeout_s, authorize=authorize, consent=move.consent,
+                user_data=user_data,
             )
         )  # fmt: skip
 
-    async def _hold(self, payment_id: int) -> TransferView:
+    async def _hold(self, caller: Caller, payment_id: int) -> TransferView:
+        """The hold `payment_id` as its creator sees it: another channel's hold is answered
+        exactly as a hold that does not exist."""
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(payment_id))
         if raw is None:
             raise transfer_refused(R.PENDING_TRANSFER_NOT_FOUND)
-        return transfer_view(raw)
+        hold = transfer_view(raw)
+        if hold.channel != caller.ledger_id:
+            raise _another_channels(R.PENDING_TRANSFER_NOT_FOUND)
+        return hold
 
     async def capture(self, move: Movement) -> Posted:
         """Capture hold `move.account_id` (all of it unless `amount_minor` says less)."""
-        hold = await self._hold(move.account_id)
+        hold = await self._hold(move.caller, move.account_id)
         amount = hold.amount if move.amount_minor is None else move.amount_minor
         return await self._settle_hold(move, "capture", hold, amount, TransferFlags.POST_PENDING)
 
     async def void(self, move: Movement) -> Posted:
-        hold = await self._hold(move.account_id)
+        hold = await self._hold(move.caller, move.account_id)
         return await self._settle_hold(move, "void", hold, hold.amount, TransferFlags.VOID_PENDING)
 
     async def _settle_hold(
@@ -307,6 +366,8 @@ class Payments:
         if raw is None:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND)
         original = transfer_view(raw)
+        if original.channel != move.caller.ledger_id:
+            raise _another_channels(R.REVERSAL_TARGET_NOT_FOUND)
         debit, credit = original.debit_account_id, original.credit_account_id
         if original.result != R.OK:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")
@@ -315,7 +376,7 @@ class Payments:
             raise transfer_refused(R.EXCEEDS_REVERSIBLE_AMOUNT, "nothing left to reverse")
         # A capture names its accounts through its hold; take them from there.
         if debit == 0 or credit == 0:
-            hold = await self._hold(original.pending_id)
+            hold = await self._hold(move.caller, original.pending_id)
             debit, credit = hold.debit_account_id, hold.credit_account_id
         return await self.post(
             Posting(
@@ -323,3 +384,40 @@ class Payments:
                 pending_id=original_id,
             )
         )  # fmt: skip
+
+
+def _internal_refused(caller: Caller, account_id: int) -> Refused:
+    return refused(
+        Code.INTERNAL_ACCOUNT_NOT_ALLOWED,
+        f"account {account_id} is one of the bank's own; channel {caller.name} "
+        f"is of kind {caller.kind}",
+    )
+
+
+def _another_channels(not_found: int) -> Refused:
+    """A target another channel created: rendered as `not_found` (see Code)."""
+    return Refused(Refusal(Code.TRANSFER_OF_ANOTHER_CHANNEL, "", int(not_found)))
+
+
+def _first_difference(retry: TransferView, first: TransferView) -> int | None:
+    """The ledger's EXISTS_WITH_DIFFERENT_* code for the first field (in the kernel's order)
+    in which a retry differs from the failed first request with its id; None if none."""
+    if retry.flags != first.flags:
+        return R.EXISTS_WITH_DIFFERENT_FLAGS
+    if retry.debit_account_id != first.debit_account_id:
+        return R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+    if retry.credit_account_id != first.credit_account_id:
+        return R.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+    if retry.amount != first.amount:
+        return R.EXISTS_WITH_DIFFERENT_AMOUNT
+    if retry.pending_id != first.pending_id:
+        return R.EXISTS_WITH_DIFFERENT_PENDING_ID
+    if retry.timeout_s != first.timeout_s:
+        return R.EXISTS_WITH_DIFFERENT_TIMEOUT
+    if retry.ledger != first.ledger:
+        return R.EXISTS_WITH_DIFFERENT_LEDGER
+    if retry.code != first.code:
+        return R.EXISTS_WITH_DIFFERENT_CODE
+    if retry.user_data != first.user_data:
+        return R.EXISTS_WITH_DIFFERENT_USER_DATA
+    return None

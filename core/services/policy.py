@@ -68,6 +68,8 @@ READ_SCOPES: dict[str, ReadScope] = {
 assert tuple(READ_SCOPES) == CHANNEL_KINDS
 # The kinds that may read accounts, histories and transfers at all (each within its scope).
 READ_KINDS = tuple(kind for kind, scope in READ_SCOPES.items() if scope != ReadScope.NONE)
+INTERNAL_KIND = "internal"  # the bank's own back office: the one kind trusted with the ledger
+INTERNAL_ONLY = (INTERNAL_KIND,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,8 @@ OPERATIONS: dict[str, Operation] = _declare(
     Operation("cash_deposit", kinds=CASH_KINDS, kinds_what="Cash", money=True),
     Operation("cash_withdrawal", kinds=CASH_KINDS, kinds_what="Cash", consent=True, money=True),
     Operation("transfer", kinds=BANK_KINDS, kinds_what="A transfer", consent=True, money=True),
-    Operation("batch", money=True),
+    # Any accounts, codes and flags, no holder's consent: a ledger API, the bank's own.
+    Operation("batch", kinds=INTERNAL_ONLY, kinds_what="The batch route", money=True),
     Operation("reversal", money=True),
     Operation(
         "external_transfer",

@@ -65,6 +65,12 @@ class Code(enum.IntEnum):
     SUPERVISOR_REQUIRED = 39  # only a supervisor at the counter may do this
     PASSWORD_WEAK = 40  # an easily guessed password: `reason`, `pointer`
     PASSWORD_CHECKS_BUSY = 41  # the password-hashing queue is full: `retry_after_s`
+    # A capture, void or reversal of a transfer another channel created: `ledger_code` is the
+    # not-found code (PENDING_TRANSFER_NOT_FOUND, REVERSAL_TARGET_NOT_FOUND) and every adapter
+    # answers exactly as for a transfer that does not exist, so existence does not leak.
+    TRANSFER_OF_ANOTHER_CHANNEL = 42
+    INTERNAL_ACCOUNT_NOT_ALLOWED = 43  # a bank-internal account named by a non-internal channel
+    IDEMPOTENCY_KEY_REUSED = 44  # the operation key was used for an opening with other fields
 
 
 @dataclass(slots=True)

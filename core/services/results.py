@@ -32,6 +32,14 @@ class Posted:
 
 
 @dataclass(slots=True)
+class AccountOpened:
+    """An account open in the ledger (or the one a retry of its Idempotency-Key met)."""
+
+    account_id: int
+    replayed: bool
+
+
+@dataclass(slots=True)
 class BatchPosted:
     records: bytes  # the posted records, ids derived (for the per-item ids)
     count: int

@@ -14,6 +14,7 @@ committed in the same transaction groups in PostgreSQL. One record per key:
     customer/<id>        account/<id>       password/<account>
     failures/<account>   token/<digest>     session/<digest>
     nonce/<channel>/<nonce>
+    opening/<channel>/<digest of the Idempotency-Key>
 
 each value the record as JSON (orjson). `StateStore` keeps the in-memory
 maps the services read and applies every change to them through one
@@ -62,6 +63,7 @@ LOAD_ORDER = (
     b"token/",
     b"session/",
     b"nonce/",
+    b"opening/",
 )
 
 
@@ -101,6 +103,15 @@ class Password:
 
 
 @dataclass(slots=True)
+class Opening:
+    """An account opening sent with an Idempotency-Key: a retry meets it (`fingerprint` of its
+    fields, `TransferIds.fingerprint`) and is answered with the same account."""
+
+    account_id: int
+    fingerprint: int
+
+
+@dataclass(slots=True)
 class Token:
     account_id: int
     channel: str
@@ -129,12 +140,25 @@ def record_key(record: Mapping[str, Any]) -> bytes:
         return f"session/{record['t']}".encode()
     if kind == "nonce":
         return nonce_key(record["c"], record["n"])
+    if kind == "opening":
+        return opening_key(record["c"], record["h"])
     raise StateError(f"unknown state record kind {kind!r}")
 
 
 def nonce_key(channel: str, nonce: str) -> bytes:
     assert "/" not in channel, channel
     return f"nonce/{channel}/{nonce}".encode()
+
+
+def opening_key(channel: str, key_digest: str) -> bytes:
+    assert "/" not in channel, channel
+    return f"opening/{channel}/{key_digest}".encode()
+
+
+def operation_key_digest(key: str) -> str:
+    """What the state keeps of an operation key (any printable ASCII, `/` included): a fixed-size
+    name for its record."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 class StateStore:
@@ -149,6 +173,7 @@ class StateStore:
         self.failures: dict[int, tuple[int, int]] = {}
         self.tokens: dict[str, Token] = {}
         self.sessions: dict[str, Session] = {}  # digest -> session
+        self.openings: dict[bytes, Opening] = {}  # opening_key(channel, key digest) -> opening
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
         # (timestamp_s, channel, nonce) in arrival order: pruning pops from the left
         # instead of scanning every live nonce (hundreds of thousands at peak).
@@ -242,6 +267,10 @@ class StateStore:
             self.sessions[record["t"]] = Session(
                 record["customer"], record["channel"], record["expires_ns"]
             )
+        elif kind == "opening":
+            self.openings[opening_key(record["c"], record["h"])] = Opening(
+                int(record["account"]), int(record["f"], 16)
+            )
         else:
             assert kind == "nonce", kind
             self.nonces.setdefault(record["c"], {})[record["n"]] = record["t"]
@@ -269,6 +298,8 @@ class StateStore:
             self.tokens.pop(record["t"], None)
         elif kind == "session":
             self.sessions.pop(record["t"], None)
+        elif kind == "opening":
+            self.openings.pop(key, None)
         else:
             seen = self.nonces.get(record["c"])
             if seen is not None:
@@ -330,6 +361,12 @@ class StateStore:
             key, value = record_key(record), orjson.dumps(record)
             self.apply(key, value)
             self._pending.append((key, value))
+
+    def stage_deletions(self, keys: Iterable[bytes]) -> None:
+        """Delete `keys` in memory now; written with the next `flush` (see `stage`)."""
+        for key in keys:
+            self._delete(key)
+            self._pending.append((key, None))
 
     async def flush(self) -> None:
         """Write what is staged (nonces, expired keys' deletions), not waited for by
@@ -497,6 +534,16 @@ def password_record(account_id: int, password: Password) -> dict[str, Any]:
         "r": password.r,
         "p": password.p,
         **({"pepper": password.pepper_id} if password.pepper_id else {}),
+    }
+
+
+def opening_record(channel: str, key_digest: str, opening: Opening) -> dict[str, Any]:
+    return {
+        "k": "opening",
+        "c": channel,
+        "h": key_digest,
+        "account": str(opening.account_id),
+        "f": f"{opening.fingerprint:016x}",
     }
 
 

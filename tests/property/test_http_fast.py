@@ -22,10 +22,12 @@ from channels.http.problems import Problem
 from channels.http.routes import ROUTES
 from channels.http.schema import check_object, quick_check
 from core.services import records
+from core.services.server_secrets import DEVELOPMENT
 from ledger.types import TRANSFER_SIZE, CreateTransferResult
 
 CHANNEL = 5
 KEY = "batch-key-1"
+IDS = records.TransferIds(DEVELOPMENT.transfer_id_key)
 
 accounts = st.one_of(
     st.integers(1, 10**38 - 1).map(str),
@@ -77,35 +79,38 @@ def outcome(function: Any, *args: Any) -> tuple[str, Any]:
         return "problem", (problem.status, problem.slug, problem.encode("/x"))
 
 
-@given(st.binary(max_size=300))
-def test_sha256_matches_hashlib(data: bytes) -> None:
-    """The C SHA-256 gives hashlib's digest for every length, across block boundaries."""
-    assert http_fast.sha256(data) == hashlib.sha256(data).digest()
+@given(st.binary(max_size=300), st.binary(max_size=64), st.integers(1, 64))
+def test_blake2b_matches_hashlib(data: bytes, key: bytes, digest_size: int) -> None:
+    """The C keyed BLAKE2b gives hashlib's digest for every length, key and digest size,
+    across block boundaries."""
+    expected = hashlib.blake2b(data, key=key, digest_size=digest_size).digest()
+    assert http_fast.blake2b(data, key, digest_size) == expected
 
 
-def test_derived_ids_match_the_reference() -> None:
-    """Item i's id written in C is the first 16 bytes of the reference derivation."""
-    count = 1000
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=255))
+def test_derived_ids_match_the_reference(key: str) -> None:
+    """Item i's id written in C is the reference's keyed derivation, for any key length."""
+    count = 300
     buffer = bytearray(count * TRANSFER_SIZE)
-    http_fast.derive_ids_into(bank.transfer_id_prefix(CHANNEL, KEY), count, buffer)
-    ids = records.derive_transfer_ids_packed(CHANNEL, KEY, count)
+    http_fast.derive_ids_into(IDS.mac_key, IDS.prefix(CHANNEL, key), count, buffer)
+    ids = IDS.packed_many(CHANNEL, key, count)
     assert [bytes(buffer[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16]) for i in range(count)] == ids
-    assert int.from_bytes(ids[7], "little") == records.derive_transfer_id(CHANNEL, KEY, 7)
+    assert int.from_bytes(ids[7], "little") == IDS.id(CHANNEL, key, 7)
 
 
 @given(st.lists(any_item, min_size=1, max_size=12))
 def test_json_items_pack_like_the_reference(items: list[Any]) -> None:
     """Any list of items: the C loop packs the same bytes, or raises the same first 422."""
-    fast = outcome(bank.pack_json_batch, items, CHANNEL, KEY)
-    reference = outcome(bank.pack_json_batch_reference, items, CHANNEL, KEY)
+    fast = outcome(bank.pack_json_batch, IDS, items, CHANNEL, KEY)
+    reference = outcome(bank.pack_json_batch_reference, IDS, items, CHANNEL, KEY)
     assert fast == reference
 
 
 @given(st.lists(well_formed, min_size=1, max_size=12))
 def test_well_formed_items_are_packed(items: list[Any]) -> None:
     """Well-formed items never take the Python path and pack to the reference bytes."""
-    assert bank.pack_json_batch(items, CHANNEL, KEY) == bank.pack_json_batch_reference(
-        items, CHANNEL, KEY
+    assert bank.pack_json_batch(IDS, items, CHANNEL, KEY) == bank.pack_json_batch_reference(
+        IDS, items, CHANNEL, KEY
     )
 
 
@@ -117,8 +122,8 @@ def test_binary_records_stamp_like_the_reference(records: list[bytes], data: Any
         for record in records
     ]
     raw = b"".join(cleaned)
-    assert outcome(bank.stamp_binary_batch, raw, CHANNEL, KEY) == outcome(
-        bank.stamp_binary_batch_reference, raw, CHANNEL, KEY
+    assert outcome(bank.stamp_binary_batch, IDS, raw, CHANNEL, KEY) == outcome(
+        bank.stamp_binary_batch_reference, IDS, raw, CHANNEL, KEY
     )
 
 
@@ -135,6 +140,7 @@ def test_binary_records_stamp_like_the_reference(records: list[bytes], data: Any
 def test_results_render_like_orjson(rows: list[tuple[int, int]]) -> None:
     """The C renderer writes exactly the bytes orjson writes for the same list of dicts."""
     payload = bank.pack_json_batch(
+        IDS,
         [{"debit_account_id": "1", "credit_account_id": "2", "amount_minor": 1, "code": "transfer"}]
         * len(rows),
         CHANNEL,

@@ -27,7 +27,6 @@ from core.services.commands import (
 )
 from core.services.lifecycle import Settings
 from core.services.payments import PostingCheck
-from core.services.records import derive_transfer_id
 from core.services.refusals import Code, Refused, refused
 from core.services.state import Password, password_record
 from ledger.constants import CASH_VAULT_ID, SETTLEMENT_ID
@@ -40,7 +39,9 @@ COUNTER = Caller("counter", "counter", 3)
 TELLER = Caller("counter", "counter", 3, "T0001", "teller")
 SUPERVISOR = Caller("counter", "counter", 3, "S0001", "supervisor")
 APP = Caller("app", "app", 1)
+BANK = Caller("bank", "internal", 6)
 ID_NUMBER = "11010519491231002X"  # a valid resident ID (check digit X)
+PAYEE_ID_NUMBER = "110105198501010012"
 PASSWORD = "135790"
 
 
@@ -80,11 +81,20 @@ async def funded_account(bank: Bank, amount_minor: int) -> int:
     customer = await bank.customers.register(
         RegisterCustomer(COUNTER, "张三", ID_NUMBER, "13800138000")
     )
-    account_id = await bank.accounts.open(
-        OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
-    )
+    opened = await bank.accounts.open(OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD))
+    account_id = opened.account_id
     await bank.payments.cash_deposit(Movement(COUNTER, "fund", account_id, amount_minor))
     return account_id
+
+
+async def payee_account(bank: Bank) -> int:
+    """Another customer's account to pay into (the bank's own accounts are the internal
+    channel's)."""
+    customer = await bank.customers.register(
+        RegisterCustomer(COUNTER, "李四", PAYEE_ID_NUMBER, "13800138001")
+    )
+    opening = OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
+    return (await bank.accounts.open(opening)).account_id
 
 
 async def refusal_of(call: Callable[[], object]) -> Code:
@@ -110,7 +120,7 @@ async def test_register_open_deposit_transfer_and_read(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 10_000)
-        target = 1  # the cash vault: any ledger account can be credited
+        target = await payee_account(bank)
         posting = bank.payments.transfer(
             COUNTER, "t1", source, target, 2_500, Consent(password=PASSWORD)
         )
@@ -132,7 +142,10 @@ async def test_refusals_are_typed_values(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 100)
-        posting = bank.payments.transfer(COUNTER, "big", source, 1, 1_000, Consent("", PASSWORD))
+        payee = await payee_account(bank)
+        posting = bank.payments.transfer(
+            COUNTER, "big", source, payee, 1_000, Consent("", PASSWORD)
+        )
         with pytest.raises(Refused) as caught:
             await bank.payments.post(posting)
         assert caught.value.refusal.code == Code.TRANSFER_REFUSED
@@ -145,7 +158,7 @@ async def test_refusals_are_typed_values(tmp_path: Path) -> None:
         assert await refusal_of(lambda: bank.reads.transfer(COUNTER, 12345)) == (
             Code.TRANSFER_NOT_FOUND
         )
-        silent = bank.payments.transfer(COUNTER, "no-consent", source, 1, 1, Consent())
+        silent = bank.payments.transfer(COUNTER, "no-consent", source, payee, 1, Consent())
         assert await refusal_of(lambda: bank.payments.post(silent)) == (
             Code.AUTHENTICATION_REQUIRED
         )
@@ -158,12 +171,13 @@ async def test_token_expires_on_the_injected_clock(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 1_000)
+        payee = await payee_account(bank)
         issued = await bank.auth.issue_token(IssueToken(COUNTER, source, PASSWORD))
         with_token = Consent(token=issued.token)
-        posting = bank.payments.transfer(COUNTER, "tok-1", source, 1, 10, with_token)
+        posting = bank.payments.transfer(COUNTER, "tok-1", source, payee, 10, with_token)
         assert (await bank.payments.post(posting)).amount_minor == 10
         clock.now += 61 * 1_000_000_000
-        late = bank.payments.transfer(COUNTER, "tok-2", source, 1, 10, with_token)
+        late = bank.payments.transfer(COUNTER, "tok-2", source, payee, 10, with_token)
         assert await refusal_of(lambda: bank.payments.post(late)) == Code.TOKEN_INVALID
 
 
@@ -229,14 +243,15 @@ async def test_wrong_passwords_lock_until_a_supervisor_resets(tmp_path: Path) ->
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 1_000)
+        payee = await payee_account(bank)
         codes = []
         for attempt in range(5):
             wrong = bank.payments.transfer(
-                COUNTER, f"w{attempt}", source, 1, 1, Consent(password="000000")
+                COUNTER, f"w{attempt}", source, payee, 1, Consent(password="000000")
             )
             codes.append(await refusal_of(lambda wrong=wrong: bank.payments.post(wrong)))
         assert codes == [Code.PASSWORD_WRONG] * 4 + [Code.PASSWORD_LOCKED]
-        right = bank.payments.transfer(COUNTER, "r1", source, 1, 1, Consent(password=PASSWORD))
+        right = bank.payments.transfer(COUNTER, "r1", source, payee, 1, Consent(password=PASSWORD))
         assert await refusal_of(lambda: bank.payments.post(right)) == Code.PASSWORD_LOCKED
         for days in (1, 7):
             clock.now = START_NS + days * 86_400 * 1_000_000_000
@@ -245,7 +260,7 @@ async def test_wrong_passwords_lock_until_a_supervisor_resets(tmp_path: Path) ->
         assert await refusal_of(lambda: bank.auth.set_password(reset)) == Code.SUPERVISOR_REQUIRED
         reset.caller = SUPERVISOR
         await bank.auth.set_password(reset)
-        again = bank.payments.transfer(COUNTER, "r2", source, 1, 1, Consent(password="246813"))
+        again = bank.payments.transfer(COUNTER, "r2", source, payee, 1, Consent(password="246813"))
         assert (await bank.payments.post(again)).amount_minor == 1
 
 
@@ -256,15 +271,16 @@ async def test_payment_hold_capture_void_and_reversal(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         payer = await funded_account(bank, 1_000)
+        merchant = await payee_account(bank)
         consent = Consent(password=PASSWORD)
         hold = await bank.payments.payment(
-            Movement(COUNTER, "p1", payer, 300, consent, counterpart=1)
+            Movement(COUNTER, "p1", payer, 300, consent, counterpart=merchant)
         )
         hold_id = int.from_bytes(hold.transfer_id_packed, "little")
         captured = await bank.payments.capture(Movement(COUNTER, "c1", hold_id, 200))
         assert captured.amount_minor == 200
         second = await bank.payments.payment(
-            Movement(COUNTER, "p2", payer, 100, consent, counterpart=1)
+            Movement(COUNTER, "p2", payer, 100, consent, counterpart=merchant)
         )
         second_id = int.from_bytes(second.transfer_id_packed, "little")
         await bank.payments.void(Movement(COUNTER, "v1", second_id, None))
@@ -301,32 +317,33 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
     blocklist = Blocklist()
     async with running_bank(tmp_path, clock, (blocklist,)) as bank:
         source = await funded_account(bank, 10_000)
+        payee = await payee_account(bank)
         consent = Consent(password=PASSWORD)
 
         def batch(key: str) -> PostingBatch:
             records = b"".join(
                 pack_transfer(
-                    id=derive_transfer_id(COUNTER.ledger_id, key, index),
+                    id=bank.core.ids.id(BANK.ledger_id, key, index),
                     debit_account_id=debit,
                     credit_account_id=SETTLEMENT_ID,
                     amount=100,
                     code=TransferCode.TRANSFER,
-                    channel=COUNTER.ledger_id,
+                    channel=BANK.ledger_id,
                 )
                 for index, debit in enumerate((CASH_VAULT_ID, source))
             )
-            return PostingBatch(COUNTER, key, records, 2)
+            return PostingBatch(BANK, key, records, 2)
 
         posted = await bank.payments.post(
-            bank.payments.transfer(COUNTER, "ok", source, 1, 100, consent)
+            bank.payments.transfer(COUNTER, "ok", source, payee, 100, consent)
         )
         assert posted.amount_minor == 100
         assert (await bank.payments.post_batch(batch("batch-ok"))).histogram == {0: 2}
         blocklist.blocked.add(source)
         seen = blocklist.seen
-        single = bank.payments.transfer(COUNTER, "single", source, 1, 100, consent)
+        single = bank.payments.transfer(COUNTER, "single", source, payee, 100, consent)
         assert await refusal_of(lambda: bank.payments.post(single)) == Code.NOT_APPLICABLE
-        hold = Movement(COUNTER, "hold", source, 100, consent, counterpart=1)
+        hold = Movement(COUNTER, "hold", source, 100, consent, counterpart=payee)
         assert await refusal_of(lambda: bank.payments.payment(hold)) == Code.NOT_APPLICABLE
         with pytest.raises(Refused) as caught:
             await bank.payments.post_batch(batch("batch"))
@@ -387,8 +404,9 @@ async def test_an_unpeppered_hash_checks_once_and_is_rehashed(tmp_path: Path) ->
 @run
 async def test_role_caps_hold_on_every_posting_route(tmp_path: Path) -> None:
     """With actor rules for the counter: a posting naming no actor is refused at the one
-    posting point; a teller's cash deposit, transfer and batch item over the teller's caps
-    are refused and move nothing; a supervisor's are posted; a void is never capped."""
+    posting point; a teller's cash deposit and transfer over the teller's caps are refused
+    and move nothing; a supervisor's are posted; a void is never capped. (The batch route
+    is the internal channel's alone, which acts for no teller.)"""
     clock = Clock()
     rules = ChannelActors(
         True,
@@ -398,9 +416,11 @@ async def test_role_caps_hold_on_every_posting_route(tmp_path: Path) -> None:
         customer = await bank.customers.register(
             RegisterCustomer(SUPERVISOR, "张三", ID_NUMBER, "13800138000")
         )
-        source = await bank.accounts.open(
+        opened = await bank.accounts.open(
             OpenAccount(SUPERVISOR, customer.customer_id, 1, None, PASSWORD)
         )
+        source = opened.account_id
+        payee = await payee_account(bank)
         deposit = Movement(COUNTER, "d0", source, 100)
         assert await refusal_of(lambda: bank.payments.cash_deposit(deposit)) == Code.ACTOR_REQUIRED
         over = Movement(TELLER, "d1", source, 501)
@@ -410,27 +430,80 @@ async def test_role_caps_hold_on_every_posting_route(tmp_path: Path) -> None:
         await bank.payments.cash_deposit(Movement(TELLER, "d2", source, 500))
         await bank.payments.cash_deposit(Movement(SUPERVISOR, "d3", source, 20_000))
         consent = Consent(password=PASSWORD)
-        big = bank.payments.transfer(TELLER, "t1", source, CASH_VAULT_ID, 1_001, consent)
+        big = bank.payments.transfer(TELLER, "t1", source, payee, 1_001, consent)
         assert await refusal_of(lambda: bank.payments.post(big)) == Code.ACTOR_LIMIT_EXCEEDED
-        records = b"".join(
-            pack_transfer(
-                id=derive_transfer_id(3, "b1", index),
-                debit_account_id=source,
-                credit_account_id=SETTLEMENT_ID,
-                amount=amount,
-                code=TransferCode.TRANSFER,
-                channel=3,
-            )
-            for index, amount in enumerate((10, 1_001))
-        )
-        with pytest.raises(Refused) as caught:
-            await bank.payments.post_batch(PostingBatch(TELLER, "b1", records, 2))
-        assert caught.value.refusal.code == Code.ACTOR_LIMIT_EXCEEDED
-        assert caught.value.refusal.extras["pointer"] == "/transfers/1"
         assert (await bank.reads.account(SUPERVISOR, source)).balance_minor == 20_500
-        hold = Movement(SUPERVISOR, "h1", source, 5_000, consent, counterpart=CASH_VAULT_ID)
+        hold = Movement(SUPERVISOR, "h1", source, 5_000, consent, counterpart=payee)
         held = await bank.payments.payment(hold)
         payment_id = int.from_bytes(held.transfer_id_packed, "little")
         await bank.payments.void(Movement(TELLER, "v1", payment_id, None))
-        moved = bank.payments.transfer(SUPERVISOR, "t2", source, CASH_VAULT_ID, 1_001, consent)
+        moved = bank.payments.transfer(SUPERVISOR, "t2", source, payee, 1_001, consent)
         assert (await bank.payments.post(moved)).amount_minor == 1_001
+
+
+@run
+async def test_who_may_move_what_is_enforced_by_the_services(tmp_path: Path) -> None:
+    """With no adapter in front: `post_batch` refuses a counter's batch itself; a posting
+    naming one of the bank's own accounts is refused unless the caller is internal; a hold is
+    captured and a transfer reversed only by the channel that created it (another channel is
+    told the target does not exist); an opening with a key, retried after a restart, names the
+    first account, and the same key with another class is refused."""
+    clock = Clock()
+    async with running_bank(tmp_path, clock) as bank:
+        payer = await funded_account(bank, 1_000)
+        merchant = await payee_account(bank)
+        consent = Consent(password=PASSWORD)
+        record = pack_transfer(
+            id=bank.core.ids.id(COUNTER.ledger_id, "b", 0),
+            debit_account_id=SETTLEMENT_ID,
+            credit_account_id=payer,
+            amount=100,
+            code=TransferCode.TRANSFER,
+            channel=COUNTER.ledger_id,
+        )
+        minted = PostingBatch(COUNTER, "b", record, 1)
+        assert await refusal_of(lambda: bank.payments.post_batch(minted)) == (
+            Code.CHANNEL_KIND_NOT_ALLOWED
+        )
+        with pytest.raises(Refused) as caught:
+            bank.payments.transfer(COUNTER, "t", payer, SETTLEMENT_ID, 1, consent)
+        assert caught.value.refusal.code == Code.INTERNAL_ACCOUNT_NOT_ALLOWED
+        vault = Movement(COUNTER, "v", CASH_VAULT_ID, 1)
+        assert await refusal_of(lambda: bank.payments.cash_deposit(vault)) == (
+            Code.INTERNAL_ACCOUNT_NOT_ALLOWED
+        )
+        hold = await bank.payments.payment(
+            Movement(COUNTER, "h", payer, 300, consent, counterpart=merchant)
+        )
+        hold_id = int.from_bytes(hold.transfer_id_packed, "little")
+        for settle in (bank.payments.capture, bank.payments.void):
+            with pytest.raises(Refused) as caught:
+                await settle(Movement(APP, "s", hold_id, None))
+            assert caught.value.refusal.code == Code.TRANSFER_OF_ANOTHER_CHANNEL
+            assert (
+                caught.value.refusal.ledger_code == CreateTransferResult.PENDING_TRANSFER_NOT_FOUND
+            )
+        captured = await bank.payments.capture(Movement(COUNTER, "c", hold_id, None))
+        captured_id = int.from_bytes(captured.transfer_id_packed, "little")
+        with pytest.raises(Refused) as caught:
+            await bank.payments.reversal(Movement(BANK, "r", captured_id, None))
+        assert caught.value.refusal.ledger_code == CreateTransferResult.REVERSAL_TARGET_NOT_FOUND
+        assert (await bank.reads.account(COUNTER, merchant)).balance_minor == 300
+        customer_id = bank.core.customer_state().accounts[payer].customer_id
+        card = {
+            "card_number": str(payer),
+            "card_type": "class_i_debit",
+            "holder_name": "张三",
+            "holder_id_number": ID_NUMBER,
+            "reserved_mobile": "13800138000",
+        }
+        opening = OpenAccount(APP, customer_id, 2, card, PASSWORD, key="open-1")
+        first = await bank.accounts.open(opening)
+        assert not first.replayed
+    async with running_bank(tmp_path, clock) as bank:
+        retried = await bank.accounts.open(opening)
+        assert retried.replayed and retried.account_id == first.account_id
+        other = OpenAccount(APP, customer_id, 3, card, PASSWORD, key="open-1")
+        assert await refusal_of(lambda: bank.accounts.open(other)) == Code.IDEMPOTENCY_KEY_REUSED
+        customer = bank.core.customer_state().customers[customer_id]
+        assert len(customer.accounts) == 2  # the Class I and the one Class II

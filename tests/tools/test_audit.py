@@ -77,9 +77,11 @@ def test_acknowledged_transfer_missing_from_the_ledger_fails(books: Path, tmp_pa
     directory, lines = outcomes_copy(books, tmp_path)
     ghost = dict(lines[0])
     ghost["key"] = "a-key-the-server-never-saw"
-    from core.services.records import derive_transfer_id
+    from core.services.records import TransferIds
+    from core.services.server_secrets import DEVELOPMENT
 
-    ghost["transfer_id"] = f"{derive_transfer_id(3, str(ghost['key']), 0):032x}"
+    ids = TransferIds(DEVELOPMENT.transfer_id_key)
+    ghost["transfer_id"] = f"{ids.id(3, str(ghost['key']), 0):032x}"
     write(directory, [*lines, ghost])
     done = audit(books, directory)
     assert done.returncode == 1, done.stdout

@@ -15,7 +15,8 @@ from channels.http.routes import ROUTES
 from channels.registry import OPERATIONS, RegistryError, load_registry, parse_registry
 from core.services import identity, passwords, policy
 from core.services.kyc import BuiltinVerifier
-from core.services.records import derive_transfer_id, derive_transfer_ids_packed
+from core.services.records import TransferIds
+from core.services.server_secrets import DEVELOPMENT
 from core.services.state import (
     LEGACY_STATE_FILE,
     Password,
@@ -175,24 +176,35 @@ def test_openapi_documents_every_route() -> None:
 
 
 def test_transfer_ids_derive_from_channel_key_and_index() -> None:
-    """Same inputs, same id; another channel, key or index, another id; the fast path agrees."""
-    first = derive_transfer_id(2, "order-1", 0)
-    assert first == derive_transfer_id(2, "order-1", 0)
-    assert (
-        len(
-            {
-                first,
-                derive_transfer_id(3, "order-1", 0),
-                derive_transfer_id(2, "order-2", 0),
-                derive_transfer_id(2, "order-1", 1),
-            }
-        )
-        == 4
-    )
-    packed = derive_transfer_ids_packed(2, "order-1", 3)
+    """Same inputs and key, same id (a retry after a restart meets its transfer); another
+    channel, operation key, index or server key, another id; the batch path agrees."""
+    ids = TransferIds(DEVELOPMENT.transfer_id_key)
+    first = ids.id(2, "order-1", 0)
+    assert first == TransferIds(DEVELOPMENT.transfer_id_key).id(2, "order-1", 0)
+    others = {
+        ids.id(3, "order-1", 0),
+        ids.id(2, "order-2", 0),
+        ids.id(2, "order-1", 1),
+        TransferIds(b"another-server-key-of-at-least-32-bytes").id(2, "order-1", 0),
+    }
+    assert len({first} | others) == 5
+    packed = ids.packed_many(2, "order-1", 3)
     assert [int.from_bytes(p, "little") for p in packed] == [
-        derive_transfer_id(2, "order-1", i) for i in range(3)
+        ids.id(2, "order-1", i) for i in range(3)
     ]
+
+
+def test_instruction_fingerprints_cover_every_field() -> None:
+    """A fingerprint changes with any field and with field boundaries, and depends on the key."""
+    ids = TransferIds(DEVELOPMENT.transfer_id_key)
+    first = ids.fingerprint("beneficiary", "ICBC", "6222020000000001", "张三")
+    assert first == ids.fingerprint("beneficiary", "ICBC", "6222020000000001", "张三")
+    assert 0 < first < 1 << 64
+    assert first != ids.fingerprint("beneficiary", "ICBC", "6222020000000001", "李四")
+    assert first != ids.fingerprint("beneficiary", "ICBC6", "222020000000001", "张三")
+    assert first != TransferIds(b"another-server-key-of-at-least-32-bytes").fingerprint(
+        "beneficiary", "ICBC", "6222020000000001", "张三"
+    )
 
 
 PEPPER = b"p" * 32

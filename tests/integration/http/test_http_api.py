@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from channels.client import TallyClient
-from core.services.records import derive_transfer_id
+from core.services.records import TransferIds
+from core.services.server_secrets import DEVELOPMENT
 from ledger.reference import Transfer
 from ledger.types import TRANSFER_SIZE, TransferCode
 from tests.http_helpers import (
@@ -541,10 +542,11 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
 def test_reversal_compensates_and_keeps_the_original(
     counter: TallyClient, app: TallyClient
 ) -> None:
-    """A reversal is a new transfer the other way; the original stays, marked as reversed."""
+    """A reversal is a new transfer the other way, by the channel that made the original (the
+    counter here); the original stays, marked as reversed."""
     _, source = class_i_funded(counter, app, 10_000)
     _, target = class_i_funded(counter, app, 0)
-    moved = app.post(
+    moved = counter.post(
         "/v1/transfers",
         {
             "debit_account_id": source,
@@ -707,7 +709,7 @@ def test_batch_json_one_result_each(
     assert [r["result"] for r in body["results"]] == ["ok", "exceeds_credits", "ok"]
     assert (
         body["results"][0]["transfer_id"]
-        == f"{derive_transfer_id(BANK_CHANNEL_ID, batch_key, 0):032x}"
+        == f"{TransferIds(DEVELOPMENT.transfer_id_key).id(BANK_CHANNEL_ID, batch_key, 0):032x}"
     )
     assert balance(counter, target) == 500
     replay = bank.post("/v1/transfers/batch", {"transfers": items}, idempotency_key=batch_key)

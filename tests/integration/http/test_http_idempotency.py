@@ -114,8 +114,9 @@ def test_missing_key_is_400_on_every_money_route(
     counter: TallyClient, server: TallyServer, path: str, body: dict[str, Any]
 ) -> None:
     """Every POST that moves money refuses to run without an Idempotency-Key (incoming
-    transfers are a partner bank's or the bank's own: asked from the bank's channel)."""
-    if path == "/v1/incoming-transfers":
+    transfers and the batch are the bank's own or a partner bank's: asked from the bank's
+    channel)."""
+    if path in ("/v1/incoming-transfers", "/v1/transfers/batch"):
         with server.client("bank") as bank:
             response = bank.post(path, fill(body, "1"))
     else:

@@ -183,10 +183,12 @@ def test_class_iii_balance_cap_and_outflow(app: TallyClient, counter: TallyClien
 
 
 def test_same_day_reversal_restores_the_quota(app: TallyClient, counter: TallyClient) -> None:
-    """Reversing a counted transfer the same day gives the daily quota back."""
+    """Reversing a counted transfer the same day gives the daily quota back (the counter
+    reverses a transfer it made: only a transfer's own channel may reverse it)."""
     _, account = class_ii(app, 20_000 * CNY)
     target = other_account(counter)
-    first = send(app, account, target, 10_000 * CNY)
+    first = send(counter, account, target, 10_000 * CNY)
+    assert first.status_code == 201, first.text
     assert send(app, account, target, 1).status_code == 422
     reversed_ = counter.post(
         f"/v1/transfers/{first.json()['transfer_id']}/reversals", idempotency_key=key()

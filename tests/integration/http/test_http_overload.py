@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.services.records import derive_transfer_id
+from core.services.records import TransferIds
+from core.services.server_secrets import DEVELOPMENT
 from tests.http_helpers import (
     CHANNELS_FILE,
     TallyServer,
@@ -103,7 +104,7 @@ def test_full_engine_queue_is_503_and_nothing_half_done(server: TallyServer) -> 
     with server.client("counter") as counter:
         assert balance(counter, account) == statuses.count(201)
         for used in keys:
-            transfer_id = derive_transfer_id(COUNTER_CHANNEL_ID, used, 0)
+            transfer_id = TransferIds(DEVELOPMENT.transfer_id_key).id(COUNTER_CHANNEL_ID, used, 0)
             found = counter.get(f"/v1/transfers/{transfer_id:032x}").status_code
             assert found == (200 if answers[used].status_code == 201 else 404)
 
