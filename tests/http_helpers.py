@@ -1,10 +1,11 @@
 """Shared pieces of the HTTP tests: a real `tally serve` process and signed clients.
 
-`TallyServer` starts `python -m core serve` on a free 127.0.0.1 port with its
-own data directory, waits for /readyz, and stops it with SIGTERM (or SIGKILL,
-for crash tests). Clients sign with the development secrets of
-examples/channels.toml. Builders make customers with valid resident IDs and
-open funded accounts through the API itself.
+`TallyServer` starts `python -m core serve --dev` on a free 127.0.0.1 port
+with its own data directory, waits for /readyz, and stops it with SIGTERM (or
+SIGKILL, for crash tests). Clients sign with the development secrets of
+examples/channels.toml (which only `--dev` accepts). With `tls=(certfile,
+keyfile)` it serves HTTPS and its clients trust that certificate. Builders make
+customers with valid resident IDs and open funded accounts through the API itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,6 +50,8 @@ class TallyServer:
         channels_file: Path = CHANNELS_FILE,
         extra: Sequence[str] = (),
         disk_delay_ms: int = 0,
+        tls: tuple[Path, Path] | None = None,
+        dev: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.disk_delay_ms = disk_delay_ms  # > 0: tests/slow_disk_serve.py, a slow journal
@@ -55,6 +59,8 @@ class TallyServer:
         self.server = server
         self.channels_file = channels_file
         self.extra = list(extra)
+        self.tls = tls
+        self.dev = dev  # False: the channels file and --secrets in `extra` must be real ones
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -62,7 +68,12 @@ class TallyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client must trust to talk to this server (its own certificate)."""
+        return ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
 
     def start(self, *, wait_ready: bool = True) -> TallyServer:
         assert self.process is None
@@ -96,6 +107,8 @@ class TallyServer:
             "65536",
             "--transfers-max",
             "262144",
+            *(["--dev"] if self.dev else []),  # the example registry's public secrets
+            *(["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])] if self.tls else []),
             *self.extra,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -112,7 +125,8 @@ class TallyServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}: {self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/readyz", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -144,6 +158,8 @@ class TallyServer:
 
     def client(self, channel: str, **kwargs: Any) -> TallyClient:
         key_id, secret = channel_secret(channel, self.channels_file)
+        if self.tls:
+            kwargs.setdefault("verify", self.verify)
         return TallyClient(self.url, channel, key_id, secret, **kwargs)
 
 

@@ -41,7 +41,7 @@ def loadtest_against_server(
     )
     command = [sys.executable, *serve, "--port", str(port),
                "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
-               *serve_args]  # fmt: skip
+               "--dev", *serve_args]  # fmt: skip
     server = Server(command, port, tmp_path / "server.log", "/readyz")
     try:
         return loadtest("--host", server.url, *loadtest_args, "--out", str(tmp_path / "out"))
