@@ -195,14 +195,15 @@ def test_a_two_megabyte_header_is_refused(server: TallyServer) -> None:
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-@pytest.fixture(scope="module", params=["hypercorn", "uvicorn"])
+@pytest.fixture(scope="module", params=["hypercorn", "uvicorn", "hypercorn-trio"])
 def strict_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TallyServer]:
     """A server with 2 s read and keep-alive timeouts, so that cut-offs come quickly."""
     data = tmp_path_factory.mktemp(f"slow-{request.param}") / "data"
     extra = ["--read-timeout-s", "2", "--keep-alive-timeout-s", "2"]
-    running = TallyServer(data, server=request.param, extra=extra).start()
+    server, _, backend = request.param.partition("-")
+    running = TallyServer(data, server=server, backend=backend or "asyncio", extra=extra).start()
     yield running
     running.stop()
 
@@ -227,7 +228,8 @@ def trickle(sock: socket.socket, head: bytes, count: int) -> tuple[int | None, f
 
 def test_a_slow_upload_is_cut_off(strict_server: TallyServer) -> None:
     """A body sent one byte at a time (1000 bytes: 200 s at that pace) is cut off with 408
-    (or the connection closed); so is a request head that never ends."""
+    (or the connection closed); so is a body that never comes, and a request head that
+    never ends."""
     head = (
         b"POST /v1/customers HTTP/1.1\r\nHost: tally\r\n"
         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
@@ -235,6 +237,12 @@ def test_a_slow_upload_is_cut_off(strict_server: TallyServer) -> None:
     with connect(strict_server) as sock:
         status, _ = trickle(sock, head, 1000)
     assert status in (408, None)
+    with connect(strict_server) as sock:
+        started = time.monotonic()
+        sock.sendall(head)  # and then nothing
+        answer = read_answer(sock, CUT_OFF_BOUND_S)
+        assert time.monotonic() - started < CUT_OFF_BOUND_S, "a stalled body was not cut off"
+    assert status_of(answer) in (408, None), answer[:300]
     with connect(strict_server) as sock:
         status, _ = trickle(sock, b"POST /v1/customers HTTP/1.1\r\nHost: tally\r\nX-Slow: ", 1000)
     assert status in (408, None)
