@@ -51,7 +51,8 @@ class RateLimits:
 
 
 class AuthFailures:
-    """A token bucket of failed authentications per client address.
+    """A token bucket of failed authentications per client address (the HTTP app keys
+    it by address and the channel the request names).
 
     Each failed authentication (bad or missing signature, unknown channel or
     key, stale timestamp, reused nonce) takes a token from its address's

@@ -1,9 +1,10 @@
 """The ASGI application: one pipeline every /v1 request goes through, in this order.
 
     route (404/405) -> ready (503) -> client address not over its failed
-    authentications (429) -> body read under the size cap (413) and the read
-    deadline (408) -> signature: channel, key, timestamp window, HMAC, nonce
-    (401/403) -> operation allowed for the channel (403) -> rate limit (429)
+    authentications for the channel it names (429) -> body read under the size
+    cap (413) and the read deadline (408) -> signature: channel, key, timestamp
+    window, HMAC, nonce (401/403) -> operation allowed for the channel (403)
+    -> rate limit (429)
     -> Idempotency-Key present on money routes (400) -> content type (415)
     -> JSON parse, no key repeated in an object, no query parameter repeated
     (400) and schema (422) -> channel kind (403, core.services.policy)
@@ -21,8 +22,8 @@ up to `preauth_body_size_max` (4 KiB) unless its Authorization header names a
 known channel and key id with a fresh timestamp (then up to that channel's
 cap; the signature over the body is checked once it is read), the whole body
 must arrive within `read_timeout_s` (channels/http/deadlines.py), and an
-address whose authentications keep failing is refused with 429 before its
-request is read (channels/tier.py, `AuthFailures`).
+address whose authentications for a channel keep failing is refused with 429
+before its request is read (channels/tier.py, `AuthFailures`).
 """
 
 from __future__ import annotations
@@ -203,8 +204,6 @@ class App:
                 else:
                     route, params = self.route(method, path)
                     route_name = route.operation
-                    if self.auth_failures.buckets:  # empty while no address fails
-                        self.refuse_failing_address(scope)
                     headers = dict(scope["headers"])
                     # Before the body: does the header name a channel (and a key) at all?
                     authorization = headers.get(b"authorization")
@@ -221,6 +220,8 @@ class App:
                             cap = self.body_caps[known.name]
                         else:
                             known = None
+                    if self.auth_failures.buckets:  # empty while no address fails
+                        self.refuse_failing_address(scope, credentials)
                     declared = headers.get(b"content-length")
                     deadlines = self.body_deadlines
                     if deadlines is None:  # trio: an ordinary cancel scope
@@ -256,7 +257,7 @@ class App:
                         channel = self.authenticate(scope, headers, body, credentials, known)
                     except Problem as failure:
                         if failure.status == 401:
-                            self.auth_failed(scope)
+                            self.auth_failed(scope, credentials)
                         raise
                     channel_name = channel.name
                     idempotency_key = self.authorize(route, channel, headers, len(body))
@@ -476,10 +477,19 @@ class App:
             and abs(time.time() - int(timestamp)) <= self.window_s
         )
 
-    def refuse_failing_address(self, scope: Scope) -> None:
-        """429 for a client address over its failed authentications."""
+    def failure_key(self, scope: Scope, credentials: Credentials | str | None) -> str:
+        """Whose failed authentications a request counts with: its client address and the
+        registered channel it names ("" for none), so that one channel failing behind a
+        shared address (a rotated key not yet deployed) does not shut out the others."""
         client = scope.get("client")
-        wait_s = self.auth_failures.wait_s(client[0] if client else "", time.monotonic())
+        channel = credentials.channel if type(credentials) is Credentials else ""
+        if channel not in self.registry.channels:
+            channel = ""
+        return f"{client[0] if client else ''} {channel}"
+
+    def refuse_failing_address(self, scope: Scope, credentials: Credentials | str | None) -> None:
+        """429 for a client address (and channel) over its failed authentications."""
+        wait_s = self.auth_failures.wait_s(self.failure_key(scope, credentials), time.monotonic())
         if wait_s > 0:
             raise Problem(
                 429,
@@ -490,9 +500,9 @@ class App:
                 headers=[(b"retry-after", str(max(1, int(wait_s + 0.999))).encode())],
             )
 
-    def auth_failed(self, scope: Scope) -> None:
-        client = scope.get("client")
-        self.auth_failures.failed(client[0] if client else "", time.monotonic())
+    def auth_failed(self, scope: Scope, credentials: Credentials | str | None) -> None:
+        key = self.failure_key(scope, credentials)
+        self.auth_failures.failed(key, time.monotonic())
 
     def authenticate(
         self,

@@ -250,8 +250,9 @@ def test_a_slow_upload_is_cut_off(strict_server: TallyServer) -> None:
 
 
 def test_failed_authentications_are_rate_limited_per_address(tmp_path: Path) -> None:
-    """50 requests signed with a guessed secret from one address: the first ones are 401,
-    then 429 with Retry-After, and the address is refused even with a good signature."""
+    """50 requests signed with a guessed bank secret from one address: the first ones are
+    401, then 429 with Retry-After, and the address is refused for that channel even with
+    a good signature."""
     server = TallyServer(tmp_path / "data").start()
     try:
         guessed = Signer("bank", channel_secret("bank")[0], b"guessed-secret-0123456789abcdef!")
@@ -268,6 +269,11 @@ def test_failed_authentications_are_rate_limited_per_address(tmp_path: Path) -> 
             assert set(statuses) == {401, 429}
             good = signer("bank").headers("GET", "/v1/accounts/1")
             assert client.get("/v1/accounts/1", headers=good).status_code == 429
+            # Counted per address and channel named: another channel behind the same
+            # address (a shared gateway) is still heard.
+            path = "/v1/customers/c00000000000000000000"
+            other = client.get(path, headers=signer("counter").headers("GET", path))
+            assert other.status_code == 404, other.text
     finally:
         server.stop()
 
