@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(CEXT_SOURCES)
 	@touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/tally run-default --host $(HOST) --port $(PORT) --data $(DATA)
+	$(VENV)/bin/tally run-default --host $(HOST) --port $(PORT) --data $(DATA) --dev
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

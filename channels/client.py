@@ -22,6 +22,7 @@ sent byte for byte as signed, so sign the encoded bytes you send.
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -98,14 +99,19 @@ class TallyClient:
         timeout_s: float = 30.0,
         http2: bool = False,
         actor: tuple[str, str] | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """`verify`: for an https:// URL, an SSL context that trusts the server's certificate
+        (`ssl.create_default_context(cafile=...)`), or True for the system's CAs."""
         import httpx
 
         self.actor = actor  # (teller id, role) named in every request; None: no actor
         self.signer = Signer(
             channel, key_id, secret.encode() if isinstance(secret, str) else secret
         )
-        self.http = httpx.Client(base_url=base_url, timeout=timeout_s, http2=http2, http1=not http2)
+        self.http = httpx.Client(
+            base_url=base_url, timeout=timeout_s, http2=http2, http1=not http2, verify=verify
+        )
 
     def __enter__(self) -> TallyClient:
         return self

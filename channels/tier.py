@@ -1,5 +1,6 @@
 """Channel-tier services every protocol adapter shares: rate limits, replay
-protection, and the guard that lets one Idempotency-Key be in flight at a time.
+protection, the limit on failed authentication per client address, and the
+guard that lets one Idempotency-Key be in flight at a time.
 
 None of them is a business rule: they protect the middle office from a
 channel's traffic, whatever protocol it speaks.
@@ -47,6 +48,66 @@ class RateLimits:
 
     def take(self, channel: str, now_s: float) -> float:
         return self.limiters[channel].take(now_s)
+
+
+class AuthFailures:
+    """A token bucket of failed authentications per client address (the HTTP app keys
+    it by address and the channel the request names).
+
+    Each failed authentication (bad or missing signature, unknown channel or
+    key, stale timestamp, reused nonce) takes a token from its address's
+    bucket (`burst` tokens, refilled at `rate_per_s`); an address whose bucket
+    is empty is refused before anything else is done for it (429 with
+    Retry-After) until a token is due. An address that never fails has no
+    bucket, so the check on every request is one lookup in a dict that is
+    empty while nobody fails. At most `addresses_max` buckets are kept: when
+    full, the full ones are dropped (they would refuse nothing), then the
+    oldest (an attacker with that many addresses is not slowed further by a
+    per-address limit, and the memory stays bounded).
+    """
+
+    __slots__ = ("addresses_max", "buckets", "burst", "rate_per_s")
+
+    def __init__(self, rate_per_s: float, burst: int, addresses_max: int = 65536) -> None:
+        assert rate_per_s > 0 and burst >= 1 and addresses_max >= 1
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self.addresses_max = addresses_max
+        self.buckets: dict[str, list[float]] = {}  # address -> [tokens, last_s]
+
+    def wait_s(self, address: str, now_s: float) -> float:
+        """0 if `address` may be heard, else the seconds until its next token is due."""
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (now_s - bucket[1]) * self.rate_per_s)
+        if tokens >= 1.0:
+            return 0.0
+        return (1.0 - tokens) / self.rate_per_s
+
+    def failed(self, address: str, now_s: float) -> None:
+        """Count one failed authentication from `address`."""
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            if len(self.buckets) >= self.addresses_max:
+                self.prune(now_s)
+            self.buckets[address] = [self.burst - 1.0, now_s]
+            return
+        tokens = min(self.burst, bucket[0] + (now_s - bucket[1]) * self.rate_per_s)
+        bucket[0] = max(0.0, tokens - 1.0)
+        bucket[1] = now_s
+
+    def prune(self, now_s: float) -> None:
+        """Drop the buckets that have refilled; if none has, the oldest half."""
+        full = [
+            address
+            for address, (tokens, last_s) in self.buckets.items()
+            if tokens + (now_s - last_s) * self.rate_per_s >= self.burst
+        ]
+        if not full and len(self.buckets) >= self.addresses_max:
+            full = list(self.buckets)[: max(1, len(self.buckets) // 2)]
+        for address in full:
+            del self.buckets[address]
 
 
 class ReplayGuard:

@@ -108,6 +108,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from core.dsn import redact_dsn
 from core.entries import Entry, EntryKind, apply_entry, decode_state_changes
 from core.errors import TallyError
 from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
@@ -931,7 +932,7 @@ async def open_pg_store(
     try:
         connection = await asyncpg.connect(dsn)
     except _connection_errors(asyncpg.PostgresError) as error:
-        raise PgStoreError(f"cannot connect to {dsn}: {error}") from error
+        raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error
     try:
         migrated = await migrate(connection)
         epoch, last_seq = await take_epoch(connection, owner, epoch_min)
@@ -956,7 +957,7 @@ async def open_pg_store(
     except _connection_errors(asyncpg.PostgresError) as error:
         for one in (connection, *more):
             one.terminate()
-        raise PgStoreError(f"cannot connect to {dsn}: {error}") from error
+        raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error
     ledger.track_changes()
     ledger.take_changes()
     store = PgStore(

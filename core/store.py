@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.from_thread
 
+from core.dsn import redact_dsn
 from core.entries import Entry, apply_entry
 from core.errors import TallyError
 from ledger.kernel import KernelLedger
@@ -289,7 +290,7 @@ def _read_pg_entries(dsn: str, from_seq: int) -> Iterator[tuple[int, Entry]]:
         try:
             connection = portal.call(asyncpg.connect, dsn)
         except (OSError, asyncpg.PostgresError) as error:
-            raise PgStoreError(f"cannot connect to {dsn}: {error}") from error
+            raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error
         try:
             entries = read_pg_entries(connection, from_seq)
             while True:

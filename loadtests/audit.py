@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.store import is_store_url
 
@@ -687,8 +688,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not is_store_url(args.source):
                 raise ValueError(
-                    f"{args.source} is neither a URL nor a data directory (nor journal:DIR,"
-                    " postgresql://...)"
+                    f"{redact_dsn(args.source)} is neither a URL nor a data directory"
+                    " (nor journal:DIR, postgresql://...)"
                 )
             books = OfflineBooks(args.source, args, rules)
     except (OSError, ValueError, KeyError, TallyError) as error:
@@ -704,8 +705,8 @@ def run(args: argparse.Namespace) -> int:
         transfer_id_key=secrets.transfer_id_key,
     )
     summary = audit.summary()
-    summary["source"] = args.source
-    print_summary(summary, args.source)
+    summary["source"] = redact_dsn(args.source)  # a postgresql:// source may carry a password
+    print_summary(summary, summary["source"])
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return 0 if audit.clean else 1

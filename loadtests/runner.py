@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--setup-only", action="store_true", help="create the dataset and stop")
     parser.add_argument("--save", metavar="DIR", default=None, help="keep report.json here")
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
+
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
 
 
@@ -83,6 +84,7 @@ def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
         "--transfers-max", str(1 << 22),
         "--token-ttl-s", "86400",  # tokens outlive the run; the users renew them anyway
         "--scrypt-n", "1024",  # the PIN checks are on the path; keep them cheap here
+        "--dev",  # a throwaway server: public development secrets (against a real one: --host)
     ]  # fmt: skip
     return Server(command, port, out / "server.log", "/readyz")
 

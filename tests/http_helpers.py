@@ -1,10 +1,11 @@
 """Shared pieces of the HTTP tests: a real `tally serve` process and signed clients.
 
-`TallyServer` starts `python -m core serve` on a free 127.0.0.1 port with its
-own data directory, waits for /readyz, and stops it with SIGTERM (or SIGKILL,
-for crash tests). Clients sign with the development secrets of
-examples/channels.toml. Builders make customers with valid resident IDs and
-open funded accounts through the API itself.
+`TallyServer` starts `python -m core serve --dev` on a free 127.0.0.1 port
+with its own data directory, waits for /readyz, and stops it with SIGTERM (or
+SIGKILL, for crash tests). Clients sign with the development secrets of
+examples/channels.toml (which only `--dev` accepts). With `tls=(certfile,
+keyfile)` it serves HTTPS and its clients trust that certificate. Builders make
+customers with valid resident IDs and open funded accounts through the API itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,6 +56,8 @@ class TallyServer:
         extra: Sequence[str] = (),
         disk_delay_ms: int = 0,
         clock_file: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+        dev: bool = True,
     ) -> None:
         self.data_dir = data_dir
         # Set: tests/clock_serve.py, the services' clock moved by the seconds in this file.
@@ -63,6 +67,8 @@ class TallyServer:
         self.server = server
         self.channels_file = channels_file
         self.extra = list(extra)
+        self.tls = tls
+        self.dev = dev  # False: the channels file and --secrets in `extra` must be real ones
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -70,7 +76,12 @@ class TallyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client must trust to talk to this server (its own certificate)."""
+        return ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
 
     def start(self, *, wait_ready: bool = True) -> TallyServer:
         assert self.process is None
@@ -106,6 +117,8 @@ class TallyServer:
             "65536",
             "--transfers-max",
             "262144",
+            *(["--dev"] if self.dev else []),  # the example registry's public secrets
+            *(["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])] if self.tls else []),
             *self.extra,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -122,7 +135,8 @@ class TallyServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}: {self.log()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/readyz", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -162,6 +176,8 @@ class TallyServer:
         `actor=` says otherwise (None: no actor)."""
         key_id, secret = channel_secret(channel, self.channels_file)
         kwargs.setdefault("actor", DEFAULT_ACTORS.get(channel))
+        if self.tls:
+            kwargs.setdefault("verify", self.verify)
         return TallyClient(self.url, channel, key_id, secret, **kwargs)
 
 

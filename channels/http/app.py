@@ -1,11 +1,14 @@
 """The ASGI application: one pipeline every /v1 request goes through, in this order.
 
-    route (404/405) -> ready (503) -> body read under the size cap (413)
-    -> signature: channel, key, timestamp window, HMAC (over the Tally-Actor header
-    too), nonce (401/403) -> operation allowed for the channel (403) -> rate limit (429)
-    -> Idempotency-Key present on money routes (400) -> the acting teller: well formed
-    (400), required by the channel (401), a declared role (403) -> content type (415)
-    -> JSON parse (400) and schema (422) -> channel kind (403, core.services.policy)
+    route (404/405) -> ready (503) -> client address not over its failed
+    authentications for the channel it names (429) -> body read under the size
+    cap (413) and the read deadline (408) -> signature: channel, key, timestamp
+    window, HMAC (over the Tally-Actor header too), nonce (401/403) -> operation
+    allowed for the channel (403) -> rate limit (429) -> Idempotency-Key present on
+    money routes (400) -> the acting teller: well formed (400), required by the
+    channel (401), a declared role (403) -> content type (415) -> JSON parse, no key
+    repeated in an object, no query parameter repeated (400) and schema (422)
+    -> channel kind (403, core.services.policy)
     -> key not in flight (409) -> the handler and its service (a refusal is
     rendered from the one table in problems.py) -> response + access log
 
@@ -14,6 +17,14 @@ journal, channel state) lives in the app's lifespan task, so whatever server
 runs the app runs the bank on the same event loop. Nothing a client sends
 turns into a 500: every refusal is a `Problem`; an unexpected exception is a
 defect, logged with its traceback and answered 500 so the defect is visible.
+
+Before a request is authenticated it may use little: its body is read only
+up to `preauth_body_size_max` (4 KiB) unless its Authorization header names a
+known channel and key id with a fresh timestamp (then up to that channel's
+cap; the signature over the body is checked once it is read), the whole body
+must arrive within `read_timeout_s` (channels/http/deadlines.py), and an
+address whose authentications for a channel keep failing is refused with 429
+before its request is read (channels/tier.py, `AuthFailures`).
 """
 
 from __future__ import annotations
@@ -24,23 +35,28 @@ import re
 import sys
 import time
 import traceback
+from asyncio import CancelledError, current_task
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 from urllib.parse import parse_qsl
 
 import anyio
 import orjson
+import sniffio
 
 from channels.http import signing
+from channels.http.deadlines import BodyDeadlines
 from channels.http.handlers import Context, Handlers, Reply
 from channels.http.metrics import Metrics, register_collectors
 from channels.http.openapi import openapi_document
 from channels.http.problems import PROBLEM_CONTENT_TYPE, Problem, refusal_problem
 from channels.http.routes import ROUTES, Route, Router
 from channels.http.schema import check_object, check_value, fail, quick_check
+from channels.http.signing import Credentials
+from channels.http.strict_json import first_repeated_key, may_repeat_keys
 from channels.registry import ChannelEntry, Registry
-from channels.tier import InFlight, RateLimits, ReplayGuard
+from channels.tier import AuthFailures, InFlight, RateLimits, ReplayGuard
 from core.services import policy
 from core.services.bank import Bank
 from core.services.commands import Caller
@@ -60,6 +76,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 WWW_AUTHENTICATE = (b"www-authenticate", signing.SCHEME_BYTES)
 JSON = b"application/json"
+CONNECTION_CLOSE = (b"connection", b"close")
+PREAUTH_BODY_SIZE_MAX = 4096  # bytes read before the Authorization header names a channel
+READ_TIMEOUT_S = 30.0  # a request's body must have arrived this long after its head
+AUTH_FAILURES_PER_S = 1.0  # failed authentications forgiven per second and client address
+AUTH_FAILURES_BURST = 30  # failed authentications in a row before an address gets 429
+HOUSEKEEPING_S = 0.1
 
 
 class AccessLog:
@@ -86,6 +108,10 @@ class App:
         metrics: Metrics | None = None,
         access_log: IO[bytes] | None = None,
         body_size_max: int = 0,
+        preauth_body_size_max: int = PREAUTH_BODY_SIZE_MAX,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        auth_failures_per_s: float = AUTH_FAILURES_PER_S,
+        auth_failures_burst: int = AUTH_FAILURES_BURST,
     ) -> None:
         self.bank = bank
         self.core = bank.core
@@ -102,9 +128,21 @@ class App:
             for name, entry in registry.channels.items()
         }
         self.access_log = AccessLog(access_log)
+        # The body caps: a channel's own (under --body-size-max if given), and the small one
+        # for a request not yet known to come from a channel.
         self.body_size_max = body_size_max or max(
             (entry.body_size_max for entry in registry.channels.values()), default=1 << 20
         )
+        self.body_caps = {
+            name: min(entry.body_size_max, self.body_size_max)
+            for name, entry in registry.channels.items()
+        }
+        self.preauth_body_size_max = min(preauth_body_size_max, self.body_size_max)
+        self.read_timeout_s = read_timeout_s
+        # Set at startup on asyncio (the body read deadline without a cancel scope per
+        # request); None: each body read sits in a cancel scope (trio).
+        self.body_deadlines: BodyDeadlines | None = None
+        self.auth_failures = AuthFailures(auth_failures_per_s, auth_failures_burst)
         self.openapi = orjson.dumps(openapi_document())
         self.window_s = bank.settings.nonce_window_s
         self.quick_checks: dict[str, Callable[[Any], bool]] = {}
@@ -118,18 +156,28 @@ class App:
     async def lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
+        if sniffio.current_async_library() == "asyncio":
+            self.body_deadlines = BodyDeadlines(self.read_timeout_s)
         async with anyio.create_task_group() as task_group:
             await task_group.start(self.bank.serve)
-            task_group.start_soon(self._flush_logs)
+            task_group.start_soon(self._keep_house)
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
             task_group.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _flush_logs(self) -> None:
+    async def _keep_house(self) -> None:
+        """Flush the access log, cut off late bodies, forget forgiven addresses."""
+        ticks = 0
         while True:
-            await anyio.sleep(0.1)
+            await anyio.sleep(HOUSEKEEPING_S)
             self.access_log.flush()
+            deadlines = self.body_deadlines
+            if deadlines is not None and deadlines.waiting:
+                deadlines.sweep(perf_counter())
+            ticks += 1
+            if ticks % 100 == 0 and self.auth_failures.buckets:
+                self.auth_failures.prune(time.monotonic())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One coroutine frame from the server to the Bank operation: the body read, the
@@ -159,22 +207,60 @@ class App:
                     route, params = self.route(method, path)
                     route_name = route.operation
                     headers = dict(scope["headers"])
-                    declared = headers.get(b"content-length")
-                    if declared is not None and declared.isdigit():
-                        if int(declared) > self.body_size_max:
-                            raise self.too_large()
-                        message = await receive()
-                        if message["type"] == "http.request" and not message.get(
-                            "more_body", False
-                        ):  # the whole body in one message: no loop, no join
-                            body = message.get("body", b"")
-                            if len(body) > self.body_size_max:
-                                raise self.too_large()
+                    # Before the body: does the header name a channel (and a key) at all?
+                    authorization = headers.get(b"authorization")
+                    credentials = (
+                        None
+                        if authorization is None
+                        else signing.parse_authorization(authorization.decode("latin-1"))
+                    )
+                    known: ChannelEntry | None = None
+                    cap = self.preauth_body_size_max
+                    if type(credentials) is Credentials:
+                        known = self.registry.channels.get(credentials.channel)
+                        if known is not None and self.fresh(known, credentials):
+                            cap = self.body_caps[known.name]
                         else:
-                            body = await self.read_body(headers, receive, message)
+                            known = None
+                    if self.auth_failures.buckets:  # empty while no address fails
+                        self.refuse_failing_address(scope, credentials)
+                    declared = headers.get(b"content-length")
+                    deadlines = self.body_deadlines
+                    if deadlines is None:  # trio: an ordinary cancel scope
+                        with anyio.move_on_after(self.read_timeout_s) as late:
+                            body = await self.read_body(headers, receive, None, cap, known)
+                        if late.cancelled_caught:
+                            raise self.read_timeout()
+                    elif declared is not None and declared.isdigit():
+                        if int(declared) > cap:
+                            raise self.too_large(cap, known)
+                        task = current_task()
+                        assert task is not None
+                        deadlines.waiting[task] = started + deadlines.timeout_s
+                        try:
+                            message = await receive()
+                            if message["type"] == "http.request" and not message.get(
+                                "more_body", False
+                            ):  # the whole body in one message: no loop, no join
+                                body = message.get("body", b"")
+                                if len(body) > cap:
+                                    raise self.too_large(cap, known)
+                            else:
+                                body = await self.read_body(headers, receive, message, cap, known)
+                        except CancelledError:
+                            if deadlines.take_expired(task):
+                                raise self.read_timeout() from None
+                            raise
+                        finally:
+                            deadlines.waiting.pop(task, None)
                     else:
-                        body = await self.read_body(headers, receive, None)
-                    channel = self.authenticate(scope, headers, body)
+                        body = await self.read_body_by(started, headers, receive, cap, known)
+                    try:
+                        channel = self.authenticate(scope, headers, body, credentials, known)
+                    except Problem as failure:
+                        if failure.status == 401:
+                            self.auth_failed(scope, credentials)
+                        raise
                     channel_name = channel.name
                     idempotency_key = self.authorize(route, channel, headers, len(body))
                     ctx = self.context(
@@ -304,14 +390,40 @@ class App:
             )
         return Reply(200, self.openapi)
 
-    async def read_body(
-        self, headers: dict[bytes, bytes], receive: Receive, message: dict[str, Any] | None
+    async def read_body_by(
+        self,
+        started: float,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        cap: int,
+        known: ChannelEntry | None,
     ) -> bytes:
-        """The whole body under the cap (`message`: the first one, if already received)."""
-        cap = self.body_size_max
+        """`read_body` on asyncio, cut off (408) once the request's deadline is past."""
+        deadlines = self.body_deadlines
+        task = current_task()
+        assert deadlines is not None and task is not None
+        deadlines.waiting[task] = started + deadlines.timeout_s
+        try:
+            return await self.read_body(headers, receive, None, cap, known)
+        except CancelledError:
+            if deadlines.take_expired(task):
+                raise self.read_timeout() from None
+            raise
+        finally:
+            deadlines.waiting.pop(task, None)
+
+    async def read_body(
+        self,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        message: dict[str, Any] | None,
+        cap: int,
+        known: ChannelEntry | None,
+    ) -> bytes:
+        """The whole body under `cap` (`message`: the first one, if already received)."""
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            raise self.too_large()
+            raise self.too_large(cap, known)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -323,54 +435,96 @@ class App:
             if chunk:
                 size += len(chunk)
                 if size > cap:
-                    raise self.too_large()
+                    raise self.too_large(cap, known)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
             message = None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def too_large(self) -> Problem:
-        cap = self.body_size_max
+    def too_large(self, cap: int, known: ChannelEntry | None) -> Problem:
+        """413, and the connection closed: the rest of the body is not read."""
+        if known is None:
+            return Problem(
+                413,
+                "body-too-large",
+                "The request body is too large for a request not yet authenticated",
+                f"at most {cap} bytes until the Authorization header names a channel, a key id"
+                " and a current timestamp (then the channel's own cap)",
+                headers=[CONNECTION_CLOSE],
+                size_max=cap,
+            )
         return Problem(
             413,
             "body-too-large",
-            "The request body is too large",
+            "The request body is too large for this channel",
             f"at most {cap} bytes",
+            headers=[CONNECTION_CLOSE],
             size_max=cap,
         )
 
-    def authenticate(self, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> ChannelEntry:
-        value = headers.get(b"authorization")
-        if value is None:
-            raise Problem(
-                401,
-                "signature-missing",
-                "The request is not signed",
-                f"send an Authorization: {signing.SCHEME} header (see channels/http/signing.py)",
-            )
-        credentials = signing.parse_authorization(value.decode("latin-1"))
-        if isinstance(credentials, str):
-            raise Problem(
-                401, "authorization-malformed", "The Authorization header is malformed", credentials
-            )
-        channel = self.registry.channels.get(credentials.channel)
-        if channel is None:
-            raise Problem(401, "channel-unknown", "Unknown channel")
-        secret = channel.secrets.get(credentials.key_id)
-        if secret is None:
-            raise Problem(401, "key-unknown", "Unknown or retired key id for this channel")
+    def read_timeout(self) -> Problem:
+        return Problem(
+            408,
+            "request-timeout",
+            "The request body did not arrive in time",
+            f"send the whole body within {self.read_timeout_s:g} s of the request head",
+            headers=[CONNECTION_CLOSE],
+        )
+
+    def fresh(self, channel: ChannelEntry, credentials: Credentials) -> bool:
+        """Whether `credentials` name a key of `channel` and a timestamp inside the window."""
         timestamp = credentials.timestamp
-        if not timestamp.isdigit() or len(timestamp) > 12:
-            raise Problem(401, "authorization-malformed", "timestamp must be Unix seconds")
-        skew = abs(time.time() - int(timestamp))
-        if skew > self.window_s:
+        return (
+            credentials.key_id in channel.secrets
+            and timestamp.isdigit()
+            and len(timestamp) <= 12
+            and abs(time.time() - int(timestamp)) <= self.window_s
+        )
+
+    def failure_key(self, scope: Scope, credentials: Credentials | str | None) -> str:
+        """Whose failed authentications a request counts with: its client address and the
+        registered channel it names ("" for none), so that one channel failing behind a
+        shared address (a rotated key not yet deployed) does not shut out the others."""
+        client = scope.get("client")
+        channel = credentials.channel if type(credentials) is Credentials else ""
+        if channel not in self.registry.channels:
+            channel = ""
+        return f"{client[0] if client else ''} {channel}"
+
+    def refuse_failing_address(self, scope: Scope, credentials: Credentials | str | None) -> None:
+        """429 for a client address (and channel) over its failed authentications."""
+        wait_s = self.auth_failures.wait_s(self.failure_key(scope, credentials), time.monotonic())
+        if wait_s > 0:
             raise Problem(
-                401,
-                "timestamp-out-of-window",
-                "The request timestamp is too far from now",
-                f"allowed: +/-{self.window_s} s",
+                429,
+                "authentication-failures",
+                "Too many failed authentications from this address",
+                f"at most {self.auth_failures.burst:g} in a row, then "
+                f"{self.auth_failures.rate_per_s:g} per second",
+                headers=[(b"retry-after", str(max(1, int(wait_s + 0.999))).encode())],
             )
+
+    def auth_failed(self, scope: Scope, credentials: Credentials | str | None) -> None:
+        key = self.failure_key(scope, credentials)
+        self.auth_failures.failed(key, time.monotonic())
+
+    def authenticate(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        credentials: Credentials | str | None,
+        known: ChannelEntry | None,
+    ) -> ChannelEntry:
+        """The channel that signed the request (`known`: the channel whose key id and
+        timestamp the header was already found to name), or a 401 saying why not."""
+        if known is None:
+            self.refuse_credentials(credentials)
+        assert known is not None and isinstance(credentials, Credentials)
+        channel = known
+        secret = channel.secrets[credentials.key_id]
+        timestamp = credentials.timestamp
         nonce = credentials.nonce
         if not signing.NONCE_PATTERN.fullmatch(nonce):
             raise Problem(
@@ -406,6 +560,34 @@ class App:
             raise Problem(403, "channel-disabled", "This channel is disabled")
         return channel
 
+    def refuse_credentials(self, credentials: Credentials | str | None) -> NoReturn:
+        """The 401 for an Authorization header that names no known key at a fresh time."""
+        if credentials is None:
+            raise Problem(
+                401,
+                "signature-missing",
+                "The request is not signed",
+                f"send an Authorization: {signing.SCHEME} header (see channels/http/signing.py)",
+            )
+        if isinstance(credentials, str):
+            raise Problem(
+                401, "authorization-malformed", "The Authorization header is malformed", credentials
+            )
+        channel = self.registry.channels.get(credentials.channel)
+        if channel is None:
+            raise Problem(401, "channel-unknown", "Unknown channel")
+        if credentials.key_id not in channel.secrets:
+            raise Problem(401, "key-unknown", "Unknown or retired key id for this channel")
+        timestamp = credentials.timestamp
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise Problem(401, "authorization-malformed", "timestamp must be Unix seconds")
+        raise Problem(
+            401,
+            "timestamp-out-of-window",
+            "The request timestamp is too far from now",
+            f"allowed: +/-{self.window_s} s",
+        )
+
     def authorize(
         self, route: Route, channel: ChannelEntry, headers: dict[bytes, bytes], size: int
     ) -> str:
@@ -415,14 +597,6 @@ class App:
                 "operation-not-allowed",
                 "This channel may not use this operation",
                 f"channel {channel.name} may not {route.operation}",
-            )
-        if size > channel.body_size_max:
-            raise Problem(
-                413,
-                "body-too-large",
-                "The request body is too large for this channel",
-                f"at most {channel.body_size_max} bytes",
-                size_max=channel.body_size_max,
             )
         wait_s = self.rate_limits.take(channel.name, time.monotonic())
         if wait_s > 0:
@@ -505,7 +679,10 @@ class App:
         )
         query: dict[str, str] = {}
         if scope["query_string"]:
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            query = dict(pairs)
+            if len(query) != len(pairs):
+                raise query_repeated(pairs)
             for name, value in query.items():
                 spec = route.query.get(name)
                 if spec is None:
@@ -536,6 +713,15 @@ class App:
                 raise Problem(
                     400, "malformed-json", "The body is not valid JSON", str(error)
                 ) from None
+            if may_repeat_keys(body, parsed):  # the exact check only if the counts differ
+                repeated = first_repeated_key(body)
+                if repeated is not None:
+                    raise Problem(
+                        400,
+                        "duplicate-json-key",
+                        "A key is repeated within one JSON object",
+                        f"key {repeated[:64]!r} appears more than once in the same object",
+                    )
             if route.operation == "batch":
                 if (
                     not isinstance(parsed, dict)
@@ -567,6 +753,20 @@ class App:
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def query_repeated(pairs: list[tuple[str, str]]) -> Problem:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            break
+        seen.add(name)
+    return Problem(
+        400,
+        "query-parameter-repeated",
+        "A query parameter is given more than once",
+        f"query parameter {name[:64]!r} appears more than once",
+    )
 
 
 def in_flight_problem() -> Problem:

@@ -48,6 +48,7 @@ _BATCH_KEYS = frozenset(
         "user_data",
     }
 )
+_OPTIONAL_KEYS = ("flags", "pending_id", "timeout_s", "user_data")
 _DIGITS = frozenset("0123456789")
 _ACCOUNT_RE = re.compile(r"[1-9][0-9]{0,37}")
 HEX = frozenset("0123456789abcdef")
@@ -186,6 +187,9 @@ def _batch_item(item: Any, index: int) -> tuple[int, int, int, int, int, int, in
     code = _CODE_OF_NAME.get(code_name) if type(code_name) is str else None
     if code is None:
         raise fail(f"{path}/code", "expected one of " + ", ".join(_CODE_OF_NAME))
+    for name in _OPTIONAL_KEYS:  # optional means "may be left out", never "may be null"
+        if name in item and item[name] is None:
+            raise fail(f"{path}/{name}", "must not be null (leave the field out instead)")
     flags = 0
     flag_names = item.get("flags")
     if flag_names is not None:

@@ -142,6 +142,7 @@ def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
         str(data),
         "--server",
         server,
+        "--dev",  # the example registry's public secrets: the load is signed with them
         *(["--loop", loop] if server == "uvicorn" else []),
         "--access-log",
         str(work / f"access-{name}.jsonl"),

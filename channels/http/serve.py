@@ -11,6 +11,16 @@ The process binds its socket at once and answers /healthz; /readyz and every
 state recovered and the engine started (see core/services/lifecycle.py).
 SIGINT or SIGTERM stops it: the server stops accepting, the engine finishes
 and answers the batch it was making durable, the store is closed.
+
+It refuses to start with development secrets: channel secrets that are
+public (those of the example registry, examples/channels.toml, or any marked
+DEVELOPMENT-ONLY) or no `--secrets FILE` (the server's own keys, see
+core/services/server_secrets.py), unless `--dev` says this is a development
+server, which is then logged loudly. `--certfile/--keyfile` serve HTTPS.
+Before the app sees a request both servers bound its head (`--header-size-max`
+bytes, 431; hypercorn closes a head not complete within the keep-alive
+timeout, uvicorn within `--read-timeout-s`, 408); the app bounds the body
+(channels/http/app.py).
 """
 
 from __future__ import annotations
@@ -20,23 +30,42 @@ import gc
 import logging
 import os
 import signal
+import ssl
+import stat
 import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import anyio
 
-from channels.http.app import App, access_log_stream
-from channels.registry import RegistryError, load_registry
+from channels.http.app import (
+    AUTH_FAILURES_BURST,
+    AUTH_FAILURES_PER_S,
+    PREAUTH_BODY_SIZE_MAX,
+    READ_TIMEOUT_S,
+    App,
+    access_log_stream,
+)
+from channels.registry import Registry, RegistryError, load_registry
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.dsn import redact_dsn
+from core.errors import TallyError
 from core.services.bank import Bank
 from core.services.lifecycle import Settings
+from core.services.server_secrets import DEVELOPMENT, ServerSecrets, load_server_secrets
 from limits.errors import RuleFileError
-from limits.rules import load_rules
+from limits.rules import RuleSet, load_rules
 
 SERVERS = ("hypercorn", "uvicorn")
 LOOPS = ("uvloop", "asyncio")
 DSN_ENV = "TALLY_PG_DSN"
 GC_THRESHOLDS = (5000, 20, 20)  # young, middle, old generation (defaults: 700, 10, 10)
+HEADER_SIZE_MAX = 16 * 1024  # request line and headers, bytes (hypercorn's h11 default)
+KEEP_ALIVE_TIMEOUT_S = 75  # above the usual load balancer's idle timeout (60 s)
+DEVELOPMENT_MARK = "DEVELOPMENT-ONLY"
+# The registries whose secrets are public: the packaged one and the example (identical).
+PUBLIC_REGISTRIES = (DEFAULT_CHANNELS_PATH, Path(__file__).parents[2] / "examples/channels.toml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " library's (hypercorn always runs on the standard one)",
     )
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH), help="limit rule file")
-    parser.add_argument(
-        "--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry"
-    )
+    parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry")
     parser.add_argument("--access-log", default="-", help="'-' for stderr, 'off', or a file path")
     parser.add_argument("--accounts-max", type=int, default=1 << 20, help="account capacity")
     parser.add_argument(
@@ -135,6 +162,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="request body cap in bytes (default: the largest channel cap)",
     )
     parser.add_argument(
+        "--secrets",
+        default=None,
+        metavar="FILE",
+        help="the server's own keys (transfer-id key, password pepper; TOML, mode 0600, outside"
+        " the data directory; see core/services/server_secrets.py); without it only --dev"
+        " starts, with public development keys",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="a development server: allow the public development secrets (the example"
+        " channel registry, no --secrets), with a warning; never in production",
+    )
+    parser.add_argument("--certfile", default=None, help="TLS certificate chain (PEM): HTTPS")
+    parser.add_argument("--keyfile", default=None, help="TLS private key (PEM) of --certfile")
+    parser.add_argument(
+        "--header-size-max",
+        type=int,
+        default=HEADER_SIZE_MAX,
+        help="request line and headers, bytes (over it: 431)",
+    )
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help="a request's body must arrive within this after its head (else 408); under"
+        " uvicorn its head too (hypercorn: within the keep-alive timeout)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout-s",
+        type=int,
+        default=KEEP_ALIVE_TIMEOUT_S,
+        help="an idle connection (and under hypercorn an unfinished head) is closed after this",
+    )
+    parser.add_argument(
+        "--preauth-body-size-max",
+        type=int,
+        default=PREAUTH_BODY_SIZE_MAX,
+        help="body bytes read before the Authorization header names a channel, a key id and a"
+        " current timestamp (then the channel's cap)",
+    )
+    parser.add_argument(
+        "--auth-failures-burst",
+        type=int,
+        default=AUTH_FAILURES_BURST,
+        help="failed authentications in a row from one client address before 429",
+    )
+    parser.add_argument(
+        "--auth-failures-per-s",
+        type=float,
+        default=AUTH_FAILURES_PER_S,
+        help="failed authentications forgiven per second and address",
+    )
+    parser.add_argument(
         "--snapshot-every-entries",
         type=int,
         default=0,
@@ -142,9 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_app(args: argparse.Namespace) -> App:
-    rules = load_rules(args.rules)
-    registry = load_registry(args.channels, rules)
+def build_app(
+    args: argparse.Namespace, rules: RuleSet, registry: Registry, secrets: ServerSecrets
+) -> App:
     settings = Settings(
         data_dir=args.data,
         account_capacity=args.accounts_max,
@@ -163,6 +244,7 @@ def build_app(args: argparse.Namespace) -> App:
         store_dsn=args.store,
         retention_s=args.retention_s,
         prefault=args.prefault,
+        secrets=secrets,
     )
     bank = Bank(settings, rules, actors=registry.actors())
     return App(
@@ -170,7 +252,79 @@ def build_app(args: argparse.Namespace) -> App:
         registry,
         access_log=access_log_stream(args.access_log),
         body_size_max=args.body_size_max,
+        preauth_body_size_max=args.preauth_body_size_max,
+        read_timeout_s=args.read_timeout_s,
+        auth_failures_per_s=args.auth_failures_per_s,
+        auth_failures_burst=args.auth_failures_burst,
     )
+
+
+def load_secrets(args: argparse.Namespace) -> ServerSecrets:
+    """The --secrets file (refused if others may read it or it is in the data directory),
+    or the public development keys when there is none."""
+    if args.secrets is None:
+        return DEVELOPMENT
+    path = Path(args.secrets).resolve()
+    if path.is_relative_to(Path(args.data).resolve()):
+        raise TallyError(
+            f"secrets file {args.secrets} is inside the data directory {args.data}:"
+            " keep it apart (a copy of the data must not carry the keys)"
+        )
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise TallyError(f"secrets file {args.secrets}: {error}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TallyError(
+            f"secrets file {args.secrets} is open to other users (mode {stat.filemode(mode)}):"
+            f" chmod 600 {args.secrets}"
+        )
+    return load_server_secrets(path)
+
+
+def development_secrets(registry: Registry, secrets: ServerSecrets) -> list[str]:
+    """Why the secrets in use are public ones (empty: none is)."""
+    public: set[bytes] = set()
+    for path in PUBLIC_REGISTRIES:
+        try:
+            with open(path, "rb") as file:
+                document = tomllib.load(file)
+        except OSError:
+            continue
+        for entry in document.get("channels", {}).values():
+            public.update(secret["secret"].encode() for secret in entry.get("secrets", []))
+    mark = DEVELOPMENT_MARK.encode()
+    reasons = []
+    for name, entry in registry.channels.items():
+        for key_id, secret in entry.secrets.items():
+            why = [f"marked {DEVELOPMENT_MARK}"] if mark in secret else []
+            why += ["a secret of the example registry"] if secret in public else []
+            if why:
+                reasons.append(f"channel {name}, key {key_id}: {' and '.join(why)}")
+    if secrets.development:
+        reasons.append("no --secrets FILE: the public development transfer-id key and pepper")
+    elif any(
+        DEVELOPMENT_MARK.encode() in value
+        or value in (DEVELOPMENT.transfer_id_key, DEVELOPMENT.password_pepper)
+        for value in (secrets.transfer_id_key, secrets.password_pepper)
+    ):
+        reasons.append(f"--secrets {DEVELOPMENT_MARK} keys")
+    return reasons
+
+
+def check_tls(args: argparse.Namespace) -> str | None:
+    """Why --certfile/--keyfile cannot serve HTTPS, or None (also None without them)."""
+    if args.certfile is None and args.keyfile is None:
+        return None
+    if args.certfile is None or args.keyfile is None:
+        return "--certfile and --keyfile go together"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            args.certfile, args.keyfile
+        )
+    except (OSError, ssl.SSLError) as error:
+        return f"cannot load --certfile/--keyfile: {error}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,18 +337,47 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.store and not args.store.startswith(("postgresql://", "postgres://")):
         print(
-            f"tally serve: --store must be a postgresql:// URL, not {args.store!r}", file=sys.stderr
+            f"tally serve: --store must be a postgresql:// URL, not {redact_dsn(args.store)!r}",
+            file=sys.stderr,
         )
         return 2
     problem = password_arguments_problem(args)
     if problem:
         print(f"tally serve: {problem}", file=sys.stderr)
         return 2
+    tls_problem = check_tls(args)
+    if tls_problem is not None:
+        print(f"tally serve: {tls_problem}", file=sys.stderr)
+        return 2
     try:
-        app = build_app(args)
-    except (RuleFileError, RegistryError) as error:
+        rules = load_rules(args.rules)
+        registry = load_registry(args.channels, rules)
+        secrets = load_secrets(args)
+    except (RuleFileError, RegistryError, TallyError) as error:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
+    public = development_secrets(registry, secrets)
+    if public and not args.dev:
+        print(
+            "tally serve: refusing to start with development secrets, which are public:\n  "
+            + "\n  ".join(public)
+            + "\nGive the channels your own secrets (--channels FILE) and the server its own"
+            " keys (--secrets FILE), or pass --dev for a development server.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.dev:
+        logging.getLogger("tally.serve").warning(
+            "\n".join(
+                [
+                    "!" * 78,
+                    "!!! DEVELOPMENT SERVER (--dev): do not use it for real money.",
+                    *(f"!!! {reason}" for reason in public or ["(no public secret in use)"]),
+                    "!" * 78,
+                ]
+            )
+        )
+    app = build_app(args, rules, registry, secrets)
     os.makedirs(args.data, exist_ok=True)
     # Every request allocates a few dozen short-lived containers; collecting the young
     # generation every 700 allocations (Python's default) cost about 4% of a single
@@ -225,7 +408,19 @@ def password_arguments_problem(args: argparse.Namespace) -> str:
     return ""
 
 
-def hypercorn_config(host: str, port: int) -> Any:
+def hypercorn_config(
+    host: str,
+    port: int,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    header_size_max: int = HEADER_SIZE_MAX,
+    keep_alive_timeout_s: int = KEEP_ALIVE_TIMEOUT_S,
+) -> Any:
+    """hypercorn as Tally runs it. Its idle timer runs from a connection's start (and from
+    each response) until a request head is complete, so a head that trickles is closed
+    after `keep_alive_timeout_s`; `read_timeout` is left off (an `asyncio.wait_for` per read
+    costs about 17 us); the app bounds the body."""
     from hypercorn.config import Config
 
     config = Config()
@@ -233,14 +428,25 @@ def hypercorn_config(host: str, port: int) -> Any:
     config.accesslog = None  # Tally writes its own structured access log
     config.errorlog = logging.getLogger("hypercorn.error")  # one handler: the root's
     config.keep_alive_max_requests = 1 << 30
-    config.keep_alive_timeout = 75
+    config.keep_alive_timeout = keep_alive_timeout_s
+    config.h11_max_incomplete_size = header_size_max  # a larger head: 431
+    config.h2_max_header_list_size = header_size_max
     config.backlog = 1024
     config.graceful_timeout = 10
+    config.certfile = certfile
+    config.keyfile = keyfile
     return config
 
 
 def _run_hypercorn(app: App, args: argparse.Namespace) -> int:
-    config = hypercorn_config(args.host, args.port)
+    config = hypercorn_config(
+        args.host,
+        args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        header_size_max=args.header_size_max,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
+    )
 
     async def main() -> None:
         if args.backend == "trio":
@@ -256,11 +462,26 @@ def _run_hypercorn(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-def uvicorn_config(app: Any, host: str, port: int, loop: str | None) -> Any:
+def uvicorn_config(
+    app: Any,
+    host: str,
+    port: int,
+    loop: str | None,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    header_size_max: int = HEADER_SIZE_MAX,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    keep_alive_timeout_s: int = KEEP_ALIVE_TIMEOUT_S,
+) -> Any:
     """uvicorn as Tally runs it (and `tally bench http` runs its bare peer): httptools, and
     uvloop unless `loop` says asyncio. uvloop's C event loop and transports take about
-    a quarter off the server's CPU per request (`tally bench http`, bare and Tally alike)."""
+    a quarter off the server's CPU per request (`tally bench http`, bare and Tally alike).
+    The protocol is httptools' with a cap and a deadline on the request head
+    (channels/http/uvicorn_protocol.py): uvicorn has neither."""
     import uvicorn
+
+    from channels.http.uvicorn_protocol import bounded_protocol
 
     return uvicorn.Config(
         app,
@@ -269,18 +490,31 @@ def uvicorn_config(app: Any, host: str, port: int, loop: str | None) -> Any:
         access_log=False,
         lifespan="on",
         log_level="warning",
-        http="httptools",
+        http=bounded_protocol(header_size_max, read_timeout_s),
         loop=loop or "uvloop",
         backlog=1024,
-        timeout_keep_alive=75,
+        timeout_keep_alive=keep_alive_timeout_s,
         proxy_headers=False,  # Tally reads no X-Forwarded-* header; the middleware costs CPU
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
 
 
 def _run_uvicorn(app: App, args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.Server(uvicorn_config(app, args.host, args.port, args.loop)).run()
+    config = uvicorn_config(
+        app,
+        args.host,
+        args.port,
+        args.loop,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        header_size_max=args.header_size_max,
+        read_timeout_s=args.read_timeout_s,
+        keep_alive_timeout_s=args.keep_alive_timeout_s,
+    )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -250,12 +250,18 @@ def add_run_default_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     parser.add_argument("--data", default=".tally-data", help="data directory of the server")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="a development server: the example channel secrets (tally serve --dev)",
+    )
 
 
 def run_default(args: argparse.Namespace) -> int:
     """Serve if the server exists; until then show that the kernels build and run."""
     if importlib.util.find_spec(SERVE_MODULE) is not None:
-        return main(["serve", "--host", args.host, "--port", str(args.port), "--data", args.data])
+        words = ["serve", "--host", args.host, "--port", str(args.port), "--data", args.data]
+        return main(words + (["--dev"] if args.dev else []))
     print(
         f"tally run-default: {SERVE_MODULE} is not written yet, so no server to start;"
         f" running `tally bench kernel {' '.join(RUN_DEFAULT_BENCH_ARGUMENTS)}` instead",

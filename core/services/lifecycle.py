@@ -28,6 +28,7 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
+from core.dsn import redact_secrets
 from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped
 from core.journal import JournalError
 from core.pg_store import PgStoreError
@@ -249,17 +250,15 @@ class Lifecycle:
                     )
                 )
             except PgStoreError as error:
-                self.failed = f"PostgreSQL store: {error}"
-                logger.error(
-                    orjson.dumps({"event": "store_unavailable", "error": str(error)}).decode()
-                )
+                reason = redact_secrets(str(error))  # a driver's message may quote the DSN
+                self.failed = f"PostgreSQL store: {reason}"
+                logger.error(orjson.dumps({"event": "store_unavailable", "error": reason}).decode())
                 await anyio.sleep(STORE_RETRY_S)
                 continue
             except Exception as error:
-                self.failed = f"recovery failed: {error}"
-                logger.error(
-                    orjson.dumps({"event": "recovery_failed", "error": str(error)}).decode()
-                )
+                reason = redact_secrets(str(error))
+                self.failed = f"recovery failed: {reason}"
+                logger.error(orjson.dumps({"event": "recovery_failed", "error": reason}).decode())
                 raise
             self.failed = None
             return opened
@@ -301,7 +300,7 @@ class Lifecycle:
             error: BaseException = group
             while isinstance(error, BaseExceptionGroup):
                 error = error.exceptions[0]
-            failure = f"{type(error).__name__}: {error}"
+            failure = redact_secrets(f"{type(error).__name__}: {error}")
             self.ready = False
             self.failed = f"{recovery.kind} store failed, restart needed: {failure}"
             logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())

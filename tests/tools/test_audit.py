@@ -149,7 +149,7 @@ def server(books: Path, tmp_path: Path) -> Iterator[Server]:
     shutil.copytree(books / "data", data)
     port = free_port()
     command = [sys.executable, "-m", "core", "serve", "--port", str(port), "--data", str(data),
-               "--access-log", "off", "--accounts-max", "65536"]  # fmt: skip
+               "--access-log", "off", "--accounts-max", "65536", "--dev"]  # fmt: skip
     running = Server(command, port, tmp_path / "server.log", "/readyz")
     try:
         yield running

@@ -41,7 +41,7 @@ def loadtest_against_server(
     )
     command = [sys.executable, *serve, "--port", str(port),
                "--data", str(tmp_path / "data"), "--access-log", "off", "--scrypt-n", "1024",
-               *serve_args]  # fmt: skip
+               "--dev", *serve_args]  # fmt: skip
     server = Server(command, port, tmp_path / "server.log", "/readyz")
     try:
         return loadtest("--host", server.url, *loadtest_args, "--out", str(tmp_path / "out"))
@@ -121,8 +121,9 @@ def test_day_profile_peaks_at_the_campaign_midnight() -> None:
 
 
 def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
-    """A server that no longer knows wechat's secret: every wechat request is a 401, an
-    unexpected status, so the run fails although the audit of what was booked is clean."""
+    """A server that no longer knows wechat's secret: every wechat request is a 401 (then,
+    its failed authentications over the limit, a 429), an unexpected status, so the run
+    fails although the audit of what was booked is clean."""
     registry = (REPO_ROOT / "examples" / "channels.toml").read_text()
     assert registry.count("DEVELOPMENT-ONLY-wechat-secret-0001") == 1
     rotated = tmp_path / "channels.toml"
@@ -136,7 +137,10 @@ def test_request_failures_make_the_run_fail(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert report["failures"] > 0 and report["audit_clean"] is True
-    assert all("unexpected 401" in error for error in report["failures_by_error"]), report
+    assert all(
+        "unexpected 401" in error or "429 authentication-failures" in error
+        for error in report["failures_by_error"]
+    ), report
     assert report["audit_source"] == "HTTP API"
 
 
