@@ -95,9 +95,7 @@ async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random)
     view = await bank.customers.register(RegisterCustomer(COUNTER, name, id_number, mobile))
     customer_id = view.customer_id
     load.customers.append(customer_id)
-    class_i = await bank.accounts.open(
-        OpenAccount(COUNTER, customer_id, 1, None, FIRST_PASSWORD)
-    )
+    class_i = await bank.accounts.open(OpenAccount(COUNTER, customer_id, 1, None, FIRST_PASSWORD))
     load.accounts.append(class_i)
     card = {
         "card_number": str(class_i),
@@ -106,9 +104,7 @@ async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random)
         "holder_id_number": id_number,
         "reserved_mobile": mobile,
     }
-    class_ii = await bank.accounts.open(
-        OpenAccount(APP, customer_id, 2, card, FIRST_PASSWORD)
-    )
+    class_ii = await bank.accounts.open(OpenAccount(APP, customer_id, 2, card, FIRST_PASSWORD))
     load.accounts.append(class_ii)
     load.passwords[class_ii] = FIRST_PASSWORD
     new_password = f"{rng.randrange(10**6):06d}"

@@ -56,6 +56,9 @@ class Code(enum.IntEnum):
     TRANSFER_REFUSED = 30  # `ledger_code`: a CreateTransferResult; `replayed`
     ACCOUNT_CREATE_REFUSED = 31  # `ledger_code`: a CreateAccountResult
     ACCOUNT_UPDATE_REFUSED = 32  # `ledger_code`: an AccountUpdateResult
+    # The store cannot write (a full disk, an I/O error, a read-only database): nothing
+    # is taken until it can again; the server recovers by itself. `retry_after_s`.
+    STORAGE_UNAVAILABLE = 33
 
 
 @dataclass(slots=True)
