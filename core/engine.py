@@ -27,12 +27,20 @@ its upkeep (`after_group`: the journal's snapshots).
 Customer state (`submit_state`): key/value changes, applied to `self.state`
 in entry order. The changes submitted while a group forms travel as ONE
 PUT_STATE entry at the end of that group, durable with it, so frequent small
-changes (nonces) cost one entry per group, not one per change.
+changes cost one entry per group, not one per change. A `state_source`
+(the services' customer state) hands over what it has staged (the nonces of
+the requests being answered) as each group is formed (`drain`), and is told
+when that group is durable (`durable(ticket)`): a request's nonce is then
+durable with the request's own posting, in the same fdatasync or COMMIT.
 
-If the store fails (I/O error, fenced off, an ambiguous commit), the durable
-stage answers that group's callers and every group behind it with
-`EngineStopped` (outcome unknown for the failing group: a retry with the same
-id after restart tells), then re-raises: the engine stops.
+If the store fails (I/O error, a full disk, fenced off, an ambiguous commit),
+the durable stage answers that group's callers and every group behind it
+with `StoreFailed` (an `EngineStopped`; outcome unknown for the failing
+group: a retry with the same id once the store is back tells), then
+re-raises: the engine stops. Its in-memory state has then applied groups
+that are not durable, so it is never restarted: the owner (the services'
+lifecycle) opens the store again and builds a new engine from what is
+durable.
 
 The ledger state is a pure function of the sequence of entries given to the
 store: replaying them (core/replay.py) rebuilds it byte for byte. Timestamps
@@ -104,6 +112,19 @@ class EngineStopped(TallyError):
     """The engine is not running (starting, stopping, or failed)."""
 
 
+class StoreFailed(EngineStopped):
+    """The store failed while this request's group was being made durable (or before
+    it): the outcome is unknown until the store is back (HTTP 503 with Retry-After)."""
+
+
+class StateSource(Protocol):
+    """Staged customer-state changes that ride with the next group (module docstring)."""
+
+    def drain(self) -> tuple[list[tuple[bytes, bytes | None]], int] | None: ...
+
+    def durable(self, ticket: int) -> None: ...
+
+
 Ledger = KernelLedger | ReferenceLedger
 
 
@@ -121,6 +142,27 @@ class Waiter(Protocol):
     def set(self) -> None: ...
 
     def wait(self) -> Awaitable[Any]: ...
+
+
+class _StagedDurable:
+    """The `done` of a drained state request: nobody waits on it; once its group is
+    durable (`set` with no error) it tells the state source."""
+
+    __slots__ = ("request", "source", "ticket")
+
+    def __init__(self, source: StateSource, ticket: int) -> None:
+        self.source = source
+        self.ticket = ticket
+        self.request: Request | None = None
+
+    def set(self) -> None:
+        request = self.request
+        assert request is not None
+        if request.error is None:
+            self.source.durable(self.ticket)
+
+    def wait(self) -> Awaitable[Any]:
+        raise AssertionError("nobody waits on a drained state request")
 
 
 class _FutureWaiter:
@@ -258,8 +300,13 @@ class Engine:
         expire_interval_s: float = 1.0,
         write_rules: bool = True,
         state: dict[bytes, bytes] | None = None,
+        state_source: StateSource | None = None,
+        on_store_failure: Callable[[StoreFailed], None] | None = None,
     ) -> None:
-        """`state` is the recovered customer state (`open_store`); the engine then owns it."""
+        """`state` is the recovered customer state (`open_store`); the engine then owns it.
+        `state_source` hands staged state changes to each group (module docstring);
+        `on_store_failure` is called at once when the store fails (the owner stops
+        taking requests before the engine has even unwound)."""
         if sys.flags.optimize:
             raise RuntimeError("refusing to run under python -O: assertions guard the ledger")
         assert 1 <= batch_size_max <= BATCH_SIZE_MAX
@@ -267,6 +314,8 @@ class Engine:
         self.ledger = ledger
         self.store: Store = store
         self.state: dict[bytes, bytes] = {} if state is None else state
+        self.state_source = state_source
+        self.on_store_failure = on_store_failure
         self.rules = rules
         self.clock = clock or SystemClock()
         self.queue_size = queue_size
@@ -277,6 +326,7 @@ class Engine:
         self.metrics = EngineMetrics()
         self.timestamp_last = 0
         self.running = False
+        self.store_failure: StoreFailed | None = None  # why the store stopped the engine
         self.business_day_last = ledger.last_day
         self._write_rules = write_rules
         self._rules_pending = False
@@ -298,7 +348,7 @@ class Engine:
 
     def _enqueue(self, request: Request) -> None:
         if self._send is None or not self.running:
-            raise EngineStopped("engine is not running")
+            raise self.store_failure or EngineStopped("engine is not running")
         try:
             self._send.send_nowait(request)
         except anyio.WouldBlock:
@@ -405,7 +455,9 @@ class Engine:
             receive.close()
 
     def _fail_queued(self, receive: MemoryObjectReceiveStream[Request]) -> None:
-        stopped = EngineStopped("engine stopped before this request was applied")
+        stopped = self.store_failure or EngineStopped(
+            "engine stopped before this request was applied"
+        )
         queued = [] if self._carry is None else [self._carry]
         self._carry = None
         while True:
@@ -491,7 +543,24 @@ class Engine:
             if self._rules_pending:
                 self._rules_pending = False
                 await self._apply_group(durable_send, [self._rules_entry()], [])
+            if self.state_source is not None:
+                self._take_staged(requests)
             await self._apply_group(durable_send, self._entries_for(requests), requests)
+
+    def _take_staged(self, requests: list[Request]) -> None:
+        """The state source's staged changes join this group as one more PUT_STATE request."""
+        source = self.state_source
+        assert source is not None
+        drained = source.drain()
+        if drained is None:
+            return
+        changes, ticket = drained
+        done = _StagedDurable(source, ticket)
+        request = Request(
+            RequestKind.PUT_STATE, done, payload=encode_state_changes(changes), count=len(changes)
+        )
+        done.request = request
+        requests.append(request)
 
     def _has_pending_holds(self) -> bool:
         if isinstance(self.ledger, KernelLedger):
@@ -750,7 +819,10 @@ class Engine:
     ) -> None:
         """The store failed: answer the groups and every group behind them, then stop."""
         self.running = False
-        stopped = EngineStopped(f"engine stopped: the store failed ({error!r}); outcome unknown")
+        stopped = StoreFailed(f"engine stopped: the store failed ({error}); outcome unknown")
+        if self.store_failure is None and self.on_store_failure is not None:
+            self.on_store_failure(stopped)
+        self.store_failure = stopped
         groups = list(groups)
         while receive is not None:
             try:

@@ -49,16 +49,33 @@ engine calls it from a worker thread, one call at a time. One process
 appends: `Journal.open` takes an flock on `journal.lock`. Epochs never
 decrease along the log; a writer with an older epoch than the last record
 is refused (fencing).
+
+A write that fails (`JournalWriteError`: ENOSPC, EDQUOT, EIO, EFBIG on the
+write, the fdatasync or a new segment) poisons the writer: after a failed
+fdatasync the page cache may hold bytes that never reached the disk, marked
+clean, so a later fdatasync proves nothing about them and a scan would read
+them back as if they were durable. The bytes of the failed group are the
+*unsynced tail*: never acknowledged, and never to be trusted.
+`discard_unsynced` zeroes that range (new dirty pages over whatever the
+cache holds) and fdatasyncs; only once that returned may the journal be
+closed and reopened (the engine's state is then rebuilt from what is on
+disk, so nothing unacknowledged is kept and nothing is applied twice).
+`probe_writable` checks that the disk can take a new segment again.
+
+Files are private: the directory is 0700 and every file 0600
+(`ensure_private_directory`), because the journal holds customer data.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import itertools
 import os
 import re
+import stat
 import threading
 import time
 from collections import Counter
@@ -83,6 +100,9 @@ LOCK_POLL_S = 0.01
 ZERO_CHUNK_SIZE = 1 << 20
 FSYNC_SAMPLES_MAX = 65536
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+DIRECTORY_MODE = 0o700  # the data directory: customer data, password hashes
+FILE_MODE = 0o600  # every file in it
+PROBE_NAME = "journal-probe.tmp"  # removed with the other temp files at open
 
 # Descriptors of the writer locks this process holds: a forked snapshot child keeps
 # these open (and with them the lock) and closes everything else it inherited.
@@ -96,6 +116,18 @@ KIND_VALUES = frozenset(int(kind) for kind in EntryKind)
 
 class JournalError(TallyError):
     """The journal cannot be opened, read or written (I/O error, lock held)."""
+
+
+class JournalWriteError(JournalError):
+    """A write, an fdatasync or a new segment failed (disk full, quota, I/O error).
+
+    The journal is not damaged: what was acknowledged is on disk. `errno` is
+    the OS error number. See the module docstring for what must happen next.
+    """
+
+    def __init__(self, message: str, errno_value: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno_value
 
 
 class JournalLocked(JournalError):
@@ -138,6 +170,56 @@ def fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def ensure_private_directory(directory: str) -> list[str]:
+    """Create `directory` 0700, or tighten an existing one to 0700 and its files to 0600.
+
+    Returns what was tightened (for the log). A directory another user owns
+    is refused: its owner could read what is written in it whatever its mode.
+    Only the directory's own entries are tightened, not subdirectories' (the
+    journal and its snapshots are flat).
+    """
+    try:
+        os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
+        status = os.stat(directory)
+        if status.st_uid != os.geteuid():
+            raise JournalError(
+                f"data directory {directory} is owned by uid {status.st_uid}, not by this"
+                f" process (uid {os.geteuid()}): refusing to keep customer data in it"
+            )
+        tightened = []
+        if status.st_mode & 0o777 != DIRECTORY_MODE:
+            os.chmod(directory, DIRECTORY_MODE)
+            tightened.append(f"{directory} {status.st_mode & 0o777:o}->{DIRECTORY_MODE:o}")
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            entry = os.stat(path, follow_symlinks=False)
+            if stat.S_ISREG(entry.st_mode) and entry.st_mode & 0o077:
+                os.chmod(path, entry.st_mode & 0o700)
+                tightened.append(f"{path} {entry.st_mode & 0o777:o}->{entry.st_mode & 0o700:o}")
+    except OSError as error:
+        raise JournalError(f"cannot make data directory {directory} private: {error}") from error
+    return tightened
+
+
+def probe_writable(directory: str, size: int) -> None:
+    """Raise `JournalWriteError` unless a `size`-byte file can be allocated, written and
+    fdatasynced in `directory` now (the next segment's worth: what a full disk refuses)."""
+    path = os.path.join(directory, PROBE_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            os.pwrite(fd, b"probe", 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError as error:
+        raise JournalWriteError(
+            f"journal directory {directory} cannot take {size} bytes: {error}", error.errno
+        ) from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +536,9 @@ class Journal:
         self._first_seq = first_seq
         self._append_lock = threading.Lock()
         self._failure: str | None = None
+        # (start, end) byte range of the active segment written by a failed append and
+        # never made durable: to be zeroed before the journal is reopened.
+        self._unsynced: tuple[int, int] | None = None
 
     # --- opening --------------------------------------------------------------
 
@@ -481,15 +566,12 @@ class Journal:
         path = os.fspath(directory)
         assert segment_size >= SEGMENT_SIZE_MIN and segment_size % 4096 == 0, segment_size
         assert 0 <= epoch < 1 << 64
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as error:
-            raise JournalError(f"cannot create journal directory {path}: {error}") from error
+        ensure_private_directory(path)
         lock_fd = _lock_directory(path, lock_timeout_s)
         try:
             removed = []
             for name in sorted(os.listdir(path)):
-                if name.startswith("journal-") and name.endswith(TEMP_SUFFIX):
+                if name.startswith("journal-") and name.endswith(TEMP_SUFFIX):  # probe too
                     os.unlink(os.path.join(path, name))
                     removed.append(os.path.join(path, name))
             if removed:
@@ -518,7 +600,12 @@ class Journal:
                     last.record_count,
                 )
             else:
-                active = _create_segment(path, 1, segment_size, zero_fill)
+                try:
+                    active = _create_segment(path, 1, segment_size, zero_fill)
+                except OSError as error:
+                    raise JournalWriteError(
+                        f"cannot create the first journal segment in {path}: {error}", error.errno
+                    ) from error
             journal = cls(
                 path,
                 active,
@@ -566,9 +653,10 @@ class Journal:
 
         Synchronous and blocking: call it from a worker thread, never twice at
         once. On return every entry is on disk with seqs `last_seq - n + 1 ..
-        last_seq`. On an I/O error it raises `JournalError` and refuses every
-        later append: after a failed fdatasync the page cache can no longer be
-        trusted, so the process must restart and recover from disk.
+        last_seq`. On an I/O error it raises `JournalWriteError` and refuses
+        every later append: after a failed fdatasync the page cache can no
+        longer be trusted, so the group's bytes are the unsynced tail
+        (`discard_unsynced`) and the journal must be reopened from disk.
         """
         if not self._append_lock.acquire(blocking=False):
             raise AssertionError("Journal.append called concurrently: it has one writer")
@@ -607,16 +695,20 @@ class Journal:
                 if self._active.offset + total > self._active.capacity:
                     self._rotate(total)
                 active = self._active
+                # From here on the range may hold bytes of this group that never become
+                # durable: remembered until the write and its fdatasync both returned.
+                self._unsynced = (active.offset, active.offset + total)
                 _write_all(active.fd, buffers, total, active.offset)
                 started = time.perf_counter()
                 os.fdatasync(active.fd)
                 fsync_s = time.perf_counter() - started
+                self._unsynced = None
             except OSError as error:
                 self._failure = (
                     f"append of seq {group_first_seq}..{seq_last} ({total} bytes) to"
                     f" {self._active.path} at byte offset {self._active.offset} failed: {error}"
                 )
-                raise JournalError(self._failure) from error
+                raise JournalWriteError(self._failure, error.errno) from error
             active.offset += total
             active.record_count += len(entries)
             self._last_seq = seq_last
@@ -629,6 +721,38 @@ class Journal:
                 self.on_fsync(fsync_s, total)
         finally:
             self._append_lock.release()
+
+    @property
+    def failure(self) -> str | None:
+        """Why appends are refused (an earlier write failed), or None."""
+        return self._failure
+
+    def discard_unsynced(self) -> None:
+        """Zero the unsynced tail a failed append left (if any) and fdatasync it.
+
+        Blocking. Raises `JournalWriteError` while the disk still refuses; call
+        again later. Once it returned, the segment from the last acknowledged
+        record on reads as zeros on disk, whatever the page cache held, so the
+        journal can be closed and reopened.
+        """
+        if self._unsynced is None:
+            return
+        assert self._active is not None, "journal closed"
+        start, end = self._unsynced
+        try:
+            _write_zeros(self._active.fd, start, end)
+            os.fdatasync(self._active.fd)
+        except OSError as error:
+            raise JournalWriteError(
+                f"cannot discard the unsynced tail of {self._active.path} (bytes {start}..{end}):"
+                f" {error}",
+                error.errno,
+            ) from error
+        self._unsynced = None
+
+    @property
+    def has_unsynced(self) -> bool:
+        return self._unsynced is not None
 
     def _rotate(self, group_size: int) -> None:
         """Continue in a new segment big enough for the group (or grow an empty one)."""
@@ -649,6 +773,13 @@ class Journal:
         self.stats.segments_created += 1
 
     def close(self) -> None:
+        """Release the segment and the lock. After a failed append, first try once to
+        discard the unsynced tail; if that fails too the journal must not be reopened
+        by this process before `discard_unsynced` succeeded (the store's
+        `wait_writable` sees to it), and a new process recovers it as a torn tail."""
+        if self._unsynced is not None:
+            with contextlib.suppress(JournalWriteError):
+                self.discard_unsynced()
         if self._active is not None:
             os.close(self._active.fd)
             self._active = None
@@ -673,7 +804,7 @@ def _lock_directory(path: str, timeout_s: float) -> int:
     """
     lock_path = os.path.join(path, LOCK_NAME)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as error:
         raise JournalError(f"cannot open journal lock {lock_path}: {error}") from error
     deadline = time.monotonic() + timeout_s
@@ -701,7 +832,7 @@ def _create_segment(directory: str, first_seq: int, size: int, zero_fill: bool) 
     path = os.path.join(directory, segment_name(first_seq))
     temp_path = path + TEMP_SUFFIX
     assert not os.path.exists(path), path
-    fd = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         os.posix_fallocate(fd, 0, size)
         if zero_fill:
@@ -711,6 +842,10 @@ def _create_segment(directory: str, first_seq: int, size: int, zero_fill: bool) 
         fsync_directory(directory)
     except BaseException:
         os.close(fd)
+        # A disk too full for the segment: do not leave the temp file taking what space
+        # there is (nor in the way of the next attempt's O_EXCL).
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
         raise
     return _Active(path, first_seq, fd, size, 0, 0)
 

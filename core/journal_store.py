@@ -7,22 +7,33 @@ store's own upkeep: every `snapshot_every_entries` entries, `after_group`
 under way) waits until every applied entry is durable and forks a child that
 writes the ledger and the customer state at that seq (`core.snapshot`); the
 engine pauses only for fork() itself. A snapshot never runs ahead of its
-journal.
+journal. A snapshot that fails (a full disk) is logged and kept in
+`snapshot_error` (the lifecycle shows it in /readyz), never fatal: a
+snapshot is a cache of the journal, and the journal is what was acknowledged.
+
+After a failed append (`JournalWriteError`) the engine stops; the lifecycle
+calls `check_writable` until it returns (the failed group's unsynced tail
+zeroed and fdatasynced, and room for a new segment), then closes this store
+and opens the journal again, rebuilding the state from what is on disk.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import orjson
 
 from core import snapshot
 from core.entries import Entry
-from core.journal import Journal
+from core.journal import Journal, probe_writable
 from core.store import CommitStats, CustomerState, Ledger
 from ledger.kernel import KernelLedger
+
+logger = logging.getLogger("tally.store")
 
 
 class JournalStore:
@@ -45,6 +56,7 @@ class JournalStore:
         self.snapshot_child: int | None = None
         self.snapshots_taken = 0
         self.snapshot_pause_s: list[float] = []
+        self.snapshot_error: str | None = None  # why the last snapshot failed, until one works
         self._entries_since_snapshot = 0
 
     @property
@@ -70,10 +82,20 @@ class JournalStore:
     ) -> None:
         """Reap a finished snapshot child; fork a new one when due (see the module docstring)."""
         if self.snapshot_child is not None:
-            if await anyio.to_thread.run_sync(snapshot.poll_snapshot, self.snapshot_child) is None:
-                return
-            self.snapshot_child = None
-            self.snapshots_taken += 1
+            try:
+                path = await anyio.to_thread.run_sync(snapshot.poll_snapshot, self.snapshot_child)
+            except snapshot.SnapshotError as error:
+                self.snapshot_child = None
+                self.snapshot_error = str(error)
+                logger.error(
+                    orjson.dumps({"event": "snapshot_failed", "error": str(error)}).decode()
+                )
+            else:
+                if path is None:
+                    return
+                self.snapshot_child = None
+                self.snapshots_taken += 1
+                self.snapshot_error = None
         if (
             self.snapshot_every_entries <= 0
             or self._entries_since_snapshot < self.snapshot_every_entries
@@ -88,10 +110,23 @@ class JournalStore:
         self.snapshot_pause_s.append(time.perf_counter() - started)
         self._entries_since_snapshot = 0
 
+    async def check_writable(self) -> None:
+        """Raise `JournalWriteError` unless the journal's unsynced tail is discarded and a
+        new segment fits on the disk (see the module docstring)."""
+
+        def check() -> None:
+            self.journal.discard_unsynced()
+            probe_writable(self.journal.directory, self.journal.segment_size)
+
+        await anyio.to_thread.run_sync(check)
+
     async def close(self) -> None:
         """Wait for a snapshot child still writing, then release the journal."""
         if self.snapshot_child is not None:
             child, self.snapshot_child = self.snapshot_child, None
-            await anyio.to_thread.run_sync(snapshot.wait_snapshot, child)
-            self.snapshots_taken += 1
+            try:
+                await anyio.to_thread.run_sync(snapshot.wait_snapshot, child)
+                self.snapshots_taken += 1
+            except snapshot.SnapshotError as error:
+                self.snapshot_error = str(error)
         self.journal.close()

@@ -175,6 +175,20 @@ def _connection_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     )
 
 
+def _write_refused_errors() -> tuple[type[Exception], ...]:
+    """What PostgreSQL answers when it cannot take writes now (read-only, a full disk,
+    out of resources, an I/O error, shutting down): the store is unavailable, not broken,
+    and opening it is retried."""
+    import asyncpg
+
+    return (
+        asyncpg.exceptions.ReadOnlySQLTransactionError,
+        asyncpg.exceptions.InsufficientResourcesError,
+        asyncpg.exceptions.PostgresSystemError,
+        asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
 @dataclass(slots=True)
 class Changes:
     """The rows one applied entry changed, copied in the apply thread."""
@@ -947,6 +961,9 @@ async def open_pg_store(
                 f"tally_state holds {len(state)} keys, the entries through seq {last_seq}"
                 f" give {len(replayed_state)} (or other values): the table and log disagree"
             )
+    except _write_refused_errors() as error:
+        connection.terminate()
+        raise PgStoreError(f"the database does not take writes now: {error}") from error
     except BaseException:
         connection.terminate()
         raise

@@ -28,7 +28,9 @@ key/value changes of PUT_STATE entries through last_seq), every key in byte
 order, encoded as one PUT_STATE payload (core/entries.py); a version 1
 snapshot has no state section and loads with an empty state.
 
-Writing happens in a temp file, fsync, rename, directory fsync. Then older
+Writing happens in a temp file (0600: it holds customer data), fsync, rename,
+directory fsync; a write that fails (a full disk) removes its temp file, and
+the engine goes on without that snapshot (a snapshot is a cache). Then older
 snapshots are deleted (the newest `SNAPSHOTS_KEPT` stay) and the journal
 segments that only hold records covered by the *oldest kept* snapshot, so a
 snapshot that later fails its checksums still has the journal to fall back on.
@@ -145,7 +147,7 @@ def _write_snapshot_file(
     struct.pack_into("<I", header, 4, codec.crc32c(memoryview(header)[8:]))
     path = os.path.join(directory, snapshot_name(last_seq))
     temp_path = path + TEMP_SUFFIX
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, journal.FILE_MODE)
     try:
         _pwrite_all(fd, header, 0)
         for section_offset, chunks in layout:
@@ -154,6 +156,11 @@ def _write_snapshot_file(
                 _pwrite_all(fd, chunk, position)
                 position += len(chunk)
         os.fsync(fd)
+    except BaseException:
+        # A full disk: give back the space the partial snapshot took (the journal needs it).
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
+        raise
     finally:
         os.close(fd)
     os.rename(temp_path, path)

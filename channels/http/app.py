@@ -10,7 +10,15 @@
     repeated in an object, no query parameter repeated (400) and schema (422)
     -> channel kind (403, core.services.policy)
     -> key not in flight (409) -> the handler and its service (a refusal is
-    rendered from the one table in problems.py) -> response + access log
+    rendered from the one table in problems.py) -> the request's nonce durable
+    -> response + access log
+
+The nonce of a signed request is staged in the customer state and made
+durable with the next group the engine forms (core/services/state.py): a
+request that went through the engine is answered with its nonce already
+durable; any other (a refusal, a read of the customer state) waits for one
+shared group commit (`flush_through`) before its answer goes out, so no
+answered request can be replayed after a crash.
 
 Plain ASGI with no framework, so any ASGI server can run it; the bank (engine,
 journal, channel state) lives in the app's lifespan task, so whatever server
@@ -60,6 +68,7 @@ from channels.tier import AuthFailures, InFlight, RateLimits, ReplayGuard
 from core.services import policy
 from core.services.bank import Bank
 from core.services.commands import Caller
+from core.services.lifecycle import storage_refusal
 from core.services.refusals import Refused
 
 # The signature check in C (cext/http_auth.pyx), unless TALLY_KERNEL=reference asks for its
@@ -85,18 +94,39 @@ HOUSEKEEPING_S = 0.1
 
 
 class AccessLog:
-    """One JSON line per request on a buffered stream, flushed by the housekeeping tick."""
+    """One JSON line per request on a buffered stream, flushed by the housekeeping tick.
+
+    A log that cannot be written (its disk is full) must not take the server down
+    with it: the lines are dropped and counted (`lines_dropped`), the first failure
+    of a run of them is reported on the server log, and writing resumes by itself.
+    """
 
     def __init__(self, stream: IO[bytes] | None) -> None:
         self.stream = stream
+        self.lines_dropped = 0
+        self.failing = False
 
     def write(self, record: dict[str, Any]) -> None:
         if self.stream is not None:
-            self.stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            try:
+                self.stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            except OSError as error:
+                self._failed(error)
 
     def flush(self) -> None:
         if self.stream is not None:
-            self.stream.flush()
+            try:
+                self.stream.flush()
+            except OSError as error:
+                self._failed(error)
+            else:
+                self.failing = False
+
+    def _failed(self, error: OSError) -> None:
+        self.lines_dropped += 1
+        if not self.failing:
+            self.failing = True
+            logger.error(orjson.dumps({"event": "access_log_failed", "error": str(error)}).decode())
 
 
 class App:
@@ -163,6 +193,7 @@ class App:
             task_group.start_soon(self._keep_house)
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
+            await self.core.flush_at_stop()  # staged nonces and deletions, durably
             task_group.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -196,6 +227,7 @@ class App:
         problem: Problem | None = None
         idempotency_key = ""
         actor_id = ""
+        nonce_ticket = 0
         metrics = self.metrics
         metrics.in_flight += 1
         try:
@@ -261,6 +293,8 @@ class App:
                         if failure.status == 401:
                             self.auth_failed(scope, credentials)
                         raise
+                    nonce_state = self.core.state  # its nonce was staged last: this ticket
+                    nonce_ticket = nonce_state.staged_ticket
                     channel_name = channel.name
                     idempotency_key = self.authorize(route, channel, headers, len(body))
                     ctx = self.context(
@@ -305,6 +339,14 @@ class App:
                 )
                 problem = Problem(500, "internal-error", "Internal error", "the failure was logged")
                 reply = Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
+            if nonce_ticket and nonce_ticket > nonce_state.durable_ticket:  # wait for it
+                try:
+                    await nonce_state.flush_through(nonce_ticket)
+                except Refused as error:
+                    problem = refusal_problem(error.refusal)
+                    reply = Reply(
+                        problem.status, problem.encode(path), problem.headers, PROBLEM_CONTENT_TYPE
+                    )
             response_body = reply.body
             response_headers = [
                 (b"content-type", reply.content_type),
@@ -359,6 +401,10 @@ class App:
                 headers=[(b"allow", ", ".join(sorted(methods)).encode())],
             )
         if not self.core.ready:
+            if self.core.storage_failure is not None:
+                raise refusal_problem(
+                    storage_refusal("the store cannot write; the server recovers by itself").refusal
+                )
             raise Problem(
                 503,
                 "not-ready",
@@ -379,7 +425,11 @@ class App:
         if path == "/readyz":
             core = self.core
             if core.ready:
-                return Reply(200, orjson.dumps({"status": "ready", "recovery": core.recovery_info}))
+                ready: dict[str, Any] = {"status": "ready", "recovery": core.recovery_info}
+                snapshot_error = getattr(core.store, "snapshot_error", None)
+                if snapshot_error:  # still ready: the journal is what was acknowledged
+                    ready["snapshot_error"] = snapshot_error
+                return Reply(200, orjson.dumps(ready))
             body = {"status": "failed" if core.failed else "recovering"}
             if core.failed:
                 body["error"] = core.failed

@@ -202,6 +202,7 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
     C.NOT_READY: (503, "not-ready", "The server is still recovering"),
     C.OVERLOADED: (503, "overloaded", "The engine's queue is full"),
     C.UNAVAILABLE: (503, "unavailable", "The ledger cannot take this now"),
+    C.STORAGE_UNAVAILABLE: (503, "storage-unavailable", "The store cannot write now"),
     C.INVALID_FIELD: (422, "validation-failed", "The request does not match the schema"),
     C.CHANNEL_KIND_NOT_ALLOWED: (
         403,
@@ -381,6 +382,8 @@ def refusal_problem(refusal: Refusal) -> Problem:
     elif code == C.PASSWORD_CHECKS_BUSY:
         retry = max(1, math.ceil(extras["retry_after_s"]))
         headers.append((b"retry-after", str(retry).encode()))
+    elif code == C.STORAGE_UNAVAILABLE:
+        headers.append((b"retry-after", str(extras["retry_after_s"]).encode()))
     elif status == 503:
         headers.append((b"retry-after", b"1"))
     if code == C.NOT_READY:

@@ -10,7 +10,9 @@ The process binds its socket at once and answers /healthz; /readyz and every
 /v1 route say 503 until the store is opened, the ledger and the customer
 state recovered and the engine started (see core/services/lifecycle.py).
 SIGINT or SIGTERM stops it: the server stops accepting, the engine finishes
-and answers the batch it was making durable, the store is closed.
+and answers the batch it was making durable, staged customer state (nonce
+batches, deletions) is written, the store is closed. The process runs under
+umask 077: the data directory is 0700 and its files 0600.
 
 It refuses to start with development secrets: channel secrets that are
 public (those of the example registry, examples/channels.toml, or any marked
@@ -51,6 +53,7 @@ from channels.registry import Registry, RegistryError, load_registry
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from core.dsn import redact_dsn
 from core.errors import TallyError
+from core.journal import SEGMENT_SIZE_DEFAULT
 from core.services.bank import Bank
 from core.services.lifecycle import Settings
 from core.services.server_secrets import DEVELOPMENT, ServerSecrets, load_server_secrets
@@ -216,6 +219,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="failed authentications forgiven per second and address",
     )
     parser.add_argument(
+        "--journal-segment-kb",
+        type=int,
+        default=SEGMENT_SIZE_DEFAULT >> 10,
+        help="journal segment size in KiB, a multiple of 4, preallocated (a full disk refuses"
+        " the next one: the server then answers 503 until there is room, and recovers by"
+        " itself)",
+    )
+    parser.add_argument(
         "--snapshot-every-entries",
         type=int,
         default=0,
@@ -241,6 +252,7 @@ def build_app(
         password_hash_threads=args.password_hash_threads,
         password_hash_queue_max=args.password_hash_queue,
         snapshot_every_entries=args.snapshot_every_entries,
+        journal_segment_size=args.journal_segment_kb << 10,
         store_dsn=args.store,
         retention_s=args.retention_s,
         prefault=args.prefault,
@@ -349,6 +361,9 @@ def run(args: argparse.Namespace) -> int:
     if tls_problem is not None:
         print(f"tally serve: {tls_problem}", file=sys.stderr)
         return 2
+    if args.journal_segment_kb < 4 or args.journal_segment_kb % 4:
+        print("tally serve: --journal-segment-kb must be a multiple of 4", file=sys.stderr)
+        return 2
     try:
         rules = load_rules(args.rules)
         registry = load_registry(args.channels, rules)
@@ -377,8 +392,11 @@ def run(args: argparse.Namespace) -> int:
                 ]
             )
         )
+    # Everything the server creates is its own alone: the data directory holds names, id
+    # numbers and password hashes (the lifecycle also tightens an existing one).
+    os.umask(0o077)
     app = build_app(args, rules, registry, secrets)
-    os.makedirs(args.data, exist_ok=True)
+    os.makedirs(args.data, mode=0o700, exist_ok=True)
     # Every request allocates a few dozen short-lived containers; collecting the young
     # generation every 700 allocations (Python's default) cost about 4% of a single
     # transfer's server CPU under `tally bench http`. What exists now (modules, rules,

@@ -11,6 +11,26 @@ with `NOT_READY`.
 
 `open_store` is a constructor argument (default `core.store.open_store`):
 the seam through which tests wrap the store (a slow disk).
+
+Storage faults. A store that cannot write (a full disk, a quota, an I/O
+error, a read-only or full PostgreSQL) stops the engine: the requests of
+the failing group and every one behind it are answered 503
+`storage-unavailable` (outcome unknown: retry with the same
+Idempotency-Key), `/readyz` answers 503 with the reason and every /v1
+route 503 with Retry-After. The server then recovers by itself: it waits
+until the store can write again (`check_writable`: the journal zeroes the
+failed group's unsynced tail and checks that a new segment fits; PostgreSQL
+is simply opened again, which writes its fencing epoch), closes the store
+and opens it again, rebuilding the ledger and the customer state from what
+is durable, so the new engine's memory is exactly the durable state:
+nothing acknowledged is lost (it was fsynced or committed), nothing is
+applied twice (the failed group is either durable, and then read back,
+or gone). Only a fenced-off PostgreSQL store (another engine took over) and
+a damaged journal are final: they need an operator.
+
+The data directory is private: 0700, every file 0600 (the process umask is
+077 under `tally serve`); an existing directory with wider permissions is
+tightened at start, and the tightening is logged (`data_dir_tightened`).
 """
 
 from __future__ import annotations
@@ -29,9 +49,14 @@ import orjson
 from anyio.abc import TaskStatus
 
 from core.dsn import redact_secrets
-from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped
-from core.journal import JournalError
-from core.pg_store import PgStoreError
+from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, StoreFailed
+from core.journal import (
+    SEGMENT_SIZE_DEFAULT,
+    JournalError,
+    JournalWriteError,
+    ensure_private_directory,
+)
+from core.pg_store import PgStoreError, StoreFenced
 from core.services import passwords
 from core.services.records import NS_PER_S, TransferIds
 from core.services.refusals import Code, Refused, refused
@@ -63,6 +88,8 @@ INTERNAL_ACCOUNTS = (
 HOUSEKEEPING_TICK_S = 0.05
 PRUNE_EVERY_TICKS = 200
 STORE_RETRY_S = 1.0
+STORAGE_RETRY_AFTER_S = 5  # what a 503 storage-unavailable asks a client to wait
+STOP_FLUSH_TIMEOUT_S = 5.0  # the last write of staged state at a clean stop
 PATIENT_ATTEMPTS_MAX = 100  # full-queue retries of one customer operation (about 5 s)
 LEGACY_IMPORT_CHUNK = 1000  # records per PUT_STATE change list when importing a legacy file
 LEGACY_IMPORT_ORDER = (
@@ -103,13 +130,24 @@ class Settings:
     # The server's own keys (transfer-id hash, password pepper): a file outside the data
     # directory in production; the public development values only with `--dev`.
     secrets: ServerSecrets = DEVELOPMENT
+    # The journal's segment size (preallocated): a new one is allocated when the last fills.
+    journal_segment_size: int = SEGMENT_SIZE_DEFAULT
 
 
 def engine_refusal(error: EngineOverloaded | EngineFull | EngineStopped) -> Refused:
     """An engine refusal as a service refusal (overloaded: retry after the engine's hint)."""
     if isinstance(error, EngineOverloaded):
         return refused(Code.OVERLOADED, retry_after_s=error.retry_after_s)
+    if isinstance(error, StoreFailed):
+        return storage_refusal(
+            "the store failed while this request was being made durable: its outcome is"
+            " unknown; retry it with the same Idempotency-Key once the server is ready"
+        )
     return refused(Code.UNAVAILABLE, str(error))
+
+
+def storage_refusal(detail: str) -> Refused:
+    return refused(Code.STORAGE_UNAVAILABLE, detail, retry_after_s=STORAGE_RETRY_AFTER_S)
 
 
 class Lifecycle:
@@ -131,17 +169,23 @@ class Lifecycle:
         self.ids = TransferIds(settings.secrets.transfer_id_key)
         self.engine: Engine | None = None
         self.store: Store | None = None  # the store whose commit latency /metrics reports
-        # Loaded from the store when it opens and written through the engine once it runs;
-        # a nonce seen before then is staged and written with the first flush.
+        # Loaded from the store each time it opens (a new StateStore then) and written
+        # through the engine once it runs.
         self.state = StateStore()
         self.ready = False
         self.failed: str | None = None
+        # Set while the store cannot write (at start, or from the moment it failed until
+        # it was opened again), with `failed`: the routes answer 503 storage-unavailable.
+        self.storage_failure: str | None = None
+        self.recoveries = 0  # times the store was opened again after a failure
         self.recovery_info: dict[str, Any] = {}
         self.on_housekeeping: list[Callable[[int], None]] = []  # called with now_ns
 
     # --- what services use ------------------------------------------------------
 
     def running_engine(self) -> Engine:
+        if self.storage_failure is not None:
+            raise storage_refusal("the store cannot write; the server recovers by itself")
         if self.engine is None:
             raise refused(Code.NOT_READY, "the server is still recovering")
         return self.engine
@@ -218,17 +262,30 @@ class Lifecycle:
         """Open the store, start the engine, then run until cancelled. Ready once
         recovered; `complete_openings` (a coroutine function) runs once the engine does.
 
-        A PostgreSQL store that cannot be reached at start is retried (not ready
-        until then); a journal that cannot be recovered fails the start. A store
-        that fails later stops the engine: every service refuses and `failed` says
-        why, until the process is restarted.
+        A store that cannot be opened because it cannot write (PostgreSQL away or
+        refusing writes, a full disk under the journal) is retried, not ready until
+        then; a journal that cannot be recovered fails the start. A store that fails
+        later stops the engine; the store is then opened again as soon as it can
+        write (module docstring), `failed` and `storage_failure` saying why
+        meanwhile. A fenced-off PostgreSQL store stays failed until a restart.
         """
         task_status.started()
-        started = time.perf_counter()
+        if self.settings.store_dsn is None:
+            tightened = await anyio.to_thread.run_sync(
+                ensure_private_directory, self.settings.data_dir
+            )
+            if tightened:
+                logger.warning(
+                    orjson.dumps({"event": "data_dir_tightened", "changed": tightened}).decode()
+                )
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                opened = await self._open_store(stack)
-                await self._serve_opened(opened, started, complete_openings)
+            while True:
+                started = time.perf_counter()
+                async with contextlib.AsyncExitStack() as stack:
+                    opened = await self._open_store(stack)
+                    failure = await self._serve_opened(opened, started, complete_openings)
+                    await self._wait_writable(opened, failure)
+                self.recoveries += 1
         finally:
             self.ready = False
 
@@ -243,15 +300,17 @@ class Lifecycle:
                         account_capacity=settings.account_capacity,
                         transfer_capacity=settings.transfer_capacity,
                         snapshot_every_entries=settings.snapshot_every_entries,
+                        journal_options={"segment_size": settings.journal_segment_size},
                         pg_options={
                             "owner": f"tally serve pid {os.getpid()}",
                             **settings.pg_options,
                         },
                     )
                 )
-            except PgStoreError as error:
+            except (PgStoreError, JournalWriteError) as error:
+                kind = "PostgreSQL" if isinstance(error, PgStoreError) else "journal"
                 reason = redact_secrets(str(error))  # a driver's message may quote the DSN
-                self.failed = f"PostgreSQL store: {reason}"
+                self.failed = self.storage_failure = f"{kind} store: {reason}"
                 logger.error(orjson.dumps({"event": "store_unavailable", "error": reason}).decode())
                 await anyio.sleep(STORE_RETRY_S)
                 continue
@@ -260,16 +319,20 @@ class Lifecycle:
                 self.failed = f"recovery failed: {reason}"
                 logger.error(orjson.dumps({"event": "recovery_failed", "error": reason}).decode())
                 raise
-            self.failed = None
+            self.failed = self.storage_failure = None
             return opened
 
     async def _serve_opened(
         self, opened: OpenedStore, started: float, complete_openings: Callable[[], Any]
-    ) -> None:
+    ) -> str:
+        """Run the engine on the opened store until the store fails; why it failed."""
         settings = self.settings
         if settings.prefault and hasattr(opened.ledger, "prefault"):
             await anyio.to_thread.run_sync(opened.ledger.prefault)
         self.store = opened.store
+        # A new state for each opening, so nothing of a failed group stays in memory; its
+        # tickets go on from the old one's (a ticket taken before stays comparable).
+        self.state = StateStore(self.state.staged_ticket)
         self.state.load(
             opened.state,
             now_s=self.now_ns() // NS_PER_S,
@@ -283,6 +346,8 @@ class Lifecycle:
             linger_s=settings.linger_s,
             retention_s=settings.retention_s,
             state=opened.state,
+            state_source=self.state,
+            on_store_failure=self._store_failed,
         )
         recovery = opened.recovery
         info: dict[str, Any] = {"store": recovery.kind}
@@ -294,17 +359,58 @@ class Lifecycle:
             )
         else:
             info.update(epoch=recovery.epoch, entries_replayed=recovery.records_replayed)
+        if self.recoveries:
+            info["reopened_after_store_failures"] = self.recoveries
+        caught: list[BaseException] = []
         try:
             await self._run_engine(engine, started, info, complete_openings)
         except* (PgStoreError, JournalError) as group:
-            error: BaseException = group
-            while isinstance(error, BaseExceptionGroup):
-                error = error.exceptions[0]
-            failure = redact_secrets(f"{type(error).__name__}: {error}")
-            self.ready = False
+            caught.append(group)
+        assert caught, "the engine returned"
+        error: BaseException = caught[0]
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        failure = redact_secrets(f"{type(error).__name__}: {error}")
+        self.ready = False
+        self.engine = None
+        if isinstance(error, StoreFenced) or not isinstance(
+            error, (PgStoreError, JournalWriteError)
+        ):
             self.failed = f"{recovery.kind} store failed, restart needed: {failure}"
             logger.error(orjson.dumps({"event": "store_failed", "error": failure}).decode())
             await anyio.sleep_forever()
+        self.failed = self.storage_failure = (
+            f"{recovery.kind} store cannot write ({failure}); the server recovers by"
+            " itself once it can"
+        )
+        logger.error(
+            orjson.dumps({"event": "store_failed", "error": failure, "recovering": True}).decode()
+        )
+        return failure
+
+    def _store_failed(self, error: StoreFailed) -> None:
+        """The engine's store failed: refuse at once (the engine is still unwinding)."""
+        self.ready = False
+        reason = redact_secrets(str(error))
+        self.failed = self.storage_failure = f"{reason}; the server recovers by itself once it can"
+
+    async def _wait_writable(self, opened: OpenedStore, failure: str) -> None:
+        """Wait until the failed store can write again (module docstring), then return so
+        that it is closed and opened again."""
+        store = opened.store
+        check = getattr(store, "check_writable", None)
+        while check is not None:
+            try:
+                await check()
+            except JournalWriteError as error:
+                self.failed = self.storage_failure = (
+                    f"{opened.recovery.kind} store cannot write ({error}); the server"
+                    f" recovers by itself once it can (first failure: {failure})"
+                )
+                await anyio.sleep(STORE_RETRY_S)
+                continue
+            break
+        logger.info(orjson.dumps({"event": "store_writable", "reopening": True}).decode())
 
     async def _run_engine(
         self,
@@ -316,7 +422,10 @@ class Lifecycle:
         async with anyio.create_task_group() as task_group:
             await task_group.start(engine.serve)
             self.engine = engine
-            self.state.attach(functools.partial(self.call_engine, engine.submit_state))
+            self.state.attach(
+                functools.partial(self.call_engine, engine.submit_state),
+                functools.partial(self.call_engine, engine.read, _nothing),
+            )
             imported = await self._import_legacy_state()
             if imported is not None:
                 info["legacy_state_imported"] = imported
@@ -367,6 +476,14 @@ class Lifecycle:
                 for prune in self.on_housekeeping:
                     prune(now_ns)
 
+    async def flush_at_stop(self) -> None:
+        """A clean stop: write what is staged (nonces, deletions) while the engine still
+        runs, under a deadline and shielded (the stop is a cancellation)."""
+        if self.engine is None or not self.engine.running:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_FLUSH_TIMEOUT_S):
+            await self.state.flush()
+
     async def _ensure_internal_accounts(self) -> None:
         batch = b"".join(
             pack_account_input(id=account_id, kind=kind, product=INTERNAL_PRODUCT, status=0)
@@ -378,3 +495,9 @@ class Lifecycle:
                 raise RuntimeError(
                     f"internal account {account_id}: {CreateAccountResult(code).name.lower()}"
                 )
+
+
+def _nothing(ledger: Any) -> None:
+    """A read that reads nothing: the engine answers it once every group before it is
+    durable (a barrier)."""
+    return None

@@ -71,6 +71,9 @@ class Code(enum.IntEnum):
     TRANSFER_OF_ANOTHER_CHANNEL = 42
     INTERNAL_ACCOUNT_NOT_ALLOWED = 43  # a bank-internal account named by a non-internal channel
     IDEMPOTENCY_KEY_REUSED = 44  # the operation key was used for an opening with other fields
+    # The store cannot write (a full disk, an I/O error, a read-only database): nothing
+    # is taken until it can again; the server recovers by itself. `retry_after_s`.
+    STORAGE_UNAVAILABLE = 45
 
 
 @dataclass(slots=True)

@@ -13,8 +13,8 @@ committed in the same transaction groups in PostgreSQL. One record per key:
 
     customer/<id>        account/<id>       password/<account>
     failures/<account>   token/<digest>     session/<digest>
-    nonce/<channel>/<nonce>
-    opening/<channel>/<digest of the Idempotency-Key>
+    nonces/<batch id>    opening/<channel>/<digest of the Idempotency-Key>
+    (nonce/<channel>/<nonce>: the older one-record-per-nonce form, still read)
 
 each value the record as JSON (orjson). `StateStore` keeps the in-memory
 maps the services read and applies every change to them through one
@@ -22,11 +22,39 @@ function, `apply(key, value)` (None deletes), at load as at run time.
 
 Writers `commit` records: applied in memory at once (so uniqueness checks
 see them) and returned once durable; a full engine queue is waited out
-(bounded), any other refusal undoes them in memory before it propagates. Nonces,
-and the deletion of expired nonces and tokens, are staged and not waited
-for: the housekeeping task `flush`es them within ~50 ms (the money a nonce
-could replay is protected by the Idempotency-Key, whose transfer id the
-ledger remembers; an expired token is refused whether or not it is deleted).
+(bounded), any other refusal undoes them in memory before it propagates.
+The deletion of expired nonces and tokens is staged and not waited for
+(the housekeeping task `flush`es it; an expired token is refused whether or
+not it is deleted).
+
+Nonces are durable before the request that used them is answered, without
+a write of their own. Why: a nonce only in memory is forgotten by a crash
+(kill -9), and the captured request could then be replayed while its
+timestamp is still inside the window. A timestamp watermark after an
+unclean restart cannot close that on its own: the window is +/- 300 s, so a
+request signed up to 300 s ahead and accepted just before the crash stays
+replayable for up to 600 s, and refusing every timestamp below such a mark
+would refuse every honest client for minutes. So a nonce is staged in
+memory (`add_nonce`, checked at once by `nonce_seen`) and the engine takes
+every staged change into the PUT_STATE entry of the next group it forms
+(`drain`, called by the engine): a request that posts or reads through the
+engine therefore has its nonce durable in the same fdatasync/COMMIT as its
+own change, for free. `staged_ticket` counts the changes staged,
+`durable_ticket` how many of them are durable; the adapter answers only
+once `durable_ticket` has reached the ticket of its request's nonce, and a
+request that never reached the engine (a refusal, a read of this state)
+waits for `flush_through`: a barrier through the engine (an empty read),
+whose group takes the staged nonces, one group commit shared by every
+request waiting at once.
+
+Compaction: the nonces a group takes are ONE record, `nonces/<batch id>`
+(`{"k":"nonces","id":..,"n":[[channel, nonce, timestamp_s], ...]}`), not one
+record per request, and a batch record is deleted (one change) once all of
+its nonces are too old to pass the window check. So `tally_state` and a
+snapshot hold the batches of the last window only, and the journal takes one
+record per group for nonces instead of two (set, delete) per request.
+Records of the older form `nonce/<channel>/<nonce>` (a journal or a legacy
+file written before) are still read, and deleted as they expire.
 
 Before this, the state was a JSON-lines file without checksums in the data
 directory, `channels-state.jsonl`; `read_legacy_file` reads one so the
@@ -36,8 +64,10 @@ lifecycle can import it once into the store.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +93,10 @@ LOAD_ORDER = (
     b"token/",
     b"session/",
     b"nonce/",
+    b"nonces/",
     b"opening/",
 )
+Barrier = Callable[[], Awaitable[None]]
 
 
 class StateError(TallyError):
@@ -142,6 +174,8 @@ def record_key(record: Mapping[str, Any]) -> bytes:
         return nonce_key(record["c"], record["n"])
     if kind == "opening":
         return opening_key(record["c"], record["h"])
+    if kind == "nonces":
+        return nonce_batch_key(record["id"])
     raise StateError(f"unknown state record kind {kind!r}")
 
 
@@ -161,10 +195,16 @@ def operation_key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def nonce_batch_key(batch_id: int) -> bytes:
+    return b"nonces/%d" % batch_id
+
+
 class StateStore:
     """The in-memory maps of the customer state, and the way their changes become durable."""
 
-    def __init__(self) -> None:
+    def __init__(self, ticket: int = 0) -> None:
+        """`ticket`: where `staged_ticket` and `durable_ticket` start (the tickets of a
+        StateStore this one replaces, so that a ticket taken before stays comparable)."""
         self.customers: dict[str, Customer] = {}
         self.customer_by_id_number: dict[str, str] = {}
         self.accounts: dict[int, AccountMeta] = {}
@@ -175,12 +215,20 @@ class StateStore:
         self.sessions: dict[str, Session] = {}  # digest -> session
         self.openings: dict[bytes, Opening] = {}  # opening_key(channel, key digest) -> opening
         self.nonces: dict[str, dict[str, int]] = {}  # channel -> nonce -> timestamp_s
-        # (timestamp_s, channel, nonce) in arrival order: pruning pops from the left
-        # instead of scanning every live nonce (hundreds of thousands at peak).
-        self.nonce_order: collections.deque[tuple[int, str, str]] = collections.deque()
+        # (timestamp_s, channel, nonce, key of the record holding it) in arrival order:
+        # pruning pops from the left instead of scanning every live nonce (hundreds of
+        # thousands at peak).
+        self.nonce_order: collections.deque[tuple[int, str, str, bytes]] = collections.deque()
+        self.nonce_live: dict[bytes, int] = {}  # record key -> its nonces not yet forgotten
         self.values: dict[bytes, bytes] = {}  # the raw records, as applied
         self._pending: list[Change] = []  # staged, written by the next `flush`
+        self._batch: list[tuple[str, str, int]] = []  # nonces staged for the next batch record
+        self._batch_key: bytes | None = None  # the key the staged nonces will be written under
+        self._batch_id_last = 0
+        self.staged_ticket = ticket  # changes staged so far (nonces included)
+        self.durable_ticket = ticket  # how many of those are durable
         self._submit: Submit | None = None
+        self._barrier: Barrier | None = None
         self.changes_committed = 0
 
     # --- loading ----------------------------------------------------------------
@@ -200,9 +248,11 @@ class StateStore:
         self.nonce_order = collections.deque(sorted(self.nonce_order))
         self.prune_nonces(now_s, nonce_window_s)
 
-    def attach(self, submit: Submit) -> None:
-        """Write through `submit` (the engine's `submit_state`) from now on."""
+    def attach(self, submit: Submit, barrier: Barrier) -> None:
+        """Write through `submit` (the engine's `submit_state`) from now on; `barrier`
+        returns once every group the engine formed before it is durable."""
         self._submit = submit
+        self._barrier = barrier
 
     def apply(self, key: bytes, value: bytes | None) -> None:
         """Apply one change to the in-memory maps: the one way a record gets in."""
@@ -271,10 +321,19 @@ class StateStore:
             self.openings[opening_key(record["c"], record["h"])] = Opening(
                 int(record["account"]), int(record["f"], 16)
             )
-        else:
-            assert kind == "nonce", kind
+        elif kind == "nonce":  # the older form: one record per nonce
+            key = nonce_key(record["c"], record["n"])
             self.nonces.setdefault(record["c"], {})[record["n"]] = record["t"]
-            self.nonce_order.append((record["t"], record["c"], record["n"]))
+            self.nonce_order.append((record["t"], record["c"], record["n"], key))
+            self.nonce_live[key] = 1
+        else:
+            assert kind == "nonces", kind
+            key = nonce_batch_key(record["id"])
+            self._batch_id_last = max(self._batch_id_last, record["id"])
+            for channel, nonce, timestamp_s in record["n"]:
+                self.nonces.setdefault(channel, {})[nonce] = timestamp_s
+                self.nonce_order.append((timestamp_s, channel, nonce, key))
+            self.nonce_live[key] = len(record["n"])
 
     def _delete(self, key: bytes) -> None:
         value = self.values.pop(key, None)
@@ -300,10 +359,17 @@ class StateStore:
             self.sessions.pop(record["t"], None)
         elif kind == "opening":
             self.openings.pop(key, None)
-        else:
+        elif kind == "nonce":
+            self.nonce_live.pop(key, None)
             seen = self.nonces.get(record["c"])
             if seen is not None:
                 seen.pop(record["n"], None)
+        else:
+            self.nonce_live.pop(key, None)
+            for channel, nonce, timestamp_s in record["n"]:
+                seen = self.nonces.get(channel)
+                if seen is not None and seen.get(nonce) == timestamp_s:
+                    del seen[nonce]
 
     # --- writing ----------------------------------------------------------------
 
@@ -361,6 +427,43 @@ class StateStore:
             key, value = record_key(record), orjson.dumps(record)
             self.apply(key, value)
             self._pending.append((key, value))
+            self.staged_ticket += 1
+
+    def drain(self) -> tuple[list[Change], int] | None:
+        """What is staged, as changes for the PUT_STATE entry of the group the engine is
+        forming (the nonces as one batch record), and the ticket they bring
+        `durable_ticket` to once that group is durable (`durable`); None if nothing is."""
+        if self._batch:
+            self._close_batch()
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        return pending, self.staged_ticket
+
+    def durable(self, ticket: int) -> None:
+        """The changes through `ticket` are durable (called when their group is)."""
+        if ticket > self.durable_ticket:
+            self.durable_ticket = ticket
+
+    def _close_batch(self) -> None:
+        """Turn the staged nonces into their batch record, staged (nonces forgotten while
+        staged are left out; a batch with none left is not written)."""
+        key = self._batch_key
+        assert key is not None
+        batch, self._batch, self._batch_key = self._batch, [], None
+        live = [
+            [channel, nonce, timestamp_s]
+            for channel, nonce, timestamp_s in batch
+            if self.nonces.get(channel, {}).get(nonce) == timestamp_s
+        ]
+        if not live:
+            self.nonce_live.pop(key, None)
+            return
+        batch_id = int(key[len(b"nonces/") :])
+        value = orjson.dumps({"k": "nonces", "id": batch_id, "n": live})
+        self.values[key] = value
+        self.nonce_live[key] = len(live)
+        self._pending.append((key, value))
 
     def stage_deletions(self, keys: Iterable[bytes]) -> None:
         """Delete `keys` in memory now; written with the next `flush` (see `stage`)."""
@@ -369,17 +472,24 @@ class StateStore:
             self._pending.append((key, None))
 
     async def flush(self) -> None:
-        """Write what is staged (nonces, expired keys' deletions), not waited for by
-        anyone; kept for the next flush if the engine refuses it (a full queue)."""
-        if not self._pending or self._submit is None:
+        """Have what is staged (nonces, expired keys' deletions) written: the engine's next
+        group takes it (`drain`), and this returns once that group is durable. Left
+        staged if the engine refuses (a full queue, a failed store)."""
+        if (not self._pending and not self._batch) or self._barrier is None:
             return
-        pending, self._pending = self._pending, []
-        try:
-            await self._submit(pending)
-        except Refused:
-            self._pending = pending + self._pending
+        with contextlib.suppress(Refused):
+            await self._barrier()
+
+    async def flush_through(self, ticket: int) -> None:
+        """Return once the changes through `ticket` are durable: the engine's next group
+        takes them (with whatever else is staged by then: one batch record for every
+        request waiting here) and this returns once that group is durable. Raises
+        `Refused` if the engine cannot make them durable (overloaded, its store failed)."""
+        if self.durable_ticket >= ticket:
             return
-        self.changes_committed += len(pending)
+        assert self._barrier is not None, "engine not attached"
+        await self._barrier()
+        assert self.durable_ticket >= ticket, (self.durable_ticket, ticket)
 
     # --- nonces and tokens ------------------------------------------------------
 
@@ -387,33 +497,46 @@ class StateStore:
         seen = self.nonces.get(channel)
         return seen is not None and nonce in seen
 
-    def add_nonce(self, channel: str, nonce: str, timestamp_s: int) -> None:
-        key = nonce_key(channel, nonce)
-        value = b'{"k":"nonce","c":"%s","n":"%s","t":%d}' % (
-            channel.encode(),
-            nonce.encode(),
-            timestamp_s,
-        )
+    def add_nonce(self, channel: str, nonce: str, timestamp_s: int) -> int:
+        """Remember a nonce now (staged for the next group's batch record); returns the
+        ticket `durable_ticket` must reach before the request may be answered."""
+        key = self._batch_key
+        if key is None:
+            batch_id = max(time.time_ns(), self._batch_id_last + 1)
+            self._batch_id_last = batch_id
+            key = self._batch_key = nonce_batch_key(batch_id)
         self.nonces.setdefault(channel, {})[nonce] = timestamp_s
-        self.nonce_order.append((timestamp_s, channel, nonce))
-        self.values[key] = value
-        self._pending.append((key, value))
+        self.nonce_order.append((timestamp_s, channel, nonce, key))
+        self._batch.append((channel, nonce, timestamp_s))
+        self.staged_ticket += 1
+        return self.staged_ticket
 
     def prune_nonces(self, now_s: int, window_s: int) -> int:
-        """Forget nonces whose timestamp is too old to pass the window check again
-        (their deletion is staged)."""
+        """Forget nonces whose timestamp is too old to pass the window check again; the
+        deletion of a record all of whose nonces are forgotten is staged."""
         removed = 0
         order = self.nonce_order
+        live = self.nonce_live
         # Arrival order is only roughly timestamp order: a nonce behind a newer one is
         # forgotten a little later than it could be, never earlier.
         while order and order[0][0] + window_s < now_s:
-            _, channel, nonce = order.popleft()
+            timestamp_s, channel, nonce, key = order.popleft()
             seen = self.nonces.get(channel)
-            if seen is not None and seen.pop(nonce, None) is not None:
-                key = nonce_key(channel, nonce)
-                self.values.pop(key, None)
-                self._pending.append((key, None))
+            if seen is not None and seen.get(nonce) == timestamp_s:
+                del seen[nonce]
                 removed += 1
+            if key == self._batch_key:
+                continue  # not written yet: `_close_batch` leaves it out
+            left = live.get(key)
+            if left is None:
+                continue  # the record is gone already
+            if left > 1:
+                live[key] = left - 1
+                continue
+            del live[key]
+            self.values.pop(key, None)
+            self._pending.append((key, None))
+            self.staged_ticket += 1
         return removed
 
     def token_keys(self, account_id: int) -> list[bytes]:
@@ -433,6 +556,7 @@ class StateStore:
         for key in keys:
             self._delete(key)
             self._pending.append((key, None))
+            self.staged_ticket += 1
         return len(keys)
 
     def session_keys(self, customer_id: str) -> list[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from core.engine import Engine, EngineOverloaded
+from core.engine import Engine, EngineOverloaded, StoreFailed
 from core.journal import Journal
 from core.journal_store import JournalStore
 from core.replay import recover_ledger
@@ -228,3 +228,69 @@ async def test_engine_on_the_journal_recovers_the_same_state(tmp_path: Path) -> 
         task_group.cancel_scope.cancel()
     journal.close()
     assert recover_ledger(tmp_path, 4096, 1 << 16).ledger.digest() == digest
+
+
+class _Staged:
+    """A state source with one staged change at a time (the customer state's role)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[bytes, bytes | None]] = []
+        self.staged = 0
+        self.durable_ticket = 0
+
+    def stage(self, key: bytes) -> int:
+        self.pending.append((key, b"1"))
+        self.staged += 1
+        return self.staged
+
+    def drain(self) -> tuple[list[tuple[bytes, bytes | None]], int] | None:
+        if not self.pending:
+            return None
+        pending, self.pending = self.pending, []
+        return pending, self.staged
+
+    def durable(self, ticket: int) -> None:
+        self.durable_ticket = max(self.durable_ticket, ticket)
+
+
+class _FailingStore(ListStore):
+    """Fails every group once `fail` is set: a disk that filled up."""
+
+    fail = False
+
+    def append(self, entries: object) -> None:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super().append(entries)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_staged_state_rides_with_the_group_and_a_store_failure_is_reported() -> None:
+    """A change staged before a posting is in the PUT_STATE entry of the posting's group
+    and marked durable by the time the posting is answered (no write of its own); when the
+    store fails, the group's caller gets StoreFailed, the owner is told at once, the staged
+    change is not marked durable and later requests are refused with StoreFailed too."""
+    store = _FailingStore()
+    staged = _Staged()
+    failures: list[StoreFailed] = []
+    engine = new_engine(store, state_source=staged, on_store_failure=failures.append)
+    with pytest.raises(ExceptionGroup):
+        async with anyio.create_task_group() as tg:
+            await tg.start(engine.serve)
+            await fund(engine, 1, 1, 100)
+            appends = store.appends
+            ticket = staged.stage(b"nonces/1")
+            outcome = await engine.submit_transfer(
+                transfer(1, 1, CLEARING_ID, 10, TransferCode.TRANSFER)
+            )
+            assert outcome.result == CreateTransferResult.OK
+            assert staged.durable_ticket == ticket and store.appends == appends + 1
+            assert engine.state[b"nonces/1"] == b"1"
+            store.fail = True
+            lost = staged.stage(b"nonces/2")
+            with pytest.raises(StoreFailed):
+                await engine.submit_transfer(transfer(2, 1, CLEARING_ID, 10, TransferCode.TRANSFER))
+            assert len(failures) == 1 and staged.durable_ticket < lost
+            with pytest.raises(StoreFailed):
+                engine.enqueue_transfers(transfer(3, 1, CLEARING_ID, 10, TransferCode.TRANSFER))
+            await anyio.sleep_forever()  # the engine's failure ends the task group

@@ -6,6 +6,7 @@ import datetime
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from channels.http import signing
@@ -248,8 +249,10 @@ def test_password_format_is_exact_and_weak_passwords_are_named() -> None:
 
 def test_state_store_loads_what_it_committed_and_refuses_damage() -> None:
     """Records committed through the store's change list load back into the same maps;
-    a nonce past the window is dropped at load and its deletion staged; a value that is
-    not its key's record is refused, naming the key."""
+    the nonces staged before a flush are ONE batch record; a nonce past the window is
+    dropped at load and its batch's deletion staged; a legacy one-record-per-nonce key
+    still loads and expires the same way; a value that is not its key's record is
+    refused, naming the key."""
     written: dict[bytes, bytes] = {}
 
     async def submit(changes: list[tuple[bytes, bytes | None]]) -> None:
@@ -261,20 +264,40 @@ def test_state_store_loads_what_it_committed_and_refuses_damage() -> None:
 
     async def write() -> None:
         store = StateStore()
-        store.attach(submit)
+
+        async def barrier() -> None:  # what the engine does with a group's staged changes
+            drained = store.drain()
+            if drained is not None:
+                await submit(drained[0])
+                store.durable(drained[1])
+
+        store.attach(submit, barrier)
         await store.commit([{"k": "failures", "account": "7", "day": 9, "count": 2}])
-        store.add_nonce("app", "abcdefgh", 1000)
+        first = store.add_nonce("app", "abcdefgh", 1000)
+        second = store.add_nonce("atm", "ijklmnop", 1001)
+        assert store.durable_ticket < first < second == store.staged_ticket
         await store.flush()
+        assert store.durable_ticket == second
 
     anyio.run(write)
-    assert set(written) == {b"failures/7", b"nonce/app/abcdefgh"}
+    batches = [key for key in written if key.startswith(b"nonces/")]
+    assert set(written) == {b"failures/7", *batches} and len(batches) == 1
+    assert orjson.loads(written[batches[0]])["n"] == [
+        ["app", "abcdefgh", 1000],
+        ["atm", "ijklmnop", 1001],
+    ]
+    written[b"nonce/app/legacy12"] = b'{"k":"nonce","c":"app","n":"legacy12","t":1000}'
     store = StateStore()
     store.load(written, now_s=1000, nonce_window_s=300)
     assert store.failures == {7: (9, 2)} and store.nonce_seen("app", "abcdefgh")
+    assert store.nonce_seen("atm", "ijklmnop") and store.nonce_seen("app", "legacy12")
+    assert store._pending == []
+    store.prune_nonces(1300 + 1, 300)  # the t=1000 nonces expire, not the t=1001 one
+    assert store._pending == [(b"nonce/app/legacy12", None)]  # the batch still holds one
     later = StateStore()
     later.load(written, now_s=2000, nonce_window_s=300)
     assert not later.nonce_seen("app", "abcdefgh")  # expired: forgotten, deletion staged
-    assert later._pending == [(b"nonce/app/abcdefgh", None)]
+    assert sorted(later._pending) == sorted([(batches[0], None), (b"nonce/app/legacy12", None)])
     damaged = dict(written)
     damaged[b"failures/7"] = damaged[b"failures/7"].replace(b'"7"', b'"8"')
     with pytest.raises(StateError, match="failures/7"):
@@ -304,4 +327,3 @@ def test_legacy_state_file_drops_a_torn_tail_and_refuses_damage(tmp_path: Path) 
     with pytest.raises(StateError, match="line 1"):
         read_legacy_file(str(path))
     assert read_legacy_file(str(tmp_path / "absent")) is None
-

@@ -40,6 +40,7 @@ from core.journal import (
     JournalError,
     JournalLocked,
     JournalScan,
+    JournalWriteError,
     list_segments,
 )
 from core.replay import recover_ledger
@@ -547,7 +548,9 @@ def test_failed_fdatasync_poisons_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After an fdatasync error (injected) every later append is refused: the page cache
-    cannot be trusted, so the process must recover from disk; reopening does."""
+    cannot be trusted, so the group's bytes (written, never synced) are the unsynced tail;
+    they are zeroed before the journal is released, and reopening finds exactly the
+    acknowledged records (never the unacknowledged group read back from the cache)."""
     journal = Journal.open(tmp_path)
     journal.append(small_entries(2))
 
@@ -555,14 +558,20 @@ def test_failed_fdatasync_poisons_the_journal(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(journal_module.os, "fdatasync", failing_fdatasync)
-    with pytest.raises(JournalError, match=r"seq 3\.\.3"):
+    with pytest.raises(JournalWriteError, match=r"seq 3\.\.3") as raised:
         journal.append(small_entries(1, first=2))
+    assert raised.value.errno == 5 and journal.has_unsynced
+    with pytest.raises(JournalWriteError):
+        journal.discard_unsynced()  # the disk still refuses: kept for the next try
     monkeypatch.undo()
     with pytest.raises(JournalError, match="unusable"):
         journal.append(small_entries(1, first=2))
+    journal.discard_unsynced()
+    assert not journal.has_unsynced
     journal.close()
     with Journal.open(tmp_path) as reopened:
-        assert reopened.last_seq in (2, 3)
+        assert reopened.last_seq == 2
+        assert reopened.recovery.torn_tail is None  # zeros: a clean end, not a torn tail
 
 
 # --- recovery: torn tails and corruption ---------------------------------------
