@@ -1031,7 +1031,8 @@ cdef void chain_rollback(State *s, Chain *chain) noexcept nogil:
 cdef inline bint log_quota_exceeded(State *s, uint8_t channel) noexcept nogil:
     """The channel holds its share of the log window: a posting of it would pass it."""
     cdef int64_t permille = s.log_quotas[channel]
-    return permille != 0 and s.channel_live[2 * channel] * 1000 >= permille * <int64_t>(s.log_mask + 1)
+    return (permille != 0
+            and s.channel_live[2 * channel] * 1000 >= permille * <int64_t>(s.log_mask + 1))
 
 
 cdef inline bint failed_quota_exceeded(State *s, uint8_t channel) noexcept nogil:
@@ -1458,7 +1459,8 @@ def create_accounts(
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
     unsigned char[::1] dirty, const unsigned char[::1] products,
-    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta, unsigned char[::1] results,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
+    unsigned char[::1] results,
 ):
     """Create a batch of accounts. Returns the count of `ok`."""
     cdef State s
@@ -1590,7 +1592,8 @@ def rebuild_indexes(
                channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     if s.transfer_index_count != 0 or s.heap_size != 0:
         raise ValueError("rebuild_indexes needs empty indexes")
-    if s.failed_count - s.failed_tail > <int64_t>(s.failed_mask + 1) or s.failed_tail > s.failed_count:
+    if (s.failed_count - s.failed_tail > <int64_t>(s.failed_mask + 1)
+            or s.failed_tail > s.failed_count):
         raise ValueError("failure window larger than the failure ring")
     if (s.account_count) * 2 > <int64_t>(s.account_index_mask + 1):
         raise ValueError("account index would pass 50% load")
