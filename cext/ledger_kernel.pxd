@@ -14,6 +14,8 @@ cdef enum:
     INDEX_ENTRY_SIZE = 16
     HEAP_ENTRY_SIZE = 16
     CHANNEL_ENTRY_SIZE = 16
+    LOG_QUOTA_SIZE = 2  # one uint16 permille a channel: the quota table is 512 bytes
+    CHANNEL_LIVE_SIZE = 16  # int64 log records + int64 failed records, one row a channel
 
 cdef enum:  # meta fields (int64 array shared with ledger/kernel.py)
     META_ACCOUNT_COUNT = 0
@@ -35,6 +37,9 @@ cdef enum:  # meta fields (int64 array shared with ledger/kernel.py)
     META_DIRTY_ACCOUNT_COUNT = 16
     META_DIRTY_TRANSFER_COUNT = 17
     META_DIRTY_OVERFLOW = 18
+    META_FAILED_TAIL = 19
+    META_FAILED_COUNT = 20
+    META_FAILED_MASK = 21
     META_SIZE = 24
 
 cdef enum AccountKind:
@@ -180,6 +185,8 @@ cdef enum CreateTransferResult:
     TR_EXCEEDS_DAILY_INFLOW = 74
     TR_EXCEEDS_YEARLY_INFLOW = 75
     TR_EXCEEDS_BALANCE_CAP = 76
+    # 77..84 are taken by the channel caps (kernel caps work); 85.. the transfer log.
+    TR_CHANNEL_LOG_QUOTA_EXCEEDED = 85
 
 cdef enum CreateAccountResult:
     AR_OK = 0

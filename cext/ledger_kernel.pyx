@@ -31,6 +31,9 @@ cdef uint64_t UINT64_MAX_ = 0xFFFFFFFFFFFFFFFF
 cdef uint64_t NS_PER_S = 1000000000
 cdef int64_t PIPELINE_DISTANCE = 16
 cdef int KIND_CUSTOMER_MAX = KIND_LOAN
+# Transfer index entries of the failure ring carry this bit on their seq (kept
+# clear of the sign bit: `transfer_seq` answers a plain int64, -1 for none).
+cdef int64_t FAILED_BIT = <int64_t>1 << 62
 
 
 cdef struct State:
@@ -46,6 +49,12 @@ cdef struct State:
     uint64_t log_mask
     int64_t log_tail
     int64_t log_count
+    Transfer *failed  # the failure ring: failed transfers that consumed their id
+    uint64_t failed_mask
+    int64_t failed_tail
+    int64_t failed_count
+    int64_t *channel_live  # per channel: records in the log window, records in the failure ring
+    const uint16_t *log_quotas  # per channel: its share of each, in permille (0 = no quota)
     IndexEntry *transfer_index
     uint64_t transfer_index_mask
     int64_t transfer_index_count
@@ -93,9 +102,11 @@ cdef struct Chain:
 
 cdef int state_load(
     State *s, unsigned char[::1] accounts, unsigned char[::1] pending,
-    unsigned char[::1] account_index, unsigned char[::1] log, unsigned char[::1] transfer_index,
-    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products, const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] account_index, unsigned char[::1] log, unsigned char[::1] failed,
+    unsigned char[::1] transfer_index, unsigned char[::1] heap,
+    unsigned char[::1] channel_counters, unsigned char[::1] channel_live, unsigned char[::1] dirty,
+    const unsigned char[::1] products, const unsigned char[::1] channels,
+    const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ) except -1:
     if meta.shape[0] < META_SIZE:
         raise ValueError("meta must hold META_SIZE int64")
@@ -109,6 +120,9 @@ cdef int state_load(
     s.log_tail = meta[META_LOG_TAIL]
     s.log_count = meta[META_LOG_COUNT]
     s.log_mask = <uint64_t>meta[META_LOG_MASK]
+    s.failed_tail = meta[META_FAILED_TAIL]
+    s.failed_count = meta[META_FAILED_COUNT]
+    s.failed_mask = <uint64_t>meta[META_FAILED_MASK]
     s.transfer_index_mask = <uint64_t>meta[META_TRANSFER_INDEX_MASK]
     s.transfer_index_count = meta[META_TRANSFER_INDEX_COUNT]
     s.heap_size = meta[META_HEAP_SIZE]
@@ -127,8 +141,14 @@ cdef int state_load(
         raise ValueError("account index size must be (mask + 1) * 4, at least 16 entries")
     if log.shape[0] != <int64_t>(s.log_mask + 1) * TRANSFER_SIZE:
         raise ValueError("log size must be (mask + 1) * TRANSFER_SIZE")
+    if failed.shape[0] != <int64_t>(s.failed_mask + 1) * TRANSFER_SIZE or s.failed_mask < 3:
+        raise ValueError("failure ring size must be (mask + 1) * TRANSFER_SIZE, at least 4 records")
     if transfer_index.shape[0] != <int64_t>(s.transfer_index_mask + 1) * INDEX_ENTRY_SIZE or s.transfer_index_mask < 3:
         raise ValueError("transfer index size must be (mask + 1) * INDEX_ENTRY_SIZE, at least 4 entries")
+    if channel_live.shape[0] != CHANNEL_COUNT * CHANNEL_LIVE_SIZE:
+        raise ValueError("channel live counts must hold 256 rows")
+    if log_quotas.shape[0] != CHANNEL_COUNT * LOG_QUOTA_SIZE:
+        raise ValueError("log quota table must hold 256 rows")
     if heap.shape[0] < s.heap_capacity * HEAP_ENTRY_SIZE or s.heap_capacity < 1:
         raise ValueError("heap smaller than its capacity")
     if channel_counters.shape[0] != <int64_t>(s.channel_mask + 1) * CHANNEL_ENTRY_SIZE or s.channel_mask < 3:
@@ -152,11 +172,14 @@ cdef int state_load(
     s.pending = <Pending *>&pending[0]
     s.account_index = <uint32_t *>&account_index[0]
     s.log = <Transfer *>&log[0]
+    s.failed = <Transfer *>&failed[0]
     s.transfer_index = <IndexEntry *>&transfer_index[0]
     s.heap = <HeapEntry *>&heap[0]
     s.channel_counters = <ChannelEntry *>&channel_counters[0]
+    s.channel_live = <int64_t *>&channel_live[0]
     s.products = <const Product *>&products[0]
     s.channels = <const ChannelRule *>&channels[0]
+    s.log_quotas = <const uint16_t *>&log_quotas[0]
     return 0
 
 
@@ -164,6 +187,8 @@ cdef void state_store(State *s, int64_t[::1] meta) noexcept:
     meta[META_ACCOUNT_COUNT] = s.account_count
     meta[META_LOG_TAIL] = s.log_tail
     meta[META_LOG_COUNT] = s.log_count
+    meta[META_FAILED_TAIL] = s.failed_tail
+    meta[META_FAILED_COUNT] = s.failed_count
     meta[META_TRANSFER_INDEX_COUNT] = s.transfer_index_count
     meta[META_HEAP_SIZE] = s.heap_size
     meta[META_LAST_DAY] = s.last_day
@@ -257,6 +282,17 @@ cdef inline Transfer *log_at(State *s, int64_t seq) noexcept nogil:
     return &s.log[<uint64_t>seq & s.log_mask]
 
 
+cdef inline Transfer *failed_at(State *s, int64_t seq) noexcept nogil:
+    return &s.failed[<uint64_t>seq & s.failed_mask]
+
+
+cdef inline Transfer *record_of(State *s, int64_t seq) noexcept nogil:
+    """The record an index entry names: a log seq, or a failure ring seq | FAILED_BIT."""
+    if seq & FAILED_BIT:
+        return failed_at(s, seq & ~FAILED_BIT)
+    return log_at(s, seq)
+
+
 cdef inline int64_t transfer_find(State *s, uint64_t lo, uint64_t hi, uint64_t h) noexcept nogil:
     cdef uint64_t fingerprint = fingerprint_of(h)
     cdef uint64_t position = transfer_home(s, fingerprint)
@@ -267,7 +303,7 @@ cdef inline int64_t transfer_find(State *s, uint64_t lo, uint64_t hi, uint64_t h
         if entry.fingerprint == 0:
             return -1
         if entry.fingerprint == fingerprint:
-            record = log_at(s, <int64_t>entry.seq)
+            record = record_of(s, <int64_t>entry.seq)
             if record.id_lo == lo and record.id_hi == hi:
                 return <int64_t>entry.seq
         position = (position + 1) & s.transfer_index_mask
@@ -726,7 +762,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         target_seq = transfer_find(s, t.pending_id_lo, t.pending_id_hi, hash_id(t.pending_id_lo, t.pending_id_hi))
         if target_seq < 0:
             return TR_PENDING_TRANSFER_NOT_FOUND
-        target = log_at(s, target_seq)
+        target = record_of(s, target_seq)
         if target.result != TR_OK or not (target.flags & TRANSFER_PENDING):
             return TR_PENDING_TRANSFER_NOT_PENDING
         if (not id_zero(t.debit_account_id_lo, t.debit_account_id_hi)
@@ -763,7 +799,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         target_seq = transfer_find(s, t.pending_id_lo, t.pending_id_hi, hash_id(t.pending_id_lo, t.pending_id_hi))
         if target_seq < 0:
             return TR_REVERSAL_TARGET_NOT_FOUND
-        target = log_at(s, target_seq)
+        target = record_of(s, target_seq)
         if (target.result != TR_OK or target.code == CODE_REVERSAL
                 or (target.flags & (TRANSFER_PENDING | TRANSFER_VOID_PENDING))):
             return TR_REVERSAL_TARGET_NOT_POSTED
@@ -863,6 +899,8 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         balance_projected = credit.credits_posted + credit_pending.credits_pending - credit.debits_posted
         if exceeds_cap(balance_projected, s.products[credit.product].balance_cap_minor, amount):
             return TR_EXCEEDS_BALANCE_CAP
+    if log_quota_exceeded(s, t.channel):
+        return TR_CHANNEL_LOG_QUOTA_EXCEEDED
 
     # --- all checks passed: post --------------------------------------------------
     if chain != NULL:
@@ -941,6 +979,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         dirty_transfer(s, target_seq)
     transfer_index_insert(s, t.id_lo, t.id_hi, <uint64_t>seq)
     s.log_count += 1
+    s.channel_live[2 * t.channel] += 1
     if (t.flags & TRANSFER_PENDING) and t.timeout_s != 0:
         if chain != NULL:
             chain.deferred[chain.deferred_count].expires_at = timestamp + <uint64_t>t.timeout_s * NS_PER_S
@@ -965,8 +1004,67 @@ cdef void chain_rollback(State *s, Chain *chain) noexcept nogil:
         if undo.channel_position >= 0:
             s.channel_counters[undo.channel_position] = undo.channel_entry
         transfer_index_delete(s, undo.id_lo, undo.id_hi, <uint64_t>(s.log_count - 1))
+        s.channel_live[2 * log_at(s, s.log_count - 1).channel] -= 1
         s.log_count -= 1
     chain.deferred_count = 0
+
+
+# --- the failure ring and the log quotas ------------------------------------------
+#
+# A transfer that fails after validation consumes its id: a retry must get the
+# first answer (ID_ALREADY_FAILED), so the failure is remembered. It is
+# remembered in the failure ring, not in the log: a ring of its own (a quarter
+# of the log), whose oldest failure is forgotten when a new one needs the room
+# (and, by EVICT_FAILED entries, once older than the failure retention). So
+# failures never hold the log's room against successful postings, and their
+# eviction depends only on the sequence of calls: replay-identical.
+#
+# Each channel may hold at most its share (permille, from the rules) of the log
+# window and of the failure ring: the last check before a posting (`apply`) is
+# that its channel holds less than its share of the log, and a failure is
+# remembered only if its channel holds less than its share of the ring.
+# Otherwise the answer is CHANNEL_LOG_QUOTA_EXCEEDED, nothing is recorded and
+# the id is not consumed (a retry once records have left may succeed); other
+# channels are not affected. Inside a linked chain failures are never recorded,
+# so only the log's share applies there.
+
+cdef inline bint log_quota_exceeded(State *s, uint8_t channel) noexcept nogil:
+    """The channel holds its share of the log window: a posting of it would pass it."""
+    cdef int64_t permille = s.log_quotas[channel]
+    return (permille != 0
+            and s.channel_live[2 * channel] * 1000 >= permille * <int64_t>(s.log_mask + 1))
+
+
+cdef inline bint failed_quota_exceeded(State *s, uint8_t channel) noexcept nogil:
+    """The channel holds its share of the failure ring: a failure of it would pass it."""
+    cdef int64_t permille = s.log_quotas[channel]
+    return (permille != 0
+            and s.channel_live[2 * channel + 1] * 1000 >= permille * <int64_t>(s.failed_mask + 1))
+
+
+cdef inline void failed_evict_oldest(State *s) noexcept nogil:
+    cdef Transfer *record = failed_at(s, s.failed_tail)
+    transfer_index_delete(s, record.id_lo, record.id_hi, <uint64_t>(s.failed_tail | FAILED_BIT))
+    s.channel_live[2 * record.channel + 1] -= 1
+    s.failed_tail += 1
+
+
+cdef void failed_record(State *s, Transfer *t, uint8_t result, uint64_t timestamp,
+                        int64_t day) noexcept nogil:
+    """Remember a failure that consumed its id; a full ring forgets its oldest first."""
+    cdef Transfer *record
+    if s.failed_count - s.failed_tail == <int64_t>(s.failed_mask + 1):
+        failed_evict_oldest(s)
+    record = failed_at(s, s.failed_count)
+    memcpy(record, t, TRANSFER_SIZE)
+    record.result = result
+    record.timestamp = timestamp
+    record.debit_slot = SLOT_NONE
+    record.credit_slot = SLOT_NONE
+    record.business_day = <uint16_t>day
+    transfer_index_insert(s, t.id_lo, t.id_hi, <uint64_t>(s.failed_count | FAILED_BIT))
+    s.failed_count += 1
+    s.channel_live[2 * t.channel + 1] += 1
 
 
 cdef uint8_t create_transfer_one(
@@ -1002,22 +1100,16 @@ cdef uint8_t create_transfer_one(
             return TR_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
     seq_existing = transfer_find(s, t.id_lo, t.id_hi, id_hash)
     if seq_existing >= 0:
-        result = exists(t, log_at(s, seq_existing))
+        result = exists(t, record_of(s, seq_existing))
         if result == TR_EXISTS:
-            timestamp_out[0] = log_at(s, seq_existing).timestamp
+            timestamp_out[0] = record_of(s, seq_existing).timestamp
         return result
     result = apply(s, t, timestamp, day, debit_slot, credit_slot, chain)
     if result != TR_OK:
-        if chain == NULL:
-            record = log_at(s, s.log_count)
-            memcpy(record, t, TRANSFER_SIZE)
-            record.result = result
-            record.timestamp = timestamp
-            record.debit_slot = SLOT_NONE
-            record.credit_slot = SLOT_NONE
-            record.business_day = <uint16_t>day
-            transfer_index_insert(s, t.id_lo, t.id_hi, <uint64_t>s.log_count)
-            s.log_count += 1
+        if chain == NULL and result != TR_CHANNEL_LOG_QUOTA_EXCEEDED:
+            if failed_quota_exceeded(s, t.channel):
+                return TR_CHANNEL_LOG_QUOTA_EXCEEDED
+            failed_record(s, t, result, timestamp, day)
         return result
     record = log_at(s, s.log_count - 1)
     timestamp_out[0] = timestamp
@@ -1145,10 +1237,10 @@ cdef int64_t create_transfers_run(
 def create_transfers(
     const unsigned char[::1] batch, uint64_t timestamp_first, int64_t business_day,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
     unsigned char[::1] results, unsigned char[::1] timestamps, unsigned char[::1] balances,
 ):
     """Expire due holds, then validate and post one batch. Returns the count of `ok`."""
@@ -1157,8 +1249,8 @@ def create_transfers(
     cdef Pipeline p
     cdef Chain chain
     cdef int64_t ok = 0
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     if batch.shape[0] % TRANSFER_SIZE != 0:
         raise ValueError("batch size must be a multiple of TRANSFER_SIZE")
     if results.shape[0] < count or timestamps.shape[0] < count * 8 or balances.shape[0] < count * 16:
@@ -1213,16 +1305,16 @@ def create_transfers(
 def expire_pending(
     uint64_t now_ns, int64_t business_day,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Release every pending transfer whose timeout has passed at `now_ns`."""
     cdef State s
     cdef int64_t expired
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     if business_day < s.last_day or business_day > 0xFFFF:
         raise ValueError(f"business_day {business_day} before {s.last_day} or out of range")
     with nogil:
@@ -1235,24 +1327,47 @@ def expire_pending(
 def evict(
     uint64_t before_ns, int64_t count_max,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Forget the oldest transfers older than `before_ns`; stops at one still pending."""
     cdef State s
     cdef int64_t evicted = 0
     cdef Transfer *record
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     with nogil:
         while evicted < count_max and s.log_tail < s.log_count:
             record = log_at(&s, s.log_tail)
             if record.timestamp >= before_ns or record.state == STATE_PENDING:
                 break
             transfer_index_delete(&s, record.id_lo, record.id_hi, <uint64_t>s.log_tail)
+            s.channel_live[2 * record.channel] -= 1
             s.log_tail += 1
+            evicted += 1
+    state_store(&s, meta)
+    return evicted
+
+
+def evict_failed(
+    uint64_t before_ns, int64_t count_max,
+    unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
+):
+    """Forget the oldest failures older than `before_ns` (the failure retention)."""
+    cdef State s
+    cdef int64_t evicted = 0
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+    with nogil:
+        while (evicted < count_max and s.failed_tail < s.failed_count
+               and failed_at(&s, s.failed_tail).timestamp < before_ns):
+            failed_evict_oldest(&s)
             evicted += 1
     state_store(&s, meta)
     return evicted
@@ -1341,18 +1456,19 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
 def create_accounts(
     const unsigned char[::1] batch,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta, unsigned char[::1] results,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
+    unsigned char[::1] results,
 ):
     """Create a batch of accounts. Returns the count of `ok`."""
     cdef State s
     cdef int64_t count = batch.shape[0] // ACCOUNT_SIZE
     cdef int64_t i, ok = 0
     cdef AccountInput *inputs
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     if batch.shape[0] % ACCOUNT_SIZE != 0:
         raise ValueError("batch size must be a multiple of ACCOUNT_SIZE")
     if results.shape[0] < count:
@@ -1376,17 +1492,17 @@ def create_accounts(
 def update_account(
     uint64_t id_lo, uint64_t id_hi, int status, int flags,
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Change status (freeze, unfreeze, close) and flags of one account."""
     cdef State s
     cdef uint32_t slot
     cdef Account *account
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     slot = account_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
     if slot == SLOT_NONE:
         return UR_ACCOUNT_NOT_FOUND
@@ -1435,11 +1551,15 @@ def account_slot(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] accoun
 
 
 def transfer_seq(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] transfer_index,
-                 const unsigned char[::1] log, int64_t[::1] meta):
-    """Log sequence number of a transfer id, or -1."""
+                 const unsigned char[::1] log, const unsigned char[::1] failed, int64_t[::1] meta):
+    """Log sequence number of a transfer id (a failure ring seq | FAILED_BIT), or -1."""
     cdef State s
     s.transfer_index_mask = <uint64_t>meta[META_TRANSFER_INDEX_MASK]
     s.log_mask = <uint64_t>meta[META_LOG_MASK]
+    s.failed_mask = <uint64_t>meta[META_FAILED_MASK]
+    if failed.shape[0] != <int64_t>(s.failed_mask + 1) * TRANSFER_SIZE:
+        raise ValueError("failure ring size must be (mask + 1) * TRANSFER_SIZE")
+    s.failed = <Transfer *>&failed[0]
     if transfer_index.shape[0] != <int64_t>(s.transfer_index_mask + 1) * INDEX_ENTRY_SIZE or s.transfer_index_mask < 3:
         raise ValueError("transfer index size must be (mask + 1) * INDEX_ENTRY_SIZE, at least 4 entries")
     if log.shape[0] != <int64_t>(s.log_mask + 1) * TRANSFER_SIZE:
@@ -1451,35 +1571,46 @@ def transfer_seq(uint64_t id_lo, uint64_t id_hi, const unsigned char[::1] transf
 
 def rebuild_indexes(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
-    unsigned char[::1] log, unsigned char[::1] transfer_index, unsigned char[::1] heap,
-    unsigned char[::1] channel_counters, unsigned char[::1] dirty,
-    const unsigned char[::1] products,
-    const unsigned char[::1] channels, int64_t[::1] meta,
+    unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
+    unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
+    unsigned char[::1] dirty, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Rebuild the account index, transfer index and expiry heap from restored tables.
 
     For a ledger restored from a snapshot: the accounts (slots 0..account_count),
     the pending table and the log window (log_tail..log_count) are in place,
-    the indexes and the heap empty. Inserts slots in order, ids in seq order and
-    every live hold with a timeout, exactly as posting them did.
+    and the failure window (failed_tail..failed_count) are in place, the
+    indexes and the heap empty. Inserts slots in order, ids in seq order (the
+    log's, then the failure ring's) and every live hold with a timeout, exactly
+    as posting them did, and counts each channel's records.
     """
     cdef State s
     cdef int64_t slot, seq
     cdef Transfer *record
-    state_load(&s, accounts, pending, account_index, log, transfer_index, heap,
-               channel_counters, dirty, products, channels, meta)
+    state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
+               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
     if s.transfer_index_count != 0 or s.heap_size != 0:
         raise ValueError("rebuild_indexes needs empty indexes")
+    if (s.failed_count - s.failed_tail > <int64_t>(s.failed_mask + 1)
+            or s.failed_tail > s.failed_count):
+        raise ValueError("failure window larger than the failure ring")
     if (s.account_count) * 2 > <int64_t>(s.account_index_mask + 1):
         raise ValueError("account index would pass 50% load")
     with nogil:
         for slot in range(s.account_count):
             account_index_insert(&s, <uint32_t>slot, hash_id(s.accounts[slot].id_lo, s.accounts[slot].id_hi))
+        memset(s.channel_live, 0, CHANNEL_COUNT * CHANNEL_LIVE_SIZE)
         for seq in range(s.log_tail, s.log_count):
             record = log_at(&s, seq)
             transfer_index_insert(&s, record.id_lo, record.id_hi, <uint64_t>seq)
+            s.channel_live[2 * record.channel] += 1
             if record.state == STATE_PENDING and record.timeout_s != 0:
                 heap_push(&s, record.timestamp + <uint64_t>record.timeout_s * NS_PER_S, <uint64_t>seq)
+        for seq in range(s.failed_tail, s.failed_count):
+            record = failed_at(&s, seq)
+            transfer_index_insert(&s, record.id_lo, record.id_hi, <uint64_t>(seq | FAILED_BIT))
+            s.channel_live[2 * record.channel + 1] += 1
     state_store(&s, meta)
     return s.transfer_index_count
 
@@ -1642,6 +1773,7 @@ TRANSFER_RESULTS = {name: value for name, value in {
     "EXCEEDS_DAILY_OUTFLOW": TR_EXCEEDS_DAILY_OUTFLOW, "EXCEEDS_YEARLY_OUTFLOW": TR_EXCEEDS_YEARLY_OUTFLOW,
     "EXCEEDS_DAILY_INFLOW": TR_EXCEEDS_DAILY_INFLOW, "EXCEEDS_YEARLY_INFLOW": TR_EXCEEDS_YEARLY_INFLOW,
     "EXCEEDS_BALANCE_CAP": TR_EXCEEDS_BALANCE_CAP,
+    "CHANNEL_LOG_QUOTA_EXCEEDED": TR_CHANNEL_LOG_QUOTA_EXCEEDED,
 }.items()}
 
 ACCOUNT_RESULTS = {

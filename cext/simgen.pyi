@@ -200,6 +200,9 @@ def scan_log(
     sample_totals: Buffer,
     last_timestamp: int,
 ) -> tuple[int, int, int, int, int]: ...
+def scan_failed(
+    failed_table: Buffer, meta: Buffer, from_seq: int, seen: Buffer
+) -> tuple[int, int, int]: ...
 def verify_acked(
     ack_result: Buffer, seen: Buffer, first: int, end: int, list_max: int
 ) -> tuple[int, int, int, list[int], list[int]]: ...

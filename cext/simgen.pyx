@@ -45,6 +45,9 @@ from cext.ledger_kernel cimport (
     KIND_LOAN,
     META_ACCOUNT_COUNT,
     META_LAST_DAY,
+    META_FAILED_COUNT,
+    META_FAILED_MASK,
+    META_FAILED_TAIL,
     META_LOG_COUNT,
     META_LOG_MASK,
     META_LOG_TAIL,
@@ -1029,6 +1032,43 @@ def scan_log(const unsigned char[::1] log_table, const int64_t[::1] meta, int64_
                         totals[0] = r.business_day
                     totals[2] += r.amount_posted
     return (count, duplicates, violations, <int64_t>last, scanned)
+
+
+def scan_failed(const unsigned char[::1] failed_table, const int64_t[::1] meta, int64_t from_seq,
+                uint8_t[::1] seen):
+    """Read one data center's failure ring records [from_seq, failed_count) once.
+
+    Failed transfers that consumed their id live in the ledger's failure ring,
+    not in the log; for each request record `seen[seq]` becomes result + 1 (a
+    second record of the same request is a duplicate). Call it as often as the
+    log's scan: a ring that turned over before it was read raises.
+
+    Returns (next from_seq, duplicates, records scanned).
+    """
+    cdef int64_t tail = meta[META_FAILED_TAIL]
+    cdef int64_t count = meta[META_FAILED_COUNT]
+    cdef uint64_t mask = <uint64_t>meta[META_FAILED_MASK]
+    cdef const Transfer *records = <const Transfer *>&failed_table[0]
+    cdef const Transfer *r
+    cdef int64_t seq, request
+    cdef int64_t duplicates = 0, scanned = 0
+    cdef int64_t limit = seen.shape[0]
+    if from_seq < tail:
+        raise ValueError(f"failure records {from_seq}..{tail} were forgotten before they were read")
+    if failed_table.shape[0] != <int64_t>(mask + 1) * TRANSFER_SIZE:
+        raise ValueError("failure ring size does not match its mask")
+    with nogil:
+        for seq in range(from_seq, count):
+            r = &records[<uint64_t>seq & mask]
+            scanned += 1
+            if r.id_hi == C_REQUEST_ID_HI and r.id_lo >= 1:
+                request = <int64_t>r.id_lo - 1
+                if request < limit:
+                    if seen[request] != 0:
+                        duplicates += 1
+                    else:
+                        seen[request] = <uint8_t>(r.result + 1)
+    return (count, duplicates, scanned)
 
 
 cdef inline bint ack_matches(uint8_t acked, uint8_t seen) noexcept nogil:

@@ -42,6 +42,17 @@ that are not durable, so it is never restarted: the owner (the services'
 lifecycle) opens the store again and builds a new engine from what is
 durable.
 
+The transfer log and the failure ring (failed transfers that consumed their
+id) are evicted by journaled EVICT and EVICT_FAILED entries the engine puts
+before a transfers entry: when the log would pass 90% of its capacity, and at
+most once a second (`EVICT_INTERVAL_NS`) for what is older than the retention
+(`retention_s` for the log, `failed_retention_s` for failures). So the log
+holds what the retention asks and no more, and a channel's quota of it
+(`log_share_permille`, enforced by the kernel) counts only what a retry may
+still ask for; failures never hold the log's room, and one channel's burst
+never fills the log for the others: EngineFull (503 for a whole batch) is left
+for a log that the channels together fill within the retention.
+
 The ledger state is a pure function of the sequence of entries given to the
 store: replaying them (core/replay.py) rebuilds it byte for byte. Timestamps
 come from the injected clock, forced strictly increasing; the business day of
@@ -85,6 +96,7 @@ BATCH_SIZE_MAX = 8189
 INLINE_APPLY_COUNT_MAX = 256  # transfers (or accounts) a group may have to be applied on the loop
 LINGER_IDLE_PASSES = 2  # event-loop passes with no new request that end a linger
 NS_PER_S = 1_000_000_000
+EVICT_INTERVAL_NS = NS_PER_S  # how often transfers older than the retention are evicted
 
 
 class Clock(Protocol):
@@ -297,6 +309,7 @@ class Engine:
         batch_size_max: int = BATCH_SIZE_MAX,
         linger_s: float = 0.001,
         retention_s: float = 86_400.0,
+        failed_retention_s: float = 900.0,
         expire_interval_s: float = 1.0,
         write_rules: bool = True,
         state: dict[bytes, bytes] | None = None,
@@ -322,6 +335,8 @@ class Engine:
         self.batch_size_max = batch_size_max
         self.linger_s = linger_s
         self.retention_ns = int(retention_s * NS_PER_S)
+        self.failed_retention_ns = int(failed_retention_s * NS_PER_S)
+        self._evict_due_ns = 0  # the first transfers entry from then on evicts by age
         self.expire_interval_s = expire_interval_s
         self.metrics = EngineMetrics()
         self.timestamp_last = 0
@@ -472,7 +487,8 @@ class Engine:
     def _rules_entry(self) -> Entry:
         products = bytes(self.rules.product_table())
         channels = bytes(self.rules.channel_table())
-        payload = RULES_HEADER.pack(len(products)) + products + channels
+        quotas = bytes(self.rules.log_quota_table())
+        payload = RULES_HEADER.pack(len(products)) + products + channels + quotas
         return self._entry(EntryKind.SET_RULES, 1, payload, timestamps=1)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -624,6 +640,10 @@ class Engine:
         for entry in entries:
             if entry.kind not in _INLINE_KINDS:
                 return False
+            if entry.kind == EntryKind.CREATE_TRANSFERS and entry.timestamp_first >= (
+                self._evict_due_ns
+            ):
+                return False  # an eviction by age may be due: not on the loop
             count += entry.count
         if count > INLINE_APPLY_COUNT_MAX:
             return False
@@ -652,8 +672,7 @@ class Engine:
         state = self.state
         for entry in entries:
             if entry.kind == EntryKind.CREATE_TRANSFERS:
-                evict = self._evict_entry(entry)
-                if evict is not None:
+                for evict in self._evict_entries(entry):
                     apply_entry(self.ledger, evict)
                     applied.append(evict)
                     captures.append(capture(self.ledger, evict))
@@ -668,17 +687,38 @@ class Engine:
             captures.append(capture(self.ledger, entry))
         return applied, outcomes, captures
 
-    def _evict_entry(self, transfers: Entry) -> Entry | None:
-        """An EVICT entry when the log window would pass 90% of its capacity."""
+    def _evict_entries(self, transfers: Entry) -> list[Entry]:
+        """The evictions to journal before `transfers`: an EVICT entry when the log window
+        would pass 90% of its capacity (down to 80%, of what is past the retention), and
+        once every EVICT_INTERVAL_NS an EVICT of all that is past the retention and an
+        EVICT_FAILED of the failures past the failure retention (each only if there is
+        one: a quiet ledger journals nothing)."""
         ledger = self.ledger
         window = ledger.log_count - ledger.log_tail
         capacity = ledger.transfer_capacity
-        if window + transfers.count <= capacity * 9 // 10:
-            return None
-        needed = window + transfers.count - capacity * 8 // 10
-        before_ns = max(0, transfers.timestamp_first - self.retention_ns)
-        payload = EVICT_PAYLOAD.pack(before_ns, needed)
-        return Entry(EntryKind.EVICT, transfers.timestamp_first, transfers.business_day, 0, payload)
+        now_ns = transfers.timestamp_first
+        before_ns = max(0, now_ns - self.retention_ns)
+        evictions: list[Entry] = []
+        needed = 0
+        if window + transfers.count > capacity * 9 // 10:
+            needed = window + transfers.count - capacity * 8 // 10
+        due = now_ns >= self._evict_due_ns
+        if due:
+            self._evict_due_ns = now_ns + EVICT_INTERVAL_NS
+            if needed == 0 and 0 < ledger.log_timestamp_oldest() < before_ns:
+                needed = window
+        if needed:
+            payload = EVICT_PAYLOAD.pack(before_ns, needed)
+            evictions.append(Entry(EntryKind.EVICT, now_ns, transfers.business_day, 0, payload))
+        if due:
+            failed_before_ns = max(0, now_ns - self.failed_retention_ns)
+            if 0 < ledger.failed_timestamp_oldest() < failed_before_ns:
+                failed_window = ledger.failed_count - ledger.failed_tail
+                payload = EVICT_PAYLOAD.pack(failed_before_ns, failed_window)
+                evictions.append(
+                    Entry(EntryKind.EVICT_FAILED, now_ns, transfers.business_day, 0, payload)
+                )
+        return evictions
 
     def _distribute(self, requests: list[Request], outcomes: list[Any]) -> None:
         """Give every request its slice of its entry's outcome (released once durable)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
+from ledger.state import LOG_QUOTA_TABLE_SIZE
 from ledger.types import ACCOUNT_SIZE, CHANNEL_COUNT, CHANNEL_SIZE, TRANSFER_SIZE, join_id
 
 
@@ -28,11 +29,14 @@ class EntryKind(enum.IntEnum):
     SET_RULES = 5
     EVICT = 6
     PUT_STATE = 7
+    EVICT_FAILED = 8  # forget failures older than the failure retention (the failure ring)
 
 
 UPDATE_ACCOUNT_PAYLOAD = struct.Struct("<QQBH13x")  # id_lo, id_hi, status, flags (32 bytes)
-EVICT_PAYLOAD = struct.Struct("<Qq")  # before_ns, count_max
-RULES_HEADER = struct.Struct("<I")  # product table size, then products, then channels
+EVICT_PAYLOAD = struct.Struct("<Qq")  # before_ns, count_max (EVICT and EVICT_FAILED)
+# Product table size, then products, then channels, then (since the log quotas; absent
+# in rules journaled before them: no quotas) the log quota table.
+RULES_HEADER = struct.Struct("<I")
 # A PUT_STATE change: key size, value size (STATE_DELETE: the key is deleted, no value),
 # then the key and the value; `count` changes back to back.
 STATE_CHANGE_HEADER = struct.Struct("<II")
@@ -66,8 +70,9 @@ class Entry:
             assert self.count == 0 and not self.payload
         elif self.kind == EntryKind.SET_RULES:
             (products_size,) = RULES_HEADER.unpack_from(self.payload)
-            assert len(self.payload) == 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
-        elif self.kind == EntryKind.EVICT:
+            tables_size = 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
+            assert len(self.payload) in (tables_size, tables_size + LOG_QUOTA_TABLE_SIZE)
+        elif self.kind in (EntryKind.EVICT, EntryKind.EVICT_FAILED):
             assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
         elif self.kind == EntryKind.PUT_STATE:
             assert self.count >= 1 and len(decode_state_changes(self.payload)) == self.count
@@ -149,11 +154,15 @@ def apply_entry(
         return ledger.expire_pending(entry.timestamp_first, entry.business_day)
     if entry.kind == EntryKind.SET_RULES:
         (products_size,) = RULES_HEADER.unpack_from(entry.payload)
+        channels_end = 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
         products = entry.payload[4 : 4 + products_size]
-        channels = entry.payload[4 + products_size :]
-        ledger.set_rules(products, channels)
+        channels = entry.payload[4 + products_size : channels_end]
+        ledger.set_rules(products, channels, entry.payload[channels_end:])
         return None
     if entry.kind == EntryKind.EVICT:
         before_ns, count_max = EVICT_PAYLOAD.unpack(entry.payload)
         return ledger.evict(before_ns, count_max)
+    if entry.kind == EntryKind.EVICT_FAILED:
+        before_ns, count_max = EVICT_PAYLOAD.unpack(entry.payload)
+        return ledger.evict_failed(before_ns, count_max)
     raise AssertionError(f"unknown entry kind {entry.kind}")

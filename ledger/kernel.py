@@ -1,6 +1,10 @@
 """The ledger on the Cython kernels: owns the packed tables, calls `cext.ledger_kernel`.
 
-Same interface as `ledger.reference.ReferenceLedger`. The tables are anonymous
+Same interface as `ledger.reference.ReferenceLedger`. Successful transfers
+live in the log ring (evicted by the engine's retention), failed ones that
+consumed their id in the failure ring, a quarter of the log's size, which
+forgets its oldest failure when full (see the kernel's "failure ring and log
+quotas" section); each channel holds at most its quota of both. The tables are anonymous
 `mmap`s sized once at construction: the kernel zero-fills their pages lazily,
 so capacity that is never touched costs address space, not memory (a
 `bytearray(n)` would memset all of it). The kernels check their sizes once
@@ -18,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from cext import ledger_kernel as kernel
 from cext import simgen
 from ledger.state import (
+    LOG_QUOTA_TABLE_SIZE,
     META_ACCOUNT_CAPACITY,
     META_ACCOUNT_COUNT,
     META_ACCOUNT_INDEX_MASK,
@@ -25,6 +30,9 @@ from ledger.state import (
     META_CHANNEL_MASK,
     META_CHANNEL_TABLE_FULL,
     META_DIRTY_ENABLED,
+    META_FAILED_COUNT,
+    META_FAILED_MASK,
+    META_FAILED_TAIL,
     META_HEAP_CAPACITY,
     META_HEAP_SIZE,
     META_LAST_DAY,
@@ -48,6 +56,7 @@ from ledger.state import (
 from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
+    CHANNEL_LIVE_SIZE,
     CHANNEL_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
@@ -102,7 +111,10 @@ class KernelLedger(MetaScalars):
         log_size = power_of_two_at_least(transfer_capacity)
         self.transfer_capacity = log_size
         account_index_size = power_of_two_at_least(max(16, 2 * account_capacity))
-        transfer_index_size = power_of_two_at_least(max(16, 2 * log_size))
+        failed_size = failed_ring_size(log_size)
+        self.failed_size = failed_size
+        # Under 50% load with the log and the failure ring both full.
+        transfer_index_size = power_of_two_at_least(max(16, 2 * (log_size + failed_size)))
         channel_size = power_of_two_at_least(
             channel_counter_capacity or max(1024, account_capacity)
         )
@@ -110,6 +122,8 @@ class KernelLedger(MetaScalars):
         self.pending = zeroed(account_capacity * PENDING_SIZE)
         self.account_index = zeroed(account_index_size * 4)
         self.log = zeroed(log_size * TRANSFER_SIZE)
+        self.failed = zeroed(failed_size * TRANSFER_SIZE)
+        self.channel_live = zeroed(CHANNEL_COUNT * CHANNEL_LIVE_SIZE)
         self.transfer_index = zeroed(transfer_index_size * INDEX_ENTRY_SIZE)
         self.heap = zeroed(log_size * HEAP_ENTRY_SIZE)
         self.channel_counters = zeroed(channel_size * CHANNEL_ENTRY_SIZE)
@@ -118,12 +132,14 @@ class KernelLedger(MetaScalars):
         self.dirty = zeroed(log_size * 8 + account_capacity * 5)
         self.products = bytearray(PRODUCT_SIZE)
         self.channels = bytearray(CHANNEL_COUNT * CHANNEL_SIZE)
+        self.log_quotas = bytearray(LOG_QUOTA_TABLE_SIZE)
         self.meta = array("q", [0] * META_SIZE)
         self.meta[META_ACCOUNT_CAPACITY] = account_capacity
         self.meta[META_ACCOUNT_INDEX_MASK] = account_index_size - 1
         # slot + 1 must fit below the tag bits: capacity < 2**slot_bits.
         self.meta[META_ACCOUNT_SLOT_BITS] = min(32, max(1, account_capacity.bit_length()))
         self.meta[META_LOG_MASK] = log_size - 1
+        self.meta[META_FAILED_MASK] = failed_size - 1
         self.meta[META_TRANSFER_INDEX_MASK] = transfer_index_size - 1
         self.meta[META_HEAP_CAPACITY] = log_size
         self.meta[META_CHANNEL_MASK] = channel_size - 1
@@ -136,7 +152,7 @@ class KernelLedger(MetaScalars):
         kernel zeroing a fresh page; the account table and its index are
         backed as accounts are created.
         """
-        for table in (self.log, self.transfer_index, self.heap, self.channel_counters):
+        for table in (self.log, self.failed, self.transfer_index, self.heap, self.channel_counters):
             view = memoryview(table)
             for offset in range(0, len(table), mmap.PAGESIZE):
                 view[offset] = view[offset]
@@ -175,6 +191,9 @@ class KernelLedger(MetaScalars):
         mmap.mmap,
         mmap.mmap,
         mmap.mmap,
+        mmap.mmap,
+        mmap.mmap,
+        bytearray,
         bytearray,
         bytearray,
         array[int],
@@ -184,22 +203,34 @@ class KernelLedger(MetaScalars):
             self.pending,
             self.account_index,
             self.log,
+            self.failed,
             self.transfer_index,
             self.heap,
             self.channel_counters,
+            self.channel_live,
             self.dirty,
             self.products,
             self.channels,
+            self.log_quotas,
             self.meta,
         )
 
     # --- rules ----------------------------------------------------------------
 
-    def set_rules(self, product_table: bytes | bytearray, channel_table: bytes | bytearray) -> None:
+    def set_rules(
+        self,
+        product_table: bytes | bytearray,
+        channel_table: bytes | bytearray,
+        log_quota_table: bytes | bytearray = b"",
+    ) -> None:
+        """Install the rule tables; no `log_quota_table` (rules journaled before there were
+        log quotas) means no channel has a quota."""
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
         assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
+        assert len(log_quota_table) in (0, LOG_QUOTA_TABLE_SIZE)
         self.products = bytearray(product_table)
         self.channels = bytearray(channel_table)
+        self.log_quotas = bytearray(log_quota_table or bytes(LOG_QUOTA_TABLE_SIZE))
         self.meta[META_PRODUCT_COUNT] = len(product_table) // PRODUCT_SIZE
 
     # --- accounts -------------------------------------------------------------
@@ -254,7 +285,17 @@ class KernelLedger(MetaScalars):
     def evict(self, before_ns: int, count_max: int) -> int:
         return int(kernel.evict(before_ns, count_max, *self._tables()))
 
+    def evict_failed(self, before_ns: int, count_max: int) -> int:
+        """Forget the oldest failures older than `before_ns` (the failure retention)."""
+        return int(kernel.evict_failed(before_ns, count_max, *self._tables()))
+
     # --- reads ----------------------------------------------------------------
+
+    def log_timestamp_oldest(self) -> int:
+        """The oldest transfer's timestamp in the log window (0 when it is empty)."""
+        if self.log_count == self.log_tail:
+            return 0
+        return int(struct.unpack_from("<Q", self.record_at(self.log_tail), 72)[0])
 
     def timestamp_last(self) -> int:
         """The newest transfer's timestamp (0 when the log window is empty)."""
@@ -265,6 +306,27 @@ class KernelLedger(MetaScalars):
     @property
     def heap_size(self) -> int:
         return int(self.meta[META_HEAP_SIZE])
+
+    @property
+    def failed_tail(self) -> int:
+        return int(self.meta[META_FAILED_TAIL])
+
+    @property
+    def failed_count(self) -> int:
+        return int(self.meta[META_FAILED_COUNT])
+
+    def failed_timestamp_oldest(self) -> int:
+        """The oldest remembered failure's timestamp (0 when the failure ring is empty)."""
+        tail = int(self.meta[META_FAILED_TAIL])
+        if tail == self.meta[META_FAILED_COUNT]:
+            return 0
+        offset = (tail & int(self.meta[META_FAILED_MASK])) * TRANSFER_SIZE + 72
+        return int(struct.unpack_from("<Q", self.failed, offset)[0])
+
+    def channel_records(self, channel: int) -> tuple[int, int]:
+        """(records in the log window, records in the failure ring) of `channel`."""
+        log_count, failed_count = struct.unpack_from("<qq", self.channel_live, 16 * channel)
+        return int(log_count), int(failed_count)
 
     @property
     def pending_expiry_count(self) -> int:
@@ -337,9 +399,20 @@ class KernelLedger(MetaScalars):
 
     def lookup_transfer(self, transfer_id: int) -> bytes | None:
         seq = int(
-            kernel.transfer_seq(*split_id(transfer_id), self.transfer_index, self.log, self.meta)
+            kernel.transfer_seq(
+                *split_id(transfer_id), self.transfer_index, self.log, self.failed, self.meta
+            )
         )
-        return None if seq < 0 else self.record_at(seq)
+        if seq < 0:
+            return None
+        if seq & FAILED_BIT:
+            return self.failed_record_at(seq & ~FAILED_BIT)
+        return self.record_at(seq)
+
+    def failed_record_at(self, seq: int) -> bytes:
+        """The 128-byte record of failure `seq` (which must be in the failure window)."""
+        offset = (seq & int(self.meta[META_FAILED_MASK])) * TRANSFER_SIZE
+        return bytes(self.failed[offset : offset + TRANSFER_SIZE])
 
     def account_history(
         self, account_id: int, before_seq: int = -1, limit: int = 50
@@ -367,14 +440,18 @@ class KernelLedger(MetaScalars):
         yield from self._log_slices(self.log_tail, self.log_count)
         for slot, channel, used in self.channels_live():
             yield struct.pack("<IBq", slot, channel, used)
+        if self.failed_count:  # a state from before the failure ring digests as it did
+            yield struct.pack("<qq", self.failed_tail, self.failed_count)
+            yield from self._failed_slices(self.failed_tail, self.failed_count)
 
     def channels_live(self) -> list[tuple[int, int, int]]:
         """(slot, channel, used) of today's non-zero channel counters, sorted."""
         return list(kernel.channel_entries_live(self.channel_counters, self.last_day))
 
-    def _log_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
-        """Byte ranges of the log records of seqs start..stop-1, in seq order (at most two)."""
-        size = self.transfer_capacity
+    def _log_ranges(self, start: int, stop: int, size: int = 0) -> list[tuple[int, int]]:
+        """Byte ranges of the log records of seqs start..stop-1, in seq order (at most two);
+        `size`: of the ring of that many records instead (the failure ring)."""
+        size = size or self.transfer_capacity
         ranges = []
         while start < stop:
             index = start % size
@@ -386,6 +463,10 @@ class KernelLedger(MetaScalars):
     def _log_slices(self, start: int, stop: int) -> list[memoryview]:
         view = memoryview(self.log)
         return [view[begin:end] for begin, end in self._log_ranges(start, stop)]
+
+    def _failed_slices(self, start: int, stop: int) -> list[memoryview]:
+        view = memoryview(self.failed)
+        return [view[begin:end] for begin, end in self._log_ranges(start, stop, self.failed_size)]
 
     def digest(self) -> str:
         hasher = hashlib.sha256()
@@ -404,6 +485,8 @@ class KernelLedger(MetaScalars):
         """Byte ranges of the live part of `table` (see `Extent`)."""
         if table.extent is Extent.LOG_WINDOW:
             return self._log_ranges(self.log_tail, self.log_count)
+        if table.extent is Extent.FAILED_WINDOW:
+            return self._log_ranges(self.failed_tail, self.failed_count, self.failed_size)
         if table.extent is Extent.ACCOUNTS:
             return [(0, self.account_count * table.row_size)]
         if table.extent is Extent.HEAP:
@@ -424,6 +507,7 @@ class KernelLedger(MetaScalars):
             "meta": [self.meta.tobytes()],
             "products": [self.products],
             "channels": [self.channels],
+            "quotas": [self.log_quotas],
         }
         for table in TABLES:
             if table.stored:
@@ -442,8 +526,10 @@ class KernelLedger(MetaScalars):
         the rebuilt ledger's digest is not the one recorded.
         """
         ledger = cls(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
-        state.check_capacity(account_capacity, ledger.transfer_capacity)
-        ledger.set_rules(state.section("products"), state.section("channels"))
+        state.check_capacity(account_capacity, ledger.transfer_capacity, ledger.failed_size)
+        ledger.set_rules(
+            state.section("products"), state.section("channels"), state.section("quotas")
+        )
         count = state.account_count
         for table in PER_ACCOUNT_TABLES:
             ledger.table(table)[: count * table.row_size] = state.section(table.name)
@@ -453,9 +539,15 @@ class KernelLedger(MetaScalars):
         for chunk in ledger._log_slices(tail, end):
             chunk[:] = log[position : position + len(chunk)]
             position += len(chunk)
+        failed, position = state.section("failed"), 0
+        for chunk in ledger._failed_slices(state.failed_tail, state.failed_count):
+            chunk[:] = failed[position : position + len(chunk)]
+            position += len(chunk)
         ledger.meta[META_ACCOUNT_COUNT] = count
         ledger.meta[META_LOG_TAIL] = tail
         ledger.meta[META_LOG_COUNT] = end
+        ledger.meta[META_FAILED_TAIL] = state.failed_tail
+        ledger.meta[META_FAILED_COUNT] = state.failed_count
         ledger.meta[META_LAST_DAY] = state.last_day
         ledger.meta[META_CHANNEL_TABLE_FULL] = state.channel_table_full_count
         ledger.rebuild_indexes()  # the kernel inserts slots, ids and live holds, without the GIL
@@ -510,6 +602,7 @@ class KernelLedger(MetaScalars):
                     copied += end - begin
         self.products = bytearray(source.products)
         self.channels = bytearray(source.channels)
+        self.log_quotas = bytearray(source.log_quotas)
         self.meta[:] = source.meta
         return copied
 
@@ -523,6 +616,7 @@ class KernelLedger(MetaScalars):
         hasher = hashlib.sha256()
         count = self.account_count
         hasher.update(struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day))
+        hasher.update(struct.pack("<qq", self.failed_tail, self.failed_count))
         for table in TABLES:
             if table.stored:
                 for chunk in self.live_chunks(table):
@@ -536,7 +630,16 @@ class KernelLedger(MetaScalars):
             hasher.update(memoryview(out)[:written])
         hasher.update(bytes(self.products))
         hasher.update(bytes(self.channels))
+        hasher.update(bytes(self.log_quotas))
         return hasher.hexdigest()
+
+
+FAILED_BIT = 1 << 62  # on the seq of a failure ring record (cext/ledger_kernel.pyx)
+
+
+def failed_ring_size(log_size: int) -> int:
+    """Records of the failure ring beside a log of `log_size` (a power of two): a quarter."""
+    return max(4, log_size // 4)
 
 
 def hash_id(lo: int, hi: int) -> int:

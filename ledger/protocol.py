@@ -50,12 +50,37 @@ class Ledger(Protocol):
         """Holds with a timeout not yet posted, voided or expired (the expiry heap)."""
         ...
 
+    @property
+    def failed_tail(self) -> int:
+        """The oldest seq still in the failure ring (failed transfers that consumed their id)."""
+        ...
+
+    @property
+    def failed_count(self) -> int:
+        """The failure ring's next seq: failures ever recorded there."""
+        ...
+
     def timestamp_last(self) -> int: ...
+
+    def log_timestamp_oldest(self) -> int:
+        """The oldest transfer's timestamp in the log window (0 when it is empty)."""
+        ...
+
+    def failed_timestamp_oldest(self) -> int:
+        """The oldest remembered failure's timestamp (0 when the failure ring is empty)."""
+        ...
+
+    def channel_records(self, channel: int) -> tuple[int, int]:
+        """(records in the log window, records in the failure ring) of `channel`."""
+        ...
 
     # --- writes: one journal entry kind each --------------------------------------
 
     def set_rules(
-        self, product_table: bytes | bytearray, channel_table: bytes | bytearray
+        self,
+        product_table: bytes | bytearray,
+        channel_table: bytes | bytearray,
+        log_quota_table: bytes | bytearray = b"",
     ) -> None: ...
 
     def create_accounts(self, batch: bytes | memoryview) -> bytearray: ...
@@ -69,6 +94,8 @@ class Ledger(Protocol):
     def expire_pending(self, now_ns: int, business_day: int) -> int: ...
 
     def evict(self, before_ns: int, count_max: int) -> int: ...
+
+    def evict_failed(self, before_ns: int, count_max: int) -> int: ...
 
     # --- reads ------------------------------------------------------------------------
 

@@ -5,6 +5,15 @@ It has exactly the kernels' semantics and reads line by line like
 same state, only kept in Python objects and dicts instead of packed arrays.
 It is slow on purpose-free grounds (clarity first) and is selected explicitly
 with `TALLY_KERNEL=reference`, never as a silent fallback.
+
+Successful transfers live in the log (evicted by retention); a failure that
+consumed its id lives in the failure ring (a quarter of the log's size, its
+oldest forgotten when a new one needs the room, or once older than the
+failure retention); each channel may hold at most its quota (permille, from
+the rules) of either: a posting that would pass its share of the log, or a
+failure that would pass its share of the ring, is answered
+CHANNEL_LOG_QUOTA_EXCEEDED, nothing recorded, the id not consumed. As in the
+kernel.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from dataclasses import dataclass, field
 
 from ledger.records import TransferView, account_view, pending_view, transfer_view
 from ledger.state import (
+    LOG_QUOTA_TABLE_SIZE,
     PER_ACCOUNT_TABLES,
     SECTION_NAMES,
     Buffer,
@@ -85,6 +95,16 @@ FLAGS_PENDING_FAMILY = F.PENDING | F.POST_PENDING | F.VOID_PENDING
 KIND_CUSTOMER_MAX = int(AccountKind.LOAN)
 _PRODUCT_ROW = struct.Struct("<8q")
 _CHANNEL_ROW = struct.Struct("<qq")
+FAILED_BIT = 1 << 62  # on the index seq of a failure ring record, as in the kernel
+
+
+def power_of_two_at_least(value: int) -> int:
+    return 1 << max(0, (value - 1).bit_length())
+
+
+def failed_ring_size(log_size: int) -> int:
+    """Records of the failure ring beside a log of `log_size` (a power of two): a quarter."""
+    return max(4, log_size // 4)
 
 
 @dataclass(slots=True)
@@ -218,6 +238,16 @@ class ReferenceLedger:
         self.log: dict[int, Transfer] = {}
         self.log_tail = 0
         self.log_count = 0
+        # The kernel's ring sizes: quotas are shares of these.
+        self.log_size = power_of_two_at_least(transfer_capacity)
+        self.failed_size = failed_ring_size(self.log_size)
+        self.failed: dict[int, Transfer] = {}
+        self.failed_tail = 0
+        self.failed_count = 0
+        # Per channel: records in the log window, records in the failure ring.
+        self.log_live = [0] * CHANNEL_COUNT
+        self.failed_live = [0] * CHANNEL_COUNT
+        self.log_quotas = [0] * CHANNEL_COUNT  # permille; 0 = no quota
         self.transfer_index: dict[int, int] = {}
         self.expiry_heap: list[tuple[int, int]] = []
         self.channel_counters: dict[tuple[int, int], tuple[int, int]] = {}
@@ -227,9 +257,17 @@ class ReferenceLedger:
 
     # --- rules ----------------------------------------------------------------
 
-    def set_rules(self, product_table: bytes | bytearray, channel_table: bytes | bytearray) -> None:
+    def set_rules(
+        self,
+        product_table: bytes | bytearray,
+        channel_table: bytes | bytearray,
+        log_quota_table: bytes | bytearray = b"",
+    ) -> None:
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
         assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
+        assert len(log_quota_table) in (0, LOG_QUOTA_TABLE_SIZE)
+        quotas = log_quota_table or bytes(LOG_QUOTA_TABLE_SIZE)
+        self.log_quotas = list(struct.unpack(f"<{CHANNEL_COUNT}H", quotas))
         self.products = [
             _PRODUCT_ROW.unpack_from(product_table, offset)
             for offset in range(0, len(product_table), PRODUCT_SIZE)
@@ -430,6 +468,7 @@ class ReferenceLedger:
                     self.channel_counters[key] = previous
             seq = self.transfer_index.pop(step.transfer_id)
             assert seq == self.log_count - 1
+            self.log_live[self.log[seq].channel] -= 1
             del self.log[seq]
             self.log_count -= 1
 
@@ -468,21 +507,19 @@ class ReferenceLedger:
                 return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
         seq_existing = self.transfer_index.get(t.id)
         if seq_existing is not None:
-            result = self.exists(t, self.log[seq_existing])
+            result = self.exists(t, self.record_of(seq_existing))
             results[index] = result
             if result == R.EXISTS:
-                timestamps[index] = self.log[seq_existing].timestamp
+                timestamps[index] = self.record_of(seq_existing).timestamp
             return result
         result = self.apply(t, timestamp, day, debit_slot, credit_slot, chain)
         if result != R.OK:
+            if chain is None and result != R.CHANNEL_LOG_QUOTA_EXCEEDED:
+                if self.failed_quota_exceeded(t.channel):
+                    result = R.CHANNEL_LOG_QUOTA_EXCEEDED
+                else:
+                    self.failed_record(t, result, timestamp, day)
             results[index] = result
-            if chain is None:
-                t.result = result
-                t.timestamp = timestamp
-                t.debit_slot = SLOT_NONE
-                t.credit_slot = SLOT_NONE
-                t.business_day = day
-                self.log_append(t)
             return result
         record = self.log[self.log_count - 1]
         debit = self.accounts[record.debit_slot]
@@ -596,7 +633,7 @@ class ReferenceLedger:
             target_seq = self.transfer_index.get(t.pending_id, -1)
             if target_seq < 0:
                 return R.PENDING_TRANSFER_NOT_FOUND
-            target = self.log[target_seq]
+            target = self.record_of(target_seq)
             if target.result != R.OK or not (target.flags & F.PENDING):
                 return R.PENDING_TRANSFER_NOT_PENDING
             if t.debit_account_id != 0 and t.debit_account_id != target.debit_account_id:
@@ -629,7 +666,7 @@ class ReferenceLedger:
             target_seq = self.transfer_index.get(t.pending_id, -1)
             if target_seq < 0:
                 return R.REVERSAL_TARGET_NOT_FOUND
-            target = self.log[target_seq]
+            target = self.record_of(target_seq)
             if (
                 target.result != R.OK
                 or target.code == TransferCode.REVERSAL
@@ -751,6 +788,8 @@ class ReferenceLedger:
             )
             if limits_reference.exceeds_cap(balance_projected, balance_cap, amount):
                 return R.EXCEEDS_BALANCE_CAP
+        if self.log_quota_exceeded(t.channel):
+            return R.CHANNEL_LOG_QUOTA_EXCEEDED
 
         # --- all checks passed: post ------------------------------------------
         if chain is not None:
@@ -860,7 +899,69 @@ class ReferenceLedger:
         self.log[seq] = record
         self.transfer_index[record.id] = seq
         self.log_count += 1
+        self.log_live[record.channel] += 1
         return seq
+
+    # --- the failure ring and the log quotas (the kernel's section of that name) ------
+
+    def record_of(self, seq: int) -> Transfer:
+        """The record an index entry names: a log seq, or a failure ring seq | FAILED_BIT."""
+        if seq & FAILED_BIT:
+            return self.failed[seq & ~FAILED_BIT]
+        return self.log[seq]
+
+    def log_quota_exceeded(self, channel: int) -> bool:
+        """The channel holds its share of the log window: a posting of it would pass it."""
+        permille = self.log_quotas[channel]
+        return permille != 0 and self.log_live[channel] * 1000 >= permille * self.log_size
+
+    def failed_quota_exceeded(self, channel: int) -> bool:
+        """The channel holds its share of the failure ring: a failure of it would pass it."""
+        permille = self.log_quotas[channel]
+        return permille != 0 and self.failed_live[channel] * 1000 >= permille * self.failed_size
+
+    def failed_evict_oldest(self) -> None:
+        record = self.failed.pop(self.failed_tail)
+        seq = self.transfer_index.pop(record.id)
+        assert seq == self.failed_tail | FAILED_BIT
+        self.failed_live[record.channel] -= 1
+        self.failed_tail += 1
+
+    def failed_record(self, t: Transfer, result: int, timestamp: int, day: int) -> None:
+        """Remember a failure that consumed its id; a full ring forgets its oldest first."""
+        if self.failed_count - self.failed_tail == self.failed_size:
+            self.failed_evict_oldest()
+        t.result = result
+        t.timestamp = timestamp
+        t.debit_slot = SLOT_NONE
+        t.credit_slot = SLOT_NONE
+        t.business_day = day
+        self.failed[self.failed_count] = t
+        self.transfer_index[t.id] = self.failed_count | FAILED_BIT
+        self.failed_count += 1
+        self.failed_live[t.channel] += 1
+
+    def evict_failed(self, before_ns: int, count_max: int) -> int:
+        """Forget the oldest failures older than `before_ns` (the failure retention)."""
+        evicted = 0
+        while (
+            evicted < count_max
+            and self.failed_tail < self.failed_count
+            and self.failed[self.failed_tail].timestamp < before_ns
+        ):
+            self.failed_evict_oldest()
+            evicted += 1
+        return evicted
+
+    def failed_timestamp_oldest(self) -> int:
+        """The oldest remembered failure's timestamp (0 when the failure ring is empty)."""
+        if self.failed_tail == self.failed_count:
+            return 0
+        return self.failed[self.failed_tail].timestamp
+
+    def channel_records(self, channel: int) -> tuple[int, int]:
+        """(records in the log window, records in the failure ring) of `channel`."""
+        return self.log_live[channel], self.failed_live[channel]
 
     def expire_pending(self, now_ns: int, business_day: int) -> int:
         """Release every pending transfer whose timeout has passed at `now_ns`."""
@@ -894,6 +995,7 @@ class ReferenceLedger:
                 break
             del self.transfer_index[record.id]
             del self.log[self.log_tail]
+            self.log_live[record.channel] -= 1
             self.log_tail += 1
             evicted += 1
         return evicted
@@ -923,7 +1025,7 @@ class ReferenceLedger:
     def lookup_transfer(self, transfer_id: int) -> bytes | None:
         """The transfer's 128-byte log record, or None."""
         seq = self.transfer_index.get(transfer_id)
-        return None if seq is None else self.log[seq].pack()
+        return None if seq is None else self.record_of(seq).pack()
 
     def account_history(
         self, account_id: int, before_seq: int = -1, limit: int = 50
@@ -957,6 +1059,12 @@ class ReferenceLedger:
     def pending_expiry_count(self) -> int:
         """Holds with a timeout not yet posted, voided or expired (the expiry heap)."""
         return len(self.expiry_heap)
+
+    def log_timestamp_oldest(self) -> int:
+        """The oldest transfer's timestamp in the log window (0 when it is empty)."""
+        if self.log_count == self.log_tail:
+            return 0
+        return self.log[self.log_tail].timestamp
 
     def timestamp_last(self) -> int:
         """The newest transfer's timestamp (0 when the log window is empty)."""
@@ -1000,20 +1108,36 @@ class ReferenceLedger:
             yield self.log[seq].pack()
         for slot, channel, used in self.channels_live():
             yield struct.pack("<IBq", slot, channel, used)
+        if self.failed_count:  # a state from before the failure ring digests as it did
+            yield struct.pack("<qq", self.failed_tail, self.failed_count)
+            for seq in range(self.failed_tail, self.failed_count):
+                yield self.failed[seq].pack()
 
     def dump_state(self) -> LedgerState:
         """The state's sections, byte for byte what `KernelLedger.dump_state` gives."""
         sections: dict[str, Sequence[Buffer]] = {
             "meta": [
-                pack_meta(len(self.accounts), self.log_tail, self.log_count, self.last_day, 0)
+                pack_meta(
+                    len(self.accounts),
+                    self.log_tail,
+                    self.log_count,
+                    self.last_day,
+                    0,
+                    self.failed_tail,
+                    self.failed_count,
+                )
             ],
             "products": [b"".join(_PRODUCT_ROW.pack(*row) for row in self.products)],
             "channels": [b"".join(_CHANNEL_ROW.pack(*row) for row in self.channels)],
+            "quotas": [struct.pack(f"<{CHANNEL_COUNT}H", *self.log_quotas)],
         }
         for table in PER_ACCOUNT_TABLES:
             pack = _ROW_PACKERS[table.name]
             sections[table.name] = [b"".join(pack(account) for account in self.accounts)]
         sections["log"] = [self.log_records(self.log_tail, self.log_count)]
+        sections["failed"] = [
+            b"".join(self.failed[seq].pack() for seq in range(self.failed_tail, self.failed_count))
+        ]
         sections["chanlive"] = [pack_channels_live(self.channels_live())]
         sections["digest"] = [bytes.fromhex(self.digest())]
         assert tuple(sections) == SECTION_NAMES
@@ -1025,8 +1149,10 @@ class ReferenceLedger:
     ) -> ReferenceLedger:
         """A ledger holding `state`, checked against its digest (see KernelLedger.load_state)."""
         ledger = cls(account_capacity=account_capacity, transfer_capacity=transfer_capacity)
-        state.check_capacity(account_capacity, transfer_capacity)
-        ledger.set_rules(state.section("products"), state.section("channels"))
+        state.check_capacity(account_capacity, transfer_capacity, ledger.failed_size)
+        ledger.set_rules(
+            state.section("products"), state.section("channels"), state.section("quotas")
+        )
         accounts, pending = state.section("accounts"), state.section("pending")
         for slot in range(state.account_count):
             ledger.account_index[account_view(accounts, slot * ACCOUNT_SIZE).id] = slot
@@ -1036,10 +1162,19 @@ class ReferenceLedger:
             record = Transfer.unpack(log, index * TRANSFER_SIZE)
             ledger.log[tail + index] = record
             ledger.transfer_index[record.id] = tail + index
+            ledger.log_live[record.channel] += 1
             if record.state == PendingState.PENDING and record.timeout_s:
                 ledger.expiry_heap.append((transfer_expires_at(record), tail + index))
         heapq.heapify(ledger.expiry_heap)
         ledger.log_tail, ledger.log_count = tail, state.log_count
+        failed = state.section("failed")
+        for index in range(state.failed_count - state.failed_tail):
+            record = Transfer.unpack(failed, index * TRANSFER_SIZE)
+            seq = state.failed_tail + index
+            ledger.failed[seq] = record
+            ledger.transfer_index[record.id] = seq | FAILED_BIT
+            ledger.failed_live[record.channel] += 1
+        ledger.failed_tail, ledger.failed_count = state.failed_tail, state.failed_count
         ledger.last_day = state.last_day
         ledger.channel_counters = {
             (slot, channel): (state.last_day, used) for slot, channel, used in state.channels_live()

@@ -11,20 +11,28 @@ by name (recovery skips it as it skips a damaged one, and then needs the
 journal it covered, which pruning may have removed), so a release that
 adds a section must also load the previous layout (the new table zero).
 
-Sections, in file order (their bytes are what snapshot format version 1
-has always stored):
+Sections, in file order:
 
     meta      the scalars below, as the kernel's int64 meta array (META_SIZE values)
     products  the product table          channels  the channel table (4096 bytes)
+    quotas    the log quota table: per channel its share of the log window and of
+              the failure ring in permille, u16 each (512 bytes; 0 = no quota)
     accounts  account_count x 64         pending   account_count x 16
     log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
+    failed    the failure window: records failed_tail..failed_count-1 of the failure
+              ring (failed transfers that consumed their id), 128 bytes each
     chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
               3 zero bytes, i64 used (sorted by slot, channel)
     digest    SHA-256 of the state, equal to `ledger.digest()` when it was dumped
 
-The indexes (account ids, transfer ids), the expiry heap and the channel
-counter hash table are not sections: they are functions of the sections and
-each twin rebuilds them on load.
+The layout before the failure ring and the log quotas (`SECTION_NAMES_BEFORE_QUOTAS`,
+every snapshot written until then) still loads: no quotas and an empty failure ring
+(its failed transfers are in its log window, where the twins still find them).
+
+The indexes (account ids, transfer ids), the expiry heap, the channel
+counter hash table and each channel's count of log and failure records are
+not sections: they are functions of the sections and each twin rebuilds
+them on load.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
+    CHANNEL_LIVE_SIZE,
     CHANNEL_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
@@ -66,6 +75,9 @@ META_DIRTY_ENABLED = 15
 META_DIRTY_ACCOUNT_COUNT = 16
 META_DIRTY_TRANSFER_COUNT = 17
 META_DIRTY_OVERFLOW = 18
+META_FAILED_TAIL = 19
+META_FAILED_COUNT = 20
+META_FAILED_MASK = 21
 META_SIZE = 24
 
 CHANNEL_LIVE = struct.Struct("<IB3xq")
@@ -95,6 +107,14 @@ class MetaScalars:
         return int(self.meta[META_LAST_DAY])
 
     @property
+    def failed_tail(self) -> int:
+        return int(self.meta[META_FAILED_TAIL])
+
+    @property
+    def failed_count(self) -> int:
+        return int(self.meta[META_FAILED_COUNT])
+
+    @property
     def channel_table_full_count(self) -> int:
         return int(self.meta[META_CHANNEL_TABLE_FULL])
 
@@ -104,6 +124,7 @@ class Extent(enum.Enum):
 
     ACCOUNTS = "one row per account: rows 0..account_count-1"
     LOG_WINDOW = "the log ring's records log_tail..log_count-1"
+    FAILED_WINDOW = "the failure ring's records failed_tail..failed_count-1"
     HEAP = "the expiry heap's first heap_size entries"
     WHOLE = "the whole table (hash tables)"
 
@@ -124,9 +145,11 @@ TABLES = (
     Table("pending", PENDING_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
     Table("account_index", 4, Extent.WHOLE, stored=False),
     Table("log", TRANSFER_SIZE, Extent.LOG_WINDOW, stored=True),
+    Table("failed", TRANSFER_SIZE, Extent.FAILED_WINDOW, stored=True),
     Table("transfer_index", 16, Extent.WHOLE, stored=False),
     Table("heap", 16, Extent.HEAP, stored=False),
     Table("channel_counters", 16, Extent.WHOLE, stored=False),
+    Table("channel_live", CHANNEL_LIVE_SIZE, Extent.WHOLE, stored=False),
 )
 PER_ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
 # An account's row as a store keeps it: the per-account tables' rows, concatenated.
@@ -136,12 +159,19 @@ SECTION_NAMES = (
     "meta",
     "products",
     "channels",
+    "quotas",
     *(table.name for table in TABLES if table.stored and table.extent is Extent.ACCOUNTS),
     "log",
+    "failed",
     "chanlive",
     "digest",
 )
 assert all(len(name) <= 8 for name in SECTION_NAMES)  # the snapshot's section name field
+# The sections every snapshot had before the failure ring and the log quotas.
+SECTION_NAMES_BEFORE_QUOTAS = tuple(
+    name for name in SECTION_NAMES if name not in ("quotas", "failed")
+)
+LOG_QUOTA_TABLE_SIZE = CHANNEL_COUNT * 2  # u16 permille a channel
 
 
 class StateError(ValueError):
@@ -178,6 +208,12 @@ class LedgerState(MetaScalars):
     @classmethod
     def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
         """From one buffer a section (read from a file); checks names and sizes."""
+        if tuple(sections) == SECTION_NAMES_BEFORE_QUOTAS:
+            # The previous layout: no quotas, nothing in a failure ring (meta says 0..0).
+            sections = {
+                name: sections.get(name, bytes(LOG_QUOTA_TABLE_SIZE) if name == "quotas" else b"")
+                for name in SECTION_NAMES
+            }
         if tuple(sections) != SECTION_NAMES:
             raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
         state = cls.of({name: [data] for name, data in sections.items()})
@@ -213,6 +249,14 @@ class LedgerState(MetaScalars):
         window = self.log_count - self.log_tail
         if not 0 <= self.log_tail <= self.log_count or self.size("log") != window * TRANSFER_SIZE:
             problems.append(f"log section is {self.size('log')} bytes for {window} transfers")
+        failed_window = self.failed_count - self.failed_tail
+        if (
+            not 0 <= self.failed_tail <= self.failed_count
+            or self.size("failed") != failed_window * TRANSFER_SIZE
+        ):
+            problems.append(f"failed section is {self.size('failed')} bytes for {failed_window}")
+        if self.size("quotas") != LOG_QUOTA_TABLE_SIZE:
+            problems.append(f"quotas section is {self.size('quotas')} bytes")
         products = self.size("products")
         if products < PRODUCT_SIZE or products % PRODUCT_SIZE:
             problems.append(f"products section is {products} bytes")
@@ -223,7 +267,12 @@ class LedgerState(MetaScalars):
         if problems:
             raise StateCorrupt("; ".join(problems))
 
-    def check_capacity(self, account_capacity: int, log_size: int) -> None:
+    def check_capacity(self, account_capacity: int, log_size: int, failed_size: int) -> None:
+        failed_window = self.failed_count - self.failed_tail
+        if failed_window > failed_size:
+            raise StateTooLarge(
+                f"holds {failed_window} failed transfers; the failure ring holds {failed_size}"
+            )
         window = self.log_count - self.log_tail
         if self.account_count > account_capacity:
             raise StateTooLarge(
@@ -236,13 +285,21 @@ class LedgerState(MetaScalars):
 
 
 def pack_meta(
-    account_count: int, log_tail: int, log_count: int, last_day: int, channel_table_full: int
+    account_count: int,
+    log_tail: int,
+    log_count: int,
+    last_day: int,
+    channel_table_full: int,
+    failed_tail: int = 0,
+    failed_count: int = 0,
 ) -> bytes:
     """A meta section holding the scalars a load reads (for a ledger without a meta array)."""
     meta = array("q", [0] * META_SIZE)
     meta[META_ACCOUNT_COUNT] = account_count
     meta[META_LOG_TAIL] = log_tail
     meta[META_LOG_COUNT] = log_count
+    meta[META_FAILED_TAIL] = failed_tail
+    meta[META_FAILED_COUNT] = failed_count
     meta[META_LAST_DAY] = last_day
     meta[META_CHANNEL_TABLE_FULL] = channel_table_full
     return meta.tobytes()

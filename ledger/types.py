@@ -24,6 +24,7 @@ PENDING_SIZE = 16
 PRODUCT_SIZE = 64
 CHANNEL_SIZE = 16
 CHANNEL_COUNT = 256
+CHANNEL_LIVE_SIZE = 16  # per channel: int64 log records, int64 failure ring records
 
 NS_PER_S = 1_000_000_000
 
@@ -137,8 +138,11 @@ class CreateTransferResult(enum.IntEnum):
     Dense and stable: never renumber. Codes below `ID_CONSUMED_FIRST` are
     validation failures: the id is not consumed and a corrected retry may
     succeed. Codes from `PENDING_TRANSFER_NOT_FOUND` on depend on ledger
-    state: the failure is recorded and the id answers `ID_ALREADY_FAILED`
-    forever after (within the retention window). See docs/result-codes.md.
+    state: the failure is recorded (in the failure ring) and the id answers
+    `ID_ALREADY_FAILED` while it is remembered (the failure retention, or
+    until the ring needs its room) -- except `CHANNEL_LOG_QUOTA_EXCEEDED`,
+    a capacity refusal checked before the posting: the id is not consumed
+    (see `id_consumed`). See docs/result-codes.md.
     """
 
     OK = 0
@@ -218,9 +222,20 @@ class CreateTransferResult(enum.IntEnum):
     EXCEEDS_DAILY_INFLOW = 74
     EXCEEDS_YEARLY_INFLOW = 75
     EXCEEDS_BALANCE_CAP = 76
+    # 77..84: the channel caps of the authorization work.
+    # The channel holds its share of the transfer log or of the failure ring:
+    # refused before posting, the id not consumed; retry after Retry-After.
+    CHANNEL_LOG_QUOTA_EXCEEDED = 85
 
 
 ID_CONSUMED_FIRST = CreateTransferResult.PENDING_TRANSFER_NOT_FOUND
+# Codes from ID_CONSUMED_FIRST on that leave the id free all the same.
+CODES_ID_NOT_CONSUMED = frozenset({CreateTransferResult.CHANNEL_LOG_QUOTA_EXCEEDED})
+
+
+def id_consumed(result: int) -> bool:
+    """Whether a transfer that failed with `result` is remembered (ID_ALREADY_FAILED)."""
+    return result >= ID_CONSUMED_FIRST and result not in CODES_ID_NOT_CONSUMED
 
 
 class CreateAccountResult(enum.IntEnum):

@@ -8,9 +8,15 @@ force without anyone noticing), floats are refused for money, and a Class II
 or III cap looser than the PBoC ceiling is refused. Every problem is reported
 at once, each on one line naming the file, the dotted key and the reason.
 
-The kernel reads two packed little-endian tables built from the rules; their
+The kernel reads three packed little-endian tables built from the rules; their
 layouts are contracts with `cext/` and are described on the methods below.
 A cap of 0 in a table means "no cap".
+
+Log quotas: each channel may hold at most `log_share_permille` of the
+transfer log window and of the failure ring (a burst of one channel's
+postings or failures can never fill the log for the others); omitted, the
+default of its kind applies (`LOG_SHARE_PERMILLE_DEFAULTS`). A share is
+1..900: no channel may be allowed the whole log.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ PRODUCT_ROW_SIZE: Final = 64
 CHANNEL_ROW: Final = struct.Struct("<2q")
 CHANNEL_ROW_SIZE: Final = 16
 CHANNEL_ROW_COUNT: Final = CHANNEL_ID_MAX + 1
+LOG_QUOTA_ROW: Final = struct.Struct("<H")  # permille of the log (and failure ring), 0 = none
+LOG_SHARE_PERMILLE_MAX: Final = 900
 assert PRODUCT_ROW.size == PRODUCT_ROW_SIZE
 assert CHANNEL_ROW.size == CHANNEL_ROW_SIZE
 
@@ -87,6 +95,20 @@ class ChannelKind(enum.StrEnum):
     OPEN_API = "open_api"
     INTERNAL = "internal"
 
+
+# A channel's share of the transfer log (and of the failure ring) when its rule
+# says nothing: customer channels a fifth each, the counter, partner banks and
+# ATMs less, the bank's own batch postings half.
+LOG_SHARE_PERMILLE_DEFAULTS: Final[Mapping[ChannelKind, int]] = MappingProxyType(
+    {
+        ChannelKind.WECHAT: 200,
+        ChannelKind.APP: 200,
+        ChannelKind.COUNTER: 100,
+        ChannelKind.ATM: 50,
+        ChannelKind.OPEN_API: 100,
+        ChannelKind.INTERNAL: 500,
+    }
+)
 
 BUCKET_FIELDS: Final = (
     "inflow_daily_minor",
@@ -128,7 +150,13 @@ _PRODUCT_KEYS: Final = (
     "balance_cap_minor",
     *BUCKET_FIELDS,
 )
-_CHANNEL_KEYS: Final = ("id", "kind", "transfer_cap_minor", "daily_cap_minor")
+_CHANNEL_KEYS: Final = (
+    "id",
+    "kind",
+    "transfer_cap_minor",
+    "daily_cap_minor",
+    "log_share_permille",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +218,8 @@ class Channel:
 
     `transfer_cap_minor` bounds one transaction, `daily_cap_minor` the total
     per account per business day on this channel; 0 means "no cap".
+    `log_share_permille` is its quota of the transfer log and of the failure
+    ring; 0 means its kind's default (`LOG_SHARE_PERMILLE_DEFAULTS`).
     """
 
     id: int
@@ -197,12 +227,19 @@ class Channel:
     kind: ChannelKind
     transfer_cap_minor: int = 0
     daily_cap_minor: int = 0
+    log_share_permille: int = 0
 
     def __post_init__(self) -> None:
         assert 1 <= self.id <= CHANNEL_ID_MAX, self.id
         assert isinstance(self.kind, ChannelKind), self.kind
         assert 0 <= self.transfer_cap_minor <= AMOUNT_CAP_MAX_MINOR
         assert 0 <= self.daily_cap_minor <= pboc.COUNTER_LIMIT_MINOR
+        assert 0 <= self.log_share_permille <= LOG_SHARE_PERMILLE_MAX, self.log_share_permille
+
+    @property
+    def log_share_permille_effective(self) -> int:
+        """The quota in force: the rule's, or its kind's default."""
+        return self.log_share_permille or LOG_SHARE_PERMILLE_DEFAULTS[self.kind]
 
     def row(self) -> tuple[int, int]:
         """The channel table row, in the order of the kernel's layout."""
@@ -268,6 +305,21 @@ class RuleSet:
             unpacked = CHANNEL_ROW.unpack_from(table, channel_id * CHANNEL_ROW_SIZE)
             assert unpacked == channel.row(), (channel_id, unpacked)
         assert CHANNEL_ROW.unpack_from(table, 0) == (0, 0)
+        return table
+
+    def log_quota_table(self) -> bytearray:
+        """Pack the log quotas for the kernel.
+
+        Exactly 256 little-endian uint16, entry i for channel id i: its share of
+        the transfer log window and of the failure ring, in permille. Channel 0
+        (unspecified/internal postings) and unused ids have 0: no quota.
+        """
+        table = bytearray(CHANNEL_ROW_COUNT * LOG_QUOTA_ROW.size)
+        for channel_id, channel in self.channels.items():
+            share = channel.log_share_permille_effective
+            assert 1 <= share <= LOG_SHARE_PERMILLE_MAX, (channel_id, share)
+            LOG_QUOTA_ROW.pack_into(table, channel_id * LOG_QUOTA_ROW.size, share)
+        assert LOG_QUOTA_ROW.unpack_from(table, 0) == (0,)
         return table
 
 
@@ -718,16 +770,40 @@ def _parse_channel(
     kind = _parse_kind(table, ChannelKind, prefix, problems)
     transfer_cap = _read_cap(table, "transfer_cap_minor", prefix, AMOUNT_CAP_MAX_MINOR, problems)
     daily_cap = _read_cap(table, "daily_cap_minor", prefix, pboc.COUNTER_LIMIT_MINOR, problems)
+    log_share = _read_log_share(table, prefix, problems)
     if len(problems.lines) > problem_count or channel_id is None or kind is None:
         return None
-    assert transfer_cap is not None and daily_cap is not None
+    assert transfer_cap is not None and daily_cap is not None and log_share is not None
     return Channel(
         id=channel_id,
         name=name,
         kind=kind,
         transfer_cap_minor=0 if isinstance(transfer_cap, _Absent) else transfer_cap,
         daily_cap_minor=0 if isinstance(daily_cap, _Absent) else daily_cap,
+        log_share_permille=log_share,
     )
+
+
+def _read_log_share(table: Mapping[str, Any], prefix: str, problems: _Problems) -> int | None:
+    """A channel's share of the transfer log: an integer 1..900 permille (0: its kind's)."""
+    key = f"{prefix}.log_share_permille"
+    if "log_share_permille" not in table:
+        return 0
+    value = table["log_share_permille"]
+    if not _is_integer(value):
+        problems.add(
+            key, f"expected an integer 1..{LOG_SHARE_PERMILLE_MAX}, got {_describe(value)}"
+        )
+        return None
+    assert isinstance(value, int)
+    if not 1 <= value <= LOG_SHARE_PERMILLE_MAX:
+        problems.add(
+            key,
+            f"{value} is out of range 1..{LOG_SHARE_PERMILLE_MAX} (permille of the transfer "
+            "log; no channel may hold all of it)",
+        )
+        return None
+    return value
 
 
 def _parse_id(

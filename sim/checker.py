@@ -40,6 +40,7 @@ class History:
 
     seen: bytearray
     cursor: int = 0  # next log seq to read
+    failed_cursor: int = 0  # next failure ring seq to read
     last_timestamp: int = 0
     sample_totals: array[int] = field(default_factory=lambda: array("q"))
     duplicates: int = 0
@@ -84,6 +85,12 @@ class Checker:
             history.last_timestamp,
         )
         history.cursor = cursor
+        failed_cursor, failed_duplicates, failed_scanned = simgen.scan_failed(
+            ledger.failed, ledger.meta, history.failed_cursor, history.seen
+        )
+        history.failed_cursor = failed_cursor
+        duplicates += failed_duplicates
+        scanned += failed_scanned
         history.duplicates += duplicates
         history.timestamp_violations += violations
         history.last_timestamp = last
@@ -93,6 +100,7 @@ class Checker:
         """Start reading at the current end of the log (setup transfers are not traffic)."""
         history = self.histories[name]
         history.cursor = ledger.log_count
+        history.failed_cursor = ledger.failed_count
         history.last_timestamp = max(history.last_timestamp, ledger.timestamp_last())
 
     def take_over(self, target: str, source: str) -> None:
@@ -100,6 +108,7 @@ class Checker:
         mine, theirs = self.histories[target], self.histories[source]
         simgen.merge_seen(mine.seen, theirs.seen)
         mine.cursor = theirs.cursor
+        mine.failed_cursor = theirs.failed_cursor
         mine.last_timestamp = theirs.last_timestamp
         mine.sample_totals = array("q", theirs.sample_totals)
 

@@ -24,6 +24,7 @@ from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger, Transfer
 from ledger.types import (
     ACCOUNT_SIZE,
+    CHANNEL_COUNT,
     PENDING_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
@@ -461,11 +462,16 @@ def canonical_records(ledger: Ledger) -> list[tuple[str, bytes]]:
     for seq in range(log_tail, log_count):
         records.append((f"transfer log seq {seq}", blob[offset : offset + TRANSFER_SIZE]))
         offset += TRANSFER_SIZE
-    index = 0
-    while offset < len(blob):
+    for index in range(len(ledger.channels_live())):
         records.append((f"channel counter #{index}", blob[offset : offset + _CHANNEL_ENTRY.size]))
         offset += _CHANNEL_ENTRY.size
-        index += 1
+    if offset < len(blob):  # the failure ring, once it has held a failure
+        failed_tail, failed_count = struct.unpack_from("<qq", blob, offset)
+        records.append(("failure ring header", blob[offset : offset + 16]))
+        offset += 16
+        for seq in range(failed_tail, failed_count):
+            records.append((f"failure ring seq {seq}", blob[offset : offset + TRANSFER_SIZE]))
+            offset += TRANSFER_SIZE
     return records
 
 
@@ -477,7 +483,7 @@ def decode_record(label: str, record: bytes) -> dict[str, Any]:
         return decode_account(record)
     if label.startswith("pending") and len(record) == PENDING_SIZE:
         return decode_pending(record)
-    if label.startswith("transfer") and len(record) == TRANSFER_SIZE:
+    if label.startswith(("transfer", "failure ring seq")) and len(record) == TRANSFER_SIZE:
         return decode_transfer(record)
     if label.startswith("channel") and len(record) == _CHANNEL_ENTRY.size:
         return dict(zip(("slot", "channel", "used"), _CHANNEL_ENTRY.unpack(record), strict=True))
@@ -592,6 +598,19 @@ class Twin:
         assert_same(self.kernel, self.reference)
         return r
 
+    def evict_failed(self, before_ns: int, count_max: int) -> int:
+        k = self.kernel.evict_failed(before_ns, count_max)
+        r = self.reference.evict_failed(before_ns, count_max)
+        assert k == r, f"evict_failed: kernel evicted {k}, reference {r}"
+        assert_same(self.kernel, self.reference)
+        return r
+
+    def set_log_quotas(self, rules: RuleSet, log_quota_table: bytes) -> None:
+        """Install `rules` with this log quota table (u16 permille per channel) on both."""
+        products, channels = rule_tables(rules)
+        self.kernel.set_rules(products, channels, log_quota_table)
+        self.reference.set_rules(products, channels, log_quota_table)
+
     def update_account(self, account_id: int, status: int, flags: int) -> int:
         k = self.kernel.update_account(account_id, status, flags)
         r = self.reference.update_account(account_id, status, flags)
@@ -616,3 +635,8 @@ class Twin:
         for transfer_id in transfer_ids:
             assert self.kernel.lookup_transfer(transfer_id) == self.reference.lookup_transfer(
                 transfer_id), transfer_id
+        for channel in range(CHANNEL_COUNT):
+            assert self.kernel.channel_records(channel) == self.reference.channel_records(
+                channel), channel
+        assert self.kernel.failed_timestamp_oldest() == self.reference.failed_timestamp_oldest()
+        assert self.kernel.log_timestamp_oldest() == self.reference.log_timestamp_oldest()

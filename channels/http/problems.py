@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from core.services.refusals import Code, Refusal
+from core.services.refusals import LOG_QUOTA_RETRY_AFTER_S, Code, Refusal
 from ledger.types import AccountUpdateResult, CreateAccountResult, CreateTransferResult
 
 PROBLEM_BASE = "https://tally.example/problems/"
@@ -119,10 +119,14 @@ _TRANSFER_TITLES = {
     R.EXISTS_WITH_DIFFERENT_USER_DATA: (
         "The Idempotency-Key was used for another instruction (beneficiary, payer or user data)"
     ),
+    R.CHANNEL_LOG_QUOTA_EXCEEDED: "This channel holds its share of the transfer log; retry "
+    "after the time in Retry-After",
 }
 
 
 def transfer_status(code: int) -> int:
+    if code == R.CHANNEL_LOG_QUOTA_EXCEEDED:
+        return 429  # this channel only: it holds its share of the transfer log
     if code in _TRANSFER_NOT_FOUND:
         return 404
     if code in _TRANSFER_CONFLICT:
@@ -142,11 +146,15 @@ def transfer_problem(code: int, detail: str = "") -> Problem:
             title = f"The Idempotency-Key was already used with a different {field}"
         else:
             title = "The ledger refused the transfer: " + name.replace("_", " ")
+    headers = []
+    if result == R.CHANNEL_LOG_QUOTA_EXCEEDED:
+        headers.append((b"retry-after", str(LOG_QUOTA_RETRY_AFTER_S).encode()))
     return Problem(
         transfer_status(code),
         slug_of(name),
         title,
         detail,
+        headers=headers,
         ledger_result={"code": int(result), "name": name},
     )
 

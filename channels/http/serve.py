@@ -121,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "this time answers 503 (size --transfers-max for the peak rate times this)",
     )
     parser.add_argument(
+        "--failed-retention-s",
+        type=float,
+        default=900.0,
+        help="how long a failed transfer is remembered, so that a retry of its "
+        "Idempotency-Key gets the first refusal again (sooner forgotten if the failure "
+        "ring, a quarter of --transfers-max, needs the room); it never holds the log's",
+    )
+    parser.add_argument(
         "--prefault",
         action="store_true",
         help="back the whole transfer log and its index with memory at start (slower start, "
@@ -255,6 +263,7 @@ def build_app(
         journal_segment_size=args.journal_segment_kb << 10,
         store_dsn=args.store,
         retention_s=args.retention_s,
+        failed_retention_s=args.failed_retention_s,
         prefault=args.prefault,
         secrets=secrets,
     )

@@ -21,6 +21,8 @@ from ledger.constants import LEDGER_CNY
 from ledger.records import account_input_view, transfer_view
 from ledger.types import (
     ACCOUNT_SIZE,
+    CHANNEL_COUNT,
+    CHANNEL_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
     AccountKind,
@@ -188,13 +190,17 @@ def _describe_payload(entry: Entry) -> Iterator[str]:
         yield f"  expire holds due at {format_ns(entry.timestamp_first)}"
     elif entry.kind == EntryKind.SET_RULES:
         (products_size,) = RULES_HEADER.unpack_from(payload)
+        tables_size = len(payload) - 4 - products_size
+        channels_size = min(tables_size, CHANNEL_COUNT * CHANNEL_SIZE)
         yield (
-            f"  rules products={products_size // 64} channel_table_bytes="
-            f"{len(payload) - 4 - products_size} sha256={hashlib.sha256(payload).hexdigest()}"
+            f"  rules products={products_size // 64} channel_table_bytes={channels_size}"
+            f" log_quota_bytes={tables_size - channels_size}"
+            f" sha256={hashlib.sha256(payload).hexdigest()}"
         )
-    elif entry.kind == EntryKind.EVICT:
+    elif entry.kind in (EntryKind.EVICT, EntryKind.EVICT_FAILED):
         before_ns, count_max = EVICT_PAYLOAD.unpack(payload)
-        yield f"  evict before={format_ns(before_ns)} count_max={count_max}"
+        what = "evict" if entry.kind == EntryKind.EVICT else "evict failures"
+        yield f"  {what} before={format_ns(before_ns)} count_max={count_max}"
 
 
 def describe_transfer(payload: bytes, offset: int) -> str:

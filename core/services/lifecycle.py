@@ -127,6 +127,9 @@ class Settings:
     # How long a posted transfer stays in the log (and a retry meets it by id) before it
     # may be evicted to make room: a log of `transfer_capacity` must hold this much.
     retention_s: float = 86_400.0
+    # How long a failed transfer is remembered (a retry answered ID_ALREADY_FAILED with the
+    # first refusal) in the failure ring, unless the ring needs its room sooner.
+    failed_retention_s: float = 900.0
     # The server's own keys (transfer-id hash, password pepper): a file outside the data
     # directory in production; the public development values only with `--dev`.
     secrets: ServerSecrets = DEVELOPMENT
@@ -345,6 +348,7 @@ class Lifecycle:
             queue_size=settings.queue_size,
             linger_s=settings.linger_s,
             retention_s=settings.retention_s,
+            failed_retention_s=settings.failed_retention_s,
             state=opened.state,
             state_source=self.state,
             on_store_failure=self._store_failed,

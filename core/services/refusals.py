@@ -11,7 +11,11 @@ a client may act on (attempts remaining, a retry delay).
 
 Ledger result codes stay the ledger's (`ledger.types`): a refused transfer is
 `Code.TRANSFER_REFUSED` with `ledger_code` set, so every adapter maps the
-kernel's dense codes itself and the two tables cannot drift apart.
+kernel's dense codes itself and the two tables cannot drift apart. One of
+them is load shedding rather than a business refusal:
+`CHANNEL_LOG_QUOTA_EXCEEDED` (the channel holds its share of the transfer
+log or of the failure ring; the id is not consumed) is answered as "too many
+requests" with `LOG_QUOTA_RETRY_AFTER_S`, to that channel only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+# When a channel over its share of the transfer log may try again: records leave the
+# log by the retention and failures the failure ring by theirs (or as the ring turns
+# over), so there is no exact moment; a few seconds keep a client from hammering.
+LOG_QUOTA_RETRY_AFTER_S = 5
 
 
 class Code(enum.IntEnum):

@@ -6,7 +6,8 @@ batches of plain transfers of every code, holds with timeouts, posts and voids,
 reversals, retries (identical and with one field changed), linked chains
 (closed, failing mid-chain, left open), amounts at the limit boundaries and near
 INT64_MAX, invalid ids and reserved fields; time moving by nanoseconds to weeks
-across day and year boundaries; expiry, eviction and account updates. After
+across day and year boundaries; expiry, eviction (of the log and of the failure
+ring), log quotas per channel reached and lifted, and account updates. After
 every call the outputs must be equal, and after every mutating call the full
 canonical state (`digest()`).
 
@@ -19,6 +20,7 @@ the differential test cannot pass by only producing rejections.
 from __future__ import annotations
 
 import random
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 
 from ledger.reference import Transfer
 from ledger.types import (
-    ID_CONSUMED_FIRST,
+    CHANNEL_COUNT,
     ID_MAX,
     INT64_MAX,
     UINT64_MAX,
@@ -38,6 +40,7 @@ from ledger.types import (
     CreateTransferResult,
     TransferCode,
     TransferFlags,
+    id_consumed,
 )
 from limits.calendar import day_of_date
 from limits.reference import counters_effective
@@ -642,7 +645,7 @@ class Session:
             self.journal[first_line + index] += f" -> {name}"
             self.results[name] += 1
             self.transfers_total += 1
-            if result < ID_CONSUMED_FIRST and result != R.OK:
+            if not id_consumed(result) and result != R.OK:
                 continue
             self.inputs[t.id] = t
             if t.id not in self.submitted:
@@ -668,7 +671,8 @@ class Session:
         rng = self.rng
         operation = weighted(rng, (("batch", 62), ("advance", 12), ("midnight", 4),
                                    ("expire", 5), ("evict", 5), ("update", 7),
-                                   ("accounts", 3), ("empty batch", 2)))
+                                   ("accounts", 3), ("empty batch", 2), ("evict failed", 3),
+                                   ("quotas", 1)))
         self.operations[str(operation)] += 1
         match operation:
             case "batch":
@@ -710,6 +714,21 @@ class Session:
                 result = self.twin.update_account(account_id, status, flags)
                 self.log(f"update_account({account_id}, {status}, {flags:#x}) -> {result}")
                 self.results[f"update {result}"] += 1
+            case "evict failed":
+                before = self.ts - rng.choice((0, NS_PER_S, NS_PER_DAY, -1))
+                count_max = rng.choice((1, 3, 1_000))
+                evicted = self.twin.evict_failed(before, count_max)
+                self.operations["failures evicted"] += evicted
+                self.log(f"evict_failed({before}, {count_max}) -> {evicted}")
+            case "quotas":
+                # Log quotas (permille per channel), small enough to be reached, or none.
+                table = bytearray(CHANNEL_COUNT * 2)
+                quota_rng = random.Random(rng.getrandbits(32))  # leaves the session's stream
+                for channel, _ in CHANNELS[1:]:  # channel 0 (the huge amounts) has none
+                    permille = weighted(quota_rng, ((0, 10), (1, 1), (5, 1), (30, 1), (900, 1)))
+                    struct.pack_into("<H", table, 2 * channel, permille)
+                self.twin.set_log_quotas(TIGHT_RULES, bytes(table))
+                self.log(f"log quotas {struct.unpack(f'<{CHANNEL_COUNT}H', table)[:10]}")
             case "accounts":
                 self.create_accounts([self.random_account() for _ in range(rng.randint(1, 3))])
             case _:
@@ -803,8 +822,9 @@ def test_generator_reaches_ok_results_and_every_limit_code() -> None:
     missing = {code.name for code in LIMIT_CODES | STATE_CODES} - set(results)
     assert not missing, (missing, results.most_common())
     for operation in ("holds expired", "transfers evicted", "open chain", "midnight",
-                      "empty batch"):
+                      "empty batch", "failures evicted", "quotas"):
         assert operations[operation] > 0, (operation, operations)
+    assert results["CHANNEL_LOG_QUOTA_EXCEEDED"] > 0, results.most_common()
 
 
 def test_large_batches_cross_the_kernel_pipeline_chunks() -> None:
@@ -838,6 +858,50 @@ def test_small_log_wraps_around_and_heap_compacts() -> None:
             session.run_batch(voids[:32])
     kernel = session.twin.kernel
     assert kernel.log_tail > 3 * 64, (kernel.log_tail, kernel.log_count)
+
+
+def test_failure_ring_forgets_its_oldest_failure_first_and_quotas_agree() -> None:
+    """Failures go to the failure ring, never the log: a ring of 16 (beside a log of 64)
+    overflows and forgets its oldest failure first, the same one on both twins, while the
+    log keeps every posting; a channel at its share of the ring gets
+    CHANNEL_LOG_QUOTA_EXCEEDED (nothing recorded, the id free), other channels do not."""
+    session = Session(random.Random(11), transfer_capacity=64)
+    session.setup()
+    twin = session.twin
+    log_before = twin.kernel.log_count
+    # 40 failures on channel 4 (an unknown pending id: state-dependent, consumes the id).
+    failing = [session.new_transfer(0, 0, 0, flags=F.VOID_PENDING, pending_id=999_999,
+                                    ledger=0, code=0, channel=4) for _ in range(40)]
+    results, _, _ = twin.create_transfers(b"".join(failing), session.ts, session.day)
+    session.ts += 100
+    assert set(results) == {R.PENDING_TRANSFER_NOT_FOUND}
+    assert twin.kernel.log_count == log_before, "failures never enter the log"
+    assert (twin.kernel.failed_tail, twin.kernel.failed_count) == (24, 40)
+    first_id = Transfer.unpack(failing[0]).id
+    last_id = Transfer.unpack(failing[-1]).id
+    assert twin.kernel.lookup_transfer(first_id) is None  # forgotten: the ring needed room
+    assert twin.reference.lookup_transfer(first_id) is None
+    retried, _, _ = twin.create_transfers(failing[-1], session.ts, session.day)
+    assert retried[0] == R.ID_ALREADY_FAILED and twin.kernel.lookup_transfer(last_id) is not None
+    # Channel 4 may hold a quarter of the ring (4 of 16), channel 7 too.
+    table = bytearray(CHANNEL_COUNT * 2)
+    struct.pack_into("<H", table, 8, 250)
+    struct.pack_into("<H", table, 14, 250)
+    twin.set_log_quotas(TIGHT_RULES, bytes(table))
+    more = [session.new_transfer(0, 0, 0, flags=F.VOID_PENDING, pending_id=999_999,
+                                 ledger=0, code=0, channel=channel) for channel in (4, 7, 7)]
+    results, _, _ = twin.create_transfers(b"".join(more), session.ts, session.day)
+    session.ts += 100
+    assert list(results) == [R.CHANNEL_LOG_QUOTA_EXCEEDED, R.PENDING_TRANSFER_NOT_FOUND,
+                             R.PENDING_TRANSFER_NOT_FOUND]
+    assert twin.kernel.lookup_transfer(Transfer.unpack(more[0]).id) is None  # id still free
+    # Channel 7's two failures took the room of channel 4's two oldest (the ring is full).
+    assert twin.kernel.channel_records(4) == (0, 14) and twin.kernel.channel_records(7) == (0, 2)
+    # Evicting by age frees channel 4's share; its next failure is remembered again.
+    assert twin.evict_failed(session.ts - 50, 1 << 30) == 16
+    results, _, _ = twin.create_transfers(more[0], session.ts, session.day)
+    assert results[0] == R.PENDING_TRANSFER_NOT_FOUND
+    twin.assert_reads_agree(session.accounts, [first_id, last_id], session.day)
 
 
 def test_extreme_timestamps_and_amounts_agree() -> None:

@@ -10,8 +10,12 @@ and days roll over, and after every step checks what must always hold:
 - no account flagged debits_must_not_exceed_credits is below its floor;
 - no Class II/III counter is above its product cap, and no Class III balance
   (with incoming holds) is above its cap;
-- every id has exactly one log record: a retry never posts again, an `EXISTS`
-  retry returns the original timestamp, and a consumed failure stays failed.
+- every id has exactly one record, a posting in the log, a consumed failure in
+  the failure ring: a retry never posts again, an `EXISTS` retry returns the
+  original timestamp, and a consumed failure stays failed;
+- each channel's records in the log and in the failure ring are counted
+  exactly and stay within its quota (`log_share_permille`, installed by a rule
+  at shares the machine reaches): a refusal for the quota consumes nothing.
 
 The machine runs on the kernel; a subclass runs the very same machine on the
 reference, so both backends are held to the invariants, not only to each other.
@@ -19,6 +23,7 @@ reference, so both backends are held to the invariants, not only to each other.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,7 +41,7 @@ from hypothesis.stateful import (
 
 from ledger.reference import Transfer
 from ledger.types import (
-    ID_CONSUMED_FIRST,
+    CHANNEL_COUNT,
     AccountFlags,
     AccountKind,
     AccountStatus,
@@ -46,6 +51,7 @@ from ledger.types import (
     PendingState,
     TransferCode,
     TransferFlags,
+    id_consumed,
 )
 from limits.calendar import day_of_date
 from limits.reference import counters_effective
@@ -58,6 +64,7 @@ from tests.ledger_helpers import (
     make_ledger,
     product_caps,
     remaining_limits,
+    rule_tables,
     transfer,
     transfer_view,
 )
@@ -168,6 +175,16 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         self.answers: dict[int, Answer] = {}
         self.debited: set[int] = set()  # accounts that have had a debit (or a held one)
         self.bound: dict[int, int] = {}  # account -> where its bound-card money comes from
+        # Per channel: the model's count of its records in the log and the failure ring.
+        self.channel_records: dict[int, list[int]] = {channel: [0, 0] for channel in CHANNELS}
+        self.quota_permille: dict[int, int] = dict.fromkeys(CHANNELS, 0)
+        self.held_at_quota: dict[int, tuple[int, ...]] = dict.fromkeys(CHANNELS, (0, 0))
+
+    def failure_answers(self, result: int) -> tuple[int, ...]:
+        """A failure with `result`, or the refusal for the failure ring's quota instead."""
+        if any(self.quota_permille.values()):
+            return (result, R.CHANNEL_LOG_QUOTA_EXCEEDED)
+        return (result,)
 
     @property
     def day(self) -> int:
@@ -223,8 +240,13 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     def fold(self, intent: Intent, result: int, timestamp: int, *, retryable: bool) -> None:
         transfer_id = Transfer.unpack(intent.record).id
         assert transfer_id not in self.answers, "the machine never reuses an id by accident"
+        channel = Transfer.unpack(intent.record).channel
+        if result == R.OK:
+            self.channel_records[channel][0] += 1
+        elif id_consumed(result):
+            self.channel_records[channel][1] += 1
         if result != R.OK:
-            if result >= ID_CONSUMED_FIRST:
+            if id_consumed(result):
                 self.answers[transfer_id] = Answer(intent.record, result, 0, retryable)
             return
         assert timestamp != 0
@@ -417,7 +439,7 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         results = self.submit([Intent("void" if void else "post", record, amount=amount,
                                       target=hold_id)])
         if amount > full:
-            assert results[0] == R.EXCEEDS_PENDING_TRANSFER_AMOUNT
+            assert results[0] in self.failure_answers(R.EXCEEDS_PENDING_TRANSFER_AMOUNT)
 
     @precondition(lambda self: any(p.remaining for p in self.postings.values()))
     @rule(data=st.data())
@@ -431,7 +453,7 @@ class KernelLedgerMachine(RuleBasedStateMachine):
                           code=C.REVERSAL, pending_id=target)
         results = self.submit([Intent("reversal", record, amount=amount, target=target)])
         if amount > remaining:
-            assert results[0] == R.EXCEEDS_REVERSIBLE_AMOUNT
+            assert results[0] in self.failure_answers(R.EXCEEDS_REVERSIBLE_AMOUNT)
 
     @precondition(lambda self: any(a.retryable for a in self.answers.values()))
     @rule(data=st.data())
@@ -560,11 +582,48 @@ class KernelLedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_log_record_per_id(self) -> None:
-        assert self.ledger.log_tail == 0
-        assert self.ledger.log_count == len(self.answers)
+        """Postings in the log, failures in the failure ring (never evicted here: the
+        machine makes fewer failures than the ring holds), each id once."""
+        assert self.ledger.log_tail == 0 and self.ledger.failed_tail == 0
+        posted = sum(1 for answer in self.answers.values() if answer.result == R.OK)
+        assert self.ledger.log_count == posted
+        assert self.ledger.failed_count == len(self.answers) - posted
         for transfer_id, answer in self.answers.items():
             record = transfer_view(self.ledger, transfer_id)
             assert record is not None and record.result == answer.result, transfer_id
+
+    @invariant()
+    def no_channel_passes_its_log_quota(self) -> None:
+        """Each channel's records in the log and the failure ring are counted exactly, and
+        none holds more than its share (`log_share_permille`) of either."""
+        ledger = self.ledger
+        log_size = ledger.transfer_capacity
+        failed_size = max(4, log_size // 4)
+        for channel in CHANNELS:
+            in_log, in_failed = ledger.channel_records(channel)
+            assert [in_log, in_failed] == self.channel_records[channel], channel
+            permille = self.quota_permille[channel]
+            if permille:  # it may hold more only if it did when the quota came in
+                held_log, held_failed = self.held_at_quota[channel]
+                bound_log = max(held_log, -(-permille * log_size // 1000))
+                bound_failed = max(held_failed, -(-permille * failed_size // 1000))
+                assert in_log <= bound_log, (channel, in_log, bound_log)
+                assert in_failed <= bound_failed, (channel, in_failed, bound_failed)
+
+    @rule(permille=st.sampled_from((1, 2, 3, 900)), channels=st.sets(st.sampled_from(CHANNELS)))
+    def set_log_quotas(self, permille: int, channels: set[int]) -> None:
+        """Install log quotas (the rules' `log_share_permille`): small enough that the
+        machine's postings and failures reach them (1 permille of the 4096-record log is
+        5 records, of the 1024-record failure ring 2)."""
+        table = bytearray(CHANNEL_COUNT * 2)
+        for channel in channels:
+            struct.pack_into("<H", table, 2 * channel, permille)
+            self.quota_permille[channel] = permille
+            self.held_at_quota[channel] = tuple(self.channel_records[channel])
+        for channel in set(CHANNELS) - channels:
+            self.quota_permille[channel] = 0
+        products, channel_table = rule_tables(TIGHT_RULES)
+        self.ledger.set_rules(products, channel_table, table)
 
 
 def _with_flags(record: bytes, flags: int) -> bytes:

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from core.engine import Engine, EngineOverloaded, StoreFailed
+from core.entries import EntryKind
 from core.journal import Journal
 from core.journal_store import JournalStore
 from core.replay import recover_ledger
@@ -294,3 +295,39 @@ async def test_staged_state_rides_with_the_group_and_a_store_failure_is_reported
             with pytest.raises(StoreFailed):
                 engine.enqueue_transfers(transfer(3, 1, CLEARING_ID, 10, TransferCode.TRANSFER))
             await anyio.sleep_forever()  # the engine's failure ends the task group
+
+
+@pytest.mark.anyio
+async def test_failures_and_old_postings_are_evicted_by_age_and_replay_exactly() -> None:
+    """Failures live in the failure ring, never the log. Once the clock passes the failure
+    retention (10 s here) the engine journals an EVICT_FAILED before the next batch, and
+    past the retention (20 s) an EVICT: the failed id then posts afresh, and the entries
+    replay to the same state on both twins."""
+    store = ListStore()
+    clock = FrozenClock()
+    ledger = KernelLedger(account_capacity=4096, transfer_capacity=1 << 16)
+    engine = Engine(
+        ledger, store, example_rules(), clock=clock, retention_s=20.0, failed_retention_s=10.0
+    )  # type: ignore[arg-type]
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 1, 2, 50_000)
+        too_much = await engine.submit_transfer(transfer(88, 1, 2, 10_000_000))
+        assert too_much.result == CreateTransferResult.EXCEEDS_CREDITS
+        log_count = ledger.log_count
+        assert (ledger.failed_tail, ledger.failed_count) == (0, 1)
+        clock.now += 15 * 1_000_000_000
+        fine = await engine.submit_transfer(transfer(89, 1, 2, 1_000))
+        assert fine.result == CreateTransferResult.OK and ledger.log_count == log_count + 1
+        assert (ledger.failed_tail, ledger.failed_count) == (1, 1)  # forgotten by age
+        again = await engine.submit_transfer(transfer(88, 1, 2, 10_000))  # the id is free
+        assert again.result == CreateTransferResult.OK
+        clock.now += 30 * 1_000_000_000
+        await engine.submit_transfer(transfer(90, 1, 2, 1_000))
+        assert ledger.log_tail > 0  # the postings past the retention were evicted
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    kinds = [entry.kind for entry in store.entries]
+    assert EntryKind.EVICT_FAILED in kinds and EntryKind.EVICT in kinds
+    assert replay(store.entries, "kernel").digest() == digest
+    assert replay(store.entries, "reference").digest() == digest

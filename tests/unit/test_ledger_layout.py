@@ -20,12 +20,19 @@ from ledger.reference import Account, ReferenceLedger, Transfer
 from ledger.state import (
     ACCOUNT_ROW_SIZE,
     SECTION_NAMES,
+    SECTION_NAMES_BEFORE_QUOTAS,
     LedgerState,
     StateCorrupt,
     StateTooLarge,
 )
-from ledger.types import AccountKind, TransferCode, TransferFlags
-from tests.unit.test_journal import ACCOUNT_CAPACITY, TRANSFER_CAPACITY, replayed, scenario
+from ledger.types import AccountKind, CreateTransferResult, TransferCode, TransferFlags
+from tests.unit.test_journal import (
+    ACCOUNT_CAPACITY,
+    CLASS_I,
+    TRANSFER_CAPACITY,
+    replayed,
+    scenario,
+)
 
 # Both twins satisfy the protocols: mypy checks these (and ledger/protocol.py's own).
 _KERNEL_IS_A_LEDGER: type[Ledger] = KernelLedger
@@ -211,3 +218,37 @@ def test_copy_state_from_copies_every_table_the_ledger_declares() -> None:
         apply_entry(source, entry)
         apply_entry(target, entry)
     assert target.digest() == source.digest()
+
+
+@pytest.mark.parametrize("target", [KernelLedger, ReferenceLedger])
+def test_a_state_from_before_the_failure_ring_and_the_log_quotas_still_loads(
+    target: type[KernelLedger] | type[ReferenceLedger],
+) -> None:
+    """A snapshot written before the failure ring and the log quotas has neither the
+    `quotas` nor the `failed` section, and its failed transfers are in its log window.
+    It loads into either twin with the digest it recorded (no quotas, an empty ring),
+    and its failed id still answers a retry ID_ALREADY_FAILED."""
+    old = replayed(scenario()[0][:4], "reference")  # rules, accounts, deposits: no failure
+    assert isinstance(old, ReferenceLedger) and old.failed_count == 0 and old.log_count > 0
+    request = records.pack_transfer(
+        id=0x7777, debit_account_id=CLASS_I[0], credit_account_id=CLASS_I[1],
+        amount=1 << 40, code=TransferCode.TRANSFER,
+    )  # fmt: skip
+    failed = Transfer.unpack(request)  # logged as the earlier build logged a failure
+    failed.result = CreateTransferResult.EXCEEDS_CREDITS
+    failed.timestamp = old.timestamp_last() + 1
+    failed.debit_slot = failed.credit_slot = 0xFFFFFFFF
+    failed.business_day = old.last_day
+    old.log_append(failed)
+    dumped = old.dump_state()
+    state = LedgerState.from_bytes(
+        {name: dumped.section(name) for name in SECTION_NAMES_BEFORE_QUOTAS}
+    )
+    loaded = target.load_state(
+        state, account_capacity=ACCOUNT_CAPACITY, transfer_capacity=TRANSFER_CAPACITY
+    )
+    assert loaded.digest() == state.digest == old.digest()
+    assert loaded.failed_count == 0
+    assert loaded.channel_records(0) == (old.log_count - old.log_tail, 0)
+    results, _, _ = loaded.create_transfers(request, old.timestamp_last() + 10, old.last_day)
+    assert results[0] == CreateTransferResult.ID_ALREADY_FAILED
