@@ -32,6 +32,7 @@ from channels.client import Signer, TallyClient
 from core.entries import EntryKind, decode_state_changes
 from core.journal import JournalScan
 from tests.http_helpers import (
+    TELLER,
     TallyServer,
     balance,
     channel_secret,
@@ -44,9 +45,6 @@ from tests.http_helpers import (
 TMPFS_SIZE = "4m"
 SEGMENT_KB = "128"  # small segments: the disk fills up at a rotation within ~400 writes
 WRITES_MAX = 5000
-
-
-TELLER = ("T0001", "teller")  # the counter acts for a teller (signed Tally-Actor)
 
 
 def signer(channel: str) -> Signer:
