@@ -359,7 +359,9 @@ class MobileUser(TallyUser):
     @task(55)
     def pay(self) -> None:
         """A card payment: a hold, then the merchant captures (85%, 10% of them partly),
-        voids it (10%) or never comes back (5%: the hold stays pending until it expires)."""
+        voids it (10%) or never comes back (5%: the hold stays pending until it expires).
+        At the app and WeChat a hold is settled for its payer or merchant only: the
+        capture and the void show the payer's token."""
         account = self.class_ii()
         merchant = Shared.rng.choice(self.merchants)["class_i"]
         amount = lognormal_minor(4_000, 1.0, 2_000_000)
@@ -381,6 +383,7 @@ class MobileUser(TallyUser):
                 {},
                 name="POST /v1/payments/{id}/capture",
                 operation="capture",
+                debit_auth=self.debit_auth(account),  # the payer's token: its hold
             )
         elif roll < 0.85:
             partial = max(1, amount * Shared.rng.randint(50, 99) // 100)
@@ -389,6 +392,7 @@ class MobileUser(TallyUser):
                 {"amount_minor": partial},
                 name="POST /v1/payments/{id}/capture",
                 operation="capture",
+                debit_auth=self.debit_auth(account),  # the payer's token: its hold
             )
         elif roll < 0.95:
             self.money(
@@ -396,6 +400,7 @@ class MobileUser(TallyUser):
                 {},
                 name="POST /v1/payments/{id}/void",
                 operation="void",
+                debit_auth=self.debit_auth(account),  # the payer's token: its hold
             )
 
     @tag("topup")

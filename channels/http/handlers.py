@@ -310,12 +310,12 @@ class Handlers:
 
     async def capture(self, ctx: Context) -> Reply:
         payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
-        move = self._movement(ctx, "capture", payment_id)
+        move = self._movement(ctx, "capture", payment_id, proof=proof(ctx))
         return posted_reply(await self.payments.capture(move))
 
     async def void(self, ctx: Context) -> Reply:
         payment_id = transfer_id_param(ctx.params["payment_id"], "payment_id")
-        move = self._movement(ctx, "void", payment_id)
+        move = self._movement(ctx, "void", payment_id, proof=proof(ctx))
         return posted_reply(await self.payments.void(move))
 
     async def reversal(self, ctx: Context) -> Reply:

@@ -218,10 +218,22 @@ def _problem_response(status: int) -> dict[str, Any]:
 
 
 # Reads scoped by a customer session or a token (core.services.policy.READ_SCOPES).
+# Where the customer's session or a transaction token proves the customer: reads, and at
+# the app and WeChat the settling of a hold (for its payer or merchant).
 SESSION_OPERATIONS = frozenset(
-    {"read_customer", "read_account", "read_history", "read_transfer", "end_session"}
+    {
+        "read_customer",
+        "read_account",
+        "read_history",
+        "read_transfer",
+        "end_session",
+        "capture",
+        "void",
+    }
 )
-TOKEN_READ_OPERATIONS = frozenset({"read_account", "read_history", "read_transfer"})
+TOKEN_READ_OPERATIONS = frozenset(
+    {"read_account", "read_history", "read_transfer", "capture", "void"}
+)
 
 
 def _operation(route: Route) -> dict[str, Any]:

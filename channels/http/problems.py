@@ -311,6 +311,12 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "Reading a customer's data at this channel needs the customer's session or a "
         "transaction token",
     ),
+    C.CUSTOMER_PROOF_REQUIRED: (
+        401,
+        "customer-proof-required",
+        "At this channel a hold is settled for its payer or its merchant: send that "
+        "customer's Tally-Session or a Tally-Transaction-Token for one of its accounts",
+    ),
     C.READ_NOT_IN_SCOPE: (
         403,
         "read-not-in-scope",

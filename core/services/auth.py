@@ -351,6 +351,25 @@ class Auth:
             else "send a Tally-Transaction-Token for the account (the card's PIN buys one)",
         )
 
+    def party_to(self, caller: Caller, accounts: tuple[int, int], proof: Proof) -> bool:
+        """Whether the customer a one-customer (or one-account) channel acts for, by its
+        `proof`, holds one of `accounts` (a hold's payer or merchant). Channels that act for
+        a teller or the bank are party to anything their channel created: True.
+        `Refused` CUSTOMER_PROOF_REQUIRED without a proof, or the proof's own refusal."""
+        scope = policy.read_scope(caller)
+        if scope not in (ReadScope.CUSTOMER, ReadScope.ACCOUNT):
+            return True
+        if not proof.token and not (scope == ReadScope.CUSTOMER and proof.session):
+            raise refused(Code.CUSTOMER_PROOF_REQUIRED)
+        customer_id, proven_account = self._proven(caller, scope, proof)
+        if proven_account:
+            return proven_account in accounts
+        known = self.core.customer_state().accounts
+        return any(
+            meta is not None and meta.customer_id == customer_id
+            for meta in (known.get(account_id) for account_id in accounts)
+        )
+
     def readable_account(self, caller: Caller, account_id: int, proof: Proof) -> None:
         """Refuse unless `caller` may read `account_id` (its balance, its history).
 

@@ -160,3 +160,4 @@ class Movement:
     beneficiary: dict[str, Any] | None = None  # external: bank_code, account_number, name
     reference: str = ""  # incoming: the clearing reference (the operation key)
     payer: dict[str, Any] | None = None  # incoming: bank_code, account_number, name
+    proof: Proof = NO_PROOF  # capture, void at a one-customer channel: whose hold it is

@@ -46,7 +46,7 @@ from core.engine import (
 )
 from core.services import identity
 from core.services.auth import Auth
-from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch
+from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch, Proof
 from core.services.lifecycle import Lifecycle, engine_refusal
 from core.services.policy import INTERNAL_KIND, INTERNAL_ONLY
 from core.services.records import TransferIds
@@ -328,25 +328,33 @@ class Payments:
             )
         )  # fmt: skip
 
-    async def _hold(self, caller: Caller, payment_id: int) -> TransferView:
-        """The hold `payment_id` as its creator sees it: another channel's hold is answered
-        exactly as a hold that does not exist."""
+    async def _hold(
+        self, caller: Caller, payment_id: int, proof: Proof | None = None
+    ) -> TransferView:
+        """The hold `payment_id` as its creator sees it: another channel's hold, or at a
+        channel acting for one customer (`proof` given) a hold that is neither that
+        customer's payment nor paid to them, is answered exactly as a hold that does not
+        exist."""
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(payment_id))
         if raw is None:
             raise transfer_refused(R.PENDING_TRANSFER_NOT_FOUND)
         hold = transfer_view(raw)
         if hold.channel != caller.ledger_id:
             raise _another_channels(R.PENDING_TRANSFER_NOT_FOUND)
+        if proof is not None and not self.auth.party_to(
+            caller, (hold.debit_account_id, hold.credit_account_id), proof
+        ):
+            raise _another_channels(R.PENDING_TRANSFER_NOT_FOUND)
         return hold
 
     async def capture(self, move: Movement) -> Posted:
         """Capture hold `move.account_id` (all of it unless `amount_minor` says less)."""
-        hold = await self._hold(move.caller, move.account_id)
+        hold = await self._hold(move.caller, move.account_id, move.proof)
         amount = hold.amount if move.amount_minor is None else move.amount_minor
         return await self._settle_hold(move, "capture", hold, amount, TransferFlags.POST_PENDING)
 
     async def void(self, move: Movement) -> Posted:
-        hold = await self._hold(move.caller, move.account_id)
+        hold = await self._hold(move.caller, move.account_id, move.proof)
         return await self._settle_hold(move, "void", hold, hold.amount, TransferFlags.VOID_PENDING)
 
     async def _settle_hold(

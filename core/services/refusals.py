@@ -83,6 +83,9 @@ class Code(enum.IntEnum):
     # The store cannot write (a full disk, an I/O error, a read-only database): nothing
     # is taken until it can again; the server recovers by itself. `retry_after_s`.
     STORAGE_UNAVAILABLE = 45
+    # A channel acting for one customer settles a hold only with that customer's proof (a
+    # session, or a token for one of the hold's accounts); none was sent.
+    CUSTOMER_PROOF_REQUIRED = 46
 
 
 @dataclass(slots=True)

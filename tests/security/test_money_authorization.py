@@ -26,6 +26,7 @@ from tests.http_helpers import (
     cash_deposit,
     key,
     open_class_i,
+    open_session,
     problem_type,
     register,
 )
@@ -185,9 +186,52 @@ def test_another_channels_hold_cannot_be_captured_or_voided(
     assert balance(counter, merchant) == 0
     read = clients["bank"].get(f"/v1/transfers/{payment_id}").json()
     assert read["kind"] == "hold" and read["state"] == "pending"
-    captured = app.post(f"/v1/payments/{payment_id}/capture", {}, idempotency_key=key())
+    captured = app.post(
+        f"/v1/payments/{payment_id}/capture",
+        {},
+        idempotency_key=key(),
+        session=open_session(app, payer),
+    )
     assert captured.status_code == 201, captured.text
     assert balance(counter, merchant) == 7_000
+
+
+def test_another_customers_hold_cannot_be_captured_or_voided(
+    clients: dict[str, TallyClient],
+) -> None:
+    """At the app (a channel acting for one customer at a time) a customer who is neither
+    the payer nor the merchant of a hold tries to capture and to void it with their own
+    session: each answer is the answer for a hold that does not exist; without any session
+    the app is told to prove the customer (401). The merchant, with its session, captures."""
+    counter, app = clients["counter"], clients["app"]
+    payer = funded_class_i(counter, 20_000)
+    merchant = funded_class_i(counter, 0)
+    stranger = funded_class_i(counter, 0)
+    placed = hold(app, payer, merchant, 4_000, idempotency_key=key())
+    assert placed.status_code == 201, placed.text
+    payment_id = placed.json()["transfer_id"]
+    missing_id = "0123456789abcdef" * 2
+    strangers = open_session(app, stranger)
+    for action in ("capture", "void"):
+        path = f"/v1/payments/{payment_id}/{action}"
+        attack = app.post(path, {}, idempotency_key=key(), session=strangers)
+        missing = app.post(
+            f"/v1/payments/{missing_id}/{action}", {}, idempotency_key=key(), session=strangers
+        )
+        assert attack.status_code == 404, attack.text
+        assert {**attack.json(), "instance": ""} == {**missing.json(), "instance": ""}
+        anonymous = app.post(path, {}, idempotency_key=key())
+        assert anonymous.status_code == 401, anonymous.text
+        assert problem_type(anonymous) == "customer-proof-required"
+    assert balance(counter, merchant) == 0
+    captured = app.post(
+        f"/v1/payments/{payment_id}/capture",
+        {},
+        idempotency_key=key(),
+        session=open_session(app, merchant),
+    )
+    assert captured.status_code == 201, captured.text
+    assert balance(counter, merchant) == 4_000
 
 
 def test_another_channels_transfer_cannot_be_reversed(clients: dict[str, TallyClient]) -> None:
@@ -255,7 +299,12 @@ def test_a_holds_id_cannot_be_computed_from_channel_and_key(
     computed = unkeyed_transfer_id(CHANNEL_IDS["app"], hold_key)
     assert placed.json()["transfer_id"] != computed
     assert clients["bank"].get(f"/v1/transfers/{computed}").status_code == 404
-    attack = app.post(f"/v1/payments/{computed}/capture", {}, idempotency_key=key())
+    attack = app.post(
+        f"/v1/payments/{computed}/capture",
+        {},
+        idempotency_key=key(),
+        session=open_session(app, payer),
+    )
     assert attack.status_code == 404 and problem_type(attack) == "pending-transfer-not-found"
     assert balance(counter, merchant) == 0
     replayed = hold(app, payer, merchant, 3_000, idempotency_key=hold_key)

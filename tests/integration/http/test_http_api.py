@@ -498,14 +498,18 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
     )
     assert hold.status_code == 201 and hold.json()["status"] == "pending"
     payment_id = hold.json()["transfer_id"]
+    session = open_session(app, payer)  # the app settles a hold for its payer (or merchant)
     view = counter.get(f"/v1/accounts/{payer}").json()
     assert view["pending_debits_minor"] == 3_000 and view["available_minor"] == 7_000
     captured = app.post(
-        f"/v1/payments/{payment_id}/capture", {"amount_minor": 1_000}, idempotency_key=key()
+        f"/v1/payments/{payment_id}/capture",
+        {"amount_minor": 1_000},
+        idempotency_key=key(),
+        session=session,
     )
     assert captured.status_code == 201 and captured.json()["status"] == "captured"
     assert balance(counter, payer) == 9_000 and balance(counter, merchant) == 1_000
-    again = app.post(f"/v1/payments/{payment_id}/void", idempotency_key=key())
+    again = app.post(f"/v1/payments/{payment_id}/void", idempotency_key=key(), session=session)
     assert again.status_code == 409 and problem_type(again) == "pending-transfer-already-posted"
     second = app.post(
         "/v1/payments",
@@ -517,7 +521,9 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
         },
         idempotency_key=key(),
     )
-    voided = app.post(f"/v1/payments/{second.json()['transfer_id']}/void", idempotency_key=key())
+    voided = app.post(
+        f"/v1/payments/{second.json()['transfer_id']}/void", idempotency_key=key(), session=session
+    )
     assert voided.status_code == 201 and voided.json()["status"] == "voided"
     short = app.post(
         "/v1/payments",
@@ -532,10 +538,14 @@ def test_payment_hold_capture_void_and_expiry(counter: TallyClient, app: TallyCl
     )
     assert short.status_code == 201
     time.sleep(2.2)
-    late = app.post(f"/v1/payments/{short.json()['transfer_id']}/capture", idempotency_key=key())
+    late = app.post(
+        f"/v1/payments/{short.json()['transfer_id']}/capture",
+        idempotency_key=key(),
+        session=session,
+    )
     assert late.status_code == 409 and problem_type(late) == "pending-transfer-expired"
     assert counter.get(f"/v1/accounts/{payer}").json()["pending_debits_minor"] == 0
-    missing = app.post(f"/v1/payments/{'ab' * 16}/capture", idempotency_key=key())
+    missing = app.post(f"/v1/payments/{'ab' * 16}/capture", idempotency_key=key(), session=session)
     assert missing.status_code == 404 and problem_type(missing) == "pending-transfer-not-found"
 
 

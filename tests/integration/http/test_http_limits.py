@@ -23,6 +23,7 @@ from tests.http_helpers import (
     key,
     open_class_i,
     open_remote,
+    open_session,
     problem_type,
     read_as_holder,
     register,
@@ -213,7 +214,11 @@ def test_void_gives_the_hold_quota_back(app: TallyClient, counter: TallyClient) 
         idempotency_key=key(),
     )
     assert quota(app, account)["outflow"]["daily"]["remaining_minor"] == 0
-    voided = app.post(f"/v1/payments/{hold.json()['transfer_id']}/void", idempotency_key=key())
+    voided = app.post(
+        f"/v1/payments/{hold.json()['transfer_id']}/void",
+        idempotency_key=key(),
+        session=open_session(app, account),  # the app voids a hold for its payer
+    )
     assert voided.status_code == 201
     assert quota(app, account)["outflow"]["daily"]["remaining_minor"] == 10_000 * CNY
 
