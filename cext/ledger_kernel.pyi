@@ -18,6 +18,7 @@ def create_transfers(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -36,6 +37,7 @@ def expire_pending(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -51,6 +53,7 @@ def evict(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -65,6 +68,7 @@ def create_accounts(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -83,6 +87,7 @@ def update_account(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -102,6 +107,7 @@ def rebuild_indexes(
     heap: Buffer,
     channel_counters: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     meta: Buffer,
@@ -112,6 +118,7 @@ def account_history(
 ) -> list[int]: ...
 def channel_entries_live(channel_counters: Buffer, day: int) -> list[tuple[int, int, int]]: ...
 def channel_used(slot: int, channel: int, day: int, channel_counters: Buffer) -> int: ...
+def counter_used(key: int, day: int, channel_counters: Buffer) -> int: ...
 def year_of_day_kernel(day: int) -> int: ...
 
 TRANSFER_RESULTS: dict[str, int]

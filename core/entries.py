@@ -15,7 +15,7 @@ from typing import Any
 
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
-from ledger.types import ACCOUNT_SIZE, CHANNEL_COUNT, CHANNEL_SIZE, TRANSFER_SIZE, join_id
+from ledger.types import ACCOUNT_SIZE, RULES_LEGACY_SIZE, RULES_SIZE, TRANSFER_SIZE, join_id
 
 
 class EntryKind(enum.IntEnum):
@@ -66,7 +66,8 @@ class Entry:
             assert self.count == 0 and not self.payload
         elif self.kind == EntryKind.SET_RULES:
             (products_size,) = RULES_HEADER.unpack_from(self.payload)
-            assert len(self.payload) == 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
+            # The rule table of this build, or the legacy one of journals written before it.
+            assert len(self.payload) - 4 - products_size in (RULES_SIZE, RULES_LEGACY_SIZE)
         elif self.kind == EntryKind.EVICT:
             assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
         elif self.kind == EntryKind.PUT_STATE:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from cext import ledger_kernel as kernel
 from cext import simgen
 from ledger.state import (
+    ACCOUNT_TABLES,
     META_ACCOUNT_CAPACITY,
     META_ACCOUNT_COUNT,
     META_ACCOUNT_INDEX_MASK,
@@ -43,16 +44,17 @@ from ledger.state import (
     StateCorrupt,
     StateTooLarge,
     Table,
+    pack_channel_live_digest,
     pack_channels_live,
 )
 from ledger.types import (
     ACCOUNT_SIZE,
-    CHANNEL_COUNT,
-    CHANNEL_SIZE,
+    CUSTOMER_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
     TRANSFER_SIZE,
     UINT64_MAX,
+    rules_table_upgraded,
     split_id,
 )
 
@@ -103,8 +105,9 @@ class KernelLedger(MetaScalars):
         self.transfer_capacity = log_size
         account_index_size = power_of_two_at_least(max(16, 2 * account_capacity))
         transfer_index_size = power_of_two_at_least(max(16, 2 * log_size))
+        # Two entries an account: a day may hold its debit, credit and customer counters.
         channel_size = power_of_two_at_least(
-            channel_counter_capacity or max(1024, account_capacity)
+            channel_counter_capacity or max(1024, 2 * account_capacity)
         )
         self.accounts = zeroed(account_capacity * ACCOUNT_SIZE)
         self.pending = zeroed(account_capacity * PENDING_SIZE)
@@ -116,8 +119,9 @@ class KernelLedger(MetaScalars):
         # Changed rows since the last take, for stores that write rows (PostgreSQL):
         # transfer seqs (int64 x log size), account slots (uint32 x accounts), marks.
         self.dirty = zeroed(log_size * 8 + account_capacity * 5)
+        self.owners = zeroed(account_capacity * CUSTOMER_SIZE)
         self.products = bytearray(PRODUCT_SIZE)
-        self.channels = bytearray(CHANNEL_COUNT * CHANNEL_SIZE)
+        self.channels = bytearray(rules_table_upgraded(bytes(4096)))
         self.meta = array("q", [0] * META_SIZE)
         self.meta[META_ACCOUNT_CAPACITY] = account_capacity
         self.meta[META_ACCOUNT_INDEX_MASK] = account_index_size - 1
@@ -175,6 +179,7 @@ class KernelLedger(MetaScalars):
         mmap.mmap,
         mmap.mmap,
         mmap.mmap,
+        mmap.mmap,
         bytearray,
         bytearray,
         array[int],
@@ -188,6 +193,7 @@ class KernelLedger(MetaScalars):
             self.heap,
             self.channel_counters,
             self.dirty,
+            self.owners,
             self.products,
             self.channels,
             self.meta,
@@ -196,10 +202,10 @@ class KernelLedger(MetaScalars):
     # --- rules ----------------------------------------------------------------
 
     def set_rules(self, product_table: bytes | bytearray, channel_table: bytes | bytearray) -> None:
+        """Install the product table and the rule table (a legacy one is upgraded)."""
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
-        assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
         self.products = bytearray(product_table)
-        self.channels = bytearray(channel_table)
+        self.channels = bytearray(rules_table_upgraded(channel_table))
         self.meta[META_PRODUCT_COUNT] = len(product_table) // PRODUCT_SIZE
 
     # --- accounts -------------------------------------------------------------
@@ -358,15 +364,28 @@ class KernelLedger(MetaScalars):
             return 0
         return int(kernel.channel_used(slot, channel, day, self.channel_counters))
 
+    def counter_used(self, key: int, day: int) -> int:
+        """Day counter `key` (ledger.types account_counter_key / customer_counter_key)."""
+        return int(kernel.counter_used(key, day, self.channel_counters))
+
+    def account_customer(self, account_id: int) -> int | None:
+        """The account's customer number (0 = none), or None when there is no account."""
+        slot = self.account_slot(account_id)
+        if slot < 0:
+            return None
+        return int(struct.unpack_from("<Q", self.owners, slot * CUSTOMER_SIZE)[0])
+
     def canonical_chunks(self) -> Iterator[bytes | memoryview]:
         """The state as bytes, identical for every backend: the digest's input."""
         count = self.account_count
         yield struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day)
         yield memoryview(self.accounts)[: count * ACCOUNT_SIZE]
         yield memoryview(self.pending)[: count * PENDING_SIZE]
+        if count and not simgen.all_zero(self.owners, 0, count * CUSTOMER_SIZE):
+            yield memoryview(self.owners)[: count * CUSTOMER_SIZE]
         yield from self._log_slices(self.log_tail, self.log_count)
         for slot, channel, used in self.channels_live():
-            yield struct.pack("<IBq", slot, channel, used)
+            yield pack_channel_live_digest(slot, channel, used)
 
     def channels_live(self) -> list[tuple[int, int, int]]:
         """(slot, channel, used) of today's non-zero channel counters, sorted."""
@@ -445,7 +464,7 @@ class KernelLedger(MetaScalars):
         state.check_capacity(account_capacity, ledger.transfer_capacity)
         ledger.set_rules(state.section("products"), state.section("channels"))
         count = state.account_count
-        for table in PER_ACCOUNT_TABLES:
+        for table in ACCOUNT_TABLES:
             ledger.table(table)[: count * table.row_size] = state.section(table.name)
         tail, end = state.log_tail, state.log_count
         log = state.section("log")
@@ -482,7 +501,7 @@ class KernelLedger(MetaScalars):
             table[2 * position + 1] = used & UINT64_MAX
         table.release()
         for slot, channel, used in live:
-            found = kernel.channel_used(slot, channel, day, self.channel_counters)
+            found = kernel.counter_used(((slot + 1) << 8) | channel, day, self.channel_counters)
             assert found == used, (slot, channel, found, used)
 
     def copy_state_from(self, source: KernelLedger) -> int:

@@ -15,12 +15,20 @@ Sections, in file order (their bytes are what snapshot format version 1
 has always stored):
 
     meta      the scalars below, as the kernel's int64 meta array (META_SIZE values)
-    products  the product table          channels  the channel table (4096 bytes)
+    products  the product table          channels  the rule table (RULES_SIZE bytes)
     accounts  account_count x 64         pending   account_count x 16
+    owners    account_count x 8: each account's customer number (0 = none)
     log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
-    chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
-              3 zero bytes, i64 used (sorted by slot, channel)
+    chanlive  today's non-zero day counters, 16 bytes each: u32 slot, u8 channel,
+              u8 counter space, 2 zero bytes, i64 used (sorted by space and slot, channel;
+              a customer's counters store (key >> 8) - 1 and key & 0xFF alike)
     digest    SHA-256 of the state, equal to `ledger.digest()` when it was dumped
+
+The layout before per-code authorization (`LEGACY_SECTION_NAMES`: no owners
+section, a 4096-byte channel table, every counter in space 0) is still read:
+`LedgerState.from_bytes` gives it a zero customer table and the upgraded rule
+table (`ledger.types.rules_table_upgraded`), and its digest is unchanged
+because the digest covers the customer table only when some account has one.
 
 The indexes (account ids, transfer ids), the expiry heap and the channel
 counter hash table are not sections: they are functions of the sections and
@@ -37,11 +45,13 @@ from dataclasses import dataclass
 
 from ledger.types import (
     ACCOUNT_SIZE,
-    CHANNEL_COUNT,
-    CHANNEL_SIZE,
+    CUSTOMER_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
+    RULES_LEGACY_SIZE,
+    RULES_SIZE,
     TRANSFER_SIZE,
+    rules_table_upgraded,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -68,7 +78,7 @@ META_DIRTY_TRANSFER_COUNT = 17
 META_DIRTY_OVERFLOW = 18
 META_SIZE = 24
 
-CHANNEL_LIVE = struct.Struct("<IB3xq")
+CHANNEL_LIVE = struct.Struct("<IBB2xq")
 assert CHANNEL_LIVE.size == 16
 
 
@@ -117,19 +127,23 @@ class Table:
     extent: Extent
     stored: bool  # a state section; False: rebuilt from the stored sections on load
     sparse: bool = False  # mostly zero: copies skip all-zero chunks, so pages stay unbacked
+    in_row: bool = True  # part of the account row a store keeps (ACCOUNT_ROW_SIZE)
 
 
 TABLES = (
     Table("accounts", ACCOUNT_SIZE, Extent.ACCOUNTS, stored=True),
     Table("pending", PENDING_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
+    # Not in the store's account row: set once at creation, which the entries carry.
+    Table("owners", CUSTOMER_SIZE, Extent.ACCOUNTS, stored=True, sparse=True, in_row=False),
     Table("account_index", 4, Extent.WHOLE, stored=False),
     Table("log", TRANSFER_SIZE, Extent.LOG_WINDOW, stored=True),
     Table("transfer_index", 16, Extent.WHOLE, stored=False),
     Table("heap", 16, Extent.HEAP, stored=False),
     Table("channel_counters", 16, Extent.WHOLE, stored=False),
 )
-PER_ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
-# An account's row as a store keeps it: the per-account tables' rows, concatenated.
+ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
+# An account's row as a store keeps it: the in-row per-account tables' rows, concatenated.
+PER_ACCOUNT_TABLES = tuple(table for table in ACCOUNT_TABLES if table.in_row)
 ACCOUNT_ROW_SIZE = sum(table.row_size for table in PER_ACCOUNT_TABLES)
 
 SECTION_NAMES = (
@@ -142,6 +156,7 @@ SECTION_NAMES = (
     "digest",
 )
 assert all(len(name) <= 8 for name in SECTION_NAMES)  # the snapshot's section name field
+LEGACY_SECTION_NAMES = tuple(name for name in SECTION_NAMES if name != "owners")
 
 
 class StateError(ValueError):
@@ -178,6 +193,8 @@ class LedgerState(MetaScalars):
     @classmethod
     def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
         """From one buffer a section (read from a file); checks names and sizes."""
+        if tuple(sections) == LEGACY_SECTION_NAMES:
+            sections = _upgraded_sections(sections)
         if tuple(sections) != SECTION_NAMES:
             raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
         state = cls.of({name: [data] for name, data in sections.items()})
@@ -195,10 +212,10 @@ class LedgerState(MetaScalars):
         return self.section("digest").hex()
 
     def channels_live(self) -> list[tuple[int, int, int]]:
-        """(slot, channel, used) of today's non-zero channel counters."""
+        """(slot, channel, used) of today's non-zero day counters (`pack_channels_live`)."""
         return [
-            (int(slot), int(channel), int(used))
-            for slot, channel, used in CHANNEL_LIVE.iter_unpack(self.section("chanlive"))
+            (int(space) << 32 | int(slot), int(channel), int(used))
+            for slot, channel, space, used in CHANNEL_LIVE.iter_unpack(self.section("chanlive"))
         ]
 
     def check(self) -> None:
@@ -207,7 +224,7 @@ class LedgerState(MetaScalars):
         if len(self.meta) != META_SIZE:
             raise StateCorrupt(f"meta holds {len(self.meta)} values, expected {META_SIZE}")
         count = self.account_count
-        for table in PER_ACCOUNT_TABLES:
+        for table in ACCOUNT_TABLES:
             if table.stored and self.size(table.name) != count * table.row_size:
                 problems.append(f"{table.name} section is {self.size(table.name)} bytes")
         window = self.log_count - self.log_tail
@@ -216,7 +233,7 @@ class LedgerState(MetaScalars):
         products = self.size("products")
         if products < PRODUCT_SIZE or products % PRODUCT_SIZE:
             problems.append(f"products section is {products} bytes")
-        if self.size("channels") != CHANNEL_COUNT * CHANNEL_SIZE:
+        if self.size("channels") != RULES_SIZE:
             problems.append(f"channels section is {self.size('channels')} bytes")
         if self.size("chanlive") % CHANNEL_LIVE.size or self.size("digest") != 32:
             problems.append("chanlive or digest section has the wrong size")
@@ -249,8 +266,33 @@ def pack_meta(
 
 
 def pack_channels_live(live: Sequence[tuple[int, int, int]]) -> bytearray:
-    """The chanlive section from (slot, channel, used) rows."""
+    """The chanlive section from (slot, channel, used) rows; `slot` carries the counter
+    space above bit 32 (`channels_live` of either twin)."""
     out = bytearray(len(live) * CHANNEL_LIVE.size)
     for index, (slot, channel, used) in enumerate(live):
-        CHANNEL_LIVE.pack_into(out, index * CHANNEL_LIVE.size, slot, channel, used)
+        CHANNEL_LIVE.pack_into(
+            out, index * CHANNEL_LIVE.size, slot & 0xFFFFFFFF, channel, slot >> 32, used
+        )
     return out
+
+
+def pack_channel_live_digest(slot: int, channel: int, used: int) -> bytes:
+    """One day counter as the digest reads it (space-0 counters exactly as before)."""
+    if slot >> 32:
+        return struct.pack("<QBq", slot, channel, used)
+    return struct.pack("<IBq", slot, channel, used)
+
+
+def _upgraded_sections(sections: dict[str, bytes]) -> dict[str, bytes]:
+    """A legacy layout's sections in today's: no customers, the legacy rule table."""
+    upgraded: dict[str, bytes] = {}
+    meta = array("q")
+    meta.frombytes(sections["meta"])
+    account_count = meta[META_ACCOUNT_COUNT] if len(meta) == META_SIZE else 0
+    for name, data in sections.items():
+        if name == "channels" and len(data) == RULES_LEGACY_SIZE:
+            data = rules_table_upgraded(data)  # another size: `check` reports it
+        upgraded[name] = data
+        if name == "pending":
+            upgraded["owners"] = bytes(account_count * CUSTOMER_SIZE)
+    return upgraded
