@@ -175,7 +175,8 @@ cdef int state_load(
     s.products = <const Product *>&products[0]
     s.channels = <const ChannelRule *>&channels[0]
     s.kinds = <const KindRule *>&channels[CHANNEL_COUNT * CHANNEL_SIZE]
-    s.bank = <const BankRule *>&channels[CHANNEL_COUNT * CHANNEL_SIZE + KIND_RULE_COUNT * KIND_RULE_SIZE]
+    s.bank = <const BankRule *>&channels[
+        CHANNEL_COUNT * CHANNEL_SIZE + KIND_RULE_COUNT * KIND_RULE_SIZE]
     s.customers = <uint64_t *>&customers[0]
     return 0
 
@@ -437,7 +438,8 @@ cdef inline uint64_t channel_key(uint32_t slot, uint8_t channel) noexcept nogil:
     return ((<uint64_t>slot + 1) << 8) | channel
 
 
-cdef inline uint64_t account_counter_key(uint64_t space, uint32_t slot, uint8_t channel) noexcept nogil:
+cdef inline uint64_t account_counter_key(uint64_t space, uint32_t slot,
+                                        uint8_t channel) noexcept nogil:
     return (space << 40) | ((<uint64_t>slot + 1) << 8) | channel
 
 
@@ -445,7 +447,8 @@ cdef inline uint64_t customer_counter_key(uint64_t space, uint64_t customer) noe
     return (space << 40) | customer
 
 
-cdef inline void tally_add(Tallies *tallies, uint64_t key, int64_t cap, uint8_t result) noexcept nogil:
+cdef inline void tally_add(Tallies *tallies, uint64_t key, int64_t cap,
+                           uint8_t result) noexcept nogil:
     tallies.keys[tallies.count] = key
     tallies.caps[tallies.count] = cap
     tallies.results[tallies.count] = result
@@ -557,8 +560,8 @@ cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day,
                 continue
             used = channel_used_at(s, position, tallies.keys[i], day)
             if used != 0:
-                tally_change(s, position, tallies.keys[i], day, used - (amount if amount < used else used),
-                             undo)
+                tally_change(s, position, tallies.keys[i], day,
+                             used - (amount if amount < used else used), undo)
 
 
 # --- dirty tracking (for stores that write changed rows, e.g. PostgreSQL) ----------
@@ -866,7 +869,8 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         if not code_in(s.kinds[credit.kind].credit_codes, code):
             return TR_CREDIT_ACCOUNT_CODE_NOT_ALLOWED
         if (code_in(s.bank.anchored_codes, code)
-                and not ((s.kinds[debit.kind].options | s.kinds[credit.kind].options) & KIND_BANK_SIDE)):
+                and not ((s.kinds[debit.kind].options | s.kinds[credit.kind].options)
+                         & KIND_BANK_SIDE)):
             return TR_CODE_NEEDS_BANK_ACCOUNT
     if not (t.flags & TRANSFER_VOID_PENDING):
         if debit.status == STATUS_FROZEN:
@@ -959,9 +963,10 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
                 return TR_EXCEEDS_DAILY_INFLOW
             if exceeds_cap(credit_effective.inflow_yearly, credit_product.inflow_yearly_minor, amount):
                 return TR_EXCEEDS_YEARLY_INFLOW
-        if (tallies.count > 0 and tallies.results[tallies.count - 1] == TR_STRONG_AUTH_REQUIRED
+        i = tallies.count - 1  # strong authentication, when counted, is the last tally
+        if (i >= 0 and tallies.results[i] == TR_STRONG_AUTH_REQUIRED
                 and not (t.flags & TRANSFER_STRONG_AUTH)
-                and exceeds_cap(tallies.used[tallies.count - 1], tallies.caps[tallies.count - 1], amount)):
+                and exceeds_cap(tallies.used[i], tallies.caps[i], amount)):
             return TR_STRONG_AUTH_REQUIRED
     if fresh or code == CODE_REVERSAL:
         balance_projected = credit.credits_posted + credit_pending.credits_pending - credit.debits_posted
@@ -1066,7 +1071,8 @@ cdef void chain_rollback(State *s, Chain *chain) noexcept nogil:
             log_at(s, undo.target_seq)[0] = undo.target
         while undo.tally_count > 0:
             undo.tally_count -= 1
-            s.channel_counters[undo.tally_positions[undo.tally_count]] = undo.tally_entries[undo.tally_count]
+            s.channel_counters[undo.tally_positions[undo.tally_count]] = (
+                undo.tally_entries[undo.tally_count])
         transfer_index_delete(s, undo.id_lo, undo.id_hi, <uint64_t>(s.log_count - 1))
         s.log_count -= 1
     chain.deferred_count = 0
@@ -1172,10 +1178,15 @@ cdef inline void pipeline_resolve(State *s, Pipeline *p, Transfer *batch, int64_
             if s.channels[batch[i].channel].daily_cap_minor != 0:
                 TALLY_PREFETCH(&s.channel_counters[
                     channel_home(s, channel_key(slot, batch[i].channel))])
+            if not (s.channels[batch[i].channel].options & CHANNEL_STRONG_AUTH_EXEMPT):
+                TALLY_PREFETCH(&s.customers[slot])  # the customer's day counters' key
         slot = account_candidate(s, p.credit_hash[i])
         p.credit_candidate[i] = slot
         if slot != SLOT_NONE:
             TALLY_PREFETCH(&s.accounts[slot])
+            if s.channels[batch[i].channel].inflow_daily_cap_minor != 0:
+                TALLY_PREFETCH(&s.channel_counters[channel_home(
+                    s, account_counter_key(SPACE_CHANNEL_CREDIT, slot, batch[i].channel))])
     if until > p.resolved:
         p.resolved = until
 

@@ -24,7 +24,7 @@ from core.services.lifecycle import Settings
 from core.services.payments import PostingCheck
 from core.services.records import derive_transfer_id
 from core.services.refusals import Code, Refused, refused
-from ledger.constants import CASH_VAULT_ID, SETTLEMENT_ID
+from ledger.constants import CASH_VAULT_ID
 from ledger.records import pack_transfer, transfer_view
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
 from limits.rules import load_rules
@@ -34,6 +34,7 @@ COUNTER = Caller("counter", "counter", 3)
 APP = Caller("app", "app", 1)
 ID_NUMBER = "11010519491231002X"  # a valid resident ID (check digit X)
 PASSWORD = "135790"
+PAYEE_ID_NUMBER = "110105198001010016"  # another valid resident ID
 
 
 class Clock:
@@ -75,6 +76,15 @@ async def funded_account(bank: Bank, amount_minor: int) -> int:
     return account_id
 
 
+async def payee_account(bank: Bank) -> int:
+    """Another customer's Class I account: the other side of a customer's transfer (the
+    bank's own accounts take only the codes of their business)."""
+    customer = await bank.customers.register(
+        RegisterCustomer(COUNTER, "李四", PAYEE_ID_NUMBER, "13900139000")
+    )
+    return await bank.accounts.open(OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD))
+
+
 async def refusal_of(call: Callable[[], object]) -> Code:
     with pytest.raises(Refused) as caught:
         await call()  # type: ignore[misc]
@@ -98,7 +108,7 @@ async def test_register_open_deposit_transfer_and_read(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 10_000)
-        target = 1  # the cash vault: any ledger account can be credited
+        target = await payee_account(bank)
         posting = bank.payments.transfer(
             COUNTER, "t1", source, target, 2_500, Consent(password=PASSWORD)
         )
@@ -120,7 +130,10 @@ async def test_refusals_are_typed_values(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 100)
-        posting = bank.payments.transfer(COUNTER, "big", source, 1, 1_000, Consent("", PASSWORD))
+        payee = await payee_account(bank)
+        posting = bank.payments.transfer(
+            COUNTER, "big", source, payee, 1_000, Consent("", PASSWORD)
+        )
         with pytest.raises(Refused) as caught:
             await bank.payments.post(posting)
         assert caught.value.refusal.code == Code.TRANSFER_REFUSED
@@ -131,7 +144,7 @@ async def test_refusals_are_typed_values(tmp_path: Path) -> None:
             Code.CHANNEL_KIND_NOT_ALLOWED
         )
         assert await refusal_of(lambda: bank.reads.transfer(12345)) == Code.TRANSFER_NOT_FOUND
-        silent = bank.payments.transfer(COUNTER, "no-consent", source, 1, 1, Consent())
+        silent = bank.payments.transfer(COUNTER, "no-consent", source, payee, 1, Consent())
         assert await refusal_of(lambda: bank.payments.post(silent)) == (
             Code.AUTHENTICATION_REQUIRED
         )
@@ -144,12 +157,13 @@ async def test_token_expires_on_the_injected_clock(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 1_000)
+        payee = await payee_account(bank)
         issued = await bank.auth.issue_token(IssueToken(COUNTER, source, PASSWORD))
         with_token = Consent(token=issued.token)
-        posting = bank.payments.transfer(COUNTER, "tok-1", source, 1, 10, with_token)
+        posting = bank.payments.transfer(COUNTER, "tok-1", source, payee, 10, with_token)
         assert (await bank.payments.post(posting)).amount_minor == 10
         clock.now += 61 * 1_000_000_000
-        late = bank.payments.transfer(COUNTER, "tok-2", source, 1, 10, with_token)
+        late = bank.payments.transfer(COUNTER, "tok-2", source, payee, 10, with_token)
         assert await refusal_of(lambda: bank.payments.post(late)) == Code.TOKEN_INVALID
 
 
@@ -174,14 +188,15 @@ async def test_wrong_passwords_lock_until_the_next_business_day(tmp_path: Path) 
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         source = await funded_account(bank, 1_000)
+        payee = await payee_account(bank)
         codes = []
         for attempt in range(5):
             wrong = bank.payments.transfer(
-                COUNTER, f"w{attempt}", source, 1, 1, Consent(password="000000")
+                COUNTER, f"w{attempt}", source, payee, 1, Consent(password="000000")
             )
             codes.append(await refusal_of(lambda wrong=wrong: bank.payments.post(wrong)))
         assert codes == [Code.PASSWORD_WRONG] * 4 + [Code.PASSWORD_LOCKED]
-        right = bank.payments.transfer(COUNTER, "r1", source, 1, 1, Consent(password=PASSWORD))
+        right = bank.payments.transfer(COUNTER, "r1", source, payee, 1, Consent(password=PASSWORD))
         with pytest.raises(Refused) as caught:
             await bank.payments.post(right)
         assert caught.value.refusal.code == Code.PASSWORD_LOCKED
@@ -197,15 +212,16 @@ async def test_payment_hold_capture_void_and_reversal(tmp_path: Path) -> None:
     clock = Clock()
     async with running_bank(tmp_path, clock) as bank:
         payer = await funded_account(bank, 1_000)
+        merchant = await payee_account(bank)
         consent = Consent(password=PASSWORD)
         hold = await bank.payments.payment(
-            Movement(COUNTER, "p1", payer, 300, consent, counterpart=1)
+            Movement(COUNTER, "p1", payer, 300, consent, counterpart=merchant)
         )
         hold_id = int.from_bytes(hold.transfer_id_packed, "little")
         captured = await bank.payments.capture(Movement(COUNTER, "c1", hold_id, 200))
         assert captured.amount_minor == 200
         second = await bank.payments.payment(
-            Movement(COUNTER, "p2", payer, 100, consent, counterpart=1)
+            Movement(COUNTER, "p2", payer, 100, consent, counterpart=merchant)
         )
         second_id = int.from_bytes(second.transfer_id_packed, "little")
         await bank.payments.void(Movement(COUNTER, "v1", second_id, None))
@@ -242,6 +258,7 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
     blocklist = Blocklist()
     async with running_bank(tmp_path, clock, (blocklist,)) as bank:
         source = await funded_account(bank, 10_000)
+        payee = await payee_account(bank)
         consent = Consent(password=PASSWORD)
 
         def batch(key: str) -> PostingBatch:
@@ -249,25 +266,27 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
                 pack_transfer(
                     id=derive_transfer_id(COUNTER.ledger_id, key, index),
                     debit_account_id=debit,
-                    credit_account_id=SETTLEMENT_ID,
+                    credit_account_id=payee,
                     amount=100,
-                    code=TransferCode.TRANSFER,
+                    code=code,
                     channel=COUNTER.ledger_id,
                 )
-                for index, debit in enumerate((CASH_VAULT_ID, source))
+                for index, (debit, code) in enumerate(
+                    ((CASH_VAULT_ID, TransferCode.CASH_DEPOSIT), (source, TransferCode.TRANSFER))
+                )
             )
             return PostingBatch(COUNTER, key, records, 2)
 
         posted = await bank.payments.post(
-            bank.payments.transfer(COUNTER, "ok", source, 1, 100, consent)
+            bank.payments.transfer(COUNTER, "ok", source, payee, 100, consent)
         )
         assert posted.amount_minor == 100
         assert (await bank.payments.post_batch(batch("batch-ok"))).histogram == {0: 2}
         blocklist.blocked.add(source)
         seen = blocklist.seen
-        single = bank.payments.transfer(COUNTER, "single", source, 1, 100, consent)
+        single = bank.payments.transfer(COUNTER, "single", source, payee, 100, consent)
         assert await refusal_of(lambda: bank.payments.post(single)) == Code.NOT_APPLICABLE
-        hold = Movement(COUNTER, "hold", source, 100, consent, counterpart=1)
+        hold = Movement(COUNTER, "hold", source, 100, consent, counterpart=payee)
         assert await refusal_of(lambda: bank.payments.payment(hold)) == Code.NOT_APPLICABLE
         with pytest.raises(Refused) as caught:
             await bank.payments.post_batch(batch("batch"))
