@@ -258,7 +258,9 @@ def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
             account = opened.json()["account_id"]
             funded = counter.post(
                 f"/v1/accounts/{account}/cash-deposits",
-                {"amount_minor": 10**12},
+                # 100 million CNY each: far more than any run spends, and 64 of them stay
+                # inside the cash vault's floor (10 billion CNY, examples/limits.toml).
+                {"amount_minor": 10**10},
                 idempotency_key=secrets.token_hex(16),
             )
             assert funded.status_code == 201, funded.text

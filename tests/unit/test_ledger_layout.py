@@ -7,11 +7,12 @@ sections `ledger.state` declares, dumped identically by both twins.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
 
-from core.entries import apply_entry
+from core.entries import RULES_HEADER, Entry, EntryKind, apply_entry
 from ledger import records
 from ledger.constants import CLEARING_ID, INTERNAL_ACCOUNTS, LEDGER_CNY
 from ledger.kernel import KernelLedger
@@ -19,13 +20,21 @@ from ledger.protocol import Ledger, LedgerLoader
 from ledger.reference import Account, ReferenceLedger, Transfer
 from ledger.state import (
     ACCOUNT_ROW_SIZE,
+    LEGACY_SECTION_NAMES,
     SECTION_NAMES,
     LedgerState,
     StateCorrupt,
     StateTooLarge,
 )
 from ledger.types import AccountKind, TransferCode, TransferFlags
-from tests.unit.test_journal import ACCOUNT_CAPACITY, TRANSFER_CAPACITY, replayed, scenario
+from tests.ledger_helpers import legacy_channel_table
+from tests.unit.test_journal import (
+    ACCOUNT_CAPACITY,
+    RULES,
+    TRANSFER_CAPACITY,
+    replayed,
+    scenario,
+)
 
 # Both twins satisfy the protocols: mypy checks these (and ledger/protocol.py's own).
 _KERNEL_IS_A_LEDGER: type[Ledger] = KernelLedger
@@ -168,6 +177,48 @@ def test_a_dumped_state_loads_into_either_twin_and_goes_on_identically(
     )
     assert loaded.digest() == original.digest()
     full = replayed(before + after, "kernel")
+    for entry in after:
+        apply_entry(loaded, entry)
+    assert loaded.digest() == full.digest()
+
+
+def legacy_entries(entries: list[Entry]) -> list[Entry]:
+    """`entries` as a build before per-code authorization journaled them: the SET_RULES
+    payload carries the 4096-byte channel table of two caps a channel."""
+    legacy = []
+    for entry in entries:
+        if entry.kind == EntryKind.SET_RULES:
+            (products_size,) = RULES_HEADER.unpack_from(entry.payload)
+            products = entry.payload[4 : 4 + products_size]
+            payload = entry.payload[:4] + products + legacy_channel_table(RULES)
+            entry = dataclasses.replace(entry, payload=payload)
+        legacy.append(entry)
+    return legacy
+
+
+@pytest.mark.parametrize("target", [KernelLedger, ReferenceLedger])
+def test_a_journal_and_a_state_from_before_customer_numbers_still_load(
+    target: type[KernelLedger] | type[ReferenceLedger],
+) -> None:
+    """A journal and a snapshot written before per-code authorization (a 4096-byte channel
+    table, no `owners` section) still load: the old rule table is read as it behaved, every
+    account has no customer, and the digest recorded then is the one the state has now."""
+    before, after = (legacy_entries(half) for half in scenario())
+    original = replayed(before, "kernel")
+    dumped = original.dump_state()
+    sections = {name: dumped.section(name) for name in SECTION_NAMES if name != "owners"}
+    assert dumped.section("owners") == bytes(len(dumped.section("owners")))
+    sections["channels"] = legacy_channel_table(RULES)
+    assert tuple(sections) == LEGACY_SECTION_NAMES
+    loaded = target.load_state(
+        LedgerState.from_bytes(sections),
+        account_capacity=ACCOUNT_CAPACITY,
+        transfer_capacity=TRANSFER_CAPACITY,
+    )
+    assert loaded.digest() == original.digest() == dumped.digest
+    assert loaded.account_count > 0
+    assert loaded.dump_state().section("owners") == bytes(8 * loaded.account_count)
+    full = replayed(before + after, "reference")
     for entry in after:
         apply_entry(loaded, entry)
     assert loaded.digest() == full.digest()
