@@ -695,8 +695,11 @@ class Twin:
         return r
 
     def set_log_quotas(self, rules: RuleSet, log_quota_table: bytes) -> None:
-        """Install `rules` with this log quota table (u16 permille per channel) on both."""
-        products, channels = rule_tables(rules)
+        """Install `rules` with this log quota table (u16 permille per channel) on both; the
+        rule table installed stays (a legacy one too: `make_ledger(legacy=True)`)."""
+        products, _ = rule_tables(rules)
+        channels = bytes(self.kernel.channels)
+        assert channels == self.reference.rules_table
         self.kernel.set_rules(products, channels, log_quota_table)
         self.reference.set_rules(products, channels, log_quota_table)
 
