@@ -9,8 +9,13 @@ cdef enum:
     TRANSFER_SIZE = 128
     PENDING_SIZE = 16
     PRODUCT_SIZE = 64
-    CHANNEL_SIZE = 16
+    CHANNEL_SIZE = 32
     CHANNEL_COUNT = 256
+    KIND_RULE_SIZE = 32
+    KIND_RULE_COUNT = 32
+    BANK_RULE_SIZE = 32
+    RULES_SIZE = 9248  # the rule table: 256 channel rows, 32 account-kind rows, the bank row
+    CUSTOMER_SIZE = 8
     INDEX_ENTRY_SIZE = 16
     HEAP_ENTRY_SIZE = 16
     CHANNEL_ENTRY_SIZE = 16
@@ -75,7 +80,26 @@ cdef enum TransferFlag:
     TRANSFER_PENDING = 2
     TRANSFER_POST_PENDING = 4
     TRANSFER_VOID_PENDING = 8
-    TRANSFER_FLAGS_KNOWN = 0x0F
+    TRANSFER_STRONG_AUTH = 16  # the channel verified a second factor with the holder's consent
+    TRANSFER_FLAGS_KNOWN = 0x1F
+
+cdef enum ChannelOption:
+    CHANNEL_STRONG_AUTH_EXEMPT = 1  # face to face or the bank itself: no strong-auth tally
+    CHANNEL_CUSTOMER_CAP_EXEMPT = 2  # the bank's own postings: not in the customer's daily cap
+
+cdef enum KindOption:
+    KIND_FLOOR_ENFORCED = 1  # debits of this kind stop at the kind row's balance floor
+    KIND_BANK_SIDE = 2  # a bank-side account: may anchor an anchored (bucket-exempt) code
+
+cdef enum CounterSpace:  # the top byte of a channel-counter key
+    SPACE_CHANNEL_DEBIT = 0  # (account, channel): the channel's daily cap on debits
+    SPACE_CHANNEL_CREDIT = 1  # (account, channel): the channel's daily cap on credits
+    SPACE_CUSTOMER_DEBIT = 2  # customer: the daily cap across all channels
+    SPACE_STRONG_CUSTOMER = 3  # customer: non-counter debits (strong authentication)
+    SPACE_STRONG_ACCOUNT = 4  # account without a customer: the same per account
+
+cdef enum:
+    CUSTOMER_NUMBER_MAX = 0xFFFFFFFFFF  # 40 bits: a customer number fits a counter key
 
 cdef enum TransferCode:
     CODE_TRANSFER = 1
@@ -185,8 +209,15 @@ cdef enum CreateTransferResult:
     TR_EXCEEDS_DAILY_INFLOW = 74
     TR_EXCEEDS_YEARLY_INFLOW = 75
     TR_EXCEEDS_BALANCE_CAP = 76
-    # 77..84 are taken by the channel caps (kernel caps work); 85.. the transfer log.
-    TR_CHANNEL_LOG_QUOTA_EXCEEDED = 85
+    TR_CHANNEL_CODE_NOT_ALLOWED = 77
+    TR_DEBIT_ACCOUNT_CODE_NOT_ALLOWED = 78
+    TR_CREDIT_ACCOUNT_CODE_NOT_ALLOWED = 79
+    TR_CODE_NEEDS_BANK_ACCOUNT = 80
+    TR_EXCEEDS_INTERNAL_FLOOR = 81
+    TR_EXCEEDS_CHANNEL_DAILY_INFLOW_CAP = 82
+    TR_EXCEEDS_CUSTOMER_DAILY_CAP = 83
+    TR_STRONG_AUTH_REQUIRED = 84
+    TR_CHANNEL_LOG_QUOTA_EXCEEDED = 85  # the transfer log: the channel holds its share
 
 cdef enum CreateAccountResult:
     AR_OK = 0
@@ -209,6 +240,7 @@ cdef enum CreateAccountResult:
     AR_EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID = 17
     AR_EXISTS = 18
     AR_PRODUCT_KIND_MISMATCH = 19
+    AR_EXISTS_WITH_DIFFERENT_CUSTOMER = 20
 
 cdef enum AccountUpdateResult:
     UR_OK = 0
@@ -261,7 +293,8 @@ cdef packed struct AccountInput:
     uint8_t status
     uint16_t flags
     uint16_t product
-    uint64_t reserved[3]
+    uint64_t customer  # the holder's customer number (< 2**40), 0 = none
+    uint64_t reserved[2]
 
 cdef packed struct Transfer:
     uint64_t id_lo
@@ -301,7 +334,26 @@ cdef packed struct Product:
 
 cdef packed struct ChannelRule:
     int64_t transfer_cap_minor
-    int64_t daily_cap_minor
+    int64_t daily_cap_minor  # debits, per account per day
+    int64_t inflow_daily_cap_minor  # credits, per account per day
+    uint32_t codes  # bit c: the channel may post transfer code c
+    uint32_t options  # ChannelOption
+
+cdef packed struct KindRule:  # row k of the kind rows: accounts of AccountKind k
+    int64_t balance_floor_minor  # with KIND_FLOOR_ENFORCED
+    uint32_t debit_codes  # bit c: an account of this kind may be debited under code c
+    uint32_t credit_codes
+    uint32_t options  # KindOption
+    uint32_t reserved32
+    int64_t reserved
+
+cdef packed struct BankRule:
+    int64_t customer_daily_cap_minor  # debits of one customer per day, all channels; 0 = none
+    int64_t strong_auth_daily_minor  # non-counter debits per customer per day without it; 0 = none
+    uint32_t counted_codes  # codes that consume the PBoC buckets
+    uint32_t inflow_codes  # codes a channel's credit cap counts
+    uint32_t anchored_codes  # codes that need a bank-side account on one side
+    uint32_t reserved
 
 cdef packed struct IndexEntry:
     uint64_t fingerprint  # the id's 64-bit hash, never 0; 0 marks an empty entry

@@ -20,6 +20,7 @@ def create_transfers(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -41,6 +42,7 @@ def expire_pending(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -59,6 +61,7 @@ def evict(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -77,6 +80,7 @@ def evict_failed(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -94,6 +98,7 @@ def create_accounts(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -115,6 +120,7 @@ def update_account(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -137,6 +143,7 @@ def rebuild_indexes(
     channel_counters: Buffer,
     channel_live: Buffer,
     dirty: Buffer,
+    customers: Buffer,
     products: Buffer,
     channels: Buffer,
     log_quotas: Buffer,
@@ -148,6 +155,7 @@ def account_history(
 ) -> list[int]: ...
 def channel_entries_live(channel_counters: Buffer, day: int) -> list[tuple[int, int, int]]: ...
 def channel_used(slot: int, channel: int, day: int, channel_counters: Buffer) -> int: ...
+def counter_used(key: int, day: int, channel_counters: Buffer) -> int: ...
 def year_of_day_kernel(day: int) -> int: ...
 
 TRANSFER_RESULTS: dict[str, int]

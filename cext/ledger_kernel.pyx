@@ -67,6 +67,9 @@ cdef struct State:
     const Product *products
     int64_t product_count
     const ChannelRule *channels
+    const KindRule *kinds
+    const BankRule *bank
+    uint64_t *customers  # one per account slot: the holder's customer number, 0 = none
     int64_t last_day
     bint dirty_enabled  # a store wants the slots and seqs each entry changed
     uint8_t *dirty_marks  # one per account slot
@@ -85,8 +88,9 @@ cdef struct Undo:
     Pending pending[2]
     int64_t target_seq
     Transfer target
-    int64_t channel_position
-    ChannelEntry channel_entry
+    int64_t tally_count
+    int64_t tally_positions[4]
+    ChannelEntry tally_entries[4]
     uint64_t id_lo
     uint64_t id_hi
 
@@ -98,6 +102,16 @@ cdef struct Chain:
     int64_t deferred_count
 
 
+cdef struct Tallies:
+    # The day counters one debit consumes (or one released hold gives back), in check
+    # order: the channel's debit cap, its credit cap, the customer's cap, strong auth.
+    int64_t count
+    uint64_t keys[4]
+    int64_t caps[4]
+    uint8_t results[4]
+    int64_t used[4]
+
+
 # --- state loading ------------------------------------------------------------
 
 cdef int state_load(
@@ -105,8 +119,8 @@ cdef int state_load(
     unsigned char[::1] account_index, unsigned char[::1] log, unsigned char[::1] failed,
     unsigned char[::1] transfer_index, unsigned char[::1] heap,
     unsigned char[::1] channel_counters, unsigned char[::1] channel_live, unsigned char[::1] dirty,
-    const unsigned char[::1] products, const unsigned char[::1] channels,
-    const unsigned char[::1] log_quotas, int64_t[::1] meta,
+    unsigned char[::1] customers, const unsigned char[::1] products,
+    const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ) except -1:
     if meta.shape[0] < META_SIZE:
         raise ValueError("meta must hold META_SIZE int64")
@@ -155,8 +169,10 @@ cdef int state_load(
         raise ValueError("channel counters size must be (mask + 1) * CHANNEL_ENTRY_SIZE, at least 4 entries")
     if products.shape[0] != s.product_count * PRODUCT_SIZE or s.product_count < 1:
         raise ValueError("product table size must be product_count * PRODUCT_SIZE")
-    if channels.shape[0] != CHANNEL_COUNT * CHANNEL_SIZE:
-        raise ValueError("channel table must hold 256 rows")
+    if channels.shape[0] != RULES_SIZE:
+        raise ValueError("rule table must hold 256 channel rows, 32 kind rows and the bank row")
+    if customers.shape[0] < s.account_capacity * CUSTOMER_SIZE:
+        raise ValueError("customer table smaller than the account capacity")
     s.dirty_enabled = meta[META_DIRTY_ENABLED] != 0
     s.dirty_account_count = meta[META_DIRTY_ACCOUNT_COUNT]
     s.dirty_transfer_count = meta[META_DIRTY_TRANSFER_COUNT]
@@ -180,6 +196,10 @@ cdef int state_load(
     s.products = <const Product *>&products[0]
     s.channels = <const ChannelRule *>&channels[0]
     s.log_quotas = <const uint16_t *>&log_quotas[0]
+    s.kinds = <const KindRule *>&channels[CHANNEL_COUNT * CHANNEL_SIZE]
+    s.bank = <const BankRule *>&channels[
+        CHANNEL_COUNT * CHANNEL_SIZE + KIND_RULE_COUNT * KIND_RULE_SIZE]
+    s.customers = <uint64_t *>&customers[0]
     return 0
 
 
@@ -433,12 +453,14 @@ cdef inline bint cash_allowed(Account *account) noexcept nogil:
     return True
 
 
-cdef inline int transfer_counted(uint16_t code, Account *debit, Account *credit,
+cdef inline bint code_in(uint32_t codes, uint16_t code) noexcept nogil:
+    return ((codes >> code) & 1) != 0
+
+
+cdef inline int transfer_counted(State *s, uint16_t code, Account *debit, Account *credit,
                                  uint32_t debit_slot, uint32_t credit_slot) noexcept nogil:
     cdef int counted = 0
-    if not (code == CODE_TRANSFER or code == CODE_PAYMENT or code == CODE_CASH_DEPOSIT
-            or code == CODE_CASH_WITHDRAWAL or code == CODE_EXTERNAL_TRANSFER_OUT
-            or code == CODE_EXTERNAL_TRANSFER_IN):
+    if not code_in(s.bank.counted_codes, code):
         return 0
     if (debit.kind == KIND_CLASS_II or debit.kind == KIND_CLASS_III) and debit.bound_slot != credit_slot:
         counted |= COUNTED_DEBIT_OUTFLOW
@@ -449,6 +471,54 @@ cdef inline int transfer_counted(uint16_t code, Account *debit, Account *credit,
 
 cdef inline uint64_t channel_key(uint32_t slot, uint8_t channel) noexcept nogil:
     return ((<uint64_t>slot + 1) << 8) | channel
+
+
+cdef inline uint64_t account_counter_key(uint64_t space, uint32_t slot,
+                                        uint8_t channel) noexcept nogil:
+    return (space << 40) | ((<uint64_t>slot + 1) << 8) | channel
+
+
+cdef inline uint64_t customer_counter_key(uint64_t space, uint64_t customer) noexcept nogil:
+    return (space << 40) | customer
+
+
+cdef inline void tally_add(Tallies *tallies, uint64_t key, int64_t cap,
+                           uint8_t result) noexcept nogil:
+    tallies.keys[tallies.count] = key
+    tallies.caps[tallies.count] = cap
+    tallies.results[tallies.count] = result
+    tallies.used[tallies.count] = 0
+    tallies.count += 1
+
+
+cdef inline void tallies_of(State *s, uint8_t channel, uint16_t code, uint32_t debit_slot,
+                            uint32_t credit_slot, Tallies *tallies) noexcept nogil:
+    """The day counters a fresh transfer on these accounts consumes under the rules in force."""
+    cdef const ChannelRule *rule = &s.channels[channel]
+    cdef Account *debit = &s.accounts[debit_slot]
+    cdef uint64_t customer
+    tallies.count = 0
+    if rule.daily_cap_minor != 0 and debit.kind <= KIND_CUSTOMER_MAX:
+        tally_add(tallies, account_counter_key(SPACE_CHANNEL_DEBIT, debit_slot, channel),
+                  rule.daily_cap_minor, TR_EXCEEDS_CHANNEL_DAILY_CAP)
+    if (rule.inflow_daily_cap_minor != 0 and s.accounts[credit_slot].kind <= KIND_CUSTOMER_MAX
+            and code_in(s.bank.inflow_codes, code)):
+        tally_add(tallies, account_counter_key(SPACE_CHANNEL_CREDIT, credit_slot, channel),
+                  rule.inflow_daily_cap_minor, TR_EXCEEDS_CHANNEL_DAILY_INFLOW_CAP)
+    if debit.kind > KIND_CUSTOMER_MAX:
+        return
+    customer = s.customers[debit_slot]
+    if (s.bank.customer_daily_cap_minor != 0 and customer != 0
+            and not (rule.options & CHANNEL_CUSTOMER_CAP_EXEMPT)):
+        tally_add(tallies, customer_counter_key(SPACE_CUSTOMER_DEBIT, customer),
+                  s.bank.customer_daily_cap_minor, TR_EXCEEDS_CUSTOMER_DAILY_CAP)
+    if s.bank.strong_auth_daily_minor != 0 and not (rule.options & CHANNEL_STRONG_AUTH_EXEMPT):
+        if customer != 0:
+            tally_add(tallies, customer_counter_key(SPACE_STRONG_CUSTOMER, customer),
+                      s.bank.strong_auth_daily_minor, TR_STRONG_AUTH_REQUIRED)
+        else:
+            tally_add(tallies, account_counter_key(SPACE_STRONG_ACCOUNT, debit_slot, 0),
+                      s.bank.strong_auth_daily_minor, TR_STRONG_AUTH_REQUIRED)
 
 
 cdef inline uint64_t channel_home(State *s, uint64_t key) noexcept nogil:
@@ -481,17 +551,28 @@ cdef inline int64_t channel_used_at(State *s, int64_t position, uint64_t key, in
     return 0
 
 
-cdef inline bint channel_restorable(State *s, Transfer *target, int64_t day) noexcept nogil:
-    return ((target.flags & TRANSFER_PENDING) != 0 and target.business_day == day
-            and s.channels[target.channel].daily_cap_minor != 0
-            and s.accounts[target.debit_slot].kind <= KIND_CUSTOMER_MAX)
+cdef inline bint channel_restorable(Transfer *target, int64_t day) noexcept nogil:
+    """A hold released on the day it was taken gives its day counters back."""
+    return (target.flags & TRANSFER_PENDING) != 0 and target.business_day == day
 
 
-cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day) noexcept nogil:
+cdef inline void tally_change(State *s, int64_t position, uint64_t key, int64_t day, int64_t used,
+                              Undo *undo) noexcept nogil:
+    """Set today's counter `key` at `position` to `used`, saving the entry for a rollback."""
+    if undo != NULL:
+        undo.tally_positions[undo.tally_count] = position
+        undo.tally_entries[undo.tally_count] = s.channel_counters[position]
+        undo.tally_count += 1
+    s.channel_counters[position].key_day = (key << 16) | <uint64_t>day
+    s.channel_counters[position].used = used
+
+
+cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day,
+                        Undo *undo) noexcept nogil:
     cdef Account *account
     cdef Counters effective
-    cdef int64_t position
-    cdef uint64_t key
+    cdef int64_t position, used, i
+    cdef Tallies tallies
     if amount == 0:
         return
     if target.counted & COUNTED_DEBIT_OUTFLOW:
@@ -506,13 +587,16 @@ cdef void release_quota(State *s, Transfer *target, int64_t amount, int64_t day)
         quota_restore(s, &effective, False, amount, target.business_day, day)
         account.counters = effective
         account.counters_day = <uint16_t>day
-    if channel_restorable(s, target, day):
-        key = channel_key(target.debit_slot, target.channel)
-        position = channel_position(s, key, day)
-        if position >= 0 and channel_used_at(s, position, key, day) != 0:
-            s.channel_counters[position].used -= (
-                amount if amount < s.channel_counters[position].used
-                else s.channel_counters[position].used)
+    if channel_restorable(target, day):
+        tallies_of(s, target.channel, target.code, target.debit_slot, target.credit_slot, &tallies)
+        for i in range(tallies.count):
+            position = channel_position(s, tallies.keys[i], day)
+            if position < 0:
+                continue
+            used = channel_used_at(s, position, tallies.keys[i], day)
+            if used != 0:
+                tally_change(s, position, tallies.keys[i], day,
+                             used - (amount if amount < used else used), undo)
 
 
 # --- dirty tracking (for stores that write changed rows, e.g. PostgreSQL) ----------
@@ -631,7 +715,7 @@ cdef int64_t expire_pending_run(State *s, uint64_t now_ns, int64_t day) noexcept
         dirty_account(s, target.debit_slot)
         dirty_account(s, target.credit_slot)
         dirty_transfer(s, <int64_t>top.seq)
-        release_quota(s, target, target.amount, day)
+        release_quota(s, target, target.amount, day, NULL)
         expired += 1
     return expired
 
@@ -749,12 +833,11 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     cdef Pending debit_pending, credit_pending
     cdef const Product *debit_product
     cdef const Product *credit_product
-    cdef uint64_t key = 0
+    cdef const KindRule *kind_rule
     cdef int64_t position = -1
-    cdef int64_t channel_daily_cap = s.channels[t.channel].daily_cap_minor
-    cdef int64_t channel_used = 0
-    cdef bint channel_counted
-    cdef Undo *undo
+    cdef int64_t i
+    cdef Tallies tallies
+    cdef Undo *undo = NULL
     cdef Transfer *record
     cdef int64_t seq
 
@@ -811,6 +894,19 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
     credit = &s.accounts[credit_slot]
     debit_pending = pending_of(s, debit_slot)
     credit_pending = pending_of(s, credit_slot)
+    if not (t.flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING)):
+        # Authorization: who may post this code, on which kinds of account (a capture or
+        # void settles a hold that passed these checks when it was taken).
+        if not code_in(s.channels[t.channel].codes, code):
+            return TR_CHANNEL_CODE_NOT_ALLOWED
+        if not code_in(s.kinds[debit.kind].debit_codes, code):
+            return TR_DEBIT_ACCOUNT_CODE_NOT_ALLOWED
+        if not code_in(s.kinds[credit.kind].credit_codes, code):
+            return TR_CREDIT_ACCOUNT_CODE_NOT_ALLOWED
+        if (code_in(s.bank.anchored_codes, code)
+                and not ((s.kinds[debit.kind].options | s.kinds[credit.kind].options)
+                         & KIND_BANK_SIDE)):
+            return TR_CODE_NEEDS_BANK_ACCOUNT
     if not (t.flags & TRANSFER_VOID_PENDING):
         if debit.status == STATUS_FROZEN:
             return TR_DEBIT_ACCOUNT_FROZEN
@@ -832,7 +928,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             return TR_CASH_NOT_ALLOWED
         if code == CODE_CASH_WITHDRAWAL and not cash_allowed(debit):
             return TR_CASH_NOT_ALLOWED
-        counted = transfer_counted(code, debit, credit, debit_slot, credit_slot)
+        counted = transfer_counted(s, code, debit, credit, debit_slot, credit_slot)
         if ((counted & COUNTED_CREDIT_INFLOW) and code != CODE_CASH_DEPOSIT
                 and not (credit.flags & ACCOUNT_NON_BOUND_INFLOW_ENABLED)):
             return TR_NON_BOUND_INFLOW_DISABLED
@@ -866,9 +962,14 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             credits_total = credit_pending.credits_pending + credit.credits_posted + amount
             if credits_total - credit.debits_posted > -floor:
                 return TR_EXCEEDS_DEBITS
+        kind_rule = &s.kinds[debit.kind]
+        if kind_rule.options & KIND_FLOOR_ENFORCED:
+            debits_total = debit_pending.debits_pending + debit.debits_posted + amount
+            if debits_total - debit.credits_posted > -kind_rule.balance_floor_minor:
+                return TR_EXCEEDS_INTERNAL_FLOOR
     debit_effective = counters_effective(s, &debit.counters, debit.counters_day, day)
     credit_effective = counters_effective(s, &credit.counters, credit.counters_day, day)
-    channel_counted = fresh and channel_daily_cap != 0 and debit.kind <= KIND_CUSTOMER_MAX
+    tallies.count = 0
     if fresh:
         debit_product = &s.products[debit.product]
         credit_product = &s.products[credit.product]
@@ -876,15 +977,17 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             return TR_EXCEEDS_TRANSFER_CAP
         if exceeds_cap(0, s.channels[t.channel].transfer_cap_minor, amount):
             return TR_EXCEEDS_CHANNEL_TRANSFER_CAP
-        if channel_counted:
-            key = channel_key(debit_slot, t.channel)
-            position = channel_position(s, key, day)
+        tallies_of(s, t.channel, code, debit_slot, credit_slot, &tallies)
+        for i in range(tallies.count):
+            position = channel_position(s, tallies.keys[i], day)
             if position < 0:
                 s.channel_table_full += 1
-                return TR_EXCEEDS_CHANNEL_DAILY_CAP
-            channel_used = channel_used_at(s, position, key, day)
-            if exceeds_cap(channel_used, channel_daily_cap, amount):
-                return TR_EXCEEDS_CHANNEL_DAILY_CAP
+                return tallies.results[i]
+            tallies.used[i] = channel_used_at(s, position, tallies.keys[i], day)
+            if tallies.results[i] == TR_STRONG_AUTH_REQUIRED:
+                continue  # checked below, after the hard caps
+            if exceeds_cap(tallies.used[i], tallies.caps[i], amount):
+                return tallies.results[i]
         if counted & COUNTED_DEBIT_OUTFLOW:
             if exceeds_cap(debit_effective.outflow_daily, debit_product.outflow_daily_minor, amount):
                 return TR_EXCEEDS_DAILY_OUTFLOW
@@ -895,6 +998,11 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
                 return TR_EXCEEDS_DAILY_INFLOW
             if exceeds_cap(credit_effective.inflow_yearly, credit_product.inflow_yearly_minor, amount):
                 return TR_EXCEEDS_YEARLY_INFLOW
+        i = tallies.count - 1  # strong authentication, when counted, is the last tally
+        if (i >= 0 and tallies.results[i] == TR_STRONG_AUTH_REQUIRED
+                and not (t.flags & TRANSFER_STRONG_AUTH)
+                and exceeds_cap(tallies.used[i], tallies.caps[i], amount)):
+            return TR_STRONG_AUTH_REQUIRED
     if fresh or code == CODE_REVERSAL:
         balance_projected = credit.credits_posted + credit_pending.credits_pending - credit.debits_posted
         if exceeds_cap(balance_projected, s.products[credit.product].balance_cap_minor, amount):
@@ -915,13 +1023,7 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         undo.target_seq = target_seq
         if target != NULL:
             undo.target = target[0]
-        undo.channel_position = -1
-        if channel_counted:
-            undo.channel_position = position
-        elif target != NULL and channel_restorable(s, target, day):
-            undo.channel_position = channel_position(s, channel_key(target.debit_slot, target.channel), day)
-        if undo.channel_position >= 0:
-            undo.channel_entry = s.channel_counters[undo.channel_position]
+        undo.tally_count = 0
         undo.id_lo = t.id_lo
         undo.id_hi = t.id_hi
 
@@ -948,17 +1050,17 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
         debit.debits_posted += amount
         credit.credits_posted += amount
         target.state = STATE_POSTED
-        release_quota(s, target, target.amount - amount, day)
+        release_quota(s, target, target.amount - amount, day, undo)
     elif t.flags & TRANSFER_VOID_PENDING:
         pending_release(s, debit_slot, credit_slot, target.amount)
         target.state = STATE_VOIDED
-        release_quota(s, target, target.amount, day)
+        release_quota(s, target, target.amount, day, undo)
     else:
         debit.debits_posted += amount
         credit.credits_posted += amount
         if target != NULL:
             target.amount_reversed += amount
-            release_quota(s, target, amount, day)
+            release_quota(s, target, amount, day, undo)
     if fresh:
         if counted & COUNTED_DEBIT_OUTFLOW:
             debit_effective.outflow_daily += <int32_t>amount
@@ -970,9 +1072,13 @@ cdef uint8_t apply(State *s, Transfer *t, uint64_t timestamp, int64_t day,
             credit_effective.inflow_yearly += <int32_t>amount
             credit.counters = credit_effective
             credit.counters_day = <uint16_t>day
-        if channel_counted:
-            s.channel_counters[position].key_day = (key << 16) | <uint64_t>day
-            s.channel_counters[position].used = channel_used + amount
+        for i in range(tallies.count):
+            # Looked up again: an earlier counter of this transfer may have taken the slot.
+            position = channel_position(s, tallies.keys[i], day)
+            if position < 0:
+                s.channel_table_full += 1  # full only if this very transfer filled it
+                continue
+            tally_change(s, position, tallies.keys[i], day, tallies.used[i] + amount, undo)
     dirty_account(s, debit_slot)
     dirty_account(s, credit_slot)
     if target != NULL:
@@ -1001,8 +1107,10 @@ cdef void chain_rollback(State *s, Chain *chain) noexcept nogil:
         s.pending[undo.slots[0]] = undo.pending[0]
         if undo.target_seq >= 0:
             log_at(s, undo.target_seq)[0] = undo.target
-        if undo.channel_position >= 0:
-            s.channel_counters[undo.channel_position] = undo.channel_entry
+        while undo.tally_count > 0:
+            undo.tally_count -= 1
+            s.channel_counters[undo.tally_positions[undo.tally_count]] = (
+                undo.tally_entries[undo.tally_count])
         transfer_index_delete(s, undo.id_lo, undo.id_hi, <uint64_t>(s.log_count - 1))
         s.channel_live[2 * log_at(s, s.log_count - 1).channel] -= 1
         s.log_count -= 1
@@ -1161,10 +1269,15 @@ cdef inline void pipeline_resolve(State *s, Pipeline *p, Transfer *batch, int64_
             if s.channels[batch[i].channel].daily_cap_minor != 0:
                 TALLY_PREFETCH(&s.channel_counters[
                     channel_home(s, channel_key(slot, batch[i].channel))])
+            if not (s.channels[batch[i].channel].options & CHANNEL_STRONG_AUTH_EXEMPT):
+                TALLY_PREFETCH(&s.customers[slot])  # the customer's day counters' key
         slot = account_candidate(s, p.credit_hash[i])
         p.credit_candidate[i] = slot
         if slot != SLOT_NONE:
             TALLY_PREFETCH(&s.accounts[slot])
+            if s.channels[batch[i].channel].inflow_daily_cap_minor != 0:
+                TALLY_PREFETCH(&s.channel_counters[channel_home(
+                    s, account_counter_key(SPACE_CHANNEL_CREDIT, slot, batch[i].channel))])
     if until > p.resolved:
         p.resolved = until
 
@@ -1239,7 +1352,7 @@ def create_transfers(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
     unsigned char[::1] results, unsigned char[::1] timestamps, unsigned char[::1] balances,
 ):
@@ -1250,7 +1363,8 @@ def create_transfers(
     cdef Chain chain
     cdef int64_t ok = 0
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     if batch.shape[0] % TRANSFER_SIZE != 0:
         raise ValueError("batch size must be a multiple of TRANSFER_SIZE")
     if results.shape[0] < count or timestamps.shape[0] < count * 8 or balances.shape[0] < count * 16:
@@ -1307,14 +1421,15 @@ def expire_pending(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Release every pending transfer whose timeout has passed at `now_ns`."""
     cdef State s
     cdef int64_t expired
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     if business_day < s.last_day or business_day > 0xFFFF:
         raise ValueError(f"business_day {business_day} before {s.last_day} or out of range")
     with nogil:
@@ -1329,7 +1444,7 @@ def evict(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Forget the oldest transfers older than `before_ns`; stops at one still pending."""
@@ -1337,7 +1452,8 @@ def evict(
     cdef int64_t evicted = 0
     cdef Transfer *record
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     with nogil:
         while evicted < count_max and s.log_tail < s.log_count:
             record = log_at(&s, s.log_tail)
@@ -1356,14 +1472,15 @@ def evict_failed(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Forget the oldest failures older than `before_ns` (the failure retention)."""
     cdef State s
     cdef int64_t evicted = 0
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     with nogil:
         while (evicted < count_max and s.failed_tail < s.failed_count
                and failed_at(&s, s.failed_tail).timestamp < before_ns):
@@ -1390,7 +1507,7 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
     cdef Account *existing
     cdef Account *account
     cdef uint64_t h
-    if a.reserved[0] != 0 or a.reserved[1] != 0 or a.reserved[2] != 0:
+    if a.reserved[0] != 0 or a.reserved[1] != 0 or a.customer > CUSTOMER_NUMBER_MAX:
         return AR_RESERVED_FIELD
     if a.flags & ~(<uint16_t>ACCOUNT_FLAGS_KNOWN):
         return AR_RESERVED_FLAG
@@ -1435,6 +1552,8 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
             return AR_EXISTS_WITH_DIFFERENT_PRODUCT
         if existing.bound_slot != bound_slot:
             return AR_EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID
+        if s.customers[slot] != a.customer:
+            return AR_EXISTS_WITH_DIFFERENT_CUSTOMER
         return AR_EXISTS
     slot = <uint32_t>s.account_count
     account = &s.accounts[slot]
@@ -1447,6 +1566,7 @@ cdef uint8_t create_account(State *s, AccountInput *a) noexcept nogil:
     account.status = STATUS_ACTIVE
     account.flags = a.flags
     account.product = a.product
+    s.customers[slot] = a.customer
     account_index_insert(s, slot, h)
     s.account_count += 1
     dirty_account(s, slot)
@@ -1458,7 +1578,7 @@ def create_accounts(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
     unsigned char[::1] results,
 ):
@@ -1468,7 +1588,8 @@ def create_accounts(
     cdef int64_t i, ok = 0
     cdef AccountInput *inputs
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     if batch.shape[0] % ACCOUNT_SIZE != 0:
         raise ValueError("batch size must be a multiple of ACCOUNT_SIZE")
     if results.shape[0] < count:
@@ -1494,7 +1615,7 @@ def update_account(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Change status (freeze, unfreeze, close) and flags of one account."""
@@ -1502,7 +1623,8 @@ def update_account(
     cdef uint32_t slot
     cdef Account *account
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     slot = account_find(&s, id_lo, id_hi, hash_id(id_lo, id_hi))
     if slot == SLOT_NONE:
         return UR_ACCOUNT_NOT_FOUND
@@ -1573,7 +1695,7 @@ def rebuild_indexes(
     unsigned char[::1] accounts, unsigned char[::1] pending, unsigned char[::1] account_index,
     unsigned char[::1] log, unsigned char[::1] failed, unsigned char[::1] transfer_index,
     unsigned char[::1] heap, unsigned char[::1] channel_counters, unsigned char[::1] channel_live,
-    unsigned char[::1] dirty, const unsigned char[::1] products,
+    unsigned char[::1] dirty, unsigned char[::1] customers, const unsigned char[::1] products,
     const unsigned char[::1] channels, const unsigned char[::1] log_quotas, int64_t[::1] meta,
 ):
     """Rebuild the account index, transfer index and expiry heap from restored tables.
@@ -1589,7 +1711,8 @@ def rebuild_indexes(
     cdef int64_t slot, seq
     cdef Transfer *record
     state_load(&s, accounts, pending, account_index, log, failed, transfer_index, heap,
-               channel_counters, channel_live, dirty, products, channels, log_quotas, meta)
+               channel_counters, channel_live, dirty, customers, products, channels, log_quotas,
+               meta)
     if s.transfer_index_count != 0 or s.heap_size != 0:
         raise ValueError("rebuild_indexes needs empty indexes")
     if (s.failed_count - s.failed_tail > <int64_t>(s.failed_mask + 1)
@@ -1680,6 +1803,8 @@ def channel_entries_live(const unsigned char[::1] channel_counters, int64_t day)
     for i in range(count):
         if (entries[i].key_day != 0 and <int64_t>(entries[i].key_day & 0xFFFF) == day
                 and entries[i].used != 0):
+            # (key >> 8) - 1: the slot for account counters, with the counter space above
+            # bit 32 (ledger/state.py CHANNEL_LIVE); a customer's counters decode alike.
             live.append((<int64_t>(entries[i].key_day >> 24) - 1, <int>((entries[i].key_day >> 16) & 0xFF),
                          entries[i].used))
     live.sort()
@@ -1696,6 +1821,20 @@ def channel_used(uint32_t slot, int channel, int64_t day, const unsigned char[::
     s.channel_counters = <ChannelEntry *>&channel_counters[0]
     s.channel_mask = <uint64_t>(channel_counters.shape[0] // CHANNEL_ENTRY_SIZE - 1)
     key = channel_key(slot, <uint8_t>channel)
+    position = channel_position(&s, key, day)
+    if position < 0:
+        return 0
+    return channel_used_at(&s, position, key, day)
+
+
+def counter_used(uint64_t key, int64_t day, const unsigned char[::1] channel_counters):
+    """What day counter `key` (any counter space) holds for `day` (0 when nothing)."""
+    cdef State s
+    cdef int64_t position
+    if key >> 48:
+        raise ValueError("counter key out of range")
+    s.channel_counters = <ChannelEntry *>&channel_counters[0]
+    s.channel_mask = <uint64_t>(channel_counters.shape[0] // CHANNEL_ENTRY_SIZE - 1)
     position = channel_position(&s, key, day)
     if position < 0:
         return 0
@@ -1773,6 +1912,14 @@ TRANSFER_RESULTS = {name: value for name, value in {
     "EXCEEDS_DAILY_OUTFLOW": TR_EXCEEDS_DAILY_OUTFLOW, "EXCEEDS_YEARLY_OUTFLOW": TR_EXCEEDS_YEARLY_OUTFLOW,
     "EXCEEDS_DAILY_INFLOW": TR_EXCEEDS_DAILY_INFLOW, "EXCEEDS_YEARLY_INFLOW": TR_EXCEEDS_YEARLY_INFLOW,
     "EXCEEDS_BALANCE_CAP": TR_EXCEEDS_BALANCE_CAP,
+    "CHANNEL_CODE_NOT_ALLOWED": TR_CHANNEL_CODE_NOT_ALLOWED,
+    "DEBIT_ACCOUNT_CODE_NOT_ALLOWED": TR_DEBIT_ACCOUNT_CODE_NOT_ALLOWED,
+    "CREDIT_ACCOUNT_CODE_NOT_ALLOWED": TR_CREDIT_ACCOUNT_CODE_NOT_ALLOWED,
+    "CODE_NEEDS_BANK_ACCOUNT": TR_CODE_NEEDS_BANK_ACCOUNT,
+    "EXCEEDS_INTERNAL_FLOOR": TR_EXCEEDS_INTERNAL_FLOOR,
+    "EXCEEDS_CHANNEL_DAILY_INFLOW_CAP": TR_EXCEEDS_CHANNEL_DAILY_INFLOW_CAP,
+    "EXCEEDS_CUSTOMER_DAILY_CAP": TR_EXCEEDS_CUSTOMER_DAILY_CAP,
+    "STRONG_AUTH_REQUIRED": TR_STRONG_AUTH_REQUIRED,
     "CHANNEL_LOG_QUOTA_EXCEEDED": TR_CHANNEL_LOG_QUOTA_EXCEEDED,
 }.items()}
 
@@ -1792,10 +1939,12 @@ ACCOUNT_RESULTS = {
     "EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID": AR_EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID,
     "EXISTS": AR_EXISTS,
     "PRODUCT_KIND_MISMATCH": AR_PRODUCT_KIND_MISMATCH,
+    "EXISTS_WITH_DIFFERENT_CUSTOMER": AR_EXISTS_WITH_DIFFERENT_CUSTOMER,
 }
 
 STRUCT_SIZES = {
     "Account": sizeof(Account), "AccountInput": sizeof(AccountInput), "Counters": sizeof(Counters), "Pending": sizeof(Pending),
     "Transfer": sizeof(Transfer), "Product": sizeof(Product), "ChannelRule": sizeof(ChannelRule),
+    "KindRule": sizeof(KindRule), "BankRule": sizeof(BankRule),
     "IndexEntry": sizeof(IndexEntry), "HeapEntry": sizeof(HeapEntry), "ChannelEntry": sizeof(ChannelEntry),
 }

@@ -29,6 +29,7 @@ from cext.ledger_kernel cimport (
     ACCOUNT_NON_BOUND_INFLOW_ENABLED,
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
+    CHANNEL_SIZE,
     CHANNEL_ENTRY_SIZE,
     CODE_EXTERNAL_TRANSFER_IN,
     CODE_EXTERNAL_TRANSFER_OUT,
@@ -52,6 +53,7 @@ from cext.ledger_kernel cimport (
     META_LOG_MASK,
     META_LOG_TAIL,
     PRODUCT_SIZE,
+    SPACE_CHANNEL_DEBIT,
     TR_EXISTS,
     TR_ID_ALREADY_FAILED,
     TR_OK,
@@ -1220,7 +1222,7 @@ def check_sample_limits(const int64_t[::1] sample_totals, int64_t sample_stride,
     cdef const Account *a
     cdef const Product *p
     cdef const ChannelRule *rule
-    if channels.shape[0] < CHANNEL_COUNT * 16:
+    if channels.shape[0] < CHANNEL_COUNT * CHANNEL_SIZE:
         raise ValueError("channel table too small")
     with nogil:
         for i in range(sample_count):
@@ -1238,7 +1240,7 @@ def check_sample_limits(const int64_t[::1] sample_totals, int64_t sample_stride,
                         or (p.inflow_daily_minor != 0 and totals[2] > p.inflow_daily_minor)):
                     over_product += 1
             for c in range(1, 7):
-                rule = <const ChannelRule *>&channels[c * 16]
+                rule = <const ChannelRule *>&channels[c * CHANNEL_SIZE]
                 if rule.daily_cap_minor != 0 and totals[2 + c] > rule.daily_cap_minor:
                     over_channel += 1
     return (active, over_product, over_channel)
@@ -1252,15 +1254,17 @@ def check_channel_counters(const unsigned char[::1] channel_counters,
     cdef const ChannelRule *rule
     cdef int64_t i, live = 0, over = 0
     cdef int channel
-    if channels.shape[0] < CHANNEL_COUNT * 16:
+    if channels.shape[0] < CHANNEL_COUNT * CHANNEL_SIZE:
         raise ValueError("channel table too small")
     with nogil:
         for i in range(n):
             if entries[i].key_day == 0 or <int64_t>(entries[i].key_day & 0xFFFF) != day:
                 continue
+            if (entries[i].key_day >> 56) != SPACE_CHANNEL_DEBIT:
+                continue  # credit, customer and strong-authentication counters
             live += 1
             channel = <int>((entries[i].key_day >> 16) & 0xFF)
-            rule = <const ChannelRule *>&channels[channel * 16]
+            rule = <const ChannelRule *>&channels[channel * CHANNEL_SIZE]
             if rule.daily_cap_minor != 0 and entries[i].used > rule.daily_cap_minor:
                 over += 1
     return (live, over)

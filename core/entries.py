@@ -16,7 +16,7 @@ from typing import Any
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
 from ledger.state import LOG_QUOTA_TABLE_SIZE
-from ledger.types import ACCOUNT_SIZE, CHANNEL_COUNT, CHANNEL_SIZE, TRANSFER_SIZE, join_id
+from ledger.types import ACCOUNT_SIZE, RULES_LEGACY_SIZE, RULES_SIZE, TRANSFER_SIZE, join_id
 
 
 class EntryKind(enum.IntEnum):
@@ -34,8 +34,9 @@ class EntryKind(enum.IntEnum):
 
 UPDATE_ACCOUNT_PAYLOAD = struct.Struct("<QQBH13x")  # id_lo, id_hi, status, flags (32 bytes)
 EVICT_PAYLOAD = struct.Struct("<Qq")  # before_ns, count_max (EVICT and EVICT_FAILED)
-# Product table size, then products, then channels, then (since the log quotas; absent
-# in rules journaled before them: no quotas) the log quota table.
+# Product table size, then products, then the rule table (RULES_SIZE bytes; journals
+# written before per-code authorization: RULES_LEGACY_SIZE), then (since the log quotas;
+# absent in rules journaled before them: no quotas) the log quota table.
 RULES_HEADER = struct.Struct("<I")
 # A PUT_STATE change: key size, value size (STATE_DELETE: the key is deleted, no value),
 # then the key and the value; `count` changes back to back.
@@ -69,9 +70,7 @@ class Entry:
         elif self.kind == EntryKind.EXPIRE_PENDING:
             assert self.count == 0 and not self.payload
         elif self.kind == EntryKind.SET_RULES:
-            (products_size,) = RULES_HEADER.unpack_from(self.payload)
-            tables_size = 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
-            assert len(self.payload) in (tables_size, tables_size + LOG_QUOTA_TABLE_SIZE)
+            rules_payload_tables(self.payload)  # asserts the tables' sizes
         elif self.kind in (EntryKind.EVICT, EntryKind.EVICT_FAILED):
             assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
         elif self.kind == EntryKind.PUT_STATE:
@@ -127,6 +126,24 @@ def apply_state_changes(state: dict[bytes, bytes], changes: StateChanges) -> Non
             state[key] = value
 
 
+def rules_payload_tables(payload: bytes | memoryview) -> tuple[bytes, bytes, bytes]:
+    """A SET_RULES payload's product table, rule table and log quota table (b"": none)."""
+    (products_size,) = RULES_HEADER.unpack_from(payload)
+    tables_size = len(payload) - 4 - products_size
+    if tables_size in (RULES_SIZE, RULES_SIZE + LOG_QUOTA_TABLE_SIZE):
+        rules_size = RULES_SIZE
+    else:
+        # Before per-code authorization: the legacy table of two caps a channel.
+        assert tables_size in (RULES_LEGACY_SIZE, RULES_LEGACY_SIZE + LOG_QUOTA_TABLE_SIZE)
+        rules_size = RULES_LEGACY_SIZE
+    channels_end = 4 + products_size + rules_size
+    return (
+        bytes(payload[4 : 4 + products_size]),
+        bytes(payload[4 + products_size : channels_end]),
+        bytes(payload[channels_end:]),
+    )
+
+
 def apply_entry(
     ledger: KernelLedger | ReferenceLedger,
     entry: Entry,
@@ -153,11 +170,7 @@ def apply_entry(
     if entry.kind == EntryKind.EXPIRE_PENDING:
         return ledger.expire_pending(entry.timestamp_first, entry.business_day)
     if entry.kind == EntryKind.SET_RULES:
-        (products_size,) = RULES_HEADER.unpack_from(entry.payload)
-        channels_end = 4 + products_size + CHANNEL_COUNT * CHANNEL_SIZE
-        products = entry.payload[4 : 4 + products_size]
-        channels = entry.payload[4 + products_size : channels_end]
-        ledger.set_rules(products, channels, entry.payload[channels_end:])
+        ledger.set_rules(*rules_payload_tables(entry.payload))
         return None
     if entry.kind == EntryKind.EVICT:
         before_ns, count_max = EVICT_PAYLOAD.unpack(entry.payload)

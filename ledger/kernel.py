@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from cext import ledger_kernel as kernel
 from cext import simgen
 from ledger.state import (
+    ACCOUNT_TABLES,
     LOG_QUOTA_TABLE_SIZE,
     META_ACCOUNT_CAPACITY,
     META_ACCOUNT_COUNT,
@@ -51,17 +52,20 @@ from ledger.state import (
     StateCorrupt,
     StateTooLarge,
     Table,
+    pack_channel_live_digest,
     pack_channels_live,
 )
 from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
     CHANNEL_LIVE_SIZE,
-    CHANNEL_SIZE,
+    CUSTOMER_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
+    RULES_LEGACY_SIZE,
     TRANSFER_SIZE,
     UINT64_MAX,
+    rules_table_upgraded,
     split_id,
 )
 
@@ -115,8 +119,9 @@ class KernelLedger(MetaScalars):
         self.failed_size = failed_size
         # Under 50% load with the log and the failure ring both full.
         transfer_index_size = power_of_two_at_least(max(16, 2 * (log_size + failed_size)))
+        # Two entries an account: a day may hold its debit, credit and customer counters.
         channel_size = power_of_two_at_least(
-            channel_counter_capacity or max(1024, account_capacity)
+            channel_counter_capacity or max(1024, 2 * account_capacity)
         )
         self.accounts = zeroed(account_capacity * ACCOUNT_SIZE)
         self.pending = zeroed(account_capacity * PENDING_SIZE)
@@ -130,8 +135,9 @@ class KernelLedger(MetaScalars):
         # Changed rows since the last take, for stores that write rows (PostgreSQL):
         # transfer seqs (int64 x log size), account slots (uint32 x accounts), marks.
         self.dirty = zeroed(log_size * 8 + account_capacity * 5)
+        self.owners = zeroed(account_capacity * CUSTOMER_SIZE)
         self.products = bytearray(PRODUCT_SIZE)
-        self.channels = bytearray(CHANNEL_COUNT * CHANNEL_SIZE)
+        self.channels = bytearray(rules_table_upgraded(bytes(RULES_LEGACY_SIZE)))
         self.log_quotas = bytearray(LOG_QUOTA_TABLE_SIZE)
         self.meta = array("q", [0] * META_SIZE)
         self.meta[META_ACCOUNT_CAPACITY] = account_capacity
@@ -193,6 +199,7 @@ class KernelLedger(MetaScalars):
         mmap.mmap,
         mmap.mmap,
         mmap.mmap,
+        mmap.mmap,
         bytearray,
         bytearray,
         bytearray,
@@ -209,6 +216,7 @@ class KernelLedger(MetaScalars):
             self.channel_counters,
             self.channel_live,
             self.dirty,
+            self.owners,
             self.products,
             self.channels,
             self.log_quotas,
@@ -223,13 +231,13 @@ class KernelLedger(MetaScalars):
         channel_table: bytes | bytearray,
         log_quota_table: bytes | bytearray = b"",
     ) -> None:
-        """Install the rule tables; no `log_quota_table` (rules journaled before there were
-        log quotas) means no channel has a quota."""
+        """Install the rule tables: the rule table (a legacy one is upgraded) and the log
+        quotas; no `log_quota_table` (rules journaled before there were log quotas) means
+        no channel has a quota."""
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
-        assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
         assert len(log_quota_table) in (0, LOG_QUOTA_TABLE_SIZE)
         self.products = bytearray(product_table)
-        self.channels = bytearray(channel_table)
+        self.channels = bytearray(rules_table_upgraded(channel_table))
         self.log_quotas = bytearray(log_quota_table or bytes(LOG_QUOTA_TABLE_SIZE))
         self.meta[META_PRODUCT_COUNT] = len(product_table) // PRODUCT_SIZE
 
@@ -431,15 +439,28 @@ class KernelLedger(MetaScalars):
             return 0
         return int(kernel.channel_used(slot, channel, day, self.channel_counters))
 
+    def counter_used(self, key: int, day: int) -> int:
+        """Day counter `key` (ledger.types account_counter_key / customer_counter_key)."""
+        return int(kernel.counter_used(key, day, self.channel_counters))
+
+    def account_customer(self, account_id: int) -> int | None:
+        """The account's customer number (0 = none), or None when there is no account."""
+        slot = self.account_slot(account_id)
+        if slot < 0:
+            return None
+        return int(struct.unpack_from("<Q", self.owners, slot * CUSTOMER_SIZE)[0])
+
     def canonical_chunks(self) -> Iterator[bytes | memoryview]:
         """The state as bytes, identical for every backend: the digest's input."""
         count = self.account_count
         yield struct.pack("<qqqq", count, self.log_tail, self.log_count, self.last_day)
         yield memoryview(self.accounts)[: count * ACCOUNT_SIZE]
         yield memoryview(self.pending)[: count * PENDING_SIZE]
+        if count and not simgen.all_zero(self.owners, 0, count * CUSTOMER_SIZE):
+            yield memoryview(self.owners)[: count * CUSTOMER_SIZE]
         yield from self._log_slices(self.log_tail, self.log_count)
         for slot, channel, used in self.channels_live():
-            yield struct.pack("<IBq", slot, channel, used)
+            yield pack_channel_live_digest(slot, channel, used)
         if self.failed_count:  # a state from before the failure ring digests as it did
             yield struct.pack("<qq", self.failed_tail, self.failed_count)
             yield from self._failed_slices(self.failed_tail, self.failed_count)
@@ -531,7 +552,7 @@ class KernelLedger(MetaScalars):
             state.section("products"), state.section("channels"), state.section("quotas")
         )
         count = state.account_count
-        for table in PER_ACCOUNT_TABLES:
+        for table in ACCOUNT_TABLES:
             ledger.table(table)[: count * table.row_size] = state.section(table.name)
         tail, end = state.log_tail, state.log_count
         log = state.section("log")
@@ -574,7 +595,7 @@ class KernelLedger(MetaScalars):
             table[2 * position + 1] = used & UINT64_MAX
         table.release()
         for slot, channel, used in live:
-            found = kernel.channel_used(slot, channel, day, self.channel_counters)
+            found = kernel.counter_used(((slot + 1) << 8) | channel, day, self.channel_counters)
             assert found == used, (slot, channel, found, used)
 
     def copy_state_from(self, source: KernelLedger) -> int:

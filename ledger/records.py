@@ -65,6 +65,7 @@ class AccountInputView(NamedTuple):
     status: int
     flags: int
     product: int
+    customer: int  # the holder's customer number, 0 = none
 
 
 class TransferView(NamedTuple):
@@ -157,8 +158,10 @@ def pack_account_input(
     bound_id: int = 0,
     ledger: int = LEDGER_CNY,
     status: int = AccountStatus.ACTIVE,
+    customer: int = 0,
 ) -> bytes:
-    """One account creation input (64 bytes); the bound account is named by its id."""
+    """One account creation input (64 bytes); the bound account is named by its id, the
+    holder by a customer number (< 2**40, 0 = none: no per-customer limits)."""
     return ACCOUNT_INPUT_STRUCT.pack(
         id & UINT64_MAX,
         id >> 64,
@@ -169,6 +172,7 @@ def pack_account_input(
         status,
         flags,
         product,
+        customer,
     )
 
 

@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 
 from ledger.records import TransferView, account_view, pending_view, transfer_view
 from ledger.state import (
+    ACCOUNT_TABLES,
     LOG_QUOTA_TABLE_SIZE,
     PER_ACCOUNT_TABLES,
     SECTION_NAMES,
     Buffer,
     LedgerState,
     StateCorrupt,
+    pack_channel_live_digest,
     pack_channels_live,
     pack_meta,
 )
@@ -43,12 +45,20 @@ from ledger.types import (
     ACCOUNT_KINDS_VALID,
     ACCOUNT_SIZE,
     ACCOUNT_STRUCT,
+    BANK_RULE_OFFSET,
+    BANK_RULE_STRUCT,
     CHANNEL_COUNT,
+    CHANNEL_RULE_STRUCT,
     CHANNEL_SIZE,
     COUNTED_CREDIT_INFLOW,
     COUNTED_DEBIT_OUTFLOW,
+    CUSTOMER_NUMBER_MAX,
     ID_MAX,
     INT64_MAX,
+    KIND_RULE_COUNT,
+    KIND_RULE_SIZE,
+    KIND_RULE_STRUCT,
+    KIND_RULES_OFFSET,
     NS_PER_S,
     PENDING_SIZE,
     PENDING_STRUCT,
@@ -64,12 +74,18 @@ from ledger.types import (
     AccountKind,
     AccountStatus,
     AccountUpdateResult,
+    ChannelOption,
+    CounterSpace,
     CreateAccountResult,
     CreateTransferResult,
+    KindOption,
     PendingState,
     TransferCode,
     TransferFlags,
+    account_counter_key,
+    customer_counter_key,
     join_id,
+    rules_table_upgraded,
     split_id,
 )
 from limits import reference as limits_reference
@@ -94,7 +110,55 @@ F = TransferFlags
 FLAGS_PENDING_FAMILY = F.PENDING | F.POST_PENDING | F.VOID_PENDING
 KIND_CUSTOMER_MAX = int(AccountKind.LOAN)
 _PRODUCT_ROW = struct.Struct("<8q")
-_CHANNEL_ROW = struct.Struct("<qq")
+_CUSTOMER_ROW = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRule:
+    transfer_cap_minor: int
+    daily_cap_minor: int
+    inflow_daily_cap_minor: int
+    codes: int
+    options: int
+
+
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    balance_floor_minor: int
+    debit_codes: int
+    credit_codes: int
+    options: int
+
+
+@dataclass(frozen=True, slots=True)
+class BankRule:
+    customer_daily_cap_minor: int
+    strong_auth_daily_minor: int
+    counted_codes: int
+    inflow_codes: int
+    anchored_codes: int
+
+
+def code_in(codes: int, code: int) -> bool:
+    return (codes >> code) & 1 != 0
+
+
+@dataclass(slots=True)
+class Tallies:
+    """The day counters one debit consumes (kernel `Tallies`): key, cap, result, used."""
+
+    keys: list[int] = field(default_factory=list)
+    caps: list[int] = field(default_factory=list)
+    results: list[int] = field(default_factory=list)
+    used: list[int] = field(default_factory=list)
+
+    def add(self, key: int, cap: int, result: int) -> None:
+        self.keys.append(key)
+        self.caps.append(cap)
+        self.results.append(result)
+        self.used.append(0)
+
+
 FAILED_BIT = 1 << 62  # on the index seq of a failure ring record, as in the kernel
 
 
@@ -122,6 +186,7 @@ class Account:
     credits_pending: int = 0
     counters_day: int = 0
     counters: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    customer: int = 0
 
     def pack(self) -> bytes:
         lo, hi = split_id(self.id)
@@ -146,6 +211,9 @@ class Account:
 
     def pack_pending(self) -> bytes:
         return PENDING_STRUCT.pack(self.debits_pending, self.credits_pending)
+
+    def pack_customer(self) -> bytes:
+        return _CUSTOMER_ROW.pack(self.customer)
 
     def copy(self) -> Account:
         return dataclasses.replace(self, counters=list(self.counters))
@@ -221,7 +289,7 @@ class _Undo:
 
     accounts: list[tuple[int, Account]]
     target: tuple[int, Transfer] | None
-    channel_entry: tuple[tuple[int, int], tuple[int, int] | None] | None
+    channel_entries: list[tuple[int, tuple[int, int] | None]]
     transfer_id: int
 
 
@@ -250,10 +318,15 @@ class ReferenceLedger:
         self.log_quotas = [0] * CHANNEL_COUNT  # permille; 0 = no quota
         self.transfer_index: dict[int, int] = {}
         self.expiry_heap: list[tuple[int, int]] = []
-        self.channel_counters: dict[tuple[int, int], tuple[int, int]] = {}
+        # Day counters by key (kernel `account_counter_key`, `customer_counter_key`): (day, used).
+        self.channel_counters: dict[int, tuple[int, int]] = {}
         self.last_day = 0
         self.products: list[tuple[int, ...]] = [(0,) * 8]
-        self.channels: list[tuple[int, int]] = [(0, 0)] * CHANNEL_COUNT
+        self.rules_table = rules_table_upgraded(bytes(CHANNEL_COUNT * 16))
+        self.channels: list[ChannelRule] = []
+        self.kinds: list[KindRule] = []
+        self.bank = BankRule(0, 0, 0, 0, 0)
+        self.set_rules(bytes(PRODUCT_SIZE), self.rules_table)
 
     # --- rules ----------------------------------------------------------------
 
@@ -264,7 +337,6 @@ class ReferenceLedger:
         log_quota_table: bytes | bytearray = b"",
     ) -> None:
         assert len(product_table) >= PRODUCT_SIZE and len(product_table) % PRODUCT_SIZE == 0
-        assert len(channel_table) == CHANNEL_COUNT * CHANNEL_SIZE
         assert len(log_quota_table) in (0, LOG_QUOTA_TABLE_SIZE)
         quotas = log_quota_table or bytes(LOG_QUOTA_TABLE_SIZE)
         self.log_quotas = list(struct.unpack(f"<{CHANNEL_COUNT}H", quotas))
@@ -272,10 +344,19 @@ class ReferenceLedger:
             _PRODUCT_ROW.unpack_from(product_table, offset)
             for offset in range(0, len(product_table), PRODUCT_SIZE)
         ]
+        table = rules_table_upgraded(channel_table)
+        self.rules_table = table
         self.channels = [
-            _CHANNEL_ROW.unpack_from(channel_table, offset)
-            for offset in range(0, len(channel_table), CHANNEL_SIZE)
+            ChannelRule(*CHANNEL_RULE_STRUCT.unpack_from(table, channel * CHANNEL_SIZE))
+            for channel in range(CHANNEL_COUNT)
         ]
+        self.kinds = [
+            KindRule(
+                *KIND_RULE_STRUCT.unpack_from(table, KIND_RULES_OFFSET + kind * KIND_RULE_SIZE)[:4]
+            )
+            for kind in range(KIND_RULE_COUNT)
+        ]
+        self.bank = BankRule(*BANK_RULE_STRUCT.unpack_from(table, BANK_RULE_OFFSET))
 
     # --- accounts -------------------------------------------------------------
 
@@ -289,10 +370,10 @@ class ReferenceLedger:
         return results
 
     def create_account(self, batch: bytes | memoryview, offset: int) -> int:
-        (id_lo, id_hi, bound_lo, bound_hi, ledger, kind, status, flags, product) = (
+        (id_lo, id_hi, bound_lo, bound_hi, ledger, kind, status, flags, product, customer) = (
             ACCOUNT_INPUT_STRUCT.unpack_from(batch, offset)
         )
-        if any(bytes(batch[offset + 40 : offset + 64])):
+        if any(bytes(batch[offset + 48 : offset + 64])) or customer > CUSTOMER_NUMBER_MAX:
             return A.RESERVED_FIELD
         if flags & ~0x1F:
             return A.RESERVED_FLAG
@@ -340,6 +421,8 @@ class ReferenceLedger:
                 return A.EXISTS_WITH_DIFFERENT_PRODUCT
             if existing.bound_slot != bound_slot:
                 return A.EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID
+            if existing.customer != customer:
+                return A.EXISTS_WITH_DIFFERENT_CUSTOMER
             return A.EXISTS
         self.account_index[account_id] = len(self.accounts)
         self.accounts.append(
@@ -350,6 +433,7 @@ class ReferenceLedger:
                 flags=flags,
                 product=product,
                 bound_slot=bound_slot,
+                customer=customer,
             )
         )
         return A.OK
@@ -460,8 +544,7 @@ class ReferenceLedger:
                 self.accounts[slot] = saved
             if step.target is not None:
                 self.log[step.target[0]] = step.target[1]
-            if step.channel_entry is not None:
-                key, previous = step.channel_entry
+            for key, previous in reversed(step.channel_entries):
                 if previous is None:
                     del self.channel_counters[key]
                 else:
@@ -679,6 +762,19 @@ class ReferenceLedger:
                 return R.EXCEEDS_REVERSIBLE_AMOUNT
         debit = self.accounts[debit_slot]
         credit = self.accounts[credit_slot]
+        if not (t.flags & (F.POST_PENDING | F.VOID_PENDING)):
+            # Authorization: who may post this code, on which kinds of account.
+            if not code_in(self.channels[t.channel].codes, code):
+                return R.CHANNEL_CODE_NOT_ALLOWED
+            if not code_in(self.kinds[debit.kind].debit_codes, code):
+                return R.DEBIT_ACCOUNT_CODE_NOT_ALLOWED
+            if not code_in(self.kinds[credit.kind].credit_codes, code):
+                return R.CREDIT_ACCOUNT_CODE_NOT_ALLOWED
+            if code_in(self.bank.anchored_codes, code) and not (
+                (self.kinds[debit.kind].options | self.kinds[credit.kind].options)
+                & KindOption.BANK_SIDE
+            ):
+                return R.CODE_NEEDS_BANK_ACCOUNT
         if not (t.flags & F.VOID_PENDING):
             if debit.status == AccountStatus.FROZEN:
                 return R.DEBIT_ACCOUNT_FROZEN
@@ -703,7 +799,9 @@ class ReferenceLedger:
                 return R.CASH_NOT_ALLOWED
             if code == TransferCode.CASH_WITHDRAWAL and not cash_allowed(debit):
                 return R.CASH_NOT_ALLOWED
-            counted = transfer_counted(code, debit, credit, debit_slot, credit_slot)
+            counted = transfer_counted(
+                self.bank.counted_codes, code, debit, credit, debit_slot, credit_slot
+            )
             if (
                 counted & COUNTED_CREDIT_INFLOW
                 and code != TransferCode.CASH_DEPOSIT
@@ -740,29 +838,32 @@ class ReferenceLedger:
                 credits_total = credit.credits_pending + credit.credits_posted + amount
                 if credits_total - credit.debits_posted > -floor:
                     return R.EXCEEDS_DEBITS
+            kind_rule = self.kinds[debit.kind]
+            if kind_rule.options & KindOption.FLOOR_ENFORCED:
+                debits_total = debit.debits_pending + debit.debits_posted + amount
+                if debits_total - debit.credits_posted > -kind_rule.balance_floor_minor:
+                    return R.EXCEEDS_INTERNAL_FLOOR
         debit_effective = limits_reference.counters_effective(
             debit.counters, debit.counters_day, day
         )
         credit_effective = limits_reference.counters_effective(
             credit.counters, credit.counters_day, day
         )
-        channel_key = (debit_slot, t.channel)
-        channel_daily_cap = self.channels[t.channel][1]
-        channel_used = 0
-        channel_counted = fresh and channel_daily_cap != 0 and debit.kind <= KIND_CUSTOMER_MAX
+        tallies = Tallies()
         if fresh:
             debit_product = self.products[debit.product]
             credit_product = self.products[credit.product]
             if limits_reference.exceeds_cap(0, debit_product[PRODUCT_TRANSFER_CAP], amount):
                 return R.EXCEEDS_TRANSFER_CAP
-            if limits_reference.exceeds_cap(0, self.channels[t.channel][0], amount):
+            if limits_reference.exceeds_cap(0, self.channels[t.channel].transfer_cap_minor, amount):
                 return R.EXCEEDS_CHANNEL_TRANSFER_CAP
-            if channel_counted:
-                entry = self.channel_counters.get(channel_key)
-                if entry is not None and entry[0] == day:
-                    channel_used = entry[1]
-                if limits_reference.exceeds_cap(channel_used, channel_daily_cap, amount):
-                    return R.EXCEEDS_CHANNEL_DAILY_CAP
+            tallies = self.tallies_of(t.channel, code, debit_slot, credit_slot)
+            for index, key in enumerate(tallies.keys):
+                tallies.used[index] = self.counter_today(key, day)
+                if tallies.results[index] == R.STRONG_AUTH_REQUIRED:
+                    continue  # checked below, after the hard caps
+                if limits_reference.exceeds_cap(tallies.used[index], tallies.caps[index], amount):
+                    return tallies.results[index]
             if counted & COUNTED_DEBIT_OUTFLOW:
                 if limits_reference.exceeds_cap(
                     debit_effective[OUTFLOW_DAILY], debit_product[PRODUCT_OUTFLOW_DAILY], amount
@@ -781,6 +882,13 @@ class ReferenceLedger:
                     credit_effective[INFLOW_YEARLY], credit_product[PRODUCT_INFLOW_YEARLY], amount
                 ):
                     return R.EXCEEDS_YEARLY_INFLOW
+            if (
+                tallies.results
+                and tallies.results[-1] == R.STRONG_AUTH_REQUIRED
+                and not t.flags & F.STRONG_AUTH
+                and limits_reference.exceeds_cap(tallies.used[-1], tallies.caps[-1], amount)
+            ):
+                return R.STRONG_AUTH_REQUIRED
         if fresh or code == TransferCode.REVERSAL:
             balance_cap = self.products[credit.product][PRODUCT_BALANCE_CAP]
             balance_projected = (
@@ -792,14 +900,12 @@ class ReferenceLedger:
             return R.CHANNEL_LOG_QUOTA_EXCEEDED
 
         # --- all checks passed: post ------------------------------------------
+        undo: _Undo | None = None
         if chain is not None:
             saved = [(debit_slot, debit.copy()), (credit_slot, credit.copy())]
             target_saved = (target_seq, target.copy()) if target is not None else None
-            channel_saved = None
-            if channel_counted or (target is not None and self.channel_restorable(target, day)):
-                key = channel_key if channel_counted else (target.debit_slot, target.channel)  # type: ignore[union-attr]
-                channel_saved = (key, self.channel_counters.get(key))
-            chain[0].append(_Undo(saved, target_saved, channel_saved, t.id))
+            undo = _Undo(saved, target_saved, [], t.id)
+            chain[0].append(undo)
 
         record = t.copy()
         record.result = R.OK
@@ -823,19 +929,19 @@ class ReferenceLedger:
             debit.debits_posted += amount
             credit.credits_posted += amount
             target.state = PendingState.POSTED
-            self.release_quota(target, target.amount - amount, day)
+            self.release_quota(target, target.amount - amount, day, undo)
         elif t.flags & F.VOID_PENDING:
             assert target is not None
             debit.debits_pending -= target.amount
             credit.credits_pending -= target.amount
             target.state = PendingState.VOIDED
-            self.release_quota(target, target.amount, day)
+            self.release_quota(target, target.amount, day, undo)
         else:
             debit.debits_posted += amount
             credit.credits_posted += amount
             if target is not None:  # reversal
                 target.amount_reversed += amount
-                self.release_quota(target, amount, day)
+                self.release_quota(target, amount, day, undo)
         if fresh:
             if counted & COUNTED_DEBIT_OUTFLOW:
                 debit_effective[OUTFLOW_DAILY] += amount
@@ -847,8 +953,8 @@ class ReferenceLedger:
                 credit_effective[INFLOW_YEARLY] += amount
                 credit.counters = credit_effective
                 credit.counters_day = day
-            if channel_counted:
-                self.channel_counters[channel_key] = (day, channel_used + amount)
+            for index, key in enumerate(tallies.keys):
+                self.tally_change(key, day, tallies.used[index] + amount, undo)
         seq = self.log_append(record)
         if t.flags & F.PENDING and t.timeout_s != 0:
             entry_heap = (transfer_expires_at(record), seq)
@@ -858,15 +964,67 @@ class ReferenceLedger:
                 heapq.heappush(self.expiry_heap, entry_heap)
         return R.OK
 
-    def channel_restorable(self, target: Transfer, day: int) -> bool:
-        return (
-            target.flags & F.PENDING != 0
-            and target.business_day == day
-            and self.channels[target.channel][1] != 0
-            and self.accounts[target.debit_slot].kind <= KIND_CUSTOMER_MAX
-        )
+    def tallies_of(self, channel: int, code: int, debit_slot: int, credit_slot: int) -> Tallies:
+        """The day counters a fresh transfer on these accounts consumes under the rules."""
+        rule = self.channels[channel]
+        debit = self.accounts[debit_slot]
+        tallies = Tallies()
+        if rule.daily_cap_minor != 0 and debit.kind <= KIND_CUSTOMER_MAX:
+            tallies.add(
+                account_counter_key(CounterSpace.CHANNEL_DEBIT, debit_slot, channel),
+                rule.daily_cap_minor,
+                R.EXCEEDS_CHANNEL_DAILY_CAP,
+            )
+        if (
+            rule.inflow_daily_cap_minor != 0
+            and self.accounts[credit_slot].kind <= KIND_CUSTOMER_MAX
+            and code_in(self.bank.inflow_codes, code)
+        ):
+            tallies.add(
+                account_counter_key(CounterSpace.CHANNEL_CREDIT, credit_slot, channel),
+                rule.inflow_daily_cap_minor,
+                R.EXCEEDS_CHANNEL_DAILY_INFLOW_CAP,
+            )
+        if debit.kind > KIND_CUSTOMER_MAX:
+            return tallies
+        customer = debit.customer
+        if (
+            self.bank.customer_daily_cap_minor != 0
+            and customer != 0
+            and not rule.options & ChannelOption.CUSTOMER_CAP_EXEMPT
+        ):
+            tallies.add(
+                customer_counter_key(CounterSpace.CUSTOMER_DEBIT, customer),
+                self.bank.customer_daily_cap_minor,
+                R.EXCEEDS_CUSTOMER_DAILY_CAP,
+            )
+        if self.bank.strong_auth_daily_minor != 0 and not (
+            rule.options & ChannelOption.STRONG_AUTH_EXEMPT
+        ):
+            if customer != 0:
+                key = customer_counter_key(CounterSpace.STRONG_CUSTOMER, customer)
+            else:
+                key = account_counter_key(CounterSpace.STRONG_ACCOUNT, debit_slot, 0)
+            tallies.add(key, self.bank.strong_auth_daily_minor, R.STRONG_AUTH_REQUIRED)
+        return tallies
 
-    def release_quota(self, target: Transfer, amount: int, day: int) -> None:
+    def counter_today(self, key: int, day: int) -> int:
+        entry = self.channel_counters.get(key)
+        return entry[1] if entry is not None and entry[0] == day else 0
+
+    def tally_change(self, key: int, day: int, used: int, undo: _Undo | None) -> None:
+        """Set today's counter `key` to `used`, saving the entry for a rollback."""
+        if undo is not None:
+            undo.channel_entries.append((key, self.channel_counters.get(key)))
+        self.channel_counters[key] = (day, used)
+
+    def channel_restorable(self, target: Transfer, day: int) -> bool:
+        """A hold released on the day it was taken gives its day counters back."""
+        return target.flags & F.PENDING != 0 and target.business_day == day
+
+    def release_quota(
+        self, target: Transfer, amount: int, day: int, undo: _Undo | None = None
+    ) -> None:
         """Give back the quota `target` consumed, for `amount` of it, seen on `day`."""
         if amount == 0:
             return
@@ -889,10 +1047,13 @@ class ReferenceLedger:
             credit.counters = effective
             credit.counters_day = day
         if self.channel_restorable(target, day):
-            key = (target.debit_slot, target.channel)
-            entry = self.channel_counters.get(key)
-            if entry is not None and entry[0] == day:
-                self.channel_counters[key] = (day, entry[1] - min(amount, entry[1]))
+            tallies = self.tallies_of(
+                target.channel, target.code, target.debit_slot, target.credit_slot
+            )
+            for key in tallies.keys:
+                used = self.counter_today(key, day)
+                if used != 0:
+                    self.tally_change(key, day, used - min(amount, used), undo)
 
     def log_append(self, record: Transfer) -> int:
         seq = self.log_count
@@ -1048,8 +1209,20 @@ class ReferenceLedger:
 
     def channel_used(self, account_id: int, channel: int, day: int) -> int:
         slot = self.account_index.get(account_id, SLOT_NONE)
-        entry = self.channel_counters.get((slot, channel))
-        return entry[1] if entry is not None and entry[0] == day else 0
+        if slot == SLOT_NONE:
+            return 0
+        return self.counter_today(
+            account_counter_key(CounterSpace.CHANNEL_DEBIT, slot, channel), day
+        )
+
+    def counter_used(self, key: int, day: int) -> int:
+        """Day counter `key` (ledger.types account_counter_key / customer_counter_key)."""
+        return self.counter_today(key, day)
+
+    def account_customer(self, account_id: int) -> int | None:
+        """The account's customer number (0 = none), or None when there is no account."""
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        return None if slot == SLOT_NONE else self.accounts[slot].customer
 
     @property
     def account_count(self) -> int:
@@ -1092,8 +1265,8 @@ class ReferenceLedger:
     def channels_live(self) -> list[tuple[int, int, int]]:
         """(slot, channel, used) of today's non-zero channel counters, sorted."""
         return sorted(
-            (slot, channel, entry[1])
-            for (slot, channel), entry in self.channel_counters.items()
+            ((key >> 8) - 1, key & 0xFF, entry[1])
+            for key, entry in self.channel_counters.items()
             if entry[0] == self.last_day and entry[1] != 0
         )
 
@@ -1104,10 +1277,13 @@ class ReferenceLedger:
             yield account.pack()
         for account in self.accounts:
             yield account.pack_pending()
+        if any(account.customer for account in self.accounts):
+            for account in self.accounts:
+                yield account.pack_customer()
         for seq in range(self.log_tail, self.log_count):
             yield self.log[seq].pack()
         for slot, channel, used in self.channels_live():
-            yield struct.pack("<IBq", slot, channel, used)
+            yield pack_channel_live_digest(slot, channel, used)
         if self.failed_count:  # a state from before the failure ring digests as it did
             yield struct.pack("<qq", self.failed_tail, self.failed_count)
             for seq in range(self.failed_tail, self.failed_count):
@@ -1128,10 +1304,10 @@ class ReferenceLedger:
                 )
             ],
             "products": [b"".join(_PRODUCT_ROW.pack(*row) for row in self.products)],
-            "channels": [b"".join(_CHANNEL_ROW.pack(*row) for row in self.channels)],
+            "channels": [self.rules_table],
             "quotas": [struct.pack(f"<{CHANNEL_COUNT}H", *self.log_quotas)],
         }
-        for table in PER_ACCOUNT_TABLES:
+        for table in ACCOUNT_TABLES:
             pack = _ROW_PACKERS[table.name]
             sections[table.name] = [b"".join(pack(account) for account in self.accounts)]
         sections["log"] = [self.log_records(self.log_tail, self.log_count)]
@@ -1154,9 +1330,12 @@ class ReferenceLedger:
             state.section("products"), state.section("channels"), state.section("quotas")
         )
         accounts, pending = state.section("accounts"), state.section("pending")
+        customers = state.section("owners")
         for slot in range(state.account_count):
             ledger.account_index[account_view(accounts, slot * ACCOUNT_SIZE).id] = slot
-            ledger.accounts.append(_account_of(accounts, pending, slot))
+            account = _account_of(accounts, pending, slot)
+            (account.customer,) = _CUSTOMER_ROW.unpack_from(customers, slot * _CUSTOMER_ROW.size)
+            ledger.accounts.append(account)
         tail, log = state.log_tail, state.section("log")
         for index in range(state.log_count - tail):
             record = Transfer.unpack(log, index * TRANSFER_SIZE)
@@ -1177,7 +1356,8 @@ class ReferenceLedger:
         ledger.failed_tail, ledger.failed_count = state.failed_tail, state.failed_count
         ledger.last_day = state.last_day
         ledger.channel_counters = {
-            (slot, channel): (state.last_day, used) for slot, channel, used in state.channels_live()
+            ((slot + 1) << 8) | channel: (state.last_day, used)
+            for slot, channel, used in state.channels_live()
         }
         if ledger.digest() != state.digest:
             raise StateCorrupt(
@@ -1192,8 +1372,12 @@ class ReferenceLedger:
         return hasher.hexdigest()
 
 
-_ROW_PACKERS = {"accounts": Account.pack, "pending": Account.pack_pending}
-assert set(_ROW_PACKERS) == {table.name for table in PER_ACCOUNT_TABLES}
+_ROW_PACKERS = {
+    "accounts": Account.pack,
+    "pending": Account.pack_pending,
+    "owners": Account.pack_customer,
+}
+assert set(_ROW_PACKERS) == {table.name for table in ACCOUNT_TABLES}
 
 
 def _account_of(accounts: bytes, pending: bytes, slot: int) -> Account:
@@ -1236,17 +1420,15 @@ def cash_allowed(account: Account) -> bool:
 
 
 def transfer_counted(
-    code: int, debit: Account, credit: Account, debit_slot: int, credit_slot: int
+    counted_codes: int,
+    code: int,
+    debit: Account,
+    credit: Account,
+    debit_slot: int,
+    credit_slot: int,
 ) -> int:
     """Which PBoC buckets a fresh transfer consumes (COUNTED_* bits)."""
-    if code not in (
-        TransferCode.TRANSFER,
-        TransferCode.PAYMENT,
-        TransferCode.CASH_DEPOSIT,
-        TransferCode.CASH_WITHDRAWAL,
-        TransferCode.EXTERNAL_TRANSFER_OUT,
-        TransferCode.EXTERNAL_TRANSFER_IN,
-    ):
+    if not code_in(counted_codes, code):
         return 0
     counted = 0
     if (

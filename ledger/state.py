@@ -14,20 +14,27 @@ adds a section must also load the previous layout (the new table zero).
 Sections, in file order:
 
     meta      the scalars below, as the kernel's int64 meta array (META_SIZE values)
-    products  the product table          channels  the channel table (4096 bytes)
+    products  the product table          channels  the rule table (RULES_SIZE bytes)
     quotas    the log quota table: per channel its share of the log window and of
               the failure ring in permille, u16 each (512 bytes; 0 = no quota)
     accounts  account_count x 64         pending   account_count x 16
+    owners    account_count x 8: each account's customer number (0 = none)
     log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
     failed    the failure window: records failed_tail..failed_count-1 of the failure
               ring (failed transfers that consumed their id), 128 bytes each
-    chanlive  today's non-zero channel counters, 16 bytes each: u32 slot, u8 channel,
-              3 zero bytes, i64 used (sorted by slot, channel)
+    chanlive  today's non-zero day counters, 16 bytes each: u32 slot, u8 channel,
+              u8 counter space, 2 zero bytes, i64 used (sorted by space and slot, channel;
+              a customer's counters store (key >> 8) - 1 and key & 0xFF alike)
     digest    SHA-256 of the state, equal to `ledger.digest()` when it was dumped
 
-The layout before the failure ring and the log quotas (`SECTION_NAMES_BEFORE_QUOTAS`,
-every snapshot written until then) still loads: no quotas and an empty failure ring
-(its failed transfers are in its log window, where the twins still find them).
+The layout before the failure ring, the log quotas and per-code authorization
+(`LEGACY_SECTION_NAMES`, every snapshot written until then: no quotas, owners or
+failed section, a 4096-byte channel table, every counter in space 0) still loads:
+`LedgerState.from_bytes` gives it no quotas, a zero customer table, an empty
+failure ring (its failed transfers are in its log window, where the twins still
+find them) and the upgraded rule table (`ledger.types.rules_table_upgraded`). Its
+digest is unchanged: the digest covers the customer table only when some account
+has one, and the failure ring only when it ever held a record.
 
 The indexes (account ids, transfer ids), the expiry heap, the channel
 counter hash table and each channel's count of log and failure records are
@@ -47,10 +54,13 @@ from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
     CHANNEL_LIVE_SIZE,
-    CHANNEL_SIZE,
+    CUSTOMER_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
+    RULES_LEGACY_SIZE,
+    RULES_SIZE,
     TRANSFER_SIZE,
+    rules_table_upgraded,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -80,7 +90,7 @@ META_FAILED_COUNT = 20
 META_FAILED_MASK = 21
 META_SIZE = 24
 
-CHANNEL_LIVE = struct.Struct("<IB3xq")
+CHANNEL_LIVE = struct.Struct("<IBB2xq")
 assert CHANNEL_LIVE.size == 16
 
 
@@ -138,11 +148,14 @@ class Table:
     extent: Extent
     stored: bool  # a state section; False: rebuilt from the stored sections on load
     sparse: bool = False  # mostly zero: copies skip all-zero chunks, so pages stay unbacked
+    in_row: bool = True  # part of the account row a store keeps (ACCOUNT_ROW_SIZE)
 
 
 TABLES = (
     Table("accounts", ACCOUNT_SIZE, Extent.ACCOUNTS, stored=True),
     Table("pending", PENDING_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
+    # Not in the store's account row: set once at creation, which the entries carry.
+    Table("owners", CUSTOMER_SIZE, Extent.ACCOUNTS, stored=True, sparse=True, in_row=False),
     Table("account_index", 4, Extent.WHOLE, stored=False),
     Table("log", TRANSFER_SIZE, Extent.LOG_WINDOW, stored=True),
     Table("failed", TRANSFER_SIZE, Extent.FAILED_WINDOW, stored=True),
@@ -151,8 +164,9 @@ TABLES = (
     Table("channel_counters", 16, Extent.WHOLE, stored=False),
     Table("channel_live", CHANNEL_LIVE_SIZE, Extent.WHOLE, stored=False),
 )
-PER_ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
-# An account's row as a store keeps it: the per-account tables' rows, concatenated.
+ACCOUNT_TABLES = tuple(table for table in TABLES if table.extent is Extent.ACCOUNTS)
+# An account's row as a store keeps it: the in-row per-account tables' rows, concatenated.
+PER_ACCOUNT_TABLES = tuple(table for table in ACCOUNT_TABLES if table.in_row)
 ACCOUNT_ROW_SIZE = sum(table.row_size for table in PER_ACCOUNT_TABLES)
 
 SECTION_NAMES = (
@@ -167,10 +181,12 @@ SECTION_NAMES = (
     "digest",
 )
 assert all(len(name) <= 8 for name in SECTION_NAMES)  # the snapshot's section name field
-# The sections every snapshot had before the failure ring and the log quotas.
-SECTION_NAMES_BEFORE_QUOTAS = tuple(
-    name for name in SECTION_NAMES if name not in ("quotas", "failed")
+# The sections every snapshot had before the failure ring, the log quotas and the
+# customer table (per-code authorization): the layout `_upgraded_sections` reads.
+LEGACY_SECTION_NAMES = tuple(
+    name for name in SECTION_NAMES if name not in ("quotas", "failed", "owners")
 )
+SECTION_NAMES_BEFORE_QUOTAS = LEGACY_SECTION_NAMES
 LOG_QUOTA_TABLE_SIZE = CHANNEL_COUNT * 2  # u16 permille a channel
 
 
@@ -208,12 +224,8 @@ class LedgerState(MetaScalars):
     @classmethod
     def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
         """From one buffer a section (read from a file); checks names and sizes."""
-        if tuple(sections) == SECTION_NAMES_BEFORE_QUOTAS:
-            # The previous layout: no quotas, nothing in a failure ring (meta says 0..0).
-            sections = {
-                name: sections.get(name, bytes(LOG_QUOTA_TABLE_SIZE) if name == "quotas" else b"")
-                for name in SECTION_NAMES
-            }
+        if tuple(sections) == LEGACY_SECTION_NAMES:
+            sections = _upgraded_sections(sections)
         if tuple(sections) != SECTION_NAMES:
             raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
         state = cls.of({name: [data] for name, data in sections.items()})
@@ -231,10 +243,10 @@ class LedgerState(MetaScalars):
         return self.section("digest").hex()
 
     def channels_live(self) -> list[tuple[int, int, int]]:
-        """(slot, channel, used) of today's non-zero channel counters."""
+        """(slot, channel, used) of today's non-zero day counters (`pack_channels_live`)."""
         return [
-            (int(slot), int(channel), int(used))
-            for slot, channel, used in CHANNEL_LIVE.iter_unpack(self.section("chanlive"))
+            (int(space) << 32 | int(slot), int(channel), int(used))
+            for slot, channel, space, used in CHANNEL_LIVE.iter_unpack(self.section("chanlive"))
         ]
 
     def check(self) -> None:
@@ -243,7 +255,7 @@ class LedgerState(MetaScalars):
         if len(self.meta) != META_SIZE:
             raise StateCorrupt(f"meta holds {len(self.meta)} values, expected {META_SIZE}")
         count = self.account_count
-        for table in PER_ACCOUNT_TABLES:
+        for table in ACCOUNT_TABLES:
             if table.stored and self.size(table.name) != count * table.row_size:
                 problems.append(f"{table.name} section is {self.size(table.name)} bytes")
         window = self.log_count - self.log_tail
@@ -260,7 +272,7 @@ class LedgerState(MetaScalars):
         products = self.size("products")
         if products < PRODUCT_SIZE or products % PRODUCT_SIZE:
             problems.append(f"products section is {products} bytes")
-        if self.size("channels") != CHANNEL_COUNT * CHANNEL_SIZE:
+        if self.size("channels") != RULES_SIZE:
             problems.append(f"channels section is {self.size('channels')} bytes")
         if self.size("chanlive") % CHANNEL_LIVE.size or self.size("digest") != 32:
             problems.append("chanlive or digest section has the wrong size")
@@ -306,8 +318,38 @@ def pack_meta(
 
 
 def pack_channels_live(live: Sequence[tuple[int, int, int]]) -> bytearray:
-    """The chanlive section from (slot, channel, used) rows."""
+    """The chanlive section from (slot, channel, used) rows; `slot` carries the counter
+    space above bit 32 (`channels_live` of either twin)."""
     out = bytearray(len(live) * CHANNEL_LIVE.size)
     for index, (slot, channel, used) in enumerate(live):
-        CHANNEL_LIVE.pack_into(out, index * CHANNEL_LIVE.size, slot, channel, used)
+        CHANNEL_LIVE.pack_into(
+            out, index * CHANNEL_LIVE.size, slot & 0xFFFFFFFF, channel, slot >> 32, used
+        )
     return out
+
+
+def pack_channel_live_digest(slot: int, channel: int, used: int) -> bytes:
+    """One day counter as the digest reads it (space-0 counters exactly as before)."""
+    if slot >> 32:
+        return struct.pack("<QBq", slot, channel, used)
+    return struct.pack("<IBq", slot, channel, used)
+
+
+def _upgraded_sections(sections: dict[str, bytes]) -> dict[str, bytes]:
+    """A legacy layout's sections in today's: no quotas, no customers, nothing in a failure
+    ring (meta says 0..0), the legacy rule table upgraded."""
+    meta = array("q")
+    meta.frombytes(sections["meta"])
+    account_count = meta[META_ACCOUNT_COUNT] if len(meta) == META_SIZE else 0
+    added = {
+        "quotas": bytes(LOG_QUOTA_TABLE_SIZE),
+        "owners": bytes(account_count * CUSTOMER_SIZE),
+        "failed": b"",
+    }
+    upgraded: dict[str, bytes] = {}
+    for name in SECTION_NAMES:
+        data = sections[name] if name in sections else added[name]
+        if name == "channels" and len(data) == RULES_LEGACY_SIZE:
+            data = rules_table_upgraded(data)  # another size: `check` reports it
+        upgraded[name] = data
+    return upgraded

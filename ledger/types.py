@@ -22,9 +22,20 @@ ACCOUNT_SIZE = 64
 TRANSFER_SIZE = 128
 PENDING_SIZE = 16
 PRODUCT_SIZE = 64
-CHANNEL_SIZE = 16
+CHANNEL_SIZE = 32
 CHANNEL_COUNT = 256
 CHANNEL_LIVE_SIZE = 16  # per channel: int64 log records, int64 failure ring records
+KIND_RULE_SIZE = 32
+KIND_RULE_COUNT = 32  # rows for AccountKind 0..31
+BANK_RULE_SIZE = 32
+# The rule table the kernel reads beside the products (the "channel table"): 256 channel
+# rows, then 32 account-kind rows, then the bank row. Layouts below.
+RULES_SIZE = CHANNEL_COUNT * CHANNEL_SIZE + KIND_RULE_COUNT * KIND_RULE_SIZE + BANK_RULE_SIZE
+# Before per-code authorization the table was 256 rows of two int64 caps: journals and
+# snapshots written then carry that; `rules_table_upgraded` reads it as it behaved.
+RULES_LEGACY_SIZE = CHANNEL_COUNT * 16
+CUSTOMER_SIZE = 8  # the per-slot customer table: u64 customer number, 0 = none
+CUSTOMER_NUMBER_MAX = (1 << 40) - 1  # a customer number fits a day-counter key
 
 NS_PER_S = 1_000_000_000
 
@@ -76,9 +87,10 @@ class TransferFlags(enum.IntFlag):
     PENDING = 1 << 1
     POST_PENDING = 1 << 2
     VOID_PENDING = 1 << 3
+    STRONG_AUTH = 1 << 4  # the channel verified a second factor with the holder's consent
 
 
-TRANSFER_FLAGS_KNOWN = 0x0F
+TRANSFER_FLAGS_KNOWN = 0x1F
 
 
 class TransferCode(enum.IntEnum):
@@ -87,6 +99,10 @@ class TransferCode(enum.IntEnum):
     `counted` codes consume the inflow bucket of a Class II/III credit account
     and the outflow bucket of a Class II/III debit account, unless the
     counterparty is the account's bound account. Exempt codes never count.
+    Which codes count is a rule (the bank row's `counted_codes`): the rules
+    in force count FEE too (DOMAIN.md exempts only the bound account, the
+    bank's wealth products and loans); `CODES_COUNTED_LEGACY` is the set
+    journals written before then were applied with.
     """
 
     TRANSFER = 1  # counted: between customers of this bank
@@ -95,7 +111,7 @@ class TransferCode(enum.IntEnum):
     CASH_WITHDRAWAL = 4  # counted, cash rules
     TOPUP_BOUND = 5  # exempt: from the account's bound card
     WITHDRAW_BOUND = 6  # exempt: to the account's bound card
-    FEE = 7  # exempt
+    FEE = 7  # counted (outflow) under the current rules; legacy: exempt
     INTEREST = 8  # exempt
     REVERSAL = 9  # compensates a posted transfer named by pending_id
     WEALTH = 10  # exempt: the bank's own wealth products
@@ -108,7 +124,7 @@ class TransferCode(enum.IntEnum):
 
 
 TRANSFER_CODE_MAX = 16
-CODES_COUNTED = frozenset(
+CODES_COUNTED_LEGACY = frozenset(
     {
         TransferCode.TRANSFER,
         TransferCode.PAYMENT,
@@ -119,6 +135,51 @@ CODES_COUNTED = frozenset(
     }
 )
 CODES_CASH = frozenset({TransferCode.CASH_DEPOSIT, TransferCode.CASH_WITHDRAWAL})
+CODES_ALL = frozenset(TransferCode)
+
+
+def code_mask(codes: frozenset[TransferCode] | set[TransferCode]) -> int:
+    """A rule table's code set: bit c for transfer code c."""
+    mask = 0
+    for code in codes:
+        mask |= 1 << int(code)
+    return mask
+
+
+def codes_of_mask(mask: int) -> frozenset[TransferCode]:
+    return frozenset(code for code in TransferCode if mask >> int(code) & 1)
+
+
+class ChannelOption(enum.IntFlag):
+    NONE = 0
+    STRONG_AUTH_EXEMPT = 1 << 0  # the counter, the bank itself: no strong-auth tally
+    CUSTOMER_CAP_EXEMPT = 1 << 1  # the bank's own postings: outside the customer's daily cap
+
+
+class KindOption(enum.IntFlag):
+    NONE = 0
+    FLOOR_ENFORCED = 1 << 0  # debits stop at the kind row's balance floor
+    BANK_SIDE = 1 << 1  # may anchor a bucket-exempt code (a product or internal account)
+
+
+class CounterSpace(enum.IntEnum):
+    """The top byte of a day counter's key (the channel-counter hash table)."""
+
+    CHANNEL_DEBIT = 0  # (account, channel): the channel's daily cap on debits
+    CHANNEL_CREDIT = 1  # (account, channel): the channel's daily cap on credits
+    CUSTOMER_DEBIT = 2  # customer: the daily cap across all channels
+    STRONG_CUSTOMER = 3  # customer: non-counter debits, for strong authentication
+    STRONG_ACCOUNT = 4  # an account without a customer: the same, per account
+
+
+def account_counter_key(space: int, slot: int, channel: int) -> int:
+    return (space << 40) | ((slot + 1) << 8) | channel
+
+
+def customer_counter_key(space: int, customer: int) -> int:
+    return (space << 40) | customer
+
+
 CODES_BOUND = frozenset({TransferCode.TOPUP_BOUND, TransferCode.WITHDRAW_BOUND})
 
 
@@ -222,7 +283,15 @@ class CreateTransferResult(enum.IntEnum):
     EXCEEDS_DAILY_INFLOW = 74
     EXCEEDS_YEARLY_INFLOW = 75
     EXCEEDS_BALANCE_CAP = 76
-    # 77..84: the channel caps of the authorization work.
+    # Appended with per-code authorization; checked where their comments say.
+    CHANNEL_CODE_NOT_ALLOWED = 77  # first of the state checks: the channel may not post the code
+    DEBIT_ACCOUNT_CODE_NOT_ALLOWED = 78  # the debit account's kind may not be debited so
+    CREDIT_ACCOUNT_CODE_NOT_ALLOWED = 79  # the credit account's kind may not be credited so
+    CODE_NEEDS_BANK_ACCOUNT = 80  # a bucket-exempt code between two payment accounts
+    EXCEEDS_INTERNAL_FLOOR = 81  # after EXCEEDS_DEBITS: an internal account's floor
+    EXCEEDS_CHANNEL_DAILY_INFLOW_CAP = 82  # after EXCEEDS_CHANNEL_DAILY_CAP
+    EXCEEDS_CUSTOMER_DAILY_CAP = 83  # after 82, before the PBoC buckets
+    STRONG_AUTH_REQUIRED = 84  # after the PBoC buckets, before EXCEEDS_BALANCE_CAP
     # The channel holds its share of the transfer log or of the failure ring:
     # refused before posting, the id not consumed; retry after Retry-After.
     CHANNEL_LOG_QUOTA_EXCEEDED = 85
@@ -261,6 +330,7 @@ class CreateAccountResult(enum.IntEnum):
     EXISTS_WITH_DIFFERENT_BOUND_ACCOUNT_ID = 17
     EXISTS = 18
     PRODUCT_KIND_MISMATCH = 19  # appended later: checked right after PRODUCT_UNKNOWN
+    EXISTS_WITH_DIFFERENT_CUSTOMER = 20  # appended: checked right before EXISTS
 
 
 class AccountUpdateResult(enum.IntEnum):
@@ -300,8 +370,9 @@ assert PENDING_STRUCT.size == PENDING_SIZE
 #   0  u64 id_lo        8  u64 id_hi
 #  16  u64 bound_id_lo 24  u64 bound_id_hi
 #  32  u16 ledger      34  u8 kind   35 u8 status (must be ACTIVE)
-#  36  u16 flags       38  u16 product  40..63 reserved (zero)
-ACCOUNT_INPUT_STRUCT = struct.Struct("<QQQQHBBHH24x")
+#  36  u16 flags       38  u16 product
+#  40  u64 customer (the holder's customer number, < 2**40; 0 = none)  48..63 reserved (zero)
+ACCOUNT_INPUT_STRUCT = struct.Struct("<QQQQHBBHHQ16x")
 assert ACCOUNT_INPUT_STRUCT.size == ACCOUNT_SIZE
 
 # Transfer (128 bytes). Offsets 0..90 and 104..111 are the caller's input;
@@ -325,6 +396,51 @@ assert TRANSFER_STRUCT.size == TRANSFER_SIZE
 
 COUNTED_DEBIT_OUTFLOW = 1
 COUNTED_CREDIT_INFLOW = 2
+
+# The rule table's rows (RULES_SIZE bytes; built by limits.rules.RuleSet.channel_table):
+# channel row (32 bytes, channel id i at i * 32):
+#   i64 transfer_cap_minor, i64 daily_cap_minor (debits), i64 inflow_daily_cap_minor
+#   (credits), u32 codes (bit c: may post code c), u32 options (ChannelOption)
+# kind row (32 bytes, AccountKind k at 8192 + k * 32):
+#   i64 balance_floor_minor (with FLOOR_ENFORCED), u32 debit_codes, u32 credit_codes,
+#   u32 options (KindOption), u32 reserved, i64 reserved
+# bank row (32 bytes at 9216):
+#   i64 customer_daily_cap_minor, i64 strong_auth_daily_minor (0 = none),
+#   u32 counted_codes (consume the PBoC buckets), u32 inflow_codes (a channel's credit cap
+#   counts them), u32 anchored_codes (need a BANK_SIDE account on one side), u32 reserved
+CHANNEL_RULE_STRUCT = struct.Struct("<qqqII")
+KIND_RULE_STRUCT = struct.Struct("<qIII4xq")
+BANK_RULE_STRUCT = struct.Struct("<qqIII4x")
+assert CHANNEL_RULE_STRUCT.size == CHANNEL_SIZE
+assert KIND_RULE_STRUCT.size == KIND_RULE_SIZE and BANK_RULE_STRUCT.size == BANK_RULE_SIZE
+KIND_RULES_OFFSET = CHANNEL_COUNT * CHANNEL_SIZE
+BANK_RULE_OFFSET = KIND_RULES_OFFSET + KIND_RULE_COUNT * KIND_RULE_SIZE
+_LEGACY_CHANNEL_ROW = struct.Struct("<qq")
+
+
+def rules_table_upgraded(table: bytes | bytearray | memoryview) -> bytes:
+    """The rule table as the kernel reads it; a legacy table (two caps a channel, before
+    per-code authorization) becomes one that behaves exactly as it did: every code allowed
+    everywhere, no floors on kinds, no credit, customer or strong-authentication counters."""
+    if len(table) == RULES_SIZE:
+        return bytes(table)
+    assert len(table) == RULES_LEGACY_SIZE, len(table)
+    everything = code_mask(set(CODES_ALL))
+    exempt = ChannelOption.STRONG_AUTH_EXEMPT | ChannelOption.CUSTOMER_CAP_EXEMPT
+    out = bytearray(RULES_SIZE)
+    for channel in range(CHANNEL_COUNT):
+        transfer_cap, daily_cap = _LEGACY_CHANNEL_ROW.unpack_from(table, channel * 16)
+        CHANNEL_RULE_STRUCT.pack_into(
+            out, channel * CHANNEL_SIZE, transfer_cap, daily_cap, 0, everything, exempt
+        )
+    for kind in range(KIND_RULE_COUNT):
+        KIND_RULE_STRUCT.pack_into(
+            out, KIND_RULES_OFFSET + kind * KIND_RULE_SIZE, 0, everything, everything, 0, 0
+        )
+    BANK_RULE_STRUCT.pack_into(
+        out, BANK_RULE_OFFSET, 0, 0, code_mask(set(CODES_COUNTED_LEGACY)), 0, 0
+    )
+    return bytes(out)
 
 
 def split_id(value: int) -> tuple[int, int]:

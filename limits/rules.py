@@ -21,6 +21,7 @@ default of its kind applies (`LOG_SHARE_PERMILLE_DEFAULTS`). A share is
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import hashlib
@@ -50,16 +51,154 @@ BALANCE_FLOOR_MAGNITUDE_MAX_MINOR: Final = 2**62
 # int32 counter: the single-transfer cap and the balance cap.
 AMOUNT_CAP_MAX_MINOR: Final = 2**62
 
-# Table layouts: contracts with the kernel. Do not change without cext/.
+# An internal account's floor: how far below zero the bank lets one of its own accounts
+# go (how much money it can put out from there). Finite and at most this deep: 100
+# trillion CNY, beyond any bank's balance sheet; -2**62 would be "unbounded".
+INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR: Final = 10**16
+
+# Table layouts: contracts with the kernel. Do not change without cext/ (ledger/types.py
+# describes the rule table; tests/unit/test_kernel_contract.py keeps the two equal).
 PRODUCT_ROW: Final = struct.Struct("<8q")
 PRODUCT_ROW_SIZE: Final = 64
-CHANNEL_ROW: Final = struct.Struct("<2q")
-CHANNEL_ROW_SIZE: Final = 16
+CHANNEL_ROW: Final = struct.Struct("<qqqII")
+CHANNEL_ROW_SIZE: Final = 32
 CHANNEL_ROW_COUNT: Final = CHANNEL_ID_MAX + 1
+KIND_ROW: Final = struct.Struct("<qIII4xq")
+KIND_ROW_SIZE: Final = 32
+KIND_ROW_COUNT: Final = 32
+BANK_ROW: Final = struct.Struct("<qqIII4x")
+BANK_ROW_SIZE: Final = 32
+KIND_ROWS_OFFSET: Final = CHANNEL_ROW_COUNT * CHANNEL_ROW_SIZE
+BANK_ROW_OFFSET: Final = KIND_ROWS_OFFSET + KIND_ROW_COUNT * KIND_ROW_SIZE
+RULE_TABLE_SIZE: Final = BANK_ROW_OFFSET + BANK_ROW_SIZE
 LOG_QUOTA_ROW: Final = struct.Struct("<H")  # permille of the log (and failure ring), 0 = none
 LOG_SHARE_PERMILLE_MAX: Final = 900
 assert PRODUCT_ROW.size == PRODUCT_ROW_SIZE
 assert CHANNEL_ROW.size == CHANNEL_ROW_SIZE
+assert KIND_ROW.size == KIND_ROW_SIZE and BANK_ROW.size == BANK_ROW_SIZE
+
+# Transfer codes by their names in rule files (ledger.types.TransferCode, lower case;
+# limits sits below ledger, so the numbers are repeated here and a test keeps them equal).
+TRANSFER_CODES: Final = MappingProxyType(
+    {
+        "transfer": 1,
+        "payment": 2,
+        "cash_deposit": 3,
+        "cash_withdrawal": 4,
+        "topup_bound": 5,
+        "withdraw_bound": 6,
+        "fee": 7,
+        "interest": 8,
+        "reversal": 9,
+        "wealth": 10,
+        "loan_disbursement": 11,
+        "loan_repayment": 12,
+        "external_transfer_out": 13,
+        "external_transfer_in": 14,
+        "fixed_deposit": 15,
+        "settlement": 16,
+    }
+)
+# The bank's internal account kinds by their names in `[internal_accounts.NAME]`
+# (ledger.types.AccountKind.INTERNAL_*).
+INTERNAL_ACCOUNT_KINDS: Final = MappingProxyType(
+    {
+        "cash": 16,
+        "clearing": 17,
+        "settlement": 18,
+        "interest_expense": 19,
+        "fees": 20,
+        "wealth": 21,
+        "loan_funding": 22,
+    }
+)
+CHANNEL_STRONG_AUTH_EXEMPT: Final = 1  # ledger.types.ChannelOption
+CHANNEL_CUSTOMER_CAP_EXEMPT: Final = 2
+KIND_FLOOR_ENFORCED: Final = 1  # ledger.types.KindOption
+KIND_BANK_SIDE: Final = 2
+
+
+def _codes(*names: str) -> frozenset[str]:
+    assert all(name in TRANSFER_CODES for name in names), names
+    return frozenset(names)
+
+
+def code_mask(names: frozenset[str] | Sequence[str]) -> int:
+    """The kernel's code set: bit c for the code named c."""
+    mask = 0
+    for name in names:
+        mask |= 1 << TRANSFER_CODES[name]
+    return mask
+
+
+ALL_CODES: Final = frozenset(TRANSFER_CODES)
+# Codes that consume the PBoC buckets: DOMAIN.md exempts only money to or from the bound
+# account, the bank's own wealth products and loans. A fee leaves the customer: counted.
+# Interest, fixed deposits (the customer's own deposit with the bank) and settlement
+# (between internal accounts) are not transfers to or from anyone else.
+CODES_COUNTED: Final = _codes(
+    "transfer", "payment", "cash_deposit", "cash_withdrawal",
+    "external_transfer_out", "external_transfer_in", "fee",
+)  # fmt: skip
+# Credits a channel's daily credit cap counts: money coming in from outside the
+# customer's relationship with the bank (a merchant's PAYMENT receipts are not capped).
+CODES_INFLOW: Final = _codes("transfer", "cash_deposit", "topup_bound", "external_transfer_in")
+# Bucket-exempt codes that need a bank-side account (a product or internal account) on
+# one side: between two customers' payment accounts they would dodge the buckets.
+CODES_ANCHORED: Final = _codes(
+    "fee", "interest", "wealth", "loan_disbursement", "loan_repayment", "fixed_deposit",
+    "settlement",
+)  # fmt: skip
+
+# What each kind of channel posts when the rule file does not say (`transfer_codes`):
+# what its operations post (core/services/payments.py) and the customer's own moves into
+# the bank's products. Fees, interest, loans and settlement only from the bank itself.
+_CUSTOMER_SELF_SERVICE: Final = _codes(
+    "transfer", "payment", "topup_bound", "withdraw_bound", "external_transfer_out",
+    "wealth", "fixed_deposit",
+)  # fmt: skip
+DEFAULT_CHANNEL_CODES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "wechat": _CUSTOMER_SELF_SERVICE,
+        "app": _CUSTOMER_SELF_SERVICE,
+        "counter": _CUSTOMER_SELF_SERVICE
+        | _codes("cash_deposit", "cash_withdrawal", "external_transfer_in", "reversal"),
+        "atm": _codes("cash_deposit", "cash_withdrawal"),
+        "open_api": _codes("external_transfer_in", "payment"),
+        "internal": ALL_CODES,
+    }
+)
+
+# Which codes may debit and credit an account of each customer kind (not configurable):
+# a customer's payment account (Class I/II/III, savings), a fixed deposit, a loan.
+_PAYMENT_DEBIT: Final = _codes(
+    "transfer", "payment", "cash_withdrawal", "topup_bound", "withdraw_bound", "fee", "wealth",
+    "loan_repayment", "external_transfer_out", "fixed_deposit", "reversal",
+)  # fmt: skip
+_PAYMENT_CREDIT: Final = _codes(
+    "transfer", "payment", "cash_deposit", "topup_bound", "withdraw_bound", "interest",
+    "wealth", "loan_disbursement", "external_transfer_in", "fixed_deposit", "reversal",
+)  # fmt: skip
+CUSTOMER_KIND_CODES: Final[Mapping[int, tuple[frozenset[str], frozenset[str], int]]] = (
+    MappingProxyType(
+        {
+            1: (_PAYMENT_DEBIT, _PAYMENT_CREDIT, 0),
+            2: (_PAYMENT_DEBIT, _PAYMENT_CREDIT, 0),
+            3: (_PAYMENT_DEBIT, _PAYMENT_CREDIT, 0),
+            4: (_PAYMENT_DEBIT, _PAYMENT_CREDIT, 0),
+            5: (
+                _codes("fixed_deposit", "reversal"),
+                _codes("fixed_deposit", "interest", "reversal"),
+                KIND_BANK_SIDE,
+            ),
+            6: (
+                _codes("loan_disbursement", "reversal"),
+                _codes("loan_repayment", "interest", "reversal"),
+                KIND_BANK_SIDE,
+            ),
+        }
+    )
+)
 
 
 class ProductKind(enum.StrEnum):
@@ -141,7 +280,7 @@ _BUCKET_CEILINGS_MINOR: Final[Mapping[ProductKind, tuple[str, Mapping[str, int]]
     ),
 }
 
-_TOP_LEVEL_KEYS: Final = ("timezone", "products", "channels")
+_TOP_LEVEL_KEYS: Final = ("timezone", "products", "channels", "internal_accounts", "customers")
 _PRODUCT_KEYS: Final = (
     "id",
     "kind",
@@ -156,7 +295,12 @@ _CHANNEL_KEYS: Final = (
     "transfer_cap_minor",
     "daily_cap_minor",
     "log_share_permille",
+    "inflow_daily_cap_minor",
+    "transfer_codes",
 )
+_INTERNAL_ACCOUNT_KEYS: Final = ("balance_floor_minor", "debit_codes", "credit_codes")
+_CUSTOMERS_KEYS: Final = ("daily_outflow_cap_minor", "strong_auth_daily_minor")
+STRONG_AUTH_DAILY_MINOR_DEFAULT: Final = 5_000_000  # 50,000 CNY: 2016 No. 261
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +360,10 @@ class Product:
 class Channel:
     """A channel (app, ATM, counter...); its caps become one channel table row.
 
-    `transfer_cap_minor` bounds one transaction, `daily_cap_minor` the total
-    per account per business day on this channel; 0 means "no cap".
+    `transfer_cap_minor` bounds one transaction, `daily_cap_minor` the debits
+    and `inflow_daily_cap_minor` the credits (CODES_INFLOW) per account per
+    business day on this channel; 0 means "no cap". `transfer_codes` are the
+    codes it may post (None: its kind's DEFAULT_CHANNEL_CODES).
     `log_share_permille` is its quota of the transfer log and of the failure
     ring; 0 means its kind's default (`LOG_SHARE_PERMILLE_DEFAULTS`).
     """
@@ -227,6 +373,8 @@ class Channel:
     kind: ChannelKind
     transfer_cap_minor: int = 0
     daily_cap_minor: int = 0
+    inflow_daily_cap_minor: int = 0
+    transfer_codes: frozenset[str] | None = None
     log_share_permille: int = 0
 
     def __post_init__(self) -> None:
@@ -234,6 +382,8 @@ class Channel:
         assert isinstance(self.kind, ChannelKind), self.kind
         assert 0 <= self.transfer_cap_minor <= AMOUNT_CAP_MAX_MINOR
         assert 0 <= self.daily_cap_minor <= pboc.COUNTER_LIMIT_MINOR
+        assert 0 <= self.inflow_daily_cap_minor <= pboc.COUNTER_LIMIT_MINOR
+        assert self.transfer_codes is None or self.transfer_codes <= ALL_CODES
         assert 0 <= self.log_share_permille <= LOG_SHARE_PERMILLE_MAX, self.log_share_permille
 
     @property
@@ -241,9 +391,110 @@ class Channel:
         """The quota in force: the rule's, or its kind's default."""
         return self.log_share_permille or LOG_SHARE_PERMILLE_DEFAULTS[self.kind]
 
-    def row(self) -> tuple[int, int]:
+    @property
+    def codes(self) -> frozenset[str]:
+        """The transfer codes the channel may post."""
+        if self.transfer_codes is not None:
+            return self.transfer_codes
+        return DEFAULT_CHANNEL_CODES[self.kind.value]
+
+    @property
+    def options(self) -> int:
+        """Face to face and the bank itself need no strong authentication; the bank's own
+        postings are outside a customer's daily cap."""
+        if self.kind is ChannelKind.INTERNAL:
+            return CHANNEL_STRONG_AUTH_EXEMPT | CHANNEL_CUSTOMER_CAP_EXEMPT
+        if self.kind is ChannelKind.COUNTER:
+            return CHANNEL_STRONG_AUTH_EXEMPT
+        return 0
+
+    def row(self) -> tuple[int, int, int, int, int]:
         """The channel table row, in the order of the kernel's layout."""
-        return (self.transfer_cap_minor, self.daily_cap_minor)
+        return (
+            self.transfer_cap_minor,
+            self.daily_cap_minor,
+            self.inflow_daily_cap_minor,
+            code_mask(self.codes),
+            self.options,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InternalAccountRule:
+    """What the bank's internal accounts of one kind may do: a finite floor (how far
+    below zero, i.e. how much money may leave from there) and the codes that may debit
+    and credit them."""
+
+    name: str
+    kind: int
+    balance_floor_minor: int
+    debit_codes: frozenset[str]
+    credit_codes: frozenset[str]
+
+    def __post_init__(self) -> None:
+        assert INTERNAL_ACCOUNT_KINDS[self.name] == self.kind, (self.name, self.kind)
+        assert -INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR <= self.balance_floor_minor <= 0
+        assert self.debit_codes <= ALL_CODES and self.credit_codes <= ALL_CODES
+
+    def row(self) -> tuple[int, int, int, int, int]:
+        return (
+            self.balance_floor_minor,
+            code_mask(self.debit_codes),
+            code_mask(self.credit_codes),
+            KIND_FLOOR_ENFORCED | KIND_BANK_SIDE,
+            0,
+        )
+
+
+def _internal(
+    name: str, floor: int, debit: frozenset[str], credit: frozenset[str]
+) -> InternalAccountRule:
+    own = _codes("settlement", "reversal")
+    return InternalAccountRule(name, INTERNAL_ACCOUNT_KINDS[name], floor, debit | own, credit | own)
+
+
+# The defaults of `[internal_accounts.NAME]`: each kind takes the codes of its own
+# business, settlement between internal accounts and reversals.
+DEFAULT_INTERNAL_ACCOUNTS: Final[Mapping[str, InternalAccountRule]] = MappingProxyType(
+    {
+        rule.name: rule
+        for rule in (
+            _internal(
+                "cash", -1_000_000_000_000, _codes("cash_deposit"), _codes("cash_withdrawal")
+            ),
+            _internal(
+                "clearing",
+                -1_000_000_000_000_000,
+                _codes("external_transfer_in", "topup_bound", "fixed_deposit"),
+                _codes("external_transfer_out", "withdraw_bound"),
+            ),
+            _internal("settlement", -10_000_000_000, frozenset(), frozenset()),
+            _internal("interest_expense", -100_000_000_000, _codes("interest"), frozenset()),
+            _internal("fees", 0, frozenset(), _codes("fee")),
+            _internal("wealth", -100_000_000_000, _codes("wealth"), _codes("wealth")),
+            _internal(
+                "loan_funding",
+                -1_000_000_000_000_000,
+                _codes("loan_disbursement"),
+                _codes("loan_repayment", "interest"),
+            ),
+        )
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerLimits:
+    """`[customers]`: one customer's debits per business day across all channels but the
+    bank's own (0 = none), and the non-counter daily total above which a debit needs
+    strong authentication (DOMAIN.md, 2016 No. 261; 0 = never)."""
+
+    daily_outflow_cap_minor: int = 0
+    strong_auth_daily_minor: int = STRONG_AUTH_DAILY_MINOR_DEFAULT
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.daily_outflow_cap_minor <= AMOUNT_CAP_MAX_MINOR
+        assert 0 <= self.strong_auth_daily_minor <= AMOUNT_CAP_MAX_MINOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +511,10 @@ class RuleSet:
     timezone_name: str
     source_path: str
     digest: str
+    internal_accounts: Mapping[str, InternalAccountRule] = dataclasses.field(
+        default_factory=lambda: DEFAULT_INTERNAL_ACCOUNTS
+    )
+    customers: CustomerLimits = dataclasses.field(default_factory=CustomerLimits)
 
     @property
     def timezone(self) -> zoneinfo.ZoneInfo:
@@ -291,20 +546,42 @@ class RuleSet:
         return table
 
     def channel_table(self) -> bytearray:
-        """Pack the channels for the kernel.
+        """Pack the rule table for the kernel (RULE_TABLE_SIZE bytes; ledger/types.py).
 
-        Exactly 256 rows of 16 bytes; row i is channel id i: little-endian
-        int64 transfer_cap_minor, int64 daily_cap_minor (0 = none). Channel 0
-        means "unspecified/internal" and has no caps.
+        256 channel rows of 32 bytes, row i channel id i: int64 transfer_cap_minor,
+        daily_cap_minor, inflow_daily_cap_minor (0 = none), uint32 codes, uint32
+        options. Channel 0 means "unspecified/internal": no caps, every code, exempt
+        (the registry never gives a caller id 0). Then 32 account-kind rows: int64
+        balance floor, uint32 debit codes, credit codes, options (customer kinds from
+        CUSTOMER_KIND_CODES, internal kinds from `internal_accounts`; other rows
+        allow nothing). Then the bank row: the customer cap, the strong-authentication
+        threshold and the counted, inflow and anchored code sets.
         """
-        table = bytearray(CHANNEL_ROW_COUNT * CHANNEL_ROW_SIZE)
+        table = bytearray(RULE_TABLE_SIZE)
+        everything = code_mask(ALL_CODES)
+        exempt = CHANNEL_STRONG_AUTH_EXEMPT | CHANNEL_CUSTOMER_CAP_EXEMPT
+        CHANNEL_ROW.pack_into(table, 0, 0, 0, 0, everything, exempt)
         for channel_id, channel in self.channels.items():
             assert channel_id == channel.id
             CHANNEL_ROW.pack_into(table, channel_id * CHANNEL_ROW_SIZE, *channel.row())
         for channel_id, channel in self.channels.items():
             unpacked = CHANNEL_ROW.unpack_from(table, channel_id * CHANNEL_ROW_SIZE)
             assert unpacked == channel.row(), (channel_id, unpacked)
-        assert CHANNEL_ROW.unpack_from(table, 0) == (0, 0)
+        for kind, (debit, credit, options) in CUSTOMER_KIND_CODES.items():
+            row = (0, code_mask(debit), code_mask(credit), options, 0)
+            KIND_ROW.pack_into(table, KIND_ROWS_OFFSET + kind * KIND_ROW_SIZE, *row)
+        for name, default in DEFAULT_INTERNAL_ACCOUNTS.items():
+            rule = self.internal_accounts.get(name, default)
+            KIND_ROW.pack_into(table, KIND_ROWS_OFFSET + rule.kind * KIND_ROW_SIZE, *rule.row())
+        BANK_ROW.pack_into(
+            table,
+            BANK_ROW_OFFSET,
+            self.customers.daily_outflow_cap_minor,
+            self.customers.strong_auth_daily_minor,
+            code_mask(CODES_COUNTED),
+            code_mask(CODES_INFLOW),
+            code_mask(CODES_ANCHORED),
+        )
         return table
 
     def log_quota_table(self) -> bytearray:
@@ -537,6 +814,8 @@ def _parse_bytes(data: bytes, source_name: str) -> RuleSet:
     timezone_name = _parse_timezone(document, problems)
     products = _parse_products(document, problems)
     channels = _parse_channels(document, problems)
+    internal_accounts = _parse_internal_accounts(document, problems)
+    customers = _parse_customers(document, problems)
     problems.raise_if_any()
 
     return RuleSet(
@@ -545,6 +824,8 @@ def _parse_bytes(data: bytes, source_name: str) -> RuleSet:
         timezone_name=timezone_name,
         source_path=source_name,
         digest=hashlib.sha256(data).hexdigest(),
+        internal_accounts=MappingProxyType(internal_accounts),
+        customers=customers,
     )
 
 
@@ -648,6 +929,15 @@ def _parse_product(
     balance_floor = _read_money(table, "balance_floor_minor", floor_key, problems)
     if isinstance(balance_floor, _Absent):
         balance_floor = 0
+    elif balance_floor is not None and kind is ProductKind.INTERNAL:
+        limit = INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR
+        if not -limit <= balance_floor <= limit:
+            problems.add(
+                floor_key,
+                f"{balance_floor} is outside -{limit}..{limit}: an internal product's floor "
+                "is finite (see [internal_accounts] for each internal kind's own floor)",
+            )
+            balance_floor = None
     elif balance_floor is not None:
         limit = BALANCE_FLOOR_MAGNITUDE_MAX_MINOR
         if not -limit <= balance_floor <= limit:
@@ -770,17 +1060,111 @@ def _parse_channel(
     kind = _parse_kind(table, ChannelKind, prefix, problems)
     transfer_cap = _read_cap(table, "transfer_cap_minor", prefix, AMOUNT_CAP_MAX_MINOR, problems)
     daily_cap = _read_cap(table, "daily_cap_minor", prefix, pboc.COUNTER_LIMIT_MINOR, problems)
+    inflow_cap = _read_cap(
+        table, "inflow_daily_cap_minor", prefix, pboc.COUNTER_LIMIT_MINOR, problems
+    )
+    codes = _read_codes(table, "transfer_codes", prefix, problems)
     log_share = _read_log_share(table, prefix, problems)
     if len(problems.lines) > problem_count or channel_id is None or kind is None:
         return None
-    assert transfer_cap is not None and daily_cap is not None and log_share is not None
+    assert transfer_cap is not None and daily_cap is not None and inflow_cap is not None
+    assert log_share is not None
     return Channel(
         id=channel_id,
         name=name,
         kind=kind,
         transfer_cap_minor=0 if isinstance(transfer_cap, _Absent) else transfer_cap,
         daily_cap_minor=0 if isinstance(daily_cap, _Absent) else daily_cap,
+        inflow_daily_cap_minor=0 if isinstance(inflow_cap, _Absent) else inflow_cap,
+        transfer_codes=None if isinstance(codes, _Absent) else codes,
         log_share_permille=log_share,
+    )
+
+
+def _read_codes(
+    table: Mapping[str, Any], field: str, prefix: str, problems: _Problems
+) -> frozenset[str] | _Absent | None:
+    """A list of transfer code names (TRANSFER_CODES), each at most once."""
+    key = f"{prefix}.{field}"
+    if field not in table:
+        return _ABSENT
+    value = table[field]
+    expected = "a list of transfer code names (" + ", ".join(TRANSFER_CODES) + ")"
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        problems.add(key, f"expected {expected}, got {_describe(value)}")
+        return None
+    unknown = [item for item in value if item not in TRANSFER_CODES]
+    if unknown:
+        problems.add(key, f"unknown transfer code {unknown[0]!r} (expected one of: "
+                     + ", ".join(TRANSFER_CODES) + ")")  # fmt: skip
+        return None
+    if len(set(value)) != len(value):
+        problems.add(key, "a transfer code is listed twice")
+        return None
+    return frozenset(value)
+
+
+def _parse_internal_accounts(
+    document: Mapping[str, Any], problems: _Problems
+) -> dict[str, InternalAccountRule]:
+    """`[internal_accounts.NAME]` over the defaults; every floor finite and at most
+    INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR deep."""
+    rules = dict(DEFAULT_INTERNAL_ACCOUNTS)
+    for name, prefix, table in _named_tables(
+        document, "internal_accounts", "internal account kind", problems
+    ):
+        default = DEFAULT_INTERNAL_ACCOUNTS.get(name)
+        if default is None:
+            problems.add(
+                prefix,
+                "unknown internal account kind (expected one of: "
+                + ", ".join(INTERNAL_ACCOUNT_KINDS) + ")",
+            )  # fmt: skip
+            continue
+        problem_count = len(problems.lines)
+        _check_unknown_keys(table, _INTERNAL_ACCOUNT_KEYS, prefix, problems)
+        floor_key = f"{prefix}.balance_floor_minor"
+        floor = _read_money(table, "balance_floor_minor", floor_key, problems)
+        if isinstance(floor, _Absent):
+            floor = default.balance_floor_minor
+        elif floor is not None and not -INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR <= floor <= 0:
+            problems.add(
+                floor_key,
+                f"{floor} is outside -{INTERNAL_FLOOR_MAGNITUDE_MAX_MINOR}..0: an internal "
+                "account's floor is finite (how much may leave it), never above zero",
+            )
+        debit = _read_codes(table, "debit_codes", prefix, problems)
+        credit = _read_codes(table, "credit_codes", prefix, problems)
+        if len(problems.lines) > problem_count:
+            continue
+        assert floor is not None and debit is not None and credit is not None
+        rules[name] = InternalAccountRule(
+            name,
+            default.kind,
+            floor,
+            default.debit_codes if isinstance(debit, _Absent) else debit,
+            default.credit_codes if isinstance(credit, _Absent) else credit,
+        )
+    return rules
+
+
+def _parse_customers(document: Mapping[str, Any], problems: _Problems) -> CustomerLimits:
+    table = document.get("customers", {})
+    if not isinstance(table, dict):
+        problems.add("customers", f"expected a table ([customers]), got {_describe(table)}")
+        return CustomerLimits()
+    _check_unknown_keys(table, _CUSTOMERS_KEYS, "customers", problems)
+    cap = _read_cap(table, "daily_outflow_cap_minor", "customers", AMOUNT_CAP_MAX_MINOR, problems)
+    strong = _read_cap(
+        table, "strong_auth_daily_minor", "customers", AMOUNT_CAP_MAX_MINOR, problems
+    )
+    if cap is None or strong is None:
+        return CustomerLimits()
+    return CustomerLimits(
+        daily_outflow_cap_minor=0 if isinstance(cap, _Absent) else cap,
+        strong_auth_daily_minor=(
+            STRONG_AUTH_DAILY_MINOR_DEFAULT if isinstance(strong, _Absent) else strong
+        ),
     )
 
 

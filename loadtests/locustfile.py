@@ -66,6 +66,9 @@ EXPECTED_REFUSALS = frozenset(
         "exceeds-transfer-cap",
         "exceeds-channel-transfer-cap",
         "exceeds-channel-daily-cap",
+        "exceeds-channel-daily-inflow-cap",
+        "exceeds-customer-daily-cap",
+        "strong-auth-required",  # the load sends no second factor above 50,000 CNY a day
         "account-class-limit",
         "pending-transfer-expired",
     }

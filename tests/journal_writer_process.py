@@ -71,7 +71,7 @@ kind = "class_ii"
 [products.internal_ledger]
 id = 2
 kind = "internal"
-balance_floor_minor = -4_000_000_000_000_000_000
+balance_floor_minor = -10_000_000_000_000_000
 
 [channels.wechat]
 id = 1

@@ -31,11 +31,14 @@ from ledger.types import (
     AccountKind,
     AccountStatus,
     AccountUpdateResult,
+    CounterSpace,
     CreateAccountResult,
     CreateTransferResult,
     PendingState,
     TransferCode,
     TransferFlags,
+    account_counter_key,
+    customer_counter_key,
 )
 from limits.reference import (
     INFLOW_DAILY,
@@ -89,7 +92,7 @@ balance_floor_minor = -100_000_000
 [products.internal]
 id = 7
 kind = "internal"
-balance_floor_minor = -4_611_686_018_427_387_904
+balance_floor_minor = -10_000_000_000_000_000
 
 [products.class_ii_tight]
 id = 8
@@ -120,16 +123,31 @@ id = 1
 kind = "wechat"
 transfer_cap_minor = 2_000_000
 daily_cap_minor = 5_000_000
+transfer_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "interest", "reversal", "wealth", "loan_disbursement", "loan_repayment",
+  "external_transfer_out", "external_transfer_in", "fixed_deposit",
+]
 
 [channels.counter]
 id = 3
 kind = "counter"
+inflow_daily_cap_minor = 40_000
+transfer_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "fee", "interest", "reversal", "wealth", "loan_disbursement", "loan_repayment",
+  "external_transfer_out", "external_transfer_in", "fixed_deposit",
+]
 
 [channels.atm]
 id = 4
 kind = "atm"
 transfer_cap_minor = 20_000
 daily_cap_minor = 35_000
+transfer_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "reversal", "external_transfer_out", "external_transfer_in",
+]
 
 [channels.batch]
 id = 6
@@ -140,17 +158,65 @@ id = 7
 kind = "app"
 transfer_cap_minor = 12_000
 daily_cap_minor = 25_000
+inflow_daily_cap_minor = 18_000
+transfer_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "fee", "interest", "reversal", "external_transfer_out", "external_transfer_in", "settlement",
+]
 
 [channels.tight_daily]
 id = 8
 kind = "open_api"
 daily_cap_minor = 8_000
+inflow_daily_cap_minor = 9_000
+transfer_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "reversal", "external_transfer_out", "external_transfer_in",
+]
+
+# The funding account takes every code (the generators fund customers from it); the
+# settlement and cash accounts' floors are reached by the huge transfers.
+[internal_accounts.clearing]
+balance_floor_minor = -10_000_000_000_000_000
+debit_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "fee", "interest", "reversal", "wealth", "loan_disbursement", "loan_repayment",
+  "external_transfer_out", "external_transfer_in", "fixed_deposit", "settlement",
+]
+credit_codes = [
+  "transfer", "payment", "cash_deposit", "cash_withdrawal", "topup_bound", "withdraw_bound",
+  "fee", "interest", "reversal", "wealth", "loan_disbursement", "loan_repayment",
+  "external_transfer_out", "external_transfer_in", "fixed_deposit", "settlement",
+]
+
+[internal_accounts.cash]
+balance_floor_minor = -3_000_000
+debit_codes = ["cash_deposit", "interest", "transfer", "payment"]
+
+[internal_accounts.settlement]
+balance_floor_minor = -7_000_000
+
+[customers]
+daily_outflow_cap_minor = 15_000
+strong_auth_daily_minor = 22_000
 """
 TIGHT_RULES: RuleSet = parse_rules(TIGHT_RULES_TOML, "tests/ledger_helpers.py:TIGHT_RULES_TOML")
 
 # Product rows as the kernel reads them (see limits.rules.RuleSet.product_table).
 PRODUCT_ROW = struct.Struct("<8q")
-CHANNEL_ROW = struct.Struct("<2q")
+CHANNEL_ROW = struct.Struct("<qqqII")
+LEGACY_CHANNEL_ROW = struct.Struct("<qq")
+
+
+def legacy_channel_table(rules: RuleSet) -> bytes:
+    """The rule table as builds before per-code authorization packed it (two caps a
+    channel): the ledger reads it as those builds behaved (every code allowed everywhere,
+    no floors on internal kinds, no credit, customer or strong-authentication counters)."""
+    table = bytearray(256 * LEGACY_CHANNEL_ROW.size)
+    for channel_id, channel in rules.channels.items():
+        LEGACY_CHANNEL_ROW.pack_into(table, channel_id * LEGACY_CHANNEL_ROW.size,
+                                     channel.transfer_cap_minor, channel.daily_cap_minor)
+    return bytes(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +253,7 @@ def product_caps(rules: RuleSet, product: int) -> ProductCaps:
 def channel_caps(rules: RuleSet, channel: int) -> tuple[int, int]:
     """(transfer_cap, daily_cap) of `channel`; 0 means none."""
     _, table = rule_tables(rules)
-    transfer_cap, daily_cap = CHANNEL_ROW.unpack_from(table, channel * CHANNEL_ROW.size)
+    transfer_cap, daily_cap, _, _, _ = CHANNEL_ROW.unpack_from(table, channel * CHANNEL_ROW.size)
     return transfer_cap, daily_cap
 
 
@@ -203,21 +269,22 @@ def account_input(
     bound_id: int = 0,
     ledger: int = LEDGER_CNY,
     status: int = AccountStatus.ACTIVE,
+    customer: int = 0,
     reserved: bytes = b"",
 ) -> bytes:
     """One 64-byte account-creation record (ledger.types.ACCOUNT_INPUT_STRUCT).
 
-    `reserved` overwrites the start of the 24 reserved bytes, to build inputs
+    `reserved` overwrites the start of the 16 reserved bytes, to build inputs
     that must be refused with RESERVED_FIELD.
     """
     record = bytearray(
         records.pack_account_input(
             id=account_id, kind=kind, product=product, flags=flags, bound_id=bound_id,
-            ledger=ledger, status=status,
+            ledger=ledger, status=status, customer=customer,
         )
     )
-    assert len(reserved) <= 24
-    record[40 : 40 + len(reserved)] = reserved
+    assert len(reserved) <= 16
+    record[48 : 48 + len(reserved)] = reserved
     return bytes(record)
 
 
@@ -269,8 +336,10 @@ def make_ledger(
     *,
     account_capacity: int = 64,
     transfer_capacity: int = 1024,
+    legacy: bool = False,
 ) -> Ledger:
-    """An empty ledger on `backend` ("kernel" or "reference") with `rules` installed."""
+    """An empty ledger on `backend` ("kernel" or "reference") with `rules` installed
+    (`legacy`: as a rule table of the builds before per-code authorization)."""
     ledger: Ledger
     if backend == "kernel":
         ledger = KernelLedger(account_capacity=account_capacity,
@@ -281,7 +350,8 @@ def make_ledger(
         )
     else:
         raise ValueError(backend)
-    ledger.set_rules(*rule_tables(rules))
+    products, channels = rule_tables(rules)
+    ledger.set_rules(products, legacy_channel_table(rules) if legacy else channels)
     return ledger
 
 
@@ -290,6 +360,7 @@ def both(
     *,
     account_capacity: int = 64,
     transfer_capacity: int = 1024,
+    legacy: bool = False,
 ) -> tuple[KernelLedger, ReferenceLedger]:
     """A (kernel, reference) pair with the same rules and capacities.
 
@@ -299,9 +370,9 @@ def both(
     """
     assert transfer_capacity & (transfer_capacity - 1) == 0, transfer_capacity
     kernel = make_ledger("kernel", rules, account_capacity=account_capacity,
-                         transfer_capacity=transfer_capacity)
+                         transfer_capacity=transfer_capacity, legacy=legacy)
     reference = make_ledger("reference", rules, account_capacity=account_capacity,
-                            transfer_capacity=transfer_capacity)
+                            transfer_capacity=transfer_capacity, legacy=legacy)
     assert isinstance(kernel, KernelLedger) and isinstance(reference, ReferenceLedger)
     return kernel, reference
 
@@ -393,6 +464,14 @@ def remaining_limits(
             limits.append(channel_transfer_cap)
         if channel_daily_cap:
             limits.append(channel_daily_cap - ledger.channel_used(debit, channel, day))
+        customer = ledger.account_customer(debit) or 0
+        if rules.customers.daily_outflow_cap_minor and customer:
+            key = customer_counter_key(CounterSpace.CUSTOMER_DEBIT, customer)
+            limits.append(rules.customers.daily_outflow_cap_minor - ledger.counter_used(key, day))
+        if rules.customers.strong_auth_daily_minor:
+            key = (customer_counter_key(CounterSpace.STRONG_CUSTOMER, customer) if customer else
+                   account_counter_key(CounterSpace.STRONG_ACCOUNT, slot_of(ledger, debit), 0))
+            limits.append(rules.customers.strong_auth_daily_minor - ledger.counter_used(key, day))
     if credit_view is not None:
         view = credit_view
         caps = product_caps(rules, view.product)
@@ -401,10 +480,20 @@ def remaining_limits(
         if caps.inflow_daily:
             limits.append(caps.inflow_daily - counters[INFLOW_DAILY])
             limits.append(caps.inflow_yearly - counters[INFLOW_YEARLY])
+        rule = rules.channels.get(channel)
+        if rule is not None and rule.inflow_daily_cap_minor:
+            key = account_counter_key(CounterSpace.CHANNEL_CREDIT, slot_of(ledger, credit), channel)
+            limits.append(rule.inflow_daily_cap_minor - ledger.counter_used(key, day))
         if caps.balance_cap:
             limits.append(caps.balance_cap - view.credits_posted - view.credits_pending
                           + view.debits_posted)
     return [limit for limit in limits if limit > 0]
+
+
+def slot_of(ledger: Ledger, account_id: int) -> int:
+    if isinstance(ledger, ReferenceLedger):
+        return ledger.account_index[account_id]
+    return ledger.account_slot(account_id)
 
 
 def transfer_view(ledger: Ledger, transfer_id: int) -> Transfer | None:
@@ -606,8 +695,11 @@ class Twin:
         return r
 
     def set_log_quotas(self, rules: RuleSet, log_quota_table: bytes) -> None:
-        """Install `rules` with this log quota table (u16 permille per channel) on both."""
-        products, channels = rule_tables(rules)
+        """Install `rules` with this log quota table (u16 permille per channel) on both; the
+        rule table installed stays (a legacy one too: `make_ledger(legacy=True)`)."""
+        products, _ = rule_tables(rules)
+        channels = bytes(self.kernel.channels)
+        assert channels == self.reference.rules_table
         self.kernel.set_rules(products, channels, log_quota_table)
         self.reference.set_rules(products, channels, log_quota_table)
 

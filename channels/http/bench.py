@@ -46,7 +46,8 @@ from core.reports import machine_description, save_report
 BATCH_SIZE = 8189
 ACCOUNTS = 64
 # Each account's cash at setup: the supervisor's cash cap of the example registry (one
-# deposit); the measured transfers (1-97 fen) go round the accounts and never drain one.
+# deposit); the measured transfers (1-97 fen) go round the accounts and never drain one,
+# and 64 such deposits stay far inside the cash vault's floor (examples/limits.toml).
 FUNDING_MINOR = 50_000_000
 SETUP_ACTOR = ("S0001", "supervisor")
 CHANNELS_FILE = DEFAULT_CHANNELS_PATH

@@ -100,8 +100,9 @@ def proof(ctx: Context) -> Proof:
 
 def consent(ctx: Context) -> Consent:
     body = ctx.body
-    password = body.get("password") if isinstance(body, dict) else None
-    return Consent(ctx.token, password)
+    if not isinstance(body, dict):
+        return Consent(ctx.token, None)
+    return Consent(ctx.token, body.get("password"), body.get("second_factor") or "")
 
 
 class Handlers:
@@ -249,7 +250,7 @@ class Handlers:
             account_id_param(body["debit_account_id"], "debit_account_id"),
             account_id_param(body["credit_account_id"], "credit_account_id"),
             body["amount_minor"],
-            Consent(ctx.token, body.get("password")),
+            Consent(ctx.token, body.get("password"), body.get("second_factor") or ""),
         )
         return posted_reply(await self.payments.post(posting))
 

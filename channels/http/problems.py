@@ -100,6 +100,15 @@ _TRANSFER_CONFLICT = {
     R.CREDIT_ACCOUNT_CLOSED,
 }
 
+# Authorization refusals: the caller may not do this at all (or not without a second factor).
+_TRANSFER_FORBIDDEN = {
+    R.CHANNEL_CODE_NOT_ALLOWED,
+    R.DEBIT_ACCOUNT_CODE_NOT_ALLOWED,
+    R.CREDIT_ACCOUNT_CODE_NOT_ALLOWED,
+    R.CODE_NEEDS_BANK_ACCOUNT,
+    R.STRONG_AUTH_REQUIRED,
+}
+
 _TRANSFER_TITLES = {
     R.EXCEEDS_CREDITS: "Insufficient funds",
     R.EXCEEDS_DAILY_OUTFLOW: "The account's daily outflow quota is used up (PBoC)",
@@ -119,6 +128,22 @@ _TRANSFER_TITLES = {
     R.EXISTS_WITH_DIFFERENT_USER_DATA: (
         "The Idempotency-Key was used for another instruction (beneficiary, payer or user data)"
     ),
+    R.CHANNEL_CODE_NOT_ALLOWED: "This channel may not post this kind of transfer",
+    R.DEBIT_ACCOUNT_CODE_NOT_ALLOWED: (
+        "The debit account may not be debited for this kind of transfer"
+    ),
+    R.CREDIT_ACCOUNT_CODE_NOT_ALLOWED: (
+        "The credit account may not be credited for this kind of transfer"
+    ),
+    R.CODE_NEEDS_BANK_ACCOUNT: "This kind of transfer needs one of the bank's own accounts",
+    R.EXCEEDS_INTERNAL_FLOOR: "The bank's internal account would pass its floor",
+    R.EXCEEDS_CHANNEL_DAILY_INFLOW_CAP: (
+        "The amount passes this channel's daily cap on money into the account"
+    ),
+    R.EXCEEDS_CUSTOMER_DAILY_CAP: "The amount passes the customer's daily cap across channels",
+    R.STRONG_AUTH_REQUIRED: (
+        "Above 50,000 CNY a day off the counter: strong authentication (a second factor) needed"
+    ),
     R.CHANNEL_LOG_QUOTA_EXCEEDED: "This channel holds its share of the transfer log; retry "
     "after the time in Retry-After",
 }
@@ -131,6 +156,8 @@ def transfer_status(code: int) -> int:
         return 404
     if code in _TRANSFER_CONFLICT:
         return 409
+    if code in _TRANSFER_FORBIDDEN:
+        return 403
     return 422
 
 

@@ -35,6 +35,13 @@ PASSWORD_OPTIONAL = F(
     pattern=PASSWORD_PATTERN,
     description="6-digit transaction password (or send a Tally-Transaction-Token)",
 )
+SECOND_FACTOR = F(
+    "enum",
+    required=False,
+    values=("ukey", "sms", "face", "certificate", "e_signature"),
+    description="the second factor the channel verified with the holder's password or token:"
+    " strong authentication, needed off the counter above 50,000 CNY a day (2016 No. 261)",
+)
 AMOUNT = F("amount", example=1000)
 COUNTERPARTY = F(
     "object",
@@ -72,18 +79,20 @@ ACCOUNT_NEW = {
     "bound_card": BOUND_CARD,
     "password": PASSWORD,
 }
-MONEY_BODY = {"amount_minor": AMOUNT, "password": PASSWORD_OPTIONAL}
+MONEY_BODY = {"amount_minor": AMOUNT, "password": PASSWORD_OPTIONAL, "second_factor": SECOND_FACTOR}
 TRANSFER_NEW = {
     "debit_account_id": F("account_id"),
     "credit_account_id": F("account_id"),
     "amount_minor": AMOUNT,
     "password": PASSWORD_OPTIONAL,
+    "second_factor": SECOND_FACTOR,
 }
 EXTERNAL_NEW = {
     "debit_account_id": F("account_id"),
     "amount_minor": AMOUNT,
     "beneficiary": COUNTERPARTY,
     "password": PASSWORD_OPTIONAL,
+    "second_factor": SECOND_FACTOR,
 }
 CLEARING_REFERENCE_PATTERN = "^[0-9A-Za-z][0-9A-Za-z_.:-]{0,63}$"
 INCOMING_NEW = {
@@ -115,6 +124,7 @@ PAYMENT_NEW = {
         description="the hold expires after this many seconds (default 900)",
     ),
     "password": PASSWORD_OPTIONAL,
+    "second_factor": SECOND_FACTOR,
 }
 CAPTURE = {"amount_minor": F("amount", required=False, description="default: the whole hold")}
 REVERSE = {"amount_minor": F("amount", required=False, description="default: all that was posted")}

@@ -13,7 +13,13 @@ import os
 import sys
 from collections.abc import Iterator
 
-from core.entries import EVICT_PAYLOAD, RULES_HEADER, UPDATE_ACCOUNT_PAYLOAD, Entry, EntryKind
+from core.entries import (
+    EVICT_PAYLOAD,
+    UPDATE_ACCOUNT_PAYLOAD,
+    Entry,
+    EntryKind,
+    rules_payload_tables,
+)
 from core.errors import TallyError
 from core.journal import JournalScan, StoredRecord
 from core.replay import recover_ledger
@@ -21,8 +27,6 @@ from ledger.constants import LEDGER_CNY
 from ledger.records import account_input_view, transfer_view
 from ledger.types import (
     ACCOUNT_SIZE,
-    CHANNEL_COUNT,
-    CHANNEL_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
     AccountKind,
@@ -189,12 +193,10 @@ def _describe_payload(entry: Entry) -> Iterator[str]:
     elif entry.kind == EntryKind.EXPIRE_PENDING:
         yield f"  expire holds due at {format_ns(entry.timestamp_first)}"
     elif entry.kind == EntryKind.SET_RULES:
-        (products_size,) = RULES_HEADER.unpack_from(payload)
-        tables_size = len(payload) - 4 - products_size
-        channels_size = min(tables_size, CHANNEL_COUNT * CHANNEL_SIZE)
+        products, channels, quotas = rules_payload_tables(payload)
         yield (
-            f"  rules products={products_size // 64} channel_table_bytes={channels_size}"
-            f" log_quota_bytes={tables_size - channels_size}"
+            f"  rules products={len(products) // 64} channel_table_bytes={len(channels)}"
+            f" log_quota_bytes={len(quotas)}"
             f" sha256={hashlib.sha256(payload).hexdigest()}"
         )
     elif entry.kind in (EntryKind.EVICT, EntryKind.EVICT_FAILED):

@@ -27,10 +27,13 @@ class Caller:
 
 @dataclass(slots=True)
 class Consent:
-    """How the account holder consents to a debit: a live token, else the password."""
+    """How the account holder consents to a debit: a live token, else the password; and
+    the second factor the channel verified ("ukey", "sms", "face"...; "" if none), which
+    counts (strong authentication, above 50,000 CNY a day) only with that consent."""
 
     token: str = ""
     password: str | None = None
+    second_factor: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,12 +104,19 @@ class Payments:
             raise engine_refusal(error) from None
 
     async def post(self, command: Posting) -> Posted:
-        """Post one transfer (after its holder's consent); answer once durable."""
+        """Post one transfer (after its holder's consent); answer once durable.
+
+        The ledger's STRONG_AUTH flag is set only when the holder consented (token or
+        password, checked here) and the channel asserted a second factor with it.
+        """
+        flags = command.flags
         if command.authorize:
             consent = command.consent or Consent()
             if not self.auth.token_checked(command.caller, command.authorize, consent):
                 assert consent.password is not None
                 await self.auth.verify_password(command.authorize, consent.password)
+            if consent.second_factor:
+                flags |= TransferFlags.STRONG_AUTH
         caller = command.caller
         packed_id = self.ids.packed(caller.ledger_id, command.key, 0)
         record = packed_id + pack_transfer_after_id(
@@ -120,7 +127,7 @@ class Payments:
             command.pending_id,
             command.timeout_s,
             LEDGER_CNY,
-            command.flags,
+            flags,
             caller.ledger_id,
             command.user_data,
         )

@@ -46,11 +46,14 @@ from ledger.types import (
     AccountKind,
     AccountStatus,
     AccountUpdateResult,
+    CounterSpace,
     CreateAccountResult,
     CreateTransferResult,
     PendingState,
     TransferCode,
     TransferFlags,
+    account_counter_key,
+    customer_counter_key,
     id_consumed,
 )
 from limits.calendar import day_of_date
@@ -65,6 +68,7 @@ from tests.ledger_helpers import (
     product_caps,
     remaining_limits,
     rule_tables,
+    slot_of,
     transfer,
     transfer_view,
 )
@@ -82,8 +86,10 @@ START_DAY = day_of_date(2025, 12, 30)  # day rollovers cross into 2026 early on
 START_TS = 1_767_000_000 * NS_PER_S
 
 CODES = (C.TRANSFER, C.PAYMENT, C.EXTERNAL_TRANSFER_OUT, C.EXTERNAL_TRANSFER_IN,
-         C.TOPUP_BOUND, C.WITHDRAW_BOUND, C.CASH_DEPOSIT, C.CASH_WITHDRAWAL, C.FEE, C.INTEREST)
-CHANNELS = (0, 3, 4, 7, 8)
+         C.TOPUP_BOUND, C.WITHDRAW_BOUND, C.CASH_DEPOSIT, C.CASH_WITHDRAWAL, C.FEE, C.INTEREST,
+         C.SETTLEMENT, C.WEALTH)
+CHANNELS = (0, 1, 3, 4, 6, 7, 8, 9)  # 9: a channel the rules do not know (no code allowed)
+CUSTOMERS = (0, 1, 2)  # account holders; 0: none (strong authentication per account)
 PRODUCTS = {  # (kind, tight) -> product id in TIGHT_RULES
     (K.CLASS_I, False): 1, (K.CLASS_I, True): 10,
     (K.CLASS_II, False): 2, (K.CLASS_II, True): 8,
@@ -102,6 +108,7 @@ class AccountSpec:
     non_bound_inflow: bool
     binding: str  # "card" (bound to CARD), "external" (BOUND_EXTERNAL) or "none"
     funding: int
+    customer: int
 
 
 account_specs = st.builds(
@@ -113,6 +120,7 @@ account_specs = st.builds(
     non_bound_inflow=st.sampled_from((True, True, False)),
     binding=st.sampled_from(("card", "external", "none")),
     funding=st.sampled_from((0, 5_000, 20_000, 200_000)),
+    customer=st.sampled_from(CUSTOMERS),
 )
 
 
@@ -166,6 +174,7 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         self.products: dict[int, int] = {}
         self.kinds: dict[int, int] = {}
         self.flags: dict[int, int] = {}
+        self.customers: dict[int, int] = {}
         self.next_account_id = 100
         self.next_transfer_id = 1
         self.debits_posted: Counter[int] = Counter()
@@ -193,13 +202,15 @@ class KernelLedgerMachine(RuleBasedStateMachine):
     # --- plumbing ------------------------------------------------------------------
 
     def open(self, account_id: int, kind: int, product: int, flags: int = 0,
-             bound_id: int = 0) -> None:
+             bound_id: int = 0, customer: int = 0) -> None:
         results = self.ledger.create_accounts(account_input(
-            account_id, kind, flags=flags, product=product, bound_id=bound_id))
+            account_id, kind, flags=flags, product=product, bound_id=bound_id, customer=customer))
         assert results[0] == CreateAccountResult.OK, CreateAccountResult(results[0])
         self.products[account_id] = product
         self.kinds[account_id] = kind
         self.flags[account_id] = flags
+        self.customers[account_id] = customer
+        assert self.ledger.account_customer(account_id) == customer
 
     def new_id(self) -> int:
         self.next_transfer_id += 1
@@ -335,7 +346,8 @@ class KernelLedgerMachine(RuleBasedStateMachine):
             elif spec.binding == "external":
                 flags |= AccountFlags.BOUND_EXTERNAL
                 self.bound[account_id] = CLEARING
-        self.open(account_id, spec.kind, PRODUCTS[(spec.kind, spec.tight)], flags, bound_id)
+        self.open(account_id, spec.kind, PRODUCTS[(spec.kind, spec.tight)], flags, bound_id,
+                  spec.customer)
         if spec.funding:
             self.submit([self.plain(CLEARING, account_id, spec.funding, code=C.INTEREST)])
         return account_id
@@ -358,7 +370,7 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         self.open(CLEARING, K.INTERNAL_CLEARING, 7)
         self.open(CASH, K.INTERNAL_CASH, 7)
         self.open(CARD, K.CLASS_I, 1, D)
-        self.submit([self.plain(CLEARING, CARD, 10_000_000, code=C.SETTLEMENT)])
+        self.submit([self.plain(CLEARING, CARD, 10_000_000, code=C.INTEREST)])
         return multiple(CARD, *(self.open_customer(spec) for spec in specs))
 
     @precondition(lambda self: len(self.kinds) < 24)
@@ -367,12 +379,29 @@ class KernelLedgerMachine(RuleBasedStateMachine):
         return self.open_customer(spec)
 
     @rule(debit=accounts, credit=accounts, code=st.sampled_from(CODES),
-          channel=st.sampled_from(CHANNELS), data=st.data())
-    def transfer(self, debit: int, credit: int, code: int, channel: int,
+          channel=st.sampled_from(CHANNELS), strong=st.booleans(), data=st.data())
+    def transfer(self, debit: int, credit: int, code: int, channel: int, strong: bool,
                  data: st.DataObject) -> None:
         debit, credit = self.sides(code, debit, credit)
         amount = self.draw_amount(data, debit, credit, channel)
-        self.submit([self.plain(debit, credit, amount, code=code, channel=channel)])
+        flags = F.STRONG_AUTH if strong else 0
+        [result] = self.submit([self.plain(debit, credit, amount, code=code, channel=channel,
+                                           flags=flags)])
+        if result == R.OK and not strong and self.strong_counted(debit, channel):
+            # Without a second factor, a debit never takes the day's total past the line.
+            used = self.ledger.counter_used(self.strong_key(debit), self.day)
+            assert used <= TIGHT_RULES.customers.strong_auth_daily_minor, (debit, used)
+
+    def strong_counted(self, debit: int, channel: int) -> bool:
+        rule = TIGHT_RULES.channels.get(channel)
+        return (rule is not None and rule.kind.value not in ("counter", "internal")
+                and self.kinds[debit] <= K.LOAN)
+
+    def strong_key(self, debit: int) -> int:
+        customer = self.customers[debit]
+        if customer:
+            return customer_counter_key(CounterSpace.STRONG_CUSTOMER, customer)
+        return account_counter_key(CounterSpace.STRONG_ACCOUNT, slot_of(self.ledger, debit), 0)
 
     def limited_accounts(self) -> list[int]:
         return sorted(a for a, kind in self.kinds.items() if kind in (K.CLASS_II, K.CLASS_III))
@@ -579,6 +608,26 @@ class KernelLedgerMachine(RuleBasedStateMachine):
                 view = account_view(self.ledger, account_id)
                 incoming = view.credits_posted + view.credits_pending - view.debits_posted
                 assert incoming <= caps.balance_cap, (account_id, view)
+
+    @invariant()
+    def day_counters_stay_within_their_caps(self) -> None:
+        """A channel's credit cap per account and the customer cap are never exceeded, and the
+        internal accounts never pass their kind's floor."""
+        for account_id in self.kinds:
+            slot = slot_of(self.ledger, account_id)
+            for channel_id, channel in TIGHT_RULES.channels.items():
+                if channel.inflow_daily_cap_minor:
+                    key = account_counter_key(CounterSpace.CHANNEL_CREDIT, slot, channel_id)
+                    used = self.ledger.counter_used(key, self.day)
+                    assert 0 <= used <= channel.inflow_daily_cap_minor, (account_id, channel_id)
+        cap = TIGHT_RULES.customers.daily_outflow_cap_minor
+        for customer in CUSTOMERS[1:]:
+            key = customer_counter_key(CounterSpace.CUSTOMER_DEBIT, customer)
+            assert 0 <= self.ledger.counter_used(key, self.day) <= cap, customer
+        for account_id, internal in ((CLEARING, "clearing"), (CASH, "cash")):
+            view = account_view(self.ledger, account_id)
+            floor = TIGHT_RULES.internal_accounts[internal].balance_floor_minor
+            assert view.credits_posted - view.debits_posted - view.debits_pending >= floor
 
     @invariant()
     def one_log_record_per_id(self) -> None:

@@ -117,8 +117,9 @@ def test_the_settlement_account_only_from_the_internal_channel(
     """Creating money out of the bank's settlement account (its floor is far below zero):
     a batch from the counter or a partner bank is 403; so are the single routes that let a
     channel name one of the bank's own accounts (a transfer into it, a payment to it, a cash
-    deposit into clearing). The customer's balance and the bank's books do not move; the
-    internal channel may still post the same leg."""
+    deposit into clearing). The customer's balance and the bank's books do not move. The
+    kernel's rules refuse the same leg from the internal channel too (the settlement account
+    is debited only to settle with the bank's other accounts), which it may still post."""
     counter, app, open_api, bank = (
         clients["counter"],
         clients["app"],
@@ -156,8 +157,13 @@ def test_the_settlement_account_only_from_the_internal_channel(
         {"transfers": [item(SETTLEMENT_ID, customer, 500)]},
         idempotency_key=key(),
     )
-    assert internal.status_code == 200 and internal.json()["summary"] == {"ok": 1}
-    assert balance(counter, customer) == 10_500
+    assert internal.status_code == 200, internal.text
+    assert internal.json()["summary"] == {"debit_account_code_not_allowed": 1}
+    settle = item(SETTLEMENT_ID, CLEARING_ID, 500) | {"code": "settlement"}
+    settled = bank.post("/v1/transfers/batch", {"transfers": [settle]}, idempotency_key=key())
+    assert settled.status_code == 200 and settled.json()["summary"] == {"ok": 1}
+    assert balance(counter, customer) == 10_000
+    assert balance(bank, str(SETTLEMENT_ID)) == -balance(bank, str(CLEARING_ID)) != 0
 
 
 # --- holds, captures, voids and reversals belong to their channel -------------------

@@ -107,7 +107,7 @@ def test_a_flood_of_failures_from_one_channel_leaves_the_others_posting(tmp_path
                 "/v1/transfers/batch",
                 {"transfers": [
                     {"debit_account_id": str(CLEARING_ID), "credit_account_id": other,
-                     "amount_minor": 100, "code": "interest"},
+                     "amount_minor": 100, "code": "external_transfer_in"},
                 ]},
                 idempotency_key=key(),
             )  # fmt: skip
@@ -138,14 +138,14 @@ def test_one_channel_cannot_fill_the_log_with_postings_either(tmp_path: Path) ->
         with server.client("counter") as counter, server.client("bank") as bank:
             other = open_class_i(counter, register(counter, "王五", birth="19850101"))
             good = Transfer(
-                0, CLEARING_ID, int(other), 0, 1, 0, 0, 156, TransferCode.INTEREST,
+                0, CLEARING_ID, int(other), 0, 1, 0, 0, 156, TransferCode.EXTERNAL_TRANSFER_IN,
                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ).pack()  # fmt: skip
             mine = bank.post(
                 "/v1/transfers/batch",
                 {"transfers": [
                     {"debit_account_id": str(CLEARING_ID), "credit_account_id": other,
-                     "amount_minor": 100, "code": "interest"},
+                     "amount_minor": 100, "code": "external_transfer_in"},
                 ]},
                 idempotency_key=key(),
             )  # fmt: skip
@@ -182,7 +182,7 @@ def test_one_channel_cannot_fill_the_log_with_postings_either(tmp_path: Path) ->
                 "/v1/transfers/batch",
                 {"transfers": [
                     {"debit_account_id": str(CLEARING_ID), "credit_account_id": other,
-                     "amount_minor": 1, "code": "interest"},
+                     "amount_minor": 1, "code": "external_transfer_in"},
                 ]},
                 idempotency_key=key(),
             )  # fmt: skip

@@ -325,12 +325,14 @@ async def test_a_posting_check_applies_to_single_transfers_holds_and_batches(
                 pack_transfer(
                     id=bank.core.ids.id(BANK.ledger_id, key, index),
                     debit_account_id=debit,
-                    credit_account_id=SETTLEMENT_ID,
+                    credit_account_id=payee,
                     amount=100,
-                    code=TransferCode.TRANSFER,
+                    code=code,
                     channel=BANK.ledger_id,
                 )
-                for index, debit in enumerate((CASH_VAULT_ID, source))
+                for index, (debit, code) in enumerate(
+                    ((CASH_VAULT_ID, TransferCode.CASH_DEPOSIT), (source, TransferCode.TRANSFER))
+                )
             )
             return PostingBatch(BANK, key, records, 2)
 

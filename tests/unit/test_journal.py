@@ -205,7 +205,9 @@ def scenario() -> tuple[list[Entry], list[Entry]]:
     )
     s.transfers(
         *(
-            transfer(0x4000 + n, CLEARING, account, 20_000_000, code=TransferCode.CASH_DEPOSIT)
+            transfer(
+                0x4000 + n, CLEARING, account, 20_000_000, code=TransferCode.EXTERNAL_TRANSFER_IN
+            )
             for n, account in enumerate(CLASS_I)
         ),
         *(

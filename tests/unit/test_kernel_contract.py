@@ -25,17 +25,27 @@ from ledger.types import (
     ACCOUNT_INPUT_STRUCT,
     ACCOUNT_SIZE,
     ACCOUNT_STRUCT,
+    BANK_RULE_STRUCT,
+    CHANNEL_RULE_STRUCT,
     CHANNEL_SIZE,
+    KIND_RULE_STRUCT,
     PENDING_SIZE,
     PENDING_STRUCT,
     PRODUCT_SIZE,
+    RULES_SIZE,
     TRANSFER_SIZE,
     TRANSFER_STRUCT,
+    AccountKind,
+    ChannelOption,
     CreateAccountResult,
     CreateTransferResult,
+    KindOption,
+    TransferCode,
+    TransferFlags,
 )
+from limits import rules as limits_rules
 from limits.calendar import DAY_COUNT, day_of_date, year_of_day
-from limits.rules import CHANNEL_ROW, PRODUCT_ROW
+from limits.rules import BANK_ROW, CHANNEL_ROW, KIND_ROW, PRODUCT_ROW
 
 
 def test_transfer_results_match_both_ways() -> None:
@@ -43,11 +53,7 @@ def test_transfer_results_match_both_ways() -> None:
     kernel = dict(ledger_kernel.TRANSFER_RESULTS)
     python = {member.name: int(member) for member in CreateTransferResult}
     assert kernel == python
-    # 77..84 are the channel-cap codes of a parallel branch (the authorization work):
-    # dense once both are merged, and until then that range alone may be missing.
-    codes = set(kernel.values())
-    expected = [code for code in range(max(codes) + 1) if code in codes or not 77 <= code <= 84]
-    assert sorted(codes) == expected, "codes must stay dense"
+    assert sorted(kernel.values()) == list(range(len(kernel))), "codes must stay dense"
 
 
 def test_account_results_match_both_ways() -> None:
@@ -72,6 +78,8 @@ def test_struct_sizes_match_the_python_layouts() -> None:
         "Transfer": TRANSFER_STRUCT.size,
         "Product": PRODUCT_ROW.size,
         "ChannelRule": CHANNEL_ROW.size,
+        "KindRule": KIND_ROW.size,
+        "BankRule": BANK_ROW.size,
         "IndexEntry": INDEX_ENTRY_SIZE,
         "HeapEntry": HEAP_ENTRY_SIZE,
         "ChannelEntry": CHANNEL_ENTRY_SIZE,
@@ -82,6 +90,27 @@ def test_struct_sizes_match_the_python_layouts() -> None:
     assert PENDING_STRUCT.size == PENDING_SIZE
     assert PRODUCT_ROW.size == PRODUCT_SIZE
     assert CHANNEL_ROW.size == CHANNEL_SIZE
+    assert CHANNEL_ROW.format == CHANNEL_RULE_STRUCT.format
+    assert KIND_ROW.format == KIND_RULE_STRUCT.format
+    assert BANK_ROW.format == BANK_RULE_STRUCT.format
+    assert limits_rules.RULE_TABLE_SIZE == RULES_SIZE
+
+
+def test_rule_file_names_agree_with_the_ledger_enums() -> None:
+    """limits (below ledger) repeats the transfer codes, internal kinds and option bits by
+    name: the same names and numbers as ledger.types."""
+    codes = {code.name.lower(): int(code) for code in TransferCode}
+    assert dict(limits_rules.TRANSFER_CODES) == codes
+    assert dict(limits_rules.INTERNAL_ACCOUNT_KINDS) == {
+        kind.name.removeprefix("INTERNAL_").lower(): int(kind)
+        for kind in AccountKind
+        if kind >= AccountKind.INTERNAL_CASH
+    }
+    assert limits_rules.CHANNEL_STRONG_AUTH_EXEMPT == ChannelOption.STRONG_AUTH_EXEMPT
+    assert limits_rules.CHANNEL_CUSTOMER_CAP_EXEMPT == ChannelOption.CUSTOMER_CAP_EXEMPT
+    assert limits_rules.KIND_FLOOR_ENFORCED == KindOption.FLOOR_ENFORCED
+    assert limits_rules.KIND_BANK_SIDE == KindOption.BANK_SIDE
+    assert TransferFlags.STRONG_AUTH == 16
 
 
 def test_year_of_day_agrees_on_every_representable_day() -> None:

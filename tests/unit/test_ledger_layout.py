@@ -7,11 +7,12 @@ sections `ledger.state` declares, dumped identically by both twins.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import pytest
 
-from core.entries import apply_entry
+from core.entries import RULES_HEADER, Entry, EntryKind, apply_entry
 from ledger import records
 from ledger.constants import CLEARING_ID, INTERNAL_ACCOUNTS, LEDGER_CNY
 from ledger.kernel import KernelLedger
@@ -19,6 +20,7 @@ from ledger.protocol import Ledger, LedgerLoader
 from ledger.reference import Account, ReferenceLedger, Transfer
 from ledger.state import (
     ACCOUNT_ROW_SIZE,
+    LEGACY_SECTION_NAMES,
     SECTION_NAMES,
     SECTION_NAMES_BEFORE_QUOTAS,
     LedgerState,
@@ -26,9 +28,11 @@ from ledger.state import (
     StateTooLarge,
 )
 from ledger.types import AccountKind, CreateTransferResult, TransferCode, TransferFlags
+from tests.ledger_helpers import legacy_channel_table
 from tests.unit.test_journal import (
     ACCOUNT_CAPACITY,
     CLASS_I,
+    RULES,
     TRANSFER_CAPACITY,
     replayed,
     scenario,
@@ -178,6 +182,75 @@ def test_a_dumped_state_loads_into_either_twin_and_goes_on_identically(
     for entry in after:
         apply_entry(loaded, entry)
     assert loaded.digest() == full.digest()
+
+
+def legacy_entries(entries: list[Entry]) -> list[Entry]:
+    """`entries` as a build before per-code authorization journaled them: the SET_RULES
+    payload carries the 4096-byte channel table of two caps a channel."""
+    legacy = []
+    for entry in entries:
+        if entry.kind == EntryKind.SET_RULES:
+            (products_size,) = RULES_HEADER.unpack_from(entry.payload)
+            products = entry.payload[4 : 4 + products_size]
+            payload = entry.payload[:4] + products + legacy_channel_table(RULES)
+            entry = dataclasses.replace(entry, payload=payload)
+        legacy.append(entry)
+    return legacy
+
+
+def log_failures_as_before(
+    ledger: ReferenceLedger, t: Transfer, result: int, timestamp: int, day: int
+) -> None:
+    """`ReferenceLedger.failed_record` as a build before the failure ring had it: a failure
+    that consumed its id is a record of the log window."""
+    t.result = result
+    t.timestamp = timestamp
+    t.debit_slot = t.credit_slot = 0xFFFFFFFF
+    t.business_day = day
+    ledger.log_append(t)
+
+
+@pytest.mark.parametrize("target", [KernelLedger, ReferenceLedger])
+def test_a_journal_and_a_state_from_before_customer_numbers_still_load(
+    target: type[KernelLedger] | type[ReferenceLedger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal and a snapshot written before per-code authorization and the failure ring
+    (a 4096-byte channel table, no `owners`, `quotas` or `failed` section, failed transfers
+    in the log window) still load: the old rule table is read as it behaved, every account
+    has no customer, no channel a quota, and the digest recorded then is the one the state
+    has now; the loaded ledger then answers the rest of the journal as the twins do."""
+    before, after = (legacy_entries(half) for half in scenario())
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferenceLedger, "failed_record", log_failures_as_before)
+        original = replayed(before, "reference")
+    dumped = original.dump_state()
+    assert dumped.failed_count == 0 and dumped.section("failed") == b""
+    assert dumped.section("owners") == bytes(len(dumped.section("owners")))
+    assert dumped.section("quotas") == bytes(len(dumped.section("quotas")))
+    sections = {name: dumped.section(name) for name in LEGACY_SECTION_NAMES}
+    sections["channels"] = legacy_channel_table(RULES)
+    loaded = target.load_state(
+        LedgerState.from_bytes(sections),
+        account_capacity=ACCOUNT_CAPACITY,
+        transfer_capacity=TRANSFER_CAPACITY,
+    )
+    assert loaded.digest() == original.digest() == dumped.digest
+    assert loaded.account_count > 0
+    assert loaded.dump_state().section("owners") == bytes(8 * loaded.account_count)
+    twin = ReferenceLedger if target is KernelLedger else KernelLedger
+    other = twin.load_state(
+        LedgerState.from_bytes(sections),
+        account_capacity=ACCOUNT_CAPACITY,
+        transfer_capacity=TRANSFER_CAPACITY,
+    )
+    for entry in after:
+        apply_entry(loaded, entry)
+        apply_entry(other, entry)
+    assert loaded.digest() == other.digest()
+    # Where the failures are remembered aside, the accounts are those of a full replay.
+    full = replayed(before + after, "reference")
+    count = full.account_count
+    assert loaded.account_rows(range(count)) == full.account_rows(range(count))
 
 
 def test_a_state_that_contradicts_itself_is_refused() -> None:

@@ -90,8 +90,8 @@ class Bank:
         ]
         results = self.ledger.create_accounts(b"".join(accounts))
         assert set(results) == {CreateAccountResult.OK}
-        # The bank's clearing account funds the customer's card; Class II funds come from it.
-        self.ok(self.pay(CLEARING, CARD, 100_000_000 * CNY, code=C.SETTLEMENT))
+        # Money in from another bank funds the customer's card; Class II funds come from it.
+        self.ok(self.pay(CLEARING, CARD, 100_000_000 * CNY, code=C.EXTERNAL_TRANSFER_IN))
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -239,7 +239,7 @@ def test_class_ii_yearly_outflow_cap_and_new_year(bank: Bank) -> None:
 def test_class_ii_inflow_from_non_bound_accounts_is_capped(bank: Bank) -> None:
     """Money in from accounts other than the bound one shares one 10,000 CNY daily bucket;
     an account without non-bound inflow enabled refuses it altogether."""
-    bank.ok(bank.pay(CLEARING, MERCHANT, 50_000 * CNY, code=C.SETTLEMENT))
+    bank.ok(bank.pay(CLEARING, MERCHANT, 50_000 * CNY, code=C.EXTERNAL_TRANSFER_IN))
     bank.ok(bank.pay(MERCHANT, CLASS_II, 7_000 * CNY))
     bank.ok(bank.pay(CLEARING, CLASS_II, 3_000 * CNY, code=C.EXTERNAL_TRANSFER_IN))
     assert bank.result(bank.pay(MERCHANT, CLASS_II, 1)) == R.EXCEEDS_DAILY_INFLOW
@@ -495,7 +495,7 @@ def test_channel_daily_cap_is_per_account_and_per_day(bank: Bank) -> None:
     """The ATM channel allows 20,000 CNY per account per day: the card reaches it exactly and
     is refused one fen more, another account still has its own 20,000 CNY, the counter
     channel is unaffected, and the next day starts afresh."""
-    bank.ok(bank.pay(CLEARING, MERCHANT, 50_000 * CNY, code=C.SETTLEMENT))
+    bank.ok(bank.pay(CLEARING, MERCHANT, 50_000 * CNY, code=C.EXTERNAL_TRANSFER_IN))
     bank.ok(bank.pay(CARD, CASH, 15_000 * CNY, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM))
     bank.ok(bank.pay(CARD, CASH, 5_000 * CNY, code=C.CASH_WITHDRAWAL, channel=CHANNEL_ATM))
     assert bank.ledger.channel_used(CARD, CHANNEL_ATM, bank.day) == 20_000 * CNY

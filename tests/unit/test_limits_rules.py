@@ -31,7 +31,7 @@ from limits import (
     pboc,
     year_of_day,
 )
-from limits.rules import BUCKET_FIELDS
+from limits.rules import BUCKET_FIELDS, TRANSFER_CODES
 from tests.repo_paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -122,7 +122,7 @@ def test_product_table_has_the_kernel_layout() -> None:
         (0, 0, 0, 0, 0, 0, 0, 4),
         (0, 0, 0, 0, 0, 0, 0, 5),
         (-100_000_000, 0, 0, 0, 0, 0, 0, 6),
-        (-(2**62), 0, 0, 0, 0, 0, 0, 16),
+        (0, 0, 0, 0, 0, 0, 0, 16),  # internal accounts: bounded by their kind's floor
     ]
     # Little-endian, byte for byte: Class III's balance cap at offset 3 * 64 + 16.
     assert table[3 * 64 + 16 : 3 * 64 + 24] == (200_000).to_bytes(8, "little", signed=True)
@@ -130,22 +130,37 @@ def test_product_table_has_the_kernel_layout() -> None:
 
 
 def test_channel_table_has_the_kernel_layout() -> None:
-    """The channel table is exactly 256 rows of (int64 transfer cap, int64 daily cap), LE."""
+    """The rule table is 256 channel rows of (int64 transfer cap, daily cap, credit cap,
+    uint32 codes, uint32 options), 32 account-kind rows and the bank row, little-endian."""
     table = load_rules(EXAMPLE).channel_table()
     assert isinstance(table, bytearray)
-    assert len(table) == 256 * 16 == CHANNEL_ROW_COUNT * 16
-    rows = [struct.unpack_from("<qq", table, index * 16) for index in range(256)]
+    assert len(table) == 256 * 32 + 32 * 32 + 32 == CHANNEL_ROW_COUNT * 32 + 32 * 32 + 32
+    rows = [struct.unpack_from("<qqq", table, index * 32) for index in range(256)]
     assert rows[:7] == [
-        (0, 0),  # channel 0: unspecified/internal, no caps
-        (2_000_000, 5_000_000),
-        (5_000_000, 20_000_000),
-        (0, 0),
-        (2_000_000, 2_000_000),
-        (500_000, 5_000_000),
-        (0, 0),
+        (0, 0, 0),  # channel 0: unspecified/internal, no caps
+        (2_000_000, 5_000_000, 5_000_000),
+        (5_000_000, 20_000_000, 20_000_000),
+        (0, 0, 0),
+        (2_000_000, 2_000_000, 5_000_000),
+        (500_000, 5_000_000, 10_000_000),
+        (0, 0, 0),
     ]
-    assert all(row == (0, 0) for row in rows[7:])
-    assert table[4 * 16 + 8 : 4 * 16 + 16] == (2_000_000).to_bytes(8, "little", signed=True)
+    assert all(row == (0, 0, 0) for row in rows[7:])
+    assert table[4 * 32 + 8 : 4 * 32 + 16] == (2_000_000).to_bytes(8, "little", signed=True)
+    codes = {index: struct.unpack_from("<II", table, index * 32 + 24) for index in range(7)}
+    atm = (1 << TRANSFER_CODES["cash_deposit"]) | (1 << TRANSFER_CODES["cash_withdrawal"])
+    assert codes[4] == (atm, 0)  # an ATM posts cash only, and needs strong authentication
+    assert codes[3][1] == 1  # the counter: face to face, no strong-authentication tally
+    assert codes[6] == (0x1FFFE, 3)  # the bank itself: every code, outside customer limits
+    assert not codes[1][0] & (1 << TRANSFER_CODES["fee"])
+    settlement = struct.unpack_from("<qIII", table, 256 * 32 + 18 * 32)
+    assert settlement == (
+        -10_000_000_000,
+        (1 << TRANSFER_CODES["settlement"]) | (1 << TRANSFER_CODES["reversal"]),
+        (1 << TRANSFER_CODES["settlement"]) | (1 << TRANSFER_CODES["reversal"]),
+        3,  # floor enforced, bank side
+    )
+    assert struct.unpack_from("<qq", table, 256 * 32 + 32 * 32) == (100_000_000, 5_000_000)
 
 
 def test_product_table_size_follows_the_largest_id_and_unused_rows_are_zero() -> None:
@@ -159,7 +174,8 @@ def test_product_table_size_follows_the_largest_id_and_unused_rows_are_zero() ->
     assert table[: 300 * 64] == bytes(300 * 64)
     empty = parse_rules("", "limits.toml")
     assert empty.product_table() == bytearray(64)
-    assert empty.channel_table() == bytearray(4096)
+    assert len(empty.channel_table()) == 9248
+    assert empty.channel_table()[32 : 256 * 32] == bytes(255 * 32)  # no channel but 0
     assert empty.timezone_name == "Asia/Shanghai"
 
 
@@ -820,3 +836,45 @@ def test_limits_imports_no_async_or_upper_layer() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_internal_account_floors_are_finite_and_codes_are_known() -> None:
+    """An internal kind's floor deeper than 10**16 fen (or above zero), an unknown kind or an
+    unknown transfer code is refused, each named by its dotted key."""
+    bad = (
+        "[internal_accounts.settlement]\nbalance_floor_minor = -4_611_686_018_427_387_904\n"
+        "[internal_accounts.fees]\nbalance_floor_minor = 5\n"
+        "[internal_accounts.vault]\nbalance_floor_minor = 0\n"
+        '[internal_accounts.cash]\ndebit_codes = ["cash_deposit", "gift"]\n'
+        '[channels.c]\nid = 1\nkind = "atm"\n'
+        'transfer_codes = ["cash_deposit", "cash_deposit"]\n'
+        '[products.p]\nid = 7\nkind = "internal"\n'
+        "balance_floor_minor = -4_000_000_000_000_000_000\n"
+    )
+    with pytest.raises(RuleFileError) as caught:
+        parse_rules(bad, "limits.toml")
+    message = str(caught.value)
+    assert (
+        "`internal_accounts.settlement.balance_floor_minor`: -4611686018427387904 is outside"
+        in message
+    )
+    assert "`internal_accounts.fees.balance_floor_minor`: 5 is outside" in message
+    assert "`internal_accounts.vault`: unknown internal account kind" in message
+    assert "`internal_accounts.cash.debit_codes`: unknown transfer code 'gift'" in message
+    assert "`channels.c.transfer_codes`: a transfer code is listed twice" in message
+    assert "`products.p.balance_floor_minor`: -4000000000000000000 is outside" in message
+
+
+def test_customer_limits_and_channel_credit_caps_are_read() -> None:
+    """`[customers]` and a channel's credit cap and code list reach the rule set."""
+    rules = parse_rules(
+        "[customers]\ndaily_outflow_cap_minor = 7\nstrong_auth_daily_minor = 0\n"
+        '[channels.c]\nid = 1\nkind = "app"\ninflow_daily_cap_minor = 9\n'
+        'transfer_codes = ["transfer"]\n',
+        "limits.toml",
+    )
+    assert rules.customers.daily_outflow_cap_minor == 7
+    assert rules.customers.strong_auth_daily_minor == 0
+    assert rules.channels[1].inflow_daily_cap_minor == 9
+    assert rules.channels[1].codes == frozenset({"transfer"})
+    assert parse_rules("", "x").customers.strong_auth_daily_minor == 5_000_000
