@@ -787,6 +787,12 @@ class App:
                     check_object(parsed, route.body)
         token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
         session = headers.get(b"tally-session", b"").decode("latin-1")
+        # A proof that cannot be one is refused whoever sends it (even where it is not
+        # needed): what the OpenAPI document promises.
+        if token and not _PROOF_RE.fullmatch(token):
+            raise proof_malformed("Tally-Transaction-Token")
+        if session and not _PROOF_RE.fullmatch(session):
+            raise proof_malformed("Tally-Session")
         return Context(
             channel,
             caller,
@@ -816,6 +822,18 @@ def query_repeated(pairs: list[tuple[str, str]]) -> Problem:
         "query-parameter-repeated",
         "A query parameter is given more than once",
         f"query parameter {name[:64]!r} appears more than once",
+    )
+
+
+_PROOF_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a token or session: 1-64 URL-safe characters
+
+
+def proof_malformed(header: str) -> Problem:
+    return Problem(
+        400,
+        "proof-header-malformed",
+        f"The {header} header is not a token Tally issued",
+        "1-64 characters of A-Z a-z 0-9 _ -",
     )
 
 

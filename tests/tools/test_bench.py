@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def tally(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,11 +59,11 @@ def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: 
     assert report["recovered_digest_matches"] is True
     naive = report["naive_durable_transfers_per_s"]
     assert naive > 0
-    # The ratio is of the unrounded rates; the reported naive rate is rounded to a whole
-    # transfer, which on a slow, shared disk (a few hundred per second) moves the ratio.
-    assert report["engine_vs_naive"] == pytest.approx(
-        report["durable_transfers_per_s"] / naive, rel=1 / naive, abs=0.05
-    )
+    # The ratio is of the unrounded rates, rounded to 0.1; the reported naive rate is
+    # rounded to a whole transfer, which on a slow, shared disk (a few hundred per second)
+    # moves the ratio by up to ratio / (2 * naive): the two errors add up.
+    ratio = report["durable_transfers_per_s"] / naive
+    assert abs(report["engine_vs_naive"] - ratio) <= 0.05 + ratio / naive + 1e-9
 
 
 def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
