@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 
-
 def tally(*words: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "core", *words], capture_output=True, text=True, cwd=cwd,
