@@ -785,14 +785,19 @@ class App:
                 quick = self.quick_checks.get(route.operation)
                 if quick is None or not quick(parsed):
                     check_object(parsed, route.body)
-        token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
-        session = headers.get(b"tally-session", b"").decode("latin-1")
-        # A proof that cannot be one is refused whoever sends it (even where it is not
-        # needed): what the OpenAPI document promises.
-        if token and not _PROOF_RE.fullmatch(token):
-            raise proof_malformed("Tally-Transaction-Token")
-        if session and not _PROOF_RE.fullmatch(session):
-            raise proof_malformed("Tally-Session")
+        raw_token = headers.get(b"tally-transaction-token")
+        raw_session = headers.get(b"tally-session")
+        token = session = ""
+        # A proof that cannot be one (an empty one too) is refused whoever sends it, even
+        # where it is not needed: what the OpenAPI document promises.
+        if raw_token is not None:
+            token = raw_token.decode("latin-1")
+            if not _PROOF_RE.fullmatch(token):
+                raise proof_malformed("Tally-Transaction-Token")
+        if raw_session is not None:
+            session = raw_session.decode("latin-1")
+            if not _PROOF_RE.fullmatch(session):
+                raise proof_malformed("Tally-Session")
         return Context(
             channel,
             caller,

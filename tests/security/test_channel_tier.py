@@ -348,3 +348,21 @@ def test_a_repeated_query_parameter_is_refused(
         assert response.status_code == 400, response.text
         assert problem_type(response) == "query-parameter-repeated"
         assert counter.get(path, query="limit=1").status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Tally-Session", "Tally-Transaction-Token"])
+@pytest.mark.parametrize("value", ["", "not a token", "x" * 65])
+def test_a_malformed_proof_header_is_refused_at_every_channel(
+    server: TallyServer, funded: tuple[str, str], header: str, value: str
+) -> None:
+    """A session or token header that cannot be one Tally issued (empty, a space, too long)
+    is 400 proof-header-malformed even at the bank's channel, which needs no proof (the
+    OpenAPI document says so; the fuzzer sent such headers and was answered 200); the same
+    read without the header is answered."""
+    source, _ = funded
+    with server.client("bank") as bank:
+        path = f"/v1/accounts/{source}"
+        response = bank.get(path, headers={header: value})
+        assert response.status_code == 400, response.text
+        assert problem_type(response) == "proof-header-malformed"
+        assert bank.get(path).status_code == 200
