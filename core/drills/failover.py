@@ -49,14 +49,13 @@ from core.engine import Engine, EngineStopped
 from core.errors import TallyError
 from core.services.bank import Bank
 from core.services.lifecycle import Settings
+from ledger.records import pack_account_input
 from ledger.reference import Transfer
 from ledger.types import (
-    ACCOUNT_INPUT_STRUCT,
     AccountFlags,
     AccountKind,
     CreateTransferResult,
     TransferCode,
-    split_id,
 )
 from limits.rules import load_rules
 
@@ -125,18 +124,14 @@ def client_transfer(client: int, n: int) -> tuple[int, bytes]:
 
 
 async def setup_accounts(engine: Engine) -> None:
-    clearing = ACCOUNT_INPUT_STRUCT.pack(
-        *split_id(CLEARING_ID), 0, 0, LEDGER_CNY, AccountKind.INTERNAL_CLEARING, 0, 0, 7
-    )
+    clearing = pack_account_input(id=CLEARING_ID, kind=AccountKind.INTERNAL_CLEARING, product=7)
     flags = (
         AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
         | AccountFlags.NON_BOUND_INFLOW_ENABLED
         | AccountFlags.BOUND_EXTERNAL
     )
     customers = b"".join(
-        ACCOUNT_INPUT_STRUCT.pack(
-            *split_id(FIRST_ACCOUNT + i), 0, 0, LEDGER_CNY, AccountKind.CLASS_II, 0, flags, 2
-        )
+        pack_account_input(id=FIRST_ACCOUNT + i, kind=AccountKind.CLASS_II, product=2, flags=flags)
         for i in range(ACCOUNTS)
     )
     await engine.submit_accounts(clearing)
