@@ -80,7 +80,11 @@ async def run_customer_clients(bank: Bank, load: CustomerLoad, clients: int) -> 
             except Refused as refusal:
                 name = refusal.refusal.code.name.lower()
                 load.refused[name] = load.refused.get(name, 0) + 1
-                if refusal.refusal.code in (Code.UNAVAILABLE, Code.NOT_READY):
+                if refusal.refusal.code in (
+                    Code.UNAVAILABLE,
+                    Code.NOT_READY,
+                    Code.STORAGE_UNAVAILABLE,  # the store died: the engine is gone
+                ):
                     return
                 await anyio.sleep(OVERLOADED_PAUSE_S)
 
