@@ -556,13 +556,16 @@ class SimConfig:
     save_trace: str | None = None
     drain_max_s: float = 1800.0
     quiet: bool = False
-    # Test-only: plant a bug the checker must catch. Acknowledge a batch as soon as
-    # the primary has it, before the synchronous replica does (breaks RPO 0).
-    ack_before_sync_replica: bool = False
+    # Mutation runs: the name of a planted bug the checker must catch (sim/bugs.py).
+    plant_bug: str | None = None
 
     def check(self) -> None:
         if self.users < 2:
             raise SimError("--users must be at least 2")
+        if self.plant_bug is not None:
+            from .bugs import planted_bug  # bugs imports this module
+
+            planted_bug(self.plant_bug)
         if self.hours is not None and not 0 < self.hours <= 24 * 30:
             raise SimError("--hours must be in (0, 720]")
         if not 1 <= self.step_ms <= 1000:

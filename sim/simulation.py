@@ -523,7 +523,7 @@ class Simulation:
         if not inflight:
             self._trim_ack_logs(primary)
             return
-        planted_bug = self.config.ack_before_sync_replica
+        planted_bug = self.config.plant_bug == "ack-before-sync-replica"
         degrade_from = None
         if (
             standby is None

@@ -44,7 +44,7 @@ def run(
         scenario=scenario,
         postings_per_user=POSTINGS_PER_USER,
         quiet=True,
-        ack_before_sync_replica=planted_bug,
+        plant_bug="ack-before-sync-replica" if planted_bug else None,
     )
     return simulate(config)
 
@@ -145,7 +145,7 @@ def test_campaign_day_has_a_midnight_burst() -> None:
 
 
 def test_planted_bug_acknowledging_before_the_sync_replica_loses_transfers() -> None:
-    """With the test-only bug `ack_before_sync_replica`, DC1 acknowledges the batch it was
+    """With the test-only bug `ack-before-sync-replica`, DC1 acknowledges the batch it was
     forming when it died: the checker must report those transfers lost, by id, and fail."""
     report, simulation = run("dc1-outage", planted_bug=True)
     assert report["acknowledged_lost"] > 0, context(report)

@@ -1,0 +1,42 @@
+"""Planted bugs: deliberate mutations of the simulated deployment that the checker must catch.
+
+QA's mutation runs (`tally sim run --plant-bug NAME`): a simulator whose checker cannot
+catch a known-bad deployment proves nothing about a good one. Each bug names the built-in
+scenarios that can expose it; `tests/simulator` runs each of them at the default test scale
+and requires a failed verdict (exit status 3 on the command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import SimError
+
+
+@dataclass(frozen=True)
+class PlantedBug:
+    name: str
+    description: str
+    exposed_by: tuple[str, ...]  # built-in scenarios in which the checker must catch it
+
+
+PLANTED_BUGS: dict[str, PlantedBug] = {
+    bug.name: bug
+    for bug in (
+        PlantedBug(
+            "ack-before-sync-replica",
+            "the primary acknowledges a batch as soon as it is durable locally, before the"
+            " synchronous standby has it (breaks RPO 0 of a same-city failover)",
+            ("dc1-outage", "old-primary-returns", "region-a-outage"),
+        ),
+    )
+}
+
+
+def planted_bug(name: str) -> PlantedBug:
+    """The planted bug called `name`, or a SimError naming the known ones."""
+    try:
+        return PLANTED_BUGS[name]
+    except KeyError:
+        known = ", ".join(sorted(PLANTED_BUGS))
+        raise SimError(f"--plant-bug: unknown bug {name!r} (known: {known})") from None
