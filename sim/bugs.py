@@ -27,7 +27,40 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             "ack-before-sync-replica",
             "the primary acknowledges a batch as soon as it is durable locally, before the"
             " synchronous standby has it (breaks RPO 0 of a same-city failover)",
-            ("dc1-outage", "old-primary-returns", "region-a-outage"),
+            # Lost transfers in the first three; single-copy acknowledgements (the verdict's
+            # two-copy invariant when the profile promises two copies) in every one.
+            (
+                "dc1-outage",
+                "old-primary-returns",
+                "campaign-dc1-outage-link-partition",
+                "region-a-outage",
+                "random-faults",
+                "region-link-partition",
+                "slow-disk-sync-replica",
+                "steady",
+                "sync-link-flapping",
+            ),
+        ),
+        PlantedBug(
+            "old-primary-accepts-writes",
+            "the old primary comes back outside Patroni's control (PostgreSQL started by hand"
+            " with the synchronous_standby_names = '' a scripted failover left) and serves the"
+            " clients still routed to it, committing locally, until its Patroni reaches etcd"
+            " and demotes it: its acknowledgements are rewound away",
+            ("old-primary-returns",),
+        ),
+        PlantedBug(
+            "strict-mode-off",
+            "Patroni's synchronous_mode without synchronous_mode_strict: when the synchronous"
+            " standby stops streaming the leader empties synchronous_standby_names and commits"
+            " on local durability (single-copy acknowledgements; lost if it dies then)",
+            # Single-copy acknowledgements, caught by the verdict's two-copy invariant.
+            (
+                "dc1-outage",
+                "old-primary-returns",
+                "campaign-dc1-outage-link-partition",
+                "sync-link-flapping",
+            ),
         ),
     )
 }

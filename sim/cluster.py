@@ -7,12 +7,14 @@ them, keeps them in its write-ahead log and streams them to the others;
 replicas apply the same entries with `core.entries.apply_entry`, so their
 state stays byte-identical.
 
-Epochs fence old primaries: every record carries its primary's epoch, a
+In the `consensus` profile epochs fence old primaries: every record carries its primary's epoch, a
 data center never accepts a record older than the newest epoch it has seen,
 and a primary that meets a newer epoch steps down. The timeline (the epoch
 each stretch of the log was written in, as PostgreSQL's timeline history)
 tells a returning data center whether its log is a prefix of the new
-primary's or has a divergent tail that must be discarded (resync).
+primary's or has a divergent tail that must be discarded (resync). In the `production`
+profile the epoch is PostgreSQL's timeline: a new one at every promotion, and replicas
+take entries only from the leader Patroni points them at (`upstream`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Stream:
     in_flight: deque[tuple[int, Record]] = field(default_factory=deque)
     acks: deque[tuple[int, int]] = field(default_factory=deque)  # (arrival ns, lsn) on the wire
     ack_log: deque[tuple[int, int]] = field(default_factory=deque)  # arrived: (ns, lsn)
+    durable_log: deque[tuple[int, int]] = field(default_factory=deque)  # fsynced there: (ns, lsn)
     sent: deque[tuple[int, int]] = field(default_factory=deque)  # unacknowledged (lsn, sent ns)
 
     def reset(self, next_lsn: int, now_ns: int) -> None:
@@ -114,6 +117,11 @@ class DataCenter:
         self.crash_pending = False
         self.stale = False  # restarted believing it is still the primary
         self.operator_mandate = False  # promoted by a person, without a majority
+        # Production (Patroni): the leader this DC's Patroni points its replication at, and
+        # a primary running outside Patroni's control that commits on local durability.
+        self.upstream: str | None = None
+        self.local_commit = False
+        self.last_renew_ns = 0  # its last renewal of the leader key
         # As a primary:
         self.streams: dict[str, Stream] = {}
         self.inflight: deque[Batch] = deque()
@@ -188,6 +196,7 @@ class DataCenter:
         self.ignores_lease = False
         self.stale = False
         self.operator_mandate = False
+        self.local_commit = False
 
 
 def entry_size(entry: Entry) -> int:

@@ -159,6 +159,7 @@ class DataCenterSpec:
     priority: int
     initial_role: str  # "primary" | "replica"
     fsync_ns: int
+    nofailover: bool = False  # Patroni's tag: never promoted automatically
 
 
 LINK_CLASSES = ("intra_dc", "same_city", "cross_region")
@@ -167,6 +168,7 @@ LINK_CLASSES = ("intra_dc", "same_city", "cross_region")
 @dataclass(frozen=True)
 class Topology:
     source: str
+    profile: str  # the default deployment profile (sim/profiles.py)
     regions: dict[str, RegionSpec]
     data_centers: dict[str, DataCenterSpec]
     links: dict[str, LinkClass]
@@ -174,7 +176,8 @@ class Topology:
     backlog_max_ns: int
     log_retention_ns: int
     evict_interval_ns: int
-    no_sync_standby: str
+    no_sync_standby: str | None  # None: the profile's own
+    any_standby_when_no_sync: bool
     degrade_after_ns: int
     sync_ack_timeout_ns: int
     wal_keep_bytes: int
@@ -186,6 +189,11 @@ class Topology:
     operator_delay_ns: int
     promotion_ns: int
     discovery_ns: int
+    patroni_ttl_ns: int
+    loop_wait_ns: int
+    retry_timeout_ns: int
+    promote_base_ns: int
+    rebuild_ns_per_million_accounts: int
     witness: bool
     client_timeout_ns: int
     backoff_base_ns: int
@@ -229,6 +237,7 @@ def load_topology(
 def parse_topology(document: dict[str, Any], source: str) -> Topology:
     problems = _Problems(source)
     root = _Table(document, "", problems)
+    profile = root.text("profile", "production")
     regions: dict[str, RegionSpec] = {}
     region_tables = root.table("regions")
     for name in region_tables.data:
@@ -258,6 +267,7 @@ def parse_topology(document: dict[str, Any], source: str) -> Topology:
             priority=table.integer("priority", low=0, high=1000),
             initial_role=table.text("initial_role", "replica", choices=("primary", "replica")),
             fsync_ns=round(table.number("fsync_ms", 1.0, high=10_000) * NS_PER_MS),
+            nofailover=table.boolean("nofailover", False),
         )
         table.finish()
     primaries = [dc for dc in data_centers.values() if dc.initial_role == "primary"]
@@ -287,6 +297,7 @@ def parse_topology(document: dict[str, Any], source: str) -> Topology:
     clients = root.table("clients")
     topology = Topology(
         source=source,
+        profile=profile,
         regions=regions,
         data_centers=data_centers,
         links=links,
@@ -298,7 +309,8 @@ def parse_topology(document: dict[str, Any], source: str) -> Topology:
         evict_interval_ns=round(
             engine.number("evict_interval_s", 10, low=0.1, high=3600) * NS_PER_S
         ),
-        no_sync_standby=replication.text("no_sync_standby", "degrade", ("degrade", "block")),
+        no_sync_standby=replication.text("no_sync_standby", "", ("degrade", "block")) or None,
+        any_standby_when_no_sync=replication.boolean("any_standby_when_no_sync", True),
         degrade_after_ns=round(replication.number("degrade_after_s", 5.0, high=86400) * NS_PER_S),
         sync_ack_timeout_ns=round(
             replication.number("sync_ack_timeout_s", 5.0, low=0.01, high=3600) * NS_PER_S
@@ -318,6 +330,15 @@ def parse_topology(document: dict[str, Any], source: str) -> Topology:
         operator_delay_ns=round(failover.number("operator_delay_s", 300, high=86400) * NS_PER_S),
         promotion_ns=round(failover.number("promotion_s", 2.0, high=3600) * NS_PER_S),
         discovery_ns=round(failover.number("discovery_s", 1.0, high=3600) * NS_PER_S),
+        patroni_ttl_ns=round(failover.number("patroni_ttl_s", 10, low=1, high=3600) * NS_PER_S),
+        loop_wait_ns=round(failover.number("loop_wait_s", 2, low=0.1, high=3600) * NS_PER_S),
+        retry_timeout_ns=round(
+            failover.number("retry_timeout_s", 4, low=0.1, high=3600) * NS_PER_S
+        ),
+        promote_base_ns=round(failover.number("promote_base_s", 1.0, high=3600) * NS_PER_S),
+        rebuild_ns_per_million_accounts=round(
+            failover.number("rebuild_s_per_million_accounts", 0.5, high=3600) * NS_PER_S
+        ),
         witness=failover.boolean("witness", False),
         client_timeout_ns=round(
             clients.number("timeout_ms", 2000, low=1, high=600_000) * NS_PER_MS
@@ -341,6 +362,16 @@ def parse_topology(document: dict[str, Any], source: str) -> Topology:
             "must be below suspect_after_ms: an isolated primary must stop serving"
             " before a new one can be elected",
         )
+    if topology.patroni_ttl_ns < topology.loop_wait_ns + 2 * topology.retry_timeout_ns:
+        problems.add(
+            "failover.patroni_ttl_s",
+            "must be at least loop_wait_s + 2 x retry_timeout_s (Patroni's own rule: a leader"
+            " that cannot reach etcd demotes itself before its key expires)",
+        )
+    from .profiles import PROFILES  # profiles imports this module
+
+    if profile not in PROFILES:
+        problems.add("profile", f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     if topology.client_lifetime_ns * 2 > topology.log_retention_ns:
         problems.add(
             "engine.log_retention_s",
@@ -407,6 +438,7 @@ class Scenario:
     expect: dict[str, Any]
     topology_overrides: dict[str, Any]
     source: str
+    profile: str | None = None  # a deployment profile (sim/profiles.py); None: the topology's
 
 
 def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
@@ -433,6 +465,11 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
     description = root.text("description", "")
     traffic = root.text("traffic", "normal", ("normal", "campaign"))
     hours = root.number("hours", 1.0, low=0.001, high=24 * 30)
+    profile = root.text("profile", "") or None
+    from .profiles import PROFILES  # profiles imports this module
+
+    if profile is not None and profile not in PROFILES:
+        problems.add("profile", f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     faults: list[FaultSpec] = []
     root.read.add("faults")
     fault_list = document.get("faults", [])
@@ -475,6 +512,7 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         expect=dict(expect.data),
         topology_overrides=copy.deepcopy(overrides.data),
         source=source,
+        profile=profile,
     )
 
 
@@ -558,6 +596,8 @@ class SimConfig:
     quiet: bool = False
     # Mutation runs: the name of a planted bug the checker must catch (sim/bugs.py).
     plant_bug: str | None = None
+    # The deployment profile (sim/profiles.py); None: the scenario's, else the topology's.
+    profile: str | None = None
 
     def check(self) -> None:
         if self.users < 2:
@@ -566,6 +606,10 @@ class SimConfig:
             from .bugs import planted_bug  # bugs imports this module
 
             planted_bug(self.plant_bug)
+        if self.profile is not None:
+            from .profiles import profile_named  # profiles imports this module
+
+            profile_named(self.profile, "--profile")
         if self.hours is not None and not 0 < self.hours <= 24 * 30:
             raise SimError("--hours must be in (0, 720]")
         if not 1 <= self.step_ms <= 1000:

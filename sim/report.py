@@ -204,6 +204,13 @@ def build(
         "resyncs": sim.resyncs,
         "degraded_commits": sim.degraded_commits,
         "degraded_acks": sim.degraded_acks,
+        "profile": sim.profile.describe(),
+        # Acknowledgements whose batch was durable on one DC only when acknowledged; the
+        # declared ones were made by a primary an operator promoted alone (region lost).
+        "single_copy_acks": sim.single_copy_acks,
+        "single_copy_acks_declared": sim.single_copy_acks_declared,
+        "two_copy_promised": sim.profile.has("strict_sync") and sim.no_sync_standby == "block",
+        "roles": sim.roles(),
         "refused_backlog": sim.refused_backlog,
         "accounts_opened": sim.openings_created,
         "faults": sim.fault_log,
@@ -318,7 +325,17 @@ def _topology_summary(sim: Simulation) -> dict[str, Any]:
             for name, dc in topology.data_centers.items()
         },
         "links_ms": {name: link.latency_ns / 1e6 for name, link in topology.links.items()},
-        "no_sync_standby": topology.no_sync_standby,
+        "profile": sim.profile.name,
+        "no_sync_standby": sim.no_sync_standby,
+        "patroni": {
+            "ttl_s": topology.patroni_ttl_ns / NS_PER_S,
+            "loop_wait_s": topology.loop_wait_ns / NS_PER_S,
+            "retry_timeout_s": topology.retry_timeout_ns / NS_PER_S,
+            "promote_base_s": topology.promote_base_ns / NS_PER_S,
+            "rebuild_s_per_million_accounts": topology.rebuild_ns_per_million_accounts / NS_PER_S,
+            "any_standby_when_no_sync": topology.any_standby_when_no_sync,
+            "nofailover": [name for name, dc in topology.data_centers.items() if dc.nofailover],
+        },
         "failover": {
             "same_region": topology.same_region,
             "cross_region": topology.cross_region,

@@ -60,6 +60,7 @@ from .cluster import NEVER, Batch, DataCenter, Record, Stream, entry_size
 from .model import NS_PER_MS, NS_PER_S, FaultSpec, Scenario, SimConfig, SimError, Topology
 from .network import Network
 from .population import Population
+from .profiles import profile_named
 
 # 2026-11-11 00:00 in Asia/Shanghai: a campaign day starts at local midnight.
 START_NS = int(datetime(2026, 11, 10, 16, 0, tzinfo=UTC).timestamp()) * NS_PER_S
@@ -73,8 +74,8 @@ RULES_FALLBACK = 'timezone = "Asia/Shanghai"\n'
 @dataclass
 class Failover:
     number: int
-    kind: str  # "same_region" | "cross_region"
-    decided_by: str  # "majority" | "operator"
+    kind: str  # "same_city" | "cross_region"
+    decided_by: str  # "patroni" | "operator" | "majority" (consensus profile)
     old_primary: str | None
     new_primary: str
     epoch: int
@@ -83,6 +84,8 @@ class Failover:
     promoted_ns: int = 0
     first_ack_ns: int | None = None
     sync_candidate: bool = False  # the new primary was a synchronous standby of the old
+    decided_lsn: int = 0  # the new primary's log position when chosen
+    promoted_lsn: int = 0  # and when it opened for writes (more only by a sibling catch-up)
     lost: list[int] = field(default_factory=list)
     verification: Verification | None = None
 
@@ -119,6 +122,13 @@ class Simulation:
         self.config = config
         self.scenario = scenario
         self.topology = topology
+        self.profile = profile_named(config.profile or scenario.profile or topology.profile)
+        self.patroni = self.profile.has("dcs_leader_key")
+        self.no_sync_standby = topology.no_sync_standby or self.profile.no_sync_standby
+        # What a primary without a synchronous standby does; the planted bug turns strict off.
+        self.commit_without_standby = (
+            "degrade" if config.plant_bug == "strict-mode-off" else self.no_sync_standby
+        )
         self.seed = config.seed
         self.rng = random.Random(config.seed)
         self.network = Network(topology, random.Random(config.seed * 1_000_003 + 17))
@@ -177,6 +187,8 @@ class Simulation:
         self.fences: list[dict[str, Any]] = []
         self.stale_primary_acks = 0
         self.stale_primary_batches = 0
+        self.single_copy_acks = 0  # acknowledged while the batch was durable on one DC only
+        self.single_copy_acks_declared = 0  # of which by an operator-promoted primary alone
         self.batches = 0
         self.attempts_applied = 0
         self.degraded_commits = 0
@@ -214,8 +226,15 @@ class Simulation:
                 dc.last_heard[other] = 0
             if dc.role == "primary":
                 dc.streams = {other: Stream(other) for other in self.names if other != name}
+            else:
+                dc.upstream = topology.primary
+        # Roles over time, for the Gantt chart: closed intervals and each DC's open one.
+        self.role_intervals: list[dict[str, Any]] = []
+        self.role_open = {name: (self.dcs[name].role, 0) for name in self.names}
         self._schedule_faults()
         self._schedule(0, self._heartbeat)
+        if self.patroni:
+            self._patroni_setup()
         self._schedule(self.topology.evict_interval_ns, self._evict_tick)
         if self.population is not None:
             self._schedule(OPENING_INTERVAL_NS, self._opening_tick)
@@ -472,6 +491,7 @@ class Simulation:
                 replica.apply(record)
                 done_ns = delivered_ns + replica.fsync_ns
                 replica.apply_delay_ns = done_ns - record.created_ns
+                stream.durable_log.append((done_ns, record.lsn))
                 if network.up(replica.name, primary.name):
                     arrival = max(
                         stream.last_ack_ns, done_ns + network.sample_ns(replica.name, primary.name)
@@ -518,18 +538,23 @@ class Simulation:
         return chosen
 
     def _commit(self, primary: DataCenter, now_ns: int) -> None:
-        standby = self._sync_standby(primary, now_ns)
+        # Production: synchronous_standby_names as Patroni's loop set it.
+        standby = primary.sync_standby if self.patroni else self._sync_standby(primary, now_ns)
         inflight = primary.inflight
         if not inflight:
             self._trim_ack_logs(primary)
             return
-        planted_bug = self.config.plant_bug == "ack-before-sync-replica"
+        planted_bug = self.config.plant_bug == "ack-before-sync-replica" or primary.local_commit
         degrade_from = None
-        if (
-            standby is None
-            and self.topology.no_sync_standby == "degrade"
-            and primary.no_sync_since_ns is not None
-            and (primary.operator_mandate or self._holds_majority(primary, now_ns))
+        if standby is not None or primary.no_sync_since_ns is None:
+            pass
+        elif self.patroni:
+            # Patroni's non-strict synchronous_mode empties synchronous_standby_names at its
+            # loop; a person who promoted a DC alone has turned strict mode off (the runbook).
+            if self.commit_without_standby == "degrade" or primary.operator_mandate:
+                degrade_from = primary.no_sync_since_ns
+        elif self.commit_without_standby == "degrade" and (
+            primary.operator_mandate or self._holds_majority(primary, now_ns)
         ):
             degrade_from = primary.no_sync_since_ns + self.topology.degrade_after_ns
         stream = primary.streams[standby] if standby is not None else None
@@ -559,6 +584,14 @@ class Simulation:
             if stream is None and not planted_bug:
                 self.degraded_commits += 1
                 self.degraded_acks += acked
+            if (
+                acked
+                and (stream is None or planted_bug)
+                and self._durable_copies(primary, batch.lsn, commit_ns) < 2
+            ):
+                self.single_copy_acks += acked
+                if primary.operator_mandate:
+                    self.single_copy_acks_declared += acked
             if acked and primary.epoch < self.max_epoch:
                 self.stale_primary_acks += acked
             if acked and self.failovers and self.failovers[-1].new_primary == primary.name:
@@ -573,6 +606,19 @@ class Simulation:
             log = stream.ack_log
             while len(log) > 1 and log[1][1] < floor:
                 log.popleft()
+            durable = stream.durable_log
+            while durable and durable[0][1] < floor:
+                durable.popleft()
+
+    def _durable_copies(self, primary: DataCenter, lsn: int, at_ns: int) -> int:
+        """On how many DCs record `lsn` was durable at `at_ns` (the primary's own included)."""
+        copies = 1
+        for stream in primary.streams.values():
+            for done_ns, durable_lsn in stream.durable_log:
+                if durable_lsn >= lsn:
+                    copies += done_ns <= at_ns
+                    break
+        return copies
 
     def _holds_majority(self, dc: DataCenter, now_ns: int) -> bool:
         heard = 1 + sum(
@@ -593,6 +639,7 @@ class Simulation:
                     and not replica.resyncing(now_ns)
                     and network.both_up(primary.name, name)
                     and not self._suspects(primary, name, now_ns)
+                    and (not self.patroni or replica.upstream == primary.name)
                 ):
                     self._handshake(primary, replica, stream, now_ns)
                     if primary.role != "primary":
@@ -637,6 +684,7 @@ class Simulation:
             position == primary.applied_lsn or primary.wal_record(position + 1) is not None
         ):
             stream.reset(position + 1, now_ns)
+            self._role(replica.name, "replica", now_ns)
             return
         self._resync(
             primary,
@@ -657,6 +705,7 @@ class Simulation:
         replica.adopt(primary)
         duration = self.network.transfer_ns(primary.name, replica.name, copied)
         replica.resync_until_ns = now_ns + duration
+        self._role(replica.name, "resyncing", now_ns)
         stream.connected = False
         stream.broken = False
         self._schedule(now_ns + duration, self._resync_done, replica.name)
@@ -682,6 +731,8 @@ class Simulation:
 
     def _resync_done(self, now_ns: int, name: str) -> None:
         self.dcs[name].resync_until_ns = 0
+        if self.dcs[name].alive and self.dcs[name].role == "replica":
+            self._role(name, "replica", now_ns)
 
     def _step_down(self, dc: DataCenter, epoch: int, now_ns: int, reason: str) -> None:
         was_primary = dc.role == "primary"
@@ -691,6 +742,7 @@ class Simulation:
         if not was_primary:
             return
         dc.become_replica()
+        self._role(dc.name, "demoted", now_ns)
         self._note(now_ns, "step_down", dc=dc.name, reason=reason)
         if fenced:
             self.fences.append(
@@ -1027,7 +1079,7 @@ class Simulation:
                 if sender is receiver or not network.up(sender.name, receiver.name):
                     continue
                 receiver.last_heard[sender.name] = now_ns
-                if sender.epoch > receiver.epoch:
+                if sender.epoch > receiver.epoch and self.profile.has("epochs_in_heartbeats"):
                     if receiver.role == "primary":
                         self._step_down(
                             receiver,
@@ -1044,7 +1096,8 @@ class Simulation:
         # Leases: a primary that hears no other voter stops serving before anyone replaces it.
         for dc in alive:
             if (
-                dc.role == "primary"
+                self.profile.has("leases")
+                and dc.role == "primary"
                 and not dc.ignores_lease
                 and not dc.operator_mandate
                 and not any(
@@ -1054,7 +1107,8 @@ class Simulation:
                 )
             ):
                 self._step_down(dc, dc.epoch, now_ns, "lease expired: no other voter heard")
-        self._elect(now_ns, alive)
+        if self.profile.has("majority_failover"):
+            self._elect(now_ns, alive)
 
     def _sees_primary(self, voter: str, primaries: list[DataCenter], now_ns: int) -> bool:
         """Whether `voter` still hears a primary at least as new as its own epoch.
@@ -1167,12 +1221,15 @@ class Simulation:
         old_region = (
             self.topology.data_centers[old].region if old is not None else self.last_primary_region
         )
-        kind = "same_region" if chosen.region == old_region else "cross_region"
-        sync_candidate = (
-            old is not None
-            and chosen.name in self.sync_candidates.get(old, [])
-            and kind == "same_region"
-        )
+        kind = "same_city" if chosen.region == old_region else "cross_region"
+        if self.patroni:
+            sync_candidate = chosen.name == self.sync_key and kind == "same_city"
+        else:
+            sync_candidate = (
+                old is not None
+                and chosen.name in self.sync_candidates.get(old, [])
+                and kind == "same_city"
+            )
         failover = Failover(
             number=len(self.failovers) + 1,
             kind=kind,
@@ -1187,11 +1244,21 @@ class Simulation:
             ),
             decided_ns=now_ns,
             sync_candidate=sync_candidate,
+            decided_lsn=chosen.applied_lsn,
         )
         self.failovers.append(failover)
         self.pending_promotion = (chosen.name, epoch)
         self._note(now_ns, "failover_decided", to=chosen.name, epoch=epoch, by=decided_by)
-        self._schedule(now_ns + self.topology.promotion_ns, self._promote, failover)
+        self._role(chosen.name, "promoting", now_ns)
+        promotion_ns = self.topology.promotion_ns
+        if self.profile.has("rebuild_scales_with_data"):
+            # pg_ctl promote, then Tally rebuilds its ledger from the new primary.
+            promotion_ns = self.topology.promote_base_ns + (
+                self.topology.rebuild_ns_per_million_accounts
+                * chosen.ledger.account_count
+                // 1_000_000
+            )
+        self._schedule(now_ns + promotion_ns, self._promote, failover)
 
     def _promote(self, now_ns: int, failover: Failover) -> None:
         self.pending_promotion = None
@@ -1200,8 +1267,9 @@ class Simulation:
             self._note(now_ns, "promotion_abandoned", dc=dc.name)
             self.failovers.remove(failover)
             return
-        # Catch up from any reachable DC that has more of the same history.
-        for peer in self.dcs.values():
+        # Catch up from any reachable DC that has more of the same history (consensus only:
+        # PostgreSQL promotes a standby with exactly what it has).
+        for peer in self.dcs.values() if self.profile.has("sibling_catch_up") else ():
             if peer is dc or not peer.alive or not self.network.both_up(peer.name, dc.name):
                 continue
             if peer.applied_lsn > dc.applied_lsn and peer.epoch_at(dc.applied_lsn) == dc.last_epoch:
@@ -1225,6 +1293,8 @@ class Simulation:
         dc.no_sync_since_ns = now_ns
         dc.primary_since_ns = now_ns
         failover.promoted_ns = now_ns
+        failover.promoted_lsn = dc.applied_lsn
+        self._role(dc.name, "primary", now_ns)
         self.last_primary = dc.name
         self.last_primary_region = dc.region
         self.lost_primary_ns = None
@@ -1241,6 +1311,252 @@ class Simulation:
     def _set_route(self, now_ns: int, name: str) -> None:
         self.route = name
         self._note(now_ns, "route", to=name)
+
+    # --- production: Patroni with etcd ------------------------------------------------
+
+    def _patroni_setup(self) -> None:
+        """Patroni 3.0.2 with an etcd member in every DC: the leader key, /sync and each
+        member's HA loop (every loop_wait, members out of phase)."""
+        topology = self.topology
+        primary = topology.primary
+        self.etcd_members = list(self.names)
+        self.leader_key: str | None = primary
+        self.leader_expiry_ns = topology.patroni_ttl_ns
+        self.sync_leader: str | None = primary  # /sync: the leader it was written for
+        self.sync_key: str | None = None  # /sync: the synchronous standby
+        # Synchronous candidates: members without the nosync tag, by priority.
+        self.patroni_candidates = {
+            name: [
+                other.name
+                for other in sorted(topology.data_centers.values(), key=lambda dc: dc.priority)
+                if other.name != name and other.replication == "sync"
+            ]
+            for name in self.names
+        }
+        self.by_priority = [
+            dc.name for dc in sorted(topology.data_centers.values(), key=lambda dc: dc.priority)
+        ]
+        candidates = self.patroni_candidates[primary]
+        if candidates:
+            self.sync_key = candidates[0]
+            self.dcs[primary].sync_standby = candidates[0]
+        else:
+            self.dcs[primary].no_sync_since_ns = 0
+        for index, name in enumerate(self.names):
+            self.dcs[name].last_renew_ns = 0
+            # Out of phase, the leader's first loop once its streams are connected.
+            offset = (index + 1) * topology.loop_wait_ns // (len(self.names) + 1)
+            self._schedule(offset, self._patroni_tick, name, None)
+
+    def _reaches_dcs(self, name: str) -> bool:
+        """Whether `name`'s Patroni reaches a majority of the etcd cluster's members."""
+        network = self.network
+        reached = sum(
+            1
+            for member in self.etcd_members
+            if self.dcs[member].alive and (member == name or network.both_up(name, member))
+        )
+        members = len(self.etcd_members)
+        if self.topology.witness:  # a fourth etcd member in a third place
+            reached += 1
+            members += 1
+        return reached >= members // 2 + 1
+
+    def _patroni_tick(self, now_ns: int, name: str, retry_since_ns: int | None) -> None:
+        topology = self.topology
+        dc = self.dcs[name]
+        next_ns = now_ns + topology.loop_wait_ns
+        if not dc.alive:
+            self._schedule(next_ns, self._patroni_tick, name, None)
+            return
+        if name not in self.etcd_members and self._reaches_dcs(name):
+            self.etcd_members.append(name)  # the operator re-adds it once it is reachable
+        if not self._reaches_dcs(name):
+            if retry_since_ns is None:
+                # The etcd call is retried for retry_timeout before the loop gives up on it.
+                self._schedule(now_ns + topology.retry_timeout_ns, self._patroni_tick, name, now_ns)
+                return
+            if (
+                dc.role == "primary"
+                and self.profile.has("demote_without_dcs")
+                and not dc.local_commit
+            ):
+                self._demote(dc, now_ns, "cannot reach an etcd majority: demoted itself")
+            self._patroni_operator(now_ns)
+            self._schedule(next_ns, self._patroni_tick, name, None)
+            return
+        self._schedule(next_ns, self._patroni_tick, name, None)
+        key_valid = self.leader_key is not None and self.leader_expiry_ns > now_ns
+        promoting = self.pending_promotion is not None and self.pending_promotion[0] == name
+        if self.leader_key == name and (dc.role == "primary" or promoting):
+            self.leader_expiry_ns = now_ns + topology.patroni_ttl_ns
+            dc.last_renew_ns = now_ns
+            if dc.role == "primary":
+                self._patroni_sync(dc, now_ns)
+            return
+        if dc.role == "primary":
+            self._demote(dc, now_ns, f"the leader key is held by {self.leader_key}")
+            return
+        if key_valid and self.leader_key != name:
+            dc.upstream = self.leader_key
+        elif self.pending_promotion is None and self._patroni_eligible(dc, now_ns):
+            # The key expired (or is still its own after it demoted): take it and promote.
+            self.leader_key = name
+            self.leader_expiry_ns = now_ns + topology.patroni_ttl_ns
+            dc.last_renew_ns = now_ns
+            epoch = max(other.epoch for other in self.dcs.values()) + 1
+            dc.epoch = epoch
+            self._decide(now_ns, dc, epoch, self.profile.decided_by)
+            self.sync_leader = name
+            self.sync_key = None
+            return
+        self._patroni_operator(now_ns)
+
+    def _patroni_eligible(self, dc: DataCenter, now_ns: int) -> bool:
+        if dc.resyncing(now_ns):
+            return False
+        if dc.spec.nofailover and self.profile.has("remote_never_automatic"):
+            return False
+        if self.profile.has("sync_only_failover"):
+            return dc.name in (self.sync_key, self.sync_leader)
+        return True
+
+    def _streaming(self, primary: DataCenter, name: str, now_ns: int) -> bool:
+        """Whether `name` streams from `primary` (pg_stat_replication shows it streaming)."""
+        stream = primary.streams.get(name)
+        replica = self.dcs[name]
+        return (
+            stream is not None
+            and stream.connected
+            and not stream.broken
+            and replica.alive
+            and replica.following == primary.name
+            and not replica.resyncing(now_ns)
+            and self.network.both_up(primary.name, name)
+            and not (stream.sent and now_ns - stream.sent[0][1] > self.topology.sync_ack_timeout_ns)
+        )
+
+    def _patroni_sync(self, primary: DataCenter, now_ns: int) -> None:
+        """The leader's loop: /sync and synchronous_standby_names (Patroni 3.0.2)."""
+        if self.sync_key is not None and not self._streaming(primary, self.sync_key, now_ns):
+            self.sync_key = None  # removed from /sync first, then from the configuration
+        if self.sync_key is None:
+            for name in self.patroni_candidates[primary.name]:
+                if self._streaming(primary, name, now_ns):
+                    self.sync_key = name
+                    break
+        self.sync_leader = primary.name
+        chosen = self.sync_key
+        if (
+            chosen is None
+            and self.commit_without_standby == "block"
+            and self.topology.any_standby_when_no_sync
+        ):
+            # Strict mode with no candidate: synchronous_standby_names = '*', so any standby
+            # that streams acknowledges, a nosync one too (it is not in /sync: never promoted).
+            chosen = next(
+                (
+                    name
+                    for name in self.by_priority
+                    if name != primary.name and self._streaming(primary, name, now_ns)
+                ),
+                None,
+            )
+        if chosen != primary.sync_standby:
+            self._note(now_ns, "sync_standby", primary=primary.name, standby=chosen)
+            primary.sync_standby = chosen
+            if chosen is not None:
+                primary.sync_since_ns = now_ns
+                primary.no_sync_since_ns = None
+            elif primary.no_sync_since_ns is None:
+                primary.no_sync_since_ns = now_ns
+
+    def _demote(self, dc: DataCenter, now_ns: int, reason: str) -> None:
+        """Patroni demotes its PostgreSQL: read-only, its waiting commits never answered."""
+        if dc.role != "primary":
+            return
+        stale = dc.stale
+        serving = dc.epoch >= self.max_epoch
+        dc.become_replica()
+        dc.upstream = None
+        self._role(dc.name, "demoted", now_ns)
+        self._note(now_ns, "demoted", dc=dc.name, reason=reason)
+        if serving and self.orphaned_since_ns is None and self.lost_primary_ns is None:
+            self.orphaned_since_ns = now_ns  # the primary stopped serving writes
+        self.fences.append(
+            {
+                "at_s": round(now_ns / NS_PER_S, 3),
+                "dc": dc.name,
+                "epoch": dc.epoch,
+                "reason": reason,
+                "stale_restart": stale,
+            }
+        )
+
+    def _patroni_operator(self, now_ns: int) -> None:
+        """No primary and nobody Patroni may promote: a person promotes the best DC left,
+        after operator_delay_s, re-bootstrapping etcd if its side has no majority."""
+        if any(dc.alive and dc.role == "primary" for dc in self.dcs.values()):
+            self.operator_since_ns = None
+            return
+        if self.pending_promotion is not None or self.leader_expiry_ns > now_ns:
+            return
+        if any(
+            dc.alive and self._patroni_eligible(dc, now_ns) and self._reaches_dcs(dc.name)
+            for dc in self.dcs.values()
+        ):
+            return  # Patroni promotes it at its next loop
+        if self.operator_since_ns is None:
+            self.operator_since_ns = now_ns
+            self._note(now_ns, "operator_paged")
+        if now_ns - self.operator_since_ns < self.topology.operator_delay_ns:
+            return
+        candidates = [dc for dc in self.dcs.values() if dc.alive and not dc.resyncing(now_ns)]
+        if not candidates:
+            return
+        chosen = max(candidates, key=lambda dc: (dc.applied_lsn, -dc.spec.priority))
+        if not self._reaches_dcs(chosen.name):
+            self.etcd_members = [
+                name
+                for name in self.names
+                if self.dcs[name].alive
+                and (name == chosen.name or self.network.both_up(chosen.name, name))
+            ]
+            self._note(now_ns, "etcd_rebootstrapped", members=list(self.etcd_members))
+        self.operator_since_ns = None
+        self.leader_key = chosen.name
+        self.leader_expiry_ns = now_ns + self.topology.patroni_ttl_ns
+        chosen.last_renew_ns = now_ns
+        epoch = max(dc.epoch for dc in self.dcs.values()) + 1
+        chosen.epoch = epoch
+        self._decide(now_ns, chosen, epoch, "operator")
+        self.sync_leader = chosen.name
+        self.sync_key = None
+
+    def _role(self, name: str, role: str, now_ns: int) -> None:
+        """`name` takes `role` from now on (the Gantt chart's intervals)."""
+        current, since_ns = self.role_open[name]
+        if current == role:
+            return
+        if now_ns > since_ns:
+            self.role_intervals.append(
+                {
+                    "dc": name,
+                    "role": current,
+                    "from_s": round(since_ns / NS_PER_S, 3),
+                    "to_s": round(now_ns / NS_PER_S, 3),
+                }
+            )
+        self.role_open[name] = (role, now_ns)
+
+    def roles(self) -> list[dict[str, Any]]:
+        """Every DC's roles over the run, closed at its end, in time order."""
+        end_s = round(self.end_ns / NS_PER_S, 3)
+        intervals = self.role_intervals + [
+            {"dc": name, "role": role, "from_s": round(since_ns / NS_PER_S, 3), "to_s": end_s}
+            for name, (role, since_ns) in self.role_open.items()
+        ]
+        return sorted(intervals, key=lambda item: (item["from_s"], item["dc"]))
 
     # --- faults --------------------------------------------------------------------------
 
@@ -1441,6 +1757,7 @@ class Simulation:
         for stream in dc.streams.values():
             stream.in_flight.clear()
             stream.acks.clear()
+        self._role(dc.name, "down", now_ns)
         self._note(now_ns, "down", dc=dc.name, role=dc.role, lsn=dc.applied_lsn)
 
     def _restart(self, dc: DataCenter, now_ns: int, *, stale: bool) -> None:
@@ -1452,17 +1769,42 @@ class Simulation:
         for other in self.voters:
             dc.last_heard[other] = now_ns
         dc.inflight.clear()
-        if stale and dc.role == "primary":
+        zombie_bug = self.config.plant_bug == "old-primary-accepts-writes"
+        if self.patroni and dc.name not in self.etcd_members:
+            self.etcd_members.append(dc.name)  # the operator re-adds a returning etcd member
+        if (
+            stale
+            and dc.role == "primary"
+            and (not self.profile.has("returning_primary_read_only") or zombie_bug)
+        ):
             # Restarted from a stale configuration: believes it still leads, ignores leases.
             dc.stale = True
             dc.ignores_lease = True
             dc.streams = {other: Stream(other) for other in self.names if other != dc.name}
             dc.sync_standby = None
             dc.no_sync_since_ns = now_ns
+            # Planted bug: PostgreSQL started outside Patroni, with the configuration a
+            # hand-made failover left (synchronous_standby_names = ''): local commits.
+            dc.local_commit = self.patroni and zombie_bug
+            self._role(dc.name, "primary", now_ns)
             self._note(now_ns, "up", dc=dc.name, believes="primary", epoch=dc.epoch)
         else:
+            was_primary = dc.role == "primary"
             dc.become_replica()
+            dc.upstream = None  # until its Patroni reads the leader key
+            self._role(dc.name, "replica", now_ns)
             self._note(now_ns, "up", dc=dc.name, believes="replica", epoch=dc.epoch)
+            if stale and was_primary:
+                # Patroni finds no leader key of its own: PostgreSQL starts read-only.
+                self.fences.append(
+                    {
+                        "at_s": round(now_ns / NS_PER_S, 3),
+                        "dc": dc.name,
+                        "epoch": dc.epoch,
+                        "reason": "no leader key: Patroni started it read-only",
+                        "stale_restart": True,
+                    }
+                )
 
     def _day_end_check(self, now_ns: int) -> None:
         for name, dc in self.dcs.items():
