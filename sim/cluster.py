@@ -122,6 +122,7 @@ class DataCenter:
         self.upstream: str | None = None
         self.local_commit = False
         self.last_renew_ns = 0  # its last renewal of the leader key
+        self.last_commit_ns = 0  # as a primary: its last commit
         # As a primary:
         self.streams: dict[str, Stream] = {}
         self.inflight: deque[Batch] = deque()

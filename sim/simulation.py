@@ -527,6 +527,10 @@ class Simulation:
                 continue
             chosen = name
             break
+        self._set_sync_standby(primary, chosen, now_ns)
+        return chosen
+
+    def _set_sync_standby(self, primary: DataCenter, chosen: str | None, now_ns: int) -> None:
         if chosen != primary.sync_standby:
             self._note(now_ns, "sync_standby", primary=primary.name, standby=chosen)
             primary.sync_standby = chosen
@@ -535,7 +539,6 @@ class Simulation:
                 primary.no_sync_since_ns = None
             elif primary.no_sync_since_ns is None:
                 primary.no_sync_since_ns = now_ns
-        return chosen
 
     def _commit(self, primary: DataCenter, now_ns: int) -> None:
         # Production: synchronous_standby_names as Patroni's loop set it.
@@ -592,6 +595,7 @@ class Simulation:
                 self.single_copy_acks += acked
                 if primary.operator_mandate:
                     self.single_copy_acks_declared += acked
+            primary.last_commit_ns = commit_ns
             if acked and primary.epoch < self.max_epoch:
                 self.stale_primary_acks += acked
             if acked and self.failovers and self.failovers[-1].new_primary == primary.name:
@@ -1462,14 +1466,7 @@ class Simulation:
                 ),
                 None,
             )
-        if chosen != primary.sync_standby:
-            self._note(now_ns, "sync_standby", primary=primary.name, standby=chosen)
-            primary.sync_standby = chosen
-            if chosen is not None:
-                primary.sync_since_ns = now_ns
-                primary.no_sync_since_ns = None
-            elif primary.no_sync_since_ns is None:
-                primary.no_sync_since_ns = now_ns
+        self._set_sync_standby(primary, chosen, now_ns)
 
     def _demote(self, dc: DataCenter, now_ns: int, reason: str) -> None:
         """Patroni demotes its PostgreSQL: read-only, its waiting commits never answered."""
@@ -1482,7 +1479,9 @@ class Simulation:
         self._role(dc.name, "demoted", now_ns)
         self._note(now_ns, "demoted", dc=dc.name, reason=reason)
         if serving and self.orphaned_since_ns is None and self.lost_primary_ns is None:
-            self.orphaned_since_ns = now_ns  # the primary stopped serving writes
+            # The primary stopped serving writes: at its last commit (the link that cut it
+            # from etcd usually cut its standbys first), at the latest now.
+            self.orphaned_since_ns = min(now_ns, max(dc.last_commit_ns, dc.primary_since_ns))
         self.fences.append(
             {
                 "at_s": round(now_ns / NS_PER_S, 3),
