@@ -74,6 +74,16 @@ duration = "30%"
 [topology.failover]
 patroni_ttl_s = 30
 """,
+    "dc1-outage-slow-rebuild": """
+[[faults]]
+kind = "dc_outage"
+target = "dc1"
+at = "30%"
+duration = "30%"
+
+[topology.failover]
+rebuild_s_per_million_accounts = 1000
+""",
 }
 
 
@@ -265,6 +275,20 @@ def test_rto_grows_with_the_leader_key_ttl() -> None:
     assert short["rto_s"] is not None and long["rto_s"] is not None
     assert long["rto_s"] >= short["rto_s"] + 15, (short["rto_s"], long["rto_s"])
     assert short["rto_s"] >= 10  # no faster than the key's ttl
+
+
+def test_promotion_time_grows_with_the_accounts() -> None:
+    """Promotion is pg_ctl promote plus Tally's ledger rebuild, which grows with the accounts:
+    at 1000 s per million accounts the promotion of DC2 takes that long for its accounts."""
+    report, simulation = run("dc1-outage-slow-rebuild")
+    [failover] = report["failover_list"]
+    accounts = simulation.dcs["dc2"].ledger.account_count
+    expected_s = 1.0 + 1000 * accounts / 1_000_000
+    assert expected_s > 10  # the test scale has enough accounts to tell
+    promotion_s = failover["promoted_s"] - failover["decided_s"]
+    assert promotion_s == pytest.approx(expected_s, abs=0.01), (promotion_s, accounts)
+    short, _ = run("dc1-outage")
+    assert report["rto_s"] >= short["rto_s"] + expected_s - 2, (report["rto_s"], short["rto_s"])
 
 
 def test_profile_is_chosen_and_checked(tmp_path: Path) -> None:
