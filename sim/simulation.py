@@ -749,15 +749,19 @@ class Simulation:
         self._role(dc.name, "demoted", now_ns)
         self._note(now_ns, "step_down", dc=dc.name, reason=reason)
         if fenced:
-            self.fences.append(
-                {
-                    "at_s": round(now_ns / NS_PER_S, 3),
-                    "dc": dc.name,
-                    "epoch": dc.epoch,
-                    "reason": reason,
-                    "stale_restart": stale,
-                }
-            )
+            self._fence(dc, now_ns, reason, stale)
+
+    def _fence(self, dc: DataCenter, now_ns: int, reason: str, stale: bool) -> None:
+        """`dc`, a primary, was stopped from serving writes (reported in `fences`)."""
+        self.fences.append(
+            {
+                "at_s": round(now_ns / NS_PER_S, 3),
+                "dc": dc.name,
+                "epoch": dc.epoch,
+                "reason": reason,
+                "stale_restart": stale,
+            }
+        )
 
     # --- clients -----------------------------------------------------------------------
 
@@ -1482,15 +1486,7 @@ class Simulation:
             # The primary stopped serving writes: at its last commit (the link that cut it
             # from etcd usually cut its standbys first), at the latest now.
             self.orphaned_since_ns = min(now_ns, max(dc.last_commit_ns, dc.primary_since_ns))
-        self.fences.append(
-            {
-                "at_s": round(now_ns / NS_PER_S, 3),
-                "dc": dc.name,
-                "epoch": dc.epoch,
-                "reason": reason,
-                "stale_restart": stale,
-            }
-        )
+        self._fence(dc, now_ns, reason, stale)
 
     def _patroni_operator(self, now_ns: int) -> None:
         """No primary and nobody Patroni may promote: a person promotes the best DC left,
@@ -1795,15 +1791,7 @@ class Simulation:
             self._note(now_ns, "up", dc=dc.name, believes="replica", epoch=dc.epoch)
             if stale and was_primary:
                 # Patroni finds no leader key of its own: PostgreSQL starts read-only.
-                self.fences.append(
-                    {
-                        "at_s": round(now_ns / NS_PER_S, 3),
-                        "dc": dc.name,
-                        "epoch": dc.epoch,
-                        "reason": "no leader key: Patroni started it read-only",
-                        "stale_restart": True,
-                    }
-                )
+                self._fence(dc, now_ns, "no leader key: Patroni started it read-only", True)
 
     def _day_end_check(self, now_ns: int) -> None:
         for name, dc in self.dcs.items():
