@@ -4,8 +4,10 @@
 topology under a scenario's faults; `replay` plays a saved trace or a journal
 captured from a real `tally serve` instead. Both write report.json,
 report.html (with PNG charts) and lost_transfers.csv to --out and print a
-summary; the exit status is 0 when the scenario's expectations and the
-invariants hold, 3 when the checker found a violation, 1 on a bad input.
+summary; the exit status is 0 when the verdict passes (invariants, targets and
+the scenario's expectations: sim/verdict.py), 3 when it fails (a `--plant-bug`
+mutation run that is caught exits 3 too), 1 on a bad input, refused before the
+run starts. `bugs` lists the planted bugs and the scenarios that expose them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from core.errors import TallyError
 
+from .bugs import PLANTED_BUGS
 from .model import SimConfig, builtin_scenarios, load_scenario
 
 EXIT_VERDICT_FAILED = 3
@@ -87,6 +90,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print only the report's JSON summary line"
     )
+    parser.add_argument(
+        "--plant-bug",
+        metavar="NAME",
+        default=None,
+        help="mutation run: plant a known bug the checker must catch (exit 3 when caught);"
+        " `tally sim bugs` lists them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         save_trace=args.save_trace,
         drain_max_s=args.drain_max_s,
         quiet=bool(args.json),
+        plant_bug=args.plant_bug,
     )
     try:
         return execute(config, replay_source=None, print_json=bool(args.json), save=args.save)
@@ -120,6 +131,7 @@ def replay(args: argparse.Namespace) -> int:
         out=args.out,
         drain_max_s=args.drain_max_s,
         quiet=bool(args.json),
+        plant_bug=args.plant_bug,
     )
     try:
         return execute(config, replay_source=args.source, print_json=bool(args.json))
@@ -129,8 +141,12 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def scenarios(args: argparse.Namespace) -> int:
-    for name in builtin_scenarios():
-        scenario = load_scenario(name)
+    try:
+        loaded = {name: load_scenario(name) for name in builtin_scenarios()}
+    except TallyError as error:
+        print(f"tally sim scenarios: {error}", file=sys.stderr)
+        return 1
+    for name, scenario in loaded.items():
         first_sentence = scenario.description.split(". ")[0].rstrip(".") + "."
         print(f"{name:40} {scenario.traffic:9} {scenario.hours:>5g} h  {first_sentence}")
         if args.verbose:
@@ -140,6 +156,38 @@ def scenarios(args: argparse.Namespace) -> int:
                 when = f"at {fault.at.describe()} for {duration}"
                 print(f"{'':42}- {fault.kind} {fault.target} {when} {extra}")
             print(f"{'':42}  expect: {json.dumps(scenario.expect)}")
+            if scenario.targets:
+                print(f"{'':42}  targets: {json.dumps(_targets_text(scenario.targets))}")
+            exposing = [bug.name for bug in PLANTED_BUGS.values() if name in bug.exposed_by]
+            if exposing:
+                print(f"{'':42}  exposes planted bugs: {', '.join(exposing)}")
+    if args.verbose:
+        print()
+        bugs(args)
+    return 0
+
+
+def _targets_text(targets: dict[str, dict[str, tuple[str, float]]]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for failure_class, bounds in targets.items():
+        texts = {metric: f"{op} {bound:g}" for metric, (op, bound) in bounds.items()}
+        if failure_class:
+            shown[failure_class] = texts
+        else:
+            shown.update(texts)
+    return shown
+
+
+def add_bugs_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tally sim bugs` takes no options."""
+
+
+def bugs(args: argparse.Namespace) -> int:
+    """The planted bugs for mutation runs and the built-in scenarios that expose them."""
+    for bug in PLANTED_BUGS.values():
+        print(f"{bug.name}: {bug.description}")
+        print(f"  exposed by: {', '.join(bug.exposed_by)}")
+        print(f"  try: tally sim run --plant-bug {bug.name} --scenario {bug.exposed_by[0]}")
     return 0
 
 
@@ -174,7 +222,10 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "acknowledged_lost",
         "duplicates",
         "rpo_transfers",
+        "unexpected_lost",
+        "lost_single_copy",
         "rto_s",
+        "max_no_ack_s",
         "failovers",
         "converged",
         "money_conserved",
@@ -184,7 +235,11 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "simulated_to_wall_ratio",
         "peak_rss_gib",
     )
-    return {key: report.get(key) for key in keys} | {"pass": report["verdict"]["pass"]}
+    return {key: report.get(key) for key in keys} | {
+        "pass": report["verdict"]["pass"],
+        "failures": report["verdict"].get("failures", []),
+        "plant_bug": report.get("plant_bug"),
+    }
 
 
 def save_benchmark(report: dict[str, Any], directory: str) -> None:
