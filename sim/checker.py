@@ -32,6 +32,7 @@ from ledger.records import transfer_view
 SAMPLE_STRIDE = 61  # one account in 61 has its limits rechecked from the log
 LIST_MAX = 1_000_000
 CHANNEL_CHUNK = 1 << 20
+DISCARD_CHUNK = 1 << 23
 _PRESENT = bytes([0] + [1] * 255)  # a `seen` byte -> 1 when the request is in the history
 
 
@@ -112,16 +113,19 @@ class Checker:
         none that kept it): `copies_held` tells whether it ever existed on two DCs."""
         self.scan(name, ledger)
         mine, theirs = self.histories[name].seen, self.histories[keeper].seen
-        only_mine = int.from_bytes(mine.translate(_PRESENT), "little") & ~int.from_bytes(
-            theirs.translate(_PRESENT), "little"
-        )
-        if not only_mine:
-            return
-        flags = only_mine.to_bytes(len(mine), "little")
-        position = flags.find(1)
-        while position >= 0:
-            self.discarded[position] = self.discarded.get(position, 0) + 1
-            position = flags.find(1, position + 1)
+        for start in range(0, len(mine), DISCARD_CHUNK):  # bounded memory at 30M users
+            end = min(len(mine), start + DISCARD_CHUNK)
+            only_mine = int.from_bytes(
+                mine[start:end].translate(_PRESENT), "little"
+            ) & ~int.from_bytes(theirs[start:end].translate(_PRESENT), "little")
+            if not only_mine:
+                continue
+            flags = only_mine.to_bytes(end - start, "little")
+            position = flags.find(1)
+            while position >= 0:
+                seq = start + position
+                self.discarded[seq] = self.discarded.get(seq, 0) + 1
+                position = flags.find(1, position + 1)
 
     def copies_held(self, seq: int) -> int:
         """How many DCs ever held request `seq` (as far as their logs were read)."""

@@ -667,6 +667,15 @@ def render_html(report: dict[str, Any]) -> str:
             for item in verdict["expectations"]
         )
         + "".join(row(name, "invariant", "", ok) for name, ok in verdict["invariants"].items())
+        + "".join(
+            row(
+                f"{t['failure_class']} {t['name']}",
+                t["target"] or "(reported)",
+                t["measured"],
+                t["met"],
+            )
+            for t in verdict["targets"]
+        )
         + "</table>",
         "<h2>summary</h2><table>"
         + "".join(row(key, report.get(key)) for key in summary_keys)
