@@ -182,7 +182,7 @@ def _targets(
         elif default is not None:
             operator, bound = TARGET_METRICS[name][0], default
         else:
-            rows.append(_row(name, failure_class, None, measured, True, "reported"))
+            rows.append(_row(name, failure_class, None, measured, True, source))
             return
         met = measured is None or _compare(measured, operator, bound)
         rows.append(_row(name, failure_class, f"{operator} {bound:g}", measured, met, source))
@@ -223,12 +223,13 @@ def _targets(
     given_up = availability.get("requests_given_up_share")
     add("given_up_share", run_class, given_up, defaults["given_up_share"], "default")
     promised = bool(report.get("two_copy_promised", False))
+    profile = (report.get("profile") or {}).get("name", "the deployment")
     add(
         "single_copy_acks",
         run_class,
         single_copy_acks(report),
         0 if promised else None,
-        "profile promises two copies" if promised else "reported",
+        f"{profile} promises two copies" if promised else f"{profile} does not promise two copies",
     )
     return rows
 
@@ -291,6 +292,6 @@ def targets_table(verdict: dict[str, Any]) -> list[str]:
         if row["name"] == "single_copy_acks" and row["target"] is None and row["measured"]:
             lines.append(
                 f"  note: {row['measured']} acknowledgements were held by one DC only"
-                " (the deployment does not promise two copies)"
+                f" ({row['source']})"
             )
     return lines
