@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from core.errors import TallyError
 
 from .bugs import PLANTED_BUGS
-from .model import SimConfig, builtin_scenarios, load_scenario
+from .model import SimConfig, SimError, builtin_scenarios, load_scenario
 
 EXIT_VERDICT_FAILED = 3
 
@@ -198,8 +199,13 @@ def execute(
     from . import api
     from . import report as report_module
 
-    report, simulation = api.simulate(config, replay_source=replay_source)
     out = config.out or "sim-out"
+    check_writable("--out", out, directory=True)
+    if save:
+        check_writable("--save", save, directory=True)
+    if config.save_trace:
+        check_writable("--save-trace", config.save_trace, directory=False)
+    report, simulation = api.simulate(config, replay_source=replay_source)
     files = api.write(report, simulation, out)
     if save:
         save_benchmark(report, save)
@@ -209,6 +215,22 @@ def execute(
         print(report_module.summary(report))
         print(f"  report: {files['report_html']}")
     return 0 if report["verdict"]["pass"] else EXIT_VERDICT_FAILED
+
+
+def check_writable(option: str, path: str, *, directory: bool) -> None:
+    """An output path the run could not write is refused before the run, not after it."""
+    if os.path.exists(path):
+        if directory != os.path.isdir(path):
+            kind = "a directory" if directory else "a file"
+            raise SimError(f"{option} {path}: must be {kind}")
+        if not os.access(path, os.W_OK):
+            raise SimError(f"{option} {path}: not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SimError(f"{option} {path}: cannot be created ({parent} is not a writable directory)")
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -207,6 +207,27 @@ def test_bad_options_are_refused(
     assert not out.exists()
 
 
+def test_outputs_that_cannot_be_written_are_refused_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--out naming a file, --save-trace naming a directory or a path under a file: exit 1
+    before anything runs, not an OSError after the simulation."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for options, message in (
+        (("--out", str(a_file)), f"--out {a_file}: must be a directory"),
+        (("--save-trace", str(tmp_path)), f"--save-trace {tmp_path}: must be a file"),
+        (
+            ("--save", str(a_file / "reports")),
+            f"--save {a_file / 'reports'}: cannot be created ({a_file} is not a writable",
+        ),
+    ):
+        arguments = options if "--out" in options else (*options, "--out", str(tmp_path / "o"))
+        status, error = run_cli(capsys, "run", *arguments, "--users", "100")
+        assert status == 1 and message in error, error
+        assert not (tmp_path / "o").exists()
+
+
 def test_replay_refuses_bad_options_and_scenarios(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
