@@ -32,7 +32,7 @@ from ledger.records import transfer_view
 SAMPLE_STRIDE = 61  # one account in 61 has its limits rechecked from the log
 LIST_MAX = 1_000_000
 CHANNEL_CHUNK = 1 << 20
-DISCARD_CHUNK = 1 << 23
+DISCARD_CHUNK_BYTES = 1 << 23
 _PRESENT = bytes([0] + [1] * 255)  # a `seen` byte -> 1 when the request is in the history
 
 
@@ -113,8 +113,8 @@ class Checker:
         none that kept it): `copies_held` tells whether it ever existed on two DCs."""
         self.scan(name, ledger)
         mine, theirs = self.histories[name].seen, self.histories[keeper].seen
-        for start in range(0, len(mine), DISCARD_CHUNK):  # bounded memory at 30M users
-            end = min(len(mine), start + DISCARD_CHUNK)
+        for start in range(0, len(mine), DISCARD_CHUNK_BYTES):  # bounded memory at 30M users
+            end = min(len(mine), start + DISCARD_CHUNK_BYTES)
             only_mine = int.from_bytes(
                 mine[start:end].translate(_PRESENT), "little"
             ) & ~int.from_bytes(theirs[start:end].translate(_PRESENT), "little")

@@ -247,7 +247,7 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "unexpected_lost",
         "lost_single_copy",
         "rto_s",
-        "max_no_ack_s",
+        "no_ack_s_max",
         "failovers",
         "converged",
         "money_conserved",

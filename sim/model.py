@@ -565,7 +565,7 @@ TARGET_METRICS: dict[str, tuple[str, float, float]] = {
     "rpo_window_s": ("<=", 0, 86_400 * 30),
     "rto_s": ("<=", 0, 86_400 * 30),
     "availability": (">=", 0, 1),
-    "max_no_ack_s": ("<=", 0, 86_400 * 30),
+    "no_ack_s_max": ("<=", 0, 86_400 * 30),
     "given_up_share": ("<=", 0, 1),
     "single_copy_acks": ("<=", 0, 1e15),
 }

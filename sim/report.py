@@ -200,7 +200,7 @@ def build(
         "accounts_opened": sim.openings_created,
         "faults": sim.fault_log,
         "availability": _availability(sim, window_s),
-        "max_no_ack_s": _max_no_ack_s(sim, window_s),
+        "no_ack_s_max": _no_ack_s_max(sim, window_s),
         "latency": _latency(sim),
         "replication_lag_ms": _lag(sim),
         "throughput": _throughput(sim, window_s),
@@ -346,7 +346,7 @@ def _availability(sim: Simulation, window_s: float) -> dict[str, Any]:
     return result
 
 
-def _max_no_ack_s(sim: Simulation, window_s: float) -> int:
+def _no_ack_s_max(sim: Simulation, window_s: float) -> int:
     """The longest time, in whole seconds of the traffic window, in which requests were
     offered and none was acknowledged (by any attempt, in any region)."""
     seconds = sim.seconds
@@ -832,7 +832,7 @@ def summary(report: dict[str, Any]) -> str:
         ("replicas converged", report["converged"]),
         ("old primary fenced", f"{report['fenced']} (stale acks: {report['stale_primary_acks']})"),
         ("availability", report["availability"].get("overall")),
-        ("longest without an ack s", report.get("max_no_ack_s")),
+        ("longest without an ack s", report.get("no_ack_s_max")),
         ("single-copy acks", single_copy_acks(report)),
         ("latency p50/p99 ms", f"{latency.get('p50_ms')} / {latency.get('p99_ms')}"),
         ("wall s / sim:wall", f"{report['wall_s']} / {report['simulated_to_wall_ratio']}"),

@@ -47,11 +47,11 @@ OPERATOR_DELAY_DEFAULT_S = 300.0
 # (AVAILABILITY_ALLOWANCE_S) in the run's window, so a short run or replay is not failed
 # for one failover within its RTO, and a write outage of many minutes still fails.
 DEFAULTS: dict[str, dict[str, float]] = {
-    "steady": {"availability": 0.999, "max_no_ack_s": 5, "given_up_share": 0.001},
-    "degradation": {"availability": 0.98, "max_no_ack_s": 30, "given_up_share": 0.01},
-    "link": {"availability": 0.95, "max_no_ack_s": 30, "given_up_share": 0.02},
-    "same_city": {"availability": 0.9, "max_no_ack_s": 60, "given_up_share": 0.02},
-    "region": {"availability": 0.75, "given_up_share": 0.25},  # max_no_ack_s: the operator's
+    "steady": {"availability": 0.999, "no_ack_s_max": 5, "given_up_share": 0.001},
+    "degradation": {"availability": 0.98, "no_ack_s_max": 30, "given_up_share": 0.01},
+    "link": {"availability": 0.95, "no_ack_s_max": 30, "given_up_share": 0.02},
+    "same_city": {"availability": 0.9, "no_ack_s_max": 60, "given_up_share": 0.02},
+    "region": {"availability": 0.75, "given_up_share": 0.25},  # no_ack_s_max: the operator's
 }
 AVAILABILITY_ALLOWANCE_S = {"steady": 5.0, "degradation": 30.0, "link": 30.0, "same_city": 65.0}
 
@@ -208,7 +208,7 @@ def _targets(
             add("rpo_window_s", failure_class, round(window, 3), LEVEL_5_RPO_WINDOW_S, LEVEL_5)
             add("rto_s", failure_class, rto, operator_s + OPERATOR_MARGIN_S, LEVEL_5)
     defaults = DEFAULTS[run_class] | (
-        {"max_no_ack_s": operator_s + OPERATOR_MARGIN_S} if run_class == "region" else {}
+        {"no_ack_s_max": operator_s + OPERATOR_MARGIN_S} if run_class == "region" else {}
     )
     availability = report.get("availability", {})
     allowance = AVAILABILITY_ALLOWANCE_S.get(run_class, operator_s + OPERATOR_MARGIN_S + 5)
@@ -219,7 +219,7 @@ def _targets(
     if run_class not in FAILOVER_CLASSES:
         add("rpo_transfers", run_class, report["acknowledged_lost"], 0, "default")
     add("availability", run_class, availability.get("overall"), defaults["availability"], "default")
-    add("max_no_ack_s", run_class, report.get("max_no_ack_s"), defaults["max_no_ack_s"], "default")
+    add("no_ack_s_max", run_class, report.get("no_ack_s_max"), defaults["no_ack_s_max"], "default")
     given_up = availability.get("requests_given_up_share")
     add("given_up_share", run_class, given_up, defaults["given_up_share"], "default")
     promised = bool(report.get("two_copy_promised", False))
