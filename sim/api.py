@@ -15,7 +15,10 @@ from . import traffic as traffic_module
 from .model import (
     NS_PER_MS,
     NS_PER_S,
+    Scenario,
     SimConfig,
+    SimError,
+    Topology,
     check_scenario_against,
     load_scenario,
     load_topology,
@@ -30,7 +33,7 @@ def simulate(
     started = time.perf_counter()
     config.check()
     scenario = load_scenario(config.scenario)
-    topology = load_topology(config.topology, scenario.topology_overrides)
+    topology = _topology_of(config, scenario)
     hours = config.hours if config.hours is not None else scenario.hours
     check_scenario_against(scenario, topology, hours * 3600 if replay_source is None else None)
     traffic = None
@@ -49,6 +52,25 @@ def simulate(
     results = simulation.run()
     report = report_module.build(simulation, results, config, time.perf_counter() - started)
     return report, simulation
+
+
+def _topology_of(config: SimConfig, scenario: Scenario) -> Topology:
+    """The topology with the scenario's [topology] overrides. When the topology file alone is
+    sound, its problems are the scenario's: they are reported against the scenario's file."""
+    try:
+        return load_topology(config.topology, scenario.topology_overrides)
+    except SimError as error:
+        if not scenario.topology_overrides:
+            raise
+        base = load_topology(config.topology)  # raises on a problem of the file itself
+        prefix = f"{base.source}: `"
+        lines = [
+            f"{scenario.source}: `topology.{line[len(prefix) :]}"
+            if line.startswith(prefix)
+            else line
+            for line in str(error).splitlines()
+        ]
+        raise SimError("\n".join(lines)) from None
 
 
 def write(report: dict[str, Any], simulation: Simulation, out: str) -> dict[str, str]:

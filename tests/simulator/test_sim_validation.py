@@ -151,6 +151,21 @@ def test_bad_faults_are_refused_before_the_run(
     assert f"{path}: {message}" in error, error
 
 
+def test_bad_topology_overrides_are_the_scenarios_mistakes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A scenario's [topology] overrides are checked like the topology file, and their
+    problems are reported against the scenario's file and its `topology.` keys."""
+    path = scenario_file(
+        tmp_path,
+        "",
+        "[topology.failover]\noperator_delay = 5\n[topology.data_centers.dc2]\nfsync_ms = -1",
+    )
+    error = refused(capsys, tmp_path, "--scenario", str(path))
+    assert f"{path}: `topology.failover.operator_delay`: unknown key" in error, error
+    assert f"{path}: `topology.data_centers.dc2.fsync_ms`: -1 is outside 0.0..10000" in error
+
+
 TARGET_CASES = [
     ("[targets]\nrto = 60", "`targets.rto`: unknown target (metrics: rpo_transfers,"),
     ("[targets.city]\nrto_s = 60", "`targets.city`: unknown target"),
