@@ -32,6 +32,8 @@ from ledger.records import transfer_view
 SAMPLE_STRIDE = 61  # one account in 61 has its limits rechecked from the log
 LIST_MAX = 1_000_000
 CHANNEL_CHUNK = 1 << 20
+DISCARD_CHUNK_BYTES = 1 << 23
+_PRESENT = bytes([0] + [1] * 255)  # a `seen` byte -> 1 when the request is in the history
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Checker:
             )
             for name in dc_names
         }
+        self.discarded: dict[int, int] = {}  # request -> DCs whose copy a resync discarded
 
     def scan(self, name: str, ledger: KernelLedger) -> None:
         """Read the DC's log records not read yet (call before every eviction)."""
@@ -102,6 +105,32 @@ class Checker:
         history.cursor = ledger.log_count
         history.failed_cursor = ledger.failed_count
         history.last_timestamp = max(history.last_timestamp, ledger.timestamp_last())
+
+    def discard(self, name: str, ledger: KernelLedger, keeper: str) -> None:
+        """A DC's state is about to be replaced by `keeper`'s (a resync): read its log to the
+        end first and count, per request, the DCs that held it and lost it this way. An
+        acknowledged transfer that ends lost was held by the DCs that discarded it (and by
+        none that kept it): `copies_held` tells whether it ever existed on two DCs."""
+        self.scan(name, ledger)
+        mine, theirs = self.histories[name].seen, self.histories[keeper].seen
+        for start in range(0, len(mine), DISCARD_CHUNK_BYTES):  # bounded memory at 30M users
+            end = min(len(mine), start + DISCARD_CHUNK_BYTES)
+            only_mine = int.from_bytes(
+                mine[start:end].translate(_PRESENT), "little"
+            ) & ~int.from_bytes(theirs[start:end].translate(_PRESENT), "little")
+            if not only_mine:
+                continue
+            flags = only_mine.to_bytes(end - start, "little")
+            position = flags.find(1)
+            while position >= 0:
+                seq = start + position
+                self.discarded[seq] = self.discarded.get(seq, 0) + 1
+                position = flags.find(1, position + 1)
+
+    def copies_held(self, seq: int) -> int:
+        """How many DCs ever held request `seq` (as far as their logs were read)."""
+        kept = sum(1 for history in self.histories.values() if history.seen[seq])
+        return kept + self.discarded.get(seq, 0)
 
     def take_over(self, target: str, source: str) -> None:
         """A resynced DC's history is now its source's (its own divergent tail is gone)."""

@@ -4,21 +4,25 @@
 topology under a scenario's faults; `replay` plays a saved trace or a journal
 captured from a real `tally serve` instead. Both write report.json,
 report.html (with PNG charts) and lost_transfers.csv to --out and print a
-summary; the exit status is 0 when the scenario's expectations and the
-invariants hold, 3 when the checker found a violation, 1 on a bad input.
+summary; the exit status is 0 when the verdict passes (invariants, targets and
+the scenario's expectations: sim/verdict.py), 3 when it fails (a `--plant-bug`
+mutation run that is caught exits 3 too), 1 on a bad input, refused before the
+run starts. `bugs` lists the planted bugs and the scenarios that expose them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
 from core.errors import TallyError
 
-from .model import SimConfig, builtin_scenarios, load_scenario
+from .bugs import PLANTED_BUGS
+from .model import SimConfig, SimError, builtin_scenarios, load_scenario
 
 EXIT_VERDICT_FAILED = 3
 
@@ -87,6 +91,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print only the report's JSON summary line"
     )
+    parser.add_argument(
+        "--plant-bug",
+        metavar="NAME",
+        default=None,
+        help="mutation run: plant a known bug the checker must catch (exit 3 when caught);"
+        " `tally sim bugs` lists them",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="the deployment profile (sim/profiles.py: production, the bank's Patroni"
+        " deployment, by default; consensus, the old model's protections); default: the"
+        " scenario's, else the topology's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         save_trace=args.save_trace,
         drain_max_s=args.drain_max_s,
         quiet=bool(args.json),
+        plant_bug=args.plant_bug,
+        profile=args.profile,
     )
     try:
         return execute(config, replay_source=None, print_json=bool(args.json), save=args.save)
@@ -120,6 +141,8 @@ def replay(args: argparse.Namespace) -> int:
         out=args.out,
         drain_max_s=args.drain_max_s,
         quiet=bool(args.json),
+        plant_bug=args.plant_bug,
+        profile=args.profile,
     )
     try:
         return execute(config, replay_source=args.source, print_json=bool(args.json))
@@ -129,8 +152,12 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def scenarios(args: argparse.Namespace) -> int:
-    for name in builtin_scenarios():
-        scenario = load_scenario(name)
+    try:
+        loaded = {name: load_scenario(name) for name in builtin_scenarios()}
+    except TallyError as error:
+        print(f"tally sim scenarios: {error}", file=sys.stderr)
+        return 1
+    for name, scenario in loaded.items():
         first_sentence = scenario.description.split(". ")[0].rstrip(".") + "."
         print(f"{name:40} {scenario.traffic:9} {scenario.hours:>5g} h  {first_sentence}")
         if args.verbose:
@@ -140,6 +167,38 @@ def scenarios(args: argparse.Namespace) -> int:
                 when = f"at {fault.at.describe()} for {duration}"
                 print(f"{'':42}- {fault.kind} {fault.target} {when} {extra}")
             print(f"{'':42}  expect: {json.dumps(scenario.expect)}")
+            if scenario.targets:
+                print(f"{'':42}  targets: {json.dumps(_targets_text(scenario.targets))}")
+            exposing = [bug.name for bug in PLANTED_BUGS.values() if name in bug.exposed_by]
+            if exposing:
+                print(f"{'':42}  exposes planted bugs: {', '.join(exposing)}")
+    if args.verbose:
+        print()
+        bugs(args)
+    return 0
+
+
+def _targets_text(targets: dict[str, dict[str, tuple[str, float]]]) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for failure_class, bounds in targets.items():
+        texts = {metric: f"{op} {bound:g}" for metric, (op, bound) in bounds.items()}
+        if failure_class:
+            shown[failure_class] = texts
+        else:
+            shown.update(texts)
+    return shown
+
+
+def add_bugs_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tally sim bugs` takes no options."""
+
+
+def bugs(args: argparse.Namespace) -> int:
+    """The planted bugs for mutation runs and the built-in scenarios that expose them."""
+    for bug in PLANTED_BUGS.values():
+        print(f"{bug.name}: {bug.description}")
+        print(f"  exposed by: {', '.join(bug.exposed_by)}")
+        print(f"  try: tally sim run --plant-bug {bug.name} --scenario {bug.exposed_by[0]}")
     return 0
 
 
@@ -150,8 +209,13 @@ def execute(
     from . import api
     from . import report as report_module
 
-    report, simulation = api.simulate(config, replay_source=replay_source)
     out = config.out or "sim-out"
+    check_writable("--out", out, directory=True)
+    if save:
+        check_writable("--save", save, directory=True)
+    if config.save_trace:
+        check_writable("--save-trace", config.save_trace, directory=False)
+    report, simulation = api.simulate(config, replay_source=replay_source)
     files = api.write(report, simulation, out)
     if save:
         save_benchmark(report, save)
@@ -161,6 +225,22 @@ def execute(
         print(report_module.summary(report))
         print(f"  report: {files['report_html']}")
     return 0 if report["verdict"]["pass"] else EXIT_VERDICT_FAILED
+
+
+def check_writable(option: str, path: str, *, directory: bool) -> None:
+    """An output path the run could not write is refused before the run, not after it."""
+    if os.path.exists(path):
+        if directory != os.path.isdir(path):
+            kind = "a directory" if directory else "a file"
+            raise SimError(f"{option} {path}: must be {kind}")
+        if not os.access(path, os.W_OK):
+            raise SimError(f"{option} {path}: not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SimError(f"{option} {path}: cannot be created ({parent} is not a writable directory)")
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +254,10 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "acknowledged_lost",
         "duplicates",
         "rpo_transfers",
+        "unexpected_lost",
+        "lost_single_copy",
         "rto_s",
+        "no_ack_s_max",
         "failovers",
         "converged",
         "money_conserved",
@@ -184,7 +267,11 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
         "simulated_to_wall_ratio",
         "peak_rss_gib",
     )
-    return {key: report.get(key) for key in keys} | {"pass": report["verdict"]["pass"]}
+    return {key: report.get(key) for key in keys} | {
+        "pass": report["verdict"]["pass"],
+        "failures": report["verdict"].get("failures", []),
+        "plant_bug": report.get("plant_bug"),
+    }
 
 
 def save_benchmark(report: dict[str, Any], directory: str) -> None:

@@ -11,6 +11,7 @@ names; inside the simulator everything is integer nanoseconds.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import tomllib
@@ -397,6 +398,34 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "clock_skew": ("skew_ms",),
     "random": ("count",),
 }
+# What a fault's `target` names: a data center, a region, a link "x-y" between two data
+# centers or regions, or nothing (primary_crash hits whoever leads; random draws its own).
+FAULT_TARGETS: dict[str, str] = {
+    "dc_outage": "dc",
+    "region_outage": "region",
+    "primary_crash": "none",
+    "old_primary_returns": "dc",
+    "link_partition": "link",
+    "link_degradation": "link",
+    "link_flapping": "link",
+    "slow_disk": "dc",
+    "clock_skew": "dc",
+    "random": "none",
+}
+LINK_DIRECTIONS = ("both", "forward", "backward")
+# Fault parameters: (low, high) for numbers; the simulator's default when absent.
+FAULT_PARAMETERS: dict[str, tuple[float, float, float]] = {
+    "isolated_s": (0, 86_400, 30),
+    "stale_route_fraction": (0, 1, 0),
+    "stale_route_s": (0, 86_400, 60),
+    "latency_ms": (0, 100_000, 0),
+    "loss": (0, 1, 0),
+    "period_s": (0.001, 86_400, 10),
+    "down_s": (0, 86_400, 3),
+    "fsync_ms": (0, 10_000, 100),
+    "skew_ms": (-86_400_000, 86_400_000, 1000),
+}
+RANDOM_FAULTS_MAX = 64
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|s|m|h)\s*$")
 
 
@@ -439,10 +468,15 @@ class Scenario:
     topology_overrides: dict[str, Any]
     source: str
     profile: str | None = None  # a deployment profile (sim/profiles.py); None: the topology's
+    # [targets]: failure class ("" = every class) -> metric -> (operator, bound); see sim/verdict.py
+    targets: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
 
 
 def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            problems.add(key, f"{value!r}: a time is a finite number of seconds >= 0")
+            return None
         return TimeSpec(None, float(value))
     if isinstance(value, str):
         match = _TIME.match(value)
@@ -456,6 +490,60 @@ def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
             return TimeSpec(None, number * {"s": 1, "m": 60, "h": 3600}[unit])
     problems.add(key, f'expected seconds or a string like "30%", "90s", "10m", got {value!r}')
     return None
+
+
+def _parse_fault(table: _Table, problems: _Problems) -> FaultSpec | None:
+    prefix = table.prefix
+    kind = table.text("kind", choices=tuple(FAULT_KINDS))
+    kind_known = kind in FAULT_KINDS and table.data.get("kind") == kind
+    target = table.text("target", "")
+    if kind_known and FAULT_TARGETS[kind] == "none" and target:
+        problems.add(f"{prefix}.target", f"{kind} takes no target (got {target!r})")
+    elif kind_known and FAULT_TARGETS[kind] != "none" and not target:
+        problems.add(
+            f"{prefix}.target", f"{kind} needs a target: {_TARGET_HELP[FAULT_TARGETS[kind]]}"
+        )
+    table.read.update({"at", "duration"})
+    at = _parse_time(table.data.get("at", 0), f"{prefix}.at", problems)
+    if at is not None and at.fraction is not None and at.fraction >= 1:
+        problems.add(f"{prefix}.at", "a fault must start before the traffic window ends (< 100%)")
+    duration = None
+    if "duration" in table.data:
+        duration = _parse_time(table.data["duration"], f"{prefix}.duration", problems)
+        if duration is not None and not (duration.fraction or duration.seconds):
+            problems.add(f"{prefix}.duration", "must be above 0 (leave it out: to the end)")
+    params: dict[str, Any] = {}
+    for param in FAULT_KINDS.get(kind, ()):
+        if param not in table.data:
+            continue
+        if param == "direction":
+            table.text(param, "both", LINK_DIRECTIONS)
+        elif param == "count":
+            table.integer(param, low=1, high=RANDOM_FAULTS_MAX)
+        else:
+            low, high, _ = FAULT_PARAMETERS[param]
+            table.number(param, low=low, high=high)
+        params[param] = table.data[param]
+    if kind == "link_flapping":
+        period = params.get("period_s", FAULT_PARAMETERS["period_s"][2])
+        down = params.get("down_s", FAULT_PARAMETERS["down_s"][2])
+        if _is_number(period) and _is_number(down) and down > period:
+            problems.add(f"{prefix}.down_s", f"{down} is above period_s ({period})")
+    table.finish()
+    if at is None:
+        return None
+    return FaultSpec(kind, target, at, duration, params)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_TARGET_HELP = {
+    "dc": "a data center",
+    "region": "a region",
+    "link": '"x-y", two data centers or regions',
+}
 
 
 def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
@@ -477,28 +565,15 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         problems.add("faults", "expected an array of tables ([[faults]])")
         fault_list = []
     for index, item in enumerate(fault_list):
-        prefix = f"faults[{index}]"
-        table = _Table(item, prefix, problems)
-        kind = table.text("kind", choices=tuple(FAULT_KINDS))
-        target = table.text("target", "")
-        table.read.update({"at", "duration"})
-        at = _parse_time(table.data.get("at", 0), f"{prefix}.at", problems)
-        duration = None
-        if "duration" in table.data:
-            duration = _parse_time(table.data["duration"], f"{prefix}.duration", problems)
-        params: dict[str, Any] = {}
-        for param in FAULT_KINDS.get(kind, ()):
-            if param in table.data:
-                table.read.add(param)
-                params[param] = table.data[param]
-        table.finish()
-        if at is not None:
-            faults.append(FaultSpec(kind, target, at, duration, params))
+        fault = _parse_fault(_Table(item, f"faults[{index}]", problems), problems)
+        if fault is not None:
+            faults.append(fault)
     expect = root.table("expect")
     for key in expect.data:
         if key not in EXPECTATIONS:
             problems.add(f"expect.{key}", f"unknown expectation (known: {', '.join(EXPECTATIONS)})")
         expect.read.add(key)
+    targets = _parse_targets(root.table("targets"), problems)
     overrides = root.table("topology")
     overrides.read.update(overrides.data)
     root.finish()
@@ -513,7 +588,109 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         topology_overrides=copy.deepcopy(overrides.data),
         source=source,
         profile=profile,
+        targets=targets,
     )
+
+
+# [targets]: what a run is judged against (sim/verdict.py). A metric's bound is a number
+# (compared with the metric's own direction: at most, or at least for availability) or a
+# string "<= 60", ">= 0.99". Top-level keys apply to every failure class of the scenario;
+# a subtable [targets.CLASS] to that class only, over the top level.
+TARGET_METRICS: dict[str, tuple[str, float, float]] = {
+    # metric: (default operator, lowest bound, highest bound)
+    "rpo_transfers": ("<=", 0, 1e15),
+    "rpo_amount_minor": ("<=", 0, 1e18),
+    "rpo_window_s": ("<=", 0, 86_400 * 30),
+    "rto_s": ("<=", 0, 86_400 * 30),
+    "availability": (">=", 0, 1),
+    "no_ack_s_max": ("<=", 0, 86_400 * 30),
+    "given_up_share": ("<=", 0, 1),
+    "single_copy_acks": ("<=", 0, 1e15),
+}
+FAILURE_CLASSES = ("steady", "degradation", "link", "same_city", "region")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>|==)\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*$")
+
+
+def _parse_targets(table: _Table, problems: _Problems) -> dict[str, dict[str, tuple[str, float]]]:
+    targets: dict[str, dict[str, tuple[str, float]]] = {}
+    for key, value in table.data.items():
+        table.read.add(key)
+        if key in FAILURE_CLASSES:
+            if not isinstance(value, dict):
+                problems.add(table.key(key), "expected a table of metric bounds")
+                continue
+            for metric, bound in value.items():
+                parsed = _parse_bound(f"{table.key(key)}.{metric}", metric, bound, problems)
+                if parsed is not None:
+                    targets.setdefault(key, {})[metric] = parsed
+        elif key in TARGET_METRICS:
+            parsed = _parse_bound(table.key(key), key, value, problems)
+            if parsed is not None:
+                targets.setdefault("", {})[key] = parsed
+        else:
+            problems.add(
+                table.key(key),
+                f"unknown target (metrics: {', '.join(TARGET_METRICS)};"
+                f" failure classes: {', '.join(FAILURE_CLASSES)})",
+            )
+    return targets
+
+
+def _parse_bound(
+    key: str, metric: str, value: Any, problems: _Problems
+) -> tuple[str, float] | None:
+    if metric not in TARGET_METRICS:
+        problems.add(key, f"unknown target metric (known: {', '.join(TARGET_METRICS)})")
+        return None
+    operator, low, high = TARGET_METRICS[metric]
+    if _is_number(value):
+        number = float(value)
+    elif isinstance(value, str) and (match := _BOUND.match(value)):
+        operator, number = match.group(1), float(match.group(2))
+    else:
+        problems.add(key, f'expected a number or a bound like "<= 60" or ">= 0.99", got {value!r}')
+        return None
+    if not (math.isfinite(number) and low <= number <= high):
+        problems.add(key, f"{value!r} is outside {low:g}..{high:g}")
+        return None
+    return operator, number
+
+
+def check_scenario_against(
+    scenario: Scenario, topology: Topology, window_s: float | None = None
+) -> None:
+    """Every fault target must exist in the topology, and every fault start fall inside the
+    traffic window (`window_s`, when known): refused before the run, not mid-run."""
+    problems = _Problems(scenario.source)
+    dcs, regions = topology.data_centers, topology.regions
+    known = f"data centers: {', '.join(dcs)}; regions: {', '.join(regions)}"
+    for index, fault in enumerate(scenario.faults):
+        key = f"faults[{index}].target"
+        wanted = FAULT_TARGETS[fault.kind]
+        if wanted == "dc" and fault.target not in dcs:
+            problems.add(key, f"unknown data center {fault.target!r} (known: {', '.join(dcs)})")
+        elif wanted == "region" and fault.target not in regions:
+            problems.add(key, f"unknown region {fault.target!r} (known: {', '.join(regions)})")
+        elif wanted == "link":
+            first, dash, second = fault.target.partition("-")
+            if not dash or not first or not second:
+                problems.add(key, f'{fault.target!r}: a link is "x-y" ({known})')
+            else:
+                for end in (first, second):
+                    if end not in dcs and end not in regions:
+                        problems.add(key, f"{fault.target!r}: unknown end {end!r} ({known})")
+                sides = [
+                    {end} if end in dcs else {n for n, dc in dcs.items() if dc.region == end}
+                    for end in (first, second)
+                ]
+                if all(sides) and not any(a != b for a in sides[0] for b in sides[1]):
+                    problems.add(key, f"{fault.target!r}: both ends are the same data centers")
+        if window_s is not None and fault.at.seconds is not None and fault.at.seconds >= window_s:
+            problems.add(
+                f"faults[{index}].at",
+                f"{fault.at.describe()} is not inside the {window_s:g} s traffic window",
+            )
+    problems.raise_if_any()
 
 
 # Report keys a scenario may state expectations on: an integer or boolean must be
@@ -530,6 +707,8 @@ EXPECTATIONS = (
     "fenced",
     "stale_primary_acks",
     "result_mismatches",
+    "lost_single_copy",
+    "single_copy_acks",
 )
 
 
@@ -579,6 +758,10 @@ def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any
 # --- the run ---------------------------------------------------------------------------
 
 
+USERS_MAX = 200_000_000
+SEED_MAX = (1 << 63) - 1  # the generators take the seed as an unsigned 64-bit integer
+
+
 @dataclass
 class SimConfig:
     """One simulator run. The defaults are the headline: a whole day of 30M users."""
@@ -600,8 +783,11 @@ class SimConfig:
     profile: str | None = None
 
     def check(self) -> None:
-        if self.users < 2:
-            raise SimError("--users must be at least 2")
+        """Refuse a bad run before anything is built: one line naming the option and its range."""
+        if not 2 <= self.users <= USERS_MAX:
+            raise SimError(f"--users must be in 2..{USERS_MAX}, not {self.users}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise SimError(f"--seed must be in 0..{SEED_MAX}, not {self.seed}")
         if self.plant_bug is not None:
             from .bugs import planted_bug  # bugs imports this module
 
@@ -616,3 +802,5 @@ class SimConfig:
             raise SimError("--step-ms must be in 1..1000")
         if self.postings_per_user is not None and not 0 < self.postings_per_user <= 10_000:
             raise SimError("--postings-per-user must be in (0, 10000]")
+        if not 0 < self.drain_max_s <= 86_400:
+            raise SimError(f"--drain-max-s must be in (0, 86400], not {self.drain_max_s}")

@@ -704,6 +704,7 @@ class Simulation:
         started = time.perf_counter()
         self.checker.scan(primary.name, primary.ledger)
         discarded = max(0, replica.applied_lsn - self._common_prefix(primary, replica))
+        self.checker.discard(replica.name, replica.ledger, primary.name)
         copied = population_module.copy_ledger(replica.ledger, primary.ledger)
         self.checker.take_over(replica.name, primary.name)
         replica.adopt(primary)

@@ -143,6 +143,11 @@ COMMANDS: Mapping[str, Command | Group] = {
                 add_arguments="sim.cli:add_replay_arguments",
                 run="sim.cli:replay",
             ),
+            "bugs": Command(
+                "list the planted bugs for mutation runs and the scenarios that expose them",
+                add_arguments="sim.cli:add_bugs_arguments",
+                run="sim.cli:bugs",
+            ),
         },
     ),
     "run-default": Command(

