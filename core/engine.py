@@ -45,8 +45,8 @@ durable.
 The transfer log and the failure ring (failed transfers that consumed their
 id) are evicted by journaled EVICT and EVICT_FAILED entries the engine puts
 before a transfers entry: when the log would pass 90% of its capacity, and at
-most once a second (`EVICT_INTERVAL_NS`) for what is older than the retention
-(`retention_s` for the log, `failed_retention_s` for failures). So the log
+most once a second for what is older than the retention (`retention_s` for the
+log, `failed_retention_s` for failures). So the log
 holds what the retention asks and no more, and a channel's quota of it
 (`log_share_permille`, enforced by the kernel) counts only what a retry may
 still ask for; failures never hold the log's room, and one channel's burst
@@ -57,6 +57,9 @@ The ledger state is a pure function of the sequence of entries given to the
 store: replaying them (core/replay.py) rebuilds it byte for byte. Timestamps
 come from the injected clock, forced strictly increasing; the business day of
 an entry is that of its first timestamp in the rules' time zone.
+
+The rules for timestamps, batch sizes and lingers, overload and eviction are
+`core.engine_policy`'s (sans IO), shared with the failover simulator.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ import sniffio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from core import engine_policy as policy
+from core.engine_policy import BATCH_SIZE_MAX, NS_PER_S, EvictionPolicy
 from core.entries import (
     EVICT_PAYLOAD,
     RULES_HEADER,
@@ -92,11 +97,8 @@ from ledger.reference import ReferenceLedger
 from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, split_id
 from limits.rules import RuleSet
 
-BATCH_SIZE_MAX = 8189
 INLINE_APPLY_COUNT_MAX = 256  # transfers (or accounts) a group may have to be applied on the loop
 LINGER_IDLE_PASSES = 2  # event-loop passes with no new request that end a linger
-NS_PER_S = 1_000_000_000
-EVICT_INTERVAL_NS = NS_PER_S  # how often transfers older than the retention are evicted
 
 
 class Clock(Protocol):
@@ -336,6 +338,7 @@ class Engine:
         self.linger_s = linger_s
         self.retention_ns = int(retention_s * NS_PER_S)
         self.failed_retention_ns = int(failed_retention_s * NS_PER_S)
+        self.eviction = EvictionPolicy(self.retention_ns, self.failed_retention_ns)
         self._evict_due_ns = 0  # the first transfers entry from then on evicts by age
         self.expire_interval_s = expire_interval_s
         self.metrics = EngineMetrics()
@@ -368,8 +371,8 @@ class Engine:
             self._send.send_nowait(request)
         except anyio.WouldBlock:
             self.metrics.overloaded += 1
-            # A full queue drains in about (queue / throughput); suggest a short wait.
-            raise EngineOverloaded(retry_after_s=max(0.05, self.linger_s * 10)) from None
+            retry_after_s = policy.overload_retry_after_s(self.linger_s)
+            raise EngineOverloaded(retry_after_s=retry_after_s) from None
 
     async def _wait(self, request: Request) -> Any:
         await request.done.wait()
@@ -498,9 +501,11 @@ class Engine:
 
     def _entry(self, kind: EntryKind, count: int, payload: bytes, *, timestamps: int) -> Entry:
         """A new entry with the next strictly increasing timestamps and its business day."""
-        first = max(self.clock.now_ns(), self.timestamp_last + 1)
-        self.timestamp_last = first + timestamps - 1
-        self.business_day_last = max(self.rules.business_day(first), self.business_day_last)
+        first = policy.next_timestamp(self.clock.now_ns(), self.timestamp_last)
+        self.timestamp_last = policy.last_timestamp(first, timestamps)
+        self.business_day_last = policy.entry_business_day(
+            self.rules.business_day(first), self.business_day_last
+        )
         return Entry(kind, first, self.business_day_last, count, payload)
 
     async def _serve_apply(
@@ -528,7 +533,7 @@ class Engine:
             # not start its sync anyway: wait for that (up to the deadline) and take what
             # came meanwhile. So a closed loop of clients costs a few passes, not the
             # whole linger, and a stream of arrivals still fills the batch.
-            deadline = anyio.current_time() + self.linger_s
+            deadline = policy.linger_deadline(anyio.current_time(), self.linger_s)
             idle_passes = 0
             while transfer_count < self.batch_size_max:
                 try:
@@ -551,7 +556,7 @@ class Engine:
                     continue
                 idle_passes = 0
                 if request.kind == RequestKind.TRANSFERS:
-                    if transfer_count + request.count > self.batch_size_max:
+                    if not policy.batch_fits(transfer_count, request.count, self.batch_size_max):
                         self._carry = request
                         break
                     transfer_count += request.count
@@ -640,15 +645,17 @@ class Engine:
         for entry in entries:
             if entry.kind not in _INLINE_KINDS:
                 return False
-            if entry.kind == EntryKind.CREATE_TRANSFERS and entry.timestamp_first >= (
-                self._evict_due_ns
+            if entry.kind == EntryKind.CREATE_TRANSFERS and policy.evict_due(
+                entry.timestamp_first, self._evict_due_ns
             ):
                 return False  # an eviction by age may be due: not on the loop
             count += entry.count
         if count > INLINE_APPLY_COUNT_MAX:
             return False
         ledger = self.ledger
-        return ledger.log_count - ledger.log_tail + count <= ledger.transfer_capacity * 9 // 10
+        return not policy.under_pressure(
+            ledger.log_count - ledger.log_tail, count, ledger.transfer_capacity
+        )
 
     async def wait_durable(self) -> None:
         """Wait until every group applied so far is durable."""
@@ -688,36 +695,33 @@ class Engine:
         return applied, outcomes, captures
 
     def _evict_entries(self, transfers: Entry) -> list[Entry]:
-        """The evictions to journal before `transfers`: an EVICT entry when the log window
-        would pass 90% of its capacity (down to 80%, of what is past the retention), and
-        once every EVICT_INTERVAL_NS an EVICT of all that is past the retention and an
-        EVICT_FAILED of the failures past the failure retention (each only if there is
-        one: a quiet ledger journals nothing)."""
+        """The evictions to journal before `transfers` (`EvictionPolicy.plan`): an EVICT
+        entry when the log window would pass 90% of its capacity (down to 80%, of what is
+        past the retention), and once every EVICT_INTERVAL_NS an EVICT of all that is past
+        the retention and an EVICT_FAILED of the failures past the failure retention (each
+        only if there is one: a quiet ledger journals nothing). They take the timestamp
+        of `transfers`."""
         ledger = self.ledger
-        window = ledger.log_count - ledger.log_tail
-        capacity = ledger.transfer_capacity
         now_ns = transfers.timestamp_first
-        before_ns = max(0, now_ns - self.retention_ns)
+        plan = self.eviction.plan(
+            now_ns,
+            self._evict_due_ns,
+            window=ledger.log_count - ledger.log_tail,
+            incoming=transfers.count,
+            capacity=ledger.transfer_capacity,
+            log_oldest_ns=ledger.log_timestamp_oldest(),
+            failed_window=ledger.failed_count - ledger.failed_tail,
+            failed_oldest_ns=ledger.failed_timestamp_oldest(),
+        )
+        self._evict_due_ns = plan.due_ns
         evictions: list[Entry] = []
-        needed = 0
-        if window + transfers.count > capacity * 9 // 10:
-            needed = window + transfers.count - capacity * 8 // 10
-        due = now_ns >= self._evict_due_ns
-        if due:
-            self._evict_due_ns = now_ns + EVICT_INTERVAL_NS
-            if needed == 0 and 0 < ledger.log_timestamp_oldest() < before_ns:
-                needed = window
-        if needed:
-            payload = EVICT_PAYLOAD.pack(before_ns, needed)
-            evictions.append(Entry(EntryKind.EVICT, now_ns, transfers.business_day, 0, payload))
-        if due:
-            failed_before_ns = max(0, now_ns - self.failed_retention_ns)
-            if 0 < ledger.failed_timestamp_oldest() < failed_before_ns:
-                failed_window = ledger.failed_count - ledger.failed_tail
-                payload = EVICT_PAYLOAD.pack(failed_before_ns, failed_window)
-                evictions.append(
-                    Entry(EntryKind.EVICT_FAILED, now_ns, transfers.business_day, 0, payload)
-                )
+        day = transfers.business_day
+        if plan.log is not None:
+            payload = EVICT_PAYLOAD.pack(plan.log.before_ns, plan.log.count)
+            evictions.append(Entry(EntryKind.EVICT, now_ns, day, 0, payload))
+        if plan.failed is not None:
+            payload = EVICT_PAYLOAD.pack(plan.failed.before_ns, plan.failed.count)
+            evictions.append(Entry(EntryKind.EVICT_FAILED, now_ns, day, 0, payload))
         return evictions
 
     def _distribute(self, requests: list[Request], outcomes: list[Any]) -> None:

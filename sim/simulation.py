@@ -24,8 +24,8 @@ nanoseconds. Within a step, in this order:
 Causality is kept in continuous time: an entry committed 1.7 ms after its
 step ends commits at that instant (the clients' latency says so) even though
 the simulator processes it in the next step. Within a step the engine's own
-batching is modelled by its linger window: each attempt's batch closes
-`linger_ms` after it arrives.
+batching is modelled by its linger window: each attempt's batch closes at the
+end of its `linger_ms` window (`core.engine_policy.linger_close_ns`).
 
 Every random choice comes from the seed (`random.Random` for control
 decisions, the Cython generators for bulk traffic), so the same seed and code
@@ -46,10 +46,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cext import simgen
+from core import engine_policy as policy
 from core.entries import EVICT_PAYLOAD, Entry, EntryKind
 from core.progress import progress_bar
 from ledger.kernel import KernelLedger
-from ledger.records import transfer_view
 from ledger.types import TRANSFER_SIZE, CreateAccountResult
 from limits.rules import RuleSet, parse_rules
 
@@ -902,9 +902,8 @@ class Simulation:
             mode = simgen.SETTLE_TIMEOUT
         elif dc.role != "primary":
             mode = simgen.SETTLE_REFUSED
-        elif (
-            dc.inflight
-            and end_ns - (dc.inflight[0].step + 1) * self.step_ns > self.topology.backlog_max_ns
+        elif dc.inflight and policy.backlog_exceeded(
+            (dc.inflight[0].step + 1) * self.step_ns, end_ns, self.topology.backlog_max_ns
         ):
             mode = simgen.SETTLE_REFUSED
             self.refused_backlog += new_count + packed_count
@@ -942,7 +941,7 @@ class Simulation:
             view, timestamp, day, results, self.timestamps_buffer, self.balances_buffer
         )
         entry = Entry(EntryKind.CREATE_TRANSFERS, timestamp, day, total, bytes(view))
-        record = self._append_own(dc, entry, end_ns, timestamp + total - 1)
+        record = self._append_own(dc, entry, end_ns, policy.last_timestamp(timestamp, total))
         self.batches += 1
         self.attempts_applied += total
         if dc.epoch < self.max_epoch:
@@ -998,14 +997,14 @@ class Simulation:
 
     def _timestamp(self, dc: DataCenter, now_ns: int) -> int:
         """A hybrid clock: the DC's (possibly skewed) wall clock, never below its last timestamp."""
-        return max(START_NS + now_ns + dc.clock_skew_ns, dc.last_timestamp + 1)
+        return policy.next_timestamp(START_NS + now_ns + dc.clock_skew_ns, dc.last_timestamp)
 
     def _business_day(self, dc: DataCenter, timestamp: int) -> int:
         minute = timestamp // (60 * NS_PER_S)
         if self.day_cache[0] != minute:
             assert self.rules is not None
             self.day_cache = (minute, self.rules.business_day(timestamp))
-        return max(self.day_cache[1], dc.ledger.last_day)
+        return policy.entry_business_day(self.day_cache[1], dc.ledger.last_day)
 
     def _append_own(self, dc: DataCenter, entry: Entry, now_ns: int, last_timestamp: int) -> Record:
         record = Record(
@@ -1029,22 +1028,34 @@ class Simulation:
         self._append_own(dc, entry, now_ns, timestamp)
 
     def _evict_tick(self, now_ns: int) -> None:
-        self._schedule(now_ns + self.topology.evict_interval_ns, self._evict_tick)
+        """Each primary evicts by the engine's policy (`core.engine_policy`), due at every
+        tick: the failures ride with a log eviction only, right behind it (the checker
+        reads both rings before each EVICT, on every DC that applies it)."""
+        interval_ns = self.topology.evict_interval_ns
+        self._schedule(now_ns + interval_ns, self._evict_tick)
+        retention_ns = self.topology.log_retention_ns
+        eviction = policy.EvictionPolicy(retention_ns, retention_ns, interval_ns)
         for dc in list(self.dcs.values()):
             if not dc.is_primary:
                 continue
             ledger = dc.ledger
-            before = dc.last_timestamp - self.topology.log_retention_ns
-            window = ledger.log_count - ledger.log_tail
-            if window > self.log_capacity // 2:
-                keep_from = ledger.log_count - self.log_capacity // 2
-                before = max(before, transfer_view(ledger.record_at(keep_from)).timestamp)
-            if window == 0 or ledger.timestamp_last() == 0:
+            plan = eviction.plan(
+                self._timestamp(dc, now_ns),
+                0,
+                window=ledger.log_count - ledger.log_tail,
+                incoming=0,
+                capacity=ledger.transfer_capacity,
+                log_oldest_ns=ledger.log_timestamp_oldest(),
+                failed_window=ledger.failed_count - ledger.failed_tail,
+                failed_oldest_ns=ledger.failed_timestamp_oldest(),
+            )
+            if plan.log is None:
                 continue
-            oldest = transfer_view(ledger.record_at(ledger.log_tail)).timestamp
-            if oldest >= before:
-                continue
-            self._own_entry(dc, EntryKind.EVICT, 0, EVICT_PAYLOAD.pack(before, 1 << 62), now_ns)
+            payload = EVICT_PAYLOAD.pack(plan.log.before_ns, plan.log.count)
+            self._own_entry(dc, EntryKind.EVICT, 0, payload, now_ns)
+            if plan.failed is not None:
+                payload = EVICT_PAYLOAD.pack(plan.failed.before_ns, plan.failed.count)
+                self._own_entry(dc, EntryKind.EVICT_FAILED, 0, payload, now_ns)
 
     def _opening_tick(self, now_ns: int) -> None:
         self._schedule(now_ns + OPENING_INTERVAL_NS, self._opening_tick)
