@@ -20,7 +20,7 @@ from cext import simgen
 from core.reports import code_version
 from ledger.types import CreateTransferResult
 
-from . import plot
+from . import plot, replay_diff
 from .checker import limits_respected
 from .model import NS_PER_S, REPO_ROOT, SimConfig
 from .simulation import Simulation
@@ -217,6 +217,9 @@ def build(
         "events": sim.event_log[:2000],
         "series": time_series(sim, lost_details["rows"]),
     }
+    diff = replay_diff.compare(sim, primary)
+    if diff is not None:
+        report["replay_diff"] = diff
     expectations = []
     for key, expected in sim.scenario.expect.items():
         ok, actual = _expect(report, key, expected)
