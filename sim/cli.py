@@ -87,6 +87,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print only the report's JSON summary line"
     )
+    parser.add_argument(
+        "--drill",
+        default=None,
+        metavar="FILE",
+        help="a `tally drill failover --json` report to show beside the simulation's result",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         quiet=bool(args.json),
     )
     try:
-        return execute(config, replay_source=None, print_json=bool(args.json), save=args.save)
+        return execute(
+            config, replay_source=None, print_json=bool(args.json), save=args.save, drill=args.drill
+        )
     except TallyError as error:
         print(f"tally sim run: {error}", file=sys.stderr)
         return 1
@@ -122,7 +130,9 @@ def replay(args: argparse.Namespace) -> int:
         quiet=bool(args.json),
     )
     try:
-        return execute(config, replay_source=args.source, print_json=bool(args.json))
+        return execute(
+            config, replay_source=args.source, print_json=bool(args.json), drill=args.drill
+        )
     except TallyError as error:
         print(f"tally sim replay: {error}", file=sys.stderr)
         return 1
@@ -144,13 +154,21 @@ def scenarios(args: argparse.Namespace) -> int:
 
 
 def execute(
-    config: SimConfig, *, replay_source: str | None, print_json: bool, save: str | None = None
+    config: SimConfig,
+    *,
+    replay_source: str | None,
+    print_json: bool,
+    save: str | None = None,
+    drill: str | None = None,
 ) -> int:
     """Run one simulation and write its report; the exit status."""
     from . import api
     from . import report as report_module
 
+    drill_report = report_module.load_drill(drill) if drill else None  # before the run
     report, simulation = api.simulate(config, replay_source=replay_source)
+    if drill_report is not None and drill is not None:
+        report["drill"] = report_module.drill_comparison(report, drill_report, drill)
     out = config.out or "sim-out"
     files = api.write(report, simulation, out)
     if save:

@@ -353,6 +353,14 @@ class Simulation:
             gave_up_per_s_buffer=self.gave_up_per_s,
             result_counts_buffer=self.result_counts,
         )
+        # Exact samples for the report: 4 bytes of latency per request, errors per bucket.
+        self.latency_us = array("I", [0]) * count
+        self.errors = array("q", [0]) * (
+            self.series_count * 2 * simgen.ERROR_CHANNEL_SLOTS * len(simgen.ERROR_KINDS)
+        )
+        self.clients.record_samples(
+            self.latency_us, self.errors, self.traffic.model, self.traffic.records
+        )
 
     def _phase_starts(self) -> list[int]:
         """Phase boundaries: every fault's start and end cuts the timeline."""
