@@ -214,7 +214,6 @@ def group_latencies(
     offsets: Buffer,
     out: Buffer,
 ) -> int: ...
-def sort_u32(values: Buffer) -> None: ...
 def scan_log(
     log_table: Buffer,
     meta: Buffer,

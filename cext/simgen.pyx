@@ -1063,6 +1063,15 @@ cdef int compare_u32(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+cdef inline int64_t latency_group(int64_t seq, uint32_t ack_ms, uint64_t seed,
+                                  double region_a_share, int64_t bucket_ms,
+                                  int64_t bucket_count) noexcept nogil:
+    cdef int64_t bucket = ack_ms // bucket_ms
+    if bucket >= bucket_count:
+        bucket = bucket_count - 1
+    return region_of(seed, seq, region_a_share) * bucket_count + bucket
+
+
 def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_result,
                     const uint32_t[::1] ack_ms, uint64_t seed, double region_a_share,
                     int64_t bucket_ms, int64_t bucket_count, int64_t[::1] offsets,
@@ -1074,7 +1083,7 @@ def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_resul
     (results below GAVE_UP). Returns how many samples were written."""
     cdef int64_t count = ack_result.shape[0]
     cdef int64_t groups = 2 * bucket_count
-    cdef int64_t seq, group, bucket, total = 0, n
+    cdef int64_t seq, group, total = 0, n
     if offsets.shape[0] != groups + 1 or latency_us.shape[0] < count or ack_ms.shape[0] < count:
         raise ValueError("offsets must hold 2 * bucket_count + 1 values")
     if bucket_ms < 1 or bucket_count < 1:
@@ -1084,10 +1093,8 @@ def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_resul
         for seq in range(count):
             if ack_result[seq] >= C_GAVE_UP:
                 continue
-            bucket = ack_ms[seq] // bucket_ms
-            if bucket >= bucket_count:
-                bucket = bucket_count - 1
-            offsets[region_of(seed, seq, region_a_share) * bucket_count + bucket + 1] += 1
+            group = latency_group(seq, ack_ms[seq], seed, region_a_share, bucket_ms, bucket_count)
+            offsets[group + 1] += 1
             total += 1
     if out.shape[0] < total:
         raise ValueError("out shorter than the acknowledged requests")
@@ -1100,10 +1107,7 @@ def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_resul
         for seq in range(count):
             if ack_result[seq] >= C_GAVE_UP:
                 continue
-            bucket = ack_ms[seq] // bucket_ms
-            if bucket >= bucket_count:
-                bucket = bucket_count - 1
-            group = region_of(seed, seq, region_a_share) * bucket_count + bucket
+            group = latency_group(seq, ack_ms[seq], seed, region_a_share, bucket_ms, bucket_count)
             out[cursors[group]] = latency_us[seq]
             cursors[group] += 1
         for group in range(groups):
@@ -1111,13 +1115,6 @@ def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_resul
             if n > 1:
                 qsort(&out[offsets[group]], <size_t>n, sizeof(uint32_t), compare_u32)
     return total
-
-
-def sort_u32(uint32_t[::1] values):
-    """Sort in place (a region's whole sample, for its exact percentiles)."""
-    if values.shape[0] > 1:
-        with nogil:
-            qsort(&values[0], <size_t>values.shape[0], sizeof(uint32_t), compare_u32)
 
 
 # --- checker -------------------------------------------------------------------------

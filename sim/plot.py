@@ -14,12 +14,12 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MultipleLocator
+if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn, not with the simulator
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
 DPI = 100
 DAY_S = 86_400
@@ -114,6 +114,8 @@ def _tick_step(span_s: float) -> float:
 
 
 def _time_axis(axes: Axes, x_max_s: float, clock_start_s: float) -> None:
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
     step = _tick_step(x_max_s)
     with_seconds = step < 60
     axes.set_xlim(0, x_max_s)
@@ -126,6 +128,8 @@ def _time_axis(axes: Axes, x_max_s: float, clock_start_s: float) -> None:
 def _faults_and_failovers(
     axes: Axes, spans: Sequence[Span], marks: Sequence[Mark], *, labels: bool
 ) -> list[Patch]:
+    from matplotlib.patches import Patch
+
     handles: list[Patch] = []
     for index, span in enumerate(spans):
         axes.axvspan(
@@ -153,7 +157,24 @@ def _faults_and_failovers(
     return handles
 
 
+# Fixed margins (pixels) for every time chart, so their x axes line up in the report.
+MARGIN_LEFT_PX, MARGIN_RIGHT_PX, MARGIN_TOP_PX, MARGIN_BOTTOM_PX = 150, 190, 70, 48
+
+
+def _time_chart_margins(figure: Figure) -> None:
+    width, height = figure.get_size_inches() * DPI
+    figure.subplots_adjust(
+        left=min(MARGIN_LEFT_PX / width, 0.2),
+        right=1 - min(MARGIN_RIGHT_PX / width, 0.25),
+        top=1 - MARGIN_TOP_PX / height,
+        bottom=MARGIN_BOTTOM_PX / height,
+        hspace=0.4,  # of a panel's height: room for the next panel's title
+    )
+
+
 def _png(figure: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
@@ -205,6 +226,8 @@ def panels(
 ) -> bytes:
     """A time-series chart of one or more stacked panels sharing the clock-time axis."""
     count = max(1, len(items))
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width / DPI, (panel_height * count + 60) / DPI), dpi=DPI)
     axes_list = figure.subplots(count, 1, sharex=True, squeeze=False)[:, 0]
     x_max_s = max(
@@ -247,7 +270,7 @@ def panels(
         _time_axis(axes, x_max_s, clock_start_s)
     axes_list[-1].set_xlabel("clock time of the simulated day", fontsize=9)
     figure.suptitle(title, fontsize=12, x=0.01, ha="left")
-    figure.tight_layout()
+    _time_chart_margins(figure)
     return _png(figure)
 
 
@@ -288,6 +311,9 @@ def gantt(
 ) -> bytes:
     """Rows of labelled intervals (each DC's role, then each fault) on the clock-time axis."""
     height = 90 + 34 * max(1, len(rows))
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     axes = figure.subplots()
     seen: dict[str, str] = {}
@@ -350,7 +376,7 @@ def gantt(
         framealpha=0.9,
     )
     figure.suptitle(title, fontsize=12, x=0.01, ha="left")
-    figure.tight_layout()
+    _time_chart_margins(figure)
     return _png(figure)
 
 
@@ -358,6 +384,8 @@ def comparison(
     title: str, groups: Sequence[tuple[str, float | None, float | None]], labels: tuple[str, str]
 ) -> bytes:
     """Side-by-side bars (e.g. simulator vs drill) per measure; None = not measured."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(3.2 * max(1, len(groups)) + 1, 3.4), dpi=DPI)
     axes_list = figure.subplots(1, max(1, len(groups)), squeeze=False)[0]
     for axes, (name, first, second) in zip(axes_list, groups, strict=False):

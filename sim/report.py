@@ -7,6 +7,7 @@ version, output paths): same seed + same code = same digest.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import html
@@ -20,7 +21,6 @@ from typing import Any
 
 from cext import simgen
 from core.reports import code_version
-from ledger.types import CreateTransferResult
 
 from . import plot, replay_diff
 from .checker import limits_respected
@@ -147,6 +147,8 @@ def build(
     results_named = {
         _result_name(code): count for code, count in enumerate(sim.result_counts) if count
     }
+    series = time_series(sim, lost_details["rows"])
+    exact = exact_latency(sim)
     report: dict[str, Any] = {
         "report": "tally-sim",
         "version": 1,
@@ -211,16 +213,17 @@ def build(
         "accounts_opened": sim.openings_created,
         "faults": sim.fault_log,
         "availability": _availability(sim, window_s),
-        "latency": _latency(sim) | {"exact": exact_latency(sim)},
+        "latency": _latency(sim) | {"exact": exact},
         "replication_lag_ms": _lag(sim),
         "throughput": _throughput(sim, window_s),
         "simulated_s": round(window_s, 3),
         "drained_s": round((sim.end_ns - sim.window_ns) / NS_PER_S, 3),
         "checks": {name: _jsonable(dc) for name, dc in per_dc.items()},
         "events": sim.event_log[:2000],
-        "series": time_series(sim, lost_details["rows"]),
+        "series": series,
         "clock": clock(sim),
     }
+    sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
     diff = replay_diff.compare(sim, primary)
     if diff is not None:
         report["replay_diff"] = diff
@@ -274,12 +277,7 @@ def _sum(values: Any) -> int:
 
 
 def _result_name(code: int) -> str:
-    if code == simgen.GAVE_UP:
-        return "gave_up"
-    try:
-        return CreateTransferResult(code).name.lower()
-    except ValueError:
-        return f"code_{code}"
+    return replay_diff.result_name(code)
 
 
 def _lost_details(sim: Simulation, seqs: list[int]) -> dict[str, Any]:
@@ -626,48 +624,49 @@ def latency_series(sim: Simulation, count: int) -> dict[str, dict[str, list[floa
     return result
 
 
-def _kth_of_two(first: array[int], second: array[int], k: int) -> int:
-    """The k-th smallest (0-based) of the union of two sorted arrays, by binary search on
-    how many of the k + 1 smallest come from `first`."""
-    wanted = k + 1
-    low, high = max(0, wanted - len(second)), min(wanted, len(first))
+def kth_smallest(groups: list[memoryview], k: int) -> int:
+    """The k-th smallest (0-based) value across sorted groups, without merging them: a
+    binary search on the value, counting what each group holds at or below it."""
+    low, high = 0, simgen.LATENCY_US_MAX
     while low < high:
-        taken = (low + high) // 2
-        if first[taken] < second[wanted - taken - 1]:
-            low = taken + 1
+        middle = (low + high) // 2
+        if sum(bisect.bisect_right(group, middle) for group in groups) > k:
+            high = middle
         else:
-            high = taken
-    rest = wanted - low
-    return max(first[low - 1] if low > 0 else 0, second[rest - 1] if rest > 0 else 0)
+            low = middle + 1
+    return low
 
 
 def exact_latency(sim: Simulation) -> dict[str, Any]:
     """Exact percentiles per client region and overall (nearest rank, ms, 3 decimals: the
     samples are whole microseconds), from every acknowledged request's latency."""
     offsets, samples = _grouped_latencies(sim)
+    view = memoryview(samples)
     buckets = sim.series_count
-    sorted_regions = []
+    per_region = [
+        [
+            view[offsets[group] : offsets[group + 1]]
+            for group in range(region * buckets, (region + 1) * buckets)
+            if offsets[group + 1] > offsets[group]
+        ]
+        for region in range(2)
+    ]
     result: dict[str, Any] = {}
 
-    def describe(values: array[int] | None, count: int, kth: Any) -> dict[str, Any]:
+    def describe(groups: list[memoryview]) -> dict[str, Any]:
+        count = sum(len(group) for group in groups)
         entry: dict[str, Any] = {"count": count}
-        if count == 0:
-            return entry | {f"{key}_ms": None for key, _ in PERCENTILES} | {"max_ms": None}
         for key, per_mille in PERCENTILES:
-            entry[f"{key}_ms"] = kth(_rank(count, per_mille)) / 1000
-        entry["max_ms"] = kth(count - 1) / 1000
+            entry[f"{key}_ms"] = (
+                kth_smallest(groups, _rank(count, per_mille)) / 1000 if count else None
+            )
+        entry["max_ms"] = max(group[-1] for group in groups) / 1000 if count else None
         return entry
 
     for region in range(2):
         name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
-        region_samples = samples[offsets[region * buckets] : offsets[(region + 1) * buckets]]
-        simgen.sort_u32(region_samples)
-        sorted_regions.append(region_samples)
-        result[name] = describe(region_samples, len(region_samples), region_samples.__getitem__)
-    first, second = sorted_regions
-    result["all"] = describe(
-        None, len(first) + len(second), lambda k: _kth_of_two(first, second, k)
-    )
+        result[name] = describe(per_region[region])
+    result["all"] = describe(per_region[0] + per_region[1])
     result["method"] = (
         "every acknowledged request's latency (first attempt to acknowledgement, whole"
         " microseconds), nearest-rank percentiles"
@@ -696,17 +695,18 @@ def error_series(sim: Simulation, count: int) -> dict[str, Any]:
                 ]
                 for k, kind in enumerate(kinds)
             }
-            # What falls after the window (the drain) lands in the last bucket kept.
-            for k, kind in enumerate(kinds):
-                tail = sum(
+            totals = {
+                kind: sum(
                     errors[((bucket * 2 + region) * slots + slot) * len(kinds) + k]
-                    for bucket in range(count, sim.series_count)
+                    for bucket in range(sim.series_count)
                 )
-                if tail and count:
-                    values[kind][-1] = round(values[kind][-1] + tail / bucket_s, 3)
-            if any(any(series) for series in values.values()):
+                for k, kind in enumerate(kinds)
+            }
+            if any(totals.values()):
                 region_name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
-                result.setdefault(channel_names[slot], {})[region_name] = values
+                result.setdefault(channel_names[slot], {})[region_name] = values | {
+                    "total": totals  # the whole run, the drain included
+                }
     return result
 
 
@@ -934,8 +934,8 @@ def charts(sim: Simulation, report: dict[str, Any]) -> dict[str, bytes]:
         f"per {bucket_s:g} s bucket, log",
         bucket_s,
         [
-            plot.Series("retries", values(series["retries"]), plot.PALETTE[5]),
-            plot.Series("gave up", values(series["gave_up"]), plot.PALETTE[3]),
+            plot.Series("retries", values(series["retries"]), plot.PALETTE[5], markers=True),
+            plot.Series("gave up", values(series["gave_up"]), plot.PALETTE[3], markers=True),
             plot.Series(
                 "acknowledged, then lost",
                 values(series["acknowledged_lost"]),
@@ -1307,15 +1307,13 @@ def _latency_html(report: dict[str, Any], row: Any) -> list[str]:
 
 def _errors_html(report: dict[str, Any], row: Any) -> list[str]:
     errors = report["series"].get("errors_per_s") or {}
-    bucket_s = report["series"]["bucket_s"]
     parts = [
-        "<h2>client errors per channel and region (whole run)</h2><table>"
+        "<h2>client errors per channel and region (whole run, with the drain)</h2><table>"
         + row("channel", "region", *simgen.ERROR_KINDS, header=True)
     ]
     for channel, per_region in errors.items():
         for region, kinds in per_region.items():
-            totals = [round(sum(kinds[kind]) * bucket_s) for kind in simgen.ERROR_KINDS]
-            parts.append(row(channel, region, *totals))
+            parts.append(row(channel, region, *(kinds["total"][k] for k in simgen.ERROR_KINDS)))
     parts.append("</table>")
     return parts
 

@@ -483,6 +483,8 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
     traffic.original_ids = original_ids
     traffic.admin_results = admin_results
     traffic.info = {
+        # The first transfer's local time of day (Asia/Shanghai, UTC+8): the charts' clock.
+        "clock_start_s": (start_ns // NS_PER_S + 8 * 3600) % DAY_S,
         "journal": directory,
         "journal_records": len(stored_records),
         "requests": len(arrivals),
