@@ -2,12 +2,16 @@
 
 The journal is written by the real engine on the real journal store (the
 path `tally serve` takes), over two minutes of a controlled clock: accounts
-opened before and during the traffic (transfers to them soon after),
-top-ups, transfers between customers, refusals (insufficient funds, the
-channel's per-transaction cap, an unknown account) and repeated ids. The
-replay must run under every scenario, and compare what each transfer got in
-the simulation with what the server answered (`replay_diff`): in `steady`
-nothing differs; elsewhere every difference is explained by a fault.
+opened before and during the traffic (every 4 s a customer's Class I account,
+then 950 ms later the Class II bound to it, which later transfers credit),
+top-ups, transfers between customers, refusals (insufficient funds, an
+unknown account, a top-up to an account without a bound card) and repeated
+ids (exists, id_already_failed). A failover holds the openings back: before
+the fix, the Class II could be applied before its Class I and the replay died
+on an AssertionError. The replay must run under every scenario, and compare
+what each transfer got in the simulation with what the server answered
+(`replay_diff`): in `steady` nothing differs; elsewhere every difference is
+explained by a fault.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class SteppedClock:
         return self.now
 
 
-def write_server_journal(directory: Path) -> dict[str, int]:
+def write_server_journal(directory: Path) -> dict[int, int]:
     """Run the engine on a journal in `directory`; returns what the server answered each
     transfer id, the first time it was sent."""
     answers: dict[int, int] = {}
