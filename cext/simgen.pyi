@@ -25,6 +25,9 @@ SETTLE_TIMEOUT: int
 SETTLE_REFUSED: int
 LATENCY_BUCKETS: int
 LATENCY_BUCKETS_PER_DECADE: int
+ERROR_KINDS: tuple[str, ...]
+ERROR_CHANNEL_SLOTS: int
+LATENCY_US_MAX: int
 
 def account_id(seed: int, tag: int, index: int) -> int: ...
 def request_id(seq: int) -> int: ...
@@ -92,6 +95,7 @@ class TrafficModel:
     def fill_range(self, out: Buffer, offset: int, first_seq: int, count: int) -> int: ...
     def fill_packed(self, out: Buffer, offset: int, packed: Buffer, count: int) -> int: ...
     def kind_counts(self, first_seq: int, count: int) -> list[int]: ...
+    def channels(self, first_seq: int, count: int) -> bytes: ...
 
 def gather_records(
     out: Buffer, offset: int, records: Buffer, packed: Buffer, count: int
@@ -171,6 +175,15 @@ class Clients:
         gave_up_per_s_buffer: Buffer,
         result_counts_buffer: Buffer,
     ) -> None: ...
+    latency_us_buffer: Any
+    errors_buffer: Any
+    def record_samples(
+        self,
+        latency_us_buffer: Buffer,
+        errors_buffer: Buffer,
+        model: TrafficModel | None = None,
+        records: Buffer | None = None,
+    ) -> None: ...
     def count_attempts(
         self, step: int, new_first: int, new_count: int, packed: Buffer, packed_count: int
     ) -> int: ...
@@ -190,6 +203,17 @@ class Clients:
         retry_step_out: Buffer,
     ) -> int: ...
 
+def group_latencies(
+    latency_us: Buffer,
+    ack_result: Buffer,
+    ack_ms: Buffer,
+    seed: int,
+    region_a_share: float,
+    bucket_ms: int,
+    bucket_count: int,
+    offsets: Buffer,
+    out: Buffer,
+) -> int: ...
 def scan_log(
     log_table: Buffer,
     meta: Buffer,

@@ -136,6 +136,18 @@ cdef enum:
     M_TIMEOUT = 1
     M_REFUSED = 2
 
+# The clients' errors per (series bucket, client region, channel slot, kind): `errors`.
+ERROR_KINDS = ("refused", "timeout", "gave_up")
+ERROR_CHANNEL_SLOTS = 8  # channel 0..6 (ledger/rules channel ids), 7 = any other
+cdef enum:
+    E_REFUSED = 0
+    E_TIMEOUT = 1
+    E_GAVE_UP = 2
+    E_KINDS = 3
+    E_SLOTS = 8
+LATENCY_US_MAX = 0xFFFFFFFF
+cdef int64_t C_LATENCY_US_MAX = 0xFFFFFFFF
+
 LATENCY_BUCKETS = 160  # 20 per decade from 1 us to 100 s
 LATENCY_BUCKETS_PER_DECADE = 20
 cdef enum:
@@ -466,6 +478,24 @@ cdef class TrafficModel:
             rank = count - 1
         return mix64(<uint64_t>rank + salt) % <uint64_t>count
 
+    cdef int channel_of(self, uint64_t seq) noexcept nogil:
+        """The channel `make` gives request `seq`, without making it (the clients' error
+        counts per channel): the user's preferred channel, Open API for receipts."""
+        cdef uint64_t h = mix64(seq ^ (self.seed * <uint64_t>0xD1B54A32D192ED03))
+        cdef double u = unit(h)
+        cdef int kind = 0
+        cdef uint64_t user
+        while u >= self.thresholds[kind]:
+            kind += 1
+        if kind == MIX_EXTERNAL_IN:
+            return CHANNEL_OPEN_API
+        user = self.pick(mix64(h + 1), self.users, <uint64_t>0x5DEECE66D + self.account_seed)
+        return CHANNEL_WECHAT if unit(user_bits(self.account_seed, user, 4)) < 0.6 else CHANNEL_APP
+
+    def channels(self, uint64_t first_seq, int64_t count):
+        """channel_of for requests first_seq.. (for tests: it must agree with `make`)."""
+        return bytes([self.channel_of(first_seq + <uint64_t>i) for i in range(count)])
+
     cdef int make(self, Transfer *t, uint64_t seq) noexcept nogil:
         cdef uint64_t h = mix64(seq ^ (self.seed * <uint64_t>0xD1B54A32D192ED03))
         cdef double u = unit(h)
@@ -707,6 +737,17 @@ cdef class Clients:
     cdef public int64_t gave_up
     cdef public int64_t timeouts
     cdef public int64_t refusals
+    # Exact samples: each acknowledged request's latency in microseconds (0: none), and
+    # the errors per series bucket, region, channel slot and kind (see ERROR_KINDS).
+    cdef public object latency_us_buffer
+    cdef public object errors_buffer
+    cdef uint32_t[::1] latency_us
+    cdef int64_t[::1] errors
+    cdef bint has_latency_us
+    cdef bint has_errors
+    cdef TrafficModel channel_model
+    cdef const unsigned char[::1] channel_records
+    cdef int channel_source  # 0: none (slot 0), 1: the model, 2: stored records
 
     def __init__(self, *, uint64_t seed, int64_t request_count, step_first_seq, arrivals,
                  phase_starts, int64_t step_ns, int64_t linger_ns, int64_t timeout_ns,
@@ -770,6 +811,50 @@ cdef class Clients:
             raise ValueError("per-second series have the wrong size")
         if self.result_counts.shape[0] != 256:
             raise ValueError("result_counts must hold 256 values")
+        self.channel_source = 0
+
+    def record_samples(self, latency_us_buffer, errors_buffer, model=None, records=None):
+        """Keep exact samples: `latency_us_buffer` (uint32 per request) gets each
+        acknowledged request's latency in microseconds; `errors_buffer` (int64,
+        series_count * 2 * ERROR_CHANNEL_SLOTS * 3) counts refusals, timeouts and
+        give-ups per series bucket, client region and channel, the channel read from
+        the traffic `model` or the stored `records`."""
+        self.latency_us_buffer = latency_us_buffer
+        self.errors_buffer = errors_buffer
+        self.latency_us = latency_us_buffer
+        self.errors = errors_buffer
+        if self.latency_us.shape[0] < self.ack_result.shape[0]:
+            raise ValueError("latency_us shorter than the requests")
+        if self.errors.shape[0] != self.series_count * 2 * E_SLOTS * E_KINDS:
+            raise ValueError("errors must hold series_count * 2 * 8 * 3 counters")
+        self.has_latency_us = True
+        self.has_errors = True
+        if model is not None:
+            self.channel_model = model
+            self.channel_source = 1
+        elif records is not None:
+            self.channel_records = records
+            self.channel_source = 2
+
+    cdef inline int channel_slot(self, uint64_t seq) noexcept nogil:
+        cdef int channel = 0
+        if self.channel_source == 1:
+            channel = self.channel_model.channel_of(seq)
+        elif self.channel_source == 2:
+            channel = (<const Transfer *>&self.channel_records[seq * TRANSFER_SIZE]).channel
+        return channel if channel < E_SLOTS - 1 else E_SLOTS - 1
+
+    cdef inline void add_error(self, uint64_t seq, int region, int kind, int64_t at_ns) noexcept nogil:
+        cdef int64_t series
+        if not self.has_errors:
+            return
+        series = at_ns // self.series_bucket_ns
+        if series >= self.series_count:
+            series = self.series_count - 1
+        if series < 0:
+            series = 0
+        self.errors[((series * 2 + region) * E_SLOTS + self.channel_slot(seq)) * E_KINDS
+                    + kind] += 1
 
     cdef inline int64_t arrival_first(self, uint64_t seq) noexcept nogil:
         """When attempt 0 of `seq` reached its gateway: stratified inside its step."""
@@ -934,6 +1019,11 @@ cdef class Clients:
                         first_send = self.arrival_first(seq) - client_ns if attempt > 0 else send
                         self.add_latency(received - first_send, self.phase_of(first_send),
                                          region, received)
+                        if self.has_latency_us:
+                            if (received - first_send) // 1000 >= C_LATENCY_US_MAX:
+                                self.latency_us[seq] = <uint32_t>C_LATENCY_US_MAX
+                            else:
+                                self.latency_us[seq] = <uint32_t>((received - first_send) // 1000)
                         self.acked_per_s[region * self.seconds + self.second_of(received)] += 1
                 if answered:
                     continue
@@ -941,12 +1031,15 @@ cdef class Clients:
                     self.ack_result[seq] = C_GAVE_UP
                     self.gave_up += 1
                     self.gave_up_per_s[self.second_of(send + self.timeout_ns)] += 1
+                    self.add_error(seq, region, E_GAVE_UP, send + self.timeout_ns)
                     continue
                 if mode == M_REFUSED:
                     self.refusals += 1
+                    self.add_error(seq, region, E_REFUSED, send)
                     retry_at = send + 2 * client_ns + self.backoff(seq, attempt + 1)
                 else:
                     self.timeouts += 1
+                    self.add_error(seq, region, E_TIMEOUT, send)
                     retry_at = send + self.timeout_ns + self.backoff(seq, attempt + 1)
                 next_step = (retry_at + client_ns) // self.step_ns
                 if next_step <= step:
@@ -957,6 +1050,71 @@ cdef class Clients:
                 self.retries += 1
                 self.retries_per_s[self.second_of(retry_at)] += 1
         return written
+
+
+cdef extern from "stdlib.h":
+    void qsort(void *base, size_t count, size_t size,
+               int (*compare)(const void *, const void *) noexcept nogil) noexcept nogil
+
+
+cdef int compare_u32(const void *a, const void *b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t *>a)[0]
+    cdef uint32_t y = (<const uint32_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef inline int64_t latency_group(int64_t seq, uint32_t ack_ms, uint64_t seed,
+                                  double region_a_share, int64_t bucket_ms,
+                                  int64_t bucket_count) noexcept nogil:
+    cdef int64_t bucket = ack_ms // bucket_ms
+    if bucket >= bucket_count:
+        bucket = bucket_count - 1
+    return region_of(seed, seq, region_a_share) * bucket_count + bucket
+
+
+def group_latencies(const uint32_t[::1] latency_us, const uint8_t[::1] ack_result,
+                    const uint32_t[::1] ack_ms, uint64_t seed, double region_a_share,
+                    int64_t bucket_ms, int64_t bucket_count, int64_t[::1] offsets,
+                    uint32_t[::1] out):
+    """The acknowledged requests' exact latencies grouped by (client region, series bucket
+    of the acknowledgement) and sorted within each group: group g = region * bucket_count
+    + bucket holds out[offsets[g]:offsets[g + 1]] (a counting sort, then qsort per group).
+    `offsets` holds 2 * bucket_count + 1 values, `out` one per acknowledged request
+    (results below GAVE_UP). Returns how many samples were written."""
+    cdef int64_t count = ack_result.shape[0]
+    cdef int64_t groups = 2 * bucket_count
+    cdef int64_t seq, group, total = 0, n
+    if offsets.shape[0] != groups + 1 or latency_us.shape[0] < count or ack_ms.shape[0] < count:
+        raise ValueError("offsets must hold 2 * bucket_count + 1 values")
+    if bucket_ms < 1 or bucket_count < 1:
+        raise ValueError("bucket_ms and bucket_count must be >= 1")
+    with nogil:
+        memset(&offsets[0], 0, (groups + 1) * 8)
+        for seq in range(count):
+            if ack_result[seq] >= C_GAVE_UP:
+                continue
+            group = latency_group(seq, ack_ms[seq], seed, region_a_share, bucket_ms, bucket_count)
+            offsets[group + 1] += 1
+            total += 1
+    if out.shape[0] < total:
+        raise ValueError("out shorter than the acknowledged requests")
+    cursor_buffer = bytearray(8 * groups + 8)
+    cdef int64_t[::1] cursors = memoryview(cursor_buffer).cast("q")
+    with nogil:
+        for group in range(groups):
+            offsets[group + 1] += offsets[group]
+            cursors[group] = offsets[group]
+        for seq in range(count):
+            if ack_result[seq] >= C_GAVE_UP:
+                continue
+            group = latency_group(seq, ack_ms[seq], seed, region_a_share, bucket_ms, bucket_count)
+            out[cursors[group]] = latency_us[seq]
+            cursors[group] += 1
+        for group in range(groups):
+            n = offsets[group + 1] - offsets[group]
+            if n > 1:
+                qsort(&out[offsets[group]], <size_t>n, sizeof(uint32_t), compare_u32)
+    return total
 
 
 # --- checker -------------------------------------------------------------------------

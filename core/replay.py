@@ -12,7 +12,9 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.entries import Entry, EntryKind, apply_entry
 from core.errors import TallyError
@@ -35,6 +37,30 @@ def apply_record(ledger: Ledger, record: Entry, state: dict[bytes, bytes] | None
     """Apply one journal record to a kernel or reference ledger (outcomes are not needed),
     and a PUT_STATE record to the customer `state` when one is given."""
     apply_entry(ledger, record, state)
+
+
+def replay_outcomes(
+    records: Iterable[tuple[int, Entry]], account_capacity: int, transfer_capacity: int
+) -> Iterator[tuple[int, Entry, Any]]:
+    """Apply a journal's records in order on a fresh kernel ledger and yield each with its
+    outcome: the results the server answered for it (transfer results, account results).
+
+    The journal holds each batch exactly as the engine applied it, after every batch
+    before it, so applying it again to the same state gives the same answers: the
+    journal carries the server's results without storing them. Needs the history
+    from seq 1 (a snapshot's ledger has no answers for what came before it).
+    """
+    ledger = open_ledger(
+        account_capacity=max(16, account_capacity),
+        transfer_capacity=max(1024, transfer_capacity),
+        backend="kernel",
+    )
+    for seq, entry in records:
+        try:
+            outcome = apply_entry(ledger, entry)
+        except ValueError as error:
+            raise ReplayError(f"cannot apply seq {seq} ({entry.kind.name}): {error}") from error
+        yield seq, entry, outcome
 
 
 @dataclass(slots=True)

@@ -106,6 +106,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         " deployment, by default; consensus, the old model's protections); default: the"
         " scenario's, else the topology's",
     )
+    parser.add_argument(
+        "--drill",
+        default=None,
+        metavar="FILE",
+        help="a `tally drill failover --json` report to show beside the simulation's result",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     try:
-        return execute(config, replay_source=None, print_json=bool(args.json), save=args.save)
+        return execute(
+            config, replay_source=None, print_json=bool(args.json), save=args.save, drill=args.drill
+        )
     except TallyError as error:
         print(f"tally sim run: {error}", file=sys.stderr)
         return 1
@@ -145,7 +153,9 @@ def replay(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     try:
-        return execute(config, replay_source=args.source, print_json=bool(args.json))
+        return execute(
+            config, replay_source=args.source, print_json=bool(args.json), drill=args.drill
+        )
     except TallyError as error:
         print(f"tally sim replay: {error}", file=sys.stderr)
         return 1
@@ -203,12 +213,18 @@ def bugs(args: argparse.Namespace) -> int:
 
 
 def execute(
-    config: SimConfig, *, replay_source: str | None, print_json: bool, save: str | None = None
+    config: SimConfig,
+    *,
+    replay_source: str | None,
+    print_json: bool,
+    save: str | None = None,
+    drill: str | None = None,
 ) -> int:
     """Run one simulation and write its report; the exit status."""
     from . import api
     from . import report as report_module
 
+    drill_report = report_module.load_drill(drill) if drill else None  # before the run
     out = config.out or "sim-out"
     check_writable("--out", out, directory=True)
     if save:
@@ -216,6 +232,8 @@ def execute(
     if config.save_trace:
         check_writable("--save-trace", config.save_trace, directory=False)
     report, simulation = api.simulate(config, replay_source=replay_source)
+    if drill_report is not None and drill is not None:
+        report["drill"] = report_module.drill_comparison(report, drill_report, drill)
     files = api.write(report, simulation, out)
     if save:
         save_benchmark(report, save)

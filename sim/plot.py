@@ -1,160 +1,58 @@
-"""Charts as real PNG files, with no plotting library: a raster, lines, a 5x7 font, zlib.
+"""The report's charts, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
-The report needs a few time-series charts (throughput, p99 latency,
-replication lag, lost and retried transfers) with faults shaded and
-failovers marked. Drawing them into an RGB raster and encoding it (PNG is
-a zlib stream of filtered scanlines in CRC-checked chunks) is a page of
-code, and keeps matplotlib out of the project's dependencies.
+Every chart's x axis is the clock time of the simulated day (HH:MM, or
+HH:MM:SS for a window of minutes), faults are shaded and failovers marked.
+Each function returns the PNG's bytes. `Figure` objects are made directly (not
+through pyplot), so nothing global is kept between charts or runs.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-Color = tuple[int, int, int]
+if TYPE_CHECKING:  # matplotlib is imported when a chart is drawn, not with the simulator
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-WHITE: Color = (255, 255, 255)
-BLACK: Color = (30, 30, 30)
-GRID: Color = (228, 228, 228)
-AXIS: Color = (120, 120, 120)
-FAULT: Color = (253, 226, 226)
-FAILOVER: Color = (37, 99, 235)
-PALETTE: tuple[Color, ...] = (
-    (16, 110, 190),
-    (220, 90, 30),
-    (40, 150, 70),
-    (150, 60, 170),
-    (200, 40, 60),
-    (90, 90, 90),
+DPI = 100
+DAY_S = 86_400
+PALETTE: tuple[str, ...] = (
+    "#1f6fb4",
+    "#dd5a1e",
+    "#2a9646",
+    "#963caa",
+    "#c8283c",
+    "#5a5a5a",
+    "#c49a00",
+    "#17a2b8",
 )
-
-# A 5x7 bitmap font: each glyph is its character then 7 rows as 2 hex digits (bit 4 = left).
-_FONT_HEX = """
-00e11131519110e 1040c040404040e 20e11010204081f 31f02040201110e 402060a121f0202
-51f101e0101110e 60608101e11110e 71f010204080808 80e11110e11110e 90e11110f01020c
-A0e11111f111111 B1e11111e11111e C0e11101010110e D1c12111111121c E1f10101e10101f
-F1f10101e101010 G0e11101711110f H1111111f111111 I0e04040404040e J0702020202120c
-K11121418141211 L1010101010101f M111b1515111111 N11111915131111 O0e11111111110e
-P1e11111e101010 Q0e11111115120d R1e11111e141211 S0f10100e01011e T1f040404040404
-U1111111111110e V11111111110a04 W1111111515150a X11110a040a1111 Y1111110a040404
-Z1f01020408101f .00000000000c0c ,000000000c0408 :000c0c000c0c00 -0000001f000000
-/00010204081000 %18190204081303 (02040808080402 )08040202020408 _0000000000001f
-+0004041f040400 =00001f001f0000 >08040201020408 <02040810080402
-"""
-_FONT_ROWS = {
-    glyph[0]: tuple(int(glyph[1 + 2 * row : 3 + 2 * row], 16) for row in range(7))
-    for glyph in _FONT_HEX.split()
-} | {" ": (0, 0, 0, 0, 0, 0, 0)}
-
-
-class Canvas:
-    """An RGB raster with the few drawing operations the charts need."""
-
-    def __init__(self, width: int, height: int, background: Color = WHITE) -> None:
-        assert 1 <= width <= 10_000 and 1 <= height <= 10_000
-        self.width = width
-        self.height = height
-        self.pixels = bytearray(bytes(background) * (width * height))
-
-    def put(self, x: int, y: int, color: Color) -> None:
-        if 0 <= x < self.width and 0 <= y < self.height:
-            offset = (y * self.width + x) * 3
-            self.pixels[offset : offset + 3] = bytes(color)
-
-    def rect(self, x0: int, y0: int, x1: int, y1: int, color: Color) -> None:
-        x0, x1 = max(0, min(x0, x1)), min(self.width - 1, max(x0, x1))
-        y0, y1 = max(0, min(y0, y1)), min(self.height - 1, max(y0, y1))
-        row = bytes(color) * (x1 - x0 + 1)
-        for y in range(y0, y1 + 1):
-            offset = (y * self.width + x0) * 3
-            self.pixels[offset : offset + len(row)] = row
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, color: Color, width: int = 1) -> None:
-        """Bresenham's line, `width` pixels thick."""
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        error = dx + dy
-        half = width // 2
-        while True:
-            if width == 1:
-                self.put(x0, y0, color)
-            else:
-                self.rect(x0 - half, y0 - half, x0 - half + width - 1, y0 - half + width - 1, color)
-            if x0 == x1 and y0 == y1:
-                return
-            doubled = 2 * error
-            if doubled >= dy:
-                error += dy
-                x0 += sx
-            if doubled <= dx:
-                error += dx
-                y0 += sy
-
-    def text(self, x: int, y: int, text: str, color: Color = BLACK, scale: int = 1) -> int:
-        """Draw `text` with its top-left at (x, y); returns the x after it."""
-        for char in text.upper():
-            rows = _FONT_ROWS.get(
-                char, _FONT_ROWS["-"] if char not in _FONT_ROWS else _FONT_ROWS[" "]
-            )
-            for row_index, bits in enumerate(rows):
-                for column in range(5):
-                    if bits & (16 >> column):
-                        self.rect(
-                            x + column * scale,
-                            y + row_index * scale,
-                            x + column * scale + scale - 1,
-                            y + row_index * scale + scale - 1,
-                            color,
-                        )
-            x += 6 * scale
-        return x
-
-    def png(self) -> bytes:
-        """The raster as a PNG file (8-bit RGB, no filtering, zlib level 6)."""
-        stride = self.width * 3
-        raw = b"".join(
-            b"\x00" + bytes(self.pixels[row * stride : (row + 1) * stride])
-            for row in range(self.height)
-        )
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(raw, 6))
-            + _chunk(b"IEND", b"")
-        )
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data))
-        + kind
-        + data
-        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
-def read_png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of a PNG, checking its signature and header CRC (for tests)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR" and length == 13
-    crc = struct.unpack(">I", data[29:33])[0]
-    assert crc == zlib.crc32(data[12:29]) & 0xFFFFFFFF, "bad IHDR CRC"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+FAULT_COLOR = "#f4b6b6"
+FAILOVER_COLOR = "#1d4ed8"
+ROLE_COLORS = {
+    "primary": "#2a9646",
+    "replica": "#9ecae1",
+    "promoting": "#f0a030",
+    "resyncing": "#e7d44a",
+    "down": "#444444",
+    "fenced": "#c8283c",
+}
 
 
 @dataclass
 class Series:
     label: str
     values: Sequence[float]  # one per x step; NaN = no value
-    color: Color
+    color: str
     bars: bool = False
+    style: str = "-"
+    markers: bool = False  # dots on every value (sparse series: isolated values stay visible)
 
 
 @dataclass
@@ -170,6 +68,212 @@ class Mark:
     label: str
 
 
+@dataclass
+class Panel:
+    """One plot of a chart: its series and y axis."""
+
+    title: str
+    y_label: str
+    series: Sequence[Series]
+    log_y: bool = False
+
+
+@dataclass
+class Bar:
+    """One interval of a Gantt row."""
+
+    start_s: float
+    end_s: float
+    label: str
+    color: str
+
+
+@dataclass
+class Row:
+    name: str
+    bars: list[Bar] = field(default_factory=list)
+
+
+# --- time axis ------------------------------------------------------------------------
+
+
+def clock_label(seconds: float, with_seconds: bool = False) -> str:
+    """HH:MM (or HH:MM:SS) of the day for `seconds` after midnight (days wrap)."""
+    whole = math.floor(seconds) % DAY_S
+    hours, rest = divmod(whole, 3600)
+    if with_seconds:
+        return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{hours:02d}:{rest // 60:02d}"
+
+
+def _tick_step(span_s: float) -> float:
+    for step in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600):
+        if span_s / step <= 10:
+            return float(step)
+    return 43200.0
+
+
+def _time_axis(axes: Axes, x_max_s: float, clock_start_s: float) -> None:
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    step = _tick_step(x_max_s)
+    with_seconds = step < 60
+    axes.set_xlim(0, x_max_s)
+    axes.xaxis.set_major_locator(MultipleLocator(step))
+    axes.xaxis.set_major_formatter(
+        FuncFormatter(lambda x, _pos: clock_label(clock_start_s + x, with_seconds))
+    )
+
+
+def _faults_and_failovers(
+    axes: Axes, spans: Sequence[Span], marks: Sequence[Mark], *, labels: bool
+) -> list[Patch]:
+    from matplotlib.patches import Patch
+
+    handles: list[Patch] = []
+    for index, span in enumerate(spans):
+        axes.axvspan(
+            span.start_s,
+            max(span.end_s, span.start_s + 1e-6),
+            color=FAULT_COLOR,
+            alpha=0.45,
+            linewidth=0,
+            zorder=0,
+        )
+        if index == 0:
+            handles.append(Patch(color=FAULT_COLOR, alpha=0.45, label="fault"))
+    for index, mark in enumerate(marks):
+        axes.axvline(mark.at_s, color=FAILOVER_COLOR, linewidth=1.4, zorder=3)
+        if labels:
+            axes.annotate(
+                mark.label,
+                (mark.at_s, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12 - 11 * (index % 3)),
+                textcoords="offset points",
+                fontsize=8,
+                color=FAILOVER_COLOR,
+            )
+    return handles
+
+
+# Fixed margins (pixels) for every time chart, so their x axes line up in the report.
+MARGIN_LEFT_PX, MARGIN_RIGHT_PX, MARGIN_TOP_PX, MARGIN_BOTTOM_PX = 150, 190, 70, 48
+
+
+def _time_chart_margins(figure: Figure) -> None:
+    width, height = figure.get_size_inches() * DPI
+    figure.subplots_adjust(
+        left=min(MARGIN_LEFT_PX / width, 0.2),
+        right=1 - min(MARGIN_RIGHT_PX / width, 0.25),
+        top=1 - MARGIN_TOP_PX / height,
+        bottom=MARGIN_BOTTOM_PX / height,
+        hspace=0.4,  # of a panel's height: room for the next panel's title
+    )
+
+
+def _png(figure: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+    return out.getvalue()
+
+
+def _draw_series(axes: Axes, step_s: float, item: Series, log_y: bool) -> None:
+    xs = [(index + 0.5) * step_s for index in range(len(item.values))]
+    ys = [
+        math.nan if value is None or not math.isfinite(value) or (log_y and value <= 0) else value
+        for value in item.values
+    ]
+    if item.bars:
+        axes.bar(
+            xs,
+            [0 if math.isnan(y) else y for y in ys],
+            width=step_s,
+            color=item.color,
+            label=item.label,
+            zorder=2,
+        )
+    else:
+        axes.plot(
+            xs,
+            ys,
+            item.style,
+            color=item.color,
+            label=item.label,
+            linewidth=1.3,
+            zorder=2,
+            marker="." if item.markers or len(xs) <= 40 else None,
+            markersize=3,
+        )
+
+
+# --- charts ---------------------------------------------------------------------------
+
+
+def panels(
+    title: str,
+    step_s: float,
+    items: Sequence[Panel],
+    spans: Sequence[Span] = (),
+    marks: Sequence[Mark] = (),
+    *,
+    clock_start_s: float = 0.0,
+    width: int = 1100,
+    panel_height: int = 240,
+) -> bytes:
+    """A time-series chart of one or more stacked panels sharing the clock-time axis."""
+    count = max(1, len(items))
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / DPI, (panel_height * count + 60) / DPI), dpi=DPI)
+    axes_list = figure.subplots(count, 1, sharex=True, squeeze=False)[:, 0]
+    x_max_s = max(
+        [step_s * len(s.values) for panel in items for s in panel.series] + [step_s, 1e-9]
+    )
+    for index, (axes, panel) in enumerate(zip(axes_list, items, strict=False)):
+        extra = _faults_and_failovers(axes, spans, marks, labels=index == 0)
+        for item in panel.series:
+            _draw_series(axes, step_s, item, panel.log_y)
+        if panel.log_y:
+            axes.set_yscale("log")
+        else:
+            axes.set_ylim(bottom=0)
+        axes.set_title(panel.title, fontsize=10, loc="left")
+        axes.set_ylabel(panel.y_label, fontsize=9)
+        axes.grid(True, color="#e4e4e4", linewidth=0.6)
+        axes.tick_params(labelsize=8)
+        handles, labels = axes.get_legend_handles_labels()
+        if not panel.series:
+            axes.text(
+                0.5,
+                0.5,
+                "none",
+                transform=axes.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="#888888",
+            )
+            axes.set_yticks([])
+        if handles or extra:
+            axes.legend(
+                handles + extra,
+                labels + [str(h.get_label()) for h in extra],
+                fontsize=8,
+                loc="upper left",
+                bbox_to_anchor=(1.005, 1.0),
+                framealpha=0.9,
+            )
+        _time_axis(axes, x_max_s, clock_start_s)
+    axes_list[-1].set_xlabel("clock time of the simulated day", fontsize=9)
+    figure.suptitle(title, fontsize=12, x=0.01, ha="left")
+    _time_chart_margins(figure)
+    return _png(figure)
+
+
 def chart(
     title: str,
     y_label: str,
@@ -178,114 +282,140 @@ def chart(
     spans: Sequence[Span] = (),
     marks: Sequence[Mark] = (),
     *,
-    width: int = 1000,
+    width: int = 1100,
     height: int = 300,
     log_y: bool = False,
+    clock_start_s: float = 0.0,
 ) -> bytes:
-    """A time-series chart: x in simulated time, faults shaded, failovers as vertical lines."""
-    canvas = Canvas(width, height)
-    left, right, top, bottom = 70, width - 20, 44, height - 40
-    canvas.text(left, 6, title, BLACK, 2)
-    count = max((len(s.values) for s in series), default=1)
-    x_max_s = max(step_s * count, 1e-9)
-    finite = [v for s in series for v in s.values if v is not None and math.isfinite(v)]
-    y_max = max(finite, default=1.0)
-    y_min_log = 0.0
-    if log_y:
-        positive = [v for v in finite if v > 0]
-        y_min_log = math.floor(math.log10(min(positive))) if positive else 0.0
-        y_top_log = math.ceil(math.log10(max(positive))) if positive else 1.0
-        if y_top_log <= y_min_log:
-            y_top_log = y_min_log + 1
+    """One panel, `width` x `height` pixels."""
+    return panels(
+        title,
+        step_s,
+        [Panel("", y_label, series, log_y)],
+        spans,
+        marks,
+        clock_start_s=clock_start_s,
+        width=width,
+        panel_height=height - 60,
+    )
 
-        def y_of(value: float) -> int:
-            value = max(value, 10**y_min_log)
-            return bottom - round(
-                (math.log10(value) - y_min_log) / (y_top_log - y_min_log) * (bottom - top)
+
+def gantt(
+    title: str,
+    rows: Sequence[Row],
+    x_max_s: float,
+    marks: Sequence[Mark] = (),
+    *,
+    clock_start_s: float = 0.0,
+    width: int = 1100,
+) -> bytes:
+    """Rows of labelled intervals (each DC's role, then each fault) on the clock-time axis."""
+    height = 90 + 34 * max(1, len(rows))
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    axes = figure.subplots()
+    seen: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        y = len(rows) - 1 - index
+        for bar in row.bars:
+            end = max(bar.end_s, bar.start_s + x_max_s / 2000)
+            axes.barh(
+                y,
+                end - bar.start_s,
+                left=bar.start_s,
+                height=0.62,
+                color=bar.color,
+                edgecolor="white",
+                linewidth=0.5,
             )
-
-        ticks = [10.0**power for power in range(int(y_min_log), int(y_top_log) + 1)]
-    else:
-        y_top = _nice(y_max if y_max > 0 else 1.0)
-
-        def y_of(value: float) -> int:
-            return bottom - round(value / y_top * (bottom - top))
-
-        ticks = [y_top * index / 4 for index in range(5)]
-
-    def x_of(seconds: float) -> int:
-        return left + round(seconds / x_max_s * (right - left))
-
-    for span in spans:
-        canvas.rect(
-            x_of(span.start_s), top, max(x_of(span.end_s), x_of(span.start_s) + 1), bottom, FAULT
-        )
-    for tick in ticks:
-        y = y_of(tick)
-        canvas.line(left, y, right, y, GRID)
-        canvas.text(4, y - 3, _short(tick), AXIS)
-    for seconds, label in _time_ticks(x_max_s):
-        x = x_of(seconds)
-        canvas.line(x, top, x, bottom, GRID)
-        canvas.text(x - 3 * len(label), bottom + 6, label, AXIS)
-    canvas.line(left, bottom, right, bottom, AXIS)
-    canvas.line(left, top, left, bottom, AXIS)
-    canvas.text(left, bottom + 20, y_label, AXIS)
-    for number, item in enumerate(series):
-        previous: tuple[int, int] | None = None
-        for index, value in enumerate(item.values):
-            if value is None or not math.isfinite(value):
-                previous = None
-                continue
-            x, y = x_of((index + 0.5) * step_s), y_of(value)
-            if item.bars:
-                if value > 0:
-                    canvas.rect(
-                        x_of(index * step_s),
-                        y,
-                        max(x_of((index + 1) * step_s) - 1, x_of(index * step_s)),
-                        bottom - 1,
-                        item.color,
+            if bar.label not in seen:
+                seen[bar.label] = bar.color
+            if (end - bar.start_s) > x_max_s * 0.06:
+                axes.text(
+                    bar.start_s + (end - bar.start_s) / 2,
+                    y,
+                    bar.label,
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color="white"
+                    if bar.color
+                    in (
+                        ROLE_COLORS["primary"],
+                        ROLE_COLORS["down"],
+                        ROLE_COLORS["fenced"],
+                        FAILOVER_COLOR,
                     )
-            elif previous is not None:
-                canvas.line(previous[0], previous[1], x, y, item.color, 2)
-            else:
-                canvas.put(x, y, item.color)
-            previous = (x, y)
-        legend_x = right - 160 * (len(series) - number)
-        canvas.rect(legend_x, 26, legend_x + 10, 34, item.color)
-        canvas.text(legend_x + 14, 27, item.label[:22], BLACK)
-    for mark in marks:
-        x = x_of(mark.at_s)
-        canvas.line(x, top, x, bottom, FAILOVER, 2)
-        canvas.text(x + 4, top + 4, mark.label[:24], FAILOVER)
-    return canvas.png()
+                    else "#222222",
+                )
+    for index, mark in enumerate(marks):
+        axes.axvline(mark.at_s, color=FAILOVER_COLOR, linewidth=1.2, linestyle="--", zorder=3)
+        axes.annotate(
+            mark.label,
+            (mark.at_s, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 3 + 10 * (index % 2)),
+            textcoords="offset points",
+            fontsize=8,
+            color=FAILOVER_COLOR,
+        )
+    axes.set_yticks(range(len(rows)))
+    axes.set_yticklabels([row.name for row in reversed(rows)], fontsize=8)
+    axes.set_ylim(-0.6, len(rows) - 0.4)
+    axes.grid(True, axis="x", color="#e4e4e4", linewidth=0.6)
+    axes.tick_params(axis="x", labelsize=8)
+    _time_axis(axes, max(x_max_s, 1e-9), clock_start_s)
+    axes.set_xlabel("clock time of the simulated day", fontsize=9)
+    axes.legend(
+        handles=[Patch(color=color, label=label) for label, color in seen.items()],
+        fontsize=7.5,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        framealpha=0.9,
+    )
+    figure.suptitle(title, fontsize=12, x=0.01, ha="left")
+    _time_chart_margins(figure)
+    return _png(figure)
 
 
-def _nice(value: float) -> float:
-    exponent = math.floor(math.log10(value))
-    for factor in (1, 2, 2.5, 5, 10):
-        if value <= factor * 10**exponent:
-            return float(factor * 10**exponent)
-    return float(10 ** (exponent + 1))
+def comparison(
+    title: str, groups: Sequence[tuple[str, float | None, float | None]], labels: tuple[str, str]
+) -> bytes:
+    """Side-by-side bars (e.g. simulator vs drill) per measure; None = not measured."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * max(1, len(groups)) + 1, 3.4), dpi=DPI)
+    axes_list = figure.subplots(1, max(1, len(groups)), squeeze=False)[0]
+    for axes, (name, first, second) in zip(axes_list, groups, strict=False):
+        values = [first, second]
+        bars = axes.bar(
+            labels, [0 if v is None else v for v in values], color=[PALETTE[0], PALETTE[1]]
+        )
+        for bar, value in zip(bars, values, strict=True):
+            axes.annotate(
+                "n/a" if value is None else f"{value:g}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                fontsize=9,
+            )
+        axes.set_title(name, fontsize=10)
+        axes.tick_params(labelsize=9)
+        axes.set_ylim(bottom=0, top=max([v or 0 for v in values] + [1]) * 1.25)
+    figure.suptitle(title, fontsize=12, x=0.01, ha="left")
+    figure.tight_layout()
+    return _png(figure)
 
 
-def _short(value: float) -> str:
-    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= threshold:
-            return f"{value / threshold:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-def _time_ticks(x_max_s: float) -> list[tuple[float, str]]:
-    for step in (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400):
-        if x_max_s / step <= 12:
-            break
-    ticks = []
-    seconds = 0.0
-    while seconds <= x_max_s + 1e-9:
-        hours, rest = divmod(int(seconds), 3600)
-        label = f"{hours}:{rest // 60:02d}" if step >= 60 else f"{int(seconds)}S"
-        ticks.append((seconds, label))
-        seconds += step
-    return ticks
+def read_png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG, checking its signature and header CRC (for tests)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    crc = struct.unpack(">I", data[29:33])[0]
+    assert crc == zlib.crc32(data[12:29]) & 0xFFFFFFFF, "bad IHDR CRC"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height

@@ -7,20 +7,22 @@ version, output paths): same seed + same code = same digest.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import html
+import itertools
 import json
 import math
 import os
 import resource
+from array import array
 from typing import Any
 
 from cext import simgen
 from core.reports import code_version
-from ledger.types import CreateTransferResult
 
-from . import plot
+from . import plot, replay_diff
 from .checker import limits_respected
 from .model import NS_PER_S, REPO_ROOT, SimConfig
 from .simulation import Simulation
@@ -34,6 +36,7 @@ MACHINE_FIELDS = (
     "code_version",
     "out",
     "files",
+    "drill",  # a real drill's report beside the simulation's (an input, not the run)
 )
 RPO_IDS_IN_JSON = 1000
 AVAILABILITY_WINDOW_S = 5
@@ -134,6 +137,8 @@ def build(
     results_named = {
         _result_name(code): count for code, count in enumerate(sim.result_counts) if count
     }
+    series = time_series(sim, lost_details["rows"])
+    exact = exact_latency(sim)
     report: dict[str, Any] = {
         "report": "tally-sim",
         "version": 1,
@@ -208,15 +213,20 @@ def build(
         "faults": sim.fault_log,
         "availability": _availability(sim, window_s),
         "no_ack_s_max": _no_ack_s_max(sim, window_s),
-        "latency": _latency(sim),
+        "latency": _latency(sim) | {"exact": exact},
         "replication_lag_ms": _lag(sim),
         "throughput": _throughput(sim, window_s),
         "simulated_s": round(window_s, 3),
         "drained_s": round((sim.end_ns - sim.window_ns) / NS_PER_S, 3),
         "checks": {name: _jsonable(dc) for name, dc in per_dc.items()},
         "events": sim.event_log[:2000],
-        "series": time_series(sim, lost_details["rows"]),
+        "series": series,
+        "clock": clock(sim),
     }
+    sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
+    diff = replay_diff.compare(sim, primary)
+    if diff is not None:
+        report["replay_diff"] = diff
     report["verdict"] = build_verdict(report, sim.scenario)
     report["digest"] = report_digest(report)
     report["wall_s"] = round(wall_s, 3)
@@ -252,12 +262,7 @@ def _sum(values: Any) -> int:
 
 
 def _result_name(code: int) -> str:
-    if code == simgen.GAVE_UP:
-        return "gave_up"
-    try:
-        return CreateTransferResult(code).name.lower()
-    except ValueError:
-        return f"code_{code}"
+    return replay_diff.result_name(code)
 
 
 def _lost_details(sim: Simulation, seqs: list[int]) -> dict[str, Any]:
@@ -547,11 +552,28 @@ def time_series(sim: Simulation, lost_rows: list[tuple[int, int, int, int, int]]
     lost = [0.0] * count
     for row in lost_rows:
         lost[min(count - 1, int(row[3] / 1000 / bucket_s))] += 1
+    region_names = [
+        sim.regions[region] if region < len(sim.regions) else f"r{region}" for region in range(2)
+    ]
     return {
         "bucket_s": bucket_s,
         "acknowledged_per_s": [
             (a or 0.0) + (b or 0.0) for a, b in zip(acked_a, acked_b, strict=True)
         ],
+        "acknowledged_per_s_by_region": {
+            region_names[0]: acked_a,
+            region_names[1]: acked_b,
+        },
+        "offered_per_s": [
+            (a or 0.0) + (b or 0.0)
+            for a, b in zip(
+                per_bucket(sim.offered_per_s, 0),
+                per_bucket(sim.offered_per_s, seconds),
+                strict=True,
+            )
+        ],
+        "latency_ms": latency_series(sim, count),
+        "errors_per_s": error_series(sim, count),
         "p99_ms": p99,
         "replication_lag_ms": {
             name: per_bucket(values, 0, "max") for name, values in sim.lag_ms.items()
@@ -562,70 +584,467 @@ def time_series(sim: Simulation, lost_rows: list[tuple[int, int, int, int, int]]
     }
 
 
+PERCENTILES = (("p50", 500), ("p99", 990), ("p999", 999))  # per mille, nearest rank
+
+
+def _rank(count: int, per_mille: int) -> int:
+    """The nearest-rank index of a percentile among `count` sorted samples."""
+    return max(0, (per_mille * count + 999) // 1000 - 1)
+
+
+def _grouped_latencies(sim: Simulation) -> tuple[array[int], array[int]]:
+    """(offsets, samples): the exact latencies (us) grouped by (region, series bucket of
+    the acknowledgement) and sorted in each group (`simgen.group_latencies`)."""
+    cached = getattr(sim, "_grouped_latencies", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    buckets = sim.series_count
+    offsets = array("q", [0]) * (2 * buckets + 1)
+    samples = array("I", [0]) * sim.clients.acked
+    written = simgen.group_latencies(
+        sim.latency_us,
+        sim.ack_result,
+        sim.ack_ms,
+        sim.seed,
+        sim.region_a_share,
+        sim.series_bucket_ns // 1_000_000,
+        buckets,
+        offsets,
+        samples,
+    )
+    assert written == len(samples), (written, len(samples))
+    sim._grouped_latencies = (offsets, samples)  # type: ignore[attr-defined]
+    return offsets, samples
+
+
+def latency_series(sim: Simulation, count: int) -> dict[str, dict[str, list[float | None]]]:
+    """Per region and series bucket (by the acknowledgement's time): p50/p99/p999 in ms of
+    the exact latencies, and how many there were."""
+    offsets, samples = _grouped_latencies(sim)
+    buckets = sim.series_count
+    result: dict[str, dict[str, list[float | None]]] = {}
+    for region in range(2):
+        name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
+        values: dict[str, list[float | None]] = {key: [] for key, _ in PERCENTILES}
+        values["count"] = []
+        for bucket in range(count):
+            group = region * buckets + bucket
+            first, end = offsets[group], offsets[group + 1]
+            values["count"].append(float(end - first))
+            for key, per_mille in PERCENTILES:
+                values[key].append(
+                    samples[first + _rank(end - first, per_mille)] / 1000 if end > first else None
+                )
+        result[name] = values
+    return result
+
+
+def kth_smallest(groups: list[memoryview], k: int) -> int:
+    """The k-th smallest (0-based) value across sorted groups, without merging them: a
+    binary search on the value, counting what each group holds at or below it."""
+    low, high = 0, simgen.LATENCY_US_MAX
+    while low < high:
+        middle = (low + high) // 2
+        if sum(bisect.bisect_right(group, middle) for group in groups) > k:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def exact_latency(sim: Simulation) -> dict[str, Any]:
+    """Exact percentiles per client region and overall (nearest rank, ms, 3 decimals: the
+    samples are whole microseconds), from every acknowledged request's latency."""
+    offsets, samples = _grouped_latencies(sim)
+    view = memoryview(samples)
+    buckets = sim.series_count
+    per_region = [
+        [
+            view[offsets[group] : offsets[group + 1]]
+            for group in range(region * buckets, (region + 1) * buckets)
+            if offsets[group + 1] > offsets[group]
+        ]
+        for region in range(2)
+    ]
+    result: dict[str, Any] = {}
+
+    def describe(groups: list[memoryview]) -> dict[str, Any]:
+        count = sum(len(group) for group in groups)
+        entry: dict[str, Any] = {"count": count}
+        for key, per_mille in PERCENTILES:
+            entry[f"{key}_ms"] = (
+                kth_smallest(groups, _rank(count, per_mille)) / 1000 if count else None
+            )
+        entry["max_ms"] = max(group[-1] for group in groups) / 1000 if count else None
+        return entry
+
+    for region in range(2):
+        name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
+        result[name] = describe(per_region[region])
+    result["all"] = describe(per_region[0] + per_region[1])
+    result["method"] = (
+        "every acknowledged request's latency (first attempt to acknowledgement, whole"
+        " microseconds), nearest-rank percentiles"
+    )
+    return result
+
+
+def error_series(sim: Simulation, count: int) -> dict[str, Any]:
+    """Refusals, timeouts and give-ups per second, per channel and client region, per series
+    bucket (only the channels that had any)."""
+    slots = simgen.ERROR_CHANNEL_SLOTS
+    kinds = simgen.ERROR_KINDS
+    bucket_s = sim.series_bucket_ns / NS_PER_S
+    errors = sim.errors
+    channel_names = _channel_names(sim)
+    result: dict[str, Any] = {}
+    for slot in range(slots):
+        for region in range(2):
+            values = {
+                kind: [
+                    round(
+                        errors[((bucket * 2 + region) * slots + slot) * len(kinds) + k] / bucket_s,
+                        3,
+                    )
+                    for bucket in range(count)
+                ]
+                for k, kind in enumerate(kinds)
+            }
+            totals = {
+                kind: sum(
+                    errors[((bucket * 2 + region) * slots + slot) * len(kinds) + k]
+                    for bucket in range(sim.series_count)
+                )
+                for k, kind in enumerate(kinds)
+            }
+            if any(totals.values()):
+                region_name = sim.regions[region] if region < len(sim.regions) else f"r{region}"
+                result.setdefault(channel_names[slot], {})[region_name] = values | {
+                    "total": totals  # the whole run, the drain included
+                }
+    return result
+
+
+def _channel_names(sim: Simulation) -> list[str]:
+    names = ["no channel"]
+    channels = sim.rules.channels if sim.rules is not None else {}
+    for channel in range(1, simgen.ERROR_CHANNEL_SLOTS - 1):
+        rule = channels.get(channel)
+        names.append(rule.name if rule is not None else f"channel {channel}")
+    return [*names, "other channels"]
+
+
+def clock(sim: Simulation) -> dict[str, Any]:
+    """What simulated time 0 is on the clock: local midnight of the simulated day for
+    generated traffic (the diurnal curve's hour 0), the first transfer's local time for a
+    journal."""
+    start_s = float(sim.traffic.info.get("clock_start_s", 0.0))
+    return {
+        "zone": "Asia/Shanghai (UTC+8)",
+        "start_s_of_day": round(start_s, 3),
+        "start": plot.clock_label(start_s, with_seconds=True),
+    }
+
+
+def _x_max_s(series: dict[str, Any]) -> float:
+    return float(series["bucket_s"]) * len(series["acknowledged_per_s"])
+
+
+def roles_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each DC's role over time: `report["roles"]` when the simulation gives it, else
+    derived from the failovers and the faults that took DCs down."""
+    if report.get("roles"):
+        return list(report["roles"])
+    topology = report["topology"]
+    dcs = list(topology["data_centers"])
+    regions = {
+        region: [dc for dc, info in topology["data_centers"].items() if info["region"] == region]
+        for region in topology["regions"]
+    }
+    initial = next(
+        (dc for dc, info in topology["data_centers"].items() if info["initial_role"] == "primary"),
+        dcs[0] if dcs else "",
+    )
+    end_s = float(report["simulated_s"]) + float(report.get("drained_s") or 0)
+    down: dict[str, list[tuple[float, float]]] = {dc: [] for dc in dcs}
+    for fault in report["faults"]:
+        if fault["kind"] not in (
+            "dc_outage",
+            "region_outage",
+            "primary_crash",
+            "old_primary_returns",
+        ):
+            continue
+        targets: list[str] = []
+        for target in str(fault["target"]).split(","):
+            targets += regions.get(target, [target] if target in down else [])
+        for dc in targets:
+            down[dc].append((float(fault["start_s"]), float(fault["end_s"])))
+    failovers = sorted(report["failover_list"], key=lambda f: f["promoted_s"])
+    cuts = {0.0, end_s}
+    for intervals in down.values():
+        for start, stop in intervals:
+            cuts.update((start, stop))
+    for failover in failovers:
+        cuts.update((float(failover["decided_s"]), float(failover["promoted_s"])))
+    points = sorted(cut for cut in cuts if 0 <= cut <= end_s)
+
+    def role_at(dc: str, t: float) -> str:
+        if any(start <= t < stop for start, stop in down[dc]):
+            return "down"
+        primary = initial
+        for failover in failovers:
+            if failover["decided_s"] <= t < failover["promoted_s"] and failover["to"] == dc:
+                return "promoting"
+            if failover["promoted_s"] <= t:
+                primary = failover["to"]
+        return "primary" if dc == primary else "replica"
+
+    roles: list[dict[str, Any]] = []
+    for dc in dcs:
+        for start, stop in itertools.pairwise(points):
+            if stop <= start:
+                continue
+            role = role_at(dc, (start + stop) / 2)
+            if roles and roles[-1]["dc"] == dc and roles[-1]["role"] == role:
+                roles[-1]["to_s"] = stop
+            else:
+                roles.append({"dc": dc, "role": role, "from_s": start, "to_s": stop})
+    return roles
+
+
 def charts(sim: Simulation, report: dict[str, Any]) -> dict[str, bytes]:
+    del sim  # everything drawn is in the report
     series = report["series"]
     bucket_s = series["bucket_s"]
+    clock_start_s = report.get("clock", {}).get("start_s_of_day", 0.0)
 
     def values(items: list[float | None]) -> list[float]:
         return [math.nan if item is None else item for item in items]
 
-    throughput = values(series["acknowledged_per_s"])
-    p99 = values(series["p99_ms"])
-    spans = [
-        plot.Span(fault.start_ns / NS_PER_S, fault.end_ns / NS_PER_S, fault.spec.kind)
-        for fault in sim.resolved_faults()
-    ]
+    spans = [plot.Span(f["start_s"], f["end_s"], f["kind"]) for f in report["faults"]]
     marks = [
-        plot.Mark(item["promoted_s"], f"failover to {item['to']}")
+        plot.Mark(item["promoted_s"], f"failover {item.get('from') or '?'}->{item['to']}")
         for item in report["failover_list"]
     ]
+    common = {"clock_start_s": clock_start_s}
     out = {}
-    out["throughput.png"] = plot.chart(
-        "acknowledged transfers per second",
-        f"per s, {bucket_s:g}s buckets",
-        bucket_s,
-        [plot.Series("acknowledged/s", throughput, plot.PALETTE[0])],
-        spans,
+    rows = [plot.Row(dc) for dc in report["topology"]["data_centers"]]
+    by_dc = {row.name: row for row in rows}
+    for role in roles_of(report):
+        row = by_dc.setdefault(role["dc"], plot.Row(role["dc"]))
+        row.bars.append(
+            plot.Bar(
+                role["from_s"],
+                role["to_s"],
+                role["role"],
+                plot.ROLE_COLORS.get(role["role"], plot.PALETTE[5]),
+            )
+        )
+    for fault in report["faults"]:
+        label = f"{fault['kind']} {fault['target']}"
+        rows.append(
+            plot.Row(label, [plot.Bar(fault["start_s"], fault["end_s"], "fault", "#d9534f")])
+        )
+    window_s = _x_max_s(series)
+    out["gantt.png"] = plot.gantt(
+        f"data center roles and faults ({report['scenario']})",
+        rows,
+        window_s,
         marks,
+        **common,
     )
-    out["latency_p99.png"] = plot.chart(
-        "p99 latency (client-observed)",
-        "ms, log scale",
+    regions = list(series.get("acknowledged_per_s_by_region", {}))
+    throughput = [
+        plot.Series(f"acknowledged/s, region {name}", values(items), plot.PALETTE[index])
+        for index, (name, items) in enumerate(
+            series.get("acknowledged_per_s_by_region", {}).items()
+        )
+    ]
+    throughput.append(
+        plot.Series(
+            "offered/s (new requests)", values(series["offered_per_s"]), plot.PALETTE[5], style="--"
+        )
+    )
+    out["throughput.png"] = plot.chart(
+        "throughput: acknowledged and offered transfers per second",
+        f"per s ({bucket_s:g} s buckets)",
         bucket_s,
-        [plot.Series("p99 ms", p99, plot.PALETTE[1])],
+        throughput,
         spans,
         marks,
-        log_y=True,
+        **common,
+    )
+    styles = {"p50": ":", "p99": "-", "p999": "--"}
+    latency_panels = [
+        plot.Panel(
+            f"region {name}: client-observed latency (exact samples)",
+            "ms, log",
+            [
+                plot.Series(key, values(per_region[key]), plot.PALETTE[1 + i], style=styles[key])
+                for i, (key, _) in enumerate(PERCENTILES)
+            ],
+            log_y=True,
+        )
+        for name, per_region in series["latency_ms"].items()
+    ]
+    out["latency_p99.png"] = plot.panels(
+        "latency percentiles per region (p50, p99, p999 of each bucket's acknowledgements)",
+        bucket_s,
+        latency_panels,
+        spans,
+        marks,
+        **common,
+    )
+    error_panels = []
+    for kind in simgen.ERROR_KINDS:
+        lines = []
+        index = 0
+        for channel, per_region in series["errors_per_s"].items():
+            for region, kinds in per_region.items():
+                if any(kinds[kind]):
+                    lines.append(
+                        plot.Series(
+                            f"{channel} / {region}",
+                            values(kinds[kind]),
+                            plot.PALETTE[index % len(plot.PALETTE)],
+                            style="-" if regions and region == regions[0] else "--",
+                            markers=True,
+                        )
+                    )
+                index += 1
+        error_panels.append(
+            plot.Panel(
+                f"{kind.replace('_', ' ')} per second, by channel / region",
+                "per s, log",
+                lines,
+                log_y=True,
+            )
+        )
+    out["errors.png"] = plot.panels(
+        "client errors per channel and region (refusals, timeouts, requests given up)",
+        bucket_s,
+        error_panels,
+        spans,
+        marks,
+        panel_height=200,
+        **common,
     )
     lag_series = [
-        plot.Series(f"{name} lag ms", values(lags), plot.PALETTE[index % len(plot.PALETTE)])
+        plot.Series(f"{name}", values(lags), plot.PALETTE[index % len(plot.PALETTE)])
         for index, (name, lags) in enumerate(series["replication_lag_ms"].items())
     ]
     out["replication_lag.png"] = plot.chart(
-        "replication lag behind the primary",
-        "ms (max per bucket), log",
+        "replication lag behind the primary (max per bucket)",
+        "ms, log",
         bucket_s,
         lag_series,
         spans,
         marks,
         log_y=True,
+        **common,
     )
     out["lost_and_retried.png"] = plot.chart(
         "retried, given-up and lost transfers",
-        f"per {bucket_s:g}s bucket, log scale",
+        f"per {bucket_s:g} s bucket, log",
         bucket_s,
         [
-            plot.Series("retries", values(series["retries"]), plot.PALETTE[5]),
-            plot.Series("gave up", values(series["gave_up"]), plot.PALETTE[3]),
+            plot.Series("retries", values(series["retries"]), plot.PALETTE[5], markers=True),
+            plot.Series("gave up", values(series["gave_up"]), plot.PALETTE[3], markers=True),
             plot.Series(
-                "acked, lost", values(series["acknowledged_lost"]), plot.PALETTE[4], bars=True
+                "acknowledged, then lost",
+                values(series["acknowledged_lost"]),
+                plot.PALETTE[4],
+                bars=True,
             ),
         ],
         spans,
         marks,
         log_y=True,
+        **common,
     )
+    drill = report.get("drill")
+    if drill:
+        out["drill.png"] = plot.comparison(
+            f"simulator ({report['scenario']}) beside the drill ({drill['section']})",
+            [
+                (
+                    f"RTO s (simulator / drill: {drill['rto_ratio_sim_to_drill']})",
+                    drill["sim"]["rto_s"],
+                    drill["drill"]["rto_s"],
+                ),
+                (
+                    "acknowledged lost",
+                    drill["sim"]["acknowledged_lost"],
+                    drill["drill"]["acknowledged_lost"],
+                ),
+                ("duplicates", drill["sim"]["duplicates"], drill["drill"]["duplicates"]),
+            ],
+            ("simulator", "drill"),
+        )
     return out
+
+
+# --- a real drill beside the simulation ------------------------------------------------------
+
+DRILL_KEYS = ("rto_s", "acknowledged_lost", "duplicates", "customers_lost")
+
+
+def load_drill(path: str) -> dict[str, Any]:
+    """A `tally drill failover --json` report; SimError when it is not one."""
+    from .model import SimError
+
+    try:
+        with open(path) as source:
+            data = json.load(source)
+    except OSError as error:
+        raise SimError(f"--drill {path}: cannot read: {error.strerror or error}") from error
+    except ValueError as error:
+        raise SimError(f"--drill {path}: not JSON: {error}") from error
+    if not isinstance(data, dict) or "rto_s" not in data or "acknowledged_lost" not in data:
+        raise SimError(
+            f"--drill {path}: not a drill report (a `tally drill failover --json` report has"
+            " top-level rto_s and acknowledged_lost)"
+        )
+    return data
+
+
+def drill_comparison(report: dict[str, Any], drill: dict[str, Any], path: str) -> dict[str, Any]:
+    """The simulator's result beside the drill's for the same kind of failure: the drill's
+    top level (the same-city failover) for a same-region failover, its region section
+    (`scenario_dc3`) when the simulation's first failover crossed regions."""
+    kinds = [item.get("kind") for item in report["failover_list"]]
+    section, source = "same-city failover (top level)", drill
+    if kinds and kinds[0] == "cross_region" and isinstance(drill.get("scenario_dc3"), dict):
+        section, source = "region failover (scenario_dc3)", drill["scenario_dc3"]
+
+    def number(value: Any) -> float | int | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return value
+
+    sim_side = {
+        "rto_s": report["rto_s"],
+        "acknowledged_lost": report["acknowledged_lost"],
+        "duplicates": report["duplicates"],
+        "customers_lost": None,  # the simulator has no customers' state (not modelled)
+    }
+    drill_side = {key: number(source.get(key, drill.get(key))) for key in DRILL_KEYS}
+    ratio = None
+    if sim_side["rto_s"] is not None and drill_side["rto_s"]:
+        ratio = round(float(sim_side["rto_s"]) / float(drill_side["rto_s"]), 3)
+    return {
+        "file": os.path.basename(path),
+        "failover_manager": drill.get("failover_manager"),
+        "passed": drill.get("passed"),
+        "section": section,
+        "sim": sim_side,
+        "drill": drill_side,
+        "rto_ratio_sim_to_drill": ratio,
+        "rto_within_1_5x": None if ratio is None else (1 / 1.5 <= ratio <= 1.5),
+        "both_lost_zero": sim_side["acknowledged_lost"] == 0
+        and drill_side["acknowledged_lost"] == 0,
+    }
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -697,15 +1116,21 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>summary</h2><table>"
         + "".join(row(key, report.get(key)) for key in summary_keys)
         + "</table>",
-        "<h2>charts</h2><p>Faults are shaded red; failovers are blue lines.</p>",
     ]
-    for name in (
-        "throughput.png",
-        "latency_p99.png",
-        "replication_lag.png",
-        "lost_and_retried.png",
-    ):
+    parts += _targets_html(report, row)
+    parts += _drill_html(report, row)
+    clock_info = report.get("clock", {})
+    parts.append(
+        "<h2>charts</h2><p>Times are clock times of the simulated day"
+        f" ({html.escape(str(clock_info.get('zone', '')))}; the run starts at"
+        f" {html.escape(str(clock_info.get('start', '00:00:00')))}). Faults are shaded red;"
+        " failovers are blue lines.</p>"
+    )
+    for name in CHART_FILES:
         parts.append(f"<img src='{name}' alt='{name}'>")
+    parts += _latency_html(report, row)
+    parts += _errors_html(report, row)
+    parts += _replay_html(report, row)
     parts.append("<h2>faults</h2><table>" + row("kind", "target", "start s", "end s", header=True))
     parts += [row(f["kind"], f["target"], f["start_s"], f["end_s"]) for f in report["faults"]]
     parts.append(
@@ -822,6 +1247,136 @@ def render_html(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+CHART_FILES = (
+    "gantt.png",
+    "throughput.png",
+    "latency_p99.png",
+    "errors.png",
+    "replication_lag.png",
+    "lost_and_retried.png",
+)
+
+
+def _targets_html(report: dict[str, Any], row: Any) -> list[str]:
+    targets = report["verdict"].get("targets") or []
+    if not targets:
+        return ["<h2>targets</h2><p>No targets in this report's verdict.</p>"]
+    parts = [
+        "<h2>targets</h2><table>"
+        + row("target", "failure class", "target value", "measured", "met", header=True)
+    ]
+    for target in targets:
+        met = target.get("met")
+        parts.append(
+            row(
+                target.get("name"),
+                target.get("failure_class"),
+                target.get("target"),
+                target.get("measured"),
+                "met" if met else "NOT MET",
+            ).replace("<tr>", f"<tr class='{'pass' if met else 'fail'}'>", 1)
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _drill_html(report: dict[str, Any], row: Any) -> list[str]:
+    drill = report.get("drill")
+    if not drill:
+        return []
+    sim_side, drill_side = drill["sim"], drill["drill"]
+    parts = [
+        "<h2>simulator beside the drill</h2>"
+        f"<p>Drill report {html.escape(drill['file'])} (failover manager:"
+        f" {html.escape(str(drill['failover_manager']))}, passed: {drill['passed']}),"
+        f" compared for the {html.escape(drill['section'])}.</p><table>"
+        + row("measure", "simulator", "drill", "simulator / drill", header=True)
+    ]
+    for key in DRILL_KEYS:
+        ratio = drill["rto_ratio_sim_to_drill"] if key == "rto_s" else ""
+        parts.append(row(key, sim_side.get(key), drill_side.get(key), ratio))
+    parts.append(
+        "</table>"
+        f"<p>RTO within a factor of 1.5 of the drill's: {drill['rto_within_1_5x']};"
+        f" both lost nothing: {drill['both_lost_zero']}.</p><img src='drill.png' alt='drill.png'>"
+    )
+    return parts
+
+
+def _latency_html(report: dict[str, Any], row: Any) -> list[str]:
+    exact = report["latency"].get("exact")
+    if not exact:
+        return []
+    parts = [
+        "<h2>latency from exact samples (ms)</h2><p>"
+        + html.escape(exact.get("method", ""))
+        + "</p><table>"
+        + row("region", "count", "p50", "p99", "p999", "max", header=True)
+    ]
+    for name, values in exact.items():
+        if isinstance(values, dict):
+            parts.append(
+                row(
+                    name,
+                    values["count"],
+                    values.get("p50_ms"),
+                    values.get("p99_ms"),
+                    values.get("p999_ms"),
+                    values.get("max_ms"),
+                )
+            )
+    parts.append("</table>")
+    return parts
+
+
+def _errors_html(report: dict[str, Any], row: Any) -> list[str]:
+    errors = report["series"].get("errors_per_s") or {}
+    parts = [
+        "<h2>client errors per channel and region (whole run, with the drain)</h2><table>"
+        + row("channel", "region", *simgen.ERROR_KINDS, header=True)
+    ]
+    for channel, per_region in errors.items():
+        for region, kinds in per_region.items():
+            parts.append(row(channel, region, *(kinds["total"][k] for k in simgen.ERROR_KINDS)))
+    parts.append("</table>")
+    return parts
+
+
+def _replay_html(report: dict[str, Any], row: Any) -> list[str]:
+    diff = report.get("replay_diff")
+    if not diff:
+        return []
+    parts = [
+        "<h2>replay against the server's answers</h2><table>"
+        + row("compared", "same", "same after a retry", "differ", "unexplained", header=True)
+        + row(
+            diff["compared"],
+            diff["same"],
+            diff["same_after_retry"],
+            diff["differ"],
+            diff["unexplained"],
+        )
+        + "</table><table>"
+        + row("why it differs", "transfers", header=True)
+        + "".join(row(name, count) for name, count in diff["by_class"].items())
+        + "</table><table>"
+        + row("transfer id", "server", "replay", "class", "arrived s", "answered s", header=True)
+    ]
+    parts += [
+        row(
+            item["transfer_id"],
+            item["server"],
+            item["replay"],
+            item["class"],
+            item["arrived_s"],
+            item["answered_s"],
+        )
+        for item in diff["examples"]
+    ]
+    parts.append("</table>")
+    return parts
+
+
 def summary(report: dict[str, Any]) -> str:
     """The terminal summary table."""
     lines = []
@@ -862,4 +1417,24 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  {name:<{width}}  {value}")
     lines += targets_table(report["verdict"])
     lines += [f"  FAILED {reason}" for reason in report["verdict"].get("failures", [])]
+    lines += _summary_extra(report)
     return "\n".join(lines)
+
+
+def _summary_extra(report: dict[str, Any]) -> list[str]:
+    lines = []
+    diff = report.get("replay_diff")
+    if diff:
+        lines.append(
+            f"  replay vs server: {diff['same']} same, {diff['differ']} differ"
+            f" ({', '.join(f'{k} {v}' for k, v in diff['by_class'].items() if v) or 'none'})"
+        )
+    drill = report.get("drill")
+    if drill:
+        lines.append(
+            f"  drill ({drill['file']}): RTO s sim {drill['sim']['rto_s']} vs drill"
+            f" {drill['drill']['rto_s']} (ratio {drill['rto_ratio_sim_to_drill']}), acknowledged"
+            f" lost sim {drill['sim']['acknowledged_lost']} vs drill"
+            f" {drill['drill']['acknowledged_lost']}"
+        )
+    return lines

@@ -34,6 +34,7 @@ give the same report digest.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import math
@@ -197,6 +198,8 @@ class Simulation:
         self.refused_backlog = 0
         self.openings_next = 0
         self.openings_created = 0
+        self.admin_queue: collections.deque[tuple[int, Entry]] = collections.deque()
+        self.admin_diffs: list[bool] = []  # per journal admin entry: not the server's results
         self.max_epoch = 1
         self.day_cache: tuple[int, int] = (-1, 0)
         self.buffer = bytearray(TRANSFER_SIZE * 1024)
@@ -368,6 +371,14 @@ class Simulation:
             retries_per_s_buffer=self.retries_per_s,
             gave_up_per_s_buffer=self.gave_up_per_s,
             result_counts_buffer=self.result_counts,
+        )
+        # Exact samples for the report: 4 bytes of latency per request, errors per bucket.
+        self.latency_us = array("I", [0]) * count
+        self.errors = array("q", [0]) * (
+            self.series_count * 2 * simgen.ERROR_CHANNEL_SLOTS * len(simgen.ERROR_KINDS)
+        )
+        self.clients.record_samples(
+            self.latency_us, self.errors, self.traffic.model, self.traffic.records
         )
 
     def _phase_starts(self) -> list[int]:
@@ -1014,8 +1025,15 @@ class Simulation:
         return record
 
     def _own_entry(
-        self, dc: DataCenter, kind: EntryKind, count: int, payload: bytes, now_ns: int
-    ) -> None:
+        self,
+        dc: DataCenter,
+        kind: EntryKind,
+        count: int,
+        payload: bytes,
+        now_ns: int,
+        *,
+        check: bool = True,
+    ) -> Any:
         from core.entries import apply_entry
 
         timestamp = self._timestamp(dc, now_ns)
@@ -1023,9 +1041,10 @@ class Simulation:
         if kind == EntryKind.EVICT:
             self.checker.scan(dc.name, dc.ledger)
         result = apply_entry(dc.ledger, entry)
-        if kind == EntryKind.CREATE_ACCOUNTS:
+        if kind == EntryKind.CREATE_ACCOUNTS and check:
             assert result.count(CreateAccountResult.OK) == count, result
         self._append_own(dc, entry, now_ns, timestamp)
+        return result
 
     def _evict_tick(self, now_ns: int) -> None:
         """Each primary evicts by the engine's policy (`core.engine_policy`), due at every
@@ -1078,12 +1097,27 @@ class Simulation:
         self.openings_created += count
         self._own_entry(primary, EntryKind.CREATE_ACCOUNTS, count, payload, now_ns)
 
-    def _admin_entry(self, now_ns: int, entry: Entry) -> None:
+    def _admin_entry(self, now_ns: int, entry: Entry | None) -> None:
+        """A journal's own entry (an account opening, a rule change) at its time, applied
+        by the serving primary in journal order: while there is none, entries wait in a
+        queue, behind those held back before them, and the queue is retried every step
+        (a Class II account must not be opened before the Class I it is bound to)."""
+        if entry is not None:
+            self.admin_queue.append((len(self.admin_diffs) + len(self.admin_queue), entry))
+        elif not self.admin_queue:
+            return
         primary = self._serving_primary()
         if primary is None:
-            self._schedule(now_ns + NS_PER_S, self._admin_entry, entry)
+            if entry is None or len(self.admin_queue) == 1:
+                self._schedule(now_ns + self.step_ns, self._admin_entry, None)
             return
-        self._own_entry(primary, entry.kind, entry.count, entry.payload, now_ns)
+        while self.admin_queue:
+            index, held = self.admin_queue.popleft()
+            result = self._own_entry(
+                primary, held.kind, held.count, held.payload, now_ns, check=False
+            )
+            server = self.traffic.admin_results[index] if self.traffic.admin_results else None
+            self.admin_diffs.append(server is not None and bytes(result) != server)
 
     # --- failure detection and failover ---------------------------------------------
 

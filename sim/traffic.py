@@ -42,6 +42,10 @@ from .model import NS_PER_S, SimError
 from .population import Population
 
 DAY_S = 86_400
+# `tally serve`'s default capacities (core.services.lifecycle.Settings): the server's answers
+# are re-derived on a ledger of the same size (a channel's log quota is a share of the log).
+SERVER_ACCOUNT_CAPACITY = 1 << 20
+SERVER_TRANSFER_CAPACITY = 1 << 22
 TRACE_MAGIC = b"TALLYSIM-TRACE1\n"
 TRACE_HEADER = struct.Struct("<Q")
 
@@ -123,6 +127,11 @@ class Traffic:
     admin_entries: list[tuple[int, Entry]] = field(default_factory=list)  # (sim ns, entry)
     account_count: int = 0  # for stored traffic: accounts the setup creates
     info: dict[str, Any] = field(default_factory=dict)
+    # A journal's: what the real server answered each request (its first transfer with that
+    # id; a CreateTransferResult code per seq), and each admin entry's account results.
+    server_results: bytearray | None = None
+    original_ids: bytearray | None = None  # a journal's transfer ids, 16 bytes per request
+    admin_results: list[bytes | None] = field(default_factory=list)
 
     @property
     def request_count(self) -> int:
@@ -389,6 +398,7 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
     """
     from core.journal import JournalError
     from core.pg_store import PgStoreError
+    from core.replay import ReplayError, replay_outcomes
     from core.store import read_entries
 
     try:
@@ -410,24 +420,42 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
     start_ns = transfer_entries[0].timestamp_first
     setup: list[Entry] = []
     admin: list[tuple[int, Entry]] = []
+    admin_results: list[bytes | None] = []
     seqs: dict[int, int] = {}
     arrivals = array("Q")
     records = bytearray()
-    account_count = 0
+    server_results = bytearray()
+    original_ids = bytearray()
+    account_count = sum(
+        entry.count for _, entry in stored_records if entry.kind == EntryKind.CREATE_ACCOUNTS
+    )
+    transfer_count = sum(entry.count for entry in transfer_entries)
     seen_transfers = False
     request_hi = simgen.REQUEST_ID_HI
-    for _seq, entry in stored_records:
-        if entry.kind == EntryKind.CREATE_ACCOUNTS:
-            account_count += entry.count
+    try:
+        outcomes = list(
+            replay_outcomes(
+                stored_records,
+                max(account_count, SERVER_ACCOUNT_CAPACITY),
+                max(transfer_count, SERVER_TRANSFER_CAPACITY),
+            )
+        )
+    except ReplayError as error:
+        raise SimError(f"{directory}: cannot replay the journal: {error}") from error
+    for _seq, entry, outcome in outcomes:
         if entry.kind == EntryKind.EVICT:
             continue
         if entry.kind != EntryKind.CREATE_TRANSFERS:
             if seen_transfers:
                 admin.append((max(0, entry.timestamp_first - start_ns), entry))
+                admin_results.append(
+                    bytes(outcome) if entry.kind == EntryKind.CREATE_ACCOUNTS else None
+                )
             else:
                 setup.append(entry)
             continue
         seen_transfers = True
+        results = outcome[0]
         at_ns = max(0, entry.timestamp_first - start_ns)
         if arrivals and at_ns < arrivals[-1]:
             at_ns = arrivals[-1]
@@ -445,11 +473,18 @@ def load_journal(directory: str, step_ns: int) -> Traffic:
                 pending_id=join_id(seqs[pending] + 1, request_hi) if pending in seqs else None,
             )
             arrivals.append(at_ns + index)
+            server_results.append(results[index])
+            original_ids += entry.payload[offset : offset + 16]
     window_ns = arrivals[-1] + NS_PER_S
     traffic = stored(
         "journal", arrivals, records, None, window_ns, step_ns, setup, admin, account_count
     )
+    traffic.server_results = server_results
+    traffic.original_ids = original_ids
+    traffic.admin_results = admin_results
     traffic.info = {
+        # The first transfer's local time of day (Asia/Shanghai, UTC+8): the charts' clock.
+        "clock_start_s": (start_ns // NS_PER_S + 8 * 3600) % DAY_S,
         "journal": directory,
         "journal_records": len(stored_records),
         "requests": len(arrivals),

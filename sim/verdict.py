@@ -143,6 +143,11 @@ def invariants_of(report: dict[str, Any]) -> dict[str, bool]:
         "timestamps_monotonic": report["timestamp_violations"] == 0,
         "results_as_acknowledged": report["result_mismatches"] == 0,
         "two_copies_when_promised": not promised or single_copy_acks(report) == 0,
+        # A journal replay: every outcome that differs from the server's answer has a cause
+        # the faults explain (given up, in a fault window, after a changed request).
+        "replay_as_server_answered": not (report.get("replay_diff") or {})
+        .get("by_class", {})
+        .get("unexplained", 0),
     }
 
 
@@ -156,6 +161,12 @@ def _invariant_reason(name: str, report: dict[str, Any]) -> str:
         return f"{single_copy_acks(report)} single-copy acknowledgements"
     if name == "all_dcs_converge":
         return f"state digests {report.get('state_digests')}"
+    if name == "replay_as_server_answered":
+        diff = report.get("replay_diff") or {}
+        return (
+            f"{diff.get('by_class', {}).get('unexplained')} replayed outcomes differ from the"
+            " server's answers with no fault to explain them"
+        )
     key = {
         "no_duplicates": "duplicates",
         "timestamps_monotonic": "timestamp_violations",

@@ -202,7 +202,8 @@ def test_report_files_are_written_and_parse(tmp_path: Path) -> None:
         assert f"src='{name}'" in page
         png = (tmp_path / name).read_bytes()
         width, height = plot.read_png_size(png)
-        assert _png_pixels_size(png) == height * (1 + 3 * width)
+        channels = {2: 3, 6: 4}[png[25]]  # IHDR colour type: RGB or RGBA
+        assert _png_pixels_size(png) == height * (1 + channels * width)
     with open(files["lost_transfers"], newline="") as source:
         rows = list(csv.DictReader(source))
     assert len(rows) == data["acknowledged_lost"]
