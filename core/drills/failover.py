@@ -685,7 +685,14 @@ def old_primary_returns(topology: patroni.Topology) -> dict[str, Any]:
     log = os.path.join(topology.member_directory("dc1"), "patroni.log")
     with open(log, encoding="utf-8", errors="replace") as file:
         text = file.read()
-    result["pg_rewind_ran"] = "pg_rewind" in text or "rewind" in text.lower()
+    # Patroni logs "running pg_rewind from ..." and "pg_rewind exit code=N" when it rewinds;
+    # without a divergence (dc1 had nothing dc2 lacks) it just follows the new timeline.
+    result["pg_rewind_ran"] = "running pg_rewind" in text
+    result["pg_rewind_exit_codes"] = [
+        line.rsplit("=", 1)[1].strip()
+        for line in text.splitlines()
+        if "pg_rewind exit code" in line
+    ]
     result["passed"] = bool(
         result["dc1_in_recovery"]
         and result["write_refused"]
@@ -735,7 +742,11 @@ def dc2_then_dc1(topology: patroni.Topology, args: argparse.Namespace) -> dict[s
     time.sleep(NO_PROMOTION_WATCH_S)
     roles = topology.roles()
     result["roles_after_watch"] = roles
-    result["promoted_automatically"] = any(role == "leader" for role in roles.values())
+    # dc1 and dc2's etcd members are gone: dc3's Patroni has no quorum and its REST view is
+    # stale (dc1 may still show as leader); whether dc3 was promoted is asked of dc3 itself.
+    dc3_in_recovery = anyio.run(_in_recovery, topology.member_dsn("dc3"), backend="asyncio")
+    result["dc3_in_recovery"] = dc3_in_recovery
+    result["promoted_automatically"] = roles.get("dc3") == "leader" or not dc3_in_recovery
     result["writes_possible"] = anyio.run(_writable, topology.dsn(), backend="asyncio")
     result["rto_s"] = None
     result["rto"] = "unbounded: writes stop until an operator acts"
@@ -770,6 +781,16 @@ def dc2_then_dc1(topology: patroni.Topology, args: argparse.Namespace) -> dict[s
         and checked["verify_ok"]
     )
     return result
+
+
+async def _in_recovery(dsn: str) -> bool:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return bool(await connection.fetchval("SELECT pg_is_in_recovery()"))
+    finally:
+        await connection.close()
 
 
 async def _writable(dsn: str) -> bool:
