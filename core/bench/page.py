@@ -174,14 +174,18 @@ def verdict(benchmark: str, key: str, value: Any) -> str:
     return f"{comparison} {bound:,.0f}: {'met' if met else 'NOT met'}"
 
 
+WHERE_OPTIONS = ("--save", "--output")  # where a report goes: nothing measured
+
+
 def measured_command(report: dict[str, Any]) -> str:
-    """The report's command without `--save DIR`: where a report is kept changes nothing
-    that was measured, so two runs saved to different directories are the same command."""
+    """The report's command without `--save DIR` or `--output FILE`: where a report is kept
+    changes nothing that was measured, so two runs saved to different places are the same
+    command."""
     words = str(report.get("command", "")).split()
     kept = [
         word
         for index, word in enumerate(words)
-        if word != "--save" and (index == 0 or words[index - 1] != "--save")
+        if word not in WHERE_OPTIONS and (index == 0 or words[index - 1] not in WHERE_OPTIONS)
     ]
     return " ".join(kept)
 
