@@ -72,7 +72,7 @@ from core.drills.customers import (
     check_customer_state,
     run_customer_clients,
 )
-from core.drills.pg_cluster import ClusterError
+from core.drills.pg_cluster import Cluster, ClusterError
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
 from core.services.lifecycle import STORE_RETRY_S
@@ -255,14 +255,30 @@ async def fetch_state(dsn: str) -> dict[str, Any]:
         await connection.close()
 
 
-async def pause_replay(dsn: str) -> None:
+async def execute_on(dsn: str, *statements: str) -> None:
+    """Run `statements` on one server, outside any transaction (ALTER SYSTEM needs that)."""
     import asyncpg
 
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute("SELECT pg_wal_replay_pause()")
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def pause_replay(dsn: str) -> None:
+    await execute_on(dsn, "SELECT pg_wal_replay_pause()")
+
+
+async def resume_replay(dsn: str) -> None:
+    await execute_on(dsn, "SELECT pg_wal_replay_resume()")
+
+
+async def drop_synchronous_standbys(dsn: str) -> None:
+    await execute_on(
+        dsn, "ALTER SYSTEM SET synchronous_standby_names TO ''", "SELECT pg_reload_conf()"
+    )
 
 
 def lsn_text(lsn: int) -> str:
@@ -424,6 +440,9 @@ def start_tally(dsn: str, args: argparse.Namespace) -> TallyProcess:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait()
+            tally.reader.join(timeout=30)
+            assert process.stdout is not None
+            process.stdout.close()
             raise TallyError(f"Tally on dc1 did not start (exit status {process.returncode})")
     return tally
 
@@ -432,8 +451,9 @@ def kill_tally(tally: TallyProcess, clients: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(tally.process.pid, signal.SIGKILL)
     tally.process.wait()
-    assert tally.reader is not None
+    assert tally.reader is not None and tally.process.stdout is not None
     tally.reader.join(timeout=30)
+    tally.process.stdout.close()
     tally.mark_unknown(clients)
 
 
@@ -630,15 +650,7 @@ def lose_region_a(
     )
     topology.kill_dc("dc2")
     started = time.monotonic()
-    # The operator stops dc3's Patroni (SIGKILL: its PostgreSQL keeps running; SIGTERM
-    # would stop PostgreSQL too and wait for the DCS, which has no quorum now).
-    topology.kill("patroni-dc3")
-    dc3 = topology.postgresql("dc3")
-    anyio.run(resume_replay, dc3.dsn(), backend="asyncio")
-    dc3.promote()
-    # Alone in region B: no synchronous standby can exist; left as Patroni's strict mode
-    # set it, every COMMIT would wait forever (docs/ha.md, the operator's step 3).
-    anyio.run(drop_synchronous_standbys, dc3.dsn(), backend="asyncio")
+    dc3 = operator_promotes_dc3(topology)
     operator_s = round(time.monotonic() - started, 3)
     checked = anyio.run(
         check_on,
@@ -662,6 +674,20 @@ def lose_region_a(
         "epoch": checked["epoch"],
     }
     return result
+
+
+def operator_promotes_dc3(topology: patroni.Topology) -> Cluster:
+    """The operator's promotion of dc3 without a DCS quorum (docs/ha.md): dc3's Patroni
+    stopped (SIGKILL: its PostgreSQL keeps running; SIGTERM would stop PostgreSQL too and
+    wait for the DCS), replay resumed, `pg_ctl promote`, and `synchronous_standby_names`
+    emptied: alone in region B no synchronous standby can exist, and left as strict mode
+    set it every COMMIT would wait forever."""
+    topology.kill("patroni-dc3")
+    dc3 = topology.postgresql("dc3")
+    anyio.run(resume_replay, dc3.dsn(), backend="asyncio")
+    dc3.promote()
+    anyio.run(drop_synchronous_standbys, dc3.dsn(), backend="asyncio")
+    return dc3
 
 
 def old_primary_returns(topology: patroni.Topology) -> dict[str, Any]:
@@ -751,11 +777,7 @@ def dc2_then_dc1(topology: patroni.Topology, args: argparse.Namespace) -> dict[s
     result["rto_s"] = None
     result["rto"] = "unbounded: writes stop until an operator acts"
     # The operator: dc3 (synchronous until dc1 died) promoted by hand, at its latest WAL.
-    topology.kill("patroni-dc3")  # PostgreSQL keeps running (see lose_region_a)
-    dc3 = topology.postgresql("dc3")
-    anyio.run(resume_replay, dc3.dsn(), backend="asyncio")
-    dc3.promote()
-    anyio.run(drop_synchronous_standbys, dc3.dsn(), backend="asyncio")
+    dc3 = operator_promotes_dc3(topology)
     checked = anyio.run(
         check_on,
         dc3.dsn(),
@@ -807,27 +829,6 @@ async def _writable(dsn: str) -> bool:
             asyncpg.exceptions.InternalClientError):  # fmt: skip
         return False
     return True
-
-
-async def drop_synchronous_standbys(dsn: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("ALTER SYSTEM SET synchronous_standby_names TO ''")
-        await connection.execute("SELECT pg_reload_conf()")
-    finally:
-        await connection.close()
-
-
-async def resume_replay(dsn: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("SELECT pg_wal_replay_resume()")
-    finally:
-        await connection.close()
 
 
 async def check_on(
