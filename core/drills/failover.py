@@ -340,31 +340,32 @@ async def _serve_tally_dc1(options: dict[str, Any]) -> None:
     from core.services.lifecycle import Settings
 
     emit = _Pipe()
-    with tempfile.TemporaryDirectory(prefix="tally-drill-dc1-") as data_dir:
-        settings = Settings(
-            data_dir=data_dir,  # holds nothing: the customer state is in PostgreSQL
-            store_dsn=options["dsn"],
-            account_capacity=ACCOUNT_CAPACITY,
-            transfer_capacity=TRANSFER_CAPACITY,
-            scrypt_n=DRILL_SCRYPT_N,
-            pg_options={"reconnect_timeout_s": 1.0, "commit_timeout_s": 10.0},
+    # The data directory is the drill's (this process dies by SIGKILL): it holds nothing,
+    # the ledger and the customer state are in PostgreSQL.
+    settings = Settings(
+        data_dir=options["data_dir"],
+        store_dsn=options["dsn"],
+        account_capacity=ACCOUNT_CAPACITY,
+        transfer_capacity=TRANSFER_CAPACITY,
+        scrypt_n=DRILL_SCRYPT_N,
+        pg_options={"reconnect_timeout_s": 1.0, "commit_timeout_s": 10.0},
+    )
+    bank = Bank(settings, load_rules(options["rules"]))
+    customer_load = CustomerLoad()
+    customer_load.customers = _EmittingList(emit, "c")
+    customer_load.accounts = _EmittingList(emit, "a")
+    customer_load.passwords = _EmittingDict(emit, "p")
+    customer_load.in_flight = _EmittingDict(emit, "f")
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(bank.serve)
+        await wait_until(lambda: bank.core.ready, "Tally on dc1", TALLY_READY_TIMEOUT_S)
+        engine = bank.core.running_engine()
+        await setup_accounts(engine)
+        emit("ready", bank.core.recovery_info.get("epoch"))
+        task_group.start_soon(run_clients, engine, Load(), options["clients"], emit)
+        task_group.start_soon(
+            run_customer_clients, bank, customer_load, options["customer_clients"]
         )
-        bank = Bank(settings, load_rules(options["rules"]))
-        customer_load = CustomerLoad()
-        customer_load.customers = _EmittingList(emit, "c")
-        customer_load.accounts = _EmittingList(emit, "a")
-        customer_load.passwords = _EmittingDict(emit, "p")
-        customer_load.in_flight = _EmittingDict(emit, "f")
-        async with anyio.create_task_group() as task_group:
-            await task_group.start(bank.serve)
-            await wait_until(lambda: bank.core.ready, "Tally on dc1", TALLY_READY_TIMEOUT_S)
-            engine = bank.core.running_engine()
-            await setup_accounts(engine)
-            emit("ready", bank.core.recovery_info.get("epoch"))
-            task_group.start_soon(run_clients, engine, Load(), options["clients"], emit)
-            task_group.start_soon(
-                run_customer_clients, bank, customer_load, options["customer_clients"]
-            )
 
 
 @dataclass
@@ -419,9 +420,10 @@ class TallyProcess:
             self.load.records[transfer_id] = record
 
 
-def start_tally(dsn: str, args: argparse.Namespace) -> TallyProcess:
+def start_tally(dsn: str, data_dir: str, args: argparse.Namespace) -> TallyProcess:
     options = {
         "dsn": dsn,
+        "data_dir": data_dir,
         "rules": args.rules,
         "clients": args.clients,
         "customer_clients": args.customer_clients,
@@ -570,7 +572,20 @@ def load_and_kill_dc1(
     topology: patroni.Topology, args: argparse.Namespace
 ) -> tuple[TallyProcess, dict[str, Any]]:
     """Tally on dc1 under load for `args.seconds`, dc3 frozen, then dc1 SIGKILLed whole."""
-    tally = start_tally(topology.dsn(), args)
+    with tempfile.TemporaryDirectory(prefix="tally-drill-dc1-") as data_dir:
+        tally = start_tally(topology.dsn(), data_dir, args)
+        facts = _load_and_kill(topology, args, tally)
+    facts["killed_dc1"] = topology.kill_dc("dc1")
+    facts["tally_dc1_pid"] = tally.process.pid
+    facts["acknowledged_total_dc1"] = len(tally.load.acknowledged)
+    facts["unknown_outcome_at_kill"] = len(tally.load.unknown)
+    facts["customer_work_acknowledged"] = tally.customer_load.counts()
+    return tally, facts
+
+
+def _load_and_kill(
+    topology: patroni.Topology, args: argparse.Namespace, tally: TallyProcess
+) -> dict[str, Any]:
     facts: dict[str, Any] = {"epoch_dc1": tally.epoch}
     try:
         time.sleep(args.seconds)
@@ -581,12 +596,7 @@ def load_and_kill_dc1(
         facts["kill_monotonic"] = time.monotonic()
     finally:
         kill_tally(tally, args.clients)
-    facts["killed_dc1"] = topology.kill_dc("dc1")
-    facts["tally_dc1_pid"] = tally.process.pid
-    facts["acknowledged_total_dc1"] = len(tally.load.acknowledged)
-    facts["unknown_outcome_at_kill"] = len(tally.load.unknown)
-    facts["customer_work_acknowledged"] = tally.customer_load.counts()
-    return tally, facts
+    return facts
 
 
 def failover_to_dc2(
