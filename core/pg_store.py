@@ -784,7 +784,7 @@ class PgStore:
                 with anyio.fail_after(max(0.1, deadline - time.monotonic())):
                     connection = await connect(self.dsn)
                 break
-            except _connection_errors(TimeoutError) as error:
+            except _connection_errors(TimeoutError, PgStoreError) as error:
                 if time.monotonic() >= deadline:
                     raise CommitUnresolved(
                         f"cannot reach PostgreSQL within {self.reconnect_timeout_s} s to resolve"
@@ -806,20 +806,51 @@ class PgStore:
 
 
 _connection_numbers = itertools.count(1)
+# One host of a multi-host DSN gets this long to accept and answer: a host cut off by a
+# partition drops packets silently, and asyncpg's own timeout (60 s) spans every host, so
+# without a bound per host the first dead one would eat the whole attempt (measured with
+# `tally drill failover --scenario partition-dc1`: 42 s to reach the new leader).
+HOST_CONNECT_TIMEOUT_S = 2.0
+
+
+def split_hosts(dsn: str) -> list[str]:
+    """A URL DSN listing several hosts (`postgresql://user@h1:p1,h2:p2/db?...`) as one DSN
+    per host, in order, each with the same user, database and parameters; any other DSN
+    as it is."""
+    scheme, separator, rest = dsn.partition("://")
+    if not separator:
+        return [dsn]
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return [dsn]
+    return [f"{scheme}://{userinfo}{at}{host}{slash}{tail}" for host in hosts.split(",")]
 
 
 async def connect(dsn: str) -> Any:
     """A store connection to `dsn`, named uniquely (`application_name`).
 
     The DSN may list several hosts with `target_session_attrs=read-write` (a
-    Patroni cluster, docs/ha.md): asyncpg tries them in order and keeps the one
-    that takes writes, so after a failover the same DSN leads to the new leader.
-    The unique name lets a reconnection end its old backend only where it ran.
+    Patroni cluster, docs/ha.md): they are tried in order, each for at most
+    `HOST_CONNECT_TIMEOUT_S`, and the first that takes writes is kept, so after a
+    failover the same DSN leads to the new leader. The unique name lets a
+    reconnection end its old backend only where it ran.
     """
     import asyncpg
 
     name = f"tally-{os.getpid()}-{next(_connection_numbers)}-{secrets.token_hex(4)}"
-    return await asyncpg.connect(dsn, server_settings={"application_name": name})
+    settings = {"application_name": name}
+    hosts = split_hosts(dsn)
+    if len(hosts) == 1:
+        return await asyncpg.connect(dsn, server_settings=settings)
+    failures: list[str] = []
+    for host_dsn in hosts:
+        try:
+            with anyio.fail_after(HOST_CONNECT_TIMEOUT_S):
+                return await asyncpg.connect(host_dsn, server_settings=settings)
+        except _connection_errors(TimeoutError, asyncpg.PostgresError) as error:
+            failures.append(f"{redact_dsn(host_dsn)}: {type(error).__name__}: {error}")
+    raise PgStoreError("no host takes writes: " + "; ".join(failures))
 
 
 def merge_state_changes(entries: Sequence[Entry]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
@@ -1012,7 +1043,7 @@ async def open_pg_store(
     try:
         for _ in range(inflight_groups - 1):
             more.append(await connect(dsn))
-    except _connection_errors(asyncpg.PostgresError) as error:
+    except _connection_errors(asyncpg.PostgresError, PgStoreError) as error:
         for one in (connection, *more):
             one.terminate()
         raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error

@@ -75,6 +75,7 @@ from core.drills.customers import (
 from core.drills.pg_cluster import Cluster, ClusterError
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
+from core.pg_store import connect
 from core.services.lifecycle import STORE_RETRY_S
 from ledger.records import pack_account_input
 from ledger.reference import Transfer
@@ -96,7 +97,8 @@ TRANSFER_CAPACITY = 1 << 21
 FUNDING_MINOR = 1_000_000_000
 WAIT_POLL_S = 0.01
 DRILL_SCRYPT_N = 1 << 12  # cheap password hashes: the drill measures the store, not scrypt
-SCENARIOS = ("dc1", "old-primary-returns", "dc2-then-dc1")
+PROBE_ID = 1 << 62 | os.getpid()  # the RTO probe's transfer on the promoted member
+SCENARIOS = ("dc1", "old-primary-returns", "dc2-then-dc1", "partition-dc1")
 TALLY_READY_TIMEOUT_S = 120.0
 FAILOVER_TIMEOUT_S = 120.0
 # dc2-then-dc1: how long to watch for a (forbidden) promotion once dc1 is dead.
@@ -117,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCENARIOS,
         default="dc1",
         help="dc1: lose dc1 under load (then region A, dc3 promoted by hand); "
-        "old-primary-returns: dc1 as well, then dc1 restarted; dc2-then-dc1: dc2 dies, then dc1",
+        "old-primary-returns: dc1 as well, then dc1 restarted; dc2-then-dc1: dc2 dies, then dc1;"
+        " partition-dc1: dc1 cut off from etcd, dc2 and dc3 (network namespaces, root only)",
     )
     parser.add_argument("--output", default="drill.json", help="where to write the report")
     parser.add_argument("--save", metavar="DIR", help="also save DIR/drill-<time>.json")
@@ -380,6 +383,8 @@ class TallyProcess:
     epoch: int | None = None
     reader: threading.Thread | None = None
     dc3_snapshot: Dc3Snapshot | None = None
+    cut_at: float | None = None  # monotonic time of a partition of dc1
+    acknowledged_after_cut: list[int] = field(default_factory=list)
 
     def read_events(self) -> None:
         assert self.process.stdout is not None
@@ -395,6 +400,8 @@ class TallyProcess:
             self.load.acknowledged[transfer_id] = (result, timestamp)
             self.load.records[transfer_id] = record
             self.acknowledged_n[c] = n + 1
+            if self.cut_at is not None:
+                self.acknowledged_after_cut.append(transfer_id)
         elif tag == "c":
             customer_load.customers.append(values[0])
         elif tag == "a":
@@ -420,7 +427,10 @@ class TallyProcess:
             self.load.records[transfer_id] = record
 
 
-def start_tally(dsn: str, data_dir: str, args: argparse.Namespace) -> TallyProcess:
+def start_tally(
+    dsn: str, data_dir: str, args: argparse.Namespace, namespace: str | None = None
+) -> TallyProcess:
+    """Tally on dc1 as a child process (inside dc1's network namespace if given)."""
     options = {
         "dsn": dsn,
         "data_dir": data_dir,
@@ -429,8 +439,9 @@ def start_tally(dsn: str, data_dir: str, args: argparse.Namespace) -> TallyProce
         "customer_clients": args.customer_clients,
     }
     code = "from core.drills.failover import child_main; child_main()"
+    inside = ["ip", "netns", "exec", namespace] if namespace else []
     process = subprocess.Popen(
-        [sys.executable, "-c", code, orjson.dumps(options).decode()],
+        [*inside, sys.executable, "-c", code, orjson.dumps(options).decode()],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
@@ -707,14 +718,7 @@ def old_primary_returns(topology: patroni.Topology) -> dict[str, Any]:
     dc1 = topology.member("dc1")
     topology.start_etcd(dc1, new=False)
     topology.start_patroni(dc1)
-    deadline = started + FAILOVER_TIMEOUT_S
-    roles: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        view = topology.cluster_view() or {}
-        roles = {m["name"]: f"{m.get('role')}:{m.get('state')}" for m in view.get("members", [])}
-        if roles.get("dc1") in ("replica:running", "sync_standby:running"):
-            break
-        time.sleep(0.2)
+    roles = wait_rejoined(topology, "dc1")
     rejoined_s = round(time.monotonic() - started, 3)
     result: dict[str, Any] = {"rejoined_s": rejoined_s, "roles": roles}
     result.update(anyio.run(_probe_old_primary, topology, backend="asyncio"))
@@ -738,6 +742,24 @@ def old_primary_returns(topology: patroni.Topology) -> dict[str, Any]:
     return result
 
 
+def wait_rejoined(topology: patroni.Topology, name: str, leader: str = "dc2") -> dict[str, str]:
+    """Until `name` runs as a replica again (at most FAILOVER_TIMEOUT_S), as the leader's
+    REST API sees it (a returning member's own view may be stale); the roles seen last, as
+    "role:state"."""
+    deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+    roles: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            view = topology.rest(leader, "/cluster")
+        except TallyError:
+            view = {}
+        roles = {m["name"]: f"{m.get('role')}:{m.get('state')}" for m in view.get("members", [])}
+        if roles.get(name) in ("replica:running", "sync_standby:running"):
+            break
+        time.sleep(0.2)
+    return roles
+
+
 async def _probe_old_primary(topology: patroni.Topology) -> dict[str, Any]:
     import asyncpg
 
@@ -751,7 +773,7 @@ async def _probe_old_primary(topology: patroni.Topology) -> dict[str, Any]:
             refused = f"{type(error).__name__}: {error}"
     finally:
         await connection.close()
-    connection = await asyncpg.connect(topology.dsn())
+    connection = await connect(topology.dsn())
     try:
         port = int(await connection.fetchval("SELECT current_setting('port')"))
     finally:
@@ -815,10 +837,127 @@ def dc2_then_dc1(topology: patroni.Topology, args: argparse.Namespace) -> dict[s
     return result
 
 
-async def _in_recovery(dsn: str) -> bool:
+def partition_dc1(topology: patroni.Topology, args: argparse.Namespace) -> dict[str, Any]:
+    """dc1 (its etcd, Patroni, PostgreSQL and Tally, each DC in its own network namespace)
+    cut off from everything else under load, alive. Patroni on dc1 cannot renew its key and
+    demotes dc1; Patroni promotes dc2 once the key expires; Tally on dc1 can acknowledge
+    nothing dc2 lacks (strict synchronous mode); a Tally beside dc2 resumes; healed, dc1
+    rejoins as a replica; every transfer Tally on dc1 ever acknowledged is on dc2."""
+    with tempfile.TemporaryDirectory(prefix="tally-drill-dc1-") as data_dir:
+        tally = start_tally(topology.dsn(), data_dir, args, topology.namespace("dc1"))
+        try:
+            time.sleep(args.seconds)
+            cut_at = tally.cut_at = time.monotonic()
+            cut_wall = time.time()
+            acknowledged_before = len(tally.load.acknowledged)
+            topology.partition("dc1")
+            demotion = DemotionWatch(topology.postgresql("dc1").dsn(), cut_at)
+            demotion.start()
+            result: dict[str, Any] = {"acknowledged_before_cut": acknowledged_before}
+            # The Tally beside dc2 checks what was acknowledged up to now and measures the
+            # RTO (cut to its first acknowledged transfer); dc1's Tally keeps running.
+            snapshot = Load(dict(tally.load.acknowledged), {}, dict(tally.load.records))
+            result["beside_dc2"] = anyio.run(
+                check_on, topology.dsn(), args, snapshot, tally.customer_load,
+                "drill beside dc2", cut_at, True, backend="asyncio",
+            )  # fmt: skip
+            demotion.join(FAILOVER_TIMEOUT_S)
+            result["dc1_demoted_s"] = demotion.demoted_s
+            result["dc1_demoted_how"] = demotion.how
+            topology.heal("dc1")
+            healed = time.monotonic()
+            roles = wait_rejoined(topology, "dc1")
+            result["dc1_rejoined_s"] = round(time.monotonic() - healed, 3)
+            result["roles_after_heal"] = roles
+        finally:
+            kill_tally(tally, args.clients)
+    after = tally.acknowledged_after_cut
+    result["acknowledged_by_dc1_after_cut"] = len(after)
+    final = anyio.run(_missing_on_leader, topology.dsn(), tally.load, backend="asyncio")
+    # What the Tally beside dc2 acknowledged there (its probe) must survive the heal too.
+    _, probe_result, probe_timestamp = result["beside_dc2"]["probe"]
+    probe = Load({PROBE_ID: (probe_result, probe_timestamp)})
+    probe_lost = anyio.run(_missing_on_leader, topology.dsn(), probe, backend="asyncio")
+    result["acknowledged_on_dc2_lost_after_heal"] = probe_lost
+    final = final + probe_lost
+    result["acknowledged_total"] = len(tally.load.acknowledged)
+    result["acknowledged_missing_on_dc2"] = final
+    checked = result["beside_dc2"]
+    result["rto_s"] = checked["rto_s"]
+    result["acknowledged_lost"] = checked["acknowledged_lost"] + len(final)
+    result["duplicates"] = checked["duplicates"]
+    result["customers_lost"] = checked["customers_lost"]
+    log = os.path.join(topology.member_directory("dc1"), "patroni.log")
+    with open(log, encoding="utf-8", errors="replace") as file:
+        text = file.read()
+    cut_text = time.strftime("%Y-%m-%d %H:%M", time.gmtime(cut_wall))
+    result["dc1_patroni_said"] = [
+        line
+        for line in text.splitlines()
+        if line[:16] >= cut_text
+        and any(word in line for word in ("demot", "promot", "rewind", "Lock owner: dc2"))
+    ][:20]
+    result["passed"] = bool(
+        result["acknowledged_lost"] == 0
+        and result["duplicates"] == 0
+        and result["customers_lost"] == checked["accounts_lost"] == 0
+        and checked["verify_ok"]
+        and result["dc1_demoted_s"] is not None
+        and roles.get("dc1") in ("replica:running", "sync_standby:running")
+    )
+    return result
+
+
+class DemotionWatch(threading.Thread):
+    """From the cut on, asks dc1 itself (its Unix socket: reachable across namespaces)
+    whether it still takes writes; the first time it does not, in seconds after the cut."""
+
+    def __init__(self, dsn: str, since: float) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.since = dsn, since
+        self.demoted_s: float | None = None
+        self.how = ""
+
+    def run(self) -> None:
+        while time.monotonic() < self.since + FAILOVER_TIMEOUT_S:
+            how = anyio.run(_primary_state, self.dsn, backend="asyncio")
+            if how != "primary":
+                self.demoted_s, self.how = round(time.monotonic() - self.since, 3), how
+                return
+            time.sleep(0.1)
+
+
+async def _primary_state(dsn: str) -> str:
     import asyncpg
 
-    connection = await asyncpg.connect(dsn)
+    try:
+        with anyio.fail_after(2):
+            connection = await asyncpg.connect(dsn)
+            try:
+                in_recovery = await connection.fetchval("SELECT pg_is_in_recovery()")
+            finally:
+                await connection.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return "stopped"
+    return "replica" if in_recovery else "primary"
+
+
+async def _missing_on_leader(dsn: str, load: Load) -> list[int]:
+    """Acknowledged transfers (OK) not in the leader's tally_transfer_records."""
+    connection = await connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT id_lo FROM tally_transfer_records WHERE id_hi = 0")
+    finally:
+        await connection.close()
+    stored = {int(row["id_lo"]) for row in rows}
+    return sorted(
+        i for i, (code, _) in load.acknowledged.items() if code == R.OK and i not in stored
+    )
+
+
+async def _in_recovery(dsn: str) -> bool:
+
+    connection = await connect(dsn)
     try:
         return bool(await connection.fetchval("SELECT pg_is_in_recovery()"))
     finally:
@@ -830,7 +969,7 @@ async def _writable(dsn: str) -> bool:
 
     try:
         with anyio.fail_after(5):
-            connection = await asyncpg.connect(dsn)
+            connection = await connect(dsn)
             try:
                 await connection.execute("UPDATE tally_epoch SET owner = owner")
             finally:
@@ -852,7 +991,6 @@ async def check_on(
 ) -> dict[str, Any]:
     """Start Tally on a promoted standby; RTO, lost and duplicate acknowledged transfers,
     and the acknowledged customers, accounts and password changes it lacks."""
-    import asyncpg
 
     from core.pg_store import Opened, PgStoreError, open_pg_store, verify
 
@@ -889,12 +1027,11 @@ async def check_on(
     async with anyio.create_task_group() as task_group:
         await task_group.start(engine.serve)
         probe = await engine.submit_transfer(
-            _transfer(
-                1 << 62 | os.getpid(), CLEARING_ID, FIRST_ACCOUNT, 1, TransferCode.TOPUP_BOUND
-            )
+            _transfer(PROBE_ID, CLEARING_ID, FIRST_ACCOUNT, 1, TransferCode.TOPUP_BOUND)
         )
         result["rto_s"] = round(time.monotonic() - kill_monotonic, 3)
         result["first_transfer_result"] = int(probe.result)
+        result["probe"] = [PROBE_ID, int(probe.result), probe.timestamp]
 
         async def missing_in_ledger(ids: list[int]) -> set[int]:
             found: set[int] = await engine.read(
@@ -934,7 +1071,7 @@ async def check_on(
         await engine.wait_durable()
         task_group.cancel_scope.cancel()
     await opened.store.close()
-    connection = await asyncpg.connect(dsn)
+    connection = await connect(dsn)
     try:
         report = await verify(connection, ACCOUNT_CAPACITY, TRANSFER_CAPACITY)
     finally:
@@ -962,7 +1099,8 @@ async def check_on(
 def build_topology(args: argparse.Namespace) -> patroni.Topology:
     directory = args.dir or tempfile.mkdtemp(prefix="tally-drill-patroni-", dir="/tmp")
     port_base = args.port_base if args.port_base is not None else patroni.free_port_base()
-    return patroni.up(directory, port_base)
+    network = "netns" if args.scenario == "partition-dc1" else "loopback"
+    return patroni.up(directory, port_base, network=network)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -989,9 +1127,10 @@ def run(args: argparse.Namespace) -> int:
             "tally": "dc1: a child process (Bank on the PostgreSQL store) SIGKILLed with dc1;"
             " beside dc2: an engine in the drill's process on the same DSN",
         }
-        if args.scenario == "dc2-then-dc1":
-            section = dc2_then_dc1(topology, args)
-            report["scenario_dc2_then_dc1"] = section
+        if args.scenario in ("dc2-then-dc1", "partition-dc1"):
+            scenario = dc2_then_dc1 if args.scenario == "dc2-then-dc1" else partition_dc1
+            section = scenario(topology, args)
+            report["scenario_" + args.scenario.replace("-", "_")] = section
             report.update(
                 {k: section[k] for k in ("rto_s", "acknowledged_lost", "duplicates")}
                 | {"customers_lost": section["customers_lost"], "passed": section["passed"]}
@@ -1128,6 +1267,25 @@ def summary(report: dict[str, Any]) -> str:
                 f"  operator promoted dc3: acknowledged lost {section['acknowledged_lost']},"
                 f" duplicates {section['duplicates']}, customers lost"
                 f" {section['customers_lost']}",
+            ]
+        )
+    if report["scenario"] == "partition-dc1":
+        section = report["scenario_partition_dc1"]
+        beside = section["beside_dc2"]
+        return "\n".join(
+            [
+                f"failover drill (Patroni) {report['date']}, dc1 partitioned:"
+                f" {'PASSED' if report.get('passed') else 'FAILED'}",
+                f"  dc1 stopped taking writes {section['dc1_demoted_s']} s after the cut"
+                f" ({section['dc1_demoted_how']}); Tally beside dc2 acknowledged a transfer"
+                f" {section['rto_s']} s after the cut (store opened {beside['store_opened_s']} s)",
+                f"  Tally on dc1 acknowledged {section['acknowledged_by_dc1_after_cut']} transfers"
+                f" after the cut; acknowledged missing on dc2:"
+                f" {len(section['acknowledged_missing_on_dc2'])}; lost"
+                f" {report['acknowledged_lost']}, duplicates {report['duplicates']},"
+                f" customers lost {report['customers_lost']}",
+                f"  healed: dc1 rejoined in {section['dc1_rejoined_s']} s:"
+                f" {section['roles_after_heal']}",
             ]
         )
     kill = report.get("kill", {})

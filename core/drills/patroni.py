@@ -103,6 +103,7 @@ class Member:
     name: str
     index: int  # 1..3
     port_base: int
+    host: str = "127.0.0.1"  # its address in its network namespace (`network="netns"`)
 
     @property
     def pg_port(self) -> int:
@@ -122,7 +123,7 @@ class Member:
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"http://{self.host}:{self.rest_port}"
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Topology:
     loop_wait_s: int = LOOP_WAIT_S
     retry_timeout_s: int = RETRY_TIMEOUT_S
     dc3_nosync: bool = False
+    # "loopback": every daemon on 127.0.0.1. "netns": each DC in its own network namespace
+    # on a bridge (root only), so that one DC can be cut off (`partition`).
+    network: str = "loopback"
     pids: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,7 +158,17 @@ class Topology:
     # --- where ---------------------------------------------------------------------
 
     def members(self) -> list[Member]:
+        if self.network == "netns":
+            subnet = self.subnet()
+            return [
+                Member(m.name, m.index, m.port_base, f"{subnet}.{10 + m.index}")
+                for m in members_for(self.port_base)
+            ]
         return members_for(self.port_base)
+
+    def subnet(self) -> str:
+        """The /24 of the namespaces' bridge (`network="netns"`), one per port base."""
+        return f"10.231.{1 + (self.port_base // 40) % 250}"
 
     def member(self, name: str) -> Member:
         for member in self.members():
@@ -171,15 +185,16 @@ class Topology:
 
     def dsn(self, database: str = "postgres") -> str:
         """libpq multi-host DSN: whichever member takes writes (the leader)."""
-        hosts = ",".join(f"127.0.0.1:{m.pg_port}" for m in self.members())
+        hosts = ",".join(f"{m.host}:{m.pg_port}" for m in self.members())
         return f"postgresql://{SUPERUSER}@{hosts}/{database}?target_session_attrs=read-write"
 
     def member_dsn(self, name: str, database: str = "postgres") -> str:
         """One member only (reads, checks), whatever its role."""
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.member(name).pg_port}/{database}"
+        member = self.member(name)
+        return f"postgresql://{SUPERUSER}@{member.host}:{member.pg_port}/{database}"
 
     def etcd_hosts(self) -> list[str]:
-        return [f"127.0.0.1:{m.etcd_client_port}" for m in self.members()]
+        return [f"{m.host}:{m.etcd_client_port}" for m in self.members()]
 
     # --- saved state ---------------------------------------------------------------
 
@@ -205,15 +220,15 @@ class Topology:
     # --- configuration files -------------------------------------------------------------
 
     def etcd_command(self, member: Member, new: bool) -> list[str]:
-        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.etcd_peer_port}" for m in self.members())
+        cluster = ",".join(f"{m.name}=http://{m.host}:{m.etcd_peer_port}" for m in self.members())
         return [
             ETCD_BIN,
             "--name", member.name,
             "--data-dir", os.path.join(self.member_directory(member.name), "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{member.etcd_client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{member.etcd_client_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{member.etcd_peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.etcd_peer_port}",
+            "--listen-client-urls", f"http://{member.host}:{member.etcd_client_port}",
+            "--advertise-client-urls", f"http://{member.host}:{member.etcd_client_port}",
+            "--listen-peer-urls", f"http://{member.host}:{member.etcd_peer_port}",
+            "--initial-advertise-peer-urls", f"http://{member.host}:{member.etcd_peer_port}",
             "--initial-cluster", cluster,
             "--initial-cluster-state", "new" if new else "existing",
             "--initial-cluster-token", f"tally-{self.port_base}",
@@ -228,6 +243,8 @@ class Topology:
             "local replication all trust",
             "host all all 127.0.0.1/32 trust",
             "host replication all 127.0.0.1/32 trust",
+            f"host all all {self.subnet()}.0/24 trust",
+            f"host replication all {self.subnet()}.0/24 trust",
         ]
         tags: dict[str, bool] = {
             "nofailover": member.name == "dc3",
@@ -241,8 +258,8 @@ class Topology:
             "name": member.name,
             "log": {"level": "INFO"},
             "restapi": {
-                "listen": f"127.0.0.1:{member.rest_port}",
-                "connect_address": f"127.0.0.1:{member.rest_port}",
+                "listen": f"{member.host}:{member.rest_port}",
+                "connect_address": f"{member.host}:{member.rest_port}",
             },
             "etcd3": {"hosts": self.etcd_hosts()},
             "bootstrap": {
@@ -263,8 +280,8 @@ class Topology:
                 "pg_hba": hba,
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{member.pg_port}",
-                "connect_address": f"127.0.0.1:{member.pg_port}",
+                "listen": f"{member.host}:{member.pg_port}",
+                "connect_address": f"{member.host}:{member.pg_port}",
                 "data_dir": os.path.join(directory, "data"),
                 "bin_dir": self.bin_directory,
                 "pgpass": os.path.join(directory, "pgpass"),
@@ -304,7 +321,15 @@ class Topology:
             "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", ""),
         }
         user: dict[str, Any] = {}
-        if os.geteuid() == 0:
+        if self.network == "netns":
+            # `ip netns exec` and `setpriv` both exec: the pid is still the daemon's own.
+            entry = pwd.getpwnam(UNPRIVILEGED_USER)
+            command = [
+                "ip", "netns", "exec", self.namespace(key.split("-")[-1]),
+                "setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
+                "--clear-groups", "--", *command,
+            ]  # fmt: skip
+        elif os.geteuid() == 0:
             entry = pwd.getpwnam(UNPRIVILEGED_USER)
             user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         with open(log_path, "ab") as log:
@@ -366,6 +391,53 @@ class Topology:
         if not wait_gone(pid, timeout_s):
             self.kill(key)
 
+    # --- network namespaces (network="netns") -------------------------------------------
+
+    def namespace(self, name: str) -> str:
+        return f"tally-{self.port_base}-{name}"
+
+    def _bridge(self) -> str:
+        return f"tb{self.port_base}"
+
+    def _veth(self, name: str) -> str:
+        return f"tv{self.port_base}{name[-1]}"  # the root side; `tp...` inside
+
+    def setup_network(self) -> None:
+        """A bridge in the root namespace (the drill's address: .1) and one namespace per DC
+        on it through a veth pair, the DC's address inside. Layer 2 only: no forwarding
+        or firewall setting of the machine is changed."""
+        if os.geteuid() != 0:
+            raise TopologyError("network namespaces need root")
+        bridge = self._bridge()
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.subnet()}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        for member in self.members():
+            namespace, veth = self.namespace(member.name), self._veth(member.name)
+            peer = "tp" + veth[2:]
+            _ip("netns", "add", namespace)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+            _ip("link", "set", peer, "netns", namespace)
+            _ip("link", "set", veth, "master", bridge)
+            _ip("link", "set", veth, "up")
+            _ip("-n", namespace, "addr", "add", f"{member.host}/24", "dev", peer)
+            _ip("-n", namespace, "link", "set", peer, "up")
+            _ip("-n", namespace, "link", "set", "lo", "up")
+
+    def teardown_network(self) -> None:
+        for member in self.members():
+            with contextlib.suppress(TopologyError):
+                _ip("netns", "delete", self.namespace(member.name))
+        with contextlib.suppress(TopologyError):
+            _ip("link", "delete", self._bridge())
+
+    def partition(self, name: str) -> None:
+        """Cut DC `name` off from the others and from the root namespace (its veth down)."""
+        _ip("link", "set", self._veth(name), "down")
+
+    def heal(self, name: str) -> None:
+        _ip("link", "set", self._veth(name), "up")
+
     # --- the REST API ------------------------------------------------------------------
 
     def rest(self, name: str, path: str, method: str = "GET", body: Any = None) -> Any:
@@ -418,9 +490,9 @@ class Topology:
             info.update(
                 {
                     "region": REGIONS[member.name],
-                    "pg": f"127.0.0.1:{member.pg_port}",
+                    "pg": f"{member.host}:{member.pg_port}",
                     "rest": member.rest_url,
-                    "etcd": f"127.0.0.1:{member.etcd_client_port}",
+                    "etcd": f"{member.host}:{member.etcd_client_port}",
                     "patroni_pid": self.pids.get(f"patroni-{member.name}"),
                     "patroni_alive": self.alive(f"patroni-{member.name}"),
                     "etcd_pid": self.pids.get(f"etcd-{member.name}"),
@@ -533,6 +605,16 @@ def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
     return False
 
 
+def _ip(*arguments: str) -> None:
+    command = ["ip", *arguments]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise TopologyError(f"{' '.join(command)}: {error}") from error
+    if completed.returncode != 0:
+        raise TopologyError(f"{' '.join(command)}: {completed.stderr.strip()}")
+
+
 def _write_json(path: str, value: Any) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as file:
@@ -586,6 +668,12 @@ def up(
             )
         os.makedirs(directory, exist_ok=True)
         topology = Topology(directory, port_base, **settings)
+        if topology.network == "netns":
+            try:
+                topology.setup_network()
+            except TopologyError:
+                topology.teardown_network()
+                raise
         _give_to_server_user(topology.directory)
         os.chmod(topology.directory, 0o755)
         topology.write_configs()
@@ -618,7 +706,7 @@ def wait_etcd(topology: Topology, timeout_s: float) -> None:
         healthy = 0
         for member in topology.members():
             with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-                url = f"http://127.0.0.1:{member.etcd_client_port}/health"
+                url = f"http://{member.host}:{member.etcd_client_port}/health"
                 with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as answer:
                     if json.loads(answer.read()).get("health") == "true":
                         healthy += 1
@@ -638,6 +726,8 @@ def down(topology: Topology, remove: bool = False) -> None:
         topology.postgresql(member.name).stop("fast")  # one whose Patroni died
     for member in topology.members():
         topology.stop_process(f"etcd-{member.name}")
+    if topology.network == "netns" and remove:
+        topology.teardown_network()
     if remove:
         shutil.rmtree(topology.directory, ignore_errors=True)
     else:
