@@ -42,8 +42,11 @@ More scenarios (`--scenario`): `old-primary-returns` (dc1 restarted after the
 failover: Patroni rewinds it into a replica of dc2; it must be in recovery and
 refuse a write), `dc2-then-dc1` (dc2 dies, dc3 becomes the synchronous
 standby, then dc1 dies: nothing may be promoted, writes stop; an operator
-promotes dc3, which lost nothing because it was synchronous). A network
-partition of dc1 is not drilled (docs/ha.md says why).
+promotes dc3, which lost nothing because it was synchronous), `partition-dc1`
+(each DC in its own network namespace, dc1 cut off under load and alive: it
+must stop taking writes, dc2 takes over, dc1 rejoins as a replica when the
+link returns, and whatever either Tally acknowledged must be on the final
+leader; docs/ha.md records a Patroni 3.0.2 split brain this can expose).
 """
 
 from __future__ import annotations
