@@ -78,7 +78,7 @@ from core.drills.customers import (
 from core.drills.pg_cluster import Cluster, ClusterError
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
-from core.pg_store import connect
+from core.pg_store import PgStoreError, connect
 from core.services.lifecycle import STORE_RETRY_S
 from ledger.records import pack_account_input
 from ledger.reference import Transfer
@@ -978,8 +978,8 @@ async def _writable(dsn: str) -> bool:
             finally:
                 await connection.close()
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-            asyncpg.exceptions.InternalClientError):  # fmt: skip
-        return False
+            asyncpg.exceptions.InternalClientError, PgStoreError):  # fmt: skip
+        return False  # no member takes writes (PgStoreError: every host tried)
     return True
 
 
@@ -995,7 +995,7 @@ async def check_on(
     """Start Tally on a promoted standby; RTO, lost and duplicate acknowledged transfers,
     and the acknowledged customers, accounts and password changes it lacks."""
 
-    from core.pg_store import Opened, PgStoreError, open_pg_store, verify
+    from core.pg_store import Opened, open_pg_store, verify
 
     attempts = 0
     opened: Opened | None = None
