@@ -75,6 +75,18 @@ transaction. Either way the resolving transaction writes the epoch row, so its
 COMMIT also waits for the synchronous standby: an earlier commit that was only
 local is acknowledged only once it is replicated too.
 
+Failover (Patroni, docs/ha.md). The DSN may list the cluster's members with
+`target_session_attrs=read-write`: every connection (`connect`) goes to the
+member that takes writes. When the primary dies mid-group, the resolution
+above reconnects through the same DSN, so it lands on the promoted standby
+once Patroni has promoted it (within `reconnect_timeout_s`); the synchronous
+standby had every committed group, so the epoch row there says whether the
+group in flight committed, exactly as on the old primary. The old backend is
+ended only where it ran (matched by the connection's unique application name,
+not by its pid alone, which on another server is someone else's). If the
+promotion takes longer, the store fails, and the services' lifecycle opens it
+again through the DSN: a new epoch and a ledger rebuilt from the new primary.
+
 A COMMIT that returns with PostgreSQL's warning that the transaction "has
 already committed locally, but might not have been replicated" (a cancelled
 synchronous-replication wait) is an ambiguous commit: the store raises
@@ -98,6 +110,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
 import struct
 import time
 from collections.abc import Sequence
@@ -223,11 +237,14 @@ class Link:
         self.warnings: list[Any] = []
         self.connection: Any = None
         self.server_pid: int | None = None
+        self.application_name: str | None = None
         self.listen(connection)
 
     def listen(self, connection: Any) -> None:
         self.connection = connection
         self.server_pid = connection.get_server_pid()
+        # Names this backend on whichever server it is (see `connect`).
+        self.application_name = connection.get_settings().application_name
         connection.add_log_listener(lambda _connection, message: self.warnings.append(message))
 
 
@@ -756,19 +773,18 @@ class PgStore:
 
     async def _reconnect(self, link: Link, cause: BaseException) -> None:
         """A new connection; the old backend is ended so it cannot commit behind our back."""
-        import asyncpg
 
         old = link.connection
-        old_pid = link.server_pid
+        old_pid, old_name = link.server_pid, link.application_name
         if old is not None:
             old.terminate()
         deadline = time.monotonic() + self.reconnect_timeout_s
         while True:
             try:
                 with anyio.fail_after(max(0.1, deadline - time.monotonic())):
-                    connection = await asyncpg.connect(self.dsn)
+                    connection = await connect(self.dsn)
                 break
-            except _connection_errors(TimeoutError) as error:
+            except _connection_errors(TimeoutError, PgStoreError) as error:
                 if time.monotonic() >= deadline:
                     raise CommitUnresolved(
                         f"cannot reach PostgreSQL within {self.reconnect_timeout_s} s to resolve"
@@ -778,7 +794,63 @@ class PgStore:
         self.stats.reconnects += 1
         link.listen(connection)
         if old_pid is not None:
-            await connection.execute("SELECT pg_terminate_backend($1)", old_pid)
+            # Only if the old backend is on this server: after a failover the DSN leads to
+            # another one (the old primary's backends died with it), where the same pid may
+            # be anyone's; the application name is unique to the old connection.
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = $1 AND application_name = $2",
+                old_pid,
+                old_name,
+            )
+
+
+_connection_numbers = itertools.count(1)
+# One host of a multi-host DSN gets this long to accept and answer: a host cut off by a
+# partition drops packets silently, and asyncpg's own timeout (60 s) spans every host, so
+# without a bound per host the first dead one would eat the whole attempt (measured with
+# `tally drill failover --scenario partition-dc1`: 42 s to reach the new leader).
+HOST_CONNECT_TIMEOUT_S = 2.0
+
+
+def split_hosts(dsn: str) -> list[str]:
+    """A URL DSN listing several hosts (`postgresql://user@h1:p1,h2:p2/db?...`) as one DSN
+    per host, in order, each with the same user, database and parameters; any other DSN
+    as it is."""
+    scheme, separator, rest = dsn.partition("://")
+    if not separator:
+        return [dsn]
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return [dsn]
+    return [f"{scheme}://{userinfo}{at}{host}{slash}{tail}" for host in hosts.split(",")]
+
+
+async def connect(dsn: str) -> Any:
+    """A store connection to `dsn`, named uniquely (`application_name`).
+
+    The DSN may list several hosts with `target_session_attrs=read-write` (a
+    Patroni cluster, docs/ha.md): they are tried in order, each for at most
+    `HOST_CONNECT_TIMEOUT_S`, and the first that takes writes is kept, so after a
+    failover the same DSN leads to the new leader. The unique name lets a
+    reconnection end its old backend only where it ran.
+    """
+    import asyncpg
+
+    name = f"tally-{os.getpid()}-{next(_connection_numbers)}-{secrets.token_hex(4)}"
+    settings = {"application_name": name}
+    hosts = split_hosts(dsn)
+    if len(hosts) == 1:
+        return await asyncpg.connect(dsn, server_settings=settings)
+    failures: list[str] = []
+    for host_dsn in hosts:
+        try:
+            with anyio.fail_after(HOST_CONNECT_TIMEOUT_S):
+                return await asyncpg.connect(host_dsn, server_settings=settings)
+        except _connection_errors(TimeoutError, asyncpg.PostgresError) as error:
+            failures.append(f"{redact_dsn(host_dsn)}: {type(error).__name__}: {error}")
+    raise PgStoreError("no host takes writes: " + "; ".join(failures))
 
 
 def merge_state_changes(entries: Sequence[Entry]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
@@ -944,7 +1016,7 @@ async def open_pg_store(
 
     started = time.perf_counter()
     try:
-        connection = await asyncpg.connect(dsn)
+        connection = await connect(dsn)
     except _connection_errors(asyncpg.PostgresError) as error:
         raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error
     try:
@@ -970,8 +1042,8 @@ async def open_pg_store(
     more: list[Any] = []
     try:
         for _ in range(inflight_groups - 1):
-            more.append(await asyncpg.connect(dsn))
-    except _connection_errors(asyncpg.PostgresError) as error:
+            more.append(await connect(dsn))
+    except _connection_errors(asyncpg.PostgresError, PgStoreError) as error:
         for one in (connection, *more):
             one.terminate()
         raise PgStoreError(f"cannot connect to {redact_dsn(dsn)}: {error}") from error

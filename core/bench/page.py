@@ -46,6 +46,12 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "money_unknown": ("<=", 0),
         "audit_errors": ("<=", 0),
     },
+    "drill": {
+        "rto_s": ("<=", 30),
+        "acknowledged_lost": ("<=", 0),
+        "duplicates": ("<=", 0),
+        "customers_lost": ("<=", 0),
+    },
     "engine": {
         "durable_transfers_per_s": (">=", 1_000_000),
         "single_submit_transfers_per_s": (">=", 100_000),
@@ -55,6 +61,16 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 NOTES = {
+    "drill": (
+        "`tally drill failover` on Patroni + etcd (`tally cluster up`'s topology, docs/ha.md):"
+        " Tally on dc1 (a process on the PostgreSQL store) under load, then dc1's Tally,"
+        " Patroni, PostgreSQL and etcd SIGKILLed; Patroni promotes dc2 (ttl 10 s, loop_wait"
+        " 2 s, retry_timeout 4 s) and makes dc3 its synchronous standby; a Tally beside dc2"
+        " opens the store through the multi-host DSN and posts a probe. `rto_s` is kill to"
+        " the probe's acknowledgement; every acknowledged transfer is re-sent and must answer"
+        " `exists` with its timestamp. `region_a_rpo_*`: what dc3 lacked at the kill. The"
+        " machine's two cores are shared with other work: the RTO is noisy."
+    ),
     "locust": (
         "Locust (`loadtests/locustfile.py`) against `tally serve` (hypercorn, embedded journal,"
         " fsync on) on the same 2-core machine as the load generator: customers on the wechat,"
@@ -116,8 +132,9 @@ NOTES = {
     ),
 }
 
-TITLES = {"sim": "tally sim run", "locust": "tally loadtest"}
+TITLES = {"sim": "tally sim run", "locust": "tally loadtest", "drill": "tally drill failover"}
 HEADLINES = {
+    "drill": "rto_s",
     "locust": "requests_per_s",
     "pg": "tally_pg_transfers_per_s",
     "http": "single_transfer_requests_per_s_uvicorn",
@@ -157,14 +174,18 @@ def verdict(benchmark: str, key: str, value: Any) -> str:
     return f"{comparison} {bound:,.0f}: {'met' if met else 'NOT met'}"
 
 
+WHERE_OPTIONS = ("--save", "--output")  # where a report goes: nothing measured
+
+
 def measured_command(report: dict[str, Any]) -> str:
-    """The report's command without `--save DIR`: where a report is kept changes nothing
-    that was measured, so two runs saved to different directories are the same command."""
+    """The report's command without `--save DIR` or `--output FILE`: where a report is kept
+    changes nothing that was measured, so two runs saved to different places are the same
+    command."""
     words = str(report.get("command", "")).split()
     kept = [
         word
         for index, word in enumerate(words)
-        if word != "--save" and (index == 0 or words[index - 1] != "--save")
+        if word not in WHERE_OPTIONS and (index == 0 or words[index - 1] not in WHERE_OPTIONS)
     ]
     return " ".join(kept)
 

@@ -104,6 +104,26 @@ COMMANDS: Mapping[str, Command | Group] = {
             ),
         },
     ),
+    "cluster": Group(
+        "the local Patroni + etcd topology (dc1, dc2 same city, dc3 remote) for drills",
+        {
+            "up": Command(
+                "start etcd and Patroni (PostgreSQL 15) in three DCs; wait for leader + sync",
+                add_arguments="core.cli.cluster:add_up_arguments",
+                run="core.cli.cluster:run_up",
+            ),
+            "status": Command(
+                "members, roles, lag and timeline (from Patroni's REST API)",
+                add_arguments="core.cli.cluster:add_status_arguments",
+                run="core.cli.cluster:run_status",
+            ),
+            "down": Command(
+                "stop Patroni, PostgreSQL and etcd (--remove: delete the directory too)",
+                add_arguments="core.cli.cluster:add_down_arguments",
+                run="core.cli.cluster:run_down",
+            ),
+        },
+    ),
     "drill": Group(
         "disaster-recovery drills on real PostgreSQL clusters",
         {
