@@ -49,19 +49,6 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             " and demotes it: its acknowledgements are rewound away",
             ("old-primary-returns",),
         ),
-        PlantedBug(
-            "strict-mode-off",
-            "Patroni's synchronous_mode without synchronous_mode_strict: when the synchronous"
-            " standby stops streaming the leader empties synchronous_standby_names and commits"
-            " on local durability (single-copy acknowledgements; lost if it dies then)",
-            # Single-copy acknowledgements, caught by the verdict's two-copy invariant.
-            (
-                "dc1-outage",
-                "old-primary-returns",
-                "campaign-dc1-outage-link-partition",
-                "sync-link-flapping",
-            ),
-        ),
     )
 }
 

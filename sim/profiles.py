@@ -2,7 +2,8 @@
 
 `production` (the default) is what the bank runs (ARCHITECTURE.md "Topology"): PostgreSQL
 streaming replication under Patroni 3.0.2 with an etcd cluster of one member per DC,
-`synchronous_mode_strict`, DC2 the synchronous standby, DC3 tagged `nofailover` and `nosync`.
+`synchronous_mode_strict`, DC2 the synchronous standby, DC3 tagged `nofailover` (a
+synchronous candidate when DC2 cannot be; not `nosync`, as `tally cluster` runs it).
 `consensus` is the simulator's earlier model, kept to compare against: protections the real
 deployment does not have (leases, epochs in heartbeats, local-only commits while hearing a
 majority, a promoted DC catching up from its sibling, automatic majority failover with a
@@ -76,7 +77,8 @@ PROFILES: dict[str, Profile] = {
         Profile(
             "production",
             "PostgreSQL streaming replication under Patroni 3.0.2 with etcd (one member per DC),"
-            " synchronous_mode_strict: DC2 the synchronous standby, DC3 nofailover and nosync."
+            " synchronous_mode_strict: DC2 the synchronous standby, DC3 nofailover (sync only"
+            " when DC2 cannot be)."
             " Failure detection by the leader key's TTL, promotion of the /sync member only,"
             " ledger rebuild growing with the data, cross-region promotion by an operator.",
             _protections(

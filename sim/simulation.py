@@ -126,10 +126,10 @@ class Simulation:
         self.profile = profile_named(config.profile or scenario.profile or topology.profile)
         self.patroni = self.profile.has("dcs_leader_key")
         self.no_sync_standby = topology.no_sync_standby or self.profile.no_sync_standby
-        # What a primary without a synchronous standby does; the planted bug turns strict off.
-        self.commit_without_standby = (
-            "degrade" if config.plant_bug == "strict-mode-off" else self.no_sync_standby
-        )
+        # What a primary without a synchronous standby does. (A planted "strict mode off"
+        # exposes nothing in the deployed topology: with DC3 a synchronous candidate, a
+        # leader that has lost both standbys has lost its etcd majority too and demotes.)
+        self.commit_without_standby = self.no_sync_standby
         self.seed = config.seed
         self.rng = random.Random(config.seed)
         self.network = Network(topology, random.Random(config.seed * 1_000_003 + 17))
@@ -262,7 +262,11 @@ class Simulation:
         days = self.window_ns / (86_400 * NS_PER_S)
         if self.population is not None:
             self.account_capacity = self.population.account_capacity(days) + traffic.account_count
-            channel_capacity = 1 << max(10, (self.population.users - 1).bit_length())
+            # The kernel's own default (tally serve's): two counter entries per account. A day
+            # of the campaign profile keeps about 1.5 live keys per user (channel debit and
+            # credit caps, the customer's daily cap, strong authentication); a table sized
+            # by users alone fills up at 30M and every probe then walks the whole table.
+            channel_capacity = 1 << max(10, (2 * self.account_capacity - 1).bit_length())
         else:
             self.account_capacity = max(16, traffic.account_count * 2 + 64)
             channel_capacity = 1 << max(10, (self.account_capacity - 1).bit_length())

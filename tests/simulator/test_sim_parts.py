@@ -20,14 +20,16 @@ SEED = 19
 
 
 def test_default_topology_is_the_architecture() -> None:
-    """DC1 primary and DC2 sync in region A, DC3 async in region B; cross-region by operator."""
+    """DC1 primary and DC2 sync in region A, DC3 in region B a synchronous candidate (no
+    nosync tag, as tally cluster runs it) but nofailover; cross-region by operator."""
     topology = load_topology()
     assert topology.primary == "dc1"
     assert [(dc.name, dc.region, dc.replication) for dc in topology.data_centers.values()] == [
         ("dc1", "a", "sync"),
         ("dc2", "a", "sync"),
-        ("dc3", "b", "async"),
+        ("dc3", "b", "sync"),
     ]
+    assert topology.data_centers["dc3"].nofailover
     assert topology.link_class("dc1", "dc2").latency_ns == 1_500_000
     assert topology.link_class("dc1", "dc3").latency_ns == 30_000_000
     assert topology.cross_region == "operator"

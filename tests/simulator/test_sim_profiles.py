@@ -163,7 +163,11 @@ def test_production_blocks_instead_of_degrading_without_a_sync_standby() -> None
     """DC2 dies while DC1 keeps its etcd majority. With no standby allowed to acknowledge
     (Patroni's strict mode without the '*' fallback) commits wait: nothing is acknowledged
     during the outage, nothing on one copy. The consensus profile degrades instead."""
-    extra = "\n[topology.replication]\nany_standby_when_no_sync = false\n"
+    # DC3 tagged nosync, so that DC2 is the only synchronous candidate.
+    extra = (
+        "\n[topology.replication]\nany_standby_when_no_sync = false\n"
+        '[topology.data_centers.dc3]\nreplication = "async"\n'
+    )
     report, simulation = run("dc2-down", extra=extra)
     outage_start_s, outage_end_s = 0.3 * WINDOW_S, 0.6 * WINDOW_S
     # The leader's next loop notices DC2 has gone; from then on, nothing commits.
