@@ -21,12 +21,11 @@ HOURS = 0.25
 POSTINGS_PER_USER = 500.0
 
 
-@functools.cache
-def run(
-    scenario: str, plant_bug: str | None = None, seed: int = SEED
-) -> tuple[dict[str, Any], Simulation]:
-    """One run at the default test scale (`plant_bug`: a name of sim/bugs.py)."""
-    config = SimConfig(
+def scaled_config(
+    scenario: str, plant_bug: str | None = None, seed: int = SEED, profile: str | None = None
+) -> SimConfig:
+    """A run of `scenario` (a name or a file) at the default test scale."""
+    return SimConfig(
         users=USERS,
         hours=HOURS,
         seed=seed,
@@ -34,5 +33,13 @@ def run(
         postings_per_user=POSTINGS_PER_USER,
         quiet=True,
         plant_bug=plant_bug,
+        profile=profile,
     )
-    return simulate(config)
+
+
+@functools.cache
+def run(
+    scenario: str, plant_bug: str | None = None, seed: int = SEED
+) -> tuple[dict[str, Any], Simulation]:
+    """One run at the default test scale (`plant_bug`: a name of sim/bugs.py)."""
+    return simulate(scaled_config(scenario, plant_bug, seed))

@@ -19,11 +19,8 @@ from sim.api import simulate
 from sim.model import NS_PER_S, SimConfig, SimError
 from sim.profiles import PROFILES
 from sim.simulation import Simulation
+from tests.simulator.sim_runs import HOURS, SEED, scaled_config
 
-SEED = 7
-USERS = 20_000
-HOURS = 0.25
-POSTINGS_PER_USER = 500.0
 WINDOW_S = HOURS * 3600
 
 SCENARIOS = {
@@ -106,17 +103,7 @@ def run(
 ) -> tuple[dict[str, Any], Simulation]:
     if scenario in SCENARIOS:
         scenario = scenario_file(scenario_directory(), scenario, extra)
-    config = SimConfig(
-        users=USERS,
-        hours=HOURS,
-        seed=SEED,
-        scenario=scenario,
-        postings_per_user=POSTINGS_PER_USER,
-        quiet=True,
-        profile=profile,
-        plant_bug=plant_bug,
-    )
-    return simulate(config)
+    return simulate(scaled_config(scenario, plant_bug, SEED, profile))
 
 
 def context(report: dict[str, Any]) -> str:
