@@ -789,7 +789,10 @@ def test_business_day_rolls_over_at_midnight_beijing_time() -> None:
 @pytest.fixture
 def no_tz_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Hide both the system tz database and the `tzdata` package from zoneinfo."""
-    monkeypatch.setitem(sys.modules, "tzdata", None)
+    # The package and any of its submodules an earlier test imported (importlib.resources
+    # takes an imported `tzdata.zoneinfo` from sys.modules without importing its parent).
+    for name in ["tzdata", *(name for name in sys.modules if name.startswith("tzdata."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     zoneinfo.reset_tzpath(to=["/nonexistent-tz-database"])
     zoneinfo.ZoneInfo.clear_cache(only_keys=["Asia/Kathmandu"])
     try:
