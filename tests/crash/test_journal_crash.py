@@ -14,6 +14,7 @@ to replay a failing run; a failure names its seed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -107,7 +108,19 @@ def run_cycle(
         if time.monotonic() >= deadline and (not kill_after_intent or line.startswith(b"w ")):
             break
     process.send_signal(signal.SIGKILL)
-    output, error = process.communicate(timeout=60)
+    # The rest of the output through the same buffered reader: readline() may already hold
+    # later lines in its buffer, which communicate() (reading the raw descriptor) would
+    # drop. Losing an acknowledgement or an intent that way made the test believe an
+    # acknowledged group was still in flight and tear it (CI, crash seed 656755028: "zero
+    # header where seq 2241 belongs ... a whole record follows (seq 2248)"). EOF comes
+    # once the writer is dead (a snapshot child has its stdout on /dev/null); stderr once
+    # an orphaned snapshot child is done too.
+    with process.stdout, contextlib.ExitStack() as pipes:
+        assert process.stderr is not None
+        pipes.enter_context(process.stderr)
+        output = process.stdout.read()
+        error = process.stderr.read()
+    process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, (process.returncode, error.decode())
     assert not error, error.decode()
     lines += output.splitlines()
