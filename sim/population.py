@@ -89,7 +89,10 @@ def wealth_id() -> int:
     return simgen.account_id(0, simgen.TAG_INTERNAL, simgen.INTERNAL_WEALTH_INDEX)
 
 
-def new_ledger(account_capacity: int, log_capacity: int, channel_capacity: int) -> KernelLedger:
+def new_ledger(
+    account_capacity: int, log_capacity: int, channel_capacity: int | None
+) -> KernelLedger:
+    """A ledger for one DC; `channel_capacity` None: the kernel's default (2 per account)."""
     if account_capacity > ACCOUNT_CAPACITY_MAX:
         raise SimError(
             f"{account_capacity} accounts exceed this simulator's {ACCOUNT_CAPACITY_MAX}"

@@ -262,11 +262,11 @@ class Simulation:
         days = self.window_ns / (86_400 * NS_PER_S)
         if self.population is not None:
             self.account_capacity = self.population.account_capacity(days) + traffic.account_count
-            # The kernel's own default (tally serve's): two counter entries per account. A day
-            # of the campaign profile keeps about 1.5 live keys per user (channel debit and
-            # credit caps, the customer's daily cap, strong authentication); a table sized
+            # None: the kernel's own default (tally serve's), two counter entries per account.
+            # A day of the campaign profile keeps about 1.5 live keys per user (channel debit
+            # and credit caps, the customer's daily cap, strong authentication); a table sized
             # by users alone fills up at 30M and every probe then walks the whole table.
-            channel_capacity = 1 << max(10, (2 * self.account_capacity - 1).bit_length())
+            channel_capacity: int | None = None
         else:
             self.account_capacity = max(16, traffic.account_count * 2 + 64)
             channel_capacity = 1 << max(10, (self.account_capacity - 1).bit_length())
@@ -279,7 +279,6 @@ class Simulation:
         retention_s = self.topology.log_retention_ns / NS_PER_S
         wanted = max(1 << 16, int(peak_per_s * retention_s * 1.6))
         self.log_capacity = 1 << (wanted - 1).bit_length()
-        self.channel_capacity = channel_capacity
         primary = self.topology.primary
         ledgers = {
             primary: population_module.new_ledger(
