@@ -33,6 +33,13 @@ the requests being answered) as each group is formed (`drain`), and is told
 when that group is durable (`durable(ticket)`): a request's nonce is then
 durable with the request's own posting, in the same fdatasync or COMMIT.
 
+Generated entries (`submit_generated`): an entry formed in the apply stage
+from the state of that moment, by a function the caller gives (the day-end's
+settlement chunks, fixed-deposit maturities). Its group holds it alone, its
+function and its kernel call run in a worker thread, and it is answered once
+durable like any other; so what an entry posts can depend on the state it is
+applied to without a read and a later write racing other requests.
+
 If the store fails (I/O error, a full disk, fenced off, an ambiguous commit),
 the durable stage answers that group's callers and every group behind it
 with `StoreFailed` (an `EngineStopped`; outcome unknown for the failing
@@ -148,6 +155,13 @@ class RequestKind(enum.IntEnum):
     UPDATE_ACCOUNT = 3
     READ = 4
     PUT_STATE = 5
+    GENERATED = 6  # an entry formed in the apply stage (`submit_generated`)
+
+
+# What a `submit_generated` function returns: the entry's kind, count, payload and how
+# many timestamps it takes (one per transfer it posts); None: nothing to do.
+Generated = tuple[EntryKind, int, bytes, int]
+MakeEntry = Callable[["Ledger"], Generated | None]
 
 
 class Waiter(Protocol):
@@ -223,6 +237,7 @@ class Request:
     payload: bytes = b""
     count: int = 0
     read: Callable[[Ledger], Any] | None = None
+    make: MakeEntry | None = None
     result: Any = None
     error: Exception | None = None
 
@@ -447,6 +462,34 @@ class Engine:
         self._enqueue(request)
         return await self._wait(request)
 
+    async def submit_generated(self, make: MakeEntry) -> Any:
+        """Apply and journal an entry formed from the state at the moment it is applied.
+
+        `make(ledger)` runs in the apply stage, in a worker thread, against the
+        state after everything queued before it (and before anything queued
+        after it); it must only read the ledger. It returns `(kind, count,
+        payload, timestamps)` or None (nothing to do). The engine gives the
+        entry its strictly increasing timestamps (`timestamps` of them) and
+        business day, applies it with `apply_entry` (evicting first, like a
+        transfers entry, when it posts transfers), journals it in a group of
+        its own, and answers once it is durable.
+
+        This is how the day-end forms its entries: a settlement chunk is read
+        off the state in the same step that posts it, so nothing can slip in
+        between the read and the posting.
+
+        Returns `apply_entry`'s outcome (for entries that post transfers, the
+        `(results, timestamps, balances)` of `create_transfers`), or None when
+        `make` returned None (still answered only once everything before it is
+        durable). Raises what `make` raised (in this caller alone, never in the
+        engine), EngineFull when the kernel refused the entry for capacity
+        before changing anything (nothing journaled), EngineOverloaded and
+        EngineStopped like every submit.
+        """
+        request = Request(RequestKind.GENERATED, self._waiter(), make=make)
+        self._enqueue(request)
+        return await self._wait(request)
+
     # --- the writer -------------------------------------------------------------
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -524,6 +567,12 @@ class Engine:
                     entry = self._entry(EntryKind.EXPIRE_PENDING, 0, b"", timestamps=1)
                     await self._apply_group(durable_send, [entry], [])
                 continue
+            if first.kind == RequestKind.GENERATED:
+                if self._rules_pending:
+                    self._rules_pending = False
+                    await self._apply_group(durable_send, [self._rules_entry()], [])
+                await self._apply_generated(durable_send, first)
+                continue
             requests = [first]
             transfer_count = first.count if first.kind == RequestKind.TRANSFERS else 0
             # Take what is queued, then linger while more keeps coming: yield to the event
@@ -555,6 +604,9 @@ class Engine:
                     idle_passes = LINGER_IDLE_PASSES - 1  # one more pass for what came
                     continue
                 idle_passes = 0
+                if request.kind == RequestKind.GENERATED:
+                    self._carry = request  # formed from the state after this group: alone
+                    break
                 if request.kind == RequestKind.TRANSFERS:
                     if not policy.batch_fits(transfer_count, request.count, self.batch_size_max):
                         self._carry = request
@@ -637,6 +689,41 @@ class Engine:
         await durable_send.send(Group(applied, requests, time.perf_counter_ns(), captures))
         await self.store.after_group(self.ledger, self.state, self.wait_durable)
 
+    async def _apply_generated(
+        self, durable_send: MemoryObjectSendStream[Group], request: Request
+    ) -> None:
+        """A generated request's group: `make` and the apply run in a worker thread (a
+        settlement chunk is 8189 transfers: never on the loop); the group carries the
+        entry (and its evictions), or nothing when `make` had nothing to do (then it
+        only waits its turn to be released, like a read)."""
+        applied, outcome, captures = await anyio.to_thread.run_sync(self._generate_sync, request)
+        if isinstance(outcome, Exception):
+            request.error = outcome
+        else:
+            request.result = outcome
+        self.metrics.batches += 1
+        self.metrics.entries += len(applied)
+        self._groups_sent += 1
+        await durable_send.send(Group(applied, [request], time.perf_counter_ns(), captures))
+        await self.store.after_group(self.ledger, self.state, self.wait_durable)
+
+    def _generate_sync(self, request: Request) -> tuple[list[Entry], Any, list[Any]]:
+        """Form the generated entry from the current state and apply it (worker thread):
+        what was applied, the outcome (or the error for the caller) and the captures."""
+        make = request.make
+        assert make is not None
+        try:
+            made = make(self.ledger)
+        except Exception as error:  # the make function's failure is its caller's
+            return [], error, []
+        if made is None:
+            return [], None, []
+        kind, count, payload, timestamps = made
+        assert timestamps >= 1, timestamps
+        entry = self._entry(EntryKind(kind), count, payload, timestamps=timestamps)
+        applied, outcomes, captures = self._apply_entries_sync([entry])
+        return applied, outcomes[0], captures
+
     def _inline(self, entries: list[Entry]) -> bool:
         """Whether to apply on the event loop: a small group of postings with no eviction
         due takes the kernel microseconds, less than a hop to a worker thread and back.
@@ -678,7 +765,7 @@ class Engine:
         capture = self.store.capture
         state = self.state
         for entry in entries:
-            if entry.kind == EntryKind.CREATE_TRANSFERS:
+            if entry.kind in _POSTING_KINDS:
                 for evict in self._evict_entries(entry):
                     apply_entry(self.ledger, evict)
                     applied.append(evict)
@@ -686,7 +773,7 @@ class Engine:
             try:
                 outcomes.append(apply_entry(self.ledger, entry, state))
             except ValueError as error:
-                if entry.kind not in (EntryKind.CREATE_TRANSFERS, EntryKind.CREATE_ACCOUNTS):
+                if entry.kind not in _POSTING_KINDS and entry.kind != EntryKind.CREATE_ACCOUNTS:
                     raise
                 outcomes.append(EngineFull(f"batch refused before posting: {error}"))
                 continue
@@ -878,6 +965,12 @@ class Engine:
                 request.error = stopped
                 request.done.set()
 
+
+# The entry kinds that post transfers into the log: evicted for like a transfers entry, and
+# a capacity refusal is EngineFull (the day-end's settlement and the deposits' postings too).
+_POSTING_KINDS = frozenset(
+    {EntryKind.CREATE_TRANSFERS, EntryKind.SETTLE_INTEREST, EntryKind.POST_WITH_ROWS}
+)
 
 _INLINE_KINDS = frozenset(
     {

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.deposits import DEPOSIT_WRITE_SIZE, RATE_ROW
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
 from ledger.state import LOG_QUOTA_TABLE_SIZE
@@ -30,6 +31,10 @@ class EntryKind(enum.IntEnum):
     EVICT = 6
     PUT_STATE = 7
     EVICT_FAILED = 8  # forget failures older than the failure retention (the failure ring)
+    ACCRUE_INTEREST = 9  # one day's interest accrual (u16 day, then the rate table)
+    SETTLE_INTEREST = 10  # a chunk of a period's interest settlement (transfers + slots)
+    POST_WITH_ROWS = 11  # transfers and the deposit rows written iff they post (atomic)
+    PURGE_COUNTERS = 12  # the limit-counter rollover: drop day counters of earlier days
 
 
 UPDATE_ACCOUNT_PAYLOAD = struct.Struct("<QQBH13x")  # id_lo, id_hi, status, flags (32 bytes)
@@ -45,6 +50,18 @@ STATE_DELETE = 0xFFFFFFFF
 STATE_KEY_SIZE_MAX = 1024
 
 StateChanges = list[tuple[bytes, bytes | None]]
+
+# ACCRUE_INTEREST: u16 day, 6 zero bytes, then the rate table (ledger.deposits.RATE_ROW
+# per product id); count 0.
+ACCRUE_HEADER = struct.Struct("<H6x")
+# SETTLE_INTEREST: u32 period, u32 n, then n transfers (128 bytes), then n slots (u32);
+# count n.
+SETTLE_HEADER = struct.Struct("<II")
+# POST_WITH_ROWS: u32 n transfers, u32 m row writes, then the transfers, then the row
+# writes (ledger.deposits.DEPOSIT_WRITE, 64 bytes); count n.
+POST_WITH_ROWS_HEADER = struct.Struct("<II")
+# PURGE_COUNTERS: u16 day, 6 zero bytes; count 0.
+PURGE_PAYLOAD = struct.Struct("<H6x")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +92,17 @@ class Entry:
             assert self.count == 0 and len(self.payload) == EVICT_PAYLOAD.size
         elif self.kind == EntryKind.PUT_STATE:
             assert self.count >= 1 and len(decode_state_changes(self.payload)) == self.count
+        elif self.kind == EntryKind.ACCRUE_INTEREST:
+            assert self.count == 0, self.count
+            accrue_payload_fields(self.payload)  # asserts the sizes
+        elif self.kind == EntryKind.SETTLE_INTEREST:
+            _period, transfers, _slots = settle_payload_fields(self.payload)
+            assert self.count == len(transfers) // TRANSFER_SIZE, self.count
+        elif self.kind == EntryKind.POST_WITH_ROWS:
+            transfers, _rows = post_with_rows_payload_fields(self.payload)
+            assert self.count == len(transfers) // TRANSFER_SIZE, self.count
+        elif self.kind == EntryKind.PURGE_COUNTERS:
+            assert self.count == 0 and len(self.payload) == PURGE_PAYLOAD.size
         else:
             raise AssertionError(f"unknown entry kind {self.kind}")
 
@@ -144,6 +172,65 @@ def rules_payload_tables(payload: bytes | memoryview) -> tuple[bytes, bytes, byt
     )
 
 
+def pack_accrue_payload(day: int, rates: bytes | bytearray | memoryview) -> bytes:
+    """An ACCRUE_INTEREST payload: accrue `day` at `rates` (RATE_ROW per product id)."""
+    assert 0 < day < 65536 and len(rates) % RATE_ROW.size == 0, (day, len(rates))
+    return ACCRUE_HEADER.pack(day) + bytes(rates)
+
+
+def accrue_payload_fields(payload: bytes | memoryview) -> tuple[int, bytes]:
+    """(day, rates) of an ACCRUE_INTEREST payload; asserts its sizes."""
+    assert len(payload) >= ACCRUE_HEADER.size, len(payload)
+    (day,) = ACCRUE_HEADER.unpack_from(payload)
+    rates = bytes(payload[ACCRUE_HEADER.size :])
+    assert day > 0 and len(rates) % RATE_ROW.size == 0, (day, len(rates))
+    return day, rates
+
+
+def pack_settle_payload(
+    period: int, transfers: bytes | bytearray | memoryview, slots: bytes | bytearray | memoryview
+) -> bytes:
+    """A SETTLE_INTEREST payload (`Ledger.settlement_batch`'s transfers and slots)."""
+    count = len(transfers) // TRANSFER_SIZE
+    assert count >= 1 and len(transfers) == count * TRANSFER_SIZE and len(slots) == 4 * count
+    return SETTLE_HEADER.pack(period, count) + bytes(transfers) + bytes(slots)
+
+
+def settle_payload_fields(payload: bytes | memoryview) -> tuple[int, memoryview, memoryview]:
+    """(period, transfers, slots) of a SETTLE_INTEREST payload, in place; asserts sizes."""
+    period, count = SETTLE_HEADER.unpack_from(payload)
+    view = memoryview(payload)
+    end = SETTLE_HEADER.size + count * TRANSFER_SIZE
+    assert count >= 1 and len(view) == end + 4 * count, (count, len(view))
+    return period, view[SETTLE_HEADER.size : end], view[end:]
+
+
+def pack_post_with_rows_payload(
+    transfers: bytes | bytearray | memoryview, rows: bytes | bytearray | memoryview
+) -> bytes:
+    """A POST_WITH_ROWS payload: the transfers, then the row writes (DEPOSIT_WRITE each)."""
+    count = len(transfers) // TRANSFER_SIZE
+    writes = len(rows) // DEPOSIT_WRITE_SIZE
+    assert count >= 1 and len(transfers) == count * TRANSFER_SIZE
+    assert len(rows) == writes * DEPOSIT_WRITE_SIZE
+    return POST_WITH_ROWS_HEADER.pack(count, writes) + bytes(transfers) + bytes(rows)
+
+
+def post_with_rows_payload_fields(payload: bytes | memoryview) -> tuple[memoryview, memoryview]:
+    """(transfers, row writes) of a POST_WITH_ROWS payload, in place; asserts sizes."""
+    count, writes = POST_WITH_ROWS_HEADER.unpack_from(payload)
+    view = memoryview(payload)
+    end = POST_WITH_ROWS_HEADER.size + count * TRANSFER_SIZE
+    assert count >= 1 and len(view) == end + writes * DEPOSIT_WRITE_SIZE, (count, writes)
+    return view[POST_WITH_ROWS_HEADER.size : end], view[end:]
+
+
+def pack_purge_payload(day: int) -> bytes:
+    """A PURGE_COUNTERS payload: drop the day counters of days before `day`."""
+    assert 0 <= day < 65536, day
+    return PURGE_PAYLOAD.pack(day)
+
+
 def apply_entry(
     ledger: KernelLedger | ReferenceLedger,
     entry: Entry,
@@ -178,4 +265,18 @@ def apply_entry(
     if entry.kind == EntryKind.EVICT_FAILED:
         before_ns, count_max = EVICT_PAYLOAD.unpack(entry.payload)
         return ledger.evict_failed(before_ns, count_max)
+    if entry.kind == EntryKind.ACCRUE_INTEREST:
+        day, rates = accrue_payload_fields(entry.payload)
+        return ledger.accrue_interest(day, rates)
+    if entry.kind == EntryKind.SETTLE_INTEREST:
+        period, transfers, slots = settle_payload_fields(entry.payload)
+        return ledger.settle_interest(
+            period, transfers, slots, entry.timestamp_first, entry.business_day
+        )
+    if entry.kind == EntryKind.POST_WITH_ROWS:
+        transfers, rows = post_with_rows_payload_fields(entry.payload)
+        return ledger.post_with_rows(transfers, rows, entry.timestamp_first, entry.business_day)
+    if entry.kind == EntryKind.PURGE_COUNTERS:
+        (day,) = PURGE_PAYLOAD.unpack(entry.payload)
+        return ledger.purge_counters(day)
     raise AssertionError(f"unknown entry kind {entry.kind}")

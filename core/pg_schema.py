@@ -22,7 +22,7 @@ same bits as the kernels' unsigned halves, so a row packs back to the exact
   balances, pending amounts and the PBoC limit counters, exactly the kernel's
   account and pending rows. It is the latest of `tally_account_versions`
   (append-only: each group COPYs the rows it changed, with its seq, as the
-  kernel's 80 raw bytes, decoded by the view) over
+  kernel's 80 raw bytes, 112 with the deposit row since migration 6, decoded by the view) over
   `tally_accounts_compacted` (what the last compaction wrote). A compaction
   (in a group's transaction, every so many version rows) upserts each
   account's latest row into `tally_accounts_compacted` and empties the
@@ -330,6 +330,53 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             key bytea PRIMARY KEY,
             value bytea NOT NULL
         );
+        """,
+    ),
+    (
+        6,
+        "the deposit row (ledger/deposits.py): 32 more bytes in each account version",
+        """
+        -- Versions written from now on are the kernel's account, pending and deposit rows
+        -- (112 bytes); the 80-byte ones written before read as a zero deposit row.
+        ALTER TABLE tally_account_versions DROP CONSTRAINT tally_account_versions_row_check;
+        ALTER TABLE tally_account_versions ADD CONSTRAINT tally_account_versions_row_check
+            CHECK (length(row) IN (80, 112));
+        ALTER TABLE tally_accounts_compacted
+            ADD COLUMN deposit bytea NOT NULL DEFAULT decode(repeat('00', 32), 'hex');
+
+        DROP VIEW tally_accounts;
+        CREATE OR REPLACE VIEW tally_account_versions_latest AS
+        SELECT slot,
+               tally_le_int8(row, 0) AS id_lo,
+               tally_le_int8(row, 8) AS id_hi,
+               tally_le_int8(row, 16) AS debits_posted,
+               tally_le_int8(row, 24) AS credits_posted,
+               tally_le_int4(row, 32) AS inflow_daily,
+               tally_le_int4(row, 36) AS inflow_yearly,
+               tally_le_int4(row, 40) AS outflow_daily,
+               tally_le_int4(row, 44) AS outflow_yearly,
+               tally_le_int4(row, 48) AS bound_slot,
+               tally_le_int2(row, 52) AS ledger,
+               tally_le_uint1(row, 54) AS kind,
+               tally_le_uint1(row, 55) AS status,
+               tally_le_int2(row, 56) AS flags,
+               tally_le_int2(row, 58) AS product,
+               tally_le_int2(row, 60) AS counters_day,
+               tally_le_int2(row, 62) AS internal,
+               tally_le_int8(row, 64) AS debits_pending,
+               tally_le_int8(row, 72) AS credits_pending,
+               CASE WHEN length(row) = 112 THEN substring(row FROM 81 FOR 32)
+                    ELSE decode(repeat('00', 32), 'hex') END AS deposit
+        FROM (
+            SELECT DISTINCT ON (slot) slot, row FROM tally_account_versions
+            ORDER BY slot, seq DESC
+        ) AS latest;
+
+        CREATE VIEW tally_accounts AS
+        SELECT * FROM tally_account_versions_latest
+        UNION ALL
+        SELECT c.* FROM tally_accounts_compacted AS c
+        WHERE NOT EXISTS (SELECT FROM tally_account_versions AS v WHERE v.slot = c.slot);
         """,
     ),
 ]

@@ -129,7 +129,7 @@ from core.pg_schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS, migrate
 from core.store import CommitStats, CustomerState
 from ledger.kernel import KernelLedger
 from ledger.state import ACCOUNT_ROW_SIZE
-from ledger.types import ACCOUNT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
+from ledger.types import ACCOUNT_SIZE, DEPOSIT_SIZE, PENDING_SIZE, TRANSFER_SIZE, TransferFlags
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,11 @@ ACCOUNT_ROW = struct.Struct("<qqqqiiiiihBBhhhh")
 PENDING_ROW = struct.Struct("<qq")
 ID_ROW = struct.Struct("<qq")  # a transfer record's id, its first 16 bytes
 assert TRANSFER_ROW.size == TRANSFER_SIZE and ACCOUNT_ROW.size == ACCOUNT_SIZE
-# A stored account row is the ledger's per-account rows (ledger.state.PER_ACCOUNT_TABLES).
-assert ACCOUNT_ROW.size + PENDING_ROW.size == ACCOUNT_ROW_SIZE
+# A stored account row is the ledger's per-account rows (ledger.state.PER_ACCOUNT_TABLES):
+# account, pending, deposit (the deposit row as bytes: its layout depends on the kind).
+assert ACCOUNT_ROW.size + PENDING_ROW.size + DEPOSIT_SIZE == ACCOUNT_ROW_SIZE
+DEPOSIT_OFFSET = ACCOUNT_SIZE + PENDING_SIZE
+DEPOSIT_ZERO = bytes(DEPOSIT_SIZE)
 assert len(TRANSFER_COLUMNS) == len(TRANSFER_ROW.unpack(bytes(TRANSFER_SIZE)))
 assert len(ACCOUNT_COLUMNS) == len(ACCOUNT_ROW.unpack(bytes(ACCOUNT_SIZE)))
 
@@ -342,7 +345,7 @@ WHERE t.id_lo = u.id_lo AND t.id_hi = u.id_hi
 """
 TRANSFER_RECORD_COLUMNS = ("id_lo", "id_hi", "seq", "record")
 
-_ACCOUNT_ALL = ("slot", *ACCOUNT_COLUMNS, "debits_pending", "credits_pending")
+_ACCOUNT_ALL = ("slot", *ACCOUNT_COLUMNS, "debits_pending", "credits_pending", "deposit")
 ENTRY_COLUMNS = ("seq", "kind", "timestamp_first", "business_day", "count", "epoch", "payload")
 VERSION_COLUMNS = ("seq", "slot", "row")
 COMPACT_STAGE = (
@@ -353,14 +356,16 @@ _UPSERT_SET = ", ".join(f"{name} = EXCLUDED.{name}" for name in _ACCOUNT_ALL[1:]
 
 
 def _decoded_columns() -> str:
-    """`row` (the kernel's account + pending bytes) decoded by the schema's tally_le_*."""
+    """`row` (the kernel's account + pending + deposit bytes) decoded by the schema's
+    tally_le_*; the deposit row stays bytes."""
     functions = {"q": "tally_le_int8", "i": "tally_le_int4", "h": "tally_le_int2"}
     functions["B"] = "tally_le_uint1"
     columns, offset = [], 0
-    for name, code in zip(_ACCOUNT_ALL[1:], "qqqqiiiiihBBhhhhqq", strict=True):
+    for name, code in zip(_ACCOUNT_ALL[1:-1], "qqqqiiiiihBBhhhhqq", strict=True):
         columns.append(f"{functions[code]}(row, {offset}) AS {name}")
         offset += struct.calcsize(code)
-    assert offset == ACCOUNT_SIZE + PENDING_SIZE
+    assert offset == DEPOSIT_OFFSET
+    columns.append(f"substring(row FROM {offset + 1} FOR {DEPOSIT_SIZE}) AS deposit")
     return ", ".join(columns)
 
 
@@ -383,14 +388,26 @@ COMPACT_VERSIONS = (
 
 
 def account_row_values(slot: int, row: bytes) -> tuple[Any, ...]:
-    return (slot, *ACCOUNT_ROW.unpack_from(row, 0), *PENDING_ROW.unpack_from(row, ACCOUNT_SIZE))
+    """A table row (`tally_accounts` columns) of a stored account row (a version written
+    before migration 6 has no deposit row: zero)."""
+    deposit = bytes(row[DEPOSIT_OFFSET : DEPOSIT_OFFSET + DEPOSIT_SIZE]) or DEPOSIT_ZERO
+    return (
+        slot,
+        *ACCOUNT_ROW.unpack_from(row, 0),
+        *PENDING_ROW.unpack_from(row, ACCOUNT_SIZE),
+        deposit,
+    )
 
 
 def account_record(values: Sequence[Any]) -> bytes:
-    """The kernel's 64-byte account row and 16-byte pending row from a table row."""
+    """The kernel's 64-byte account row, 16-byte pending row and 32-byte deposit row
+    (ACCOUNT_ROW_SIZE) from a table row."""
     fields = list(values)
-    return ACCOUNT_ROW.pack(*fields[: len(ACCOUNT_COLUMNS)]) + PENDING_ROW.pack(
-        *fields[len(ACCOUNT_COLUMNS) :]
+    columns = len(ACCOUNT_COLUMNS)
+    return (
+        ACCOUNT_ROW.pack(*fields[:columns])
+        + PENDING_ROW.pack(*fields[columns : columns + 2])
+        + bytes(fields[columns + 2])
     )
 
 
@@ -1196,7 +1213,7 @@ async def verify(
                 f"kernel has {ledger.account_count} accounts, the table {report.accounts}"
             )
         rows = await connection.fetch(
-            f"SELECT {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending, slot"
+            f"SELECT {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending, deposit, slot"
             " FROM tally_accounts ORDER BY slot"
         )
         for values in rows:

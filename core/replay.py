@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 Ledger = KernelLedger | ReferenceLedger
 
+# Entry kinds whose count is transfers posted (the day-end's settlement and the deposits'
+# atomic postings post transfers too).
+TRANSFER_ENTRY_KINDS = frozenset(
+    {EntryKind.CREATE_TRANSFERS, EntryKind.SETTLE_INTEREST, EntryKind.POST_WITH_ROWS}
+)
+
 
 class ReplayError(TallyError):
     """A record could not be applied (a capacity smaller than the one that wrote it)."""
@@ -153,7 +159,7 @@ def recover_ledger(
             ) from error
         replayed += 1
         kind_counts[stored.entry.kind] += 1
-        if stored.entry.kind == EntryKind.CREATE_TRANSFERS:
+        if stored.entry.kind in TRANSFER_ENTRY_KINDS:
             transfers += stored.entry.count
     replay_s = time.perf_counter() - started
     if scan.first_seq > snapshot_seq + 1:

@@ -97,6 +97,64 @@ class Ledger(Protocol):
 
     def evict_failed(self, before_ns: int, count_max: int) -> int: ...
 
+    # --- deposits (ledger/deposits.py rows; cext/deposits.pyx kernels) ----------------
+
+    @property
+    def accrued_day(self) -> int:
+        """The business day interest was last accrued for (0: never)."""
+        ...
+
+    def accrue_interest(self, day: int, rates: bytes | bytearray | memoryview) -> int:
+        """One day's accrual: every demand account (ledger.deposits.DEMAND_KINDS) whose
+        product has a rate in `rates` (RATE_ROW per product id) and whose posted balance is
+        positive gains balance * rate * weight units; sets accrued_day = day (which must be
+        after it). Returns the number of accounts accrued."""
+        ...
+
+    def settlement_batch(
+        self, period: int, start_slot: int, count_max: int
+    ) -> tuple[bytes, bytes, int]:
+        """A pure read: (transfers, slots u32, next slot) -- the next <= count_max
+        settlement transfers of `period` for accounts from `start_slot` not yet settled for
+        it (period_settled < period) with at least one fen accrued; next slot is
+        account_count when done. A Class III account whose balance would pass its product's
+        cap gets two transfers (part 0 up to the cap, part 1 the excess to its bound
+        account, or to the clearing account when bound externally); its slot twice."""
+        ...
+
+    def settle_interest(
+        self,
+        period: int,
+        transfers: bytes | bytearray | memoryview,
+        slots: bytes | bytearray | memoryview,
+        timestamp_first: int,
+        business_day: int,
+    ) -> tuple[bytearray, array[int], array[int]]:
+        """Post `settlement_batch`'s transfers, then settle each slot not yet settled for
+        `period`: the amounts of its OK transfers leave the accrued units and join
+        interest_paid_total; if all were OK the units are zeroed (the sub-fen remainder
+        rounded away) and period_settled = period, if some were the period is marked
+        settled and the unpaid rest kept, if none the row is unchanged (paid next period).
+        Returns the create_transfers outcome."""
+        ...
+
+    def post_with_rows(
+        self,
+        transfers: bytes | bytearray | memoryview,
+        rows: bytes | bytearray | memoryview,
+        timestamp_first: int,
+        business_day: int,
+    ) -> tuple[bytearray, array[int], array[int]]:
+        """Post `transfers`, then apply each DEPOSIT_WRITE of `rows` whose transfer is
+        OK (or that is DEPOSIT_WRITE_ALWAYS) and whose account exists. Returns the
+        create_transfers outcome."""
+        ...
+
+    def purge_counters(self, day: int) -> int:
+        """Drop the day counters (channel, customer, strong-auth) of days before `day`;
+        the number dropped."""
+        ...
+
     # --- reads ------------------------------------------------------------------------
 
     def lookup_account(self, account_id: int) -> bytes | None: ...
@@ -126,6 +184,27 @@ class Ledger(Protocol):
     def account_row(self, slot: int) -> bytes: ...
 
     def account_rows(self, slots: Iterable[int]) -> list[tuple[int, bytes]]: ...
+
+    def account_slot(self, account_id: int) -> int:
+        """The account's slot, or -1 when there is none."""
+        ...
+
+    def account_id_at(self, slot: int) -> int:
+        """The id of the account in `slot` (< account_count)."""
+        ...
+
+    def deposit_row(self, account_id: int) -> bytes | None:
+        """The account's 32-byte deposit row (ledger/deposits.py views), or None."""
+        ...
+
+    def deposit_row_at(self, slot: int) -> bytes:
+        """The 32-byte deposit row of `slot` (< account_count)."""
+        ...
+
+    def due_fixed_deposits(self, day: int) -> array[int]:
+        """Slots (array 'I', in slot order) of fixed-deposit accounts whose row is open
+        (FD_OPEN, not FD_CLOSED) and matures on or before `day`."""
+        ...
 
     # --- the whole state --------------------------------------------------------------
 

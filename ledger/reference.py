@@ -26,7 +26,25 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ledger.records import TransferView, account_view, pending_view, transfer_view
+from ledger.constants import BANK_CHANNEL, CLEARING_ID, INTEREST_EXPENSE_ID
+from ledger.deposits import (
+    DEMAND_KINDS,
+    DEPOSIT_WRITE_ALWAYS,
+    DEPOSIT_WRITE_SIZE,
+    RATE_ROW,
+    UNITS_PER_FEN,
+    FdFlags,
+    check_rates,
+    check_settle_args,
+    check_settlement_args,
+    demand_row_view,
+    deposit_write_view,
+    fen_of_units,
+    fixed_row_view,
+    interest_transfer_id,
+    pack_demand_row,
+)
+from ledger.records import TransferView, account_view, pack_transfer, pending_view, transfer_view
 from ledger.state import (
     ACCOUNT_TABLES,
     LOG_QUOTA_TABLE_SIZE,
@@ -53,6 +71,7 @@ from ledger.types import (
     COUNTED_CREDIT_INFLOW,
     COUNTED_DEBIT_OUTFLOW,
     CUSTOMER_NUMBER_MAX,
+    DEPOSIT_SIZE,
     ID_MAX,
     INT64_MAX,
     KIND_RULE_COUNT,
@@ -187,6 +206,7 @@ class Account:
     counters_day: int = 0
     counters: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     customer: int = 0
+    deposit: bytes = bytes(DEPOSIT_SIZE)  # the deposit row (ledger/deposits.py)
 
     def pack(self) -> bytes:
         lo, hi = split_id(self.id)
@@ -214,6 +234,9 @@ class Account:
 
     def pack_customer(self) -> bytes:
         return _CUSTOMER_ROW.pack(self.customer)
+
+    def pack_deposit(self) -> bytes:
+        return self.deposit
 
     def copy(self) -> Account:
         return dataclasses.replace(self, counters=list(self.counters))
@@ -321,6 +344,7 @@ class ReferenceLedger:
         # Day counters by key (kernel `account_counter_key`, `customer_counter_key`): (day, used).
         self.channel_counters: dict[int, tuple[int, int]] = {}
         self.last_day = 0
+        self.accrued_day = 0  # the business day interest was last accrued for (0: never)
         self.products: list[tuple[int, ...]] = [(0,) * 8]
         self.rules_table = rules_table_upgraded(bytes(CHANNEL_COUNT * 16))
         self.channels: list[ChannelRule] = []
@@ -1161,7 +1185,180 @@ class ReferenceLedger:
             evicted += 1
         return evicted
 
+    # --- deposits (kernel: cext/deposits.pyx) --------------------------------------
+
+    def accrue_interest(self, day: int, rates: bytes | bytearray | memoryview) -> int:
+        """One day's accrual (see ledger.protocol.Ledger.accrue_interest)."""
+        check_rates(rates)
+        if day <= self.accrued_day or day > 0xFFFF:
+            raise ValueError(f"accrual day {day} is not after the last one, {self.accrued_day}")
+        table = [RATE_ROW.unpack_from(rates, offset) for offset in range(0, len(rates), 16)]
+        accrued = 0
+        for account in self.accounts:
+            if account.kind not in DEMAND_KINDS or account.product >= len(table):
+                continue
+            rate, weight = table[account.product]
+            balance = account.credits_posted - account.debits_posted
+            if rate == 0 or weight == 0 or balance <= 0:
+                continue
+            row = demand_row_view(account.deposit)
+            account.deposit = pack_demand_row(
+                row.accrued_units + balance * rate * weight,
+                row.period_settled,
+                row.interest_paid_total,
+            )
+            accrued += 1
+        self.accrued_day = day
+        return accrued
+
+    def settlement_batch(
+        self, period: int, start_slot: int, count_max: int
+    ) -> tuple[bytes, bytes, int]:
+        """The next settlement transfers of `period` (ledger.protocol.Ledger)."""
+        check_settlement_args(period, start_slot, count_max)
+        transfers: list[bytes] = []
+        slots: list[int] = []
+        slot = start_slot
+        while slot < len(self.accounts):
+            parts = self.settlement_parts(slot, period)
+            if len(transfers) + len(parts) > count_max:
+                break
+            transfers.extend(parts)
+            slots.extend([slot] * len(parts))
+            slot += 1
+        return b"".join(transfers), array("I", slots).tobytes(), slot
+
+    def settlement_parts(self, slot: int, period: int) -> list[bytes]:
+        """The settlement transfers of one account for `period` (none, one or two)."""
+        account = self.accounts[slot]
+        if account.kind not in DEMAND_KINDS or account.status == AccountStatus.CLOSED:
+            return []
+        row = demand_row_view(account.deposit)
+        amount = fen_of_units(row.accrued_units)
+        if row.period_settled >= period or amount <= 0 or amount > INT64_MAX:
+            return []
+        parts = [(0, account.id, amount)]
+        cap = self.products[account.product][PRODUCT_BALANCE_CAP]
+        bound_id = 0
+        if account.flags & AccountFlags.BOUND_EXTERNAL:
+            bound_id = CLEARING_ID
+        elif account.bound_slot != SLOT_NONE:
+            bound_id = self.accounts[account.bound_slot].id
+        if cap > 0 and bound_id:
+            balance = account.credits_posted + account.credits_pending - account.debits_posted
+            room = max(0, cap - balance)
+            if amount > room:
+                parts = [(0, account.id, room), (1, bound_id, amount - room)]
+        return [
+            pack_transfer(
+                id=interest_transfer_id(account.id, period, part),
+                debit_account_id=INTEREST_EXPENSE_ID,
+                credit_account_id=credit_id,
+                amount=part_amount,
+                code=TransferCode.INTEREST,
+                ledger=account.ledger,
+                channel=BANK_CHANNEL,
+                user_data=period,
+            )
+            for part, credit_id, part_amount in parts
+            if part_amount > 0
+        ]
+
+    def settle_interest(
+        self,
+        period: int,
+        transfers: bytes | bytearray | memoryview,
+        slots: bytes | bytearray | memoryview,
+        timestamp_first: int,
+        business_day: int,
+    ) -> tuple[bytearray, array[int], array[int]]:
+        """Post settlement transfers and settle their slots (ledger.protocol.Ledger)."""
+        count = len(transfers) // TRANSFER_SIZE
+        slot_list = array("I", bytes(slots))
+        check_settle_args(period, transfers, slot_list, len(self.accounts))
+        outcome = self.create_transfers(bytes(transfers), timestamp_first, business_day)
+        results = outcome[0]
+        groups: dict[int, list[tuple[bool, int]]] = {}
+        for index in range(count):
+            slot = slot_list[index]
+            view = transfer_view(transfers, index * TRANSFER_SIZE)
+            account_id = self.accounts[slot].id
+            own = view.id in (
+                interest_transfer_id(account_id, period, 0),
+                interest_transfer_id(account_id, period, 1),
+            )
+            groups.setdefault(slot, []).append((own and results[index] == R.OK, view.amount))
+        for slot, group in groups.items():
+            account = self.accounts[slot]
+            if account.kind not in DEMAND_KINDS:
+                continue
+            row = demand_row_view(account.deposit)
+            paid = sum(amount for ok, amount in group if ok)
+            if row.period_settled >= period or not any(ok for ok, _ in group):
+                continue
+            units = 0 if all(ok for ok, _ in group) else row.accrued_units - paid * UNITS_PER_FEN
+            account.deposit = pack_demand_row(units, period, row.interest_paid_total + paid)
+        return outcome
+
+    def post_with_rows(
+        self,
+        transfers: bytes | bytearray | memoryview,
+        rows: bytes | bytearray | memoryview,
+        timestamp_first: int,
+        business_day: int,
+    ) -> tuple[bytearray, array[int], array[int]]:
+        """Post transfers, then write the rows whose transfer is OK (ledger.protocol.Ledger)."""
+        assert len(rows) % DEPOSIT_WRITE_SIZE == 0, len(rows)
+        outcome = self.create_transfers(bytes(transfers), timestamp_first, business_day)
+        results = outcome[0]
+        for offset in range(0, len(rows), DEPOSIT_WRITE_SIZE):
+            write = deposit_write_view(rows, offset)
+            if write.transfer_index != DEPOSIT_WRITE_ALWAYS and (
+                write.transfer_index >= len(results) or results[write.transfer_index] != R.OK
+            ):
+                continue
+            slot = self.account_index.get(write.account_id, SLOT_NONE)
+            if slot != SLOT_NONE:
+                self.accounts[slot].deposit = bytes(write.row)
+        return outcome
+
+    def deposit_row(self, account_id: int) -> bytes | None:
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        return None if slot == SLOT_NONE else self.accounts[slot].deposit
+
+    def deposit_row_at(self, slot: int) -> bytes:
+        return self.accounts[slot].deposit
+
+    def due_fixed_deposits(self, day: int) -> array[int]:
+        """Slots of open fixed deposits maturing on or before `day`, in slot order."""
+        due: array[int] = array("I")
+        for slot, account in enumerate(self.accounts):
+            if account.kind != AccountKind.FIXED_DEPOSIT:
+                continue
+            row = fixed_row_view(account.deposit)
+            open_row = row.flags & FdFlags.OPEN and not row.flags & FdFlags.CLOSED
+            if open_row and row.maturity_day <= day:
+                due.append(slot)
+        return due
+
+    def purge_counters(self, day: int) -> int:
+        """Drop the day counters of days before `day`; the number dropped (the kernel's
+        count is of its hash table's entries, which may differ)."""
+        if not 0 <= day <= 0xFFFF:
+            raise ValueError("day out of range")
+        stale = [key for key, (entry_day, _) in self.channel_counters.items() if entry_day < day]
+        for key in stale:
+            del self.channel_counters[key]
+        return len(stale)
+
     # --- reads ----------------------------------------------------------------
+
+    def account_slot(self, account_id: int) -> int:
+        slot = self.account_index.get(account_id, SLOT_NONE)
+        return -1 if slot == SLOT_NONE else slot
+
+    def account_id_at(self, slot: int) -> int:
+        return self.accounts[slot].id
 
     def lookup_account(self, account_id: int) -> bytes | None:
         """The account's 64-byte record, or None."""
@@ -1288,6 +1485,11 @@ class ReferenceLedger:
             yield struct.pack("<qq", self.failed_tail, self.failed_count)
             for seq in range(self.failed_tail, self.failed_count):
                 yield self.failed[seq].pack()
+        zero = bytes(DEPOSIT_SIZE)
+        if self.accrued_day or any(account.deposit != zero for account in self.accounts):
+            yield struct.pack("<q", self.accrued_day)  # before deposits: digests as it did
+            for account in self.accounts:
+                yield account.deposit
 
     def dump_state(self) -> LedgerState:
         """The state's sections, byte for byte what `KernelLedger.dump_state` gives."""
@@ -1301,6 +1503,7 @@ class ReferenceLedger:
                     0,
                     self.failed_tail,
                     self.failed_count,
+                    self.accrued_day,
                 )
             ],
             "products": [b"".join(_PRODUCT_ROW.pack(*row) for row in self.products)],
@@ -1330,11 +1533,12 @@ class ReferenceLedger:
             state.section("products"), state.section("channels"), state.section("quotas")
         )
         accounts, pending = state.section("accounts"), state.section("pending")
-        customers = state.section("owners")
+        customers, deposits = state.section("owners"), state.section("deposits")
         for slot in range(state.account_count):
             ledger.account_index[account_view(accounts, slot * ACCOUNT_SIZE).id] = slot
             account = _account_of(accounts, pending, slot)
             (account.customer,) = _CUSTOMER_ROW.unpack_from(customers, slot * _CUSTOMER_ROW.size)
+            account.deposit = deposits[slot * DEPOSIT_SIZE : (slot + 1) * DEPOSIT_SIZE]
             ledger.accounts.append(account)
         tail, log = state.log_tail, state.section("log")
         for index in range(state.log_count - tail):
@@ -1355,6 +1559,7 @@ class ReferenceLedger:
             ledger.failed_live[record.channel] += 1
         ledger.failed_tail, ledger.failed_count = state.failed_tail, state.failed_count
         ledger.last_day = state.last_day
+        ledger.accrued_day = state.accrued_day
         ledger.channel_counters = {
             ((slot + 1) << 8) | channel: (state.last_day, used)
             for slot, channel, used in state.channels_live()
@@ -1376,6 +1581,7 @@ _ROW_PACKERS = {
     "accounts": Account.pack,
     "pending": Account.pack_pending,
     "owners": Account.pack_customer,
+    "deposits": Account.pack_deposit,
 }
 assert set(_ROW_PACKERS) == {table.name for table in ACCOUNT_TABLES}
 

@@ -19,6 +19,7 @@ Sections, in file order:
               the failure ring in permille, u16 each (512 bytes; 0 = no quota)
     accounts  account_count x 64         pending   account_count x 16
     owners    account_count x 8: each account's customer number (0 = none)
+    deposits  account_count x 32: each account's deposit row (ledger/deposits.py layouts)
     log       the log window: records log_tail..log_count-1 in seq order, 128 bytes each
     failed    the failure window: records failed_tail..failed_count-1 of the failure
               ring (failed transfers that consumed their id), 128 bytes each
@@ -35,6 +36,11 @@ failure ring (its failed transfers are in its log window, where the twins still
 find them) and the upgraded rule table (`ledger.types.rules_table_upgraded`). Its
 digest is unchanged: the digest covers the customer table only when some account
 has one, and the failure ring only when it ever held a record.
+
+The layout before deposits (`SECTION_NAMES_BEFORE_DEPOSITS`: no deposits section,
+meta slot 22 zero) loads with the deposit table zero and accrued_day 0; its digest is
+unchanged, since the digest covers the deposit table and accrued_day only when either
+is not zero.
 
 The indexes (account ids, transfer ids), the expiry heap, the channel
 counter hash table and each channel's count of log and failure records are
@@ -55,6 +61,7 @@ from ledger.types import (
     CHANNEL_COUNT,
     CHANNEL_LIVE_SIZE,
     CUSTOMER_SIZE,
+    DEPOSIT_SIZE,
     PENDING_SIZE,
     PRODUCT_SIZE,
     RULES_LEGACY_SIZE,
@@ -88,6 +95,7 @@ META_DIRTY_OVERFLOW = 18
 META_FAILED_TAIL = 19
 META_FAILED_COUNT = 20
 META_FAILED_MASK = 21
+META_ACCRUED_DAY = 22  # the business day interest was last accrued for (0: never)
 META_SIZE = 24
 
 CHANNEL_LIVE = struct.Struct("<IBB2xq")
@@ -128,6 +136,10 @@ class MetaScalars:
     def channel_table_full_count(self) -> int:
         return int(self.meta[META_CHANNEL_TABLE_FULL])
 
+    @property
+    def accrued_day(self) -> int:
+        return int(self.meta[META_ACCRUED_DAY])
+
 
 class Extent(enum.Enum):
     """Which part of a table is live (the rest is zero or unreachable)."""
@@ -156,6 +168,9 @@ TABLES = (
     Table("pending", PENDING_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
     # Not in the store's account row: set once at creation, which the entries carry.
     Table("owners", CUSTOMER_SIZE, Extent.ACCOUNTS, stored=True, sparse=True, in_row=False),
+    # The deposit rows (ledger/deposits.py): zero but for demand accounts that accrued
+    # interest and fixed deposits; in the store's row, since accrual and settlement change it.
+    Table("deposits", DEPOSIT_SIZE, Extent.ACCOUNTS, stored=True, sparse=True),
     Table("account_index", 4, Extent.WHOLE, stored=False),
     Table("log", TRANSFER_SIZE, Extent.LOG_WINDOW, stored=True),
     Table("failed", TRANSFER_SIZE, Extent.FAILED_WINDOW, stored=True),
@@ -184,9 +199,11 @@ assert all(len(name) <= 8 for name in SECTION_NAMES)  # the snapshot's section n
 # The sections every snapshot had before the failure ring, the log quotas and the
 # customer table (per-code authorization): the layout `_upgraded_sections` reads.
 LEGACY_SECTION_NAMES = tuple(
-    name for name in SECTION_NAMES if name not in ("quotas", "failed", "owners")
+    name for name in SECTION_NAMES if name not in ("quotas", "failed", "owners", "deposits")
 )
 SECTION_NAMES_BEFORE_QUOTAS = LEGACY_SECTION_NAMES
+# The sections of the layout before deposits (every snapshot written until then).
+SECTION_NAMES_BEFORE_DEPOSITS = tuple(name for name in SECTION_NAMES if name != "deposits")
 LOG_QUOTA_TABLE_SIZE = CHANNEL_COUNT * 2  # u16 permille a channel
 
 
@@ -224,7 +241,7 @@ class LedgerState(MetaScalars):
     @classmethod
     def from_bytes(cls, sections: dict[str, bytes]) -> LedgerState:
         """From one buffer a section (read from a file); checks names and sizes."""
-        if tuple(sections) == LEGACY_SECTION_NAMES:
+        if tuple(sections) in (LEGACY_SECTION_NAMES, SECTION_NAMES_BEFORE_DEPOSITS):
             sections = _upgraded_sections(sections)
         if tuple(sections) != SECTION_NAMES:
             raise StateCorrupt(f"sections {list(sections)}, expected {list(SECTION_NAMES)}")
@@ -304,6 +321,7 @@ def pack_meta(
     channel_table_full: int,
     failed_tail: int = 0,
     failed_count: int = 0,
+    accrued_day: int = 0,
 ) -> bytes:
     """A meta section holding the scalars a load reads (for a ledger without a meta array)."""
     meta = array("q", [0] * META_SIZE)
@@ -314,6 +332,7 @@ def pack_meta(
     meta[META_FAILED_COUNT] = failed_count
     meta[META_LAST_DAY] = last_day
     meta[META_CHANNEL_TABLE_FULL] = channel_table_full
+    meta[META_ACCRUED_DAY] = accrued_day
     return meta.tobytes()
 
 
@@ -336,8 +355,9 @@ def pack_channel_live_digest(slot: int, channel: int, used: int) -> bytes:
 
 
 def _upgraded_sections(sections: dict[str, bytes]) -> dict[str, bytes]:
-    """A legacy layout's sections in today's: no quotas, no customers, nothing in a failure
-    ring (meta says 0..0), the legacy rule table upgraded."""
+    """An earlier layout's sections in today's: the legacy one (no quotas, no customers,
+    nothing in a failure ring (meta says 0..0), the legacy rule table upgraded) or the one
+    before deposits (the deposit table zero; meta slot 22, accrued_day, was zero then)."""
     meta = array("q")
     meta.frombytes(sections["meta"])
     account_count = meta[META_ACCOUNT_COUNT] if len(meta) == META_SIZE else 0
@@ -345,6 +365,7 @@ def _upgraded_sections(sections: dict[str, bytes]) -> dict[str, bytes]:
         "quotas": bytes(LOG_QUOTA_TABLE_SIZE),
         "owners": bytes(account_count * CUSTOMER_SIZE),
         "failed": b"",
+        "deposits": bytes(account_count * DEPOSIT_SIZE),
     }
     upgraded: dict[str, bytes] = {}
     for name in SECTION_NAMES:

@@ -35,6 +35,7 @@ RULES_SIZE = CHANNEL_COUNT * CHANNEL_SIZE + KIND_RULE_COUNT * KIND_RULE_SIZE + B
 # snapshots written then carry that; `rules_table_upgraded` reads it as it behaved.
 RULES_LEGACY_SIZE = CHANNEL_COUNT * 16
 CUSTOMER_SIZE = 8  # the per-slot customer table: u64 customer number, 0 = none
+DEPOSIT_SIZE = 32  # the per-slot deposit table: layouts in ledger/deposits.py
 CUSTOMER_NUMBER_MAX = (1 << 40) - 1  # a customer number fits a day-counter key
 
 NS_PER_S = 1_000_000_000

@@ -142,3 +142,47 @@ def _tz_database_present() -> bool:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
+
+
+# --- Civil dates of day numbers, and month arithmetic (deposits: terms, settlement) ---
+
+
+def civil_of_day(day: int) -> tuple[int, int, int]:
+    """Return (year, month, day_of_month) of a day number: `day_of_date` inverted.
+
+    Hinnant's `civil_from_days`, like `year_of_day` but carried to the month and day.
+    """
+    assert 0 <= day < DAY_COUNT, day
+    z = day + DAYS_ERA_ORIGIN_TO_EPOCH
+    era = z // DAYS_PER_ERA
+    doe = z - era * DAYS_PER_ERA
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day_of_month = doy - (153 * mp + 2) // 5 + 1  # [1, 31]
+    month = mp + 3 if mp < 10 else mp - 9  # [1, 12]
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    assert EPOCH_YEAR <= year <= YEAR_MAX, year
+    return year, month, day_of_month
+
+
+def is_leap_year(year: int) -> bool:
+    return (year % 4 == 0 and year % 100 != 0) or year % 400 == 0
+
+
+def days_in_year(year: int) -> int:
+    return 366 if is_leap_year(year) else 365
+
+
+def add_months(day: int, months: int) -> int:
+    """The same day of the month `months` later (earlier if negative), clamped to the end
+    of a shorter month: Jan 31 + 1 month is Feb 28 (Feb 29 in a leap year), Feb 29 + 12
+    months is Feb 28. The rule banks use for a term's maturity date.
+    """
+    assert isinstance(months, int) and not isinstance(months, bool), months
+    year, month, day_of_month = civil_of_day(day)
+    month_index = year * 12 + (month - 1) + months
+    target_year, target_month = divmod(month_index, 12)
+    target_month += 1
+    clamped = min(day_of_month, days_in_month(target_year, target_month))
+    return day_of_date(target_year, target_month, clamped)

@@ -466,7 +466,9 @@ DEFAULT_INTERNAL_ACCOUNTS: Final[Mapping[str, InternalAccountRule]] = MappingPro
                 "clearing",
                 -1_000_000_000_000_000,
                 _codes("external_transfer_in", "topup_bound", "fixed_deposit"),
-                _codes("external_transfer_out", "withdraw_bound"),
+                # interest: a Class III account's settled interest past its balance cap
+                # goes to the card it is bound to at another bank (ledger/deposits.py).
+                _codes("external_transfer_out", "withdraw_bound", "interest"),
             ),
             _internal("settlement", -10_000_000_000, frozenset(), frozenset()),
             _internal("interest_expense", -100_000_000_000, _codes("interest"), frozenset()),

@@ -49,6 +49,13 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             " and demotes it: its acknowledgements are rewound away",
             ("old-primary-returns",),
         ),
+        PlantedBug(
+            "interest-one-fen-more",
+            "the day-end's settlement pays one fen more than the accrued interest on the first"
+            " transfer of every chunk (a rounding slip in the settlement batch), which the"
+            " interest checker must catch",
+            ("quarter-end-dayend",),
+        ),
     )
 }
 

@@ -34,6 +34,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hours", type=float, default=None, help="simulated hours (default: the scenario's)"
     )
+    parser.add_argument(
+        "--start",
+        default=None,
+        metavar="LOCAL",
+        help="when the window starts on the bank's clock, e.g. 2026-12-20T23:50 (a window"
+        " crossing midnight runs the day-end; default: the scenario's, else"
+        " 2026-11-11T00:00)",
+    )
     _common(parser)
     parser.add_argument(
         "--postings-per-user",
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=bool(args.json),
         plant_bug=args.plant_bug,
         profile=args.profile,
+        start=args.start,
     )
     try:
         return execute(

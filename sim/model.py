@@ -11,6 +11,7 @@ names; inside the simulator everything is integer nanoseconds.
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import os
 import re
@@ -470,6 +471,10 @@ class Scenario:
     profile: str | None = None  # a deployment profile (sim/profiles.py); None: the topology's
     # [targets]: failure class ("" = every class) -> metric -> (operator, bound); see sim/verdict.py
     targets: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    # When the window starts, on the bank's local clock (Asia/Shanghai): None, the default
+    # campaign day's local midnight (DEFAULT_START). A window that crosses local midnight
+    # runs the day-end there (sim/dayend.py).
+    start: datetime.datetime | None = None
 
 
 def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
@@ -554,6 +559,8 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
     traffic = root.text("traffic", "normal", ("normal", "campaign"))
     hours = root.number("hours", 1.0, low=0.001, high=24 * 30)
     profile = root.text("profile", "") or None
+    root.read.add("start")
+    start = parse_start(document["start"], "start", problems) if "start" in document else None
     from .profiles import PROFILES  # profiles imports this module
 
     if profile is not None and profile not in PROFILES:
@@ -589,7 +596,39 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         source=source,
         profile=profile,
         targets=targets,
+        start=start,
     )
+
+
+# The default simulated day: 2026-11-11 (a campaign day) from local midnight.
+DEFAULT_START = datetime.datetime(2026, 11, 11, 0, 0)
+START_YEARS = (2001, 2170)  # day numbers are u16 from 2000-01-01; the population's history
+
+
+def parse_start(value: Any, key: str, problems: _Problems) -> datetime.datetime | None:
+    """A window's start on the local clock: a TOML local date-time (`2026-12-20T23:50:00`)
+    or the same as a string; whole seconds, no offset (the bank's zone is the rules')."""
+    parsed: datetime.datetime | None = None
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        problems.add(key, f"expected a local date and time like 2026-12-20T23:50:00, got {value!r}")
+        return None
+    if parsed.tzinfo is not None:
+        problems.add(key, f"{value!r}: give the bank's local time, without an offset")
+        return None
+    if parsed.microsecond:
+        problems.add(key, f"{value!r}: whole seconds only")
+        return None
+    if not START_YEARS[0] <= parsed.year <= START_YEARS[1]:
+        problems.add(key, f"{value!r}: the year must be in {START_YEARS[0]}..{START_YEARS[1]}")
+        return None
+    return parsed
 
 
 # [targets]: what a run is judged against (sim/verdict.py). A metric's bound is a number
@@ -709,6 +748,12 @@ EXPECTATIONS = (
     "result_mismatches",
     "lost_single_copy",
     "single_copy_acks",
+    # The day-end (sim/dayend.py) and the interest checker (sim/interest.py).
+    "dayends",
+    "interest_accrued_accounts",
+    "interest_postings",
+    "maturities_paid",
+    "interest_mismatches",
 )
 
 
@@ -781,6 +826,9 @@ class SimConfig:
     plant_bug: str | None = None
     # The deployment profile (sim/profiles.py); None: the scenario's, else the topology's.
     profile: str | None = None
+    # When the window starts on the bank's local clock ("2026-12-20T23:50"); None: the
+    # scenario's `start`, else DEFAULT_START.
+    start: str | None = None
 
     def check(self) -> None:
         """Refuse a bad run before anything is built: one line naming the option and its range."""
@@ -804,3 +852,15 @@ class SimConfig:
             raise SimError("--postings-per-user must be in (0, 10000]")
         if not 0 < self.drain_max_s <= 86_400:
             raise SimError(f"--drain-max-s must be in (0, 86400], not {self.drain_max_s}")
+        if self.start is not None:
+            self.start_time()
+
+    def start_time(self) -> datetime.datetime | None:
+        """`start` parsed (None when not given); a SimError naming --start when bad."""
+        if self.start is None:
+            return None
+        problems = _Problems("--start")
+        parsed = parse_start(self.start, "start", problems)
+        if parsed is None:
+            raise SimError(f"--start: {problems.lines[0].split(': ', 2)[-1]}")
+        return parsed

@@ -14,11 +14,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from cext import simgen
-from core.data import DEFAULT_RULES_PATH
+from core.data import DATA_DIRECTORY, DEFAULT_RULES_PATH
 from core.progress import progress_bar
-from ledger.constants import LEDGER_CNY
+from ledger.constants import CLEARING_ID, INTEREST_EXPENSE_ID, LEDGER_CNY
+from ledger.deposits import FD_OPEN, FD_ROLLOVER, RATE_ROW, pack_deposit_write, pack_fixed_row
+from ledger.interest import add_months, day_weight, period_start_day
 from ledger.kernel import KernelLedger
-from ledger.records import pack_account_input
+from ledger.records import pack_account_input, transfer_view
 from ledger.types import (
     ACCOUNT_SIZE,
     TRANSFER_SIZE,
@@ -28,6 +30,7 @@ from ledger.types import (
     TransferCode,
     split_id,
 )
+from limits.deposits import DepositCatalog, Term, load_catalog
 from limits.rules import RuleSet, load_rules
 
 from .model import SimError
@@ -38,6 +41,18 @@ PRODUCT_SAVINGS = 4
 PRODUCT_FIXED_DEPOSIT = 5
 PRODUCT_INTERNAL = 7
 RULES_PATH = DEFAULT_RULES_PATH
+CATALOG_PATH = DATA_DIRECTORY / "deposits.toml"
+# Fixed-deposit terms by share of the population's deposits (percent), and the share
+# that rolls over at maturity.
+TERM_SHARES = (
+    (Term.M3, 40),
+    (Term.M6, 25),
+    (Term.Y1, 25),
+    (Term.Y2, 5),
+    (Term.Y3, 3),
+    (Term.Y5, 2),
+)
+ROLLOVER_PERCENT = 30
 BUILD_BATCH = 8189
 ACCOUNT_CAPACITY_MAX = 1 << 25  # keeps the account index at 2 x 2**25 entries of 4 bytes
 
@@ -81,6 +96,13 @@ def bank_rules() -> RuleSet:
     return load_rules(RULES_PATH)
 
 
+def deposit_catalog() -> DepositCatalog:
+    """The deposit catalog the simulated bank runs: the project's default one."""
+    if not CATALOG_PATH.exists():
+        raise SimError(f"{CATALOG_PATH}: the deposit catalog the simulator uses is missing")
+    return load_catalog(CATALOG_PATH)
+
+
 def clearing_id() -> int:
     return simgen.account_id(0, simgen.TAG_INTERNAL, simgen.INTERNAL_CLEARING_INDEX)
 
@@ -113,22 +135,40 @@ def build(
     business_day: int,
     *,
     quiet: bool,
+    catalog: DepositCatalog | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Open every account and fund it; returns (the next free timestamp, counts).
 
     Opening balances come from the clearing account (money arriving from the
     customers' bound cards), so the total of all balances is zero and money
     conservation is checkable from the first transfer on.
+
+    With a deposit `catalog` the population's deposits are real: each fixed deposit
+    is funded together with its row (`post_with_rows`: principal, the term's rate of
+    its opening day, opening and maturity days, rollover or not, the holder's Class II
+    account as payout), opened on a day drawn so that its maturity falls within one
+    term after `business_day` (some mature in the simulated day); and every demand
+    account holds the interest its opening balance accrued since the settlement period
+    began (`accrue_interest` once, with the period-to-date day weight), as if the
+    population had banked here all quarter. The bank's interest-expense account
+    (`INTEREST_EXPENSE_ID`) and the clearing account a Class III excess settles to
+    (`CLEARING_ID`) are opened too.
     """
     ledger.set_rules(rules.product_table(), rules.channel_table())
+    internal_accounts = [
+        (clearing_id(), AccountKind.INTERNAL_CLEARING),
+        (wealth_id(), AccountKind.INTERNAL_WEALTH),
+    ]
+    if catalog is not None:
+        internal_accounts += [
+            (INTEREST_EXPENSE_ID, AccountKind.INTERNAL_INTEREST_EXPENSE),
+            (CLEARING_ID, AccountKind.INTERNAL_CLEARING),
+        ]
     internal = b"".join(
         pack_account_input(id=account_id, kind=kind, product=PRODUCT_INTERNAL)
-        for account_id, kind in (
-            (clearing_id(), AccountKind.INTERNAL_CLEARING),
-            (wealth_id(), AccountKind.INTERNAL_WEALTH),
-        )
+        for account_id, kind in internal_accounts
     )
-    _create(ledger, internal, 2)
+    _create(ledger, internal, len(internal_accounts))
     buffer = bytearray(BUILD_BATCH * TRANSFER_SIZE)
     view = memoryview(buffer)
     merchants = population.merchants
@@ -219,9 +259,18 @@ def build(
                     LEDGER_CNY,
                 )
                 if written:
-                    results, _, _ = ledger.create_transfers(
-                        view[: written * TRANSFER_SIZE], timestamp_ns, business_day
-                    )
+                    transfers = view[: written * TRANSFER_SIZE]
+                    if tag == simgen.TAG_FIXED_DEPOSIT and catalog is not None:
+                        rows = fixed_deposit_rows(
+                            ledger, population, catalog, business_day, transfers, written
+                        )
+                        results, _, _ = ledger.post_with_rows(
+                            transfers, rows, timestamp_ns, business_day
+                        )
+                    else:
+                        results, _, _ = ledger.create_transfers(
+                            transfers, timestamp_ns, business_day
+                        )
                     assert results.count(0) == written, Counter(results)
                     timestamp_ns += written
                     # The setup transfers are not the day's traffic: keep the log window empty.
@@ -229,8 +278,95 @@ def build(
                 if not quiet:
                     progress.update(count)
     counts["merchants"] = merchants
-    counts["internal"] = 2
+    counts["internal"] = len(internal_accounts)
+    if catalog is not None:
+        first, last = accrued_span(catalog, business_day)
+        if last >= first:
+            ledger.accrue_interest(last, period_to_date_rates(catalog, rules, first, last))
     return timestamp_ns, dict(counts)
+
+
+def accrued_span(catalog: DepositCatalog, business_day: int) -> tuple[int, int]:
+    """The days of the current settlement period before `business_day` (first, last):
+    what the population's demand accounts have accrued when the simulation starts."""
+    first = period_start_day(catalog.settlement_period(business_day), catalog.settlement)
+    return first, business_day - 1
+
+
+def period_to_date_rates(catalog: DepositCatalog, rules: RuleSet, first: int, last: int) -> bytes:
+    """The accrual rate table of `last` with each earning product's weight the sum of the
+    day weights of days `first`..`last`: accruing it once gives an unchanged balance the
+    units of accruing every one of those days (the demand rate must not change in
+    between; asserted)."""
+    rate = catalog.demand_rate(last)
+    assert all(catalog.demand_rate(day) == rate for day in range(first, last + 1))
+    weight = sum(day_weight(catalog.demand_day_count, day) for day in range(first, last + 1))
+    table = bytearray(catalog.accrual_rates(last, rules))
+    for offset in range(0, len(table), RATE_ROW.size):
+        row_rate, _row_weight = RATE_ROW.unpack_from(table, offset)
+        if row_rate:
+            RATE_ROW.pack_into(table, offset, row_rate, weight)
+    return bytes(table)
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finalizer: a per-user hash for the deposits' terms and dates."""
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return value ^ (value >> 31)
+
+
+def fixed_deposit_terms(seed: int, user: int) -> tuple[Term, bool, int]:
+    """A user's fixed deposit: (term, rolls over, a hash for its opening day)."""
+    hashed = _mix(seed * 0x100000001B3 ^ user ^ 0xFD)
+    share = hashed % 100
+    term = TERM_SHARES[-1][0]
+    for term, percent in TERM_SHARES:  # noqa: B007 (the term the share falls in)
+        if share < percent:
+            break
+        share -= percent
+    return term, (hashed >> 8) % 100 < ROLLOVER_PERCENT, hashed >> 20
+
+
+def fixed_deposit_rows(
+    ledger: KernelLedger,
+    population: Population,
+    catalog: DepositCatalog,
+    business_day: int,
+    transfers: memoryview,
+    count: int,
+) -> bytes:
+    """The row writes (ledger.deposits DEPOSIT_WRITE) of `count` fixed-deposit fundings.
+
+    The deposit matures within one term after `business_day` (uniformly: about one in
+    a term's days matures the day after, when the day-end pays it), and was opened one
+    term before that, at that day's rate (not before the catalog's first rate set).
+    """
+    first_rates = catalog.history[0].effective_day
+    due_from = business_day + 1
+    writes = []
+    for index in range(count):
+        transfer = transfer_view(transfers, index * TRANSFER_SIZE)
+        user = (transfer.id & 0xFFFFFFFFFFFFFFFF) - 1
+        term, rollover, hashed = fixed_deposit_terms(population.seed, user)
+        months = term.months
+        span = add_months(due_from, months) - due_from
+        open_day = max(add_months(due_from + hashed % span, -months), first_rates)
+        payout = simgen.account_id(population.seed, simgen.TAG_CLASS_II, user)
+        row = pack_fixed_row(
+            principal=transfer.amount,
+            rate=catalog.fixed_rate(term, open_day),
+            open_day=open_day,
+            maturity_day=add_months(open_day, months),
+            term_months=months,
+            day_count=int(catalog.fixed_day_count),
+            flags=FD_OPEN | (FD_ROLLOVER if rollover else 0),
+            payout_slot=ledger.account_slot(payout),
+            product=PRODUCT_FIXED_DEPOSIT,
+        )
+        writes.append(pack_deposit_write(transfer.credit_account_id, index, row))
+    return b"".join(writes)
 
 
 def opening_accounts(population: Population, first_index: int, count: int) -> bytes:

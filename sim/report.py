@@ -223,6 +223,7 @@ def build(
         "series": series,
         "clock": clock(sim),
     }
+    report.update(deposits_summary(sim, results))
     sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
     diff = replay_diff.compare(sim, primary)
     if diff is not None:
@@ -234,6 +235,27 @@ def build(
     report["peak_rss_gib"] = round(peak_rss_gib(), 3)
     report["timings"] = {key: round(value, 3) for key, value in sim.timings.items()}
     return report
+
+
+def deposits_summary(sim: Simulation, results: dict[str, Any]) -> dict[str, Any]:
+    """The day-end runs and what the interest checker found (sim/dayend.py, sim/interest.py):
+    the `deposits` section and the top-level figures scenarios state expectations on."""
+    checker = sim.interest_checker
+    if checker is None:
+        return {"deposits": None, "interest_mismatches": 0}
+    findings = checker.report()
+    return {
+        "deposits": {
+            "runs": [run.to_json() for run in sim.dayend_runs],
+            "findings": findings,
+            "per_dc": results.get("interest_per_dc", {}),
+        },
+        "dayends": len({run.day for run in sim.dayend_runs}),
+        "interest_accrued_accounts": findings["accrued_accounts"],
+        "interest_postings": findings["settlement_postings"],
+        "maturities_paid": findings["maturities_paid"] + findings["rollovers"],
+        "interest_mismatches": findings["mismatches"],
+    }
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -1073,6 +1095,10 @@ def render_html(report: dict[str, Any]) -> str:
         "result_mismatches",
         "money_conserved",
         "limits_respected",
+        "dayends",
+        "interest_postings",
+        "maturities_paid",
+        "interest_mismatches",
         "converged",
         "failovers",
         "rto_s",
@@ -1406,6 +1432,7 @@ def summary(report: dict[str, Any]) -> str:
         ("availability", report["availability"].get("overall")),
         ("longest without an ack s", report.get("no_ack_s_max")),
         ("single-copy acks", single_copy_acks(report)),
+        *_dayend_rows(report),
         ("latency p50/p99 ms", f"{latency.get('p50_ms')} / {latency.get('p99_ms')}"),
         ("wall s / sim:wall", f"{report['wall_s']} / {report['simulated_to_wall_ratio']}"),
         ("peak RSS GiB", report["peak_rss_gib"]),
@@ -1419,6 +1446,28 @@ def summary(report: dict[str, Any]) -> str:
     lines += [f"  FAILED {reason}" for reason in report["verdict"].get("failures", [])]
     lines += _summary_extra(report)
     return "\n".join(lines)
+
+
+def _dayend_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The day-end lines of the summary, when the window crossed a business day's end."""
+    deposits = report.get("deposits") or {}
+    if not deposits.get("runs"):
+        return []
+    findings = deposits["findings"]
+    return [
+        (
+            "day-ends (accrued / settled)",
+            f"{report['dayends']} ({findings['accrued_accounts']} accounts /"
+            f" {findings['settlement_postings']} postings,"
+            f" {findings['settlement_fen'] / 100:.2f} CNY)",
+        ),
+        (
+            "maturities (paid / rolled)",
+            f"{findings['maturities_paid']} / {findings['rollovers']}"
+            f" ({findings['maturity_interest_fen'] / 100:.2f} CNY interest)",
+        ),
+        ("interest mismatches", report["interest_mismatches"]),
+    ]
 
 
 def _summary_extra(report: dict[str, Any]) -> list[str]:

@@ -50,21 +50,56 @@ from cext import simgen
 from core import engine_policy as policy
 from core.entries import EVICT_PAYLOAD, Entry, EntryKind
 from core.progress import progress_bar
+from ledger.interest import day_of_date, is_settlement_day
 from ledger.kernel import KernelLedger
 from ledger.types import TRANSFER_SIZE, CreateAccountResult
+from limits.calendar import load_timezone
 from limits.rules import RuleSet, parse_rules
 
 from . import population as population_module
 from . import traffic as traffic_module
 from .checker import Checker, Verification
 from .cluster import NEVER, Batch, DataCenter, Record, Stream, entry_size
-from .model import NS_PER_MS, NS_PER_S, FaultSpec, Scenario, SimConfig, SimError, Topology
+from .dayend import (
+    DayEndRun,
+    Maker,
+    MaturityTally,
+    SettlementCursor,
+    accrual_maker,
+    expiry_maker,
+    maturity_maker,
+    purge_maker,
+    settlement_maker,
+)
+from .interest import InterestChecker
+from .model import (
+    DEFAULT_START,
+    NS_PER_MS,
+    NS_PER_S,
+    FaultSpec,
+    Scenario,
+    SimConfig,
+    SimError,
+    Topology,
+)
 from .network import Network
 from .population import Population
 from .profiles import profile_named
 
 # 2026-11-11 00:00 in Asia/Shanghai: a campaign day starts at local midnight.
 START_NS = int(datetime(2026, 11, 10, 16, 0, tzinfo=UTC).timestamp()) * NS_PER_S
+BANK_ZONE = "Asia/Shanghai"  # the example rules' zone: the business day's clock
+
+
+def start_ns_of(local: datetime) -> int:
+    """Simulated time 0 in Unix nanoseconds: `local` on the bank's clock."""
+    return int(local.replace(tzinfo=load_timezone(BANK_ZONE)).timestamp()) * NS_PER_S
+
+
+def seconds_of_day(local: datetime) -> int:
+    return local.hour * 3600 + local.minute * 60 + local.second
+
+
 OPENING_INTERVAL_NS = 600 * NS_PER_S
 SAMPLE_INTERVAL_NS = NS_PER_S
 WITNESS = "witness"
@@ -138,6 +173,17 @@ class Simulation:
         self.timings: dict[str, float] = {}
         self.faults_cache: list[ActiveFault] | None = None
         started = time.perf_counter()
+        # When simulated time 0 is on the bank's clock: the run's or the scenario's `start`,
+        # else the campaign day's local midnight. Stored traffic keeps its own clock: a
+        # trace the start it was generated with, a journal the server's times.
+        if traffic is None:
+            start = config.start_time() or scenario.start
+        elif traffic.info.get("start"):
+            start = datetime.fromisoformat(str(traffic.info["start"]))
+        else:
+            start = None
+        self.start_local = start or DEFAULT_START
+        self.start_ns = start_ns_of(self.start_local)
         if traffic is None:
             self.population: Population | None = Population(config.users, seed=config.seed)
             self.traffic = traffic_module.generated(
@@ -147,7 +193,10 @@ class Simulation:
                 hours * 3600,
                 self.step_ns,
                 config.seed,
+                clock_start_s=seconds_of_day(self.start_local),
             )
+            if start is not None:
+                self.traffic.info["start"] = self.start_local.isoformat()
         else:
             self.traffic = traffic
             self.population = traffic.population
@@ -202,6 +251,7 @@ class Simulation:
         self.admin_diffs: list[bool] = []  # per journal admin entry: not the server's results
         self.max_epoch = 1
         self.day_cache: tuple[int, int] = (-1, 0)
+        self.in_dayend = False
         self.buffer = bytearray(TRANSFER_SIZE * 1024)
         self.timestamps_buffer = bytearray(8 * 1024)
         self.balances_buffer = bytearray(16 * 1024)
@@ -245,16 +295,25 @@ class Simulation:
             self._schedule(at_ns, self._admin_entry, entry)
         self._schedule(self.window_ns, self._window_end)
         self._schedule(0, self._sample_tick)
-        day_ns = 86_400 * NS_PER_S
-        for day_end in range(day_ns, self.window_ns + 1, day_ns):
+        for midnight in self.midnights_ns(self.window_ns + 1):
             # Just before local midnight: the day's limit counters are complete.
-            self._schedule(day_end - self.step_ns, self._day_end_check)
+            self._schedule(midnight - self.step_ns, self._day_end_check)
+        for midnight in self.midnights_ns(self.window_ns + int(self.config.drain_max_s * NS_PER_S)):
+            # Just after: the day-end, if no entry of the new day has run it yet.
+            self._schedule(midnight + self.step_ns, self._midnight)
 
     # --- setup ---------------------------------------------------------------------
 
     @property
     def request_count(self) -> int:
         return self.traffic.request_count
+
+    def midnights_ns(self, until_ns: int) -> list[int]:
+        """The simulated times (> 0, < until_ns) of local midnight: business-day ends."""
+        day_ns = 86_400 * NS_PER_S
+        offset = int(self.traffic.info.get("clock_start_s", 0)) if self.population else 0
+        first = day_ns - offset * NS_PER_S
+        return list(range(first, until_ns, day_ns))
 
     def _build_ledgers(self) -> None:
         started = time.perf_counter()
@@ -278,6 +337,9 @@ class Simulation:
         peak_per_s = peak_per_step * NS_PER_S / self.step_ns
         retention_s = self.topology.log_retention_ns / NS_PER_S
         wanted = max(1 << 16, int(peak_per_s * retention_s * 1.6))
+        if self.population is not None and self._settles_in_window():
+            # A settlement posts about one transfer an account, all within the retention.
+            wanted += self.account_capacity
         self.log_capacity = 1 << (wanted - 1).bit_length()
         primary = self.topology.primary
         ledgers = {
@@ -287,12 +349,37 @@ class Simulation:
         }
         ledger = ledgers[primary]
         self.rules: RuleSet | None = None
-        next_ns = START_NS - 3600 * NS_PER_S
+        next_ns = self.start_ns - 3600 * NS_PER_S
+        # The day-end and its checker run for a generated population (its deposits are
+        # real rows); a journal's or a trace's ledger has no catalog of its own.
+        self.catalog = None
+        self.interest_checker: InterestChecker | None = None
+        self.dayend_runs: list[DayEndRun] = []
+        self.dayend_resume: set[str] = set()
+        self.first_day = 0
         if self.population is not None:
             self.rules = population_module.bank_rules()
-            day = self.rules.business_day(START_NS)
+            self.catalog = population_module.deposit_catalog()
+            day = self.rules.business_day(self.start_ns)
+            first, _ = population_module.accrued_span(self.catalog, day)
+            if first < self.catalog.history[0].effective_day:
+                raise SimError(
+                    f"start {self.start_local.isoformat()}: its settlement period began before"
+                    f" the deposit catalog's first rates ({population_module.CATALOG_PATH})"
+                )
+            self.first_day = day
             next_ns, self.population_counts = population_module.build(
-                ledger, self.population, self.rules, next_ns, day, quiet=self.config.quiet
+                ledger,
+                self.population,
+                self.rules,
+                next_ns,
+                day,
+                quiet=self.config.quiet,
+                catalog=self.catalog,
+            )
+            self.interest_checker = InterestChecker(self.catalog, self.rules)
+            self.interest_checker.baseline(
+                ledger, *population_module.accrued_span(self.catalog, day)
             )
         else:
             self.population_counts = {}
@@ -318,6 +405,17 @@ class Simulation:
         }
         for dc in self.dcs.values():
             dc.last_timestamp = max(next_ns, dc.ledger.timestamp_last())
+
+    def _settles_in_window(self) -> bool:
+        """Whether a business day that ends in the run (window and drain) is a settlement
+        day (the catalog's calendar; checked before the catalog is loaded)."""
+        zone = load_timezone(BANK_ZONE)
+        end_ns = self.window_ns + int(self.config.drain_max_s * NS_PER_S)
+        for midnight in self.midnights_ns(end_ns):
+            local = datetime.fromtimestamp((self.start_ns + midnight) // NS_PER_S - 1, zone)
+            if is_settlement_day(day_of_date(local.date())):
+                return True
+        return False
 
     def _apply_setup(self, ledger: KernelLedger, entry: Entry) -> None:
         from core.entries import apply_entry
@@ -948,6 +1046,7 @@ class Simulation:
             self.traffic.fill_packed(self.buffer, 0, packed, packed_count)
         if new_count:
             self.traffic.fill_range(self.buffer, packed_count, new_first, new_count)
+        self._dayend_if_due(dc, end_ns)
         timestamp = self._timestamp(dc, end_ns)
         day = self._business_day(dc, timestamp)
         results = bytearray(total)
@@ -1011,7 +1110,7 @@ class Simulation:
 
     def _timestamp(self, dc: DataCenter, now_ns: int) -> int:
         """A hybrid clock: the DC's (possibly skewed) wall clock, never below its last timestamp."""
-        return policy.next_timestamp(START_NS + now_ns + dc.clock_skew_ns, dc.last_timestamp)
+        return policy.next_timestamp(self.start_ns + now_ns + dc.clock_skew_ns, dc.last_timestamp)
 
     def _business_day(self, dc: DataCenter, timestamp: int) -> int:
         minute = timestamp // (60 * NS_PER_S)
@@ -1036,9 +1135,14 @@ class Simulation:
         now_ns: int,
         *,
         check: bool = True,
+        timestamps: int = 1,
     ) -> Any:
+        """Form, apply and log an entry of the primary's own (not a client batch);
+        `timestamps`: how many it takes (one a transfer it posts)."""
         from core.entries import apply_entry
 
+        if kind not in (EntryKind.EVICT, EntryKind.EVICT_FAILED):
+            self._dayend_if_due(dc, now_ns)
         timestamp = self._timestamp(dc, now_ns)
         entry = Entry(kind, timestamp, self._business_day(dc, timestamp), count, payload)
         if kind == EntryKind.EVICT:
@@ -1046,8 +1150,102 @@ class Simulation:
         result = apply_entry(dc.ledger, entry)
         if kind == EntryKind.CREATE_ACCOUNTS and check:
             assert result.count(CreateAccountResult.OK) == count, result
-        self._append_own(dc, entry, now_ns, timestamp)
+        self._append_own(dc, entry, now_ns, policy.last_timestamp(timestamp, timestamps))
         return result
+
+    # --- the day-end -------------------------------------------------------------------
+
+    def _midnight(self, now_ns: int) -> None:
+        primary = self._serving_primary()
+        if primary is not None:
+            self._dayend_if_due(primary, now_ns)
+
+    def _dayend_if_due(self, dc: DataCenter, now_ns: int) -> None:
+        """Before a primary forms an entry of a new business day, the day-end of each day
+        that ended (sim/dayend.py); a newly promoted primary first finishes what its
+        predecessor's day-end left undone (the steps resume from the ledger's state)."""
+        if self.catalog is None or self.in_dayend:
+            return
+        ledger = dc.ledger
+        resume = dc.name in self.dayend_resume
+        self.dayend_resume.discard(dc.name)
+        day = self._business_day(dc, self._timestamp(dc, now_ns))
+        if not resume and ledger.accrued_day >= day - 1:
+            return
+        self.in_dayend = True
+        started = time.perf_counter()
+        try:
+            if resume and self.first_day <= ledger.accrued_day < day:
+                self._run_dayend(dc, ledger.accrued_day, now_ns, resumed=True)
+            for ended in range(max(ledger.accrued_day + 1, self.first_day), day):
+                self._run_dayend(dc, ended, now_ns, resumed=False)
+        finally:
+            self.in_dayend = False
+            self.timings["dayend_s"] = self.timings.get("dayend_s", 0.0) + (
+                time.perf_counter() - started
+            )
+
+    def _apply_made(self, dc: DataCenter, make: Maker, now_ns: int) -> tuple[bool, Any]:
+        """Form the entry `make` makes of the primary's state now, apply and log it:
+        (whether there was one, its outcome)."""
+        made = make(dc.ledger)
+        if made is None:
+            return False, None
+        kind, count, payload, timestamps = made
+        return True, self._own_entry(dc, kind, count, payload, now_ns, timestamps=timestamps)
+
+    def _run_dayend(self, dc: DataCenter, day: int, now_ns: int, *, resumed: bool) -> None:
+        """The day-end of `day` on primary `dc`, step by step, each checked by the
+        interest checker against what it read before the day-end began."""
+        outer, self.in_dayend = self.in_dayend, True  # its own entries trigger nothing
+        try:
+            self._run_dayend_steps(dc, day, now_ns, resumed=resumed)
+        finally:
+            self.in_dayend = outer
+
+    def _run_dayend_steps(self, dc: DataCenter, day: int, now_ns: int, *, resumed: bool) -> None:
+        assert self.catalog is not None and self.rules is not None
+        assert self.interest_checker is not None
+        catalog, checker, ledger = self.catalog, self.interest_checker, dc.ledger
+        run = DayEndRun(day, dc.name, now_ns, resumed)
+        snapshot = checker.before(ledger, day)
+        made, outcome = self._apply_made(dc, accrual_maker(day, catalog, self.rules), now_ns)
+        run.entries += made
+        run.accrued_accounts = int(outcome or 0)
+        checker.after_accrual(snapshot, ledger)
+        if catalog.is_settlement_day(day):
+            period = catalog.settlement_period(day)
+            cursor = SettlementCursor(
+                period, plant_extra_fen=self.config.plant_bug == "interest-one-fen-more"
+            )
+            start = ledger.log_count
+            make = settlement_maker(cursor)
+            while self._apply_made(dc, make, now_ns)[0]:
+                pass
+            checker.after_settlement(snapshot, ledger, start, ledger.log_count)
+            run.settlement_period = period
+            run.settlement_transfers = cursor.transfers
+            run.settlement_entries = cursor.entries
+            run.entries += cursor.entries
+        tally = MaturityTally()
+        start = ledger.log_count
+        make = maturity_maker(day + 1, catalog, tally)
+        while self._apply_made(dc, make, now_ns)[0]:
+            pass
+        checker.after_maturities(snapshot, ledger, day + 1, start, ledger.log_count)
+        run.maturities_paid = tally.paid
+        run.rollovers = tally.rolled_over
+        run.maturity_interest_fen = tally.interest_fen
+        run.entries += tally.entries
+        made, outcome = self._apply_made(dc, purge_maker(day + 1), now_ns)
+        run.entries += made
+        run.counters_purged = int(outcome or 0)
+        made, outcome = self._apply_made(dc, expiry_maker(), now_ns)
+        run.entries += made
+        run.holds_expired = int(outcome or 0)
+        checker.after_run(snapshot, ledger)
+        self.dayend_runs.append(run)
+        self._note(now_ns, "dayend", dc=dc.name, day=day, resumed=resumed, entries=run.entries)
 
     def _evict_tick(self, now_ns: int) -> None:
         """Each primary evicts by the engine's policy (`core.engine_policy`), due at every
@@ -1339,6 +1537,7 @@ class Simulation:
                     dc.apply(record)
         dc.epoch = max(dc.epoch, failover.epoch)
         dc.role = "primary"
+        self.dayend_resume.add(dc.name)  # finish a day-end its predecessor left undone
         dc.following = None
         dc.stale = False
         dc.ignores_lease = False
@@ -1890,6 +2089,13 @@ class Simulation:
         looked, found = self.checker.lookup_sample(primary.ledger, self.ack_result, 2000)
         ledgers = {name: dc.ledger for name, dc in self.dcs.items()}
         per_dc = self.checker.final(self.names, ledgers)
+        interest_per_dc: dict[str, Any] = {}
+        if self.interest_checker is not None:
+            # A primary that applied a transfer of a later day ran the day-end before it.
+            ended = primary.ledger.last_day - 1
+            last_ended = ended if ended >= self.first_day else None
+            for name in self.names:
+                interest_per_dc[name] = self.interest_checker.final(name, ledgers[name], last_ended)
         kernel_digests: dict[str, str] = {}
         if primary.ledger.account_count <= 2_000_000:
             kernel_digests = {name: ledgers[name].digest() for name in self.names}
@@ -1900,4 +2106,5 @@ class Simulation:
             "lookup_sample": (looked, found),
             "per_dc": per_dc,
             "kernel_digests": kernel_digests,
+            "interest_per_dc": interest_per_dc,
         }

@@ -69,9 +69,15 @@ PROFILES = {
 
 
 def rate_curve(
-    profile: str, users: int, postings_per_user: float | None, seconds: int
+    profile: str,
+    users: int,
+    postings_per_user: float | None,
+    seconds: int,
+    clock_start_s: int = 0,
 ) -> tuple[array[float], dict[str, float]]:
-    """Arrivals per second for each second of the window (days repeat)."""
+    """Arrivals per second for each second of the window (days repeat); the window starts
+    `clock_start_s` seconds after local midnight (a window from 23:50 meets the campaign's
+    midnight burst ten minutes in)."""
     if profile not in PROFILES:
         raise SimError(f"unknown traffic profile {profile!r} (known: {', '.join(PROFILES)})")
     default_ppu, burst_peak = PROFILES[profile]
@@ -100,7 +106,7 @@ def rate_curve(
             day[t] += burst_height * ramp * math.exp(-t / tau)
     total = sum(day)
     scale = users * ppu / total
-    curve = array("d", (day[t % DAY_S] * scale for t in range(seconds)))
+    curve = array("d", (day[(t + clock_start_s) % DAY_S] * scale for t in range(seconds)))
     average = users * ppu / DAY_S
     info = {
         "postings_per_user_day": ppu,
@@ -168,10 +174,14 @@ def generated(
     window_s: float,
     step_ns: int,
     seed: int,
+    clock_start_s: int = 0,
 ) -> Traffic:
-    """DOMAIN.md's traffic for `population` over the first `window_s` of a day."""
+    """DOMAIN.md's traffic for `population` over `window_s` from `clock_start_s` seconds
+    after local midnight (0: the first `window_s` of a day)."""
     seconds = max(1, math.ceil(window_s))
-    curve, info = rate_curve(profile, population.users, postings_per_user, seconds + 1)
+    curve, info = rate_curve(
+        profile, population.users, postings_per_user, seconds + 1, clock_start_s
+    )
     steps = max(1, round(window_s * NS_PER_S / step_ns))
     counts = array("I", bytes(4 * steps))
     simgen.fill_step_counts(counts, seed, 0, step_ns, curve, NS_PER_S)
@@ -192,6 +202,7 @@ def generated(
         AMOUNT_MAX_MINOR,
     )
     described: dict[str, Any] = info | {
+        "clock_start_s": clock_start_s,
         "profile": profile,
         "zipf_s": ZIPF_S,
         "mix_percent": dict(zip(simgen.KIND_NAMES, MIX, strict=True)),

@@ -143,6 +143,9 @@ def invariants_of(report: dict[str, Any]) -> dict[str, bool]:
         "timestamps_monotonic": report["timestamp_violations"] == 0,
         "results_as_acknowledged": report["result_mismatches"] == 0,
         "two_copies_when_promised": not promised or single_copy_acks(report) == 0,
+        # The day-end's interest postings as the interest checker recomputed them
+        # (sim/interest.py): accrual, settlement, maturities, each once.
+        "interest_as_expected": not report.get("interest_mismatches", 0),
         # A journal replay: every outcome that differs from the server's answer has a cause
         # the faults explain (given up, in a fault window, after a changed request).
         "replay_as_server_answered": not (report.get("replay_diff") or {})
@@ -159,6 +162,9 @@ def _invariant_reason(name: str, report: dict[str, Any]) -> str:
         )
     if name == "two_copies_when_promised":
         return f"{single_copy_acks(report)} single-copy acknowledgements"
+    if name == "interest_as_expected":
+        failures = ((report.get("deposits") or {}).get("findings") or {}).get("failures", [])
+        return f"{report.get('interest_mismatches')} mismatches: " + "; ".join(failures[:3])
     if name == "all_dcs_converge":
         return f"state digests {report.get('state_digests')}"
     if name == "replay_as_server_answered":

@@ -25,6 +25,7 @@ from ledger.reference import ReferenceLedger, Transfer
 from ledger.types import (
     ACCOUNT_SIZE,
     CHANNEL_COUNT,
+    DEPOSIT_SIZE,
     PENDING_SIZE,
     TRANSFER_SIZE,
     AccountFlags,
@@ -554,13 +555,19 @@ def canonical_records(ledger: Ledger) -> list[tuple[str, bytes]]:
     for index in range(len(ledger.channels_live())):
         records.append((f"channel counter #{index}", blob[offset : offset + _CHANNEL_ENTRY.size]))
         offset += _CHANNEL_ENTRY.size
-    if offset < len(blob):  # the failure ring, once it has held a failure
+    if ledger.failed_count:  # the failure ring, once it has held a failure
         failed_tail, failed_count = struct.unpack_from("<qq", blob, offset)
         records.append(("failure ring header", blob[offset : offset + 16]))
         offset += 16
         for seq in range(failed_tail, failed_count):
             records.append((f"failure ring seq {seq}", blob[offset : offset + TRANSFER_SIZE]))
             offset += TRANSFER_SIZE
+    if offset < len(blob):  # the deposit table, once a row or accrued_day is not zero
+        records.append(("deposits accrued_day", blob[offset : offset + 8]))
+        offset += 8
+        for slot in range(account_count):
+            records.append((f"deposit row slot {slot}", blob[offset : offset + DEPOSIT_SIZE]))
+            offset += DEPOSIT_SIZE
     return records
 
 

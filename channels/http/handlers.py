@@ -8,6 +8,7 @@ and rendered by the app from the one table in `channels/http/problems.py`.
 
 from __future__ import annotations
 
+import datetime
 import re
 import struct
 from array import array
@@ -26,27 +27,33 @@ from core.services.commands import (
     Caller,
     ChangeAccount,
     Consent,
+    CorrectInterest,
     IssueToken,
     Movement,
     OpenAccount,
+    OpenFixedDeposit,
     OpenSession,
     PostingBatch,
     Proof,
+    QuoteFixedDeposit,
     RegisterCustomer,
     SetPassword,
     VerifyAccount,
+    WithdrawFixedDeposit,
 )
 from core.services.customers import CLASS_OF_NAME
 from core.services.policy import OPERATIONS
 from core.services.records import money_name, rfc3339
 from core.services.results import BatchPosted, Posted
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
+from limits.calendar import DAY_COUNT
 
 R = CreateTransferResult
 _CODE_NAMES = {int(code): code.name.lower() for code in TransferCode}
 _POSTING_STATE = {0: "posted", 2: "pending", 4: "captured", 8: "voided"}
 _LIMIT_RE = re.compile(r"[0-9]{1,3}")
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
+_EPOCH_DATE = datetime.date(2000, 1, 1)  # day number 0 (limits.calendar)
 
 
 @dataclass(slots=True)
@@ -324,6 +331,82 @@ class Handlers:
         move = self._movement(ctx, "reversal", original_id)
         return posted_reply(await self.payments.reversal(move))
 
+    # --- deposits (core/services/deposits.py) ------------------------------------------
+
+    async def read_products(self, ctx: Context) -> Reply:
+        return json_reply(200, self.bank.deposits.products())
+
+    async def quote_fixed_deposit(self, ctx: Context) -> Reply:
+        query = ctx.query
+        for name in ("amount_minor", "term"):  # the schema checked them when present
+            if name not in query:
+                raise fail(f"/{name}", "missing required query parameter")
+        command = QuoteFixedDeposit(ctx.caller, int(query["amount_minor"]), query["term"])
+        return json_reply(200, self.bank.deposits.quote_new(command))
+
+    async def open_fixed_deposit(self, ctx: Context) -> Reply:
+        body = ctx.body
+        payout = body.get("payout_account_id")
+        command = OpenFixedDeposit(
+            ctx.caller,
+            ctx.idempotency_key,
+            ctx.params["customer_id"],
+            account_id_param(body["source_account_id"], "source_account_id"),
+            body["amount_minor"],
+            body["term"],
+            consent(ctx),
+            account_id_param(payout, "payout_account_id") if payout is not None else 0,
+            body.get("rollover", False),
+        )
+        opened = await self.bank.deposits.open(command)
+        reply = json_reply(201, opened)
+        if opened.replayed:
+            reply.headers.append(REPLAY_HEADER)
+        return reply
+
+    async def read_fixed_deposit(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        deposits = self.bank.deposits
+        return json_reply(200, await deposits.deposit(ctx.caller, account_id, proof(ctx)))
+
+    async def quote_withdrawal(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        deposits = self.bank.deposits
+        return json_reply(200, await deposits.quote(ctx.caller, account_id, proof(ctx)))
+
+    async def withdraw_fixed_deposit(self, ctx: Context) -> Reply:
+        body = ctx.body if isinstance(ctx.body, dict) else {}
+        command = WithdrawFixedDeposit(
+            ctx.caller,
+            ctx.idempotency_key,
+            account_id_param(ctx.params["account_id"]),
+            body.get("amount_minor"),
+            consent(ctx),
+        )
+        withdrawn = await self.bank.deposits.withdraw(command)
+        reply = json_reply(201, withdrawn)
+        if withdrawn.replayed:
+            reply.headers.append(REPLAY_HEADER)
+        return reply
+
+    async def read_interest(self, ctx: Context) -> Reply:
+        account_id = account_id_param(ctx.params["account_id"])
+        deposits = self.bank.deposits
+        return json_reply(200, await deposits.interest(ctx.caller, account_id, proof(ctx)))
+
+    async def correct_interest(self, ctx: Context) -> Reply:
+        body = ctx.body
+        command = CorrectInterest(
+            ctx.caller,
+            ctx.idempotency_key,
+            account_id_param(ctx.params["account_id"]),
+            body["balance_delta_minor"],
+            _day_param(body["from"], "/from"),
+            _day_param(body["to"], "/to"),
+            body.get("reason", ""),
+        )
+        return posted_reply(await self.bank.deposits.correct_interest(command))
+
     # --- batch ---------------------------------------------------------------------
 
     async def batch(self, ctx: Context) -> Reply:
@@ -349,6 +432,18 @@ class Handlers:
         self.metrics.batch_sizes.observe(count)
         posted = await self.payments.post_batch(PostingBatch(ctx.caller, key, records, count))
         return batch_reply(posted, binary)
+
+
+def _day_param(text: str, pointer: str) -> int:
+    """A calendar date (YYYY-MM-DD, the schema checked the shape) as a day number."""
+    try:
+        value = datetime.date.fromisoformat(text)
+    except ValueError:
+        raise fail(pointer, "expected a calendar date YYYY-MM-DD") from None
+    day = (value - _EPOCH_DATE).days
+    if not 0 <= day < DAY_COUNT:
+        raise fail(pointer, "expected a date from 2000-01-01 to 2179-06-06")
+    return day
 
 
 def check_batch_size(channel: ChannelEntry, count: int) -> None:

@@ -71,6 +71,12 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "role": STRING,  # actor-limit-exceeded: the acting role
             "cap_minor": INT,  # actor-limit-exceeded: the role's cap
             "roles": {"type": "array", "items": STRING},  # actor-*: the channel's roles
+            # Deposits' refusals (docs/deposits.md): the figures a client may act on.
+            "terms": {"type": "array", "items": STRING},  # deposit-term-unknown
+            "minimum_minor": INT,  # deposit-below-minimum
+            "principal_minor": INT,  # deposit-amount-exceeds-principal
+            "maturity_date": STRING,  # deposit-matured
+            "classes": {"type": "array", "items": STRING},  # account-class-not-allowed
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -185,6 +191,130 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
     ),
 }
 
+RATE = {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2,4}%$", "examples": ["0.95%"]}
+DATE = {"type": "string", "format": "date"}
+RATE_JSON = _object({"rate": RATE, "rate_ppm": INT})
+INTEREST_FIGURE = _object(
+    {
+        "date": DATE,
+        "days_held": INT,
+        "rate": RATE,
+        "rate_ppm": INT,
+        "interest_minor": INT,
+        "total_minor": INT,
+    }
+)
+FIXED_DEPOSIT = _object(
+    {
+        "account_id": STRING,
+        "customer_id": NULLABLE_STRING,
+        "status": {"enum": ["open", "closed"]},
+        "principal_minor": INT,
+        "balance_minor": INT,
+        "term": STRING,
+        "rate": RATE,
+        "rate_ppm": INT,
+        "day_count": {"enum": ["360", "365", "actual"]},
+        "open_date": DATE,
+        "maturity_date": DATE,
+        "rollover": BOOL,
+        "partial_withdrawn": BOOL,
+        "payout_account_id": STRING,
+        "interest_at_maturity_minor": INT,
+        "business_day": DATE,
+    }
+)
+RATE_SET = _object(
+    {
+        "effective": DATE,
+        "demand": RATE_JSON,
+        "fixed": {"type": "object", "additionalProperties": RATE_JSON},
+    },
+    closed=False,
+)
+COMPONENT_SCHEMAS.update(
+    {
+        "Products": {
+            "type": "object",
+            "description": "the deposit catalog (limits/deposits.py `DepositCatalog.to_json`)",
+            "properties": {
+                "rate_scale": INT,
+                "demand": {"type": "object"},
+                "fixed": {"type": "object"},
+                "history": {"type": "array", "items": RATE_SET},
+                "in_force": RATE_SET,
+                "digest": STRING,
+            },
+            "required": ["demand", "fixed", "history"],
+        },
+        "FixedDepositQuote": _object(
+            {
+                "account_id": NULLABLE_STRING,
+                "principal_minor": INT,
+                "term": STRING,
+                "rate": RATE,
+                "rate_ppm": INT,
+                "day_count": {"enum": ["360", "365", "actual"]},
+                "open_date": DATE,
+                "maturity_date": DATE,
+                "today": INTEREST_FIGURE,
+                "at_maturity": INTEREST_FIGURE,
+                "partial_withdrawal_available": BOOL,
+            }
+        ),
+        "FixedDeposit": FIXED_DEPOSIT,
+        "FixedDepositOpened": _object(
+            {
+                "deposit": {"$ref": "#/components/schemas/FixedDeposit"},
+                "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+                "replayed": BOOL,
+            }
+        ),
+        "FixedDepositWithdrawal": _object(
+            {
+                "account_id": STRING,
+                "kind": {"enum": ["full", "partial"]},
+                "principal_minor": INT,
+                "interest_minor": INT,
+                "total_minor": INT,
+                "payout_account_id": STRING,
+                "transfer_ids": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+                },
+                "deposit": {"$ref": "#/components/schemas/FixedDeposit"},
+                "replayed": BOOL,
+            }
+        ),
+        "InterestHistory": _object(
+            {
+                "account_id": STRING,
+                "rate": {"oneOf": [{"type": "null"}, RATE]},
+                "rate_ppm": INT,
+                "items": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+                            "kind": {
+                                "enum": ["settlement", "correction", "deposit_interest"],
+                            },
+                            "amount_minor": INT,
+                            "period": NULLABLE_INT,
+                            "timestamp_ns": INT,
+                            "business_day": DATE,
+                        }
+                    ),
+                },
+                "accrued_minor": INT,
+                "accrued_through": {"oneOf": [{"type": "null"}, DATE]},
+                "last_settled_period": NULLABLE_INT,
+                "interest_paid_total_minor": INT,
+            }
+        ),
+    }
+)
+
 ACTOR_JSON_PATTERN = '^id="[A-Za-z0-9_-]{1,32}",role="[a-z]{1,16}"$'  # signing.ACTOR_PATTERN
 COMMON_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 DESCRIPTIONS = {
@@ -229,10 +359,20 @@ SESSION_OPERATIONS = frozenset(
         "end_session",
         "capture",
         "void",
+        "read_fixed_deposit",
+        "quote_withdrawal",
+        "read_interest",
     }
 )
 TOKEN_READ_OPERATIONS = frozenset(
-    {"read_account", "read_history", "read_transfer", "capture", "void"}
+    {
+        "read_account",
+        "read_history",
+        "read_transfer",
+        "capture",
+        "void",
+        "read_interest",  # a fixed deposit has no password, so no token: a session reads it
+    }
 )
 
 
@@ -249,7 +389,7 @@ def _operation(route: Route) -> dict[str, Any]:
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     for name, spec in route.query.items():
         parameters.append(
-            {"name": name, "in": "query", "required": False, "schema": spec.json_schema()}
+            {"name": name, "in": "query", "required": spec.required, "schema": spec.json_schema()}
         )
     policy = route.policy
     if policy.money:

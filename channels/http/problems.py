@@ -389,6 +389,44 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "idempotency-key-reused",
         "The Idempotency-Key was already used for a request with other fields",
     ),
+    # Deposits (core/services/deposits.py; docs/deposits.md).
+    C.DEPOSIT_TERM_UNKNOWN: (
+        422,
+        "deposit-term-unknown",
+        "Not a fixed-deposit term of the catalog",
+    ),
+    C.DEPOSIT_BELOW_MINIMUM: (
+        422,
+        "deposit-below-minimum",
+        "A fixed deposit holds at least {minimum_minor} fen",
+    ),
+    C.DEPOSIT_AMOUNT_EXCEEDS_PRINCIPAL: (
+        422,
+        "deposit-amount-exceeds-principal",
+        "The withdrawal is larger than the deposit",
+    ),
+    C.DEPOSIT_PARTIAL_ALREADY_TAKEN: (
+        409,
+        "deposit-partial-already-taken",
+        "This deposit's one partial early withdrawal was taken",
+    ),
+    C.DEPOSIT_MATURED: (
+        409,
+        "deposit-matured",
+        "The deposit has matured: the day-end pays it to its payout account",
+    ),
+    C.DEPOSIT_CLOSED: (409, "deposit-closed", "The deposit is closed (paid out)"),
+    C.ACCOUNT_NOT_CUSTOMERS: (
+        422,
+        "account-not-customers",
+        "The account is not this customer's",
+    ),
+    C.ACCOUNT_CLASS_NOT_ALLOWED: (
+        422,
+        "account-class-not-allowed",
+        "The account's class cannot be used for this",
+    ),
+    C.FIXED_DEPOSIT_NOT_FOUND: (404, "fixed-deposit-not-found", "No fixed deposit with this id"),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})

@@ -18,7 +18,8 @@ from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
 from core.services.passwords import PASSWORD_PATTERN
 from core.services.policy import OPERATIONS, Operation
-from ledger.types import TransferCode
+from ledger.types import INT64_MAX, TransferCode
+from limits.deposits import Term
 
 NAME_PATTERN = "^[^0-9\\u0000-\\u001f\\u007f]+$"
 ID_NUMBER_PATTERN = "^[0-9]{17}[0-9X]$"
@@ -147,6 +148,65 @@ BATCH_ITEM = F(
     },
 )
 BATCH = {"transfers": F("array", items=BATCH_ITEM, min_items=1, max_items=BATCH_SIZE_MAX)}
+# A term is checked by the service (deposit-term-unknown names the terms offered), so the
+# schema only bounds its shape.
+TERM = F(
+    "string",
+    pattern="^[0-9]{1,3}[my]$",
+    description="a fixed-deposit term of the catalog (GET /v1/products): "
+    + ", ".join(term.value for term in Term),
+    example="1y",
+)
+FIXED_DEPOSIT_NEW = {
+    "source_account_id": F(
+        "account_id", description="the customer's own Class I or II account the money comes from"
+    ),
+    "amount_minor": F("amount", example=5_000_000),
+    "term": TERM,
+    "payout_account_id": F(
+        "account_id",
+        required=False,
+        description="the customer's Class I or II account paid at maturity (default: the source)",
+    ),
+    "rollover": F(
+        "boolean",
+        required=False,
+        description="renew at maturity for the same term at that day's rate (default false)",
+    ),
+    "password": PASSWORD_OPTIONAL,
+    "second_factor": SECOND_FACTOR,
+}
+FIXED_DEPOSIT_WITHDRAWAL = {
+    "amount_minor": F(
+        "amount",
+        required=False,
+        description="the principal to withdraw; omitted: all of it. A part only once per deposit",
+    ),
+    "password": F(
+        "string",
+        required=False,
+        pattern=PASSWORD_PATTERN,
+        description="the payout account's 6-digit transaction password (or send a "
+        "Tally-Transaction-Token for the payout account)",
+    ),
+}
+DATE_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+INTEREST_CORRECTION = {
+    "balance_delta_minor": F(
+        "integer",
+        minimum=-INT64_MAX,
+        maximum=INT64_MAX,
+        description="what the end-of-day balance should have been minus what it was, fen "
+        "(negative: interest is taken back)",
+    ),
+    "from": F("string", pattern=DATE_PATTERN, description="first day corrected (counted)"),
+    "to": F(
+        "string",
+        pattern=DATE_PATTERN,
+        description="the day after the last one corrected (not counted); one settled period",
+    ),
+    "reason": F("string", required=False, max_length=200),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +533,93 @@ ROUTES: tuple[Route, ...] = (
         body={},
         body_optional=True,
         problems=(404, 409, 422),
+    ),
+    # --- deposits (core/services/deposits.py; docs/deposits.md) ---
+    _route(
+        "GET",
+        "/v1/products",
+        "read_products",
+        "The deposit products: demand rate, fixed-deposit terms and rates, every rate set "
+        "with its effective date",
+        200,
+        "Products",
+    ),
+    _route(
+        "GET",
+        "/v1/fixed-deposit-quotes",
+        "quote_fixed_deposit",
+        "What a fixed deposit opened today would pay at maturity (nothing is recorded)",
+        200,
+        "FixedDepositQuote",
+        problems=(422,),
+        query={
+            "amount_minor": F("integer", minimum=1, maximum=INT64_MAX, example=5_000_000),
+            "term": TERM,
+        },
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/fixed-deposits",
+        "open_fixed_deposit",
+        "Open a fixed deposit from the customer's Class I or II account, for a listed term at "
+        "the rate of the day; the money moves to a new fixed-deposit account of the customer",
+        201,
+        "FixedDepositOpened",
+        body=FIXED_DEPOSIT_NEW,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "GET",
+        "/v1/fixed-deposits/{account_id}",
+        "read_fixed_deposit",
+        "A fixed deposit: principal, term, rate, dates, state (wechat/app: with the holder's "
+        "Tally-Session or a token)",
+        200,
+        "FixedDeposit",
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/fixed-deposits/{account_id}/quote",
+        "quote_withdrawal",
+        "What the fixed deposit pays if withdrawn in full today (demand rate, days held) and "
+        "at maturity (its rate)",
+        200,
+        "FixedDepositQuote",
+        problems=(401, 403, 404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/fixed-deposits/{account_id}/withdrawals",
+        "withdraw_fixed_deposit",
+        "Withdraw a fixed deposit before maturity: all of it, or once a part (the rest keeps "
+        "its rate); the part withdrawn earns the demand rate of the day",
+        201,
+        "FixedDepositWithdrawal",
+        body=FIXED_DEPOSIT_WITHDRAWAL,
+        body_optional=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "GET",
+        "/v1/accounts/{account_id}/interest",
+        "read_interest",
+        "The account's settled interest postings (those still in the transfer log) and the "
+        "interest accrued since the last settlement",
+        200,
+        "InterestHistory",
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/accounts/{account_id}/interest-corrections",
+        "correct_interest",
+        "A backdated interest correction for one settled period: an adjustment posting from "
+        "or to the interest-expense account, never a rewrite (the bank's channel only)",
+        201,
+        "Posting",
+        body=INTEREST_CORRECTION,
+        problems=(403, 404, 409, 422),
     ),
 )
 

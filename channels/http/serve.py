@@ -50,13 +50,14 @@ from channels.http.app import (
     access_log_stream,
 )
 from channels.registry import Registry, RegistryError, load_registry
-from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_DEPOSITS_PATH, DEFAULT_RULES_PATH
 from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.journal import SEGMENT_SIZE_DEFAULT
 from core.services.bank import Bank
 from core.services.lifecycle import Settings
 from core.services.server_secrets import DEVELOPMENT, ServerSecrets, load_server_secrets
+from limits.deposits import load_catalog
 from limits.errors import RuleFileError
 from limits.rules import RuleSet, load_rules
 
@@ -104,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH), help="limit rule file")
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry")
+    parser.add_argument(
+        "--deposits", default=str(DEFAULT_DEPOSITS_PATH), help="deposit catalog (rates, terms)"
+    )
+    parser.add_argument(
+        "--dayend-automatic",
+        action="store_true",
+        help="run the day-end by itself once each business day has ended (else tally dayend)",
+    )
     parser.add_argument("--access-log", default="-", help="'-' for stderr, 'off', or a file path")
     parser.add_argument("--accounts-max", type=int, default=1 << 20, help="account capacity")
     parser.add_argument(
@@ -266,6 +275,8 @@ def build_app(
         failed_retention_s=args.failed_retention_s,
         prefault=args.prefault,
         secrets=secrets,
+        deposits_path=args.deposits,
+        dayend_automatic=args.dayend_automatic,
     )
     bank = Bank(settings, rules, actors=registry.actors())
     return App(
@@ -375,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         rules = load_rules(args.rules)
+        load_catalog(args.deposits)  # a bad deposit catalog refuses the start, precisely
         registry = load_registry(args.channels, rules)
         secrets = load_secrets(args)
     except (RuleFileError, RegistryError, TallyError) as error:

@@ -68,6 +68,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench.pg",
                 "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",
             ),
+            "dayend": module_command(
+                "core.bench.dayend",
+                "the day-end at N accounts on the journal: accrual, settlement made durable, RSS",
+            ),
             "page": module_command(
                 "core.bench.page",
                 "render BENCHMARKS.md from the reports saved with --save",
@@ -136,6 +140,10 @@ COMMANDS: Mapping[str, Command | Group] = {
     "loadtest": module_command(
         "loadtests.runner",
         "Locust against a fresh server (or --host), then the audit: reports and exit status",
+    ),
+    "dayend": module_command(
+        "core.cli.dayend",
+        "run the day-end of a business day: accrual, settlement, maturities, rollover, holds",
     ),
     "audit": module_command(
         "loadtests.audit",

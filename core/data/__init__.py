@@ -12,3 +12,4 @@ from pathlib import Path
 DATA_DIRECTORY = Path(__file__).resolve().parent
 DEFAULT_RULES_PATH = DATA_DIRECTORY / "limits.toml"
 DEFAULT_CHANNELS_PATH = DATA_DIRECTORY / "channels.toml"
+DEFAULT_DEPOSITS_PATH = DATA_DIRECTORY / "deposits.toml"  # the deposit catalog (issue 14)

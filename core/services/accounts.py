@@ -40,10 +40,12 @@ from core.services.state import (
 from core.services.state import account_record as meta_record
 from ledger.records import account_view, pack_account_input
 from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, CreateAccountResult
+from limits.rules import ProductKind, RuleSet
 
 logger = logging.getLogger("tally.services")
 
 PRODUCT_OF_CLASS = {1: 1, 2: 2, 3: 3}
+FIXED_DEPOSIT_CLASS = 5  # AccountKind.FIXED_DEPOSIT: a customer's fixed deposit (deposits.py)
 # Bank identification numbers of the cards and account numbers this bank issues
 # (development values: a real bank uses the BINs assigned to it).
 BIN_OF_CLASS = {1: "623501", 2: "623502", 3: "623503"}
@@ -261,8 +263,14 @@ class Accounts:
     async def create_in_ledger(self, meta: AccountMeta) -> int:
         flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
         bound_id = 0
+        if meta.account_class == FIXED_DEPOSIT_CLASS:
+            product = fixed_deposit_product(self.core.rules)
+        else:
+            product = PRODUCT_OF_CLASS[meta.account_class]
         if meta.account_class == 1:
             flags |= AccountFlags.FACE_TO_FACE_VERIFIED
+        elif meta.account_class == FIXED_DEPOSIT_CLASS:
+            pass  # no card: it pays back to the account its deposit row names
         elif meta.bound is not None and meta.bound["kind"] == "internal":
             bound_id = int(meta.bound["account_id"])
         else:
@@ -272,7 +280,7 @@ class Accounts:
             bound_id=bound_id,
             kind=meta.account_class,
             flags=flags,
-            product=PRODUCT_OF_CLASS[meta.account_class],
+            product=product,
             customer=customer_number(meta.customer_id),
         )
         engine = self.core.running_engine()
@@ -368,6 +376,18 @@ class Accounts:
         await self._update_flags(account_id, 0, 0, status=AccountStatus.CLOSED)
         meta.closed = True
         await state.commit([meta_record(meta)], deleted=state.token_keys(account_id))
+
+
+def fixed_deposit_product(rules: RuleSet) -> int:
+    """The product id fixed-deposit accounts are opened on: the lowest-numbered product of
+    kind fixed_deposit in the rules (a rule file without one cannot hold fixed deposits)."""
+    ids = [
+        product_id
+        for product_id, product in rules.products.items()
+        if product.kind is ProductKind.FIXED_DEPOSIT
+    ]
+    assert ids, "the limit rules define no product of kind fixed_deposit"
+    return min(ids)
 
 
 CUSTOMER_NUMBER_MASK = (1 << 40) - 1  # ledger.types.CUSTOMER_NUMBER_MAX

@@ -13,10 +13,12 @@ from collections.abc import Callable
 import anyio
 from anyio.abc import TaskStatus
 
+from core.engine import Clock
 from core.services.accounts import Accounts
 from core.services.actors import Actors
 from core.services.auth import Auth
 from core.services.customers import Customers
+from core.services.deposits import Deposits
 from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
 from core.services.payments import Payments, PostingCheck
@@ -36,8 +38,14 @@ class Bank:
         open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
         posting_checks: tuple[PostingCheck, ...] = (),
         actors: Actors | None = None,
+        engine_clock: Clock | None = None,
     ) -> None:
-        self.core = Lifecycle(settings, rules, now_ns=now_ns, open_store=open_store)
+        """`now_ns` is the services' clock (business day, token ages); `engine_clock` the
+        engine's entry timestamps (None: the system clock): tests that move time give
+        both the same clock (`Lifecycle`)."""
+        self.core = Lifecycle(
+            settings, rules, now_ns=now_ns, open_store=open_store, engine_clock=engine_clock
+        )
         self.settings = settings
         self.rules = rules
         self.auth = Auth(self.core)
@@ -50,6 +58,8 @@ class Bank:
             posting_checks = (self.actors.check_postings, *posting_checks)
         self.payments = Payments(self.core, self.auth, posting_checks)
         self.reads = Reads(self.core, self.auth)
+        # Products, fixed deposits and interest (core/services/deposits.py).
+        self.deposits = Deposits(self.core, self.auth, self.customers, self.accounts, self.payments)
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover, run the engine and keep house until cancelled (`Lifecycle.serve`)."""

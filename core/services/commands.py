@@ -164,3 +164,67 @@ class Movement:
     reference: str = ""  # incoming: the clearing reference (the operation key)
     payer: dict[str, Any] | None = None  # incoming: bank_code, account_number, name
     proof: Proof = NO_PROOF  # capture, void at a one-customer channel: whose hold it is
+
+
+# --- deposits (core/services/deposits.py) ----------------------------------------------
+
+
+@dataclass(slots=True)
+class QuoteFixedDeposit:
+    """What a fixed deposit of `amount_minor` for `term` ("3m" ... "5y") opened today would
+    pay at maturity: no side effects, nothing recorded."""
+
+    caller: Caller
+    amount_minor: int
+    term: str
+
+
+@dataclass(slots=True)
+class OpenFixedDeposit:
+    """Open a fixed deposit for `customer_id` from their Class I or II account `source`:
+    `amount_minor` for `term`, at the rate of the opening day. At maturity it pays back to
+    `payout_account_id` (0: the source), or renews for the same term when `rollover`.
+    `key` is the operation key: a retry answers the first opening, the same key with other
+    fields is refused."""
+
+    caller: Caller
+    key: str
+    customer_id: str
+    source_account_id: int
+    amount_minor: int
+    term: str
+    consent: Consent
+    payout_account_id: int = 0
+    rollover: bool = False
+
+
+@dataclass(slots=True)
+class WithdrawFixedDeposit:
+    """An early withdrawal from fixed deposit `account_id`: all of it (`amount_minor` None,
+    or the whole principal), or a part of it once. Paid to the deposit's payout account,
+    with the demand rate of the day on what is withdrawn; the holder consents with the
+    payout account's password or token."""
+
+    caller: Caller
+    key: str
+    account_id: int
+    amount_minor: int | None
+    consent: Consent
+
+
+@dataclass(slots=True)
+class CorrectInterest:
+    """A backdated correction of an account's demand interest (the bank's internal channel
+    only): the account's end-of-day balance was wrong by `balance_delta_minor` (signed) on
+    the days `start_day` .. `end_day - 1` of one settled period. The interest on that
+    difference, at the demand rate of each day, is posted as an adjustment: > 0 paid from
+    the interest-expense account, < 0 taken back by a reversal of part of the period's
+    settlement. Never a rewrite; idempotent by `key`."""
+
+    caller: Caller
+    key: str
+    account_id: int
+    balance_delta_minor: int
+    start_day: int
+    end_day: int
+    reason: str = ""

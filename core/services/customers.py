@@ -28,6 +28,9 @@ logger = logging.getLogger("tally.services")
 
 CLASS_NAMES = {1: "class_i", 2: "class_ii", 3: "class_iii"}
 CLASS_OF_NAME = {name: number for number, name in CLASS_NAMES.items()}
+# A customer's fixed deposits are accounts too (AccountKind.FIXED_DEPOSIT, opened by
+# core/services/deposits.py): listed with the customer's accounts, never opened by class.
+CLASS_NAMES[5] = "fixed_deposit"
 
 
 class Customers:

@@ -28,6 +28,13 @@ applied twice (the failed group is either durable, and then read back,
 or gone). Only a fenced-off PostgreSQL store (another engine took over) and
 a damaged journal are final: they need an operator.
 
+The deposit catalog (`Settings.deposits_path`, limits/deposits.py) is read
+at construction (a bad file refuses the start) and looked at once a second
+by housekeeping (`reload_catalog`): a changed, valid file is put in force, a
+bad one is logged and the running catalog stays. With
+`Settings.dayend_automatic` the day-end (core/services/dayend.py) runs by
+itself once each business day has ended.
+
 The data directory is private: 0700, every file 0600 (the process umask is
 077 under `tally serve`); an existing directory with wider permissions is
 tightened at start, and the tightening is logged (`data_dir_tightened`).
@@ -48,8 +55,16 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
+from core.data import DEFAULT_DEPOSITS_PATH
 from core.dsn import redact_secrets
-from core.engine import Engine, EngineFull, EngineOverloaded, EngineStopped, StoreFailed
+from core.engine import (
+    Clock,
+    Engine,
+    EngineFull,
+    EngineOverloaded,
+    EngineStopped,
+    StoreFailed,
+)
 from core.journal import (
     SEGMENT_SIZE_DEFAULT,
     JournalError,
@@ -69,24 +84,17 @@ from core.services.state import (
     rename_imported,
 )
 from core.store import JOURNAL_SCHEME, OpenedStore, Store, open_store
+from ledger.constants import INTERNAL_ACCOUNTS, INTERNAL_PRODUCT
 from ledger.records import pack_account_input
-from ledger.types import AccountKind, CreateAccountResult
+from ledger.types import CreateAccountResult
+from limits.deposits import CatalogError, CatalogFile, DepositCatalog
 from limits.rules import RuleSet
 
 logger = logging.getLogger("tally.services")
 
-# The bank's own accounts, created at start if missing (ids below 2**16 are the bank's).
-CASH_VAULT_ID = 1
-CLEARING_ID = 2
-SETTLEMENT_ID = 3
-INTERNAL_PRODUCT = 7
-INTERNAL_ACCOUNTS = (
-    (CASH_VAULT_ID, AccountKind.INTERNAL_CASH),
-    (CLEARING_ID, AccountKind.INTERNAL_CLEARING),
-    (SETTLEMENT_ID, AccountKind.INTERNAL_SETTLEMENT),
-)
 HOUSEKEEPING_TICK_S = 0.05
 PRUNE_EVERY_TICKS = 200
+CATALOG_CHECK_EVERY_TICKS = 20  # the deposit catalog file is looked at once a second
 STORE_RETRY_S = 1.0
 STORAGE_RETRY_AFTER_S = 5  # what a 503 storage-unavailable asks a client to wait
 STOP_FLUSH_TIMEOUT_S = 5.0  # the last write of staged state at a clean stop
@@ -135,6 +143,15 @@ class Settings:
     secrets: ServerSecrets = DEVELOPMENT
     # The journal's segment size (preallocated): a new one is allocated when the last fills.
     journal_segment_size: int = SEGMENT_SIZE_DEFAULT
+    # The deposit catalog (limits/deposits.py): rates, terms, day counts, settlement days.
+    # Re-read while serving when it changes (`Lifecycle.reload_catalog`).
+    deposits_path: str = str(DEFAULT_DEPOSITS_PATH)
+    # Run the day-end (core/services/dayend.py) by itself once each business day has
+    # ended, catching up the days missed while stopped; off: `tally dayend --date D`.
+    dayend_automatic: bool = False
+    # How long the engine idles before it expires pending holds past their timeout (the
+    # day-end's last step expires them too).
+    expire_interval_s: float = 1.0
 
 
 def engine_refusal(error: EngineOverloaded | EngineFull | EngineStopped) -> Refused:
@@ -163,10 +180,15 @@ class Lifecycle:
         *,
         now_ns: Callable[[], int] = time.time_ns,
         open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
+        engine_clock: Clock | None = None,
     ) -> None:
+        """`now_ns` tells the services' time (business day, token and nonce ages);
+        `engine_clock` the engine's entry timestamps (None: the system clock). Tests
+        that move time give both the same clock."""
         self.settings = settings
         self.rules = rules
         self.now_ns = now_ns
+        self.engine_clock = engine_clock
         self.open_store = open_store
         # Transfer ids and instruction fingerprints, keyed by the server's transfer-id key.
         self.ids = TransferIds(settings.secrets.transfer_id_key)
@@ -183,6 +205,9 @@ class Lifecycle:
         self.recoveries = 0  # times the store was opened again after a failure
         self.recovery_info: dict[str, Any] = {}
         self.on_housekeeping: list[Callable[[int], None]] = []  # called with now_ns
+        # The deposit catalog in force; a bad file refuses the start (CatalogError, a
+        # RuleFileError), a bad new version while serving keeps the running one.
+        self.catalog_file = CatalogFile(settings.deposits_path)
 
     # --- what services use ------------------------------------------------------
 
@@ -198,6 +223,30 @@ class Lifecycle:
 
     def today(self) -> int:
         return self.rules.business_day(self.now_ns())
+
+    @property
+    def catalog(self) -> DepositCatalog:
+        """The deposit catalog in force (the last good version of `Settings.deposits_path`)."""
+        return self.catalog_file.catalog
+
+    def reload_catalog(self) -> bool:
+        """Put a changed catalog file in force; True if it changed. The rules' reload
+        path has no caller in the server yet: this is the one place a catalog changes,
+        called from housekeeping (and where an approval check will go). A bad file
+        keeps the running catalog and is logged once per version (`catalog_refused`).
+
+        Nothing is journaled: every entry that depends on a rate carries it (the
+        accrual's rate table, a deposit row's rate), so replay needs no catalog."""
+        try:
+            changed = self.catalog_file.reload_if_changed(self.today())
+        except CatalogError as error:
+            logger.error(orjson.dumps({"event": "catalog_refused", "error": str(error)}).decode())
+            return False
+        if changed:
+            logger.info(
+                orjson.dumps({"event": "catalog_reloaded", "digest": self.catalog.digest}).decode()
+            )
+        return changed
 
     async def call_engine(self, function: Callable[..., Any], *args: Any) -> Any:
         """An engine call; engine refusals become `Refused`.
@@ -345,10 +394,12 @@ class Lifecycle:
             opened.ledger,
             opened.store,
             self.rules,
+            clock=self.engine_clock,
             queue_size=settings.queue_size,
             linger_s=settings.linger_s,
             retention_s=settings.retention_s,
             failed_retention_s=settings.failed_retention_s,
+            expire_interval_s=settings.expire_interval_s,
             state=opened.state,
             state_source=self.state,
             on_store_failure=self._store_failed,
@@ -439,6 +490,10 @@ class Lifecycle:
             self.ready = True
             logger.info(orjson.dumps({"event": "ready", **self.recovery_info}).decode())
             task_group.start_soon(self._serve_housekeeping)
+            if self.settings.dayend_automatic:
+                from core.services.dayend import DayEnd  # it builds on this module
+
+                await task_group.start(DayEnd(self).serve_automatic)
             await anyio.sleep_forever()
 
     async def _import_legacy_state(self) -> int | None:
@@ -474,6 +529,8 @@ class Lifecycle:
             await anyio.sleep(HOUSEKEEPING_TICK_S)
             await state.flush()
             ticks += 1
+            if ticks % CATALOG_CHECK_EVERY_TICKS == 0:
+                self.reload_catalog()
             if ticks % PRUNE_EVERY_TICKS == 0:
                 now_ns = self.now_ns()
                 state.prune_nonces(now_ns // NS_PER_S, self.settings.nonce_window_s)
@@ -489,6 +546,8 @@ class Lifecycle:
             await self.state.flush()
 
     async def _ensure_internal_accounts(self) -> None:
+        """The bank's own accounts (ledger.constants.INTERNAL_ACCOUNTS: cash vault,
+        clearing, settlement, interest expense), created if missing."""
         batch = b"".join(
             pack_account_input(id=account_id, kind=kind, product=INTERNAL_PRODUCT, status=0)
             for account_id, kind in INTERNAL_ACCOUNTS

@@ -145,6 +145,33 @@ OPERATIONS: dict[str, Operation] = _declare(
     Operation("payment", kinds=BANK_KINDS, kinds_what="A payment", consent=True, money=True),
     Operation("capture", kinds=BANK_KINDS, kinds_what="Capturing a payment", money=True),
     Operation("void", kinds=BANK_KINDS, kinds_what="Voiding a payment", money=True),
+    # Deposits (core/services/deposits.py): the catalog and a quote are public figures; a
+    # fixed deposit is opened and withdrawn where a customer is served (an ATM posts cash
+    # only), with the holder's consent; interest is corrected by the bank alone.
+    Operation("read_products"),
+    Operation("quote_fixed_deposit"),
+    Operation(
+        "open_fixed_deposit",
+        kinds=SERVING_KINDS,
+        kinds_what="Opening a fixed deposit",
+        consent=True,
+        money=True,
+    ),
+    Operation(
+        "withdraw_fixed_deposit",
+        kinds=SERVING_KINDS,
+        kinds_what="Withdrawing a fixed deposit early",
+        consent=True,
+        money=True,
+    ),
+    Operation("read_fixed_deposit", kinds=READ_KINDS, kinds_what="Reading a fixed deposit"),
+    Operation(
+        "quote_withdrawal", kinds=READ_KINDS, kinds_what="Quoting a fixed deposit's withdrawal"
+    ),
+    Operation("read_interest", kinds=READ_KINDS, kinds_what="Reading an account's interest"),
+    Operation(
+        "correct_interest", kinds=INTERNAL_ONLY, kinds_what="An interest correction", money=True
+    ),
 )
 
 

@@ -86,6 +86,16 @@ class Code(enum.IntEnum):
     # A channel acting for one customer settles a hold only with that customer's proof (a
     # session, or a token for one of the hold's accounts); none was sent.
     CUSTOMER_PROOF_REQUIRED = 46
+    # Deposits (core/services/deposits.py).
+    DEPOSIT_TERM_UNKNOWN = 47  # not a term the catalog lists: `terms`
+    DEPOSIT_BELOW_MINIMUM = 48  # a fixed deposit (or what a partial leaves) under `minimum_minor`
+    DEPOSIT_AMOUNT_EXCEEDS_PRINCIPAL = 49  # a withdrawal larger than the deposit: `principal_minor`
+    DEPOSIT_PARTIAL_ALREADY_TAKEN = 50  # the one partial early withdrawal was taken
+    DEPOSIT_MATURED = 51  # on or after its maturity date the day-end pays it: `maturity_date`
+    DEPOSIT_CLOSED = 52  # paid out (matured, or fully withdrawn)
+    ACCOUNT_NOT_CUSTOMERS = 53  # the account named is not this customer's: `pointer`
+    ACCOUNT_CLASS_NOT_ALLOWED = 54  # not a class the operation takes: `classes`, `pointer`
+    FIXED_DEPOSIT_NOT_FOUND = 55  # no fixed deposit with this account id
 
 
 @dataclass(slots=True)

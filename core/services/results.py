@@ -136,3 +136,112 @@ class HistoryPage:
     account_id: int
     items: list[TransferRead]
     next_cursor: int | None
+
+
+# --- deposits (core/services/deposits.py) ----------------------------------------------
+# Rates are given twice: exactly as the catalog writes them ("0.95%") and as the integer
+# the arithmetic uses (`rate_ppm`: the annual rate as a fraction x 1e6, 0.95% -> 9500).
+
+
+@dataclass(slots=True)
+class InterestFigure:
+    """What a deposit pays on one day: the date, the days held, the rate, the interest and
+    the total (principal + interest), integer fen."""
+
+    date: str
+    days_held: int
+    rate: str
+    rate_ppm: int
+    interest_minor: int
+    total_minor: int
+
+
+@dataclass(slots=True)
+class FixedDepositQuote:
+    """What a fixed deposit pays if withdrawn today (demand rate, days held) and if held to
+    maturity (its term rate); `account_id` None for a deposit not opened yet."""
+
+    account_id: str | None
+    principal_minor: int
+    term: str
+    rate: str
+    rate_ppm: int
+    day_count: str
+    open_date: str
+    maturity_date: str
+    today: InterestFigure
+    at_maturity: InterestFigure
+    partial_withdrawal_available: bool
+
+
+@dataclass(slots=True)
+class FixedDepositRead:
+    """A fixed deposit: its account, terms and state (open, closed)."""
+
+    account_id: str
+    customer_id: str | None
+    status: str  # "open", "closed"
+    principal_minor: int  # what it holds now (after a partial withdrawal: the rest)
+    balance_minor: int  # the account's ledger balance (the principal while open)
+    term: str
+    rate: str
+    rate_ppm: int
+    day_count: str
+    open_date: str
+    maturity_date: str
+    rollover: bool
+    partial_withdrawn: bool
+    payout_account_id: str
+    interest_at_maturity_minor: int
+    business_day: str
+
+
+@dataclass(slots=True)
+class FixedDepositOpened:
+    """A fixed deposit open in the ledger (or the one a retry of its operation key met)."""
+
+    deposit: FixedDepositRead
+    transfer_id: str  # the posting that moved the money (32 hex digits)
+    replayed: bool
+
+
+@dataclass(slots=True)
+class FixedDepositWithdrawn:
+    """An early withdrawal done (or met again by its operation key: `replayed`)."""
+
+    account_id: str
+    kind: str  # "full", "partial"
+    principal_minor: int  # the principal withdrawn
+    interest_minor: int  # at the demand rate for the days held
+    total_minor: int
+    payout_account_id: str
+    transfer_ids: list[str]  # the principal's, then the interest's (when any)
+    deposit: FixedDepositRead
+    replayed: bool
+
+
+@dataclass(slots=True)
+class InterestPosting:
+    """One settled interest posting (or a correction) of an account, from its history."""
+
+    transfer_id: str
+    kind: str  # "settlement", "correction", "reversal", "early_withdrawal"
+    amount_minor: int  # negative for a reversal taking interest back
+    period: int | None
+    timestamp_ns: int
+    business_day: str
+
+
+@dataclass(slots=True)
+class InterestHistory:
+    """An account's interest: the settled postings still in the transfer log (newest first)
+    and what has accrued since the last settlement, to date."""
+
+    account_id: str
+    rate: str | None  # the demand rate the account earns today (None: it earns none)
+    rate_ppm: int
+    items: list[InterestPosting]
+    accrued_minor: int  # accrued since the last settlement, rounded half up (not yet paid)
+    accrued_through: str | None  # the last day accrued (None: never)
+    last_settled_period: int | None
+    interest_paid_total_minor: int

@@ -97,6 +97,9 @@ LOAD_ORDER = (
     b"opening/",
 )
 Barrier = Callable[[], Awaitable[None]]
+# Customer-state keys other services keep and read from the engine's state themselves
+# (not records of this store): the day-end's progress (core/services/dayend.py).
+OTHER_SERVICE_PREFIXES = (b"dayend/",)
 
 
 class StateError(TallyError):
@@ -242,7 +245,7 @@ class StateStore:
                 keys.sort(key=lambda key: orjson.loads(state[key])["opened_ns"])
             for key in keys:
                 self.apply(key, state[key])
-        unknown = [key for key in state if not key.startswith(LOAD_ORDER)]
+        unknown = [key for key in state if not key.startswith(LOAD_ORDER + OTHER_SERVICE_PREFIXES)]
         if unknown:
             raise StateError(f"unknown state key {unknown[0]!r}")
         self.nonce_order = collections.deque(sorted(self.nonce_order))

@@ -49,7 +49,7 @@ def test_openapi_is_generated_from_the_declaration() -> None:
         assert operation.get("x-tally-channel-kinds") == (list(declared.kinds) or None)
         assert operation["x-tally-consent"] is declared.consent
         token_read = route.operation in (
-            "read_account", "read_history", "read_transfer", "capture", "void"
+            "read_account", "read_history", "read_transfer", "capture", "void", "read_interest"
         )  # fmt: skip
         assert ("Tally-Transaction-Token" in headers) is (declared.consent or token_read)
         assert headers.get("Idempotency-Key", False) is declared.money

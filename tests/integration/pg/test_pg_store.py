@@ -409,16 +409,16 @@ def test_capture_merge_keeps_the_latest_row() -> None:
 
 @pytest.mark.anyio
 async def test_version_rows_decode_to_the_kernel_fields_at_every_bit(pg_dsn: str) -> None:
-    """The SQL decoding of the raw 80-byte account versions gives the same signed values
-    as the store's struct (high bits, sign bits, the unsigned byte fields), so the view
-    tally_accounts packs back to the exact kernel row."""
+    """The SQL decoding of the raw 112-byte account versions (account, pending, deposit
+    rows) gives the same signed values as the store's struct (high bits, sign bits, the
+    unsigned byte fields), so the view tally_accounts packs back to the exact kernel row."""
     import random
 
     from core.pg_schema import ACCOUNT_COLUMNS
     from core.pg_store import account_record, account_row_values
 
-    rows = [bytes(80), b"\xff" * 80, bytes(range(80)), bytes(range(80, 160))]
-    rows += [random.Random(seed).randbytes(80) for seed in range(20)]
+    rows = [bytes(112), b"\xff" * 112, bytes(range(112)), bytes(range(112, 224))]
+    rows += [random.Random(seed).randbytes(112) for seed in range(20)]
     connection = await asyncpg.connect(pg_dsn)
     try:
         await migrate(connection)
@@ -428,8 +428,8 @@ async def test_version_rows_decode_to_the_kernel_fields_at_every_bit(pg_dsn: str
             columns=("seq", "slot", "row"),
         )
         stored = await connection.fetch(
-            f"SELECT slot, {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending"
-            " FROM tally_accounts ORDER BY slot"
+            f"SELECT slot, {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending,"
+            " deposit FROM tally_accounts ORDER BY slot"
         )
     finally:
         await connection.close()
@@ -459,7 +459,7 @@ async def test_transfer_records_convert_and_decode_at_every_bit(pg_dsn: str) -> 
             records=[(*TRANSFER_ROW.unpack(record), seq) for seq, record in enumerate(records)],
             columns=(*TRANSFER_COLUMNS, "seq"),
         )
-        assert await migrate(connection) == [4, 5]
+        assert await migrate(connection) == list(range(4, latest_version() + 1))
         converted = await connection.fetch(
             "SELECT seq, record FROM tally_transfer_records ORDER BY seq"
         )
@@ -470,3 +470,118 @@ async def test_transfer_records_convert_and_decode_at_every_bit(pg_dsn: str) -> 
         await connection.close()
     assert [bytes(row["record"]) for row in converted] == records
     assert [tuple(row)[:-1] for row in decoded] == [TRANSFER_ROW.unpack(r) for r in records]
+
+
+@pytest.mark.anyio
+async def test_account_versions_before_deposits_read_with_a_zero_deposit_row(
+    pg_dsn: str,
+) -> None:
+    """An 80-byte account version written before migration 6 (no deposit row) still
+    reads, through the view and a compaction, as its row with a zero deposit row; a
+    112-byte one keeps its deposit row."""
+    from core.pg_schema import ACCOUNT_COLUMNS
+    from core.pg_store import COMPACT_VERSIONS, account_record
+
+    old_row = bytes(range(80))
+    new_row = bytes(range(1, 81)) + bytes(range(200, 232))
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await migrate(connection, through=5)
+        await connection.copy_records_to_table(
+            "tally_account_versions", records=[(1, 0, old_row)], columns=("seq", "slot", "row")
+        )
+        assert await migrate(connection) == [6]
+        await connection.copy_records_to_table(
+            "tally_account_versions", records=[(2, 1, new_row)], columns=("seq", "slot", "row")
+        )
+        query = (
+            f"SELECT {', '.join(ACCOUNT_COLUMNS)}, debits_pending, credits_pending, deposit"
+            " FROM tally_accounts ORDER BY slot"
+        )
+        viewed = [account_record(list(values)) for values in await connection.fetch(query)]
+        await connection.execute(COMPACT_VERSIONS)
+        await connection.execute("TRUNCATE tally_account_versions")
+        compacted = [account_record(list(values)) for values in await connection.fetch(query)]
+    finally:
+        await connection.close()
+    assert viewed == compacted == [old_row + bytes(32), new_row]
+
+
+@pytest.mark.anyio
+async def test_deposit_entries_write_the_rows_they_change(pg_dsn: str) -> None:
+    """Accrual, settlement chunks and a row write, formed by the engine from its state
+    (`submit_generated`), reach the account rows: verify finds every row, deposit rows
+    included, equal to the kernel's (before and after a compaction), and a restart
+    rebuilds the same digest from `tally_entries`."""
+    from core.entries import (
+        EntryKind,
+        pack_accrue_payload,
+        pack_post_with_rows_payload,
+        pack_settle_payload,
+    )
+    from ledger.constants import INTEREST_EXPENSE_ID, INTERNAL_PRODUCT
+    from ledger.deposits import DEPOSIT_WRITE_ALWAYS, RATE_ROW, pack_deposit_write
+    from ledger.deposits import pack_demand_row as demand_row
+    from ledger.records import pack_account_input
+    from ledger.types import AccountKind
+
+    rates = b"".join(RATE_ROW.pack(130_000 if 1 <= p <= 4 else 0, 4_453) for p in range(8))
+    period = 8_104
+    engine, store = await open_engine(pg_dsn, compact_versions_max=40)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(engine.serve)
+        await fund(engine, 100, 12, 1_000_000)
+        expense = pack_account_input(
+            id=INTEREST_EXPENSE_ID, kind=AccountKind.INTERNAL_INTEREST_EXPENSE,
+            product=INTERNAL_PRODUCT,
+        )  # fmt: skip
+        assert set(await engine.submit_accounts(expense)) <= {0, 18}
+        for day in range(1, 4):
+            accrual = pack_accrue_payload(engine.ledger.last_day + day, rates)
+            assert (
+                await engine.submit_generated(
+                    lambda ledger, payload=accrual: (EntryKind.ACCRUE_INTEREST, 0, payload, 1)
+                )
+                == 12
+            )
+        slot = 0
+        while slot < engine.ledger.account_count:
+
+            def chunk(ledger: Any, start: int = slot) -> Any:
+                transfers, slots, _ = ledger.settlement_batch(period, start, 5)
+                if not transfers:
+                    return None
+                count = len(transfers) // 128
+                return (
+                    EntryKind.SETTLE_INTEREST,
+                    count,
+                    pack_settle_payload(period, transfers, slots),
+                    count,
+                )
+
+            outcome = await engine.submit_generated(chunk)
+            assert outcome is None or set(outcome[0]) == {R.OK}
+            slot = engine.ledger.settlement_batch(period, slot, 5)[2]
+        row = pack_deposit_write(102, DEPOSIT_WRITE_ALWAYS, demand_row(7, 8, 9))
+        payload = pack_post_with_rows_payload(transfer(4_000, 100, 101, 5), row)
+        outcome = await engine.submit_generated(
+            lambda ledger: (EntryKind.POST_WITH_ROWS, 1, payload, 1)
+        )
+        assert outcome[0][0] == R.OK
+        rows = await engine.read(lambda ledger: [ledger.deposit_row(i) for i in range(100, 112)])
+        digest = await engine.read(lambda ledger: ledger.digest())
+        task_group.cancel_scope.cancel()
+    await store.close()
+    assert all(row != bytes(32) for row in rows) and rows[2] == demand_row(7, 8, 9)
+    report = await verify_ok(pg_dsn)
+    assert report.digest == digest
+    engine, store = await open_engine(pg_dsn)
+    await store.close()
+    assert engine.ledger.digest() == digest
+    report = await verify_ok(pg_dsn)
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        stored = await connection.fetchval("SELECT deposit FROM tally_accounts WHERE id_lo = 102")
+    finally:
+        await connection.close()
+    assert bytes(stored) == demand_row(7, 8, 9)
