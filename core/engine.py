@@ -40,6 +40,14 @@ function and its kernel call run in a worker thread, and it is answered once
 durable like any other; so what an entry posts can depend on the state it is
 applied to without a read and a later write racing other requests.
 
+The day boundary (`accrual_rates`, on in the server): before the first entry
+of a new business day the engine forms an ACCRUE_INTEREST entry for each day
+that ended since the last accrual, so an ended day's interest is accrued on
+its end-of-day balances before anything of the next day is applied, however
+late the rest of the day-end (core/services/dayend.py) runs. A generated entry
+formed from the state just before the day turned is formed again after the
+accrual.
+
 If the store fails (I/O error, a full disk, fenced off, an ambiguous commit),
 the durable stage answers that group's callers and every group behind it
 with `StoreFailed` (an `EngineStopped`; outcome unknown for the failing
@@ -94,8 +102,10 @@ from core.entries import (
     Entry,
     EntryKind,
     StateChanges,
+    accrue_payload_fields,
     apply_entry,
     encode_state_changes,
+    pack_accrue_payload,
 )
 from core.errors import TallyError
 from core.store import Store
@@ -105,6 +115,7 @@ from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, split_id
 from limits.rules import RuleSet
 
 INLINE_APPLY_COUNT_MAX = 256  # transfers (or accounts) a group may have to be applied on the loop
+ACCRUED_COUNTS_KEPT = 8  # days whose accrual count the engine remembers (for the day-end)
 LINGER_IDLE_PASSES = 2  # event-loop passes with no new request that end a linger
 
 
@@ -332,11 +343,15 @@ class Engine:
         state: dict[bytes, bytes] | None = None,
         state_source: StateSource | None = None,
         on_store_failure: Callable[[StoreFailed], None] | None = None,
+        accrual_rates: Callable[[int, RuleSet], bytes] | None = None,
     ) -> None:
         """`state` is the recovered customer state (`open_store`); the engine then owns it.
         `state_source` hands staged state changes to each group (module docstring);
         `on_store_failure` is called at once when the store fails (the owner stops
-        taking requests before the engine has even unwound)."""
+        taking requests before the engine has even unwound). `accrual_rates(day, rules)`
+        (the deposit catalog's accrual table of a day) turns on the day-boundary accrual:
+        the interest of each ended day is accrued on its end-of-day balances before the
+        first entry of the next day (module docstring)."""
         if sys.flags.optimize:
             raise RuntimeError("refusing to run under python -O: assertions guard the ledger")
         assert 1 <= batch_size_max <= BATCH_SIZE_MAX
@@ -371,6 +386,9 @@ class Engine:
         self._waiter: Callable[[], Waiter] = anyio.Event
         if isinstance(ledger, KernelLedger):
             self.timestamp_last = ledger.timestamp_last()
+        self.accrual_rates = accrual_rates
+        self._accrued_through = ledger.accrued_day  # the last day accrued or formed to be
+        self.accrued_counts: dict[int, int] = {}  # day -> accounts accrued (the last few days)
 
     # --- callers ----------------------------------------------------------------
 
@@ -504,7 +522,7 @@ class Engine:
                 task_group.start_soon(self._serve_durable, durable_receive)
                 with durable_send:
                     if self._write_rules:
-                        await self._apply_group(durable_send, [self._rules_entry()], [])
+                        await self._apply_group(durable_send, self._rules_entries(), [])
                     self.running = True
                     task_status.started()
                     await self._serve_apply(receive, durable_send)
@@ -530,17 +548,37 @@ class Engine:
             request.error = stopped
             request.done.set()
 
-    def _rules_entry(self) -> Entry:
+    def _rules_entries(self) -> list[Entry]:
         products = bytes(self.rules.product_table())
         channels = bytes(self.rules.channel_table())
         quotas = bytes(self.rules.log_quota_table())
         payload = RULES_HEADER.pack(len(products)) + products + channels + quotas
-        return self._entry(EntryKind.SET_RULES, 1, payload, timestamps=1)
+        return self._entries(EntryKind.SET_RULES, 1, payload, timestamps=1)
 
     def set_rules(self, rules: RuleSet) -> None:
         """Install new rules at the next batch boundary (journaled, so replay sees them)."""
         self.rules = rules
         self._rules_pending = True
+
+    def _entries(
+        self, kind: EntryKind, count: int, payload: bytes, *, timestamps: int
+    ) -> list[Entry]:
+        """A new entry (`_entry`), preceded by the accrual of every day that ended since the
+        last entry when the day-boundary accrual is on: so an ended day's interest is
+        accrued on its end-of-day balances, before anything of the next day is applied."""
+        entries: list[Entry] = []
+        if self.accrual_rates is not None:
+            first = policy.next_timestamp(self.clock.now_ns(), self.timestamp_last)
+            day = policy.entry_business_day(self.rules.business_day(first), self.business_day_last)
+            accrued = max(self._accrued_through, self.ledger.accrued_day)
+            for ended in policy.accrual_days(accrued, self.business_day_last, day):
+                payload_accrue = pack_accrue_payload(ended, self.accrual_rates(ended, self.rules))
+                entries.append(
+                    self._entry(EntryKind.ACCRUE_INTEREST, 0, payload_accrue, timestamps=1)
+                )
+                self._accrued_through = ended
+        entries.append(self._entry(kind, count, payload, timestamps=timestamps))
+        return entries
 
     def _entry(self, kind: EntryKind, count: int, payload: bytes, *, timestamps: int) -> Entry:
         """A new entry with the next strictly increasing timestamps and its business day."""
@@ -564,13 +602,13 @@ class Engine:
                     first = await receive.receive()
             if first is None:
                 if self._has_pending_holds():
-                    entry = self._entry(EntryKind.EXPIRE_PENDING, 0, b"", timestamps=1)
-                    await self._apply_group(durable_send, [entry], [])
+                    entries = self._entries(EntryKind.EXPIRE_PENDING, 0, b"", timestamps=1)
+                    await self._apply_group(durable_send, entries, [])
                 continue
             if first.kind == RequestKind.GENERATED:
                 if self._rules_pending:
                     self._rules_pending = False
-                    await self._apply_group(durable_send, [self._rules_entry()], [])
+                    await self._apply_group(durable_send, self._rules_entries(), [])
                 await self._apply_generated(durable_send, first)
                 continue
             requests = [first]
@@ -615,7 +653,7 @@ class Engine:
                 requests.append(request)
             if self._rules_pending:
                 self._rules_pending = False
-                await self._apply_group(durable_send, [self._rules_entry()], [])
+                await self._apply_group(durable_send, self._rules_entries(), [])
             if self.state_source is not None:
                 self._take_staged(requests)
             await self._apply_group(durable_send, self._entries_for(requests), requests)
@@ -653,17 +691,17 @@ class Engine:
             count = sum(request.count for request in run)
             payload = b"".join(request.payload for request in run)
             if kind == RequestKind.TRANSFERS:
-                entries.append(
-                    self._entry(EntryKind.CREATE_TRANSFERS, count, payload, timestamps=count)
+                entries += self._entries(
+                    EntryKind.CREATE_TRANSFERS, count, payload, timestamps=count
                 )
             elif kind == RequestKind.ACCOUNTS:
-                entries.append(self._entry(EntryKind.CREATE_ACCOUNTS, count, payload, timestamps=1))
+                entries += self._entries(EntryKind.CREATE_ACCOUNTS, count, payload, timestamps=1)
             elif kind == RequestKind.UPDATE_ACCOUNT:
-                entries.append(self._entry(EntryKind.UPDATE_ACCOUNT, 1, payload, timestamps=1))
+                entries += self._entries(EntryKind.UPDATE_ACCOUNT, 1, payload, timestamps=1)
         if state_requests:
             count = sum(request.count for request in state_requests)
             payload = b"".join(request.payload for request in state_requests)
-            entries.append(self._entry(EntryKind.PUT_STATE, count, payload, timestamps=1))
+            entries += self._entries(EntryKind.PUT_STATE, count, payload, timestamps=1)
         return entries
 
     async def _apply_group(
@@ -678,6 +716,12 @@ class Engine:
             applied, outcomes, captures = await anyio.to_thread.run_sync(
                 self._apply_entries_sync, entries
             )
+        # The day-boundary accruals formed with these entries answer no request.
+        outcomes = [
+            outcome
+            for entry, outcome in zip(entries, outcomes, strict=True)
+            if entry.kind != EntryKind.ACCRUE_INTEREST
+        ]
         self._distribute(requests, outcomes)
         self.metrics.batches += 1
         self.metrics.entries += len(applied)
@@ -712,17 +756,26 @@ class Engine:
         what was applied, the outcome (or the error for the caller) and the captures."""
         make = request.make
         assert make is not None
-        try:
-            made = make(self.ledger)
-        except Exception as error:  # the make function's failure is its caller's
-            return [], error, []
-        if made is None:
-            return [], None, []
-        kind, count, payload, timestamps = made
-        assert timestamps >= 1, timestamps
-        entry = self._entry(EntryKind(kind), count, payload, timestamps=timestamps)
-        applied, outcomes, captures = self._apply_entries_sync([entry])
-        return applied, outcomes[0], captures
+        applied: list[Entry] = []
+        captures: list[Any] = []
+        while True:
+            try:
+                made = make(self.ledger)
+            except Exception as error:  # the make function's failure is its caller's
+                return applied, error, captures
+            if made is None:
+                return applied, None, captures
+            kind, count, payload, timestamps = made
+            assert timestamps >= 1, timestamps
+            entries = self._entries(EntryKind(kind), count, payload, timestamps=timestamps)
+            if len(entries) == 1:
+                done, outcomes, captured = self._apply_entries_sync(entries)
+                return applied + done, outcomes[0], captures + captured
+            # A day ended since the last entry: accrue it first, then form the entry again
+            # from the state after the accrual (its timestamps are skipped, never reused).
+            done, _, captured = self._apply_entries_sync(entries[:-1])
+            applied += done
+            captures += captured
 
     def _inline(self, entries: list[Entry]) -> bool:
         """Whether to apply on the event loop: a small group of postings with no eviction
@@ -770,6 +823,16 @@ class Engine:
                     apply_entry(self.ledger, evict)
                     applied.append(evict)
                     captures.append(capture(self.ledger, evict))
+            if entry.kind == EntryKind.ACCRUE_INTEREST:
+                accrued = apply_entry(self.ledger, entry, state)
+                outcomes.append(accrued)
+                day = accrue_payload_fields(entry.payload)[0]
+                self.accrued_counts[day] = accrued
+                while len(self.accrued_counts) > ACCRUED_COUNTS_KEPT:
+                    del self.accrued_counts[min(self.accrued_counts)]
+                applied.append(entry)
+                captures.append(capture(self.ledger, entry))
+                continue
             try:
                 outcomes.append(apply_entry(self.ledger, entry, state))
             except ValueError as error:

@@ -71,6 +71,19 @@ def entry_business_day(day_of_first: int, last_day: int) -> int:
     return day_of_first if day_of_first > last_day else last_day
 
 
+def accrual_days(accrued_through: int, last_day: int, day: int) -> range:
+    """The ended days to accrue before an entry of business day `day`: every day after the
+    last one accrued (`accrued_through`; 0: never) up to the day before `day`. A ledger
+    that never accrued starts at the business day of its newest entry (`last_day`; 0: a
+    new ledger, nothing ended with a balance). Balances do not change between entries,
+    so the days an idle engine slept through accrue on the balances they ended with."""
+    if accrued_through:
+        return range(accrued_through + 1, day)
+    if last_day:
+        return range(last_day, day)
+    return range(0)
+
+
 # --- batching ---------------------------------------------------------------------
 
 

@@ -63,13 +63,11 @@ from .cluster import NEVER, Batch, DataCenter, Record, Stream, entry_size
 from .dayend import (
     DayEndRun,
     Maker,
-    MaturityTally,
-    SettlementCursor,
+    MaturityMaker,
+    Settlement,
     accrual_maker,
-    expiry_maker,
-    maturity_maker,
-    purge_maker,
-    settlement_maker,
+    expire_holds_maker,
+    purge_counters_maker,
 )
 from .interest import InterestChecker
 from .model import (
@@ -1209,38 +1207,42 @@ class Simulation:
         catalog, checker, ledger = self.catalog, self.interest_checker, dc.ledger
         run = DayEndRun(day, dc.name, now_ns, resumed)
         snapshot = checker.before(ledger, day)
-        made, outcome = self._apply_made(dc, accrual_maker(day, catalog, self.rules), now_ns)
+        made, outcome = self._apply_made(dc, accrual_maker(catalog, self.rules, day), now_ns)
         run.entries += made
         run.accrued_accounts = int(outcome or 0)
         checker.after_accrual(snapshot, ledger)
         if catalog.is_settlement_day(day):
             period = catalog.settlement_period(day)
-            cursor = SettlementCursor(
+            settlement = Settlement(
                 period, plant_extra_fen=self.config.plant_bug == "interest-one-fen-more"
             )
             start = ledger.log_count
-            make = settlement_maker(cursor)
-            while self._apply_made(dc, make, now_ns)[0]:
-                pass
+            while True:
+                made, outcome = self._apply_made(dc, settlement.make, now_ns)
+                if not made:
+                    break
+                settlement.maker.count(outcome[0])
             checker.after_settlement(snapshot, ledger, start, ledger.log_count)
             run.settlement_period = period
-            run.settlement_transfers = cursor.transfers
-            run.settlement_entries = cursor.entries
-            run.entries += cursor.entries
-        tally = MaturityTally()
+            run.settlement_transfers = settlement.maker.posted
+            run.settlement_entries = settlement.maker.chunks
+            run.entries += settlement.maker.chunks
+        maturing = MaturityMaker(catalog, day + 1)
         start = ledger.log_count
-        make = maturity_maker(day + 1, catalog, tally)
-        while self._apply_made(dc, make, now_ns)[0]:
-            pass
+        while True:
+            made, outcome = self._apply_made(dc, maturing.make, now_ns)
+            if not made:
+                break
+            maturing.count(outcome[0])
+            run.entries += 1
         checker.after_maturities(snapshot, ledger, day + 1, start, ledger.log_count)
-        run.maturities_paid = tally.paid
-        run.rollovers = tally.rolled_over
-        run.maturity_interest_fen = tally.interest_fen
-        run.entries += tally.entries
-        made, outcome = self._apply_made(dc, purge_maker(day + 1), now_ns)
+        run.maturities_paid = maturing.paid_out
+        run.rollovers = maturing.rolled_over
+        run.maturity_interest_fen = maturing.interest_fen
+        made, outcome = self._apply_made(dc, purge_counters_maker(day + 1), now_ns)
         run.entries += made
         run.counters_purged = int(outcome or 0)
-        made, outcome = self._apply_made(dc, expiry_maker(), now_ns)
+        made, outcome = self._apply_made(dc, expire_holds_maker, now_ns)
         run.entries += made
         run.holds_expired = int(outcome or 0)
         checker.after_run(snapshot, ledger)

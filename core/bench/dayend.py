@@ -201,6 +201,9 @@ async def timed_dayend(
         account_capacity=ledger.account_capacity,
         transfer_capacity=ledger.transfer_capacity,
         expire_interval_s=3600.0,
+        # The day-end's accrual step accrues (and is timed) instead of the engine at the
+        # day boundary: the same ACCRUE_INTEREST entry either way.
+        accrue_at_day_boundary=False,
     )
     lifecycle = Lifecycle(
         settings,

@@ -446,7 +446,10 @@ class DayEnd:
             accrued = await self._generate(engine, make)
             bar.update(1)
         if accrued is None:
-            return True, 0, {"accrued_before": 1}
+            # Accrued already: by the engine at the day's end (on the end-of-day balances,
+            # before anything of the next day; its count is known until a restart), or by
+            # a day-end run that crashed after this step.
+            return True, engine.accrued_counts.get(day, 0), {"accrued_before": 1}
         return True, int(accrued), {}
 
     async def _settle(
@@ -534,14 +537,20 @@ class DayEnd:
 # --- the step makers: `Engine.submit_generated` functions, shared with the simulator ------
 
 
+def accrual_rates(catalog: DepositCatalog, day: int, rules: RuleSet) -> bytes:
+    """The accrual table of `day`: the catalog's demand rate of that day per product of
+    `rules`; empty before the catalog's first rate set (nothing earns, the day passes)."""
+    try:
+        return catalog.accrual_rates(day, rules)
+    except RateNotInForceError:
+        return b""
+
+
 def accrual_maker(catalog: DepositCatalog, rules: RuleSet, day: int) -> MakeEntry:
     """The accrual of `day` at the catalog's demand rate of that day (per product of
-    `rules`); nothing when the ledger has accrued that day already (before a crash)."""
-    try:
-        rates = catalog.accrual_rates(day, rules)
-    except RateNotInForceError:
-        rates = b""  # before the catalog's first rate set: nothing earns, the day passes
-    payload = pack_accrue_payload(day, rates)
+    `rules`); nothing when the ledger has accrued that day already (at the day's end, by
+    the engine's day-boundary accrual, or before a crash)."""
+    payload = pack_accrue_payload(day, accrual_rates(catalog, day, rules))
 
     def make(ledger: Any) -> Generated | None:
         if ledger.accrued_day >= day:
@@ -569,13 +578,16 @@ def expire_holds_maker(ledger: Any) -> Generated | None:
 
 
 class SettlementMaker:
-    """The settlement of `period` in chunks: each `make` reads the next chunk off the
-    state (`settlement_batch` from where the last one stopped). It runs in the engine's
-    apply stage, one chunk after another, so the shared cursor needs no lock; `count`
-    adds a chunk's result codes once it is answered."""
+    """The settlement of `period` in chunks of at most `chunk` transfers: each `make`
+    reads the next chunk off the state (`settlement_batch` from where the last one
+    stopped), None for a stretch of accounts with nothing to settle (call again until
+    `finished`). It runs in the engine's apply stage, one chunk after another, so the
+    shared cursor needs no lock; `count` adds a chunk's result codes once it is
+    answered."""
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, chunk: int = SETTLEMENT_CHUNK_MAX) -> None:
         self.period = period
+        self.chunk = chunk
         self.slot = 0
         self.finished = False
         self.chunks = 0
@@ -587,9 +599,7 @@ class SettlementMaker:
         if self.finished:
             return None
         start = self.slot
-        transfers, slots, next_slot = ledger.settlement_batch(
-            self.period, start, SETTLEMENT_CHUNK_MAX
-        )
+        transfers, slots, next_slot = ledger.settlement_batch(self.period, start, self.chunk)
         assert next_slot > start or next_slot >= ledger.account_count, (start, next_slot)
         self.slot = next_slot
         if next_slot >= ledger.account_count:
@@ -612,15 +622,19 @@ class SettlementMaker:
 class MaturityMaker:
     """The maturities of fixed deposits due by `due_day`, a POST_WITH_ROWS entry of at
     most `MATURITY_DEPOSITS_MAX` deposits per `make` (None when none is left untried);
-    `count` adds an entry's result codes once it is answered."""
+    `count` adds an entry's result codes once it is answered: the deposits matured
+    (paid out or rolled over), failed, and the fen of the matured ones (`principal_fen`
+    paid out, `interest_fen` paid out or earned into a renewed deposit)."""
 
     def __init__(self, catalog: DepositCatalog, due_day: int) -> None:
         self.catalog = catalog
         self.due_day = due_day
         self.attempted: set[int] = set()  # slots tried: a failed one is not tried again
         self.matured = self.paid_out = self.rolled_over = self.failed = 0
+        self.principal_fen = self.interest_fen = 0
         self.last_chunk = 0
-        self._chunk: list[tuple[int, bool, int]] = []  # (slot, rollover, last transfer index)
+        # (slot, rollover, last transfer index, principal paid out, interest)
+        self._chunk: list[tuple[int, bool, int, int, int]] = []
 
     def make(self, ledger: Any) -> Generated | None:
         transfers: list[bytes] = []
@@ -638,18 +652,19 @@ class MaturityMaker:
                 if formed is None:
                     self.failed += 1
                     continue
-                parts, write, rollover = formed
+                parts, write, rollover, principal, interest = formed
                 transfers.extend(parts)
                 writes.append(write)
-                self._chunk.append((slot, rollover, len(transfers) - 1))
+                self._chunk.append((slot, rollover, len(transfers) - 1, principal, interest))
         payload = pack_post_with_rows_payload(b"".join(transfers), b"".join(writes))
         return EntryKind.POST_WITH_ROWS, len(transfers), payload, len(transfers)
 
     def _one(
         self, ledger: Any, slot: int, first_index: int
-    ) -> tuple[list[bytes], bytes, bool] | None:
-        """One deposit's transfers and row write, or None when it cannot mature (no
-        interest to carry a rollover: left open, counted as failed)."""
+    ) -> tuple[list[bytes], bytes, bool, int, int] | None:
+        """One deposit's transfers, row write, whether it rolls over, the principal paid
+        out and the interest; None when it cannot mature (no interest to carry a
+        rollover: left open, counted as failed)."""
         raw = ledger.deposit_row_at(slot)
         row = fixed_row_view(raw)
         account_id = ledger.account_id_at(slot)
@@ -678,7 +693,7 @@ class MaturityMaker:
                 amount=interest, code=TransferCode.INTEREST, channel=BANK_CHANNEL,
                 user_data=maturity,
             )  # fmt: skip
-            return [into], pack_deposit_write(account_id, first_index, renewed), True
+            return [into], pack_deposit_write(account_id, first_index, renewed), True, 0, interest
         payout_id = ledger.account_id_at(row.payout_slot)
         closed = with_fixed_flags(raw, row.flags | FD_CLOSED)
         principal = pack_transfer(
@@ -696,7 +711,7 @@ class MaturityMaker:
                 user_data=maturity,
             ))  # fmt: skip
         write = pack_deposit_write(account_id, first_index + len(parts) - 1, closed)
-        return parts, write, False
+        return parts, write, False, row.principal, interest
 
     def _rollover_rate(self, months: int, day: int) -> int | None:
         """The term's rate on `day` for a renewal, or None (paid out instead) when the
@@ -707,9 +722,11 @@ class MaturityMaker:
             return None
 
     def count(self, results: bytearray) -> None:
-        for _slot, rollover, last_index in self._chunk:
+        for _slot, rollover, last_index, principal, interest in self._chunk:
             if results[last_index] == CreateTransferResult.OK:
                 self.matured += 1
+                self.principal_fen += principal
+                self.interest_fen += interest
                 if rollover:
                     self.rolled_over += 1
                 else:

@@ -73,6 +73,7 @@ from core.journal import (
 )
 from core.pg_store import PgStoreError, StoreFenced
 from core.services import passwords
+from core.services.dayend import accrual_rates
 from core.services.records import NS_PER_S, TransferIds
 from core.services.refusals import Code, Refused, refused
 from core.services.server_secrets import DEVELOPMENT, ServerSecrets
@@ -149,6 +150,11 @@ class Settings:
     # Run the day-end (core/services/dayend.py) by itself once each business day has
     # ended, catching up the days missed while stopped; off: `tally dayend --date D`.
     dayend_automatic: bool = False
+    # The engine accrues each ended day's interest before the first entry of the next day
+    # (on the end-of-day balances, whenever the rest of the day-end runs). Off: the
+    # day-end's accrual step accrues when it runs, on the balances of that moment (the
+    # day-end benchmark times that step; a bank keeps it on).
+    accrue_at_day_boundary: bool = True
     # How long the engine idles before it expires pending holds past their timeout (the
     # day-end's last step expires them too).
     expire_interval_s: float = 1.0
@@ -228,6 +234,10 @@ class Lifecycle:
     def catalog(self) -> DepositCatalog:
         """The deposit catalog in force (the last good version of `Settings.deposits_path`)."""
         return self.catalog_file.catalog
+
+    def _accrual_rates(self, day: int, rules: RuleSet) -> bytes:
+        """The engine's day-boundary accrual table of `day` (the catalog in force)."""
+        return accrual_rates(self.catalog, day, rules)
 
     def reload_catalog(self) -> bool:
         """Put a changed catalog file in force; True if it changed. The rules' reload
@@ -403,6 +413,7 @@ class Lifecycle:
             state=opened.state,
             state_source=self.state,
             on_store_failure=self._store_failed,
+            accrual_rates=self._accrual_rates if settings.accrue_at_day_boundary else None,
         )
         recovery = opened.recovery
         info: dict[str, Any] = {"store": recovery.kind}

@@ -40,7 +40,9 @@ from ledger.deposits import (
 from ledger.interest import (
     DayCount,
     add_months,
+    daily_units,
     day_of_date,
+    day_weight,
     interest_for_days,
     term_interest,
 )
@@ -568,3 +570,39 @@ def test_on_postgresql_the_day_end_recovers_to_the_same_state(tmp_path: Path) ->
         assert None not in seen[0] and seen[1] & FD_CLOSED
 
     anyio.run(main)
+
+
+@run
+async def test_the_engine_accrues_an_ended_day_on_its_end_of_day_balance(tmp_path: Path) -> None:
+    """The day boundary: a top-up posted just after midnight, before the day-end of the
+    day that ended runs, does not earn that day's interest: the engine accrued the ended
+    day before applying anything of the next one. With the boundary accrual off (the
+    benchmark's setting) the late day-end accrues on the balance it finds: the top-up
+    then earns a day it was not there, which is what the boundary accrual prevents."""
+    weight = day_weight(DayCount.ACT_360, day_of_date(MARCH_19))
+    for at_boundary in (True, False):
+        clock = Clock(at(MARCH_19, 9))
+        directory = tmp_path / f"boundary-{at_boundary}"
+        async with running(directory, clock, accrue_at_day_boundary=at_boundary) as lifecycle:
+            (account,) = await open_funded(lifecycle, [10_000_000], CLASS_II_PRODUCT)
+            clock.now = at(MARCH_20, 0, 1)
+            (late,) = await open_funded(lifecycle, [0], CLASS_II_PRODUCT)
+            topup = pack_transfer(
+                id=(8 << 100) + account, debit_account_id=CLEARING_ID,
+                credit_account_id=account, amount=90_000_000, code=TransferCode.TOPUP_BOUND,
+            )  # fmt: skip
+            engine = lifecycle.running_engine()
+            assert set((await engine.submit_transfers(topup)).result_codes()) == {0}
+            assert late  # an account opened after midnight: nothing to accrue for the 19th
+            clock.now = at(MARCH_20, 0, 5)
+            result = await DayEnd(lifecycle).run(MARCH_19)
+            assert result.step(Step.ACCRUAL).count == 1
+            row = await read(
+                lifecycle,
+                lambda ledger, account=account: demand_row_view(ledger.deposit_row(account)),
+            )
+            end_of_day = daily_units(10_000_000, DEMAND_RATE, weight)
+            if at_boundary:
+                assert row.accrued_units == end_of_day
+            else:
+                assert row.accrued_units == daily_units(100_000_000, DEMAND_RATE, weight)

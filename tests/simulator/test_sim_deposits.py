@@ -236,7 +236,7 @@ def test_a_day_end_cut_short_is_finished_once_by_the_next_primary() -> None:
     amount the checker computed before anything ran, and the checker finds no mismatch."""
     import numpy as np
 
-    from sim.dayend import SettlementCursor, accrual_maker, settlement_maker
+    from sim.dayend import Settlement, accrual_maker
     from sim.interest import DEMAND_DTYPE, rows_of
 
     config = scaled_config(SCENARIO)
@@ -249,8 +249,8 @@ def test_a_day_end_cut_short_is_finished_once_by_the_next_primary() -> None:
     now_ns = 600 * 10**9
     sim.in_dayend = True
     upfront = checker.before(ledger, DAY)  # what every account is owed, before anything ran
-    sim._apply_made(dc, accrual_maker(DAY, sim.catalog, sim.rules), now_ns)
-    make = settlement_maker(SettlementCursor(PERIOD), chunk=500)
+    sim._apply_made(dc, accrual_maker(sim.catalog, sim.rules, DAY), now_ns)
+    make = Settlement(PERIOD, chunk=500).make
     assert sim._apply_made(dc, make, now_ns)[0] and sim._apply_made(dc, make, now_ns)[0]
     rows = rows_of(ledger, DEMAND_DTYPE)
     assert 0 < int(np.count_nonzero(rows["period_settled"] == PERIOD)) <= 1000
