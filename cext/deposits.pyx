@@ -17,6 +17,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from cext.ledger_kernel cimport Account, ChannelEntry, Pending, Product, Transfer
+
 cdef extern from *:
     """
     #include <string.h>
@@ -99,25 +101,6 @@ cdef enum:
 cdef uint32_t SLOT_NONE = 0xFFFFFFFF
 
 
-cdef packed struct Account:  # ledger/types.py ACCOUNT_STRUCT
-    uint64_t id_lo
-    uint64_t id_hi
-    int64_t debits_posted
-    int64_t credits_posted
-    int32_t counters[4]
-    uint32_t bound_slot
-    uint16_t ledger
-    uint8_t kind
-    uint8_t status
-    uint16_t flags
-    uint16_t product
-    uint16_t counters_day
-    uint16_t internal
-
-cdef packed struct Pending:
-    int64_t debits_pending
-    int64_t credits_pending
-
 cdef packed struct DemandRow:  # ledger/deposits.py DEMAND_ROW
     uint64_t accrued_lo
     int64_t accrued_hi
@@ -137,46 +120,9 @@ cdef packed struct FixedRow:  # ledger/deposits.py FIXED_ROW
     uint32_t product
     uint32_t reserved
 
-cdef packed struct Product:  # the fields read here (ledger kernel `Product`)
-    int64_t balance_floor_minor
-    int64_t transfer_cap_minor
-    int64_t balance_cap_minor
-    int64_t rest[5]
-
 cdef packed struct RateRow:  # ledger/deposits.py RATE_ROW
     int64_t rate
     int64_t weight
-
-cdef packed struct Transfer:  # ledger/types.py TRANSFER_STRUCT
-    uint64_t id_lo
-    uint64_t id_hi
-    uint64_t debit_account_id_lo
-    uint64_t debit_account_id_hi
-    uint64_t credit_account_id_lo
-    uint64_t credit_account_id_hi
-    uint64_t pending_id_lo
-    uint64_t pending_id_hi
-    int64_t amount
-    uint64_t timestamp
-    uint32_t timeout_s
-    uint16_t ledger
-    uint16_t code
-    uint16_t flags
-    uint8_t channel
-    uint8_t result
-    uint32_t debit_slot
-    uint32_t credit_slot
-    uint16_t business_day
-    uint8_t counted
-    uint8_t state
-    uint64_t user_data
-    int64_t amount_posted
-    int64_t amount_reversed
-
-cdef packed struct ChannelEntry:
-    uint64_t key_day
-    int64_t used
-
 
 cdef struct Tables:
     Account *accounts

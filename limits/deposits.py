@@ -45,7 +45,6 @@ import enum
 import hashlib
 import os
 import re
-import stat
 import struct
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -68,6 +67,7 @@ from .rates import (
     settlement_period,
 )
 from .rules import ProductKind, RuleSet
+from .watched import WatchedFile, read_stable
 
 # The accrual kernel's rate table: row i for product id i, `<qq` (rate, day weight).
 ACCRUAL_ROW: Final = struct.Struct("<qq")
@@ -345,7 +345,7 @@ def _date_text(day: int) -> str:
 def load_catalog(path: str | os.PathLike[str]) -> DepositCatalog:
     """Read and validate the catalog file at `path`; `CatalogError` on any problem."""
     source_path = os.fspath(path)
-    _, data = _read_stable(source_path)
+    _, data = read_stable(source_path, CatalogFile._error_of, CatalogFile.KIND)
     return _parse_bytes(data, source_path)
 
 
@@ -354,10 +354,7 @@ def parse_catalog(text: str, source_name: str) -> DepositCatalog:
     return _parse_bytes(text.encode("utf-8"), source_name)
 
 
-_Stamp = tuple[int, int, int, int]  # (st_dev, st_ino, st_mtime_ns, st_size), as limits.rules
-
-
-class CatalogFile:
+class CatalogFile(WatchedFile[DepositCatalog]):
     """A catalog file that can be re-read while the bank runs, like `limits.rules.RuleFile`.
 
     `reload_if_changed()` reads a changed file and, if it is good, makes it the catalog
@@ -378,21 +375,19 @@ class CatalogFile:
     thread-safe: call it from the engine's owner only.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        stamp, data = _read_stable(self._path)
-        self._catalog = _parse_bytes(data, self._path)
-        self._stamp: _Stamp | None = stamp
-        self.last_error: CatalogError | None = None
+    KIND = "catalog"
 
-    @property
-    def path(self) -> str:
-        return self._path
+    @staticmethod
+    def _error_of(path: str, message: str) -> CatalogError:
+        return CatalogError([CatalogProblem(path, 0, "", message)])
+
+    def _parse(self, data: bytes, path: str) -> DepositCatalog:
+        return _parse_bytes(data, path)
 
     @property
     def catalog(self) -> DepositCatalog:
         """The catalog in force (the last good version of the file)."""
-        return self._catalog
+        return self._value
 
     def reload_if_changed(self, day: int | None = None) -> bool:
         """Re-read the file if it changed; return True if a new catalog is in `catalog`.
@@ -402,39 +397,7 @@ class CatalogFile:
         (keeping the running catalog) the first time a new version of the file is bad,
         unreadable or would rewrite history.
         """
-        try:
-            status = os.stat(self._path)
-        except OSError as error:
-            return self._reject(None, _read_error(self._path, error))
-        if _stamp_of(status) == self._stamp:
-            return False
-        try:
-            read = _read_once(self._path)
-        except OSError as error:
-            return self._reject(None, _read_error(self._path, error))
-        except CatalogError as error:
-            return self._reject(None, error)
-        if read is None:
-            return False  # being written: look again on the next call
-        stamp, data = read
-        try:
-            catalog = _parse_bytes(data, self._path)
-            _check_reload(self._catalog, catalog, day, data)
-        except CatalogError as error:
-            return self._reject(stamp, error)
-        self._stamp = stamp
-        self.last_error = None
-        if catalog.digest == self._catalog.digest:
-            return False
-        self._catalog = catalog
-        return True
-
-    def _reject(self, stamp: _Stamp | None, error: CatalogError) -> bool:
-        if stamp == self._stamp and self.last_error is not None:
-            return False  # this version was already reported
-        self._stamp = stamp
-        self.last_error = error
-        raise error
+        return self._reload(lambda current, new, data: _check_reload(current, new, day, data))
 
 
 def _check_reload(
@@ -481,41 +444,6 @@ def _check_reload(
                     f"({_date_text(day)}); a new rate set takes effect in the future",
                 )
     problems.raise_if_any()
-
-
-def _stamp_of(status: os.stat_result) -> _Stamp:
-    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
-
-
-def _read_once(path: str) -> tuple[_Stamp, bytes] | None:
-    """Read the file; None if it changed while being read."""
-    with open(path, "rb") as file:
-        before = os.fstat(file.fileno())
-        if not stat.S_ISREG(before.st_mode):
-            raise CatalogError([CatalogProblem(path, 0, "", "not a regular file")])
-        data = file.read()
-        after = os.fstat(file.fileno())
-    stamp = _stamp_of(before)
-    if _stamp_of(after) != stamp or len(data) != before.st_size:
-        return None
-    return stamp, data
-
-
-def _read_stable(path: str) -> tuple[_Stamp, bytes]:
-    for _ in range(3):
-        try:
-            read = _read_once(path)
-        except OSError as error:
-            raise _read_error(path, error) from error
-        if read is not None:
-            return read
-    message = "the file kept changing while being read; replace it atomically (rename)"
-    raise CatalogError([CatalogProblem(path, 0, "", message)])
-
-
-def _read_error(path: str, error: OSError) -> CatalogError:
-    reason = error.strerror or str(error)
-    return CatalogError([CatalogProblem(path, 0, "", f"cannot read the catalog file: {reason}")])
 
 
 # --- Where keys are: line numbers for messages ---------------------------------------

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import struct
 import tomllib
 import zoneinfo
@@ -40,6 +39,7 @@ from typing import Any, Final, TypeVar
 from . import pboc
 from .calendar import DEFAULT_TIMEZONE_NAME, business_day, load_timezone, open_timezone
 from .errors import RuleFileError
+from .watched import WatchedFile, read_stable
 
 PRODUCT_ID_MAX: Final = 65535
 CHANNEL_ID_MAX: Final = 255
@@ -605,7 +605,7 @@ class RuleSet:
 def load_rules(path: str | os.PathLike[str]) -> RuleSet:
     """Read and validate the rule file at `path`; raise `RuleFileError` on any problem."""
     source_path = os.fspath(path)
-    _, data = _read_stable(source_path)
+    _, data = read_stable(source_path, WatchedFile._error_of, RuleFile.KIND)
     return _parse_bytes(data, source_path)
 
 
@@ -614,13 +614,7 @@ def parse_rules(text: str, source_name: str) -> RuleSet:
     return _parse_bytes(text.encode("utf-8"), source_name)
 
 
-# Identity of one version of the file: (st_dev, st_ino, st_mtime_ns, st_size).
-# The inode is there because an atomic rename-into-place may keep both the
-# size and, on coarse clocks, the mtime.
-_Stamp = tuple[int, int, int, int]
-
-
-class RuleFile:
+class RuleFile(WatchedFile[RuleSet]):
     """A rule file that can be re-read while the bank runs.
 
     `reload_if_changed()` only *prepares* a new `RuleSet`; it never puts one
@@ -648,20 +642,14 @@ class RuleFile:
     Not thread-safe: call it from the engine's owner only.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        stamp, data = _read_stable(self._path)
-        self._rules = _parse_bytes(data, self._path)
-        self._stamp: _Stamp | None = stamp
-        self.last_error: RuleFileError | None = None
+    KIND = "rule"
 
-    @property
-    def path(self) -> str:
-        return self._path
+    def _parse(self, data: bytes, path: str) -> RuleSet:
+        return _parse_bytes(data, path)
 
     @property
     def rules(self) -> RuleSet:
-        return self._rules
+        return self._value
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if it changed; return True if new rules are ready.
@@ -669,39 +657,7 @@ class RuleFile:
         Raises `RuleFileError` (keeping the current rules) the first time a
         new version of the file is bad or unreadable.
         """
-        try:
-            status = os.stat(self._path)
-        except OSError as error:
-            return self._reject(None, _read_error(self._path, error))
-        if _stamp_of(status) == self._stamp:
-            return False
-        try:
-            read = _read_once(self._path)
-        except OSError as error:
-            return self._reject(None, _read_error(self._path, error))
-        except RuleFileError as error:
-            return self._reject(None, error)
-        if read is None:
-            return False  # being written: look again on the next call
-        stamp, data = read
-        try:
-            rules = _parse_bytes(data, self._path)
-            _check_reload(self._rules, rules)
-        except RuleFileError as error:
-            return self._reject(stamp, error)
-        self._stamp = stamp
-        self.last_error = None
-        if rules.digest == self._rules.digest:
-            return False  # touched, or edited back to what is in force
-        self._rules = rules
-        return True
-
-    def _reject(self, stamp: _Stamp | None, error: RuleFileError) -> bool:
-        if stamp == self._stamp and self.last_error is not None:
-            return False  # this version was already reported
-        self._stamp = stamp
-        self.last_error = error
-        raise error
+        return self._reload(lambda current, new, _data: _check_reload(current, new))
 
 
 def _check_reload(current: RuleSet, new: RuleSet) -> None:
@@ -730,42 +686,6 @@ def _check_reload(current: RuleSet, new: RuleSet) -> None:
                 "(restart to retire it)",
             )
     problems.raise_if_any()
-
-
-def _stamp_of(status: os.stat_result) -> _Stamp:
-    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
-
-
-def _read_once(path: str) -> tuple[_Stamp, bytes] | None:
-    """Read the file; None if it changed while being read."""
-    with open(path, "rb") as file:
-        before = os.fstat(file.fileno())
-        if not stat.S_ISREG(before.st_mode):
-            raise RuleFileError([f"{path}: not a regular file"])
-        data = file.read()
-        after = os.fstat(file.fileno())
-    stamp = _stamp_of(before)
-    if _stamp_of(after) != stamp or len(data) != before.st_size:
-        return None
-    return stamp, data
-
-
-def _read_stable(path: str) -> tuple[_Stamp, bytes]:
-    for _ in range(3):
-        try:
-            read = _read_once(path)
-        except OSError as error:
-            raise _read_error(path, error) from error
-        if read is not None:
-            return read
-    raise RuleFileError(
-        [f"{path}: the file kept changing while being read; replace it atomically (rename)"]
-    )
-
-
-def _read_error(path: str, error: OSError) -> RuleFileError:
-    reason = error.strerror or str(error)
-    return RuleFileError([f"{path}: cannot read the rule file: {reason}"])
 
 
 class _Problems:
