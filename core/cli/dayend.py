@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -84,6 +85,10 @@ def _date(text: str) -> datetime.date:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if args.store is None and not os.path.isdir(args.data):
+        # A mistyped directory would otherwise become a new, empty bank with a day-end.
+        print(f"tally dayend: no server data directory at {args.data}", file=sys.stderr)
+        return 2
     try:
         rules = load_rules(args.rules)
         settings = Settings(

@@ -124,3 +124,12 @@ def test_bench_dayend_small_run_reports_the_promised_figures(tmp_path: Path) -> 
     assert f"| `settlement_s` | {report['settlement_s']} | (target at accounts 30,000,000) |" in (
         text
     )
+
+
+def test_dayend_refuses_a_data_directory_that_is_not_there(tmp_path: Path) -> None:
+    """A mistyped --data is refused (exit 2) and creates nothing: it would otherwise open
+    a new, empty bank and record a day-end in it."""
+    missing = tmp_path / "no-such-data"
+    done = tally("dayend", "--date", "2026-03-20", "--data", str(missing), "--json")
+    assert done.returncode == 2, done.stderr
+    assert "no server data directory" in done.stderr and not missing.exists()
