@@ -13,7 +13,7 @@ in the row and computed with the compiler's `__int128` (GCC and Clang on 64-bit
 targets); a day adds balance * (rate * weight), the product of two int64s.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
