@@ -20,6 +20,7 @@ each role's caps (`[channels.NAME.roles.ROLE]`), which the services enforce
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -31,14 +32,13 @@ from typing import Any
 from core.errors import TallyError
 from core.services import policy
 from core.services.actors import ROLES, Actors, ChannelActors, RoleLimits
+from core.services.operators import parse_secrets
 from limits.rules import RuleSet
 
 # The operation names and channel kinds are the policy's (core.services.policy): declared once.
 OPERATIONS = tuple(policy.OPERATIONS)
 OPERATION_SET = frozenset(OPERATIONS)
 CHANNEL_KINDS = policy.CHANNEL_KINDS
-SECRET_BYTES_MIN = 32
-KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CHANNEL_NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
 _CHANNEL_KEYS = frozenset(
     {
@@ -67,6 +67,9 @@ class RegistryError(TallyError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        # (line, message) like the other parameter files' errors; a registry problem names
+        # its dotted key instead of a line (0).
+        self.errors = [(0, problem) for problem in problems]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,10 @@ class Registry:
     channels: Mapping[str, ChannelEntry]
     source_path: str = ""
     by_ledger_id: Mapping[int, ChannelEntry] = field(default_factory=dict)
+    # The file's optional top-level `version` (an approved change must raise it:
+    # core/services/approvals.py, the `channels` parameter) and its text as read.
+    version: int = 0
+    text: str = ""
 
     def get(self, name: str) -> ChannelEntry | None:
         return self.channels.get(name)
@@ -134,12 +141,26 @@ def load_registry(path: str | os.PathLike[str], rules: RuleSet | None = None) ->
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
-            document = tomllib.load(file)
+            data = file.read()
     except OSError as error:
         raise RegistryError([f"{source}: cannot read: {error.strerror}"]) from error
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RegistryError([f"{source}: not valid UTF-8 (byte offset {error.start})"]) from None
+    return parse_registry_text(text, source, rules)
+
+
+def parse_registry_text(text: str, source: str, rules: RuleSet | None) -> Registry:
+    """A registry from the text of its file (`source` names it in the problems): what
+    `load_registry` reads, and what an approved change to the `channels` parameter
+    proposes (channels/http/app.py registers it with the approvals service)."""
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RegistryError([f"{source}: invalid TOML: {error}"]) from error
-    return parse_registry(document, source, rules)
+    registry = parse_registry(document, source, rules)
+    return dataclasses.replace(registry, text=text)
 
 
 def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | None) -> Registry:
@@ -149,8 +170,12 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
         problems.append(f"{source}: `{key}`: {reason}")
 
     for key in document:
-        if key != "channels":
-            problem(key, "unknown key (expected only [channels.NAME] tables)")
+        if key not in ("channels", "version"):
+            problem(key, "unknown key (expected only version and [channels.NAME] tables)")
+    version = document.get("version", 0)
+    if type(version) is not int or version < 0:
+        problem("version", "expected an integer >= 0 (raised by every approved change)")
+        version = 0
     tables = document.get("channels", {})
     if not isinstance(tables, dict) or not tables:
         raise RegistryError([f"{source}: `channels`: expected at least one [channels.NAME] table"])
@@ -209,26 +234,7 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
                     f"{prefix}.operations",
                     f"{op!r} is not offered at {kind} channels (only {', '.join(kinds)})",
                 )
-        secrets_table = table.get("secrets", [])
-        secret_map: dict[str, bytes] = {}
-        if not isinstance(secrets_table, list) or not 1 <= len(secrets_table) <= 2:
-            problem(f"{prefix}.secrets", "expected one or two [[secrets]] (two during rotation)")
-            secrets_table = []
-        for index, entry in enumerate(secrets_table):
-            where = f"{prefix}.secrets[{index}]"
-            if not isinstance(entry, dict) or set(entry) != {"key_id", "secret"}:
-                problem(where, "expected exactly key_id and secret")
-                continue
-            key_id, secret = entry["key_id"], entry["secret"]
-            if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
-                problem(f"{where}.key_id", "1-64 characters of A-Z, a-z, 0-9, _ . -")
-                continue
-            if not isinstance(secret, str) or len(secret.encode()) < SECRET_BYTES_MIN:
-                problem(f"{where}.secret", f"at least {SECRET_BYTES_MIN} bytes")
-                continue
-            if key_id in secret_map:
-                problem(f"{where}.key_id", f"duplicate key id {key_id!r}")
-            secret_map[key_id] = secret.encode()
+        secret_map = parse_secrets(table.get("secrets", []), prefix, problem)
         rate = table.get("rate_per_s", 0)
         burst = table.get("burst", 0)
         body_size_max = table.get("body_size_max", BODY_SIZE_MAX_DEFAULT)
@@ -276,4 +282,5 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
         MappingProxyType(channels),
         source,
         MappingProxyType({entry.ledger_id: entry for entry in channels.values()}),
+        version,
     )

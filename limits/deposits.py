@@ -400,6 +400,15 @@ class CatalogFile(WatchedFile[DepositCatalog]):
         return self._reload(lambda current, new, data: _check_reload(current, new, day, data))
 
 
+def check_replacement(
+    current: DepositCatalog, new: DepositCatalog, day: int | None, text: str
+) -> None:
+    """Raise `CatalogError` when `new` (parsed from `text`) may not replace `current`
+    with `day` today: the reload check (no rate in force rewritten, no settlement day
+    moved), for an approved change of the catalog (core/services/approvals.py)."""
+    _check_reload(current, new, day, text.encode("utf-8"))
+
+
 def _check_reload(
     current: DepositCatalog, new: DepositCatalog, day: int | None, data: bytes
 ) -> None:

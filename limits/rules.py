@@ -660,6 +660,13 @@ class RuleFile(WatchedFile[RuleSet]):
         return self._reload(lambda current, new, _data: _check_reload(current, new))
 
 
+def check_replacement(current: RuleSet, new: RuleSet) -> None:
+    """Raise `RuleFileError` when `new` may not replace `current` while the bank runs
+    (a product or channel removed, a product's kind changed): the reload check, for an
+    approved change of the limit rules (core/services/approvals.py)."""
+    _check_reload(current, new)
+
+
 def _check_reload(current: RuleSet, new: RuleSet) -> None:
     """Refuse reloads that would silently strip accounts of their caps."""
     problems = _Problems(new.source_path)

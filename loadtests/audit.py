@@ -25,6 +25,13 @@ one appears) and checks:
    bucket over its PBoC/product cap, no fresh transfer over its channel's
    single-transfer cap, no account over a channel's daily cap.
 
+It also counts what the bank's risk rules did (issue 15, loadtests/fraud.py): the
+holds a delayed or reviewed answer left in the ledger (`risk_holds_found`), the
+blocked or challenged requests it finds not applied (`risk_refused_not_applied`; one
+applied is a `refused_applied` error like any refusal), and the summary's `risk`
+section: fraudulent requests stopped and legitimate ones challenged or held, from the
+answers the outcome lines record.
+
 It prints a summary, writes it as JSON with `--json FILE`, and exits 1 on
 any error, 2 when it cannot run.
 """
@@ -48,8 +55,10 @@ from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.store import is_store_url
+from loadtests.fraud import format_summary, risk_summary
 
 INTERNAL_ACCOUNT_IDS = (1, 2, 3)
+RISK_DECISION_PREFIX = b"risk/d/"  # core.services.risk.DECISION_PREFIX
 HISTORY_PAGE = 500
 ERRORS_SHOWN_MAX = 20
 CUSTOMER_KINDS = ("class_i", "class_ii", "class_iii", "savings", "fixed_deposit", "loan")
@@ -118,6 +127,11 @@ class Books:
 
     complete_history = True  # False when the log window has dropped old transfers
 
+    def risk_decisions(self) -> dict[int, dict[str, Any]] | None:
+        """The risk stage's recorded decisions by transfer id (`risk/d/<id>` records of
+        core/services/risk.py), or None when this source cannot read them."""
+        return None
+
 
 class OfflineBooks(Books):
     """The ledger replayed from a store: a data directory's journal and snapshots, or
@@ -144,6 +158,14 @@ class OfflineBooks(Books):
 
     def first_accounts(self) -> list[int]:
         return list(dict.fromkeys(self.ids))
+
+    def risk_decisions(self) -> dict[int, dict[str, Any]] | None:
+        decisions: dict[int, dict[str, Any]] = {}
+        for key, value in self.recovered.state.items():
+            if key.startswith(RISK_DECISION_PREFIX) and value:
+                decision = orjson.loads(value)
+                decisions[int(decision["transfer_id"], 16)] = decision
+        return decisions
 
     def account(self, account_id: int) -> AccountState | None:
         from ledger.records import account_view
@@ -593,12 +615,16 @@ def check_outcomes(
                     f" told, {view.get('pending_id')} booked",
                 )
             audit.counts["acknowledged_found"] += 1
+            if line.get("risk") in ("delayed", "review"):
+                audit.counts["risk_holds_found"] += 1  # a hold the risk stage placed
         elif outcome == "refused":
             view = find(derived)
             if view is not None and view["state"] != "failed":
                 audit.error(
                     "refused_applied", f"refused {line['operation']} {derived:032x} was applied"
                 )
+            elif line.get("risk"):
+                audit.counts["risk_refused_not_applied"] += 1  # blocked or challenged
         elif outcome == "unknown":
             view = find(derived)
             applied = view is not None and view["state"] != "failed"
@@ -612,6 +638,62 @@ def check_outcomes(
                     f"{view['kind']} {transfer_id:032x} of {view['amount_minor']} on channel"
                     f" {view['channel_id']} was applied but no client was told",
                 )
+
+
+# The risk answer an outcome line records -> the decision's outcome the store must hold.
+RISK_ANSWER_OUTCOMES = {
+    "blocked": "block",
+    "challenge": "challenge",
+    "challenge_met": "allow",
+    "delayed": "delay",
+    "review": "review",
+}
+
+
+def check_risk_decisions(
+    outcomes: list[dict[str, Any]],
+    decisions: dict[int, dict[str, Any]] | None,
+    channel_ids: dict[str, int],
+    audit: Audit,
+    transfer_id_key: bytes,
+) -> None:
+    """Every risk answer a client saw has the server's decision behind it, with the same
+    outcome (a met challenge: allowed with `challenge_met`), and every fraudulent request
+    the rules stopped carried the device its pattern used (a stolen device: not the
+    victim's). Only where the source holds the decisions (a data directory)."""
+    if decisions is None:
+        audit.notes.append("risk decisions not read from this source (online)")
+        return
+    from core.services.records import TransferIds
+
+    derive = TransferIds(transfer_id_key).id
+    audit.counts["risk_decisions"] = len(decisions)
+    for line in outcomes:
+        risk = line.get("risk")
+        if not risk or "key" not in line or line["channel"] not in channel_ids:
+            continue
+        derived = derive(channel_ids[line["channel"]], line["key"], 0)
+        decision = decisions.get(derived)
+        expected = RISK_ANSWER_OUTCOMES.get(risk)
+        if decision is None:
+            audit.error("risk_decision", f"{risk} answer for {derived:032x}: no decision recorded")
+            continue
+        if decision["outcome"] != expected or (
+            risk == "challenge_met" and not decision.get("challenge_met")
+        ):
+            audit.error(
+                "risk_decision",
+                f"{risk} answer for {derived:032x}: the decision says {decision['outcome']}"
+                f" (challenge met: {decision.get('challenge_met')})",
+            )
+            continue
+        audit.counts["risk_decisions_as_answered"] += 1
+        if line.get("fraud") == "stolen_device":
+            device = (decision.get("context") or {}).get("device", "")
+            if device.startswith("x-"):
+                audit.counts["risk_stolen_devices_seen"] += 1
+            else:
+                audit.error("risk_decision", f"stolen-device {derived:032x}: device {device!r}")
 
 
 def audit_books(
@@ -646,6 +728,7 @@ def audit_books(
         audit.notes.append("no dataset: bucket limits not recomputed from the transfers")
     key = DEVELOPMENT.transfer_id_key if transfer_id_key is None else transfer_id_key
     check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive, key)
+    check_risk_decisions(outcomes, books.risk_decisions(), channel_ids, audit, key)
     return audit
 
 
@@ -706,7 +789,11 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = audit.summary()
     summary["source"] = redact_dsn(args.source)  # a postgresql:// source may carry a password
+    # What the risk rules did to the clients' requests (loadtests/fraud.py), from their answers.
+    summary["risk"] = risk_summary(outcomes)
     print_summary(summary, summary["source"])
+    if summary["risk"]["fraud"]["total"] or summary["risk"]["legitimate"]["total"]:
+        print(format_summary(summary["risk"]))
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return 0 if audit.clean else 1

@@ -13,6 +13,11 @@ Environment:
 - `TALLY_LOADTEST_SHAPE=diurnal`: use `DiurnalCampaignShape` (a day scaled to the run
   length, with a campaign spike after midnight) instead of plain `-u/-r`.
 - `TALLY_LOADTEST_SEED`: seeds each process's random choices (default: the pid).
+- `TALLY_LOADTEST_FRAUD_SHARE`: the share of users that are fraudsters (`FraudUser`,
+  default 0.01; 0: none). See loadtests/fraud.py: every money request carries the signed
+  `device` field; a legitimate customer answers a risk challenge with a second factor
+  (the same Idempotency-Key), a fraudster cannot; each outcome line says what the risk
+  stage did (`risk`) and, for a fraudster's request, its pattern (`fraud`).
 
 The mix follows /work/shared/DOMAIN.md: payments out of Class II (a hold, then a capture
 or a void) ~55%, top-ups from the bound card ~15%, transfers to non-bound accounts ~8%,
@@ -30,7 +35,7 @@ same key (at most `RETRIES_MAX` times, with backoff). Outcomes:
   failure; a money request whose answer was never seen is written as unknown.
 
 Tags run one flow alone: `--tags pay`, `topup`, `withdraw`, `transfer`, `open`, `cash`,
-`incoming`, `read`.
+`incoming`, `read`, `fraud`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,15 @@ from locust import FastHttpUser, LoadTestShape, between, events, tag, task
 
 from channels.client import Signer, new_key
 from loadtests.dataset import channel_secrets, read_dataset
+from loadtests.fraud import (
+    FRAUD_PATTERNS,
+    FRAUD_SHARE_DEFAULT,
+    RISK_CHALLENGE_MET,
+    SECOND_FACTOR,
+    device_for,
+    risk_of_answer,
+    thief_device,
+)
 from loadtests.profile import diurnal_fraction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +85,15 @@ EXPECTED_REFUSALS = frozenset(
         "strong-auth-required",  # the load sends no second factor above 50,000 CNY a day
         "account-class-limit",
         "pending-transfer-expired",
+        # The bank's risk rules (issue 15): a fraudster's request stopped, or a legitimate
+        # customer's challenge they could not meet; counted in the report's risk section.
+        "risk-blocked",
+        "risk-challenge",
     }
 )
+FRAUD_SHARE = float(os.environ.get("TALLY_LOADTEST_FRAUD_SHARE") or FRAUD_SHARE_DEFAULT)
+# Requests the risk stage never sees carry no device (their routes take none).
+NO_DEVICE_OPERATIONS = frozenset({"incoming_transfer", "capture", "void"})
 TOKEN_EXPIRED = "transaction-token-invalid"  # renewed with the PIN and retried, not a failure
 SESSION_EXPIRED = "session-invalid"  # a customer session renewed with the password, not a failure
 RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
@@ -161,6 +182,12 @@ class TallyUser(FastHttpUser):
         self.tokens: dict[str, str] = {}
         self.session: str | None = None
         self.acknowledged: list[str] = []
+        self.fraud: str = ""  # the pattern of the request being made ("": legitimate)
+
+    def device(self) -> dict[str, str]:
+        """The device this request comes from: the customer's own phone (a terminal's at
+        the counter and the ATM: the user instance's own)."""
+        return device_for(self.me, self.channel)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -234,30 +261,51 @@ class TallyUser(FastHttpUser):
         token of this channel, issued once and issued again when it has expired.
         """
         key = new_key()
+        if operation not in NO_DEVICE_OPERATIONS and "device" not in body:
+            body = dict(body, device=self.device())
         if operation == "incoming_transfer":
             # A partner bank's credit is keyed by its clearing reference (the transfer id is
             # derived from it): the reference is the key the outcome line records.
             body = dict(body, clearing_reference=key)
         status, headers, parsed = 0, None, None
-        for attempt in range(RETRIES_MAX + 1):
+        challenged = False
+        attempts_max = RETRIES_MAX + 1  # one more after a challenge: the second factor's
+        attempt = 0
+        while attempt < attempts_max:
             token = self.token_for(*debit_auth) if debit_auth is not None else None
             status, headers, parsed = self.signed(
                 "POST", path, body, name=name, idempotency_key=key, token=token
             )
+            attempt += 1
             if _slug(parsed) == TOKEN_EXPIRED and debit_auth is not None:
                 self.tokens.pop(debit_auth[0], None)  # expired: the PIN buys a new one
                 continue
+            if _slug(parsed) == "risk-challenge" and not self.fraud and not challenged:
+                # A step-up: the customer passes a second factor, with the same key.
+                challenged = True
+                attempts_max += 1
+                body = dict(body, second_factor=SECOND_FACTOR)
+                continue
             if status not in RETRYABLE:
                 break
-            if attempt < RETRIES_MAX:
-                time.sleep(_backoff_s(attempt, headers))
+            if attempt < attempts_max:
+                time.sleep(_backoff_s(attempt - 1, headers))
         line: dict[str, Any] = {
             "channel": self.channel,
             "key": key,
             "operation": operation,
             "status": status,
-            "attempts": attempt + 1,
+            "attempts": attempt,
         }
+        risk = risk_of_answer(status, _slug(parsed), parsed)
+        if challenged and not risk:
+            risk = RISK_CHALLENGE_MET  # the second factor passed (the ledger may still refuse)
+        if risk:
+            line["risk"] = risk
+            if parsed is not None and parsed.get("decision_id"):
+                line["decision_id"] = parsed["decision_id"]
+        if self.fraud:
+            line["fraud"] = self.fraud
         if 200 <= status < 300 and parsed is not None:
             line.update(
                 outcome="acknowledged",
@@ -375,8 +423,8 @@ class MobileUser(TallyUser):
             operation="payment",
             debit_auth=self.debit_auth(account),
         )
-        if hold is None:
-            return
+        if hold is None or hold.get("status") in ("delayed", "review"):
+            return  # a hold the risk stage placed is the bank's to settle (RISK_HOLD_LOCKED)
         time.sleep(Shared.rng.uniform(0.0, 0.3))
         payment_id = hold["transfer_id"]
         roll = Shared.rng.random()
@@ -642,6 +690,114 @@ class OpenApiUser(TallyUser):
             {"account_id": str(customer["class_i"]), "name": name},
             name="POST /v1/account-verifications",
         )
+
+
+# --- fraud (issue 15) ---------------------------------------------------------------------
+
+
+def _fraud_weight(share: float) -> int:
+    """FraudUser's weight so that about `share` of the users are fraudsters."""
+    if share <= 0:
+        return 0
+    others = sum(user.weight for user in (WechatUser, AppUser, CounterUser, AtmUser, OpenApiUser))
+    return max(1, round(others * share / (1.0 - share)))
+
+
+class FraudUser(TallyUser):
+    """A fraudster in the app (loadtests/fraud.py), in one of two patterns, chosen at start:
+
+    - `stolen_device`: a victim's credentials on the thief's new device: a burst of 3..5
+      large transfers (5,000..9,500 CNY) to one payee the victim never paid, seconds
+      apart; then the next victim, device and payee;
+    - `mule`: one mule account per process (a Class I account: no Class II inflow cap),
+      shared by the mule-pattern users; many different payers (scam victims, each on
+      their own phone, authorizing with their own password) send it 500..2,000 CNY each.
+
+    The patterns alternate as the users start (the first a stolen device).
+
+    No second factor: a challenge stops the request. Every outcome line says `fraud`."""
+
+    channel = "app"
+    weight = _fraud_weight(FRAUD_SHARE)
+    abstract = FRAUD_SHARE <= 0
+    wait_time = between(0.5, 2.0)
+
+    started: ClassVar[int] = 0  # fraudsters started in this process: patterns alternate
+    mule_account: ClassVar[dict[str, Any] | None] = None  # the process's mule, shared
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.pattern = FRAUD_PATTERNS[FraudUser.started % len(FRAUD_PATTERNS)]
+        FraudUser.started += 1
+        if FraudUser.mule_account is None:
+            # One mule per process: every mule-pattern user steers its payers there, so
+            # the payee sees many payers within the hour, as a mule does.
+            FraudUser.mule_account = Shared.rng.choice(self.customers)
+        self.mule = FraudUser.mule_account
+        self.new_episode()
+
+    def new_episode(self) -> None:
+        self.me = Shared.rng.choice(self.customers)  # the victim
+        self.thief = thief_device(Shared.rng)
+        self.payee = self.other_customer()  # also never self.me
+        self.burst = Shared.rng.randint(3, 5)
+
+    def device(self) -> dict[str, str]:
+        return self.thief if self.fraud == "stolen_device" else device_for(self.me, self.channel)
+
+    def debit_auth(self, account_id: str) -> tuple[str, str]:
+        return account_id, self.me["password"]  # the victim's, stolen with their phone
+
+    @tag("fraud")
+    @task
+    def commit_fraud(self) -> None:
+        if self.pattern == "stolen_device":
+            self.stolen_device()
+        else:
+            self.mule_payment()
+
+    def stolen_device(self) -> None:
+        account = str(self.me["class_ii"][0])
+        self.fraud = "stolen_device"
+        try:
+            self.money(
+                "/v1/transfers",
+                {
+                    "debit_account_id": account,
+                    "credit_account_id": str(self.payee["class_ii"][0]),
+                    "amount_minor": Shared.rng.randint(500_000, 950_000),
+                },
+                name="POST /v1/transfers",
+                operation="transfer",
+                debit_auth=self.debit_auth(account),
+            )
+        finally:
+            self.fraud = ""
+        self.burst -= 1
+        if self.burst <= 0:
+            self.new_episode()
+
+    def mule_payment(self) -> None:
+        payer = self.other_customer()
+        while payer is self.mule and len(self.customers) > 2:
+            payer = self.other_customer()
+        self.me = payer  # the scam victim pays from their own phone
+        account = str(payer["class_ii"][0])
+        self.fraud = "mule"
+        try:
+            self.money(
+                "/v1/transfers",
+                {
+                    "debit_account_id": account,
+                    "credit_account_id": str(self.mule["class_i"]),
+                    "amount_minor": Shared.rng.randint(50_000, 200_000),
+                },
+                name="POST /v1/transfers",
+                operation="transfer",
+                debit_auth=(account, payer["password"]),
+            )
+        finally:
+            self.fraud = ""
 
 
 # --- the day, scaled to the run ------------------------------------------------------------

@@ -12,7 +12,9 @@
 5. runs `tally audit` on the data directory (offline replay of the journal;
    online over the API with `--host`), summary in `OUT/audit.json`;
 6. writes `OUT/report.json` (users, requests/s, p50/p95/p99, failures,
-   refusals, the audit's result), `--save DIR` keeps it for `tally bench page`.
+   refusals, the audit's result, and `risk`: the fraudulent requests the risk rules
+   stopped and the legitimate ones they challenged or held, from the server's answers:
+   `--fraud-share`, loadtests/fraud.py), `--save DIR` keeps it for `tally bench page`.
 
 Exit status 0 only when Locust saw no failure (a 5xx, a timeout, a 429 after
 the retries, an unexpected status: see the locustfile) and the audit is
@@ -38,6 +40,7 @@ import orjson
 from core.bench.server import Server, free_port
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
 from core.reports import machine_description, save_report
+from loadtests.fraud import FRAUD_SHARE_DEFAULT, format_summary, risk_summary
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 # Locust runs from the directory holding the loadtests package: the checkout, or site-packages.
@@ -64,10 +67,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tags", default="", help="run only these Locust tags (comma-separated)")
     parser.add_argument("--processes", type=int, default=1, help="Locust worker processes")
     parser.add_argument("--setup-only", action="store_true", help="create the dataset and stop")
+    parser.add_argument(
+        "--fraud-share",
+        type=_fraud_share,
+        default=FRAUD_SHARE_DEFAULT,
+        help="share of the users that are fraudsters: stolen devices and mules"
+        f" (loadtests/fraud.py; default {FRAUD_SHARE_DEFAULT}, 0: none)",
+    )
     parser.add_argument("--save", metavar="DIR", default=None, help="keep report.json here")
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
 
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
+
+
+def _fraud_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..0.5")
+    return value
 
 
 def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
@@ -145,8 +165,9 @@ def outcome_counts(out: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
     retried = 0
-    for line in read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
-                               if path.name != "outcomes-setup.jsonl"]):  # fmt: skip
+    lines = read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
+                           if path.name != "outcomes-setup.jsonl"])  # fmt: skip
+    for line in lines:
         counts[line["outcome"]] += 1
         if line["outcome"] == "refused":
             refusals[line["slug"]] += 1
@@ -160,6 +181,7 @@ def outcome_counts(out: Path) -> dict[str, Any]:
         "accounts_opened": counts["opened"],
         "money_retried": retried,
         "refusals": dict(refusals.most_common()),
+        "risk": risk_summary(lines),
     }
 
 
@@ -180,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "users": args.users,
         "seconds": args.seconds,
         "shape": "diurnal campaign day" if args.shape else "flat",
+        "fraud_share": args.fraud_share,
         "server": "external " + args.host if args.host else f"tally serve ({args.server})",
     }
     try:
@@ -213,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             TALLY_CHANNELS=args.channels,
             TALLY_LOADTEST_SECONDS=str(args.seconds),
             TALLY_LOADTEST_USERS=str(args.users),
+            TALLY_LOADTEST_FRAUD_SHARE=str(args.fraud_share),
             PYTHONWARNINGS="ignore",  # gevent's monkey-patching warnings belong in no report
         )
         if args.shape:
@@ -283,6 +307,8 @@ def print_report(report: dict[str, Any], out: Path) -> None:
     )
     for slug, count in report["refusals"].items():
         print(f"  refused  {count:,} x {slug}")
+    if report.get("risk"):
+        print(format_summary(report["risk"]))
     verdict = "clean" if report["audit_clean"] else "FAILED"
     print(f"audit      {verdict} ({report['audit_errors']} errors)")
     print(f"reports    {out}/locust.html, locust_stats.csv, audit.json, report.json")

@@ -56,6 +56,14 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             " interest checker must catch",
             ("quarter-end-dayend",),
         ),
+        PlantedBug(
+            "risk-rule-never-fires",
+            "the risk stage is deployed with a program in which one rule can never fire (the"
+            " stolen-device rule's code mask cleared: a compiler slip), so the fraud it should"
+            " stop goes through; the risk checker, which evaluates the approved rules on the"
+            " same postings, must catch it",
+            ("fraud-mix",),
+        ),
     )
 }
 

@@ -475,6 +475,8 @@ class Scenario:
     # campaign day's local midnight (DEFAULT_START). A window that crosses local midnight
     # runs the day-end there (sim/dayend.py).
     start: datetime.datetime | None = None
+    # [risk]: the risk stage screens the traffic, with fraud in it (sim/risk.py); None: off.
+    risk: Any = None
 
 
 def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
@@ -581,6 +583,15 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
             problems.add(f"expect.{key}", f"unknown expectation (known: {', '.join(EXPECTATIONS)})")
         expect.read.add(key)
     targets = _parse_targets(root.table("targets"), problems)
+    risk = None
+    if "risk" in document:
+        from .risk import parse_risk_table  # risk imports this module
+
+        root.read.add("risk")
+        risk, risk_problems = parse_risk_table(document["risk"], source)
+        for line in risk_problems:
+            key, _, reason = line.partition(": ")
+            problems.add(key, reason)
     overrides = root.table("topology")
     overrides.read.update(overrides.data)
     root.finish()
@@ -597,6 +608,7 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         profile=profile,
         targets=targets,
         start=start,
+        risk=risk,
     )
 
 
@@ -754,6 +766,12 @@ EXPECTATIONS = (
     "interest_postings",
     "maturities_paid",
     "interest_mismatches",
+    # The risk stage (sim/risk.py), in scenarios with a [risk] table.
+    "risk_fraud_total",
+    "risk_fraud_stopped",
+    "risk_legit_challenged",
+    "risk_legit_held",
+    "risk_mismatches",
 )
 
 

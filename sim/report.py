@@ -23,6 +23,7 @@ from cext import simgen
 from core.reports import code_version
 
 from . import plot, replay_diff
+from . import risk as risk_module
 from .checker import limits_respected
 from .model import NS_PER_S, REPO_ROOT, SimConfig
 from .simulation import Simulation
@@ -135,7 +136,7 @@ def build(
     if kernel_digests:
         converged = converged and len(set(kernel_digests.values())) == 1
     results_named = {
-        _result_name(code): count for code, count in enumerate(sim.result_counts) if count
+        _result_name(code, sim): count for code, count in enumerate(sim.result_counts) if count
     }
     series = time_series(sim, lost_details["rows"])
     exact = exact_latency(sim)
@@ -224,6 +225,7 @@ def build(
         "clock": clock(sim),
     }
     report.update(deposits_summary(sim, results))
+    report.update(risk_summary(sim))
     sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
     diff = replay_diff.compare(sim, primary)
     if diff is not None:
@@ -234,7 +236,25 @@ def build(
     report["simulated_to_wall_ratio"] = round(window_s / wall_s, 2) if wall_s > 0 else None
     report["peak_rss_gib"] = round(peak_rss_gib(), 3)
     report["timings"] = {key: round(value, 3) for key, value in sim.timings.items()}
+    if sim.risk is not None:
+        report["timings"]["risk_memory"] = sim.risk.memory()
     return report
+
+
+def risk_summary(sim: Simulation) -> dict[str, Any]:
+    """The risk stage's section (sim/risk.py) and the top-level figures scenarios state
+    expectations on; nothing for a scenario without [risk] (its digest is unchanged)."""
+    if sim.risk is None:
+        return {"risk": {"note": sim.risk_note}} if sim.risk_note else {}
+    section = sim.risk.report()
+    return {
+        "risk": section,
+        "risk_fraud_total": section["fraud"]["total"],
+        "risk_fraud_stopped": section["fraud"]["stopped"],
+        "risk_legit_challenged": section["legitimate"]["challenged"],
+        "risk_legit_held": section["legitimate"]["held"],
+        "risk_mismatches": section["mismatches"],
+    }
 
 
 def deposits_summary(sim: Simulation, results: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +303,9 @@ def _sum(values: Any) -> int:
     return int(sum(values))
 
 
-def _result_name(code: int) -> str:
+def _result_name(code: int, sim: Simulation | None = None) -> str:
+    if sim is not None and sim.risk is not None and code in risk_module.RESULT_NAMES:
+        return risk_module.RESULT_NAMES[code]  # the simulated channel's risk refusals
     return replay_diff.result_name(code)
 
 
@@ -1253,6 +1275,7 @@ def render_html(report: dict[str, Any]) -> str:
         + "".join(row(k, v) for k, v in report["results"].items())
         + "</table>"
     )
+    parts += _risk_html(report, row)
     parts.append(
         "<h2>events</h2><table>"
         + "".join(
@@ -1470,8 +1493,49 @@ def _dayend_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _risk_html(report: dict[str, Any], row: Any) -> list[str]:
+    """The risk stage's section (sim/risk.py), when the scenario ran it."""
+    risk = report.get("risk") or {}
+    if not risk.get("fraud"):
+        return []
+    fraud, legit = risk["fraud"], risk["legitimate"]
+    rows = [
+        row("rules", f"{risk['rules']} (version {risk['rules_version']})"),
+        row("fraud stopped / total", f"{fraud['stopped']} / {fraud['total']}"),
+        *(
+            row(f"  {kind}", json.dumps(value, sort_keys=True))
+            for kind, value in fraud["by_kind"].items()
+        ),
+        row(
+            "legitimate challenged / held / blocked / total",
+            f"{legit['challenged']} / {legit['held']} / {legit['blocked']} / {legit['total']}",
+        ),
+        row("decisions by outcome", json.dumps(risk["by_outcome"])),
+        row("rules fired", json.dumps({k: v for k, v in risk["rules_fired"].items() if v})),
+        row("large-value reports", risk["large_value_reports"]),
+        row("checker mismatches", risk["mismatches"]),
+        *(row("  ", line) for line in risk["mismatch_examples"]),
+    ]
+    return ["<h2>risk stage</h2><table>", *rows, "</table>"]
+
+
 def _summary_extra(report: dict[str, Any]) -> list[str]:
     lines = []
+    risk = report.get("risk") or {}
+    if risk.get("fraud"):
+        fraud, legit = risk["fraud"], risk["legitimate"]
+        kinds = ", ".join(
+            f"{kind} {value['stopped']}/{value['total']}"
+            for kind, value in fraud["by_kind"].items()
+        )
+        lines.append(
+            f"  risk: fraud stopped {fraud['stopped']} / {fraud['total']} ({kinds}); legitimate"
+            f" challenged {legit['challenged']}, held {legit['held']}, blocked {legit['blocked']}"
+            f" of {legit['total']}; decisions {risk['by_outcome']}; checker mismatches"
+            f" {risk['mismatches']}"
+        )
+    elif risk.get("note"):
+        lines.append(f"  risk: {risk['note']}")
     diff = report.get("replay_diff")
     if diff:
         lines.append(

@@ -83,6 +83,8 @@ from .model import (
 from .network import Network
 from .population import Population
 from .profiles import profile_named
+from .risk import USERS_MAX as RISK_USERS_MAX
+from .risk import FraudPlan, RiskStage
 
 # 2026-11-11 00:00 in Asia/Shanghai: a campaign day starts at local midnight.
 START_NS = int(datetime(2026, 11, 10, 16, 0, tzinfo=UTC).timestamp()) * NS_PER_S
@@ -151,6 +153,11 @@ class Simulation:
         traffic: traffic_module.Traffic | None = None,
     ) -> None:
         config.check()
+        if scenario.risk is not None and traffic is None and config.users > RISK_USERS_MAX:
+            raise SimError(
+                f"{scenario.source}: [risk] runs at most {RISK_USERS_MAX:,} users (its checker is"
+                f" the rules' pure-Python twin), not {config.users:,}: pass --users"
+            )
         if len(topology.regions) > 2:
             raise SimError(f"{topology.source}: the clients model at most two regions")
         self.config = config
@@ -209,6 +216,10 @@ class Simulation:
         self.majority = len(self.voters) // 2 + 1
         self._build_ledgers()
         self._build_clients()
+        self.risk: RiskStage | None = None
+        self.risk_note = ""
+        if scenario.risk is not None:
+            self._build_risk(scenario)
         self.checker = Checker(self.request_count, self.names, self.account_capacity)
         for name in self.names:
             self.checker.skip_to(name, self.dcs[name].ledger)
@@ -403,6 +414,35 @@ class Simulation:
         }
         for dc in self.dcs.values():
             dc.last_timestamp = max(next_ns, dc.ledger.timestamp_last())
+
+    def _build_risk(self, scenario: Scenario) -> None:
+        """The bank's risk stage (sim/risk.py), for a scenario with a [risk] table: the
+        rules' kernel and checker, the fraud plan, every customer's device seen before."""
+        spec = scenario.risk
+        if self.population is None:
+            # A journal's requests are what a real server was sent: no fraud to add, no
+            # customers to give devices to.
+            self.risk_note = "off: the traffic is a journal (no generated population)"
+            return
+        started = time.perf_counter()
+        plan = FraudPlan(
+            self.seed,
+            self.population.seed,
+            self.population.users,
+            spec.fraud_share,
+            spec.stolen_share,
+            self.step_ns,
+            self.traffic.step_first_seq,
+        )
+        self.risk = RiskStage(
+            spec,
+            plan,
+            self.request_count,
+            primary=self.topology.primary,
+            plant_bug=self.config.plant_bug,
+        )
+        self.risk.warm_up(self.risk.warm_up_at(self.start_ns // NS_PER_S))
+        self.timings["risk_build_s"] = time.perf_counter() - started
 
     def _settles_in_window(self) -> bool:
         """Whether a business day that ends in the run (window and drain) is a settlement
@@ -1048,13 +1088,41 @@ class Simulation:
         timestamp = self._timestamp(dc, end_ns)
         day = self._business_day(dc, timestamp)
         results = bytearray(total)
+        applied = total
+        screened = None
+        if self.risk is not None:
+            # The risk stage, before the engine (core/services/payments.py's order): refused
+            # requests never reach it; holds reach it rewritten as PENDING transfers.
+            seqs = [packed[i] >> 8 for i in range(packed_count)]
+            seqs.extend(range(new_first, new_first + new_count))
+            started = time.perf_counter()
+            screened = self.risk.screen(self.buffer, total, seqs, timestamp, dc)
+            self.timings["risk_s"] = self.timings.get("risk_s", 0.0) + (
+                time.perf_counter() - started
+            )
+            applied = screened.kept
+            if applied < total:
+                view = self._compact(screened.keep, total)
+            if applied == 0:
+                # Every attempt was refused by the stage: answered at once, nothing applied.
+                refused = Batch(
+                    0, step, new_first, new_count, packed, packed_count, screened.results,
+                    0, 0, client_a, client_b, 0,
+                )  # fmt: skip
+                self._settle(refused, simgen.SETTLE_COMMIT, 0)
+                return
+            results = bytearray(applied)
         dc.ledger.create_transfers_into(
             view, timestamp, day, results, self.timestamps_buffer, self.balances_buffer
         )
-        entry = Entry(EntryKind.CREATE_TRANSFERS, timestamp, day, total, bytes(view))
-        record = self._append_own(dc, entry, end_ns, policy.last_timestamp(timestamp, total))
+        if screened is not None and applied < total:
+            results = self._scatter(screened, results, total)
+        entry = Entry(EntryKind.CREATE_TRANSFERS, timestamp, day, applied, bytes(view))
+        record = self._append_own(dc, entry, end_ns, policy.last_timestamp(timestamp, applied))
+        if screened is not None and self.risk is not None:
+            self.risk.carried(screened, record.lsn, record.epoch)  # its decisions ride in it
         self.batches += 1
-        self.attempts_applied += total
+        self.attempts_applied += applied
         if dc.epoch < self.max_epoch:
             self.stale_primary_batches += 1
         dc.inflight.append(
@@ -1073,6 +1141,31 @@ class Simulation:
                 dc.epoch,
             )
         )
+
+    def _compact(self, keep: bytearray, total: int) -> memoryview:
+        """The kept records of the batch buffer moved to its front, in order."""
+        buffer = self.buffer
+        kept = 0
+        for index in range(total):
+            if keep[index]:
+                if kept != index:
+                    buffer[kept * TRANSFER_SIZE : (kept + 1) * TRANSFER_SIZE] = buffer[
+                        index * TRANSFER_SIZE : (index + 1) * TRANSFER_SIZE
+                    ]
+                kept += 1
+        return memoryview(buffer)[: kept * TRANSFER_SIZE]
+
+    @staticmethod
+    def _scatter(screened: Any, applied: bytearray, total: int) -> bytearray:
+        """Every attempt's answer in batch order: the engine's for the kept ones, the
+        stage's refusal for the rest."""
+        results = bytearray(screened.results)
+        position = 0
+        for index in range(total):
+            if screened.keep[index]:
+                results[index] = applied[position]
+                position += 1
+        return results
 
     def _settle(self, batch: Batch, mode: int, commit_delay_ns: int) -> int:
         total = batch.new_count + batch.packed_count
@@ -1552,6 +1645,9 @@ class Simulation:
         dc.primary_since_ns = now_ns
         failover.promoted_ns = now_ns
         failover.promoted_lsn = dc.applied_lsn
+        if self.risk is not None:
+            # Tally starts on the new primary: its risk counters rebuilt from its own log.
+            self.risk.restart(dc, now_ns)
         self._role(dc.name, "primary", now_ns)
         self.last_primary = dc.name
         self.last_primary_region = dc.region
@@ -1998,6 +2094,8 @@ class Simulation:
 
     def _die(self, dc: DataCenter, now_ns: int) -> None:
         dc.alive = False
+        if self.risk is not None:
+            self.risk.stop(dc.name)  # its Tally process, and the risk counters in it
         self.network.version += 1
         for stream in dc.streams.values():
             stream.in_flight.clear()
@@ -2031,6 +2129,8 @@ class Simulation:
             # Planted bug: PostgreSQL started outside Patroni, with the configuration a
             # hand-made failover left (synchronous_standby_names = ''): local commits.
             dc.local_commit = self.patroni and zombie_bug
+            if self.risk is not None:
+                self.risk.restart(dc, now_ns)  # its Tally rebuilds the risk counters at start
             self._role(dc.name, "primary", now_ns)
             self._note(now_ns, "up", dc=dc.name, believes="primary", epoch=dc.epoch)
         else:

@@ -146,6 +146,9 @@ def invariants_of(report: dict[str, Any]) -> dict[str, bool]:
         # The day-end's interest postings as the interest checker recomputed them
         # (sim/interest.py): accrual, settlement, maturities, each once.
         "interest_as_expected": not report.get("interest_mismatches", 0),
+        # The risk stage's decisions as the approved rules make them (sim/risk.py: the
+        # pure-Python twin on the same postings); trivially true without a [risk] table.
+        "risk_as_specified": not report.get("risk_mismatches", 0),
         # A journal replay: every outcome that differs from the server's answer has a cause
         # the faults explain (given up, in a fault window, after a changed request).
         "replay_as_server_answered": not (report.get("replay_diff") or {})
@@ -165,6 +168,10 @@ def _invariant_reason(name: str, report: dict[str, Any]) -> str:
     if name == "interest_as_expected":
         failures = ((report.get("deposits") or {}).get("findings") or {}).get("failures", [])
         return f"{report.get('interest_mismatches')} mismatches: " + "; ".join(failures[:3])
+    if name == "risk_as_specified":
+        examples = (report.get("risk") or {}).get("mismatch_examples", [])
+        count = report.get("risk_mismatches")
+        return f"{count} risk decisions differ from the approved rules: " + "; ".join(examples[:3])
     if name == "all_dcs_converge":
         return f"state digests {report.get('state_digests')}"
     if name == "replay_as_server_answered":

@@ -13,6 +13,15 @@
     rendered from the one table in problems.py) -> the request's nonce durable
     -> response + access log
 
+The operators' routes (/v1/admin/, channels/http/admin.py) take a pipeline of their
+own after the route: the Authorization header must name an operator
+(`channel="op:NAME"`, the operator registry) with the same string to sign, timestamp
+window and nonce store as the channels; then the route's permission for the
+operator's role (403), the JSON body and its schema (400/415/422), the handler.
+A channel request never reaches them, an operator request never reaches a
+channel route. The `device` object of the money routes (the risk stage's
+context) is part of the signed body: nothing new is signed.
+
 The nonce of a signed request is staged in the customer state and made
 durable with the next group the engine forms (core/services/state.py): a
 request that went through the engine is answered with its nonce already
@@ -54,6 +63,7 @@ import orjson
 import sniffio
 
 from channels.http import signing
+from channels.http.admin import ADMIN_BODY_SIZE_MAX, AdminContext, AdminHandlers, OperatorAuth
 from channels.http.deadlines import BodyDeadlines
 from channels.http.handlers import Context, Handlers, Reply
 from channels.http.metrics import Metrics, register_collectors
@@ -63,7 +73,7 @@ from channels.http.routes import ROUTES, Route, Router
 from channels.http.schema import check_object, check_value, fail, quick_check
 from channels.http.signing import Credentials
 from channels.http.strict_json import first_repeated_key, may_repeat_keys
-from channels.registry import ChannelEntry, Registry
+from channels.registry import ChannelEntry, Registry, parse_registry_text
 from channels.tier import AuthFailures, InFlight, RateLimits, ReplayGuard
 from core.services import policy
 from core.services.bank import Bank
@@ -175,6 +185,11 @@ class App:
         self.auth_failures = AuthFailures(auth_failures_per_s, auth_failures_burst)
         self.openapi = orjson.dumps(openapi_document())
         self.window_s = bank.settings.nonce_window_s
+        # Operators (the /v1/admin/ routes): the approvals service's operator registry
+        # (one registry for who signs and who may approve), else the one given.
+        self.operator_auth = OperatorAuth(bank.approvals.operators, self.window_s)
+        self.admin_handlers = AdminHandlers(bank)
+        self.register_channels(bank.approvals)
         self.quick_checks: dict[str, Callable[[Any], bool]] = {}
         for route in ROUTES:
             quick = quick_check(route.body) if route.body is not None else None
@@ -235,6 +250,13 @@ class App:
                 if not path.startswith("/v1/"):
                     route_name = path if path in _UNSIGNED else "unmatched"
                     reply = self.unsigned(method, path)
+                elif path.startswith("/v1/admin/"):  # signed by an operator, not a channel
+                    route, params = self.route(method, path)
+                    route_name = route.operation
+                    nonce_state = self.core.state
+                    reply, problem, nonce_ticket, channel_name = await self.admin_call(
+                        route, params, scope, receive, started
+                    )
                 else:
                     route, params = self.route(method, path)
                     route_name = route.operation
@@ -446,7 +468,7 @@ class App:
         headers: dict[bytes, bytes],
         receive: Receive,
         cap: int,
-        known: ChannelEntry | None,
+        known: object | None,
     ) -> bytes:
         """`read_body` on asyncio, cut off (408) once the request's deadline is past."""
         deadlines = self.body_deadlines
@@ -468,7 +490,7 @@ class App:
         receive: Receive,
         message: dict[str, Any] | None,
         cap: int,
-        known: ChannelEntry | None,
+        known: object | None,
     ) -> bytes:
         """The whole body under `cap` (`message`: the first one, if already received)."""
         declared = headers.get(b"content-length")
@@ -492,7 +514,7 @@ class App:
             message = None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def too_large(self, cap: int, known: ChannelEntry | None) -> Problem:
+    def too_large(self, cap: int, known: object | None) -> Problem:
         """413, and the connection closed: the rest of the body is not read."""
         if known is None:
             return Problem(
@@ -511,6 +533,177 @@ class App:
             f"at most {cap} bytes",
             headers=[CONNECTION_CLOSE],
             size_max=cap,
+        )
+
+    # --- operators (/v1/admin/, channels/http/admin.py) ------------------------------
+
+    async def admin_call(
+        self, route: Route, params: dict[str, str], scope: Scope, receive: Receive, started: float
+    ) -> tuple[Reply, Problem | None, int, str]:
+        """An operator's request: the operator's signature (the channels' scheme, the
+        operator registry's keys; 401s as for channels, counted as failures of the
+        address), its nonce staged like a channel's, the route's permission (403), the
+        body's schema (422), the handler. Returns the reply, the problem if refused after
+        the signature was good, the nonce's ticket and "op:NAME" for the access log; a
+        refusal before that is raised."""
+        auth = self.operator_auth
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization")
+        credentials = (
+            None
+            if authorization is None
+            else signing.parse_authorization(authorization.decode("latin-1"))
+        )
+        fresh = type(credentials) is Credentials and auth.fresh(credentials)
+        if self.auth_failures.buckets:
+            self.refuse_failing_address(scope, credentials)
+        cap = ADMIN_BODY_SIZE_MAX if fresh else self.preauth_body_size_max
+        if self.body_deadlines is None:
+            with anyio.move_on_after(self.read_timeout_s) as late:
+                body = await self.read_body(headers, receive, None, cap, fresh or None)
+            if late.cancelled_caught:
+                raise self.read_timeout()
+        else:
+            body = await self.read_body_by(started, headers, receive, cap, fresh or None)
+        if not fresh:
+            self.auth_failed(scope, credentials)
+            raise auth.refuse(credentials)
+        assert isinstance(credentials, Credentials)
+        secret = auth.secret(credentials)
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        if not verify_request(
+            secret,
+            credentials.channel,
+            credentials.key_id,
+            scope["method"],
+            path,
+            scope["query_string"].decode("latin-1"),
+            credentials.timestamp,
+            credentials.nonce,
+            headers.get(b"idempotency-key", b"").decode("latin-1"),
+            headers.get(b"tally-actor", b"").decode("latin-1"),
+            body,
+            credentials.signature,
+        ):
+            self.auth_failed(scope, credentials)
+            raise Problem(401, "signature-invalid", "The signature does not match the request")
+        if not self.replay.first_use(
+            credentials.channel, credentials.nonce, int(credentials.timestamp)
+        ):
+            self.auth_failed(scope, credentials)
+            raise Problem(
+                401, "nonce-reused", "This nonce was already used", "sign every request anew"
+            )
+        client = scope.get("client")
+        operator = auth.caller(credentials, client[0] if client else "")
+        nonce_ticket = self.core.state.staged_ticket
+        problem: Problem | None = None
+        try:
+            permission = route.policy.permission
+            if permission:  # a read: the role's permission, and the read in the audit log
+                what = next(iter(params.values()), "")
+                self.admin_handlers.authorize(operator, permission, route.operation, what)
+            ctx = AdminContext(operator, params, self.route_query(route, scope), None)
+            ctx.body = self.admin_body(route, headers, body)
+            reply = await getattr(self.admin_handlers, route.operation)(ctx)
+        except (Problem, Refused) as error:
+            problem = error if isinstance(error, Problem) else refusal_problem(error.refusal)
+            reply = Reply(
+                problem.status, problem.encode(path), problem.headers, PROBLEM_CONTENT_TYPE
+            )
+        return reply, problem, nonce_ticket, credentials.channel
+
+    def route_query(self, route: Route, scope: Scope) -> dict[str, str]:
+        """The query parameters of a route, each once and as declared (400, 422)."""
+        if not scope["query_string"]:
+            return {}
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) != len(pairs):
+            raise query_repeated(pairs)
+        for name, value in query.items():
+            spec = route.query.get(name)
+            if spec is None:
+                raise fail(f"/{name}", f"unknown query parameter {name[:64]!r}")
+            number = (
+                int(value) if spec.kind == "integer" and _INTEGER_RE.fullmatch(value) else value
+            )
+            check_value(number, spec, f"/{name}")
+        return query
+
+    def admin_body(self, route: Route, headers: dict[bytes, bytes], body: bytes) -> Any:
+        """An admin route's JSON body: parsed (400), no key repeated (400), schema (422)."""
+        if route.body is None:
+            if body:
+                raise Problem(415, "unsupported-media-type", "This route takes no request body")
+            return None
+        if not body and route.body_optional:
+            return {}
+        content_type = (
+            headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        )
+        if content_type != "application/json":
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Send the body as application/json",
+                f"got {content_type or 'no content type'}",
+            )
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise Problem(400, "malformed-json", "The body is not valid JSON", str(error)) from None
+        repeated = first_repeated_key(body)
+        if repeated is not None:
+            raise Problem(
+                400,
+                "duplicate-json-key",
+                "A key is repeated within one JSON object",
+                f"key {repeated[:64]!r} appears more than once in the same object",
+            )
+        return check_object(parsed, route.body)
+
+    # --- the channel registry as an approved parameter ---------------------------------
+
+    def register_channels(self, approvals: Any) -> None:
+        """The `channels` parameter kind of the approvals service: a new registry (and its
+        keys) is validated like the file at start (against the limit rules in force) and,
+        once approved and applied, in force for the next request (`install_registry`)."""
+        approvals.register_parameter(
+            "channels",
+            parse=self.parse_registry_text,
+            install=self.install_registry,
+            text=lambda: self.registry.text,
+            version_of=lambda registry: registry.version,
+        )
+
+    def parse_registry_text(self, text: str, source: str) -> Registry:
+        return parse_registry_text(text, source, self.core.rules)
+
+    def install_registry(self, registry: Registry) -> None:
+        """Put `registry` in force: the channels, their keys, operations, rate limits, body
+        caps and the roles at each (the services' actor rules). A request already past
+        its signature check finishes under the registry it was checked with."""
+        self.callers = {
+            name: Caller(name, entry.kind, entry.ledger_id)
+            for name, entry in registry.channels.items()
+        }
+        self.body_caps = {
+            name: min(entry.body_size_max, self.body_size_max)
+            for name, entry in registry.channels.items()
+        }
+        self.rate_limits = RateLimits(registry)
+        self.bank.actors.channels = registry.actors().channels
+        self.registry = registry
+        logger.info(
+            orjson.dumps(
+                {
+                    "event": "channels_installed",
+                    "version": registry.version,
+                    "channels": sorted(registry.channels),
+                }
+            ).decode()
         )
 
     def read_timeout(self) -> Problem:
@@ -569,6 +762,8 @@ class App:
     ) -> ChannelEntry:
         """The channel that signed the request (`known`: the channel whose key id and
         timestamp the header was already found to name), or a 401 saying why not."""
+        if known is not None and self.registry.channels.get(known.name) is not known:
+            known = None  # an approved registry replaced it while the body was read
         if known is None:
             self.refuse_credentials(credentials)
         assert known is not None and isinstance(credentials, Credentials)
@@ -727,20 +922,7 @@ class App:
             if raw_type == JSON
             else raw_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         )
-        query: dict[str, str] = {}
-        if scope["query_string"]:
-            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
-            query = dict(pairs)
-            if len(query) != len(pairs):
-                raise query_repeated(pairs)
-            for name, value in query.items():
-                spec = route.query.get(name)
-                if spec is None:
-                    raise fail(f"/{name}", f"unknown query parameter {name[:64]!r}")
-                number = (
-                    int(value) if spec.kind == "integer" and _INTEGER_RE.fullmatch(value) else value
-                )
-                check_value(number, spec, f"/{name}")
+        query = self.route_query(route, scope)
         parsed: Any = None
         if route.body is None:
             if body:

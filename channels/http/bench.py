@@ -14,6 +14,21 @@ One run, a fresh data directory per phase, the journal fdatasync'd as always:
 3. `batch_transfers_per_s` (JSON) and `batch_binary_transfers_per_s`
    (128-byte records): POST /v1/transfers/batch, 8189 transfers a request.
 4. The same keys with a `_uvicorn` suffix for the optional faster server.
+5. The risk stage's cost (`--risk-pairs N`, issue 15): single transfers on two Tally
+   servers side by side, one with the risk rules of `--risk-rules` (the shipped 20 by
+   default) and one with an empty rule set, measured in N pairs of passes that
+   alternate which of the two goes first; `single_risk_requests_per_s` and
+   `single_no_risk_requests_per_s` (medians of the passes, each listed), and
+   `risk_rate_ratio`, the median of the pairs' ratios with / without (the issue's
+   target: >= 0.9; `risk_rate_ratio_of_medians` beside it), and the server CPU per
+   request the rules add (`risk_server_cpu_us_added_per_request`, the steadier
+   figure on a shared machine). Each request names a device
+   and an IP (the app's signed `device` field), each phone sending a few transfers
+   (`device_of`), so this legitimate-looking traffic trips no rule and both servers
+   do the same ledger work: the difference is the screening (every rule evaluated,
+   every counter updated). The risk stage's counters in /metrics are reported
+   (`risk_decisions`; `risk_fired_in_passes`: postings of the timed passes a rule
+   fired on, 0 when the traffic is as meant). `--risk-only` runs this phase alone.
 
 wrk (Debian's `wrk` package: `apt-get install -y wrk`) runs in its own
 process with one thread; its CPU time is reported (`client_cpu_percent`),
@@ -25,9 +40,12 @@ phase only sends them. The last line of output is one JSON object.
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +58,7 @@ import orjson
 
 from channels.client import Signer, TallyClient
 from core.bench.server import Server, cpu_seconds, free_port
-from core.data import DEFAULT_CHANNELS_PATH
+from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RISK_PATH
 from core.reports import machine_description, save_report
 
 BATCH_SIZE = 8189
@@ -51,6 +69,11 @@ ACCOUNTS = 64
 FUNDING_MINOR = 50_000_000
 SETUP_ACTOR = ("S0001", "supervisor")
 CHANNELS_FILE = DEFAULT_CHANNELS_PATH
+RISK_PAIRS_DEFAULT = 3
+RISK_ACCOUNTS_DEFAULT = ACCOUNTS
+# The "without" server's rule set: a valid rule file with no rules (the stage runs, no
+# rule is evaluated), so the comparison is the 20 rules' cost, nothing else.
+EMPTY_RISK_RULES = "version = 1\n\n[holds]\ndelay_s = 3600\nreview_s = 259200\n"
 
 WRK_SCRIPT = r"""
 local requests = {}
@@ -120,6 +143,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="uvicorn's event loop, for Tally and its bare peer alike (tally serve --loop)",
     )
     parser.add_argument("--data", default=None, help="working directory (default: a temp dir)")
+    parser.add_argument(
+        "--risk-pairs",
+        type=int,
+        default=RISK_PAIRS_DEFAULT,
+        help="pairs of single-transfer passes with and without risk rules (0: skip)",
+    )
+    parser.add_argument(
+        "--risk-rules",
+        default=str(DEFAULT_RISK_PATH),
+        help="the rule set of the 'with' server ('none': an empty set, an A/A comparison)",
+    )
+    parser.add_argument(
+        "--risk-accounts",
+        type=int,
+        default=RISK_ACCOUNTS_DEFAULT,
+        help="funded accounts of each risk-phase server",
+    )
+    parser.add_argument(
+        "--risk-seconds",
+        type=float,
+        default=None,
+        help="timed load per risk pass (default: --seconds)",
+    )
+    parser.add_argument(
+        "--risk-only", action="store_true", help="only the risk comparison (first server)"
+    )
     parser.add_argument("--save", metavar="DIR", default=None)
     parser.add_argument("--json", action="store_true")
 
@@ -127,7 +176,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- processes ----------------------------------------------------------------------
 
 
-def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
+def start_tally(
+    work: Path,
+    server: str,
+    name: str,
+    loop: str,
+    transfers_max: int = 1 << 24,
+    extra: tuple[str, ...] = (),
+) -> Server:
     port = free_port()
     data = work / f"data-{name}"
     command = [
@@ -152,7 +208,7 @@ def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
         "--scrypt-n",
         "1024",  # setup speed only: password hashing is not on the measured path
         "--transfers-max",
-        str(1 << 24),
+        str(transfers_max),
         # The binary batch phase posts over 1M transfers/s: 16M slots hold about 12 s of
         # it, so postings older than this are evicted to make room (a production server
         # keeps a day: --transfers-max sized for its peak rate times a day).
@@ -162,6 +218,7 @@ def start_tally(work: Path, server: str, name: str, loop: str) -> Server:
         # the first posting into each page of the 16M-slot log and index pays the OS for
         # zeroing it, which on a short run is most postings (a steady state has none).
         "--prefault",
+        *extra,
     ]
     return Server(command, port, work / f"server-{name}.log", "/readyz")
 
@@ -234,8 +291,11 @@ def secret_of(channel: str) -> tuple[str, str]:
     return entry["key_id"], entry["secret"]
 
 
-def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
-    """Funded Class I accounts and an app-channel transaction token for each."""
+def setup_accounts(
+    url: str, count: int = ACCOUNTS, first_index: int = 0
+) -> tuple[list[str], dict[str, str]]:
+    """`count` funded Class I accounts, each a customer of its own, and an app-channel
+    transaction token for each (customers numbered from `first_index`)."""
     from core.services.identity import resident_id_check_character
 
     accounts: list[str] = []
@@ -244,13 +304,14 @@ def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
         TallyClient(url, "counter", *secret_of("counter"), actor=SETUP_ACTOR) as counter,
         TallyClient(url, "app", *secret_of("app")) as app,
     ):
-        for index in range(ACCOUNTS):
-            first = "110105" + "19800101" + f"{index % 1000:03d}"
+        for index in range(first_index, first_index + count):
+            born = datetime.date(1980, 1, 1) + datetime.timedelta(days=index // 1000)
+            first = "110105" + born.strftime("%Y%m%d") + f"{index % 1000:03d}"
             id_number = first + resident_id_check_character(first)
             customer = counter.post(
                 "/v1/customers",
                 {
-                    "name": "测试" + chr(0x4E00 + index),
+                    "name": "测试" + chr(0x4E00 + index % 20_000),
                     "id_number": id_number,
                     "mobile": f"139{index:08d}",
                 },
@@ -275,9 +336,31 @@ def setup_accounts(url: str) -> tuple[list[str], dict[str, str]]:
     return accounts, tokens
 
 
+def setup_accounts_parallel(
+    url: str, count: int, threads: int = 4
+) -> tuple[list[str], dict[str, str]]:
+    """`setup_accounts` of `count` in `threads` client threads (the server hashes the
+    passwords on its own threads: a serial client would leave it idle)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    share = -(-count // threads)
+    ranges = [(first, min(share, count - first)) for first in range(0, count, share)]
+    accounts: list[str] = []
+    tokens: dict[str, str] = {}
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        for part_accounts, part_tokens in pool.map(
+            lambda span: setup_accounts(url, span[1], span[0]), ranges
+        ):
+            accounts += part_accounts
+            tokens.update(part_tokens)
+    return accounts, tokens
+
+
 def write_single_requests(
-    path: Path, count: int, accounts: list[str], tokens: dict[str, str]
+    path: Path, count: int, accounts: list[str], tokens: dict[str, str], device: str = ""
 ) -> None:
+    """`count` signed single transfers round the accounts; with a `device` tag, each names
+    a phone and an IP, as an app sends them for the risk stage (`device_of`)."""
     key_id, secret = secret_of("app")
     signer = Signer("app", key_id, secret.encode())
     now = int(time.time())
@@ -287,13 +370,14 @@ def write_single_requests(
             credit = accounts[(index * 7 + 1) % len(accounts)]
             if credit == debit:
                 credit = accounts[(index + 1) % len(accounts)]
-            body = orjson.dumps(
-                {
-                    "debit_account_id": debit,
-                    "credit_account_id": credit,
-                    "amount_minor": 1 + index % 97,
-                }
-            )
+            fields: dict[str, Any] = {
+                "debit_account_id": debit,
+                "credit_account_id": credit,
+                "amount_minor": 1 + index % 97,
+            }
+            if device:
+                fields["device"] = device_of(debit, device, index // len(accounts))
+            body = orjson.dumps(fields)
             key = secrets.token_hex(12)
             headers = signer.headers(
                 "POST",
@@ -307,6 +391,25 @@ def write_single_requests(
                 f"POST\t/v1/transfers\tapplication/json\t{headers['Authorization']}\t{key}\t"
                 f"{tokens[debit]}\t{body.decode()}\n"
             )
+
+
+DEVICE_REUSE = 25  # transfers per phone and IP in the risk phase: under every velocity rule
+
+
+def device_of(account: str, tag: str, sent: int) -> dict[str, str]:
+    """The phone and IP of the `sent`-th transfer from `account` in the requests tagged
+    `tag`. The bench reuses a few accounts for many transfers, which real customers do
+    not; so that this traffic looks like many customers' to the risk rules (a device or
+    an IP sending more than 30 transfers an hour is challenged by the shipped rules),
+    each phone (and its IP, in 10/8) sends `DEVICE_REUSE` of them and no more, in this
+    file or any other (the tag is the file's)."""
+    device_id = f"bench-{tag}-{sent // DEVICE_REUSE}-{account}"
+    number = int.from_bytes(hashlib.blake2b(device_id.encode(), digest_size=3).digest(), "big")
+    return {
+        "id": device_id,
+        "ip": f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}",
+        "location": "CN-11",
+    }
 
 
 def batch_body(accounts: list[str], binary: bool) -> bytes:
@@ -530,6 +633,116 @@ def measure_server(
     )
 
 
+def risk_metrics(url: str) -> dict[str, int]:
+    """The risk stage's counters in /metrics (`tally_risk_*` samples), by sample name."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("tally_risk_"):
+            name, _, value = line.rpartition(" ")
+            counters[name] = int(float(value))
+    return counters
+
+
+def measure_risk(work: Path, server: str, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Single transfers with and without the risk rules: two servers side by side, pairs
+    of passes alternating which goes first (the machine's drift falls on both alike)."""
+    suffix = "" if server == "hypercorn" else f"_{server}"
+    seconds = args.risk_seconds if args.risk_seconds is not None else args.seconds
+    expected_rate = 6_000 if server == "hypercorn" else 20_000
+    count = int(expected_rate * (seconds + 2) * 1.2)
+    empty = work / "risk-empty.toml"
+    empty.write_text(EMPTY_RISK_RULES)
+    rules = str(empty) if args.risk_rules == "none" else args.risk_rules
+    sides = {"risk": rules, "no_risk": str(empty)}
+    servers: dict[str, Server] = {}
+    try:
+        for side, path in sides.items():
+            servers[side] = start_tally(
+                work, server, f"{server}-{side}", args.loop,
+                # Two servers at once: a log of 2M slots each (5 s retention) is plenty.
+                transfers_max=1 << 21,
+                # The passes and their setup outlast the default 300 s token lifetime.
+                extra=("--risk-rules", path, "--token-ttl-s", "86400"),
+            )  # fmt: skip
+        setups = {
+            side: setup_accounts_parallel(tally.url, args.risk_accounts)
+            for side, tally in servers.items()
+        }
+        for side, tally in servers.items():
+            warm = work / f"warm-{server}-{side}.tsv"
+            write_single_requests(warm, 20_000, *setups[side], device=f"warm{side}")
+            run_wrk(work, tally.url, warm, 2, args.connections)
+        fired_before = risk_metrics(servers["risk"].url).get("tally_risk_fired_total", 0)
+        rates: dict[str, list[int]] = {side: [] for side in sides}
+        cpu_us: dict[str, list[float]] = {side: [] for side in sides}
+        p99_ms: dict[str, list[float]] = {side: [] for side in sides}
+        non_2xx = {side: 0 for side in sides}
+        for pair in range(args.risk_pairs):
+            order = ("risk", "no_risk") if pair % 2 == 0 else ("no_risk", "risk")
+            for side in order:
+                tally = servers[side]
+                requests = work / f"risk-{server}-{side}-{pair}.tsv"
+                write_single_requests(requests, count, *setups[side], device=f"p{pair}{side}")
+                result = run_wrk(
+                    work, tally.url, requests, seconds, args.connections,
+                    server_pid=tally.process.pid,
+                )  # fmt: skip
+                requests.unlink()
+                rates[side].append(round(result["requests_per_s"]))
+                cpu_us[side].append(round(result["server_cpu_us_per_request"], 1))
+                p99_ms[side].append(round(result["p99_us"] / 1000, 2))
+                non_2xx[side] += result["status_errors"]
+                if not args.json:
+                    print(
+                        f"  risk pair {pair + 1}/{args.risk_pairs} {side:8}"
+                        f" {rates[side][-1]:>8,} requests/s",
+                        file=sys.stderr,
+                    )
+        for side in sides:
+            report[f"single_{side}_requests_per_s{suffix}"] = round(statistics.median(rates[side]))
+            report[f"single_{side}_server_cpu_us_per_request{suffix}"] = round(
+                statistics.median(cpu_us[side]), 1
+            )
+            report[f"single_{side}_latency_ms_p99{suffix}"] = statistics.median(p99_ms[side])
+            report[f"single_{side}_non_2xx{suffix}"] = non_2xx[side]
+            report[f"single_{side}_ledger_results{suffix}"] = check_metrics(servers[side].url)
+            report.setdefault("passes_requests_per_s", {})[f"single_{side}{suffix}"] = rates[side]
+        # Each pair's ratio (its two passes ran back to back, so the machine's drift falls
+        # on both alike), and their median: the headline. The ratio of the two medians
+        # and the server CPU per request added by the rules are beside it.
+        pair_ratios = [
+            round(with_rules / max(1, without), 3)
+            for with_rules, without in zip(rates["risk"], rates["no_risk"], strict=True)
+        ]
+        report[f"risk_pair_ratios{suffix}"] = pair_ratios
+        report[f"risk_rate_ratio{suffix}"] = round(statistics.median(pair_ratios), 3)
+        report[f"risk_rate_ratio_of_medians{suffix}"] = round(
+            report[f"single_risk_requests_per_s{suffix}"]
+            / max(1, report[f"single_no_risk_requests_per_s{suffix}"]),
+            3,
+        )
+        report[f"risk_server_cpu_us_added_per_request{suffix}"] = round(
+            report[f"single_risk_server_cpu_us_per_request{suffix}"]
+            - report[f"single_no_risk_server_cpu_us_per_request{suffix}"],
+            1,
+        )
+        counters = risk_metrics(servers["risk"].url)
+        report[f"risk_decisions{suffix}"] = counters
+        # Postings of the timed passes a rule fired on (the setup's large cash deposits
+        # are reported by the large_cash rule; the passes' traffic should trip none).
+        report[f"risk_fired_in_passes{suffix}"] = (
+            counters.get("tally_risk_fired_total", 0) - fired_before
+        )
+        report["risk_rules"] = "none" if args.risk_rules == "none" else args.risk_rules
+        report["risk_accounts"] = args.risk_accounts
+        report["risk_pairs"] = args.risk_pairs
+        report["risk_seconds"] = seconds
+    finally:
+        for tally in servers.values():
+            tally.stop()
+
+
 def run(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         print(
@@ -561,9 +774,14 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         for name in servers:
-            if not args.json:
+            if not args.json and not args.risk_only:
                 print(f"measuring {name} ...", file=sys.stderr)
-            measure_server(work, name, args, report)
+            if not args.risk_only:
+                measure_server(work, name, args, report)
+            if args.risk_pairs > 0 and (name == servers[0] or not args.risk_only):
+                if not args.json:
+                    print(f"measuring {name} with and without risk rules ...", file=sys.stderr)
+                measure_risk(work, name, args, report)
     finally:
         if not args.data:
             shutil.rmtree(work, ignore_errors=True)

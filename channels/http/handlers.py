@@ -24,6 +24,7 @@ from channels.http.schema import account_id_param, fail, transfer_id_param, tran
 from channels.registry import ChannelEntry
 from core.services.bank import Bank
 from core.services.commands import (
+    NO_CONTEXT,
     Caller,
     ChangeAccount,
     Consent,
@@ -37,6 +38,7 @@ from core.services.commands import (
     Proof,
     QuoteFixedDeposit,
     RegisterCustomer,
+    RiskContext,
     SetPassword,
     VerifyAccount,
     WithdrawFixedDeposit,
@@ -82,7 +84,10 @@ def json_reply(status: int, value: Any) -> Reply:
 
 
 def posted_reply(posted: Posted) -> Reply:
-    """201 with the posted transfer (and Idempotent-Replayed when met again by id)."""
+    """201 with the posted transfer (and Idempotent-Replayed when met again by id); 202
+    when the risk stage held it instead (`held_reply`)."""
+    if posted.risk_hold:
+        return held_reply(posted)
     pending_id = posted.pending_id
     body = {
         "transfer_id": posted.transfer_id_packed[::-1].hex(),
@@ -98,6 +103,38 @@ def posted_reply(posted: Posted) -> Reply:
         "timestamp_ns": posted.timestamp_ns,
     }
     return Reply(201, orjson.dumps(body), [REPLAY_HEADER] if posted.replayed else [])
+
+
+def held_reply(posted: Posted) -> Reply:
+    """202: the risk stage placed a pending hold instead of moving the money. `status`
+    says which hold ("delayed": the bank captures it at `release_at`; "review": a risk
+    officer releases or returns it, else it returns to the payer by `release_at`), and
+    `decision_id` names the recorded decision. Which rules fired is not disclosed."""
+    pending_id = posted.pending_id
+    body = {
+        "transfer_id": posted.transfer_id_packed[::-1].hex(),
+        "operation": posted.operation,
+        "status": posted.risk_hold,
+        "debit_account_id": str(posted.debit),
+        "credit_account_id": str(posted.credit),
+        "amount_minor": posted.amount_minor,
+        "code": _CODE_NAMES.get(posted.code) or money_name(posted.code),
+        "pending_id": transfer_id_text(pending_id) if pending_id else None,
+        "timeout_s": posted.timeout_s,
+        "channel": posted.channel,
+        "timestamp_ns": posted.timestamp_ns,
+        "release_at": rfc3339(posted.release_at_ns) if posted.release_at_ns else None,
+        "decision_id": posted.decision_id or None,
+    }
+    return Reply(202, orjson.dumps(body), [REPLAY_HEADER] if posted.replayed else [])
+
+
+def risk_context(device: Any) -> RiskContext:
+    """The command's risk context from the request's `device` object (schema-checked;
+    absent on most requests: then the shared empty one, no allocation)."""
+    if not device:
+        return NO_CONTEXT
+    return RiskContext(device.get("id", ""), device.get("ip", ""), device.get("location", ""))
 
 
 def proof(ctx: Context) -> Proof:
@@ -259,6 +296,9 @@ class Handlers:
             body["amount_minor"],
             Consent(ctx.token, body.get("password"), body.get("second_factor") or ""),
         )
+        device = body.get("device")
+        if device is not None:  # rare on the hot path: only then a context is built
+            posting.context = risk_context(device)
         return posted_reply(await self.payments.post(posting))
 
     def _movement(self, ctx: Context, operation: str, account_id: int, **fields: Any) -> Movement:
@@ -266,6 +306,9 @@ class Handlers:
         operation's policy asks for it (`core.services.policy`), and the service then
         demands it."""
         body = ctx.body if isinstance(ctx.body, dict) else {}
+        device = body.get("device")
+        if device is not None:
+            fields["context"] = risk_context(device)
         return Movement(
             ctx.caller,
             ctx.idempotency_key,
@@ -406,6 +449,15 @@ class Handlers:
             body.get("reason", ""),
         )
         return posted_reply(await self.bank.deposits.correct_interest(command))
+
+    # --- risk control (core/services/risk.py) ---------------------------------------
+
+    async def read_risk_decision(self, ctx: Context) -> Reply:
+        transfer_id = transfer_id_param(ctx.params["transfer_id"])
+        return json_reply(200, self.bank.risk.decision(transfer_id))
+
+    async def read_risk_rules(self, ctx: Context) -> Reply:
+        return json_reply(200, self.bank.risk.rules_json())
 
     # --- batch ---------------------------------------------------------------------
 

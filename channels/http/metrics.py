@@ -238,3 +238,47 @@ def register_collectors(metrics: Metrics, bank: Any) -> None:
     metrics.results = bank.payments.results
     metrics.registry.register(_EngineCollector(bank))
     metrics.registry.register(_PasswordCollector(bank))
+    if getattr(bank, "risk", None) is not None:
+        metrics.registry.register(_RiskCollector(bank))
+
+
+# The risk stage's figures (core/services/risk.py `Risk.stats`): counters and gauges.
+_RISK_OUTCOMES = ("allow", "challenge", "challenge_met", "delay", "review", "block")
+_RISK_COUNTERS = {
+    "screened": "Postings the risk stage screened.",
+    "fired": "Postings on which a rule fired.",
+    "reports": "Large-value reports (decisions of report rules).",
+    "reused": "Retries that met their recorded decision.",
+    "released": "Risk holds released (captured) by the bank.",
+    "returned": "Risk holds returned (voided) to the payer.",
+}
+_RISK_GAUGES = {
+    "held": "Risk holds in place now (delayed or in review).",
+    "rules": "Rules in the rule set in force.",
+    "version": "The version of the rule set in force.",
+    "kernel_entries": "Counter slots the risk kernel holds.",
+    "kernel_bytes": "Memory of the risk kernel's tables, bytes.",
+}
+
+
+class _RiskCollector(Collector):
+    """The risk stage: what it screened and decided, its holds, its rules and kernel."""
+
+    def __init__(self, bank: Any) -> None:
+        self.risk = bank.risk
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.risk.stats()
+        for name, doc in _RISK_COUNTERS.items():
+            yield CounterMetricFamily(f"tally_risk_{name}", doc, value=stats.get(name, 0))
+        decisions = CounterMetricFamily(
+            "tally_risk_decisions",
+            "Risk decisions recorded, by outcome (challenge_met: a challenge the second "
+            "factor met, posted).",
+            labels=("outcome",),
+        )
+        for outcome in _RISK_OUTCOMES:
+            decisions.add_metric((outcome,), stats.get(outcome, 0))
+        yield decisions
+        for name, doc in _RISK_GAUGES.items():
+            yield GaugeMetricFamily(f"tally_risk_{name}", doc, value=stats.get(name, 0))

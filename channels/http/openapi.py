@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.http.problems import PROBLEM_BASE, all_problem_slugs
-from channels.http.routes import ROUTES, Route
+from channels.http.routes import APPROVAL_ID_PATTERN, PARAMETER_KINDS, ROUTES, Route
 from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
 from channels.http.signing import SCHEME
 
@@ -52,6 +52,34 @@ TRANSFER = _object(
         "user_data": INT,
     }
 )
+POSTING_FIELDS: dict[str, Any] = {
+    "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+    "operation": STRING,
+    "status": {"enum": ["posted", "pending", "captured", "voided"]},
+    "debit_account_id": STRING,
+    "credit_account_id": STRING,
+    "amount_minor": INT,
+    "code": STRING,
+    "pending_id": NULLABLE_STRING,
+    "timeout_s": INT,
+    "channel": STRING,
+    "timestamp_ns": INT,
+}
+POSTING = _object(POSTING_FIELDS)
+# 202: the risk stage held the posting (a pending hold) instead of moving the money.
+HELD_POSTING = _object(
+    {
+        **POSTING_FIELDS,
+        "status": {
+            "enum": ["delayed", "review"],
+            "description": "delayed: the bank captures the hold at release_at; review: a risk "
+            "officer releases or returns it (unreviewed, it returns to the payer at release_at)",
+        },
+        "release_at": NULLABLE_STRING,
+        "decision_id": NULLABLE_STRING,
+    }
+)
+OPEN_OBJECT = {"type": "object"}
 COMPONENT_SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -62,7 +90,15 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "status": INT,
             "detail": STRING,
             "instance": STRING,
-            "errors": {"type": "array", "items": _object({"pointer": STRING, "detail": STRING})},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"pointer": STRING, "detail": STRING, "line": INT},
+                    "required": ["pointer", "detail"],
+                    "additionalProperties": False,
+                },
+            },
             "ledger_result": _object({"code": INT, "name": STRING}),
             "attempts_remaining": INT,
             "size_max": INT,
@@ -77,6 +113,16 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "principal_minor": INT,  # deposit-amount-exceeds-principal
             "maturity_date": STRING,  # deposit-matured
             "classes": {"type": "array", "items": STRING},  # account-class-not-allowed
+            # Risk control (docs/risk.md): never which rules fired.
+            "decision_id": STRING,  # risk-blocked, risk-challenge
+            "factors": {"type": "array", "items": STRING},  # risk-challenge: second factors
+            # Approvals (docs/approvals.md).
+            "kind": STRING,  # approval-required
+            "permission": STRING,  # operator-not-permitted
+            "request_id": STRING,  # approval-duplicate: the pending request
+            "state": STRING,  # approval-not-pending
+            "base_version": INT,  # approval-stale
+            "version": INT,  # approval-stale: the version in force
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -147,21 +193,8 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             },
         }
     ),
-    "Posting": _object(
-        {
-            "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
-            "operation": STRING,
-            "status": {"enum": ["posted", "pending", "captured", "voided"]},
-            "debit_account_id": STRING,
-            "credit_account_id": STRING,
-            "amount_minor": INT,
-            "code": STRING,
-            "pending_id": NULLABLE_STRING,
-            "timeout_s": INT,
-            "channel": STRING,
-            "timestamp_ns": INT,
-        }
-    ),
+    "Posting": POSTING,
+    "HeldPosting": HELD_POSTING,
     "Transfer": TRANSFER,
     "History": _object(
         {
@@ -315,6 +348,63 @@ COMPONENT_SCHEMAS.update(
     }
 )
 
+# Risk control and approvals: records the services keep (core/services/risk.py,
+# core/services/approvals.py), documented there and in docs/risk.md, docs/approvals.md.
+APPROVAL = {
+    "type": "object",
+    "description": "an approval request (docs/approvals.md)",
+    "properties": {
+        "id": STRING,
+        "kind": STRING,
+        "object": STRING,
+        "maker": STRING,
+        "maker_role": STRING,
+        "state": {"enum": ["pending", "approved", "applied", "rejected", "expired", "failed"]},
+        "payload": OPEN_OBJECT,
+        "diff": STRING,
+    },
+    "required": ["id", "kind", "state"],
+}
+RISK_DECISION = {
+    "type": "object",
+    "description": "a recorded risk decision (docs/risk.md)",
+    "properties": {
+        "id": STRING,
+        "transfer_id": STRING,
+        "outcome": {"enum": ["allow", "challenge", "delay", "review", "block"]},
+        "report": BOOL,
+        "rules": {"type": "array", "items": STRING},
+        "inputs": OPEN_OBJECT,
+        "version": INT,
+        "digest": STRING,
+        "state": STRING,
+    },
+    "required": ["transfer_id", "outcome", "rules"],
+}
+COMPONENT_SCHEMAS.update(
+    {
+        "RiskDecision": RISK_DECISION,
+        "RiskDecisionList": _object({"items": {"type": "array", "items": RISK_DECISION}}),
+        "RiskReports": _object({"date": DATE, "items": {"type": "array", "items": RISK_DECISION}}),
+        "RiskRules": {
+            "type": "object",
+            "description": "the risk rule set in force (limits/risk.py `RiskRules.to_json`)",
+            "properties": {"version": INT, "digest": STRING, "rules": {"type": "array"}},
+            "required": ["version", "digest", "rules"],
+        },
+        "Approval": APPROVAL,
+        "ApprovalList": _object({"items": {"type": "array", "items": APPROVAL}}),
+        "Parameter": _object(
+            {
+                "kind": STRING,
+                "current": OPEN_OBJECT,
+                "versions": {"type": "array", "items": OPEN_OBJECT},
+            }
+        ),
+        "Audit": _object({"items": {"type": "array", "items": OPEN_OBJECT}}),
+    }
+)
+
 ACTOR_JSON_PATTERN = '^id="[A-Za-z0-9_-]{1,32}",role="[a-z]{1,16}"$'  # signing.ACTOR_PATTERN
 COMMON_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 DESCRIPTIONS = {
@@ -376,7 +466,8 @@ TOKEN_READ_OPERATIONS = frozenset(
 )
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    """The path, query and header parameters of `route` (the proofs come with `_operation`)."""
     parameters: list[dict[str, Any]] = []
     for name in route.params:
         schema: dict[str, Any] = {"type": "string"}
@@ -386,6 +477,10 @@ def _operation(route: Route) -> dict[str, Any]:
             schema["pattern"] = TRANSFER_ID_PATTERN
         elif name == "customer_id":
             schema["pattern"] = "^c[0-9a-f]{20}$"
+        elif name == "approval_id":
+            schema["pattern"] = APPROVAL_ID_PATTERN
+        elif name == "kind":
+            schema = {"enum": list(PARAMETER_KINDS)}
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     for name, spec in route.query.items():
         parameters.append(
@@ -419,16 +514,25 @@ def _operation(route: Route) -> dict[str, Any]:
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             }
         )
-    parameters.append(
-        {
-            "name": "Tally-Actor",
-            "in": "header",
-            "required": False,
-            "description": "who acts at the channel, signed with the request: required at "
-            "channels that act for a teller (the counter), refused at others",
-            "schema": {"type": "string", "pattern": ACTOR_JSON_PATTERN},
-        }
-    )
+    if not route.admin:
+        parameters.append(actor_parameter())
+    return parameters
+
+
+def actor_parameter() -> dict[str, Any]:
+    return {
+        "name": "Tally-Actor",
+        "in": "header",
+        "required": False,
+        "description": "who acts at the channel, signed with the request: required at "
+        "channels that act for a teller (the counter), refused at others",
+        "schema": {"type": "string", "pattern": ACTOR_JSON_PATTERN},
+    }
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    parameters = _parameters(route)
+    policy = route.policy
     if policy.consent or route.operation in TOKEN_READ_OPERATIONS:
         parameters.append(
             {
@@ -467,6 +571,15 @@ def _operation(route: Route) -> dict[str, Any]:
             }
         }
     responses[str(route.status)] = success
+    if route.held:
+        responses["202"] = {
+            "description": "held by the bank's risk control: a pending hold the bank captures "
+            "after a delay, or a risk officer releases or returns (docs/risk.md)",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/HeldPosting"}}
+            },
+            "headers": success.get("headers", {}),
+        }
     declared = set(route.problems)
     if policy.kinds:
         declared.add(403)  # channel-kind-not-allowed
@@ -486,6 +599,18 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if policy.kinds:
         operation["x-tally-channel-kinds"] = list(policy.kinds)
+    if route.admin:
+        operation["x-tally-operator-permission"] = policy.permission or None
+        operation["description"] = (
+            f"{policy.kinds_what}: only at operator signatures "
+            '(channel="op:NAME", the operator registry; channels get 401); '
+            + (
+                f"needs {policy.permission}."
+                if policy.permission
+                else "the approvals service checks the role (request:KIND, approve:KIND)."
+            )
+        )
+    elif policy.kinds:
         operation["description"] = (
             f"{policy.kinds_what}: only at {' or '.join(policy.kinds)} channels "
             "(others get 403 channel-kind-not-allowed)."

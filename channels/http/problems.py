@@ -427,6 +427,54 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "The account's class cannot be used for this",
     ),
     C.FIXED_DEPOSIT_NOT_FOUND: (404, "fixed-deposit-not-found", "No fixed deposit with this id"),
+    # Risk control (core/services/risk.py; docs/risk.md). Which rules fired is never told
+    # to the channel: `decision_id` names the decision the bank recorded.
+    C.RISK_BLOCKED: (403, "risk-blocked", "The bank's risk control refused this payment"),
+    C.RISK_CHALLENGE: (
+        403,
+        "risk-challenge",
+        "Step-up authentication needed: retry with the same Idempotency-Key and one of "
+        "`factors` as second_factor",
+    ),
+    C.RISK_HOLD_LOCKED: (
+        409,
+        "risk-hold-locked",
+        "The bank's risk control holds this payment: only the bank releases or returns it",
+    ),
+    C.RISK_DECISION_NOT_FOUND: (
+        404,
+        "risk-decision-not-found",
+        "No risk decision is recorded for this transfer (no rule fired, or no such transfer)",
+    ),
+    # Maker-checker approvals (core/services/approvals.py; docs/approvals.md).
+    C.APPROVAL_REQUIRED: (
+        403,
+        "approval-required",
+        "This needs a request approved by a second operator (POST /v1/admin/approvals)",
+    ),
+    C.OPERATOR_NOT_PERMITTED: (
+        403,
+        "operator-not-permitted",
+        "The operator's role may not do this",
+    ),
+    C.APPROVAL_SELF: (403, "approval-self", "The maker of a request cannot approve it"),
+    C.APPROVAL_DUPLICATE: (
+        409,
+        "approval-duplicate",
+        "A request for the same object is already pending",
+    ),
+    C.APPROVAL_NOT_FOUND: (404, "approval-not-found", "No approval request with this id"),
+    C.APPROVAL_NOT_PENDING: (409, "approval-not-pending", "The request is no longer pending"),
+    C.PARAMETER_INVALID: (
+        422,
+        "parameter-invalid",
+        "The proposed parameters do not validate: every problem is in `errors`",
+    ),
+    C.APPROVAL_STALE: (
+        409,
+        "approval-stale",
+        "The change was made against an older version than the one in force",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
@@ -449,6 +497,8 @@ def refusal_problem(refusal: Refusal) -> Problem:
     extras = refusal.extras
     if code == C.INVALID_FIELD:
         return invalid_at(extras["pointer"], refusal.detail)
+    if code == C.PARAMETER_INVALID:
+        return parameter_invalid(refusal)
     status, slug, title = REFUSALS[code]
     if "{" in title:
         title = title.format(kinds_text=" or ".join(extras.get("kinds", ())), **extras)
@@ -471,6 +521,26 @@ def refusal_problem(refusal: Refusal) -> Problem:
     if "pointer" in extras:
         extensions["errors"] = [{"pointer": extras["pointer"], "detail": refusal.detail}]
     return Problem(status, slug, title, detail, headers=headers, **extensions)
+
+
+def parameter_invalid(refusal: Refusal) -> Problem:
+    """422 naming every problem of a proposed parameter file, each with its line: `errors`
+    items {pointer: "/payload/text", detail, line} (line 0: the file as a whole)."""
+    status, slug, title = REFUSALS[C.PARAMETER_INVALID]
+    errors = []
+    for item in refusal.extras.get("errors", ()):
+        if isinstance(item, dict):
+            line, message = int(item.get("line", 0)), str(item.get("message", ""))
+        else:
+            line, message = int(item[0]), str(item[1])
+        detail = f"line {line}: {message}" if line else message
+        errors.append({"pointer": "/payload/text", "detail": detail, "line": line})
+    extensions = {
+        name: value
+        for name, value in refusal.extras.items()
+        if name not in ("errors", "pointer") and name not in _TITLE_EXTRAS
+    }
+    return Problem(status, slug, title, refusal.detail, errors=errors, **extensions)
 
 
 def invalid_at(path: str, message: str) -> Problem:

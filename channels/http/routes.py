@@ -17,7 +17,7 @@ from typing import Any
 from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
 from core.services.passwords import PASSWORD_PATTERN
-from core.services.policy import OPERATIONS, Operation
+from core.services.policy import OPERATIONS, OPERATOR_ONLY, Operation
 from ledger.types import INT64_MAX, TransferCode
 from limits.deposits import Term
 
@@ -44,6 +44,26 @@ SECOND_FACTOR = F(
     " strong authentication, needed off the counter above 50,000 CNY a day (2016 No. 261)",
 )
 AMOUNT = F("amount", example=1000)
+# What the channel saw of the customer's device (core.services.commands.RiskContext), for
+# the risk stage; signed with the body like every field. Parsed only when sent.
+DEVICE_ID_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
+LOCATION_PATTERN = (
+    "^(-?[0-9]{1,2}(\\.[0-9]{1,7})?,-?[0-9]{1,3}(\\.[0-9]{1,7})?|[A-Z0-9][A-Z0-9-]{1,15})$"
+)
+DEVICE = F(
+    "object",
+    required=False,
+    description="what the channel saw of the customer's device, for the bank's risk control "
+    "(Anti-Telecom Fraud Law art. 18): the device id, the client's IP address, its location "
+    '("lat,lon" or a region code such as "CN-11")',
+    fields={
+        "id": F("string", required=False, pattern=DEVICE_ID_PATTERN, example="ios-5F2A9C0E"),
+        "ip": F("ip", required=False, example="203.0.113.7"),
+        "location": F(
+            "string", required=False, pattern=LOCATION_PATTERN, example="39.9042,116.4074"
+        ),
+    },
+)
 COUNTERPARTY = F(
     "object",
     fields={
@@ -80,13 +100,20 @@ ACCOUNT_NEW = {
     "bound_card": BOUND_CARD,
     "password": PASSWORD,
 }
-MONEY_BODY = {"amount_minor": AMOUNT, "password": PASSWORD_OPTIONAL, "second_factor": SECOND_FACTOR}
+MONEY_BODY = {
+    "amount_minor": AMOUNT,
+    "password": PASSWORD_OPTIONAL,
+    "second_factor": SECOND_FACTOR,
+    "device": DEVICE,
+}
+CASH_IN_BODY = {"amount_minor": AMOUNT, "device": DEVICE}
 TRANSFER_NEW = {
     "debit_account_id": F("account_id"),
     "credit_account_id": F("account_id"),
     "amount_minor": AMOUNT,
     "password": PASSWORD_OPTIONAL,
     "second_factor": SECOND_FACTOR,
+    "device": DEVICE,
 }
 EXTERNAL_NEW = {
     "debit_account_id": F("account_id"),
@@ -94,6 +121,7 @@ EXTERNAL_NEW = {
     "beneficiary": COUNTERPARTY,
     "password": PASSWORD_OPTIONAL,
     "second_factor": SECOND_FACTOR,
+    "device": DEVICE,
 }
 CLEARING_REFERENCE_PATTERN = "^[0-9A-Za-z][0-9A-Za-z_.:-]{0,63}$"
 INCOMING_NEW = {
@@ -126,6 +154,7 @@ PAYMENT_NEW = {
     ),
     "password": PASSWORD_OPTIONAL,
     "second_factor": SECOND_FACTOR,
+    "device": DEVICE,
 }
 CAPTURE = {"amount_minor": F("amount", required=False, description="default: the whole hold")}
 REVERSE = {"amount_minor": F("amount", required=False, description="default: all that was posted")}
@@ -208,6 +237,60 @@ INTEREST_CORRECTION = {
     "reason": F("string", required=False, max_length=200),
 }
 
+# --- risk control and approvals (core/services/risk.py, core/services/approvals.py) ---
+RFC3339_PATTERN = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?"
+    "(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+APPROVAL_ID_PATTERN = "^A[0-9a-f]{12}$"
+PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "channels")
+OPERATION_KINDS = (
+    "reversal",
+    "unlock_password",
+    "release_review",
+    "return_review",
+    "credit_limit",
+)
+APPROVAL_KINDS = PARAMETER_KINDS + OPERATION_KINDS
+APPROVAL_STATES = ("pending", "approved", "applied", "rejected", "expired", "failed")
+RISK_OUTCOMES = ("allow", "challenge", "delay", "review", "block")
+TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f]+$"  # one line, no control characters
+REASON = F("string", required=False, min_length=1, max_length=500, pattern=TEXT_PATTERN)
+APPROVAL_NEW = {
+    "kind": F(
+        "enum",
+        values=APPROVAL_KINDS,
+        description="a parameter (limits, deposits, risk, lpr, channels) or a sensitive "
+        "operation (reversal, unlock_password, release_review, return_review, credit_limit)",
+    ),
+    "object": F(
+        "string",
+        required=False,
+        pattern="^[A-Za-z0-9_.:-]{1,80}$",
+        description="what the request changes (default: the parameter kind; an operation "
+        "names its transfer, account or customer)",
+    ),
+    "payload": F(
+        "json_object",
+        description='a parameter: {"text": the whole new file, "base_version": the version '
+        "it was edited from}; an operation: its fields (docs/approvals.md)",
+    ),
+    "apply_at": F(
+        "string",
+        required=False,
+        pattern=RFC3339_PATTERN,
+        description="apply once approved, at this time (RFC 3339); default: on approval",
+        example="2026-12-07T02:00:00+08:00",
+    ),
+    "reason": REASON,
+}
+APPROVAL_DECISION = {"reason": REASON}
+APPROVAL_REJECTION = {"reason": F("string", min_length=1, max_length=500, pattern=TEXT_PATTERN)}
+SINCE = F(
+    "string", required=False, pattern=RFC3339_PATTERN, description="only what came after (RFC 3339)"
+)
+LIST_LIMIT = F("integer", required=False, minimum=1, maximum=1000, description="default 100")
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -225,6 +308,12 @@ class Route:
     problems: tuple[int, ...] = ()
     pattern: re.Pattern[str] | None = None
     params: tuple[str, ...] = ()
+    # Signed by an operator (`channel="op:NAME"`, the operator registry), not a channel:
+    # the /v1/admin/ routes (core.services.policy.OPERATOR_KIND).
+    admin: bool = False
+    # The risk stage may hold the posting instead of moving the money: 202 with
+    # "status": "delayed" | "review" (core/services/risk.py).
+    held: bool = False
 
 
 def _route(
@@ -240,6 +329,7 @@ def _route(
     pattern = None
     if params:
         pattern = re.compile("^" + re.sub(r"\{([a-z_]+)\}", r"(?P<\1>[^/]+)", path) + "$")
+    policy = OPERATIONS[operation]
     return Route(
         method,
         path,
@@ -247,11 +337,30 @@ def _route(
         summary,
         status,
         response,
-        OPERATIONS[operation],
+        policy,
         pattern=pattern,
         params=params,
+        admin=policy.kinds == OPERATOR_ONLY,
+        held=operation in HELD_OPERATIONS,
         **kwargs,
     )
+
+
+# The single postings the risk stage screens and may hold (captures and voids settle a
+# movement already decided; the batch answers per item).
+HELD_OPERATIONS = frozenset(
+    {
+        "topup",
+        "withdraw",
+        "cash_deposit",
+        "cash_withdrawal",
+        "transfer",
+        "external_transfer",
+        "incoming_transfer",
+        "payment",
+        "reversal",
+    }
+)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -427,7 +536,7 @@ ROUTES: tuple[Route, ...] = (
         "Cash deposit at a counter or ATM (PBoC: never Class III; Class II face to face only)",
         201,
         "Posting",
-        body={"amount_minor": AMOUNT},
+        body=CASH_IN_BODY,
         problems=(403, 404, 409, 422),
     ),
     _route(
@@ -620,6 +729,133 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body=INTEREST_CORRECTION,
         problems=(403, 404, 409, 422),
+    ),
+    # --- risk control (core/services/risk.py; docs/risk.md) ---
+    _route(
+        "GET",
+        "/v1/risk/decisions/{transfer_id}",
+        "read_risk_decision",
+        "The risk decision recorded for a transfer: outcome, the rules that fired and the "
+        "inputs they saw, the rule-set version (the bank's channel only)",
+        200,
+        "RiskDecision",
+        problems=(403, 404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/risk/rules",
+        "read_risk_rules",
+        "The risk rule set in force: version, digest and rules (the bank's channel only)",
+        200,
+        "RiskRules",
+        problems=(403,),
+    ),
+    # --- operators: maker-checker approvals and reads (core/services/approvals.py) ---
+    _route(
+        "POST",
+        "/v1/admin/approvals",
+        "admin_request",
+        "Request a parameter change or a sensitive operation (the maker); it waits for a "
+        "checker of the right role",
+        201,
+        "Approval",
+        body=APPROVAL_NEW,
+        problems=(403, 409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/approvals",
+        "admin_list_approvals",
+        "Approval requests, newest first, by state and kind",
+        200,
+        "ApprovalList",
+        query={
+            "state": F("enum", required=False, values=APPROVAL_STATES),
+            "kind": F("enum", required=False, values=APPROVAL_KINDS),
+        },
+        problems=(403,),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/approvals/{approval_id}",
+        "admin_read_approval",
+        "One approval request: payload, diff, state, maker and checker",
+        200,
+        "Approval",
+        problems=(403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/approve",
+        "admin_approve",
+        "Approve a pending request (the checker: not its maker); it applies at its time",
+        200,
+        "Approval",
+        body=APPROVAL_DECISION,
+        body_optional=True,
+        problems=(403, 404, 409, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/admin/approvals/{approval_id}/reject",
+        "admin_reject",
+        "Reject a pending request, with the reason (kept)",
+        200,
+        "Approval",
+        body=APPROVAL_REJECTION,
+        problems=(403, 404, 409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/parameters/{kind}",
+        "admin_read_parameter",
+        "A parameter in force (version, digest, text) and its applied versions",
+        200,
+        "Parameter",
+        problems=(403, 404),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/audit",
+        "admin_read_audit",
+        "The operators' audit log: who did what, when and from where",
+        200,
+        "Audit",
+        query={"since": SINCE, "limit": LIST_LIMIT},
+        problems=(403, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/risk/decisions",
+        "admin_risk_decisions",
+        "Recorded risk decisions, newest first, by outcome",
+        200,
+        "RiskDecisionList",
+        query={
+            "outcome": F("enum", required=False, values=RISK_OUTCOMES),
+            "since": SINCE,
+            "limit": LIST_LIMIT,
+        },
+        problems=(403, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/risk/decisions/{transfer_id}",
+        "admin_risk_decision",
+        "The risk decision recorded for a transfer",
+        200,
+        "RiskDecision",
+        problems=(403, 404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/admin/risk/reports",
+        "admin_risk_reports",
+        "The large-value reports of a day (decisions of report rules)",
+        200,
+        "RiskReports",
+        query={"date": F("string", pattern=DATE_PATTERN, description="the business day")},
+        problems=(403, 422),
     ),
 )
 

@@ -9,6 +9,7 @@ naming the field by JSON Pointer (RFC 6901) and, in the detail, in the
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class F:
     """One field: its JSON type and constraints.
 
     kind: amount | account_id | transfer_id | string | integer | boolean | enum | object | array
+    | ip (an IPv4 or IPv6 address in its usual text form) | json_object (any JSON object of at
+    most `max_length` bytes once encoded, whose fields the service checks: an approval's payload)
     """
 
     kind: str
@@ -72,6 +75,14 @@ class F:
                 schema["minimum"] = self.minimum
             if self.maximum is not None:
                 schema["maximum"] = self.maximum
+        elif self.kind == "ip":
+            schema = {
+                "type": "string",
+                "maxLength": IP_LENGTH_MAX,
+                "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+            }
+        elif self.kind == "json_object":
+            schema = {"type": "object"}
         elif self.kind == "boolean":
             schema = {"type": "boolean"}
         elif self.kind == "enum":
@@ -195,6 +206,14 @@ def check_value(value: Any, spec: F, path: str) -> None:
         # Matched whole: `$` alone would let a trailing newline through ("123456\n").
         if spec.pattern and not re.fullmatch(spec.pattern, value):
             raise fail(path, f"must match {spec.pattern}")
+    elif kind == "ip":
+        if not isinstance(value, str):
+            raise fail(path, f"expected an IP address, got {_type_name(value)}")
+        if not ip_address_ok(value):
+            raise fail(path, "expected an IPv4 or IPv6 address (no zone)")
+    elif kind == "json_object":
+        if not isinstance(value, dict):
+            raise fail(path, f"expected an object, got {_type_name(value)}")
     elif kind == "boolean":
         if not isinstance(value, bool):
             raise fail(path, f"expected true or false, got {_type_name(value)}")
@@ -215,6 +234,21 @@ def check_value(value: Any, spec: F, path: str) -> None:
             check_value(item, spec.items, f"{path}/{index}")
     else:
         raise AssertionError(kind)
+
+
+IP_LENGTH_MAX = 45  # "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+
+
+def ip_address_ok(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address (without a "%zone": a scope means nothing
+    off the client's own link)."""
+    if not 2 <= len(text) <= IP_LENGTH_MAX or "%" in text:
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _type_name(value: Any) -> str:

@@ -50,21 +50,30 @@ from channels.http.app import (
     access_log_stream,
 )
 from channels.registry import Registry, RegistryError, load_registry
-from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_DEPOSITS_PATH, DEFAULT_RULES_PATH
+from core.data import (
+    DEFAULT_CHANNELS_PATH,
+    DEFAULT_DEPOSITS_PATH,
+    DEFAULT_LPR_PATH,
+    DEFAULT_OPERATORS_PATH,
+    DEFAULT_RISK_PATH,
+    DEFAULT_RULES_PATH,
+)
 from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.journal import SEGMENT_SIZE_DEFAULT
 from core.services.bank import Bank
-from core.services.lifecycle import Settings
+from core.services.lifecycle import GC_THRESHOLDS, Settings
+from core.services.operators import Operators, load_operators
 from core.services.server_secrets import DEVELOPMENT, ServerSecrets, load_server_secrets
 from limits.deposits import load_catalog
 from limits.errors import RuleFileError
+from limits.lpr import load_lpr
+from limits.risk import load_risk_rules
 from limits.rules import RuleSet, load_rules
 
 SERVERS = ("hypercorn", "uvicorn")
 LOOPS = ("uvloop", "asyncio")
 DSN_ENV = "TALLY_PG_DSN"
-GC_THRESHOLDS = (5000, 20, 20)  # young, middle, old generation (defaults: 700, 10, 10)
 HEADER_SIZE_MAX = 16 * 1024  # request line and headers, bytes (hypercorn's h11 default)
 KEEP_ALIVE_TIMEOUT_S = 75  # above the usual load balancer's idle timeout (60 s)
 DEVELOPMENT_MARK = "DEVELOPMENT-ONLY"
@@ -107,6 +116,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry")
     parser.add_argument(
         "--deposits", default=str(DEFAULT_DEPOSITS_PATH), help="deposit catalog (rates, terms)"
+    )
+    parser.add_argument(
+        "--risk-rules",
+        default=str(DEFAULT_RISK_PATH),
+        help="risk rule set a store without an approved version starts from (docs/risk.md)",
+    )
+    parser.add_argument(
+        "--lpr",
+        default=str(DEFAULT_LPR_PATH),
+        help="loan prime rate table a store without an approved version starts from",
+    )
+    parser.add_argument(
+        "--operators",
+        default=str(DEFAULT_OPERATORS_PATH),
+        help='operator registry: who signs the /v1/admin/ routes (channel="op:NAME"), roles',
+    )
+    parser.add_argument(
+        "--approval-expiry-s",
+        type=int,
+        default=3 * 86_400,
+        help="a pending approval request expires (kept, state expired) after this long",
+    )
+    parser.add_argument(
+        "--reversal-approval-minor",
+        type=int,
+        default=5_000_000,
+        help="a counter reversal above this many fen needs an approved request",
     )
     parser.add_argument(
         "--dayend-automatic",
@@ -252,7 +288,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_app(
-    args: argparse.Namespace, rules: RuleSet, registry: Registry, secrets: ServerSecrets
+    args: argparse.Namespace,
+    rules: RuleSet,
+    registry: Registry,
+    secrets: ServerSecrets,
 ) -> App:
     settings = Settings(
         data_dir=args.data,
@@ -277,6 +316,11 @@ def build_app(
         secrets=secrets,
         deposits_path=args.deposits,
         dayend_automatic=args.dayend_automatic,
+        risk_rules_path=args.risk_rules,
+        lpr_path=args.lpr,
+        operators_path=args.operators,
+        approval_expiry_s=args.approval_expiry_s,
+        reversal_approval_minor=args.reversal_approval_minor,
     )
     bank = Bank(settings, rules, actors=registry.actors())
     return App(
@@ -289,6 +333,18 @@ def build_app(
         auth_failures_per_s=args.auth_failures_per_s,
         auth_failures_burst=args.auth_failures_burst,
     )
+
+
+def development_operators(operators: Operators) -> list[str]:
+    """Why operator keys in use are public ones: marked DEVELOPMENT-ONLY (those of the
+    example operator registry are)."""
+    mark = DEVELOPMENT_MARK.encode()
+    return [
+        f"operator {name}, key {key_id}: marked {DEVELOPMENT_MARK}"
+        for name, operator in operators.operators.items()
+        for key_id, secret in operator.secrets.items()
+        if mark in secret
+    ]
 
 
 def load_secrets(args: argparse.Namespace) -> ServerSecrets:
@@ -387,12 +443,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         rules = load_rules(args.rules)
         load_catalog(args.deposits)  # a bad deposit catalog refuses the start, precisely
+        load_risk_rules(args.risk_rules)  # so do a bad risk rule set and LPR table
+        load_lpr(args.lpr)
         registry = load_registry(args.channels, rules)
+        operators = load_operators(args.operators)
         secrets = load_secrets(args)
     except (RuleFileError, RegistryError, TallyError) as error:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
-    public = development_secrets(registry, secrets)
+    public = development_secrets(registry, secrets) + development_operators(operators)
     if public and not args.dev:
         print(
             "tally serve: refusing to start with development secrets, which are public:\n  "

@@ -40,6 +40,13 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "single_vs_bare_percent": (">=", 70),
         "single_transfer_requests_per_s_uvicorn": (">=", 10_000),
         "latency_ms_p99_uvicorn": ("<=", 20),
+        # Issue 15: single transfers with the shipped 20 risk rules within 10% of without.
+        "risk_rate_ratio": (">=", 0.9),
+        "risk_rate_ratio_uvicorn": (">=", 0.9),
+    },
+    "risk": {
+        "p99_us": ("<=", 1000),
+        "decisions_per_s": (">=", 500_000),
     },
     "locust": {
         "failures": ("<=", 0),
@@ -74,6 +81,23 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 TARGET_SCALE: dict[str, tuple[str, int]] = {"dayend": ("accounts", 30_000_000)}
 
 NOTES = {
+    "risk": (
+        "The risk stage alone (`core/bench/risk.py`): the shipped rule set"
+        " (core/data/risk.toml, 20 rules of every type) screening generated customer"
+        " transfers between N holders (most small, a few percent large enough for the"
+        " amount-gated rules), on a simulated clock moving at the batch route's target"
+        " rate (`rate` postings a second). `decisions_per_s` and `p50_us`/`p99_us`/`max_us`:"
+        " the service's path, `Risk.screen` (the context rows, one kernel call, the"
+        " Screening of what fired) on calls of `batch` postings, the internal channel's"
+        " `batch_size_max` (the batch route's size); a decision's latency is the duration"
+        " of the call it was made in. `kernel_*`: `RiskKernel.screen` alone on prebuilt"
+        " context rows. `single_*`: `Risk.screen` of one posting with a device, as every"
+        " HTTP single transfer is screened. Medians of `repeat` passes (each listed) on one"
+        " kernel per path, as in a running server: an untimed first round grows its tables,"
+        " the timed rounds come 8 simulated days apart (velocity windows passed, histories"
+        " kept). Targets (issue 15): p99 <= 1 ms at >= 500,000 decisions/s."
+        " The single-transfer cost over HTTP is `risk_rate_ratio` in `tally bench http`."
+    ),
     "dayend": (
         "The day-end batch (`core/services/dayend.py`, `tally dayend`) on the embedded journal"
         " (fdatasync on), as production runs it: a `Lifecycle` and its engine over a ledger of"
@@ -135,6 +159,13 @@ NOTES = {
         " figure, and the history below lists every run's single-transfer rate on uvicorn."
         " Targets: single transfers >= 70% of the same server's bare ceiling;"
         " >= 10,000/s with p99 <= 20 ms on the fastest server; batch >= 500,000/s."
+        " `single_risk_*` / `single_no_risk_*` (issue 15, `--risk-pairs`): single transfers"
+        " naming a device and an IP on two servers side by side, one with the shipped 20"
+        " risk rules and one with an empty rule set, in pairs of passes alternating which"
+        " goes first (medians; each pass listed); `risk_rate_ratio` is the median of the"
+        " pairs' with / without ratios (target >= 0.9), `risk_server_cpu_us_added_per_request`"
+        " the server CPU the rules add to a request, `risk_fired_in_passes` the timed"
+        " postings a rule fired on (0: the traffic looks legitimate to the rules)."
     ),
     "pg": (
         "The engine on a throwaway PostgreSQL cluster (fsync on, synchronous_commit on,"
@@ -182,6 +213,7 @@ HEADLINES = {
     "locust": "requests_per_s",
     "pg": "tally_pg_transfers_per_s",
     "http": "single_transfer_requests_per_s_uvicorn",
+    "risk": "decisions_per_s",
 }
 
 INTRO = """# Benchmarks
@@ -223,6 +255,14 @@ def verdict(benchmark: str, key: str, value: Any, report: dict[str, Any] | None 
     shown = f"{bound:,}" if isinstance(bound, int) else f"{bound:g}"
     return f"{comparison} {shown}: {'met' if met else 'NOT met'}"
 
+
+# A report's per-pass figures (name -> values) and their unit, listed under its table.
+PASSES_FIELDS = (
+    ("passes_transfers_per_s", "transfers/s"),
+    ("passes_requests_per_s", "requests/s"),
+    ("passes_decisions_per_s", "decisions/s"),
+    ("passes_p99_us", "p99 per decision, us"),
+)
 
 WHERE_OPTIONS = ("--save", "--output", "--out")  # where a report goes: nothing measured
 
@@ -367,11 +407,12 @@ def render(reports: list[dict[str, Any]]) -> str:
         runs = same_day_runs(reports, report)
         lines.extend(runs_table(benchmark, runs))
         lines.extend(comparison_table(benchmark, runs, other_code_runs(reports, report)))
-        passes = report.get("passes_transfers_per_s")
-        if passes:
-            lines.append("\nIndividual passes (transfers/s):\n")
-            for name, rates in passes.items():
-                lines.append(f"- {name}: {', '.join(f'{rate:,}' for rate in rates)}")
+        for field, unit in PASSES_FIELDS:
+            passes = report.get(field)
+            if passes:
+                lines.append(f"\nIndividual passes ({unit}):\n")
+                for name, rates in passes.items():
+                    lines.append(f"- {name}: {', '.join(f'{rate:,}' for rate in rates)}")
         for field, title, template in (
             ("refusals", "Expected business refusals (not failures)", "- {name}: {count:,}"),
             ("failures_by_error", "Failures", "- {count:,} x {name}"),

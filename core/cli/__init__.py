@@ -72,6 +72,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "core.bench.dayend",
                 "the day-end at N accounts on the journal: accrual, settlement made durable, RSS",
             ),
+            "risk": module_command(
+                "core.bench.risk",
+                "the risk stage alone at the batch size: decisions/s, per-decision p99, 1 posting",
+            ),
             "page": module_command(
                 "core.bench.page",
                 "render BENCHMARKS.md from the reports saved with --save",
@@ -144,6 +148,10 @@ COMMANDS: Mapping[str, Command | Group] = {
     "dayend": module_command(
         "core.cli.dayend",
         "run the day-end of a business day: accrual, settlement, maturities, rollover, holds",
+    ),
+    "admin": module_command(
+        "channels.admin_cli",
+        "operators: request, approve, reject changes and operations; audit, risk decisions",
     ),
     "audit": module_command(
         "loadtests.audit",

@@ -13,3 +13,6 @@ DATA_DIRECTORY = Path(__file__).resolve().parent
 DEFAULT_RULES_PATH = DATA_DIRECTORY / "limits.toml"
 DEFAULT_CHANNELS_PATH = DATA_DIRECTORY / "channels.toml"
 DEFAULT_DEPOSITS_PATH = DATA_DIRECTORY / "deposits.toml"  # the deposit catalog (issue 14)
+DEFAULT_RISK_PATH = DATA_DIRECTORY / "risk.toml"  # the risk rule set (issue 15)
+DEFAULT_LPR_PATH = DATA_DIRECTORY / "lpr.toml"  # the loan prime rate table (issue 15)
+DEFAULT_OPERATORS_PATH = DATA_DIRECTORY / "operators.toml"  # operators and roles (issue 15)

@@ -19,7 +19,9 @@ guesses are ever evaluated, even when they arrive at once or the server
 crashes mid-check. At the maximum the account is locked, and stays locked
 (no lifting by itself the next day) until a supervisor resets the password
 at a counter (`set_password` with the holder's ID number, from a counter
-request naming a supervisor). The clock is injected (`Lifecycle.now_ns`), so
+request naming a supervisor), or a teller's `unlock_password` request is
+approved by a supervisor (core/services/approvals.py: `unlock_password`
+clears the count, the holder keeps the password). The clock is injected (`Lifecycle.now_ns`), so
 tests move time instead of sleeping.
 
 Hashing runs on its own bounded pool (`passwords.HashPool`): a burst of
@@ -158,6 +160,36 @@ class Auth:
         if count >= maximum:
             raise self._locked()
         raise refused(Code.PASSWORD_WRONG, attempts_remaining=maximum - count)
+
+    def unlock_check(self, account_id: int) -> None:
+        """What an `unlock_password` request needs (core/services/approvals.py): a
+        customer account with a transaction password (CUSTOMER_ACCOUNT_NOT_FOUND,
+        PASSWORD_NOT_SET)."""
+        state = self.core.customer_state()
+        if account_id not in state.accounts:
+            raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, str(account_id))
+        if account_id not in state.passwords:
+            raise refused(Code.PASSWORD_NOT_SET)
+
+    def unlock_password(self, account_id: int) -> dict[str, object]:
+        """Lift a password lock (an approved `unlock_password` request): the wrong
+        passwords in a row are set to 0; the password itself stays, the holder uses it
+        again. Staged, not awaited (no await in here): the change rides in the
+        PUT_STATE entry of the next group, the one the approval's "applied" record
+        joins, so both are durable together. Idempotent (a re-run sets 0 again).
+        Returns {account_id, failures_before, locked_before}."""
+        self.unlock_check(account_id)
+        state = self.core.customer_state()
+        _, before = state.failures.get(account_id, (0, 0))
+        locked = before >= self.core.settings.password_failures_max
+        state.stage([failures_record(account_id, self.core.today(), 0)])
+        logger.info(
+            orjson.dumps(
+                {"event": "password_unlocked", "account_id": str(account_id),
+                 "failures_before": before}
+            ).decode()
+        )  # fmt: skip
+        return {"account_id": str(account_id), "failures_before": before, "locked_before": locked}
 
     def _locked(self) -> Exception:
         return refused(

@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from core.engine import Clock
 from core.services.accounts import Accounts
 from core.services.actors import Actors
+from core.services.approvals import Approvals
 from core.services.auth import Auth
 from core.services.customers import Customers
 from core.services.deposits import Deposits
@@ -23,6 +24,7 @@ from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
 from core.services.payments import Payments, PostingCheck
 from core.services.reads import Reads
+from core.services.risk import Risk
 from core.store import OpenedStore, open_store
 from limits.rules import RuleSet
 
@@ -47,7 +49,6 @@ class Bank:
             settings, rules, now_ns=now_ns, open_store=open_store, engine_clock=engine_clock
         )
         self.settings = settings
-        self.rules = rules
         self.auth = Auth(self.core)
         self.customers = Customers(self.core, self.auth, verifier)
         self.accounts = Accounts(self.core, self.customers, self.auth)
@@ -56,11 +57,30 @@ class Bank:
         self.actors = actors or Actors()
         if self.actors:
             posting_checks = (self.actors.check_postings, *posting_checks)
-        self.payments = Payments(self.core, self.auth, posting_checks)
+        # The risk stage (core/services/risk.py) runs in the one posting path, before the
+        # engine, for every posting of every channel.
+        self.risk = Risk(self.core, self.auth, self.customers)
+        self.payments = Payments(self.core, self.auth, posting_checks, risk=self.risk)
         self.reads = Reads(self.core, self.auth)
         # Products, fixed deposits and interest (core/services/deposits.py).
         self.deposits = Deposits(self.core, self.auth, self.customers, self.accounts, self.payments)
+        # Maker-checker approvals of every parameter change and sensitive operation
+        # (core/services/approvals.py); each service registers what it owns.
+        self.approvals = Approvals(self.core, self.auth, self.payments)
+        self.risk.register(self.approvals)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The limit rules in force (an approved change replaces the ones started with)."""
+        return self.core.rules
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover, run the engine and keep house until cancelled (`Lifecycle.serve`)."""
-        await self.core.serve(self.accounts.complete_openings, task_status=task_status)
+        await self.core.serve(self._complete_start, task_status=task_status)
+
+    async def _complete_start(self) -> None:
+        """Once the engine runs, before the server is ready: complete the account openings
+        a crash interrupted, then rebuild the risk stage's counters from the transfer
+        log (`Risk.rebuild_counters`; added by the risk stage's helper)."""
+        await self.accounts.complete_openings()
+        await self.risk.rebuild_counters()

@@ -113,6 +113,21 @@ class VerifyAccount:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class RiskContext:
+    """What the channel saw of the customer's device for this request, signed with it (the
+    Anti-Telecom Fraud Law art. 18 lets the bank collect it for risk control): the device
+    id, the client's IP address and its location ("lat,lon" or a region code); "" if the
+    channel has none (a counter, an ATM names its terminal as the device)."""
+
+    device_id: str = ""
+    ip: str = ""
+    location: str = ""
+
+
+NO_CONTEXT = RiskContext()
+
+
 @dataclass(slots=True)
 class Posting:
     """One money movement; the one shape every single posting takes (`Payments.post`).
@@ -136,6 +151,8 @@ class Posting:
     # A keyed fingerprint of the instruction's fields the record has no column for (an
     # external transfer's beneficiary, an incoming transfer's payer): `TransferIds.fingerprint`.
     user_data: int = 0
+    context: RiskContext = NO_CONTEXT  # for the risk stage (core/services/risk.py)
+    counterparty: str = ""  # an external beneficiary's card or account number (risk lists)
 
 
 @dataclass(slots=True)
@@ -164,6 +181,7 @@ class Movement:
     reference: str = ""  # incoming: the clearing reference (the operation key)
     payer: dict[str, Any] | None = None  # incoming: bank_code, account_number, name
     proof: Proof = NO_PROOF  # capture, void at a one-customer channel: whose hold it is
+    context: RiskContext = NO_CONTEXT  # device, IP, location for the risk stage
 
 
 # --- deposits (core/services/deposits.py) ----------------------------------------------

@@ -29,9 +29,14 @@ or gone). Only a fenced-off PostgreSQL store (another engine took over) and
 a damaged journal are final: they need an operator.
 
 The deposit catalog (`Settings.deposits_path`, limits/deposits.py) is read
-at construction (a bad file refuses the start) and looked at once a second
-by housekeeping (`reload_catalog`): a changed, valid file is put in force, a
-bad one is logged and the running catalog stays. With
+at construction (a bad file refuses the start): it is the catalog's first
+version, in force until an approved one (core/services/approvals.py, kind
+`deposits`) is put in force (`install_catalog`). An edit of the file while
+serving is not picked up: parameters change only through approvals. The limit
+rules and the LPR table are approved parameters too (`install_rules`,
+`install_lpr`): the approvals service puts the last applied version of each in
+force from
+`on_state_loaded`, before the engine is built. With
 `Settings.dayend_automatic` the day-end (core/services/dayend.py) runs by
 itself once each business day has ended.
 
@@ -47,7 +52,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +60,12 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from core.data import DEFAULT_DEPOSITS_PATH
+from core.data import (
+    DEFAULT_DEPOSITS_PATH,
+    DEFAULT_LPR_PATH,
+    DEFAULT_OPERATORS_PATH,
+    DEFAULT_RISK_PATH,
+)
 from core.dsn import redact_secrets
 from core.engine import (
     Clock,
@@ -88,14 +98,18 @@ from core.store import JOURNAL_SCHEME, OpenedStore, Store, open_store
 from ledger.constants import INTERNAL_ACCOUNTS, INTERNAL_PRODUCT
 from ledger.records import pack_account_input
 from ledger.types import CreateAccountResult
-from limits.deposits import CatalogError, CatalogFile, DepositCatalog
+from limits.deposits import CatalogFile, DepositCatalog
 from limits.rules import RuleSet
 
 logger = logging.getLogger("tally.services")
 
 HOUSEKEEPING_TICK_S = 0.05
 PRUNE_EVERY_TICKS = 200
-CATALOG_CHECK_EVERY_TICKS = 20  # the deposit catalog file is looked at once a second
+# The server's garbage-collector thresholds (young, middle, old generation; Python's
+# defaults: 700, 10, 10): `tally serve` sets them, and the benchmarks that time a part of
+# the server in a process of their own (`tally bench risk`) set the same.
+GC_THRESHOLDS = (5000, 20, 20)
+TICK_EVERY_TICKS = 20  # the services' `on_tick` work, once a second
 STORE_RETRY_S = 1.0
 STORAGE_RETRY_AFTER_S = 5  # what a 503 storage-unavailable asks a client to wait
 STOP_FLUSH_TIMEOUT_S = 5.0  # the last write of staged state at a clean stop
@@ -145,7 +159,7 @@ class Settings:
     # The journal's segment size (preallocated): a new one is allocated when the last fills.
     journal_segment_size: int = SEGMENT_SIZE_DEFAULT
     # The deposit catalog (limits/deposits.py): rates, terms, day counts, settlement days.
-    # Re-read while serving when it changes (`Lifecycle.reload_catalog`).
+    # The first version: later ones only through approvals (`Lifecycle.install_catalog`).
     deposits_path: str = str(DEFAULT_DEPOSITS_PATH)
     # Run the day-end (core/services/dayend.py) by itself once each business day has
     # ended, catching up the days missed while stopped; off: `tally dayend --date D`.
@@ -158,6 +172,18 @@ class Settings:
     # How long the engine idles before it expires pending holds past their timeout (the
     # day-end's last step expires them too).
     expire_interval_s: float = 1.0
+    # Risk control (core/services/risk.py): the rule set a store without an approved
+    # version starts from (a parameter: changed through approvals, then kept in the store).
+    risk_rules_path: str = str(DEFAULT_RISK_PATH)
+    # The loan prime rate table (limits/lpr.py): the same, a parameter.
+    lpr_path: str = str(DEFAULT_LPR_PATH)
+    # The operators and their roles (core/services/operators.py): who may request and
+    # approve parameter changes and sensitive operations.
+    operators_path: str = str(DEFAULT_OPERATORS_PATH)
+    # A pending approval request expires (kept, state "expired") after this long.
+    approval_expiry_s: int = 3 * 86_400
+    # A counter reversal above this (fen) needs an approved request (0: every one does).
+    reversal_approval_minor: int = 5_000_000
 
 
 def engine_refusal(error: EngineOverloaded | EngineFull | EngineStopped) -> Refused:
@@ -211,9 +237,22 @@ class Lifecycle:
         self.recoveries = 0  # times the store was opened again after a failure
         self.recovery_info: dict[str, Any] = {}
         self.on_housekeeping: list[Callable[[int], None]] = []  # called with now_ns
+        # Called with the recovered state (key -> value) each time the store opens, after
+        # the customer state loaded and before the engine is built (so a service may put
+        # an approved version of the rules in `self.rules` first).
+        self.on_state_loaded: list[Callable[[Mapping[bytes, bytes]], None]] = []
+        # Awaited once a second by the housekeeping task with now_ns, while the engine
+        # runs (approvals due, delayed risk holds to release); an exception is logged.
+        self.on_tick: list[Callable[[int], Awaitable[None]]] = []
         # The deposit catalog in force; a bad file refuses the start (CatalogError, a
         # RuleFileError), a bad new version while serving keeps the running one.
         self.catalog_file = CatalogFile(settings.deposits_path)
+        # An approved catalog version (core/services/approvals.py, kind `deposits`): once
+        # one is in force it is THE catalog, and the file is no longer looked at.
+        self.approved_catalog: DepositCatalog | None = None
+        # The loan prime rate table in force (limits/lpr.py; kind `lpr`): read from
+        # `Settings.lpr_path` at first use, replaced by approved versions.
+        self._lpr: Any = None
 
     # --- what services use ------------------------------------------------------
 
@@ -232,31 +271,47 @@ class Lifecycle:
 
     @property
     def catalog(self) -> DepositCatalog:
-        """The deposit catalog in force (the last good version of `Settings.deposits_path`)."""
+        """The deposit catalog in force: the last approved version, else the last good
+        version of `Settings.deposits_path`."""
+        if self.approved_catalog is not None:
+            return self.approved_catalog
         return self.catalog_file.catalog
+
+    def install_catalog(self, catalog: DepositCatalog) -> None:
+        """Put an approved catalog version in force (core/services/approvals.py): from
+        now on the file is no longer reloaded. Nothing is journaled here: the approval's
+        `param/deposits/<version>` record is, and every entry that depends on a rate
+        carries it."""
+        self.approved_catalog = catalog
+        logger.info(orjson.dumps({"event": "catalog_installed", "digest": catalog.digest}).decode())
+
+    @property
+    def lpr(self) -> Any:
+        """The loan prime rate table in force (`limits.lpr.LprTable`): the last approved
+        version, else `Settings.lpr_path` (read at the first use)."""
+        if self._lpr is None:
+            from limits.lpr import load_lpr
+
+            self._lpr = load_lpr(self.settings.lpr_path)
+        return self._lpr
+
+    def install_lpr(self, table: Any) -> None:
+        """Put an approved LPR table version in force (core/services/approvals.py)."""
+        self._lpr = table
+
+    def install_rules(self, rules: RuleSet) -> None:
+        """Put approved limit rules in force (core/services/approvals.py, kind `limits`):
+        the rules the next engine is built with, and, while one runs, the engine's at its
+        next batch boundary (`Engine.set_rules`: a SET_RULES entry, so replay and a
+        failover apply the same change at the same point of the journal)."""
+        self.rules = rules
+        engine = self.engine
+        if engine is not None and engine.running:
+            engine.set_rules(rules)
 
     def _accrual_rates(self, day: int, rules: RuleSet) -> bytes:
         """The engine's day-boundary accrual table of `day` (the catalog in force)."""
         return accrual_rates(self.catalog, day, rules)
-
-    def reload_catalog(self) -> bool:
-        """Put a changed catalog file in force; True if it changed. The rules' reload
-        path has no caller in the server yet: this is the one place a catalog changes,
-        called from housekeeping (and where an approval check will go). A bad file
-        keeps the running catalog and is logged once per version (`catalog_refused`).
-
-        Nothing is journaled: every entry that depends on a rate carries it (the
-        accrual's rate table, a deposit row's rate), so replay needs no catalog."""
-        try:
-            changed = self.catalog_file.reload_if_changed(self.today())
-        except CatalogError as error:
-            logger.error(orjson.dumps({"event": "catalog_refused", "error": str(error)}).decode())
-            return False
-        if changed:
-            logger.info(
-                orjson.dumps({"event": "catalog_reloaded", "digest": self.catalog.digest}).decode()
-            )
-        return changed
 
     async def call_engine(self, function: Callable[..., Any], *args: Any) -> Any:
         """An engine call; engine refusals become `Refused`.
@@ -400,6 +455,10 @@ class Lifecycle:
             now_s=self.now_ns() // NS_PER_S,
             nonce_window_s=settings.nonce_window_s,
         )
+        # Services that keep their own records in the state (risk decisions, approvals,
+        # parameter versions) rebuild their views from it, before the engine takes rules.
+        for loaded in self.on_state_loaded:
+            loaded(opened.state)
         engine = Engine(
             opened.ledger,
             opened.store,
@@ -540,13 +599,30 @@ class Lifecycle:
             await anyio.sleep(HOUSEKEEPING_TICK_S)
             await state.flush()
             ticks += 1
-            if ticks % CATALOG_CHECK_EVERY_TICKS == 0:
-                self.reload_catalog()
+            if ticks % TICK_EVERY_TICKS == 0:
+                await self._tick(self.now_ns())
             if ticks % PRUNE_EVERY_TICKS == 0:
                 now_ns = self.now_ns()
                 state.prune_nonces(now_ns // NS_PER_S, self.settings.nonce_window_s)
                 for prune in self.on_housekeeping:
                     prune(now_ns)
+
+    async def _tick(self, now_ns: int) -> None:
+        """Run the services' once-a-second work (`on_tick`) while the engine runs; one
+        that fails is logged and tried again at the next tick, never stops the others."""
+        if self.engine is None or not self.engine.running:
+            return
+        for tick in self.on_tick:
+            try:
+                await tick(now_ns)
+            except Refused as refusal:  # overloaded, storage unavailable: next tick
+                logger.warning(
+                    orjson.dumps({"event": "tick_refused", "error": str(refusal)}).decode()
+                )
+            except Exception as error:
+                logger.exception(
+                    orjson.dumps({"event": "tick_failed", "error": repr(error)}).decode()
+                )
 
     async def flush_at_stop(self) -> None:
         """A clean stop: write what is staged (nonces, deletions) while the engine still

@@ -22,10 +22,24 @@ and top-ups); a capture, void or reversal only by the channel that created its
 target, which is read anyway to build the posting (no extra await for it, none
 at all on a plain transfer).
 
+The risk stage (`core.services.risk.Risk`, issue 15) screens every posting
+`post` and `post_batch` make, right before `admit` (it needs what a
+`PostingCheck` does not see: the device, IP and location the channel signed,
+the beneficiary's card, whether a second factor came with the consent; and it
+may turn a posting into a hold). Captures and voids are not screened (they
+settle a movement decided when its hold was placed). Its outcomes: allowed
+postings go on unchanged; a BLOCK or an unmet CHALLENGE is refused
+(RISK_BLOCKED, RISK_CHALLENGE) with nothing posted; a DELAY or REVIEW is
+queued as a PENDING hold of the same id and answered with `Posted.risk_hold`.
+A hold the stage placed is locked: `_hold` (capture, void) and `reversal`
+refuse it with RISK_HOLD_LOCKED; only the bank releases or returns it.
+
 `post` is the hot path of the HTTP single transfer: `admit` is a plain call
 (no coroutine; with no check installed it is one truth test), then one await
 on the engine (the request's done event), no cancel scope, nothing allocated
-but the result; refusals are raised (`core.services.refusals` says why).
+but the result; refusals are raised (`core.services.refusals` says why). The
+risk stage adds one synchronous call there (`Risk.screen`: a cached context
+row, one kernel call, None when nothing fired): no await unless a rule fired.
 """
 
 from __future__ import annotations
@@ -46,20 +60,32 @@ from core.engine import (
 )
 from core.services import identity
 from core.services.auth import Auth
-from core.services.commands import Caller, Consent, Movement, Posting, PostingBatch, Proof
+from core.services.commands import (
+    NO_CONTEXT,
+    Caller,
+    Consent,
+    Movement,
+    Posting,
+    PostingBatch,
+    Proof,
+    RiskContext,
+)
 from core.services.lifecycle import Lifecycle, engine_refusal
-from core.services.policy import INTERNAL_KIND, INTERNAL_ONLY
+from core.services.policy import COUNTER_KIND, INTERNAL_KIND, INTERNAL_ONLY
 from core.services.records import TransferIds
 from core.services.refusals import Code, Refusal, Refused, kind_refused, refused, transfer_refused
 from core.services.results import BatchPosted, Posted
+from core.services.risk import HELD, POSTED, REFUSED, SETTLING_FLAGS, Fired, Risk, Screening
 from ledger.constants import BANK_ACCOUNT_ID_LIMIT, CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
 from ledger.records import TransferView, pack_transfer_after_id, transfer_view
-from ledger.types import CreateTransferResult, TransferCode, TransferFlags
+from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode, TransferFlags
+from limits.risk_layout import Outcome
 
 logger = logging.getLogger("tally.services")
 R = CreateTransferResult
 PAYMENT_TIMEOUT_S_DEFAULT = 900
 _RESULT_NAMES = {int(code): code.name.lower() for code in R}
+RISK_REFUSING = frozenset({Outcome.CHALLENGE, Outcome.BLOCK})  # refused: nothing posted
 
 PostingCheck = Callable[[Caller, bytes, int], None]
 """A per-posting check: `check(caller, records, count)` over `count` packed transfer
@@ -68,10 +94,20 @@ records (`ledger.records.transfer_view(records, 128 * index)` reads one), raisin
 
 
 class Payments:
-    def __init__(self, core: Lifecycle, auth: Auth, checks: tuple[PostingCheck, ...] = ()) -> None:
+    def __init__(
+        self,
+        core: Lifecycle,
+        auth: Auth,
+        checks: tuple[PostingCheck, ...] = (),
+        *,
+        risk: Risk | None = None,
+    ) -> None:
+        """`checks`: the `PostingCheck`s `admit` runs; `risk`: the risk stage
+        (core/services/risk.py) `post` and `post_batch` run before `admit` (None: none)."""
         self.core = core
         self.auth = auth
         self.checks = checks
+        self.risk = risk
         self.ids: TransferIds = core.ids
         # Ledger results of postings by name: a plain dict on the hot path, read by the
         # metrics collector at scrape time.
@@ -107,9 +143,14 @@ class Payments:
         """Post one transfer (after its holder's consent); answer once durable.
 
         The ledger's STRONG_AUTH flag is set only when the holder consented (token or
-        password, checked here) and the channel asserted a second factor with it.
+        password, checked here) and the channel asserted a second factor with it (which
+        also meets a risk challenge). The risk stage screens the posting (not a capture
+        or void) before `admit`: a BLOCK or an unmet CHALLENGE is refused (RISK_BLOCKED,
+        RISK_CHALLENGE) once its decision is durable; a DELAY or REVIEW is posted as a
+        PENDING hold and answered with `risk_hold` (`_risk_single`).
         """
         flags = command.flags
+        second_factor = False
         if command.authorize:
             consent = command.consent or Consent()
             if not self.auth.token_checked(command.caller, command.authorize, consent):
@@ -117,6 +158,7 @@ class Payments:
                 await self.auth.verify_password(command.authorize, consent.password)
             if consent.second_factor:
                 flags |= TransferFlags.STRONG_AUTH
+                second_factor = True
         caller = command.caller
         packed_id = self.ids.packed(caller.ledger_id, command.key, 0)
         record = packed_id + pack_transfer_after_id(
@@ -131,6 +173,14 @@ class Payments:
             caller.ledger_id,
             command.user_data,
         )
+        risk = self.risk
+        decided: Fired | None = None
+        if risk is not None and not flags & SETTLING_FLAGS:
+            screening = risk.screen(
+                caller, record, 1, command.context, command.counterparty, second_factor
+            )
+            if screening is not None:
+                record, decided = await self._risk_single(command, record, screening)
         request = self.admit(caller, record, 1)
         await request.done.wait()
         try:
@@ -147,7 +197,30 @@ class Payments:
             raise await self._replayed_failure(packed_id, record)
         else:
             self.count_result(_RESULT_NAMES[status])
+            if decided is not None and risk is not None and decided.decision is None:
+                risk.posting_failed(decided.transfer_id, status)
             raise transfer_refused(status)
+        if decided is not None:
+            hold = decided.hold
+            return Posted(
+                packed_id,
+                command.operation,
+                command.debit,
+                command.credit,
+                command.amount_minor,
+                command.code,
+                command.flags | TransferFlags.PENDING if hold else command.flags,
+                command.pending_id,
+                decided.timeout_s if hold else command.timeout_s,
+                caller.name,
+                result.timestamp,
+                status == R.EXISTS,
+                hold,
+                # When the bank acts on the hold by itself: captures a delayed one, returns
+                # a reviewed one no officer decided on.
+                decided.release_at_ns or decided.return_at_ns,
+                decided.decision_id,
+            )
         return Posted(
             packed_id,
             command.operation,
@@ -162,6 +235,37 @@ class Payments:
             result.timestamp,
             status == R.EXISTS,
         )
+
+    async def _risk_single(
+        self, command: Posting, record: bytes, screening: Screening
+    ) -> tuple[bytes, Fired | None]:
+        """Act on the risk stage's decision for one posting: the record to queue (a hold
+        for DELAY / REVIEW) and the decision it was posted under (None: posted as if
+        nothing fired). A new non-allow outcome first asks the ledger whether the id was
+        posted already (a retry of a posting allowed before: answered as the ledger
+        does, nothing recorded). Decisions are staged before the posting is queued."""
+        risk = self.risk
+        assert risk is not None
+        fired = screening.fired[0]
+        outcome = fired.outcome
+        fresh = fired.decision is None
+        if fresh and outcome != Outcome.ALLOW:
+            transfer_id = fired.transfer_id
+            first = await self.core.read(lambda ledger: ledger.lookup_transfer(transfer_id))
+            if first is not None:
+                return record, None
+        if outcome in RISK_REFUSING:
+            if fresh:
+                ticket = risk.stage(
+                    command.caller, record, screening, command.context, _state_refused
+                )
+                await self.core.customer_state().flush_through(ticket)
+            raise risk.refusal(fired)
+        if fired.hold:
+            record = risk.hold_record(record, fired)
+        if fresh:
+            risk.stage(command.caller, record, screening, command.context, _state_posted_or_held)
+        return record, fired
 
     async def _replayed_failure(self, packed_id: bytes, record: bytes) -> Exception:
         """The refusal replayed to a retry of a key whose first request failed; a conflict
@@ -186,23 +290,85 @@ class Payments:
         """Post packed records (ids derived) in one engine call; per-item results.
 
         The batch is a ledger API (any accounts, codes, flags, no holder's consent): the
-        bank's internal channel alone may use it, whatever the adapter.
+        bank's internal channel alone may use it, whatever the adapter. The risk stage
+        screens it first (`_risk_batch`): a BLOCK or unmet CHALLENGE item refuses the
+        whole request (`pointer` /transfers/i); DELAY / REVIEW items become PENDING holds
+        in place (their flags in `BatchPosted.records` say so; `Risk.decision` tells why).
         """
         if command.caller.kind != INTERNAL_KIND:
             raise kind_refused(command.caller, INTERNAL_ONLY, "The batch route")
-        request = self.admit(command.caller, command.records, command.count)
+        records = command.records
+        count = command.count
+        risk = self.risk
+        screening: Screening | None = None
+        if risk is not None:
+            screening = risk.screen(command.caller, records, count)
+            if screening is not None:
+                records, screening = await self._risk_batch(command, screening)
+        request = self.admit(command.caller, records, count)
         await request.done.wait()
         try:
             results = transfer_results(request)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
             raise engine_refusal(error) from None
-        count = command.count
         codes = results.result_codes()
+        if screening is not None and risk is not None:
+            for fired in screening.fired:
+                code = codes[fired.index]
+                if fired.decision is None and code not in (R.OK, R.EXISTS):
+                    risk.posting_failed(fired.transfer_id, code)
         timestamps = results.timestamps[results.offset : results.offset + count]
         histogram = {code: codes.count(code) for code in set(codes)}
         for code, number in histogram.items():
             self.count_result(_RESULT_NAMES[code], number)
-        return BatchPosted(command.records, count, codes, timestamps, histogram)
+        return BatchPosted(records, count, codes, timestamps, histogram)
+
+    async def _risk_batch(
+        self, command: PostingBatch, screening: Screening
+    ) -> tuple[bytes, Screening | None]:
+        """Act on the risk stage's decisions for a batch: the records to queue (holds
+        rewritten in place) and the screening whose decisions were staged. Items with a
+        new non-allow outcome whose ids the ledger has already are retries of postings
+        made before: left as they are, nothing recorded. A BLOCK or unmet CHALLENGE
+        refuses the whole request (the first such item's pointer), once the refused
+        items' decisions are durable; nothing else is recorded then."""
+        risk = self.risk
+        assert risk is not None
+        caller = command.caller
+        records = command.records
+        fresh = [f.transfer_id for f in screening.fired if f.decision is None and f.outcome]
+        if fresh:
+            posted_before = await self.core.read(
+                lambda ledger: {i for i in fresh if ledger.lookup_transfer(i) is not None}
+            )
+            if posted_before:
+                screening.fired = [
+                    f for f in screening.fired if f.decision is not None
+                    or not f.outcome or f.transfer_id not in posted_before
+                ]  # fmt: skip
+                if not screening.fired:
+                    return records, None
+        refusing = [f for f in screening.fired if f.outcome in RISK_REFUSING]
+        if refusing:
+            ticket = risk.stage(
+                caller, records, screening, NO_CONTEXT, _state_refused,
+                only=lambda fired: fired.outcome in RISK_REFUSING,
+            )  # fmt: skip
+            if ticket:
+                await self.core.customer_state().flush_through(ticket)
+            first = refusing[0]
+            raise risk.refusal(first, pointer=f"/transfers/{first.index}")
+        holds = [f for f in screening.fired if f.hold]
+        if holds:
+            buffer = bytearray(records)
+            for fired in holds:
+                offset = fired.index * TRANSFER_SIZE
+                buffer[offset : offset + TRANSFER_SIZE] = risk.hold_record(
+                    records[offset : offset + TRANSFER_SIZE], fired
+                )
+            records = bytes(buffer)
+        risk.stage(caller, records, screening, NO_CONTEXT, _state_posted_or_held)
+        return records, screening
 
     # --- the named movements: each picks its counterpart, then `post` ----------------
 
@@ -215,9 +381,17 @@ class Payments:
         return CLEARING_ID
 
     def transfer(
-        self, caller: Caller, key: str, debit: int, credit: int, amount_minor: int, consent: Consent
+        self,
+        caller: Caller,
+        key: str,
+        debit: int,
+        credit: int,
+        amount_minor: int,
+        consent: Consent,
+        context: RiskContext = NO_CONTEXT,
     ) -> Posting:
-        """The posting of a customer's transfer between two accounts of this bank."""
+        """The posting of a customer's transfer between two accounts of this bank;
+        `context`: the device, IP and location the channel signed (the risk stage)."""
         if debit == credit:
             raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
         if (debit < BANK_ACCOUNT_ID_LIMIT or credit < BANK_ACCOUNT_ID_LIMIT) and (
@@ -226,7 +400,7 @@ class Payments:
             raise _internal_refused(caller, debit if debit < BANK_ACCOUNT_ID_LIMIT else credit)
         return Posting(
             caller, key, "transfer", debit, credit, amount_minor, TransferCode.TRANSFER,
-            authorize=debit, consent=consent,
+            authorize=debit, consent=consent, context=context,
         )  # fmt: skip
 
     async def topup(self, move: Movement) -> Posted:
@@ -263,8 +437,9 @@ class Payments:
             "beneficiary", beneficiary["bank_code"], number, beneficiary["name"]
         )
         posted = await self._move(
-            move, "external_transfer", move.account_id, CLEARING_ID, code, user_data=fingerprint
-        )
+            move, "external_transfer", move.account_id, CLEARING_ID, code,
+            user_data=fingerprint, counterparty=number,
+        )  # fmt: skip
         logger.info(
             orjson.dumps(
                 {
@@ -291,12 +466,14 @@ class Payments:
         code = TransferCode.EXTERNAL_TRANSFER_IN
         payer = move.payer
         fingerprint = 0
+        number = ""
         if payer is not None:
             number = payer["account_number"]
             fingerprint = self.ids.fingerprint("payer", payer["bank_code"], number, payer["name"])
         return await self._move(
-            move, "incoming_transfer", CLEARING_ID, move.account_id, code, user_data=fingerprint
-        )
+            move, "incoming_transfer", CLEARING_ID, move.account_id, code,
+            user_data=fingerprint, counterparty=number,
+        )  # fmt: skip
 
     async def payment(self, move: Movement) -> Posted:
         """A hold on the payer's account for the merchant, captured or voided later."""
@@ -320,9 +497,11 @@ class Payments:
         flags: int = 0,
         timeout_s: int = 0,
         user_data: int = 0,
+        counterparty: str = "",
     ) -> Posted:
         """A movement of `move.account_id`, the customer's side: one of the bank's own
-        accounts there only from the internal channel (the other side is the service's)."""
+        accounts there only from the internal channel (the other side is the service's).
+        `counterparty`: the other bank's card or account number (the risk stage)."""
         assert move.amount_minor is not None
         if move.account_id < BANK_ACCOUNT_ID_LIMIT and move.caller.kind != INTERNAL_KIND:
             raise _internal_refused(move.caller, move.account_id)
@@ -331,7 +510,7 @@ class Payments:
             Posting(
                 move.caller, move.key, operation, debit, credit, move.amount_minor, code,
                 flags=flags, timeout_s=timeout_s, authorize=authorize, consent=move.consent,
-                user_data=user_data,
+                user_data=user_data, context=move.context, counterparty=counterparty,
             )
         )  # fmt: skip
 
@@ -352,6 +531,8 @@ class Payments:
             caller, (hold.debit_account_id, hold.credit_account_id), proof
         ):
             raise _another_channels(R.PENDING_TRANSFER_NOT_FOUND)
+        if self.risk is not None and self.risk.hold_locked(payment_id):
+            raise _risk_locked(payment_id)
         return hold
 
     async def capture(self, move: Movement) -> Posted:
@@ -374,8 +555,12 @@ class Payments:
             )
         )  # fmt: skip
 
-    async def reversal(self, move: Movement) -> Posted:
-        """Reverse posted transfer `move.account_id` (all that was posted unless less)."""
+    async def reversal(self, move: Movement, *, approved: bool = False) -> Posted:
+        """Reverse posted transfer `move.account_id` (all that was posted unless less).
+
+        At a counter, a reversal of more than `Settings.reversal_approval_minor` is a
+        sensitive operation: refused APPROVAL_REQUIRED unless `approved` (the approvals
+        service's `reversal` operation, once a supervisor approved a teller's request)."""
         original_id = move.account_id
         raw = await self.core.read(lambda ledger: ledger.lookup_transfer(original_id))
         if raw is None:
@@ -383,12 +568,23 @@ class Payments:
         original = transfer_view(raw)
         if original.channel != move.caller.ledger_id:
             raise _another_channels(R.REVERSAL_TARGET_NOT_FOUND)
+        if self.risk is not None and self.risk.hold_locked(original_id):
+            raise _risk_locked(original_id)
         debit, credit = original.debit_account_id, original.credit_account_id
         if original.result != R.OK:
             raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")
         amount = original.amount_posted if move.amount_minor is None else move.amount_minor
         if amount <= 0:
             raise transfer_refused(R.EXCEEDS_REVERSIBLE_AMOUNT, "nothing left to reverse")
+        threshold = self.core.settings.reversal_approval_minor
+        if not approved and move.caller.kind == COUNTER_KIND and amount > threshold:
+            raise refused(
+                Code.APPROVAL_REQUIRED,
+                f"a counter reversal of more than {threshold} fen needs a supervisor's"
+                " approval: request the `reversal` operation",
+                kind="reversal",
+                threshold_minor=threshold,
+            )
         # A capture names its accounts through its hold; take them from there.
         if debit == 0 or credit == 0:
             hold = await self._hold(move.caller, original.pending_id)
@@ -407,6 +603,23 @@ def _internal_refused(caller: Caller, account_id: int) -> Refused:
         f"account {account_id} is one of the bank's own; channel {caller.name} "
         f"is of kind {caller.kind}",
     )
+
+
+def _risk_locked(transfer_id: int) -> Refused:
+    return refused(
+        Code.RISK_HOLD_LOCKED,
+        f"transfer {transfer_id:032x} is held by the risk controls: only the bank releases"
+        " or returns it",
+        decision_id=f"{transfer_id:032x}",
+    )
+
+
+def _state_refused(fired: Fired) -> str:
+    return REFUSED
+
+
+def _state_posted_or_held(fired: Fired) -> str:
+    return HELD if fired.hold else POSTED
 
 
 def _another_channels(not_found: int) -> Refused:

@@ -69,7 +69,15 @@ assert tuple(READ_SCOPES) == CHANNEL_KINDS
 # The kinds that may read accounts, histories and transfers at all (each within its scope).
 READ_KINDS = tuple(kind for kind, scope in READ_SCOPES.items() if scope != ReadScope.NONE)
 INTERNAL_KIND = "internal"  # the bank's own back office: the one kind trusted with the ledger
+COUNTER_KIND = "counter"  # a branch counter: tellers and supervisors act there
 INTERNAL_ONLY = (INTERNAL_KIND,)
+# Operators (core/services/operators.py) are not channels: they sign as `op:NAME` and reach
+# only the operations offered at this pseudo-kind (the /v1/admin/ routes), which no channel
+# kind is offered (so a registry's "*" never grants them). What an operator may do there is
+# their role's (`permission`, checked by the adapter for reads; the approvals service
+# checks `request:<kind>` and `approve:<kind>` itself).
+OPERATOR_KIND = "operator"
+OPERATOR_ONLY = (OPERATOR_KIND,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,9 @@ class Operation:
     kinds_what: str = ""  # what a refused channel is told it cannot do ("Cash")
     consent: bool = False  # the holder consents: transaction password or token
     money: bool = False  # moves money: an operation key (Idempotency-Key) is required
+    # Operator operations: the permission the operator's role needs ("read:audit"...;
+    # "" = the service decides, e.g. request:<kind> / approve:<kind>).
+    permission: str = ""
 
     def __post_init__(self) -> None:
         assert bool(self.kinds) == bool(self.kinds_what), self.name
@@ -171,6 +182,28 @@ OPERATIONS: dict[str, Operation] = _declare(
     Operation("read_interest", kinds=READ_KINDS, kinds_what="Reading an account's interest"),
     Operation(
         "correct_interest", kinds=INTERNAL_ONLY, kinds_what="An interest correction", money=True
+    ),
+    # Risk control (core/services/risk.py): what the rules decided and which rules are in
+    # force stay inside the bank (a fraudster must not learn them): the internal channel,
+    # and operators with read:risk (the admin routes below).
+    Operation("read_risk_decision", kinds=INTERNAL_ONLY, kinds_what="Reading a risk decision"),
+    Operation("read_risk_rules", kinds=INTERNAL_ONLY, kinds_what="Reading the risk rules"),
+    # Maker-checker approvals and the operators' reads (core/services/approvals.py), at
+    # the /v1/admin/ routes, signed by an operator.
+    *(
+        Operation(name, kinds=OPERATOR_ONLY, kinds_what="Administration", permission=permission)
+        for name, permission in (
+            ("admin_request", ""),
+            ("admin_list_approvals", "read:approvals"),
+            ("admin_read_approval", "read:approvals"),
+            ("admin_approve", ""),
+            ("admin_reject", ""),
+            ("admin_read_parameter", "read:approvals"),
+            ("admin_read_audit", "read:audit"),
+            ("admin_risk_decisions", "read:risk"),
+            ("admin_risk_decision", "read:risk"),
+            ("admin_risk_reports", "read:risk"),
+        )
     ),
 )
 

@@ -96,6 +96,21 @@ class Code(enum.IntEnum):
     ACCOUNT_NOT_CUSTOMERS = 53  # the account named is not this customer's: `pointer`
     ACCOUNT_CLASS_NOT_ALLOWED = 54  # not a class the operation takes: `classes`, `pointer`
     FIXED_DEPOSIT_NOT_FOUND = 55  # no fixed deposit with this account id
+    # Risk control (core/services/risk.py). The rules that fired are never disclosed to the
+    # channel (a fraudster would learn them): `decision_id` names the recorded decision.
+    RISK_BLOCKED = 56  # the risk stage blocked the posting: `decision_id`
+    RISK_CHALLENGE = 57  # step-up required: retry with a second factor: `decision_id`, `factors`
+    RISK_HOLD_LOCKED = 58  # a hold the risk stage placed: only the bank releases or returns it
+    RISK_DECISION_NOT_FOUND = 59
+    # Maker-checker approvals (core/services/approvals.py).
+    APPROVAL_REQUIRED = 60  # the operation needs an approved request: `kind`
+    OPERATOR_NOT_PERMITTED = 61  # the operator's role may not do this: `role`, `permission`
+    APPROVAL_SELF = 62  # the maker cannot approve their own request
+    APPROVAL_DUPLICATE = 63  # a pending request for the same object exists: `request_id`
+    APPROVAL_NOT_FOUND = 64
+    APPROVAL_NOT_PENDING = 65  # already decided, applied or expired: `state`
+    PARAMETER_INVALID = 66  # the proposed parameters do not validate: `errors` (line, message)
+    APPROVAL_STALE = 67  # the change was made against version `base_version`, now `version`
 
 
 @dataclass(slots=True)

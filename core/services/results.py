@@ -29,6 +29,13 @@ class Posted:
     channel: str
     timestamp_ns: int
     replayed: bool
+    # The risk stage's outcome when it held the posting instead of moving the money:
+    # "delayed" (released by the bank at `release_at_ns`) or "review" (a risk officer
+    # releases or returns it); "" when the money moved. `decision_id`: the recorded
+    # decision, when one was recorded (a rule fired).
+    risk_hold: str = ""
+    release_at_ns: int = 0
+    decision_id: str = ""
 
 
 @dataclass(slots=True)

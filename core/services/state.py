@@ -99,7 +99,16 @@ LOAD_ORDER = (
 Barrier = Callable[[], Awaitable[None]]
 # Customer-state keys other services keep and read from the engine's state themselves
 # (not records of this store): the day-end's progress (core/services/dayend.py).
-OTHER_SERVICE_PREFIXES = (b"dayend/",)
+# Risk decisions (core/services/risk.py), approval requests, parameter versions, the
+# operator audit log and credit limits (core/services/approvals.py).
+OTHER_SERVICE_PREFIXES = (
+    b"dayend/",
+    b"risk/",
+    b"approval/",
+    b"param/",
+    b"audit/",
+    b"credit/",
+)
 
 
 class StateError(TallyError):
@@ -431,6 +440,17 @@ class StateStore:
             self.apply(key, value)
             self._pending.append((key, value))
             self.staged_ticket += 1
+
+    def stage_change(self, key: bytes, value: bytes | None) -> int:
+        """Stage a raw change of another service's record (`OTHER_SERVICE_PREFIXES`: not
+        applied to these maps) for the PUT_STATE entry of the next group the engine forms;
+        the ticket `durable_ticket` reaches once it is durable. Staged before a posting is
+        queued, it is durable in the posting's group or an earlier one (the risk stage
+        records its decision so, without a write of its own)."""
+        assert key.startswith(OTHER_SERVICE_PREFIXES), key
+        self._pending.append((key, value))
+        self.staged_ticket += 1
+        return self.staged_ticket
 
     def drain(self) -> tuple[list[Change], int] | None:
         """What is staged, as changes for the PUT_STATE entry of the group the engine is

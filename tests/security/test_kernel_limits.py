@@ -23,6 +23,7 @@ import pytest
 
 from channels.client import TallyClient
 from ledger.constants import CLEARING_ID, SETTLEMENT_ID
+from tests.admin_helpers import no_risk_rules
 from tests.http_helpers import (
     REPO_ROOT,
     TallyServer,
@@ -42,8 +43,10 @@ PAYER = {"bank_code": "CMB", "account_number": "6225880137001234", "name": "é’±ä
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TallyServer]:
-    """`tally serve` with the packaged example rules (core/data/limits.toml)."""
-    running = TallyServer(tmp_path_factory.mktemp("kernel-limits") / "data").start()
+    """`tally serve` with the packaged example rules (core/data/limits.toml), without the
+    risk rules (the shipped ones delay a large transfer to a new payee)."""
+    directory = tmp_path_factory.mktemp("kernel-limits")
+    running = TallyServer(directory / "data", extra=no_risk_rules(directory)).start()
     yield running
     running.stop()
 

@@ -76,21 +76,34 @@ def test_a_renamed_copy_of_the_example_registry_is_refused_too(tmp_path: Path) -
 
 
 def test_own_secrets_start_and_world_readable_ones_do_not(tmp_path: Path) -> None:
-    """A registry with fresh secrets and a 0600 secrets file starts without --dev (and
-    serves); the same secrets file readable by others is refused."""
+    """A registry with fresh secrets, fresh operator keys and a 0600 secrets file starts
+    without --dev (and serves); the example operators' public keys are refused, and so is
+    the same secrets file readable by others."""
     text = (REPO_ROOT / "examples" / "channels.toml").read_text()
     for line in text.splitlines():
         if line.startswith("secret = "):
             text = text.replace(line, f'secret = "{os.urandom(32).hex()}"', 1)
     channels = tmp_path / "channels.toml"
     channels.write_text(text)
+    # The example operators' keys are public too (DEVELOPMENT-ONLY): fresh ones here.
+    operators_text = (REPO_ROOT / "examples" / "operators.toml").read_text()
+    for line in operators_text.splitlines():
+        if line.startswith("secret = "):
+            operators_text = operators_text.replace(line, f'secret = "{os.urandom(32).hex()}"', 1)
+    operators = tmp_path / "operators.toml"
+    operators.write_text(operators_text)
     secrets_file = own_secrets_file(tmp_path)
+    done = serve(tmp_path / "data", "--channels", str(channels), "--secrets", str(secrets_file))
+    assert done.returncode == 2 and "operator risk1" in done.stderr, done.stderr
     secrets_file.chmod(0o644)
     done = serve(tmp_path / "data", "--channels", str(channels), "--secrets", str(secrets_file))
     assert done.returncode == 2 and "chmod 600" in done.stderr, done.stderr
     secrets_file.chmod(0o600)
     server = TallyServer(
-        tmp_path / "data", channels_file=channels, extra=["--secrets", str(secrets_file)], dev=False
+        tmp_path / "data",
+        channels_file=channels,
+        extra=["--secrets", str(secrets_file), "--operators", str(operators)],
+        dev=False,
     )
     server.start()
     try:

@@ -19,6 +19,7 @@ import pytest
 
 from channels.client import Signer, TallyClient
 from channels.http.signing import authorization_header
+from tests.admin_helpers import no_risk_rules
 from tests.http_helpers import (
     SUPERVISOR,
     TELLER,
@@ -37,7 +38,8 @@ TELLER_CASH_CAP_MINOR = 50_000 * CNY  # examples/channels.toml, [channels.counte
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TallyServer]:
-    tally = TallyServer(tmp_path_factory.mktemp("tellers") / "data").start()
+    directory = tmp_path_factory.mktemp("tellers")
+    tally = TallyServer(directory / "data", extra=no_risk_rules(directory)).start()
     yield tally
     tally.stop()
 

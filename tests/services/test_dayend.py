@@ -497,13 +497,14 @@ def test_result_json_names_every_step() -> None:
     assert [step["step"] for step in data["steps"]] == [str(step) for step in STEPS]
 
 
-def test_the_lifecycle_puts_a_changed_catalog_in_force_and_keeps_it_on_a_bad_file(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_an_edited_catalog_file_is_not_put_in_force_only_an_approved_version(
+    tmp_path: Path,
 ) -> None:
-    """`Lifecycle.reload_catalog` (what housekeeping calls once a second): a new rate set
-    with a future date is put in force; a file with a float rate is refused, logged, and
-    the running catalog stays."""
+    """The catalog file is the first version: an edit while serving is not picked up
+    (parameters change through approvals only); an approved version put in force
+    (`install_catalog`, what the approvals service calls) is."""
     from core.data import DEFAULT_DEPOSITS_PATH
+    from limits.deposits import parse_catalog
 
     path = tmp_path / "deposits.toml"
     original = DEFAULT_DEPOSITS_PATH.read_text()
@@ -515,20 +516,16 @@ def test_the_lifecycle_puts_a_changed_catalog_in_force_and_keeps_it_on_a_bad_fil
         now_ns=clock.now_ns,
     )
     assert lifecycle.catalog.demand_rate(day_of_date(MARCH_19)) == DEMAND_RATE
-    assert not lifecycle.reload_catalog()
     new_set = (
         '\n[[rates]]\neffective = 2026-06-01\ndemand = "0.04%"\nfixed = { "3m" = "0.60%",'
         ' "6m" = "0.80%", "1y" = "0.90%", "2y" = "1.00%", "3y" = "1.20%", "5y" = "1.25%" }\n'
     )
     path.write_text(original + new_set)
-    assert lifecycle.reload_catalog()
     june = day_of_date(datetime.date(2026, 6, 2))
+    assert lifecycle.catalog.demand_rate(june) == DEMAND_RATE  # the edit is not in force
+    lifecycle.install_catalog(parse_catalog(original + new_set, "approved"))
     assert lifecycle.catalog.demand_rate(june) == 400
     assert lifecycle.catalog.demand_rate(day_of_date(MARCH_19)) == DEMAND_RATE
-    path.write_text(original + new_set.replace('"0.04%"', "0.04"))
-    assert not lifecycle.reload_catalog()
-    assert lifecycle.catalog.demand_rate(june) == 400
-    assert "catalog_refused" in caplog.text
 
 
 @pytest.mark.pg

@@ -99,6 +99,20 @@ def test_packaged_defaults_equal_the_examples() -> None:
         assert packaged.read_bytes() == example.read_bytes(), f"{packaged} differs from {example}"
 
 
+def test_packaged_risk_rules_and_lpr_equal_the_examples() -> None:
+    """The risk rule set and the LPR table shipped in core/data (issue 15) are byte for
+    byte the ones in examples/, and both load."""
+    from core.data import DEFAULT_LPR_PATH, DEFAULT_RISK_PATH
+    from limits.lpr import load_lpr
+    from limits.risk import load_risk_rules
+
+    for packaged in (DEFAULT_RISK_PATH, DEFAULT_LPR_PATH):
+        example = REPO_ROOT / "examples" / packaged.name
+        assert packaged.read_bytes() == example.read_bytes(), f"{packaged} differs from {example}"
+    assert len(load_risk_rules(DEFAULT_RISK_PATH).rules) == 20
+    assert load_lpr(DEFAULT_LPR_PATH).version >= 1
+
+
 def test_tally_works_outside_a_checkout(tmp_path: Path) -> None:
     """From a directory with no examples/ in it, `tally --help` runs, and every command
     with a --rules or --channels default points at an absolute file that loads (the

@@ -165,3 +165,96 @@ def test_shed_requests_are_retried_with_the_same_key_and_booked_once(tmp_path: P
     assert all(" 503 " in f" {error} " or "503" in error for error in report["failures_by_error"])
     assert report["audit_clean"] is True, done.stdout[-3000:]
     assert report["audit_acknowledged_found"] == report["money_acknowledged"] + 2 * 20 + 10
+
+
+def test_risk_summary_counts_what_the_rules_stopped_from_the_answers() -> None:
+    """The report's risk section from outcome lines: a fraudster's request counts as
+    stopped when blocked, challenged (never met) or held; one that posted is not; a
+    legitimate customer's challenge (met or not), hold or block is a false positive."""
+    from loadtests.fraud import risk_summary
+
+    def line(outcome: str, risk: str = "", fraud: str = "") -> dict[str, str]:
+        fields = {"key": "k", "channel": "app", "operation": "transfer", "outcome": outcome}
+        return fields | ({"risk": risk} if risk else {}) | ({"fraud": fraud} if fraud else {})
+
+    summary = risk_summary(
+        [
+            line("refused", "challenge", "stolen_device"),
+            line("refused", "challenge", "stolen_device"),
+            line("acknowledged", "", "stolen_device"),  # got through
+            line("acknowledged", "review", "mule"),
+            line("refused", "blocked", "mule"),
+            line("acknowledged"),
+            line("acknowledged", "challenge_met"),
+            line("refused", "challenge"),  # a customer who could not pass the step-up
+            line("acknowledged", "delayed"),
+            line("refused", ""),  # insufficient funds: nothing of the risk stage
+            {"operation": "open_account", "outcome": "opened"},  # no money: not counted
+        ]
+    )
+    fraud = summary["fraud"]
+    assert (fraud["total"], fraud["stopped"]) == (5, 4)
+    assert fraud["by_pattern"] == {
+        "stolen_device": {"total": 3, "stopped": 2},
+        "mule": {"total": 2, "stopped": 2},
+    }
+    assert fraud["by_answer"] == {"blocked": 1, "challenge": 2, "posted": 1, "review": 1}
+    assert summary["stopped_share"] == 0.8
+    assert summary["legitimate"] == {
+        "total": 5,
+        "challenged": 2,
+        "challenge_met": 1,
+        "held": 1,
+        "blocked": 0,
+    }
+    assert summary["false_positive_share"] == 0.6
+
+
+def test_fraudsters_are_stopped_and_customers_pass_their_challenges(tmp_path: Path) -> None:
+    """A run with 30% fraudsters (`--fraud-share 0.3`, transfers only): every request
+    carries its device; the stolen-device thieves' large transfers on a new device are
+    challenged and, without a second factor, refused (none posted); the mule's payers pass
+    its 30-an-hour inflow and are held for review; legitimate customers who are challenged
+    retry with a second factor and post. No Locust failure, the audit clean, every refused
+    request absent from the ledger, the server's decision behind every risk answer."""
+    out = tmp_path / "out"
+    done = loadtest("--seconds", "25", "--users", "30", "--customers", "40", "--fraud-share",
+                    "0.3", "--tags", "fraud,transfer", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["fraud_share"] == 0.3 and report["failures"] == 0
+    risk = report["risk"]
+    stolen = risk["fraud"]["by_pattern"]["stolen_device"]
+    mule = risk["fraud"]["by_pattern"]["mule"]
+    assert stolen["total"] > 0 and stolen["stopped"] == stolen["total"], risk
+    assert mule["total"] > 30 and 0 < mule["stopped"] < mule["total"], risk
+    assert risk["fraud"]["by_answer"].get("challenge", 0) >= stolen["total"], risk
+    assert risk["fraud"]["by_answer"].get("review", 0) == mule["stopped"], risk
+    assert risk["legitimate"]["total"] > 0
+    assert "risk fraud stopped" in done.stdout.replace("risk       fraud", "risk fraud")
+    assert report["refusals"].get("risk-challenge", 0) >= stolen["total"]
+    assert report["audit_clean"] is True, done.stdout[-3000:]
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["counts"]["risk_refused_not_applied"] >= stolen["total"]
+    # Holds in the ledger: the mule's payers (and any customer who paid the mule too).
+    assert audit["counts"]["risk_holds_found"] == mule["stopped"] + risk["legitimate"]["held"]
+    # The audit counts the same fraud; its legitimate requests include the setup's own.
+    assert audit["risk"]["fraud"] == risk["fraud"]
+    setup = 2 * report["customers"] + 10
+    assert audit["risk"]["legitimate"]["total"] == risk["legitimate"]["total"] + setup
+    lines = [
+        json.loads(text)
+        for path in out.glob("outcomes-*.jsonl")
+        for text in path.read_text().splitlines()
+    ]
+    refused = [item for item in lines if item.get("risk") == "challenge" and item.get("fraud")]
+    assert refused and all(item.get("decision_id") for item in refused)
+    # The server's decisions (replayed from the journal) say what each answer said, and the
+    # thieves' transfers came from their own devices, as the requests' `device` told it.
+    answered = [item for item in lines if item.get("risk")]
+    assert audit["counts"]["risk_decisions_as_answered"] == len(answered)
+    assert audit["counts"]["risk_stolen_devices_seen"] == stolen["stopped"]
+    # A legitimate customer's challenge is met by the second factor (the same key, retried).
+    met = [item for item in lines if item.get("risk") == "challenge_met"]
+    assert len(met) == risk["legitimate"]["challenge_met"] == risk["legitimate"]["challenged"]
+    assert all(item["attempts"] >= 2 and not item.get("fraud") for item in met)

@@ -36,3 +36,25 @@ def test_doc_table_matches_enum(section: str, enum: type[IntEnum]) -> None:
     documented = table_rows(section)
     expected = [(int(member), member.name.lower()) for member in enum]
     assert documented == expected
+
+
+def test_doc_table_of_service_refusals_matches_the_adapter() -> None:
+    """Every service refusal code is documented once, in enum order, with the status and
+    problem type the HTTP adapter answers it with (`channels/http/problems.py`)."""
+    from channels.http.problems import REFUSALS
+    from core.services.refusals import Code
+
+    text = DOC.read_text()
+    start = text.index("## Service refusals (`Code`)")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end >= 0 else len(text)]
+    rows = re.findall(r"^\| (\d+) \| `([a-z_]+)` \| (\d+|ledger) \| `?([a-z-]+)`? \|", body, re.M)
+    assert [(int(code), name) for code, name, _, _ in rows] == [
+        (int(member), member.name.lower()) for member in Code
+    ]
+    for code, _, status, slug in rows:
+        entry = REFUSALS.get(Code(int(code)))
+        if entry is None:  # answered from the ledger's own tables
+            assert (status, slug) == ("ledger", "ledger")
+        else:
+            assert (int(status), slug) == entry[:2]
