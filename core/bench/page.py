@@ -97,6 +97,10 @@ NOTES = {
         " the timed rounds come 8 simulated days apart (velocity windows passed, histories"
         " kept). Targets (issue 15): p99 <= 1 ms at >= 500,000 decisions/s."
         " The single-transfer cost over HTTP is `risk_rate_ratio` in `tally bench http`."
+        " `stream_*`: the same service path offered `rate` postings a second open loop on"
+        " the wall clock (each call takes what has arrived, at most `batch`); a decision's"
+        " latency runs from its posting's arrival to the end of its call, queueing"
+        " included: the stage's latency at that rate rather than per batch call."
     ),
     "dayend": (
         "The day-end batch (`core/services/dayend.py`, `tally dayend`) on the embedded journal"
