@@ -643,26 +643,7 @@ class App:
         content_type = (
             headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower().decode("latin-1")
         )
-        if content_type != "application/json":
-            raise Problem(
-                415,
-                "unsupported-media-type",
-                "Send the body as application/json",
-                f"got {content_type or 'no content type'}",
-            )
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise Problem(400, "malformed-json", "The body is not valid JSON", str(error)) from None
-        repeated = first_repeated_key(body)
-        if repeated is not None:
-            raise Problem(
-                400,
-                "duplicate-json-key",
-                "A key is repeated within one JSON object",
-                f"key {repeated[:64]!r} appears more than once in the same object",
-            )
-        return check_object(parsed, route.body)
+        return check_object(json_body(content_type, body), route.body)
 
     # --- the channel registry as an approved parameter ---------------------------------
 
@@ -932,28 +913,7 @@ class App:
         elif not body and route.body_optional:
             parsed = {}
         else:
-            if content_type != "application/json":
-                raise Problem(
-                    415,
-                    "unsupported-media-type",
-                    "Send the body as application/json",
-                    f"got {content_type or 'no content type'}",
-                )
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError as error:
-                raise Problem(
-                    400, "malformed-json", "The body is not valid JSON", str(error)
-                ) from None
-            if may_repeat_keys(body, parsed):  # the exact check only if the counts differ
-                repeated = first_repeated_key(body)
-                if repeated is not None:
-                    raise Problem(
-                        400,
-                        "duplicate-json-key",
-                        "A key is repeated within one JSON object",
-                        f"key {repeated[:64]!r} appears more than once in the same object",
-                    )
+            parsed = json_body(content_type, body)
             if route.operation == "batch":
                 if (
                     not isinstance(parsed, dict)
@@ -996,6 +956,32 @@ class App:
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def json_body(content_type: str, body: bytes) -> Any:
+    """A request's JSON body, parsed: another content type (415), not JSON (400), a key
+    repeated within one object (400). The body of every channel and operator route."""
+    if content_type != "application/json":
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Send the body as application/json",
+            f"got {content_type or 'no content type'}",
+        )
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise Problem(400, "malformed-json", "The body is not valid JSON", str(error)) from None
+    if may_repeat_keys(body, parsed):  # the exact check only if the counts differ
+        repeated = first_repeated_key(body)
+        if repeated is not None:
+            raise Problem(
+                400,
+                "duplicate-json-key",
+                "A key is repeated within one JSON object",
+                f"key {repeated[:64]!r} appears more than once in the same object",
+            )
+    return parsed
 
 
 def query_repeated(pairs: list[tuple[str, str]]) -> Problem:
