@@ -42,6 +42,26 @@ class RiskKernel:
     def set_list(self, list_id: int, keys: bytes) -> None:
         """Replace list `list_id` (u32) by the packed `<Q` keys (a zero key is ignored: a
         zero value never matches). A list no `set_list` named is empty."""
+    def set_holders(self, rows: Buffer) -> None:
+        """Add or replace holder entries: packed `<QQQQ` rows (a debit account id's low
+        and high 64 bits, its holder's customer key and resident-id key; see
+        `core.services.risk`). Account 0 is ignored. The table is doubled at half full."""
+    def context_rows(
+        self, records: Buffer, count: int, template: Buffer, rows: bytearray | memoryview
+    ) -> list[int]:
+        """Write the `count` CONTEXT rows of `count` 128-byte transfer records into `rows`
+        (its first count * 48 bytes): the customer and resident-id keys of each debit
+        account's holder entry (0, 0 without one), the device, ip, local second and
+        second factor of `template` (one CONTEXT row; its customer and resident are not
+        read), its counterparty, or, when that is 0, the credit account id's low 64 bits.
+        Returns the indexes (ascending) of the records whose debit account has no entry:
+        the caller resolves those (`set_holders`, and their rows' words). ValueError when
+        a buffer is short or the template not 48 bytes."""
+    def clear_holders(self) -> None:
+        """Forget every holder entry (`clear` keeps them: they are not counters)."""
+    @property
+    def holder_count(self) -> int:
+        """Accounts in the holder table."""
     def screen(
         self, records: Buffer, contexts: Buffer, count: int, now_s: int, out: bytearray
     ) -> int:
@@ -50,6 +70,8 @@ class RiskKernel:
         before the next is evaluated; write `count` VERDICT rows into `out` (its first
         count * 16 bytes). Returns how many postings had any rule fire. ValueError when a
         buffer is short or an argument out of range (nothing evaluated then)."""
+    def fired(self) -> list[int]:
+        """The indexes of the last `screen`'s postings any rule fired for, ascending."""
     def observed(self, index: int) -> list[tuple[int, int]]:
         """For posting `index` of the last `screen`: (rule index, the value the rule saw)
         of each rule that fired, in rule order. IndexError past the last screen's count."""

@@ -821,6 +821,112 @@ cdef void plan_rules(Rule *rules, int count) noexcept nogil:
                 break
 
 
+# -- the holder table: debit account id -> its holder's customer and resident-id keys ----
+
+cdef struct HolderSlot:
+    uint64_t lo  # the account id's low and high 64 bits; 0, 0: empty
+    uint64_t hi
+    uint64_t customer
+    uint64_t resident
+
+cdef struct Holders:
+    HolderSlot *slots  # NULL until the first set_holders
+    uint64_t mask
+    uint64_t used
+
+
+cdef inline uint64_t holder_position(uint64_t lo, uint64_t hi, uint64_t mask) noexcept nogil:
+    return mix64_(account_key(lo, hi)) & mask
+
+
+cdef inline const HolderSlot *holder_find(const Holders *h, uint64_t lo,
+                                          uint64_t hi) noexcept nogil:
+    cdef uint64_t position
+    cdef const HolderSlot *slot
+    if h.slots == NULL or (lo == 0 and hi == 0):
+        return NULL
+    position = holder_position(lo, hi, h.mask)
+    while True:
+        slot = &h.slots[position]
+        if slot.lo == lo and slot.hi == hi:
+            return slot
+        if slot.lo == 0 and slot.hi == 0:
+            return NULL
+        position = (position + 1) & h.mask
+
+
+cdef bint holder_put(Holders *h, uint64_t lo, uint64_t hi, uint64_t customer,
+                     uint64_t resident) noexcept nogil:
+    """Add or replace one holder (the table doubled at half full); False: out of memory."""
+    cdef uint64_t capacity, old_capacity, i, position
+    cdef HolderSlot *old
+    cdef HolderSlot *slot
+    if lo == 0 and hi == 0:
+        return True  # account 0 is no account: never kept
+    if h.slots == NULL or 2 * (h.used + 1) > h.mask + 1:
+        old = h.slots
+        old_capacity = h.mask + 1 if old != NULL else 0
+        capacity = 2 * old_capacity if old != NULL else 1024
+        h.slots = <HolderSlot *>calloc(capacity, sizeof(HolderSlot))
+        if h.slots == NULL:
+            h.slots = old
+            return False
+        h.mask = capacity - 1
+        for i in range(old_capacity):
+            if old[i].lo != 0 or old[i].hi != 0:
+                position = holder_position(old[i].lo, old[i].hi, h.mask)
+                while h.slots[position].lo != 0 or h.slots[position].hi != 0:
+                    position = (position + 1) & h.mask
+                h.slots[position] = old[i]
+        free(old)
+    position = holder_position(lo, hi, h.mask)
+    while True:
+        slot = &h.slots[position]
+        if slot.lo == lo and slot.hi == hi:
+            break
+        if slot.lo == 0 and slot.hi == 0:
+            slot.lo = lo
+            slot.hi = hi
+            h.used += 1
+            break
+        position = (position + 1) & h.mask
+    slot.customer = customer
+    slot.resident = resident
+    return True
+
+
+cdef Py_ssize_t fill_contexts(const Holders *h, const unsigned char *records,
+                              Py_ssize_t count, const ContextRow *template,
+                              unsigned char *rows, uint32_t *misses) noexcept nogil:
+    """The CONTEXT rows of `count` records (see RiskKernel.context_rows); the indexes
+    whose debit account has no holder entry into `misses`; how many there are."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t missed = 0
+    cdef const Transfer *record
+    cdef ContextRow *row
+    cdef const HolderSlot *holder
+    for i in range(count):
+        if h.slots != NULL and i + PREFETCH_AHEAD < count:
+            record = <const Transfer *>(records + (i + PREFETCH_AHEAD) * TRANSFER_SIZE_)
+            tally_risk_prefetch(&h.slots[holder_position(
+                record.debit_account_id_lo, record.debit_account_id_hi, h.mask)])
+        record = <const Transfer *>(records + i * TRANSFER_SIZE_)
+        row = <ContextRow *>(rows + i * CONTEXT_SIZE_)
+        row[0] = template[0]
+        if template.counterparty == 0:
+            row.counterparty = record.credit_account_id_lo
+        holder = holder_find(h, record.debit_account_id_lo, record.debit_account_id_hi)
+        if holder != NULL:
+            row.customer = holder.customer
+            row.resident = holder.resident
+        else:
+            row.customer = 0
+            row.resident = 0
+            misses[missed] = <uint32_t>i
+            missed += 1
+    return missed
+
+
 cdef class RiskKernel:
     """Risk counters and the rule program; evaluates postings in C (see cext/risk.pyi).
 
@@ -837,6 +943,9 @@ cdef class RiskKernel:
     cdef Py_ssize_t last_count
     cdef int last_stride
     cdef bint busy
+    cdef Holders holders
+    cdef uint32_t *misses  # the last context_rows' indexes without a holder entry
+    cdef Py_ssize_t misses_capacity
 
     def __cinit__(self, int capacity_log2=16):
         if not 4 <= capacity_log2 <= 30:
@@ -858,6 +967,8 @@ cdef class RiskKernel:
         table_free(&self.k.pairs)
         free(self.values)
         free(self.masks)
+        free(self.holders.slots)
+        free(self.misses)
 
     def set_program(self, const unsigned char[::1] program not None):
         """Install a compiled rule program (rows of `risk_layout.RULE`); counters survive.
@@ -1013,6 +1124,92 @@ cdef class RiskKernel:
             self.masks_capacity = count
         return 0
 
+    def set_holders(self, const unsigned char[::1] rows not None):
+        """Add or replace holders: packed `<QQQQ` rows (debit account id low and high 64
+        bits, customer key, resident-id key); account 0 is ignored."""
+        cdef Py_ssize_t i, n
+        cdef uint64_t words[4]
+        cdef bint ok = True
+        if rows.shape[0] % 32:
+            raise ValueError("holder rows must be packed <QQQQ (a multiple of 32 bytes)")
+        if self.busy:
+            raise RuntimeError("the risk kernel is screening (one caller at a time)")
+        n = rows.shape[0] // 32
+        with nogil:
+            for i in range(n):
+                memcpy(words, &rows[i * 32], 32)
+                if not holder_put(&self.holders, words[0], words[1], words[2], words[3]):
+                    ok = False
+                    break
+        if not ok:
+            raise MemoryError("risk holder table: out of memory")
+
+    def context_rows(self, records, Py_ssize_t count, const unsigned char[::1] template not None,
+                     rows):
+        """Write the `count` CONTEXT rows of `records` into `rows` (see cext/risk.pyi);
+        the indexes whose debit account has no holder entry, ascending."""
+        cdef Py_buffer record_buffer
+        cdef Py_buffer rows_buffer
+        cdef Py_ssize_t missed, i
+        cdef const unsigned char *record_bytes
+        cdef unsigned char *row_bytes
+        cdef const ContextRow *context
+        cdef void *grown
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if template.shape[0] != CONTEXT_SIZE_:
+            raise ValueError("the template must be one 48-byte CONTEXT row")
+        context = <const ContextRow *>&template[0]
+        if self.busy:
+            raise RuntimeError("the risk kernel is screening (one caller at a time)")
+        PyObject_GetBuffer(records, &record_buffer, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(rows, &rows_buffer, PyBUF_SIMPLE | PyBUF_WRITABLE)
+            try:
+                if record_buffer.len < count * TRANSFER_SIZE_:
+                    raise ValueError("records shorter than count transfers")
+                if rows_buffer.len < count * CONTEXT_SIZE_:
+                    raise ValueError("rows shorter than count context rows")
+                if count > self.misses_capacity:
+                    grown = realloc(self.misses, max(count, 1) * sizeof(uint32_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    self.misses = <uint32_t *>grown
+                    self.misses_capacity = count
+                record_bytes = <const unsigned char *>record_buffer.buf
+                row_bytes = <unsigned char *>rows_buffer.buf
+                self.busy = True  # the holder table is read without the GIL
+                if count >= NOGIL_FROM:
+                    with nogil:
+                        missed = fill_contexts(&self.holders, record_bytes, count, context,
+                                               row_bytes, self.misses)
+                else:
+                    missed = fill_contexts(&self.holders, record_bytes, count, context,
+                                           row_bytes, self.misses)
+                self.busy = False
+                return [self.misses[i] for i in range(missed)]
+            finally:
+                PyBuffer_Release(&rows_buffer)
+        finally:
+            PyBuffer_Release(&record_buffer)
+
+    def clear_holders(self):
+        """Forget every holder entry."""
+        if self.busy:
+            raise RuntimeError("the risk kernel is screening (one caller at a time)")
+        free(self.holders.slots)
+        memset(&self.holders, 0, sizeof(Holders))
+
+    @property
+    def holder_count(self):
+        """Accounts in the holder table."""
+        return self.holders.used
+
+    def fired(self):
+        """The indexes of the last screen's postings any rule fired for, ascending."""
+        cdef Py_ssize_t i
+        return [i for i in range(self.last_count) if self.masks[i]]
+
     def observed(self, Py_ssize_t index):
         """(rule index, value seen) of each rule that fired for posting `index` of the
         last screen, in rule order."""
@@ -1040,7 +1237,10 @@ cdef class RiskKernel:
                  + table_bytes(&self.k.pairs))
         for members in self.lists.values():
             total += members.size * 8
-        return total + self.values_capacity * 8 + self.masks_capacity * 8
+        if self.holders.slots != NULL:
+            total += (self.holders.mask + 1) * sizeof(HolderSlot)
+        return (total + self.values_capacity * 8 + self.masks_capacity * 8
+                + self.misses_capacity * 4)
 
     def clear(self):
         """Forget every counter and the clock (the program and the lists stay)."""

@@ -101,6 +101,8 @@ DAY_S = 86_400
 # debit id lo/hi, credit id lo/hi, amount, code, flags.
 _TRANSFER_FIELDS = struct.Struct("<16xQQQQ16xq8x6xHH")
 assert _TRANSFER_FIELDS.size == 90
+_ACCOUNTS = struct.Struct("<16xQQQ")  # debit id lo/hi, credit id lo
+_HOLDER = struct.Struct("<QQQQ")  # a holder row: account id lo/hi, customer, resident keys
 
 
 def new_risk_kernel(
@@ -271,6 +273,7 @@ class ReferenceRiskKernel:
         self._pairs: dict[int, int] = {}  # key -> first counted second
         self._now_s = 0
         self._observed: list[list[tuple[int, int]]] = []
+        self._holders: dict[tuple[int, int], tuple[int, int]] = {}
 
     # -- program and lists -------------------------------------------------------------
 
@@ -296,6 +299,57 @@ class ReferenceRiskKernel:
             raise ValueError("list keys must be packed <Q (a multiple of 8 bytes)")
         values = struct.unpack(f"<{len(keys) // 8}Q", keys)
         self._lists[list_id] = frozenset(value for value in values if value)
+
+    # -- holders and context rows ------------------------------------------------------
+
+    def set_holders(self, rows: bytes | bytearray | memoryview) -> None:
+        """Add or replace holders: packed `<QQQQ` rows (debit account id low and high 64
+        bits, customer key, resident-id key); account 0 is ignored."""
+        if len(rows) % _HOLDER.size:
+            raise ValueError("holder rows must be packed <QQQQ (a multiple of 32 bytes)")
+        for lo, hi, customer, resident in _HOLDER.iter_unpack(rows):
+            if lo or hi:
+                self._holders[(lo, hi)] = (customer, resident)
+
+    def context_rows(
+        self,
+        records: bytes | bytearray | memoryview,
+        count: int,
+        template: bytes | bytearray | memoryview,
+        rows: bytearray | memoryview,
+    ) -> list[int]:
+        """Write the `count` CONTEXT rows of `records` into `rows`; the indexes whose
+        debit account has no holder entry, ascending."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if len(template) != CONTEXT.size:
+            raise ValueError("the template must be one 48-byte CONTEXT row")
+        if len(records) < count * TRANSFER_SIZE:
+            raise ValueError("records shorter than count transfers")
+        if len(rows) < count * CONTEXT.size:
+            raise ValueError("rows shorter than count context rows")
+        _, device, ip, counterparty, _, local_s, second_factor = CONTEXT.unpack(template)
+        misses = []
+        for index in range(count):
+            debit_lo, debit_hi, credit_lo = _ACCOUNTS.unpack_from(records, index * TRANSFER_SIZE)
+            holder = self._holders.get((debit_lo, debit_hi)) if debit_lo or debit_hi else None
+            if holder is None:
+                misses.append(index)
+                holder = (0, 0)
+            CONTEXT.pack_into(
+                rows, index * CONTEXT.size, holder[0], device, ip, counterparty or credit_lo,
+                holder[1], local_s, second_factor,
+            )  # fmt: skip
+        return misses
+
+    def clear_holders(self) -> None:
+        """Forget every holder entry."""
+        self._holders.clear()
+
+    @property
+    def holder_count(self) -> int:
+        """Accounts in the holder table."""
+        return len(self._holders)
 
     # -- screening ---------------------------------------------------------------------
 
@@ -462,6 +516,10 @@ class ReferenceRiskKernel:
 
     # -- reads -------------------------------------------------------------------------
 
+    def fired(self) -> list[int]:
+        """The indexes of the last screen's postings any rule fired for, ascending."""
+        return [index for index, seen in enumerate(self._observed) if seen]
+
     def observed(self, index: int) -> list[tuple[int, int]]:
         """(rule index, value seen) of each rule that fired for posting `index`."""
         if not 0 <= index < len(self._observed):
@@ -480,6 +538,7 @@ class ReferenceRiskKernel:
         size = sys.getsizeof(self._velocity) + sys.getsizeof(self._history)
         size += sys.getsizeof(self._pairs)
         size += len(self._velocity) * 600 + len(self._history) * 1400 + len(self._pairs) * 100
+        size += sys.getsizeof(self._holders) + len(self._holders) * 200
         return size + sum(sys.getsizeof(members) for members in self._lists.values())
 
     def clear(self) -> None:

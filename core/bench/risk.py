@@ -1,10 +1,13 @@
-"""`tally bench risk`: the risk stage alone, at the batch route's batch size.
+"""`tally bench risk`: the risk stage alone, at the batch route's rate and batch size.
 
 The issue's target: the risk stage's own p99 under 1 ms at the batch route's rate.
-A decision's latency here is the duration of the screen call it was made in: a
-posting of a batch waits for the whole batch's screening, so every decision of a
-call of `--batch` postings (default: the internal channel's `batch_size_max` in
-core/data/channels.toml, the size the batch route accepts) is as late as that call.
+`p99_us` is that figure: the stage offered `--rate` postings a second (default: the
+batch route's target, 500,000/s) open loop on the wall clock, each screen call taking
+every posting that has arrived (at most `--batch`, the internal channel's
+`batch_size_max` in core/data/channels.toml, the size the batch route accepts); a
+decision's latency runs from its posting's arrival to the end of the call it was decided
+in, so the time it queued behind the stage counts. A stage slower than the rate falls
+behind and its latencies grow without bound; `achieved_per_s` shows whether it kept up.
 
 What it builds, untimed: the rule set (`--rules`, default the shipped
 core/data/risk.toml, compiled by `limits/risk.py`), `--accounts` accounts with
@@ -14,21 +17,26 @@ them: customer-initiated transfers (code TRANSFER) from random accounts to
 random payees, 90% of them up to 1,000 CNY, 8% up to 10,000 CNY and 2% up to
 600,000 CNY (`AMOUNT_BANDS`), so the amount-gated rules (new payee, new device,
 history, time of day, large value) have work and some fire; the list rules look
-every posting up (none is on a list). The clock advances at `--rate` postings
-per second (default: the batch route's target, 500,000/s), so the velocity
-windows see that rate.
+every posting up (none is on a list). The simulated clock advances at `--rate`
+postings per second, so the velocity windows see that rate.
 
-What it times, `--repeat` passes each, medians reported:
+What it times, `--repeat` passes each, medians reported (each pass listed in
+`passes_p99_us` and `passes_decisions_per_s`, by path):
 
-- `decisions_per_s`, `p50_us`, `p99_us`, `max_us`: the service's path
-  (`core.services.risk.Risk.screen`: the context rows of the batch, then one
-  kernel call, then the Screening of the postings a rule fired for), the batch
-  of `--batch` postings from the internal channel (no device: the batch route
-  has none);
+- `p50_us`, `p99_us`, `max_us` (path `stream`): per decision, open loop at `rate`, as
+  above, on the service's path (`core.services.risk.Risk.screen`: the context rows of
+  the call, then one kernel call, then the Screening of the postings a rule fired for)
+  from the internal channel (no device: the batch route has none); `achieved_per_s`:
+  the postings over the wall time from the first arrival to the last decision;
+  `call_size_median`: the postings a call took;
+- `decisions_per_s` (path `service`): the service's path on full calls of `batch`
+  postings back to back, the stage's capacity; `batch_call_p50_us`,
+  `batch_call_p99_us`, `batch_call_max_us`: the duration of those calls, counted once
+  per decision (a posting of a full batch waits for its whole call: this scales with
+  the batch size, not with the rate);
 - `kernel_decisions_per_s`, `kernel_p99_us`, `kernel_ns_per_posting`:
-  `RiskKernel.screen` alone on prebuilt context rows, the same the service builds
-  for these batches (the floor of the service's path; for the record, a call of
-  8189 postings within 1 ms is 122 ns a posting);
+  `RiskKernel.screen` alone on prebuilt context rows, full calls, the same the service
+  builds for these batches (the floor of the service's path);
 - `single_decisions_per_s`, `single_p50_us`, `single_p99_us`: the single-posting
   path: `Risk.screen` of one posting from the app channel with a device, as
   `Payments.post` calls it for every HTTP single transfer;
@@ -36,21 +44,29 @@ What it times, `--repeat` passes each, medians reported:
   last round;
 - `fired_percent`, `outcomes`: how many postings a rule fired for, by outcome
   (the share the generated traffic trips, not a measure of the rules);
-- with `--sweep 256,1024,...`: `sweep_p99_us` and `sweep_decisions_per_s`, the
-  service's path at other batch sizes (one pass each after the timed ones): where
-  the per-decision p99 stands for smaller calls.
+- with `--sweep 256,1024,...`: `sweep_batch_call_p99_us` and `sweep_decisions_per_s`,
+  the service's path on full calls of other sizes (one pass each after the timed ones).
 
 Each path keeps one kernel for the whole run, as a running server does: a first,
-untimed round grows its tables (and warms imports and caches), then each timed
-round screens the same postings 8 simulated days later, when the windows of the
-velocity, new-payee and new-device rules of the round before have passed (their
-slots are reused, the tables do not grow) and the 30-day history rules have the
-earlier rounds' amounts to compare with (`fired_percent` and `outcomes` are the
-last round's). The service's clock and its customer state are a
-`Lifecycle` that is not serving (no engine, no journal: screening needs none),
-holding the generated holders. `--reference` times the pure-Python twin instead
-(a check, not a figure). The last line of output is one JSON object; `--save
-DIR` keeps it for `tally bench page`.
+untimed round grows its tables (and warms imports and caches), then each timed round
+screens the same postings 8 simulated days later, when the windows of the velocity,
+new-payee and new-device rules of the round before have passed (their slots are reused,
+the tables do not grow) and the 30-day history rules have the earlier rounds' amounts to
+compare with (`fired_percent` and `outcomes` are the last round's). The open-loop passes
+come after the timed rounds, as further rounds of the service's kernel (the kernel alone
+and the service see the same rounds, so their outcomes agree). The service's clock and
+its customer state are a `Lifecycle` that is not serving (no engine, no journal:
+screening needs none), holding the generated holders.
+
+The bench sets the server's collector thresholds and freezes what it built, as `tally
+serve` does after loading, and again (after a collection) before each open-loop pass;
+its own bookkeeping in the timed loops is `array('q')`s, which the collector does not
+track, so the collections a pass sees are the ones the stage's own allocations cause.
+(A tuple per call and the latency lists of earlier passes once cost collections of
+1-6 ms inside a pass, which the stage would not see in a server.)
+
+`--reference` times the pure-Python twin instead (a check, not a figure). The last line
+of output is one JSON object; `--save DIR` keeps it for `tally bench page`.
 """
 
 from __future__ import annotations
@@ -58,13 +74,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import random
 import statistics
 import sys
 import time
 import tomllib
 import zoneinfo
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +94,8 @@ from core.reports import machine_description, save_report
 
 BATCH_DEFAULT_CHANNEL_KIND = "internal"  # the batch route's channels (core/data/channels.toml)
 BATCH_SIZE_FALLBACK = 8189  # channels.registry.BATCH_SIZE_MAX, when the file names none
-RATE_DEFAULT = 500_000  # postings per second of the simulated clock: the batch route's target
+# Postings per second offered (and of the simulated clock): the batch route's target.
+RATE_DEFAULT = 500_000
 POSTINGS_DEFAULT = 1_000_000
 ACCOUNTS_DEFAULT = 100_000
 REPEAT_DEFAULT = 5
@@ -109,28 +128,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch",
         type=int,
         default=None,
-        help="postings per screen call (default: the internal channel's batch_size_max)",
+        help="postings per full screen call, and the most an open-loop call takes"
+        " (default: the internal channel's batch_size_max)",
     )
     parser.add_argument("--accounts", type=int, default=ACCOUNTS_DEFAULT, help="accounts")
     parser.add_argument(
         "--singles", type=int, default=SINGLES_DEFAULT, help="single postings timed per pass"
     )
     parser.add_argument(
-        "--rate", type=int, default=RATE_DEFAULT, help="postings per second of simulated time"
+        "--rate",
+        type=int,
+        default=RATE_DEFAULT,
+        help="postings per second offered open loop on the wall clock (p99_us: the latency"
+        " at that rate) and of the simulated clock (default: the batch route's target)",
     )
-    parser.add_argument("--repeat", type=int, default=REPEAT_DEFAULT, help="timed passes")
     parser.add_argument(
-        "--no-stream",
-        dest="stream",
-        action="store_false",
-        help="skip the open-loop passes at --rate (stream_p99_us: the latency at that rate)",
+        "--repeat", type=int, default=REPEAT_DEFAULT, help="timed passes of each path"
     )
     parser.add_argument("--seed", type=int, default=15, help="seed of the generated traffic")
     parser.add_argument(
         "--sweep",
         type=_sizes,
         default=(),
-        help="comma-separated batch sizes: the service's path at each too (one pass each)",
+        help="comma-separated batch sizes: the service's path on full calls of each too"
+        " (one pass each)",
     )
     parser.add_argument(
         "--reference",
@@ -278,12 +299,18 @@ def traffic(
 # --- the timed passes -------------------------------------------------------------------
 
 
+def int64s() -> array[int]:
+    """An empty array of int64: appending to it allocates no object the garbage collector
+    tracks (a list of tuples per call does, and its collections landed in timed calls)."""
+    return array("q")
+
+
 @dataclass
 class Pass:
     """One timed pass: the duration of every screen call (ns) and its posting count."""
 
-    call_ns: list[int] = field(default_factory=list)
-    call_sizes: list[int] = field(default_factory=list)
+    call_ns: array[int] = field(default_factory=int64s)
+    call_sizes: array[int] = field(default_factory=int64s)
     fired: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     entries: int = 0  # the kernel's counter keys at the end of the pass
@@ -293,7 +320,7 @@ class Pass:
         return sum(self.call_sizes) / (sum(self.call_ns) / NS_PER_S)
 
 
-def latency_percentiles(call_ns: list[int], call_sizes: list[int]) -> dict[str, float]:
+def latency_percentiles(call_ns: Sequence[int], call_sizes: Sequence[int]) -> dict[str, float]:
     """p50, p99 and max per decision, in microseconds: each call's duration counted once
     per posting it screened (a posting's decision is ready when its call returns)."""
     total = sum(call_sizes)
@@ -428,19 +455,18 @@ def service_pass(
 
 def stream_pass(
     risk: Any, clock: BenchClock, work: Traffic, cap: int, start_ns: int, rate: int,
-    caller: Any, context: Any, tick: Callable[[int], None],
-) -> tuple[Pass, list[int]]:  # fmt: skip
+    caller: Any, context: Any,
+) -> tuple[Pass, array[int]]:  # fmt: skip
     """The stage offered `rate` postings a second, open loop, on the wall clock: posting
     i arrives at `i / rate` s after the start; each screen call takes every posting that
-    has arrived and is not screened yet (at most `cap`); a decision's latency is from
-    its posting's arrival to the end of the call it was decided in, so the time it
-    queued behind the stage counts (a stage slower than the rate falls behind and its
-    latencies grow without bound: that is what this figure is for). Returns the pass
-    (its calls) and every decision's latency in ns."""
+    has arrived and is not screened yet (at most `cap`). Returns the pass (its calls) and
+    the end of each call in ns after the start, from which `stream_figures` computes
+    every decision's latency once the pass is over (nothing per decision is kept while
+    it runs, and nothing the garbage collector tracks is made per call)."""
     timed = Pass()
+    call_ends_ns = int64s()
     records = work.records
     count = work.count
-    calls: list[tuple[int, int, int]] = []  # (first posting, size, end ns)
     started = time.perf_counter_ns()
     first = 0
     while first < count:
@@ -455,15 +481,36 @@ def stream_pass(
         end = time.perf_counter_ns()
         timed.call_ns.append(end - begun)
         timed.call_sizes.append(size)
-        calls.append((first, size, end - started))
+        call_ends_ns.append(end - started)
         first += size
-    tick(count)
-    latencies = [
-        end - index * NS_PER_S // rate
-        for first, size, end in calls
-        for index in range(first, first + size)
-    ]
-    return timed, latencies
+    return timed, call_ends_ns
+
+
+def stream_figures(timed: Pass, call_ends_ns: Sequence[int], rate: int) -> dict[str, float]:
+    """An open-loop pass's figures: p50, p99 and max per decision (us), a decision's
+    latency being from its posting's arrival (posting i at `i / rate` s) to the end of
+    its call, so queueing behind the stage counts; what the pass achieved (its postings
+    over the wall time to the last decision); its median call size. The per-decision
+    latencies live only in here: a pass keeps its figures, not a million latencies."""
+    firsts = itertools.accumulate(timed.call_sizes, initial=0)
+    latencies = array(
+        "q",
+        (
+            end - index * NS_PER_S // rate
+            for first, size, end in zip(firsts, timed.call_sizes, call_ends_ns, strict=False)
+            for index in range(first, first + size)
+        ),
+    )
+    ordered = sorted(latencies)
+    count = len(ordered)
+    assert count == sum(timed.call_sizes) and count > 0, count
+    return {
+        "p50_us": ordered[count // 2] / 1000,
+        "p99_us": ordered[min(count - 1, (99 * count) // 100)] / 1000,
+        "max_us": ordered[-1] / 1000,
+        "achieved_per_s": count / (call_ends_ns[-1] / NS_PER_S),
+        "call_size_median": statistics.median(timed.call_sizes),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -501,7 +548,8 @@ def run(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     passes: dict[str, list[Pass]] = {"service": [], "kernel": [], "single": []}
-    total = (args.repeat + 1) * (2 * args.postings + args.singles)
+    streams: list[dict[str, float]] = []
+    total = (args.repeat + 1) * (2 * args.postings + args.singles) + args.repeat * args.postings
     with progress_bar(0 if quiet else total, "screened") as progress:
 
         def tick(count: int) -> None:
@@ -511,55 +559,51 @@ def run(args: argparse.Namespace) -> int:
         # tables (and warms imports and caches) and is dropped; each round is the same
         # traffic ROUND_GAP_S of simulated time later, when the velocity windows of the
         # round before have passed (their slots reused) and the 30-day histories hold it.
+        # The service's kernel then serves the open-loop passes (the rounds after), then
+        # the sweep; the kernel alone and the service see the same rounds until then.
         kernel_alone = new_kernel(rules, args.reference)
         batch_risk = Risk(*bank, rules=rules, kernel=new_kernel(rules, args.reference))
         single_risk = Risk(*bank, rules=rules, kernel=new_kernel(rules, args.reference))
-        batch_span_ns = single_span_ns = ROUND_GAP_S * NS_PER_S
+        span_ns = ROUND_GAP_S * NS_PER_S
         contexts = single_contexts(single_work, single_holder)
         for round_ in range(args.repeat + 1):
-            batch_start_ns = start_ns + round_ * batch_span_ns
+            round_start_ns = start_ns + round_ * span_ns
             kernel = kernel_pass(
-                kernel_alone, batch_work, batch, batch_start_ns / NS_PER_S, args.rate, tick
+                kernel_alone, batch_work, batch, round_start_ns / NS_PER_S, args.rate, tick
             )
             service = service_pass(
-                batch_risk, clock, batch_work, batch, batch_start_ns, args.rate, internal,
+                batch_risk, clock, batch_work, batch, round_start_ns, args.rate, internal,
                 NO_CONTEXT, tick,
             )  # fmt: skip
             single = single_path_pass(
-                single_risk, clock, single_work, contexts, start_ns + round_ * single_span_ns,
-                app, tick,
-            )  # fmt: skip
+                single_risk, clock, single_work, contexts, round_start_ns, app, tick
+            )
             if round_:
                 passes["kernel"].append(kernel)
                 passes["service"].append(service)
                 passes["single"].append(single)
-    # The stage at the batch route's rate, open loop (`stream_pass`), `--repeat` passes
-    # on the service's kernel, each a round later (as the timed rounds above).
-    streams: list[tuple[Pass, list[int]]] = []
-    if args.stream:
-        for round_ in range(args.repeat):
-            streams.append(
-                stream_pass(
-                    batch_risk, clock, batch_work, batch,
-                    start_ns + (args.repeat + 1 + round_) * batch_span_ns, args.rate,
-                    internal, NO_CONTEXT, lambda _count: None,
-                )
+        # The headline: the stage at the batch route's rate, open loop. What was built is
+        # not garbage: collect and freeze it before each pass (as the server freezes after
+        # loading), so the collections inside a pass are the ones the stage's own
+        # allocations cause; each pass keeps its figures only.
+        for round_ in range(args.repeat + 1, 2 * args.repeat + 1):
+            gc.collect()
+            gc.freeze()
+            timed, call_ends_ns = stream_pass(
+                batch_risk, clock, batch_work, batch, start_ns + round_ * span_ns, args.rate,
+                internal, NO_CONTEXT,
             )  # fmt: skip
+            streams.append(stream_figures(timed, call_ends_ns, args.rate))
+            tick(args.postings)
     sweep: dict[int, Pass] = {}
     for index, size in enumerate(args.sweep, start=2 * args.repeat + 1):
         sweep[size] = service_pass(
-            batch_risk, clock, batch_work, size, start_ns + index * batch_span_ns, args.rate,
+            batch_risk, clock, batch_work, size, start_ns + index * span_ns, args.rate,
             internal, NO_CONTEXT, lambda _count: None,
         )  # fmt: skip
-    report = report_of(args, rules, batch, passes, build_s)
-    if streams:
-        figures = [stream_figures(latencies, timed, args.rate) for timed, latencies in streams]
-        for name in ("p50_us", "p99_us", "max_us", "achieved_per_s", "call_size_median"):
-            report[f"stream_{name}"] = round(statistics.median(f[name] for f in figures), 1)
-        report["stream_offered_per_s"] = args.rate
-        report["passes_stream_p99_us"] = [round(f["p99_us"], 1) for f in figures]
+    report = report_of(args, rules, batch, passes, streams, build_s)
     if sweep:
-        report["sweep_p99_us"] = {
+        report["sweep_batch_call_p99_us"] = {
             str(size): round(latency_percentiles(timed.call_ns, timed.call_sizes)["p99_us"], 1)
             for size, timed in sweep.items()
         }
@@ -574,21 +618,6 @@ def run(args: argparse.Namespace) -> int:
         save_report(report, args.save)
     print(orjson.dumps(report).decode())
     return 0
-
-
-def stream_figures(latencies: list[int], timed: Pass, rate: int) -> dict[str, float]:
-    """A stream pass's per-decision latency percentiles (us), what it achieved (the
-    postings over the wall time to the last decision) and its median call size."""
-    ordered = sorted(latencies)
-    count = len(ordered)
-    last_end = max(index * NS_PER_S // rate + latency for index, latency in enumerate(latencies))
-    return {
-        "p50_us": ordered[count // 2] / 1000,
-        "p99_us": ordered[min(count - 1, (99 * count) // 100)] / 1000,
-        "max_us": ordered[-1] / 1000,
-        "achieved_per_s": count / (last_end / NS_PER_S),
-        "call_size_median": statistics.median(timed.call_sizes),
-    }
 
 
 def single_contexts(work: Traffic, people: dict[int, Holder]) -> list[Any]:
@@ -627,12 +656,16 @@ def single_path_pass(
 
 def report_of(
     args: argparse.Namespace, rules: Any, batch: int, passes: dict[str, list[Pass]],
-    build_s: float,
+    streams: list[dict[str, float]], build_s: float,
 ) -> dict[str, Any]:  # fmt: skip
-    """The JSON report: medians over the passes of each path, each pass listed."""
+    """The JSON report: medians over the passes of each path, each pass listed (the
+    open-loop passes as path `stream`, their decisions a second the achieved rate)."""
 
     def median_of(path: str, figure: Callable[[Pass], float]) -> float:
         return statistics.median(figure(timed) for timed in passes[path])
+
+    def stream_median(name: str) -> float:
+        return statistics.median(figures[name] for figures in streams)
 
     def percentile(path: str, name: str) -> float:
         return median_of(
@@ -656,10 +689,15 @@ def report_of(
         "accounts": args.accounts,
         "rate": args.rate,
         "repeat": args.repeat,
+        "p50_us": round(stream_median("p50_us"), 1),
+        "p99_us": round(stream_median("p99_us"), 1),
+        "max_us": round(stream_median("max_us"), 1),
+        "achieved_per_s": round(stream_median("achieved_per_s")),
+        "call_size_median": round(stream_median("call_size_median"), 1),
         "decisions_per_s": round(median_of("service", Pass.decisions_per_s)),
-        "p50_us": round(percentile("service", "p50_us"), 1),
-        "p99_us": round(percentile("service", "p99_us"), 1),
-        "max_us": round(percentile("service", "max_us"), 1),
+        "batch_call_p50_us": round(percentile("service", "p50_us"), 1),
+        "batch_call_p99_us": round(percentile("service", "p99_us"), 1),
+        "batch_call_max_us": round(percentile("service", "max_us"), 1),
         "kernel_decisions_per_s": round(median_of("kernel", Pass.decisions_per_s)),
         "kernel_p99_us": round(percentile("kernel", "p99_us"), 1),
         "kernel_ns_per_posting": round(1e9 / median_of("kernel", Pass.decisions_per_s)),
@@ -674,15 +712,21 @@ def report_of(
         "single_fired": passes["single"][-1].fired,
         "build_s": round(build_s, 1),
         "passes_decisions_per_s": {
-            path: [round(timed.decisions_per_s()) for timed in timed_passes]
-            for path, timed_passes in passes.items()
+            "stream": [round(figures["achieved_per_s"]) for figures in streams],
+            **{
+                path: [round(timed.decisions_per_s()) for timed in timed_passes]
+                for path, timed_passes in passes.items()
+            },
         },
         "passes_p99_us": {
-            path: [
-                round(latency_percentiles(timed.call_ns, timed.call_sizes)["p99_us"], 1)
-                for timed in timed_passes
-            ]
-            for path, timed_passes in passes.items()
+            "stream": [round(figures["p99_us"], 1) for figures in streams],
+            **{
+                path: [
+                    round(latency_percentiles(timed.call_ns, timed.call_sizes)["p99_us"], 1)
+                    for timed in timed_passes
+                ]
+                for path, timed_passes in passes.items()
+            },
         },
     }
     return report

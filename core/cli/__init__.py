@@ -74,7 +74,7 @@ COMMANDS: Mapping[str, Command | Group] = {
             ),
             "risk": module_command(
                 "core.bench.risk",
-                "the risk stage alone at the batch size: decisions/s, per-decision p99, 1 posting",
+                "the risk stage alone: p99 per decision at the batch route's rate, decisions/s",
             ),
             "page": module_command(
                 "core.bench.page",

@@ -14,10 +14,12 @@ Not screened: captures and voids (they settle a movement decided when its hold w
 placed; the kernel skips them too), the bank's own generated entries (interest,
 day-end: they never reach `Payments`), and the stage's own releases and returns.
 
-The hot path (an HTTP single transfer, nothing fires): one cached context prefix per
-(debit account, counterparty, device, ip), one 8-byte pack for the time of day and the
-second factor, ONE kernel call, `None` back. Nothing else is allocated; no dict or
-JSON work happens unless a rule fired.
+The hot path (a request, nothing fires): one 48-byte context template (device, ip,
+counterparty, time of day, second factor; their keys cached), one kernel call that
+builds every posting's context row from the kernel's holder table (debit account ->
+the holder's customer and resident-id keys; an account not in it is looked up in the
+customer state once, then kept), ONE kernel call that screens them, `None` back. No
+Python runs per posting; no dict or JSON work happens unless a rule fired.
 
 Outcomes (`Outcome`, most severe wins; `Payments` acts on them):
 
@@ -70,7 +72,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import itertools
 import logging
 import struct
 import sys
@@ -109,6 +110,9 @@ R = CreateTransferResult
 DECISION_PREFIX: Final = b"risk/d/"
 HOLD_GRACE_S: Final = 86_400  # a risk hold's ledger timeout = its hold length + this
 CHALLENGE_FACTORS: Final = ("sms", "ukey", "face")
+_OUTCOMES: Final = tuple(sorted(Outcome, key=int))  # by value (the kernel's outcome byte)
+assert all(outcome == index for index, outcome in enumerate(_OUTCOMES))
+_PENDING: Final = int(TransferFlags.PENDING)
 OUTCOME_NAMES: Final = {outcome: outcome.name.lower() for outcome in Outcome}
 OUTCOME_OF_NAME: Final = {name: outcome for outcome, name in OUTCOME_NAMES.items()}
 HOLD_NAMES: Final = {Outcome.DELAY: "delayed", Outcome.REVIEW: "review"}
@@ -141,13 +145,11 @@ WORDS_PER_TRANSFER: Final = TRANSFER_SIZE // 8
 WORDS_PER_CONTEXT: Final = CONTEXT.size // 8
 assert sys.byteorder == "little", "records and context rows are little-endian u64 words"
 
-# The context row's tail (local second of day u32, second factor u8, 3 pad): one u64 word.
-CONTEXT_TAIL = struct.Struct("<IB3x")
 DEBIT_OFFSET: Final = 16  # a transfer record's debit account id (lo, hi), then credit (lo)
-_ACCOUNTS = struct.Struct("<QQQ")
 _PAIR = struct.Struct("<QQ")
+_HOLDER = struct.Struct("<QQQQ")  # the kernel's holder row: account lo, hi, customer, resident
 _WORD = struct.Struct("<Q")
-assert CONTEXT.size == 6 * 8 and CONTEXT_TAIL.size == 8
+assert CONTEXT.size == 6 * 8
 SECOND_FACTOR_OFFSET: Final = 5 * 8 + 4  # a CONTEXT row's second-factor byte
 
 
@@ -166,8 +168,17 @@ class Kernel(Protocol):
     def set_program(self, program: bytes) -> None: ...
     def set_list(self, list_id: int, keys: bytes) -> None: ...
     def screen(
-        self, records: bytes, contexts: bytes, count: int, now_s: int, out: bytearray
-    ) -> int: ...
+        self, records: bytes, contexts: bytes | bytearray, count: int, now_s: int,
+        out: bytearray,
+    ) -> int: ...  # fmt: skip
+    def set_holders(self, rows: bytes) -> None: ...
+    def context_rows(
+        self, records: bytes, count: int, template: bytes, rows: bytearray
+    ) -> list[int]: ...
+    def clear_holders(self) -> None: ...
+    @property
+    def holder_count(self) -> int: ...
+    def fired(self) -> list[int]: ...
     def observed(self, index: int) -> list[tuple[int, int]]: ...
     def entries(self) -> int: ...
     def memory_bytes(self) -> int: ...
@@ -298,25 +309,6 @@ class _Decisions:
         self._raw.clear()
 
 
-class _HolderKeys(dict[int, bytes]):
-    """Debit account -> its holder's (customer key, resident-id key) as 16 bytes (`<QQ`);
-    a miss computes them from the customer state. A dict, so a batch maps its debit
-    accounts through `__getitem__` at C speed and calls Python only on a miss."""
-
-    def __init__(self, risk: Risk) -> None:
-        super().__init__()
-        self.risk = risk
-
-    def __missing__(self, account_id: int) -> bytes:
-        customer, resident = self.risk.holder_keys(account_id)
-        keys = _PAIR.pack(customer, resident)
-        if len(self) >= HOLDER_CACHE_MAX:
-            self.clear()
-        if customer or account_id < BANK_ACCOUNT_ID_LIMIT:  # an unknown account: not cached
-            self[account_id] = keys
-        return keys
-
-
 class Risk:
     """The risk stage of the posting path (module docstring)."""
 
@@ -344,13 +336,10 @@ class Risk:
         self._names: tuple[str, ...] = ()
         self._list_count = 0
         self._out = bytearray(VERDICT.size * BATCH_SIZE_MAX)
-        self._holders = _HolderKeys(self)
         self._keys: dict[tuple[str, str], int] = {}
         self._offset_s = 0
         self._offset_from = 0
         self._offset_until = -1
-        self._tail_s = -1  # the second the cached context tails are of
-        self._tails = (b"", b"")  # (no second factor, second factor)
         # Decisions by transfer id (every recorded one), those a retry reuses (all but an
         # unmet challenge) and their ids' low words (the batch's quick disjointness test),
         # the holds still held.
@@ -501,52 +490,50 @@ class Risk:
         counterparty: str,
         second_factor: bool,
         now_s: int,
-    ) -> bytes:
+    ) -> bytearray:
         """The `count` CONTEXT rows of `records` (48 bytes each): the debit holder's
         customer key (`key_of("customer", customer_id)`) and resident-id key, the
         device and ip keys of `context` (0 when not sent), the counterparty (an
         external beneficiary's card `key_of("card", counterparty)` when given, else the
         credit account id's low 64 bits), the local second of day of `now_s` in the
         limit rules' time zone, and whether a second factor came with the holder's
-        consent. Holder keys are cached per account, string keys per value; a batch is
-        built as u64 words with slice assignments (no Python loop per posting)."""
-        if now_s != self._tail_s:
-            local_s = self.local_s(now_s)
-            self._tails = (CONTEXT_TAIL.pack(local_s, 0), CONTEXT_TAIL.pack(local_s, 1))
-            self._tail_s = now_s
-        tail = self._tails[second_factor]
+        consent. The kernel builds the rows from its holder table (no Python per
+        posting); the accounts it has no entry for are looked up here (`_resolve`)."""
         device = ip = 0
         if context is not NO_CONTEXT:
             device = self._key("device", context.device_id)
             ip = self._key("ip", context.ip)
         card = self._key("card", counterparty) if counterparty else 0
-        holders = self._holders
-        if count == 1:
-            debit, debit_high, credit = _ACCOUNTS.unpack_from(records, DEBIT_OFFSET)
-            holder = holders[debit | debit_high << 64 if debit_high else debit]
-            return b"".join(
-                (holder[:8], _PAIR.pack(device, ip), _WORD.pack(card or credit), holder[8:], tail)
-            )
-        words = memoryview(records).cast("Q")[: count * WORDS_PER_TRANSFER]
-        debits = words[2::WORDS_PER_TRANSFER].tolist()
-        highs = words[3::WORDS_PER_TRANSFER]
-        if highs.tobytes() != bytes(8 * count):  # ids past 64 bits: never in practice
-            debits = [low | high << 64 for low, high in zip(debits, highs.tolist(), strict=True)]
-        held = memoryview(b"".join(map(holders.__getitem__, debits))).cast("Q")
+        template = CONTEXT.pack(0, device, ip, card, 0, self.local_s(now_s), second_factor)
         rows = bytearray(CONTEXT.size * count)
-        view = memoryview(rows).cast("Q")
-        view[0::WORDS_PER_CONTEXT] = held[0::2]
-        if device:
-            view[1::WORDS_PER_CONTEXT] = _repeated(device, count)
-        if ip:
-            view[2::WORDS_PER_CONTEXT] = _repeated(ip, count)
-        if card:
-            view[3::WORDS_PER_CONTEXT] = _repeated(card, count)
-        else:
-            view[3::WORDS_PER_CONTEXT] = words[4::WORDS_PER_TRANSFER]
-        view[4::WORDS_PER_CONTEXT] = held[1::2]
-        view[5::WORDS_PER_CONTEXT] = memoryview(tail * count).cast("Q")
-        return bytes(rows)
+        misses = self.kernel.context_rows(records, count, template, rows)
+        if misses:
+            self._resolve(records, misses, rows)
+        return rows
+
+    def _resolve(self, records: bytes, misses: list[int], rows: bytearray) -> None:
+        """The holder keys of the postings at `misses`, whose debit accounts the kernel's
+        holder table has no entry for: from the customer state into their rows, and into
+        the table (an unknown account is not kept: it may be opened later; the table is
+        emptied when it would pass HOLDER_CACHE_MAX)."""
+        found: dict[int, tuple[int, int]] = {}
+        kept = []
+        with memoryview(rows).cast("Q") as words:
+            for index in misses:
+                lo, hi = _PAIR.unpack_from(records, index * TRANSFER_SIZE + DEBIT_OFFSET)
+                account_id = lo | hi << 64
+                keys = found.get(account_id)
+                if keys is None:
+                    keys = found[account_id] = self.holder_keys(account_id)
+                    if keys[0] or account_id < BANK_ACCOUNT_ID_LIMIT:
+                        kept.append(_HOLDER.pack(lo, hi, *keys))
+                words[index * WORDS_PER_CONTEXT] = keys[0]
+                words[index * WORDS_PER_CONTEXT + 4] = keys[1]
+        if kept:
+            kernel = self.kernel
+            if kernel.holder_count + len(kept) > HOLDER_CACHE_MAX:
+                kernel.clear_holders()
+            kernel.set_holders(b"".join(kept))
 
     def screen(
         self,
@@ -582,7 +569,7 @@ class Risk:
         )
         if not self.kernel.screen(records, contexts, count, now_s, self._out):
             return None
-        fired = self._fired(records, range(count), now_ns)
+        fired = self._fired(records, now_ns)
         return self._screening(fired, now_ns)
 
     def _met(self, records: bytes, count: int) -> dict[int, dict[str, Any]]:
@@ -629,7 +616,7 @@ class Risk:
                 caller, subset, len(rest), context, counterparty, second_factor, now_s
             )
             if self.kernel.screen(subset, contexts, len(rest), now_s, self._out):
-                evaluated = self._fired(subset, range(len(rest)), now_ns)
+                evaluated = self._fired(subset, now_ns)
                 fired.extend(
                     dataclasses.replace(item, index=rest[item.index]) for item in evaluated
                 )
@@ -645,19 +632,17 @@ class Risk:
             int(decision.get("release_at_ns", 0)), int(decision.get("return_at_ns", 0)),
         )  # fmt: skip
 
-    def _fired(self, records: bytes, indexes: range, now_ns: int) -> list[Fired]:
+    def _fired(self, records: bytes, now_ns: int) -> list[Fired]:
         """The postings of the last kernel call a rule fired on."""
         out = self._out
-        count = len(indexes)
-        masks = memoryview(out).cast("Q")[1 : 2 * count : 2]
         names = self._names
         rules = self.rules
         kernel = self.kernel
         counts = self.counts
         fired = []
-        for index in itertools.compress(indexes, masks):
+        for index in kernel.fired():
             outcome_code, report, challenge_met, _ = VERDICT.unpack_from(out, VERDICT.size * index)
-            outcome = Outcome(outcome_code)
+            outcome = _OUTCOMES[outcome_code]
             seen = kernel.observed(index)
             offset = index * TRANSFER_SIZE
             transfer_id = int.from_bytes(records[offset : offset + 16], "little")
@@ -691,7 +676,7 @@ class Risk:
         own timeout for a posting that is a hold already: a merchant payment)."""
         timeout_s = hold_s + HOLD_GRACE_S
         (flags,) = _FLAGS.unpack_from(records, offset + FLAGS_OFFSET)
-        if flags & TransferFlags.PENDING:
+        if flags & _PENDING:
             (own,) = _TIMEOUT.unpack_from(records, offset + TIMEOUT_OFFSET)
             timeout_s += own
         return timeout_s
@@ -1002,14 +987,16 @@ class Risk:
         logger.info(orjson.dumps({"event": "risk_counters_rebuilt", "postings": fed}).decode())
         return fed
 
-    def _replay_rows(self, records: bytes, count: int, now_s: int) -> bytes:
+    def _replay_rows(self, records: bytes, count: int, now_s: int) -> bytearray:
         """The CONTEXT rows of logged records (`replay_log`'s context builder): the debit
         holder's keys, the credit account as the counterparty, no device or IP."""
         return self.context_rows(_REPLAY, records, count, NO_CONTEXT, "", True, now_s)
 
     def on_state_loaded(self, state: Mapping[bytes, bytes]) -> None:
         """Rebuild the decisions (and the holds still held) from the recovered state,
-        each time the store opens (`Lifecycle.on_state_loaded`)."""
+        each time the store opens (`Lifecycle.on_state_loaded`); the kernel's holder
+        entries (a cache of that state) are dropped."""
+        self.kernel.clear_holders()
         self.records.clear()
         self._reusable.clear()
         self._reusable_lo.clear()
@@ -1087,7 +1074,7 @@ class Risk:
         }
 
 
-ReplayRows = Callable[[bytes, int, int], bytes]
+ReplayRows = Callable[[bytes, int, int], bytes | bytearray]
 """A context builder for `replay_log`: (records, count, now_s) -> `count` CONTEXT rows."""
 
 

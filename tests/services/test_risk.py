@@ -579,3 +579,52 @@ async def test_a_review_is_released_and_the_rules_changed_through_approvals(
     async with running_bank(directory, clock) as bank:
         assert risk_of(bank).rules.version == 2
         assert risk_of(bank).rules_json()["version"] == 2
+
+
+@run
+async def test_holder_keys_are_looked_up_once_and_unknown_accounts_are_not_kept(
+    tmp_path: Path,
+) -> None:
+    """The context rows take the debit holder's customer and resident-id keys from the
+    kernel's holder table; an account not in it is looked up in the customer state and
+    kept, an account the bank does not know (yet) is not (its rows say no holder, and it
+    is looked up again next time); the table is emptied when it would pass its cap."""
+    from core.services import risk as risk_module
+    from limits.risk_layout import CONTEXT, key_of
+
+    clock = Clock()
+    async with running_bank(tmp_path / "data", clock) as bank:
+        risk = risk_of(bank)
+        kernel = risk.kernel
+        accounts = [await customer_account(bank, number) for number in ID_NUMBERS]
+        customers = [bank.auth.meta_of(account).customer_id for account in accounts]
+        kernel.clear_holders()
+        unknown = accounts[-1] + 1_000
+
+        def record_of(index: int, debit: int) -> bytes:
+            return pack_transfer(
+                id=index + 1, debit_account_id=debit, credit_account_id=accounts[0],
+                amount=1, code=TransferCode.TRANSFER,
+            )  # fmt: skip
+
+        def rows_of(*debits: int) -> list[tuple[int, int]]:
+            records = b"".join(record_of(index, debit) for index, debit in enumerate(debits))
+            rows = risk.context_rows(BANK, records, len(debits), PHONE, "", False, 0)
+            return [CONTEXT.unpack_from(rows, i * CONTEXT.size)[0::4] for i in range(len(debits))]
+
+        expected = [
+            (key_of("customer", customer), key_of("resident_id", number))
+            for customer, number in zip(customers, ID_NUMBERS, strict=True)
+        ]
+        assert rows_of(accounts[0], unknown, accounts[0]) == [expected[0], (0, 0), expected[0]]
+        assert kernel.holder_count == 1  # accounts[0] kept once, `unknown` not kept
+        assert rows_of(accounts[0]) == [expected[0]]
+        assert kernel.holder_count == 1
+        old_cap = risk_module.HOLDER_CACHE_MAX
+        risk_module.HOLDER_CACHE_MAX = 2
+        try:
+            assert rows_of(accounts[1]) == [expected[1]] and kernel.holder_count == 2
+            assert rows_of(accounts[2]) == [expected[2]] and kernel.holder_count == 1  # emptied
+            assert rows_of(*accounts) == expected and kernel.holder_count == 2
+        finally:
+            risk_module.HOLDER_CACHE_MAX = old_cap

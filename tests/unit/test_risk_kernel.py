@@ -594,6 +594,103 @@ def test_observed_index_and_argument_checks(make: Callable[..., Kernel]) -> None
         kernel.set_list(2**32, b"")
 
 
+# -- holder table and context rows ----------------------------------------------------
+
+HOLDER = struct.Struct("<QQQQ")
+WIDE = 2**64 + 17  # an account id past 64 bits: its high word matters
+
+
+def holder_row(account_id: int, customer: int, resident: int) -> bytes:
+    return HOLDER.pack(account_id & (2**64 - 1), account_id >> 64, customer, resident)
+
+
+def test_context_rows_come_from_the_holder_table_and_the_template(
+    make: Callable[..., Kernel],
+) -> None:
+    """Each row: the debit account's holder entry (customer, resident), the template's
+    device, ip, local second and second factor, the template's counterparty or, when it
+    is 0, the credit account's low 64 bits; the accounts without an entry are reported
+    (rows 0, 0) in order, an account repeated in the batch each time."""
+    kernel = make()
+    kernel.set_holders(holder_row(PAYER, CUSTOMER, RESIDENT) + holder_row(WIDE, 7, 8))
+    assert kernel.holder_count == 2
+    records = (
+        record(debit=PAYER)
+        + record(debit=OTHER)
+        + record(debit=WIDE)
+        + record(debit=OTHER, credit=WIDE)
+    )
+    template = pack_context(customer=99, device=DEVICE, ip=IP, resident=98, local_s=3600,
+                            second_factor=True)  # fmt: skip
+    rows = bytearray(4 * CONTEXT.size)
+    assert kernel.context_rows(records, 4, template, rows) == [1, 3]
+    assert [CONTEXT.unpack_from(rows, i * CONTEXT.size) for i in range(4)] == [
+        (CUSTOMER, DEVICE, IP, PAYEE, RESIDENT, 3600, 1),
+        (0, DEVICE, IP, PAYEE, 0, 3600, 1),
+        (7, DEVICE, IP, PAYEE, 8, 3600, 1),
+        (0, DEVICE, IP, WIDE & (2**64 - 1), 0, 3600, 1),
+    ]
+    card = pack_context(customer=0, counterparty=CARD)
+    assert kernel.context_rows(record(debit=PAYER), 1, card, rows) == []
+    assert CONTEXT.unpack_from(rows) == (CUSTOMER, 0, 0, CARD, RESIDENT, 0, 0)
+    # WIDE's low word alone is another account: no entry.
+    assert kernel.context_rows(record(debit=17), 1, card, rows) == [0]
+
+
+def test_holder_entries_are_replaced_kept_across_clear_and_forgotten_on_request(
+    make: Callable[..., Kernel],
+) -> None:
+    kernel = make(velocity(count_max=1, scope=Scope.CUSTOMER))
+    template = pack_context(customer=0)
+    rows = bytearray(CONTEXT.size)
+    kernel.set_holders(holder_row(PAYER, CUSTOMER, RESIDENT))
+    kernel.set_holders(holder_row(PAYER, 5, 6) + holder_row(0, 1, 2))  # account 0: ignored
+    assert kernel.holder_count == 1
+    assert kernel.context_rows(record(), 1, template, rows) == []
+    assert CONTEXT.unpack_from(rows)[0::4] == (5, 6)
+    kernel.clear()  # counters only
+    assert kernel.holder_count == 1
+    kernel.clear_holders()
+    assert kernel.holder_count == 0
+    assert kernel.context_rows(record(), 1, template, rows) == [0]
+
+
+def test_the_holder_table_grows_past_its_first_size(make: Callable[..., Kernel]) -> None:
+    """Thousands of accounts (the kernel's table starts at 1,024 slots, doubled at half
+    full): every entry found, with its own keys."""
+    kernel = make()
+    accounts = 5_000
+    kernel.set_holders(
+        b"".join(holder_row(PAYER + i, 1_000 + i, 2_000 + i) for i in range(accounts))
+    )
+    assert kernel.holder_count == accounts
+    records = b"".join(record(debit=PAYER + i) for i in range(accounts))
+    rows = bytearray(accounts * CONTEXT.size)
+    assert kernel.context_rows(records, accounts, pack_context(), rows) == []
+    assert all(
+        CONTEXT.unpack_from(rows, i * CONTEXT.size)[0::4] == (1_000 + i, 2_000 + i)
+        for i in range(accounts)
+    )
+    if isinstance(kernel, RiskKernel):
+        assert kernel.memory_bytes() >= 2 * accounts * HOLDER.size
+
+
+def test_context_rows_argument_checks(make: Callable[..., Kernel]) -> None:
+    kernel = make()
+    rows = bytearray(2 * CONTEXT.size)
+    with pytest.raises(ValueError, match="48-byte"):
+        kernel.context_rows(record(), 1, pack_context()[:47], rows)
+    with pytest.raises(ValueError, match="records shorter"):
+        kernel.context_rows(record(), 2, pack_context(), rows)
+    with pytest.raises(ValueError, match="rows shorter"):
+        kernel.context_rows(record() * 2, 2, pack_context(), bytearray(95))
+    with pytest.raises(ValueError, match="count"):
+        kernel.context_rows(b"", -1, pack_context(), rows)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernel.set_holders(b"\x01" * 31)
+    assert kernel.context_rows(b"", 0, pack_context(), bytearray()) == []
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
