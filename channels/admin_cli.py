@@ -61,7 +61,7 @@ EXIT_UNAVAILABLE = 5
 SERVER_DEFAULT = "http://127.0.0.1:8080"
 TIMEOUT_S_DEFAULT = 30.0
 OPERATOR_CHANNEL_PREFIX = "op:"  # the Authorization channel of an operator: "op:NAME"
-PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "channels")
+PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "loans", "channels")
 OPERATION_KINDS = (
     "reversal",
     "unlock_password",

@@ -39,12 +39,9 @@ them is `ledger.interest`.
 
 from __future__ import annotations
 
-import datetime
-import difflib
 import enum
 import hashlib
 import os
-import re
 import struct
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -52,8 +49,21 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from .calendar import DAY_COUNT, EPOCH_YEAR, YEAR_MAX, civil_of_day, day_of_date
-from .errors import RuleFileError
+from .calendar import DAY_COUNT
+from .filecheck import (
+    CatalogError,
+    CatalogProblem,
+    KeyLines,
+    Problems,
+    check_keys,
+    date_text,
+    describe,
+    is_integer,
+    parse_date,
+    parse_rate_value,
+    required,
+    toml_error_position,
+)
 from .rates import (
     DAY_COUNT_LABELS,
     RATE_SCALE,
@@ -62,7 +72,6 @@ from .rates import (
     day_weight,
     format_rate,
     is_settlement_day,
-    parse_rate,
     period_end_day,
     settlement_period,
 )
@@ -118,48 +127,6 @@ TERM_NAMES: Final = ", ".join(term.value for term in Term)
 # --- Errors ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogProblem:
-    """One problem of a catalog file: where (file, 1-based line, 0 if it is about the
-    whole file, dotted key or "") and why."""
-
-    path: str
-    line: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line > 0 else self.path
-        return f"{where}: `{self.key}`: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class CatalogError(RuleFileError):
-    """A catalog file cannot be used. Every problem of the file is in `problems` (one
-    line each in `str(error)`); `path`, `line` and `message` are the first one's.
-
-    A `RuleFileError`, so code that reloads rule files and catalogs handles both alike.
-    """
-
-    catalog_problems: tuple[CatalogProblem, ...]
-
-    def __init__(self, problems: Sequence[CatalogProblem]) -> None:
-        assert len(problems) > 0
-        self.catalog_problems = tuple(problems)
-        super().__init__([str(problem) for problem in problems])
-
-    @property
-    def path(self) -> str:
-        return self.catalog_problems[0].path
-
-    @property
-    def line(self) -> int:
-        return self.catalog_problems[0].line
-
-    @property
-    def message(self) -> str:
-        return self.catalog_problems[0].message
-
-
 class RateNotInForceError(LookupError):
     """No rate set is in force on the day asked for (it is before the first one)."""
 
@@ -167,8 +134,8 @@ class RateNotInForceError(LookupError):
         self.day = day
         self.first_day = first_day
         super().__init__(
-            f"no deposit rate is in force on {_date_text(day)}: the catalog's first rate set "
-            f"takes effect on {_date_text(first_day)}"
+            f"no deposit rate is in force on {date_text(day)}: the catalog's first rate set "
+            f"takes effect on {date_text(first_day)}"
         )
 
 
@@ -203,7 +170,7 @@ class RateSet:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "effective": _date_text(self.effective_day),
+            "effective": date_text(self.effective_day),
             "demand": _rate_json(self.demand_rate),
             "fixed": {term.value: _rate_json(self.fixed_rates[term]) for term in Term},
         }
@@ -334,11 +301,6 @@ def _rate_json(rate: int) -> dict[str, Any]:
     return {"rate": format_rate(rate), "rate_ppm": rate}
 
 
-def _date_text(day: int) -> str:
-    year, month, day_of_month = civil_of_day(day)
-    return f"{year:04d}-{month:02d}-{day_of_month:02d}"
-
-
 # --- Loading --------------------------------------------------------------------------
 
 
@@ -414,7 +376,7 @@ def _check_reload(
 ) -> None:
     """Refuse a new file that rewrites or removes a rate set already in force, or moves
     the settlement days."""
-    problems = _Problems(new.source_path, _KeyLines(data.decode("utf-8")))
+    problems = Problems(new.source_path, KeyLines(data.decode("utf-8")))
     if new.settlement != current.settlement:
         problems.add(
             ("settlement",),
@@ -427,7 +389,7 @@ def _check_reload(
         if day is not None and rate_set.effective_day > day:
             continue  # not in force yet: it may still change
         replacement = new_by_day.get(rate_set.effective_day)
-        when = _date_text(rate_set.effective_day)
+        when = date_text(rate_set.effective_day)
         if replacement is None:
             problems.add_at(
                 1,
@@ -449,111 +411,10 @@ def _check_reload(
                 problems.add_at(
                     rate_set.line,
                     "rates.effective",
-                    f"{_date_text(rate_set.effective_day)} is not after today "
-                    f"({_date_text(day)}); a new rate set takes effect in the future",
+                    f"{date_text(rate_set.effective_day)} is not after today "
+                    f"({date_text(day)}); a new rate set takes effect in the future",
                 )
     problems.raise_if_any()
-
-
-# --- Where keys are: line numbers for messages ---------------------------------------
-
-_KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
-_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\]?")
-_ASSIGNMENT = re.compile(rf"^\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*=(.*)$")
-_INLINE_KEY = re.compile(rf"(?:^|[{{,])\s*({_KEY})\s*=")
-_KEY_PART = re.compile(_KEY)
-
-
-def _key_parts(dotted: str) -> tuple[str, ...]:
-    parts = []
-    for match in _KEY_PART.finditer(dotted):
-        text = match.group(0)
-        parts.append(text[1:-1] if text[0] in "\"'" else text)
-    return tuple(parts)
-
-
-class _KeyLines:
-    """The line of each key of a TOML document, found by reading it line by line.
-
-    tomllib gives values, not positions, so messages would otherwise name a key but no
-    line. Tables (`[a]`), arrays of tables (`[[rates]]`, the nth one as ("rates", n)),
-    keys and the keys of a one-line inline table are recorded; a key it cannot place is
-    given its table's line (or line 1). Lines inside multi-line strings are skipped.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._lines: dict[tuple[Any, ...], int] = {}
-        array_counts: dict[tuple[str, ...], int] = {}
-        table: tuple[Any, ...] = ()
-        in_string: str | None = None
-        for number, line in enumerate(text.splitlines(), start=1):
-            if in_string is not None:
-                if line.count(in_string) % 2 == 1:
-                    in_string = None
-                continue
-            header = _HEADER.match(line)
-            if header is not None:
-                path = _key_parts(header.group(2))
-                if header.group(1) == "[[":
-                    index = array_counts.get(path, 0)
-                    array_counts[path] = index + 1
-                    table = (*path, index)
-                else:
-                    table = path
-                self._lines.setdefault(table, number)
-                continue
-            assignment = _ASSIGNMENT.match(line)
-            if assignment is None:
-                continue
-            key = (*table, *_key_parts(assignment.group(1)))
-            self._lines.setdefault(key, number)
-            value = assignment.group(2).strip()
-            if value.startswith("{"):
-                for inline in _INLINE_KEY.finditer(value):
-                    self._lines.setdefault((*key, *_key_parts(inline.group(1))), number)
-            for quotes in ('"""', "'''"):
-                if value.count(quotes) % 2 == 1:
-                    in_string = quotes
-
-    def line(self, key: tuple[Any, ...]) -> int:
-        """The line of `key`, else of its nearest enclosing key or table, else 1."""
-        for length in range(len(key), 0, -1):
-            number = self._lines.get(key[:length])
-            if number is not None:
-                return number
-        return 1
-
-
-class _Problems:
-    """Collects every problem of one file so they are reported together."""
-
-    def __init__(self, source_name: str, lines: _KeyLines | None) -> None:
-        self.source_name = source_name
-        self.key_lines = lines
-        self.items: list[CatalogProblem] = []
-
-    def add(self, key: tuple[Any, ...], reason: str) -> None:
-        line = self.key_lines.line(key) if self.key_lines is not None else 0
-        self.add_at(line, _dotted(key), reason)
-
-    def add_at(self, line: int, dotted: str, reason: str) -> None:
-        self.items.append(CatalogProblem(self.source_name, line, dotted, reason))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise CatalogError(self.items)
-
-
-def _dotted(key: tuple[Any, ...]) -> str:
-    """`("rates", 1, "fixed", "3m")` -> `rates[1].fixed."3m"`."""
-    text = ""
-    for part in key:
-        if isinstance(part, int):
-            text += f"[{part}]"
-            continue
-        name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
-        text += f".{name}" if text else name
-    return text
 
 
 # --- Parsing --------------------------------------------------------------------------
@@ -563,7 +424,6 @@ _DEMAND_KEYS: Final = ("day_count", "kinds")
 _SETTLEMENT_KEYS: Final = ("months", "day")
 _FIXED_KEYS: Final = ("day_count", "minimum_minor")
 _RATE_SET_KEYS: Final = ("effective", "demand", "fixed")
-_TOML_POSITION = re.compile(r"^(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 
 def _parse_bytes(data: bytes, source_name: str) -> DepositCatalog:
@@ -575,13 +435,12 @@ def _parse_bytes(data: bytes, source_name: str) -> DepositCatalog:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        match = _TOML_POSITION.match(str(error))
-        line, reason = (int(match["line"]), match["reason"]) if match else (0, str(error))
+        line, reason = toml_error_position(error)
         problem = CatalogProblem(source_name, line, "", f"invalid TOML: {reason}")
         raise CatalogError([problem]) from error
 
-    problems = _Problems(source_name, _KeyLines(text))
-    _check_keys(document, _TOP_LEVEL_KEYS, (), problems)
+    problems = Problems(source_name, KeyLines(text))
+    check_keys(document, _TOP_LEVEL_KEYS, (), problems)
     demand = _table(document, "demand", _DEMAND_KEYS, problems)
     settlement_table = _table(document, "settlement", _SETTLEMENT_KEYS, problems)
     fixed = _table(document, "fixed", _FIXED_KEYS, problems)
@@ -608,7 +467,7 @@ def _parse_bytes(data: bytes, source_name: str) -> DepositCatalog:
 
 
 def _table(
-    document: Mapping[str, Any], name: str, allowed: Sequence[str], problems: _Problems
+    document: Mapping[str, Any], name: str, allowed: Sequence[str], problems: Problems
 ) -> Mapping[str, Any] | None:
     """The table `[name]` with its keys checked; None (reported) if missing or not a table."""
     if name not in document:
@@ -616,46 +475,22 @@ def _table(
         return None
     table = document[name]
     if not isinstance(table, dict):
-        problems.add((name,), f"expected a table [{name}], got {_describe(table)}")
+        problems.add((name,), f"expected a table [{name}], got {describe(table)}")
         return None
-    _check_keys(table, allowed, (name,), problems)
+    check_keys(table, allowed, (name,), problems)
     return table
 
 
-def _check_keys(
-    table: Mapping[str, Any], allowed: Sequence[str], prefix: tuple[Any, ...], problems: _Problems
-) -> None:
-    for name in table:
-        if name in allowed:
-            continue
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"did you mean `{close[0]}`?" if close else f"expected one of: {', '.join(allowed)}"
-        problems.add((*prefix, name), f"unknown key ({hint})")
-
-
-def _required(
-    table: Mapping[str, Any] | None, name: str, prefix: tuple[Any, ...], problems: _Problems,
-    expected: str,
-) -> Any:  # fmt: skip
-    """The value of a required key; None if the table or the key is missing (reported)."""
-    if table is None:
-        return None
-    if name not in table:
-        problems.add((*prefix, name), f"missing required key ({expected})")
-        return None
-    return table[name]
-
-
 def _parse_day_count(
-    table: Mapping[str, Any] | None, prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any] | None, prefix: tuple[Any, ...], problems: Problems
 ) -> DayCount | None:
     expected = f"one of {DAY_COUNT_LABELS}"
-    value = _required(table, "day_count", prefix, problems, expected)
+    value = required(table, "day_count", prefix, problems, expected)
     if value is None:
         return None
     if not isinstance(value, str):
         hint = ' (write it as a string: "360")' if isinstance(value, int) else ""
-        problems.add((*prefix, "day_count"), f"expected {expected}, got {_describe(value)}{hint}")
+        problems.add((*prefix, "day_count"), f"expected {expected}, got {describe(value)}{hint}")
         return None
     try:
         return DayCount.from_label(value)
@@ -665,16 +500,16 @@ def _parse_day_count(
 
 
 def _parse_kinds(
-    table: Mapping[str, Any] | None, problems: _Problems
+    table: Mapping[str, Any] | None, problems: Problems
 ) -> frozenset[ProductKind] | None:
     names = ", ".join(kind.value for kind in DEMAND_KINDS)
     expected = f"a list of product kinds that earn the demand rate ({names})"
-    value = _required(table, "kinds", ("demand",), problems, expected)
+    value = required(table, "kinds", ("demand",), problems, expected)
     if value is None:
         return None
     key = ("demand", "kinds")
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
+        problems.add(key, f"expected {expected}, got {describe(value)}")
         return None
     allowed = {kind.value: kind for kind in DEMAND_KINDS}
     for item in value:
@@ -688,25 +523,25 @@ def _parse_kinds(
 
 
 def _parse_settlement(
-    table: Mapping[str, Any] | None, problems: _Problems
+    table: Mapping[str, Any] | None, problems: Problems
 ) -> SettlementSchedule | None:
     expected_months = "four months three apart, such as [3, 6, 9, 12]"
-    months = _required(table, "months", ("settlement",), problems, expected_months)
-    day = _required(table, "day", ("settlement",), problems, "a day of the month, 1..28")
+    months = required(table, "months", ("settlement",), problems, expected_months)
+    day = required(table, "day", ("settlement",), problems, "a day of the month, 1..28")
     valid = months is not None and day is not None
     if months is not None and not (
         isinstance(months, list)
         and len(months) == 4
-        and all(_is_integer(month) for month in months)
+        and all(is_integer(month) for month in months)
         and 1 <= months[0] <= 3
         and all(months[q] == months[0] + 3 * q for q in range(4))
     ):
         problems.add(("settlement", "months"), f"expected {expected_months}, got {months!r}")
         valid = False
-    if day is not None and not (_is_integer(day) and 1 <= day <= 28):
+    if day is not None and not (is_integer(day) and 1 <= day <= 28):
         problems.add(
             ("settlement", "day"),
-            f"expected a day of the month 1..28 (every month has it), got {_describe(day)}",
+            f"expected a day of the month 1..28 (every month has it), got {describe(day)}",
         )
         valid = False
     if not valid:
@@ -714,17 +549,17 @@ def _parse_settlement(
     return SettlementSchedule(first_month=months[0], day_of_month=day)
 
 
-def _parse_minimum(table: Mapping[str, Any] | None, problems: _Problems) -> int | None:
+def _parse_minimum(table: Mapping[str, Any] | None, problems: Problems) -> int | None:
     expected = "the smallest fixed deposit, an integer number of fen"
-    value = _required(table, "minimum_minor", ("fixed",), problems, expected)
+    value = required(table, "minimum_minor", ("fixed",), problems, expected)
     if value is None:
         return None
     key = ("fixed", "minimum_minor")
     if isinstance(value, float):
-        problems.add(key, f"money is an integer number of fen, got {_describe(value)}")
+        problems.add(key, f"money is an integer number of fen, got {describe(value)}")
         return None
-    if not _is_integer(value):
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
+    if not is_integer(value):
+        problems.add(key, f"expected {expected}, got {describe(value)}")
         return None
     if not 1 <= value <= MINIMUM_FIXED_MINOR_MAX:
         problems.add(key, f"{value} is out of range 1..{MINIMUM_FIXED_MINOR_MAX}")
@@ -733,9 +568,7 @@ def _parse_minimum(table: Mapping[str, Any] | None, problems: _Problems) -> int 
     return value
 
 
-def _parse_rate_sets(
-    document: Mapping[str, Any], problems: _Problems
-) -> tuple[RateSet, ...] | None:
+def _parse_rate_sets(document: Mapping[str, Any], problems: Problems) -> tuple[RateSet, ...] | None:
     """Every `[[rates]]` set, then their order: dates strictly increasing."""
     if "rates" not in document:
         problems.add(("rates",), "missing required rate sets ([[rates]] with effective, "
@@ -743,7 +576,7 @@ def _parse_rate_sets(
         return None
     tables = document["rates"]
     if not isinstance(tables, list) or not all(isinstance(item, dict) for item in tables):
-        problems.add(("rates",), f"expected rate sets ([[rates]]), got {_describe(tables)}")
+        problems.add(("rates",), f"expected rate sets ([[rates]]), got {describe(tables)}")
         return None
     if not tables:
         problems.add(("rates",), "no rate set: at least one [[rates]] is required")
@@ -754,8 +587,8 @@ def _parse_rate_sets(
         if effective_day is None:
             continue
         if previous is not None and effective_day <= previous[0]:
-            when = _date_text(effective_day)
-            before, before_line = _date_text(previous[0]), previous[1]
+            when = date_text(effective_day)
+            before, before_line = date_text(previous[0]), previous[1]
             if effective_day == previous[0]:
                 reason = (
                     f"duplicate effective date {when} (also the rate set at line "
@@ -776,17 +609,17 @@ def _parse_rate_sets(
 
 
 def _parse_rate_set(
-    table: Mapping[str, Any], index: int, problems: _Problems
+    table: Mapping[str, Any], index: int, problems: Problems
 ) -> tuple[int | None, int, RateSet | None]:
     """(effective day or None, line of the set, the set or None if it has a problem)."""
     prefix: tuple[Any, ...] = ("rates", index)
     line = problems.key_lines.line(prefix) if problems.key_lines is not None else 0
     problem_count = len(problems.items)
-    _check_keys(table, _RATE_SET_KEYS, prefix, problems)
-    effective = _parse_effective(table, prefix, problems)
-    demand = _required(table, "demand", prefix, problems, 'the demand rate, such as "0.05%"')
+    check_keys(table, _RATE_SET_KEYS, prefix, problems)
+    effective = parse_date(table, "effective", prefix, problems)
+    demand = required(table, "demand", prefix, problems, 'the demand rate, such as "0.05%"')
     demand_rate = (
-        None if demand is None else _parse_rate_value(demand, (*prefix, "demand"), problems)
+        None if demand is None else parse_rate_value(demand, (*prefix, "demand"), problems)
     )
     fixed_rates = _parse_fixed_rates(table, prefix, problems)
     if fixed_rates is not None and demand_rate is not None:
@@ -803,33 +636,16 @@ def _parse_rate_set(
     return effective, line, RateSet(effective, demand_rate, MappingProxyType(fixed_rates), line)
 
 
-def _parse_effective(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
-) -> int | None:
-    expected = "a TOML date such as 2025-05-20 (not quoted)"
-    value = _required(table, "effective", prefix, problems, expected)
-    if value is None:
-        return None
-    key = (*prefix, "effective")
-    if isinstance(value, datetime.datetime) or not isinstance(value, datetime.date):
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
-        return None
-    if not EPOCH_YEAR <= value.year <= YEAR_MAX or (value.year == YEAR_MAX and value.month > 6):
-        problems.add(key, f"{value.isoformat()} is outside 2000-01-01..2179-06-06")
-        return None
-    return day_of_date(value.year, value.month, value.day)
-
-
 def _parse_fixed_rates(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> dict[Term, int] | None:
     expected = 'a table of every term\'s rate, such as { "3m" = "0.65%", ... }'
-    value = _required(table, "fixed", prefix, problems, f"{expected}; terms {TERM_NAMES}")
+    value = required(table, "fixed", prefix, problems, f"{expected}; terms {TERM_NAMES}")
     if value is None:
         return None
     key = (*prefix, "fixed")
     if not isinstance(value, dict):
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
+        problems.add(key, f"expected {expected}, got {describe(value)}")
         return None
     rates: dict[Term, int] = {}
     valid = True
@@ -838,7 +654,7 @@ def _parse_fixed_rates(
             problems.add((*key, name), f"unknown term {name!r} (expected one of: {TERM_NAMES})")
             valid = False
             continue
-        rate = _parse_rate_value(text, (*key, name), problems)
+        rate = parse_rate_value(text, (*key, name), problems)
         if rate is None:
             valid = False
         else:
@@ -849,45 +665,3 @@ def _parse_fixed_rates(
                      f"term ({TERM_NAMES})")  # fmt: skip
         valid = False
     return rates if valid else None
-
-
-def _parse_rate_value(value: Any, key: tuple[Any, ...], problems: _Problems) -> int | None:
-    if isinstance(value, float) or _is_integer(value):
-        sign = "negative; a rate is >= 0%, and " if value < 0 else ""
-        problems.add(
-            key,
-            f'{sign}a rate is an exact percentage string such as "0.05%", got '
-            f"{_describe(value)} (a float cannot hold most rates exactly)",
-        )
-        return None
-    if not isinstance(value, str):
-        problems.add(key, f'expected a rate such as "0.05%", got {_describe(value)}')
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as error:
-        problems.add(key, str(error))
-        return None
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a float ({value!r})"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        return f"a string ({shown!r})"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, datetime.datetime):
-        return f"a date and time ({value.isoformat()})"
-    return f"a {type(value).__name__} ({value})"

@@ -24,38 +24,35 @@ future row, never rewrite one already in force (`check_lpr_successor`).
 
 from __future__ import annotations
 
-import datetime
 import enum
 import hashlib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from .calendar import DAY_COUNT, EPOCH_YEAR, YEAR_MAX, civil_of_day, day_of_date
-
-# The deposit catalog's problem collector and line finder (see limits/risk.py).
-from .deposits import (
-    CatalogError,
-    CatalogProblem,
-    _check_keys,
-    _describe,
-    _is_integer,
-    _KeyLines,
-    _parse_rate_value,
-    _Problems,
+from .calendar import DAY_COUNT, civil_of_day
+from .filecheck import (
+    VERSION_MAX,
+    KeyLines,
+    ParameterFileError,
+    Problems,
+    check_keys,
+    date_text,
+    describe,
+    parse_date,
+    parse_rate_value,
+    parse_version,
+    toml_error_position,
 )
 from .rates import format_rate
 from .watched import read_stable
 
 PUBLICATION_DAY_FIRST: Final = 20  # the 20th...
 PUBLICATION_DAY_LAST: Final = 27  # ...or the first business day after it (weekends, holidays)
-VERSION_MAX: Final = 2**31 - 1
 _TOP_LEVEL_KEYS: Final = ("version", "rates")
-_TOML_POSITION = re.compile(r"^(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 
 class LprTerm(enum.StrEnum):
@@ -69,36 +66,10 @@ _FIXING_KEYS: Final = ("effective", *(term.value for term in LprTerm))
 TERM_NAMES: Final = ", ".join(term.value for term in LprTerm)
 
 
-class LprError(CatalogError):
+class LprError(ParameterFileError):
     """An LPR table cannot be used; like `limits.risk.RiskRulesError`: every problem in
     `catalog_problems`, `errors` as (line, message), `source`/`line`/`message` the
     first one's."""
-
-    @property
-    def source(self) -> str:
-        return self.path
-
-    @property
-    def errors(self) -> list[tuple[int, str]]:
-        """Every problem as (1-based line, 0 if about the whole file; "`key`: reason")."""
-        return [
-            (
-                problem.line,
-                f"`{problem.key}`: {problem.message}" if problem.key else problem.message,
-            )
-            for problem in self.catalog_problems
-        ]
-
-    @classmethod
-    def at(cls, source: str, line: int, message: str) -> LprError:
-        """An error with one problem (about the file as a whole when line is 0)."""
-        return cls([CatalogProblem(source, line, "", message)])
-
-
-class _LprProblems(_Problems):
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise LprError(self.items)
 
 
 class LprNotInForceError(LookupError):
@@ -108,8 +79,8 @@ class LprNotInForceError(LookupError):
         self.day = day
         self.first_day = first_day
         super().__init__(
-            f"no LPR is in force on {_date_text(day)}: the table's first fixing takes "
-            f"effect on {_date_text(first_day)}"
+            f"no LPR is in force on {date_text(day)}: the table's first fixing takes "
+            f"effect on {date_text(first_day)}"
         )
 
 
@@ -132,7 +103,7 @@ class LprFixing:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "effective": _date_text(self.effective_day),
+            "effective": date_text(self.effective_day),
             **{
                 term.value: {"rate": format_rate(self.rates[term]), "rate_ppm": self.rates[term]}
                 for term in LprTerm
@@ -209,12 +180,11 @@ def parse_lpr(text: str, source: str) -> LprTable:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        match = _TOML_POSITION.match(str(error))
-        line, reason = (int(match["line"]), match["reason"]) if match else (0, str(error))
+        line, reason = toml_error_position(error)
         raise LprError.at(source, line, f"invalid TOML: {reason}") from error
-    problems = _LprProblems(source, _KeyLines(text))
-    _check_keys(document, _TOP_LEVEL_KEYS, (), problems)
-    version = _parse_version(document, problems)
+    problems = Problems(source, KeyLines(text), LprError)
+    check_keys(document, _TOP_LEVEL_KEYS, (), problems)
+    version = parse_version(document, problems, "the table's")
     history = _parse_fixings(document, problems)
     problems.raise_if_any()
     assert version is not None and history is not None
@@ -231,7 +201,7 @@ def check_lpr_successor(current: LprTable, new: LprTable, day: int, source: str 
     """Refuse (`LprError`) a new table that does not increase the version, removes or
     changes a fixing in force on or before `day` (today's business day), or adds one
     that takes effect on or before `day`: rates already used to price loans are history."""
-    problems = _LprProblems(source or new.source, _KeyLines(new.text))
+    problems = Problems(source or new.source, KeyLines(new.text), LprError)
     if new.version <= current.version:
         problems.add(("version",), f"{new.version} does not increase the version in force "
                      f"({current.version}): every change is a new, higher version")  # fmt: skip
@@ -240,7 +210,7 @@ def check_lpr_successor(current: LprTable, new: LprTable, day: int, source: str 
         if fixing.effective_day > day:
             continue  # not in force yet: it may still change
         replacement = new_by_day.get(fixing.effective_day)
-        when = _date_text(fixing.effective_day)
+        when = date_text(fixing.effective_day)
         if replacement is None:
             problems.add_at(1, "rates", f"the fixing effective {when} was removed; the table "
                             "keeps history (loans were priced with it)")  # fmt: skip
@@ -257,28 +227,13 @@ def check_lpr_successor(current: LprTable, new: LprTable, day: int, source: str 
             problems.add_at(
                 fixing.line,
                 "rates.effective",
-                f"{_date_text(fixing.effective_day)} is not after today ({_date_text(day)}); "
+                f"{date_text(fixing.effective_day)} is not after today ({date_text(day)}); "
                 "a new fixing takes effect in the future",
             )
     problems.raise_if_any()
 
 
-def _parse_version(document: Mapping[str, Any], problems: _Problems) -> int | None:
-    if "version" not in document:
-        problems.add(("version",), "missing required key (the table's version, an integer "
-                     "that increases with every approved change)")  # fmt: skip
-        return None
-    value = document["version"]
-    if not _is_integer(value) or not 1 <= value <= VERSION_MAX:
-        problems.add(("version",), f"expected an integer 1..{VERSION_MAX}, got {_describe(value)}")
-        return None
-    assert isinstance(value, int)
-    return value
-
-
-def _parse_fixings(
-    document: Mapping[str, Any], problems: _Problems
-) -> tuple[LprFixing, ...] | None:
+def _parse_fixings(document: Mapping[str, Any], problems: Problems) -> tuple[LprFixing, ...] | None:
     """Every `[[rates]]` fixing, then their order: strictly increasing, one a month."""
     if "rates" not in document:
         problems.add(
@@ -287,7 +242,7 @@ def _parse_fixings(
         return None
     tables = document["rates"]
     if not isinstance(tables, list) or not all(isinstance(item, dict) for item in tables):
-        problems.add(("rates",), f"expected fixings ([[rates]]), got {_describe(tables)}")
+        problems.add(("rates",), f"expected fixings ([[rates]]), got {describe(tables)}")
         return None
     if not tables:
         problems.add(("rates",), "no fixing: at least one [[rates]] is required")
@@ -310,7 +265,7 @@ def _parse_fixings(
 
 def _order_problem(previous: LprFixing, fixing: LprFixing) -> str | None:
     """Why `fixing` cannot follow `previous` (None: it can)."""
-    when, before = _date_text(fixing.effective_day), _date_text(previous.effective_day)
+    when, before = date_text(fixing.effective_day), date_text(previous.effective_day)
     if fixing.effective_day <= previous.effective_day:
         return (
             f"{when} is not after {before} (the fixing at line {previous.line}): list fixings "
@@ -324,11 +279,11 @@ def _order_problem(previous: LprFixing, fixing: LprFixing) -> str | None:
     return None
 
 
-def _parse_fixing(table: Mapping[str, Any], index: int, problems: _Problems) -> LprFixing | None:
+def _parse_fixing(table: Mapping[str, Any], index: int, problems: Problems) -> LprFixing | None:
     prefix: tuple[Any, ...] = ("rates", index)
     line = problems.key_lines.line(prefix) if problems.key_lines is not None else 0
     count = len(problems.items)
-    _check_keys(table, _FIXING_KEYS, prefix, problems)
+    check_keys(table, _FIXING_KEYS, prefix, problems)
     effective = _parse_effective(table, prefix, problems)
     rates: dict[LprTerm, int] = {}
     for term in LprTerm:
@@ -336,7 +291,7 @@ def _parse_fixing(table: Mapping[str, Any], index: int, problems: _Problems) -> 
             problems.add((*prefix, term.value), f'missing required key (the {term.value} LPR, '
                          'such as "3.00%")')  # fmt: skip
             continue
-        rate = _parse_rate_value(table[term.value], (*prefix, term.value), problems)
+        rate = parse_rate_value(table[term.value], (*prefix, term.value), problems)
         if rate is not None:
             rates[term] = rate
     if len(problems.items) > count:
@@ -346,31 +301,17 @@ def _parse_fixing(table: Mapping[str, Any], index: int, problems: _Problems) -> 
 
 
 def _parse_effective(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> int | None:
-    expected = "a TOML date such as 2025-05-20 (not quoted)"
-    key = (*prefix, "effective")
-    if "effective" not in table:
-        problems.add(key, f"missing required key ({expected})")
+    day = parse_date(table, "effective", prefix, problems)
+    if day is None:
         return None
-    value = table["effective"]
-    if isinstance(value, datetime.datetime) or not isinstance(value, datetime.date):
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
-        return None
-    if not EPOCH_YEAR <= value.year <= YEAR_MAX or (value.year == YEAR_MAX and value.month > 6):
-        problems.add(key, f"{value.isoformat()} is outside 2000-01-01..2179-06-06")
-        return None
-    if not PUBLICATION_DAY_FIRST <= value.day <= PUBLICATION_DAY_LAST:
+    if not PUBLICATION_DAY_FIRST <= civil_of_day(day)[2] <= PUBLICATION_DAY_LAST:
         problems.add(
-            key,
-            f"{value.isoformat()} is not a publication day: the LPR is published on the 20th "
+            (*prefix, "effective"),
+            f"{date_text(day)} is not a publication day: the LPR is published on the 20th "
             f"(the next business day when the 20th is a weekend or a holiday: "
             f"{PUBLICATION_DAY_FIRST}..{PUBLICATION_DAY_LAST})",
         )
         return None
-    return day_of_date(value.year, value.month, value.day)
-
-
-def _date_text(day: int) -> str:
-    year, month, day_of_month = civil_of_day(day)
-    return f"{year:04d}-{month:02d}-{day_of_month:02d}"
+    return day

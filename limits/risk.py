@@ -50,16 +50,17 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeVar
 
-# The deposit catalog's problem collector and line finder serve every parameter file
-# of `limits` that reports (file, line, key) problems: one implementation of the rules.
-from .deposits import (
-    CatalogError,
+from .filecheck import (
+    VERSION_MAX,
     CatalogProblem,
-    _check_keys,
-    _describe,
-    _is_integer,
-    _KeyLines,
-    _Problems,
+    KeyLines,
+    ParameterFileError,
+    Problems,
+    check_keys,
+    describe,
+    is_integer,
+    parse_version,
+    toml_error_position,
 )
 from .risk_layout import (
     HISTORY_SAMPLES,
@@ -81,7 +82,6 @@ from .watched import read_stable
 DEFAULT_CODES: Final = frozenset(
     {"transfer", "payment", "cash_withdrawal", "withdraw_bound", "external_transfer_out"}
 )
-VERSION_MAX: Final = 2**31 - 1
 WINDOW_S_MAX: Final = 366 * 86_400  # a year and a day: longer windows keep stale counters
 HOLD_S_MAX: Final = 90 * 86_400  # a hold's timeout (+1 day) must fit the record's u32
 LISTS_MAX: Final = 64
@@ -149,13 +149,12 @@ _RESIDENT_ID_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4,
 _RESIDENT_ID_CHECK: Final = "10X98765432"  # GB 11643-1999 (ISO 7064 MOD 11-2)
 _COUNTERPARTY: Final = re.compile(r"[0-9]{8,32}")  # the HTTP schema's account_number
 _ACCOUNT_ID: Final = re.compile(r"[1-9][0-9]{0,19}")
-_TOML_POSITION = re.compile(r"^(?P<reason>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 
 # --- Errors ---------------------------------------------------------------------------
 
 
-class RiskRulesError(CatalogError):
+class RiskRulesError(ParameterFileError):
     """A risk rule set cannot be used. Every problem is in `catalog_problems` (one line
     each in `str(error)`, `problems` as strings, `errors` as (line, message));
     `source`, `line` and `message` are the first one's.
@@ -164,31 +163,8 @@ class RiskRulesError(CatalogError):
     parameter file handles this one alike.
     """
 
-    @property
-    def source(self) -> str:
-        """The file name (or the approval request's name for the text) in messages."""
-        return self.path
 
-    @property
-    def errors(self) -> list[tuple[int, str]]:
-        """Every problem as (1-based line, 0 if about the whole file; "`key`: reason")."""
-        return problem_pairs(self.catalog_problems)
-
-    @classmethod
-    def at(cls, source: str, line: int, message: str) -> RiskRulesError:
-        """An error with one problem (about the file as a whole when line is 0)."""
-        return cls([CatalogProblem(source, line, "", message)])
-
-
-def problem_pairs(problems: Sequence[CatalogProblem]) -> list[tuple[int, str]]:
-    """(line, "`key`: reason") of each problem: what an approval request shows."""
-    return [
-        (problem.line, f"`{problem.key}`: {problem.message}" if problem.key else problem.message)
-        for problem in problems
-    ]
-
-
-class _RiskProblems(_Problems):
+class _RiskProblems(Problems):
     def raise_if_any(self) -> None:
         """Raise every problem found, in file order (a stable sort: problems about the
         whole file first, those of one line in the order they were found)."""
@@ -449,12 +425,11 @@ def parse_risk_rules(text: str, source: str) -> RiskRules:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        match = _TOML_POSITION.match(str(error))
-        line, reason = (int(match["line"]), match["reason"]) if match else (0, str(error))
+        line, reason = toml_error_position(error)
         raise RiskRulesError.at(source, line, f"invalid TOML: {reason}") from error
-    problems = _RiskProblems(source, _KeyLines(text))
-    _check_keys(document, _TOP_LEVEL_KEYS, (), problems)
-    version = _parse_version(document, problems)
+    problems = _RiskProblems(source, KeyLines(text))
+    check_keys(document, _TOP_LEVEL_KEYS, (), problems)
+    version = parse_version(document, problems, "the rule set's")
     holds = _parse_holds(document, problems)
     lists, list_matches = _parse_lists(document, problems)
     rules = _parse_rules(document, list_matches, problems)
@@ -480,7 +455,7 @@ def check_risk_successor(current: RiskRules, new: RiskRules, source: str = "") -
             [
                 CatalogProblem(
                     source or new.source,
-                    _KeyLines(new.text).line(("version",)),
+                    KeyLines(new.text).line(("version",)),
                     "version",
                     f"{new.version} does not increase the version in force ({current.version}): "
                     "every change of the rule set is a new, higher version",
@@ -496,28 +471,15 @@ def _at_file(path: str, message: str) -> RiskRulesError:
 # --- Parsing: the top level -----------------------------------------------------------
 
 
-def _parse_version(document: Mapping[str, Any], problems: _Problems) -> int | None:
-    if "version" not in document:
-        problems.add(("version",), "missing required key (the rule set's version, an "
-                     "integer that increases with every approved change)")  # fmt: skip
-        return None
-    value = document["version"]
-    if not _is_integer(value) or not 1 <= value <= VERSION_MAX:
-        problems.add(("version",), f"expected an integer 1..{VERSION_MAX}, got {_describe(value)}")
-        return None
-    assert isinstance(value, int)
-    return value
-
-
-def _parse_holds(document: Mapping[str, Any], problems: _Problems) -> tuple[int, int] | None:
+def _parse_holds(document: Mapping[str, Any], problems: Problems) -> tuple[int, int] | None:
     if "holds" not in document:
         problems.add(("holds",), "missing required table [holds] (delay_s, review_s)")
         return None
     table = document["holds"]
     if not isinstance(table, dict):
-        problems.add(("holds",), f"expected a table [holds], got {_describe(table)}")
+        problems.add(("holds",), f"expected a table [holds], got {describe(table)}")
         return None
-    _check_keys(table, _HOLDS_KEYS, ("holds",), problems)
+    check_keys(table, _HOLDS_KEYS, ("holds",), problems)
     values = []
     for name, meaning in (
         ("delay_s", "how long a delayed payment is held before it settles"),
@@ -528,8 +490,8 @@ def _parse_holds(document: Mapping[str, Any], problems: _Problems) -> tuple[int,
             problems.add(key, f"missing required key ({meaning}, seconds)")
             continue
         value = table[name]
-        if not _is_integer(value) or not 1 <= value <= HOLD_S_MAX:
-            problems.add(key, f"expected seconds 1..{HOLD_S_MAX} (90 days), got {_describe(value)}")
+        if not is_integer(value) or not 1 <= value <= HOLD_S_MAX:
+            problems.add(key, f"expected seconds 1..{HOLD_S_MAX} (90 days), got {describe(value)}")
             continue
         values.append(value)
     return (values[0], values[1]) if len(values) == 2 else None
@@ -539,7 +501,7 @@ def _parse_holds(document: Mapping[str, Any], problems: _Problems) -> tuple[int,
 
 
 def _parse_lists(
-    document: Mapping[str, Any], problems: _Problems
+    document: Mapping[str, Any], problems: Problems
 ) -> tuple[dict[str, RiskList], dict[str, Match | None]]:
     """The valid lists, and every declared list name with its match (None if the match
     itself is bad): rules naming a declared but broken list are not reported again."""
@@ -547,7 +509,7 @@ def _parse_lists(
         return {}, {}
     tables = document["lists"]
     if not isinstance(tables, dict):
-        problems.add(("lists",), f"expected tables [lists.NAME], got {_describe(tables)}")
+        problems.add(("lists",), f"expected tables [lists.NAME], got {describe(tables)}")
         return {}, {}
     if len(tables) > LISTS_MAX:
         problems.add(("lists",), f"{len(tables)} lists; at most {LISTS_MAX}")
@@ -558,11 +520,11 @@ def _parse_lists(
         if not _NAME.fullmatch(name):
             problems.add(prefix, "a list name is 1..40 of a-z, 0-9 and _")
         if not isinstance(table, dict):
-            problems.add(prefix, f"expected a table [lists.{name}], got {_describe(table)}")
+            problems.add(prefix, f"expected a table [lists.{name}], got {describe(table)}")
             matches[name] = None
             continue
         count = len(problems.items)
-        _check_keys(table, _LIST_KEYS, prefix, problems)
+        check_keys(table, _LIST_KEYS, prefix, problems)
         match = _parse_match(table, prefix, problems)
         matches[name] = match
         keys = _parse_list_values(table, match, prefix, problems)
@@ -572,7 +534,7 @@ def _parse_lists(
 
 
 def _parse_match(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> Match | None:
     expected = "one of " + ", ".join(f'"{name}"' for name in MATCH_NAMES)
     if "match" not in table:
@@ -580,13 +542,13 @@ def _parse_match(
         return None
     value = table["match"]
     if not isinstance(value, str) or value not in MATCH_NAMES:
-        problems.add((*prefix, "match"), f"expected {expected}, got {_describe(value)}")
+        problems.add((*prefix, "match"), f"expected {expected}, got {describe(value)}")
         return None
     return MATCH_NAMES[value]
 
 
 def _parse_list_values(
-    table: Mapping[str, Any], match: Match | None, prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], match: Match | None, prefix: tuple[Any, ...], problems: Problems
 ) -> tuple[int, ...] | None:
     key = (*prefix, "values")
     if "values" not in table:
@@ -594,7 +556,7 @@ def _parse_list_values(
         return None
     values = table["values"]
     if not isinstance(values, list):
-        problems.add(key, f"expected an array of strings, got {_describe(values)}")
+        problems.add(key, f"expected an array of strings, got {describe(values)}")
         return None
     if len(values) > LIST_VALUES_MAX:
         problems.add(key, f"{len(values)} values; at most {LIST_VALUES_MAX} in one list")
@@ -609,7 +571,7 @@ def _parse_list_values(
         if reason is None and value in seen:
             reason = "is listed twice"
         if reason is not None:
-            problems.add(key, f"value {index + 1} ({_describe(value)}) {reason}")
+            problems.add(key, f"value {index + 1} ({describe(value)}) {reason}")
             valid = False
             continue
         seen.add(value)
@@ -620,9 +582,7 @@ def _parse_list_values(
 def _list_value_problem(value: object, match: Match) -> str | None:
     """Why `value` cannot be in a list of `match` values (None: it can)."""
     if not isinstance(value, str):
-        hint = (
-            ' (write account ids as strings: "6235010000000000017")' if _is_integer(value) else ""
-        )
+        hint = ' (write account ids as strings: "6235010000000000017")' if is_integer(value) else ""
         return f"is not a string{hint}"
     if match is Match.ACCOUNT:
         if not _ACCOUNT_ID.fullmatch(value) or int(value) > ACCOUNT_ID_MAX:
@@ -661,13 +621,13 @@ def _list_value_problem(value: object, match: Match) -> str | None:
 
 
 def _parse_rules(
-    document: Mapping[str, Any], list_matches: Mapping[str, Match | None], problems: _Problems
+    document: Mapping[str, Any], list_matches: Mapping[str, Match | None], problems: Problems
 ) -> tuple[RiskRule, ...] | None:
     if "rules" not in document:
         return ()  # a bank may run with no rule at all (the stage then allows everything)
     tables = document["rules"]
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
-        problems.add(("rules",), f"expected rules ([[rules]]), got {_describe(tables)}")
+        problems.add(("rules",), f"expected rules ([[rules]]), got {describe(tables)}")
         return None
     count = len(problems.items)
     if len(tables) > RULES_MAX:
@@ -697,7 +657,7 @@ def _parse_rule(
     table: Mapping[str, Any],
     index: int,
     list_matches: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> RiskRule | None:
     """One `[[rules]]` table; None (with its problems reported) if it has any."""
     prefix: tuple[Any, ...] = ("rules", index)
@@ -716,7 +676,7 @@ def _parse_rule(
     codes = _parse_codes(table, prefix, problems)
     amount_min = _parse_money(table, "amount_min", prefix, problems)
     if rule_type is None:
-        _check_keys(table, _COMMON_KEYS + _ALL_TYPE_KEYS, prefix, problems)
+        check_keys(table, _COMMON_KEYS + _ALL_TYPE_KEYS, prefix, problems)
         return None
     _check_rule_keys(table, rule_type, prefix, problems)
     fields = _TYPE_PARSERS[rule_type](table, prefix, list_matches, problems)
@@ -737,7 +697,7 @@ _ALL_TYPE_KEYS: Final = tuple(dict.fromkeys(key for keys in _TYPE_KEYS.values() 
 
 
 def _check_rule_keys(
-    table: Mapping[str, Any], rule_type: RuleType, prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], rule_type: RuleType, prefix: tuple[Any, ...], problems: Problems
 ) -> None:
     allowed = _COMMON_KEYS + _TYPE_KEYS[rule_type]
     type_name = rule_type.name.lower()
@@ -748,18 +708,18 @@ def _check_rule_keys(
             own = ", ".join(_TYPE_KEYS[rule_type]) or "none beyond the common ones"
             problems.add((*prefix, name), f"not a key of a {type_name} rule (its keys: {own})")
         else:
-            _check_keys({name: None}, allowed, prefix, problems)
+            check_keys({name: None}, allowed, prefix, problems)
 
 
 def _parse_name(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> str | None:
     if "name" not in table:
         problems.add((*prefix, "name"), "missing required key (the rule's name, unique)")
         return None
     value = table["name"]
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        problems.add((*prefix, "name"), f"expected 1..40 of a-z, 0-9 and _, got {_describe(value)}")
+        problems.add((*prefix, "name"), f"expected 1..40 of a-z, 0-9 and _, got {describe(value)}")
         return None
     return value
 
@@ -769,7 +729,7 @@ _T = TypeVar("_T")
 
 def _parse_enum(
     table: Mapping[str, Any], field: str, names: Mapping[str, _T], prefix: tuple[Any, ...],
-    problems: _Problems,
+    problems: Problems,
 ) -> _T | None:  # fmt: skip
     expected = "one of " + ", ".join(f'"{name}"' for name in names)
     if field not in table:
@@ -778,22 +738,22 @@ def _parse_enum(
     value = table[field]
     if not isinstance(value, str) or value not in names:
         problems.add(
-            (*prefix, field), f"unknown {field}: expected {expected}, got {_describe(value)}"
+            (*prefix, field), f"unknown {field}: expected {expected}, got {describe(value)}"
         )
         return None
     return names[value]
 
 
-def _parse_report(table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems) -> bool:
+def _parse_report(table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems) -> bool:
     value = table.get("report", False)
     if not isinstance(value, bool):
-        problems.add((*prefix, "report"), f"expected true or false, got {_describe(value)}")
+        problems.add((*prefix, "report"), f"expected true or false, got {describe(value)}")
         return False
     return value
 
 
 def _parse_codes(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> frozenset[str] | None:
     if "codes" not in table:
         return DEFAULT_CODES
@@ -801,7 +761,7 @@ def _parse_codes(
     key = (*prefix, "codes")
     names = ", ".join(TRANSFER_CODES)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        problems.add(key, f"expected a list of transfer codes ({names}), got {_describe(value)}")
+        problems.add(key, f"expected a list of transfer codes ({names}), got {describe(value)}")
         return None
     unknown = [item for item in value if item not in TRANSFER_CODES]
     if unknown:
@@ -822,7 +782,7 @@ def _parse_codes(
 
 
 def _parse_money(
-    table: Mapping[str, Any], field: str, prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], field: str, prefix: tuple[Any, ...], problems: Problems
 ) -> int | None:
     """`field` as a CNY decimal string ("50000.00") or `field_minor` as integer fen;
     0 when neither is given; None (reported) when invalid or both are given."""
@@ -833,8 +793,8 @@ def _parse_money(
     if minor_field in table:
         value = table[minor_field]
         key = (*prefix, minor_field)
-        if isinstance(value, float) or not _is_integer(value):
-            problems.add(key, f"money is an integer number of fen, got {_describe(value)}")
+        if isinstance(value, float) or not is_integer(value):
+            problems.add(key, f"money is an integer number of fen, got {describe(value)}")
             return None
         if not 0 <= value <= AMOUNT_MINOR_MAX:
             reason = "is negative" if value < 0 else f"is above {AMOUNT_MINOR_MAX}"
@@ -852,7 +812,7 @@ def _parse_money(
             if isinstance(value, float) and value >= 0
             else f' (write CNY as a string such as "50000.00", or fen as {minor_field})'
         )
-        problems.add(key, f"expected an amount in CNY as a string, got {_describe(value)}{hint}")
+        problems.add(key, f"expected an amount in CNY as a string, got {describe(value)}{hint}")
         return None
     if value.startswith("-"):
         problems.add(key, f"{value!r} is negative; a threshold is >= 0")
@@ -869,7 +829,7 @@ def _parse_money(
 
 
 def _parse_window(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> int | None:
     key = (*prefix, "window")
     expected = 'a duration such as "30s", "10m", "1h", "1d" or "30d"'
@@ -879,7 +839,7 @@ def _parse_window(
     value = table["window"]
     match = _WINDOW.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
+        problems.add(key, f"expected {expected}, got {describe(value)}")
         return None
     window_s = int(match["count"]) * _WINDOW_UNITS[match["unit"]]
     if window_s > WINDOW_S_MAX:
@@ -890,11 +850,11 @@ def _parse_window(
 
 def _parse_count(
     table: Mapping[str, Any], field: str, low: int, high: int, prefix: tuple[Any, ...],
-    problems: _Problems,
+    problems: Problems,
 ) -> int | None:  # fmt: skip
     value = table[field]
-    if not _is_integer(value) or not low <= value <= high:
-        problems.add((*prefix, field), f"expected an integer {low}..{high}, got {_describe(value)}")
+    if not is_integer(value) or not low <= value <= high:
+        problems.add((*prefix, field), f"expected an integer {low}..{high}, got {describe(value)}")
         return None
     assert isinstance(value, int)
     return value
@@ -902,7 +862,7 @@ def _parse_count(
 
 def _parse_scope(
     table: Mapping[str, Any], allowed: Sequence[Scope], prefix: tuple[Any, ...],
-    problems: _Problems,
+    problems: Problems,
 ) -> Scope | None:  # fmt: skip
     names = {name: scope for name, scope in SCOPE_NAMES.items() if scope in allowed}
     return _parse_enum(table, "scope", names, prefix, problems)
@@ -913,7 +873,7 @@ _TypeFields = dict[str, Any]
 
 def _velocity(
     table: Mapping[str, Any], prefix: tuple[Any, ...], _: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     scope = _parse_scope(table, tuple(Scope)[1:], prefix, problems)
     window_s = _parse_window(table, prefix, problems)
@@ -933,7 +893,7 @@ def _velocity(
 
 def _history(
     table: Mapping[str, Any], prefix: tuple[Any, ...], _: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     scope = _parse_scope(table, HISTORY_SCOPES, prefix, problems)
     window_s = _parse_window(table, prefix, problems)
@@ -951,7 +911,7 @@ def _history(
 
 
 def _parse_multiple(
-    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
 ) -> int | None:
     key = (*prefix, "multiple")
     expected = 'how many times the median, a decimal string above 1 such as "5" or "2.5"'
@@ -959,12 +919,12 @@ def _parse_multiple(
         problems.add(key, f"missing required key ({expected})")
         return None
     value = table["multiple"]
-    if _is_integer(value):
+    if is_integer(value):
         value = str(value)  # an integer is exact
     if not isinstance(value, str) or not _MULTIPLE.fullmatch(value):
         hint = " (a float is not exact)" if isinstance(value, float) else ""
         problems.add(key, f"expected {expected} (at most 3 decimals), got "
-                     f"{_describe(table['multiple'])}{hint}")  # fmt: skip
+                     f"{describe(table['multiple'])}{hint}")  # fmt: skip
         return None
     permille = int(Decimal(value) * 1000)
     if not 1000 < permille <= MULTIPLE_PERMILLE_MAX:
@@ -976,7 +936,7 @@ def _parse_multiple(
 
 def _first_seen(
     table: Mapping[str, Any], prefix: tuple[Any, ...], _: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     window_s = _parse_window(table, prefix, problems)
     return None if window_s is None else {"window_s": window_s}
@@ -984,7 +944,7 @@ def _first_seen(
 
 def _time_of_day(
     table: Mapping[str, Any], prefix: tuple[Any, ...], _: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     from_s = _parse_time(table, "from", prefix, problems)
     to_s = _parse_time(table, "to", prefix, problems)
@@ -998,7 +958,7 @@ def _time_of_day(
 
 
 def _parse_time(
-    table: Mapping[str, Any], field: str, prefix: tuple[Any, ...], problems: _Problems
+    table: Mapping[str, Any], field: str, prefix: tuple[Any, ...], problems: Problems
 ) -> int | None:
     key = (*prefix, field)
     expected = '"HH:MM" or "HH:MM:SS", local time (the limit rules\' time zone)'
@@ -1008,7 +968,7 @@ def _parse_time(
     value = table[field]
     match = _TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        problems.add(key, f"expected {expected}, got {_describe(value)}")
+        problems.add(key, f"expected {expected}, got {describe(value)}")
         return None
     hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"] or 0)
     seconds = hour * 3600 + minute * 60 + second
@@ -1021,7 +981,7 @@ def _parse_time(
 
 def _list_rule(
     table: Mapping[str, Any], prefix: tuple[Any, ...], list_matches: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     key = (*prefix, "list")
     if "list" not in table:
@@ -1030,7 +990,7 @@ def _list_rule(
     value = table["list"]
     if not isinstance(value, str) or value not in list_matches:
         declared = ", ".join(sorted(list_matches)) or "none declared"
-        problems.add(key, f"unknown list {_describe(value)} (lists: {declared})")
+        problems.add(key, f"unknown list {describe(value)} (lists: {declared})")
         return None
     match = list_matches[value]
     if match is None:
@@ -1041,7 +1001,7 @@ def _list_rule(
 
 def _large_value(
     table: Mapping[str, Any], prefix: tuple[Any, ...], _: Mapping[str, Match | None],
-    problems: _Problems,
+    problems: Problems,
 ) -> _TypeFields | None:  # fmt: skip
     return {}
 

@@ -87,6 +87,11 @@ class TallyServer:
         assert self.process is None
         self.port = free_port()
         env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        # The launcher scripts run as scripts (their own folder on sys.path, not the
+        # checkout): the checkout under test first, whatever the environment was built from.
+        env["PYTHONPATH"] = os.pathsep.join(
+            part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+        )
         launcher = (
             [str(REPO_ROOT / "tests" / "slow_disk_serve.py"), str(self.disk_delay_ms)]
             if self.disk_delay_ms

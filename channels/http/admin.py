@@ -1,4 +1,5 @@
-"""The operators' routes (/v1/admin/): maker-checker approvals and the bank's own reads.
+"""The operators' routes (/v1/admin/): maker-checker approvals, the bank's own reads, and
+the product manager's preview of a draft loan catalog.
 
 Operators are not channels. They sign exactly like a channel does
 (channels/http/signing.py: the same string to sign, the same timestamp window
@@ -11,8 +12,10 @@ The app (channels/http/app.py) authenticates the operator (`OperatorAuth`) and
 checks the route's read permission (`Operation.permission`, core/services/policy.py:
 read:approvals, read:audit, read:risk); requests, approvals and rejections are
 checked by the approvals service itself (request:<kind>, approve:<kind>, the
-maker is never the checker). Every operator action, reads included, lands in the
-audit log with the operator's client address ("from where").
+maker is never the checker), a loan catalog preview by the loans service
+(request:loans: who may request the change may preview it). Every operator
+action, reads included, lands in the audit log with the operator's client
+address ("from where").
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.http.handlers import Reply, json_reply
+from channels.http.loans import preview_command
 from channels.http.problems import Problem
 from channels.http.schema import fail, transfer_id_param
 from channels.http.signing import NONCE_PATTERN, Credentials
 from core.services.approvals import Approvals
 from core.services.bank import Bank
 from core.services.operators import OperatorCaller, Operators
+from core.services.refusals import Code, Refused
 from core.services.risk import Risk
 
 OPERATOR_PREFIX = "op:"
@@ -145,7 +150,7 @@ def approval_id_param(value: str) -> str:
 
 
 class AdminHandlers:
-    """One method per admin route operation, over the approvals and risk services."""
+    """One method per admin route operation, over the approvals, risk and loans services."""
 
     def __init__(self, bank: Bank) -> None:
         self.bank = bank
@@ -211,6 +216,20 @@ class AdminHandlers:
         since_ns = rfc3339_ns(since, "/since") if since else 0
         items = self.approvals.audit(since_ns=since_ns, limit=_limit(ctx.query))
         return json_reply(200, {"items": items})
+
+    # --- loans (core/services/loans.py; channels/http/loans.py) -----------------------
+
+    async def admin_preview_loan_product(self, ctx: AdminContext) -> Reply:
+        """The draft's quote: the loans service checks request:loans and validates the
+        text as a `loans` change request would (parameter-invalid, its problems pointed at
+        this body's `/text`); nothing is recorded."""
+        try:
+            quote = self.bank.loans.preview(preview_command(ctx.operator, ctx.body))
+        except Refused as error:
+            if error.refusal.code == Code.PARAMETER_INVALID:
+                error.refusal.extras.setdefault("pointer", "/text")
+            raise
+        return json_reply(200, quote)
 
     # --- risk (core/services/risk.py) ---------------------------------------------------
 

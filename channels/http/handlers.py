@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from channels.http.batch import pack_json_batch, render_batch_results, stamp_binary_batch
+from channels.http.loans import products_json, quote_command
 from channels.http.metrics import Metrics
 from channels.http.problems import REPLAY_HEADER, Problem
 from channels.http.schema import account_id_param, fail, transfer_id_param, transfer_id_text
@@ -377,7 +378,7 @@ class Handlers:
     # --- deposits (core/services/deposits.py) ------------------------------------------
 
     async def read_products(self, ctx: Context) -> Reply:
-        return json_reply(200, self.bank.deposits.products())
+        return json_reply(200, products_json(self.bank))  # deposits, and loans
 
     async def quote_fixed_deposit(self, ctx: Context) -> Reply:
         query = ctx.query
@@ -449,6 +450,11 @@ class Handlers:
             body.get("reason", ""),
         )
         return posted_reply(await self.bank.deposits.correct_interest(command))
+
+    # --- loans (core/services/loans.py; channels/http/loans.py) ----------------------
+
+    async def quote_loan(self, ctx: Context) -> Reply:
+        return json_reply(200, self.bank.loans.quote(quote_command(ctx.caller, ctx.body)))
 
     # --- risk control (core/services/risk.py) ---------------------------------------
 

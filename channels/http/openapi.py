@@ -11,9 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from channels.http.problems import PROBLEM_BASE, all_problem_slugs
-from channels.http.routes import APPROVAL_ID_PATTERN, PARAMETER_KINDS, ROUTES, Route
+from channels.http.routes import APPROVAL_ID_PATTERN, LOAN_FIELDS, PARAMETER_KINDS, ROUTES, Route
 from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
 from channels.http.signing import SCHEME
+from limits.loans import (
+    ALLOCATION_DEFAULT,
+    EXCESS_CHOICES,
+    PREPAYMENT_MODES,
+    REPAYMENT_DAY_DISBURSEMENT,
+    REPAYMENT_DAY_MAX,
+)
+from limits.loans import KINDS as LOAN_KINDS
+from limits.lpr import LprTerm
 
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -123,6 +132,14 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "state": STRING,  # approval-not-pending
             "base_version": INT,  # approval-stale
             "version": INT,  # approval-stale: the version in force
+            # Loans (core/services/loans.py): the product's figures.
+            "products": {"type": "array", "items": STRING},  # loan-product-unknown
+            "min_minor": INT,  # loan-amount-out-of-range
+            "max_minor": INT,
+            "min_months": INT,  # loan-term-out-of-range
+            "max_months": INT,
+            "methods": {"type": "array", "items": STRING},  # loan-method-not-offered
+            "rate_ppm": NULLABLE_INT,  # loan-rate-invalid: what the LPR and spread give
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -265,11 +282,108 @@ RATE_SET = _object(
     },
     closed=False,
 )
+# Loans (core/services/loans.py; ledger/loans.py the arithmetic): a product as the
+# catalog publishes it, and a trial calculation.
+LOAN_METHODS = {"enum": list(LOAN_FIELDS["method"].values)}
+RANGE = _object({"min": INT, "max": INT})
+LOAN_PRODUCT = _object(
+    {
+        "id": STRING,
+        "version": INT,
+        "effective": DATE,
+        "name": STRING,
+        "kind": {"enum": list(LOAN_KINDS)},
+        "methods": {"type": "array", "items": LOAN_METHODS},
+        # The rate rule (the file's `rate`) in the quote's terms: the LPR tenor it floats
+        # on and the spread (null and 0: a fixed rate); the contract rate on the day the
+        # version applies (today, or its effective day) against the LPR table in force,
+        # null when the LPR plus the spread leaves 0..100% (a quote: loan-rate-invalid).
+        "lpr_term": {"oneOf": [{"type": "null"}, {"enum": [term.value for term in LprTerm]}]},
+        "spread_bp": INT,
+        "rate": {"oneOf": [{"type": "null"}, RATE]},
+        "rate_ppm": NULLABLE_INT,
+        "lpr_ppm": NULLABLE_INT,  # the LPR it floats on; null: a fixed rate
+        "term_months": RANGE,
+        "amount": _object({"min_minor": INT, "max_minor": INT}),
+        "repayment_day": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": REPAYMENT_DAY_MAX},
+                {"enum": [REPAYMENT_DAY_DISBURSEMENT]},
+            ]
+        },
+        "grace_days": INT,
+        "penalty_uplift": RATE,
+        "penalty_uplift_permille": INT,
+        "fees": _object({"upfront": RATE, "upfront_ppm": INT, "monthly": RATE, "monthly_ppm": INT}),
+        "prepayment": _object(
+            {
+                "allowed": BOOL,
+                "after_months": INT,
+                "fee": RATE,
+                "fee_ppm": INT,
+                "excess": {"enum": list(EXCESS_CHOICES)},
+                "mode": {"enum": list(PREPAYMENT_MODES)},
+            }
+        ),
+        "allocation": {"type": "array", "items": {"enum": list(ALLOCATION_DEFAULT)}},
+    }
+)
+LOAN_PRODUCT["description"] = (
+    "one published product version (limits/loans.py `LoanProduct.to_json`) with its rate "
+    "resolved (core/services/loans.py `Loans.products`)"
+)
+LOAN_CATALOG = _object(
+    {
+        "version": INT,
+        "digest": STRING,
+        "products": {"type": "array", "items": LOAN_PRODUCT},  # the versions in force today
+        "upcoming": {"type": "array", "items": LOAN_PRODUCT},  # published, effective later
+    }
+)
+LOAN_INSTALMENT = _object(
+    {
+        "number": INT,
+        "due_date": DATE,
+        "principal_minor": INT,
+        "interest_minor": INT,
+        "fee_minor": INT,
+        "total_minor": INT,
+        "remaining_minor": INT,
+    }
+)
+LOAN_QUOTE = _object(
+    {
+        "product_id": STRING,
+        "product_version": INT,
+        "method": LOAN_METHODS,
+        "amount_minor": INT,
+        "term_months": INT,
+        "rate": RATE,
+        "rate_ppm": INT,
+        "lpr_ppm": NULLABLE_INT,
+        "spread_bp": INT,
+        "start_date": DATE,
+        "instalments": {"type": "array", "items": LOAN_INSTALMENT},
+        "total_interest_minor": INT,
+        "total_fees_minor": INT,
+        "upfront_fee_minor": INT,
+        "total_repaid_minor": INT,
+        "received_minor": INT,
+        "apr": RATE,
+        "apr_ppm": INT,
+    }
+)
+LOAN_QUOTE["description"] = (
+    "a trial calculation: the product version priced, the contract rate (LPR + spread, or "
+    "fixed), every instalment, the sums, what the customer receives (the amount less the "
+    "upfront fee) and the annualised rate including all fees (`apr`, PBoC 年化利率)"
+)
 COMPONENT_SCHEMAS.update(
     {
         "Products": {
             "type": "object",
-            "description": "the deposit catalog (limits/deposits.py `DepositCatalog.to_json`)",
+            "description": "the deposit catalog (limits/deposits.py `DepositCatalog.to_json`) "
+            "and, under `loans`, the loan catalog (core/services/loans.py `Loans.products`)",
             "properties": {
                 "rate_scale": INT,
                 "demand": {"type": "object"},
@@ -277,8 +391,9 @@ COMPONENT_SCHEMAS.update(
                 "history": {"type": "array", "items": RATE_SET},
                 "in_force": RATE_SET,
                 "digest": STRING,
+                "loans": LOAN_CATALOG,
             },
-            "required": ["demand", "fixed", "history"],
+            "required": ["demand", "fixed", "history", "loans"],
         },
         "FixedDepositQuote": _object(
             {
@@ -296,6 +411,7 @@ COMPONENT_SCHEMAS.update(
             }
         ),
         "FixedDeposit": FIXED_DEPOSIT,
+        "LoanQuote": LOAN_QUOTE,
         "FixedDepositOpened": _object(
             {
                 "deposit": {"$ref": "#/components/schemas/FixedDeposit"},

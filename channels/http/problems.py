@@ -475,6 +475,29 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "approval-stale",
         "The change was made against an older version than the one in force",
     ),
+    # Loans (core/services/loans.py): the product's figures come as extensions (`products`,
+    # `min_minor`/`max_minor`, `min_months`/`max_months`, `methods`, `rate_ppm`).
+    C.LOAN_PRODUCT_UNKNOWN: (404, "loan-product-unknown", "No loan product with this id"),
+    C.LOAN_AMOUNT_OUT_OF_RANGE: (
+        422,
+        "loan-amount-out-of-range",
+        "The amount is outside the loan product's range",
+    ),
+    C.LOAN_TERM_OUT_OF_RANGE: (
+        422,
+        "loan-term-out-of-range",
+        "The term is outside the loan product's range",
+    ),
+    C.LOAN_METHOD_NOT_OFFERED: (
+        422,
+        "loan-method-not-offered",
+        "The loan product does not offer this repayment method",
+    ),
+    C.LOAN_RATE_INVALID: (
+        422,
+        "loan-rate-invalid",
+        "The loan product's rate is not valid today: the LPR plus its spread is out of range",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
@@ -525,8 +548,11 @@ def refusal_problem(refusal: Refusal) -> Problem:
 
 def parameter_invalid(refusal: Refusal) -> Problem:
     """422 naming every problem of a proposed parameter file, each with its line: `errors`
-    items {pointer: "/payload/text", detail, line} (line 0: the file as a whole)."""
+    items {pointer, detail, line} (line 0: the file as a whole). The pointer is where the
+    request carried the text: "/payload/text" (an approval request), or the refusal's own
+    `pointer` ("/text": a loan catalog draft previewed)."""
     status, slug, title = REFUSALS[C.PARAMETER_INVALID]
+    pointer = str(refusal.extras.get("pointer", "/payload/text"))
     errors = []
     for item in refusal.extras.get("errors", ()):
         if isinstance(item, dict):
@@ -534,7 +560,7 @@ def parameter_invalid(refusal: Refusal) -> Problem:
         else:
             line, message = int(item[0]), str(item[1])
         detail = f"line {line}: {message}" if line else message
-        errors.append({"pointer": "/payload/text", "detail": detail, "line": line})
+        errors.append({"pointer": pointer, "detail": detail, "line": line})
     extensions = {
         name: value
         for name, value in refusal.extras.items()

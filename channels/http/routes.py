@@ -16,10 +16,15 @@ from typing import Any
 
 from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
+from core.services.approvals import TEXT_BYTES_MAX
 from core.services.passwords import PASSWORD_PATTERN
 from core.services.policy import OPERATIONS, OPERATOR_ONLY, Operation
+from ledger.loans import Method
 from ledger.types import INT64_MAX, TransferCode
 from limits.deposits import Term
+from limits.loans import ID_PATTERN as LOAN_PRODUCT_ID_RE
+from limits.loans import REPAYMENT_DAY_MAX as LOAN_REPAYMENT_DAY_MAX
+from limits.loans import TERM_MONTHS_MAX as LOAN_TERM_MONTHS_MAX
 
 NAME_PATTERN = "^[^0-9\\u0000-\\u001f\\u007f]+$"
 ID_NUMBER_PATTERN = "^[0-9]{17}[0-9X]$"
@@ -243,7 +248,7 @@ RFC3339_PATTERN = (
     "(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
 APPROVAL_ID_PATTERN = "^A[0-9a-f]{12}$"
-PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "channels")
+PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "channels", "loans")
 OPERATION_KINDS = (
     "reversal",
     "unlock_password",
@@ -260,7 +265,7 @@ APPROVAL_NEW = {
     "kind": F(
         "enum",
         values=APPROVAL_KINDS,
-        description="a parameter (limits, deposits, risk, lpr, channels) or a sensitive "
+        description="a parameter (limits, deposits, risk, lpr, channels, loans) or a sensitive "
         "operation (reversal, unlock_password, release_review, return_review, credit_limit)",
     ),
     "object": F(
@@ -286,6 +291,52 @@ APPROVAL_NEW = {
 }
 APPROVAL_DECISION = {"reason": REASON}
 APPROVAL_REJECTION = {"reason": F("string", min_length=1, max_length=500, pattern=TEXT_PATTERN)}
+# --- loans (core/services/loans.py, ledger/loans.py; limits/loans.py the catalog) ---
+LOAN_PRODUCT_ID_PATTERN = f"^{LOAN_PRODUCT_ID_RE.pattern}$"  # a catalog product id
+# The shape of a quote only: whether the product exists and takes this amount, term and
+# method is the service's answer (loan-product-unknown, loan-*-out-of-range, ...), with
+# the product's figures.
+LOAN_FIELDS = {
+    "product_id": F(
+        "string",
+        pattern=LOAN_PRODUCT_ID_PATTERN,
+        description="a loan product of the catalog (GET /v1/products: `loans`)",
+        example="G-P-loan",
+    ),
+    "amount_minor": F("amount", description="the principal", example=10_000_000),
+    "term_months": F(
+        "integer",
+        minimum=1,
+        maximum=LOAN_TERM_MONTHS_MAX,
+        description="the term in months, within the product's range",
+        example=12,
+    ),
+    "method": F(
+        "enum",
+        values=tuple(method.value for method in Method),
+        description="equal_instalment (等额本息: the same total every month) or "
+        "equal_principal (等额本金: the same principal every month), one the product offers",
+    ),
+    "repayment_day": F(
+        "integer",
+        required=False,
+        minimum=1,
+        maximum=LOAN_REPAYMENT_DAY_MAX,
+        description="the day of the month instalments fall due, where the product lets the "
+        "customer choose (default: the product's day)",
+    ),
+}
+LOAN_QUOTE_NEW = LOAN_FIELDS
+LOAN_PREVIEW = {
+    "text": F(
+        "string",
+        min_length=1,
+        max_length=TEXT_BYTES_MAX,
+        description="the whole draft loan catalog (TOML): the text a `loans` change request "
+        "would carry",
+    ),
+    **LOAN_FIELDS,
+}
 SINCE = F(
     "string", required=False, pattern=RFC3339_PATTERN, description="only what came after (RFC 3339)"
 )
@@ -648,8 +699,9 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/products",
         "read_products",
-        "The deposit products: demand rate, fixed-deposit terms and rates, every rate set "
-        "with its effective date",
+        "The products: deposits (demand rate, fixed-deposit terms and rates, every rate set "
+        "with its effective date) and, under `loans`, the loan products in force today with "
+        "their rates resolved (and the versions taking effect later)",
         200,
         "Products",
     ),
@@ -729,6 +781,19 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body=INTEREST_CORRECTION,
         problems=(403, 404, 409, 422),
+    ),
+    # --- loans (core/services/loans.py) ---
+    _route(
+        "POST",
+        "/v1/loan-quotes",
+        "quote_loan",
+        "A loan's trial calculation under the product version in force today: the full "
+        "schedule, the total interest and fees, and the annualised rate including every fee "
+        "(PBoC); nothing is recorded",
+        200,
+        "LoanQuote",
+        body=LOAN_QUOTE_NEW,
+        problems=(404, 422),
     ),
     # --- risk control (core/services/risk.py; docs/risk.md) ---
     _route(
@@ -813,6 +878,18 @@ ROUTES: tuple[Route, ...] = (
         200,
         "Parameter",
         problems=(403, 404),
+    ),
+    _route(
+        "POST",
+        "/v1/admin/loan-products/preview",
+        "admin_preview_loan_product",
+        "A draft loan catalog's trial calculation (needs request:loans): the quote of a "
+        "product's newest version in the draft, as of the day it takes effect; nothing is "
+        "recorded. Publishing is a `loans` change request (POST /v1/admin/approvals)",
+        200,
+        "LoanQuote",
+        body=LOAN_PREVIEW,
+        problems=(403, 404, 422),
     ),
     _route(
         "GET",

@@ -16,3 +16,4 @@ DEFAULT_DEPOSITS_PATH = DATA_DIRECTORY / "deposits.toml"  # the deposit catalog 
 DEFAULT_RISK_PATH = DATA_DIRECTORY / "risk.toml"  # the risk rule set (issue 15)
 DEFAULT_LPR_PATH = DATA_DIRECTORY / "lpr.toml"  # the loan prime rate table (issue 15)
 DEFAULT_OPERATORS_PATH = DATA_DIRECTORY / "operators.toml"  # operators and roles (issue 15)
+DEFAULT_LOANS_PATH = DATA_DIRECTORY / "loans.toml"  # the loan product catalog (issue 16)

@@ -13,7 +13,9 @@ changed:
 - **parameters** (`register_parameter`): a versioned file put in force whole.
   `limits` (the limit rules: `engine.set_rules`, journaled as a SET_RULES
   entry), `deposits` (the deposit catalog), `lpr` (the loan prime rate
-  table), registered here; `risk` (core/services/risk.py) and `channels`
+  table), `loans` (the loan product catalog: every published version of every
+  product, core/services/loans.py), registered here; `risk`
+  (core/services/risk.py) and `channels`
   (the HTTP adapter's registry and keys) by their owners. The payload is
   `{"text": new file text, "base_version": N}`: the text is validated at
   once (PARAMETER_INVALID lists every error with its line), the unified diff
@@ -309,8 +311,9 @@ class Approvals:
             shipped file being 0 and each applied change the next number.
           replaces: `(current, new, new_text)` raising the kind's error when `new` may
             not replace `current` (limits: no product or channel removed; deposits and
-            lpr: no rate in force rewritten; risk: the version increases): checked at
-            the request and again when applied.
+            lpr: no rate in force rewritten; loans: no published version changed or
+            removed, a new one effective from tomorrow; risk: the version increases):
+            checked at the request and again when applied.
         """
         assert kind in PARAMETER_KINDS, kind
         assert kind not in self.parameters, f"parameter kind {kind} registered twice"
@@ -349,7 +352,7 @@ class Approvals:
         self.operations[kind] = OperationKind(kind, check, execute, object_of)
 
     def _register_builtin(self) -> None:
-        """The kinds whose things the core keeps: limits, deposits, lpr, credit_limit,
+        """The kinds whose things the core keeps: limits, deposits, lpr, loans, credit_limit,
         and unlock_password / reversal when built with `auth` / `payments`."""
         core = self.core
         from limits.deposits import check_replacement as check_catalog
@@ -380,6 +383,18 @@ class Approvals:
             text=lambda: _read_file(core.settings.lpr_path),
             version_of=lambda table: int(table.version),
             replaces=lambda current, new, _text: lpr.check_lpr_successor(
+                current, new, core.today()
+            ),
+        )
+        from limits import loans
+
+        self.register_parameter(
+            "loans",
+            parse=loans.parse_loan_catalog,
+            install=core.install_loans,
+            text=lambda: _read_file(core.settings.loans_path),
+            version_of=lambda catalog: int(catalog.version),
+            replaces=lambda current, new, _text: loans.check_loan_successor(
                 current, new, core.today()
             ),
         )
@@ -425,7 +440,7 @@ class Approvals:
         same kind and object: `request_id`), and what the kind's `check` raises.
         Durable (with its audit record) before it returns.
         """
-        self._permit(operator, f"request:{kind}")
+        self.permit(operator, f"request:{kind}")
         if kind not in self.parameters and kind not in self.operations:
             raise refused(
                 Code.INVALID_FIELD,
@@ -719,7 +734,7 @@ class Approvals:
         the read in the audit log (staged: durable with the next group, no write of
         its own). The HTTP adapter calls it before each operator read; `what` names the
         read ("read_audit", "read_decisions", ...), `object` what was read."""
-        self._permit(operator, permission)
+        self.permit(operator, permission)
         if permission == READ_APPROVALS:
             return
         now = self.core.now_ns()
@@ -854,9 +869,9 @@ class Approvals:
         try:
             value = parameter.parse(text, source)
         except Exception as error:
-            raise _invalid(kind, parameter_errors(error)) from None
+            raise parameter_invalid(kind, parameter_errors(error)) from None
         if digest_of(text) == parameter.digest:
-            raise _invalid(
+            raise parameter_invalid(
                 kind,
                 [
                     {
@@ -871,7 +886,7 @@ class Approvals:
         else:
             version = parameter.version_of(value)
             if version <= parameter.version:
-                raise _invalid(
+                raise parameter_invalid(
                     kind,
                     [
                         {
@@ -885,7 +900,7 @@ class Approvals:
             try:
                 parameter.replaces(parameter.value, value, text)
             except Exception as error:
-                raise _invalid(kind, parameter_errors(error)) from None
+                raise parameter_invalid(kind, parameter_errors(error)) from None
         return value, version
 
     async def _apply_parameter(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -1166,7 +1181,10 @@ class Approvals:
 
     # --- records -----------------------------------------------------------------------
 
-    def _permit(self, operator: OperatorCaller, permission: str) -> None:
+    def permit(self, operator: OperatorCaller, permission: str) -> None:
+        """Check that `operator` is an operator in force whose role holds `permission`
+        (OPERATOR_NOT_PERMITTED, with `role` and `permission`, otherwise). Records
+        nothing: the loan product preview (core/services/loans.py) checks its maker here."""
         registered = self.operators.get(operator.name)
         if registered is None or registered.disabled or registered.role != operator.role:
             raise refused(
@@ -1188,7 +1206,7 @@ class Approvals:
         record = self.requests.get(request_id)
         if record is None:
             raise refused(Code.APPROVAL_NOT_FOUND, request_id)
-        self._permit(operator, f"approve:{record['kind']}")
+        self.permit(operator, f"approve:{record['kind']}")
         if operator.name == record["maker"]:
             raise refused(Code.APPROVAL_SELF, "the maker of a request cannot decide it")
         if record["state"] != PENDING:
@@ -1300,7 +1318,9 @@ def _stale(kind: str, base_version: int, version: int) -> Refused:
     )
 
 
-def _invalid(kind: str, errors: list[dict[str, Any]]) -> Refused:
+def parameter_invalid(kind: str, errors: list[dict[str, Any]]) -> Refused:
+    """PARAMETER_INVALID for a proposed `kind` file, with every problem (`errors`, as
+    `parameter_errors` gives them)."""
     return refused(
         Code.PARAMETER_INVALID,
         f"the proposed {kind} do not validate"

@@ -22,6 +22,7 @@ from core.services.customers import Customers
 from core.services.deposits import Deposits
 from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
+from core.services.loans import Loans
 from core.services.payments import Payments, PostingCheck
 from core.services.reads import Reads
 from core.services.risk import Risk
@@ -68,6 +69,9 @@ class Bank:
         # (core/services/approvals.py); each service registers what it owns.
         self.approvals = Approvals(self.core, self.auth, self.payments)
         self.risk.register(self.approvals)
+        # Loan products and the trial calculation (core/services/loans.py); the catalog
+        # is the approvals' `loans` parameter, the rate the `lpr` one.
+        self.loans = Loans(self.core, self.approvals)
 
     @property
     def rules(self) -> RuleSet:

@@ -9,7 +9,10 @@ operation so a retry meets the original.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.services.operators import OperatorCaller
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,3 +249,37 @@ class CorrectInterest:
     start_day: int
     end_day: int
     reason: str = ""
+
+
+# --- loans (core/services/loans.py) ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class QuoteLoan:
+    """A trial calculation: the full schedule of a loan of `amount_minor` over
+    `term_months` by `method` ("equal_instalment", "equal_principal") under the version of
+    product `product_id` in force today, disbursed today. No side effects, nothing
+    recorded. `repayment_day` (1..28) is the customer's choice of collection day where the
+    product collects on the disbursement day's date; None: the product's day."""
+
+    caller: Caller
+    product_id: str
+    amount_minor: int
+    term_months: int
+    method: str
+    repayment_day: int | None = None
+
+
+@dataclass(slots=True)
+class PreviewLoanProducts:
+    """A product manager's preview of a DRAFT loan catalog (the full file text, as it
+    would be requested for approval): the trial calculation of `product_id`'s newest
+    version in the draft, as of the day it takes effect. Nothing recorded."""
+
+    operator: OperatorCaller  # the product manager (needs `request:loans`)
+    text: str
+    product_id: str
+    amount_minor: int
+    term_months: int
+    method: str
+    repayment_day: int | None = None

@@ -33,10 +33,10 @@ at construction (a bad file refuses the start): it is the catalog's first
 version, in force until an approved one (core/services/approvals.py, kind
 `deposits`) is put in force (`install_catalog`). An edit of the file while
 serving is not picked up: parameters change only through approvals. The limit
-rules and the LPR table are approved parameters too (`install_rules`,
-`install_lpr`): the approvals service puts the last applied version of each in
-force from
-`on_state_loaded`, before the engine is built. With
+rules, the LPR table and the loan product catalog are approved parameters too
+(`install_rules`, `install_lpr`, `install_loans`): the approvals service puts
+the last applied version of each in force from `on_state_loaded`, before the
+engine is built. With
 `Settings.dayend_automatic` the day-end (core/services/dayend.py) runs by
 itself once each business day has ended.
 
@@ -62,6 +62,7 @@ from anyio.abc import TaskStatus
 
 from core.data import (
     DEFAULT_DEPOSITS_PATH,
+    DEFAULT_LOANS_PATH,
     DEFAULT_LPR_PATH,
     DEFAULT_OPERATORS_PATH,
     DEFAULT_RISK_PATH,
@@ -99,6 +100,7 @@ from ledger.constants import INTERNAL_ACCOUNTS, INTERNAL_PRODUCT
 from ledger.records import pack_account_input
 from ledger.types import CreateAccountResult
 from limits.deposits import CatalogFile, DepositCatalog
+from limits.loans import LoanCatalog, load_loan_catalog
 from limits.rules import RuleSet
 
 logger = logging.getLogger("tally.services")
@@ -177,6 +179,8 @@ class Settings:
     risk_rules_path: str = str(DEFAULT_RISK_PATH)
     # The loan prime rate table (limits/lpr.py): the same, a parameter.
     lpr_path: str = str(DEFAULT_LPR_PATH)
+    # The loan product catalog (limits/loans.py): the same, a parameter (kind `loans`).
+    loans_path: str = str(DEFAULT_LOANS_PATH)
     # The operators and their roles (core/services/operators.py): who may request and
     # approve parameter changes and sensitive operations.
     operators_path: str = str(DEFAULT_OPERATORS_PATH)
@@ -253,6 +257,9 @@ class Lifecycle:
         # The loan prime rate table in force (limits/lpr.py; kind `lpr`): read from
         # `Settings.lpr_path` at first use, replaced by approved versions.
         self._lpr: Any = None
+        # The loan product catalog in force (limits/loans.py; kind `loans`): the same,
+        # from `Settings.loans_path`.
+        self._loans: LoanCatalog | None = None
 
     # --- what services use ------------------------------------------------------
 
@@ -298,6 +305,26 @@ class Lifecycle:
     def install_lpr(self, table: Any) -> None:
         """Put an approved LPR table version in force (core/services/approvals.py)."""
         self._lpr = table
+
+    @property
+    def loans(self) -> LoanCatalog:
+        """The loan product catalog in force (`limits.loans.LoanCatalog`, every
+        published version of every product): the last approved version, else
+        `Settings.loans_path` (read at the first use)."""
+        if self._loans is None:
+            self._loans = load_loan_catalog(self.settings.loans_path)
+        return self._loans
+
+    def install_loans(self, catalog: LoanCatalog) -> None:
+        """Put an approved loan catalog version in force (core/services/approvals.py,
+        kind `loans`). Nothing is journaled here: the approval's `param/loans/<version>`
+        record is, and the next opening of the store installs it again."""
+        self._loans = catalog
+        logger.info(
+            orjson.dumps(
+                {"event": "loans_installed", "version": catalog.version, "digest": catalog.digest}
+            ).decode()
+        )
 
     def install_rules(self, rules: RuleSet) -> None:
         """Put approved limit rules in force (core/services/approvals.py, kind `limits`):

@@ -49,7 +49,7 @@ ROLES: Final = (TELLER, SUPERVISOR, RISK_OFFICER, PRODUCT_MANAGER, ADMINISTRATOR
 
 # Parameter kinds (a versioned file put in force by an approved change) and operation
 # kinds (a sensitive operation done once approved): core/services/approvals.py.
-PARAMETER_KINDS: Final = ("limits", "deposits", "risk", "lpr", "channels")
+PARAMETER_KINDS: Final = ("limits", "deposits", "risk", "lpr", "channels", "loans")
 OPERATION_KINDS: Final = (
     "reversal",
     "unlock_password",
@@ -84,11 +84,11 @@ PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         RISK_OFFICER: _request("risk", "release_review", "return_review")
         | _approve("risk", "release_review", "return_review", "credit_limit")
         | {READ_RISK, READ_APPROVALS, READ_AUDIT},
-        # Products, rates and limits: proposes, never approves.
-        PRODUCT_MANAGER: _request("limits", "deposits", "lpr") | {READ_APPROVALS},
+        # Products (deposits, loans), rates and limits: proposes, never approves.
+        PRODUCT_MANAGER: _request("limits", "deposits", "lpr", "loans") | {READ_APPROVALS},
         # Approves the product manager's changes (checker only for those); keeps the
         # channel registry and its keys (maker and checker: two administrators).
-        ADMINISTRATOR: _approve("limits", "deposits", "lpr", "channels")
+        ADMINISTRATOR: _approve("limits", "deposits", "lpr", "loans", "channels")
         | _request("channels")
         | {READ_AUDIT, READ_RISK, READ_APPROVALS},
     }

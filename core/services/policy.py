@@ -183,6 +183,9 @@ OPERATIONS: dict[str, Operation] = _declare(
     Operation(
         "correct_interest", kinds=INTERNAL_ONLY, kinds_what="An interest correction", money=True
     ),
+    # Loans (core/services/loans.py): the catalog (in read_products) and a trial
+    # calculation are public figures, like the deposits': any channel granted them.
+    Operation("quote_loan"),
     # Risk control (core/services/risk.py): what the rules decided and which rules are in
     # force stay inside the bank (a fraudster must not learn them): the internal channel,
     # and operators with read:risk (the admin routes below).
@@ -203,6 +206,9 @@ OPERATIONS: dict[str, Operation] = _declare(
             ("admin_risk_decisions", "read:risk"),
             ("admin_risk_decision", "read:risk"),
             ("admin_risk_reports", "read:risk"),
+            # A draft loan catalog's trial calculation: the loans service checks
+            # request:loans (the product manager who will request the change).
+            ("admin_preview_loan_product", ""),
         )
     ),
 )

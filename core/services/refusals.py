@@ -111,6 +111,12 @@ class Code(enum.IntEnum):
     APPROVAL_NOT_PENDING = 65  # already decided, applied or expired: `state`
     PARAMETER_INVALID = 66  # the proposed parameters do not validate: `errors` (line, message)
     APPROVAL_STALE = 67  # the change was made against version `base_version`, now `version`
+    # Loans (core/services/loans.py): a quote, a preview, and later an application.
+    LOAN_PRODUCT_UNKNOWN = 68  # no loan product with this id is in force: `products`
+    LOAN_AMOUNT_OUT_OF_RANGE = 69  # outside the product's amount range: `min_minor`, `max_minor`
+    LOAN_TERM_OUT_OF_RANGE = 70  # outside the product's term range: `min_months`, `max_months`
+    LOAN_METHOD_NOT_OFFERED = 71  # a repayment method the product does not offer: `methods`
+    LOAN_RATE_INVALID = 72  # the LPR plus the spread is below 0 (or above 100%): `rate_ppm`
 
 
 @dataclass(slots=True)

@@ -252,3 +252,45 @@ class InterestHistory:
     accrued_through: str | None  # the last day accrued (None: never)
     last_settled_period: int | None
     interest_paid_total_minor: int
+
+
+# --- loans (core/services/loans.py) -----------------------------------------------------
+# Rates as for deposits: the text ("3.45%") and the integer (`*_ppm`, ppm of 1 a year).
+
+
+@dataclass(slots=True)
+class LoanInstalment:
+    """One instalment of a quoted schedule: when it falls due and what it is made of."""
+
+    number: int  # 1-based
+    due_date: str  # ISO 8601 date
+    principal_minor: int
+    interest_minor: int
+    fee_minor: int  # the product's monthly fee (0 without one)
+    total_minor: int  # principal + interest + fee
+    remaining_minor: int  # principal still owed after this instalment
+
+
+@dataclass(slots=True)
+class LoanQuote:
+    """A trial calculation (PBoC: the annualised rate including every fee is shown):
+    the product version it was priced with, the rate, the full schedule and its sums."""
+
+    product_id: str
+    product_version: int
+    method: str  # "equal_instalment" (等额本息), "equal_principal" (等额本金)
+    amount_minor: int
+    term_months: int
+    rate: str  # the contract rate a year, exact ("3.45%")
+    rate_ppm: int
+    lpr_ppm: int | None  # the LPR it floats on (None: a fixed rate)
+    spread_bp: int  # over the LPR, in basis points (0 for a fixed rate)
+    start_date: str  # the disbursement day the schedule starts from
+    instalments: list[LoanInstalment]
+    total_interest_minor: int
+    total_fees_minor: int  # upfront + every monthly fee
+    upfront_fee_minor: int  # deducted at disbursement
+    total_repaid_minor: int  # the sum of the instalments
+    received_minor: int  # what the customer receives: amount - upfront fee
+    apr: str  # the annualised rate including all fees (年化利率), two decimals ("3.45%")
+    apr_ppm: int

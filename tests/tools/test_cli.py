@@ -113,6 +113,17 @@ def test_packaged_risk_rules_and_lpr_equal_the_examples() -> None:
     assert load_lpr(DEFAULT_LPR_PATH).version >= 1
 
 
+def test_packaged_loan_catalog_equals_the_example() -> None:
+    """The loan product catalog shipped in core/data (issue 16) is byte for byte the one
+    in examples/, and it loads with the three products."""
+    from core.data import DEFAULT_LOANS_PATH
+    from limits.loans import load_loan_catalog
+
+    example = REPO_ROOT / "examples" / DEFAULT_LOANS_PATH.name
+    assert DEFAULT_LOANS_PATH.read_bytes() == example.read_bytes()
+    assert load_loan_catalog(DEFAULT_LOANS_PATH).product_ids == ("G-P-loan", "G-B-loan", "G-T-loan")
+
+
 def test_tally_works_outside_a_checkout(tmp_path: Path) -> None:
     """From a directory with no examples/ in it, `tally --help` runs, and every command
     with a --rules or --channels default points at an absolute file that loads (the
