@@ -19,13 +19,13 @@ until the next version's. Their life, draft -> preview -> publish:
   approves). It is checked at the request and again when applied
   (`limits.loans.check_loan_successor`): the file's version increases, every
   published version stays as it was (published versions are immutable: a change
-  is a new version), nothing is removed, and a new version takes effect
-  tomorrow at the earliest. Once applied, the `param/loans/<version>` record is
-  durable and the catalog installed (`Lifecycle.install_loans`); every opening
-  of the store installs it again. The new version takes effect by its own
-  `effective` date, so the request is applied at once (or at any time before
-  that date): an `apply_at` ON the effective day fails at apply, since the check
-  then finds a new version effective today.
+  is a new version), nothing is removed, and a new version takes effect today
+  at the earliest (never in the past). Once applied, the `param/loans/<version>`
+  record is durable and the catalog installed (`Lifecycle.install_loans`); every
+  opening of the store installs it again. The new version takes effect by its
+  own `effective` date, so the request may be applied at once or at an
+  `apply_at` up to that date (on the effective day itself the check, run again
+  when the change is applied, finds the version effective today and passes).
 
 Every channel sees the one catalog (`products`, rendered under `loans` in
 `GET /v1/products`), each product with its rate resolved.
