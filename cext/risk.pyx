@@ -624,6 +624,24 @@ cdef void count_posting(Kernel *k, const Posting *posting, uint64_t now) noexcep
                 pair.first_s_plus1 = <int64_t>now + 1
 
 
+cdef inline void load_posting(Posting *posting, const Transfer *record,
+                              const ContextRow *context) noexcept nogil:
+    """What the rules read of one posting: its record's accounts, amount, code and flags
+    and its context row (screen_one and prefetch_posting alike)."""
+    posting.debit = account_key(record.debit_account_id_lo, record.debit_account_id_hi)
+    posting.credit = account_key(record.credit_account_id_lo, record.credit_account_id_hi)
+    posting.amount = record.amount
+    posting.code = record.code
+    posting.flags = record.flags
+    posting.customer = context.customer
+    posting.device = context.device
+    posting.ip = context.ip
+    posting.counterparty = context.counterparty
+    posting.resident = context.resident
+    posting.local_s = context.local_s
+    posting.second_factor = context.second_factor
+
+
 cdef bint screen_one(Kernel *k, const Transfer *record, const ContextRow *context,
                      uint64_t now, VerdictRow *verdict, int64_t *values) noexcept nogil:
     """Evaluate one posting, write its verdict and the values its fired rules saw, count
@@ -643,18 +661,7 @@ cdef bint screen_one(Kernel *k, const Transfer *record, const ContextRow *contex
     verdict.mask = 0
     if record.flags & (FLAG_POST_PENDING | FLAG_VOID_PENDING):
         return False  # a capture or a void: no rule observes it, nothing is counted
-    posting.debit = account_key(record.debit_account_id_lo, record.debit_account_id_hi)
-    posting.credit = account_key(record.credit_account_id_lo, record.credit_account_id_hi)
-    posting.amount = record.amount
-    posting.code = record.code
-    posting.flags = record.flags
-    posting.customer = context.customer
-    posting.device = context.device
-    posting.ip = context.ip
-    posting.counterparty = context.counterparty
-    posting.resident = context.resident
-    posting.local_s = context.local_s
-    posting.second_factor = context.second_factor
+    load_posting(&posting, record, context)
     for r in range(k.rule_count):
         rule = &k.rules[r]
         if not observes(rule, &posting) or posting.amount < rule.amount_min:
@@ -701,13 +708,7 @@ cdef void prefetch_posting(const Kernel *k, const Transfer *record,
     cdef uint64_t entity, other
     if record.flags & (FLAG_POST_PENDING | FLAG_VOID_PENDING):
         return
-    posting.debit = account_key(record.debit_account_id_lo, record.debit_account_id_hi)
-    posting.credit = account_key(record.credit_account_id_lo, record.credit_account_id_hi)
-    posting.code = record.code
-    posting.customer = context.customer
-    posting.device = context.device
-    posting.ip = context.ip
-    posting.counterparty = context.counterparty
+    load_posting(&posting, record, context)
     for r in range(k.rule_count):
         rule = &k.rules[r]
         if not rule.counts or not observes(rule, &posting):

@@ -43,7 +43,6 @@ import enum
 import hashlib
 import os
 import struct
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -62,7 +61,7 @@ from .filecheck import (
     parse_date,
     parse_rate_value,
     required,
-    toml_error_position,
+    toml_document,
 )
 from .rates import (
     DAY_COUNT_LABELS,
@@ -432,12 +431,7 @@ def _parse_bytes(data: bytes, source_name: str) -> DepositCatalog:
     except UnicodeDecodeError as error:
         message = f"not valid UTF-8 (byte offset {error.start})"
         raise CatalogError([CatalogProblem(source_name, 0, "", message)]) from error
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        line, reason = toml_error_position(error)
-        problem = CatalogProblem(source_name, line, "", f"invalid TOML: {reason}")
-        raise CatalogError([problem]) from error
+    document = toml_document(text, source_name, CatalogError)
 
     problems = Problems(source_name, KeyLines(text))
     check_keys(document, _TOP_LEVEL_KEYS, (), problems)

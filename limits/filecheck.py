@@ -115,6 +115,17 @@ def toml_error_position(error: tomllib.TOMLDecodeError) -> tuple[int, str]:
     return (int(match["line"]), match["reason"]) if match else (0, str(error))
 
 
+def toml_document(text: str, source: str, error: type[CatalogError]) -> dict[str, Any]:
+    """The TOML document `text` is; a syntax error raises `error` with one problem, at
+    the line tomllib names ("invalid TOML: <reason>")."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as decode_error:
+        line, reason = toml_error_position(decode_error)
+        problem = CatalogProblem(source, line, "", f"invalid TOML: {reason}")
+        raise error([problem]) from decode_error
+
+
 # --- Where keys are: line numbers for messages ---------------------------------------
 
 _KEY = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'

@@ -55,7 +55,6 @@ import hashlib
 import itertools
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -74,7 +73,7 @@ from .filecheck import (
     parse_rate_value,
     parse_version,
     required,
-    toml_error_position,
+    toml_document,
 )
 from .lpr import LprTable, LprTerm
 from .rates import RATE_SCALE, format_rate
@@ -343,11 +342,7 @@ def parse_loan_catalog(text: str, source: str) -> LoanCatalog:
     """Validate catalog text; `source` names it in messages (a file name, or the
     approval request's name for a submitted draft). `LoanCatalogError` with every
     problem found."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        line, reason = toml_error_position(error)
-        raise LoanCatalogError.at(source, line, f"invalid TOML: {reason}") from error
+    document = toml_document(text, source, LoanCatalogError)
     problems = Problems(source, KeyLines(text), LoanCatalogError)
     check_keys(document, _TOP_LEVEL_KEYS, (), problems)
     version = parse_version(document, problems, "the catalog's")

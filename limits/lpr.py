@@ -27,7 +27,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,7 +44,7 @@ from .filecheck import (
     parse_date,
     parse_rate_value,
     parse_version,
-    toml_error_position,
+    toml_document,
 )
 from .rates import format_rate
 from .watched import read_stable
@@ -177,11 +176,7 @@ def _at_file(path: str, message: str) -> LprError:
 
 def parse_lpr(text: str, source: str) -> LprTable:
     """Validate table text; `source` names it in messages. `LprError` with every problem."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        line, reason = toml_error_position(error)
-        raise LprError.at(source, line, f"invalid TOML: {reason}") from error
+    document = toml_document(text, source, LprError)
     problems = Problems(source, KeyLines(text), LprError)
     check_keys(document, _TOP_LEVEL_KEYS, (), problems)
     version = parse_version(document, problems, "the table's")

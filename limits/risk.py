@@ -43,7 +43,6 @@ import ipaddress
 import os
 import re
 import struct
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -60,7 +59,7 @@ from .filecheck import (
     describe,
     is_integer,
     parse_version,
-    toml_error_position,
+    toml_document,
 )
 from .risk_layout import (
     HISTORY_SAMPLES,
@@ -422,11 +421,7 @@ def parse_risk_rules(text: str, source: str) -> RiskRules:
     """Validate rule-set text; `source` names it in messages (a file name, or
     "approval A1b2..." for a submitted change). Raises `RiskRulesError` with every
     problem found."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        line, reason = toml_error_position(error)
-        raise RiskRulesError.at(source, line, f"invalid TOML: {reason}") from error
+    document = toml_document(text, source, RiskRulesError)
     problems = _RiskProblems(source, KeyLines(text))
     check_keys(document, _TOP_LEVEL_KEYS, (), problems)
     version = parse_version(document, problems, "the rule set's")

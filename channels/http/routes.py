@@ -17,6 +17,7 @@ from typing import Any
 from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
 from core.services.approvals import TEXT_BYTES_MAX
+from core.services.operators import OPERATION_KINDS, PARAMETER_KINDS
 from core.services.passwords import PASSWORD_PATTERN
 from core.services.policy import OPERATIONS, OPERATOR_ONLY, Operation
 from ledger.loans import Method
@@ -248,14 +249,6 @@ RFC3339_PATTERN = (
     "(Z|[+-][0-9]{2}:[0-9]{2})$"
 )
 APPROVAL_ID_PATTERN = "^A[0-9a-f]{12}$"
-PARAMETER_KINDS = ("limits", "deposits", "risk", "lpr", "channels", "loans")
-OPERATION_KINDS = (
-    "reversal",
-    "unlock_password",
-    "release_review",
-    "return_review",
-    "credit_limit",
-)
 APPROVAL_KINDS = PARAMETER_KINDS + OPERATION_KINDS
 APPROVAL_STATES = ("pending", "approved", "applied", "rejected", "expired", "failed")
 RISK_OUTCOMES = ("allow", "challenge", "delay", "review", "block")
