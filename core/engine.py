@@ -170,7 +170,8 @@ class RequestKind(enum.IntEnum):
 
 
 # What a `submit_generated` function returns: the entry's kind, count, payload and how
-# many timestamps it takes (one per transfer it posts); None: nothing to do.
+# many timestamps it takes (one per transfer it posts, at least one: a POST_WITH_ROWS
+# entry with no transfer, only rows, takes one); None: nothing to do.
 Generated = tuple[EntryKind, int, bytes, int]
 MakeEntry = Callable[["Ledger"], Generated | None]
 

@@ -58,7 +58,8 @@ ACCRUE_HEADER = struct.Struct("<H6x")
 # count n.
 SETTLE_HEADER = struct.Struct("<II")
 # POST_WITH_ROWS: u32 n transfers, u32 m row writes, then the transfers, then the row
-# writes (ledger.deposits.DEPOSIT_WRITE, 64 bytes); count n.
+# writes (ledger.deposits.DEPOSIT_WRITE, 64 bytes); count n. n may be 0 when m >= 1 (a
+# day-end loan collection chunk where nothing was taken: only rows are written).
 POST_WITH_ROWS_HEADER = struct.Struct("<II")
 # PURGE_COUNTERS: u16 day, 6 zero bytes; count 0.
 PURGE_PAYLOAD = struct.Struct("<H6x")
@@ -208,10 +209,11 @@ def settle_payload_fields(payload: bytes | memoryview) -> tuple[int, memoryview,
 def pack_post_with_rows_payload(
     transfers: bytes | bytearray | memoryview, rows: bytes | bytearray | memoryview
 ) -> bytes:
-    """A POST_WITH_ROWS payload: the transfers, then the row writes (DEPOSIT_WRITE each)."""
+    """A POST_WITH_ROWS payload: the transfers, then the row writes (DEPOSIT_WRITE each);
+    at least one of either (no transfers: rows only)."""
     count = len(transfers) // TRANSFER_SIZE
     writes = len(rows) // DEPOSIT_WRITE_SIZE
-    assert count >= 1 and len(transfers) == count * TRANSFER_SIZE
+    assert (count >= 1 or writes >= 1) and len(transfers) == count * TRANSFER_SIZE
     assert len(rows) == writes * DEPOSIT_WRITE_SIZE
     return POST_WITH_ROWS_HEADER.pack(count, writes) + bytes(transfers) + bytes(rows)
 
@@ -221,7 +223,8 @@ def post_with_rows_payload_fields(payload: bytes | memoryview) -> tuple[memoryvi
     count, writes = POST_WITH_ROWS_HEADER.unpack_from(payload)
     view = memoryview(payload)
     end = POST_WITH_ROWS_HEADER.size + count * TRANSFER_SIZE
-    assert count >= 1 and len(view) == end + writes * DEPOSIT_WRITE_SIZE, (count, writes)
+    assert count >= 1 or writes >= 1, (count, writes)
+    assert len(view) == end + writes * DEPOSIT_WRITE_SIZE, (count, writes)
     return view[POST_WITH_ROWS_HEADER.size : end], view[end:]
 
 

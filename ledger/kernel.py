@@ -21,17 +21,17 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from cext import deposits as deposit_kernel
 from cext import ledger_kernel as kernel
+from cext import loans as loan_kernel
 from cext import simgen
-from ledger.constants import BANK_CHANNEL, CLEARING_ID, INTEREST_EXPENSE_ID
+from ledger.constants import BANK_CHANNEL, CLEARING_ID, INTEREST_EXPENSE_ID, LOAN_FUNDING_ID
 from ledger.deposits import (
-    DEPOSIT_WRITE_ALWAYS,
     DEPOSIT_WRITE_SIZE,
     INTEREST_ID_MIX,
     INTEREST_ID_TAG,
     check_rates,
     check_settlement_args,
-    deposit_write_view,
 )
+from ledger.loan_book import COLLECTION_ID_MIX, COLLECTION_ID_TAG, check_collection_args
 from ledger.state import (
     ACCOUNT_TABLES,
     LOG_QUOTA_TABLE_SIZE,
@@ -370,21 +370,40 @@ class KernelLedger(MetaScalars):
         timestamp_first: int,
         business_day: int,
     ) -> tuple[bytearray, array[int], array[int]]:
-        """Post transfers, then write the rows whose transfer is OK (ledger.protocol.Ledger)."""
+        """Post transfers, then write the rows whose transfer is OK (ledger.protocol.Ledger).
+        No transfers (a collection chunk that took nothing): no kernel call, only rows. The
+        rows are written by `cext.loans.write_rows` (a day-end chunk has 8189)."""
         assert len(rows) % DEPOSIT_WRITE_SIZE == 0, len(rows)
-        outcome = self.create_transfers(transfers, timestamp_first, business_day)
-        results = outcome[0]
-        for offset in range(0, len(rows), DEPOSIT_WRITE_SIZE):
-            write = deposit_write_view(rows, offset)
-            if write.transfer_index != DEPOSIT_WRITE_ALWAYS and (
-                write.transfer_index >= len(results) or results[write.transfer_index] != 0
-            ):
-                continue
-            slot = self.account_slot(write.account_id)
-            if slot >= 0:
-                self.deposits[slot * DEPOSIT_SIZE : (slot + 1) * DEPOSIT_SIZE] = write.row
-                deposit_kernel.mark_dirty(slot, *self._deposit_tables(), self.dirty)
+        outcome: tuple[bytearray, array[int], array[int]] = (bytearray(), array("Q"), array("q"))
+        if len(transfers):
+            outcome = self.create_transfers(transfers, timestamp_first, business_day)
+        loan_kernel.write_rows(
+            rows, outcome[0], self.accounts, self.account_index, self.deposits, self.meta,
+            self.dirty,
+        )  # fmt: skip
         return outcome
+
+    def loan_collection_batch(
+        self, day: int, terms: bytes | bytearray | memoryview, start: int, count_max: int
+    ) -> tuple[bytes, bytes, array[int], int, int]:
+        """The day-end collection of `day` from terms entry `start` (ledger.protocol.Ledger),
+        a pure read, without the GIL (`cext.loans.collect`)."""
+        check_collection_args(day, terms, start, count_max)
+        transfers = bytearray(count_max * TRANSFER_SIZE)
+        writes = bytearray(count_max * DEPOSIT_WRITE_SIZE)
+        parts: array[int] = array("q", bytes(count_max * 4 * 8))
+        transfer_count, write_count, next_index, skipped = loan_kernel.collect(
+            day, terms, start, count_max, transfers, writes, parts, self.accounts, self.pending,
+            self.deposits, self.meta, LOAN_FUNDING_ID, BANK_CHANNEL,
+        )  # fmt: skip
+        del parts[write_count * 4 :]
+        return (
+            bytes(transfers[: transfer_count * TRANSFER_SIZE]),
+            bytes(writes[: write_count * DEPOSIT_WRITE_SIZE]),
+            parts,
+            next_index,
+            skipped,
+        )
 
     def deposit_row(self, account_id: int) -> bytes | None:
         slot = self.account_slot(account_id)
@@ -778,6 +797,8 @@ class KernelLedger(MetaScalars):
 
 assert INTEREST_ID_TAG == deposit_kernel.INTEREST_ID_TAG
 assert INTEREST_ID_MIX == deposit_kernel.INTEREST_ID_MIX
+assert COLLECTION_ID_TAG == loan_kernel.COLLECTION_ID_TAG
+assert COLLECTION_ID_MIX == loan_kernel.COLLECTION_ID_MIX
 
 FAILED_BIT = 1 << 62  # on the seq of a failure ring record (cext/ledger_kernel.pyx)
 

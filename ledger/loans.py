@@ -116,6 +116,7 @@ __all__ = [
     "due_days",
     "level_payment_minor",
     "penalty_minor",
+    "period_interest_minor",
     "prepay",
     "schedule",
 ]
@@ -328,6 +329,19 @@ def _interest(remaining_minor: int, annual_rate: int, days: int | None) -> int:
     if days is None:
         return round_half_up(remaining_minor * annual_rate, _MONTHLY_DENOMINATOR)
     return round_half_up(remaining_minor * annual_rate * days, _DAILY_DENOMINATOR)
+
+
+def period_interest_minor(remaining_minor: int, annual_rate: int, days: int | None) -> int:
+    """An instalment's interest on `remaining_minor`: a month's (`days` None) or `days`
+    days' on a 360-day year, rounded half up: what the schedules charge, public so the
+    loan book's terms (ledger/loan_book.py) fix the first interest of a segment the
+    schedule's way. ValueError for a negative amount or day count or a rate out of range.
+    """
+    _check_fen("remaining_minor", remaining_minor)
+    _check_rate("annual_rate", annual_rate)
+    if days is not None:
+        _check_fen("days", days)
+    return _interest(remaining_minor, annual_rate, days)
 
 
 def _equal_principal_rows(

@@ -147,7 +147,21 @@ class Ledger(Protocol):
     ) -> tuple[bytearray, array[int], array[int]]:
         """Post `transfers`, then apply each DEPOSIT_WRITE of `rows` whose transfer is
         OK (or that is DEPOSIT_WRITE_ALWAYS) and whose account exists. Returns the
-        create_transfers outcome."""
+        create_transfers outcome. With no transfers (only rows) nothing is posted, no
+        kernel batch runs (no hold expires) and the outcome is empty."""
+        ...
+
+    def loan_collection_batch(
+        self, day: int, terms: bytes | bytearray | memoryview, start: int, count_max: int
+    ) -> tuple[bytes, bytes, array[int], int, int]:
+        """A pure read: the day-end collection of `day` (ledger/loan_book.py, steps 1-5)
+        over the terms table (`LoanTermsTable.packed()`) from entry `start`, until
+        `count_max` loans were touched (one row write each, at most one transfer) or the
+        table ends. Returns (transfers, row writes (DEPOSIT_WRITE), parts: int64 x 4 a
+        write: its transfer's index (-1: none), principal, interest and penalty paid,
+        the entry to continue from (len(terms) // 48 when done), entries skipped because
+        the account at their slot is not their loan). ValueError for a bad argument or a
+        terms entry out of range or out of (slot, segment) order."""
         ...
 
     def purge_counters(self, day: int) -> int:

@@ -26,7 +26,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ledger.constants import BANK_CHANNEL, CLEARING_ID, INTEREST_EXPENSE_ID
+from ledger.constants import BANK_CHANNEL, CLEARING_ID, INTEREST_EXPENSE_ID, LOAN_FUNDING_ID
 from ledger.deposits import (
     DEMAND_KINDS,
     DEPOSIT_WRITE_ALWAYS,
@@ -43,6 +43,17 @@ from ledger.deposits import (
     fixed_row_view,
     interest_transfer_id,
     pack_demand_row,
+)
+from ledger.loan_book import (
+    LOAN_TERMS,
+    check_collection_args,
+    collect_one,
+    collection_transfer,
+    loan_row_view,
+    loan_terms_view,
+    row_write,
+    terms_error,
+    terms_valid,
 )
 from ledger.records import TransferView, account_view, pack_transfer, pending_view, transfer_view
 from ledger.state import (
@@ -1307,9 +1318,12 @@ class ReferenceLedger:
         timestamp_first: int,
         business_day: int,
     ) -> tuple[bytearray, array[int], array[int]]:
-        """Post transfers, then write the rows whose transfer is OK (ledger.protocol.Ledger)."""
+        """Post transfers, then write the rows whose transfer is OK (ledger.protocol.Ledger).
+        No transfers (a collection chunk that took nothing): no kernel call, only rows."""
         assert len(rows) % DEPOSIT_WRITE_SIZE == 0, len(rows)
-        outcome = self.create_transfers(bytes(transfers), timestamp_first, business_day)
+        outcome: tuple[bytearray, array[int], array[int]] = (bytearray(), array("Q"), array("q"))
+        if len(transfers):
+            outcome = self.create_transfers(bytes(transfers), timestamp_first, business_day)
         results = outcome[0]
         for offset in range(0, len(rows), DEPOSIT_WRITE_SIZE):
             write = deposit_write_view(rows, offset)
@@ -1321,6 +1335,73 @@ class ReferenceLedger:
             if slot != SLOT_NONE:
                 self.accounts[slot].deposit = bytes(write.row)
         return outcome
+
+    def loan_collection_batch(
+        self, day: int, terms: bytes | bytearray | memoryview, start: int, count_max: int
+    ) -> tuple[bytes, bytes, array[int], int, int]:
+        """The day-end collection of `day` from terms entry `start` (ledger.protocol.Ledger;
+        the kernel `cext.loans.collect`), a pure read: one loan at a time through
+        `ledger.loan_book.collect_one`, in the kernel's check order."""
+        entry_count = check_collection_args(day, terms, start, count_max)
+        transfers: list[bytes] = []
+        writes: list[bytes] = []
+        parts: array[int] = array("q")
+        taken_by_slot: dict[int, int] = {}  # the kernel's slot hash
+        skipped = 0
+        index = start
+        while index < entry_count:
+            if len(writes) == count_max:
+                break
+            entry = loan_terms_view(terms, index * LOAN_TERMS.size)
+            if not terms_valid(entry):
+                raise terms_error(index)
+            if index > start:
+                previous = loan_terms_view(terms, (index - 1) * LOAN_TERMS.size)
+                if (previous.slot, previous.segment) >= (entry.slot, entry.segment):
+                    raise terms_error(index)
+            index += 1
+            if entry.slot >= len(self.accounts):
+                skipped += 1
+                continue
+            loan = self.accounts[entry.slot]
+            if loan.id & UINT64_MAX != entry.loan_id_lo or loan.kind != AccountKind.LOAN:
+                skipped += 1
+                continue
+            row = loan_row_view(loan.deposit)
+            if row.segment != entry.segment:
+                continue
+            available = self._loan_available(entry.repayment_slot)
+            if available > 0:
+                available = max(0, available - taken_by_slot.get(entry.repayment_slot, 0))
+            new_row, taken, (principal, interest, penalty) = collect_one(day, entry, row, available)
+            if new_row is None:
+                continue
+            transfer_index: int | None = None
+            if taken > 0:
+                taken_by_slot[entry.repayment_slot] = (
+                    taken_by_slot.get(entry.repayment_slot, 0) + taken
+                )
+                transfer_index = len(transfers)
+                transfers.append(
+                    collection_transfer(
+                        loan.id, self.accounts[entry.repayment_slot].id, LOAN_FUNDING_ID, day,
+                        taken, ledger=loan.ledger, channel=BANK_CHANNEL,
+                    )
+                )  # fmt: skip
+            writes.append(row_write(loan.id, new_row, transfer_index))
+            parts.extend(
+                (-1 if transfer_index is None else transfer_index, principal, interest, penalty)
+            )
+        return b"".join(transfers), b"".join(writes), parts, index, skipped
+
+    def _loan_available(self, slot: int) -> int:
+        """What a repayment account can pay (cext/loans.pyx `account_available`)."""
+        if slot >= len(self.accounts):
+            return 0
+        account = self.accounts[slot]
+        if account.status != AccountStatus.ACTIVE:
+            return 0
+        return max(0, account.credits_posted - account.debits_posted - account.debits_pending)
 
     def deposit_row(self, account_id: int) -> bytes | None:
         slot = self.account_index.get(account_id, SLOT_NONE)

@@ -22,14 +22,17 @@ from its `effective` date until the product's next version takes effect:
     prepayment = { allowed = true, after_months = 0, fee = "0.00%", excess = "refuse",
                    mode = "reduce_instalment" }    # (one line in the file)
     allocation = ["penalty", "interest", "principal"]   # optional: this order
+    exposure_max = "50000000.00"         # optional: the most the bank lends on the product
 
 Validated strictly and completely before anything uses it, like the other parameter
-files (`limits.filecheck`): every key required except `fees` (and either of its keys)
-and `allocation`, unknown keys refused, rates and fees only as exact percentage strings
-(`limits.rates`: ppm of 1 a year, "3.45%" -> 34_500), money only as CNY decimal strings
-with at most two decimals (parsed to fen without a float), every range checked (a
-minimum above its maximum refused), two entries with the same (id, version) refused,
-and the versions of one product taking effect in the order of their numbers. Every
+files (`limits.filecheck`): every key required except `fees` (and either of its keys),
+`allocation` and `exposure_max`, unknown keys refused, rates and fees only as exact
+percentage strings (`limits.rates`: ppm of 1 a year, "3.45%" -> 34_500), money only as
+CNY decimal strings with at most two decimals (parsed to fen without a float), every
+range checked (a minimum above its maximum refused; an amount maximum above
+`LOAN_PRINCIPAL_MAX_MINOR`, 42,949,672.95 CNY, refused: a loan's row in the ledger holds
+its arrears in u32 fen), two entries with the same (id, version) refused, and the
+versions of one product taking effect in the order of their numbers. Every
 problem is reported at once, naming the file, the line and the key
 (`LoanCatalogError`, a `CatalogError`: the approvals service reports it as
 PARAMETER_INVALID with each line).
@@ -37,6 +40,12 @@ PARAMETER_INVALID with each line).
 A floating rate is the LPR of the product's tenor in force on the day plus the spread
 (`LoanProduct.contract_rate`); whether that is negative depends on the LPR of the day,
 so the loan service checks it, not this file.
+
+`exposure_max` caps the bank's exposure to the product: the outstanding principal of
+all of its loans (and of the applications approved and not yet disbursed) plus a new
+one; the loan service refuses an application above it (LOAN_EXPOSURE_EXCEEDED). Omitted:
+no cap. It is the bank's risk appetite, not a term of the product: the published JSON
+(`LoanProduct.to_json`) does not show it.
 
 Publishing is an approved change of the whole file (approval kind `loans`, maker-checker,
 applied at once or at an `apply_at` up to the new version's effective date, which takes
@@ -90,7 +99,10 @@ PRODUCT_VERSIONS_MAX: Final = 1_024  # entries in one file: every version ever p
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9-]{1,32}")
 NAME_LENGTH_MAX: Final = 80
 TERM_MONTHS_MAX: Final = 360  # 30 years: the longest mortgage, and ledger.loans' bound
-AMOUNT_MINOR_MAX: Final = 10**12  # 10,000,000,000.00 CNY
+AMOUNT_MINOR_MAX: Final = 10**12  # 10,000,000,000.00 CNY: an exposure cap's bound
+# The most one loan lends: its row's arrears fields are u32 fen
+# (ledger.loan_book.LOAN_PRINCIPAL_MAX_MINOR, the same number; a test keeps them equal).
+LOAN_PRINCIPAL_MAX_MINOR: Final = 0xFFFFFFFF  # 42,949,672.95 CNY
 SPREAD_BP_MAX: Final = 10_000  # +-100% a year; the service refuses a negative rate
 BP_PPM: Final = 100  # one basis point is 0.01% = 100 ppm
 REPAYMENT_DAY_MAX: Final = 28  # every month has it
@@ -103,7 +115,7 @@ _TOP_LEVEL_KEYS: Final = ("version", "products")
 _PRODUCT_KEYS: Final = (
     "id", "version", "effective", "name", "kind", "methods", "rate", "term_months",
     "amount", "repayment_day", "grace_days", "penalty_uplift", "fees", "prepayment",
-    "allocation",
+    "allocation", "exposure_max",
 )  # fmt: skip
 _RATE_KEYS: Final = ("lpr", "spread_bp", "fixed")
 _RANGE_KEYS: Final = ("min", "max")
@@ -176,6 +188,8 @@ class LoanProduct:
     prepayment_excess: str
     prepayment_mode: str
     allocation: tuple[str, ...]
+    exposure_max_minor: int | None = None
+    """The most outstanding on the product's loans (None: no cap)."""
     line: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +204,8 @@ class LoanProduct:
         )
         assert self.fixed_rate is None or self.spread_bp == 0, self.spread_bp
         assert 1 <= self.term_min <= self.term_max <= TERM_MONTHS_MAX
-        assert 1 <= self.amount_min_minor <= self.amount_max_minor <= AMOUNT_MINOR_MAX
+        assert 1 <= self.amount_min_minor <= self.amount_max_minor <= LOAN_PRINCIPAL_MAX_MINOR
+        assert self.exposure_max_minor is None or 1 <= self.exposure_max_minor <= AMOUNT_MINOR_MAX
         assert self.repayment_day is None or 1 <= self.repayment_day <= REPAYMENT_DAY_MAX
         assert sorted(self.allocation) == sorted(ALLOCATION_DEFAULT), self.allocation
 
@@ -440,6 +455,7 @@ _FIELD_KEYS: Final[tuple[tuple[tuple[str, ...], str], ...]] = (
     (("prepayment", "excess"), "prepayment_excess"),
     (("prepayment", "mode"), "prepayment_mode"),
     (("allocation",), "allocation"),
+    (("exposure_max",), "exposure_max_minor"),
 )
 
 
@@ -555,7 +571,8 @@ def _parse_product(table: Mapping[str, Any], index: int, problems: Problems) -> 
     methods = _parse_methods(table, prefix, problems)
     rate = _parse_rate(table, prefix, problems)
     terms = _parse_range(table, "term_months", prefix, problems, _parse_term)
-    amounts = _parse_range(table, "amount", prefix, problems, _parse_cny)
+    amounts = _check_loan_size(_parse_range(table, "amount", prefix, problems, _parse_cny),
+                               prefix, problems)  # fmt: skip
     repayment_day = _parse_repayment_day(table, prefix, problems)
     grace_days = _parse_integer(table, "grace_days", prefix, problems, 0, GRACE_DAYS_MAX,
                                 "days without penalty after a due day")  # fmt: skip
@@ -563,6 +580,7 @@ def _parse_product(table: Mapping[str, Any], index: int, problems: Problems) -> 
     fees = _parse_fees(table, prefix, problems)
     prepayment = _parse_prepayment(table, prefix, problems)
     allocation = _parse_allocation(table, prefix, problems)
+    exposure_max = _parse_exposure_max(table, prefix, problems)
     if len(problems.items) > count:
         return None
     assert product_id is not None and version is not None and effective_day is not None
@@ -595,6 +613,7 @@ def _parse_product(table: Mapping[str, Any], index: int, problems: Problems) -> 
         prepayment_excess=prepayment[3],
         prepayment_mode=prepayment[4],
         allocation=allocation,
+        exposure_max_minor=exposure_max,
         line=problems.line(prefix),
     )
 
@@ -923,3 +942,25 @@ def _parse_allocation(
                      f"{', '.join(ALLOCATION_DEFAULT)} once")  # fmt: skip
         return None
     return names
+
+
+def _check_loan_size(
+    amounts: tuple[int, int] | None, prefix: tuple[Any, ...], problems: Problems
+) -> tuple[int, int] | None:
+    """The amount range, unless its maximum is more than one loan's row can hold."""
+    if amounts is None or amounts[1] <= LOAN_PRINCIPAL_MAX_MINOR:
+        return amounts
+    largest = f"{LOAN_PRINCIPAL_MAX_MINOR // 100}.{LOAN_PRINCIPAL_MAX_MINOR % 100:02d}"
+    problems.add((*prefix, "amount", "max"), f"a loan is at most {largest} CNY (its row in "
+                 "the ledger holds arrears in u32 fen)")  # fmt: skip
+    return None
+
+
+def _parse_exposure_max(
+    table: Mapping[str, Any], prefix: tuple[Any, ...], problems: Problems
+) -> int | None:
+    """The optional exposure cap in fen (None when the key is absent or wrong; a wrong
+    value is reported)."""
+    if "exposure_max" not in table:
+        return None
+    return _parse_cny(table["exposure_max"], (*prefix, "exposure_max"), problems)

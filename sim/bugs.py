@@ -57,6 +57,14 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             ("quarter-end-dayend",),
         ),
         PlantedBug(
+            "loan-row-not-written",
+            "the day-end's loan collection drops the row write of the first loan in every"
+            " chunk that paid something (its money moves, its row still says the instalment"
+            " is due, so the next day-end would take it again), which the loan checker must"
+            " catch",
+            ("quarter-end-dayend",),
+        ),
+        PlantedBug(
             "risk-rule-never-fires",
             "the risk stage is deployed with a program in which one rule can never fire (the"
             " stolen-device rule's code mask cleared: a compiler slip), so the fraud it should"

@@ -50,6 +50,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="postings per customer per day (default: 1.0 normal, 2.4 campaign)",
     )
     parser.add_argument(
+        "--loan-share",
+        type=float,
+        default=None,
+        help="share of the customers holding a loan disbursed before the day (default 0.03)",
+    )
+    parser.add_argument(
+        "--loans-per-user-day",
+        type=float,
+        default=None,
+        help="new loans disbursed during the run, per customer and day (default 0.0001)",
+    )
+    parser.add_argument(
         "--save-trace",
         metavar="FILE",
         default=None,
@@ -138,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         plant_bug=args.plant_bug,
         profile=args.profile,
         start=args.start,
+        loan_share=args.loan_share,
+        loans_per_user_day=args.loans_per_user_day,
     )
     try:
         return execute(

@@ -45,7 +45,7 @@ class Record:
 
 @dataclass(slots=True)
 class Batch:
-    """A primary's batch of client attempts, waiting for its commit."""
+    """A primary's batch of client attempts (or of disbursements), waiting for its commit."""
 
     lsn: int
     step: int
@@ -59,6 +59,9 @@ class Batch:
     client_a_ns: int
     client_b_ns: int
     epoch: int
+    # The loan service's disbursements (sim/loans.py) an entry of the primary's own
+    # carries instead of client attempts: their loan indexes (None: a client batch).
+    loans: list[int] | None = None
 
 
 @dataclass(slots=True)

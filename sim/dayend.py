@@ -13,27 +13,32 @@ next day, in the order of `core/services/dayend.py` (issue 14):
    (`Ledger.due_fixed_deposits`) pay principal plus `term_interest` to their payout
    account, or roll over at the term's rate of that day, in `POST_WITH_ROWS` entries
    (transfers and the deposit row written iff they post);
-4. the limit-counter rollover (`PURGE_COUNTERS`: day counters before the new day);
-5. expiry of pending holds (`EXPIRE_PENDING`).
+4. loans: the instalments of the day, collected over the population's terms table
+   (`LoanCollectionMaker`, `POST_WITH_ROWS` entries of at most 8189 loans, each read
+   off the state by `Ledger.loan_collection_batch` when it is formed: a
+   LOAN_REPAYMENT transfer per loan that paid something and every touched loan's row);
+5. the limit-counter rollover (`PURGE_COUNTERS`: day counters before the new day);
+6. expiry of pending holds (`EXPIRE_PENDING`).
 
 Each step is a *maker*: a function of the ledger's state returning
 `(kind, count, payload, timestamps)` or None when there is nothing to do -- exactly
 what `core.engine.Engine.submit_generated` takes. The makers are the engine's own
 (`core/services/dayend.py`: `accrual_maker`, `SettlementMaker`, `MaturityMaker`,
-`purge_counters_maker`, `expire_holds_maker`), so the simulator and the engine share
-one policy; this module only wraps them with what the simulator adds (a settlement
-cursor that skips stretches with nothing to settle, the planted bug
-"interest-one-fen-more", the per-run figures of `DayEndRun`). The simulator applies
-what a maker returns on the primary, hands the outcome's result codes back to the
-maker's `count` like the engine's day-end does, and streams the entry like any other;
-the replicas apply it with `core.entries.apply_entry`.
+`LoanCollectionMaker`, `purge_counters_maker`, `expire_holds_maker`), so the simulator
+and the engine share one policy; this module only wraps them with what the simulator
+adds (a settlement cursor that skips stretches with nothing to settle, the planted bugs
+"interest-one-fen-more" and "loan-row-not-written", the per-run figures of
+`DayEndRun`). The simulator applies what a maker returns on the primary, hands the
+outcome's result codes back to the maker's `count` like the engine's day-end does, and
+streams the entry like any other; the replicas apply it with `core.entries.apply_entry`.
 
 Every step is derived from the ledger's own state, so it resumes: a new primary whose
 log holds only part of its predecessor's day-end (the rest was never replicated)
 finds the accrual done (`accrued_day`), the rest of the settlement still to post
 (`settlement_batch` reads only unsettled accounts) and the maturities still due, and
 finishes them; what was done is never done twice (settlement ids are derived from
-account and period, maturity ids from account and maturity day).
+account and period, maturity ids from account and maturity day, collection ids from
+loan and day, and a loan's row records the last day that collected it).
 """
 
 from __future__ import annotations
@@ -42,15 +47,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.entries import EntryKind, pack_settle_payload, settle_payload_fields
+from core.entries import (
+    EntryKind,
+    pack_post_with_rows_payload,
+    pack_settle_payload,
+    post_with_rows_payload_fields,
+    settle_payload_fields,
+)
 from core.services.dayend import (
+    LOAN_COLLECTION_CHUNK_MAX,
     SETTLEMENT_CHUNK_MAX,
+    LoanCollectionMaker,
     MaturityMaker,
     SettlementMaker,
     accrual_maker,
     expire_holds_maker,
     purge_counters_maker,
 )
+from ledger.deposits import DEPOSIT_WRITE_ALWAYS, DEPOSIT_WRITE_SIZE, deposit_write_view
 from ledger.records import pack_transfer, transfer_view
 from ledger.types import TRANSFER_SIZE
 
@@ -61,6 +75,7 @@ Maker = Callable[[Any], Generated | None]
 __all__ = [
     "DayEndRun",
     "Generated",
+    "LoanCollection",
     "Maker",
     "MaturityMaker",
     "Settlement",
@@ -115,6 +130,49 @@ def _one_fen_more(made: Generated) -> Generated:
     return kind, count, pack_settle_payload(period, changed + rest, slots), timestamps
 
 
+class LoanCollection:
+    """Step 4 around the engine's `LoanCollectionMaker`: `make` returns the next chunk,
+    None once the terms table is passed; `count` hands the chunk's results to the maker.
+
+    `plant_row_not_written`: the planted bug (sim/bugs.py "loan-row-not-written"): in
+    every chunk, the first loan that paid something has its row write dropped (its money
+    moves, its row stays as it was), which the loan checker must catch."""
+
+    def __init__(
+        self,
+        terms: bytes,
+        day: int,
+        chunk: int = LOAN_COLLECTION_CHUNK_MAX,
+        *,
+        plant_row_not_written: bool = False,
+    ) -> None:
+        self.maker = LoanCollectionMaker(terms, day, chunk)
+        self.plant_row_not_written = plant_row_not_written
+        self.entries = 0
+
+    def make(self, ledger: Any) -> Generated | None:
+        made = self.maker.make(ledger)
+        if made is None:
+            return None
+        self.entries += 1
+        if self.plant_row_not_written:
+            made = _first_collected_row_dropped(made)
+        return made
+
+    def count(self, results: bytearray) -> None:
+        self.maker.count(results, self.maker.last)
+
+
+def _first_collected_row_dropped(made: Generated) -> Generated:
+    kind, count, payload, timestamps = made
+    transfers, writes = post_with_rows_payload_fields(payload)
+    for offset in range(0, len(writes), DEPOSIT_WRITE_SIZE):
+        if deposit_write_view(writes, offset).transfer_index != DEPOSIT_WRITE_ALWAYS:
+            kept = bytes(writes[:offset]) + bytes(writes[offset + DEPOSIT_WRITE_SIZE :])
+            return kind, count, pack_post_with_rows_payload(transfers, kept), timestamps
+    return made
+
+
 @dataclass
 class DayEndRun:
     """One execution of one day's day-end on one primary (a resumed one included)."""
@@ -130,6 +188,13 @@ class DayEndRun:
     maturities_paid: int = 0
     rollovers: int = 0
     maturity_interest_fen: int = 0
+    loans_touched: int = 0
+    loans_collected: int = 0
+    loan_collected_fen: int = 0
+    loans_overdue: int = 0
+    loans_closed: int = 0
+    loan_terms_skipped: int = 0
+    loan_entries: int = 0
     counters_purged: int = 0
     holds_expired: int = 0
     entries: int = 0

@@ -772,6 +772,11 @@ EXPECTATIONS = (
     "risk_legit_challenged",
     "risk_legit_held",
     "risk_mismatches",
+    # The loans (sim/loans.py) and the loan checker (sim/loan_checker.py).
+    "loans_disbursed",
+    "loans_collected",
+    "loans_overdue",
+    "loan_mismatches",
 )
 
 
@@ -823,6 +828,7 @@ def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any
 
 USERS_MAX = 200_000_000
 SEED_MAX = (1 << 63) - 1  # the generators take the seed as an unsigned 64-bit integer
+LOAN_SHARE_MAX = 0.5  # of the users holding a loan
 
 
 @dataclass
@@ -847,6 +853,19 @@ class SimConfig:
     # When the window starts on the bank's local clock ("2026-12-20T23:50"); None: the
     # scenario's `start`, else DEFAULT_START.
     start: str | None = None
+    # Loans (sim/loans.py): the share of the users holding one before the day, and new
+    # loans disbursed a user and day; None: the population's defaults (3%, 0.0001).
+    loan_share: float | None = None
+    loans_per_user_day: float | None = None
+
+    def population_overrides(self) -> dict[str, Any]:
+        """The population parameters this run sets (sim/population.py `Population`)."""
+        overrides: dict[str, Any] = {}
+        if self.loan_share is not None:
+            overrides["loan_fraction"] = self.loan_share
+        if self.loans_per_user_day is not None:
+            overrides["loan_disbursements_per_user_day"] = self.loans_per_user_day
+        return overrides
 
     def check(self) -> None:
         """Refuse a bad run before anything is built: one line naming the option and its range."""
@@ -872,6 +891,10 @@ class SimConfig:
             raise SimError(f"--drain-max-s must be in (0, 86400], not {self.drain_max_s}")
         if self.start is not None:
             self.start_time()
+        if self.loan_share is not None and not 0 <= self.loan_share <= LOAN_SHARE_MAX:
+            raise SimError(f"--loan-share must be in 0..{LOAN_SHARE_MAX}, not {self.loan_share}")
+        if self.loans_per_user_day is not None and not 0 <= self.loans_per_user_day <= 1:
+            raise SimError(f"--loans-per-user-day must be in 0..1, not {self.loans_per_user_day}")
 
     def start_time(self) -> datetime.datetime | None:
         """`start` parsed (None when not given); a SimError naming --start when bad."""

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from cext import simgen
 from core.data import DATA_DIRECTORY, DEFAULT_RULES_PATH
 from core.progress import progress_bar
-from ledger.constants import CLEARING_ID, INTEREST_EXPENSE_ID, LEDGER_CNY
+from ledger.constants import CLEARING_ID, INTEREST_EXPENSE_ID, LEDGER_CNY, LOAN_FUNDING_ID
 from ledger.deposits import FD_OPEN, FD_ROLLOVER, RATE_ROW, pack_deposit_write, pack_fixed_row
 from ledger.interest import add_months, day_weight, period_start_day
 from ledger.kernel import KernelLedger
@@ -73,6 +73,14 @@ class Population:
     class_ii_balance_sigma: float = 1.3
     class_iii_balance_median_minor: float = 50_000.0
     fixed_deposit_median_minor: float = 5_000_000.0
+    # Loans (sim/loans.py): holders of one disbursed before the day, the share of those
+    # with an instalment due on the first simulated day and of those already in arrears,
+    # and new loans disbursed during the run per user and day (a book of 3% of the users
+    # repaid over about 18 months disburses about 0.00006 a user a day).
+    loan_fraction: float = 0.03
+    loan_due_today_fraction: float = 0.2
+    loan_overdue_fraction: float = 0.08
+    loan_disbursements_per_user_day: float = 0.0001
 
     @property
     def merchants(self) -> int:
@@ -81,9 +89,21 @@ class Population:
     def openings_capacity(self, days: float) -> int:
         return int(self.users * self.openings_per_user_day * max(days, 1.0) * 2) + 64
 
+    def loans_capacity(self, days: float) -> int:
+        """Loan accounts the disbursements of a run of `days` may open (twice the rate)."""
+        return int(self.users * self.loan_disbursements_per_user_day * max(days, 1.0) * 2) + 64
+
     def account_capacity(self, days: float) -> int:
-        expected = self.users * (1.0 + self.class_iii_fraction + self.fixed_deposit_fraction)
-        return int(expected * 1.002) + 1024 + self.merchants + self.openings_capacity(days)
+        expected = self.users * (
+            1.0 + self.class_iii_fraction + self.fixed_deposit_fraction + self.loan_fraction
+        )
+        return (
+            int(expected * 1.002)
+            + 1024
+            + self.merchants
+            + self.openings_capacity(days)
+            + self.loans_capacity(days)
+        )
 
     def describe(self) -> dict[str, object]:
         return asdict(self) | {"merchants": self.merchants}
@@ -151,8 +171,9 @@ def build(
     account holds the interest its opening balance accrued since the settlement period
     began (`accrue_interest` once, with the period-to-date day weight), as if the
     population had banked here all quarter. The bank's interest-expense account
-    (`INTEREST_EXPENSE_ID`) and the clearing account a Class III excess settles to
-    (`CLEARING_ID`) are opened too.
+    (`INTEREST_EXPENSE_ID`), the clearing account a Class III excess settles to
+    (`CLEARING_ID`) and the loan-funding account (`LOAN_FUNDING_ID`; the loans are
+    sim/loans.py's, built after this) are opened too.
     """
     ledger.set_rules(rules.product_table(), rules.channel_table())
     internal_accounts = [
@@ -163,6 +184,7 @@ def build(
         internal_accounts += [
             (INTEREST_EXPENSE_ID, AccountKind.INTERNAL_INTEREST_EXPENSE),
             (CLEARING_ID, AccountKind.INTERNAL_CLEARING),
+            (LOAN_FUNDING_ID, AccountKind.INTERNAL_LOAN_FUNDING),
         ]
     internal = b"".join(
         pack_account_input(id=account_id, kind=kind, product=PRODUCT_INTERNAL)

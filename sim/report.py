@@ -225,6 +225,7 @@ def build(
         "clock": clock(sim),
     }
     report.update(deposits_summary(sim, results))
+    report.update(loans_summary(sim, results))
     report.update(risk_summary(sim))
     sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
     diff = replay_diff.compare(sim, primary)
@@ -275,6 +276,29 @@ def deposits_summary(sim: Simulation, results: dict[str, Any]) -> dict[str, Any]
         "interest_postings": findings["settlement_postings"],
         "maturities_paid": findings["maturities_paid"] + findings["rollovers"],
         "interest_mismatches": findings["mismatches"],
+    }
+
+
+def loans_summary(sim: Simulation, results: dict[str, Any]) -> dict[str, Any]:
+    """The loans (sim/loans.py) and what the loan checker found (sim/loan_checker.py): the
+    `loans` section and the top-level figures scenarios state expectations on."""
+    checker, book, disbursements = sim.loan_checker, sim.loan_book, sim.disbursements
+    if checker is None or book is None or disbursements is None:
+        return {"loans": None, "loan_mismatches": 0}
+    findings = checker.report()
+    per_dc = results.get("loan_per_dc", {})
+    final = per_dc.get(results["primary"], {})
+    return {
+        "loans": {
+            "population": book.describe(),
+            "disbursements": disbursements.report(),
+            "findings": findings,
+            "per_dc": per_dc,
+        },
+        "loans_disbursed": len(disbursements.acknowledged_loans()),
+        "loans_collected": final.get("collections", 0),
+        "loans_overdue": final.get("overdue", 0),
+        "loan_mismatches": findings["mismatches"],
     }
 
 
@@ -1121,6 +1145,10 @@ def render_html(report: dict[str, Any]) -> str:
         "interest_postings",
         "maturities_paid",
         "interest_mismatches",
+        "loans_disbursed",
+        "loans_collected",
+        "loans_overdue",
+        "loan_mismatches",
         "converged",
         "failovers",
         "rto_s",
@@ -1456,6 +1484,7 @@ def summary(report: dict[str, Any]) -> str:
         ("longest without an ack s", report.get("no_ack_s_max")),
         ("single-copy acks", single_copy_acks(report)),
         *_dayend_rows(report),
+        *_loan_rows(report),
         ("latency p50/p99 ms", f"{latency.get('p50_ms')} / {latency.get('p99_ms')}"),
         ("wall s / sim:wall", f"{report['wall_s']} / {report['simulated_to_wall_ratio']}"),
         ("peak RSS GiB", report["peak_rss_gib"]),
@@ -1490,6 +1519,28 @@ def _dayend_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
             f" ({findings['maturity_interest_fen'] / 100:.2f} CNY interest)",
         ),
         ("interest mismatches", report["interest_mismatches"]),
+    ]
+
+
+def _loan_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The loans' lines of the summary, when the run had a population."""
+    loans = report.get("loans") or {}
+    if not loans:
+        return []
+    findings, made = loans["findings"], loans["disbursements"]
+    return [
+        (
+            "loans disbursed (acked / made)",
+            f"{report['loans_disbursed']} / {made['made']} ({made['amount_fen'] / 100:.2f} CNY;"
+            f" {made['retried']} retried, {made['gave_up']} gave up)",
+        ),
+        (
+            "loan collections",
+            f"{report['loans_collected']} ({findings['loans_touched']} loans touched by"
+            f" {findings['runs']} runs, {findings['short_of_funds']} short of funds),"
+            f" {report['loans_overdue']} overdue at the end",
+        ),
+        ("loan mismatches", report["loan_mismatches"]),
     ]
 
 

@@ -48,8 +48,9 @@ from typing import Any
 
 from cext import simgen
 from core import engine_policy as policy
-from core.entries import EVICT_PAYLOAD, Entry, EntryKind
+from core.entries import EVICT_PAYLOAD, Entry, EntryKind, pack_post_with_rows_payload
 from core.progress import progress_bar
+from core.services.dayend import LOAN_COLLECTION_CHUNK_MAX
 from ledger.interest import day_of_date, is_settlement_day
 from ledger.kernel import KernelLedger
 from ledger.types import TRANSFER_SIZE, CreateAccountResult
@@ -62,6 +63,7 @@ from .checker import Checker, Verification
 from .cluster import NEVER, Batch, DataCenter, Record, Stream, entry_size
 from .dayend import (
     DayEndRun,
+    LoanCollection,
     Maker,
     MaturityMaker,
     Settlement,
@@ -70,6 +72,8 @@ from .dayend import (
     purge_counters_maker,
 )
 from .interest import InterestChecker
+from .loan_checker import LoanChecker
+from .loans import DISBURSEMENT_INTERVAL_NS, Disbursements, LoanBook, disbursement_payloads
 from .model import (
     DEFAULT_START,
     NS_PER_MS,
@@ -190,7 +194,9 @@ class Simulation:
         self.start_local = start or DEFAULT_START
         self.start_ns = start_ns_of(self.start_local)
         if traffic is None:
-            self.population: Population | None = Population(config.users, seed=config.seed)
+            self.population: Population | None = Population(
+                config.users, seed=config.seed, **config.population_overrides()
+            )
             self.traffic = traffic_module.generated(
                 self.population,
                 scenario.traffic,
@@ -300,6 +306,8 @@ class Simulation:
         self._schedule(self.topology.evict_interval_ns, self._evict_tick)
         if self.population is not None:
             self._schedule(OPENING_INTERVAL_NS, self._opening_tick)
+        if self.loan_book is not None:
+            self._schedule(DISBURSEMENT_INTERVAL_NS, self._loan_tick)
         for at_ns, entry in self.traffic.admin_entries:
             self._schedule(at_ns, self._admin_entry, entry)
         self._schedule(self.window_ns, self._window_end)
@@ -349,6 +357,11 @@ class Simulation:
         if self.population is not None and self._settles_in_window():
             # A settlement posts about one transfer an account, all within the retention.
             wanted += self.account_capacity
+        if self.population is not None and self.midnights_ns(
+            self.window_ns + int(self.config.drain_max_s * NS_PER_S)
+        ):
+            # A day-end's loan step posts at most one collection a loan.
+            wanted += int(self.population.users * self.population.loan_fraction * 1.1) + 1024
         self.log_capacity = 1 << (wanted - 1).bit_length()
         primary = self.topology.primary
         ledgers = {
@@ -366,6 +379,10 @@ class Simulation:
         self.dayend_runs: list[DayEndRun] = []
         self.dayend_resume: set[str] = set()
         self.first_day = 0
+        self.loan_book: LoanBook | None = None
+        self.loan_checker: LoanChecker | None = None
+        self.disbursements: Disbursements | None = None
+        self.loan_chunk = LOAN_COLLECTION_CHUNK_MAX  # loans per collection entry
         if self.population is not None:
             self.rules = population_module.bank_rules()
             self.catalog = population_module.deposit_catalog()
@@ -386,6 +403,7 @@ class Simulation:
                 quiet=self.config.quiet,
                 catalog=self.catalog,
             )
+            next_ns = self._build_loans(ledger, day, next_ns)
             self.interest_checker = InterestChecker(self.catalog, self.rules)
             self.interest_checker.baseline(
                 ledger, *population_module.accrued_span(self.catalog, day)
@@ -414,6 +432,40 @@ class Simulation:
         }
         for dc in self.dcs.values():
             dc.last_timestamp = max(next_ns, dc.ledger.timestamp_last())
+
+    def _build_loans(self, ledger: KernelLedger, day: int, next_ns: int) -> int:
+        """The population's loan book (sim/loans.py), its checker and the day's
+        disbursements, after the population's accounts; returns the next free timestamp."""
+        population = self.population
+        assert population is not None
+        book = LoanBook(
+            population.seed,
+            population.users,
+            day,
+            due_today_fraction=population.loan_due_today_fraction,
+            overdue_fraction=population.loan_overdue_fraction,
+        )
+        self.loan_book = book
+        self.loan_checker = LoanChecker(book)
+        started = time.perf_counter()
+        days = self.window_ns / (86_400 * NS_PER_S)
+        next_ns = book.build(
+            ledger,
+            self.loan_checker,
+            population,
+            next_ns,
+            reserve=population.loans_capacity(days),
+            quiet=self.config.quiet,
+        )
+        self.timings["loans_build_s"] = time.perf_counter() - started
+        self.population_counts["loans"] = book.population_count
+        self.disbursements = Disbursements(
+            book,
+            population.users * population.loan_disbursements_per_user_day,
+            self.seed,
+            self.topology.log_retention_ns // 2,
+        )
+        return next_ns
 
     def _build_risk(self, scenario: Scenario) -> None:
         """The bank's risk stage (sim/risk.py), for a scenario with a [risk] table: the
@@ -1168,6 +1220,13 @@ class Simulation:
         return results
 
     def _settle(self, batch: Batch, mode: int, commit_delay_ns: int) -> int:
+        if batch.loans is not None:
+            # Disbursements: answered when committed; one timed out is retried by the loan
+            # service at its next tick (`Disbursements.due`). No client counts them.
+            if mode == simgen.SETTLE_COMMIT and self.disbursements is not None:
+                at_ns = (batch.step + 1) * self.step_ns + commit_delay_ns
+                self.disbursements.acknowledged(batch.loans, batch.results, at_ns)
+            return 0
         total = batch.new_count + batch.packed_count
         if len(self.retry_packed) < total:
             self.retry_packed = array("Q", bytes(8 * total * 2))
@@ -1332,6 +1391,7 @@ class Simulation:
         run.maturities_paid = maturing.paid_out
         run.rollovers = maturing.rolled_over
         run.maturity_interest_fen = maturing.interest_fen
+        self._collect_loans(dc, day, now_ns, run)
         made, outcome = self._apply_made(dc, purge_counters_maker(day + 1), now_ns)
         run.entries += made
         run.counters_purged = int(outcome or 0)
@@ -1341,6 +1401,37 @@ class Simulation:
         checker.after_run(snapshot, ledger)
         self.dayend_runs.append(run)
         self._note(now_ns, "dayend", dc=dc.name, day=day, resumed=resumed, entries=run.entries)
+
+    def _collect_loans(self, dc: DataCenter, day: int, now_ns: int, run: DayEndRun) -> None:
+        """The day-end's loan step (sim/dayend.py `LoanCollection`) over the terms table
+        of the loans `dc` holds, checked by the loan checker (sim/loan_checker.py)."""
+        book, checker, ledger = self.loan_book, self.loan_checker, dc.ledger
+        if book is None or checker is None:
+            return
+        terms = book.terms_table(ledger)
+        snapshot = checker.before(ledger, day)
+        collecting = LoanCollection(
+            terms,
+            day,
+            self.loan_chunk,
+            plant_row_not_written=self.config.plant_bug == "loan-row-not-written",
+        )
+        start = ledger.log_count
+        while True:
+            made, outcome = self._apply_made(dc, collecting.make, now_ns)
+            if not made:
+                break
+            collecting.count(outcome[0])
+        checker.after(snapshot, ledger, start, ledger.log_count)
+        maker = collecting.maker
+        run.loans_touched = maker.touched
+        run.loans_collected = maker.collected
+        run.loan_collected_fen = maker.principal_fen + maker.interest_fen + maker.penalty_fen
+        run.loans_overdue = maker.overdue
+        run.loans_closed = maker.closed
+        run.loan_terms_skipped = maker.skipped
+        run.loan_entries = collecting.entries
+        run.entries += collecting.entries
 
     def _evict_tick(self, now_ns: int) -> None:
         """Each primary evicts by the engine's policy (`core.engine_policy`), due at every
@@ -1392,6 +1483,47 @@ class Simulation:
         self.openings_next += count
         self.openings_created += count
         self._own_entry(primary, EntryKind.CREATE_ACCOUNTS, count, payload, now_ns)
+
+    def _loan_tick(self, now_ns: int) -> None:
+        """The loan service: the interval's new loans (during the traffic window), and
+        every disbursement not yet answered, sent to the serving primary as an account
+        opening and a POST_WITH_ROWS entry, committed like a client batch (sim/loans.py)."""
+        self._schedule(now_ns + DISBURSEMENT_INTERVAL_NS, self._loan_tick)
+        book, tracker, checker = self.loan_book, self.disbursements, self.loan_checker
+        assert book is not None and tracker is not None and checker is not None
+        primary = self._serving_primary()
+        if now_ns < self.window_ns:
+            for _ in range(tracker.arrivals()):
+                dc = primary or self.dcs[self.names[0]]
+                day = self._business_day(dc, self._timestamp(dc, now_ns))
+                loan = book.new_loan(tracker.made, day, dc.ledger)
+                checker.register_new(loan, book.row_of(loan))
+                tracker.add(loan, now_ns)
+        if primary is None:
+            return
+        items = tracker.due(now_ns)
+        if not items:
+            return
+        loans = [item.loan for item in items]
+        openings, transfers, writes = disbursement_payloads(book, loans)
+        self._own_entry(
+            primary, EntryKind.CREATE_ACCOUNTS, len(loans), openings, now_ns, check=False
+        )
+        payload = pack_post_with_rows_payload(transfers, writes)
+        outcome = self._own_entry(
+            primary, EntryKind.POST_WITH_ROWS, len(loans), payload, now_ns, timestamps=len(loans)
+        )
+        deadline_ns = now_ns + self.topology.client_timeout_ns
+        for item in items:
+            item.attempts += 1
+            item.deadline_ns = deadline_ns
+        primary.inflight.append(
+            Batch(
+                primary.applied_lsn, now_ns // self.step_ns, 0, 0, None, 0,
+                bytearray(outcome[0]), now_ns + primary.fsync_ns, deadline_ns, 0, 0,
+                primary.epoch, loans,
+            )
+        )  # fmt: skip
 
     def _admin_entry(self, now_ns: int, entry: Entry | None) -> None:
         """A journal's own entry (an account opening, a rule change) at its time, applied
@@ -1659,6 +1791,13 @@ class Simulation:
             seq for earlier in self.failovers if earlier is not failover for seq in earlier.lost
         }
         failover.lost = [seq for seq in verification.missing if seq not in already]
+        if self.loan_checker is not None and self.disbursements is not None:
+            self.loan_checker.verify_disbursements(
+                dc.name,
+                dc.ledger,
+                self.disbursements.acknowledged_loans(now_ns),
+                failover.kind == "cross_region",
+            )
         self._note(now_ns, "promoted", dc=dc.name, epoch=dc.epoch, lost=len(failover.lost))
         self._schedule(now_ns + self.topology.discovery_ns, self._set_route, dc.name)
 
@@ -2198,6 +2337,11 @@ class Simulation:
             last_ended = ended if ended >= self.first_day else None
             for name in self.names:
                 interest_per_dc[name] = self.interest_checker.final(name, ledgers[name], last_ended)
+        loan_per_dc: dict[str, Any] = {}
+        if self.loan_checker is not None and self.disbursements is not None:
+            acknowledged = self.disbursements.acknowledged_loans()
+            for name in self.names:
+                loan_per_dc[name] = self.loan_checker.final(name, ledgers[name], acknowledged)
         kernel_digests: dict[str, str] = {}
         if primary.ledger.account_count <= 2_000_000:
             kernel_digests = {name: ledgers[name].digest() for name in self.names}
@@ -2209,4 +2353,5 @@ class Simulation:
             "per_dc": per_dc,
             "kernel_digests": kernel_digests,
             "interest_per_dc": interest_per_dc,
+            "loan_per_dc": loan_per_dc,
         }

@@ -146,6 +146,10 @@ def invariants_of(report: dict[str, Any]) -> dict[str, bool]:
         # The day-end's interest postings as the interest checker recomputed them
         # (sim/interest.py): accrual, settlement, maturities, each once.
         "interest_as_expected": not report.get("interest_mismatches", 0),
+        # The loans' collections and disbursements as the loan checker's model has them
+        # (sim/loan_checker.py): rows, postings, the loan-funding account, acknowledged
+        # disbursements present.
+        "loans_as_expected": not report.get("loan_mismatches", 0),
         # The risk stage's decisions as the approved rules make them (sim/risk.py: the
         # pure-Python twin on the same postings); trivially true without a [risk] table.
         "risk_as_specified": not report.get("risk_mismatches", 0),
@@ -168,6 +172,9 @@ def _invariant_reason(name: str, report: dict[str, Any]) -> str:
     if name == "interest_as_expected":
         failures = ((report.get("deposits") or {}).get("findings") or {}).get("failures", [])
         return f"{report.get('interest_mismatches')} mismatches: " + "; ".join(failures[:3])
+    if name == "loans_as_expected":
+        failures = ((report.get("loans") or {}).get("findings") or {}).get("failures", [])
+        return f"{report.get('loan_mismatches')} mismatches: " + "; ".join(failures[:3])
     if name == "risk_as_specified":
         examples = (report.get("risk") or {}).get("mismatch_examples", [])
         count = report.get("risk_mismatches")

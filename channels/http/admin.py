@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from channels.http import loans
 from channels.http.handlers import Reply, json_reply
-from channels.http.loans import preview_command
+from channels.http.loans import answer, preview_command
 from channels.http.problems import Problem
 from channels.http.schema import fail, transfer_id_param
 from channels.http.signing import NONCE_PATTERN, Credentials
@@ -49,6 +50,7 @@ class AdminContext:
     params: dict[str, str]
     query: dict[str, str]
     body: Any
+    idempotency_key: str = ""  # the signed Idempotency-Key (required where `money`)
 
 
 def operator_name(credentials: Credentials) -> str:
@@ -230,6 +232,9 @@ class AdminHandlers:
                 error.refusal.extras.setdefault("pointer", "/text")
             raise
         return json_reply(200, quote)
+
+    async def admin_decide_loan_application(self, ctx: AdminContext) -> Reply:
+        return Reply(*answer(200, await loans.decide(self.bank, ctx)))
 
     # --- risk (core/services/risk.py) ---------------------------------------------------
 

@@ -605,6 +605,8 @@ class App:
                 what = next(iter(params.values()), "")
                 self.admin_handlers.authorize(operator, permission, route.operation, what)
             ctx = AdminContext(operator, params, self.route_query(route, scope), None)
+            if route.policy.money:  # a transition (a loan decision): its operation key
+                ctx.idempotency_key = operation_key(route, headers)
             ctx.body = self.admin_body(route, headers, body)
             reply = await getattr(self.admin_handlers, route.operation)(ctx)
         except (Problem, Refused) as error:
@@ -837,31 +839,7 @@ class App:
                 f"{channel.rate_per_s:g} requests/s, burst {channel.burst}",
                 headers=[(b"retry-after", str(retry).encode())],
             )
-        key = headers.get(b"idempotency-key")
-        if key is None:
-            if route.policy.money:
-                raise Problem(
-                    400,
-                    "idempotency-key-missing",
-                    "This operation needs an Idempotency-Key header",
-                    "send a unique key per operation; reuse it only to retry the same request",
-                )
-            return ""
-        text = key.decode("latin-1")
-        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-            text = text[1:-1]  # the draft's sf-string form
-        if (
-            not 1 <= len(text) <= IDEMPOTENCY_KEY_LENGTH_MAX
-            or not text.isascii()
-            or not text.isprintable()
-            or " " in text
-        ):
-            raise Problem(
-                400,
-                "idempotency-key-malformed",
-                "The Idempotency-Key must be 1-255 visible ASCII characters",
-            )
-        return text
+        return operation_key(route, headers)
 
     def actor_caller(self, caller: Caller, scope: Scope, value: bytes) -> Caller:
         """The Caller naming the teller of a (signed) Tally-Actor header, once well formed
@@ -956,6 +934,37 @@ class App:
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def operation_key(route: Route, headers: dict[bytes, bytes]) -> str:
+    """The request's Idempotency-Key ("" when none was sent): required (400) where the
+    route's operation needs one (`Operation.money`), 1-255 visible ASCII characters (400).
+    The channels' routes and the operators' alike."""
+    key = headers.get(b"idempotency-key")
+    if key is None:
+        if route.policy.money:
+            raise Problem(
+                400,
+                "idempotency-key-missing",
+                "This operation needs an Idempotency-Key header",
+                "send a unique key per operation; reuse it only to retry the same request",
+            )
+        return ""
+    text = key.decode("latin-1")
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1]  # the draft's sf-string form
+    if (
+        not 1 <= len(text) <= IDEMPOTENCY_KEY_LENGTH_MAX
+        or not text.isascii()
+        or not text.isprintable()
+        or " " in text
+    ):
+        raise Problem(
+            400,
+            "idempotency-key-malformed",
+            "The Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    return text
 
 
 def json_body(content_type: str, body: bytes) -> Any:

@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
+from channels.http import loans
 from channels.http.batch import pack_json_batch, render_batch_results, stamp_binary_batch
-from channels.http.loans import products_json, quote_command
+from channels.http.loans import answer, products_json, quote_command
 from channels.http.metrics import Metrics
 from channels.http.problems import REPLAY_HEADER, Problem
 from channels.http.schema import account_id_param, fail, transfer_id_param, transfer_id_text
@@ -455,6 +456,32 @@ class Handlers:
 
     async def quote_loan(self, ctx: Context) -> Reply:
         return json_reply(200, self.bank.loans.quote(quote_command(ctx.caller, ctx.body)))
+
+    # --- loan accounts (core/services/loan_accounts.py; channels/http/loans.py) -------
+
+    async def apply_loan(self, ctx: Context) -> Reply:
+        return Reply(*answer(201, await loans.apply(self.bank, ctx)))
+
+    async def read_loan_application(self, ctx: Context) -> Reply:
+        return Reply(*answer(200, await loans.read_application(self.bank, ctx)))
+
+    async def sign_loan(self, ctx: Context) -> Reply:
+        return Reply(*answer(200, await loans.sign(self.bank, ctx)))
+
+    async def disburse_loan(self, ctx: Context) -> Reply:
+        return Reply(*answer(201, await loans.disburse(self.bank, ctx)))
+
+    async def read_loan(self, ctx: Context) -> Reply:
+        return Reply(*answer(200, await loans.read_loan(self.bank, ctx)))
+
+    async def read_loan_schedule(self, ctx: Context) -> Reply:
+        return Reply(*answer(200, await loans.read_schedule(self.bank, ctx)))
+
+    async def repay_loan(self, ctx: Context) -> Reply:
+        return Reply(*answer(201, await loans.repay(self.bank, ctx)))
+
+    async def read_customer_loans(self, ctx: Context) -> Reply:
+        return Reply(*answer(200, await loans.customer_loans(self.bank, ctx)))
 
     # --- risk control (core/services/risk.py) ---------------------------------------
 

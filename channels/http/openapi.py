@@ -11,9 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from channels.http.problems import PROBLEM_BASE, all_problem_slugs
-from channels.http.routes import APPROVAL_ID_PATTERN, LOAN_FIELDS, PARAMETER_KINDS, ROUTES, Route
+from channels.http.routes import (
+    APPROVAL_ID_PATTERN,
+    CUSTOMER_ID_PATTERN,
+    LOAN_APPLICATION_ID_PATTERN,
+    LOAN_FIELDS,
+    PARAMETER_KINDS,
+    ROUTES,
+    Route,
+)
 from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
 from channels.http.signing import SCHEME
+from core.services.loan_accounts import STATES as LOAN_APPLICATION_STATES
 from limits.loans import (
     ALLOCATION_DEFAULT,
     EXCESS_CHOICES,
@@ -140,6 +149,13 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "max_months": INT,
             "methods": {"type": "array", "items": STRING},  # loan-method-not-offered
             "rate_ppm": NULLABLE_INT,  # loan-rate-invalid: what the LPR and spread give
+            # Loan accounts (core/services/loan_accounts.py): state, classes, minimum_minor
+            # as above; the credit check's figures, what is owed, when a prepayment opens.
+            "limit_minor": INT,  # loan-quota-exceeded: the approved credit limit
+            "used_minor": INT,  # loan-quota-exceeded: other loans and applications
+            "owed_minor": INT,  # loan-repayment-exceeds-owed: everything owed today
+            "allowed_from": NULLABLE_STRING,  # loan-prepayment-not-allowed: the first day
+            "account_id": STRING,  # loan-already-disbursed: the loan's account
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -378,6 +394,151 @@ LOAN_QUOTE["description"] = (
     "fixed), every instalment, the sums, what the customer receives (the amount less the "
     "upfront fee) and the annualised rate including all fees (`apr`, PBoC 年化利率)"
 )
+# Loan accounts (core/services/loan_accounts.py; results.py the answers' fields).
+LOAN_TRANSITION = _object(
+    {
+        "state": {"enum": list(LOAN_APPLICATION_STATES)},
+        "at": STRING,
+        "by": STRING,  # the channel, "op:<operator>", or "system" (the quota and the screen)
+        "role": STRING,
+        "reason": STRING,
+    }
+)
+LOAN_APPLICATION = _object(
+    {
+        "application_id": {"type": "string", "pattern": LOAN_APPLICATION_ID_PATTERN},
+        "state": {"enum": list(LOAN_APPLICATION_STATES)},
+        "customer_id": STRING,
+        "product_id": STRING,
+        "product_version": INT,
+        "method": LOAN_METHODS,
+        "amount_minor": INT,
+        "term_months": INT,
+        "repayment_day": INT,
+        "disbursement_account_id": STRING,
+        "repayment_account_id": STRING,
+        "purpose": STRING,
+        "rate": RATE,
+        "rate_ppm": INT,
+        "apr": RATE,
+        "apr_ppm": INT,
+        "upfront_fee_minor": INT,
+        "received_minor": INT,
+        "monthly_fee_minor": INT,
+        "total_interest_minor": INT,
+        "total_repaid_minor": INT,
+        "credit_limit_minor": INT,
+        "credit_used_minor": INT,
+        "risk_outcome": {"enum": ["allow", "challenge", "delay", "review", "block"]},
+        "risk_version": INT,
+        # Operators only (the decision route); null at a channel, which never learns them.
+        "risk_rules": {"oneOf": [{"type": "null"}, {"type": "array", "items": STRING}]},
+        "exposure_minor": NULLABLE_INT,
+        "reason": STRING,
+        "loan_account_id": NULLABLE_STRING,
+        "submitted_at": STRING,
+        "transitions": {"type": "array", "items": LOAN_TRANSITION},
+        "replayed": BOOL,
+    }
+)
+LOAN_APPLICATION["description"] = (
+    "a loan application (core/services/results.py `LoanApplicationView`): the terms asked, "
+    "the contract they price to on the application day, the credit check, the risk "
+    "screen's outcome, the state and every transition"
+)
+LOAN = _object(
+    {
+        "account_id": STRING,
+        "customer_id": STRING,
+        "application_id": {"type": "string", "pattern": LOAN_APPLICATION_ID_PATTERN},
+        "status": {"enum": ["open", "overdue", "closed"]},
+        "product_id": STRING,
+        "product_version": INT,
+        "method": LOAN_METHODS,
+        "principal_minor": INT,
+        "rate": RATE,
+        "rate_ppm": INT,
+        "term_months": INT,
+        "start_date": DATE,
+        "repayment_day": INT,
+        "repayment_account_id": STRING,
+        "disbursement_account_id": STRING,
+        "upfront_fee_minor": INT,
+        "monthly_fee_minor": INT,
+        "grace_days": INT,
+        "penalty_uplift_permille": INT,
+        "allocation": {"type": "array", "items": {"enum": list(ALLOCATION_DEFAULT)}},
+        "prepayment_mode": {"enum": list(PREPAYMENT_MODES)},
+        "prepayment_excess": {"enum": list(EXCESS_CHOICES)},
+        "outstanding_minor": INT,
+        "scheduled_minor": INT,
+        "arrears_principal_minor": INT,
+        "arrears_interest_minor": INT,
+        "penalty_minor": INT,
+        "owed_minor": INT,
+        "overdue_since": {"oneOf": [{"type": "null"}, DATE]},
+        "segment": INT,
+        "instalments_fallen_due": INT,
+        "next_instalment": {"oneOf": [{"type": "null"}, LOAN_INSTALMENT]},
+        "balance_minor": INT,
+        "disbursement_transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+        "business_day": DATE,
+        "replayed": BOOL,
+    }
+)
+LOAN["description"] = (
+    "a loan (core/services/results.py `LoanView`): the contract, and its state from the "
+    "loan's row in the ledger: principal scheduled and in arrears, interest in arrears, "
+    "penalty, what is owed (accrued interest aside) and the next instalment"
+)
+LOAN_SCHEDULE_ITEM = _object(
+    {
+        **LOAN_INSTALMENT["properties"],
+        "status": {"enum": ["paid", "overdue", "due", "future"]},
+    }
+)
+COMPONENT_SCHEMAS.update(
+    {
+        "LoanApplication": LOAN_APPLICATION,
+        "Loan": LOAN,
+        "LoanSchedule": _object(
+            {
+                "account_id": STRING,
+                "segment": INT,
+                "method": LOAN_METHODS,
+                "principal_minor": INT,
+                "rate": RATE,
+                "rate_ppm": INT,
+                "start_date": DATE,
+                "instalments": {"type": "array", "items": LOAN_SCHEDULE_ITEM},
+                "business_day": DATE,
+            }
+        ),
+        "LoanRepaid": _object(
+            {
+                "account_id": STRING,
+                "kind": {"enum": ["arrears", "partial", "full"]},
+                "transfer_id": {"type": "string", "pattern": TRANSFER_ID_PATTERN},
+                "total_minor": INT,
+                "penalty_minor": INT,
+                "interest_minor": INT,
+                "accrued_interest_minor": INT,
+                "principal_minor": INT,
+                "prepaid_principal_minor": INT,
+                "fee_minor": INT,
+                "owed_before_minor": INT,
+                "loan": {"$ref": "#/components/schemas/Loan"},
+                "replayed": BOOL,
+            }
+        ),
+        "LoanList": _object(
+            {
+                "customer_id": STRING,
+                "loans": {"type": "array", "items": {"$ref": "#/components/schemas/Loan"}},
+            }
+        ),
+    }
+)
 COMPONENT_SCHEMAS.update(
     {
         "Products": {
@@ -568,8 +729,21 @@ SESSION_OPERATIONS = frozenset(
         "read_fixed_deposit",
         "quote_withdrawal",
         "read_interest",
+        # Loans: the customer who applies, is paid out and reads (its session).
+        "apply_loan",
+        "read_loan_application",
+        "disburse_loan",
+        "read_loan",
+        "read_loan_schedule",
+        "read_customer_loans",
     }
 )
+# Operator routes whose permission a service checks itself (Operation.permission ""),
+# when it is not the approvals service's request:KIND / approve:KIND.
+SERVICE_CHECKS = {
+    "admin_decide_loan_application": "the loan accounts service checks decide:loans (a loan "
+    "officer or an administrator).",
+}
 TOKEN_READ_OPERATIONS = frozenset(
     {
         "read_account",
@@ -592,7 +766,9 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         elif name in ("transfer_id", "payment_id"):
             schema["pattern"] = TRANSFER_ID_PATTERN
         elif name == "customer_id":
-            schema["pattern"] = "^c[0-9a-f]{20}$"
+            schema["pattern"] = CUSTOMER_ID_PATTERN
+        elif name == "application_id":
+            schema["pattern"] = LOAN_APPLICATION_ID_PATTERN
         elif name == "approval_id":
             schema["pattern"] = APPROVAL_ID_PATTERN
         elif name == "kind":
@@ -723,7 +899,10 @@ def _operation(route: Route) -> dict[str, Any]:
             + (
                 f"needs {policy.permission}."
                 if policy.permission
-                else "the approvals service checks the role (request:KIND, approve:KIND)."
+                else SERVICE_CHECKS.get(
+                    route.operation,
+                    "the approvals service checks the role (request:KIND, approve:KIND).",
+                )
             )
         )
     elif policy.kinds:

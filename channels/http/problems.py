@@ -498,6 +498,56 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "loan-rate-invalid",
         "The loan product's rate is not valid today: the LPR plus its spread is out of range",
     ),
+    # Loan accounts (core/services/loan_accounts.py): applications, disbursement and
+    # repayment; the figures a client acts on come as extensions (`state`, `limit_minor`,
+    # `used_minor`, `owed_minor`, `minimum_minor`, `classes`, `allowed_from`).
+    C.LOAN_APPLICATION_NOT_FOUND: (
+        404,
+        "loan-application-not-found",
+        "No loan application with this id",
+    ),
+    C.LOAN_APPLICATION_STATE: (
+        409,
+        "loan-application-state",
+        "The loan application is not in a state this step starts from",
+    ),
+    C.LOAN_QUOTA_EXCEEDED: (
+        422,
+        "loan-quota-exceeded",
+        "The loan would take the customer over their approved credit limit",
+    ),
+    C.LOAN_EXPOSURE_EXCEEDED: (
+        422,
+        "loan-exposure-exceeded",
+        "The bank lends no more on this loan product at present",
+    ),
+    C.LOAN_ALREADY_DISBURSED: (
+        409,
+        "loan-already-disbursed",
+        "The loan of this application is paid out already",
+    ),
+    C.LOAN_NOT_FOUND: (404, "loan-not-found", "No loan with this account id"),
+    C.LOAN_CLOSED: (409, "loan-closed", "The loan is repaid in full"),
+    C.LOAN_REPAYMENT_EXCEEDS_OWED: (
+        422,
+        "loan-repayment-exceeds-owed",
+        "The repayment is more than everything owed today (`owed_minor`)",
+    ),
+    C.LOAN_REPAYMENT_TOO_SMALL: (
+        422,
+        "loan-repayment-too-small",
+        "The repayment repays no principal beyond the interest due (`minimum_minor`)",
+    ),
+    C.LOAN_ACCOUNT_NOT_ALLOWED: (
+        422,
+        "loan-account-not-allowed",
+        "A loan is paid out to and repaid from the customer's Class I, II or III account",
+    ),
+    C.LOAN_PREPAYMENT_NOT_ALLOWED: (
+        409,
+        "loan-prepayment-not-allowed",
+        "The loan product takes no early repayment (or not yet: `allowed_from`)",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})

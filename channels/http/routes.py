@@ -17,6 +17,7 @@ from typing import Any
 from channels.http.schema import F
 from channels.registry import BATCH_SIZE_MAX
 from core.services.approvals import TEXT_BYTES_MAX
+from core.services.loan_accounts import PURPOSE_LENGTH_MAX, REASON_LENGTH_MAX
 from core.services.operators import OPERATION_KINDS, PARAMETER_KINDS
 from core.services.passwords import PASSWORD_PATTERN
 from core.services.policy import OPERATIONS, OPERATOR_ONLY, Operation
@@ -329,6 +330,78 @@ LOAN_PREVIEW = {
         "would carry",
     ),
     **LOAN_FIELDS,
+}
+# --- loan accounts (core/services/loan_accounts.py; docs/loans.md) ---
+# An application names its customer, the product terms of a quote, the customer's own
+# Class I/II/III account the money goes to and the one instalments are taken from, and
+# the purpose (a loan's use is stated and recorded, as the personal-loan rules require).
+# Whether the product takes the terms, the accounts are the customer's and the credit
+# limit holds is the service's answer, with its figures.
+LOAN_APPLICATION_ID_PATTERN = "^LA[0-9a-f]{16}$"  # core.services.loan_accounts.application_id_of
+LOAN_PURPOSE = F(
+    "string",
+    min_length=1,
+    max_length=PURPOSE_LENGTH_MAX,
+    pattern=TEXT_PATTERN,
+    description="what the money is for (one line), recorded with the application",
+    example="home renovation",
+)
+LOAN_APPLICATION_NEW = {
+    "customer_id": F(
+        "string",
+        pattern=CUSTOMER_ID_PATTERN,
+        description="the applicant (wechat/app: the customer the channel acts for)",
+        example="c0123456789abcdef0123",
+    ),
+    **LOAN_FIELDS,
+    "disbursement_account_id": F(
+        "account_id", description="the customer's own account the loan is paid into"
+    ),
+    "repayment_account_id": F(
+        "account_id",
+        required=False,
+        description="the customer's own account instalments are collected from (default: "
+        "the disbursement account)",
+    ),
+    "purpose": LOAN_PURPOSE,
+    "device": DEVICE,
+}
+LOAN_SIGNATURE = {
+    "password": F(
+        "string",
+        required=False,
+        pattern=PASSWORD_PATTERN,
+        description="the repayment account's 6-digit transaction password (or send a "
+        "Tally-Transaction-Token for that account): the customer signs the contract",
+    ),
+    "second_factor": SECOND_FACTOR,
+}
+LOAN_DECISION = {
+    "approve": F("boolean", description="true: approve the referred application; false: decline"),
+    "reason": F(
+        "string",
+        required=False,
+        min_length=1,
+        max_length=REASON_LENGTH_MAX,
+        pattern=TEXT_PATTERN,
+        description="why, recorded with the application (required to decline)",
+    ),
+}
+LOAN_REPAYMENT = {
+    "amount_minor": F(
+        "amount",
+        required=False,
+        description="what to repay now: arrears first (penalty, interest, principal in the "
+        "product's order), then principal early; omitted: everything owed (the loan closes)",
+    ),
+    "password": F(
+        "string",
+        required=False,
+        pattern=PASSWORD_PATTERN,
+        description="the repayment account's 6-digit transaction password (or send a "
+        "Tally-Transaction-Token for that account)",
+    ),
+    "second_factor": SECOND_FACTOR,
 }
 SINCE = F(
     "string", required=False, pattern=RFC3339_PATTERN, description="only what came after (RFC 3339)"
@@ -788,6 +861,95 @@ ROUTES: tuple[Route, ...] = (
         body=LOAN_QUOTE_NEW,
         problems=(404, 422),
     ),
+    # --- loan accounts (core/services/loan_accounts.py; channels/http/loans.py) ---
+    _route(
+        "POST",
+        "/v1/loan-applications",
+        "apply_loan",
+        "Apply for a loan: the product's terms are checked and priced as a quote, the "
+        "customer's credit limit and the product's exposure are checked and the would-be "
+        "disbursement is screened by the bank's risk control; the application is approved, "
+        "declined or referred to a loan officer at once",
+        201,
+        "LoanApplication",
+        body=LOAN_APPLICATION_NEW,
+        problems=(401, 403, 404, 409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/loan-applications/{application_id}",
+        "read_loan_application",
+        "A loan application: its terms, the quote, the credit check, the risk decision's "
+        "outcome and every transition (wechat/app: with the applicant's Tally-Session)",
+        200,
+        "LoanApplication",
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/loan-applications/{application_id}/sign",
+        "sign_loan",
+        "The customer signs the approved application's contract, with the disbursement "
+        "account's transaction password or a token (and a second factor where needed)",
+        200,
+        "LoanApplication",
+        body=LOAN_SIGNATURE,
+        body_optional=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "POST",
+        "/v1/loan-applications/{application_id}/disbursement",
+        "disburse_loan",
+        "Disburse a signed application: a new loan account of the customer, and the "
+        "principal less the upfront fee paid from the bank's loan funding into the "
+        "disbursement account, in one durable entry",
+        201,
+        "Loan",
+        body={},
+        body_optional=True,
+        problems=(401, 403, 404, 409, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/loans/{account_id}",
+        "read_loan",
+        "A loan: outstanding principal, arrears, penalty, what is owed, the next instalment, "
+        "its status and the contract (wechat/app: with the borrower's Tally-Session)",
+        200,
+        "Loan",
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/loans/{account_id}/schedule",
+        "read_loan_schedule",
+        "The instalments of the loan's current terms, each paid, due (in arrears) or future",
+        200,
+        "LoanSchedule",
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/loans/{account_id}/repayments",
+        "repay_loan",
+        "Repay from the loan's repayment account, early or to clear arrears: a part or "
+        "everything owed; what is left after the arrears is prepaid under the product's rules",
+        201,
+        "LoanRepaid",
+        body=LOAN_REPAYMENT,
+        body_optional=True,
+        problems=(401, 403, 404, 409, 422, 423),
+    ),
+    _route(
+        "GET",
+        "/v1/customers/{customer_id}/loans",
+        "read_customer_loans",
+        "The customer's loans, open and closed (wechat/app: with that customer's Tally-Session)",
+        200,
+        "LoanList",
+        problems=(401, 403, 404),
+    ),
     # --- risk control (core/services/risk.py; docs/risk.md) ---
     _route(
         "GET",
@@ -883,6 +1045,17 @@ ROUTES: tuple[Route, ...] = (
         "LoanQuote",
         body=LOAN_PREVIEW,
         problems=(403, 404, 422),
+    ),
+    _route(
+        "POST",
+        "/v1/admin/loan-applications/{application_id}/decision",
+        "admin_decide_loan_application",
+        "Approve or decline a loan application the risk control referred (a loan officer or "
+        "an administrator); the decision and its reason are recorded with the application",
+        200,
+        "LoanApplication",
+        body=LOAN_DECISION,
+        problems=(400, 403, 404, 409, 422),
     ),
     _route(
         "GET",

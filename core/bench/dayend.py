@@ -5,8 +5,16 @@ with 8,000 CNY from its bound card on the day before `--date` (so one day of
 0.05% demand interest on a 360-day year rounds to 1 fen: every account gets one
 settlement transfer), built straight through the kernels as `tally bench kernel`
 does; those funding postings are past the log's retention by the day-end and
-are evicted before it starts. The transfer log is sized so the whole settlement
-fits in the batch channel's share of it (900 permille here, `BENCH_RULES`).
+are evicted before it starts. Then `--loans` loans (default 1,000,000, at most
+one per account): a loan account each (kind LOAN), repaid from its own Class II
+account, 12 months at 4.35% equal instalment, its first instalment due on
+`--date` (its row written by POST_WITH_ROWS through the kernel, its terms in a
+`LoanTermsTable` the Lifecycle hands to the day-end). Two loans in three owe
+about 2,560 CNY and are paid in full; every third owes about 10,250 CNY and its
+account holds 8,000: a partial collection; one in 900 of those is already a
+month overdue (penalty accrues on the day). The transfer log is sized so the
+whole settlement and every collection fit in the batch channel's share of it
+(900 permille here, `BENCH_RULES`).
 
 What it times: the production day-end, `DayEnd.run(--date)` on a `Lifecycle`
 whose store is a fresh journal in `--data` (real fdatasync on every group) and
@@ -19,11 +27,19 @@ default, 2026-03-20):
   of the period's transfers), then N interest transfers in SETTLE_INTEREST
   entries of 8189, each formed from the state in the apply stage, posted by the
   kernel and made durable (the answer of the last one is the end);
+- `loan_collection_s`: the loans step: the terms table packed (`loan_terms_packed_s`,
+  the Lifecycle's `LoanTermsTable.packed()`, sorted by slot), then every loan
+  through the collection kernel in POST_WITH_ROWS entries of 8189 loans (one
+  LOAN_REPAYMENT transfer and the loan's row each), posted and made durable, a
+  few in flight;
 - `peak_rss_gib`: the process's peak resident set (getrusage), the ledger
   included.
 
 Afterwards it checks what was paid: N transfers posted, the interest-expense
-account down by exactly their sum. The last line of output is one JSON object.
+account down by exactly their sum; every loan collected (in full or in part),
+the loan-funding account up by exactly what was taken, the short accounts
+emptied, the overdue loans still overdue. The last line of output is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import tempfile
 import time
 import zoneinfo
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -46,25 +63,58 @@ import orjson
 
 from cext import gen
 from core.bench.kernel import ACCOUNT_SEED, FUNDING_MINOR, FUNDING_SEED
+from core.entries import Entry, EntryKind, apply_entry, pack_post_with_rows_payload
 from core.journal import Journal
 from core.journal_store import JournalStore
 from core.progress import progress_bar
 from core.reports import machine_description, save_report
-from core.services.dayend import DayEnd, Step
+from core.services.dayend import DayEnd, Step, StepOutcome
 from core.services.lifecycle import Lifecycle, Settings
 from core.store import OpenedStore, StoreRecovery
-from ledger.constants import CLEARING_ID, INTEREST_EXPENSE_ID, INTERNAL_ACCOUNTS, LEDGER_CNY
+from ledger.constants import (
+    CLEARING_ID,
+    INTEREST_EXPENSE_ID,
+    INTERNAL_ACCOUNTS,
+    LEDGER_CNY,
+    LOAN_FUNDING_ID,
+)
+from ledger.deposits import DEPOSIT_WRITE, DEPOSIT_WRITE_ALWAYS
+from ledger.interest import date_of_day, day_of_date
 from ledger.kernel import KernelLedger, power_of_two_at_least
+from ledger.loan_book import (
+    ALLOCATION_DEFAULT,
+    METHOD_EQUAL_INSTALMENT,
+    NO_FIRST_INTEREST,
+    LoanFlags,
+    LoanTerms,
+    LoanTermsTable,
+    loan_row_view,
+    pack_loan_row,
+    pack_loan_terms,
+)
+from ledger.loans import Method, level_payment_minor, penalty_minor, schedule
 from ledger.records import account_view, pack_account_input
 from ledger.types import ACCOUNT_SIZE, TRANSFER_SIZE, AccountFlags, AccountKind, TransferCode
 from ledger.types import split_id as split
+from limits.calendar import add_months
 from limits.rules import RuleSet, parse_rules
 
 BATCH = 8189
 CLASS_II_PRODUCT = 2
+LOAN_PRODUCT = 6
 INTERNAL_PRODUCT = 7
 BANK_LOG_SHARE_PERMILLE = 900
 DATE_DEFAULT = datetime.date(2026, 3, 20)  # a settlement day: accrual, then settlement
+LOANS_DEFAULT = 1_000_000
+LOAN_SEED = 53  # the loan accounts' ids (gen.account_id), apart from the Class II ones
+LOAN_RATE_PPM = 43_500  # 4.35% a year
+LOAN_TERM_MONTHS = 12
+LOAN_UPLIFT_PERMILLE = 500  # the penalty rate: the contract rate + 50%
+LOAN_GRACE_DAYS = 3
+LOAN_FULL_MINOR = 3_000_000  # 30,000 CNY: about 2,560 CNY due, paid in full from 8,000
+LOAN_SHORT_MINOR = 12_000_000  # 120,000 CNY: about 10,250 CNY due, 8,000 there: partial
+LOAN_SHORT_EVERY = 3  # loan i is short of funds when i % 3 == 2
+LOAN_OVERDUE_EVERY = 900  # ... and already a month overdue when i % 900 == 2
 
 BENCH_RULES = f"""
 timezone = "Asia/Shanghai"
@@ -72,6 +122,10 @@ timezone = "Asia/Shanghai"
 [products.class_ii_standard]
 id = {CLASS_II_PRODUCT}
 kind = "class_ii"
+
+[products.consumer_loan]
+id = {LOAN_PRODUCT}
+kind = "loan"
 
 [products.internal_ledger]
 id = {INTERNAL_PRODUCT}
@@ -92,6 +146,13 @@ log_share_permille = {BANK_LOG_SHARE_PERMILLE}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", type=int, default=1_000_000, help="Class II accounts")
+    parser.add_argument(
+        "--loans",
+        type=int,
+        default=None,
+        help=f"loans, each repaid from its own Class II account, every one with an instalment"
+        f" due on --date (default {LOANS_DEFAULT:,}, at most --accounts)",
+    )
     parser.add_argument(
         "--date",
         type=datetime.date.fromisoformat,
@@ -121,13 +182,16 @@ def midnight_ns(date: datetime.date, rules: RuleSet, minutes: int = 0) -> int:
     return (int(start.timestamp()) + 60 * minutes) * 1_000_000_000
 
 
-def build_ledger(accounts: int, rules: RuleSet, funded_ns: int, quiet: bool) -> KernelLedger:
+def build_ledger(
+    accounts: int, rules: RuleSet, funded_ns: int, quiet: bool, loans: int = 0
+) -> KernelLedger:
     """The bank's internal accounts and `accounts` funded Class II accounts, through the
     kernels directly (not journaled: this is the state the day-end starts from); the
-    fundings are then evicted from the log, as the retention would have by then."""
-    needed = -(-accounts * 1000 // BANK_LOG_SHARE_PERMILLE) + 1024
+    fundings are then evicted from the log, as the retention would have by then. Room is
+    made for `loans` loan accounts and their collections (`build_loans`)."""
+    needed = -(-(accounts + loans) * 1000 // BANK_LOG_SHARE_PERMILLE) + 1024
     ledger = KernelLedger(
-        account_capacity=accounts + 64,  # room for the lifecycle's check of the internal ones
+        account_capacity=accounts + loans + 64,  # room for the lifecycle's internal ones
         transfer_capacity=power_of_two_at_least(needed),
     )
     ledger.prefault()
@@ -172,6 +236,120 @@ def build_ledger(accounts: int, rules: RuleSet, funded_ns: int, quiet: bool) -> 
     return ledger
 
 
+@dataclass(frozen=True, slots=True)
+class LoanBook:
+    """The bench's loans: their terms (what the Lifecycle keeps) and how many of each."""
+
+    table: LoanTermsTable
+    loans: int
+    short: int  # repayment account short of the instalment: a partial collection
+    overdue: int  # of those, already a month overdue: penalty accrues on the day
+    full_minor: int  # what each fully paid loan owes on the day (its first instalment)
+
+
+def loan_templates(day: int) -> tuple[list[bytes], list[LoanTerms], int]:
+    """The three kinds of bench loan on `day` (paid in full, short, overdue and short):
+    their rows, their terms (slots and id to be filled in) and the first instalment of a
+    full one, from `ledger.loans.schedule` (the kernel computes it from the terms)."""
+    rows: list[bytes] = []
+    terms: list[LoanTerms] = []
+    full_minor = 0
+    repayment_day = date_of_day(day).day
+    assert repayment_day <= 28, "the bench's --date must be on day 1..28 of its month"
+    for principal, overdue in (
+        (LOAN_FULL_MINOR, False), (LOAN_SHORT_MINOR, False), (LOAN_SHORT_MINOR, True),
+    ):  # fmt: skip
+        start = add_months(day, -2 if overdue else -1)
+        plan = schedule(
+            principal, LOAN_RATE_PPM, LOAN_TERM_MONTHS, Method.EQUAL_INSTALMENT, start,
+            repayment_day,
+        )  # fmt: skip
+        first = plan.instalments[0]
+        if overdue:  # instalment 1 fell due a month ago, nothing paid; penalty through D-1
+            since = first.due_day
+            assert plan.instalments[1].due_day == day, (since, day)
+            rows.append(pack_loan_row(
+                scheduled_minor=principal - first.principal_minor,
+                arrears_principal_minor=first.principal_minor,
+                arrears_interest_minor=first.interest_minor,
+                penalty_minor=penalty_minor(
+                    first.principal_minor, first.interest_minor, LOAN_RATE_PPM,
+                    LOAN_UPLIFT_PERMILLE, day - 1 - since,
+                ),
+                fallen_due=1, next_due_day=day, overdue_since=since, penalty_through=day - 1,
+                flags=LoanFlags.OPEN | LoanFlags.OVERDUE, collected_day=day - 1,
+            ))  # fmt: skip
+        else:
+            assert first.due_day == day, (first.due_day, day)
+            rows.append(pack_loan_row(scheduled_minor=principal, next_due_day=day))
+            if principal == LOAN_FULL_MINOR:
+                full_minor = first.total_minor
+        terms.append(LoanTerms(
+            slot=0, repayment_slot=0,
+            level_minor=level_payment_minor(principal, LOAN_RATE_PPM, LOAN_TERM_MONTHS),
+            first_interest_minor=NO_FIRST_INTEREST,
+            rate_ppm=LOAN_RATE_PPM, monthly_fee_minor=0, count=LOAN_TERM_MONTHS,
+            uplift_permille=LOAN_UPLIFT_PERMILLE, method=METHOD_EQUAL_INSTALMENT,
+            grace_days=LOAN_GRACE_DAYS, segment=0, allocation=ALLOCATION_DEFAULT, loan_id_lo=0,
+        ))  # fmt: skip
+    # Two in three are paid in full, the others are short (ample / too little in 8,000).
+    assert full_minor == terms[0].level_minor < FUNDING_MINOR < terms[1].level_minor, terms
+    return rows, terms, full_minor
+
+
+def build_loans(
+    ledger: KernelLedger, loans: int, rules: RuleSet, day: int, built_ns: int, quiet: bool
+) -> LoanBook:
+    """`loans` loan accounts, loan i repaid from Class II account i (built first, right
+    after the internal accounts), with their rows written by POST_WITH_ROWS entries of
+    row writes through the kernel and their terms in a `LoanTermsTable`."""
+    internal = len(INTERNAL_ACCOUNTS)
+    assert ledger.account_slot(gen.account_id(ACCOUNT_SEED, 0)) == internal
+    assert ledger.account_slot(gen.account_id(ACCOUNT_SEED, loans - 1)) == internal + loans - 1
+    rows, templates, full_minor = loan_templates(day)
+    table = LoanTermsTable()
+    business_day = rules.business_day(built_ns)
+    account_buffer = bytearray(BATCH * ACCOUNT_SIZE)
+    short = overdue = 0
+    with progress_bar(0 if quiet else loans, "loans") as progress:
+        for first in range(0, loans, BATCH):
+            count = min(BATCH, loans - first)
+            view = memoryview(account_buffer)[: count * ACCOUNT_SIZE]
+            gen.fill_accounts(view, LOAN_SEED, first, AccountKind.LOAN, 0, LOAN_PRODUCT, LEDGER_CNY)
+            slot = ledger.account_count
+            assert ledger.create_accounts(view).count(0) == count
+            words = view.cast("Q")
+            writes = bytearray()
+            for offset in range(count):
+                index = first + offset
+                kind = 0
+                if index % LOAN_SHORT_EVERY == LOAN_SHORT_EVERY - 1:
+                    kind = 2 if index % LOAN_OVERDUE_EVERY == LOAN_SHORT_EVERY - 1 else 1
+                    short += 1
+                    overdue += kind == 2
+                lo, hi = words[8 * offset], words[8 * offset + 1]
+                writes += DEPOSIT_WRITE.pack(lo, hi, DEPOSIT_WRITE_ALWAYS, rows[kind])
+                terms = templates[kind]._replace(
+                    slot=slot + offset, repayment_slot=internal + index, loan_id_lo=lo
+                )
+                table.put((hi << 64) | lo, pack_loan_terms(terms))
+            payload = pack_post_with_rows_payload(b"", writes)
+            outcome = apply_post_with_rows(ledger, payload, built_ns + first, business_day)
+            assert len(outcome[0]) == 0, outcome
+            if not quiet:
+                progress.update(count)
+    assert ledger.account_slot(LOAN_FUNDING_ID) >= 0
+    return LoanBook(table, loans, short, overdue, full_minor)
+
+
+def apply_post_with_rows(
+    ledger: KernelLedger, payload: bytes, timestamp: int, business_day: int
+) -> Any:
+    """A POST_WITH_ROWS entry applied as replay applies it (`core.entries.apply_entry`)."""
+    entry = Entry(EntryKind.POST_WITH_ROWS, timestamp, business_day, 0, payload)
+    return apply_entry(ledger, entry)
+
+
 def prebuilt_store(ledger: KernelLedger, directory: str) -> Any:
     """An `open_store` for the Lifecycle: a fresh journal beside the prebuilt ledger."""
 
@@ -192,9 +370,15 @@ def prebuilt_store(ledger: KernelLedger, directory: str) -> Any:
 
 
 async def timed_dayend(
-    ledger: KernelLedger, rules: RuleSet, directory: str, date: datetime.date, quiet: bool
+    ledger: KernelLedger,
+    rules: RuleSet,
+    directory: str,
+    date: datetime.date,
+    quiet: bool,
+    book: LoanBook | None = None,
 ) -> dict[str, Any]:
-    """Run the day-end of `date` on a Lifecycle over the prebuilt ledger; its figures."""
+    """Run the day-end of `date` on a Lifecycle over the prebuilt ledger (and its loans'
+    terms, as the Lifecycle keeps them); its figures."""
     clock = BenchClock(midnight_ns(date + datetime.timedelta(days=1), rules, minutes=5))
     settings = Settings(
         data_dir=directory,
@@ -222,6 +406,8 @@ async def timed_dayend(
         with anyio.fail_after(600):
             while not lifecycle.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
                 await anyio.sleep(0.01)
+        if book is not None:
+            lifecycle.loan_terms = book.table  # what the Lifecycle loads from `loan/` records
         started = time.perf_counter()
         result = await DayEnd(lifecycle).run(date, progress=not quiet)
         figures["dayend_s"] = time.perf_counter() - started
@@ -229,8 +415,57 @@ async def timed_dayend(
         figures["expense_minor"] = await lifecycle.read(
             lambda ledger: _balance(ledger, INTEREST_EXPENSE_ID)
         )
+        figures["funding_minor"] = await lifecycle.read(
+            lambda ledger: _balance(ledger, LOAN_FUNDING_ID)
+        )
+        if book is not None and book.short:
+            short = LOAN_SHORT_EVERY - 1  # the first short loan and its repayment account
+            figures["short_balance_minor"] = await lifecycle.read(
+                lambda ledger: _balance(ledger, gen.account_id(ACCOUNT_SEED, short))
+            )
+            figures["short_row"] = await lifecycle.read(
+                lambda ledger: loan_row_view(ledger.deposit_row(gen.account_id(LOAN_SEED, short)))
+            )
         task_group.cancel_scope.cancel()
     return figures
+
+
+def check_loans(
+    step: StepOutcome, book: LoanBook | None, figures: dict[str, Any]
+) -> dict[str, Any]:
+    """The loans step's figures for the report, after checking them: every loan touched
+    and collected from (in full or in part), the funding account up by exactly what was
+    taken, the short accounts emptied, the overdue loans still overdue with penalty."""
+    if book is None:
+        assert not step.due and figures["funding_minor"] == 0, step
+        return {"loans": 0}
+    details = step.details
+    taken = details["principal_fen"] + details["interest_fen"] + details["penalty_fen"]
+    assert step.due and step.count == book.loans, step
+    assert details["collected"] == book.loans and details["failed"] == details["skipped"] == 0
+    assert details["overdue"] == book.overdue and details["closed"] == 0, details
+    assert figures["funding_minor"] == taken, (figures["funding_minor"], taken)
+    assert taken >= (book.loans - book.short) * book.full_minor, taken
+    if book.short:
+        row = figures["short_row"]
+        assert figures["short_balance_minor"] == 0 and row.collected_day > 0, figures
+        assert row.arrears_principal_minor + row.arrears_interest_minor > 0, row
+    return {
+        "loans": book.loans,
+        "loans_due": book.loans,
+        "loans_short": book.short,
+        "loans_overdue_before": book.overdue,
+        "loan_collection_s": round(step.seconds, 3),
+        "loan_terms_packed_s": round(details["terms_ms"] / 1000, 3),
+        "loans_per_s": round(book.loans / step.seconds) if step.seconds else 0,
+        "loans_collected": details["collected"],
+        "loans_overdue": details["overdue"],
+        "collected_minor": taken,
+        "collected_principal_minor": details["principal_fen"],
+        "collected_interest_minor": details["interest_fen"],
+        "collected_penalty_minor": details["penalty_fen"],
+        "loan_chunks": details["chunks"],
+    }
 
 
 def _balance(ledger: Any, account_id: int) -> int:
@@ -240,15 +475,25 @@ def _balance(ledger: Any, account_id: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     quiet = args.json
+    loans = min(LOANS_DEFAULT, args.accounts) if args.loans is None else args.loans
+    if not 0 <= loans <= args.accounts:
+        print(f"tally bench dayend: --loans {loans} must be 0..--accounts ({args.accounts}):"
+              " each loan is repaid from its own account", file=sys.stderr)  # fmt: skip
+        return 2
     owned = args.data is None
     directory = args.data or tempfile.mkdtemp(prefix="tally-bench-dayend-")
     rules = parse_rules(BENCH_RULES, "bench-dayend-rules.toml")
     started = time.perf_counter()
     try:
         funded_ns = midnight_ns(args.date - datetime.timedelta(days=1), rules, minutes=600)
-        ledger = build_ledger(args.accounts, rules, funded_ns, quiet)
+        ledger = build_ledger(args.accounts, rules, funded_ns, quiet, loans)
+        book = None
+        if loans:
+            book = build_loans(
+                ledger, loans, rules, day_of_date(args.date), funded_ns + args.accounts + 1, quiet
+            )
         build_s = time.perf_counter() - started
-        figures = anyio.run(timed_dayend, ledger, rules, directory, args.date, quiet)
+        figures = anyio.run(timed_dayend, ledger, rules, directory, args.date, quiet, book)
         journal_directory = os.path.join(directory, "journal")
         journal_bytes = sum(
             os.path.getsize(os.path.join(journal_directory, name))
@@ -264,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
     assert accrual.count == args.accounts, (accrual.count, args.accounts)
     assert settlement.count == args.accounts and settlement.details["failed"] == 0, settlement
     assert figures["expense_minor"] == -settlement.count, figures["expense_minor"]
+    loan_figures = check_loans(result.step(Step.LOANS), book, figures)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     report: dict[str, Any] = {
         "benchmark": "dayend",
@@ -282,6 +528,7 @@ def run(args: argparse.Namespace) -> int:
         "settlement_sizing_s": round(settlement.details.get("sizing_ms", 0) / 1000, 3),
         "interest_paid_minor": -figures["expense_minor"],
         "maturities_s": round(result.step(Step.MATURITIES).seconds, 3),
+        **loan_figures,
         "counters_s": round(result.step(Step.COUNTERS).seconds, 3),
         "holds_s": round(result.step(Step.HOLDS).seconds, 3),
         "dayend_s": round(figures["dayend_s"], 3),

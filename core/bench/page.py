@@ -68,6 +68,7 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     "dayend": {
         "accrual_s": ("<=", 10),
         "settlement_s": ("<=", 60),
+        "loan_collection_s": ("<=", 10),
         "peak_rss_gib": ("<=", 24),
     },
     "engine": {
@@ -78,8 +79,12 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     },
 }
 
-# The accounts a benchmark's targets are set at: a smaller run shows no verdict.
+# The scale a benchmark's targets are set at: a smaller run shows no verdict. A key of
+# its own in TARGET_SCALE_OF_KEY has its own scale (the loans of the day-end bench).
 TARGET_SCALE: dict[str, tuple[str, int]] = {"dayend": ("accounts", 30_000_000)}
+TARGET_SCALE_OF_KEY: dict[tuple[str, str], tuple[str, int]] = {
+    ("dayend", "loan_collection_s"): ("loans", 1_000_000),
+}
 
 NOTES = {
     "risk": (
@@ -126,7 +131,13 @@ NOTES = {
         " process's peak resident set, the ledger included (its transfer log sized for the"
         " whole settlement in the batch channel's 900-permille share). Targets at 30M"
         " accounts (a real bank core takes about 17 minutes): accrual <= 10 s, settlement"
-        " <= 60 s, within the machine's 24 GiB."
+        " <= 60 s, within the machine's 24 GiB. `loan_collection_s`: the day-end's loans"
+        " step over `loans` loans (target <= 10 s at 1,000,000), each repaid from its own"
+        " Class II account, every one with an instalment due on the day, a third short of"
+        " funds (collected in part), one in 900 of those a month overdue (penalty): the"
+        " terms table packed (`loan_terms_packed_s`, included), then chunks of 8189 loans,"
+        " each formed by the collection kernel in the apply stage and made durable as one"
+        " POST_WITH_ROWS entry; the figure ends with the last answer."
     ),
     "drill": (
         "`tally drill failover` on Patroni + etcd (`tally cluster up`'s topology, docs/ha.md):"
@@ -278,7 +289,7 @@ def _current_names(report: dict[str, Any]) -> dict[str, Any]:
 
 def verdict(benchmark: str, key: str, value: Any, report: dict[str, Any] | None = None) -> str:
     target = TARGETS.get(benchmark, {}).get(key)
-    scale = TARGET_SCALE.get(benchmark)
+    scale = TARGET_SCALE_OF_KEY.get((benchmark, key), TARGET_SCALE.get(benchmark))
     if target is not None and scale is not None and report is not None:
         field, at_least = scale
         if report.get(field, 0) < at_least:

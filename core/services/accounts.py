@@ -46,6 +46,7 @@ logger = logging.getLogger("tally.services")
 
 PRODUCT_OF_CLASS = {1: 1, 2: 2, 3: 3}
 FIXED_DEPOSIT_CLASS = 5  # AccountKind.FIXED_DEPOSIT: a customer's fixed deposit (deposits.py)
+LOAN_CLASS = 6  # AccountKind.LOAN: a customer's loan (loan_accounts.py); its balance stays 0
 # Bank identification numbers of the cards and account numbers this bank issues
 # (development values: a real bank uses the BINs assigned to it).
 BIN_OF_CLASS = {1: "623501", 2: "623502", 3: "623503"}
@@ -264,13 +265,15 @@ class Accounts:
         flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
         bound_id = 0
         if meta.account_class == FIXED_DEPOSIT_CLASS:
-            product = fixed_deposit_product(self.core.rules)
+            product = product_of_kind(self.core.rules, ProductKind.FIXED_DEPOSIT)
+        elif meta.account_class == LOAN_CLASS:
+            product = product_of_kind(self.core.rules, ProductKind.LOAN)
         else:
             product = PRODUCT_OF_CLASS[meta.account_class]
         if meta.account_class == 1:
             flags |= AccountFlags.FACE_TO_FACE_VERIFIED
-        elif meta.account_class == FIXED_DEPOSIT_CLASS:
-            pass  # no card: it pays back to the account its deposit row names
+        elif meta.account_class in (FIXED_DEPOSIT_CLASS, LOAN_CLASS):
+            pass  # no card: the deposit or loan row names the accounts it pays and takes
         elif meta.bound is not None and meta.bound["kind"] == "internal":
             bound_id = int(meta.bound["account_id"])
         else:
@@ -378,16 +381,18 @@ class Accounts:
         await state.commit([meta_record(meta)], deleted=state.token_keys(account_id))
 
 
-def fixed_deposit_product(rules: RuleSet) -> int:
-    """The product id fixed-deposit accounts are opened on: the lowest-numbered product of
-    kind fixed_deposit in the rules (a rule file without one cannot hold fixed deposits)."""
-    ids = [
-        product_id
-        for product_id, product in rules.products.items()
-        if product.kind is ProductKind.FIXED_DEPOSIT
-    ]
-    assert ids, "the limit rules define no product of kind fixed_deposit"
+def product_of_kind(rules: RuleSet, kind: ProductKind) -> int:
+    """The product id accounts of `kind` (fixed deposits, loans) are opened on: the
+    lowest-numbered product of that kind in the rules (a rule file without one cannot
+    hold such accounts)."""
+    ids = [product_id for product_id, product in rules.products.items() if product.kind is kind]
+    assert ids, f"the limit rules define no product of kind {kind.value}"
     return min(ids)
+
+
+def fixed_deposit_product(rules: RuleSet) -> int:
+    """The product id fixed-deposit accounts are opened on (`product_of_kind`)."""
+    return product_of_kind(rules, ProductKind.FIXED_DEPOSIT)
 
 
 CUSTOMER_NUMBER_MASK = (1 << 40) - 1  # ledger.types.CUSTOMER_NUMBER_MAX

@@ -73,7 +73,9 @@ Records (all under `OTHER_SERVICE_PREFIXES`, JSON):
 
 The audit log holds every operator action: request, approve, reject,
 applied, expired, failed (the system acting on a request is `who = "system"`)
-and the reads of audit and risk data (`record_read`).
+and the reads of audit and risk data (`record_read`), and the acts other services
+let one operator do alone and record here (`audit_action`: a loan officer's decision on
+a referred loan application, core/services/loan_accounts.py).
 """
 
 from __future__ import annotations
@@ -741,6 +743,14 @@ class Approvals:
         key, value = self._audit_entry(operator, what, object, "", now, {})
         assert value is not None
         self.core.customer_state().stage_change(key, value)
+
+    def audit_action(
+        self, operator: OperatorCaller, what: str, object: str, detail: dict[str, Any]
+    ) -> Change:
+        """The audit record of an act another service lets `operator` do alone (a loan
+        application decided: `what` "loan_decision"), indexed at once; the caller writes
+        the change in the same durable commit as the act itself."""
+        return self._audit_entry(operator, what, object, "", self.core.now_ns(), detail)
 
     # --- parameters ----------------------------------------------------------------
 

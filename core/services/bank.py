@@ -22,6 +22,7 @@ from core.services.customers import Customers
 from core.services.deposits import Deposits
 from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
+from core.services.loan_accounts import LoanAccounts
 from core.services.loans import Loans
 from core.services.payments import Payments, PostingCheck
 from core.services.reads import Reads
@@ -72,6 +73,12 @@ class Bank:
         # Loan products and the trial calculation (core/services/loans.py); the catalog
         # is the approvals' `loans` parameter, the rate the `lpr` one.
         self.loans = Loans(self.core, self.approvals)
+        # Loan applications, disbursement, early repayment and the loans' reads
+        # (core/services/loan_accounts.py); it keeps `core.loan_terms` for the day-end.
+        self.loan_accounts = LoanAccounts(
+            self.core, self.auth, self.customers, self.accounts, self.payments,
+            self.approvals, self.loans, self.risk,
+        )  # fmt: skip
 
     @property
     def rules(self) -> RuleSet:
@@ -84,7 +91,9 @@ class Bank:
 
     async def _complete_start(self) -> None:
         """Once the engine runs, before the server is ready: complete the account openings
-        a crash interrupted, then rebuild the risk stage's counters from the transfer
-        log (`Risk.rebuild_counters`; added by the risk stage's helper)."""
+        a crash interrupted (the loans' own first: `LoanAccounts.complete_start` also
+        rebuilds the loan terms table the day-end collects with), then rebuild the risk
+        stage's counters from the transfer log (`Risk.rebuild_counters`)."""
+        await self.loan_accounts.complete_start()
         await self.accounts.complete_openings()
         await self.risk.rebuild_counters()

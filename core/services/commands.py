@@ -283,3 +283,82 @@ class PreviewLoanProducts:
     term_months: int
     method: str
     repayment_day: int | None = None
+
+
+# --- loan accounts (core/services/loan_accounts.py) ------------------------------------
+
+
+@dataclass(slots=True)
+class ApplyForLoan:
+    """Apply for a loan of `amount_minor` over `term_months` by `method` under the version of
+    product `product_id` in force today, paid out to the customer's Class I/II/III account
+    `disbursement_account_id` and collected from `repayment_account_id` (0: the same
+    account). `repayment_day` (1..28) is the customer's collection day where the product
+    collects on the disbursement day's date; None: the product's. `key` is the operation
+    key: a retry answers the first application, the same key with other fields is
+    refused. `proof`: the customer's session at a one-customer channel (wechat, app);
+    `context`: the device the channel saw, for the risk screen."""
+
+    caller: Caller
+    key: str
+    customer_id: str
+    product_id: str
+    amount_minor: int
+    term_months: int
+    method: str
+    repayment_day: int | None
+    disbursement_account_id: int
+    repayment_account_id: int = 0
+    purpose: str = ""
+    proof: Proof = NO_PROOF
+    context: RiskContext = NO_CONTEXT
+
+
+@dataclass(slots=True)
+class DecideLoanApplication:
+    """An operator's decision on an application the risk screen referred (a role holding
+    `decide:loans`: loan officer, administrator): approve it or decline it, with a reason
+    (required to decline)."""
+
+    operator: OperatorCaller
+    application_id: str
+    approve: bool
+    reason: str
+    key: str
+
+
+@dataclass(slots=True)
+class SignLoanApplication:
+    """The customer signs an approved application: the contract as shown by the
+    application, consented to like a debit of the repayment account (its transaction
+    password or a token, and a second factor when the channel verified one)."""
+
+    caller: Caller
+    application_id: str
+    key: str
+    consent: Consent
+
+
+@dataclass(slots=True)
+class DisburseLoan:
+    """Pay out a signed application: the loan's own account is opened and the principal
+    (less the upfront fee) credited to the disbursement account, in one entry with the
+    loan's first row. `proof` as for `ApplyForLoan`."""
+
+    caller: Caller
+    application_id: str
+    key: str
+    proof: Proof = NO_PROOF
+
+
+@dataclass(slots=True)
+class RepayLoan:
+    """An early repayment of loan `account_id` from its repayment account: `amount_minor`
+    (arrears first, the rest prepays principal), or None for everything owed today. The
+    holder consents like a debit of the repayment account."""
+
+    caller: Caller
+    account_id: int
+    amount_minor: int | None
+    key: str
+    consent: Consent

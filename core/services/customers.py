@@ -31,6 +31,7 @@ CLASS_OF_NAME = {name: number for number, name in CLASS_NAMES.items()}
 # A customer's fixed deposits are accounts too (AccountKind.FIXED_DEPOSIT, opened by
 # core/services/deposits.py): listed with the customer's accounts, never opened by class.
 CLASS_NAMES[5] = "fixed_deposit"
+CLASS_NAMES[6] = "loan"  # and their loans (AccountKind.LOAN, core/services/loan_accounts.py)
 
 
 class Customers:

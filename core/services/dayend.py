@@ -1,6 +1,6 @@
 """The day-end batch: what the bank does once a business day has ended.
 
-`DayEnd.run(date)` runs five steps for that day, in this order:
+`DayEnd.run(date)` runs six steps for that day, in this order:
 
 1. **accrual**: one ACCRUE_INTEREST entry; the kernel adds one day of interest
    to every demand account with a positive balance, at the catalog's demand
@@ -25,10 +25,21 @@
    term's rate of that day. One POST_WITH_ROWS entry per chunk: the transfers
    and the rewritten rows in one atomic entry (a row is written iff its
    transfers posted; a payout's two transfers are linked).
-4. **counters**: the limit-counter rollover (PURGE_COUNTERS): day counters of
+4. **loans**: the loan instalments of the day (`ledger/loan_book.py`): for every
+   open loan of the terms table (`Lifecycle.loan_terms`; none: nothing to do)
+   not yet processed for the day, the instalments due by the day fall into
+   arrears, as much of the arrears as the repayment account holds is taken (one
+   LOAN_REPAYMENT transfer to the loan-funding account, split into penalty,
+   interest and principal in the product's order), penalty accrues on what is
+   left once the grace days have passed, and the loan's row is rewritten.
+   `LoanCollectionMaker`: POST_WITH_ROWS entries of at most 8189 loans, each
+   read off the state by `Ledger.loan_collection_batch` in the apply step that
+   posts it (a chunk where nothing was taken has row writes and no transfer),
+   a few in flight like the settlement's.
+5. **counters**: the limit-counter rollover (PURGE_COUNTERS): day counters of
    days before the next day are dropped, so the counter table never fills
    with stale days.
-5. **holds**: pending holds whose timeout has passed are expired
+6. **holds**: pending holds whose timeout has passed are expired
    (EXPIRE_PENDING).
 
 Exactly once. Each step that changes money is idempotent in the ledger itself:
@@ -36,8 +47,11 @@ accrual runs only when `accrued_day` is before the day; settlement skips every
 account already settled for the period (`period_settled`), and its transfer
 ids are derived from account and period (`interest_transfer_id`); a matured
 deposit's row is closed (or moved to its next term) in the entry that pays it,
-with ids derived from deposit and maturity day. So a crash at any point,
-followed by a rerun, posts each interest payment and each maturity once.
+with ids derived from deposit and maturity day; a loan's row records the last
+day that processed it (`collected_day`) in the entry that takes its instalment,
+whose id is derived from loan and day (`collection_transfer_id`). So a crash at
+any point, followed by a rerun, posts each interest payment, each maturity and
+each day's collection of a loan once.
 
 Each finished step is recorded durably in the customer state, under
 `dayend/<day>` (JSON: each step's counts and seconds); when the last step is
@@ -53,9 +67,9 @@ naming the missing day), a day before the last day-end that was never run
 
 Each step's entries are formed by a *maker*, a function of the ledger's state
 that `Engine.submit_generated` runs in the apply stage (`accrual_maker`,
-`SettlementMaker`, `MaturityMaker`, `purge_counters_maker`,
-`expire_holds_maker`); they hold no I/O, so the simulator can form the very
-same entries with them.
+`SettlementMaker`, `MaturityMaker`, `LoanCollectionMaker`,
+`purge_counters_maker`, `expire_holds_maker`); they hold no I/O, so the
+simulator can form the very same entries with them.
 
 `serve_automatic` runs the day-end by itself once each business day has ended
 (`Settings.dayend_automatic`), catching up every day missed while the server
@@ -68,10 +82,12 @@ import contextlib
 import datetime
 import enum
 import logging
+import struct
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import orjson
@@ -89,6 +105,7 @@ from core.errors import TallyError
 from core.progress import progress_bar
 from ledger.constants import BANK_CHANNEL, INTEREST_EXPENSE_ID
 from ledger.deposits import (
+    DEPOSIT_WRITE_SIZE,
     FD_CLOSED,
     FD_PARTIAL_DONE,
     FD_ROLLOVER,
@@ -103,8 +120,10 @@ from ledger.interest import (
     day_of_date,
     term_interest,
 )
+from ledger.loan_book import LOAN_ROW, LOAN_TERMS, LoanFlags, LoanRow
 from ledger.records import pack_transfer, transfer_view
 from ledger.types import (
+    DEPOSIT_SIZE,
     TRANSFER_SIZE,
     UINT64_MAX,
     CreateTransferResult,
@@ -125,6 +144,8 @@ SETTLEMENT_CHUNK_MAX = BATCH_SIZE_MAX  # transfers per SETTLE_INTEREST entry (81
 SETTLEMENT_CHUNKS_IN_FLIGHT = 3  # one applied while the one before is made durable, + slack
 SETTLEMENT_COUNT_CHUNK = 1 << 16  # transfers per settlement_batch call when sizing the period
 MATURITY_DEPOSITS_MAX = BATCH_SIZE_MAX // 2  # deposits per POST_WITH_ROWS entry (2 transfers)
+LOAN_COLLECTION_CHUNK_MAX = BATCH_SIZE_MAX  # loans per POST_WITH_ROWS entry (<= 1 transfer each)
+LOAN_CHUNKS_IN_FLIGHT = 3  # like the settlement's: one applied while one is made durable
 AUTOMATIC_CHECK_S = 1.0  # how often the automatic day-end looks at the business day
 AUTOMATIC_RETRY_S = 60.0  # after a refusal (a full log, a store away), try again this late
 
@@ -143,6 +164,7 @@ class Step(enum.StrEnum):
     ACCRUAL = "accrual"
     SETTLEMENT = "settlement"
     MATURITIES = "maturities"
+    LOANS = "loans"
     COUNTERS = "counters"
     HOLDS = "holds"
 
@@ -308,7 +330,8 @@ class DayEnd:
             engine = self.lifecycle.running_engine()
             record = _Record.decode(day, engine.state.get(dayend_key(day)))
             if record.done:
-                steps = tuple(record.steps[step] for step in STEPS)
+                # A day done before a step was added (the loans) has no record of it.
+                steps = tuple(record.steps[step] for step in STEPS if step in record.steps)
                 return DayEndResult(day, True, None, steps)
             self._check_day(engine, day)
             resumed_from = next((s for s in STEPS if s not in record.steps), None)
@@ -427,6 +450,7 @@ class DayEnd:
             Step.ACCRUAL: self._accrue,
             Step.SETTLEMENT: self._settle,
             Step.MATURITIES: self._mature,
+            Step.LOANS: self._collect_loans,
             Step.COUNTERS: self._purge_counters,
             Step.HOLDS: self._expire_holds,
         }[step]
@@ -520,6 +544,48 @@ class DayEnd:
             "paid_out": maturing.paid_out, "rolled_over": maturing.rolled_over,
             "failed": maturing.failed,
         }  # fmt: skip
+
+    async def _collect_loans(
+        self, engine: Engine, day: int, progress: bool
+    ) -> tuple[bool, int, dict[str, int]]:
+        """The loans' instalments of `day` over the terms table as it stands when the step
+        starts. A loan disbursed later has no instalment due for 15 days. A prepayment in
+        flight has both segments in the table (the next one is written before it posts)
+        and the kernel takes the row's; one begun after the table was read leaves a row
+        whose segment is not in it: that loan is left for the next day's collection (its
+        instalment falls due then, overdue counted from its due day all the same).
+
+        Seconds: `terms_ms` is `LoanTermsTable.packed()` (a Python sort by slot), part of
+        the step's time; the rest is the kernel, the apply and the journal.
+        """
+        packing_started = time.perf_counter()
+        table = getattr(self.lifecycle, "loan_terms", None)
+        terms = b"" if table is None else table.packed()
+        if not terms:
+            return False, 0, {}
+        terms_ms = round((time.perf_counter() - packing_started) * 1000)
+        collecting = LoanCollectionMaker(terms, day, LOAN_COLLECTION_CHUNK_MAX)
+        with _bar(progress, collecting.entries, "loans") as bar:
+            collecting.bar = bar
+            async with anyio.create_task_group() as task_group:
+                for _ in range(LOAN_CHUNKS_IN_FLIGHT):
+                    task_group.start_soon(self._collect_loan_chunks, engine, collecting)
+        return True, collecting.touched, {**collecting.details(), "terms_ms": terms_ms}
+
+    async def _collect_loan_chunks(self, engine: Engine, collecting: LoanCollectionMaker) -> None:
+        """Submit chunks until the maker has passed the table's end (one of a few such
+        tasks; each counts the chunk its own `make` formed)."""
+        while not collecting.finished:
+            formed: list[LoanChunk | None] = [None]
+
+            def make(ledger: Any, formed: list[LoanChunk | None] = formed) -> Generated | None:
+                made = collecting.make(ledger)
+                formed[0] = collecting.last
+                return made
+
+            outcome = await self._generate(engine, make)
+            if outcome is not None:
+                collecting.count(outcome[0], formed[0])
 
     async def _purge_counters(
         self, engine: Engine, day: int, progress: bool
@@ -733,6 +799,127 @@ class MaturityMaker:
                     self.paid_out += 1
             else:
                 self.failed += 1
+
+
+class LoanChunk(NamedTuple):
+    """What one collection entry carries, kept to count it once it is answered: the row
+    writes (DEPOSIT_WRITE each) and the batch's parts (4 per write: the index of the
+    loan's transfer or -1, principal, interest and penalty paid)."""
+
+    writes: bytes
+    parts: array[int]
+
+
+def _field_offset(layout: struct.Struct, names: tuple[str, ...], name: str) -> int:
+    """The offset of field `name` in a one-letter-per-field `struct` layout."""
+    return struct.calcsize(layout.format[0] + layout.format[1 : 1 + names.index(name)])
+
+
+# Where a written loan row's flags byte sits in a DEPOSIT_WRITE (the row is its last field),
+# so `LoanCollectionMaker.count` reads a whole chunk's flags with one slice.
+_WRITE_FLAGS_OFFSET = (
+    DEPOSIT_WRITE_SIZE - DEPOSIT_SIZE + _field_offset(LOAN_ROW, LoanRow._fields, "flags")
+)
+_OVERDUE_BYTES = bytes(int(bool(flags & LoanFlags.OVERDUE)) for flags in range(256))
+_CLOSED_BYTES = bytes(int(bool(flags & LoanFlags.CLOSED)) for flags in range(256))
+
+
+class LoanCollectionMaker:
+    """The day-end collection of the loans' instalments of `day` over a terms table
+    (`ledger.loan_book`, sorted by slot and segment): each `make` reads the next chunk
+    off the state, `loan_collection_batch` from the terms entry where the last one
+    stopped until `chunk` loans were touched, as one POST_WITH_ROWS entry (its transfers
+    may be none: a chunk where nothing was taken only rewrites rows); None once the
+    table's end is passed with nothing more to write. The chunks are formed one after
+    another in the engine's apply stage, so the cursor needs no lock.
+
+    `count(results, chunk)` adds an answered entry: loans `touched` (rows written),
+    `collected` (their transfer posted) and the fen taken by part, `failed` (their
+    transfer refused: row not written, the loan is tried again the next day), and of
+    the rows written those now `overdue` or `closed`; `skipped` counts terms entries
+    whose loan id did not match the account at their slot (the kernel's word).
+    """
+
+    def __init__(self, terms: bytes, day: int, chunk: int = LOAN_COLLECTION_CHUNK_MAX) -> None:
+        assert len(terms) % LOAN_TERMS.size == 0, len(terms)
+        assert 1 <= chunk <= BATCH_SIZE_MAX, chunk
+        self.terms = terms
+        self.day = day
+        self.chunk = chunk
+        self.entries = len(terms) // LOAN_TERMS.size  # terms entries (a loan may have two)
+        self.index = 0
+        self.finished = self.entries == 0
+        self.chunks = self.touched = self.collected = self.failed = 0
+        self.overdue = self.closed = self.skipped = 0
+        self.principal_fen = self.interest_fen = self.penalty_fen = 0
+        self.last: LoanChunk | None = None  # what the last `make` formed
+        self.bar: Any = None
+
+    def make(self, ledger: Any) -> Generated | None:
+        self.last = None
+        while not self.finished:
+            start = self.index
+            transfers, writes, parts, next_index, skipped = ledger.loan_collection_batch(
+                self.day, self.terms, start, self.chunk
+            )
+            assert start < next_index <= self.entries, (start, next_index, self.entries)
+            self.index = next_index
+            self.finished = next_index == self.entries
+            self.skipped += skipped
+            if self.bar is not None:
+                self.bar.update(next_index - start)
+            if not writes:
+                continue  # a stretch with nothing due
+            count = len(transfers) // TRANSFER_SIZE
+            self.chunks += 1
+            self.last = LoanChunk(bytes(writes), parts)
+            payload = pack_post_with_rows_payload(transfers, writes)
+            return EntryKind.POST_WITH_ROWS, count, payload, max(count, 1)
+        return None
+
+    def count(self, results: bytearray, chunk: LoanChunk | None = None) -> None:
+        if chunk is None:
+            chunk = self.last
+        assert chunk is not None
+        writes, parts = chunk
+        loans = len(writes) // DEPOSIT_WRITE_SIZE
+        assert len(parts) == 4 * loans, (len(parts), loans)
+        ok = CreateTransferResult.OK
+        if results.count(ok) == len(results):
+            # Every transfer posted, so every row was written: whole-chunk sums (a loan
+            # that took nothing has its parts 0). 8189 loans cost microseconds this way.
+            flags = writes[_WRITE_FLAGS_OFFSET::DEPOSIT_WRITE_SIZE]
+            self.touched += loans
+            self.collected += len(results)
+            self.principal_fen += sum(parts[1::4])
+            self.interest_fen += sum(parts[2::4])
+            self.penalty_fen += sum(parts[3::4])
+            self.overdue += flags.translate(_OVERDUE_BYTES).count(1)
+            self.closed += flags.translate(_CLOSED_BYTES).count(1)
+            return
+        for loan in range(loans):
+            index = parts[4 * loan]
+            if index >= 0 and results[index] != ok:
+                self.failed += 1
+                continue
+            self.touched += 1
+            if index >= 0:
+                self.collected += 1
+                self.principal_fen += parts[4 * loan + 1]
+                self.interest_fen += parts[4 * loan + 2]
+                self.penalty_fen += parts[4 * loan + 3]
+            row_flags = writes[loan * DEPOSIT_WRITE_SIZE + _WRITE_FLAGS_OFFSET]
+            self.overdue += bool(row_flags & LoanFlags.OVERDUE)
+            self.closed += bool(row_flags & LoanFlags.CLOSED)
+
+    def details(self) -> dict[str, int]:
+        """The step's figures by name (the day-end's record)."""
+        return {
+            "terms_entries": self.entries, "collected": self.collected, "failed": self.failed,
+            "overdue": self.overdue, "closed": self.closed, "skipped": self.skipped,
+            "principal_fen": self.principal_fen, "interest_fen": self.interest_fen,
+            "penalty_fen": self.penalty_fen, "chunks": self.chunks,
+        }  # fmt: skip
 
 
 def settlement_transfer_count(ledger: Any, period: int) -> int:

@@ -97,6 +97,7 @@ from core.services.state import (
 )
 from core.store import JOURNAL_SCHEME, OpenedStore, Store, open_store
 from ledger.constants import INTERNAL_ACCOUNTS, INTERNAL_PRODUCT
+from ledger.loan_book import LoanTermsTable
 from ledger.records import pack_account_input
 from ledger.types import CreateAccountResult
 from limits.deposits import CatalogFile, DepositCatalog
@@ -260,6 +261,11 @@ class Lifecycle:
         # The loan product catalog in force (limits/loans.py; kind `loans`): the same,
         # from `Settings.loans_path`.
         self._loans: LoanCatalog | None = None
+        # Every live loan's terms segments (ledger/loan_book.py), kept in step with the
+        # `loan/` records by core/services/loan_accounts.py (rebuilt each time the store
+        # opens, before the server is ready): the day-end hands `loan_terms.packed()` to
+        # the collection kernel.
+        self.loan_terms = LoanTermsTable()
 
     # --- what services use ------------------------------------------------------
 

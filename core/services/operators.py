@@ -20,7 +20,9 @@ Roles and permissions are code, not data (`PERMISSIONS`): who may do what is
 part of the bank's control design and changes with a release, reviewed like
 code. A permission is `request:<kind>` (make a request of that kind: the
 maker), `approve:<kind>` (approve or reject one: the checker), or `read:audit`,
-`read:risk`, `read:approvals`. The design follows Apache Fineract's
+`read:risk`, `read:approvals`, or `decide:loans` (approve or decline a loan
+application the risk screen referred: core/services/loan_accounts.py, one
+operator's decision, recorded with the application). The design follows Apache Fineract's
 maker-checker: a role holding only `approve:<kind>` is a checker-only role for
 that kind and cannot initiate it (a supervisor approves a teller's reversal
 but cannot request one), and nobody approves their own request whatever their
@@ -45,7 +47,8 @@ SUPERVISOR: Final = "supervisor"
 RISK_OFFICER: Final = "risk_officer"
 PRODUCT_MANAGER: Final = "product_manager"
 ADMINISTRATOR: Final = "administrator"
-ROLES: Final = (TELLER, SUPERVISOR, RISK_OFFICER, PRODUCT_MANAGER, ADMINISTRATOR)
+LOAN_OFFICER: Final = "loan_officer"
+ROLES: Final = (TELLER, SUPERVISOR, RISK_OFFICER, PRODUCT_MANAGER, ADMINISTRATOR, LOAN_OFFICER)
 
 # Parameter kinds (a versioned file put in force by an approved change) and operation
 # kinds (a sensitive operation done once approved): core/services/approvals.py.
@@ -61,6 +64,8 @@ KINDS: Final = PARAMETER_KINDS + OPERATION_KINDS
 READ_AUDIT: Final = "read:audit"
 READ_RISK: Final = "read:risk"
 READ_APPROVALS: Final = "read:approvals"
+# Decide a loan application the risk screen referred (core/services/loan_accounts.py).
+DECIDE_LOANS: Final = "decide:loans"
 
 
 def _request(*kinds: str) -> frozenset[str]:
@@ -90,7 +95,9 @@ PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         # channel registry and its keys (maker and checker: two administrators).
         ADMINISTRATOR: _approve("limits", "deposits", "lpr", "loans", "channels")
         | _request("channels")
-        | {READ_AUDIT, READ_RISK, READ_APPROVALS},
+        | {READ_AUDIT, READ_RISK, READ_APPROVALS, DECIDE_LOANS},
+        # Credit: decides the loan applications the risk screen referred.
+        LOAN_OFFICER: frozenset({DECIDE_LOANS, READ_APPROVALS}),
     }
 )
 assert set(PERMISSIONS) == set(ROLES)

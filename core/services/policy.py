@@ -186,6 +186,29 @@ OPERATIONS: dict[str, Operation] = _declare(
     # Loans (core/services/loans.py): the catalog (in read_products) and a trial
     # calculation are public figures, like the deposits': any channel granted them.
     Operation("quote_loan"),
+    # Loan accounts (core/services/loan_accounts.py): applied for, signed, disbursed and
+    # repaid where a customer is served; each transition is one operation with an operation
+    # key (`money`: the Idempotency-Key, so a retry meets the first answer), the signature
+    # and a repayment with the holder's consent. The reads are scoped like a fixed
+    # deposit's (wechat/app: the customer's session).
+    Operation("apply_loan", kinds=SERVING_KINDS, kinds_what="Applying for a loan", money=True),
+    Operation(
+        "read_loan_application", kinds=SERVING_KINDS, kinds_what="Reading a loan application"
+    ),
+    Operation(
+        "sign_loan",
+        kinds=SERVING_KINDS,
+        kinds_what="Signing a loan contract",
+        consent=True,
+        money=True,
+    ),
+    Operation("disburse_loan", kinds=SERVING_KINDS, kinds_what="Disbursing a loan", money=True),
+    Operation("read_loan", kinds=SERVING_KINDS, kinds_what="Reading a loan"),
+    Operation("read_loan_schedule", kinds=SERVING_KINDS, kinds_what="Reading a loan's schedule"),
+    Operation(
+        "repay_loan", kinds=SERVING_KINDS, kinds_what="Repaying a loan", consent=True, money=True
+    ),
+    Operation("read_customer_loans", kinds=SERVING_KINDS, kinds_what="Reading a customer's loans"),
     # Risk control (core/services/risk.py): what the rules decided and which rules are in
     # force stay inside the bank (a fraudster must not learn them): the internal channel,
     # and operators with read:risk (the admin routes below).
@@ -210,6 +233,14 @@ OPERATIONS: dict[str, Operation] = _declare(
             # request:loans (the product manager who will request the change).
             ("admin_preview_loan_product", ""),
         )
+    ),
+    # A referred loan application's decision (a loan officer or an administrator: the loan
+    # accounts service checks the role); with an operation key like every transition.
+    Operation(
+        "admin_decide_loan_application",
+        kinds=OPERATOR_ONLY,
+        kinds_what="Administration",
+        money=True,
     ),
 )
 

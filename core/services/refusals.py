@@ -117,6 +117,18 @@ class Code(enum.IntEnum):
     LOAN_TERM_OUT_OF_RANGE = 70  # outside the product's term range: `min_months`, `max_months`
     LOAN_METHOD_NOT_OFFERED = 71  # a repayment method the product does not offer: `methods`
     LOAN_RATE_INVALID = 72  # the LPR plus the spread is below 0 (or above 100%): `rate_ppm`
+    # Loan accounts (core/services/loan_accounts.py): applications, disbursement, repayment.
+    LOAN_APPLICATION_NOT_FOUND = 73  # no application with this id (or not the caller's to see)
+    LOAN_APPLICATION_STATE = 74  # the transition does not start from the application's `state`
+    LOAN_QUOTA_EXCEEDED = 75  # over the customer's credit limit: `limit_minor`, `used_minor`
+    LOAN_EXPOSURE_EXCEEDED = 76  # over the bank's cap on the product's outstanding loans
+    LOAN_ALREADY_DISBURSED = 77  # the application's loan is paid out: `account_id`
+    LOAN_NOT_FOUND = 78  # no disbursed loan with this account id
+    LOAN_CLOSED = 79  # the loan is repaid in full
+    LOAN_REPAYMENT_EXCEEDS_OWED = 80  # more than everything owed today: `owed_minor`
+    LOAN_REPAYMENT_TOO_SMALL = 81  # repays no principal beyond the interest due: `minimum_minor`
+    LOAN_ACCOUNT_NOT_ALLOWED = 82  # not a Class I/II/III account for the loan: `classes`, `pointer`
+    LOAN_PREPAYMENT_NOT_ALLOWED = 83  # the product takes no prepayment (yet): `allowed_from`
 
 
 @dataclass(slots=True)

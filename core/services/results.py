@@ -9,6 +9,7 @@ card, a customer's account list with its `class` key) stay plain data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,3 +295,174 @@ class LoanQuote:
     received_minor: int  # what the customer receives: amount - upfront fee
     apr: str  # the annualised rate including all fees (年化利率), two decimals ("3.45%")
     apr_ppm: int
+
+
+# --- loan accounts (core/services/loan_accounts.py) ------------------------------------
+# Each answer has `to_json()`: the JSON-ready dict of its fields (nested results
+# included), the order kept, for an adapter to render as it is.
+
+
+class _Json:
+    """`to_json()` for a result dataclass."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a dict, nested results and lists included (JSON-ready)."""
+        fields: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return fields
+
+
+@dataclass(slots=True)
+class LoanTransition(_Json):
+    """One step of an application's life: the state it reached, when, by whom."""
+
+    state: str  # submitted, approved, declined, referred, signed, disbursed
+    at: str  # RFC 3339
+    by: str  # the channel, "op:<operator>" or "system" (the quota and risk screen)
+    role: str  # the channel's kind, the operator's role, or "system"
+    reason: str  # why (a decision's reason; "risk" for a screen's decline or referral)
+
+
+@dataclass(slots=True)
+class LoanApplicationView(_Json):
+    """A loan application: what was asked, the contract it prices to (the product version
+    and rate of the application day), the quota figures, the risk screen's outcome, its
+    state and every transition. `risk_rules` and `exposure_minor` only for an operator
+    (the rules that fired are never told to a channel)."""
+
+    application_id: str
+    state: str
+    customer_id: str
+    product_id: str
+    product_version: int
+    method: str
+    amount_minor: int
+    term_months: int
+    repayment_day: int
+    disbursement_account_id: str
+    repayment_account_id: str
+    purpose: str
+    rate: str
+    rate_ppm: int
+    apr: str  # the annualised rate including every fee, as quoted
+    apr_ppm: int
+    upfront_fee_minor: int
+    received_minor: int  # what the disbursement pays out: amount - upfront fee
+    monthly_fee_minor: int
+    total_interest_minor: int  # of the schedule quoted on the application day
+    total_repaid_minor: int
+    credit_limit_minor: int
+    credit_used_minor: int  # the customer's other loans and applications when applied
+    risk_outcome: str  # allow, challenge, delay, review, block
+    risk_version: int  # the rule set's version that screened it
+    risk_rules: list[str] | None
+    exposure_minor: int | None  # the product's exposure with this loan (operators)
+    reason: str  # why it was declined (or the operator's decision)
+    loan_account_id: str | None  # once the loan's account is opened (at disbursement)
+    submitted_at: str
+    transitions: list[LoanTransition]
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class LoanView(_Json):
+    """A loan: its contract, and its state from its row in the ledger (what is scheduled,
+    in arrears, the penalty) with the next instalment of the current segment."""
+
+    account_id: str
+    customer_id: str
+    application_id: str
+    status: str  # "open", "overdue", "closed"
+    product_id: str
+    product_version: int
+    method: str
+    principal_minor: int  # lent
+    rate: str
+    rate_ppm: int
+    term_months: int
+    start_date: str  # the disbursement day
+    repayment_day: int
+    repayment_account_id: str
+    disbursement_account_id: str
+    upfront_fee_minor: int
+    monthly_fee_minor: int
+    grace_days: int
+    penalty_uplift_permille: int
+    allocation: list[str]
+    prepayment_mode: str
+    prepayment_excess: str
+    outstanding_minor: int  # principal not yet repaid
+    scheduled_minor: int  # of it, not yet fallen due
+    arrears_principal_minor: int
+    arrears_interest_minor: int  # interest and monthly fees fallen due, unpaid
+    penalty_minor: int
+    owed_minor: int  # outstanding + arrears interest + penalty (without the accrued interest)
+    overdue_since: str | None  # the due date of the oldest unpaid instalment
+    segment: int  # 0, +1 per early repayment
+    instalments_fallen_due: int  # of the current segment
+    next_instalment: LoanInstalment | None
+    balance_minor: int  # the loan account's ledger balance: always 0
+    disbursement_transfer_id: str
+    business_day: str
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class LoanScheduleItem(_Json):
+    """One instalment of the current segment and where it stands: "paid", "overdue"
+    (fallen due, not fully paid), "due" (the next one), "future", or "prepaid" (a closed
+    loan's instalment that never fell due)."""
+
+    number: int
+    due_date: str
+    principal_minor: int
+    interest_minor: int
+    fee_minor: int
+    total_minor: int
+    remaining_minor: int
+    status: str
+
+
+@dataclass(slots=True)
+class LoanScheduleView(_Json):
+    """The instalments of a loan's current segment (after an early repayment: the
+    remainder, numbered on from the original schedule)."""
+
+    account_id: str
+    segment: int
+    method: str
+    principal_minor: int  # the segment's principal
+    rate: str
+    rate_ppm: int
+    start_date: str  # the disbursement day, or the early repayment's
+    instalments: list[LoanScheduleItem]
+    business_day: str
+
+
+@dataclass(slots=True)
+class LoanRepaid(_Json):
+    """An early repayment done (or met again by its operation key: `replayed`): what was
+    taken from the repayment account and how it was applied."""
+
+    account_id: str
+    kind: str  # "arrears" (arrears only), "partial" (principal prepaid), "full" (closed)
+    transfer_id: str
+    total_minor: int  # taken from the repayment account
+    penalty_minor: int
+    interest_minor: int  # interest in arrears paid
+    accrued_interest_minor: int  # interest since the last due day, paid with a prepayment
+    principal_minor: int  # arrears principal and prepaid principal
+    prepaid_principal_minor: int
+    fee_minor: int  # the product's prepayment fee
+    owed_before_minor: int  # everything owed that day, before the repayment
+    loan: LoanView
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class LoanList(_Json):
+    """A customer's loans, newest first."""
+
+    customer_id: str
+    loans: list[LoanView]

@@ -100,7 +100,9 @@ Barrier = Callable[[], Awaitable[None]]
 # Customer-state keys other services keep and read from the engine's state themselves
 # (not records of this store): the day-end's progress (core/services/dayend.py).
 # Risk decisions (core/services/risk.py), approval requests, parameter versions, the
-# operator audit log and credit limits (core/services/approvals.py).
+# operator audit log and credit limits (core/services/approvals.py). Loan applications,
+# loans (contract and terms segments) and early repayments by operation key
+# (core/services/loan_accounts.py).
 OTHER_SERVICE_PREFIXES = (
     b"dayend/",
     b"risk/",
@@ -108,6 +110,9 @@ OTHER_SERVICE_PREFIXES = (
     b"param/",
     b"audit/",
     b"credit/",
+    b"loanapp/",
+    b"loan/",
+    b"loanpay/",
 )
 
 
@@ -386,10 +391,16 @@ class StateStore:
     # --- writing ----------------------------------------------------------------
 
     async def commit(
-        self, records: Iterable[dict[str, Any]], deleted: Iterable[bytes] = ()
+        self,
+        records: Iterable[dict[str, Any]],
+        deleted: Iterable[bytes] = (),
+        other: Iterable[Change] = (),
     ) -> None:
         """Apply `records` (and delete the keys `deleted`) in memory now; return once
-        they are durable.
+        they are durable. `other`: raw changes of other services' records
+        (`OTHER_SERVICE_PREFIXES`, not applied to these maps) made durable in the same
+        PUT_STATE entry, so a service's record and an account record it needs are
+        written together or not at all.
 
         Customer-state writes are few and must not be shed like postings: a full
         engine queue (refused at once, before anything was queued) is retried after
@@ -401,7 +412,9 @@ class StateStore:
         """
         changes: list[Change] = [(record_key(r), orjson.dumps(r)) for r in records]
         changes.extend((key, None) for key in deleted)
-        if not changes:
+        foreign = list(other)
+        assert all(key.startswith(OTHER_SERVICE_PREFIXES) for key, _ in foreign), foreign
+        if not changes and not foreign:
             return
         assert self._submit is not None, "the customer state is written once the engine runs"
         previous = [(key, self.values.get(key)) for key, _ in changes]
@@ -411,7 +424,7 @@ class StateStore:
             try:
                 # Nothing awaits before the engine queues the request: a cancellation
                 # delivered in here comes after it was queued (it will be durable).
-                await self._submit(changes)
+                await self._submit(changes + foreign)
                 break
             except Refused as refusal:
                 if refusal.refusal.code != Code.OVERLOADED or attempt == COMMIT_ATTEMPTS_MAX:
@@ -423,7 +436,7 @@ class StateStore:
             except BaseException:
                 self._undo(changes, previous)
                 raise
-        self.changes_committed += len(changes)
+        self.changes_committed += len(changes) + len(foreign)
 
     def _undo(self, changes: list[Change], previous: list[Change]) -> None:
         mine = {key: value for key, value in changes}

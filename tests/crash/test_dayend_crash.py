@@ -236,7 +236,7 @@ def test_kill_9_during_settlement_then_rerun_pays_every_account_once(
     done = orjson.loads(done_line.removeprefix("DONE "))
     # It resumed after the accrual, which was never run twice (the accrual's step is
     # recorded before the settlement starts; a later kill may have let settlement finish).
-    assert done["resumed_from"] in ("settlement", "maturities", "counters", "holds")
+    assert done["resumed_from"] in ("settlement", "maturities", "loans", "counters", "holds")
     assert not done["already_done"]
     check_paid_once(data)
 

@@ -160,7 +160,10 @@ def test_shipped_operators_cover_every_role_and_match_the_example() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "operators.toml"
     assert Path(DEFAULT_OPERATORS_PATH).read_bytes() == example.read_bytes()
     roles = {operator.role for operator in OPERATORS.operators.values()}
-    assert roles == {"teller", "supervisor", "risk_officer", "product_manager", "administrator"}
+    assert roles == {
+        "teller", "supervisor", "risk_officer", "product_manager", "loan_officer",
+        "administrator",
+    }  # fmt: skip
     assert OPERATORS.secret("risk1", "dev-risk1-1") is not None
     assert OPERATORS.secret("risk1", "dev-risk2-1") is None  # another operator's key
 

@@ -65,6 +65,33 @@ def test_bench_engine_small_run_reports_the_engine_and_its_naive_peer(tmp_path: 
     assert abs(report["engine_vs_naive"] - ratio) <= 0.05 + ratio / naive + 1e-9
 
 
+def test_bench_dayend_collects_every_loan_in_full_or_in_part(tmp_path: Path) -> None:
+    """`tally bench dayend --loans N --json` times the day-end's loans step: every loan
+    has an instalment due on the day and is collected from (two in three in full, every
+    third short of funds in part, one in 900 of those already overdue: its penalty is
+    paid first and it stays overdue); what was taken adds up by part. More loans than
+    accounts is a usage error; `--loans 0` has no loans step to run."""
+    done = tally("bench", "dayend", "--accounts", "3000", "--loans", "2000", "--data",
+                 str(tmp_path / "data"), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loans"] == report["loans_due"] == report["loans_collected"] == 2000
+    assert report["loans_short"] == 666  # loans 2, 5, ..., 1997
+    assert report["loans_overdue_before"] == report["loans_overdue"] == 3  # 2, 902, 1802
+    assert report["loan_collection_s"] > 0 and report["loans_per_s"] > 0
+    assert report["loan_collection_s"] >= report["loan_terms_packed_s"] >= 0
+    parts = ("principal", "interest", "penalty")
+    assert report["collected_minor"] == sum(report[f"collected_{p}_minor"] for p in parts)
+    assert report["collected_penalty_minor"] > 0 and report["loan_chunks"] == 1
+    assert report["settlement_transfers"] == 3000  # the settlement ran as before
+
+    too_many = tally("bench", "dayend", "--accounts", "100", "--loans", "101", "--json")
+    assert too_many.returncode == 2 and "--loans 101" in too_many.stderr
+    none = tally("bench", "dayend", "--accounts", "100", "--loans", "0", "--json")
+    assert none.returncode == 0, none.stderr
+    assert json.loads(none.stdout.strip().splitlines()[-1])["loans"] == 0
+
+
 def test_page_judges_targets_on_the_median_of_runs_of_the_same_code() -> None:
     """Three runs of one command on one commit: the page lists them and judges the target on
     their median (here met although one run missed); a run of other code stands alone."""

@@ -21,7 +21,7 @@ from limits.rules import load_rules
 ACCOUNTS = 50
 FIRST_ACCOUNT = 6_222_000_000_000_100_001
 SETTLEMENT_DAY = "2026-09-20"  # before this machine's today (the tests run later)
-STEP_NAMES = ["accrual", "settlement", "maturities", "counters", "holds"]
+STEP_NAMES = ["accrual", "settlement", "maturities", "loans", "counters", "holds"]
 
 
 def tally(*words: str) -> subprocess.CompletedProcess[str]:

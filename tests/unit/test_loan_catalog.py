@@ -742,3 +742,48 @@ def test_new_version_effective_before_today_is_refused_and_today_passes() -> Non
     ]
     today = catalog(CURRENT[13:], entry(version="2", effective="2026-12-06"), version=2)
     check_loan_successor(current(), parse_loan_catalog(today, "approval A1"), TODAY)
+
+
+# --- The loan book's bounds: one loan's size and the product's exposure -------------------
+
+
+def test_loan_size_bound_is_the_ledger_rows() -> None:
+    """The catalog's bound on one loan is the loan row's (ledger.loan_book: arrears in u32
+    fen), the same number in both layers (limits does not import the ledger)."""
+    from ledger.loan_book import LOAN_PRINCIPAL_MAX_MINOR as LEDGER_BOUND
+    from limits.loans import LOAN_PRINCIPAL_MAX_MINOR
+
+    assert LOAN_PRINCIPAL_MAX_MINOR == LEDGER_BOUND == 0xFFFFFFFF
+
+
+def test_amount_max_above_the_row_bound_is_refused() -> None:
+    """A product lending more than 42,949,672.95 CNY is refused at `amount.max`, naming the
+    bound; exactly the bound is accepted."""
+    error = refused(catalog(entry(amount='{ min = "1000.00", max = "42949672.96" }')))
+    assert [(p.line, p.key) for p in error.catalog_problems] == [
+        (LINE["amount"], "products[0].amount.max")
+    ]
+    assert "at most 42949672.95 CNY" in error.catalog_problems[0].message
+    text = catalog(entry(amount='{ min = "1000.00", max = "42949672.95" }'))
+    assert parse_loan_catalog(text, SOURCE).products[0].amount_max_minor == 0xFFFFFFFF
+
+
+def test_exposure_max_is_optional_and_kept_out_of_the_json() -> None:
+    """`exposure_max` (CNY) caps the product's outstanding loans: absent, no cap (None);
+    present, in fen; a bad value is refused at its key. It is the bank's risk appetite,
+    not a product term: the published JSON leaves it out. Like every key, it is part of
+    the published instance (a change is a new version)."""
+    assert parse_loan_catalog(catalog(entry()), SOURCE).products[0].exposure_max_minor is None
+    capped = catalog(entry(exposure_max='"50000000.00"'))
+    product = parse_loan_catalog(capped, SOURCE).products[0]
+    assert product.exposure_max_minor == 5_000_000_000
+    assert "exposure_max" not in json.dumps(product.to_json())
+    error = refused(catalog(entry(exposure_max="50000000")))
+    assert [p.key for p in error.catalog_problems] == ["products[0].exposure_max"]
+    assert "write CNY as a string" in error.catalog_problems[0].message
+    changed = catalog(entry(exposure_max='"60000000.00"'), version=2)
+    with pytest.raises(LoanCatalogError) as caught:
+        check_loan_successor(
+            parse_loan_catalog(capped, SOURCE), parse_loan_catalog(changed, SOURCE), TODAY
+        )
+    assert '`exposure_max` was "50000000.00" -> now "60000000.00"' in str(caught.value)
