@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,7 @@ from core.services.results import (
     InterestPosting,
     Posted,
 )
+from core.services.serial import OneAtATime
 from core.services.state import (
     AccountMeta,
     Opening,
@@ -197,7 +198,7 @@ class Deposits:
         self.payments = payments
         self.ids = core.ids
         # Operations under way by their state key: a retry with the key waits for the first.
-        self._in_flight: dict[tuple[str, str], anyio.Event] = {}
+        self._in_flight: dict[Hashable, anyio.Event] = {}
 
     @property
     def catalog(self) -> DepositCatalog:
@@ -812,28 +813,8 @@ class Deposits:
         engine = self.core.running_engine()
         return await self.core.call_engine_patiently(engine.submit_generated, make)
 
-    def _one_at_a_time(self, channel: str, digest: str) -> _OneAtATime:
-        return _OneAtATime(self._in_flight, (channel, digest))
-
-
-class _OneAtATime:
-    """Requests with one operation key run one after the other (a retry waits for the
-    first and then meets it), without holding up any other key."""
-
-    def __init__(self, in_flight: dict[tuple[str, str], anyio.Event], key: tuple[str, str]):
-        self.in_flight = in_flight
-        self.key = key
-        self.done: anyio.Event | None = None
-
-    async def __aenter__(self) -> None:
-        while (running := self.in_flight.get(self.key)) is not None:
-            await running.wait()
-        self.done = self.in_flight[self.key] = anyio.Event()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        del self.in_flight[self.key]
-        assert self.done is not None
-        self.done.set()
+    def _one_at_a_time(self, channel: str, digest: str) -> OneAtATime:
+        return OneAtATime(self._in_flight, (channel, digest))
 
 
 # --- the arithmetic and the rules, as functions -----------------------------------------

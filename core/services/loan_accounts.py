@@ -157,6 +157,7 @@ from core.services.results import (
     LoanTransition,
     LoanView,
 )
+from core.services.serial import OneAtATime
 from core.services.state import AccountMeta, Change, operation_key_digest
 from core.services.state import account_record as meta_record
 from ledger.constants import BANK_CHANNEL, LOAN_FUNDING_ID
@@ -1537,8 +1538,8 @@ class LoanAccounts:
         engine = self.core.running_engine()
         return await self.core.call_engine_patiently(engine.submit_generated, make)
 
-    def _serial(self, key: Hashable) -> _Serial:
-        return _Serial(self._in_flight, key)
+    def _serial(self, key: Hashable) -> OneAtATime:
+        return OneAtATime(self._in_flight, key)
 
 
 def _put(table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -1547,26 +1548,6 @@ def _put(table: dict[Any, Any], key: Any, value: Any) -> None:
         table.pop(key, None)
     else:
         table[key] = value
-
-
-class _Serial:
-    """Commands of one application (or one loan) run one after the other, without holding
-    up any other."""
-
-    def __init__(self, in_flight: dict[Hashable, anyio.Event], key: Hashable) -> None:
-        self.in_flight = in_flight
-        self.key = key
-        self.done: anyio.Event | None = None
-
-    async def __aenter__(self) -> None:
-        while (running := self.in_flight.get(self.key)) is not None:
-            await running.wait()
-        self.done = self.in_flight[self.key] = anyio.Event()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        del self.in_flight[self.key]
-        assert self.done is not None
-        self.done.set()
 
 
 # --- Records -------------------------------------------------------------------------------
