@@ -19,6 +19,10 @@ public (those of the example registry, examples/channels.toml, or any marked
 DEVELOPMENT-ONLY) or no `--secrets FILE` (the server's own keys, see
 core/services/server_secrets.py), unless `--dev` says this is a development
 server, which is then logged loudly. `--certfile/--keyfile` serve HTTPS.
+`--iso8583 HOST:PORT` also listens for ATMs and POS terminals (ISO 8583 over TCP,
+channels/iso8583/server.py) in the same process, with the same bank and lifecycle:
+the terminal registry (`--terminals`) and key file (`--iso8583-keys`) are checked
+before the start, and the shipped development keys need `--dev`.
 Before the app sees a request both servers bound its head (`--header-size-max`
 bytes, 431; hypercorn closes a head not complete within the keep-alive
 timeout, uvicorn within `--read-timeout-s`, 408); the app bounds the body
@@ -48,6 +52,13 @@ from channels.http.app import (
     READ_TIMEOUT_S,
     App,
     access_log_stream,
+)
+from channels.iso8583.keys import DEFAULT_KEYS_PATH, SoftwareKeyStore, load_keys
+from channels.iso8583.server import AppWithIso8583, parse_address
+from channels.iso8583.terminals import (
+    DEFAULT_TERMINALS_PATH,
+    Terminals,
+    load_terminals,
 )
 from channels.registry import Registry, RegistryError, load_registry
 from core.data import (
@@ -230,6 +241,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a development server: allow the public development secrets (the example"
         " channel registry, no --secrets), with a warning; never in production",
+    )
+    parser.add_argument(
+        "--iso8583",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve ATMs and POS terminals: ISO 8583 over TCP on HOST:PORT, 2-byte"
+        " length framing ([::1]:PORT for IPv6; docs/iso8583.md)",
+    )
+    parser.add_argument(
+        "--terminals",
+        default=str(DEFAULT_TERMINALS_PATH),
+        help="terminal registry of --iso8583: terminal ids, their channel, kind, merchant"
+        " account and key ids",
+    )
+    parser.add_argument(
+        "--iso8583-keys",
+        default=str(DEFAULT_KEYS_PATH),
+        metavar="FILE",
+        help="the terminals' PIN and MAC keys (mode 0600; the shipped file holds public"
+        " development keys, accepted only with --dev)",
     )
     parser.add_argument("--certfile", default=None, help="TLS certificate chain (PEM): HTTPS")
     parser.add_argument("--keyfile", default=None, help="TLS private key (PEM) of --certfile")
@@ -437,6 +468,18 @@ def run(args: argparse.Namespace) -> int:
     if tls_problem is not None:
         print(f"tally serve: {tls_problem}", file=sys.stderr)
         return 2
+    iso8583: tuple[str, int] | None = None
+    if args.iso8583 is None and (
+        args.terminals != str(DEFAULT_TERMINALS_PATH) or args.iso8583_keys != str(DEFAULT_KEYS_PATH)
+    ):
+        print("tally serve: --terminals and --iso8583-keys go with --iso8583", file=sys.stderr)
+        return 2
+    if args.iso8583 is not None:
+        try:
+            iso8583 = parse_address(args.iso8583)
+        except ValueError as error:
+            print(f"tally serve: --iso8583: {error}", file=sys.stderr)
+            return 2
     if args.journal_segment_kb < 4 or args.journal_segment_kb % 4:
         print("tally serve: --journal-segment-kb must be a multiple of 4", file=sys.stderr)
         return 2
@@ -448,10 +491,16 @@ def run(args: argparse.Namespace) -> int:
         registry = load_registry(args.channels, rules)
         operators = load_operators(args.operators)
         secrets = load_secrets(args)
+        terminals, iso8583_keys = None, None
+        if iso8583 is not None:  # a bad key file or terminal registry: TallyError, precisely
+            iso8583_keys = load_keys(args.iso8583_keys)
+            terminals = load_terminals(args.terminals, registry, iso8583_keys)
     except (RuleFileError, RegistryError, TallyError) as error:
         print(f"tally serve: {error}", file=sys.stderr)
         return 2
     public = development_secrets(registry, secrets) + development_operators(operators)
+    if iso8583_keys is not None and iso8583_keys.development:
+        public.append(f"--iso8583-keys {args.iso8583_keys}: public development terminal keys")
     if public and not args.dev:
         print(
             "tally serve: refusing to start with development secrets, which are public:\n  "
@@ -486,12 +535,44 @@ def run(args: argparse.Namespace) -> int:
     if args.loop is not None and args.server != "uvicorn":
         print("tally serve: --loop is for --server uvicorn", file=sys.stderr)
         return 2
+    served: App | AppWithIso8583 = app
+    if iso8583 is not None:
+        assert terminals is not None and iso8583_keys is not None
+        served = iso8583_app(app, iso8583, terminals, iso8583_keys)
     if args.server == "uvicorn":
         if args.backend != "asyncio":
             print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
             return 2
-        return _run_uvicorn(app, args)
-    return _run_hypercorn(app, args)
+        return _run_uvicorn(served, args)
+    return _run_hypercorn(served, args)
+
+
+def iso8583_app(
+    app: App, address: tuple[str, int], terminals: Terminals, keys: SoftwareKeyStore
+) -> AppWithIso8583:
+    """The HTTP app with the ISO 8583 listener in its lifespan, on the app's bank.
+
+    A channel registry proposed for approval must also resolve every terminal (else it is
+    invalid, its problems listed like the registry's own), and once applied it is in force
+    for the terminals too (`Iso8583Adapter.install_registry`)."""
+    from channels.iso8583.adapter import Iso8583Adapter  # only a server with --iso8583
+
+    adapter = Iso8583Adapter(app.bank, terminals, keys)
+    channels = app.bank.approvals.parameters["channels"]
+    parse_for_http, install_for_http = channels.parse, channels.install
+
+    def parse(text: str, source: str) -> Registry:
+        registry: Registry = parse_for_http(text, source)
+        adapter.terminals.resolve(registry, keys)  # TerminalRegistryError lists the problems
+        return registry
+
+    def install(registry: Registry) -> None:
+        install_for_http(registry)
+        adapter.install_registry(registry)
+
+    channels.parse, channels.install = parse, install
+    host, port = address
+    return AppWithIso8583(app, adapter, host, port)
 
 
 def password_arguments_problem(args: argparse.Namespace) -> str:
@@ -536,7 +617,7 @@ def hypercorn_config(
     return config
 
 
-def _run_hypercorn(app: App, args: argparse.Namespace) -> int:
+def _run_hypercorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
     config = hypercorn_config(
         args.host,
         args.port,
@@ -598,7 +679,7 @@ def uvicorn_config(
     )
 
 
-def _run_uvicorn(app: App, args: argparse.Namespace) -> int:
+def _run_uvicorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
     import uvicorn
 
     config = uvicorn_config(
@@ -612,8 +693,9 @@ def _run_uvicorn(app: App, args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
-    uvicorn.Server(config).run()
-    return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3  # 3: uvicorn's own exit status for a failed startup
 
 
 async def wait_for_signal() -> None:

@@ -64,6 +64,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "channels.http.bench",
                 "the HTTP API under wrk: signed single transfers, batches, the bare-server ceiling",
             ),
+            "iso8583": module_command(
+                "loadtests.iso8583_bench",
+                "ATMs and POS terminals over ISO 8583: financial messages/s, p99, an exact ledger",
+            ),
             "pg": module_command(
                 "core.bench.pg",
                 "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",

@@ -34,6 +34,15 @@ queued as a PENDING hold of the same id and answered with `Posted.risk_hold`.
 A hold the stage placed is locked: `_hold` (capture, void) and `reversal`
 refuse it with RISK_HOLD_LOCKED; only the bank releases or returns it.
 
+An operation may be cancelled before it arrives (`bar`): a terminal that timed out
+reverses a message the bank has not seen yet (ISO 8583's 0400 crossing its 0200),
+and the original must then never be posted after its reversal. `bar` records the
+operation's id (in memory at once, durable before it returns: a customer-state
+record, `barred/<id>`, kept for the transfer log's retention) and `post` refuses a
+barred id right before `admit`, with no await in between: so either the posting was
+queued before the bar (and a reversal that reads the ledger after `bar` returned finds
+it), or it is refused (ID_ALREADY_FAILED: the id is spent, nothing is posted).
+
 `post` is the hot path of the HTTP single transfer: `admit` is a plain call
 (no coroutine; with no check installed it is one truth test), then one await
 on the engine (the request's done event), no cancel scope, nothing allocated
@@ -46,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 
@@ -84,6 +93,8 @@ from limits.risk_layout import Outcome
 logger = logging.getLogger("tally.services")
 R = CreateTransferResult
 PAYMENT_TIMEOUT_S_DEFAULT = 900
+BARRED_PREFIX = b"barred/"  # customer-state records of barred operations (`Payments.bar`)
+NS_PER_S = 1_000_000_000
 _RESULT_NAMES = {int(code): code.name.lower() for code in R}
 RISK_REFUSING = frozenset({Outcome.CHALLENGE, Outcome.BLOCK})  # refused: nothing posted
 
@@ -112,6 +123,10 @@ class Payments:
         # Ledger results of postings by name: a plain dict on the hot path, read by the
         # metrics collector at scrape time.
         self.results: dict[str, int] = {}
+        # Operations cancelled before they arrived (`bar`): packed id -> forgotten at (ns).
+        self.barred: dict[bytes, int] = {}
+        core.on_state_loaded.append(self._load_barred)
+        core.on_housekeeping.append(self._forget_barred)
 
     def count_result(self, name: str, count: int = 1) -> None:
         self.results[name] = self.results.get(name, 0) + count
@@ -181,6 +196,9 @@ class Payments:
             )
             if screening is not None:
                 record, decided = await self._risk_single(command, record, screening)
+        barred = self.barred
+        if barred and packed_id in barred:  # no await from here to `admit`: see `bar`
+            raise transfer_refused(R.ID_ALREADY_FAILED, "the operation was cancelled (`bar`)")
         request = self.admit(caller, record, 1)
         await request.done.wait()
         try:
@@ -235,6 +253,38 @@ class Payments:
             result.timestamp,
             status == R.EXISTS,
         )
+
+    async def bar(self, caller: Caller, key: str) -> None:
+        """Cancel operation `key` of `caller`'s channel before it arrives: from now on (for
+        the transfer log's retention) a posting of it is refused ID_ALREADY_FAILED.
+
+        In memory before the first await, durable on return. A posting queued before that
+        is not undone here: the caller reverses it (a ledger read after `bar` returned
+        sees every posting queued before it). Idempotent."""
+        packed = self.ids.packed(caller.ledger_id, key, 0)
+        core = self.core
+        forget_at_ns = core.now_ns() + int(core.settings.retention_s * NS_PER_S)
+        self.barred[packed] = forget_at_ns
+        state = core.customer_state()
+        record = orjson.dumps({"k": "barred", "until_ns": forget_at_ns})
+        await state.flush_through(state.stage_change(_barred_key(packed), record))
+
+    def _load_barred(self, state: Mapping[bytes, bytes]) -> None:
+        """The barred operations from the recovered state (each time the store opens)."""
+        self.barred = {
+            bytes.fromhex(key[len(BARRED_PREFIX) :].decode()): orjson.loads(value)["until_ns"]
+            for key, value in state.items()
+            if key.startswith(BARRED_PREFIX)
+        }
+
+    def _forget_barred(self, now_ns: int) -> None:
+        """Forget the bars past the retention (their deletion rides the next flush)."""
+        if not self.barred:
+            return
+        state = self.core.customer_state()
+        for packed in [p for p, until_ns in self.barred.items() if until_ns <= now_ns]:
+            del self.barred[packed]
+            state.stage_change(_barred_key(packed), None)
 
     async def _risk_single(
         self, command: Posting, record: bytes, screening: Screening
@@ -595,6 +645,10 @@ class Payments:
                 pending_id=original_id,
             )
         )  # fmt: skip
+
+
+def _barred_key(packed_id: bytes) -> bytes:
+    return BARRED_PREFIX + packed_id.hex().encode()
 
 
 def _internal_refused(caller: Caller, account_id: int) -> Refused:

@@ -102,7 +102,8 @@ Barrier = Callable[[], Awaitable[None]]
 # Risk decisions (core/services/risk.py), approval requests, parameter versions, the
 # operator audit log and credit limits (core/services/approvals.py). Loan applications,
 # loans (contract and terms segments) and early repayments by operation key
-# (core/services/loan_accounts.py).
+# (core/services/loan_accounts.py). Operations cancelled before they arrived
+# (core/services/payments.py, `Payments.bar`).
 OTHER_SERVICE_PREFIXES = (
     b"dayend/",
     b"risk/",
@@ -113,6 +114,7 @@ OTHER_SERVICE_PREFIXES = (
     b"loanapp/",
     b"loan/",
     b"loanpay/",
+    b"barred/",
 )
 
 

@@ -509,3 +509,26 @@ async def test_who_may_move_what_is_enforced_by_the_services(tmp_path: Path) -> 
         assert await refusal_of(lambda: bank.accounts.open(other)) == Code.IDEMPOTENCY_KEY_REUSED
         customer = bank.core.customer_state().customers[customer_id]
         assert len(customer.accounts) == 2  # the Class I and the one Class II
+
+
+@run
+async def test_a_barred_operation_is_never_posted_even_after_a_restart(tmp_path: Path) -> None:
+    """`Payments.bar` cancels an operation key before it arrives (a reversal that came
+    first): a posting under it is refused ID_ALREADY_FAILED and nothing moves, after a
+    restart too; another key posts; the bar is forgotten after the log's retention."""
+    clock = Clock()
+    atm = Caller("atm", "atm", 4)
+    async with running_bank(tmp_path, clock) as bank:
+        account_id = await funded_account(bank, 10_000)
+        issued = await bank.auth.issue_token(IssueToken(atm, account_id, PASSWORD))
+        await bank.payments.bar(atm, "T1:000001:0101120000")
+    async with running_bank(tmp_path, clock) as bank:
+        move = Movement(atm, "T1:000001:0101120000", account_id, 3_000, Consent(issued.token))
+        with pytest.raises(Refused) as caught:
+            await bank.payments.cash_withdrawal(move)
+        assert caught.value.refusal.ledger_code == CreateTransferResult.ID_ALREADY_FAILED
+        assert (await bank.reads.account(COUNTER, account_id)).balance_minor == 10_000
+        other = Movement(atm, "T1:000002:0101120000", account_id, 3_000, Consent(issued.token))
+        assert (await bank.payments.cash_withdrawal(other)).amount_minor == 3_000
+        bank.payments._forget_barred(clock.now + int(bank.settings.retention_s * 1e9) + 1)
+        assert not bank.payments.barred

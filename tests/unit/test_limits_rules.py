@@ -101,6 +101,7 @@ def test_example_file_loads_with_expected_products_and_channels() -> None:
         "atm",
         "open_api",
         "internal",
+        "atm",  # pos: POS terminals over ISO 8583 consent with the card's PIN, as ATMs do
     ]
     class_iii = rules.products[3]
     assert class_iii.kind is ProductKind.CLASS_III
@@ -136,7 +137,7 @@ def test_channel_table_has_the_kernel_layout() -> None:
     assert isinstance(table, bytearray)
     assert len(table) == 256 * 32 + 32 * 32 + 32 == CHANNEL_ROW_COUNT * 32 + 32 * 32 + 32
     rows = [struct.unpack_from("<qqq", table, index * 32) for index in range(256)]
-    assert rows[:7] == [
+    assert rows[:8] == [
         (0, 0, 0),  # channel 0: unspecified/internal, no caps
         (2_000_000, 5_000_000, 5_000_000),
         (5_000_000, 20_000_000, 20_000_000),
@@ -144,12 +145,18 @@ def test_channel_table_has_the_kernel_layout() -> None:
         (2_000_000, 2_000_000, 5_000_000),
         (500_000, 5_000_000, 10_000_000),
         (0, 0, 0),
+        (5_000_000, 10_000_000, 0),  # pos
     ]
-    assert all(row == (0, 0, 0) for row in rows[7:])
+    assert all(row == (0, 0, 0) for row in rows[8:])
     assert table[4 * 32 + 8 : 4 * 32 + 16] == (2_000_000).to_bytes(8, "little", signed=True)
-    codes = {index: struct.unpack_from("<II", table, index * 32 + 24) for index in range(7)}
-    atm = (1 << TRANSFER_CODES["cash_deposit"]) | (1 << TRANSFER_CODES["cash_withdrawal"])
-    assert codes[4] == (atm, 0)  # an ATM posts cash only, and needs strong authentication
+    codes = {index: struct.unpack_from("<II", table, index * 32 + 24) for index in range(8)}
+    atm = sum(
+        1 << TRANSFER_CODES[name]
+        for name in ("cash_deposit", "cash_withdrawal", "transfer", "reversal")
+    )
+    assert codes[4] == (atm, 0)  # an ATM: cash, transfers, reversals; strong authentication
+    pos = (1 << TRANSFER_CODES["payment"]) | (1 << TRANSFER_CODES["reversal"])
+    assert codes[7] == (pos, 0)  # a POS terminal: payments to merchants and their reversals
     assert codes[3][1] == 1  # the counter: face to face, no strong-authentication tally
     assert codes[6] == (0x1FFFE, 3)  # the bank itself: every code, outside customer limits
     assert not codes[1][0] & (1 << TRANSFER_CODES["fee"])

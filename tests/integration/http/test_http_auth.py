@@ -187,16 +187,16 @@ def test_nonce_reuse_refused_even_after_restart(tmp_path_factory: pytest.TempPat
 
 
 def test_operation_not_allowed_for_channel(server: TallyServer) -> None:
-    """An ATM may not register customers or transfer: 403 naming the operation."""
+    """An ATM may not register customers or pay a merchant: 403 naming the operation."""
     with server.client("atm") as atm:
         response = atm.post("/v1/customers", BODY)
         refused(response, 403, "operation-not-allowed")
-        transfer = atm.post(
-            "/v1/transfers",
-            {"debit_account_id": "1", "credit_account_id": "2", "amount_minor": 1},
+        payment = atm.post(
+            "/v1/payments",
+            {"debit_account_id": "1", "merchant_account_id": "2", "amount_minor": 1},
             idempotency_key=key(),
         )
-        refused(transfer, 403, "operation-not-allowed")
+        refused(payment, 403, "operation-not-allowed")
 
 
 def test_unsigned_routes_need_no_signature(server: TallyServer) -> None:
