@@ -302,6 +302,35 @@ ID_CONSUMED_FIRST = CreateTransferResult.PENDING_TRANSFER_NOT_FOUND
 # Codes from ID_CONSUMED_FIRST on that leave the id free all the same.
 CODES_ID_NOT_CONSUMED = frozenset({CreateTransferResult.CHANNEL_LOG_QUOTA_EXCEEDED})
 
+# The record-validation results a posting the services built cannot produce (ids, flags,
+# ledgers and codes are theirs to get right): a channel answers them as the bank's fault.
+CODES_MALFORMED_RECORD = frozenset(
+    {
+        CreateTransferResult.LINKED_EVENT_FAILED,
+        CreateTransferResult.LINKED_EVENT_CHAIN_OPEN,
+        CreateTransferResult.TIMESTAMP_MUST_BE_ZERO,
+        CreateTransferResult.RESERVED_FIELD,
+        CreateTransferResult.RESERVED_FLAG,
+        CreateTransferResult.ID_MUST_NOT_BE_ZERO,
+        CreateTransferResult.ID_MUST_NOT_BE_INT_MAX,
+        CreateTransferResult.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
+        CreateTransferResult.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
+        CreateTransferResult.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX,
+        CreateTransferResult.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
+        CreateTransferResult.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX,
+        CreateTransferResult.PENDING_ID_MUST_BE_ZERO,
+        CreateTransferResult.PENDING_ID_MUST_NOT_BE_ZERO,
+        CreateTransferResult.PENDING_ID_MUST_NOT_BE_INT_MAX,
+        CreateTransferResult.PENDING_ID_MUST_BE_DIFFERENT,
+        CreateTransferResult.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER,
+        CreateTransferResult.LEDGER_MUST_NOT_BE_ZERO,
+        CreateTransferResult.CODE_MUST_NOT_BE_ZERO,
+        CreateTransferResult.CODE_UNKNOWN,
+        CreateTransferResult.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER,
+        CreateTransferResult.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS,
+    }
+)
+
 
 def id_consumed(result: int) -> bool:
     """Whether a transfer that failed with `result` is remembered (ID_ALREADY_FAILED)."""

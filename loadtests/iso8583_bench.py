@@ -34,8 +34,9 @@ One run, on a fresh data directory (the journal fdatasync'd as always):
 6. Check. A message left unanswered (timeout) is sent again, the same bytes: the
    bank answers a repeat with the first answer (idempotent by terminal + STAN +
    field 7), so every message's outcome is known. Then every card's balance is
-   read over HTTP: it must have gone down by exactly the approved amounts (and those
-   the risk stage held, 05, as pending debits), the empty cards by nothing, and the
+   read over HTTP: it must have gone down by exactly the approved amounts (a 05, the
+   risk stage's delay or review, moves and holds nothing at a terminal: its hold is
+   returned at once), the empty cards by nothing, and the
    merchant account up by exactly the approved purchases (`ledger_exact`). A sample
    of the answers has its MAC verified.
 
@@ -110,10 +111,10 @@ ISO_READY_TIMEOUT_S = 60.0
 # The server's transfer log: a run posts well under 15,000 a second, 8M slots hold them
 # with 60 s of retention (a production server keeps a day: its peak rate times that).
 TRANSFERS_MAX_DEFAULT = 1 << 23
-MOVED_CODES = frozenset({"00", "05"})  # approved; held by the risk stage (pending)
+MOVED_CODES = frozenset({"00"})  # approved (a 05 risk hold is returned at once: nothing)
 # What the declines mean, for the report (docs/iso8583.md has the full table).
 RESPONSE_NAMES = {
-    "05": "do not honour (risk hold)", "14": "invalid card", "51": "insufficient funds",
+    "05": "do not honour (risk delay/review)", "14": "invalid card", "51": "insufficient funds",
     "55": "incorrect PIN", "59": "suspected fraud (risk)", "61": "exceeds withdrawal limit",
     "65": "exceeds frequency (risk)", "75": "PIN tries exceeded", "91": "issuer unavailable",
     "94": "duplicate", "96": "system malfunction",
@@ -378,7 +379,7 @@ class Phase:
     name: str
     seconds: float
     latencies_s: list[float] = field(default_factory=list)
-    # The same by message: a purchase is two postings (a hold, then its capture).
+    # The same by message (a purchase and a withdrawal are one posting each).
     withdrawal_latencies_s: list[float] = field(default_factory=list)
     purchase_latencies_s: list[float] = field(default_factory=list)
     codes: Counter[str] = field(default_factory=Counter)
@@ -662,7 +663,8 @@ def _stop_profiler(profiler: Any) -> None:
 
 def check_ledger(url: str, fleet: Fleet, merchant_approved_minor: int) -> dict[str, Any]:
     """Every card down by exactly its approved debits, the merchant up by its approved
-    purchases (a hold counts as moved: balance minus pending debits, plus pending credits)."""
+    purchases (a hold would count as moved: balance minus pending debits, plus pending
+    credits; none is left by a terminal's messages)."""
     entry = channel_secrets()["counter"]
     mismatches: list[str] = []
     approved_total = 0

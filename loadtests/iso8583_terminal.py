@@ -33,7 +33,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Final
 
@@ -79,6 +79,7 @@ class TerminalProfile:
     mac_key: bytes  # the terminal authentication key (TAK)
     merchant_id: str = ""  # field 42, 15 characters (default: the terminal id, padded)
     acquirer_id: str = ACQUIRER_ID
+    master_key: bytes = b""  # the terminal master key (TMK): key exchanges (0800 161)
 
     def __post_init__(self) -> None:
         assert len(self.terminal_id) == 8, self.terminal_id
@@ -252,6 +253,37 @@ class Terminal:
             del fields[name]
         fields["70"] = code
         return self.sign(fields)
+
+    def key_exchange(self, usage: str) -> Request:
+        """0800 161: ask the bank for a new "pin" or "mac" key (field 53 says which);
+        `install_key` with the answer puts it in force here."""
+        request = self.network(spec.NETWORK_KEY_EXCHANGE)
+        fields = dict(request.fields)
+        fields["53"] = spec.KEY_EXCHANGE_CONTROL[usage]
+        return self.sign(fields)
+
+    def install_key(self, request: Request, response: Response) -> bool:
+        """Install the new key a key exchange's answer carries (field 48, under this
+        terminal's master key) once the answer's MAC and the key's check value are
+        right; False (nothing changed) otherwise. A new MAC key signs the next message."""
+        usage = spec.KEY_EXCHANGE_USAGE.get(str(request.fields.get("53", "")))
+        field48 = response.fields.get("48")
+        if usage is None or not isinstance(field48, str) or not self.verify(response):
+            return False
+        try:
+            encrypted, check_value = spec.key_exchange_data(field48)
+            key = keys.decrypt_key(encrypted, self.profile.master_key)
+        except ValueError:
+            return False
+        if keys.check_value(key) != check_value:
+            return False
+        if usage == "pin":
+            self.profile = replace(self.profile, pin_key=key)
+            self._pin_blocks.clear()
+        else:
+            self.profile = replace(self.profile, mac_key=key)
+            self._mac = partial(keys.mac, key=key)
+        return True
 
     def repeat(self, request: Request) -> Request:
         """The same message again (a terminal that got no answer): same bytes, same key."""

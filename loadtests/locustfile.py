@@ -34,12 +34,30 @@ same key (at most `RETRIES_MAX` times, with backoff). Outcomes:
 - anything else (5xx, timeouts, 429 after the retries, an unexpected 4xx): a Locust
   failure; a money request whose answer was never seen is written as unknown.
 
+Two users speak the bank's other protocols (docs/iso8583.md, docs/iso20022.md), each
+enabled by the file `tally loadtest` writes for it:
+
+- `Iso8583TerminalUser` (`TALLY_LOADTEST_ISO8583`: the listener's address, the run's
+  terminals and their keys, loadtests/runner.py): an ATM or POS terminal on its own TCP
+  connection (loadtests/iso8583_terminal.py) sending 0200 cash withdrawals, purchases,
+  transfers and balance enquiries with the card's PIN, and 0800 echoes. A message with
+  no answer is sent again, the same bytes (the bank answers a repeat with the first
+  answer). Each money message's outcome line carries its operation key (terminal id +
+  STAN + field 7: the transfer id is derived from it) and field 38.
+- `PartnerBankUser` (`TALLY_LOADTEST_ISO20022=1`): a partner bank posting signed pacs.008
+  files of `PARTNER_CREDITS` credits (loadtests/iso20022_partner.py), a few to an account
+  that does not exist (RJCT AC01 expected), and reading the pacs.002: one outcome line
+  per credit, keyed by its clearing reference (the instructing agent + TxId). A 503 or
+  a lost answer sends the same message again; PDNG credits go again in a new message
+  with the same TxIds.
+
 Tags run one flow alone: `--tags pay`, `topup`, `withdraw`, `transfer`, `open`, `cash`,
-`incoming`, `read`, `fraud`.
+`incoming`, `read`, `fraud`, `iso8583`, `iso20022`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -49,7 +67,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
-from locust import FastHttpUser, LoadTestShape, between, events, tag, task
+from locust import FastHttpUser, LoadTestShape, User, between, events, tag, task
 
 from channels.client import Signer, new_key
 from loadtests.dataset import channel_secrets, read_dataset
@@ -690,6 +708,409 @@ class OpenApiUser(TallyUser):
             {"account_id": str(customer["class_i"]), "name": name},
             name="POST /v1/account-verifications",
         )
+
+
+# --- ISO 8583 terminals and ISO 20022 partner banks (issue 18) ----------------------------
+
+# Field 39 answers that are business outcomes, not failures (channels/iso8583/codes.py).
+ISO8583_APPROVED = "00"
+ISO8583_HELD = "05"  # the risk stage held the money (a pending transfer), nothing paid out
+ISO8583_EXPECTED_REFUSALS = frozenset(
+    {
+        "51",  # insufficient funds
+        "61",  # a cap: channel, product, PBoC bucket, the customer's daily cap
+        "59",  # the risk stage blocked it
+        "65",  # the risk stage wants a second factor a terminal cannot give
+    }
+)
+ISO8583_RETRYABLE = frozenset({"91", "96"})  # issuer unavailable (overloaded): again later
+ISO8583_TIMEOUT_S = 10.0
+# ISO 20022: credits a partner sends per pacs.008 (small here; `tally bench iso20022`
+# sends 1,000), the share addressed to an account that does not exist (RJCT AC01 expected).
+PARTNER_CREDITS = 20
+PARTNER_UNKNOWN_ACCOUNT_SHARE = 0.02
+PARTNER_UNKNOWN_ACCOUNT = "6235019999999999996"  # a well-formed number no account has
+# RJCT reasons that are business outcomes (channels/iso20022/reasons.py): the account is
+# unknown, closed or frozen; a cap (AM02); what the account may not receive, or the risk
+# controls (AG01). AM05 (a TxId reused with other fields), MS03 and NARR are failures here.
+ISO20022_EXPECTED_REASONS = frozenset({"AC01", "AC04", "AC06", "AG01", "AM02"})
+
+
+def _fire(
+    user: User, request_type: str, name: str, started: float, size: int, error: Exception | None
+) -> None:
+    user.environment.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=(time.perf_counter() - started) * 1000.0,
+        response_length=size,
+        exception=error,
+        context={},
+    )
+
+
+class Iso8583Failure(Exception):
+    """An answer that is neither approved nor an expected refusal, or a bad MAC."""
+
+
+class Iso8583Fleet:
+    """This process's share of the run's terminals (TALLY_LOADTEST_ISO8583: the JSON file
+    `tally loadtest` writes: the listener's address, the terminals, their keys, the POS
+    merchant). Users share the terminals round robin: a terminal numbers every message
+    with its next STAN, whichever user sends it, so no two messages share a key."""
+
+    config: ClassVar[dict[str, Any] | None] = None
+    terminals: ClassVar[list[Any]] = []
+    next_index: ClassVar[int] = 0
+
+    @classmethod
+    def load(cls, environment: Any) -> dict[str, Any]:
+        if cls.config is None:
+            from loadtests.iso8583_terminal import Terminal, TerminalProfile
+
+            path = os.environ["TALLY_LOADTEST_ISO8583"]
+            config = orjson.loads(Path(path).read_bytes())
+            runner = getattr(environment, "runner", None)
+            worker = int(getattr(runner, "worker_index", 0) or 0)
+            processes = max(1, int(config.get("processes", 1)))
+            share = len(config["terminals"]) // processes  # a block of ATMs and POS each
+            first = (worker % processes) * share
+            mine = config["terminals"][first : first + share]
+            cls.terminals = [
+                Terminal(
+                    TerminalProfile(
+                        entry["terminal_id"], entry["kind"], bytes.fromhex(entry["pin_key"]),
+                        bytes.fromhex(entry["mac_key"]),
+                    ),
+                    first_stan=Shared.rng.randint(1, 900_000),
+                )
+                for entry in mine
+            ]  # fmt: skip
+            cls.config = config
+        return cls.config
+
+    @classmethod
+    def next_terminal(cls) -> Any:
+        assert cls.terminals, "no terminals for this process"
+        terminal = cls.terminals[cls.next_index % len(cls.terminals)]
+        cls.next_index += 1
+        return terminal
+
+
+class Iso8583TerminalUser(User):
+    """An ATM or POS terminal speaking ISO 8583 over its own TCP connection: cash withdrawals
+    (ATM), purchases paid to the run's merchant (POS), transfers between two customers'
+    Class I cards (ATM), balance enquiries and echoes; the card is a customer's Class I
+    account, its PIN the account's transaction password."""
+
+    abstract = not os.environ.get("TALLY_LOADTEST_ISO8583")
+    weight = 8
+    wait_time = between(0.2, 1.5)
+
+    def on_start(self) -> None:
+        from loadtests.iso8583_terminal import BlockingConnection, Card
+
+        Shared.load()
+        assert Shared.dataset is not None
+        config = Iso8583Fleet.load(self.environment)
+        self.terminal = Iso8583Fleet.next_terminal()
+        self.kind: str = self.terminal.profile.kind
+        self.channel: str = next(
+            entry["channel"] for entry in config["terminals"]
+            if entry["terminal_id"] == self.terminal.terminal_id
+        )  # fmt: skip
+        self.merchant: str = config["merchant_account_id"]
+        host, _, port = config["address"].rpartition(":")
+        self.address = (host, int(port))
+        self.connection = BlockingConnection(host, int(port), ISO8583_TIMEOUT_S)
+        self.customers: list[dict[str, Any]] = Shared.dataset["customers"]
+        me = Shared.rng.choice(self.customers)
+        self.card = Card(str(me["class_i"]), me["password"])
+
+    def on_stop(self) -> None:
+        self.connection.close()
+
+    def _reconnect(self) -> None:
+        from loadtests.iso8583_terminal import BlockingConnection
+
+        self.connection.close()
+        self.connection = BlockingConnection(*self.address, ISO8583_TIMEOUT_S)
+
+    def exchange(self, request: Any, name: str) -> Any:
+        """One message and its answer (sent again, the same bytes, after a timeout or a
+        broken connection, at most RETRIES_MAX times); None if it never got one. Every
+        attempt is a Locust request event; a wrong MAC on the answer fails it."""
+        from loadtests.iso8583_terminal import ExchangeTimeout
+
+        for attempt in range(RETRIES_MAX + 1):
+            started = time.perf_counter()
+            try:
+                response = self.connection.exchange(self.terminal.repeat(request))
+            except (ExchangeTimeout, OSError) as lost:
+                _fire(self, "ISO8583", name, started, 0, lost)
+                self._reconnect_quietly()
+                time.sleep(_backoff_s(attempt, None))
+                continue
+            failure: Exception | None = None
+            code = response.code
+            if not self.terminal.verify(response):
+                failure = Iso8583Failure(f"answer {code} with a wrong MAC")
+            elif (
+                code not in (ISO8583_APPROVED, ISO8583_HELD)
+                and code not in ISO8583_EXPECTED_REFUSALS
+            ):
+                failure = Iso8583Failure(f"unexpected 39={code}")
+            _fire(self, "ISO8583", name, started, len(response.raw), failure)
+            if code in ISO8583_RETRYABLE and attempt < RETRIES_MAX:
+                time.sleep(_backoff_s(attempt, None))
+                continue
+            return response
+        return None
+
+    def _reconnect_quietly(self) -> None:
+        with contextlib.suppress(OSError):  # the next attempt fails and is counted
+            self._reconnect()
+
+    def money(self, request: Any, name: str, operation: str, credit_account: str | None) -> None:
+        """Send a money message and write its outcome line (as the HTTP users do)."""
+        fields = request.fields
+        key = f"{fields['41']}:{fields['11']}:{fields['7']}"  # spec.operation_key
+        line: dict[str, Any] = {
+            "protocol": "iso8583",
+            "channel": self.channel,
+            "key": key,
+            "operation": operation,
+        }
+        # Written before the message leaves: a user stopped while it waits for the answer
+        # (the end of the run) leaves its key, so the audit can explain what was booked.
+        Shared.record(dict(line, outcome="sent"))
+        response = self.exchange(request, name)
+        line.update(amount_minor=int(str(fields["4"])), debit_account_id=self.card.pan)
+        if credit_account is not None:
+            line["credit_account_id"] = credit_account
+        if response is None:
+            line.update(outcome="unknown", slug="no answer")
+        else:
+            code = response.code
+            line["response_code"] = code
+            if code in (ISO8583_APPROVED, ISO8583_HELD):
+                line.update(outcome="acknowledged", authorization=response.fields.get("38", ""))
+                line["state"] = "held" if code == ISO8583_HELD else "posted"
+            elif code in ISO8583_EXPECTED_REFUSALS:
+                line.update(outcome="refused", slug=f"iso8583-{code}")
+            elif code in ISO8583_RETRYABLE:
+                line.update(outcome="unknown", slug=f"iso8583-{code}")
+            else:
+                line.update(outcome="failed", slug=f"iso8583-{code}")
+        Shared.record(line)
+
+    @tag("iso8583")
+    @task(6)
+    def spend(self) -> None:
+        """An ATM's cash withdrawal (100..2,000 CNY) or a POS purchase (log-normal)."""
+        if self.kind == "atm":
+            amount = 10_000 * Shared.rng.randint(1, 20)
+            request = self.terminal.cash_withdrawal(self.card, amount)
+            self.money(request, "0200 01 cash withdrawal", "iso8583_cash_withdrawal", None)
+        else:
+            amount = lognormal_minor(4_000, 1.0, 500_000)
+            request = self.terminal.purchase(self.card, amount)
+            self.money(request, "0200 00 purchase", "iso8583_purchase", self.merchant)
+
+    @tag("iso8583")
+    @task(2)
+    def transfer(self) -> None:
+        if self.kind != "atm":
+            return
+        other = Shared.rng.choice(self.customers)
+        if str(other["class_i"]) == self.card.pan:
+            return
+        target = str(other["class_i"])
+        amount = lognormal_minor(20_000, 1.0, 500_000)
+        request = self.terminal.transfer(self.card, target, amount)
+        self.money(request, "0200 40 transfer", "iso8583_transfer", target)
+
+    @tag("iso8583")
+    @task(2)
+    def balance(self) -> None:
+        self.exchange(self.terminal.balance_enquiry(self.card), "0200 31 balance enquiry")
+
+    @tag("iso8583")
+    @task(1)
+    def echo(self) -> None:
+        from channels.iso8583.spec import NETWORK_ECHO
+
+        self.exchange(self.terminal.network(NETWORK_ECHO), "0800 301 echo")
+
+
+class PartnerBankUser(FastHttpUser):
+    """A partner bank over ISO 20022: signed pacs.008 files of `PARTNER_CREDITS` credits to
+    our customers (a few to an account that does not exist), the pacs.002 checked
+    credit by credit; each credit's outcome recorded under its clearing reference."""
+
+    abstract = not os.environ.get("TALLY_LOADTEST_ISO20022")
+    channel = "open_api"
+    weight = 4
+    wait_time = between(0.5, 2.0)
+    network_timeout = 30.0
+    connection_timeout = 5.0
+
+    def on_start(self) -> None:
+        from loadtests.iso20022_partner import PartnerBank
+
+        Shared.load()
+        assert Shared.dataset is not None
+        entry = Shared.secrets[self.channel]
+        signer = Signer(self.channel, entry["key_id"], entry["secret"].encode())
+        self.customers: list[dict[str, Any]] = Shared.dataset["customers"]
+        tag_ = f"{os.getpid() % 100_000:05d}{Shared.rng.randrange(16**4):04x}"
+        self.partner = PartnerBank(signer, tag=tag_)
+        self.files = 0
+
+    def post(self, sent: Any) -> tuple[int, Any, Any]:
+        """POST one pacs.008; (status, headers, the pacs.002 read, or None)."""
+        from loadtests.iso20022_partner import PACS_008_PATH, StatusReportError, read_status_report
+
+        with self.client.request(
+            "POST",
+            PACS_008_PATH,
+            data=sent.body,  # bytes, sent byte for byte as signed
+            headers=self.partner.headers(sent),
+            name="POST /v1/iso20022/pacs.008",
+            catch_response=True,
+        ) as response:
+            status = response.status_code or 0
+            answer = None
+            if status in (200, 400) and response.content:
+                try:
+                    answer = read_status_report(response.content)
+                except StatusReportError as error:
+                    response.failure(f"{status}: unreadable pacs.002 ({error})")
+                    return status, response.headers, None
+            if status == 200 and answer is not None:
+                problem = _check_status_report(sent, answer)
+                if problem:
+                    response.failure(problem)
+                else:
+                    response.success()
+            elif status in RETRYABLE:
+                response.failure(f"{status} {response.error or ''}".strip())
+            else:
+                response.failure(f"unexpected {status}")
+            return status, response.headers, answer
+
+    @tag("iso20022")
+    @task
+    def credit_transfers(self) -> None:
+        """One file: sent again unchanged after a 503 or a lost answer; PDNG credits again
+        in a new message (same TxIds); then one outcome line per credit."""
+        targets = []
+        self.files += 1
+        for index in range(PARTNER_CREDITS):
+            # A few credits to no account (the first file's first always): RJCT AC01.
+            first = self.files == 1 and index == 0
+            if first or Shared.rng.random() < PARTNER_UNKNOWN_ACCOUNT_SHARE:
+                targets.append((PARTNER_UNKNOWN_ACCOUNT, lognormal_minor(30_000, 1.0, 500_000)))
+                continue
+            customer = Shared.rng.choice(self.customers)
+            account = customer["class_i"] if Shared.rng.random() < 0.7 else customer["class_ii"][0]
+            targets.append((str(account), lognormal_minor(30_000, 1.0, 500_000)))
+        credits = self.partner.credits(targets)
+        for credit in credits:  # before the file leaves (see Iso8583TerminalUser.money)
+            Shared.record(
+                {"protocol": "iso20022", "channel": self.channel, "outcome": "sent",
+                 "key": self.partner.reference(credit), "operation": "iso20022_credit"}
+            )  # fmt: skip
+        waiting = list(credits)
+        outcomes: dict[str, tuple[str, str | None]] = {}
+        attempts = 0
+        sent = self.partner.message(waiting)
+        while waiting and attempts <= RETRIES_MAX:
+            attempts += 1
+            status, headers, answer = self.post(sent)
+            if answer is None or status != 200:
+                if status in RETRYABLE and attempts <= RETRIES_MAX:
+                    time.sleep(_backoff_s(attempts - 1, headers))
+                    continue  # the same message again: same MsgId, same TxIds
+                break
+            by_tx_id = answer.by_tx_id
+            pending = []
+            for credit in waiting:
+                tx = by_tx_id.get(credit.tx_id)
+                if tx is None or not tx.outcome:
+                    pending.append(credit)
+                elif tx.outcome == "pending":  # PDNG: the same TxId again (held, if it stays)
+                    outcomes[credit.tx_id] = (tx.outcome, tx.reason)
+                    pending.append(credit)
+                else:
+                    outcomes[credit.tx_id] = (tx.outcome, tx.reason)
+            waiting = pending
+            if waiting and attempts <= RETRIES_MAX:
+                time.sleep(_backoff_s(attempts - 1, headers))
+                sent = self.partner.message(waiting)  # a new MsgId, the same TxIds
+        for credit in credits:
+            outcome = outcomes.get(credit.tx_id)
+            Shared.record(self.outcome_line(credit, outcome, attempts))
+
+    def outcome_line(
+        self, credit: Any, outcome: tuple[str, str | None] | None, attempts: int
+    ) -> dict[str, Any]:
+        """A credit's outcome line: acknowledged (ACSC), held (still PDNG after the resends:
+        the risk controls hold the money, or it was shed each time), refused (RJCT with an
+        expected reason), failed (another reason), unknown (no pacs.002 answered it)."""
+        line: dict[str, Any] = {
+            "protocol": "iso20022",
+            "channel": self.channel,
+            "key": self.partner.reference(credit),
+            "operation": "iso20022_credit",
+            "tx_id": credit.tx_id,
+            "amount_minor": credit.amount_minor,
+            "credit_account_id": credit.account,
+            "attempts": attempts,
+        }
+        if outcome is None:
+            line.update(outcome="unknown", slug="no answer")
+            return line
+        status, reason = outcome
+        if status == "booked":
+            line.update(outcome="acknowledged", state="posted")
+        elif status == "pending":
+            line.update(outcome="held")
+        elif reason in ISO20022_EXPECTED_REASONS:
+            line.update(outcome="refused", slug=f"iso20022-{reason}")
+        else:
+            line.update(outcome="failed", slug=f"iso20022-{reason}")
+        return line
+
+
+def _check_status_report(sent: Any, answer: Any) -> str:
+    """What is wrong with a 200's pacs.002 for `sent` ("" if nothing): it must name the
+    message, answer every credit once, and carry a group status that agrees."""
+    if answer.original_msg_id != sent.msg_id:
+        return f"pacs.002 names {answer.original_msg_id}, not {sent.msg_id}"
+    statuses = [tx.status for tx in answer.transactions]
+    tx_ids = [tx.tx_id for tx in answer.transactions]
+    if sorted(tx_ids) != sorted(credit.tx_id for credit in sent.credits):
+        return f"pacs.002 answers {len(tx_ids)} credits of {len(sent.credits)}"
+    for tx in answer.transactions:
+        if tx.status == "RJCT" and tx.reason not in ISO20022_EXPECTED_REASONS:
+            return f"RJCT {tx.reason}"
+        if tx.status == "RJCT" and not tx.reason:
+            return "RJCT without a reason"
+    if answer.group_status != _group_status(statuses):
+        return f"group status {answer.group_status} for {sorted(set(statuses))}"
+    return ""
+
+
+def _group_status(statuses: list[str]) -> str:
+    kinds = set(statuses)
+    if kinds == {"ACSC"}:
+        return "ACSC"
+    if kinds == {"RJCT"}:
+        return "RJCT"
+    if kinds == {"PDNG"}:
+        return "PDNG"
+    return "PART"
 
 
 # --- fraud (issue 15) ---------------------------------------------------------------------

@@ -6,6 +6,13 @@
    (`OUT/data`), unless `--host URL` names a server that already runs;
 2. creates the dataset through the API (`loadtests/dataset.py`: customers,
    Class I and Class II accounts, opening balances) into `OUT/dataset.json`;
+   With ISO 8583 in `--protocols` (the default: every protocol), the server is then
+   restarted on the same data directory with `--iso8583`, a terminal registry of the
+   run's own (ATMs and POS terminals paying the dataset's first merchant) and fresh
+   random keys for them (`OUT/terminals.toml`, `OUT/iso8583-keys.toml`, and for the
+   users `OUT/iso8583.json`); with ISO 20022 the partner-bank users post pacs.008
+   files over HTTP (`PartnerBankUser`). Against `--host` only HTTP runs (the run
+   does not know an external server's terminals or keys);
 3. runs Locust headless in its own process (`loadtests/locustfile.py`,
    `--csv OUT/locust`, `--html OUT/locust.html`, its log in `OUT/locust.log`);
 4. stops the server (SIGTERM: the journal is closed cleanly);
@@ -43,6 +50,11 @@ from core.reports import machine_description, save_report
 from loadtests.fraud import FRAUD_SHARE_DEFAULT, format_summary, risk_summary
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+PROTOCOLS = ("http", "iso8583", "iso20022")
+# The run's ISO 8583 terminals per Locust process (half ATMs, half POS terminals): the
+# terminal users of a process share them round robin (each message takes the terminal's
+# next STAN, so keys never repeat), processes never share one.
+ISO8583_TERMINALS_PER_PROCESS = 16
 # Locust runs from the directory holding the loadtests package: the checkout, or site-packages.
 PACKAGES_ROOT = LOCUSTFILE.parent.parent
 
@@ -76,8 +88,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--save", metavar="DIR", default=None, help="keep report.json here")
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH))
+    parser.add_argument(
+        "--protocols",
+        type=_protocols,
+        default=PROTOCOLS,
+        help="the protocols the users speak, comma-separated (default: all of"
+        f" {','.join(PROTOCOLS)}; http is always on)",
+    )
 
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
+
+
+def _protocols(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(word.strip() for word in text.split(",") if word.strip()))
+    unknown = [word for word in chosen if word not in PROTOCOLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown protocol {unknown[0]!r} (of {PROTOCOLS})")
+    return tuple(dict.fromkeys(("http", *chosen)))
 
 
 def _fraud_share(text: str) -> float:
@@ -90,9 +117,13 @@ def _fraud_share(text: str) -> float:
     return value
 
 
-def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
+def start_server(
+    out: Path, server: str, args: argparse.Namespace, iso8583: list[str] | None = None
+) -> Server:
+    """A fresh server (a new data directory), or with `iso8583` (its serve arguments) the
+    same data directory served again with the ISO 8583 listener."""
     data = out / "data"
-    if data.exists():
+    if data.exists() and iso8583 is None:
         shutil.rmtree(data)
     port = free_port()
     command = [
@@ -105,8 +136,74 @@ def start_server(out: Path, server: str, args: argparse.Namespace) -> Server:
         "--token-ttl-s", "86400",  # tokens outlive the run; the users renew them anyway
         "--scrypt-n", "1024",  # the PIN checks are on the path; keep them cheap here
         "--dev",  # a throwaway server: public development secrets (against a real one: --host)
+        *(iso8583 or []),
     ]  # fmt: skip
-    return Server(command, port, out / "server.log", "/readyz")
+    log = out / ("server-iso8583.log" if iso8583 else "server.log")
+    return Server(command, port, log, "/readyz")
+
+
+def write_iso8583_fleet(out: Path, dataset: dict[str, Any], processes: int) -> tuple[Path, int]:
+    """The run's terminals (registry and key files for the server, OUT/iso8583.json for the
+    users): `ISO8583_TERMINALS_PER_PROCESS` per Locust process, fresh random keys, the POS
+    terminals paying the dataset's first merchant. Returns (the users' file, the port)."""
+    from channels.iso8583 import keys
+    from loadtests.iso8583_bench import key_entry, terminal_entry
+    from loadtests.iso8583_terminal import TerminalProfile
+
+    merchant = str(dataset["merchants"][0]["class_i"])
+    port = free_port()
+    registry = ["# `tally loadtest`: the run's terminals (half ATMs, half POS terminals).\n"]
+    key_lines = ["# `tally loadtest`: the run's terminal keys (random for this run).\n"]
+    terminals = []
+    for index in range(ISO8583_TERMINALS_PER_PROCESS * max(1, processes)):
+        kind = "atm" if index % 2 == 0 else "pos"
+        profile = TerminalProfile(
+            f"{'LTA' if kind == 'atm' else 'LTP'}{index:05d}", kind,
+            keys.generate_key(), keys.generate_key(),
+        )  # fmt: skip
+        registry.append(terminal_entry(profile, merchant))
+        key_lines.append(key_entry(profile))
+        terminals.append(
+            {"terminal_id": profile.terminal_id, "kind": kind, "channel": kind,
+             "pin_key": profile.pin_key.hex(), "mac_key": profile.mac_key.hex()}
+        )  # fmt: skip
+    (out / "terminals.toml").write_text("\n".join(registry))
+    keys_file = out / "iso8583-keys.toml"
+    keys_file.write_text("\n".join(key_lines))
+    keys_file.chmod(0o600)
+    config = {
+        "address": f"127.0.0.1:{port}",
+        "merchant_account_id": merchant,
+        "processes": max(1, processes),
+        "terminals": terminals,
+    }
+    path = out / "iso8583.json"
+    path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    path.chmod(0o600)  # the terminals' keys
+    return path, port
+
+
+def iso8583_serve_arguments(out: Path, port: int) -> list[str]:
+    return [
+        "--iso8583", f"127.0.0.1:{port}",
+        "--terminals", str(out / "terminals.toml"),
+        "--iso8583-keys", str(out / "iso8583-keys.toml"),
+    ]  # fmt: skip
+
+
+def wait_for_listener(port: int, server: Server, timeout_s: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError("the server exited before its ISO 8583 listener was up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the ISO 8583 listener is not up in {timeout_s} s")
 
 
 def locust_command(url: str, out: Path, args: argparse.Namespace) -> list[str]:
@@ -165,10 +262,21 @@ def outcome_counts(out: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
     retried = 0
+    by_protocol: dict[str, Counter[str]] = {}
     lines = read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
                            if path.name != "outcomes-setup.jsonl"])  # fmt: skip
+    told = {(line["channel"], line["key"]) for line in lines
+            if "key" in line and line["outcome"] != "sent"}  # fmt: skip
+    unanswered = sum(
+        1 for line in lines
+        if line["outcome"] == "sent" and (line["channel"], line["key"]) not in told
+    )  # fmt: skip
     for line in lines:
+        if line["outcome"] == "sent":
+            continue  # an ISO user's intent, written before sending (audit.py)
         counts[line["outcome"]] += 1
+        if "protocol" in line:
+            by_protocol.setdefault(line["protocol"], Counter())[line["outcome"]] += 1
         if line["outcome"] == "refused":
             refusals[line["slug"]] += 1
         if line.get("attempts", 1) > 1:
@@ -178,10 +286,15 @@ def outcome_counts(out: Path) -> dict[str, Any]:
         "money_refused": counts["refused"],
         "money_unknown": counts["unknown"],
         "money_failed": counts["failed"],
+        "money_held": counts["held"],  # ISO 20022 credits answered PDNG
+        # ISO messages sent whose answer the user never read (stopped at the run's end).
+        "money_unanswered": unanswered,
         "accounts_opened": counts["opened"],
         "money_retried": retried,
         "refusals": dict(refusals.most_common()),
-        "risk": risk_summary(lines),
+        # The ISO 8583 terminals' money messages and the ISO 20022 partners' credits.
+        "money_by_protocol": {name: dict(sorted(c.items())) for name, c in by_protocol.items()},
+        "risk": risk_summary([line for line in lines if line["outcome"] != "sent"]),
     }
 
 
@@ -204,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
         "shape": "diurnal campaign day" if args.shape else "flat",
         "fraud_share": args.fraud_share,
         "server": "external " + args.host if args.host else f"tally serve ({args.server})",
+        "protocols": ["http"] if args.host else list(args.protocols),
     }
     try:
         if args.host:
@@ -229,7 +343,25 @@ def run(args: argparse.Namespace) -> int:
         if args.setup_only:
             print(f"dataset in {out / 'dataset.json'}")
             return 0
-        env = {name: value for name, value in os.environ.items() if name != "PYTHONOPTIMIZE"}
+        iso_env: dict[str, str] = {}
+        if not args.host and "iso8583" in args.protocols:
+            config, iso_port = write_iso8583_fleet(out, dataset, args.processes)
+            print(f"restarting tally serve with --iso8583 on port {iso_port} ...")
+            assert server is not None
+            server.stop()
+            server = None
+            server = start_server(out, args.server, args, iso8583_serve_arguments(out, iso_port))
+            wait_for_listener(iso_port, server)
+            url = server.url
+            iso_env["TALLY_LOADTEST_ISO8583"] = str(config)
+        if not args.host and "iso20022" in args.protocols:
+            iso_env["TALLY_LOADTEST_ISO20022"] = "1"
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name != "PYTHONOPTIMIZE" and not name.startswith("TALLY_LOADTEST_ISO")
+        }
+        env.update(iso_env)
         env.update(
             TALLY_LOADTEST_DATASET=str(out / "dataset.json"),
             TALLY_LOADTEST_OUT=str(out),
@@ -307,6 +439,12 @@ def print_report(report: dict[str, Any], out: Path) -> None:
     )
     for slug, count in report["refusals"].items():
         print(f"  refused  {count:,} x {slug}")
+    for protocol, counts in report.get("money_by_protocol", {}).items():
+        described = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+        print(f"  {protocol:8} {described}")
+    if report.get("money_unanswered"):
+        unanswered = report["money_unanswered"]
+        print(f"  unanswered {unanswered:,} (sent; the user stopped before its answer)")
     if report.get("risk"):
         print(format_summary(report["risk"]))
     verdict = "clean" if report["audit_clean"] else "FAILED"

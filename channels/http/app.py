@@ -73,6 +73,7 @@ from channels.http.routes import ROUTES, Route, Router
 from channels.http.schema import check_object, check_value, fail, quick_check
 from channels.http.signing import Credentials
 from channels.http.strict_json import first_repeated_key, may_repeat_keys
+from channels.iso20022.http import Iso20022Handlers
 from channels.registry import ChannelEntry, Registry, parse_registry_text
 from channels.tier import AuthFailures, InFlight, RateLimits, ReplayGuard
 from core.services import policy
@@ -160,6 +161,7 @@ class App:
         self.metrics = metrics or Metrics()
         register_collectors(self.metrics, bank)
         self.handlers = Handlers(bank, self.metrics)
+        self.iso20022 = Iso20022Handlers(bank, self.metrics)  # the routes of `Route.xml`
         self.rate_limits = RateLimits(registry)
         self.replay = ReplayGuard(bank.core)
         self.in_flight = InFlight()
@@ -325,7 +327,9 @@ class App:
                     actor_id = ctx.caller.actor_id
                     if route.policy.kinds:  # the one channel-policy guard (core.services.policy)
                         policy.admit(ctx.caller, route.policy)
-                    handler = getattr(self.handlers, route.operation)
+                    handler = getattr(
+                        self.iso20022 if route.xml else self.handlers, route.operation
+                    )
                     if not idempotency_key:
                         reply = await handler(ctx)
                     else:
@@ -883,7 +887,9 @@ class App:
         )
         query = self.route_query(route, scope)
         parsed: Any = None
-        if route.body is None:
+        if route.xml:  # ISO 20022: the XML as sent, for channels/iso20022/http.py to parse
+            parsed = body
+        elif route.body is None:
             if body:
                 raise Problem(415, "unsupported-media-type", "This route takes no request body")
         elif route.binary and content_type == "application/octet-stream":

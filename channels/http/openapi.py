@@ -22,6 +22,7 @@ from channels.http.routes import (
 )
 from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
 from channels.http.signing import SCHEME
+from channels.iso20022.http import xml_operation
 from core.services.loan_accounts import STATES as LOAN_APPLICATION_STATES
 from limits.loans import (
     ALLOCATION_DEFAULT,
@@ -89,9 +90,11 @@ HELD_POSTING = _object(
     {
         **POSTING_FIELDS,
         "status": {
-            "enum": ["delayed", "review"],
+            "enum": ["delayed", "review", "returned"],
             "description": "delayed: the bank captures the hold at release_at; review: a risk "
-            "officer releases or returns it (unreviewed, it returns to the payer at release_at)",
+            "officer releases or returns it (unreviewed, it returns to the payer at release_at); "
+            "returned: a cash withdrawal the risk stage held was returned at once (cash is "
+            "given now or never): nothing moved",
         },
         "release_at": NULLABLE_STRING,
         "decision_id": NULLABLE_STRING,
@@ -919,6 +922,8 @@ def _operation(route: Route) -> dict[str, Any]:
                 "with id and channel zero: the server derives them",
             }
         operation["requestBody"] = {"required": not route.body_optional, "content": body_content}
+    if route.xml:  # ISO 20022: XML in and out (channels/iso20022/http.py says how)
+        xml_operation(route, operation)
     return operation
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.http.schema import F
+from channels.iso20022.messages import CAMT_053, CAMT_054, PACS_004, PACS_008
 from channels.registry import BATCH_SIZE_MAX
 from core.services.approvals import TEXT_BYTES_MAX
 from core.services.loan_accounts import PURPOSE_LENGTH_MAX, REASON_LENGTH_MAX
@@ -407,6 +408,11 @@ SINCE = F(
     "string", required=False, pattern=RFC3339_PATTERN, description="only what came after (RFC 3339)"
 )
 LIST_LIMIT = F("integer", required=False, minimum=1, maximum=1000, description="default 100")
+STATEMENT_QUERY = {
+    "account_id": F("account_id", description="the account (required)"),
+    "from": F("string", pattern=DATE_PATTERN, description="the first business day (required)"),
+    "to": F("string", pattern=DATE_PATTERN, description="the last business day (required)"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,8 +435,11 @@ class Route:
     # the /v1/admin/ routes (core.services.policy.OPERATOR_KIND).
     admin: bool = False
     # The risk stage may hold the posting instead of moving the money: 202 with
-    # "status": "delayed" | "review" (core/services/risk.py).
+    # "status": "delayed" | "review" | "returned" (core/services/risk.py, payments.py).
     held: bool = False
+    # ISO 20022 (channels/iso20022/http.py): the message the route takes (POST) or answers
+    # (GET), e.g. "pacs.008.001.08"; its body and answer are XML, its handler is there.
+    xml: str = ""
 
 
 def _route(
@@ -727,6 +736,54 @@ ROUTES: tuple[Route, ...] = (
         "Posting",
         body=INCOMING_NEW,
         problems=(403, 404, 409, 422),
+    ),
+    # ISO 20022 for partner banks (channels/iso20022/http.py, docs/iso20022.md): XML in
+    # and out; a message's transactions answer one by one in the pacs.002.
+    _route(
+        "POST",
+        "/v1/iso20022/pacs.008",
+        "incoming_credits",
+        "Credit our customers from a pacs.008 (up to 10,000 credits, each booked once per "
+        "sender and TxId); answers the pacs.002 with each credit's status",
+        200,
+        "",
+        xml=PACS_008,
+        problems=(400, 403, 413, 415),
+    ),
+    _route(
+        "POST",
+        "/v1/iso20022/pacs.004",
+        "payment_return",
+        "Return external transfers of ours from a pacs.004 (each at most once, within its "
+        "amount); answers the pacs.002 with each return's status",
+        200,
+        "",
+        xml=PACS_004,
+        problems=(400, 403, 413, 415),
+    ),
+    _route(
+        "GET",
+        "/v1/iso20022/camt.053",
+        "read_statement",
+        "An account's camt.053 statement of the business days from .. to (inclusive): "
+        "opening and closing booked balances and every booked posting between",
+        200,
+        "",
+        xml=CAMT_053,
+        query=STATEMENT_QUERY,
+        problems=(401, 403, 404, 422),
+    ),
+    _route(
+        "GET",
+        "/v1/iso20022/camt.054",
+        "read_notification",
+        "An account's camt.054 debit/credit notification of the business days from .. to "
+        "(inclusive): every booked posting between",
+        200,
+        "",
+        xml=CAMT_054,
+        query=STATEMENT_QUERY,
+        problems=(401, 403, 404, 422),
     ),
     _route(
         "POST",

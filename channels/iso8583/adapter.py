@@ -24,20 +24,21 @@ order, and nothing is posted before the first three pass:
 What each message becomes (the terminal's channel is the `Caller`):
 
     0200 01 cash withdrawal   Payments.cash_withdrawal (card account -> cash vault)
-    0200 00 purchase          Payments.payment (a hold for the terminal's merchant),
-                              then Payments.capture of all of it at once
+    0200 00 purchase          Payments.purchase: one posting card account -> the
+                              terminal's merchant (no hold, nothing to capture)
     0200 31 balance enquiry   Reads.account (nothing posted): 54 = ledger, available
     0200 40 transfer          Payments.transfer 102 (the card's account) -> 103
     0100 00 authorization     Payments.payment: a hold that lapses after its timeout
     0400    reversal          of the original named by field 90: Payments.reversal
-                              (cash, transfer, a captured purchase) or Payments.void
-                              (an authorization, a purchase not captured)
+                              (cash, transfer, a purchase) or Payments.void (an
+                              authorization)
     0800    network           sign-on 001, sign-off 002, echo 301: 00; key exchange
-                              161: 40 (the key store interface changes no keys)
+                              161: a new PIN or MAC key (53 says which) in field 48,
+                              under the terminal's master key (none: 40)
 
 Idempotency. The operation key of a message is terminal id + STAN + field 7
 (`spec.operation_key`); the services derive the transfer ids from the channel
-and that key (a purchase's capture from the key + "/capture"), so a repeated
+and that key, so a repeated
 message meets its first posting and is answered as the first was (same 39,
 same 38). A repeat whose original was reversed since is answered 94.
 
@@ -71,7 +72,7 @@ left posted after its reversal was asked for.
 Cost per financial message on the hot path (measured figures in
 docs/iso8583.md): the parse, a MAC check, a PIN block, one keyed hash of the
 PIN, a dict lookup (the kept token), one service call
-(a purchase: two), the response and its MAC. Nothing is logged per message.
+(one posting), the response and its MAC. Nothing is logged per message.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ import orjson
 from channels.iso8583 import keys, spec
 from channels.iso8583.codes import (
     APPROVED,
-    DO_NOT_HONOUR,
     FORMAT_ERROR,
     FUNCTION_NOT_SUPPORTED,
     INCORRECT_PIN,
@@ -103,6 +103,7 @@ from channels.iso8583.codes import (
     UNABLE_TO_LOCATE,
     ledger_result,
     response_code,
+    risk_hold_code,
 )
 from channels.iso8583.keys import KeyStore, PinBlockError, UnknownKeyError
 from channels.iso8583.spec import FormatError, Message
@@ -271,7 +272,7 @@ class Iso8583Adapter:
                     )
                     return self._answer(message, response_mti, FORMAT_ERROR, mac_key)
             if mti == spec.MTI_NETWORK_REQUEST:
-                return self._network(message, response_mti, mac_key)
+                return self._network(terminal, message, response_mti, mac_key)
             if mti == spec.MTI_REVERSAL_REQUEST:
                 return await self._reversal(terminal, message, response_mti, mac_key)
             return await self._financial(terminal, message, response_mti, mac_key)
@@ -310,8 +311,10 @@ class Iso8583Adapter:
         mac_key: bytes | None,
         authorization: str = "",
         balances: str = "",
+        new_key: str = "",
     ) -> bytes:
-        """The response: the echoed fields, 38 (approved postings), 39, 54; MACed."""
+        """The response: the echoed fields, 38 (approved postings), 39, 48 and 53 (a key
+        exchange's), 54; MACed."""
         response: Message = {"t": response_mti}
         for name in ECHOED:
             value = message.get(name)
@@ -320,6 +323,9 @@ class Iso8583Adapter:
         if authorization:
             response["38"] = authorization
         response["39"] = code
+        if new_key:
+            response["48"] = new_key
+            response["53"] = message["53"]
         if balances:
             response["54"] = balances
         self.answered[code] = self.answered.get(code, 0) + 1
@@ -327,15 +333,45 @@ class Iso8583Adapter:
             return spec.build(response)
         return spec.build_signed(response, functools.partial(keys.mac, key=mac_key))
 
-    def _network(self, message: Message, response_mti: str, mac_key: bytes) -> bytes:
+    def _network(
+        self, terminal: Terminal, message: Message, response_mti: str, mac_key: bytes
+    ) -> bytes:
         network = message["70"]
         if network == spec.NETWORK_KEY_EXCHANGE:
-            code = FUNCTION_NOT_SUPPORTED  # the KeyStore interface installs no new keys
-        elif network in spec.NETWORK_CODES:
-            code = APPROVED  # sign-on, sign-off, echo: the terminal is known and signs
-        else:
-            code = INVALID_TRANSACTION
+            return self._key_exchange(terminal, message, response_mti, mac_key)
+        # Sign-on, sign-off, echo: the terminal is known and signs.
+        code = APPROVED if network in spec.NETWORK_CODES else INVALID_TRANSACTION
         return self._answer(message, response_mti, code, mac_key)
+
+    def _key_exchange(
+        self, terminal: Terminal, message: Message, response_mti: str, mac_key: bytes
+    ) -> bytes:
+        """0800 161: a new PIN or MAC key (field 53 says which) for this terminal, sent in
+        field 48 under its master key; 40 for a terminal without one. The answer is MACed
+        with the key the request was (a new MAC key is used from the next message on)."""
+        if not terminal.master_key_id:
+            return self._answer(message, response_mti, FUNCTION_NOT_SUPPORTED, mac_key)
+        usage = spec.KEY_EXCHANGE_USAGE.get(str(message.get("53", "")))
+        if usage is None:
+            _event(
+                "iso8583_field_missing",
+                mti=message["t"],
+                terminal=terminal.terminal_id,
+                stan=message.get("11"),
+                field="53",
+            )
+            return self._answer(message, response_mti, FORMAT_ERROR, mac_key)
+        exchanged = self.keys.exchange(terminal, usage)
+        if exchanged is None:
+            return self._answer(message, response_mti, FUNCTION_NOT_SUPPORTED, mac_key)
+        _event(
+            "iso8583_key_exchanged",
+            terminal=terminal.terminal_id,
+            usage=usage,
+            check_value=exchanged[1],
+        )
+        new_key = spec.key_exchange_field(*exchanged)
+        return self._answer(message, response_mti, APPROVED, mac_key, new_key=new_key)
 
     # --- 0100 and 0200 -----------------------------------------------------------------
 
@@ -408,7 +444,7 @@ class Iso8583Adapter:
         mac_key: bytes,
     ) -> bytes:
         move = Movement(terminal.caller, key, int(str(message["2"])), amount, Consent(token))
-        posted = await self.payments.cash_withdrawal(move)
+        posted = await self.payments.cash_withdrawal(move)  # a risk hold: returned at once
         return self._posted(message, posted, mac_key)
 
     async def _transfer(
@@ -466,31 +502,25 @@ class Iso8583Adapter:
         token: str,
         mac_key: bytes,
     ) -> bytes:
-        caller = terminal.caller
         move = Movement(
-            caller,
+            terminal.caller,
             key,
             int(str(message["2"])),
             amount,
             Consent(token),
             counterpart=terminal.merchant_account_id,
         )
-        hold = await self.payments.payment(move)
-        if hold.risk_hold:
-            return self._answer(message, spec.MTI_FINANCIAL_RESPONSE, DO_NOT_HONOUR, mac_key)
-        hold_id = int.from_bytes(hold.transfer_id_packed, "little")
-        capture = Movement(caller, key + CAPTURE_SUFFIX, hold_id, None, proof=Proof(token=token))
-        posted = await self.payments.capture(capture)
-        return self._posted(message, posted, mac_key, _authorization_id(hold))
+        posted = await self.payments.purchase(move)  # one posting: no hold, no capture
+        return self._posted(message, posted, mac_key)
 
     def _posted(
         self, message: Message, posted: Posted, mac_key: bytes, authorization: str = ""
     ) -> bytes:
         """Answer a posting: approved, unless the risk stage held the money instead of
-        moving it (05: nothing was paid out)."""
+        moving it (codes.RISK_HOLD_CODES: nothing was paid out)."""
         response_mti = spec.response_mti(str(message["t"]))
         if posted.risk_hold:
-            return self._answer(message, response_mti, DO_NOT_HONOUR, mac_key)
+            return self._answer(message, response_mti, risk_hold_code(posted.risk_hold), mac_key)
         return self._answer(
             message, response_mti, APPROVED, mac_key, authorization or _authorization_id(posted)
         )
@@ -594,8 +624,6 @@ class Iso8583Adapter:
         try:
             # Cancelled before the ledger is read: see the module docstring.
             await self.payments.bar(terminal.caller, original_key)
-            if transaction == PURCHASE:
-                await self.payments.bar(terminal.caller, original_key + CAPTURE_SUFFIX)
         except Refused as error:
             return self._answer(message, response_mti, response_code(error.refusal), mac_key)
         code, posted = await self._reverse(terminal, transaction, original_key, key, account_id)
@@ -625,17 +653,20 @@ class Iso8583Adapter:
         if transaction == AUTHORIZATION:
             voided, posted = await self._void(terminal, original_id, key, account_id)
             return INVALID_TRANSACTION if voided is None else voided, posted
-        if transaction == PURCHASE:
-            captured_id = ids.id(caller.ledger_id, original_key + CAPTURE_SUFFIX, 0)
-            code, posted = await self._reverse_posting(terminal, captured_id, key)
-            if code != UNABLE_TO_LOCATE:
-                return code, posted
-            voided, posted = await self._void(terminal, original_id, key + VOID_SUFFIX, account_id)
-            if voided is not None:
-                return voided, posted
-            # The hold was captured in between: reverse the capture after all.
-            return await self._reverse_posting(terminal, captured_id, key)
-        return await self._reverse_posting(terminal, original_id, key)
+        code, posted = await self._reverse_posting(terminal, original_id, key)
+        if transaction != PURCHASE or code != APPROVED or posted is not None:
+            return code, posted
+        # Nothing left of a purchase to reverse: reversed already, declined, or a purchase
+        # of an earlier version (a hold its adapter captured under key + CAPTURE_SUFFIX):
+        # reverse that capture, or void the hold if it was never captured.
+        captured_id = ids.id(caller.ledger_id, original_key + CAPTURE_SUFFIX, 0)
+        code, posted = await self._reverse_posting(terminal, captured_id, key)
+        if code != UNABLE_TO_LOCATE:
+            return code, posted
+        if not terminal.voids:
+            return APPROVED, None  # it could not have held: nothing is left posted
+        voided, posted = await self._void(terminal, original_id, key + VOID_SUFFIX, account_id)
+        return APPROVED if voided is None else voided, posted
 
     async def _reverse_posting(
         self, terminal: Terminal, transfer_id: int, key: str

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 from core.services.refusals import Code, Refusal
-from ledger.types import CreateTransferResult
+from ledger.types import CODES_MALFORMED_RECORD, CreateTransferResult
 
 R = CreateTransferResult
 
@@ -221,33 +221,7 @@ _BY_RESULT: dict[CreateTransferResult, str] = {
     R.EXCEEDS_INTERNAL_FLOOR: SYSTEM_MALFUNCTION,
     # Validation codes the adapter's postings cannot produce (the services build them):
     # a defect if one does.
-    **{
-        result: SYSTEM_MALFUNCTION
-        for result in (
-            R.LINKED_EVENT_FAILED,
-            R.LINKED_EVENT_CHAIN_OPEN,
-            R.TIMESTAMP_MUST_BE_ZERO,
-            R.RESERVED_FIELD,
-            R.RESERVED_FLAG,
-            R.ID_MUST_NOT_BE_ZERO,
-            R.ID_MUST_NOT_BE_INT_MAX,
-            R.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
-            R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
-            R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX,
-            R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO,
-            R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX,
-            R.PENDING_ID_MUST_BE_ZERO,
-            R.PENDING_ID_MUST_NOT_BE_ZERO,
-            R.PENDING_ID_MUST_NOT_BE_INT_MAX,
-            R.PENDING_ID_MUST_BE_DIFFERENT,
-            R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER,
-            R.LEDGER_MUST_NOT_BE_ZERO,
-            R.CODE_MUST_NOT_BE_ZERO,
-            R.CODE_UNKNOWN,
-            R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER,
-            R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS,
-        )
-    },
+    **{result: SYSTEM_MALFUNCTION for result in CODES_MALFORMED_RECORD},
 }
 
 BY_CODE: Final[Mapping[Code, str]] = MappingProxyType(_BY_CODE)
@@ -264,6 +238,26 @@ def response_code(refusal: Refusal) -> str:
     if code in _LEDGER_CARRIERS:
         return _BY_RESULT.get(R(refusal.ledger_code), SYSTEM_MALFUNCTION)
     return _BY_CODE[code]
+
+
+# --- risk outcomes that are not refusals ----------------------------------------------------
+# The risk stage's DELAY or REVIEW turns a posting into a hold (`Posted.risk_hold`). At a
+# terminal the cardholder waits at the counter or the ATM: cash not dispensed now, or a sale
+# not made now, is never settled later, so the services return that hold at once
+# (`Payments.return_risk_hold`) and the terminal is told no: 05, do not honour (nothing was
+# paid; which rule fired is never told). The other outcomes are refusals (BY_CODE above): a
+# BLOCK is 59 (suspected fraud), an unmet CHALLENGE 65 (the networks' "soft decline": the
+# cardholder may try again with a second factor, which a terminal over this profile cannot
+# give, so in effect the issuer's app or a counter), none of them 1xx (a 1987 host has no
+# approve-with-conditions for cash).
+RISK_HOLD_CODES: Final[Mapping[str, str]] = MappingProxyType(
+    {"delayed": DO_NOT_HONOUR, "review": DO_NOT_HONOUR, "returned": DO_NOT_HONOUR}
+)
+
+
+def risk_hold_code(risk_hold: str) -> str:
+    """Field 39 for a posting the risk stage held instead of moving (`Posted.risk_hold`)."""
+    return RISK_HOLD_CODES.get(risk_hold, DO_NOT_HONOUR)
 
 
 def ledger_result(refusal: Refusal) -> int:

@@ -81,22 +81,43 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Append `data`; return every message now complete (in order). FramingError as above."""
-        buffer = self._buffer
-        buffer += data
+        messages, fault = self.split(data)
+        if fault is not None:
+            raise fault
+        return messages
+
+    def split(self, data: bytes) -> tuple[list[bytes], FramingError | None]:
+        """Append `data`: the messages now complete (in order) and the fault that follows
+        them, if framing is lost (then nothing more can be read: close the connection).
+        For a server, which still answers the messages before a fault."""
+        buffer: bytes | bytearray = self._buffer
+        if buffer:
+            buffer += data
+        else:
+            buffer = data  # the usual case (whole frames per chunk): no copy
         messages = []
         start = 0
         available = len(buffer)
+        max_size = self.max_size
+        fault = None
         while available - start >= PREFIX_SIZE:
             size = buffer[start] << 8 | buffer[start + 1]
-            _check_size(size, self.max_size)
+            if size == 0 or size > max_size:
+                try:
+                    _check_size(size, max_size)
+                except FramingError as error:
+                    fault = error
+                break
             end = start + PREFIX_SIZE + size
             if end > available:
                 break
             messages.append(bytes(buffer[start + PREFIX_SIZE : end]))
             start = end
-        if start:
-            del buffer[:start]
-        return messages
+        if buffer is data:
+            self._buffer = bytearray(data[start:]) if start < available else bytearray()
+        elif start:
+            del self._buffer[:start]
+        return messages, fault
 
     @property
     def pending(self) -> int:

@@ -12,6 +12,12 @@ terminal registry (core/data/terminals.toml: `pin_key_id`, `mac_key_id`):
   the last block then decrypted under K2 and encrypted under K1 (field 64 or
   128, 8 bytes).
 
+A terminal may also hold a master key (TMK, usage "master"): a key exchange (0800,
+network code 161) then gives it a new PIN or MAC key, generated here and sent encrypted
+under that master key (3DES-ECB, K1 K2 K1, with its check value): `KeyStore.exchange`.
+The new key is in force for that terminal alone from the answer on (other terminals
+sharing the old key id keep it).
+
 `KeyStore` is what the adapter asks for a terminal's keys; `SoftwareKeyStore`
 holds them in memory from a TOML file (core/data/iso8583-keys.toml holds the
 public DEVELOPMENT keys). A hardware security module is the production
@@ -57,7 +63,8 @@ BLOCK_SIZE: Final = 8
 PIN_SIZE_MIN: Final = 4
 PIN_SIZE_MAX: Final = 12
 PAN_SIZE_MIN: Final = 13  # 12 digits left of the check digit, and the check digit
-USAGES: Final = ("pin", "mac")
+USAGES: Final = ("pin", "mac", "master")
+WORKING_USAGES: Final = ("pin", "mac")  # the keys a key exchange (0800/161) replaces
 DEFAULT_KEYS_PATH: Final = DATA_DIRECTORY / "iso8583-keys.toml"
 EXAMPLE_KEYS_PATH: Final = Path(__file__).resolve().parents[2] / "examples" / "iso8583-keys.toml"
 CONTEXT_CACHE_KEYS_MAX: Final = 4096  # keys whose cipher contexts a thread keeps
@@ -177,6 +184,20 @@ def check_value(key: bytes) -> str:
     return encryptor.update(_ZERO_BLOCK)[:3].hex().upper()
 
 
+def encrypt_key(key: bytes, master: bytes) -> bytes:
+    """`key` encrypted under `master` (3DES-ECB, K1 K2 K1): how a key exchange sends it."""
+    _check_key(key)
+    _check_key(master)
+    return Cipher(TripleDES(master + master[:8]), modes.ECB()).encryptor().update(key)
+
+
+def decrypt_key(encrypted: bytes, master: bytes) -> bytes:
+    """The key `encrypt_key` encrypted (a terminal installing a key exchange's answer)."""
+    _check_key(encrypted)
+    _check_key(master)
+    return Cipher(TripleDES(master + master[:8]), modes.ECB()).decryptor().update(encrypted)
+
+
 def generate_key() -> bytes:
     """A random double-length key with two different halves and odd parity (as HSMs keep)."""
     while True:
@@ -191,13 +212,20 @@ def generate_key() -> bytes:
 
 
 class TerminalKeys(Protocol):
-    """What a key store needs of a terminal: the ids of its keys (the terminal registry's)."""
+    """What a key store needs of a terminal: its id and the ids of its keys (the terminal
+    registry's; `master_key_id` "" when it has no master key)."""
+
+    @property
+    def terminal_id(self) -> str: ...
 
     @property
     def pin_key_id(self) -> str: ...
 
     @property
     def mac_key_id(self) -> str: ...
+
+    @property
+    def master_key_id(self) -> str: ...
 
 
 class KeyStore(Protocol):
@@ -206,6 +234,18 @@ class KeyStore(Protocol):
     def pin_key(self, terminal: TerminalKeys) -> bytes: ...
 
     def mac_key(self, terminal: TerminalKeys) -> bytes: ...
+
+    def usage(self, key_id: str) -> str | None:
+        """ "pin", "mac", "master", or None when the store has no such key (the registry's
+        checks)."""
+        ...
+
+    def exchange(self, terminal: TerminalKeys, usage: str) -> tuple[bytes, str] | None:
+        """A new working key of `usage` ("pin" or "mac") for `terminal`, in force for it
+        from now on: returned encrypted under the terminal's master key (16 bytes,
+        3DES-ECB) with its check value. None when the terminal has no master key (no
+        exchange: answered 40). An HSM generates and keeps the key itself."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +263,10 @@ class SoftwareKeyStore:
             _check_key(key.value)
         self._keys = dict(keys)
         self.development = development
+        # (terminal id, usage) -> the key a key exchange gave that terminal. In memory
+        # only: after a restart the terminals are back on the file's keys and exchange
+        # again (a terminal does at sign-on); a store that must keep them is an HSM's.
+        self._exchanged: dict[tuple[str, str], bytes] = {}
 
     def _key(self, key_id: str, usage: str) -> bytes:
         key = self._keys.get(key_id)
@@ -233,13 +277,32 @@ class SoftwareKeyStore:
         return key.value
 
     def pin_key(self, terminal: TerminalKeys) -> bytes:
+        if self._exchanged:
+            key = self._exchanged.get((terminal.terminal_id, "pin"))
+            if key is not None:
+                return key
         return self._key(terminal.pin_key_id, "pin")
 
     def mac_key(self, terminal: TerminalKeys) -> bytes:
+        if self._exchanged:
+            key = self._exchanged.get((terminal.terminal_id, "mac"))
+            if key is not None:
+                return key
         return self._key(terminal.mac_key_id, "mac")
 
+    def exchange(self, terminal: TerminalKeys, usage: str) -> tuple[bytes, str] | None:
+        """`KeyStore.exchange`; the new key is kept in memory only (see `__init__`)."""
+        assert usage in WORKING_USAGES, usage
+        if not terminal.master_key_id:
+            return None
+        master = self._key(terminal.master_key_id, "master")
+        key = generate_key()
+        self._exchanged[(terminal.terminal_id, usage)] = key
+        return encrypt_key(key, master), check_value(key)
+
     def usage(self, key_id: str) -> str | None:
-        """ "pin", "mac", or None when the store has no such key (for the registry's checks)."""
+        """ "pin", "mac", "master", or None when the store has no such key (the registry's
+        checks)."""
         key = self._keys.get(key_id)
         return None if key is None else key.usage
 

@@ -11,8 +11,9 @@ owns is the connections, their limits and their failures.
   an answer to its request by terminal id and STAN.
 - **The in-flight window.** At most `in_flight_max` messages of a connection
   are read and not yet answered (handled, or waiting to be written). At the
-  limit the connection is simply not read any further, so TCP pushes back on
-  the sender, until one is answered. Answering 91 at once was the other way:
+  limit the connection is simply not read any further (beyond the one chunk
+  of up to READ_SIZE_MAX bytes already read), so TCP pushes back on the
+  sender, until one is answered. Answering 91 at once was the other way:
   it would cost a parse and a MAC per message shed, exactly when the server is
   short of time, and a terminal that waits gets its answer or times out and
   reverses, which the adapter handles either way. The engine's own queue is
@@ -61,6 +62,7 @@ import errno
 import logging
 import socket
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -68,9 +70,8 @@ from typing import Any, Final, Protocol
 import anyio
 import orjson
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from channels.iso8583.framing import FRAME_SIZE_MAX, FramingError, frame, read_frame
+from channels.iso8583.framing import FRAME_SIZE_MAX, FrameDecoder, frame
 
 logger = logging.getLogger("tally.iso8583")
 
@@ -80,6 +81,8 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 ACCEPT_PAUSE_S: Final = 0.1
 SWEEP_INTERVAL_S_MAX: Final = 1.0
 WRITE_BATCH_MAX: Final = 64  # responses gathered into one send
+IDLE_HANDLERS_MAX: Final = 64  # handler tasks kept parked per connection
+READ_SIZE_MAX: Final = 65_536  # bytes taken from the socket at once (frames split here)
 CLOSE_TIMEOUT_S: Final = 1.0
 
 # ASGI, as channels/http/app.py types it.
@@ -253,12 +256,18 @@ class _Listener:
 
 
 class _Connection:
-    """One terminal connection: a reader, a handler task per message under the window,
-    one writer."""
+    """One terminal connection: a reader, handler tasks (`_work`) under the window, one
+    writer.
+
+    The handler tasks are kept and reused: the reader queues each message and wakes an
+    idle handler, or starts one when none is idle (so at most as many as the window
+    holds messages). Starting an anyio task per message cost about 20 us of the
+    ~200 us a message cost the server in all (measured with the bench's profile,
+    docs/iso8583.md); waking a parked one costs a few. At most IDLE_HANDLERS_MAX stay
+    parked; the others end when they find nothing to do."""
 
     def __init__(self, stream: SocketStream, adapter: MessageHandler, limits: Limits) -> None:
         self.stream = stream
-        self.buffered = BufferedByteReceiveStream(stream)
         self.adapter = adapter
         self.limits = limits
         self.peer = _peer(stream)
@@ -275,6 +284,10 @@ class _Connection:
         self.reason = ""  # why it closes: the first cause given
         self.message_count = 0
         self.unanswered_count = 0
+        self.queue: deque[bytes] = deque()  # messages read (under the window), not taken
+        self.idle: list[anyio.Event] = []  # parked handlers, each waiting on its event
+        self.handler_count = 0
+        self.read_done = False  # no more messages: idle handlers end
 
     async def serve(self) -> None:
         logger.debug(_event("iso8583_connection_opened", peer=self.peer))
@@ -284,6 +297,7 @@ class _Connection:
                 async with anyio.create_task_group() as handlers:
                     with self.reading:
                         await self._read_messages(handlers)
+                    self._end_handlers()
                 self.responses_send.close()  # every handler is done: the writer ends
         finally:
             self.responses_send.close()
@@ -318,27 +332,75 @@ class _Connection:
             self.writing.cancel()
 
     async def _read_messages(self, handlers: TaskGroup) -> None:
-        frame_size_max = self.limits.frame_size_max
+        """Read the socket in chunks of up to READ_SIZE_MAX bytes and split them into
+        frames here (`FrameDecoder`): one receive (and one clock read) for all the frames
+        a chunk holds, where reading a frame at a time cost two receives each. A frame is
+        handed to the adapter only once the window has room for it: at the limit the
+        socket is not read further (at most one chunk read ahead of the window)."""
+        decoder = FrameDecoder(self.limits.frame_size_max)
+        receive = self.stream.receive
+        window = self.window
+        start = handlers.start_soon
+        work = self._work
+        queue = self.queue
+        idle = self.idle
         while True:
-            try:  # no checkpoint per frame: the frames already read are taken together
-                self.window.acquire_nowait()
-            except anyio.WouldBlock:
-                await self.window.acquire()  # at the limit: stop reading (module docstring)
-            self.read_since = anyio.current_time()
+            if self.read_since is None:  # kept while a frame trickles in over receives
+                self.read_since = anyio.current_time()
             try:
-                message = await read_frame(self.buffered, frame_size_max)
-            except FramingError as error:
-                self.close_for(f"framing lost: {error}")
+                data = await receive(READ_SIZE_MAX)
+            except anyio.EndOfStream:
+                if decoder.pending:
+                    self.close_for(
+                        f"framing lost: end of stream inside a frame ({decoder.pending} bytes)"
+                    )
+                else:
+                    self.close_for("closed by the peer")
                 return
             except anyio.BrokenResourceError:
                 self.close_for("connection reset by the peer")
                 return
-            self.read_since = None
-            if message is None:
-                self.close_for("closed by the peer")
+            messages, fault = decoder.split(data)
+            if messages:
+                self.read_since = None
+                for message in messages:
+                    try:  # no checkpoint per frame: the frames of a chunk are taken together
+                        window.acquire_nowait()
+                    except anyio.WouldBlock:
+                        await window.acquire()  # at the limit (module docstring)
+                    self.message_count += 1
+                    queue.append(message)
+                    if idle:
+                        idle.pop().set()
+                    else:
+                        self.handler_count += 1
+                        start(work)
+            if fault is not None:
+                self.close_for(f"framing lost: {fault}")
                 return
-            self.message_count += 1
-            handlers.start_soon(self._handle, message)
+
+    async def _work(self) -> None:
+        """A handler: take the queued messages one at a time; park when there is none."""
+        queue = self.queue
+        idle = self.idle
+        try:
+            while True:
+                while not queue:
+                    if self.read_done or len(idle) >= IDLE_HANDLERS_MAX:
+                        return
+                    parked = anyio.Event()
+                    idle.append(parked)
+                    await parked.wait()
+                await self._handle(queue.popleft())
+        finally:
+            self.handler_count -= 1
+
+    def _end_handlers(self) -> None:
+        """Reading is over: the handlers take what is queued, then end."""
+        self.read_done = True
+        for parked in self.idle:
+            parked.set()
+        self.idle.clear()
 
     async def _handle(self, message: bytes) -> None:
         queued = False

@@ -81,6 +81,18 @@ NETWORK_CODES: Final = frozenset(
 
 CURRENCY_CNY: Final = "156"
 
+# Key exchange (0800, network code 161): field 53 names the key the terminal asks for (its
+# first digit: 1 the PIN key, 2 the MAC key; 6: double-length 3DES; the rest zeros), and
+# the 0810 answers it in field 48: the new key encrypted under the terminal's master key
+# (32 hex digits), then its check value (6 hex digits).
+KEY_EXCHANGE_CONTROL: Final[Mapping[str, str]] = {
+    "pin": "1600000000000000",
+    "mac": "2600000000000000",
+}
+KEY_EXCHANGE_USAGE: Final[Mapping[str, str]] = {
+    control: usage for usage, control in KEY_EXCHANGE_CONTROL.items()
+}
+
 # Field 54 amount types (ISO 8583:1987 additional amounts).
 AMOUNT_TYPE_LEDGER_BALANCE: Final = "01"
 AMOUNT_TYPE_AVAILABLE_BALANCE: Final = "02"
@@ -112,6 +124,7 @@ FIELDS: Final[Mapping[int, Field]] = {
     39: Field("an", 0, 2, "Response code"),
     41: Field("ans", 0, 8, "Card acceptor terminal id"),
     42: Field("ans", 0, 15, "Card acceptor id code"),
+    48: Field("ans", 3, 64, "Additional data, private (0810 161: the new key)"),
     49: Field("n", 0, 3, "Currency code, transaction"),
     52: Field("b", 0, 8, "PIN block"),
     53: Field("n", 0, 16, "Security related control information"),
@@ -437,6 +450,19 @@ def build_signed(message: Mapping[str, str | bytes], mac: Callable[[bytes], byte
     code = mac(raw[:-MAC_SIZE])
     assert len(code) == MAC_SIZE, len(code)
     return raw[:-MAC_SIZE] + code
+
+
+def key_exchange_field(encrypted_key: bytes, check_value: str) -> str:
+    """Field 48 of a key exchange's answer: the encrypted key and its check value in hex."""
+    assert len(encrypted_key) == 16 and len(check_value) == 6, (encrypted_key, check_value)
+    return encrypted_key.hex().upper() + check_value.upper()
+
+
+def key_exchange_data(field48: str) -> tuple[bytes, str]:
+    """Split field 48 of a key exchange's answer; ValueError when it is not one."""
+    if len(field48) != 38:
+        raise ValueError("field 48 is not a key exchange's 32 + 6 hex digits")
+    return bytes.fromhex(field48[:32]), field48[32:].upper()
 
 
 def response_mti(mti: str) -> str:

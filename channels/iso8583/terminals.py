@@ -56,7 +56,15 @@ TERMINAL_KINDS: Final = ("atm", "pos")
 # consent with the PIN (the transaction password), one account per card.
 CHANNEL_KINDS: Final = ("atm",)
 _TERMINAL_KEYS: Final = frozenset(
-    {"channel", "kind", "pin_key_id", "mac_key_id", "merchant_account_id", "disabled"}
+    {
+        "channel",
+        "kind",
+        "pin_key_id",
+        "mac_key_id",
+        "master_key_id",
+        "merchant_account_id",
+        "disabled",
+    }
 )
 
 # The transactions: (request MTI, processing type: field 3's first two digits; "" for a
@@ -73,7 +81,7 @@ REVERSAL: Final = (spec.MTI_REVERSAL_REQUEST, "")
 OPERATIONS_OF_TRANSACTION: Final[Mapping[tuple[str, str], frozenset[str]]] = MappingProxyType(
     {
         CASH_WITHDRAWAL: frozenset({"issue_token", "cash_withdrawal"}),
-        PURCHASE: frozenset({"issue_token", "payment", "capture"}),
+        PURCHASE: frozenset({"issue_token", "payment"}),  # Payments.purchase
         BALANCE_ENQUIRY: frozenset({"issue_token", "read_account"}),
         TRANSFER: frozenset({"issue_token", "transfer"}),
         AUTHORIZATION: frozenset({"issue_token", "payment"}),
@@ -110,6 +118,7 @@ class TerminalEntry:
     mac_key_id: str
     merchant_account_id: int = 0  # a POS terminal's merchant; 0 for an ATM
     disabled: bool = False
+    master_key_id: str = ""  # its master key (TMK) for key exchanges; "" none (161: 40)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +138,7 @@ class Terminal:
     merchant_account_id: int
     allowed: frozenset[tuple[str, str]]
     voids: bool
+    master_key_id: str = ""  # the key exchange's master key (TMK); "": no key exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,10 @@ def parse_entries(document: Mapping[str, Any], source: str) -> dict[str, Termina
         if not isinstance(disabled, bool):
             problem(f"{prefix}.disabled", "expected true or false")
             disabled = False
+        master_key_id = table.get("master_key_id", "")
+        if not isinstance(master_key_id, str):
+            problem(f"{prefix}.master_key_id", "expected a string")
+            master_key_id = ""
         entries[terminal_id] = TerminalEntry(
             terminal_id,
             texts["channel"],
@@ -251,6 +265,7 @@ def parse_entries(document: Mapping[str, Any], source: str) -> dict[str, Termina
             texts["mac_key_id"],
             merchant_id,
             disabled,
+            master_key_id,
         )
     if problems:
         raise TerminalRegistryError(problems)
@@ -284,6 +299,11 @@ def resolve(
                     lookup(entry)
                 except UnknownKeyError as error:
                     problems.append(f"{prefix}.{usage}_key_id`: {error}")
+            if entry.master_key_id and keys.usage(entry.master_key_id) != "master":
+                problems.append(
+                    f"{prefix}.master_key_id`: no master key {entry.master_key_id!r} in the"
+                    " key store"
+                )
         if entry.disabled or channel.disabled:
             continue  # known, refused like an unknown terminal (03)
         granted = channel.operations
@@ -304,6 +324,7 @@ def resolve(
             entry.merchant_account_id,
             allowed,
             "void" in granted and policy.offered("void", channel.kind),
+            entry.master_key_id,
         )
     if problems:
         raise TerminalRegistryError(problems)

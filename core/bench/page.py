@@ -51,6 +51,12 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "ledger_mismatches": ("<=", 0),
         "outcomes_unknown": ("<=", 0),
     },
+    "iso20022": {
+        # Issue 18: a partner bank's pacs.008 files of 1,000 credits over HTTP.
+        "pacs008_transactions_per_s": (">=", 20_000),
+        "ledger_mismatches": ("<=", 0),
+        "outcomes_unknown": ("<=", 0),
+    },
     "risk": {
         # Issue 15: per decision at the batch route's rate (open loop); capacity on full calls.
         "p99_us": ("<=", 1000),
@@ -97,8 +103,8 @@ NOTES = {
     "iso8583": (
         "ATMs and POS terminals over ISO 8583 (`loadtests/iso8583_bench.py`, docs/iso8583.md):"
         " a real `tally serve --iso8583` on a fresh journal (fdatasync on), N terminals (half"
-        " ATMs sending 0200 cash withdrawals, half POS terminals sending 0200 purchases, a"
-        " hold captured at once) multiplexed over `connections` TCP connections from"
+        " ATMs sending 0200 cash withdrawals, half POS terminals sending 0200 purchases, one"
+        " posting each) multiplexed over `connections` TCP connections from"
         " pre-built, signed messages (PIN block, MAC), 1% of them with an empty card"
         " (declined 51). `financial_messages_per_s` (target >= 5,000): the capacity, closed"
         " loop, each terminal sending its next message when the last is answered (its"
@@ -110,6 +116,22 @@ NOTES = {
         " over HTTP: each must have moved by exactly its approved amounts (`ledger_exact`)."
         " Client and server share the machine's two cores: `server_cpu_us_per_message` is"
         " the steadier figure; `other_cpu_percent` is CPU other processes used meanwhile."
+    ),
+    "iso20022": (
+        "A partner bank over ISO 20022 (`loadtests/iso20022_bench.py`, docs/iso20022.md): a"
+        " real `tally serve` on a fresh journal (fdatasync on), `accounts` Class I accounts,"
+        " `messages` pacs.008 files of `transactions` credits each (a share, `unknown_share`,"
+        " to an account number no account has: RJCT AC01), built ahead with the channel's"
+        " codec, signed as the open_api channel and posted to `POST /v1/iso20022/pacs.008`"
+        " over `connections` keep-alive connections, closed loop, each pacs.002 read."
+        " `pacs008_transactions_per_s` (target >= 20,000): credits decided (ACSC or RJCT)"
+        " over the timed phase's wall time; `latency_ms_p50/p99` per message, send to the"
+        " whole pacs.002 read (closed loop: `connections` messages always in flight, so about"
+        " connections / `messages_per_s` by Little's law). Then what was"
+        " answered 503 or PDNG is sent again until decided (`outcomes_unknown`), one message"
+        " is sent twice more (same MsgId; new MsgId, same TxIds: `repeat_consistent`), and"
+        " every account's balance must equal its ACSC credits (`ledger_exact`). Client and"
+        " server share the two cores: `server_cpu_us_per_transaction` is the steadier figure."
     ),
     "risk": (
         "The risk stage alone (`core/bench/risk.py`): the shipped rule set"
@@ -265,6 +287,7 @@ HEADLINES = {
     "http": "single_transfer_requests_per_s_uvicorn",
     "risk": "decisions_per_s",
     "iso8583": "financial_messages_per_s",
+    "iso20022": "pacs008_transactions_per_s",
 }
 
 INTRO = """# Benchmarks

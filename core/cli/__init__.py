@@ -68,6 +68,11 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "loadtests.iso8583_bench",
                 "ATMs and POS terminals over ISO 8583: financial messages/s, p99, an exact ledger",
             ),
+            "iso20022": module_command(
+                "loadtests.iso20022_bench",
+                "a partner bank's pacs.008 files of 1,000 credits over HTTP: credits/s, an exact"
+                " ledger",
+            ),
             "pg": module_command(
                 "core.bench.pg",
                 "the engine on a throwaway PostgreSQL (fsync, sync commit) vs a naive ledger",

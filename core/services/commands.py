@@ -187,6 +187,45 @@ class Movement:
     context: RiskContext = NO_CONTEXT  # device, IP, location for the risk stage
 
 
+# --- clearing: credits and returns from other banks (ISO 20022) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCredit:
+    """One credit from another bank to `account_id` (a customer account of ours).
+    `reference` is the clearing reference, unique per sending bank: the operation key the
+    transfer id is derived from (the same reference twice posts once, whatever the
+    message carrying it); `payer` (bank_code, account_number, name) is fingerprinted
+    into the record, so a reference reused with another payer is a conflict."""
+
+    account_id: int
+    amount_minor: int
+    reference: str
+    payer: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class IncomingCredits:
+    """Up to `payments.INCOMING_CREDITS_MAX` credits from another bank, posted in one
+    engine admission with one outcome each (`Payments.incoming_credits`)."""
+
+    caller: Caller
+    credits: list[IncomingCredit]
+
+
+@dataclass(slots=True)
+class ReturnPayment:
+    """A partner bank returns (part of) an external transfer of ours (`original_id`):
+    the money goes back to the account it left. `return_id` is the partner's id of the
+    return (its retry meets the first); `reason` its return reason code (AC04, MD07...)."""
+
+    caller: Caller
+    return_id: str
+    original_id: int
+    amount_minor: int
+    reason: str = ""
+
+
 # --- deposits (core/services/deposits.py) ----------------------------------------------
 
 

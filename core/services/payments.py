@@ -53,7 +53,6 @@ row, one kernel call, None when nothing fired): no await unless a rule fired.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 
@@ -73,18 +72,30 @@ from core.services.commands import (
     NO_CONTEXT,
     Caller,
     Consent,
+    IncomingCredit,
+    IncomingCredits,
     Movement,
     Posting,
     PostingBatch,
     Proof,
+    ReturnPayment,
     RiskContext,
 )
 from core.services.lifecycle import Lifecycle, engine_refusal
-from core.services.policy import COUNTER_KIND, INTERNAL_KIND, INTERNAL_ONLY
+from core.services.policy import COUNTER_KIND, INTERNAL_KIND, INTERNAL_ONLY, PARTNER_KINDS
 from core.services.records import TransferIds
 from core.services.refusals import Code, Refusal, Refused, kind_refused, refused, transfer_refused
-from core.services.results import BatchPosted, Posted
-from core.services.risk import HELD, POSTED, REFUSED, SETTLING_FLAGS, Fired, Risk, Screening
+from core.services.results import BatchPosted, CreditsPosted, Posted
+from core.services.risk import (
+    HELD,
+    POSTED,
+    REFUSED,
+    RETURNED,
+    SETTLING_FLAGS,
+    Fired,
+    Risk,
+    Screening,
+)
 from ledger.constants import BANK_ACCOUNT_ID_LIMIT, CASH_VAULT_ID, CLEARING_ID, LEDGER_CNY
 from ledger.records import TransferView, pack_transfer_after_id, transfer_view
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode, TransferFlags
@@ -97,6 +108,9 @@ BARRED_PREFIX = b"barred/"  # customer-state records of barred operations (`Paym
 NS_PER_S = 1_000_000_000
 _RESULT_NAMES = {int(code): code.name.lower() for code in R}
 RISK_REFUSING = frozenset({Outcome.CHALLENGE, Outcome.BLOCK})  # refused: nothing posted
+# Credits from other banks in one `incoming_credits` command (one engine admission): a
+# 1,000-credit pacs.008 is the common message; ten times that is the most one may carry.
+INCOMING_CREDITS_MAX = 10_000
 
 PostingCheck = Callable[[Caller, bytes, int], None]
 """A per-posting check: `check(caller, records, count)` over `count` packed transfer
@@ -373,6 +387,22 @@ class Payments:
             self.count_result(_RESULT_NAMES[code], number)
         return BatchPosted(records, count, codes, timestamps, histogram)
 
+    async def _drop_posted_before(self, screening: Screening) -> bool:
+        """Leave out of `screening` the new non-allow outcomes whose ids the ledger has
+        already: retries of postings made before, answered as the ledger does, nothing
+        recorded. Returns whether anything fired is left to act on."""
+        fresh = [f.transfer_id for f in screening.fired if f.decision is None and f.outcome]
+        if fresh:
+            posted_before = await self.core.read(
+                lambda ledger: {i for i in fresh if ledger.lookup_transfer(i) is not None}
+            )
+            if posted_before:
+                screening.fired = [
+                    f for f in screening.fired if f.decision is not None
+                    or not f.outcome or f.transfer_id not in posted_before
+                ]  # fmt: skip
+        return bool(screening.fired)
+
     async def _risk_batch(
         self, command: PostingBatch, screening: Screening
     ) -> tuple[bytes, Screening | None]:
@@ -386,18 +416,8 @@ class Payments:
         assert risk is not None
         caller = command.caller
         records = command.records
-        fresh = [f.transfer_id for f in screening.fired if f.decision is None and f.outcome]
-        if fresh:
-            posted_before = await self.core.read(
-                lambda ledger: {i for i in fresh if ledger.lookup_transfer(i) is not None}
-            )
-            if posted_before:
-                screening.fired = [
-                    f for f in screening.fired if f.decision is not None
-                    or not f.outcome or f.transfer_id not in posted_before
-                ]  # fmt: skip
-                if not screening.fired:
-                    return records, None
+        if not await self._drop_posted_before(screening):
+            return records, None
         refusing = [f for f in screening.fired if f.outcome in RISK_REFUSING]
         if refusing:
             ticket = risk.stage(
@@ -467,8 +487,12 @@ class Payments:
         return await self._move(move, "cash_deposit", CASH_VAULT_ID, move.account_id, code)
 
     async def cash_withdrawal(self, move: Movement) -> Posted:
+        """Cash out (an ATM, a counter): now or never, like a purchase (`return_risk_hold`:
+        a DELAY or REVIEW hold is returned at once, never captured after the customer
+        left without the cash)."""
         code = TransferCode.CASH_WITHDRAWAL
-        return await self._move(move, "cash_withdrawal", move.account_id, CASH_VAULT_ID, code)
+        posted = await self._move(move, "cash_withdrawal", move.account_id, CASH_VAULT_ID, code)
+        return await self.return_risk_hold(posted) if posted.risk_hold else posted
 
     async def external_transfer(self, move: Movement) -> Posted:
         """Money out to another bank through the clearing account (`move.beneficiary`)."""
@@ -506,22 +530,35 @@ class Payments:
         """Money in from another bank. The clearing reference is the operation key: the
         transfer id is derived from it (not from the request's Idempotency-Key), so the
         same clearing message sent twice, under any key, posts once."""
-        if not move.reference:
+        assert move.amount_minor is not None
+        credit = IncomingCredit(move.account_id, move.amount_minor, move.reference, move.payer)
+        posting = self.incoming_posting(move.caller, credit)
+        posting.context = move.context
+        return await self.post(posting)
+
+    def incoming_posting(self, caller: Caller, credit: IncomingCredit) -> Posting:
+        """THE rule of a credit from another bank, for one (`incoming_transfer`) and many
+        (`incoming_credits`) alike: clearing -> the customer's account, code
+        EXTERNAL_TRANSFER_IN, the clearing reference as the operation key, the payer's
+        fingerprint in `user_data`; one of the bank's own accounts only from the internal
+        channel. Refused (raised) before anything is posted."""
+        if not credit.reference:
             raise refused(
                 Code.INVALID_FIELD,
                 "the clearing reference is required",
                 pointer="/clearing_reference",
             )
-        move = dataclasses.replace(move, key=move.reference)
-        code = TransferCode.EXTERNAL_TRANSFER_IN
-        payer = move.payer
+        if credit.account_id < BANK_ACCOUNT_ID_LIMIT and caller.kind != INTERNAL_KIND:
+            raise _internal_refused(caller, credit.account_id)
+        payer = credit.payer
         fingerprint = 0
         number = ""
         if payer is not None:
             number = payer["account_number"]
             fingerprint = self.ids.fingerprint("payer", payer["bank_code"], number, payer["name"])
-        return await self._move(
-            move, "incoming_transfer", CLEARING_ID, move.account_id, code,
+        return Posting(
+            caller, credit.reference, "incoming_transfer", CLEARING_ID, credit.account_id,
+            credit.amount_minor, TransferCode.EXTERNAL_TRANSFER_IN,
             user_data=fingerprint, counterparty=number,
         )  # fmt: skip
 
@@ -535,6 +572,34 @@ class Payments:
             move, "payment", move.account_id, move.counterpart, TransferCode.PAYMENT,
             flags=TransferFlags.PENDING, timeout_s=move.timeout_s or PAYMENT_TIMEOUT_S_DEFAULT,
         )  # fmt: skip
+
+    async def purchase(self, move: Movement) -> Posted:
+        """A payment settled at once (a card purchase at a POS): ONE posting payer ->
+        merchant, code PAYMENT, no hold, with `payment`'s rules (the payer's consent, the
+        merchant not one of the bank's own accounts, the risk screen: a DELAY or REVIEW
+        becomes a hold answered `risk_hold`). Reversed like any posting (`reversal`).
+        One engine call where a hold and its capture cost two and a read."""
+        if move.account_id == move.counterpart:
+            raise transfer_refused(R.ACCOUNTS_MUST_BE_DIFFERENT)
+        if move.counterpart < BANK_ACCOUNT_ID_LIMIT and move.caller.kind != INTERNAL_KIND:
+            raise _internal_refused(move.caller, move.counterpart)
+        posted = await self._move(
+            move, "purchase", move.account_id, move.counterpart, TransferCode.PAYMENT
+        )
+        return await self.return_risk_hold(posted) if posted.risk_hold else posted
+
+    async def return_risk_hold(self, posted: Posted) -> Posted:
+        """For a movement that happens now or never (a card purchase, cash out of an ATM:
+        the terminal answers at once, a sale or cash not given cannot be settled later):
+        the DELAY or REVIEW hold the risk stage placed instead is returned to the payer at
+        once (`Risk.return_`: voided, the decision RETURNED), so nothing is left held or
+        captured later. Returns `posted` with `risk_hold` RETURNED (nothing moved).
+        Idempotent: a repeat meets the returned hold and returns nothing twice."""
+        assert posted.risk_hold and self.risk is not None, posted
+        transfer_id = int.from_bytes(posted.transfer_id_packed, "little")
+        await self.risk.return_(transfer_id, "now-or-never")
+        posted.risk_hold = RETURNED
+        return posted
 
     async def _move(
         self,
@@ -646,9 +711,276 @@ class Payments:
             )
         )  # fmt: skip
 
+    # --- clearing in bulk (ISO 20022 pacs.008, pacs.004) ------------------------------
+
+    async def incoming_credits(self, command: IncomingCredits) -> CreditsPosted:
+        """Post credits from another bank in ONE engine admission; one outcome each.
+
+        Each credit follows the rule of `incoming_transfer` (`incoming_posting`: its id
+        from the clearing reference, the payer's fingerprint), so a credit sent again, in
+        this message or another, posts once: the ledger answers EXISTS (a `Posted` with
+        `replayed`) for the same fields, EXISTS_WITH_DIFFERENT_* (a refusal) for others.
+        The risk stage screens the batch as `post_batch` does (no per-item counterparty):
+        a BLOCK or unmet CHALLENGE refuses that credit alone (its decision durable first),
+        a DELAY or REVIEW posts it as a hold (`Posted.risk_hold`).
+
+        Returns:
+            `CreditsPosted`, one `Posted` or `Refusal` per credit, in order.
+        Error handling:
+            the engine's overload or stop refuses the whole command (`Refused`
+            OVERLOADED, UNAVAILABLE): nothing was admitted, the sender retries it all.
+
+        Cost (a measured hot path): per credit two keyed BLAKE2b (id, fingerprint) and one
+        record pack; one kernel call screens all, one admission posts all; a retry of
+        failed credits costs one more ledger read for all of them.
+        """
+        caller = command.caller
+        credits = command.credits
+        count = len(credits)
+        assert 0 < count <= INCOMING_CREDITS_MAX, count
+        if caller.kind not in PARTNER_KINDS:
+            raise kind_refused(caller, PARTNER_KINDS, "Crediting money from another bank")
+        outcomes: list[Posted | Refusal | None] = [None] * count
+        postings: list[Posting] = []
+        indices: list[int] = []  # the credit index of each record
+        parts: list[bytes] = []
+        packed_of = self.ids.packed
+        ledger_id = caller.ledger_id
+        for index, credit in enumerate(credits):
+            try:
+                posting = self.incoming_posting(caller, credit)
+            except Refused as error:
+                outcomes[index] = error.refusal
+                continue
+            parts.append(
+                packed_of(ledger_id, posting.key, 0)
+                + pack_transfer_after_id(
+                    CLEARING_ID, posting.credit, posting.amount_minor, posting.code, 0, 0,
+                    LEDGER_CNY, 0, ledger_id, posting.user_data,
+                )
+            )  # fmt: skip
+            postings.append(posting)
+            indices.append(index)
+        if parts:
+            await self._post_credits(caller, postings, indices, parts, outcomes)
+        posted = 0
+        for outcome in outcomes:
+            assert outcome is not None
+            if type(outcome) is Posted:
+                posted += 1
+        return CreditsPosted(outcomes, posted)
+
+    async def _post_credits(
+        self,
+        caller: Caller,
+        postings: list[Posting],
+        indices: list[int],
+        parts: list[bytes],
+        outcomes: list[Posted | Refusal | None],
+    ) -> None:
+        """Screen, admit and await the credits' records; fill in their outcomes."""
+        risk = self.risk
+        records = b"".join(parts)
+        held: dict[int, Fired] = {}  # record index -> the hold the risk stage placed
+        if risk is not None:
+            screening = risk.screen(caller, records, len(parts))
+            if screening is not None:
+                records, held = await self._risk_credits(
+                    caller, records, screening, postings, indices, outcomes
+                )
+                if not records:
+                    return
+        count = len(postings)
+        barred = self.barred
+        if barred:  # no await from here to `admit`: see `bar`
+            keep = [
+                i for i in range(count)
+                if records[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16] not in barred
+            ]  # fmt: skip
+            if len(keep) < count:
+                for i in set(range(count)).difference(keep):
+                    outcomes[indices[i]] = transfer_refused(
+                        R.ID_ALREADY_FAILED, "the operation was cancelled (`bar`)"
+                    ).refusal
+                records, postings, indices, held = _only(keep, records, postings, indices, held)
+                count = len(keep)
+                if not count:
+                    return
+        request = self.admit(caller, records, count)
+        await request.done.wait()
+        try:
+            results = transfer_results(request)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
+        codes = results.result_codes()
+        timestamps = results.timestamps
+        offset = results.offset
+        failed_before: list[int] = []
+        name = caller.name
+        for i, code in enumerate(codes):
+            index = indices[i]
+            posting = postings[i]
+            if code == R.OK or code == R.EXISTS:
+                fired = held.get(i)
+                outcomes[index] = Posted(
+                    records[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16],
+                    "incoming_transfer", CLEARING_ID, posting.credit, posting.amount_minor,
+                    posting.code, TransferFlags.PENDING if fired is not None else 0, 0,
+                    fired.timeout_s if fired is not None else 0, name,
+                    timestamps[offset + i], code == R.EXISTS,
+                    fired.hold if fired is not None else "",
+                    (fired.release_at_ns or fired.return_at_ns) if fired is not None else 0,
+                    fired.decision_id if fired is not None else "",
+                )  # fmt: skip
+            elif code == R.ID_ALREADY_FAILED:
+                failed_before.append(i)
+            else:
+                outcomes[index] = transfer_refused(code).refusal
+                fired = held.get(i)
+                if risk is not None and fired is not None and fired.decision is None:
+                    risk.posting_failed(fired.transfer_id, code)
+        for code, number in {code: codes.count(code) for code in set(codes)}.items():
+            self.count_result(_RESULT_NAMES[code], number)
+        if failed_before:
+            await self._replayed_failures(records, failed_before, indices, outcomes)
+
+    async def _replayed_failures(
+        self,
+        records: bytes,
+        failed: list[int],
+        indices: list[int],
+        outcomes: list[Posted | Refusal | None],
+    ) -> None:
+        """The refusals replayed to credits whose reference failed before (one ledger read
+        for all of them): the first failure's code, or a conflict if the fields differ."""
+        ids = [
+            int.from_bytes(records[i * TRANSFER_SIZE : i * TRANSFER_SIZE + 16], "little")
+            for i in failed
+        ]
+        originals = await self.core.read(lambda ledger: [ledger.lookup_transfer(i) for i in ids])
+        for i, original in zip(failed, originals, strict=True):
+            detail = "the first credit with this reference failed"
+            if original is None:
+                refusal = transfer_refused(R.ID_ALREADY_FAILED, detail).refusal
+            else:
+                first = transfer_view(original)
+                differs = _first_difference(transfer_view(records, i * TRANSFER_SIZE), first)
+                if differs is not None:
+                    refusal = transfer_refused(differs, detail).refusal
+                else:
+                    refusal = transfer_refused(first.result, detail, replayed=True).refusal
+            outcomes[indices[i]] = refusal
+
+    async def _risk_credits(
+        self,
+        caller: Caller,
+        records: bytes,
+        screening: Screening,
+        postings: list[Posting],
+        indices: list[int],
+        outcomes: list[Posted | Refusal | None],
+    ) -> tuple[bytes, dict[int, Fired]]:
+        """`_risk_batch` for credits, where a BLOCK or unmet CHALLENGE refuses that credit
+        only: its decision made durable, its record left out (`postings` and `indices`
+        are cut to match, in place). Returns the records to admit (holds rewritten) and
+        the holds by their new record index."""
+        risk = self.risk
+        assert risk is not None
+        if not await self._drop_posted_before(screening):
+            return records, {}
+        refusing = {f.index: f for f in screening.fired if f.outcome in RISK_REFUSING}
+        if refusing:
+            ticket = risk.stage(
+                caller, records, screening, NO_CONTEXT, _state_refused,
+                only=lambda fired: fired.outcome in RISK_REFUSING,
+            )  # fmt: skip
+            if ticket:
+                await self.core.customer_state().flush_through(ticket)
+            for i, fired in refusing.items():
+                outcomes[indices[i]] = risk.refusal(fired).refusal
+        holds = {f.index: f for f in screening.fired if f.hold}
+        if holds:
+            buffer = bytearray(records)
+            for i, fired in holds.items():
+                offset = i * TRANSFER_SIZE
+                buffer[offset : offset + TRANSFER_SIZE] = risk.hold_record(
+                    records[offset : offset + TRANSFER_SIZE], fired
+                )
+            records = bytes(buffer)
+        staged = [f for f in screening.fired if f.outcome not in RISK_REFUSING]
+        if staged:
+            risk.stage(
+                caller, records, Screening(staged, screening.outcome, screening.version,
+                screening.digest, screening.now_ns), NO_CONTEXT, _state_posted_or_held,
+            )  # fmt: skip
+        if not refusing:
+            return records, holds
+        keep = [i for i in range(len(postings)) if i not in refusing]
+        records, kept_postings, kept_indices, kept_holds = _only(
+            keep, records, postings, indices, holds
+        )
+        postings[:] = kept_postings
+        indices[:] = kept_indices
+        return records, kept_holds
+
+    async def payment_return(self, command: ReturnPayment) -> Posted:
+        """A partner bank returns (part of) an external transfer of ours: the money goes
+        from clearing back to the account it left, as a REVERSAL of the original (so the
+        ledger keeps every return and reversal of it together within its amount, and a
+        same-day return restores the outflow quota as a reversal does).
+
+        At most one return per original: the return's id is derived from the original's
+        id; the partner's return id is in its fingerprint, so a retry of the same return
+        meets it (replayed) and another return of the same original is a conflict
+        (EXISTS_WITH_DIFFERENT_*). Only a posted EXTERNAL_TRANSFER_OUT can be returned;
+        anything else is answered as a transfer that does not exist."""
+        original_id = command.original_id
+        raw = await self.core.read(lambda ledger: ledger.lookup_transfer(original_id))
+        if raw is None:
+            raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND)
+        original = transfer_view(raw)
+        if (
+            original.code != TransferCode.EXTERNAL_TRANSFER_OUT
+            or original.credit_account_id != CLEARING_ID
+        ):
+            raise transfer_refused(R.REVERSAL_TARGET_NOT_FOUND, "not an external transfer out")
+        if original.result != R.OK:
+            raise transfer_refused(R.REVERSAL_TARGET_NOT_POSTED, "the original transfer failed")
+        if command.amount_minor > original.amount:
+            raise transfer_refused(
+                R.EXCEEDS_REVERSIBLE_AMOUNT,
+                f"a return of at most the original's {original.amount} fen",
+            )
+        return await self.post(
+            Posting(
+                command.caller, f"return/{original_id:032x}", "payment_return", CLEARING_ID,
+                original.debit_account_id, command.amount_minor, TransferCode.REVERSAL,
+                pending_id=original_id,
+                user_data=self.ids.fingerprint("return", command.return_id),
+            )
+        )  # fmt: skip
+
 
 def _barred_key(packed_id: bytes) -> bytes:
     return BARRED_PREFIX + packed_id.hex().encode()
+
+
+def _only(
+    keep: list[int],
+    records: bytes,
+    postings: list[Posting],
+    indices: list[int],
+    held: dict[int, Fired],
+) -> tuple[bytes, list[Posting], list[int], dict[int, Fired]]:
+    """The records (and their postings, credit indices and holds) at `keep`, renumbered."""
+    size = TRANSFER_SIZE
+    renumbered = {old: new for new, old in enumerate(keep)}
+    return (
+        b"".join(records[i * size : (i + 1) * size] for i in keep),
+        [postings[i] for i in keep],
+        [indices[i] for i in keep],
+        {renumbered[i]: fired for i, fired in held.items() if i in renumbered},
+    )
 
 
 def _internal_refused(caller: Caller, account_id: int) -> Refused:

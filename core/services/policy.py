@@ -24,8 +24,11 @@ customer's data but no bank-internal account; a customer-facing channel
 (`open_session`) or a transaction token for the account; an ATM reads the
 account of the card inserted, proven by the token its PIN bought; a partner
 bank (open_api) reads nothing: it may credit (`incoming_transfer`, idempotent
-by its clearing reference) and check an account (`verify_account`), nothing
-else.
+by its clearing reference, and `incoming_credits`, ISO 20022 pacs.008), return a
+transfer of ours (`payment_return`, pacs.004) and check an account
+(`verify_account`), nothing else; an account's statement (`read_statement`,
+camt.053; `read_notification`, camt.054) is read under the read scope like its
+history.
 """
 
 from __future__ import annotations
@@ -152,6 +155,26 @@ OPERATIONS: dict[str, Operation] = _declare(
         kinds=PARTNER_KINDS,
         kinds_what="Crediting money from another bank (clearing)",
         money=True,
+    ),
+    # ISO 20022 (channels/iso20022/http.py): a partner's pacs.008 credits our customers
+    # (each credit idempotent by its sender and TxId, like incoming_transfer's clearing
+    # reference), its pacs.004 returns an external transfer of ours; statements (camt.053)
+    # and notifications (camt.054) are reads, scoped like an account's history.
+    Operation(
+        "incoming_credits",
+        kinds=PARTNER_KINDS,
+        kinds_what="Crediting money from another bank (ISO 20022 pacs.008)",
+        money=True,
+    ),
+    Operation(
+        "payment_return",
+        kinds=PARTNER_KINDS,
+        kinds_what="Returning a transfer from this bank (ISO 20022 pacs.004)",
+        money=True,
+    ),
+    Operation("read_statement", kinds=READ_KINDS, kinds_what="An account statement (camt.053)"),
+    Operation(
+        "read_notification", kinds=READ_KINDS, kinds_what="An account notification (camt.054)"
     ),
     Operation("payment", kinds=BANK_KINDS, kinds_what="A payment", consent=True, money=True),
     Operation("capture", kinds=BANK_KINDS, kinds_what="Capturing a payment", money=True),

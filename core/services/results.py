@@ -146,6 +146,46 @@ class HistoryPage:
     next_cursor: int | None
 
 
+# --- clearing (ISO 20022): credits from other banks, statements ------------------------
+
+
+@dataclass(slots=True)
+class CreditsPosted:
+    """The outcome of each credit of an `IncomingCredits`, in the command's order: a
+    `Posted` (durable; `replayed` when its reference was met again with the same fields;
+    `risk_hold` when the risk stage holds it) or the `Refusal` of that credit alone."""
+
+    outcomes: list[Any]  # Posted | Refusal (core.services.refusals), one per credit
+    posted: int  # how many are Posted (held ones included)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One posting that moved an account's booked balance (a hold moves none until captured)."""
+
+    transfer_id: str  # 32 hex digits
+    amount_minor: int  # > 0
+    credit: bool  # money in (else out)
+    timestamp_ns: int  # when the ledger booked it
+    business_day: str  # YYYY-MM-DD: the bank's business day it was booked on
+    code: str  # the transfer code's name (external_transfer_in, transfer...)
+
+
+@dataclass(slots=True)
+class AccountStatement:
+    """An account's booked postings of the business days `from_day` .. `to_day`
+    (inclusive), oldest first, with the booked balance before and after them:
+    `opening_minor + sum(signed entries) == closing_minor`."""
+
+    account_id: int
+    currency: str
+    from_day: str  # YYYY-MM-DD
+    to_day: str
+    opening_minor: int
+    closing_minor: int
+    entries: list[StatementLine]
+
+
 # --- deposits (core/services/deposits.py) ----------------------------------------------
 # Rates are given twice: exactly as the catalog writes them ("0.95%") and as the integer
 # the arithmetic uses (`rate_ppm`: the annual rate as a fraction x 1e6, 0.95% -> 9500).

@@ -428,6 +428,33 @@ async def test_watched_resident_and_a_retry_of_an_allowed_posting(tmp_path: Path
 
 
 @run
+async def test_a_held_cash_withdrawal_is_returned_at_once(tmp_path: Path) -> None:
+    """Cash is given now or never: the watched customer's counter withdrawal, which the
+    review rule holds, is returned at once (answered `returned`, the hold voided, the
+    decision RETURNED by `now-or-never`), never captured later; a retry meets the
+    returned hold and moves nothing."""
+    clock = Clock()
+    async with running_bank(tmp_path / "data", clock) as bank:
+        watched = await customer_account(bank, WATCHED, 1_000 * CNY)
+        before = await balances(bank, watched)
+        move = Movement(COUNTER, "cash-1", watched, 300 * CNY, Consent(password=PASSWORD))
+        posted = await bank.payments.cash_withdrawal(move)
+        assert posted.risk_hold == "returned"
+        transfer_id = transfer_id_of(posted)
+        assert (await ledger_transfer(bank, transfer_id)).state == PendingState.VOIDED
+        decision = risk_of(bank).decision(transfer_id)
+        assert decision["outcome"] == "review" and decision["state"] == "returned"
+        assert decision["settled_by"] == "now-or-never"
+        again = await bank.payments.cash_withdrawal(move)
+        assert again.replayed and again.risk_hold == "returned"
+        assert await balances(bank, watched) == before
+        clock.now += 601 * NS  # past review_s: the tick finds nothing left to settle
+        await anyio.sleep(1.2)
+        assert (await ledger_transfer(bank, transfer_id)).state == PendingState.VOIDED
+        assert await balances(bank, watched) == before
+
+
+@run
 async def test_batch_holds_in_place_and_a_blocked_item_refuses_the_batch(tmp_path: Path) -> None:
     """The internal channel's batch is screened too: an item over the review threshold
     becomes a hold in place (the others post); an item from a frozen account (account

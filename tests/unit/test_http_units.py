@@ -109,7 +109,9 @@ def test_registry_validation_lists_every_problem(tmp_path: Path) -> None:
     )
     assert "read_account" in registry.channels["bank"].operations
     assert "batch" not in registry.channels["open_api"].operations
-    assert registry.channels["open_api"].operations == {"incoming_transfer", "verify_account"}
+    assert registry.channels["open_api"].operations == {
+        "incoming_transfer", "verify_account", "incoming_credits", "payment_return"
+    }  # fmt: skip
     assert len(registry.channels["app"].secrets) == 2
     document = {
         "channels": {

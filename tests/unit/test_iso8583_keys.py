@@ -180,9 +180,13 @@ def test_generated_keys_have_odd_parity_and_distinct_halves() -> None:
 
 
 class Terminal:
-    def __init__(self, pin_key_id: str, mac_key_id: str) -> None:
+    def __init__(
+        self, pin_key_id: str, mac_key_id: str, terminal_id: str = "T0000001", master: str = ""
+    ) -> None:
         self.pin_key_id = pin_key_id
         self.mac_key_id = mac_key_id
+        self.terminal_id = terminal_id
+        self.master_key_id = master
 
 
 def test_shipped_key_files() -> None:
@@ -260,3 +264,31 @@ def test_software_key_store_from_memory() -> None:
     """The bench and tests build a store without a file."""
     store = SoftwareKeyStore({"a": Key("pin", ISO_KEY), "b": Key("mac", bytes(range(16)))})
     assert store.mac_key(Terminal("a", "b")) == bytes(range(16))
+
+
+def test_key_exchange_gives_one_terminal_a_new_key_in_memory() -> None:
+    """`exchange` makes a new key (odd parity, two different halves) for one terminal and
+    usage, returned under the terminal's master key with its check value; it is in force
+    for that terminal at once, the other terminals sharing the key ids keep the old keys,
+    and the file's keys are untouched (a new store from the same file has the old ones).
+    A terminal without a master key gets None; a master key is no working key."""
+    store = load_keys(DEFAULT_KEYS_PATH)
+    first = Terminal("dev-atm-tpk", "dev-atm-tak", "ATM00001", "dev-atm-tmk")
+    second = Terminal("dev-atm-tpk", "dev-atm-tak", "ATM00002", "dev-atm-tmk")
+    old_pin, old_mac = store.pin_key(first), store.mac_key(first)
+    assert store.exchange(Terminal("dev-atm-tpk", "dev-atm-tak"), "mac") is None
+    exchanged = store.exchange(first, "mac")
+    assert exchanged is not None
+    encrypted, check_value = exchanged
+    master = bytes.fromhex("A7D96798CBD98F86074AD3CB322CFBA7")  # dev-atm-tmk
+    new_mac = keys.decrypt_key(encrypted, master)
+    assert keys.encrypt_key(new_mac, master) == encrypted
+    assert keys.check_value(new_mac) == check_value and new_mac[:8] != new_mac[8:]
+    assert all(bin(byte).count("1") % 2 for byte in new_mac)
+    assert store.mac_key(first) == new_mac != old_mac
+    assert store.pin_key(first) == old_pin  # only the MAC key was asked for
+    assert store.mac_key(second) == old_mac and store.pin_key(second) == old_pin
+    assert load_keys(DEFAULT_KEYS_PATH).mac_key(first) == old_mac
+    assert store.usage("dev-atm-tmk") == "master"
+    with pytest.raises(UnknownKeyError, match="is a master key"):
+        store.pin_key(Terminal("dev-atm-tmk", "dev-atm-tak"))

@@ -64,7 +64,14 @@ class Clock:
         return self.now
 
 
+MASTER_KEY_HEX = "04DCB33B67865D194F9DDFF7E6BCFB94"  # dev-pos-tmk, the shipped key file's
+KEY_EXCHANGE_MAC: Message = {"70": "161", "53": spec.KEY_EXCHANGE_CONTROL["mac"]}
+KEY_EXCHANGE_PIN: Message = {"70": "161", "53": spec.KEY_EXCHANGE_CONTROL["pin"]}
+ECHO: Message = {"70": "301"}
+
+
 def terminals_text(merchant_account_id: int) -> str:
+    """The ATM (no master key) and the POS terminal (with one: key exchanges)."""
     return f"""
 [terminals.{ATM}]
 channel = "atm"
@@ -78,6 +85,7 @@ kind = "pos"
 merchant_account_id = "{merchant_account_id}"
 pin_key_id = "dev-pos-tpk"
 mac_key_id = "dev-pos-tak"
+master_key_id = "dev-pos-tmk"
 """
 
 
@@ -210,10 +218,27 @@ class Rig:
         return fields, await self.send(self.atm, fields)
 
 
+def write_risk_rules(tmp_path: Path, text: str) -> str:
+    """The risk stage's rule file beside the data directory (`Settings.risk_rules_path`)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path.parent / f"{tmp_path.name}-risk.toml"
+    path.write_text(text)
+    return str(path)
+
+
 @asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, risk_rules: str = "") -> AsyncIterator[Rig]:
+    """A bank on a journal in `tmp_path`, the two terminals; `risk_rules`: the risk stage's
+    rule file (empty: the default rules)."""
     clock = Clock()
-    settings = Settings(str(tmp_path), scrypt_n=1 << 10, token_ttl_s=60, password_hash_threads=1)
+    risk_path = write_risk_rules(tmp_path, risk_rules) if risk_rules else ""
+    settings = Settings(
+        str(tmp_path),
+        scrypt_n=1 << 10,
+        token_ttl_s=60,
+        password_hash_threads=1,
+        **({"risk_rules_path": risk_path} if risk_path else {}),
+    )
     bank = Bank(settings, RULES, now_ns=clock.now_ns)
     async with anyio.create_task_group() as task_group:
         await task_group.start(bank.serve)
@@ -221,15 +246,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
                 await anyio.sleep(0.01)
         merchant = await open_account(bank)
-        terminals = parse_terminals_text(terminals_text(merchant), "test", REGISTRY, KEYS)
+        store = load_keys(DATA_DIRECTORY / "iso8583-keys.toml")  # its own: key exchanges
+        terminals = parse_terminals_text(terminals_text(merchant), "test", REGISTRY, store)
         entries = terminals.entries
         yield Rig(
             bank,
-            Iso8583Adapter(bank, terminals, KEYS),
+            Iso8583Adapter(bank, terminals, store),
             clock,
             merchant,
-            Device(entries[ATM], KEYS),
-            Device(entries[POS], KEYS),
+            Device(entries[ATM], store),
+            Device(entries[POS], store),
         )
         task_group.cancel_scope.cancel()
 
@@ -247,6 +273,74 @@ def run(test: Callable[[Path], object]) -> Callable[[Path, str], None]:
 
 
 # --- each message type ---------------------------------------------------------------------
+
+# Risk rules by amount, each outcome at its own threshold (the most severe that fires wins).
+RISK_RULES = """
+version = 1
+
+[holds]
+delay_s = 60
+review_s = 600
+
+[[rules]]
+name = "challenge_100"
+type = "large_value"
+outcome = "challenge"
+codes = ["cash_withdrawal", "payment"]
+amount_min = "100.00"
+
+[[rules]]
+name = "delay_200"
+type = "large_value"
+outcome = "delay"
+codes = ["cash_withdrawal", "payment"]
+amount_min = "200.00"
+
+[[rules]]
+name = "review_300"
+type = "large_value"
+outcome = "review"
+codes = ["cash_withdrawal", "payment"]
+amount_min = "300.00"
+
+[[rules]]
+name = "block_400"
+type = "large_value"
+outcome = "block"
+codes = ["cash_withdrawal", "payment"]
+amount_min = "400.00"
+"""
+
+
+@run
+async def test_risk_outcomes_at_a_terminal_leave_nothing_held(tmp_path: Path) -> None:
+    """At an ATM (cash) and a POS (purchase): a risk CHALLENGE is 65, a BLOCK 59, and a
+    DELAY or REVIEW 05 with its hold returned at once (its decision RETURNED), so nothing
+    is moved, held, or captured later by the bank; a repeat is answered the same and
+    returns nothing twice; an amount no rule fires on is approved."""
+    async with rig(tmp_path, RISK_RULES) as r:
+        card = await open_account(r.bank, 200_000)
+        risk = r.bank.risk
+        for device, processing in ((r.atm, "010000"), (r.pos, "000000")):
+            for amount_minor, code in (
+                (10_000, "65"),
+                (20_000, "05"),
+                (30_000, "05"),
+                (40_000, "59"),
+            ):
+                fields = device.message("0200", processing, str(card), amount_minor=amount_minor)
+                assert (await r.send(device, fields)).code == code, (processing, amount_minor)
+                assert (await r.send(device, fields)).code == code  # the repeat
+                assert await balances(r.bank, card) == (200_000, 0)
+            assert not risk.held  # no hold left for the bank's tick to capture
+            approved = device.message("0200", processing, str(card), amount_minor=5_000)
+            assert (await r.send(device, approved)).code == "00"
+            assert (await r.send(device, r.atm.reversal(approved) if device is r.atm
+                                 else r.pos.reversal(approved))).code == "00"  # fmt: skip
+            assert await balances(r.bank, card) == (200_000, 0)
+        returned = [d for d in risk.records.values() if d["state"] == "returned"]
+        assert len(returned) == 4 and {d["outcome"] for d in returned} == {"delay", "review"}
+        assert await balances(r.bank, r.merchant) == (0, 0)
 
 
 @run
@@ -346,7 +440,8 @@ async def test_transfer_moves_money_from_102_to_103(tmp_path: Path) -> None:
 @run
 async def test_network_management(tmp_path: Path) -> None:
     """0800 sign-on, sign-off and echo are answered 00 (field 70 echoed, MACed); a key
-    exchange is 40 (the key store interface changes no keys); an unknown code is 12."""
+    exchange is 40 for a terminal without a master key (this rig's ATM); an unknown code
+    is 12."""
     async with rig(tmp_path) as r:
         for network, expected in (
             ("001", "00"),
@@ -358,6 +453,46 @@ async def test_network_management(tmp_path: Path) -> None:
             fields = r.atm.message("0800", extra={"70": network})
             answer = await r.send(r.atm, fields)
             assert answer.code == expected and answer.fields["70"] == network
+
+
+@run
+async def test_key_exchange_gives_one_terminal_a_new_key(tmp_path: Path) -> None:
+    """0800 161 at a POS with a master key: field 53 asks for the MAC key, the answer is 00
+    (MACed with the old key), field 48 the new key under the master key with its check
+    value; from then on that terminal's messages verify under the new MAC key only (the
+    old one: 63), and the new PIN key opens PIN blocks. A 161 without a valid 53 is 30; a
+    terminal without a master key (the ATM) is 40. The key store keeps the new keys in
+    memory, for that terminal alone."""
+    async with rig(tmp_path) as r:
+        pos_entry = r.adapter.terminals.entries[POS]
+        master = bytes.fromhex(MASTER_KEY_HEX)
+        card = await open_account(r.bank, 10_000)
+        assert (await r.send(r.atm, r.atm.message("0800", extra=KEY_EXCHANGE_MAC))).code == "40"
+        bad = r.pos.message("0800", extra={"70": "161", "53": "9600000000000000"})
+        assert (await r.send(r.pos, bad)).code == "30"
+        for usage, control in (("mac", KEY_EXCHANGE_MAC), ("pin", KEY_EXCHANGE_PIN)):
+            answer = await r.send(r.pos, r.pos.message("0800", extra=control))
+            assert answer.code == "00" and answer.fields["53"] == control["53"]
+            encrypted, check_value = spec.key_exchange_data(str(answer.fields["48"]))
+            new_key = keys.decrypt_key(encrypted, master)
+            assert keys.check_value(new_key) == check_value
+            old_key = r.pos.mac_key if usage == "mac" else r.pos.pin_key
+            assert new_key != old_key
+            if usage == "mac":
+                stale = await r.adapter.handle(r.pos.sign(r.pos.message("0800", extra=ECHO)))
+                assert stale is not None and spec.parse(stale)["39"] == "63"
+                r.pos.mac_key = new_key
+            else:
+                r.pos.pin_key = new_key
+            assert (await r.send(r.pos, r.pos.message("0800", extra=ECHO))).code == "00"
+        purchase = r.pos.message("0200", "000000", str(card), amount_minor=1_000)
+        assert (await r.send(r.pos, purchase)).code == "00"  # PIN block under the new key
+        assert await balances(r.bank, card) == (9_000, 0)
+        store = r.adapter.keys
+        assert store.mac_key(pos_entry) == r.pos.mac_key  # kept in the store, this terminal's
+        atm_entry = r.adapter.terminals.entries[ATM]
+        assert store.mac_key(atm_entry) == KEYS.mac_key(atm_entry)  # the ATM's: unchanged
+        assert KEYS.mac_key(pos_entry) != r.pos.mac_key  # the file's keys: unchanged
 
 
 # --- reversals -----------------------------------------------------------------------------

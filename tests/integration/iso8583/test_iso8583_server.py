@@ -53,10 +53,24 @@ EXCHANGE_TIMEOUT_S = 10.0
 PLACEHOLDER_MERCHANT = "6235010000000000012"
 
 
+# A terminal added to the shipped registry for the key exchange test alone (its keys change).
+KEY_EXCHANGE_TERMINAL = "ATM00003"
+KEY_EXCHANGE_ENTRY = f"""
+[terminals.{KEY_EXCHANGE_TERMINAL}]
+channel = "atm"
+kind = "atm"
+pin_key_id = "dev-atm-tpk"
+mac_key_id = "dev-atm-tak"
+master_key_id = "dev-atm-tmk"
+"""
+
+
 @dataclass(frozen=True)
 class KeyIds:
     pin_key_id: str
     mac_key_id: str
+    terminal_id: str = ""
+    master_key_id: str = ""
 
 
 def development_keys() -> tuple[bytes, bytes, bytes, bytes]:
@@ -149,7 +163,7 @@ def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bank]:
     terminals_file = work / "terminals.toml"
     shipped = DEFAULT_TERMINALS_PATH.read_text()
     assert PLACEHOLDER_MERCHANT in shipped
-    terminals_file.write_text(shipped.replace(PLACEHOLDER_MERCHANT, merchant))
+    terminals_file.write_text(shipped.replace(PLACEHOLDER_MERCHANT, merchant) + KEY_EXCHANGE_ENTRY)
     iso_port = free_port()
     server = iso_server(data, iso_port, terminals_file).start()
     atm, pos, stranger = terminals()
@@ -174,14 +188,13 @@ def amounts(response: Response) -> dict[str, int]:
 
 
 def test_network_management(bank: Bank) -> None:
-    """0800 sign-on, echo and sign-off are answered 0810/00, key exchange 40 (the key
-    store installs no keys); each answer echoes STAN, terminal and field 70, MACed."""
+    """0800 sign-on, echo and sign-off are answered 0810/00 (key exchange:
+    test_key_exchange); each answer echoes STAN, terminal and field 70, MACed."""
     atm = bank.atm
     with bank.connect() as connection:
         for code, expected in [
             (spec.NETWORK_SIGN_ON, "00"),
             (spec.NETWORK_ECHO, "00"),
-            (spec.NETWORK_KEY_EXCHANGE, "40"),
             (spec.NETWORK_SIGN_OFF, "00"),
         ]:
             request = atm.network(code)
@@ -191,6 +204,36 @@ def test_network_management(bank: Bank) -> None:
             for name in ("7", "11", "41", "70"):
                 assert response.fields[name] == request.fields[name]
             assert atm.verify(response)
+
+
+def test_key_exchange(bank: Bank) -> None:
+    """0800 161 gives a terminal with a master key a new MAC key (field 53 2...), then a
+    new PIN key (53 1...): each answered 00, MACed with the MAC key in force when asked,
+    field 48 the new key under the master key with its check value, which the simulator
+    installs; from then on a message signed with the old MAC key is 63, and the new keys
+    work (a cash withdrawal's PIN block under the new PIN key is approved)."""
+    atm_pin, atm_mac, _, _ = development_keys()
+    with open(DEFAULT_KEYS_PATH, "rb") as file:
+        master = bytes.fromhex(tomllib.load(file)["keys"]["dev-atm-tmk"]["value"])
+    terminal = Terminal(
+        TerminalProfile(KEY_EXCHANGE_TERMINAL, "atm", atm_pin, atm_mac, master_key=master)
+    )
+    stale = Terminal(TerminalProfile(KEY_EXCHANGE_TERMINAL, "atm", atm_pin, atm_mac), first_stan=9)
+    request = terminal.key_exchange("mac")
+    response = bank.exchange(request, terminal)  # MACed with the old key
+    assert response.code == "00" and response.fields["53"] == request.fields["53"]
+    assert terminal.install_key(request, response)
+    assert terminal.profile.mac_key != atm_mac
+    assert bank.exchange(terminal.network(spec.NETWORK_ECHO), terminal).code == "00"
+    assert bank.exchange(stale.network(spec.NETWORK_ECHO)).code == "63"
+    request = terminal.key_exchange("pin")
+    response = bank.exchange(request, terminal)
+    assert response.code == "00" and terminal.install_key(request, response)
+    assert terminal.profile.pin_key != atm_pin
+    before = bank.balance(bank.card.pan)
+    withdrawal = terminal.cash_withdrawal(bank.card, 1_000)
+    assert bank.exchange(withdrawal, terminal).code == "00"
+    assert bank.balance(bank.card.pan) == before - 1_000
 
 
 def test_balance_enquiry_posts_nothing(bank: Bank) -> None:
