@@ -200,8 +200,11 @@ NOTES = {
         " fsync on) on the same 2-core machine as the load generator: customers on the wechat,"
         " app, counter, atm and open_api channels in the DOMAIN.md mix, with think times of"
         " 0.2-1.5 s, so requests/s follows the user count; every request signed, every money"
-        " request idempotent. Then `tally audit` replays the server's journal: every"
-        " acknowledged transfer booked exactly once, money conserved, no limit passed (see"
+        " request idempotent. With `protocols` iso8583 and iso20022, ATM and POS terminals"
+        " speak ISO 8583 over TCP to `tally serve --iso8583` (PIN blocks, MACs) and partner"
+        " banks post signed pacs.008 files (`money_by_protocol`). Then `tally audit` replays"
+        " the server's journal: every acknowledged transfer, ISO 8583 approval and ACSC credit"
+        " booked exactly once, money conserved, no limit passed (see"
         " README, Load tests). A failure is a 5xx, a timeout, a 429 after the retries or an"
         " unexpected status; business refusals are listed apart."
     ),
@@ -546,6 +549,11 @@ def locust_summary(report: dict[str, Any]) -> str:
         f" {report['money_refused']:,} refused by the bank's rules; audit {audit}"
         f" ({report['audit_acknowledged_found']:,} acknowledged transfers found in the"
         f" {report['audit_source']}).**"
+        + "".join(
+            f"\n- {protocol}: {counts.get('acknowledged', 0):,} acknowledged,"
+            f" {counts.get('refused', 0):,} refused"
+            for protocol, counts in report.get("money_by_protocol", {}).items()
+        )
     )
 
 
