@@ -242,6 +242,40 @@ def register_collectors(metrics: Metrics, bank: Any) -> None:
         metrics.registry.register(_RiskCollector(bank))
 
 
+class Iso8583Collector(Collector):
+    """The ISO 8583 listener of `tally serve --iso8583`: its connections and messages
+    (`channels.iso8583.server.ListenerStats`) and the responses by field 39 (the adapter's
+    `answered`)."""
+
+    def __init__(self, stats: Any, answered: dict[str, int]) -> None:
+        self.stats = stats
+        self.answered = answered
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield GaugeMetricFamily(
+            "tally_iso8583_connections", "Terminal connections open now.",
+            value=stats.connections_open,
+        )  # fmt: skip
+        for name, doc, value in (
+            ("connections", "Terminal connections accepted.", stats.connections_total),
+            (
+                "connections_dropped",
+                "Connections closed for a fault (framing lost, a deadline, a reset).",
+                stats.dropped,
+            ),
+            ("messages", "ISO 8583 messages read.", stats.messages),
+            ("unanswered", "Messages no response was sent for.", stats.unanswered),
+        ):
+            yield CounterMetricFamily(f"tally_iso8583_{name}", doc, value=value)
+        responses = CounterMetricFamily(
+            "tally_iso8583_responses", "Responses sent, by field 39.", labels=["code"]
+        )
+        for code, count in sorted(self.answered.items()):
+            responses.add_metric([code], count)
+        yield responses
+
+
 # The risk stage's figures (core/services/risk.py `Risk.stats`): counters and gauges.
 _RISK_OUTCOMES = ("allow", "challenge", "challenge_met", "delay", "review", "block")
 _RISK_COUNTERS = {

@@ -53,6 +53,7 @@ from channels.http.app import (
     App,
     access_log_stream,
 )
+from channels.http.metrics import Iso8583Collector
 from channels.iso8583.keys import DEFAULT_KEYS_PATH, SoftwareKeyStore, load_keys
 from channels.iso8583.server import AppWithIso8583, parse_address
 from channels.iso8583.terminals import (
@@ -572,7 +573,9 @@ def iso8583_app(
 
     channels.parse, channels.install = parse, install
     host, port = address
-    return AppWithIso8583(app, adapter, host, port)
+    served = AppWithIso8583(app, adapter, host, port)
+    app.metrics.registry.register(Iso8583Collector(served.stats, adapter.answered))
+    return served
 
 
 def password_arguments_problem(args: argparse.Namespace) -> str:

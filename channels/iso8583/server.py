@@ -135,6 +135,20 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+class ListenerStats:
+    """What `/metrics` shows of a listener (channels/http/metrics.py `Iso8583Collector`):
+    plain ints, one increment on the path of a message."""
+
+    __slots__ = ("connections_open", "connections_total", "dropped", "messages", "unanswered")
+
+    def __init__(self) -> None:
+        self.connections_open = 0
+        self.connections_total = 0
+        self.dropped = 0  # connections closed for a fault (framing, a deadline, a reset)
+        self.messages = 0  # frames read
+        self.unanswered = 0  # messages no response was sent for
+
+
 async def serve_iso8583(
     adapter: MessageHandler,
     host: str,
@@ -142,6 +156,7 @@ async def serve_iso8583(
     *,
     shutdown: anyio.Event | None = None,
     limits: Limits = Limits(),
+    stats: ListenerStats | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ISO 8583 terminals on `host`:`port` until `shutdown` is set, or cancelled.
@@ -152,6 +167,7 @@ async def serve_iso8583(
         shutdown: once set, stop accepting and reading, answer what is in flight
             within `limits.grace_s`, close, and return. None: serve until cancelled.
         limits: the window, deadlines and sizes (module docstring).
+        stats: counted into, for `/metrics` (None: counted into a private one).
         task_status: started with the port bound (`await task_group.start(...)`).
 
     Returns:
@@ -171,7 +187,7 @@ async def serve_iso8583(
     listener = await anyio.create_tcp_listener(
         local_host=host, local_port=port, backlog=limits.backlog
     )
-    server = _Listener(adapter, limits)
+    server = _Listener(adapter, limits, stats or ListenerStats())
     async with listener:
         bound_port: int = listener.extra(SocketAttribute.local_port)
         logger.info(_event("iso8583_listening", host=host, port=bound_port))
@@ -198,9 +214,10 @@ async def serve_iso8583(
 class _Listener:
     """The connections of one listener: accepting them, their deadlines, their stop."""
 
-    def __init__(self, adapter: MessageHandler, limits: Limits) -> None:
+    def __init__(self, adapter: MessageHandler, limits: Limits, stats: ListenerStats) -> None:
         self.adapter = adapter
         self.limits = limits
+        self.stats = stats
         self.connections: set[_Connection] = set()
         self.slots = anyio.Semaphore(limits.connections_max)
         self.stopping = False
@@ -221,8 +238,10 @@ class _Listener:
             except BaseException:
                 self.slots.release()
                 raise
-            connection = _Connection(stream, self.adapter, self.limits)
+            connection = _Connection(stream, self.adapter, self.limits, self.stats)
             self.connections.add(connection)
+            self.stats.connections_total += 1
+            self.stats.connections_open += 1
             connections.start_soon(self._serve, connection)
 
     async def _serve(self, connection: _Connection) -> None:
@@ -230,6 +249,7 @@ class _Listener:
             await connection.serve()
         finally:
             self.connections.discard(connection)
+            self.stats.connections_open -= 1
             self.slots.release()
             if self.stopping and not self.connections:
                 self.all_closed.set()
@@ -266,10 +286,13 @@ class _Connection:
     docs/iso8583.md); waking a parked one costs a few. At most IDLE_HANDLERS_MAX stay
     parked; the others end when they find nothing to do."""
 
-    def __init__(self, stream: SocketStream, adapter: MessageHandler, limits: Limits) -> None:
+    def __init__(
+        self, stream: SocketStream, adapter: MessageHandler, limits: Limits, stats: ListenerStats
+    ) -> None:
         self.stream = stream
         self.adapter = adapter
         self.limits = limits
+        self.stats = stats
         self.peer = _peer(stream)
         self.window = anyio.Semaphore(limits.in_flight_max)
         self.responses_send, self.responses_receive = anyio.create_memory_object_stream[bytes](
@@ -300,12 +323,14 @@ class _Connection:
                     self._end_handlers()
                 self.responses_send.close()  # every handler is done: the writer ends
         finally:
+            expected = self.reason in ("closed by the peer", "server shutting down")
+            if not expected:
+                self.stats.dropped += 1  # counted before the peer can see the close
             self.responses_send.close()
             if self.writing.cancel_called:
                 _discard_unsent(self.stream)
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await self.stream.aclose()
-            expected = self.reason in ("closed by the peer", "server shutting down")
             logger.log(
                 logging.INFO if expected else logging.WARNING,
                 _event(
@@ -369,6 +394,7 @@ class _Connection:
                     except anyio.WouldBlock:
                         await window.acquire()  # at the limit (module docstring)
                     self.message_count += 1
+                    self.stats.messages += 1
                     queue.append(message)
                     if idle:
                         idle.pop().set()
@@ -412,18 +438,21 @@ class _Connection:
                 # A defect (the adapter answers every refusal itself): visible in the log,
                 # the other terminals on this connection unaffected.
                 self.unanswered_count += 1
+                self.stats.unanswered += 1
                 logger.exception(
                     _event("iso8583_handler_failed", peer=self.peer, size=len(message))
                 )
                 return
             if framed is None:
                 self.unanswered_count += 1
+                self.stats.unanswered += 1
                 return
             try:
                 self.responses_send.send_nowait(framed)  # room: one per window slot
                 queued = True
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self.unanswered_count += 1  # the writer is gone: the connection is closing
+                self.unanswered_count += 1
+                self.stats.unanswered += 1  # the writer is gone: the connection is closing
         finally:
             if not queued:
                 self.window.release()
@@ -474,6 +503,7 @@ class AppWithIso8583:
         self.host = host
         self.port = port
         self.limits = limits
+        self.stats = ListenerStats()  # for /metrics (serve.py registers its collector)
         self.bound_port: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -496,6 +526,7 @@ class AppWithIso8583:
                     self.port,
                     shutdown=shutdown,
                     limits=self.limits,
+                    stats=self.stats,
                     task_status=task_status,
                 )
             finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from channels.client import TallyClient
@@ -356,9 +357,10 @@ def test_garbage_is_survived_or_cut_off_without_stalling_others(bank: Bank) -> N
     """Bytes that are no message: unanswered, the connection kept. A message broken
     after its terminal id: answered 30. Framing lost (a zero length, a length over the
     cap): that connection closed, while another one is answered throughout. Nothing
-    posted."""
+    posted. `/metrics` counts all of it."""
     atm, card = bank.atm, bank.card
     before = bank.balance(card.pan)
+    counted = iso_metrics(bank)
     with bank.connect() as connection, bank.connect() as bystander:
         connection.sock.sendall(frame(b"\x00garbage that is not a message\xff"))
         assert connection.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
@@ -374,6 +376,27 @@ def test_garbage_is_survived_or_cut_off_without_stalling_others(bank: Bank) -> N
             assert bystander.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
         assert connection.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
     assert bank.balance(card.pan) == before
+    now = iso_metrics(bank)
+    assert now["tally_iso8583_connections_dropped_total"] >= counted.get(
+        "tally_iso8583_connections_dropped_total", 0
+    ) + 2  # the two cut off
+    assert now["tally_iso8583_connections_total"] >= counted["tally_iso8583_connections_total"] + 4
+    assert now["tally_iso8583_messages_total"] >= counted["tally_iso8583_messages_total"] + 6
+    assert now["tally_iso8583_unanswered_total"] >= counted["tally_iso8583_unanswered_total"] + 1
+    code_30 = 'tally_iso8583_responses_total{code="30"}'
+    assert now[code_30] >= counted.get(code_30, 0) + 1
+
+
+def iso_metrics(bank: Bank) -> dict[str, float]:
+    """The `tally_iso8583_*` samples of `/metrics` (the HTTP port of the same server)."""
+    text = httpx.get(bank.server.url + "/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("tally_iso8583_"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    assert "tally_iso8583_connections" in samples, text[:500]
+    return samples
 
 
 def closed_by_server(sock: socket.socket, timeout_s: float = 5.0) -> bool:
