@@ -403,6 +403,18 @@ class Payments:
                 ]  # fmt: skip
         return bool(screening.fired)
 
+    async def _record_refusals(
+        self, risk: Risk, caller: Caller, records: bytes, screening: Screening
+    ) -> None:
+        """Make the BLOCK and unmet CHALLENGE decisions of `screening` durable before they
+        are answered (a retry then meets the same decision)."""
+        ticket = risk.stage(
+            caller, records, screening, NO_CONTEXT, _state_refused,
+            only=lambda fired: fired.outcome in RISK_REFUSING,
+        )  # fmt: skip
+        if ticket:
+            await self.core.customer_state().flush_through(ticket)
+
     async def _risk_batch(
         self, command: PostingBatch, screening: Screening
     ) -> tuple[bytes, Screening | None]:
@@ -420,12 +432,7 @@ class Payments:
             return records, None
         refusing = [f for f in screening.fired if f.outcome in RISK_REFUSING]
         if refusing:
-            ticket = risk.stage(
-                caller, records, screening, NO_CONTEXT, _state_refused,
-                only=lambda fired: fired.outcome in RISK_REFUSING,
-            )  # fmt: skip
-            if ticket:
-                await self.core.customer_state().flush_through(ticket)
+            await self._record_refusals(risk, caller, records, screening)
             first = refusing[0]
             raise risk.refusal(first, pointer=f"/transfers/{first.index}")
         holds = [f for f in screening.fired if f.hold]
@@ -890,12 +897,7 @@ class Payments:
             return records, {}
         refusing = {f.index: f for f in screening.fired if f.outcome in RISK_REFUSING}
         if refusing:
-            ticket = risk.stage(
-                caller, records, screening, NO_CONTEXT, _state_refused,
-                only=lambda fired: fired.outcome in RISK_REFUSING,
-            )  # fmt: skip
-            if ticket:
-                await self.core.customer_state().flush_through(ticket)
+            await self._record_refusals(risk, caller, records, screening)
             for i, fired in refusing.items():
                 outcomes[indices[i]] = risk.refusal(fired).refusal
         holds = {f.index: f for f in screening.fired if f.hold}
