@@ -415,9 +415,13 @@ class Iso8583Adapter:
                     if transaction == CASH_WITHDRAWAL:
                         return await self._cash(terminal, message, key, amount, token, mac_key)
                     if transaction == PURCHASE:
-                        return await self._purchase(terminal, message, key, amount, token, mac_key)
+                        return await self._pay_merchant(
+                            terminal, message, key, amount, token, mac_key, hold=False
+                        )
                     if transaction == AUTHORIZATION:
-                        return await self._authorize(terminal, message, key, amount, token, mac_key)
+                        return await self._pay_merchant(
+                            terminal, message, key, amount, token, mac_key, hold=True
+                        )
                     if transaction == TRANSFER:
                         return await self._transfer(terminal, message, key, amount, token, mac_key)
                     assert transaction == BALANCE_ENQUIRY, transaction
@@ -472,7 +476,7 @@ class Iso8583Adapter:
         posted = await self.payments.post(posting)
         return self._posted(message, posted, mac_key)
 
-    async def _authorize(
+    async def _pay_merchant(
         self,
         terminal: Terminal,
         message: Message,
@@ -480,7 +484,11 @@ class Iso8583Adapter:
         amount: int,
         token: str,
         mac_key: bytes,
+        *,
+        hold: bool,
     ) -> bytes:
+        """The card pays the terminal's merchant: a hold (0100, `Payments.payment`) or a
+        purchase (0200, `Payments.purchase`: one posting, no hold, no capture)."""
         move = Movement(
             terminal.caller,
             key,
@@ -488,29 +496,12 @@ class Iso8583Adapter:
             amount,
             Consent(token),
             counterpart=terminal.merchant_account_id,
-            timeout_s=self.authorization_timeout_s,
+            timeout_s=self.authorization_timeout_s if hold else 0,
         )
-        posted = await self.payments.payment(move)
-        return self._posted(message, posted, mac_key)
-
-    async def _purchase(
-        self,
-        terminal: Terminal,
-        message: Message,
-        key: str,
-        amount: int,
-        token: str,
-        mac_key: bytes,
-    ) -> bytes:
-        move = Movement(
-            terminal.caller,
-            key,
-            int(str(message["2"])),
-            amount,
-            Consent(token),
-            counterpart=terminal.merchant_account_id,
-        )
-        posted = await self.payments.purchase(move)  # one posting: no hold, no capture
+        if hold:
+            posted = await self.payments.payment(move)
+        else:
+            posted = await self.payments.purchase(move)
         return self._posted(message, posted, mac_key)
 
     def _posted(
