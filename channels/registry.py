@@ -16,6 +16,14 @@ batch size; and who acts at the channel: `actor_required` (every request names
 its teller in the signed Tally-Actor header) and the roles it may name with
 each role's caps (`[channels.NAME.roles.ROLE]`), which the services enforce
 (`core.services.actors`, built by `Registry.actors()`).
+
+Real-name verification (core/services/verification.py) asks what each channel
+requires: `verification = [...]` (the customer's steps) and `card_binding =
+[...]` (a card binding's steps), step names of `core.services.policy`. Both are
+optional: a channel without them requires its kind's floor
+(`policy.VERIFICATION_OF_KIND`, `policy.BINDING_OF_KIND`), and a list that leaves
+out a floor step is refused: a registry may ask more of a channel than its kind
+does, never less. `Registry.verification_policy()` gives the services the lists.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from core.errors import TallyError
 from core.services import policy
 from core.services.actors import ROLES, Actors, ChannelActors, RoleLimits
 from core.services.operators import parse_secrets
+from core.services.policy import VerificationPolicy
 from limits.rules import RuleSet
 
 # The operation names and channel kinds are the policy's (core.services.policy): declared once.
@@ -53,6 +62,8 @@ _CHANNEL_KEYS = frozenset(
         "disabled",
         "actor_required",
         "roles",
+        "verification",
+        "card_binding",
     }
 )
 _ROLE_KEYS = frozenset({"transfer_cap_minor", "cash_cap_minor"})
@@ -86,6 +97,10 @@ class ChannelEntry:
     disabled: bool = False
     actor_required: bool = False  # every request names its teller (Tally-Actor)
     roles: Mapping[str, RoleLimits] = field(default_factory=dict)  # empty: names no actor
+    # The verification steps the channel requires of a customer it registers and of a card
+    # binding it starts (None: the kind's floor, core.services.policy); floor steps included.
+    verification: tuple[str, ...] | None = None
+    card_binding: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,19 @@ class Registry:
                 for entry in self.channels.values()
                 if entry.roles
             }
+        )
+
+    def verification_policy(self) -> VerificationPolicy:
+        """The verification steps each channel declares, by ledger id, for the services
+        (a channel that declares none requires its kind's floor)."""
+        channels = self.channels.values()
+        return VerificationPolicy(
+            customer=MappingProxyType(
+                {e.ledger_id: e.verification for e in channels if e.verification is not None}
+            ),
+            binding=MappingProxyType(
+                {e.ledger_id: e.card_binding for e in channels if e.card_binding is not None}
+            ),
         )
 
 
@@ -135,6 +163,39 @@ def parse_roles(table: Any, prefix: str, problem: Any) -> dict[str, RoleLimits]:
             caps[name] = value
         roles[role] = RoleLimits(**caps)
     return roles
+
+
+def parse_steps(
+    value: Any,
+    where: str,
+    known: tuple[str, ...],
+    floor: tuple[str, ...],
+    kind: str,
+    problem: Any,
+) -> tuple[str, ...] | None:
+    """A `verification` or `card_binding` list: step names of `known`, each once, holding
+    every step of the kind's `floor` (None: the key is absent, or the list was refused)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(step, str) for step in value):
+        problem(where, f"expected a list of step names ({', '.join(known)})")
+        return None
+    steps: list[str] = []
+    for step in value:
+        if step not in known:
+            problem(where, f"unknown step {step[:64]!r} (expected {', '.join(known)})")
+        elif step in steps:
+            problem(where, f"step {step!r} is listed twice")
+        else:
+            steps.append(step)
+    missing = [step for step in floor if step not in value]
+    if missing:
+        problem(
+            where,
+            f"{kind} channels require {', '.join(floor)}: missing {', '.join(missing)}"
+            " (a registry may add steps, never drop one)",
+        )
+    return tuple(steps) if len(steps) == len(value) and not missing else None
 
 
 def load_registry(path: str | os.PathLike[str], rules: RuleSet | None = None) -> Registry:
@@ -260,6 +321,22 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
             problem(f"{prefix}.actor_required", "expected true or false")
             actor_required = False
         roles = parse_roles(table.get("roles", {}), prefix, problem)
+        verification = parse_steps(
+            table.get("verification"),
+            f"{prefix}.verification",
+            policy.CUSTOMER_STEPS,
+            policy.VERIFICATION_OF_KIND[kind],
+            kind,
+            problem,
+        )
+        card_binding = parse_steps(
+            table.get("card_binding"),
+            f"{prefix}.card_binding",
+            policy.BINDING_STEPS,
+            policy.BINDING_OF_KIND[kind],
+            kind,
+            problem,
+        )
         if actor_required and not roles:
             problem(f"{prefix}.actor_required", "a channel that requires an actor declares roles")
         channels[name] = ChannelEntry(
@@ -275,6 +352,8 @@ def parse_registry(document: Mapping[str, Any], source: str, rules: RuleSet | No
             disabled=disabled,
             actor_required=actor_required,
             roles=MappingProxyType(roles),
+            verification=verification,
+            card_binding=card_binding,
         )
     if problems:
         raise RegistryError(problems)

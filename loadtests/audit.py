@@ -34,6 +34,16 @@ credit (`held`) like an unknown outcome. Neither client is told the bank's side 
 posting (the cash vault, the clearing account): only the amount and the accounts it
 named are compared.
 
+5. real-name verification (issue 17, loadtests/verification.py): every open Class
+   II/III account's holder is `verified`; every such account was opened on a card
+   binding of its holder whose every required step passed, marked used by it (and
+   the one its client was told); no fraudster of the load test (another's face, a
+   spoof, another's card) was verified or bound the card;
+6. nothing secret written down: no SMS code a client received (`sms_code` lines),
+   no ID card image and no liveness token in the server's log (`--server-log`) or in
+   any state record ever written (offline: every PUT_STATE entry of the store). In a
+   JSON log line or record only strings are searched for codes (an amount is none).
+
 It also counts what the bank's risk rules did (issue 15, loadtests/fraud.py): the
 holds a delayed or reviewed answer left in the ledger (`risk_holds_found`), the
 blocked or challenged requests it finds not applied (`risk_refused_not_applied`; one
@@ -50,6 +60,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 import tomllib
 from collections import Counter
@@ -68,6 +79,9 @@ from ledger.constants import BANK_CHANNEL  # the bank's own settlements (risk ho
 from loadtests.fraud import format_summary, risk_summary
 
 INTERNAL_ACCOUNT_IDS = (1, 2, 3)
+# State records not searched for leaked codes: the request nonces (random, many, never
+# a customer's data).
+NOT_SEARCHED_PREFIXES = (b"nonces/", b"nonce/")
 RISK_DECISION_PREFIX = b"risk/d/"  # core.services.risk.DECISION_PREFIX
 HISTORY_PAGE = 500
 ERRORS_SHOWN_MAX = 20
@@ -102,6 +116,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--account-capacity", type=int, default=1 << 20)
     parser.add_argument("--transfer-capacity", type=int, default=1 << 22)
+    parser.add_argument(
+        "--server-log",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the server's log, searched for the SMS codes the clients received, ID card"
+        " images and liveness tokens (repeatable)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON here")
 
 
@@ -142,6 +164,17 @@ class Books:
         core/services/risk.py), or None when this source cannot read them."""
         return None
 
+    def verification_records(
+        self, dataset: dict[str, Any] | None, outcomes: list[dict[str, Any]]
+    ) -> VerificationRecords:
+        """Customers, accounts and card bindings as the verification audit reads them."""
+        raise NotImplementedError
+
+    def state_values(self) -> Iterator[tuple[bytes, bytes]] | None:
+        """Every state record ever written (key, value), or None when this source cannot
+        read them."""
+        return None
+
 
 class OfflineBooks(Books):
     """The ledger replayed from a store: a data directory's journal and snapshots, or
@@ -152,6 +185,7 @@ class OfflineBooks(Books):
         from ledger.records import account_input_view
         from ledger.types import ACCOUNT_SIZE
 
+        self.source = source
         self.recovered = replay_store(source, args.account_capacity, args.transfer_capacity)
         self.ledger = self.recovered.ledger
         self.rules = rules
@@ -176,6 +210,26 @@ class OfflineBooks(Books):
                 decision = orjson.loads(value)
                 decisions[int(decision["transfer_id"], 16)] = decision
         return decisions
+
+    def verification_records(
+        self, dataset: dict[str, Any] | None, outcomes: list[dict[str, Any]]
+    ) -> VerificationRecords:
+        return records_from_state(self.recovered.state)
+
+    def state_values(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every value of every PUT_STATE entry in the store (a record deleted or replaced
+        since included), then the replayed state (a snapshot's records too)."""
+        from core.entries import EntryKind, decode_state_changes
+        from core.store import read_entries
+
+        for _seq, entry in read_entries(self.source):
+            if entry.kind == EntryKind.PUT_STATE:
+                for key, value in decode_state_changes(entry.payload):
+                    if value is not None and not key.startswith(NOT_SEARCHED_PREFIXES):
+                        yield key, value
+        for key, value in self.recovered.state.items():
+            if value and not key.startswith(NOT_SEARCHED_PREFIXES):
+                yield key, value
 
     def account(self, account_id: int) -> AccountState | None:
         from ledger.records import account_view
@@ -308,6 +362,59 @@ class OnlineBooks(Books):
 
     def lookup(self, transfer_id: int) -> dict[str, Any] | None:
         return self._get(f"/v1/transfers/{transfer_id:032x}")
+
+    def verification_records(
+        self, dataset: dict[str, Any] | None, outcomes: list[dict[str, Any]]
+    ) -> VerificationRecords:
+        """Read through the API: the customers the run knows (the dataset's, the new ones
+        of the outcome lines), every account each holds, and the bindings the clients
+        were told they opened on (the API names no account's binding: those claims are
+        what is checked)."""
+        records = VerificationRecords()
+        claimed: dict[int, str] = {}  # account -> the binding its client opened it on
+        customer_ids: list[str] = []
+        for person in (dataset or {}).get("customers", []) + (dataset or {}).get("merchants", []):
+            customer_ids.append(person["customer_id"])
+            for account, binding_id in zip(
+                person["class_ii"], person.get("bindings") or [], strict=False
+            ):
+                claimed[int(account)] = binding_id
+        for line in outcomes:
+            if line.get("customer_id"):
+                customer_ids.append(line["customer_id"])
+            if line.get("outcome") == "opened" and line.get("binding_id"):
+                claimed[int(line["account_id"])] = line["binding_id"]
+        for customer_id in dict.fromkeys(customer_ids):
+            view = self._get(f"/v1/customers/{customer_id}")
+            if view is None:
+                continue
+            status = str((view.get("kyc") or {}).get("status", ""))
+            records.customers[customer_id] = {"verified": status == "verified", "status": status}
+            for account in view.get("accounts", []):
+                account_id = int(account["account_id"])
+                records.accounts[account_id] = {
+                    "customer": customer_id,
+                    "class": CLASS_NUMBER.get(account["class"], 0),
+                    "closed": bool(account.get("closed")),
+                    "bound": account_id in claimed,
+                    "binding_id": claimed.get(account_id, ""),
+                }
+        for account_id, binding_id in claimed.items():
+            owner = records.accounts.get(account_id, {}).get("customer")
+            if not owner:
+                continue
+            view = self._get(f"/v1/customers/{owner}/card-bindings/{binding_id}")
+            if view is None:
+                continue
+            states = {step["step"]: step["state"] for step in view.get("steps", [])}
+            records.bindings[binding_id] = {
+                "customer": view["customer_id"],
+                "status": view["status"],
+                "steps_passed": all(states.get(name) == "passed" for name in view["required"]),
+                "account": 0,  # the API does not say which
+                "card_number": "",
+            }
+        return records
 
 
 # --- the audit -----------------------------------------------------------------------------
@@ -751,6 +858,253 @@ def check_risk_decisions(
                 audit.error("risk_decision", f"stolen-device {derived:032x}: device {device!r}")
 
 
+# --- real-name verification (issue 17) -------------------------------------------------
+
+OPENED_CLASSES = (2, 3)  # Class II and III: opened remotely on a card binding
+CLASS_NUMBER = {"class_i": 1, "class_ii": 2, "class_iii": 3}
+CODE_PATTERN = re.compile(r"(?<![0-9A-Za-z.])[0-9]{6}(?![0-9A-Za-z])")
+# What an ID card image (raw, base64 from its first byte, or the simulator's text inside
+# it) and a liveness SDK token look like: none may reach the log or the state.
+IMAGE_AND_TOKEN_MARKERS = (
+    "iVBORw0KGgo",  # base64 of the PNG signature
+    "/9j/",  # base64 of the JPEG magic
+    "\x89PNG",
+    "\xff\xd8\xff",
+    "Tally-ID-Card",  # core.providers.population.ID_CARD_KEYWORD, the text an image holds
+    "lv1.face-",  # a liveness token (core.providers.population.liveness_token)
+)
+
+
+@dataclass(slots=True)
+class VerificationRecords:
+    """What the verification audit reads, from the state (offline) or the API (online):
+    customers {id: {"verified": bool, "status": str}}, accounts {id: {"customer",
+    "class" (1, 2, 3), "closed", "binding_id"}}, bindings {id: {"customer", "status",
+    "steps_passed": bool (every step its policy required passed), "account"}}."""
+
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bindings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def binding_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """A `binding/<id>` record (core/services/verification.py) as the audit reads it."""
+    steps = record.get("steps") or {}
+    passed = all(
+        (steps.get(name) or {}).get("state") == "passed" for name in record.get("required") or ()
+    )
+    account = int(record.get("account") or 0)
+    return {
+        "customer": record["customer"],
+        "status": "used" if account else "unused",
+        "steps_passed": passed,
+        "account": account,
+        "card_number": (record.get("bound") or {}).get("card_number", ""),
+    }
+
+
+def records_from_state(state: dict[bytes, bytes]) -> VerificationRecords:
+    """The verification records of a replayed customer state."""
+    from core.services.state import kyc_verified
+
+    records = VerificationRecords()
+    for key, value in state.items():
+        if not value:
+            continue
+        if key.startswith(b"customer/"):
+            record = orjson.loads(value)
+            kyc = record.get("kyc") or {}
+            records.customers[record["id"]] = {
+                "verified": kyc_verified(kyc),
+                "status": str(kyc.get("status", "")),
+            }
+        elif key.startswith(b"account/"):
+            record = orjson.loads(value)
+            bound = record.get("bound") or {}
+            records.accounts[int(record["id"])] = {
+                "customer": record["customer"],
+                "class": int(record["class"]),
+                "closed": bool(record.get("closed")),
+                "bound": bool(bound),
+                "binding_id": bound.get("binding_id", ""),
+            }
+        elif key.startswith(b"binding/"):
+            record = orjson.loads(value)
+            records.bindings[record["id"]] = binding_entry(record)
+    return records
+
+
+def check_verification(
+    records: VerificationRecords,
+    outcomes: list[dict[str, Any]],
+    audit: Audit,
+) -> None:
+    """Every open Class II/III account's holder is verified; every such account was opened
+    on a binding of its holder that passed every step its policy required and names it;
+    what a client was told it opened on a binding is that binding; no fraudster the
+    load test sent (`pattern` on a verification line) was verified or bound the card."""
+    for account_id, account in records.accounts.items():
+        if account["class"] not in OPENED_CLASSES or account["closed"]:
+            continue
+        holder = records.customers.get(account["customer"])
+        if holder is None or not holder["verified"]:
+            status = holder["status"] if holder is not None else "no such customer"
+            audit.error(
+                "unverified_holder",
+                f"account {account_id} (class {account['class']}) is open for customer"
+                f" {account['customer']}, whose verification is {status}",
+            )
+        else:
+            audit.counts["class_ii_holders_verified"] += 1
+        if not account.get("bound", True):
+            continue  # online: the API does not say; the client's claims are checked below
+        binding_id = account["binding_id"]
+        binding = records.bindings.get(binding_id) if binding_id else None
+        if binding is None:
+            audit.error(
+                "unverified_binding",
+                f"account {account_id} is bound to a card without a binding"
+                f" ({binding_id or 'none named'})",
+            )
+            continue
+        problem = _binding_problem(binding, account_id, account["customer"])
+        if problem:
+            audit.error(
+                "unverified_binding", f"account {account_id}, binding {binding_id}: {problem}"
+            )
+        else:
+            audit.counts["opening_bindings_verified"] += 1
+    for line in outcomes:
+        if line.get("outcome") == "opened" and line.get("binding_id"):
+            opened = records.accounts.get(int(line["account_id"]))
+            if opened is not None and opened["binding_id"] != line["binding_id"]:
+                audit.error(
+                    "unverified_binding",
+                    f"account {line['account_id']} was opened on binding {line['binding_id']}"
+                    f" (its client was told), the books say {opened['binding_id'] or 'none'}",
+                )
+        if line.get("operation") != "verification" or "customer_id" not in line:
+            continue
+        audit.counts["verification_workflows"] += 1
+        customer = records.customers.get(line["customer_id"])
+        pattern = line.get("pattern") or ""
+        if customer is None:
+            audit.error("verification", f"customer {line['customer_id']} is not in the books")
+            continue
+        if line.get("customer_status") == "verified" and not customer["verified"]:
+            audit.error(
+                "verification",
+                f"customer {line['customer_id']}: told verified, the books say"
+                f" {customer['status']}",
+            )
+        fraud_passed = ""
+        if pattern in ("other_face", "spoof") and customer["verified"]:
+            fraud_passed = f"{pattern} customer {line['customer_id']} is verified"
+        elif pattern == "other_card":
+            taken = [
+                binding_id
+                for binding_id, binding in records.bindings.items()
+                if binding["customer"] == line["customer_id"]
+                and binding["card_number"] == line.get("card_number")
+                and (binding["steps_passed"] or binding["status"] == "used")
+            ]
+            if taken:
+                fraud_passed = f"customer {line['customer_id']} bound another person's card"
+        if fraud_passed:
+            audit.error("fraud_verified", fraud_passed)
+        elif pattern:
+            audit.counts["fraud_refused"] += 1
+
+
+def _binding_problem(binding: dict[str, Any], account_id: int, customer_id: str) -> str:
+    if binding["customer"] != customer_id:
+        return f"the binding is customer {binding['customer']}'s"
+    if not binding["steps_passed"]:
+        return "the binding's steps did not all pass"
+    if binding["status"] != "used":
+        return f"the binding is {binding['status']}, not used"
+    if binding["account"] and binding["account"] != account_id:
+        return f"the binding was used by account {binding['account']}"
+    return ""
+
+
+def sms_codes(outcomes: list[dict[str, Any]]) -> set[str]:
+    """The SMS codes the load test's customers received (their `sms_code` lines)."""
+    return {str(line["code"]) for line in outcomes if line.get("operation") == "sms_code"}
+
+
+def leaks_in_text(text: str, codes: set[str]) -> tuple[set[str], set[str]]:
+    """(codes, image or token markers) found in `text`: in a JSON log line or state value
+    only its strings are searched for codes (a 6-digit amount is no code)."""
+    markers = {marker for marker in IMAGE_AND_TOKEN_MARKERS if marker in text}
+    found: set[str] = set()
+    if not codes:
+        return found, markers
+    start = text.find("{")
+    value: Any = None
+    if start >= 0:
+        try:
+            value = orjson.loads(text[start:])
+        except orjson.JSONDecodeError:
+            value = None
+    if value is None:
+        found.update(match for match in CODE_PATTERN.findall(text) if match in codes)
+        return found, markers
+    found.update(match for match in CODE_PATTERN.findall(text[:start]) if match in codes)
+    for string in _strings(value):
+        found.update(match for match in CODE_PATTERN.findall(string) if match in codes)
+    return found, markers
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def check_leaks(
+    codes: set[str],
+    server_logs: list[Path],
+    state_values: Iterable[tuple[bytes, bytes]] | None,
+    audit: Audit,
+) -> None:
+    """No SMS code a customer received, no ID card image and no liveness token in the
+    server's log or in any state record ever written."""
+    audit.counts["sms_codes_checked"] = len(codes)
+    leaked: set[str] = set()
+    for path in server_logs:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, 1):
+                audit.counts["server_log_lines_checked"] += 1
+                found, markers = leaks_in_text(line, codes)
+                for marker in markers:
+                    audit.error("leak", f"{path.name}:{number}: an image or token ({marker!r})")
+                for code in sorted(found):
+                    audit.error("leak", f"{path.name}:{number}: the SMS code {code}")
+                leaked |= found
+    if state_values is None:
+        audit.notes.append("state records not searched for codes (online)")
+    else:
+        for key, value in state_values:
+            found, markers = leaks_in_text(value.decode("utf-8", "replace"), codes)
+            where = key.decode(errors="replace")
+            for marker in markers:
+                audit.error("leak", f"state {where}: an image or token ({marker!r})")
+            for code in sorted(found):
+                audit.error("leak", f"state {where}: the SMS code {code}")
+            leaked |= found
+            audit.counts["state_values_checked"] += 1
+    if not server_logs:
+        audit.notes.append("no server log given: not searched for codes")
+    audit.counts["sms_codes_not_leaked"] = len(codes - leaked)
+
+
 def audit_books(
     books: Books,
     outcomes: list[dict[str, Any]],
@@ -760,6 +1114,7 @@ def audit_books(
     exclusive: bool,
     dataset: dict[str, Any] | None = None,
     transfer_id_key: bytes | None = None,
+    server_logs: list[Path] | None = None,
 ) -> Audit:
     """Audit `books` against the clients' `outcomes`; acknowledged transfer ids are re-derived
     with `transfer_id_key` (the server's; default: the development key)."""
@@ -784,6 +1139,8 @@ def audit_books(
     key = DEVELOPMENT.transfer_id_key if transfer_id_key is None else transfer_id_key
     check_outcomes(outcomes, books, transfers, channel_ids, audit, exclusive, key)
     check_risk_decisions(outcomes, books.risk_decisions(), channel_ids, audit, key)
+    check_verification(books.verification_records(dataset, outcomes), outcomes, audit)
+    check_leaks(sms_codes(outcomes), server_logs or [], books.state_values(), audit)
     return audit
 
 
@@ -798,7 +1155,7 @@ def print_summary(summary: dict[str, Any], source: str) -> None:
     if summary["clean"]:
         print(
             "audit: clean (every acknowledged transfer booked once, money conserved,"
-            " no limit passed)"
+            " no limit passed, every Class II holder and binding verified, no code leaked)"
         )
         return
     for line in summary["errors_shown"]:
@@ -841,6 +1198,7 @@ def run(args: argparse.Namespace) -> int:
         exclusive=args.exclusive,
         dataset=dataset,
         transfer_id_key=secrets.transfer_id_key,
+        server_logs=[Path(path) for path in args.server_log],
     )
     summary = audit.summary()
     summary["source"] = redact_dsn(args.source)  # a postgresql:// source may carry a password
@@ -855,7 +1213,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main_for_loadtest(
-    source: str, out: Path, *, channels: str, rules: str, exclusive: bool
+    source: str,
+    out: Path,
+    *,
+    channels: str,
+    rules: str,
+    exclusive: bool,
+    server_logs: list[Path] | None = None,
 ) -> dict[str, Any]:
     """`tally audit` as `tally loadtest` runs it: prints, writes OUT/audit.json, returns it."""
     parser = argparse.ArgumentParser()
@@ -864,6 +1228,8 @@ def main_for_loadtest(
     words += ["--dataset", str(out / "dataset.json"), "--json", str(out / "audit.json")]
     if exclusive:
         words.append("--exclusive")
+    for path in server_logs or []:
+        words += ["--server-log", str(path)]
     status = run(parser.parse_args(words))
     if status == 2:
         return {"clean": False, "errors_total": 1, "counts": {}}

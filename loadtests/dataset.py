@@ -1,17 +1,23 @@
 """The load test's starting state, created through the HTTP API like a bank's branches would.
 
 `create_dataset(url, customers=200, merchants=10)` registers customers at the
-counter, opens each a Class I account face to face with a cash deposit, opens
-a Class II account remotely (the app binds the customer's own Class I card),
-records a face-to-face check on the Class II account (so it may take money
-from non-bound accounts) and tops it up from the bound card. Merchants get a
-Class I account that receives card payments. The result is written as one
-JSON file that the Locust users read (`TALLY_LOADTEST_DATASET`) and the audit
-uses to know which accounts to look at.
+counter (the real-name verification's counter policy: the ID's structure, the
+identity database through the server's providers and the teller's confirmation,
+so a customer is `verified` in that one call when the database agrees), opens each
+a Class I account face to face with a cash deposit, binds that card at the counter
+(the issuer check, on the bank's own records), opens a Class II account remotely
+(the app, on that binding), records a face-to-face check on the Class II account
+(so it may take money from non-bound accounts) and tops it up from the bound card.
+Merchants get a Class I account that receives card payments. The result is written
+as one JSON file that the Locust users read (`TALLY_LOADTEST_DATASET`) and the
+audit uses to know which accounts to look at.
 
 Identity numbers are derived from `seed`, so two runs against the same
 server with different seeds never collide; a collision anyway (409
-customer-exists) is skipped, not fatal.
+customer-exists) is skipped, not fatal, and so is a customer the identity
+database does not confirm (the providers' simulated fraud, or a provider that
+stayed unavailable): not verified, nothing opened for them; `skipped` counts both
+by reason.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime
 import time
 import tomllib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -138,15 +145,22 @@ def _expect(response: Any, status: int, what: str) -> Any:
 
 def _customer(
     url: str, secrets_of: dict[str, dict[str, Any]], seed: int, index: int, merchant: bool
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
+    """The customer's dataset entry, or {"skipped": why}."""
     name, id_number, mobile = identity_of(seed, index)
     with client(url, "counter", secrets_of) as counter, client(url, "app", secrets_of) as app:
         registered = post(
             counter, "/v1/customers", {"name": name, "id_number": id_number, "mobile": mobile}
         )
         if registered.status_code == 409:
-            return None  # a customer of an earlier run against the same server
-        customer_id = _expect(registered, 201, "register customer")["customer_id"]
+            return {"skipped": "customer-exists"}  # a customer of an earlier run, say
+        customer = _expect(registered, 201, "register customer")
+        customer_id = customer["customer_id"]
+        kyc = customer.get("kyc") or {}
+        if kyc.get("status") != "verified":
+            # Not confirmed by the identity database (or it stayed unreachable): a real
+            # counter would send the customer away; nothing is opened for them.
+            return {"skipped": f"kyc-{kyc.get('status', 'unknown')}"}
         class_i = _expect(
             post(
                 counter,
@@ -177,30 +191,36 @@ def _customer(
             "password": PASSWORD,
             "class_i": class_i,
             "class_ii": [],
+            "bindings": [],
             "postings": postings,
         }
         if merchant:
             return entry
+        card = {
+            "card_number": class_i,
+            "card_type": "class_i_debit",
+            "holder_name": name,
+            "holder_id_number": id_number,
+            "reserved_mobile": mobile,
+        }
+        binding = _expect(
+            post(counter, f"/v1/customers/{customer_id}/card-bindings", card),
+            201,
+            "bind the Class I card at the counter",
+        )
+        if binding["status"] != "verified":
+            raise RuntimeError(f"setup: the counter's binding of an own card is {binding}")
         class_ii = _expect(
             post(
                 app,
                 f"/v1/customers/{customer_id}/accounts",
-                {
-                    "class": "class_ii",
-                    "password": PASSWORD,
-                    "bound_card": {
-                        "card_number": class_i,
-                        "card_type": "class_i_debit",
-                        "holder_name": name,
-                        "holder_id_number": id_number,
-                        "reserved_mobile": mobile,
-                    },
-                },
+                {"class": "class_ii", "password": PASSWORD, "bound_card": card},
                 retry=False,
             ),
             201,
-            "open Class II by binding the Class I card",
+            "open Class II on the Class I card's binding",
         )["account_id"]
+        entry["bindings"] = [binding["binding_id"]]
         _expect(
             post(counter, f"/v1/accounts/{class_ii}/face-to-face", {"id_number": id_number}),
             200,
@@ -240,13 +260,15 @@ def create_dataset(
                 range(total),
             )
         )
-    people = [entry for entry in made[:customers] if entry is not None]
-    shops = [entry for entry in made[customers:] if entry is not None]
+    skipped = Counter(entry["skipped"] for entry in made if "skipped" in entry)
+    people = [entry for entry in made[:customers] if "skipped" not in entry]
+    shops = [entry for entry in made[customers:] if "skipped" not in entry]
     postings = [line for entry in people + shops for line in entry.pop("postings")]
     if len(people) < 2 or not shops:
         raise RuntimeError(
-            f"setup: only {len(people)} customers and {len(shops)} merchants could be created "
-            "(identity numbers taken by an earlier run? pass another --seed)"
+            f"setup: only {len(people)} customers and {len(shops)} merchants could be created"
+            f" (skipped: {dict(skipped) or 'none'}; customer-exists: identity numbers taken by"
+            " an earlier run, pass another --seed; kyc-pending: has the server --providers?)"
         )
     return {
         "url": url,
@@ -258,6 +280,7 @@ def create_dataset(
         },
         "customers": people,
         "merchants": shops,
+        "skipped": dict(skipped.most_common()),
         "postings": postings,
     }
 

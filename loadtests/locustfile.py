@@ -18,6 +18,14 @@ Environment:
   `device` field; a legitimate customer answers a risk challenge with a second factor
   (the same Idempotency-Key), a fraudster cannot; each outcome line says what the risk
   stage did (`risk`) and, for a fraudster's request, its pattern (`fraud`).
+- `TALLY_LOADTEST_PROVIDERS`: the provider simulator the server calls (`tally loadtest`
+  starts it); its `/sim/sms/{mobile}` is the customers' phone. Without it no new customer
+  (`VerifyingCustomerUser`) runs and no Class II account is opened (no SMS code to read).
+- `TALLY_LOADTEST_VERIFY_WEIGHT` (default 4; 0: none) and `TALLY_LOADTEST_VERIFY_FRAUD_SHARE`
+  (default 0.1): `VerifyingCustomerUser`, new app customers walking the real-name
+  verification, each step its own request name, a share of them fraudsters (another's
+  face, a spoof, another's card) whom the bank must refuse (loadtests/verification.py).
+  Opening a Class II account binds the card first (issuer check, SMS code) everywhere.
 
 The mix follows /work/shared/DOMAIN.md: payments out of Class II (a hold, then a capture
 or a void) ~55%, top-ups from the bound card ~15%, transfers to non-bound accounts ~8%,
@@ -30,7 +38,9 @@ same key (at most `RETRIES_MAX` times, with backoff). Outcomes:
 
 - 2xx: acknowledged; written to the outcomes file (the audit proves it is in the ledger).
 - an expected business refusal (insufficient funds, a PBoC/product/channel limit, the
-  5-account cap): a success for Locust, written to the outcomes file as refused.
+  5-account cap): a success for Locust, written to the outcomes file as refused; so is a
+  verification refusal the scenario expects (a fraudster refused, an opening on a binding
+  that is not verified, a provider's 503 retried after its Retry-After).
 - anything else (5xx, timeouts, 429 after the retries, an unexpected 4xx): a Locust
   failure; a money request whose answer was never seen is written as unknown.
 
@@ -52,17 +62,19 @@ enabled by the file `tally loadtest` writes for it:
   with the same TxIds.
 
 Tags run one flow alone: `--tags pay`, `topup`, `withdraw`, `transfer`, `open`, `cash`,
-`incoming`, `read`, `fraud`, `iso8583`, `iso20022`.
+`incoming`, `read`, `fraud`, `verify`, `iso8583`, `iso20022`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,7 +84,9 @@ from locust import FastHttpUser, LoadTestShape, User, between, events, tag, task
 from channels.client import Signer, new_key
 from loadtests.dataset import channel_secrets, read_dataset
 from loadtests.fraud import (
-    FRAUD_PATTERNS,
+    FRAUD_PATTERNS as RISK_FRAUD_PATTERNS,
+)
+from loadtests.fraud import (
     FRAUD_SHARE_DEFAULT,
     RISK_CHALLENGE_MET,
     SECOND_FACTOR,
@@ -81,6 +95,15 @@ from loadtests.fraud import (
     thief_device,
 )
 from loadtests.profile import diurnal_fraction
+from loadtests.verification import (
+    FRAUD_PATTERNS,
+    NEW_IDENTITIES,
+    SMS_NOT_ENTERED_SHARE,
+    STEP_REQUESTS,
+    VERIFY_FRAUD_SHARE_DEFAULT,
+    VERIFY_WEIGHT_DEFAULT,
+    new_identity,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RETRIES_MAX = 3
@@ -115,6 +138,27 @@ NO_DEVICE_OPERATIONS = frozenset({"incoming_transfer", "capture", "void"})
 TOKEN_EXPIRED = "transaction-token-invalid"  # renewed with the PIN and retried, not a failure
 SESSION_EXPIRED = "session-invalid"  # a customer session renewed with the password, not a failure
 RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
+# Real-name verification (issue 17, loadtests/verification.py): the provider simulator
+# the server calls (its `/sim/sms/{mobile}` is the customers' phone), and the new customers.
+PROVIDERS_URL = (os.environ.get("TALLY_LOADTEST_PROVIDERS") or "").rstrip("/")
+VERIFY_WEIGHT = int(os.environ.get("TALLY_LOADTEST_VERIFY_WEIGHT") or VERIFY_WEIGHT_DEFAULT)
+VERIFY_FRAUD_SHARE = float(
+    os.environ.get("TALLY_LOADTEST_VERIFY_FRAUD_SHARE") or VERIFY_FRAUD_SHARE_DEFAULT
+)
+# A provider the bank could not reach or read: the step stays pending, the client tries
+# again after Retry-After; expected, not a failure (a 503 of the server's own is one).
+PROVIDER_TROUBLE = frozenset({"provider-unavailable", "provider-answer-invalid"})
+SMS_READ_TRIES = 4  # the phone is read this often (SMS_READ_PAUSE_S apart) before "lost"
+SMS_READ_PAUSE_S = 0.25
+SMS_OPERATION = "bind_card"
+LIVENESS_TRIES_MAX = 5  # a customer tries the liveness check again at most this often
+NEW_CUSTOMER_PASSWORD = "246810"
+# A step already decided (its attempts used up, the verification closed): a retry the
+# scenario expects to meet it.
+DECIDED = frozenset({"verification-attempts-exceeded", "verification-closed"})
+# A code sent to this mobile moments ago (another binding of the same customer): the
+# customer waits; the workflow stops there.
+SMS_TOO_FREQUENT = frozenset({"sms-code-too-frequent"})
 
 
 # --- shared per process ------------------------------------------------------------------
@@ -131,6 +175,10 @@ class Shared:
     secrets: ClassVar[dict[str, dict[str, Any]]] = {}
     outcomes: ClassVar[Any] = None
     rng: ClassVar[random.Random] = random.Random()
+    sms_read: ClassVar[set[str]] = set()  # SMS message ids whose code was used
+    new_customers: ClassVar[int] = 0  # VerifyingCustomerUser's in this process
+    identity_base: ClassVar[int] = 0
+    binding: ClassVar[set[str]] = set()  # customers binding a card now (one SMS at a time)
 
     @classmethod
     def load(cls) -> None:
@@ -145,6 +193,16 @@ class Shared:
         name = f"outcomes-{socket.gethostname()}-{os.getpid()}.jsonl"
         cls.outcomes = open(out / name, "ab", buffering=0)  # noqa: SIM115 (closed at quit)
         cls.rng = random.Random(int(os.environ.get("TALLY_LOADTEST_SEED") or os.getpid()))
+
+    @classmethod
+    def next_identity(cls) -> int:
+        """A number for `new_identity` this process has not used: consecutive from a random
+        start, so processes (and runs against the same server) rarely meet; one that does
+        is refused customer-exists, an expected refusal."""
+        if cls.new_customers == 0:
+            cls.identity_base = random.SystemRandom().randrange(NEW_IDENTITIES)
+        cls.new_customers += 1
+        return (cls.identity_base + cls.new_customers) % NEW_IDENTITIES
 
     @classmethod
     def record(cls, line: dict[str, Any]) -> None:
@@ -224,8 +282,14 @@ class TallyUser(FastHttpUser):
         idempotency_key: str | None = None,
         token: str | None = None,
         session: str | None = None,
+        expected: frozenset[str] = frozenset(),
+        check: Callable[[int, dict[str, Any] | None], str] | None = None,
     ) -> tuple[int, Any, dict[str, Any] | None]:
-        """One signed request; returns (status, response headers, parsed body or None)."""
+        """One signed request; returns (status, response headers, parsed body or None).
+
+        `expected`: refusal slugs this request's scenario expects (a success of the request
+        kind); `check(status, parsed)`: what is wrong with an answer the status alone
+        passes ("" if nothing), a Locust failure (a fraudster verified, say)."""
         data = orjson.dumps(body) if body is not None else b""
         headers = self.signer.headers(
             method, path, data, query=query, idempotency_key=idempotency_key,
@@ -252,9 +316,13 @@ class TallyUser(FastHttpUser):
                 except orjson.JSONDecodeError:
                     parsed = None
             slug = _slug(parsed)
-            if (
+            problem = check(status, parsed) if check is not None else ""
+            if problem:
+                response.failure(problem)
+            elif (
                 200 <= status < 300
                 or slug in EXPECTED_REFUSALS
+                or slug in expected
                 or slug in (TOKEN_EXPIRED, SESSION_EXPIRED)
             ):
                 response.success()
@@ -412,6 +480,167 @@ class TallyUser(FastHttpUser):
             if other is not self.me or len(self.customers) == 1:
                 return other
 
+    # --- real-name verification (issue 17) ----------------------------------------------
+
+    def step(
+        self,
+        step: str,
+        path: str,
+        body: Any,
+        *,
+        expected: frozenset[str] = frozenset(),
+        check: Callable[[int, dict[str, Any] | None], str] | None = None,
+        session: str | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One verification step, reported under `STEP_REQUESTS[step]` (`session`: the
+        customer's, when the channel did not register them). A provider the bank
+        could not reach (503 provider-unavailable or -answer-invalid: the step stays
+        pending) is expected: the same request again after Retry-After, a bounded number of
+        times; so is a 429 or a 503 of the server's own (those are Locust failures)."""
+        status, parsed = 0, None
+        for attempt in range(RETRIES_MAX + 1):
+            status, headers, parsed = self.signed(
+                "POST", path, body, name=STEP_REQUESTS[step],
+                expected=expected | PROVIDER_TROUBLE, check=check, session=session,
+            )  # fmt: skip
+            if status not in RETRYABLE or attempt == RETRIES_MAX or _slug(parsed) in expected:
+                break
+            time.sleep(_backoff_s(attempt, headers))
+        return status, parsed
+
+    def bind_card(
+        self,
+        customer: dict[str, Any],
+        card: dict[str, Any],
+        *,
+        must_fail: bool = False,
+        session: str | None = None,
+    ) -> tuple[str, str, str]:
+        """Bind `card` to `customer` as the app does: the issuer's check, then the SMS code
+        the bank sends to the customer's mobile, read off the phone (the simulator's inbox)
+        and typed in. Returns (the binding's status, "verified" or where it stopped; its id;
+        why not). Each code received is an outcome line (`operation` "sms_code": the audit
+        makes sure the server never wrote it down). `must_fail`: the card is not the
+        customer's, and an issuer check that passes it is a Locust failure. `session`: the
+        customer's session at this channel (one the channel did not register)."""
+        path = f"/v1/customers/{customer['customer_id']}"
+
+        def passed_other_card(status: int, parsed: dict[str, Any] | None) -> str:
+            if must_fail and parsed is not None and _step_state(parsed, "issuer_card") == "passed":
+                return "the issuer check passed another person's card"
+            return ""
+
+        status, binding = self.step(
+            "bind_card", path + "/card-bindings", card, expected=SMS_TOO_FREQUENT,
+            check=passed_other_card, session=session,
+        )  # fmt: skip
+        if status != 201 or binding is None:
+            return "refused", "", _slug(binding) or f"bind-card-{status}"
+        binding_id = str(binding["binding_id"])
+        if binding["status"] in ("rejected", "expired"):
+            return binding["status"], binding_id, "binding:" + _failed_step(binding)
+        issuer = _step_state(binding, "issuer_card")
+        if issuer not in ("passed", ""):
+            return "rejected", binding_id, "binding:issuer_card"
+        if binding["status"] == "verified":
+            return "verified", binding_id, ""  # a channel that asks no SMS code
+        challenge = binding.get("sms_challenge")
+        if not challenge:
+            status, challenge = self.step(
+                "request_sms_code",
+                path + "/sms-codes",
+                {"operation": SMS_OPERATION, "subject": binding_id},
+                expected=SMS_TOO_FREQUENT,
+                session=session,
+            )
+            if status != 201 or challenge is None:
+                return "pending", binding_id, _slug(challenge) or f"sms-code-{status}"
+        code = self.read_sms_code(customer["mobile"])
+        if code is None:
+            return "pending", binding_id, "sms_lost"  # accepted by the gateway, never delivered
+        Shared.record(
+            {"channel": self.channel, "operation": "sms_code", "outcome": "sms_received",
+             "customer_id": customer["customer_id"], "binding_id": binding_id, "code": code}
+        )  # fmt: skip
+        if Shared.rng.random() < SMS_NOT_ENTERED_SHARE:
+            return "pending", binding_id, "sms_not_entered"
+        status, confirmed = self.step(
+            "confirm_sms_code",
+            path + f"/sms-codes/{challenge['challenge_id']}/confirmation",
+            {"operation": SMS_OPERATION, "subject": binding_id, "code": code},
+            check=lambda status, parsed: (
+                f"the code received answered {parsed.get('status')}"
+                if status == 200 and parsed is not None and parsed.get("status") != "confirmed"
+                else ""
+            ),
+            session=session,
+        )
+        if status != 200 or confirmed is None or confirmed.get("status") != "confirmed":
+            return "pending", binding_id, _slug(confirmed) or f"sms-confirm-{status}"
+        return "verified", binding_id, ""
+
+    def read_verification(self, customer_id: str) -> dict[str, Any]:
+        status, _, parsed = self.signed(
+            "GET",
+            f"/v1/customers/{customer_id}/verification",
+            name="GET /v1/customers/{id}/verification",
+        )
+        if status != 200 or parsed is None:
+            return {"status": "unknown", "steps": []}
+        return parsed
+
+    def read_sms_code(self, mobile: str) -> str | None:
+        """The newest code on the customer's phone (the simulator's `/sim/sms/{mobile}`, read
+        past Locust: it is the customer's phone, not the bank); None if none came."""
+        import urllib.request
+
+        from core.providers.population import sms_code_in
+
+        for attempt in range(SMS_READ_TRIES):
+            with urllib.request.urlopen(f"{PROVIDERS_URL}/sim/sms/{mobile}", timeout=10) as answer:
+                messages = orjson.loads(answer.read())["messages"]
+            for message in reversed(messages):
+                code = sms_code_in(message["text"])
+                if code is not None and message["message_id"] not in Shared.sms_read:
+                    Shared.sms_read.add(message["message_id"])
+                    return code
+            if attempt + 1 < SMS_READ_TRIES:
+                time.sleep(SMS_READ_PAUSE_S)
+        return None
+
+    def open_bound(
+        self, customer: dict[str, Any], card: dict[str, Any], binding_id: str, *, verified: bool
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Open a Class II account bound to `card`: 201 if its binding is `verified`; else the
+        bank must refuse it (binding-not-verified), and a 201 is a Locust failure."""
+        me = customer
+        expected = frozenset() if verified else frozenset({"binding-not-verified"})
+
+        def check(status: int, parsed: dict[str, Any] | None) -> str:
+            if not verified and 200 <= status < 300:
+                return "opened a Class II account on a card binding that is not verified"
+            return ""
+
+        status, parsed = self.step(
+            "open_class_ii",
+            f"/v1/customers/{me['customer_id']}/accounts",
+            {"class": "class_ii", "password": me["password"], "bound_card": card},
+            expected=expected,
+            check=check,
+        )
+        if status == 201 and parsed is not None:
+            Shared.record(
+                {"channel": self.channel, "operation": "open_account", "outcome": "opened",
+                 "account_id": parsed["account_id"], "customer_id": me["customer_id"],
+                 "card_number": card["card_number"], "binding_id": binding_id}
+            )  # fmt: skip
+        elif _slug(parsed) == "account-class-limit":
+            Shared.record(
+                {"channel": self.channel, "operation": "open_account", "outcome": "refused",
+                 "slug": "account-class-limit", "customer_id": me["customer_id"]}
+            )  # fmt: skip
+        return status, parsed
+
 
 class MobileUser(TallyUser):
     """A customer on a phone: pays, tops up, transfers, withdraws from a Class II account."""
@@ -518,34 +747,27 @@ class MobileUser(TallyUser):
     @tag("open")
     @task(1)
     def open_class_ii(self) -> None:
-        """Open one more Class II account by binding the Class I card (at most 5 per class)."""
+        """Open one more Class II account bound to the Class I card (at most 5 per class):
+        the card is bound first (the issuer's check on the bank's own records, the SMS
+        code off the customer's phone), then the opening uses the binding."""
+        if not PROVIDERS_URL or self.me["customer_id"] in Shared.binding:
+            return  # no phone to read the code from; or this customer is binding a card
         me = self.me
-        status, _, parsed = self.signed(
-            "POST",
-            f"/v1/customers/{me['customer_id']}/accounts",
-            {
-                "class": "class_ii",
-                "password": me["password"],
-                "bound_card": {
-                    "card_number": me["class_i"],
-                    "card_type": "class_i_debit",
-                    "holder_name": me["name"],
-                    "holder_id_number": me["id_number"],
-                    "reserved_mobile": me["mobile"],
-                },
-            },
-            name="POST /v1/customers/{id}/accounts",
-        )
-        if status == 201 and parsed is not None:
-            Shared.record(
-                {"channel": self.channel, "operation": "open_account", "outcome": "opened",
-                 "account_id": parsed["account_id"], "customer_id": me["customer_id"]}
-            )  # fmt: skip
-        elif _slug(parsed) == "account-class-limit":
-            Shared.record(
-                {"channel": self.channel, "operation": "open_account", "outcome": "refused",
-                 "slug": "account-class-limit", "customer_id": me["customer_id"]}
-            )  # fmt: skip
+        card = {
+            "card_number": str(me["class_i"]),
+            "card_type": "class_i_debit",
+            "holder_name": me["name"],
+            "holder_id_number": me["id_number"],
+            "reserved_mobile": me["mobile"],
+        }
+        Shared.binding.add(me["customer_id"])  # one code to this phone at a time
+        try:
+            # The app did not register this customer (the counter did): their session.
+            bound, binding_id, _ = self.bind_card(me, card, session=self.session_for())
+            if bound == "verified":
+                self.open_bound(me, card, binding_id, verified=True)
+        finally:
+            Shared.binding.discard(me["customer_id"])
 
     @tag("read")
     @task(10)
@@ -708,6 +930,143 @@ class OpenApiUser(TallyUser):
             {"account_id": str(customer["class_i"]), "name": name},
             name="POST /v1/account-verifications",
         )
+
+
+# --- real-name verification: new customers in the app (issue 17) ---------------------------
+
+
+class VerifyingCustomerUser(TallyUser):
+    """A new customer opening an account in the app, from nothing (loadtests/verification.py):
+
+    register (the app channel) -> the ID card's photo -> the liveness check (the identity
+    database compares the live face with the ID's photo) -> bind a card of another bank
+    (the issuer's check, then the SMS code read off the phone and typed in) -> open a
+    Class II account on that binding -> a small top-up, and half the time a transfer out
+    of it (money moves only from a verified holder's account).
+
+    A share (`TALLY_LOADTEST_VERIFY_FRAUD_SHARE`) are fraudsters: another person's face,
+    a spoof, or another person's card; the bank must refuse each (a fraudster verified,
+    or an opening on a binding that is not verified, is a Locust failure). The simulated
+    world adds its own: a stolen identity (the database photo is not the face), a card
+    whose reserved mobile differs, an SMS lost. Every step is its own request name; the
+    workflow's end is one outcome line (`operation` "verification")."""
+
+    channel = "app"
+    weight = VERIFY_WEIGHT
+    abstract = VERIFY_WEIGHT <= 0 or not PROVIDERS_URL
+    wait_time = between(0.5, 2.0)
+
+    @tag("verify")
+    @task
+    def become_customer(self) -> None:
+        name, id_number, mobile = new_identity(Shared.next_identity())
+        pattern = ""
+        if Shared.rng.random() < VERIFY_FRAUD_SHARE:
+            pattern = Shared.rng.choice(FRAUD_PATTERNS)
+        line: dict[str, Any] = {
+            "channel": self.channel,
+            "operation": "verification",
+            "outcome": "verification",
+            "pattern": pattern,
+        }
+        line.update(self.workflow(name, id_number, mobile, pattern))
+        Shared.record(line)
+
+    def workflow(self, name: str, id_number: str, mobile: str, pattern: str) -> dict[str, Any]:
+        """The steps, as far as the customer gets; what the outcome line says of them."""
+        from core.providers.population import card_for, face_of, id_card_image, liveness_token
+
+        status, registered = self.step(
+            "register",
+            "/v1/customers",
+            {"name": name, "id_number": id_number, "mobile": mobile},
+            expected=frozenset({"customer-exists"}),  # an ID number an earlier run took
+        )
+        if status != 201 or registered is None:
+            return {"result": "refused", "reason": _slug(registered) or f"register-{status}"}
+        me = {
+            "customer_id": registered["customer_id"], "name": name, "id_number": id_number,
+            "mobile": mobile, "password": NEW_CUSTOMER_PASSWORD,
+        }  # fmt: skip
+        found: dict[str, Any] = {"customer_id": me["customer_id"]}
+        path = f"/v1/customers/{me['customer_id']}/verification"
+        media_type = Shared.rng.choice(("image/png", "image/jpeg"))
+        image = id_card_image(name, id_number, media_type)
+        body = {"image_base64": base64.b64encode(image).decode(), "media_type": media_type}
+        status, read = self.step("id_document", path + "/id-document", body)
+        if status != 200 or read is None:
+            return found | {"result": "refused", "reason": _slug(read) or f"id-document-{status}"}
+        if pattern == "other_face":
+            token = liveness_token(face_of(self.other_customer()["id_number"]))
+        else:
+            token = liveness_token(face_of(id_number), live=pattern != "spoof")
+        fraud = pattern in ("other_face", "spoof")
+
+        def verified_fraudster(status: int, parsed: dict[str, Any] | None) -> str:
+            if fraud and parsed is not None and parsed.get("status") == "verified":
+                return f"a fraudster ({pattern}) was verified"
+            return ""
+
+        # A failed attempt leaves the step pending with attempts left: the customer (the
+        # fraudster above all) tries again until the bank decides, a bounded number of times.
+        for _ in range(LIVENESS_TRIES_MAX):
+            status, answer = self.step(
+                "liveness", path + "/liveness", {"token": token}, check=verified_fraudster,
+                expected=DECIDED,
+            )  # fmt: skip
+            if status == 200 and answer is not None:
+                read = answer
+            if status != 200:
+                read = self.read_verification(me["customer_id"])  # decided meanwhile
+                break
+            if read["status"] != "pending" or not _failed_attempt(read):
+                break
+        if read["status"] != "verified":
+            found |= {"customer_status": read["status"]}
+            result = "rejected" if read["status"] == "rejected" else "abandoned"
+            return found | {"result": result, "reason": "customer:" + _failed_step(read)}
+        found["customer_status"] = "verified"
+        if pattern == "other_card":
+            number = card_for(self.other_customer()["id_number"])
+        else:
+            number = card_for(id_number, Shared.rng.randrange(4))
+        card = {
+            "card_number": number, "card_type": "class_i_debit", "holder_name": name,
+            "holder_id_number": id_number, "reserved_mobile": mobile,
+        }  # fmt: skip
+        found["card_number"] = number
+        bound, binding_id, reason = self.bind_card(me, card, must_fail=pattern == "other_card")
+        found |= {"binding_id": binding_id, "binding_status": bound}
+        if bound != "verified":
+            self.open_bound(me, card, binding_id, verified=False)  # the bank must refuse it
+            result = "rejected" if bound == "rejected" else "abandoned"
+            return found | {"result": result, "reason": reason}
+        status, opened = self.open_bound(me, card, binding_id, verified=True)
+        if status != 201 or opened is None:
+            return found | {"result": "refused", "reason": _slug(opened) or f"open-{status}"}
+        account = str(opened["account_id"])
+        found["account_id"] = account
+        self.me = me  # the money below is theirs, from their phone
+        topped_up = self.money(
+            f"/v1/accounts/{account}/topups",
+            {"amount_minor": Shared.rng.randint(10_000, 100_000)},
+            name="POST /v1/accounts/{id}/topups",
+            operation="topup",
+            debit_auth=(account, me["password"]),
+        )
+        if topped_up is not None and Shared.rng.random() < 0.5:
+            self.money(
+                "/v1/transfers",
+                {
+                    "debit_account_id": account,
+                    "credit_account_id": str(self.other_customer()["class_i"]),
+                    "amount_minor": Shared.rng.randint(100, 5_000),
+                },
+                name="POST /v1/transfers",
+                operation="transfer",
+                debit_auth=(account, me["password"]),
+            )
+        return found | {"result": "verified", "reason": ""}
 
 
 # --- ISO 8583 terminals and ISO 20022 partner banks (issue 18) ----------------------------
@@ -1148,7 +1507,7 @@ class FraudUser(TallyUser):
 
     def on_start(self) -> None:
         super().on_start()
-        self.pattern = FRAUD_PATTERNS[FraudUser.started % len(FRAUD_PATTERNS)]
+        self.pattern = RISK_FRAUD_PATTERNS[FraudUser.started % len(RISK_FRAUD_PATTERNS)]
         FraudUser.started += 1
         if FraudUser.mule_account is None:
             # One mule per process: every mule-pattern user steers its payers there, so
@@ -1269,3 +1628,30 @@ def _backoff_s(attempt: int, headers: Any) -> float:
     if retry_after and str(retry_after).isdigit():
         return min(RETRY_AFTER_MAX_S, float(retry_after))
     return float(min(RETRY_AFTER_MAX_S, 0.05 * 2**attempt * (1 + Shared.rng.random())))
+
+
+def _step_state(read: dict[str, Any], step: str) -> str:
+    """The state of `step` in a VerificationRead or CardBindingRead ("" if not required)."""
+    for entry in read.get("steps") or ():
+        if entry.get("step") == step:
+            return str(entry.get("state") or "")
+    return ""
+
+
+def _failed_step(read: dict[str, Any]) -> str:
+    """The first step that failed or expired (or, none: the first still pending)."""
+    steps = read.get("steps") or ()
+    for states in (("failed", "expired"), ("pending",)):
+        for entry in steps:
+            if entry.get("state") in states:
+                return str(entry.get("step"))
+    return "unknown"
+
+
+def _failed_attempt(read: dict[str, Any]) -> bool:
+    """Whether a step of this pending verification failed an attempt and has attempts
+    left (a step's `reasons` say why its last attempt failed)."""
+    return any(
+        entry.get("state") == "pending" and entry.get("reasons") and entry.get("attempts", 0)
+        for entry in read.get("steps") or ()
+    )

@@ -2,10 +2,14 @@
 
     tally loadtest --seconds 30 --users 200 --out loadtest-out
 
-1. starts `tally serve` on a free loopback port with a fresh data directory
-   (`OUT/data`), unless `--host URL` names a server that already runs;
-2. creates the dataset through the API (`loadtests/dataset.py`: customers,
-   Class I and Class II accounts, opening balances) into `OUT/dataset.json`;
+1. starts the provider simulator (`tally providers serve`, loadtests/verification.py:
+   each provider's latency, 1% of calls failing, the world's fraud) and `tally serve
+   --providers URL` on a free loopback port with a fresh data directory (`OUT/data`),
+   unless `--host URL` names a server that already runs (then `--providers URL` names
+   the simulator it calls, if the new customers are to read their SMS codes);
+2. creates the dataset through the API (`loadtests/dataset.py`: customers registered
+   and verified at the counter, Class I and Class II accounts, opening balances) into
+   `OUT/dataset.json`;
    With ISO 8583 in `--protocols` (the default: every protocol), the server is then
    restarted on the same data directory with `--iso8583`, a terminal registry of the
    run's own (ATMs and POS terminals paying the dataset's first merchant) and fresh
@@ -17,21 +21,27 @@
    `--csv OUT/locust`, `--html OUT/locust.html`, its log in `OUT/locust.log`);
 4. stops the server (SIGTERM: the journal is closed cleanly);
 5. runs `tally audit` on the data directory (offline replay of the journal;
-   online over the API with `--host`), summary in `OUT/audit.json`;
+   online over the API with `--host`) and the server's log (no SMS code, no image in
+   it), summary in `OUT/audit.json`;
 6. writes `OUT/report.json` (users, requests/s, p50/p95/p99, failures,
    refusals, the audit's result, and `risk`: the fraudulent requests the risk rules
    stopped and the legitimate ones they challenged or held, from the server's answers:
-   `--fraud-share`, loadtests/fraud.py), `--save DIR` keeps it for `tally bench page`.
+   `--fraud-share`, loadtests/fraud.py; and the real-name verification's figures:
+   workflows completed a second, each step's p99 with the provider's latency, refusals
+   by reason, fraud attempted and passed: `--verify-weight`, loadtests/verification.py),
+   `--save DIR` keeps it for `tally bench page`.
 
 Exit status 0 only when Locust saw no failure (a 5xx, a timeout, a 429 after
-the retries, an unexpected status: see the locustfile) and the audit is
-clean; expected business refusals (insufficient funds, limits) are counted
-in the report, not failures. 2 when the run could not be made at all.
+the retries, an unexpected status, a fraudster verified: see the locustfile) and
+the audit is clean; expected business refusals (insufficient funds, limits, a
+fraudster refused, a provider's 503 retried) are counted in the report, not
+failures. 2 when the run could not be made at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import shutil
@@ -46,8 +56,18 @@ import orjson
 
 from core.bench.server import Server, free_port
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RULES_PATH
+from core.providers.sim import running_simulator
 from core.reports import machine_description, save_report
 from loadtests.fraud import FRAUD_SHARE_DEFAULT, format_summary, risk_summary
+from loadtests.verification import (
+    SIMULATOR_SEED,
+    VERIFY_FRAUD_SHARE_DEFAULT,
+    VERIFY_WEIGHT_DEFAULT,
+    simulator_options,
+    step_stats,
+    verification_summary,
+)
+from loadtests.verification import format_summary as format_verification
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 PROTOCOLS = ("http", "iso8583", "iso20022")
@@ -96,6 +116,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f" {','.join(PROTOCOLS)}; http is always on)",
     )
 
+    parser.add_argument(
+        "--verify-weight",
+        type=int,
+        default=VERIFY_WEIGHT_DEFAULT,
+        help="weight of the new app customers who walk the real-name verification"
+        f" (VerifyingCustomerUser; default {VERIFY_WEIGHT_DEFAULT}, 0: none)",
+    )
+    parser.add_argument(
+        "--verify-fraud-share",
+        type=_fraud_share,
+        default=VERIFY_FRAUD_SHARE_DEFAULT,
+        help="share of the new customers who present another person's face, a spoof or"
+        f" another person's card (default {VERIFY_FRAUD_SHARE_DEFAULT})",
+    )
+    parser.add_argument(
+        "--providers",
+        metavar="URL",
+        default="",
+        help="the provider simulator the --host server calls (its /sim/sms is the new"
+        " customers' phone); default: start one and give it to the fresh server",
+    )
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
 
 
@@ -118,7 +159,12 @@ def _fraud_share(text: str) -> float:
 
 
 def start_server(
-    out: Path, server: str, args: argparse.Namespace, iso8583: list[str] | None = None
+    out: Path,
+    server: str,
+    args: argparse.Namespace,
+    iso8583: list[str] | None = None,
+    *,
+    providers: str,
 ) -> Server:
     """A fresh server (a new data directory), or with `iso8583` (its serve arguments) the
     same data directory served again with the ISO 8583 listener."""
@@ -136,6 +182,7 @@ def start_server(
         "--token-ttl-s", "86400",  # tokens outlive the run; the users renew them anyway
         "--scrypt-n", "1024",  # the PIN checks are on the path; keep them cheap here
         "--dev",  # a throwaway server: public development secrets (against a real one: --host)
+        "--providers", providers,  # the run's provider simulator
         *(iso8583 or []),
     ]  # fmt: skip
     log = out / ("server-iso8583.log" if iso8583 else "server.log")
@@ -256,15 +303,43 @@ def read_stats(out: Path) -> dict[str, Any]:
     }
 
 
-def outcome_counts(out: Path) -> dict[str, Any]:
+def read_outcome_lines(out: Path) -> list[dict[str, Any]]:
+    """The outcome lines the Locust users wrote (not the setup's)."""
     from loadtests.audit import read_outcomes
 
+    return read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
+                          if path.name != "outcomes-setup.jsonl"])  # fmt: skip
+
+
+def provider_calls(url: str) -> dict[str, Any]:
+    """The simulator's counters (`/sim/stats`: calls, drawn failures, SMS delivered and
+    lost), {} if it does not answer (an external provider service)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/sim/stats", timeout=10) as answer:
+            stats: dict[str, Any] = orjson.loads(answer.read())
+    except (OSError, ValueError):
+        return {}
+    providers: dict[str, Any] = stats.get("providers", {})
+    return providers
+
+
+def _described(options: dict[str, Any]) -> str:
+    latency = ", ".join(f"{name} {ms} ms" for name, ms in options["latency_ms"].items())
+    return (
+        f"{latency}, jitter {options['jitter_ms']} ms; failures {options['failure_rate']:.0%},"
+        f" photo mismatch {options['photo_mismatch_rate']:.0%}, card mismatch"
+        f" {options['card_mismatch_rate']:.0%}, SMS lost {options['sms_loss_rate']:.0%}"
+    )
+
+
+def outcome_counts(out: Path) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
     retried = 0
     by_protocol: dict[str, Counter[str]] = {}
-    lines = read_outcomes([str(path) for path in out.glob("outcomes-*.jsonl")
-                           if path.name != "outcomes-setup.jsonl"])  # fmt: skip
+    lines = [line for line in read_outcome_lines(out) if line["outcome"] != "verification"]
     told = {(line["channel"], line["key"]) for line in lines
             if "key" in line and line["outcome"] != "sent"}  # fmt: skip
     unanswered = sum(
@@ -306,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
     from loadtests.dataset import create_dataset, write_dataset, write_setup_outcomes
 
     server: Server | None = None
+    simulator = contextlib.ExitStack()
     report: dict[str, Any] = {
         "benchmark": "locust",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -318,13 +394,22 @@ def run(args: argparse.Namespace) -> int:
         "fraud_share": args.fraud_share,
         "server": "external " + args.host if args.host else f"tally serve ({args.server})",
         "protocols": ["http"] if args.host else list(args.protocols),
+        "verify_weight": args.verify_weight,
+        "verify_fraud_share": args.verify_fraud_share,
     }
+    providers = args.providers.rstrip("/")
     try:
+        if not providers and not args.host:
+            options = simulator_options()
+            print(f"starting the provider simulator ({_described(options)}) ...")
+            providers = simulator.enter_context(running_simulator(SIMULATOR_SEED, **options))
+        report["providers"] = "simulator " + _described(simulator_options())
         if args.host:
             url = args.host.rstrip("/")
+            report["providers"] = f"external {providers}" if providers else "unknown"
         else:
             print(f"starting tally serve ({args.server}) with a fresh {out / 'data'} ...")
-            server = start_server(out, args.server, args)
+            server = start_server(out, args.server, args, providers=providers)
             url = server.url
         seed = args.seed or int(time.time()) % 100_000
         print(f"creating the dataset on {url}: {args.customers} customers (seed {seed}) ...")
@@ -340,6 +425,8 @@ def run(args: argparse.Namespace) -> int:
         write_setup_outcomes(dataset, out)
         report["setup_s"] = round(time.monotonic() - started, 1)
         report["customers"] = len(dataset["customers"])
+        # Customers the identity database did not confirm at the counter (or taken IDs).
+        report["customers_skipped"] = sum(dataset.get("skipped", {}).values())
         if args.setup_only:
             print(f"dataset in {out / 'dataset.json'}")
             return 0
@@ -350,7 +437,9 @@ def run(args: argparse.Namespace) -> int:
             assert server is not None
             server.stop()
             server = None
-            server = start_server(out, args.server, args, iso8583_serve_arguments(out, iso_port))
+            server = start_server(
+                out, args.server, args, iso8583_serve_arguments(out, iso_port), providers=providers
+            )
             wait_for_listener(iso_port, server)
             url = server.url
             iso_env["TALLY_LOADTEST_ISO8583"] = str(config)
@@ -369,6 +458,9 @@ def run(args: argparse.Namespace) -> int:
             TALLY_LOADTEST_SECONDS=str(args.seconds),
             TALLY_LOADTEST_USERS=str(args.users),
             TALLY_LOADTEST_FRAUD_SHARE=str(args.fraud_share),
+            TALLY_LOADTEST_PROVIDERS=providers,  # "": no new customers (no phone to read)
+            TALLY_LOADTEST_VERIFY_WEIGHT=str(args.verify_weight),
+            TALLY_LOADTEST_VERIFY_FRAUD_SHARE=str(args.verify_fraud_share),
             PYTHONWARNINGS="ignore",  # gevent's monkey-patching warnings belong in no report
         )
         if args.shape:
@@ -386,9 +478,12 @@ def run(args: argparse.Namespace) -> int:
                 check=False,
             )
         report["locust_exit_status"] = locust.returncode
+        if providers:
+            report["provider_calls"] = provider_calls(providers)
     finally:
         if server is not None:
             server.stop()
+        simulator.close()
     if not (out / "locust_stats.csv").exists():
         print(
             f"tally loadtest: Locust wrote no stats; see {out / 'locust.stdout'}", file=sys.stderr
@@ -397,6 +492,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report.update(read_stats(out))
     report.update(outcome_counts(out))
+    lines = read_outcome_lines(out)
+    report.update(verification_summary(lines, step_stats(out / "locust_stats.csv"), args.seconds))
 
     from loadtests.audit import main_for_loadtest
 
@@ -407,17 +504,25 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         rules=args.rules,
         exclusive=not args.host,
+        server_logs=[] if args.host else sorted(out.glob("server*.log")),
     )
     report["audit_clean"] = summary["clean"]
     report["audit_errors"] = summary["errors_total"]
     report["audit_acknowledged_found"] = summary["counts"].get("acknowledged_found", 0)
     report["audit_ledger_transfers_ok"] = summary["counts"].get("ledger_transfers_ok", 0)
     report["audit_source"] = "journal replay" if not args.host else "HTTP API"
+    counts = summary["counts"]
+    report["audit_class_ii_holders_verified"] = counts.get("class_ii_holders_verified", 0)
+    report["audit_bindings_verified"] = counts.get("opening_bindings_verified", 0)
+    report["audit_sms_codes_not_leaked"] = counts.get("sms_codes_not_leaked", 0)
     (out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     if args.save:
         save_report(report, args.save)
     print_report(report, out)
     ok = report["failures"] == 0 and report["money_unknown"] == 0 and summary["clean"]
+    if report["verification_fraud_passed"]:
+        ok = False  # a Locust failure already; said here too
+        print("tally loadtest: a fraudster passed the verification", file=sys.stderr)
     if report["requests"] == 0:
         ok = False
         print("tally loadtest: Locust made no request", file=sys.stderr)
@@ -447,6 +552,7 @@ def print_report(report: dict[str, Any], out: Path) -> None:
         print(f"  unanswered {unanswered:,} (sent; the user stopped before its answer)")
     if report.get("risk"):
         print(format_summary(report["risk"]))
+    print(format_verification(report))
     verdict = "clean" if report["audit_clean"] else "FAILED"
     print(f"audit      {verdict} ({report['audit_errors']} errors)")
     print(f"reports    {out}/locust.html, locust_stats.csv, audit.json, report.json")

@@ -1,4 +1,5 @@
-"""Shared pytest setup: Hypothesis profiles, per-test timeouts, crash-test seeds.
+"""Shared pytest setup: Hypothesis profiles, per-test timeouts, crash-test seeds, the
+provider simulator.
 
 The Hypothesis profile is named by HYPOTHESIS_PROFILE (default `dev`):
 
@@ -12,6 +13,7 @@ single-example timings noise, and a flaky deadline failure hides real ones.
 
 import os
 import random
+import sys
 import zlib
 from collections.abc import Generator
 
@@ -89,3 +91,29 @@ def pytest_runtest_makereport(
     if seed is not None and report.failed:
         report.sections.append(("crash test seed", f"{CRASH_SEED_ENV}={seed} replays this run"))
     return report
+
+
+# --- The provider simulator ------------------------------------------------------------
+# Customers are verified against real providers over HTTP: one simulator per test process
+# (tests/provider_helpers.py, seed 17), started the first time a test needs it (a
+# TallyServer, a Bank with providers, the `provider_url` fixture) and stopped at the end
+# of the session. The helpers import core.providers only then, so tests that need no
+# provider never start it.
+
+
+def provider_url() -> str:
+    """The base URL of the session's simulator (started now if it is not running)."""
+    from tests.provider_helpers import provider_url as url
+
+    return url()
+
+
+@pytest.fixture(name="provider_url", scope="session")
+def provider_url_fixture() -> str:
+    return provider_url()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    helpers = sys.modules.get("tests.provider_helpers")
+    if helpers is not None:
+        helpers.stop_simulator()

@@ -4,12 +4,22 @@
 with its own data directory, waits for /readyz, and stops it with SIGTERM (or
 SIGKILL, for crash tests). Clients sign with the development secrets of
 examples/channels.toml (which only `--dev` accepts). With `tls=(certfile,
-keyfile)` it serves HTTPS and its clients trust that certificate. Builders make
-customers with valid resident IDs and open funded accounts through the API itself.
+keyfile)` it serves HTTPS and its clients trust that certificate. Its providers
+(identity database, OCR, liveness, card issuer, SMS) are the test process's simulator
+(tests/provider_helpers.py, `--providers URL`) unless the test names others or none.
+
+Builders make customers with valid resident IDs and open funded accounts through the API
+itself, as a channel would: `register` completes the real-name verification steps of the
+client's channel kind (a remote channel sends the ID card image and the liveness token;
+the counter's registration is verified in the one call) and checks the customer is
+`verified`; `bind_card` passes the card binding's steps (the issuer's check, and at a
+remote channel the SMS code read on the customer's simulated phone); `open_remote` binds
+the card first, as every Class II/III opening must.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import signal
@@ -27,7 +37,9 @@ from typing import Any
 import httpx
 
 from channels.client import TallyClient
+from core.providers import population
 from core.services.identity import luhn_check_digit, resident_id_check_character
+from tests.provider_helpers import provider_url, sms_code
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_FILE = REPO_ROOT / "examples" / "channels.toml"
@@ -37,6 +49,11 @@ SCRYPT_N_TESTS = 1 << 10  # fast hashes in tests; the default cost is tested on 
 TELLER = ("T0001", "teller")
 SUPERVISOR = ("S0001", "supervisor")
 DEFAULT_ACTORS = {"counter": SUPERVISOR}
+# `TallyServer(providers=...)`: this process's simulator (started when a server first needs
+# it); None: no providers configured (a step that needs one stays pending).
+SESSION_SIMULATOR = "session-simulator"
+# The kinds whose customers prove who they are remotely (ID card image and liveness).
+REMOTE_KINDS = ("app", "wechat", "internal")
 
 
 def free_port() -> int:
@@ -58,6 +75,7 @@ class TallyServer:
         clock_file: Path | None = None,
         tls: tuple[Path, Path] | None = None,
         dev: bool = True,
+        providers: str | None = SESSION_SIMULATOR,
     ) -> None:
         self.data_dir = data_dir
         # Set: tests/clock_serve.py, the services' clock moved by the seconds in this file.
@@ -69,6 +87,9 @@ class TallyServer:
         self.extra = list(extra)
         self.tls = tls
         self.dev = dev  # False: the channels file and --secrets in `extra` must be real ones
+        # The providers' base URL (`--providers`), the session's simulator by default; None,
+        # or `--providers`/`--providers-config` in `extra`: the server is given none here.
+        self.providers = providers
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
@@ -124,6 +145,7 @@ class TallyServer:
             "262144",
             *(["--dev"] if self.dev else []),  # the example registry's public secrets
             *(["--certfile", str(self.tls[0]), "--keyfile", str(self.tls[1])] if self.tls else []),
+            *self.providers_arguments(),
             *self.extra,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -132,6 +154,15 @@ class TallyServer:
         if wait_ready:
             self.wait_ready()
         return self
+
+    def providers_arguments(self) -> list[str]:
+        if self.providers is None or any(
+            argument.split("=")[0] in ("--providers", "--providers-config")
+            for argument in self.extra
+        ):
+            return []
+        url = provider_url() if self.providers == SESSION_SIMULATOR else self.providers
+        return ["--providers", url]
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -187,10 +218,18 @@ class TallyServer:
 
 
 def channel_secret(channel: str, channels_file: Path = CHANNELS_FILE) -> tuple[str, str]:
-    with open(channels_file, "rb") as file:
-        document = tomllib.load(file)
-    entry = document["channels"][channel]["secrets"][0]
+    entry = _channels(channels_file)[channel]["secrets"][0]
     return entry["key_id"], entry["secret"]
+
+
+def channel_kind(channel: str, channels_file: Path = CHANNELS_FILE) -> str:
+    """The kind of `channel` in the registry (examples/channels.toml by default)."""
+    return str(_channels(channels_file)[channel]["kind"])
+
+
+def _channels(channels_file: Path) -> dict[str, Any]:
+    with open(channels_file, "rb") as file:
+        return dict(tomllib.load(file)["channels"])
 
 
 # --- builders -----------------------------------------------------------------------
@@ -227,14 +266,66 @@ def key() -> str:
     return str(uuid.uuid4())
 
 
-def register(client: TallyClient, name: str = "李四", birth: str = "19900307") -> dict[str, Any]:
-    body = {"name": name, "id_number": resident_id(birth), "mobile": mobile()}
+def register_pending(
+    client: TallyClient,
+    name: str = "李四",
+    birth: str = "19900307",
+    *,
+    id_number: str | None = None,
+    mobile_number: str | None = None,
+) -> dict[str, Any]:
+    """POST /v1/customers and nothing more: the customer as registered (`kyc` as the
+    registration left it: `pending` at a remote channel until its steps are done)."""
+    body = {
+        "name": name,
+        "id_number": id_number or resident_id(birth),
+        "mobile": mobile_number or mobile(),
+    }
     response = client.post("/v1/customers", body)
     assert response.status_code == 201, response.text
     customer: dict[str, Any] = response.json()
     customer["_id_number"] = body["id_number"]
     customer["_mobile"] = body["mobile"]
     return customer
+
+
+def register(
+    client: TallyClient,
+    name: str = "李四",
+    birth: str = "19900307",
+    *,
+    id_number: str | None = None,
+    mobile_number: str | None = None,
+) -> dict[str, Any]:
+    """Register a customer at `client`'s channel and complete the verification steps its
+    kind requires (app, wechat, internal: the ID card image and the liveness check; the
+    counter: verified at registration, its teller named); the customer, `kyc` as the
+    last answer had it, which must say `verified`."""
+    customer = register_pending(
+        client, name, birth, id_number=id_number, mobile_number=mobile_number
+    )
+    if channel_kind(client.signer.channel) in REMOTE_KINDS:
+        verify_remotely(client, customer)
+    assert customer["kyc"]["status"] == "verified", customer["kyc"]
+    return customer
+
+
+def verify_remotely(client: TallyClient, customer: dict[str, Any]) -> dict[str, Any]:
+    """Send the customer's ID card image (OCR) and their live face (liveness), as a
+    remote channel's app does; `customer["kyc"]` becomes the last verification read."""
+    path = f"/v1/customers/{customer['customer_id']}/verification"
+    image = population.id_card_image(customer["name"], customer["_id_number"])
+    document = client.post(
+        path + "/id-document",
+        {"image_base64": base64.b64encode(image).decode(), "media_type": "image/png"},
+    )
+    assert document.status_code == 200, document.text
+    token = population.liveness_token(population.face_of(customer["_id_number"]))
+    live = client.post(path + "/liveness", {"token": token})
+    assert live.status_code == 200, live.text
+    kyc: dict[str, Any] = live.json()
+    customer["kyc"] = kyc
+    return kyc
 
 
 def open_class_i(counter: TallyClient, customer: dict[str, Any], password: str = "135790") -> str:
@@ -247,13 +338,68 @@ def open_class_i(counter: TallyClient, customer: dict[str, Any], password: str =
 
 
 def bound_card_of(customer: dict[str, Any], number: str | None = None) -> dict[str, str]:
+    """The five elements of a card the customer holds: by default the simulated issuer's
+    card of that person (`population.card_for`), else `number` (an own Class I card)."""
     return {
-        "card_number": number or card_number(),
+        "card_number": number or population.card_for(customer["_id_number"]),
         "card_type": "class_i_debit",
         "holder_name": customer["name"],
         "holder_id_number": customer["_id_number"],
         "reserved_mobile": customer["_mobile"],
     }
+
+
+def start_binding(
+    client: TallyClient, customer: dict[str, Any], card: dict[str, Any], **kwargs: Any
+) -> Any:
+    """POST the card binding (the issuer's check runs at once); the response."""
+    return client.post(f"/v1/customers/{customer['customer_id']}/card-bindings", card, **kwargs)
+
+
+def bind_card(
+    client: TallyClient,
+    customer: dict[str, Any],
+    card: str | None = None,
+    *,
+    session: str | None = None,
+) -> str:
+    """Bind `card` (default: the issuer's card of the customer, `bound_card_of`) at
+    `client`'s channel through every step it requires: the issuer's check, and where an
+    SMS code is required the code read on the customer's simulated phone and confirmed.
+    The binding's id; it must be `verified`."""
+    kwargs = {"session": session} if session else {}
+    started = start_binding(client, customer, bound_card_of(customer, card), **kwargs)
+    assert started.status_code == 201, started.text
+    binding = started.json()
+    if binding["status"] == "pending" and "sms_code" in binding["required"]:
+        binding = confirm_binding_sms(client, customer, binding, **kwargs)
+    assert binding["status"] == "verified", binding
+    return str(binding["binding_id"])
+
+
+def confirm_binding_sms(
+    client: TallyClient, customer: dict[str, Any], binding: dict[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    """Confirm `binding`'s SMS code (asking for one if none was sent): the binding after."""
+    base = f"/v1/customers/{customer['customer_id']}"
+    subject = {"operation": "bind_card", "subject": binding["binding_id"]}
+    challenge = binding.get("sms_challenge")
+    if challenge is None:
+        sent = client.post(base + "/sms-codes", subject, **kwargs)
+        assert sent.status_code == 201, sent.text
+        challenge = sent.json()
+    code = sms_code(customer["_mobile"])
+    confirmed = client.post(
+        f"{base}/sms-codes/{challenge['challenge_id']}/confirmation",
+        {**subject, "code": code},
+        **kwargs,
+    )
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["status"] == "confirmed", confirmed.text
+    read = client.get(f"{base}/card-bindings/{binding['binding_id']}", **kwargs)
+    assert read.status_code == 200, read.text
+    after: dict[str, Any] = read.json()
+    return after
 
 
 def open_remote(
@@ -263,10 +409,15 @@ def open_remote(
     *,
     card: str | None = None,
     password: str = "135790",
+    session: str | None = None,
 ) -> str:
+    """Bind the card (`bind_card`) and open a Class II/III account bound to it."""
+    bound = bound_card_of(customer, card)
+    bind_card(client, customer, bound["card_number"], session=session)
     response = client.post(
         f"/v1/customers/{customer['customer_id']}/accounts",
-        {"class": account_class, "bound_card": bound_card_of(customer, card), "password": password},
+        {"class": account_class, "bound_card": bound, "password": password},
+        **({"session": session} if session else {}),
     )
     assert response.status_code == 201, response.text
     return str(response.json()["account_id"])

@@ -70,12 +70,19 @@ from channels.http.metrics import Metrics, register_collectors
 from channels.http.openapi import openapi_document
 from channels.http.problems import PROBLEM_CONTENT_TYPE, Problem, refusal_problem
 from channels.http.routes import ROUTES, Route, Router
-from channels.http.schema import check_object, check_value, fail, quick_check
+from channels.http.schema import (
+    check_alternatives,
+    check_object,
+    check_value,
+    fail,
+    quick_check,
+)
 from channels.http.signing import Credentials
 from channels.http.strict_json import first_repeated_key, may_repeat_keys
 from channels.iso20022.http import Iso20022Handlers
 from channels.registry import ChannelEntry, Registry, parse_registry_text
 from channels.tier import AuthFailures, InFlight, RateLimits, ReplayGuard
+from core.providers.types import Providers
 from core.services import policy
 from core.services.bank import Bank
 from core.services.commands import Caller
@@ -153,8 +160,10 @@ class App:
         read_timeout_s: float = READ_TIMEOUT_S,
         auth_failures_per_s: float = AUTH_FAILURES_PER_S,
         auth_failures_burst: int = AUTH_FAILURES_BURST,
+        providers: Providers | None = None,
     ) -> None:
         self.bank = bank
+        self.providers = providers  # the bank's verification providers: closed at shutdown
         self.core = bank.core
         self.registry = registry
         self.router = Router(ROUTES)
@@ -170,11 +179,14 @@ class App:
             for name, entry in registry.channels.items()
         }
         self.access_log = AccessLog(access_log)
-        # The body caps: a channel's own (under --body-size-max if given), and the small one
-        # for a request not yet known to come from a channel.
+        # The body caps: a channel's own (under --body-size-max if given; a route may take
+        # more, `Route.body_size_max`), and the small one for a request not yet known to
+        # come from a channel.
         self.body_size_max = body_size_max or max(
             (entry.body_size_max for entry in registry.channels.values()), default=1 << 20
         )
+        if not body_size_max:  # and the routes that take more than a channel's cap
+            self.body_size_max = max(self.body_size_max, *(r.body_size_max for r in ROUTES))
         self.body_caps = {
             name: min(entry.body_size_max, self.body_size_max)
             for name, entry in registry.channels.items()
@@ -212,6 +224,9 @@ class App:
             message = await receive()
             await self.core.flush_at_stop()  # staged nonces and deletions, durably
             task_group.cancel_scope.cancel()
+        if self.providers is not None:
+            with anyio.CancelScope(shield=True):
+                await self.providers.aclose()  # the providers' connections, after the bank
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _keep_house(self) -> None:
@@ -276,6 +291,8 @@ class App:
                         known = self.registry.channels.get(credentials.channel)
                         if known is not None and self.fresh(known, credentials):
                             cap = self.body_caps[known.name]
+                            if route.body_size_max > cap:  # an ID image's route
+                                cap = min(route.body_size_max, self.body_size_max)
                         else:
                             known = None
                     if self.auth_failures.buckets:  # empty while no address fails
@@ -670,7 +687,8 @@ class App:
 
     def install_registry(self, registry: Registry) -> None:
         """Put `registry` in force: the channels, their keys, operations, rate limits, body
-        caps and the roles at each (the services' actor rules). A request already past
+        caps, the roles at each (the services' actor rules) and the verification steps
+        each requires (the services' verification policy). A request already past
         its signature check finishes under the registry it was checked with."""
         self.callers = {
             name: Caller(name, entry.kind, entry.ledger_id)
@@ -682,6 +700,7 @@ class App:
         }
         self.rate_limits = RateLimits(registry)
         self.bank.actors.channels = registry.actors().channels
+        self.bank.verification.policy = registry.verification_policy()
         self.registry = registry
         logger.info(
             orjson.dumps(
@@ -911,6 +930,8 @@ class App:
                 quick = self.quick_checks.get(route.operation)
                 if quick is None or not quick(parsed):
                     check_object(parsed, route.body)
+                if route.alternatives:
+                    check_alternatives(parsed, route.alternatives)
         raw_token = headers.get(b"tally-transaction-token")
         raw_session = headers.get(b"tally-session")
         token = session = ""

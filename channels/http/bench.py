@@ -59,6 +59,7 @@ import orjson
 from channels.client import Signer, TallyClient
 from core.bench.server import Server, cpu_seconds, free_port
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RISK_PATH
+from core.providers.sim import running_simulator
 from core.reports import machine_description, save_report
 
 BATCH_SIZE = 8189
@@ -68,6 +69,7 @@ ACCOUNTS = 64
 # and 64 such deposits stay far inside the cash vault's floor (examples/limits.toml).
 FUNDING_MINOR = 50_000_000
 SETUP_ACTOR = ("S0001", "supervisor")
+BENCH_SIMULATOR_SEED = 17  # the providers' simulator: no latency, no fraud (its defaults)
 CHANNELS_FILE = DEFAULT_CHANNELS_PATH
 RISK_PAIRS_DEFAULT = 3
 RISK_ACCOUNTS_DEFAULT = ACCOUNTS
@@ -183,7 +185,11 @@ def start_tally(
     loop: str,
     transfers_max: int = 1 << 24,
     extra: tuple[str, ...] = (),
+    *,
+    providers: str,
 ) -> Server:
+    """A fresh `tally serve`; `providers`: the run's provider simulator (the setup
+    registers its customers at the counter, verified by the identity database)."""
     port = free_port()
     data = work / f"data-{name}"
     command = [
@@ -200,6 +206,8 @@ def start_tally(
         "--server",
         server,
         "--dev",  # the example registry's public secrets: the load is signed with them
+        "--providers",
+        providers,
         *(["--loop", loop] if server == "uvicorn" else []),
         "--access-log",
         str(work / f"access-{name}.jsonl"),
@@ -570,7 +578,7 @@ def measure_server(
 
     # Each phase gets a fresh server and data directory: a batch phase posts millions of
     # transfers, more than one ledger's log window holds before its retention day ends.
-    tally = start_tally(work, server, f"{server}-single", args.loop)
+    tally = start_tally(work, server, f"{server}-single", args.loop, providers=args.providers)
     try:
         accounts, tokens = setup_accounts(tally.url)
         warm = work / f"warm-{server}.tsv"
@@ -593,7 +601,9 @@ def measure_server(
         tally.stop()
     for binary in (False, True):
         kind = "bin" if binary else "json"
-        tally = start_tally(work, server, f"{server}-batch-{kind}", args.loop)
+        tally = start_tally(
+            work, server, f"{server}-batch-{kind}", args.loop, providers=args.providers
+        )
         try:
             accounts, _ = setup_accounts(tally.url)
             content_type = "application/octet-stream" if binary else "application/json"
@@ -664,6 +674,7 @@ def measure_risk(work: Path, server: str, args: argparse.Namespace, report: dict
                 transfers_max=1 << 21,
                 # The passes and their setup outlast the default 300 s token lifetime.
                 extra=("--risk-rules", path, "--token-ttl-s", "86400"),
+                providers=args.providers,
             )  # fmt: skip
         setups = {
             side: setup_accounts_parallel(tally.url, args.risk_accounts)
@@ -772,16 +783,20 @@ def run(args: argparse.Namespace) -> int:
         "fsync": True,
         "uvicorn_loop": args.loop,
     }
+    # The setup registers its customers at the counter: the identity database check runs
+    # on a provider simulator with no latency and no fraud (every customer verified).
     try:
-        for name in servers:
-            if not args.json and not args.risk_only:
-                print(f"measuring {name} ...", file=sys.stderr)
-            if not args.risk_only:
-                measure_server(work, name, args, report)
-            if args.risk_pairs > 0 and (name == servers[0] or not args.risk_only):
-                if not args.json:
-                    print(f"measuring {name} with and without risk rules ...", file=sys.stderr)
-                measure_risk(work, name, args, report)
+        with running_simulator(BENCH_SIMULATOR_SEED) as providers:
+            args.providers = providers
+            for name in servers:
+                if not args.json and not args.risk_only:
+                    print(f"measuring {name} ...", file=sys.stderr)
+                if not args.risk_only:
+                    measure_server(work, name, args, report)
+                if args.risk_pairs > 0 and (name == servers[0] or not args.risk_only):
+                    if not args.json:
+                        print(f"measuring {name} with and without risk rules ...", file=sys.stderr)
+                    measure_risk(work, name, args, report)
     finally:
         if not args.data:
             shutil.rmtree(work, ignore_errors=True)

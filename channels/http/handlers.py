@@ -22,13 +22,21 @@ from channels.http.batch import pack_json_batch, render_batch_results, stamp_bin
 from channels.http.loans import answer, products_json, quote_command
 from channels.http.metrics import Metrics
 from channels.http.problems import REPLAY_HEADER, Problem
-from channels.http.schema import account_id_param, fail, transfer_id_param, transfer_id_text
+from channels.http.schema import (
+    account_id_param,
+    decode_base64,
+    fail,
+    transfer_id_param,
+    transfer_id_text,
+)
 from channels.registry import ChannelEntry
 from core.services.bank import Bank
 from core.services.commands import (
     NO_CONTEXT,
     Caller,
     ChangeAccount,
+    ConfirmInPerson,
+    ConfirmSmsCode,
     Consent,
     CorrectInterest,
     IssueToken,
@@ -40,8 +48,12 @@ from core.services.commands import (
     Proof,
     QuoteFixedDeposit,
     RegisterCustomer,
+    RequestSmsCode,
     RiskContext,
     SetPassword,
+    StartCardBinding,
+    SubmitIdDocument,
+    SubmitLiveness,
     VerifyAccount,
     WithdrawFixedDeposit,
 )
@@ -49,6 +61,7 @@ from core.services.customers import CLASS_OF_NAME
 from core.services.policy import OPERATIONS
 from core.services.records import money_name, rfc3339
 from core.services.results import BatchPosted, Posted
+from core.services.verification import check_image
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
 from limits.calendar import DAY_COUNT
 
@@ -284,6 +297,73 @@ class Handlers:
 
     async def close_account(self, ctx: Context) -> Reply:
         return await self._changed(ctx, self.bank.accounts.close, consent=consent(ctx))
+
+    # --- real-name verification (core/services/verification.py) -----------------------
+
+    async def submit_id_document(self, ctx: Context) -> Reply:
+        body = ctx.body  # exactly one alternative (the app checked): image or reference
+        customer_id = ctx.params["customer_id"]
+        if "ocr_reference" in body:
+            command = SubmitIdDocument(
+                ctx.caller, customer_id, ocr_reference=body["ocr_reference"], proof=proof(ctx)
+            )
+        else:
+            # Decoded strictly (422), then refused here over IMAGE_BYTES_MAX (413) or when
+            # its bytes are not the JPEG or PNG its media type says (415): no provider sees it.
+            image = decode_base64(body["image_base64"], "/image_base64")
+            media_type = check_image(image, body["media_type"])
+            command = SubmitIdDocument(ctx.caller, customer_id, image, media_type, proof=proof(ctx))
+        return json_reply(200, await self.bank.verification.submit_id_document(command))
+
+    async def submit_liveness(self, ctx: Context) -> Reply:
+        customer_id = ctx.params["customer_id"]
+        command = SubmitLiveness(ctx.caller, customer_id, ctx.body["token"], proof=proof(ctx))
+        return json_reply(200, await self.bank.verification.submit_liveness(command))
+
+    async def confirm_in_person(self, ctx: Context) -> Reply:
+        command = ConfirmInPerson(ctx.caller, ctx.params["customer_id"])
+        return json_reply(200, await self.bank.verification.confirm_in_person(command))
+
+    async def read_verification(self, ctx: Context) -> Reply:
+        verification = self.bank.verification
+        customer_id = ctx.params["customer_id"]
+        return json_reply(200, verification.read(ctx.caller, customer_id, proof(ctx)))
+
+    async def bind_card(self, ctx: Context) -> Reply:
+        customer_id = ctx.params["customer_id"]
+        command = StartCardBinding(ctx.caller, customer_id, dict(ctx.body), proof=proof(ctx))
+        return json_reply(201, await self.bank.verification.start_binding(command))
+
+    async def read_card_binding(self, ctx: Context) -> Reply:
+        params = ctx.params
+        binding = self.bank.verification.read_binding(
+            ctx.caller, params["customer_id"], params["binding_id"], proof(ctx)
+        )
+        return json_reply(200, binding)
+
+    async def request_sms_code(self, ctx: Context) -> Reply:
+        body = ctx.body
+        command = RequestSmsCode(
+            ctx.caller,
+            ctx.params["customer_id"],
+            body["operation"],
+            body["subject"],
+            proof=proof(ctx),
+        )
+        return json_reply(201, await self.bank.verification.request_sms_code(command))
+
+    async def confirm_sms_code(self, ctx: Context) -> Reply:
+        body, params = ctx.body, ctx.params
+        command = ConfirmSmsCode(
+            ctx.caller,
+            params["customer_id"],
+            params["challenge_id"],
+            body["operation"],
+            body["subject"],
+            body["code"],
+            proof=proof(ctx),
+        )
+        return json_reply(200, await self.bank.verification.confirm_sms_code(command))
 
     # --- money ---------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Any
 from channels.http.problems import PROBLEM_BASE, all_problem_slugs
 from channels.http.routes import (
     APPROVAL_ID_PATTERN,
+    BINDING_ID_PATTERN,
+    CHALLENGE_ID_PATTERN,
     CUSTOMER_ID_PATTERN,
     LOAN_APPLICATION_ID_PATTERN,
     LOAN_FIELDS,
@@ -23,7 +25,9 @@ from channels.http.routes import (
 from channels.http.schema import ACCOUNT_ID_PATTERN, TRANSFER_ID_PATTERN, object_schema
 from channels.http.signing import SCHEME
 from channels.iso20022.http import xml_operation
+from core.providers.types import PROVIDERS
 from core.services.loan_accounts import STATES as LOAN_APPLICATION_STATES
+from core.services.policy import BINDING_STEPS, CUSTOMER_STEPS
 from limits.loans import (
     ALLOCATION_DEFAULT,
     EXCESS_CHOICES,
@@ -101,6 +105,96 @@ HELD_POSTING = _object(
     }
 )
 OPEN_OBJECT = {"type": "object"}
+# Real-name verification (core/services/verification.py, results.py; docs/verification.md).
+KYC_STATUS = {"enum": ["pending", "verified", "rejected"]}
+STEP_NAMES = {"enum": [*CUSTOMER_STEPS, *BINDING_STEPS]}
+VERIFICATION_STEP = _object(
+    {
+        "step": STEP_NAMES,
+        "state": {"enum": ["pending", "passed", "failed", "expired"]},
+        "attempts": INT,
+        "attempts_max": INT,
+        "attempts_remaining": INT,
+        "expires_at": STRING,
+        "reasons": {"type": "array", "items": STRING},
+        "updated_at": NULLABLE_STRING,
+        "by": NULLABLE_STRING,
+    }
+)
+VERIFICATION_STEP["description"] = (
+    "one check of the workflow: its state, the attempts made and allowed, until when it "
+    "may be taken, why it failed, when and by whom (a channel, a teller) it last moved"
+)
+KYC = _object(
+    {
+        "status": KYC_STATUS,
+        "required": {"type": "array", "items": STEP_NAMES},
+        "steps": {"type": "array", "items": VERIFICATION_STEP},
+        "reasons": {"type": "array", "items": STRING},
+    }
+)
+KYC["description"] = (
+    "the real-name verification: verified once every required step passed, pending while "
+    "one is outstanding, rejected (with reasons) once one failed for good"
+)
+VERIFICATION = _object(
+    {
+        "customer_id": STRING,
+        "status": KYC_STATUS,
+        "required": {"type": "array", "items": STEP_NAMES},
+        "steps": {"type": "array", "items": VERIFICATION_STEP},
+        "reasons": {"type": "array", "items": STRING},
+        "history": {
+            "type": "array",
+            "items": _object(
+                {
+                    "at": STRING,
+                    "step": STEP_NAMES,
+                    "provider": {"enum": list(PROVIDERS)},
+                    "request_id": STRING,
+                    "outcome": STRING,
+                    "attempts": INT,
+                    "elapsed_ms": INT,
+                }
+            ),
+        },
+    }
+)
+VERIFICATION["description"] = (
+    "a customer's real-name verification (core/services/results.py `VerificationRead`): the "
+    "status, the steps the registering channel requires, each step's state, and every "
+    "provider call made for it (no image, no code)"
+)
+CARD_BINDING = _object(
+    {
+        "binding_id": STRING,
+        "customer_id": STRING,
+        "card_masked": STRING,
+        "card_type": STRING,
+        "status": {"enum": ["pending", "verified", "rejected", "expired", "used"]},
+        "required": {"type": "array", "items": STEP_NAMES},
+        "steps": {"type": "array", "items": VERIFICATION_STEP},
+        "sms_challenge": {
+            "oneOf": [{"type": "null"}, _object({"challenge_id": STRING, "expires_at": STRING})]
+        },
+    }
+)
+CARD_BINDING["description"] = (
+    "a card binding (core/services/results.py `CardBindingRead`): verified once the issuer "
+    "confirmed the five elements and (at a remote channel) the SMS code was confirmed; "
+    "used once a Class II/III opening took it"
+)
+SMS_CHALLENGE = _object(
+    {
+        "challenge_id": STRING,
+        "operation": STRING,
+        "subject": STRING,
+        "status": {"enum": ["sent", "confirmed", "expired", "exhausted", "voided"]},
+        "expires_at": STRING,
+        "attempts_remaining": INT,
+    }
+)
+SMS_CHALLENGE["description"] = "an SMS one-time code challenge (never the code)"
 COMPONENT_SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
@@ -159,6 +253,13 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "owed_minor": INT,  # loan-repayment-exceeds-owed: everything owed today
             "allowed_from": NULLABLE_STRING,  # loan-prepayment-not-allowed: the first day
             "account_id": STRING,  # loan-already-disbursed: the loan's account
+            # Real-name verification (docs/verification.md).
+            "provider": STRING,  # provider-unavailable, provider-answer-invalid
+            "step": STRING,  # verification-step-not-required, -attempts-exceeded, -expired
+            "verification_status": STRING,  # verification-closed: verified or rejected
+            "limit_bytes": INT,  # image-too-large
+            "allowed": {"type": "array", "items": STRING},  # image-type-not-allowed
+            "binding_id": STRING,  # binding-not-verified: the card's binding, if any
         },
         "required": ["type", "title", "status"],
         "additionalProperties": False,
@@ -169,15 +270,7 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             "name": STRING,
             "id_number_masked": STRING,
             "mobile_masked": STRING,
-            "kyc": _object(
-                {
-                    "status": {"enum": ["pending", "verified", "rejected"]},
-                    "checks": {"type": "array", "items": STRING},
-                    "reasons": {"type": "array", "items": STRING},
-                    "not_checked": {"type": "array", "items": STRING},
-                    "verifier": STRING,
-                }
-            ),
+            "kyc": KYC,
             "accounts": {
                 "type": "array",
                 "items": _object({"account_id": STRING, "class": STRING, "closed": BOOL}),
@@ -229,6 +322,9 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
             },
         }
     ),
+    "Verification": VERIFICATION,
+    "CardBinding": CARD_BINDING,
+    "SmsChallenge": SMS_CHALLENGE,
     "Posting": POSTING,
     "HeldPosting": HELD_POSTING,
     "Transfer": TRANSFER,
@@ -695,13 +791,14 @@ DESCRIPTIONS = {
     "outside the channel's read scope",
     404: "No such route, account, customer or transfer",
     405: "Method not allowed",
-    409: "Conflict: Idempotency-Key in flight, account or hold in the wrong state",
-    413: "Body or batch too large",
-    415: "Unsupported content type",
+    409: "Conflict: Idempotency-Key in flight, account or hold in the wrong state, a "
+    "verification step, card binding or SMS code that cannot be taken now",
+    413: "Body or batch too large, or an ID document image over its limit",
+    415: "Unsupported content type, or an ID document image that is not a JPEG or PNG",
     422: "Valid JSON that breaks the schema or a business rule (ledger result code included)",
     423: "Transaction password locked until a supervisor resets it at a counter",
-    429: "Channel over its rate limit (Retry-After)",
-    503: "Not ready (recovering) or overloaded (Retry-After)",
+    429: "Channel over its rate limit, or an SMS code asked for again too soon (Retry-After)",
+    503: "Not ready (recovering), overloaded, or a verification provider unavailable (Retry-After)",
 }
 
 
@@ -739,6 +836,15 @@ SESSION_OPERATIONS = frozenset(
         "read_loan",
         "read_loan_schedule",
         "read_customer_loans",
+        # Real-name verification: the registering channel acts for its new customer; the
+        # same kind's other channel shows the customer's session.
+        "submit_id_document",
+        "submit_liveness",
+        "read_verification",
+        "bind_card",
+        "read_card_binding",
+        "request_sms_code",
+        "confirm_sms_code",
     }
 )
 # Operator routes whose permission a service checks itself (Operation.permission ""),
@@ -774,6 +880,10 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
             schema["pattern"] = LOAN_APPLICATION_ID_PATTERN
         elif name == "approval_id":
             schema["pattern"] = APPROVAL_ID_PATTERN
+        elif name == "binding_id":
+            schema["pattern"] = BINDING_ID_PATTERN
+        elif name == "challenge_id":
+            schema["pattern"] = CHALLENGE_ID_PATTERN
         elif name == "kind":
             schema = {"enum": list(PARAMETER_KINDS)}
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
@@ -914,7 +1024,10 @@ def _operation(route: Route) -> dict[str, Any]:
             "(others get 403 channel-kind-not-allowed)."
         )
     if route.body is not None:
-        body_content: dict[str, Any] = {"application/json": {"schema": object_schema(route.body)}}
+        body_schema = object_schema(route.body)
+        if route.alternatives:  # exactly one of the field sets
+            body_schema = {"oneOf": [object_schema(fields) for fields in route.alternatives]}
+        body_content: dict[str, Any] = {"application/json": {"schema": body_schema}}
         if route.binary:
             body_content["application/octet-stream"] = {
                 "schema": {"type": "string", "format": "binary"},

@@ -548,9 +548,94 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "loan-prepayment-not-allowed",
         "The loan product takes no early repayment (or not yet: `allowed_from`)",
     ),
+    # Real-name verification (core/services/verification.py; docs/verification.md). A failed
+    # attempt at a step is no refusal (200 with the step's state); these are requests the
+    # workflow cannot take. A provider that did not answer (or answered what does not
+    # parse) is the bank's trouble, not the client's: 503 with Retry-After, the step
+    # still pending. `provider`, `step`, `verification_status` name what is meant.
+    C.PROVIDER_UNAVAILABLE: (
+        503,
+        "provider-unavailable",
+        "A verification provider is unavailable; the step stays pending: retry after the "
+        "time in Retry-After",
+    ),
+    C.PROVIDER_ANSWER_INVALID: (
+        503,
+        "provider-answer-invalid",
+        "A verification provider's answer could not be read; the step stays pending: retry "
+        "after the time in Retry-After",
+    ),
+    C.VERIFICATION_STEP_NOT_REQUIRED: (
+        409,
+        "verification-step-not-required",
+        "This step is not required of the customer here, or has passed already",
+    ),
+    C.VERIFICATION_ATTEMPTS_EXCEEDED: (
+        409,
+        "verification-attempts-exceeded",
+        "This verification step has failed for good: no attempt is left",
+    ),
+    C.VERIFICATION_EXPIRED: (
+        409,
+        "verification-expired",
+        "The verification's time window has passed",
+    ),
+    C.VERIFICATION_CLOSED: (
+        409,
+        "verification-closed",
+        "The customer's verification is already decided (`verification_status`)",
+    ),
+    C.IMAGE_TOO_LARGE: (413, "image-too-large", "The image is larger than `limit_bytes`"),
+    C.IMAGE_TYPE_NOT_ALLOWED: (
+        415,
+        "image-type-not-allowed",
+        "The image is not one of the `allowed` types (checked by its content)",
+    ),
+    C.BINDING_NOT_FOUND: (404, "binding-not-found", "No card binding with this id"),
+    C.BINDING_NOT_VERIFIED: (
+        409,
+        "binding-not-verified",
+        "The card has no verified, unused binding for this customer: bind it first "
+        "(the customer's card-bindings)",
+    ),
+    C.SMS_CODE_WRONG: (422, "sms-code-wrong", "The SMS code is wrong"),
+    C.SMS_CODE_EXPIRED: (409, "sms-code-expired", "The SMS code has expired: request a new one"),
+    C.SMS_CODE_USED: (409, "sms-code-used", "The SMS code was already used"),
+    C.SMS_CODE_OTHER_OPERATION: (
+        409,
+        "sms-code-other-operation",
+        "The SMS code authorizes another operation",
+    ),
+    C.SMS_CODE_ATTEMPTS_EXCEEDED: (
+        409,
+        "sms-code-attempts-exceeded",
+        "Too many wrong SMS codes: request a new one",
+    ),
+    C.SMS_CODE_TOO_FREQUENT: (
+        429,
+        "sms-code-too-frequent",
+        "An SMS code was sent moments ago: retry after the time in Retry-After",
+    ),
+    C.SMS_CHALLENGE_NOT_FOUND: (
+        404,
+        "sms-challenge-not-found",
+        "No SMS code challenge with this id",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})
+# Refusals answered with Retry-After from their `retry_after_s` (at least 1 s).
+_RETRY_AFTER_CODES = frozenset(
+    {
+        C.OVERLOADED,
+        C.PASSWORD_CHECKS_BUSY,
+        C.PROVIDER_UNAVAILABLE,
+        C.PROVIDER_ANSWER_INVALID,
+        C.SMS_CODE_TOO_FREQUENT,
+    }
+)
+# Extras renamed on the wire: RFC 9457 gives `status` to the HTTP status.
+_RENAMED_EXTRAS = {"status": "verification_status"}
 REPLAY_HEADER = (b"idempotent-replayed", b"true")
 
 
@@ -577,12 +662,10 @@ def refusal_problem(refusal: Refusal) -> Problem:
         title = title.format(kinds_text=" or ".join(extras.get("kinds", ())), **extras)
     detail = refusal.detail
     headers: list[tuple[bytes, bytes]] = []
-    if code == C.OVERLOADED:
-        detail = "retry after the time in Retry-After"
-        retry = max(1, math.ceil(extras["retry_after_s"]))
-        headers.append((b"retry-after", str(retry).encode()))
-    elif code == C.PASSWORD_CHECKS_BUSY:
-        retry = max(1, math.ceil(extras["retry_after_s"]))
+    if code in _RETRY_AFTER_CODES:
+        if code == C.OVERLOADED:
+            detail = "retry after the time in Retry-After"
+        retry = max(1, math.ceil(extras.get("retry_after_s", 1)))
         headers.append((b"retry-after", str(retry).encode()))
     elif code == C.STORAGE_UNAVAILABLE:
         headers.append((b"retry-after", str(extras["retry_after_s"]).encode()))
@@ -590,7 +673,11 @@ def refusal_problem(refusal: Refusal) -> Problem:
         headers.append((b"retry-after", b"1"))
     if code == C.NOT_READY:
         detail = ""
-    extensions = {name: value for name, value in extras.items() if name not in _TITLE_EXTRAS}
+    extensions = {
+        _RENAMED_EXTRAS.get(name, name): value
+        for name, value in extras.items()
+        if name not in _TITLE_EXTRAS
+    }
     if "pointer" in extras:
         extensions["errors"] = [{"pointer": extras["pointer"], "detail": refusal.detail}]
     return Problem(status, slug, title, detail, headers=headers, **extensions)

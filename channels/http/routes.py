@@ -9,12 +9,13 @@ protocol-neutral declaration in `core/services/policy.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.http.schema import F
+from channels.http.schema import F, base64_length
 from channels.iso20022.messages import CAMT_053, CAMT_054, PACS_004, PACS_008
 from channels.registry import BATCH_SIZE_MAX
 from core.services.approvals import TEXT_BYTES_MAX
@@ -22,6 +23,8 @@ from core.services.loan_accounts import PURPOSE_LENGTH_MAX, REASON_LENGTH_MAX
 from core.services.operators import OPERATION_KINDS, PARAMETER_KINDS
 from core.services.passwords import PASSWORD_PATTERN
 from core.services.policy import OPERATIONS, OPERATOR_ONLY, Operation
+from core.services.refusals import Code
+from core.services.verification import IMAGE_BYTES_MAX, IMAGE_MEDIA_TYPES, SMS_OPERATIONS
 from ledger.loans import Method
 from ledger.types import INT64_MAX, TransferCode
 from limits.deposits import Term
@@ -103,6 +106,75 @@ BOUND_CARD = F(
         "reserved_mobile": F("string", pattern=MOBILE_PATTERN),
     },
 )
+# --- real-name verification (core/services/verification.py; docs/verification.md) ---
+# The ID card image travels as base64 in the JSON body: at most IMAGE_BYTES_MAX bytes
+# decoded (over: 413 image-too-large), a JPEG or PNG by its media type and its magic
+# bytes (else 415 image-type-not-allowed), checked here before any provider is called.
+OCR_REFERENCE_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+LIVENESS_TOKEN_PATTERN = "^[!-~]{1,2048}$"  # the liveness SDK's token: visible ASCII
+BINDING_ID_PATTERN = "^b[0-9a-f]{20}$"  # core.services.verification.Binding
+CHALLENGE_ID_PATTERN = "^s[0-9a-f]{20}$"  # core.services.verification.Challenge
+SMS_CODE_PATTERN = "^[0-9]{6}$"
+IMAGE = F(
+    "base64",
+    max_length=IMAGE_BYTES_MAX,
+    min_length=4,
+    description=f"the photo of the ID card's face, base64 (at most {IMAGE_BYTES_MAX} bytes "
+    "decoded; over it: 413 image-too-large, and a body over the route's cap 413 "
+    "body-too-large)",
+    refusal=Code.IMAGE_TOO_LARGE,
+    refusal_extras={"limit_bytes": IMAGE_BYTES_MAX},
+)
+IMAGE_MEDIA_TYPE = F(
+    "enum",
+    values=IMAGE_MEDIA_TYPES,
+    description="the image's type; it must agree with the image's own bytes (another: "
+    "415 image-type-not-allowed)",
+    refusal=Code.IMAGE_TYPE_NOT_ALLOWED,
+    refusal_extras={"allowed": list(IMAGE_MEDIA_TYPES)},
+)
+OCR_REFERENCE = F(
+    "string",
+    pattern=OCR_REFERENCE_PATTERN,
+    description="instead of the image: the OCR provider's id of a result the channel's app "
+    "already obtained (the bank reads it from the provider)",
+)
+# Either the image (and its type) or an OCR provider's reference, never both.
+ID_DOCUMENT_IMAGE = {"image_base64": IMAGE, "media_type": IMAGE_MEDIA_TYPE}
+ID_DOCUMENT_REFERENCE = {"ocr_reference": OCR_REFERENCE}
+ID_DOCUMENT = {
+    **{name: dataclasses.replace(spec, required=False) for name, spec in ID_DOCUMENT_IMAGE.items()},
+    **{
+        name: dataclasses.replace(spec, required=False)
+        for name, spec in ID_DOCUMENT_REFERENCE.items()
+    },
+}
+# The largest image in base64 and the JSON around it: the id-document route's body cap
+# whatever the channel's (a channel's body_size_max is for its other routes).
+ID_DOCUMENT_BODY_SIZE_MAX = base64_length(IMAGE_BYTES_MAX) + 1024
+LIVENESS = {
+    "token": F(
+        "string",
+        pattern=LIVENESS_TOKEN_PATTERN,
+        description="what the app's liveness SDK returned for the customer's face",
+    )
+}
+CARD_BINDING_NEW = dict(BOUND_CARD.fields)
+SMS_SUBJECT = {
+    "operation": F("enum", values=SMS_OPERATIONS, description="what the code authorizes"),
+    "subject": F(
+        "string",
+        pattern=BINDING_ID_PATTERN,
+        description="what it authorizes it on: the card binding's id",
+    ),
+}
+SMS_CONFIRMATION = {
+    **SMS_SUBJECT,
+    "code": F(
+        "string", pattern=SMS_CODE_PATTERN, description="the 6-digit code the customer received"
+    ),
+}
+
 ACCOUNT_NEW = {
     "class": F("enum", values=("class_i", "class_ii", "class_iii")),
     "bound_card": BOUND_CARD,
@@ -428,6 +500,12 @@ class Route:
     body_optional: bool = False
     query: Mapping[str, F] = field(default_factory=dict)
     binary: bool = False  # also takes application/octet-stream
+    # The body is exactly one of these field sets (`body` is their union, each field
+    # optional there): the OpenAPI document gives them as oneOf; the app checks which.
+    alternatives: tuple[Mapping[str, F], ...] = ()
+    # A body cap above the channel's own for this route (0: the channel's): the ID
+    # document's image, under --body-size-max still.
+    body_size_max: int = 0
     problems: tuple[int, ...] = ()
     pattern: re.Pattern[str] | None = None
     params: tuple[str, ...] = ()
@@ -494,11 +572,108 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/customers",
         "register_customer",
-        "Register a customer with real-name data; the KYC verifier runs at once",
+        "Register a customer with real-name data; the verification starts at once (the "
+        "ID's structure and, at a counter, the identity database and the teller's "
+        "confirmation: verified in one call). A remote channel then sends the ID document "
+        "and the liveness check; `kyc` says which steps are required and where each stands",
         201,
         "Customer",
         body=CUSTOMER_NEW,
         problems=(409, 422),
+    ),
+    # --- real-name verification (core/services/verification.py; docs/verification.md) ---
+    # A new customer has no account and so no session: the registering channel acts for
+    # them (or a counter, or the bank's channel); the service checks which. A failed
+    # attempt at a step is no refusal: 200 with the step's state and attempts.
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/verification/id-document",
+        "submit_id_document",
+        "The ID document step: the photo of the customer's ID card (base64, JPEG or PNG) or "
+        "an OCR provider's reference; the printed name and ID number must be the customer's",
+        200,
+        "Verification",
+        body=ID_DOCUMENT,
+        alternatives=(ID_DOCUMENT_IMAGE, ID_DOCUMENT_REFERENCE),
+        body_size_max=ID_DOCUMENT_BODY_SIZE_MAX,
+        problems=(404, 409, 413, 415, 422, 503),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/verification/liveness",
+        "submit_liveness",
+        "The liveness step: the token of the app's liveness check; a live face that is the "
+        "ID's photo in the identity database passes (the database check runs with it)",
+        200,
+        "Verification",
+        body=LIVENESS,
+        problems=(404, 409, 422, 503),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/verification/in-person",
+        "confirm_in_person",
+        "The teller's confirmation: the teller named in Tally-Actor saw the customer and "
+        "their ID card face to face (the counter only)",
+        200,
+        "Verification",
+        body={},
+        body_optional=True,
+        problems=(404, 409, 503),
+    ),
+    _route(
+        "GET",
+        "/v1/customers/{customer_id}/verification",
+        "read_verification",
+        "The customer's real-name verification: the status (pending, verified, rejected), "
+        "the steps the registering channel requires and where each stands, the provider "
+        "calls made (never an image or a code)",
+        200,
+        "Verification",
+        problems=(404,),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/card-bindings",
+        "bind_card",
+        "Bind a card (five elements) to the customer for a Class II/III opening: the "
+        "issuer's check runs at once; at a remote channel an SMS code to the customer's "
+        "mobile is then sent and must be confirmed",
+        201,
+        "CardBinding",
+        body=CARD_BINDING_NEW,
+        problems=(404, 409, 422, 503),
+    ),
+    _route(
+        "GET",
+        "/v1/customers/{customer_id}/card-bindings/{binding_id}",
+        "read_card_binding",
+        "A card binding: the card (masked), its status and steps, the live SMS challenge",
+        200,
+        "CardBinding",
+        problems=(404,),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/sms-codes",
+        "request_sms_code",
+        "Send a one-time code to the customer's registered mobile, bound to the operation "
+        "and subject it authorizes (a new one voids the last; not too often: 429)",
+        201,
+        "SmsChallenge",
+        body=SMS_SUBJECT,
+        problems=(404, 409, 429, 503),
+    ),
+    _route(
+        "POST",
+        "/v1/customers/{customer_id}/sms-codes/{challenge_id}/confirmation",
+        "confirm_sms_code",
+        "Confirm a one-time code for the operation and subject it was sent for: single use, "
+        "short-lived, a few attempts",
+        200,
+        "SmsChallenge",
+        body=SMS_CONFIRMATION,
+        problems=(404, 409, 422),
     ),
     _route(
         "GET",

@@ -23,6 +23,15 @@ server, which is then logged loudly. `--certfile/--keyfile` serve HTTPS.
 channels/iso8583/server.py) in the same process, with the same bank and lifecycle:
 the terminal registry (`--terminals`) and key file (`--iso8583-keys`) are checked
 before the start, and the shipped development keys need `--dev`.
+
+Real-name verification calls five providers (identity database, OCR, liveness, card
+issuer, SMS gateway; core/providers): `--providers URL` puts all five under one base
+URL (a gateway, or the simulator), `--providers-config FILE` names each with its
+credentials, timeout and retries. `--providers-simulator` (with `--dev` only: what
+`make run` starts) runs the provider simulator in a subprocess for the server's life,
+and the log says the identity checks are simulated. With none of them the server still
+starts, with a warning: a step that needs a provider answers 503 and new customers
+stay pending. The providers' client is closed with the bank at shutdown.
 Before the app sees a request both servers bound its head (`--header-size-max`
 bytes, 431; hypercorn closes a head not complete within the keep-alive
 timeout, uvicorn within `--read-timeout-s`, 408); the app bounds the body
@@ -44,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from channels.http.app import (
     AUTH_FAILURES_BURST,
@@ -73,6 +83,10 @@ from core.data import (
 from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.journal import SEGMENT_SIZE_DEFAULT
+from core.providers.client import HttpProviders
+from core.providers.config import ProvidersConfig
+from core.providers.population import SIM_TOKEN
+from core.providers.types import PROVIDERS
 from core.services.bank import Bank
 from core.services.lifecycle import GC_THRESHOLDS, Settings
 from core.services.operators import Operators, load_operators
@@ -311,6 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " the next one: the server then answers 503 until there is room, and recovers by"
         " itself)",
     )
+    add_providers_arguments(parser)
     parser.add_argument(
         "--snapshot-every-entries",
         type=int,
@@ -319,11 +334,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_providers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--providers",
+        default=None,
+        metavar="URL",
+        help="the verification providers (identity database, OCR, liveness, card issuer, SMS)"
+        " all under one base URL: URL/identity, URL/ocr, ... (docs/providers.md)",
+    )
+    parser.add_argument(
+        "--providers-token",
+        default=None,
+        metavar="TOKEN",
+        help="the bearer token of --providers (default: the simulator's public token);"
+        " env:NAME reads it from the environment",
+    )
+    parser.add_argument(
+        "--providers-config",
+        default=None,
+        metavar="FILE",
+        help="the providers one by one: URL, credentials, timeout and retries of each (TOML,"
+        " core/providers/config.py)",
+    )
+    parser.add_argument(
+        "--providers-simulator",
+        action="store_true",
+        help="start the provider simulator (tally providers serve) in a subprocess and use"
+        " it: simulated identity checks, development only (--dev; what make run does)",
+    )
+
+
+def providers_config(args: argparse.Namespace) -> ProvidersConfig | None:
+    """The providers the arguments name (None: none; --providers-simulator is resolved by
+    `run`, which starts the simulator first). TallyError for arguments that conflict."""
+    given = [
+        option
+        for option, value in (
+            ("--providers", args.providers),
+            ("--providers-config", args.providers_config),
+            ("--providers-simulator", args.providers_simulator or None),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise TallyError(f"{' and '.join(given)} exclude each other: give one")
+    if args.providers_token is not None and args.providers is None:
+        raise TallyError("--providers-token goes with --providers")
+    if args.providers_simulator and not args.dev:
+        raise TallyError("--providers-simulator simulates identity checks: only with --dev")
+    if args.providers_config is not None:
+        return ProvidersConfig.from_file(args.providers_config)
+    if args.providers is None:
+        return None
+    if not args.providers.startswith(("http://", "https://")):
+        raise TallyError(f"--providers must be an http:// or https:// URL, not {args.providers!r}")
+    token = args.providers_token
+    if token is None:
+        token = SIM_TOKEN
+    elif token.startswith("env:"):
+        token = os.environ.get(token[4:], "")
+        if not token:
+            raise TallyError(f"--providers-token {args.providers_token}: the variable is not set")
+    return ProvidersConfig.at(args.providers, token)
+
+
+def log_providers(config: ProvidersConfig | None, simulated: bool) -> None:
+    """Say where the verification steps' providers are, and loudly when there are none."""
+    log = logging.getLogger("tally.serve")
+    if config is None:
+        log.warning(
+            "no verification providers (--providers URL or --providers-config FILE): every "
+            "step that needs one (identity database, OCR, liveness, card issuer, SMS) answers "
+            "503 provider-unavailable, so new customers stay pending and no card is bound"
+        )
+        return
+    endpoints = {name: config.endpoint(name).url for name in PROVIDERS}
+    if simulated:
+        log.warning(
+            "IDENTITY CHECKS ARE SIMULATED: the provider simulator (tally providers serve) "
+            f"answers at {config.identity.url.rsplit('/', 1)[0]}; never for real customers"
+        )
+    log.info(orjson.dumps({"event": "providers", "simulated": simulated, **endpoints}).decode())
+
+
 def build_app(
     args: argparse.Namespace,
     rules: RuleSet,
     registry: Registry,
     secrets: ServerSecrets,
+    providers: ProvidersConfig | None = None,
 ) -> App:
     settings = Settings(
         data_dir=args.data,
@@ -354,10 +453,18 @@ def build_app(
         approval_expiry_s=args.approval_expiry_s,
         reversal_approval_minor=args.reversal_approval_minor,
     )
-    bank = Bank(settings, rules, actors=registry.actors())
+    client = HttpProviders(providers) if providers is not None else None
+    bank = Bank(
+        settings,
+        rules,
+        actors=registry.actors(),
+        providers=client,
+        verification_policy=registry.verification_policy(),
+    )
     return App(
         bank,
         registry,
+        providers=client,  # closed with the bank at shutdown (the app's lifespan)
         access_log=access_log_stream(args.access_log),
         body_size_max=args.body_size_max,
         preauth_body_size_max=args.preauth_body_size_max,
@@ -489,6 +596,7 @@ def run(args: argparse.Namespace) -> int:
         load_catalog(args.deposits)  # a bad deposit catalog refuses the start, precisely
         load_risk_rules(args.risk_rules)  # so do a bad risk rule set and LPR table
         load_lpr(args.lpr)
+        providers = providers_config(args)  # a bad providers file refuses the start too
         registry = load_registry(args.channels, rules)
         operators = load_operators(args.operators)
         secrets = load_secrets(args)
@@ -522,10 +630,31 @@ def run(args: argparse.Namespace) -> int:
                 ]
             )
         )
+    if args.providers_simulator:
+        from core.providers.sim import running_simulator  # development only
+
+        with running_simulator() as url:
+            config = ProvidersConfig.at(url)
+            return serve(args, rules, registry, secrets, config, iso8583, terminals, iso8583_keys)
+    return serve(args, rules, registry, secrets, providers, iso8583, terminals, iso8583_keys)
+
+
+def serve(
+    args: argparse.Namespace,
+    rules: RuleSet,
+    registry: Registry,
+    secrets: ServerSecrets,
+    providers: ProvidersConfig | None,
+    iso8583: tuple[str, int] | None,
+    terminals: Terminals | None,
+    iso8583_keys: SoftwareKeyStore | None,
+) -> int:
+    """Build the app on the checked arguments and serve it until a signal stops it."""
+    log_providers(providers, simulated=args.providers_simulator)
     # Everything the server creates is its own alone: the data directory holds names, id
     # numbers and password hashes (the lifecycle also tightens an existing one).
     os.umask(0o077)
-    app = build_app(args, rules, registry, secrets)
+    app = build_app(args, rules, registry, secrets, providers)
     os.makedirs(args.data, mode=0o700, exist_ok=True)
     # Every request allocates a few dozen short-lived containers; collecting the young
     # generation every 700 allocations (Python's default) cost about 4% of a single

@@ -154,8 +154,29 @@ _BY_CODE: dict[Code, str | None] = {
             C.LOAN_ALREADY_DISBURSED,
             C.LOAN_CLOSED,
             C.LOAN_PREPAYMENT_NOT_ALLOWED,
+            # Real-name verification (core/services/verification.py): a customer's steps,
+            # card bindings and SMS codes, never on a partner's credit or return.
+            C.VERIFICATION_STEP_NOT_REQUIRED,
+            C.VERIFICATION_ATTEMPTS_EXCEEDED,
+            C.VERIFICATION_EXPIRED,
+            C.VERIFICATION_CLOSED,
+            C.IMAGE_TOO_LARGE,
+            C.IMAGE_TYPE_NOT_ALLOWED,
+            C.BINDING_NOT_FOUND,
+            C.BINDING_NOT_VERIFIED,
+            C.SMS_CODE_WRONG,
+            C.SMS_CODE_EXPIRED,
+            C.SMS_CODE_USED,
+            C.SMS_CODE_OTHER_OPERATION,
+            C.SMS_CODE_ATTEMPTS_EXCEEDED,
+            C.SMS_CODE_TOO_FREQUENT,
+            C.SMS_CHALLENGE_NOT_FOUND,
         )
     },
+    # A verification provider that did not answer (or not readably) says "not now", as
+    # the engine's load does: PDNG, never a rejection (none reaches a credit today).
+    C.PROVIDER_UNAVAILABLE: RETRY,
+    C.PROVIDER_ANSWER_INVALID: RETRY,
 }
 # TRANSFER_REFUSED and TRANSFER_OF_ANOTHER_CHANNEL carry a ledger code (below): another
 # channel's transfer is answered exactly as one that does not exist.

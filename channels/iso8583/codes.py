@@ -146,6 +146,32 @@ _BY_CODE: dict[Code, str] = {
     C.LOAN_ALREADY_DISBURSED: INVALID_TRANSACTION,
     C.LOAN_CLOSED: INVALID_TRANSACTION,
     C.LOAN_PREPAYMENT_NOT_ALLOWED: INVALID_TRANSACTION,
+    # Real-name verification (core/services/verification.py): no terminal verifies a
+    # customer or binds a card; mapped so the table is total. A provider that did not
+    # answer is the issuer's side being unavailable (try again), the rest a transaction
+    # the terminal cannot make.
+    C.PROVIDER_UNAVAILABLE: ISSUER_UNAVAILABLE,
+    C.PROVIDER_ANSWER_INVALID: ISSUER_UNAVAILABLE,
+    **{
+        code: INVALID_TRANSACTION
+        for code in (
+            C.VERIFICATION_STEP_NOT_REQUIRED,
+            C.VERIFICATION_ATTEMPTS_EXCEEDED,
+            C.VERIFICATION_EXPIRED,
+            C.VERIFICATION_CLOSED,
+            C.IMAGE_TOO_LARGE,
+            C.IMAGE_TYPE_NOT_ALLOWED,
+            C.BINDING_NOT_FOUND,
+            C.BINDING_NOT_VERIFIED,
+            C.SMS_CODE_WRONG,
+            C.SMS_CODE_EXPIRED,
+            C.SMS_CODE_USED,
+            C.SMS_CODE_OTHER_OPERATION,
+            C.SMS_CODE_ATTEMPTS_EXCEEDED,
+            C.SMS_CODE_TOO_FREQUENT,
+            C.SMS_CHALLENGE_NOT_FOUND,
+        )
+    },
 }
 # TRANSFER_REFUSED and TRANSFER_OF_ANOTHER_CHANNEL carry a ledger code (below): another
 # channel's transfer is answered exactly as one that does not exist.

@@ -195,6 +195,15 @@ COMMANDS: Mapping[str, Command | Group] = {
             ),
         },
     ),
+    "providers": Group(
+        "the real-name verification providers: a deterministic simulator for tests and demos",
+        {
+            "serve": module_command(
+                "core.cli.providers",
+                "simulate the identity database, OCR, liveness, card issuers and SMS over HTTP",
+            ),
+        },
+    ),
     "run-default": Command(
         "what `make run` starts: `tally serve` once it exists, else a short `tally bench kernel`",
         add_arguments="core.cli:add_run_default_arguments",
@@ -303,7 +312,8 @@ def add_run_default_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help="a development server: the example channel secrets (tally serve --dev)",
+        help="a development server: the example channel secrets (tally serve --dev) and the"
+        " identity providers answered by a simulator (tally serve --providers-simulator)",
     )
 
 
@@ -311,7 +321,7 @@ def run_default(args: argparse.Namespace) -> int:
     """Serve if the server exists; until then show that the kernels build and run."""
     if importlib.util.find_spec(SERVE_MODULE) is not None:
         words = ["serve", "--host", args.host, "--port", str(args.port), "--data", args.data]
-        return main(words + (["--dev"] if args.dev else []))
+        return main(words + (["--dev", "--providers-simulator"] if args.dev else []))
     print(
         f"tally run-default: {SERVE_MODULE} is not written yet, so no server to start;"
         f" running `tally bench kernel {' '.join(RUN_DEFAULT_BENCH_ARGUMENTS)}` instead",

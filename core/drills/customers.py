@@ -2,10 +2,13 @@
 
 Clients call the middle office itself (`core.services`, a `Bank` on the
 same engine as the transfer load, no HTTP): each round registers a customer
-at a counter, opens a Class I account there, opens a Class II account in
-the app bound to that Class I card, and changes the Class II password.
-Every acknowledged customer id, account id and password change is logged;
-a change whose answer was lost with dc1 is logged as in flight.
+at a counter (a teller named: the customer is verified in the one call, the
+identity database asked), opens a Class I account there, binds that Class I
+card in the app (with the customer's session: the issuer check on our own
+records, then the SMS code, read on the customer's phone at the provider
+simulator and entered), opens a Class II account bound to it, and changes the
+Class II password. Every acknowledged customer id, account id and password
+change is logged; a change whose answer was lost with dc1 is logged as in flight.
 
 `check_customer_state` then looks at what a promoted cluster holds (its
 recovered customer state and its ledger): an acknowledged customer or
@@ -21,19 +24,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 
 from core.engine import EngineStopped
+from core.errors import TallyError
+from core.providers.population import sms_code_in
 from core.services.bank import Bank
-from core.services.commands import Caller, OpenAccount, RegisterCustomer, SetPassword
+from core.services.commands import (
+    Caller,
+    ConfirmSmsCode,
+    OpenAccount,
+    OpenSession,
+    Proof,
+    RegisterCustomer,
+    SetPassword,
+    StartCardBinding,
+)
 from core.services.identity import resident_id_check_character
 from core.services.passwords import check_password, weakness
 from core.services.refusals import Code, Refused
 from core.services.server_secrets import DEVELOPMENT
 from core.services.state import Password
 
-COUNTER = Caller("counter", "counter", 3)
+# The counter's registrations name their teller: the teller's face-to-face check is one of
+# the counter's verification steps (core/services/policy.py).
+COUNTER = Caller("counter", "counter", 3, "T0001", "teller")
 APP = Caller("app", "app", 2)
+BIND_CARD = "bind_card"
+SMS_READ_TIMEOUT_S = 10.0
 FIRST_PASSWORD = "135790"
 OVERLOADED_PAUSE_S = 0.01
 
@@ -66,17 +85,26 @@ def resident_id(index: int) -> str:
     return first + resident_id_check_character(first)
 
 
-async def run_customer_clients(bank: Bank, load: CustomerLoad, clients: int) -> None:
-    """`clients` concurrent rounds until the engine stops (dc1 killed)."""
+async def run_customer_clients(
+    bank: Bank, load: CustomerLoad, clients: int, simulator_url: str
+) -> None:
+    """`clients` concurrent rounds until the engine stops (dc1 killed); `simulator_url`:
+    the provider simulator whose SMS inboxes (`/sim/sms/{mobile}`) hold the codes."""
     counter = iter(range(10**9))
+    phones = httpx.AsyncClient(base_url=simulator_url, timeout=SMS_READ_TIMEOUT_S)
 
     async def client(c: int) -> None:
         rng = random.Random(c)
         while True:
             try:
-                await _round(bank, load, next(counter) * clients + c, rng)
+                await _round(bank, load, next(counter) * clients + c, rng, phones)
             except EngineStopped:
                 return
+            except httpx.HTTPError:  # the simulator's phones out of reach (a partition)
+                load.refused["sms_inbox_unreachable"] = (
+                    load.refused.get("sms_inbox_unreachable", 0) + 1
+                )
+                await anyio.sleep(OVERLOADED_PAUSE_S)
             except Refused as refusal:
                 name = refusal.refusal.code.name.lower()
                 load.refused[name] = load.refused.get(name, 0) + 1
@@ -88,12 +116,14 @@ async def run_customer_clients(bank: Bank, load: CustomerLoad, clients: int) -> 
                     return
                 await anyio.sleep(OVERLOADED_PAUSE_S)
 
-    async with anyio.create_task_group() as task_group:
+    async with phones, anyio.create_task_group() as task_group:
         for c in range(clients):
             task_group.start_soon(client, c)
 
 
-async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random) -> None:
+async def _round(
+    bank: Bank, load: CustomerLoad, index: int, rng: random.Random, phones: httpx.AsyncClient
+) -> None:
     id_number = resident_id(index)
     mobile = f"139{rng.randrange(10**8):08d}"
     name = "客户" + str(index)
@@ -111,6 +141,7 @@ async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random)
         "holder_id_number": id_number,
         "reserved_mobile": mobile,
     }
+    await _bind_in_app(bank, customer_id, class_i, card, phones)
     class_ii = (
         await bank.accounts.open(OpenAccount(APP, customer_id, 2, card, FIRST_PASSWORD))
     ).account_id
@@ -126,6 +157,31 @@ async def _round(bank: Bank, load: CustomerLoad, index: int, rng: random.Random)
     del load.in_flight[class_ii]
     load.passwords[class_ii] = new_password
     load.password_changes += 1
+
+
+async def _bind_in_app(
+    bank: Bank, customer_id: str, class_i: int, card: dict[str, str], phones: httpx.AsyncClient
+) -> None:
+    """Bind the Class I card in the app, as its holder (a session bought with the Class I
+    password): the issuer step passes on our own records, the SMS code comes back."""
+    session = await bank.auth.open_session(OpenSession(APP, class_i, FIRST_PASSWORD))
+    proof = Proof(session=session.session)
+    verification = bank.verification
+    binding = await verification.start_binding(StartCardBinding(APP, customer_id, card, proof))
+    if binding.status != "pending" or binding.sms_challenge is None:
+        raise TallyError(f"binding {binding.binding_id} is {binding.status}, no SMS sent")
+    response = await phones.get(f"/sim/sms/{card['reserved_mobile']}")
+    response.raise_for_status()
+    messages = response.json()["messages"]
+    code = sms_code_in(messages[-1]["text"]) if messages else None
+    if code is None:
+        raise TallyError(f"no SMS code reached {card['reserved_mobile']}")
+    challenge = binding.sms_challenge["challenge_id"]
+    confirmed = await verification.confirm_sms_code(
+        ConfirmSmsCode(APP, customer_id, challenge, BIND_CARD, binding.binding_id, code, proof)
+    )
+    if confirmed.status != "confirmed":
+        raise TallyError(f"SMS code of binding {binding.binding_id}: {confirmed.status}")
 
 
 async def check_customer_state(

@@ -14,7 +14,9 @@ Scenario `dc1` (the default), losing dc1 under load:
   the PostgreSQL store), under steady load from concurrent transfer clients
   and customer clients (registrations, openings, password changes) inside
   it; every answer a client receives is written to the drill on a pipe the
-  moment it arrives: that is what was acknowledged.
+  moment it arrives: that is what was acknowledged. The customers' real-name
+  verification asks the providers (core/providers): a provider simulator the
+  drill starts (`running_simulator`), or the one `--providers` names.
 - Mid-load, dc3's replay is frozen and its lag sampled (what a DC 30 ms away
   had at that moment), then dc1 dies at once: SIGKILL to the Tally process,
   dc1's Patroni, its PostgreSQL (postmaster and backends) and its etcd member.
@@ -79,6 +81,9 @@ from core.drills.pg_cluster import Cluster, ClusterError
 from core.engine import Engine, EngineStopped
 from core.errors import TallyError
 from core.pg_store import PgStoreError, connect
+from core.providers.client import HttpProviders
+from core.providers.config import ProvidersConfig
+from core.providers.sim import running_simulator
 from core.services.lifecycle import STORE_RETRY_S
 from ledger.records import pack_account_input
 from ledger.reference import Transfer
@@ -104,6 +109,7 @@ PROBE_ID = 1 << 62 | os.getpid()  # the RTO probe's transfer on the promoted mem
 SCENARIOS = ("dc1", "old-primary-returns", "dc2-then-dc1", "partition-dc1")
 TALLY_READY_TIMEOUT_S = 120.0
 FAILOVER_TIMEOUT_S = 120.0
+SIMULATOR_SEED = 1  # the provider simulator's seed (no fraud drawn: every customer is real)
 # dc2-then-dc1: how long to watch for a (forbidden) promotion once dc1 is dead.
 NO_PROMOTION_WATCH_S = 3 * patroni.TTL_S
 
@@ -130,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", help="cluster directory (default: a fresh one under /tmp)")
     parser.add_argument("--port-base", type=int, help="default: a free range")
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH))
+    parser.add_argument(
+        "--providers",
+        metavar="URL",
+        help="a running provider simulator (`tally providers serve`) for the customers'"
+        " verification; its /sim/sms inboxes give the SMS codes (default: the drill starts one)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
 
 
@@ -356,7 +368,8 @@ async def _serve_tally_dc1(options: dict[str, Any]) -> None:
         scrypt_n=DRILL_SCRYPT_N,
         pg_options={"reconnect_timeout_s": 1.0, "commit_timeout_s": 10.0},
     )
-    bank = Bank(settings, load_rules(options["rules"]))
+    providers = HttpProviders(ProvidersConfig.at(options["providers"]))
+    bank = Bank(settings, load_rules(options["rules"]), providers=providers)
     customer_load = CustomerLoad()
     customer_load.customers = _EmittingList(emit, "c")
     customer_load.accounts = _EmittingList(emit, "a")
@@ -370,7 +383,11 @@ async def _serve_tally_dc1(options: dict[str, Any]) -> None:
         emit("ready", bank.core.recovery_info.get("epoch"))
         task_group.start_soon(run_clients, engine, Load(), options["clients"], emit)
         task_group.start_soon(
-            run_customer_clients, bank, customer_load, options["customer_clients"]
+            run_customer_clients,
+            bank,
+            customer_load,
+            options["customer_clients"],
+            options["providers"],
         )
 
 
@@ -433,13 +450,15 @@ class TallyProcess:
 def start_tally(
     dsn: str, data_dir: str, args: argparse.Namespace, namespace: str | None = None
 ) -> TallyProcess:
-    """Tally on dc1 as a child process (inside dc1's network namespace if given)."""
+    """Tally on dc1 as a child process (inside dc1's network namespace if given), its
+    verification providers at `args.providers`."""
     options = {
         "dsn": dsn,
         "data_dir": data_dir,
         "rules": args.rules,
         "clients": args.clients,
         "customer_clients": args.customer_clients,
+        "providers": args.providers,
     }
     code = "from core.drills.failover import child_main; child_main()"
     inside = ["ip", "netns", "exec", namespace] if namespace else []
@@ -1106,6 +1125,16 @@ def build_topology(args: argparse.Namespace) -> patroni.Topology:
     return patroni.up(directory, port_base, network=network)
 
 
+def start_simulator(stack: contextlib.ExitStack, topology: patroni.Topology) -> str:
+    """A provider simulator for the drill (stopped when `stack` closes): the URL Tally on
+    dc1 reaches it at. In network namespaces dc1 reaches the drill's namespace at the
+    bridge's address only, so there the simulator listens on every address."""
+    if topology.network == "netns":
+        url = stack.enter_context(running_simulator(seed=SIMULATOR_SEED, host="0.0.0.0"))
+        return url.replace("//127.0.0.1:", f"//{topology.subnet()}.1:")
+    return stack.enter_context(running_simulator(seed=SIMULATOR_SEED))
+
+
 def run(args: argparse.Namespace) -> int:
     error = check_arguments(args)
     if error is not None:
@@ -1119,10 +1148,17 @@ def run(args: argparse.Namespace) -> int:
     }
     status = 1
     topology: patroni.Topology | None = None
+    simulator = contextlib.ExitStack()
     # A SIGTERM (a CI timeout) unwinds like an error: the cluster is still removed.
     signal.signal(signal.SIGTERM, lambda _signal, _frame: sys.exit(128 + signal.SIGTERM))
     try:
         topology = build_topology(args)
+        if not args.providers:
+            url = start_simulator(simulator, topology)
+            args = argparse.Namespace(**{**vars(args), "providers": url})
+            report["providers"] = f"simulator (seed {SIMULATOR_SEED}) started by the drill"
+        else:
+            report["providers"] = args.providers
         report["topology"] = {
             **topology.settings(),
             "roles_at_start": topology.roles(),
@@ -1145,6 +1181,7 @@ def run(args: argparse.Namespace) -> int:
         report["error"] = f"{type(failure).__name__}: {failure}"
         report["passed"] = False
     finally:
+        simulator.close()
         if topology is not None:
             with contextlib.suppress(ClusterError, OSError):
                 patroni.down(topology, remove=True)

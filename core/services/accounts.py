@@ -4,6 +4,10 @@ An opening is recorded in the customer state first and then created in the
 ledger; an opening whose ledger half was lost in a crash is completed at the
 next start (`complete_openings`).
 
+A Class II/III opening binds a card the customer bound first (a verified, unused card
+binding: core/services/verification.py); the binding is marked used in the commit
+that records the account.
+
 An opening sent with an Idempotency-Key is recorded with it (`opening/...`,
 in the same durable commit as the account): a retry, also after a restart,
 is answered with the same account, and the same key with other fields is
@@ -16,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 import orjson
@@ -30,8 +34,9 @@ from core.services.refusals import Code, Refusal, Refused, kind_refused, refused
 from core.services.results import AccountOpened, AccountVerified
 from core.services.state import (
     AccountMeta,
-    Customer,
+    Change,
     Opening,
+    kyc_verified,
     opening_key,
     opening_record,
     operation_key_digest,
@@ -41,6 +46,9 @@ from core.services.state import account_record as meta_record
 from ledger.records import account_view, pack_account_input
 from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, CreateAccountResult
 from limits.rules import ProductKind, RuleSet
+
+if TYPE_CHECKING:
+    from core.services.verification import Binding, Verification
 
 logger = logging.getLogger("tally.services")
 
@@ -68,10 +76,13 @@ def face_to_face_only(caller: Caller, what: str) -> None:
 
 
 class Accounts:
-    def __init__(self, core: Lifecycle, customers: Customers, auth: Auth) -> None:
+    def __init__(
+        self, core: Lifecycle, customers: Customers, auth: Auth, verification: Verification
+    ) -> None:
         self.core = core
         self.customers = customers
         self.auth = auth
+        self.verification = verification
         # Openings under way by their state key: a retry with the key waits for the first.
         self._openings_in_flight: dict[bytes, anyio.Event] = {}
 
@@ -129,8 +140,9 @@ class Accounts:
                 "missing required field (Class II and III bind a card)",
                 pointer="/bound_card",
             )
-        if customer.kyc["status"] != "verified":
-            raise refused(Code.KYC_NOT_VERIFIED, f"KYC status is {customer.kyc['status']}")
+        if not kyc_verified(customer.kyc):
+            status = self.verification.kyc_view(customer.kyc)["status"]
+            raise refused(Code.KYC_NOT_VERIFIED, f"KYC status is {status}")
         # The password is hashed before the class count is checked: from the count to the
         # staged record below there is no await, so concurrent openings for one customer
         # cannot all pass the PBoC per-class limit.
@@ -148,10 +160,17 @@ class Accounts:
                 open_count=open_count,
                 class_name=CLASS_NAMES[account_class],
             )
-        bound = None
-        if command.bound_card is not None:
-            bound = self._check_binding(command.caller, customer, command.bound_card)
         account_id = self._new_account_number(account_class)
+        bound = None
+        binding: Binding | None = None
+        used: list[Change] = []
+        if command.bound_card is not None:
+            # From the binding's check to its mark in memory nothing awaits: two openings
+            # cannot both take one binding.
+            card = self.verification.check_card_holder(command.caller, customer, command.bound_card)
+            binding = self.verification.binding_for_opening(customer, card)
+            bound, change = self.verification.use_binding(binding, account_id)
+            used.append(change)
         meta = AccountMeta(
             account_id, customer.customer_id, account_class, bound, self.core.now_ns()
         )
@@ -161,22 +180,30 @@ class Accounts:
             channel, digest, fingerprint = opening
             records.append(opening_record(channel, digest, Opening(account_id, fingerprint)))
             keyed.append(opening_key(channel, digest))
-        await state.commit(records)
+        try:
+            await state.commit(records, other=used)
+        except Refused:
+            if binding is not None:
+                self.verification.release_binding(binding)
+            raise
         try:
             code = await self.create_in_ledger(meta)
         except Refused:
             # The engine refused: the ledger has no such account, so the opening is
             # recorded as closed and does not hold one of the customer's class slots
-            # (and its key is forgotten: a retry opens anew). Staged, not committed:
-            # the engine's queue may still be full; a crash before the flush leaves
-            # the opening to `complete_openings`.
+            # (and its key is forgotten: a retry opens anew; its binding is free
+            # again). Staged, not committed: the engine's queue may still be full; a
+            # crash before the flush leaves the opening to `complete_openings`.
             meta.closed = True
             state.stage([meta_record(meta)])
             state.stage_deletions(keyed)
+            if binding is not None:
+                state.stage_change(*self.verification.release_binding(binding))
             raise
         if code not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
             meta.closed = True
-            await state.commit([meta_record(meta)], deleted=keyed)
+            released = [self.verification.release_binding(binding)] if binding else []
+            await state.commit([meta_record(meta)], deleted=keyed, other=released)
             raise Refused(Refusal(Code.ACCOUNT_CREATE_REFUSED, ledger_code=code))
         logger.info(
             orjson.dumps(
@@ -190,65 +217,6 @@ class Accounts:
             ).decode()
         )
         return account_id
-
-    def _check_binding(
-        self, caller: Caller, customer: Customer, card: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The bound card's record, or one generic refusal whatever failed (which of the
-        name, ID number or mobile differed, or that an own card is another customer's
-        or not an open Class I card, goes to the server log only: an applicant who
-        guesses must not learn which part was right)."""
-        number = card["card_number"]
-        problem = identity.card_number_problem(number)
-        if problem is not None:
-            raise refused(Code.BOUND_CARD_INVALID, problem, pointer="/bound_card/card_number")
-        mismatches = []
-        if card["holder_name"] != customer.name:
-            mismatches.append("holder_name")
-        if card["holder_id_number"] != customer.id_number:
-            mismatches.append("holder_id_number")
-        if card["reserved_mobile"] != customer.mobile:
-            mismatches.append("reserved_mobile")
-        if mismatches:
-            raise self._binding_refused(caller, customer, number, mismatches)
-        own = int(number) if number.startswith(BIN_OF_CLASS[1]) else 0
-        if not own:
-            return {
-                "kind": "external",
-                "card_number": number,
-                "card_type": card["card_type"],
-                "checks": ["luhn", "holder_name", "holder_id_number", "reserved_mobile"],
-                "not_checked": ["issuer_card_verification"],
-            }
-        meta = self.core.customer_state().accounts.get(own)
-        if meta is None or meta.account_class != 1 or meta.closed:
-            raise self._binding_refused(caller, customer, number, ["no_open_class_i_card"])
-        if meta.customer_id != customer.customer_id:
-            raise self._binding_refused(caller, customer, number, ["other_customer"])
-        return {
-            "kind": "internal",
-            "card_number": number,
-            "account_id": str(own),
-            "card_type": "class_i_debit",
-            "checks": ["luhn", "same_customer"],
-        }
-
-    @staticmethod
-    def _binding_refused(
-        caller: Caller, customer: Customer, number: str, failed: list[str]
-    ) -> Refused:
-        logger.info(
-            orjson.dumps(
-                {
-                    "event": "card_binding_refused",
-                    "customer_id": customer.customer_id,
-                    "channel": caller.name,
-                    "card": identity.mask_card(number),
-                    "failed": failed,
-                }
-            ).decode()
-        )
-        return refused(Code.BOUND_CARD_NOT_SAME_NAME, "the card does not match the applicant")
 
     def verify(self, command: VerifyAccount) -> AccountVerified:
         """Whether `command.account_id` is an open customer account held by `command.name`:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -20,15 +21,19 @@ from core.services.approvals import Approvals
 from core.services.auth import Auth
 from core.services.customers import Customers
 from core.services.deposits import Deposits
-from core.services.kyc import Verifier
 from core.services.lifecycle import Lifecycle, Settings
 from core.services.loan_accounts import LoanAccounts
 from core.services.loans import Loans
 from core.services.payments import Payments, PostingCheck
+from core.services.policy import VerificationPolicy
 from core.services.reads import Reads
 from core.services.risk import Risk
+from core.services.verification import Verification
 from core.store import OpenedStore, open_store
 from limits.rules import RuleSet
+
+if TYPE_CHECKING:
+    from core.providers.types import Providers
 
 
 class Bank:
@@ -37,7 +42,8 @@ class Bank:
         settings: Settings,
         rules: RuleSet,
         *,
-        verifier: Verifier | None = None,
+        providers: Providers | None = None,
+        verification_policy: VerificationPolicy | None = None,
         now_ns: Callable[[], int] = time.time_ns,
         open_store: Callable[..., contextlib.AbstractAsyncContextManager[OpenedStore]] = open_store,
         posting_checks: tuple[PostingCheck, ...] = (),
@@ -46,14 +52,23 @@ class Bank:
     ) -> None:
         """`now_ns` is the services' clock (business day, token ages); `engine_clock` the
         engine's entry timestamps (None: the system clock): tests that move time give
-        both the same clock (`Lifecycle`)."""
+        both the same clock (`Lifecycle`). `providers`: the identity database, OCR,
+        liveness, card issuer and SMS providers the verification steps call (None: none
+        configured, a step that needs one is refused PROVIDER_UNAVAILABLE and stays
+        pending); `verification_policy`: which steps each channel requires (the channel
+        registry's; None: every channel its kind's floor)."""
         self.core = Lifecycle(
             settings, rules, now_ns=now_ns, open_store=open_store, engine_clock=engine_clock
         )
         self.settings = settings
         self.auth = Auth(self.core)
-        self.customers = Customers(self.core, self.auth, verifier)
-        self.accounts = Accounts(self.core, self.customers, self.auth)
+        # Real-name verification (core/services/verification.py): the workflow of steps
+        # per customer and per card binding, calling the providers.
+        self.verification = Verification(
+            self.core, self.auth, providers, verification_policy or VerificationPolicy()
+        )
+        self.customers = Customers(self.core, self.auth, self.verification)
+        self.accounts = Accounts(self.core, self.customers, self.auth, self.verification)
         # Who acts at each channel (the counter's tellers) and each role's caps: the
         # adapters `admit` every request, and every posting is checked at the one point.
         self.actors = actors or Actors()

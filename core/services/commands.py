@@ -401,3 +401,76 @@ class RepayLoan:
     amount_minor: int | None
     key: str
     consent: Consent
+
+
+# --- real-name verification (core/services/verification.py) ---------------------------
+
+
+@dataclass(slots=True)
+class SubmitIdDocument:
+    """The customer's ID card for the OCR step: the image itself (`media_type` image/png or
+    image/jpeg), or `ocr_reference`, the id of an OCR result the channel's app already had
+    the provider produce."""
+
+    caller: Caller
+    customer_id: str
+    image: bytes = b""
+    media_type: str = ""
+    ocr_reference: str = ""
+    proof: Proof = NO_PROOF  # a session of the customer, at a channel that did not register them
+
+
+@dataclass(slots=True)
+class SubmitLiveness:
+    """The liveness step: `token`, what the app's liveness SDK returned for the face."""
+
+    caller: Caller
+    customer_id: str
+    token: str
+    proof: Proof = NO_PROOF  # a session of the customer, at a channel that did not register them
+
+
+@dataclass(slots=True)
+class ConfirmInPerson:
+    """A teller (the actor the counter's request names) saw the customer and their ID."""
+
+    caller: Caller
+    customer_id: str
+
+
+@dataclass(slots=True)
+class StartCardBinding:
+    """Bind a card to the customer for a Class II/III opening: `card` holds the
+    `BOUND_CARD_FIELDS` of core/services/accounts.py (card number, type, holder name and
+    ID number, the reserved mobile)."""
+
+    caller: Caller
+    customer_id: str
+    card: dict[str, Any]
+    proof: Proof = NO_PROOF  # a session of the customer, at a channel that did not register them
+
+
+@dataclass(slots=True)
+class RequestSmsCode:
+    """Send (or send again) a one-time code authorizing `operation` ("bind_card") on
+    `subject` (the binding id) to the customer's registered mobile."""
+
+    caller: Caller
+    customer_id: str
+    operation: str
+    subject: str
+    proof: Proof = NO_PROOF  # a session of the customer, at a channel that did not register them
+
+
+@dataclass(slots=True)
+class ConfirmSmsCode:
+    """The code the customer received for challenge `challenge_id`; `operation` and
+    `subject` name what the caller means it to authorize (checked against the challenge)."""
+
+    caller: Caller
+    customer_id: str
+    challenge_id: str
+    operation: str
+    subject: str
+    code: str
+    proof: Proof = NO_PROOF  # a session of the customer, at a channel that did not register them

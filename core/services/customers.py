@@ -1,5 +1,11 @@
 """Customers: real-name registration with KYC, and the customer read model.
 
+Registration records the customer with the first steps of real-name verification
+(core/services/verification.py) already run: the ID number's structure, and at a
+counter the teller's confirmation; then the steps that can run at once run
+(`Verification.start`: the identity database at a counter). The customer's `kyc` is
+the workflow as the verification service shows it.
+
 Registering an ID number that is already registered is refused without naming
 the existing customer (`CUSTOMER_EXISTS` carries no id: a channel that did not
 register the customer must not learn their id from the refusal); the customer
@@ -11,18 +17,21 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 import orjson
 
 from core.services import identity
 from core.services.auth import Auth
 from core.services.commands import NO_PROOF, Caller, Proof, RegisterCustomer
-from core.services.kyc import BuiltinVerifier, Verifier
 from core.services.lifecycle import Lifecycle
 from core.services.records import NS_PER_S, rfc3339
 from core.services.refusals import Code, refused
 from core.services.results import CustomerRead
 from core.services.state import Customer, customer_record
+
+if TYPE_CHECKING:
+    from core.services.verification import Verification
 
 logger = logging.getLogger("tally.services")
 
@@ -35,10 +44,19 @@ CLASS_NAMES[6] = "loan"  # and their loans (AccountKind.LOAN, core/services/loan
 
 
 class Customers:
-    def __init__(self, core: Lifecycle, auth: Auth, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self, core: Lifecycle, auth: Auth, verification: Verification | None = None
+    ) -> None:
+        """`verification`: the bank's (`Bank` passes it); None: one of its own with no
+        providers and the kinds' floors (for tools that build the services piecemeal)."""
         self.core = core
         self.auth = auth
-        self.verifier = verifier or BuiltinVerifier(core.settings.minimum_age)
+        if verification is None:
+            from core.services.policy import VerificationPolicy
+            from core.services.verification import Verification  # it imports accounts, this
+
+            verification = Verification(core, auth, None, VerificationPolicy())
+        self.verification = verification
 
     def customer_of(self, customer_id: str) -> Customer:
         customer = self.core.customer_state().customers.get(customer_id)
@@ -66,23 +84,20 @@ class Customers:
             raise refused(Code.CUSTOMER_EXISTS)
         now_ns = self.core.now_ns()
         today = datetime.datetime.fromtimestamp(now_ns / NS_PER_S, self.core.rules.timezone).date()
-        verdict = self.verifier.verify_customer(command.name, parsed, command.mobile, today)
+        kyc = self.verification.initial_kyc(command.caller, parsed, today, now_ns)
         customer = Customer(
-            "c" + secrets.token_hex(10),
-            command.name,
-            parsed.number,
-            command.mobile,
-            verdict.as_record(),
-            now_ns,
+            "c" + secrets.token_hex(10), command.name, parsed.number, command.mobile, kyc, now_ns
         )
         await state.commit([customer_record(customer)])
+        await self.verification.start(state.customers[customer.customer_id], command.caller)
+        customer = state.customers[customer.customer_id]
         logger.info(
             orjson.dumps(
                 {
                     "event": "customer_registered",
                     "customer_id": customer.customer_id,
                     "id_number": identity.mask_resident_id(parsed.number),
-                    "kyc": verdict.status,
+                    "kyc": customer.kyc["status"],
                 }
             ).decode()
         )
@@ -101,7 +116,7 @@ class Customers:
             customer.name,
             identity.mask_resident_id(customer.id_number),
             identity.mask_mobile(customer.mobile),
-            customer.kyc,
+            self.verification.kyc_view(customer.kyc),
             [
                 {
                     "account_id": str(account_id),

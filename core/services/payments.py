@@ -163,6 +163,9 @@ class Payments:
         if self.checks:
             for check in self.checks:
                 check(caller, records, count)
+        unverified = self.core.state.unverified_accounts
+        if unverified:
+            _refuse_unverified_debits(unverified, records, count)
         try:
             return self.core.running_engine().enqueue_transfers(records)
         except (EngineOverloaded, EngineFull, EngineStopped) as error:
@@ -961,6 +964,28 @@ class Payments:
                 user_data=self.ids.fingerprint("return", command.return_id),
             )
         )  # fmt: skip
+
+
+# Settling a hold moves nothing the hold did not decide: posted or voided as placed.
+_SETTLING = TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
+
+
+def _refuse_unverified_debits(unverified: set[int], records: bytes, count: int) -> None:
+    """Refuse (KYC_NOT_VERIFIED, `pointer` /transfers/i in a batch) a posting that debits
+    an account whose holder is not verified (`StateStore.unverified_accounts`); credits
+    to it stay allowed, and so does settling a hold placed before."""
+    for index in range(count):
+        view = transfer_view(records, index * TRANSFER_SIZE)
+        debit = view.debit_account_id
+        if debit not in unverified or view.flags & _SETTLING:
+            continue
+        extras = {"pointer": f"/transfers/{index}"} if count > 1 else {}
+        raise refused(
+            Code.KYC_NOT_VERIFIED,
+            f"the holder of account {debit} has not completed real-name verification",
+            account_id=str(debit),
+            **extras,
+        )
 
 
 def _barred_key(packed_id: bytes) -> bytes:

@@ -34,7 +34,8 @@ history.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from core.services.commands import Caller
 from core.services.refusals import kind_refused
@@ -81,6 +82,68 @@ INTERNAL_ONLY = (INTERNAL_KIND,)
 # checks `request:<kind>` and `approve:<kind>` itself).
 OPERATOR_KIND = "operator"
 OPERATOR_ONLY = (OPERATOR_KIND,)
+# The steps of real-name verification (core/services/verification.py), in the order a
+# customer meets them. Each step is one check with its own state, attempts and expiry; the
+# customer is `verified` once every step their channel's policy requires has passed.
+CUSTOMER_STEPS = ("id_structure", "identity_database", "id_ocr", "liveness", "teller_confirmation")
+# A card binding's steps: the issuer's five-element check, then the bank's SMS code.
+BINDING_STEPS = ("issuer_card", "sms_code")
+# A remote opening proves the person by their ID document and their live face; at a counter
+# the teller sees both, so the teller's confirmation replaces the OCR and the liveness.
+REMOTE = ("id_structure", "identity_database", "id_ocr", "liveness")
+# The floor per kind: a channel registry may add steps to a channel, never drop one of these.
+VERIFICATION_OF_KIND: dict[str, tuple[str, ...]] = {
+    "wechat": REMOTE,
+    "app": REMOTE,
+    "internal": REMOTE,
+    "counter": ("id_structure", "identity_database", "teller_confirmation"),
+    "atm": (),
+    "open_api": (),
+}
+BINDING_OF_KIND: dict[str, tuple[str, ...]] = {
+    "wechat": BINDING_STEPS,
+    "app": BINDING_STEPS,
+    "internal": BINDING_STEPS,
+    "counter": ("issuer_card",),
+    "atm": (),
+    "open_api": (),
+}
+assert set(VERIFICATION_OF_KIND) == set(BINDING_OF_KIND) == set(CHANNEL_KINDS)
+
+
+def _with_floor(
+    steps: tuple[str, ...] | None, floor: tuple[str, ...], order: tuple[str, ...]
+) -> tuple[str, ...]:
+    """`steps` (None: none declared) and `floor` together, in the canonical `order`."""
+    wanted = set(floor) | set(steps or ())
+    return tuple(step for step in order if step in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationPolicy:
+    """Which verification steps each channel requires, by the channel's ledger id (from
+    the channel registry's `verification` and `card_binding` keys); a channel absent
+    here requires its kind's floor, and a declared list never drops a floor step."""
+
+    customer: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    binding: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def customer_steps(self, caller: Caller) -> tuple[str, ...]:
+        """The steps a customer registered at `caller`'s channel must pass."""
+        return _with_floor(
+            self.customer.get(caller.ledger_id),
+            VERIFICATION_OF_KIND.get(caller.kind, ()),
+            CUSTOMER_STEPS,
+        )
+
+    def binding_steps(self, caller: Caller) -> tuple[str, ...]:
+        """The steps a card binding started at `caller`'s channel must pass."""
+        return _with_floor(
+            self.binding.get(caller.ledger_id), BINDING_OF_KIND.get(caller.kind, ()), BINDING_STEPS
+        )
+
+
+DEFAULT_VERIFICATION_POLICY = VerificationPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +295,36 @@ OPERATIONS: dict[str, Operation] = _declare(
         "repay_loan", kinds=SERVING_KINDS, kinds_what="Repaying a loan", consent=True, money=True
     ),
     Operation("read_customer_loans", kinds=SERVING_KINDS, kinds_what="Reading a customer's loans"),
+    # Real-name verification (core/services/verification.py): the steps of a customer's
+    # verification and of a card binding, and the bank's SMS codes. A new customer has no
+    # account and so no session: their registering channel acts for them (or a counter,
+    # or the bank's internal channel); the service checks which.
+    Operation(
+        "submit_id_document",
+        kinds=(*CUSTOMER_KINDS, INTERNAL_KIND),
+        kinds_what="Submitting an ID document",
+    ),
+    Operation(
+        "submit_liveness",
+        kinds=(*CUSTOMER_KINDS, INTERNAL_KIND),
+        kinds_what="A liveness check",
+    ),
+    Operation(
+        "confirm_in_person", kinds=COUNTER_ONLY, kinds_what="Confirming a customer in person"
+    ),
+    Operation("read_verification", kinds=SERVING_KINDS, kinds_what="Reading a verification"),
+    Operation("bind_card", kinds=SERVING_KINDS, kinds_what="Binding a card"),
+    Operation("read_card_binding", kinds=SERVING_KINDS, kinds_what="Reading a card binding"),
+    Operation(
+        "request_sms_code",
+        kinds=(*CUSTOMER_KINDS, INTERNAL_KIND),
+        kinds_what="An SMS one-time code",
+    ),
+    Operation(
+        "confirm_sms_code",
+        kinds=(*CUSTOMER_KINDS, INTERNAL_KIND),
+        kinds_what="Confirming an SMS one-time code",
+    ),
     # Risk control (core/services/risk.py): what the rules decided and which rules are in
     # force stay inside the bank (a fraudster must not learn them): the internal channel,
     # and operators with read:risk (the admin routes below).

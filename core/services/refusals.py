@@ -129,6 +129,28 @@ class Code(enum.IntEnum):
     LOAN_REPAYMENT_TOO_SMALL = 81  # repays no principal beyond the interest due: `minimum_minor`
     LOAN_ACCOUNT_NOT_ALLOWED = 82  # not a Class I/II/III account for the loan: `classes`, `pointer`
     LOAN_PREPAYMENT_NOT_ALLOWED = 83  # the product takes no prepayment (yet): `allowed_from`
+    # Real-name verification (core/services/verification.py): the workflow's steps, card
+    # bindings and the bank's SMS one-time codes. A failed attempt at a step is no refusal
+    # (the step answers its state and the attempts remaining); these are the requests the
+    # workflow cannot take.
+    # A provider timed out, failed or is not configured: `provider`, `retry_after_s`.
+    PROVIDER_UNAVAILABLE = 84
+    PROVIDER_ANSWER_INVALID = 85  # the provider's answer did not parse: `provider`
+    VERIFICATION_STEP_NOT_REQUIRED = 86  # not in this channel's policy, or already passed: `step`
+    VERIFICATION_ATTEMPTS_EXCEEDED = 87  # the step failed for good: `step`
+    VERIFICATION_EXPIRED = 88  # the workflow's window passed: `step`
+    VERIFICATION_CLOSED = 89  # the status is already verified or rejected: `status`
+    IMAGE_TOO_LARGE = 90  # over the image size limit: `limit_bytes`
+    IMAGE_TYPE_NOT_ALLOWED = 91  # not a JPEG or PNG by its magic bytes: `allowed`
+    BINDING_NOT_FOUND = 92  # no card binding with this id (or not this customer's)
+    BINDING_NOT_VERIFIED = 93  # the card has no verified, unused binding: `binding_id` if any
+    SMS_CODE_WRONG = 94  # not the code sent: `attempts_remaining`
+    SMS_CODE_EXPIRED = 95  # the code's short life passed
+    SMS_CODE_USED = 96  # the challenge was already confirmed (a replayed code)
+    SMS_CODE_OTHER_OPERATION = 97  # the challenge authorizes another operation or subject
+    SMS_CODE_ATTEMPTS_EXCEEDED = 98  # too many wrong codes (or challenges): the challenge is dead
+    SMS_CODE_TOO_FREQUENT = 99  # a code was sent moments ago: `retry_after_s`
+    SMS_CHALLENGE_NOT_FOUND = 100  # no challenge with this id (or not this customer's)
 
 
 @dataclass(slots=True)

@@ -506,3 +506,50 @@ class LoanList(_Json):
 
     customer_id: str
     loans: list[LoanView]
+
+
+# --- real-name verification (core/services/verification.py) ---------------------------
+
+
+@dataclass(slots=True)
+class VerificationRead(_Json):
+    """A customer's verification: the status, the steps their channel's policy requires and
+    where each stands, and the provider calls made for it (no images, no codes).
+
+    A step: {"step", "state" ("pending"|"passed"|"failed"|"expired"), "attempts",
+    "attempts_max", "expires_at", "reasons", "updated_at", "by"}; a history entry: {"at",
+    "provider", "request_id", "outcome", "attempts", "elapsed_ms"}."""
+
+    customer_id: str
+    status: str  # "pending" | "verified" | "rejected"
+    required: list[str]
+    steps: list[dict[str, Any]]
+    reasons: list[str]
+    history: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class CardBindingRead(_Json):
+    """A card binding and its steps (the step dicts as `VerificationRead`'s);
+    `sms_challenge` is the live code challenge, {"challenge_id", "expires_at"}, if any."""
+
+    binding_id: str
+    customer_id: str
+    card_masked: str
+    card_type: str
+    status: str  # "pending" | "verified" | "rejected" | "expired" | "used"
+    required: list[str]
+    steps: list[dict[str, Any]]
+    sms_challenge: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class SmsChallengeRead(_Json):
+    """An SMS one-time code challenge (never the code)."""
+
+    challenge_id: str
+    operation: str
+    subject: str
+    status: str  # "sent" | "confirmed" | "expired" | "exhausted" | "voided"
+    expires_at: str  # RFC 3339
+    attempts_remaining: int

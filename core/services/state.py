@@ -103,7 +103,8 @@ Barrier = Callable[[], Awaitable[None]]
 # operator audit log and credit limits (core/services/approvals.py). Loan applications,
 # loans (contract and terms segments) and early repayments by operation key
 # (core/services/loan_accounts.py). Operations cancelled before they arrived
-# (core/services/payments.py, `Payments.bar`).
+# (core/services/payments.py, `Payments.bar`). Real-name verification's provider calls
+# (the audit), card bindings and SMS code challenges (core/services/verification.py).
 OTHER_SERVICE_PREFIXES = (
     b"dayend/",
     b"risk/",
@@ -115,6 +116,9 @@ OTHER_SERVICE_PREFIXES = (
     b"loan/",
     b"loanpay/",
     b"barred/",
+    b"kyccall/",
+    b"binding/",
+    b"smscode/",
 )
 
 
@@ -227,6 +231,11 @@ class StateStore:
         self.customers: dict[str, Customer] = {}
         self.customer_by_id_number: dict[str, str] = {}
         self.accounts: dict[int, AccountMeta] = {}
+        # The accounts whose holder is not verified (`kyc_verified`): nothing moves out of
+        # them (`Payments.admit`). Kept as customer and account records apply; empty in
+        # a bank whose customers all passed the verification workflow, so the posting
+        # path's check is one truth test.
+        self.unverified_accounts: set[int] = set()
         self.passwords: dict[int, Password] = {}
         # account -> (business day of the last, wrong passwords in a row incl. reserved)
         self.failures: dict[int, tuple[int, int]] = {}
@@ -303,6 +312,11 @@ class StateStore:
                 customer.accounts = previous.accounts
             self.customers[customer.customer_id] = customer
             self.customer_by_id_number[customer.id_number] = customer.customer_id
+            if customer.accounts:
+                if kyc_verified(customer.kyc):
+                    self.unverified_accounts.difference_update(customer.accounts)
+                else:
+                    self.unverified_accounts.update(customer.accounts)
         elif kind == "account":
             meta = AccountMeta(
                 int(record["id"]),
@@ -317,6 +331,8 @@ class StateStore:
             owner = self.customers.get(meta.customer_id)
             if owner is not None and not known:
                 owner.accounts.append(meta.account_id)
+            if owner is None or not kyc_verified(owner.kyc):
+                self.unverified_accounts.add(meta.account_id)
         elif kind == "password":
             self.passwords[int(record["account"])] = Password(
                 bytes.fromhex(record["salt"]),
@@ -365,6 +381,7 @@ class StateStore:
             self.customer_by_id_number.pop(customer.id_number, None)
         elif kind == "account":
             meta = self.accounts.pop(int(record["id"]))
+            self.unverified_accounts.discard(meta.account_id)
             owner = self.customers.get(meta.customer_id)
             if owner is not None and meta.account_id in owner.accounts:
                 owner.accounts.remove(meta.account_id)
@@ -653,6 +670,14 @@ def rename_imported(path: str) -> None:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+def kyc_verified(kyc: Mapping[str, Any]) -> bool:
+    """Whether a customer's KYC record says verified by the verification workflow
+    (core/services/verification.py): every step required passed. A record without the
+    workflow's steps (the built-in verifier's verdict of earlier versions, which ran
+    no identity database, OCR, liveness or teller check) is not verified."""
+    return kyc.get("status") == "verified" and "steps" in kyc
 
 
 def customer_record(customer: Customer) -> dict[str, Any]:

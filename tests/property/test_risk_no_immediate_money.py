@@ -35,7 +35,6 @@ from core.services.commands import (
     Movement,
     OpenAccount,
     PostingBatch,
-    RegisterCustomer,
     RiskContext,
 )
 from core.services.lifecycle import Settings
@@ -44,6 +43,7 @@ from ledger.constants import BANK_CHANNEL
 from ledger.records import account_view, pack_transfer, transfer_view
 from ledger.types import CreateTransferResult, PendingState, TransferCode, TransferFlags
 from limits.rules import load_rules
+from tests.provider_helpers import providers, register_at_counter
 
 NS = 1_000_000_000
 START_NS = 1_767_258_000_000_000_000  # 2026-01-01T09:00:00Z
@@ -159,9 +159,7 @@ steps = st.builds(
 
 
 async def _open(bank: Bank, id_number: str, cash_minor: int) -> int:
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "王五", id_number, "13800138000")
-    )
+    customer = await register_at_counter(bank, "王五", id_number, "13800138000")
     opened = await bank.accounts.open(OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD))
     if cash_minor:
         await bank.payments.cash_deposit(
@@ -228,9 +226,11 @@ async def _scenario(directory: Path, rules_text: str, plan: list[Step]) -> None:
     rules_path = directory / "risk.toml"
     rules_path.write_text(rules_text)
     settings_ = Settings(str(directory / "data"), scrypt_n=1 << 10, risk_rules_path=str(rules_path))
-    bank = Bank(settings_, load_rules("examples/limits.toml"), now_ns=clock.now_ns)
-    risk = bank.risk
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        bank = Bank(
+            settings_, load_rules("examples/limits.toml"), providers=simulated, now_ns=clock.now_ns
+        )
+        risk = bank.risk
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)

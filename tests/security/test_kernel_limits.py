@@ -28,10 +28,10 @@ from tests.http_helpers import (
     REPO_ROOT,
     TallyServer,
     balance,
-    bound_card_of,
     cash_deposit,
     key,
     open_class_i,
+    open_remote,
     problem_type,
     register,
 )
@@ -125,7 +125,7 @@ def test_transfer_codes_are_allowed_per_channel_and_per_kind_of_account(
     and settlement never touches a customer. Where the rule file does not give a channel
     the code `fee`, the kernel refuses that channel the code outright."""
     customer = register(app)
-    class_ii = open_remote_class_ii(app, customer)
+    class_ii = open_remote(app, customer, password=PASSWORD)
     other = class_i(counter, app)
     funding = 70_000 * CNY
     assert batch(bank, (CLEARING_ID, class_ii, funding, "topup_bound")) == ["ok"]
@@ -167,15 +167,6 @@ def test_transfer_codes_are_allowed_per_channel_and_per_kind_of_account(
             assert balance(desk, target) == 100 * CNY
     finally:
         strict.stop()
-
-
-def open_remote_class_ii(app: TallyClient, customer: dict[str, Any]) -> str:
-    response = app.post(
-        f"/v1/customers/{customer['customer_id']}/accounts",
-        {"class": "class_ii", "bound_card": bound_card_of(customer), "password": PASSWORD},
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["account_id"])
 
 
 def test_the_settlement_account_stops_at_its_floor(

@@ -22,6 +22,7 @@ from ledger.constants import CLEARING_ID, SETTLEMENT_ID
 from tests.http_helpers import (
     TallyServer,
     balance,
+    bind_card,
     bound_card_of,
     cash_deposit,
     key,
@@ -413,6 +414,9 @@ def test_two_openings_with_one_key_open_one_account(tmp_path: Path) -> None:
         with server.client("counter") as counter, server.client("app") as app:
             customer = register(counter)
             card = open_class_i(counter, customer, PASSWORD)
+            # The app binds the card as the customer (the counter registered them).
+            session = open_session(app, card, PASSWORD)
+            bind_card(app, customer, card, session=session)
             opening_key = key()
             path = f"/v1/customers/{customer['customer_id']}/accounts"
             body = class_ii_body(customer, card)
@@ -424,6 +428,7 @@ def test_two_openings_with_one_key_open_one_account(tmp_path: Path) -> None:
             assert again.json()["account_id"] == account
             assert again.headers.get("idempotent-replayed") == "true"
             concurrent_key = key()
+            bind_card(app, customer, card, session=session)  # the first opening used its binding
             answers: list[Any] = []
 
             def send() -> None:
@@ -468,6 +473,7 @@ def test_one_key_with_other_opening_fields_is_a_conflict(
     counter, app = clients["counter"], clients["app"]
     customer = register(counter)
     card = open_class_i(counter, customer, PASSWORD)
+    bind_card(app, customer, card, session=open_session(app, card, PASSWORD))
     opening_key = key()
     path = f"/v1/customers/{customer['customer_id']}/accounts"
     body = class_ii_body(customer, card)

@@ -26,6 +26,7 @@ from tests.http_helpers import (
     open_remote,
     problem_type,
     register,
+    start_binding,
     topup,
 )
 
@@ -186,9 +187,9 @@ def test_registering_a_known_id_number_does_not_disclose_the_customer(
 def test_failed_card_binding_does_not_say_which_field_differed(
     clients: dict[str, TallyClient],
 ) -> None:
-    """An applicant binds a card with one of name, ID number or mobile wrong: the three
-    answers are the same generic refusal, naming no field, so guessing one field at a
-    time learns nothing. The right card binds."""
+    """An applicant binds a card with one of name, ID number or mobile wrong, at the
+    binding and at the opening: the six answers are the same generic refusal, naming no
+    field, so guessing one field at a time learns nothing. The right card binds."""
     app = clients["app"]
     customer = register(app, "周芷若")
     card = bound_card_of(customer)
@@ -199,17 +200,20 @@ def test_failed_card_binding_does_not_say_which_field_differed(
         {"holder_id_number": other_id},
         {"reserved_mobile": "13700000000"},
     ):
-        response = app.post(
-            f"/v1/customers/{customer['customer_id']}/accounts",
-            {"class": "class_ii", "bound_card": dict(card, **wrong), "password": PASSWORD},
-        )
-        assert response.status_code == 422, response.text
-        body = response.json()
-        body.pop("instance", None)
-        answers.append(body)
-        for field in ("holder_name", "holder_id_number", "reserved_mobile", "fields"):
-            assert field not in response.text, (wrong, response.text)
-    assert answers[0] == answers[1] == answers[2], answers
+        for response in (
+            start_binding(app, customer, dict(card, **wrong)),
+            app.post(
+                f"/v1/customers/{customer['customer_id']}/accounts",
+                {"class": "class_ii", "bound_card": dict(card, **wrong), "password": PASSWORD},
+            ),
+        ):
+            assert response.status_code == 422, response.text
+            body = response.json()
+            body.pop("instance", None)
+            answers.append(body)
+            for field in ("holder_name", "holder_id_number", "reserved_mobile", "fields"):
+                assert field not in response.text, (wrong, response.text)
+    assert all(answer == answers[0] for answer in answers), answers
     assert "does not match the applicant" in answers[0]["title"]
     assert open_remote(app, customer)  # the applicant's own card binds
 

@@ -27,13 +27,14 @@ import pytest
 from core.data import DEFAULT_OPERATORS_PATH, DEFAULT_RULES_PATH
 from core.services.approvals import Approvals
 from core.services.bank import Bank
-from core.services.commands import Caller, Movement, OpenAccount, RegisterCustomer
+from core.services.commands import Caller, Movement, OpenAccount
 from core.services.lifecycle import Settings
 from core.services.operators import OperatorCaller, load_operators, parse_operators
 from core.services.refusals import Code, Refused
 from ledger.records import account_view
 from ledger.types import CreateTransferResult
 from limits.rules import load_rules
+from tests.provider_helpers import providers, register_at_counter
 
 R = CreateTransferResult
 NS_PER_S = 1_000_000_000
@@ -85,16 +86,20 @@ async def running_bank(
     directory: Path, clock: Clock | None = None, setup: Callable[[Bank], None] | None = None
 ) -> AsyncIterator[Bank]:
     settings = Settings(str(directory), scrypt_n=1 << 10, approval_expiry_s=86_400)
-    if clock is None:
-        bank = Bank(settings, load_rules(DEFAULT_RULES_PATH))
-    else:
-        bank = Bank(
-            settings, load_rules(DEFAULT_RULES_PATH), now_ns=clock.now_ns, engine_clock=clock
-        )
-    approvals_of(bank)
-    if setup is not None:
-        setup(bank)
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        if clock is None:
+            bank = Bank(settings, load_rules(DEFAULT_RULES_PATH), providers=simulated)
+        else:
+            bank = Bank(
+                settings,
+                load_rules(DEFAULT_RULES_PATH),
+                providers=simulated,
+                now_ns=clock.now_ns,
+                engine_clock=clock,
+            )
+        approvals_of(bank)
+        if setup is not None:
+            setup(bank)
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
@@ -120,9 +125,7 @@ async def refusal_of(call: Callable[[], Any]) -> Refused:
 
 async def funded_account(bank: Bank, amount_minor: int) -> tuple[str, int]:
     """A customer with a Class I account holding `amount_minor` (cash at the counter)."""
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "张三", ID_NUMBER, "13800138000")
-    )
+    customer = await register_at_counter(bank, "张三", ID_NUMBER, "13800138000")
     opening = OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
     account_id = (await bank.accounts.open(opening)).account_id
     if amount_minor:

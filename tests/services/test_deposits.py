@@ -37,6 +37,7 @@ from ledger.records import account_view
 from ledger.types import CreateTransferResult
 from limits.calendar import day_of_date
 from limits.rules import load_rules
+from tests.provider_helpers import bind_card, providers, register_at_counter, session_proof
 
 R = CreateTransferResult
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -69,14 +70,15 @@ async def running_bank(
     directory: Path, clock: Clock, actors: Actors | None = None
 ) -> AsyncIterator[Bank]:
     settings = Settings(str(directory), scrypt_n=1 << 10, token_ttl_s=60)
-    bank = Bank(
-        settings,
-        load_rules("examples/limits.toml"),
-        now_ns=clock.now_ns,
-        engine_clock=clock,
-        actors=actors,
-    )
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        bank = Bank(
+            settings,
+            load_rules("examples/limits.toml"),
+            providers=simulated,
+            now_ns=clock.now_ns,
+            engine_clock=clock,
+            actors=actors,
+        )
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
@@ -99,7 +101,7 @@ async def customer_with_account(
 ) -> tuple[str, int]:
     """A registered customer with a funded Class I account (cash at the counter)."""
     mobile = "13800138000" if id_number == ID_NUMBER else "13800138001"
-    customer = await bank.customers.register(RegisterCustomer(COUNTER, name, id_number, mobile))
+    customer = await register_at_counter(bank, name, id_number, mobile)
     opening = OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
     account_id = (await bank.accounts.open(opening)).account_id
     if amount_minor:
@@ -376,6 +378,8 @@ async def test_refusals_are_typed_and_change_nothing(tmp_path: Path) -> None:
             "holder_id_number": ID_NUMBER,
             "reserved_mobile": "13800138000",
         }
+        proof = await session_proof(bank, APP, source, PASSWORD)
+        await bind_card(bank, APP, customer_id, card, proof=proof)
         class_iii = (
             await bank.accounts.open(OpenAccount(APP, customer_id, 3, card, PASSWORD))
         ).account_id

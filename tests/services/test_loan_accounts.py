@@ -39,7 +39,6 @@ from core.services.commands import (
     OpenAccount,
     OpenSession,
     Proof,
-    RegisterCustomer,
     RepayLoan,
     SignLoanApplication,
 )
@@ -55,6 +54,7 @@ from ledger.types import AccountKind, AccountStatus, CreateTransferResult
 from limits.calendar import day_of_date
 from limits.risk import parse_risk_rules
 from limits.rules import load_rules
+from tests.provider_helpers import bind_card, providers, register_at_counter, session_proof
 
 R = CreateTransferResult
 NS_PER_S = 1_000_000_000
@@ -142,8 +142,14 @@ async def running_bank(directory: Path, clock: Clock) -> AsyncIterator[Bank]:
         str(directory / "data"), scrypt_n=1 << 10, loans_path=str(catalog),
         operators_path=str(operators), accrue_at_day_boundary=False,
     )  # fmt: skip
-    bank = Bank(settings, load_rules(DEFAULT_RULES_PATH), now_ns=clock.now_ns, engine_clock=clock)
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        bank = Bank(
+            settings,
+            load_rules(DEFAULT_RULES_PATH),
+            providers=simulated,
+            now_ns=clock.now_ns,
+            engine_clock=clock,
+        )
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
@@ -226,9 +232,7 @@ def day(date: datetime.date) -> int:
 async def customer(bank: Bank, cash_minor: int = 0, index: int = 0) -> tuple[str, int]:
     """A registered customer with a Class I account (funded in cash at the counter)."""
     mobile = f"1380013800{index}"
-    registered = await bank.customers.register(
-        RegisterCustomer(COUNTER, "张三", ID_NUMBERS[index], mobile)
-    )
+    registered = await register_at_counter(bank, "张三", ID_NUMBERS[index], mobile)
     opened = await bank.accounts.open(
         OpenAccount(COUNTER, registered.customer_id, 1, None, PASSWORD)
     )
@@ -246,6 +250,8 @@ async def linked_account(bank: Bank, customer_id: str, class_i: int, account_cla
         "card_number": str(class_i), "card_type": "class_i_debit", "holder_name": person.name,
         "holder_id_number": person.id_number, "reserved_mobile": person.mobile,
     }  # fmt: skip
+    proof = await session_proof(bank, APP, class_i, PASSWORD)
+    await bind_card(bank, APP, customer_id, card, proof=proof)
     opening = OpenAccount(APP, customer_id, account_class, card, PASSWORD)
     return (await bank.accounts.open(opening)).account_id
 

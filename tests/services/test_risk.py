@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+from core.providers.types import Providers
 from core.services.bank import Bank
 from core.services.commands import (
     Caller,
@@ -24,7 +25,6 @@ from core.services.commands import (
     OpenSession,
     PostingBatch,
     Proof,
-    RegisterCustomer,
     RiskContext,
 )
 from core.services.lifecycle import Settings
@@ -37,6 +37,8 @@ from ledger.records import account_view, pack_transfer, transfer_view
 from ledger.types import CreateTransferResult, PendingState, TransferCode, TransferFlags
 from limits.risk import parse_risk_rules
 from limits.rules import load_rules
+from tests.provider_helpers import providers as simulated_providers
+from tests.provider_helpers import register_at_counter
 
 NS = 1_000_000_000
 START_NS = 1_767_258_000_000_000_000  # 2026-01-01T09:00:00Z: 17:00 in Shanghai
@@ -128,7 +130,9 @@ def risk_of(bank: Bank) -> Risk:
     return bank.risk
 
 
-def build_bank(directory: Path, clock: Clock, rules_text: str = RULES) -> Bank:
+def build_bank(
+    directory: Path, clock: Clock, rules_text: str = RULES, providers: Providers | None = None
+) -> Bank:
     """A bank whose risk stage starts from `rules_text` (the file
     `Settings.risk_rules_path` names, beside the data directory)."""
     rules_path = directory.parent / f"{directory.name}-risk.toml"
@@ -136,7 +140,9 @@ def build_bank(directory: Path, clock: Clock, rules_text: str = RULES) -> Bank:
     settings = Settings(
         str(directory), scrypt_n=1 << 10, token_ttl_s=60, risk_rules_path=str(rules_path)
     )
-    bank = Bank(settings, load_rules("examples/limits.toml"), now_ns=clock.now_ns)
+    bank = Bank(
+        settings, load_rules("examples/limits.toml"), providers=providers, now_ns=clock.now_ns
+    )
     assert bank.risk.rules.text == rules_text and bank.payments.risk is bank.risk
     return bank
 
@@ -145,8 +151,8 @@ def build_bank(directory: Path, clock: Clock, rules_text: str = RULES) -> Bank:
 async def running_bank(
     directory: Path, clock: Clock, rules_text: str = RULES
 ) -> AsyncIterator[Bank]:
-    bank = build_bank(directory, clock, rules_text)
-    async with anyio.create_task_group() as task_group:
+    async with simulated_providers() as simulated, anyio.create_task_group() as task_group:
+        bank = build_bank(directory, clock, rules_text, simulated)
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
@@ -157,9 +163,7 @@ async def running_bank(
 
 
 async def customer_account(bank: Bank, id_number: str, cash_minor: int = 0) -> int:
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "张三", id_number, "13800138000")
-    )
+    customer = await register_at_counter(bank, "张三", id_number, "13800138000")
     opened = await bank.accounts.open(OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD))
     if cash_minor:
         await bank.payments.cash_deposit(

@@ -33,6 +33,7 @@ from ledger.constants import CASH_VAULT_ID, SETTLEMENT_ID
 from ledger.records import pack_transfer, transfer_view
 from ledger.types import TRANSFER_SIZE, CreateTransferResult, TransferCode
 from limits.rules import load_rules
+from tests.provider_helpers import bind_card, providers, register_at_counter, session_proof
 
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 COUNTER = Caller("counter", "counter", 3)
@@ -61,14 +62,15 @@ async def running_bank(
     actors: Actors | None = None,
 ) -> AsyncIterator[Bank]:
     settings = Settings(str(directory), scrypt_n=1 << 10, token_ttl_s=60)
-    bank = Bank(
-        settings,
-        load_rules("examples/limits.toml"),
-        now_ns=clock.now_ns,
-        posting_checks=posting_checks,
-        actors=actors,
-    )
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        bank = Bank(
+            settings,
+            load_rules("examples/limits.toml"),
+            providers=simulated,
+            now_ns=clock.now_ns,
+            posting_checks=posting_checks,
+            actors=actors,
+        )
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
@@ -78,9 +80,7 @@ async def running_bank(
 
 
 async def funded_account(bank: Bank, amount_minor: int) -> int:
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "张三", ID_NUMBER, "13800138000")
-    )
+    customer = await register_at_counter(bank, "张三", ID_NUMBER, "13800138000")
     opened = await bank.accounts.open(OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD))
     account_id = opened.account_id
     await bank.payments.cash_deposit(Movement(COUNTER, "fund", account_id, amount_minor))
@@ -90,9 +90,7 @@ async def funded_account(bank: Bank, amount_minor: int) -> int:
 async def payee_account(bank: Bank) -> int:
     """Another customer's account to pay into (the bank's own accounts are the internal
     channel's)."""
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "李四", PAYEE_ID_NUMBER, "13800138001")
-    )
+    customer = await register_at_counter(bank, "李四", PAYEE_ID_NUMBER, "13800138001")
     opening = OpenAccount(COUNTER, customer.customer_id, 1, None, PASSWORD)
     return (await bank.accounts.open(opening)).account_id
 
@@ -499,6 +497,10 @@ async def test_who_may_move_what_is_enforced_by_the_services(tmp_path: Path) -> 
             "holder_id_number": ID_NUMBER,
             "reserved_mobile": "13800138000",
         }
+        # The app binds the Class I card (issuer check on our records, SMS code) with the
+        # customer's session (the counter registered them), then opens.
+        proof = await session_proof(bank, APP, payer, PASSWORD)
+        await bind_card(bank, APP, customer_id, card, proof=proof)
         opening = OpenAccount(APP, customer_id, 2, card, PASSWORD, key="open-1")
         first = await bank.accounts.open(opening)
         assert not first.replayed

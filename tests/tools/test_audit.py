@@ -9,6 +9,7 @@ been told), never in the ledger.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -164,6 +165,9 @@ def test_online_audit_over_http(books: Path, tmp_path: Path, server: Server) -> 
                   "--exclusive")  # fmt: skip
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "acknowledged_found           14" in clean.stdout
+    # The holders and bindings read through the API (the bindings the dataset names).
+    assert "class_ii_holders_verified    6" in clean.stdout
+    assert "opening_bindings_verified    6" in clean.stdout
     directory, lines = outcomes_copy(books, tmp_path)
     doctored = [dict(line) for line in lines]
     doctored[0]["credit_account_id"] = doctored[1]["credit_account_id"]
@@ -265,3 +269,224 @@ def test_balance_that_its_transfers_do_not_explain_is_found() -> None:
     audit = Audit()
     check_conservation(lost, books, audit, complete_history=True)
     assert audit.error_counts["conservation"] == 1
+
+
+# --- real-name verification (issue 17): faults planted in a copy of the books ------------
+#
+# The server never opens a Class II account for a holder who is not verified, on a
+# binding that did not pass, nor writes an SMS code down: so the faults are planted
+# the only way they could get there, as one more state entry appended to a copy of the
+# journal (what a bug in the services would have written).
+
+
+def planted_copy(books: Path, tmp_path: Path, changes: list[tuple[bytes, bytes]]) -> Path:
+    """A copy of the books' data directory with `changes` appended as a PUT_STATE entry."""
+    from core.entries import Entry, EntryKind, encode_state_changes
+    from core.journal import Journal
+    from core.store import read_entries
+
+    data = tmp_path / "data"
+    shutil.copytree(books / "data", data, ignore=shutil.ignore_patterns("*.lock"))
+    *_, (_, last) = read_entries(str(data))
+    entry = Entry(
+        EntryKind.PUT_STATE, last.timestamp_first + 1, last.business_day, len(changes),
+        encode_state_changes(changes),
+    )  # fmt: skip
+    with Journal.open(str(data)) as journal:
+        journal.append([entry])
+    return data
+
+
+def state_records(books: Path) -> dict[bytes, dict[str, object]]:
+    from core.store import replay_store
+
+    replayed = replay_store(str(books / "data"), 1 << 16, 1 << 16)
+    return {key: json.loads(value) for key, value in replayed.state.items() if value}
+
+
+def class_ii_holder(records: dict[bytes, dict[str, object]]) -> tuple[str, dict[str, object]]:
+    """A Class II account of the books and its account record."""
+    for key, record in records.items():
+        if key.startswith(b"account/") and record["class"] == 2:
+            return str(record["id"]), record
+    raise AssertionError("the books hold no Class II account")
+
+
+def test_setup_books_have_verified_holders_on_verified_bindings(
+    books: Path, tmp_path: Path
+) -> None:
+    """The 6 Class II accounts of the setup: each holder verified at the counter, each
+    opened on its Class I card's binding, which passed and is marked used by it."""
+    summary_path = tmp_path / "audit.json"
+    done = audit(books, books, "--exclusive", "--json", str(summary_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = json.loads(summary_path.read_text())["counts"]
+    assert counts["class_ii_holders_verified"] == 6
+    assert counts["opening_bindings_verified"] == 6
+    records = state_records(books)
+    _, account = class_ii_holder(records)
+    bound = account["bound"]
+    assert isinstance(bound, dict) and bound["binding_id"]
+    binding = records[f"binding/{bound['binding_id']}".encode()]
+    assert binding["account"] == account["id"]
+
+
+def test_class_ii_holder_not_verified_fails(books: Path, tmp_path: Path) -> None:
+    """A Class II holder whose verification is pending again (a step's result lost, say):
+    the audit names the account and the customer."""
+    records = state_records(books)
+    account_id, account = class_ii_holder(records)
+    key = f"customer/{account['customer']}".encode()
+    customer = records[key]
+    assert isinstance(customer["kyc"], dict) and customer["kyc"]["status"] == "verified"
+    customer["kyc"] = {**customer["kyc"], "status": "pending"}
+    data = planted_copy(books, tmp_path, [(key, json.dumps(customer).encode())])
+    done = tally("audit", str(data), "--outcomes", str(books), "--exclusive")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "unverified_holder" in done.stdout
+    assert f"account {account_id}" in done.stdout and "verification is pending" in done.stdout
+    assert "1 error(s): unverified_holder 1" in done.stdout
+
+
+def test_account_on_a_binding_that_did_not_pass_fails(books: Path, tmp_path: Path) -> None:
+    """The binding an account was opened on, its issuer check failed: unverified_binding."""
+    records = state_records(books)
+    account_id, account = class_ii_holder(records)
+    bound = account["bound"]
+    assert isinstance(bound, dict)
+    key = f"binding/{bound['binding_id']}".encode()
+    binding = records[key]
+    steps = binding["steps"]
+    assert isinstance(steps, dict) and steps["issuer_card"]["state"] == "passed"
+    steps["issuer_card"] = {**steps["issuer_card"], "state": "failed"}
+    data = planted_copy(books, tmp_path, [(key, json.dumps(binding).encode())])
+    done = tally("audit", str(data), "--outcomes", str(books), "--exclusive")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"unverified_binding: account {account_id}" in done.stdout
+    assert "steps did not all pass" in done.stdout
+
+
+def test_sms_codes_images_and_tokens_written_down_fail(books: Path, tmp_path: Path) -> None:
+    """A code a customer received (an `sms_code` outcome line) in a state record and in the
+    server's log, an ID card image and a liveness token in the log: each a `leak`. The same
+    digits as a JSON number (an amount) are no code: the clean log passes."""
+    from core.providers.population import face_of, id_card_image, liveness_token
+
+    code = "480213"
+    data = planted_copy(
+        books, tmp_path,
+        [(b"kyccall/cplanted/1", json.dumps({"outcome": "ok", "note": f"code {code}"}).encode())],
+    )  # fmt: skip
+    directory, lines = outcomes_copy(books, tmp_path)
+    sms = {"channel": "app", "operation": "sms_code", "outcome": "sms_received", "code": code}
+    write(directory, [*lines, sms])
+    clean_log = tmp_path / "clean.log"
+    clean_log.write_text(json.dumps({"event": "payment", "amount_minor": int(code)}) + "\n")
+    done = tally("audit", str(books / "data"), "--outcomes", str(directory),
+                 "--server-log", str(clean_log))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sms_codes_not_leaked         1" in done.stdout
+    image = base64.b64encode(id_card_image("张三", "110105199001011234")).decode()
+    leaky_log = tmp_path / "server.log"
+    leaky_log.write_text(
+        json.dumps({"event": "sms_sent", "text": f"Your code is {code}."}) + "\n"
+        + json.dumps({"event": "ocr", "image": image}) + "\n"
+        + json.dumps({"event": "liveness", "token": liveness_token(face_of("x"))}) + "\n"
+    )  # fmt: skip
+    summary_path = tmp_path / "audit.json"
+    done = tally("audit", str(data), "--outcomes", str(directory), "--server-log",
+                 str(leaky_log), "--json", str(summary_path))  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    summary = json.loads(summary_path.read_text())
+    shown = "\n".join(summary["errors_shown"])
+    assert f"server.log:1: the SMS code {code}" in shown
+    assert "server.log:2: an image or token ('iVBORw0KGgo')" in shown
+    assert "server.log:3: an image or token ('lv1.face-')" in shown
+    assert "state kyccall/cplanted/1" in shown  # the code, found though the log had it too
+    assert summary["counts"]["sms_codes_not_leaked"] == 0
+
+
+def test_verification_checks_on_planted_records() -> None:
+    """`check_verification` given the books as data: a holder not verified, an account
+    bound without a binding, a binding of another customer, one not used, one used by
+    another account, a client told another binding, a fraudster verified, another
+    person's card bound: each its error; the right books pass."""
+    from loadtests.audit import Audit, VerificationRecords, check_verification
+
+    def books_of() -> VerificationRecords:
+        return VerificationRecords(
+            customers={"c1": {"verified": True, "status": "verified"},
+                       "c2": {"verified": True, "status": "verified"}},
+            accounts={20: {"customer": "c1", "class": 2, "closed": False, "bound": True,
+                           "binding_id": "b1"},
+                      10: {"customer": "c1", "class": 1, "closed": False, "bound": False,
+                           "binding_id": ""}},
+            bindings={"b1": {"customer": "c1", "status": "used", "steps_passed": True,
+                             "account": 20, "card_number": "6228480000000001"},
+                      "b2": {"customer": "c2", "status": "unused", "steps_passed": False,
+                             "account": 0, "card_number": "6228480000000002"}},
+        )  # fmt: skip
+
+    opened = {"outcome": "opened", "account_id": "20", "customer_id": "c1", "binding_id": "b1"}
+    frauds = [
+        {"operation": "verification", "customer_id": "c2", "pattern": "other_card",
+         "card_number": "6228480000000002", "result": "rejected"},
+        {"operation": "verification", "customer_id": "c2", "pattern": "spoof",
+         "customer_status": "rejected", "result": "rejected"},
+    ]  # fmt: skip
+    right = books_of()
+    right.customers["c2"] = {"verified": False, "status": "rejected"}
+    audit = Audit()
+    check_verification(right, [opened, *frauds], audit)
+    assert audit.clean, audit.errors
+    assert audit.counts["class_ii_holders_verified"] == 1
+    assert audit.counts["opening_bindings_verified"] == 1
+    assert audit.counts["fraud_refused"] == 2
+
+    def errors(plant: object, lines: list[dict[str, object]] | None = None) -> dict[str, int]:
+        books = books_of()
+        books.customers["c2"] = {"verified": False, "status": "rejected"}
+        plant(books)  # type: ignore[operator]
+        audit = Audit()
+        check_verification(books, [opened, *frauds] if lines is None else lines, audit)
+        return dict(audit.error_counts)
+
+    def pending(books: VerificationRecords) -> None:
+        books.customers["c1"] = {"verified": False, "status": "pending"}
+
+    def no_binding(books: VerificationRecords) -> None:
+        books.accounts[20]["binding_id"] = ""
+
+    def others(books: VerificationRecords) -> None:
+        books.bindings["b1"]["customer"] = "c2"
+
+    def unused(books: VerificationRecords) -> None:
+        books.bindings["b1"].update(status="unused", account=0)
+
+    def elsewhere(books: VerificationRecords) -> None:
+        books.bindings["b1"]["account"] = 21
+
+    def told_other(books: VerificationRecords) -> None:
+        books.accounts[20]["binding_id"] = "b9"
+        books.bindings["b9"] = dict(books.bindings["b1"])
+
+    def fraud_verified(books: VerificationRecords) -> None:
+        books.customers["c2"] = {"verified": True, "status": "verified"}
+
+    def card_bound(books: VerificationRecords) -> None:
+        books.bindings["b2"]["steps_passed"] = True
+
+    assert errors(pending) == {"unverified_holder": 1}
+    assert errors(no_binding) == {"unverified_binding": 2}  # none named; the client's claim
+    assert errors(others) == {"unverified_binding": 1}
+    assert errors(unused) == {"unverified_binding": 1}
+    assert errors(elsewhere) == {"unverified_binding": 1}
+    assert errors(told_other) == {"unverified_binding": 1}
+    assert errors(fraud_verified) == {"fraud_verified": 1}
+    assert errors(card_bound) == {"fraud_verified": 1}
+    closed = books_of()
+    closed.accounts[20]["closed"] = True
+    closed.customers["c1"] = {"verified": False, "status": "rejected"}
+    audit = Audit()
+    check_verification(closed, [], audit)
+    assert audit.clean  # a closed account's holder may be anyone now

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,20 @@ def loadtest_against_server(
 ) -> subprocess.CompletedProcess[str]:
     """`tally loadtest --host` against a `tally serve` started here with `serve_args`, so
     the test can give the server a fault (`disk_delay_ms` > 0: the real server on a journal
-    slowed by tests/slow_disk_serve.py); reports go to tmp_path/out."""
+    slowed by tests/slow_disk_serve.py); reports go to tmp_path/out. The server calls a
+    provider simulator started here (no latency, no fraud), which the run is told of
+    (`--providers`: the new customers read their SMS codes there)."""
+    from loadtests.verification import bench_simulator
+
+    with bench_simulator() as providers:
+        serve_args = [*serve_args, "--providers", providers]
+        loadtest_args = [*loadtest_args, "--providers", providers]
+        return _loadtest_against(tmp_path, serve_args, loadtest_args, disk_delay_ms)
+
+
+def _loadtest_against(
+    tmp_path: Path, serve_args: list[str], loadtest_args: list[str], disk_delay_ms: int
+) -> subprocess.CompletedProcess[str]:
     from core.bench.server import Server, free_port
 
     port = free_port()
@@ -258,3 +272,96 @@ def test_fraudsters_are_stopped_and_customers_pass_their_challenges(tmp_path: Pa
     met = [item for item in lines if item.get("risk") == "challenge_met"]
     assert len(met) == risk["legitimate"]["challenge_met"] == risk["legitimate"]["challenged"]
     assert all(item["attempts"] >= 2 and not item.get("fraud") for item in met)
+
+
+def test_new_customers_verify_in_the_mix_and_the_audit_proves_it(tmp_path: Path) -> None:
+    """A run with many new app customers (`--verify-weight 30`), 30% of them fraudsters,
+    against a real server calling the provider simulator with realistic latencies and the
+    world's fraud: every step is its own request; honest customers open and fund a Class
+    II account; no fraudster gets through (their refusals are no failures); the audit
+    proves every Class II holder and binding verified and no code the phones received
+    written down, and catches a holder made unverified in a copy of the run's books."""
+    from loadtests.verification import STEP_REQUESTS
+
+    out = tmp_path / "out"
+    done = loadtest("--seconds", "20", "--users", "30", "--customers", "20", "--protocols",
+                    "http", "--verify-weight", "30", "--verify-fraud-share", "0.3",
+                    "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"] == 0 and report["audit_clean"] is True, report
+    names = stats_names(out)
+    for step in ("register", "id_document", "liveness", "bind_card", "confirm_sms_code",
+                 "open_class_ii"):  # fmt: skip
+        assert STEP_REQUESTS[step] in names, (step, names)
+        assert f"verification_p99_ms_{step}" in report
+    lines = [
+        json.loads(text)
+        for path in out.glob("outcomes-*.jsonl")
+        for text in path.read_text().splitlines()
+    ]
+    workflows = [line for line in lines if line.get("operation") == "verification"]
+    verified = [line for line in workflows if line["result"] == "verified"]
+    frauds = [line for line in workflows if line["pattern"] and "customer_id" in line]
+    assert verified and frauds, workflows
+    assert report["verifications"] == len(workflows)
+    assert report["verifications_verified"] == len(verified)
+    assert report["verifications_completed"] >= len(verified) + len(frauds)
+    assert report["verifications_per_s"] > 0 and report["verification_steps_per_s"] > 0
+    assert report["verification_fraud_attempted"] >= len(frauds)
+    assert report["verification_fraud_passed"] == 0
+    # Each fraud is refused at its step (another's card: unless the world's own fraud, a
+    # stolen identity, refused the customer first).
+    expected = {
+        "spoof": {"customer:liveness"},
+        "other_face": {"customer:identity_database"},
+        "other_card": {"binding:issuer_card", "customer:identity_database"},
+    }
+    assert all(line["reason"] in expected[line["pattern"]] for line in frauds), frauds
+    refusals = sum(v for k, v in report.items() if k.startswith("verification_refusals_"))
+    assert refusals == report["verifications_rejected"] + report["verifications_refused"]
+    # Every verified customer's account was opened on their binding, and money moved in.
+    opened = {line["account_id"]: line for line in lines if line.get("outcome") == "opened"}
+    for line in verified:
+        assert opened[line["account_id"]]["binding_id"] == line["binding_id"]
+    credited = {
+        line["credit_account_id"]
+        for line in lines
+        if line.get("operation") == "topup" and line["outcome"] == "acknowledged"
+    }
+    assert {line["account_id"] for line in verified} & credited
+    audit = json.loads((out / "audit.json").read_text())
+    counts = audit["counts"]
+    holders = report["customers"] + report["accounts_opened"]
+    assert counts["class_ii_holders_verified"] == holders
+    assert counts["opening_bindings_verified"] == holders
+    assert counts["fraud_refused"] == len(frauds)
+    codes = [line for line in lines if line.get("operation") == "sms_code"]
+    assert codes and counts["sms_codes_checked"] == len({line["code"] for line in codes})
+    assert counts["sms_codes_not_leaked"] == counts["sms_codes_checked"]
+    assert counts["server_log_lines_checked"] > 0 and counts["state_values_checked"] > 0
+
+    # A copy of the books in which one new customer's verification is pending again.
+    from core.entries import Entry, EntryKind, encode_state_changes
+    from core.journal import Journal
+    from core.store import read_entries, replay_store
+
+    data = tmp_path / "planted"
+    shutil.copytree(out / "data", data, ignore=shutil.ignore_patterns("*.lock"))
+    state = replay_store(str(data), 1 << 16, 1 << 20).state
+    key = f"customer/{verified[0]['customer_id']}".encode()
+    customer = json.loads(state[key])
+    customer["kyc"]["status"] = "pending"
+    *_, (_, last) = read_entries(str(data))
+    change = encode_state_changes([(key, json.dumps(customer).encode())])
+    with Journal.open(str(data)) as journal:
+        journal.append(
+            [Entry(EntryKind.PUT_STATE, last.timestamp_first + 1, last.business_day, 1, change)]
+        )
+    planted = subprocess.run(
+        [sys.executable, "-m", "core", "audit", str(data), "--outcomes", str(out)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False,
+    )  # fmt: skip
+    assert planted.returncode == 1, planted.stdout[-3000:] + planted.stderr[-3000:]
+    assert f"account {verified[0]['account_id']}" in planted.stdout
+    assert "unverified_holder" in planted.stdout

@@ -26,6 +26,7 @@ def _args(tmp_path: Path, scenario: str) -> argparse.Namespace:
         dir=None,
         port_base=None,
         rules="examples/limits.toml",
+        providers=None,  # the drill starts a provider simulator
         json=True,
     )
 

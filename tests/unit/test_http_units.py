@@ -15,7 +15,7 @@ from channels.http.problems import transfer_problem, transfer_status
 from channels.http.routes import ROUTES
 from channels.registry import OPERATIONS, RegistryError, load_registry, parse_registry
 from core.services import identity, passwords, policy
-from core.services.kyc import BuiltinVerifier
+from core.services.kyc import id_structure_reasons
 from core.services.records import TransferIds
 from core.services.server_secrets import DEVELOPMENT
 from core.services.state import (
@@ -23,6 +23,7 @@ from core.services.state import (
     Password,
     StateError,
     StateStore,
+    kyc_verified,
     legacy_records_to_import,
     read_legacy_file,
 )
@@ -55,20 +56,26 @@ def test_luhn_and_masks() -> None:
     assert identity.mask_mobile("13800138000") == "138****8000"
 
 
-def test_builtin_verifier_says_what_it_did_not_check() -> None:
-    """An adult passes the local checks; a minor is rejected; both list the unchecked parts."""
-    verifier = BuiltinVerifier(minimum_age=16)
+def test_id_structure_step_and_the_old_builtin_verdict() -> None:
+    """The ID structure step passes an adult and fails a minor with the reason; a customer
+    record carrying the earlier built-in verdict (`verified` on local checks alone, the
+    identity database, issuer and SMS listed as not checked) is not verified."""
     adult = identity.parse_resident_id("11010519491231002X")
     assert not isinstance(adult, str)
-    verdict = verifier.verify_customer("张三", adult, "13800138000", datetime.date(2026, 1, 1))
-    assert verdict.status == "verified" and "sms_code" in verdict.not_checked
+    assert id_structure_reasons(adult, datetime.date(2026, 1, 1), 16) == []
     first = "110105" + "20200101" + "001"
     minor = identity.parse_resident_id(first + identity.resident_id_check_character(first))
     assert not isinstance(minor, str)
-    assert (
-        verifier.verify_customer("小明", minor, "13800138000", datetime.date(2026, 1, 1)).status
-        == "rejected"
-    )
+    (reason,) = id_structure_reasons(minor, datetime.date(2026, 1, 1), 16)
+    assert "the holder is 6" in reason
+    old_verdict = {
+        "status": "verified",
+        "checks": ["resident_id_check_digit", "resident_id_region", "resident_id_birth_date"],
+        "reasons": [],
+        "not_checked": ["identity_database_match", "issuer_card_verification", "sms_code"],
+        "verifier": "builtin",
+    }
+    assert not kyc_verified(old_verdict)
 
 
 def test_signing_round_trip_and_parse_errors() -> None:

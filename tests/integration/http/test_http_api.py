@@ -32,8 +32,11 @@ from tests.http_helpers import (
     open_session,
     problem_type,
     register,
+    register_pending,
     resident_id,
+    start_binding,
     topup,
+    verify_remotely,
 )
 
 BANK_CHANNEL_ID = 6
@@ -116,17 +119,38 @@ def test_unknown_route_and_method(app: TallyClient) -> None:
 # --- customers and KYC ------------------------------------------------------------------
 
 
-def test_register_customer_runs_the_builtin_verifier(
+def test_register_customer_runs_the_verification_steps(
     counter: TallyClient, app: TallyClient
 ) -> None:
-    """Registration validates the ID check digit and age; the verdict lists what it checked."""
-    customer = register(app)
-    assert customer["kyc"]["status"] == "verified"
-    assert "resident_id_check_digit" in customer["kyc"]["checks"]
-    assert "issuer_card_verification" in customer["kyc"]["not_checked"]
+    """A remote registration checks the ID number at once and is `pending`, listing the
+    steps still to do (identity database, OCR, liveness); the ID card image and the live
+    face complete them and the customer is `verified`, every step passed. A counter
+    registration (a teller named) is verified in the one call by its own steps."""
+    customer = register_pending(app)
+    kyc = customer["kyc"]
+    assert kyc["status"] == "pending" and "not_checked" not in kyc
+    assert kyc["required"] == ["id_structure", "identity_database", "id_ocr", "liveness"]
+    states = {step["step"]: step["state"] for step in kyc["steps"]}
+    assert states == {
+        "id_structure": "passed",
+        "identity_database": "pending",
+        "id_ocr": "pending",
+        "liveness": "pending",
+    }
     assert customer["id_number_masked"].count("*") == 14
+    verified = verify_remotely(app, customer)
+    assert verified["status"] == "verified" and verified["reasons"] == []
+    assert {step["state"] for step in verified["steps"]} == {"passed"}
     read = counter.get(f"/v1/customers/{customer['customer_id']}")
     assert read.status_code == 200 and read.json()["customer_id"] == customer["customer_id"]
+    assert read.json()["kyc"]["status"] == "verified"
+    at_desk = register_pending(counter)
+    assert at_desk["kyc"]["status"] == "verified", at_desk["kyc"]
+    assert at_desk["kyc"]["required"] == [
+        "id_structure",
+        "identity_database",
+        "teller_confirmation",
+    ]
     again = app.post(
         "/v1/customers",
         {"name": "李四", "id_number": customer["_id_number"], "mobile": "13900000000"},
@@ -136,7 +160,8 @@ def test_register_customer_runs_the_builtin_verifier(
 
 
 def test_register_rejects_bad_ids_and_minors(counter: TallyClient, app: TallyClient) -> None:
-    """A wrong check digit is a 422; a 10-year-old is registered with KYC rejected."""
+    """A wrong check digit is a 422; a 10-year-old is registered with KYC rejected (the
+    ID structure step failed, with its reason) and can bind no card nor open an account."""
     good = "11010519491231002X"
     bad = good[:17] + ("1" if good[17] != "1" else "2")
     response = app.post(
@@ -145,8 +170,11 @@ def test_register_rejects_bad_ids_and_minors(counter: TallyClient, app: TallyCli
     assert response.status_code == 422 and problem_type(response) == "invalid-resident-id"
     assert response.json()["errors"][0]["pointer"] == "/id_number"
     young = time.gmtime().tm_year - 10
-    minor = register(app, "小明", birth=f"{young}0101")
+    minor = register_pending(app, "小明", birth=f"{young}0101")
     assert minor["kyc"]["status"] == "rejected"
+    assert minor["kyc"]["reasons"] and minor["kyc"]["reasons"][0].startswith("id_structure")
+    binding = start_binding(app, minor, bound_card_of(minor))
+    assert binding.status_code == 409 and problem_type(binding) == "kyc-not-verified"
     opened = app.post(
         f"/v1/customers/{minor['customer_id']}/accounts",
         {"class": "class_ii", "bound_card": bound_card_of(minor), "password": "135790"},
@@ -203,7 +231,9 @@ def test_open_class_i_only_face_to_face(counter: TallyClient, app: TallyClient) 
 
 
 def test_open_class_ii_binding_rules(counter: TallyClient, app: TallyClient) -> None:
-    """Class II/III bind a same-name Luhn-valid card; at most 5 per class per customer."""
+    """Class II/III bind a same-name Luhn-valid card whose binding was verified first (the
+    issuer's check and the SMS code), one binding per opening; at most 5 per class per
+    customer."""
     customer = register(app)
     card = bound_card_of(customer)
     wrong_name = dict(card, holder_name="别人")
@@ -212,6 +242,13 @@ def test_open_class_ii_binding_rules(counter: TallyClient, app: TallyClient) -> 
         {"class": "class_ii", "bound_card": wrong_name, "password": "135790"},
     )
     assert response.status_code == 422 and problem_type(response) == "bound-card-not-same-name"
+    binding = start_binding(app, customer, wrong_name)
+    assert binding.status_code == 422 and problem_type(binding) == "bound-card-not-same-name"
+    unbound = app.post(
+        f"/v1/customers/{customer['customer_id']}/accounts",
+        {"class": "class_ii", "bound_card": card, "password": "135790"},
+    )
+    assert unbound.status_code == 409 and problem_type(unbound) == "binding-not-verified"
     bad_luhn = dict(
         card, card_number=card["card_number"][:-1] + str((int(card["card_number"][-1]) + 1) % 10)
     )
@@ -235,7 +272,14 @@ def test_open_class_ii_binding_rules(counter: TallyClient, app: TallyClient) -> 
     class_iii = open_remote(app, customer, "class_iii")
     view = counter.get(f"/v1/accounts/{class_iii}").json()
     assert view["kind"] == "class_iii" and view["quota"]["balance_cap_minor"] == 200_000
-    assert view["bound_card"]["card_number_masked"].count("*") == 9
+    number = card["card_number"]
+    masked = number[:6] + "*" * (len(number) - 10) + number[-4:]
+    assert view["bound_card"]["card_number_masked"] == masked
+    used = app.post(
+        f"/v1/customers/{customer['customer_id']}/accounts",
+        {"class": "class_iii", "bound_card": card, "password": "135790"},
+    )  # the binding went with the Class III: another opening binds again
+    assert used.status_code == 409 and problem_type(used) == "binding-not-verified"
 
 
 def test_bind_own_class_i_card(counter: TallyClient, app: TallyClient) -> None:
@@ -251,6 +295,8 @@ def test_bind_own_class_i_card(counter: TallyClient, app: TallyClient) -> None:
         {"class": "class_ii", "bound_card": bound_card_of(other, class_i), "password": "135790"},
     )
     assert stolen.status_code == 422 and problem_type(stolen) == "bound-card-not-same-name"
+    binding = start_binding(app, other, bound_card_of(other, class_i))
+    assert binding.status_code == 422 and problem_type(binding) == "bound-card-not-same-name"
 
 
 # --- money --------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from core.providers import population
 from core.services.records import TransferIds
 from core.services.server_secrets import DEVELOPMENT
 from tests.http_helpers import (
     CHANNELS_FILE,
     TallyServer,
     balance,
+    bind_card,
     bound_card_of,
     key,
     open_class_i,
@@ -112,15 +114,24 @@ def test_full_engine_queue_is_503_and_nothing_half_done(server: TallyServer) -> 
 def test_concurrent_openings_keep_the_class_limit_and_refused_ones_hold_no_slot(
     server: TallyServer,
 ) -> None:
-    """Twelve Class II openings at once for one customer against a 4-deep engine queue.
+    """Twelve Class II openings at once for one customer against a 4-deep engine queue,
+    over five verified card bindings (the issuer's four cards of the customer and their
+    own Class I card, bound at the counter), two or three openings per binding.
 
-    At most 5 may be opened (PBoC), every 503 leaves the opening closed (no slot held, no
-    ledger account), and afterwards exactly the missing slots can still be opened.
+    At most 5 may be opened (PBoC), no binding serves two of them (the others are
+    refused binding-not-verified), every 503 leaves the opening closed (no slot held, no
+    ledger account, its binding free again), and afterwards exactly the missing slots
+    can still be opened.
     """
     with server.client("counter") as counter:
         customer = register(counter)
         filler = open_class_i(counter, register(counter))
-    answers: list[Any] = []
+        own_card = open_class_i(counter, customer)
+        cards = [population.card_for(customer["_id_number"], index) for index in range(4)]
+        cards.append(own_card)
+        for card in cards:
+            bind_card(counter, customer, card)
+    answers: list[tuple[str, Any]] = []
     lock = threading.Lock()
 
     def deposit() -> None:  # keeps the engine queue full while the openings arrive
@@ -129,44 +140,63 @@ def test_concurrent_openings_keep_the_class_limit_and_refused_ones_hold_no_slot(
                 f"/v1/accounts/{filler}/cash-deposits", {"amount_minor": 1}, idempotency_key=key()
             )
 
-    def open_one() -> None:
+    def open_one(card: str) -> None:
         with server.client("app") as app:
             response = app.post(
                 f"/v1/customers/{customer['customer_id']}/accounts",
-                {"class": "class_ii", "bound_card": bound_card_of(customer), "password": "135790"},
+                {
+                    "class": "class_ii",
+                    "bound_card": bound_card_of(customer, card),
+                    "password": "135790",
+                },
             )
         with lock:
-            answers.append(response)
+            answers.append((card, response))
 
     threads = [threading.Thread(target=deposit) for _ in range(24)]
-    threads += [threading.Thread(target=open_one) for _ in range(12)]
+    threads += [
+        threading.Thread(target=open_one, args=(cards[index % len(cards)],)) for index in range(12)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    statuses = sorted(answer.status_code for answer in answers)
+    statuses = sorted(answer.status_code for _, answer in answers)
     assert set(statuses) <= {201, 409, 503}, statuses
-    opened = [answer.json()["account_id"] for answer in answers if answer.status_code == 201]
+    opened = {
+        answer.json()["account_id"]: card for card, answer in answers if answer.status_code == 201
+    }
     assert len(opened) <= 5, statuses
-    for answer in answers:
+    assert len(set(opened.values())) == len(opened), opened  # one opening per binding
+    for _, answer in answers:
         if answer.status_code == 409:
-            assert problem_type(answer) == "account-class-limit"
+            assert problem_type(answer) in ("account-class-limit", "binding-not-verified")
     with server.client("app") as app, server.client("counter") as counter:
         view = counter.get(f"/v1/customers/{customer['customer_id']}").json()
-        still_open = [a["account_id"] for a in view["accounts"] if not a["closed"]]
+        still_open = [
+            a["account_id"]
+            for a in view["accounts"]
+            if not a["closed"] and a["class"] == "class_ii"
+        ]
         assert sorted(still_open) == sorted(opened)
         for account_id in opened:
             assert counter.get(f"/v1/accounts/{account_id}").status_code == 200
         later = 0
         while True:
+            card = cards[later % len(cards)]
+            bind_card(counter, customer, card)  # the free binding again, or a new one
             response = app.post(
                 f"/v1/customers/{customer['customer_id']}/accounts",
-                {"class": "class_ii", "bound_card": bound_card_of(customer), "password": "135790"},
+                {
+                    "class": "class_ii",
+                    "bound_card": bound_card_of(customer, card),
+                    "password": "135790",
+                },
             )
             if response.status_code == 503:
                 continue
             if response.status_code == 409:
-                assert problem_type(response) == "account-class-limit"
+                assert problem_type(response) == "account-class-limit", response.text
                 break
             assert response.status_code == 201, response.text
             later += 1

@@ -33,6 +33,7 @@ from tests.http_helpers import (
     key,
     open_class_i,
     open_remote,
+    open_session,
     register,
     topup,
 )
@@ -46,7 +47,8 @@ def _build_state(server: TallyServer) -> dict[str, Any]:
         first = register(counter, name="张三")
         second = register(app, name="王五")
         class_i = open_class_i(counter, first)
-        class_ii = open_remote(app, first, card=None)
+        # The app acts for a customer the counter registered with their session.
+        class_ii = open_remote(app, first, session=open_session(app, class_i))
         other = open_class_i(counter, second)
         cash_deposit(counter, class_i, 5_000)
         assert topup(app, class_ii, 1_000).status_code == 201
@@ -121,7 +123,9 @@ def test_customer_state_survives_kill_and_a_flipped_byte_is_refused(tmp_path: Pa
         customer_key = f"customer/{built['customers'][0]}".encode()
         records = _state_records(data)
         holding = [r for r in records if customer_key in r[2]]
-        assert len(holding) == 1 and records[-1] is not holding[0]  # not the last record
+        # Registered, then verified (the identity database's answer, committed with its
+        # call); the first is not the last record.
+        assert len(holding) == 2 and records[-1] is not holding[0]
         token_key = f"token/{token_digest(built['token'])}".encode()
         assert any(token_key in r[2] for r in records)
         assert not any(built["token"].encode() in r[2] for r in records)  # only its digest

@@ -39,11 +39,12 @@ from channels.registry import Registry, load_registry
 from core.data import DATA_DIRECTORY
 from core.services import identity
 from core.services.bank import Bank
-from core.services.commands import Caller, Movement, OpenAccount, RegisterCustomer, SetPassword
+from core.services.commands import Caller, Movement, OpenAccount, SetPassword
 from core.services.lifecycle import Settings
 from core.services.refusals import Code, Refusal
 from ledger.types import CreateTransferResult
 from limits.rules import load_rules
+from tests.provider_helpers import bind_card, providers, register_at_counter
 from tests.repo_paths import REPO_ROOT
 
 START_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -97,19 +98,18 @@ async def open_account(bank: Bank, cash_minor: int = 0, account_class: int = 1) 
     account bound to a new Class I card."""
     first17 = f"11010519800101{next(_id_numbers):03d}"
     id_number = first17 + identity.resident_id_check_character(first17)
-    customer = await bank.customers.register(
-        RegisterCustomer(COUNTER, "张三", id_number, "13800138000")
-    )
+    customer = await register_at_counter(bank, "张三", id_number, "13800138000")
     opening = OpenAccount(COUNTER, customer.customer_id, 1, None, PIN)
     account_id = (await bank.accounts.open(opening)).account_id
     if account_class == 3:
         card = {
             "card_number": str(account_id),
-            "card_type": "debit",
+            "card_type": "class_i_debit",
             "holder_name": "张三",
             "holder_id_number": id_number,
             "reserved_mobile": "13800138000",
         }
+        await bind_card(bank, COUNTER, customer.customer_id, card)
         opening = OpenAccount(COUNTER, customer.customer_id, 3, card, PIN)
         account_id = (await bank.accounts.open(opening)).account_id
     if cash_minor:
@@ -239,8 +239,8 @@ async def rig(tmp_path: Path, risk_rules: str = "") -> AsyncIterator[Rig]:
         password_hash_threads=1,
         **({"risk_rules_path": risk_path} if risk_path else {}),
     )
-    bank = Bank(settings, RULES, now_ns=clock.now_ns)
-    async with anyio.create_task_group() as task_group:
+    async with providers() as simulated, anyio.create_task_group() as task_group:
+        bank = Bank(settings, RULES, providers=simulated, now_ns=clock.now_ns)
         await task_group.start(bank.serve)
         with anyio.fail_after(30):
             while not bank.core.ready:  # noqa: ASYNC110 (readiness is a flag, not an event)
