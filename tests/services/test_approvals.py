@@ -485,9 +485,15 @@ async def test_credit_limit_kept_across_restart(tmp_path: Path) -> None:
 def start_child(data: Path) -> subprocess.Popen[str]:
     from tests.repo_paths import REPO_ROOT
 
+    # The script imports `tests.*` at module level, before its __main__ puts the
+    # repository on sys.path: the child finds them through PYTHONPATH.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+    )
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env,
     )  # fmt: skip
 
 
