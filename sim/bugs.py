@@ -72,6 +72,14 @@ PLANTED_BUGS: dict[str, PlantedBug] = {
             " same postings, must catch it",
             ("fraud-mix",),
         ),
+        PlantedBug(
+            "kyc-gate-skipped",
+            "the account opening does not wait for real-name verification: every applicant"
+            " gets the Class II account they asked for, the stolen identities, spoofed faces"
+            " and somebody else's cards too, and their first payment leaves it; the check"
+            " of the applicants' accounts on each data center must catch it",
+            ("onboarding-fraud",),
+        ),
     )
 }
 

@@ -477,6 +477,9 @@ class Scenario:
     start: datetime.datetime | None = None
     # [risk]: the risk stage screens the traffic, with fraud in it (sim/risk.py); None: off.
     risk: Any = None
+    # [onboarding]: how many people apply for an account and the fraud among them
+    # (sim/onboarding.py OnboardingMix); None: the population's defaults.
+    onboarding: Any = None
 
 
 def _parse_time(value: Any, key: str, problems: _Problems) -> TimeSpec | None:
@@ -592,6 +595,15 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         for line in risk_problems:
             key, _, reason = line.partition(": ")
             problems.add(key, reason)
+    onboarding = None
+    if "onboarding" in document:
+        from .onboarding import parse_onboarding_table  # it imports the population
+
+        root.read.add("onboarding")
+        onboarding, onboarding_problems = parse_onboarding_table(document["onboarding"])
+        for line in onboarding_problems:
+            key, _, reason = line.partition(": ")
+            problems.add(key, reason)
     overrides = root.table("topology")
     overrides.read.update(overrides.data)
     root.finish()
@@ -609,6 +621,7 @@ def parse_scenario(document: dict[str, Any], source: str) -> Scenario:
         targets=targets,
         start=start,
         risk=risk,
+        onboarding=onboarding,
     )
 
 
@@ -777,6 +790,11 @@ EXPECTATIONS = (
     "loans_collected",
     "loans_overdue",
     "loan_mismatches",
+    # The day's applicants (sim/onboarding.py): verified before any account.
+    "onboarding_applicants",
+    "onboarding_rejected",
+    "onboarding_unverified_accounts",
+    "onboarding_unverified_debited",
 )
 
 

@@ -391,17 +391,18 @@ def fixed_deposit_rows(
     return b"".join(writes)
 
 
-def opening_accounts(population: Population, first_index: int, count: int) -> bytes:
-    """Inputs of accounts opened during the day: Class II, bound to an external card."""
+def opening_accounts(population: Population, indexes: list[int]) -> bytes:
+    """Inputs of accounts opened during the day (the applicants `indexes` of
+    sim/onboarding.py): Class II, bound to an external card."""
     flags = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.BOUND_EXTERNAL
     return b"".join(
         pack_account_input(
-            id=simgen.account_id(population.seed, simgen.TAG_OPENING, first_index + index),
+            id=simgen.account_id(population.seed, simgen.TAG_OPENING, index),
             kind=AccountKind.CLASS_II,
             flags=int(flags),
             product=PRODUCT_CLASS_II,
         )
-        for index in range(count)
+        for index in indexes
     )
 
 

@@ -227,6 +227,7 @@ def build(
     report.update(deposits_summary(sim, results))
     report.update(loans_summary(sim, results))
     report.update(risk_summary(sim))
+    report.update(onboarding_summary(sim))
     sim.__dict__.pop("_grouped_latencies", None)  # the grouped samples: done with them
     diff = replay_diff.compare(sim, primary)
     if diff is not None:
@@ -240,6 +241,27 @@ def build(
     if sim.risk is not None:
         report["timings"]["risk_memory"] = sim.risk.memory()
     return report
+
+
+def onboarding_summary(sim: Simulation) -> dict[str, Any]:
+    """The day's applicants (sim/onboarding.py): how verification decided them, and what
+    each DC's ledger holds of their accounts; nothing for a journal replay (no population)."""
+    if sim.onboarding is None:
+        return {}
+    section = sim.onboarding.report()
+    held = {name: sim.onboarding.check(dc.ledger) for name, dc in sim.dcs.items()}
+    section["ledgers"] = held
+    return {
+        "onboarding": section,
+        "onboarding_applicants": section["applicants"],
+        "onboarding_rejected": section["rejected"] + section["binding_rejected"],
+        "onboarding_unverified_accounts": max(
+            (dc["accounts_unverified"] for dc in held.values()), default=0
+        ),
+        "onboarding_unverified_debited": max(
+            (dc["unverified_debited"] for dc in held.values()), default=0
+        ),
+    }
 
 
 def risk_summary(sim: Simulation) -> dict[str, Any]:
@@ -1304,6 +1326,7 @@ def render_html(report: dict[str, Any]) -> str:
         + "</table>"
     )
     parts += _risk_html(report, row)
+    parts += _onboarding_html(report, row)
     parts.append(
         "<h2>events</h2><table>"
         + "".join(
@@ -1570,8 +1593,35 @@ def _risk_html(report: dict[str, Any], row: Any) -> list[str]:
     return ["<h2>risk stage</h2><table>", *rows, "</table>"]
 
 
+def _onboarding_html(report: dict[str, Any], row: Any) -> list[str]:
+    """The day's applicants and their verification (sim/onboarding.py)."""
+    section = report.get("onboarding")
+    if not section:
+        return []
+    rows = [
+        row("applicants", section["applicants"]),
+        row("opened / rejected / binding rejected",
+            f"{section['opened']} / {section['rejected']} / {section['binding_rejected']}"),
+        row("by channel", json.dumps(section["by_channel"])),
+        row("reasons", json.dumps(section["reasons"])),
+        row("provider calls", json.dumps(section["provider_calls"])),
+        row("first transfers", json.dumps(section["first_transfers"])),
+        *(row(f"ledger {name}", json.dumps(held)) for name, held in section["ledgers"].items()),
+    ]  # fmt: skip
+    return ["<h2>applicants and verification</h2><table>", *rows, "</table>"]
+
+
 def _summary_extra(report: dict[str, Any]) -> list[str]:
     lines = []
+    onboarding = report.get("onboarding")
+    if onboarding:
+        lines.append(
+            f"  applicants: {onboarding['applicants']} verified before an account:"
+            f" {onboarding['opened']} opened, {onboarding['rejected']} rejected,"
+            f" {onboarding['binding_rejected']} binding rejected; accounts of unverified"
+            f" holders {report['onboarding_unverified_accounts']}, debited"
+            f" {report['onboarding_unverified_debited']}"
+        )
     risk = report.get("risk") or {}
     if risk.get("fraud"):
         fraud, legit = risk["fraud"], risk["legitimate"]

@@ -85,6 +85,7 @@ from .model import (
     Topology,
 )
 from .network import Network
+from .onboarding import Onboarding, OnboardingMix
 from .population import Population
 from .profiles import profile_named
 from .risk import USERS_MAX as RISK_USERS_MAX
@@ -194,8 +195,11 @@ class Simulation:
         self.start_local = start or DEFAULT_START
         self.start_ns = start_ns_of(self.start_local)
         if traffic is None:
+            overrides = config.population_overrides()
+            if scenario.onboarding is not None and scenario.onboarding.openings_per_user_day:
+                overrides["openings_per_user_day"] = scenario.onboarding.openings_per_user_day
             self.population: Population | None = Population(
-                config.users, seed=config.seed, **config.population_overrides()
+                config.users, seed=config.seed, **overrides
             )
             self.traffic = traffic_module.generated(
                 self.population,
@@ -222,6 +226,14 @@ class Simulation:
         self.majority = len(self.voters) // 2 + 1
         self._build_ledgers()
         self._build_clients()
+        # The day's applicants go through real-name verification (sim/onboarding.py).
+        self.onboarding: Onboarding | None = None
+        if self.population is not None:
+            self.onboarding = Onboarding(
+                self.population,
+                scenario.onboarding or OnboardingMix(),
+                skip_gate=config.plant_bug == "kyc-gate-skipped",
+            )
         self.risk: RiskStage | None = None
         self.risk_note = ""
         if scenario.risk is not None:
@@ -1466,7 +1478,7 @@ class Simulation:
     def _opening_tick(self, now_ns: int) -> None:
         self._schedule(now_ns + OPENING_INTERVAL_NS, self._opening_tick)
         primary = self._serving_primary()
-        if primary is None or self.population is None:
+        if primary is None or self.population is None or self.onboarding is None:
             return
         per_day = self.population.users * self.population.openings_per_user_day
         count = int(per_day * OPENING_INTERVAL_NS / (86_400 * NS_PER_S))
@@ -1479,10 +1491,23 @@ class Simulation:
             self.window_ns / (86_400 * NS_PER_S)
         ):
             return
-        payload = population_module.opening_accounts(self.population, self.openings_next, count)
+        # The applicants' verification (the services', against the providers' world), then
+        # an account for each one verified with a bound card, then everybody's first
+        # top-up and payment on the account they asked for (refused where there is none).
+        first = self.openings_next
+        day = self._business_day(primary, self._timestamp(primary, now_ns))
+        opened = self.onboarding.apply(first, count, day, now_ns)
         self.openings_next += count
-        self.openings_created += count
-        self._own_entry(primary, EntryKind.CREATE_ACCOUNTS, count, payload, now_ns)
+        if opened:
+            payload = population_module.opening_accounts(self.population, opened)
+            self.openings_created += len(opened)
+            self._own_entry(primary, EntryKind.CREATE_ACCOUNTS, len(opened), payload, now_ns)
+        transfers = self.onboarding.first_transfers_payload(first, count)
+        results = self._own_entry(
+            primary, EntryKind.CREATE_TRANSFERS, 2 * count, transfers, now_ns,
+            check=False, timestamps=2 * count,
+        )  # fmt: skip
+        self.onboarding.count_results(results[0])
 
     def _loan_tick(self, now_ns: int) -> None:
         """The loan service: the interval's new loans (during the traffic window), and

@@ -153,6 +153,10 @@ def invariants_of(report: dict[str, Any]) -> dict[str, bool]:
         # The risk stage's decisions as the approved rules make them (sim/risk.py: the
         # pure-Python twin on the same postings); trivially true without a [risk] table.
         "risk_as_specified": not report.get("risk_mismatches", 0),
+        # The day's applicants (sim/onboarding.py): no data center holds an account of an
+        # applicant whose real-name verification did not pass, let alone debited one.
+        "only_verified_hold_accounts": not report.get("onboarding_unverified_accounts", 0)
+        and not report.get("onboarding_unverified_debited", 0),
         # A journal replay: every outcome that differs from the server's answer has a cause
         # the faults explain (given up, in a fault window, after a changed request).
         "replay_as_server_answered": not (report.get("replay_diff") or {})
@@ -179,6 +183,11 @@ def _invariant_reason(name: str, report: dict[str, Any]) -> str:
         examples = (report.get("risk") or {}).get("mismatch_examples", [])
         count = report.get("risk_mismatches")
         return f"{count} risk decisions differ from the approved rules: " + "; ".join(examples[:3])
+    if name == "only_verified_hold_accounts":
+        return (
+            f"{report.get('onboarding_unverified_accounts')} accounts of applicants not"
+            f" verified, {report.get('onboarding_unverified_debited')} of them debited"
+        )
     if name == "all_dcs_converge":
         return f"state digests {report.get('state_digests')}"
     if name == "replay_as_server_answered":

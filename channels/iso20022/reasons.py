@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Final
 
 from channels.iso20022.messages import TxStatusCode
-from core.services.refusals import Code, Refusal
+from core.services.refusals import VERIFICATION_CODES, Code, Refusal
 from ledger.types import CODES_MALFORMED_RECORD, CreateTransferResult
 
 R = CreateTransferResult
@@ -156,21 +156,7 @@ _BY_CODE: dict[Code, str | None] = {
             C.LOAN_PREPAYMENT_NOT_ALLOWED,
             # Real-name verification (core/services/verification.py): a customer's steps,
             # card bindings and SMS codes, never on a partner's credit or return.
-            C.VERIFICATION_STEP_NOT_REQUIRED,
-            C.VERIFICATION_ATTEMPTS_EXCEEDED,
-            C.VERIFICATION_EXPIRED,
-            C.VERIFICATION_CLOSED,
-            C.IMAGE_TOO_LARGE,
-            C.IMAGE_TYPE_NOT_ALLOWED,
-            C.BINDING_NOT_FOUND,
-            C.BINDING_NOT_VERIFIED,
-            C.SMS_CODE_WRONG,
-            C.SMS_CODE_EXPIRED,
-            C.SMS_CODE_USED,
-            C.SMS_CODE_OTHER_OPERATION,
-            C.SMS_CODE_ATTEMPTS_EXCEEDED,
-            C.SMS_CODE_TOO_FREQUENT,
-            C.SMS_CHALLENGE_NOT_FOUND,
+            *VERIFICATION_CODES,
         )
     },
     # A verification provider that did not answer (or not readably) says "not now", as

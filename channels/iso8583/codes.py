@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from core.services.refusals import Code, Refusal
+from core.services.refusals import VERIFICATION_CODES, Code, Refusal
 from ledger.types import CODES_MALFORMED_RECORD, CreateTransferResult
 
 R = CreateTransferResult
@@ -152,26 +152,7 @@ _BY_CODE: dict[Code, str] = {
     # the terminal cannot make.
     C.PROVIDER_UNAVAILABLE: ISSUER_UNAVAILABLE,
     C.PROVIDER_ANSWER_INVALID: ISSUER_UNAVAILABLE,
-    **{
-        code: INVALID_TRANSACTION
-        for code in (
-            C.VERIFICATION_STEP_NOT_REQUIRED,
-            C.VERIFICATION_ATTEMPTS_EXCEEDED,
-            C.VERIFICATION_EXPIRED,
-            C.VERIFICATION_CLOSED,
-            C.IMAGE_TOO_LARGE,
-            C.IMAGE_TYPE_NOT_ALLOWED,
-            C.BINDING_NOT_FOUND,
-            C.BINDING_NOT_VERIFIED,
-            C.SMS_CODE_WRONG,
-            C.SMS_CODE_EXPIRED,
-            C.SMS_CODE_USED,
-            C.SMS_CODE_OTHER_OPERATION,
-            C.SMS_CODE_ATTEMPTS_EXCEEDED,
-            C.SMS_CODE_TOO_FREQUENT,
-            C.SMS_CHALLENGE_NOT_FOUND,
-        )
-    },
+    **dict.fromkeys(VERIFICATION_CODES, INVALID_TRANSACTION),
 }
 # TRANSFER_REFUSED and TRANSFER_OF_ANOTHER_CHANNEL carry a ledger code (below): another
 # channel's transfer is answered exactly as one that does not exist.

@@ -355,7 +355,9 @@ def service_bank(people: list[Holder], clock: BenchClock) -> tuple[Any, Any, Any
     from core.services.auth import Auth
     from core.services.customers import Customers
     from core.services.lifecycle import Lifecycle, Settings
+    from core.services.policy import VerificationPolicy
     from core.services.state import AccountMeta, Customer
+    from core.services.verification import Verification
     from limits.rules import load_rules
 
     lifecycle = Lifecycle(
@@ -374,7 +376,8 @@ def service_bank(people: list[Holder], clock: BenchClock) -> tuple[Any, Any, Any
             holder.account_id, holder.customer_id, 1, None, 0
         )
     auth = Auth(lifecycle)
-    return lifecycle, auth, Customers(lifecycle, auth)
+    verification = Verification(lifecycle, auth, None, VerificationPolicy())  # no providers
+    return lifecycle, auth, Customers(lifecycle, auth, verification)
 
 
 def new_kernel(rules: Any, reference: bool) -> Any:

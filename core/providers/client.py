@@ -36,6 +36,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -105,63 +106,37 @@ class HttpProviders:
     # --- the five providers ------------------------------------------------------------
 
     async def identity(self, request: IdentityCheck) -> IdentityResult:
-        payload = {
-            "name": request.name,
-            "id_number": request.id_number,
-            "photo_ref": request.photo_ref,
-        }
-        fields, attempts, elapsed_ms = await self._call(
-            "identity", "POST", "/v1/verify", request.request_id, payload, _identity_fields
-        )
-        return IdentityResult(**fields, attempts=attempts, elapsed_ms=elapsed_ms)
+        result = await self._request(request)
+        assert isinstance(result, IdentityResult)
+        return result
 
     async def ocr(self, request: OcrRequest | OcrLookup) -> OcrResult:
-        if isinstance(request, OcrLookup):
-            path, payload = f"/v1/results/{quote(request.reference, safe='')}", None
-            method = "GET"
-        else:
-            image_base64 = base64.b64encode(request.image).decode()
-            path, method = "/v1/id-card", "POST"
-            payload = {"image_base64": image_base64, "media_type": request.media_type}
-        fields, attempts, elapsed_ms = await self._call(
-            "ocr", method, path, request.request_id, payload, _ocr_fields
-        )
-        return OcrResult(**fields, attempts=attempts, elapsed_ms=elapsed_ms)
+        result = await self._request(request)
+        assert isinstance(result, OcrResult)
+        return result
 
     async def liveness(self, request: LivenessCheck) -> LivenessResult:
-        fields, attempts, elapsed_ms = await self._call(
-            "liveness",
-            "POST",
-            "/v1/verify",
-            request.request_id,
-            {"token": request.token},
-            _liveness_fields,
-        )
-        return LivenessResult(**fields, attempts=attempts, elapsed_ms=elapsed_ms)
+        result = await self._request(request)
+        assert isinstance(result, LivenessResult)
+        return result
 
     async def card(self, request: CardCheck) -> CardResult:
-        payload = {
-            "card_number": request.card_number,
-            "card_type": request.card_type,
-            "holder_name": request.holder_name,
-            "holder_id_number": request.holder_id_number,
-            "reserved_mobile": request.reserved_mobile,
-        }
-        fields, attempts, elapsed_ms = await self._call(
-            "issuer", "POST", "/v1/verify-card", request.request_id, payload, _card_fields
-        )
-        return CardResult(**fields, attempts=attempts, elapsed_ms=elapsed_ms)
+        result = await self._request(request)
+        assert isinstance(result, CardResult)
+        return result
 
     async def sms(self, request: SmsSend) -> SmsResult:
+        result = await self._request(request)
+        assert isinstance(result, SmsResult)
+        return result
+
+    async def _request(self, request: Request) -> Result:
+        wire = wire_request(request)
         fields, attempts, elapsed_ms = await self._call(
-            "sms",
-            "POST",
-            "/v1/messages",
-            request.request_id,
-            {"mobile": request.mobile, "text": request.text},
-            _sms_fields,
-        )
-        return SmsResult(**fields, attempts=attempts, elapsed_ms=elapsed_ms)
+            wire.provider, wire.method, wire.path, request.request_id, wire.payload,
+            PARSERS[wire.provider],
+        )  # fmt: skip
+        return RESULT_TYPES[wire.provider](**fields, attempts=attempts, elapsed_ms=elapsed_ms)
 
     # --- one call: attempts, backoff, parsing ------------------------------------------
 
@@ -400,3 +375,78 @@ def _card_fields(body: Fields) -> Fields:
 
 def _sms_fields(body: Fields) -> Fields:
     return {"accepted": _bool(body, "accepted"), "message_id": _str(body, "message_id")}
+
+
+Request = IdentityCheck | OcrRequest | OcrLookup | LivenessCheck | CardCheck | SmsSend
+Result = IdentityResult | OcrResult | LivenessResult | CardResult | SmsResult
+PARSERS: dict[str, Callable[[Fields], Fields]] = {
+    "identity": _identity_fields,
+    "ocr": _ocr_fields,
+    "liveness": _liveness_fields,
+    "issuer": _card_fields,
+    "sms": _sms_fields,
+}
+RESULT_TYPES: dict[str, Callable[..., Result]] = {
+    "identity": IdentityResult,
+    "ocr": OcrResult,
+    "liveness": LivenessResult,
+    "issuer": CardResult,
+    "sms": SmsResult,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A request as the wire format carries it: the provider, the method, the path under
+    the provider's base URL and the JSON body (None for a GET)."""
+
+    provider: str
+    method: str
+    path: str
+    payload: Fields | None
+
+
+def wire_request(request: Request) -> WireRequest:
+    """How `request` goes over the wire (docs/providers.md)."""
+    if isinstance(request, IdentityCheck):
+        payload: Fields = {
+            "name": request.name,
+            "id_number": request.id_number,
+            "photo_ref": request.photo_ref,
+        }
+        return WireRequest("identity", "POST", "/v1/verify", payload)
+    if isinstance(request, OcrLookup):
+        return WireRequest("ocr", "GET", f"/v1/results/{quote(request.reference, safe='')}", None)
+    if isinstance(request, OcrRequest):
+        payload = {
+            "image_base64": base64.b64encode(request.image).decode(),
+            "media_type": request.media_type,
+        }
+        return WireRequest("ocr", "POST", "/v1/id-card", payload)
+    if isinstance(request, LivenessCheck):
+        return WireRequest("liveness", "POST", "/v1/verify", {"token": request.token})
+    if isinstance(request, CardCheck):
+        payload = {
+            "card_number": request.card_number,
+            "card_type": request.card_type,
+            "holder_name": request.holder_name,
+            "holder_id_number": request.holder_id_number,
+            "reserved_mobile": request.reserved_mobile,
+        }
+        return WireRequest("issuer", "POST", "/v1/verify-card", payload)
+    return WireRequest(
+        "sms", "POST", "/v1/messages", {"mobile": request.mobile, "text": request.text}
+    )
+
+
+def parse_answer(provider: str, body: Fields, attempts: int = 1, elapsed_ms: int = 0) -> Result:
+    """A provider's answer (a decoded JSON object) as its typed result, parsed as strictly
+    as over HTTP; ProviderError(kind="malformed") if it is not the schema. For callers
+    that hold the answer in process (the failover simulator's applicants)."""
+    try:
+        fields = PARSERS[provider](body)
+    except Malformed as problem:
+        raise ProviderError(
+            provider, "malformed", attempts=attempts, elapsed_ms=elapsed_ms, detail=str(problem)
+        ) from None
+    return RESULT_TYPES[provider](**fields, attempts=attempts, elapsed_ms=elapsed_ms)

@@ -61,6 +61,7 @@ import anyio
 import orjson
 
 from core.errors import TallyError
+from core.providers.client import Request, Result, parse_answer, wire_request
 from core.providers.population import (
     CARDS_PER_PERSON,
     SIM_TOKEN,
@@ -71,7 +72,7 @@ from core.providers.population import (
     parse_liveness_token,
     read_id_card_image,
 )
-from core.providers.types import CARD_TYPES, MEDIA_TYPES, PROVIDERS
+from core.providers.types import CARD_TYPES, MEDIA_TYPES, PROVIDERS, ProviderError
 from core.services.identity import MOBILE_PATTERN, luhn_valid, parse_resident_id
 
 logger = logging.getLogger("tally.providers.sim")
@@ -321,6 +322,33 @@ class Simulator:
             _lru_put(self.inboxes, body["mobile"], inbox, MOBILES_MAX)
             self.count("sms", "delivered")
         return {"accepted": True, "message_id": message_id}
+
+    def answer(self, request: Request) -> Result:
+        """What this simulated provider answers `request`, in process: the same validation,
+        decision and strict parsing (`core.providers.client.parse_answer`) as over HTTP,
+        the request id as the Idempotency-Key, without the wire's faults, latency or replay
+        cache (the failover simulator's applicants, sim/onboarding.py). A request the
+        provider refuses raises ProviderError(kind="refused") with its status."""
+        wire = wire_request(request)
+        try:
+            if wire.method == "GET":
+                reference = wire.path.rsplit("/", 1)[-1]
+                stored = self.results.get(reference)
+                if stored is None:
+                    raise Invalid(404, "no OCR result under this reference")
+                body = orjson.loads(stored)
+            else:
+                assert wire.payload is not None
+                _, validate, decide = PROVIDER_ROUTES[("POST", f"/{wire.provider}{wire.path}")]
+                body = orjson.loads(
+                    orjson.dumps(decide(self, validate(wire.payload), request.request_id))
+                )
+        except Invalid as invalid:
+            raise ProviderError(
+                wire.provider, "refused", attempts=1, elapsed_ms=0, detail=invalid.detail,
+                request_id=request.request_id, status=invalid.status,
+            ) from None  # fmt: skip
+        return parse_answer(wire.provider, body)
 
     def stats(self) -> dict[str, Any]:
         return {

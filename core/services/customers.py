@@ -44,18 +44,10 @@ CLASS_NAMES[6] = "loan"  # and their loans (AccountKind.LOAN, core/services/loan
 
 
 class Customers:
-    def __init__(
-        self, core: Lifecycle, auth: Auth, verification: Verification | None = None
-    ) -> None:
-        """`verification`: the bank's (`Bank` passes it); None: one of its own with no
-        providers and the kinds' floors (for tools that build the services piecemeal)."""
+    def __init__(self, core: Lifecycle, auth: Auth, verification: Verification) -> None:
+        """`verification`: the bank's (`Bank` passes it)."""
         self.core = core
         self.auth = auth
-        if verification is None:
-            from core.services.policy import VerificationPolicy
-            from core.services.verification import Verification  # it imports accounts, this
-
-            verification = Verification(core, auth, None, VerificationPolicy())
         self.verification = verification
 
     def customer_of(self, customer_id: str) -> Customer:

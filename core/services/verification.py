@@ -225,7 +225,7 @@ def check_image(image: bytes, media_type: str) -> str:
 # --- steps ---------------------------------------------------------------------------
 
 
-def _new_step(name: str) -> dict[str, Any]:
+def new_step(name: str) -> dict[str, Any]:
     return {
         "state": PENDING,
         "attempts": 0,
@@ -236,11 +236,11 @@ def _new_step(name: str) -> dict[str, Any]:
     }
 
 
-def _pass(step: dict[str, Any], now_ns: int, by: str) -> None:
+def pass_step(step: dict[str, Any], now_ns: int, by: str) -> None:
     step.update(state=PASSED, attempts=step["attempts"] + 1, updated_ns=now_ns, by=by)
 
 
-def _fail_attempt(
+def fail_attempt(
     step: dict[str, Any], reason: str, now_ns: int, by: str, *, final: bool = False
 ) -> None:
     """One failed attempt; the step fails for good at the last one (or at once: `final`)."""
@@ -252,7 +252,7 @@ def _fail_attempt(
         step["state"] = FAILED
 
 
-def _settle(
+def settle(
     required: list[str], steps: dict[str, dict[str, Any]], expires_ns: int, now_ns: int
 ) -> tuple[str, list[str]]:
     """The status and its reasons from the required steps; once the window passed, the
@@ -273,12 +273,129 @@ def _settle(
     return (REJECTED, reasons) if reasons else (PENDING, [])
 
 
-def _settle_kyc(kyc: dict[str, Any], now_ns: int) -> None:
+def settle_kyc(kyc: dict[str, Any], now_ns: int) -> None:
     if kyc["status"] != PENDING:
         return  # verified and rejected are final
-    kyc["status"], kyc["reasons"] = _settle(
-        kyc["required"], kyc["steps"], kyc["expires_ns"], now_ns
-    )
+    kyc["status"], kyc["reasons"] = settle(kyc["required"], kyc["steps"], kyc["expires_ns"], now_ns)
+
+
+def new_workflow(
+    policy: VerificationPolicy,
+    caller: Caller,
+    resident_id: identity.ResidentId,
+    today: datetime.date,
+    now_ns: int,
+    minimum_age: int,
+) -> dict[str, Any]:
+    """The workflow of a customer registering at `caller`: the steps its policy requires,
+    id_structure run, teller_confirmation passed at a counter naming its teller."""
+    required = list(policy.customer_steps(caller))
+    steps = {name: new_step(name) for name in required}
+    by = _by(caller)
+    if "id_structure" in steps:
+        reasons = id_structure_reasons(resident_id, today, minimum_age)
+        if reasons:
+            step = steps["id_structure"]
+            for reason in reasons:
+                fail_attempt(step, reason, now_ns, by, final=True)
+            step["attempts"] = 1
+        else:
+            pass_step(steps["id_structure"], now_ns, by)
+    if caller.kind == COUNTER_KIND and caller.actor_id and "teller_confirmation" in steps:
+        pass_step(steps["teller_confirmation"], now_ns, by)
+    kyc: dict[str, Any] = {
+        "status": PENDING,
+        "required": required,
+        "steps": steps,
+        "reasons": [],
+        "channel": caller.name,
+        "kind": caller.kind,
+        "expires_ns": now_ns + CUSTOMER_WINDOW_S * NS_PER_S,
+        "face_ref": "",
+    }
+    settle_kyc(kyc, now_ns)
+    return kyc
+
+
+# --- what one provider answer does to its step (None: the provider refused the request).
+# The service and the failover simulator's applicants (sim/onboarding.py) share these.
+
+
+def record_identity(
+    kyc: dict[str, Any], result: IdentityResult | None, photo_ref: str, now_ns: int, by: str
+) -> str:
+    """identity_database's attempt; a photo mismatch sends the customer back to liveness
+    (another attempt needs another face) while attempts remain. Returns the outcome."""
+    step = kyc["steps"]["identity_database"]
+    if result is None:
+        fail_attempt(step, "refused_by_provider", now_ns, by)
+        return "refused"
+    if not result.match:
+        reason = ",".join(result.reasons) or "no_match"
+        fail_attempt(step, f"identity_mismatch:{reason}", now_ns, by, final=True)
+        return "mismatch"
+    if photo_ref and not result.photo_match:
+        fail_attempt(step, "photo_mismatch", now_ns, by)
+        if step["state"] == PENDING:
+            liveness = kyc["steps"]["liveness"]
+            if liveness["attempts"] >= liveness["attempts_max"]:
+                liveness.update(state=FAILED, reasons=[*liveness["reasons"], "photo_mismatch"])
+            else:
+                liveness["state"] = PENDING
+            kyc["face_ref"] = ""
+        return "photo_mismatch"
+    pass_step(step, now_ns, by)
+    return PASSED
+
+
+def record_ocr(
+    step: dict[str, Any],
+    result: OcrResult | None,
+    name: str,
+    id_number: str,
+    now_ns: int,
+    by: str,
+) -> str:
+    """id_ocr's attempt: passes when the document reads the registered name and ID."""
+    if result is None:
+        fail_attempt(step, "refused_by_provider", now_ns, by)
+        return "refused"
+    if not result.readable:
+        fail_attempt(step, "unreadable", now_ns, by)
+        return "unreadable"
+    if result.name != name or result.id_number != id_number:
+        fail_attempt(step, "document_mismatch", now_ns, by)
+        return "mismatch"
+    pass_step(step, now_ns, by)
+    return PASSED
+
+
+def record_liveness(
+    kyc: dict[str, Any], result: LivenessResult | None, now_ns: int, by: str
+) -> str:
+    """liveness's attempt; a live answer keeps the face identity_database compares."""
+    step = kyc["steps"]["liveness"]
+    if result is None:
+        fail_attempt(step, "refused_by_provider", now_ns, by)
+        return "refused"
+    if not result.live:
+        fail_attempt(step, ",".join(result.reasons) or "not_live", now_ns, by)
+        return "not_live"
+    pass_step(step, now_ns, by)
+    kyc["face_ref"] = result.face_ref
+    return PASSED
+
+
+def record_card(step: dict[str, Any], result: CardResult | None, now_ns: int, by: str) -> str:
+    """issuer_card's attempt (the step's reason never says which element differed)."""
+    if result is None:
+        fail_attempt(step, "refused_by_provider", now_ns, by)
+        return "refused"
+    if not result.match:
+        fail_attempt(step, "issuer_mismatch", now_ns, by)
+        return "mismatch:" + ",".join(result.mismatched)
+    pass_step(step, now_ns, by)
+    return PASSED
 
 
 def _step_view(name: str, step: Mapping[str, Any], expires_ns: int) -> dict[str, Any]:
@@ -334,7 +451,7 @@ class Binding:
         if self.account_id:
             return USED
         steps = _copy(self.steps)
-        status, _ = _settle(self.required, steps, self.expires_ns, now_ns)
+        status, _ = settle(self.required, steps, self.expires_ns, now_ns)
         if status == REJECTED and all(steps[n]["state"] != FAILED for n in self.required):
             return EXPIRED
         return status
@@ -752,32 +869,9 @@ class Verification:
     ) -> dict[str, Any]:
         """The workflow of a customer registering at `caller` (`Customers.register`):
         id_structure run, teller_confirmation passed at a counter naming its teller."""
-        required = list(self.policy.customer_steps(caller))
-        steps = {name: _new_step(name) for name in required}
-        by = _by(caller)
-        if "id_structure" in steps:
-            reasons = id_structure_reasons(resident_id, today, self.core.settings.minimum_age)
-            if reasons:
-                step = steps["id_structure"]
-                for reason in reasons:
-                    _fail_attempt(step, reason, now_ns, by, final=True)
-                step["attempts"] = 1
-            else:
-                _pass(steps["id_structure"], now_ns, by)
-        if caller.kind == COUNTER_KIND and caller.actor_id and "teller_confirmation" in steps:
-            _pass(steps["teller_confirmation"], now_ns, by)
-        kyc: dict[str, Any] = {
-            "status": PENDING,
-            "required": required,
-            "steps": steps,
-            "reasons": [],
-            "channel": caller.name,
-            "kind": caller.kind,
-            "expires_ns": now_ns + CUSTOMER_WINDOW_S * NS_PER_S,
-            "face_ref": "",
-        }
-        _settle_kyc(kyc, now_ns)
-        return kyc
+        return new_workflow(
+            self.policy, caller, resident_id, today, now_ns, self.core.settings.minimum_age
+        )
 
     def _workflow(self, customer: Customer, caller: Caller, now_ns: int) -> dict[str, Any]:
         """A copy of the customer's workflow to change; a customer recorded without one
@@ -793,7 +887,7 @@ class Verification:
         self, customer: Customer, kyc: dict[str, Any], calls: list[dict[str, Any]]
     ) -> Customer:
         """The workflow `kyc` (settled) and the calls that moved it, in one durable commit."""
-        _settle_kyc(kyc, self.core.now_ns())
+        settle_kyc(kyc, self.core.now_ns())
         changed = dataclasses.replace(customer, kyc=kyc)
         state = self.core.customer_state()
         await self._commit([customer_record(changed)], calls=tuple(calls))
@@ -918,30 +1012,7 @@ class Verification:
             lambda providers: providers.identity(request),
             sane=sane,
         )
-        now_ns = self.core.now_ns()
-        by = _by(caller)
-        result: IdentityResult | None = answer.result
-        if result is None:
-            _fail_attempt(step, "refused_by_provider", now_ns, by)
-            outcome = "refused"
-        elif not result.match:
-            reason = ",".join(result.reasons) or "no_match"
-            _fail_attempt(step, f"identity_mismatch:{reason}", now_ns, by, final=True)
-            outcome = "mismatch"
-        elif photo_ref and not result.photo_match:
-            _fail_attempt(step, "photo_mismatch", now_ns, by)
-            outcome = "photo_mismatch"
-            if step["state"] == PENDING:
-                # Another attempt needs another face: back to the liveness check.
-                liveness = kyc["steps"]["liveness"]
-                if liveness["attempts"] >= liveness["attempts_max"]:
-                    liveness.update(state=FAILED, reasons=[*liveness["reasons"], "photo_mismatch"])
-                else:
-                    liveness["state"] = PENDING
-                kyc["face_ref"] = ""
-        else:
-            _pass(step, now_ns, by)
-            outcome = PASSED
+        outcome = record_identity(kyc, answer.result, photo_ref, self.core.now_ns(), _by(caller))
         call = self._answered(asked, outcome, answer)
         return await self._commit_customer(customer, kyc, [call])
 
@@ -988,21 +1059,10 @@ class Verification:
                 lambda providers: providers.ocr(request),
                 sane=sane,
             )
-            now_ns = self.core.now_ns()
-            by = _by(caller)
-            result: OcrResult | None = answer.result
-            if result is None:
-                _fail_attempt(step, "refused_by_provider", now_ns, by)
-                outcome = "refused"
-            elif not result.readable:
-                _fail_attempt(step, "unreadable", now_ns, by)
-                outcome = "unreadable"
-            elif result.name != customer.name or result.id_number != customer.id_number:
-                _fail_attempt(step, "document_mismatch", now_ns, by)
-                outcome = "mismatch"
-            else:
-                _pass(step, now_ns, by)
-                outcome = PASSED
+            outcome = record_ocr(
+                step, answer.result, customer.name, customer.id_number, self.core.now_ns(),
+                _by(caller),
+            )  # fmt: skip
             call = self._answered(asked, outcome, answer)
             customer = await self._commit_customer(customer, kyc, [call])
         return self.view(customer)
@@ -1055,19 +1115,7 @@ class Verification:
             lambda providers: providers.liveness(request),
             sane=sane,
         )
-        now_ns = self.core.now_ns()
-        by = _by(caller)
-        result: LivenessResult | None = answer.result
-        if result is None:
-            _fail_attempt(step, "refused_by_provider", now_ns, by)
-            outcome = "refused"
-        elif not result.live:
-            _fail_attempt(step, ",".join(result.reasons) or "not_live", now_ns, by)
-            outcome = "not_live"
-        else:
-            _pass(step, now_ns, by)
-            kyc["face_ref"] = result.face_ref
-            outcome = PASSED
+        outcome = record_liveness(kyc, answer.result, self.core.now_ns(), _by(caller))
         call = self._answered(asked, outcome, answer)
         return await self._commit_customer(customer, kyc, [call])
 
@@ -1102,12 +1150,12 @@ class Verification:
             if "teller_confirmation" not in kyc["required"]:
                 required = list(self.policy.customer_steps(caller))
                 for name in required:
-                    kyc["steps"].setdefault(name, _new_step(name))
+                    kyc["steps"].setdefault(name, new_step(name))
                 kyc["required"] = required
             teller = kyc["steps"]["teller_confirmation"]
             ran = False
             if teller["state"] == PENDING:
-                _pass(teller, now_ns, _by(caller))
+                pass_step(teller, now_ns, _by(caller))
                 customer = await self._commit_customer(customer, kyc, [])
                 kyc = _copy(customer.kyc)
                 ran = True
@@ -1156,7 +1204,7 @@ class Verification:
         if "steps" not in kyc:  # the earlier built-in verdict: not a verification
             return {"status": PENDING, "required": [], "steps": [], "reasons": []}
         shown = _copy(kyc)
-        _settle_kyc(shown, self.core.now_ns())
+        settle_kyc(shown, self.core.now_ns())
         return {
             "status": shown["status"],
             "required": list(shown["required"]),
@@ -1229,7 +1277,7 @@ class Verification:
                     customer.customer_id,
                     bound,
                     required,
-                    {name: _new_step(name) for name in required},
+                    {name: new_step(name) for name in required},
                     caller.name,
                     now_ns,
                     now_ns + BINDING_WINDOW_S * NS_PER_S,
@@ -1327,15 +1375,10 @@ class Verification:
                 sane=lambda result: isinstance(result.match, bool),
                 extras=extras,
             )
-            now_ns = self.core.now_ns()
             result: CardResult | None = answer.result
-            if result is None:
-                _fail_attempt(step, "refused_by_provider", now_ns, by)
-                outcome = "refused"
-            elif not result.match:
+            outcome = record_card(step, result, self.core.now_ns(), by)
+            if result is not None and not result.match:
                 # Which element differed goes to the log and the audit, not to the channel.
-                _fail_attempt(step, "issuer_mismatch", now_ns, by)
-                outcome = "mismatch:" + ",".join(result.mismatched)
                 logger.info(
                     orjson.dumps(
                         {
@@ -1347,9 +1390,6 @@ class Verification:
                         }
                     ).decode()
                 )
-            else:
-                _pass(step, now_ns, by)
-                outcome = PASSED
             calls.append(self._answered(asked, outcome, answer))
         await self._commit(bindings=(binding,), calls=tuple(calls))
         return binding
@@ -1367,7 +1407,7 @@ class Verification:
         now_ns = self.core.now_ns()
         steps = _copy(binding.steps)
         if not binding.account_id:
-            _settle(binding.required, steps, binding.expires_ns, now_ns)
+            settle(binding.required, steps, binding.expires_ns, now_ns)
         live = self._live_challenge(binding)
         return CardBindingRead(
             binding.binding_id,
