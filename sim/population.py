@@ -54,7 +54,9 @@ TERM_SHARES = (
 )
 ROLLOVER_PERCENT = 30
 BUILD_BATCH = 8189
-ACCOUNT_CAPACITY_MAX = 1 << 25  # keeps the account index at 2 x 2**25 entries of 4 bytes
+# 30M users hold about 34M accounts (Class II, III, fixed deposits, loans): the account
+# index is then 2**27 entries of 4 bytes (512 MiB) per DC.
+ACCOUNT_CAPACITY_MAX = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def new_ledger(
     if account_capacity > ACCOUNT_CAPACITY_MAX:
         raise SimError(
             f"{account_capacity} accounts exceed this simulator's {ACCOUNT_CAPACITY_MAX}"
-            " (about 30M users)"
+            " (about 35M users)"
         )
     return KernelLedger(
         account_capacity=account_capacity,

@@ -1496,7 +1496,11 @@ class Simulation:
         # top-up and payment on the account they asked for (refused where there is none).
         first = self.openings_next
         day = self._business_day(primary, self._timestamp(primary, now_ns))
+        started = time.perf_counter()
         opened = self.onboarding.apply(first, count, day, now_ns)
+        self.timings["onboarding_s"] = self.timings.get("onboarding_s", 0.0) + (
+            time.perf_counter() - started
+        )
         self.openings_next += count
         if opened:
             payload = population_module.opening_accounts(self.population, opened)
