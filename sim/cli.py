@@ -328,6 +328,17 @@ def save_benchmark(report: dict[str, Any], directory: str) -> None:
         "unexpected_lost": report["unexpected_lost"],
         "latency_ms_p99": report["latency"]["overall"].get("p99_ms"),
         "availability": report["availability"].get("overall"),
+        # The day's applicants, verified before any account (sim/onboarding.py).
+        **{
+            key: report[key]
+            for key in (
+                "onboarding_applicants",
+                "onboarding_rejected",
+                "onboarding_unverified_accounts",
+                "onboarding_unverified_debited",
+            )
+            if key in report
+        },
         "timings": report["timings"],
     }
     drill = report.get("drill")

@@ -31,6 +31,9 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "postings": (">=", 60_000_000),
         "acknowledged_lost": ("<=", 0),
         "duplicates": ("<=", 0),
+        # Issue 17: no account of an applicant who is not verified, none debited.
+        "onboarding_unverified_accounts": ("<=", 0),
+        "onboarding_unverified_debited": ("<=", 0),
     },
     "http": {
         "batch_transfers_per_s": (">=", 500_000),
@@ -221,6 +224,13 @@ NOTES = {
         "The failover simulator (`tally sim run`): a whole 30M-user campaign day through the"
         " dual-region, three-DC topology, every DC running the real kernels, a DC1 outage then a"
         " region-link partition, checked by the independent checker (see `sim/README.md`)."
+        " The day's account openings are applicants verified first (sim/onboarding.py: the"
+        " verification service's steps against the provider simulator's world, 0.05% of the"
+        " users a day, the default fraud): `onboarding_applicants`, `onboarding_rejected`, and"
+        " on the worst data center the accounts of applicants not verified"
+        " (`onboarding_unverified_accounts`) and those debited (`onboarding_unverified_debited`)."
+        " `peak_rss_gib` grew with the loans (34.2M accounts at 30M users: the account index"
+        " doubled) and is over its target."
     ),
     "sim_drill": (
         "The simulator's same-city failover beside the real drill's (`tally sim run --scenario"
