@@ -109,6 +109,7 @@ READ_TIMEOUT_S = 30.0  # a request's body must have arrived this long after its 
 AUTH_FAILURES_PER_S = 1.0  # failed authentications forgiven per second and client address
 AUTH_FAILURES_BURST = 30  # failed authentications in a row before an address gets 429
 HOUSEKEEPING_S = 0.1
+CONSOLE_TICK_EVERY = 10  # housekeeping ticks: the console's tick once a second
 
 
 class AccessLog:
@@ -203,7 +204,14 @@ class App:
         # (one registry for who signs and who may approve), else the one given.
         self.operator_auth = OperatorAuth(bank.approvals.operators, self.window_s)
         self.admin_handlers = AdminHandlers(bank)
+        # `tally serve --console-reports DIR`: the reports the console serves (None: none).
+        self.console_reports_dir: str | None = None
         self.register_channels(bank.approvals)
+        # The operations console (/console/, channels/console): its own pages, sessions
+        # and CSRF; imported here so that the API alone does not load Jinja2 at import.
+        from channels.console.app import Console
+
+        self.console = Console(self)
         self.quick_checks: dict[str, Callable[[Any], bool]] = {}
         for route in ROUTES:
             quick = quick_check(route.body) if route.body is not None else None
@@ -230,7 +238,8 @@ class App:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _keep_house(self) -> None:
-        """Flush the access log, cut off late bodies, forget forgiven addresses."""
+        """Flush the access log, cut off late bodies, forget forgiven addresses; once a
+        second the console's tick (its sessions, the monitoring sampler)."""
         ticks = 0
         while True:
             await anyio.sleep(HOUSEKEEPING_S)
@@ -239,6 +248,8 @@ class App:
             if deadlines is not None and deadlines.waiting:
                 deadlines.sweep(perf_counter())
             ticks += 1
+            if ticks % CONSOLE_TICK_EVERY == 0:
+                self.console.tick(time.time())
             if ticks % 100 == 0 and self.auth_failures.buckets:
                 self.auth_failures.prune(time.monotonic())
 
@@ -265,6 +276,9 @@ class App:
         try:
             try:
                 if not path.startswith("/v1/"):
+                    if path.startswith("/console") and (len(path) == 8 or path[8] == "/"):
+                        await self.console(scope, receive, send)  # its own answers and log
+                        return
                     route_name = path if path in _UNSIGNED else "unmatched"
                     reply = self.unsigned(method, path)
                 elif path.startswith("/v1/admin/"):  # signed by an operator, not a channel
@@ -405,6 +419,8 @@ class App:
             metrics.in_flight -= 1
         elapsed = perf_counter() - started
         metrics.observe_request(route_name, reply.status, channel_name, elapsed)
+        if problem is not None and reply.status < 500:  # the console's refusals by code
+            metrics.observe_refusal(problem.slug, channel_name)
         if self.access_log.stream is not None:
             record: dict[str, Any] = {
                 "ts": time.time(),

@@ -67,6 +67,8 @@ class Metrics:
         self.results: dict[str, int] = {}  # replaced by the posting service's own dict
         self.batch_sizes = Histogram(SIZE_BUCKETS)
         self.rate_limited: dict[str, int] = {}
+        # 4xx answers by (problem type slug, channel): the console's refusals table.
+        self.refusals: dict[tuple[str, str], int] = {}
         self.in_flight = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_HttpCollector(self))
@@ -78,6 +80,11 @@ class Metrics:
         if histogram is None:
             histogram = self.latency[route] = Histogram(LATENCY_BUCKETS_S)
         histogram.observe(seconds)
+
+    def observe_refusal(self, slug: str, channel: str) -> None:
+        """A 4xx problem answer (one dict increment, after the response was sent)."""
+        key = (slug, channel)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -127,6 +134,14 @@ class _HttpCollector(Collector):
         for channel, count in sorted(m.rate_limited.items()):
             limited.add_metric((channel,), count)
         yield limited
+        refusals = CounterMetricFamily(
+            "tally_http_refusals",
+            "Requests answered with a 4xx problem, by problem type and channel.",
+            labels=("problem", "channel"),
+        )
+        for (slug, channel), count in sorted(m.refusals.items()):
+            refusals.add_metric((slug, channel), count)
+        yield refusals
 
 
 def _summary(name: str, doc: str, samples: Sequence[float]) -> Metric:

@@ -621,6 +621,11 @@ REFUSALS: dict[Code, tuple[int, str, str]] = {
         "sms-challenge-not-found",
         "No SMS code challenge with this id",
     ),
+    C.ACCOUNT_NOT_EMPTY: (
+        409,
+        "account-not-empty",
+        "The account still holds money or a hold: the holder empties it first",
+    ),
 }
 # Extras that fill a title or a header rather than appear in the problem body.
 _TITLE_EXTRAS = frozenset({"what", "kinds", "open_count", "class_name", "retry_after_s", "pointer"})

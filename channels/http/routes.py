@@ -333,7 +333,8 @@ APPROVAL_NEW = {
         "enum",
         values=APPROVAL_KINDS,
         description="a parameter (limits, deposits, risk, lpr, channels, loans) or a sensitive "
-        "operation (reversal, unlock_password, release_review, return_review, credit_limit)",
+        "operation (reversal, unlock_password, release_review, return_review, credit_limit,"
+        " close_account)",
     ),
     "object": F(
         "string",

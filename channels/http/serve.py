@@ -327,6 +327,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_providers_arguments(parser)
     parser.add_argument(
+        "--console-reports",
+        default=None,
+        metavar="DIR",
+        help="a directory of reports (the failover simulator's, the drills': *.json, *.html)"
+        " the operations console lists and serves read-only at /console/reports",
+    )
+    parser.add_argument(
         "--snapshot-every-entries",
         type=int,
         default=0,
@@ -461,7 +468,7 @@ def build_app(
         providers=client,
         verification_policy=registry.verification_policy(),
     )
-    return App(
+    app = App(
         bank,
         registry,
         providers=client,  # closed with the bank at shutdown (the app's lifespan)
@@ -472,6 +479,8 @@ def build_app(
         auth_failures_per_s=args.auth_failures_per_s,
         auth_failures_burst=args.auth_failures_burst,
     )
+    app.console_reports_dir = getattr(args, "console_reports", None)
+    return app
 
 
 def development_operators(operators: Operators) -> list[str]:
@@ -588,6 +597,12 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"tally serve: --iso8583: {error}", file=sys.stderr)
             return 2
+    if args.console_reports is not None and not os.path.isdir(args.console_reports):
+        print(
+            f"tally serve: --console-reports {args.console_reports}: no such directory",
+            file=sys.stderr,
+        )
+        return 2
     if args.journal_segment_kb < 4 or args.journal_segment_kb % 4:
         print("tally serve: --journal-segment-kb must be a multiple of 4", file=sys.stderr)
         return 2

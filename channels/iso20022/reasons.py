@@ -154,6 +154,7 @@ _BY_CODE: dict[Code, str | None] = {
             C.LOAN_ALREADY_DISBURSED,
             C.LOAN_CLOSED,
             C.LOAN_PREPAYMENT_NOT_ALLOWED,
+            C.ACCOUNT_NOT_EMPTY,
             # Real-name verification (core/services/verification.py): a customer's steps,
             # card bindings and SMS codes, never on a partner's credit or return.
             *VERIFICATION_CODES,

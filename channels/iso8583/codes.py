@@ -146,6 +146,7 @@ _BY_CODE: dict[Code, str] = {
     C.LOAN_ALREADY_DISBURSED: INVALID_TRANSACTION,
     C.LOAN_CLOSED: INVALID_TRANSACTION,
     C.LOAN_PREPAYMENT_NOT_ALLOWED: INVALID_TRANSACTION,
+    C.ACCOUNT_NOT_EMPTY: INVALID_TRANSACTION,  # the bank's closing of an account: no terminal's
     # Real-name verification (core/services/verification.py): no terminal verifies a
     # customer or binds a card; mapped so the table is total. A provider that did not
     # answer is the issuer's side being unavailable (try again), the rest a transaction

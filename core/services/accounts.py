@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 
 from core.services import identity
+from core.services.approvals import payload_account_id
 from core.services.auth import Auth
 from core.services.commands import Caller, ChangeAccount, OpenAccount, VerifyAccount
 from core.services.customers import CLASS_NAMES, Customers
@@ -48,6 +49,7 @@ from ledger.types import AccountFlags, AccountStatus, AccountUpdateResult, Creat
 from limits.rules import ProductKind, RuleSet
 
 if TYPE_CHECKING:
+    from core.services.risk import ApprovalsRegistry
     from core.services.verification import Binding, Verification
 
 logger = logging.getLogger("tally.services")
@@ -333,20 +335,81 @@ class Accounts:
         meta = self.auth.meta_of(account_id)
         assert command.consent is not None
         await self.auth.authorize_debit(command.caller, account_id, command.consent)
+        self._check_not_bound_to(meta)
+        await self._close(meta)
+
+    def _check_not_bound_to(self, meta: AccountMeta) -> None:
+        """A Class I account no open account is bound to (CARD_STILL_BOUND)."""
+        if meta.account_class != 1:
+            return
+        for other in self.core.customer_state().accounts.values():
+            if (
+                not other.closed
+                and other.bound is not None
+                and other.bound.get("account_id") == str(meta.account_id)
+            ):
+                raise refused(
+                    Code.CARD_STILL_BOUND, f"close or rebind account {other.account_id} first"
+                )
+
+    async def _close(self, meta: AccountMeta) -> None:
         state = self.core.customer_state()
-        if meta.account_class == 1:
-            for other in state.accounts.values():
-                if (
-                    not other.closed
-                    and other.bound is not None
-                    and other.bound.get("account_id") == str(account_id)
-                ):
-                    raise refused(
-                        Code.CARD_STILL_BOUND, f"close or rebind account {other.account_id} first"
-                    )
-        await self._update_flags(account_id, 0, 0, status=AccountStatus.CLOSED)
+        await self._update_flags(meta.account_id, 0, 0, status=AccountStatus.CLOSED)
         meta.closed = True
-        await state.commit([meta_record(meta)], deleted=state.token_keys(account_id))
+        await state.commit([meta_record(meta)], deleted=state.token_keys(meta.account_id))
+
+    # --- closing by the bank: maker-checker (core/services/approvals.py) -------------
+
+    def register(self, approvals: ApprovalsRegistry) -> None:
+        """The `close_account` operation: a teller asks, a supervisor approves, and the
+        bank closes a customer account without the holder's consent (a dormant account,
+        an account the holder cannot reach), only when it holds nothing."""
+        approvals.register_operation(
+            "close_account",
+            check=self.close_check,
+            execute=self.close_approved,
+            object_of=lambda payload: str(payload.get("account_id", "")),
+        )
+
+    async def close_check(self, payload: dict[str, Any]) -> None:
+        """A customer account, open (else CUSTOMER_ACCOUNT_NOT_FOUND), no
+        open account bound to it (CARD_STILL_BOUND), holding nothing: a zero balance and
+        no hold either way (ACCOUNT_NOT_EMPTY)."""
+        account_id = payload_account_id(payload)
+        meta = self.core.customer_state().accounts.get(account_id)
+        if meta is None:
+            raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, str(account_id))
+        if meta.closed:  # as a session is refused on a closed account
+            raise refused(Code.CUSTOMER_ACCOUNT_NOT_FOUND, f"{account_id} is closed")
+        self._check_not_bound_to(meta)
+
+        def read(ledger: Any) -> Any:
+            raw = ledger.lookup_account(account_id)
+            return None if raw is None else (raw, ledger.account_pending(account_id))
+
+        found = await self.core.read(read)
+        if found is None:
+            raise refused(Code.ACCOUNT_NOT_FOUND, str(account_id))
+        raw, (debits_pending, credits_pending) = found
+        record = account_view(raw)
+        balance = record.credits_posted - record.debits_posted
+        if balance or debits_pending or credits_pending:
+            raise refused(
+                Code.ACCOUNT_NOT_EMPTY,
+                f"balance {balance} fen, holds {debits_pending} out and {credits_pending} in:"
+                " the holder moves the money out first",
+            )
+
+    async def close_approved(self, payload: dict[str, Any], checker: Any) -> dict[str, Any]:
+        """Close the account of an approved `close_account` request (idempotent: an
+        account already closed is left as it is; checked again, since money may have
+        arrived between the request and the approval)."""
+        account_id = payload_account_id(payload)
+        meta = self.auth.meta_of(account_id)
+        if not meta.closed:
+            await self.close_check(payload)
+            await self._close(meta)
+        return {"account_id": str(account_id), "closed": True}
 
 
 def product_of_kind(rules: RuleSet, kind: ProductKind) -> int:

@@ -1110,13 +1110,13 @@ class Approvals:
 
     def _check_unlock(self, payload: dict[str, Any]) -> None:
         assert self.auth is not None
-        self.auth.unlock_check(_account_id(payload))
+        self.auth.unlock_check(payload_account_id(payload))
 
     async def _execute_unlock(
         self, payload: dict[str, Any], checker: OperatorCaller
     ) -> dict[str, Any]:
         assert self.auth is not None
-        return dict(self.auth.unlock_password(_account_id(payload)))
+        return dict(self.auth.unlock_password(payload_account_id(payload)))
 
     async def _check_reversal(self, payload: dict[str, Any]) -> None:
         """A posted counter transfer of this bank, more than `reversal_approval_minor`
@@ -1339,7 +1339,9 @@ def parameter_invalid(kind: str, errors: list[dict[str, Any]]) -> Refused:
     )
 
 
-def _account_id(payload: dict[str, Any]) -> int:
+def payload_account_id(payload: dict[str, Any]) -> int:
+    """The `account_id` of an operation's payload (INVALID_FIELD: missing, not a decimal id,
+    or another field beside it)."""
     unknown = set(payload) - {"account_id", "request_id", "maker"}
     if unknown:
         raise refused(Code.INVALID_FIELD, "unknown field", pointer=f"/payload/{sorted(unknown)[0]}")

@@ -85,6 +85,7 @@ class Bank:
         # (core/services/approvals.py); each service registers what it owns.
         self.approvals = Approvals(self.core, self.auth, self.payments)
         self.risk.register(self.approvals)
+        self.accounts.register(self.approvals)  # close_account
         # Loan products and the trial calculation (core/services/loans.py); the catalog
         # is the approvals' `loans` parameter, the rate the `lpr` one.
         self.loans = Loans(self.core, self.approvals)

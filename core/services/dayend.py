@@ -121,7 +121,7 @@ from ledger.interest import (
     term_interest,
 )
 from ledger.loan_book import LOAN_ROW, LOAN_TERMS, LoanFlags, LoanRow
-from ledger.records import pack_transfer, transfer_view
+from ledger.records import TransferView, pack_transfer, transfer_view
 from ledger.types import (
     DEPOSIT_SIZE,
     TRANSFER_SIZE,
@@ -939,7 +939,7 @@ def log_room(ledger: Any, engine: Engine) -> dict[str, int]:
     channel's share of it less what that channel holds."""
     capacity = ledger.transfer_capacity
     cutoff_ns = policy.retention_cutoff_ns(engine.clock.now_ns(), engine.retention_ns)
-    held = ledger.log_count - _first_seq_at_or_after(ledger, cutoff_ns)
+    held = ledger.log_count - first_log_seq(ledger, lambda record: record.timestamp < cutoff_ns)
     channel = engine.rules.channels.get(BANK_CHANNEL)
     share = 1000 if channel is None else channel.log_share_permille_effective
     channel_held, _failed = ledger.channel_records(BANK_CHANNEL)
@@ -948,14 +948,15 @@ def log_room(ledger: Any, engine: Engine) -> dict[str, int]:
     return {"room": room, "capacity": capacity, "held": held, "channel_room": channel_room}
 
 
-def _first_seq_at_or_after(ledger: Any, cutoff_ns: int) -> int:
-    """The first log seq whose transfer is not older than `cutoff_ns` (log_count: none):
-    a binary search, the log being in timestamp order."""
+def first_log_seq(ledger: Any, before: Callable[[TransferView], bool]) -> int:
+    """The first log seq whose record is not `before` (log_count: none): a binary search,
+    `before` holding of a prefix of the log (the log is in timestamp order, so a time or a
+    business day cut-off does)."""
     low: int = ledger.log_tail
     high: int = ledger.log_count
     while low < high:
         middle = (low + high) // 2
-        if transfer_view(ledger.record_at(middle)).timestamp < cutoff_ns:
+        if before(transfer_view(ledger.record_at(middle))):
             low = middle + 1
         else:
             high = middle

@@ -8,6 +8,9 @@ dotted key and the reason (`OperatorsError`).
     [operators.NAME]            NAME: 1-32 characters of a-z, 0-9, _ and -
     role = "risk_officer"       one of ROLES
     disabled = false            optional: a disabled operator cannot sign anything
+    console_password = "scrypt$..."   optional: the operator's console password, as a
+                                scrypt hash (`hash_console_password`); without one the
+                                operator cannot log in to the console (channels/console)
     [[operators.NAME.secrets]]  one or two (two while rotating), like a channel's
     key_id = "dev-rita-1"
     secret = "..."              at least 32 bytes
@@ -20,7 +23,9 @@ Roles and permissions are code, not data (`PERMISSIONS`): who may do what is
 part of the bank's control design and changes with a release, reviewed like
 code. A permission is `request:<kind>` (make a request of that kind: the
 maker), `approve:<kind>` (approve or reject one: the checker), or `read:audit`,
-`read:risk`, `read:approvals`, or `decide:loans` (approve or decline a loan
+`read:risk`, `read:approvals`, `read:customers`, `read:monitoring`,
+`read:reports` (the operations console's pages), `act:confirm_in_person` (the
+counter's face-to-face check, from the console), or `decide:loans` (approve or decline a loan
 application the risk screen referred: core/services/loan_accounts.py, one
 operator's decision, recorded with the application). The design follows Apache Fineract's
 maker-checker: a role holding only `approve:<kind>` is a checker-only role for
@@ -31,6 +36,7 @@ role (`core/services/approvals.py`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -41,6 +47,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from core.errors import TallyError
+from core.services import passwords
+from core.services.state import Password
 
 TELLER: Final = "teller"
 SUPERVISOR: Final = "supervisor"
@@ -59,6 +67,7 @@ OPERATION_KINDS: Final = (
     "release_review",
     "return_review",
     "credit_limit",
+    "close_account",
 )
 KINDS: Final = PARAMETER_KINDS + OPERATION_KINDS
 READ_AUDIT: Final = "read:audit"
@@ -66,6 +75,14 @@ READ_RISK: Final = "read:risk"
 READ_APPROVALS: Final = "read:approvals"
 # Decide a loan application the risk screen referred (core/services/loan_accounts.py).
 DECIDE_LOANS: Final = "decide:loans"
+# The operations console's read-only pages (channels/console): customers, accounts and
+# transfers; the live monitoring; the end-of-day and drill reports.
+READ_CUSTOMERS: Final = "read:customers"
+READ_MONITORING: Final = "read:monitoring"
+READ_REPORTS: Final = "read:reports"
+# Confirm at the counter, in the console, that a teller saw a pending customer and their
+# ID card (core/services/verification.py `confirm_in_person`): the counter's staff.
+CONFIRM_IN_PERSON: Final = "act:confirm_in_person"
 
 
 def _request(*kinds: str) -> frozenset[str]:
@@ -82,22 +99,27 @@ def _approve(*kinds: str) -> frozenset[str]:
 PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         # At the counter: asks for what a teller may not do alone.
-        TELLER: _request("reversal", "unlock_password", "credit_limit") | {READ_APPROVALS},
+        TELLER: _request("reversal", "unlock_password", "credit_limit", "close_account")
+        | {READ_APPROVALS, READ_CUSTOMERS, CONFIRM_IN_PERSON},
         # Checker only: approves the counter's requests, never initiates one.
-        SUPERVISOR: _approve("reversal", "unlock_password") | {READ_APPROVALS, READ_AUDIT},
+        SUPERVISOR: _approve("reversal", "unlock_password", "close_account")
+        | {READ_APPROVALS, READ_AUDIT, READ_CUSTOMERS, READ_MONITORING, READ_REPORTS}
+        | {CONFIRM_IN_PERSON},
         # The risk rules and the reviewed payments; approves credit limits.
         RISK_OFFICER: _request("risk", "release_review", "return_review")
         | _approve("risk", "release_review", "return_review", "credit_limit")
-        | {READ_RISK, READ_APPROVALS, READ_AUDIT},
+        | {READ_RISK, READ_APPROVALS, READ_AUDIT, READ_CUSTOMERS, READ_MONITORING, READ_REPORTS},
         # Products (deposits, loans), rates and limits: proposes, never approves.
-        PRODUCT_MANAGER: _request("limits", "deposits", "lpr", "loans") | {READ_APPROVALS},
+        PRODUCT_MANAGER: _request("limits", "deposits", "lpr", "loans")
+        | {READ_APPROVALS, READ_MONITORING, READ_REPORTS},
         # Approves the product manager's changes (checker only for those); keeps the
         # channel registry and its keys (maker and checker: two administrators).
         ADMINISTRATOR: _approve("limits", "deposits", "lpr", "loans", "channels")
         | _request("channels")
-        | {READ_AUDIT, READ_RISK, READ_APPROVALS, DECIDE_LOANS},
+        | {READ_AUDIT, READ_RISK, READ_APPROVALS, DECIDE_LOANS}
+        | {READ_CUSTOMERS, READ_MONITORING, READ_REPORTS},
         # Credit: decides the loan applications the risk screen referred.
-        LOAN_OFFICER: frozenset({DECIDE_LOANS, READ_APPROVALS}),
+        LOAN_OFFICER: frozenset({DECIDE_LOANS, READ_APPROVALS, READ_CUSTOMERS}),
     }
 )
 assert set(PERMISSIONS) == set(ROLES)
@@ -111,7 +133,13 @@ assert all(
 SECRET_BYTES_MIN: Final = 32
 NAME_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,32}")
 KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_OPERATOR_KEYS: Final = frozenset({"role", "secrets", "disabled"})
+_OPERATOR_KEYS: Final = frozenset({"role", "secrets", "disabled", "console_password"})
+# A console password hash: "scrypt$N$r$p$<salt>$<digest>" (salt and digest base64url,
+# no padding). Not peppered: the file is configuration, readable without the server's
+# secrets file; the cost (N) is what protects it.
+CONSOLE_HASH_PATTERN: Final = re.compile(
+    r"scrypt\$([0-9]{1,8})\$([0-9]{1,3})\$([0-9]{1,3})\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,128})"
+)
 
 
 def permitted(role: str, permission: str) -> bool:
@@ -135,6 +163,8 @@ class Operator:
     role: str
     secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     disabled: bool = False
+    # The console password's scrypt hash (None: this operator cannot use the console).
+    console_password_hash: Password | None = field(default=None, repr=False)
 
     def permitted(self, permission: str) -> bool:
         return not self.disabled and permitted(self.role, permission)
@@ -283,6 +313,70 @@ def _parse_operator(
             problem(f"{where}.key_id", f"key id {key_id!r} is also {key_ids[key_id]}'s")
             continue
         key_ids[key_id] = name
+    console_hash: Password | None = None
+    if "console_password" in table:
+        console_hash = parse_console_hash(table["console_password"])
+        if console_hash is None:
+            problem(
+                f"{prefix}.console_password",
+                'expected a hash "scrypt$N$r$p$<salt>$<digest>" (hash_console_password)',
+            )
     if role not in ROLES:
         return None
-    return Operator(name, role, MappingProxyType(secret_map), disabled)
+    return Operator(name, role, MappingProxyType(secret_map), disabled, console_hash)
+
+
+# --- console passwords ----------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_console_password(password: str, n: int = passwords.SCRYPT_N_DEFAULT) -> str:
+    """The text of `console_password` for `password` (core/services/passwords.py's scrypt,
+    unpeppered: `check_password` verifies it with an empty pepper id)."""
+    salt = os.urandom(passwords.SALT_SIZE)
+    digest = hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=n,
+        r=passwords.SCRYPT_R,
+        p=passwords.SCRYPT_P,
+        maxmem=passwords.SCRYPT_MAXMEM,
+        dklen=passwords.DIGEST_SIZE,
+    )
+    return f"scrypt${n}${passwords.SCRYPT_R}${passwords.SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def parse_console_hash(text: object) -> Password | None:
+    """The `Password` of a `console_password` value (None if it is not one)."""
+    if not isinstance(text, str):
+        return None
+    matched = CONSOLE_HASH_PATTERN.fullmatch(text)
+    if matched is None:
+        return None
+    n, r, p = (int(matched[index]) for index in (1, 2, 3))
+    if n < 2 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16:
+        return None  # scrypt wants N a power of two above 1
+    if n * r * 128 * 2 > passwords.SCRYPT_MAXMEM:
+        return None
+    return Password(_unb64(matched[4]), _unb64(matched[5]), n, r, p, "")
+
+
+def check_console_password(operator: Operator | None, password: str) -> bool:
+    """Whether `password` is `operator`'s console password (slow on purpose: run it on a
+    worker thread). An unknown operator, or one without a console password, costs one
+    hash all the same (against a decoy), so timing does not tell which names exist."""
+    stored = operator.console_password_hash if operator is not None else None
+    if stored is None or operator is None or operator.disabled:
+        passwords.check_password(password, _DECOY, b"")
+        return False
+    return passwords.check_password(password, stored, b"")
+
+
+_DECOY: Final = Password(bytes(passwords.SALT_SIZE), bytes(passwords.DIGEST_SIZE), 1 << 14, 8, 1)

@@ -151,6 +151,7 @@ class Code(enum.IntEnum):
     SMS_CODE_ATTEMPTS_EXCEEDED = 98  # too many wrong codes (or challenges): the challenge is dead
     SMS_CODE_TOO_FREQUENT = 99  # a code was sent moments ago: `retry_after_s`
     SMS_CHALLENGE_NOT_FOUND = 100  # no challenge with this id (or not this customer's)
+    ACCOUNT_NOT_EMPTY = 101  # the bank closes only an account holding nothing (close_account)
 
 
 # The refusals of real-name verification's own operations (a customer's steps, card

@@ -222,6 +222,42 @@ def nonce_batch_key(batch_id: int) -> bytes:
     return b"nonces/%d" % batch_id
 
 
+def name_key(name: str) -> str:
+    """What a name is looked up by: its words single-spaced, case folded."""
+    return " ".join(name.split()).casefold()
+
+
+def index_add(index: dict[str, str | tuple[str, ...]], key: str, customer_id: str) -> None:
+    """Add `customer_id` under `key` (one id as a str: no tuple for the common case)."""
+    held = index.get(key)
+    if held is None:
+        index[key] = customer_id
+    elif isinstance(held, str):
+        if held != customer_id:
+            index[key] = (held, customer_id)
+    elif customer_id not in held:
+        index[key] = (*held, customer_id)
+
+
+def index_remove(index: dict[str, str | tuple[str, ...]], key: str, customer_id: str) -> None:
+    held = index.get(key)
+    if held is None:
+        return
+    if isinstance(held, str):
+        if held == customer_id:
+            del index[key]
+        return
+    left = tuple(other for other in held if other != customer_id)
+    index[key] = left[0] if len(left) == 1 else left
+
+
+def index_get(index: dict[str, str | tuple[str, ...]], key: str) -> tuple[str, ...]:
+    held = index.get(key)
+    if held is None:
+        return ()
+    return (held,) if isinstance(held, str) else held
+
+
 class StateStore:
     """The in-memory maps of the customer state, and the way their changes become durable."""
 
@@ -230,6 +266,10 @@ class StateStore:
         StateStore this one replaces, so that a ticket taken before stays comparable)."""
         self.customers: dict[str, Customer] = {}
         self.customer_by_id_number: dict[str, str] = {}
+        # The operators' lookups (core/services/search.py): customers by mobile and by
+        # name (`name_key`), a customer id, or a tuple of them where several share one.
+        self.customers_by_mobile: dict[str, str | tuple[str, ...]] = {}
+        self.customers_by_name: dict[str, str | tuple[str, ...]] = {}
         self.accounts: dict[int, AccountMeta] = {}
         # The accounts whose holder is not verified (`kyc_verified`): nothing moves out of
         # them (`Payments.admit`). Kept as customer and account records apply; empty in
@@ -310,8 +350,11 @@ class StateStore:
             previous = self.customers.get(customer.customer_id)
             if previous is not None:
                 customer.accounts = previous.accounts
+                self._unindex(previous)
             self.customers[customer.customer_id] = customer
             self.customer_by_id_number[customer.id_number] = customer.customer_id
+            index_add(self.customers_by_mobile, customer.mobile, customer.customer_id)
+            index_add(self.customers_by_name, name_key(customer.name), customer.customer_id)
             if customer.accounts:
                 if kyc_verified(customer.kyc):
                     self.unverified_accounts.difference_update(customer.accounts)
@@ -379,6 +422,7 @@ class StateStore:
         if kind == "customer":
             customer = self.customers.pop(record["id"])
             self.customer_by_id_number.pop(customer.id_number, None)
+            self._unindex(customer)
         elif kind == "account":
             meta = self.accounts.pop(int(record["id"]))
             self.unverified_accounts.discard(meta.account_id)
@@ -406,6 +450,10 @@ class StateStore:
                 seen = self.nonces.get(channel)
                 if seen is not None and seen.get(nonce) == timestamp_s:
                     del seen[nonce]
+
+    def _unindex(self, customer: Customer) -> None:
+        index_remove(self.customers_by_mobile, customer.mobile, customer.customer_id)
+        index_remove(self.customers_by_name, name_key(customer.name), customer.customer_id)
 
     # --- writing ----------------------------------------------------------------
 
