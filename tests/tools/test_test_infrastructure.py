@@ -12,6 +12,9 @@ from tests.repo_paths import TESTS_DIR
 pytest_plugins = ["pytester"]
 
 CONFTEST = TESTS_DIR / "conftest.py"
+# An in-process run of pytest inside this one: without pytest-playwright (the console's
+# browser tests), whose soft-assertion scope around every test cannot nest.
+IN_PROCESS = ("-p", "no:cacheprovider", "-p", "no:playwright")
 
 
 def test_crash_seed_is_fixed_by_default_random_on_demand_and_replayable() -> None:
@@ -37,7 +40,7 @@ def test_failing_crash_test_names_its_seed(
         "def test_passes(crash_seed):\n"
         "    assert crash_seed == 777\n"
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*IN_PROCESS)
     result.assert_outcomes(passed=1, failed=1)
     section_headers = [line for line in result.outlines if "- crash test seed -" in line]
     assert len(section_headers) == 1, result.outlines
@@ -61,7 +64,7 @@ def test_slow_tests_get_the_longer_timeout(pytester: pytest.Pytester) -> None:
         "def test_plain(request):\n"
         "    assert request.node.get_closest_marker('timeout') is None\n"
     )
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+    pytester.runpytest(*IN_PROCESS).assert_outcomes(passed=3)
 
 
 def test_hang_fails_under_the_timeout(pytester: pytest.Pytester) -> None:
