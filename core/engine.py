@@ -781,7 +781,8 @@ class Engine:
     def _inline(self, entries: list[Entry]) -> bool:
         """Whether to apply on the event loop: a small group of postings with no eviction
         due takes the kernel microseconds, less than a hop to a worker thread and back.
-        (Only the kernel call moves: the fsync always stays off the loop.)"""
+        (Only the kernel call moves; where the fsync runs is the store's choice:
+        core/journal_store.py.)"""
         count = 0
         for entry in entries:
             if entry.kind not in _INLINE_KINDS:

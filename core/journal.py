@@ -45,7 +45,8 @@ was acknowledged: it reads exactly like a torn write and is truncated. Bit
 flips anywhere else are caught.
 
 `Journal.append` is synchronous and blocking (a write and an fdatasync): the
-engine calls it from a worker thread, one call at a time. One process
+store calls it on the event loop while the disk is fast, else from a worker
+thread (core/journal_store.py), one call at a time. One process
 appends: `Journal.open` takes an flock on `journal.lock`. Epochs never
 decrease along the log; a writer with an older epoch than the last record
 is refused (fencing).
@@ -648,15 +649,30 @@ class Journal:
 
     # --- appending ------------------------------------------------------------
 
+    @staticmethod
+    def group_size(entries: Sequence[Entry]) -> int:
+        """The bytes `append(entries)` writes."""
+        return sum(HEADER_SIZE + len(entry.payload) for entry in entries)
+
+    @property
+    def room(self) -> int:
+        """The bytes the active segment still holds: a group up to this size is one write
+        and one fdatasync, with no new segment to create (`_rotate`). 0 once unusable."""
+        active = self._active
+        if active is None or self._failure is not None:
+            return 0
+        return active.capacity - active.offset
+
     def append(self, entries: Sequence[Entry]) -> None:
         """Make `entries` durable, in order: one write and one fdatasync for the group.
 
-        Synchronous and blocking: call it from a worker thread, never twice at
-        once. On return every entry is on disk with seqs `last_seq - n + 1 ..
-        last_seq`. On an I/O error it raises `JournalWriteError` and refuses
-        every later append: after a failed fdatasync the page cache can no
-        longer be trusted, so the group's bytes are the unsynced tail
-        (`discard_unsynced`) and the journal must be reopened from disk.
+        Synchronous and blocking (the store calls it on the event loop while the
+        disk is fast, else from a worker thread), never twice at once. On return
+        every entry is on disk with seqs `last_seq - n + 1 .. last_seq`. On an
+        I/O error it raises `JournalWriteError` and refuses every later append:
+        after a failed fdatasync the page cache can no longer be trusted, so the
+        group's bytes are the unsynced tail (`discard_unsynced`) and the journal
+        must be reopened from disk.
         """
         if not self._append_lock.acquire(blocking=False):
             raise AssertionError("Journal.append called concurrently: it has one writer")

@@ -158,6 +158,7 @@ async def open_store(
     transfer_capacity: int,
     snapshot_every_entries: int = 0,
     journal_options: dict[str, Any] | None = None,
+    journal_store_options: dict[str, Any] | None = None,
     pg_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[OpenedStore]:
     """Open and recover the store at `url`; close it when the context ends.
@@ -169,6 +170,8 @@ async def open_store(
       snapshot_every_entries: journal only: fork a snapshot of the ledger and
         the customer state after this many entries (0: never).
       journal_options: more keywords for `Journal.open` (segment_size, ...).
+      journal_store_options: more keywords for `JournalStore` (inline_append_max_s,
+        ...: where its appends run).
       pg_options: more keywords for `open_pg_store` (owner, epoch_min,
         inflight_groups, commit_timeout_s, ...).
 
@@ -201,6 +204,7 @@ async def open_store(
                 transfer_capacity,
                 snapshot_every_entries,
                 journal_options or {},
+                journal_store_options or {},
             )
         )
     try:
@@ -216,6 +220,7 @@ def _open_journal(
     transfer_capacity: int,
     snapshot_every_entries: int,
     options: dict[str, Any],
+    store_options: dict[str, Any],
 ) -> OpenedStore:
     """Open (recovering the tail) and lock the journal, then rebuild ledger and state."""
     from core.journal import Journal
@@ -229,7 +234,7 @@ def _open_journal(
     except BaseException:
         journal.close()
         raise
-    store = JournalStore(journal, snapshot_every_entries=snapshot_every_entries)
+    store = JournalStore(journal, snapshot_every_entries=snapshot_every_entries, **store_options)
     recovery = StoreRecovery(
         kind="journal",
         last_seq=recovered.last_seq,

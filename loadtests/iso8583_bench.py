@@ -44,23 +44,26 @@ The last line of output is one JSON object. The client (this process, one thread
 anyio on uvloop) shares the machine with the server: both CPU figures are
 reported (`client_cpu_percent`, `server_cpu_us_per_message`), and so is the CPU other
 processes used meanwhile (`other_cpu_percent`: a run on a busy machine shows it).
-`--profile FILE` records the server with py-spy during the capacity phase.
+`--profile FILE` records the server with py-spy during the capacity phase, or the paced
+one with `--profile-phase paced`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +75,7 @@ import orjson
 from channels.client import TallyClient, new_key
 from channels.iso8583 import keys
 from core.bench.server import Server, cpu_seconds, free_port
+from core.data import DEFAULT_CHANNELS_PATH
 from core.reports import code_version, machine_description, save_report
 from loadtests.dataset import PASSWORD, channel_secrets, identity_of, post
 from loadtests.iso8583_terminal import (
@@ -174,6 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="FILE", default=None,
                         help="record the server with py-spy (speedscope JSON) during the "
                              "capacity phase")  # fmt: skip
+    parser.add_argument("--profile-phase", choices=("capacity", "paced"), default="capacity",
+                        help="the phase --profile records")  # fmt: skip
 
 
 # --- the fleet ---------------------------------------------------------------------------
@@ -307,6 +313,23 @@ def key_entry(profile: TerminalProfile) -> str:
 
 # --- the server ---------------------------------------------------------------------------
 
+BENCH_UNLIMITED_CHANNELS = ("atm", "pos")  # the terminals' channels (terminal_entry)
+
+
+def bench_channels(work: Path) -> Path:
+    """The development channel registry with the terminals' channels (atm, pos) unlimited
+    in rate: the bench measures what the server carries, not the 1,000/s the shipped
+    registry allows each (docs/iso8583.md, "Rate limit"). Everything else is as shipped."""
+    text = DEFAULT_CHANNELS_PATH.read_text(encoding="utf-8")
+    for channel in BENCH_UNLIMITED_CHANNELS:
+        pattern = re.compile(rf"(\[channels\.{channel}\]\n(?:(?!\[).*\n)*?)rate_per_s = [0-9_]+\n")
+        text, replaced = pattern.subn(r"\1rate_per_s = 0  # tally bench iso8583: unlimited\n", text)
+        if replaced != 1:
+            raise RuntimeError(f"{DEFAULT_CHANNELS_PATH}: no rate_per_s for channel {channel}")
+    path = work / "channels.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
 
 def server_command(
     data: Path, port: int, args: argparse.Namespace, iso: tuple[int, Fleet] | None
@@ -315,6 +338,7 @@ def server_command(
         sys.executable, "-m", "core", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--data", str(data),
         "--server", args.server,
+        "--channels", str(bench_channels(data.parent)),
         "--dev",  # the example registry's public secrets: the setup is signed with them
         "--providers", args.providers,  # the setup's counter registrations: identity checks
         "--access-log", "off",
@@ -501,14 +525,35 @@ async def run_phase(
     cpu_before = cpu_seconds([server_pid])
     client_before = _own_cpu_s()
     machine_before = _machine_cpu_s()
-    async with anyio.create_task_group() as group:
-        for index in range(len(stations)):
-            group.start_soon(drive, index)
-        await anyio.sleep(max(0.0, end - time.perf_counter()))
-        phase.window_s = time.perf_counter() - start
-        phase.server_cpu_s = cpu_seconds([server_pid]) - cpu_before
-        phase.client_cpu_s = _own_cpu_s() - client_before
-        phase.machine_cpu_s = _machine_cpu_s() - machine_before
+    with _no_client_collections():
+        async with anyio.create_task_group() as group:
+            for index in range(len(stations)):
+                group.start_soon(drive, index)
+            await anyio.sleep(max(0.0, end - time.perf_counter()))
+            phase.window_s = time.perf_counter() - start
+            phase.server_cpu_s = cpu_seconds([server_pid]) - cpu_before
+            phase.client_cpu_s = _own_cpu_s() - client_before
+            phase.machine_cpu_s = _machine_cpu_s() - machine_before
+
+
+@contextlib.contextmanager
+def _no_client_collections() -> Iterator[None]:
+    """No cyclic garbage collection in this process while a phase is timed.
+
+    The latencies are timed here, so a pause of the client is counted as the server's:
+    with the phase's pre-built messages (hundreds of thousands of objects) alive, a
+    full collection paused this process for 30-90 ms, several per phase, and a young one
+    for up to 27 ms (measured with `gc.callbacks`, 2026-12-07). What exists now is frozen
+    out of every collection and collection is off for the phase; what the phase frees is
+    freed by reference counting as before, and the cycles it leaves are collected after."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def _machine_cpu_s() -> float:
@@ -587,7 +632,7 @@ async def drive_load(
         )
         say(f"building {per_station * count:,} messages for the capacity phase ...")
         planned = planner.prebuild(stations, per_station)
-        profiler = _start_profiler(args.profile, server_pid, args.seconds)
+        profiler = _start_profiler(args.profile, server_pid, args.seconds, args, "capacity")
         await run_phase(capacity, stations, connections, planned, planner, merchant, 0.0,
                         server_pid)  # fmt: skip
         _stop_profiler(profiler)
@@ -600,8 +645,10 @@ async def drive_load(
             per_station = math.ceil(args.seconds / period_s * 1.05) + 2
             say(f"building {per_station * count:,} messages for {args.rate:,.0f}/s ...")
             planned = planner.prebuild(stations, per_station)
+            profiler = _start_profiler(args.profile, server_pid, args.seconds, args, "paced")
             await run_phase(paced, stations, connections, planned, planner, merchant, period_s,
                             server_pid)  # fmt: skip
+            _stop_profiler(profiler)
             phases.append(paced)
             say(f"paced: {paced.answered / paced.window_s:,.0f} messages/s")
         repeated, unresolved = await resolve_unanswered(phases, connections, merchant)
@@ -637,10 +684,13 @@ class _connections:
 PROFILE_FORMATS = {".svg": "flamegraph", ".json": "speedscope", ".txt": "raw"}
 
 
-def _start_profiler(path: str | None, pid: int, seconds: float) -> Any:
-    """py-spy recording the server for the capacity phase: a flame graph (.svg), a
-    speedscope profile (.json) or collapsed stacks (.txt), by the file's extension."""
-    if path is None:
+def _start_profiler(
+    path: str | None, pid: int, seconds: float, args: argparse.Namespace, phase: str
+) -> Any:
+    """py-spy recording the server for `phase` when it is the one `--profile-phase` names:
+    a flame graph (.svg), a speedscope profile (.json) or collapsed stacks (.txt), by the
+    file's extension."""
+    if path is None or phase != args.profile_phase:
         return None
     import subprocess
 

@@ -339,6 +339,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="fork a ledger snapshot every N journal entries (0: never)",
     )
+    parser.add_argument(
+        "--journal-append-on-loop-ms",
+        type=float,
+        default=10.0,
+        help="make a small group durable on the event loop unless an append there took"
+        " longer than this in the last 10 s (a slow disk: a worker thread); 0: always in"
+        " a worker thread (core/journal_store.py)",
+    )
 
 
 def add_providers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -446,6 +454,7 @@ def build_app(
         password_hash_threads=args.password_hash_threads,
         password_hash_queue_max=args.password_hash_queue,
         snapshot_every_entries=args.snapshot_every_entries,
+        journal_append_on_loop_max_s=args.journal_append_on_loop_ms / 1000,
         journal_segment_size=args.journal_segment_kb << 10,
         store_dsn=args.store,
         retention_s=args.retention_s,
@@ -606,6 +615,9 @@ def run(args: argparse.Namespace) -> int:
     if args.journal_segment_kb < 4 or args.journal_segment_kb % 4:
         print("tally serve: --journal-segment-kb must be a multiple of 4", file=sys.stderr)
         return 2
+    if not 0 <= args.journal_append_on_loop_ms <= 1000:
+        print("tally serve: --journal-append-on-loop-ms must be 0 to 1000", file=sys.stderr)
+        return 2
     try:
         rules = load_rules(args.rules)
         load_catalog(args.deposits)  # a bad deposit catalog refuses the start, precisely
@@ -714,8 +726,10 @@ def iso8583_app(
     def install(registry: Registry) -> None:
         install_for_http(registry)
         adapter.install_registry(registry)
+        adapter.share_rate_limits(app.rate_limits, app.metrics.rate_limited)
 
     channels.parse, channels.install = parse, install
+    adapter.share_rate_limits(app.rate_limits, app.metrics.rate_limited)
     host, port = address
     served = AppWithIso8583(app, adapter, host, port)
     app.metrics.registry.register(Iso8583Collector(served.stats, adapter.answered))

@@ -10,7 +10,9 @@ order, and nothing is posted before the first three pass:
 2. the terminal (field 41) must be in the terminal registry (else 03,
    unsigned: there is no key to sign with);
 3. the MAC (64 or 128) must verify under the terminal's MAC key (else 63);
-   until the bank has recovered (`Lifecycle.ready`) every message is then 91;
+   until the bank has recovered (`Lifecycle.ready`) every message is then 91; a 0100
+   or 0200 takes a token from its channel's rate limit, the bucket the channel's HTTP
+   requests share (channels/tier.py; over it: 91);
 4. the transaction (MTI + field 3) must be one its kind and its channel may
    ask for (else 58), the fields it needs present (else 30);
 5. the PIN block (52) is decrypted with the terminal's PIN key: the PIN is the
@@ -81,6 +83,7 @@ import functools
 import hashlib
 import logging
 import secrets
+import time
 from typing import Final, TypeVar
 
 import anyio
@@ -119,6 +122,7 @@ from channels.iso8583.terminals import (
     Terminals,
 )
 from channels.registry import Registry
+from channels.tier import RateLimits
 from core.services.bank import Bank
 from core.services.commands import Consent, IssueToken, Movement, Proof
 from core.services.refusals import Code, Refused
@@ -144,6 +148,10 @@ ACCOUNT_DIGITS_MAX: Final = 19
 # they expire (or a quarter of their lifetime, if shorter) so none expires in flight.
 TOKENS_MAX: Final = 200_000
 TOKEN_RENEW_MARGIN_S: Final = 30
+# What takes a token from the channel's rate limit: the requests that post or read. A
+# reversal (0400) is never refused for the rate: it only takes money back, and a terminal
+# that timed out repeats it until answered; network management (0800) posts nothing.
+RATE_LIMITED_MTIS: Final = frozenset({spec.MTI_AUTHORIZATION_REQUEST, spec.MTI_FINANCIAL_REQUEST})
 # A PIN the services refused: the account's next PIN is checked again (`_doubted`).
 _PIN_REFUSED: Final = frozenset({Code.PASSWORD_WRONG, Code.PASSWORD_LOCKED})
 # A kept token the services no longer honour (a password change revoked it).
@@ -213,10 +221,21 @@ class Iso8583Adapter:
         )
         # Counters for the metrics and the tests (plain ints, read at scrape time).
         self.answered: dict[str, int] = {}
+        # The channel tier's token buckets, shared with the HTTP app (`share_rate_limits`):
+        # a channel's rate holds for its requests over both protocols. None: unlimited.
+        self.rate_limits: RateLimits | None = None
+        self.rate_limited: dict[str, int] = {}  # channel -> requests answered 91 for it
 
     def install_registry(self, registry: Registry) -> None:
         """Resolve the terminals again under a new channel registry (an approved change)."""
         self.terminals = self.terminals.resolve(registry, self.keys)
+
+    def share_rate_limits(self, rate_limits: RateLimits, rate_limited: dict[str, int]) -> None:
+        """Take the HTTP app's token buckets (and its count of refusals per channel): a
+        terminal's 0100 and 0200 take a token from its channel's bucket, as a request of
+        that channel over HTTP does."""
+        self.rate_limits = rate_limits
+        self.rate_limited = rate_limited
 
     # --- one message -----------------------------------------------------------------
 
@@ -261,6 +280,8 @@ class Iso8583Adapter:
                 return self._answer(message, response_mti, SECURITY_VIOLATION, mac_key)
             if not self.core.ready:  # recovering: every service would refuse (NOT_READY)
                 return self._answer(message, response_mti, ISSUER_UNAVAILABLE, mac_key)
+            if mti in RATE_LIMITED_MTIS and self._over_rate(terminal):
+                return self._answer(message, response_mti, ISSUER_UNAVAILABLE, mac_key)
             for name in _NEEDED[str(mti)]:
                 if name not in message:
                     _event(
@@ -279,6 +300,18 @@ class Iso8583Adapter:
         except UnknownKeyError as error:
             _event("iso8583_key_missing", terminal=terminal_id, reason=str(error))
             return self._answer(message, response_mti, SYSTEM_MALFUNCTION, None)
+
+    def _over_rate(self, terminal: Terminal) -> bool:
+        """Whether the terminal's channel is over its rate (then counted; not logged per
+        message: a flood would flood the log too)."""
+        limits = self.rate_limits
+        if limits is None:
+            return False
+        channel = terminal.caller.name
+        if limits.take(channel, time.monotonic()) <= 0:
+            return False
+        self.rate_limited[channel] = self.rate_limited.get(channel, 0) + 1
+        return True
 
     def _format_error(self, error: FormatError) -> bytes | None:
         fields = error.fields

@@ -121,6 +121,8 @@ NOTES = {
         " over HTTP: each must have moved by exactly its approved amounts (`ledger_exact`)."
         " Client and server share the machine's two cores: `server_cpu_us_per_message` is"
         " the steadier figure; `other_cpu_percent` is CPU other processes used meanwhile."
+        " The terminals' channels are unlimited in rate for the run, and the client's cyclic"
+        " garbage collection is off while a phase is timed (docs/iso8583.md)."
     ),
     "iso20022": (
         "A partner bank over ISO 20022 (`loadtests/iso20022_bench.py`, docs/iso20022.md): a"

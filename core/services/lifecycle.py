@@ -146,6 +146,9 @@ class Settings:
     minimum_age: int = 16
     nonce_window_s: int = 300
     snapshot_every_entries: int = 0
+    # The journal's appends of small groups run on the event loop unless one there took
+    # longer than this (core/journal_store.py); 0: every append in a worker thread.
+    journal_append_on_loop_max_s: float = 0.010
     prefault: bool = False
     store_dsn: str | None = None  # postgresql://...: the PostgreSQL store, not the journal
     # More keywords for `open_pg_store` (reconnect_timeout_s, commit_timeout_s, ...).
@@ -451,6 +454,9 @@ class Lifecycle:
                         transfer_capacity=settings.transfer_capacity,
                         snapshot_every_entries=settings.snapshot_every_entries,
                         journal_options={"segment_size": settings.journal_segment_size},
+                        journal_store_options={
+                            "inline_append_max_s": settings.journal_append_on_loop_max_s
+                        },
                         pg_options={
                             "owner": f"tally serve pid {os.getpid()}",
                             **settings.pg_options,

@@ -10,6 +10,7 @@ counter of the same server, which is how the tests see what was posted.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from loadtests.iso8583_terminal import (
     open_connection,
 )
 from tests.http_helpers import (
+    CHANNELS_FILE,
     REPO_ROOT,
     TallyServer,
     balance,
@@ -377,9 +379,10 @@ def test_garbage_is_survived_or_cut_off_without_stalling_others(bank: Bank) -> N
         assert connection.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
     assert bank.balance(card.pan) == before
     now = iso_metrics(bank)
-    assert now["tally_iso8583_connections_dropped_total"] >= counted.get(
-        "tally_iso8583_connections_dropped_total", 0
-    ) + 2  # the two cut off
+    assert (
+        now["tally_iso8583_connections_dropped_total"]
+        >= counted.get("tally_iso8583_connections_dropped_total", 0) + 2
+    )  # the two cut off
     assert now["tally_iso8583_connections_total"] >= counted["tally_iso8583_connections_total"] + 4
     assert now["tally_iso8583_messages_total"] >= counted["tally_iso8583_messages_total"] + 6
     assert now["tally_iso8583_unanswered_total"] >= counted["tally_iso8583_unanswered_total"] + 1
@@ -576,3 +579,63 @@ def test_serve_refuses_bad_iso8583_options(tmp_path: Path) -> None:
     public = serve("--iso8583", f"127.0.0.1:{free_port()}")
     assert public.returncode == 2
     assert "development terminal keys" in public.stderr
+
+
+# --- the channel's rate limit ----------------------------------------------------------------
+
+RATE_LIMITED_ATM = """
+rate_per_s = 0.001
+burst = 3
+"""
+
+
+def test_the_channel_rate_limit_holds_over_iso8583_and_http(tmp_path: Path) -> None:
+    """The ATM channel's token bucket (burst 3, next token in 1,000 s) is one for both of
+    its protocols: three 0200s go, the fourth is 91 with nothing posted, and a signed HTTP
+    request of the channel is then 429 too. A reversal and an echo are never refused for
+    the rate. `/metrics` counts the refusals of both protocols under the channel."""
+    shipped = CHANNELS_FILE.read_text()
+    limited, replaced = re.subn(
+        r"(\[channels\.atm\]\n(?:(?!\[).*\n)*?)rate_per_s = [0-9_]+\n",
+        lambda match: match.group(1) + RATE_LIMITED_ATM.lstrip("\n"),
+        shipped,
+    )
+    assert replaced == 1
+    channels_file = tmp_path / "channels.toml"
+    channels_file.write_text(limited)
+    data = tmp_path / "data"
+    setup = TallyServer(data).start()
+    try:
+        with setup.client("counter") as counter:
+            card = Card(open_funded(counter), PIN)
+            merchant = open_funded(counter, 0)
+    finally:
+        setup.stop()
+    terminals_file = tmp_path / "terminals.toml"
+    terminals_file.write_text(
+        DEFAULT_TERMINALS_PATH.read_text().replace(PLACEHOLDER_MERCHANT, merchant)
+    )
+    iso_port = free_port()
+    server = iso_server(data, iso_port, terminals_file, channels_file=channels_file)
+    server.start()
+    try:
+        atm = terminals()[0]
+        with BlockingConnection("127.0.0.1", iso_port, timeout_s=EXCHANGE_TIMEOUT_S) as line:
+            first = atm.cash_withdrawal(card, 1_000)
+            codes = [line.exchange(first).code]
+            codes += [line.exchange(atm.cash_withdrawal(card, 1_000)).code for _ in range(3)]
+            assert codes == ["00", "00", "00", "91"]
+            assert line.exchange(atm.network("301")).code == "00"  # an echo: not limited
+            reversal = line.exchange(atm.reversal(first))
+            assert (reversal.fields["t"], reversal.code) == (spec.MTI_REVERSAL_RESPONSE, "00")
+        with server.client("counter") as counter:
+            assert balance(counter, card.pan) == FUNDS_MINOR - 2 * 1_000
+        with server.client("atm") as channel:
+            refused = channel.get(f"/v1/accounts/{card.pan}")
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) >= 1
+        text = httpx.get(server.url + "/metrics").text
+        assert 'tally_channel_rate_limited_total{channel="atm"} 2.0' in text, text[-2000:]
+    finally:
+        server.stop()
