@@ -19,14 +19,13 @@ cheapest:
 - **In a worker thread** otherwise: a larger group (its write takes longer,
   and while it is made durable in a thread the next group is applied: the
   overlap that carries the engine's full batches), a group that needs a new
-  segment (its creation zeroes and fsyncs megabytes), and every group for `inline_retry_s`
-  after an append on the loop took longer than the limit (a slow or saturated
-  disk must not stall the loop: logged as `journal_append_slow`); then one more
-  is tried on the loop. So a slow disk costs the loop at most one slow append
-  per 10 s.
+  segment (its creation zeroes and fsyncs megabytes), and every group for
+  `inline_retry_s` after an append on the loop took longer than the limit (a
+  slow or saturated disk must not stall the loop: logged as
+  `journal_append_slow`); then one more is tried on the loop. So a slow disk
+  costs the loop at most one slow append per 10 s.
 
-Snapshots are this
-store's own upkeep: every `snapshot_every_entries` entries, `after_group`
+Snapshots are this store's own upkeep: every `snapshot_every_entries` entries, `after_group`
 (called by the engine's apply stage between groups, while no kernel call is
 under way) waits until every applied entry is durable and forks a child that
 writes the ledger and the customer state at that seq (`core.snapshot`); the

@@ -53,7 +53,7 @@ def finish_all(store: JournalStore, groups: list[list[Entry]]) -> None:
     anyio.run(run)
 
 
-def slow_fdatasync(monkeypatch: pytest.MonkeyPatch, slow: Callable[[int], bool]) -> list[int]:
+def slow_fdatasync(monkeypatch: pytest.MonkeyPatch, slow: Callable[[int], bool]) -> None:
     """The journal's fdatasync, `SLOW_S` late on the calls `slow(n)` picks (n from 0)."""
     calls: list[int] = []
     real = journal_module.os.fdatasync
@@ -66,7 +66,6 @@ def slow_fdatasync(monkeypatch: pytest.MonkeyPatch, slow: Callable[[int], bool])
         real(fd)
 
     monkeypatch.setattr(journal_module.os, "fdatasync", fdatasync)
-    return calls
 
 
 def test_a_fast_disk_is_appended_on_the_loop(tmp_path: Path) -> None:
@@ -117,8 +116,8 @@ def test_a_slow_disk_costs_the_loop_one_append_per_retry_period(
 
 
 def test_a_group_that_needs_a_new_segment_goes_to_a_thread(tmp_path: Path) -> None:
-    """A segment's creation is not done on the loop: the group that does not fit the
-    active segment goes to a worker thread, the next ones to the loop again."""
+    """A segment's creation is not done on the loop: a group that does not fit the active
+    segment goes to a worker thread (here each after the first: one segment holds one)."""
     entries = small_entries(6, transfers_each=20)  # about 2.6 KB each: one segment holds 1
     with Journal.open(tmp_path, segment_size=4096) as journal:
         threads = Threads(journal)
