@@ -54,7 +54,9 @@ row, one kernel call, None when nothing fired): no await unless a rule fired.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -116,6 +118,34 @@ PostingCheck = Callable[[Caller, bytes, int], None]
 """A per-posting check: `check(caller, records, count)` over `count` packed transfer
 records (`ledger.records.transfer_view(records, 128 * index)` reads one), raising
 `Refused` to refuse the request; it runs before the engine sees anything."""
+
+
+@dataclass(slots=True)
+class Staged:
+    """A posting queued on the engine (`Payments.stage`): `settle` it once
+    `request.done` is set."""
+
+    command: Posting
+    packed_id: bytes
+    record: bytes
+    request: Request
+    decided: Fired | None = None  # the risk decision it was posted under
+
+
+class FailedBefore(Exception):
+    """`Payments.settle`: the first request with this operation key failed;
+    `Payments.replayed_failure(staged)` is the refusal to answer."""
+
+    def __init__(self, staged: Staged) -> None:
+        super().__init__("the first request with this operation key failed")
+        self.staged = staged
+
+
+def _with_second_factor(flags: int, consent: Consent) -> tuple[int, bool]:
+    """A consented posting's flags: STRONG_AUTH when the channel asserted a second factor."""
+    if consent.second_factor:
+        return flags | TransferFlags.STRONG_AUTH, True
+    return flags, False
 
 
 class Payments:
@@ -180,17 +210,114 @@ class Payments:
         or void) before `admit`: a BLOCK or an unmet CHALLENGE is refused (RISK_BLOCKED,
         RISK_CHALLENGE) once its decision is durable; a DELAY or REVIEW is posted as a
         PENDING hold and answered with `risk_hold` (`_risk_single`).
+
+        `stage` and `settle` are the same steps for a caller that queues many postings
+        without a coroutine each (the core link, core/link/server.py).
         """
-        flags = command.flags
-        second_factor = False
-        if command.authorize:
-            consent = command.consent or Consent()
-            if not self.auth.token_checked(command.caller, command.authorize, consent):
-                assert consent.password is not None
-                await self.auth.verify_password(command.authorize, consent.password)
-            if consent.second_factor:
-                flags |= TransferFlags.STRONG_AUTH
-                second_factor = True
+        consented = self._consented(command)
+        if consented is None:  # no token: the password, on the hashing threads
+            consent = command.consent
+            assert consent is not None and consent.password is not None
+            await self.auth.verify_password(command.authorize, consent.password)
+            consented = _with_second_factor(command.flags, consent)
+        staged = self._stage_consented(command, consented[0], consented[1])
+        if not isinstance(staged, Staged):
+            return await staged
+        await staged.request.done.wait()
+        try:
+            return self.settle(staged)
+        except FailedBefore:
+            raise await self._replayed_failure(staged.packed_id, staged.record) from None
+
+    def stage(self, command: Posting) -> Staged | Coroutine[Any, Any, Posted]:
+        """`post` up to its wait for the engine, when nothing before it has to wait: the
+        posting queued (`Staged`: `settle` it once `request.done` is set). When a step
+        must wait (a password to verify, a risk decision to act on), the coroutine that
+        does the rest of `post` instead: await it (in a task of its own). Raises the
+        refusals `post` raises before queueing."""
+        consented = self._consented(command)
+        if consented is None:
+            return self.post(command)
+        return self._stage_consented(command, consented[0], consented[1])
+
+    def settle(self, staged: Staged) -> Posted:
+        """The outcome of a staged posting once its request is done: `Posted`, or the
+        refusal raised; `FailedBefore` when the first request with the key failed
+        (`replayed_failure` says how: await it)."""
+        try:
+            result = transfer_result(staged.request)
+        except (EngineOverloaded, EngineFull, EngineStopped) as error:
+            raise engine_refusal(error) from None
+        command = staged.command
+        decided = staged.decided
+        status = result.result
+        if status == R.OK:
+            self.count_result("ok")
+        elif status == R.EXISTS:
+            self.count_result("exists")
+        elif status == R.ID_ALREADY_FAILED:
+            self.count_result("id_already_failed")
+            raise FailedBefore(staged)
+        else:
+            self.count_result(_RESULT_NAMES[status])
+            risk = self.risk
+            if decided is not None and risk is not None and decided.decision is None:
+                risk.posting_failed(decided.transfer_id, status)
+            raise transfer_refused(status)
+        if decided is not None:
+            hold = decided.hold
+            return Posted(
+                staged.packed_id,
+                command.operation,
+                command.debit,
+                command.credit,
+                command.amount_minor,
+                command.code,
+                command.flags | TransferFlags.PENDING if hold else command.flags,
+                command.pending_id,
+                decided.timeout_s if hold else command.timeout_s,
+                command.caller.name,
+                result.timestamp,
+                status == R.EXISTS,
+                hold,
+                # When the bank acts on the hold by itself: captures a delayed one, returns
+                # a reviewed one no officer decided on.
+                decided.release_at_ns or decided.return_at_ns,
+                decided.decision_id,
+            )
+        return Posted(
+            staged.packed_id,
+            command.operation,
+            command.debit,
+            command.credit,
+            command.amount_minor,
+            command.code,
+            command.flags,
+            command.pending_id,
+            command.timeout_s,
+            command.caller.name,
+            result.timestamp,
+            status == R.EXISTS,
+        )
+
+    async def replayed_failure(self, staged: Staged) -> Exception:
+        """The refusal for a staged posting `settle` found `FailedBefore`."""
+        return await self._replayed_failure(staged.packed_id, staged.record)
+
+    def _consented(self, command: Posting) -> tuple[int, bool] | None:
+        """The posting's flags and whether a second factor counts, when the holder's
+        consent needs no waiting (none asked, or a live token); None when the password
+        must be verified first. Raises the consent's refusals."""
+        if not command.authorize:
+            return command.flags, False
+        consent = command.consent or Consent()
+        if not self.auth.token_checked(command.caller, command.authorize, consent):
+            return None
+        return _with_second_factor(command.flags, consent)
+
+    def _stage_consented(
+        self, command: Posting, flags: int, second_factor: bool
+    ) -> Staged | Coroutine[Any, Any, Posted]:
         caller = command.caller
         packed_id = self.ids.packed(caller.ledger_id, command.key, 0)
         record = packed_id + pack_transfer_after_id(
@@ -206,70 +333,34 @@ class Payments:
             command.user_data,
         )
         risk = self.risk
-        decided: Fired | None = None
         if risk is not None and not flags & SETTLING_FLAGS:
             screening = risk.screen(
                 caller, record, 1, command.context, command.counterparty, second_factor
             )
             if screening is not None:
-                record, decided = await self._risk_single(command, record, screening)
+                return self._post_screened(command, packed_id, record, screening)
+        return Staged(command, packed_id, record, self._admit_single(caller, packed_id, record))
+
+    async def _post_screened(
+        self, command: Posting, packed_id: bytes, record: bytes, screening: Screening
+    ) -> Posted:
+        """The rest of `post` for a posting the risk stage fired on."""
+        record, decided = await self._risk_single(command, record, screening)
+        staged = Staged(
+            command, packed_id, record, self._admit_single(command.caller, packed_id, record),
+            decided,
+        )  # fmt: skip
+        await staged.request.done.wait()
+        try:
+            return self.settle(staged)
+        except FailedBefore:
+            raise await self._replayed_failure(packed_id, record) from None
+
+    def _admit_single(self, caller: Caller, packed_id: bytes, record: bytes) -> Request:
         barred = self.barred
         if barred and packed_id in barred:  # no await from here to `admit`: see `bar`
             raise transfer_refused(R.ID_ALREADY_FAILED, "the operation was cancelled (`bar`)")
-        request = self.admit(caller, record, 1)
-        await request.done.wait()
-        try:
-            result = transfer_result(request)
-        except (EngineOverloaded, EngineFull, EngineStopped) as error:
-            raise engine_refusal(error) from None
-        status = result.result
-        if status == R.OK:
-            self.count_result("ok")
-        elif status == R.EXISTS:
-            self.count_result("exists")
-        elif status == R.ID_ALREADY_FAILED:
-            self.count_result("id_already_failed")
-            raise await self._replayed_failure(packed_id, record)
-        else:
-            self.count_result(_RESULT_NAMES[status])
-            if decided is not None and risk is not None and decided.decision is None:
-                risk.posting_failed(decided.transfer_id, status)
-            raise transfer_refused(status)
-        if decided is not None:
-            hold = decided.hold
-            return Posted(
-                packed_id,
-                command.operation,
-                command.debit,
-                command.credit,
-                command.amount_minor,
-                command.code,
-                command.flags | TransferFlags.PENDING if hold else command.flags,
-                command.pending_id,
-                decided.timeout_s if hold else command.timeout_s,
-                caller.name,
-                result.timestamp,
-                status == R.EXISTS,
-                hold,
-                # When the bank acts on the hold by itself: captures a delayed one, returns
-                # a reviewed one no officer decided on.
-                decided.release_at_ns or decided.return_at_ns,
-                decided.decision_id,
-            )
-        return Posted(
-            packed_id,
-            command.operation,
-            command.debit,
-            command.credit,
-            command.amount_minor,
-            command.code,
-            command.flags,
-            command.pending_id,
-            command.timeout_s,
-            caller.name,
-            result.timestamp,
-            status == R.EXISTS,
-        )
+        return self.admit(caller, record, 1)
 
     async def bar(self, caller: Caller, key: str) -> None:
         """Cancel operation `key` of `caller`'s channel before it arrives: from now on (for

@@ -136,7 +136,9 @@ OFFSET_VALID_S: Final = 900  # the time zone's offset is looked up once per quar
 TRANSIENT: Final = frozenset(
     {Code.NOT_READY, Code.OVERLOADED, Code.UNAVAILABLE, Code.STORAGE_UNAVAILABLE}
 )
-SETTLING_FLAGS: Final = TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
+# A plain int: `flags & SETTLING_FLAGS` runs on every posting, and an IntFlag operand
+# makes it an enum operation (about 2 us, measured under the core link's bench).
+SETTLING_FLAGS: Final = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
 _TIMEOUT = struct.Struct("<I")  # a transfer record's timeout_s, at TIMEOUT_OFFSET
 _FLAGS = struct.Struct("<H")  # its flags, at FLAGS_OFFSET
 TIMEOUT_OFFSET: Final = 80

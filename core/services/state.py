@@ -554,11 +554,14 @@ class StateStore:
         key = self._batch_key
         assert key is not None
         batch, self._batch, self._batch_key = self._batch, [], None
-        live = [
-            [channel, nonce, timestamp_s]
-            for channel, nonce, timestamp_s in batch
-            if self.nonces.get(channel, {}).get(nonce) == timestamp_s
-        ]
+        # Per nonce on every group: the staged tuples themselves (orjson writes a tuple as
+        # the same array), one dict lookup per channel, none per nonce for a new empty one.
+        nonces = self.nonces
+        live = []
+        for entry in batch:
+            seen = nonces.get(entry[0])
+            if seen is not None and seen.get(entry[1]) == entry[2]:
+                live.append(entry)
         if not live:
             self.nonce_live.pop(key, None)
             return
