@@ -94,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: the time)")
     parser.add_argument("--server", choices=("hypercorn", "uvicorn"), default="hypercorn")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="serve through N front-end processes (tally serve --workers N); 0: one process",
+    )
+    parser.add_argument(
         "--shape", action="store_true", help="the diurnal campaign-day shape instead of flat -u"
     )
     parser.add_argument("--tags", default="", help="run only these Locust tags (comma-separated)")
@@ -183,6 +189,7 @@ def start_server(
         "--scrypt-n", "1024",  # the PIN checks are on the path; keep them cheap here
         "--dev",  # a throwaway server: public development secrets (against a real one: --host)
         "--providers", providers,  # the run's provider simulator
+        *(["--workers", str(args.workers)] if args.workers else []),
         *(iso8583 or []),
     ]  # fmt: skip
     log = out / ("server-iso8583.log" if iso8583 else "server.log")
@@ -392,7 +399,10 @@ def run(args: argparse.Namespace) -> int:
         "seconds": args.seconds,
         "shape": "diurnal campaign day" if args.shape else "flat",
         "fraud_share": args.fraud_share,
-        "server": "external " + args.host if args.host else f"tally serve ({args.server})",
+        "server": "external " + args.host
+        if args.host
+        else f"tally serve ({args.server})"
+        + (f" --workers {args.workers}" if args.workers and not args.host else ""),
         "protocols": ["http"] if args.host else list(args.protocols),
         "verify_weight": args.verify_weight,
         "verify_fraud_share": args.verify_fraud_share,

@@ -738,14 +738,7 @@ class App:
         )
 
     def fresh(self, channel: ChannelEntry, credentials: Credentials) -> bool:
-        """Whether `credentials` name a key of `channel` and a timestamp inside the window."""
-        timestamp = credentials.timestamp
-        return (
-            credentials.key_id in channel.secrets
-            and timestamp.isdigit()
-            and len(timestamp) <= 12
-            and abs(time.time() - int(timestamp)) <= self.window_s
-        )
+        return fresh(channel, credentials, self.window_s)
 
     def failure_key(self, scope: Scope, credentials: Credentials | str | None) -> str:
         """Whose failed authentications a request counts with: its client address and the
@@ -790,81 +783,26 @@ class App:
             self.refuse_credentials(credentials)
         assert known is not None and isinstance(credentials, Credentials)
         channel = known
-        secret = channel.secrets[credentials.key_id]
-        timestamp = credentials.timestamp
-        nonce = credentials.nonce
-        if not signing.NONCE_PATTERN.fullmatch(nonce):
-            raise Problem(
-                401, "authorization-malformed", "nonce must be 8-64 characters of A-Z a-z 0-9 _ -"
-            )
-        raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        idempotency = headers.get(b"idempotency-key", b"").decode("latin-1")
-        actor = headers.get(b"tally-actor", b"").decode("latin-1")
-        if not verify_request(
-            secret,
-            credentials.channel,
-            credentials.key_id,
-            scope["method"],
-            path,
-            scope["query_string"].decode("latin-1"),
-            timestamp,
-            nonce,
-            idempotency,
-            actor,
-            body,
-            credentials.signature,
-        ):
-            raise Problem(401, "signature-invalid", "The signature does not match the request")
-        if not self.replay.first_use(channel.name, nonce, int(timestamp)):
-            raise Problem(
-                401,
-                "nonce-reused",
-                "This nonce was already used",
-                "sign every request with a fresh nonce",
-            )
+        check_signature(scope, headers, body, credentials, channel)
+        if not self.replay.first_use(channel.name, credentials.nonce, int(credentials.timestamp)):
+            raise nonce_reused()
         if channel.disabled:
             raise Problem(403, "channel-disabled", "This channel is disabled")
         return channel
 
     def refuse_credentials(self, credentials: Credentials | str | None) -> NoReturn:
-        """The 401 for an Authorization header that names no known key at a fresh time."""
-        if credentials is None:
-            raise Problem(
-                401,
-                "signature-missing",
-                "The request is not signed",
-                f"send an Authorization: {signing.SCHEME} header (see channels/http/signing.py)",
-            )
-        if isinstance(credentials, str):
-            raise Problem(
-                401, "authorization-malformed", "The Authorization header is malformed", credentials
-            )
-        channel = self.registry.channels.get(credentials.channel)
-        if channel is None:
-            raise Problem(401, "channel-unknown", "Unknown channel")
-        if credentials.key_id not in channel.secrets:
-            raise Problem(401, "key-unknown", "Unknown or retired key id for this channel")
-        timestamp = credentials.timestamp
-        if not timestamp.isdigit() or len(timestamp) > 12:
-            raise Problem(401, "authorization-malformed", "timestamp must be Unix seconds")
-        raise Problem(
-            401,
-            "timestamp-out-of-window",
-            "The request timestamp is too far from now",
-            f"allowed: +/-{self.window_s} s",
-        )
+        refuse_credentials(self.registry, credentials, self.window_s)
 
     def authorize(
         self, route: Route, channel: ChannelEntry, headers: dict[bytes, bytes], size: int
     ) -> str:
         if route.operation not in channel.operations:
-            raise Problem(
-                403,
-                "operation-not-allowed",
-                "This channel may not use this operation",
-                f"channel {channel.name} may not {route.operation}",
-            )
+            raise operation_not_allowed(channel, route.operation)
+        self.take_rate(channel)
+        return operation_key(route, headers)
+
+    def take_rate(self, channel: ChannelEntry) -> None:
+        """One request of `channel` against its rate limit (429 over it, counted)."""
         wait_s = self.rate_limits.take(channel.name, time.monotonic())
         if wait_s > 0:
             self.metrics.rate_limited[channel.name] = (
@@ -878,7 +816,6 @@ class App:
                 f"{channel.rate_per_s:g} requests/s, burst {channel.burst}",
                 headers=[(b"retry-after", str(retry).encode())],
             )
-        return operation_key(route, headers)
 
     def actor_caller(self, caller: Caller, scope: Scope, value: bytes) -> Caller:
         """The Caller naming the teller of a (signed) Tally-Actor header, once well formed
@@ -955,11 +892,11 @@ class App:
         # where it is not needed: what the OpenAPI document promises.
         if raw_token is not None:
             token = raw_token.decode("latin-1")
-            if not _PROOF_RE.fullmatch(token):
+            if not PROOF_RE.fullmatch(token):
                 raise proof_malformed("Tally-Transaction-Token")
         if raw_session is not None:
             session = raw_session.decode("latin-1")
-            if not _PROOF_RE.fullmatch(session):
+            if not PROOF_RE.fullmatch(session):
                 raise proof_malformed("Tally-Session")
         return Context(
             channel,
@@ -977,6 +914,98 @@ class App:
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 _UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def fresh(channel: ChannelEntry, credentials: Credentials, window_s: float) -> bool:
+    """Whether `credentials` name a key of `channel` and a timestamp inside the window."""
+    timestamp = credentials.timestamp
+    return (
+        credentials.key_id in channel.secrets
+        and timestamp.isdigit()
+        and len(timestamp) <= 12
+        and abs(time.time() - int(timestamp)) <= window_s
+    )
+
+
+def check_signature(
+    scope: Scope,
+    headers: dict[bytes, bytes],
+    body: bytes,
+    credentials: Credentials,
+    channel: ChannelEntry,
+) -> None:
+    """The nonce's form and the HMAC of the request (401 if not); not whether the nonce
+    was used before (the replay guard's, `ReplayGuard.first_use`)."""
+    nonce = credentials.nonce
+    if not signing.NONCE_PATTERN.fullmatch(nonce):
+        raise Problem(
+            401, "authorization-malformed", "nonce must be 8-64 characters of A-Z a-z 0-9 _ -"
+        )
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    idempotency = headers.get(b"idempotency-key", b"").decode("latin-1")
+    actor = headers.get(b"tally-actor", b"").decode("latin-1")
+    if not verify_request(
+        channel.secrets[credentials.key_id],
+        credentials.channel,
+        credentials.key_id,
+        scope["method"],
+        path,
+        scope["query_string"].decode("latin-1"),
+        credentials.timestamp,
+        nonce,
+        idempotency,
+        actor,
+        body,
+        credentials.signature,
+    ):
+        raise Problem(401, "signature-invalid", "The signature does not match the request")
+
+
+def nonce_reused() -> Problem:
+    return Problem(
+        401, "nonce-reused", "This nonce was already used", "sign every request with a fresh nonce"
+    )
+
+
+def operation_not_allowed(channel: ChannelEntry, operation: str) -> Problem:
+    return Problem(
+        403,
+        "operation-not-allowed",
+        "This channel may not use this operation",
+        f"channel {channel.name} may not {operation}",
+    )
+
+
+def refuse_credentials(
+    registry: Registry, credentials: Credentials | str | None, window_s: float
+) -> NoReturn:
+    """The 401 for an Authorization header that names no known key at a fresh time."""
+    if credentials is None:
+        raise Problem(
+            401,
+            "signature-missing",
+            "The request is not signed",
+            f"send an Authorization: {signing.SCHEME} header (see channels/http/signing.py)",
+        )
+    if isinstance(credentials, str):
+        raise Problem(
+            401, "authorization-malformed", "The Authorization header is malformed", credentials
+        )
+    channel = registry.channels.get(credentials.channel)
+    if channel is None:
+        raise Problem(401, "channel-unknown", "Unknown channel")
+    if credentials.key_id not in channel.secrets:
+        raise Problem(401, "key-unknown", "Unknown or retired key id for this channel")
+    timestamp = credentials.timestamp
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise Problem(401, "authorization-malformed", "timestamp must be Unix seconds")
+    raise Problem(
+        401,
+        "timestamp-out-of-window",
+        "The request timestamp is too far from now",
+        f"allowed: +/-{window_s} s",
+    )
 
 
 def operation_key(route: Route, headers: dict[bytes, bytes]) -> str:
@@ -1050,7 +1079,7 @@ def query_repeated(pairs: list[tuple[str, str]]) -> Problem:
     )
 
 
-_PROOF_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a token or session: 1-64 URL-safe characters
+PROOF_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a token or session: 1-64 URL-safe characters
 
 
 def proof_malformed(header: str) -> Problem:

@@ -171,6 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--risk-only", action="store_true", help="only the risk comparison (first server)"
     )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated front-end counts (e.g. 1,2): single transfers through `tally"
+        " serve --workers N` beside the one-process server, instead of the other phases",
+    )
     parser.add_argument("--save", metavar="DIR", default=None)
     parser.add_argument("--json", action="store_true")
 
@@ -499,7 +505,10 @@ def run_wrk(
     connections: int,
     shared_body: Path | None = None,
     server_pid: int | None = None,
+    cpu_groups: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; `cpu_groups`: processes whose CPU per request to report, by name
+    (`{name}_cpu_us_per_request`), beside the server's (`server_pid`)."""
     script = work / "tally.lua"
     script.write_text(WRK_SCRIPT)
     command = [
@@ -518,12 +527,15 @@ def run_wrk(
     if shared_body is not None:
         command.append(str(shared_body))
     server_cpu_before = cpu_seconds([server_pid]) if server_pid else 0.0
+    groups = cpu_groups or {}
+    groups_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     assert process.stdout is not None and process.stderr is not None
     output = process.stdout.read().decode()
     error = process.stderr.read().decode()
     server_cpu = (cpu_seconds([server_pid]) - server_cpu_before) if server_pid else 0.0
+    groups_cpu = {name: cpu_seconds(pids) - groups_before[name] for name, pids in groups.items()}
     if status != 0 or "WRKJSON" not in output:
         raise RuntimeError(f"wrk failed ({status}): {output}\n{error}")
     line = next(line for line in output.splitlines() if line.startswith("WRKJSON "))
@@ -534,6 +546,9 @@ def run_wrk(
     if server_pid:
         result["server_cpu_percent"] = 100 * server_cpu / duration_s
         result["server_cpu_us_per_request"] = 1e6 * server_cpu / max(1, result["requests"])
+    for name, seconds in groups_cpu.items():
+        result[f"{name}_cpu_us_per_request"] = 1e6 * seconds / max(1, result["requests"])
+        result[f"{name}_cpu_percent"] = 100 * seconds / duration_s
     return result
 
 
@@ -641,6 +656,90 @@ def measure_server(
     report[f"single_vs_bare_percent{suffix}"] = round(
         100 * report[f"single_transfer_requests_per_s{suffix}"] / bare_rate, 1
     )
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux: /proc/PID/task/*/children)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def wait_front_ends(tally: Server, count: int, timeout_s: float = 30.0) -> list[int]:
+    """The pids of the `count` front-ends of a `--workers` server, once each is connected
+    to the core (every one of `count` requests to /readyz answered by the core)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = children_of(tally.process.pid)
+        if len(pids) >= count:
+            try:
+                if all(
+                    httpx.get(tally.url + "/readyz", timeout=2).status_code == 200
+                    for _ in range(4 * count)
+                ):
+                    return pids
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} front-ends not ready after {timeout_s} s")
+
+
+def measure_workers(
+    work: Path, server: str, counts: list[int], args: argparse.Namespace, report: dict[str, Any]
+) -> None:
+    """Signed single transfers through N front-end processes and one core
+    (`tally serve --workers N`), beside the one-process server of the same run: per
+    configuration the rate, p99 and the CPU per request of the front-ends and of the
+    core, from /proc; the capacity of a 16-core machine by those costs (15 cores of
+    front-ends, one core process)."""
+    seconds = args.seconds
+    single_count = int(30_000 * (seconds + 2))
+    configurations = [0, *counts]  # 0: the one process, the baseline of this run
+    for workers in configurations:
+        name = f"{server}-workers{workers}"
+        extra = ("--workers", str(workers)) if workers else ()
+        tally = start_tally(work, server, name, args.loop, extra=extra, providers=args.providers)
+        try:
+            front_ends = wait_front_ends(tally, workers) if workers else []
+            accounts, tokens = setup_accounts(tally.url)
+            warm = work / f"warm-{name}.tsv"
+            write_single_requests(warm, 20_000, accounts, tokens)
+            run_wrk(work, tally.url, warm, 2, args.connections)
+            single_file = work / f"single-{name}.tsv"
+            write_single_requests(single_file, single_count, accounts, tokens)
+            core_pid = tally.process.pid
+            result = run_wrk(
+                work, tally.url, single_file, seconds, args.connections,
+                server_pid=core_pid, cpu_groups={"front_ends": front_ends} if workers else None,
+            )  # fmt: skip
+            prefix = f"{server}_single_process" if not workers else f"{server}_workers{workers}"
+            report[f"{prefix}_single_per_s"] = round(result["requests_per_s"])
+            report[f"{prefix}_latency_ms_p99"] = round(result["p99_us"] / 1000, 2)
+            report[f"{prefix}_non_2xx"] = result["status_errors"]
+            report[f"{prefix}_wrapped"] = result["requests"] > single_count
+            core_us = result["server_cpu_us_per_request"]
+            if workers:
+                front_us = result["front_ends_cpu_us_per_request"]
+                report[f"{prefix}_front_end_cpu_us_per_request"] = round(front_us, 1)
+                report[f"{prefix}_core_cpu_us_per_request"] = round(core_us, 1)
+                report[f"{prefix}_projected_single_per_s_16_cores"] = round(
+                    min(15e6 / front_us, 1e6 / core_us)
+                )
+            else:
+                report[f"{prefix}_cpu_us_per_request"] = round(core_us, 1)
+            report[f"{prefix}_client_cpu_percent"] = round(result["client_cpu_percent"], 1)
+            report[f"{prefix}_ledger_results"] = check_metrics(tally.url)
+        finally:
+            tally.stop()
+    single = report[f"{server}_single_process_single_per_s"]
+    for workers in counts:
+        report[f"{server}_workers{workers}_vs_single_process"] = round(
+            report[f"{server}_workers{workers}_single_per_s"] / single, 2
+        )
 
 
 def risk_metrics(url: str) -> dict[str, int]:
@@ -755,6 +854,13 @@ def measure_risk(work: Path, server: str, args: argparse.Namespace, report: dict
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        worker_counts = [int(part) for part in args.workers.split(",") if part.strip()]
+    except ValueError:
+        worker_counts = [0]
+    if any(not 1 <= count <= 64 for count in worker_counts):
+        print("tally bench http: --workers takes counts of 1 to 64, e.g. 1,2", file=sys.stderr)
+        return 2
     if shutil.which("wrk") is None:
         print(
             "tally bench http: wrk is not installed; install it with `apt-get install -y wrk` "
@@ -770,7 +876,7 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="tally-bench-http-"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "benchmark": "http",
+        "benchmark": "http_workers" if worker_counts else "http",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_description(),
         "command": "tally bench http "
@@ -782,6 +888,7 @@ def run(args: argparse.Namespace) -> int:
         "client": "wrk -t1, pre-signed requests",
         "fsync": True,
         "uvicorn_loop": args.loop,
+        "workers": args.workers,
     }
     # The setup registers its customers at the counter: the identity database check runs
     # on a provider simulator with no latency and no fraud (every customer verified).
@@ -789,6 +896,12 @@ def run(args: argparse.Namespace) -> int:
         with running_simulator(BENCH_SIMULATOR_SEED) as providers:
             args.providers = providers
             for name in servers:
+                if worker_counts:
+                    if not args.json:
+                        print(f"measuring {name} with front-ends {worker_counts} ...",
+                              file=sys.stderr)  # fmt: skip
+                    measure_workers(work, name, worker_counts, args, report)
+                    continue
                 if not args.json and not args.risk_only:
                     print(f"measuring {name} ...", file=sys.stderr)
                 if not args.risk_only:

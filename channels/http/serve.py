@@ -71,7 +71,9 @@ from channels.iso8583.terminals import (
     Terminals,
     load_terminals,
 )
+from channels.link import AppWithLink, link_server
 from channels.registry import Registry, RegistryError, load_registry
+from channels.workers import WORKERS_MAX, Workers
 from core.data import (
     DEFAULT_CHANNELS_PATH,
     DEFAULT_DEPOSITS_PATH,
@@ -83,6 +85,14 @@ from core.data import (
 from core.dsn import redact_dsn
 from core.errors import TallyError
 from core.journal import SEGMENT_SIZE_DEFAULT
+from core.link.address import (
+    LinkAddress,
+    TlsFiles,
+    parse_link_address,
+    read_secret,
+    server_context,
+)
+from core.link.server import LinkLimits
 from core.providers.client import HttpProviders
 from core.providers.config import ProvidersConfig
 from core.providers.population import SIM_TOKEN
@@ -347,6 +357,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " longer than this in the last 10 s (a slow disk: a worker thread); 0: always in"
         " a worker thread (core/journal_store.py)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="N front-end processes accept HTTP and forward to this process over the core link"
+        " (channels/workers.py); 0 (the default): this one process serves everything",
+    )
+    parser.add_argument(
+        "--link",
+        default=None,
+        metavar="ADDRESS",
+        help="also serve front-end processes over the core link (core/link): unix:PATH, or"
+        " tls:HOST:PORT with --link-cert, --link-key and --link-ca (mutual TLS)",
+    )
+    parser.add_argument(
+        "--link-secret-file",
+        default=None,
+        help="the link's shared secret (at least 16 ASCII characters) every front-end shows",
+    )
+    parser.add_argument("--link-cert", default=None, help="the core's certificate chain (PEM)")
+    parser.add_argument("--link-key", default=None, help="the private key of --link-cert")
+    parser.add_argument("--link-ca", default=None, help="the CA that signs front-ends (PEM)")
+    parser.add_argument(
+        "--link-window",
+        type=int,
+        default=4096,
+        help="commands running at once per front-end connection (more: refused at once)",
+    )
 
 
 def add_providers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -606,6 +644,17 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"tally serve: --iso8583: {error}", file=sys.stderr)
             return 2
+    link = link_arguments(args)
+    if isinstance(link, str):
+        print(f"tally serve: {link}", file=sys.stderr)
+        return 2
+    if args.workers and (link is not None or not 1 <= args.workers <= WORKERS_MAX):
+        print(
+            f"tally serve: --workers takes 1 to {WORKERS_MAX} front-ends and makes its own"
+            " link (not with --link)",
+            file=sys.stderr,
+        )
+        return 2
     if args.console_reports is not None and not os.path.isdir(args.console_reports):
         print(
             f"tally serve: --console-reports {args.console_reports}: no such directory",
@@ -662,8 +711,10 @@ def run(args: argparse.Namespace) -> int:
 
         with running_simulator() as url:
             config = ProvidersConfig.at(url)
-            return serve(args, rules, registry, secrets, config, iso8583, terminals, iso8583_keys)
-    return serve(args, rules, registry, secrets, providers, iso8583, terminals, iso8583_keys)
+            return serve(
+                args, rules, registry, secrets, config, iso8583, terminals, iso8583_keys, link
+            )
+    return serve(args, rules, registry, secrets, providers, iso8583, terminals, iso8583_keys, link)
 
 
 def serve(
@@ -675,6 +726,7 @@ def serve(
     iso8583: tuple[str, int] | None,
     terminals: Terminals | None,
     iso8583_keys: SoftwareKeyStore | None,
+    link: tuple[LinkAddress, TlsFiles | None, bytes] | None = None,
 ) -> int:
     """Build the app on the checked arguments and serve it until a signal stops it."""
     log_providers(providers, simulated=args.providers_simulator)
@@ -692,10 +744,30 @@ def serve(
     if args.loop is not None and args.server != "uvicorn":
         print("tally serve: --loop is for --server uvicorn", file=sys.stderr)
         return 2
-    served: App | AppWithIso8583 = app
+    served: App | AppWithIso8583 | AppWithLink = app
     if iso8583 is not None:
         assert terminals is not None and iso8583_keys is not None
         served = iso8583_app(app, iso8583, terminals, iso8583_keys)
+    workers: Workers | None = None
+    if args.workers:
+        workers = Workers(args)
+        link = LinkAddress("unix", path=workers.link_path), None, workers.secret
+    if link is not None:
+        address, tls, secret = link
+        limits = LinkLimits(window=args.link_window)
+        served = AppWithLink(served, link_server(app, secret, limits), address, tls)
+    if workers is not None:
+        # The front-ends take the public address; this process answers them alone.
+        args.unix_socket = workers.http_path
+        workers.start()
+        try:
+            return (
+                _run_uvicorn(served, args)
+                if args.server == "uvicorn"
+                else (_run_hypercorn(served, args))
+            )
+        finally:
+            workers.stop()
     if args.server == "uvicorn":
         if args.backend != "asyncio":
             print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
@@ -734,6 +806,40 @@ def iso8583_app(
     served = AppWithIso8583(app, adapter, host, port)
     app.metrics.registry.register(Iso8583Collector(served.stats, adapter.answered))
     return served
+
+
+def link_arguments(
+    args: argparse.Namespace,
+) -> tuple[LinkAddress, TlsFiles | None, bytes] | str | None:
+    """`--link` and its files, checked: None without it, a problem as a string."""
+    given = [args.link_secret_file, args.link_cert, args.link_key, args.link_ca]
+    if args.link is None:
+        return "--link-* options go with --link" if any(given) else None
+    try:
+        address = parse_link_address(args.link)
+    except ValueError as error:
+        return f"--link: {error}"
+    if not 1 <= args.link_window <= 65535:
+        return "--link-window must be 1 to 65535"
+    if args.link_secret_file is None:
+        return "--link needs --link-secret-file (the secret every front-end shows)"
+    try:
+        secret = read_secret(args.link_secret_file)
+    except (OSError, ValueError) as error:
+        return f"--link-secret-file: {error}"
+    tls_files = given[1:]
+    if address.kind == "unix":
+        if any(tls_files):
+            return "--link-cert, --link-key and --link-ca are for a tls: link"
+        return address, None, secret
+    if not all(tls_files):
+        return "a tls: link needs --link-cert, --link-key and --link-ca (mutual TLS)"
+    tls = TlsFiles(args.link_cert, args.link_key, args.link_ca)
+    try:
+        server_context(tls)
+    except (OSError, ssl.SSLError) as error:
+        return f"--link-cert/--link-key/--link-ca: {error}"
+    return address, tls, secret
 
 
 def password_arguments_problem(args: argparse.Namespace) -> str:
@@ -778,7 +884,7 @@ def hypercorn_config(
     return config
 
 
-def _run_hypercorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
+def _run_hypercorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Namespace) -> int:
     config = hypercorn_config(
         args.host,
         args.port,
@@ -787,6 +893,8 @@ def _run_hypercorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
         header_size_max=args.header_size_max,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
+    if getattr(args, "unix_socket", None):
+        config.bind = [f"unix:{args.unix_socket}"]
 
     async def main() -> None:
         if args.backend == "trio":
@@ -840,7 +948,7 @@ def uvicorn_config(
     )
 
 
-def _run_uvicorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
+def _run_uvicorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Namespace) -> int:
     import uvicorn
 
     config = uvicorn_config(
@@ -854,6 +962,8 @@ def _run_uvicorn(app: App | AppWithIso8583, args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
+    if getattr(args, "unix_socket", None):
+        config.uds = args.unix_socket
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3  # 3: uvicorn's own exit status for a failed startup

@@ -47,6 +47,18 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "risk_rate_ratio": (">=", 0.9),
         "risk_rate_ratio_uvicorn": (">=", 0.9),
     },
+    "http_workers": {
+        # Issue 19: front-end processes before one core (`tally bench http --workers 1,2`).
+        "hypercorn_workers2_vs_single_process": (">=", 1.4),
+        "hypercorn_workers1_core_cpu_us_per_request": ("<=", 20),
+        "hypercorn_workers2_core_cpu_us_per_request": ("<=", 20),
+        "uvicorn_workers1_core_cpu_us_per_request": ("<=", 20),
+        "uvicorn_workers2_core_cpu_us_per_request": ("<=", 20),
+    },
+    "link": {
+        # Issue 19: the core's CPU per single transfer forwarded over the core link.
+        "core_cpu_us_per_request": ("<=", 20),
+    },
     "iso8583": {
         # Issue 18: ATMs and POS terminals over ISO 8583, 200 terminals.
         "financial_messages_per_s": (">=", 5_000),
@@ -263,6 +275,28 @@ NOTES = {
         " the server CPU the rules add to a request, `risk_fired_in_passes` the timed"
         " postings a rule fired on (0: the traffic looks legitimate to the rules)."
     ),
+    "http_workers": (
+        "Signed single transfers driven by wrk (as `tally bench http`) through `tally serve"
+        " --workers N` (N front-end processes on the listening socket, one core process"
+        " behind the core link, docs/link.md), beside the one-process server in the same run"
+        " (`*_single_process_*`). The CPU per request of the front-ends and of the core are"
+        " read from /proc over the timed phase; `*_projected_single_per_s_16_cores` is"
+        " min(15 cores / front-end CPU, 1 core / core CPU) by those costs. On this 2-core"
+        " machine the front-ends, the core and wrk share two cores, so the batches the core"
+        " sees are small (a few requests per frame and per group), and its CPU per request"
+        " is that of a lightly loaded core; `tally bench link` measures it under load."
+        " Targets: hypercorn with 2 front-ends >= 1.4x the one process; the core <= 20 us"
+        " per forwarded transfer."
+    ),
+    "link": (
+        "The core link alone (`channels/link_bench.py`, docs/link.md): a real `tally serve"
+        " --link unix:...` on a fresh journal (fdatasync on) and Python client processes,"
+        " each one link connection with many concurrent callers posting single transfers"
+        " (the typed command a front-end forwards). `core_cpu_us_per_request` is the core"
+        " process's CPU (from /proc) over the timed phase per acknowledged transfer: what"
+        " one core process costs per forwarded request when front-ends keep it busy"
+        " (target <= 20 us, i.e. >= 50,000/s on one core)."
+    ),
     "pg": (
         "The engine on a throwaway PostgreSQL cluster (fsync on, synchronous_commit on,"
         " full_page_writes on), 100,000 accounts, uniform random transfers with random"
@@ -311,6 +345,8 @@ HEADLINES = {
     "http": "single_transfer_requests_per_s_uvicorn",
     "risk": "decisions_per_s",
     "iso8583": "financial_messages_per_s",
+    "http_workers": "hypercorn_workers2_single_per_s",
+    "link": "transfers_per_s",
     "iso20022": "pacs008_transactions_per_s",
 }
 

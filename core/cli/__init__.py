@@ -64,6 +64,10 @@ COMMANDS: Mapping[str, Command | Group] = {
                 "channels.http.bench",
                 "the HTTP API under wrk: signed single transfers, batches, the bare-server ceiling",
             ),
+            "link": module_command(
+                "channels.link_bench",
+                "the core link alone: transfers/s, p99 and the core's CPU per forwarded transfer",
+            ),
             "iso8583": module_command(
                 "loadtests.iso8583_bench",
                 "ATMs and POS terminals over ISO 8583: financial messages/s, p99, an exact ledger",
@@ -169,6 +173,10 @@ COMMANDS: Mapping[str, Command | Group] = {
     "serve": module_command(
         "channels.http.serve",
         "serve the HTTP API (hypercorn, embedded journal): channels post money movements here",
+    ),
+    "gateway": module_command(
+        "channels.gateway",
+        "a front-end process: HTTP in front of a core reached over the core link",
     ),
     "sim": Group(
         "the failover simulator: 30M-user traffic across a dual-region, three-DC topology",
