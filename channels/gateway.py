@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import socket
 import sys
 
 import anyio
@@ -80,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
         config = uvicorn_config(
             app, args.host, args.port, args.loop, certfile=args.certfile, keyfile=args.keyfile
         )
-        if args.fd is not None:
-            config.fd = args.fd
         server = uvicorn.Server(config)
-        server.run()
+        # uvicorn's own `fd=` takes any inherited socket for a Unix one (socket.fromfd with
+        # AF_UNIX), so its TCP connections never get TCP_NODELAY and every answer waits
+        # for the peer's delayed ACK (40 ms): hand it the socket as the kernel has it.
+        server.run(sockets=[socket.socket(fileno=args.fd)] if args.fd is not None else None)
         return 0 if server.started else 3
     hypercorn = hypercorn_config(args.host, args.port, certfile=args.certfile, keyfile=args.keyfile)
     if args.fd is not None:
