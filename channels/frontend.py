@@ -41,7 +41,6 @@ import orjson
 
 from channels.http.app import (
     PREAUTH_BODY_SIZE_MAX,
-    PROOF_RE,
     READ_TIMEOUT_S,
     WWW_AUTHENTICATE,
     check_signature,
@@ -49,17 +48,17 @@ from channels.http.app import (
     in_flight_problem,
     json_body,
     operation_key,
-    proof_malformed,
+    proofs,
 )
-from channels.http.handlers import Reply, posted_reply, risk_context
+from channels.http.handlers import Reply, posted_reply, transfer_fields
 from channels.http.problems import PROBLEM_CONTENT_TYPE, Problem, refusal_problem
 from channels.http.routes import ROUTES, Router
-from channels.http.schema import account_id_param, quick_check
+from channels.http.schema import quick_check
 from channels.http.signing import Credentials, parse_authorization
-from channels.registry import Registry, parse_registry_text
+from channels.registry import ChannelEntry, Registry, parse_registry_text
 from core.link.client import RETRY_AFTER_S, LinkClient, LinkFailed, LinkOverloaded, LinkUnavailable
 from core.link.ops import ChannelProblem, HttpRequest, Transfer
-from core.services.commands import Caller, Consent
+from core.services.commands import Caller
 from core.services.refusals import Refused
 from limits.rules import RuleSet
 
@@ -67,6 +66,7 @@ logger = logging.getLogger("tally.frontend")
 REGISTRY_POLL_S = 1.0
 PASS_THROUGH_BODY_SIZE_MAX = 16 << 20  # the core's app applies each route's own cap
 JSON = b"application/json"
+Signed = tuple[Credentials, ChannelEntry]  # a request's credentials and the channel they name
 
 
 class FrontEnd:
@@ -107,10 +107,13 @@ class FrontEnd:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        headers = dict(scope["headers"])
+        signed = self._signed(headers)
         try:
-            body = await self._read_body(scope, receive)
-            if path == "/v1/transfers" and scope["method"] == "POST":
-                reply = await self._transfer(scope, body)
+            cap = PREAUTH_BODY_SIZE_MAX if signed is None else self.body_size_max
+            body = await self._read_body(headers, receive, cap)
+            if signed is not None and path == "/v1/transfers" and scope["method"] == "POST":
+                reply = await self._transfer(scope, headers, body, signed)
             else:
                 reply = await self._pass_through(scope, body)
         except Problem as problem:
@@ -120,12 +123,14 @@ class FrontEnd:
                 reply.headers.append(WWW_AUTHENTICATE)
         except _Disconnected:
             return
-        headers = [
+        response_headers = [
             (b"content-type", reply.content_type),
             (b"content-length", b"%d" % len(reply.body)),
             *reply.headers,
         ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": reply.status, "headers": response_headers}
+        )
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -163,25 +168,26 @@ class FrontEnd:
                     logger.info(_event("frontend_registry", version=registry.version))
             await anyio.sleep(REGISTRY_POLL_S)
 
-    def _body_cap(self, headers: dict[bytes, bytes]) -> int:
-        """What a request may send before it is authenticated: the small pre-auth cap
-        unless its Authorization header names a channel and key of the registry at a
-        current timestamp (then the pass-through cap; the core's app applies the
-        channel's and the route's own)."""
+    def _signed(self, headers: dict[bytes, bytes]) -> Signed | None:
+        """The credentials and channel of a request whose Authorization header names a
+        channel and key of the registry at a current timestamp (its signature is not
+        checked yet); None for any other. Such a request may send the pass-through cap
+        before it is authenticated (the core's app applies the channel's and the
+        route's own); any other, `PREAUTH_BODY_SIZE_MAX`."""
         registry = self.registry
         authorization = headers.get(b"authorization")
-        if registry is not None and authorization is not None:
-            credentials = parse_authorization(authorization.decode("latin-1"))
-            if type(credentials) is Credentials:
-                channel = registry.channels.get(credentials.channel)
-                if channel is not None and fresh(channel, credentials, self.window_s):
-                    return self.body_size_max
-        return PREAUTH_BODY_SIZE_MAX
+        if registry is None or authorization is None:
+            return None
+        credentials = parse_authorization(authorization.decode("latin-1"))
+        if type(credentials) is not Credentials:
+            return None
+        channel = registry.channels.get(credentials.channel)
+        if channel is None or not fresh(channel, credentials, self.window_s):
+            return None
+        return credentials, channel
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        """The whole body, under its cap (`_body_cap`) and within the read timeout."""
-        headers = dict(scope["headers"])
-        cap = self._body_cap(headers)
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Any, cap: int) -> bytes:
+        """The whole body, under `cap` and within the read timeout."""
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise _too_large(cap)
@@ -206,8 +212,10 @@ class FrontEnd:
 
     # --- the single transfer ----------------------------------------------------
 
-    async def _transfer(self, scope: dict[str, Any], body: bytes) -> Reply:
-        command = self._transfer_command(scope, body)
+    async def _transfer(
+        self, scope: dict[str, Any], headers: dict[bytes, bytes], body: bytes, signed: Signed
+    ) -> Reply:
+        command = self._transfer_command(scope, headers, body, signed)
         if command is None:
             return await self._pass_through(scope, body)
         self.counts["fast"] += 1
@@ -230,28 +238,19 @@ class FrontEnd:
             self.in_flight.discard(flight)
         return posted_reply(posted)
 
-    def _transfer_command(self, scope: dict[str, Any], body: bytes) -> Transfer | None:
-        """The transfer command of a request this front-end takes as it is; None to pass
-        it through (anything unusual: the core's app answers it, precisely)."""
-        registry = self.registry
-        if registry is None:
-            return None
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization")
-        if authorization is None or b"tally-actor" in headers:
-            return None
-        if headers.get(b"content-type", JSON) != JSON:
-            return None
-        credentials = parse_authorization(authorization.decode("latin-1"))
-        if type(credentials) is not Credentials:
-            return None
-        channel = registry.channels.get(credentials.channel)
+    def _transfer_command(
+        self, scope: dict[str, Any], headers: dict[bytes, bytes], body: bytes, signed: Signed
+    ) -> Transfer | None:
+        """The transfer command of a request this front-end takes as it is (`_signed`
+        found its channel and key); None to pass it through (anything unusual: the core's
+        app answers it, precisely)."""
+        credentials, channel = signed
         if (
-            channel is None
+            b"tally-actor" in headers
+            or headers.get(b"content-type", JSON) != JSON
             or channel.disabled
             or channel.actor_required
             or "transfer" not in channel.operations
-            or not fresh(channel, credentials, self.window_s)
         ):
             return None
         try:
@@ -260,26 +259,21 @@ class FrontEnd:
             parsed = json_body("application/json", body)
             if not self.quick_transfer(parsed):
                 return None
-            debit = account_id_param(parsed["debit_account_id"], "debit_account_id")
-            credit = account_id_param(parsed["credit_account_id"], "credit_account_id")
-            token = headers.get(b"tally-transaction-token", b"").decode("latin-1")
-            if token and not PROOF_RE.fullmatch(token):
-                raise proof_malformed("Tally-Transaction-Token")
-            if b"tally-session" in headers and not PROOF_RE.fullmatch(
-                headers[b"tally-session"].decode("latin-1")
-            ):
-                raise proof_malformed("Tally-Session")
+            token, _ = proofs(headers)
+            debit, credit, amount, consent, context = transfer_fields(parsed, token)
         except Problem:
             return None  # the core's app says exactly what is wrong
-        device = parsed.get("device")
+        caller = self.callers.get(channel.name)
+        if caller is None:  # the registry changed while the body was read
+            return None
         return Transfer(
-            self.callers[channel.name],
+            caller,
             key,
             debit,
             credit,
-            parsed["amount_minor"],
-            Consent(token, parsed.get("password"), parsed.get("second_factor") or ""),
-            risk_context(device),
+            amount,
+            consent,
+            context,
             credentials.nonce,
             int(credentials.timestamp),
         )

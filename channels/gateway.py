@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
         await serve(app, hypercorn, shutdown_trigger=wait_for_signal)  # type: ignore[arg-type]
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": args.loop != "asyncio"})
     return 0
 
 

@@ -164,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
-        help="the event loop under --server uvicorn (tally serve --loop)",
+        help="the core's asyncio event loop (tally serve --loop)",
     )
     parser.add_argument(
         "--no-nonces",
@@ -692,7 +692,7 @@ def new_report(args: argparse.Namespace) -> dict[str, Any]:
         "nonces": not args.no_nonces,
         "channel_rate": "unlimited (the app channel's rate_per_s = 0)",
         "server": args.server,
-        "loop": args.loop if args.server == "uvicorn" else "asyncio",
+        "loop": args.loop,
         "link": "unix socket",
         "client": "python -m channels.link_bench client: one LinkClient each, anyio on uvloop",
         "fsync": True,

@@ -885,19 +885,7 @@ class App:
                     check_object(parsed, route.body)
                 if route.alternatives:
                     check_alternatives(parsed, route.alternatives)
-        raw_token = headers.get(b"tally-transaction-token")
-        raw_session = headers.get(b"tally-session")
-        token = session = ""
-        # A proof that cannot be one (an empty one too) is refused whoever sends it, even
-        # where it is not needed: what the OpenAPI document promises.
-        if raw_token is not None:
-            token = raw_token.decode("latin-1")
-            if not PROOF_RE.fullmatch(token):
-                raise proof_malformed("Tally-Transaction-Token")
-        if raw_session is not None:
-            session = raw_session.decode("latin-1")
-            if not PROOF_RE.fullmatch(session):
-                raise proof_malformed("Tally-Session")
+        token, session = proofs(headers)
         return Context(
             channel,
             caller,
@@ -1080,6 +1068,24 @@ def query_repeated(pairs: list[tuple[str, str]]) -> Problem:
 
 
 PROOF_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a token or session: 1-64 URL-safe characters
+
+
+def proofs(headers: dict[bytes, bytes]) -> tuple[str, str]:
+    """The request's transaction token and session ("" where absent). A proof that
+    cannot be one (an empty one too) is refused whoever sends it, even where it is not
+    needed: what the OpenAPI document promises."""
+    raw_token = headers.get(b"tally-transaction-token")
+    raw_session = headers.get(b"tally-session")
+    token = session = ""
+    if raw_token is not None:
+        token = raw_token.decode("latin-1")
+        if not PROOF_RE.fullmatch(token):
+            raise proof_malformed("Tally-Transaction-Token")
+    if raw_session is not None:
+        session = raw_session.decode("latin-1")
+        if not PROOF_RE.fullmatch(session):
+            raise proof_malformed("Tally-Session")
+    return token, session
 
 
 def proof_malformed(header: str) -> Problem:

@@ -142,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
-        help="uvicorn's event loop, for Tally and its bare peer alike (tally serve --loop)",
+        help="the asyncio event loop (uvicorn and hypercorn), for Tally, its front-ends and its"
+        " bare peer alike (tally serve --loop)",
     )
     parser.add_argument("--data", default=None, help="working directory (default: a temp dir)")
     parser.add_argument(
@@ -214,7 +215,8 @@ def start_tally(
         "--dev",  # the example registry's public secrets: the load is signed with them
         "--providers",
         providers,
-        *(["--loop", loop] if server == "uvicorn" else []),
+        "--loop",
+        loop,
         "--access-log",
         str(work / f"access-{name}.jsonl"),
         "--accounts-max",
@@ -291,7 +293,10 @@ def serve_bare(server: str, port: int, loop: str) -> None:
     from channels.http.serve import hypercorn_config, wait_for_signal
 
     config = hypercorn_config("127.0.0.1", port)
-    anyio.run(lambda: serve(bare_app, config, shutdown_trigger=wait_for_signal))  # type: ignore[arg-type]
+    anyio.run(
+        lambda: serve(bare_app, config, shutdown_trigger=wait_for_signal),  # type: ignore[arg-type]
+        backend_options={"use_uvloop": loop != "asyncio"},
+    )
 
 
 # --- setup and pre-signed requests ---------------------------------------------------------

@@ -152,6 +152,19 @@ def risk_context(device: Any) -> RiskContext:
     return RiskContext(device.get("id", ""), device.get("ip", ""), device.get("location", ""))
 
 
+def transfer_fields(body: dict[str, Any], token: str) -> tuple[int, int, Any, Consent, RiskContext]:
+    """A single transfer's debit and credit accounts, amount, the holder's consent and the
+    risk context, from its schema-checked body and transaction token: one reading for
+    the core's own route and the front-ends' typed command (channels/frontend.py)."""
+    return (
+        account_id_param(body["debit_account_id"], "debit_account_id"),
+        account_id_param(body["credit_account_id"], "credit_account_id"),
+        body["amount_minor"],
+        Consent(token, body.get("password"), body.get("second_factor") or ""),
+        risk_context(body.get("device")),
+    )
+
+
 def proof(ctx: Context) -> Proof:
     """What the request shows for the customer behind a read (checked by the service)."""
     return Proof(ctx.session, ctx.token)
@@ -369,18 +382,9 @@ class Handlers:
 
     async def transfer(self, ctx: Context) -> Reply:
         # The hottest route: one service frame, one await on the engine.
-        body = ctx.body
         posting = self.payments.transfer(
-            ctx.caller,
-            ctx.idempotency_key,
-            account_id_param(body["debit_account_id"], "debit_account_id"),
-            account_id_param(body["credit_account_id"], "credit_account_id"),
-            body["amount_minor"],
-            Consent(ctx.token, body.get("password"), body.get("second_factor") or ""),
+            ctx.caller, ctx.idempotency_key, *transfer_fields(ctx.body, ctx.token)
         )
-        device = body.get("device")
-        if device is not None:  # rare on the hot path: only then a context is built
-            posting.context = risk_context(device)
         return posted_reply(await self.payments.post(posting))
 
     def _movement(self, ctx: Context, operation: str, account_id: int, **fields: Any) -> Movement:

@@ -145,8 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         choices=LOOPS,
         default=None,
-        help="asyncio event loop under uvicorn: uvloop (libuv, the default) or the standard"
-        " library's (hypercorn always runs on the standard one)",
+        help="the asyncio event loop (uvicorn, and hypercorn with --backend asyncio): uvloop"
+        " (libuv, the default) or the standard library's",
     )
     parser.add_argument("--rules", default=str(DEFAULT_RULES_PATH), help="limit rule file")
     parser.add_argument("--channels", default=str(DEFAULT_CHANNELS_PATH), help="channel registry")
@@ -353,8 +353,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--journal-append-on-loop-ms",
         type=float,
         default=10.0,
-        help="make a small group durable on the event loop unless an append there took"
-        " longer than this in the last 10 s (a slow disk: a worker thread); 0: always in"
+        help="make a small group durable on the event loop unless two appends in a row there"
+        " took longer than this in the last 10 s (a slow disk: a worker thread); 0: always in"
         " a worker thread (core/journal_store.py)",
     )
     parser.add_argument(
@@ -741,8 +741,8 @@ def serve(
     # registry) is never garbage: freeze it out of every later collection.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    if args.loop is not None and args.server != "uvicorn":
-        print("tally serve: --loop is for --server uvicorn", file=sys.stderr)
+    if args.loop is not None and args.backend != "asyncio":
+        print("tally serve: --loop is for --backend asyncio (trio has its own)", file=sys.stderr)
         return 2
     served: App | AppWithIso8583 | AppWithLink = app
     if iso8583 is not None:
@@ -906,7 +906,8 @@ def _run_hypercorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Names
 
             await serve_asyncio(app, config, shutdown_trigger=wait_for_signal)  # type: ignore[arg-type]
 
-    anyio.run(main, backend=args.backend)
+    options = {"use_uvloop": args.loop != "asyncio"} if args.backend == "asyncio" else {}
+    anyio.run(main, backend=args.backend, backend_options=options)
     return 0
 
 

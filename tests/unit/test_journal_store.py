@@ -80,39 +80,63 @@ def test_a_fast_disk_is_appended_on_the_loop(tmp_path: Path) -> None:
     assert [stored.entry for stored in JournalScan(tmp_path)] == entries
 
 
-def test_a_slow_append_sends_the_next_ones_to_a_thread_for_a_while(
+def test_one_slow_append_alone_stays_on_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An append on the loop over the limit (the third): the next groups go to a worker
-    thread until `inline_retry_s` has passed, and it is logged; then the loop again."""
-    slow_fdatasync(monkeypatch, lambda n: n == 2)
+    """One append on the loop over the limit (the third), the ones around it fast: a
+    hiccup of a healthy disk or of a busy machine's scheduler. Every group stays on the
+    loop, the slow one is counted as tolerated, and nothing is logged as slow."""
+    slow_fdatasync(monkeypatch, lambda n: n in (2, 4))
+    with Journal.open(tmp_path) as journal:
+        threads = Threads(journal)
+        store = JournalStore(journal, inline_append_max_s=LIMIT_S, inline_retry_s=NEVER_S)
+        with caplog.at_level(logging.WARNING, logger="tally.store"):
+            finish_all(store, [[entry] for entry in small_entries(6)])
+        assert threads.on_loop() == [True] * 6
+        assert "journal_append_slow" not in caplog.text
+        assert (store.appends_inline, store.appends_threaded) == (6, 0)
+        assert store.appends_slow_tolerated == 2
+    assert len(list(JournalScan(tmp_path))) == 6
+
+
+def test_two_slow_appends_in_a_row_send_the_next_ones_to_a_thread_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two appends in a row on the loop over the limit (the third and the fourth): the
+    next groups go to a worker thread until `inline_retry_s` has passed, and it is
+    logged; then the loop again."""
+    slow_fdatasync(monkeypatch, lambda n: n in (2, 3))
     with Journal.open(tmp_path) as journal:
         threads = Threads(journal)
         store = JournalStore(journal, inline_append_max_s=LIMIT_S, inline_retry_s=1.0)
         with caplog.at_level(logging.WARNING, logger="tally.store"):
-            finish_all(store, [[entry] for entry in small_entries(6)])
-        assert threads.on_loop() == [True, True, True, False, False, False]
+            finish_all(store, [[entry] for entry in small_entries(7)])
+        assert threads.on_loop() == [True, True, True, True, False, False, False]
         assert "journal_append_slow" in caplog.text
+        assert store.appends_slow_tolerated == 1
         time.sleep(1.0)
-        finish_all(store, [[entry] for entry in small_entries(2, first=6)])
-        assert threads.on_loop()[6:] == [True, True]
-        assert (store.appends_inline, store.appends_threaded) == (5, 3)
-    assert len(list(JournalScan(tmp_path))) == 8
+        finish_all(store, [[entry] for entry in small_entries(2, first=7)])
+        assert threads.on_loop()[7:] == [True, True]
+        assert (store.appends_inline, store.appends_threaded) == (6, 3)
+    assert len(list(JournalScan(tmp_path))) == 9
 
 
 def test_a_slow_disk_costs_the_loop_one_append_per_retry_period(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a disk slow every time, only the first append of each retry period runs on the
-    loop: the others wait in a thread."""
+    """On a disk slow every time, the first two appends run on the loop, then only the
+    first of each retry period (it is slow again: threads again at once)."""
     slow_fdatasync(monkeypatch, lambda n: True)
     with Journal.open(tmp_path) as journal:
         threads = Threads(journal)
         store = JournalStore(journal, inline_append_max_s=LIMIT_S, inline_retry_s=0.6)
         finish_all(store, [[entry] for entry in small_entries(9)])
         on_loop = threads.on_loop()
-        # 9 appends of 0.25 s span 2.25 s: the loop's at 0, about 1.0 and 2.0 s.
-        assert on_loop[0] and not any(on_loop[1:3]) and 2 <= sum(on_loop) <= 3, on_loop
+        # 9 appends of 0.25 s span 2.25 s: the loop's at 0 and 0.25, then one about
+        # every 0.75 s (the period, and the thread's append under way).
+        assert on_loop[:3] == [True, True, False], on_loop
+        assert 3 <= sum(on_loop) <= 4, on_loop
+        assert store.appends_slow_tolerated == 1
 
 
 def test_a_group_that_needs_a_new_segment_goes_to_a_thread(tmp_path: Path) -> None:

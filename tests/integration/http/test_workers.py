@@ -111,6 +111,30 @@ def test_refusals_are_the_core_apps_own(
         assert bad.status_code == 422 and "amount_minor" in bad.json()["detail"]
 
 
+def test_an_empty_proof_header_is_refused_as_the_one_process_refuses_it(
+    server: TallyServer, funded: tuple[list[str], dict[str, str]]
+) -> None:
+    """An empty Tally-Transaction-Token (and an empty Tally-Session) on a signed transfer:
+    400 proof-header-malformed naming the header, as the core's own app answers it,
+    and nothing posted. The front-end reads the proof headers with the app's function;
+    its own check once took an empty token for none and forwarded the transfer."""
+    (debit, credit), _ = funded
+    key_id, secret = secret_of("app")
+    signer = Signer("app", key_id, secret.encode())
+    data = orjson.dumps({"debit_account_id": debit, "credit_account_id": credit,
+                         "amount_minor": 1})  # fmt: skip
+    for header in ("Tally-Transaction-Token", "Tally-Session"):
+        headers = signer.headers(
+            "POST", "/v1/transfers", data, idempotency_key="e" + secrets.token_hex(8)
+        )
+        headers[header] = ""
+        with httpx.Client(base_url=server.url) as client:
+            answer = client.post("/v1/transfers", content=data, headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["type"].endswith("/proof-header-malformed")
+        assert header in answer.json()["title"]
+
+
 def test_a_nonce_is_used_once_across_front_ends(
     server: TallyServer, funded: tuple[list[str], dict[str, str]]
 ) -> None:
