@@ -89,7 +89,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-import sniffio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -108,6 +107,7 @@ from core.entries import (
     pack_accrue_payload,
 )
 from core.errors import TallyError
+from core.signals import Waiter, waiter_factory
 from core.store import Store
 from ledger.kernel import KernelLedger
 from ledger.reference import ReferenceLedger
@@ -176,14 +176,6 @@ Generated = tuple[EntryKind, int, bytes, int]
 MakeEntry = Callable[["Ledger"], Generated | None]
 
 
-class Waiter(Protocol):
-    """A one-shot signal a caller awaits and the durable stage sets."""
-
-    def set(self) -> None: ...
-
-    def wait(self) -> Awaitable[Any]: ...
-
-
 class _StagedDurable:
     """The `done` of a drained state request: nobody waits on it; once its group is
     durable (`set` with no error) it tells the state source."""
@@ -203,43 +195,6 @@ class _StagedDurable:
 
     def wait(self) -> Awaitable[Any]:
         raise AssertionError("nobody waits on a drained state request")
-
-
-class _FutureWaiter:
-    """asyncio: a bare future is the cheapest one-shot signal (no lock, no waiter list)."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: Any) -> None:
-        self.future = future
-
-    def set(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def wait(self) -> Any:
-        return self.future  # awaited by the caller: no coroutine frame of its own
-
-
-def waiter_factory() -> Callable[[], Waiter]:
-    """The per-request signal of the running backend.
-
-    Every single-transfer request waits on one of these, so it is on the
-    hottest path of the engine: anyio.Event costs about 5 us to create and
-    wait on, a bare asyncio future or a trio.Event about a third of that.
-    Both behave like anyio.Event here (set once, awaited once).
-    """
-    backend = sniffio.current_async_library()
-    if backend == "asyncio":
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        return lambda: _FutureWaiter(loop.create_future())
-    if backend == "trio":
-        import trio
-
-        return trio.Event
-    return anyio.Event
 
 
 @dataclass(slots=True)

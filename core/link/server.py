@@ -66,6 +66,7 @@ from core.services.commands import Caller
 from core.services.payments import FailedBefore, Staged
 from core.services.refusals import Code, Refused, refused
 from core.services.results import Posted
+from core.signals import Waiter, waiter_factory
 
 if TYPE_CHECKING:
     from core.services.bank import Bank
@@ -100,14 +101,17 @@ class LinkStats:
 class _Connection:
     stream: ByteStream
     peer: str
+    # One-shot signals of the running backend (`waiter_factory`: a bare future on
+    # asyncio), a new one after each wake: set for each frame, so kept cheap.
+    wakeup: Waiter
+    settle_wakeup: Waiter
+    new_signal: Callable[[], Waiter]
     in_flight: int = 0
     outbox: list[tuple[int, int, bytes]] = field(default_factory=list)
-    wakeup: anyio.Event = field(default_factory=anyio.Event)
     closed: bool = False
     sending: bool = False  # the writer is in a send: the front-end is not reading (yet)
     # Frames of staged postings, for the connection's settler (`_serve_settles`).
     staged: deque[list[tuple[int, Staged, int]]] = field(default_factory=deque)
-    settle_wakeup: anyio.Event = field(default_factory=anyio.Event)
 
     def reply(self, request_id: int, status: int, body: bytes) -> None:
         if not self.closed:
@@ -152,12 +156,15 @@ class LinkServer:
         self._callers: dict[tuple[Any, ...], Caller] = {}
         # Replies that wait for their nonce to be durable: (ticket, connection, reply).
         self._gated: list[tuple[int, _Connection, tuple[int, int, bytes]]] = []
-        self._gate_wakeup = anyio.Event()
+        self._new_signal: Callable[[], Waiter] = anyio.Event  # the backend's, once serving
+        self._gate_wakeup: Waiter = anyio.Event()
 
     async def serve_link(
         self, listener: Listener[Any], *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve front-ends on `listener` until cancelled (a Unix socket or TLS listener)."""
+        self._new_signal = waiter_factory()
+        self._gate_wakeup = self._new_signal()
         async with anyio.create_task_group() as commands:
             self._commands = commands
             commands.start_soon(self._serve_gate)
@@ -173,7 +180,8 @@ class LinkServer:
             reader = BufferedByteReceiveStream(stream)
             if not await self._welcomed(stream, reader, peer):
                 return
-            connection = _Connection(stream, peer)
+            signal = self._new_signal
+            connection = _Connection(stream, peer, signal(), signal(), signal)
             self._commands_group().start_soon(self._serve_settles, connection)
             self.stats.connections += 1
             self.stats.accepted += 1
@@ -323,7 +331,7 @@ class LinkServer:
             if connection.closed:
                 return
             await connection.settle_wakeup.wait()
-            connection.settle_wakeup = anyio.Event()
+            connection.settle_wakeup = connection.new_signal()
 
     async def _settle(self, connection: _Connection, staged: list[tuple[int, Staged, int]]) -> None:
         payments = self.payments
@@ -405,7 +413,7 @@ class LinkServer:
         """Release the gated replies: one flush through the engine for all that wait."""
         while True:
             await self._gate_wakeup.wait()
-            self._gate_wakeup = anyio.Event()
+            self._gate_wakeup = self._new_signal()
             gated, self._gated = self._gated, []
             state = self.bank.core.state
             try:
@@ -430,7 +438,7 @@ class LinkServer:
         try:
             while True:
                 await connection.wakeup.wait()
-                connection.wakeup = anyio.Event()
+                connection.wakeup = connection.new_signal()
                 replies, connection.outbox = connection.outbox, []
                 connection.sending = True
                 for frame in frames_of(REPLIES, replies, payload_size_max):
