@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from typing import Any
 
 import anyio
@@ -107,9 +108,9 @@ class FrontEnd:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        headers = dict(scope["headers"])
-        signed = self._signed(headers)
         try:
+            headers = dict(scope["headers"])
+            signed = self._signed(headers)
             cap = PREAUTH_BODY_SIZE_MAX if signed is None else self.body_size_max
             body = await self._read_body(headers, receive, cap)
             if signed is not None and path == "/v1/transfers" and scope["method"] == "POST":
@@ -123,6 +124,14 @@ class FrontEnd:
                 reply.headers.append(WWW_AUTHENTICATE)
         except _Disconnected:
             return
+        except _CoreFailed as failed:  # a defect in the core (logged there): as in-process
+            reply = _internal_error(path, f"{failed}; the failure was logged by the core")
+        except Exception as error:  # a defect here: loud, answered as the core's app does
+            logger.error(
+                _event("frontend_unhandled_exception", path=path[:200], error=repr(error),
+                       traceback=traceback.format_exc())
+            )  # fmt: skip
+            reply = _internal_error(path, "the failure was logged by the front-end")
         response_headers = [
             (b"content-type", reply.content_type),
             (b"content-length", b"%d" % len(reply.body)),
@@ -232,8 +241,10 @@ class FrontEnd:
                 problem.status, problem.slug, problem.title, problem.detail,
                 headers=[(name.encode(), value.encode()) for name, value in problem.headers],
             ) from None  # fmt: skip
-        except (LinkUnavailable, LinkOverloaded, LinkFailed) as error:
+        except (LinkUnavailable, LinkOverloaded) as error:
             raise self._unavailable(error) from None
+        except LinkFailed as error:
+            raise _CoreFailed(str(error)) from None
         finally:
             self.in_flight.discard(flight)
         return posted_reply(posted)
@@ -295,8 +306,10 @@ class FrontEnd:
         )
         try:
             response = await self.link.http(request)
-        except (LinkUnavailable, LinkOverloaded, LinkFailed) as error:
+        except (LinkUnavailable, LinkOverloaded) as error:
             raise self._unavailable(error) from None
+        except LinkFailed as error:
+            raise _CoreFailed(str(error)) from None
         content_type = JSON
         headers: list[tuple[bytes, bytes]] = []
         for name, value in response.headers:
@@ -326,8 +339,18 @@ def _too_large(cap: int) -> Problem:
                    size_max=cap)  # fmt: skip
 
 
+def _internal_error(path: str, detail: str) -> Reply:
+    """The core's app's answer to a defect: 500, problem+json."""
+    problem = Problem(500, "internal-error", "Internal error", detail)
+    return Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
+
+
 class _Disconnected(Exception):
     pass
+
+
+class _CoreFailed(Exception):
+    """The core hit a defect running the command (`LinkFailed`)."""
 
 
 def _event(name: str, **fields: Any) -> str:

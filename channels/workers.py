@@ -8,8 +8,14 @@ its own HTTP app on a Unix socket there too: it answers the requests the front-e
 pass through whole.
 
 A front-end that dies (a crash, kill -9) is started again after `RESTART_DELAY_S`; the
-others keep accepting meanwhile, so its clients' retries land on them. The front-ends
-stop with the core (SIGTERM, then SIGKILL after `STOP_TIMEOUT_S`).
+others keep accepting meanwhile, so its clients' retries land on them. One that keeps
+dying soon after its start (within `STEADY_S`: a broken installation, a bad
+certificate) waits twice as long each time, up to `RESTART_DELAY_MAX_S`, and each exit
+is logged with the delay. The front-ends stop with the core (SIGTERM, then SIGKILL
+after `STOP_TIMEOUT_S`).
+
+The private directory is named after the core's pid: a core killed with SIGKILL
+cannot remove it, so the next `--workers` core removes those of cores no longer running.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,8 +39,39 @@ import orjson
 
 logger = logging.getLogger("tally.serve")
 RESTART_DELAY_S = 0.5
+RESTART_DELAY_MAX_S = 30.0
+STEADY_S = 10.0  # a front-end that ran this long before it exited was not crash-looping
 STOP_TIMEOUT_S = 10.0
 WORKERS_MAX = 64
+RUN_DIR_PREFIX = "tally-core-"
+_RUN_DIR_RE = re.compile(re.escape(RUN_DIR_PREFIX) + r"([0-9]+)-")
+
+
+def restart_delay(quick_exits: int) -> float:
+    """How long a front-end that exited waits before it is started again, after
+    `quick_exits` exits in a row each within `STEADY_S` of its start."""
+    return min(RESTART_DELAY_S * (1 << min(quick_exits, 16)), RESTART_DELAY_MAX_S)
+
+
+def remove_stale_run_dirs(parent: str | None = None) -> list[str]:
+    """Remove the private directories (socket, secret) of `--workers` cores that are no
+    longer running (killed with SIGKILL, they could not); those of running cores and of
+    other users stay. The paths removed."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(parent):
+        match = _RUN_DIR_RE.match(name)
+        path = os.path.join(parent, name)
+        if match is None or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (PermissionError, OverflowError):
+            continue  # alive (another user's), or no pid at all
+    return removed
 
 
 class Workers:
@@ -41,7 +79,9 @@ class Workers:
         self.args = args
         self.count = args.workers
         # Unix socket paths are short (108 bytes): a private directory under /tmp.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="tally-core-"))
+        for path in remove_stale_run_dirs():
+            logger.info(_event("workers_stale_directory_removed", path=path))
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(self.run_dir, 0o700)
         self.link_path = str(self.run_dir / "link.sock")
         self.http_path = str(self.run_dir / "http.sock")
@@ -52,12 +92,16 @@ class Workers:
             file.write(self.secret)
         self.listener: socket.socket | None = None
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
+        self.started_at = [0.0] * self.count  # time.monotonic() of each one's last start
+        self.quick_exits = [0] * self.count  # exits in a row, each within STEADY_S
+        self.restart_at: list[float | None] = [None] * self.count  # when exited, due again
         self.restarts = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Bind the public socket, start the front-ends and their supervisor."""
+        """Bind the public socket, start the front-ends and their supervisor. `OSError`
+        if the address cannot be bound (nothing is started: call `stop`)."""
         args = self.args
         self.listener = socket.create_server((args.host, args.port), backlog=1024)
         self.listener.set_inheritable(True)
@@ -82,21 +126,34 @@ class Workers:
             *(["--certfile", args.certfile, "--keyfile", args.keyfile] if args.certfile else []),
         ]  # fmt: skip
         process = subprocess.Popen(command, pass_fds=(fd,))
+        self.started_at[index] = time.monotonic()
         logger.info(_event("worker_started", worker=index, pid=process.pid))
         return process
 
     def _supervise(self) -> None:
+        """Start again each front-end that exited, when its delay is over; the others
+        are not held up by it."""
         while not self._stopping.wait(0.2):
+            now = time.monotonic()
             for index, process in enumerate(self.processes):
+                due = self.restart_at[index]
+                if due is not None:
+                    if now >= due:
+                        self.restart_at[index] = None
+                        self.restarts += 1
+                        self.processes[index] = self._spawn(index)
+                    continue
                 if process is None or process.poll() is None:
                     continue
+                lived_s = now - self.started_at[index]
+                quick = self.quick_exits[index] + 1 if lived_s < STEADY_S else 0
+                self.quick_exits[index] = quick
+                delay_s = restart_delay(quick)
+                self.restart_at[index] = now + delay_s
                 logger.warning(
-                    _event("worker_exited", worker=index, pid=process.pid, code=process.returncode)
-                )
-                if self._stopping.wait(RESTART_DELAY_S):
-                    return
-                self.restarts += 1
-                self.processes[index] = self._spawn(index)
+                    _event("worker_exited", worker=index, pid=process.pid, code=process.returncode,
+                           lived_s=round(lived_s, 3), restart_in_s=delay_s)
+                )  # fmt: skip
 
     def stop(self) -> None:
         self._stopping.set()

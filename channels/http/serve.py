@@ -757,15 +757,19 @@ def serve(
         limits = LinkLimits(window=args.link_window)
         served = AppWithLink(served, link_server(app, secret, limits), address, tls)
     if workers is not None:
-        # The front-ends take the public address; this process answers them alone.
-        args.unix_socket = workers.http_path
-        workers.start()
+        # The front-ends take the public address; this process answers them alone, on a
+        # Unix socket.
         try:
-            return (
-                _run_uvicorn(served, args)
-                if args.server == "uvicorn"
-                else (_run_hypercorn(served, args))
-            )
+            workers.start()
+        except OSError as error:
+            workers.stop()
+            print(f"tally serve: cannot listen on {args.host}:{args.port}:"
+                  f" {error.strerror or error}", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            if args.server == "uvicorn":
+                return _run_uvicorn(served, args, unix_socket=workers.http_path)
+            return _run_hypercorn(served, args, unix_socket=workers.http_path)
         finally:
             workers.stop()
     if args.server == "uvicorn":
@@ -884,7 +888,14 @@ def hypercorn_config(
     return config
 
 
-def _run_hypercorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Namespace) -> int:
+def _run_hypercorn(
+    app: App | AppWithIso8583 | AppWithLink,
+    args: argparse.Namespace,
+    *,
+    unix_socket: str | None = None,
+) -> int:
+    """Serve `app` on hypercorn until a signal; on `unix_socket` instead of the
+    arguments' address when given (`--workers`: the front-ends have the address)."""
     config = hypercorn_config(
         args.host,
         args.port,
@@ -893,8 +904,8 @@ def _run_hypercorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Names
         header_size_max=args.header_size_max,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
-    if getattr(args, "unix_socket", None):
-        config.bind = [f"unix:{args.unix_socket}"]
+    if unix_socket is not None:
+        config.bind = [f"unix:{unix_socket}"]
 
     async def main() -> None:
         if args.backend == "trio":
@@ -949,7 +960,14 @@ def uvicorn_config(
     )
 
 
-def _run_uvicorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Namespace) -> int:
+def _run_uvicorn(
+    app: App | AppWithIso8583 | AppWithLink,
+    args: argparse.Namespace,
+    *,
+    unix_socket: str | None = None,
+) -> int:
+    """Serve `app` on uvicorn until a signal; on `unix_socket` when given (as
+    `_run_hypercorn`)."""
     import uvicorn
 
     config = uvicorn_config(
@@ -963,8 +981,8 @@ def _run_uvicorn(app: App | AppWithIso8583 | AppWithLink, args: argparse.Namespa
         read_timeout_s=args.read_timeout_s,
         keep_alive_timeout_s=args.keep_alive_timeout_s,
     )
-    if getattr(args, "unix_socket", None):
-        config.uds = args.unix_socket
+    if unix_socket is not None:
+        config.uds = unix_socket
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3  # 3: uvicorn's own exit status for a failed startup
