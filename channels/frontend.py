@@ -47,6 +47,7 @@ from channels.http.app import (
     check_signature,
     fresh,
     in_flight_problem,
+    internal_error,
     json_body,
     operation_key,
     proofs,
@@ -124,7 +125,7 @@ class FrontEnd:
                 reply.headers.append(WWW_AUTHENTICATE)
         except _Disconnected:
             return
-        except _CoreFailed as failed:  # a defect in the core (logged there): as in-process
+        except LinkFailed as failed:  # a defect in the core (logged there): as in-process
             reply = _internal_error(path, f"{failed}; the failure was logged by the core")
         except Exception as error:  # a defect here: loud, answered as the core's app does
             logger.error(
@@ -243,8 +244,6 @@ class FrontEnd:
             ) from None  # fmt: skip
         except (LinkUnavailable, LinkOverloaded) as error:
             raise self._unavailable(error) from None
-        except LinkFailed as error:
-            raise _CoreFailed(str(error)) from None
         finally:
             self.in_flight.discard(flight)
         return posted_reply(posted)
@@ -308,8 +307,6 @@ class FrontEnd:
             response = await self.link.http(request)
         except (LinkUnavailable, LinkOverloaded) as error:
             raise self._unavailable(error) from None
-        except LinkFailed as error:
-            raise _CoreFailed(str(error)) from None
         content_type = JSON
         headers: list[tuple[bytes, bytes]] = []
         for name, value in response.headers:
@@ -340,17 +337,12 @@ def _too_large(cap: int) -> Problem:
 
 
 def _internal_error(path: str, detail: str) -> Reply:
-    """The core's app's answer to a defect: 500, problem+json."""
-    problem = Problem(500, "internal-error", "Internal error", detail)
-    return Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
+    problem = internal_error(detail)
+    return Reply(problem.status, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
 
 
 class _Disconnected(Exception):
     pass
-
-
-class _CoreFailed(Exception):
-    """The core hit a defect running the command (`LinkFailed`)."""
 
 
 def _event(name: str, **fields: Any) -> str:

@@ -394,7 +394,7 @@ class App:
                         }
                     ).decode()
                 )
-                problem = Problem(500, "internal-error", "Internal error", "the failure was logged")
+                problem = internal_error("the failure was logged")
                 reply = Reply(500, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
             if nonce_ticket and nonce_ticket > nonce_state.durable_ticket:  # wait for it
                 try:
@@ -1086,6 +1086,11 @@ def proofs(headers: dict[bytes, bytes]) -> tuple[str, str]:
         if not PROOF_RE.fullmatch(session):
             raise proof_malformed("Tally-Session")
     return token, session
+
+
+def internal_error(detail: str) -> Problem:
+    """The answer to a defect (logged where it happened): 500, never a refusal's."""
+    return Problem(500, "internal-error", "Internal error", detail)
 
 
 def proof_malformed(header: str) -> Problem:
