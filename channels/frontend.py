@@ -16,6 +16,9 @@ and forwards commands.
   core's app. A request this path does not take as it is (no valid signature, an
   acting teller, a body the quick check does not accept) is passed through instead,
   so every refusal is the core app's own, worded and counted once.
+- **ISO 8583** terminals, when this front-end listens for them, are answered by the
+  adapter here, on the core's services over the link (channels/iso8583/frontend.py);
+  it is told of each registry this front-end installs (`registry_listeners`).
 - **Every other request** is passed through whole (method, path, headers, body and
   the client's address) and answered by the core's app, the same as if it had come to
   the core. Converting more routes to typed commands is the next step (the issue).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -89,6 +93,8 @@ class FrontEnd:
         self.read_timeout_s = read_timeout_s
         self.body_size_max = body_size_max
         self.registry: Registry | None = None  # the core's, once fetched
+        # Told of each registry installed (the first, and every change): the terminals'.
+        self.registry_listeners: list[Callable[[Registry], None]] = []
         self.callers: dict[str, Caller] = {}
         self.router = Router(ROUTES)
         transfer = next(route for route in ROUTES if route.operation == "transfer")
@@ -176,6 +182,8 @@ class FrontEnd:
                     }
                     self.registry = registry
                     logger.info(_event("frontend_registry", version=registry.version))
+                    for listener in self.registry_listeners:
+                        listener(registry)
             await anyio.sleep(REGISTRY_POLL_S)
 
     def _signed(self, headers: dict[bytes, bytes]) -> Signed | None:

@@ -3,7 +3,10 @@
 On another machine: `--core tls:HOST:PORT` with this front-end's certificate, key and
 the link's CA (mutual TLS), and the link's secret. On the core's machine, `tally serve
 --workers N` starts N of these itself on a Unix socket, each accepting on the listening
-socket it inherits (`--fd`).
+socket it inherits (`--fd`). `--iso8583 HOST:PORT` (or an inherited `--iso8583-fd`)
+also serves ATMs and POS terminals: the ISO 8583 adapter runs here on the terminal
+registry and key file given, every service call goes to the core
+(channels/iso8583/frontend.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ import anyio
 
 from channels.frontend import FrontEnd
 from channels.http.serve import hypercorn_config, uvicorn_config, wait_for_signal
+from channels.iso8583.frontend import TerminalFrontEnd
+from channels.iso8583.keys import DEFAULT_KEYS_PATH, KeyFileError, load_keys
+from channels.iso8583.server import AppWithIso8583, parse_address
+from channels.iso8583.terminals import (
+    DEFAULT_TERMINALS_PATH,
+    TerminalRegistryError,
+    load_terminal_entries,
+)
 from core.data import DEFAULT_RULES_PATH
 from core.link.address import TlsFiles, link_connector, parse_link_address, read_secret
 from core.link.client import LinkClient
@@ -43,6 +54,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="gateway", help="this front-end, in the core's log")
     parser.add_argument("--certfile", default=None, help="TLS certificate chain (PEM): HTTPS")
     parser.add_argument("--keyfile", default=None, help="TLS private key (PEM) of --certfile")
+    parser.add_argument(
+        "--iso8583", default=None, metavar="HOST:PORT",
+        help="also serve ATMs and POS terminals (ISO 8583 over TCP, docs/iso8583.md): the"
+        " adapter runs here, the services at the core",
+    )  # fmt: skip
+    parser.add_argument(
+        "--iso8583-fd", type=int, default=None,
+        help="accept terminals on this inherited listening socket instead (tally serve --workers)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--terminals", default=str(DEFAULT_TERMINALS_PATH),
+        help="the terminal registry of --iso8583 (resolved against the core's channel registry)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--iso8583-keys", default=str(DEFAULT_KEYS_PATH),
+        help="the terminals' PIN, MAC and master keys (the shipped public development keys"
+        " need --dev)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dev", action="store_true", help="allow the public development terminal keys"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +104,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.fd is not None:
         _die_with_parent()
-    app = FrontEnd(LinkClient(connect, secret, args.name), rules)
+    link = LinkClient(connect, secret, args.name)
+    front_end = FrontEnd(link, rules)
+    app: FrontEnd | AppWithIso8583 = front_end
+    if args.iso8583 is not None or args.iso8583_fd is not None:
+        terminals = terminal_front_end(args, link)
+        if isinstance(terminals, str):
+            print(f"tally gateway: {terminals}", file=sys.stderr)
+            return 2
+        front_end.registry_listeners.append(terminals.install_registry)
+        if args.iso8583_fd is not None:
+            app = AppWithIso8583(
+                front_end, terminals, "", 0, sock=socket.socket(fileno=args.iso8583_fd)
+            )
+        else:
+            host, port = parse_address(args.iso8583)
+            app = AppWithIso8583(front_end, terminals, host, port)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     if args.server == "uvicorn":
@@ -98,6 +145,27 @@ def run(args: argparse.Namespace) -> int:
 
     anyio.run(main, backend_options={"use_uvloop": args.loop != "asyncio"})
     return 0
+
+
+def terminal_front_end(args: argparse.Namespace, link: LinkClient) -> TerminalFrontEnd | str:
+    """The ISO 8583 handler of `--iso8583`/`--iso8583-fd`, or what is wrong with its
+    options and files."""
+    if args.iso8583 is not None and args.iso8583_fd is not None:
+        return "--iso8583 and --iso8583-fd are one or the other"
+    if args.iso8583 is not None:
+        try:
+            parse_address(args.iso8583)
+        except ValueError as error:
+            return f"--iso8583: {error}"
+    try:
+        keys = load_keys(args.iso8583_keys)
+        entries = load_terminal_entries(args.terminals)
+    except (KeyFileError, TerminalRegistryError) as error:
+        return str(error)
+    if keys.development and not args.dev:
+        return (f"--iso8583-keys {args.iso8583_keys}: public development terminal keys;"
+                " give the terminals' own keys, or pass --dev")  # fmt: skip
+    return TerminalFrontEnd(link, entries, keys, args.terminals)
 
 
 def _die_with_parent() -> None:

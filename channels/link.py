@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 from channels.http.app import nonce_reused, operation_not_allowed
 from channels.http.problems import Problem
 from core.link.address import LinkAddress, TlsFiles, open_link_listener
+from core.link.calls import CallTable
 from core.link.ops import ChannelProblem, HttpRequest, HttpResponse, Transfer
 from core.link.server import LinkLimits, LinkServer
 
@@ -184,8 +185,11 @@ def channel_problem(problem: Problem, ticket: int = 0) -> ChannelProblem:
     )
 
 
-def link_server(app: App, secret: bytes, limits: LinkLimits) -> LinkServer:
-    """The link server of a core whose HTTP app is `app`, with its channel tier."""
+def link_server(
+    app: App, secret: bytes, limits: LinkLimits, calls: CallTable | None = None
+) -> LinkServer:
+    """The link server of a core whose HTTP app is `app`, with its channel tier;
+    `calls`: the service calls it answers (those of the front-ends' ISO 8583 adapters)."""
     hooks = CoreHooks(app)
     return LinkServer(
         app.bank,
@@ -194,4 +198,5 @@ def link_server(app: App, secret: bytes, limits: LinkLimits) -> LinkServer:
         admit=hooks.admit,
         serve_http=hooks.serve_http,
         registry=hooks.registry,
+        calls=calls,
     )

@@ -5,7 +5,9 @@ processes that inherit it (`--fd`): each accepts connections on it, checks and p
 the requests and forwards them to the core over the core link on a Unix socket in a
 private directory (mode 0700, the link's secret beside it, mode 0600). The core keeps
 its own HTTP app on a Unix socket there too: it answers the requests the front-ends
-pass through whole.
+pass through whole. With `--iso8583 HOST:PORT` the core binds the terminals' socket too
+and every front-end accepts terminals on it (`--iso8583-fd`), running the ISO 8583
+adapter and calling the core's services over the link.
 
 A front-end that dies (a crash, kill -9) is started again after `RESTART_DELAY_S`; the
 others keep accepting meanwhile, so its clients' retries land on them. One that keeps
@@ -75,8 +77,12 @@ def remove_stale_run_dirs(parent: str | None = None) -> list[str]:
 
 
 class Workers:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, iso8583: tuple[str, int] | None = None) -> None:
+        """`iso8583`: the terminals' address (`--iso8583`): bound here too, and each
+        front-end runs the ISO 8583 listener on it beside HTTP (with `--terminals` and
+        `--iso8583-keys`), calling the services here over the core link."""
         self.args = args
+        self.iso8583 = iso8583
         self.count = args.workers
         # Unix socket paths are short (108 bytes): a private directory under /tmp.
         for path in remove_stale_run_dirs():
@@ -91,6 +97,7 @@ class Workers:
         with os.fdopen(fd, "wb") as file:
             file.write(self.secret)
         self.listener: socket.socket | None = None
+        self.iso8583_listener: socket.socket | None = None
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self.started_at = [0.0] * self.count  # time.monotonic() of each one's last start
         self.quick_exits = [0] * self.count  # exits in a row, each within STEADY_S
@@ -105,6 +112,11 @@ class Workers:
         args = self.args
         self.listener = socket.create_server((args.host, args.port), backlog=1024)
         self.listener.set_inheritable(True)
+        if self.iso8583 is not None:
+            host, port = self.iso8583
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.iso8583_listener = socket.create_server((host, port), family=family, backlog=1024)
+            self.iso8583_listener.set_inheritable(True)
         for index in range(self.count):
             self.processes[index] = self._spawn(index)
         self._thread = threading.Thread(target=self._supervise, name="workers", daemon=True)
@@ -114,6 +126,14 @@ class Workers:
         args = self.args
         assert self.listener is not None
         fd = self.listener.fileno()
+        fds = [fd]
+        iso8583: list[str] = []
+        if self.iso8583_listener is not None:
+            fds.append(self.iso8583_listener.fileno())
+            iso8583 = ["--iso8583-fd", str(fds[-1]), "--terminals", args.terminals,
+                       "--iso8583-keys", args.iso8583_keys]  # fmt: skip
+            if args.dev:  # the core accepted public development keys: so may they
+                iso8583.append("--dev")
         command = [
             sys.executable, "-m", "core", "gateway",
             "--core", f"unix:{self.link_path}",
@@ -124,8 +144,9 @@ class Workers:
             "--name", f"worker-{index}",
             *(["--loop", args.loop] if args.loop else []),
             *(["--certfile", args.certfile, "--keyfile", args.keyfile] if args.certfile else []),
+            *iso8583,
         ]  # fmt: skip
-        process = subprocess.Popen(command, pass_fds=(fd,))
+        process = subprocess.Popen(command, pass_fds=tuple(fds))
         self.started_at[index] = time.monotonic()
         logger.info(_event("worker_started", worker=index, pid=process.pid))
         return process
@@ -170,8 +191,9 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self.listener is not None:
-            self.listener.close()
+        for listener in (self.listener, self.iso8583_listener):
+            if listener is not None:
+                listener.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 

@@ -801,13 +801,18 @@ class App:
         self.take_rate(channel)
         return operation_key(route, headers)
 
+    def over_rate(self, channel: str) -> float:
+        """One request of `channel` against its rate limit, over HTTP or ISO 8583 (the
+        one bucket of the channel): 0 within it, else the seconds to wait (counted)."""
+        wait_s = self.rate_limits.take(channel, time.monotonic())
+        if wait_s > 0:
+            self.metrics.rate_limited[channel] = self.metrics.rate_limited.get(channel, 0) + 1
+        return wait_s
+
     def take_rate(self, channel: ChannelEntry) -> None:
         """One request of `channel` against its rate limit (429 over it, counted)."""
-        wait_s = self.rate_limits.take(channel.name, time.monotonic())
+        wait_s = self.over_rate(channel.name)
         if wait_s > 0:
-            self.metrics.rate_limited[channel.name] = (
-                self.metrics.rate_limited.get(channel.name, 0) + 1
-            )
             retry = max(1, int(wait_s + 0.999))
             raise Problem(
                 429,

@@ -22,7 +22,9 @@ server, which is then logged loudly. `--certfile/--keyfile` serve HTTPS.
 `--iso8583 HOST:PORT` also listens for ATMs and POS terminals (ISO 8583 over TCP,
 channels/iso8583/server.py) in the same process, with the same bank and lifecycle:
 the terminal registry (`--terminals`) and key file (`--iso8583-keys`) are checked
-before the start, and the shipped development keys need `--dev`.
+before the start, and the shipped development keys need `--dev`. With `--workers N`
+the front-ends listen for the terminals instead (each runs the adapter and calls this
+process's services over the core link: channels/iso8583/services.py).
 
 Real-name verification calls five providers (identity database, OCR, liveness, card
 issuer, SMS gateway; core/providers): `--providers URL` puts all five under one base
@@ -66,6 +68,7 @@ from channels.http.app import (
 from channels.http.metrics import Iso8583Collector
 from channels.iso8583.keys import DEFAULT_KEYS_PATH, SoftwareKeyStore, load_keys
 from channels.iso8583.server import AppWithIso8583, parse_address
+from channels.iso8583.services import BankServices
 from channels.iso8583.terminals import (
     DEFAULT_TERMINALS_PATH,
     Terminals,
@@ -92,6 +95,7 @@ from core.link.address import (
     read_secret,
     server_context,
 )
+from core.link.calls import CallTable
 from core.link.server import LinkLimits
 from core.providers.client import HttpProviders
 from core.providers.config import ProvidersConfig
@@ -745,17 +749,21 @@ def serve(
         print("tally serve: --loop is for --backend asyncio (trio has its own)", file=sys.stderr)
         return 2
     served: App | AppWithIso8583 | AppWithLink = app
+    services: BankServices | None = None
     if iso8583 is not None:
         assert terminals is not None and iso8583_keys is not None
-        served = iso8583_app(app, iso8583, terminals, iso8583_keys)
+        services = iso8583_services(app, terminals, iso8583_keys)
+        if not args.workers:  # else the front-ends listen for the terminals
+            served = iso8583_app(app, iso8583, services, iso8583_keys)
     workers: Workers | None = None
     if args.workers:
-        workers = Workers(args)
+        workers = Workers(args, iso8583)
         link = LinkAddress("unix", path=workers.link_path), None, workers.secret
     if link is not None:
         address, tls, secret = link
         limits = LinkLimits(window=args.link_window)
-        served = AppWithLink(served, link_server(app, secret, limits), address, tls)
+        calls = None if services is None else CallTable(services.call_table())
+        served = AppWithLink(served, link_server(app, secret, limits, calls), address, tls)
     if workers is not None:
         # The front-ends take the public address; this process answers them alone, on a
         # Unix socket.
@@ -781,35 +789,50 @@ def serve(
 
 
 def iso8583_app(
-    app: App, address: tuple[str, int], terminals: Terminals, keys: SoftwareKeyStore
+    app: App, address: tuple[str, int], services: BankServices, keys: SoftwareKeyStore
 ) -> AppWithIso8583:
-    """The HTTP app with the ISO 8583 listener in its lifespan, on the app's bank.
+    """The HTTP app with the ISO 8583 listener in its lifespan, on the app's bank
+    (`services`: `iso8583_services`)."""
+    from channels.iso8583.adapter import Iso8583Adapter  # only a server with --iso8583
+
+    adapter = Iso8583Adapter(services, services.terminals, keys)
+    channels = app.bank.approvals.parameters["channels"]
+    install_before = channels.install
+
+    def install(registry: Registry) -> None:
+        install_before(registry)
+        adapter.install_registry(registry)
+
+    channels.install = install
+    host, port = address
+    served = AppWithIso8583(app, adapter, host, port)
+    app.metrics.registry.register(Iso8583Collector(served.stats, adapter.answered))
+    return served
+
+
+def iso8583_services(app: App, terminals: Terminals, keys: SoftwareKeyStore) -> BankServices:
+    """The services terminals use, on the app's bank: for its own listener, and for the
+    front-ends' over the core link (their `CALL`s).
 
     A channel registry proposed for approval must also resolve every terminal (else it is
     invalid, its problems listed like the registry's own), and once applied it is in force
-    for the terminals too (`Iso8583Adapter.install_registry`)."""
-    from channels.iso8583.adapter import Iso8583Adapter  # only a server with --iso8583
-
-    adapter = Iso8583Adapter(app.bank, terminals, keys)
+    for the terminals too (`BankServices.install_registry`); a terminal's 0100 and 0200
+    take from its channel's rate limit, the bucket of the channel's HTTP requests."""
+    services = BankServices(app.bank, keys, terminals, lambda channel: app.over_rate(channel) > 0)
     channels = app.bank.approvals.parameters["channels"]
     parse_for_http, install_for_http = channels.parse, channels.install
 
     def parse(text: str, source: str) -> Registry:
         registry: Registry = parse_for_http(text, source)
-        adapter.terminals.resolve(registry, keys)  # TerminalRegistryError lists the problems
+        services.terminals.resolve(registry, keys)  # TerminalRegistryError lists the problems
         return registry
 
     def install(registry: Registry) -> None:
         install_for_http(registry)
-        adapter.install_registry(registry)
-        adapter.share_rate_limits(app.rate_limits, app.metrics.rate_limited)
+        services.install_registry(registry)
 
     channels.parse, channels.install = parse, install
-    adapter.share_rate_limits(app.rate_limits, app.metrics.rate_limited)
-    host, port = address
-    served = AppWithIso8583(app, adapter, host, port)
-    app.metrics.registry.register(Iso8583Collector(served.stats, adapter.answered))
-    return served
+    return services
 
 
 def link_arguments(

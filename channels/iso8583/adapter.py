@@ -83,7 +83,6 @@ import functools
 import hashlib
 import logging
 import secrets
-import time
 from typing import Final, TypeVar
 
 import anyio
@@ -109,6 +108,7 @@ from channels.iso8583.codes import (
     risk_hold_code,
 )
 from channels.iso8583.keys import KeyStore, PinBlockError, UnknownKeyError
+from channels.iso8583.services import TerminalServices
 from channels.iso8583.spec import FormatError, Message
 from channels.iso8583.terminals import (
     AUTHORIZATION,
@@ -122,8 +122,7 @@ from channels.iso8583.terminals import (
     Terminals,
 )
 from channels.registry import Registry
-from channels.tier import RateLimits
-from core.services.bank import Bank
+from core.link.client import LinkOverloaded, LinkUnavailable
 from core.services.commands import Consent, IssueToken, Movement, Proof
 from core.services.refusals import Code, Refused
 from core.services.results import Posted
@@ -182,7 +181,8 @@ class Iso8583Adapter:
     """Answers terminals' ISO 8583 messages with the services of one `Bank`.
 
     Args:
-        bank: the services (shared with the HTTP app).
+        services: the bank's services (channels/iso8583/services.py): in this process
+            (shared with the HTTP app), or the core's over the core link (a front-end).
         terminals: the terminal registry, resolved against the channel registry.
         keys: the terminals' PIN and MAC keys (`SoftwareKeyStore`, or an HSM's).
         authorization_timeout_s: how long a 0100's hold stands before it lapses
@@ -191,21 +191,16 @@ class Iso8583Adapter:
 
     def __init__(
         self,
-        bank: Bank,
+        services: TerminalServices,
         terminals: Terminals,
         keys: KeyStore,
         *,
         authorization_timeout_s: int = 0,
     ) -> None:
-        self.bank = bank
+        self.services = services
         self.terminals = terminals
         self.keys = keys
         self.authorization_timeout_s = authorization_timeout_s
-        self.payments = bank.payments
-        self.core = bank.core
-        settings = bank.settings
-        ttl_ns = settings.token_ttl_s * NS_PER_S
-        self._token_margin_ns = min(TOKEN_RENEW_MARGIN_S * NS_PER_S, ttl_ns // 4)
         # digest of (channel, account, PIN) -> (token, expires_ns); (channel, account) ->
         # the newest token (a void's proof at a one-account channel: the hold's payer).
         self._tokens: dict[bytes, tuple[str, int]] = {}
@@ -221,21 +216,10 @@ class Iso8583Adapter:
         )
         # Counters for the metrics and the tests (plain ints, read at scrape time).
         self.answered: dict[str, int] = {}
-        # The channel tier's token buckets, shared with the HTTP app (`share_rate_limits`):
-        # a channel's rate holds for its requests over both protocols. None: unlimited.
-        self.rate_limits: RateLimits | None = None
-        self.rate_limited: dict[str, int] = {}  # channel -> requests answered 91 for it
 
     def install_registry(self, registry: Registry) -> None:
         """Resolve the terminals again under a new channel registry (an approved change)."""
         self.terminals = self.terminals.resolve(registry, self.keys)
-
-    def share_rate_limits(self, rate_limits: RateLimits, rate_limited: dict[str, int]) -> None:
-        """Take the HTTP app's token buckets (and its count of refusals per channel): a
-        terminal's 0100 and 0200 take a token from its channel's bucket, as a request of
-        that channel over HTTP does."""
-        self.rate_limits = rate_limits
-        self.rate_limited = rate_limited
 
     # --- one message -----------------------------------------------------------------
 
@@ -248,7 +232,11 @@ class Iso8583Adapter:
             malformed before its terminal id) -- logged.
         Error handling:
             every refusal of the services is an answer (codes.py); a key the key store
-            lost is answered 96 and logged. Anything else is a defect and propagates.
+            lost is answered 96 and logged. In a front-end, the core out of reach before
+            the message was sent to it (or its window full) is 91; a message whose
+            outcome the lost link left unknown is not answered (logged): its terminal
+            times out and reverses or repeats it, which its operation key resolves.
+            Anything else is a defect and propagates.
         """
         try:
             message = spec.parse(raw)
@@ -266,7 +254,12 @@ class Iso8583Adapter:
                 "iso8583_unknown_terminal", mti=mti, terminal=terminal_id, stan=message.get("11")
             )
             return self._answer(message, response_mti, INVALID_MERCHANT, None)
+        mac_key: bytes | None = None
         try:
+            if terminal.master_key_id:  # its keys may have been exchanged elsewhere
+                exchanged = await self.services.exchanged_keys(terminal.terminal_id)
+                if exchanged is not None:
+                    self.keys.install_exchanged(terminal.terminal_id, exchanged)
             mac_key = self.keys.mac_key(terminal)
             code = spec.message_mac(message)
             if code is None or not keys.verify(spec.mac_data(raw), code, mac_key):
@@ -278,9 +271,9 @@ class Iso8583Adapter:
                     mac="absent" if code is None else "wrong",
                 )
                 return self._answer(message, response_mti, SECURITY_VIOLATION, mac_key)
-            if not self.core.ready:  # recovering: every service would refuse (NOT_READY)
+            if not self.services.ready:  # recovering: every service would refuse (NOT_READY)
                 return self._answer(message, response_mti, ISSUER_UNAVAILABLE, mac_key)
-            if mti in RATE_LIMITED_MTIS and self._over_rate(terminal):
+            if mti in RATE_LIMITED_MTIS and await self.services.over_rate(terminal.caller.name):
                 return self._answer(message, response_mti, ISSUER_UNAVAILABLE, mac_key)
             for name in _NEEDED[str(mti)]:
                 if name not in message:
@@ -293,25 +286,19 @@ class Iso8583Adapter:
                     )
                     return self._answer(message, response_mti, FORMAT_ERROR, mac_key)
             if mti == spec.MTI_NETWORK_REQUEST:
-                return self._network(terminal, message, response_mti, mac_key)
+                return await self._network(terminal, message, response_mti, mac_key)
             if mti == spec.MTI_REVERSAL_REQUEST:
                 return await self._reversal(terminal, message, response_mti, mac_key)
             return await self._financial(terminal, message, response_mti, mac_key)
         except UnknownKeyError as error:
             _event("iso8583_key_missing", terminal=terminal_id, reason=str(error))
             return self._answer(message, response_mti, SYSTEM_MALFUNCTION, None)
-
-    def _over_rate(self, terminal: Terminal) -> bool:
-        """Whether the terminal's channel is over its rate (then counted; not logged per
-        message: a flood would flood the log too)."""
-        limits = self.rate_limits
-        if limits is None:
-            return False
-        channel = terminal.caller.name
-        if limits.take(channel, time.monotonic()) <= 0:
-            return False
-        self.rate_limited[channel] = self.rate_limited.get(channel, 0) + 1
-        return True
+        except (LinkUnavailable, LinkOverloaded) as error:
+            if isinstance(error, LinkUnavailable) and error.unknown:
+                _event("iso8583_outcome_unknown", mti=mti, terminal=terminal_id,
+                       stan=message.get("11"), reason=str(error))  # fmt: skip
+                return None
+            return self._answer(message, response_mti, ISSUER_UNAVAILABLE, mac_key)
 
     def _format_error(self, error: FormatError) -> bytes | None:
         fields = error.fields
@@ -366,17 +353,17 @@ class Iso8583Adapter:
             return spec.build(response)
         return spec.build_signed(response, functools.partial(keys.mac, key=mac_key))
 
-    def _network(
+    async def _network(
         self, terminal: Terminal, message: Message, response_mti: str, mac_key: bytes
     ) -> bytes:
         network = message["70"]
         if network == spec.NETWORK_KEY_EXCHANGE:
-            return self._key_exchange(terminal, message, response_mti, mac_key)
+            return await self._key_exchange(terminal, message, response_mti, mac_key)
         # Sign-on, sign-off, echo: the terminal is known and signs.
         code = APPROVED if network in spec.NETWORK_CODES else INVALID_TRANSACTION
         return self._answer(message, response_mti, code, mac_key)
 
-    def _key_exchange(
+    async def _key_exchange(
         self, terminal: Terminal, message: Message, response_mti: str, mac_key: bytes
     ) -> bytes:
         """0800 161: a new PIN or MAC key (field 53 says which) for this terminal, sent in
@@ -394,7 +381,7 @@ class Iso8583Adapter:
                 field="53",
             )
             return self._answer(message, response_mti, FORMAT_ERROR, mac_key)
-        exchanged = self.keys.exchange(terminal, usage)
+        exchanged = await self.services.exchange_key(terminal.terminal_id, usage)
         if exchanged is None:
             return self._answer(message, response_mti, FUNCTION_NOT_SUPPORTED, mac_key)
         _event(
@@ -481,7 +468,7 @@ class Iso8583Adapter:
         mac_key: bytes,
     ) -> bytes:
         move = Movement(terminal.caller, key, int(str(message["2"])), amount, Consent(token))
-        posted = await self.payments.cash_withdrawal(move)  # a risk hold: returned at once
+        posted = await self.services.cash_withdrawal(move)  # a risk hold: returned at once
         return self._posted(message, posted, mac_key)
 
     async def _transfer(
@@ -503,10 +490,9 @@ class Iso8583Adapter:
             return self._answer(message, response_mti, INVALID_TRANSACTION, mac_key)
         if not _account_number(target):
             return self._answer(message, response_mti, INVALID_CARD, mac_key)
-        posting = self.payments.transfer(
+        posted = await self.services.transfer(
             terminal.caller, key, int(pan), int(str(target)), amount, Consent(token)
         )
-        posted = await self.payments.post(posting)
         return self._posted(message, posted, mac_key)
 
     async def _pay_merchant(
@@ -532,9 +518,9 @@ class Iso8583Adapter:
             timeout_s=self.authorization_timeout_s if hold else 0,
         )
         if hold:
-            posted = await self.payments.payment(move)
+            posted = await self.services.payment(move)
         else:
-            posted = await self.payments.purchase(move)
+            posted = await self.services.purchase(move)
         return self._posted(message, posted, mac_key)
 
     def _posted(
@@ -553,7 +539,7 @@ class Iso8583Adapter:
         self, terminal: Terminal, message: Message, token: str, mac_key: bytes
     ) -> bytes:
         account_id = int(str(message["2"]))
-        view = await self.bank.reads.account(terminal.caller, account_id, Proof(token=token))
+        view = await self.services.account(terminal.caller, account_id, Proof(token=token))
         available = view.available_minor
         account_type = str(message["3"])[2:4]
         amounts = [
@@ -592,7 +578,7 @@ class Iso8583Adapter:
             if (
                 kept is not None
                 and not renew
-                and kept[1] > self.core.now_ns()
+                and kept[1] > self.services.now_ns()
                 and not (self._doubted and account in self._doubted)
             ):
                 return kept[0]
@@ -604,11 +590,15 @@ class Iso8583Adapter:
         done = self._issuing[token_key] = anyio.Event()
         try:
             caller = terminal.caller
-            issued = await self.bank.auth.issue_token(IssueToken(caller, account_id, pin))
+            issued = await self.services.issue_token(IssueToken(caller, account_id, pin))
         finally:
             del self._issuing[token_key]
             done.set()
-        expires_ns = issued.expires_ns - self._token_margin_ns
+        # Kept until shortly before it expires, by this process's clock (a front-end's
+        # may differ from the core's): its lifetime from now, less the margin.
+        ttl_ns = issued.ttl_s * NS_PER_S
+        margin_ns = min(TOKEN_RENEW_MARGIN_S * NS_PER_S, ttl_ns // 4)
+        expires_ns = self.services.now_ns() + ttl_ns - margin_ns
         _bounded_put(self._tokens, token_key, (issued.token, expires_ns), TOKENS_MAX)
         _bounded_put(self._account_tokens, account, (issued.token, expires_ns), TOKENS_MAX)
         self._doubted.pop(account, None)
@@ -621,7 +611,7 @@ class Iso8583Adapter:
     def _account_proof(self, terminal: Terminal, account_id: int) -> Proof:
         """The newest kept token of the account, as a void's proof (none: an empty one)."""
         kept = self._account_tokens.get((terminal.caller.ledger_id, account_id))
-        if kept is None or kept[1] <= self.core.now_ns():
+        if kept is None or kept[1] <= self.services.now_ns():
             return Proof()
         return Proof(token=kept[0])
 
@@ -647,7 +637,7 @@ class Iso8583Adapter:
         account_id = int(pan) if isinstance(pan, str) else 0
         try:
             # Cancelled before the ledger is read: see the module docstring.
-            await self.payments.bar(terminal.caller, original_key)
+            await self.services.bar(terminal.caller, original_key)
         except Refused as error:
             return self._answer(message, response_mti, response_code(error.refusal), mac_key)
         code, posted = await self._reverse(terminal, transaction, original_key, key, account_id)
@@ -671,9 +661,9 @@ class Iso8583Adapter:
         """Leave nothing of `original_key` posted: reverse what it posted, or void what it
         held, under `key` (idempotent: a retry posts the same reversal). Returns the
         response code and the reversal or void posted, if any."""
-        caller = terminal.caller
-        ids = self.core.ids
-        original_id = ids.id(caller.ledger_id, original_key, 0)
+        ledger_id = terminal.caller.ledger_id
+        services = self.services
+        original_id = await services.transfer_id(ledger_id, original_key)
         if transaction == AUTHORIZATION:
             voided, posted = await self._void(terminal, original_id, key, account_id)
             return INVALID_TRANSACTION if voided is None else voided, posted
@@ -683,7 +673,7 @@ class Iso8583Adapter:
         # Nothing left of a purchase to reverse: reversed already, declined, or a purchase
         # of an earlier version (a hold its adapter captured under key + CAPTURE_SUFFIX):
         # reverse that capture, or void the hold if it was never captured.
-        captured_id = ids.id(caller.ledger_id, original_key + CAPTURE_SUFFIX, 0)
+        captured_id = await services.transfer_id(ledger_id, original_key + CAPTURE_SUFFIX)
         code, posted = await self._reverse_posting(terminal, captured_id, key)
         if code != UNABLE_TO_LOCATE:
             return code, posted
@@ -697,7 +687,7 @@ class Iso8583Adapter:
     ) -> tuple[str, Posted | None]:
         try:
             move = Movement(terminal.caller, key, transfer_id, None)
-            return APPROVED, await self.payments.reversal(move)
+            return APPROVED, await self.services.reversal(move)
         except Refused as error:
             result = ledger_result(error.refusal)
             if result in _NOTHING_LEFT:
@@ -716,7 +706,7 @@ class Iso8583Adapter:
         proof = self._account_proof(terminal, account_id)
         try:
             move = Movement(terminal.caller, key, hold_id, None, proof=proof)
-            return APPROVED, await self.payments.void(move)
+            return APPROVED, await self.services.void(move)
         except Refused as error:
             result = ledger_result(error.refusal)
             if result in _NOTHING_LEFT:

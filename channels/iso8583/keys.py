@@ -235,6 +235,15 @@ class KeyStore(Protocol):
 
     def mac_key(self, terminal: TerminalKeys) -> bytes: ...
 
+    def exchanged(self, terminal_id: str) -> dict[str, bytes]:
+        """The keys a key exchange gave the terminal, by usage ("pin", "mac")."""
+        ...
+
+    def install_exchanged(self, terminal_id: str, keys: Mapping[str, bytes]) -> None:
+        """Take the terminal's exchanged keys from the store that made them (a
+        front-end's copy of the core's); a usage not given is back on the file's key."""
+        ...
+
     def usage(self, key_id: str) -> str | None:
         """ "pin", "mac", "master", or None when the store has no such key (the registry's
         checks)."""
@@ -299,6 +308,26 @@ class SoftwareKeyStore:
         key = generate_key()
         self._exchanged[(terminal.terminal_id, usage)] = key
         return encrypt_key(key, master), check_value(key)
+
+    def exchanged(self, terminal_id: str) -> dict[str, bytes]:
+        """The keys a key exchange gave the terminal, by usage ("pin", "mac")."""
+        return {
+            usage: key
+            for usage in WORKING_USAGES
+            if (key := self._exchanged.get((terminal_id, usage))) is not None
+        }
+
+    def install_exchanged(self, terminal_id: str, keys: Mapping[str, bytes]) -> None:
+        """Take the terminal's exchanged keys from the store that made them (a front-end's
+        copy of the core's: channels/iso8583/services.py); a usage not given is back on
+        the file's key."""
+        for usage in WORKING_USAGES:
+            key = keys.get(usage)
+            if key is None:
+                self._exchanged.pop((terminal_id, usage), None)
+            else:
+                _check_key(key)
+                self._exchanged[(terminal_id, usage)] = key
 
     def usage(self, key_id: str) -> str | None:
         """ "pin", "mac", "master", or None when the store has no such key (the registry's

@@ -69,7 +69,14 @@ from typing import Any, Final, Protocol
 
 import anyio
 import orjson
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import (
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
+from anyio.streams.stapled import MultiListener
 
 from channels.iso8583.framing import FRAME_SIZE_MAX, FrameDecoder, frame
 
@@ -157,6 +164,7 @@ async def serve_iso8583(
     shutdown: anyio.Event | None = None,
     limits: Limits = Limits(),
     stats: ListenerStats | None = None,
+    sock: socket.socket | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ISO 8583 terminals on `host`:`port` until `shutdown` is set, or cancelled.
@@ -168,6 +176,8 @@ async def serve_iso8583(
             within `limits.grace_s`, close, and return. None: serve until cancelled.
         limits: the window, deadlines and sizes (module docstring).
         stats: counted into, for `/metrics` (None: counted into a private one).
+        sock: a listening socket bound already (a front-end's, inherited from `tally
+            serve --workers`: every front-end accepts on it) instead of `host`:`port`.
         task_status: started with the port bound (`await task_group.start(...)`).
 
     Returns:
@@ -184,9 +194,15 @@ async def serve_iso8583(
         any other accept error propagates. A connection's own failures (reset,
         framing lost, a deadline) close that connection only, with a logged reason.
     """
-    listener = await anyio.create_tcp_listener(
-        local_host=host, local_port=port, backlog=limits.backlog
-    )
+    listener: MultiListener[SocketStream] | SocketListener
+    if sock is None:
+        listener = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, backlog=limits.backlog
+        )
+        listeners = list(listener.listeners)
+    else:
+        listener = await SocketListener.from_socket(sock)
+        listeners = [listener]
     server = _Listener(adapter, limits, stats or ListenerStats())
     async with listener:
         bound_port: int = listener.extra(SocketAttribute.local_port)
@@ -194,7 +210,7 @@ async def serve_iso8583(
         async with anyio.create_task_group() as connections:
             connections.start_soon(server.sweep)
             async with anyio.create_task_group() as accepting:
-                for one in listener.listeners:
+                for one in listeners:
                     assert isinstance(one, SocketListener), one  # what create_tcp_listener makes
                     accepting.start_soon(server.accept, one, connections)
                 task_status.started(bound_port)
@@ -497,12 +513,16 @@ class AppWithIso8583:
         host: str,
         port: int,
         limits: Limits = Limits(),
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: a listening socket bound already, instead of `host`:`port`."""
         self.app = app
         self.adapter = adapter
         self.host = host
         self.port = port
         self.limits = limits
+        self.sock = sock
         self.stats = ListenerStats()  # for /metrics (serve.py registers its collector)
         self.bound_port: int | None = None
 
@@ -527,6 +547,7 @@ class AppWithIso8583:
                     shutdown=shutdown,
                     limits=self.limits,
                     stats=self.stats,
+                    sock=self.sock,
                     task_status=task_status,
                 )
             finally:

@@ -167,13 +167,22 @@ def load_terminals(
     path: str | os.PathLike[str], registry: Registry, keys: KeyStore | None = None
 ) -> Terminals:
     """Read, check and resolve a terminal registry file (`keys`: also check its key ids)."""
+    return resolve(load_terminal_entries(path), registry, keys, os.fspath(path))
+
+
+def load_terminal_entries(path: str | os.PathLike[str]) -> dict[str, TerminalEntry]:
+    """Read and check a terminal registry file on its own, to be resolved (`resolve`)
+    once the channel registry is known (a front-end's: the core's, over the link)."""
     source = os.fspath(path)
     try:
         with open(source, "rb") as file:
             text = file.read().decode("utf-8")
+        document = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as error:
         raise TerminalRegistryError([f"{source}: cannot read: {error}"]) from None
-    return parse_terminals_text(text, source, registry, keys)
+    except tomllib.TOMLDecodeError as error:
+        raise TerminalRegistryError([f"{source}: invalid TOML: {error}"]) from None
+    return parse_entries(document, source)
 
 
 def parse_terminals_text(

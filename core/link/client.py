@@ -26,6 +26,7 @@ import orjson
 from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from core.link.calls import Call
 from core.link.frames import (
     HELLO,
     KINDS,
@@ -41,6 +42,7 @@ from core.link.frames import (
     receive_frame,
 )
 from core.link.ops import (
+    CALL,
     FAILED,
     HTTP,
     OK,
@@ -129,6 +131,7 @@ class _Connection:
     pending: dict[int, _Waiter]
     outbox: list[tuple[int, int, bytes]]
     wakeup: Waiter
+    calls: frozenset[str]  # the service calls the core answers (its WELCOME)
 
 
 class LinkClient:
@@ -165,6 +168,19 @@ class LinkClient:
         status, body = await self.call(HTTP, encode_http_request(request))
         if status == OK:
             return decode_http_response(body)
+        raise _failure(status, body)
+
+    async def invoke(self, call: Call, *arguments: Any) -> Any:
+        """A service call at the core (core/link/calls.py): its result, as the service
+        returns it in-process, or its refusal raised (`Refused`, `ChannelProblem`);
+        `LinkFailed` without sending it if the core does not answer that call (a core
+        started without what serves it: sending it would be a bad frame)."""
+        connection = self._connection
+        if connection is not None and call.name not in connection.calls:
+            raise LinkFailed(f"the core answers no {call.name} call (not configured there)")
+        status, body = await self.call(CALL, call.encode(arguments))
+        if status == OK:
+            return call.decode_result(body)
         raise _failure(status, body)
 
     async def registry(self) -> tuple[int, str]:
@@ -249,6 +265,7 @@ class LinkClient:
             {},
             [],
             self._new_signal(),
+            frozenset(str(name) for name in welcome.get("calls", ())),
         )
         self._connection = connection
         self.connections += 1

@@ -32,7 +32,8 @@ from core.services.results import Posted
 TRANSFER = 1
 HTTP = 2  # an HTTP request passed through whole, for the core's own HTTP app to answer
 REGISTRY = 3  # the channel registry in force, when it is newer than the front-end's
-OPS = {TRANSFER: "transfer", HTTP: "http", REGISTRY: "registry"}
+CALL = 4  # a service call by name, its typed arguments and result (core/link/calls.py)
+OPS = {TRANSFER: "transfer", HTTP: "http", REGISTRY: "registry", CALL: "call"}
 U32_MAX = (1 << 32) - 1
 I63_MAX = (1 << 63) - 1
 

@@ -9,6 +9,10 @@ reason logged) and each command runs in the server's task group, concurrently, s
 command outlives the connection that sent it: a lost front-end never leaves a command
 half done, and its retry meets the outcome by the operation key.
 
+Service calls (`CALL`, core/link/calls.py) are answered by the implementations the
+core was given (`calls`: the terminal services of the front-ends' ISO 8583 adapters);
+a call of another name, or with arguments of the wrong types, is a bad frame.
+
 Per connection at most `window` commands run at once; a request over it is answered
 OVERLOADED at once (nothing done). Replies that completed together leave in one frame.
 """
@@ -28,6 +32,7 @@ import orjson
 from anyio.abc import ByteStream, Listener, TaskGroup, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from core.link.calls import CallTable, Implementation
 from core.link.frames import (
     HELLO,
     KINDS,
@@ -43,6 +48,7 @@ from core.link.frames import (
     receive_frame,
 )
 from core.link.ops import (
+    CALL,
     FAILED,
     HTTP,
     OK,
@@ -125,6 +131,7 @@ a reused nonce raise `ChannelProblem`; returns the customer-state ticket the rep
 must wait for (the nonce's, 0 for none). The core's HTTP app supplies it
 (channels/link.py), so that rate limits and nonces hold across every front-end."""
 ServeHttp = Callable[[HttpRequest], Awaitable[HttpResponse]]
+Called = tuple[Implementation, tuple[Any, ...], Callable[[Any], bytes]]  # a decoded CALL
 RegistryText = Callable[[], tuple[int, str]]
 
 
@@ -138,11 +145,13 @@ class LinkServer:
         admit: Admit | None = None,
         serve_http: ServeHttp | None = None,
         registry: RegistryText | None = None,
+        calls: CallTable | None = None,
     ) -> None:
         """`secret`: what a front-end's HELLO must show (`--link-secret-file`);
         `admit`: the channel tier's checks of a transfer (None: none); `serve_http`: the
         core's HTTP app, for requests passed through whole (None: refused as an unknown
-        op); `registry`: the channel registry in force, (version, text)."""
+        op); `registry`: the channel registry in force, (version, text); `calls`: the
+        service calls answered (core/link/calls.py; None: CALL is an unknown op)."""
         assert secret, "the link needs a secret"
         self.bank = bank
         self.payments = bank.payments
@@ -151,6 +160,7 @@ class LinkServer:
         self.admit = admit
         self.serve_http = serve_http
         self.registry = registry
+        self.calls = calls
         self.stats = LinkStats()
         self._commands: TaskGroup | None = None
         self._callers: dict[tuple[Any, ...], Caller] = {}
@@ -236,7 +246,11 @@ class LinkServer:
             logger.warning(_event("link_refused", peer=peer, front_end=name, reason="credentials"))
             await stream.send(encode_frame(REFUSED, b"the link secret is not this core's"))
             return False
-        welcome = {"window": limits.window, "payload_size_max": limits.payload_size_max}
+        welcome = {
+            "window": limits.window,
+            "payload_size_max": limits.payload_size_max,
+            "calls": [] if self.calls is None else self.calls.names(),
+        }
         await stream.send(encode_frame(WELCOME, orjson.dumps(welcome)))
         return True
 
@@ -262,6 +276,10 @@ class LinkServer:
                     decoded.append((request_id, op, decode_http_request(body)))
                 elif op == REGISTRY and self.registry is not None:
                     decoded.append((request_id, op, None))
+                elif op == CALL and self.calls is not None:
+                    call, implementation, arguments = self.calls.decode(body)
+                    decoded.append((request_id, op, (implementation, arguments,
+                                                     call.encode_result)))  # fmt: skip
                 else:
                     raise FrameError(f"unknown op {op} in request {request_id}")
             stats.requests += len(decoded)
@@ -278,6 +296,9 @@ class LinkServer:
                 connection.in_flight += 1
                 if op == HTTP:
                     commands.start_soon(self._serve_http, connection, request_id, command)
+                    continue
+                if op == CALL:
+                    commands.start_soon(self._serve_call, connection, request_id, command)
                     continue
                 queued, ticket = self._stage(connection, request_id, command)
                 if queued is None:
@@ -392,6 +413,24 @@ class LinkServer:
         try:
             response = await self.serve_http(request)
             connection.reply(request_id, OK, encode_http_response(response))
+        except Exception as error:
+            _log_defect(error)
+            connection.reply(request_id, FAILED, b"")
+        finally:
+            connection.in_flight -= 1
+
+    async def _serve_call(self, connection: _Connection, request_id: int, called: Called) -> None:
+        """A service call: its result, or its refusal, as the in-process caller gets it."""
+        implementation, arguments, encode_result = called
+        try:
+            if not self.bank.core.ready:
+                raise refused(Code.NOT_READY, "the core is recovering; retry shortly")
+            result = await implementation(*arguments)
+            connection.reply(request_id, OK, encode_result(result))
+        except ChannelProblem as problem:
+            self._reply(connection, request_id, PROBLEM, encode_problem(problem), problem.ticket)
+        except Refused as refusal:
+            connection.reply(request_id, REFUSAL, encode_refusal(refusal.refusal))
         except Exception as error:
             _log_defect(error)
             connection.reply(request_id, FAILED, b"")

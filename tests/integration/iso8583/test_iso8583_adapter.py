@@ -27,6 +27,7 @@ from channels.iso8583 import keys, spec
 from channels.iso8583.adapter import Iso8583Adapter
 from channels.iso8583.codes import BY_CODE, BY_RESULT, response_code
 from channels.iso8583.keys import SoftwareKeyStore, load_keys
+from channels.iso8583.services import BankServices
 from channels.iso8583.spec import Message
 from channels.iso8583.terminals import (
     TerminalEntry,
@@ -218,6 +219,11 @@ class Rig:
         return fields, await self.send(self.atm, fields)
 
 
+def adapter_on(bank: Bank, terminals: Terminals, store: SoftwareKeyStore) -> Iso8583Adapter:
+    """The adapter on `bank`'s services in this process, as `tally serve --iso8583` has it."""
+    return Iso8583Adapter(BankServices(bank, store, terminals), terminals, store)
+
+
 def write_risk_rules(tmp_path: Path, text: str) -> str:
     """The risk stage's rule file beside the data directory (`Settings.risk_rules_path`)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -251,7 +257,7 @@ async def rig(tmp_path: Path, risk_rules: str = "") -> AsyncIterator[Rig]:
         entries = terminals.entries
         yield Rig(
             bank,
-            Iso8583Adapter(bank, terminals, store),
+            adapter_on(bank, terminals, store),
             clock,
             merchant,
             Device(entries[ATM], store),
@@ -736,7 +742,7 @@ def test_a_bank_still_recovering_answers_91(tmp_path: Path) -> None:
     (issuer unavailable: try again), a sign-on too; nothing reaches the services."""
     bank = Bank(Settings(str(tmp_path), scrypt_n=1 << 10), RULES)
     terminals = parse_terminals_text(terminals_text(6235010000000000012), "t", REGISTRY, KEYS)
-    adapter = Iso8583Adapter(bank, terminals, KEYS)
+    adapter = adapter_on(bank, terminals, KEYS)
     atm = Device(terminals.entries[ATM], KEYS)
 
     async def main() -> None:

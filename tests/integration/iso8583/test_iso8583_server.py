@@ -10,7 +10,9 @@ counter of the same server, which is how the tests see what was posted.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import httpx
 import pytest
 
 from channels.client import TallyClient
+from channels.http.bench import children_of
 from channels.iso8583 import keys, spec
 from channels.iso8583.framing import FrameDecoder, frame
 from channels.iso8583.keys import DEFAULT_KEYS_PATH
@@ -32,6 +35,7 @@ from channels.iso8583.terminals import DEFAULT_TERMINALS_PATH
 from loadtests.iso8583_terminal import (
     BlockingConnection,
     Card,
+    ExchangeTimeout,
     Request,
     Response,
     Terminal,
@@ -56,16 +60,21 @@ EXCHANGE_TIMEOUT_S = 10.0
 PLACEHOLDER_MERCHANT = "6235010000000000012"
 
 
-# A terminal added to the shipped registry for the key exchange test alone (its keys change).
+# Terminals added to the shipped registry for the key exchange tests alone (their keys
+# change): one for each test.
 KEY_EXCHANGE_TERMINAL = "ATM00003"
-KEY_EXCHANGE_ENTRY = f"""
-[terminals.{KEY_EXCHANGE_TERMINAL}]
+FRONT_END_TERMINAL = "ATM00004"
+KEY_EXCHANGE_ENTRY = "".join(
+    f"""
+[terminals.{terminal_id}]
 channel = "atm"
 kind = "atm"
 pin_key_id = "dev-atm-tpk"
 mac_key_id = "dev-atm-tak"
 master_key_id = "dev-atm-tmk"
 """
+    for terminal_id in (KEY_EXCHANGE_TERMINAL, FRONT_END_TERMINAL)
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class Bank:
     atm: Terminal
     pos: Terminal
     stranger: Terminal
+    workers: int  # front-ends (tally serve --workers): the listener and adapter run in them
 
     def counter(self) -> TallyClient:
         return self.server.client("counter")  # the HTTP port changes at each restart
@@ -138,8 +148,12 @@ class Bank:
         self.server.start()
 
 
-def iso_server(data: Path, iso_port: int, terminals_file: Path, **options: object) -> TallyServer:
-    extra = ["--iso8583", f"127.0.0.1:{iso_port}", "--terminals", str(terminals_file)]
+def iso_server(
+    data: Path, iso_port: int, terminals_file: Path, extra: list[str] | None = None,
+    **options: object,
+) -> TallyServer:  # fmt: skip
+    extra = ["--iso8583", f"127.0.0.1:{iso_port}", "--terminals", str(terminals_file),
+             *(extra or [])]  # fmt: skip
     return TallyServer(data, extra=extra, **options)  # type: ignore[arg-type]
 
 
@@ -150,10 +164,15 @@ def open_funded(counter: TallyClient, amount_minor: int = FUNDS_MINOR) -> str:
     return account
 
 
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bank]:
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "workers-2"])
+def bank(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Bank]:
     """Accounts opened over HTTP first (the POS terminal's merchant must exist before the
-    terminal registry names it), then the same data directory served with --iso8583."""
+    terminal registry names it), then the same data directory served with --iso8583: by
+    the one process, and by two front-ends (`--workers 2`) that run the listener and
+    the adapter and call the core's services over the core link."""
+    workers: int = request.param
     work = tmp_path_factory.mktemp("iso8583")
     data = work / "data"
     setup = TallyServer(data).start()
@@ -168,12 +187,14 @@ def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bank]:
     assert PLACEHOLDER_MERCHANT in shipped
     terminals_file.write_text(shipped.replace(PLACEHOLDER_MERCHANT, merchant) + KEY_EXCHANGE_ENTRY)
     iso_port = free_port()
-    server = iso_server(data, iso_port, terminals_file).start()
+    extra = ["--workers", str(workers)] if workers else []
+    server = iso_server(data, iso_port, terminals_file, extra=extra).start()
     atm, pos, stranger = terminals()
     try:
         yield Bank(
-            server, iso_port, Card(card, PIN), Card(other, PIN), merchant, atm, pos, stranger
-        )
+            server, iso_port, Card(card, PIN), Card(other, PIN), merchant, atm, pos, stranger,
+            workers,
+        )  # fmt: skip
     finally:
         if server.process is not None:
             server.stop()
@@ -237,6 +258,60 @@ def test_key_exchange(bank: Bank) -> None:
     withdrawal = terminal.cash_withdrawal(bank.card, 1_000)
     assert bank.exchange(withdrawal, terminal).code == "00"
     assert bank.balance(bank.card.pan) == before - 1_000
+
+
+def kill_front_ends(bank: Bank) -> None:
+    """kill -9 every front-end of a `--workers` server; back once the core has started
+    new ones and they took the terminals' socket again (an echo is answered)."""
+    core = bank.server.process
+    assert core is not None
+    killed = children_of(core.pid)
+    assert len(killed) == bank.workers, killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        started = [pid for pid in children_of(core.pid) if pid not in killed]
+        if len(started) == bank.workers:
+            try:
+                if bank.exchange(bank.atm.network(spec.NETWORK_ECHO), bank.atm).code == "00":
+                    return
+            except (OSError, ExchangeTimeout):
+                pass
+        time.sleep(0.2)
+    raise AssertionError("the front-ends did not come back")
+
+
+def test_front_ends_killed_lose_nothing_and_keep_no_keys(bank: Bank) -> None:
+    """Front-ends only. A key exchange made through one front-end, then every front-end
+    killed with SIGKILL: the new front-ends (which never saw the exchange) verify the
+    terminal's new MAC key and refuse the old one (63), since exchanged keys are the
+    core's. A cash withdrawal sent as the front-ends are killed (its answer lost) and
+    repeated through the new ones is answered 00 and debited once."""
+    if not bank.workers:
+        pytest.skip("front-ends only: the one process has no front-end to kill")
+    atm_pin, atm_mac, _, _ = development_keys()
+    with open(DEFAULT_KEYS_PATH, "rb") as file:
+        master = bytes.fromhex(tomllib.load(file)["keys"]["dev-atm-tmk"]["value"])
+    terminal = Terminal(
+        TerminalProfile(FRONT_END_TERMINAL, "atm", atm_pin, atm_mac, master_key=master)
+    )
+    stale = Terminal(TerminalProfile(FRONT_END_TERMINAL, "atm", atm_pin, atm_mac), first_stan=9)
+    request = terminal.key_exchange("mac")
+    response = bank.exchange(request, terminal)
+    assert response.code == "00" and terminal.install_key(request, response)
+    kill_front_ends(bank)
+    assert bank.exchange(terminal.network(spec.NETWORK_ECHO), terminal).code == "00"
+    assert bank.exchange(stale.network(spec.NETWORK_ECHO)).code == "63"
+
+    before = bank.balance(bank.card.pan)
+    withdrawal = terminal.cash_withdrawal(bank.card, 2_500)
+    with bank.connect() as connection:
+        connection.sock.sendall(frame(withdrawal.raw))
+        kill_front_ends(bank)
+    again = bank.exchange(terminal.repeat(withdrawal), terminal)
+    assert again.code == "00", again.fields
+    assert bank.balance(bank.card.pan) == before - 2_500
 
 
 def test_balance_enquiry_posts_nothing(bank: Bank) -> None:
@@ -359,10 +434,11 @@ def test_garbage_is_survived_or_cut_off_without_stalling_others(bank: Bank) -> N
     """Bytes that are no message: unanswered, the connection kept. A message broken
     after its terminal id: answered 30. Framing lost (a zero length, a length over the
     cap): that connection closed, while another one is answered throughout. Nothing
-    posted. `/metrics` counts all of it."""
+    posted. `/metrics` counts all of it (the one process's: front-ends have no /metrics
+    of their own yet, and the core's does not see their listeners)."""
     atm, card = bank.atm, bank.card
     before = bank.balance(card.pan)
-    counted = iso_metrics(bank)
+    counted = iso_metrics(bank) if not bank.workers else {}
     with bank.connect() as connection, bank.connect() as bystander:
         connection.sock.sendall(frame(b"\x00garbage that is not a message\xff"))
         assert connection.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
@@ -378,6 +454,8 @@ def test_garbage_is_survived_or_cut_off_without_stalling_others(bank: Bank) -> N
             assert bystander.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
         assert connection.exchange(atm.network(spec.NETWORK_ECHO)).code == "00"
     assert bank.balance(card.pan) == before
+    if bank.workers:
+        return
     now = iso_metrics(bank)
     assert (
         now["tally_iso8583_connections_dropped_total"]

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from channels.iso8583 import services
 from core.link import frames
 from core.link.address import TlsFiles, client_context
 from core.link.client import Connect, LinkClient, LinkRefused, connect_tls, connect_unix
@@ -54,8 +55,16 @@ from core.link.frames import (
     encode_messages,
     receive_frame,
 )
-from core.link.ops import OK, OVERLOADED, TRANSFER, Transfer, decode_posted, encode_transfer
-from core.services.commands import Caller, Consent
+from core.link.ops import (
+    CALL,
+    OK,
+    OVERLOADED,
+    TRANSFER,
+    Transfer,
+    decode_posted,
+    encode_transfer,
+)
+from core.services.commands import Caller, Consent, IssueToken
 from core.services.refusals import Code, Refused
 from core.services.results import Posted
 from ledger.types import CreateTransferResult
@@ -184,7 +193,10 @@ def start_core(directory: Path, *more: str) -> Core:
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
-    running = start_core(tmp_path_factory.mktemp("link"))
+    """A core with an ISO 8583 listener: its link answers the terminal service calls
+    (`CALL`) of front-ends' adapters too."""
+    iso8583 = f"127.0.0.1:{free_port()}"
+    running = start_core(tmp_path_factory.mktemp("link"), "--iso8583", iso8583)
     try:
         yield running
     finally:
@@ -361,6 +373,27 @@ def test_a_refusal_travels_as_the_services_refused(core: Core) -> None:
     assert core.balances(pair) == (before[0] - 1_000, before[1] + 1_000)
 
 
+def test_service_calls_answer_as_the_services_do(core: Core) -> None:
+    """A CALL returns the service's typed result or raises its refusal, as in-process: a
+    transfer id (128 bits, the same for the same key), the channel's rate (the app
+    channel has none), a token for an account that does not exist (refused)."""
+
+    async def main() -> tuple[int, int, int, bool, Refused]:
+        async with link_client(core.connect) as client:
+            first = await client.invoke(services.TRANSFER_ID, CALLER.ledger_id, "key-1")
+            again = await client.invoke(services.TRANSFER_ID, CALLER.ledger_id, "key-1")
+            other = await client.invoke(services.TRANSFER_ID, CALLER.ledger_id, "key-2")
+            over = await client.invoke(services.OVER_RATE, CALLER.name)
+            with pytest.raises(Refused) as refused:
+                await client.invoke(services.ISSUE_TOKEN, IssueToken(CALLER, 1, "135790"))
+            return first, again, other, over, refused.value
+
+    first, again, other, over, refused = anyio.run(main)
+    assert first == again != other and 0 <= first < 1 << 128
+    assert over is False
+    assert refused.refusal.code is not Code.NOT_READY, refused.refusal
+
+
 # --- c. credentials --------------------------------------------------------------------
 
 
@@ -477,6 +510,26 @@ BAD_FRAMES: dict[str, tuple[BadFrame, str]] = {
     "body-not-json": (
         lambda good, _: requests_frame([good, (2, TRANSFER, b"\x00not json")]),
         "transfer body is not JSON",
+    ),
+    "call-unknown": (
+        lambda good, _: requests_frame([good, (2, CALL, orjson.dumps(["bank.drop_all"]))]),
+        "unknown call 'bank.drop_all'",
+    ),
+    "call-wrong-type": (
+        lambda good, _: requests_frame(
+            [good, (2, CALL, orjson.dumps(["iso8583.transfer_id", "7", "key"]))]
+        ),
+        "iso8583.transfer_id argument 0: not an integer",
+    ),
+    "call-short-command": (
+        lambda good, command: requests_frame(
+            [good, (2, CALL, orjson.dumps(["payments.cash_withdrawal", [command.key, 1]]))]
+        ),
+        "payments.cash_withdrawal argument 0: not a Movement",
+    ),
+    "call-not-an-array": (
+        lambda good, _: requests_frame([good, (2, CALL, b'{"name": "reads.account"}')]),
+        "a call's body is not [name, argument, ...]",
     ),
 }
 
