@@ -568,6 +568,23 @@ def check_metrics(url: str) -> dict[str, int]:
     return results
 
 
+def scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """These samples of /metrics (unlabelled ones), 0 for those absent."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found
+
+
+# What tells how many requests share the core's fixed costs: a journal group's commit
+# (its write and fdatasync) and, behind front-ends, a frame of the core link.
+BATCHING_SAMPLES = ("tally_store_commit_seconds_count", "tally_link_requests_total",
+                    "tally_link_frames_total")  # fmt: skip
+
+
 def measure_server(
     work: Path, server: str, args: argparse.Namespace, report: dict[str, Any]
 ) -> None:
@@ -700,7 +717,9 @@ def measure_workers(
     (`tally serve --workers N`), beside the one-process server of the same run: per
     configuration the rate, p99 and the CPU per request of the front-ends and of the
     core, from /proc; the capacity of a 16-core machine by those costs (15 cores of
-    front-ends, one core process)."""
+    front-ends, one core process). Beside them, how many requests shared the core's fixed
+    costs (`requests_per_commit`: a journal group's write and fdatasync;
+    `requests_per_link_frame`: a frame from a front-end), from /metrics around the run."""
     seconds = args.seconds
     single_count = int(30_000 * (seconds + 2))
     configurations = [0, *counts]  # 0: the one process, the baseline of this run
@@ -717,11 +736,22 @@ def measure_workers(
             single_file = work / f"single-{name}.tsv"
             write_single_requests(single_file, single_count, accounts, tokens)
             core_pid = tally.process.pid
+            before = scrape(tally.url, BATCHING_SAMPLES)
             result = run_wrk(
                 work, tally.url, single_file, seconds, args.connections,
                 server_pid=core_pid, cpu_groups={"front_ends": front_ends} if workers else None,
             )  # fmt: skip
+            after = scrape(tally.url, BATCHING_SAMPLES)
+            moved = {name: after[name] - before[name] for name in BATCHING_SAMPLES}
             prefix = f"{server}_single_process" if not workers else f"{server}_workers{workers}"
+            report[f"{prefix}_requests_per_commit"] = round(
+                result["requests"] / max(1.0, moved["tally_store_commit_seconds_count"]), 2
+            )
+            if workers:
+                report[f"{prefix}_requests_per_link_frame"] = round(
+                    moved["tally_link_requests_total"] / max(1.0, moved["tally_link_frames_total"]),
+                    2,
+                )
             report[f"{prefix}_single_per_s"] = round(result["requests_per_s"])
             report[f"{prefix}_latency_ms_p99"] = round(result["p99_us"] / 1000, 2)
             report[f"{prefix}_non_2xx"] = result["status_errors"]

@@ -291,6 +291,31 @@ class Iso8583Collector(Collector):
         yield responses
 
 
+class LinkCollector(Collector):
+    """The core link's front-end connections and what they sent
+    (`core.link.server.LinkStats`)."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        yield GaugeMetricFamily(
+            "tally_link_connections", "Front-end connections open now.", value=stats.connections
+        )
+        for name, doc, value in (
+            ("accepted", "Front-end connections accepted (their hello good).", stats.accepted),
+            ("refused_credentials", "Connections refused at the hello (credentials).",
+             stats.refused_credentials),
+            ("refused_frames", "Connections closed for a bad frame.", stats.refused_frames),
+            ("requests", "Commands received from front-ends.", stats.requests),
+            ("frames", "Request frames received (commands / frames: the batching).",
+             stats.frames),
+            ("overloaded", "Commands answered OVERLOADED (the window full).", stats.overloaded),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"tally_link_{name}", doc, value=value)
+
+
 # The risk stage's figures (core/services/risk.py `Risk.stats`): counters and gauges.
 _RISK_OUTCOMES = ("allow", "challenge", "challenge_met", "delay", "review", "block")
 _RISK_COUNTERS = {

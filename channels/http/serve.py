@@ -65,7 +65,7 @@ from channels.http.app import (
     App,
     access_log_stream,
 )
-from channels.http.metrics import Iso8583Collector
+from channels.http.metrics import Iso8583Collector, LinkCollector
 from channels.iso8583.keys import DEFAULT_KEYS_PATH, SoftwareKeyStore, load_keys
 from channels.iso8583.server import AppWithIso8583, parse_address
 from channels.iso8583.services import BankServices
@@ -763,7 +763,9 @@ def serve(
         address, tls, secret = link
         limits = LinkLimits(window=args.link_window)
         calls = None if services is None else CallTable(services.call_table())
-        served = AppWithLink(served, link_server(app, secret, limits, calls), address, tls)
+        server = link_server(app, secret, limits, calls)
+        app.metrics.registry.register(LinkCollector(server.stats))
+        served = AppWithLink(served, server, address, tls)
     if workers is not None:
         # The front-ends take the public address; this process answers them alone, on a
         # Unix socket.

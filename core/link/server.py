@@ -100,6 +100,7 @@ class LinkStats:
     refused_credentials: int = 0
     refused_frames: int = 0  # connections closed for a bad frame
     requests: int = 0
+    frames: int = 0  # REQUESTS frames read (requests / frames: how well front-ends batch)
     overloaded: int = 0
 
 
@@ -283,6 +284,7 @@ class LinkServer:
                 else:
                     raise FrameError(f"unknown op {op} in request {request_id}")
             stats.requests += len(decoded)
+            stats.frames += 1
             staged: list[tuple[int, Staged, int]] = []
             for request_id, op, command in decoded:
                 if op == REGISTRY:

@@ -64,7 +64,9 @@ def test_workers_run_reports_front_ends_and_core() -> None:
     """`--workers 1` measures the one-process server and `tally serve --workers 1` in the
     same run: each a rate and a p99; for the front-end configuration the CPU per request
     of the front-end and of the core (both read from /proc, so both above zero), the
-    16-core projection and the ratio to the one process; every posted transfer ok."""
+    16-core projection and the ratio to the one process; how many requests shared a
+    journal commit (both) and a link frame (the front-end's: at least one each, since
+    every request reached the core in some frame); every posted transfer ok."""
     done = tally(
         "bench", "http", "--seconds", "1", "--servers", "hypercorn", "--workers", "1",
         "--risk-pairs", "0", "--json",
@@ -77,6 +79,8 @@ def test_workers_run_reports_front_ends_and_core() -> None:
         assert report[f"{prefix}_latency_ms_p99"] > 0, prefix
         assert report[f"{prefix}_non_2xx"] == 0, prefix
         assert set(report[f"{prefix}_ledger_results"]) == {"ok"}, prefix
+        assert report[f"{prefix}_requests_per_commit"] >= 1, prefix
+    assert report["hypercorn_workers1_requests_per_link_frame"] >= 1
     assert report["hypercorn_workers1_front_end_cpu_us_per_request"] > 0
     assert report["hypercorn_workers1_core_cpu_us_per_request"] > 0
     assert report["hypercorn_workers1_projected_single_per_s_16_cores"] > 0

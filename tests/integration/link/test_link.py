@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 import pytest
 from anyio.abc import ByteStream
@@ -392,6 +393,50 @@ def test_service_calls_answer_as_the_services_do(core: Core) -> None:
     assert first == again != other and 0 <= first < 1 << 128
     assert over is False
     assert refused.refusal.code is not Code.NOT_READY, refused.refusal
+
+
+def link_metrics(core: Core) -> dict[str, float]:
+    """The `tally_link_*` samples of the core's /metrics."""
+    text = httpx.get(core.server.url + "/metrics", timeout=10).text
+    return {
+        name: float(value)
+        for line in text.splitlines()
+        if line.startswith("tally_link_")
+        for name, _, value in [line.rpartition(" ")]
+    }
+
+
+def test_metrics_count_what_the_link_received(core: Core) -> None:
+    """/metrics counts the link's connections, its commands and the frames they came in,
+    and the connections refused for their credentials or a bad frame: three transfers in
+    one frame are 3 requests and 1 frame."""
+    pair = core.pair()
+    commands = [pair.transfer(unique(f"metrics-{index}"), 10) for index in range(3)]
+    before = link_metrics(core)
+
+    async def main() -> None:
+        async with raw_connection(core) as raw:
+            await raw.stream.send(
+                requests_frame([(i, TRANSFER, encode_transfer(c)) for i, c in enumerate(commands)])
+            )
+            assert {status for _, status, _ in await raw.replies(3)} == {OK}
+        async with raw_connection(core, welcomed=False) as raw:
+            await raw.stream.send(hello(b"not-the-secret-of-this-link-at-all"))
+            header, _ = await raw.frame()
+            assert header.kind == REFUSED
+        async with raw_connection(core) as raw:
+            await raw.stream.send(requests_frame([(1, 99, b"")]))
+            await raw.closed_by_server()
+
+    anyio.run(main)
+    after = link_metrics(core)
+    assert after["tally_link_requests_total"] == before["tally_link_requests_total"] + 3
+    assert after["tally_link_frames_total"] == before["tally_link_frames_total"] + 1
+    assert after["tally_link_accepted_total"] == before["tally_link_accepted_total"] + 2
+    refused = "tally_link_refused_credentials_total"
+    assert after[refused] == before[refused] + 1
+    assert after["tally_link_refused_frames_total"] == before["tally_link_refused_frames_total"] + 1
+    assert after["tally_link_connections"] == 0
 
 
 # --- c. credentials --------------------------------------------------------------------
