@@ -47,6 +47,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import stat
 import sys
@@ -782,12 +783,27 @@ def serve(
             return _run_hypercorn(served, args, unix_socket=workers.http_path)
         finally:
             workers.stop()
+    if args.server == "uvicorn" and args.backend != "asyncio":
+        print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
+        return 2
+    # Bound now, before the bank recovers (minutes at 30M accounts): an address in use is
+    # said at once, not as the server's traceback after the recovery.
+    try:
+        listener = listening_socket(args.host, args.port)
+    except OSError as error:
+        print(f"tally serve: cannot listen on {args.host}:{args.port}:"
+              f" {error.strerror or error}", file=sys.stderr)  # fmt: skip
+        return 2
     if args.server == "uvicorn":
-        if args.backend != "asyncio":
-            print("tally serve: uvicorn runs on asyncio only", file=sys.stderr)
-            return 2
-        return _run_uvicorn(served, args)
-    return _run_hypercorn(served, args)
+        with listener:
+            return _run_uvicorn(served, args, listener=listener)
+    return _run_hypercorn(served, args, listener=listener)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's TCP listening socket, bound (IPv6 for a host with a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 def iso8583_app(
@@ -918,9 +934,11 @@ def _run_hypercorn(
     args: argparse.Namespace,
     *,
     unix_socket: str | None = None,
+    listener: socket.socket | None = None,
 ) -> int:
     """Serve `app` on hypercorn until a signal; on `unix_socket` instead of the
-    arguments' address when given (`--workers`: the front-ends have the address)."""
+    arguments' address when given (`--workers`: the front-ends have the address), or on
+    `listener`, bound already."""
     config = hypercorn_config(
         args.host,
         args.port,
@@ -931,6 +949,8 @@ def _run_hypercorn(
     )
     if unix_socket is not None:
         config.bind = [f"unix:{unix_socket}"]
+    elif listener is not None:  # hypercorn's from here: it closes the descriptor (trio)
+        config.bind = [f"fd://{listener.detach()}"]
 
     async def main() -> None:
         if args.backend == "trio":
@@ -990,9 +1010,10 @@ def _run_uvicorn(
     args: argparse.Namespace,
     *,
     unix_socket: str | None = None,
+    listener: socket.socket | None = None,
 ) -> int:
-    """Serve `app` on uvicorn until a signal; on `unix_socket` when given (as
-    `_run_hypercorn`)."""
+    """Serve `app` on uvicorn until a signal; on `unix_socket` or `listener` when given
+    (as `_run_hypercorn`)."""
     import uvicorn
 
     config = uvicorn_config(
@@ -1009,7 +1030,7 @@ def _run_uvicorn(
     if unix_socket is not None:
         config.uds = unix_socket
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=None if listener is None else [listener])
     return 0 if server.started else 3  # 3: uvicorn's own exit status for a failed startup
 
 

@@ -1,5 +1,6 @@
-"""`tally serve --workers N`: what its start leaves behind, and how it answers an
-address it cannot take. Real processes, a real socket, the real /tmp."""
+"""`tally serve --workers N`: what its start leaves behind, and how it (and the one
+process) answers an address it cannot take. Real processes, a real socket, the real
+/tmp."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ def test_a_port_in_use_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> No
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "worker_started" not in done.stderr
     assert run_dirs() <= before
+
+
+def test_the_one_process_says_a_port_in_use_before_it_recovers(tmp_path: Path) -> None:
+    """Without --workers too (hypercorn and uvicorn): exit 2 naming the address, no
+    traceback, and before the bank recovered (nothing logged ready: at 30M accounts the
+    recovery takes minutes, the answer must not wait for it)."""
+    for server in ("hypercorn", "uvicorn"):
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            done = subprocess.run(
+                [sys.executable, "-m", "core", "serve", "--dev", "--port", str(port),
+                 "--data", str(tmp_path / server), "--access-log", "off", "--server", server],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        assert done.returncode == 2, (server, done.stderr[-2000:])
+        assert f"tally serve: cannot listen on 127.0.0.1:{port}:" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert '"event":"ready"' not in done.stderr.replace(" ", ""), done.stderr[-2000:]
 
 
 def test_the_directories_of_cores_no_longer_running_are_removed(tmp_path: Path) -> None:
