@@ -335,6 +335,7 @@ TITLES = {
     "sim_drill": "tally sim run --drill (the simulator beside the drill)",
     "locust": "tally loadtest",
     "drill": "tally drill failover",
+    "http_workers": "tally bench http --workers",
 }
 HEADLINES = {
     "dayend": "settlement_s",
@@ -531,14 +532,34 @@ def _figure(value: float) -> str:
     return f"{value:,}"
 
 
+# Options whose value makes another variant of a benchmark, each with its own section
+# (its newest report): a uvicorn run saved after the hypercorn ones must not hide them.
+VARIANT_OPTIONS = {"http_workers": ("--servers", "hypercorn,uvicorn")}
+
+
+def variant(report: dict[str, Any]) -> str:
+    """The report's variant of its benchmark ("" for a benchmark that has none)."""
+    option = VARIANT_OPTIONS.get(report["benchmark"])
+    if option is None:
+        return ""
+    name, default = option
+    words = str(report.get("command", "")).split()
+    for index, word in enumerate(words):
+        if word == name and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return default
+
+
 def render(reports: list[dict[str, Any]]) -> str:
     lines = [INTRO]
-    newest: dict[str, dict[str, Any]] = {}
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
     for report in reports:
-        newest[report["benchmark"]] = report
-    for benchmark, report in sorted(newest.items()):
+        newest[(report["benchmark"], variant(report))] = report
+    for (benchmark, kind), report in sorted(newest.items()):
         title = TITLES.get(benchmark, f"tally bench {benchmark}")
-        lines.append(f"## `{title}`\n")
+        lines.append(f"## `{title}`" + (f" ({kind})" if kind else "") + "\n")
         if benchmark in NOTES:
             lines.append(NOTES[benchmark] + "\n")
         lines.append(f"- date: {report['date']}")

@@ -170,3 +170,21 @@ def test_saved_report_records_machine_code_version_and_a_timestamped_name(
     assert report["figure"] == 1
     assert report["code_version"] == code_version() != "unknown"
     assert len(report["code_version"].removesuffix("-dirty")) == 40
+
+
+def test_page_keeps_a_section_per_server_of_the_front_end_benchmark() -> None:
+    """`tally bench http --workers` runs of hypercorn and of uvicorn each keep their
+    section (the newest of each), so a uvicorn run saved last does not hide the
+    hypercorn figures (the 1.4x target is hypercorn's)."""
+    from core.bench.page import render
+
+    def run(name: str, servers: str, ratio: float) -> dict[str, object]:
+        return {"_file": name, "benchmark": "http_workers", "date": "2026-12-08",
+                "machine": "m", "code_version": "c1",
+                "command": f"tally bench http --servers {servers} --workers 1,2",
+                "hypercorn_workers2_vs_single_process": ratio}  # fmt: skip
+
+    page = render([run("h.json", "hypercorn", 1.5), run("u.json", "uvicorn", 0.9)])
+    sections = page.split("## History")[0]
+    assert "(hypercorn)\n" in sections and "(uvicorn)\n" in sections, sections
+    assert "`benchmarks/h.json`" in sections and "`benchmarks/u.json`" in sections
