@@ -56,6 +56,7 @@ from channels.http.app import (
     operation_key,
     proofs,
 )
+from channels.http.body import BodyTooLarge, Disconnected, read_body
 from channels.http.handlers import Reply, posted_reply, transfer_fields
 from channels.http.problems import PROBLEM_CONTENT_TYPE, Problem, refusal_problem
 from channels.http.routes import ROUTES, Router
@@ -206,27 +207,15 @@ class FrontEnd:
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Any, cap: int) -> bytes:
         """The whole body, under `cap` and within the read timeout."""
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise _too_large(cap)
-        chunks: list[bytes] = []
-        size = 0
         with anyio.move_on_after(self.read_timeout_s) as late:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > cap:
-                    raise _too_large(cap)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
+            try:
+                body = await read_body(headers, receive, cap)
+            except BodyTooLarge:
+                raise _too_large(cap) from None
         if late.cancelled_caught:
             raise Problem(408, "request-timeout", "The request body did not arrive in time",
                           headers=[(b"connection", b"close")])  # fmt: skip
-        return b"".join(chunks)
+        return body
 
     # --- the single transfer ----------------------------------------------------
 
@@ -349,8 +338,7 @@ def _internal_error(path: str, detail: str) -> Reply:
     return Reply(problem.status, problem.encode(path), [], PROBLEM_CONTENT_TYPE)
 
 
-class _Disconnected(Exception):
-    pass
+_Disconnected = Disconnected
 
 
 def _event(name: str, **fields: Any) -> str:

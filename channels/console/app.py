@@ -40,6 +40,7 @@ import orjson
 
 from channels.console import i18n, sessions
 from channels.console.sessions import LoginThrottle, Session, Sessions
+from channels.http.body import BodyTooLarge, Disconnected, read_body
 from core.services.operators import (
     NAME_PATTERN,
     Operator,
@@ -621,25 +622,12 @@ class Console:
         """The urlencoded body: 413 over the cap, 415 another encoding, 400 not UTF-8 or a
         field repeated."""
         headers = incoming.headers
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > FORM_BODY_SIZE_MAX):
-            raise _Refuse(413, "err_413", f"at most {FORM_BODY_SIZE_MAX} bytes")
         body = b""
         with anyio.move_on_after(BODY_TIMEOUT_S) as late:
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > FORM_BODY_SIZE_MAX:
-                    raise _Refuse(413, "err_413", f"at most {FORM_BODY_SIZE_MAX} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
+            try:
+                body = await read_body(headers, receive, FORM_BODY_SIZE_MAX)
+            except BodyTooLarge:
+                raise _Refuse(413, "err_413", f"at most {FORM_BODY_SIZE_MAX} bytes") from None
         if late.cancelled_caught:
             raise _Refuse(408, "err_400", "the form did not arrive in time")
         content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
@@ -835,8 +823,7 @@ class _Refuse(Exception):
         self.headers = headers or []
 
 
-class _Disconnected(Exception):
-    """The browser went away before its form arrived."""
+_Disconnected = Disconnected  # the browser went away before its form arrived
 
 
 def _fragment(incoming: _Incoming) -> bool:

@@ -64,6 +64,7 @@ import sniffio
 
 from channels.http import signing
 from channels.http.admin import ADMIN_BODY_SIZE_MAX, AdminContext, AdminHandlers, OperatorAuth
+from channels.http.body import BodyTooLarge, Disconnected, read_body
 from channels.http.deadlines import BodyDeadlines
 from channels.http.handlers import Context, Handlers, Reply
 from channels.http.metrics import Metrics, register_collectors
@@ -530,26 +531,10 @@ class App:
         known: object | None,
     ) -> bytes:
         """The whole body under `cap` (`message`: the first one, if already received)."""
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            raise self.too_large(cap, known)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if message is None:
-                message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > cap:
-                    raise self.too_large(cap, known)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-            message = None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            return await read_body(headers, receive, cap, message)
+        except BodyTooLarge:
+            raise self.too_large(cap, known) from None
 
     def too_large(self, cap: int, known: object | None) -> Problem:
         """413, and the connection closed: the rest of the body is not read."""
@@ -1117,8 +1102,7 @@ def in_flight_problem() -> Problem:
     )
 
 
-class _Disconnected(Exception):
-    """The client went away before its body arrived: nothing to answer."""
+_Disconnected = Disconnected  # the client went away before its body arrived: no answer
 
 
 def access_log_stream(target: str) -> IO[bytes] | None:
