@@ -308,6 +308,8 @@ class LinkCollector(Collector):
             ("refused_credentials", "Connections refused at the hello (credentials).",
              stats.refused_credentials),
             ("refused_frames", "Connections closed for a bad frame.", stats.refused_frames),
+            ("refused_connections", "Connections closed at once: the most were open.",
+             stats.refused_connections),
             ("requests", "Commands received from front-ends.", stats.requests),
             ("frames", "Request frames received (commands / frames: the batching).",
              stats.frames),

@@ -390,6 +390,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4096,
         help="commands running at once per front-end connection (more: refused at once)",
     )
+    parser.add_argument(
+        "--link-connections-max",
+        type=int,
+        default=256,
+        help="front-end connections open at once (more: closed at once, logged; they retry)",
+    )
 
 
 def add_providers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -762,7 +768,7 @@ def serve(
         link = LinkAddress("unix", path=workers.link_path), None, workers.secret
     if link is not None:
         address, tls, secret = link
-        limits = LinkLimits(window=args.link_window)
+        limits = LinkLimits(window=args.link_window, connections_max=args.link_connections_max)
         calls = None if services is None else CallTable(services.call_table())
         server = link_server(app, secret, limits, calls)
         app.metrics.registry.register(LinkCollector(server.stats))
@@ -866,6 +872,8 @@ def link_arguments(
         return f"--link: {error}"
     if not 1 <= args.link_window <= 65535:
         return "--link-window must be 1 to 65535"
+    if not 1 <= args.link_connections_max <= 65535:
+        return "--link-connections-max must be 1 to 65535"
     if args.link_secret_file is None:
         return "--link needs --link-secret-file (the secret every front-end shows)"
     try:

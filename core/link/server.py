@@ -86,6 +86,7 @@ CLOSED = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
 @dataclass(frozen=True, slots=True)
 class LinkLimits:
     window: int = 4096  # commands running at once per connection; more: OVERLOADED
+    connections_max: int = 256  # open at once (front-ends, and those still in their hello)
     payload_size_max: int = PAYLOAD_SIZE_MAX  # a frame's payload, each way
     hello_timeout_s: float = 5.0  # for the HELLO after connecting
     hello_size_max: int = 4096
@@ -99,6 +100,7 @@ class LinkStats:
     accepted: int = 0
     refused_credentials: int = 0
     refused_frames: int = 0  # connections closed for a bad frame
+    refused_connections: int = 0  # closed at once: `connections_max` were open
     requests: int = 0
     frames: int = 0  # REQUESTS frames read (requests / frames: how well front-ends batch)
     overloaded: int = 0
@@ -164,6 +166,7 @@ class LinkServer:
         self.calls = calls
         self.stats = LinkStats()
         self._commands: TaskGroup | None = None
+        self._open = 0  # connections open, welcomed or not (`connections_max`)
         self._callers: dict[tuple[Any, ...], Caller] = {}
         # Replies that wait for their nonce to be durable: (ticket, connection, reply).
         self._gated: list[tuple[int, _Connection, tuple[int, int, bytes]]] = []
@@ -187,6 +190,13 @@ class LinkServer:
         (a connection's failure is logged and closes that connection only)."""
         peer = _peer(stream)
         connection: _Connection | None = None
+        if self._open >= self.limits.connections_max:  # closed unanswered: it retries later
+            self.stats.refused_connections += 1
+            logger.warning(_event("link_refused", peer=peer, reason="connections",
+                                  open=self._open))  # fmt: skip
+            await anyio.aclose_forcefully(stream)
+            return
+        self._open += 1
         try:
             reader = BufferedByteReceiveStream(stream)
             if not await self._welcomed(stream, reader, peer):
@@ -213,6 +223,7 @@ class LinkServer:
         except Exception as error:  # a defect: loud, and this connection only
             _log_defect(error)
         finally:
+            self._open -= 1
             if connection is not None:
                 connection.closed = True
                 connection.settle_wakeup.set()  # its settler drains what is queued, and ends

@@ -13,6 +13,7 @@ see why it closed a connection.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -671,6 +672,37 @@ def test_no_good_hello_no_link(core: Core, case: str) -> None:
     assert not posted.replayed
 
 
+def test_connections_over_the_cap_are_closed_and_retry_later(tmp_path: Path) -> None:
+    """`--link-connections-max 1`: while one front-end is connected, a second connection
+    is closed unanswered (logged link_refused, reason connections; counted in /metrics)
+    and the first keeps posting; once the first is gone, a front-end connects again (it
+    retries until the server has seen the first one's close)."""
+    capped = start_core(tmp_path, "--link-connections-max", "1")
+    try:
+        pair = capped.pair()
+        log = capped.log()
+
+        async def main() -> Posted:
+            async with link_client(capped.connect, "first") as first:
+                async with raw_connection(capped, welcomed=False) as raw:
+                    with contextlib.suppress(anyio.BrokenResourceError):  # closed already
+                        await raw.stream.send(hello())
+                    await raw.closed_by_server()
+                posted = await first.transfer(pair.transfer(unique("capped"), 100))
+            async with link_client(capped.connect, "again") as again:
+                assert again.connections == 1
+            return posted
+
+        assert not anyio.run(main).replayed
+        # The second front-end may itself be closed once or more before the first's close
+        # reached the server: it retries, as any front-end refused so does.
+        refused = log.wait_for("link_refused")
+        assert {event["reason"] for event in refused} == {"connections"}, refused
+        assert link_metrics(capped)["tally_link_refused_connections_total"] == len(refused)
+    finally:
+        capped.server.stop()
+
+
 def test_a_silent_connection_is_closed_after_the_hello_timeout(core: Core) -> None:
     """A connection that sends nothing is closed by the server (the HELLO's timeout,
     5 s) and logged: a connection cannot hold a slot without credentials."""
@@ -1024,6 +1056,9 @@ REFUSED_OPTIONS: dict[str, tuple[str, str]] = {
     ),
     "window-zero": (UNIX + " --link-window 0", "--link-window must be 1 to 65535"),
     "window-over": (UNIX + " --link-window 65536", "--link-window must be 1 to 65535"),
+    "connections-zero": (
+        UNIX + " --link-connections-max 0", "--link-connections-max must be 1 to 65535"
+    ),
 }
 
 
