@@ -45,7 +45,10 @@ anyio on uvloop) shares the machine with the server: both CPU figures are
 reported (`client_cpu_percent`, `server_cpu_us_per_message`), and so is the CPU other
 processes used meanwhile (`other_cpu_percent`: a run on a busy machine shows it).
 `--profile FILE` records the server with py-spy during the capacity phase, or the paced
-one with `--profile-phase paced`.
+one with `--profile-phase paced`. `--workers N` serves the terminals through N front-end
+processes (`tally serve --workers N --iso8583`: the adapter in the front-ends, the
+services in the core over the core link); the server's CPU is then the core's and its
+front-ends' (`core_cpu_us_per_message`, `front_end_cpu_us_per_message` beside it).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ import orjson
 
 from channels.client import TallyClient, new_key
 from channels.iso8583 import keys
-from core.bench.server import Server, cpu_seconds, free_port
+from core.bench.server import Server, children_of, cpu_seconds, free_port
 from core.data import DEFAULT_CHANNELS_PATH
 from core.reports import code_version, machine_description, save_report
 from loadtests.dataset import PASSWORD, channel_secrets, identity_of, post
@@ -172,6 +175,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=TRANSFERS_MAX_DEFAULT,
         help="the server's transfer log (tally serve --transfers-max)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="serve the terminals through N front-end processes (tally serve --workers N)",
+    )  # fmt: skip
     parser.add_argument("--data", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--save", metavar="DIR", default=None)
     parser.add_argument("--json", action="store_true")
@@ -356,6 +363,7 @@ def server_command(
             "--iso8583", f"127.0.0.1:{iso_port}",
             "--terminals", str(fleet.terminals_file),
             "--iso8583-keys", str(fleet.keys_file),
+            *(["--workers", str(args.workers)] if args.workers else []),
         ]  # fmt: skip
     return command
 
@@ -416,7 +424,8 @@ class Phase:
     built_while_timed: int = 0
     sample: list[tuple[Station, Response]] = field(default_factory=list)
     window_s: float = 0.0
-    server_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # the core's and its front-ends' (`--workers`)
+    core_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
     machine_cpu_s: float = 0.0  # every process's, the server's and this one's included
 
@@ -522,7 +531,9 @@ async def run_phase(
             if period_s:
                 next_send = max(next_send + period_s, arrived)
 
+    front_ends = children_of(server_pid)  # `--workers`: the front-ends (none: [])
     cpu_before = cpu_seconds([server_pid])
+    front_ends_before = cpu_seconds(front_ends)
     client_before = _own_cpu_s()
     machine_before = _machine_cpu_s()
     with _no_client_collections():
@@ -531,7 +542,8 @@ async def run_phase(
                 group.start_soon(drive, index)
             await anyio.sleep(max(0.0, end - time.perf_counter()))
             phase.window_s = time.perf_counter() - start
-            phase.server_cpu_s = cpu_seconds([server_pid]) - cpu_before
+            phase.core_cpu_s = cpu_seconds([server_pid]) - cpu_before
+            phase.server_cpu_s = phase.core_cpu_s + cpu_seconds(front_ends) - front_ends_before
             phase.client_cpu_s = _own_cpu_s() - client_before
             phase.machine_cpu_s = _machine_cpu_s() - machine_before
 
@@ -780,6 +792,12 @@ def figures(phases: list[Phase], report: dict[str, Any]) -> None:
         1e6 * capacity.server_cpu_s / max(1, capacity.answered), 1
     )
     report["server_cpu_percent"] = round(100 * capacity.server_cpu_s / capacity.window_s, 1)
+    if report.get("workers"):
+        answered = max(1, capacity.answered)
+        report["core_cpu_us_per_message"] = round(1e6 * capacity.core_cpu_s / answered, 1)
+        report["front_end_cpu_us_per_message"] = round(
+            1e6 * (capacity.server_cpu_s - capacity.core_cpu_s) / answered, 1
+        )
     report["client_cpu_percent"] = round(100 * capacity.client_cpu_s / capacity.window_s, 1)
     # The machine is shared: CPU that neither the server nor this client used in the window
     # (other processes) is reported, so a run disturbed by other work shows it.
@@ -825,6 +843,9 @@ def run(args: argparse.Namespace) -> int:
         print("tally bench iso8583: needs --terminals >= 2, --connections >= 1, --seconds > 0",
               file=sys.stderr)  # fmt: skip
         return 2
+    if not 0 <= args.workers <= 64:
+        print("tally bench iso8583: --workers takes 0 (one process) to 64", file=sys.stderr)
+        return 2
 
     def say(text: str) -> None:
         if not args.json:
@@ -846,6 +867,7 @@ def run(args: argparse.Namespace) -> int:
         "empty_share": args.empty_share,
         "scrypt_n": args.scrypt_n,
         "server": args.server,
+        "workers": args.workers,
         "client": "this process: anyio on uvloop, one thread, messages pre-built and signed",
         "fsync": True,
     }

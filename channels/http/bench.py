@@ -57,7 +57,7 @@ import httpx
 import orjson
 
 from channels.client import Signer, TallyClient
-from core.bench.server import Server, cpu_seconds, free_port
+from core.bench.server import Server, children_of, cpu_seconds, free_port
 from core.data import DEFAULT_CHANNELS_PATH, DEFAULT_RISK_PATH
 from core.providers.sim import running_simulator
 from core.reports import machine_description, save_report
@@ -678,17 +678,6 @@ def measure_server(
     report[f"single_vs_bare_percent{suffix}"] = round(
         100 * report[f"single_transfer_requests_per_s{suffix}"] / bare_rate, 1
     )
-
-
-def children_of(pid: int) -> list[int]:
-    """The child processes of `pid` (Linux: /proc/PID/task/*/children)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
 
 
 def wait_front_ends(tally: Server, count: int, timeout_s: float = 30.0) -> list[int]:

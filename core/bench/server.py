@@ -45,6 +45,18 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux: /proc/PID/task/*/children): the front-ends of
+    a `tally serve --workers` core."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
 class Server:
     """A server process started from `command` (cwd: the repository), ready once
     `ready_path` answers 200; its output goes to `log`."""

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from channels.client import TallyClient
-from channels.http.bench import children_of, secret_of, setup_accounts
-from core.bench.server import cpu_seconds
+from channels.http.bench import secret_of, setup_accounts
+from core.bench.server import children_of, cpu_seconds
 from tests.http_helpers import REPO_ROOT, TallyServer, free_port
 
 CLIENTS = 16

@@ -187,14 +187,17 @@ async def test_the_blocking_client_exchanges_one_message_at_a_time() -> None:
         group.cancel_scope.cancel()
 
 
-def test_a_short_bench_run_reports_the_promised_figures_and_an_exact_ledger() -> None:
-    """`tally bench iso8583` on 8 terminals for 2 s a phase: the issue's keys are in the
-    report, every answer was matched, every outcome is known, the ledger holds exactly
-    the approved postings, and the empty cards were declined 51."""
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers-2"])
+def test_a_short_bench_run_reports_the_promised_figures_and_an_exact_ledger(workers: int) -> None:
+    """`tally bench iso8583` on 8 terminals for 2 s a phase, by the one process and
+    through two front-ends: the issue's keys are in the report, every answer was matched,
+    every outcome is known, the ledger holds exactly the approved postings, and the
+    empty cards were declined 51; through front-ends, the core's and the front-ends'
+    CPU are both measured."""
     done = subprocess.run(
         [sys.executable, "-m", "core", "bench", "iso8583", "--terminals", "8", "--seconds", "2",
          "--rate", "200", "--warmup-seconds", "1", "--empty-share", "0.2",
-         "--transfers-max", str(1 << 20), "--json"],
+         "--transfers-max", str(1 << 20), "--workers", str(workers), "--json"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -206,3 +209,6 @@ def test_a_short_bench_run_reports_the_promised_figures_and_an_exact_ledger() ->
     assert report["ledger_exact"] and report["ledger_mismatches"] == 0
     assert report["outcomes_unknown"] == 0 and report["unmatched_answers"] == 0
     assert report["answers_mac_checked"] > 0 and report["answers_mac_failed"] == 0
+    if workers:
+        assert report["core_cpu_us_per_message"] > 0
+        assert report["front_end_cpu_us_per_message"] > 0

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from channels.client import Signer, TallyClient
-from channels.http.bench import children_of, secret_of, setup_accounts
+from channels.http.bench import secret_of, setup_accounts
+from core.bench.server import children_of
 from tests.http_helpers import CHANNELS_FILE, TallyServer
 
 WECHAT_BURST = 3

@@ -27,11 +27,11 @@ import httpx
 import pytest
 
 from channels.client import TallyClient
-from channels.http.bench import children_of
 from channels.iso8583 import keys, spec
 from channels.iso8583.framing import FrameDecoder, frame
 from channels.iso8583.keys import DEFAULT_KEYS_PATH
 from channels.iso8583.terminals import DEFAULT_TERMINALS_PATH
+from core.bench.server import children_of
 from loadtests.iso8583_terminal import (
     BlockingConnection,
     Card,
