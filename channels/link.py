@@ -25,10 +25,12 @@ from anyio.abc import TaskStatus
 
 from channels.http.app import nonce_reused, operation_not_allowed
 from channels.http.problems import Problem
+from channels.registry import ChannelEntry
 from core.link.address import LinkAddress, TlsFiles, open_link_listener
 from core.link.calls import CallTable
 from core.link.ops import ChannelProblem, HttpRequest, HttpResponse, Transfer
 from core.link.server import LinkLimits, LinkServer
+from core.services.commands import Caller
 
 if TYPE_CHECKING:
     from channels.http.app import App
@@ -116,6 +118,7 @@ class CoreHooks:
         try:
             if channel is None:
                 raise Problem(401, "channel-unknown", "Unknown channel")
+            self._check_caller(command.caller, channel)
             if command.nonce:
                 if not app.replay.first_use(name, command.nonce, command.timestamp_s):
                     raise nonce_reused()
@@ -128,6 +131,42 @@ class CoreHooks:
         except Problem as problem:
             raise channel_problem(problem, ticket) from None
         return ticket
+
+    def check_caller(self, caller: Caller) -> None:
+        """The `Caller` of a front-end's service call, checked as a transfer's is
+        (`_check_caller`); `ChannelProblem` if it is not the registry's."""
+        channel = self.app.registry.channels.get(caller.name)
+        try:
+            if channel is None:
+                raise Problem(401, "channel-unknown", "Unknown channel")
+            self._check_caller(caller, channel)
+        except Problem as problem:
+            raise channel_problem(problem) from None
+
+    def _check_caller(self, caller: Caller, channel: ChannelEntry) -> None:
+        """A front-end names a channel as the core's registry has it (its kind and ledger
+        id) and no acting teller (a request with one is passed through whole, and the
+        core's app checks the teller's signature): the core does not take a front-end's
+        word for more than the channel's name. Else 403, logged."""
+        if (
+            caller.kind != channel.kind
+            or caller.ledger_id != channel.ledger_id
+            or caller.actor_id
+            or caller.actor_role
+        ):
+            logger.warning(
+                orjson.dumps(
+                    {"event": "link_caller_refused", "channel": caller.name, "kind": caller.kind,
+                     "ledger_id": caller.ledger_id, "actor": caller.actor_id}
+                ).decode()
+            )  # fmt: skip
+            raise Problem(
+                403,
+                "caller-not-allowed",
+                "The front-end named the channel otherwise than this core's registry",
+                "a channel's kind and ledger id are the registry's, and an acting teller's"
+                " request is passed through whole",
+            )
 
     async def serve_http(self, request: HttpRequest) -> HttpResponse:
         """Answer a passed-through request with the app, as if it had come to it."""
@@ -199,4 +238,5 @@ def link_server(
         serve_http=hooks.serve_http,
         registry=hooks.registry,
         calls=calls,
+        check_caller=hooks.check_caller,
     )

@@ -149,12 +149,15 @@ class LinkServer:
         serve_http: ServeHttp | None = None,
         registry: RegistryText | None = None,
         calls: CallTable | None = None,
+        check_caller: Callable[[Caller], None] | None = None,
     ) -> None:
         """`secret`: what a front-end's HELLO must show (`--link-secret-file`);
         `admit`: the channel tier's checks of a transfer (None: none); `serve_http`: the
         core's HTTP app, for requests passed through whole (None: refused as an unknown
         op); `registry`: the channel registry in force, (version, text); `calls`: the
-        service calls answered (core/link/calls.py; None: CALL is an unknown op)."""
+        service calls answered (core/link/calls.py; None: CALL is an unknown op);
+        `check_caller`: raises `ChannelProblem` for a `Caller` a call names that is not
+        the channel tier's (None: every one is taken as named)."""
         assert secret, "the link needs a secret"
         self.bank = bank
         self.payments = bank.payments
@@ -164,6 +167,7 @@ class LinkServer:
         self.serve_http = serve_http
         self.registry = registry
         self.calls = calls
+        self.check_caller = check_caller
         self.stats = LinkStats()
         self._commands: TaskGroup | None = None
         self._open = 0  # connections open, welcomed or not (`connections_max`)
@@ -438,6 +442,15 @@ class LinkServer:
         try:
             if not self.bank.core.ready:
                 raise refused(Code.NOT_READY, "the core is recovering; retry shortly")
+            if self.check_caller is not None:
+                for argument in arguments:
+                    caller = (
+                        argument
+                        if isinstance(argument, Caller)
+                        else getattr(argument, "caller", None)
+                    )
+                    if isinstance(caller, Caller):
+                        self.check_caller(caller)
             result = await implementation(*arguments)
             connection.reply(request_id, OK, encode_result(result))
         except ChannelProblem as problem:

@@ -62,11 +62,12 @@ from core.link.ops import (
     OK,
     OVERLOADED,
     TRANSFER,
+    ChannelProblem,
     Transfer,
     decode_posted,
     encode_transfer,
 )
-from core.services.commands import Caller, Consent, IssueToken
+from core.services.commands import Caller, Consent, IssueToken, Movement
 from core.services.refusals import Code, Refused
 from core.services.results import Posted
 from ledger.types import CreateTransferResult
@@ -394,6 +395,44 @@ def test_service_calls_answer_as_the_services_do(core: Core) -> None:
     assert first == again != other and 0 <= first < 1 << 128
     assert over is False
     assert refused.refusal.code is not Code.NOT_READY, refused.refusal
+
+
+def test_a_caller_otherwise_than_the_registry_is_refused(core: Core) -> None:
+    """The core takes no more than a channel's name from a front-end: a transfer or a
+    service call naming the app channel with another kind, another ledger id or an
+    acting teller is refused 403 caller-not-allowed (logged), a channel the registry
+    does not have 401; nothing moves, and the same front-end's true caller posts."""
+    pair = core.pair()
+    before = core.balances(pair)
+    forged = [
+        Caller(CALLER.name, "counter", CALLER.ledger_id),
+        Caller(CALLER.name, CALLER.kind, CALLER.ledger_id + 1),
+        Caller(CALLER.name, CALLER.kind, CALLER.ledger_id, "T0001", "supervisor"),
+    ]
+    log = core.log()
+
+    async def main() -> tuple[list[ChannelProblem], Posted]:
+        problems: list[ChannelProblem] = []
+        async with link_client(core.connect) as client:
+            for index, caller in enumerate([*forged, Caller("nobody", "app", 99)]):
+                command = pair.transfer(unique(f"forged-{index}"), 100)
+                command.caller = caller
+                with pytest.raises(ChannelProblem) as refused:
+                    await client.transfer(command)
+                problems.append(refused.value)
+                move = Movement(caller, unique(f"forged-call-{index}"), pair.debit, 100)
+                with pytest.raises(ChannelProblem) as refused:
+                    await client.invoke(services.CASH_WITHDRAWAL, move)
+                problems.append(refused.value)
+            return problems, await client.transfer(pair.transfer(unique("true"), 100))
+
+    problems, posted = anyio.run(main)
+    assert [(p.status, p.slug) for p in problems] == [(403, "caller-not-allowed")] * 6 + [
+        (401, "channel-unknown")
+    ] * 2
+    assert len(log.wait_for("link_caller_refused", 6)) == 6
+    assert not posted.replayed
+    assert core.balances(pair) == (before[0] - 100, before[1] + 100)
 
 
 def link_metrics(core: Core) -> dict[str, float]:
