@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -667,11 +668,13 @@ burst = 3
 """
 
 
-def test_the_channel_rate_limit_holds_over_iso8583_and_http(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers-2"])
+def test_the_channel_rate_limit_holds_over_iso8583_and_http(tmp_path: Path, workers: int) -> None:
     """The ATM channel's token bucket (burst 3, next token in 1,000 s) is one for both of
     its protocols: three 0200s go, the fourth is 91 with nothing posted, and a signed HTTP
     request of the channel is then 429 too. A reversal and an echo are never refused for
-    the rate. `/metrics` counts the refusals of both protocols under the channel."""
+    the rate. `/metrics` counts the refusals of both protocols under the channel. Through
+    two front-ends too: the bucket is the core's, whichever front-end a message meets."""
     shipped = CHANNELS_FILE.read_text()
     limited, replaced = re.subn(
         r"(\[channels\.atm\]\n(?:(?!\[).*\n)*?)rate_per_s = [0-9_]+\n",
@@ -694,15 +697,19 @@ def test_the_channel_rate_limit_holds_over_iso8583_and_http(tmp_path: Path) -> N
         DEFAULT_TERMINALS_PATH.read_text().replace(PLACEHOLDER_MERCHANT, merchant)
     )
     iso_port = free_port()
-    server = iso_server(data, iso_port, terminals_file, channels_file=channels_file)
+    extra = ["--workers", str(workers)] if workers else []
+    server = iso_server(data, iso_port, terminals_file, extra, channels_file=channels_file)
     server.start()
     try:
         atm = terminals()[0]
+        first = atm.cash_withdrawal(card, 1_000)
+        codes = []
+        for request in [first, *(atm.cash_withdrawal(card, 1_000) for _ in range(3))]:
+            # A connection each: behind front-ends, they land on either of them.
+            with BlockingConnection("127.0.0.1", iso_port, EXCHANGE_TIMEOUT_S) as line:
+                codes.append(line.exchange(request).code)
+        assert codes == ["00", "00", "00", "91"]
         with BlockingConnection("127.0.0.1", iso_port, timeout_s=EXCHANGE_TIMEOUT_S) as line:
-            first = atm.cash_withdrawal(card, 1_000)
-            codes = [line.exchange(first).code]
-            codes += [line.exchange(atm.cash_withdrawal(card, 1_000)).code for _ in range(3)]
-            assert codes == ["00", "00", "00", "91"]
             assert line.exchange(atm.network("301")).code == "00"  # an echo: not limited
             reversal = line.exchange(atm.reversal(first))
             assert (reversal.fields["t"], reversal.code) == (spec.MTI_REVERSAL_RESPONSE, "00")
@@ -715,5 +722,66 @@ def test_the_channel_rate_limit_holds_over_iso8583_and_http(tmp_path: Path) -> N
         assert int(refused.headers["retry-after"]) >= 1
         text = httpx.get(server.url + "/metrics").text
         assert 'tally_channel_rate_limited_total{channel="atm"} 2.0' in text, text[-2000:]
+    finally:
+        server.stop()
+
+
+# --- tally gateway on another machine -------------------------------------------------------
+
+
+def test_a_gateway_serves_terminals_on_the_cores_services(tmp_path: Path) -> None:
+    """`tally gateway --core ADDRESS --iso8583 HOST:PORT` (a front-end on another machine,
+    here over the core's Unix link): a withdrawal through it is posted by the core, its
+    repeat answered as the first, its reversal gives the money back. The gateway refuses
+    to start on the public development keys without --dev, and on a bad address."""
+    secret = tmp_path / "link.secret"
+    secret.write_text(secrets.token_urlsafe(32))
+    secret.chmod(0o600)
+    link = f"unix:{tmp_path / 'link.sock'}"
+    core_iso, gateway_iso = free_port(), free_port()
+    server = iso_server(
+        tmp_path / "data", core_iso, DEFAULT_TERMINALS_PATH,
+        ["--link", link, "--link-secret-file", str(secret)],
+    ).start()  # fmt: skip
+    base = [sys.executable, "-m", "core", "gateway", "--core", link, "--link-secret-file",
+            str(secret), "--port", str(free_port()), "--terminals", str(DEFAULT_TERMINALS_PATH)]
+    try:
+        for extra, said in (
+            (["--iso8583", f"127.0.0.1:{gateway_iso}"], "public development terminal keys"),
+            (["--iso8583", "nowhere", "--dev"], "--iso8583: expected HOST:PORT"),
+        ):
+            refused = subprocess.run([*base, *extra], cwd=REPO_ROOT, capture_output=True,
+                                     text=True, timeout=60)  # fmt: skip
+            assert refused.returncode == 2 and said in refused.stderr, refused.stderr[-2000:]
+        log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 (closed below)
+        gateway = subprocess.Popen(
+            [*base, "--iso8583", f"127.0.0.1:{gateway_iso}", "--dev"],
+            cwd=REPO_ROOT, stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            with server.client("counter") as counter:
+                card = Card(open_funded(counter), PIN)
+                atm = terminals()[0]
+                request = atm.cash_withdrawal(card, 3_000)
+                deadline = time.monotonic() + 30
+                while True:  # the gateway's listener and its link come up
+                    try:
+                        with BlockingConnection("127.0.0.1", gateway_iso, 5.0) as line:
+                            first = line.exchange(request)
+                        break
+                    except (OSError, ExchangeTimeout):
+                        assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+                        time.sleep(0.2)
+                with BlockingConnection("127.0.0.1", gateway_iso, EXCHANGE_TIMEOUT_S) as line:
+                    again = line.exchange(atm.repeat(request))
+                    assert balance(counter, card.pan) == FUNDS_MINOR - 3_000
+                    reversal = line.exchange(atm.reversal(request))
+                assert [first.code, again.code, reversal.code] == ["00", "00", "00"]
+                assert first.fields["38"] == again.fields["38"] and atm.verify(reversal)
+                assert balance(counter, card.pan) == FUNDS_MINOR
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+            log.close()
     finally:
         server.stop()
