@@ -127,10 +127,10 @@ class BankServices:
         self.terminals = self.terminals.resolve(registry, self.keys)
 
     async def over_rate(self, channel: str) -> bool:
-        return self._over_rate is not None and self._over_rate(channel)
+        return self.over_rate_now(channel)
 
     async def transfer_id(self, ledger_id: int, key: str) -> int:
-        return self.core.ids.id(ledger_id, key, 0)
+        return self.transfer_id_now(ledger_id, key)
 
     async def cash_withdrawal(self, move: Movement) -> Posted:
         return await self.payments.cash_withdrawal(move)
@@ -166,23 +166,31 @@ class BankServices:
         return await self.bank.auth.issue_token(command)
 
     async def exchange_key(self, terminal_id: str, usage: str) -> tuple[bytes, str] | None:
-        terminal = self.terminals.get(terminal_id)
-        if terminal is None:
-            return None
-        return self.keys.exchange(terminal, usage)
+        return self.exchange_key_now(terminal_id, usage)
 
     async def exchanged_keys(self, terminal_id: str) -> dict[str, bytes] | None:
         return None  # this process's key store is the one the exchanges changed
 
-    async def exchanged_keys_of(self, terminal_id: str) -> dict[str, bytes]:
+    def exchanged_keys_of(self, terminal_id: str) -> dict[str, bytes]:
         """For a front-end (`EXCHANGED_KEYS`): the keys exchanged here."""
         return self.keys.exchanged(terminal_id)
 
+    def over_rate_now(self, channel: str) -> bool:
+        return self._over_rate is not None and self._over_rate(channel)
+
+    def transfer_id_now(self, ledger_id: int, key: str) -> int:
+        return self.core.ids.id(ledger_id, key, 0)
+
+    def exchange_key_now(self, terminal_id: str, usage: str) -> tuple[bytes, str] | None:
+        terminal = self.terminals.get(terminal_id)
+        return None if terminal is None else self.keys.exchange(terminal, usage)
+
     def call_table(self) -> list[tuple[Call, Implementation]]:
-        """The calls of `LinkServices`, answered by these services (a core's)."""
+        """The calls of `LinkServices`, answered by these services (a core's): those
+        that await nothing as plain functions, run inline (core/link/calls.py)."""
         return [
-            (OVER_RATE, self.over_rate),
-            (TRANSFER_ID, self.transfer_id),
+            (OVER_RATE, self.over_rate_now),
+            (TRANSFER_ID, self.transfer_id_now),
             (CASH_WITHDRAWAL, self.cash_withdrawal),
             (PURCHASE, self.purchase),
             (PAYMENT, self.payment),
@@ -192,7 +200,7 @@ class BankServices:
             (TRANSFER, self.transfer),
             (ACCOUNT, self.account),
             (ISSUE_TOKEN, self.issue_token),
-            (EXCHANGE_KEY, self.exchange_key),
+            (EXCHANGE_KEY, self.exchange_key_now),
             (EXCHANGED_KEYS, self.exchanged_keys_of),
         ]
 

@@ -8,6 +8,10 @@ share the declaration, so the body on the wire is the arguments' fields
 refusal, a channel problem, an overload or a defect come back as for a transfer
 (core/link/ops.py).
 
+An implementation that is a plain function (not a coroutine function: a lookup, a
+rate check) runs inline as its frame is read, without a task of its own; a coroutine
+function runs in a task, concurrently with the rest.
+
 The core answers only the calls it was given implementations for (`CallTable`); a
 call of any other name, or with arguments of the wrong types, is a protocol error:
 the connection that sent it is closed and nothing of its frame is run. An
@@ -18,6 +22,7 @@ in-process adapter.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +32,7 @@ import orjson
 from core.link.codec import decode_as, encode_value
 from core.link.frames import FrameError
 
-Implementation = Callable[..., Awaitable[Any]]
+Implementation = Callable[..., Awaitable[Any]] | Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +64,12 @@ class CallTable:
 
     def __init__(self, implementations: Iterable[tuple[Call, Implementation]]) -> None:
         self._calls: dict[str, tuple[Call, Implementation]] = {}
+        self.inline: set[str] = set()  # the calls whose implementation is a plain function
         for call, implementation in implementations:
             assert call.name not in self._calls, call.name
             self._calls[call.name] = (call, implementation)
+            if not inspect.iscoroutinefunction(implementation):
+                self.inline.add(call.name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._calls

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tally.link")
 CALLERS_MAX = 65536
+CALL_INLINE = -1  # a CALL run as its frame is read (`CallTable.inline`); never on the wire
 CLOSED = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
           anyio.ClosedResourceError)  # fmt: skip
 
@@ -294,8 +295,9 @@ class LinkServer:
                     decoded.append((request_id, op, None))
                 elif op == CALL and self.calls is not None:
                     call, implementation, arguments = self.calls.decode(body)
-                    decoded.append((request_id, op, (implementation, arguments,
-                                                     call.encode_result)))  # fmt: skip
+                    called = (implementation, arguments, call.encode_result)
+                    decoded.append((request_id, CALL_INLINE if call.name in self.calls.inline
+                                    else op, called))  # fmt: skip
                 else:
                     raise FrameError(f"unknown op {op} in request {request_id}")
             stats.requests += len(decoded)
@@ -305,6 +307,9 @@ class LinkServer:
                 if op == REGISTRY:
                     assert self.registry is not None
                     connection.reply(request_id, OK, orjson.dumps(self.registry()))
+                    continue
+                if op == CALL_INLINE:
+                    self._call_inline(connection, request_id, command)
                     continue
                 if connection.in_flight >= limits.window:
                     stats.overloaded += 1
@@ -440,28 +445,44 @@ class LinkServer:
         """A service call: its result, or its refusal, as the in-process caller gets it."""
         implementation, arguments, encode_result = called
         try:
-            if not self.bank.core.ready:
-                raise refused(Code.NOT_READY, "the core is recovering; retry shortly")
-            if self.check_caller is not None:
-                for argument in arguments:
-                    caller = (
-                        argument
-                        if isinstance(argument, Caller)
-                        else getattr(argument, "caller", None)
-                    )
-                    if isinstance(caller, Caller):
-                        self.check_caller(caller)
+            self._check_call(arguments)
             result = await implementation(*arguments)
             connection.reply(request_id, OK, encode_result(result))
-        except ChannelProblem as problem:
-            self._reply(connection, request_id, PROBLEM, encode_problem(problem), problem.ticket)
-        except Refused as refusal:
-            connection.reply(request_id, REFUSAL, encode_refusal(refusal.refusal))
         except Exception as error:
-            _log_defect(error)
-            connection.reply(request_id, FAILED, b"")
+            self._call_failed(connection, request_id, error)
         finally:
             connection.in_flight -= 1
+
+    def _call_inline(self, connection: _Connection, request_id: int, called: Called) -> None:
+        """A service call whose implementation is a plain function, run now."""
+        implementation, arguments, encode_result = called
+        try:
+            self._check_call(arguments)
+            connection.reply(request_id, OK, encode_result(implementation(*arguments)))
+        except Exception as error:
+            self._call_failed(connection, request_id, error)
+
+    def _check_call(self, arguments: tuple[Any, ...]) -> None:
+        """Refuse a call while the core recovers, or one naming a `Caller` that is not
+        the channel tier's (`check_caller`)."""
+        if not self.bank.core.ready:
+            raise refused(Code.NOT_READY, "the core is recovering; retry shortly")
+        if self.check_caller is not None:
+            for argument in arguments:
+                caller = (
+                    argument if isinstance(argument, Caller) else getattr(argument, "caller", None)
+                )
+                if isinstance(caller, Caller):
+                    self.check_caller(caller)
+
+    def _call_failed(self, connection: _Connection, request_id: int, error: Exception) -> None:
+        if isinstance(error, ChannelProblem):
+            self._reply(connection, request_id, PROBLEM, encode_problem(error), error.ticket)
+        elif isinstance(error, Refused):
+            connection.reply(request_id, REFUSAL, encode_refusal(error.refusal))
+        else:  # a defect: loud, answered FAILED, the others go on
+            _log_defect(error)
+            connection.reply(request_id, FAILED, b"")
 
     def _reply(
         self, connection: _Connection, request_id: int, status: int, body: bytes, ticket: int

@@ -127,9 +127,13 @@ def test_a_call_table_runs_only_its_calls_with_arguments_of_their_types() -> Non
     async def transfer_id(ledger_id: int, key: str) -> int:
         return ledger_id
 
-    table = CallTable([(services.TRANSFER_ID, transfer_id)])
+    def over_rate(channel: str) -> bool:
+        return False
+
+    table = CallTable([(services.TRANSFER_ID, transfer_id), (services.OVER_RATE, over_rate)])
     call, implementation, arguments = table.decode(services.TRANSFER_ID.encode((7, "k")))
     assert (call, implementation, arguments) == (services.TRANSFER_ID, transfer_id, (7, "k"))
+    assert table.inline == {services.OVER_RATE.name}  # a plain function: run inline
     for body, reason in [
         (b"\x00", "not JSON"),
         (b"{}", "not [name, argument, ...]"),
