@@ -282,9 +282,12 @@ NOTES = {
         " (`*_single_process_*`). The CPU per request of the front-ends and of the core are"
         " read from /proc over the timed phase; `*_projected_single_per_s_16_cores` is"
         " min(15 cores / front-end CPU, 1 core / core CPU) by those costs. On this 2-core"
-        " machine the front-ends, the core and wrk share two cores, so the batches the core"
-        " sees are small (a few requests per frame and per group), and its CPU per request"
-        " is that of a lightly loaded core; `tally bench link` measures it under load."
+        " machine the front-ends, the core and wrk share two cores and wrk keeps 64 requests"
+        " in flight, so the core's batches hold tens of requests (`*_requests_per_link_frame`,"
+        " `*_requests_per_commit`, from /metrics around the run), where `tally bench link`"
+        " at 512 in flight makes them hundreds; a journal group's and a frame's fixed cost"
+        " is shared by fewer, so the core's CPU per request is that of a lightly loaded core"
+        " (`tally bench link --concurrency 32` costs the core about as much)."
         " Targets: hypercorn with 2 front-ends >= 1.4x the one process; the core <= 20 us"
         " per forwarded transfer."
     ),
@@ -534,22 +537,28 @@ def _figure(value: float) -> str:
 
 # Options whose value makes another variant of a benchmark, each with its own section
 # (its newest report): a uvicorn run saved after the hypercorn ones must not hide them.
-VARIANT_OPTIONS = {"http_workers": ("--servers", "hypercorn,uvicorn")}
+# (option, its default, how the section's title names the variant).
+VARIANT_OPTIONS = {
+    "http_workers": ("--servers", "hypercorn,uvicorn", "{}"),
+    "iso8583": ("--workers", "0", "--workers {}"),
+}
 
 
 def variant(report: dict[str, Any]) -> str:
-    """The report's variant of its benchmark ("" for a benchmark that has none)."""
+    """The report's variant of its benchmark ("" for a benchmark that has none, and for
+    the default of one that has: its earlier reports named none)."""
     option = VARIANT_OPTIONS.get(report["benchmark"])
     if option is None:
         return ""
-    name, default = option
+    name, default, label = option
     words = str(report.get("command", "")).split()
+    value = default
     for index, word in enumerate(words):
         if word == name and index + 1 < len(words):
-            return words[index + 1]
-        if word.startswith(name + "="):
-            return word.split("=", 1)[1]
-    return default
+            value = words[index + 1]
+        elif word.startswith(name + "="):
+            value = word.split("=", 1)[1]
+    return "" if value == default and name == "--workers" else label.format(value)
 
 
 def render(reports: list[dict[str, Any]]) -> str:
