@@ -231,6 +231,18 @@ def test_network_management(bank: Bank) -> None:
             assert atm.verify(response)
 
 
+def key_exchanging(terminal_id: str) -> tuple[Terminal, Terminal]:
+    """A terminal of the registry that has the development master key, on the file's
+    keys: as a simulator that installs the keys it is given, and as one that keeps the
+    old ones (`stale`)."""
+    atm_pin, atm_mac, _, _ = development_keys()
+    with open(DEFAULT_KEYS_PATH, "rb") as file:
+        master = bytes.fromhex(tomllib.load(file)["keys"]["dev-atm-tmk"]["value"])
+    terminal = Terminal(TerminalProfile(terminal_id, "atm", atm_pin, atm_mac, master_key=master))
+    stale = Terminal(TerminalProfile(terminal_id, "atm", atm_pin, atm_mac), first_stan=9)
+    return terminal, stale
+
+
 def test_key_exchange(bank: Bank) -> None:
     """0800 161 gives a terminal with a master key a new MAC key (field 53 2...), then a
     new PIN key (53 1...): each answered 00, MACed with the MAC key in force when asked,
@@ -238,12 +250,7 @@ def test_key_exchange(bank: Bank) -> None:
     installs; from then on a message signed with the old MAC key is 63, and the new keys
     work (a cash withdrawal's PIN block under the new PIN key is approved)."""
     atm_pin, atm_mac, _, _ = development_keys()
-    with open(DEFAULT_KEYS_PATH, "rb") as file:
-        master = bytes.fromhex(tomllib.load(file)["keys"]["dev-atm-tmk"]["value"])
-    terminal = Terminal(
-        TerminalProfile(KEY_EXCHANGE_TERMINAL, "atm", atm_pin, atm_mac, master_key=master)
-    )
-    stale = Terminal(TerminalProfile(KEY_EXCHANGE_TERMINAL, "atm", atm_pin, atm_mac), first_stan=9)
+    terminal, stale = key_exchanging(KEY_EXCHANGE_TERMINAL)
     request = terminal.key_exchange("mac")
     response = bank.exchange(request, terminal)  # MACed with the old key
     assert response.code == "00" and response.fields["53"] == request.fields["53"]
@@ -291,13 +298,7 @@ def test_front_ends_killed_lose_nothing_and_keep_no_keys(bank: Bank) -> None:
     repeated through the new ones is answered 00 and debited once."""
     if not bank.workers:
         pytest.skip("front-ends only: the one process has no front-end to kill")
-    atm_pin, atm_mac, _, _ = development_keys()
-    with open(DEFAULT_KEYS_PATH, "rb") as file:
-        master = bytes.fromhex(tomllib.load(file)["keys"]["dev-atm-tmk"]["value"])
-    terminal = Terminal(
-        TerminalProfile(FRONT_END_TERMINAL, "atm", atm_pin, atm_mac, master_key=master)
-    )
-    stale = Terminal(TerminalProfile(FRONT_END_TERMINAL, "atm", atm_pin, atm_mac), first_stan=9)
+    terminal, stale = key_exchanging(FRONT_END_TERMINAL)
     request = terminal.key_exchange("mac")
     response = bank.exchange(request, terminal)
     assert response.code == "00" and terminal.install_key(request, response)
@@ -743,8 +744,20 @@ def test_a_gateway_serves_terminals_on_the_cores_services(tmp_path: Path) -> Non
         tmp_path / "data", core_iso, DEFAULT_TERMINALS_PATH,
         ["--link", link, "--link-secret-file", str(secret)],
     ).start()  # fmt: skip
-    base = [sys.executable, "-m", "core", "gateway", "--core", link, "--link-secret-file",
-            str(secret), "--port", str(free_port()), "--terminals", str(DEFAULT_TERMINALS_PATH)]
+    base = [
+        sys.executable,
+        "-m",
+        "core",
+        "gateway",
+        "--core",
+        link,
+        "--link-secret-file",
+        str(secret),
+        "--port",
+        str(free_port()),
+        "--terminals",
+        str(DEFAULT_TERMINALS_PATH),
+    ]
     try:
         for extra, said in (
             (["--iso8583", f"127.0.0.1:{gateway_iso}"], "public development terminal keys"),
