@@ -81,19 +81,21 @@ class TerminalServices(Protocol):
 
 
 # The calls a front-end's adapter makes of the core: names, argument and result types.
-OVER_RATE = Call("iso8583.over_rate", (str,), bool)
-TRANSFER_ID = Call("iso8583.transfer_id", (int, str), int)
-CASH_WITHDRAWAL = Call("payments.cash_withdrawal", (Movement,), Posted)
-PURCHASE = Call("payments.purchase", (Movement,), Posted)
-PAYMENT = Call("payments.payment", (Movement,), Posted)
-REVERSAL = Call("payments.reversal", (Movement,), Posted)
-VOID = Call("payments.void", (Movement,), Posted)
-BAR = Call("payments.bar", (Caller, str), type(None))
-TRANSFER = Call("payments.transfer", (Caller, str, int, int, int, Consent), Posted)
-ACCOUNT = Call("reads.account", (Caller, int, Proof), AccountRead)
-ISSUE_TOKEN = Call("auth.issue_token", (IssueToken,), TokenIssued)
-EXCHANGE_KEY = Call("iso8583.exchange_key", (str, str), tuple[bytes, str] | None)
-EXCHANGED_KEYS = Call("iso8583.exchanged_keys", (str,), dict[str, bytes])
+OVER_RATE: Call[bool] = Call("iso8583.over_rate", (str,), bool)
+TRANSFER_ID: Call[int] = Call("iso8583.transfer_id", (int, str), int)
+CASH_WITHDRAWAL: Call[Posted] = Call("payments.cash_withdrawal", (Movement,), Posted)
+PURCHASE: Call[Posted] = Call("payments.purchase", (Movement,), Posted)
+PAYMENT: Call[Posted] = Call("payments.payment", (Movement,), Posted)
+REVERSAL: Call[Posted] = Call("payments.reversal", (Movement,), Posted)
+VOID: Call[Posted] = Call("payments.void", (Movement,), Posted)
+BAR: Call[None] = Call("payments.bar", (Caller, str), type(None))
+TRANSFER: Call[Posted] = Call("payments.transfer", (Caller, str, int, int, int, Consent), Posted)
+ACCOUNT: Call[AccountRead] = Call("reads.account", (Caller, int, Proof), AccountRead)
+ISSUE_TOKEN: Call[TokenIssued] = Call("auth.issue_token", (IssueToken,), TokenIssued)
+EXCHANGE_KEY: Call[tuple[bytes, str] | None] = Call(
+    "iso8583.exchange_key", (str, str), tuple[bytes, str] | None
+)
+EXCHANGED_KEYS: Call[dict[str, bytes]] = Call("iso8583.exchanged_keys", (str,), dict[str, bytes])
 
 
 class BankServices:
@@ -185,7 +187,7 @@ class BankServices:
         terminal = self.terminals.get(terminal_id)
         return None if terminal is None else self.keys.exchange(terminal, usage)
 
-    def call_table(self) -> list[tuple[Call, Implementation]]:
+    def call_table(self) -> list[tuple[Call[Any], Implementation]]:
         """The calls of `LinkServices`, answered by these services (a core's): those
         that await nothing as plain functions, run inline (core/link/calls.py)."""
         return [
@@ -221,25 +223,25 @@ class LinkServices:
         return time.time_ns()
 
     async def over_rate(self, channel: str) -> bool:
-        return bool(await self.link.invoke(OVER_RATE, channel))
+        return await self.link.invoke(OVER_RATE, channel)
 
     async def transfer_id(self, ledger_id: int, key: str) -> int:
-        return int(await self.link.invoke(TRANSFER_ID, ledger_id, key))
+        return await self.link.invoke(TRANSFER_ID, ledger_id, key)
 
     async def cash_withdrawal(self, move: Movement) -> Posted:
-        return await self._posted(CASH_WITHDRAWAL, move)
+        return await self.link.invoke(CASH_WITHDRAWAL, move)
 
     async def purchase(self, move: Movement) -> Posted:
-        return await self._posted(PURCHASE, move)
+        return await self.link.invoke(PURCHASE, move)
 
     async def payment(self, move: Movement) -> Posted:
-        return await self._posted(PAYMENT, move)
+        return await self.link.invoke(PAYMENT, move)
 
     async def reversal(self, move: Movement) -> Posted:
-        return await self._posted(REVERSAL, move)
+        return await self.link.invoke(REVERSAL, move)
 
     async def void(self, move: Movement) -> Posted:
-        return await self._posted(VOID, move)
+        return await self.link.invoke(VOID, move)
 
     async def bar(self, caller: Caller, key: str) -> None:
         await self.link.invoke(BAR, caller, key)
@@ -248,26 +250,16 @@ class LinkServices:
         self, caller: Caller, key: str, debit: int, credit: int, amount_minor: int,
         consent: Consent,
     ) -> Posted:  # fmt: skip
-        return await self._posted(TRANSFER, caller, key, debit, credit, amount_minor, consent)
-
-    async def _posted(self, call: Call, *arguments: Any) -> Posted:
-        posted: Posted = await self.link.invoke(call, *arguments)
-        return posted
+        return await self.link.invoke(TRANSFER, caller, key, debit, credit, amount_minor, consent)
 
     async def account(self, caller: Caller, account_id: int, proof: Proof) -> AccountRead:
-        read: AccountRead = await self.link.invoke(ACCOUNT, caller, account_id, proof)
-        return read
+        return await self.link.invoke(ACCOUNT, caller, account_id, proof)
 
     async def issue_token(self, command: IssueToken) -> TokenIssued:
-        issued: TokenIssued = await self.link.invoke(ISSUE_TOKEN, command)
-        return issued
+        return await self.link.invoke(ISSUE_TOKEN, command)
 
     async def exchange_key(self, terminal_id: str, usage: str) -> tuple[bytes, str] | None:
-        exchanged: tuple[bytes, str] | None = await self.link.invoke(
-            EXCHANGE_KEY, terminal_id, usage
-        )
-        return exchanged
+        return await self.link.invoke(EXCHANGE_KEY, terminal_id, usage)
 
     async def exchanged_keys(self, terminal_id: str) -> dict[str, bytes] | None:
-        keys: dict[str, bytes] = await self.link.invoke(EXCHANGED_KEYS, terminal_id)
-        return keys
+        return await self.link.invoke(EXCHANGED_KEYS, terminal_id)

@@ -15,9 +15,9 @@ function runs in a task, concurrently with the rest.
 The core answers only the calls it was given implementations for (`CallTable`); a
 call of any other name, or with arguments of the wrong types, is a protocol error:
 the connection that sent it is closed and nothing of its frame is run. An
-implementation is the services' own coroutine (or a thin adapter of it): the core
-trusts the `Caller` an authenticated front-end names, as the services trust an
-in-process adapter.
+implementation is the services' own coroutine (or a thin adapter of it); the link
+server checks every `Caller` an argument names against the channel tier first
+(core/link/server.py `check_caller`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 
@@ -33,11 +33,13 @@ from core.link.codec import decode_as, encode_value
 from core.link.frames import FrameError
 
 Implementation = Callable[..., Awaitable[Any]] | Callable[..., Any]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """A service call the link carries: its name, argument types and result type."""
+class Call(Generic[R]):
+    """A service call the link carries: its name, argument types and result type (`R`,
+    as the codec reads it: a class, a union, None's type)."""
 
     name: str
     arguments: tuple[Any, ...]
@@ -48,12 +50,12 @@ class Call:
         assert len(arguments) == len(self.arguments), (self.name, arguments)
         return orjson.dumps([self.name, *(encode_value(value) for value in arguments)])
 
-    def decode_result(self, body: bytes) -> Any:
+    def decode_result(self, body: bytes) -> R:
         try:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise FrameError(f"the result of {self.name}: not JSON") from None
-        return decode_as(self.result, raw, f"the result of {self.name}")
+        return cast(R, decode_as(self.result, raw, f"the result of {self.name}"))
 
     def encode_result(self, result: Any) -> bytes:
         return orjson.dumps(encode_value(result))
@@ -62,8 +64,8 @@ class Call:
 class CallTable:
     """The calls a core answers, each with its implementation."""
 
-    def __init__(self, implementations: Iterable[tuple[Call, Implementation]]) -> None:
-        self._calls: dict[str, tuple[Call, Implementation]] = {}
+    def __init__(self, implementations: Iterable[tuple[Call[Any], Implementation]]) -> None:
+        self._calls: dict[str, tuple[Call[Any], Implementation]] = {}
         self.inline: set[str] = set()  # the calls whose implementation is a plain function
         for call, implementation in implementations:
             assert call.name not in self._calls, call.name
@@ -71,14 +73,11 @@ class CallTable:
             if not inspect.iscoroutinefunction(implementation):
                 self.inline.add(call.name)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._calls
-
     def names(self) -> list[str]:
         """The calls answered (told to each front-end in the WELCOME)."""
         return sorted(self._calls)
 
-    def decode(self, body: bytes) -> tuple[Call, Implementation, tuple[Any, ...]]:
+    def decode(self, body: bytes) -> tuple[Call[Any], Implementation, tuple[Any, ...]]:
         """The call a request's body asks for, its implementation and its arguments;
         `FrameError` for an unknown name or arguments of the wrong types."""
         try:

@@ -26,7 +26,7 @@ import orjson
 from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from core.link.calls import Call
+from core.link.calls import Call, R
 from core.link.frames import (
     HELLO,
     KINDS,
@@ -170,7 +170,7 @@ class LinkClient:
             return decode_http_response(body)
         raise _failure(status, body)
 
-    async def invoke(self, call: Call, *arguments: Any) -> Any:
+    async def invoke(self, call: Call[R], *arguments: Any) -> R:
         """A service call at the core (core/link/calls.py): its result, as the service
         returns it in-process, or its refusal raised (`Refused`, `ChannelProblem`);
         `LinkFailed` without sending it if the core does not answer that call (a core
