@@ -76,6 +76,17 @@ def remove_stale_run_dirs(parent: str | None = None) -> list[str]:
     return removed
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP listening socket on `host`:`port`, bound (IPv6 for a host with a colon): the
+    public one of `tally serve`, with or without front-ends, and the terminals' one.
+    An `OSError` names the address (`filename`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror or str(error), f"{host}:{port}") from None
+
+
 class Workers:
     def __init__(self, args: argparse.Namespace, iso8583: tuple[str, int] | None = None) -> None:
         """`iso8583`: the terminals' address (`--iso8583`): bound here too, and each
@@ -110,12 +121,10 @@ class Workers:
         """Bind the public socket, start the front-ends and their supervisor. `OSError`
         if the address cannot be bound (nothing is started: call `stop`)."""
         args = self.args
-        self.listener = socket.create_server((args.host, args.port), backlog=1024)
+        self.listener = listening_socket(args.host, args.port)
         self.listener.set_inheritable(True)
         if self.iso8583 is not None:
-            host, port = self.iso8583
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self.iso8583_listener = socket.create_server((host, port), family=family, backlog=1024)
+            self.iso8583_listener = listening_socket(*self.iso8583)
             self.iso8583_listener.set_inheritable(True)
         for index in range(self.count):
             self.processes[index] = self._spawn(index)

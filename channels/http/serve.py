@@ -77,7 +77,7 @@ from channels.iso8583.terminals import (
 )
 from channels.link import AppWithLink, link_server
 from channels.registry import Registry, RegistryError, load_registry
-from channels.workers import WORKERS_MAX, Workers
+from channels.workers import WORKERS_MAX, Workers, listening_socket
 from core.data import (
     DEFAULT_CHANNELS_PATH,
     DEFAULT_DEPOSITS_PATH,
@@ -780,9 +780,7 @@ def serve(
             workers.start()
         except OSError as error:
             workers.stop()
-            print(f"tally serve: cannot listen on {args.host}:{args.port}:"
-                  f" {error.strerror or error}", file=sys.stderr)  # fmt: skip
-            return 2
+            return cannot_listen(error)
         try:
             if args.server == "uvicorn":
                 return _run_uvicorn(served, args, unix_socket=workers.http_path)
@@ -797,19 +795,17 @@ def serve(
     try:
         listener = listening_socket(args.host, args.port)
     except OSError as error:
-        print(f"tally serve: cannot listen on {args.host}:{args.port}:"
-              f" {error.strerror or error}", file=sys.stderr)  # fmt: skip
-        return 2
+        return cannot_listen(error)
     if args.server == "uvicorn":
         with listener:
             return _run_uvicorn(served, args, listener=listener)
     return _run_hypercorn(served, args, listener=listener)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's TCP listening socket, bound (IPv6 for a host with a colon)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=1024)
+def cannot_listen(error: OSError) -> int:
+    """Say which address could not be taken (`listening_socket`'s error) and why: exit 2."""
+    print(f"tally serve: cannot listen on {error.filename}: {error.strerror}", file=sys.stderr)
+    return 2
 
 
 def iso8583_app(
@@ -824,8 +820,8 @@ def iso8583_app(
     install_before = channels.install
 
     def install(registry: Registry) -> None:
-        install_before(registry)
-        adapter.install_registry(registry)
+        install_before(registry)  # the services' terminals, resolved under it
+        adapter.terminals = services.terminals
 
     channels.install = install
     host, port = address

@@ -121,7 +121,6 @@ from channels.iso8583.terminals import (
     Terminal,
     Terminals,
 )
-from channels.registry import Registry
 from core.link.client import LinkOverloaded, LinkUnavailable
 from core.services.commands import Consent, IssueToken, Movement, Proof
 from core.services.refusals import Code, Refused
@@ -216,10 +215,6 @@ class Iso8583Adapter:
         )
         # Counters for the metrics and the tests (plain ints, read at scrape time).
         self.answered: dict[str, int] = {}
-
-    def install_registry(self, registry: Registry) -> None:
-        """Resolve the terminals again under a new channel registry (an approved change)."""
-        self.terminals = self.terminals.resolve(registry, self.keys)
 
     # --- one message -----------------------------------------------------------------
 

@@ -27,7 +27,7 @@ for: those of its kind (`TRANSACTIONS_OF_KIND`) whose operations the channel
 is granted (the registry) and offered (`core.services.policy`). The adapter
 then checks a message with one set lookup. A replaced channel registry (an
 approved `channels` change) is taken by `Terminals.resolve` again
-(`Iso8583Adapter.install_registry`).
+(`BankServices.install_registry`, which the adapter's terminals follow).
 """
 
 from __future__ import annotations

@@ -44,6 +44,26 @@ def test_a_port_in_use_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> No
     assert run_dirs() <= before
 
 
+def test_a_terminals_port_in_use_is_named(tmp_path: Path) -> None:
+    """With --iso8583 the front-ends' terminal socket is bound by the core too: that
+    address taken is exit 2 naming it (not the HTTP one), and nothing left behind."""
+    with socket.create_server(("127.0.0.1", 0)) as taken, socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port, http_port = taken.getsockname()[1], free.getsockname()[1]
+        free.close()
+        before = run_dirs()
+        done = subprocess.run(
+            [sys.executable, "-m", "core", "serve", "--dev", "--port", str(http_port),
+             "--data", str(tmp_path / "data"), "--access-log", "off", "--workers", "2",
+             "--iso8583", f"127.0.0.1:{port}"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"tally serve: cannot listen on 127.0.0.1:{port}:" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "worker_started" not in done.stderr
+    assert run_dirs() <= before
+
+
 def test_the_one_process_says_a_port_in_use_before_it_recovers(tmp_path: Path) -> None:
     """Without --workers too (hypercorn and uvicorn): exit 2 naming the address, no
     traceback, and before the bank recovered (nothing logged ready: at 30M accounts the
